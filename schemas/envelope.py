@@ -1,0 +1,134 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) around every command and event.
+
+One frozen envelope, many payloads: payload models never repeat envelope fields. The envelope is
+generic in its payload so that decoding validates envelope and payload in one pass over the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from ulid import ULID
+
+from schemas import names
+
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+
+#: Attributes defined by the CloudEvents spec or by Swarm; anything else is a foreign extension.
+_KNOWN_ATTRIBUTES = frozenset(
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "data",
+        "correlationid",
+        "causationid",
+        "identity",
+    }
+)
+
+
+def new_id() -> str:
+    """A new sortable, NATS-token-safe identifier (ULID)."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("time must carry a UTC offset (RFC 3339)")
+    return value
+
+
+Token = Annotated[str, Field(pattern=names.TOKEN_PATTERN)]
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class Payload(BaseModel):
+    """Base of every command and event payload: strict, closed, immutable.
+
+    `TYPE` and `VERSION` are set by the registry decorators; a payload whose shape changes gets a
+    new `VERSION` and an upcaster from the previous one (see `schemas.registry`).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+P = TypeVar("P", bound=Payload)
+
+
+class Envelope(BaseModel, Generic[P]):
+    """A CloudEvents 1.0 event whose `data` is a Swarm payload.
+
+    Foreign extension attributes (e.g. `traceparent`) are kept, provided their names follow the
+    CloudEvents naming rule, so a relay never strips what another tool put there.
+    """
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = names.CLOUDEVENTS_SPECVERSION
+    id: Token = Field(default_factory=new_id)
+    source: str = Field(min_length=1, max_length=512)
+    type: str = Field(min_length=1, max_length=256)
+    time: AwareDatetime = Field(default_factory=utcnow)
+    datacontenttype: Literal["application/json"] = names.CONTENT_TYPE_JSON
+    dataschema: str | None = None
+    subject: str | None = None
+    correlationid: str | None = None
+    causationid: str | None = None
+    identity: str | None = None
+    data: P
+
+    @model_validator(mode="after")
+    def _check_extensions(self) -> Envelope[P]:
+        for name, value in (self.model_extra or {}).items():
+            if not _EXTENSION_NAME.fullmatch(name):
+                raise ValueError(
+                    f"extension attribute {name!r} must be 1-20 lowercase letters or digits"
+                )
+            if not isinstance(value, str | int | bool):
+                raise ValueError(f"extension attribute {name!r} must be a string, integer or bool")
+        return self
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RawEnvelope(BaseModel):
+    """The envelope alone, payload unchecked: what the timeline and relays need to read any event,
+    including ones whose type this version of Swarm does not know."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    subject: str | None = None
+    correlationid: str | None = None
+    causationid: str | None = None
+    identity: str | None = None
+    data: dict[str, Any] | None = None
+
+    KNOWN: ClassVar[frozenset[str]] = _KNOWN_ATTRIBUTES

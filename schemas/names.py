@@ -1,0 +1,145 @@
+"""Every stream, subject, consumer, bucket and object-store name of Swarm, defined once.
+
+Nothing outside this module spells a subject or a stream as a string literal: components build
+subjects with the functions below so that a rename is one edit and a typo is an import error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+# --- Streams -------------------------------------------------------------------------------------
+
+STREAM_COMMANDS: Final = "SWARM_COMMANDS"
+STREAM_EVENTS: Final = "SWARM_EVENTS"
+STREAM_METRICS: Final = "SWARM_METRICS"
+STREAM_LOGS: Final = "SWARM_LOGS"
+
+# --- Subject roots -------------------------------------------------------------------------------
+
+ROOT: Final = "swarm"
+COMMANDS_PREFIX: Final = "swarm.cmd"
+EVENTS_PREFIX: Final = "swarm.evt"
+METRICS_PREFIX: Final = "swarm.metrics"
+LOGS_PREFIX: Final = "swarm.logs"
+QUERY_PREFIX: Final = "swarm.query"
+MESH_PREFIX: Final = "swarm.mesh"
+
+COMMANDS_ALL: Final = f"{COMMANDS_PREFIX}.>"
+EVENTS_ALL: Final = f"{EVENTS_PREFIX}.>"
+METRICS_ALL: Final = f"{METRICS_PREFIX}.>"
+LOGS_ALL: Final = f"{LOGS_PREFIX}.>"
+
+# Outcomes are events on the aggregate "command", keyed by the command id.
+OUTCOME_AGGREGATE: Final = "command"
+OUTCOME_ACCEPTED: Final = "accepted"
+OUTCOME_REJECTED: Final = "rejected"
+#: Stands in for the command id when a command could not be parsed far enough to read one.
+INVALID_COMMAND_ID: Final = "_invalid"
+
+# --- Object stores, KV buckets and durable consumers ---------------------------------------------
+
+OBJECT_STORE_MODULES: Final = "swarm-modules"
+
+#: Durable consumer names; one per independent reader so each keeps its own position.
+CONSUMER_HIVE_COMMANDS: Final = "hive-commands"
+CONSUMER_HIVE_PROJECTION: Final = "hive-projection"
+
+# --- CloudEvents ---------------------------------------------------------------------------------
+
+CLOUDEVENTS_SPECVERSION: Final = "1.0"
+CONTENT_TYPE_JSON: Final = "application/json"
+EVENT_TYPE_PREFIX: Final = "swarm"
+DATASCHEMA_PREFIX: Final = "swarm:schemas"
+
+# --- Headers -------------------------------------------------------------------------------------
+
+HEADER_MSG_ID: Final = "Nats-Msg-Id"
+HEADER_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+HEADER_EXPECTED_STREAM: Final = "Nats-Expected-Stream"
+#: Lets the expected sequence refer to a wildcard (all subjects of one aggregate), nats-server 2.11+.
+HEADER_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
+
+# --- Validation ----------------------------------------------------------------------------------
+
+#: Command ids double as `Nats-Msg-Id` and as a subject token in outcome subjects.
+TOKEN_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+Outcome = Literal["accepted", "rejected"]
+
+
+def is_token(value: str) -> bool:
+    """True when `value` may stand alone as one NATS subject token (and as a command id)."""
+    return bool(_TOKEN.fullmatch(value))
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{kind} {value!r} must match {_NAME.pattern}")
+    return value
+
+
+def _check_token(kind: str, value: str) -> str:
+    if not is_token(value):
+        raise ValueError(f"{kind} {value!r} must match {TOKEN_PATTERN}")
+    return value
+
+
+def command_subject(domain: str, verb: str) -> str:
+    """`swarm.cmd.<domain>.<verb>`, which is also the command's CloudEvents `type`."""
+    return f"{COMMANDS_PREFIX}.{_check_name('domain', domain)}.{_check_name('verb', verb)}"
+
+
+def event_subject(aggregate: str, aggregate_id: str, event: str) -> str:
+    """`swarm.evt.<aggregate>.<id>.<event>`; one subject per aggregate instance and event."""
+    return (
+        f"{EVENTS_PREFIX}.{_check_name('aggregate', aggregate)}."
+        f"{_check_token('aggregate id', aggregate_id)}.{_check_name('event', event)}"
+    )
+
+
+def aggregate_subjects(aggregate: str, aggregate_id: str) -> str:
+    """Wildcard covering every event of one aggregate instance (for optimistic concurrency)."""
+    return (
+        f"{EVENTS_PREFIX}.{_check_name('aggregate', aggregate)}."
+        f"{_check_token('aggregate id', aggregate_id)}.*"
+    )
+
+
+def event_type(aggregate: str, event: str) -> str:
+    """The CloudEvents `type` of an event, e.g. `swarm.agent.running`."""
+    return f"{EVENT_TYPE_PREFIX}.{_check_name('aggregate', aggregate)}.{_check_name('event', event)}"
+
+
+def outcome_subject(command_id: str, outcome: Outcome) -> str:
+    """Where the one outcome of a command is written."""
+    return event_subject(OUTCOME_AGGREGATE, command_id, outcome)
+
+
+def outcome_wildcard(command_id: str) -> str:
+    """Both possible outcome subjects of one command."""
+    return aggregate_subjects(OUTCOME_AGGREGATE, command_id)
+
+
+def dataschema(type_: str, version: int) -> str:
+    """The `dataschema` URI naming a payload's schema and version."""
+    return f"{DATASCHEMA_PREFIX}/{type_}/v{version}"
+
+
+def parse_event_subject(subject: str) -> tuple[str, str, str] | None:
+    """Split `swarm.evt.<aggregate>.<id>.<event>` into its parts; None for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != EVENTS_PREFIX:
+        return None
+    return parts[2], parts[3], parts[4]
+
+
+def metrics_subject(source: str, name: str) -> str:
+    return f"{METRICS_PREFIX}.{_check_token('source', source)}.{_check_name('metric', name)}"
+
+
+def logs_subject(source: str, level: str) -> str:
+    return f"{LOGS_PREFIX}.{_check_token('source', source)}.{_check_name('level', level)}"

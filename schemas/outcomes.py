@@ -1,0 +1,46 @@
+"""Outcome events: every command gets exactly one, accepted or rejected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from schemas import names
+from schemas.envelope import Payload
+from schemas.registry import REGISTRY
+
+
+class FieldErrorModel(Payload):
+    """One field-level problem with a rejected command."""
+
+    loc: str
+    msg: str
+    type: str
+
+
+@REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_ACCEPTED)
+class CommandAccepted(Payload):
+    """The command was decided and its events are on the log."""
+
+    command_id: str
+    command_type: str
+    #: Ids of the events the command caused, in log order.
+    events: list[str] = Field(default_factory=list)
+    #: Stream sequence of the last event written for it (0 when it caused none).
+    last_sequence: int = 0
+
+
+@REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_REJECTED)
+class CommandRejected(Payload):
+    """The command was not carried out; nothing else was written for it."""
+
+    command_id: str
+    command_type: str | None = None
+    reason: str
+    #: Field-level problems, for commands that failed validation.
+    errors: list[FieldErrorModel] = Field(default_factory=list)
+    #: The rule that refused it (policy, quota, state), when one did.
+    rule: str | None = None
+    #: What could be read of a command that did not parse (id, type, source, ...).
+    received: dict[str, Any] = Field(default_factory=dict)

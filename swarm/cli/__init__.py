@@ -1,0 +1,1 @@
+"""The `swarm` command line: stack verbs, publishing commands, reading the log."""

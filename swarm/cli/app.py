@@ -1,0 +1,23 @@
+"""The `swarm` command: one typer app, each group of verbs in a module of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from swarm.cli import publish, schemas_cmd, stack, timeline
+
+app = typer.Typer(
+    name="swarm",
+    help="Swarm: deploy, run and coordinate autonomous AI agents on an event-sourced platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+stack.register(app)
+publish.register(app)
+timeline.register(app)
+app.add_typer(schemas_cmd.app, name="schemas")
+
+
+def main() -> None:
+    app()

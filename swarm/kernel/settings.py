@@ -1,0 +1,39 @@
+"""Process-wide settings, read from `SWARM_*` environment variables.
+
+Every component reads the same settings object so that `swarm up`, the services it starts and a
+test fixture agree on where the servers are without passing flags around.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARM_", extra="ignore", frozen=True)
+
+    #: External NATS server; when unset `swarm up` starts an embedded one.
+    nats_url: str | None = None
+    #: External PostgreSQL (with pgvector); when unset `swarm up` starts an embedded one.
+    database_url: str | None = None
+    #: Where the embedded stack keeps its servers' data, logs and state file.
+    data_dir: Path = Path(".swarm")
+
+    #: Replicas of every stream (3 in a clustered deployment, 1 on one machine).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    #: How long metrics and agent logs are kept, in seconds (the audit log is kept forever).
+    metrics_max_age: float = Field(default=24 * 3600, gt=0)
+    logs_max_age: float = Field(default=7 * 24 * 3600, gt=0)
+    #: Window within which a repeated `Nats-Msg-Id` is dropped as a duplicate, in seconds.
+    duplicate_window: float = Field(default=2 * 3600, gt=0)
+    #: JetStream fsync policy of the embedded server: "always" fsyncs every write (safe against
+    #: power loss, slower); "default" is nats-server's periodic flush.
+    jetstream_sync: Literal["always", "default"] = "default"
+
+    #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
+    identity: str = "user:local"
+    log_level: str = "info"

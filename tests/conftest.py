@@ -1,0 +1,62 @@
+"""Session fixtures: a real nats-server and a real PostgreSQL+pgvector, always torn down.
+
+`SWARM_NATS_URL` / `SWARM_DATABASE_URL` point the suite at external servers instead. Embedded
+servers run with a parent-death signal, so even a SIGKILLed pytest leaves none behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("SWARM_NATS_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("SWARM_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(nats_url: str) -> Settings:
+    return Settings(nats_url=nats_url)
+
+
+@pytest.fixture
+async def event_log(nats_url: str, settings: Settings) -> AsyncIterator[EventLog]:
+    log = await EventLog.connect(nats_url, settings, name="pytest")
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "swarm-data"
