@@ -1,6 +1,6 @@
 """Swarm's public contracts: names, the CloudEvents envelope, and every command and event."""
 
-from schemas import names
+from schemas import commands, events, names, specs
 from schemas.build import command, event, subject_of
 from schemas.envelope import Envelope, Payload, RawEnvelope, new_id, utcnow
 from schemas.outcomes import CommandAccepted, CommandRejected, FieldErrorModel
@@ -18,8 +18,11 @@ __all__ = [
     "RawEnvelope",
     "Registry",
     "command",
+    "commands",
     "event",
+    "events",
     "names",
+    "specs",
     "new_id",
     "subject_of",
     "utcnow",

@@ -38,6 +38,32 @@ OUTCOME_REJECTED: Final = "rejected"
 #: Stands in for the command id when a command could not be parsed far enough to read one.
 INVALID_COMMAND_ID: Final = "_invalid"
 
+#: Which payload field holds the aggregate id, per aggregate.
+AGGREGATE_ID_FIELDS: Final = {
+    "agent": "agent_id",
+    "pod": "pod_id",
+    "namespace": "name",
+    OUTCOME_AGGREGATE: "command_id",
+}
+
+# --- Queries and heartbeats (core NATS request/reply, not stored) --------------------------------
+
+QUERY_AGENTS_LIST: Final = f"{QUERY_PREFIX}.agents.list"
+QUERY_AGENTS_GET: Final = f"{QUERY_PREFIX}.agents.get"
+QUERY_PODS_LIST: Final = f"{QUERY_PREFIX}.pods.list"
+QUERY_NAMESPACES_LIST: Final = f"{QUERY_PREFIX}.namespaces.list"
+QUERY_DIGEST: Final = f"{QUERY_PREFIX}.state.digest"
+QUERY_STATUS: Final = f"{QUERY_PREFIX}.hive.status"
+#: Queue group so that one replica answers each query.
+QUERY_QUEUE: Final = "hive"
+HEARTBEAT_PREFIX: Final = "swarm.heartbeat"
+
+
+def heartbeat_subject(pod_id: str) -> str:
+    """Pods renew their lease by publishing here (core NATS: a heartbeat is not an event)."""
+    return f"{HEARTBEAT_PREFIX}.{_check_token('pod id', pod_id)}"
+
+
 # --- Object stores, KV buckets and durable consumers ---------------------------------------------
 
 OBJECT_STORE_MODULES: Final = "swarm-modules"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -205,6 +206,7 @@ class EventLog:
         self.settings = settings or Settings()
         self.timeout = timeout
         self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self._acks: _AckMux | None = None
 
     @classmethod
     async def connect(
@@ -270,52 +272,58 @@ class EventLog:
             )
         )
 
-    async def append_raw(self, request: AppendRequest) -> Appended:
-        """Append pre-serialized bytes (relays and tests; the body is not validated here)."""
+    async def append_raw(
+        self, request: AppendRequest, *, registry: Registry | None = None
+    ) -> Appended:
+        """Append pre-serialized bytes.
+
+        With a `registry` the body is strictly decoded first and a malformed one is refused with
+        `schemas.DecodeError` before anything is written; relays that forward foreign bytes on
+        purpose pass none.
+        """
+        if registry is not None:
+            registry.decode(request.body)
         try:
             ack = await self.js.publish(
                 request.subject, request.body, timeout=self.timeout, headers=request.headers()
             )
-        except APIError as exc:
-            raise _translate(exc, request) from exc
-        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
-            raise AppendFailed(f"no acknowledgement for {request.subject} in time") from exc
-        except nats.js.errors.NoStreamResponseError as exc:
-            raise AppendFailed(f"no stream accepts subject {request.subject}") from exc
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise self._failure(exc, request) from exc
         return _appended(ack)
 
-    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Appended]:
-        """Append many messages pipelined (not awaiting each ack before the next send).
+    @staticmethod
+    def _failure(exc: BaseException, request: AppendRequest) -> BaseException:
+        if isinstance(exc, APIError):
+            return _translate(exc, request)
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            return AppendFailed(f"no stream accepts subject {request.subject}")
+        if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError):
+            return AppendFailed(f"no acknowledgement for {request.subject} in time")
+        if isinstance(exc, nats.errors.Error):
+            return AppendFailed(f"append to {request.subject} failed: {exc}")
+        return exc
 
-        Results are in request order. If any append fails the first failure is raised after all
-        acks are in, so the caller knows every other message's fate was settled; messages are
-        deduplicated, so retrying the whole batch is safe.
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[Appended]:
+        """Append many messages pipelined: all are sent before any acknowledgement is awaited.
+
+        Results are in request order. If any append fails, the first failure is raised after
+        every ack is in, so the fate of each other message is settled; messages are deduplicated,
+        so retrying the whole batch is safe.
         """
-        futures: list[asyncio.Future[PubAck]] = []
-        for request in requests:
-            futures.append(
-                await self.js.publish_async(
-                    request.subject,
-                    request.body,
-                    wait_stall=self.timeout,
-                    headers=request.headers(),
-                )
-            )
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), timeout=self.timeout
-            )
-        except asyncio.TimeoutError as exc:
-            for f in futures:
-                f.cancel()
-            raise AppendFailed(f"{len(futures)} appends not acknowledged in time") from exc
+        if self._acks is None:
+            self._acks = await _AckMux.open(self.nc)
+        futures = [await self._acks.send(r.subject, r.body, r.headers()) for r in requests]
+        done, pending = await asyncio.wait(futures, timeout=self.timeout)
+        for f in pending:
+            f.cancel()
         appended: list[Appended] = []
-        for request, result in zip(requests, results, strict=True):
-            if isinstance(result, APIError):
-                raise _translate(result, request) from result
-            if isinstance(result, BaseException):
-                raise AppendFailed(f"append to {request.subject} failed: {result!r}") from result
-            appended.append(_appended(result))
+        for request, future in zip(requests, futures, strict=True):
+            if future.cancelled():
+                raise AppendFailed(f"no acknowledgement for {request.subject} in time")
+            exc = future.exception()
+            if exc is not None:
+                raise self._failure(exc, request) from exc
+            appended.append(_appended(future.result()))
         return appended
 
     async def last_sequence(self, stream: str, subject: str | None = None) -> int:
@@ -442,6 +450,64 @@ class EventLog:
                 await asyncio.wait_for(self.js.delete_consumer(stream, info.name), self.timeout)
             except (NotFoundError, nats.errors.Error, asyncio.TimeoutError):
                 pass  # ephemeral: the server removes it after inactive_threshold anyway
+
+
+class _AckMux:
+    """Pipelined JetStream publishing: one reply subscription, one future per message.
+
+    nats-py's `publish_async` does the same but never resolves a future whose ack is an API
+    error (its handler raises instead of setting the exception), which would turn a
+    wrong-last-sequence conflict into a timeout. Concurrent `js.publish` requests are correct
+    but ~45% slower here. This keeps the fast path and reports every error on its own message.
+    """
+
+    def __init__(self, nc: NATS, prefix: str, limit: int) -> None:
+        self._nc = nc
+        self._prefix = prefix
+        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        self._next = 0
+        # Bounds how many acks may be outstanding, so a huge batch cannot exhaust memory.
+        self._slots = asyncio.Semaphore(limit)
+
+    @classmethod
+    async def open(cls, nc: NATS, limit: int = 4096) -> _AckMux:
+        mux = cls(nc, nc.new_inbox(), limit)
+        await nc.subscribe(f"{mux._prefix}.*", cb=mux._on_reply)
+        return mux
+
+    async def send(self, subject: str, body: bytes, headers: dict[str, str]) -> asyncio.Future[PubAck]:
+        await self._slots.acquire()
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._release(token))
+        self._futures[token] = future
+        await self._nc.publish(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+        return future
+
+    def _release(self, token: str) -> None:
+        self._futures.pop(token, None)
+        self._slots.release()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._futures.get(msg.subject[len(self._prefix) + 1 :])
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError as exc:
+            future.set_exception(AppendFailed(f"unreadable acknowledgement: {exc}"))
+            return
+        if "error" in resp:
+            err = resp["error"]
+            future.set_exception(
+                APIError(code=err.get("code"), err_code=err.get("err_code"), description=err.get("description"))
+            )
+        else:
+            future.set_result(PubAck.from_response(resp))
 
 
 def _appended(ack: PubAck) -> Appended:

@@ -1,0 +1,185 @@
+"""Events: what happened, in the past tense, on `swarm.evt.<aggregate>.<id>.<event>`.
+
+Only the Hive writes these. Replicas of an agent are part of the agent aggregate (their events
+are on the agent's subjects), so one expected-sequence check covers an agent and its replicas.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.envelope import Payload
+from schemas.registry import REGISTRY
+from schemas.specs import AgentSpec, Capacity, Id, Name, Quota, Version
+
+AgentStatus = Literal["requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"]
+
+# --- namespaces ----------------------------------------------------------------------------------
+
+
+@REGISTRY.event("namespace", "created")
+class NamespaceCreated(Payload):
+    name: Name
+    quota: Quota
+
+
+@REGISTRY.event("namespace", "updated")
+class NamespaceUpdated(Payload):
+    name: Name
+    quota: Quota
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+@REGISTRY.event("agent", "deployed")
+class AgentDeployed(Payload):
+    """A new agent exists with its first version and desired replica count."""
+
+    agent_id: Id
+    namespace: Name
+    name: Name
+    spec: AgentSpec
+    replicas: int
+
+
+@REGISTRY.event("agent", "scaled")
+class AgentScaled(Payload):
+    agent_id: Id
+    replicas: int
+    previous: int
+
+
+@REGISTRY.event("agent", "rollout_started")
+class AgentRolloutStarted(Payload):
+    """A new version becomes the target; replicas are replaced one surge at a time."""
+
+    agent_id: Id
+    spec: AgentSpec
+    from_version: Version
+    max_surge: int
+    rollback: bool = False
+
+
+@REGISTRY.event("agent", "rollout_completed")
+class AgentRolloutCompleted(Payload):
+    agent_id: Id
+    version: Version
+
+
+@REGISTRY.event("agent", "status_changed")
+class AgentStatusChanged(Payload):
+    """The agent's overall status moved; `reason` says why."""
+
+    agent_id: Id
+    status: AgentStatus
+    previous: AgentStatus
+    reason: str
+
+
+@REGISTRY.event("agent", "deleted")
+class AgentDeleted(Payload):
+    agent_id: Id
+    reason: str
+
+
+# --- replicas (on the agent aggregate) ------------------------------------------------------------
+
+
+@REGISTRY.event("agent", "replica_requested")
+class ReplicaRequested(Payload):
+    """A replica should run; the scheduler will propose where."""
+
+    agent_id: Id
+    replica_id: Id
+    version: Version
+    #: The snapshot it must resume from (after a crash or the loss of its pod).
+    snapshot: str | None = None
+    reason: str
+
+
+@REGISTRY.event("agent", "replica_scheduled")
+class ReplicaScheduled(Payload):
+    agent_id: Id
+    replica_id: Id
+    pod_id: Id
+    policy: str
+    reason: str
+
+
+@REGISTRY.event("agent", "replica_starting")
+class ReplicaStarting(Payload):
+    agent_id: Id
+    replica_id: Id
+    pod_id: Id
+    snapshot: str | None = None
+
+
+@REGISTRY.event("agent", "replica_running")
+class ReplicaRunning(Payload):
+    agent_id: Id
+    replica_id: Id
+    pod_id: Id
+
+
+@REGISTRY.event("agent", "replica_crashed")
+class ReplicaCrashed(Payload):
+    """A replica crashed; it restarts at `restart_at` unless it crashed too often."""
+
+    agent_id: Id
+    replica_id: Id
+    pod_id: Id | None
+    reason: str
+    crashes: int
+    restart_at: datetime | None
+    snapshot: str | None = None
+
+
+@REGISTRY.event("agent", "replica_failed")
+class ReplicaFailed(Payload):
+    """A replica crashed too often within the restart window and is not restarted."""
+
+    agent_id: Id
+    replica_id: Id
+    reason: str
+
+
+@REGISTRY.event("agent", "replica_stopping")
+class ReplicaStopping(Payload):
+    """The replica's pod is asked to stop it (scale down, rollout, stop, delete)."""
+
+    agent_id: Id
+    replica_id: Id
+    reason: str
+
+
+@REGISTRY.event("agent", "replica_stopped")
+class ReplicaStopped(Payload):
+    agent_id: Id
+    replica_id: Id
+    reason: str
+    snapshot: str | None = None
+
+
+# --- pods ----------------------------------------------------------------------------------------
+
+
+@REGISTRY.event("pod", "registered")
+class PodRegistered(Payload):
+    pod_id: Id
+    capacity: Capacity
+    labels: dict[str, str] = Field(default_factory=dict)
+    zone: str
+    energy_cost: float
+    lease_s: float
+
+
+@REGISTRY.event("pod", "lost")
+class PodLost(Payload):
+    """The pod's lease expired or it deregistered; its replicas were rescheduled."""
+
+    pod_id: Id
+    reason: str

@@ -1,0 +1,557 @@
+"""`decide(state, command, now) -> events | Rejection`: the Agent Orchestrator's rules.
+
+Pure: no I/O, no clock, no randomness. Ids of new things are derived from the command id, so a
+command decided twice on the same state yields the same events (and the same `Nats-Msg-Id`s).
+Every event that moves an agent also re-derives the agent's overall status, so each status
+change is on the log with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas import Envelope, Payload, commands, events
+from schemas.specs import AgentSpec
+from services.hive.evolve import evolve
+from services.hive.policy import check_identity, check_quota
+from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Replica
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    rule: str = "state"
+    errors: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Decision:
+    events: list[Payload] = field(default_factory=list)
+
+
+Outcome = Decision | Rejection
+Handler = Callable[[HiveState, Any, Envelope[Any], datetime], Outcome]
+_HANDLERS: dict[type[Any], Handler] = {}
+
+
+def _on(command_type: type[Any]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[command_type] = fn
+        return fn
+
+    return register
+
+
+def decide(state: HiveState, command: Envelope[Any], now: datetime) -> Outcome:
+    """Decide a decoded command against `state` (not modified) at time `now`."""
+    handler = _HANDLERS.get(type(command.data))
+    if handler is None:
+        return Rejection(f"the Hive does not handle {command.type}", rule="type")
+    refusal = check_identity(state, command)
+    if refusal is not None:
+        return Rejection(refusal.reason, rule=refusal.rule)
+    return handler(state, command.data, command, now)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _find(state: HiveState, namespace: str, name: str) -> Agent | Rejection:
+    agent = state.agent_named(namespace, name)
+    if agent is None:
+        return Rejection(f"agent {namespace}/{name} not found", rule="not_found")
+    return agent
+
+
+def _with_status(state: HiveState, agent_id: str, out: list[Payload], now: datetime) -> Decision:
+    """Append an AgentStatusChanged when `out` moves the agent's derived status."""
+    agent = state.agents.get(agent_id)
+    if agent is None:
+        return Decision(out)
+    before = agent.status
+    trial = _preview(state, agent, out, now)
+    if trial is None:
+        return Decision(out)
+    status, reason = derive_status(trial)
+    if status != before:
+        out.append(
+            events.AgentStatusChanged(agent_id=agent_id, status=status, previous=before, reason=reason)
+        )
+    return Decision(out)
+
+
+def _preview(state: HiveState, agent: Agent, out: list[Payload], now: datetime) -> Agent | None:
+    """The agent as it will be after `out`, computed on a copy (decide never mutates state)."""
+    from schemas.build import event
+
+    trial_state = HiveState(
+        applied_seq=0,
+        namespaces={},
+        agents={agent.agent_id: copy.deepcopy(agent)},
+        by_name={},
+        pods=copy.deepcopy({r.pod_id: state.pods[r.pod_id] for r in agent.replicas.values() if r.pod_id in state.pods}),
+    )
+    for p in out:
+        if getattr(p, "agent_id", None) == agent.agent_id and p.TYPE.startswith("swarm.agent."):
+            if isinstance(p, events.ReplicaScheduled) and p.pod_id not in trial_state.pods:
+                trial_state.pods[p.pod_id] = copy.deepcopy(state.pods[p.pod_id])
+            evolve(trial_state, trial_state.applied_seq + 1, event(p, aggregate_id=agent.agent_id, source="preview", time=now))
+    return trial_state.agents.get(agent.agent_id)
+
+
+def derive_status(agent: Agent) -> tuple[str, str]:
+    """The agent's overall status and why, from its replicas."""
+    replicas = list(agent.replicas.values())
+    failed = [r for r in replicas if r.phase == "failed"]
+    if failed:
+        return "failed", f"replica {failed[0].replica_id} failed: {failed[0].reason}"
+    active = [r for r in replicas if r.phase in ACTIVE]
+    running = [r for r in active if r.phase == "running"]
+    if agent.replicas_desired == 0:
+        if not [r for r in replicas if r.phase not in ("stopped", "failed")]:
+            return "stopped", "no replicas desired"
+        return agent.status, agent.status_reason
+    crashed = [r for r in active if r.phase == "crashed"]
+    if len(running) >= agent.replicas_desired and agent.rollout is None:
+        return "running", f"{len(running)}/{agent.replicas_desired} replicas running"
+    if crashed:
+        return "degraded", f"replica {crashed[0].replica_id} crashed: {crashed[0].reason}"
+    if agent.ever_running and len(running) < agent.replicas_desired:
+        return "degraded", f"{len(running)}/{agent.replicas_desired} replicas running"
+    if running and agent.rollout is not None:
+        return "running", f"rolling out {agent.rollout.version}: {len(running)} running"
+    if any(r.phase in ("starting", "running") for r in active):
+        return "starting", f"{len(running)}/{agent.replicas_desired} replicas running"
+    if active and all(r.phase != "requested" for r in active):
+        return "scheduled", f"{len(active)} replicas placed"
+    return "requested", f"{len(active)} replicas waiting for placement"
+
+
+def _new_replicas(
+    agent_id: str, first_index: int, count: int, version: str, reason: str
+) -> list[Payload]:
+    return [
+        events.ReplicaRequested(
+            agent_id=agent_id,
+            replica_id=f"{agent_id}-{first_index + i}",
+            version=version,
+            reason=reason,
+        )
+        for i in range(count)
+    ]
+
+
+def _stop_order(replicas: list[Replica]) -> list[Replica]:
+    """Which replicas to stop first: those doing the least useful work, newest first."""
+    rank = {"requested": 0, "crashed": 1, "scheduled": 2, "starting": 3, "running": 4}
+    return sorted(replicas, key=lambda r: (rank.get(r.phase, 5), -_index(r.replica_id)))
+
+
+def _index(replica_id: str) -> int:
+    tail = replica_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+# --- namespaces ----------------------------------------------------------------------------------
+
+
+@_on(commands.CreateNamespace)
+def _create_namespace(
+    state: HiveState, c: commands.CreateNamespace, env: Envelope[Any], now: datetime
+) -> Outcome:
+    if c.name in state.namespaces:
+        return Rejection(f"namespace {c.name} exists")
+    return Decision([events.NamespaceCreated(name=c.name, quota=c.quota)])
+
+
+@_on(commands.UpdateNamespace)
+def _update_namespace(
+    state: HiveState, c: commands.UpdateNamespace, env: Envelope[Any], now: datetime
+) -> Outcome:
+    if c.name not in state.namespaces:
+        return Rejection(f"namespace {c.name} not found", rule="not_found")
+    return Decision([events.NamespaceUpdated(name=c.name, quota=c.quota)])
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+@_on(commands.DeployAgent)
+def _deploy(state: HiveState, c: commands.DeployAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    if c.namespace not in state.namespaces:
+        return Rejection(f"namespace {c.namespace} not found", rule="not_found")
+    if state.agent_named(c.namespace, c.name) is not None:
+        return Rejection(
+            f"agent {c.namespace}/{c.name} exists; use `swarm agent rollout` for a new version"
+        )
+    agent_id = env.id
+    if agent_id in state.agents:
+        return Rejection(f"agent id {agent_id} is taken; send the command with a new id")
+    refusal = check_quota(state, c.namespace, new_agents=1, replicas=c.replicas, spec=c.spec)
+    if refusal is not None:
+        return Rejection(refusal.reason, rule=refusal.rule)
+    out: list[Payload] = [
+        events.AgentDeployed(
+            agent_id=agent_id, namespace=c.namespace, name=c.name, spec=c.spec, replicas=c.replicas
+        )
+    ]
+    out += _new_replicas(agent_id, 0, c.replicas, c.spec.version, "deployed")
+    if c.replicas == 0:
+        out.append(
+            events.AgentStatusChanged(
+                agent_id=agent_id, status="stopped", previous="requested", reason="deployed with 0 replicas"
+            )
+        )
+    return Decision(out)
+
+
+@_on(commands.ScaleAgent)
+def _scale(state: HiveState, c: commands.ScaleAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    return _scale_to(state, agent, c.replicas, f"scaled to {c.replicas}", now)
+
+
+def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: datetime) -> Outcome:
+    active = agent.active()
+    current = [r for r in active if r.version == agent.spec.version]
+    delta = replicas - agent.replicas_desired
+    if delta > 0:
+        refusal = check_quota(state, agent.namespace, replicas=delta, spec=agent.spec)
+        if refusal is not None:
+            return Rejection(refusal.reason, rule=refusal.rule)
+    out: list[Payload] = []
+    if replicas != agent.replicas_desired:
+        out.append(
+            events.AgentScaled(agent_id=agent.agent_id, replicas=replicas, previous=agent.replicas_desired)
+        )
+    if agent.rollout is None:
+        missing = replicas - len(active)
+        if missing > 0:
+            out += _new_replicas(agent.agent_id, agent.next_replica, missing, agent.spec.version, reason)
+        for replica in _stop_order(active)[: max(0, -missing)]:
+            out.append(
+                events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason)
+            )
+    else:
+        # During a rollout only the new version grows; old replicas are drained by the rollout.
+        missing = replicas - len(current)
+        if missing < 0:
+            for replica in _stop_order(current)[:-missing]:
+                out.append(
+                    events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason)
+                )
+    return _with_status(state, agent.agent_id, out, now)
+
+
+@_on(commands.StopAgent)
+def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    if agent.replicas_desired == 0 and not agent.active():
+        return Decision([])
+    out: list[Payload] = [
+        events.AgentScaled(agent_id=agent.agent_id, replicas=0, previous=agent.replicas_desired)
+    ]
+    for replica in agent.active():
+        out.append(events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=c.reason))
+    if agent.rollout is not None:
+        out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=agent.spec.version))
+    return _with_status(state, agent.agent_id, out, now)
+
+
+@_on(commands.DeleteAgent)
+def _delete(state: HiveState, c: commands.DeleteAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    out: list[Payload] = [
+        events.ReplicaStopping(agent_id=agent.agent_id, replica_id=r.replica_id, reason="agent deleted")
+        for r in agent.active()
+    ]
+    out.append(events.AgentDeleted(agent_id=agent.agent_id, reason="deleted by request"))
+    return Decision(out)
+
+
+def _start_rollout(
+    state: HiveState, agent: Agent, spec: AgentSpec, max_surge: int, rollback: bool, now: datetime
+) -> Outcome:
+    if agent.rollout is not None:
+        return Rejection(
+            f"agent {agent.namespace}/{agent.name} is rolling out {agent.rollout.version}; "
+            "wait for it to finish or roll back"
+        )
+    if spec.version == agent.spec.version:
+        return Rejection(f"agent {agent.namespace}/{agent.name} already runs version {spec.version}")
+    out: list[Payload] = [
+        events.AgentRolloutStarted(
+            agent_id=agent.agent_id, spec=spec, from_version=agent.spec.version,
+            max_surge=max_surge, rollback=rollback,
+        )
+    ]
+    surge = min(max_surge, agent.replicas_desired)
+    if surge == 0:
+        out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=spec.version))
+    out += _new_replicas(agent.agent_id, agent.next_replica, surge, spec.version, f"rollout to {spec.version}")
+    return _with_status(state, agent.agent_id, out, now)
+
+
+@_on(commands.RolloutAgent)
+def _rollout(state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    refusal = check_quota(state, agent.namespace, replicas=0, spec=c.spec, agent=agent)
+    if refusal is not None:
+        return Rejection(refusal.reason, rule=refusal.rule)
+    return _start_rollout(state, agent, c.spec, c.max_surge, False, now)
+
+
+@_on(commands.RollbackAgent)
+def _rollback(state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    if c.to_version is not None:
+        target = c.to_version
+        if target not in agent.versions:
+            known = ", ".join(agent.history)
+            return Rejection(f"agent {agent.namespace}/{agent.name} has no version {target} (has: {known})", rule="not_found")
+    else:
+        older = [v for v in agent.history if v != agent.spec.version]
+        if not older:
+            return Rejection(f"agent {agent.namespace}/{agent.name} has no earlier version")
+        target = older[-1]
+    if agent.rollout is not None and agent.rollout.version == agent.spec.version:
+        # Abort the rollout in progress: old replicas still run, so go back to them directly.
+        return _abort_rollout(state, agent, target, now)
+    return _start_rollout(state, agent, agent.versions[target], 1, True, now)
+
+
+def _abort_rollout(state: HiveState, agent: Agent, target: str, now: datetime) -> Outcome:
+    spec = agent.versions[target]
+    out: list[Payload] = [
+        events.AgentRolloutStarted(
+            agent_id=agent.agent_id, spec=spec, from_version=agent.spec.version, max_surge=1, rollback=True
+        )
+    ]
+    new = [r for r in agent.active() if r.version == agent.spec.version]
+    for replica in new:
+        out.append(
+            events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=f"rolled back to {target}")
+        )
+    old = [r for r in agent.active() if r.version == target]
+    missing = agent.replicas_desired - len(old)
+    out += _new_replicas(agent.agent_id, agent.next_replica, max(0, missing), target, f"rolled back to {target}")
+    if missing <= 0 or all(r.phase == "running" for r in old):
+        out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=target))
+    return _with_status(state, agent.agent_id, out, now)
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+@_on(commands.ProposePlacement)
+def _place(state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = state.agents.get(c.agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
+    replica = agent.replicas.get(c.replica_id)
+    if replica is None:
+        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+    if replica.phase != "requested":
+        return Rejection(f"replica {c.replica_id} is {replica.phase}, not waiting for placement")
+    pod = state.pods.get(c.pod_id)
+    if pod is None or pod.status != "ready":
+        return Rejection(f"pod {c.pod_id} is not ready", rule="pod_unavailable")
+    spec = agent.versions.get(replica.version, agent.spec)
+    memory, fuel, slots = pod.free()
+    need = spec.resources
+    if need.memory_mb > memory or need.fuel_per_s > fuel or slots < 1:
+        return Rejection(
+            f"placing {c.replica_id} would over-commit pod {c.pod_id}: needs {need.memory_mb} MB, "
+            f"{need.fuel_per_s} fuel/s, 1 slot; free {memory} MB, {fuel} fuel/s, {slots} slots",
+            rule="capacity",
+        )
+    out: list[Payload] = [
+        events.ReplicaScheduled(
+            agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod.pod_id,
+            policy=c.policy, reason=c.reason or f"placed by {c.policy}",
+        )
+    ]
+    return _with_status(state, agent.agent_id, out, now)
+
+
+# --- pods ----------------------------------------------------------------------------------------
+
+
+@_on(commands.RegisterPod)
+def _register(state: HiveState, c: commands.RegisterPod, env: Envelope[Any], now: datetime) -> Outcome:
+    pod = state.pods.get(c.pod_id)
+    if pod is not None and pod.status == "ready" and (
+        pod.capacity, pod.labels, pod.zone, pod.energy_cost, pod.lease_s
+    ) == (c.capacity, c.labels, c.zone, c.energy_cost, c.lease_s):
+        return Decision([])  # re-registration after a pod restart with nothing new
+    return Decision(
+        [
+            events.PodRegistered(
+                pod_id=c.pod_id, capacity=c.capacity, labels=c.labels, zone=c.zone,
+                energy_cost=c.energy_cost, lease_s=c.lease_s,
+            )
+        ]
+    )
+
+
+def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outcome:
+    pod = state.pods.get(pod_id)
+    if pod is None:
+        return Rejection(f"pod {pod_id} not found", rule="not_found")
+    if pod.status == "lost":
+        return Decision([])
+    out: list[Payload] = [events.PodLost(pod_id=pod_id, reason=reason)]
+    touched: dict[str, list[Payload]] = {}
+    for agent_id, replica_id in sorted(pod.replicas):
+        agent = state.agents[agent_id]
+        replica = agent.replicas[replica_id]
+        moved: Payload
+        if replica.phase == "stopping" or agent.deleted:
+            moved = events.ReplicaStopped(agent_id=agent_id, replica_id=replica_id, reason=f"pod {pod_id} lost", snapshot=replica.snapshot)
+        else:
+            moved = events.ReplicaRequested(
+                agent_id=agent_id, replica_id=replica_id, version=replica.version,
+                snapshot=replica.snapshot, reason=f"rescheduled: pod {pod_id} lost ({reason})",
+            )
+        touched.setdefault(agent_id, []).append(moved)
+    for agent_id, moved in touched.items():
+        out += _with_status(state, agent_id, moved, now).events
+    return Decision(out)
+
+
+@_on(commands.DeregisterPod)
+def _deregister(state: HiveState, c: commands.DeregisterPod, env: Envelope[Any], now: datetime) -> Outcome:
+    return _lose_pod(state, c.pod_id, c.reason, now)
+
+
+@_on(commands.ExpirePod)
+def _expire(state: HiveState, c: commands.ExpirePod, env: Envelope[Any], now: datetime) -> Outcome:
+    return _lose_pod(state, c.pod_id, f"lease expired ({c.last_heartbeat_age_s:.1f}s without heartbeat)", now)
+
+
+# --- replica reports -----------------------------------------------------------------------------
+
+
+@_on(commands.ReportReplica)
+def _report(state: HiveState, c: commands.ReportReplica, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = state.agents.get(c.agent_id)
+    if agent is None:
+        return Rejection(f"agent {c.agent_id} not found; stop the replica", rule="not_found")
+    replica = agent.replicas.get(c.replica_id)
+    if replica is None:
+        return Rejection(f"replica {c.replica_id} not found; stop it", rule="not_found")
+    if replica.pod_id != c.pod_id:
+        return Rejection(
+            f"replica {c.replica_id} is assigned to {replica.pod_id or 'no pod'}, not {c.pod_id}; stop it",
+            rule="not_assigned",
+        )
+    a, r = agent.agent_id, replica.replica_id
+    out: list[Payload] = []
+    if c.status == "starting":
+        if replica.phase != "scheduled":
+            return Decision([])
+        out.append(events.ReplicaStarting(agent_id=a, replica_id=r, pod_id=c.pod_id, snapshot=c.snapshot))
+    elif c.status == "running":
+        if replica.phase not in ("scheduled", "starting"):
+            return Decision([])
+        out.append(events.ReplicaRunning(agent_id=a, replica_id=r, pod_id=c.pod_id))
+        out += _advance_rollout(agent, replica)
+    elif c.status == "stopped" and replica.phase == "stopping":
+        out.append(events.ReplicaStopped(agent_id=a, replica_id=r, reason=c.reason or "stopped", snapshot=c.snapshot))
+    elif c.status in ("crashed", "stopped"):
+        if replica.phase not in ("scheduled", "starting", "running", "stopping"):
+            return Decision([])
+        out += _crash(agent, replica, c.reason or "exited unexpectedly", c.pod_id, c.snapshot, now)
+    return _with_status(state, a, out, now)
+
+
+def _crash(
+    agent: Agent, replica: Replica, reason: str, pod_id: str, snapshot: str | None, now: datetime
+) -> list[Payload]:
+    policy = (agent.versions.get(replica.version) or agent.spec).restart
+    window_start = now - timedelta(seconds=policy.window_s)
+    crashes = [t for t in replica.crashes if t >= window_start] + [now]
+    if len(crashes) > policy.max_restarts:
+        return [
+            events.ReplicaCrashed(
+                agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod_id,
+                reason=reason, crashes=len(crashes), restart_at=None, snapshot=snapshot,
+            ),
+            events.ReplicaFailed(
+                agent_id=agent.agent_id, replica_id=replica.replica_id,
+                reason=f"crash loop: {len(crashes)} crashes in {policy.window_s:.0f}s (last: {reason})",
+            ),
+        ]
+    delay = min(policy.backoff_s * 2 ** (len(crashes) - 1), policy.max_backoff_s)
+    return [
+        events.ReplicaCrashed(
+            agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod_id, reason=reason,
+            crashes=len(crashes), restart_at=now + timedelta(seconds=delay), snapshot=snapshot,
+        )
+    ]
+
+
+def _advance_rollout(agent: Agent, ready: Replica) -> list[Payload]:
+    """A new-version replica is running: retire one old replica, start the next new one."""
+    rollout = agent.rollout
+    if rollout is None or ready.version != rollout.version:
+        return []
+    out: list[Payload] = []
+    active = agent.active()
+    old = [r for r in active if r.version != rollout.version]
+    new = [r for r in active if r.version == rollout.version]
+    new_running = sum(1 for r in new if r.phase == "running" or r.replica_id == ready.replica_id)
+    if old:
+        victim = _stop_order(old)[0]
+        out.append(
+            events.ReplicaStopping(
+                agent_id=agent.agent_id, replica_id=victim.replica_id,
+                reason=f"replaced by {ready.replica_id} ({rollout.version})",
+            )
+        )
+    missing = agent.replicas_desired - len(new)
+    if missing > 0:
+        out += _new_replicas(
+            agent.agent_id, agent.next_replica, min(missing, rollout.max_surge), rollout.version,
+            f"rollout to {rollout.version}",
+        )
+    if len(old) <= 1 and new_running >= agent.replicas_desired:
+        out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=rollout.version))
+    return out
+
+
+@_on(commands.RestartReplica)
+def _restart(state: HiveState, c: commands.RestartReplica, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = state.agents.get(c.agent_id)
+    replica = agent.replicas.get(c.replica_id) if agent else None
+    if agent is None or replica is None:
+        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+    if replica.phase != "crashed":
+        return Decision([])
+    if replica.restart_at is not None and now < replica.restart_at:
+        wait = (replica.restart_at - now).total_seconds()
+        return Rejection(f"replica {c.replica_id} backs off for {wait:.1f}s more", rule="backoff")
+    out: list[Payload] = [
+        events.ReplicaRequested(
+            agent_id=agent.agent_id, replica_id=replica.replica_id, version=replica.version,
+            snapshot=replica.snapshot, reason=f"restart after crash {len(replica.crashes)}",
+        )
+    ]
+    return _with_status(state, agent.agent_id, out, now)
+
+
+__all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]

@@ -1,0 +1,278 @@
+"""`evolve(state, seq, event) -> state`: fold one event into the Hive's state.
+
+Deterministic and free of I/O, so every replica, the timeline's time travel and the tests get the
+same state from the same events. It updates `state` in place and returns it: copying a large
+state for every event would make folding a long log quadratic. Folding is idempotent by stream
+sequence: an event at or below `applied_seq` changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from schemas import Envelope, events
+from services.hive.state import (
+    PLACED,
+    Agent,
+    HiveState,
+    Namespace,
+    Pod,
+    Replica,
+    ReplicaPhase,
+    Rollout,
+)
+
+Handler = Callable[[HiveState, Any, Envelope[Any], int], None]
+_HANDLERS: dict[type[Any], Handler] = {}
+
+
+def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[event_type] = fn
+        return fn
+
+    return register
+
+
+def evolve(state: HiveState, seq: int, envelope: Envelope[Any]) -> HiveState:
+    """Apply the event stored at stream sequence `seq`; events the Hive does not fold (outcomes,
+    events of later Swarm versions it does not know) only advance `applied_seq`."""
+    if seq <= state.applied_seq:
+        return state
+    handler = _HANDLERS.get(type(envelope.data))
+    if handler is not None:
+        handler(state, envelope.data, envelope, seq)
+    state.applied_seq = seq
+    return state
+
+
+# --- namespaces ----------------------------------------------------------------------------------
+
+
+@_on(events.NamespaceCreated)
+def _namespace_created(s: HiveState, e: events.NamespaceCreated, env: Envelope[Any], seq: int) -> None:
+    s.namespaces[e.name] = Namespace(e.name, e.quota, last_seq=seq)
+
+
+@_on(events.NamespaceUpdated)
+def _namespace_updated(s: HiveState, e: events.NamespaceUpdated, env: Envelope[Any], seq: int) -> None:
+    ns = s.namespaces.setdefault(e.name, Namespace(e.name))
+    ns.quota = e.quota
+    ns.last_seq = seq
+
+
+# --- agents --------------------------------------------------------------------------------------
+
+
+def _agent(s: HiveState, agent_id: str, seq: int) -> Agent:
+    agent = s.agents[agent_id]
+    agent.last_seq = seq
+    return agent
+
+
+@_on(events.AgentDeployed)
+def _deployed(s: HiveState, e: events.AgentDeployed, env: Envelope[Any], seq: int) -> None:
+    agent = Agent(
+        agent_id=e.agent_id,
+        namespace=e.namespace,
+        name=e.name,
+        spec=e.spec,
+        replicas_desired=e.replicas,
+        versions={e.spec.version: e.spec},
+        history=[e.spec.version],
+        created_at=env.time,
+        last_seq=seq,
+    )
+    s.agents[e.agent_id] = agent
+    s.by_name[agent.key] = e.agent_id
+
+
+@_on(events.AgentScaled)
+def _scaled(s: HiveState, e: events.AgentScaled, env: Envelope[Any], seq: int) -> None:
+    _agent(s, e.agent_id, seq).replicas_desired = e.replicas
+
+
+@_on(events.AgentRolloutStarted)
+def _rollout_started(
+    s: HiveState, e: events.AgentRolloutStarted, env: Envelope[Any], seq: int
+) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.spec = e.spec
+    agent.versions[e.spec.version] = e.spec
+    if e.spec.version in agent.history:
+        agent.history.remove(e.spec.version)
+    agent.history.append(e.spec.version)
+    agent.rollout = Rollout(e.spec.version, e.from_version, e.max_surge, e.rollback)
+
+
+@_on(events.AgentRolloutCompleted)
+def _rollout_completed(
+    s: HiveState, e: events.AgentRolloutCompleted, env: Envelope[Any], seq: int
+) -> None:
+    _agent(s, e.agent_id, seq).rollout = None
+
+
+@_on(events.AgentStatusChanged)
+def _status(s: HiveState, e: events.AgentStatusChanged, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.status = e.status
+    agent.status_reason = e.reason
+    if e.status == "running":
+        agent.ever_running = True
+
+
+@_on(events.AgentDeleted)
+def _deleted(s: HiveState, e: events.AgentDeleted, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.deleted = True
+    agent.replicas_desired = 0
+    if s.by_name.get(agent.key) == agent.agent_id:
+        del s.by_name[agent.key]
+    _forget_if_gone(s, agent)
+
+
+# --- replicas ------------------------------------------------------------------------------------
+
+
+def _release(s: HiveState, agent: Agent, replica: Replica) -> None:
+    """Give the replica's reservation back to its pod."""
+    if replica.pod_id is None or replica.phase not in PLACED:
+        return
+    pod = s.pods.get(replica.pod_id)
+    if pod is not None and (agent.agent_id, replica.replica_id) in pod.replicas:
+        pod.replicas.discard((agent.agent_id, replica.replica_id))
+        spec = agent.versions.get(replica.version, agent.spec)
+        pod.used_memory_mb -= spec.resources.memory_mb
+        pod.used_fuel_per_s -= spec.resources.fuel_per_s
+
+
+def _move(s: HiveState, agent: Agent, replica: Replica, phase: ReplicaPhase, reason: str) -> None:
+    if phase not in PLACED:
+        _release(s, agent, replica)
+    replica.phase = phase
+    replica.reason = reason
+
+
+def _forget_if_gone(s: HiveState, agent: Agent) -> None:
+    """A deleted agent leaves the state once none of its replicas holds resources."""
+    if agent.deleted and all(r.phase in ("stopped", "failed") for r in agent.replicas.values()):
+        del s.agents[agent.agent_id]
+
+
+@_on(events.ReplicaRequested)
+def _replica_requested(
+    s: HiveState, e: events.ReplicaRequested, env: Envelope[Any], seq: int
+) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    replica = agent.replicas.get(e.replica_id)
+    if replica is None:
+        replica = agent.replicas[e.replica_id] = Replica(e.replica_id, e.version)
+        agent.next_replica += 1
+    _move(s, agent, replica, "requested", e.reason)
+    replica.version = e.version
+    replica.pod_id = None
+    replica.restart_at = None
+    replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaScheduled)
+def _replica_scheduled(
+    s: HiveState, e: events.ReplicaScheduled, env: Envelope[Any], seq: int
+) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    replica = agent.replicas[e.replica_id]
+    replica.phase = "scheduled"
+    replica.reason = e.reason
+    replica.pod_id = e.pod_id
+    pod = s.pods[e.pod_id]
+    spec = agent.versions.get(replica.version, agent.spec)
+    pod.replicas.add((agent.agent_id, replica.replica_id))
+    pod.used_memory_mb += spec.resources.memory_mb
+    pod.used_fuel_per_s += spec.resources.fuel_per_s
+
+
+@_on(events.ReplicaStarting)
+def _replica_starting(s: HiveState, e: events.ReplicaStarting, env: Envelope[Any], seq: int) -> None:
+    replica = _agent(s, e.agent_id, seq).replicas[e.replica_id]
+    replica.phase = "starting"
+    replica.reason = f"starting on {e.pod_id}"
+    if e.snapshot is not None:
+        replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaRunning)
+def _replica_running(s: HiveState, e: events.ReplicaRunning, env: Envelope[Any], seq: int) -> None:
+    replica = _agent(s, e.agent_id, seq).replicas[e.replica_id]
+    replica.phase = "running"
+    replica.reason = f"running on {e.pod_id}"
+
+
+@_on(events.ReplicaCrashed)
+def _replica_crashed(s: HiveState, e: events.ReplicaCrashed, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    replica = agent.replicas[e.replica_id]
+    _move(s, agent, replica, "crashed", e.reason)
+    replica.crashes.append(env.time)
+    replica.restart_at = e.restart_at
+    if e.snapshot is not None:
+        replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaFailed)
+def _replica_failed(s: HiveState, e: events.ReplicaFailed, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    _move(s, agent, agent.replicas[e.replica_id], "failed", e.reason)
+    agent.replicas[e.replica_id].restart_at = None
+    _forget_if_gone(s, agent)
+
+
+@_on(events.ReplicaStopping)
+def _replica_stopping(s: HiveState, e: events.ReplicaStopping, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    replica = agent.replicas[e.replica_id]
+    if replica.phase in PLACED:
+        _move(s, agent, replica, "stopping", e.reason)
+    else:
+        # Never placed (or crashed and waiting): nothing runs, so it is stopped at once.
+        _move(s, agent, replica, "stopped", e.reason)
+        _forget_if_gone(s, agent)
+
+
+@_on(events.ReplicaStopped)
+def _replica_stopped(s: HiveState, e: events.ReplicaStopped, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    replica = agent.replicas[e.replica_id]
+    _move(s, agent, replica, "stopped", e.reason)
+    if e.snapshot is not None:
+        replica.snapshot = e.snapshot
+    _forget_if_gone(s, agent)
+
+
+# --- pods ----------------------------------------------------------------------------------------
+
+
+@_on(events.PodRegistered)
+def _pod_registered(s: HiveState, e: events.PodRegistered, env: Envelope[Any], seq: int) -> None:
+    pod = s.pods.get(e.pod_id)
+    if pod is None:
+        s.pods[e.pod_id] = Pod(
+            e.pod_id, e.capacity, dict(e.labels), e.zone, e.energy_cost, e.lease_s,
+            registered_at=env.time, last_seq=seq,
+        )
+        return
+    pod.capacity = e.capacity
+    pod.labels = dict(e.labels)
+    pod.zone = e.zone
+    pod.energy_cost = e.energy_cost
+    pod.lease_s = e.lease_s
+    pod.status = "ready"
+    pod.registered_at = env.time
+    pod.last_seq = seq
+
+
+@_on(events.PodLost)
+def _pod_lost(s: HiveState, e: events.PodLost, env: Envelope[Any], seq: int) -> None:
+    pod = s.pods[e.pod_id]
+    pod.status = "lost"
+    pod.last_seq = seq

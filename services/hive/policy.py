@@ -1,0 +1,104 @@
+"""Who may issue what, and how much a namespace may hold. Each refusal names its rule.
+
+Identities are `kind:name` strings carried in the CloudEvents `identity` extension:
+`user:<name>`, `service:<hive|scheduler|observer|gateway>`, `pod:<pod id>`, `agent:<agent id>`.
+An agent acting on its own may only issue the command types its spec lists in `autonomy`, and
+only about its own namespace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas import Envelope, commands
+from schemas.specs import AgentSpec
+from services.hive.state import ACTIVE, Agent, HiveState
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    rule: str
+
+
+_KINDS = ("user", "service", "pod", "agent")
+#: Commands only Swarm's own services may send (the scheduler's proposals, the reconcile loop's).
+_SERVICE_ONLY = (commands.ProposePlacement, commands.ExpirePod, commands.RestartReplica)
+#: Commands about one pod, which only that pod (or a service) may send.
+_POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportReplica)
+
+
+def check_identity(state: HiveState, command: Envelope[Any]) -> Refusal | None:
+    identity = command.identity
+    if not identity or ":" not in identity:
+        return Refusal("command carries no identity (CloudEvents extension `identity`, kind:name)", "identity")
+    kind, _, name = identity.partition(":")
+    if kind not in _KINDS or not name:
+        return Refusal(f"identity {identity!r} must be one of {', '.join(k + ':<name>' for k in _KINDS)}", "identity")
+    payload = command.data
+    if isinstance(payload, _SERVICE_ONLY) and kind != "service":
+        return Refusal(f"{command.type} may only be sent by a Swarm service, not {identity}", "identity")
+    if isinstance(payload, _POD_SCOPED) and kind not in ("service", "user") and identity != f"pod:{payload.pod_id}":
+        return Refusal(f"{command.type} about pod {payload.pod_id} may not be sent by {identity}", "identity")
+    if kind == "agent":
+        return _check_autonomy(state, name, command)
+    return None
+
+
+def _check_autonomy(state: HiveState, agent_id: str, command: Envelope[Any]) -> Refusal | None:
+    agent = state.agents.get(agent_id)
+    if agent is None or agent.deleted:
+        return Refusal(f"agent {agent_id} is not known; it may not issue commands", "autonomy")
+    if command.type not in agent.spec.autonomy:
+        allowed = ", ".join(agent.spec.autonomy) or "nothing"
+        return Refusal(
+            f"agent {agent.namespace}/{agent.name} may not issue {command.type} on its own "
+            f"(its autonomy allows: {allowed})",
+            "autonomy",
+        )
+    namespace = getattr(command.data, "namespace", agent.namespace)
+    if namespace != agent.namespace:
+        return Refusal(
+            f"agent {agent.namespace}/{agent.name} may only act in namespace {agent.namespace}", "autonomy"
+        )
+    return None
+
+
+def check_quota(
+    state: HiveState,
+    namespace: str,
+    *,
+    new_agents: int = 0,
+    replicas: int = 0,
+    spec: AgentSpec,
+    agent: Agent | None = None,
+) -> Refusal | None:
+    """Would adding `new_agents` agents and `replicas` replicas of `spec` break the quota?
+
+    With `agent` (a rollout), the agent's desired replicas are re-priced at the new spec.
+    """
+    quota = state.namespaces[namespace].quota
+    agents = [a for a in state.agents.values() if a.namespace == namespace and not a.deleted]
+    used_replicas = sum(a.replicas_desired for a in agents)
+    used_memory = sum(a.replicas_desired * a.spec.resources.memory_mb for a in agents)
+    used_fuel = sum(a.replicas_desired * a.spec.resources.fuel_per_s for a in agents)
+    if agent is not None:
+        used_memory += agent.replicas_desired * (spec.resources.memory_mb - agent.spec.resources.memory_mb)
+        used_fuel += agent.replicas_desired * (spec.resources.fuel_per_s - agent.spec.resources.fuel_per_s)
+    checks = (
+        ("max_agents", quota.max_agents, len(agents) + new_agents, "agents"),
+        ("max_replicas", quota.max_replicas, used_replicas + replicas, "replicas"),
+        ("max_memory_mb", quota.max_memory_mb, used_memory + replicas * spec.resources.memory_mb, "MB of memory"),
+        ("max_fuel_per_s", quota.max_fuel_per_s, used_fuel + replicas * spec.resources.fuel_per_s, "fuel/s"),
+    )
+    for rule, limit, wanted, unit in checks:
+        if limit is not None and wanted > limit:
+            return Refusal(
+                f"namespace {namespace} quota {rule} is {limit}; this would use {wanted} {unit}",
+                f"quota.{rule}",
+            )
+    return None
+
+
+__all__ = ["ACTIVE", "Refusal", "check_identity", "check_quota"]

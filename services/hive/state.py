@@ -1,0 +1,153 @@
+"""The Hive's state: what every replica agrees on, folded from the event log.
+
+Plain mutable dataclasses, because Raft snapshots pickle them and folding must not copy the whole
+state per event. Derived numbers (a pod's usage) are kept up to date by `evolve` so that placement
+checks are O(1) instead of a scan over every replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from schemas.specs import AgentSpec, Capacity, Quota
+
+ReplicaPhase = Literal[
+    "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
+]
+#: Phases in which a replica holds resources on its pod.
+PLACED: frozenset[str] = frozenset({"scheduled", "starting", "running", "stopping"})
+#: Phases that count towards the desired replica count.
+ACTIVE: frozenset[str] = frozenset({"requested", "scheduled", "starting", "running", "crashed"})
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(slots=True)
+class Replica:
+    replica_id: str
+    version: str
+    phase: ReplicaPhase = "requested"
+    pod_id: str | None = None
+    reason: str = ""
+    snapshot: str | None = None
+    #: Times of recent crashes, for the restart window.
+    crashes: list[datetime] = field(default_factory=list)
+    restart_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Rollout:
+    version: str
+    from_version: str
+    max_surge: int
+    rollback: bool = False
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    namespace: str
+    name: str
+    spec: AgentSpec
+    replicas_desired: int
+    status: str = "requested"
+    status_reason: str = "deployed"
+    #: Every version ever deployed, oldest first, with its spec (for rollback).
+    versions: dict[str, AgentSpec] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    rollout: Rollout | None = None
+    next_replica: int = 0
+    deleted: bool = False
+    ever_running: bool = False
+    created_at: datetime | None = None
+    #: Stream sequence of the last event of this aggregate (for expected-sequence appends).
+    last_seq: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def active(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.phase in ACTIVE]
+
+
+@dataclass(slots=True)
+class Pod:
+    pod_id: str
+    capacity: Capacity
+    labels: dict[str, str]
+    zone: str
+    energy_cost: float
+    lease_s: float
+    status: Literal["ready", "lost"] = "ready"
+    used_memory_mb: int = 0
+    used_fuel_per_s: int = 0
+    #: (agent_id, replica_id) of every replica holding resources here.
+    replicas: set[tuple[str, str]] = field(default_factory=set)
+    registered_at: datetime | None = None
+    last_seq: int = 0
+
+    def free(self) -> tuple[int, int, int]:
+        """(memory MB, fuel/s, slots) still free."""
+        return (
+            self.capacity.memory_mb - self.used_memory_mb,
+            self.capacity.fuel_per_s - self.used_fuel_per_s,
+            self.capacity.slots - len(self.replicas),
+        )
+
+
+@dataclass(slots=True)
+class Namespace:
+    name: str
+    quota: Quota = field(default_factory=Quota)
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class HiveState:
+    """Everything the Hive decides on. `applied_seq` is the last SWARM_EVENTS sequence folded."""
+
+    applied_seq: int = 0
+    namespaces: dict[str, Namespace] = field(
+        default_factory=lambda: {DEFAULT_NAMESPACE: Namespace(DEFAULT_NAMESPACE)}
+    )
+    agents: dict[str, Agent] = field(default_factory=dict)
+    #: (namespace, name) -> agent id, for agents that are not deleted.
+    by_name: dict[tuple[str, str], str] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+
+    def agent_named(self, namespace: str, name: str) -> Agent | None:
+        agent_id = self.by_name.get((namespace, name))
+        return self.agents.get(agent_id) if agent_id else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view of the whole state (queries, digests, time travel)."""
+        return _jsonable(asdict(self))
+
+    def digest(self) -> str:
+        """sha256 over a canonical rendering: equal on every replica that agrees."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_key(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_jsonable(v) for v in value), key=json.dumps)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _key(key: Any) -> str:
+    return "/".join(key) if isinstance(key, tuple) else str(key)
