@@ -15,6 +15,9 @@ from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import AgentSpec, Capacity, Id, Name, Quota, Version
 
+#: Replicas of one agent; bounded so that one decision fits in one atomic append.
+MAX_REPLICAS = 400
+
 # --- namespaces ----------------------------------------------------------------------------------
 
 
@@ -47,14 +50,14 @@ class DeployAgent(AgentCommand):
     """Deploy a new agent with its first version."""
 
     spec: AgentSpec
-    replicas: int = Field(default=1, ge=0, le=10_000)
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
 
 
 @REGISTRY.command("agent", "scale")
 class ScaleAgent(AgentCommand):
     """Change how many replicas of the agent should run."""
 
-    replicas: int = Field(ge=0, le=10_000)
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
 
 
 @REGISTRY.command("agent", "rollout")

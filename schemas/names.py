@@ -53,6 +53,8 @@ QUERY_AGENTS_GET: Final = f"{QUERY_PREFIX}.agents.get"
 QUERY_PODS_LIST: Final = f"{QUERY_PREFIX}.pods.list"
 QUERY_NAMESPACES_LIST: Final = f"{QUERY_PREFIX}.namespaces.list"
 QUERY_DIGEST: Final = f"{QUERY_PREFIX}.state.digest"
+QUERY_STATE: Final = f"{QUERY_PREFIX}.state.full"
+#: Any replica answers; `<QUERY_STATUS>.<node>` reaches one replica (convergence checks).
 QUERY_STATUS: Final = f"{QUERY_PREFIX}.hive.status"
 #: Queue group so that one replica answers each query.
 QUERY_QUEUE: Final = "hive"

@@ -25,10 +25,8 @@ class CommandAccepted(Payload):
 
     command_id: str
     command_type: str
-    #: Ids of the events the command caused, in log order.
+    #: Ids of the events the command caused, in log order (written atomically with this one).
     events: list[str] = Field(default_factory=list)
-    #: Stream sequence of the last event written for it (0 when it caused none).
-    last_sequence: int = 0
 
 
 @REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_REJECTED)

@@ -21,13 +21,14 @@ from swarm.kernel.eventlog import (
     AppendFailed,
     AppendRequest,
     ConcurrencyConflict,
+    DuplicateBatch,
     EventLog,
 )
 
 
 def accepted(aggregate_id: str, n: int = 0):  # type: ignore[no-untyped-def]
     return event(
-        CommandAccepted(command_id=aggregate_id, command_type="swarm.cmd.test.run", last_sequence=n),
+        CommandAccepted(command_id=aggregate_id, command_type="swarm.cmd.test.run", events=[str(n)]),
         aggregate_id=aggregate_id,
         source="contract-test",
     )
@@ -152,7 +153,7 @@ async def test_replay_from_sequence_is_ordered_and_complete(event_log: EventLog)
         d async for d in event_log.replay(names.STREAM_EVENTS, start_seq=appended[25].seq, subjects=[subject])
     ]
     assert [d.stream_seq for d in from_middle] == [a.seq for a in appended[25:]]
-    assert [d.decode().data.last_sequence for d in from_middle] == list(range(25, 50))
+    assert [d.decode().data.events for d in from_middle] == [[str(n)] for n in range(25, 50)]
     # Small batches give the same result: batching is an optimisation, not a semantic.
     small = [d async for d in event_log.replay(names.STREAM_EVENTS, subjects=[subject], batch=7)]
     assert [d.stream_seq for d in small] == [a.seq for a in appended]
@@ -250,3 +251,23 @@ def test_decoding_arbitrary_input_only_ever_raises_decode_error(raw: bytes) -> N
         REGISTRY.decode(raw)
     except DecodeError as exc:
         assert exc.reason
+
+
+async def test_atomic_batch_is_all_or_nothing(event_log: EventLog) -> None:
+    agg = new_id()
+    wildcard = names.outcome_wildcard(agg)
+    requests = [AppendRequest.of(accepted(agg, n)) for n in range(3)]
+    first = AppendRequest.of(accepted(agg, 9), expected_last_seq=0, expected_subject=wildcard)
+    stored = await event_log.append_atomic([first, *requests])
+    assert [a.seq for a in stored] == list(range(stored[0].seq, stored[0].seq + 4))
+    # The same batch again: every id is known, nothing new is stored.
+    with pytest.raises(DuplicateBatch):
+        await event_log.append_atomic([first, *requests])
+    # A batch whose expectation fails stores none of its messages, not even the valid ones.
+    late = [AppendRequest.of(accepted(agg, 10), expected_last_seq=0, expected_subject=wildcard),
+            AppendRequest.of(accepted(new_id(), 11))]
+    with pytest.raises(ConcurrencyConflict):
+        await event_log.append_atomic(late)
+    all_of_it = [d async for d in event_log.replay(names.STREAM_EVENTS, subjects=[wildcard])]
+    assert [d.stream_seq for d in all_of_it] == [a.seq for a in stored]
+    assert await event_log.last_sequence(names.STREAM_EVENTS, late[1].subject) == 0

@@ -34,6 +34,10 @@ class Decision:
 
 
 Outcome = Decision | Rejection
+
+#: Keeps every decision within one atomic append (nats-server allows 1000 messages per batch,
+#: including the outcome and status events).
+MAX_REPLICAS_PER_DECISION = 400
 Handler = Callable[[HiveState, Any, Envelope[Any], datetime], Outcome]
 _HANDLERS: dict[type[Any], Handler] = {}
 
@@ -412,11 +416,13 @@ def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outc
     pod = state.pods.get(pod_id)
     if pod is None:
         return Rejection(f"pod {pod_id} not found", rule="not_found")
-    if pod.status == "lost":
+    if pod.status == "lost" and not pod.replicas:
         return Decision([])
-    out: list[Payload] = [events.PodLost(pod_id=pod_id, reason=reason)]
+    # A pod losing more replicas than fit in one atomic write is handled in steps: the pod stays
+    # lost while it still holds replicas, and the reconcile loop sends the command again.
+    out: list[Payload] = [] if pod.status == "lost" else [events.PodLost(pod_id=pod_id, reason=reason)]
     touched: dict[str, list[Payload]] = {}
-    for agent_id, replica_id in sorted(pod.replicas):
+    for agent_id, replica_id in sorted(pod.replicas)[:MAX_REPLICAS_PER_DECISION]:
         agent = state.agents[agent_id]
         replica = agent.replicas[replica_id]
         moved: Payload

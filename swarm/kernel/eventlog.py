@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
-from schemas import REGISTRY, Envelope, Payload, Registry, names, subject_of
+from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import ensure_streams
 
@@ -40,6 +40,12 @@ log = structlog.get_logger(__name__)
 _WRONG_LAST_SEQUENCE = 10071
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
 _DEFAULT_TIMEOUT = 5.0
+_DUPLICATE_IN_BATCH = 10201
+_BATCH_ID = "Nats-Batch-Id"
+_BATCH_SEQ = "Nats-Batch-Sequence"
+_BATCH_COMMIT = "Nats-Batch-Commit"
+#: nats-server's default limit on messages in one atomic batch.
+MAX_ATOMIC_BATCH = 1000
 
 
 class EventLogError(Exception):
@@ -57,6 +63,10 @@ class ConcurrencyConflict(EventLogError):
             f"append to {subject} expected last sequence {expected}, the log is at "
             f"{actual if actual is not None else 'a different sequence'}"
         )
+
+
+class DuplicateBatch(EventLogError):
+    """An atomic batch repeated a stored message id: it was appended before, nothing was added."""
 
 
 class AppendFailed(EventLogError):
@@ -326,6 +336,48 @@ class EventLog:
             appended.append(_appended(future.result()))
         return appended
 
+    async def append_atomic(self, requests: Sequence[AppendRequest]) -> list[Appended]:
+        """Append all of `requests` or none of them (JetStream atomic batch, nats-server 2.12+).
+
+        Expected-sequence checks and message-id dedupe apply inside the batch: a conflict raises
+        `ConcurrencyConflict` and a batch containing an already-stored message id raises
+        `DuplicateBatch`; in both cases nothing of the batch was stored.
+        """
+        if not requests:
+            return []
+        if len(requests) > MAX_ATOMIC_BATCH:
+            raise ValueError(f"an atomic batch holds at most {MAX_ATOMIC_BATCH} messages")
+        batch_id = new_id()
+        last = len(requests)
+        for n, request in enumerate(requests, 1):
+            headers = request.headers()
+            headers[_BATCH_ID] = batch_id
+            headers[_BATCH_SEQ] = str(n)
+            if n < last:
+                await self.nc.publish(request.subject, request.body, headers=headers)
+                continue
+            headers[_BATCH_COMMIT] = "1"
+            try:
+                reply = await self.nc.request(
+                    request.subject, request.body, timeout=self.timeout, headers=headers
+                )
+            except nats.errors.NoRespondersError as exc:
+                raise AppendFailed(f"no stream accepts subject {request.subject}") from exc
+            except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+                raise AppendFailed(f"atomic batch {batch_id} not acknowledged in time") from exc
+        resp = json.loads(reply.data)
+        error = resp.get("error")
+        if error:
+            code = error.get("err_code")
+            if code == _DUPLICATE_IN_BATCH:
+                raise DuplicateBatch(error.get("description", "duplicate message id"))
+            exc = APIError(code=error.get("code"), err_code=code, description=error.get("description"))
+            first_check = next((r for r in requests if r.expected_last_seq is not None), requests[0])
+            raise _translate(exc, first_check)
+        end = int(resp["seq"])
+        count = int(resp.get("count", last))
+        return [Appended(resp["stream"], end - count + 1 + i, False) for i in range(count)]
+
     async def last_sequence(self, stream: str, subject: str | None = None) -> int:
         """Last sequence in `stream`, or of the last message on `subject` (0 when there is none)."""
         if subject is None:
@@ -380,7 +432,7 @@ class EventLog:
 
     # -- replaying --------------------------------------------------------------------------------
 
-    async def replay(
+    async def reader(
         self,
         stream: str,
         *,
@@ -388,20 +440,10 @@ class EventLog:
         start_time: datetime | None = None,
         subjects: Sequence[str] = (),
         batch: int = 1000,
-        follow: bool = False,
-        idle_timeout: float = 1.0,
-    ) -> AsyncIterator[Delivery]:
-        """Read `stream` in order, from a sequence or a time, through an ephemeral consumer.
-
-        Without `follow` the iteration ends at the message that was last when it started;
-        with `follow` it keeps waiting for new messages until the caller stops iterating.
-        Messages are read in batches of `batch`, never one round trip per message.
-        """
+    ) -> Reader:
+        """An ordered, ephemeral, ack-less reader of `stream` from a sequence or a time."""
         if start_seq is not None and start_time is not None:
             raise ValueError("give start_seq or start_time, not both")
-        end = await self.last_sequence(stream)
-        if start_seq is not None and start_seq > end and not follow:
-            return
         if start_seq is not None:
             policy, opt_seq, opt_time = DeliverPolicy.BY_START_SEQUENCE, max(start_seq, 1), None
         elif start_time is not None:
@@ -422,34 +464,80 @@ class EventLog:
         sub = await self.js.pull_subscribe_bind(
             info.name, stream, pending_msgs_limit=batch * 4, pending_bytes_limit=64 * 1024 * 1024
         )
+        return Reader(self, sub, stream, info.name)
+
+    async def replay(
+        self,
+        stream: str,
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        subjects: Sequence[str] = (),
+        batch: int = 1000,
+        follow: bool = False,
+        idle_timeout: float = 1.0,
+    ) -> AsyncIterator[Delivery]:
+        """Read `stream` in order, from a sequence or a time.
+
+        Without `follow` the iteration ends at the message that was last when it started;
+        with `follow` it keeps waiting for new messages until the caller stops iterating.
+        Messages are read in batches of `batch`, never one round trip per message.
+        """
+        end = await self.last_sequence(stream)
+        if start_seq is not None and start_seq > end and not follow:
+            return
+        reader = await self.reader(
+            stream, start_seq=start_seq, start_time=start_time, subjects=subjects, batch=batch
+        )
         try:
             while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=idle_timeout)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    msgs = []
-                if not msgs:
+                deliveries = await reader.fetch(batch, timeout=idle_timeout)
+                if not deliveries:
                     if follow:
                         continue
                     # Nothing within the idle timeout: with filters, the messages up to `end`
-                    # may simply not match, so the stream position tells whether we are done.
-                    ci = await sub.consumer_info()
-                    if (ci.num_pending or 0) == 0:
+                    # may simply not match, so the consumer's position tells whether we are done.
+                    if await reader.caught_up():
                         return
                     continue
-                for msg in msgs:
-                    delivery = Delivery.of(msg, keep=False)
+                for delivery in deliveries:
                     if not follow and delivery.stream_seq > end:
                         return
                     yield delivery
                     if not follow and (delivery.stream_seq >= end or delivery.num_pending == 0):
                         return
         finally:
-            try:
-                await sub.unsubscribe()
-                await asyncio.wait_for(self.js.delete_consumer(stream, info.name), self.timeout)
-            except (NotFoundError, nats.errors.Error, asyncio.TimeoutError):
-                pass  # ephemeral: the server removes it after inactive_threshold anyway
+            await reader.close()
+
+
+class Reader:
+    """An ordered ephemeral consumer: batches of messages in stream order, no acks."""
+
+    def __init__(
+        self, log: EventLog, sub: JetStreamContext.PullSubscription, stream: str, name: str
+    ) -> None:
+        self._log = log
+        self._sub = sub
+        self.stream = stream
+        self.name = name
+
+    async def fetch(self, batch: int = 1000, timeout: float = 1.0) -> list[Delivery]:
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        return [Delivery.of(m, keep=False) for m in msgs]
+
+    async def caught_up(self) -> bool:
+        info = await self._sub.consumer_info()
+        return (info.num_pending or 0) == 0
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            await self._sub.unsubscribe()
+            await asyncio.wait_for(
+                self._log.js.delete_consumer(self.stream, self.name), self._log.timeout
+            )
 
 
 class _AckMux:

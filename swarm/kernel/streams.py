@@ -43,6 +43,8 @@ class StreamSpec:
             deny_delete=self.max_age == 0,
             deny_purge=self.max_age == 0,
             allow_direct=True,
+            # Lets the Hive write a command's events and its outcome all-or-nothing.
+            allow_atomic=True,
         )
 
 

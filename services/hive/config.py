@@ -1,0 +1,37 @@
+"""Hive replica settings (`SWARM_HIVE_*`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.hive.raft import RaftConfig
+
+
+class HiveSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARM_HIVE_", extra="ignore", frozen=True)
+
+    #: This replica's Raft address (host:port) and the other replicas' addresses.
+    raft_self: str = "127.0.0.1:4321"
+    raft_peers: list[str] = Field(default_factory=list)
+    #: Shared secret of the Raft cluster. Required: without it pysyncobj runs whatever pickle
+    #: reaches its port.
+    raft_password: str = Field(min_length=8)
+    #: Where the Raft journal and snapshots are kept.
+    data_dir: Path = Path(".swarm/hive")
+    #: Name of this replica in queries and logs (defaults to one derived from raft_self).
+    node: str | None = None
+
+    def node_id(self) -> str:
+        return self.node or "hive-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.raft_self)
+
+    def raft(self) -> RaftConfig:
+        return RaftConfig(
+            self_addr=self.raft_self,
+            peers=tuple(p for p in self.raft_peers if p and p != self.raft_self),
+            password=self.raft_password,
+            data_dir=self.data_dir,
+        )

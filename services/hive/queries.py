@@ -1,0 +1,165 @@
+"""Read-only queries over `swarm.query.…`, answered by any replica from the agreed state.
+
+Every answer carries `applied_seq`, the last log sequence the answering replica has folded, so a
+client that just got an outcome at sequence N can tell whether the answer reflects it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from schemas import names
+from services.hive.decide import derive_status
+from services.hive.raft import ReplicatedState
+from services.hive.state import Agent, HiveState, Pod
+
+log = structlog.get_logger(__name__)
+
+
+def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
+    replicas = sorted(agent.replicas.values(), key=lambda r: r.replica_id)
+    view: dict[str, Any] = {
+        "agent_id": agent.agent_id,
+        "namespace": agent.namespace,
+        "name": agent.name,
+        "version": agent.spec.version,
+        "status": agent.status,
+        "reason": agent.status_reason,
+        "replicas": {
+            "desired": agent.replicas_desired,
+            "running": sum(r.phase == "running" for r in replicas),
+            "active": len(agent.active()),
+        },
+        "rollout": (
+            {"version": agent.rollout.version, "from": agent.rollout.from_version, "rollback": agent.rollout.rollback}
+            if agent.rollout
+            else None
+        ),
+        "deleted": agent.deleted,
+        "created_at": agent.created_at.isoformat() if agent.created_at else None,
+        "last_seq": agent.last_seq,
+    }
+    if detail:
+        view["spec"] = agent.spec.model_dump(mode="json", exclude={"module": {"inline"}})
+        view["history"] = list(agent.history)
+        view["instances"] = [
+            {
+                "replica_id": r.replica_id,
+                "version": r.version,
+                "phase": r.phase,
+                "pod_id": r.pod_id,
+                "reason": r.reason,
+                "snapshot": r.snapshot,
+                "crashes": len(r.crashes),
+                "restart_at": r.restart_at.isoformat() if r.restart_at else None,
+            }
+            for r in replicas
+        ]
+        view["derived_status"] = list(derive_status(agent))
+    return view
+
+
+def pod_view(pod: Pod) -> dict[str, Any]:
+    memory, fuel, slots = pod.free()
+    return {
+        "pod_id": pod.pod_id,
+        "status": pod.status,
+        "zone": pod.zone,
+        "labels": dict(pod.labels),
+        "energy_cost": pod.energy_cost,
+        "lease_s": pod.lease_s,
+        "capacity": pod.capacity.model_dump(),
+        "free": {"memory_mb": memory, "fuel_per_s": fuel, "slots": slots},
+        "replicas": len(pod.replicas),
+    }
+
+
+def _agents_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    namespace = req.get("namespace")
+    agents = [
+        agent_view(a)
+        for a in sorted(state.agents.values(), key=lambda a: (a.namespace, a.name, a.agent_id))
+        if not a.deleted and (namespace is None or a.namespace == namespace)
+    ]
+    return {"agents": agents}
+
+
+def _agents_get(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    agent = None
+    if "agent_id" in req:
+        agent = state.agents.get(str(req["agent_id"]))
+    elif "name" in req:
+        agent = state.agent_named(str(req.get("namespace", "default")), str(req["name"]))
+    if agent is None:
+        return {"error": "agent not found", "code": "not_found"}
+    return {"agent": agent_view(agent, detail=True)}
+
+
+def _pods_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    return {"pods": [pod_view(p) for p in sorted(state.pods.values(), key=lambda p: p.pod_id)]}
+
+
+def _namespaces_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "namespaces": [
+            {"name": ns.name, "quota": ns.quota.model_dump(),
+             "agents": sum(1 for a in state.agents.values() if a.namespace == ns.name and not a.deleted)}
+            for ns in sorted(state.namespaces.values(), key=lambda n: n.name)
+        ]
+    }
+
+
+def _digest(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    return {"digest": state.digest()}
+
+
+def _full(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    return {"state": state.to_dict()}
+
+
+Query = Callable[[HiveState, dict[str, Any]], dict[str, Any]]
+QUERIES: dict[str, Query] = {
+    names.QUERY_AGENTS_LIST: _agents_list,
+    names.QUERY_AGENTS_GET: _agents_get,
+    names.QUERY_PODS_LIST: _pods_list,
+    names.QUERY_NAMESPACES_LIST: _namespaces_list,
+    names.QUERY_DIGEST: _digest,
+    names.QUERY_STATE: _full,
+}
+
+
+async def serve(
+    nc: NATS, raft: ReplicatedState, node: str, status: Callable[[], dict[str, Any]]
+) -> list[Subscription]:
+    """Subscribe the query handlers; returns the subscriptions (unsubscribe to stop)."""
+
+    def handler(query: Query) -> Callable[[Msg], Awaitable[None]]:
+        async def respond(msg: Msg) -> None:
+            try:
+                req = json.loads(msg.data) if msg.data else {}
+                if not isinstance(req, dict):
+                    raise ValueError("query body must be a JSON object")
+                with raft.lock:
+                    answer = query(raft.hive, req)
+                    answer["applied_seq"] = raft.hive.applied_seq
+            except ValueError as exc:
+                answer = {"error": f"bad query: {exc}", "code": "bad_request"}
+            answer["node"] = node
+            await msg.respond(json.dumps(answer).encode())
+
+        return respond
+
+    async def respond_status(msg: Msg) -> None:
+        await msg.respond(json.dumps(status()).encode())
+
+    subs = [await nc.subscribe(subject, queue=names.QUERY_QUEUE, cb=handler(q)) for subject, q in QUERIES.items()]
+    subs.append(await nc.subscribe(names.QUERY_STATUS, queue=names.QUERY_QUEUE, cb=respond_status))
+    subs.append(await nc.subscribe(f"{names.QUERY_STATUS}.{node}", cb=respond_status))
+    return subs

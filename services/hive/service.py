@@ -1,0 +1,127 @@
+"""A Hive replica: Raft member, query server, and (while leader) projector, command processor
+and reconcile loop.
+
+Leadership is polled, not pushed: pysyncobj's callbacks run on its thread and do not always fire
+under load, while asking `is_leader()` every few milliseconds is cheap and always right. Losing
+leadership cancels the leader's tasks; unacked commands go to the next leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+
+from schemas import names
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
+from services.hive.config import HiveSettings
+from services.hive.processor import CommandProcessor, NotCaughtUp
+from services.hive.projector import Projector
+from services.hive.queries import serve
+from services.hive.raft import ReplicatedState
+from services.hive.reconcile import Heartbeats, Reconciler
+
+log = structlog.get_logger(__name__)
+
+
+class Hive:
+    def __init__(self, settings: Settings, hive: HiveSettings) -> None:
+        self.settings = settings
+        self.hive_settings = hive
+        self.node = hive.node_id()
+        self.raft: ReplicatedState | None = None
+        self.processor: CommandProcessor | None = None
+        self.leader_since: float | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the replica to stop; safe before start and twice."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft
+        if raft is None:
+            return {"node": self.node, "ready": False}
+        with raft.lock:
+            applied = raft.hive.applied_seq
+            digest = raft.hive.digest()
+        return {
+            "node": self.node,
+            "ready": raft.is_ready(),
+            "is_leader": raft.is_leader(),
+            "leader": raft.leader(),
+            "applied_seq": applied,
+            "digest": digest,
+            "commands_handled": self.processor.handled if self.processor else 0,
+        }
+
+    async def run(self) -> None:
+        if self.settings.nats_url is None:
+            raise SystemExit("SWARM_NATS_URL is not set")
+        eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=self.node)
+        raft = self.raft = ReplicatedState(self.hive_settings.raft())
+        heartbeats = Heartbeats()
+        subs = await serve(eventlog.nc, raft, self.node, self.status)
+        subs.append(await heartbeats.subscribe(eventlog.nc))
+        log.info("hive replica started", node=self.node, raft=self.hive_settings.raft_self)
+        try:
+            while not self._stop.is_set():
+                if raft.is_leader():
+                    await self._lead(eventlog, raft, heartbeats)
+                else:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), 0.02)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await eventlog.close()
+            raft.destroy()
+
+    async def _lead(self, eventlog: EventLog, raft: ReplicatedState, heartbeats: Heartbeats) -> None:
+        self.leader_since = time.monotonic()
+        log.info("leading", node=self.node, applied_seq=raft.applied_seq)
+
+        def still_leader() -> bool:
+            return raft.is_leader() and not self._stop.is_set()
+
+        processor = self.processor = CommandProcessor(eventlog, raft, source=f"hive/{self.node}")
+        projector = Projector(eventlog, raft)
+        reconciler = Reconciler(eventlog, heartbeats, lambda: processor.working)
+        tasks = [
+            asyncio.create_task(projector.run(still_leader), name="projector"),
+            asyncio.create_task(processor.run(still_leader), name="commands"),
+            asyncio.create_task(reconciler.run(still_leader), name="reconcile"),
+        ]
+        try:
+            while still_leader() and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.01)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except NotCaughtUp as exc:
+                    log.warning("leader could not catch up", error=str(exc))
+                except Exception:
+                    log.exception("leader task failed", task=task.get_name())
+            log.info("no longer leading", node=self.node)
+
+
+async def main() -> None:
+    hive = Hive(Settings(), HiveSettings())  # type: ignore[call-arg]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hive.stop)
+    await hive.run()
+
+
+__all__ = ["Hive", "main", "names"]
