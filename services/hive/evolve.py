@@ -65,6 +65,17 @@ def _namespace_updated(s: HiveState, e: events.NamespaceUpdated, env: Envelope[A
 # --- agents --------------------------------------------------------------------------------------
 
 
+def _account(s: HiveState, agent: Agent, sign: int) -> None:
+    """Add (+1) or remove (-1) the agent's demand from its namespace's usage."""
+    if agent.deleted:
+        return
+    usage = s.namespaces.setdefault(agent.namespace, Namespace(agent.namespace)).usage
+    usage.agents += sign
+    usage.replicas += sign * agent.replicas_desired
+    usage.memory_mb += sign * agent.replicas_desired * agent.spec.resources.memory_mb
+    usage.fuel_per_s += sign * agent.replicas_desired * agent.spec.resources.fuel_per_s
+
+
 def _agent(s: HiveState, agent_id: str, seq: int) -> Agent:
     agent = s.agents[agent_id]
     agent.last_seq = seq
@@ -86,11 +97,15 @@ def _deployed(s: HiveState, e: events.AgentDeployed, env: Envelope[Any], seq: in
     )
     s.agents[e.agent_id] = agent
     s.by_name[agent.key] = e.agent_id
+    _account(s, agent, +1)
 
 
 @_on(events.AgentScaled)
 def _scaled(s: HiveState, e: events.AgentScaled, env: Envelope[Any], seq: int) -> None:
-    _agent(s, e.agent_id, seq).replicas_desired = e.replicas
+    agent = _agent(s, e.agent_id, seq)
+    _account(s, agent, -1)
+    agent.replicas_desired = e.replicas
+    _account(s, agent, +1)
 
 
 @_on(events.AgentRolloutStarted)
@@ -98,7 +113,9 @@ def _rollout_started(
     s: HiveState, e: events.AgentRolloutStarted, env: Envelope[Any], seq: int
 ) -> None:
     agent = _agent(s, e.agent_id, seq)
+    _account(s, agent, -1)
     agent.spec = e.spec
+    _account(s, agent, +1)
     agent.versions[e.spec.version] = e.spec
     if e.spec.version in agent.history:
         agent.history.remove(e.spec.version)
@@ -125,6 +142,7 @@ def _status(s: HiveState, e: events.AgentStatusChanged, env: Envelope[Any], seq:
 @_on(events.AgentDeleted)
 def _deleted(s: HiveState, e: events.AgentDeleted, env: Envelope[Any], seq: int) -> None:
     agent = _agent(s, e.agent_id, seq)
+    _account(s, agent, -1)
     agent.deleted = True
     agent.replicas_desired = 0
     if s.by_name.get(agent.key) == agent.agent_id:

@@ -13,7 +13,10 @@ from typing import Any
 
 from schemas import Envelope, commands
 from schemas.specs import AgentSpec
+from schemas.specs import Quota
 from services.hive.state import ACTIVE, Agent, HiveState
+
+_UNLIMITED = Quota()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +81,17 @@ def check_quota(
 
     With `agent` (a rollout), the agent's desired replicas are re-priced at the new spec.
     """
-    quota = state.namespaces[namespace].quota
-    agents = [a for a in state.agents.values() if a.namespace == namespace and not a.deleted]
-    used_replicas = sum(a.replicas_desired for a in agents)
-    used_memory = sum(a.replicas_desired * a.spec.resources.memory_mb for a in agents)
-    used_fuel = sum(a.replicas_desired * a.spec.resources.fuel_per_s for a in agents)
+    ns = state.namespaces[namespace]
+    quota, usage = ns.quota, ns.usage
+    if quota == _UNLIMITED:
+        return None
+    used_memory, used_fuel = usage.memory_mb, usage.fuel_per_s
     if agent is not None:
         used_memory += agent.replicas_desired * (spec.resources.memory_mb - agent.spec.resources.memory_mb)
         used_fuel += agent.replicas_desired * (spec.resources.fuel_per_s - agent.spec.resources.fuel_per_s)
     checks = (
-        ("max_agents", quota.max_agents, len(agents) + new_agents, "agents"),
-        ("max_replicas", quota.max_replicas, used_replicas + replicas, "replicas"),
+        ("max_agents", quota.max_agents, usage.agents + new_agents, "agents"),
+        ("max_replicas", quota.max_replicas, usage.replicas + replicas, "replicas"),
         ("max_memory_mb", quota.max_memory_mb, used_memory + replicas * spec.resources.memory_mb, "MB of memory"),
         ("max_fuel_per_s", quota.max_fuel_per_s, used_fuel + replicas * spec.resources.fuel_per_s, "fuel/s"),
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,7 @@ from swarm.kernel.eventlog import (
     DuplicateBatch,
     EventLog,
 )
+from swarm.kernel.eventlog import MAX_ATOMIC_BATCH
 from services.hive.decide import Decision, Rejection, decide
 from services.hive.evolve import evolve
 from services.hive.raft import ReplicatedState
@@ -86,10 +88,9 @@ class CommandProcessor:
         try:
             await self.resync()
             while still_leader():
-                for delivery in await consumer.fetch(128, timeout=0.2):
-                    if not still_leader():
-                        return  # unacked: redelivered to the next leader
-                    await self._handle(delivery)
+                deliveries = await consumer.fetch(128, timeout=0.2)
+                if deliveries and still_leader():  # else unacked: redelivered to the next leader
+                    await self._handle_batch(deliveries)
         finally:
             await consumer.close()
             self.working = None
@@ -106,23 +107,86 @@ class CommandProcessor:
         self.working = self.raft.read(copy.deepcopy)
         return self.working
 
-    # -- one command ------------------------------------------------------------------------------
+    # -- commands ---------------------------------------------------------------------------------
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle_batch(self, deliveries: list[Delivery]) -> None:
+        """Decide commands in order and write them in as few atomic appends as fit.
+
+        An atomic append takes ~3 ms on nats-server whatever its size, so writing one per command
+        would cap the Hive at a few hundred commands per second. The leader is the only writer,
+        so the sequences a batch will get are known in advance: each decision is folded into the
+        working state at its predicted sequence before the next command is decided. If the
+        append fails or lands elsewhere than predicted, the working state is rebuilt and the
+        group is written again one command at a time, which settles every edge case (already
+        written, conflict, partial redelivery) with the per-command rules.
+        """
+        working = self.working
+        assert working is not None
+        group: list[_Pending] = []
+        size = 0
+        for delivery in deliveries:
+            pending = self._prepare(working, delivery)
+            if size + len(pending.requests) > MAX_ATOMIC_BATCH and group:
+                await self._commit(group)
+                working = self.working
+                assert working is not None
+                group, size = [], 0
+            for env in pending.envelopes:
+                evolve(working, working.applied_seq + 1, env)
+            group.append(pending)
+            size += len(pending.requests)
+        if group:
+            await self._commit(group)
+
+    def _prepare(self, working: HiveState, delivery: Delivery) -> _Pending:
+        now = self.clock()
         try:
             command = REGISTRY.decode(delivery.data, kind="command")
         except DecodeError as exc:
-            await self._answer_unparsed(delivery, exc)
-            return
+            envelopes, requests = self._unparsed(delivery, exc, now)
+            return _Pending(delivery, None, envelopes, requests)
+        outcome: Decision | Rejection
         if command.type != delivery.subject:
-            await self._write(
-                delivery,
-                command,
-                Rejection(f"type {command.type} was published on {delivery.subject}", rule="subject"),
-            )
+            outcome = Rejection(f"type {command.type} was published on {delivery.subject}", rule="subject")
+        else:
+            outcome = decide(working, command, now)
+        envelopes, requests = self._requests(working, command, outcome, now)
+        return _Pending(delivery, command, envelopes, requests)
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        requests = [r for p in group for r in p.requests]
+        expected_first = self._predicted_start(group)
+        try:
+            appended = await self.log.append_atomic(requests)
+        except (DuplicateBatch, ConcurrencyConflict, AppendFailed) as exc:
+            log.info("group append refused; writing one by one", commands=len(group), error=str(exc))
+            await self.resync()
+            for pending in group:
+                await self._write_one(pending)
+            return
+        if appended and appended[0].seq != expected_first:
+            await self.resync(at_least=appended[-1].seq)
+        for pending in group:
+            self.handled += 1
+            await pending.delivery.ack()
+
+    def _predicted_start(self, group: list[_Pending]) -> int:
+        assert self.working is not None
+        return self.working.applied_seq - sum(len(p.envelopes) for p in group) + 1
+
+    async def _write_one(self, pending: _Pending) -> None:
+        """Write one command on fresh state: decide again, append, settle every refusal."""
+        delivery, command = pending.delivery, pending.command
+        if command is None:
+            await self._write_unparsed(pending)
             return
         assert self.working is not None
-        outcome = decide(self.working, command, self.clock())
+        if command.type != delivery.subject:
+            outcome: Decision | Rejection = Rejection(
+                f"type {command.type} was published on {delivery.subject}", rule="subject"
+            )
+        else:
+            outcome = decide(self.working, command, self.clock())
         await self._write(delivery, command, outcome)
 
     async def _write(
@@ -223,20 +287,25 @@ class CommandProcessor:
     async def _answered(self, command_id: str) -> bool:
         return await self.log.last_sequence(names.STREAM_EVENTS, names.outcome_wildcard(command_id)) > 0
 
-    async def _answer_unparsed(self, delivery: Delivery, exc: DecodeError) -> None:
-        """Answer input that is not a valid command, addressed as well as what was readable allows."""
-        received: dict[str, Any] = {**exc.received, "subject": delivery.subject, "stream_seq": delivery.stream_seq}
+    def _unparsed(
+        self, delivery: Delivery, exc: DecodeError, now: datetime
+    ) -> tuple[list[Envelope[Any]], list[AppendRequest]]:
+        """The answer to input that is not a valid command, addressed as well as what was
+        readable allows."""
+        received: dict[str, Any] = {
+            **exc.received, "subject": delivery.subject, "stream_seq": delivery.stream_seq
+        }
         raw_id = exc.received.get("id")
         command_id = raw_id if isinstance(raw_id, str) and names.is_token(raw_id) else None
         aggregate_id = command_id or names.INVALID_COMMAND_ID
         rejected = CommandRejected(
             command_id=aggregate_id,
-            command_type=exc.received.get("type"),
+            command_type=exc.received.get("type") if isinstance(exc.received.get("type"), str) else None,
             reason=exc.reason,
             errors=[FieldErrorModel(**e.as_dict()) for e in exc.errors],
             received=received,
         )
-        env = event(rejected, aggregate_id=aggregate_id, source=self.source, identity="service:hive")
+        env = event(rejected, aggregate_id=aggregate_id, source=self.source, identity="service:hive", time=now)
         request = AppendRequest(
             subject=names.outcome_subject(aggregate_id, "rejected"),
             body=env.to_json(),
@@ -244,18 +313,29 @@ class CommandProcessor:
             expected_last_seq=0 if command_id else None,
             expected_subject=names.outcome_wildcard(command_id) if command_id else None,
         )
+        return [env], [request]
+
+    async def _write_unparsed(self, pending: _Pending) -> None:
         try:
-            appended = await self.log.append_atomic([request])
+            appended = await self.log.append_atomic(pending.requests)
         except (DuplicateBatch, ConcurrencyConflict):
             pass  # answered before
         except AppendFailed as err:
             log.warning("could not answer malformed command", error=str(err))
-            await delivery.nak(delay=0.5)
+            await pending.delivery.nak(delay=0.5)
             return
         else:
-            await self._fold([env], [a.seq for a in appended])
+            await self._fold(pending.envelopes, [a.seq for a in appended])
         self.handled += 1
-        await delivery.ack()
+        await pending.delivery.ack()
+
+
+@dataclass(slots=True)
+class _Pending:
+    delivery: Delivery
+    command: Envelope[Any] | None
+    envelopes: list[Envelope[Any]]
+    requests: list[AppendRequest]
 
 
 def _aggregate_of(payload: Payload) -> tuple[str, str]:

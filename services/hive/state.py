@@ -102,9 +102,20 @@ class Pod:
 
 
 @dataclass(slots=True)
+class Usage:
+    """What a namespace's agents ask for (desired replicas), kept current by `evolve`."""
+
+    agents: int = 0
+    replicas: int = 0
+    memory_mb: int = 0
+    fuel_per_s: int = 0
+
+
+@dataclass(slots=True)
 class Namespace:
     name: str
     quota: Quota = field(default_factory=Quota)
+    usage: Usage = field(default_factory=Usage)
     last_seq: int = 0
 
 
