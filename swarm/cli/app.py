@@ -21,3 +21,7 @@ app.add_typer(schemas_cmd.app, name="schemas")
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

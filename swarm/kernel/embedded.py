@@ -139,6 +139,9 @@ class EmbeddedNats:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Own process group: a terminal's Ctrl-C reaches only `swarm up`, which then
+                # stops services before the servers they depend on.
+                process_group=0,
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
         deadline = time.monotonic() + timeout
@@ -261,6 +264,7 @@ class EmbeddedPostgres:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                process_group=0,
                 # SIGINT is postgres' "fast shutdown": clean, no crash recovery on next start.
                 preexec_fn=die_with_parent(signal.SIGINT),
                 **user_kw,  # type: ignore[arg-type]

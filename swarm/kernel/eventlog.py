@@ -233,14 +233,22 @@ class EventLog:
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", error=str(exc))
 
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.2,
-            error_cb=on_error,
-        )
+        try:
+            # Bounded: with unlimited reconnects nats-py keeps retrying a first connection to an
+            # unreachable server forever. Once connected, it reconnects without limit.
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=timeout,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    error_cb=on_error,
+                ),
+                timeout,
+            )
+        except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+            raise EventLogError(f"cannot reach NATS at {url}: {exc or 'timed out'}") from exc
         self = cls(nc, settings, timeout=timeout)
         if ensure:
             await self.ensure_streams()

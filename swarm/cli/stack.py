@@ -1,0 +1,429 @@
+"""`swarm up`, `swarm down`, `swarm status`: the local stack, driven like `docker compose`.
+
+The kernel (`swarm.kernel.stack`) does the work and prints nothing; this module picks the
+services, turns options into settings and shows what happens.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Self
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+from rich.table import Table
+
+from swarm.kernel.settings import Settings
+from swarm.kernel.stack import (
+    Stack,
+    StackAlreadyRunningError,
+    StackError,
+    StackPaths,
+    StackReport,
+    StackState,
+    StopOutcome,
+    inspect_stack,
+    launch_detached,
+    stop_stack,
+)
+from swarm.kernel.supervisor import ServiceSpec, ServiceState
+
+
+def default_services() -> tuple[ServiceSpec, ...]:
+    """The Swarm services `swarm up` supervises, each a module run by this interpreter.
+
+    None exist yet; the Hive comes next and joins as
+    `ServiceSpec("hive", (sys.executable, "-m", "services.hive"))`. They are listed here, not in
+    the kernel, because the kernel must not know the services that build on it.
+    """
+    return ()
+
+
+class SyncPolicy(StrEnum):
+    ALWAYS = "always"
+    DEFAULT = "default"
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_STEP_TITLES = {
+    "nats": "NATS",
+    "postgres": "PostgreSQL",
+    "streams": "Streams",
+    "migrations": "Migrations",
+    "services": "Services",
+}
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SWARM_DATA_DIR",
+        help="Where the stack keeps its data, logs and state (default: ./.swarm).",
+        show_default=False,
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+
+
+# --- up ------------------------------------------------------------------------------------------
+
+
+def up(
+    data_dir: DataDirOption = None,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", "-d", help="Start in the background and return once ready."),
+    ] = False,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(
+            "--nats-url",
+            envvar="SWARM_NATS_URL",
+            help="Use this NATS server (with JetStream) instead of starting one.",
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="SWARM_DATABASE_URL",
+            help="Use this PostgreSQL (with pgvector) instead of starting one.",
+        ),
+    ] = None,
+    sync: Annotated[
+        SyncPolicy | None,
+        typer.Option(
+            "--sync",
+            envvar="SWARM_JETSTREAM_SYNC",
+            help="JetStream fsync of the embedded NATS: 'always' survives power loss, "
+            "'default' flushes periodically and is faster.",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds --detach waits for the stack to be ready.")
+    ] = 60.0,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--service",
+            hidden=True,
+            help="Also supervise NAME=COMMAND (repeatable); for development and tests.",
+        ),
+    ] = None,
+) -> None:
+    """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
+    settings = _settings(data_dir, nats_url, database_url, sync)
+    services = default_services() + tuple(_parse_service(s) for s in service or ())
+    if detach:
+        _up_detached(settings, service or [], timeout)
+        return
+    progress = _RichProgress(console)
+
+    def ready(state: StackState) -> None:
+        progress.close()
+        _print_ready(state, detached=False)
+
+    try:
+        with progress:
+            final = Stack(settings, services, progress=progress).run(on_ready=ready)
+    except StackAlreadyRunningError as exc:
+        _print_already_running(exc.data_dir, exc.state)
+        raise typer.Exit(1) from None
+    except StackError as exc:
+        err_console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    console.print(f"Swarm stopped ({final.data_dir}).")
+
+
+def _up_detached(settings: Settings, extra_services: list[str], timeout: float) -> None:
+    paths = StackPaths.of(settings.data_dir)
+    report = inspect_stack(paths.root, probe=False)
+    if report.running:
+        _print_already_running(paths.root, report.state)
+        raise typer.Exit(1)
+    argv = [sys.executable, "-m", "swarm.cli.stack", "up", "--data-dir", str(paths.root)]
+    argv += ["--sync", settings.jetstream_sync]
+    if settings.nats_url:
+        argv += ["--nats-url", settings.nats_url]
+    if settings.database_url:
+        argv += ["--database-url", settings.database_url]
+    for spec in extra_services:
+        argv += ["--service", spec]
+    try:
+        with console.status("Starting Swarm in the background…"):
+            state = launch_detached(argv, paths.root, timeout)
+    except StackError as exc:
+        err_console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _print_ready(state, detached=True)
+
+
+def _settings(
+    data_dir: Path | None,
+    nats_url: str | None = None,
+    database_url: str | None = None,
+    sync: SyncPolicy | None = None,
+) -> Settings:
+    # Only what was given overrides the environment (SWARM_*), which Settings reads itself.
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if nats_url:
+        overrides["nats_url"] = nats_url
+    if database_url:
+        overrides["database_url"] = database_url
+    if sync is not None:
+        overrides["jetstream_sync"] = sync.value
+    return Settings(**overrides)
+
+
+def _parse_service(value: str) -> ServiceSpec:
+    name, sep, command = value.partition("=")
+    try:
+        if not sep:
+            raise ValueError("expected NAME=COMMAND")
+        return ServiceSpec(name.strip(), tuple(shlex.split(command)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--service") from exc
+
+
+class _RichProgress:
+    """A spinner naming the step in progress, and a line per finished step."""
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self._status: Status | None = None
+
+    def started(self, step: str) -> None:
+        text = f"Starting {_STEP_TITLES.get(step, step)}…"
+        if self._status is None:
+            self._status = self.out.status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def finished(self, step: str, detail: str, seconds: float) -> None:
+        title = _STEP_TITLES.get(step, step)
+        self.out.print(
+            f"[green]✓[/] {title:<11} {escape(detail)} [dim]({seconds * 1000:.0f} ms)[/]"
+        )
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _summary(state: StackState, out: Console) -> None:
+    """Where everything listens. Plain lines, not a table: a table narrower than a URL would
+    cut it, and these are meant to be copied."""
+    nats_note = "external" if state.nats_external else f"pid {state.nats_pid}"
+    db_note = "external" if state.database_external else f"pid {state.postgres_pid}"
+    rows = [
+        ("NATS", state.nats_url or "-", nats_note),
+        ("PostgreSQL", state.database_url or "-", db_note),
+        ("Data dir", state.data_dir, f"migrations at {state.migration or '-'}"),
+    ]
+    rows += [
+        (svc.name, svc.log, f"{svc.state.value}, pid {svc.pid or '-'}") for svc in state.services
+    ]
+    if not state.services:
+        rows.append(("Services", "none configured yet", ""))
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        out.print(
+            f"  [bold]{escape(name):<{width}}[/]  {escape(value)}  [dim]{escape(note)}[/]",
+            soft_wrap=True,
+        )
+
+
+def _data_dir_flag(data_dir: str) -> str:
+    default = StackPaths.of(Settings.model_fields["data_dir"].default).root
+    return "" if Path(data_dir) == default else f" --data-dir {shlex.quote(data_dir)}"
+
+
+def _print_ready(state: StackState, *, detached: bool) -> None:
+    seconds = (state.updated_at - state.started_at).total_seconds()
+    console.print(f"[bold green]Swarm is up[/] (pid {state.pid}, ready in {seconds:.1f} s)")
+    _summary(state, console)
+    env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
+    console.print(f"[dim]Clients find it with: export {escape(env)}[/]", soft_wrap=True)
+    if detached:
+        flag = _data_dir_flag(state.data_dir)
+        console.print(f"Running in the background. Stop it with: swarm down{flag}", soft_wrap=True)
+    elif console.is_terminal:
+        console.print("Press Ctrl-C to stop.")
+
+
+def _print_already_running(data_dir: Path, state: StackState | None) -> None:
+    pid = f" (pid {state.pid})" if state else ""
+    err_console.print(f"[red]✗[/] Swarm is already running in {escape(str(data_dir))}{pid}.")
+    if state is not None:
+        _summary(state, err_console)
+    err_console.print(f"Stop it with: swarm down{_data_dir_flag(str(data_dir))}", soft_wrap=True)
+
+
+# --- down ----------------------------------------------------------------------------------------
+
+
+def down(
+    data_dir: DataDirOption = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", "-t", help="Seconds to wait for a clean stop before killing."),
+    ] = 30.0,
+) -> None:
+    """Stop the stack started by `swarm up` (services, then PostgreSQL, then NATS)."""
+    root = StackPaths.of(_settings(data_dir).data_dir).root
+    try:
+        with console.status("Stopping Swarm…"):
+            outcome, state = stop_stack(root, timeout)
+    except StackError as exc:
+        err_console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    # Like `docker compose down`: nothing to stop is not an error.
+    if outcome is StopOutcome.NOT_RUNNING or state is None:
+        console.print(f"No Swarm stack is running in {escape(str(root))}.")
+        return
+    kept = [
+        name
+        for name, external in (
+            ("NATS", state.nats_external),
+            ("PostgreSQL", state.database_external),
+        )
+        if external
+    ]
+    note = f" External {' and '.join(kept)} left running." if kept else ""
+    if outcome is StopOutcome.KILLED:
+        err_console.print(
+            f"[yellow]![/] Swarm (pid {state.pid}) did not stop within {timeout:g} s and was "
+            f"killed; its servers stopped with it.{note}"
+        )
+        return
+    console.print(f"[green]✓[/] Swarm stopped (pid {state.pid}, {escape(str(root))}).{note}")
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def status(
+    data_dir: DataDirOption = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="table or json.")
+    ] = OutputFormat.TABLE,
+) -> None:
+    """Show whether the stack runs, where its servers listen and how its services are doing.
+
+    Exits 1 when no stack is running.
+    """
+    report = inspect_stack(_settings(data_dir).data_dir)
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_status(report)
+    if not report.running:
+        raise typer.Exit(1)
+
+
+def _print_status(report: StackReport) -> None:
+    state = report.state
+    where = escape(str(report.data_dir))
+    if state is None:
+        console.print(f"No Swarm stack has run in {where}. Start one with: swarm up")
+        return
+    if not report.running:
+        how = {
+            "stopped": "stopped",
+            "failed": f"failed: {state.error}",
+            "dead": f"ended without cleaning up (pid {state.pid} is gone)",
+        }.get(report.status, report.status)
+        console.print(f"Swarm in {where} is not running; the last run {escape(how)}.")
+        return
+    age = _age(state.started_at)
+    console.print(f"Swarm in {where}: [bold]{report.status}[/] (pid {state.pid}, up {age})")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("COMPONENT", "STATE", "PID", "ENDPOINT / LOG", "RESTARTS"):
+        table.add_column(column, overflow="fold")
+    for name, url, external, pid, reachable in (
+        ("nats", state.nats_url, state.nats_external, state.nats_pid, report.nats_reachable),
+        (
+            "postgres",
+            state.database_url,
+            state.database_external,
+            state.postgres_pid,
+            report.database_reachable,
+        ),
+    ):
+        server_state = "external" if external else "running"
+        if reachable is False:
+            server_state = "[red]unreachable[/]"
+        pid_text = "-" if external else str(pid or "-")
+        table.add_row(name, server_state, pid_text, escape(url or "-"), "")
+    for svc in report.services:
+        color = {ServiceState.RUNNING: "green", ServiceState.FAILED: "red"}.get(svc.state, "yellow")
+        detail = svc.log if svc.state is not ServiceState.FAILED else f"{svc.error} ({svc.log})"
+        table.add_row(
+            svc.name,
+            f"[{color}]{svc.state.value}[/]",
+            str(svc.pid or "-"),
+            escape(detail),
+            str(svc.restarts),
+        )
+    console.print(table)
+    if state.step:
+        console.print(f"[dim]Starting: {state.step}…[/]")
+
+
+def _age(since: datetime) -> str:
+    seconds = int((datetime.now(UTC) - since).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _main() -> None:
+    """Run these verbs on their own (`python -m swarm.cli.stack`): how `up --detach` starts its
+    background supervisor, without depending on every other command module importing."""
+    app = typer.Typer(
+        name="swarm", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    _main()

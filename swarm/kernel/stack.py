@@ -1,0 +1,783 @@
+"""The local stack behind `swarm up`: servers, streams, schema and services under one data dir.
+
+One supervisor process owns a data dir for as long as it runs. It proves that with an exclusive
+`flock` on `<data_dir>/stack.lock`, which the kernel drops when the process dies however it dies,
+so a crashed supervisor never blocks the next `swarm up`. What it is doing is published in
+`<data_dir>/stack.json`, rewritten atomically on every change, which `swarm status` and
+`swarm down` read; a state file whose writer is gone is stale, never authoritative.
+
+Layout of a data dir::
+
+    stack.json  stack.lock
+    nats/       JetStream store, nats-server.conf, nats-server.log
+    postgres/   pgdata/, postgres.log
+    logs/       up.log (a detached supervisor's own output), <service>.log
+
+Start order is nats, postgres, streams, migrations, services; stop order is the reverse, so
+services can still flush to the log and the database while they shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol, Self
+from urllib.parse import urlsplit
+
+import psutil
+
+from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from swarm.kernel.settings import Settings
+from swarm.kernel.supervisor import (
+    RestartPolicy,
+    ServiceSpec,
+    ServiceState,
+    ServiceStatus,
+    Supervisor,
+    describe_exit,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+STATE_FORMAT = 1
+_POLL_INTERVAL = 0.1
+
+
+class StackError(RuntimeError):
+    """The stack could not start, or failed while running; the message says what to look at."""
+
+
+class StackAlreadyRunningError(StackError):
+    """Another supervisor holds the data dir."""
+
+    def __init__(self, data_dir: Path, state: StackState | None) -> None:
+        self.data_dir = data_dir
+        self.state = state
+        pid = f" (pid {state.pid})" if state else ""
+        super().__init__(f"a Swarm stack is already running in {data_dir}{pid}")
+
+
+class StackPhase(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StackPaths:
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "stack.lock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def up_log(self) -> Path:
+        return self.logs / "up.log"
+
+    @property
+    def nats(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def postgres(self) -> Path:
+        return self.root / "postgres"
+
+    @classmethod
+    def of(cls, data_dir: Path) -> Self:
+        return cls(data_dir.expanduser().resolve())
+
+
+# --- state file ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StackState:
+    """The content of `stack.json`."""
+
+    data_dir: str
+    pid: int
+    #: With `pid`, tells the supervisor apart from a later process that got the same pid.
+    pid_create_time: float
+    phase: StackPhase
+    started_at: datetime
+    updated_at: datetime
+    nats_url: str | None = None
+    nats_external: bool = False
+    nats_pid: int | None = None
+    jetstream_sync: str = "default"
+    database_url: str | None = None
+    database_external: bool = False
+    postgres_pid: int | None = None
+    #: Alembic revision the database is at.
+    migration: str | None = None
+    #: What a starting stack is busy with.
+    step: str | None = None
+    error: str | None = None
+    services: tuple[ServiceStatus, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "data_dir": self.data_dir,
+            "pid": self.pid,
+            "pid_create_time": self.pid_create_time,
+            "phase": self.phase.value,
+            "step": self.step,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "nats_url": self.nats_url,
+            "nats_external": self.nats_external,
+            "nats_pid": self.nats_pid,
+            "jetstream_sync": self.jetstream_sync,
+            "database_url": self.database_url,
+            "database_external": self.database_external,
+            "postgres_pid": self.postgres_pid,
+            "migration": self.migration,
+            "services": [s.to_json() for s in self.services],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(
+            data_dir=str(data["data_dir"]),
+            pid=int(data["pid"]),
+            pid_create_time=float(data["pid_create_time"]),
+            phase=StackPhase(data["phase"]),
+            started_at=datetime.fromisoformat(data["started_at"]),
+            updated_at=datetime.fromisoformat(data["updated_at"]),
+            nats_url=data.get("nats_url"),
+            nats_external=bool(data.get("nats_external", False)),
+            nats_pid=data.get("nats_pid"),
+            jetstream_sync=str(data.get("jetstream_sync", "default")),
+            database_url=data.get("database_url"),
+            database_external=bool(data.get("database_external", False)),
+            postgres_pid=data.get("postgres_pid"),
+            migration=data.get("migration"),
+            step=data.get("step"),
+            error=data.get("error"),
+            services=tuple(ServiceStatus.from_json(s) for s in data.get("services", ())),
+        )
+
+
+def read_state(data_dir: Path) -> StackState | None:
+    """The last state a supervisor wrote to `data_dir`, or None when there is none (or it is
+    unreadable, which only a hand edit can cause: writes are atomic)."""
+    try:
+        data = json.loads(StackPaths.of(data_dir).state.read_text())
+        return StackState.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_state(path: Path, state: StackState) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    # rename is atomic: a reader sees the old file or the new one, never half of one.
+    tmp.replace(path)
+
+
+def _process_alive(pid: int, create_time: float | None = None) -> bool:
+    """True while `pid` runs (zombies count as gone) and, if given, was created at `create_time`."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# --- inspecting and stopping a stack from outside ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StackReport:
+    """A stack as seen by `swarm status`: the state file checked against reality."""
+
+    data_dir: Path
+    state: StackState | None
+    #: The supervisor process that wrote the state file is alive.
+    running: bool
+    nats_reachable: bool | None = None
+    database_reachable: bool | None = None
+
+    @property
+    def status(self) -> str:
+        """The phase of a live stack; `stopped`/`failed` for one that exited cleanly; `dead`
+        when its supervisor vanished without cleaning up (SIGKILL); `absent` if none ever ran."""
+        if self.state is None:
+            return "absent"
+        if self.running:
+            return self.state.phase.value
+        if self.state.phase in (StackPhase.STOPPED, StackPhase.FAILED):
+            return self.state.phase.value
+        return "dead"
+
+    @property
+    def services(self) -> tuple[ServiceStatus, ...]:
+        """Service states, corrected for a supervisor that is gone (its children went with it)."""
+        if self.state is None:
+            return ()
+        if self.running:
+            return self.state.services
+        return tuple(
+            s
+            if s.state is ServiceState.FAILED
+            else replace(s, state=ServiceState.STOPPED, pid=None)
+            for s in self.state.services
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "data_dir": str(self.data_dir),
+            "running": self.running,
+            "state": self.status,
+            "pid": state.pid if state else None,
+            "started_at": state.started_at.isoformat() if state else None,
+            "nats_url": state.nats_url if state else None,
+            "nats_external": state.nats_external if state else None,
+            "nats_reachable": self.nats_reachable,
+            "jetstream_sync": state.jetstream_sync if state else None,
+            "database_url": state.database_url if state else None,
+            "database_external": state.database_external if state else None,
+            "database_reachable": self.database_reachable,
+            "migration": state.migration if state else None,
+            "error": state.error if state else None,
+            "services": [s.to_json() for s in self.services],
+        }
+
+
+def _tcp_reachable(url: str | None, timeout: float = 0.3) -> bool | None:
+    """Whether the first host:port of a URL accepts connections; None when it names no TCP
+    endpoint (e.g. a Unix socket)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.split(",")[0])
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or not port:
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def inspect_stack(data_dir: Path, *, probe: bool = True) -> StackReport:
+    """Read the state file and check it: is its supervisor alive, do its servers answer?"""
+    paths = StackPaths.of(data_dir)
+    state = read_state(paths.root)
+    running = state is not None and _process_alive(state.pid, state.pid_create_time)
+    if not (probe and running and state is not None):
+        return StackReport(paths.root, state, running)
+    return StackReport(
+        paths.root,
+        state,
+        running,
+        nats_reachable=_tcp_reachable(state.nats_url),
+        database_reachable=_tcp_reachable(state.database_url),
+    )
+
+
+class StopOutcome(StrEnum):
+    NOT_RUNNING = "not-running"
+    STOPPED = "stopped"
+    #: The supervisor did not stop in time and was SIGKILLed; its children die with it.
+    KILLED = "killed"
+
+
+def stop_stack(data_dir: Path, timeout: float = 30.0) -> tuple[StopOutcome, StackState | None]:
+    """Ask the supervisor of `data_dir` to stop (SIGTERM) and wait up to `timeout` seconds for it
+    to exit; SIGKILL it after that and wait for its servers to go."""
+    report = inspect_stack(data_dir, probe=False)
+    state = report.state
+    if not report.running or state is None:
+        return StopOutcome.NOT_RUNNING, state
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, signal.SIGTERM)
+    if _wait_gone(lambda: _process_alive(state.pid, state.pid_create_time), timeout):
+        return StopOutcome.STOPPED, read_state(data_dir)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, signal.SIGKILL)
+    _wait_gone(lambda: _process_alive(state.pid, state.pid_create_time), 5.0)
+    _reap_leftovers(StackPaths.of(data_dir), state, timeout=10.0)
+    return StopOutcome.KILLED, read_state(data_dir)
+
+
+def _wait_gone(alive: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _leftover_servers(paths: StackPaths, previous: StackState | None) -> list[psutil.Process]:
+    """Servers of an earlier supervisor on this data dir that are still alive.
+
+    They are told apart from unrelated processes that reuse their pids by their command lines,
+    which name this data dir's config and cluster.
+    """
+    candidates: list[tuple[int, str]] = []
+    if previous is not None and previous.nats_pid and not previous.nats_external:
+        candidates.append((previous.nats_pid, str(paths.nats / "nats-server.conf")))
+    pgdata = paths.postgres / "pgdata"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        candidates.append((int((pgdata / "postmaster.pid").read_text().split()[0]), str(pgdata)))
+    found: list[psutil.Process] = []
+    for pid, marker in candidates:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE and marker in proc.cmdline():
+                found.append(proc)
+    return found
+
+
+def _reap_leftovers(paths: StackPaths, previous: StackState | None, timeout: float) -> None:
+    """Wait for (and if need be stop) servers a dead supervisor left behind.
+
+    After a SIGKILL they got their parent-death signal and are shutting down; a new server on
+    the same store before they are gone would find the data in use.
+    """
+    leftovers = _leftover_servers(paths, previous)
+    if not leftovers:
+        return
+    _, alive = psutil.wait_procs(leftovers, timeout=timeout / 2)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            # SIGINT is postgres' fast shutdown and a clean exit for nats-server.
+            proc.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(alive, timeout=timeout / 2)
+    if alive:
+        pids = ", ".join(str(p.pid) for p in alive)
+        raise StackError(f"servers of an earlier run on {paths.root} do not stop (pids {pids})")
+
+
+# --- database migrations -------------------------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts, `migrations/` next to the `swarm` package (a source checkout or an
+    editable install)."""
+    import swarm
+
+    path = Path(swarm.__file__).resolve().parent.parent / "migrations"
+    if not (path / "env.py").is_file():
+        raise StackError(
+            f"database migrations not found at {path}: run Swarm from a source checkout "
+            "or an editable install (pip install -e .)"
+        )
+    return path
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A libpq-style URL with the psycopg 3 driver named, as SQLAlchemy wants it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def alembic_config(database_url: str) -> AlembicConfig:
+    """An Alembic config built in code, so no alembic.ini has to be found from the CWD."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("path_separator", "os")
+    # Handed over as an attribute, not an option: options go through configparser
+    # interpolation, which would mangle a '%' in a password.
+    config.attributes["database_url"] = sqlalchemy_url(database_url)
+    return config
+
+
+def upgrade_database(database_url: str) -> str:
+    """Apply every pending migration; returns the revision the database is now at."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config(database_url)
+    command.upgrade(config, "head")
+    return ScriptDirectory.from_config(config).get_current_head() or ""
+
+
+def _check_database(url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        raise StackError(f"cannot reach the database at {url}: {exc}".strip()) from exc
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+
+async def _ensure_streams(url: str, settings: Settings) -> None:
+    import nats
+
+    from swarm.kernel.eventlog import EventLog
+
+    async def quiet(exc: Exception) -> None:
+        pass  # the failure is raised below with the URL; no traceback per attempt
+
+    try:
+        # Bounded retries: an unreachable server must fail `swarm up`, not hang it.
+        nc = await nats.connect(
+            url,
+            name="swarm-up",
+            connect_timeout=5,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            allow_reconnect=False,
+            error_cb=quiet,
+        )
+    except Exception as exc:
+        raise StackError(f"cannot reach NATS at {url}: {exc!r}") from exc
+    log = EventLog(nc, settings)
+    try:
+        await log.ensure_streams()
+    finally:
+        await log.close()
+
+
+# --- the supervisor ------------------------------------------------------------------------------
+
+
+class StackProgress(Protocol):
+    """Told about each start step, e.g. to show a spinner; the stack itself prints nothing."""
+
+    def started(self, step: str) -> None: ...
+
+    def finished(self, step: str, detail: str, seconds: float) -> None: ...
+
+
+class _Lock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        # Python opens files close-on-exec, so no child server inherits (and prolongs) the lock.
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _port_of(url: str | None) -> int:
+    try:
+        return urlsplit(url or "").port or 0
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Stack:
+    """Servers and services of one data dir, in this process.
+
+    `start()` then `supervise()` until asked to stop, then `stop()`; `run()` does all three
+    with SIGINT/SIGTERM/SIGHUP as the stop request. `stop()` is safe before `start()` and twice.
+    Must run on the main thread: children die with the thread that started them.
+    """
+
+    settings: Settings
+    services: Sequence[ServiceSpec] = ()
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    progress: StackProgress | None = None
+    #: Seconds services get to exit after SIGTERM before they are killed.
+    stop_timeout: float = 10.0
+
+    paths: StackPaths = field(init=False)
+    _lock: _Lock | None = field(default=None, init=False)
+    _nats: EmbeddedNats | None = field(default=None, init=False)
+    _postgres: EmbeddedPostgres | None = field(default=None, init=False)
+    _supervisor: Supervisor | None = field(default=None, init=False)
+    _state: StackState | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = StackPaths.of(self.settings.data_dir)
+
+    @property
+    def state(self) -> StackState | None:
+        return self._state
+
+    def run(self, on_ready: Callable[[StackState], None] | None = None) -> StackState:
+        """Start, call `on_ready`, supervise until a stop signal, stop. Returns the final state;
+        raises `StackError` if the stack could not start or failed while running."""
+        stop = threading.Event()
+
+        def request_stop(signum: int, frame: object) -> None:
+            stop.set()
+
+        # Installed before starting, so a signal during start-up still ends in a clean stop.
+        previous = {
+            sig: signal.signal(sig, request_stop)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
+        try:
+            state = self.start(cancel=stop)
+            if on_ready is not None and state.phase is StackPhase.RUNNING:
+                on_ready(state)
+            self.supervise(stop)
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        assert self._state is not None
+        return self._state
+
+    def start(self, cancel: threading.Event | None = None) -> StackState:
+        """Bring everything up, in order. When `cancel` is set meanwhile, what was started is
+        stopped again after the current step and the stopped state is returned."""
+        if self._lock is not None:
+            raise StackError("this stack is already started")
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        lock = _Lock(self.paths.lock)
+        if not lock.acquire():
+            raise StackAlreadyRunningError(self.paths.root, read_state(self.paths.root))
+        self._lock = lock
+        previous = read_state(self.paths.root)
+        now = datetime.now(UTC)
+        me = psutil.Process()
+        self._state = StackState(
+            data_dir=str(self.paths.root),
+            pid=me.pid,
+            pid_create_time=me.create_time(),
+            phase=StackPhase.STARTING,
+            started_at=now,
+            updated_at=now,
+            jetstream_sync=self.settings.jetstream_sync,
+        )
+        self._save()
+        steps: list[tuple[str, Callable[[], str]]] = [
+            ("nats", lambda: self._start_nats(previous)),
+            ("postgres", lambda: self._start_postgres(previous)),
+            ("streams", self._create_streams),
+            ("migrations", self._migrate),
+            ("services", self._start_services),
+        ]
+        try:
+            _reap_leftovers(self.paths, previous, timeout=10.0)
+            for name, action in steps:
+                if cancel is not None and cancel.is_set():
+                    self.stop()
+                    assert self._state is not None
+                    return self._state
+                self._step(name, action)
+        except BaseException as exc:
+            error = str(exc) if isinstance(exc, StackError | EmbeddedServerError) else repr(exc)
+            self._save(phase=StackPhase.FAILED, error=error, step=None)
+            self.stop()
+            if isinstance(exc, StackError | KeyboardInterrupt):
+                raise
+            raise StackError(error) from exc
+        return self._save(phase=StackPhase.RUNNING, step=None)
+
+    def supervise(self, stop: threading.Event, interval: float = _POLL_INTERVAL) -> None:
+        """Keep services running until `stop` is set; a server that dies fails the stack, as
+        everything else depends on it."""
+        while not stop.wait(interval):
+            if self._supervisor is not None:
+                self._supervisor.poll()
+            for name, server in (("nats-server", self._nats), ("postgres", self._postgres)):
+                if server is not None and server.proc is not None and not server.running():
+                    error = f"{name} {describe_exit(server.proc.returncode)}; see {server.log_path}"
+                    self._save(phase=StackPhase.FAILED, error=error)
+                    raise StackError(error)
+
+    def stop(self) -> None:
+        """Services first, then postgres, then nats; then the data dir is free again."""
+        if self._lock is None:
+            return
+        failed = self._state is not None and self._state.phase is StackPhase.FAILED
+        if not failed:
+            self._save(phase=StackPhase.STOPPING)
+        try:
+            if self._supervisor is not None:
+                self._supervisor.stop(self.stop_timeout)
+            if self._postgres is not None:
+                self._postgres.stop()
+            if self._nats is not None:
+                self._nats.stop()
+        finally:
+            self._save(phase=StackPhase.FAILED if failed else StackPhase.STOPPED, step=None)
+            self._lock.release()
+            self._lock = None
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _step(self, name: str, action: Callable[[], str]) -> None:
+        self._save(step=name)
+        if self.progress is not None:
+            self.progress.started(name)
+        began = time.monotonic()
+        detail = action()
+        if self.progress is not None:
+            self.progress.finished(name, detail, time.monotonic() - began)
+
+    def _start_nats(self, previous: StackState | None) -> str:
+        external = self.settings.nats_url
+        if external:
+            self._save(nats_url=external, nats_external=True, jetstream_sync="external")
+            return f"{external} (external)"
+        # The previous run's port when it is free, so URLs people copied keep working.
+        port = _port_of(previous.nats_url) if previous and not previous.nats_external else 0
+        self._nats = EmbeddedNats(
+            self.paths.nats, port=port, sync_always=self.settings.jetstream_sync == "always"
+        )
+        url = self._nats.start()
+        self._save(nats_url=url, nats_pid=self._nats.pid)
+        return f"{url} (JetStream sync: {self.settings.jetstream_sync})"
+
+    def _start_postgres(self, previous: StackState | None) -> str:
+        external = self.settings.database_url
+        if external:
+            _check_database(external)
+            self._save(database_url=external, database_external=True)
+            return f"{external} (external)"
+        port = _port_of(previous.database_url) if previous and not previous.database_external else 0
+        self._postgres = EmbeddedPostgres(self.paths.postgres, port=port)
+        url = self._postgres.start()
+        self._save(database_url=url, postgres_pid=self._postgres.pid)
+        return url
+
+    def _create_streams(self) -> str:
+        from swarm.kernel.streams import stream_specs
+
+        url = self._state.nats_url if self._state else None
+        assert url is not None
+        asyncio.run(_ensure_streams(url, self.settings))
+        return ", ".join(spec.name for spec in stream_specs(self.settings))
+
+    def _migrate(self) -> str:
+        url = self._state.database_url if self._state else None
+        assert url is not None
+        try:
+            revision = upgrade_database(url)
+        except StackError:
+            raise
+        except Exception as exc:
+            raise StackError(f"database migration failed: {exc}") from exc
+        self._save(migration=revision)
+        return f"at revision {revision}"
+
+    def _start_services(self) -> str:
+        assert self._state is not None
+        env = {
+            **os.environ,
+            "SWARM_NATS_URL": self._state.nats_url or "",
+            "SWARM_DATABASE_URL": self._state.database_url or "",
+            "SWARM_DATA_DIR": str(self.paths.root),
+        }
+        self._supervisor = Supervisor(
+            self.services,
+            log_dir=self.paths.logs,
+            env=env,
+            policy=self.policy,
+            on_change=lambda statuses: self._save(services=tuple(statuses)),
+        )
+        self._supervisor.start()
+        return ", ".join(s.name for s in self.services) or "none configured"
+
+    def _save(self, **changes: Any) -> StackState:
+        assert self._state is not None
+        self._state = replace(self._state, updated_at=datetime.now(UTC), **changes)
+        _write_state(self.paths.state, self._state)
+        return self._state
+
+
+# --- running a supervisor in the background ------------------------------------------------------
+
+
+def launch_detached(argv: Sequence[str], data_dir: Path, timeout: float = 60.0) -> StackState:
+    """Run `argv` (a foreground `swarm up` for `data_dir`) in a session of its own, with its
+    output in `<data_dir>/logs/up.log`, and wait until it reports the stack running.
+
+    Raises `StackError` carrying the tail of what it logged if it exits or fails first.
+    """
+    paths = StackPaths.of(data_dir)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with paths.up_log.open("ab") as log_file:
+        offset = log_file.tell()
+        # A new session: the terminal's Ctrl-C and hang-up no longer reach it.
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_state(paths.root)
+        mine = state is not None and state.pid == proc.pid
+        if mine and state is not None and state.phase is StackPhase.RUNNING:
+            return state
+        if proc.poll() is not None or (
+            mine and state is not None and state.phase is StackPhase.FAILED
+        ):
+            proc.wait()
+            raise StackError(
+                f"the stack exited with code {proc.returncode}; {paths.up_log} says:\n"
+                + _log_tail(paths.up_log, offset)
+            )
+        if time.monotonic() >= deadline:
+            proc.terminate()
+            raise StackError(
+                f"the stack was not ready within {timeout:g}s; {paths.up_log} says:\n"
+                + _log_tail(paths.up_log, offset)
+            )
+        time.sleep(0.05)
+
+
+def _log_tail(path: Path, offset: int, lines: int = 30) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "(no output)"
+    return "\n".join(text.splitlines()[-lines:]) or "(no output)"

@@ -1,0 +1,114 @@
+"""Hive replicas as real processes, for failover and recovery tests and the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from schemas import names
+from swarm.kernel.embedded import die_with_parent, free_port
+
+PASSWORD = "test-raft-secret"
+
+
+@dataclass
+class Replica:
+    addr: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def node(self) -> str:
+        return "hive-" + self.addr.replace(".", "-").replace(":", "-")
+
+
+@dataclass
+class HiveCluster:
+    nats_url: str
+    root: Path
+    size: int = 3
+    replicas: list[Replica] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ports = set()
+        while len(ports) < self.size:
+            ports.add(free_port())
+        self.replicas = [Replica(f"127.0.0.1:{p}", self.root / f"hive-{i}") for i, p in enumerate(sorted(ports))]
+
+    def start(self, index: int | None = None) -> None:
+        for i, replica in enumerate(self.replicas):
+            if index is not None and i != index:
+                continue
+            peers = ",".join(r.addr for r in self.replicas if r is not replica)
+            env = {
+                **os.environ,
+                "SWARM_NATS_URL": self.nats_url,
+                "SWARM_HIVE_RAFT_SELF": replica.addr,
+                "SWARM_HIVE_RAFT_PEERS": json.dumps(peers.split(",") if peers else []),
+                "SWARM_HIVE_RAFT_PASSWORD": PASSWORD,
+                "SWARM_HIVE_DATA_DIR": str(replica.data_dir),
+                "SWARM_LOG_LEVEL": "warning",
+            }
+            with (self.root / f"{replica.node}.log").open("ab") as log:
+                replica.proc = subprocess.Popen(
+                    [sys.executable, "-m", "services.hive"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent(signal.SIGKILL),
+                )
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        proc = self.replicas[index].proc
+        assert proc is not None
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            if replica.proc is not None and replica.proc.poll() is None:
+                replica.proc.terminate()
+        for replica in self.replicas:
+            if replica.proc is not None:
+                try:
+                    replica.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    replica.proc.kill()
+
+    def alive(self) -> list[int]:
+        return [i for i, r in enumerate(self.replicas) if r.proc is not None and r.proc.poll() is None]
+
+    async def status(self, nc: NATS, index: int) -> dict[str, Any] | None:
+        try:
+            reply = await nc.request(f"{names.QUERY_STATUS}.{self.replicas[index].node}", b"", timeout=1.0)
+        except Exception:
+            return None
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+
+    async def leader(self, nc: NATS, timeout: float = 15.0) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for i in self.alive():
+                st = await self.status(nc, i)
+                if st and st.get("is_leader") and st.get("ready"):
+                    return i
+            await asyncio.sleep(0.05)
+        raise TimeoutError("no Hive leader")
+
+    async def converged(self, nc: NATS, log_end: int, timeout: float = 20.0) -> dict[int, dict[str, Any]]:
+        """Wait until every live replica folded the log to `log_end`; returns their statuses."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        statuses: dict[int, dict[str, Any]] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            statuses = {i: st for i in self.alive() if (st := await self.status(nc, i))}
+            if len(statuses) == len(self.alive()) and all(st["applied_seq"] >= log_end for st in statuses.values()):
+                return statuses
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"replicas did not converge to {log_end}: {statuses}")

@@ -1,0 +1,200 @@
+"""Three Hive replicas in separate processes against real NATS: failover and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from schemas import command, commands, names
+from schemas.specs import AgentSpec, ModuleRef
+from swarm.kernel.embedded import EmbeddedNats
+from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.hive.cluster import HiveCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))
+
+
+@pytest.fixture
+def fresh_nats(tmp_path: Path) -> Iterator[str]:
+    server = EmbeddedNats(tmp_path / "nats")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cluster(fresh_nats: str, tmp_path: Path) -> AsyncIterator[HiveCluster]:
+    c = HiveCluster(fresh_nats, tmp_path)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def client(fresh_nats: str) -> AsyncIterator[EventLog]:
+    log = await EventLog.connect(fresh_nats, name="test-client")
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+def deploy(i: int) -> AppendRequest:
+    return AppendRequest.of(
+        command(commands.DeployAgent(name=f"agent-{i}", spec=SPEC, replicas=1), source="test", identity="user:test")
+    )
+
+
+async def outcomes(log: EventLog) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    async for d in log.replay(names.STREAM_EVENTS, subjects=[f"{names.EVENTS_PREFIX}.{names.OUTCOME_AGGREGATE}.*.*"]):
+        seen[d.subject.split(".")[3]] += 1
+    return seen
+
+
+async def wait_for_outcomes(log: EventLog, ids: set[str], timeout: float = 60.0) -> Counter[str]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        seen = await outcomes(log)
+        if ids <= set(seen):
+            return seen
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{len(ids - set(seen))} commands without outcome")
+        await asyncio.sleep(0.25)
+
+
+async def test_leader_killed_during_burst_loses_and_duplicates_nothing(
+    cluster: HiveCluster, client: EventLog
+) -> None:
+    nc: NATS = client.nc
+    leader = await cluster.leader(nc)
+    requests = [deploy(i) for i in range(1000)]
+    ids = {r.msg_id for r in requests}
+    sender = asyncio.create_task(client.append_batch(requests))
+    # Kill the leader once it is in the middle of the burst.
+    while True:
+        st = await cluster.status(nc, leader)
+        if st and st.get("commands_handled", 0) >= 150:
+            break
+        await asyncio.sleep(0.01)
+    cluster.kill(leader, signal.SIGKILL)
+    await sender
+    new_leader = await cluster.leader(nc)
+    assert new_leader != leader
+
+    seen = await wait_for_outcomes(client, ids)
+    assert {i: n for i, n in seen.items() if n != 1} == {}, "a command got more than one outcome"
+
+    # No duplicated event: one AgentDeployed per agent name, unique event ids on the whole log.
+    deployed: Counter[str] = Counter()
+    event_ids: Counter[str] = Counter()
+    async for d in client.replay(names.STREAM_EVENTS):
+        body = json.loads(d.data)
+        event_ids[body["id"]] += 1
+        if body["type"] == "swarm.agent.deployed":
+            deployed[body["data"]["name"]] += 1
+    assert len(deployed) == 1000
+    assert set(deployed.values()) == {1}
+    assert set(event_ids.values()) == {1}
+
+    log_end = await client.last_sequence(names.STREAM_EVENTS)
+    statuses = await cluster.converged(nc, log_end)
+    assert len({st["digest"] for st in statuses.values()}) == 1
+
+    # The killed replica comes back and agrees too.
+    cluster.start(leader)
+    statuses = await cluster.converged(nc, log_end)
+    assert len(statuses) == 3
+    assert len({st["digest"] for st in statuses.values()}) == 1
+
+
+async def test_all_replicas_killed_and_restarted_recover_the_state(
+    cluster: HiveCluster, client: EventLog
+) -> None:
+    nc = client.nc
+    await cluster.leader(nc)
+    requests = [deploy(i) for i in range(100)]
+    await client.append_batch(requests)
+    await wait_for_outcomes(client, {r.msg_id for r in requests})
+    log_end = await client.last_sequence(names.STREAM_EVENTS)
+    before = await cluster.converged(nc, log_end)
+    digest = next(iter(before.values()))["digest"]
+
+    for i in range(3):
+        cluster.kill(i, signal.SIGKILL)
+    cluster.start()
+    await cluster.leader(nc)
+    after = await cluster.converged(nc, log_end)
+    assert {st["digest"] for st in after.values()} == {digest}
+
+    # And it keeps serving.
+    more = deploy(100)
+    await client.append_raw(more)
+    seen = await wait_for_outcomes(client, {more.msg_id})
+    assert seen[more.msg_id] == 1
+    reply = await nc.request(names.QUERY_AGENTS_LIST, b"{}", timeout=2)
+    assert len(json.loads(reply.data)["agents"]) >= 100
+
+
+async def test_plain_nats_client_gets_readable_rejections(cluster: HiveCluster, fresh_nats: str) -> None:
+    """No project code on the client side: raw JSON over nats-py."""
+    nc = await nats.connect(fresh_nats)
+    js = nc.jetstream()
+    try:
+        await cluster.leader(nc)
+
+        async def outcome_of(command_id: str) -> dict[str, object]:
+            sub = await js.subscribe(f"swarm.evt.command.{command_id}.*", ordered_consumer=True)
+            try:
+                msg = await sub.next_msg(timeout=15)
+            finally:
+                await sub.unsubscribe()
+            body: dict[str, object] = json.loads(msg.data)
+            body["_subject"] = msg.subject
+            return body
+
+        await js.publish("swarm.cmd.agent.deploy", b'{"specversion": "1.0", "id": "broken-1", oops', headers={"Nats-Msg-Id": "raw-1"})
+        invalid = await outcome_of("_invalid")
+        assert invalid["_subject"] == "swarm.evt.command._invalid.rejected"
+        assert "not JSON" in invalid["data"]["reason"]  # type: ignore[index]
+
+        unknown = {"specversion": "1.0", "id": "cmd-unknown", "source": "raw", "type": "swarm.cmd.agent.fly", "data": {}}
+        await js.publish("swarm.cmd.agent.fly", json.dumps(unknown).encode(), headers={"Nats-Msg-Id": "cmd-unknown"})
+        body = await outcome_of("cmd-unknown")
+        assert body["_subject"] == "swarm.evt.command.cmd-unknown.rejected"
+        assert "unknown command type" in body["data"]["reason"]  # type: ignore[index]
+
+        bad = {
+            "specversion": "1.0", "id": "cmd-bad", "source": "raw", "type": "swarm.cmd.agent.deploy",
+            "time": "2026-01-01T00:00:00Z", "identity": "user:raw",
+            "data": {"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
+        }
+        await js.publish("swarm.cmd.agent.deploy", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "cmd-bad"})
+        body = await outcome_of("cmd-bad")
+        errors = {e["loc"] for e in body["data"]["errors"]}  # type: ignore[index]
+        assert {"data.name", "data.replicas", "data.spec.module"} <= errors
+
+        good = {
+            "specversion": "1.0", "id": "cmd-good", "source": "raw", "type": "swarm.cmd.agent.deploy",
+            "time": "2026-01-01T00:00:00Z", "identity": "user:raw",
+            "data": {"name": "fine", "spec": json.loads(SPEC.model_dump_json())},
+        }
+        await js.publish("swarm.cmd.agent.deploy", json.dumps(good).encode(), headers={"Nats-Msg-Id": "cmd-good"})
+        body = await outcome_of("cmd-good")
+        assert body["_subject"] == "swarm.evt.command.cmd-good.accepted"
+    finally:
+        await nc.close()

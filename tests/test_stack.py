@@ -1,0 +1,325 @@
+"""`swarm up` / `status` / `down` as a user runs them: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+import psycopg
+import pytest
+from alembic import command
+
+from schemas import names
+from swarm.kernel.stack import (
+    StackPhase,
+    alembic_config,
+    read_state,
+    sqlalchemy_url,
+    upgrade_database,
+)
+
+#: Runs one `swarm` stack verb in a subprocess.
+Swarm = Callable[..., subprocess.CompletedProcess[str]]
+
+#: A service that records the environment it was given, then idles.
+PROBE = (
+    "import json, os, sys, time; "
+    "env = {k: v for k, v in os.environ.items() if k.startswith('SWARM_')}; "
+    "open(sys.argv[1] + '.tmp', 'w').write(json.dumps(env)); "
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); "
+    "time.sleep(600)"
+)
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """The environment without SWARM_*: a CI pointing the suite at external servers must not
+    make `swarm up` use them where a test expects embedded ones."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+
+
+@pytest.fixture
+def swarm(tmp_path: Path, env: dict[str, str]) -> Iterator[Swarm]:
+    """Run `swarm <args>` (the stack verbs) in a subprocess; stops what a test left running."""
+    data_dirs: set[str] = set()
+
+    def run(*args: str, timeout: float = 40) -> subprocess.CompletedProcess[str]:
+        if "--data-dir" in args:
+            data_dirs.add(args[args.index("--data-dir") + 1])
+        return subprocess.run(
+            [sys.executable, "-m", "swarm.cli.stack", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+
+    yield run
+    for data_dir in data_dirs:
+        run("down", "--data-dir", data_dir)
+
+
+def status_json(swarm: Swarm, data_dir: Path) -> Any:
+    return json.loads(swarm("status", "--data-dir", str(data_dir), "-o", "json").stdout)
+
+
+def gone(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def stack_pids(report: Any) -> list[int]:
+    pids = [report["pid"]]
+    state = read_state(Path(report["data_dir"]))
+    assert state is not None
+    pids += [p for p in (state.nats_pid, state.postgres_pid) if p]
+    pids += [s["pid"] for s in report["services"] if s["pid"]]
+    return pids
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_up_status_down_and_restart_keep_the_data(
+    tmp_path: Path, data_dir: Path, swarm: Swarm
+) -> None:
+    env_file = tmp_path / "probe-env.json"
+    probe = f"probe={shlex.join([sys.executable, '-c', PROBE, str(env_file)])}"
+
+    began = time.monotonic()
+    up = swarm("up", "--detach", "--data-dir", str(data_dir), "--service", probe)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert time.monotonic() - began < 10
+    assert "Swarm is up" in up.stdout
+
+    report = status_json(swarm, data_dir)
+    assert report["running"] is True
+    assert report["state"] == "running"
+    assert report["nats_reachable"] is True
+    assert report["migration"] == "0001"
+    nats_url, database_url = report["nats_url"], report["database_url"]
+    assert nats_url.startswith("nats://127.0.0.1:")
+    assert database_url.startswith("postgresql://")
+    assert [(s["name"], s["state"] in ("starting", "running")) for s in report["services"]] == [
+        ("probe", True)
+    ]
+    assert swarm("status", "--data-dir", str(data_dir)).returncode == 0
+
+    # The servers answer, with the streams and the schema in place.
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for stream in (names.STREAM_COMMANDS, names.STREAM_EVENTS):
+            assert (await js.stream_info(stream)).config.name == stream
+        subject = names.event_subject("agent", "a1", "running")
+        ack = await js.publish(subject, b"kept across restarts")
+    finally:
+        await nc.close()
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("select extversion from pg_extension where extname='vector'").fetchone()
+        assert row is not None
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0001",)
+        assert conn.execute("select to_regclass('swarm_meta')").fetchone() == ("swarm_meta",)
+
+    # The service was told where the servers are.
+    wait_for(env_file.exists, 10, "the probe service to start")
+    probe_env = json.loads(env_file.read_text())
+    assert probe_env["SWARM_NATS_URL"] == nats_url
+    assert probe_env["SWARM_DATABASE_URL"] == database_url
+    assert probe_env["SWARM_DATA_DIR"] == str(data_dir)
+
+    # A second stack on the same data dir is refused, in the foreground and in the background.
+    for args in (("up",), ("up", "--detach")):
+        again = swarm(*args, "--data-dir", str(data_dir))
+        assert again.returncode != 0
+        assert "already running" in again.stderr
+        assert f"pid {report['pid']}" in again.stderr
+        assert nats_url in again.stderr
+    assert status_json(swarm, data_dir)["pid"] == report["pid"]
+
+    pids = stack_pids(report)
+    assert len(pids) == 4
+    down = swarm("down", "--data-dir", str(data_dir))
+    assert down.returncode == 0, down.stderr
+    assert "Swarm stopped" in down.stdout
+    assert [pid for pid in pids if not gone(pid)] == []
+
+    stopped = swarm("status", "--data-dir", str(data_dir), "-o", "json")
+    assert stopped.returncode == 1
+    assert json.loads(stopped.stdout)["running"] is False
+    assert json.loads(stopped.stdout)["state"] == "stopped"
+
+    # Same data dir: same ports when free, same JetStream store, same database.
+    up = swarm("up", "--detach", "--data-dir", str(data_dir))
+    assert up.returncode == 0, up.stdout + up.stderr
+    report = status_json(swarm, data_dir)
+    assert (report["nats_url"], report["database_url"]) == (nats_url, database_url)
+    nc = await nats.connect(nats_url)
+    try:
+        msg = await nc.jetstream().get_msg(names.STREAM_EVENTS, ack.seq)
+        assert msg.data == b"kept across restarts"
+    finally:
+        await nc.close()
+    assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+
+
+def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: Swarm) -> None:
+    up = swarm("up", "-d", "--data-dir", str(data_dir), "--service", "idle=sleep 600")
+    assert up.returncode == 0, up.stdout + up.stderr
+    report = status_json(swarm, data_dir)
+    pids = stack_pids(report)
+    assert len(pids) == 4
+
+    os.kill(report["pid"], signal.SIGKILL)
+    wait_for(lambda: all(gone(pid) for pid in pids), 10, f"processes {pids} to exit")
+
+    # The state file is stale now; status must see through it, and up must not trip over it.
+    dead = swarm("status", "--data-dir", str(data_dir), "-o", "json")
+    assert dead.returncode == 1
+    assert json.loads(dead.stdout)["state"] == "dead"
+    assert json.loads(dead.stdout)["services"][0]["state"] == "stopped"
+    up = swarm("up", "-d", "--data-dir", str(data_dir))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(
+    tmp_path: Path, data_dir: Path, env: dict[str, str]
+) -> None:
+    output = tmp_path / "up.out"
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "swarm.cli.stack", "up", "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "SWARM_JETSTREAM_SYNC": "always"},
+            cwd=tmp_path,
+        )
+    try:
+
+        def ready() -> bool:
+            state = read_state(data_dir)
+            assert proc.poll() is None, output.read_text()
+            return state is not None and state.pid == proc.pid and state.phase is StackPhase.RUNNING
+
+        wait_for(ready, 20, "the stack to be ready")
+        state = read_state(data_dir)
+        assert state is not None
+        assert state.jetstream_sync == "always"
+        assert "sync_interval: always" in (data_dir / "nats" / "nats-server.conf").read_text()
+        servers = [state.nats_pid, state.postgres_pid]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0, output.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert all(gone(pid) for pid in servers)
+    text = output.read_text()
+    assert "Swarm is up" in text
+    assert "Swarm stopped" in text
+    final = read_state(data_dir)
+    assert final is not None
+    assert final.phase is StackPhase.STOPPED
+
+
+def test_down_and_status_when_nothing_runs(tmp_path: Path, swarm: Swarm) -> None:
+    down = swarm("down", "--data-dir", str(tmp_path / "none"))
+    assert down.returncode == 0
+    assert "No Swarm stack is running" in down.stdout
+    status = swarm("status", "--data-dir", str(tmp_path / "none"), "-o", "json")
+    assert status.returncode == 1
+    report = json.loads(status.stdout)
+    assert (report["running"], report["state"], report["nats_url"]) == (False, "absent", None)
+
+
+def test_a_failing_background_start_reports_its_log(data_dir: Path, swarm: Swarm) -> None:
+    bad_db = f"postgresql://postgres@127.0.0.1:{closed_port()}/swarm"
+    up = swarm("up", "--detach", "--data-dir", str(data_dir), "--database-url", bad_db)
+    assert up.returncode != 0
+    assert "cannot reach the database" in up.stderr
+    assert "up.log says" in up.stderr
+    state = read_state(data_dir)
+    assert state is not None
+    assert state.phase is StackPhase.FAILED
+    # The embedded NATS it had started on the way is stopped again.
+    assert gone(state.nats_pid)
+
+
+def test_external_servers_are_used_and_left_running(
+    data_dir: Path,
+    swarm: Swarm,
+    nats_url: str,
+    database_url: str,
+) -> None:
+    args = ("--data-dir", str(data_dir), "--nats-url", nats_url, "--database-url", database_url)
+    up = swarm("up", "-d", *args)
+    assert up.returncode == 0, up.stdout + up.stderr
+    report = status_json(swarm, data_dir)
+    assert (report["nats_url"], report["nats_external"]) == (nats_url, True)
+    assert (report["database_url"], report["database_external"]) == (database_url, True)
+    state = read_state(data_dir)
+    assert state is not None
+    assert (state.nats_pid, state.postgres_pid) == (None, None)
+    assert not (data_dir / "nats").exists()
+    assert not (data_dir / "postgres").exists()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0001",)
+
+    down = swarm("down", "--data-dir", str(data_dir))
+    assert down.returncode == 0
+    assert "External NATS and PostgreSQL left running" in down.stdout
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_migrations_apply_once_and_roll_back(database_url: str) -> None:
+    assert sqlalchemy_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+
+    # A database of its own, so rolling back does not pull tables from under other tests.
+    name = f"migrations_{os.getpid()}"
+    admin = database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        assert upgrade_database(url) == "0001"
+        assert upgrade_database(url) == "0001"
+        command.downgrade(alembic_config(url), "base")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select to_regclass('swarm_meta')").fetchone() == (None,)
+            assert conn.execute("select count(*) from alembic_version").fetchone() == (0,)
+        assert upgrade_database(url) == "0001"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
