@@ -7,6 +7,7 @@ services, turns options into settings and shows what happens.
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from swarm.kernel.embedded import free_port
 from swarm.kernel.settings import Settings
 from swarm.kernel.stack import (
     Stack,
@@ -37,14 +39,57 @@ from swarm.kernel.stack import (
 from swarm.kernel.supervisor import ServiceSpec, ServiceState
 
 
-def default_services() -> tuple[ServiceSpec, ...]:
+def default_services(data_dir: Path, *, hive_replicas: int = 1) -> tuple[ServiceSpec, ...]:
     """The Swarm services `swarm up` supervises, each a module run by this interpreter.
 
-    None exist yet; the Hive comes next and joins as
-    `ServiceSpec("hive", (sys.executable, "-m", "services.hive"))`. They are listed here, not in
-    the kernel, because the kernel must not know the services that build on it.
+    They are listed here, not in the kernel, because the kernel must not know the services that
+    build on it. The Hive's Raft addresses and password are kept in the data dir so that a
+    restart finds the same cluster (and its journal) again.
     """
-    return ()
+    cluster = hive_cluster(data_dir, hive_replicas)
+    specs = []
+    for i, addr in enumerate(cluster["addrs"]):
+        peers = [a for a in cluster["addrs"] if a != addr]
+        specs.append(
+            ServiceSpec(
+                f"hive-{i}" if hive_replicas > 1 else "hive",
+                (sys.executable, "-m", "services.hive"),
+                {
+                    "SWARM_HIVE_RAFT_SELF": addr,
+                    "SWARM_HIVE_RAFT_PEERS": json.dumps(peers),
+                    "SWARM_HIVE_RAFT_PASSWORD": cluster["password"],
+                    "SWARM_HIVE_DATA_DIR": str(data_dir / "hive" / f"replica-{i}"),
+                    "SWARM_HIVE_NODE": f"hive-{i}",
+                },
+            )
+        )
+    return tuple(specs)
+
+
+def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
+    """Raft addresses and password of the local Hive, created on first use, reused after."""
+    path = data_dir / "hive" / "cluster.json"
+    cluster: dict[str, Any] = {}
+    if path.exists():
+        cluster = json.loads(path.read_text())
+    addrs: list[str] = cluster.get("addrs", [])[:replicas]
+    taken = {int(a.rsplit(":", 1)[1]) for a in addrs}
+    # Keep earlier ports while they are free so replicas find their peers and journals again.
+    addrs = [a if free_port(int(a.rsplit(":", 1)[1])) == int(a.rsplit(":", 1)[1]) else "" for a in addrs]
+    while len(addrs) < replicas:
+        addrs.append("")
+    for i, addr in enumerate(addrs):
+        if not addr:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            addrs[i] = f"127.0.0.1:{port}"
+    cluster = {"addrs": addrs, "password": cluster.get("password") or secrets.token_urlsafe(24)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(cluster, indent=2))
+    return cluster
 
 
 class SyncPolicy(StrEnum):
@@ -123,6 +168,10 @@ def up(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds --detach waits for the stack to be ready.")
     ] = 60.0,
+    hive_replicas: Annotated[
+        int,
+        typer.Option("--hive-replicas", min=1, max=7, help="Hive replicas forming the Raft cluster."),
+    ] = 1,
     service: Annotated[
         list[str] | None,
         typer.Option(
@@ -131,13 +180,18 @@ def up(
             help="Also supervise NAME=COMMAND (repeatable); for development and tests.",
         ),
     ] = None,
+    no_services: Annotated[
+        bool,
+        typer.Option("--no-services", hidden=True, help="Start only the servers (for tests)."),
+    ] = False,
 ) -> None:
     """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
     settings = _settings(data_dir, nats_url, database_url, sync)
-    services = default_services() + tuple(_parse_service(s) for s in service or ())
     if detach:
-        _up_detached(settings, service or [], timeout)
+        _up_detached(settings, service or [], timeout, hive_replicas, no_services)
         return
+    own = () if no_services else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas)
+    services = own + tuple(_parse_service(s) for s in service or ())
     progress = _RichProgress(console)
 
     def ready(state: StackState) -> None:
@@ -156,14 +210,18 @@ def up(
     console.print(f"Swarm stopped ({final.data_dir}).")
 
 
-def _up_detached(settings: Settings, extra_services: list[str], timeout: float) -> None:
+def _up_detached(
+    settings: Settings, extra_services: list[str], timeout: float, hive_replicas: int, no_services: bool
+) -> None:
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
     if report.running:
         _print_already_running(paths.root, report.state)
         raise typer.Exit(1)
     argv = [sys.executable, "-m", "swarm.cli.stack", "up", "--data-dir", str(paths.root)]
-    argv += ["--sync", settings.jetstream_sync]
+    argv += ["--sync", settings.jetstream_sync, "--hive-replicas", str(hive_replicas)]
+    if no_services:
+        argv.append("--no-services")
     if settings.nats_url:
         argv += ["--nats-url", settings.nats_url]
     if settings.database_url:

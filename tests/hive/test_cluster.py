@@ -18,7 +18,7 @@ from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from tests.hive.cluster import HiveCluster
+from services.hive.testing import HiveCluster
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,4 @@
-"""Hive replicas as real processes, for failover and recovery tests and the benchmark."""
+"""Hive replicas as real processes, for failover and recovery tests and benchmarks."""
 
 from __future__ import annotations
 
