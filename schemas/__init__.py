@@ -22,8 +22,8 @@ __all__ = [
     "event",
     "events",
     "names",
-    "specs",
     "new_id",
+    "specs",
     "subject_of",
     "utcnow",
 ]

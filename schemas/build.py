@@ -46,9 +46,7 @@ def event(
         correlation = cause.correlationid or cause.id
         causation = cause.id
         identity = identity or cause.identity
-    return _wrap(
-        payload, source, id, identity, correlation, causation, time, subject=aggregate_id
-    )
+    return _wrap(payload, source, id, identity, correlation, causation, time, subject=aggregate_id)
 
 
 def subject_of(envelope: Envelope[Payload]) -> str:

@@ -105,7 +105,9 @@ class Envelope(BaseModel, Generic[P]):
         return self
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        # The serializer's bytes directly: model_dump_json() decodes them to str, and encoding
+        # that back copies the body twice more (~0.8 us of ~3 us for a 1 KB event).
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
     @property
     def extensions(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import AgentSpec, Capacity, Id, Name, Quota, Version
 
-AgentStatus = Literal["requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"]
+AgentStatus = Literal[
+    "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
+]
 
 # --- namespaces ----------------------------------------------------------------------------------
 

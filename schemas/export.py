@@ -67,7 +67,9 @@ def write(directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY) -> list[
 def stale(directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY) -> list[str]:
     """Names of files that are missing, outdated or orphaned in `directory`."""
     wanted = render(registry)
-    present = {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
+    present = (
+        {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
+    )
     problems = [n for n, text in wanted.items() if present.get(n) != text]
     problems += [n for n in present if n not in wanted]
     return sorted(problems)

@@ -86,7 +86,7 @@ DATASCHEMA_PREFIX: Final = "swarm:schemas"
 HEADER_MSG_ID: Final = "Nats-Msg-Id"
 HEADER_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_STREAM: Final = "Nats-Expected-Stream"
-#: Lets the expected sequence refer to a wildcard (all subjects of one aggregate), nats-server 2.11+.
+#: Lets the expected sequence cover a wildcard (all subjects of one aggregate); nats-server 2.11+.
 HEADER_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 
 # --- Validation ----------------------------------------------------------------------------------
@@ -139,7 +139,9 @@ def aggregate_subjects(aggregate: str, aggregate_id: str) -> str:
 
 def event_type(aggregate: str, event: str) -> str:
     """The CloudEvents `type` of an event, e.g. `swarm.agent.running`."""
-    return f"{EVENT_TYPE_PREFIX}.{_check_name('aggregate', aggregate)}.{_check_name('event', event)}"
+    return (
+        f"{EVENT_TYPE_PREFIX}.{_check_name('aggregate', aggregate)}.{_check_name('event', event)}"
+    )
 
 
 def outcome_subject(command_id: str, outcome: Outcome) -> str:

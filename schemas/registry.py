@@ -8,6 +8,7 @@ rewritten.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class DecodeError(ValueError):
 class Entry:
     kind: Kind
     type: str
-    model: type[Payload]
+    model: builtins.type[Payload]  # `builtins.`: the field above shadows `type` here
     aggregate: str | None = None
     event: str | None = None
 
@@ -175,7 +176,9 @@ class Registry:
         data = obj.get("data")
         if not isinstance(data, dict):
             raise DecodeError(
-                "data must be an object", [FieldError("data", "not an object", "dict_type")], received
+                "data must be an object",
+                [FieldError("data", "not an object", "dict_type")],
+                received,
             )
         for step in range(version, entry.model.VERSION):
             fn = self.upcasters.get((entry.type, step))
@@ -186,7 +189,11 @@ class Registry:
                     received,
                 )
             data = fn(dict(data))
-        return {**obj, "data": data, "dataschema": names.dataschema(entry.type, entry.model.VERSION)}
+        return {
+            **obj,
+            "data": data,
+            "dataschema": names.dataschema(entry.type, entry.model.VERSION),
+        }
 
 
 def _version_of(dataschema: object, entry: Entry) -> int | FieldError:

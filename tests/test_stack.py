@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import psutil
 import psycopg
 import pytest
@@ -128,7 +130,9 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert nats_url.startswith("nats://127.0.0.1:")
     assert database_url.startswith("postgresql://")
     assert [(s["name"], s["state"] in ("starting", "running")) for s in report["services"]] == [
-        ("probe", True)
+        ("hive", True),
+        ("scheduler", True),
+        ("probe", True),
     ]
     assert swarm("status", "--data-dir", str(data_dir)).returncode == 0
 
@@ -140,6 +144,19 @@ async def test_up_status_down_and_restart_keep_the_data(
             assert (await js.stream_info(stream)).config.name == stream
         subject = names.event_subject("agent", "a1", "running")
         ack = await js.publish(subject, b"kept across restarts")
+        # The Hive the stack started answers queries once it has elected itself.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                reply = await nc.request(names.QUERY_STATUS, b"", timeout=1)
+                hive = json.loads(reply.data)
+                if hive.get("is_leader"):
+                    break
+            except nats.errors.Error:
+                pass
+            assert time.monotonic() < deadline, "the Hive did not come up"
+            await asyncio.sleep(0.1)
+        assert hive["node"] == "hive-0"
     finally:
         await nc.close()
     with psycopg.connect(database_url) as conn:
@@ -165,7 +182,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert status_json(swarm, data_dir)["pid"] == report["pid"]
 
     pids = stack_pids(report)
-    assert len(pids) == 4
+    assert len(pids) == 6
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0, down.stderr
     assert "Swarm stopped" in down.stdout
@@ -195,7 +212,7 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     assert up.returncode == 0, up.stdout + up.stderr
     report = status_json(swarm, data_dir)
     pids = stack_pids(report)
-    assert len(pids) == 4
+    assert len(pids) == 6  # supervisor, nats, postgres, hive, scheduler, idle
 
     os.kill(report["pid"], signal.SIGKILL)
     wait_for(lambda: all(gone(pid) for pid in pids), 10, f"processes {pids} to exit")

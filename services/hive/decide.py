@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas import Envelope, Payload, commands, events
+from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
 from services.hive.evolve import evolve
 from services.hive.policy import check_identity, check_quota
@@ -83,7 +84,9 @@ def _with_status(state: HiveState, agent_id: str, out: list[Payload], now: datet
     status, reason = derive_status(trial)
     if status != before:
         out.append(
-            events.AgentStatusChanged(agent_id=agent_id, status=status, previous=before, reason=reason)
+            events.AgentStatusChanged(
+                agent_id=agent_id, status=status, previous=before, reason=reason
+            )
         )
     return Decision(out)
 
@@ -97,17 +100,27 @@ def _preview(state: HiveState, agent: Agent, out: list[Payload], now: datetime) 
         namespaces={},
         agents={agent.agent_id: copy.deepcopy(agent)},
         by_name={},
-        pods=copy.deepcopy({r.pod_id: state.pods[r.pod_id] for r in agent.replicas.values() if r.pod_id in state.pods}),
+        pods=copy.deepcopy(
+            {
+                r.pod_id: state.pods[r.pod_id]
+                for r in agent.replicas.values()
+                if r.pod_id in state.pods
+            }
+        ),
     )
     for p in out:
         if getattr(p, "agent_id", None) == agent.agent_id and p.TYPE.startswith("swarm.agent."):
             if isinstance(p, events.ReplicaScheduled) and p.pod_id not in trial_state.pods:
                 trial_state.pods[p.pod_id] = copy.deepcopy(state.pods[p.pod_id])
-            evolve(trial_state, trial_state.applied_seq + 1, event(p, aggregate_id=agent.agent_id, source="preview", time=now))
+            evolve(
+                trial_state,
+                trial_state.applied_seq + 1,
+                event(p, aggregate_id=agent.agent_id, source="preview", time=now),
+            )
     return trial_state.agents.get(agent.agent_id)
 
 
-def derive_status(agent: Agent) -> tuple[str, str]:
+def derive_status(agent: Agent) -> tuple[AgentStatus, str]:
     """The agent's overall status and why, from its replicas."""
     replicas = list(agent.replicas.values())
     failed = [r for r in replicas if r.phase == "failed"]
@@ -185,7 +198,9 @@ def _update_namespace(
 
 
 @_on(commands.DeployAgent)
-def _deploy(state: HiveState, c: commands.DeployAgent, env: Envelope[Any], now: datetime) -> Outcome:
+def _deploy(
+    state: HiveState, c: commands.DeployAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     if c.namespace not in state.namespaces:
         return Rejection(f"namespace {c.namespace} not found", rule="not_found")
     if state.agent_named(c.namespace, c.name) is not None:
@@ -207,7 +222,10 @@ def _deploy(state: HiveState, c: commands.DeployAgent, env: Envelope[Any], now: 
     if c.replicas == 0:
         out.append(
             events.AgentStatusChanged(
-                agent_id=agent_id, status="stopped", previous="requested", reason="deployed with 0 replicas"
+                agent_id=agent_id,
+                status="stopped",
+                previous="requested",
+                reason="deployed with 0 replicas",
             )
         )
     return Decision(out)
@@ -232,15 +250,21 @@ def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: d
     out: list[Payload] = []
     if replicas != agent.replicas_desired:
         out.append(
-            events.AgentScaled(agent_id=agent.agent_id, replicas=replicas, previous=agent.replicas_desired)
+            events.AgentScaled(
+                agent_id=agent.agent_id, replicas=replicas, previous=agent.replicas_desired
+            )
         )
     if agent.rollout is None:
         missing = replicas - len(active)
         if missing > 0:
-            out += _new_replicas(agent.agent_id, agent.next_replica, missing, agent.spec.version, reason)
+            out += _new_replicas(
+                agent.agent_id, agent.next_replica, missing, agent.spec.version, reason
+            )
         for replica in _stop_order(active)[: max(0, -missing)]:
             out.append(
-                events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason)
+                events.ReplicaStopping(
+                    agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason
+                )
             )
     else:
         # During a rollout only the new version grows; old replicas are drained by the rollout.
@@ -248,7 +272,9 @@ def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: d
         if missing < 0:
             for replica in _stop_order(current)[:-missing]:
                 out.append(
-                    events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason)
+                    events.ReplicaStopping(
+                        agent_id=agent.agent_id, replica_id=replica.replica_id, reason=reason
+                    )
                 )
     return _with_status(state, agent.agent_id, out, now)
 
@@ -264,19 +290,29 @@ def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: date
         events.AgentScaled(agent_id=agent.agent_id, replicas=0, previous=agent.replicas_desired)
     ]
     for replica in agent.active():
-        out.append(events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=c.reason))
+        out.append(
+            events.ReplicaStopping(
+                agent_id=agent.agent_id, replica_id=replica.replica_id, reason=c.reason
+            )
+        )
     if agent.rollout is not None:
-        out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=agent.spec.version))
+        out.append(
+            events.AgentRolloutCompleted(agent_id=agent.agent_id, version=agent.spec.version)
+        )
     return _with_status(state, agent.agent_id, out, now)
 
 
 @_on(commands.DeleteAgent)
-def _delete(state: HiveState, c: commands.DeleteAgent, env: Envelope[Any], now: datetime) -> Outcome:
+def _delete(
+    state: HiveState, c: commands.DeleteAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = _find(state, c.namespace, c.name)
     if isinstance(agent, Rejection):
         return agent
     out: list[Payload] = [
-        events.ReplicaStopping(agent_id=agent.agent_id, replica_id=r.replica_id, reason="agent deleted")
+        events.ReplicaStopping(
+            agent_id=agent.agent_id, replica_id=r.replica_id, reason="agent deleted"
+        )
         for r in agent.active()
     ]
     out.append(events.AgentDeleted(agent_id=agent.agent_id, reason="deleted by request"))
@@ -292,22 +328,31 @@ def _start_rollout(
             "wait for it to finish or roll back"
         )
     if spec.version == agent.spec.version:
-        return Rejection(f"agent {agent.namespace}/{agent.name} already runs version {spec.version}")
+        return Rejection(
+            f"agent {agent.namespace}/{agent.name} already runs version {spec.version}"
+        )
     out: list[Payload] = [
         events.AgentRolloutStarted(
-            agent_id=agent.agent_id, spec=spec, from_version=agent.spec.version,
-            max_surge=max_surge, rollback=rollback,
+            agent_id=agent.agent_id,
+            spec=spec,
+            from_version=agent.spec.version,
+            max_surge=max_surge,
+            rollback=rollback,
         )
     ]
     surge = min(max_surge, agent.replicas_desired)
     if surge == 0:
         out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=spec.version))
-    out += _new_replicas(agent.agent_id, agent.next_replica, surge, spec.version, f"rollout to {spec.version}")
+    out += _new_replicas(
+        agent.agent_id, agent.next_replica, surge, spec.version, f"rollout to {spec.version}"
+    )
     return _with_status(state, agent.agent_id, out, now)
 
 
 @_on(commands.RolloutAgent)
-def _rollout(state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now: datetime) -> Outcome:
+def _rollout(
+    state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = _find(state, c.namespace, c.name)
     if isinstance(agent, Rejection):
         return agent
@@ -318,7 +363,9 @@ def _rollout(state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now
 
 
 @_on(commands.RollbackAgent)
-def _rollback(state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], now: datetime) -> Outcome:
+def _rollback(
+    state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = _find(state, c.namespace, c.name)
     if isinstance(agent, Rejection):
         return agent
@@ -326,7 +373,10 @@ def _rollback(state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], n
         target = c.to_version
         if target not in agent.versions:
             known = ", ".join(agent.history)
-            return Rejection(f"agent {agent.namespace}/{agent.name} has no version {target} (has: {known})", rule="not_found")
+            return Rejection(
+                f"agent {agent.namespace}/{agent.name} has no version {target} (has: {known})",
+                rule="not_found",
+            )
     else:
         older = [v for v in agent.history if v != agent.spec.version]
         if not older:
@@ -342,17 +392,27 @@ def _abort_rollout(state: HiveState, agent: Agent, target: str, now: datetime) -
     spec = agent.versions[target]
     out: list[Payload] = [
         events.AgentRolloutStarted(
-            agent_id=agent.agent_id, spec=spec, from_version=agent.spec.version, max_surge=1, rollback=True
+            agent_id=agent.agent_id,
+            spec=spec,
+            from_version=agent.spec.version,
+            max_surge=1,
+            rollback=True,
         )
     ]
     new = [r for r in agent.active() if r.version == agent.spec.version]
     for replica in new:
         out.append(
-            events.ReplicaStopping(agent_id=agent.agent_id, replica_id=replica.replica_id, reason=f"rolled back to {target}")
+            events.ReplicaStopping(
+                agent_id=agent.agent_id,
+                replica_id=replica.replica_id,
+                reason=f"rolled back to {target}",
+            )
         )
     old = [r for r in agent.active() if r.version == target]
     missing = agent.replicas_desired - len(old)
-    out += _new_replicas(agent.agent_id, agent.next_replica, max(0, missing), target, f"rolled back to {target}")
+    out += _new_replicas(
+        agent.agent_id, agent.next_replica, max(0, missing), target, f"rolled back to {target}"
+    )
     if missing <= 0 or all(r.phase == "running" for r in old):
         out.append(events.AgentRolloutCompleted(agent_id=agent.agent_id, version=target))
     return _with_status(state, agent.agent_id, out, now)
@@ -362,7 +422,9 @@ def _abort_rollout(state: HiveState, agent: Agent, target: str, now: datetime) -
 
 
 @_on(commands.ProposePlacement)
-def _place(state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime) -> Outcome:
+def _place(
+    state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = state.agents.get(c.agent_id)
     if agent is None or agent.deleted:
         return Rejection(f"agent {c.agent_id} not found", rule="not_found")
@@ -385,8 +447,11 @@ def _place(state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], n
         )
     out: list[Payload] = [
         events.ReplicaScheduled(
-            agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod.pod_id,
-            policy=c.policy, reason=c.reason or f"placed by {c.policy}",
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            pod_id=pod.pod_id,
+            policy=c.policy,
+            reason=c.reason or f"placed by {c.policy}",
         )
     ]
     return _with_status(state, agent.agent_id, out, now)
@@ -396,17 +461,26 @@ def _place(state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], n
 
 
 @_on(commands.RegisterPod)
-def _register(state: HiveState, c: commands.RegisterPod, env: Envelope[Any], now: datetime) -> Outcome:
+def _register(
+    state: HiveState, c: commands.RegisterPod, env: Envelope[Any], now: datetime
+) -> Outcome:
     pod = state.pods.get(c.pod_id)
-    if pod is not None and pod.status == "ready" and (
-        pod.capacity, pod.labels, pod.zone, pod.energy_cost, pod.lease_s
-    ) == (c.capacity, c.labels, c.zone, c.energy_cost, c.lease_s):
+    if (
+        pod is not None
+        and pod.status == "ready"
+        and (pod.capacity, pod.labels, pod.zone, pod.energy_cost, pod.lease_s)
+        == (c.capacity, c.labels, c.zone, c.energy_cost, c.lease_s)
+    ):
         return Decision([])  # re-registration after a pod restart with nothing new
     return Decision(
         [
             events.PodRegistered(
-                pod_id=c.pod_id, capacity=c.capacity, labels=c.labels, zone=c.zone,
-                energy_cost=c.energy_cost, lease_s=c.lease_s,
+                pod_id=c.pod_id,
+                capacity=c.capacity,
+                labels=c.labels,
+                zone=c.zone,
+                energy_cost=c.energy_cost,
+                lease_s=c.lease_s,
             )
         ]
     )
@@ -420,40 +494,56 @@ def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outc
         return Decision([])
     # A pod losing more replicas than fit in one atomic write is handled in steps: the pod stays
     # lost while it still holds replicas, and the reconcile loop sends the command again.
-    out: list[Payload] = [] if pod.status == "lost" else [events.PodLost(pod_id=pod_id, reason=reason)]
+    out: list[Payload] = (
+        [] if pod.status == "lost" else [events.PodLost(pod_id=pod_id, reason=reason)]
+    )
     touched: dict[str, list[Payload]] = {}
     for agent_id, replica_id in sorted(pod.replicas)[:MAX_REPLICAS_PER_DECISION]:
         agent = state.agents[agent_id]
         replica = agent.replicas[replica_id]
         moved: Payload
         if replica.phase == "stopping" or agent.deleted:
-            moved = events.ReplicaStopped(agent_id=agent_id, replica_id=replica_id, reason=f"pod {pod_id} lost", snapshot=replica.snapshot)
+            moved = events.ReplicaStopped(
+                agent_id=agent_id,
+                replica_id=replica_id,
+                reason=f"pod {pod_id} lost",
+                snapshot=replica.snapshot,
+            )
         else:
             moved = events.ReplicaRequested(
-                agent_id=agent_id, replica_id=replica_id, version=replica.version,
-                snapshot=replica.snapshot, reason=f"rescheduled: pod {pod_id} lost ({reason})",
+                agent_id=agent_id,
+                replica_id=replica_id,
+                version=replica.version,
+                snapshot=replica.snapshot,
+                reason=f"rescheduled: pod {pod_id} lost ({reason})",
             )
         touched.setdefault(agent_id, []).append(moved)
-    for agent_id, moved in touched.items():
-        out += _with_status(state, agent_id, moved, now).events
+    for agent_id, changes in touched.items():
+        out += _with_status(state, agent_id, changes, now).events
     return Decision(out)
 
 
 @_on(commands.DeregisterPod)
-def _deregister(state: HiveState, c: commands.DeregisterPod, env: Envelope[Any], now: datetime) -> Outcome:
+def _deregister(
+    state: HiveState, c: commands.DeregisterPod, env: Envelope[Any], now: datetime
+) -> Outcome:
     return _lose_pod(state, c.pod_id, c.reason, now)
 
 
 @_on(commands.ExpirePod)
 def _expire(state: HiveState, c: commands.ExpirePod, env: Envelope[Any], now: datetime) -> Outcome:
-    return _lose_pod(state, c.pod_id, f"lease expired ({c.last_heartbeat_age_s:.1f}s without heartbeat)", now)
+    return _lose_pod(
+        state, c.pod_id, f"lease expired ({c.last_heartbeat_age_s:.1f}s without heartbeat)", now
+    )
 
 
 # --- replica reports -----------------------------------------------------------------------------
 
 
 @_on(commands.ReportReplica)
-def _report(state: HiveState, c: commands.ReportReplica, env: Envelope[Any], now: datetime) -> Outcome:
+def _report(
+    state: HiveState, c: commands.ReportReplica, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = state.agents.get(c.agent_id)
     if agent is None:
         return Rejection(f"agent {c.agent_id} not found; stop the replica", rule="not_found")
@@ -462,7 +552,8 @@ def _report(state: HiveState, c: commands.ReportReplica, env: Envelope[Any], now
         return Rejection(f"replica {c.replica_id} not found; stop it", rule="not_found")
     if replica.pod_id != c.pod_id:
         return Rejection(
-            f"replica {c.replica_id} is assigned to {replica.pod_id or 'no pod'}, not {c.pod_id}; stop it",
+            f"replica {c.replica_id} is assigned to {replica.pod_id or 'no pod'}, "
+            f"not {c.pod_id}; stop it",
             rule="not_assigned",
         )
     a, r = agent.agent_id, replica.replica_id
@@ -470,14 +561,20 @@ def _report(state: HiveState, c: commands.ReportReplica, env: Envelope[Any], now
     if c.status == "starting":
         if replica.phase != "scheduled":
             return Decision([])
-        out.append(events.ReplicaStarting(agent_id=a, replica_id=r, pod_id=c.pod_id, snapshot=c.snapshot))
+        out.append(
+            events.ReplicaStarting(agent_id=a, replica_id=r, pod_id=c.pod_id, snapshot=c.snapshot)
+        )
     elif c.status == "running":
         if replica.phase not in ("scheduled", "starting"):
             return Decision([])
         out.append(events.ReplicaRunning(agent_id=a, replica_id=r, pod_id=c.pod_id))
         out += _advance_rollout(agent, replica)
     elif c.status == "stopped" and replica.phase == "stopping":
-        out.append(events.ReplicaStopped(agent_id=a, replica_id=r, reason=c.reason or "stopped", snapshot=c.snapshot))
+        out.append(
+            events.ReplicaStopped(
+                agent_id=a, replica_id=r, reason=c.reason or "stopped", snapshot=c.snapshot
+            )
+        )
     elif c.status in ("crashed", "stopped"):
         if replica.phase not in ("scheduled", "starting", "running", "stopping"):
             return Decision([])
@@ -494,19 +591,32 @@ def _crash(
     if len(crashes) > policy.max_restarts:
         return [
             events.ReplicaCrashed(
-                agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod_id,
-                reason=reason, crashes=len(crashes), restart_at=None, snapshot=snapshot,
+                agent_id=agent.agent_id,
+                replica_id=replica.replica_id,
+                pod_id=pod_id,
+                reason=reason,
+                crashes=len(crashes),
+                restart_at=None,
+                snapshot=snapshot,
             ),
             events.ReplicaFailed(
-                agent_id=agent.agent_id, replica_id=replica.replica_id,
-                reason=f"crash loop: {len(crashes)} crashes in {policy.window_s:.0f}s (last: {reason})",
+                agent_id=agent.agent_id,
+                replica_id=replica.replica_id,
+                reason=(
+                    f"crash loop: {len(crashes)} crashes in {policy.window_s:.0f}s (last: {reason})"
+                ),
             ),
         ]
     delay = min(policy.backoff_s * 2 ** (len(crashes) - 1), policy.max_backoff_s)
     return [
         events.ReplicaCrashed(
-            agent_id=agent.agent_id, replica_id=replica.replica_id, pod_id=pod_id, reason=reason,
-            crashes=len(crashes), restart_at=now + timedelta(seconds=delay), snapshot=snapshot,
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            pod_id=pod_id,
+            reason=reason,
+            crashes=len(crashes),
+            restart_at=now + timedelta(seconds=delay),
+            snapshot=snapshot,
         )
     ]
 
@@ -525,14 +635,18 @@ def _advance_rollout(agent: Agent, ready: Replica) -> list[Payload]:
         victim = _stop_order(old)[0]
         out.append(
             events.ReplicaStopping(
-                agent_id=agent.agent_id, replica_id=victim.replica_id,
+                agent_id=agent.agent_id,
+                replica_id=victim.replica_id,
                 reason=f"replaced by {ready.replica_id} ({rollout.version})",
             )
         )
     missing = agent.replicas_desired - len(new)
     if missing > 0:
         out += _new_replicas(
-            agent.agent_id, agent.next_replica, min(missing, rollout.max_surge), rollout.version,
+            agent.agent_id,
+            agent.next_replica,
+            min(missing, rollout.max_surge),
+            rollout.version,
             f"rollout to {rollout.version}",
         )
     if len(old) <= 1 and new_running >= agent.replicas_desired:
@@ -541,7 +655,9 @@ def _advance_rollout(agent: Agent, ready: Replica) -> list[Payload]:
 
 
 @_on(commands.RestartReplica)
-def _restart(state: HiveState, c: commands.RestartReplica, env: Envelope[Any], now: datetime) -> Outcome:
+def _restart(
+    state: HiveState, c: commands.RestartReplica, env: Envelope[Any], now: datetime
+) -> Outcome:
     agent = state.agents.get(c.agent_id)
     replica = agent.replicas.get(c.replica_id) if agent else None
     if agent is None or replica is None:
@@ -553,8 +669,11 @@ def _restart(state: HiveState, c: commands.RestartReplica, env: Envelope[Any], n
         return Rejection(f"replica {c.replica_id} backs off for {wait:.1f}s more", rule="backoff")
     out: list[Payload] = [
         events.ReplicaRequested(
-            agent_id=agent.agent_id, replica_id=replica.replica_id, version=replica.version,
-            snapshot=replica.snapshot, reason=f"restart after crash {len(replica.crashes)}",
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            version=replica.version,
+            snapshot=replica.snapshot,
+            reason=f"restart after crash {len(replica.crashes)}",
         )
     ]
     return _with_status(state, agent.agent_id, out, now)

@@ -51,12 +51,16 @@ def evolve(state: HiveState, seq: int, envelope: Envelope[Any]) -> HiveState:
 
 
 @_on(events.NamespaceCreated)
-def _namespace_created(s: HiveState, e: events.NamespaceCreated, env: Envelope[Any], seq: int) -> None:
+def _namespace_created(
+    s: HiveState, e: events.NamespaceCreated, env: Envelope[Any], seq: int
+) -> None:
     s.namespaces[e.name] = Namespace(e.name, e.quota, last_seq=seq)
 
 
 @_on(events.NamespaceUpdated)
-def _namespace_updated(s: HiveState, e: events.NamespaceUpdated, env: Envelope[Any], seq: int) -> None:
+def _namespace_updated(
+    s: HiveState, e: events.NamespaceUpdated, env: Envelope[Any], seq: int
+) -> None:
     ns = s.namespaces.setdefault(e.name, Namespace(e.name))
     ns.quota = e.quota
     ns.last_seq = seq
@@ -211,7 +215,9 @@ def _replica_scheduled(
 
 
 @_on(events.ReplicaStarting)
-def _replica_starting(s: HiveState, e: events.ReplicaStarting, env: Envelope[Any], seq: int) -> None:
+def _replica_starting(
+    s: HiveState, e: events.ReplicaStarting, env: Envelope[Any], seq: int
+) -> None:
     replica = _agent(s, e.agent_id, seq).replicas[e.replica_id]
     replica.phase = "starting"
     replica.reason = f"starting on {e.pod_id}"
@@ -246,7 +252,9 @@ def _replica_failed(s: HiveState, e: events.ReplicaFailed, env: Envelope[Any], s
 
 
 @_on(events.ReplicaStopping)
-def _replica_stopping(s: HiveState, e: events.ReplicaStopping, env: Envelope[Any], seq: int) -> None:
+def _replica_stopping(
+    s: HiveState, e: events.ReplicaStopping, env: Envelope[Any], seq: int
+) -> None:
     agent = _agent(s, e.agent_id, seq)
     replica = agent.replicas[e.replica_id]
     if replica.phase in PLACED:
@@ -275,8 +283,14 @@ def _pod_registered(s: HiveState, e: events.PodRegistered, env: Envelope[Any], s
     pod = s.pods.get(e.pod_id)
     if pod is None:
         s.pods[e.pod_id] = Pod(
-            e.pod_id, e.capacity, dict(e.labels), e.zone, e.energy_cost, e.lease_s,
-            registered_at=env.time, last_seq=seq,
+            e.pod_id,
+            e.capacity,
+            dict(e.labels),
+            e.zone,
+            e.energy_cost,
+            e.lease_s,
+            registered_at=env.time,
+            last_seq=seq,
         )
         return
     pod.capacity = e.capacity

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import Envelope, commands
-from schemas.specs import AgentSpec
-from schemas.specs import Quota
+from schemas.specs import AgentSpec, Quota
 from services.hive.state import ACTIVE, Agent, HiveState
 
 _UNLIMITED = Quota()
@@ -35,15 +34,28 @@ _POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportRepl
 def check_identity(state: HiveState, command: Envelope[Any]) -> Refusal | None:
     identity = command.identity
     if not identity or ":" not in identity:
-        return Refusal("command carries no identity (CloudEvents extension `identity`, kind:name)", "identity")
+        return Refusal(
+            "command carries no identity (CloudEvents extension `identity`, kind:name)", "identity"
+        )
     kind, _, name = identity.partition(":")
     if kind not in _KINDS or not name:
-        return Refusal(f"identity {identity!r} must be one of {', '.join(k + ':<name>' for k in _KINDS)}", "identity")
+        return Refusal(
+            f"identity {identity!r} must be one of {', '.join(k + ':<name>' for k in _KINDS)}",
+            "identity",
+        )
     payload = command.data
     if isinstance(payload, _SERVICE_ONLY) and kind != "service":
-        return Refusal(f"{command.type} may only be sent by a Swarm service, not {identity}", "identity")
-    if isinstance(payload, _POD_SCOPED) and kind not in ("service", "user") and identity != f"pod:{payload.pod_id}":
-        return Refusal(f"{command.type} about pod {payload.pod_id} may not be sent by {identity}", "identity")
+        return Refusal(
+            f"{command.type} may only be sent by a Swarm service, not {identity}", "identity"
+        )
+    if (
+        isinstance(payload, _POD_SCOPED)
+        and kind not in ("service", "user")
+        and identity != f"pod:{payload.pod_id}"
+    ):
+        return Refusal(
+            f"{command.type} about pod {payload.pod_id} may not be sent by {identity}", "identity"
+        )
     if kind == "agent":
         return _check_autonomy(state, name, command)
     return None
@@ -63,7 +75,8 @@ def _check_autonomy(state: HiveState, agent_id: str, command: Envelope[Any]) -> 
     namespace = getattr(command.data, "namespace", agent.namespace)
     if namespace != agent.namespace:
         return Refusal(
-            f"agent {agent.namespace}/{agent.name} may only act in namespace {agent.namespace}", "autonomy"
+            f"agent {agent.namespace}/{agent.name} may only act in namespace {agent.namespace}",
+            "autonomy",
         )
     return None
 
@@ -87,13 +100,27 @@ def check_quota(
         return None
     used_memory, used_fuel = usage.memory_mb, usage.fuel_per_s
     if agent is not None:
-        used_memory += agent.replicas_desired * (spec.resources.memory_mb - agent.spec.resources.memory_mb)
-        used_fuel += agent.replicas_desired * (spec.resources.fuel_per_s - agent.spec.resources.fuel_per_s)
+        used_memory += agent.replicas_desired * (
+            spec.resources.memory_mb - agent.spec.resources.memory_mb
+        )
+        used_fuel += agent.replicas_desired * (
+            spec.resources.fuel_per_s - agent.spec.resources.fuel_per_s
+        )
     checks = (
         ("max_agents", quota.max_agents, usage.agents + new_agents, "agents"),
         ("max_replicas", quota.max_replicas, usage.replicas + replicas, "replicas"),
-        ("max_memory_mb", quota.max_memory_mb, used_memory + replicas * spec.resources.memory_mb, "MB of memory"),
-        ("max_fuel_per_s", quota.max_fuel_per_s, used_fuel + replicas * spec.resources.fuel_per_s, "fuel/s"),
+        (
+            "max_memory_mb",
+            quota.max_memory_mb,
+            used_memory + replicas * spec.resources.memory_mb,
+            "MB of memory",
+        ),
+        (
+            "max_fuel_per_s",
+            quota.max_fuel_per_s,
+            used_fuel + replicas * spec.resources.fuel_per_s,
+            "fuel/s",
+        ),
     )
     for rule, limit, wanted, unit in checks:
         if limit is not None and wanted > limit:

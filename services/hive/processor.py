@@ -39,7 +39,12 @@ from schemas import (
     names,
     utcnow,
 )
+from services.hive.decide import Decision, Rejection, decide
+from services.hive.evolve import evolve
+from services.hive.raft import ReplicatedState
+from services.hive.state import HiveState
 from swarm.kernel.eventlog import (
+    MAX_ATOMIC_BATCH,
     AppendFailed,
     AppendRequest,
     ConcurrencyConflict,
@@ -47,11 +52,6 @@ from swarm.kernel.eventlog import (
     DuplicateBatch,
     EventLog,
 )
-from swarm.kernel.eventlog import MAX_ATOMIC_BATCH
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import evolve
-from services.hive.raft import ReplicatedState
-from services.hive.state import HiveState
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,9 @@ class CommandProcessor:
 
     async def resync(self, at_least: int | None = None) -> HiveState:
         """Rebuild the working state from the agreed one once it has folded the whole log."""
-        target = at_least if at_least is not None else await self.log.last_sequence(names.STREAM_EVENTS)
+        target = (
+            at_least if at_least is not None else await self.log.last_sequence(names.STREAM_EVENTS)
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.catch_up_timeout
         while self.raft.applied_seq < target:
@@ -147,7 +149,9 @@ class CommandProcessor:
             return _Pending(delivery, None, envelopes, requests)
         outcome: Decision | Rejection
         if command.type != delivery.subject:
-            outcome = Rejection(f"type {command.type} was published on {delivery.subject}", rule="subject")
+            outcome = Rejection(
+                f"type {command.type} was published on {delivery.subject}", rule="subject"
+            )
         else:
             outcome = decide(working, command, now)
         envelopes, requests = self._requests(working, command, outcome, now)
@@ -159,7 +163,9 @@ class CommandProcessor:
         try:
             appended = await self.log.append_atomic(requests)
         except (DuplicateBatch, ConcurrencyConflict, AppendFailed) as exc:
-            log.info("group append refused; writing one by one", commands=len(group), error=str(exc))
+            log.info(
+                "group append refused; writing one by one", commands=len(group), error=str(exc)
+            )
             await self.resync()
             for pending in group:
                 await self._write_one(pending)
@@ -209,7 +215,9 @@ class CommandProcessor:
                 outcome = decide(self.working, command, self.clock())
                 continue
             except AppendFailed as exc:
-                log.warning("append failed; command will be redelivered", command=command.id, error=str(exc))
+                log.warning(
+                    "append failed; command will be redelivered", command=command.id, error=str(exc)
+                )
                 await delivery.nak(delay=0.5)
                 return
             await self._fold(envelopes, [a.seq for a in appended])
@@ -230,8 +238,12 @@ class CommandProcessor:
         for n, payload in enumerate(events):
             aggregate, aggregate_id = _aggregate_of(payload)
             env = event(
-                payload, aggregate_id=aggregate_id, source=self.source, cause=command,
-                id=f"{command.id}-{n}" if len(command.id) <= 56 else None, time=now,
+                payload,
+                aggregate_id=aggregate_id,
+                source=self.source,
+                cause=command,
+                id=f"{command.id}-{n}" if len(command.id) <= 56 else None,
+                time=now,
             )
             wildcard = names.aggregate_subjects(aggregate, aggregate_id)
             expected = None
@@ -241,7 +253,9 @@ class CommandProcessor:
             envelopes.append(env)
             requests.append(
                 AppendRequest(
-                    subject=names.event_subject(aggregate, aggregate_id, payload.TYPE.rsplit(".", 1)[1]),
+                    subject=names.event_subject(
+                        aggregate, aggregate_id, payload.TYPE.rsplit(".", 1)[1]
+                    ),
                     body=env.to_json(),
                     msg_id=f"{command.id}:{n}",
                     expected_last_seq=expected,
@@ -261,11 +275,15 @@ class CommandProcessor:
                 rule=outcome.rule,
                 errors=[FieldErrorModel(**e) for e in outcome.errors],
             )
-        answer_env = event(answer, aggregate_id=command.id, source=self.source, cause=command, time=now)
+        answer_env = event(
+            answer, aggregate_id=command.id, source=self.source, cause=command, time=now
+        )
         envelopes.append(answer_env)
         requests.append(
             AppendRequest(
-                subject=names.outcome_subject(command.id, "accepted" if isinstance(outcome, Decision) else "rejected"),
+                subject=names.outcome_subject(
+                    command.id, "accepted" if isinstance(outcome, Decision) else "rejected"
+                ),
                 body=answer_env.to_json(),
                 msg_id=f"{command.id}:outcome",
                 expected_last_seq=0,
@@ -285,7 +303,10 @@ class CommandProcessor:
             evolve(working, seq, env)
 
     async def _answered(self, command_id: str) -> bool:
-        return await self.log.last_sequence(names.STREAM_EVENTS, names.outcome_wildcard(command_id)) > 0
+        return (
+            await self.log.last_sequence(names.STREAM_EVENTS, names.outcome_wildcard(command_id))
+            > 0
+        )
 
     def _unparsed(
         self, delivery: Delivery, exc: DecodeError, now: datetime
@@ -293,19 +314,29 @@ class CommandProcessor:
         """The answer to input that is not a valid command, addressed as well as what was
         readable allows."""
         received: dict[str, Any] = {
-            **exc.received, "subject": delivery.subject, "stream_seq": delivery.stream_seq
+            **exc.received,
+            "subject": delivery.subject,
+            "stream_seq": delivery.stream_seq,
         }
         raw_id = exc.received.get("id")
         command_id = raw_id if isinstance(raw_id, str) and names.is_token(raw_id) else None
         aggregate_id = command_id or names.INVALID_COMMAND_ID
         rejected = CommandRejected(
             command_id=aggregate_id,
-            command_type=exc.received.get("type") if isinstance(exc.received.get("type"), str) else None,
+            command_type=exc.received.get("type")
+            if isinstance(exc.received.get("type"), str)
+            else None,
             reason=exc.reason,
             errors=[FieldErrorModel(**e.as_dict()) for e in exc.errors],
             received=received,
         )
-        env = event(rejected, aggregate_id=aggregate_id, source=self.source, identity="service:hive", time=now)
+        env = event(
+            rejected,
+            aggregate_id=aggregate_id,
+            source=self.source,
+            identity="service:hive",
+            time=now,
+        )
         request = AppendRequest(
             subject=names.outcome_subject(aggregate_id, "rejected"),
             body=env.to_json(),

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import structlog
 
 from schemas import names
-from swarm.kernel.eventlog import EventLog
 from services.hive.raft import RaftError, ReplicatedState
+from swarm.kernel.eventlog import EventLog
 
 log = structlog.get_logger(__name__)
 
@@ -41,8 +41,10 @@ class Projector:
         while still_leader():
             try:
                 await self._follow(still_leader)
-            except (RaftError, asyncio.TimeoutError) as exc:
-                log.warning("projection interrupted; resuming from the agreed state", error=str(exc))
+            except (TimeoutError, RaftError) as exc:
+                log.warning(
+                    "projection interrupted; resuming from the agreed state", error=str(exc)
+                )
                 await asyncio.sleep(0.1)
 
     async def _follow(self, still_leader: Callable[[], bool]) -> None:
@@ -55,7 +57,9 @@ class Projector:
                 deliveries = await reader.fetch(self.batch, timeout=0.05)
                 if deliveries:
                     batch = [(d.stream_seq, d.data) for d in deliveries]
-                    pending.append(asyncio.create_task(self.raft.submit(batch, self.submit_timeout)))
+                    pending.append(
+                        asyncio.create_task(self.raft.submit(batch, self.submit_timeout))
+                    )
                 while pending and (pending[0].done() or len(pending) >= self.in_flight):
                     await pending.popleft()
         finally:

@@ -38,7 +38,11 @@ def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
             "active": len(agent.active()),
         },
         "rollout": (
-            {"version": agent.rollout.version, "from": agent.rollout.from_version, "rollback": agent.rollout.rollback}
+            {
+                "version": agent.rollout.version,
+                "from": agent.rollout.from_version,
+                "rollback": agent.rollout.rollback,
+            }
             if agent.rollout
             else None
         ),
@@ -109,8 +113,13 @@ def _pods_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
 def _namespaces_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
     return {
         "namespaces": [
-            {"name": ns.name, "quota": ns.quota.model_dump(),
-             "agents": sum(1 for a in state.agents.values() if a.namespace == ns.name and not a.deleted)}
+            {
+                "name": ns.name,
+                "quota": ns.quota.model_dump(),
+                "agents": sum(
+                    1 for a in state.agents.values() if a.namespace == ns.name and not a.deleted
+                ),
+            }
             for ns in sorted(state.namespaces.values(), key=lambda n: n.name)
         ]
     }
@@ -159,7 +168,10 @@ async def serve(
     async def respond_status(msg: Msg) -> None:
         await msg.respond(json.dumps(status()).encode())
 
-    subs = [await nc.subscribe(subject, queue=names.QUERY_QUEUE, cb=handler(q)) for subject, q in QUERIES.items()]
+    subs = [
+        await nc.subscribe(subject, queue=names.QUERY_QUEUE, cb=handler(q))
+        for subject, q in QUERIES.items()
+    ]
     subs.append(await nc.subscribe(names.QUERY_STATUS, queue=names.QUERY_QUEUE, cb=respond_status))
     subs.append(await nc.subscribe(f"{names.QUERY_STATUS}.{node}", cb=respond_status))
     return subs

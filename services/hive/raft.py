@@ -66,7 +66,7 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
         super().__init__(config.self_addr, list(config.peers), config.conf())
         self.hive = HiveState()
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def apply_events(self, batch: list[tuple[int, bytes]]) -> int:
         with self.lock:
             state = self.hive

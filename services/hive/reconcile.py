@@ -19,8 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from schemas import Payload, command, commands, names, utcnow
-from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
 from services.hive.state import HiveState
+from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
 
 log = structlog.get_logger(__name__)
 
@@ -84,17 +84,35 @@ class Reconciler:
         for pod in state.pods.values():
             if pod.status == "ready" and self.heartbeats.age(pod.pod_id) > pod.lease_s:
                 out.append(
-                    (f"expire-{pod.pod_id}-{pod.last_seq}",
-                     commands.ExpirePod(pod_id=pod.pod_id, last_heartbeat_age_s=round(self.heartbeats.age(pod.pod_id), 3)))
+                    (
+                        f"expire-{pod.pod_id}-{pod.last_seq}",
+                        commands.ExpirePod(
+                            pod_id=pod.pod_id,
+                            last_heartbeat_age_s=round(self.heartbeats.age(pod.pod_id), 3),
+                        ),
+                    )
                 )
             elif pod.status == "lost" and pod.replicas:
-                out.append((f"expire-{pod.pod_id}-{pod.last_seq}", commands.ExpirePod(pod_id=pod.pod_id, last_heartbeat_age_s=0.0)))
+                out.append(
+                    (
+                        f"expire-{pod.pod_id}-{pod.last_seq}",
+                        commands.ExpirePod(pod_id=pod.pod_id, last_heartbeat_age_s=0.0),
+                    )
+                )
         for agent in state.agents.values():
             for replica in agent.replicas.values():
-                if replica.phase == "crashed" and replica.restart_at is not None and replica.restart_at <= now:
+                if (
+                    replica.phase == "crashed"
+                    and replica.restart_at is not None
+                    and replica.restart_at <= now
+                ):
                     out.append(
-                        (f"restart-{replica.replica_id}-{len(replica.crashes)}",
-                         commands.RestartReplica(agent_id=agent.agent_id, replica_id=replica.replica_id))
+                        (
+                            f"restart-{replica.replica_id}-{len(replica.crashes)}",
+                            commands.RestartReplica(
+                                agent_id=agent.agent_id, replica_id=replica.replica_id
+                            ),
+                        )
                     )
         return out
 
@@ -103,7 +121,9 @@ class Reconciler:
             return
         requests = []
         for command_id, payload in planned:
-            env = command(payload, source="hive/reconcile", id=_token(command_id), identity="service:hive")
+            env = command(
+                payload, source="hive/reconcile", id=_token(command_id), identity="service:hive"
+            )
             requests.append(AppendRequest.of(env))
         await self.log.append_batch(requests)
 

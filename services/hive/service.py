@@ -17,14 +17,14 @@ from typing import Any
 import structlog
 
 from schemas import names
-from swarm.kernel.eventlog import EventLog
-from swarm.kernel.settings import Settings
 from services.hive.config import HiveSettings
 from services.hive.processor import CommandProcessor, NotCaughtUp
 from services.hive.projector import Projector
 from services.hive.queries import serve
 from services.hive.raft import ReplicatedState
 from services.hive.reconcile import Heartbeats, Reconciler
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +83,9 @@ class Hive:
             await eventlog.close()
             raft.destroy()
 
-    async def _lead(self, eventlog: EventLog, raft: ReplicatedState, heartbeats: Heartbeats) -> None:
+    async def _lead(
+        self, eventlog: EventLog, raft: ReplicatedState, heartbeats: Heartbeats
+    ) -> None:
         self.leader_since = time.monotonic()
         log.info("leading", node=self.node, applied_seq=raft.applied_seq)
 
@@ -99,7 +101,8 @@ class Hive:
             asyncio.create_task(reconciler.run(still_leader), name="reconcile"),
         ]
         try:
-            while still_leader() and not any(t.done() for t in tasks):
+            # Polled: pysyncobj offers no awaitable for "leadership lost".
+            while still_leader() and not any(t.done() for t in tasks):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         finally:
             for task in tasks:
@@ -117,7 +120,7 @@ class Hive:
 
 
 async def main() -> None:
-    hive = Hive(Settings(), HiveSettings())  # type: ignore[call-arg]
+    hive = Hive(Settings(), HiveSettings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hive.stop)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from schemas.events import AgentStatus
 from schemas.specs import AgentSpec, Capacity, Quota
 
 ReplicaPhase = Literal[
@@ -54,7 +55,7 @@ class Agent:
     name: str
     spec: AgentSpec
     replicas_desired: int
-    status: str = "requested"
+    status: AgentStatus = "requested"
     status_reason: str = "deployed"
     #: Every version ever deployed, oldest first, with its spec (for rollback).
     versions: dict[str, AgentSpec] = field(default_factory=dict)
@@ -138,7 +139,8 @@ class HiveState:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view of the whole state (queries, digests, time travel)."""
-        return _jsonable(asdict(self))
+        view: dict[str, Any] = _jsonable(asdict(self))
+        return view
 
     def digest(self) -> str:
         """sha256 over a canonical rendering: equal on every replica that agrees."""

@@ -39,10 +39,12 @@ class HiveCluster:
     replicas: list[Replica] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        ports = set()
+        ports: set[int] = set()
         while len(ports) < self.size:
             ports.add(free_port())
-        self.replicas = [Replica(f"127.0.0.1:{p}", self.root / f"hive-{i}") for i, p in enumerate(sorted(ports))]
+        self.replicas = [
+            Replica(f"127.0.0.1:{p}", self.root / f"hive-{i}") for i, p in enumerate(sorted(ports))
+        ]
 
     def start(self, index: int | None = None) -> None:
         for i, replica in enumerate(self.replicas):
@@ -60,7 +62,10 @@ class HiveCluster:
             }
             with (self.root / f"{replica.node}.log").open("ab") as log:
                 replica.proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.hive"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    [sys.executable, "-m", "services.hive"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     preexec_fn=die_with_parent(signal.SIGKILL),
                 )
 
@@ -82,11 +87,15 @@ class HiveCluster:
                     replica.proc.kill()
 
     def alive(self) -> list[int]:
-        return [i for i, r in enumerate(self.replicas) if r.proc is not None and r.proc.poll() is None]
+        return [
+            i for i, r in enumerate(self.replicas) if r.proc is not None and r.proc.poll() is None
+        ]
 
     async def status(self, nc: NATS, index: int) -> dict[str, Any] | None:
         try:
-            reply = await nc.request(f"{names.QUERY_STATUS}.{self.replicas[index].node}", b"", timeout=1.0)
+            reply = await nc.request(
+                f"{names.QUERY_STATUS}.{self.replicas[index].node}", b"", timeout=1.0
+            )
         except Exception:
             return None
         answer: dict[str, Any] = json.loads(reply.data)
@@ -102,13 +111,17 @@ class HiveCluster:
             await asyncio.sleep(0.05)
         raise TimeoutError("no Hive leader")
 
-    async def converged(self, nc: NATS, log_end: int, timeout: float = 20.0) -> dict[int, dict[str, Any]]:
+    async def converged(
+        self, nc: NATS, log_end: int, timeout: float = 20.0
+    ) -> dict[int, dict[str, Any]]:
         """Wait until every live replica folded the log to `log_end`; returns their statuses."""
         deadline = asyncio.get_running_loop().time() + timeout
         statuses: dict[int, dict[str, Any]] = {}
         while asyncio.get_running_loop().time() < deadline:
             statuses = {i: st for i in self.alive() if (st := await self.status(nc, i))}
-            if len(statuses) == len(self.alive()) and all(st["applied_seq"] >= log_end for st in statuses.values()):
+            if len(statuses) == len(self.alive()) and all(
+                st["applied_seq"] >= log_end for st in statuses.values()
+            ):
                 return statuses
             await asyncio.sleep(0.1)
         raise TimeoutError(f"replicas did not converge to {log_end}: {statuses}")

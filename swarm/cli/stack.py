@@ -35,6 +35,7 @@ from swarm.kernel.stack import (
     inspect_stack,
     launch_detached,
     stop_stack,
+    upgrade_database,
 )
 from swarm.kernel.supervisor import ServiceSpec, ServiceState
 
@@ -63,6 +64,7 @@ def default_services(data_dir: Path, *, hive_replicas: int = 1) -> tuple[Service
                 },
             )
         )
+    specs.append(ServiceSpec("scheduler", (sys.executable, "-m", "services.scheduler")))
     return tuple(specs)
 
 
@@ -75,7 +77,9 @@ def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
     addrs: list[str] = cluster.get("addrs", [])[:replicas]
     taken = {int(a.rsplit(":", 1)[1]) for a in addrs}
     # Keep earlier ports while they are free so replicas find their peers and journals again.
-    addrs = [a if free_port(int(a.rsplit(":", 1)[1])) == int(a.rsplit(":", 1)[1]) else "" for a in addrs]
+    addrs = [
+        a if free_port(int(a.rsplit(":", 1)[1])) == int(a.rsplit(":", 1)[1]) else "" for a in addrs
+    ]
     while len(addrs) < replicas:
         addrs.append("")
     for i, addr in enumerate(addrs):
@@ -128,6 +132,7 @@ def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
     app.command("status")(status)
+    app.command("migrate")(migrate)
 
 
 # --- up ------------------------------------------------------------------------------------------
@@ -170,7 +175,9 @@ def up(
     ] = 60.0,
     hive_replicas: Annotated[
         int,
-        typer.Option("--hive-replicas", min=1, max=7, help="Hive replicas forming the Raft cluster."),
+        typer.Option(
+            "--hive-replicas", min=1, max=7, help="Hive replicas forming the Raft cluster."
+        ),
     ] = 1,
     service: Annotated[
         list[str] | None,
@@ -190,7 +197,11 @@ def up(
     if detach:
         _up_detached(settings, service or [], timeout, hive_replicas, no_services)
         return
-    own = () if no_services else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas)
+    own = (
+        ()
+        if no_services
+        else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas)
+    )
     services = own + tuple(_parse_service(s) for s in service or ())
     progress = _RichProgress(console)
 
@@ -211,7 +222,11 @@ def up(
 
 
 def _up_detached(
-    settings: Settings, extra_services: list[str], timeout: float, hive_replicas: int, no_services: bool
+    settings: Settings,
+    extra_services: list[str],
+    timeout: float,
+    hive_replicas: int,
+    no_services: bool,
 ) -> None:
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
@@ -391,6 +406,32 @@ def down(
         )
         return
     console.print(f"[green]✓[/] Swarm stopped (pid {state.pid}, {escape(str(root))}).{note}")
+
+
+# --- migrate -------------------------------------------------------------------------------------
+
+
+def migrate(
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="PostgreSQL URL; default SWARM_DATABASE_URL."),
+    ] = None,
+) -> None:
+    """Bring the database schema up to date, as `swarm up` does before starting services.
+
+    For deployments where the database is not the embedded one, e.g. the `migrate` one-shot
+    service of docker-compose.yml. Safe to run concurrently and repeatedly.
+    """
+    url = database_url or Settings().database_url
+    if not url:
+        console.print("[red]✗[/] no database: give --database-url or set SWARM_DATABASE_URL")
+        raise typer.Exit(2)
+    try:
+        revision = upgrade_database(url)
+    except StackError as exc:
+        console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    console.print(f"[green]✓[/] database schema at revision {escape(revision)}")
 
 
 # --- status --------------------------------------------------------------------------------------

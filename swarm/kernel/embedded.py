@@ -131,10 +131,14 @@ class EmbeddedNats:
             self.proc = subprocess.Popen(
                 [
                     str(nats_server_binary()),
-                    "-c", str(config),
-                    "-a", self.host,
-                    "-p", port_arg,
-                    "--ports_file_dir", str(ports_dir),
+                    "-c",
+                    str(config),
+                    "-a",
+                    self.host,
+                    "-p",
+                    port_arg,
+                    "--ports_file_dir",
+                    str(ports_dir),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -239,12 +243,12 @@ class EmbeddedPostgres:
     def start(self, timeout: float = 30.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ids = _as_root_prepare(self.pgdata)
-        user_kw: dict[str, int] = {"user": ids[0], "group": ids[1]} if ids else {}
+        user, group = ids if ids else (None, None)
         if ids:
             os.chown(self.data_dir, ids[0], ids[1])
         bin_dir = _postgres_bin()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb(bin_dir, user_kw)
+            self._initdb(bin_dir, user, group)
         self.port = free_port(self.port or None, self.host)
         with self.log_path.open("ab") as log_file:
             if ids:
@@ -252,14 +256,21 @@ class EmbeddedPostgres:
             self.proc = subprocess.Popen(
                 [
                     str(bin_dir / "postgres"),
-                    "-D", str(self.pgdata),
-                    "-h", self.host,
-                    "-p", str(self.port),
+                    "-D",
+                    str(self.pgdata),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
                     # The socket lives in the data dir: no shared /tmp, no clash between stacks.
-                    "-k", str(self.pgdata),
-                    "-c", "max_connections=200",
-                    "-c", "shared_buffers=128MB",
-                    "-c", "listen_addresses=" + self.host,
+                    "-k",
+                    str(self.pgdata),
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "shared_buffers=128MB",
+                    "-c",
+                    "listen_addresses=" + self.host,
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -267,25 +278,29 @@ class EmbeddedPostgres:
                 process_group=0,
                 # SIGINT is postgres' "fast shutdown": clean, no crash recovery on next start.
                 preexec_fn=die_with_parent(signal.SIGINT),
-                **user_kw,  # type: ignore[arg-type]
+                user=user,
+                group=group,
             )
         self._wait_ready(timeout)
         self._ensure_database()
         return self.url
 
-    def _initdb(self, bin_dir: Path, user_kw: dict[str, int]) -> None:
+    def _initdb(self, bin_dir: Path, user: int | None, group: int | None) -> None:
         result = subprocess.run(
             [
                 str(bin_dir / "initdb"),
                 "--auth=trust",
                 "--encoding=utf8",
                 "--no-instructions",
-                "-U", "postgres",
-                "-D", str(self.pgdata),
+                "-U",
+                "postgres",
+                "-D",
+                str(self.pgdata),
             ],
             capture_output=True,
             check=False,
-            **user_kw,  # type: ignore[arg-type]
+            user=user,
+            group=group,
         )
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed: {result.stderr.decode(errors='replace')}")
@@ -309,7 +324,9 @@ class EmbeddedPostgres:
                     last = exc
             time.sleep(0.02)
         self.stop()
-        raise EmbeddedServerError(f"postgres not ready in {timeout}s ({last}):\n{_tail(self.log_path)}")
+        raise EmbeddedServerError(
+            f"postgres not ready in {timeout}s ({last}):\n{_tail(self.log_path)}"
+        )
 
     @property
     def admin_url(self) -> str:

@@ -448,7 +448,7 @@ def _check_database(url: str) -> None:
 async def _ensure_streams(url: str, settings: Settings) -> None:
     import nats
 
-    from swarm.kernel.eventlog import EventLog
+    from swarm.kernel.eventlog import EventLog, nats_servers
 
     async def quiet(exc: Exception) -> None:
         pass  # the failure is raised below with the URL; no traceback per attempt
@@ -456,7 +456,7 @@ async def _ensure_streams(url: str, settings: Settings) -> None:
     try:
         # Bounded retries: an unreachable server must fail `swarm up`, not hang it.
         nc = await nats.connect(
-            url,
+            nats_servers(url),
             name="swarm-up",
             connect_timeout=5,
             max_reconnect_attempts=1,

@@ -103,7 +103,9 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             except BadRequestError as exc:
                 # Some settings (storage, replicas on a single server) cannot change in place;
                 # the stream keeps working with its old value, so say so instead of failing.
-                raise RuntimeError(f"stream {spec.name} cannot be updated: {exc.description}") from exc
+                raise RuntimeError(
+                    f"stream {spec.name} cannot be updated: {exc.description}"
+                ) from exc
     try:
         await js.object_store(names.OBJECT_STORE_MODULES)
     except NotFoundError:

@@ -29,7 +29,11 @@ class Sim:
                 aggregate = p.TYPE.split(".")[1]
                 agg_id = getattr(p, names.AGGREGATE_ID_FIELDS[aggregate])
                 self.seq += 1
-                evolve(self.state, self.seq, event(p, aggregate_id=agg_id, source="hive", cause=env, time=self.now))
+                evolve(
+                    self.state,
+                    self.seq,
+                    event(p, aggregate_id=agg_id, source="hive", cause=env, time=self.now),
+                )
                 self.log.append(p)
         return outcome
 

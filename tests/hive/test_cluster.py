@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef
+from services.hive.testing import HiveCluster
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from services.hive.testing import HiveCluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,13 +55,19 @@ async def client(fresh_nats: str) -> AsyncIterator[EventLog]:
 
 def deploy(i: int) -> AppendRequest:
     return AppendRequest.of(
-        command(commands.DeployAgent(name=f"agent-{i}", spec=SPEC, replicas=1), source="test", identity="user:test")
+        command(
+            commands.DeployAgent(name=f"agent-{i}", spec=SPEC, replicas=1),
+            source="test",
+            identity="user:test",
+        )
     )
 
 
 async def outcomes(log: EventLog) -> Counter[str]:
     seen: Counter[str] = Counter()
-    async for d in log.replay(names.STREAM_EVENTS, subjects=[f"{names.EVENTS_PREFIX}.{names.OUTCOME_AGGREGATE}.*.*"]):
+    async for d in log.replay(
+        names.STREAM_EVENTS, subjects=[f"{names.EVENTS_PREFIX}.{names.OUTCOME_AGGREGATE}.*.*"]
+    ):
         seen[d.subject.split(".")[3]] += 1
     return seen
 
@@ -150,7 +156,9 @@ async def test_all_replicas_killed_and_restarted_recover_the_state(
     assert len(json.loads(reply.data)["agents"]) >= 100
 
 
-async def test_plain_nats_client_gets_readable_rejections(cluster: HiveCluster, fresh_nats: str) -> None:
+async def test_plain_nats_client_gets_readable_rejections(
+    cluster: HiveCluster, fresh_nats: str
+) -> None:
     """No project code on the client side: raw JSON over nats-py."""
     nc = await nats.connect(fresh_nats)
     js = nc.jetstream()
@@ -167,33 +175,59 @@ async def test_plain_nats_client_gets_readable_rejections(cluster: HiveCluster, 
             body["_subject"] = msg.subject
             return body
 
-        await js.publish("swarm.cmd.agent.deploy", b'{"specversion": "1.0", "id": "broken-1", oops', headers={"Nats-Msg-Id": "raw-1"})
+        await js.publish(
+            "swarm.cmd.agent.deploy",
+            b'{"specversion": "1.0", "id": "broken-1", oops',
+            headers={"Nats-Msg-Id": "raw-1"},
+        )
         invalid = await outcome_of("_invalid")
         assert invalid["_subject"] == "swarm.evt.command._invalid.rejected"
         assert "not JSON" in invalid["data"]["reason"]  # type: ignore[index]
 
-        unknown = {"specversion": "1.0", "id": "cmd-unknown", "source": "raw", "type": "swarm.cmd.agent.fly", "data": {}}
-        await js.publish("swarm.cmd.agent.fly", json.dumps(unknown).encode(), headers={"Nats-Msg-Id": "cmd-unknown"})
+        unknown = {
+            "specversion": "1.0",
+            "id": "cmd-unknown",
+            "source": "raw",
+            "type": "swarm.cmd.agent.fly",
+            "data": {},
+        }
+        await js.publish(
+            "swarm.cmd.agent.fly",
+            json.dumps(unknown).encode(),
+            headers={"Nats-Msg-Id": "cmd-unknown"},
+        )
         body = await outcome_of("cmd-unknown")
         assert body["_subject"] == "swarm.evt.command.cmd-unknown.rejected"
         assert "unknown command type" in body["data"]["reason"]  # type: ignore[index]
 
         bad = {
-            "specversion": "1.0", "id": "cmd-bad", "source": "raw", "type": "swarm.cmd.agent.deploy",
-            "time": "2026-01-01T00:00:00Z", "identity": "user:raw",
+            "specversion": "1.0",
+            "id": "cmd-bad",
+            "source": "raw",
+            "type": "swarm.cmd.agent.deploy",
+            "time": "2026-01-01T00:00:00Z",
+            "identity": "user:raw",
             "data": {"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
         }
-        await js.publish("swarm.cmd.agent.deploy", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "cmd-bad"})
+        await js.publish(
+            "swarm.cmd.agent.deploy", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "cmd-bad"}
+        )
         body = await outcome_of("cmd-bad")
         errors = {e["loc"] for e in body["data"]["errors"]}  # type: ignore[index]
         assert {"data.name", "data.replicas", "data.spec.module"} <= errors
 
         good = {
-            "specversion": "1.0", "id": "cmd-good", "source": "raw", "type": "swarm.cmd.agent.deploy",
-            "time": "2026-01-01T00:00:00Z", "identity": "user:raw",
+            "specversion": "1.0",
+            "id": "cmd-good",
+            "source": "raw",
+            "type": "swarm.cmd.agent.deploy",
+            "time": "2026-01-01T00:00:00Z",
+            "identity": "user:raw",
             "data": {"name": "fine", "spec": json.loads(SPEC.model_dump_json())},
         }
-        await js.publish("swarm.cmd.agent.deploy", json.dumps(good).encode(), headers={"Nats-Msg-Id": "cmd-good"})
+        await js.publish(
+            "swarm.cmd.agent.deploy", json.dumps(good).encode(), headers={"Nats-Msg-Id": "cmd-good"}
+        )
         body = await outcome_of("cmd-good")
         assert body["_subject"] == "swarm.evt.command.cmd-good.accepted"
     finally:

@@ -16,32 +16,63 @@ WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 
 
 def spec(version: str = "v1", memory: int = 64, **kw: object) -> AgentSpec:
-    return AgentSpec(version=version, module=ModuleRef(inline=WASM), resources=Resources(memory_mb=memory), **kw)  # type: ignore[arg-type]
+    return AgentSpec(
+        version=version, module=ModuleRef(inline=WASM), resources=Resources(memory_mb=memory), **kw
+    )  # type: ignore[arg-type]
 
 
 def pod(sim: Sim, pod_id: str, memory: int = 1024, slots: int = 100) -> None:
-    sim.ok(c.RegisterPod(pod_id=pod_id, capacity=Capacity(memory_mb=memory, fuel_per_s=10**12, slots=slots)), f"pod:{pod_id}")
+    sim.ok(
+        c.RegisterPod(
+            pod_id=pod_id, capacity=Capacity(memory_mb=memory, fuel_per_s=10**12, slots=slots)
+        ),
+        f"pod:{pod_id}",
+    )
 
 
 def place_all(sim: Sim, pod_id: str) -> None:
     for agent in sim.state.agents.values():
         for r in agent.replicas.values():
             if r.phase == "requested":
-                sim.ok(c.ProposePlacement(agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=pod_id, policy="test"), "service:scheduler")
+                sim.ok(
+                    c.ProposePlacement(
+                        agent_id=agent.agent_id,
+                        replica_id=r.replica_id,
+                        pod_id=pod_id,
+                        policy="test",
+                    ),
+                    "service:scheduler",
+                )
 
 
 def run_all(sim: Sim) -> None:
     for agent in list(sim.state.agents.values()):
         for r in list(agent.replicas.values()):
             if r.phase in ("scheduled", "starting") and r.pod_id:
-                sim.ok(c.ReportReplica(agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=r.pod_id, status="running"), f"pod:{r.pod_id}")
+                sim.ok(
+                    c.ReportReplica(
+                        agent_id=agent.agent_id,
+                        replica_id=r.replica_id,
+                        pod_id=r.pod_id,
+                        status="running",
+                    ),
+                    f"pod:{r.pod_id}",
+                )
 
 
 def stop_all(sim: Sim) -> None:
     for agent in list(sim.state.agents.values()):
         for r in list(agent.replicas.values()):
             if r.phase == "stopping" and r.pod_id:
-                sim.ok(c.ReportReplica(agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=r.pod_id, status="stopped"), f"pod:{r.pod_id}")
+                sim.ok(
+                    c.ReportReplica(
+                        agent_id=agent.agent_id,
+                        replica_id=r.replica_id,
+                        pod_id=r.pod_id,
+                        status="stopped",
+                    ),
+                    f"pod:{r.pod_id}",
+                )
 
 
 def deploy(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str:
@@ -62,13 +93,22 @@ def test_deploy_place_run_walks_the_lifecycle() -> None:
     assert agent.status == "scheduled"
     assert sim.state.pods["p1"].used_memory_mb == 128
     first = next(iter(agent.replicas.values()))
-    sim.ok(c.ReportReplica(agent_id=agent_id, replica_id=first.replica_id, pod_id="p1", status="starting"), "pod:p1")
+    sim.ok(
+        c.ReportReplica(
+            agent_id=agent_id, replica_id=first.replica_id, pod_id="p1", status="starting"
+        ),
+        "pod:p1",
+    )
     assert agent.status == "starting"
     run_all(sim)
     assert agent.status == "running"
     assert agent.status_reason == "2/2 replicas running"
     statuses = [(x.previous, x.status) for x in sim.log if isinstance(x, e.AgentStatusChanged)]
-    assert statuses == [("requested", "scheduled"), ("scheduled", "starting"), ("starting", "running")]
+    assert statuses == [
+        ("requested", "scheduled"),
+        ("scheduled", "starting"),
+        ("starting", "running"),
+    ]
 
 
 def test_duplicate_deploy_is_rejected_and_names_the_fix() -> None:
@@ -83,8 +123,14 @@ def test_placement_that_would_overcommit_is_rejected() -> None:
     pod(sim, "small", memory=100)
     agent_id = deploy(sim, replicas=2, memory=64)
     r1, r2 = sim.state.agents[agent_id].replicas
-    sim.ok(c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="small", policy="t"), "service:scheduler")
-    rejection = sim.rejected(c.ProposePlacement(agent_id=agent_id, replica_id=r2, pod_id="small", policy="t"), "service:scheduler")
+    sim.ok(
+        c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="small", policy="t"),
+        "service:scheduler",
+    )
+    rejection = sim.rejected(
+        c.ProposePlacement(agent_id=agent_id, replica_id=r2, pod_id="small", policy="t"),
+        "service:scheduler",
+    )
     assert rejection.rule == "capacity"
     assert "over-commit" in rejection.reason
     assert sim.state.pods["small"].used_memory_mb == 64
@@ -95,20 +141,31 @@ def test_placing_twice_is_rejected() -> None:
     pod(sim, "p1")
     agent_id = deploy(sim, replicas=1)
     (r1,) = sim.state.agents[agent_id].replicas
-    sim.ok(c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="p1", policy="t"), "service:scheduler")
-    assert sim.rejected(c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="p1", policy="t"), "service:scheduler").rule == "state"
+    sim.ok(
+        c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="p1", policy="t"),
+        "service:scheduler",
+    )
+    assert (
+        sim.rejected(
+            c.ProposePlacement(agent_id=agent_id, replica_id=r1, pod_id="p1", policy="t"),
+            "service:scheduler",
+        ).rule
+        == "state"
+    )
 
 
 def test_scale_up_and_down() -> None:
     sim = Sim()
     pod(sim, "p1")
     agent_id = deploy(sim, replicas=1)
-    place_all(sim, "p1"); run_all(sim)
+    place_all(sim, "p1")
+    run_all(sim)
     sim.ok(c.ScaleAgent(name="echo", replicas=3))
     agent = sim.state.agents[agent_id]
     assert len(agent.active()) == 3
     assert agent.status == "degraded"  # it was running with 1/1, now 1/3
-    place_all(sim, "p1"); run_all(sim)
+    place_all(sim, "p1")
+    run_all(sim)
     assert agent.status == "running"
     out = sim.ok(c.ScaleAgent(name="echo", replicas=1))
     assert sim.types(out).count("agent.replica_stopping") == 2
@@ -121,21 +178,26 @@ def test_rolling_update_starts_new_before_stopping_old_then_rollback() -> None:
     sim = Sim()
     pod(sim, "p1")
     agent_id = deploy(sim, replicas=2)
-    place_all(sim, "p1"); run_all(sim)
+    place_all(sim, "p1")
+    run_all(sim)
     agent = sim.state.agents[agent_id]
     sim.ok(c.RolloutAgent(name="echo", spec=spec("v2")))
     assert agent.rollout is not None
     # Old replicas keep running while the first new one starts.
     assert sum(r.phase == "running" and r.version == "v1" for r in agent.replicas.values()) == 2
     for _ in range(4):
-        place_all(sim, "p1"); run_all(sim); stop_all(sim)
+        place_all(sim, "p1")
+        run_all(sim)
+        stop_all(sim)
     assert agent.rollout is None
     assert {r.version for r in agent.active()} == {"v2"}
     assert len(agent.active()) == 2
     assert agent.status == "running"
     sim.ok(c.RollbackAgent(name="echo"))
     for _ in range(4):
-        place_all(sim, "p1"); run_all(sim); stop_all(sim)
+        place_all(sim, "p1")
+        run_all(sim)
+        stop_all(sim)
     assert {r.version for r in agent.active()} == {"v1"}
     assert agent.history == ["v2", "v1"]
 
@@ -143,22 +205,44 @@ def test_rolling_update_starts_new_before_stopping_old_then_rollback() -> None:
 def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
     sim = Sim()
     pod(sim, "p1")
-    agent_id = deploy(sim, replicas=1, restart=RestartPolicy(max_restarts=2, backoff_s=1, window_s=300))
-    place_all(sim, "p1"); run_all(sim)
+    agent_id = deploy(
+        sim, replicas=1, restart=RestartPolicy(max_restarts=2, backoff_s=1, window_s=300)
+    )
+    place_all(sim, "p1")
+    run_all(sim)
     (rid,) = sim.state.agents[agent_id].replicas
     delays = []
     for _ in range(2):
-        out = sim.ok(c.ReportReplica(agent_id=agent_id, replica_id=rid, pod_id="p1", status="crashed", reason="trap: unreachable", snapshot="snap-1"), "pod:p1")
+        out = sim.ok(
+            c.ReportReplica(
+                agent_id=agent_id,
+                replica_id=rid,
+                pod_id="p1",
+                status="crashed",
+                reason="trap: unreachable",
+                snapshot="snap-1",
+            ),
+            "pod:p1",
+        )
         crash = next(x for x in out if isinstance(x, e.ReplicaCrashed))
         assert crash.restart_at is not None
         delays.append((crash.restart_at - sim.now).total_seconds())
-        assert sim.rejected(c.RestartReplica(agent_id=agent_id, replica_id=rid), "service:hive").rule == "backoff"
+        assert (
+            sim.rejected(c.RestartReplica(agent_id=agent_id, replica_id=rid), "service:hive").rule
+            == "backoff"
+        )
         sim.tick(delays[-1])
         restarted = sim.ok(c.RestartReplica(agent_id=agent_id, replica_id=rid), "service:hive")
         assert restarted[0].snapshot == "snap-1"  # type: ignore[attr-defined]
-        place_all(sim, "p1"); run_all(sim)
+        place_all(sim, "p1")
+        run_all(sim)
     assert delays == [1.0, 2.0]
-    sim.ok(c.ReportReplica(agent_id=agent_id, replica_id=rid, pod_id="p1", status="crashed", reason="trap"), "pod:p1")
+    sim.ok(
+        c.ReportReplica(
+            agent_id=agent_id, replica_id=rid, pod_id="p1", status="crashed", reason="trap"
+        ),
+        "pod:p1",
+    )
     agent = sim.state.agents[agent_id]
     assert agent.replicas[rid].phase == "failed"
     assert agent.status == "failed"
@@ -167,11 +251,17 @@ def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
 
 def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
     sim = Sim()
-    pod(sim, "p1"); pod(sim, "p2")
+    pod(sim, "p1")
+    pod(sim, "p2")
     agent_id = deploy(sim, replicas=1)
     place_all(sim, "p1")
     (rid,) = sim.state.agents[agent_id].replicas
-    sim.ok(c.ReportReplica(agent_id=agent_id, replica_id=rid, pod_id="p1", status="starting", snapshot="s7"), "pod:p1")
+    sim.ok(
+        c.ReportReplica(
+            agent_id=agent_id, replica_id=rid, pod_id="p1", status="starting", snapshot="s7"
+        ),
+        "pod:p1",
+    )
     run_all(sim)
     sim.ok(c.ExpirePod(pod_id="p1", last_heartbeat_age_s=12.5), "service:hive")
     replica = sim.state.agents[agent_id].replicas[rid]
@@ -181,20 +271,27 @@ def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
     assert sim.state.pods["p1"].status == "lost"
     assert sim.state.pods["p1"].used_memory_mb == 0
     assert sim.state.agents[agent_id].status == "degraded"
-    place_all(sim, "p2"); run_all(sim)
+    place_all(sim, "p2")
+    run_all(sim)
     assert sim.state.agents[agent_id].status == "running"
-    assert sim.rejected(c.ProposePlacement(agent_id=agent_id, replica_id=rid, pod_id="p1", policy="t"), "service:scheduler").rule in ("state", "pod_unavailable")
+    assert sim.rejected(
+        c.ProposePlacement(agent_id=agent_id, replica_id=rid, pod_id="p1", policy="t"),
+        "service:scheduler",
+    ).rule in ("state", "pod_unavailable")
 
 
 def test_stale_report_from_old_pod_is_rejected() -> None:
     sim = Sim()
-    pod(sim, "p1"); pod(sim, "p2")
+    pod(sim, "p1")
+    pod(sim, "p2")
     agent_id = deploy(sim, replicas=1)
     place_all(sim, "p1")
     (rid,) = sim.state.agents[agent_id].replicas
     sim.ok(c.DeregisterPod(pod_id="p1"), "pod:p1")
     place_all(sim, "p2")
-    rejection = sim.rejected(c.ReportReplica(agent_id=agent_id, replica_id=rid, pod_id="p1", status="running"), "pod:p1")
+    rejection = sim.rejected(
+        c.ReportReplica(agent_id=agent_id, replica_id=rid, pod_id="p1", status="running"), "pod:p1"
+    )
     assert rejection.rule == "not_assigned"
 
 
@@ -202,12 +299,14 @@ def test_stop_and_delete() -> None:
     sim = Sim()
     pod(sim, "p1")
     agent_id = deploy(sim, replicas=2)
-    place_all(sim, "p1"); run_all(sim)
+    place_all(sim, "p1")
+    run_all(sim)
     sim.ok(c.StopAgent(name="echo"))
     stop_all(sim)
     assert sim.state.agents[agent_id].status == "stopped"
     sim.ok(c.ScaleAgent(name="echo", replicas=1))
-    place_all(sim, "p1"); run_all(sim)
+    place_all(sim, "p1")
+    run_all(sim)
     assert sim.state.agents[agent_id].status == "running"
     sim.ok(c.DeleteAgent(name="echo"))
     assert sim.state.agent_named("default", "echo") is None
@@ -221,8 +320,14 @@ def test_quota_is_enforced_with_the_rule_named() -> None:
     sim = Sim()
     sim.ok(c.CreateNamespace(name="team", quota=Quota(max_agents=1, max_memory_mb=200)))
     sim.ok(c.DeployAgent(namespace="team", name="a", spec=spec(memory=64), replicas=2))
-    assert sim.rejected(c.DeployAgent(namespace="team", name="b", spec=spec())).rule == "quota.max_agents"
-    assert sim.rejected(c.ScaleAgent(namespace="team", name="a", replicas=4)).rule == "quota.max_memory_mb"
+    assert (
+        sim.rejected(c.DeployAgent(namespace="team", name="b", spec=spec())).rule
+        == "quota.max_agents"
+    )
+    assert (
+        sim.rejected(c.ScaleAgent(namespace="team", name="a", replicas=4)).rule
+        == "quota.max_memory_mb"
+    )
     sim.ok(c.ScaleAgent(namespace="team", name="a", replicas=3))
 
 
@@ -232,8 +337,22 @@ def test_identity_and_autonomy_rules() -> None:
     agent_id = deploy(sim, name="boss", replicas=1, autonomy=["swarm.cmd.agent.scale"])
     deploy(sim, name="worker", replicas=1)
     assert sim.rejected(c.ScaleAgent(name="worker", replicas=2), identity="").rule == "identity"
-    assert sim.rejected(c.ProposePlacement(agent_id=agent_id, replica_id=f"{agent_id}-0", pod_id="p1", policy="t"), "user:bob").rule == "identity"
-    assert sim.rejected(c.RegisterPod(pod_id="p9", capacity=Capacity(memory_mb=1, fuel_per_s=1, slots=1)), "pod:p1").rule == "identity"
+    assert (
+        sim.rejected(
+            c.ProposePlacement(
+                agent_id=agent_id, replica_id=f"{agent_id}-0", pod_id="p1", policy="t"
+            ),
+            "user:bob",
+        ).rule
+        == "identity"
+    )
+    assert (
+        sim.rejected(
+            c.RegisterPod(pod_id="p9", capacity=Capacity(memory_mb=1, fuel_per_s=1, slots=1)),
+            "pod:p1",
+        ).rule
+        == "identity"
+    )
     sim.ok(c.ScaleAgent(name="worker", replicas=2), identity=f"agent:{agent_id}")
     rejection = sim.rejected(c.DeleteAgent(name="worker"), identity=f"agent:{agent_id}")
     assert rejection.rule == "autonomy"
@@ -250,7 +369,15 @@ def test_evolve_is_idempotent_by_sequence_and_digest_is_stable() -> None:
     from services.hive.evolve import evolve
 
     replay = HiveState()
-    envelopes = [event(p, aggregate_id=getattr(p, "agent_id", getattr(p, "pod_id", "x")), source="t", time=sim.now) for p in sim.log]
+    envelopes = [
+        event(
+            p,
+            aggregate_id=getattr(p, "agent_id", getattr(p, "pod_id", "x")),
+            source="t",
+            time=sim.now,
+        )
+        for p in sim.log
+    ]
     for i, env in enumerate(envelopes, 1):
         evolve(replay, i, env)
     for i, env in enumerate(envelopes, 1):

@@ -1,0 +1,121 @@
+"""Placement proposals: their ids, and the ledger of those sent but not yet answered.
+
+Between sending a proposal and reading its outcome, the placement is in neither the log nor the
+view. The ledger holds what such proposals would take on each pod, so the next proposals are
+planned against it: a burst of replicas is spread instead of all going to the pod that looked
+emptiest, and the scheduler never over-commits a pod in its own eyes. A proposal leaves the
+ledger when the view shows its replica placed (or no longer waiting), when it is rejected, or
+when sending it failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from schemas import names
+from services.scheduler.view import ReplicaKey
+
+_PREFIX = "place"
+
+
+def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
+    """The command id of a proposal: the same request and attempt always give the same id.
+
+    `request_seq` (the stream sequence of the replica's `replica_requested`) identifies both the
+    replica and this request to place it, so a restarted scheduler proposing again sends the
+    same id and JetStream drops the duplicate. `attempt` counts rejections already read, so a
+    retry after a rejection is a new command. The replica id is only for people reading the log;
+    it is cut to keep the id within 64 characters, the part that matters comes first.
+    """
+    if request_seq < 1 or attempt < 0:
+        raise ValueError("request_seq must be >= 1 and attempt >= 0")
+    command_id = f"{_PREFIX}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
+    if not names.is_token(command_id):
+        raise ValueError(f"replica id {replica_id!r} is not a token")
+    return command_id
+
+
+def parse_proposal_id(command_id: str) -> tuple[int, int] | None:
+    """(request seq, attempt) of an id made by `proposal_id`; None for any other id."""
+    parts = command_id.split("-", 3)
+    if len(parts) < 3 or parts[0] != _PREFIX or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Capacity tentatively taken on one pod by proposals in flight."""
+
+    memory_mb: int = 0
+    fuel_per_s: int = 0
+    slots: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    command_id: str
+    agent_id: str
+    replica_id: str
+    request_seq: int
+    pod_id: str
+    memory_mb: int
+    fuel_per_s: int
+    reason: str
+
+    @property
+    def key(self) -> ReplicaKey:
+        return (self.agent_id, self.replica_id)
+
+
+class InFlight:
+    """Proposals sent and not yet answered, at most one per replica, and what they hold."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Proposal] = {}
+        self._by_replica: dict[ReplicaKey, str] = {}
+        self._held: dict[str, Hold] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_replica
+
+    def __iter__(self) -> Iterator[Proposal]:
+        return iter(list(self._by_id.values()))
+
+    def held(self, pod_id: str) -> Hold:
+        return self._held.get(pod_id, Hold())
+
+    def add(self, proposal: Proposal) -> None:
+        if proposal.key in self._by_replica:
+            raise ValueError(f"replica {proposal.replica_id} already has a proposal in flight")
+        self._by_id[proposal.command_id] = proposal
+        self._by_replica[proposal.key] = proposal.command_id
+        self._hold(proposal, +1)
+
+    def pop(self, command_id: str) -> Proposal | None:
+        """Drop the proposal with this id and release what it held."""
+        proposal = self._by_id.pop(command_id, None)
+        if proposal is not None:
+            del self._by_replica[proposal.key]
+            self._hold(proposal, -1)
+        return proposal
+
+    def pop_replica(self, key: ReplicaKey) -> Proposal | None:
+        command_id = self._by_replica.get(key)
+        return self.pop(command_id) if command_id is not None else None
+
+    def _hold(self, p: Proposal, sign: int) -> None:
+        held = self.held(p.pod_id)
+        updated = Hold(
+            held.memory_mb + sign * p.memory_mb,
+            held.fuel_per_s + sign * p.fuel_per_s,
+            held.slots + sign,
+        )
+        if updated == Hold():
+            self._held.pop(p.pod_id, None)
+        else:
+            self._held[p.pod_id] = updated

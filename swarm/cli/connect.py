@@ -1,0 +1,195 @@
+"""How the CLI finds and reaches NATS.
+
+The URL comes from, in order: `--nats-url`, `SWARM_NATS_URL`, or the state file the running
+embedded stack (`swarm up`) writes to `<data dir>/stack.json`. Connecting fails fast with a
+readable message: a CLI must not hang retrying a server that is not there, the way a long-lived
+service does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import nats
+import nats.errors
+import pydantic
+import typer
+from nats.js.errors import NotFoundError
+
+from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from swarm.kernel.eventlog import EventLog, nats_servers
+from swarm.kernel.settings import Settings
+
+#: File in the data dir where `swarm up` records the URLs of the servers it started.
+STACK_STATE_FILE = "stack.json"
+T = TypeVar("T")
+
+_NO_STACK = "no Swarm stack found: run `swarm up` or pass --nats-url"
+
+NatsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--nats-url",
+        help="NATS server URL (default: $SWARM_NATS_URL, else the stack started by `swarm up`).",
+        show_default=False,
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NatsTarget:
+    """A NATS URL and where it was found, so an error can say which setting to fix."""
+
+    url: str
+    origin: str
+
+    def describe(self) -> str:
+        return f"{self.url} (from {self.origin})"
+
+
+def load_settings() -> Settings:
+    """`Settings()` from the environment, with a bad `SWARM_*` variable reported readably."""
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"SWARM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise CliError(f"invalid setting: {problems}", code=EXIT_USAGE) from None
+
+
+def stack_state_path(settings: Settings) -> Path:
+    return settings.data_dir / STACK_STATE_FILE
+
+
+def resolve_nats_url(option: str | None, settings: Settings | None = None) -> NatsTarget:
+    """Where NATS is: `--nats-url` > `SWARM_NATS_URL` > the running stack's state file."""
+    if option:
+        return NatsTarget(option, "--nats-url")
+    settings = settings or load_settings()
+    if settings.nats_url:
+        return NatsTarget(settings.nats_url, "SWARM_NATS_URL")
+    path = stack_state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(_NO_STACK, code=EXIT_UNAVAILABLE) from None
+    except (OSError, ValueError) as exc:
+        raise CliError(
+            f"cannot read {path}: {exc}",
+            code=EXIT_UNAVAILABLE,
+            hint="restart the stack with `swarm up`, or pass --nats-url",
+        ) from None
+    url = state.get("nats_url") if isinstance(state, dict) else None
+    if not isinstance(url, str) or not url:
+        raise CliError(_NO_STACK, code=EXIT_UNAVAILABLE)
+    return NatsTarget(url, str(path))
+
+
+async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) -> EventLog:
+    """An `EventLog` over a fresh connection; never creates or changes streams.
+
+    One reconnect attempt only: `EventLog.connect` retries forever, which suits services but
+    would leave a CLI hanging in silence when the server is down.
+    """
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        # Collected instead of logged, so the user sees one line naming the real cause.
+        errors.append(exc)
+
+    try:
+        nc = await nats.connect(
+            nats_servers(target.url),
+            name="swarm-cli",
+            connect_timeout=wait,
+            allow_reconnect=True,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=on_error,
+        )
+    except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
+        cause = errors[-1] if errors else exc
+        raise CliError(
+            f"cannot reach NATS at {target.url}: {_describe(cause)}",
+            code=EXIT_UNAVAILABLE,
+            hint=_hint(target),
+        ) from None
+    return EventLog(nc, settings, timeout=wait)
+
+
+@asynccontextmanager
+async def session(
+    target: NatsTarget,
+    settings: Settings,
+    *,
+    streams: Iterable[str] = (),
+    wait: float = 5.0,
+) -> AsyncIterator[EventLog]:
+    """Connect, check that `streams` exist, and close on the way out whatever happened.
+
+    A connection lost midway (the server stopped during `--follow`) becomes a readable error.
+    """
+    log = await connect(target, settings, wait=wait)
+    try:
+        for stream in streams:
+            await require_stream(log, stream, target)
+        yield log
+    except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
+        raise CliError(
+            f"lost the connection to NATS at {target.url}: {_describe(exc)}",
+            code=EXIT_UNAVAILABLE,
+        ) from None
+    finally:
+        await log.close()
+
+
+async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None:
+    try:
+        await log.js.stream_info(stream)
+    except NotFoundError:
+        raise CliError(
+            f"stream {stream} does not exist on NATS at {target.url}",
+            code=EXIT_UNAVAILABLE,
+            hint="the Swarm streams are created by `swarm up` and by every Swarm service at start",
+        ) from None
+    except TimeoutError:  # nats.errors.TimeoutError included
+        raise CliError(
+            f"NATS at {target.url} did not answer a JetStream request in time",
+            code=EXIT_UNAVAILABLE,
+            hint="is JetStream enabled on that server (`nats-server -js`)?",
+        ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _hint(target: NatsTarget) -> str:
+    if target.origin == "--nats-url":
+        return "check the URL, or leave --nats-url out to use the stack started by `swarm up`"
+    if target.origin == "SWARM_NATS_URL":
+        return "check SWARM_NATS_URL, or unset it to use the stack started by `swarm up`"
+    return f"the URL came from {target.origin}: is `swarm up` still running? (`swarm status`)"
+
+
+@asynccontextmanager
+async def closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """`contextlib.aclosing` for an iterator typed as `AsyncIterator` (like `EventLog.replay`).
+
+    Leaving a replay early must close it at once, so its ephemeral consumer is deleted now rather
+    than whenever the generator happens to be collected.
+    """
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

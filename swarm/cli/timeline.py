@@ -1,0 +1,726 @@
+"""`swarm timeline`: read the log — events, and commands on request — filtered, in order.
+
+Reading is batched through `EventLog.replay`, and as much filtering as possible is done by the
+server (a consumer subject filter, a start sequence or time); every filter is also applied here,
+so the server-side part is purely an optimisation and never changes what is shown. Entries whose
+bodies cannot be decoded are shown with a marker: the log is the audit trail, and hiding what
+does not parse would hide exactly what someone needs to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import pydantic
+import typer
+from rich.text import Text
+
+from schemas import RawEnvelope, names
+from swarm.cli import connect
+from swarm.cli.output import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Column,
+    RowPrinter,
+    StreamFormat,
+    render,
+    run,
+    status,
+)
+from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.settings import Settings
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_GLOB_CHARS = frozenset("*?[]")
+#: Entries not decodable as a CloudEvent show this in place of their type.
+UNDECODABLE = "(undecodable)"
+_SUMMARY_LIMIT = 160
+#: History reads wait this long for a batch before asking the server whether anything is left;
+#: short, because a filtered read of a big stream otherwise idles a full second at its end.
+_HISTORY_IDLE = 0.25
+
+
+# --- Time ----------------------------------------------------------------------------------------
+
+
+def parse_time(value: str, *, now: datetime | None = None) -> datetime:
+    """RFC 3339 (`2024-05-01T12:00:00Z`; no offset means UTC), `now`, or relative: `10m`, `2h`."""
+    now = now or datetime.now(UTC)
+    text = value.strip()
+    if text.lower() == "now":
+        return now
+    match = _RELATIVE.fullmatch(text)
+    if match:
+        amount, unit = float(match.group(1)), match.group(2)
+        return now - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"cannot read time {value!r}",
+            code=EXIT_USAGE,
+            hint="use RFC 3339 (2024-05-01T12:00:00Z) or an age such as 30s, 10m, 2h, 1d, 1w",
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+# --- Subjects ------------------------------------------------------------------------------------
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a final `>` is one or more."""
+    return intersect(pattern, subject) == subject
+
+
+def intersect(a: str, b: str) -> str | None:
+    """The subject pattern matching exactly what both `a` and `b` match, or None if nothing does.
+
+    Used to narrow a user's `--subject` to a stream's subject space, so the consumer filter the
+    server gets is always valid for that stream and as tight as possible.
+    """
+    left, right = a.split("."), b.split(".")
+    out: list[str] = []
+    for i in range(max(len(left), len(right))):
+        x = left[i] if i < len(left) else None
+        y = right[i] if i < len(right) else None
+        if x == ">":
+            out.extend(right[i:] if y is not None else [])
+            return ".".join(out) if y is not None else None
+        if y == ">":
+            out.extend(left[i:] if x is not None else [])
+            return ".".join(out) if x is not None else None
+        if x is None or y is None:
+            return None
+        if x == "*":
+            out.append(y)
+        elif y in ("*", x):
+            out.append(x)
+        else:
+            return None
+    return ".".join(out)
+
+
+def check_pattern(pattern: str) -> str:
+    """`pattern` when it is a valid subject filter; a usage error naming the problem otherwise."""
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        bad = (
+            not token
+            or any(ch.isspace() for ch in token)
+            or (token != "*" and "*" in token)
+            or (">" in token and (token != ">" or i != len(tokens) - 1))
+        )
+        if bad:
+            raise CliError(
+                f"{pattern!r} is not a subject filter",
+                code=EXIT_USAGE,
+                hint="dot-separated tokens; * stands for one token, a final > for the rest",
+            )
+    return pattern
+
+
+def _token(part: str) -> str:
+    """A glob token as a subject filter token: `*` unless it is a plain literal.
+
+    Widening is always safe: the glob itself is applied to every entry read.
+    """
+    literal = part and not (_GLOB_CHARS & set(part)) and not any(c.isspace() for c in part)
+    return part if literal and ">" not in part else "*"
+
+
+# --- Filters -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What `swarm timeline` was asked to show. `None` or empty means "any"."""
+
+    subjects: tuple[str, ...] = ()
+    type_glob: str | None = None
+    aggregate: str | None = None
+    aggregate_id: str | None = None
+    correlation: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    from_seq: int | None = None
+    to_seq: int | None = None
+
+    def server_subjects(self, stream: str) -> list[str] | None:
+        """Consumer filter subjects for `stream`; `[]` reads all, None means nothing can match."""
+        root = _ROOTS[stream]
+        narrowed = root
+        if stream == names.STREAM_EVENTS:
+            # swarm.evt.<aggregate>.<id>.<event>, with the type swarm.<aggregate>.<event>.
+            agg, evt, first = "*", "*", "*"
+            if self.type_glob is not None:
+                parts = self.type_glob.split(".")
+                if len(parts) == 3:
+                    first, agg, evt = (_token(p) for p in parts)
+            if first not in ("*", names.EVENT_TYPE_PREFIX):
+                return None
+            agg_token = _merge_token(agg, self.aggregate)
+            id_token = _merge_token("*", self.aggregate_id)
+            if agg_token is None or id_token is None:
+                return None
+            if (agg_token, id_token, evt) != ("*", "*", "*"):
+                # Only when something is pinned: a bare root also shows entries on malformed
+                # subjects, which the log may hold and an audit must not hide.
+                narrowed = f"{names.EVENTS_PREFIX}.{agg_token}.{id_token}.{evt}"
+        else:
+            # A command is its own aggregate, `command/<its id>`, matching its outcome's subject.
+            if self.aggregate not in (None, names.OUTCOME_AGGREGATE):
+                return None
+            if self.type_glob is not None and len(self.type_glob.split(".")) == 4:
+                # A command's type is its subject.
+                typed = intersect(".".join(_token(p) for p in self.type_glob.split(".")), root)
+                if typed is None:
+                    return None
+                narrowed = typed
+        candidates = [intersect(s, narrowed) for s in self.subjects or (narrowed,)]
+        filters = _without_covered([c for c in candidates if c is not None])
+        if not filters:
+            return None
+        if any(intersect(a, b) for i, a in enumerate(filters) for b in filters[i + 1 :]):
+            # JetStream refuses overlapping filters on one consumer; read wider, filter here.
+            return [] if narrowed == root else [narrowed]
+        return [] if filters == [root] else filters
+
+    def matches(self, entry: LogEntry) -> bool:
+        if self.subjects and not any(subject_matches(p, entry.subject) for p in self.subjects):
+            return False
+        if self.to_seq is not None and entry.seq > self.to_seq:
+            return False
+        if self.from_seq is not None and entry.seq < self.from_seq:
+            return False
+        if self.since is not None and entry.logged < self.since:
+            return False
+        if self.until is not None and entry.logged > self.until:
+            return False
+        envelope = entry.envelope
+        if self.type_glob is not None and (
+            envelope is None or not fnmatch.fnmatchcase(envelope.type, self.type_glob)
+        ):
+            return False
+        if self.aggregate is not None or self.aggregate_id is not None:
+            aggregate = entry.aggregate
+            if aggregate is None:
+                return False
+            if self.aggregate is not None and aggregate[0] != self.aggregate:
+                return False
+            if self.aggregate_id is not None and aggregate[1] != self.aggregate_id:
+                return False
+        if self.correlation is not None:
+            if envelope is None:
+                return False
+            related = {envelope.id, envelope.correlationid, envelope.causationid}
+            if self.correlation not in related:
+                return False
+        return True
+
+    def past_end(self, entry: LogEntry) -> bool:
+        """True once nothing later in this stream can match (ends a read early)."""
+        if self.to_seq is not None and entry.seq > self.to_seq:
+            return True
+        return self.until is not None and entry.logged > self.until
+
+
+_ROOTS = {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
+
+
+def _merge_token(token: str | None, wanted: str | None) -> str | None:
+    """`token` narrowed by an exact `wanted` value; None when they cannot both hold."""
+    if wanted is None:
+        return token
+    if token in ("*", wanted):
+        return wanted
+    return None
+
+
+def _without_covered(patterns: list[str]) -> list[str]:
+    """Drop patterns another one already covers (JetStream refuses overlapping filters)."""
+    unique = list(dict.fromkeys(patterns))
+    return [p for p in unique if not any(q != p and intersect(p, q) == p for q in unique)]
+
+
+# --- Entries -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One message of the log, decoded as far as it goes."""
+
+    stream: str
+    seq: int
+    subject: str
+    #: When JetStream stored it (what --since/--until compare against).
+    logged: datetime
+    #: The envelope, read leniently; None when the body is not a CloudEvent.
+    envelope: RawEnvelope | None
+    #: The body as JSON, when it is JSON.
+    body: Any = None
+    #: Why the body could not be decoded, when it could not.
+    error: str | None = None
+    raw: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def of(cls, stream: str, delivery: Delivery) -> LogEntry:
+        envelope, body, error = _decode(delivery.data)
+        return cls(
+            stream=stream,
+            seq=delivery.stream_seq,
+            subject=delivery.subject,
+            logged=delivery.timestamp,
+            envelope=envelope,
+            body=body,
+            error=error,
+            raw=delivery.data,
+        )
+
+    @property
+    def aggregate(self) -> tuple[str, str] | None:
+        """(aggregate, id): from the subject for events; a command is `command/<its id>`."""
+        parsed = names.parse_event_subject(self.subject)
+        if parsed is not None:
+            return parsed[0], parsed[1]
+        if self.stream == names.STREAM_COMMANDS and self.envelope is not None:
+            return names.OUTCOME_AGGREGATE, self.envelope.id
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        """The `-o json|jsonl` shape: {seq, subject, time, event} (+ raw/error when undecodable)."""
+        item: dict[str, Any] = {
+            "seq": self.seq,
+            "stream": self.stream,
+            "subject": self.subject,
+            "time": self.logged.isoformat(),
+            "event": self.body if isinstance(self.body, dict) else None,
+        }
+        if self.error is not None:
+            item["error"] = self.error
+            if not isinstance(self.body, dict):
+                item["raw"] = self.raw.decode("utf-8", errors="replace")
+        return item
+
+
+def _decode(raw: bytes) -> tuple[RawEnvelope | None, Any, str | None]:
+    """(envelope, body, error) for a message body, as far as it decodes."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, None, f"not JSON: {exc}"
+    if not isinstance(body, dict):
+        return None, body, "not a JSON object"
+    try:
+        return RawEnvelope.model_validate(body), body, None
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        return None, body, f"not a CloudEvent: {loc}: {first['msg']}"
+
+
+def summarize(data: Any, limit: int = _SUMMARY_LIMIT) -> str:
+    """`key=value …` for a data object, compact JSON otherwise, cut to `limit` characters."""
+    if isinstance(data, dict):
+        text = " ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+            for k, v in data.items()
+        )
+    elif data is None:
+        text = ""
+    else:
+        text = json.dumps(data, separators=(",", ":"))
+    text = printable(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """`text` safe for one table row: control characters (a NUL, a newline) shown as `·`."""
+    return "".join(ch if ch.isprintable() else "·" for ch in text)
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+# --- Reading -------------------------------------------------------------------------------------
+
+
+async def history(
+    log: EventLog, stream: str, filters: Filters, *, end: int
+) -> AsyncGenerator[LogEntry, None]:
+    """Matching entries of `stream` up to sequence `end`, in order."""
+    subjects = filters.server_subjects(stream)
+    if subjects is None or end == 0:
+        return
+    start_seq = filters.from_seq
+    start_time = filters.since if start_seq is None else None
+    if start_seq is not None and start_seq > end:
+        return
+    replay = log.replay(
+        stream,
+        start_seq=start_seq,
+        start_time=start_time,
+        subjects=subjects,
+        idle_timeout=_HISTORY_IDLE,
+    )
+    async with connect.closing(replay) as deliveries:
+        async for delivery in deliveries:
+            if delivery.stream_seq > end:
+                return
+            entry = LogEntry.of(stream, delivery)
+            if filters.past_end(entry):
+                return
+            if filters.matches(entry):
+                yield entry
+
+
+async def live(
+    log: EventLog, stream: str, filters: Filters, *, after: int
+) -> AsyncGenerator[LogEntry, None]:
+    """Matching entries appended to `stream` after sequence `after`, as they come."""
+    subjects = filters.server_subjects(stream)
+    if subjects is None:
+        return
+    start = max(after + 1, filters.from_seq or 0)
+    replay = log.replay(stream, start_seq=start, subjects=subjects, follow=True)
+    async with connect.closing(replay) as deliveries:
+        async for delivery in deliveries:
+            entry = LogEntry.of(stream, delivery)
+            if filters.past_end(entry):
+                return
+            if filters.matches(entry):
+                yield entry
+
+
+async def merge_by_time(
+    sources: Sequence[AsyncIterator[LogEntry]],
+) -> AsyncGenerator[LogEntry, None]:
+    """Interleave finite, individually ordered reads by the time each entry was logged."""
+    heads: list[tuple[LogEntry, int]] = []
+    for index, source in enumerate(sources):
+        first = await anext(source, None)
+        if first is not None:
+            heads.append((first, index))
+    while heads:
+        heads.sort(key=lambda head: (head[0].logged, head[0].stream, head[0].seq))
+        entry, index = heads.pop(0)
+        yield entry
+        following = await anext(sources[index], None)
+        if following is not None:
+            heads.append((following, index))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    error: BaseException | None = None
+
+
+async def interleave(
+    sources: Sequence[AsyncIterator[LogEntry]],
+) -> AsyncGenerator[LogEntry, None]:
+    """Entries from several endless reads in arrival order (used by `--follow --all`)."""
+    queue: asyncio.Queue[LogEntry | _Ended] = asyncio.Queue(maxsize=1000)
+
+    async def pump(source: AsyncIterator[LogEntry]) -> None:
+        try:
+            async for entry in source:
+                await queue.put(entry)
+        except Exception as exc:  # handed to the reader, which re-raises it
+            await queue.put(_Ended(exc))
+        else:
+            await queue.put(_Ended())
+
+    tasks = [asyncio.create_task(pump(source)) for source in sources]
+    running = len(tasks)
+    try:
+        while running:
+            item = await queue.get()
+            if isinstance(item, _Ended):
+                if item.error is not None:
+                    raise item.error
+                running -= 1
+                continue
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def read(
+    log: EventLog, streams: Sequence[str], filters: Filters, *, follow: bool
+) -> AsyncGenerator[LogEntry, None]:
+    """Everything matching in `streams`: the history merged by time, then (with `follow`) live.
+
+    The live part starts right after the last sequence each stream had when the history was
+    read, so nothing written in between is lost or shown twice.
+    """
+    ends = {stream: await log.last_sequence(stream) for stream in streams}
+    past = [history(log, stream, filters, end=ends[stream]) for stream in streams]
+    try:
+        async with aclosing(merge_by_time(past)) as entries:
+            async for entry in entries:
+                yield entry
+    finally:
+        # merge_by_time only advances its sources; closing them (and their consumers) is ours.
+        for source in past:
+            await source.aclose()
+    if not follow:
+        return
+    sources = [live(log, stream, filters, after=ends[stream]) for stream in streams]
+    reader = sources[0] if len(sources) == 1 else interleave(sources)
+    try:
+        async with aclosing(reader) as entries:
+            async for entry in entries:
+                yield entry
+    finally:
+        for source in sources:
+            await source.aclose()
+
+
+# --- Printing ------------------------------------------------------------------------------------
+
+
+def table_columns(multi_stream: bool) -> list[Column]:
+    columns = [
+        Column("SEQ", width=7, justify="right"),
+        Column("TIME", width=23),
+        Column("TYPE", width=30),
+        Column("AGGREGATE/ID", width=36),
+        Column("DATA", min_width=24),
+        Column("CORRELATION", width=26),
+    ]
+    if multi_stream:
+        columns.insert(0, Column("LOG", width=8))
+    return columns
+
+
+def table_row(entry: LogEntry, *, multi_stream: bool) -> list[Any]:
+    envelope = entry.envelope
+    aggregate = entry.aggregate
+    where = f"{aggregate[0]}/{aggregate[1]}" if aggregate else entry.subject
+    if envelope is None:
+        raw = printable(entry.raw[:60].decode("utf-8", errors="replace"))
+        cells: list[Any] = [
+            entry.seq,
+            _time(entry.logged),
+            Text(UNDECODABLE, style="bold yellow"),
+            where,
+            Text(f"{entry.error} | {raw}", style="yellow"),
+            "",
+        ]
+    else:
+        cells = [
+            entry.seq,
+            _time(envelope.time or entry.logged),
+            envelope.type,
+            where,
+            summarize(envelope.data),
+            envelope.correlationid or "",
+        ]
+    if multi_stream:
+        cells.insert(0, "commands" if entry.stream == names.STREAM_COMMANDS else "events")
+    return cells
+
+
+class Printer:
+    """Prints entries one at a time in the chosen format (all of them stream)."""
+
+    def __init__(self, fmt: StreamFormat, *, multi_stream: bool) -> None:
+        self.fmt = fmt
+        self.multi_stream = multi_stream
+        self.count = 0
+        self._rows = RowPrinter(table_columns(multi_stream)) if fmt == StreamFormat.TABLE else None
+
+    def start(self) -> None:
+        if self._rows is not None:
+            self._rows.header()
+        elif self.fmt == StreamFormat.JSON:
+            typer.echo("[", nl=False)
+
+    def entry(self, entry: LogEntry) -> None:
+        if self._rows is not None:
+            self._rows.row(table_row(entry, multi_stream=self.multi_stream))
+        elif self.fmt == StreamFormat.JSON:
+            # A streamed array: items go out as they are read, never held in memory.
+            text = render(entry.as_json(), StreamFormat.JSONL)
+            typer.echo(("\n  " if self.count == 0 else ",\n  ") + text, nl=False)
+        else:
+            typer.echo(render(entry.as_json(), StreamFormat.JSONL))
+        self.count += 1
+
+    def finish(self) -> None:
+        if self.fmt == StreamFormat.JSON:
+            typer.echo("\n]" if self.count else "]")
+        elif self.fmt == StreamFormat.TABLE and self.count == 0:
+            status("no entries match")
+
+
+# --- The verb ------------------------------------------------------------------------------------
+
+
+async def _timeline(
+    *,
+    target: connect.NatsTarget,
+    settings: Settings,
+    streams: Sequence[str],
+    filters: Filters,
+    follow: bool,
+    limit: int | None,
+    output: StreamFormat,
+) -> int:
+    async with connect.session(target, settings, streams=streams) as log:
+        printer = Printer(output, multi_stream=len(streams) > 1)
+        printer.start()
+        if limit != 0:
+            async with aclosing(read(log, streams, filters, follow=follow)) as entries:
+                async for entry in entries:
+                    printer.entry(entry)
+                    if limit is not None and printer.count >= limit:
+                        break
+        printer.finish()
+    return EXIT_OK
+
+
+def register(app: typer.Typer) -> None:
+    """Add `swarm timeline` to `app`."""
+
+    @app.command("timeline")
+    def timeline(
+        subject: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--subject",
+                "-s",
+                help="NATS subject filter, wildcards * and > (repeatable).",
+                show_default=False,
+            ),
+        ] = None,
+        type_: Annotated[
+            str | None,
+            typer.Option(
+                "--type",
+                "-t",
+                help="CloudEvents type, exact or a glob such as 'swarm.agent.*'.",
+                show_default=False,
+            ),
+        ] = None,
+        aggregate: Annotated[
+            str | None,
+            typer.Option("--aggregate", "-a", help="Aggregate, e.g. agent.", show_default=False),
+        ] = None,
+        aggregate_id: Annotated[
+            str | None,
+            typer.Option(
+                "--id", help="Aggregate id (a command's id shows its outcome).", show_default=False
+            ),
+        ] = None,
+        correlation: Annotated[
+            str | None,
+            typer.Option(
+                "--correlation",
+                help="Only what one command set off: entries with this id, correlation or cause.",
+                show_default=False,
+            ),
+        ] = None,
+        commands: Annotated[
+            bool, typer.Option("--commands", help="Show commands instead of events.")
+        ] = False,
+        all_: Annotated[
+            bool, typer.Option("--all", help="Show commands and events, merged by time.")
+        ] = False,
+        since: Annotated[
+            str | None,
+            typer.Option(
+                "--since",
+                help="From this time: RFC 3339 or an age (10m, 2h, 1d).",
+                show_default=False,
+            ),
+        ] = None,
+        until: Annotated[
+            str | None,
+            typer.Option(
+                "--until", help="Up to this time: RFC 3339 or an age.", show_default=False
+            ),
+        ] = None,
+        from_seq: Annotated[
+            int | None,
+            typer.Option("--from-seq", min=1, help="First stream sequence.", show_default=False),
+        ] = None,
+        to_seq: Annotated[
+            int | None,
+            typer.Option("--to-seq", min=1, help="Last stream sequence.", show_default=False),
+        ] = None,
+        limit: Annotated[
+            int | None,
+            typer.Option(
+                "--limit", "-n", min=0, help="Stop after this many entries.", show_default=False
+            ),
+        ] = None,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-F", help="Keep printing new entries until Ctrl-C.")
+        ] = False,
+        output: Annotated[
+            StreamFormat, typer.Option("--output", "-o", help="Output format.")
+        ] = StreamFormat.TABLE,
+        nats_url: connect.NatsUrlOption = None,
+    ) -> None:
+        """List what is in the log, oldest first."""
+
+        async def main() -> int:
+            if commands and all_:
+                raise CliError("give --commands or --all, not both", code=EXIT_USAGE)
+            if all_:
+                streams = [names.STREAM_EVENTS, names.STREAM_COMMANDS]
+            elif commands:
+                streams = [names.STREAM_COMMANDS]
+            else:
+                streams = [names.STREAM_EVENTS]
+            if len(streams) > 1 and (from_seq is not None or to_seq is not None):
+                raise CliError(
+                    "--from-seq/--to-seq number one stream; with --all use --since/--until",
+                    code=EXIT_USAGE,
+                )
+            if follow and output == StreamFormat.JSON:
+                raise CliError(
+                    "-o json prints one array, which --follow never closes",
+                    code=EXIT_USAGE,
+                    hint="use -o jsonl (one JSON object per line) or -o table",
+                )
+            for name, value in (("--aggregate", aggregate), ("--id", aggregate_id)):
+                if value is not None and not names.is_token(value):
+                    raise CliError(f"{name} {value!r} is not a single token", code=EXIT_USAGE)
+            filters = Filters(
+                subjects=tuple(check_pattern(p) for p in subject or ()),
+                type_glob=type_,
+                aggregate=aggregate,
+                aggregate_id=aggregate_id,
+                correlation=correlation,
+                since=parse_time(since) if since else None,
+                until=parse_time(until) if until else None,
+                from_seq=from_seq,
+                to_seq=to_seq,
+            )
+            settings = connect.load_settings()
+            target = connect.resolve_nats_url(nats_url, settings)
+            return await _timeline(
+                target=target,
+                settings=settings,
+                streams=streams,
+                filters=filters,
+                follow=follow,
+                limit=limit,
+                output=output,
+            )
+
+        run(main())

@@ -1,0 +1,147 @@
+"""A real nats-server and an in-process Hive replica for one test, and ways to ask them things."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas import Payload, command, commands, names
+from schemas.specs import Capacity
+from services.hive.config import HiveSettings
+from services.hive.service import Hive
+from swarm.kernel.embedded import EmbeddedNats, free_port
+from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.settings import Settings
+from tests.scheduler.history import spec
+
+
+@dataclass
+class Stack:
+    url: str
+    client: EventLog
+    root: Path
+    hive: Hive | None = None
+    hive_task: asyncio.Task[None] | None = None
+    hive_starts: int = 0
+
+    async def start_hive(self) -> None:
+        """One Hive replica in this process. Each start gets a new Raft directory: the replica
+        rebuilds its state from the log, as a replacement replica would."""
+        self.hive_starts += 1
+        hive = self.hive = Hive(
+            Settings(nats_url=self.url),
+            HiveSettings(
+                raft_self=f"127.0.0.1:{free_port()}",
+                raft_password="secret-123",
+                data_dir=self.root / f"hive-{self.hive_starts}",
+            ),
+        )
+        self.hive_task = asyncio.create_task(hive.run())
+
+        async def leading() -> bool:
+            return bool(hive.status().get("is_leader")) and hive.processor is not None
+
+        await wait_until(leading, what="Hive leadership")
+
+    async def stop_hive(self) -> None:
+        if self.hive is not None and self.hive_task is not None:
+            self.hive.stop()
+            await asyncio.wait_for(self.hive_task, 10)
+        self.hive = self.hive_task = None
+
+    async def send(self, payloads: list[tuple[Payload, str]]) -> None:
+        """Send commands as (payload, identity)."""
+        await self.client.append_batch(
+            [AppendRequest.of(command(p, source="test", identity=who)) for p, who in payloads]
+        )
+
+    async def register_pods(self, pods: dict[str, tuple[int, int]]) -> None:
+        """pod id -> (memory MB, slots). Leases are long: no pod sends heartbeats here."""
+        await self.send(
+            [
+                (
+                    commands.RegisterPod(
+                        pod_id=pod_id,
+                        capacity=Capacity(memory_mb=memory, fuel_per_s=10**12, slots=slots),
+                        lease_s=3600,
+                    ),
+                    f"pod:{pod_id}",
+                )
+                for pod_id, (memory, slots) in pods.items()
+            ]
+        )
+
+    async def deploy(self, names_and_sizes: list[tuple[str, int, int]]) -> None:
+        """(agent name, replicas, memory MB per replica)."""
+        await self.send(
+            [
+                (commands.DeployAgent(name=name, spec=spec(memory=memory), replicas=n), "user:test")
+                for name, n, memory in names_and_sizes
+            ]
+        )
+
+    async def query(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        reply = await self.client.nc.request(subject, json.dumps(body or {}).encode(), timeout=2)
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+
+    async def pods(self) -> list[dict[str, Any]]:
+        pods: list[dict[str, Any]] = (await self.query(names.QUERY_PODS_LIST))["pods"]
+        return pods
+
+    async def placed(self) -> int:
+        return sum(p["replicas"] for p in await self.pods())
+
+    async def scheduled_per_replica(self) -> Counter[str]:
+        """How many `replica_scheduled` events the log holds for each replica."""
+        seen: Counter[str] = Counter()
+        async for d in self.client.replay(names.STREAM_EVENTS):
+            parts = names.parse_event_subject(d.subject)
+            if parts and parts[2] == "replica_scheduled":
+                seen[json.loads(d.data)["data"]["replica_id"]] += 1
+        return seen
+
+    async def rejections(self) -> Counter[str]:
+        """Rules of the rejected placement proposals on the log."""
+        rules: Counter[str] = Counter()
+        async for d in self.client.replay(names.STREAM_EVENTS):
+            parts = names.parse_event_subject(d.subject)
+            if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
+                data = json.loads(d.data)["data"]
+                if data.get("command_type") == commands.ProposePlacement.TYPE:
+                    rules[data.get("rule") or "?"] += 1
+        return rules
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not reached in {within}s")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running_stack(root: Path) -> AsyncIterator[Stack]:
+    """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive."""
+    server = EmbeddedNats(root / "nats")
+    url = server.start()
+    stack: Stack | None = None
+    try:
+        stack = Stack(url, await EventLog.connect(url, name="test"), root)
+        await stack.start_hive()
+        yield stack
+    finally:
+        if stack is not None:
+            await stack.stop_hive()
+            await stack.client.close()
+        server.stop()

@@ -1,0 +1,212 @@
+"""The scheduler against a real Hive on real JetStream: placements are proposed, checked and
+committed, bursts are spread without over-commit, and a killed scheduler resumes cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
+
+from schemas import names
+from services.scheduler import Scheduler, SchedulerSettings, Status
+from swarm.kernel.embedded import die_with_parent
+from swarm.kernel.settings import Settings
+from tests.scheduler.stack import Stack, running_stack, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Room for 100 + 67 + 34 = 201 replicas of 64 MB: 200 fit only if spread.
+TIGHT_PODS = {"p1": (64 * 100, 1000), "p2": (64 * 67, 1000), "p3": (64 * 34, 1000)}
+
+
+@asynccontextmanager
+async def in_process_scheduler(url: str) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings())
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await asyncio.wait_for(scheduler.live.wait(), 10)
+        yield scheduler
+    finally:
+        scheduler.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@contextmanager
+def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "SWARM_NATS_URL": url, "SWARM_SCHEDULER_POLICY": "most-free"}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.scheduler"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+async def assert_no_pod_over_committed(stack: Stack) -> None:
+    for pod in await stack.pods():
+        assert all(v >= 0 for v in pod["free"].values()), pod
+
+
+async def all_placed(stack: Stack, n: int, within: float = 15.0) -> None:
+    async def done() -> bool:
+        return await stack.placed() == n
+
+    await wait_until(done, within, f"{n} replicas placed")
+
+
+async def test_every_replica_is_placed_where_it_fits(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (1024, 8), "p2": (2048, 8), "p3": (512, 2)})
+        async with in_process_scheduler(stack.url) as scheduler:
+            await stack.deploy([("a", 3, 256), ("b", 4, 128), ("c", 2, 512), ("huge", 1, 4096)])
+            await all_placed(stack, 9)
+            await assert_no_pod_over_committed(stack)
+            agents = (await stack.query(names.QUERY_AGENTS_LIST))["agents"]
+            status = {a["name"]: a["status"] for a in agents}
+            assert status == {
+                "a": "scheduled",
+                "b": "scheduled",
+                "c": "scheduled",
+                "huge": "requested",
+            }
+
+            # The scheduler's own view counts exactly what the Hive counts.
+            end = await stack.client.last_sequence(names.STREAM_EVENTS)
+
+            async def caught_up() -> bool:
+                return scheduler.planner.view.applied_seq >= end
+
+            await wait_until(caught_up)
+            hive_free = {p["pod_id"]: tuple(p["free"].values()) for p in await stack.pods()}
+            view_free = {p: pod.free() for p, pod in scheduler.planner.view.pods.items()}
+            assert view_free == hive_free
+
+            # The replica that fit nowhere waited; room appears and it is placed there.
+            await stack.register_pods({"p4": (8192, 4)})
+            await all_placed(stack, 10)
+            huge = next(
+                a
+                for a in (await stack.query(names.QUERY_AGENTS_LIST))["agents"]
+                if a["name"] == "huge"
+            )
+            detail = (await stack.query(names.QUERY_AGENTS_GET, {"agent_id": huge["agent_id"]}))[
+                "agent"
+            ]
+            assert [i["pod_id"] for i in detail["instances"]] == ["p4"]
+            assert scheduler.rejected == {}
+        assert scheduler.status is Status.STOPPED
+        scheduler.stop()  # twice is fine
+
+
+async def test_stop_before_start_returns_at_once() -> None:
+    scheduler = Scheduler(Settings(nats_url="nats://127.0.0.1:1"))
+    scheduler.stop()
+    await asyncio.wait_for(scheduler.run(), 1)
+    assert scheduler.status is Status.STOPPED
+
+
+async def test_a_burst_of_200_deployments_is_spread_without_over_commit(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods(TIGHT_PODS)
+        async with in_process_scheduler(stack.url) as scheduler:
+            started = time.monotonic()
+            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(200)])
+            await all_placed(stack, 200)
+            elapsed = time.monotonic() - started
+        print(f"200 deployments placed in {elapsed:.2f}s ({200 / elapsed:.0f}/s)")
+        await assert_no_pod_over_committed(stack)
+        assert sum(p["free"]["memory_mb"] for p in await stack.pods()) == 64
+        assert (await stack.rejections())["capacity"] == 0
+        assert scheduler.proposed == 200
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 200
+        assert set(per_replica.values()) == {1}
+
+
+async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods(TIGHT_PODS)
+        with scheduler_process(stack.url, tmp_path / "scheduler-1.log") as first:
+            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150)])
+
+            async def some_placed() -> bool:
+                return await stack.placed() > 0
+
+            await wait_until(some_placed, 15, "a first placement")
+            first.send_signal(signal.SIGKILL)  # mid-burst, no chance to clean up
+            first.wait(10)
+        placed_at_kill = await stack.placed()
+        # More work arrives while no scheduler runs.
+        await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
+        with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
+            await all_placed(stack, 200)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(10) == 0
+        print(f"{placed_at_kill} of 150 placed when the first scheduler was killed")
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 200
+        assert {r: n for r, n in per_replica.items() if n != 1} == {}
+        await assert_no_pod_over_committed(stack)
+        # The restarted scheduler may propose a pod the dead one's pending proposals took.
+        assert (await stack.rejections())["capacity"] <= 5
+        assert "scheduler stopped" in (tmp_path / "scheduler-2.log").read_text()
+
+
+async def test_proposals_resent_by_a_restarted_scheduler_are_dropped_as_duplicates(
+    tmp_path: Path,
+) -> None:
+    """Proposals pile up undecided while the Hive is down; the scheduler is cancelled and comes
+    back; it re-sends the same ids, so each replica is decided once and nothing is rejected."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods(TIGHT_PODS)
+        await stack.deploy([(f"agent-{i}", 1, 64) for i in range(100)])
+
+        async def requested() -> bool:
+            return len((await stack.query(names.QUERY_AGENTS_LIST))["agents"]) == 100
+
+        await wait_until(requested, what="100 agents deployed")
+        await stack.stop_hive()
+
+        first = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
+        task = asyncio.create_task(first.run())
+
+        async def all_proposed() -> bool:
+            return first.proposed == 100
+
+        await wait_until(all_proposed, what="100 proposals")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async with in_process_scheduler(stack.url) as second:
+
+            async def all_resent() -> bool:
+                return second.proposed == 100
+
+            await wait_until(all_resent, what="100 proposals re-sent")
+            assert second.duplicates == 100
+            await stack.start_hive()
+            await all_placed(stack, 100)
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 100
+        assert set(per_replica.values()) == {1}
+        assert await stack.rejections() == {}
+        await assert_no_pod_over_committed(stack)

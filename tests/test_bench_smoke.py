@@ -1,0 +1,57 @@
+"""bench/eventlog.py runs end to end on a tiny workload and writes a complete report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench" / "eventlog.py"
+CASES = {"append", "append, pre-serialized", "consume + ack"}
+
+
+@pytest.mark.timeout(60)
+def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
+    out = tmp_path / "eventlog.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--messages", "200", "--size", "256", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        # The bench imports swarm from this checkout even where it is not installed editable.
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "client/raw" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["params"]["messages"] == 200
+    assert report["params"]["repeats"] >= 1
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+    assert "nats-server" in machine["nats_server"]
+
+    results = report["results"]
+    assert {(r["mode"], r["case"]) for r in results} == {
+        (mode, case) for mode in ("default", "always") for case in CASES
+    }
+    for r in results:
+        for key in ("client_msgs_per_s", "raw_msgs_per_s", "ratio", "cpu_ratio"):
+            assert r[key] > 0, (r["mode"], r["case"], key)
+        assert len(r["client_runs"]) == len(r["raw_runs"]) == report["params"]["repeats"]
+        assert all(run["msgs_per_s"] > 0 for run in r["client_runs"] + r["raw_runs"])
+
+    costs = report["sync_cost"]
+    # The pre-serialized case is compared with the raw runs of "append", listed once.
+    assert {(c["case"], c["path"]) for c in costs} == {
+        (case, path) for case in CASES for path in ("client", "raw")
+    } - {("append, pre-serialized", "raw")}
+    assert all(c["always_over_default"] > 0 for c in costs)
