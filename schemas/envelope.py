@@ -95,7 +95,9 @@ class Envelope(BaseModel, Generic[P]):
 
     @model_validator(mode="after")
     def _check_extensions(self) -> Envelope[P]:
-        for name, value in (self.model_extra or {}).items():
+        if not self.model_extra:
+            return self
+        for name, value in self.model_extra.items():
             if not _EXTENSION_NAME.fullmatch(name):
                 raise ValueError(
                     f"extension attribute {name!r} must be 1-20 lowercase letters or digits"

@@ -128,6 +128,9 @@ class Registry:
 
         Raises `DecodeError` with field-level errors; never anything else for bad input.
         """
+        fast = self._decode_fast(raw, kind)
+        if fast is not None:
+            return fast
         try:
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -168,6 +171,27 @@ class Registry:
                 for e in exc.errors(include_url=False)
             ]
             raise DecodeError(f"invalid {entry.type}", errors, received) from None
+        return envelope
+
+    def _decode_fast(self, raw: bytes | str, kind: Kind | None) -> Envelope[Any] | None:
+        """One validation pass for the common case: a current-version message whose `type` sits
+        where Swarm writes it. Anything unusual (other layout, old version, invalid) returns None
+        and takes the full path, which also produces the field-level errors."""
+        data = raw.encode() if isinstance(raw, str) else raw
+        start = data.find(b'"type":"')
+        if start < 0:
+            return None
+        end = data.find(b'"', start + 8)
+        entry = self.entries.get(data[start + 8 : end].decode("utf-8", "replace"))
+        if entry is None or (kind is not None and entry.kind != kind):
+            return None
+        try:
+            envelope: Envelope[Any] = Envelope[entry.model].model_validate_json(data)  # type: ignore[name-defined]
+        except pydantic.ValidationError:
+            return None
+        expected = names.dataschema(entry.type, entry.model.VERSION)
+        if envelope.type != entry.type or envelope.dataschema not in (None, expected):
+            return None
         return envelope
 
     def _upcast(

@@ -28,7 +28,7 @@ class Projector:
         raft: ReplicatedState,
         *,
         batch: int = 500,
-        in_flight: int = 4,
+        in_flight: int = 8,
         submit_timeout: float = 5.0,
     ) -> None:
         self.log = eventlog

@@ -145,7 +145,7 @@ QUERIES: dict[str, Query] = {
 
 
 async def serve(
-    nc: NATS, raft: ReplicatedState, node: str, status: Callable[[], dict[str, Any]]
+    nc: NATS, raft: ReplicatedState, node: str, status: Callable[..., dict[str, Any]]
 ) -> list[Subscription]:
     """Subscribe the query handlers; returns the subscriptions (unsubscribe to stop)."""
 
@@ -166,7 +166,12 @@ async def serve(
         return respond
 
     async def respond_status(msg: Msg) -> None:
-        await msg.respond(json.dumps(status()).encode())
+        try:
+            req = json.loads(msg.data) if msg.data else {}
+        except ValueError:
+            req = {}
+        want_digest = isinstance(req, dict) and bool(req.get("digest"))
+        await msg.respond(json.dumps(status(digest=want_digest)).encode())
 
     subs = [
         await nc.subscribe(subject, queue=names.QUERY_QUEUE, cb=handler(q))

@@ -43,20 +43,22 @@ class Hive:
         """Ask the replica to stop; safe before start and twice."""
         self._stop.set()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, digest: bool = False) -> dict[str, Any]:
+        """This replica's view. The digest is opt-in: it renders the whole state, which takes
+        long enough on a big state to slow folding if it were computed on every poll."""
         raft = self.raft
         if raft is None:
             return {"node": self.node, "ready": False}
         with raft.lock:
             applied = raft.hive.applied_seq
-            digest = raft.hive.digest()
+            checksum = raft.hive.digest() if digest else None
         return {
             "node": self.node,
             "ready": raft.is_ready(),
             "is_leader": raft.is_leader(),
             "leader": raft.leader(),
             "applied_seq": applied,
-            "digest": digest,
+            "digest": checksum,
             "commands_handled": self.processor.handled if self.processor else 0,
         }
 

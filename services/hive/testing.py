@@ -91,10 +91,11 @@ class HiveCluster:
             i for i, r in enumerate(self.replicas) if r.proc is not None and r.proc.poll() is None
         ]
 
-    async def status(self, nc: NATS, index: int) -> dict[str, Any] | None:
+    async def status(self, nc: NATS, index: int, *, digest: bool = False) -> dict[str, Any] | None:
+        body = json.dumps({"digest": digest}).encode()
         try:
             reply = await nc.request(
-                f"{names.QUERY_STATUS}.{self.replicas[index].node}", b"", timeout=1.0
+                f"{names.QUERY_STATUS}.{self.replicas[index].node}", body, timeout=5.0
             )
         except Exception:
             return None
@@ -122,6 +123,6 @@ class HiveCluster:
             if len(statuses) == len(self.alive()) and all(
                 st["applied_seq"] >= log_end for st in statuses.values()
             ):
-                return statuses
+                return {i: st for i in statuses if (st := await self.status(nc, i, digest=True))}
             await asyncio.sleep(0.1)
         raise TimeoutError(f"replicas did not converge to {log_end}: {statuses}")
