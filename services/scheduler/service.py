@@ -207,6 +207,7 @@ class Scheduler:
         if not plan.proposals:
             return
         policy = self.planner.policy.name
+        causes = self.planner.view.causes
         requests = [
             AppendRequest.of(
                 command(
@@ -220,6 +221,8 @@ class Scheduler:
                     source=SOURCE,
                     identity=IDENTITY,
                     id=p.command_id,
+                    causationid=causes.get(p.request_seq, (None, None))[0],
+                    correlationid=causes.get(p.request_seq, (None, None))[1],
                 )
             )
             for p in plan.proposals

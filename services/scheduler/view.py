@@ -112,6 +112,9 @@ class ClusterView:
     waiting: dict[ReplicaKey, int] = field(default_factory=dict)
     #: The same, by request sequence: a proposal's id names the request it answers.
     requests: dict[int, ReplicaKey] = field(default_factory=dict)
+    #: Request sequence -> (event id, correlation id) of the request, so that a proposal is
+    #: linked to what caused it and `swarm timeline --correlation` shows the whole chain.
+    causes: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def fold(self, envelope: Envelope[Any], seq: int) -> list[Request]:
         """Apply the event stored at `seq`; returns the requests it ended (placed, stopped, ...).
@@ -127,6 +130,8 @@ class ClusterView:
             return []
         ended: list[Request] = []
         handler(self, envelope.data, seq, ended)
+        if seq in self.requests:
+            self.causes[seq] = (envelope.id, envelope.correlationid or envelope.id)
         return ended
 
     def advance(self, seq: int) -> None:
@@ -148,6 +153,7 @@ class ClusterView:
         seq = self.waiting.pop(key, None)
         if seq is not None:
             del self.requests[seq]
+            self.causes.pop(seq, None)
             ended.append(Request(key, seq))
 
     def _release(self, agent: AgentView, replica: ReplicaView) -> None:

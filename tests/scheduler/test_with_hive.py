@@ -4,6 +4,7 @@ committed, bursts are spread without over-commit, and a killed scheduler resumes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,36 @@ async def test_proposals_resent_by_a_restarted_scheduler_are_dropped_as_duplicat
         assert set(per_replica.values()) == {1}
         assert await stack.rejections() == {}
         await assert_no_pod_over_committed(stack)
+
+
+async def test_placements_carry_the_deploys_correlation(tmp_path: Path) -> None:
+    """`swarm timeline --correlation <deploy id>` must show the placement it led to."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (1024, 8)})
+        async with in_process_scheduler(stack.url):
+            await stack.deploy([("traced", 2, 64)])
+            await all_placed(stack, 2)
+        deployed: dict[str, str] = {}
+        requested: dict[str, str] = {}
+        scheduled: list[dict[str, str]] = []
+        async for d in stack.client.replay(names.STREAM_EVENTS):
+            body = json.loads(d.data)
+            if body["type"] == "swarm.agent.deployed":
+                deployed[body["data"]["agent_id"]] = body["correlationid"]
+            elif body["type"] == "swarm.agent.replica_requested":
+                requested[body["data"]["replica_id"]] = body["id"]
+            elif body["type"] == "swarm.agent.replica_scheduled":
+                scheduled.append(body)
+        assert len(scheduled) == 2
+        for body in scheduled:
+            # The deploy command started the chain; the placement carries its correlation id,
+            # and the proposal it came from was caused by the replica's request.
+            assert body["correlationid"] == deployed[body["data"]["agent_id"]]
+            assert body["causationid"].startswith("place-")
+        proposals = {}
+        async for d in stack.client.replay(names.STREAM_COMMANDS):
+            body = json.loads(d.data)
+            if body["type"] == "swarm.cmd.placement.propose":
+                proposals[body["data"]["replica_id"]] = body
+        for replica_id, body in proposals.items():
+            assert body["causationid"] == requested[replica_id]
