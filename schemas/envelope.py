@@ -36,6 +36,9 @@ _KNOWN_ATTRIBUTES = frozenset(
 )
 
 
+_OPTIONAL_ATTRIBUTES = ("dataschema", "subject", "correlationid", "causationid", "identity")
+
+
 def new_id() -> str:
     """A new sortable, NATS-token-safe identifier (ULID)."""
     return str(ULID())
@@ -107,9 +110,13 @@ class Envelope(BaseModel, Generic[P]):
         return self
 
     def to_json(self) -> bytes:
-        # The serializer's bytes directly: model_dump_json() decodes them to str, and encoding
-        # that back copies the body twice more (~0.8 us of ~3 us for a 1 KB event).
-        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
+        # Unset optional *attributes* are left out (CloudEvents has no nulls for them), but the
+        # payload is written whole: a payload field that is None (a crash with no restart time)
+        # is data, and dropping it would make the event fail its own schema on the way back.
+        # The serializer's bytes are used directly: model_dump_json() decodes them to str, and
+        # encoding that back copies the body twice more (~0.8 us of ~3 us for a 1 KB event).
+        unset = {name for name in _OPTIONAL_ATTRIBUTES if getattr(self, name) is None}
+        return self.__pydantic_serializer__.to_json(self, exclude=unset or None)
 
     @property
     def extensions(self) -> dict[str, Any]:

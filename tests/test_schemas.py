@@ -426,3 +426,21 @@ def test_cli_show_prints_the_exported_schema() -> None:
     assert "unknown type" in typo.stderr
     assert CommandRejected.TYPE in typo.stderr
     assert "Traceback" not in typo.output
+
+
+def test_payload_fields_that_are_none_survive_a_round_trip() -> None:
+    """Unset envelope attributes are omitted, but None in a payload is data and is kept."""
+    from datetime import UTC, datetime
+
+    from schemas import REGISTRY, event
+    from schemas.events import ReplicaCrashed
+
+    crashed = ReplicaCrashed(
+        agent_id="a1", replica_id="a1-0", pod_id=None, reason="trap", crashes=3, restart_at=None
+    )
+    env = event(crashed, aggregate_id="a1", source="test", time=datetime.now(UTC))
+    body = json.loads(env.to_json())
+    assert "causationid" not in body
+    assert body["data"]["restart_at"] is None
+    assert body["data"]["pod_id"] is None
+    assert REGISTRY.decode(env.to_json()).data == crashed

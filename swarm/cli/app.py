@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import publish, schemas_cmd, stack, timeline
+from swarm.cli import agent, namespace, pod, publish, schemas_cmd, stack, timeline
 
 app = typer.Typer(
     name="swarm",
@@ -17,6 +17,9 @@ stack.register(app)
 publish.register(app)
 timeline.register(app)
 app.add_typer(schemas_cmd.app, name="schemas")
+agent.register(app)
+pod.register(app)
+namespace.register(app)
 
 
 def main() -> None:

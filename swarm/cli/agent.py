@@ -1,0 +1,1312 @@
+"""`swarm agent`: deploy, list, describe, scale, roll out, roll back, stop and delete agents.
+
+Modelled on kubectl. A verb names an agent by namespace and name. Changes are commands sent
+through the publish layer and answered by exactly one outcome: the verb prints what happened, or
+the rejection's reason and rule and exits 1. Reads are Hive queries printed as a table or
+`-o json|yaml`, and `--watch` redraws them every second until Ctrl-C.
+
+The first sections (options, sending a command, reading, watching) are shared with
+`swarm namespace` and `swarm pod`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from schemas import REGISTRY, DecodeError, Payload, commands, names
+from schemas.specs import INLINE_MODULE_MAX_BYTES
+from swarm.cli import connect, publish
+from swarm.cli.output import (
+    EXIT_FAILED,
+    EXIT_NO_OUTCOME,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    FieldProblem,
+    Format,
+    emit,
+    errors_to_exit,
+    render,
+    status,
+    stdout_console,
+    table,
+)
+from swarm.cli.queries import HiveQueries
+from swarm.cli.timeline import printable
+from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.settings import Settings
+
+DEFAULT_NAMESPACE = "default"
+#: Seconds between redraws with `--watch`.
+WATCH_INTERVAL = 1.0
+#: Seconds between status polls with `deploy --wait`.
+WAIT_POLL = 0.25
+#: Events shown by `describe`.
+RECENT_EVENTS = 10
+#: First log window `describe` searches for recent events; widened until enough are found.
+_EVENTS_WINDOW = 1024
+_WASM_MAGIC = b"\0asm"
+#: Version and layer of a WebAssembly component (a core module has version 1, layer 0).
+_COMPONENT_VERSION = b"\x0d\x00\x01\x00"
+_STATUS_STYLES = {
+    "running": "green",
+    "failed": "bold red",
+    "degraded": "yellow",
+    "crashed": "yellow",
+    "stopped": "dim",
+    "stopping": "dim",
+    "ready": "green",
+    "lost": "bold red",
+}
+
+app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="agent")
+
+
+# --- Options -------------------------------------------------------------------------------------
+
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
+    ),
+]
+OutputOption = Annotated[Format, typer.Option("--output", "-o", help="Output format.")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the command's outcome.")
+]
+WatchOption = Annotated[
+    bool, typer.Option("--watch", "-w", help="Redraw every second until Ctrl-C.")
+]
+NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
+_EXIT_CODES = (
+    "Exit codes: 0 done, 1 rejected or failed, 2 invalid input (nothing sent), "
+    "3 no outcome in time, 4 NATS or the Hive unreachable."
+)
+
+
+# --- Running a verb ------------------------------------------------------------------------------
+
+
+def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
+    """Run a verb's body and exit with its code; Ctrl-C ends a `--watch` with 0, not 130."""
+    with errors_to_exit():
+        try:
+            code = asyncio.run(main)
+        except KeyboardInterrupt:
+            if not watching:
+                raise
+            code = EXIT_OK
+    if code != EXIT_OK:
+        raise typer.Exit(code)
+
+
+async def read_floor(log: EventLog) -> int:
+    """The log position a read must reflect: everything written before the read began.
+
+    Taken from the stream rather than remembered from a previous command, so `swarm agent ls` in
+    a new process still sees the agent the previous `swarm agent deploy` created.
+    """
+    return await log.last_sequence(names.STREAM_EVENTS)
+
+
+# --- Sending a command ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A command that was sent and answered."""
+
+    sent: publish.Sent
+    outcome: publish.Outcome
+    #: Events it caused, with their subjects (only when asked for).
+    caused: tuple[publish.CausedEvent, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome.accepted
+
+
+def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """The command's CloudEvent, checked exactly as the Hive will decode it.
+
+    Checked before connecting, so a typo is exit 2 with the fields named, and nothing is sent.
+    """
+    event = publish.build_command(
+        {"type": payload.TYPE, "data": dict(data)}, identity=settings.identity
+    )
+    try:
+        REGISTRY.decode(publish.encode(event), kind="command")
+    except DecodeError as exc:
+        raise CliError(
+            f"{exc.reason}: the values given do not make a valid command",
+            code=EXIT_USAGE,
+            errors=[FieldProblem(e.loc.removeprefix("data."), e.msg, e.type) for e in exc.errors],
+            hint="fix the fields above (in the spec file or the matching --options)",
+        ) from None
+    return event
+
+
+async def issue(
+    log: EventLog, event: Mapping[str, Any], *, within: float, with_caused: bool = False
+) -> Issued:
+    """Send `event` and wait for its outcome (exit 3 when none comes within `within` s)."""
+    # Taken before the publish: the outcome cannot be written before the command exists.
+    before = await log.last_sequence(names.STREAM_EVENTS)
+    sent = await publish.send(log, event)
+    # A duplicate id was first published earlier, so its outcome may already be in the log.
+    start = 1 if sent.duplicate else before + 1
+    outcome = await publish.wait_for_outcome(log, sent.id, start_seq=start, within=within)
+    if outcome is None:
+        raise CliError(
+            f"no outcome for {sent.type} {sent.id} within {within:g}s",
+            code=EXIT_NO_OUTCOME,
+            hint="is the Hive running? (`swarm status`); the command stays queued for it",
+        )
+    caused: list[publish.CausedEvent] = []
+    if with_caused and outcome.accepted:
+        caused = await publish.caused_events(log, outcome, start_seq=start)
+    return Issued(sent, outcome, tuple(caused))
+
+
+def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace: str) -> None:
+    """Print the outcome: `done` when accepted; a `CliError` (exit 1) naming the rule if not.
+
+    With `-o json|yaml` the outcome CloudEvent itself is printed, whichever it was.
+    """
+    if output != Format.TABLE:
+        emit(publish.outcome_document(issued.outcome), output)
+    if not issued.accepted:
+        raise rejection(issued.outcome, what=what, namespace=namespace)
+    if output == Format.TABLE:
+        stdout_console().print(Text(done))
+
+
+def rejection(outcome: publish.Outcome, *, what: str, namespace: str) -> CliError:
+    raw = (outcome.body or {}).get("data")
+    # Read leniently (not through the model), so a rejection from a newer Hive still shows.
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    reason = str(data.get("reason") or "(no reason given)")
+    rule = data.get("rule")
+    errors = data.get("errors")
+    problems = [
+        FieldProblem(str(e.get("loc", "")), str(e.get("msg", "")), str(e.get("type", "")))
+        for e in (errors if isinstance(errors, list) else [])
+        if isinstance(e, dict)
+    ]
+    suffix = f" (rule: {rule})" if rule else ""
+    return CliError(
+        f"{what} rejected: {reason}{suffix}",
+        code=EXIT_FAILED,
+        errors=problems,
+        hint=_rejection_hint(str(rule or ""), reason, namespace),
+    )
+
+
+def _rejection_hint(rule: str, reason: str, namespace: str) -> str | None:
+    if rule.startswith("quota."):
+        flag = "--" + rule.removeprefix("quota.").replace("_", "-")
+        return (
+            f"`swarm namespace ls` shows the quotas; `swarm namespace update {namespace} "
+            f"{flag} N` raises this one"
+        )
+    if rule == "not_found" and reason.startswith("namespace "):
+        return f"create it first: `swarm namespace create {namespace}`"
+    if rule == "not_found":
+        return f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all namespaces"
+    if rule == "identity":
+        return "the CLI sends as SWARM_IDENTITY (kind:name, e.g. user:ann)"
+    return None
+
+
+# --- Watching ------------------------------------------------------------------------------------
+
+
+async def show(
+    fetch: Callable[[], Awaitable[Any]],
+    draw: Callable[[Any], RenderableType],
+    output: Format,
+    *,
+    watch: bool,
+    title: str,
+) -> None:
+    """Print `fetch()` once, or with `watch` redraw it every second until Ctrl-C.
+
+    On a terminal the table is redrawn in place (rich Live); when stdout is a pipe or file, or
+    with `-o json|yaml`, a new frame is printed only when it differs from the last, so the output
+    reads as a log of changes (like `kubectl get -w`). A failed read while watching (the Hive
+    restarting, the agent just deleted) is shown in the frame and the watch goes on.
+    """
+    if not watch:
+        value = await fetch()
+        if output == Format.TABLE:
+            stdout_console().print(draw(value))
+        else:
+            emit(value, output)
+        return
+    console = stdout_console()
+    if output == Format.TABLE and console.is_terminal:
+        await _watch_in_place(console, fetch, draw, title)
+    else:
+        await _watch_changes(console, fetch, draw, output)
+
+
+async def _watch_in_place(
+    console: Console,
+    fetch: Callable[[], Awaitable[Any]],
+    draw: Callable[[Any], RenderableType],
+    title: str,
+) -> None:
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            frame = await _frame(fetch, draw)
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            heading = Text(f"{title} · {stamp} UTC · Ctrl-C to stop", style="dim")
+            live.update(Group(heading, frame), refresh=True)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+
+async def _watch_changes(
+    console: Console,
+    fetch: Callable[[], Awaitable[Any]],
+    draw: Callable[[Any], RenderableType],
+    output: Format,
+) -> None:
+    last: str | None = None
+    while True:
+        error: str | None = None
+        if output == Format.TABLE:
+            with console.capture() as capture:
+                console.print(await _frame(fetch, draw))
+            text = capture.get()
+        else:
+            try:
+                text = render(await fetch(), output) + "\n"
+            except CliError as exc:
+                if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
+                    raise
+                # Machine-readable output stays parseable: the error goes to stderr.
+                text = error = f"error: {exc.message}"
+            if output == Format.YAML and error is None:
+                text = "---\n" + text
+        if text != last:
+            if error is not None:
+                status(error)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            last = text
+        await asyncio.sleep(WATCH_INTERVAL)
+
+
+async def _frame(
+    fetch: Callable[[], Awaitable[Any]], draw: Callable[[Any], RenderableType]
+) -> RenderableType:
+    try:
+        return draw(await fetch())
+    except CliError as exc:
+        if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
+            raise
+        return Text.assemble(("error: ", "bold red"), exc.message)
+
+
+# --- Formatting ----------------------------------------------------------------------------------
+
+
+def styled(state: str) -> Text:
+    return Text(state, style=_STATUS_STYLES.get(state, ""))
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    """How long ago, the way kubectl prints it: 45s, 12m, 5h, 3d."""
+    if not timestamp:
+        return "?"
+    try:
+        then = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return "?"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 120 * 60:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _key_values(rows: Sequence[tuple[str, Any]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(f"{key}:", value if isinstance(value, Text) else Text(str(value)))
+    return grid
+
+
+def _none(value: Any) -> str:
+    return "<none>" if value in (None, "", [], {}) else str(value)
+
+
+# --- Specs from flags and files ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpecFlags:
+    """The spec fields a verb's options may set; None (or empty) means "not given"."""
+
+    version: str | None = None
+    module: Path | None = None
+    module_sha256: str | None = None
+    memory_mb: int | None = None
+    fuel_per_s: int | None = None
+    autonomy: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    priority: int | None = None
+
+    def apply(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """`spec` with these flags written over it (labels are added, autonomy replaced)."""
+        result = dict(spec)
+        if self.module is not None and self.module_sha256 is not None:
+            raise CliError("give --module or --module-sha256, not both", code=EXIT_USAGE)
+        if self.module is not None:
+            result["module"] = read_module(self.module)
+        if self.module_sha256 is not None:
+            result["module"] = {"sha256": self.module_sha256.lower()}
+        if self.version is not None:
+            result["version"] = self.version
+        if self.memory_mb is not None or self.fuel_per_s is not None:
+            resources = result.get("resources")
+            resources = dict(resources) if isinstance(resources, dict) else {}
+            if self.memory_mb is not None:
+                resources["memory_mb"] = self.memory_mb
+            if self.fuel_per_s is not None:
+                resources["fuel_per_s"] = self.fuel_per_s
+            result["resources"] = resources
+        if self.autonomy:
+            result["autonomy"] = [_command_type(t) for t in self.autonomy]
+        if self.labels:
+            labels = result.get("labels")
+            merged = dict(labels) if isinstance(labels, dict) else {}
+            merged.update(_label(item) for item in self.labels)
+            result["labels"] = merged
+        if self.priority is not None:
+            result["priority"] = self.priority
+        return result
+
+
+def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """A module file as an inline module reference (base64), checked before anything is sent."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
+        ) from None
+    if raw[:4] != _WASM_MAGIC:
+        raise CliError(
+            f"{path} is not a WebAssembly module: it does not start with \\0asm",
+            code=EXIT_USAGE,
+            hint="pass the compiled .wasm file, not its source or a .wat text module",
+        )
+    if len(raw) > INLINE_MODULE_MAX_BYTES:
+        raise CliError(
+            f"module {path} is {len(raw):,} bytes; modules over {INLINE_MODULE_MAX_BYTES:,} "
+            "bytes cannot travel inside a command",
+            code=EXIT_USAGE,
+            hint=(
+                f"push it with `swarm module push {path}` and deploy it by reference: "
+                "--module-sha256 HEX (or `module: {sha256: HEX}` in a spec file)"
+            ),
+        )
+    detected = "component" if raw[4:8] == _COMPONENT_VERSION else "core"
+    return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
+
+
+def _command_type(value: str) -> str:
+    entry = REGISTRY.get(value)
+    if entry is None or entry.kind != "command":
+        known = ", ".join(e.type for e in REGISTRY if e.kind == "command")
+        raise CliError(
+            f"--autonomy {value!r} is not a command type", code=EXIT_USAGE, hint=f"one of: {known}"
+        )
+    return value
+
+
+def _label(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise CliError(f"--label {item!r}: expected key=value", code=EXIT_USAGE)
+    return key.strip(), value
+
+
+#: Keys a spec file may have at its top level.
+_FILE_KEYS = frozenset({"name", "namespace", "replicas", "max_surge", "spec"})
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFile:
+    """An agent spec file: {name, namespace, replicas, spec: {…AgentSpec…}}."""
+
+    name: str | None
+    namespace: str | None
+    replicas: Any
+    max_surge: Any
+    spec: dict[str, Any]
+
+
+def load_agent_file(source: str) -> AgentFile:
+    """Read a spec file (JSON or YAML; `-` is stdin); `spec.module.path` is read and inlined.
+
+    A module path is relative to the spec file, so a file and its module can move together.
+    """
+    document = publish.load_document(source)
+    where = "stdin" if source == "-" else source
+    unknown = sorted(set(document) - _FILE_KEYS)
+    if unknown:
+        raise CliError(
+            f"{where}: unknown key(s) {', '.join(unknown)}",
+            code=EXIT_USAGE,
+            hint="a spec file has name, namespace, replicas, max_surge (rollout) and spec",
+        )
+    spec = document.get("spec", {})
+    if not isinstance(spec, dict):
+        raise CliError(f"{where}: spec must be an object", code=EXIT_USAGE)
+    spec = dict(spec)
+    module = spec.get("module")
+    if isinstance(module, str):
+        module = {"path": module}
+    if isinstance(module, dict) and "path" in module:
+        extra = sorted(set(module) - {"path", "kind"})
+        if extra:
+            raise CliError(
+                f"{where}: spec.module has path and {', '.join(extra)}; give one of path, "
+                "sha256 or inline",
+                code=EXIT_USAGE,
+            )
+        base = Path.cwd() if source == "-" else Path(source).parent
+        kind = module.get("kind")
+        spec["module"] = read_module(
+            base / str(module["path"]), kind if isinstance(kind, str) else None
+        )
+    for key in ("name", "namespace"):
+        if key in document and not isinstance(document[key], str):
+            raise CliError(f"{where}: {key} must be a string", code=EXIT_USAGE)
+    return AgentFile(
+        name=document.get("name"),
+        namespace=document.get("namespace"),
+        replicas=document.get("replicas"),
+        max_surge=document.get("max_surge"),
+        spec=spec,
+    )
+
+
+def _pick(what: str, flag: str | None, from_file: str | None, default: str | None) -> str | None:
+    """A value given both as an argument/flag and in the spec file must agree (as in kubectl)."""
+    if flag is not None and from_file is not None and flag != from_file:
+        raise CliError(
+            f"{what} {flag!r} differs from the spec file's {what} {from_file!r}", code=EXIT_USAGE
+        )
+    return flag if flag is not None else from_file if from_file is not None else default
+
+
+def _target(
+    name: str | None, namespace: str | None, spec_file: AgentFile | None
+) -> tuple[str, str]:
+    picked_name = _pick("name", name, spec_file.name if spec_file else None, None)
+    if picked_name is None:
+        raise CliError("which agent? give NAME (or name in the spec file)", code=EXIT_USAGE)
+    picked_ns = _pick(
+        "namespace", namespace, spec_file.namespace if spec_file else None, DEFAULT_NAMESPACE
+    )
+    return picked_name, picked_ns or DEFAULT_NAMESPACE
+
+
+# --- deploy --------------------------------------------------------------------------------------
+
+FileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="Agent spec file (JSON/YAML): {name, namespace, replicas, spec}; '-' reads stdin.",
+        show_default=False,
+    ),
+]
+ModuleOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--module",
+        help=f"The .wasm file, sent inline (up to {INLINE_MODULE_MAX_BYTES // 1024} KiB).",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+ModuleShaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--module-sha256",
+        metavar="HEX",
+        help="A module pushed with `swarm module push`, by its sha256.",
+        show_default=False,
+    ),
+]
+VersionOption = Annotated[
+    str | None, typer.Option("--version", help="Version name.", show_default=False)
+]
+MemoryOption = Annotated[
+    int | None,
+    typer.Option("--memory-mb", min=1, help="Memory per replica, MB.", show_default=False),
+]
+FuelOption = Annotated[
+    int | None,
+    typer.Option("--fuel-per-s", min=1, help="Fuel per second per replica.", show_default=False),
+]
+AutonomyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--autonomy",
+        metavar="TYPE",
+        help="A command type the agent may send on its own (repeatable).",
+        show_default=False,
+    ),
+]
+LabelOption = Annotated[
+    list[str] | None,
+    typer.Option("--label", "-l", metavar="K=V", help="A label (repeatable).", show_default=False),
+]
+PriorityOption = Annotated[
+    int | None,
+    typer.Option(
+        "--priority", min=-1000, max=1000, help="Scheduling priority.", show_default=False
+    ),
+]
+
+
+@app.command("deploy", epilog=_EXIT_CODES)
+def deploy(
+    name: Annotated[
+        str | None, typer.Argument(help="The agent's name.", show_default=False)
+    ] = None,
+    file: FileOption = None,
+    module: ModuleOption = None,
+    module_sha256: ModuleShaOption = None,
+    version: VersionOption = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas",
+            min=0,
+            max=commands.MAX_REPLICAS,
+            help="How many replicas should run.",
+            show_default="1",
+        ),
+    ] = None,
+    memory_mb: MemoryOption = None,
+    fuel_per_s: FuelOption = None,
+    namespace: NamespaceOption = None,
+    autonomy: AutonomyOption = None,
+    label: LabelOption = None,
+    priority: PriorityOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the agent runs (exit 1 if it fails).")
+    ] = False,
+    wait_timeout: Annotated[
+        float,
+        typer.Option("--wait-timeout", min=0.1, help="Seconds --wait waits (then exit 3)."),
+    ] = 60.0,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Deploy a new agent from a WebAssembly module (`rollout` gives one a new version)."""
+    flags = SpecFlags(
+        version=version,
+        module=module,
+        module_sha256=module_sha256,
+        memory_mb=memory_mb,
+        fuel_per_s=fuel_per_s,
+        autonomy=tuple(autonomy or ()),
+        labels=tuple(label or ()),
+        priority=priority,
+    )
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        spec_file = load_agent_file(file) if file is not None else None
+        agent_name, ns = _target(name, namespace, spec_file)
+        spec = flags.apply(spec_file.spec if spec_file else {})
+        spec.setdefault("version", "v1")
+        if "module" not in spec:
+            raise CliError(
+                "deploy needs a module: --module FILE.wasm, --module-sha256 HEX, "
+                "or spec.module in the spec file",
+                code=EXIT_USAGE,
+            )
+        data: dict[str, Any] = {"namespace": ns, "name": agent_name, "spec": spec}
+        count = replicas if replicas is not None else spec_file.replicas if spec_file else None
+        if count is not None:
+            data["replicas"] = count
+        event = prepare(commands.DeployAgent, data, settings)
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            issued = await issue(log, event, within=timeout, with_caused=True)
+            agent_id = _deployed_id(issued)
+            conclude(
+                issued,
+                output,
+                what=f"deploy of {ns}/{agent_name}",
+                done=f"agent {ns}/{agent_name} deployed (id {agent_id})",
+                namespace=ns,
+            )
+            if wait:
+                await wait_running(
+                    HiveQueries(log.nc),
+                    f"{ns}/{agent_name}",
+                    agent_id,
+                    at_least=issued.outcome.seq,
+                    within=wait_timeout,
+                    quiet=output != Format.TABLE,
+                )
+        return EXIT_OK
+
+    finish(main())
+
+
+def _deployed_id(issued: Issued) -> str:
+    """The new agent's id, read from the subject of the `deployed` event the command caused."""
+    for caused in issued.caused:
+        parts = names.parse_event_subject(caused.subject or "")
+        if parts is not None and parts[0] == "agent" and parts[2] == "deployed":
+            return parts[1]
+    # The Hive names a new agent after the command that created it.
+    return issued.sent.id
+
+
+async def wait_running(
+    queries: HiveQueries,
+    label: str,
+    agent_id: str,
+    *,
+    at_least: int,
+    within: float,
+    quiet: bool = False,
+) -> None:
+    """Poll the agent until it is running; `failed` is exit 1, running out of time exit 3."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    seen: tuple[str, str] | None = None
+    while True:
+        agent = await queries.agent_by_id(agent_id, at_least=at_least)
+        state, reason = str(agent.get("status")), str(agent.get("reason", ""))
+        if agent.get("deleted"):
+            raise CliError(f"agent {label} was deleted while waiting for it", code=EXIT_FAILED)
+        if (state, reason) != seen:
+            seen = (state, reason)
+            status(f"{label}: {state} ({reason})")
+        if state == "running" and agent.get("rollout") is None:
+            if not quiet:
+                stdout_console().print(Text(f"agent {label} is running ({reason})"))
+            return
+        if state == "failed":
+            raise CliError(
+                f"agent {label} failed: {reason}",
+                code=EXIT_FAILED,
+                hint=f"`swarm agent describe {_describe_args(label)}` shows replicas and events",
+            )
+        if loop.time() >= deadline:
+            hint = (
+                "no replica is placed yet: is a scheduler running, and does a pod have room? "
+                "(`swarm pod ls`)"
+                if state == "requested"
+                else f"`swarm agent describe {_describe_args(label)}` shows where it is stuck"
+            )
+            raise CliError(
+                f"agent {label} is not running after {within:g}s: {state} ({reason})",
+                code=EXIT_NO_OUTCOME,
+                hint=hint,
+            )
+        await asyncio.sleep(WAIT_POLL)
+
+
+def _describe_args(label: str) -> str:
+    namespace, _, name = label.partition("/")
+    return f"{name} -n {namespace}"
+
+
+# --- ls ------------------------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls(
+    namespace: NamespaceOption = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Agents of every namespace.")
+    ] = False,
+    output: OutputOption = Format.TABLE,
+    watch: WatchOption = False,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """List agents with their status and how many replicas are ready."""
+    ns = None if all_namespaces else namespace or DEFAULT_NAMESPACE
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+            queries = HiveQueries(log.nc)
+
+            async def fetch() -> dict[str, Any]:
+                floor = await read_floor(log)
+                return {"agents": await queries.agents(ns, at_least=floor), "applied_seq": floor}
+
+            title = "agents in all namespaces" if ns is None else f"agents in {ns}"
+            await show(
+                fetch, lambda v: agents_table(v["agents"], ns), output, watch=watch, title=title
+            )
+        return EXIT_OK
+
+    finish(main(), watching=watch)
+
+
+def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
+    if not agents:
+        where = "any namespace" if namespace is None else f"namespace {namespace}"
+        return Text(f"no agents in {where}", style="dim")
+    now = datetime.now(UTC)
+    rows = []
+    for a in agents:
+        replicas = a.get("replicas") or {}
+        rollout = a.get("rollout")
+        version = str(a.get("version", ""))
+        if isinstance(rollout, dict):
+            version = f"{rollout.get('from')}→{rollout.get('version')}"
+        rows.append(
+            [
+                a.get("namespace"),
+                a.get("name"),
+                version,
+                styled(str(a.get("status", ""))),
+                f"{replicas.get('running', 0)}/{replicas.get('desired', 0)}",
+                age(a.get("created_at"), now),
+                printable(str(a.get("reason", ""))),
+            ]
+        )
+    columns = ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "AGE", "REASON"]
+    return table(columns, rows, title=None)
+
+
+# --- describe ------------------------------------------------------------------------------------
+
+
+@app.command("describe")
+def describe(
+    name: NameArgument,
+    namespace: NamespaceOption = None,
+    output: OutputOption = Format.TABLE,
+    watch: WatchOption = False,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Show one agent: spec, replicas, versions, rollout in progress, and its recent events."""
+    ns = namespace or DEFAULT_NAMESPACE
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+            queries = HiveQueries(log.nc)
+
+            async def fetch() -> dict[str, Any]:
+                agent = await queries.agent(ns, name, at_least=await read_floor(log))
+                recent = await recent_events(
+                    log, str(agent["agent_id"]), int(agent.get("last_seq") or 0)
+                )
+                return {"agent": agent, "events": [_event_view(d) for d in recent]}
+
+            await show(fetch, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
+        return EXIT_OK
+
+    finish(main(), watching=watch)
+
+
+async def recent_events(
+    log: EventLog, agent_id: str, last_seq: int, limit: int = RECENT_EVENTS
+) -> list[Delivery]:
+    """The agent's last `limit` events, read from the log.
+
+    The search starts a window before the agent's last known event and widens it until enough
+    are found, so describing a long-lived agent does not read its whole history.
+    """
+    subjects = [names.aggregate_subjects("agent", agent_id)]
+    window = _EVENTS_WINDOW
+    while True:
+        first = max(1, last_seq - window + 1)
+        found: deque[Delivery] = deque(maxlen=limit)
+        replay = log.replay(
+            names.STREAM_EVENTS, start_seq=first, subjects=subjects, idle_timeout=0.25
+        )
+        async with connect.closing(replay) as deliveries:
+            async for delivery in deliveries:
+                found.append(delivery)
+        if len(found) >= limit or first == 1:
+            return list(found)
+        window *= 16
+
+
+def _event_view(delivery: Delivery) -> dict[str, Any]:
+    try:
+        body = json.loads(delivery.data)
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    data = body.get("data")
+    data = _without_module_bytes(data) if isinstance(data, dict) else data
+    return {
+        "seq": delivery.stream_seq,
+        "time": body.get("time") or delivery.timestamp.isoformat(),
+        "type": body.get("type"),
+        "id": body.get("id"),
+        "data": data,
+    }
+
+
+def _without_module_bytes(data: dict[str, Any]) -> dict[str, Any]:
+    """A deployed or rollout event's data with the inline module replaced by its size."""
+    spec = data.get("spec")
+    module = spec.get("module") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or not isinstance(module, dict) or "inline" not in module:
+        return data
+    inline = module["inline"]
+    size = len(base64.b64decode(inline)) if isinstance(inline, str) else None
+    stripped = {k: v for k, v in module.items() if k != "inline"}
+    return {**data, "spec": {**spec, "module": {**stripped, "inline_bytes": size}}}
+
+
+def describe_view(value: Mapping[str, Any]) -> RenderableType:
+    agent: Mapping[str, Any] = value["agent"]
+    spec = agent.get("spec") or {}
+    replicas = agent.get("replicas") or {}
+    rollout = agent.get("rollout")
+    instances = [r for r in agent.get("instances") or [] if isinstance(r, dict)]
+    rollout_text = "<none>"
+    if isinstance(rollout, dict):
+        target = rollout.get("version")
+        new = sum(
+            1 for r in instances if r.get("version") == target and r.get("phase") == "running"
+        )
+        kind = "rollback" if rollout.get("rollback") else "rollout"
+        rollout_text = (
+            f"{kind} {rollout.get('from')} → {target}: {new}/{replicas.get('desired', 0)} "
+            "new replicas running"
+        )
+    created = agent.get("created_at")
+    summary = _key_values(
+        [
+            ("Name", agent.get("name")),
+            ("Namespace", agent.get("namespace")),
+            ("ID", agent.get("agent_id")),
+            (
+                "Status",
+                Text.assemble(styled(str(agent.get("status"))), f" ({agent.get('reason', '')})"),
+            ),
+            ("Version", agent.get("version")),
+            (
+                "Replicas",
+                f"{replicas.get('running', 0)} running / {replicas.get('desired', 0)} desired "
+                f"({replicas.get('active', 0)} active)",
+            ),
+            ("Rollout", rollout_text),
+            ("Created", f"{_when(created)} ({age(created)} ago)" if created else "?"),
+        ]
+    )
+    parts: list[RenderableType] = [summary, Text(""), _spec_view(spec)]
+
+    shown = [r for r in instances if r.get("phase") != "stopped"]
+    hidden = len(instances) - len(shown)
+    replica_rows = [
+        [
+            r.get("replica_id"),
+            r.get("version"),
+            styled(str(r.get("phase"))),
+            _none(r.get("pod_id")),
+            r.get("crashes", 0),
+            _none(r.get("snapshot")),
+            printable(
+                str(r.get("reason") or "")
+                + (f" (restarts at {_when(r['restart_at'])})" if r.get("restart_at") else "")
+            ),
+        ]
+        for r in shown
+    ]
+    parts += [Text(""), Text("Replicas:", style="bold")]
+    if replica_rows:
+        columns = ["REPLICA", "VERSION", "PHASE", "POD", "CRASHES", "SNAPSHOT", "REASON"]
+        parts.append(table(columns, replica_rows, title=None))
+    else:
+        parts.append(Text("  <none>", style="dim"))
+    if hidden:
+        parts.append(Text(f"  (+{hidden} stopped; -o json lists them)", style="dim"))
+
+    history = [str(v) for v in agent.get("history") or []]
+    current = agent.get("version")
+    version_rows = [
+        [v, "current" if v == current else "previous" if i == len(history) - 2 else ""]
+        for i, v in enumerate(history)
+    ]
+    parts += [Text(""), Text("Versions (oldest first):", style="bold")]
+    parts.append(table(["VERSION", ""], version_rows, title=None))
+
+    event_rows = [
+        [_when(e.get("time")), _short_type(e.get("type")), _event_summary(e.get("data"))]
+        for e in value.get("events") or []
+    ]
+    parts += [Text(""), Text(f"Events (last {RECENT_EVENTS}):", style="bold")]
+    if event_rows:
+        parts.append(table(["TIME (UTC)", "TYPE", "REASON"], event_rows, title=None))
+    else:
+        parts.append(Text("  <none>", style="dim"))
+    return Group(*parts)
+
+
+def _spec_view(spec: Mapping[str, Any]) -> Table:
+    module = spec.get("module") or {}
+    where = f"sha256 {module['sha256']}" if module.get("sha256") else "inline"
+    resources = spec.get("resources") or {}
+    limits = spec.get("limits") or {}
+    restart = spec.get("restart") or {}
+    labels = spec.get("labels") or {}
+    env = spec.get("env") or {}
+    return _key_values(
+        [
+            ("Module", f"{where} ({module.get('kind', 'core')})"),
+            (
+                "Resources",
+                f"{resources.get('memory_mb')} MB, {resources.get('fuel_per_s'):,} fuel/s "
+                "per replica",
+            ),
+            (
+                "Limits",
+                f"{limits.get('deadline_ms')} ms, {limits.get('fuel_per_call'):,} fuel per call",
+            ),
+            (
+                "Restart",
+                f"at most {restart.get('max_restarts')} in {restart.get('window_s'):g}s, "
+                f"backoff {restart.get('backoff_s'):g}s..{restart.get('max_backoff_s'):g}s",
+            ),
+            ("Autonomy", _none(", ".join(spec.get("autonomy") or []))),
+            ("Capabilities", _none(", ".join(spec.get("capabilities") or []))),
+            ("Labels", _none(", ".join(f"{k}={v}" for k, v in sorted(labels.items())))),
+            # Values may be secrets; describe is read over shoulders, so names only.
+            ("Env", _none(", ".join(sorted(env)))),
+            ("Priority", spec.get("priority", 0)),
+        ]
+    )
+
+
+def _when(timestamp: Any) -> str:
+    if not isinstance(timestamp, str):
+        return "?"
+    try:
+        parsed = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short_type(type_: Any) -> str:
+    text = str(type_ or "?")
+    prefix = f"{names.EVENT_TYPE_PREFIX}.agent."
+    return text.removeprefix(prefix)
+
+
+def _event_summary(data: Any) -> str:
+    """One line on what an agent event says, from its data (read leniently, like the log)."""
+    if not isinstance(data, dict):
+        return ""
+    d: dict[str, Any] = data
+    if "status" in d and "previous" in d:
+        text = f"{d['previous']} → {d['status']}: {d.get('reason', '')}"
+    elif "replicas" in d and "previous" in d:
+        text = f"replicas {d['previous']} → {d['replicas']}"
+    elif "from_version" in d:
+        spec = d.get("spec") or {}
+        kind = "rollback" if d.get("rollback") else "rollout"
+        text = (
+            f"{kind} {d['from_version']} → {spec.get('version')} (max surge {d.get('max_surge')})"
+        )
+    elif "spec" in d:
+        text = f"version {(d.get('spec') or {}).get('version')}, {d.get('replicas')} replicas"
+    elif "replica_id" in d:
+        where = f" on {d['pod_id']}" if d.get("pod_id") else ""
+        why = d.get("reason") or d.get("policy") or ""
+        text = f"{d['replica_id']}{where}" + (f": {why}" if why else "")
+    elif "version" in d:
+        text = f"version {d['version']}"
+    else:
+        text = str(d.get("reason", ""))
+    return printable(text)
+
+
+# --- scale, rollout, rollback, stop, delete ------------------------------------------------------
+
+
+def _change(
+    payload: type[Payload],
+    data: Mapping[str, Any],
+    *,
+    what: str,
+    done: str,
+    namespace: str,
+    timeout: float,
+    output: Format,
+    nats_url: str | None,
+) -> None:
+    """Send one agent command and print its outcome: the body of the simple verbs."""
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        event = prepare(payload, data, settings)
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            issued = await issue(log, event, within=timeout)
+        conclude(issued, output, what=what, done=done, namespace=namespace)
+        return EXIT_OK
+
+    finish(main())
+
+
+@app.command("scale", epilog=_EXIT_CODES)
+def scale(
+    name: NameArgument,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            min=0,
+            max=commands.MAX_REPLICAS,
+            help="How many replicas should run.",
+            show_default=False,
+        ),
+    ],
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Change how many replicas of an agent should run."""
+    ns = namespace or DEFAULT_NAMESPACE
+    _change(
+        commands.ScaleAgent,
+        {"namespace": ns, "name": name, "replicas": replicas},
+        what=f"scale of {ns}/{name}",
+        done=f"agent {ns}/{name} scaled to {replicas} replica{'s' if replicas != 1 else ''}",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
+
+
+@app.command("rollout", epilog=_EXIT_CODES)
+def rollout(
+    name: Annotated[
+        str | None, typer.Argument(help="The agent's name.", show_default=False)
+    ] = None,
+    file: FileOption = None,
+    module: ModuleOption = None,
+    module_sha256: ModuleShaOption = None,
+    version: VersionOption = None,
+    max_surge: Annotated[
+        int | None,
+        typer.Option(
+            "--max-surge",
+            min=1,
+            max=1000,
+            help="New replicas started beyond the desired count at once.",
+            show_default="1",
+        ),
+    ] = None,
+    memory_mb: MemoryOption = None,
+    fuel_per_s: FuelOption = None,
+    namespace: NamespaceOption = None,
+    autonomy: AutonomyOption = None,
+    label: LabelOption = None,
+    priority: PriorityOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Roll out a new version: new replicas start before old ones stop.
+
+    Without -f, the new version is the current spec with the given options changed; with -f, it
+    is the spec in the file.
+    """
+    flags = SpecFlags(
+        version=version,
+        module=module,
+        module_sha256=module_sha256,
+        memory_mb=memory_mb,
+        fuel_per_s=fuel_per_s,
+        autonomy=tuple(autonomy or ()),
+        labels=tuple(label or ()),
+        priority=priority,
+    )
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        spec_file = load_agent_file(file) if file is not None else None
+        agent_name, ns = _target(name, namespace, spec_file)
+        if spec_file is None and flags.version is None:
+            raise CliError("rollout needs --version: the new version's name", code=EXIT_USAGE)
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            if spec_file is not None:
+                spec = flags.apply(spec_file.spec)
+            else:
+                current = await HiveQueries(log.nc).agent(
+                    ns, agent_name, at_least=await read_floor(log)
+                )
+                spec = flags.apply(
+                    _reusable(current.get("spec") or {}, flags, f"{ns}/{agent_name}")
+                )
+            if "module" not in spec or "version" not in spec:
+                raise CliError("the spec file's spec needs version and module", code=EXIT_USAGE)
+            data: dict[str, Any] = {"namespace": ns, "name": agent_name, "spec": spec}
+            surge = (
+                max_surge if max_surge is not None else spec_file.max_surge if spec_file else None
+            )
+            if surge is not None:
+                data["max_surge"] = surge
+            event = prepare(commands.RolloutAgent, data, settings)
+            issued = await issue(log, event, within=timeout)
+        conclude(
+            issued,
+            output,
+            what=f"rollout of {ns}/{agent_name}",
+            done=f"agent {ns}/{agent_name} rolling out {spec['version']}",
+            namespace=ns,
+        )
+        return EXIT_OK
+
+    finish(main())
+
+
+def _reusable(spec: Mapping[str, Any], flags: SpecFlags, label: str) -> dict[str, Any]:
+    """The current spec as the base of the next version.
+
+    Queries leave inline module bytes out, so an inline module cannot be carried over: the new
+    version must name its module again.
+    """
+    result = dict(spec)
+    module = result.pop("module", None)
+    if flags.module is None and flags.module_sha256 is None:
+        if not isinstance(module, dict) or not module.get("sha256"):
+            raise CliError(
+                f"agent {label} runs an inline module, which is not kept for reuse",
+                code=EXIT_USAGE,
+                hint="pass the module again: --module FILE.wasm (or --module-sha256 HEX)",
+            )
+        result["module"] = {"sha256": module["sha256"], "kind": module.get("kind", "core")}
+    return result
+
+
+@app.command("rollback", epilog=_EXIT_CODES)
+def rollback(
+    name: NameArgument,
+    to_version: Annotated[
+        str | None,
+        typer.Option("--to-version", help="Version to go back to.", show_default="the previous"),
+    ] = None,
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Roll back to an earlier version (a rollout in progress is aborted)."""
+    ns = namespace or DEFAULT_NAMESPACE
+    data: dict[str, Any] = {"namespace": ns, "name": name}
+    if to_version is not None:
+        data["to_version"] = to_version
+    _change(
+        commands.RollbackAgent,
+        data,
+        what=f"rollback of {ns}/{name}",
+        done=f"agent {ns}/{name} rolling back to {to_version or 'the previous version'}",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
+
+
+@app.command("stop", epilog=_EXIT_CODES)
+def stop(
+    name: NameArgument,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the log and `describe`.")
+    ] = "stopped by request",
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
+    ns = namespace or DEFAULT_NAMESPACE
+    _change(
+        commands.StopAgent,
+        {"namespace": ns, "name": name, "reason": reason},
+        what=f"stop of {ns}/{name}",
+        done=f"agent {ns}/{name} stopping: {reason}",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
+
+
+@app.command("delete", epilog=_EXIT_CODES)
+def delete(
+    name: NameArgument,
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Stop every replica and remove the agent (its events stay in the log)."""
+    ns = namespace or DEFAULT_NAMESPACE
+    _change(
+        commands.DeleteAgent,
+        {"namespace": ns, "name": name},
+        what=f"delete of {ns}/{name}",
+        done=f"agent {ns}/{name} deleted",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )

@@ -1,0 +1,236 @@
+"""`swarm namespace`: create namespaces, change their quotas, list them.
+
+A quota caps what a namespace's agents may ask for (agents, replicas, memory, fuel); the Hive
+checks it on every deploy, scale and rollout and names the limit that refused one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.console import RenderableType
+from rich.text import Text
+
+from schemas import commands, names
+from swarm.cli import connect
+from swarm.cli.agent import (
+    OutputOption,
+    TimeoutOption,
+    conclude,
+    finish,
+    issue,
+    prepare,
+    read_floor,
+    show,
+)
+from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Format, table
+from swarm.cli.queries import HiveQueries
+
+app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="namespace")
+
+
+class Limit(enum.StrEnum):
+    """A quota limit, as named by its option (and, with `_`, in the quota and the rule)."""
+
+    MAX_AGENTS = "max-agents"
+    MAX_REPLICAS = "max-replicas"
+    MAX_MEMORY_MB = "max-memory-mb"
+    MAX_FUEL_PER_S = "max-fuel-per-s"
+
+    @property
+    def field(self) -> str:
+        return self.value.replace("-", "_")
+
+
+NameArgument = Annotated[str, typer.Argument(help="The namespace's name.", show_default=False)]
+MaxAgents = Annotated[
+    int | None,
+    typer.Option("--max-agents", min=0, help="Most agents.", show_default="unlimited"),
+]
+MaxReplicas = Annotated[
+    int | None,
+    typer.Option(
+        "--max-replicas", min=0, help="Most desired replicas in all.", show_default="unlimited"
+    ),
+]
+MaxMemory = Annotated[
+    int | None,
+    typer.Option(
+        "--max-memory-mb", min=0, help="Most memory (MB) in all.", show_default="unlimited"
+    ),
+]
+MaxFuel = Annotated[
+    int | None,
+    typer.Option(
+        "--max-fuel-per-s", min=0, help="Most fuel per second in all.", show_default="unlimited"
+    ),
+]
+
+
+def _limits(
+    max_agents: int | None,
+    max_replicas: int | None,
+    max_memory_mb: int | None,
+    max_fuel_per_s: int | None,
+) -> dict[str, int]:
+    given = {
+        Limit.MAX_AGENTS.field: max_agents,
+        Limit.MAX_REPLICAS.field: max_replicas,
+        Limit.MAX_MEMORY_MB.field: max_memory_mb,
+        Limit.MAX_FUEL_PER_S.field: max_fuel_per_s,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@app.command("create")
+def create(
+    name: NameArgument,
+    max_agents: MaxAgents = None,
+    max_replicas: MaxReplicas = None,
+    max_memory_mb: MaxMemory = None,
+    max_fuel_per_s: MaxFuel = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Create a namespace; limits left out are unlimited."""
+    quota = _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        event = prepare(commands.CreateNamespace, {"name": name, "quota": quota}, settings)
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            issued = await issue(log, event, within=timeout)
+        conclude(
+            issued,
+            output,
+            what=f"creating namespace {name}",
+            done=f"namespace {name} created ({_quota_text(quota)})",
+            namespace=name,
+        )
+        return EXIT_OK
+
+    finish(main())
+
+
+@app.command("update")
+def update(
+    name: NameArgument,
+    max_agents: MaxAgents = None,
+    max_replicas: MaxReplicas = None,
+    max_memory_mb: MaxMemory = None,
+    max_fuel_per_s: MaxFuel = None,
+    unset: Annotated[
+        list[Limit] | None,
+        typer.Option("--unset", help="Make this limit unlimited (repeatable).", show_default=False),
+    ] = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Change some limits of a namespace's quota; the others stay as they are.
+
+    Agents already running keep running; the new limits apply to the next request.
+    """
+    changes: dict[str, int | None] = dict(
+        _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
+    )
+    for limit in unset or ():
+        if limit.field in changes:
+            raise CliError(f"--{limit} is both set and unset", code=EXIT_USAGE)
+        changes[limit.field] = None
+
+    async def main() -> int:
+        if not changes:
+            raise CliError(
+                "nothing to change: give limits (--max-agents N, …) or --unset LIMIT",
+                code=EXIT_USAGE,
+            )
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            # The command replaces the whole quota, so the limits not given are read first.
+            # Two updates at the same moment can overwrite each other's limits; a namespace's
+            # quota is an administrator's setting, rarely edited concurrently.
+            known = await HiveQueries(log.nc).namespaces(at_least=await read_floor(log))
+            current = next((ns for ns in known if ns.get("name") == name), None)
+            if current is None:
+                raise CliError(
+                    f"namespace {name} not found",
+                    code=EXIT_FAILED,
+                    hint=f"`swarm namespace ls` lists them; `swarm namespace create {name}`",
+                )
+            old = current.get("quota")
+            merged = {**(old if isinstance(old, dict) else {}), **changes}
+            quota = {k: v for k, v in merged.items() if v is not None}
+            event = prepare(commands.UpdateNamespace, {"name": name, "quota": quota}, settings)
+            issued = await issue(log, event, within=timeout)
+        conclude(
+            issued,
+            output,
+            what=f"updating namespace {name}",
+            done=f"namespace {name} updated ({_quota_text(quota)})",
+            namespace=name,
+        )
+        return EXIT_OK
+
+    finish(main())
+
+
+@app.command("ls")
+def ls(
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """List namespaces with their quotas and how many agents each holds."""
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+            queries = HiveQueries(log.nc)
+
+            async def fetch() -> dict[str, Any]:
+                floor = await read_floor(log)
+                return {"namespaces": await queries.namespaces(at_least=floor)}
+
+            await show(
+                fetch, lambda v: namespaces_table(v["namespaces"]), output, watch=False, title=""
+            )
+        return EXIT_OK
+
+    finish(main())
+
+
+def namespaces_table(namespaces: Sequence[Mapping[str, Any]]) -> RenderableType:
+    if not namespaces:
+        return Text("no namespaces", style="dim")
+    rows = []
+    for ns in namespaces:
+        quota = ns.get("quota") or {}
+        rows.append(
+            [ns.get("name"), ns.get("agents", 0)]
+            + [_limit_text(quota.get(limit.field)) for limit in Limit]
+        )
+    columns = ["NAME", "AGENTS", "MAX AGENTS", "MAX REPLICAS", "MAX MEMORY MB", "MAX FUEL/S"]
+    return table(columns, rows, title=None)
+
+
+def _limit_text(value: Any) -> str:
+    return "unlimited" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _quota_text(quota: Mapping[str, Any]) -> str:
+    if not quota:
+        return "no limits"
+    return ", ".join(f"{key.replace('_', '-')} {value:,}" for key, value in quota.items())

@@ -1,0 +1,95 @@
+"""`swarm pod`: the pods that run agents, what they offer and how much of it is in use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import typer
+from rich.console import RenderableType
+from rich.text import Text
+
+from schemas import names
+from swarm.cli import connect
+from swarm.cli.agent import OutputOption, WatchOption, finish, read_floor, show, styled
+from swarm.cli.output import EXIT_OK, Format, table
+from swarm.cli.queries import HiveQueries
+
+app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
+
+_SUFFIXES = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "k"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="pod")
+
+
+@app.command("ls")
+def ls(
+    output: OutputOption = Format.TABLE,
+    watch: WatchOption = False,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """List pods with their capacity in use (used/total) and the replicas placed on them."""
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+            queries = HiveQueries(log.nc)
+
+            async def fetch() -> dict[str, Any]:
+                floor = await read_floor(log)
+                return {"pods": await queries.pods(at_least=floor), "applied_seq": floor}
+
+            await show(fetch, lambda v: pods_table(v["pods"]), output, watch=watch, title="pods")
+        return EXIT_OK
+
+    finish(main(), watching=watch)
+
+
+def pods_table(pods: Sequence[Mapping[str, Any]]) -> RenderableType:
+    if not pods:
+        return Text("no pods registered", style="dim")
+    rows = []
+    for pod in pods:
+        capacity = pod.get("capacity") or {}
+        free = pod.get("free") or {}
+        rows.append(
+            [
+                pod.get("pod_id"),
+                styled(str(pod.get("status", ""))),
+                pod.get("zone"),
+                _used(capacity, free, "memory_mb", str),
+                _used(capacity, free, "fuel_per_s", compact),
+                _used(capacity, free, "slots", str),
+                pod.get("replicas", 0),
+                f"{pod.get('energy_cost', 0):g}",
+            ]
+        )
+    columns = [
+        "POD",
+        "STATUS",
+        "ZONE",
+        "MEMORY MB",
+        "FUEL/S",
+        "SLOTS",
+        "REPLICAS",
+        "ENERGY COST",
+    ]
+    return table(columns, rows, title=None)
+
+
+def _used(capacity: Mapping[str, Any], free: Mapping[str, Any], key: str, fmt: Any) -> str:
+    total, left = capacity.get(key), free.get(key)
+    if not isinstance(total, int) or not isinstance(left, int):
+        return "?"
+    return f"{fmt(total - left)}/{fmt(total)}"
+
+
+def compact(value: int) -> str:
+    """1500000 -> 1.5M: fuel figures are too long to compare at a glance otherwise."""
+    for size, suffix in _SUFFIXES:
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return str(value)
