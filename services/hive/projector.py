@@ -29,7 +29,7 @@ class Projector:
         *,
         batch: int = 500,
         in_flight: int = 8,
-        submit_timeout: float = 5.0,
+        submit_timeout: float = 1.0,
     ) -> None:
         self.log = eventlog
         self.raft = raft
