@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from schemas import REGISTRY, DecodeError, Payload, commands, names
+from schemas import REGISTRY, DecodeError, Payload, commands, events, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli import connect, publish
 from swarm.cli.output import (
@@ -42,10 +42,10 @@ from swarm.cli.output import (
     Format,
     emit,
     errors_to_exit,
-    render,
     status,
     stdout_console,
     table,
+    to_jsonable,
 )
 from swarm.cli.queries import HiveQueries
 from swarm.cli.timeline import printable
@@ -229,10 +229,14 @@ def _rejection_hint(rule: str, reason: str, namespace: str) -> str | None:
             f"`swarm namespace ls` shows the quotas; `swarm namespace update {namespace} "
             f"{flag} N` raises this one"
         )
+    # Rules are coarse ("not_found" covers agents, namespaces and versions), so the reason's
+    # subject picks the hint; a reason the hint does not fit gets none.
     if rule == "not_found" and reason.startswith("namespace "):
         return f"create it first: `swarm namespace create {namespace}`"
-    if rule == "not_found":
+    if rule == "not_found" and reason.startswith("agent ") and reason.endswith(" not found"):
         return f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all namespaces"
+    if reason.startswith("namespace ") and reason.endswith(" exists"):
+        return f"`swarm namespace update {namespace}` changes its quota"
     if rule == "identity":
         return "the CLI sends as SWARM_IDENTITY (kind:name, e.g. user:ann)"
     return None
@@ -241,27 +245,36 @@ def _rejection_hint(rule: str, reason: str, namespace: str) -> str | None:
 # --- Watching ------------------------------------------------------------------------------------
 
 
-async def show(
-    fetch: Callable[[], Awaitable[Any]],
-    draw: Callable[[Any], RenderableType],
-    output: Format,
-    *,
-    watch: bool,
-    title: str,
-) -> None:
-    """Print `fetch()` once, or with `watch` redraw it every second until Ctrl-C.
+class Nothing(Text):
+    """What `draw` returns for an empty list: said on stderr, so stdout holds only rows (as
+    `kubectl get` does), but shown in the frame while watching."""
 
-    On a terminal the table is redrawn in place (rich Live); when stdout is a pipe or file, or
-    with `-o json|yaml`, a new frame is printed only when it differs from the last, so the output
+    def __init__(self, message: str) -> None:
+        super().__init__(message, style="dim")
+
+
+Fetch = Callable[[], Awaitable[Any]]
+Draw = Callable[[Any], RenderableType]
+
+
+async def show(fetch: Fetch, draw: Draw, output: Format, *, watch: bool, title: str) -> None:
+    """Print `fetch()` once, or with `watch` again every second until Ctrl-C.
+
+    On a terminal the table is redrawn in place (rich Live). When stdout is a pipe or a file, or
+    with `-o json|yaml`, a frame is printed only when what was fetched changed, so the output
     reads as a log of changes (like `kubectl get -w`). A failed read while watching (the Hive
-    restarting, the agent just deleted) is shown in the frame and the watch goes on.
+    restarting, the agent just deleted) is shown and the watch goes on.
     """
     if not watch:
         value = await fetch()
-        if output == Format.TABLE:
-            stdout_console().print(draw(value))
-        else:
+        if output != Format.TABLE:
             emit(value, output)
+            return
+        frame = draw(value)
+        if isinstance(frame, Nothing):
+            status(frame.plain)
+        else:
+            stdout_console().print(frame)
         return
     console = stdout_console()
     if output == Format.TABLE and console.is_terminal:
@@ -270,63 +283,54 @@ async def show(
         await _watch_changes(console, fetch, draw, output)
 
 
-async def _watch_in_place(
-    console: Console,
-    fetch: Callable[[], Awaitable[Any]],
-    draw: Callable[[Any], RenderableType],
-    title: str,
-) -> None:
+async def _watch_in_place(console: Console, fetch: Fetch, draw: Draw, title: str) -> None:
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            frame = await _frame(fetch, draw)
+            try:
+                frame = draw(await fetch())
+            except CliError as exc:
+                _keep_watching(exc)
+                frame = Text.assemble(("error: ", "bold red"), exc.message)
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
             heading = Text(f"{title} · {stamp} UTC · Ctrl-C to stop", style="dim")
             live.update(Group(heading, frame), refresh=True)
             await asyncio.sleep(WATCH_INTERVAL)
 
 
-async def _watch_changes(
-    console: Console,
-    fetch: Callable[[], Awaitable[Any]],
-    draw: Callable[[Any], RenderableType],
-    output: Format,
-) -> None:
+async def _watch_changes(console: Console, fetch: Fetch, draw: Draw, output: Format) -> None:
     last: str | None = None
+    frames = 0
     while True:
-        error: str | None = None
-        if output == Format.TABLE:
-            with console.capture() as capture:
-                console.print(await _frame(fetch, draw))
-            text = capture.get()
+        try:
+            value = await fetch()
+        except CliError as exc:
+            _keep_watching(exc)
+            # Said on stderr, so that -o json|yaml output stays parseable.
+            if exc.message != last:
+                status(f"error: {exc.message}")
+            last = exc.message
         else:
-            try:
-                text = render(await fetch(), output) + "\n"
-            except CliError as exc:
-                if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
-                    raise
-                # Machine-readable output stays parseable: the error goes to stderr.
-                text = error = f"error: {exc.message}"
-            if output == Format.YAML and error is None:
-                text = "---\n" + text
-        if text != last:
-            if error is not None:
-                status(error)
-            else:
-                sys.stdout.write(text)
+            # Compared on the data, not the drawing: AGE alone would make every frame new.
+            key = json.dumps(to_jsonable(value), sort_keys=True)
+            if key != last:
+                if output == Format.TABLE:
+                    if frames:
+                        console.print()
+                    console.print(draw(value))
+                else:
+                    if output == Format.YAML and frames:
+                        typer.echo("---")
+                    emit(value, output)
                 sys.stdout.flush()
-            last = text
+                frames += 1
+            last = key
         await asyncio.sleep(WATCH_INTERVAL)
 
 
-async def _frame(
-    fetch: Callable[[], Awaitable[Any]], draw: Callable[[Any], RenderableType]
-) -> RenderableType:
-    try:
-        return draw(await fetch())
-    except CliError as exc:
-        if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
-            raise
-        return Text.assemble(("error: ", "bold red"), exc.message)
+def _keep_watching(exc: CliError) -> None:
+    """Re-raise errors a watch cannot outlast; a missing answer or agent may come back."""
+    if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
+        raise exc
 
 
 # --- Formatting ----------------------------------------------------------------------------------
@@ -405,6 +409,8 @@ class SpecFlags:
                 resources["fuel_per_s"] = self.fuel_per_s
             result["resources"] = resources
         if self.autonomy:
+            # Checked here although the spec takes any string: autonomy bounds what an agent may
+            # do, and a misspelt type would silently grant nothing.
             result["autonomy"] = [_command_type(t) for t in self.autonomy]
         if self.labels:
             labels = result.get("labels")
@@ -684,7 +690,8 @@ def deploy(
             if wait:
                 await wait_running(
                     HiveQueries(log.nc),
-                    f"{ns}/{agent_name}",
+                    ns,
+                    agent_name,
                     agent_id,
                     at_least=issued.outcome.seq,
                     within=wait_timeout,
@@ -699,7 +706,7 @@ def _deployed_id(issued: Issued) -> str:
     """The new agent's id, read from the subject of the `deployed` event the command caused."""
     for caused in issued.caused:
         parts = names.parse_event_subject(caused.subject or "")
-        if parts is not None and parts[0] == "agent" and parts[2] == "deployed":
+        if caused.type == events.AgentDeployed.TYPE and parts is not None:
             return parts[1]
     # The Hive names a new agent after the command that created it.
     return issued.sent.id
@@ -707,7 +714,8 @@ def _deployed_id(issued: Issued) -> str:
 
 async def wait_running(
     queries: HiveQueries,
-    label: str,
+    namespace: str,
+    name: str,
     agent_id: str,
     *,
     at_least: int,
@@ -715,6 +723,8 @@ async def wait_running(
     quiet: bool = False,
 ) -> None:
     """Poll the agent until it is running; `failed` is exit 1, running out of time exit 3."""
+    label = f"{namespace}/{name}"
+    describe_it = f"`swarm agent describe {name} -n {namespace}`"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     seen: tuple[str, str] | None = None
@@ -726,22 +736,25 @@ async def wait_running(
         if (state, reason) != seen:
             seen = (state, reason)
             status(f"{label}: {state} ({reason})")
-        if state == "running" and agent.get("rollout") is None:
+        desired = (agent.get("replicas") or {}).get("desired")
+        # Zero replicas wanted is "stopped" for good: there is nothing to wait for.
+        done = state == "running" or (state == "stopped" and desired == 0)
+        if done and agent.get("rollout") is None:
             if not quiet:
-                stdout_console().print(Text(f"agent {label} is running ({reason})"))
+                stdout_console().print(Text(f"agent {label} is {state} ({reason})"))
             return
         if state == "failed":
             raise CliError(
                 f"agent {label} failed: {reason}",
                 code=EXIT_FAILED,
-                hint=f"`swarm agent describe {_describe_args(label)}` shows replicas and events",
+                hint=f"{describe_it} shows its replicas and recent events",
             )
         if loop.time() >= deadline:
             hint = (
                 "no replica is placed yet: is a scheduler running, and does a pod have room? "
                 "(`swarm pod ls`)"
                 if state == "requested"
-                else f"`swarm agent describe {_describe_args(label)}` shows where it is stuck"
+                else f"{describe_it} shows where it is stuck"
             )
             raise CliError(
                 f"agent {label} is not running after {within:g}s: {state} ({reason})",
@@ -749,11 +762,6 @@ async def wait_running(
                 hint=hint,
             )
         await asyncio.sleep(WAIT_POLL)
-
-
-def _describe_args(label: str) -> str:
-    namespace, _, name = label.partition("/")
-    return f"{name} -n {namespace}"
 
 
 # --- ls ------------------------------------------------------------------------------------------
@@ -780,7 +788,8 @@ def ls(
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)
-                return {"agents": await queries.agents(ns, at_least=floor), "applied_seq": floor}
+                agents = await queries.agents(ns, at_least=floor)
+                return {"agents": agents, "applied_seq": queries.applied_seq}
 
             title = "agents in all namespaces" if ns is None else f"agents in {ns}"
             await show(
@@ -794,7 +803,7 @@ def ls(
 def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
     if not agents:
         where = "any namespace" if namespace is None else f"namespace {namespace}"
-        return Text(f"no agents in {where}", style="dim")
+        return Nothing(f"no agents in {where}")
     now = datetime.now(UTC)
     rows = []
     for a in agents:
@@ -898,8 +907,10 @@ def _without_module_bytes(data: dict[str, Any]) -> dict[str, Any]:
     module = spec.get("module") if isinstance(spec, dict) else None
     if not isinstance(spec, dict) or not isinstance(module, dict) or "inline" not in module:
         return data
-    inline = module["inline"]
-    size = len(base64.b64decode(inline)) if isinstance(inline, str) else None
+    try:
+        size: int | None = len(base64.b64decode(str(module["inline"])))
+    except ValueError:
+        size = None
     stripped = {k: v for k, v in module.items() if k != "inline"}
     return {**data, "spec": {**spec, "module": {**stripped, "inline_bytes": size}}}
 
@@ -969,14 +980,16 @@ def describe_view(value: Mapping[str, Any]) -> RenderableType:
     if hidden:
         parts.append(Text(f"  (+{hidden} stopped; -o json lists them)", style="dim"))
 
+    # The Hive moves a version to the end of its history whenever it is rolled out again, and a
+    # rollback without --to-version goes to the one before the current.
     history = [str(v) for v in agent.get("history") or []]
     current = agent.get("version")
     version_rows = [
-        [v, "current" if v == current else "previous" if i == len(history) - 2 else ""]
+        [v, "current" if v == current else "rollback target" if i == len(history) - 2 else ""]
         for i, v in enumerate(history)
     ]
-    parts += [Text(""), Text("Versions (oldest first):", style="bold")]
-    parts.append(table(["VERSION", ""], version_rows, title=None))
+    parts += [Text(""), Text("Versions (most recently rolled out last):", style="bold")]
+    parts.append(table(["VERSION", "NOTE"], version_rows, title=None))
 
     event_rows = [
         [_when(e.get("time")), _short_type(e.get("type")), _event_summary(e.get("data"))]
@@ -1059,7 +1072,10 @@ def _event_summary(data: Any) -> str:
             f"{kind} {d['from_version']} → {spec.get('version')} (max surge {d.get('max_surge')})"
         )
     elif "spec" in d:
-        text = f"version {(d.get('spec') or {}).get('version')}, {d.get('replicas')} replicas"
+        count = d.get("replicas")
+        text = f"version {(d.get('spec') or {}).get('version')}, {count} replica" + (
+            "" if count == 1 else "s"
+        )
     elif "replica_id" in d:
         where = f" on {d['pod_id']}" if d.get("pod_id") else ""
         why = d.get("reason") or d.get("policy") or ""

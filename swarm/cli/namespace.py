@@ -12,11 +12,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import RenderableType
-from rich.text import Text
 
 from schemas import commands, names
 from swarm.cli import connect
 from swarm.cli.agent import (
+    Nothing,
     OutputOption,
     TimeoutOption,
     conclude,
@@ -202,7 +202,8 @@ def ls(
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)
-                return {"namespaces": await queries.namespaces(at_least=floor)}
+                spaces = await queries.namespaces(at_least=floor)
+                return {"namespaces": spaces, "applied_seq": queries.applied_seq}
 
             await show(
                 fetch, lambda v: namespaces_table(v["namespaces"]), output, watch=False, title=""
@@ -214,7 +215,7 @@ def ls(
 
 def namespaces_table(namespaces: Sequence[Mapping[str, Any]]) -> RenderableType:
     if not namespaces:
-        return Text("no namespaces", style="dim")
+        return Nothing("no namespaces")
     rows = []
     for ns in namespaces:
         quota = ns.get("quota") or {}

@@ -7,11 +7,10 @@ from typing import Any
 
 import typer
 from rich.console import RenderableType
-from rich.text import Text
 
 from schemas import names
 from swarm.cli import connect
-from swarm.cli.agent import OutputOption, WatchOption, finish, read_floor, show, styled
+from swarm.cli.agent import Nothing, OutputOption, WatchOption, finish, read_floor, show, styled
 from swarm.cli.output import EXIT_OK, Format, table
 from swarm.cli.queries import HiveQueries
 
@@ -40,7 +39,8 @@ def ls(
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)
-                return {"pods": await queries.pods(at_least=floor), "applied_seq": floor}
+                pods = await queries.pods(at_least=floor)
+                return {"pods": pods, "applied_seq": queries.applied_seq}
 
             await show(fetch, lambda v: pods_table(v["pods"]), output, watch=watch, title="pods")
         return EXIT_OK
@@ -50,7 +50,7 @@ def ls(
 
 def pods_table(pods: Sequence[Mapping[str, Any]]) -> RenderableType:
     if not pods:
-        return Text("no pods registered", style="dim")
+        return Nothing("no pods registered")
     rows = []
     for pod in pods:
         capacity = pod.get("capacity") or {}

@@ -45,6 +45,8 @@ class HiveQueries:
         self.nc = nc
         self.timeout = timeout
         self.catch_up = catch_up
+        #: The log position the last answer reflected (its replica's `applied_seq`).
+        self.applied_seq = 0
 
     async def ask(
         self, subject: str, body: Mapping[str, Any] | None = None, *, at_least: int = 0
@@ -70,6 +72,8 @@ class HiveQueries:
                 f"note: Hive replica {answer.get('node', '?')} has applied the log up to "
                 f"#{applied}, not yet #{at_least}; this answer may be out of date"
             )
+        if isinstance(applied, int):
+            self.applied_seq = applied
         error = answer.get("error")
         if error is not None:
             raise QueryFailed(str(error), error_code=str(answer.get("code", "error")))

@@ -1,0 +1,480 @@
+"""`swarm agent`, `swarm pod` and `swarm namespace` against a real Hive on a fresh nats-server.
+
+The Hive runs in the test's event loop and the CLI in a worker thread (its own `asyncio.run`), as
+a CLI process and a Hive would; `--watch` runs as a real subprocess so Ctrl-C can be sent to it.
+No scheduler runs: replicas stay "requested" unless a test places them itself, playing the
+scheduler and the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from typer.testing import CliRunner, Result
+
+from schemas import commands, names
+from schemas.specs import INLINE_MODULE_MAX_BYTES
+from swarm.cli.app import app
+from swarm.cli.queries import HiveQueries
+from swarm.kernel.eventlog import EventLog
+from tests.scheduler.stack import Stack, running_stack, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+#: The smallest valid WebAssembly module: magic and version, no sections.
+WASM = b"\0asm\1\0\0\0"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hive_logs_to_real_stderr() -> Iterator[None]:
+    """CliRunner swaps `sys.stdout` process-wide while a verb runs, and structlog prints to
+    whatever `sys.stdout` is at the time: the in-process Hive's log lines would land in the
+    CLI's captured output and break `-o json`."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    """One nats-server and Hive for the module; tests keep apart by agent and namespace names."""
+    async with running_stack(tmp_path_factory.mktemp("cli-agent")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("modules") / "echo.wasm"
+    path.write_bytes(WASM)
+    return path
+
+
+async def cli(stack: Stack | str, *args: str | Path, stdin: str | None = None) -> Result:
+    """Run `swarm ARGS --nats-url …` in a thread, so its event loop does not meet the Hive's."""
+    url = stack if isinstance(stack, str) else stack.url
+    argv = [str(a) for a in args] + ["--nats-url", url]
+    return await asyncio.to_thread(lambda: CliRunner().invoke(app, argv, input=stdin))
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}"
+    return result
+
+
+async def agents(stack: Stack, *scope: str) -> dict[str, dict[str, Any]]:
+    """`swarm agent ls -o json`, by name."""
+    listed = json.loads(ok(await cli(stack, "agent", "ls", *scope, "-o", "json")).stdout)
+    return {a["name"]: a for a in listed["agents"]}
+
+
+async def described(stack: Stack, name: str, *scope: str) -> dict[str, Any]:
+    result = ok(await cli(stack, "agent", "describe", name, *scope, "-o", "json"))
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+# --- deploy, ls, describe ------------------------------------------------------------------------
+
+
+async def test_deploy_then_ls_and_describe_show_the_agent(stack: Stack, wasm: Path) -> None:
+    deployed = ok(
+        await cli(
+            stack, "agent", "deploy", "echo", "--module", wasm, "--replicas", "2", "-l", "a=b"
+        )
+    )
+    assert "agent default/echo deployed (id " in deployed.stdout
+
+    # Read-your-writes: a new CLI process (here: invocation) sees what the last one wrote.
+    echo = (await agents(stack))["echo"]
+    assert (echo["namespace"], echo["version"], echo["status"]) == ("default", "v1", "requested")
+    assert echo["replicas"] == {"desired": 2, "running": 0, "active": 2}
+    assert echo["agent_id"] in deployed.stdout
+
+    table = ok(await cli(stack, "agent", "ls")).stdout
+    header = table.splitlines()[0].split()
+    assert header == ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "AGE", "REASON"]
+    assert "0/2" in table
+
+    text = ok(await cli(stack, "agent", "describe", "echo")).stdout
+    assert f"{echo['agent_id']}-0" in text  # the replicas
+    assert f"{echo['agent_id']}-1" in text
+    assert "requested" in text
+    assert "a=b" in text  # labels
+    assert "replica_requested" in text  # events from the log
+    assert "version v1, 2 replicas" in text
+
+    document = await described(stack, "echo")
+    assert [r["phase"] for r in document["agent"]["instances"]] == ["requested", "requested"]
+    assert [e["type"] for e in document["events"]][:3] == [
+        "swarm.agent.deployed",
+        "swarm.agent.replica_requested",
+        "swarm.agent.replica_requested",
+    ]
+    deployed_spec = document["events"][0]["data"]["spec"]
+    assert "inline" not in deployed_spec["module"]
+    assert deployed_spec["module"]["inline_bytes"] == len(WASM)
+    assert "AGFzbQEAAAA=" not in json.dumps(document)  # no module bytes anywhere
+
+
+async def test_deploy_from_a_spec_file_reads_the_module_beside_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    (tmp_path / "mod.wasm").write_bytes(WASM)
+    spec = tmp_path / "agent.yaml"
+    spec.write_text(
+        "name: from-file\n"
+        "replicas: 3\n"
+        "spec:\n"
+        "  version: v7\n"
+        "  module: {path: mod.wasm}\n"
+        "  resources: {memory_mb: 32}\n"
+        "  labels: {team: core}\n"
+    )
+    ok(await cli(stack, "agent", "deploy", "-f", spec, "--priority", "5"))
+    agent = (await described(stack, "from-file"))["agent"]
+    assert agent["version"] == "v7"
+    assert agent["replicas"]["desired"] == 3
+    assert agent["spec"]["resources"]["memory_mb"] == 32
+    assert agent["spec"]["labels"] == {"team": "core"}
+    assert agent["spec"]["priority"] == 5
+
+    other = await cli(stack, "agent", "deploy", "another-name", "-f", spec)
+    assert other.exit_code == 2
+    assert "differs from the spec file's name" in other.stderr
+
+
+async def test_deploy_by_sha256_and_a_rollout_that_keeps_the_module(stack: Stack) -> None:
+    sha = "ab" * 32
+    ok(await cli(stack, "agent", "deploy", "pushed", "--module-sha256", sha))
+    assert f"sha256 {sha}" in ok(await cli(stack, "agent", "describe", "pushed")).stdout
+    ok(await cli(stack, "agent", "rollout", "pushed", "--version", "v2", "--memory-mb", "128"))
+    spec = (await described(stack, "pushed"))["agent"]["spec"]
+    assert (spec["version"], spec["module"]["sha256"]) == ("v2", sha)
+    assert spec["resources"]["memory_mb"] == 128
+
+
+# --- changing agents -----------------------------------------------------------------------------
+
+
+async def test_scale_changes_the_desired_replicas(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "scaly", "--module", wasm))
+    result = ok(await cli(stack, "agent", "scale", "scaly", "--replicas", "4"))
+    assert "agent default/scaly scaled to 4 replicas" in result.stdout
+    assert (await agents(stack))["scaly"]["replicas"]["desired"] == 4
+
+
+async def test_rollout_then_rollback(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "roller", "--module", wasm))
+    rolled = ok(await cli(stack, "agent", "rollout", "roller", "--module", wasm, "--version", "v2"))
+    assert "rolling out v2" in rolled.stdout
+    agent = (await agents(stack))["roller"]
+    assert agent["version"] == "v2"
+    assert agent["rollout"] == {"version": "v2", "from": "v1", "rollback": False}
+    assert "v1→v2" in ok(await cli(stack, "agent", "ls")).stdout
+    text = ok(await cli(stack, "agent", "describe", "roller")).stdout
+    assert "rollout v1 → v2" in text
+
+    ok(await cli(stack, "agent", "rollback", "roller"))
+    agent = (await agents(stack))["roller"]
+    assert (agent["version"], agent["rollout"]) == ("v1", None)
+    assert (await described(stack, "roller"))["agent"]["history"] == ["v2", "v1"]
+
+    missing = await cli(stack, "agent", "rollback", "roller", "--to-version", "v9")
+    assert missing.exit_code == 1
+    assert "has no version v9" in missing.stderr
+
+
+async def test_rollout_of_an_inline_module_must_name_the_module(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "inline-only", "--module", wasm))
+    result = await cli(stack, "agent", "rollout", "inline-only", "--version", "v2")
+    assert result.exit_code == 2
+    assert "--module FILE.wasm" in result.stderr
+
+
+async def test_stop_then_delete_removes_it_from_ls(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "doomed", "--module", wasm))
+    stopped = ok(await cli(stack, "agent", "stop", "doomed", "--reason", "maintenance"))
+    assert "stopping: maintenance" in stopped.stdout
+    assert (await agents(stack))["doomed"]["replicas"]["desired"] == 0
+    ok(await cli(stack, "agent", "delete", "doomed"))
+    assert "doomed" not in await agents(stack)
+    gone = await cli(stack, "agent", "describe", "doomed")
+    assert gone.exit_code == 1
+
+
+# --- rejections and errors -----------------------------------------------------------------------
+
+
+async def test_duplicate_deploy_is_rejected_with_the_rollout_hint(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "twice", "--module", wasm))
+    again = await cli(stack, "agent", "deploy", "twice", "--module", wasm)
+    assert again.exit_code == 1
+    assert "agent default/twice exists; use `swarm agent rollout`" in again.stderr
+    assert "Traceback" not in again.output
+
+
+async def test_quota_rejection_names_the_rule(stack: Stack, wasm: Path) -> None:
+    created = ok(await cli(stack, "namespace", "create", "tight", "--max-agents", "0"))
+    assert "namespace tight created (max-agents 0)" in created.stdout
+    refused = await cli(stack, "agent", "deploy", "a", "-n", "tight", "--module", wasm)
+    assert refused.exit_code == 1
+    assert "quota.max_agents" in refused.stderr
+    assert "swarm namespace update tight --max-agents N" in refused.stderr
+
+    ok(await cli(stack, "namespace", "update", "tight", "--max-agents", "1", "--max-replicas", "9"))
+    ok(await cli(stack, "agent", "deploy", "a", "-n", "tight", "--module", wasm))
+    assert set(await agents(stack, "-n", "tight")) == {"a"}
+    assert "a" in await agents(stack, "-A")
+
+    ok(await cli(stack, "namespace", "update", "tight", "--unset", "max-replicas"))
+    listed = json.loads(ok(await cli(stack, "namespace", "ls", "-o", "json")).stdout)
+    tight = next(ns for ns in listed["namespaces"] if ns["name"] == "tight")
+    assert tight["agents"] == 1
+    assert tight["quota"]["max_agents"] == 1
+    assert tight["quota"]["max_replicas"] is None
+    assert "tight" in ok(await cli(stack, "namespace", "ls")).stdout
+
+
+async def test_deploy_into_a_missing_namespace_says_how_to_create_it(
+    stack: Stack, wasm: Path
+) -> None:
+    result = await cli(stack, "agent", "deploy", "x", "-n", "nowhere", "--module", wasm)
+    assert result.exit_code == 1
+    assert "namespace nowhere not found" in result.stderr
+    assert "swarm namespace create nowhere" in result.stderr
+
+
+async def test_unknown_agent_is_a_readable_error(stack: Stack) -> None:
+    described_ = await cli(stack, "agent", "describe", "nope")
+    assert described_.exit_code == 1
+    assert "agent default/nope not found" in described_.stderr
+    assert "swarm agent ls" in described_.stderr
+    scaled = await cli(stack, "agent", "scale", "nope", "--replicas", "2")
+    assert scaled.exit_code == 1
+    assert "rule: not_found" in scaled.stderr
+    for result in (described_, scaled):
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent", "deploy", "x"], "deploy needs a module"),
+        (["agent", "deploy", "Bad_Name", "--module", "{wasm}"], "name"),
+        (["agent", "deploy", "x", "--module-sha256", "xyz"], "spec.module.sha256"),
+        (
+            ["agent", "deploy", "x", "--module", "{wasm}", "--module-sha256", "ab" * 32],
+            "not both",
+        ),
+        (["agent", "deploy", "x", "--module", "{wasm}", "-l", "novalue"], "expected key=value"),
+        (["agent", "deploy", "x", "--module", "{wasm}", "--autonomy", "oops"], "not a command"),
+        (["agent", "deploy", "x", "--module", "{text}"], "is not a WebAssembly module"),
+        (["agent", "deploy", "x", "--module", "{big}"], "`swarm module push"),
+        (["agent", "rollout", "x"], "rollout needs --version"),
+        (["namespace", "update", "x"], "nothing to change"),
+    ],
+)
+async def test_invalid_input_exits_2_before_connecting(
+    args: list[str], message: str, wasm: Path, tmp_path: Path
+) -> None:
+    text, big = tmp_path / "text.wasm", tmp_path / "big.wasm"
+    text.write_text("(module)")
+    big.write_bytes(WASM + b"\0" * INLINE_MODULE_MAX_BYTES)
+    files = {"{wasm}": str(wasm), "{text}": str(text), "{big}": str(big)}
+    # Nothing listens on port 1: input must be judged before any connection is tried.
+    result = await cli("nats://127.0.0.1:1", *[files.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+async def test_without_a_hive_reads_fail_readably(nats_url: str, event_log: EventLog) -> None:
+    # The session's nats-server has the streams (the event_log fixture made them) but no Hive.
+    result = await cli(nats_url, "agent", "ls")
+    assert result.exit_code == 4, result.output
+    assert "no Hive answered swarm.query.agents.list" in result.stderr
+
+
+async def test_unreachable_nats_exits_4() -> None:
+    result = await cli("nats://127.0.0.1:1", "pod", "ls")
+    assert result.exit_code == 4
+    assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr
+
+
+# --- pods and --wait -----------------------------------------------------------------------------
+
+
+async def place_and_report(stack: Stack, name: str, pod_id: str, status: str) -> None:
+    """Play the scheduler and the pod: place the agent's first replica and report on it."""
+    answer: dict[str, Any] = {}
+
+    async def requested() -> bool:
+        nonlocal answer
+        answer = await stack.query(names.QUERY_AGENTS_GET, {"name": name})
+        return "agent" in answer
+
+    await wait_until(requested, 10, f"agent {name} deployed")
+    agent_id = answer["agent"]["agent_id"]
+    replica_id = answer["agent"]["instances"][0]["replica_id"]
+    placement = commands.ProposePlacement(
+        agent_id=agent_id, replica_id=replica_id, pod_id=pod_id, policy="test"
+    )
+    await stack.send([(placement, "service:scheduler")])
+
+    async def scheduled() -> bool:
+        got = await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id})
+        return bool(got["agent"]["instances"][0]["phase"] == "scheduled")
+
+    await wait_until(scheduled, 10, f"{replica_id} scheduled")
+    report = commands.ReportReplica(
+        agent_id=agent_id,
+        replica_id=replica_id,
+        pod_id=pod_id,
+        status=status,  # type: ignore[arg-type]
+        reason="test says so",
+    )
+    await stack.send([(report, f"pod:{pod_id}")])
+
+
+async def test_pod_ls_and_deploy_wait_until_running(stack: Stack, wasm: Path) -> None:
+    registration = {
+        "pod_id": "pod-a",
+        "capacity": {"memory_mb": 1024, "fuel_per_s": 10**9, "slots": 8},
+        "zone": "eu-1",
+        "energy_cost": 0.5,
+        "lease_s": 3600,
+    }
+    ok(await cli(stack, "publish", "swarm.cmd.pod.register", "--data", json.dumps(registration)))
+    table = ok(await cli(stack, "pod", "ls")).stdout
+    assert table.splitlines()[0].split() == [
+        "POD", "STATUS", "ZONE", "MEMORY", "MB", "FUEL/S", "SLOTS", "REPLICAS", "ENERGY", "COST"
+    ]  # fmt: skip
+    row = next(line.split() for line in table.splitlines() if line.startswith("pod-a"))
+    assert row[1:6] == ["ready", "eu-1", "0/1024", "0/1G", "0/8"]
+
+    deploy = asyncio.create_task(
+        cli(stack, "agent", "deploy", "waiter", "--module", wasm, "--wait", "--wait-timeout", "20")
+    )
+    await place_and_report(stack, "waiter", "pod-a", "running")
+    result = ok(await deploy)
+    assert "agent default/waiter is running (1/1 replicas running)" in result.stdout
+    assert "default/waiter: requested" in result.stderr  # progress, on stderr
+
+    pods = json.loads(ok(await cli(stack, "pod", "ls", "-o", "json")).stdout)["pods"]
+    pod = next(p for p in pods if p["pod_id"] == "pod-a")
+    assert pod["replicas"] == 1
+    assert "64/1024" in ok(await cli(stack, "pod", "ls")).stdout
+    text = ok(await cli(stack, "agent", "describe", "waiter")).stdout
+    assert "pod-a" in text
+    assert "running" in text
+
+
+async def test_deploy_wait_exits_1_when_the_agent_fails(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    await stack.register_pods({"pod-b": (1024, 8)})
+    spec = tmp_path / "fragile.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "fragile",
+                "spec": {"module": {"path": str(wasm)}, "restart": {"max_restarts": 0}},
+            }
+        )
+    )
+    deploy = asyncio.create_task(cli(stack, "agent", "deploy", "-f", spec, "--wait"))
+    await place_and_report(stack, "fragile", "pod-b", "crashed")
+    result = await deploy
+    assert result.exit_code == 1, result.output
+    assert "agent default/fragile failed" in result.stderr
+    assert "crash loop" in result.stderr
+
+
+async def test_deploy_wait_gives_up_with_exit_3(stack: Stack, wasm: Path) -> None:
+    result = await cli(
+        stack, "agent", "deploy", "unplaced", "--module", wasm, "--wait", "--wait-timeout", "0.3"
+    )
+    assert result.exit_code == 3, result.output
+    assert "is not running after 0.3s: requested" in result.stderr
+    assert "is a scheduler running" in result.stderr
+
+
+# --- watching ------------------------------------------------------------------------------------
+
+
+async def test_watch_prints_changes_until_ctrl_c_then_exits_0(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    ok(await cli(stack, "namespace", "create", "watched"))
+    ok(await cli(stack, "agent", "deploy", "w", "-n", "watched", "--module", wasm))
+    out = tmp_path / "watch.out"
+    with out.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "swarm.cli.app",
+            "agent",
+            "ls",
+            "-n",
+            "watched",
+            "--watch",
+            "--nats-url",
+            stack.url,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    try:
+
+        async def shows(text: str) -> bool:
+            return text in out.read_text()
+
+        await wait_until(lambda: shows("0/1"), 15, "first frame")
+        ok(await cli(stack, "agent", "scale", "w", "-n", "watched", "--replicas", "2"))
+        await wait_until(lambda: shows("0/2"), 15, "a frame after the change")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr.decode()
+    assert out.read_text().count("NAMESPACE") == 2  # one frame per change, not per second
+
+
+# --- read-your-writes ----------------------------------------------------------------------------
+
+
+async def test_queries_wait_for_a_replica_that_has_caught_up(event_log: EventLog) -> None:
+    """A replica behind `at_least` is asked again; past the patience, its answer is used."""
+    subject = "test.cli.query.lagging"
+    asked = 0
+
+    async def lagging(msg: Any) -> None:
+        nonlocal asked
+        asked += 1
+        applied = 7 if asked >= 3 else 5
+        await msg.respond(json.dumps({"items": [], "applied_seq": applied}).encode())
+
+    sub = await event_log.nc.subscribe(subject, cb=lagging)
+    try:
+        queries = HiveQueries(event_log.nc, catch_up=5.0)
+        answer = await queries.ask(subject, at_least=7)
+        assert (answer["applied_seq"], asked) == (7, 3)
+        assert queries.applied_seq == 7
+
+        impatient = HiveQueries(event_log.nc, catch_up=0.0)
+        stale = await impatient.ask(subject, at_least=100)
+        assert stale["applied_seq"] == 7  # shown anyway, with a note on stderr
+    finally:
+        await sub.unsubscribe()
