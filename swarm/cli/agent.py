@@ -5,8 +5,8 @@ through the publish layer and answered by exactly one outcome: the verb prints w
 the rejection's reason and rule and exits 1. Reads are Hive queries printed as a table or
 `-o json|yaml`, and `--watch` redraws them every second until Ctrl-C.
 
-The first sections (options, sending a command, reading, watching) are shared with
-`swarm namespace` and `swarm pod`.
+The plumbing shared with `swarm namespace` and `swarm pod` (generic options, sending a command,
+reading, watching, formatting) is in `swarm.cli.verbs`.
 """
 
 from __future__ import annotations
@@ -14,47 +14,53 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from schemas import REGISTRY, DecodeError, Payload, commands, events, names
+from schemas import REGISTRY, Payload, commands, events, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli import connect, publish
 from swarm.cli.output import (
     EXIT_FAILED,
     EXIT_NO_OUTCOME,
     EXIT_OK,
-    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
-    FieldProblem,
     Format,
-    emit,
-    errors_to_exit,
     status,
     stdout_console,
     table,
-    to_jsonable,
 )
 from swarm.cli.queries import HiveQueries
 from swarm.cli.timeline import printable
+from swarm.cli.verbs import (
+    EXIT_CODES,
+    Issued,
+    Nothing,
+    OutputOption,
+    TimeoutOption,
+    WatchOption,
+    age,
+    conclude,
+    finish,
+    issue,
+    prepare,
+    read_floor,
+    show,
+    styled,
+)
 from swarm.kernel.eventlog import Delivery, EventLog
-from swarm.kernel.settings import Settings
 
 DEFAULT_NAMESPACE = "default"
-#: Seconds between redraws with `--watch`.
-WATCH_INTERVAL = 1.0
 #: Seconds between status polls with `deploy --wait`.
 WAIT_POLL = 0.25
 #: Events shown by `describe`.
@@ -64,16 +70,6 @@ _EVENTS_WINDOW = 1024
 _WASM_MAGIC = b"\0asm"
 #: Version and layer of a WebAssembly component (a core module has version 1, layer 0).
 _COMPONENT_VERSION = b"\x0d\x00\x01\x00"
-_STATUS_STYLES = {
-    "running": "green",
-    "failed": "bold red",
-    "degraded": "yellow",
-    "crashed": "yellow",
-    "stopped": "dim",
-    "stopping": "dim",
-    "ready": "green",
-    "lost": "bold red",
-}
 
 app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
 
@@ -90,274 +86,10 @@ NamespaceOption = Annotated[
         "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
     ),
 ]
-OutputOption = Annotated[Format, typer.Option("--output", "-o", help="Output format.")]
-TimeoutOption = Annotated[
-    float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the command's outcome.")
-]
-WatchOption = Annotated[
-    bool, typer.Option("--watch", "-w", help="Redraw every second until Ctrl-C.")
-]
 NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
-_EXIT_CODES = (
-    "Exit codes: 0 done, 1 rejected or failed, 2 invalid input (nothing sent), "
-    "3 no outcome in time, 4 NATS or the Hive unreachable."
-)
-
-
-# --- Running a verb ------------------------------------------------------------------------------
-
-
-def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
-    """Run a verb's body and exit with its code; Ctrl-C ends a `--watch` with 0, not 130."""
-    with errors_to_exit():
-        try:
-            code = asyncio.run(main)
-        except KeyboardInterrupt:
-            if not watching:
-                raise
-            code = EXIT_OK
-    if code != EXIT_OK:
-        raise typer.Exit(code)
-
-
-async def read_floor(log: EventLog) -> int:
-    """The log position a read must reflect: everything written before the read began.
-
-    Taken from the stream rather than remembered from a previous command, so `swarm agent ls` in
-    a new process still sees the agent the previous `swarm agent deploy` created.
-    """
-    return await log.last_sequence(names.STREAM_EVENTS)
-
-
-# --- Sending a command ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Issued:
-    """A command that was sent and answered."""
-
-    sent: publish.Sent
-    outcome: publish.Outcome
-    #: Events it caused, with their subjects (only when asked for).
-    caused: tuple[publish.CausedEvent, ...] = ()
-
-    @property
-    def accepted(self) -> bool:
-        return self.outcome.accepted
-
-
-def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """The command's CloudEvent, checked exactly as the Hive will decode it.
-
-    Checked before connecting, so a typo is exit 2 with the fields named, and nothing is sent.
-    """
-    event = publish.build_command(
-        {"type": payload.TYPE, "data": dict(data)}, identity=settings.identity
-    )
-    try:
-        REGISTRY.decode(publish.encode(event), kind="command")
-    except DecodeError as exc:
-        raise CliError(
-            f"{exc.reason}: the values given do not make a valid command",
-            code=EXIT_USAGE,
-            errors=[FieldProblem(e.loc.removeprefix("data."), e.msg, e.type) for e in exc.errors],
-            hint="fix the fields above (in the spec file or the matching --options)",
-        ) from None
-    return event
-
-
-async def issue(
-    log: EventLog, event: Mapping[str, Any], *, within: float, with_caused: bool = False
-) -> Issued:
-    """Send `event` and wait for its outcome (exit 3 when none comes within `within` s)."""
-    # Taken before the publish: the outcome cannot be written before the command exists.
-    before = await log.last_sequence(names.STREAM_EVENTS)
-    sent = await publish.send(log, event)
-    # A duplicate id was first published earlier, so its outcome may already be in the log.
-    start = 1 if sent.duplicate else before + 1
-    outcome = await publish.wait_for_outcome(log, sent.id, start_seq=start, within=within)
-    if outcome is None:
-        raise CliError(
-            f"no outcome for {sent.type} {sent.id} within {within:g}s",
-            code=EXIT_NO_OUTCOME,
-            hint="is the Hive running? (`swarm status`); the command stays queued for it",
-        )
-    caused: list[publish.CausedEvent] = []
-    if with_caused and outcome.accepted:
-        caused = await publish.caused_events(log, outcome, start_seq=start)
-    return Issued(sent, outcome, tuple(caused))
-
-
-def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace: str) -> None:
-    """Print the outcome: `done` when accepted; a `CliError` (exit 1) naming the rule if not.
-
-    With `-o json|yaml` the outcome CloudEvent itself is printed, whichever it was.
-    """
-    if output != Format.TABLE:
-        emit(publish.outcome_document(issued.outcome), output)
-    if not issued.accepted:
-        raise rejection(issued.outcome, what=what, namespace=namespace)
-    if output == Format.TABLE:
-        stdout_console().print(Text(done))
-
-
-def rejection(outcome: publish.Outcome, *, what: str, namespace: str) -> CliError:
-    raw = (outcome.body or {}).get("data")
-    # Read leniently (not through the model), so a rejection from a newer Hive still shows.
-    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    reason = str(data.get("reason") or "(no reason given)")
-    rule = data.get("rule")
-    errors = data.get("errors")
-    problems = [
-        FieldProblem(str(e.get("loc", "")), str(e.get("msg", "")), str(e.get("type", "")))
-        for e in (errors if isinstance(errors, list) else [])
-        if isinstance(e, dict)
-    ]
-    suffix = f" (rule: {rule})" if rule else ""
-    return CliError(
-        f"{what} rejected: {reason}{suffix}",
-        code=EXIT_FAILED,
-        errors=problems,
-        hint=_rejection_hint(str(rule or ""), reason, namespace),
-    )
-
-
-def _rejection_hint(rule: str, reason: str, namespace: str) -> str | None:
-    if rule.startswith("quota."):
-        flag = "--" + rule.removeprefix("quota.").replace("_", "-")
-        return (
-            f"`swarm namespace ls` shows the quotas; `swarm namespace update {namespace} "
-            f"{flag} N` raises this one"
-        )
-    # Rules are coarse ("not_found" covers agents, namespaces and versions), so the reason's
-    # subject picks the hint; a reason the hint does not fit gets none.
-    if rule == "not_found" and reason.startswith("namespace "):
-        return f"create it first: `swarm namespace create {namespace}`"
-    if rule == "not_found" and reason.startswith("agent ") and reason.endswith(" not found"):
-        return f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all namespaces"
-    if reason.startswith("namespace ") and reason.endswith(" exists"):
-        return f"`swarm namespace update {namespace}` changes its quota"
-    if rule == "identity":
-        return "the CLI sends as SWARM_IDENTITY (kind:name, e.g. user:ann)"
-    return None
-
-
-# --- Watching ------------------------------------------------------------------------------------
-
-
-class Nothing(Text):
-    """What `draw` returns for an empty list: said on stderr, so stdout holds only rows (as
-    `kubectl get` does), but shown in the frame while watching."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, style="dim")
-
-
-Fetch = Callable[[], Awaitable[Any]]
-Draw = Callable[[Any], RenderableType]
-
-
-async def show(fetch: Fetch, draw: Draw, output: Format, *, watch: bool, title: str) -> None:
-    """Print `fetch()` once, or with `watch` again every second until Ctrl-C.
-
-    On a terminal the table is redrawn in place (rich Live). When stdout is a pipe or a file, or
-    with `-o json|yaml`, a frame is printed only when what was fetched changed, so the output
-    reads as a log of changes (like `kubectl get -w`). A failed read while watching (the Hive
-    restarting, the agent just deleted) is shown and the watch goes on.
-    """
-    if not watch:
-        value = await fetch()
-        if output != Format.TABLE:
-            emit(value, output)
-            return
-        frame = draw(value)
-        if isinstance(frame, Nothing):
-            status(frame.plain)
-        else:
-            stdout_console().print(frame)
-        return
-    console = stdout_console()
-    if output == Format.TABLE and console.is_terminal:
-        await _watch_in_place(console, fetch, draw, title)
-    else:
-        await _watch_changes(console, fetch, draw, output)
-
-
-async def _watch_in_place(console: Console, fetch: Fetch, draw: Draw, title: str) -> None:
-    with Live(console=console, auto_refresh=False) as live:
-        while True:
-            try:
-                frame = draw(await fetch())
-            except CliError as exc:
-                _keep_watching(exc)
-                frame = Text.assemble(("error: ", "bold red"), exc.message)
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            heading = Text(f"{title} · {stamp} UTC · Ctrl-C to stop", style="dim")
-            live.update(Group(heading, frame), refresh=True)
-            await asyncio.sleep(WATCH_INTERVAL)
-
-
-async def _watch_changes(console: Console, fetch: Fetch, draw: Draw, output: Format) -> None:
-    last: str | None = None
-    frames = 0
-    while True:
-        try:
-            value = await fetch()
-        except CliError as exc:
-            _keep_watching(exc)
-            # Said on stderr, so that -o json|yaml output stays parseable.
-            if exc.message != last:
-                status(f"error: {exc.message}")
-            last = exc.message
-        else:
-            # Compared on the data, not the drawing: AGE alone would make every frame new.
-            key = json.dumps(to_jsonable(value), sort_keys=True)
-            if key != last:
-                if output == Format.TABLE:
-                    if frames:
-                        console.print()
-                    console.print(draw(value))
-                else:
-                    if output == Format.YAML and frames:
-                        typer.echo("---")
-                    emit(value, output)
-                sys.stdout.flush()
-                frames += 1
-            last = key
-        await asyncio.sleep(WATCH_INTERVAL)
-
-
-def _keep_watching(exc: CliError) -> None:
-    """Re-raise errors a watch cannot outlast; a missing answer or agent may come back."""
-    if exc.code not in (EXIT_FAILED, EXIT_UNAVAILABLE):
-        raise exc
 
 
 # --- Formatting ----------------------------------------------------------------------------------
-
-
-def styled(state: str) -> Text:
-    return Text(state, style=_STATUS_STYLES.get(state, ""))
-
-
-def age(timestamp: str | None, now: datetime | None = None) -> str:
-    """How long ago, the way kubectl prints it: 45s, 12m, 5h, 3d."""
-    if not timestamp:
-        return "?"
-    try:
-        then = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return "?"
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 120 * 60:
-        return f"{seconds // 60}m"
-    if seconds < 48 * 3600:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
 
 
 def _key_values(rows: Sequence[tuple[str, Any]]) -> Table:
@@ -610,7 +342,7 @@ PriorityOption = Annotated[
 ]
 
 
-@app.command("deploy", epilog=_EXIT_CODES)
+@app.command("deploy", epilog=EXIT_CODES)
 def deploy(
     name: Annotated[
         str | None, typer.Argument(help="The agent's name.", show_default=False)
@@ -1116,7 +848,7 @@ def _change(
     finish(main())
 
 
-@app.command("scale", epilog=_EXIT_CODES)
+@app.command("scale", epilog=EXIT_CODES)
 def scale(
     name: NameArgument,
     replicas: Annotated[
@@ -1148,7 +880,7 @@ def scale(
     )
 
 
-@app.command("rollout", epilog=_EXIT_CODES)
+@app.command("rollout", epilog=EXIT_CODES)
 def rollout(
     name: Annotated[
         str | None, typer.Argument(help="The agent's name.", show_default=False)
@@ -1252,7 +984,7 @@ def _reusable(spec: Mapping[str, Any], flags: SpecFlags, label: str) -> dict[str
     return result
 
 
-@app.command("rollback", epilog=_EXIT_CODES)
+@app.command("rollback", epilog=EXIT_CODES)
 def rollback(
     name: NameArgument,
     to_version: Annotated[
@@ -1281,7 +1013,7 @@ def rollback(
     )
 
 
-@app.command("stop", epilog=_EXIT_CODES)
+@app.command("stop", epilog=EXIT_CODES)
 def stop(
     name: NameArgument,
     reason: Annotated[
@@ -1306,7 +1038,7 @@ def stop(
     )
 
 
-@app.command("delete", epilog=_EXIT_CODES)
+@app.command("delete", epilog=EXIT_CODES)
 def delete(
     name: NameArgument,
     namespace: NamespaceOption = None,

@@ -15,7 +15,9 @@ from rich.console import RenderableType
 
 from schemas import commands, names
 from swarm.cli import connect
-from swarm.cli.agent import (
+from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Format, table
+from swarm.cli.queries import HiveQueries
+from swarm.cli.verbs import (
     Nothing,
     OutputOption,
     TimeoutOption,
@@ -26,8 +28,6 @@ from swarm.cli.agent import (
     read_floor,
     show,
 )
-from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Format, table
-from swarm.cli.queries import HiveQueries
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 

@@ -10,9 +10,9 @@ from rich.console import RenderableType
 
 from schemas import names
 from swarm.cli import connect
-from swarm.cli.agent import Nothing, OutputOption, WatchOption, finish, read_floor, show, styled
 from swarm.cli.output import EXIT_OK, Format, table
 from swarm.cli.queries import HiveQueries
+from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, read_floor, show, styled
 
 app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
 
