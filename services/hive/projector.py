@@ -27,8 +27,8 @@ class Projector:
         eventlog: EventLog,
         raft: ReplicatedState,
         *,
-        batch: int = 500,
-        in_flight: int = 8,
+        batch: int = 1000,
+        in_flight: int = 4,
         submit_timeout: float = 1.0,
     ) -> None:
         self.log = eventlog
