@@ -205,11 +205,7 @@ class Consumer:
 
     async def fetch(self, batch: int = 100, timeout: float = 1.0) -> list[Delivery]:
         """Up to `batch` messages; an empty list when none arrived within `timeout` seconds."""
-        try:
-            msgs = await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        return [Delivery.of(m) for m in msgs]
+        return await _fetch(self._sub, batch, timeout, keep=True)
 
     async def pending(self) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered but not acked)."""
@@ -549,11 +545,8 @@ class Reader:
         self.name = name
 
     async def fetch(self, batch: int = 1000, timeout: float = 1.0) -> list[Delivery]:
-        try:
-            msgs = await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        return [Delivery.of(m, keep=False) for m in msgs]
+        """Up to `batch` messages in stream order; empty when none arrived within `timeout`."""
+        return await _fetch(self._sub, batch, timeout, keep=False)
 
     async def caught_up(self) -> bool:
         info = await self._sub.consumer_info()
@@ -565,6 +558,16 @@ class Reader:
             await asyncio.wait_for(
                 self._log.js.delete_consumer(self.stream, self.name), self._log.timeout
             )
+
+
+async def _fetch(
+    sub: JetStreamContext.PullSubscription, batch: int, timeout: float, *, keep: bool
+) -> list[Delivery]:
+    try:
+        msgs = await sub.fetch(batch, timeout=timeout)
+    except (TimeoutError, nats.errors.TimeoutError):
+        return []
+    return [Delivery.of(m, keep=keep) for m in msgs]
 
 
 class _AckMux:
