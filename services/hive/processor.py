@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -126,13 +127,19 @@ class CommandProcessor:
         assert working is not None
         group: list[_Pending] = []
         size = 0
+        # JetStream checks every expectation in an atomic batch against the stream as it was
+        # before the batch, so only the first write to an aggregate in a group may state one;
+        # the batch being atomic guarantees nothing else lands between its messages.
+        covered: set[str] = set()
         for delivery in deliveries:
             pending = self._prepare(working, delivery)
             if size + len(pending.requests) > MAX_ATOMIC_BATCH and group:
                 await self._commit(group)
                 working = self.working
                 assert working is not None
-                group, size = [], 0
+                group, size, covered = [], 0, set()
+                pending = self._prepare(working, delivery)
+            pending.requests = [_first_expectation_only(r, covered) for r in pending.requests]
             for env in pending.envelopes:
                 evolve(working, working.applied_seq + 1, env)
             group.append(pending)
@@ -367,6 +374,17 @@ class _Pending:
     command: Envelope[Any] | None
     envelopes: list[Envelope[Any]]
     requests: list[AppendRequest]
+
+
+def _first_expectation_only(request: AppendRequest, covered: set[str]) -> AppendRequest:
+    subject = request.expected_subject or request.subject
+    if request.expected_last_seq is None:
+        covered.add(subject)
+        return request
+    if subject in covered:
+        return dataclasses.replace(request, expected_last_seq=None, expected_subject=None)
+    covered.add(subject)
+    return request
 
 
 def _aggregate_of(payload: Payload) -> tuple[str, str]:

@@ -73,11 +73,15 @@ class Hive:
         log.info("hive replica started", node=self.node, raft=self.hive_settings.raft_self)
         try:
             while not self._stop.is_set():
-                if raft.is_leader():
-                    await self._lead(eventlog, raft, heartbeats)
-                else:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), 0.02)
+                # A leader whose tasks ended (e.g. it could not catch up) leads again after a
+                # short pause rather than spinning; a follower polls for leadership.
+                pause = (
+                    0.2
+                    if raft.is_leader() and await self._lead(eventlog, raft, heartbeats)
+                    else 0.02
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):
@@ -87,7 +91,8 @@ class Hive:
 
     async def _lead(
         self, eventlog: EventLog, raft: ReplicatedState, heartbeats: Heartbeats
-    ) -> None:
+    ) -> bool:
+        """Lead until leadership is lost or a leader task ends; True when a task ended early."""
         self.leader_since = time.monotonic()
         log.info("leading", node=self.node, applied_seq=raft.applied_seq)
 
@@ -102,6 +107,7 @@ class Hive:
             asyncio.create_task(processor.run(still_leader), name="commands"),
             asyncio.create_task(reconciler.run(still_leader), name="reconcile"),
         ]
+        failed = False
         try:
             # Polled: pysyncobj offers no awaitable for "leadership lost".
             while still_leader() and not any(t.done() for t in tasks):  # noqa: ASYNC110
@@ -115,10 +121,13 @@ class Hive:
                 except asyncio.CancelledError:
                     pass
                 except NotCaughtUp as exc:
+                    failed = True
                     log.warning("leader could not catch up", error=str(exc))
                 except Exception:
+                    failed = True
                     log.exception("leader task failed", task=task.get_name())
             log.info("no longer leading", node=self.node)
+        return failed
 
 
 async def main() -> None:
