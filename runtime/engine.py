@@ -1,0 +1,148 @@
+"""One wasmtime engine per pod: its configuration, its epoch clock and its host-function Linker.
+
+Every agent of a pod shares the engine, so compiled code, the Linker and the epoch counter are
+shared too; isolation comes from one Store per agent instance (runtime/sandbox.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import threading
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Literal
+
+import wasmtime
+
+from runtime import abi
+from runtime.hostcalls import build_linker
+
+OptLevel = Literal["none", "speed", "speed_and_size"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    #: Epoch granularity: deadlines are enforced to within about one tick.
+    epoch_tick_ms: int = 10
+    opt_level: OptLevel = "speed"
+    #: Guest stack; deep recursion traps (stack overflow) instead of growing past this.
+    max_wasm_stack: int = 512 * 1024
+
+    def __post_init__(self) -> None:
+        if self.epoch_tick_ms < 1:
+            raise ValueError("epoch_tick_ms must be >= 1")
+
+    def fingerprint(self) -> str:
+        """Identifies compiled code: modules compiled under another fingerprint are not reused.
+
+        wasmtime refuses incompatible serialized code by itself; putting its version, the host
+        and the settings in the cache key also keeps pods of different versions that share a
+        cache directory from overwriting each other's files.
+        """
+        settings = asdict(self)
+        del settings["epoch_tick_ms"]  # a runtime setting; compiled code does not depend on it
+        identity = {
+            "wasmtime": importlib.metadata.version("wasmtime"),
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "abi": abi.ABI_VERSION,
+            "consume_fuel": True,
+            "epoch_interruption": True,
+            **settings,
+        }
+        encoded = json.dumps(identity, sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+class TickerState(enum.Enum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+
+
+class EpochTicker:
+    """A daemon thread advancing the engine's epoch every `interval_s`, which is what makes
+    epoch deadlines fire. `start` and `stop` are idempotent, and it can be started again."""
+
+    def __init__(self, engine: wasmtime.Engine, interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> TickerState:
+        return TickerState.RUNNING if self._thread is not None else TickerState.STOPPED
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="swarm-epoch-ticker", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self, stop: threading.Event) -> None:
+        # Event.wait drifts a little per tick; deadlines only need ticks at roughly this rate.
+        while not stop.wait(self._interval_s):
+            self._engine.increment_epoch()
+
+
+class SandboxEngine:
+    """The pod's engine. Start it (or use `with`) before running agents: without the ticker,
+    deadlines never fire and only fuel would stop a looping agent."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        wasm_config = wasmtime.Config()
+        wasm_config.consume_fuel = True
+        wasm_config.epoch_interruption = True
+        wasm_config.cranelift_opt_level = self.config.opt_level
+        wasm_config.max_wasm_stack = self.config.max_wasm_stack
+        self.engine = wasmtime.Engine(wasm_config)
+        self.linker = build_linker(self.engine)
+        self.fingerprint = self.config.fingerprint()
+        self.ticker = EpochTicker(self.engine, self.config.epoch_tick_ms / 1000)
+
+    @property
+    def running(self) -> bool:
+        return self.ticker.state is TickerState.RUNNING
+
+    def start(self) -> None:
+        self.ticker.start()
+
+    def stop(self) -> None:
+        """Safe before `start` and twice. Running calls keep their fuel limit but lose their
+        deadline, so stop the engine only after the agents."""
+        self.ticker.stop()
+
+    def deadline_ticks(self, deadline_ms: int) -> int:
+        # One extra tick because the deadline counts from the current epoch, which may be about
+        # to end: the call gets at least `deadline_ms` and at most one tick more.
+        return math.ceil(deadline_ms / self.config.epoch_tick_ms) + 1
+
+    def __enter__(self) -> SandboxEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,170 @@
+"""The services a sandboxed agent can ask its host for, and an in-memory host.
+
+The sandbox checks every argument against the ABI and the call budget before a `HostAPI` method
+is called, so implementations receive well-formed, size-bounded values. The methods are
+synchronous because they run inside a wasm call on the sandbox's thread; an asyncio pod bridges
+with `asyncio.run_coroutine_threadsafe(...).result(timeout)` and keeps that timeout below the
+agent's deadline (the epoch deadline cannot interrupt a host call, only the wasm after it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random as _random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from runtime.abi import Destination, LogLevel
+
+JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
+
+
+class NotAvailable(Exception):
+    """The host does not offer this service (the guest sees `ErrorCode.UNAVAILABLE`)."""
+
+
+class InvalidArgument(Exception):
+    """The host judged a well-formed argument unusable, e.g. an unknown agent or a vector of
+    the wrong dimension (the guest sees `ErrorCode.INVALID`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VectorHit:
+    id: str
+    score: float
+    data: JSON
+
+
+class HostAPI(Protocol):
+    """What the pod implements for each agent instance.
+
+    Raise `NotAvailable` or `InvalidArgument` for outcomes the guest should handle; any other
+    exception aborts the guest's call with `HostCallFailed` and the instance is replaced.
+    """
+
+    def kv_get(self, key: str) -> bytes | None: ...
+
+    def kv_put(self, key: str, value: bytes) -> None: ...
+
+    def send(self, to: Destination, message: bytes) -> None: ...
+
+    def emit(self, type: str, data: bytes) -> None: ...
+
+    def log(self, level: LogLevel, message: str) -> None: ...
+
+    def now_ms(self) -> int: ...
+
+    def random(self, size: int) -> bytes: ...
+
+    def vector_store(self, id: str, vector: Sequence[float], data: JSON) -> None: ...
+
+    def vector_search(self, vector: Sequence[float], k: int) -> list[VectorHit]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    to: Destination
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EmittedEvent:
+    type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    level: LogLevel
+    message: str
+
+
+class MemoryHost:
+    """A `HostAPI` that keeps everything in memory: for tests and for embedding the sandbox.
+
+    Sends, events and log lines are collected in lists; kv state is a dict. Vector memory is a
+    brute-force cosine search over everything stored (fine for thousands of vectors, which is
+    what tests and small embeddings need); all vectors must have the dimension of the first one.
+    `seed` makes `random` reproducible and `clock` (milliseconds) makes `now_ms` controllable.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.kv: dict[str, bytes] = {}
+        self.sent: list[SentMessage] = []
+        self.events: list[EmittedEvent] = []
+        self.logs: list[LogLine] = []
+        self.vectors: dict[str, tuple[tuple[float, ...], JSON]] = {}
+        self._rng = _random.Random(seed) if seed is not None else None
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        # One host may serve agents running on several threads.
+        self._lock = threading.Lock()
+
+    def kv_get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self.kv.get(key)
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self.kv[key] = value
+
+    def send(self, to: Destination, message: bytes) -> None:
+        with self._lock:
+            self.sent.append(SentMessage(to, message))
+
+    def emit(self, type: str, data: bytes) -> None:
+        with self._lock:
+            self.events.append(EmittedEvent(type, data))
+
+    def log(self, level: LogLevel, message: str) -> None:
+        with self._lock:
+            self.logs.append(LogLine(level, message))
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    def random(self, size: int) -> bytes:
+        if self._rng is None:
+            return os.urandom(size)
+        with self._lock:
+            return self._rng.randbytes(size)
+
+    def vector_store(self, id: str, vector: Sequence[float], data: JSON) -> None:
+        with self._lock:
+            dims = self._dims()
+            if dims is not None and len(vector) != dims:
+                raise InvalidArgument(f"vector has {len(vector)} dimensions, memory holds {dims}")
+            self.vectors[id] = (tuple(vector), data)
+
+    def vector_search(self, vector: Sequence[float], k: int) -> list[VectorHit]:
+        with self._lock:
+            dims = self._dims()
+            if dims is not None and len(vector) != dims:
+                raise InvalidArgument(f"query has {len(vector)} dimensions, memory holds {dims}")
+            hits = [
+                VectorHit(id, _cosine(vector, stored), data)
+                for id, (stored, data) in self.vectors.items()
+            ]
+        hits.sort(key=lambda hit: (-hit.score, hit.id))
+        return hits[:k]
+
+    def _dims(self) -> int | None:
+        for stored, _ in self.vectors.values():
+            return len(stored)
+        return None
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    norm = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
+    # A zero vector points nowhere: it is similar to nothing rather than a division error.
+    if norm == 0.0:
+        return 0.0
+    return math.fsum(x * y for x, y in zip(a, b, strict=True)) / norm

@@ -1,0 +1,467 @@
+"""The host functions of the ABI: argument checks, budgets, guest-memory access, the Linker.
+
+One `wasmtime.Linker` per engine carries these functions for every agent, so they cannot close
+over an instance. Each sandbox call instead makes its `CallContext` the thread's active context:
+a store runs on one thread at a time and a host function runs synchronously on the thread that
+called into wasm, so the active context is exactly the instance that is calling.
+
+Failure discipline. A host function never lets a Python error escape as itself: a guest mistake
+becomes `AgentTrap`, a host failure `HostCallFailed`, recorded on the context before the guest is
+aborted. wasmtime-py hands a host function's exception back through one process-wide slot
+(`wasmtime._func.LAST_EXCEPTION`), which another thread's trapping call can pick up first; the
+record on the context is what the sandbox trusts, never the exception that comes out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import wasmtime
+
+from runtime import abi
+from runtime.abi import Destination, ErrorCode, LogLevel
+from runtime.errors import AgentTrap, HostCallFailed, SandboxError
+from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable
+from runtime.limits import CallBudget
+
+_U32: Final = 0xFFFF_FFFF
+_I32_MAX: Final = 0x7FFF_FFFF
+
+
+class CallContext:
+    """What the host functions may touch for one agent instance; reset before every call."""
+
+    __slots__ = (
+        "budget",
+        "emits",
+        "fault",
+        "host",
+        "kv_ops",
+        "logs",
+        "logs_dropped",
+        "memory",
+        "output_bytes",
+        "replies",
+        "sends",
+        "vector_ops",
+    )
+
+    def __init__(self, host: HostAPI, budget: CallBudget) -> None:
+        self.host = host
+        self.budget = budget
+        #: Set once the instance exists; the wasm start function runs before that.
+        self.memory: wasmtime.Memory | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.replies: list[bytes] = []
+        self.sends = 0
+        self.emits = 0
+        self.logs = 0
+        self.logs_dropped = 0
+        self.kv_ops = 0
+        self.vector_ops = 0
+        self.output_bytes = 0
+        self.fault: SandboxError | None = None
+
+
+_active = threading.local()
+
+
+@contextmanager
+def active(ctx: CallContext) -> Iterator[None]:
+    """Make `ctx` the one the host functions see while this thread runs the guest."""
+    previous: CallContext | None = getattr(_active, "ctx", None)
+    _active.ctx = ctx
+    try:
+        yield
+    finally:
+        _active.ctx = previous
+
+
+def current() -> CallContext | None:
+    """The context of the sandbox call this thread is running, if any."""
+    ctx: CallContext | None = getattr(_active, "ctx", None)
+    return ctx
+
+
+class _GuestBug(Exception):
+    """A guest mistake that has no error code to return: the guest is trapped with this reason."""
+
+
+class GuestAborted(Exception):
+    """Raised through wasmtime to unwind the guest; the sandbox reads `CallContext.fault`."""
+
+
+# --- guest memory --------------------------------------------------------------------------------
+
+
+def _memory(ctx: CallContext) -> wasmtime.Memory:
+    if ctx.memory is None:
+        raise _GuestBug("host functions are unavailable in the wasm start function; use swarm_init")
+    return ctx.memory
+
+
+def _span(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, what: str) -> int:
+    """Check that [ptr, ptr + length) lies in guest memory; returns the unsigned pointer.
+
+    Pointers and lengths are i32 on the wire and unsigned by the ABI, so -1 is 4 GiB, not a
+    Python negative index (wasmtime's `Memory.read` would silently clamp a bad slice).
+    """
+    ptr &= _U32
+    length &= _U32
+    size = _memory(ctx).data_len(caller)
+    if ptr + length > size:
+        raise _GuestBug(f"{what} [{ptr:#x}, +{length}) lies outside guest memory ({size} bytes)")
+    return ptr
+
+
+def _read(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    if length == 0:
+        return b""
+    return bytes(_memory(ctx).read(caller, ptr, ptr + length))
+
+
+def _write(ctx: CallContext, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
+    # Memory.write refuses a zero-length write at the very end of memory; nothing to do anyway.
+    if data:
+        _memory(ctx).write(caller, data, ptr)
+
+
+def _text(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _charge(ctx: CallContext, size: int) -> bool:
+    if ctx.output_bytes + size > ctx.budget.max_output_bytes:
+        return False
+    ctx.output_bytes += size
+    return True
+
+
+def _length_result(
+    ctx: CallContext, caller: wasmtime.Caller, out: int, cap: int, data: bytes
+) -> int:
+    """The snprintf convention shared by kv_get and vector_search (see ABI.md)."""
+    if len(data) > _I32_MAX:
+        return ErrorCode.LIMIT
+    if len(data) <= cap & _U32:
+        _write(ctx, caller, out, data)
+    return len(data)
+
+
+# --- host functions ------------------------------------------------------------------------------
+# Each takes the active context and the caller first, then the raw i32/i64 arguments.
+
+
+def _reply(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "reply")
+    length &= _U32
+    budget = ctx.budget
+    # No return value to report a refusal with, and a silently dropped reply would be a lie.
+    if len(ctx.replies) >= budget.max_replies:
+        raise _GuestBug(f"more than {budget.max_replies} replies in one call")
+    if length > budget.max_message_bytes:
+        raise _GuestBug(f"reply of {length} bytes exceeds {budget.max_message_bytes}")
+    if not _charge(ctx, length):
+        raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
+    ctx.replies.append(_read(ctx, caller, ptr, length))
+
+
+def _send(
+    ctx: CallContext, caller: wasmtime.Caller, to_ptr: int, to_len: int, ptr: int, length: int
+) -> int:
+    to_ptr = _span(ctx, caller, to_ptr, to_len, "send destination")
+    ptr = _span(ctx, caller, ptr, length, "send message")
+    to_len &= _U32
+    length &= _U32
+    budget = ctx.budget
+    if ctx.sends >= budget.max_sends or to_len > budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    if length > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    text = _text(_read(ctx, caller, to_ptr, to_len))
+    to = Destination.parse(text) if text is not None else None
+    if to is None:
+        return ErrorCode.INVALID
+    if not _charge(ctx, length):
+        return ErrorCode.LIMIT
+    ctx.sends += 1
+    try:
+        ctx.host.send(to, _read(ctx, caller, ptr, length))
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def _emit(
+    ctx: CallContext, caller: wasmtime.Caller, type_ptr: int, type_len: int, ptr: int, length: int
+) -> int:
+    type_ptr = _span(ctx, caller, type_ptr, type_len, "event type")
+    ptr = _span(ctx, caller, ptr, length, "event data")
+    type_len &= _U32
+    length &= _U32
+    budget = ctx.budget
+    if ctx.emits >= budget.max_emits or type_len > budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    if length > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    type_ = _text(_read(ctx, caller, type_ptr, type_len))
+    if type_ is None or not abi.is_event_type(type_):
+        return ErrorCode.INVALID
+    if not _charge(ctx, length):
+        return ErrorCode.LIMIT
+    ctx.emits += 1
+    try:
+        ctx.host.emit(type_, _read(ctx, caller, ptr, length))
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "log message")
+    length &= _U32
+    budget = ctx.budget
+    # Logs are diagnostics: losing some beats killing the agent, and the count tells the pod.
+    if ctx.logs >= budget.max_logs:
+        ctx.logs_dropped += 1
+        return
+    ctx.logs += 1
+    kept = min(length, budget.max_log_bytes)
+    message = _read(ctx, caller, ptr, kept).decode("utf-8", errors="replace")
+    if kept < length:
+        message += f"... [{length - kept} bytes cut]"
+    ctx.host.log(LogLevel.clamp(level), message)
+
+
+def _kv_key(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> str | ErrorCode:
+    if length > ctx.budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    key = _text(_read(ctx, caller, ptr, length))
+    if not key:
+        return ErrorCode.INVALID
+    return key
+
+
+def _kv_get(
+    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, out: int, cap: int
+) -> int:
+    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
+    out = _span(ctx, caller, out, cap, "kv output buffer")
+    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+        return ErrorCode.LIMIT
+    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
+    if isinstance(key, ErrorCode):
+        return key
+    ctx.kv_ops += 1
+    try:
+        value = ctx.host.kv_get(key)
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    if value is None:
+        return ErrorCode.NOT_FOUND
+    return _length_result(ctx, caller, out, cap, value)
+
+
+def _kv_put(
+    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, ptr: int, length: int
+) -> int:
+    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
+    ptr = _span(ctx, caller, ptr, length, "kv value")
+    length &= _U32
+    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+        return ErrorCode.LIMIT
+    if length > ctx.budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
+    if isinstance(key, ErrorCode):
+        return key
+    if not _charge(ctx, length):
+        return ErrorCode.LIMIT
+    ctx.kv_ops += 1
+    try:
+        ctx.host.kv_put(key, _read(ctx, caller, ptr, length))
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def _now_ms(ctx: CallContext, caller: wasmtime.Caller) -> int:
+    return ctx.host.now_ms()
+
+
+def _random(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "random buffer")
+    length &= _U32
+    if length > ctx.budget.max_random_bytes:
+        raise _GuestBug(f"asked for {length} random bytes, at most {ctx.budget.max_random_bytes}")
+    data = ctx.host.random(length)
+    if len(data) != length:
+        raise RuntimeError(f"host returned {len(data)} random bytes instead of {length}")
+    _write(ctx, caller, ptr, data)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _json(raw: bytes) -> Any:
+    """Parsed JSON, or None for anything malformed (NaN and Infinity included)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _vector(value: object, max_dims: int) -> list[float] | None:
+    if not isinstance(value, list) or not 0 < len(value) <= max_dims:
+        return None
+    numbers: list[float] = []
+    for item in value:
+        # bool is an int in Python, but `true` is not a coordinate.
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return None
+        number = float(item)
+        if not math.isfinite(number):
+            return None
+        numbers.append(number)
+    return numbers
+
+
+def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    ptr = _span(ctx, caller, ptr, length, "vector_store request")
+    length &= _U32
+    budget = ctx.budget
+    if ctx.vector_ops >= budget.max_vector_ops:
+        return ErrorCode.LIMIT
+    if length > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    request = _json(_read(ctx, caller, ptr, length))
+    if not isinstance(request, dict) or not set(request) <= {"id", "vector", "data"}:
+        return ErrorCode.INVALID
+    id_ = request.get("id")
+    vector = _vector(request.get("vector"), budget.max_vector_dims)
+    if not isinstance(id_, str) or not id_ or len(id_.encode()) > budget.max_name_bytes:
+        return ErrorCode.INVALID
+    if vector is None:
+        return ErrorCode.INVALID
+    data: JSON = request.get("data")
+    if not _charge(ctx, length):
+        return ErrorCode.LIMIT
+    ctx.vector_ops += 1
+    try:
+        ctx.host.vector_store(id_, vector, data)
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def _vector_search(
+    ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, out: int, cap: int
+) -> int:
+    ptr = _span(ctx, caller, ptr, length, "vector_search query")
+    out = _span(ctx, caller, out, cap, "vector_search output buffer")
+    length &= _U32
+    budget = ctx.budget
+    if ctx.vector_ops >= budget.max_vector_ops or length > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    query = _json(_read(ctx, caller, ptr, length))
+    if not isinstance(query, dict) or not set(query) <= {"vector", "k"}:
+        return ErrorCode.INVALID
+    vector = _vector(query.get("vector"), budget.max_vector_dims)
+    k = query.get("k", 10)
+    if vector is None or isinstance(k, bool) or not isinstance(k, int):
+        return ErrorCode.INVALID
+    if not 0 < k <= budget.max_search_k:
+        return ErrorCode.LIMIT
+    ctx.vector_ops += 1
+    try:
+        hits = ctx.host.vector_search(vector, k)
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    result = json.dumps(
+        [{"id": hit.id, "score": hit.score, "data": hit.data} for hit in hits[:k]],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    if len(result) > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    return _length_result(ctx, caller, out, cap, result)
+
+
+_IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
+    "reply": _reply,
+    "send": _send,
+    "emit": _emit,
+    "log": _log,
+    "kv_get": _kv_get,
+    "kv_put": _kv_put,
+    "now_ms": _now_ms,
+    "random": _random,
+    "vector_store": _vector_store,
+    "vector_search": _vector_search,
+}
+
+
+def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    qualified = f"{abi.IMPORT_MODULE}.{name}"
+
+    def host_function(caller: wasmtime.Caller, *args: int) -> Any:
+        ctx = current()
+        if ctx is None:
+            # Only reachable if a store escaped its sandbox; trap rather than guess an instance.
+            raise GuestAborted(f"{qualified} called outside a sandbox call")
+        error: SandboxError
+        try:
+            return impl(ctx, caller, *args)
+        except _GuestBug as bug:
+            error = AgentTrap(f"{qualified}: {bug}")
+        except Exception as exc:
+            error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
+        ctx.fault = error
+        raise GuestAborted(error.reason)
+
+    host_function.__qualname__ = host_function.__name__ = f"host_{name}"
+    return host_function
+
+
+def functype(signature: abi.Signature) -> wasmtime.FuncType:
+    types = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+    return wasmtime.FuncType(
+        [types[p]() for p in signature.params], [types[r]() for r in signature.results]
+    )
+
+
+def build_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """The Linker every agent of `engine` is instantiated through."""
+    linker = wasmtime.Linker(engine)
+    for name, signature in abi.IMPORTS.items():
+        linker.define_func(
+            abi.IMPORT_MODULE,
+            name,
+            functype(signature),
+            _guarded(name, _IMPLEMENTATIONS[name]),
+            access_caller=True,
+        )
+    return linker

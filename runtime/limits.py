@@ -1,0 +1,71 @@
+"""The sandbox policy as a value: what one agent instance may consume per call and in total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from schemas.specs import AgentSpec, Limits, Resources
+
+Capability = Literal["fs", "net", "env"]
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CallBudget:
+    """Bounds on the host calls of one `handle`, so a guest cannot make the host allocate freely.
+
+    Counts are per call and reset at the next one. `max_output_bytes` caps everything the host
+    copies out of the guest in one call (replies, sends, events, kv values, vectors), so the
+    host's memory for one call is bounded whatever the mix.
+    """
+
+    max_message_bytes: int = 1 * _MIB
+    max_name_bytes: int = 256
+    max_log_bytes: int = 4096
+    max_replies: int = 16
+    max_sends: int = 64
+    max_emits: int = 64
+    max_logs: int = 100
+    max_kv_ops: int = 1024
+    max_vector_ops: int = 16
+    max_output_bytes: int = 8 * _MIB
+    max_random_bytes: int = 64 * 1024
+    max_vector_dims: int = 4096
+    max_search_k: int = 100
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"CallBudget.{f.name} must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    """Limits of one agent instance; defaults are those of `schemas.specs`."""
+
+    fuel_per_call: int = Limits.model_fields["fuel_per_call"].default
+    deadline_ms: int = Limits.model_fields["deadline_ms"].default
+    memory_bytes: int = Resources.model_fields["memory_mb"].default * _MIB
+    #: Host capabilities beyond the default sandbox. Core modules get none of them yet: a module
+    #: importing WASI is refused whatever this says (see runtime/ABI.md).
+    capabilities: frozenset[Capability] = frozenset()
+    #: Table growth is the other way to allocate host memory from wasm (8 bytes per element).
+    max_table_elements: int = 100_000
+    budget: CallBudget = field(default_factory=CallBudget)
+
+    def __post_init__(self) -> None:
+        for name in ("fuel_per_call", "deadline_ms", "memory_bytes", "max_table_elements"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SandboxLimits.{name} must be >= 1")
+
+    @classmethod
+    def from_spec(cls, spec: AgentSpec, *, budget: CallBudget | None = None) -> SandboxLimits:
+        return cls(
+            fuel_per_call=spec.limits.fuel_per_call,
+            deadline_ms=spec.limits.deadline_ms,
+            memory_bytes=spec.resources.memory_mb * _MIB,
+            capabilities=frozenset(spec.capabilities),
+            budget=budget or CallBudget(),
+        )
