@@ -29,7 +29,7 @@ class Projector:
         *,
         batch: int = 1000,
         in_flight: int = 4,
-        submit_timeout: float = 1.0,
+        submit_timeout: float = 0.5,
     ) -> None:
         self.log = eventlog
         self.raft = raft

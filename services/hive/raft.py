@@ -125,7 +125,17 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
             loop.call_soon_threadsafe(settle)
 
         self.apply_events(batch, callback=done)
-        return await asyncio.wait_for(future, timeout)
+        # Under load pysyncobj sometimes never calls back for an entry it did commit, so the
+        # applied sequence is watched too: whichever says "done" first wins.
+        last = batch[-1][0] if batch else 0
+        deadline = loop.time() + timeout
+        while not future.done():
+            if self.applied_seq >= last:
+                return self.applied_seq
+            if loop.time() > deadline:
+                raise TimeoutError(f"batch up to {last} not applied within {timeout}s")
+            await asyncio.wait([future], timeout=0.005)
+        return future.result()
 
 
 class RaftError(RuntimeError):
