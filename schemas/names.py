@@ -173,3 +173,24 @@ def metrics_subject(source: str, name: str) -> str:
 
 def logs_subject(source: str, level: str) -> str:
     return f"{LOGS_PREFIX}.{_check_token('source', source)}.{_check_name('level', level)}"
+
+
+# --- Agent mesh and state snapshots (runtime pods) -----------------------------------------------
+
+MESH_AGENT_PREFIX: Final = f"{MESH_PREFIX}.agent"
+MESH_TOPIC_PREFIX: Final = f"{MESH_PREFIX}.topic"
+#: JetStream KV bucket of agent kv-state snapshots, one key per replica id.
+SNAPSHOTS_BUCKET: Final = "swarm-snapshots"
+
+
+def mesh_agent_subject(namespace: str, name: str) -> str:
+    """Direct messages to one agent (core NATS request/reply; one replica answers each)."""
+    return (
+        f"{MESH_AGENT_PREFIX}.{_check_token('namespace', namespace)}."
+        f"{_check_token('agent name', name)}"
+    )
+
+
+def mesh_topic_subject(topic: str) -> str:
+    """Topic fan-out: every subscriber gets each message."""
+    return f"{MESH_TOPIC_PREFIX}.{_check_token('topic', topic)}"

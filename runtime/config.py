@@ -1,0 +1,57 @@
+"""Pod settings (`SWARM_POD_*`); where NATS is comes from the shared `Settings`."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import names
+
+
+def default_pod_id() -> str:
+    """The host name as a subject token: a pod restarted on the same host keeps its identity,
+    so it re-registers and resumes the replicas the log still places on it."""
+    token = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64].strip("-")
+    return token or "pod"
+
+
+class PodSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARM_POD_", extra="ignore", frozen=True)
+
+    id: str = Field(default_factory=default_pod_id)
+    #: Capacity offered to the scheduler.
+    memory_mb: int = Field(default=4096, ge=1)
+    fuel_per_s: int = Field(default=10_000_000_000, ge=1)
+    slots: int = Field(default=100, ge=1, le=1_000_000)
+    zone: str = Field(default="default", max_length=64)
+    labels: dict[str, str] = Field(default_factory=dict)
+    energy_cost: float = Field(default=1.0, ge=0)
+    #: The Hive declares the pod lost after this long without a heartbeat; we beat 4x as often.
+    lease_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Compiled-module cache; default `./.swarm/pods/<id>/modules`.
+    cache_dir: Path | None = None
+    #: Messages waiting per replica; more are refused with {"error": "mailbox full"}.
+    mailbox_size: int = Field(default=256, ge=1)
+    #: How often changed kv state is saved, and metrics published.
+    snapshot_interval_s: float = Field(default=5.0, gt=0)
+    metrics_interval_s: float = Field(default=5.0, gt=0)
+    #: Threads running wasm calls. A looping agent holds one until its deadline, so this is how
+    #: many misbehaving agents the pod absorbs before well-behaved neighbours queue behind them.
+    workers: int = Field(default=16, ge=1, le=1024)
+    #: Events read per fetch, and how long a fetch waits when the log is quiet.
+    fetch_batch: int = Field(default=1000, ge=1)
+    idle_s: float = Field(default=0.05, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not names.is_token(value):
+            raise ValueError(f"pod id {value!r} must match {names.TOKEN_PATTERN}")
+        return value
+
+    def module_cache_dir(self) -> Path:
+        return self.cache_dir or Path(".swarm") / "pods" / self.id / "modules"

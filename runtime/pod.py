@@ -1,0 +1,362 @@
+"""The pod process: register with the Hive, keep the lease, run the replicas the log places here.
+
+Like the scheduler, the pod keeps no position: on start it replays SWARM_EVENTS from the first
+message into a `PodView` with an ordered ephemeral reader, and the same reader then follows the
+log. It does nothing until the view has caught up with the end of the log (a half-rebuilt view
+would start replicas that were moved or stopped further down), then reconciles after every batch:
+replicas placed here that do not run are started; running ones the log stopped, moved or deleted
+are stopped. Everything the pod does is reported as a `replica.report` command; only the Hive
+writes events.
+
+Shutdown: `stop()` drains (each replica finishes its queued messages and saves a last snapshot)
+but reports nothing and does not deregister: the lease runs out and the Hive moves the replicas,
+or the pod comes back under the same id first and resumes them. Cancelling `run()` is the
+abrupt path (as kill -9): nothing is saved, sandboxes are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import enum
+import hashlib
+import json
+import signal
+
+import nats.errors
+import structlog
+from nats.js.errors import NotFoundError
+
+from runtime.config import PodSettings
+from runtime.engine import SandboxEngine
+from runtime.modules import ModuleCache
+from runtime.podview import HANDLED, Assignment, PodView
+from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
+from runtime.snapshots import SnapshotStore
+from schemas import REGISTRY, DecodeError, Payload, command, commands, names
+from schemas.specs import Capacity, ModuleRef
+from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
+from swarm.kernel.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def _wanted() -> frozenset[tuple[str, str]]:
+    """(aggregate, event) of every event the view folds, to skip the rest before decoding."""
+    pairs: set[tuple[str, str]] = set()
+    models: list[type[Payload]] = list(HANDLED)
+    for model in models:
+        entry = REGISTRY.get(model.TYPE)
+        if entry is not None and entry.aggregate and entry.event:
+            pairs.add((entry.aggregate, entry.event))
+    return frozenset(pairs)
+
+
+_WANTED = _wanted()
+_REPORT_ATTEMPTS = 3
+
+
+class PodStatus(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _GapError(Exception):
+    """A message of the ordered feed went missing; read again from the view's position."""
+
+
+class Pod:
+    def __init__(self, settings: Settings, config: PodSettings | None = None) -> None:
+        self.settings = settings
+        self.config = config or PodSettings()
+        self.pod_id = self.config.id
+        self.identity = f"pod:{self.pod_id}"
+        self.source = f"pod-{self.pod_id}"
+        self.view = PodView(self.pod_id)
+        self.status = PodStatus.NEW
+        #: Set once the view has caught up with the log; nothing is started before.
+        self.live = asyncio.Event()
+        self.replicas: dict[str, Replica] = {}
+        #: Replicas finishing (stopped, moved away or broken and dropped), until their task ends.
+        self._retiring: set[Replica] = set()
+        #: Placements of `stopping` replicas this pod reported stopped without running them.
+        self._reported_stopped: set[tuple[str, int]] = set()
+        self._registered_after = 0
+        self._stop = asyncio.Event()
+        self._eventlog: EventLog | None = None
+        self._deps: ReplicaDeps | None = None
+
+    def stop(self) -> None:
+        """Stop following the log and drain the replicas; safe before start and twice."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        if self.settings.nats_url is None:
+            raise SystemExit("SWARM_NATS_URL is not set")
+        if self._stop.is_set():
+            self.status = PodStatus.STOPPED
+            return
+        self.status = PodStatus.RUNNING
+        engine = SandboxEngine()
+        executor = concurrent.futures.ThreadPoolExecutor(
+            self.config.workers, thread_name_prefix=f"pod-{self.pod_id}"
+        )
+        eventlog: EventLog | None = None
+        tasks: list[asyncio.Task[None]] = []
+        graceful = False
+        try:
+            eventlog = self._eventlog = await EventLog.connect(
+                self.settings.nats_url, self.settings, name=self.source
+            )
+            engine.start()
+            snapshots = await SnapshotStore.open(eventlog.js)
+            self._deps = ReplicaDeps(
+                pod_id=self.pod_id,
+                nc=eventlog.nc,
+                engine=engine,
+                modules=ModuleCache(engine, self.config.module_cache_dir()),
+                snapshots=snapshots,
+                executor=executor,
+                fetch_module=self._fetch_module,
+                report=self._report,
+                mailbox_size=self.config.mailbox_size,
+            )
+            await self._register()
+            tasks = [
+                asyncio.create_task(self._heartbeat(eventlog), name="pod-heartbeat"),
+                asyncio.create_task(self._snapshot_loop(), name="pod-snapshots"),
+                asyncio.create_task(self._metrics_loop(eventlog), name="pod-metrics"),
+            ]
+            log.info("pod started", pod_id=self.pod_id)
+            await self._follow_until_stopped(eventlog)
+            graceful = True
+        finally:
+            self.status = PodStatus.STOPPING
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if graceful:
+                await self._drain()
+            else:
+                for replica in [*self.replicas.values(), *self._retiring]:
+                    replica.abort()
+            if eventlog is not None:
+                await eventlog.close()
+            engine.stop()
+            # Threads still inside a wasm call end at their deadline; do not wait for them.
+            executor.shutdown(wait=False, cancel_futures=True)
+            self.status = PodStatus.STOPPED
+            log.info("pod stopped", pod_id=self.pod_id, graceful=graceful)
+
+    async def _drain(self) -> None:
+        for replica in self.replicas.values():
+            replica.stop(report=False, save=True)
+        everyone = [*self.replicas.values(), *self._retiring]
+        await asyncio.gather(*(r.wait() for r in everyone), return_exceptions=True)
+        self.replicas.clear()
+        self._retiring.clear()
+
+    # -- registration and lease -------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        c = self.config
+        await self._send(
+            commands.RegisterPod(
+                pod_id=self.pod_id,
+                capacity=Capacity(memory_mb=c.memory_mb, fuel_per_s=c.fuel_per_s, slots=c.slots),
+                labels=dict(c.labels),
+                zone=c.zone,
+                energy_cost=c.energy_cost,
+                lease_s=c.lease_s,
+            )
+        )
+
+    async def _heartbeat(self, eventlog: EventLog) -> None:
+        subject = names.heartbeat_subject(self.pod_id)
+        while True:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await eventlog.nc.publish(subject, b"")
+            await asyncio.sleep(self.config.lease_s / 4)
+
+    # -- following the log ------------------------------------------------------------------------
+
+    async def _follow_until_stopped(self, eventlog: EventLog) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._follow(eventlog)
+            except (_GapError, EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning(
+                    "event feed interrupted; reading again",
+                    error=str(exc) or type(exc).__name__,
+                    applied_seq=self.view.applied_seq,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 0.2)
+
+    async def _follow(self, eventlog: EventLog) -> None:
+        batch = self.config.fetch_batch
+        reader = await eventlog.reader(
+            names.STREAM_EVENTS, start_seq=self.view.applied_seq + 1, batch=batch
+        )
+        expected = 1
+        try:
+            while not self._stop.is_set():
+                deliveries = await reader.fetch(batch, timeout=self.config.idle_s)
+                for delivery in deliveries:
+                    if delivery.consumer_seq != expected:
+                        raise _GapError(
+                            f"expected delivery {expected}, got {delivery.consumer_seq}"
+                        )
+                    expected += 1
+                    self._apply(delivery)
+                if not self.live.is_set():
+                    if deliveries and deliveries[-1].num_pending > 0:
+                        continue
+                    if not deliveries and not await reader.caught_up():
+                        continue
+                    self.live.set()
+                    log.info("pod view rebuilt", applied_seq=self.view.applied_seq)
+                await self._reconcile()
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await reader.close()
+
+    def _apply(self, delivery: Delivery) -> None:
+        parts = names.parse_event_subject(delivery.subject)
+        if parts is None or (parts[0], parts[2]) not in _WANTED:
+            self.view.advance(delivery.stream_seq)
+            return
+        try:
+            envelope = delivery.decode()
+        except DecodeError as exc:
+            log.warning("unreadable event skipped", seq=delivery.stream_seq, error=str(exc))
+            self.view.advance(delivery.stream_seq)
+            return
+        self.view.fold(envelope, delivery.stream_seq)
+
+    async def _reconcile(self) -> None:
+        if self._deps is None:
+            return
+        if self.view.lost_seq > self._registered_after:
+            # Declared lost (e.g. a long pause) while alive: register again to be ready; the
+            # replicas it held were already moved and are stopped below.
+            self._registered_after = self.view.lost_seq
+            log.warning("this pod was declared lost; registering again", pod_id=self.pod_id)
+            await self._register()
+        wanted, stopping = self.view.wanted(), self.view.stopping()
+        for replica_id, replica in list(self.replicas.items()):
+            placed = replica.assignment.placed_seq
+            want = wanted.get(replica_id)
+            if want is not None and want.placed_seq == placed:
+                continue
+            stop = stopping.get(replica_id)
+            del self.replicas[replica_id]
+            self._retiring.add(replica)
+            if stop is not None and stop.placed_seq == placed:
+                replica.stop(report=True, save=True)
+            else:
+                # Crashed (already reported), moved to another pod, or deleted: not ours to
+                # save or report any more.
+                replica.stop(report=False, save=False)
+        for replica_id, assignment in wanted.items():
+            if replica_id not in self.replicas:
+                replica = self.replicas[replica_id] = Replica(assignment, self._deps)
+                replica.start()
+        for replica_id, assignment in stopping.items():
+            key = (replica_id, assignment.placed_seq)
+            if replica_id in self.replicas or key in self._reported_stopped:
+                continue
+            if any(r.replica_id == replica_id for r in self._retiring):
+                continue
+            # Asked to stop a replica this pod does not run (e.g. it restarted meanwhile).
+            self._reported_stopped.add(key)
+            await self._report(assignment, "stopped", "not running", assignment.snapshot)
+        self._retiring = {r for r in self._retiring if not r.done}
+        # Only placements still stopping can be reported again; forget the others.
+        self._reported_stopped &= {(rid, a.placed_seq) for rid, a in stopping.items()}
+
+    # -- what replicas borrow ---------------------------------------------------------------------
+
+    async def _fetch_module(self, ref: ModuleRef) -> bytes:
+        if ref.kind != "core":
+            raise ModuleUnavailable(f"{ref.kind} modules are not supported by this pod yet")
+        if ref.inline is not None:
+            return base64.b64decode(ref.inline)
+        assert ref.sha256 is not None
+        assert self._eventlog is not None
+        try:
+            store = await self._eventlog.js.object_store(names.OBJECT_STORE_MODULES)
+            data = (await store.get(ref.sha256)).data
+        except NotFoundError:
+            data = None
+        if not data:
+            raise ModuleUnavailable(
+                f"module {ref.sha256} is not in the object store {names.OBJECT_STORE_MODULES} "
+                "(push it with `swarm module push`)"
+            )
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ModuleUnavailable(f"module {ref.sha256} in the object store has another digest")
+        return bytes(data)
+
+    async def _report(
+        self, a: Assignment, status: Status, reason: str, snapshot: str | None
+    ) -> None:
+        await self._send(
+            commands.ReportReplica(
+                agent_id=a.agent_id,
+                replica_id=a.replica_id,
+                pod_id=self.pod_id,
+                status=status,
+                reason=reason[:2000],
+                snapshot=snapshot,
+            )
+        )
+
+    async def _send(self, payload: Payload) -> None:
+        if self._eventlog is None:
+            return
+        request = AppendRequest.of(command(payload, source=self.source, identity=self.identity))
+        for attempt in range(1, _REPORT_ATTEMPTS + 1):
+            try:
+                await self._eventlog.append_raw(request)
+                return
+            except (EventLogError, nats.errors.Error, OSError) as exc:
+                # Same command id on every attempt: JetStream drops a retry that did land.
+                log.warning("command not sent", type=payload.TYPE, attempt=attempt, error=str(exc))
+                await asyncio.sleep(0.2 * attempt)
+
+    # -- periodic work ----------------------------------------------------------------------------
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            running = [r for r in self.replicas.values() if r.state is State.RUNNING]
+            await asyncio.gather(*(r.save_if_changed() for r in running))
+
+    async def _metrics_loop(self, eventlog: EventLog) -> None:
+        subject = names.metrics_subject(self.pod_id, "agent")
+        while True:
+            await asyncio.sleep(self.config.metrics_interval_s)
+            body = json.dumps(
+                {
+                    "pod_id": self.pod_id,
+                    "replicas": [r.metrics_json() for r in self.replicas.values()],
+                }
+            ).encode()
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await eventlog.nc.publish(subject, body)
+
+
+async def main() -> None:
+    pod = Pod(Settings(), PodSettings())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, pod.stop)
+    await pod.run()
+
+
+__all__ = ["Pod", "PodStatus", "main"]

@@ -1,0 +1,240 @@
+"""The pod's projection of SWARM_EVENTS: agents' specs per version and where replicas are placed.
+
+Pure and deterministic like the scheduler's view (services are not imported; the rules are
+restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments and is
+idempotent by stream sequence. The pod compares `wanted()` and `stopping()` with what it runs.
+
+Each placement is identified by the sequence of its `replica_scheduled` event (`placed_seq`): a
+replica that crashed and was placed here again is a new placement, even when the crash, the new
+request and the new placement are folded in one batch and the phase looks unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas import Envelope, events
+from schemas.specs import AgentSpec
+
+Phase = Literal[
+    "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
+]
+#: Phases in which a replica should be running on its pod.
+RUN: frozenset[str] = frozenset({"scheduled", "starting", "running"})
+#: Phases in which a replica holds a place on its pod (the Hive's `PLACED`).
+PLACED: frozenset[str] = RUN | {"stopping"}
+
+
+@dataclass(slots=True)
+class AgentInfo:
+    agent_id: str
+    namespace: str
+    name: str
+    current: str
+    specs: dict[str, AgentSpec]
+    deleted: bool = False
+    #: The newest snapshot a replica of this agent stopped with: a replica added later (stop,
+    #: then scale up) starts from it, since new replicas get new ids and no snapshot of their own.
+    last_stopped_snapshot: str | None = None
+
+
+@dataclass(slots=True)
+class ReplicaInfo:
+    agent_id: str
+    replica_id: str
+    version: str
+    phase: Phase = "requested"
+    pod_id: str | None = None
+    snapshot: str | None = None
+    placed_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A replica placed on this pod, with everything needed to run it."""
+
+    agent_id: str
+    replica_id: str
+    namespace: str
+    name: str
+    spec: AgentSpec
+    #: Snapshot the log says it resumes from; else the agent's last stopped one.
+    snapshot: str | None
+    placed_seq: int
+
+
+@dataclass(slots=True)
+class PodView:
+    pod_id: str
+    applied_seq: int = 0
+    agents: dict[str, AgentInfo] = field(default_factory=dict)
+    #: By replica id; ids are `<agent id>-<n>`, so unique across agents.
+    replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
+    #: Sequence of the last `pod_lost` about this pod (the pod registers again when it sees one).
+    lost_seq: int = 0
+
+    def fold(self, envelope: Envelope[Any], seq: int) -> None:
+        if seq <= self.applied_seq:
+            return
+        self.applied_seq = seq
+        handler = _HANDLERS.get(type(envelope.data))
+        if handler is not None:
+            handler(self, envelope.data, seq)
+
+    def advance(self, seq: int) -> None:
+        """Skip a message that could not be read (it must not stall the projection)."""
+        self.applied_seq = max(self.applied_seq, seq)
+
+    def wanted(self) -> dict[str, Assignment]:
+        """Replicas that should run on this pod."""
+        return self._mine(RUN)
+
+    def stopping(self) -> dict[str, Assignment]:
+        """Replicas of this pod the Hive asked to stop (the pod answers with `stopped`)."""
+        return self._mine(frozenset({"stopping"}))
+
+    def _mine(self, phases: frozenset[str]) -> dict[str, Assignment]:
+        out: dict[str, Assignment] = {}
+        for r in self.replicas.values():
+            agent = self.agents.get(r.agent_id)
+            if r.pod_id != self.pod_id or r.phase not in phases or agent is None:
+                continue
+            out[r.replica_id] = Assignment(
+                agent_id=r.agent_id,
+                replica_id=r.replica_id,
+                namespace=agent.namespace,
+                name=agent.name,
+                spec=agent.specs.get(r.version) or agent.specs[agent.current],
+                snapshot=r.snapshot or agent.last_stopped_snapshot,
+                placed_seq=r.placed_seq,
+            )
+        return out
+
+    def _forget(self, replica: ReplicaInfo) -> None:
+        self.replicas.pop(replica.replica_id, None)
+        agent = self.agents.get(replica.agent_id)
+        if (
+            agent is not None
+            and agent.deleted
+            and not any(r.agent_id == agent.agent_id for r in self.replicas.values())
+        ):
+            del self.agents[agent.agent_id]
+
+
+Handler = Callable[[PodView, Any, int], None]
+_HANDLERS: dict[type[Any], Handler] = {}
+
+
+def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[event_type] = fn
+        return fn
+
+    return register
+
+
+@_on(events.AgentDeployed)
+def _deployed(v: PodView, e: events.AgentDeployed, seq: int) -> None:
+    v.agents[e.agent_id] = AgentInfo(
+        e.agent_id, e.namespace, e.name, e.spec.version, {e.spec.version: e.spec}
+    )
+
+
+@_on(events.AgentRolloutStarted)
+def _rollout(v: PodView, e: events.AgentRolloutStarted, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is not None:
+        agent.specs[e.spec.version] = e.spec
+        agent.current = e.spec.version
+
+
+@_on(events.AgentDeleted)
+def _deleted(v: PodView, e: events.AgentDeleted, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is None:
+        return
+    agent.deleted = True
+    if not any(r.agent_id == e.agent_id for r in v.replicas.values()):
+        del v.agents[e.agent_id]
+
+
+@_on(events.ReplicaRequested)
+def _requested(v: PodView, e: events.ReplicaRequested, seq: int) -> None:
+    if e.agent_id not in v.agents:
+        return
+    replica = v.replicas.setdefault(e.replica_id, ReplicaInfo(e.agent_id, e.replica_id, e.version))
+    replica.phase, replica.version, replica.pod_id = "requested", e.version, None
+    replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaScheduled)
+def _scheduled(v: PodView, e: events.ReplicaScheduled, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None:
+        replica.phase, replica.pod_id, replica.placed_seq = "scheduled", e.pod_id, seq
+
+
+@_on(events.ReplicaStarting)
+def _starting(v: PodView, e: events.ReplicaStarting, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None:
+        replica.phase = "starting"
+        if e.snapshot is not None:
+            replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaRunning)
+def _running(v: PodView, e: events.ReplicaRunning, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None:
+        replica.phase = "running"
+
+
+@_on(events.ReplicaCrashed)
+def _crashed(v: PodView, e: events.ReplicaCrashed, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None:
+        replica.phase = "crashed"
+        if e.snapshot is not None:
+            replica.snapshot = e.snapshot
+
+
+@_on(events.ReplicaFailed)
+def _failed(v: PodView, e: events.ReplicaFailed, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None:
+        v._forget(replica)
+
+
+@_on(events.ReplicaStopping)
+def _stopping(v: PodView, e: events.ReplicaStopping, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is None:
+        return
+    if replica.phase in PLACED:
+        replica.phase = "stopping"
+    else:  # never placed, or crashed and waiting: nothing runs, so it is stopped at once
+        v._forget(replica)
+
+
+@_on(events.ReplicaStopped)
+def _stopped(v: PodView, e: events.ReplicaStopped, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    agent = v.agents.get(e.agent_id)
+    snapshot = e.snapshot or (replica.snapshot if replica else None)
+    if agent is not None and snapshot is not None:
+        agent.last_stopped_snapshot = snapshot
+    if replica is not None:
+        v._forget(replica)
+
+
+@_on(events.PodLost)
+def _lost(v: PodView, e: events.PodLost, seq: int) -> None:
+    if e.pod_id == v.pod_id:
+        v.lost_seq = seq
+
+
+#: Payload types that change the view; anything else only advances `applied_seq`.
+HANDLED: frozenset[type[Any]] = frozenset(_HANDLERS)

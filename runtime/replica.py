@@ -1,0 +1,479 @@
+"""One replica of an agent on this pod: its sandbox, its host, its mailbox and its life.
+
+Life: `start()` runs one task that restores the kv state from a snapshot, reports `starting`,
+loads the module, instantiates the sandbox (which runs `swarm_init`), subscribes to the agent's
+mesh subject and reports `running`; then it handles the mailbox one message at a time (so
+messages of one sender are handled in the order they arrived) until it is stopped or breaks.
+
+* Sandbox calls are CPU-bound and may run to their deadline: they run on the pod's executor,
+  never on the event loop, so heartbeats and other agents keep going.
+* The mailbox is bounded: a message arriving when `mailbox_size` are waiting is answered at once
+  with `{"error": "mailbox full"}` (backpressure, not memory).
+* A call failing with a `SandboxError` breaks the instance: the replica stops listening (its
+  siblings in the queue group get the traffic), answers what it had queued with the error, saves
+  its kv (effects of host calls happen when called, ABI.md) and reports `crashed`. The Hive
+  decides about a restart; the pod starts the replica again only when the log places it again.
+* Reply body: the agent's `reply()` outputs concatenated, header `Swarm-Status` = the agent's
+  return code. Errors (the platform's, not the agent's): `{"error": "..."}` with header
+  `Swarm-Error: 1`, so an agent replying JSON with an "error" key is never mistaken for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import json
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from runtime.abi import Destination, LogLevel
+from runtime.engine import SandboxEngine
+from runtime.errors import SandboxError
+from runtime.host import JSON, NotAvailable, VectorHit
+from runtime.limits import SandboxLimits
+from runtime.modules import ModuleCache
+from runtime.podview import Assignment
+from runtime.sandbox import AgentSandbox
+from runtime.snapshots import SnapshotRef, SnapshotStore
+from schemas import names
+from schemas.specs import ModuleRef
+
+log = structlog.get_logger(__name__)
+
+HEADER_STATUS = "Swarm-Status"
+HEADER_ERROR = "Swarm-Error"
+_LEVELS = {LogLevel.DEBUG: "debug", LogLevel.INFO: "info", LogLevel.WARN: "warn"}
+
+Status = Literal["starting", "running", "crashed", "stopped"]
+Report = Callable[[Assignment, Status, str, str | None], Awaitable[None]]
+
+
+class ModuleUnavailable(Exception):
+    """The module cannot be had (not in the object store, or of a kind this pod cannot run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaDeps:
+    """What a replica borrows from its pod."""
+
+    pod_id: str
+    nc: NATS
+    engine: SandboxEngine
+    modules: ModuleCache
+    snapshots: SnapshotStore
+    executor: concurrent.futures.Executor
+    fetch_module: Callable[[ModuleRef], Awaitable[bytes]]
+    report: Report
+    mailbox_size: int
+
+
+class State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    BROKEN = "broken"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def error_body(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode()
+
+
+class PodHost:
+    """The `HostAPI` of one replica. Called on an executor thread, inside a wasm call."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        deps: ReplicaDeps,
+        loop: asyncio.AbstractEventLoop,
+        kv: dict[str, bytes],
+        *,
+        publish_timeout_s: float,
+    ) -> None:
+        self._a = assignment
+        self._deps = deps
+        self._loop = loop
+        self._kv = dict(kv)
+        #: Bumped by every kv_put; the snapshot loop saves when it moved since the last save.
+        self.kv_version = 0
+        self._lock = threading.Lock()
+        self._publish_timeout_s = publish_timeout_s
+        self._pending: set[concurrent.futures.Future[None]] = set()
+
+    def kv_state(self) -> tuple[dict[str, bytes], int]:
+        with self._lock:
+            return dict(self._kv), self.kv_version
+
+    def kv_get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._kv.get(key)
+
+    def kv_put(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._kv[key] = value
+            self.kv_version += 1
+
+    def send(self, to: Destination, message: bytes) -> None:
+        if to.kind == "agent":
+            # Agents address each other by name within their own namespace.
+            subject = names.mesh_agent_subject(self._a.namespace, to.name)
+        else:
+            subject = names.mesh_topic_subject(to.name)
+        future = asyncio.run_coroutine_threadsafe(
+            self._deps.nc.publish(subject, message), self._loop
+        )
+        try:
+            # Waited for (briefly) so that a dead connection is reported as UNAVAILABLE.
+            future.result(self._publish_timeout_s)
+        except Exception as exc:
+            future.cancel()
+            raise NotAvailable(f"cannot send to {to}: {exc or type(exc).__name__}") from None
+
+    def emit(self, type: str, data: bytes) -> None:
+        # Agent events go to the agent's log stream for now: SWARM_EVENTS is the Hive's alone.
+        self._publish_line("info", {"kind": "event", "type": type, "data": _text(data)})
+
+    def log(self, level: LogLevel, message: str) -> None:
+        self._publish_line(_LEVELS.get(level, "error"), {"kind": "log", "message": message})
+
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def random(self, size: int) -> bytes:
+        return os.urandom(size)
+
+    def vector_store(self, id: str, vector: Any, data: JSON) -> None:
+        raise NotAvailable("vector memory is not available on this pod yet")
+
+    def vector_search(self, vector: Any, k: int) -> list[VectorHit]:
+        raise NotAvailable("vector memory is not available on this pod yet")
+
+    def _publish_line(self, level: str, fields: dict[str, JSON]) -> None:
+        body = json.dumps(
+            {
+                "time_ms": self.now_ms(),
+                "pod_id": self._deps.pod_id,
+                "agent_id": self._a.agent_id,
+                "replica_id": self._a.replica_id,
+                "namespace": self._a.namespace,
+                "name": self._a.name,
+                "level": level,
+                **fields,
+            }
+        ).encode()
+        subject = names.logs_subject(self._deps.pod_id, level)
+        # Fire and forget: logs are lossy by design and must not slow the agent down.
+        future = asyncio.run_coroutine_threadsafe(self._deps.nc.publish(subject, body), self._loop)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+@dataclass(slots=True)
+class Metrics:
+    calls: int = 0
+    errors: int = 0
+    fuel_used: int = 0
+    last_latency_ms: float = 0.0
+    memory_bytes: int = 0
+    rejected: int = 0
+    logs_dropped: int = 0
+
+
+class Replica:
+    def __init__(self, assignment: Assignment, deps: ReplicaDeps) -> None:
+        self.assignment = assignment
+        self.deps = deps
+        self.state = State.NEW
+        self.metrics = Metrics()
+        #: Why the replica broke or could not start.
+        self.failure: str | None = None
+        #: The snapshot it resumed from, then the last one it saved.
+        self.snapshot: SnapshotRef | None = None
+        self._saved_version = 0
+        self._save_lock = asyncio.Lock()
+        self._mailbox: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._sandbox: AgentSandbox | None = None
+        self._host: PodHost | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop_report = False
+        self._stop_save = False
+        self._stopping = False
+
+    @property
+    def replica_id(self) -> str:
+        return self.assignment.replica_id
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    @property
+    def unsaved(self) -> bool:
+        """True while kv changes wait for the next snapshot."""
+        return self._host is not None and self._host.kv_version != self._saved_version
+
+    def start(self) -> None:
+        """Start the replica's task; a second call does nothing."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"replica-{self.replica_id}")
+
+    def stop(self, *, report: bool, save: bool) -> None:
+        """Ask the replica to finish: messages already queued are handled first (drain).
+
+        `save` writes a last snapshot; `report` sends `stopped` with it. A replica moved to
+        another pod does neither: it is no longer ours to save or report. Safe twice.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_report, self._stop_save = report, save
+        self._mailbox.put_nowait(None)  # unbounded queue: the sentinel always fits
+        if self._task is None:
+            self.state = State.STOPPED
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def abort(self) -> None:
+        """Drop everything now, save nothing (the pod is going away as if killed)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._sandbox is not None:
+            self._sandbox.close()
+        self.state = State.STOPPED
+
+    async def save_if_changed(self) -> None:
+        """Save the kv state if an agent's kv_put changed it since the last save."""
+        host = self._host
+        if (
+            host is None
+            or self.state is not State.RUNNING
+            or host.kv_version == self._saved_version
+        ):
+            return
+        await self._save()
+
+    def metrics_json(self) -> dict[str, JSON]:
+        m = self.metrics
+        return {
+            "agent_id": self.assignment.agent_id,
+            "replica_id": self.replica_id,
+            "namespace": self.assignment.namespace,
+            "name": self.assignment.name,
+            "state": self.state.value,
+            "calls": m.calls,
+            "errors": m.errors,
+            "fuel_used": m.fuel_used,
+            "last_latency_ms": round(m.last_latency_ms, 3),
+            "memory_bytes": m.memory_bytes,
+            "mailbox": self._mailbox.qsize(),
+            "rejected": m.rejected,
+            "logs_dropped": m.logs_dropped,
+        }
+
+    # -- the replica's task -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            started = await self._start()
+        except SandboxError as exc:
+            await self._fail_start(exc.reason)
+            return
+        except ModuleUnavailable as exc:
+            await self._fail_start(str(exc))
+            return
+        except Exception as exc:  # the pod's side (NATS, a corrupt snapshot): still reported
+            log.exception("replica start failed", replica_id=self.replica_id)
+            await self._fail_start(f"pod error: {type(exc).__name__}: {exc}")
+            return
+        if started:
+            await self._serve()
+        await self._finish()
+
+    async def _start(self) -> bool:
+        self.state = State.STARTING
+        a = self.assignment
+        kv = await self._restore()
+        await self._report("starting", "", str(self.snapshot) if self.snapshot else None)
+        wasm = await self.deps.fetch_module(a.spec.module)
+        loop = asyncio.get_running_loop()
+        compiled = await loop.run_in_executor(self.deps.executor, self.deps.modules.load, wasm)
+        limits = SandboxLimits.from_spec(a.spec)
+        host = PodHost(
+            a, self.deps, loop, kv, publish_timeout_s=min(1.0, limits.deadline_ms / 2000)
+        )
+        self._host = host
+        self._sandbox = await loop.run_in_executor(
+            self.deps.executor, AgentSandbox, self.deps.engine, compiled, limits, host
+        )
+        self._saved_version = 0  # swarm_init's kv_puts are new state worth saving
+        if self._stopping:
+            return True  # stopped while starting: _serve finds the sentinel at once
+        self._sub = await self.deps.nc.subscribe(
+            names.mesh_agent_subject(a.namespace, a.name),
+            # One queue group per agent: each request is answered by one of its replicas.
+            queue=a.agent_id,
+            cb=self._on_message,
+        )
+        self.state = State.RUNNING
+        await self._report("running", "", None)
+        log.info("replica running", replica_id=a.replica_id, pod_id=self.deps.pod_id)
+        return True
+
+    async def _restore(self) -> dict[str, bytes]:
+        a = self.assignment
+        # The log's reference, else this replica's own key (saved before the log heard of it,
+        # e.g. its pod was lost between two reports).
+        ref = SnapshotRef.parse(a.snapshot) if a.snapshot else None
+        if ref is None:
+            ref = SnapshotRef(self.deps.snapshots.bucket, a.replica_id, 0)
+        loaded = await self.deps.snapshots.load(ref)
+        if loaded is None:
+            return {}
+        kv, self.snapshot = loaded
+        return kv
+
+    async def _on_message(self, msg: Msg) -> None:
+        # Runs on nats-py's delivery task: decide quickly, never run the agent here.
+        if self.state is not State.RUNNING or self._stopping:
+            await self._answer(msg, error=self.failure or "agent is not running")
+        elif self._mailbox.qsize() >= self.deps.mailbox_size:
+            self.metrics.rejected += 1
+            await self._answer(msg, error="mailbox full")
+        else:
+            self._mailbox.put_nowait(msg)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        sandbox = self._sandbox
+        assert sandbox is not None
+        while True:
+            msg = await self._mailbox.get()
+            if msg is None:
+                return
+            started = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self.deps.executor, sandbox.handle, msg.data)
+            except ValueError as exc:  # message over the budget: refused, the instance is fine
+                self.metrics.errors += 1
+                await self._answer(msg, error=str(exc))
+                continue
+            except SandboxError as exc:
+                self.metrics.errors += 1
+                self.failure = exc.reason
+                self.state = State.BROKEN
+                log.warning("replica broke", replica_id=self.replica_id, reason=exc.reason)
+                await self._answer(msg, error=exc.reason)
+                return
+            finally:
+                self.metrics.calls += 1
+                self.metrics.last_latency_ms = (time.perf_counter() - started) * 1000
+            m = self.metrics
+            m.fuel_used += result.fuel_used
+            m.memory_bytes = result.memory_bytes
+            m.logs_dropped += result.logs_dropped
+            if not result.ok:
+                m.errors += 1
+            await self._answer(msg, body=b"".join(result.replies), status=result.status)
+
+    async def _finish(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await _quietly(sub.unsubscribe())
+        broken = self.state is State.BROKEN
+        if not broken:
+            self.state = State.STOPPING
+        # Whatever is still queued came after the stop or the failure.
+        while not self._mailbox.empty():
+            msg = self._mailbox.get_nowait()
+            if msg is not None:
+                await self._answer(msg, error=self.failure or "agent stopped")
+        if self._sandbox is not None:
+            self._sandbox.close()
+        if broken:
+            await self._save()
+            await self._report("crashed", self.failure or "broken", self._ref())
+            return
+        if self._stop_save:
+            await self._save()
+        self.state = State.STOPPED
+        if self._stop_report:
+            await self._report("stopped", "stopped", self._ref())
+
+    async def _fail_start(self, reason: str) -> None:
+        self.failure = reason
+        if self._sandbox is not None:
+            self._sandbox.close()
+        log.warning("replica failed to start", replica_id=self.replica_id, reason=reason)
+        if self._stopping and self._stop_report:
+            # Asked to stop meanwhile: what the Hive waits for is `stopped`, not a crash to
+            # restart from.
+            self.state = State.STOPPED
+            await self._report("stopped", f"stopped before it started ({reason})", self._ref())
+            return
+        self.state = State.BROKEN
+        await self._report("crashed", f"failed to start: {reason}", self._ref())
+
+    async def _save(self) -> None:
+        host = self._host
+        if host is None:
+            return
+        async with self._save_lock:
+            state, version = host.kv_state()
+            if version == self._saved_version and self.snapshot is not None:
+                return
+            try:
+                self.snapshot = await self.deps.snapshots.save(self.replica_id, state)
+            except Exception as exc:  # a failed save must not take the pod down; the next may work
+                log.warning("snapshot not saved", replica_id=self.replica_id, error=str(exc))
+                return
+            self._saved_version = version
+
+    def _ref(self) -> str | None:
+        return str(self.snapshot) if self.snapshot else self.assignment.snapshot
+
+    async def _report(self, status: Status, reason: str, snapshot: str | None) -> None:
+        await self.deps.report(self.assignment, status, reason, snapshot)
+
+    async def _answer(
+        self, msg: Msg, *, body: bytes = b"", status: int = 0, error: str | None = None
+    ) -> None:
+        if not msg.reply:  # a one-way `send` from another agent: nobody to answer
+            return
+        if error is not None:
+            body, headers = error_body(error), {HEADER_ERROR: "1"}
+        else:
+            headers = {HEADER_STATUS: str(status)}
+        await _quietly(self.deps.nc.publish(msg.reply, body, headers=headers))
+
+
+async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> None:
+    """Answers and unsubscribes may fail when the connection is going; that is not our failure."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("nats call failed", error=str(exc) or type(exc).__name__)
