@@ -50,8 +50,8 @@ from schemas.specs import ModuleRef
 
 log = structlog.get_logger(__name__)
 
-HEADER_STATUS = "Swarm-Status"
-HEADER_ERROR = "Swarm-Error"
+HEADER_STATUS = names.HEADER_AGENT_STATUS
+HEADER_ERROR = names.HEADER_AGENT_ERROR
 _LEVELS = {LogLevel.DEBUG: "debug", LogLevel.INFO: "info", LogLevel.WARN: "warn"}
 
 Status = Literal["starting", "running", "crashed", "stopped"]

@@ -194,3 +194,8 @@ def mesh_agent_subject(namespace: str, name: str) -> str:
 def mesh_topic_subject(topic: str) -> str:
     """Topic fan-out: every subscriber gets each message."""
     return f"{MESH_TOPIC_PREFIX}.{_check_token('topic', topic)}"
+
+
+#: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
+HEADER_AGENT_STATUS: Final = "Swarm-Status"
+HEADER_AGENT_ERROR: Final = "Swarm-Error"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import nats.errors
 import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -162,11 +164,13 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
         raise CliError(
             f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
         ) from None
+    if path.suffix == ".wat":
+        raw = _assemble(path, raw)
     if raw[:4] != _WASM_MAGIC:
         raise CliError(
             f"{path} is not a WebAssembly module: it does not start with \\0asm",
             code=EXIT_USAGE,
-            hint="pass the compiled .wasm file, not its source or a .wat text module",
+            hint="pass a compiled .wasm file or a .wat text module",
         )
     if len(raw) > INLINE_MODULE_MAX_BYTES:
         raise CliError(
@@ -179,7 +183,33 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
             ),
         )
     detected = "component" if raw[4:8] == _COMPONENT_VERSION else "core"
+    if detected == "core":
+        _validate(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
+
+
+def _assemble(path: Path, text: bytes) -> bytes:
+    """WebAssembly text to a module, so small agents can be deployed from their source."""
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(text.decode("utf-8")))
+    except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"{path} is not valid WebAssembly text: {first}", code=EXIT_USAGE) from None
+
+
+def _validate(path: Path, raw: bytes) -> None:
+    """Refuse a module the engine would refuse, with the engine's reason, before it is sent."""
+    import wasmtime
+
+    try:
+        wasmtime.Module.validate(wasmtime.Engine(), raw)
+    except wasmtime.WasmtimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise CliError(
+            f"{path} is not a valid WebAssembly module: {first}", code=EXIT_USAGE
+        ) from None
 
 
 def _command_type(value: str) -> str:
@@ -1058,3 +1088,57 @@ def delete(
         output=output,
         nats_url=nats_url,
     )
+
+
+@app.command("send")
+def send(
+    name: NameArgument,
+    message: Annotated[
+        str,
+        typer.Argument(
+            help="The message: any text, by convention JSON; '-' reads stdin.", show_default=False
+        ),
+    ],
+    namespace: NamespaceOption = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the reply.")
+    ] = 10.0,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Send one message to an agent and print its reply (one replica answers).
+
+    Exit codes: 0 replied, 1 the agent or its pod reported an error, 3 no reply in time,
+    4 NATS unreachable.
+    """
+    ns = namespace or DEFAULT_NAMESPACE
+    body = sys.stdin.buffer.read() if message == "-" else message.encode()
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        async with connect.session(target, settings) as log:
+            subject = names.mesh_agent_subject(ns, name)
+            try:
+                reply = await log.nc.request(subject, body, timeout=timeout)
+            except nats.errors.NoRespondersError:
+                raise CliError(
+                    f"no replica of {ns}/{name} is running to answer",
+                    code=EXIT_FAILED,
+                    hint=f"`swarm agent describe {name} -n {ns}` shows where its replicas are",
+                ) from None
+            except nats.errors.TimeoutError:
+                raise CliError(
+                    f"{ns}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
+                ) from None
+        headers = reply.headers or {}
+        text = reply.data.decode("utf-8", "replace")
+        if headers.get(names.HEADER_AGENT_ERROR):
+            raise CliError(f"{ns}/{name}: {text}", code=EXIT_FAILED)
+        typer.echo(text)
+        status = headers.get(names.HEADER_AGENT_STATUS, "0")
+        if status != "0":
+            typer.echo(f"agent returned status {status}", err=True)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    finish(main())

@@ -40,7 +40,9 @@ from swarm.kernel.stack import (
 from swarm.kernel.supervisor import ServiceSpec, ServiceState
 
 
-def default_services(data_dir: Path, *, hive_replicas: int = 1) -> tuple[ServiceSpec, ...]:
+def default_services(
+    data_dir: Path, *, hive_replicas: int = 1, pods: int = 1
+) -> tuple[ServiceSpec, ...]:
     """The Swarm services `swarm up` supervises, each a module run by this interpreter.
 
     They are listed here, not in the kernel, because the kernel must not know the services that
@@ -65,6 +67,15 @@ def default_services(data_dir: Path, *, hive_replicas: int = 1) -> tuple[Service
             )
         )
     specs.append(ServiceSpec("scheduler", (sys.executable, "-m", "services.scheduler")))
+    for i in range(pods):
+        pod_dir = data_dir / "pods" / f"pod-{i}"
+        specs.append(
+            ServiceSpec(
+                f"pod-{i}",
+                (sys.executable, "-m", "runtime"),
+                {"SWARM_POD_ID": f"pod-{i}", "SWARM_POD_CACHE_DIR": str(pod_dir / "modules")},
+            )
+        )
     return tuple(specs)
 
 
@@ -179,6 +190,9 @@ def up(
             "--hive-replicas", min=1, max=7, help="Hive replicas forming the Raft cluster."
         ),
     ] = 1,
+    pods: Annotated[
+        int, typer.Option("--pods", min=0, max=64, help="Agent pods to run on this machine.")
+    ] = 1,
     service: Annotated[
         list[str] | None,
         typer.Option(
@@ -195,12 +209,12 @@ def up(
     """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
     settings = _settings(data_dir, nats_url, database_url, sync)
     if detach:
-        _up_detached(settings, service or [], timeout, hive_replicas, no_services)
+        _up_detached(settings, service or [], timeout, hive_replicas, pods, no_services)
         return
     own = (
         ()
         if no_services
-        else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas)
+        else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas, pods=pods)
     )
     services = own + tuple(_parse_service(s) for s in service or ())
     progress = _RichProgress(console)
@@ -226,6 +240,7 @@ def _up_detached(
     extra_services: list[str],
     timeout: float,
     hive_replicas: int,
+    pods: int,
     no_services: bool,
 ) -> None:
     paths = StackPaths.of(settings.data_dir)
@@ -235,6 +250,7 @@ def _up_detached(
         raise typer.Exit(1)
     argv = [sys.executable, "-m", "swarm.cli.stack", "up", "--data-dir", str(paths.root)]
     argv += ["--sync", settings.jetstream_sync, "--hive-replicas", str(hive_replicas)]
+    argv += ["--pods", str(pods)]
     if no_services:
         argv.append("--no-services")
     if settings.nats_url:

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import struct
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ import pytest
 
 from runtime.config import PodSettings
 from runtime.pod import Pod
-from runtime.replica import HEADER_ERROR
 from schemas import commands, names
+from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, Limits, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
@@ -204,3 +205,54 @@ async def _events(stack: Stack, type_: str) -> AsyncIterator[dict[str, Any]]:
         body = json.loads(d.data)
         if body["type"] == type_:
             yield body
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_cli_deploys_the_wat_example_and_talks_to_it(tmp_path: Path) -> None:
+    """What the README shows: deploy examples/echo/echo.wat, then `swarm agent send`."""
+    root = ROOT
+
+    async def swarm(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "swarm.cli.app",
+            *args,
+            "--nats-url",
+            stack.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=root,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    async with cluster(tmp_path) as stack, running_pod(stack, "pod-cli"):
+        code, out, err = await swarm(
+            "agent", "deploy", "echo", "--module", "examples/echo/echo.wat", "--wait"
+        )
+        assert code == 0, out + err
+        assert "is running" in out
+        code, out, err = await swarm("agent", "send", "echo", '{"hello": "swarm"}')
+        assert code == 0, err
+        assert json.loads(out) == {"hello": "swarm"}
+        code, out, err = await swarm("agent", "send", "nobody", "hi")
+        assert code == 1
+        assert "no replica of default/nobody" in err
+        broken = _write(tmp_path / "broken.wat", "(module (func")
+        code, out, err = await swarm("agent", "deploy", "bad", "--module", str(broken))
+        assert code == 2
+        assert "not valid WebAssembly text" in err
+        # This one parses, but the engine refuses it.
+        mistyped = _write(tmp_path / "mistyped.wat", "(module (func (result i32)))")
+        code, out, err = await swarm("agent", "deploy", "bad", "--module", str(mistyped))
+        assert code == 2
+        assert "not a valid WebAssembly module" in err
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
