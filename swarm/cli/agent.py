@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import nats.errors
 import typer
@@ -69,9 +69,9 @@ WAIT_POLL = 0.25
 RECENT_EVENTS = 10
 #: First log window `describe` searches for recent events; widened until enough are found.
 _EVENTS_WINDOW = 1024
-_WASM_MAGIC = b"\0asm"
+WASM_MAGIC = b"\0asm"
 #: Version and layer of a WebAssembly component (a core module has version 1, layer 0).
-_COMPONENT_VERSION = b"\x0d\x00\x01\x00"
+COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 
 app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
 
@@ -165,8 +165,8 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
             f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
         ) from None
     if path.suffix == ".wat":
-        raw = _assemble(path, raw)
-    if raw[:4] != _WASM_MAGIC:
+        raw = assemble_wat(path, raw)
+    if raw[:4] != WASM_MAGIC:
         raise CliError(
             f"{path} is not a WebAssembly module: it does not start with \\0asm",
             code=EXIT_USAGE,
@@ -182,13 +182,13 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
                 "--module-sha256 HEX (or `module: {sha256: HEX}` in a spec file)"
             ),
         )
-    detected = "component" if raw[4:8] == _COMPONENT_VERSION else "core"
+    detected = "component" if raw[4:8] == COMPONENT_VERSION else "core"
     if detected == "core":
-        _validate(path, raw)
+        validate_module(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
 
 
-def _assemble(path: Path, text: bytes) -> bytes:
+def assemble_wat(path: Path, text: bytes) -> bytes:
     """WebAssembly text to a module, so small agents can be deployed from their source."""
     import wasmtime
 
@@ -199,7 +199,7 @@ def _assemble(path: Path, text: bytes) -> bytes:
         raise CliError(f"{path} is not valid WebAssembly text: {first}", code=EXIT_USAGE) from None
 
 
-def _validate(path: Path, raw: bytes) -> None:
+def validate_module(path: Path, raw: bytes) -> None:
     """Refuse a module the engine would refuse, with the engine's reason, before it is sent."""
     import wasmtime
 
@@ -1142,3 +1142,101 @@ def send(
         return EXIT_OK
 
     finish(main())
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+#: Log levels from least to most severe; `--level X` shows X and the levels after it.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+#: `-o` for `swarm agent logs`: a line of text per entry, or a JSON object per line.
+LogFormat = Literal["text", "json"]
+
+
+def _log_time(entry: Mapping[str, Any], delivery: Delivery) -> str:
+    time_ms = entry.get("time_ms")
+    if isinstance(time_ms, int):
+        moment = datetime.fromtimestamp(time_ms / 1000, UTC)
+    else:
+        moment = delivery.timestamp.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _log_message(entry: Mapping[str, Any]) -> str:
+    if entry.get("kind") == "event":
+        return f"event {entry.get('type', '?')}: {entry.get('data', '')}"
+    return str(entry.get("message", ""))
+
+
+@app.command("logs")
+def logs(
+    name: NameArgument,
+    namespace: NamespaceOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
+    ] = False,
+    level: Annotated[
+        str | None,
+        typer.Option(
+            "--level",
+            help=f"Lowest level shown, one of {', '.join(LOG_LEVELS)}.",
+            show_default="all",
+        ),
+    ] = None,
+    grep: Annotated[
+        str | None,
+        typer.Option("--grep", help="Only lines whose message contains TEXT.", metavar="TEXT"),
+    ] = None,
+    output: Annotated[LogFormat, typer.Option("--output", "-o", help="Output format.")] = "text",
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Print an agent's log lines (all its replicas): time, level, replica, message.
+
+    Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
+    by design, so a busy agent may have lines missing.
+    """
+    ns = namespace or DEFAULT_NAMESPACE
+
+    async def main() -> int:
+        if level is not None and level.lower() not in LOG_LEVELS:
+            raise CliError(
+                f"--level {level!r} is not a log level",
+                code=EXIT_USAGE,
+                hint=f"one of: {', '.join(LOG_LEVELS)}",
+            )
+        shown = set(LOG_LEVELS[LOG_LEVELS.index(level.lower()) :]) if level else None
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
+        async with connect.session(target, settings, streams=streams) as log:
+            agent = await HiveQueries(log.nc).agent(ns, name, at_least=await read_floor(log))
+            agent_id = str(agent["agent_id"])
+            replay = log.replay(
+                names.STREAM_LOGS, subjects=[f"{names.LOGS_PREFIX}.>"], follow=follow
+            )
+            async with connect.closing(replay) as deliveries:
+                async for delivery in deliveries:
+                    try:
+                        entry = json.loads(delivery.data)
+                    except ValueError:
+                        continue
+                    if not isinstance(entry, dict) or entry.get("agent_id") != agent_id:
+                        continue
+                    entry_level = str(entry.get("level", "info"))
+                    if shown is not None and entry_level not in shown:
+                        continue
+                    message = printable(_log_message(entry))
+                    if grep is not None and grep not in message:
+                        continue
+                    when = _log_time(entry, delivery)
+                    if output == "json":
+                        typer.echo(json.dumps({"time": when, **entry}, ensure_ascii=False))
+                    else:
+                        replica = entry.get("replica_id", "?")
+                        typer.echo(f"{when} {entry_level.upper():<5} {replica} {message}")
+                    sys.stdout.flush()
+        return EXIT_OK
+
+    finish(main(), watching=follow)

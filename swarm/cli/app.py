@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import agent, namespace, pod, publish, schemas_cmd, stack, timeline
+from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, timeline
 
 app = typer.Typer(
     name="swarm",
@@ -20,6 +20,7 @@ app.add_typer(schemas_cmd.app, name="schemas")
 agent.register(app)
 pod.register(app)
 namespace.register(app)
+module.register(app)
 
 
 def main() -> None:
