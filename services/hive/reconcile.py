@@ -95,7 +95,7 @@ class Reconciler:
             elif pod.status == "lost" and pod.replicas:
                 out.append(
                     (
-                        f"expire-{pod.pod_id}-{pod.last_seq}",
+                        f"expire-{pod.pod_id}-{pod.last_seq}-{len(pod.replicas)}",
                         commands.ExpirePod(pod_id=pod.pod_id, last_heartbeat_age_s=0.0),
                     )
                 )

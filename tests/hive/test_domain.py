@@ -393,3 +393,20 @@ def test_deploy_with_zero_or_many_replicas(replicas: int) -> None:
     agent = sim.state.agents[agent_id]
     assert len(agent.active()) == replicas
     assert agent.status == ("stopped" if replicas == 0 else "requested")
+
+
+def test_a_lost_pod_with_more_replicas_than_one_write_holds_is_emptied_in_steps() -> None:
+    sim = Sim()
+    pod(sim, "big", memory=10**6, slots=1000)
+    for name in ("a", "b"):
+        deploy(sim, name=name, replicas=250, memory=1)
+    place_all(sim, "big")
+    assert len(sim.state.pods["big"].replicas) == 500
+    first = sim.ok(c.ExpirePod(pod_id="big", last_heartbeat_age_s=30), "service:hive")
+    assert sim.types(first).count("agent.replica_requested") == 400
+    assert sim.state.pods["big"].status == "lost"
+    assert len(sim.state.pods["big"].replicas) == 100
+    second = sim.ok(c.ExpirePod(pod_id="big", last_heartbeat_age_s=0), "service:hive")
+    assert "pod.lost" not in sim.types(second)
+    assert sim.types(second).count("agent.replica_requested") == 100
+    assert sim.ok(c.ExpirePod(pod_id="big", last_heartbeat_age_s=0), "service:hive") == []
