@@ -45,6 +45,8 @@ class PodSettings(BaseSettings):
     #: Events read per fetch, and how long a fetch waits when the log is quiet.
     fetch_batch: int = Field(default=1000, ge=1)
     idle_s: float = Field(default=0.05, gt=0)
+    #: Postgres connections for vector memory (used when SWARM_DATABASE_URL is set).
+    memory_connections: int = Field(default=4, ge=1, le=256)
 
     @field_validator("id")
     @classmethod

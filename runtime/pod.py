@@ -31,6 +31,7 @@ from nats.js.errors import NotFoundError
 
 from runtime.config import PodSettings
 from runtime.engine import SandboxEngine
+from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
 from runtime.podview import HANDLED, Assignment, PodView
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
@@ -106,6 +107,7 @@ class Pod:
             self.config.workers, thread_name_prefix=f"pod-{self.pod_id}"
         )
         eventlog: EventLog | None = None
+        memory = self._vector_memory()
         tasks: list[asyncio.Task[None]] = []
         graceful = False
         try:
@@ -124,6 +126,7 @@ class Pod:
                 fetch_module=self._fetch_module,
                 report=self._report,
                 mailbox_size=self.config.mailbox_size,
+                memory=memory,
             )
             await self._register()
             tasks = [
@@ -149,8 +152,18 @@ class Pod:
             engine.stop()
             # Threads still inside a wasm call end at their deadline; do not wait for them.
             executor.shutdown(wait=False, cancel_futures=True)
+            if memory is not None:
+                memory.close()
             self.status = PodStatus.STOPPED
             log.info("pod stopped", pod_id=self.pod_id, graceful=graceful)
+
+    def _vector_memory(self) -> VectorMemory | None:
+        url = self.settings.database_url
+        if not url:
+            log.info("vector memory unavailable: SWARM_DATABASE_URL is not set", pod_id=self.pod_id)
+            return None
+        # Connections open lazily, on an agent's first vector call.
+        return VectorMemory(url, pool_size=self.config.memory_connections)
 
     async def _drain(self) -> None:
         for replica in self.replicas.values():

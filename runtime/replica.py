@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ from runtime.engine import SandboxEngine
 from runtime.errors import SandboxError
 from runtime.host import JSON, NotAvailable, VectorHit
 from runtime.limits import SandboxLimits
+from runtime.memory import AgentMemory, VectorMemory
 from runtime.modules import ModuleCache
 from runtime.podview import Assignment
 from runtime.sandbox import AgentSandbox
@@ -75,6 +76,8 @@ class ReplicaDeps:
     fetch_module: Callable[[ModuleRef], Awaitable[bytes]]
     report: Report
     mailbox_size: int
+    #: Vector memory (Postgres), None when the pod has no SWARM_DATABASE_URL.
+    memory: VectorMemory | None = None
 
 
 class State(enum.Enum):
@@ -111,6 +114,8 @@ class PodHost:
         self._lock = threading.Lock()
         self._publish_timeout_s = publish_timeout_s
         self._pending: set[concurrent.futures.Future[None]] = set()
+        # Namespaced by agent id: its replicas share the memory, other agents never see it.
+        self._memory = AgentMemory(deps.memory, assignment.agent_id) if deps.memory else None
 
     def kv_state(self) -> tuple[dict[str, bytes], int]:
         with self._lock:
@@ -154,11 +159,15 @@ class PodHost:
     def random(self, size: int) -> bytes:
         return os.urandom(size)
 
-    def vector_store(self, id: str, vector: Any, data: JSON) -> None:
-        raise NotAvailable("vector memory is not available on this pod yet")
+    def vector_store(self, id: str, vector: Sequence[float], data: JSON) -> None:
+        if self._memory is None:
+            raise NotAvailable("vector memory is not available on this pod (no database)")
+        self._memory.vector_store(id, vector, data)
 
-    def vector_search(self, vector: Any, k: int) -> list[VectorHit]:
-        raise NotAvailable("vector memory is not available on this pod yet")
+    def vector_search(self, vector: Sequence[float], k: int) -> list[VectorHit]:
+        if self._memory is None:
+            raise NotAvailable("vector memory is not available on this pod (no database)")
+        return self._memory.vector_search(vector, k)
 
     def _publish_line(self, level: str, fields: dict[str, JSON]) -> None:
         body = json.dumps(
