@@ -55,3 +55,63 @@ def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
         (case, path) for case in CASES for path in ("client", "raw")
     } - {("append, pre-serialized", "raw")}
     assert all(c["always_over_default"] > 0 for c in costs)
+
+
+RUNTIME_BENCH = ROOT / "bench" / "runtime.py"
+
+
+@pytest.mark.timeout(90)
+def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
+    out = tmp_path / "runtime.json"
+    tiny = ["--deploys", "5", "--burst", "5", "--agents", "50", "--idle", "200"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(RUNTIME_BENCH),
+            *tiny,
+            "--messages",
+            "100",
+            "--vectors",
+            "300",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "deploy → running p99" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "runtime"
+    assert report["params"]["deploys"] == 5
+    assert report["params"]["vectors"] == 300
+    assert report["machine"]["cpu_count"] >= 1
+    assert report["machine"]["python"] == "{}.{}.{}".format(*sys.version_info[:3])
+
+    deploy = report["deploy"]
+    assert 0 < deploy["p50_ms"] <= deploy["p99_ms"]
+    assert deploy["burst"]["per_s"] > 0
+    assert report["starts"]["per_s"] > 0
+    messages = report["messages"]
+    for side in ("swarm", "raw"):
+        assert messages[side]["msgs_per_s"] > 0
+        assert messages[side]["p50_ms"] > 0
+        assert messages[side]["p50_ms_one_at_a_time"] > 0
+    assert messages["ratio_msgs_per_s"] > 0
+    assert report["idle_memory"]["agents"] == 200
+    assert report["idle_memory"]["bytes_per_agent"] > 0
+    assert report["idle_memory_component"].startswith("n/a")
+    vectors = report["vector_search"]
+    assert vectors["vectors"] == 300
+    if vectors["status"] == "measured":
+        assert vectors["p50_ms"] > 0
+        assert vectors["raw_p50_ms"] > 0
+    else:
+        assert vectors["status"] == "n/a"
+        assert vectors["todo"]
+    assert set(report["met"]) == {"deploy_p99", "starts_per_s", "idle_agents_per_pod"}
