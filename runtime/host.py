@@ -9,6 +9,7 @@ agent's deadline (the epoch deadline cannot interrupt a host call, only the wasm
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random as _random
@@ -64,6 +65,14 @@ class HostAPI(Protocol):
 
     def vector_search(self, vector: Sequence[float], k: int) -> list[VectorHit]: ...
 
+    def vector_store_text(self, id: str, text: str, data: JSON) -> None:
+        """`vector_store` of the host's embedding of `text` (ABI.md: the "text" variant)."""
+        ...
+
+    def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
+        """`vector_search` by the host's embedding of `text`."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
@@ -90,6 +99,9 @@ class MemoryHost:
     brute-force cosine search over everything stored (fine for thousands of vectors, which is
     what tests and small embeddings need); all vectors must have the dimension of the first one.
     `seed` makes `random` reproducible and `clock` (milliseconds) makes `now_ms` controllable.
+
+    Text for vector memory is embedded by `embed` (e.g. `toy_embedding`, a test double); without
+    one the text variants of `vector_store` / `vector_search` are `NotAvailable`.
     """
 
     def __init__(
@@ -97,6 +109,7 @@ class MemoryHost:
         *,
         seed: int | None = None,
         clock: Callable[[], int] | None = None,
+        embed: Callable[[str], Sequence[float]] | None = None,
     ) -> None:
         self.kv: dict[str, bytes] = {}
         self.sent: list[SentMessage] = []
@@ -105,6 +118,7 @@ class MemoryHost:
         self.vectors: dict[str, tuple[tuple[float, ...], JSON]] = {}
         self._rng = _random.Random(seed) if seed is not None else None
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._embed = embed
         # One host may serve agents running on several threads.
         self._lock = threading.Lock()
 
@@ -156,10 +170,42 @@ class MemoryHost:
         hits.sort(key=lambda hit: (-hit.score, hit.id))
         return hits[:k]
 
+    def vector_store_text(self, id: str, text: str, data: JSON) -> None:
+        self.vector_store(id, self._embedded(text), data)
+
+    def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
+        return self.vector_search(self._embedded(text), k)
+
+    def _embedded(self, text: str) -> Sequence[float]:
+        if self._embed is None:
+            raise NotAvailable("this host has no text embedder; pass a vector")
+        return self._embed(text)
+
     def _dims(self) -> int | None:
         for stored, _ in self.vectors.values():
             return len(stored)
         return None
+
+
+#: Dimensions of `toy_embedding`.
+TOY_DIMENSIONS = 64
+
+
+def toy_embedding(text: str, dimensions: int = TOY_DIMENSIONS) -> list[float]:
+    """A deterministic stand-in for a text embedding model, for tests only: NOT semantic.
+
+    Each lowercased whitespace-separated word is hashed (SHA-256) onto one coordinate with a
+    sign, and the sum is normalised: texts sharing words score higher than texts that do not,
+    identical texts score 1, and nothing else about meaning is captured. Use it as
+    `MemoryHost(embed=toy_embedding)`; real pods embed with all-MiniLM-L6-v2.
+    """
+    vector = [0.0] * dimensions
+    for word in text.lower().split():
+        digest = hashlib.sha256(word.encode()).digest()
+        index = int.from_bytes(digest[:4], "little") % dimensions
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else vector
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:

@@ -345,6 +345,16 @@ def _vector(value: object, max_dims: int) -> list[float] | None:
     return numbers
 
 
+def _vector_or_text(request: dict[str, Any], max_dims: int) -> list[float] | str | None:
+    """The "vector" or the "text" of a vector request: exactly one of them (ABI.md)."""
+    if ("vector" in request) == ("text" in request):
+        return None
+    if "text" in request:
+        text = request["text"]
+        return text if isinstance(text, str) and text else None
+    return _vector(request["vector"], max_dims)
+
+
 def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
     ptr = _span(ctx, caller, ptr, length, "vector_store request")
     length &= _U32
@@ -354,20 +364,23 @@ def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: i
     if length > budget.max_message_bytes:
         return ErrorCode.LIMIT
     request = _json(_read(ctx, caller, ptr, length))
-    if not isinstance(request, dict) or not set(request) <= {"id", "vector", "data"}:
+    if not isinstance(request, dict) or not set(request) <= {"id", "vector", "text", "data"}:
         return ErrorCode.INVALID
     id_ = request.get("id")
-    vector = _vector(request.get("vector"), budget.max_vector_dims)
+    what = _vector_or_text(request, budget.max_vector_dims)
     if not isinstance(id_, str) or not id_ or len(id_.encode()) > budget.max_name_bytes:
         return ErrorCode.INVALID
-    if vector is None:
+    if what is None:
         return ErrorCode.INVALID
     data: JSON = request.get("data")
     if not _charge(ctx, length):
         return ErrorCode.LIMIT
     ctx.vector_ops += 1
     try:
-        ctx.host.vector_store(id_, vector, data)
+        if isinstance(what, str):
+            ctx.host.vector_store_text(id_, what, data)
+        else:
+            ctx.host.vector_store(id_, what, data)
     except InvalidArgument:
         return ErrorCode.INVALID
     except NotAvailable:
@@ -385,17 +398,20 @@ def _vector_search(
     if ctx.vector_ops >= budget.max_vector_ops or length > budget.max_message_bytes:
         return ErrorCode.LIMIT
     query = _json(_read(ctx, caller, ptr, length))
-    if not isinstance(query, dict) or not set(query) <= {"vector", "k"}:
+    if not isinstance(query, dict) or not set(query) <= {"vector", "text", "k"}:
         return ErrorCode.INVALID
-    vector = _vector(query.get("vector"), budget.max_vector_dims)
+    what = _vector_or_text(query, budget.max_vector_dims)
     k = query.get("k", 10)
-    if vector is None or isinstance(k, bool) or not isinstance(k, int):
+    if what is None or isinstance(k, bool) or not isinstance(k, int):
         return ErrorCode.INVALID
     if not 0 < k <= budget.max_search_k:
         return ErrorCode.LIMIT
     ctx.vector_ops += 1
     try:
-        hits = ctx.host.vector_search(vector, k)
+        if isinstance(what, str):
+            hits = ctx.host.vector_search_text(what, k)
+        else:
+            hits = ctx.host.vector_search(what, k)
     except InvalidArgument:
         return ErrorCode.INVALID
     except NotAvailable:

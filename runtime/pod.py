@@ -30,6 +30,7 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from runtime.config import PodSettings
+from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
 from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
@@ -162,8 +163,11 @@ class Pod:
         if not url:
             log.info("vector memory unavailable: SWARM_DATABASE_URL is not set", pod_id=self.pod_id)
             return None
-        # Connections open lazily, on an agent's first vector call.
-        return VectorMemory(url, pool_size=self.config.memory_connections)
+        # Connections open lazily, on an agent's first vector call; the one embedder of the pod
+        # loads its model on the first text call (NotAvailable without the embeddings extra).
+        return VectorMemory(
+            url, pool_size=self.config.memory_connections, embedder=MiniLMEmbedder()
+        )
 
     async def _drain(self) -> None:
         for replica in self.replicas.values():

@@ -9,6 +9,11 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   never on the event loop, so heartbeats and other agents keep going.
 * The mailbox is bounded: a message arriving when `mailbox_size` are waiting is answered at once
   with `{"error": "mailbox full"}` (backpressure, not memory).
+* Topics: the replica also subscribes to `mesh_topic_subject(t)` for each topic `t` of its spec,
+  in the agent's queue group, so each topic message reaches one replica of every subscribed
+  agent. Topic messages share the mailbox but are fire-and-forget: never answered (even when
+  the publisher asked for a reply), and dropped and counted (`topic_dropped`) when the mailbox
+  is full or the replica is not running.
 * A call failing with a `SandboxError` breaks the instance: the replica stops listening (its
   siblings in the queue group get the traffic), answers what it had queued with the error, saves
   its kv (effects of host calls happen when called, ABI.md) and reports `crashed`. The Hive
@@ -76,7 +81,8 @@ class ReplicaDeps:
     fetch_module: Callable[[ModuleRef], Awaitable[bytes]]
     report: Report
     mailbox_size: int
-    #: Vector memory (Postgres), None when the pod has no SWARM_DATABASE_URL.
+    #: Vector memory (Postgres), None when the pod has no SWARM_DATABASE_URL. Its `embedder`
+    #: (the pod's one MiniLM, loaded on first use) embeds the text of vector requests.
     memory: VectorMemory | None = None
 
 
@@ -169,6 +175,20 @@ class PodHost:
             raise NotAvailable("vector memory is not available on this pod (no database)")
         return self._memory.vector_search(vector, k)
 
+    def vector_store_text(self, id: str, text: str, data: JSON) -> None:
+        # VectorMemory embeds with its embedder: NotAvailable without the embeddings extra.
+        m = self._agent_memory()
+        m.memory.store_text(m.namespace, id, text, data)
+
+    def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
+        m = self._agent_memory()
+        return m.memory.search_text(m.namespace, text, k)
+
+    def _agent_memory(self) -> AgentMemory:
+        if self._memory is None:
+            raise NotAvailable("vector memory is not available on this pod (no database)")
+        return self._memory
+
     def _publish_line(self, level: str, fields: dict[str, JSON]) -> None:
         body = json.dumps(
             {
@@ -207,6 +227,17 @@ class Metrics:
     memory_bytes: int = 0
     rejected: int = 0
     logs_dropped: int = 0
+    #: Topic messages put in the mailbox, and those dropped (mailbox full, or not running).
+    topic_messages: int = 0
+    topic_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One mailbox entry: a direct message (answered) or a topic message (never answered)."""
+
+    msg: Msg
+    topic: str | None = None
 
 
 class Replica:
@@ -221,8 +252,9 @@ class Replica:
         self.snapshot: SnapshotRef | None = None
         self._saved_version = 0
         self._save_lock = asyncio.Lock()
-        self._mailbox: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._mailbox: asyncio.Queue[Mail | None] = asyncio.Queue()
         self._sub: Subscription | None = None
+        self._topic_subs: list[Subscription] = []
         self._sandbox: AgentSandbox | None = None
         self._host: PodHost | None = None
         self._task: asyncio.Task[None] | None = None
@@ -302,6 +334,8 @@ class Replica:
             "mailbox": self._mailbox.qsize(),
             "rejected": m.rejected,
             "logs_dropped": m.logs_dropped,
+            "topic_messages": m.topic_messages,
+            "topic_dropped": m.topic_dropped,
         }
 
     # -- the replica's task -----------------------------------------------------------------------
@@ -348,6 +382,15 @@ class Replica:
             queue=a.agent_id,
             cb=self._on_message,
         )
+        for topic in dict.fromkeys(a.spec.topics):
+            self._topic_subs.append(
+                await self.deps.nc.subscribe(
+                    names.mesh_topic_subject(topic),
+                    # The same queue name per agent: one replica of each subscribed agent.
+                    queue=a.agent_id,
+                    cb=self._topic_callback(topic),
+                )
+            )
         self.state = State.RUNNING
         await self._report("running", "", None)
         log.info("replica running", replica_id=a.replica_id, pod_id=self.deps.pod_id)
@@ -374,29 +417,45 @@ class Replica:
             self.metrics.rejected += 1
             await self._answer(msg, error="mailbox full")
         else:
-            self._mailbox.put_nowait(msg)
+            self._mailbox.put_nowait(Mail(msg))
+
+    def _topic_callback(self, topic: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on_topic_message(msg: Msg) -> None:
+            # Fire-and-forget: nobody to tell about a drop, so it is only counted.
+            if (
+                self.state is not State.RUNNING
+                or self._stopping
+                or self._mailbox.qsize() >= self.deps.mailbox_size
+            ):
+                self.metrics.topic_dropped += 1
+            else:
+                self.metrics.topic_messages += 1
+                self._mailbox.put_nowait(Mail(msg, topic))
+
+        return on_topic_message
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         sandbox = self._sandbox
         assert sandbox is not None
         while True:
-            msg = await self._mailbox.get()
-            if msg is None:
+            mail = await self._mailbox.get()
+            if mail is None:
                 return
+            msg = mail.msg
             started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(self.deps.executor, sandbox.handle, msg.data)
             except ValueError as exc:  # message over the budget: refused, the instance is fine
                 self.metrics.errors += 1
-                await self._answer(msg, error=str(exc))
+                await self._answer(mail, error=str(exc))
                 continue
             except SandboxError as exc:
                 self.metrics.errors += 1
                 self.failure = exc.reason
                 self.state = State.BROKEN
                 log.warning("replica broke", replica_id=self.replica_id, reason=exc.reason)
-                await self._answer(msg, error=exc.reason)
+                await self._answer(mail, error=exc.reason)
                 return
             finally:
                 self.metrics.calls += 1
@@ -407,20 +466,23 @@ class Replica:
             m.logs_dropped += result.logs_dropped
             if not result.ok:
                 m.errors += 1
-            await self._answer(msg, body=b"".join(result.replies), status=result.status)
+            await self._answer(mail, body=b"".join(result.replies), status=result.status)
 
     async def _finish(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
+            await _quietly(sub.unsubscribe())
+        topic_subs, self._topic_subs = self._topic_subs, []
+        for sub in topic_subs:
             await _quietly(sub.unsubscribe())
         broken = self.state is State.BROKEN
         if not broken:
             self.state = State.STOPPING
         # Whatever is still queued came after the stop or the failure.
         while not self._mailbox.empty():
-            msg = self._mailbox.get_nowait()
-            if msg is not None:
-                await self._answer(msg, error=self.failure or "agent stopped")
+            mail = self._mailbox.get_nowait()
+            if mail is not None:
+                await self._answer(mail, error=self.failure or "agent stopped")
         if self._sandbox is not None:
             self._sandbox.close()
         if broken:
@@ -469,8 +531,14 @@ class Replica:
         await self.deps.report(self.assignment, status, reason, snapshot)
 
     async def _answer(
-        self, msg: Msg, *, body: bytes = b"", status: int = 0, error: str | None = None
+        self, mail: Msg | Mail, *, body: bytes = b"", status: int = 0, error: str | None = None
     ) -> None:
+        if isinstance(mail, Mail):
+            if mail.topic is not None:  # topic messages are fire-and-forget (ABI.md)
+                return
+            msg = mail.msg
+        else:
+            msg = mail
         if not msg.reply:  # a one-way `send` from another agent: nobody to answer
             return
         if error is not None:

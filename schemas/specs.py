@@ -40,6 +40,12 @@ def _check_base64(value: str) -> str:
     return value
 
 
+def _no_repeats(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("topics must not repeat")
+    return values
+
+
 class ModuleRef(Value):
     """Where an agent's WebAssembly module is: in the object store by sha256, or inline."""
 
@@ -93,6 +99,13 @@ class AgentSpec(Value):
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000)
+    #: Topics the agent subscribes to (subject tokens, at most 32, no repeats; topic names are
+    #: global, not per namespace): every message published on one of them, e.g. by another
+    #: agent's `send("topic:<name>", ...)`, is handled once by one of this agent's replicas,
+    #: fire-and-forget (no reply; dropped when that replica's mailbox is full). See ABI.md.
+    topics: Annotated[list[Id], AfterValidator(_no_repeats)] = Field(
+        default_factory=list, max_length=32
+    )
 
 
 class Quota(Value):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Sequence
 
@@ -10,7 +11,17 @@ import pytest
 
 from runtime.abi import Destination, ErrorCode, LogLevel
 from runtime.errors import AgentTrap, HostCallFailed
-from runtime.host import JSON, EmittedEvent, LogLine, MemoryHost, NotAvailable, SentMessage
+from runtime.host import (
+    JSON,
+    TOY_DIMENSIONS,
+    EmittedEvent,
+    LogLine,
+    MemoryHost,
+    NotAvailable,
+    SentMessage,
+    VectorHit,
+    toy_embedding,
+)
 from runtime.limits import CallBudget, SandboxLimits
 from runtime.sandbox import AgentSandbox
 from tests.runtime import agents
@@ -382,3 +393,139 @@ def test_a_host_calling_back_into_its_own_agent_is_refused(make_sandbox: MakeSan
 
     with pytest.raises(HostCallFailed, match="re-entrant call"):
         call_two(sandboxes[0], "kv_put", b"k", b"v")
+
+
+# --- text for vector memory ----------------------------------------------------------------------
+
+
+class RecordingHost(MemoryHost):
+    """Records which HostAPI vector method the host functions chose, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1, embed=toy_embedding)
+        self.calls: list[tuple[object, ...]] = []
+
+    def vector_store(self, id: str, vector: Sequence[float], data: JSON) -> None:
+        self.calls.append(("vector_store", id, list(vector), data))
+        super().vector_store(id, vector, data)
+
+    def vector_store_text(self, id: str, text: str, data: JSON) -> None:
+        self.calls.append(("vector_store_text", id, text, data))
+        MemoryHost.vector_store(self, id, toy_embedding(text), data)  # not recorded again
+
+    def vector_search(self, vector: Sequence[float], k: int) -> list[VectorHit]:
+        self.calls.append(("vector_search", list(vector), k))
+        return super().vector_search(vector, k)
+
+    def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
+        self.calls.append(("vector_search_text", text, k))
+        return MemoryHost.vector_search(self, toy_embedding(text), k)
+
+
+def test_vector_store_parses_the_text_and_the_vector_variant(make_sandbox: MakeSandbox) -> None:
+    host = RecordingHost()
+    sandbox = make_sandbox(proxy("vector_store"), host_api=host)
+
+    assert _store(sandbox, {"id": "t", "text": "red apples", "data": {"n": 1}}) == OK
+    assert _store(sandbox, {"id": "v", "vector": [1.0] * TOY_DIMENSIONS}) == OK
+
+    assert host.calls == [
+        ("vector_store_text", "t", "red apples", {"n": 1}),
+        ("vector_store", "v", [1.0] * TOY_DIMENSIONS, None),
+    ]
+    assert host.vectors["t"] == (tuple(toy_embedding("red apples")), {"n": 1})
+
+
+def test_vector_search_parses_the_text_and_the_vector_variant(make_sandbox: MakeSandbox) -> None:
+    host = RecordingHost()
+    host.vector_store_text("fruit", "red apples and green pears", "f")
+    host.vector_store_text("cars", "fast cars on the road", "c")
+    host.calls.clear()
+    sandbox = make_sandbox(agents.reader("vector_search"), host_api=host)
+
+    length, buffer = _search(sandbox, {"text": "red apples", "k": 2})
+    hits = json.loads(buffer[:length])
+    cars: list[JSON] = list(toy_embedding("cars"))
+    length_v, _ = _search(sandbox, {"vector": cars, "k": 1})
+
+    assert [hit["id"] for hit in hits] == ["fruit", "cars"]
+    assert hits[0]["score"] > hits[1]["score"]
+    assert length_v > 0
+    assert host.calls == [
+        ("vector_search_text", "red apples", 2),
+        ("vector_search", toy_embedding("cars"), 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"id": "a", "text": "x", "vector": [1]},  # both
+        {"id": "a", "data": 1},  # neither
+        {"id": "a", "text": ""},
+        {"id": "a", "text": 7},
+        {"id": "a", "text": ["x"]},
+        {"id": "a", "text": None},
+        {"text": "no id"},
+    ],
+)
+def test_vector_store_needs_exactly_one_of_vector_and_text(
+    make_sandbox: MakeSandbox, request_: JSON
+) -> None:
+    host = RecordingHost()
+
+    assert _store(make_sandbox(proxy("vector_store"), host_api=host), request_) == INVALID
+    assert host.calls == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"text": "x", "vector": [1], "k": 1},  # both
+        {"k": 1},  # neither
+        {},
+        {"text": ""},
+        {"text": 3},
+        {"text": "x", "extra": 1},
+    ],
+)
+def test_vector_search_needs_exactly_one_of_vector_and_text(
+    make_sandbox: MakeSandbox, query: JSON
+) -> None:
+    host = RecordingHost()
+
+    assert _search(make_sandbox(agents.reader("vector_search"), host_api=host), query)[0] == INVALID
+    assert host.calls == []
+
+
+def test_text_search_checks_k_like_vector_search(make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(agents.reader("vector_search"), host_api=RecordingHost())
+
+    assert _search(sandbox, {"text": "x", "k": 0})[0] == LIMIT
+    assert _search(sandbox, {"text": "x", "k": 101})[0] == LIMIT
+    assert _search(sandbox, {"text": "x", "k": True})[0] == INVALID
+
+
+def test_text_is_unavailable_on_a_memory_host_without_an_embedder(
+    make_sandbox: MakeSandbox, host: MemoryHost
+) -> None:
+    store = make_sandbox(proxy("vector_store"))
+    search = make_sandbox(agents.reader("vector_search"))
+
+    assert _store(store, {"id": "a", "text": "hello"}) == UNAVAILABLE
+    assert _search(search, {"text": "hello"})[0] == UNAVAILABLE
+    assert host.vectors == {}  # a failed call has had no effect
+
+
+def test_memory_host_text_round_trip_with_the_toy_embedding() -> None:
+    host = MemoryHost(embed=toy_embedding)
+    host.vector_store_text("a", "the quick brown fox", None)
+    host.vector_store_text("b", "lazy dogs sleep all day", None)
+
+    assert [hit.id for hit in host.vector_search_text("quick fox", 2)] == ["a", "b"]
+    assert host.vector_search_text("the quick brown fox", 1)[0].score == pytest.approx(1.0)
+    # Deterministic, normalised, and the same dimension as its constant says.
+    assert toy_embedding("Fox fox") == toy_embedding("fox FOX")
+    assert len(toy_embedding("x")) == TOY_DIMENSIONS
+    assert math.fsum(x * x for x in toy_embedding("a b c")) == pytest.approx(1.0)
+    assert toy_embedding("   ") == [0.0] * TOY_DIMENSIONS

@@ -3,11 +3,14 @@ index, and an agent in the sandbox using it through vector_store / vector_search
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import random
 import struct
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -15,9 +18,13 @@ from pgvector import Vector
 from pgvector.psycopg import register_vector
 
 from runtime.abi import ErrorCode
-from runtime.host import JSON, InvalidArgument, MemoryHost, VectorHit
+from runtime.embeddings import Embedder, MiniLMEmbedder
+from runtime.host import JSON, InvalidArgument, MemoryHost, NotAvailable, VectorHit, toy_embedding
 from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory, psycopg_url
+from runtime.podview import Assignment
+from runtime.replica import PodHost, ReplicaDeps
 from swarm.kernel.stack import upgrade_database
+from tests.runtime import agents
 from tests.runtime.agents import agent
 from tests.runtime.conftest import MakeSandbox
 
@@ -202,4 +209,141 @@ def test_pod_uses_vector_memory_only_with_a_database_url(database_url: str) -> N
     assert Pod(Settings(nats_url="nats://x", database_url=None), config)._vector_memory() is None
     memory = Pod(Settings(nats_url="nats://x", database_url=database_url), config)._vector_memory()
     assert isinstance(memory, VectorMemory)
+    memory.close()
+
+
+# --- text through the pod's host -----------------------------------------------------------------
+
+
+def _pod_host(memory: VectorMemory, agent_id: str) -> tuple[PodHost, asyncio.AbstractEventLoop]:
+    """The pod's `PodHost` for one agent, with only what its vector methods use."""
+    assignment = Assignment(
+        agent_id=agent_id,
+        replica_id=f"{agent_id}-0",
+        namespace="default",
+        name="memo",
+        spec=agents.spec(agents.agent(agents.HANDLE_OK)),
+        snapshot=None,
+        placed_seq=1,
+    )
+    unused: Any = None
+    deps = ReplicaDeps(
+        pod_id="memtest",
+        nc=unused,
+        engine=unused,
+        modules=unused,
+        snapshots=unused,
+        executor=unused,
+        fetch_module=unused,
+        report=unused,
+        mailbox_size=1,
+        memory=memory,
+    )
+    loop = asyncio.new_event_loop()
+    return PodHost(assignment, deps, loop, {}, publish_timeout_s=1.0), loop
+
+
+def _toy_minilm() -> Embedder:
+    class Toy:
+        dimensions = DIMENSIONS
+
+        def embed(self, texts: Sequence[str]) -> list[list[float]]:
+            return [toy_embedding(text, DIMENSIONS) for text in texts]
+
+    return Toy()
+
+
+TEXT_STORE = json.dumps({"id": "greeting", "text": "hello there world", "data": "hi"})
+TEXT_SEARCH = json.dumps({"text": "hello world", "k": 2})
+
+#: VECTOR_AGENT with text requests instead of vectors.
+TEXT_AGENT = agent(
+    f"""
+  (data (i32.const {STORE_AT}) "{_wat_string(TEXT_STORE)}")
+  (data (i32.const {SEARCH_AT}) "{_wat_string(TEXT_SEARCH)}")
+  (func (export "swarm_handle") (param i32 i32) (result i32)
+    (local $code i32)
+    (local.set $code (call $vector_store (i32.const {STORE_AT}) (i32.const {len(TEXT_STORE)})))
+    (if (i32.ne (local.get $code) (i32.const 0))
+      (then
+        (i32.store (i32.const {OUT_AT}) (local.get $code))
+        (call $reply (i32.const {OUT_AT}) (i32.const 4))
+        (return (i32.const 1))))
+    (local.set $code
+      (call $vector_search (i32.const {SEARCH_AT}) (i32.const {len(TEXT_SEARCH)})
+                           (i32.const {OUT_AT}) (i32.const {OUT_CAP})))
+    (if (i32.or (i32.lt_s (local.get $code) (i32.const 0))
+                (i32.gt_s (local.get $code) (i32.const {OUT_CAP})))
+      (then
+        (i32.store (i32.const {OUT_AT}) (local.get $code))
+        (call $reply (i32.const {OUT_AT}) (i32.const 4))
+        (return (i32.const 1))))
+    (call $reply (i32.const {OUT_AT}) (local.get $code))
+    (i32.const 0))
+""",
+    imports=("vector_store", "vector_search", "reply"),
+)
+
+
+def test_pod_host_embeds_text_with_the_memory_embedder(
+    database_url: str, make_sandbox: MakeSandbox
+) -> None:
+    upgrade_database(database_url)
+    ns = namespace()
+    with VectorMemory(database_url, pool_size=1, embedder=_toy_minilm()) as memory:
+        memory.store_text(ns, "other", "cars and roads", None)
+        host, loop = _pod_host(memory, ns)
+        try:
+            result = make_sandbox(TEXT_AGENT, host_api=host).handle(b"go")
+        finally:
+            loop.close()
+        assert result.status == 0, result.replies
+        hits = json.loads(b"".join(result.replies))
+        assert [h["id"] for h in hits] == ["greeting", "other"]
+        assert hits[0]["data"] == "hi"
+        # Stored under the agent's namespace, as the embedding of its text.
+        assert memory.search(ns, toy_embedding("hello there world", DIMENSIONS), 1)[0].id == (
+            "greeting"
+        )
+
+
+def test_pod_host_text_is_unavailable_without_the_embeddings_extra(
+    database_url: str, make_sandbox: MakeSandbox
+) -> None:
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        pytest.skip("the embeddings extra is installed")
+    upgrade_database(database_url)
+    embedder = MiniLMEmbedder()
+    with VectorMemory(database_url, pool_size=1, embedder=embedder) as memory:
+        host, loop = _pod_host(memory, namespace())
+        try:
+            result = make_sandbox(TEXT_AGENT, host_api=host).handle(b"go")
+        finally:
+            loop.close()
+        with pytest.raises(NotAvailable, match="embeddings"):
+            host.vector_search_text("hello", 1)
+    assert result.status == 1
+    assert struct.unpack("<i", b"".join(result.replies)) == (ErrorCode.UNAVAILABLE,)
+    assert not embedder.loaded
+
+
+def test_pod_host_text_is_unavailable_without_a_database(make_sandbox: MakeSandbox) -> None:
+    host, loop = _pod_host(cast(VectorMemory, None), "agent-x")
+    loop.close()
+    with pytest.raises(NotAvailable, match="no database"):
+        host.vector_store_text("a", "text", None)
+    result = make_sandbox(TEXT_AGENT, host_api=host).handle(b"go")
+    assert struct.unpack("<i", b"".join(result.replies)) == (ErrorCode.UNAVAILABLE,)
+
+
+def test_pod_memory_has_one_lazy_minilm_embedder(database_url: str) -> None:
+    from runtime.config import PodSettings
+    from runtime.pod import Pod
+    from swarm.kernel.settings import Settings
+
+    pod = Pod(Settings(nats_url="nats://x", database_url=database_url), PodSettings(id="emb"))
+    memory = pod._vector_memory()
+    assert memory is not None
+    assert isinstance(memory.embedder, MiniLMEmbedder)
+    assert not memory.embedder.loaded  # nothing loaded until an agent embeds text
     memory.close()
