@@ -29,6 +29,7 @@ import nats.errors
 import structlog
 from nats.js.errors import NotFoundError
 
+from runtime.components import ComponentCache
 from runtime.config import PodSettings
 from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
@@ -122,6 +123,7 @@ class Pod:
                 nc=eventlog.nc,
                 engine=engine,
                 modules=ModuleCache(engine, self.config.module_cache_dir()),
+                components=ComponentCache(engine, self.config.module_cache_dir()),
                 snapshots=snapshots,
                 executor=executor,
                 fetch_module=self._fetch_module,
@@ -299,8 +301,8 @@ class Pod:
     # -- what replicas borrow ---------------------------------------------------------------------
 
     async def _fetch_module(self, ref: ModuleRef) -> bytes:
-        if ref.kind != "core":
-            raise ModuleUnavailable(f"{ref.kind} modules are not supported by this pod yet")
+        if ref.kind not in ("core", "component"):
+            raise ModuleUnavailable(f"{ref.kind} modules are not supported by this pod")
         if ref.inline is not None:
             return base64.b64decode(ref.inline)
         assert ref.sha256 is not None

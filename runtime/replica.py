@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from runtime.abi import Destination, LogLevel
+from runtime.components import ComponentCache, ComponentSandbox, is_component
 from runtime.engine import SandboxEngine
 from runtime.errors import SandboxError
 from runtime.host import JSON, NotAvailable, VectorHit
@@ -84,6 +85,8 @@ class ReplicaDeps:
     #: Vector memory (Postgres), None when the pod has no SWARM_DATABASE_URL. Its `embedder`
     #: (the pod's one MiniLM, loaded on first use) embeds the text of vector requests.
     memory: VectorMemory | None = None
+    #: Compiled components (Python agents); None: this pod runs core modules only.
+    components: ComponentCache | None = None
 
 
 class State(enum.Enum):
@@ -255,7 +258,7 @@ class Replica:
         self._mailbox: asyncio.Queue[Mail | None] = asyncio.Queue()
         self._sub: Subscription | None = None
         self._topic_subs: list[Subscription] = []
-        self._sandbox: AgentSandbox | None = None
+        self._sandbox: AgentSandbox | ComponentSandbox | None = None
         self._host: PodHost | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop_report = False
@@ -364,15 +367,25 @@ class Replica:
         await self._report("starting", "", str(self.snapshot) if self.snapshot else None)
         wasm = await self.deps.fetch_module(a.spec.module)
         loop = asyncio.get_running_loop()
-        compiled = await loop.run_in_executor(self.deps.executor, self.deps.modules.load, wasm)
         limits = SandboxLimits.from_spec(a.spec)
         host = PodHost(
             a, self.deps, loop, kv, publish_timeout_s=min(1.0, limits.deadline_ms / 2000)
         )
         self._host = host
-        self._sandbox = await loop.run_in_executor(
-            self.deps.executor, AgentSandbox, self.deps.engine, compiled, limits, host
-        )
+        executor = self.deps.executor
+        if is_component(wasm):
+            components = self.deps.components
+            if components is None:
+                raise ModuleUnavailable("this pod does not run WebAssembly components")
+            component = await loop.run_in_executor(executor, components.load, wasm)
+            self._sandbox = await loop.run_in_executor(
+                executor, ComponentSandbox, components, component, limits, host
+            )
+        else:
+            compiled = await loop.run_in_executor(executor, self.deps.modules.load, wasm)
+            self._sandbox = await loop.run_in_executor(
+                executor, AgentSandbox, self.deps.engine, compiled, limits, host
+            )
         self._saved_version = 0  # swarm_init's kv_puts are new state worth saving
         if self._stopping:
             return True  # stopped while starting: _serve finds the sentinel at once

@@ -1240,3 +1240,40 @@ def logs(
         return EXIT_OK
 
     finish(main(), watching=follow)
+
+
+@app.command("build")
+def build(
+    source: Annotated[
+        Path,
+        typer.Argument(help="The agent's Python file, e.g. app.py.", show_default=False),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write the component.", show_default="SOURCE.wasm"
+        ),
+    ] = None,
+) -> None:
+    """Build a Python agent into a WebAssembly component of the `swarm:agent` world.
+
+    The file must define `class Handler(swarm_agent.Agent)` (see examples/counter-py). Runs
+    componentize-py offline; deploy the result with `swarm agent deploy` or push it with
+    `swarm module push`.
+    """
+    from swarm.cli.output import errors_to_exit
+
+    with errors_to_exit():
+        # Imported here: the build tooling is not needed by any other verb.
+        from runtime.build import BadSource, BuildError, build_agent
+
+        status(f"building {source} (componentize-py, several seconds)")
+        try:
+            result = build_agent(source, output)
+        except BuildError as exc:
+            code = EXIT_USAGE if isinstance(exc, BadSource) else EXIT_FAILED
+            raise CliError(str(exc), code=code) from None
+        typer.echo(
+            f"built {result.output} ({result.size / 1024 / 1024:.1f} MiB, "
+            f"{result.duration_s:.1f} s)"
+        )

@@ -1,0 +1,703 @@
+"""Agents that are WebAssembly components of the WIT world `swarm:agent` (runtime/wit/agent.wit).
+
+Python agents built with componentize-py (runtime/build.py) are components. They get the same
+host services, budgets, limits and typed failures as core modules (runtime/ABI.md); only the
+calling convention differs (the canonical ABI moves bytes and strings, no pointers). This module
+has the two pieces the core path has in runtime/modules.py and runtime/sandbox.py:
+
+- `ComponentCache` compiles a component once and keeps it in memory (LRU) and on disk, serialized,
+  under the same directory conventions as `ModuleCache` (private 0700 directory, atomic renames;
+  the file name carries the sha256 and the engine fingerprint);
+- `ComponentSandbox` instantiates one in its own Store with fuel, an epoch deadline per call and
+  a memory limit, and answers `handle(message) -> CallResult` like `AgentSandbox`.
+
+componentize-py components import WASI preview 2 (the Python runtime needs a clock, random and
+stdio); they get a WASI context with no preopened directories, no environment, no arguments and
+no network, and their stdout/stderr are captured (bounded) so a Python traceback becomes the
+reason of the failure.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import hashlib
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+import wasmtime
+import wasmtime.component as wc
+
+from runtime import abi, hostcalls
+from runtime.abi import Destination, ErrorCode, LogLevel
+from runtime.engine import SandboxEngine
+from runtime.errors import (
+    AgentTrap,
+    DeadlineExceeded,
+    FuelExhausted,
+    HostCallFailed,
+    InitFailed,
+    InstanceBroken,
+    InvalidModule,
+    MemoryLimitExceeded,
+    SandboxError,
+)
+from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable
+from runtime.limits import SandboxLimits
+from runtime.sandbox import CallResult, _trap_reason
+
+log = structlog.get_logger(__name__)
+
+#: The WIT package version this host implements; components built against it import these names.
+WIT_VERSION: Final = "0.1.0"
+HOST_INTERFACE: Final = f"swarm:agent/host@{WIT_VERSION}"
+HANDLER_INTERFACE: Final = f"swarm:agent/handler@{WIT_VERSION}"
+WIT_DIR: Final = Path(__file__).parent / "wit"
+WORLD: Final = "agent"
+
+#: Version and layer bytes of a component binary (a core module has 01 00 00 00).
+COMPONENT_HEADER: Final = b"\0asm\x0d\x00\x01\x00"
+_MIB: Final = 1024 * 1024
+#: A component is several core instances, memories and tables (Python, libc, WASI adapter...).
+_MAX_INSTANCES: Final = 64
+_MAX_TABLES: Final = 64
+_MAX_MEMORIES: Final = 16
+#: Captured guest stdout/stderr per call (the tail is kept: a traceback ends with the error).
+_MAX_OUTPUT: Final = 4096
+
+
+def is_component(wasm: bytes) -> bool:
+    return wasm[:8] == COMPONENT_HEADER
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledComponent:
+    sha256: str
+    engine: SandboxEngine
+    component: wc.Component
+    init_index: wc.ExportIndex
+    handle_index: wc.ExportIndex
+
+
+# --- host functions ------------------------------------------------------------------------------
+# Same checks and budgets as runtime/hostcalls.py, on values the canonical ABI already lifted.
+
+
+class _GuestBug(Exception):
+    """A guest mistake with no code to return: the guest is trapped with this reason."""
+
+
+def _charge(ctx: hostcalls.CallContext, size: int) -> bool:
+    if ctx.output_bytes + size > ctx.budget.max_output_bytes:
+        return False
+    ctx.output_bytes += size
+    return True
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _vector(value: object, max_dims: int) -> list[float] | None:
+    if not isinstance(value, list) or not 0 < len(value) <= max_dims:
+        return None
+    numbers: list[float] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return None
+        number = float(item)
+        if not math.isfinite(number):
+            return None
+        numbers.append(number)
+    return numbers
+
+
+def _call_host(fn: Callable[[], object]) -> int:
+    try:
+        fn()
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def _reply(ctx: hostcalls.CallContext, message: bytes) -> None:
+    budget = ctx.budget
+    if len(ctx.replies) >= budget.max_replies:
+        raise _GuestBug(f"more than {budget.max_replies} replies in one call")
+    if len(message) > budget.max_message_bytes:
+        raise _GuestBug(f"reply of {len(message)} bytes exceeds {budget.max_message_bytes}")
+    if not _charge(ctx, len(message)):
+        raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
+    ctx.replies.append(message)
+
+
+def _send(ctx: hostcalls.CallContext, to: str, message: bytes) -> int:
+    budget = ctx.budget
+    if ctx.sends >= budget.max_sends or len(to.encode()) > budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    if len(message) > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    destination = Destination.parse(to)
+    if destination is None:
+        return ErrorCode.INVALID
+    if not _charge(ctx, len(message)):
+        return ErrorCode.LIMIT
+    ctx.sends += 1
+    return _call_host(lambda: ctx.host.send(destination, message))
+
+
+def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
+    budget = ctx.budget
+    if ctx.emits >= budget.max_emits or len(event_type.encode()) > budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    if len(data) > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    if not abi.is_event_type(event_type):
+        return ErrorCode.INVALID
+    if not _charge(ctx, len(data)):
+        return ErrorCode.LIMIT
+    ctx.emits += 1
+    return _call_host(lambda: ctx.host.emit(event_type, data))
+
+
+def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
+    budget = ctx.budget
+    if ctx.logs >= budget.max_logs:
+        ctx.logs_dropped += 1
+        return
+    ctx.logs += 1
+    raw = message.encode()
+    if len(raw) > budget.max_log_bytes:
+        kept = raw[: budget.max_log_bytes].decode("utf-8", errors="ignore")
+        message = f"{kept}... [{len(raw) - budget.max_log_bytes} bytes cut]"
+    ctx.host.log(LogLevel.clamp(level), message)
+
+
+def _key(ctx: hostcalls.CallContext, key: str) -> str | ErrorCode:
+    if len(key.encode()) > ctx.budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    return key or ErrorCode.INVALID
+
+
+def _kv_get(ctx: hostcalls.CallContext, key: str) -> bytes | int:
+    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+        return int(ErrorCode.LIMIT)
+    checked = _key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return int(checked)
+    ctx.kv_ops += 1
+    try:
+        value = ctx.host.kv_get(checked)
+    except InvalidArgument:
+        return int(ErrorCode.INVALID)
+    except NotAvailable:
+        return int(ErrorCode.UNAVAILABLE)
+    if value is None:
+        return int(ErrorCode.NOT_FOUND)
+    return bytes(value)
+
+
+def _kv_put(ctx: hostcalls.CallContext, key: str, value: bytes) -> int:
+    if ctx.kv_ops >= ctx.budget.max_kv_ops or len(value) > ctx.budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    checked = _key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return checked
+    if not _charge(ctx, len(value)):
+        return ErrorCode.LIMIT
+    ctx.kv_ops += 1
+    return _call_host(lambda: ctx.host.kv_put(checked, value))
+
+
+def _now_ms(ctx: hostcalls.CallContext) -> int:
+    return ctx.host.now_ms()
+
+
+def _random(ctx: hostcalls.CallContext, size: int) -> bytes:
+    if size > ctx.budget.max_random_bytes:
+        raise _GuestBug(f"asked for {size} random bytes, at most {ctx.budget.max_random_bytes}")
+    data = ctx.host.random(size)
+    if len(data) != size:
+        raise RuntimeError(f"host returned {len(data)} random bytes instead of {size}")
+    return data
+
+
+def _vector_store(ctx: hostcalls.CallContext, request_text: str) -> int:
+    budget = ctx.budget
+    size = len(request_text.encode())
+    if ctx.vector_ops >= budget.max_vector_ops or size > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    request = _json(request_text)
+    if not isinstance(request, dict) or not set(request) <= {"id", "vector", "data"}:
+        return ErrorCode.INVALID
+    id_ = request.get("id")
+    vector = _vector(request.get("vector"), budget.max_vector_dims)
+    if not isinstance(id_, str) or not id_ or len(id_.encode()) > budget.max_name_bytes:
+        return ErrorCode.INVALID
+    if vector is None:
+        return ErrorCode.INVALID
+    data: JSON = request.get("data")
+    if not _charge(ctx, size):
+        return ErrorCode.LIMIT
+    ctx.vector_ops += 1
+    return _call_host(lambda: ctx.host.vector_store(id_, vector, data))
+
+
+def _vector_search(ctx: hostcalls.CallContext, query_text: str) -> str | int:
+    budget = ctx.budget
+    if ctx.vector_ops >= budget.max_vector_ops:
+        return int(ErrorCode.LIMIT)
+    if len(query_text.encode()) > budget.max_message_bytes:
+        return int(ErrorCode.LIMIT)
+    query = _json(query_text)
+    if not isinstance(query, dict) or not set(query) <= {"vector", "k"}:
+        return int(ErrorCode.INVALID)
+    vector = _vector(query.get("vector"), budget.max_vector_dims)
+    k = query.get("k", 10)
+    if vector is None or isinstance(k, bool) or not isinstance(k, int):
+        return int(ErrorCode.INVALID)
+    if not 0 < k <= budget.max_search_k:
+        return int(ErrorCode.LIMIT)
+    ctx.vector_ops += 1
+    try:
+        hits = ctx.host.vector_search(vector, k)
+    except InvalidArgument:
+        return int(ErrorCode.INVALID)
+    except NotAvailable:
+        return int(ErrorCode.UNAVAILABLE)
+    result = json.dumps(
+        [{"id": hit.id, "score": hit.score, "data": hit.data} for hit in hits[:k]],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    if len(result.encode()) > budget.max_message_bytes:
+        return int(ErrorCode.LIMIT)
+    return result
+
+
+def _as_code(impl: Callable[..., Any]) -> Callable[..., Any]:
+    """IntEnum results become plain ints: wasmtime lowers `s32` from `int`."""
+
+    def wrapped(ctx: hostcalls.CallContext, *args: Any) -> Any:
+        result = impl(ctx, *args)
+        return int(result) if isinstance(result, ErrorCode) else result
+
+    return wrapped
+
+
+#: WIT function names (kebab-case) to implementations.
+_IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
+    "reply": _reply,
+    "send": _as_code(_send),
+    "emit": _as_code(_emit),
+    "log": _log,
+    "kv-get": _kv_get,
+    "kv-put": _as_code(_kv_put),
+    "now-ms": _now_ms,
+    "random": _random,
+    "vector-store": _as_code(_vector_store),
+    "vector-search": _vector_search,
+}
+
+
+def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    qualified = f"{HOST_INTERFACE}#{name}"
+
+    def host_function(_store: wasmtime.StoreContext, *args: Any) -> Any:
+        ctx = hostcalls.current()
+        if ctx is None:
+            raise hostcalls.GuestAborted(f"{qualified} called outside a sandbox call")
+        error: SandboxError
+        try:
+            return impl(ctx, *args)
+        except _GuestBug as bug:
+            error = AgentTrap(f"{qualified}: {bug}")
+        except Exception as exc:
+            error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
+        ctx.fault = error
+        raise hostcalls.GuestAborted(error.reason)
+
+    host_function.__qualname__ = host_function.__name__ = f"host_{name.replace('-', '_')}"
+    return host_function
+
+
+def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
+    """WASI preview 2 (sandboxed by the Store's WasiConfig) plus the `swarm:agent/host` instance."""
+    linker = wc.Linker(engine)
+    linker.add_wasip2()
+    with linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
+        for name, impl in _IMPLEMENTATIONS.items():
+            host.add_func(name, _guarded(name, impl))
+    return linker
+
+
+# --- compiling and caching ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentCacheStats:
+    compiles: int = 0
+    disk_hits: int = 0
+    memory_hits: int = 0
+    disk_errors: int = 0
+
+
+class ComponentCache:
+    """Loads components for one engine: memory (LRU) first, then the disk cache, then compiling.
+
+    The disk cache may share `ModuleCache`'s directory: component files are named
+    `<sha256>-<fingerprint>.component.cwasm`. Thread-safe; loads are serialized (a component
+    compile takes seconds, and two pods' worth of concurrent compiles would only compete).
+    """
+
+    def __init__(
+        self, engine: SandboxEngine, cache_dir: Path | None = None, *, capacity: int = 16
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.engine = engine
+        self.linker = build_component_linker(engine.engine)
+        self._dir = cache_dir
+        if cache_dir is not None:
+            cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._capacity = capacity
+        self._lru: OrderedDict[str, CompiledComponent] = OrderedDict()
+        self._lock = threading.Lock()
+        self._counts = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "disk_errors": 0}
+
+    @property
+    def stats(self) -> ComponentCacheStats:
+        with self._lock:
+            return ComponentCacheStats(**self._counts)
+
+    def path(self, sha256: str) -> Path | None:
+        if self._dir is None:
+            return None
+        return self._dir / f"{sha256}-{self.engine.fingerprint}.component.cwasm"
+
+    def load(self, wasm: bytes) -> CompiledComponent:
+        """The compiled component; InvalidModule with the engine's reason if it is not one we
+        can run (not a component, not of the `swarm:agent` world, does not compile)."""
+        sha256 = hashlib.sha256(wasm).hexdigest()
+        with self._lock:
+            hit = self._lru.get(sha256)
+            if hit is not None:
+                self._lru.move_to_end(sha256)
+                self._counts["memory_hits"] += 1
+                return hit
+            compiled = self._load_uncached(sha256, wasm)
+            self._lru[sha256] = compiled
+            while len(self._lru) > self._capacity:
+                self._lru.popitem(last=False)
+            return compiled
+
+    def _load_uncached(self, sha256: str, wasm: bytes) -> CompiledComponent:
+        path = self.path(sha256)
+        if path is not None and path.exists():
+            try:
+                component = wc.Component.deserialize_file(self.engine.engine, str(path))
+            except wasmtime.WasmtimeError as exc:
+                self._counts["disk_errors"] += 1
+                log.warning("component cache file unusable", path=str(path), error=str(exc))
+            else:
+                self._counts["disk_hits"] += 1
+                return self._prepare(sha256, component)
+        if not is_component(wasm):
+            raise InvalidModule("not a WebAssembly component (no component header)")
+        try:
+            component = wc.Component(self.engine.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidModule(f"component does not compile: {exc}") from None
+        self._counts["compiles"] += 1
+        compiled = self._prepare(sha256, component)
+        if path is not None:
+            self._store(path, component)
+        return compiled
+
+    def _prepare(self, sha256: str, component: wc.Component) -> CompiledComponent:
+        interface = component.get_export_index(HANDLER_INTERFACE)
+        if interface is None:
+            raise InvalidModule(
+                f'component does not export "{HANDLER_INTERFACE}" (build it for the '
+                f"swarm:agent world, runtime/wit/agent.wit)"
+            )
+        init = component.get_export_index("init", interface)
+        handle = component.get_export_index("handle", interface)
+        if init is None or handle is None:
+            raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
+        imports = component.type.imports(self.engine.engine)
+        for name in imports:
+            if name.startswith("swarm:") and name != HOST_INTERFACE:
+                raise InvalidModule(
+                    f"component imports {name}; this host provides {HOST_INTERFACE}"
+                )
+            if not name.startswith(("swarm:", "wasi:")):
+                raise InvalidModule(f"component imports {name}, which the host does not provide")
+        return CompiledComponent(sha256, self.engine, component, init, handle)
+
+    def _store(self, path: Path, component: wc.Component) -> None:
+        try:
+            data = component.serialize()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except (OSError, wasmtime.WasmtimeError) as exc:
+            log.warning("could not write component cache file", path=str(path), error=str(exc))
+
+
+# --- the sandbox ---------------------------------------------------------------------------------
+
+
+class _Output:
+    """The guest's stdout/stderr, keeping the last `_MAX_OUTPUT` bytes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, chunk: bytes) -> None:
+        self.data = (self.data + chunk)[-_MAX_OUTPUT:]
+
+    def exception(self) -> str:
+        """The last line of a Python traceback the guest printed (`ValueError: ...`), if any.
+
+        componentize-py prints an uncaught exception's traceback, then a Rust panic message
+        (`thread '<unnamed>' panicked at ...`), then traps.
+        """
+        text = self.data.decode("utf-8", "replace")
+        if "Traceback (most recent call last)" not in text:
+            return ""
+        tail = text.rsplit("Traceback (most recent call last)", 1)[1]
+        # Out of memory, CPython cannot format the exception and dumps the object instead.
+        for prefix in ("object repr     :", "object type name:"):
+            for line in tail.splitlines():
+                if line.startswith(prefix):
+                    return line.removeprefix(prefix).strip()
+        for line in tail.splitlines()[1:]:
+            if line and not line[0].isspace():
+                return line.strip()
+        return ""
+
+
+#: Live sandboxes, closed at interpreter exit: a Store dropped during interpreter finalization
+#: lets wasmtime's WASI output threads call back into a Python that is gone (a Rust panic).
+_SANDBOXES: weakref.WeakSet[ComponentSandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for sandbox in list(_SANDBOXES):
+        sandbox.close()
+    gc.collect()  # Stores only reachable from garbage cycles go now, not during finalization
+
+
+@dataclass(slots=True)
+class _Live:
+    store: wasmtime.Store
+    init: wc.Func
+    handle: wc.Func
+
+
+class ComponentSandbox:
+    """An instantiated component agent; the component twin of `AgentSandbox`.
+
+    Creating one instantiates the component in a new Store and calls the handler's `init`
+    under the same limits as a message (`InitFailed` if it returns non-zero). `handle` returns a
+    `CallResult`; any guest failure raises a `SandboxError` subclass and breaks the instance.
+    """
+
+    def __init__(
+        self,
+        cache: ComponentCache,
+        component: CompiledComponent,
+        limits: SandboxLimits,
+        host: HostAPI,
+    ) -> None:
+        engine = cache.engine
+        if not engine.running:
+            raise RuntimeError(
+                "start the SandboxEngine first: without its ticker no deadline fires"
+            )
+        if component.engine is not engine:
+            raise ValueError("the component was loaded by another engine's ComponentCache")
+        self.component = component
+        self.limits = limits
+        self._deadline_ticks = engine.deadline_ticks(limits.deadline_ms)
+        self._lock = threading.Lock()
+        self._failure: SandboxError | None = None
+        self._ctx = hostcalls.CallContext(host, limits.budget)
+        self._output = _Output()
+        store = wasmtime.Store(engine.engine)
+        store.set_limits(
+            memory_size=limits.memory_bytes,
+            table_elements=limits.max_table_elements,
+            instances=_MAX_INSTANCES,
+            tables=_MAX_TABLES,
+            memories=_MAX_MEMORIES,
+        )
+        wasi = wasmtime.WasiConfig()  # no preopens, env, args or network
+        wasi.stdout_custom = self._output.write
+        wasi.stderr_custom = self._output.write
+        store.set_wasi(wasi)
+        self._live: _Live | None = self._instantiate(cache.linker, store)
+        _SANDBOXES.add(self)
+        result = self._invoke(None)
+        if not result.ok:
+            self.close()
+            raise InitFailed(f"init returned {result.status}", code=result.status)
+        self.init_result = result
+
+    def _instantiate(self, linker: wc.Linker, store: wasmtime.Store) -> _Live:
+        store.set_fuel(self.limits.fuel_per_call)
+        store.set_epoch_deadline(self._deadline_ticks)
+        self._ctx.reset()
+        started = time.perf_counter()
+        error: SandboxError | None = None
+        try:
+            with hostcalls.active(self._ctx):
+                instance = linker.instantiate(store, self.component.component)
+        except (wasmtime.WasmtimeError, hostcalls.GuestAborted) as exc:
+            error = self._classify(exc, time.perf_counter() - started, store)
+        if error is not None:
+            del store  # see _invoke
+            self._failure = error
+            raise error
+        init = instance.get_func(store, self.component.init_index)
+        handle = instance.get_func(store, self.component.handle_index)
+        if init is None or handle is None:
+            raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
+        return _Live(store, init, handle)
+
+    @property
+    def broken(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def failure(self) -> SandboxError | None:
+        return self._failure
+
+    def handle(self, message: bytes) -> CallResult:
+        """Deliver one message to the handler's `handle`; see `AgentSandbox.handle`."""
+        if len(message) > self.limits.budget.max_message_bytes:
+            raise ValueError(
+                f"message of {len(message)} bytes exceeds {self.limits.budget.max_message_bytes}"
+            )
+        if hostcalls.current() is self._ctx:
+            raise RuntimeError("re-entrant call: a host function called its own sandbox")
+        with self._lock:
+            return self._invoke(message)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._break(InstanceBroken("the instance was closed"))
+
+    def _invoke(self, message: bytes | None) -> CallResult:
+        live = self._live
+        if self._failure is not None or live is None:
+            reason = self._failure.reason if self._failure else "the instance was closed"
+            raise InstanceBroken(f"instance unusable: {reason}")
+        store = live.store
+        store.set_fuel(self.limits.fuel_per_call)
+        store.set_epoch_deadline(self._deadline_ticks)
+        ctx = self._ctx
+        ctx.reset()
+        self._output.data = b""
+        started = time.perf_counter()
+        error: SandboxError | None = None
+        status = 0
+        try:
+            with hostcalls.active(ctx):
+                if message is None:
+                    status = live.init(store)
+                    live.init.post_return(store)
+                else:
+                    status = live.handle(store, message)
+                    live.handle.post_return(store)
+        except (wasmtime.WasmtimeError, hostcalls.GuestAborted, SandboxError) as exc:
+            error = self._classify(exc, time.perf_counter() - started, store)
+        except BaseException as exc:
+            self._break(AgentTrap(f"sandbox failed: {type(exc).__name__}: {exc}"))
+            raise
+        duration = time.perf_counter() - started
+        fuel_used = self.limits.fuel_per_call - store.get_fuel()
+        error = error or ctx.fault
+        if error is not None:
+            # Raised outside the except block and without this frame's reference to the Store,
+            # so a failure kept by the caller does not keep the instance (and its WASI context,
+            # whose output threads must not outlive the interpreter) alive.
+            del live, store
+            self._break(error)
+            raise error
+        return CallResult(
+            status=int(status),
+            replies=tuple(ctx.replies),
+            fuel_used=fuel_used,
+            duration_s=duration,
+            memory_bytes=0,  # wasmtime-py exposes no component memories; see report
+            logs_dropped=ctx.logs_dropped,
+        )
+
+    def _break(self, error: SandboxError) -> None:
+        self._failure = error
+        self._live = None  # drops the Store and so the instance's memory
+
+    def _classify(
+        self, exc: BaseException, elapsed_s: float, store: wasmtime.Store
+    ) -> SandboxError:
+        if self._ctx.fault is not None:
+            return self._ctx.fault
+        if isinstance(exc, SandboxError):
+            return exc
+        lost = isinstance(exc, hostcalls.GuestAborted)
+        # A GuestAborted without a fault of ours is another sandbox's host error that wasmtime-py's
+        # process-wide exception slot handed to this call (see runtime/hostcalls.py).
+        detail = "" if lost else str(exc)
+        if store.get_fuel() == 0 or "all fuel consumed" in detail:
+            return FuelExhausted(f"used all {self.limits.fuel_per_call} fuel of the call")
+        if "interrupt" in detail or elapsed_s * 1000 >= self.limits.deadline_ms:
+            return DeadlineExceeded(
+                f"ran past its deadline of {self.limits.deadline_ms} ms "
+                f"(stopped after {elapsed_s * 1000:.0f} ms)"
+            )
+        mib = self.limits.memory_bytes / _MIB
+        if "exceeds memory limits" in detail:  # refused at instantiation
+            return MemoryLimitExceeded(
+                f"needs more memory to start than its limit of {mib:.1f} MiB: "
+                f"{_trap_reason(detail)}",
+                detail=detail,
+            )
+        exception = self._output.exception()
+        if exception.startswith("MemoryError"):
+            return MemoryLimitExceeded(
+                f"reached its memory limit of {mib:.1f} MiB, then: {exception}", detail=detail
+            )
+        if exception:
+            return AgentTrap(f"uncaught Python exception: {exception}", detail=detail)
+        if lost:
+            return AgentTrap("trapped (wasmtime's trap detail was lost to a concurrent host error)")
+        return AgentTrap(f"trapped: {_trap_reason(detail)}", detail=detail)
