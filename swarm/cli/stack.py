@@ -6,10 +6,12 @@ services, turns options into settings and shows what happens.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shlex
 import sys
+import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +24,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from swarm.cli.demo import deploy_demo
 from swarm.kernel.embedded import free_port
 from swarm.kernel.settings import Settings
 from swarm.kernel.stack import (
@@ -205,11 +208,17 @@ def up(
         bool,
         typer.Option("--no-services", hidden=True, help="Start only the servers (for tests)."),
     ] = False,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Once up, deploy the echo example agent (if not there yet)."),
+    ] = False,
 ) -> None:
     """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
     settings = _settings(data_dir, nats_url, database_url, sync)
     if detach:
-        _up_detached(settings, service or [], timeout, hive_replicas, pods, no_services)
+        state = _up_detached(settings, service or [], timeout, hive_replicas, pods, no_services)
+        if demo and state.nats_url:
+            console.print(asyncio.run(deploy_demo(state.nats_url, settings.identity)))
         return
     own = (
         ()
@@ -222,6 +231,15 @@ def up(
     def ready(state: StackState) -> None:
         progress.close()
         _print_ready(state, detached=False)
+        if demo and state.nats_url:
+            # In a thread: the supervisor must keep watching its children while the Hive elects
+            # itself and the deploy goes through.
+            url = state.nats_url
+            threading.Thread(
+                target=lambda: console.print(asyncio.run(deploy_demo(url, settings.identity))),
+                name="demo",
+                daemon=True,
+            ).start()
 
     try:
         with progress:
@@ -242,7 +260,7 @@ def _up_detached(
     hive_replicas: int,
     pods: int,
     no_services: bool,
-) -> None:
+) -> StackState:
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
     if report.running:
@@ -266,6 +284,7 @@ def _up_detached(
         err_console.print(f"[red]✗[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     _print_ready(state, detached=True)
+    return state
 
 
 def _settings(
