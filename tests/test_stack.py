@@ -341,3 +341,37 @@ def test_migrations_apply_once_and_roll_back(database_url: str) -> None:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_up_with_demo_deploys_an_agent_that_answers(data_dir: Path, swarm: Swarm) -> None:
+    """`scripts/up` runs `swarm up --demo`: the echo example must be running and answering."""
+    up = swarm("up", "--detach", "--demo", "--data-dir", str(data_dir), timeout=90)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "demo: agent default/echo deployed" in up.stdout
+    nats_url = status_json(swarm, data_dir)["nats_url"]
+    deadline = time.monotonic() + 30
+    while True:  # deployed is not yet running: the scheduler and the pod take a moment
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "swarm.cli.app",
+                "agent",
+                "send",
+                "echo",
+                '{"hi": 1}',
+                "--nats-url",
+                nats_url,
+                "--timeout",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if sent.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout) == {"hi": 1}
+    assert swarm("down", "--data-dir", str(data_dir)).returncode == 0

@@ -1,0 +1,133 @@
+"""A Python component agent (examples/counter-py) end to end through the CLI: pushed to the object
+store, deployed by sha256, and its kv state surviving the abrupt loss of its pod.
+
+Building the component (componentize-py, ~5 s) happens once per module; both pods share one
+compiled-module cache, so the component is compiled (~6 s) once and deserialized after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.config import PodSettings
+from runtime.pod import Pod
+from swarm.kernel.settings import Settings
+from tests.runtime.test_pod import cluster, running_on
+from tests.scheduler.stack import Stack, wait_until
+
+pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
+
+from runtime.build import build_agent
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parents[2]
+COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
+
+
+@pytest.fixture(scope="module")
+def counter_wasm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The built component and its sha256."""
+    out = tmp_path_factory.mktemp("counter-py")
+    wasm = build_agent(COUNTER_APP, out / "counter.wasm").output
+    return wasm, hashlib.sha256(wasm.read_bytes()).hexdigest()
+
+
+async def swarm(url: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "swarm.cli.app",
+        *args,
+        "--nats-url",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.asynccontextmanager
+async def running_pod(
+    stack: Stack, pod_id: str, cache_dir: Path, **settings: Any
+) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
+    """As tests.runtime.test_pod.running_pod, with the module cache given (shared by pods)."""
+    config = PodSettings(
+        id=pod_id,
+        cache_dir=cache_dir,
+        snapshot_interval_s=0.2,
+        metrics_interval_s=0.5,
+        **settings,
+    )
+    pod = Pod(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(pod.run())
+    try:
+        await asyncio.wait_for(pod.live.wait(), 10)
+        yield pod, task
+    finally:
+        pod.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_python_counter_survives_the_loss_of_its_pod(
+    counter_wasm: tuple[Path, str], tmp_path: Path
+) -> None:
+    wasm, sha = counter_wasm
+    cache_dir = tmp_path / "shared-modules"
+    async with cluster(tmp_path) as stack:
+        url = stack.url
+        async with running_pod(stack, "doomed", cache_dir, lease_s=1.0) as (pod, task):
+            code, out, err = await swarm(url, "module", "push", str(wasm))
+            assert code == 0, out + err
+            assert f"--module-sha256 {sha}" in out
+
+            # The pod has only the digest: it fetches the component from the object store.
+            code, out, err = await swarm(
+                url, "agent", "deploy", "counter", "--module-sha256", sha, "--version", "v1",
+                "--wait", "--wait-timeout", "90", timeout=120,
+            )  # fmt: skip
+            assert code == 0, out + err
+            assert "is running" in out
+            await running_on(stack, "counter", "doomed")
+
+            replies = []
+            for _ in range(3):
+                code, out, err = await swarm(url, "agent", "send", "counter", "{}")
+                assert code == 0, err
+                replies.append(out.strip())
+            assert replies == ["1", "2", "3"]
+
+            replica = next(iter(pod.replicas.values()))
+            await wait_until(
+                lambda: _true(replica.snapshot is not None and not replica.unsaved),
+                5,
+                "an interval snapshot of all three counts",
+            )
+            task.cancel()  # abrupt: no last snapshot, no report, heartbeats stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        async with running_pod(stack, "spare", cache_dir):
+            # Compiled once, by the doomed pod; the spare deserializes it from the shared cache.
+            await running_on(stack, "counter", "spare")
+            code, out, err = await swarm(url, "agent", "send", "counter", "{}")
+            assert code == 0, err
+            assert out.strip() == "4"
+        pods = {p["pod_id"]: p for p in await stack.pods()}
+        assert pods["doomed"]["status"] == "lost"
