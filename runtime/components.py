@@ -14,7 +14,9 @@ has the two pieces the core path has in runtime/modules.py and runtime/sandbox.p
 componentize-py components import WASI preview 2 (the Python runtime needs a clock, random and
 stdio); they get a WASI context with no preopened directories, no environment, no arguments and
 no network, and their stdout/stderr are captured (bounded) so a Python traceback becomes the
-reason of the failure.
+reason of the failure. The spec's capabilities widen that context (`wasi_config`, runtime/ABI.md):
+"env" sets the environment to the spec's `env`, "fs" preopens a per-replica scratch directory
+as `/data`; "net" is refused at start (this wasmtime-py has no switch for WASI sockets).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ _MAX_TABLES: Final = 64
 _MAX_MEMORIES: Final = 16
 #: Captured guest stdout/stderr per call (the tail is kept: a traceback ends with the error).
 _MAX_OUTPUT: Final = 4096
+#: Where the "fs" capability's scratch directory appears in the guest.
+SCRATCH_GUEST_PATH: Final = "/data"
 
 
 def is_component(wasm: bytes) -> bool:
@@ -386,6 +390,10 @@ class ComponentCache:
         self._counts = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "disk_errors": 0}
 
     @property
+    def cache_dir(self) -> Path | None:
+        return self._dir
+
+    @property
     def stats(self) -> ComponentCacheStats:
         with self._lock:
             return ComponentCacheStats(**self._counts)
@@ -522,12 +530,40 @@ class _Live:
     handle: wc.Func
 
 
+def wasi_config(
+    limits: SandboxLimits, scratch_dir: Path | None, output: Callable[[bytes], None]
+) -> wasmtime.WasiConfig:
+    """The WASI context of one instance: nothing (no preopens, env, args or network) beyond what
+    `limits.capabilities` grant. stdout and stderr go to `output`.
+
+    - "env": the environment is exactly `limits.env` (never anything of the pod's own);
+    - "fs": `scratch_dir` (which must exist) is preopened read-write as `/data`, nothing else;
+    - "net": refused with `InvalidModule`: wasmtime-py's `WasiConfig` has no network switch.
+    """
+    granted = limits.capabilities
+    if "net" in granted:
+        raise InvalidModule("net capability is not supported by this runtime yet")
+    wasi = wasmtime.WasiConfig()
+    if "env" in granted and limits.env:
+        wasi.env = [[name, value] for name, value in limits.env]
+    if "fs" in granted:
+        if scratch_dir is None:
+            raise InvalidModule("fs capability granted but this pod has no scratch directory")
+        if not scratch_dir.is_dir():
+            raise InvalidModule(f"fs capability: scratch directory {scratch_dir} does not exist")
+        wasi.preopen_dir(str(scratch_dir), SCRATCH_GUEST_PATH, True)
+    wasi.stdout_custom = output
+    wasi.stderr_custom = output
+    return wasi
+
+
 class ComponentSandbox:
     """An instantiated component agent; the component twin of `AgentSandbox`.
 
     Creating one instantiates the component in a new Store and calls the handler's `init`
     under the same limits as a message (`InitFailed` if it returns non-zero). `handle` returns a
     `CallResult`; any guest failure raises a `SandboxError` subclass and breaks the instance.
+    `scratch_dir` is the replica's own directory, preopened as `/data` if "fs" is granted.
     """
 
     def __init__(
@@ -536,6 +572,8 @@ class ComponentSandbox:
         component: CompiledComponent,
         limits: SandboxLimits,
         host: HostAPI,
+        *,
+        scratch_dir: Path | None = None,
     ) -> None:
         engine = cache.engine
         if not engine.running:
@@ -551,6 +589,7 @@ class ComponentSandbox:
         self._failure: SandboxError | None = None
         self._ctx = hostcalls.CallContext(host, limits.budget)
         self._output = _Output()
+        wasi = wasi_config(limits, scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)
         store.set_limits(
             memory_size=limits.memory_bytes,
@@ -559,9 +598,6 @@ class ComponentSandbox:
             tables=_MAX_TABLES,
             memories=_MAX_MEMORIES,
         )
-        wasi = wasmtime.WasiConfig()  # no preopens, env, args or network
-        wasi.stdout_custom = self._output.write
-        wasi.stderr_custom = self._output.write
         store.set_wasi(wasi)
         self._live: _Live | None = self._instantiate(cache.linker, store)
         _SANDBOXES.add(self)

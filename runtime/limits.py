@@ -49,8 +49,10 @@ class SandboxLimits:
     deadline_ms: int = Limits.model_fields["deadline_ms"].default
     memory_bytes: int = Resources.model_fields["memory_mb"].default * _MIB
     #: Host capabilities beyond the default sandbox. Core modules get none of them yet: a module
-    #: importing WASI is refused whatever this says (see runtime/ABI.md).
+    #: importing WASI is refused whatever this says (see runtime/ABI.md, "Capabilities").
     capabilities: frozenset[Capability] = frozenset()
+    #: The guest's environment (name, value) pairs; given to components only with "env".
+    env: tuple[tuple[str, str], ...] = ()
     #: Table growth is the other way to allocate host memory from wasm (8 bytes per element).
     max_table_elements: int = 100_000
     budget: CallBudget = field(default_factory=CallBudget)
@@ -59,6 +61,9 @@ class SandboxLimits:
         for name in ("fuel_per_call", "deadline_ms", "memory_bytes", "max_table_elements"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxLimits.{name} must be >= 1")
+        for name, value in self.env:
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"SandboxLimits.env: bad variable {name!r}")
 
     @classmethod
     def from_spec(cls, spec: AgentSpec, *, budget: CallBudget | None = None) -> SandboxLimits:
@@ -67,5 +72,6 @@ class SandboxLimits:
             deadline_ms=spec.limits.deadline_ms,
             memory_bytes=spec.resources.memory_mb * _MIB,
             capabilities=frozenset(spec.capabilities),
+            env=tuple(sorted(spec.env.items())),
             budget=budget or CallBudget(),
         )

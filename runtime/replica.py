@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import functools
 import json
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -360,6 +362,15 @@ class Replica:
             await self._serve()
         await self._finish()
 
+    def _scratch_dir(self, components: ComponentCache) -> Path | None:
+        """The replica's "fs" directory, `<cache_dir>/../scratch/<replica_id>` (created, 0700);
+        None if the pod keeps no cache directory (the sandbox then refuses the grant)."""
+        if components.cache_dir is None:
+            return None
+        path = components.cache_dir.parent / "scratch" / self.replica_id
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
     async def _start(self) -> bool:
         self.state = State.STARTING
         a = self.assignment
@@ -378,8 +389,14 @@ class Replica:
             if components is None:
                 raise ModuleUnavailable("this pod does not run WebAssembly components")
             component = await loop.run_in_executor(executor, components.load, wasm)
+            scratch = None
+            if "fs" in limits.capabilities:
+                scratch = await loop.run_in_executor(executor, self._scratch_dir, components)
             self._sandbox = await loop.run_in_executor(
-                executor, ComponentSandbox, components, component, limits, host
+                executor,
+                functools.partial(
+                    ComponentSandbox, components, component, limits, host, scratch_dir=scratch
+                ),
             )
         else:
             compiled = await loop.run_in_executor(executor, self.deps.modules.load, wasm)
@@ -411,15 +428,22 @@ class Replica:
 
     async def _restore(self) -> dict[str, bytes]:
         a = self.assignment
-        # The log's reference, else this replica's own key (saved before the log heard of it,
-        # e.g. its pod was lost between two reports).
-        ref = SnapshotRef.parse(a.snapshot) if a.snapshot else None
-        if ref is None:
-            ref = SnapshotRef(self.deps.snapshots.bucket, a.replica_id, 0)
-        loaded = await self.deps.snapshots.load(ref)
-        if loaded is None:
+        # Two candidates: the snapshot the log names (e.g. the stopped replica this one replaces)
+        # and this replica's own key, where it saved interval snapshots the log never heard of
+        # (its pod was lost between two reports). The newer wins: KV revisions are sequences of
+        # one stream, so they order saves across keys.
+        candidates = [SnapshotRef(self.deps.snapshots.bucket, a.replica_id, 0)]
+        named = SnapshotRef.parse(a.snapshot) if a.snapshot else None
+        if named is not None and named.key != a.replica_id:
+            candidates.append(named)
+        newest: tuple[dict[str, bytes], SnapshotRef] | None = None
+        for ref in candidates:
+            loaded = await self.deps.snapshots.load(ref)
+            if loaded is not None and (newest is None or loaded[1].revision > newest[1].revision):
+                newest = loaded
+        if newest is None:
             return {}
-        kv, self.snapshot = loaded
+        kv, self.snapshot = newest
         return kv
 
     async def _on_message(self, msg: Msg) -> None:

@@ -1,0 +1,219 @@
+"""Containment on a real pod: an agent that breaks (runs out of memory, or is not a valid agent
+at all) is reported `crashed` with a reason that says why, and its neighbour on the same pod keeps
+answering. And the C counter example, deployed inline, keeps its count across a restart, across
+the loss of its pod, and across a restart followed by the loss of its pod."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from runtime.pod import Pod
+from schemas import commands
+from tests.runtime.agents import ECHO, MEMORY_BOMB
+from tests.runtime.test_pod import (
+    _events,
+    _status,
+    _true,
+    agent,
+    ask,
+    cluster,
+    deploy,
+    running_on,
+    running_pod,
+)
+from tests.scheduler.stack import Stack, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def counter_c(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """examples/counter-c built by its build script into a temp dir (not the committed path)."""
+    output = tmp_path_factory.mktemp("counter-c") / "counter.wasm"
+    build = subprocess.run(
+        [sys.executable, str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr}"
+    return output.read_bytes()
+
+
+async def crashes(stack: Stack, name: str) -> list[dict[str, Any]]:
+    """The data of every replica_crashed event of agent `name`."""
+    agent_id = (await agent(stack, name)).get("agent_id")
+    if agent_id is None:
+        return []  # not on the log yet
+    return [
+        e["data"]
+        async for e in _events(stack, "swarm.agent.replica_crashed")
+        if e["data"]["agent_id"] == agent_id
+    ]
+
+
+async def first_crash(stack: Stack, name: str) -> dict[str, Any]:
+    async def crashed() -> bool:
+        return bool(await crashes(stack, name))
+
+    await wait_until(crashed, 15, f"{name} reported crashed")
+    return (await crashes(stack, name))[0]
+
+
+async def echoes(stack: Stack, label: str) -> None:
+    for i in range(3):
+        body = b"%s %d" % (label.encode(), i)
+        assert await ask(stack, "echo", body) == (body, False)
+
+
+async def test_a_memory_bomb_crashes_for_memory_while_its_neighbour_keeps_answering(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1"):
+        await deploy(stack, "echo", ECHO)
+        await deploy(stack, "bomb", MEMORY_BOMB)  # Resources(memory_mb=16), from spec()
+        await running_on(stack, "echo", "p1")
+        await running_on(stack, "bomb", "p1")
+        await echoes(stack, "before")
+
+        body, error = await ask(stack, "bomb", b"boom")
+        assert error, body
+        assert b"memory" in body
+
+        crash = await first_crash(stack, "bomb")
+        assert crash["pod_id"] == "p1"
+        assert "memory limit of 16.0 MiB" in crash["reason"], crash["reason"]
+        await echoes(stack, "after")
+
+
+# Valid WebAssembly that the ABI check refuses, and what the reason must name.
+NO_HANDLE = bytes(
+    wasmtime.wat2wasm(
+        """
+(module
+  (memory (export "memory") 1)
+  (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0)))
+"""
+    )
+)
+ENV_FOO = bytes(
+    wasmtime.wat2wasm(
+        """
+(module
+  (import "env" "foo" (func))
+  (memory (export "memory") 1)
+  (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0))
+  (func (export "swarm_handle") (param i32 i32) (result i32) (i32.const 0)))
+"""
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("wasm", "expected"),
+    [
+        pytest.param(NO_HANDLE, 'does not export "swarm_handle"', id="no-swarm_handle"),
+        pytest.param(
+            ENV_FOO, 'imports env::foo: core agents may import only from "swarm"', id="env.foo"
+        ),
+    ],
+)
+async def test_a_module_failing_the_abi_check_crashes_with_the_reason(
+    tmp_path: Path, wasm: bytes, expected: str
+) -> None:
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1"):
+        await deploy(stack, "echo", ECHO)
+        await running_on(stack, "echo", "p1")
+        await echoes(stack, "before")
+
+        await deploy(stack, "broken", wasm)
+        crash = await first_crash(stack, "broken")
+        assert crash["pod_id"] == "p1"
+        assert crash["reason"].startswith("failed to start:"), crash["reason"]
+        assert expected in crash["reason"], crash["reason"]
+        assert "ABI" in crash["reason"]  # points at runtime/ABI.md
+        await echoes(stack, "after")
+
+
+async def count_c(stack: Stack, name: str) -> int:
+    """counter-c replies with the new count as decimal text."""
+    body, error = await ask(stack, name, b"tick")
+    assert not error, body
+    return int(body)
+
+
+async def restart(stack: Stack, name: str, pod_id: str) -> None:
+    """StopAgent (a last snapshot, reported), then ScaleAgent back to one replica."""
+    await stack.send([(commands.StopAgent(name=name), "user:test")])
+    await wait_until(lambda: _status(stack, name, "stopped"), 10, f"{name} stopped")
+    stopped = [e async for e in _events(stack, "swarm.agent.replica_stopped")]
+    assert stopped[-1]["data"]["snapshot"]
+    await stack.send([(commands.ScaleAgent(name=name, replicas=1), "user:test")])
+    await running_on(stack, name, pod_id)
+
+
+async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
+    """Wait for an interval snapshot of the running replica, then kill the pod abruptly."""
+    replica = next(r for r in pod.replicas.values() if not r.done)
+    await wait_until(
+        lambda: _true(replica.snapshot is not None and not replica.unsaved),
+        5,
+        "an interval snapshot of the last count",
+    )
+    task.cancel()  # abrupt: no last snapshot, no report, heartbeats stop
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_the_c_counter_keeps_its_count_across_a_restart(
+    tmp_path: Path, counter_c: bytes
+) -> None:
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1"):
+        await deploy(stack, "counter", counter_c)
+        await running_on(stack, "counter", "p1")
+        assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
+        await restart(stack, "counter", "p1")
+        assert await count_c(stack, "counter") == 4
+
+
+async def test_the_c_counter_survives_the_loss_of_its_pod(tmp_path: Path, counter_c: bytes) -> None:
+    async with cluster(tmp_path) as stack:
+        async with running_pod(stack, "doomed", lease_s=1.0) as (pod, task):
+            await deploy(stack, "counter", counter_c)
+            await running_on(stack, "counter", "doomed")
+            assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
+            await lose_pod(pod, task)
+        async with running_pod(stack, "spare"):
+            await running_on(stack, "counter", "spare")
+            assert await count_c(stack, "counter") == 4
+        pods = {p["pod_id"]: p for p in await stack.pods()}
+        assert pods["doomed"]["status"] == "lost"
+
+
+async def test_the_c_counter_keeps_its_count_across_a_restart_and_then_the_loss_of_its_pod(
+    tmp_path: Path, counter_c: bytes
+) -> None:
+    async with cluster(tmp_path) as stack:
+        async with running_pod(stack, "doomed", lease_s=1.0) as (pod, task):
+            await deploy(stack, "counter", counter_c)
+            await running_on(stack, "counter", "doomed")
+            assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
+            await restart(stack, "counter", "doomed")
+            assert await count_c(stack, "counter") == 4
+            await lose_pod(pod, task)
+        async with running_pod(stack, "spare"):
+            await running_on(stack, "counter", "spare")
+            assert await count_c(stack, "counter") == 5
+        pods = {p["pod_id"]: p for p in await stack.pods()}
+        assert pods["doomed"]["status"] == "lost"
