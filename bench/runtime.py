@@ -1,7 +1,7 @@
 """Runtime benchmark: deploy latency, agent start rate, messaging, idle memory, vector search.
 
     .venv/bin/python bench/runtime.py [--deploys N] [--burst N] [--agents N] [--idle N]
-                                      [--messages N] [--vectors N] [--json PATH]
+                                      [--components N] [--messages N] [--vectors N] [--json PATH]
 
 One run, one machine, every baseline measured in the same run:
 
@@ -16,6 +16,10 @@ One run, one machine, every baseline measured in the same run:
   pod) against the same client doing raw `nc.request` to a core NATS responder in this process
   that echoes; msgs/s and p50 latency (under load and one at a time) for both, and the ratio;
 * memory per idle agent: RSS growth (psutil) over `--idle` idle echo sandboxes held at once;
+* memory per idle Python component: examples/counter-py/app.py built once with componentize-py
+  and compiled once into the run's temp dir, then, in a fresh subprocess that loads it from that
+  disk cache, RSS growth over `--components` idle `ComponentSandbox`es held at once (after one
+  warm-up instance, also held); skipped if componentize-py is not installed or `--components 0`;
 * vector search p50: `VectorMemory.search` (runtime/memory.py) over `--vectors` random 384-d
   vectors in one namespace on an embedded Postgres migrated to head, against raw psycopg
   `ORDER BY embedding <=> %s LIMIT 10` on the same table and HNSW index (same ef_search).
@@ -36,6 +40,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,7 +87,9 @@ RAW_SUBJECT = "bench.raw.echo"
 TARGET_DEPLOY_P99_MS = 100.0
 TARGET_STARTS_PER_S = 1000.0
 TARGET_IDLE_AGENTS = 10_000
-NA_COMPONENTS = "n/a (components not implemented)"
+COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
+NA_COMPONENTS = "n/a (componentize-py not installed)"
+COMPONENT_CHILD = "--component-idle-child"  # argv[1] of the subprocess that holds components
 
 # The echo agent of runtime/ABI.md in WAT: replies with the message it got. The allocator hands
 # out the same region above INBOX for every message and grows memory when one does not fit.
@@ -185,6 +192,84 @@ def idle_memory(engine: SandboxEngine, cache: ModuleCache, n: int) -> dict[str, 
         "pod_memory_bytes": pod_bytes,
         "agents_per_pod_memory": int(pod_bytes // per) if per > 0 else None,
     }
+
+
+def component_idle_child(wasm_path: Path, cache_dir: Path, n: int) -> dict[str, Any]:
+    """In a fresh process: RSS growth per idle counter component, over `n` held at once."""
+    from runtime.components import ComponentCache, ComponentSandbox
+
+    with SandboxEngine() as engine:
+        cache = ComponentCache(engine, cache_dir)
+        compiled = cache.load(wasm_path.read_bytes())  # from the disk cache
+        limits = SandboxLimits()
+        # Held, not counted: the first instance pays one-off costs (lazy init, page tables).
+        held = [ComponentSandbox(cache, compiled, limits, MemoryHost())]
+        gc.collect()
+        before = rss()
+        failure: str | None = None
+        try:
+            for _ in range(n):
+                held.append(ComponentSandbox(cache, compiled, limits, MemoryHost()))
+        except Exception as exc:  # how many fit is the measurement
+            failure = f"{type(exc).__name__}: {exc}"
+        gc.collect()
+        after = rss()
+        created = len(held) - 1
+        # Touch one of them, so they are live instances rather than dead weight.
+        assert held[len(held) // 2].handle(b"{}").replies == (b"1",)
+        stats = cache.stats
+        for sandbox in held:
+            sandbox.close()
+    return {
+        "status": "measured",
+        "components": created,
+        "requested": n,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "bytes_per_component": (after - before) / max(created, 1),
+        "failure": failure,
+        "memory_limit_bytes": limits.memory_bytes,
+        "cache_compiles_in_child": stats.compiles,
+    }
+
+
+def component_idle_memory(root: Path, n: int) -> dict[str, Any]:
+    """Build and compile the counter component once under `root`; measure it in a subprocess."""
+    if n == 0:
+        return {"status": "skipped", "reason": "--components 0", "requested": 0}
+    if importlib.util.find_spec("componentize_py") is None:
+        return {"status": "n/a", "reason": NA_COMPONENTS, "requested": n}
+    from runtime.build import build_agent
+    from runtime.components import ComponentCache
+
+    wasm_path = root / "components" / "counter.wasm"
+    cache_dir = root / "components" / "cache"
+    built = build_agent(COUNTER_APP, wasm_path)
+    with SandboxEngine() as engine:
+        started = time.perf_counter()
+        ComponentCache(engine, cache_dir).load(wasm_path.read_bytes())
+        compile_s = time.perf_counter() - started
+    proc = subprocess.run(
+        [sys.executable, __file__, COMPONENT_CHILD, str(wasm_path), str(cache_dir), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"component idle-memory subprocess failed:\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(
+        app=str(COUNTER_APP.relative_to(ROOT)),
+        component_bytes=built.size,
+        build_s=built.duration_s,
+        compile_s=compile_s,
+    )
+    return result
 
 
 # --- control plane and pod -----------------------------------------------------------------------
@@ -655,7 +740,25 @@ def render(report: dict[str, Any], console: Console) -> None:
         f">= {TARGET_IDLE_AGENTS:,}",
         met(mem["fits_in_one_pod"]),
     )
-    table.add_row("memory per idle Python component", NA_COMPONENTS, "", "", "", "")
+    comp = report["idle_memory_component"]
+    if comp["status"] == "measured":
+        table.add_row(
+            f"memory per idle Python component (KiB, {comp['components']:,} held)",
+            f"{comp['bytes_per_component'] / 1024:,.1f}",
+            "",
+            "",
+            "",
+            "",
+        )
+    else:
+        table.add_row(
+            "memory per idle Python component",
+            comp.get("reason", comp["status"]),
+            "",
+            "",
+            "",
+            "",
+        )
     v = report["vector_search"]
     table.add_row(
         f"vector search p50 (ms, {v['vectors']:,} vectors)",
@@ -678,6 +781,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=500, help="deploys appended at once (0: off)")
     parser.add_argument("--agents", type=int, default=10_000, help="sandboxes started")
     parser.add_argument("--idle", type=int, default=10_000, help="idle sandboxes held for RSS")
+    parser.add_argument(
+        "--components",
+        type=int,
+        default=50,
+        help="idle Python components held for RSS (0: off)",
+    )
     parser.add_argument("--messages", type=int, default=10_000, help="requests per side")
     parser.add_argument("--vectors", type=int, default=100_000, help="vectors for search p50")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
@@ -692,6 +801,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be positive")
     if args.burst < 0:
         parser.error("--burst must be >= 0")
+    if args.components < 0:
+        parser.error("--components must be >= 0")
     return args
 
 
@@ -711,6 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             starts = sandbox_starts(engine, cache, args.agents)
     gc.collect()
     with tempfile.TemporaryDirectory(prefix="swarm-bench-runtime-") as tmp:
+        with console.status(f"holding {args.components:,} idle Python components"):
+            component_memory = component_idle_memory(Path(tmp), args.components)
         with console.status("deploys and messages (Hive, scheduler, pod)"):
             cluster = asyncio.run(control_plane(Path(tmp), args))
         with console.status(f"vector search over {args.vectors:,} vectors"):
@@ -723,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "burst": args.burst,
             "agents": args.agents,
             "idle": args.idle,
+            "components": args.components,
             "messages": args.messages,
             "vectors": args.vectors,
             "in_flight": IN_FLIGHT,
@@ -740,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "starts": starts,
         "messages": cluster["messages"],
         "idle_memory": memory,
-        "idle_memory_component": NA_COMPONENTS,
+        "idle_memory_component": component_memory,
         "vector_search": vectors,
     }
     report["met"] = {
@@ -757,4 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [COMPONENT_CHILD]:
+        wasm_arg, cache_arg, n_arg = sys.argv[2:5]
+        print(json.dumps(component_idle_child(Path(wasm_arg), Path(cache_arg), int(n_arg))))
+        sys.exit(0)
     sys.exit(main())
