@@ -24,8 +24,6 @@ from __future__ import annotations
 import atexit
 import gc
 import hashlib
-import json
-import math
 import os
 import tempfile
 import threading
@@ -55,7 +53,7 @@ from runtime.errors import (
     MemoryLimitExceeded,
     SandboxError,
 )
-from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable
+from runtime.host import HostAPI, InvalidArgument, NotAvailable
 from runtime.limits import SandboxLimits
 from runtime.sandbox import CallResult, _trap_reason
 
@@ -102,55 +100,13 @@ class _GuestBug(Exception):
     """A guest mistake with no code to return: the guest is trapped with this reason."""
 
 
-def _charge(ctx: hostcalls.CallContext, size: int) -> bool:
-    if ctx.output_bytes + size > ctx.budget.max_output_bytes:
-        return False
-    ctx.output_bytes += size
-    return True
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number")
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _vector(value: object, max_dims: int) -> list[float] | None:
-    if not isinstance(value, list) or not 0 < len(value) <= max_dims:
-        return None
-    numbers: list[float] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            return None
-        number = float(item)
-        if not math.isfinite(number):
-            return None
-        numbers.append(number)
-    return numbers
-
-
-def _call_host(fn: Callable[[], object]) -> int:
-    try:
-        fn()
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.OK
-
-
 def _reply(ctx: hostcalls.CallContext, message: bytes) -> None:
     budget = ctx.budget
     if len(ctx.replies) >= budget.max_replies:
         raise _GuestBug(f"more than {budget.max_replies} replies in one call")
     if len(message) > budget.max_message_bytes:
         raise _GuestBug(f"reply of {len(message)} bytes exceeds {budget.max_message_bytes}")
-    if not _charge(ctx, len(message)):
+    if not hostcalls.charge(ctx, len(message)):
         raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
     ctx.replies.append(message)
 
@@ -164,10 +120,10 @@ def _send(ctx: hostcalls.CallContext, to: str, message: bytes) -> int:
     destination = Destination.parse(to)
     if destination is None:
         return ErrorCode.INVALID
-    if not _charge(ctx, len(message)):
+    if not hostcalls.charge(ctx, len(message)):
         return ErrorCode.LIMIT
     ctx.sends += 1
-    return _call_host(lambda: ctx.host.send(destination, message))
+    return hostcalls.call_host(lambda: ctx.host.send(destination, message))
 
 
 def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
@@ -178,10 +134,10 @@ def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
         return ErrorCode.LIMIT
     if not abi.is_event_type(event_type):
         return ErrorCode.INVALID
-    if not _charge(ctx, len(data)):
+    if not hostcalls.charge(ctx, len(data)):
         return ErrorCode.LIMIT
     ctx.emits += 1
-    return _call_host(lambda: ctx.host.emit(event_type, data))
+    return hostcalls.call_host(lambda: ctx.host.emit(event_type, data))
 
 
 def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
@@ -227,10 +183,10 @@ def _kv_put(ctx: hostcalls.CallContext, key: str, value: bytes) -> int:
     checked = _key(ctx, key)
     if isinstance(checked, ErrorCode):
         return checked
-    if not _charge(ctx, len(value)):
+    if not hostcalls.charge(ctx, len(value)):
         return ErrorCode.LIMIT
     ctx.kv_ops += 1
-    return _call_host(lambda: ctx.host.kv_put(checked, value))
+    return hostcalls.call_host(lambda: ctx.host.kv_put(checked, value))
 
 
 def _now_ms(ctx: hostcalls.CallContext) -> int:
@@ -247,56 +203,12 @@ def _random(ctx: hostcalls.CallContext, size: int) -> bytes:
 
 
 def _vector_store(ctx: hostcalls.CallContext, request_text: str) -> int:
-    budget = ctx.budget
-    size = len(request_text.encode())
-    if ctx.vector_ops >= budget.max_vector_ops or size > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    request = _json(request_text)
-    if not isinstance(request, dict) or not set(request) <= {"id", "vector", "data"}:
-        return ErrorCode.INVALID
-    id_ = request.get("id")
-    vector = _vector(request.get("vector"), budget.max_vector_dims)
-    if not isinstance(id_, str) or not id_ or len(id_.encode()) > budget.max_name_bytes:
-        return ErrorCode.INVALID
-    if vector is None:
-        return ErrorCode.INVALID
-    data: JSON = request.get("data")
-    if not _charge(ctx, size):
-        return ErrorCode.LIMIT
-    ctx.vector_ops += 1
-    return _call_host(lambda: ctx.host.vector_store(id_, vector, data))
+    return hostcalls.vector_store_request(ctx, request_text.encode())
 
 
 def _vector_search(ctx: hostcalls.CallContext, query_text: str) -> str | int:
-    budget = ctx.budget
-    if ctx.vector_ops >= budget.max_vector_ops:
-        return int(ErrorCode.LIMIT)
-    if len(query_text.encode()) > budget.max_message_bytes:
-        return int(ErrorCode.LIMIT)
-    query = _json(query_text)
-    if not isinstance(query, dict) or not set(query) <= {"vector", "k"}:
-        return int(ErrorCode.INVALID)
-    vector = _vector(query.get("vector"), budget.max_vector_dims)
-    k = query.get("k", 10)
-    if vector is None or isinstance(k, bool) or not isinstance(k, int):
-        return int(ErrorCode.INVALID)
-    if not 0 < k <= budget.max_search_k:
-        return int(ErrorCode.LIMIT)
-    ctx.vector_ops += 1
-    try:
-        hits = ctx.host.vector_search(vector, k)
-    except InvalidArgument:
-        return int(ErrorCode.INVALID)
-    except NotAvailable:
-        return int(ErrorCode.UNAVAILABLE)
-    result = json.dumps(
-        [{"id": hit.id, "score": hit.score, "data": hit.data} for hit in hits[:k]],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    if len(result.encode()) > budget.max_message_bytes:
-        return int(ErrorCode.LIMIT)
-    return result
+    result = hostcalls.vector_search_request(ctx, query_text.encode())
+    return int(result) if isinstance(result, ErrorCode) else result.decode()
 
 
 def _as_code(impl: Callable[..., Any]) -> Callable[..., Any]:

@@ -140,7 +140,7 @@ def _text(raw: bytes) -> str | None:
         return None
 
 
-def _charge(ctx: CallContext, size: int) -> bool:
+def charge(ctx: CallContext, size: int) -> bool:
     if ctx.output_bytes + size > ctx.budget.max_output_bytes:
         return False
     ctx.output_bytes += size
@@ -171,7 +171,7 @@ def _reply(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> 
         raise _GuestBug(f"more than {budget.max_replies} replies in one call")
     if length > budget.max_message_bytes:
         raise _GuestBug(f"reply of {length} bytes exceeds {budget.max_message_bytes}")
-    if not _charge(ctx, length):
+    if not charge(ctx, length):
         raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
     ctx.replies.append(_read(ctx, caller, ptr, length))
 
@@ -192,16 +192,10 @@ def _send(
     to = Destination.parse(text) if text is not None else None
     if to is None:
         return ErrorCode.INVALID
-    if not _charge(ctx, length):
+    if not charge(ctx, length):
         return ErrorCode.LIMIT
     ctx.sends += 1
-    try:
-        ctx.host.send(to, _read(ctx, caller, ptr, length))
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.OK
+    return call_host(lambda: ctx.host.send(to, _read(ctx, caller, ptr, length)))
 
 
 def _emit(
@@ -219,16 +213,10 @@ def _emit(
     type_ = _text(_read(ctx, caller, type_ptr, type_len))
     if type_ is None or not abi.is_event_type(type_):
         return ErrorCode.INVALID
-    if not _charge(ctx, length):
+    if not charge(ctx, length):
         return ErrorCode.LIMIT
     ctx.emits += 1
-    try:
-        ctx.host.emit(type_, _read(ctx, caller, ptr, length))
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.OK
+    return call_host(lambda: ctx.host.emit(type_, _read(ctx, caller, ptr, length)))
 
 
 def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
@@ -291,16 +279,10 @@ def _kv_put(
     key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
     if isinstance(key, ErrorCode):
         return key
-    if not _charge(ctx, length):
+    if not charge(ctx, length):
         return ErrorCode.LIMIT
     ctx.kv_ops += 1
-    try:
-        ctx.host.kv_put(key, _read(ctx, caller, ptr, length))
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.OK
+    return call_host(lambda: ctx.host.kv_put(key, _read(ctx, caller, ptr, length)))
 
 
 def _now_ms(ctx: CallContext, caller: wasmtime.Caller) -> int:
@@ -355,15 +337,23 @@ def _vector_or_text(request: dict[str, Any], max_dims: int) -> list[float] | str
     return _vector(request["vector"], max_dims)
 
 
-def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
-    ptr = _span(ctx, caller, ptr, length, "vector_store request")
-    length &= _U32
+def call_host(fn: Callable[[], object]) -> ErrorCode:
+    """Run one HostAPI call; the host's refusals become the ABI's codes."""
+    try:
+        fn()
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK
+
+
+def vector_store_request(ctx: CallContext, raw: bytes) -> ErrorCode:
+    """`vector_store` once its request is in hand: what core modules and components share."""
     budget = ctx.budget
-    if ctx.vector_ops >= budget.max_vector_ops:
+    if ctx.vector_ops >= budget.max_vector_ops or len(raw) > budget.max_message_bytes:
         return ErrorCode.LIMIT
-    if length > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    request = _json(_read(ctx, caller, ptr, length))
+    request = _json(raw)
     if not isinstance(request, dict) or not set(request) <= {"id", "vector", "text", "data"}:
         return ErrorCode.INVALID
     id_ = request.get("id")
@@ -373,31 +363,22 @@ def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: i
     if what is None:
         return ErrorCode.INVALID
     data: JSON = request.get("data")
-    if not _charge(ctx, length):
+    if not charge(ctx, len(raw)):
         return ErrorCode.LIMIT
     ctx.vector_ops += 1
-    try:
-        if isinstance(what, str):
-            ctx.host.vector_store_text(id_, what, data)
-        else:
-            ctx.host.vector_store(id_, what, data)
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.OK
+    if isinstance(what, str):
+        text = what
+        return call_host(lambda: ctx.host.vector_store_text(id_, text, data))
+    vector = what
+    return call_host(lambda: ctx.host.vector_store(id_, vector, data))
 
 
-def _vector_search(
-    ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, out: int, cap: int
-) -> int:
-    ptr = _span(ctx, caller, ptr, length, "vector_search query")
-    out = _span(ctx, caller, out, cap, "vector_search output buffer")
-    length &= _U32
+def vector_search_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
+    """`vector_search` once its query is in hand: the hits as JSON, or a refusal."""
     budget = ctx.budget
-    if ctx.vector_ops >= budget.max_vector_ops or length > budget.max_message_bytes:
+    if ctx.vector_ops >= budget.max_vector_ops or len(raw) > budget.max_message_bytes:
         return ErrorCode.LIMIT
-    query = _json(_read(ctx, caller, ptr, length))
+    query = _json(raw)
     if not isinstance(query, dict) or not set(query) <= {"vector", "text", "k"}:
         return ErrorCode.INVALID
     what = _vector_or_text(query, budget.max_vector_dims)
@@ -423,6 +404,28 @@ def _vector_search(
     ).encode()
     if len(result) > budget.max_message_bytes:
         return ErrorCode.LIMIT
+    return result
+
+
+def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    ptr = _span(ctx, caller, ptr, length, "vector_store request")
+    length &= _U32
+    if length > ctx.budget.max_message_bytes:
+        return ErrorCode.LIMIT  # refused before copying a huge request out of guest memory
+    return vector_store_request(ctx, _read(ctx, caller, ptr, length))
+
+
+def _vector_search(
+    ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, out: int, cap: int
+) -> int:
+    ptr = _span(ctx, caller, ptr, length, "vector_search query")
+    out = _span(ctx, caller, out, cap, "vector_search output buffer")
+    length &= _U32
+    if length > ctx.budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    result = vector_search_request(ctx, _read(ctx, caller, ptr, length))
+    if isinstance(result, ErrorCode):
+        return result
     return _length_result(ctx, caller, out, cap, result)
 
 

@@ -529,3 +529,21 @@ def test_memory_host_text_round_trip_with_the_toy_embedding() -> None:
     assert len(toy_embedding("x")) == TOY_DIMENSIONS
     assert math.fsum(x * x for x in toy_embedding("a b c")) == pytest.approx(1.0)
     assert toy_embedding("   ") == [0.0] * TOY_DIMENSIONS
+
+
+def test_components_and_core_modules_share_the_vector_rules() -> None:
+    """Python agents pass the same JSON through the component world; text must work there too."""
+    import json
+
+    from runtime import components
+    from runtime.host import MemoryHost, toy_embedding
+    from runtime.hostcalls import CallContext
+    from runtime.limits import CallBudget
+
+    ctx = CallContext(MemoryHost(embed=toy_embedding), CallBudget())
+    stored = components._vector_store(ctx, '{"id": "a", "text": "cats purr", "data": 1}')
+    assert stored == 0
+    assert components._vector_store(ctx, '{"id": "b"}') == -3  # neither vector nor text
+    hits = components._vector_search(ctx, '{"text": "cats purr", "k": 1}')
+    assert isinstance(hits, str)
+    assert [h["id"] for h in json.loads(hits)] == ["a"]
