@@ -24,8 +24,6 @@ from __future__ import annotations
 import atexit
 import gc
 import hashlib
-import os
-import tempfile
 import threading
 import time
 import weakref
@@ -55,6 +53,7 @@ from runtime.errors import (
 )
 from runtime.host import HostAPI, InvalidArgument, NotAvailable
 from runtime.limits import SandboxLimits
+from runtime.modules import store_compiled
 from runtime.sandbox import CallResult, _trap_reason
 
 log = structlog.get_logger(__name__)
@@ -376,18 +375,7 @@ class ComponentCache:
         return CompiledComponent(sha256, self.engine, component, init, handle)
 
     def _store(self, path: Path, component: wc.Component) -> None:
-        try:
-            data = component.serialize()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except (OSError, wasmtime.WasmtimeError) as exc:
-            log.warning("could not write component cache file", path=str(path), error=str(exc))
+        store_compiled(path, component.serialize, "component")
 
 
 # --- the sandbox ---------------------------------------------------------------------------------

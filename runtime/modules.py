@@ -17,6 +17,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,16 +243,25 @@ class ModuleCache:
         )
 
     def _store(self, path: Path, module: wasmtime.Module) -> None:
+        store_compiled(path, module.serialize, "module")
+
+
+def store_compiled(path: Path, serialize: Callable[[], bytes | bytearray], what: str) -> None:
+    """Write compiled code to the cache atomically (a reader never sees half a file).
+
+    Whoever can write the cache directory can make the pod run native code, hence the atomic
+    rename into a directory only the pod may write. A cache that cannot be written costs a
+    compile at the next start, nothing more, so failures are only logged.
+    """
+    try:
+        data = serialize()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
         try:
-            data = module.serialize()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except (OSError, wasmtime.WasmtimeError) as exc:
-            # A cache that cannot be written costs a compile at the next start, nothing more.
-            log.warning("could not write module cache file", path=str(path), error=str(exc))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except (OSError, wasmtime.WasmtimeError) as exc:
+        log.warning(f"could not write {what} cache file", path=str(path), error=str(exc))
