@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas import Envelope, Payload, commands, events
+from schemas import Envelope, Payload, commands, events, observer
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
 from services.hive.evolve import evolve
@@ -677,6 +677,25 @@ def _restart(
         )
     ]
     return _with_status(state, agent.agent_id, out, now)
+
+
+# --- observer findings ---------------------------------------------------------------------------
+
+
+@_on(observer.ReportAnomaly)
+def _anomaly(
+    state: HiveState, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
+) -> Outcome:
+    """Record a finding on the agent it is about; policies react to the recorded event."""
+    agent = state.agents.get(c.agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
+    if c.replica_id is not None and c.replica_id not in agent.replicas:
+        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+    if c.window_end < c.window_start:
+        return Rejection("window_end is before window_start", rule="invalid")
+    finding = c.model_dump()
+    return Decision([observer.AnomalyDetected(anomaly_id=env.id, **finding)])
 
 
 __all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]

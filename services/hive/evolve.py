@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import Envelope, events
+from schemas import Envelope, events, observer
 from services.hive.state import (
     PLACED,
+    RECENT_ANOMALIES,
     Agent,
+    Anomaly,
     HiveState,
     Namespace,
     Pod,
@@ -308,3 +310,13 @@ def _pod_lost(s: HiveState, e: events.PodLost, env: Envelope[Any], seq: int) -> 
     pod = s.pods[e.pod_id]
     pod.status = "lost"
     pod.last_seq = seq
+
+
+# --- observer findings ---------------------------------------------------------------------------
+
+
+@_on(observer.AnomalyDetected)
+def _anomaly(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.anomalies.append(Anomaly(e.anomaly_id, e.kind, e.severity, e.score, env.time))
+    del agent.anomalies[:-RECENT_ANOMALIES]

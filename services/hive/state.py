@@ -48,6 +48,19 @@ class Rollout:
     rollback: bool = False
 
 
+#: Findings kept per agent in the state (the log has them all).
+RECENT_ANOMALIES = 20
+
+
+@dataclass(slots=True)
+class Anomaly:
+    anomaly_id: str
+    kind: str
+    severity: str
+    score: float
+    at: datetime | None
+
+
 @dataclass(slots=True)
 class Agent:
     agent_id: str
@@ -66,6 +79,8 @@ class Agent:
     deleted: bool = False
     ever_running: bool = False
     created_at: datetime | None = None
+    #: The most recent Observer findings, oldest first.
+    anomalies: list[Anomaly] = field(default_factory=list)
     #: Stream sequence of the last event of this aggregate (for expected-sequence appends).
     last_seq: int = 0
 

@@ -1,0 +1,76 @@
+"""The Observer's findings: anomalies with their evidence.
+
+The Observer never changes state itself. It reports what it saw as a command (`anomaly.report`);
+the Hive records it as an event on the agent's aggregate, so findings are on the audit log next
+to what they are about, and the Hive's policies (reputation, quarantine, restart, rollback) react
+to the recorded event, not to the Observer's say-so.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.envelope import Payload
+from schemas.registry import REGISTRY
+from schemas.specs import Id
+
+Severity = Literal["info", "warning", "critical"]
+
+#: Behaviour signals the detectors score (one per metric series, plus derived ones).
+Signal = Literal[
+    "fuel",
+    "latency",
+    "error_rate",
+    "message_rate",
+    "memory",
+    "queue_depth",
+    "log_rate",
+    "behaviour_distance",
+    "combined",
+]
+
+
+class SignalEvidence(Payload):
+    """One signal's part in a finding: what was seen against what is normal for this agent."""
+
+    signal: Signal
+    #: The value seen in the window (for example mean fuel per call).
+    value: float
+    #: What is normal for this agent (the detector's baseline, for example a rolling median).
+    baseline: float
+    #: The detector's score for this signal (for robust z-scores: |x - median| / (1.4826 MAD)).
+    score: float = Field(ge=0)
+    #: The threshold the score was compared against (adaptive, so it is recorded).
+    threshold: float = Field(ge=0)
+
+
+class AnomalyFinding(Payload):
+    agent_id: Id
+    #: The replica the finding is about; None when it is about the agent as a whole.
+    replica_id: Id | None = None
+    #: Which detector found it (for example `robust-z`, `half-space-trees`, `combined`).
+    detector: str = Field(min_length=1, max_length=64)
+    #: Combined score in [0, 1]: 1 is certainly anomalous.
+    score: float = Field(ge=0, le=1)
+    severity: Severity
+    #: Kind of misbehaviour when the detector can tell (loop, latency_spike, cost_blowup, ...).
+    kind: str = Field(default="unknown", max_length=64)
+    window_start: datetime
+    window_end: datetime
+    signals: list[SignalEvidence] = Field(min_length=1, max_length=32)
+    summary: str = Field(default="", max_length=1000)
+
+
+@REGISTRY.command("anomaly", "report")
+class ReportAnomaly(AnomalyFinding):
+    """The Observer reports a finding; the Hive records it on the agent (AnomalyDetected)."""
+
+
+@REGISTRY.event("agent", "anomaly_detected")
+class AnomalyDetected(AnomalyFinding):
+    """A recorded finding about an agent, with its evidence; `anomaly_id` is the report's id."""
+
+    anomaly_id: Id
