@@ -31,6 +31,7 @@ import enum
 import functools
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -261,6 +262,7 @@ class Replica:
         self._sub: Subscription | None = None
         self._topic_subs: list[Subscription] = []
         self._sandbox: AgentSandbox | ComponentSandbox | None = None
+        self._scratch: Path | None = None
         self._host: PodHost | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop_report = False
@@ -392,6 +394,7 @@ class Replica:
             scratch = None
             if "fs" in limits.capabilities:
                 scratch = await loop.run_in_executor(executor, self._scratch_dir, components)
+                self._scratch = scratch
             self._sandbox = await loop.run_in_executor(
                 executor,
                 functools.partial(
@@ -528,6 +531,13 @@ class Replica:
             return
         if self._stop_save:
             await self._save()
+        if self._scratch is not None:
+            # Stopped for good: the scratch directory is not state (snapshots are), so it goes.
+            # After a crash it stays, for a restart on this pod and for a look at what was there.
+            scratch, self._scratch = self._scratch, None
+            await asyncio.get_running_loop().run_in_executor(
+                self.deps.executor, functools.partial(shutil.rmtree, scratch, ignore_errors=True)
+            )
         self.state = State.STOPPED
         if self._stop_report:
             await self._report("stopped", "stopped", self._ref())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -98,10 +99,21 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
             assert f"--module-sha256 {sha}" in out
 
             # The pod has only the digest: it fetches the component from the object store.
+            deployment = tmp_path / "counter.json"
+            module = {"sha256": sha, "kind": "component"}
+            spec = {"version": "v1", "module": module, "capabilities": ["fs"]}
+            deployment.write_text(json.dumps({"name": "counter", "spec": spec}))
             code, out, err = await swarm(
-                url, "agent", "deploy", "counter", "--module-sha256", sha, "--version", "v1",
-                "--wait", "--wait-timeout", "90", timeout=120,
-            )  # fmt: skip
+                url,
+                "agent",
+                "deploy",
+                "-f",
+                str(deployment),
+                "--wait",
+                "--wait-timeout",
+                "90",
+                timeout=120,
+            )
             assert code == 0, out + err
             assert "is running" in out
             await running_on(stack, "counter", "doomed")
@@ -123,11 +135,19 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-        async with running_pod(stack, "spare", cache_dir):
+        async with running_pod(stack, "spare", cache_dir) as (spare, _):
             # Compiled once, by the doomed pod; the spare deserializes it from the shared cache.
             await running_on(stack, "counter", "spare")
             code, out, err = await swarm(url, "agent", "send", "counter", "{}")
             assert code == 0, err
             assert out.strip() == "4"
+            # The "fs" grant: the replica's /data lives under the pods' shared scratch dir,
+            # and goes when the replica stops (scratch space is not state).
+            (replica_id,) = spare.replicas
+            scratch = tmp_path / "scratch" / replica_id
+            assert scratch.is_dir()
+            code, out, err = await swarm(url, "agent", "stop", "counter")
+            assert code == 0, out + err
+            await wait_until(lambda: _true(not scratch.exists()), 10, "the scratch dir removed")
         pods = {p["pod_id"]: p for p in await stack.pods()}
         assert pods["doomed"]["status"] == "lost"
