@@ -156,6 +156,8 @@ class Demand:
     service_rate: float | None
     #: False while no replica has two samples yet: `rate` is then unknown, not zero.
     rated: bool = True
+    #: When the newest of the samples was folded.
+    newest: float = float("-inf")
 
     @classmethod
     def of(cls, loads: list[ReplicaLoad]) -> Demand:
@@ -166,6 +168,7 @@ class Demand:
             reporting=len(loads),
             service_rate=statistics.median(learned) if learned else None,
             rated=any(load.rate is not None for load in loads),
+            newest=max((load.last.seen_at for load in loads), default=float("-inf")),
         )
 
 
@@ -304,6 +307,8 @@ class ScaledAgent:
     queue: Forecaster | None = None
     #: A scale request sent and not yet seen on the log: (replicas, sent at).
     pending: tuple[int, float] | None = None
+    #: When the newest sample learned so far was folded.
+    learned_at: float = float("-inf")
 
     def forecasters(self, step_s: float) -> tuple[Forecaster, Forecaster]:
         method = self.policy.method if self.policy else "holt"
@@ -364,11 +369,13 @@ class Autoscaler:
                 continue
             demand = Demand.of(self.metrics.of_agent(agent.agent_id, now))
             rate, queue = agent.forecasters(self.step_s)
-            if demand.reporting:
-                # A first sample has no rate yet: learning it as 0 would fake a steep trend.
+            if demand.reporting and demand.newest > agent.learned_at:
+                # Only fresh samples are learned (see Forecaster). A first sample has no rate
+                # yet: learning it as 0 would fake a steep trend.
+                agent.learned_at = demand.newest
                 if demand.rated:
-                    rate.learn(demand.rate)
-                queue.learn(demand.queue)
+                    rate.learn(demand.rate, now)
+                queue.learn(demand.queue, now)
             if agent.pending is not None:
                 if now - agent.pending[1] < self.pending_timeout_s:
                     continue

@@ -25,22 +25,35 @@ _HoltWinters: Any = time_series.HoltWinters
 #: smooth enough that one noisy sample does not move a decision much.
 ALPHA = 0.5
 BETA = 0.3
+#: How fast the measured time between samples replaces the configured step.
+STEP_SMOOTHING = 0.3
 
 
 @dataclass(slots=True)
 class Forecaster:
-    """One series (e.g. an agent's message rate) learned one sample per `step_s`."""
+    """One series (e.g. an agent's message rate) learned one sample per step.
+
+    `step_s` starts as the configured step and then follows the time actually seen between
+    samples (smoothed), so a horizon in seconds stays right when samples come slower than the
+    autoscaler ticks (a tick without a fresh sample learns nothing: repeating the last value
+    would flatten the trend).
+    """
 
     method: ForecastMethod
     step_s: float
     samples: int = 0
     last: float = 0.0
+    last_at: float | None = None
     _model: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._model = _HoltWinters(alpha=ALPHA, beta=BETA if self.method == "holt" else None)
 
-    def learn(self, value: float) -> None:
+    def learn(self, value: float, at: float | None = None) -> None:
+        if at is not None:
+            if self.last_at is not None and at > self.last_at:
+                self.step_s += STEP_SMOOTHING * ((at - self.last_at) - self.step_s)
+            self.last_at = at
         self._model.learn_one(float(value))
         self.samples += 1
         self.last = float(value)
@@ -57,4 +70,4 @@ class Forecaster:
         return max(0.0, float(predicted))
 
 
-__all__ = ["ALPHA", "BETA", "Forecaster"]
+__all__ = ["ALPHA", "BETA", "STEP_SMOOTHING", "Forecaster"]

@@ -392,3 +392,38 @@ def test_deploy_with_a_policy_keeps_it_on_the_agent() -> None:
     assert agent is not None
     assert agent.autoscale == policy
     assert math.isclose(agent.autoscale.target_queue or 0, 10.0)
+
+
+def test_ticks_faster_than_samples_learn_each_sample_once_and_keep_the_horizon() -> None:
+    policy = AutoscalePolicy(max_replicas=6, target_rate=50.0, cooldown_s=5.0, horizon_s=5.0)
+    # Ticks every 0.25 s, samples every second: the forecaster learns per sample and measures
+    # the step, so a 5 s horizon is still 5 samples ahead.
+    scaler = Autoscaler(step_s=0.25, stale_after_s=5.0)
+    scaler.fold(
+        envelope(
+            e.AgentDeployed(
+                agent_id="a1",
+                namespace="default",
+                name="echo",
+                spec=spec(),
+                replicas=1,
+                autoscale=policy,
+            )
+        ),
+        1,
+    )
+    received, rate = 0, 10.0
+    first_up: float | None = None
+    for t in range(30):
+        received += int(rate)
+        scaler.metrics.observe(sample(t, [("r1", received, 0)]), seen_at=float(t))
+        for quarter in range(4):
+            if scaler.tick(t + quarter / 4) and first_up is None:
+                first_up = rate
+        rate += 2.0
+    rate_forecaster = scaler.agents["a1"].rate
+    assert rate_forecaster is not None
+    assert rate_forecaster.samples == 29  # the first sample has no rate
+    assert rate_forecaster.step_s == pytest.approx(1.0, abs=0.01)
+    assert first_up is not None
+    assert 30.0 < first_up < 50.0
