@@ -9,6 +9,9 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   never on the event loop, so heartbeats and other agents keep going.
 * The mailbox is bounded: a message arriving when `mailbox_size` are waiting is answered at once
   with `{"error": "mailbox full"}` (backpressure, not memory).
+* Its own subject: the replica also takes direct messages on `mesh_replica_subject(id)` (no
+  queue group), which is how the scheduler's task distributor hands a task to the replica it
+  picked; they are handled and answered like messages to the agent's subject.
 * Topics: the replica also subscribes to `mesh_topic_subject(t)` for each topic `t` of its spec,
   in the agent's queue group, so each topic message reaches one replica of every subscribed
   agent. Topic messages share the mailbox but are fire-and-forget: never answered (even when

@@ -138,11 +138,15 @@ class MetricsFold:
             del self.replicas[rid]
 
     def of_agent(self, agent_id: str, now: float) -> list[ReplicaLoad]:
-        return [
-            load
-            for load in self.replicas.values()
-            if load.last.agent_id == agent_id and now - load.last.seen_at <= self.stale_after_s
-        ]
+        return self.by_agent(now).get(agent_id, [])
+
+    def by_agent(self, now: float) -> dict[str, list[ReplicaLoad]]:
+        """Fresh loads grouped by agent (one pass, for a tick over every agent)."""
+        out: dict[str, list[ReplicaLoad]] = {}
+        for load in self.replicas.values():
+            if now - load.last.seen_at <= self.stale_after_s:
+                out.setdefault(load.last.agent_id, []).append(load)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,12 +366,13 @@ class Autoscaler:
     def tick(self, now: float) -> list[ScaleRequest]:
         """Learn this step's demand of every autoscaled agent and decide; call every `step_s`."""
         self.metrics.prune(now)
+        loads = self.metrics.by_agent(now)
         out: list[ScaleRequest] = []
         for agent in self.agents.values():
             policy = agent.policy
             if policy is None or not policy.enabled or agent.desired == 0:
                 continue
-            demand = Demand.of(self.metrics.of_agent(agent.agent_id, now))
+            demand = Demand.of(loads.get(agent.agent_id, []))
             rate, queue = agent.forecasters(self.step_s)
             if demand.reporting and demand.newest > agent.learned_at:
                 # Only fresh samples are learned (see Forecaster). A first sample has no rate

@@ -317,3 +317,56 @@ async def test_tasks_reach_real_replicas_through_a_pod_and_their_answers_come_ba
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(
+    tmp_path: Path,
+) -> None:
+    capacity = 20.0
+    policy = AutoscalePolicy(
+        max_replicas=3, target_rate=capacity, cooldown_s=1.0, scale_down_after_s=60, horizon_s=2.0
+    )
+    # The pod samples every 0.5 s (tests.runtime.test_pod.running_pod).
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        deploy = commands.DeployAgent(name="echo", spec=wasm_spec(ECHO), autoscale=policy)
+        await stack.send([(deploy, "user:test")])
+        await running_on(stack, "echo", "p1")
+        agent_id = await agent_id_of(stack, "echo")
+        async with autoscaler(stack.url, step_s=0.5, stale_after_s=2.0, tasks=False):
+            nc = stack.client.nc
+            subject = names.mesh_agent_subject("default", "echo")
+            #: (time, rate) at which messages were being sent.
+            sent: list[tuple[float, float]] = []
+            start = time.time()
+
+            async def load() -> None:
+                # 4 msg/s more every second, from 4 msg/s: 20 msg/s is reached 4 s in.
+                while True:
+                    now = time.time()
+                    rate = 4.0 + 4.0 * (now - start)
+                    await nc.publish(subject, b"ping")
+                    sent.append((now, rate))
+                    await asyncio.sleep(1.0 / rate)
+
+            loading = asyncio.create_task(load())
+            try:
+
+                async def scaled() -> bool:
+                    return bool(await scaled_events(stack.client, agent_id))
+
+                await wait_until(scaled, 10, "a scale-up")
+                at, first = (await scaled_events(stack.client, agent_id))[0]
+                # The scheduler places the new replica and the pod starts it.
+                await running_on(stack, "echo", "p1", replicas=first["replicas"])
+            finally:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            decision = first["autoscale"]
+            assert decision["direction"] == "up"
+            rate_then = max(rate for t, rate in sent if t <= at)
+            assert rate_then < capacity, (rate_then, decision)
+            assert decision["forecast"]["rate"] < capacity < decision["forecast"]["rate_forecast"]
+            # What the pod counted is what the autoscaler saw (one replica then).
+            assert decision["forecast"]["reporting"] == 1
+            assert sum(r.metrics.received for r in pod.replicas.values()) <= len(sent)
