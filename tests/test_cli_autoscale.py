@@ -138,3 +138,25 @@ async def test_task_send_queues_and_waits_for_the_answer(stack: Stack) -> None:
         service.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+async def test_a_spec_file_carries_the_policy_and_flags_override_it(
+    stack: Stack, wasm: Path
+) -> None:
+    document = {
+        "name": "from-file",
+        "spec": {"module": wasm.name, "task_queues": ["jobs"]},
+        "autoscale": {"max_replicas": 3, "target_rate": 10},
+    }
+    path = wasm.parent / "from-file.json"
+    path.write_text(json.dumps(document))
+    ok(await cli(stack, "agent", "deploy", "-f", path, "--autoscale", "max=4"))
+    policy = await policy_of(stack, "from-file")
+    assert (policy["max_replicas"], policy["target_rate"]) == (4, 10.0)
+    spec = (await described(stack, "from-file"))["agent"]["spec"]
+    assert spec["task_queues"] == ["jobs"]
+    bad = wasm.parent / "bad-policy.json"
+    bad.write_text(json.dumps({**document, "name": "bad-file", "autoscale": [1]}))
+    refused = await cli(stack, "agent", "deploy", "-f", bad)
+    assert refused.exit_code == 2
+    assert "autoscale must be an object" in refused.output
