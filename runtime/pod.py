@@ -24,6 +24,7 @@ import enum
 import hashlib
 import json
 import signal
+import time
 
 import nats.errors
 import structlog
@@ -357,12 +358,14 @@ class Pod:
             await asyncio.gather(*(r.save_if_changed() for r in running))
 
     async def _metrics_loop(self, eventlog: EventLog) -> None:
-        subject = names.metrics_subject(self.pod_id, "agent")
+        subject = names.metrics_subject(self.pod_id, names.METRIC_AGENT)
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
             body = json.dumps(
                 {
                     "pod_id": self.pod_id,
+                    # The pod's clock: rates are counter deltas over these times.
+                    "time_ms": time.time_ns() // 1_000_000,
                     "replicas": [r.metrics_json() for r in self.replicas.values()],
                 }
             ).encode()

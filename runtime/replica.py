@@ -9,6 +9,9 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   never on the event loop, so heartbeats and other agents keep going.
 * The mailbox is bounded: a message arriving when `mailbox_size` are waiting is answered at once
   with `{"error": "mailbox full"}` (backpressure, not memory).
+* Its own subject: the replica also takes direct messages on `mesh_replica_subject(id)` (no
+  queue group), which is how the scheduler's task distributor hands a task to the replica it
+  picked; they are handled and answered like messages to the agent's subject.
 * Topics: the replica also subscribes to `mesh_topic_subject(t)` for each topic `t` of its spec,
   in the agent's queue group, so each topic message reaches one replica of every subscribed
   agent. Topic messages share the mailbox but are fire-and-forget: never answered (even when
@@ -236,6 +239,10 @@ class Metrics:
     #: Topic messages put in the mailbox, and those dropped (mailbox full, or not running).
     topic_messages: int = 0
     topic_dropped: int = 0
+    #: Every message that arrived (direct, topic or task; handled, refused or dropped): demand.
+    received: int = 0
+    #: Milliseconds spent inside handle calls: calls / busy time is what one replica can carry.
+    busy_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +267,8 @@ class Replica:
         self._save_lock = asyncio.Lock()
         self._mailbox: asyncio.Queue[Mail | None] = asyncio.Queue()
         self._sub: Subscription | None = None
+        #: This replica's own subject (no queue group): tasks the distributor picked it for.
+        self._replica_sub: Subscription | None = None
         self._topic_subs: list[Subscription] = []
         self._sandbox: AgentSandbox | ComponentSandbox | None = None
         self._scratch: Path | None = None
@@ -343,6 +352,9 @@ class Replica:
             "logs_dropped": m.logs_dropped,
             "topic_messages": m.topic_messages,
             "topic_dropped": m.topic_dropped,
+            "received": m.received,
+            "busy_ms": round(m.busy_ms, 3),
+            "task_queues": list(self.assignment.spec.task_queues),
         }
 
     # -- the replica's task -----------------------------------------------------------------------
@@ -415,6 +427,9 @@ class Replica:
             queue=a.agent_id,
             cb=self._on_message,
         )
+        self._replica_sub = await self.deps.nc.subscribe(
+            names.mesh_replica_subject(a.replica_id), cb=self._on_message
+        )
         for topic in dict.fromkeys(a.spec.topics):
             self._topic_subs.append(
                 await self.deps.nc.subscribe(
@@ -451,6 +466,7 @@ class Replica:
 
     async def _on_message(self, msg: Msg) -> None:
         # Runs on nats-py's delivery task: decide quickly, never run the agent here.
+        self.metrics.received += 1
         if self.state is not State.RUNNING or self._stopping:
             await self._answer(msg, error=self.failure or "agent is not running")
         elif self._mailbox.qsize() >= self.deps.mailbox_size:
@@ -462,6 +478,7 @@ class Replica:
     def _topic_callback(self, topic: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_topic_message(msg: Msg) -> None:
             # Fire-and-forget: nobody to tell about a drop, so it is only counted.
+            self.metrics.received += 1
             if (
                 self.state is not State.RUNNING
                 or self._stopping
@@ -500,6 +517,7 @@ class Replica:
             finally:
                 self.metrics.calls += 1
                 self.metrics.last_latency_ms = (time.perf_counter() - started) * 1000
+                self.metrics.busy_ms += self.metrics.last_latency_ms
             m = self.metrics
             m.fuel_used += result.fuel_used
             m.memory_bytes = result.memory_bytes
@@ -511,6 +529,9 @@ class Replica:
     async def _finish(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
+            await _quietly(sub.unsubscribe())
+        if self._replica_sub is not None:
+            sub, self._replica_sub = self._replica_sub, None
             await _quietly(sub.unsubscribe())
         topic_subs, self._topic_subs = self._topic_subs, []
         for sub in topic_subs:

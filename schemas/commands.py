@@ -13,10 +13,17 @@ from pydantic import Field
 
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
-from schemas.specs import AgentSpec, Capacity, Id, Name, Quota, Version
-
-#: Replicas of one agent; bounded so that one decision fits in one atomic append.
-MAX_REPLICAS = 400
+from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
+from schemas.specs import (
+    AgentSpec,
+    AutoscaleDecision,
+    AutoscalePolicy,
+    Capacity,
+    Id,
+    Name,
+    Quota,
+    Version,
+)
 
 # --- namespaces ----------------------------------------------------------------------------------
 
@@ -51,6 +58,8 @@ class DeployAgent(AgentCommand):
 
     spec: AgentSpec
     replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    #: Autoscaling from the start (None: off; `agent.autoscale` changes it later).
+    autoscale: AutoscalePolicy | None = None
 
 
 @REGISTRY.command("agent", "scale")
@@ -58,6 +67,16 @@ class ScaleAgent(AgentCommand):
     """Change how many replicas of the agent should run."""
 
     replicas: int = Field(ge=0, le=MAX_REPLICAS)
+    #: Set by the autoscaler: the forecast behind the count (copied to `agent.scaled`).
+    autoscale: AutoscaleDecision | None = None
+
+
+@REGISTRY.command("agent", "autoscale")
+class AutoscaleAgent(AgentCommand):
+    """Set (or with None, remove) the agent's autoscaling policy; replicas are not touched here,
+    the autoscaler brings the count within the new bounds on its next pass."""
+
+    autoscale: AutoscalePolicy | None
 
 
 @REGISTRY.command("agent", "rollout")

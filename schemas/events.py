@@ -13,7 +13,16 @@ from pydantic import Field
 
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
-from schemas.specs import AgentSpec, Capacity, Id, Name, Quota, Version
+from schemas.specs import (
+    AgentSpec,
+    AutoscaleDecision,
+    AutoscalePolicy,
+    Capacity,
+    Id,
+    Name,
+    Quota,
+    Version,
+)
 
 AgentStatus = Literal[
     "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
@@ -46,6 +55,7 @@ class AgentDeployed(Payload):
     name: Name
     spec: AgentSpec
     replicas: int
+    autoscale: AutoscalePolicy | None = None
 
 
 @REGISTRY.event("agent", "scaled")
@@ -53,6 +63,17 @@ class AgentScaled(Payload):
     agent_id: Id
     replicas: int
     previous: int
+    #: The autoscaler's forecast and reasoning, when it asked for this count.
+    autoscale: AutoscaleDecision | None = None
+
+
+@REGISTRY.event("agent", "autoscale_changed")
+class AgentAutoscaleChanged(Payload):
+    """The agent's autoscaling policy was set (or removed: None)."""
+
+    agent_id: Id
+    autoscale: AutoscalePolicy | None
+    previous: AutoscalePolicy | None = None
 
 
 @REGISTRY.event("agent", "rollout_started")

@@ -199,3 +199,40 @@ def mesh_topic_subject(topic: str) -> str:
 #: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
 HEADER_AGENT_STATUS: Final = "Swarm-Status"
 HEADER_AGENT_ERROR: Final = "Swarm-Error"
+
+
+# --- Autoscaling and task queues (scheduler) -----------------------------------------------------
+
+#: The metric name under which pods publish their replicas' counters (`metrics_subject`).
+METRIC_AGENT: Final = "agent"
+STREAM_TASKS: Final = "SWARM_TASKS"
+TASKS_PREFIX: Final = "swarm.task"
+TASKS_ALL: Final = f"{TASKS_PREFIX}.>"
+MESH_REPLICA_PREFIX: Final = f"{MESH_PREFIX}.replica"
+#: The scheduler's task distributor: one durable pull consumer shared by its instances.
+CONSUMER_TASK_DISTRIBUTOR: Final = "task-distributor"
+#: On a task: where the distributor publishes the answer of the replica that handled it.
+HEADER_TASK_REPLY: Final = "Swarm-Reply-To"
+
+
+def metrics_wildcard(name: str) -> str:
+    """One metric of every source, e.g. every pod's `agent` samples."""
+    return f"{METRICS_PREFIX}.*.{_check_name('metric', name)}"
+
+
+def task_subject(queue: str) -> str:
+    """Where producers send tasks for a named queue (JetStream, work-queue retention)."""
+    return f"{TASKS_PREFIX}.{_check_token('task queue', queue)}"
+
+
+def task_queue_of(subject: str) -> str | None:
+    """The queue a task subject names; None for anything else."""
+    prefix = f"{TASKS_PREFIX}."
+    if not subject.startswith(prefix) or not is_token(subject[len(prefix) :]):
+        return None
+    return subject[len(prefix) :]
+
+
+def mesh_replica_subject(replica_id: str) -> str:
+    """Direct messages to one replica (no queue group): how the distributor hands out a task."""
+    return f"{MESH_REPLICA_PREFIX}.{_check_token('replica id', replica_id)}"

@@ -42,7 +42,7 @@ def _check_base64(value: str) -> str:
 
 def _no_repeats(values: list[str]) -> list[str]:
     if len(set(values)) != len(values):
-        raise ValueError("topics must not repeat")
+        raise ValueError("topics and task queues must not repeat")
     return values
 
 
@@ -106,6 +106,13 @@ class AgentSpec(Value):
     topics: Annotated[list[Id], AfterValidator(_no_repeats)] = Field(
         default_factory=list, max_length=32
     )
+    #: Named task queues the agent takes work from (subject tokens, at most 32, no repeats;
+    #: global like topics): each task sent to `swarm.task.<queue>` is handed by the scheduler's
+    #: distributor to the one replica, among all agents taking that queue, with the most spare
+    #: capacity and the best reputation, and acknowledged once that replica answered.
+    task_queues: Annotated[list[Id], AfterValidator(_no_repeats)] = Field(
+        default_factory=list, max_length=32
+    )
 
 
 class Quota(Value):
@@ -123,3 +130,73 @@ class Capacity(Value):
     memory_mb: int = Field(ge=1)
     fuel_per_s: int = Field(ge=1)
     slots: int = Field(ge=1, le=1_000_000)
+
+
+# --- Autoscaling ---------------------------------------------------------------------------------
+
+#: Replicas of one agent; bounded so that one decision fits in one atomic append.
+MAX_REPLICAS = 400
+
+ForecastMethod = Literal["holt", "ewma"]
+
+
+class AutoscalePolicy(Value):
+    """How the scheduler's autoscaler sizes an agent (like a Kubernetes HPA, beside the spec).
+
+    Demand is forecast `horizon_s` ahead (time to start a replica plus a margin) from the message
+    rate and mailbox depth the pods report; the agent is scaled up as soon as the forecast needs
+    more replicas than run, and down only after `scale_down_after_s` of demand below what one
+    replica fewer would carry. At least `cooldown_s` passes between two decisions.
+    """
+
+    enabled: bool = True
+    min_replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    max_replicas: int = Field(default=10, ge=1, le=MAX_REPLICAS)
+    #: Messages per second one replica should carry; None: learned from the replicas' observed
+    #: service time (calls per busy second) times `target_utilization`.
+    target_rate: float | None = Field(default=None, gt=0)
+    #: Mailbox depth per replica to aim for; None: queue depth does not size the agent.
+    target_queue: float | None = Field(default=None, gt=0)
+    #: Share of a replica's learned throughput to plan for (headroom before saturation).
+    target_utilization: float = Field(default=0.8, gt=0, le=1)
+    cooldown_s: float = Field(default=30.0, ge=0, le=86_400)
+    scale_down_after_s: float = Field(default=120.0, ge=0, le=86_400)
+    horizon_s: float = Field(default=30.0, gt=0, le=3600)
+    #: `holt`: Holt's linear trend (level + trend); `ewma`: level only (no trend).
+    method: ForecastMethod = "holt"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalePolicy:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class DemandForecast(Value):
+    """What the autoscaler saw and predicted for one agent when it decided."""
+
+    method: ForecastMethod
+    horizon_s: float
+    #: Messages per second arriving at all replicas now, and forecast `horizon_s` ahead.
+    rate: float
+    rate_forecast: float
+    #: Messages waiting in all mailboxes now, and forecast.
+    queue: float
+    queue_forecast: float
+    #: What one replica is planned to carry (None: that signal did not size the agent).
+    capacity_rate: float | None = None
+    capacity_queue: float | None = None
+    #: Replicas whose metrics went into the sample.
+    reporting: int = 0
+
+
+class AutoscaleDecision(Value):
+    """Why the autoscaler asked for a replica count: carried by `agent.scale` and `agent.scaled`."""
+
+    direction: Literal["up", "down", "bounds"]
+    previous: int
+    replicas: int
+    reason: str = Field(max_length=500)
+    forecast: DemandForecast

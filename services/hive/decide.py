@@ -215,7 +215,12 @@ def _deploy(
         return Rejection(refusal.reason, rule=refusal.rule)
     out: list[Payload] = [
         events.AgentDeployed(
-            agent_id=agent_id, namespace=c.namespace, name=c.name, spec=c.spec, replicas=c.replicas
+            agent_id=agent_id,
+            namespace=c.namespace,
+            name=c.name,
+            spec=c.spec,
+            replicas=c.replicas,
+            autoscale=c.autoscale,
         )
     ]
     out += _new_replicas(agent_id, 0, c.replicas, c.spec.version, "deployed")
@@ -236,7 +241,9 @@ def _scale(state: HiveState, c: commands.ScaleAgent, env: Envelope[Any], now: da
     agent = _find(state, c.namespace, c.name)
     if isinstance(agent, Rejection):
         return agent
-    return _scale_to(state, agent, c.replicas, f"scaled to {c.replicas}", now)
+    if c.autoscale is None:
+        return _scale_to(state, agent, c.replicas, f"scaled to {c.replicas}", now)
+    return _autoscaled(state, agent, c, env, now)
 
 
 def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: datetime) -> Outcome:
@@ -699,3 +706,50 @@ def _anomaly(
 
 
 __all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]
+
+
+# --- autoscaling ---------------------------------------------------------------------------------
+
+
+def _autoscaled(
+    state: HiveState, agent: Agent, c: commands.ScaleAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
+    """A scale the autoscaler asked for: its forecast goes on the log with the `scaled` event."""
+    decision = c.autoscale
+    assert decision is not None
+    if not (env.identity or "").startswith("service:"):
+        return Rejection(
+            "only a Swarm service may attach an autoscale decision to agent.scale",
+            rule="identity",
+        )
+    if agent.autoscale is None or not agent.autoscale.enabled:
+        # The policy was removed after the autoscaler read it: its decision no longer applies.
+        return Rejection(
+            f"agent {agent.namespace}/{agent.name} is not autoscaled", rule="autoscale"
+        )
+    reason = f"autoscale {decision.direction}: {decision.reason}"[:500]
+    outcome = _scale_to(state, agent, c.replicas, reason, now)
+    if isinstance(outcome, Decision):
+        outcome.events = [
+            e.model_copy(update={"autoscale": decision}) if isinstance(e, events.AgentScaled) else e
+            for e in outcome.events
+        ]
+    return outcome
+
+
+@_on(commands.AutoscaleAgent)
+def _autoscale(
+    state: HiveState, c: commands.AutoscaleAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
+    agent = _find(state, c.namespace, c.name)
+    if isinstance(agent, Rejection):
+        return agent
+    if c.autoscale == agent.autoscale:
+        return Decision([])
+    return Decision(
+        [
+            events.AgentAutoscaleChanged(
+                agent_id=agent.agent_id, autoscale=c.autoscale, previous=agent.autoscale
+            )
+        ]
+    )

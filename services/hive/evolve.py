@@ -100,6 +100,7 @@ def _deployed(s: HiveState, e: events.AgentDeployed, env: Envelope[Any], seq: in
         history=[e.spec.version],
         created_at=env.time,
         last_seq=seq,
+        autoscale=e.autoscale,
     )
     s.agents[e.agent_id] = agent
     s.by_name[agent.key] = e.agent_id
@@ -320,3 +321,13 @@ def _anomaly(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any], seq:
     agent = _agent(s, e.agent_id, seq)
     agent.anomalies.append(Anomaly(e.anomaly_id, e.kind, e.severity, e.score, env.time))
     del agent.anomalies[:-RECENT_ANOMALIES]
+
+
+# --- autoscaling ---------------------------------------------------------------------------------
+
+
+@_on(events.AgentAutoscaleChanged)
+def _autoscale_changed(
+    s: HiveState, e: events.AgentAutoscaleChanged, env: Envelope[Any], seq: int
+) -> None:
+    _agent(s, e.agent_id, seq).autoscale = e.autoscale

@@ -49,6 +49,7 @@ def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
         "deleted": agent.deleted,
         "created_at": agent.created_at.isoformat() if agent.created_at else None,
         "last_seq": agent.last_seq,
+        "autoscale": agent.autoscale.model_dump(mode="json") if agent.autoscale else None,
     }
     if detail:
         view["spec"] = agent.spec.model_dump(mode="json", exclude={"module": {"inline"}})

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from schemas.events import AgentStatus
-from schemas.specs import AgentSpec, Capacity, Quota
+from schemas.specs import AgentSpec, AutoscalePolicy, Capacity, Quota
 
 ReplicaPhase = Literal[
     "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
@@ -83,6 +83,8 @@ class Agent:
     anomalies: list[Anomaly] = field(default_factory=list)
     #: Stream sequence of the last event of this aggregate (for expected-sequence appends).
     last_seq: int = 0
+    #: Autoscaling policy (the scheduler's autoscaler acts on it); None: sized by hand.
+    autoscale: AutoscalePolicy | None = None
 
     @property
     def key(self) -> tuple[str, str]:

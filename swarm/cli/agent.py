@@ -30,6 +30,7 @@ from rich.text import Text
 
 from schemas import REGISTRY, Payload, commands, events, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
+from swarm.cli import autoscale as autoscaling
 from swarm.cli import connect, publish
 from swarm.cli.output import (
     EXIT_FAILED,
@@ -230,18 +231,20 @@ def _label(item: str) -> tuple[str, str]:
 
 
 #: Keys a spec file may have at its top level.
-_FILE_KEYS = frozenset({"name", "namespace", "replicas", "max_surge", "spec"})
+_FILE_KEYS = frozenset({"name", "namespace", "replicas", "max_surge", "spec", "autoscale"})
 
 
 @dataclass(frozen=True, slots=True)
 class AgentFile:
-    """An agent spec file: {name, namespace, replicas, spec: {…AgentSpec…}}."""
+    """An agent spec file: {name, namespace, replicas, spec: {…AgentSpec…}, autoscale}."""
 
     name: str | None
     namespace: str | None
     replicas: Any
     max_surge: Any
     spec: dict[str, Any]
+    #: An autoscaling policy beside the spec (like replicas: not part of a version).
+    autoscale: Any = None
 
 
 def load_agent_file(source: str) -> AgentFile:
@@ -256,7 +259,8 @@ def load_agent_file(source: str) -> AgentFile:
         raise CliError(
             f"{where}: unknown key(s) {', '.join(unknown)}",
             code=EXIT_USAGE,
-            hint="a spec file has name, namespace, replicas, max_surge (rollout) and spec",
+            hint="a spec file has name, namespace, replicas, max_surge (rollout), spec and "
+            "autoscale",
         )
     spec = document.get("spec", {})
     if not isinstance(spec, dict):
@@ -287,6 +291,7 @@ def load_agent_file(source: str) -> AgentFile:
         replicas=document.get("replicas"),
         max_surge=document.get("max_surge"),
         spec=spec,
+        autoscale=document.get("autoscale"),
     )
 
 
@@ -397,6 +402,10 @@ def deploy(
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option("--autoscale", metavar="K=V,...", help=autoscaling.HELP, show_default=False),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the agent runs (exit 1 if it fails).")
     ] = False,
@@ -436,6 +445,12 @@ def deploy(
         count = replicas if replicas is not None else spec_file.replicas if spec_file else None
         if count is not None:
             data["replicas"] = count
+        from_file = spec_file.autoscale if spec_file else None
+        if autoscale is not None or from_file is not None:
+            base = from_file if isinstance(from_file, dict) else None
+            if from_file is not None and base is None:
+                raise CliError("the spec file's autoscale must be an object", code=EXIT_USAGE)
+            data["autoscale"] = autoscaling.policy(autoscaling.parse(autoscale or ""), base)
         event = prepare(commands.DeployAgent, data, settings)
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
@@ -711,6 +726,7 @@ def describe_view(value: Mapping[str, Any]) -> RenderableType:
                 f"({replicas.get('active', 0)} active)",
             ),
             ("Rollout", rollout_text),
+            ("Autoscale", autoscaling.describe(agent.get("autoscale"))),
             ("Created", f"{_when(created)} ({age(created)} ago)" if created else "?"),
         ]
     )
@@ -827,6 +843,9 @@ def _event_summary(data: Any) -> str:
         text = f"{d['previous']} → {d['status']}: {d.get('reason', '')}"
     elif "replicas" in d and "previous" in d:
         text = f"replicas {d['previous']} → {d['replicas']}"
+        decision = d.get("autoscale")
+        if isinstance(decision, dict):
+            text += f" (autoscale {decision.get('direction')}: {decision.get('reason', '')})"
     elif "from_version" in d:
         spec = d.get("spec") or {}
         kind = "rollback" if d.get("rollback") else "rollout"
@@ -1277,3 +1296,105 @@ def build(
             f"built {result.output} ({result.size / 1024 / 1024:.1f} MiB, "
             f"{result.duration_s:.1f} s)"
         )
+
+
+# --- autoscale -----------------------------------------------------------------------------------
+
+
+@app.command("autoscale", epilog=EXIT_CODES)
+def autoscale(
+    name: NameArgument,
+    min_replicas: Annotated[
+        int | None,
+        typer.Option("--min", min=1, max=commands.MAX_REPLICAS, help="Fewest replicas."),
+    ] = None,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option("--max", min=1, max=commands.MAX_REPLICAS, help="Most replicas."),
+    ] = None,
+    target_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--target-rate",
+            min=0.001,
+            help="Messages/s one replica should carry (default: learned from its busy time).",
+        ),
+    ] = None,
+    target_queue: Annotated[
+        float | None,
+        typer.Option("--target-queue", min=0.001, help="Waiting messages per replica to aim for."),
+    ] = None,
+    cooldown: Annotated[
+        float | None, typer.Option("--cooldown", min=0, help="Seconds between two decisions.")
+    ] = None,
+    scale_down_after: Annotated[
+        float | None,
+        typer.Option(
+            "--scale-down-after", min=0, help="Seconds of low demand before scaling down."
+        ),
+    ] = None,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            "--horizon", min=0.001, help="Seconds ahead to forecast (replica start + margin)."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="Forecast: holt (trend) or ewma (level).")
+    ] = None,
+    set_: Annotated[
+        str | None,
+        typer.Option("--set", metavar="K=V,...", help=autoscaling.HELP, show_default=False),
+    ] = None,
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop autoscaling (replicas stay as they are).")
+    ] = False,
+    namespace: NamespaceOption = None,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Set an agent's autoscaling policy (like `kubectl autoscale`); `scale` sets a count.
+
+    Options not given keep the agent's current policy (or the defaults). The autoscaler in the
+    scheduler forecasts the agent's message rate and queue depth and scales it within the bounds.
+    """
+    ns = namespace or DEFAULT_NAMESPACE
+    given = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_rate": target_rate,
+        "target_queue": target_queue,
+        "cooldown_s": cooldown,
+        "scale_down_after_s": scale_down_after,
+        "horizon_s": horizon,
+        "method": method,
+    }
+
+    async def main() -> int:
+        flags: dict[str, Any] = autoscaling.parse(set_ or "")
+        flags.update({k: v for k, v in given.items() if v is not None})
+        if off and flags:
+            raise CliError("--off takes no other autoscaling option", code=EXIT_USAGE)
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.session(target, settings, streams=streams) as log:
+            data: dict[str, Any] = {"namespace": ns, "name": name, "autoscale": None}
+            if not off:
+                current = await HiveQueries(log.nc).agent(ns, name, at_least=await read_floor(log))
+                base = current.get("autoscale")
+                data["autoscale"] = autoscaling.policy(
+                    flags, base if isinstance(base, dict) else None
+                )
+            event = prepare(commands.AutoscaleAgent, data, settings)
+            issued = await issue(log, event, within=timeout)
+        done = (
+            f"agent {ns}/{name} is no longer autoscaled"
+            if off
+            else f"agent {ns}/{name} autoscaled: {autoscaling.describe(data['autoscale'])}"
+        )
+        conclude(issued, output, what=f"autoscale of {ns}/{name}", done=done, namespace=ns)
+        return EXIT_OK
+
+    finish(main())

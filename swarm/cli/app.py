@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, timeline
+from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, task, timeline
 
 app = typer.Typer(
     name="swarm",
@@ -21,6 +21,7 @@ agent.register(app)
 pod.register(app)
 namespace.register(app)
 module.register(app)
+task.register(app)
 
 
 def main() -> None:

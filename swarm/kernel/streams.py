@@ -27,13 +27,15 @@ class StreamSpec:
     max_age: float = 0
     replicas: int = 1
     duplicate_window: float = 120.0
+    #: WORK_QUEUE: a message is removed once a consumer acknowledged it (task queues).
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
 
     def config(self) -> StreamConfig:
         return StreamConfig(
             name=self.name,
             description=self.description,
             subjects=list(self.subjects),
-            retention=RetentionPolicy.LIMITS,
+            retention=self.retention,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_age=self.max_age or None,
@@ -46,6 +48,10 @@ class StreamSpec:
             # Lets the Hive write a command's events and its outcome all-or-nothing.
             allow_atomic=True,
         )
+
+
+#: A task nobody took within a week is dropped (work queues must not grow without bound).
+TASKS_MAX_AGE_S = 7 * 86_400.0
 
 
 def stream_specs(settings: Settings) -> tuple[StreamSpec, ...]:
@@ -81,6 +87,15 @@ def stream_specs(settings: Settings) -> tuple[StreamSpec, ...]:
             max_age=settings.logs_max_age,
             replicas=replicas,
             duplicate_window=min(window, settings.logs_max_age),
+        ),
+        StreamSpec(
+            names.STREAM_TASKS,
+            (names.TASKS_ALL,),
+            "Tasks of named queues, each removed once a replica handled it (work queue).",
+            max_age=TASKS_MAX_AGE_S,
+            replicas=replicas,
+            duplicate_window=window,
+            retention=RetentionPolicy.WORK_QUEUE,
         ),
     )
 

@@ -1,0 +1,372 @@
+"""The autoscaler and the task distributor on real NATS JetStream, with a real Hive.
+
+Metrics are the pods' own samples: synthetic ones published on `metrics_subject(pod, "agent")`
+in the pods' format (so the ramp is exactly known), or a real pod's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from schemas import commands, names
+from schemas.specs import AutoscalePolicy
+from services.scheduler.autoscaler_service import (
+    AutoscalerService,
+    AutoscalerSettings,
+    Status,
+)
+from swarm.kernel.embedded import EmbeddedNats
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
+from tests.runtime.agents import ECHO
+from tests.runtime.test_pod import cluster, running_on, running_pod
+from tests.runtime.test_pod import spec as wasm_spec
+from tests.scheduler.history import spec
+from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.scheduler.test_autoscale import sample
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def autoscaler(url: str, **config: Any) -> AsyncIterator[AutoscalerService]:
+    service = AutoscalerService(Settings(nats_url=url), AutoscalerSettings(**config))
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.live.wait(), 10)
+        yield service
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+    assert service.status is Status.STOPPED
+
+
+async def scaled_events(client: EventLog, agent_id: str) -> list[tuple[float, dict[str, Any]]]:
+    """(append time, data) of every `agent.scaled` of the agent on the log."""
+    out = []
+    async for d in client.replay(
+        names.STREAM_EVENTS, subjects=[names.event_subject("agent", agent_id, "scaled")]
+    ):
+        out.append((d.timestamp.timestamp(), json.loads(d.data)["data"]))
+    return out
+
+
+async def agent_id_of(stack: Stack, name: str) -> str:
+    async def known() -> bool:
+        return bool((await stack.query(names.QUERY_AGENTS_GET, {"name": name})).get("agent"))
+
+    await wait_until(known, 10, f"agent {name} deployed")
+    agent = (await stack.query(names.QUERY_AGENTS_GET, {"name": name}))["agent"]
+    return str(agent["agent_id"])
+
+
+async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
+    tmp_path: Path,
+) -> None:
+    capacity = 50.0  # messages/s one replica carries
+    policy = AutoscalePolicy(
+        min_replicas=1,
+        max_replicas=4,
+        target_rate=capacity,
+        cooldown_s=1.0,
+        scale_down_after_s=1.5,
+        horizon_s=2.0,
+    )
+    async with running_stack(tmp_path) as stack:
+        await stack.send(
+            [(commands.DeployAgent(name="ramp", spec=spec(), autoscale=policy), "user:test")]
+        )
+        agent_id = await agent_id_of(stack, "ramp")
+        ramp = Ramp(stack.client, agent_id)
+        async with autoscaler(stack.url, step_s=0.5, stale_after_s=2.0, tasks=False) as service:
+            # +10 msg/s every second from 10 msg/s: one replica saturates 4 s in.
+            feeding = asyncio.create_task(ramp.feed(lambda t: 10.0 + 10.0 * t))
+            try:
+
+                async def scaled_up() -> bool:
+                    return bool(await scaled_events(stack.client, agent_id))
+
+                await wait_until(scaled_up, 8, "a scale-up")
+            finally:
+                feeding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeding
+            at, first = (await scaled_events(stack.client, agent_id))[0]
+            decision = first["autoscale"]
+            assert decision["direction"] == "up"
+            assert first["previous"] == 1
+            assert first["replicas"] >= 2
+            # Decided while the actual rate was still below one replica's capacity ...
+            rate_then = ramp.rate_at(at)
+            assert rate_then < capacity, (rate_then, decision)
+            assert decision["forecast"]["rate"] < capacity
+            # ... because the forecast said it would not be for long; the event carries it all.
+            forecast = decision["forecast"]
+            assert forecast["rate_forecast"] > capacity
+            assert forecast["method"] == "holt"
+            assert forecast["horizon_s"] == 2.0
+            assert forecast["capacity_rate"] == capacity
+            assert forecast["reporting"] == 1
+            assert "needed within 2s" in decision["reason"]
+            agent = (await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id}))["agent"]
+            assert agent["replicas"]["desired"] == first["replicas"]
+            assert agent["autoscale"]["target_rate"] == capacity
+
+            # Demand collapses to 5 msg/s: one replica is enough, but only after 1.5 s of that.
+            quiet_from = time.time()
+            count = len(await scaled_events(stack.client, agent_id))
+            feeding = asyncio.create_task(ramp.feed(lambda t: 5.0))
+            try:
+
+                async def scaled_down() -> bool:
+                    events = await scaled_events(stack.client, agent_id)
+                    return any(e["autoscale"]["direction"] == "down" for _, e in events[count:])
+
+                await wait_until(scaled_down, 10, "a scale-down")
+            finally:
+                feeding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeding
+            events = await scaled_events(stack.client, agent_id)
+            at, down = next(
+                (t, e) for t, e in events[count:] if e["autoscale"]["direction"] == "down"
+            )
+            assert down["replicas"] == 1
+            assert at - quiet_from >= policy.scale_down_after_s
+            assert "stayed within 1 replicas" in down["autoscale"]["reason"]
+        assert service.scales_sent >= 2
+        assert service.scales_failed == 0
+
+
+class Ramp:
+    """Publishes one replica's samples every 0.25 s, as its pod would, at a chosen rate."""
+
+    def __init__(self, client: EventLog, agent_id: str) -> None:
+        self.client = client
+        self.agent_id = agent_id
+        self.received = 0.0
+        self.last = time.time()
+        #: (time, message rate) of every sample published.
+        self.published: list[tuple[float, float]] = []
+
+    async def feed(self, rate_at: Callable[[float], float]) -> None:
+        subject = names.metrics_subject("p1", names.METRIC_AGENT)
+        start = time.time()
+        while True:
+            now = time.time()
+            rate = rate_at(now - start)
+            self.received += rate * (now - self.last)
+            self.last = now
+            replica = (f"{self.agent_id}-0", int(self.received), 0)
+            body = sample(now, [replica], agent_id=self.agent_id)
+            await self.client.nc.publish(subject, json.dumps(body).encode())
+            self.published.append((now, rate))
+            await asyncio.sleep(0.25)
+
+    def rate_at(self, at: float) -> float:
+        """The rate of the last sample published before `at`."""
+        return max(rate for t, rate in self.published if t <= at)
+
+
+# --- task distribution ---------------------------------------------------------------------------
+
+
+class FakeReplica:
+    """Answers tasks on a replica's own subject, as a replica would; can refuse like a full one."""
+
+    def __init__(self, nc: NATS, replica_id: str) -> None:
+        self.nc = nc
+        self.replica_id = replica_id
+        self.handled = 0
+        self.refusing = False
+
+    async def on_task(self, msg: Msg) -> None:
+        if self.refusing:
+            error = {names.HEADER_AGENT_ERROR: "1"}
+            await self.nc.publish(msg.reply, b'{"error": "mailbox full"}', headers=error)
+            return
+        self.handled += 1
+        status = {names.HEADER_AGENT_STATUS: "0"}
+        await self.nc.publish(msg.reply, self.replica_id.encode(), headers=status)
+
+
+async def send_tasks(client: EventLog, queue: str, n: int, inbox: str) -> None:
+    for i in range(n):
+        await client.js.publish(
+            names.task_subject(queue),
+            json.dumps({"task": i}).encode(),
+            headers={names.HEADER_TASK_REPLY: inbox},
+        )
+
+
+async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    url = server.start()
+    try:
+        client = await EventLog.connect(url, name="test")
+        nc = client.nc
+        replicas = {rid: FakeReplica(nc, rid) for rid in ("r1", "r2")}
+        for rid, fake in replicas.items():
+            await nc.subscribe(names.mesh_replica_subject(rid), cb=fake.on_task)
+        answers: Counter[bytes] = Counter()
+
+        async def on_answer(msg: Msg) -> None:
+            answers[msg.data] += 1
+
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on_answer)
+
+        async def report(t: float, depths: dict[str, int]) -> None:
+            body = sample(t, [(rid, 0, depth) for rid, depth in depths.items()])
+            await nc.publish(
+                names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
+            )
+
+        async with autoscaler(url, step_s=60, stale_after_s=60, mailbox_size=256) as service:
+
+            async def folded(depths: dict[str, int]) -> bool:
+                loads = service.autoscaler.metrics.replicas
+                return all(
+                    rid in loads and loads[rid].last.mailbox == d for rid, d in depths.items()
+                )
+
+            # r1 reports a deep mailbox, r2 an empty one.
+            await report(1, {"r1": 200, "r2": 0})
+            await wait_until(lambda: folded({"r1": 200, "r2": 0}), 10, "samples folded")
+            await send_tasks(client, "jobs", 40, inbox)
+            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 answers")
+            assert answers[b"r2"] >= 36, answers
+
+            # The load shifts: now r2 is the busy one.
+            answers.clear()
+            await report(2, {"r1": 0, "r2": 240})
+            await wait_until(lambda: folded({"r1": 0, "r2": 240}), 10, "samples folded")
+            await send_tasks(client, "jobs", 40, inbox)
+            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 more answers")
+            assert answers[b"r1"] >= 36, answers
+
+            # r1 refuses (its mailbox filled between samples): its tasks go to r2 instead.
+            answers.clear()
+            replicas["r1"].refusing = True
+            await report(3, {"r1": 0, "r2": 0})
+            await wait_until(lambda: folded({"r1": 0, "r2": 0}), 10, "samples folded")
+            await send_tasks(client, "jobs", 10, inbox)
+            await wait_until(lambda: _true(sum(answers.values()) == 10), 15, "10 more answers")
+            assert answers == Counter({b"r2": 10})
+
+            # Every task was acknowledged once: the work queue is empty.
+            await nc.flush()
+
+            async def drained() -> bool:
+                info = await client.js.stream_info(names.STREAM_TASKS)
+                return info.state.messages == 0
+
+            await wait_until(drained, 10, "task queue drained")
+            assert service.tasks_done == 90
+            assert replicas["r1"].handled + replicas["r2"].handled == 90
+        await client.close()
+    finally:
+        server.stop()
+
+
+async def test_tasks_reach_real_replicas_through_a_pod_and_their_answers_come_back(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        deploy = commands.DeployAgent(
+            name="worker", spec=wasm_spec(ECHO, task_queues=["jobs"]), replicas=2
+        )
+        await stack.send([(deploy, "user:test")])
+        await running_on(stack, "worker", "p1", replicas=2)
+        async with autoscaler(stack.url, step_s=60, stale_after_s=10) as service:
+            # The pod's own samples tell the distributor which replicas take "jobs".
+            async def both_known() -> bool:
+                loads = service.autoscaler.metrics.replicas.values()
+                return sum("jobs" in load.last.task_queues for load in loads) == 2
+
+            await wait_until(both_known, 10, "both replicas reported")
+            nc = stack.client.nc
+            answers: list[bytes] = []
+
+            async def on_answer(msg: Msg) -> None:
+                answers.append(msg.data)
+
+            inbox = nc.new_inbox()
+            await nc.subscribe(inbox, cb=on_answer)
+            await send_tasks(stack.client, "jobs", 20, inbox)
+            await wait_until(lambda: _true(len(answers) == 20), 15, "20 answers")
+            assert sorted(answers) == sorted(json.dumps({"task": i}).encode() for i in range(20))
+            # Both replicas took a share, and their own counters saw every task.
+            assert set(service.board.assigned) == set(pod.replicas)
+            assert all(n >= 5 for n in service.board.assigned.values()), service.board.assigned
+            assert sum(r.metrics.received for r in pod.replicas.values()) == 20
+            assert sum(r.metrics.calls for r in pod.replicas.values()) == 20
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(
+    tmp_path: Path,
+) -> None:
+    capacity = 20.0
+    policy = AutoscalePolicy(
+        max_replicas=3, target_rate=capacity, cooldown_s=1.0, scale_down_after_s=60, horizon_s=2.0
+    )
+    # The pod samples every 0.5 s (tests.runtime.test_pod.running_pod).
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        deploy = commands.DeployAgent(name="echo", spec=wasm_spec(ECHO), autoscale=policy)
+        await stack.send([(deploy, "user:test")])
+        await running_on(stack, "echo", "p1")
+        agent_id = await agent_id_of(stack, "echo")
+        async with autoscaler(stack.url, step_s=0.5, stale_after_s=2.0, tasks=False):
+            nc = stack.client.nc
+            subject = names.mesh_agent_subject("default", "echo")
+            #: (time, rate) at which messages were being sent.
+            sent: list[tuple[float, float]] = []
+            start = time.time()
+
+            async def load() -> None:
+                # 4 msg/s more every second, from 4 msg/s: 20 msg/s is reached 4 s in.
+                while True:
+                    now = time.time()
+                    rate = 4.0 + 4.0 * (now - start)
+                    await nc.publish(subject, b"ping")
+                    sent.append((now, rate))
+                    await asyncio.sleep(1.0 / rate)
+
+            loading = asyncio.create_task(load())
+            try:
+
+                async def scaled() -> bool:
+                    return bool(await scaled_events(stack.client, agent_id))
+
+                await wait_until(scaled, 10, "a scale-up")
+                at, first = (await scaled_events(stack.client, agent_id))[0]
+                # The scheduler places the new replica and the pod starts it.
+                await running_on(stack, "echo", "p1", replicas=first["replicas"])
+            finally:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loading
+            decision = first["autoscale"]
+            assert decision["direction"] == "up"
+            rate_then = max(rate for t, rate in sent if t <= at)
+            assert rate_then < capacity, (rate_then, decision)
+            assert decision["forecast"]["rate"] < capacity < decision["forecast"]["rate_forecast"]
+            # What the pod counted is what the autoscaler saw (one replica then).
+            assert decision["forecast"]["reporting"] == 1
+            assert sum(r.metrics.received for r in pod.replicas.values()) <= len(sent)
