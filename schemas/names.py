@@ -199,3 +199,9 @@ def mesh_topic_subject(topic: str) -> str:
 #: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
 HEADER_AGENT_STATUS: Final = "Swarm-Status"
 HEADER_AGENT_ERROR: Final = "Swarm-Error"
+
+
+# --- Scheduler market (queries answered by the scheduler, not the Hive) --------------------------
+
+#: Offers with their current prices, and the most recent clearings with their reasons.
+QUERY_MARKET_STATE: Final = f"{QUERY_PREFIX}.market.state"

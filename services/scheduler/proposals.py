@@ -17,9 +17,12 @@ from schemas import names
 from services.scheduler.view import ReplicaKey
 
 _PREFIX = "place"
+#: Prefix of a `placement.preempt` proposal's id (same numbering as a placement's).
+PREEMPT_PREFIX = "preempt"
+_PREFIXES = (_PREFIX, PREEMPT_PREFIX)
 
 
-def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
+def proposal_id(request_seq: int, attempt: int, replica_id: str, prefix: str = _PREFIX) -> str:
     """The command id of a proposal: the same request and attempt always give the same id.
 
     `request_seq` (the stream sequence of the replica's `replica_requested`) identifies both the
@@ -30,7 +33,7 @@ def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
     """
     if request_seq < 1 or attempt < 0:
         raise ValueError("request_seq must be >= 1 and attempt >= 0")
-    command_id = f"{_PREFIX}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
+    command_id = f"{prefix}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
     if not names.is_token(command_id):
         raise ValueError(f"replica id {replica_id!r} is not a token")
     return command_id
@@ -39,7 +42,11 @@ def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
 def parse_proposal_id(command_id: str) -> tuple[int, int] | None:
     """(request seq, attempt) of an id made by `proposal_id`; None for any other id."""
     parts = command_id.split("-", 3)
-    if len(parts) < 3 or parts[0] != _PREFIX or not (parts[1].isdigit() and parts[2].isdigit()):
+    if (
+        len(parts) < 3
+        or parts[0] not in _PREFIXES
+        or not (parts[1].isdigit() and parts[2].isdigit())
+    ):
         return None
     return int(parts[1]), int(parts[2])
 
@@ -63,6 +70,8 @@ class Proposal:
     memory_mb: int
     fuel_per_s: int
     reason: str
+    #: Replicas to move off the pod first: a `placement.preempt` when not empty.
+    victims: tuple[ReplicaKey, ...] = ()
 
     @property
     def key(self) -> ReplicaKey:
@@ -76,6 +85,8 @@ class InFlight:
         self._by_id: dict[str, Proposal] = {}
         self._by_replica: dict[ReplicaKey, str] = {}
         self._held: dict[str, Hold] = {}
+        #: Victims named by preemptions in flight: not offered to another preemption.
+        self.victims: set[ReplicaKey] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -94,6 +105,7 @@ class InFlight:
             raise ValueError(f"replica {proposal.replica_id} already has a proposal in flight")
         self._by_id[proposal.command_id] = proposal
         self._by_replica[proposal.key] = proposal.command_id
+        self.victims.update(proposal.victims)
         self._hold(proposal, +1)
 
     def pop(self, command_id: str) -> Proposal | None:
@@ -101,6 +113,7 @@ class InFlight:
         proposal = self._by_id.pop(command_id, None)
         if proposal is not None:
             del self._by_replica[proposal.key]
+            self.victims.difference_update(proposal.victims)
             self._hold(proposal, -1)
         return proposal
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, timeline
+from swarm.cli import market as market_cmd
 
 app = typer.Typer(
     name="swarm",
@@ -21,6 +22,7 @@ agent.register(app)
 pod.register(app)
 namespace.register(app)
 module.register(app)
+market_cmd.register(app)
 
 
 def main() -> None:
