@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from services.scheduler.policies import Choice, Cleared, Need, Offer, Pricing
+from services.scheduler.policies import NO_FIT, Choice, Cleared, Need, Offer, Pricing
 
 #: Memory in one priced resource unit.
 UNIT_MB = 64
@@ -186,12 +186,9 @@ class Market:
     def _clear_one(self, book: Book, need: Need) -> Cleared:
         fits = book.fitting(need)
         if not fits.any():
-            why = (
-                "fits on no ready pod"
-                if book.allowed(need).any()
-                else "no pod meets its constraints"
-            )
-            return Cleared(need, None, reason=why)
+            if book.allowed(need).any():
+                return Cleared(need, None, reason=NO_FIT, wait="no_fit")
+            return Cleared(need, None, reason="no pod meets its constraints", wait="constrained")
         feasible = fits if need.max_price is None else fits & (book.price <= need.max_price)
         if not feasible.any():
             cheapest = float(book.price[fits].min())
@@ -200,6 +197,7 @@ class Market:
                 None,
                 reason=f"priced out: bid {need.max_price:.3f}/unit < cheapest fitting "
                 f"{cheapest:.3f}/unit",
+                wait="priced_out",
             )
         i = int(np.where(feasible, book.score, np.inf).argmin())
         price, energy, u = float(book.price[i]), float(book.energy[i]), book.utilisation(i)
@@ -236,7 +234,11 @@ class FirstFit:
                 break
             fits = book.fitting(need)
             if not fits.any():
-                out.append(Cleared(need, None, reason="fits on no ready pod"))
+                if book.allowed(need).any():
+                    out.append(Cleared(need, None, reason=NO_FIT, wait="no_fit"))
+                else:
+                    reason = "no pod meets its constraints"
+                    out.append(Cleared(need, None, reason=reason, wait="constrained"))
                 continue
             i = int(fits.argmax())
             price, energy = float(book.price[i]), float(book.energy[i])

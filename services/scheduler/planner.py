@@ -11,6 +11,7 @@ once (until it is placed or fits again), not on every pass.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from services.scheduler.policies import Cleared, Need, Offer, Policy
 from services.scheduler.preemption import Candidate, choose_preemption
 from services.scheduler.proposals import (
     PREEMPT_PREFIX,
+    Hold,
     InFlight,
     Proposal,
     parse_proposal_id,
@@ -29,8 +31,10 @@ from services.scheduler.view import HANDLED, PLACED, ClusterView, ReplicaKey, Re
 
 #: Outcomes of these command types answer our proposals.
 _PROPOSALS = frozenset({commands.ProposePlacement.TYPE, market.PreemptPlacement.TYPE})
-#: Preemptions proposed per planning pass (each one is a search over the pods).
+#: Preemptions proposed, and searches for one made, per planning pass (a search looks at every
+#: pod and the replicas on it).
 MAX_PREEMPTIONS = 16
+MAX_PREEMPTION_TRIES = 64
 
 #: `ProposePlacement.reason` is at most this long.
 _MAX_REASON = 500
@@ -218,7 +222,9 @@ class Planner:
             offer = offers.get(choice.pod_id) if choice is not None else None
             # A policy cannot make the scheduler over-commit: a choice that does not fit is none.
             if choice is None or offer is None or not offer.fits(need):
-                waiting.append(need)
+                if cleared.wait == "no_fit":
+                    # Priced out or constrained out: preempting would not help (or not honestly).
+                    waiting.append(need)
                 if key not in self._unplaceable:
                     self._unplaceable.add(key)
                     plan.unplaceable.append(need)
@@ -244,20 +250,47 @@ class Planner:
         return plan
 
     def _preempt(self, waiting: list[Need], clock: float | None) -> list[Proposal]:
-        """Preemptions for waiting replicas, highest priority first (see `preemption.py`)."""
+        """Preemptions for replicas that fit on no pod, highest priority first.
+
+        At most `MAX_PREEMPTIONS` proposals and `MAX_PREEMPTION_TRIES` searches per pass, and
+        a request shaped like one that found nothing in this pass is not searched again, so a
+        large backlog of high-priority replicas costs a bounded amount per pass.
+        """
         lowest = self._lowest_placed_priority()
         if lowest is None:
             return []
+        offers = self.offers()  # with the holds of this pass's proposals
+        placed = {pod_id: self._candidates(pod_id) for pod_id in sorted(offers)}
         out: list[Proposal] = []
+        failed: set[tuple[object, ...]] = set()
+        tries = 0
         for need in sorted(waiting, key=lambda n: (-n.priority, n.seq)):
-            if len(out) >= MAX_PREEMPTIONS or need.priority <= lowest:
+            if need.priority <= lowest:
+                break  # nobody placed has a lower priority; nor does anyone after it
+            shape = (
+                need.priority,
+                need.memory_mb,
+                need.fuel_per_s,
+                need.node_selector,
+                need.zones,
+                need.avoid_zones,
+            )
+            if shape in failed:
+                continue
+            if len(out) >= MAX_PREEMPTIONS or tries >= MAX_PREEMPTION_TRIES:
+                self._dirty = True  # more next pass
                 break
-            offers = self.offers()  # with the holds of the proposals made so far
-            pods = [(offers[p], self._candidates(p)) for p in sorted(offers)]
-            found = choose_preemption(need, pods)
+            tries += 1
+            found = choose_preemption(need, [(offers[p], placed[p]) for p in offers])
             if found is None:
+                failed.add(shape)
                 continue
             key = (need.agent_id, need.replica_id)
+            freed = Hold(
+                sum(v.memory_mb for v in found.victims),
+                sum(v.fuel_per_s for v in found.victims),
+                len(found.victims),
+            )
             proposal = Proposal(
                 proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1], PREEMPT_PREFIX),
                 key[0],
@@ -268,8 +301,19 @@ class Planner:
                 need.fuel_per_s,
                 found.reason[:_MAX_REASON],
                 tuple((v.agent_id, v.replica_id) for v in found.victims),
+                freed,
             )
             self.in_flight.add(proposal)
+            # As the in-flight ledger counts it (the pod once the Hive commits it); the victims
+            # are not offered to another preemption.
+            offer = offers[found.pod_id]
+            offers[found.pod_id] = dataclasses.replace(
+                offer,
+                free_memory_mb=offer.free_memory_mb + freed.memory_mb - need.memory_mb,
+                free_fuel_per_s=offer.free_fuel_per_s + freed.fuel_per_s - need.fuel_per_s,
+                free_slots=offer.free_slots + freed.slots - 1,
+            )
+            placed[found.pod_id] = [c for c in placed[found.pod_id] if c not in found.victims]
             self._unplaceable.discard(key)
             out.append(proposal)
             self._record(clock, Cleared(need, None, reason=found.reason), proposal)

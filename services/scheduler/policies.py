@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,12 @@ class Pricing:
     energy_weight: float = 1.0
 
 
+#: no_fit: no ready pod that meets the constraints has room; constrained: no pod meets them;
+#: priced_out: it fits, but only at prices above its bid.
+WaitKind = Literal["no_fit", "constrained", "priced_out"]
+NO_FIT = "fits on no ready pod"
+
+
 @dataclass(frozen=True, slots=True)
 class Cleared:
     """One request's result in a clearing: where it goes (None: it waits) and why."""
@@ -104,6 +110,8 @@ class Cleared:
     energy: float = 0.0
     #: Why it waits when `choice` is None.
     reason: str = ""
+    #: The kind of wait: only `no_fit` (no ready pod has room) may lead to a preemption.
+    wait: WaitKind | None = None
 
 
 class Policy(Protocol):
@@ -137,7 +145,7 @@ def clear_one_by_one(
         choice = policy.choose(need, list(offers.values()))
         offer = offers.get(choice.pod_id) if choice is not None else None
         if choice is None or offer is None or not offer.fits(need):
-            out.append(Cleared(need, None, reason="fits on no ready pod"))
+            out.append(Cleared(need, None, reason=NO_FIT, wait="no_fit"))
             continue
         offers[offer.pod_id] = offer.minus(need)
         placed += 1

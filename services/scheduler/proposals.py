@@ -72,6 +72,9 @@ class Proposal:
     reason: str
     #: Replicas to move off the pod first: a `placement.preempt` when not empty.
     victims: tuple[ReplicaKey, ...] = ()
+    #: What the victims hold on the pod: a preemption holds its replica's need minus this
+    #: (the pod as it will be once the Hive commits it).
+    freed: Hold = Hold()
 
     @property
     def key(self) -> ReplicaKey:
@@ -123,10 +126,11 @@ class InFlight:
 
     def _hold(self, p: Proposal, sign: int) -> None:
         held = self.held(p.pod_id)
+        freed = p.freed
         updated = Hold(
-            held.memory_mb + sign * p.memory_mb,
-            held.fuel_per_s + sign * p.fuel_per_s,
-            held.slots + sign,
+            held.memory_mb + sign * (p.memory_mb - freed.memory_mb),
+            held.fuel_per_s + sign * (p.fuel_per_s - freed.fuel_per_s),
+            held.slots + sign * (1 - freed.slots),
         )
         if updated == Hold():
             self._held.pop(p.pod_id, None)
