@@ -11,7 +11,9 @@ backlog in one go; measured per policy:
   with 1,000 pools and 10,000 pending requests;
 * utilisation of the cluster's memory afterwards, total energy (energy_cost x units placed) and
   total price (posted price x units placed) — how much energy the energy-aware market
-  (λ = `--energy-weight`) saves against price-only placement (λ = 0);
+  (each λ of `--energy-weights`) saves against price-only placement (λ = 0), and at what
+  price. The saving depends on the load: with slack, λ steers work to efficient pools; as the
+  cluster fills every pool is used and utilisation-driven prices dominate a small λ;
 * the market through the scheduler's own planner (folded view, in-flight ledger, proposal ids),
   i.e. what `python -m services.scheduler` does per pass, minus the network.
 
@@ -47,6 +49,13 @@ from services.scheduler.planner import Planner
 from services.scheduler.policies import Cleared, Need, Offer, Policy, Pricing
 
 ZONES = ("eu-1", "eu-2", "us-1", "us-2")
+PRICE_ONLY = "market, price only (λ=0)"
+
+
+def aware_name(weight: float) -> str:
+    return f"market, energy-aware (λ={weight:g})"
+
+
 TARGET = 2000.0
 
 
@@ -60,8 +69,9 @@ def workload(pools: int, requests: int, seed: int) -> Workload:
     rng = random.Random(seed)
     offers = []
     for i in range(pools):
-        memory = rng.choice((2048, 4096, 8192, 16384))
-        slots = rng.choice((16, 32, 64))
+        # Sized so that the default backlog fills about half the cluster's memory and slots.
+        memory = rng.choice((1024, 2048, 4096, 8192))
+        slots = rng.choice((8, 16, 32))
         labels = {"base-price": f"{rng.uniform(0.5, 2.0):.3f}"}
         if rng.random() < 0.2:
             labels["gpu"] = "yes"
@@ -215,7 +225,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--energy-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--energy-weights", default="1,4", help="λ values of the energy-aware runs, comma-separated"
+    )
     parser.add_argument("--streaming-events", type=int, default=0, help="0 skips the hook")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "scheduler.json"
@@ -224,12 +236,15 @@ def main() -> None:
     # Wide enough for the table when stdout is a pipe (rich would assume 80 columns).
     console = Console(width=max(Console().width, 110))
     work = workload(args.pools, args.requests, args.seed)
-    energy_aware = Pricing(energy_weight=args.energy_weight)
+    weights = [float(w) for w in args.energy_weights.split(",") if w.strip()]
+    if not weights or any(w <= 0 for w in weights):
+        parser.error("--energy-weights takes positive numbers, e.g. 1,4")
+    energy_aware = Pricing(energy_weight=weights[0])
     results: dict[str, dict[str, Any]] = {}
     cases: list[tuple[str, Policy]] = [
         ("first-fit (baseline)", FirstFit(energy_aware)),
-        ("market, price only (λ=0)", Market(Pricing(energy_weight=0.0))),
-        (f"market, energy-aware (λ={args.energy_weight:g})", Market(energy_aware)),
+        (PRICE_ONLY, Market(Pricing(energy_weight=0.0))),
+        *((aware_name(w), Market(Pricing(energy_weight=w))) for w in weights),
     ]
     for name, policy in cases:
         with console.status(name):
@@ -257,13 +272,18 @@ def main() -> None:
             target,
         )
     console.print(table)
-    price_only = results["market, price only (λ=0)"]
-    aware = results[f"market, energy-aware (λ={args.energy_weight:g})"]
-    saved = 1 - aware["energy"] / price_only["energy"] if price_only["energy"] else 0.0
-    console.print(
-        f"energy-aware vs price-only: {saved:.1%} less energy for "
-        f"{aware['price'] / price_only['price'] - 1 if price_only['price'] else 0:+.1%} price"
-    )
+    price_only = results[PRICE_ONLY]
+    saved: dict[str, dict[str, float]] = {}
+    for w in weights:
+        aware = results[aware_name(w)]
+        saved[f"{w:g}"] = {
+            "energy_saved": 1 - aware["energy"] / price_only["energy"],
+            "price_change": aware["price"] / price_only["price"] - 1,
+        }
+        console.print(
+            f"energy-aware (λ={w:g}) vs price-only: {saved[f'{w:g}']['energy_saved']:.1%} less "
+            f"energy for {saved[f'{w:g}']['price_change']:+.1%} price"
+        )
     if streaming is None:
         console.print("streaming: not measured (bench/streaming.py absent or --streaming-events 0)")
 
@@ -280,7 +300,7 @@ def main() -> None:
             "requests": args.requests,
             "seed": args.seed,
             "repeats": args.repeats,
-            "energy_weight": args.energy_weight,
+            "energy_weights": weights,
         },
         "target_placements_per_s": TARGET,
         "results": results,

@@ -249,9 +249,11 @@ class Scheduler:
             # Each replica is reported in the one pass where it first fits nowhere; a big
             # backlog is summed up in one line rather than one per replica.
             first = plan.unplaceable[0]
+            why = Counter(c.wait or "no_fit" for c in plan.cleared if c.choice is None)
             log.warning(
-                "replicas fit on no ready pod; they wait for capacity",
+                "replicas cannot be placed now; they wait",
                 count=len(plan.unplaceable),
+                why=dict(why),
                 replica_ids=[n.replica_id for n in plan.unplaceable[:5]],
                 memory_mb=first.memory_mb,
                 fuel_per_s=first.fuel_per_s,

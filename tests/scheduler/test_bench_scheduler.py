@@ -45,13 +45,14 @@ def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
         "requests": 200,
         "seed": 7,
         "repeats": 1,
-        "energy_weight": 1.0,
+        "energy_weights": [1.0, 4.0],
     }
     results = report["results"]
     assert set(results) == {
         "first-fit (baseline)",
         "market, price only (λ=0)",
         "market, energy-aware (λ=1)",
+        "market, energy-aware (λ=4)",
         "market via planner",
     }
     for name, r in results.items():
@@ -62,5 +63,7 @@ def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
         assert r["energy"] > 0, name
         assert r["price"] > 0, name
     # The energy-aware market uses less energy than price-only placement on the same workload.
-    assert report["energy_saved_vs_price_only"] > 0
+    saved = report["energy_saved_vs_price_only"]
+    assert set(saved) == {"1", "4"}
+    assert saved["4"]["energy_saved"] > 0
     assert report["streaming"] is None

@@ -231,7 +231,9 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
         await fold_and_check_capacity(stack)
         # Proposals the dead scheduler had in flight may race the restarted one's; the Hive
         # refuses those safely (and the ones re-sent with the same id are dropped as duplicates).
-        assert (await stack.rejections())["capacity"] <= 10
+        rejections = await stack.rejections()
+        print(f"capacity rejections after the restart: {rejections['capacity']}")
+        assert rejections["capacity"] <= 10
         assert "scheduler stopped" in (tmp_path / "scheduler-2.log").read_text()
 
 
