@@ -295,3 +295,59 @@ async def test_swarm_market_cli_shows_offers_and_clearings(tmp_path: Path) -> No
         assert "PRICE/UNIT" in as_table.stdout
         assert "p1" in as_table.stdout
         assert "market: p1" in as_table.stdout
+
+
+async def test_a_spec_file_carries_the_bid_and_constraints(tmp_path: Path) -> None:
+    """`swarm agent deploy -f` with `spec.placement`: the selector and zone are honoured."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from schemas.specs import Capacity
+    from swarm.cli.app import app
+
+    spec_file = tmp_path / "gpu.yaml"
+    wasm = base64.b64encode(b"\0asm\1\0\0\0").decode()
+    spec_file.write_text(
+        "name: trainer\nreplicas: 2\nspec:\n  version: v1\n"
+        f"  module: {{inline: '{wasm}'}}\n"
+        "  resources: {memory_mb: 128}\n"
+        "  placement:\n    priority_class: high\n    max_price: 3.0\n"
+        "    node_selector: {gpu: 'yes'}\n    avoid_zones: [us-1]\n"
+    )
+    async with running_stack(tmp_path) as stack:
+        await stack.send(
+            [
+                (
+                    commands.RegisterPod(
+                        pod_id=pod_id,
+                        capacity=Capacity(memory_mb=4096, fuel_per_s=10**12, slots=10),
+                        labels=labels,
+                        zone=zone,
+                        lease_s=3600,
+                    ),
+                    f"pod:{pod_id}",
+                )
+                for pod_id, labels, zone in (
+                    ("plain", {}, "eu-1"),
+                    ("gpu-us", {"gpu": "yes"}, "us-1"),
+                    ("gpu-eu", {"gpu": "yes"}, "eu-1"),
+                )
+            ]
+        )
+        async with market_scheduler(stack.url):
+            result = await asyncio.to_thread(
+                lambda: CliRunner().invoke(
+                    app, ["agent", "deploy", "-f", str(spec_file), "--nats-url", stack.url]
+                )
+            )
+            assert result.exit_code == 0, result.output
+
+            async def two() -> bool:
+                return await stack.placed() == 2
+
+            await wait_until(two, 15, "two placed")
+        pods = {p["pod_id"]: p["replicas"] for p in await stack.pods()}
+        assert pods == {"plain": 0, "gpu-us": 0, "gpu-eu": 2}
+        deployed = (await events_of(stack, "deployed"))[0]
+        assert deployed["spec"]["placement"]["priority_class"] == "high"
