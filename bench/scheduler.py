@@ -228,7 +228,12 @@ def main() -> None:
     parser.add_argument(
         "--energy-weights", default="1,4", help="λ values of the energy-aware runs, comma-separated"
     )
-    parser.add_argument("--streaming-events", type=int, default=0, help="0 skips the hook")
+    parser.add_argument(
+        "--streaming-events",
+        type=int,
+        default=10000,
+        help="events for bench/streaming.py when it exists (0 skips it)",
+    )
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "scheduler.json"
     )
@@ -286,6 +291,9 @@ def main() -> None:
         )
     if streaming is None:
         console.print("streaming: not measured (bench/streaming.py absent or --streaming-events 0)")
+    else:
+        console.print(f"streaming (bench/streaming.py, {args.streaming_events:,} events):")
+        console.print_json(data=streaming)
 
     report: dict[str, Any] = {
         "benchmark": "scheduler",

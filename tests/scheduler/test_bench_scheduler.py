@@ -27,6 +27,8 @@ def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
             "200",
             "--repeats",
             "1",
+            "--streaming-events",
+            "0",
             "--json",
             str(out),
         ],
