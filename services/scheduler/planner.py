@@ -94,11 +94,32 @@ class Planner:
         retry = None
         if isinstance(envelope.data, CommandRejected):
             retry = self._rejected(envelope.data, now)
+        victim = self._victim_before(envelope.data)
         for request in self.view.fold(envelope, seq):
             self._ended(request)
+        if victim is not None:
+            self._victim_after(*victim)
         if type(envelope.data) in HANDLED:
             self._dirty = True
         return retry
+
+    def _victim_before(self, data: Any) -> tuple[ReplicaKey, str, int, int] | None:
+        """A victim of a preemption in flight this event is about, with its pod and size."""
+        key = (getattr(data, "agent_id", None), getattr(data, "replica_id", None))
+        if key not in self.in_flight.victims:
+            return None
+        agent_id, replica_id = str(key[0]), str(key[1])
+        agent = self.view.agents.get(agent_id)
+        replica = agent.replicas.get(replica_id) if agent is not None else None
+        if agent is None or replica is None or replica.pod_id is None:
+            return None
+        demand = agent.demand_of(replica)
+        return (agent_id, replica_id), replica.pod_id, demand.memory_mb, demand.fuel_per_s
+
+    def _victim_after(self, key: ReplicaKey, pod_id: str, memory_mb: int, fuel_per_s: int) -> None:
+        pod = self.view.pods.get(pod_id)
+        if pod is None or key not in pod.replicas:
+            self.in_flight.victim_left(key, memory_mb, fuel_per_s)
 
     def skip(self, seq: int) -> None:
         """Pass over a message that is not a readable event."""

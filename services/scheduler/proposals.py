@@ -90,6 +90,12 @@ class InFlight:
         self._held: dict[str, Hold] = {}
         #: Victims named by preemptions in flight: not offered to another preemption.
         self.victims: set[ReplicaKey] = set()
+        self._victim_of: dict[ReplicaKey, str] = {}
+        #: Per preemption, the credit of victims that already left the pod in the view (their
+        #: release folded, e.g. the first events of the Hive's commit read in one fetch and the
+        #: preemptor's placement in the next): it must not be counted twice.
+        self._left: dict[str, Hold] = {}
+        self._gone: set[ReplicaKey] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -109,6 +115,7 @@ class InFlight:
         self._by_id[proposal.command_id] = proposal
         self._by_replica[proposal.key] = proposal.command_id
         self.victims.update(proposal.victims)
+        self._victim_of.update(dict.fromkeys(proposal.victims, proposal.command_id))
         self._hold(proposal, +1)
 
     def pop(self, command_id: str) -> Proposal | None:
@@ -117,22 +124,51 @@ class InFlight:
         if proposal is not None:
             del self._by_replica[proposal.key]
             self.victims.difference_update(proposal.victims)
+            self._gone.difference_update(proposal.victims)
+            for victim in proposal.victims:
+                self._victim_of.pop(victim, None)
             self._hold(proposal, -1)
+            left = self._left.pop(command_id, None)
+            if left is not None:
+                self._shift(proposal.pod_id, Hold(-left.memory_mb, -left.fuel_per_s, -left.slots))
         return proposal
+
+    def victim_left(self, key: ReplicaKey, memory_mb: int, fuel_per_s: int) -> None:
+        """The view released this victim: withdraw its credit from its preemption's hold."""
+        command_id = self._victim_of.get(key)
+        if command_id is None or key in self._gone:
+            return
+        self._gone.add(key)
+        proposal = self._by_id[command_id]
+        left = self._left.get(command_id, Hold())
+        self._left[command_id] = Hold(
+            left.memory_mb + memory_mb, left.fuel_per_s + fuel_per_s, left.slots + 1
+        )
+        self._shift(proposal.pod_id, Hold(memory_mb, fuel_per_s, 1))
+
+    def _shift(self, pod_id: str, by: Hold) -> None:
+        held = self.held(pod_id)
+        updated = Hold(
+            held.memory_mb + by.memory_mb,
+            held.fuel_per_s + by.fuel_per_s,
+            held.slots + by.slots,
+        )
+        if updated == Hold():
+            self._held.pop(pod_id, None)
+        else:
+            self._held[pod_id] = updated
 
     def pop_replica(self, key: ReplicaKey) -> Proposal | None:
         command_id = self._by_replica.get(key)
         return self.pop(command_id) if command_id is not None else None
 
     def _hold(self, p: Proposal, sign: int) -> None:
-        held = self.held(p.pod_id)
         freed = p.freed
-        updated = Hold(
-            held.memory_mb + sign * (p.memory_mb - freed.memory_mb),
-            held.fuel_per_s + sign * (p.fuel_per_s - freed.fuel_per_s),
-            held.slots + sign * (1 - freed.slots),
+        self._shift(
+            p.pod_id,
+            Hold(
+                sign * (p.memory_mb - freed.memory_mb),
+                sign * (p.fuel_per_s - freed.fuel_per_s),
+                sign * (1 - freed.slots),
+            ),
         )
-        if updated == Hold():
-            self._held.pop(p.pod_id, None)
-        else:
-            self._held[p.pod_id] = updated

@@ -8,6 +8,7 @@ from schemas import CommandRejected, event, events, market
 from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
 from services.scheduler.market import Market
 from services.scheduler.planner import Planner
+from services.scheduler.proposals import Hold
 from tests.scheduler.history import WASM, History
 
 
@@ -143,3 +144,32 @@ def test_a_refused_preemption_releases_its_victims_and_is_retried_after_a_backof
     (again,) = h.planner.plan(retry.at).proposals
     assert again.victims == preempt.victims
     assert again.command_id != preempt.command_id  # a new attempt, a new id
+
+
+def test_a_commit_split_across_fetches_does_not_count_the_freed_room_twice() -> None:
+    """The Hive's preemption is one atomic append, but a fetch may end inside it: after the
+    victim's release is folded and before the preemptor's placement is, p1 is still full."""
+    h = market_history()
+    full_pod(h)
+    deploy(h, "vip", 128, 100)
+    (preempt,) = h.planner.plan(h.now).proposals
+    assert h.planner.offers()["p1"].free_memory_mb == 0  # as it will be once committed
+    h.emit(
+        market.ReplicaPreempted(
+            agent_id="low-b",
+            replica_id="low-b-0",
+            pod_id="p1",
+            priority=0,
+            by_agent_id="vip",
+            by_replica_id="vip-0",
+            by_priority=100,
+        )
+    )
+    h.requested("low-b", "low-b-0")
+    # Mid-commit: the view released low-b-0; the ledger no longer credits it as well.
+    assert h.planner.offers()["p1"].free_memory_mb == 0
+    assert h.planner.plan(h.now).proposals == []  # low-b-0 is not proposed back onto p1
+    h.scheduled("vip", "vip-0", "p1")
+    assert h.planner.in_flight.held("p1") == Hold()
+    assert h.planner.offers()["p1"].free_memory_mb == 0
+    assert preempt.command_id not in {p.command_id for p in h.planner.in_flight}
