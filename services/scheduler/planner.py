@@ -33,8 +33,8 @@ from services.scheduler.view import HANDLED, PLACED, ClusterView, ReplicaKey, Re
 _PROPOSALS = frozenset({commands.ProposePlacement.TYPE, market.PreemptPlacement.TYPE})
 #: Preemptions proposed, and searches for one made, per planning pass (a search looks at every
 #: pod and the replicas on it).
-MAX_PREEMPTIONS = 16
-MAX_PREEMPTION_TRIES = 64
+MAX_PREEMPTIONS = 8
+MAX_PREEMPTION_TRIES = 16
 
 #: `ProposePlacement.reason` is at most this long.
 _MAX_REASON = 500

@@ -11,7 +11,10 @@ that minimises, in this order:
    their `replica_scheduled`, compared newest first) loses the least work.
 
 Across pods the same key decides, then the pod id. The search is exact: sets are enumerated by
-size, smallest first, as long as a pod has at most `EXACT_BUDGET` sets of that size to look at;
+size, smallest first (from the fewest of the largest victims that could cover the gap), and a
+pod is left as soon as it cannot beat the best set found on another pod, as long as a pod has
+at most `EXACT_BUDGET` sets of one size to look at (`tests/scheduler/test_preemption.py`
+checks it against brute force);
 beyond that (many small victims on one pod) a greedy pass takes victims in the order of the key
 (lowest priority, newest first) until the replica fits, then gives back every victim it can do
 without. A pod where even all eligible victims do not make room yields nothing, and so does a
@@ -73,11 +76,13 @@ def _allowed(need: Need, offer: Offer) -> bool:
 
 
 def victims_on_pod(
-    need: Need, offer: Offer, placed: Iterable[Candidate]
+    need: Need, offer: Offer, placed: Iterable[Candidate], beat: Key | None = None
 ) -> tuple[Candidate, ...] | None:
     """The cheapest victims on this pod that make room for `need` (see the module doc).
 
-    An empty tuple means it fits without preempting anyone; None means it cannot fit here.
+    An empty tuple means it fits without preempting anyone; None means it cannot fit here,
+    or (with `beat`, the best key a search across pods found so far) not with a set that
+    could beat it: no more victims, and as many only with no higher sum of priorities.
     """
     if not _allowed(need, offer):
         return None
@@ -100,13 +105,37 @@ def victims_on_pod(
 
     if not eligible or not enough(eligible):
         return None
-    for size in range(1, len(eligible) + 1):
+    largest = len(eligible) if beat is None else min(len(eligible), beat[0])
+    # No set smaller than what the biggest victims need can be enough: start there.
+    smallest = max(
+        _fewest([c.memory_mb for c in eligible], memory),
+        _fewest([c.fuel_per_s for c in eligible], fuel),
+        slots,
+        1,
+    )
+    for size in range(smallest, largest + 1):
+        # `eligible` is sorted by priority: its first `size` have the lowest possible sum.
+        if beat is not None and size == beat[0] and _key(eligible[:size])[1] > beat[1]:
+            return None
         if math.comb(len(eligible), size) > EXACT_BUDGET:
-            return _greedy(eligible, enough)
+            greedy = _greedy(eligible, enough)
+            return greedy if beat is None or len(greedy) <= beat[0] else None
         found = [s for s in itertools.combinations(eligible, size) if enough(s)]
         if found:
             return min(found, key=_key)
-    return None  # unreachable: all eligible together were enough
+    return None
+
+
+def _fewest(sizes: list[int], deficit: int) -> int:
+    """How many of the largest `sizes` it takes to cover `deficit` (0 when nothing is short)."""
+    if deficit <= 0:
+        return 0
+    total = 0
+    for count, size in enumerate(sorted(sizes, reverse=True), start=1):
+        total += size
+        if total >= deficit:
+            return count
+    return len(sizes) + 1
 
 
 def _greedy(eligible: list[Candidate], enough: _Enough) -> tuple[Candidate, ...]:
@@ -129,7 +158,7 @@ def choose_preemption(
     """The pod and victims that preempt least for `need`, or None when no pod can make room."""
     best: tuple[Key, str, tuple[Candidate, ...]] | None = None
     for offer, placed in pods:
-        victims = victims_on_pod(need, offer, placed)
+        victims = victims_on_pod(need, offer, placed, None if best is None else best[0])
         if not victims:
             continue  # None (cannot fit) or () (fits as is: the clearing places it)
         ranked = (_key(victims), offer.pod_id, victims)

@@ -90,3 +90,62 @@ def test_large_pods_fall_back_to_greedy_with_reprieve() -> None:
     # Greedy takes priority 0 first, newest first, and gives back what it does not need.
     assert len(found) == 16
     assert {v.priority for v in found} == {0}
+
+
+def brute_force(
+    need: Need, pods: list[tuple[Offer, list[Candidate]]]
+) -> tuple[str, list[str]] | None:
+    """Every subset of every pod, ranked by the documented key: (count, sum of priorities,
+    newest first), then pod id."""
+    import itertools
+
+    best: tuple[object, ...] | None = None
+    for offer, placed in pods:
+        eligible = [c for c in placed if c.priority < need.priority]
+        for size in range(1, len(eligible) + 1):
+            for subset in itertools.combinations(eligible, size):
+                room = (
+                    offer.free_memory_mb + sum(c.memory_mb for c in subset) >= need.memory_mb
+                    and offer.free_fuel_per_s + sum(c.fuel_per_s for c in subset) >= need.fuel_per_s
+                    and offer.free_slots + size >= 1
+                )
+                if not room:
+                    continue
+                key = (
+                    size,
+                    sum(c.priority for c in subset),
+                    tuple(sorted(-c.placed_seq for c in subset)),
+                    offer.pod_id,
+                )
+                if best is None or key < best[0]:  # type: ignore[operator]
+                    best = (key, offer.pod_id, sorted(c.replica_id for c in subset))
+    return None if best is None else (best[1], best[2])  # type: ignore[return-value]
+
+
+def test_the_search_finds_exactly_what_brute_force_finds() -> None:
+    import random
+
+    rng = random.Random(5)
+    for _ in range(300):
+        need = Need("vip", "vip-0", rng.choice((64, 128, 256, 512)), 1, priority=rng.randint(0, 5))
+        pods = []
+        # Stream sequences are unique, so no two victims started at the same time.
+        seqs = iter(rng.sample(range(1, 1000), 40))
+        for p in range(rng.randint(1, 4)):
+            placed = [
+                victim(
+                    f"r{p}-{j}",
+                    rng.randint(0, 6),
+                    rng.choice((32, 64, 128, 256)),
+                    next(seqs),
+                )
+                for j in range(rng.randint(0, 7))
+            ]
+            free = rng.choice((0, 0, 32, 64))
+            pods.append((pod(f"p{p}", free=free, slots=rng.choice((0, 5))), placed))
+        found = choose_preemption(need, pods)
+        expected = brute_force(need, pods)
+        # Where the pod has room already, the clearing places it: neither side preempts there.
+        if any(victims_on_pod(need, o, c) == () for o, c in pods):
+            continue
+        assert (None if found is None else (found.pod_id, names(found.victims))) == expected
