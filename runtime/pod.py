@@ -278,6 +278,10 @@ class Pod:
             self._retiring.add(replica)
             if stop is not None and stop.placed_seq == placed:
                 replica.stop(report=True, save=True)
+            elif self.view.preempted(replica_id, placed):
+                # Preempted: the Hive already requested it again; save its state for the
+                # placement that follows, but the report is not ours to send any more.
+                replica.stop(report=False, save=True)
             else:
                 # Crashed (already reported), moved to another pod, or deleted: not ours to
                 # save or report any more.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas import Envelope, events
+from schemas import Envelope, events, market
 from schemas.specs import AgentSpec
 
 Phase = Literal[
@@ -49,6 +49,9 @@ class ReplicaInfo:
     pod_id: str | None = None
     snapshot: str | None = None
     placed_seq: int = 0
+    #: The placement (`placed_seq`) a preemption moved it off: the pod saves a last snapshot
+    #: of that placement when it stops it (a plain move after a lost pod saves nothing).
+    preempted_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,11 @@ class PodView:
                 placed_seq=r.placed_seq,
             )
         return out
+
+    def preempted(self, replica_id: str, placed_seq: int) -> bool:
+        """True when that placement of the replica was preempted (save it as it stops)."""
+        replica = self.replicas.get(replica_id)
+        return replica is not None and placed_seq > 0 and replica.preempted_seq == placed_seq
 
     def _forget(self, replica: ReplicaInfo) -> None:
         self.replicas.pop(replica.replica_id, None)
@@ -234,6 +242,13 @@ def _stopped(v: PodView, e: events.ReplicaStopped, seq: int) -> None:
 def _lost(v: PodView, e: events.PodLost, seq: int) -> None:
     if e.pod_id == v.pod_id:
         v.lost_seq = seq
+
+
+@_on(market.ReplicaPreempted)
+def _preempted(v: PodView, e: market.ReplicaPreempted, seq: int) -> None:
+    replica = v.replicas.get(e.replica_id)
+    if replica is not None and replica.pod_id == e.pod_id:
+        replica.preempted_seq = replica.placed_seq
 
 
 #: Payload types that change the view; anything else only advances `applied_seq`.

@@ -236,3 +236,9 @@ def task_queue_of(subject: str) -> str | None:
 def mesh_replica_subject(replica_id: str) -> str:
     """Direct messages to one replica (no queue group): how the distributor hands out a task."""
     return f"{MESH_REPLICA_PREFIX}.{_check_token('replica id', replica_id)}"
+
+
+# --- Scheduler market (queries answered by the scheduler, not the Hive) --------------------------
+
+#: Offers with their current prices, and the most recent clearings with their reasons.
+QUERY_MARKET_STATE: Final = f"{QUERY_PREFIX}.market.state"

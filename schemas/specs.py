@@ -83,6 +83,35 @@ class Limits(Value):
     fuel_per_call: int = Field(default=100_000_000, ge=1)
 
 
+#: Named priority classes and the number each stands for (higher wins; a replica may only be
+#: preempted for a strictly higher number). `AgentSpec.priority` takes any number in
+#: [-1000, 1000]; `placement.priority_class` names one of these instead.
+PRIORITY_CLASSES: dict[str, int] = {
+    "best-effort": -100,
+    "low": -10,
+    "normal": 0,
+    "high": 100,
+    "critical": 1000,
+}
+PriorityClass = Literal["best-effort", "low", "normal", "high", "critical"]
+
+
+class Placement(Value):
+    """How an agent's replicas take part in the scheduler's market (all optional).
+
+    `max_price` is the bid: the most the agent pays per resource unit (64 MB) at the posted
+    price of a pod; None bids without a cap. `node_selector` and `zones` are hard constraints
+    (a pod must carry every label and, when `zones` is given, be in one of them);
+    `avoid_zones` is zone anti-affinity (never those zones).
+    """
+
+    priority_class: PriorityClass | None = None
+    max_price: float | None = Field(default=None, gt=0)
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
+    zones: list[str] = Field(default_factory=list, max_length=16)
+    avoid_zones: list[str] = Field(default_factory=list, max_length=16)
+
+
 class AgentSpec(Value):
     """Everything that defines one version of an agent."""
 
@@ -99,6 +128,8 @@ class AgentSpec(Value):
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000)
+    #: Market bid, priority class, constraints and affinities (see `Placement`).
+    placement: Placement = Placement()
     #: Topics the agent subscribes to (subject tokens, at most 32, no repeats; topic names are
     #: global, not per namespace): every message published on one of them, e.g. by another
     #: agent's `send("topic:<name>", ...)`, is handled once by one of this agent's replicas,
@@ -113,6 +144,22 @@ class AgentSpec(Value):
     task_queues: Annotated[list[Id], AfterValidator(_no_repeats)] = Field(
         default_factory=list, max_length=32
     )
+
+    @model_validator(mode="after")
+    def _one_priority(self) -> AgentSpec:
+        named = self.placement.priority_class
+        if named is not None and self.priority not in (0, PRIORITY_CLASSES[named]):
+            raise ValueError(
+                f"priority {self.priority} contradicts placement.priority_class {named!r} "
+                f"({PRIORITY_CLASSES[named]}); give one of them"
+            )
+        return self
+
+    @property
+    def effective_priority(self) -> int:
+        """The number preemption compares: the priority class's when one is named."""
+        named = self.placement.priority_class
+        return PRIORITY_CLASSES[named] if named is not None else self.priority
 
 
 class Quota(Value):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas import Envelope, Payload, commands, events, observer
+from schemas import Envelope, Payload, commands, events, market, observer
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
 from services.hive.evolve import evolve
@@ -703,6 +703,117 @@ def _anomaly(
         return Rejection("window_end is before window_start", rule="invalid")
     finding = c.model_dump()
     return Decision([observer.AnomalyDetected(anomaly_id=env.id, **finding)])
+
+
+# --- market: priority preemption -----------------------------------------------------------------
+
+
+@_on(market.PreemptPlacement)
+def _preempt(
+    state: HiveState, c: market.PreemptPlacement, env: Envelope[Any], now: datetime
+) -> Outcome:
+    """Move lower-priority victims off a pod and place the waiting replica there, atomically.
+
+    Nothing is preempted for an equal or lower priority, a victim must hold resources on that
+    pod (scheduled, starting or running; a stopping one is leaving anyway), and the replica must
+    fit once the victims are gone, by the same capacity rule as `placement.propose`. Each victim
+    is requested again with its last snapshot, so it waits for a placement elsewhere.
+    """
+    agent = state.agents.get(c.agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
+    replica = agent.replicas.get(c.replica_id)
+    if replica is None:
+        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+    if replica.phase != "requested":
+        return Rejection(f"replica {c.replica_id} is {replica.phase}, not waiting for placement")
+    pod = state.pods.get(c.pod_id)
+    if pod is None or pod.status != "ready":
+        return Rejection(f"pod {c.pod_id} is not ready", rule="pod_unavailable")
+    spec = agent.versions.get(replica.version, agent.spec)
+    priority = spec.effective_priority
+    keys = [(v.agent_id, v.replica_id) for v in c.victims]
+    if len(set(keys)) != len(keys):
+        return Rejection("victims repeat", rule="invalid")
+    memory, fuel, slots = pod.free()
+    victims: list[tuple[Agent, Replica, int]] = []
+    for agent_id, replica_id in keys:
+        victim_agent = state.agents.get(agent_id)
+        victim = victim_agent.replicas.get(replica_id) if victim_agent else None
+        if victim_agent is None or victim is None:
+            return Rejection(f"victim {replica_id} not found", rule="not_found")
+        if (agent_id, replica_id) not in pod.replicas or victim.phase not in (
+            "scheduled",
+            "starting",
+            "running",
+        ):
+            return Rejection(
+                f"victim {replica_id} is {victim.phase} on {victim.pod_id or 'no pod'}, "
+                f"not placed on {c.pod_id}",
+                rule="not_placed",
+            )
+        victim_spec = victim_agent.versions.get(victim.version, victim_agent.spec)
+        victim_priority = victim_spec.effective_priority
+        if victim_priority >= priority:
+            return Rejection(
+                f"victim {replica_id} has priority {victim_priority}, not lower than "
+                f"{priority} of {c.replica_id}: nothing is preempted for an equal or lower "
+                "priority",
+                rule="priority",
+            )
+        memory += victim_spec.resources.memory_mb
+        fuel += victim_spec.resources.fuel_per_s
+        slots += 1
+        victims.append((victim_agent, victim, victim_priority))
+    need = spec.resources
+    if need.memory_mb > memory or need.fuel_per_s > fuel or slots < 1:
+        return Rejection(
+            f"placing {c.replica_id} would over-commit pod {c.pod_id} even without the "
+            f"{len(victims)} victims: needs {need.memory_mb} MB, {need.fuel_per_s} fuel/s, "
+            f"1 slot; free then {memory} MB, {fuel} fuel/s, {slots} slots",
+            rule="capacity",
+        )
+    # Victims first: their reservations are released before the placement is folded.
+    touched: dict[str, list[Payload]] = {}
+    for victim_agent, victim, victim_priority in victims:
+        why = f"preempted on {c.pod_id} by {c.replica_id} (priority {priority} > {victim_priority})"
+        touched.setdefault(victim_agent.agent_id, []).extend(
+            [
+                market.ReplicaPreempted(
+                    agent_id=victim_agent.agent_id,
+                    replica_id=victim.replica_id,
+                    pod_id=c.pod_id,
+                    priority=victim_priority,
+                    by_agent_id=agent.agent_id,
+                    by_replica_id=replica.replica_id,
+                    by_priority=priority,
+                    reason=c.reason[:500],
+                ),
+                events.ReplicaRequested(
+                    agent_id=victim_agent.agent_id,
+                    replica_id=victim.replica_id,
+                    version=victim.version,
+                    snapshot=victim.snapshot,
+                    reason=why,
+                ),
+            ]
+        )
+    out: list[Payload] = []
+    for agent_id, changes in touched.items():
+        if agent_id != agent.agent_id:
+            out += _with_status(state, agent_id, changes, now).events
+    placed: list[Payload] = [
+        *touched.get(agent.agent_id, []),
+        events.ReplicaScheduled(
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            pod_id=pod.pod_id,
+            policy=c.policy,
+            reason=c.reason or f"placed by {c.policy} after preempting {len(victims)}",
+        ),
+    ]
+    out += _with_status(state, agent.agent_id, placed, now).events
+    return Decision(out)
 
 
 __all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]

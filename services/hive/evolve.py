@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import Envelope, events, observer
+from schemas import Envelope, events, market, observer
 from services.hive.state import (
     PLACED,
     RECENT_ANOMALIES,
@@ -331,3 +331,16 @@ def _autoscale_changed(
     s: HiveState, e: events.AgentAutoscaleChanged, env: Envelope[Any], seq: int
 ) -> None:
     _agent(s, e.agent_id, seq).autoscale = e.autoscale
+
+
+# --- market: priority preemption -----------------------------------------------------------------
+
+
+@_on(market.ReplicaPreempted)
+def _replica_preempted(
+    s: HiveState, e: market.ReplicaPreempted, env: Envelope[Any], seq: int
+) -> None:
+    """The record only: the `replica_requested` that follows moves the replica off its pod."""
+    replica = _agent(s, e.agent_id, seq).replicas.get(e.replica_id)
+    if replica is not None:
+        replica.reason = f"preempted by {e.by_replica_id}"

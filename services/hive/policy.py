@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import Envelope, commands
+from schemas import Envelope, commands, market
 from schemas.specs import AgentSpec, Quota
 from services.hive.state import ACTIVE, Agent, HiveState
 
@@ -26,7 +26,12 @@ class Refusal:
 
 _KINDS = ("user", "service", "pod", "agent")
 #: Commands only Swarm's own services may send (the scheduler's proposals, the reconcile loop's).
-_SERVICE_ONLY = (commands.ProposePlacement, commands.ExpirePod, commands.RestartReplica)
+_SERVICE_ONLY = (
+    commands.ProposePlacement,
+    commands.ExpirePod,
+    commands.RestartReplica,
+    market.PreemptPlacement,
+)
 #: Commands about one pod, which only that pod (or a service) may send.
 _POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportReplica)
 

@@ -5,14 +5,26 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.scheduler.policies import POLICIES
+from services.scheduler.catalog import POLICIES
+from services.scheduler.policies import Pricing
 
 
 class SchedulerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_SCHEDULER_", extra="ignore", frozen=True)
 
-    #: Placement policy by name; `most-free` is the baseline.
-    policy: str = "most-free"
+    #: Placement policy by name: `market` (see `market.py`), or the baselines `first-fit` and
+    #: `most-free`.
+    policy: str = "market"
+    #: λ of the market's score `price + λ * energy_cost`; 0 places on price alone.
+    energy_weight: float = Field(default=1.0, ge=0)
+    #: Base price per resource unit (64 MB) of a pod without a `base-price` label.
+    base_price: float = Field(default=1.0, gt=0)
+    #: k in `base_price * (1 + k * utilisation^2)`.
+    price_slope: float = Field(default=3.0, ge=0)
+    #: Propose preemptions for waiting replicas of a higher priority (market policy only).
+    preemption: bool = True
+    #: Clearings kept for `swarm market` (answered on `swarm.query.market.state`).
+    recent_clearings: int = Field(default=200, ge=0, le=10_000)
     #: First wait before a rejected proposal's replica is proposed again; doubles per rejection.
     retry_backoff_s: float = Field(default=0.5, gt=0)
     max_backoff_s: float = Field(default=8.0, gt=0)
@@ -30,3 +42,6 @@ class SchedulerSettings(BaseSettings):
                 f"unknown placement policy {value!r}; known: {', '.join(sorted(POLICIES))}"
             )
         return value
+
+    def pricing(self) -> Pricing:
+        return Pricing(self.base_price, self.price_slope, self.energy_weight)

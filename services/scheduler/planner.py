@@ -11,13 +11,30 @@ once (until it is placed or fits again), not on every pass.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import CommandRejected, Envelope, commands
-from services.scheduler.policies import Need, Offer, Policy
-from services.scheduler.proposals import InFlight, Proposal, parse_proposal_id, proposal_id
-from services.scheduler.view import HANDLED, ClusterView, ReplicaKey, Request
+from schemas import CommandRejected, Envelope, commands, market
+from services.scheduler.policies import Cleared, Need, Offer, Policy
+from services.scheduler.preemption import Candidate, choose_preemption
+from services.scheduler.proposals import (
+    PREEMPT_PREFIX,
+    Hold,
+    InFlight,
+    Proposal,
+    parse_proposal_id,
+    proposal_id,
+)
+from services.scheduler.view import HANDLED, PLACED, ClusterView, ReplicaKey, Request
+
+#: Outcomes of these command types answer our proposals.
+_PROPOSALS = frozenset({commands.ProposePlacement.TYPE, market.PreemptPlacement.TYPE})
+#: Preemptions proposed, and searches for one made, per planning pass (a search looks at every
+#: pod and the replicas on it).
+MAX_PREEMPTIONS = 8
+MAX_PREEMPTION_TRIES = 16
 
 #: `ProposePlacement.reason` is at most this long.
 _MAX_REASON = 500
@@ -39,15 +56,26 @@ class Plan:
     proposals: list[Proposal] = field(default_factory=list)
     #: Replicas found to fit on no ready pod in this pass (each reported once).
     unplaceable: list[Need] = field(default_factory=list)
+    #: Every request this pass considered, placed or not, with the reason.
+    cleared: list[Cleared] = field(default_factory=list)
 
 
 class Planner:
     def __init__(
-        self, policy: Policy, *, retry_backoff: float = 0.5, max_backoff: float = 8.0
+        self,
+        policy: Policy,
+        *,
+        retry_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        preemption: bool = False,
+        recent: int = 200,
     ) -> None:
         self.policy = policy
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
+        self.preemption = preemption
+        #: The latest clearings, newest last, for `swarm market`.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.view = ClusterView()
         self.in_flight = InFlight()
         #: Rejections read per request sequence: the attempt number of the next proposal.
@@ -66,11 +94,32 @@ class Planner:
         retry = None
         if isinstance(envelope.data, CommandRejected):
             retry = self._rejected(envelope.data, now)
+        victim = self._victim_before(envelope.data)
         for request in self.view.fold(envelope, seq):
             self._ended(request)
+        if victim is not None:
+            self._victim_after(*victim)
         if type(envelope.data) in HANDLED:
             self._dirty = True
         return retry
+
+    def _victim_before(self, data: Any) -> tuple[ReplicaKey, str, int, int] | None:
+        """A victim of a preemption in flight this event is about, with its pod and size."""
+        key = (getattr(data, "agent_id", None), getattr(data, "replica_id", None))
+        if key not in self.in_flight.victims:
+            return None
+        agent_id, replica_id = str(key[0]), str(key[1])
+        agent = self.view.agents.get(agent_id)
+        replica = agent.replicas.get(replica_id) if agent is not None else None
+        if agent is None or replica is None or replica.pod_id is None:
+            return None
+        demand = agent.demand_of(replica)
+        return (agent_id, replica_id), replica.pod_id, demand.memory_mb, demand.fuel_per_s
+
+    def _victim_after(self, key: ReplicaKey, pod_id: str, memory_mb: int, fuel_per_s: int) -> None:
+        pod = self.view.pods.get(pod_id)
+        if pod is None or key not in pod.replicas:
+            self.in_flight.victim_left(key, memory_mb, fuel_per_s)
 
     def skip(self, seq: int) -> None:
         """Pass over a message that is not a readable event."""
@@ -84,7 +133,7 @@ class Planner:
         self._unplaceable.discard(request.key)
 
     def _rejected(self, outcome: CommandRejected, now: float) -> Retry | None:
-        if outcome.command_type != commands.ProposePlacement.TYPE:
+        if outcome.command_type not in _PROPOSALS:
             return None
         parsed = parse_proposal_id(outcome.command_id)
         if parsed is None:
@@ -140,22 +189,25 @@ class Planner:
                 pod.zone,
                 pod.labels,
                 pod.energy_cost,
+                pod.capacity.memory_mb,
+                pod.capacity.fuel_per_s,
+                pod.capacity.slots,
             )
         return offers
 
-    def plan(self, now: float, limit: int = 512) -> Plan:
-        """Proposals for waiting replicas, oldest request first, at most `limit` of them.
+    def plan(self, now: float, limit: int = 512, clock: float | None = None) -> Plan:
+        """Proposals for waiting replicas, at most `limit` of them, cleared by the policy.
 
-        Each proposal is entered in flight before the next replica is planned, so one pass
-        never places more on a pod than the pod has free.
+        The policy sees every eligible waiting replica at once (the market orders them by
+        priority and bid, the baselines by age) and deducts each placement before the next, and
+        each proposal is entered in flight, so one pass never places more on a pod than the pod
+        has free. Replicas still waiting may then preempt lower-priority ones (market only).
+        `clock` stamps the clearing records (wall time; `now` is monotonic).
         """
         self._dirty = False
         plan = Plan()
-        offers = self.offers()
+        needs: list[Need] = []
         for key, request_seq in self.view.waiting.items():
-            if len(plan.proposals) >= limit:
-                self._dirty = True  # more next time
-                break
             if key in self.in_flight:
                 continue
             retry_at = self._retry_at.get(key)
@@ -163,22 +215,48 @@ class Planner:
                 if retry_at > now:
                     continue
                 del self._retry_at[key]
-            demand = self.view.demand(key)
-            need = Need(key[0], key[1], demand.memory_mb, demand.fuel_per_s, demand.priority)
-            choice = self.policy.choose(need, list(offers.values()))
+            d = self.view.demand(key)
+            needs.append(
+                Need(
+                    key[0],
+                    key[1],
+                    d.memory_mb,
+                    d.fuel_per_s,
+                    d.priority,
+                    d.max_price,
+                    d.node_selector,
+                    d.zones,
+                    d.avoid_zones,
+                    request_seq,
+                )
+            )
+        if not needs:
+            return plan
+        offers = self.offers()
+        plan.cleared = self.policy.clear(needs, list(offers.values()), limit)
+        if len(plan.cleared) < len(needs):
+            self._dirty = True  # more next time
+        waiting: list[Need] = []
+        for cleared in plan.cleared:
+            need, choice = cleared.need, cleared.choice
+            key = (need.agent_id, need.replica_id)
             offer = offers.get(choice.pod_id) if choice is not None else None
             # A policy cannot make the scheduler over-commit: a choice that does not fit is none.
             if choice is None or offer is None or not offer.fits(need):
+                if cleared.wait == "no_fit":
+                    # Priced out or constrained out: preempting would not help (or not honestly).
+                    waiting.append(need)
                 if key not in self._unplaceable:
                     self._unplaceable.add(key)
                     plan.unplaceable.append(need)
+                self._record(clock, cleared, None)
                 continue
             self._unplaceable.discard(key)
             proposal = Proposal(
-                proposal_id(request_seq, self._attempts.get(request_seq, 0), key[1]),
+                proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1]),
                 key[0],
                 key[1],
-                request_seq,
+                need.seq,
                 choice.pod_id,
                 need.memory_mb,
                 need.fuel_per_s,
@@ -187,4 +265,124 @@ class Planner:
             self.in_flight.add(proposal)
             offers[choice.pod_id] = offer.minus(need)
             plan.proposals.append(proposal)
+            self._record(clock, cleared, proposal)
+        if self.preemption and waiting:
+            plan.proposals += self._preempt(waiting, clock)
         return plan
+
+    def _preempt(self, waiting: list[Need], clock: float | None) -> list[Proposal]:
+        """Preemptions for replicas that fit on no pod, highest priority first.
+
+        At most `MAX_PREEMPTIONS` proposals and `MAX_PREEMPTION_TRIES` searches per pass, and
+        a request shaped like one that found nothing in this pass is not searched again, so a
+        large backlog of high-priority replicas costs a bounded amount per pass.
+        """
+        lowest = self._lowest_placed_priority()
+        if lowest is None:
+            return []
+        offers = self.offers()  # with the holds of this pass's proposals
+        placed = {pod_id: self._candidates(pod_id) for pod_id in sorted(offers)}
+        out: list[Proposal] = []
+        failed: set[tuple[object, ...]] = set()
+        tries = 0
+        for need in sorted(waiting, key=lambda n: (-n.priority, n.seq)):
+            if need.priority <= lowest:
+                break  # nobody placed has a lower priority; nor does anyone after it
+            shape = (
+                need.priority,
+                need.memory_mb,
+                need.fuel_per_s,
+                need.node_selector,
+                need.zones,
+                need.avoid_zones,
+            )
+            if shape in failed:
+                continue
+            if len(out) >= MAX_PREEMPTIONS or tries >= MAX_PREEMPTION_TRIES:
+                self._dirty = True  # more next pass
+                break
+            tries += 1
+            found = choose_preemption(need, [(offers[p], placed[p]) for p in offers])
+            if found is None:
+                failed.add(shape)
+                continue
+            key = (need.agent_id, need.replica_id)
+            freed = Hold(
+                sum(v.memory_mb for v in found.victims),
+                sum(v.fuel_per_s for v in found.victims),
+                len(found.victims),
+            )
+            proposal = Proposal(
+                proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1], PREEMPT_PREFIX),
+                key[0],
+                key[1],
+                need.seq,
+                found.pod_id,
+                need.memory_mb,
+                need.fuel_per_s,
+                found.reason[:_MAX_REASON],
+                tuple((v.agent_id, v.replica_id) for v in found.victims),
+                freed,
+            )
+            self.in_flight.add(proposal)
+            # As the in-flight ledger counts it (the pod once the Hive commits it); the victims
+            # are not offered to another preemption.
+            offer = offers[found.pod_id]
+            offers[found.pod_id] = dataclasses.replace(
+                offer,
+                free_memory_mb=offer.free_memory_mb + freed.memory_mb - need.memory_mb,
+                free_fuel_per_s=offer.free_fuel_per_s + freed.fuel_per_s - need.fuel_per_s,
+                free_slots=offer.free_slots + freed.slots - 1,
+            )
+            placed[found.pod_id] = [c for c in placed[found.pod_id] if c not in found.victims]
+            self._unplaceable.discard(key)
+            out.append(proposal)
+            self._record(clock, Cleared(need, None, reason=found.reason), proposal)
+        return out
+
+    def _lowest_placed_priority(self) -> int | None:
+        lowest: int | None = None
+        for agent in self.view.agents.values():
+            if any(r.phase in PLACED for r in agent.replicas.values()):
+                for demand in agent.versions.values():
+                    lowest = demand.priority if lowest is None else min(lowest, demand.priority)
+        return lowest
+
+    def _candidates(self, pod_id: str) -> list[Candidate]:
+        """Replicas running (or about to) on the pod that no preemption in flight names yet."""
+        out: list[Candidate] = []
+        for agent_id, replica_id in self.view.pods[pod_id].replicas:
+            agent = self.view.agents[agent_id]
+            replica = agent.replicas[replica_id]
+            if replica.phase == "stopping" or (agent_id, replica_id) in self.in_flight.victims:
+                continue
+            d = agent.demand_of(replica)
+            out.append(
+                Candidate(
+                    agent_id, replica_id, d.priority, d.memory_mb, d.fuel_per_s, replica.placed_seq
+                )
+            )
+        return out
+
+    def _record(self, clock: float | None, cleared: Cleared, proposal: Proposal | None) -> None:
+        if self.recent.maxlen == 0:
+            return
+        need = cleared.need
+        self.recent.append(
+            {
+                "at": clock,
+                "agent_id": need.agent_id,
+                "replica_id": need.replica_id,
+                "priority": need.priority,
+                "max_price": need.max_price,
+                "outcome": (
+                    "waiting" if proposal is None else "preempt" if proposal.victims else "proposed"
+                ),
+                "pod_id": proposal.pod_id if proposal is not None else None,
+                "victims": [r for _, r in proposal.victims] if proposal is not None else [],
+                "price": round(cleared.price, 4),
+                "energy": round(cleared.energy, 4),
+                "reason": proposal.reason if proposal is not None else cleared.reason,
+                "command_id": proposal.command_id if proposal is not None else None,
+            }
+        )

@@ -2,15 +2,15 @@
 
 A policy is a small pure object behind the `Policy` protocol, so the scheduler's loop, in-flight
 accounting and tests stay the same whichever policy runs. `MostFreeCapacity` is the baseline
-that later policies (the market) are measured against; it stays selectable by name
-(`SWARM_SCHEDULER_POLICY=most-free`).
+that the market was first measured against; `catalog.py` selects policies by name
+(`SWARM_SCHEDULER_POLICY=market|first-fit|most-free`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,14 @@ class Need:
     memory_mb: int
     fuel_per_s: int
     priority: int = 0
+    #: The bid: most paid per resource unit (None: no cap). See `services/scheduler/market.py`.
+    max_price: float | None = None
+    #: Hard constraints: labels the pod must carry, zones it must (not) be in.
+    node_selector: tuple[tuple[str, str], ...] = ()
+    zones: tuple[str, ...] = ()
+    avoid_zones: tuple[str, ...] = ()
+    #: Age of the request (stream sequence of its `replica_requested`): older clears first.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,10 @@ class Offer:
     zone: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
     energy_cost: float = 1.0
+    #: The pod's whole capacity (0: unknown), for utilisation-based prices.
+    capacity_memory_mb: int = 0
+    capacity_fuel_per_s: int = 0
+    capacity_slots: int = 0
 
     def fits(self, need: Need) -> bool:
         """The Hive's capacity check: memory, fuel/s and one slot must all be free."""
@@ -57,6 +69,9 @@ class Offer:
             self.zone,
             self.labels,
             self.energy_cost,
+            self.capacity_memory_mb,
+            self.capacity_fuel_per_s,
+            self.capacity_slots,
         )
 
 
@@ -67,8 +82,40 @@ class Choice:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """How offers are priced and scored (`SWARM_SCHEDULER_*` settings; see `market.py`)."""
+
+    base_price: float = 1.0
+    #: k in base * (1 + k u^2): a full pod costs (1 + k) times an empty one.
+    slope: float = 3.0
+    #: λ: weight of a pod's energy cost per unit against its price per unit.
+    energy_weight: float = 1.0
+
+
+#: no_fit: no ready pod that meets the constraints has room; constrained: no pod meets them;
+#: priced_out: it fits, but only at prices above its bid.
+WaitKind = Literal["no_fit", "constrained", "priced_out"]
+NO_FIT = "fits on no ready pod"
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """One request's result in a clearing: where it goes (None: it waits) and why."""
+
+    need: Need
+    choice: Choice | None
+    #: What the placement costs (price per unit x units) and the energy it uses, when known.
+    price: float = 0.0
+    energy: float = 0.0
+    #: Why it waits when `choice` is None.
+    reason: str = ""
+    #: The kind of wait: only `no_fit` (no ready pod has room) may lead to a preemption.
+    wait: WaitKind | None = None
+
+
 class Policy(Protocol):
-    """Chooses a pod for one replica; must be deterministic for the same inputs."""
+    """Chooses pods for replicas; must be deterministic for the same inputs."""
 
     @property
     def name(self) -> str:
@@ -78,6 +125,32 @@ class Policy(Protocol):
     def choose(self, need: Need, pods: Sequence[Offer]) -> Choice | None:
         """A ready pod where `need` fits, or None when it fits nowhere."""
         ...
+
+    def clear(self, needs: Sequence[Need], pods: Sequence[Offer], limit: int) -> list[Cleared]:
+        """Place `needs` one after another (each sees what the earlier ones took), at most
+        `limit` of them; one result per request considered, in the order considered."""
+        ...
+
+
+def clear_one_by_one(
+    policy: Policy, needs: Sequence[Need], pods: Sequence[Offer], limit: int
+) -> list[Cleared]:
+    """`clear` for a policy that only knows `choose`: oldest request first."""
+    offers = {p.pod_id: p for p in pods}
+    out: list[Cleared] = []
+    placed = 0
+    for need in sorted(needs, key=lambda n: n.seq):
+        if placed >= limit:
+            break
+        choice = policy.choose(need, list(offers.values()))
+        offer = offers.get(choice.pod_id) if choice is not None else None
+        if choice is None or offer is None or not offer.fits(need):
+            out.append(Cleared(need, None, reason=NO_FIT, wait="no_fit"))
+            continue
+        offers[offer.pod_id] = offer.minus(need)
+        placed += 1
+        out.append(Cleared(need, choice, energy=offer.energy_cost))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +174,5 @@ class MostFreeCapacity:
             f"{best.pod_id} ({len(fitting)} of {len(pods)} pods fit)",
         )
 
-
-#: Policies selectable by name (`SWARM_SCHEDULER_POLICY`).
-POLICIES: Mapping[str, Callable[[], Policy]] = {"most-free": MostFreeCapacity}
-
-
-def policy_named(name: str) -> Policy:
-    factory = POLICIES.get(name)
-    if factory is None:
-        raise ValueError(f"unknown placement policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    return factory()
+    def clear(self, needs: Sequence[Need], pods: Sequence[Offer], limit: int) -> list[Cleared]:
+        return clear_one_by_one(self, needs, pods, limit)

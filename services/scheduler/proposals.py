@@ -17,9 +17,12 @@ from schemas import names
 from services.scheduler.view import ReplicaKey
 
 _PREFIX = "place"
+#: Prefix of a `placement.preempt` proposal's id (same numbering as a placement's).
+PREEMPT_PREFIX = "preempt"
+_PREFIXES = (_PREFIX, PREEMPT_PREFIX)
 
 
-def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
+def proposal_id(request_seq: int, attempt: int, replica_id: str, prefix: str = _PREFIX) -> str:
     """The command id of a proposal: the same request and attempt always give the same id.
 
     `request_seq` (the stream sequence of the replica's `replica_requested`) identifies both the
@@ -30,7 +33,7 @@ def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
     """
     if request_seq < 1 or attempt < 0:
         raise ValueError("request_seq must be >= 1 and attempt >= 0")
-    command_id = f"{_PREFIX}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
+    command_id = f"{prefix}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
     if not names.is_token(command_id):
         raise ValueError(f"replica id {replica_id!r} is not a token")
     return command_id
@@ -39,7 +42,11 @@ def proposal_id(request_seq: int, attempt: int, replica_id: str) -> str:
 def parse_proposal_id(command_id: str) -> tuple[int, int] | None:
     """(request seq, attempt) of an id made by `proposal_id`; None for any other id."""
     parts = command_id.split("-", 3)
-    if len(parts) < 3 or parts[0] != _PREFIX or not (parts[1].isdigit() and parts[2].isdigit()):
+    if (
+        len(parts) < 3
+        or parts[0] not in _PREFIXES
+        or not (parts[1].isdigit() and parts[2].isdigit())
+    ):
         return None
     return int(parts[1]), int(parts[2])
 
@@ -63,6 +70,11 @@ class Proposal:
     memory_mb: int
     fuel_per_s: int
     reason: str
+    #: Replicas to move off the pod first: a `placement.preempt` when not empty.
+    victims: tuple[ReplicaKey, ...] = ()
+    #: What the victims hold on the pod: a preemption holds its replica's need minus this
+    #: (the pod as it will be once the Hive commits it).
+    freed: Hold = Hold()
 
     @property
     def key(self) -> ReplicaKey:
@@ -76,6 +88,14 @@ class InFlight:
         self._by_id: dict[str, Proposal] = {}
         self._by_replica: dict[ReplicaKey, str] = {}
         self._held: dict[str, Hold] = {}
+        #: Victims named by preemptions in flight: not offered to another preemption.
+        self.victims: set[ReplicaKey] = set()
+        self._victim_of: dict[ReplicaKey, str] = {}
+        #: Per preemption, the credit of victims that already left the pod in the view (their
+        #: release folded, e.g. the first events of the Hive's commit read in one fetch and the
+        #: preemptor's placement in the next): it must not be counted twice.
+        self._left: dict[str, Hold] = {}
+        self._gone: set[ReplicaKey] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -94,6 +114,8 @@ class InFlight:
             raise ValueError(f"replica {proposal.replica_id} already has a proposal in flight")
         self._by_id[proposal.command_id] = proposal
         self._by_replica[proposal.key] = proposal.command_id
+        self.victims.update(proposal.victims)
+        self._victim_of.update(dict.fromkeys(proposal.victims, proposal.command_id))
         self._hold(proposal, +1)
 
     def pop(self, command_id: str) -> Proposal | None:
@@ -101,21 +123,52 @@ class InFlight:
         proposal = self._by_id.pop(command_id, None)
         if proposal is not None:
             del self._by_replica[proposal.key]
+            self.victims.difference_update(proposal.victims)
+            self._gone.difference_update(proposal.victims)
+            for victim in proposal.victims:
+                self._victim_of.pop(victim, None)
             self._hold(proposal, -1)
+            left = self._left.pop(command_id, None)
+            if left is not None:
+                self._shift(proposal.pod_id, Hold(-left.memory_mb, -left.fuel_per_s, -left.slots))
         return proposal
+
+    def victim_left(self, key: ReplicaKey, memory_mb: int, fuel_per_s: int) -> None:
+        """The view released this victim: withdraw its credit from its preemption's hold."""
+        command_id = self._victim_of.get(key)
+        if command_id is None or key in self._gone:
+            return
+        self._gone.add(key)
+        proposal = self._by_id[command_id]
+        left = self._left.get(command_id, Hold())
+        self._left[command_id] = Hold(
+            left.memory_mb + memory_mb, left.fuel_per_s + fuel_per_s, left.slots + 1
+        )
+        self._shift(proposal.pod_id, Hold(memory_mb, fuel_per_s, 1))
+
+    def _shift(self, pod_id: str, by: Hold) -> None:
+        held = self.held(pod_id)
+        updated = Hold(
+            held.memory_mb + by.memory_mb,
+            held.fuel_per_s + by.fuel_per_s,
+            held.slots + by.slots,
+        )
+        if updated == Hold():
+            self._held.pop(pod_id, None)
+        else:
+            self._held[pod_id] = updated
 
     def pop_replica(self, key: ReplicaKey) -> Proposal | None:
         command_id = self._by_replica.get(key)
         return self.pop(command_id) if command_id is not None else None
 
     def _hold(self, p: Proposal, sign: int) -> None:
-        held = self.held(p.pod_id)
-        updated = Hold(
-            held.memory_mb + sign * p.memory_mb,
-            held.fuel_per_s + sign * p.fuel_per_s,
-            held.slots + sign,
+        freed = p.freed
+        self._shift(
+            p.pod_id,
+            Hold(
+                sign * (p.memory_mb - freed.memory_mb),
+                sign * (p.fuel_per_s - freed.fuel_per_s),
+                sign * (1 - freed.slots),
+            ),
         )
-        if updated == Hold():
-            self._held.pop(p.pod_id, None)
-        else:
-            self._held[p.pod_id] = updated

@@ -17,19 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
+import json
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import nats.errors
 import structlog
+from nats.aio.msg import Msg
 
-from schemas import REGISTRY, CommandRejected, DecodeError, Payload, command, commands, names
+from schemas import (
+    REGISTRY,
+    CommandRejected,
+    DecodeError,
+    Payload,
+    command,
+    commands,
+    market,
+    names,
+)
+from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
+from services.scheduler.catalog import policy_named
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.market import market_rows
 from services.scheduler.planner import Planner
-from services.scheduler.policies import Policy, policy_named
+from services.scheduler.policies import Policy
+from services.scheduler.proposals import Proposal
 from services.scheduler.view import HANDLED
 from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
 from swarm.kernel.settings import Settings
@@ -76,10 +93,14 @@ class Scheduler:
     ) -> None:
         self.settings = settings
         self.config = config or SchedulerSettings()
+        chosen = policy or policy_named(self.config.policy, self.config.pricing())
         self.planner = Planner(
-            policy or policy_named(self.config.policy),
+            chosen,
             retry_backoff=self.config.retry_backoff_s,
             max_backoff=self.config.max_backoff_s,
+            # Preemption is part of the market; the baselines never move anyone.
+            preemption=self.config.preemption and chosen.name == "market",
+            recent=self.config.recent_clearings,
         )
         self.clock = clock
         self.status = Status.NEW
@@ -109,7 +130,11 @@ class Scheduler:
             self.status = Status.STOPPED
             raise
         log.info("scheduler started", policy=self.planner.policy.name)
+        subscription = None
         try:
+            subscription = await eventlog.nc.subscribe(
+                names.QUERY_MARKET_STATE, queue=SOURCE, cb=self._answer_market
+            )
             while not self._stop.is_set():
                 try:
                     await self._follow(eventlog)
@@ -123,9 +148,37 @@ class Scheduler:
                         await asyncio.wait_for(self._stop.wait(), 0.2)
         finally:
             self.status = Status.STOPPING
+            if subscription is not None:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await subscription.unsubscribe()
             await eventlog.close()
             self.status = Status.STOPPED
             log.info("scheduler stopped", proposed=self.proposed, rejected=dict(self.rejected))
+
+    def market_state(self, limit: int = 50) -> dict[str, Any]:
+        """Offers with their posted prices and the latest clearings (`swarm market`)."""
+        planner = self.planner
+        recent = list(planner.recent)[-limit:] if limit > 0 else []
+        return {
+            "policy": planner.policy.name,
+            "pricing": dataclasses.asdict(self.config.pricing()),
+            "live": self.live.is_set(),
+            "applied_seq": planner.view.applied_seq,
+            "waiting": len(planner.view.waiting),
+            "in_flight": len(planner.in_flight),
+            "offers": market_rows(list(planner.offers().values()), self.config.pricing()),
+            "clearings": recent,
+        }
+
+    async def _answer_market(self, msg: Msg) -> None:
+        try:
+            body = json.loads(msg.data or b"{}")
+            limit = int(body.get("limit", 50)) if isinstance(body, dict) else 50
+            answer = self.market_state(max(0, min(limit, 10_000)))
+        except (ValueError, TypeError) as exc:
+            answer = {"error": f"bad market query: {exc}"}
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.respond(json.dumps(answer).encode())
 
     async def _follow(self, eventlog: EventLog) -> None:
         batch = self.config.fetch_batch
@@ -192,14 +245,16 @@ class Scheduler:
             )
 
     async def _propose(self, eventlog: EventLog, now: float) -> None:
-        plan = self.planner.plan(now, self.config.max_proposals)
+        plan = self.planner.plan(now, self.config.max_proposals, clock=time.time())
         if plan.unplaceable:
             # Each replica is reported in the one pass where it first fits nowhere; a big
             # backlog is summed up in one line rather than one per replica.
             first = plan.unplaceable[0]
+            why = Counter(c.wait or "no_fit" for c in plan.cleared if c.choice is None)
             log.warning(
-                "replicas fit on no ready pod; they wait for capacity",
+                "replicas cannot be placed now; they wait",
                 count=len(plan.unplaceable),
+                why=dict(why),
                 replica_ids=[n.replica_id for n in plan.unplaceable[:5]],
                 memory_mb=first.memory_mb,
                 fuel_per_s=first.fuel_per_s,
@@ -211,13 +266,7 @@ class Scheduler:
         requests = [
             AppendRequest.of(
                 command(
-                    commands.ProposePlacement(
-                        agent_id=p.agent_id,
-                        replica_id=p.replica_id,
-                        pod_id=p.pod_id,
-                        policy=policy,
-                        reason=p.reason,
-                    ),
+                    _proposal_command(p, policy),
                     source=SOURCE,
                     identity=IDENTITY,
                     id=p.command_id,
@@ -241,12 +290,39 @@ class Scheduler:
             log.info("proposals already on the log were dropped as duplicates", count=duplicates)
 
 
+def _proposal_command(p: Proposal, policy: str) -> Payload:
+    if p.victims:
+        return market.PreemptPlacement(
+            agent_id=p.agent_id,
+            replica_id=p.replica_id,
+            pod_id=p.pod_id,
+            victims=[market.Victim(agent_id=a, replica_id=r) for a, r in p.victims],
+            policy=policy,
+            reason=p.reason,
+        )
+    return commands.ProposePlacement(
+        agent_id=p.agent_id,
+        replica_id=p.replica_id,
+        pod_id=p.pod_id,
+        policy=policy,
+        reason=p.reason,
+    )
+
+
 async def main() -> None:
-    scheduler = Scheduler(Settings(), SchedulerSettings())
+    """The scheduler process: placement (the market) and the autoscaler with its task queues."""
+    settings = Settings()
+    scheduler = Scheduler(settings, SchedulerSettings())
+    autoscaler = AutoscalerService(settings, AutoscalerSettings())
+
+    def stop() -> None:
+        scheduler.stop()
+        autoscaler.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, scheduler.stop)
-    await scheduler.run()
+        loop.add_signal_handler(sig, stop)
+    await asyncio.gather(scheduler.run(), autoscaler.run())
 
 
 __all__ = ["IDENTITY", "SOURCE", "Scheduler", "Status", "main"]

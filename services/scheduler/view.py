@@ -45,11 +45,25 @@ class Demand:
     memory_mb: int
     fuel_per_s: int
     priority: int = 0
+    #: The market bid and constraints (`AgentSpec.placement`).
+    max_price: float | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()
+    zones: tuple[str, ...] = ()
+    avoid_zones: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: AgentSpec) -> Demand:
         # Only the numbers are kept: a spec may carry an inline module of up to 256 KB.
-        return cls(spec.resources.memory_mb, spec.resources.fuel_per_s, spec.priority)
+        placement = spec.placement
+        return cls(
+            spec.resources.memory_mb,
+            spec.resources.fuel_per_s,
+            spec.effective_priority,
+            placement.max_price,
+            tuple(sorted(placement.node_selector.items())),
+            tuple(placement.zones),
+            tuple(placement.avoid_zones),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,8 @@ class ReplicaView:
     version: str
     phase: Phase = "requested"
     pod_id: str | None = None
+    #: Sequence of its last `replica_scheduled`: larger means started more recently.
+    placed_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -261,6 +277,7 @@ def _scheduled(v: ClusterView, e: events.ReplicaScheduled, seq: int, ended: list
     agent, replica = found
     v._move(agent, replica, "scheduled", ended)
     replica.pod_id = e.pod_id
+    replica.placed_seq = seq
     demand = agent.demand_of(replica)
     pod.replicas.add((agent.agent_id, replica.replica_id))
     pod.used_memory_mb += demand.memory_mb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, task, timeline
+from swarm.cli import market as market_cmd
 
 app = typer.Typer(
     name="swarm",
@@ -22,6 +23,7 @@ pod.register(app)
 namespace.register(app)
 module.register(app)
 task.register(app)
+market_cmd.register(app)
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ MODULE = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
 @contextlib.asynccontextmanager
 async def orchestra(root: Path) -> AsyncIterator[Stack]:
     async with running_stack(root) as stack:
-        scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
+        # Most-free, not the default market: these tests expect replicas on the biggest pod.
+        scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings(policy="most-free"))
         task = asyncio.create_task(scheduler.run())
         try:
             yield stack

@@ -118,8 +118,14 @@ async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
             assert forecast["capacity_rate"] == capacity
             assert forecast["reporting"] == 1
             assert "needed within 2s" in decision["reason"]
+
+            # The replica answering the query may not have folded that event yet.
+            async def hive_agrees() -> bool:
+                reply = await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id})
+                return bool(reply["agent"]["replicas"]["desired"] >= first["replicas"])
+
+            await wait_until(hive_agrees, 5, "the Hive's state showing the scale-up")
             agent = (await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id}))["agent"]
-            assert agent["replicas"]["desired"] == first["replicas"]
             assert agent["autoscale"]["target_rate"] == capacity
 
             # Demand collapses to 5 msg/s: one replica is enough, but only after 1.5 s of that.

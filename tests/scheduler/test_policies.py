@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.scheduler.catalog import policy_named
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.policies import MostFreeCapacity, Need, Offer, policy_named
+from services.scheduler.policies import MostFreeCapacity, Need, Offer
 
 NEED = Need(agent_id="a", replica_id="a-0", memory_mb=64, fuel_per_s=100)
 

@@ -1,0 +1,71 @@
+"""bench/scheduler.py runs end to end on a tiny workload and writes a complete report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "scheduler.py"
+
+
+@pytest.mark.timeout(60)
+def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "scheduler.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--pools",
+            "20",
+            "--requests",
+            "200",
+            "--repeats",
+            "1",
+            "--streaming-events",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "first-fit (baseline)" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["params"] == {
+        "pools": 20,
+        "requests": 200,
+        "seed": 7,
+        "repeats": 1,
+        "energy_weights": [1.0, 4.0],
+    }
+    results = report["results"]
+    assert set(results) == {
+        "first-fit (baseline)",
+        "market, price only (λ=0)",
+        "market, energy-aware (λ=1)",
+        "market, energy-aware (λ=4)",
+        "market via planner",
+    }
+    for name, r in results.items():
+        assert r["placed"] + r["waiting"] == 200, name
+        assert r["placed"] > 0, name
+        assert r["placements_per_s"] > 0, name
+        assert 0 < r["utilisation"] <= 1, name
+        assert r["energy"] > 0, name
+        assert r["price"] > 0, name
+    # The energy-aware market uses less energy than price-only placement on the same workload.
+    saved = report["energy_saved_vs_price_only"]
+    assert set(saved) == {"1", "4"}
+    assert saved["4"]["energy_saved"] > 0
+    assert report["streaming"] is None

@@ -1,0 +1,353 @@
+"""The market scheduler against a real Hive on real JetStream: a burst of 200 concurrent
+deployments never over-commits a pod at any point of the log, a higher priority preempts the
+documented victims who are placed again when capacity returns, a scheduler killed mid-burst
+resumes without double placements, and `swarm.query.market.state` shows offers and clearings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import commands, market, names
+from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
+from services.hive.evolve import evolve
+from services.hive.state import HiveState
+from services.scheduler import Scheduler, SchedulerSettings
+from swarm.kernel.embedded import die_with_parent
+from swarm.kernel.settings import Settings
+from tests.scheduler.history import WASM
+from tests.scheduler.stack import Stack, running_stack, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Room for exactly 200 replicas of 64 MB over three small pods (and slots to spare).
+SMALL_PODS = {"s1": (64 * 90, 1000), "s2": (64 * 70, 1000), "s3": (64 * 40, 1000)}
+
+
+@asynccontextmanager
+async def market_scheduler(url: str, **config: Any) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market", **config))
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await asyncio.wait_for(scheduler.live.wait(), 10)
+        yield scheduler
+    finally:
+        scheduler.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@contextmanager
+def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "SWARM_NATS_URL": url, "SWARM_SCHEDULER_POLICY": "market"}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.scheduler"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+async def fold_and_check_capacity(stack: Stack) -> HiveState:
+    """Fold the whole log with the Hive's own `evolve`; after every event, no pod may hold more
+    memory, fuel/s or replicas than it has."""
+    state = HiveState()
+    checked = 0
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        evolve(state, d.stream_seq, d.decode())
+        for pod in state.pods.values():
+            assert pod.used_memory_mb <= pod.capacity.memory_mb, (d.stream_seq, pod)
+            assert pod.used_fuel_per_s <= pod.capacity.fuel_per_s, (d.stream_seq, pod)
+            assert len(pod.replicas) <= pod.capacity.slots, (d.stream_seq, pod)
+        checked += 1
+    assert checked > 0
+    return state
+
+
+async def placed_total(stack: Stack) -> int:
+    return await stack.placed()
+
+
+def spec(memory: int, priority: int = 0) -> AgentSpec:
+    return AgentSpec(
+        version="v1",
+        module=ModuleRef(inline=WASM),
+        resources=Resources(memory_mb=memory, fuel_per_s=1000),
+        priority=priority,
+        placement=Placement(),
+    )
+
+
+async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
+    out = []
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        parts = names.parse_event_subject(d.subject)
+        if parts and parts[2] == event:
+            out.append(json.loads(d.data)["data"])
+    return out
+
+
+async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods(SMALL_PODS)
+        async with market_scheduler(stack.url) as scheduler:
+            # 200 deploy commands at once (one pipelined batch), plus 10 that cannot fit.
+            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(210)])
+
+            async def full() -> bool:
+                return await stack.placed() == 200
+
+            await wait_until(full, 30, "200 replicas placed")
+            await asyncio.sleep(0.3)  # the 10 extra keep waiting, and nothing else happens
+            assert await stack.placed() == 200
+        state = await fold_and_check_capacity(stack)
+        assert sum(p.used_memory_mb for p in state.pods.values()) == 64 * 200
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 200
+        assert set(per_replica.values()) == {1}
+        waiting = [r for a in state.agents.values() for r in a.replicas.values()]
+        assert Counter(r.phase for r in waiting) == {"scheduled": 200, "requested": 10}
+        # The market spreads: every pod is full, and each proposal was decided once.
+        assert all(p.used_memory_mb == p.capacity.memory_mb for p in state.pods.values())
+        assert scheduler.proposed >= 200
+        placements = await events_of(stack, "replica_scheduled")
+        assert all(p["policy"] == "market" for p in placements)
+        assert all(p["reason"].startswith("market: ") for p in placements)
+
+
+async def test_a_higher_priority_preempts_the_documented_victims(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (512, 100)})
+        async with market_scheduler(stack.url) as scheduler:
+            await stack.send(
+                [
+                    (commands.DeployAgent(name="old", spec=spec(128, 0), replicas=2), "user:t"),
+                    (commands.DeployAgent(name="keep", spec=spec(256, 50), replicas=1), "user:t"),
+                ]
+            )
+
+            async def filled() -> bool:
+                return await stack.placed() == 3
+
+            await wait_until(filled, 15, "the pod filled")
+            # Newest of the two priority-0 replicas started later: it is the one to go.
+            await stack.send(
+                [(commands.DeployAgent(name="new", spec=spec(128, 0), replicas=1), "user:t")]
+            )
+            await asyncio.sleep(0.3)  # fits nowhere, equal priority: waits, preempts nothing
+            assert await events_of(stack, "replica_preempted") == []
+            await stack.send(
+                [(commands.DeployAgent(name="vip", spec=spec(128, 100), replicas=1), "user:t")]
+            )
+
+            async def preempted() -> bool:
+                return len(await events_of(stack, "replica_preempted")) == 1
+
+            await wait_until(preempted, 15, "a preemption")
+            record = (await events_of(stack, "replica_preempted"))[0]
+            agents = {a["name"]: a for a in (await stack.query(names.QUERY_AGENTS_LIST))["agents"]}
+            # One victim (fewest), of priority 0 (lowest), the most recently started of those.
+            scheduled = await events_of(stack, "replica_scheduled")
+            old_placements = [s for s in scheduled if s["agent_id"] == agents["old"]["agent_id"]]
+            assert record["replica_id"] == old_placements[-1]["replica_id"]
+            assert (record["priority"], record["by_priority"]) == (0, 100)
+            assert record["by_agent_id"] == agents["vip"]["agent_id"]
+
+            # Capacity returns: the victim (and the waiting equal-priority one) are placed again.
+            await stack.register_pods({"p2": (1024, 100)})
+
+            async def all_back() -> bool:
+                return await stack.placed() == 5
+
+            await wait_until(all_back, 15, "the victim placed again")
+            assert scheduler.planner.view.waiting == {}
+        state = await fold_and_check_capacity(stack)
+        victim = state.agents[record["agent_id"]].replicas[record["replica_id"]]
+        assert victim.phase == "scheduled"
+        assert victim.pod_id == "p2"
+        rejected = await preempt_rejections(stack)
+        assert rejected == Counter()
+
+
+async def preempt_rejections(stack: Stack) -> Counter[str]:
+    rules: Counter[str] = Counter()
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        parts = names.parse_event_subject(d.subject)
+        if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
+            data = json.loads(d.data)["data"]
+            if data.get("command_type") == market.PreemptPlacement.TYPE:
+                rules[data.get("rule") or "?"] += 1
+    return rules
+
+
+async def test_a_killed_market_scheduler_resumes_without_double_placements(
+    tmp_path: Path,
+) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods(SMALL_PODS)
+        with scheduler_process(stack.url, tmp_path / "scheduler-1.log") as first:
+            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150)])
+
+            async def some_placed() -> bool:
+                return await stack.placed() > 0
+
+            await wait_until(some_placed, 20, "a first placement")
+            first.send_signal(signal.SIGKILL)  # mid-burst: in-flight proposals are orphaned
+            first.wait(10)
+        placed_at_kill = await stack.placed()
+        await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
+        with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
+
+            async def all_placed() -> bool:
+                return await stack.placed() == 200
+
+            await wait_until(all_placed, 30, "200 placed after the restart")
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(10) == 0
+        print(f"{placed_at_kill} of 150 placed when the first scheduler was killed")
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 200
+        assert {r: n for r, n in per_replica.items() if n != 1} == {}
+        await fold_and_check_capacity(stack)
+        # Proposals the dead scheduler had in flight may race the restarted one's; the Hive
+        # refuses those safely (and the ones re-sent with the same id are dropped as duplicates).
+        rejections = await stack.rejections()
+        print(f"capacity rejections after the restart: {rejections['capacity']}")
+        assert rejections["capacity"] <= 10
+        assert "scheduler stopped" in (tmp_path / "scheduler-2.log").read_text()
+
+
+async def test_market_state_query_shows_offers_and_clearings(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (1024, 8), "p2": (2048, 8)})
+        async with market_scheduler(stack.url, energy_weight=0.5):
+            await stack.deploy([("a", 2, 256), ("huge", 1, 8192)])
+
+            async def two() -> bool:
+                return await stack.placed() == 2
+
+            await wait_until(two, 15, "two placed")
+            answer = await stack.query(names.QUERY_MARKET_STATE, {"limit": 10})
+        assert answer["policy"] == "market"
+        assert answer["pricing"]["energy_weight"] == 0.5
+        offers = {o["pod_id"]: o for o in answer["offers"]}
+        assert set(offers) == {"p1", "p2"}
+        used = (1024 - offers["p1"]["free"]["memory_mb"]) + (
+            2048 - offers["p2"]["free"]["memory_mb"]
+        )
+        assert used == 512
+        assert all(o["price_per_unit"] >= 1.0 for o in offers.values())
+        outcomes = Counter(c["outcome"] for c in answer["clearings"])
+        assert outcomes["proposed"] == 2
+        assert outcomes["waiting"] >= 1
+        huge = [c for c in answer["clearings"] if c["outcome"] == "waiting"]
+        assert huge[0]["reason"] == "fits on no ready pod"
+
+
+async def test_swarm_market_cli_shows_offers_and_clearings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swarm.cli.app import app
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, ["market", *args, "--nats-url", stack.url])
+
+    async with running_stack(tmp_path) as stack:
+        none = await asyncio.to_thread(run, "-o", "json")
+        assert none.exit_code == 4
+        assert "no scheduler answered" in none.output
+        await stack.register_pods({"p1": (1024, 8)})
+        async with market_scheduler(stack.url):
+            await stack.deploy([("a", 1, 128)])
+
+            async def one() -> bool:
+                return await stack.placed() == 1
+
+            await wait_until(one, 15, "one placed")
+            as_json = await asyncio.to_thread(run, "-o", "json", "--limit", "5")
+            as_table = await asyncio.to_thread(run)
+        assert as_json.exit_code == 0, as_json.output
+        state = json.loads(as_json.stdout)
+        assert [o["pod_id"] for o in state["offers"]] == ["p1"]
+        assert state["offers"][0]["free"]["memory_mb"] == 1024 - 128
+        assert [c["outcome"] for c in state["clearings"]] == ["proposed"]
+        assert as_table.exit_code == 0, as_table.output
+        assert "PRICE/UNIT" in as_table.stdout
+        assert "p1" in as_table.stdout
+        assert "market: p1" in as_table.stdout
+
+
+async def test_a_spec_file_carries_the_bid_and_constraints(tmp_path: Path) -> None:
+    """`swarm agent deploy -f` with `spec.placement`: the selector and zone are honoured."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from schemas.specs import Capacity
+    from swarm.cli.app import app
+
+    spec_file = tmp_path / "gpu.yaml"
+    wasm = base64.b64encode(b"\0asm\1\0\0\0").decode()
+    spec_file.write_text(
+        "name: trainer\nreplicas: 2\nspec:\n  version: v1\n"
+        f"  module: {{inline: '{wasm}'}}\n"
+        "  resources: {memory_mb: 128}\n"
+        "  placement:\n    priority_class: high\n    max_price: 3.0\n"
+        "    node_selector: {gpu: 'yes'}\n    avoid_zones: [us-1]\n"
+    )
+    async with running_stack(tmp_path) as stack:
+        await stack.send(
+            [
+                (
+                    commands.RegisterPod(
+                        pod_id=pod_id,
+                        capacity=Capacity(memory_mb=4096, fuel_per_s=10**12, slots=10),
+                        labels=labels,
+                        zone=zone,
+                        lease_s=3600,
+                    ),
+                    f"pod:{pod_id}",
+                )
+                for pod_id, labels, zone in (
+                    ("plain", {}, "eu-1"),
+                    ("gpu-us", {"gpu": "yes"}, "us-1"),
+                    ("gpu-eu", {"gpu": "yes"}, "eu-1"),
+                )
+            ]
+        )
+        async with market_scheduler(stack.url):
+            result = await asyncio.to_thread(
+                lambda: CliRunner().invoke(
+                    app, ["agent", "deploy", "-f", str(spec_file), "--nats-url", stack.url]
+                )
+            )
+            assert result.exit_code == 0, result.output
+
+            async def two() -> bool:
+                return await stack.placed() == 2
+
+            await wait_until(two, 15, "two placed")
+        pods = {p["pod_id"]: p["replicas"] for p in await stack.pods()}
+        assert pods == {"plain": 0, "gpu-us": 0, "gpu-eu": 2}
+        deployed = (await events_of(stack, "deployed"))[0]
+        assert deployed["spec"]["placement"]["priority_class"] == "high"
