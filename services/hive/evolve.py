@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import Envelope, events, observer
+from schemas import Envelope, events, observer, webhooks
 from services.hive.state import (
     PLACED,
     RECENT_ANOMALIES,
@@ -23,6 +23,7 @@ from services.hive.state import (
     Replica,
     ReplicaPhase,
     Rollout,
+    Webhook,
 )
 
 Handler = Callable[[HiveState, Any, Envelope[Any], int], None]
@@ -320,3 +321,40 @@ def _anomaly(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any], seq:
     agent = _agent(s, e.agent_id, seq)
     agent.anomalies.append(Anomaly(e.anomaly_id, e.kind, e.severity, e.score, env.time))
     del agent.anomalies[:-RECENT_ANOMALIES]
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+@_on(webhooks.WebhookAdded)
+def _webhook_added(s: HiveState, e: webhooks.WebhookAdded, env: Envelope[Any], seq: int) -> None:
+    s.webhooks[e.webhook_id] = Webhook(
+        webhook_id=e.webhook_id,
+        url=e.url,
+        filter=e.filter,
+        max_attempts=e.max_attempts,
+        secret_fingerprint=e.secret_fingerprint,
+        description=e.description,
+        created_at=env.time,
+        added_seq=seq,
+        last_seq=seq,
+    )
+
+
+@_on(webhooks.WebhookRemoved)
+def _webhook_removed(
+    s: HiveState, e: webhooks.WebhookRemoved, env: Envelope[Any], seq: int
+) -> None:
+    hook = s.webhooks.get(e.webhook_id)
+    if hook is not None:
+        hook.removed = True
+        hook.last_seq = seq
+
+
+@_on(webhooks.WebhookRedeliveryRequested)
+def _webhook_redelivery(
+    s: HiveState, e: webhooks.WebhookRedeliveryRequested, env: Envelope[Any], seq: int
+) -> None:
+    hook = s.webhooks.get(e.webhook_id)
+    if hook is not None:
+        hook.last_seq = seq
