@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 
 from schemas import names
 from schemas.webhooks import DeadLetter, DeliveryAttempt
+from swarm.kernel.webhook_storage import dead_letter_values
 
 
 class Books:
@@ -53,18 +54,8 @@ class Books:
         await self.dead.put(key, letter.model_dump_json().encode())
 
     async def dead_letters(self, webhook_id: str) -> list[DeadLetter]:
-        # A watcher on the key prefix, not `keys(filters=…)`: nats-py matches those filters as
-        # substrings after listing every key of the bucket.
-        watcher = await self.dead.watch(f"{webhook_id}.*", ignore_deletes=True)
-        letters = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break  # the watcher's marker: everything stored has been seen
-                if entry.value:
-                    letters.append(DeadLetter.model_validate(json.loads(entry.value)))
-        finally:
-            await watcher.stop()
+        values = await dead_letter_values(self.dead, webhook_id)
+        letters = [DeadLetter.model_validate(json.loads(v)) for v in values]
         return sorted(letters, key=lambda d: d.event_seq)
 
     async def remove_dead_letter(self, letter: DeadLetter) -> None:

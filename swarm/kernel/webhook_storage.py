@@ -114,3 +114,23 @@ def secret_key(secret: str) -> bytes:
 def fingerprint(secret: str) -> str:
     """Names a secret on the log without revealing it: the first 16 hex digits of sha256(key)."""
     return hashlib.sha256(secret_key(secret)).hexdigest()[:16]
+
+
+async def dead_letter_values(kv: KeyValue, webhook_id: str | None = None) -> list[bytes]:
+    """The stored dead letters (JSON) of one subscription, or of all.
+
+    Read with a watcher on the key prefix rather than `keys(filters=…)`, which nats-py matches as
+    substrings after listing every key of the bucket.
+    """
+    pattern = ">" if webhook_id is None else f"{webhook_id}.*"
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    values: list[bytes] = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break  # the watcher's marker: everything stored has been seen
+            if entry.value:
+                values.append(entry.value)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+    return values

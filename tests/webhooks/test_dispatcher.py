@@ -136,12 +136,14 @@ async def test_filters_match_exactly_what_they_say(tb: Bed) -> None:
             await asyncio.sleep(0.5)  # anything wrongly matched would arrive meanwhile
         assert sorted(_received_ids(receiver, "/one")) == sorted(failed)
         deep_ids = _received_ids(receiver, "/deep")
-        assert len(deep_ids) == 6 and set(failed + changed) < set(deep_ids)
+        assert len(deep_ids) == 6
+        assert set(failed + changed) < set(deep_ids)
         [pod_event] = receiver.on("/pods")
         assert pod_event.event["type"] == "swarm.pod.lost"
         [exact_event] = receiver.on("/exact")
         assert exact_event.event["subject"] == exact_agent
-        assert lost_seq and mine
+        assert lost_seq
+        assert mine
         # Subscriptions' own events and other aggregates never reach an agent filter.
         assert not any(r.event["type"].startswith("swarm.webhook.") for r in receiver.received)
         for hook, n in ((one, 3), (deep, 6), (pods, 1), (exact, 1)):
@@ -159,8 +161,10 @@ async def test_private_targets_are_refused_recorded_and_dead_lettered(tb: Bed) -
 
             await wait_until(recorded, what="the refusal record")
         [attempt] = await tb.attempts(hook)
-        assert attempt.outcome == "refused" and attempt.dead_lettered
-        assert "127.0.0.1" in attempt.error and "loopback" in attempt.error
+        assert attempt.outcome == "refused"
+        assert attempt.dead_lettered
+        assert "127.0.0.1" in attempt.error
+        assert "loopback" in attempt.error
         assert receiver.received == []
         [letter] = await tb.dead_letters()
         assert (letter.webhook_id, letter.event_id) == (hook, event_id)
@@ -180,7 +184,8 @@ async def test_redirects_are_not_followed(tb: Bed) -> None:
             await wait_until(dead, what="dead letter after redirects")
         attempts = sorted(await tb.attempts(hook), key=lambda a: a.attempt)
         assert [(a.outcome, a.status_code) for a in attempts] == [("failed", 302)] * 2
-        assert "redirect to" in attempts[0].error and "/target" in attempts[0].error
+        assert "redirect to" in attempts[0].error
+        assert "/target" in attempts[0].error
         assert receiver.on("/target") == []
         assert len(receiver.on("/moved")) == 2
 
@@ -215,7 +220,7 @@ async def test_dead_letters_are_redelivered_on_request(tb: Bed) -> None:
         assert sorted(r.headers["webhook-id"] for r in delivered) == sorted(ids)
         attempts = await tb.attempts(hook)
         per_event = Counter(a.event_id for a in attempts)
-        assert per_event == {i: 3 for i in ids}
+        assert per_event == dict.fromkeys(ids, 3)
         redelivered = [a for a in attempts if a.redelivery]
         assert sorted(a.event_id for a in redelivered) == sorted(ids)
         assert all(a.attempt == 3 and a.outcome == "delivered" for a in redelivered)
