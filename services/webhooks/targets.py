@@ -25,11 +25,12 @@ def non_public_reason(address: IpAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return non_public_reason(address.ipv4_mapped)
     checks = (
+        # The narrower names first: link-local and unspecified ranges are "private" too.
         ("loopback", address.is_loopback),
-        ("private", address.is_private),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
         ("unspecified", address.is_unspecified),
+        ("private", address.is_private),
         ("reserved", address.is_reserved),
         ("not globally routable", not address.is_global),
     )
