@@ -120,8 +120,10 @@ AttemptOutcome = Literal["delivered", "failed", "refused", "duplicate"]
 class DeliveryAttempt(BaseModel):
     """One attempt to deliver one event to one subscription (stream SWARM_WEBHOOK_DELIVERIES).
 
-    `duplicate` records an event that came back after a crash although an earlier attempt had
-    already been delivered: it is not sent again, and the record says so.
+    Duplicates after a crash, as far as the dispatcher can tell: `duplicate` records an event
+    that came back although an earlier attempt had been delivered (it is not sent again);
+    `maybe_duplicate` marks an attempt at an event that came back without such a record, which
+    an interrupted earlier run may have sent already (the receiver sees the same webhook-id).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -141,6 +143,8 @@ class DeliveryAttempt(BaseModel):
     dead_lettered: bool = False
     #: The redelivery request this attempt answers, if any.
     redelivery: str | None = None
+    #: JetStream handed the event out before and no attempt was recorded as delivered.
+    maybe_duplicate: bool = False
 
 
 class DeadLetter(BaseModel):

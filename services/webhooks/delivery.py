@@ -101,6 +101,7 @@ class Deliverer:
         redelivery: str | None = None,
         keepalive: Keepalive = _nothing,
         handled: tuple[str, ...] = (),
+        maybe_duplicate: bool = False,
     ) -> DeliveryAttempt:
         """Attempt until delivered, refused or out of attempts; every attempt is recorded, and
         the last record says whether the event was dead-lettered. Returns the last record."""
@@ -126,6 +127,7 @@ class Deliverer:
                 at=datetime.now(UTC),
                 dead_lettered=last and not answer.delivered,
                 redelivery=redelivery,
+                maybe_duplicate=maybe_duplicate and attempt == first_attempt,
             )
             if record.dead_lettered:
                 # The dead letter is written before the record that says so: a crash in between

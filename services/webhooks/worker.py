@@ -7,7 +7,9 @@ at once (the consumer's `max_ack_pending`), so deliveries of one subscription ar
 not ordered; receivers order by the CloudEvent's `time` or the log sequence if they need to.
 
 An event handed out a second time (`num_delivered > 1`) is checked against its attempt records
-first: when one says it was delivered, it is not sent again and a `duplicate` record says so.
+first: when one says it was delivered, it is not sent again and a `duplicate` record says so;
+otherwise it is sent, and its first attempt is marked `maybe_duplicate` (an interrupted run may
+have sent it without living to record it).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class SubscriptionWorker:
         event = StoredEvent.parse(delivery.stream_seq, delivery.subject, delivery.data)
         try:
             first = 1
-            if delivery.num_delivered > 1:
+            again = delivery.num_delivered > 1
+            if again:
                 earlier = await self.deliverer.books.last_attempt(self.hook.webhook_id, event.seq)
                 if earlier is not None:
                     if earlier.outcome in ("delivered", "duplicate") or earlier.dead_lettered:
@@ -114,7 +117,11 @@ class SubscriptionWorker:
                         return
                     first = earlier.attempt + 1
             final = await self.deliverer.deliver(
-                self.hook, event, first_attempt=first, keepalive=delivery.in_progress
+                self.hook,
+                event,
+                first_attempt=first,
+                keepalive=delivery.in_progress,
+                maybe_duplicate=again,
             )
         except asyncio.CancelledError:
             raise
@@ -149,6 +156,7 @@ class SubscriptionWorker:
                     "latency_ms": 0.0,
                     "at": datetime.now(UTC),
                     "dead_lettered": False,
+                    "maybe_duplicate": False,
                 }
             )
         )

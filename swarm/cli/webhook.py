@@ -329,6 +329,8 @@ def attempts_table(attempts: Sequence[Mapping[str, Any]]) -> RenderableType:
         outcome = str(a.get("outcome", "?"))
         if a.get("dead_lettered"):
             outcome += " (dead)"
+        if a.get("maybe_duplicate"):
+            outcome += " (maybe a duplicate)"
         rows.append(
             [
                 age(a.get("at")),
