@@ -108,7 +108,7 @@ def add(
             min=1,
             max=MAX_ATTEMPTS_LIMIT,
             help="Attempts per event before it is dead-lettered.",
-            show_default="the dispatcher's (5)",
+            show_default="the dispatcher's, 5",
         ),
     ] = None,
     description: Annotated[str, typer.Option("--description", help="A note for people.")] = "",
