@@ -1,6 +1,6 @@
 """Swarm's public contracts: names, the CloudEvents envelope, and every command and event."""
 
-from schemas import commands, events, market, names, observer, specs
+from schemas import commands, events, market, names, observer, specs, webhooks
 from schemas.build import command, event, subject_of
 from schemas.envelope import Envelope, Payload, RawEnvelope, new_id, utcnow
 from schemas.outcomes import CommandAccepted, CommandRejected, FieldErrorModel
@@ -28,4 +28,5 @@ __all__ = [
     "specs",
     "subject_of",
     "utcnow",
+    "webhooks",
 ]

@@ -242,3 +242,48 @@ def mesh_replica_subject(replica_id: str) -> str:
 
 #: Offers with their current prices, and the most recent clearings with their reasons.
 QUERY_MARKET_STATE: Final = f"{QUERY_PREFIX}.market.state"
+
+# --- Webhooks (subscriptions, their delivery records and dead letters) ---------------------------
+
+#: Subscriptions are an aggregate of the audit log: `swarm.evt.webhook.<webhook id>.<event>`.
+WEBHOOK_AGGREGATE: Final = "webhook"
+AGGREGATE_ID_FIELDS[WEBHOOK_AGGREGATE] = "webhook_id"
+QUERY_WEBHOOKS_LIST: Final = f"{QUERY_PREFIX}.webhooks.list"
+#: Every attempt to deliver an event to a subscriber, kept for a limited time (not the audit log:
+#: a busy subscription makes many attempts, and they are operational data).
+STREAM_WEBHOOK_DELIVERIES: Final = "SWARM_WEBHOOK_DELIVERIES"
+WEBHOOK_DELIVERIES_PREFIX: Final = "swarm.webhooks.deliveries"
+WEBHOOK_DELIVERIES_ALL: Final = f"{WEBHOOK_DELIVERIES_PREFIX}.>"
+#: Signing secrets by webhook id, kept out of the log (which anyone who reads the log can read).
+WEBHOOK_SECRETS_BUCKET: Final = "swarm-webhook-secrets"
+#: Events given up on, one key per (webhook id, event sequence), until redelivered.
+WEBHOOK_DEAD_LETTERS_BUCKET: Final = "swarm-webhook-dead"
+#: Durable consumer of one subscription on SWARM_EVENTS; its position is the subscription's.
+CONSUMER_WEBHOOK_PREFIX: Final = "webhook"
+#: Headers of the Standard Webhooks specification (lower case, as the spec writes them).
+HEADER_WEBHOOK_ID: Final = "webhook-id"
+HEADER_WEBHOOK_TIMESTAMP: Final = "webhook-timestamp"
+HEADER_WEBHOOK_SIGNATURE: Final = "webhook-signature"
+#: The CloudEvents HTTP binding's media type for structured mode.
+CONTENT_TYPE_CLOUDEVENTS_JSON: Final = "application/cloudevents+json"
+
+
+def webhook_consumer(webhook_id: str) -> str:
+    return f"{CONSUMER_WEBHOOK_PREFIX}-{_check_token('webhook id', webhook_id)}"
+
+
+def webhook_delivery_subject(webhook_id: str, event_seq: int) -> str:
+    """Attempts to deliver the event at `event_seq` to one subscription (the last one is read
+    back to tell whether an event redelivered after a crash had already been delivered)."""
+    return f"{WEBHOOK_DELIVERIES_PREFIX}.{_check_token('webhook id', webhook_id)}.{int(event_seq)}"
+
+
+def webhook_deliveries_of(webhook_id: str | None = None) -> str:
+    """Every attempt of one subscription, or of all."""
+    if webhook_id is None:
+        return WEBHOOK_DELIVERIES_ALL
+    return f"{WEBHOOK_DELIVERIES_PREFIX}.{_check_token('webhook id', webhook_id)}.>"
+
+
+def webhook_dead_letter_key(webhook_id: str, event_seq: int) -> str:
+    return f"{_check_token('webhook id', webhook_id)}.{int(event_seq)}"

@@ -449,6 +449,7 @@ def test_the_swarm_processes_and_their_commands(monkeypatch: pytest.MonkeyPatch)
         **{hive: ["python", "-m", "services.hive"] for hive in HIVES},
         "scheduler": ["python", "-m", "services.scheduler"],
         "observer": ["python", "-m", "services.observer"],
+        "webhooks": ["python", "-m", "services.webhooks"],
         **{pod: ["python", "-m", "runtime"] for pod in PODS},
     }
     assert {name: _command(name) for name in expected} == expected

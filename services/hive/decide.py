@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
-from schemas import Envelope, Payload, commands, events, market, observer
+from schemas import Envelope, Payload, commands, events, market, observer, webhooks
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
 from services.hive.evolve import evolve
@@ -814,6 +815,91 @@ def _preempt(
     ]
     out += _with_status(state, agent.agent_id, placed, now).events
     return Decision(out)
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+# Pure checks only: whether a URL's host resolves to a private address is decided when delivering
+# (DNS answers change, and decide must not do I/O).
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"url {url!r} is malformed: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"url {url!r} must use http or https, not {parts.scheme or 'no scheme'!r}"
+    if not parts.hostname:
+        return f"url {url!r} names no host"
+    if parts.username is not None or parts.password is not None:
+        return f"url {url!r} must not carry credentials; receivers check the signature instead"
+    if port == 0:
+        return f"url {url!r} names port 0"
+    if any(c.isspace() for c in url):
+        return f"url {url!r} contains white space"
+    return None
+
+
+def _invalid(field_name: str, reason: str) -> Rejection:
+    return Rejection(
+        reason,
+        rule="invalid",
+        errors=({"loc": field_name, "msg": reason, "type": "value_error"},),
+    )
+
+
+@_on(webhooks.AddWebhook)
+def _add_webhook(
+    state: HiveState, c: webhooks.AddWebhook, env: Envelope[Any], now: datetime
+) -> Outcome:
+    problem = _webhook_url_problem(c.url)
+    if problem is not None:
+        return _invalid("url", problem)
+    problem = webhooks.filter_problem(c.filter)
+    if problem is not None:
+        return _invalid("filter", problem)
+    if env.id in state.webhooks:
+        return Rejection(f"webhook id {env.id} is taken; send the command with a new id")
+    for hook in state.webhooks.values():
+        if not hook.removed and (hook.url, hook.filter) == (c.url, c.filter):
+            return Rejection(
+                f"webhook {hook.webhook_id} already sends {c.filter} to {c.url}", rule="duplicate"
+            )
+    return Decision(
+        [
+            webhooks.WebhookAdded(
+                webhook_id=env.id,
+                url=c.url,
+                filter=c.filter,
+                max_attempts=c.max_attempts,
+                secret_fingerprint=c.secret_fingerprint,
+                description=c.description,
+            )
+        ]
+    )
+
+
+@_on(webhooks.RemoveWebhook)
+def _remove_webhook(
+    state: HiveState, c: webhooks.RemoveWebhook, env: Envelope[Any], now: datetime
+) -> Outcome:
+    hook = state.webhooks.get(c.webhook_id)
+    if hook is None or hook.removed:
+        return Rejection(f"webhook {c.webhook_id} not found", rule="not_found")
+    return Decision([webhooks.WebhookRemoved(webhook_id=c.webhook_id, reason=c.reason)])
+
+
+@_on(webhooks.RedeliverWebhook)
+def _redeliver_webhook(
+    state: HiveState, c: webhooks.RedeliverWebhook, env: Envelope[Any], now: datetime
+) -> Outcome:
+    hook = state.webhooks.get(c.webhook_id)
+    if hook is None or hook.removed:
+        return Rejection(f"webhook {c.webhook_id} not found", rule="not_found")
+    return Decision(
+        [webhooks.WebhookRedeliveryRequested(webhook_id=c.webhook_id, event_ids=c.event_ids)]
+    )
 
 
 __all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]

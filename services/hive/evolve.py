@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import Envelope, events, market, observer
+from schemas import Envelope, events, market, observer, webhooks
 from services.hive.state import (
     PLACED,
     RECENT_ANOMALIES,
@@ -23,6 +23,7 @@ from services.hive.state import (
     Replica,
     ReplicaPhase,
     Rollout,
+    Webhook,
 )
 
 Handler = Callable[[HiveState, Any, Envelope[Any], int], None]
@@ -344,3 +345,40 @@ def _replica_preempted(
     replica = _agent(s, e.agent_id, seq).replicas.get(e.replica_id)
     if replica is not None:
         replica.reason = f"preempted by {e.by_replica_id}"
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+@_on(webhooks.WebhookAdded)
+def _webhook_added(s: HiveState, e: webhooks.WebhookAdded, env: Envelope[Any], seq: int) -> None:
+    s.webhooks[e.webhook_id] = Webhook(
+        webhook_id=e.webhook_id,
+        url=e.url,
+        filter=e.filter,
+        max_attempts=e.max_attempts,
+        secret_fingerprint=e.secret_fingerprint,
+        description=e.description,
+        created_at=env.time,
+        added_seq=seq,
+        last_seq=seq,
+    )
+
+
+@_on(webhooks.WebhookRemoved)
+def _webhook_removed(
+    s: HiveState, e: webhooks.WebhookRemoved, env: Envelope[Any], seq: int
+) -> None:
+    hook = s.webhooks.get(e.webhook_id)
+    if hook is not None:
+        hook.removed = True
+        hook.last_seq = seq
+
+
+@_on(webhooks.WebhookRedeliveryRequested)
+def _webhook_redelivery(
+    s: HiveState, e: webhooks.WebhookRedeliveryRequested, env: Envelope[Any], seq: int
+) -> None:
+    hook = s.webhooks.get(e.webhook_id)
+    if hook is not None:
+        hook.last_seq = seq

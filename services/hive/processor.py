@@ -402,4 +402,7 @@ def _last_seq(state: HiveState, aggregate: str, aggregate_id: str) -> int:
     if aggregate == "namespace":
         ns = state.namespaces.get(aggregate_id)
         return ns.last_seq if ns else 0
+    if aggregate == names.WEBHOOK_AGGREGATE:
+        hook = state.webhooks.get(aggregate_id)
+        return hook.last_seq if hook else 0
     return 0

@@ -134,6 +134,25 @@ def _full(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
     return {"state": state.to_dict()}
 
 
+def _webhooks_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "webhooks": [
+            {
+                "webhook_id": w.webhook_id,
+                "url": w.url,
+                "filter": w.filter,
+                "max_attempts": w.max_attempts,
+                "secret_fingerprint": w.secret_fingerprint,
+                "description": w.description,
+                "created_at": w.created_at.isoformat() if w.created_at else None,
+                "added_seq": w.added_seq,
+            }
+            for w in sorted(state.webhooks.values(), key=lambda w: w.webhook_id)
+            if not w.removed
+        ]
+    }
+
+
 Query = Callable[[HiveState, dict[str, Any]], dict[str, Any]]
 QUERIES: dict[str, Query] = {
     names.QUERY_AGENTS_LIST: _agents_list,
@@ -142,6 +161,7 @@ QUERIES: dict[str, Query] = {
     names.QUERY_NAMESPACES_LIST: _namespaces_list,
     names.QUERY_DIGEST: _digest,
     names.QUERY_STATE: _full,
+    names.QUERY_WEBHOOKS_LIST: _webhooks_list,
 }
 
 

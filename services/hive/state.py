@@ -137,6 +137,26 @@ class Namespace:
     last_seq: int = 0
 
 
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Webhook:
+    """A subscription; its deliveries are the dispatcher's business, not the Hive's."""
+
+    webhook_id: str
+    url: str
+    filter: str
+    max_attempts: int | None
+    secret_fingerprint: str
+    description: str = ""
+    created_at: datetime | None = None
+    #: Stream sequence of the WebhookAdded event: the dispatcher delivers what came after it.
+    added_seq: int = 0
+    removed: bool = False
+    last_seq: int = 0
+
+
 @dataclass(slots=True)
 class HiveState:
     """Everything the Hive decides on. `applied_seq` is the last SWARM_EVENTS sequence folded."""
@@ -149,6 +169,8 @@ class HiveState:
     #: (namespace, name) -> agent id, for agents that are not deleted.
     by_name: dict[tuple[str, str], str] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
+    #: Webhook subscriptions by webhook id (removed ones stay, marked, as deleted agents do).
+    webhooks: dict[str, Webhook] = field(default_factory=dict)
 
     def agent_named(self, namespace: str, name: str) -> Agent | None:
         agent_id = self.by_name.get((namespace, name))

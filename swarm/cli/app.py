@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, task, timeline
+from swarm.cli import (
+    agent,
+    module,
+    namespace,
+    pod,
+    publish,
+    schemas_cmd,
+    stack,
+    task,
+    timeline,
+    webhook,
+)
 from swarm.cli import market as market_cmd
 
 app = typer.Typer(
@@ -24,6 +35,7 @@ namespace.register(app)
 module.register(app)
 task.register(app)
 market_cmd.register(app)
+webhook.register(app)
 
 
 def main() -> None:

@@ -70,6 +70,9 @@ def default_services(
             )
         )
     specs.append(ServiceSpec("scheduler", (sys.executable, "-m", "services.scheduler")))
+    # Refuses loopback and private targets unless SWARM_WEBHOOKS_ALLOW_PRIVATE=true is set in
+    # the environment of `swarm up` (a receiver on this machine needs it).
+    specs.append(ServiceSpec("webhooks", (sys.executable, "-m", "services.webhooks")))
     for i in range(pods):
         pod_dir = data_dir / "pods" / f"pod-{i}"
         specs.append(
