@@ -199,3 +199,15 @@ def mesh_topic_subject(topic: str) -> str:
 #: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
 HEADER_AGENT_STATUS: Final = "Swarm-Status"
 HEADER_AGENT_ERROR: Final = "Swarm-Error"
+
+# --- Timeline export (a CloudEvents JSON batch) ---------------------------------------------------
+# Extension attributes `swarm timeline export` adds to each event so that `import` can put it
+# back on the same stream and subject; `import` removes them again before appending.
+
+EXPORT_ATTR_STREAM: Final = "swarmstream"
+EXPORT_ATTR_SUBJECT: Final = "swarmsubject"
+EXPORT_ATTR_SEQ: Final = "swarmseq"
+EXPORT_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
+#: Type of the CloudEvent that carries, base64-encoded in `data_base64`, a log entry that is not
+#: a CloudEvent itself (a foreign writer's bytes), so an export loses nothing.
+EXPORT_RAW_TYPE: Final = "org.swarm.timeline.raw"

@@ -593,10 +593,17 @@ async def _timeline(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `swarm timeline` to `app`."""
+    """Add `swarm timeline` and its verbs (diff, verify, export, import) to `app`."""
+    # Imported here: those modules build on this one (filters, entries, time parsing).
+    from swarm.cli import logcheck, timetravel, transfer
 
-    @app.command("timeline")
+    group = typer.Typer(
+        help="Read the log: list it, rebuild the Hive's state at a point, check, export, import."
+    )
+
+    @group.callback(invoke_without_command=True)
     def timeline(
+        ctx: typer.Context,
         subject: Annotated[
             list[str] | None,
             typer.Option(
@@ -670,14 +677,54 @@ def register(app: typer.Typer) -> None:
         follow: Annotated[
             bool, typer.Option("--follow", "-F", help="Keep printing new entries until Ctrl-C.")
         ] = False,
+        at: Annotated[
+            str | None,
+            typer.Option(
+                "--at",
+                help="Show the Hive's state at this sequence (1234) or time, rebuilt from the log.",
+                show_default=False,
+            ),
+        ] = None,
         output: Annotated[
             StreamFormat, typer.Option("--output", "-o", help="Output format.")
         ] = StreamFormat.TABLE,
         nats_url: connect.NatsUrlOption = None,
     ) -> None:
-        """List what is in the log, oldest first."""
+        """List what is in the log, oldest first (or, with --at, the state at a point)."""
+        if ctx.invoked_subcommand is not None:
+            return
 
         async def main() -> int:
+            if at is not None:
+                listing = {
+                    "--subject": subject,
+                    "--type": type_,
+                    "--aggregate": aggregate,
+                    "--id": aggregate_id,
+                    "--correlation": correlation,
+                    "--since": since,
+                    "--until": until,
+                    "--from-seq": from_seq,
+                    "--to-seq": to_seq,
+                    "--limit": limit,
+                    "--commands": commands or None,
+                    "--all": all_ or None,
+                    "--follow": follow or None,
+                }
+                given = [n for n, v in listing.items() if v is not None and v != []]
+                if given:
+                    raise CliError(
+                        f"--at shows the whole state at one point; {', '.join(given)} filter "
+                        "a listing",
+                        code=EXIT_USAGE,
+                        hint="use `swarm timeline diff A B` to see what changed between points",
+                    )
+                point = timetravel.Point.parse(at)
+                settings = connect.load_settings()
+                target = connect.resolve_nats_url(nats_url, settings)
+                return await timetravel.show_at(
+                    target=target, settings=settings, point=point, output=output
+                )
             if commands and all_:
                 raise CliError("give --commands or --all, not both", code=EXIT_USAGE)
             if all_:
@@ -724,3 +771,8 @@ def register(app: typer.Typer) -> None:
             )
 
         run(main())
+
+    timetravel.register(group)
+    logcheck.register(group)
+    transfer.register(group)
+    app.add_typer(group, name="timeline")
