@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -38,7 +40,8 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.kernel.eventlog import EventLog
+from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
 
 BATCH = 1000
@@ -154,10 +157,8 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     info = await log.js.stream_info(names.STREAM_COMMANDS)
     gaps = _Gaps(names.STREAM_COMMANDS, int(info.state.first_seq or 1), report)
     end = int(info.state.last_seq)
-    async with connect.closing(log.replay(names.STREAM_COMMANDS, batch=BATCH)) as deliveries:
+    async with aclosing(_deliveries(log, names.STREAM_COMMANDS, end)) as deliveries:
         async for d in deliveries:
-            if d.stream_seq > end:
-                break
             gaps.see(d.stream_seq)
             report.commands += 1
             body = _lenient(d.data)
@@ -169,10 +170,8 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     info = await log.js.stream_info(names.STREAM_EVENTS)
     gaps = _Gaps(names.STREAM_EVENTS, int(info.state.first_seq or 1), report)
     end = int(info.state.last_seq)
-    async with connect.closing(log.replay(names.STREAM_EVENTS, batch=BATCH)) as deliveries:
+    async with aclosing(_deliveries(log, names.STREAM_EVENTS, end)) as deliveries:
         async for d in deliveries:
-            if d.stream_seq > end:
-                break
             gaps.see(d.stream_seq)
             report.events += 1
             body = _lenient(d.data)
@@ -203,6 +202,13 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
             )
     report.findings.sort(key=lambda f: (f.stream, f.seq, f.kind))
     return report
+
+
+async def _deliveries(log: EventLog, stream: str, end: int) -> AsyncGenerator[Delivery, None]:
+    async with connect.closing(scan(log, stream, end=end, batch=BATCH)) as batches:
+        async for batch in batches:
+            for delivery in batch:
+                yield delivery
 
 
 def _remember(

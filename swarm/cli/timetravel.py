@@ -19,7 +19,7 @@ from rich.text import Text
 
 from schemas import names
 from services.hive.evolve import fold_raw
-from services.hive.state import HiveState
+from services.hive.state import HiveState, digest_of
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_OK,
@@ -36,6 +36,7 @@ from swarm.cli.output import (
 )
 from swarm.cli.timeline import parse_time
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
 
 #: Messages per fetch while folding: large, because folding is what a replay spends time on.
@@ -105,19 +106,27 @@ async def fold_until(log: EventLog, points: list[Point]) -> list[Snapshot]:
     pending = list(points)
 
     def take(point: Point) -> None:
-        snapshots.append(
-            Snapshot(point, state.applied_seq, last_logged, state.to_dict(), state.digest())
-        )
+        view = state.to_dict()
+        snapshots.append(Snapshot(point, state.applied_seq, last_logged, view, digest_of(view)))
 
-    replay = log.replay(names.STREAM_EVENTS, batch=BATCH)
-    async with connect.closing(replay) as deliveries:
-        async for delivery in deliveries:
-            while pending and not pending[0].before(delivery.stream_seq, delivery.timestamp):
-                take(pending.pop(0))
-            if not pending:
-                break
-            fold_raw(state, delivery.stream_seq, delivery.data)
-            last_logged = delivery.timestamp
+    # With sequences only, nothing past the last point is even read.
+    seqs = [p.seq for p in points]
+    end = None if any(seq is None for seq in seqs) else max(s for s in seqs if s is not None)
+    if end != 0:
+        batches = scan(log, names.STREAM_EVENTS, end=end, batch=BATCH)
+        async with connect.closing(batches) as reading:
+            async for batch in reading:
+                for delivery in batch:
+                    while pending and not pending[0].before(
+                        delivery.stream_seq, delivery.timestamp
+                    ):
+                        take(pending.pop(0))
+                    if not pending:
+                        break
+                    fold_raw(state, delivery.stream_seq, delivery.data)
+                    last_logged = delivery.timestamp
+                if not pending:
+                    break
     for point in pending:
         take(point)
     return snapshots

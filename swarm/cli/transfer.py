@@ -54,6 +54,7 @@ from swarm.kernel.eventlog import (
     DuplicateBatch,
     EventLog,
 )
+from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
 
 #: Import order: events before commands (see the module docstring).
@@ -223,8 +224,8 @@ class ImportCounts:
 
 async def _target_keys(log: EventLog, stream: str) -> list[str]:
     """`entry_key` of everything `stream` holds on the target, in order."""
-    async with connect.closing(log.replay(stream, batch=1000)) as deliveries:
-        return [entry_key(delivery.data) async for delivery in deliveries]
+    async with connect.closing(scan(log, stream)) as batches:
+        return [entry_key(delivery.data) async for batch in batches for delivery in batch]
 
 
 async def import_stream(
