@@ -18,8 +18,9 @@ Cases (each adds rows to one table and to bench/results/surfaces.json):
   `raw`, `ratio`, `target`, `met`, `runs`). `bench/surfaces_webhooks.py` (webhook deliveries/s)
   is the one planned.
 
-Every figure is the median of `--repeats` runs; runs of the surface and of its baseline alternate,
-so load from other processes on the shared cores hits both alike.
+Every rate is the median of `--repeats` runs; runs of the surface and of its baseline alternate,
+and the ratio is the median of each repeat's own ratio, so load from other processes on the
+shared cores hits both sides of it alike.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        return self.swarm_per_s / self.raw_per_s
+        """The median of each repeat's ratio: a repeat's two runs are adjacent in time, so load
+        from other processes on the shared cores weighs on both alike."""
+        return statistics.median(s / r for s, r in zip(self.swarm_runs, self.raw_runs, strict=True))
 
     def as_json(self) -> dict[str, Any]:
         return {
