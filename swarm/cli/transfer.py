@@ -3,8 +3,11 @@
 The file is a CloudEvents JSON batch (`application/cloudevents-batch+json`): a JSON array of
 structured CloudEvents, each carrying three extension attributes that say where it was logged
 (`swarmstream`, `swarmsubject`, and `swarmseq`, the source sequence, for reference). Events come
-first, then commands, each stream in its own order: importing events first means a Hive already
-running on the target finds every imported command answered and decides none of them again.
+first, then commands, each stream in its own order. Import into a stack whose Hive is stopped
+(start it afterwards: it folds the imported log and finds every command answered). Events go in
+first so that a Hive that does run meanwhile finds a command's outcome before the command and
+writes nothing for it; the exception is a command whose id could not be read at all, which such a
+Hive answers again (its answer is addressed by sequence, not by id, so nothing can dedupe it).
 
 Import keeps what makes the log the log: subjects, ids and order. It is idempotent beyond
 JetStream's duplicate window, because it does not rely on that window: a target stream that
