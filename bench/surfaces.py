@@ -15,8 +15,9 @@ Cases (each adds rows to one table and to bench/results/surfaces.json):
 * Further cases live in modules of their own, `bench/surfaces_<case>.py`, and are run when
   present: each exposes ``async def run(root: Path, args: argparse.Namespace) -> list[dict]``
   returning rows shaped like `Row.as_json()` (`case`, `measure`, `swarm_per_s`, `raw_per_s`,
-  `raw`, `ratio`, `target`, `met`, `runs`). `bench/surfaces_webhooks.py` (webhook deliveries/s)
-  is the one planned.
+  `raw`, `ratio`, `target`, `met`, `runs`; other keys are kept as they are). A case's own
+  parameters are options of this script (add them to `main`'s parser) read from `args`.
+  `bench/surfaces_webhooks.py` (webhook deliveries/s) is the one planned.
 
 Every rate is the median of `--repeats` runs; runs of the surface and of its baseline alternate,
 and the ratio is the median of each repeat's own ratio, so load from other processes on the
@@ -296,18 +297,16 @@ Case = Callable[[Path, argparse.Namespace], Awaitable[list[Row]]]
 CASES: dict[str, Case] = {"replay": replay_case}
 
 
-def external_case(name: str) -> Case | None:
-    """`bench/surfaces_<name>.py`'s `run`, when that module exists; its rows come as dicts."""
-    path = Path(__file__).with_name(f"surfaces_{name}.py")
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(f"surfaces_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def external_case(path: Path) -> Case:
+    """The case in `bench/surfaces_<name>.py`: its `run`, imported only when the case runs (so
+    one case's imports or extras never keep another from running); its rows come as dicts."""
 
     async def run(root: Path, args: argparse.Namespace) -> list[Row]:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
         rows: list[dict[str, Any]] = await module.run(root, args)
         return [
             Row(
@@ -317,6 +316,7 @@ def external_case(name: str) -> Case | None:
                 list(r.get("runs", {}).get("swarm") or [r["swarm_per_s"]]),
                 list(r.get("runs", {}).get("raw") or [r["raw_per_s"]]),
                 r.get("target"),
+                {k: v for k, v in r.items() if k not in _ROW_KEYS},
             )
             for r in rows
         ]
@@ -324,13 +324,15 @@ def external_case(name: str) -> Case | None:
     return run
 
 
+_ROW_KEYS = frozenset(
+    {"case", "measure", "swarm_per_s", "raw", "raw_per_s", "ratio", "target", "met", "runs"}
+)
+
+
 def available_cases() -> dict[str, Case]:
     cases = dict(CASES)
     for path in sorted(Path(__file__).parent.glob("surfaces_*.py")):
-        name = path.stem.removeprefix("surfaces_")
-        found = external_case(name)
-        if found is not None:
-            cases[name] = found
+        cases.setdefault(path.stem.removeprefix("surfaces_"), external_case(path))
     return cases
 
 
