@@ -14,9 +14,10 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from schemas import CommandAccepted, command, commands, event, events, names, new_id
-from swarm.cli import timeline
+from swarm.cli import timeline, transfer
+from swarm.cli.output import CliError
 from swarm.kernel.embedded import EmbeddedNats
-from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.eventlog import Appended, AppendRequest, EventLog
 
 
 def _cli() -> typer.Typer:
@@ -219,3 +220,27 @@ async def test_bad_files_are_refused_before_anything_is_written(
     assert "Traceback" not in result.output
     # Not even the streams were created.
     assert [s.config.name for s in await target.js.streams_info()] == []
+
+
+async def test_a_concurrent_writer_stops_the_import_instead_of_interleaving(
+    source: EventLog, source_url: str, target_url: str, tmp_path: Path
+) -> None:
+    await fill(source)
+    await export(source_url, tmp_path / "all.json", "--only", "events")
+    items = transfer.parse_batch(await asyncio.to_thread((tmp_path / "all.json").read_text))
+
+    class Racing(EventLog):
+        """Another writer gets in just before the import's first append."""
+
+        async def append_atomic(self, requests: Sequence[AppendRequest]) -> list[Appended]:
+            await self.append_raw(AppendRequest("swarm.evt.agent.Z.raced", b"{}", new_id()))
+            return await super().append_atomic(requests)
+
+    log = await Racing.connect(target_url, name="racing")
+    try:
+        with pytest.raises(CliError, match="another writer appended to SWARM_EVENTS"):
+            await transfer.import_stream(log, names.STREAM_EVENTS, items, force=False)
+        held = await stored(log, names.STREAM_EVENTS)
+        assert [subject for _, subject, _ in held] == ["swarm.evt.agent.Z.raced"]
+    finally:
+        await log.close()

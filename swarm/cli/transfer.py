@@ -235,6 +235,10 @@ async def import_stream(
     log: EventLog, stream: str, items: list[Item], *, force: bool
 ) -> ImportCounts:
     """Append `items` (all of one stream) to the target; see the module docstring."""
+    # Read before what the stream holds: a write landing after this is caught by the first
+    # append's expected position rather than slipping in between what was compared and what is
+    # appended.
+    position = await log.last_sequence(stream)
     held = await _target_keys(log, stream)
     wanted = [item.key for item in items]
     if held == wanted[: len(held)]:
@@ -258,14 +262,13 @@ async def import_stream(
     root = _ROOTS[stream]
     for lo in range(0, len(todo), MAX_ATOMIC_BATCH):
         chunk = todo[lo : lo + MAX_ATOMIC_BATCH]
-        last = await log.last_sequence(stream)
         requests = [
             AppendRequest(
                 item.subject,
                 item.body,
                 item.msg_id,
                 # The whole stream's position: nothing else may land while this batch does.
-                expected_last_seq=last if n == 0 else None,
+                expected_last_seq=position if n == 0 else None,
                 expected_subject=root if n == 0 else None,
             )
             for n, item in enumerate(chunk)
@@ -286,6 +289,7 @@ async def import_stream(
                 code=EXIT_FAILED,
             ) from None
         counts.added += len(chunk)
+        position += len(chunk)  # an atomic batch lands contiguously
     return counts
 
 
