@@ -374,3 +374,17 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
             await target.stop_hive()
             await target.client.close()
         server.stop()
+
+
+async def test_diff_between_a_time_and_a_sequence(recorded: Recorded) -> None:
+    url = recorded.stack.url
+    first, second = recorded.first[0], recorded.second[0]
+    (entry,) = as_json(
+        await invoke(["--from-seq", str(first), "--to-seq", str(first), "-o", "json"], url)
+    )
+    by_seq = as_json(await invoke(["diff", str(first), str(second), "-o", "json"], url))
+    mixed = as_json(await invoke(["diff", entry["time"], str(second), "-o", "json"], url))
+    assert mixed["from"]["applied_seq"] == first
+    assert mixed["changes"] == by_seq["changes"]
+    backwards = await invoke(["diff", str(second), entry["time"]], url)
+    assert backwards.exit_code == 2
