@@ -56,7 +56,11 @@ async def scan(
     batch: int = 1000,
 ) -> AsyncIterator[list[Delivery]]:
     """Batches of `stream` in order, from a sequence or a time, up to sequence `end` (default:
-    the stream's last sequence now); only messages on `subjects` when given."""
+    the stream's last sequence now); only messages on `subjects` when given.
+
+    Each list is what has arrived when the caller asks for more: at most two requests of `batch`
+    messages.
+    """
     if start_seq is not None and start_time is not None:
         raise ValueError("give start_seq or start_time, not both")
     last = await log.last_sequence(stream) if end is None else end
