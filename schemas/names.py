@@ -287,3 +287,16 @@ def webhook_deliveries_of(webhook_id: str | None = None) -> str:
 
 def webhook_dead_letter_key(webhook_id: str, event_seq: int) -> str:
     return f"{_check_token('webhook id', webhook_id)}.{int(event_seq)}"
+
+
+# --- Timeline export (a CloudEvents JSON batch) ---------------------------------------------------
+# Extension attributes `swarm timeline export` adds to each event so that `import` can put it
+# back on the same stream and subject; `import` removes them again before appending.
+
+EXPORT_ATTR_STREAM: Final = "swarmstream"
+EXPORT_ATTR_SUBJECT: Final = "swarmsubject"
+EXPORT_ATTR_SEQ: Final = "swarmseq"
+EXPORT_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
+#: Type of the CloudEvent that carries, base64-encoded in `data_base64`, a log entry that is not
+#: a CloudEvent itself (a foreign writer's bytes), so an export loses nothing.
+EXPORT_RAW_TYPE: Final = "org.swarm.timeline.raw"

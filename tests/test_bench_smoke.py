@@ -116,3 +116,52 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
         assert vectors["status"] == "n/a"
         assert vectors["todo"]
     assert set(report["met"]) == {"deploy_p99", "starts_per_s", "idle_agents_per_pod"}
+
+
+SURFACES_BENCH = ROOT / "bench" / "surfaces.py"
+
+
+@pytest.mark.timeout(90)
+def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
+    out = tmp_path / "surfaces.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SURFACES_BENCH),
+            "--case",
+            "replay",
+            "--events",
+            "300",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "User surfaces" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "surfaces"
+    assert report["params"]["events"] == 300
+    assert report["machine"]["cpu_count"] >= 1
+    rows = {r["measure"]: r for r in report["results"]}
+    assert set(rows) == {
+        "timeline replay, events/s",
+        "timeline --at (replay + evolve), events/s",
+    }
+    for row in rows.values():
+        assert row["case"] == "replay"
+        assert row["events"] >= 300
+        assert row["swarm_per_s"] > 0
+        assert row["raw_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["swarm_per_s"] / row["raw_per_s"])
+        assert len(row["runs"]["swarm"]) == len(row["runs"]["raw"]) == 1
+    assert rows["timeline replay, events/s"]["target"] == 0.5
+    assert isinstance(rows["timeline replay, events/s"]["met"], bool)

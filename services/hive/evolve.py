@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import Envelope, events, market, observer, webhooks
+from schemas import REGISTRY, DecodeError, Envelope, events, market, observer, webhooks
 from services.hive.state import (
     PLACED,
     RECENT_ANOMALIES,
@@ -382,3 +382,22 @@ def _webhook_redelivery(
     hook = s.webhooks.get(e.webhook_id)
     if hook is not None:
         hook.last_seq = seq
+
+
+# --- folding stored bytes ------------------------------------------------------------------------
+
+
+def fold_raw(state: HiveState, seq: int, raw: bytes) -> HiveState:
+    """Fold the bytes stored at `seq`, as every replica and the timeline's time travel do.
+
+    Something that is not a Swarm event (a foreign writer's message) cannot change state, but its
+    sequence is consumed so that folding goes on and `applied_seq` still names a log position.
+    """
+    if seq <= state.applied_seq:
+        return state
+    try:
+        envelope = REGISTRY.decode(raw, kind="event")
+    except DecodeError:
+        state.applied_seq = seq
+        return state
+    return evolve(state, seq, envelope)

@@ -183,8 +183,14 @@ class HiveState:
 
     def digest(self) -> str:
         """sha256 over a canonical rendering: equal on every replica that agrees."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return digest_of(self.to_dict())
+
+
+def digest_of(view: dict[str, Any]) -> str:
+    """`HiveState.digest()` of the state whose `to_dict()` is `view` (building the view of a
+    large state costs seconds; time travel has it already)."""
+    text = json.dumps(view, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

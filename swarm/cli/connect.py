@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from swarm.kernel.eventlog import EventLog, nats_servers
+from swarm.kernel.logscan import ScanError
 from swarm.kernel.settings import Settings
 
 #: File in the data dir where `swarm up` records the URLs of the servers it started.
@@ -146,6 +147,8 @@ async def session(
             f"lost the connection to NATS at {target.url}: {_describe(exc)}",
             code=EXIT_UNAVAILABLE,
         ) from None
+    except ScanError as exc:
+        raise CliError(f"reading the log failed: {exc}", code=EXIT_UNAVAILABLE) from None
     finally:
         await log.close()
 

@@ -1,0 +1,338 @@
+"""`swarm timeline verify`: check the log's integrity and say exactly what is wrong, and where.
+
+What a sound log looks like (DESIGN.md, "Public contracts"):
+
+* every command has exactly one outcome on `swarm.evt.command.<id>.*` (a command whose id could
+  not be read is answered on `…._invalid.rejected`, naming its stream sequence), and no outcome
+  answers a command that is not on the log;
+* neither stream has a sequence gap: the audit log is never edited, so a missing sequence means
+  something was deleted;
+* every event decodes with its registered schema;
+* every `causationid` names a command or event that is on the log.
+
+Both streams are read once each, in batches (`EventLog.replay`), never a round trip per message.
+A command logged within `--grace` seconds that nothing later has overtaken may simply not be
+decided yet; it is reported as pending, not as a finding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from schemas import REGISTRY, DecodeError, names
+from swarm.cli import connect
+from swarm.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    StreamFormat,
+    render,
+    run,
+    status,
+    stdout_console,
+    table,
+)
+from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.logscan import scan
+from swarm.kernel.settings import Settings
+
+BATCH = 1000
+GAP = "gap"
+UNDECODABLE = "undecodable"
+MISSING_OUTCOME = "missing-outcome"
+DUPLICATE_OUTCOME = "duplicate-outcome"
+ORPHAN_OUTCOME = "orphan-outcome"
+DANGLING_CAUSATION = "dangling-causation"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    stream: str
+    #: The sequence the finding is about (the first missing one, for a gap).
+    seq: int
+    detail: str
+    #: Other sequences involved (every outcome of a duplicated one, the end of a gap).
+    related: tuple[int, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "stream": self.stream,
+            "seq": self.seq,
+            "detail": self.detail,
+            "related": list(self.related),
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    commands: int = 0
+    events: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    #: Command keys (id or `#seq`) too recent to expect an outcome yet, with their sequences.
+    pending: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": {"commands": self.commands, "events": self.events},
+            "findings": [f.as_json() for f in self.findings],
+            "pending": [{"command": k, "seq": s} for k, s in self.pending.items()],
+        }
+
+
+class _Gaps:
+    """Sequence continuity of one stream, from its first sequence to its last."""
+
+    def __init__(self, stream: str, first: int, report: Report) -> None:
+        self.stream = stream
+        self.report = report
+        self.previous = 0
+        if first > 1:
+            self._gap(1, first - 1)
+            self.previous = first - 1
+
+    def see(self, seq: int) -> None:
+        if seq != self.previous + 1:
+            self._gap(self.previous + 1, seq - 1)
+        self.previous = seq
+
+    def end(self, last: int) -> None:
+        if last > self.previous:
+            self._gap(self.previous + 1, last)
+
+    def _gap(self, start: int, stop: int) -> None:
+        count = stop - start + 1
+        self.report.findings.append(
+            Finding(
+                GAP,
+                self.stream,
+                start,
+                f"sequence {start} missing"
+                if count == 1
+                else f"sequences {start}..{stop} missing ({count})",
+                (stop,),
+            )
+        )
+
+
+def _lenient(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _command_key(body: dict[str, Any] | None, seq: int) -> str:
+    """How the Hive addresses a command's outcome: its id, or `#seq` when none can be read."""
+    raw_id = body.get("id") if body else None
+    return raw_id if isinstance(raw_id, str) and names.is_token(raw_id) else f"#{seq}"
+
+
+async def verify(log: EventLog, *, grace: float, now: datetime | None = None) -> Report:
+    report = Report()
+    now = now or datetime.now(UTC)
+    ids: set[str] = set()
+    #: (stream, seq, causation id) of everything that names a cause.
+    causes: list[tuple[str, int, str]] = []
+    #: command key -> (stream sequence, logged time)
+    commands: dict[str, tuple[int, datetime]] = {}
+    #: command key -> sequences of its outcomes
+    outcomes: defaultdict[str, list[int]] = defaultdict(list)
+
+    info = await log.js.stream_info(names.STREAM_COMMANDS)
+    gaps = _Gaps(names.STREAM_COMMANDS, int(info.state.first_seq or 1), report)
+    end = int(info.state.last_seq)
+    async with aclosing(_deliveries(log, names.STREAM_COMMANDS, end)) as deliveries:
+        async for d in deliveries:
+            gaps.see(d.stream_seq)
+            report.commands += 1
+            body = _lenient(d.data)
+            commands.setdefault(_command_key(body, d.stream_seq), (d.stream_seq, d.timestamp))
+            if body is not None:
+                _remember(body, names.STREAM_COMMANDS, d.stream_seq, ids, causes)
+    gaps.end(end)
+
+    info = await log.js.stream_info(names.STREAM_EVENTS)
+    gaps = _Gaps(names.STREAM_EVENTS, int(info.state.first_seq or 1), report)
+    end = int(info.state.last_seq)
+    async with aclosing(_deliveries(log, names.STREAM_EVENTS, end)) as deliveries:
+        async for d in deliveries:
+            gaps.see(d.stream_seq)
+            report.events += 1
+            body = _lenient(d.data)
+            try:
+                envelope = REGISTRY.decode(d.data, kind="event")
+            except DecodeError as exc:
+                report.findings.append(
+                    Finding(UNDECODABLE, names.STREAM_EVENTS, d.stream_seq, f"{d.subject}: {exc}")
+                )
+                envelope = None
+            if body is not None:
+                _remember(body, names.STREAM_EVENTS, d.stream_seq, ids, causes)
+            parsed = names.parse_event_subject(d.subject)
+            if parsed is not None and parsed[0] == names.OUTCOME_AGGREGATE:
+                key = parsed[1]
+                if key == names.INVALID_COMMAND_ID:
+                    received = envelope.data.received if envelope is not None else {}
+                    seq = received.get("stream_seq")
+                    key = f"#{seq}" if isinstance(seq, int) else f"{key}@{d.stream_seq}"
+                outcomes[key].append(d.stream_seq)
+    gaps.end(end)
+
+    _outcome_findings(report, commands, outcomes, grace=grace, now=now)
+    for stream, seq, cause in causes:
+        if cause not in ids:
+            report.findings.append(
+                Finding(DANGLING_CAUSATION, stream, seq, f"causationid {cause} is not on the log")
+            )
+    report.findings.sort(key=lambda f: (f.stream, f.seq, f.kind))
+    return report
+
+
+async def _deliveries(log: EventLog, stream: str, end: int) -> AsyncGenerator[Delivery, None]:
+    async with connect.closing(scan(log, stream, end=end, batch=BATCH)) as batches:
+        async for batch in batches:
+            for delivery in batch:
+                yield delivery
+
+
+def _remember(
+    body: dict[str, Any], stream: str, seq: int, ids: set[str], causes: list[tuple[str, int, str]]
+) -> None:
+    if isinstance(body.get("id"), str):
+        ids.add(body["id"])
+    cause = body.get("causationid")
+    if isinstance(cause, str) and cause:
+        causes.append((stream, seq, cause))
+
+
+def _outcome_findings(
+    report: Report,
+    commands: dict[str, tuple[int, datetime]],
+    outcomes: dict[str, list[int]],
+    *,
+    grace: float,
+    now: datetime,
+) -> None:
+    # The Hive decides commands in log order, so a command older than one that has an outcome
+    # was skipped, not merely not reached yet, whatever its age.
+    answered = [seq for key, (seq, _) in commands.items() if key in outcomes]
+    latest_answered = max(answered, default=0)
+    recent = now - timedelta(seconds=grace)
+    for key, (seq, logged) in commands.items():
+        seen = outcomes.get(key, [])
+        if not seen:
+            if seq > latest_answered and logged > recent:
+                report.pending[key] = seq
+                continue
+            report.findings.append(
+                Finding(
+                    MISSING_OUTCOME, names.STREAM_COMMANDS, seq, f"command {key} has no outcome"
+                )
+            )
+        elif len(seen) > 1:
+            report.findings.append(
+                Finding(
+                    DUPLICATE_OUTCOME,
+                    names.STREAM_EVENTS,
+                    seen[1],
+                    f"command {key} (#{seq}) has {len(seen)} outcomes",
+                    tuple(seen),
+                )
+            )
+    for key, seqs in outcomes.items():
+        if key not in commands:
+            report.findings.append(
+                Finding(
+                    ORPHAN_OUTCOME,
+                    names.STREAM_EVENTS,
+                    seqs[0],
+                    f"outcome for command {key}, which is not on the log",
+                    tuple(seqs),
+                )
+            )
+
+
+# --- Printing ------------------------------------------------------------------------------------
+
+
+def print_report(report: Report, fmt: StreamFormat) -> None:
+    if fmt == StreamFormat.JSON:
+        typer.echo(render(report.as_json(), fmt))
+    elif fmt == StreamFormat.JSONL:
+        for finding in report.findings:
+            typer.echo(render(finding.as_json(), fmt))
+    elif report.findings:
+        stdout_console().print(
+            table(
+                ["FINDING", "LOG", "SEQ", "DETAIL"],
+                [
+                    [
+                        Text(f.kind, style="bold red"),
+                        "commands" if f.stream == names.STREAM_COMMANDS else "events",
+                        f.seq,
+                        f.detail,
+                    ]
+                    for f in report.findings
+                ],
+                title=None,
+            )
+        )
+    summary = f"checked {report.commands} commands and {report.events} events: " + (
+        "no findings" if report.ok else f"{len(report.findings)} finding(s)"
+    )
+    if report.pending:
+        summary += f"; {len(report.pending)} recent command(s) not decided yet"
+    status(summary)
+
+
+def register(group: typer.Typer) -> None:
+    """Add `swarm timeline verify` to the timeline group."""
+
+    @group.command("verify")
+    def verify_cmd(
+        grace: Annotated[
+            float,
+            typer.Option(
+                "--grace",
+                min=0,
+                help="Seconds a new command may wait for its outcome before it counts as missing.",
+            ),
+        ] = 30.0,
+        output: Annotated[
+            StreamFormat, typer.Option("--output", "-o", help="Output format.")
+        ] = StreamFormat.TABLE,
+        nats_url: connect.NatsUrlOption = None,
+    ) -> None:
+        """Check the log: one outcome per command, no gaps, every event decodes, causes resolve.
+
+        Exits 1 when anything is found.
+        """
+
+        async def main() -> int:
+            settings: Settings = connect.load_settings()
+            target = connect.resolve_nats_url(nats_url, settings)
+            streams = [names.STREAM_COMMANDS, names.STREAM_EVENTS]
+            async with connect.session(target, settings, streams=streams) as log:
+                report = await verify(log, grace=grace)
+            print_report(report, output)
+            return EXIT_OK if report.ok else EXIT_FAILED
+
+        code = run(main())
+        if code != EXIT_OK:
+            raise typer.Exit(code)

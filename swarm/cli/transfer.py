@@ -1,0 +1,434 @@
+"""`swarm timeline export` and `import`: move a log, or part of one, to another stack.
+
+The file is a CloudEvents JSON batch (`application/cloudevents-batch+json`): a JSON array of
+structured CloudEvents, each carrying three extension attributes that say where it was logged
+(`swarmstream`, `swarmsubject`, and `swarmseq`, the source sequence, for reference). Events come
+first, then commands, each stream in its own order. Import into a stack whose Hive is stopped
+(start it afterwards: it folds the imported log and finds every command answered). Events go in
+first so that a Hive that does run meanwhile finds a command's outcome before the command and
+writes nothing for it; the exception is a command whose id could not be read at all, which such a
+Hive answers again (its answer is addressed by sequence, not by id, so nothing can dedupe it).
+
+Import keeps what makes the log the log: subjects, ids and order. It is idempotent beyond
+JetStream's duplicate window, because it does not rely on that window: a target stream that
+already holds the start of the import (by event id, in order) gets only the rest, and one that
+holds the whole import gets nothing. A target holding anything else is a conflict and is refused;
+`--force` appends the events it does not hold yet after what it has, which changes their
+sequence numbers (so a Hive there folds to a different state than the source's). Each batch is
+appended atomically and states the stream position it expects, so a concurrent writer on the
+target makes the import stop with an error rather than interleave.
+
+Entries of the log that are not CloudEvents (a foreign writer's bytes, a malformed command) are
+exported too, as a CloudEvent of type `org.swarm.timeline.raw` whose `data_base64` holds the
+stored bytes; import appends those bytes unchanged. Nothing is lost, so sequence numbers (which
+the Hive's state records) come out the same on the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from schemas import names
+from swarm.cli import connect
+from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, run, status
+from swarm.cli.timeline import (
+    Filters,
+    LogEntry,
+    check_pattern,
+    history,
+    parse_time,
+    subject_matches,
+)
+from swarm.kernel.eventlog import (
+    MAX_ATOMIC_BATCH,
+    AppendRequest,
+    ConcurrencyConflict,
+    DuplicateBatch,
+    EventLog,
+)
+from swarm.kernel.logscan import scan
+from swarm.kernel.settings import Settings
+
+#: Import order: events before commands (see the module docstring).
+STREAMS = (names.STREAM_EVENTS, names.STREAM_COMMANDS)
+_ROOTS = {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
+_ATTRS = (names.EXPORT_ATTR_STREAM, names.EXPORT_ATTR_SUBJECT, names.EXPORT_ATTR_SEQ)
+
+
+# --- Export --------------------------------------------------------------------------------------
+
+
+def exported(entry: LogEntry) -> dict[str, Any]:
+    """The entry as a structured CloudEvent with where it was logged.
+
+    An entry that is not a CloudEvent import could append as it is (not one at all, an id that
+    cannot be a message id, attributes that clash with ours) travels wrapped, byte for byte.
+    """
+    where = {
+        names.EXPORT_ATTR_STREAM: entry.stream,
+        names.EXPORT_ATTR_SUBJECT: entry.subject,
+        names.EXPORT_ATTR_SEQ: entry.seq,
+    }
+    body = entry.body
+    if (
+        entry.envelope is not None
+        and isinstance(body, dict)
+        and names.is_token(entry.envelope.id)
+        and entry.envelope.type != names.EXPORT_RAW_TYPE
+        and not any(attr in body for attr in _ATTRS)
+    ):
+        return {**body, **where}
+    return {
+        "specversion": names.CLOUDEVENTS_SPECVERSION,
+        "id": f"raw-{entry.stream}-{entry.seq}",
+        "source": "swarm-timeline-export",
+        "type": names.EXPORT_RAW_TYPE,
+        "datacontenttype": "application/octet-stream",
+        "data_base64": base64.b64encode(entry.raw).decode(),
+        **where,
+    }
+
+
+@dataclass(slots=True)
+class ExportCounts:
+    written: int = 0
+    #: (stream, sequence) of entries that travel wrapped because they are not CloudEvents.
+    wrapped: list[tuple[str, int]] = field(default_factory=list)
+
+
+async def export(
+    log: EventLog, streams: Sequence[str], filters: Filters, out: IO[str]
+) -> ExportCounts:
+    """Write the matching entries of `streams` to `out` as one JSON array, streaming."""
+    counts = ExportCounts()
+    out.write("[")
+    for stream in STREAMS:
+        if stream not in streams:
+            continue
+        end = await log.last_sequence(stream)
+        async with aclosing(history(log, stream, filters, end=end)) as entries:
+            async for entry in entries:
+                item = exported(entry)
+                if item["type"] == names.EXPORT_RAW_TYPE:
+                    counts.wrapped.append((stream, entry.seq))
+                out.write(("\n  " if counts.written == 0 else ",\n  ") + _compact(item))
+                counts.written += 1
+    out.write("\n]\n" if counts.written else "]\n")
+    return counts
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- Import --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One entry of an import file, ready to append."""
+
+    stream: str
+    subject: str
+    #: What identifies it in a stream (see `entry_key`); compared to find what a target holds.
+    key: str
+    msg_id: str
+    body: bytes
+
+
+def entry_key(data: bytes) -> str:
+    """A stored entry's identity: its CloudEvents id, or a hash of its bytes when it has none."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("id"), str):
+        return str(body["id"])
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def parse_batch(text: str) -> list[Item]:
+    """Every item of an export file, checked before anything is written; CliError otherwise."""
+    try:
+        batch = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"the file is not JSON: {exc}", code=EXIT_USAGE) from None
+    if not isinstance(batch, list):
+        raise CliError("the file must hold a JSON array of CloudEvents", code=EXIT_USAGE)
+    items: list[Item] = []
+    for index, obj in enumerate(batch):
+        problem = _problem(obj)
+        if problem is not None:
+            raise CliError(f"item {index}: {problem}; nothing was imported", code=EXIT_USAGE)
+        if obj["type"] == names.EXPORT_RAW_TYPE:
+            body = base64.b64decode(obj["data_base64"])
+        else:
+            body = _compact({k: v for k, v in obj.items() if k not in _ATTRS}).encode()
+        items.append(
+            Item(
+                obj[names.EXPORT_ATTR_STREAM],
+                obj[names.EXPORT_ATTR_SUBJECT],
+                entry_key(body),
+                obj["id"],
+                body,
+            )
+        )
+    return items
+
+
+def _problem(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    for attr in ("specversion", "id", "type", "source"):
+        if not isinstance(obj.get(attr), str) or not obj[attr]:
+            return f"CloudEvents attribute {attr!r} missing"
+    if not names.is_token(obj["id"]):
+        return f"id {obj['id']!r} cannot be a message id"
+    if obj["type"] == names.EXPORT_RAW_TYPE:
+        try:
+            base64.b64decode(obj.get("data_base64", ""), validate=True)
+        except (ValueError, TypeError):
+            return "data_base64 of a raw entry is not base64"
+    stream = obj.get(names.EXPORT_ATTR_STREAM)
+    if stream not in _ROOTS:
+        return f"{names.EXPORT_ATTR_STREAM} must be one of {', '.join(_ROOTS)}, not {stream!r}"
+    subject = obj.get(names.EXPORT_ATTR_SUBJECT)
+    if not isinstance(subject, str):
+        return f"{names.EXPORT_ATTR_SUBJECT} missing"
+    try:
+        check_pattern(subject)
+    except CliError:
+        return f"{names.EXPORT_ATTR_SUBJECT} {subject!r} is not a subject"
+    if (
+        "*" in subject.split(".")
+        or ">" in subject.split(".")
+        or not subject_matches(_ROOTS[stream], subject)
+    ):
+        return f"{names.EXPORT_ATTR_SUBJECT} {subject!r} does not belong to {stream}"
+    return None
+
+
+@dataclass(slots=True)
+class ImportCounts:
+    added: int = 0
+    present: int = 0
+
+
+async def _target_keys(log: EventLog, stream: str) -> list[str]:
+    """`entry_key` of everything `stream` holds on the target, in order."""
+    async with connect.closing(scan(log, stream)) as batches:
+        return [entry_key(delivery.data) async for batch in batches for delivery in batch]
+
+
+async def import_stream(
+    log: EventLog, stream: str, items: list[Item], *, force: bool
+) -> ImportCounts:
+    """Append `items` (all of one stream) to the target; see the module docstring."""
+    # Read before what the stream holds: a write landing after this is caught by the first
+    # append's expected position rather than slipping in between what was compared and what is
+    # appended.
+    position = await log.last_sequence(stream)
+    held = await _target_keys(log, stream)
+    wanted = [item.key for item in items]
+    if held == wanted[: len(held)]:
+        todo = items[len(held) :]
+    elif wanted == held[: len(wanted)]:
+        todo = []
+    elif force:
+        present = set(held)
+        todo = [item for item in items if item.key not in present]
+    else:
+        pairs = enumerate(zip(held, wanted, strict=False))
+        at = next((i for i, (a, b) in pairs if a != b), min(len(held), len(wanted))) + 1
+        raise CliError(
+            f"{stream} on the target already holds {len(held)} entries that are not the start "
+            f"of this import (they differ at #{at}); nothing was imported into it",
+            code=EXIT_FAILED,
+            hint="import into an empty stack, or pass --force to append what it lacks after "
+            "what it holds (sequence numbers then differ from the source's)",
+        )
+    counts = ImportCounts(present=len(items) - len(todo))
+    root = _ROOTS[stream]
+    for lo in range(0, len(todo), MAX_ATOMIC_BATCH):
+        chunk = todo[lo : lo + MAX_ATOMIC_BATCH]
+        requests = [
+            AppendRequest(
+                item.subject,
+                item.body,
+                item.msg_id,
+                # The whole stream's position: nothing else may land while this batch does.
+                expected_last_seq=position if n == 0 else None,
+                expected_subject=root if n == 0 else None,
+            )
+            for n, item in enumerate(chunk)
+        ]
+        try:
+            await log.append_atomic(requests)
+        except ConcurrencyConflict as exc:
+            raise CliError(
+                f"another writer appended to {stream} during the import ({exc}); "
+                f"{counts.added} were imported before it",
+                code=EXIT_FAILED,
+                hint="run the import again once the target is quiet: it continues where it stopped",
+            ) from None
+        except DuplicateBatch:
+            raise CliError(
+                f"{stream} on the target recently stored an id of this import under another "
+                f"position; {counts.added} were imported before it",
+                code=EXIT_FAILED,
+            ) from None
+        counts.added += len(chunk)
+        position += len(chunk)  # an atomic batch lands contiguously
+    return counts
+
+
+def _read_file(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}", code=EXIT_USAGE) from None
+
+
+# --- Verbs ---------------------------------------------------------------------------------------
+
+
+def register(group: typer.Typer) -> None:
+    """Add `swarm timeline export` and `swarm timeline import` to the timeline group."""
+
+    @group.command("export")
+    def export_cmd(
+        file: Annotated[
+            str, typer.Option("--file", "-f", help="Where to write the batch ('-' is stdout).")
+        ] = "-",
+        only: Annotated[
+            str | None,
+            typer.Option(
+                "--only", help="Export only 'events' or only 'commands'.", show_default=False
+            ),
+        ] = None,
+        subject: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--subject", "-s", help="NATS subject filter (repeatable).", show_default=False
+            ),
+        ] = None,
+        type_: Annotated[
+            str | None, typer.Option("--type", "-t", help="Type or glob.", show_default=False)
+        ] = None,
+        aggregate: Annotated[
+            str | None, typer.Option("--aggregate", "-a", help="Aggregate.", show_default=False)
+        ] = None,
+        aggregate_id: Annotated[
+            str | None, typer.Option("--id", help="Aggregate id.", show_default=False)
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option("--since", help="From this time.", show_default=False)
+        ] = None,
+        until: Annotated[
+            str | None, typer.Option("--until", help="Up to this time.", show_default=False)
+        ] = None,
+        from_seq: Annotated[
+            int | None,
+            typer.Option(
+                "--from-seq", min=1, help="First sequence (with --only).", show_default=False
+            ),
+        ] = None,
+        to_seq: Annotated[
+            int | None,
+            typer.Option(
+                "--to-seq", min=1, help="Last sequence (with --only).", show_default=False
+            ),
+        ] = None,
+        nats_url: connect.NatsUrlOption = None,
+    ) -> None:
+        """Write the log (events, then commands) as a CloudEvents JSON batch."""
+
+        async def main() -> int:
+            if only not in (None, "events", "commands"):
+                raise CliError("--only takes 'events' or 'commands'", code=EXIT_USAGE)
+            streams = {
+                None: list(STREAMS),
+                "events": [names.STREAM_EVENTS],
+                "commands": [names.STREAM_COMMANDS],
+            }[only]
+            if len(streams) > 1 and (from_seq is not None or to_seq is not None):
+                raise CliError(
+                    "--from-seq/--to-seq number one stream: add --only events|commands",
+                    code=EXIT_USAGE,
+                )
+            filters = Filters(
+                subjects=tuple(check_pattern(p) for p in subject or ()),
+                type_glob=type_,
+                aggregate=aggregate,
+                aggregate_id=aggregate_id,
+                since=parse_time(since) if since else None,
+                until=parse_time(until) if until else None,
+                from_seq=from_seq,
+                to_seq=to_seq,
+            )
+            settings: Settings = connect.load_settings()
+            target = connect.resolve_nats_url(nats_url, settings)
+            async with connect.session(target, settings, streams=streams) as log:
+                if file == "-":
+                    counts = await export(log, streams, filters, sys.stdout)
+                else:
+                    # Opened only once the log is reachable: a failed export leaves no empty file.
+                    out = await asyncio.to_thread(Path(file).open, "w", encoding="utf-8")
+                    with out:
+                        counts = await export(log, streams, filters, out)
+            wrapped = counts.wrapped
+            if wrapped:
+                where = ", ".join(f"{s}#{q}" for s, q in wrapped[:10])
+                more = f" and {len(wrapped) - 10} more" if len(wrapped) > 10 else ""
+                status(
+                    f"{len(wrapped)} entries are not CloudEvents and travel wrapped as "
+                    f"{names.EXPORT_RAW_TYPE}: {where}{more}"
+                )
+            status(f"exported {counts.written} entries")
+            return EXIT_OK
+
+        run(main())
+
+    @group.command("import")
+    def import_cmd(
+        file: Annotated[
+            str, typer.Argument(help="A file written by `swarm timeline export` ('-' is stdin).")
+        ],
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force", help="Append what the target lacks even if it holds other entries."
+            ),
+        ] = False,
+        nats_url: connect.NatsUrlOption = None,
+    ) -> None:
+        """Load an exported batch into this stack's log (events first, then commands)."""
+
+        async def main() -> int:
+            items = parse_batch(_read_file(file))
+            settings: Settings = connect.load_settings()
+            target = connect.resolve_nats_url(nats_url, settings)
+            async with connect.session(target, settings) as log:
+                # A bare NATS server is a valid target: it gets Swarm's streams, as `swarm up`
+                # and every Swarm service would create them.
+                await log.ensure_streams()
+                for stream in STREAMS:
+                    mine = [item for item in items if item.stream == stream]
+                    counts = await import_stream(log, stream, mine, force=force)
+                    status(f"{stream}: imported {counts.added}, {counts.present} already there")
+            return EXIT_OK
+
+        run(main())

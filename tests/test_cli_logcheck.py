@@ -1,0 +1,238 @@
+"""`swarm timeline verify` on real JetStream: each kind of defect planted in a clean log is found,
+exactly it and where it is, and a clean log passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from click.testing import Result
+from typer.testing import CliRunner
+
+from schemas import (
+    CommandAccepted,
+    CommandRejected,
+    Envelope,
+    command,
+    commands,
+    event,
+    events,
+    names,
+    new_id,
+)
+from swarm.cli import timeline
+from swarm.kernel.embedded import EmbeddedNats
+from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.settings import Settings
+from swarm.kernel.streams import stream_specs
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Only the verb under test."""
+
+    timeline.register(app)
+    return app
+
+
+async def verify(url: str, *args: str) -> Result:
+    argv = ["timeline", "verify", *args, "--nats-url", url]
+    return await asyncio.to_thread(CliRunner().invoke, _cli(), argv)
+
+
+async def findings(url: str, *args: str) -> list[tuple[str, str, int]]:
+    """(kind, stream, seq) of every finding; checks the exit code agrees."""
+    result = await verify(url, "-o", "json", *args)
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert result.exit_code == (0 if report["ok"] else 1), result.output
+    return [(f["kind"], f["stream"], f["seq"]) for f in report["findings"]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A nats-server of its own: verify reads whole streams, so no other test may write there."""
+    nats = EmbeddedNats(tmp_path / "nats")
+    try:
+        yield nats.start()
+    finally:
+        nats.stop()
+
+
+@pytest.fixture
+async def log(server: str) -> AsyncIterator[EventLog]:
+    client = await EventLog.connect(server, Settings(nats_url=server), name="test")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def answered(log: EventLog, replicas: int = 2) -> tuple[Envelope[Any], list[int]]:
+    """A command, one event it caused and its outcome; (the command, the events' sequences)."""
+    cmd = command(commands.ScaleAgent(name="a", replicas=replicas), source="test", identity="u:t")
+    await log.append(cmd)
+    scaled = event(
+        events.AgentScaled(agent_id="A1", replicas=replicas, previous=1),
+        aggregate_id="A1",
+        source="test",
+        cause=cmd,
+    )
+    outcome = event(
+        CommandAccepted(command_id=cmd.id, command_type=cmd.type, events=[scaled.id]),
+        aggregate_id=cmd.id,
+        source="test",
+        cause=cmd,
+    )
+    return cmd, [(await log.append(e)).seq for e in (scaled, outcome)]
+
+
+async def unanswered(log: EventLog) -> int:
+    cmd = command(commands.ScaleAgent(name="b", replicas=1), source="test", identity="u:t")
+    return (await log.append(cmd)).seq
+
+
+async def test_a_clean_log_passes(server: str, log: EventLog) -> None:
+    await answered(log)
+    await answered(log, 3)
+    # A command the Hive could not read at all is answered on `_invalid`, naming its sequence.
+    garbage = await log.append_raw(
+        AppendRequest(commands.ScaleAgent.TYPE, b"\x00garbage", new_id())
+    )
+    rejected = event(
+        CommandRejected(
+            command_id=names.INVALID_COMMAND_ID,
+            reason="body is not JSON",
+            received={"stream_seq": garbage.seq},
+        ),
+        aggregate_id=names.INVALID_COMMAND_ID,
+        source="test",
+    )
+    await log.append(rejected)
+    assert await findings(server) == []
+    table = await verify(server)
+    assert table.exit_code == 0
+    assert "checked 3 commands and 5 events: no findings" in table.stderr
+
+
+async def test_a_command_without_outcome(server: str, log: EventLog) -> None:
+    skipped = await unanswered(log)
+    await answered(log)
+    assert await findings(server) == [("missing-outcome", names.STREAM_COMMANDS, skipped)]
+
+
+async def test_a_recent_command_is_pending_until_its_grace_ends(server: str, log: EventLog) -> None:
+    await answered(log)
+    recent = await unanswered(log)
+    result = await verify(server, "-o", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["findings"] == []
+    assert [p["seq"] for p in report["pending"]] == [recent]
+    assert await findings(server, "--grace", "0") == [
+        ("missing-outcome", names.STREAM_COMMANDS, recent)
+    ]
+
+
+async def test_a_second_outcome(server: str, log: EventLog) -> None:
+    cmd, (_, first) = await answered(log)
+    second = event(
+        CommandRejected(command_id=cmd.id, command_type=cmd.type, reason="again"),
+        aggregate_id=cmd.id,
+        source="test",
+        cause=cmd,
+    )
+    seq = (await log.append(second)).seq
+    assert await findings(server) == [("duplicate-outcome", names.STREAM_EVENTS, seq)]
+    report = json.loads((await verify(server, "-o", "json")).stdout)
+    assert report["findings"][0]["related"] == [first, seq]
+
+
+async def test_a_sequence_gap(tmp_path: Path) -> None:
+    nats = EmbeddedNats(tmp_path / "nats")
+    url = nats.start()
+    try:
+        settings = Settings(nats_url=url)
+        log = await EventLog.connect(url, settings, ensure=False)
+        # Swarm's streams refuse deletes; only a stream made without that guard can lose one.
+        for spec in stream_specs(settings):
+            config = spec.config()
+            config.deny_delete = False
+            await log.js.add_stream(config)
+        await answered(log)
+        _, (scaled, _) = await answered(log, 3)
+        await answered(log, 4)
+        await log.js.delete_msg(names.STREAM_EVENTS, scaled)
+        await log.close()
+        assert await findings(url) == [("gap", names.STREAM_EVENTS, scaled)]
+        table = await verify(url)
+        assert table.exit_code == 1
+        assert f"sequence {scaled} missing" in table.stdout
+    finally:
+        nats.stop()
+
+
+async def test_events_that_do_not_decode(server: str, log: EventLog) -> None:
+    await answered(log)
+    broken = await log.append_raw(AppendRequest("swarm.evt.agent.A1.bogus", b"\x00{", new_id()))
+    unknown = {
+        "specversion": "1.0",
+        "id": new_id(),
+        "source": "elsewhere",
+        "type": "swarm.agent.teleported",
+        "data": {"agent_id": "A1"},
+    }
+    odd = await log.append_raw(
+        AppendRequest("swarm.evt.agent.A1.teleported", json.dumps(unknown).encode(), new_id())
+    )
+    assert await findings(server) == [
+        ("undecodable", names.STREAM_EVENTS, broken.seq),
+        ("undecodable", names.STREAM_EVENTS, odd.seq),
+    ]
+    report = json.loads((await verify(server, "-o", "json")).stdout)
+    assert "unknown event type 'swarm.agent.teleported'" in report["findings"][1]["detail"]
+
+
+async def test_a_cause_that_is_not_on_the_log(server: str, log: EventLog) -> None:
+    await answered(log)
+    never_sent = command(commands.ScaleAgent(name="c", replicas=1), source="test")
+    orphan = event(
+        events.AgentScaled(agent_id="A1", replicas=1, previous=2),
+        aggregate_id="A1",
+        source="test",
+        cause=never_sent,
+    )
+    seq = (await log.append(orphan)).seq
+    assert await findings(server) == [("dangling-causation", names.STREAM_EVENTS, seq)]
+
+
+async def test_an_outcome_for_a_command_that_is_not_on_the_log(server: str, log: EventLog) -> None:
+    await answered(log)
+    ghost = new_id()
+    outcome = event(
+        CommandAccepted(command_id=ghost, command_type=commands.ScaleAgent.TYPE),
+        aggregate_id=ghost,
+        source="test",
+    )
+    seq = (await log.append(outcome)).seq
+    assert await findings(server) == [("orphan-outcome", names.STREAM_EVENTS, seq)]
+
+
+async def test_jsonl_prints_one_finding_per_line(server: str, log: EventLog) -> None:
+    first = await unanswered(log)
+    second = await unanswered(log)
+    await answered(log)
+    result = await verify(server, "-o", "jsonl")
+    assert result.exit_code == 1
+    lines: Sequence[dict[str, Any]] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["kind"], x["seq"]) for x in lines] == [
+        ("missing-outcome", first),
+        ("missing-outcome", second),
+    ]
