@@ -35,7 +35,7 @@ from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
 from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
-from runtime.podview import HANDLED, Assignment, PodView
+from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
 from schemas import REGISTRY, DecodeError, Payload, command, commands, names
@@ -130,6 +130,7 @@ class Pod:
                 report=self._report,
                 mailbox_size=self.config.mailbox_size,
                 memory=memory,
+                quarantine=lambda agent_id: quarantine_of(self.view, agent_id),
             )
             await self._register()
             tasks = [

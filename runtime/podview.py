@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas import Envelope, events
+from schemas import Envelope, events, healing
 from schemas.specs import AgentSpec
 
 Phase = Literal[
@@ -38,6 +38,8 @@ class AgentInfo:
     #: The newest snapshot a replica of this agent stopped with: a replica added later (stop,
     #: then scale up) starts from it, since new replicas get new ids and no snapshot of their own.
     last_stopped_snapshot: str | None = None
+    #: Why the agent is quarantined (its replicas refuse messages), None when it is not.
+    quarantine: str | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +51,7 @@ class ReplicaInfo:
     pod_id: str | None = None
     snapshot: str | None = None
     placed_seq: int = 0
+    restore: str = "latest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class Assignment:
     #: Snapshot the log says it resumes from; else the agent's last stopped one.
     snapshot: str | None
     placed_seq: int
+    #: `exact`: resume from exactly `snapshot` (a healing rewind), not from the newest state.
+    exact: bool = False
 
 
 @dataclass(slots=True)
@@ -107,8 +112,13 @@ class PodView:
                 namespace=agent.namespace,
                 name=agent.name,
                 spec=agent.specs.get(r.version) or agent.specs[agent.current],
-                snapshot=r.snapshot or agent.last_stopped_snapshot,
+                snapshot=(
+                    r.snapshot
+                    if r.restore == "exact"
+                    else r.snapshot or agent.last_stopped_snapshot
+                ),
                 placed_seq=r.placed_seq,
+                exact=r.restore == "exact",
             )
         return out
 
@@ -167,6 +177,7 @@ def _requested(v: PodView, e: events.ReplicaRequested, seq: int) -> None:
     replica = v.replicas.setdefault(e.replica_id, ReplicaInfo(e.agent_id, e.replica_id, e.version))
     replica.phase, replica.version, replica.pod_id = "requested", e.version, None
     replica.snapshot = e.snapshot
+    replica.restore = e.restore
 
 
 @_on(events.ReplicaScheduled)
@@ -234,6 +245,26 @@ def _stopped(v: PodView, e: events.ReplicaStopped, seq: int) -> None:
 def _lost(v: PodView, e: events.PodLost, seq: int) -> None:
     if e.pod_id == v.pod_id:
         v.lost_seq = seq
+
+
+def quarantine_of(view: PodView, agent_id: str) -> str | None:
+    """Why the agent's replicas must refuse messages now, or None."""
+    agent = view.agents.get(agent_id)
+    return agent.quarantine if agent is not None else None
+
+
+@_on(healing.AgentQuarantined)
+def _quarantined(v: PodView, e: healing.AgentQuarantined, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is not None:
+        agent.quarantine = e.reason
+
+
+@_on(healing.AgentReleased)
+def _released(v: PodView, e: healing.AgentReleased, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is not None:
+        agent.quarantine = None
 
 
 #: Payload types that change the view; anything else only advances `applied_seq`.

@@ -90,3 +90,16 @@ class SnapshotStore:
         if entry.value is None or entry.revision is None:
             return None
         return decode(entry.value), SnapshotRef(self.bucket, ref.key, int(entry.revision))
+
+    async def load_exact(self, ref: SnapshotRef) -> dict[str, bytes] | None:
+        """The state saved at exactly `ref` (a healing rewind); None when that revision is no
+        longer kept (the bucket keeps HISTORY revisions per key)."""
+        if ref.bucket != self.bucket:
+            raise ValueError(f"snapshot {ref} is not in bucket {self.bucket}")
+        try:
+            entry = await self._kv.get(ref.key, revision=ref.revision)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if entry.value is None or entry.key != ref.key:
+            return None
+        return decode(entry.value)

@@ -101,6 +101,9 @@ class ReplicaRequested(Payload):
     #: The snapshot it must resume from (after a crash or the loss of its pod).
     snapshot: str | None = None
     reason: str
+    #: `latest`: resume from the newest state saved under the snapshot's key (or the replica's
+    #: own); `exact`: from exactly `snapshot` (None: empty), as a healing rewind needs.
+    restore: Literal["latest", "exact"] = "latest"
 
 
 @REGISTRY.event("agent", "replica_scheduled")

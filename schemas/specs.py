@@ -83,6 +83,33 @@ class Limits(Value):
     fuel_per_call: int = Field(default=100_000_000, ge=1)
 
 
+#: What the Hive does about a misbehaving agent (`none`: only record the finding).
+HealingAction = Literal["none", "quarantine", "restart", "rollback"]
+
+
+class HealingPolicy(Value):
+    """How the Hive reacts to the Observer's findings about this agent (see schemas/healing.py).
+
+    A critical finding, `repeat` findings of at least warning severity within `window_s`, or a
+    trust below `min_trust` each trigger their action, at most once per `cooldown_s`. `restart`
+    rewinds the replica the finding is about (every running replica when it names none) to its
+    last snapshot from before the anomaly began. With `rollback_on_regression`, any action
+    becomes a rollback when the anomaly began within `regression_s` of this version's rollout
+    and an earlier version exists.
+    """
+
+    on_critical: HealingAction = "quarantine"
+    on_repeated: HealingAction = "restart"
+    repeat: int = Field(default=3, ge=1, le=20)
+    window_s: float = Field(default=300.0, gt=0)
+    on_low_trust: HealingAction = "quarantine"
+    #: 0 disables the trust trigger.
+    min_trust: float = Field(default=0.2, ge=0, le=1)
+    rollback_on_regression: bool = True
+    regression_s: float = Field(default=600.0, ge=0)
+    cooldown_s: float = Field(default=30.0, ge=0)
+
+
 class AgentSpec(Value):
     """Everything that defines one version of an agent."""
 
@@ -106,6 +133,7 @@ class AgentSpec(Value):
     topics: Annotated[list[Id], AfterValidator(_no_repeats)] = Field(
         default_factory=list, max_length=32
     )
+    healing: HealingPolicy = HealingPolicy()
 
 
 class Quota(Value):
