@@ -10,6 +10,7 @@ Which action, per the agent's `spec.healing` (schemas/specs.py, `HealingPolicy`)
 * a critical finding -> `on_critical` (default: quarantine);
 * `repeat` findings of at least warning severity within `window_s` -> `on_repeated` (restart);
 * trust below `min_trust` with a new finding -> `on_low_trust` (quarantine);
+* the first of these (in this order) whose action is not `none` is taken;
 * any of these becomes a rollback when the anomaly began within `regression_s` of the current
   version's rollout and an earlier version exists (`rollback_on_regression`).
 """
@@ -70,8 +71,6 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
     if trigger is None:
         return []
     action, cause, why = trigger
-    if action == "none":
-        return []
     regression = _regression(agent, cause, policy)
     if regression:
         action, why = "rollback", f"{why}; {regression}"
@@ -121,28 +120,34 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
 def _trigger(
     agent: Agent, fresh: list[Anomaly], policy: HealingPolicy, now: datetime
 ) -> tuple[str, Anomaly, str] | None:
+    """The first trigger that fires with an action other than `none`, in order of severity."""
+    fired: list[tuple[str, Anomaly, str]] = []
     critical = [a for a in fresh if a.severity == "critical"]
     if critical:
-        return policy.on_critical, critical[-1], "critical finding"
-    serious = [a for a in fresh if a.severity in _SERIOUS]
+        fired.append((policy.on_critical, critical[-1], "critical finding"))
+    serious = [a for a in fresh if a.severity in _SERIOUS and a.at is not None]
     if serious:
-        last = serious[-1]
-        assert last.at is not None
+        last_at = serious[-1].at
+        assert last_at is not None
         recent = [
             a
             for a in serious
-            if a.at is not None and (last.at - a.at).total_seconds() <= policy.window_s
+            if a.at is not None and (last_at - a.at).total_seconds() <= policy.window_s
         ]
         if len(recent) >= policy.repeat:
-            return (
-                policy.on_repeated,
-                last,
-                f"{len(recent)} findings within {policy.window_s:g}s",
+            fired.append(
+                (
+                    policy.on_repeated,
+                    serious[-1],
+                    f"{len(recent)} findings within {policy.window_s:g}s",
+                )
             )
     trust = reputation.current(agent.reputation, now)
     if policy.min_trust > 0 and trust < policy.min_trust:
-        return policy.on_low_trust, fresh[-1], f"trust {trust:.2f} below {policy.min_trust:g}"
-    return None
+        fired.append(
+            (policy.on_low_trust, fresh[-1], f"trust {trust:.2f} below {policy.min_trust:g}")
+        )
+    return next((f for f in fired if f[0] != "none"), None)
 
 
 def _regression(agent: Agent, cause: Anomaly, policy: HealingPolicy) -> str | None:
