@@ -376,10 +376,8 @@ def _deployed_since(s: HiveState, e: events.AgentDeployed, env: Envelope[Any], s
 def _rollout_since(
     s: HiveState, e: events.AgentRolloutStarted, env: Envelope[Any], seq: int
 ) -> None:
-    agent = s.agents[e.agent_id]
-    agent.version_since = env.time
-    # Findings about the version being replaced say nothing about the next one.
-    agent.healed_at = env.time if agent.healed_at is None else max(agent.healed_at, env.time)
+    # Findings recorded before it are about the version being replaced (heal.py ignores them).
+    s.agents[e.agent_id].version_since = env.time
 
 
 @_also(events.ReplicaStarting)

@@ -60,10 +60,13 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
     policy = agent.spec.healing
     if agent.healed_at is not None and (now - agent.healed_at).total_seconds() < policy.cooldown_s:
         return []
+    # Findings already acted upon, or about a version no longer current, do not count.
     fresh = [
         a
         for a in agent.anomalies
-        if a.at is not None and (agent.healed_at is None or a.at > agent.healed_at)
+        if a.at is not None
+        and (agent.healed_at is None or a.at > agent.healed_at)
+        and (agent.version_since is None or a.at >= agent.version_since)
     ]
     if not fresh:
         return []
