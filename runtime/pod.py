@@ -333,13 +333,24 @@ class Pod:
                 status=status,
                 reason=reason[:2000],
                 snapshot=snapshot,
-            )
+            ),
+            cause=a.cause,
         )
 
-    async def _send(self, payload: Payload) -> None:
+    async def _send(self, payload: Payload, cause: tuple[str, str] | None = None) -> None:
         if self._eventlog is None:
             return
-        request = AppendRequest.of(command(payload, source=self.source, identity=self.identity))
+        # A report names the placement that caused it, so `swarm trace` follows it.
+        causation, correlation = cause or (None, None)
+        request = AppendRequest.of(
+            command(
+                payload,
+                source=self.source,
+                identity=self.identity,
+                causationid=causation,
+                correlationid=correlation,
+            )
+        )
         for attempt in range(1, _REPORT_ATTEMPTS + 1):
             try:
                 await self._eventlog.append_raw(request)

@@ -52,6 +52,8 @@ class ReplicaInfo:
     snapshot: str | None = None
     placed_seq: int = 0
     restore: str = "latest"
+    #: (event id, correlation id) of its placement, so the pod's reports join that trace.
+    cause: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ class Assignment:
     placed_seq: int
     #: `exact`: resume from exactly `snapshot` (a healing rewind), not from the newest state.
     exact: bool = False
+    #: (event id, correlation id) of the placement; the pod's reports are caused by it.
+    cause: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +91,10 @@ class PodView:
         handler = _HANDLERS.get(type(envelope.data))
         if handler is not None:
             handler(self, envelope.data, seq)
+        if isinstance(envelope.data, events.ReplicaScheduled):
+            placed = self.replicas.get(envelope.data.replica_id)
+            if placed is not None:
+                placed.cause = (envelope.id, envelope.correlationid or envelope.id)
 
     def advance(self, seq: int) -> None:
         """Skip a message that could not be read (it must not stall the projection)."""
@@ -119,6 +127,7 @@ class PodView:
                 ),
                 placed_seq=r.placed_seq,
                 exact=r.restore == "exact",
+                cause=r.cause,
             )
         return out
 

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, timeline
+from swarm.cli import (
+    agent,
+    debug,
+    logs,
+    module,
+    namespace,
+    pod,
+    publish,
+    schemas_cmd,
+    stack,
+    timeline,
+    trace,
+)
 
 app = typer.Typer(
     name="swarm",
@@ -21,6 +33,10 @@ agent.register(app)
 pod.register(app)
 namespace.register(app)
 module.register(app)
+# Observing agents: logs, traces, live debugging.
+logs.register(app)
+trace.register(app)
+debug.register(app)
 
 
 def main() -> None:
