@@ -32,7 +32,7 @@ from runtime.snapshots import decode
 from schemas import names, utcnow
 from swarm.cli import connect
 from swarm.cli.agent import DEFAULT_NAMESPACE, ask_agent
-from swarm.cli.health import health_parts, trust_text
+from swarm.cli.health import health_parts
 from swarm.cli.logs import agent_lines, format_line
 from swarm.cli.output import EXIT_OK, CliError, Format, emit, stdout_console, table
 from swarm.cli.queries import HiveQueries
@@ -206,7 +206,6 @@ def render(report: dict[str, Any]) -> RenderableType:
         Text.assemble(styled(str(agent.get("status"))), f" ({agent.get('reason', '')})"),
     )
     head.add_row("Version", str(agent.get("version")))
-    head.add_row("Trust", trust_text(agent))
     parts: list[RenderableType] = [head, Text(""), Text("Replicas:", style="bold")]
     replicas = [
         [

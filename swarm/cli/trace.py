@@ -67,6 +67,7 @@ class Node:
             "seq": self.seq,
             "causationid": self.cause,
             "summary": self.summary,
+            "decided_ms": decided_ms(self),
             "children": [c.as_json(root_time) for c in self.children],
         }
 
@@ -225,14 +226,25 @@ def _label(node: Node, root_time: datetime | None) -> Text:
     offset = _offset_ms(node.time, root_time)
     text = Text()
     text.append(f"+{offset:9.1f} ms  " if offset is not None else " " * 15, style="dim")
-    text.append(_short(node.type), style=_STYLES.get(node.kind, ""))
-    if node.kind == "outcome" and node.type.endswith("rejected"):
-        text.stylize("bold red", 15)
-    text.append(f"  {node.source}", style="dim")
+    rejected = node.kind == "outcome" and node.type.endswith("rejected")
+    text.append(_short(node.type), style="bold red" if rejected else _STYLES.get(node.kind, ""))
+    decided = decided_ms(node)
+    if decided is not None:
+        text.append(f" (decided in {decided:.1f} ms)", style="dim")
     if node.summary:
         text.append(f"  {node.summary}")
-    text.append(f"  [{node.id}]", style="dim")
+    text.append(f"  {node.source} [{node.id}]", style="dim")
     return text
+
+
+def decided_ms(node: Node) -> float | None:
+    """For a command: time from the command to its outcome."""
+    if node.kind != "command":
+        return None
+    outcome = next((c for c in node.children if c.kind == "outcome"), None)
+    if outcome is None:
+        return None
+    return _offset_ms(outcome.time, node.time)
 
 
 def _short(type_: str) -> str:

@@ -122,7 +122,8 @@ def test_a_meaningful_change_is_published_once() -> None:
     planned = act(sim)
     assert [type(p).__name__ for _, p in planned] == ["PublishReputation"]
     published = [x for x in sim.log if isinstance(x, h.ReputationChanged)]
-    assert len(published) == 1 and published[0].trust < published[0].previous
+    assert len(published) == 1
+    assert published[0].trust < published[0].previous
     assert heal.plan(sim.state, sim.now) == []  # nothing moved since
 
 
@@ -167,7 +168,8 @@ def test_repeated_warnings_rewind_the_replica_to_its_snapshot_from_before() -> N
     assert kinds(planned) == ["RewindReplica"]  # only the replica the findings are about
     rewound = [x for x in sim.log if isinstance(x, h.ReplicaRewound)]
     assert len(rewound) == 1
-    assert rewound[0].replica_id == bad and rewound[0].anomaly_id == anomaly
+    assert rewound[0].replica_id == bad
+    assert rewound[0].anomaly_id == anomaly
     assert rewound[0].snapshot == f"swarm-snapshots/{bad}@3"
     assert "3 findings within 300s" in rewound[0].reason
     requested = [x for x in sim.log if isinstance(x, e.ReplicaRequested)][-1]
@@ -202,9 +204,11 @@ def test_the_snapshot_chosen_predates_the_anomaly() -> None:
         "pod:p1",
     )
     known = heal.good_snapshot(replica, sim.now - timedelta(seconds=50))
-    assert known is not None and known.ref == f"swarm-snapshots/{replica_id}@3"
+    assert known is not None
+    assert known.ref == f"swarm-snapshots/{replica_id}@3"
     latest = heal.good_snapshot(replica, sim.now)
-    assert latest is not None and latest.ref == f"swarm-snapshots/{replica_id}@9"
+    assert latest is not None
+    assert latest.ref == f"swarm-snapshots/{replica_id}@9"
 
 
 def test_a_finding_right_after_a_rollout_rolls_back() -> None:
@@ -216,7 +220,8 @@ def test_a_finding_right_after_a_rollout_rolls_back() -> None:
     run_all(sim)
     stop_reported(sim)
     agent = sim.state.agents[agent_id]
-    assert agent.spec.version == "v2" and agent.rollout is None
+    assert agent.spec.version == "v2"
+    assert agent.rollout is None
     sim.tick(30)
     anomaly = report(sim, agent_id, "critical", kind="cost_blowup", began_s_ago=20)
     planned = act(sim)
@@ -226,7 +231,9 @@ def test_a_finding_right_after_a_rollout_rolls_back() -> None:
     assert (reverted[0].from_version, reverted[0].to_version) == ("v2", "v1")
     assert reverted[0].anomaly_id == anomaly
     assert "after version v2 was rolled out" in reverted[0].reason
-    assert agent.spec.version == "v1" and agent.rollout is not None and agent.rollout.rollback
+    assert agent.spec.version == "v1"
+    assert agent.rollout is not None
+    assert agent.rollout.rollback
     assert agent.quarantine is None
 
 
@@ -249,7 +256,8 @@ def test_policy_none_only_records_and_low_trust_quarantines() -> None:
     # on_critical and on_repeated are "none", so the trust trigger decides.
     planned = heal.plan(sim.state, sim.now)
     quarantine = [p for _, p in planned if isinstance(p, h.QuarantineAgent)]
-    assert quarantine and "below 0.5" in quarantine[0].reason
+    assert quarantine
+    assert "below 0.5" in quarantine[0].reason
 
 
 def test_only_services_publish_reputation_and_unknown_agents_are_refused() -> None:
