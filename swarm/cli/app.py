@@ -7,6 +7,7 @@ import typer
 from swarm.cli import (
     agent,
     debug,
+    healing,
     logs,
     module,
     namespace,
@@ -37,6 +38,7 @@ module.register(app)
 logs.register(app)
 trace.register(app)
 debug.register(app)
+healing.register(agent.app)
 
 
 def main() -> None:
