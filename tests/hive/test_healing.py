@@ -272,3 +272,16 @@ def stop_reported(sim: Sim) -> None:
     from tests.hive.test_domain import stop_all
 
     stop_all(sim)
+
+
+def test_findings_about_a_replaced_version_do_not_count() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, healing=HealingPolicy(repeat=2))
+    sim.tick(10)
+    report(sim, agent_id, "warning")
+    sim.tick(10)
+    sim.ok(c.RolloutAgent(name="echo", spec=spec("v2", healing=HealingPolicy(repeat=2))))
+    sim.tick(10)
+    report(sim, agent_id, "warning")
+    # One finding before the rollout (about v1) and one after: not two about v2.
+    assert kinds(heal.plan(sim.state, sim.now)) == []
