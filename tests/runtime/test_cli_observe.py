@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
 from swarm.cli.debug import snapshot
 from tests.runtime.agents import COUNTER
-from tests.runtime.test_cli_modules import ECHO_WAT, swarm
-from tests.runtime.test_pod import agent, cluster, count, deploy, running_on, running_pod
+from tests.runtime.test_cli_modules import ECHO_WAT, ROOT, swarm
+from tests.runtime.test_pod import agent, ask, cluster, count, deploy, running_on, running_pod
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -139,6 +140,33 @@ async def test_logs_trace_and_debug_on_a_live_agent(tmp_path: Path) -> None:
         assert report["agent"]["trust"] < 0.8
         assert report["logs"]
         assert report["reply"] is None
+
+        # --listen sees messages others send meanwhile (the mesh stores nothing).
+        listening = asyncio.create_task(swarm(stack.url, "debug", "echo", "--listen", "3"))
+        sent = 0
+        while not listening.done():  # the CLI process takes a while to start and subscribe
+            assert await ask(stack, "echo", b"overheard") == (b"overheard", False)
+            sent += 1
+            await asyncio.sleep(0.3)
+        code, out, err = await listening
+        assert code == 0, err
+        seen = re.search(r"Messages seen while listening \((\d+)\)", out)
+        assert seen, out
+        assert 1 <= int(seen.group(1)) <= sent
+        assert "overheard" in out
+
+        # -i: one message per stdin line, each reply printed; :state redraws the screen.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "swarm.cli.app", "debug", "echo", "-i", "--nats-url", stack.url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(proc.communicate(b"first\n:state\nsecond\n"), 30)
+        assert proc.returncode == 0, stderr.decode()
+        text = stdout.decode()
+        assert "< first" in text
+        assert "< second" in text
+        assert text.count("Replicas:") == 2
 
         code, out, err = await swarm(stack.url, "agent", "describe", "echo")
         assert "Trust" in out
