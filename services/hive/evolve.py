@@ -435,6 +435,8 @@ def _anomaly_trust(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any]
     recorded.replica_id = e.replica_id
     recorded.window_start = e.window_start
     recorded.summary = e.summary[:300]
+    recorded.event_id = env.id
+    recorded.correlation = env.correlationid or env.causationid
     reputation.observe(
         agent.reputation,
         env.time,

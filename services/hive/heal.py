@@ -3,7 +3,8 @@
 Pure, like `decide`: the reconcile loop (leader only) calls `plan(state, now)` and sends what it
 returns. Each finding is acted upon once: an action moves the agent's `healed_at`, and only
 findings recorded after it count towards the next one. Command ids are derived from the finding,
-so sending one again before it is decided is deduplicated by JetStream.
+so sending one again before it is decided is deduplicated by JetStream, and they name the
+recorded finding as their cause (`cause_of`), so `swarm trace <report id>` shows the whole chain.
 
 Which action, per the agent's `spec.healing` (schemas/specs.py, `HealingPolicy`):
 
@@ -46,6 +47,18 @@ def plan(state: HiveState, now: datetime) -> list[tuple[str, Payload]]:
             )
         out += _heal(agent, now)
     return out
+
+
+def cause_of(state: HiveState, payload: Payload) -> tuple[str, str | None] | None:
+    """(causation id, correlation id) for a healing command: the recorded finding it acts on."""
+    anomaly_id = getattr(payload, "anomaly_id", None)
+    agent = state.agents.get(str(getattr(payload, "agent_id", "")))
+    if anomaly_id is None or agent is None:
+        return None
+    for anomaly in reversed(agent.anomalies):
+        if anomaly.anomaly_id == anomaly_id and anomaly.event_id is not None:
+            return anomaly.event_id, anomaly.correlation
+    return None
 
 
 def good_snapshot(replica: Replica, before: datetime) -> KnownSnapshot | None:

@@ -74,7 +74,7 @@ class Reconciler:
             state = self.working()
             if state is not None:
                 try:
-                    await self._send(self.plan(state))
+                    await self._send(self.plan(state), state)
                 except AppendFailed as exc:
                     log.warning("reconcile could not send", error=str(exc))
             await asyncio.sleep(self.interval)
@@ -120,13 +120,20 @@ class Reconciler:
         out += heal.plan(state, now)
         return out
 
-    async def _send(self, planned: list[tuple[str, Payload]]) -> None:
+    async def _send(self, planned: list[tuple[str, Payload]], state: HiveState) -> None:
         if not planned:
             return
         requests = []
         for command_id, payload in planned:
+            # A healing step names the finding it acts on, so `swarm trace` links the two.
+            causation, correlation = heal.cause_of(state, payload) or (None, None)
             env = command(
-                payload, source="hive/reconcile", id=_token(command_id), identity="service:hive"
+                payload,
+                source="hive/reconcile",
+                id=_token(command_id),
+                identity="service:hive",
+                causationid=causation,
+                correlationid=correlation,
             )
             requests.append(AppendRequest.of(env))
         await self.log.append_batch(requests)

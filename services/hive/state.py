@@ -65,6 +65,9 @@ class Anomaly:
     replica_id: str | None = None
     window_start: datetime | None = None
     summary: str = ""
+    #: The recorded event's id and correlation, so the healing command it causes joins its trace.
+    event_id: str | None = None
+    correlation: str | None = None
 
 
 # --- healing -------------------------------------------------------------------------------------

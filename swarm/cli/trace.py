@@ -73,9 +73,13 @@ class Node:
 
 
 def trace(
-    id: Annotated[
+    wanted: Annotated[
         str,
-        typer.Argument(help="A command id, or the id of an event it caused.", show_default=False),
+        typer.Argument(
+            metavar="ID",
+            help="A command id, or the id of an event it caused.",
+            show_default=False,
+        ),
     ],
     window: Annotated[
         float,
@@ -92,10 +96,10 @@ def trace(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
-            roots = await collect(log, id, window=window)
+            roots = await collect(log, wanted, window=window)
         root_time = roots[0].time if roots else None
         if output != Format.TABLE:
-            emit({"id": id, "trace": [r.as_json(root_time) for r in roots]}, output)
+            emit({"id": wanted, "trace": [r.as_json(root_time) for r in roots]}, output)
         else:
             console = stdout_console()
             for root in roots:

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from schemas import commands, names, utcnow
+from schemas import command, commands, names, utcnow
 from schemas.healing import ReleaseAgent
 from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy
+from swarm.cli.trace import Node, collect
+from swarm.kernel.eventlog import AppendRequest
 from tests.runtime.agents import COUNTER, ECHO
 from tests.runtime.test_pod import agent, ask, cluster, count, deploy, running_on, running_pod, spec
 from tests.scheduler.stack import Stack, wait_until
@@ -39,8 +41,9 @@ async def report(
         signals=[SignalEvidence(signal="fuel", value=5e9, baseline=1e6, score=50, threshold=6)],
         summary=f"injected {kind}",
     )
-    await stack.send([(finding, "service:observer")])
-    return finding.agent_id
+    env = command(finding, source="test", identity="service:observer")
+    await stack.client.append_batch([AppendRequest.of(env)])
+    return env.id
 
 
 async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
@@ -113,7 +116,7 @@ async def test_a_latency_spike_rewinds_the_replica_to_its_state_before_the_anoma
         assert [await count(stack, "counter") for _ in range(2)] == [3, 4]
         await asyncio.sleep(0.6)  # two snapshot intervals; the anomaly begins after this
 
-        await report(
+        anomaly_id = await report(
             stack, view["agent_id"], "critical", "latency_spike", replica_id=replica["replica_id"]
         )
 
@@ -128,6 +131,24 @@ async def test_a_latency_spike_rewinds_the_replica_to_its_state_before_the_anoma
         assert rewind["replica_id"] == replica["replica_id"]
         # Exactly the snapshot from before the anomaly (2), not the newest state (4).
         assert await count(stack, "counter") == 3
+
+        # The whole chain is one trace: finding -> rewind -> new placement -> pod reports.
+        (root,) = await collect(stack.client, anomaly_id, window=60)
+        assert (root.id, root.type) == (anomaly_id, "swarm.cmd.anomaly.report")
+        chain = [n.type for n in walk(root)]
+        for step in (
+            "swarm.agent.anomaly_detected",
+            "swarm.cmd.replica.rewind",
+            "swarm.agent.replica_rewound",
+            "swarm.cmd.placement.propose",
+            "swarm.agent.replica_running",
+        ):
+            assert step in chain, (step, chain)
+        assert chain.index("swarm.cmd.replica.rewind") > chain.index("swarm.agent.anomaly_detected")
+
+
+def walk(node: Node) -> list[Node]:
+    return [node, *(n for child in node.children for n in walk(child))]
 
 
 async def test_a_cost_blowup_right_after_a_rollout_rolls_back(tmp_path: Path) -> None:
