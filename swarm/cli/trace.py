@@ -27,7 +27,16 @@ from rich.tree import Tree
 
 from schemas import names
 from swarm.cli import connect
-from swarm.cli.output import EXIT_FAILED, EXIT_OK, CliError, Format, emit, status, stdout_console
+from swarm.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Format,
+    emit,
+    status,
+    stdout_console,
+)
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import OutputOption, finish
 from swarm.kernel.eventlog import Delivery, EventLog
@@ -86,6 +95,15 @@ def trace(
         typer.Option("--window", min=1, help="Seconds after the root command to follow the chain."),
     ] = 300.0,
     output: OutputOption = Format.TABLE,
+    otlp: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp",
+            metavar="URL",
+            help="Also export it as OpenTelemetry spans over OTLP/HTTP, e.g. "
+            "http://localhost:4318/v1/traces (needs the otel extra).",
+        ),
+    ] = None,
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Show everything one command caused (events, outcomes, the scheduler's proposals, the
@@ -98,6 +116,9 @@ def trace(
         async with connect.session(target, settings, streams=streams) as log:
             roots = await collect(log, wanted, window=window)
         root_time = roots[0].time if roots else None
+        if otlp is not None:
+            sent = _export(roots, otlp)
+            status(f"exported {sent} spans to {otlp}")
         if output != Format.TABLE:
             emit({"id": wanted, "trace": [r.as_json(root_time) for r in roots]}, output)
         else:
@@ -107,6 +128,19 @@ def trace(
         return EXIT_OK
 
     finish(main())
+
+
+def _export(roots: list[Node], endpoint: str) -> int:
+    try:
+        from swarm.cli import otel
+    except ImportError:
+        raise CliError(
+            "OpenTelemetry export needs the otel extra",
+            code=EXIT_USAGE,
+            hint="pip install 'swarm[otel]'",
+        ) from None
+    correlation = roots[0].correlation or roots[0].id if roots else ""
+    return otel.export(roots, correlation, otel.otlp_exporter(endpoint))
 
 
 async def collect(log: EventLog, wanted: str, *, window: float = 300.0) -> list[Node]:

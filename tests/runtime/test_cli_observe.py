@@ -4,14 +4,19 @@ in-process Hive and scheduler, a real pod running the echo example, the CLI as a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import re
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
@@ -21,6 +26,31 @@ from tests.runtime.test_cli_modules import ECHO_WAT, ROOT, swarm
 from tests.runtime.test_pod import agent, ask, cluster, count, deploy, running_on, running_pod
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """An HTTP endpoint on port 0 that keeps the OTLP request bodies it is sent."""
+    bodies: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def walk(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,6 +136,24 @@ async def test_logs_trace_and_debug_on_a_live_agent(tmp_path: Path) -> None:
         assert "replica.report" in out
         assert " ms " in out
         assert "decided in" in out
+        # --otlp: the same tree as OpenTelemetry spans, received by a real HTTP endpoint.
+        with otlp_receiver() as (url, bodies):
+            code, out, err = await swarm(stack.url, "trace", deploy_id, "--otlp", url)
+        assert code == 0, err
+        assert "exported" in err
+        spans = [
+            span
+            for body in bodies
+            for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
+        assert len(spans) == len(everything)
+        assert {span.name for span in spans} == {n["type"] for n in everything}
+        by_id = {s.span_id: s for s in spans}
+        report_span = next(s for s in spans if s.name == "swarm.cmd.replica.report")
+        assert by_id[report_span.parent_span_id].name == "swarm.agent.replica_scheduled"
+
         code, out, err = await swarm(stack.url, "trace", "NOSUCHID")
         assert code == 1
         assert "no command or event with id NOSUCHID" in err
