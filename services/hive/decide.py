@@ -759,6 +759,8 @@ def _rewind(
     known = good_snapshot(replica, c.before)
     ref = known.ref if known is not None else replica.snapshot
     where = f"snapshot {ref}" if ref else "an empty state"
+    if known is not None and known.at > c.before:
+        where += " (the oldest known: none predates the anomaly)"
     out: list[Payload] = [
         healing.ReplicaRewound(
             agent_id=agent.agent_id,

@@ -176,6 +176,7 @@ def test_repeated_warnings_rewind_the_replica_to_its_snapshot_from_before() -> N
     assert (requested.replica_id, requested.restore) == (bad, "exact")
     assert requested.snapshot == f"swarm-snapshots/{bad}@3"
     assert agent.replicas[bad].phase == "requested"
+    assert "predates" not in requested.reason
     assert [a.action for a in agent.actions] == ["restart"]
     # A rewind of a replica that is not running is refused with the reason.
     refused = sim.rejected(
@@ -209,6 +210,10 @@ def test_the_snapshot_chosen_predates_the_anomaly() -> None:
     latest = heal.good_snapshot(replica, sim.now)
     assert latest is not None
     assert latest.ref == f"swarm-snapshots/{replica_id}@9"
+    # Nothing known from before: the oldest known.
+    oldest = heal.good_snapshot(replica, T0 - timedelta(days=1))
+    assert oldest is not None
+    assert oldest.ref == f"swarm-snapshots/{replica_id}@3"
 
 
 def test_a_finding_right_after_a_rollout_rolls_back() -> None:
@@ -285,3 +290,15 @@ def test_findings_about_a_replaced_version_do_not_count() -> None:
     report(sim, agent_id, "warning")
     # One finding before the rollout (about v1) and one after: not two about v2.
     assert kinds(heal.plan(sim.state, sim.now)) == []
+
+
+def test_a_rewind_with_no_earlier_snapshot_says_so() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    replica_id = next(iter(sim.state.agents[agent_id].replicas))
+    before = sim.now - timedelta(days=1)
+    sim.ok(h.RewindReplica(agent_id=agent_id, replica_id=replica_id, before=before, reason="x"))
+    requested = [x for x in sim.log if isinstance(x, e.ReplicaRequested)][-1]
+    assert requested.restore == "exact"
+    assert requested.snapshot == f"swarm-snapshots/{replica_id}@3"
+    assert "none predates the anomaly" in requested.reason
