@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from schemas import Envelope, events, healing
@@ -52,6 +53,7 @@ class ReplicaInfo:
     snapshot: str | None = None
     placed_seq: int = 0
     restore: str = "latest"
+    restore_before: datetime | None = None
     #: (event id, correlation id) of its placement, so the pod's reports join that trace.
     cause: tuple[str, str] | None = None
 
@@ -68,8 +70,10 @@ class Assignment:
     #: Snapshot the log says it resumes from; else the agent's last stopped one.
     snapshot: str | None
     placed_seq: int
-    #: `exact`: resume from exactly `snapshot` (a healing rewind), not from the newest state.
+    #: A healing rewind: resume from the newest state saved before `restore_before`, else from
+    #: exactly `snapshot`; never from the newest (possibly bad) state.
     exact: bool = False
+    restore_before: datetime | None = None
     #: (event id, correlation id) of the placement; the pod's reports are caused by it.
     cause: tuple[str, str] | None = None
 
@@ -127,6 +131,7 @@ class PodView:
                 ),
                 placed_seq=r.placed_seq,
                 exact=r.restore == "exact",
+                restore_before=r.restore_before if r.restore == "exact" else None,
                 cause=r.cause,
             )
         return out
@@ -187,6 +192,7 @@ def _requested(v: PodView, e: events.ReplicaRequested, seq: int) -> None:
     replica.phase, replica.version, replica.pod_id = "requested", e.version, None
     replica.snapshot = e.snapshot
     replica.restore = e.restore
+    replica.restore_before = e.before
 
 
 @_on(events.ReplicaScheduled)

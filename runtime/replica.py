@@ -454,9 +454,15 @@ class Replica:
         return kv
 
     async def _restore_exact(self) -> dict[str, bytes]:
-        """A healing rewind: exactly the named snapshot (its last good state), or an empty state
-        when it names none; never the newer, possibly bad, state under its own key."""
+        """A healing rewind: the newest state it saved before the anomaly began (its own key's
+        history), else exactly the named snapshot, else an empty state; never the newer,
+        possibly bad, state."""
         a = self.assignment
+        if a.restore_before is not None:
+            found = await self.deps.snapshots.load_before(a.replica_id, a.restore_before)
+            if found is not None:
+                state, self.snapshot = found
+                return state
         ref = SnapshotRef.parse(a.snapshot) if a.snapshot else None
         if ref is None:
             return {}

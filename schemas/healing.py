@@ -83,14 +83,17 @@ class AgentReleased(Payload):
 
 @REGISTRY.event("agent", "replica_rewound")
 class ReplicaRewound(Payload):
-    """A replica is restarted from `snapshot` (None: from an empty state), which it had before
-    the anomaly began; the `replica_requested` that follows carries `restore: exact`."""
+    """A replica is restarted from its state before the anomaly began: the newest it saved
+    before `before` where its pod's snapshot history still has one, else `snapshot` (the last
+    the log knows from before; None: an empty state). The `replica_requested` that follows
+    carries `restore: exact`; the `replica_starting` after it names the snapshot used."""
 
     agent_id: Id
     replica_id: Id
     snapshot: str | None
     #: When the Hive learnt of that snapshot (the replica had it at that time).
     snapshot_at: datetime | None
+    before: datetime
     reason: str
     anomaly_id: Id | None = None
 

@@ -767,6 +767,7 @@ def _rewind(
             replica_id=replica.replica_id,
             snapshot=ref,
             snapshot_at=known.at if known is not None else None,
+            before=c.before,
             reason=c.reason,
             anomaly_id=c.anomaly_id,
         ),
@@ -775,8 +776,11 @@ def _rewind(
             replica_id=replica.replica_id,
             version=replica.version,
             snapshot=ref,
-            restore="exact" if known is not None else "latest",
-            reason=f"rewound to {where}: {c.reason}"[:1000],
+            restore="exact",
+            before=c.before,
+            reason=f"rewound to its state before {c.before.isoformat()} or {where}: {c.reason}"[
+                :1000
+            ],
         ),
     ]
     return _with_status(state, agent.agent_id, out, now)

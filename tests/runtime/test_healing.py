@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,15 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def report(
-    stack: Stack, agent_id: str, severity: str, kind: str, *, replica_id: str | None = None
+    stack: Stack,
+    agent_id: str,
+    severity: str,
+    kind: str,
+    *,
+    replica_id: str | None = None,
+    began: datetime | None = None,
 ) -> str:
-    """Send the Observer's command for a finding that began a moment ago."""
+    """Send the Observer's command for a finding that began at `began` (a moment ago)."""
     now = utcnow()
     finding = ReportAnomaly(
         agent_id=agent_id,
@@ -36,7 +42,7 @@ async def report(
         score=0.95,
         severity=severity,  # type: ignore[arg-type]
         kind=kind,
-        window_start=now - timedelta(seconds=0.05),
+        window_start=began or now - timedelta(seconds=0.05),
         window_end=now,
         signals=[SignalEvidence(signal="fuel", value=5e9, baseline=1e6, score=50, threshold=6)],
         summary=f"injected {kind}",
@@ -114,10 +120,19 @@ async def test_a_latency_spike_rewinds_the_replica_to_its_state_before_the_anoma
         assert resumed_from is not None
         # It goes on to 4, and the pod's interval snapshots save that under its own key.
         assert [await count(stack, "counter") for _ in range(2)] == [3, 4]
-        await asyncio.sleep(0.6)  # two snapshot intervals; the anomaly begins after this
+        await asyncio.sleep(0.6)  # two snapshot intervals
+        began = utcnow()
+        # Then the anomaly: the state moves on to 6, and that is saved too.
+        assert [await count(stack, "counter") for _ in range(2)] == [5, 6]
+        await asyncio.sleep(0.6)
 
         anomaly_id = await report(
-            stack, view["agent_id"], "critical", "latency_spike", replica_id=replica["replica_id"]
+            stack,
+            view["agent_id"],
+            "critical",
+            "latency_spike",
+            replica_id=replica["replica_id"],
+            began=began,
         )
 
         async def rewound() -> bool:
@@ -127,10 +142,13 @@ async def test_a_latency_spike_rewinds_the_replica_to_its_state_before_the_anoma
         await asyncio.sleep(0.3)
         await running_on(stack, "counter", "p1")
         rewind = (await events_of(stack, "replica_rewound"))[0]["data"]
-        assert rewind["snapshot"] == resumed_from
+        assert rewind["snapshot"] == resumed_from  # the fallback the log knows of
         assert rewind["replica_id"] == replica["replica_id"]
-        # Exactly the snapshot from before the anomaly (2), not the newest state (4).
-        assert await count(stack, "counter") == 3
+        # The newest state saved before the anomaly began (4), not the newest state (6).
+        assert await count(stack, "counter") == 5
+        # The log says which snapshot it resumed from: one of its own, older than the newest.
+        starting = (await events_of(stack, "replica_starting"))[-1]["data"]
+        assert starting["snapshot"].startswith(f"{names.SNAPSHOTS_BUCKET}/{replica['replica_id']}@")
 
         # The whole chain is one trace: finding -> rewind -> new placement -> pod reports.
         (root,) = await collect(stack.client, anomaly_id, window=60)
