@@ -36,7 +36,7 @@ from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
 from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
-from runtime.podview import HANDLED, Assignment, PodView
+from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
 from schemas import REGISTRY, DecodeError, Payload, command, commands, names
@@ -131,6 +131,7 @@ class Pod:
                 report=self._report,
                 mailbox_size=self.config.mailbox_size,
                 memory=memory,
+                quarantine=lambda agent_id: quarantine_of(self.view, agent_id),
             )
             await self._register()
             tasks = [
@@ -337,13 +338,24 @@ class Pod:
                 status=status,
                 reason=reason[:2000],
                 snapshot=snapshot,
-            )
+            ),
+            cause=a.cause,
         )
 
-    async def _send(self, payload: Payload) -> None:
+    async def _send(self, payload: Payload, cause: tuple[str, str] | None = None) -> None:
         if self._eventlog is None:
             return
-        request = AppendRequest.of(command(payload, source=self.source, identity=self.identity))
+        # A report names the placement that caused it, so `swarm trace` follows it.
+        causation, correlation = cause or (None, None)
+        request = AppendRequest.of(
+            command(
+                payload,
+                source=self.source,
+                identity=self.identity,
+                causationid=causation,
+                correlationid=correlation,
+            )
+        )
         for attempt in range(1, _REPORT_ATTEMPTS + 1):
             try:
                 await self._eventlog.append_raw(request)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from schemas import Envelope, events, market
+from schemas import Envelope, events, healing, market
 from schemas.specs import AgentSpec
 
 Phase = Literal[
@@ -38,6 +39,8 @@ class AgentInfo:
     #: The newest snapshot a replica of this agent stopped with: a replica added later (stop,
     #: then scale up) starts from it, since new replicas get new ids and no snapshot of their own.
     last_stopped_snapshot: str | None = None
+    #: Why the agent is quarantined (its replicas refuse messages), None when it is not.
+    quarantine: str | None = None
 
 
 @dataclass(slots=True)
@@ -52,6 +55,10 @@ class ReplicaInfo:
     #: The placement (`placed_seq`) a preemption moved it off: the pod saves a last snapshot
     #: of that placement when it stops it (a plain move after a lost pod saves nothing).
     preempted_seq: int = 0
+    restore: str = "latest"
+    restore_before: datetime | None = None
+    #: (event id, correlation id) of its placement, so the pod's reports join that trace.
+    cause: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,12 @@ class Assignment:
     #: Snapshot the log says it resumes from; else the agent's last stopped one.
     snapshot: str | None
     placed_seq: int
+    #: A healing rewind: resume from the newest state saved before `restore_before`, else from
+    #: exactly `snapshot`; never from the newest (possibly bad) state.
+    exact: bool = False
+    restore_before: datetime | None = None
+    #: (event id, correlation id) of the placement; the pod's reports are caused by it.
+    cause: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +98,10 @@ class PodView:
         handler = _HANDLERS.get(type(envelope.data))
         if handler is not None:
             handler(self, envelope.data, seq)
+        if isinstance(envelope.data, events.ReplicaScheduled):
+            placed = self.replicas.get(envelope.data.replica_id)
+            if placed is not None:
+                placed.cause = (envelope.id, envelope.correlationid or envelope.id)
 
     def advance(self, seq: int) -> None:
         """Skip a message that could not be read (it must not stall the projection)."""
@@ -110,8 +127,15 @@ class PodView:
                 namespace=agent.namespace,
                 name=agent.name,
                 spec=agent.specs.get(r.version) or agent.specs[agent.current],
-                snapshot=r.snapshot or agent.last_stopped_snapshot,
+                snapshot=(
+                    r.snapshot
+                    if r.restore == "exact"
+                    else r.snapshot or agent.last_stopped_snapshot
+                ),
                 placed_seq=r.placed_seq,
+                exact=r.restore == "exact",
+                restore_before=r.restore_before if r.restore == "exact" else None,
+                cause=r.cause,
             )
         return out
 
@@ -175,6 +199,8 @@ def _requested(v: PodView, e: events.ReplicaRequested, seq: int) -> None:
     replica = v.replicas.setdefault(e.replica_id, ReplicaInfo(e.agent_id, e.replica_id, e.version))
     replica.phase, replica.version, replica.pod_id = "requested", e.version, None
     replica.snapshot = e.snapshot
+    replica.restore = e.restore
+    replica.restore_before = e.before
 
 
 @_on(events.ReplicaScheduled)
@@ -249,6 +275,26 @@ def _preempted(v: PodView, e: market.ReplicaPreempted, seq: int) -> None:
     replica = v.replicas.get(e.replica_id)
     if replica is not None and replica.pod_id == e.pod_id:
         replica.preempted_seq = replica.placed_seq
+
+
+def quarantine_of(view: PodView, agent_id: str) -> str | None:
+    """Why the agent's replicas must refuse messages now, or None."""
+    agent = view.agents.get(agent_id)
+    return agent.quarantine if agent is not None else None
+
+
+@_on(healing.AgentQuarantined)
+def _quarantined(v: PodView, e: healing.AgentQuarantined, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is not None:
+        agent.quarantine = e.reason
+
+
+@_on(healing.AgentReleased)
+def _released(v: PodView, e: healing.AgentReleased, seq: int) -> None:
+    agent = v.agents.get(e.agent_id)
+    if agent is not None:
+        agent.quarantine = None
 
 
 #: Payload types that change the view; anything else only advances `applied_seq`.

@@ -21,6 +21,9 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   siblings in the queue group get the traffic), answers what it had queued with the error, saves
   its kv (effects of host calls happen when called, ABI.md) and reports `crashed`. The Hive
   decides about a restart; the pod starts the replica again only when the log places it again.
+* Quarantine: while the log says the agent is quarantined (`agent.quarantined`), direct messages
+  are answered at once with `{"error": "agent is quarantined: <reason>"}` and topic messages are
+  dropped; the replica keeps running (its state is kept for inspection) until released.
 * Reply body: the agent's `reply()` outputs concatenated, header `Swarm-Status` = the agent's
   return code. Errors (the platform's, not the agent's): `{"error": "..."}` with header
   `Swarm-Error: 1`, so an agent replying JSON with an "error" key is never mistaken for one.
@@ -93,6 +96,8 @@ class ReplicaDeps:
     memory: VectorMemory | None = None
     #: Compiled components (Python agents); None: this pod runs core modules only.
     components: ComponentCache | None = None
+    #: agent id -> why it is quarantined (None: it is not); from the pod's view of the log.
+    quarantine: Callable[[str], str | None] | None = None
 
 
 class State(enum.Enum):
@@ -446,6 +451,8 @@ class Replica:
 
     async def _restore(self) -> dict[str, bytes]:
         a = self.assignment
+        if a.exact:
+            return await self._restore_exact()
         # Two candidates: the snapshot the log names (e.g. the stopped replica this one replaces)
         # and this replica's own key, where it saved interval snapshots the log never heard of
         # (its pod was lost between two reports). The newer wins: KV revisions are sequences of
@@ -464,10 +471,42 @@ class Replica:
         kv, self.snapshot = newest
         return kv
 
+    async def _restore_exact(self) -> dict[str, bytes]:
+        """A healing rewind: the newest state it saved before the anomaly began (its own key's
+        history), else exactly the named snapshot, else an empty state; never the newer,
+        possibly bad, state."""
+        a = self.assignment
+        if a.restore_before is not None:
+            found = await self.deps.snapshots.load_before(a.replica_id, a.restore_before)
+            if found is not None:
+                state, self.snapshot = found
+                return state
+        ref = SnapshotRef.parse(a.snapshot) if a.snapshot else None
+        if ref is None:
+            return {}
+        kv = await self.deps.snapshots.load_exact(ref)
+        if kv is None:
+            log.warning(
+                "rewind snapshot no longer kept; starting empty",
+                replica_id=a.replica_id,
+                snapshot=a.snapshot,
+            )
+            return {}
+        self.snapshot = ref
+        return kv
+
+    def _quarantined(self) -> str | None:
+        check = self.deps.quarantine
+        return check(self.assignment.agent_id) if check is not None else None
+
     async def _on_message(self, msg: Msg) -> None:
         # Runs on nats-py's delivery task: decide quickly, never run the agent here.
         self.metrics.received += 1
-        if self.state is not State.RUNNING or self._stopping:
+        quarantined = self._quarantined()
+        if quarantined is not None:
+            self.metrics.rejected += 1
+            await self._answer(msg, error=f"agent is quarantined: {quarantined}")
+        elif self.state is not State.RUNNING or self._stopping:
             await self._answer(msg, error=self.failure or "agent is not running")
         elif self._mailbox.qsize() >= self.deps.mailbox_size:
             self.metrics.rejected += 1
@@ -483,6 +522,7 @@ class Replica:
                 self.state is not State.RUNNING
                 or self._stopping
                 or self._mailbox.qsize() >= self.deps.mailbox_size
+                or self._quarantined() is not None
             ):
                 self.metrics.topic_dropped += 1
             else:

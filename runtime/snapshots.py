@@ -17,9 +17,10 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas import names
@@ -90,3 +91,37 @@ class SnapshotStore:
         if entry.value is None or entry.revision is None:
             return None
         return decode(entry.value), SnapshotRef(self.bucket, ref.key, int(entry.revision))
+
+    async def load_before(
+        self, key: str, before: datetime
+    ) -> tuple[dict[str, bytes], SnapshotRef] | None:
+        """The newest state saved under `key` before `before`, among the HISTORY revisions the
+        bucket keeps; None when none of them is that old."""
+        try:
+            entries = await self._kv.history(key)
+        except (KeyNotFoundError, NotFoundError, NoKeysError):
+            return None
+        newest: tuple[int, bytes] | None = None
+        for e in entries:
+            if e.operation is not None or not e.value or e.revision is None:
+                continue  # a delete or purge marker
+            if not isinstance(e.created, datetime) or e.created > before:
+                continue
+            if newest is None or e.revision > newest[0]:
+                newest = (e.revision, e.value)
+        if newest is None:
+            return None
+        return decode(newest[1]), SnapshotRef(self.bucket, key, newest[0])
+
+    async def load_exact(self, ref: SnapshotRef) -> dict[str, bytes] | None:
+        """The state saved at exactly `ref` (a healing rewind); None when that revision is no
+        longer kept (the bucket keeps HISTORY revisions per key)."""
+        if ref.bucket != self.bucket:
+            raise ValueError(f"snapshot {ref} is not in bucket {self.bucket}")
+        try:
+            entry = await self._kv.get(ref.key, revision=ref.revision)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if entry.value is None or entry.key != ref.key:
+            return None
+        return decode(entry.value)

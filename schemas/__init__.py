@@ -1,6 +1,6 @@
 """Swarm's public contracts: names, the CloudEvents envelope, and every command and event."""
 
-from schemas import commands, events, market, names, observer, specs, webhooks
+from schemas import commands, events, healing, market, names, observer, specs, webhooks
 from schemas.build import command, event, subject_of
 from schemas.envelope import Envelope, Payload, RawEnvelope, new_id, utcnow
 from schemas.outcomes import CommandAccepted, CommandRejected, FieldErrorModel
@@ -21,6 +21,7 @@ __all__ = [
     "commands",
     "event",
     "events",
+    "healing",
     "market",
     "names",
     "new_id",

@@ -122,6 +122,11 @@ class ReplicaRequested(Payload):
     #: The snapshot it must resume from (after a crash or the loss of its pod).
     snapshot: str | None = None
     reason: str
+    #: `latest`: resume from the newest state saved under the snapshot's key (or the replica's
+    #: own); `exact` (a healing rewind): from the newest state the replica saved before
+    #: `before` if its pod still keeps one, else from exactly `snapshot` (None: empty).
+    restore: Literal["latest", "exact"] = "latest"
+    before: datetime | None = None
 
 
 @REGISTRY.event("agent", "replica_scheduled")

@@ -112,6 +112,33 @@ class Placement(Value):
     avoid_zones: list[str] = Field(default_factory=list, max_length=16)
 
 
+#: What the Hive does about a misbehaving agent (`none`: only record the finding).
+HealingAction = Literal["none", "quarantine", "restart", "rollback"]
+
+
+class HealingPolicy(Value):
+    """How the Hive reacts to the Observer's findings about this agent (see schemas/healing.py).
+
+    A critical finding, `repeat` findings of at least warning severity within `window_s`, or a
+    trust below `min_trust` each trigger their action, at most once per `cooldown_s`. `restart`
+    rewinds the replica the finding is about (every running replica when it names none) to its
+    last snapshot from before the anomaly began. With `rollback_on_regression`, any action
+    becomes a rollback when the anomaly began within `regression_s` of this version's rollout
+    and an earlier version exists.
+    """
+
+    on_critical: HealingAction = "quarantine"
+    on_repeated: HealingAction = "restart"
+    repeat: int = Field(default=3, ge=1, le=20)
+    window_s: float = Field(default=300.0, gt=0)
+    on_low_trust: HealingAction = "quarantine"
+    #: 0 disables the trust trigger.
+    min_trust: float = Field(default=0.2, ge=0, le=1)
+    rollback_on_regression: bool = True
+    regression_s: float = Field(default=600.0, ge=0)
+    cooldown_s: float = Field(default=30.0, ge=0)
+
+
 class AgentSpec(Value):
     """Everything that defines one version of an agent."""
 
@@ -160,6 +187,8 @@ class AgentSpec(Value):
         """The number preemption compares: the priority class's when one is named."""
         named = self.placement.priority_class
         return PRIORITY_CLASSES[named] if named is not None else self.priority
+
+    healing: HealingPolicy = HealingPolicy()
 
 
 class Quota(Value):

@@ -102,7 +102,7 @@ async def test_deploy_then_ls_and_describe_show_the_agent(stack: Stack, wasm: Pa
 
     table = ok(await cli(stack, "agent", "ls")).stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "AGE", "REASON"]
+    assert header == ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "TRUST", "AGE", "REASON"]
     assert "0/2" in table
 
     text = ok(await cli(stack, "agent", "describe", "echo")).stdout

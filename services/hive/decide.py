@@ -15,10 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from schemas import Envelope, Payload, commands, events, market, observer, webhooks
+from schemas import Envelope, Payload, commands, events, healing, market, observer, webhooks
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
+from services.hive import reputation
 from services.hive.evolve import evolve
+from services.hive.heal import REWINDABLE, good_snapshot
 from services.hive.policy import check_identity, check_quota
 from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Replica
 
@@ -947,6 +949,134 @@ def _autoscale(
         [
             events.AgentAutoscaleChanged(
                 agent_id=agent.agent_id, autoscale=c.autoscale, previous=agent.autoscale
+            )
+        ]
+    )
+
+
+# --- healing and reputation ----------------------------------------------------------------------
+# Sent by the reconcile loop (services/hive/heal.py decides when) or by a user.
+
+
+def _live_agent(state: HiveState, agent_id: str) -> Agent | Rejection:
+    agent = state.agents.get(agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {agent_id} not found", rule="not_found")
+    return agent
+
+
+@_on(healing.QuarantineAgent)
+def _quarantine(
+    state: HiveState, c: healing.QuarantineAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
+    if agent.quarantine is not None:
+        return Decision([])  # already quarantined: the first reason stands
+    return Decision(
+        [
+            healing.AgentQuarantined(
+                agent_id=agent.agent_id, reason=c.reason, anomaly_id=c.anomaly_id
+            )
+        ]
+    )
+
+
+@_on(healing.ReleaseAgent)
+def _release_agent(
+    state: HiveState, c: healing.ReleaseAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
+    if agent.quarantine is None:
+        return Rejection(f"agent {agent.namespace}/{agent.name} is not quarantined")
+    return Decision([healing.AgentReleased(agent_id=agent.agent_id, reason=c.reason)])
+
+
+@_on(healing.RewindReplica)
+def _rewind(
+    state: HiveState, c: healing.RewindReplica, env: Envelope[Any], now: datetime
+) -> Outcome:
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
+    replica = agent.replicas.get(c.replica_id)
+    if replica is None:
+        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+    if replica.phase not in REWINDABLE:
+        return Rejection(f"replica {c.replica_id} is {replica.phase}; only a running one rewinds")
+    known = good_snapshot(replica, c.before)
+    ref = known.ref if known is not None else replica.snapshot
+    where = f"snapshot {ref}" if ref else "an empty state"
+    if known is not None and known.at > c.before:
+        where += " (the oldest known: none predates the anomaly)"
+    out: list[Payload] = [
+        healing.ReplicaRewound(
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            snapshot=ref,
+            snapshot_at=known.at if known is not None else None,
+            before=c.before,
+            reason=c.reason,
+            anomaly_id=c.anomaly_id,
+        ),
+        events.ReplicaRequested(
+            agent_id=agent.agent_id,
+            replica_id=replica.replica_id,
+            version=replica.version,
+            snapshot=ref,
+            restore="exact",
+            before=c.before,
+            reason=f"rewound to its state before {c.before.isoformat()} or {where}: {c.reason}"[
+                :1000
+            ],
+        ),
+    ]
+    return _with_status(state, agent.agent_id, out, now)
+
+
+@_on(healing.RevertAgent)
+def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: datetime) -> Outcome:
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
+    rollback = commands.RollbackAgent(namespace=agent.namespace, name=agent.name)
+    outcome = _rollback(state, rollback, env, now)
+    if isinstance(outcome, Rejection):
+        return outcome
+    started = [e for e in outcome.events if isinstance(e, events.AgentRolloutStarted)]
+    target = started[0].spec.version if started else agent.spec.version
+    reverted = healing.AgentReverted(
+        agent_id=agent.agent_id,
+        from_version=agent.spec.version,
+        to_version=target,
+        reason=c.reason,
+        anomaly_id=c.anomaly_id,
+    )
+    return Decision([reverted, *outcome.events])
+
+
+@_on(healing.PublishReputation)
+def _publish_reputation(
+    state: HiveState, c: healing.PublishReputation, env: Envelope[Any], now: datetime
+) -> Outcome:
+    if not (env.identity or "").startswith("service:"):
+        return Rejection(f"{env.type} may only be sent by a Swarm service", rule="identity")
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
+    if not reputation.worth_publishing(agent.reputation, now):
+        return Decision([])
+    trust = round(reputation.current(agent.reputation, now), 4)
+    return Decision(
+        [
+            healing.ReputationChanged(
+                agent_id=agent.agent_id,
+                trust=trust,
+                previous=agent.reputation.published,
+                reason=agent.reputation.reason,
             )
         ]
     )

@@ -11,15 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from schemas import REGISTRY, DecodeError, Envelope, events, market, observer, webhooks
+from schemas import REGISTRY, DecodeError, Envelope, events, healing, market, observer, webhooks
+from services.hive import reputation
 from services.hive.state import (
+    KNOWN_SNAPSHOTS,
     PLACED,
+    RECENT_ACTIONS,
     RECENT_ANOMALIES,
     Agent,
     Anomaly,
+    HealingRecord,
     HiveState,
+    KnownSnapshot,
     Namespace,
     Pod,
+    Quarantine,
     Replica,
     ReplicaPhase,
     Rollout,
@@ -401,3 +407,152 @@ def fold_raw(state: HiveState, seq: int, raw: bytes) -> HiveState:
         state.applied_seq = seq
         return state
     return evolve(state, seq, envelope)
+
+
+# --- reputation and healing ----------------------------------------------------------------------
+# Outcomes the log already records also move the agent's trust; the handlers above stay as they
+# are and these run after them (`_also`). Time is the event's, so every replica folds the same.
+
+
+def _also(event_type: type[Any]) -> Callable[[Handler], Handler]:
+    """Run `extra` after the handler already registered for `event_type`."""
+
+    def register(extra: Handler) -> Handler:
+        base = _HANDLERS[event_type]
+
+        def both(s: HiveState, e: Any, env: Envelope[Any], seq: int) -> None:
+            base(s, e, env, seq)
+            extra(s, e, env, seq)
+
+        _HANDLERS[event_type] = both
+        return extra
+
+    return register
+
+
+def _remember_snapshot(replica: Replica, ref: str | None, env: Envelope[Any]) -> None:
+    replica.known_snapshots.append(KnownSnapshot(ref, env.time))
+    del replica.known_snapshots[:-KNOWN_SNAPSHOTS]
+
+
+def _record(
+    agent: Agent,
+    action: str,
+    reason: str,
+    anomaly_id: str | None,
+    env: Envelope[Any],
+    replica_id: str | None = None,
+) -> None:
+    agent.actions.append(HealingRecord(action, reason, anomaly_id, env.time, replica_id))
+    del agent.actions[:-RECENT_ACTIONS]
+    agent.healed_at = env.time if agent.healed_at is None else max(agent.healed_at, env.time)
+
+
+@_also(events.AgentDeployed)
+def _deployed_since(s: HiveState, e: events.AgentDeployed, env: Envelope[Any], seq: int) -> None:
+    s.agents[e.agent_id].version_since = env.time
+
+
+@_also(events.AgentRolloutStarted)
+def _rollout_since(
+    s: HiveState, e: events.AgentRolloutStarted, env: Envelope[Any], seq: int
+) -> None:
+    # Findings recorded before it are about the version being replaced (heal.py ignores them).
+    s.agents[e.agent_id].version_since = env.time
+
+
+@_also(events.ReplicaStarting)
+def _starting_snapshot(
+    s: HiveState, e: events.ReplicaStarting, env: Envelope[Any], seq: int
+) -> None:
+    _remember_snapshot(s.agents[e.agent_id].replicas[e.replica_id], e.snapshot, env)
+
+
+@_also(events.ReplicaRunning)
+def _running_trust(s: HiveState, e: events.ReplicaRunning, env: Envelope[Any], seq: int) -> None:
+    agent = s.agents[e.agent_id]
+    reputation.observe(
+        agent.reputation, env.time, reputation.RUNNING, f"replica {e.replica_id} running"
+    )
+
+
+@_also(events.ReplicaCrashed)
+def _crashed_trust(s: HiveState, e: events.ReplicaCrashed, env: Envelope[Any], seq: int) -> None:
+    agent = s.agents[e.agent_id]
+    reputation.observe(
+        agent.reputation,
+        env.time,
+        -reputation.CRASHED,
+        f"replica {e.replica_id} crashed: {e.reason}"[:300],
+    )
+    if e.snapshot is not None:
+        _remember_snapshot(agent.replicas[e.replica_id], e.snapshot, env)
+
+
+@_also(events.ReplicaFailed)
+def _failed_trust(s: HiveState, e: events.ReplicaFailed, env: Envelope[Any], seq: int) -> None:
+    agent = s.agents.get(e.agent_id)  # a deleted agent may be gone by now
+    if agent is not None:
+        reputation.observe(
+            agent.reputation,
+            env.time,
+            -reputation.FAILED,
+            f"replica {e.replica_id} failed: {e.reason}"[:300],
+        )
+
+
+@_also(events.ReplicaStopped)
+def _stopped_snapshot(s: HiveState, e: events.ReplicaStopped, env: Envelope[Any], seq: int) -> None:
+    agent = s.agents.get(e.agent_id)
+    replica = agent.replicas.get(e.replica_id) if agent else None
+    if replica is not None and e.snapshot is not None:
+        _remember_snapshot(replica, e.snapshot, env)
+
+
+@_also(observer.AnomalyDetected)
+def _anomaly_trust(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any], seq: int) -> None:
+    agent = s.agents[e.agent_id]
+    recorded = agent.anomalies[-1]
+    recorded.replica_id = e.replica_id
+    recorded.window_start = e.window_start
+    recorded.summary = e.summary[:300]
+    recorded.event_id = env.id
+    recorded.correlation = env.correlationid or env.causationid
+    reputation.observe(
+        agent.reputation,
+        env.time,
+        reputation.anomaly_move(e.severity, e.score),
+        f"{e.severity} {e.kind} anomaly ({e.detector}, score {e.score:.2f})",
+    )
+
+
+@_on(healing.AgentQuarantined)
+def _quarantined(s: HiveState, e: healing.AgentQuarantined, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.quarantine = Quarantine(e.reason, e.anomaly_id, env.time)
+    _record(agent, "quarantine", e.reason, e.anomaly_id, env)
+
+
+@_on(healing.AgentReleased)
+def _released(s: HiveState, e: healing.AgentReleased, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.quarantine = None
+    _record(agent, "release", e.reason, None, env)
+
+
+@_on(healing.ReplicaRewound)
+def _rewound(s: HiveState, e: healing.ReplicaRewound, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    _record(agent, "restart", e.reason, e.anomaly_id, env, e.replica_id)
+
+
+@_on(healing.AgentReverted)
+def _reverted(s: HiveState, e: healing.AgentReverted, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    _record(agent, "rollback", e.reason, e.anomaly_id, env)
+
+
+@_on(healing.ReputationChanged)
+def _reputation(s: HiveState, e: healing.ReputationChanged, env: Envelope[Any], seq: int) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    agent.reputation.published = e.trust

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -15,7 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from schemas import names
+from schemas import names, utcnow
+from services.hive import reputation
 from services.hive.decide import derive_status
 from services.hive.raft import ReplicatedState
 from services.hive.state import Agent, HiveState, Pod
@@ -51,6 +53,7 @@ def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
         "last_seq": agent.last_seq,
         "autoscale": agent.autoscale.model_dump(mode="json") if agent.autoscale else None,
     }
+    view.update(health_view(agent, utcnow(), detail=detail))
     if detail:
         view["spec"] = agent.spec.model_dump(mode="json", exclude={"module": {"inline"}})
         view["history"] = list(agent.history)
@@ -68,6 +71,50 @@ def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
             for r in replicas
         ]
         view["derived_status"] = list(derive_status(agent))
+    return view
+
+
+def health_view(agent: Agent, now: datetime, *, detail: bool = False) -> dict[str, Any]:
+    """Trust and quarantine (every view), recent findings and healing actions (detail)."""
+    rep = agent.reputation
+    q = agent.quarantine
+    view: dict[str, Any] = {
+        "trust": round(reputation.current(rep, now), 3),
+        "quarantined": (
+            {"reason": q.reason, "anomaly_id": q.anomaly_id, "at": q.at.isoformat()} if q else None
+        ),
+    }
+    if detail:
+        view["reputation"] = {
+            "trust": view["trust"],
+            "recorded": round(rep.trust, 4),
+            "at": rep.at.isoformat() if rep.at else None,
+            "published": rep.published,
+            "reason": rep.reason,
+        }
+        view["anomalies"] = [
+            {
+                "anomaly_id": a.anomaly_id,
+                "kind": a.kind,
+                "severity": a.severity,
+                "score": a.score,
+                "at": a.at.isoformat() if a.at else None,
+                "replica_id": a.replica_id,
+                "window_start": a.window_start.isoformat() if a.window_start else None,
+                "summary": a.summary,
+            }
+            for a in agent.anomalies
+        ]
+        view["healing"] = [
+            {
+                "action": h.action,
+                "reason": h.reason,
+                "anomaly_id": h.anomaly_id,
+                "replica_id": h.replica_id,
+                "at": h.at.isoformat(),
+            }
+            for h in agent.actions
+        ]
     return view
 
 

@@ -1,7 +1,8 @@
 """The Agent Orchestrator's reconcile loop (leader only): compare what runs with what should.
 
-It never changes state itself. It notices pods whose lease ran out and crashed replicas whose
-backoff has elapsed, and sends the commands that fix them (`pod.expire`, `replica.restart`), so
+It never changes state itself. It notices pods whose lease ran out, crashed replicas whose
+backoff has elapsed and misbehaving agents (`heal.py`), and sends the commands that fix them
+(`pod.expire`, `replica.restart`, `agent.quarantine`, `replica.rewind`, `agent.revert`), so
 every self-healing step is decided by the same rules and is on the log with its reason. Command
 ids are derived from what they fix, so sending one twice is deduplicated.
 """
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from schemas import Payload, command, commands, names, utcnow
+from services.hive import heal
 from services.hive.state import HiveState
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
 
@@ -72,7 +74,7 @@ class Reconciler:
             state = self.working()
             if state is not None:
                 try:
-                    await self._send(self.plan(state))
+                    await self._send(self.plan(state), state)
                 except AppendFailed as exc:
                     log.warning("reconcile could not send", error=str(exc))
             await asyncio.sleep(self.interval)
@@ -114,15 +116,24 @@ class Reconciler:
                             ),
                         )
                     )
+        # Anomalies recorded on the log: quarantine, rewind or roll back per the agent's policy.
+        out += heal.plan(state, now)
         return out
 
-    async def _send(self, planned: list[tuple[str, Payload]]) -> None:
+    async def _send(self, planned: list[tuple[str, Payload]], state: HiveState) -> None:
         if not planned:
             return
         requests = []
         for command_id, payload in planned:
+            # A healing step names the finding it acts on, so `swarm trace` links the two.
+            causation, correlation = heal.cause_of(state, payload) or (None, None)
             env = command(
-                payload, source="hive/reconcile", id=_token(command_id), identity="service:hive"
+                payload,
+                source="hive/reconcile",
+                id=_token(command_id),
+                identity="service:hive",
+                causationid=causation,
+                correlationid=correlation,
             )
             requests.append(AppendRequest.of(env))
         await self.log.append_batch(requests)

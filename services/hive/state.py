@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec, AutoscalePolicy, Capacity, Quota
+from services.hive.reputation import Reputation
 
 ReplicaPhase = Literal[
     "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
@@ -38,6 +39,8 @@ class Replica:
     #: Times of recent crashes, for the restart window.
     crashes: list[datetime] = field(default_factory=list)
     restart_at: datetime | None = None
+    #: Snapshots this replica had, with when the log said so, oldest first (healing rewinds).
+    known_snapshots: list[KnownSnapshot] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -59,6 +62,42 @@ class Anomaly:
     severity: str
     score: float
     at: datetime | None
+    replica_id: str | None = None
+    window_start: datetime | None = None
+    summary: str = ""
+    #: The recorded event's id and correlation, so the healing command it causes joins its trace.
+    event_id: str | None = None
+    correlation: str | None = None
+
+
+# --- healing -------------------------------------------------------------------------------------
+
+#: Snapshots remembered per replica, and healing actions per agent.
+KNOWN_SNAPSHOTS = 8
+RECENT_ACTIONS = 10
+
+
+@dataclass(slots=True)
+class KnownSnapshot:
+    #: None: the replica started from an empty state.
+    ref: str | None
+    at: datetime
+
+
+@dataclass(slots=True)
+class Quarantine:
+    reason: str
+    anomaly_id: str | None
+    at: datetime
+
+
+@dataclass(slots=True)
+class HealingRecord:
+    action: str
+    reason: str
+    anomaly_id: str | None
+    at: datetime
+    replica_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +120,14 @@ class Agent:
     created_at: datetime | None = None
     #: The most recent Observer findings, oldest first.
     anomalies: list[Anomaly] = field(default_factory=list)
+    #: Trust, quarantine and the healing actions taken (see `services/hive/heal.py`).
+    reputation: Reputation = field(default_factory=Reputation)
+    quarantine: Quarantine | None = None
+    #: Findings recorded at or before this time have been acted upon (or released).
+    healed_at: datetime | None = None
+    actions: list[HealingRecord] = field(default_factory=list)
+    #: When the current version was deployed or rolled out (regressions after a rollout).
+    version_since: datetime | None = None
     #: Stream sequence of the last event of this aggregate (for expected-sequence appends).
     last_seq: int = 0
     #: Autoscaling policy (the scheduler's autoscaler acts on it); None: sized by hand.

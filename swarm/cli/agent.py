@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import nats.errors
 import typer
@@ -32,6 +32,8 @@ from schemas import REGISTRY, Payload, commands, events, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli import autoscale as autoscaling
 from swarm.cli import connect, publish
+from swarm.cli import logs as logs_cli
+from swarm.cli.health import health_parts, trust_text
 from swarm.cli.output import (
     EXIT_FAILED,
     EXIT_NO_OUTCOME,
@@ -596,11 +598,12 @@ def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> 
                 version,
                 styled(str(a.get("status", ""))),
                 f"{replicas.get('running', 0)}/{replicas.get('desired', 0)}",
+                trust_text(a),
                 age(a.get("created_at"), now),
                 printable(str(a.get("reason", ""))),
             ]
         )
-    columns = ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "AGE", "REASON"]
+    columns = ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "TRUST", "AGE", "REASON"]
     return table(columns, rows, title=None)
 
 
@@ -768,6 +771,8 @@ def describe_view(value: Mapping[str, Any]) -> RenderableType:
     ]
     parts += [Text(""), Text("Versions (most recently rolled out last):", style="bold")]
     parts.append(table(["VERSION", "NOTE"], version_rows, title=None))
+
+    parts += health_parts(agent)
 
     event_rows = [
         [_when(e.get("time")), _short_type(e.get("type")), _event_summary(e.get("data"))]
@@ -1136,129 +1141,81 @@ def send(
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings) as log:
-            subject = names.mesh_agent_subject(ns, name)
-            try:
-                reply = await log.nc.request(subject, body, timeout=timeout)
-            except nats.errors.NoRespondersError:
-                raise CliError(
-                    f"no replica of {ns}/{name} is running to answer",
-                    code=EXIT_FAILED,
-                    hint=f"`swarm agent describe {name} -n {ns}` shows where its replicas are",
-                ) from None
-            except nats.errors.TimeoutError:
-                raise CliError(
-                    f"{ns}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
-                ) from None
-        headers = reply.headers or {}
-        text = reply.data.decode("utf-8", "replace")
-        if headers.get(names.HEADER_AGENT_ERROR):
-            raise CliError(f"{ns}/{name}: {text}", code=EXIT_FAILED)
-        typer.echo(text)
-        status = headers.get(names.HEADER_AGENT_STATUS, "0")
-        if status != "0":
-            typer.echo(f"agent returned status {status}", err=True)
+            reply = await ask_agent(log, ns, name, body, timeout)
+        if reply.error:
+            raise CliError(f"{ns}/{name}: {reply.text}", code=EXIT_FAILED)
+        typer.echo(reply.text)
+        if reply.status != "0":
+            typer.echo(f"agent returned status {reply.status}", err=True)
             return EXIT_FAILED
         return EXIT_OK
 
     finish(main())
 
 
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    text: str
+    #: The agent's own return code (header Swarm-Status).
+    status: str
+    #: True when the platform refused or failed the message (header Swarm-Error).
+    error: bool
+
+
+async def ask_agent(
+    log: EventLog, namespace: str, name: str, body: bytes, timeout: float
+) -> AgentReply:
+    """Send one message to an agent over the mesh and wait for one replica's reply."""
+    subject = names.mesh_agent_subject(namespace, name)
+    try:
+        reply = await log.nc.request(subject, body, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise CliError(
+            f"no replica of {namespace}/{name} is running to answer",
+            code=EXIT_FAILED,
+            hint=f"`swarm agent describe {name} -n {namespace}` shows where its replicas are",
+        ) from None
+    except nats.errors.TimeoutError:
+        raise CliError(
+            f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
+        ) from None
+    headers = reply.headers or {}
+    return AgentReply(
+        text=reply.data.decode("utf-8", "replace"),
+        status=headers.get(names.HEADER_AGENT_STATUS, "0"),
+        error=bool(headers.get(names.HEADER_AGENT_ERROR)),
+    )
+
+
 # --- logs ----------------------------------------------------------------------------------------
-
-
-#: Log levels from least to most severe; `--level X` shows X and the levels after it.
-LOG_LEVELS = ("debug", "info", "warn", "error")
-
-
-#: `-o` for `swarm agent logs`: a line of text per entry, or a JSON object per line.
-LogFormat = Literal["text", "json"]
-
-
-def _log_time(entry: Mapping[str, Any], delivery: Delivery) -> str:
-    time_ms = entry.get("time_ms")
-    if isinstance(time_ms, int):
-        moment = datetime.fromtimestamp(time_ms / 1000, UTC)
-    else:
-        moment = delivery.timestamp.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _log_message(entry: Mapping[str, Any]) -> str:
-    if entry.get("kind") == "event":
-        return f"event {entry.get('type', '?')}: {entry.get('data', '')}"
-    return str(entry.get("message", ""))
 
 
 @app.command("logs")
 def logs(
     name: NameArgument,
     namespace: NamespaceOption = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
-    ] = False,
-    level: Annotated[
-        str | None,
-        typer.Option(
-            "--level",
-            help=f"Lowest level shown, one of {', '.join(LOG_LEVELS)}.",
-            show_default="all",
-        ),
-    ] = None,
-    grep: Annotated[
-        str | None,
-        typer.Option("--grep", help="Only lines whose message contains TEXT.", metavar="TEXT"),
-    ] = None,
-    output: Annotated[LogFormat, typer.Option("--output", "-o", help="Output format.")] = "text",
+    follow: logs_cli.FollowOption = False,
+    level: logs_cli.LevelOption = None,
+    grep: logs_cli.GrepOption = None,
+    since: logs_cli.SinceOption = None,
+    output: logs_cli.LogOutputOption = "text",
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Print an agent's log lines (all its replicas): time, level, replica, message.
 
     Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
-    by design, so a busy agent may have lines missing.
+    by design, so a busy agent may have lines missing. Same as `swarm logs`.
     """
-    ns = namespace or DEFAULT_NAMESPACE
-
-    async def main() -> int:
-        if level is not None and level.lower() not in LOG_LEVELS:
-            raise CliError(
-                f"--level {level!r} is not a log level",
-                code=EXIT_USAGE,
-                hint=f"one of: {', '.join(LOG_LEVELS)}",
-            )
-        shown = set(LOG_LEVELS[LOG_LEVELS.index(level.lower()) :]) if level else None
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
-        async with connect.session(target, settings, streams=streams) as log:
-            agent = await HiveQueries(log.nc).agent(ns, name, at_least=await read_floor(log))
-            agent_id = str(agent["agent_id"])
-            replay = log.replay(
-                names.STREAM_LOGS, subjects=[f"{names.LOGS_PREFIX}.>"], follow=follow
-            )
-            async with connect.closing(replay) as deliveries:
-                async for delivery in deliveries:
-                    try:
-                        entry = json.loads(delivery.data)
-                    except ValueError:
-                        continue
-                    if not isinstance(entry, dict) or entry.get("agent_id") != agent_id:
-                        continue
-                    entry_level = str(entry.get("level", "info"))
-                    if shown is not None and entry_level not in shown:
-                        continue
-                    message = printable(_log_message(entry))
-                    if grep is not None and grep not in message:
-                        continue
-                    when = _log_time(entry, delivery)
-                    if output == "json":
-                        typer.echo(json.dumps({"time": when, **entry}, ensure_ascii=False))
-                    else:
-                        replica = entry.get("replica_id", "?")
-                        typer.echo(f"{when} {entry_level.upper():<5} {replica} {message}")
-                    sys.stdout.flush()
-        return EXIT_OK
-
-    finish(main(), watching=follow)
+    logs_cli.run_logs(
+        name,
+        namespace or DEFAULT_NAMESPACE,
+        follow=follow,
+        level=level,
+        grep=grep,
+        since=since,
+        output=output,
+        nats_url=nats_url,
+    )
 
 
 @app.command("build")

@@ -6,6 +6,9 @@ import typer
 
 from swarm.cli import (
     agent,
+    debug,
+    healing,
+    logs,
     module,
     namespace,
     pod,
@@ -14,6 +17,7 @@ from swarm.cli import (
     stack,
     task,
     timeline,
+    trace,
     webhook,
 )
 from swarm.cli import market as market_cmd
@@ -36,6 +40,12 @@ module.register(app)
 task.register(app)
 market_cmd.register(app)
 webhook.register(app)
+
+# Observing agents: logs, traces, live debugging.
+logs.register(app)
+trace.register(app)
+debug.register(app)
+healing.register(agent.app)
 
 
 def main() -> None:

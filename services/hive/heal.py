@@ -1,0 +1,182 @@
+"""Self-healing policy: from the recorded findings, which commands should the Hive send now?
+
+Pure, like `decide`: the reconcile loop (leader only) calls `plan(state, now)` and sends what it
+returns. Each finding is acted upon once: an action moves the agent's `healed_at`, and only
+findings recorded after it count towards the next one. Command ids are derived from the finding,
+so sending one again before it is decided is deduplicated by JetStream, and they name the
+recorded finding as their cause (`cause_of`), so `swarm trace <report id>` shows the whole chain.
+
+Which action, per the agent's `spec.healing` (schemas/specs.py, `HealingPolicy`):
+
+* a critical finding -> `on_critical` (default: quarantine);
+* `repeat` findings of at least warning severity within `window_s` -> `on_repeated` (restart);
+* trust below `min_trust` with a new finding -> `on_low_trust` (quarantine);
+* the first of these (in this order) whose action is not `none` is taken;
+* any of these becomes a rollback when the anomaly began within `regression_s` of the current
+  version's rollout and an earlier version exists (`rollback_on_regression`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas import Payload
+from schemas.healing import PublishReputation, QuarantineAgent, RevertAgent, RewindReplica
+from schemas.specs import HealingPolicy
+from services.hive import reputation
+from services.hive.state import Agent, Anomaly, HiveState, KnownSnapshot, Replica
+
+#: Findings of these severities count as "repeated".
+_SERIOUS = frozenset({"warning", "critical"})
+#: Replica phases a rewind applies to.
+REWINDABLE = frozenset({"starting", "running"})
+
+
+def plan(state: HiveState, now: datetime) -> list[tuple[str, Payload]]:
+    """(command id, payload) for every healing step and reputation update due at `now`."""
+    out: list[tuple[str, Payload]] = []
+    for agent in state.agents.values():
+        if agent.deleted:
+            continue
+        if reputation.worth_publishing(agent.reputation, now):
+            out.append(
+                (
+                    f"trust-{agent.agent_id}-{agent.last_seq}",
+                    PublishReputation(agent_id=agent.agent_id),
+                )
+            )
+        out += _heal(agent, now)
+    return out
+
+
+def cause_of(state: HiveState, payload: Payload) -> tuple[str, str | None] | None:
+    """(causation id, correlation id) for a healing command: the recorded finding it acts on."""
+    anomaly_id = getattr(payload, "anomaly_id", None)
+    agent = state.agents.get(str(getattr(payload, "agent_id", "")))
+    if anomaly_id is None or agent is None:
+        return None
+    for anomaly in reversed(agent.anomalies):
+        if anomaly.anomaly_id == anomaly_id and anomaly.event_id is not None:
+            return anomaly.event_id, anomaly.correlation
+    return None
+
+
+def good_snapshot(replica: Replica, before: datetime) -> KnownSnapshot | None:
+    """The newest snapshot the replica had at or before `before`; else its oldest known one."""
+    earlier = [k for k in replica.known_snapshots if k.at <= before]
+    if earlier:
+        return earlier[-1]
+    return replica.known_snapshots[0] if replica.known_snapshots else None
+
+
+def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
+    last = agent.anomalies[-1].at if agent.anomalies else None
+    if last is None or (agent.healed_at is not None and last <= agent.healed_at):
+        return []  # the common case, checked first: the loop runs every 0.25 s on every agent
+    policy = agent.spec.healing
+    if agent.healed_at is not None and (now - agent.healed_at).total_seconds() < policy.cooldown_s:
+        return []
+    # Findings already acted upon, or about a version no longer current, do not count.
+    fresh = [
+        a
+        for a in agent.anomalies
+        if a.at is not None
+        and (agent.healed_at is None or a.at > agent.healed_at)
+        and (agent.version_since is None or a.at >= agent.version_since)
+    ]
+    if not fresh:
+        return []
+    trigger = _trigger(agent, fresh, policy, now)
+    if trigger is None:
+        return []
+    action, cause, why = trigger
+    regression = _regression(agent, cause, policy)
+    if regression:
+        action, why = "rollback", f"{why}; {regression}"
+    reason = f"{why}: {cause.severity} {cause.kind} anomaly {cause.anomaly_id}"
+    if cause.summary:
+        reason += f" ({cause.summary})"
+    reason = reason[:1000]
+    if action == "quarantine":
+        if agent.quarantine is not None:
+            return []
+        return [
+            (
+                f"quar-{cause.anomaly_id}",
+                QuarantineAgent(
+                    agent_id=agent.agent_id, reason=reason, anomaly_id=cause.anomaly_id
+                ),
+            )
+        ]
+    if action == "rollback":
+        return [
+            (
+                f"revert-{cause.anomaly_id}",
+                RevertAgent(agent_id=agent.agent_id, reason=reason, anomaly_id=cause.anomaly_id),
+            )
+        ]
+    targets = [
+        r
+        for r in sorted(agent.replicas.values(), key=lambda r: r.replica_id)
+        if r.phase in REWINDABLE and (cause.replica_id is None or r.replica_id == cause.replica_id)
+    ]
+    before = cause.window_start or cause.at or now
+    return [
+        (
+            f"rw-{r.replica_id}-{cause.anomaly_id}",
+            RewindReplica(
+                agent_id=agent.agent_id,
+                replica_id=r.replica_id,
+                before=before,
+                reason=reason,
+                anomaly_id=cause.anomaly_id,
+            ),
+        )
+        for r in targets
+    ]
+
+
+def _trigger(
+    agent: Agent, fresh: list[Anomaly], policy: HealingPolicy, now: datetime
+) -> tuple[str, Anomaly, str] | None:
+    """The first trigger that fires with an action other than `none`, in order of severity."""
+    fired: list[tuple[str, Anomaly, str]] = []
+    critical = [a for a in fresh if a.severity == "critical"]
+    if critical:
+        fired.append((policy.on_critical, critical[-1], "critical finding"))
+    serious = [a for a in fresh if a.severity in _SERIOUS and a.at is not None]
+    if serious:
+        last_at = serious[-1].at
+        assert last_at is not None
+        recent = [
+            a
+            for a in serious
+            if a.at is not None and (last_at - a.at).total_seconds() <= policy.window_s
+        ]
+        if len(recent) >= policy.repeat:
+            fired.append(
+                (
+                    policy.on_repeated,
+                    serious[-1],
+                    f"{len(recent)} findings within {policy.window_s:g}s",
+                )
+            )
+    trust = reputation.current(agent.reputation, now)
+    if policy.min_trust > 0 and trust < policy.min_trust:
+        fired.append(
+            (policy.on_low_trust, fresh[-1], f"trust {trust:.2f} below {policy.min_trust:g}")
+        )
+    return next((f for f in fired if f[0] != "none"), None)
+
+
+def _regression(agent: Agent, cause: Anomaly, policy: HealingPolicy) -> str | None:
+    """Why the finding looks like the current version's fault, or None."""
+    began = cause.window_start or cause.at
+    if not policy.rollback_on_regression or began is None or agent.version_since is None:
+        return None
+    if not any(v != agent.spec.version for v in agent.history):
+        return None
+    after = (began - agent.version_since).total_seconds()
+    if 0 <= after <= policy.regression_s:
+        return f"began {after:.0f}s after version {agent.spec.version} was rolled out"
+    return None

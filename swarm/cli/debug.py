@@ -1,0 +1,274 @@
+"""`swarm debug <agent>`: one screen about a live agent, and a way to poke it.
+
+Shows, from the running stack: the agent's status, version, trust and quarantine (Hive query);
+its replicas and their pods; the Observer's recent findings and the healing actions taken; its
+recent log lines (SWARM_LOGS); the kv state of each replica as last saved (the snapshot bucket,
+newest revision per replica key); and, with `--listen`, the messages sent to it meanwhile (the
+mesh is request-reply and nothing stores it, so messages are only seen live, by a plain
+subscriber next to the replicas' queue group, which never answers).
+
+`--send MESSAGE` sends one message first and shows the reply (as `swarm agent send`);
+`-i` then reads messages from stdin, one per line, until EOF (`:state` redraws the screen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import sys
+from collections import deque
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from runtime.snapshots import decode
+from schemas import names, utcnow
+from swarm.cli import connect
+from swarm.cli.agent import DEFAULT_NAMESPACE, ask_agent
+from swarm.cli.health import health_parts
+from swarm.cli.logs import agent_lines, format_line
+from swarm.cli.output import EXIT_OK, CliError, Format, emit, stdout_console, table
+from swarm.cli.queries import HiveQueries
+from swarm.cli.timeline import printable
+from swarm.cli.verbs import OutputOption, finish, read_floor, styled
+from swarm.kernel.eventlog import EventLog
+
+#: Log lines shown, searched for in this recent past.
+RECENT_LINES = 10
+LOG_WINDOW = timedelta(minutes=10)
+#: Longest value shown per kv key (the rest is elided; -o json has it whole).
+_VALUE_PREVIEW = 80
+
+
+def register(root: typer.Typer) -> None:
+    root.command("debug")(debug)
+
+
+def debug(
+    name: Annotated[str, typer.Argument(help="The agent's name.", show_default=False)],
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="The agent's namespace.", show_default="default"),
+    ] = None,
+    send: Annotated[
+        str | None,
+        typer.Option("--send", help="Send this message (e.g. JSON) and show the reply."),
+    ] = None,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive", "-i", help="Then send each line of stdin and print the reply."
+        ),
+    ] = False,
+    listen: Annotated[
+        float,
+        typer.Option("--listen", min=0, help="Seconds to watch the messages sent to the agent."),
+    ] = 0.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a reply.")
+    ] = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Inspect a live agent: status, replicas, trust, findings, logs, kv state; send messages."""
+    ns = namespace or DEFAULT_NAMESPACE
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
+        async with connect.session(target, settings, streams=streams) as log:
+            seen: list[dict[str, Any]] = []
+            sub = None
+            if listen > 0:
+                sub = await log.nc.subscribe(names.mesh_agent_subject(ns, name), cb=_recorder(seen))
+            try:
+                reply = None
+                if send is not None:
+                    reply = _reply_view(await ask_agent(log, ns, name, send.encode(), timeout))
+                if listen > 0:
+                    await asyncio.sleep(listen)
+                report = await snapshot(log, ns, name)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+            report["messages"] = seen if listen > 0 else None
+            report["reply"] = reply
+            if output != Format.TABLE:
+                emit(report, output)
+            else:
+                stdout_console().print(render(report))
+            if interactive:
+                await _prompt(log, ns, name, timeout)
+        return EXIT_OK
+
+    finish(main())
+
+
+async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
+    """Everything `swarm debug` shows, as one JSON-ready document."""
+    agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
+    agent_id = str(agent["agent_id"])
+    lines: deque[dict[str, Any]] = deque(maxlen=RECENT_LINES)
+    async for entry in agent_lines(log, agent_id, since=utcnow() - LOG_WINDOW):
+        lines.append(entry)
+    replicas = [
+        r
+        for r in agent.get("instances") or []
+        if isinstance(r, dict) and r.get("phase") not in ("stopped", "failed")
+    ]
+    state = {str(r["replica_id"]): await _kv_state(log, str(r["replica_id"])) for r in replicas}
+    return {"agent": agent, "logs": list(lines), "kv": state}
+
+
+async def _kv_state(log: EventLog, replica_id: str) -> dict[str, Any] | None:
+    """The replica's kv state as last saved (newest revision of its key), None if never saved."""
+    try:
+        bucket = await log.js.key_value(names.SNAPSHOTS_BUCKET)
+        entry = await bucket.get(replica_id)
+    except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
+        return None
+    if entry.value is None:
+        return None
+    try:
+        kv = decode(entry.value)
+    except (ValueError, KeyError) as exc:
+        return {"revision": entry.revision, "error": f"unreadable snapshot: {exc}"}
+    return {
+        "revision": entry.revision,
+        "ref": f"{names.SNAPSHOTS_BUCKET}/{replica_id}@{entry.revision}",
+        "keys": {k: _value(v) for k, v in sorted(kv.items())},
+    }
+
+
+def _value(raw: bytes) -> dict[str, Any]:
+    try:
+        return {"text": raw.decode("utf-8"), "bytes": len(raw)}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode(), "bytes": len(raw)}
+
+
+def _recorder(seen: list[dict[str, Any]]) -> Any:
+    async def record(msg: Msg) -> None:
+        seen.append(
+            {
+                "time": utcnow().isoformat(),
+                "bytes": len(msg.data),
+                "text": msg.data[:200].decode("utf-8", "replace"),
+            }
+        )
+
+    return record
+
+
+def _reply_view(reply: Any) -> dict[str, Any]:
+    return {"text": reply.text, "status": reply.status, "error": reply.error}
+
+
+async def _prompt(log: EventLog, namespace: str, name: str, timeout: float) -> None:
+    console = stdout_console()
+    console.print(Text("type a message per line; :state redraws; Ctrl-D ends", style="dim"))
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            return
+        text = line.rstrip("\n")
+        if not text:
+            continue
+        if text == ":state":
+            console.print(render(await snapshot(log, namespace, name)))
+            continue
+        try:
+            reply = await ask_agent(log, namespace, name, text.encode(), timeout)
+        except CliError as exc:
+            console.print(Text(f"! {exc.message}", style="red"))
+            continue
+        style = "red" if reply.error else ""
+        console.print(Text(f"< {reply.text}", style=style))
+
+
+def render(report: dict[str, Any]) -> RenderableType:
+    agent: dict[str, Any] = report["agent"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
+    head.add_row("Agent", f"{agent.get('namespace')}/{agent.get('name')} ({agent.get('agent_id')})")
+    head.add_row(
+        "Status",
+        Text.assemble(styled(str(agent.get("status"))), f" ({agent.get('reason', '')})"),
+    )
+    head.add_row("Version", str(agent.get("version")))
+    parts: list[RenderableType] = [head, Text(""), Text("Replicas:", style="bold")]
+    replicas = [
+        [
+            r.get("replica_id"),
+            r.get("version"),
+            styled(str(r.get("phase"))),
+            r.get("pod_id") or "-",
+            r.get("snapshot") or "-",
+        ]
+        for r in agent.get("instances") or []
+        if isinstance(r, dict) and r.get("phase") != "stopped"
+    ]
+    if replicas:
+        parts.append(
+            table(["REPLICA", "VERSION", "PHASE", "POD", "SNAPSHOT"], replicas, title=None)
+        )
+    else:
+        parts.append(Text("  <none>", style="dim"))
+    parts += health_parts(agent)
+
+    parts += [Text(""), Text("KV state (as last saved):", style="bold")]
+    kv: dict[str, Any] = report.get("kv") or {}
+    if not kv:
+        parts.append(Text("  <no running replica>", style="dim"))
+    for replica_id, saved in kv.items():
+        if saved is None:
+            parts.append(Text(f"  {replica_id}: never saved", style="dim"))
+            continue
+        if "error" in saved:
+            parts.append(Text(f"  {replica_id}: {saved['error']}", style="red"))
+            continue
+        rows = [
+            [key, _preview(value), value.get("bytes")]
+            for key, value in (saved.get("keys") or {}).items()
+        ]
+        parts.append(Text(f"  {replica_id} @ revision {saved.get('revision')}:"))
+        if rows:
+            parts.append(table(["KEY", "VALUE", "BYTES"], rows, title=None))
+        else:
+            parts.append(Text("    <empty>", style="dim"))
+
+    parts += [Text(""), Text(f"Logs (last {RECENT_LINES}, past 10 min):", style="bold")]
+    lines = report.get("logs") or []
+    if lines:
+        parts += [Text(format_line(entry, "text")) for entry in lines]
+    else:
+        parts.append(Text("  <none>", style="dim"))
+
+    messages = report.get("messages")
+    if messages is not None:
+        parts += [Text(""), Text(f"Messages seen while listening ({len(messages)}):", style="bold")]
+        parts += [Text(printable(f"  {m['time'][11:23]} {m['text']}")) for m in messages[-20:]]
+    reply = report.get("reply")
+    if reply is not None:
+        parts += [Text(""), Text("Reply:", style="bold")]
+        style = "red" if reply.get("error") else ""
+        parts.append(Text(printable(str(reply.get("text"))), style=style))
+    return Group(*parts)
+
+
+def _preview(value: dict[str, Any]) -> str:
+    text = value.get("text")
+    if text is None:
+        text = f"base64:{value.get('base64', '')}"
+    text = printable(str(text))
+    return text if len(text) <= _VALUE_PREVIEW else text[: _VALUE_PREVIEW - 1] + "…"

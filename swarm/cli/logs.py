@@ -1,0 +1,189 @@
+"""`swarm logs <agent>`: an agent's log lines, filtered by level, text and age, or followed.
+
+The lines are in the SWARM_LOGS stream on `swarm.logs.<pod>.<level>`, so the level filter is a
+subject filter applied by the server and `--since` is a JetStream seek by time: only matching
+lines cross the wire. `swarm agent logs` is the same command under the agent verbs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import typer
+
+from schemas import names
+from swarm.cli import connect
+from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError
+from swarm.cli.queries import HiveQueries
+from swarm.cli.timeline import parse_time, printable
+from swarm.cli.verbs import finish, read_floor
+from swarm.kernel.eventlog import Delivery, EventLog
+
+DEFAULT_NAMESPACE = "default"
+#: Log levels from least to most severe; `--level X` shows X and the levels after it.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+#: `-o` for logs: a line of text per entry, or a JSON object per line.
+LogFormat = Literal["text", "json"]
+
+FollowOption = Annotated[
+    bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
+]
+LevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--level", help=f"Lowest level shown, one of {', '.join(LOG_LEVELS)}.", show_default="all"
+    ),
+]
+GrepOption = Annotated[
+    str | None,
+    typer.Option("--grep", help="Only lines whose message contains TEXT.", metavar="TEXT"),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Only lines from this time on: an age (30s, 10m, 2h) or RFC 3339.",
+        show_default="all kept",
+    ),
+]
+LogOutputOption = Annotated[LogFormat, typer.Option("--output", "-o", help="Output format.")]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
+    ),
+]
+
+
+def register(root: typer.Typer) -> None:
+    root.command("logs")(logs)
+
+
+def logs(
+    name: Annotated[str, typer.Argument(help="The agent's name.", show_default=False)],
+    namespace: NamespaceOption = None,
+    follow: FollowOption = False,
+    level: LevelOption = None,
+    grep: GrepOption = None,
+    since: SinceOption = None,
+    output: LogOutputOption = "text",
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Print an agent's log lines (all its replicas): time, level, replica, message.
+
+    Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
+    by design, so a busy agent may have lines missing.
+    """
+    run_logs(
+        name,
+        namespace or DEFAULT_NAMESPACE,
+        follow=follow,
+        level=level,
+        grep=grep,
+        since=since,
+        output=output,
+        nats_url=nats_url,
+    )
+
+
+def run_logs(
+    name: str,
+    namespace: str,
+    *,
+    follow: bool,
+    level: str | None,
+    grep: str | None,
+    since: str | None,
+    output: LogFormat,
+    nats_url: str | None,
+) -> None:
+    """The body of `swarm logs` and `swarm agent logs`."""
+
+    async def main() -> int:
+        levels = shown_levels(level)
+        start = parse_time(since) if since else None
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
+        async with connect.session(target, settings, streams=streams) as log:
+            agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
+            async for entry in agent_lines(
+                log, str(agent["agent_id"]), levels=levels, grep=grep, since=start, follow=follow
+            ):
+                typer.echo(format_line(entry, output))
+                sys.stdout.flush()
+        return EXIT_OK
+
+    finish(main(), watching=follow)
+
+
+def shown_levels(level: str | None) -> tuple[str, ...]:
+    if level is None:
+        return LOG_LEVELS
+    if level.lower() not in LOG_LEVELS:
+        raise CliError(
+            f"--level {level!r} is not a log level",
+            code=EXIT_USAGE,
+            hint=f"one of: {', '.join(LOG_LEVELS)}",
+        )
+    return LOG_LEVELS[LOG_LEVELS.index(level.lower()) :]
+
+
+async def agent_lines(
+    log: EventLog,
+    agent_id: str,
+    *,
+    levels: tuple[str, ...] = LOG_LEVELS,
+    grep: str | None = None,
+    since: datetime | None = None,
+    follow: bool = False,
+) -> Any:
+    """Yield the agent's log entries (dicts with a `time` added) that pass the filters."""
+    if levels == LOG_LEVELS:
+        subjects = [names.LOGS_ALL]
+    else:
+        subjects = [f"{names.LOGS_PREFIX}.*.{lvl}" for lvl in levels]
+    replay = log.replay(
+        names.STREAM_LOGS, subjects=subjects, start_time=since, follow=follow, idle_timeout=0.25
+    )
+    async with connect.closing(replay) as deliveries:
+        async for delivery in deliveries:
+            try:
+                entry = json.loads(delivery.data)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict) or entry.get("agent_id") != agent_id:
+                continue
+            if str(entry.get("level", "info")) not in levels:
+                continue
+            message = printable(log_message(entry))
+            if grep is not None and grep not in message:
+                continue
+            yield {"time": log_time(entry, delivery), **entry}
+
+
+def format_line(entry: Mapping[str, Any], output: LogFormat) -> str:
+    if output == "json":
+        return json.dumps(dict(entry), ensure_ascii=False)
+    level = str(entry.get("level", "info"))
+    replica = entry.get("replica_id", "?")
+    return f"{entry['time']} {level.upper():<5} {replica} {printable(log_message(entry))}"
+
+
+def log_time(entry: Mapping[str, Any], delivery: Delivery) -> str:
+    time_ms = entry.get("time_ms")
+    if isinstance(time_ms, int):
+        moment = datetime.fromtimestamp(time_ms / 1000, UTC)
+    else:
+        moment = delivery.timestamp.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def log_message(entry: Mapping[str, Any]) -> str:
+    if entry.get("kind") == "event":
+        return f"event {entry.get('type', '?')}: {entry.get('data', '')}"
+    return str(entry.get("message", ""))

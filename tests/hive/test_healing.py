@@ -1,0 +1,304 @@
+"""Reputation and self-healing, decided and folded in memory (no servers)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from schemas import Payload
+from schemas import commands as c
+from schemas import events as e
+from schemas import healing as h
+from schemas.observer import ReportAnomaly, SignalEvidence
+from schemas.specs import HealingPolicy
+from services.hive import heal, reputation
+from tests.hive.sim import T0, Sim
+from tests.hive.test_domain import deploy, place_all, pod, run_all, spec
+
+
+def report(
+    sim: Sim,
+    agent_id: str,
+    severity: str = "warning",
+    *,
+    score: float = 0.9,
+    kind: str = "loop",
+    replica_id: str | None = None,
+    began_s_ago: float = 10.0,
+) -> str:
+    """Record a finding as the Observer would; returns its anomaly id."""
+    finding = ReportAnomaly(
+        agent_id=agent_id,
+        replica_id=replica_id,
+        detector="robust-z",
+        score=score,
+        severity=severity,  # type: ignore[arg-type]
+        kind=kind,
+        window_start=sim.now - timedelta(seconds=began_s_ago),
+        window_end=sim.now,
+        signals=[SignalEvidence(signal="fuel", value=9e9, baseline=1e6, score=40, threshold=5)],
+        summary=f"{kind} seen",
+    )
+    events = sim.ok(finding, "service:observer")
+    return events[0].anomaly_id  # type: ignore[attr-defined, no-any-return]
+
+
+def running_agent(sim: Sim, replicas: int = 1, **kw: object) -> str:
+    pod(sim, "p1")
+    agent_id = deploy(sim, replicas=replicas, **kw)
+    place_all(sim, "p1")
+    for agent in sim.state.agents.values():
+        for r in agent.replicas.values():
+            if r.phase == "scheduled":
+                sim.ok(
+                    c.ReportReplica(
+                        agent_id=agent.agent_id,
+                        replica_id=r.replica_id,
+                        pod_id="p1",
+                        status="starting",
+                        snapshot=f"swarm-snapshots/{r.replica_id}@3",
+                    ),
+                    "pod:p1",
+                )
+    run_all(sim)
+    return agent_id
+
+
+def act(sim: Sim) -> list[tuple[str, Payload]]:
+    """What the reconcile loop would send now, sent (as the Hive) and decided."""
+    planned = heal.plan(sim.state, sim.now)
+    for _, payload in planned:
+        sim.ok(payload, "service:hive")
+    return planned
+
+
+def kinds(planned: list[tuple[str, Payload]]) -> list[str]:
+    """The healing commands planned (reputation updates left out)."""
+    return [type(p).__name__ for _, p in planned if not isinstance(p, h.PublishReputation)]
+
+
+# --- reputation ----------------------------------------------------------------------------------
+
+
+def test_trust_decays_back_to_the_prior_by_event_time() -> None:
+    rep = reputation.Reputation()
+    reputation.observe(rep, T0, -0.5, "critical")
+    assert rep.trust == reputation.PRIOR * 0.5
+    later = T0 + timedelta(seconds=reputation.HALF_LIFE_S)
+    halfway = reputation.PRIOR - (reputation.PRIOR - rep.trust) / 2
+    assert abs(reputation.current(rep, later) - halfway) < 1e-12
+    assert reputation.current(rep, T0 + timedelta(days=1)) > reputation.PRIOR - 1e-6
+    # Deterministic: the same events give the same score, whatever the wall clock says.
+    again = reputation.Reputation()
+    reputation.observe(again, T0, -0.5, "critical")
+    assert reputation.current(again, later) == reputation.current(rep, later)
+
+
+def test_outcomes_move_trust_and_every_replica_folds_the_same() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    agent = sim.state.agents[agent_id]
+    after_running = agent.reputation.trust
+    assert after_running > reputation.PRIOR
+    replica = next(iter(agent.replicas))
+    sim.ok(
+        c.ReportReplica(
+            agent_id=agent_id, replica_id=replica, pod_id="p1", status="crashed", reason="trap"
+        ),
+        "pod:p1",
+    )
+    after_crash = agent.reputation.trust
+    assert after_crash < after_running
+    report(sim, agent_id, "critical", score=1.0)
+    assert agent.reputation.trust < after_crash
+    assert "critical loop anomaly" in agent.reputation.reason
+    assert 0.0 <= agent.reputation.trust <= 1.0
+
+
+def test_a_meaningful_change_is_published_once() -> None:
+    sim = Sim(now=T0)
+    agent_id = running_agent(sim)
+    report(sim, agent_id, "critical", score=1.0)
+    sim.state.agents[agent_id].spec = spec(healing=HealingPolicy(on_critical="none"))
+    planned = act(sim)
+    assert [type(p).__name__ for _, p in planned] == ["PublishReputation"]
+    published = [x for x in sim.log if isinstance(x, h.ReputationChanged)]
+    assert len(published) == 1
+    assert published[0].trust < published[0].previous
+    assert heal.plan(sim.state, sim.now) == []  # nothing moved since
+
+
+# --- healing -------------------------------------------------------------------------------------
+
+
+def test_a_critical_finding_quarantines_with_its_reason() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    anomaly = report(sim, agent_id, "critical", kind="cost_blowup")
+    planned = act(sim)
+    assert "QuarantineAgent" in kinds(planned)
+    agent = sim.state.agents[agent_id]
+    assert agent.quarantine is not None
+    assert agent.quarantine.anomaly_id == anomaly
+    assert "critical cost_blowup anomaly" in agent.quarantine.reason
+    quarantined = [x for x in sim.log if isinstance(x, h.AgentQuarantined)]
+    assert len(quarantined) == 1
+    # Acted upon once: the next plans send nothing more for it.
+    sim.tick(60)
+    assert "QuarantineAgent" not in kinds(heal.plan(sim.state, sim.now))
+    # A user releases it; the old finding does not quarantine it again.
+    sim.ok(h.ReleaseAgent(agent_id=agent_id, reason="looked into it"))
+    assert agent.quarantine is None
+    sim.tick(60)
+    assert "QuarantineAgent" not in kinds(heal.plan(sim.state, sim.now))
+    assert sim.rejected(h.ReleaseAgent(agent_id=agent_id)).reason.endswith("is not quarantined")
+
+
+def test_repeated_warnings_rewind_the_replica_to_its_snapshot_from_before() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, replicas=2)
+    agent = sim.state.agents[agent_id]
+    bad = sorted(agent.replicas)[0]
+    sim.tick(120)
+    for _ in range(2):
+        report(sim, agent_id, "warning", kind="latency_spike", replica_id=bad)
+        sim.tick(5)
+    assert kinds(heal.plan(sim.state, sim.now)) == []  # two are not yet "repeated"
+    anomaly = report(sim, agent_id, "warning", kind="latency_spike", replica_id=bad)
+    planned = act(sim)
+    assert kinds(planned) == ["RewindReplica"]  # only the replica the findings are about
+    rewound = [x for x in sim.log if isinstance(x, h.ReplicaRewound)]
+    assert len(rewound) == 1
+    assert rewound[0].replica_id == bad
+    assert rewound[0].anomaly_id == anomaly
+    assert rewound[0].snapshot == f"swarm-snapshots/{bad}@3"
+    assert "3 findings within 300s" in rewound[0].reason
+    requested = [x for x in sim.log if isinstance(x, e.ReplicaRequested)][-1]
+    assert (requested.replica_id, requested.restore) == (bad, "exact")
+    assert requested.snapshot == f"swarm-snapshots/{bad}@3"
+    assert agent.replicas[bad].phase == "requested"
+    assert "predates" not in requested.reason
+    assert [a.action for a in agent.actions] == ["restart"]
+    # A rewind of a replica that is not running is refused with the reason.
+    refused = sim.rejected(
+        h.RewindReplica(agent_id=agent_id, replica_id=bad, before=sim.now, reason="again")
+    )
+    assert "only a running one rewinds" in refused.reason
+
+
+def test_the_snapshot_chosen_predates_the_anomaly() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    agent = sim.state.agents[agent_id]
+    replica_id = next(iter(agent.replicas))
+    replica = agent.replicas[replica_id]
+    sim.tick(100)
+    # The replica crashed and resumed from a later (bad) snapshot inside the anomaly window.
+    sim.ok(
+        c.ReportReplica(
+            agent_id=agent_id,
+            replica_id=replica_id,
+            pod_id="p1",
+            status="crashed",
+            reason="trap",
+            snapshot=f"swarm-snapshots/{replica_id}@9",
+        ),
+        "pod:p1",
+    )
+    known = heal.good_snapshot(replica, sim.now - timedelta(seconds=50))
+    assert known is not None
+    assert known.ref == f"swarm-snapshots/{replica_id}@3"
+    latest = heal.good_snapshot(replica, sim.now)
+    assert latest is not None
+    assert latest.ref == f"swarm-snapshots/{replica_id}@9"
+    # Nothing known from before: the oldest known.
+    oldest = heal.good_snapshot(replica, T0 - timedelta(days=1))
+    assert oldest is not None
+    assert oldest.ref == f"swarm-snapshots/{replica_id}@3"
+
+
+def test_a_finding_right_after_a_rollout_rolls_back() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    sim.tick(3600)
+    sim.ok(c.RolloutAgent(name="echo", spec=spec("v2")))
+    place_all(sim, "p1")
+    run_all(sim)
+    stop_reported(sim)
+    agent = sim.state.agents[agent_id]
+    assert agent.spec.version == "v2"
+    assert agent.rollout is None
+    sim.tick(30)
+    anomaly = report(sim, agent_id, "critical", kind="cost_blowup", began_s_ago=20)
+    planned = act(sim)
+    assert kinds(planned)[-1] == "RevertAgent"
+    reverted = [x for x in sim.log if isinstance(x, h.AgentReverted)]
+    assert len(reverted) == 1
+    assert (reverted[0].from_version, reverted[0].to_version) == ("v2", "v1")
+    assert reverted[0].anomaly_id == anomaly
+    assert "after version v2 was rolled out" in reverted[0].reason
+    assert agent.spec.version == "v1"
+    assert agent.rollout is not None
+    assert agent.rollout.rollback
+    assert agent.quarantine is None
+
+
+def test_an_old_version_misbehaving_is_not_rolled_back() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    sim.tick(30)
+    report(sim, agent_id, "critical")
+    assert kinds(heal.plan(sim.state, sim.now)) == ["QuarantineAgent"]
+
+
+def test_policy_none_only_records_and_low_trust_quarantines() -> None:
+    sim = Sim()
+    policy = HealingPolicy(on_critical="none", on_repeated="none", min_trust=0.5)
+    agent_id = running_agent(sim, healing=policy)
+    report(sim, agent_id, "critical", score=0.3)
+    assert "QuarantineAgent" not in kinds(heal.plan(sim.state, sim.now))
+    report(sim, agent_id, "critical", score=1.0)
+    report(sim, agent_id, "critical", score=1.0)
+    # on_critical and on_repeated are "none", so the trust trigger decides.
+    planned = heal.plan(sim.state, sim.now)
+    quarantine = [p for _, p in planned if isinstance(p, h.QuarantineAgent)]
+    assert quarantine
+    assert "below 0.5" in quarantine[0].reason
+
+
+def test_only_services_publish_reputation_and_unknown_agents_are_refused() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    refused = sim.rejected(h.PublishReputation(agent_id=agent_id), "user:test")
+    assert refused.rule == "identity"
+    assert sim.rejected(h.QuarantineAgent(agent_id="nope", reason="x")).rule == "not_found"
+
+
+def stop_reported(sim: Sim) -> None:
+    from tests.hive.test_domain import stop_all
+
+    stop_all(sim)
+
+
+def test_findings_about_a_replaced_version_do_not_count() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, healing=HealingPolicy(repeat=2))
+    sim.tick(10)
+    report(sim, agent_id, "warning")
+    sim.tick(10)
+    sim.ok(c.RolloutAgent(name="echo", spec=spec("v2", healing=HealingPolicy(repeat=2))))
+    sim.tick(10)
+    report(sim, agent_id, "warning")
+    # One finding before the rollout (about v1) and one after: not two about v2.
+    assert kinds(heal.plan(sim.state, sim.now)) == []
+
+
+def test_a_rewind_with_no_earlier_snapshot_says_so() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    replica_id = next(iter(sim.state.agents[agent_id].replicas))
+    before = sim.now - timedelta(days=1)
+    sim.ok(h.RewindReplica(agent_id=agent_id, replica_id=replica_id, before=before, reason="x"))
+    requested = [x for x in sim.log if isinstance(x, e.ReplicaRequested)][-1]
+    assert requested.restore == "exact"
+    assert requested.snapshot == f"swarm-snapshots/{replica_id}@3"
+    assert "none predates the anomaly" in requested.reason
