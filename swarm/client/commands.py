@@ -38,6 +38,7 @@ __all__ = [
     "read_floor",
     "rejection_of",
     "send",
+    "send_and_wait",
     "validate_command",
     "wait_for_outcome",
 ]
@@ -415,6 +416,21 @@ async def issue(
     log: EventLog, event: Mapping[str, Any], *, within: float, with_caused: bool = False
 ) -> Issued:
     """Send `event` and wait for its outcome (`NO_OUTCOME` when none comes within `within` s)."""
+    sent, issued = await send_and_wait(log, event, within=within, with_caused=with_caused)
+    if issued is None:
+        raise ClientError(
+            f"no outcome for {sent.type} {sent.id} within {within:g}s",
+            code=NO_OUTCOME,
+            hint="is the Hive running? (`swarm status`); the command stays queued for it",
+        )
+    return issued
+
+
+async def send_and_wait(
+    log: EventLog, event: Mapping[str, Any], *, within: float, with_caused: bool = False
+) -> tuple[Sent, Issued | None]:
+    """Send `event` and wait up to `within` s for its outcome; `None` if none came in time
+    (the command stays queued, and its outcome can be looked up later)."""
     # Taken before the publish: the outcome cannot be written before the command exists.
     before = await log.last_sequence(names.STREAM_EVENTS)
     sent = await send(log, event)
@@ -422,15 +438,11 @@ async def issue(
     start = 1 if sent.duplicate else before + 1
     outcome = await wait_for_outcome(log, sent.id, start_seq=start, within=within)
     if outcome is None:
-        raise ClientError(
-            f"no outcome for {sent.type} {sent.id} within {within:g}s",
-            code=NO_OUTCOME,
-            hint="is the Hive running? (`swarm status`); the command stays queued for it",
-        )
+        return sent, None
     caused: list[CausedEvent] = []
     if with_caused and outcome.accepted:
         caused = await caused_events(log, outcome, start_seq=start)
-    return Issued(sent, outcome, tuple(caused))
+    return sent, Issued(sent, outcome, tuple(caused))
 
 
 def rejection_of(outcome: Outcome) -> Rejection:

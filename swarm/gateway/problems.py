@@ -222,7 +222,6 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         500: "The API failed unexpectedly.",
         502: "The Hive answered something the API cannot read.",
         503: "NATS or the Hive cannot be reached.",
-        504: "The command got no outcome in time (it stays queued).",
     }
     return {
         status: {

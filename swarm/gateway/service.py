@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from schemas import Payload, events, names
 from swarm.client import commands
 from swarm.client.commands import Issued, Outcome
-from swarm.client.errors import INVALID, ClientError
+from swarm.client.errors import ClientError
 from swarm.client.queries import HiveQueries
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
@@ -88,13 +88,25 @@ class Gateway:
         timeout: float | None,
         what: str,
     ) -> JSONResponse:
-        """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202."""
+        """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202.
+
+        A command whose outcome does not come within the timeout is answered 202 too: it stays
+        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
+        """
         self.check_size(event)
         location = str(request.url_for("get_command", command_id=event["id"]).path)
-        if not wait:
+        issued: Issued | None = None
+        if wait:
+            within = timeout if timeout is not None else self.settings.command_timeout
+            sent, issued = await commands.send_and_wait(
+                self.log, event, within=within, with_caused=True
+            )
+        else:
             sent = await commands.send(self.log, event)
+        if issued is None:
+            # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
             self._remember(sent)
-            result = CommandResult(
+            pending = CommandResult(
                 command_id=sent.id,
                 type=sent.type,
                 status="pending",
@@ -102,10 +114,8 @@ class Gateway:
                 duplicate=sent.duplicate,
             )
             return JSONResponse(
-                result.model_dump(mode="json"), status_code=202, headers={"Location": location}
+                pending.model_dump(mode="json"), status_code=202, headers={"Location": location}
             )
-        within = timeout if timeout is not None else self.settings.command_timeout
-        issued = await commands.issue(self.log, event, within=within, with_caused=True)
         if not issued.accepted:
             raise rejection(issued.outcome, command_id=issued.sent.id, what=what)
         return JSONResponse(
@@ -201,7 +211,3 @@ def rejection(outcome: Outcome, *, command_id: str, what: str) -> ProblemError:
 
 def _unavailable(exc: BaseException) -> ProblemError:
     return ProblemError(503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}")
-
-
-def invalid(message: str) -> ClientError:
-    return ClientError(message, code=INVALID)

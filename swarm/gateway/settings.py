@@ -32,4 +32,3 @@ class GatewaySettings(BaseSettings):
             if text:
                 return text
         raise ValueError("no API token: set SWARM_API_TOKEN or SWARM_API_TOKEN_FILE")
-

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import AUTH
 from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack
 
@@ -29,7 +28,8 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert body["type"].startswith("https://swarm.dev/problems/")
-    assert body["title"] and body["detail"]
+    assert body["title"]
+    assert body["detail"]
     assert set(body) == {
         "type",
         "title",

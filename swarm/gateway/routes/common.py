@@ -17,9 +17,12 @@ COMMON_PROBLEMS = responses(401, 422, 500, 503)
 COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     202: {
         "model": CommandResult,
-        "description": "Sent with `?wait=false`: pending; poll the `Location` for the outcome.",
+        "description": (
+            "Sent with `?wait=false`, or no outcome within the timeout: pending; poll the "
+            "`Location` for the outcome."
+        ),
     },
-    **responses(404, 409, 413, 504),
+    **responses(404, 409, 413),
 }
 AUTHENTICATED = [Depends(require_token)]
 
