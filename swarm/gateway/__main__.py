@@ -11,7 +11,11 @@ from swarm.kernel.settings import Settings
 
 def main() -> None:
     settings = GatewaySettings()
-    app = create_app(Settings(), settings)
+    try:
+        app = create_app(Settings(), settings)
+    except (ValueError, OSError) as exc:
+        # No token (or an unreadable token file): refuse to serve an open API, in one line.
+        raise SystemExit(f"swarm.gateway: {exc}") from None
     # Proxy headers are not trusted: the API is reached directly, not through a proxy we know.
     uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, log_level="info")
 
