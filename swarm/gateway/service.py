@@ -38,8 +38,13 @@ class Gateway:
     def __init__(self, log: EventLog, settings: GatewaySettings) -> None:
         self.log = log
         self.settings = settings
-        self.queries = HiveQueries(log.nc)
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
+
+    @property
+    def queries(self) -> HiveQueries:
+        """A query client for one request: each remembers the `applied_seq` of its last answer,
+        which concurrent requests must not overwrite for each other."""
+        return HiveQueries(self.log.nc)
 
     # -- reads ------------------------------------------------------------------------------------
 

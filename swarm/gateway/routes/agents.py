@@ -45,9 +45,10 @@ async def list_agents(
     ] = None,
 ) -> AgentList:
     """Agents (not deleted) of every namespace, or of one."""
+    queries = gw.queries
     floor = await gw.floor()
-    agents = await gw.queries.agents(namespace, at_least=floor)
-    return AgentList(agents=agents, applied_seq=gw.queries.applied_seq)
+    agents = await queries.agents(namespace, at_least=floor)
+    return AgentList(agents=agents, applied_seq=queries.applied_seq)
 
 
 @router.get(
@@ -58,9 +59,10 @@ async def list_agents(
 )
 async def get_agent(gw: GatewayDep, namespace: NamespacePath, name: NamePath) -> AgentDetail:
     """One agent: spec (without module bytes), replicas, versions, rollout in progress."""
+    queries = gw.queries
     floor = await gw.floor()
-    agent = await gw.queries.agent(namespace, name, at_least=floor)
-    return AgentDetail(agent=agent, applied_seq=gw.queries.applied_seq)
+    agent = await queries.agent(namespace, name, at_least=floor)
+    return AgentDetail(agent=agent, applied_seq=queries.applied_seq)
 
 
 async def _send(

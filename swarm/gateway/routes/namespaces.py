@@ -30,9 +30,10 @@ router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PR
 @router.get("/namespaces", response_model=NamespaceList, tags=["namespaces"])
 async def list_namespaces(gw: GatewayDep) -> NamespaceList:
     """Namespaces with their quotas and how many agents each holds."""
+    queries = gw.queries
     floor = await gw.floor()
-    spaces = await gw.queries.namespaces(at_least=floor)
-    return NamespaceList(namespaces=spaces, applied_seq=gw.queries.applied_seq)
+    spaces = await queries.namespaces(at_least=floor)
+    return NamespaceList(namespaces=spaces, applied_seq=queries.applied_seq)
 
 
 @router.post(
@@ -91,6 +92,7 @@ async def update_namespace(
 @router.get("/pods", response_model=PodList, tags=["pods"])
 async def list_pods(gw: GatewayDep) -> PodList:
     """Pods with their capacity, what is free, and the replicas placed on them."""
+    queries = gw.queries
     floor = await gw.floor()
-    pods = await gw.queries.pods(at_least=floor)
-    return PodList(pods=pods, applied_seq=gw.queries.applied_seq)
+    pods = await queries.pods(at_least=floor)
+    return PodList(pods=pods, applied_seq=queries.applied_seq)
