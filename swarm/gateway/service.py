@@ -10,13 +10,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+import nats.errors
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from schemas import Payload, events, names
 from swarm.client import commands
 from swarm.client.commands import Issued, Outcome
-from swarm.client.errors import ClientError
+from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
@@ -52,7 +53,7 @@ class Gateway:
         """Reads reflect everything in the log when they began (read-your-writes)."""
         try:
             return await commands.read_floor(self.log)
-        except Exception as exc:
+        except (nats.errors.Error, TimeoutError) as exc:
             raise _unavailable(exc) from None
 
     # -- commands ---------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ class Gateway:
                 "invalid-command",
                 "Invalid command",
                 exc.message,
-                errors=[type(e)(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+                errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
             ) from None
 
     def check_size(self, event: Mapping[str, Any]) -> None:

@@ -60,7 +60,7 @@ async def send_command(
             "invalid-command",
             "Invalid command",
             exc.message,
-            errors=[type(e)(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+            errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
             command_id=document.get("id"),
         ) from None
     return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
