@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.commands import MAX_REPLICAS
 from schemas.specs import AgentSpec, Name, Quota, Version
+from swarm.kernel.eventlog import Delivery
 
 
 class CausedEvent(BaseModel):
@@ -119,6 +121,8 @@ class AgentList(BaseModel):
 class AgentDetail(BaseModel):
     agent: dict[str, Any]
     applied_seq: int
+    #: The agent's most recent events, oldest first.
+    events: list[LoggedEvent] = Field(default_factory=list)
 
 
 class PodList(BaseModel):
@@ -139,6 +143,19 @@ class LoggedEvent(BaseModel):
     time: str
     #: The CloudEvent as JSON (null if the entry is not a JSON object).
     event: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> LoggedEvent:
+        try:
+            body = json.loads(delivery.data)
+        except ValueError:
+            body = None
+        return cls(
+            seq=delivery.stream_seq,
+            subject=delivery.subject,
+            time=delivery.timestamp.isoformat(),
+            event=body if isinstance(body, dict) else None,
+        )
 
 
 class EventPage(BaseModel):

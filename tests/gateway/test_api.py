@@ -59,6 +59,9 @@ async def test_deploy_then_the_agent_is_listed_and_described(api: httpx.AsyncCli
     described = (await api.get("/v1/namespaces/default/agents/web")).json()
     assert described["agent"]["agent_id"] == result["agent_id"]
     assert described["agent"]["spec"]["version"] == "v1"
+    # Its recent events, as `swarm agent describe` shows them.
+    assert described["events"][0]["event"]["type"] == "swarm.agent.deployed"
+    assert described["events"][0]["subject"].split(".")[3] == result["agent_id"]
 
     scaled = await api.post("/v1/namespaces/default/agents/web/scale", json={"replicas": 3})
     assert scaled.json()["status"] == "accepted"

@@ -7,13 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from schemas import Payload, commands
+from schemas import Payload, commands, names
+from swarm.client import history
 from swarm.gateway.models import (
     NAME_PATTERN,
     AgentDetail,
     AgentList,
     CommandResult,
     DeployRequest,
+    LoggedEvent,
     RollbackRequest,
     RolloutRequest,
     ScaleRequest,
@@ -57,12 +59,27 @@ async def list_agents(
     responses=responses(404),
     summary="Describe an agent",
 )
-async def get_agent(gw: GatewayDep, namespace: NamespacePath, name: NamePath) -> AgentDetail:
-    """One agent: spec (without module bytes), replicas, versions, rollout in progress."""
+async def get_agent(
+    gw: GatewayDep,
+    namespace: NamespacePath,
+    name: NamePath,
+    events: Annotated[int, Query(ge=0, le=100, description="How many recent events.")] = 10,
+) -> AgentDetail:
+    """One agent: spec (without module bytes), replicas, versions, rollout in progress, and its
+    most recent events (as `swarm agent describe`)."""
     queries = gw.queries
     floor = await gw.floor()
     agent = await queries.agent(namespace, name, at_least=floor)
-    return AgentDetail(agent=agent, applied_seq=queries.applied_seq)
+    recent = []
+    agent_id, last_seq = agent.get("agent_id"), agent.get("last_seq")
+    if events and isinstance(agent_id, str) and names.is_token(agent_id):
+        end = last_seq if isinstance(last_seq, int) else floor
+        recent = await history.recent_events(gw.log, "agent", agent_id, end, events)
+    return AgentDetail(
+        agent=agent,
+        applied_seq=queries.applied_seq,
+        events=[LoggedEvent.of(d) for d in recent],
+    )
 
 
 async def _send(

@@ -69,19 +69,6 @@ def check_subjects(subjects: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def logged(delivery: Delivery) -> LoggedEvent:
-    try:
-        body = json.loads(delivery.data)
-    except ValueError:
-        body = None
-    return LoggedEvent(
-        seq=delivery.stream_seq,
-        subject=delivery.subject,
-        time=delivery.timestamp.isoformat(),
-        event=body if isinstance(body, dict) else None,
-    )
-
-
 @router.get("/events", response_model=EventPage)
 async def list_events(
     gw: GatewayDep,
@@ -105,7 +92,7 @@ async def list_events(
         )
         async with closing(replay) as deliveries:
             async for delivery in deliveries:
-                found.append(logged(delivery))
+                found.append(LoggedEvent.of(delivery))
                 if len(found) >= limit or delivery.stream_seq >= last:
                     break
     more = len(found) >= limit and found[-1].seq < last
@@ -188,7 +175,7 @@ async def _sse(log: EventLog, subjects: list[str], start: int) -> AsyncIterator[
                     return
                 yield ": keep-alive\n\n"
                 continue
-            yield _frame(logged(delivery))
+            yield _frame(LoggedEvent.of(delivery))
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
