@@ -165,3 +165,33 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
         assert len(row["runs"]["swarm"]) == len(row["runs"]["raw"]) == 1
     assert rows["timeline replay, events/s"]["target"] == 0.5
     assert isinstance(rows["timeline replay, events/s"]["met"], bool)
+
+
+GATEWAY_BENCH = ROOT / "bench" / "gateway.py"
+
+
+@pytest.mark.timeout(120)
+def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) -> None:
+    out = tmp_path / "gateway.json"
+    result = subprocess.run(
+        [
+            *(sys.executable, str(GATEWAY_BENCH), "--commands", "12", "--reads", "12"),
+            *("--concurrency", "4", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "API / baseline" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["params"] == {"commands": 12, "reads": 12, "concurrency": 4}
+    for measure in ("command", "read", "sse"):
+        for path in ("api", "client"):
+            figures = report[measure][path]
+            assert 0 < figures["p50_ms"] <= figures["p95_ms"], (measure, path)
+    assert report["commands_per_s"]["api"] > 0
+    assert report["commands_per_s"]["client"] > 0

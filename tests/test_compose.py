@@ -31,6 +31,7 @@ import yaml
 from nats.js.api import StorageType, StreamConfig
 
 from services.hive.config import HiveSettings
+from swarm.gateway import GatewaySettings
 from swarm.kernel.embedded import die_with_parent, free_port, nats_server_binary
 from swarm.kernel.settings import Settings
 
@@ -44,6 +45,7 @@ THIRD_PARTY = (*NATS_NODES, "postgres")
 NATS_CONF_IN_CONTAINER = "/etc/nats/nats-server.conf"
 RAFT_PORT = 4321
 TEST_RAFT_PASSWORD = "compose-test-password"
+TEST_API_TOKEN = "compose-test-token"
 
 
 @cache
@@ -441,7 +443,19 @@ def use_environment_of(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         value = str(value)
         if value.startswith("${SWARM_RAFT_PASSWORD"):
             value = TEST_RAFT_PASSWORD  # what compose substitutes from the operator's shell
+        if value.startswith("${SWARM_API_TOKEN"):
+            value = TEST_API_TOKEN
         monkeypatch.setenv(key, value)
+
+
+def test_the_gateway_serves_on_8080_and_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = services()["gateway"]
+    assert gateway["environment"]["SWARM_API_TOKEN"].startswith("${SWARM_API_TOKEN:?")
+    assert "127.0.0.1:8080:8080" in gateway["ports"]
+    use_environment_of("gateway", monkeypatch)
+    settings = GatewaySettings()
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.bearer_token() == TEST_API_TOKEN
 
 
 def test_the_swarm_processes_and_their_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -451,6 +465,7 @@ def test_the_swarm_processes_and_their_commands(monkeypatch: pytest.MonkeyPatch)
         "observer": ["python", "-m", "services.observer"],
         "webhooks": ["python", "-m", "services.webhooks"],
         **{pod: ["python", "-m", "runtime"] for pod in PODS},
+        "gateway": ["python", "-m", "swarm.gateway"],
     }
     assert {name: _command(name) for name in expected} == expected
     client_port = {node: int(nats_conf(node)["listen"].rsplit(":", 1)[1]) for node in NATS_NODES}
@@ -523,7 +538,7 @@ def test_docker_compose_accepts_the_file() -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        env={**env, "SWARM_RAFT_PASSWORD": "test"},
+        env={**env, "SWARM_RAFT_PASSWORD": "test", "SWARM_API_TOKEN": "test"},
         check=False,
     )
     assert accepted.returncode == 0, accepted.stderr

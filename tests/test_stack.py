@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import nats.errors
 import psutil
@@ -134,6 +135,7 @@ async def test_up_status_down_and_restart_keep_the_data(
         ("scheduler", True),
         ("webhooks", True),
         ("pod-0", True),
+        ("gateway", True),
         ("probe", True),
     ]
     assert swarm("status", "--data-dir", str(data_dir)).returncode == 0
@@ -161,6 +163,24 @@ async def test_up_status_down_and_restart_keep_the_data(
         assert hive["node"] == "hive-0"
     finally:
         await nc.close()
+    # The HTTP API answers on the URL in the state file, with the token `swarm up` wrote.
+    api_url = report["api_url"]
+    assert api_url.startswith("http://127.0.0.1:")
+    token_file = data_dir / "api-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    auth = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+    async with httpx.AsyncClient(base_url=api_url, timeout=5) as api:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if (await api.get("/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the HTTP API did not become ready"
+            await asyncio.sleep(0.1)
+        assert (await api.get("/v1/namespaces", headers=auth)).status_code == 200
+        assert (await api.get("/v1/namespaces")).status_code == 401
     with psycopg.connect(database_url) as conn:
         row = conn.execute("select extversion from pg_extension where extname='vector'").fetchone()
         assert row is not None
@@ -184,7 +204,9 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert status_json(swarm, data_dir)["pid"] == report["pid"]
 
     pids = stack_pids(report)
-    assert len(pids) == 8  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, probe
+    assert (
+        len(pids) == 9
+    )  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, gateway, probe
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0, down.stderr
     assert "Swarm stopped" in down.stdout
@@ -200,6 +222,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert up.returncode == 0, up.stdout + up.stderr
     report = status_json(swarm, data_dir)
     assert (report["nats_url"], report["database_url"]) == (nats_url, database_url)
+    assert report["api_url"] == api_url
     nc = await nats.connect(nats_url)
     try:
         msg = await nc.jetstream().get_msg(names.STREAM_EVENTS, ack.seq)
@@ -214,7 +237,9 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     assert up.returncode == 0, up.stdout + up.stderr
     report = status_json(swarm, data_dir)
     pids = stack_pids(report)
-    assert len(pids) == 8  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, idle
+    assert (
+        len(pids) == 9
+    )  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, gateway, idle
 
     os.kill(report["pid"], signal.SIGKILL)
     wait_for(lambda: all(gone(pid) for pid in pids), 10, f"processes {pids} to exit")

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import json
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +62,7 @@ from swarm.cli.verbs import (
     show,
     styled,
 )
+from swarm.client import history
 from swarm.kernel.eventlog import Delivery, EventLog
 
 DEFAULT_NAMESPACE = "default"
@@ -70,8 +70,6 @@ DEFAULT_NAMESPACE = "default"
 WAIT_POLL = 0.25
 #: Events shown by `describe`.
 RECENT_EVENTS = 10
-#: First log window `describe` searches for recent events; widened until enough are found.
-_EVENTS_WINDOW = 1024
 WASM_MAGIC = b"\0asm"
 #: Version and layer of a WebAssembly component (a core module has version 1, layer 0).
 COMPONENT_VERSION = b"\x0d\x00\x01\x00"
@@ -643,25 +641,8 @@ def describe(
 async def recent_events(
     log: EventLog, agent_id: str, last_seq: int, limit: int = RECENT_EVENTS
 ) -> list[Delivery]:
-    """The agent's last `limit` events, read from the log.
-
-    The search starts a window before the agent's last known event and widens it until enough
-    are found, so describing a long-lived agent does not read its whole history.
-    """
-    subjects = [names.aggregate_subjects("agent", agent_id)]
-    window = _EVENTS_WINDOW
-    while True:
-        first = max(1, last_seq - window + 1)
-        found: deque[Delivery] = deque(maxlen=limit)
-        replay = log.replay(
-            names.STREAM_EVENTS, start_seq=first, subjects=subjects, idle_timeout=0.25
-        )
-        async with connect.closing(replay) as deliveries:
-            async for delivery in deliveries:
-                found.append(delivery)
-        if len(found) >= limit or first == 1:
-            return list(found)
-        window *= 16
+    """The agent's last `limit` events, read from the log (see `swarm.client.history`)."""
+    return await history.recent_events(log, "agent", agent_id, last_seq, limit)
 
 
 def _event_view(delivery: Delivery) -> dict[str, Any]:

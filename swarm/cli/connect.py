@@ -22,6 +22,7 @@ import typer
 from nats.js.errors import NotFoundError
 
 from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from swarm.client.commands import closing as closing  # re-exported: verbs replay through it
 from swarm.kernel.eventlog import EventLog, nats_servers
 from swarm.kernel.logscan import ScanError
 from swarm.kernel.settings import Settings
@@ -181,18 +182,3 @@ def _hint(target: NatsTarget) -> str:
     if target.origin == "SWARM_NATS_URL":
         return "check SWARM_NATS_URL, or unset it to use the stack started by `swarm up`"
     return f"the URL came from {target.origin}: is `swarm up` still running? (`swarm status`)"
-
-
-@asynccontextmanager
-async def closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """`contextlib.aclosing` for an iterator typed as `AsyncIterator` (like `EventLog.replay`).
-
-    Leaving a replay early must close it at once, so its ephemeral consumer is deleted now rather
-    than whenever the generator happens to be collected.
-    """
-    try:
-        yield iterator
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()

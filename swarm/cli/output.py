@@ -25,18 +25,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from swarm.client import errors as client_errors
+from swarm.client.errors import FieldProblem as FieldProblem
+
 # --- Exit codes ----------------------------------------------------------------------------------
-# Scripts branch on these, so they are part of the CLI's contract.
+# Scripts branch on these, so they are part of the CLI's contract. The client layer's error kinds
+# are these same numbers, so a `ClientError` exits with its `code` as it is.
 
 EXIT_OK = 0
 #: The request was carried out and answered "no": a rejected command, stale schema files.
-EXIT_FAILED = 1
+EXIT_FAILED = client_errors.FAILED
 #: The input was wrong (click uses 2 for bad options too); nothing was sent.
-EXIT_USAGE = 2
+EXIT_USAGE = client_errors.INVALID
 #: A command was sent but no outcome came back in time.
-EXIT_NO_OUTCOME = 3
+EXIT_NO_OUTCOME = client_errors.NO_OUTCOME
 #: NATS could not be reached or the Swarm streams are missing; nothing was sent.
-EXIT_UNAVAILABLE = 4
+EXIT_UNAVAILABLE = client_errors.UNAVAILABLE
 #: Ctrl-C, by shell convention 128 + SIGINT.
 EXIT_INTERRUPTED = 130
 
@@ -63,31 +67,9 @@ class StreamFormat(enum.StrEnum):
     JSONL = "jsonl"
 
 
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """One field-level error as shown to a user (from local validation or a rejection)."""
-
-    loc: str
-    msg: str
-    type: str
-
-
-class CliError(Exception):
-    """An error meant for the person at the terminal: a message, an optional hint, an exit code."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int = EXIT_FAILED,
-        hint: str | None = None,
-        errors: Sequence[FieldProblem] = (),
-    ) -> None:
-        self.message = message
-        self.code = code
-        self.hint = hint
-        self.errors = tuple(errors)
-        super().__init__(message)
+#: An error meant for the person at the terminal: the client layer's error, printed with its
+#: hint and ending the verb with its code as exit code.
+CliError = client_errors.ClientError
 
 
 # --- Consoles ------------------------------------------------------------------------------------

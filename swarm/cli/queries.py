@@ -1,151 +1,24 @@
-"""A small client for the Hive's read-only queries (`swarm.query.…`, core NATS request/reply).
+"""The Hive's read-only queries for the CLI: the client layer's, with a lagging replica's note
+printed on stderr.
 
-Any Hive replica may answer, and each answers from the state it has folded so far, which can be
-a little behind the log. Every answer carries the replica's `applied_seq`, so a caller that knows
-which log position its answer must reflect (the outcome of a command it just sent, or the end of
-the log when the read began) passes it as `at_least`, and the query is asked again for a moment
-until a replica has caught up. That keeps `deploy` followed by `ls` showing the new agent.
+See `swarm.client.queries` for how reads catch up with the log (`at_least`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Mapping
-from typing import Any
-
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from schemas import names
-from swarm.cli.output import EXIT_FAILED, EXIT_UNAVAILABLE, CliError, status
+from swarm.cli.output import status
+from swarm.client import queries as _queries
+from swarm.client.queries import CATCH_UP, QUERY_TIMEOUT, QueryFailed
 
-#: How long one replica may take to answer one query.
-QUERY_TIMEOUT = 2.0
-#: How long a read waits for a replica to catch up before showing what it has (with a note).
-CATCH_UP = 2.0
-_FIRST_RETRY = 0.02
-_MAX_RETRY = 0.25
+__all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
 
 
-class QueryFailed(CliError):
-    """The Hive answered with an error (`{"error", "code"}`), e.g. code "not_found"."""
-
-    def __init__(self, message: str, *, error_code: str, hint: str | None = None) -> None:
-        super().__init__(message, code=EXIT_FAILED, hint=hint)
-        self.error_code = error_code
-
-
-class HiveQueries:
-    """Ask the Hive; every method returns the answer's payload or raises a `CliError`."""
+class HiveQueries(_queries.HiveQueries):
+    """`swarm.client.queries.HiveQueries`, saying on stderr when an answer may be out of date."""
 
     def __init__(
         self, nc: NATS, *, timeout: float = QUERY_TIMEOUT, catch_up: float = CATCH_UP
     ) -> None:
-        self.nc = nc
-        self.timeout = timeout
-        self.catch_up = catch_up
-        #: The log position the last answer reflected (its replica's `applied_seq`).
-        self.applied_seq = 0
-
-    async def ask(
-        self, subject: str, body: Mapping[str, Any] | None = None, *, at_least: int = 0
-    ) -> dict[str, Any]:
-        """The answer to one query from a replica that has applied the log up to `at_least`.
-
-        Error answers are retried the same way: a lagging replica says "not found" about an
-        agent that was deployed a moment ago.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.catch_up
-        delay = _FIRST_RETRY
-        while True:
-            answer = await self._request(subject, body or {})
-            applied = answer.get("applied_seq")
-            behind = isinstance(applied, int) and applied < at_least
-            if not behind or loop.time() >= deadline:
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_RETRY)
-        if behind:
-            status(
-                f"note: Hive replica {answer.get('node', '?')} has applied the log up to "
-                f"#{applied}, not yet #{at_least}; this answer may be out of date"
-            )
-        if isinstance(applied, int):
-            self.applied_seq = applied
-        error = answer.get("error")
-        if error is not None:
-            raise QueryFailed(str(error), error_code=str(answer.get("code", "error")))
-        return answer
-
-    async def _request(self, subject: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            reply = await self.nc.request(subject, json.dumps(body).encode(), timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise _no_hive(subject, "nothing is subscribed") from None
-        except nats.errors.TimeoutError:
-            raise _no_hive(subject, f"no answer within {self.timeout:g}s") from None
-        try:
-            answer = json.loads(reply.data)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise CliError(f"the Hive's answer to {subject} is not a JSON object", code=EXIT_FAILED)
-        return answer
-
-    # -- the queries ------------------------------------------------------------------------------
-
-    async def agents(self, namespace: str | None, *, at_least: int = 0) -> list[dict[str, Any]]:
-        """Agents (not deleted) of one namespace, or of all when `namespace` is None."""
-        body = {} if namespace is None else {"namespace": namespace}
-        answer = await self.ask(names.QUERY_AGENTS_LIST, body, at_least=at_least)
-        return _list(answer, "agents")
-
-    async def agent(self, namespace: str, name: str, *, at_least: int = 0) -> dict[str, Any]:
-        """One agent in detail (spec without module bytes, replicas, versions)."""
-        try:
-            answer = await self.ask(
-                names.QUERY_AGENTS_GET, {"namespace": namespace, "name": name}, at_least=at_least
-            )
-        except QueryFailed as exc:
-            if exc.error_code != "not_found":
-                raise
-            raise QueryFailed(
-                f"agent {namespace}/{name} not found",
-                error_code=exc.error_code,
-                hint=f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all",
-            ) from None
-        return _object(answer, "agent")
-
-    async def agent_by_id(self, agent_id: str, *, at_least: int = 0) -> dict[str, Any]:
-        answer = await self.ask(names.QUERY_AGENTS_GET, {"agent_id": agent_id}, at_least=at_least)
-        return _object(answer, "agent")
-
-    async def pods(self, *, at_least: int = 0) -> list[dict[str, Any]]:
-        return _list(await self.ask(names.QUERY_PODS_LIST, at_least=at_least), "pods")
-
-    async def namespaces(self, *, at_least: int = 0) -> list[dict[str, Any]]:
-        return _list(await self.ask(names.QUERY_NAMESPACES_LIST, at_least=at_least), "namespaces")
-
-
-def _no_hive(subject: str, why: str) -> CliError:
-    return CliError(
-        f"no Hive answered {subject}: {why}",
-        code=EXIT_UNAVAILABLE,
-        hint="is the Hive running? (`swarm status`)",
-    )
-
-
-def _list(answer: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-    items = answer.get(key)
-    if not isinstance(items, list):
-        raise CliError(f"the Hive's answer has no list {key!r}", code=EXIT_FAILED)
-    return [item for item in items if isinstance(item, dict)]
-
-
-def _object(answer: Mapping[str, Any], key: str) -> dict[str, Any]:
-    item = answer.get(key)
-    if not isinstance(item, dict):
-        raise CliError(f"the Hive's answer has no object {key!r}", code=EXIT_FAILED)
-    return item
+        super().__init__(nc, timeout=timeout, catch_up=catch_up, on_stale=status)

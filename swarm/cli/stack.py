@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shlex
 import sys
@@ -17,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -37,6 +39,7 @@ from swarm.kernel.stack import (
     StopOutcome,
     inspect_stack,
     launch_detached,
+    read_state,
     stop_stack,
     upgrade_database,
 )
@@ -152,6 +155,47 @@ def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate)
 
 
+#: File in the data dir holding the HTTP API's bearer token (mode 0600).
+API_TOKEN_FILE = "api-token"
+
+
+def api_token_file(data_dir: Path) -> Path:
+    """The API token's file, with a new random token when there is none yet (kept after, so a
+    client's token stays valid across restarts); only its owner may read it."""
+    path = data_dir / API_TOKEN_FILE
+    if not path.exists() or not path.read_text().strip():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def gateway_service(data_dir: Path, port: int | None = None) -> tuple[ServiceSpec, str]:
+    """The HTTP API as a supervised service, and its URL.
+
+    Without `port`, the previous run's port when it is free (so URLs people copied keep
+    working), else any free one. `SWARM_API_TOKEN`, when set, wins over the token file.
+    """
+    if port is None:
+        previous = read_state(data_dir)
+        before = urlsplit(previous.api_url).port if previous and previous.api_url else None
+        port = free_port(before)
+    elif port == 0:
+        port = free_port()
+    spec = ServiceSpec(
+        "gateway",
+        (sys.executable, "-m", "swarm.gateway"),
+        {
+            "SWARM_API_HOST": "127.0.0.1",
+            "SWARM_API_PORT": str(port),
+            "SWARM_API_TOKEN_FILE": str(api_token_file(data_dir)),
+        },
+    )
+    return spec, f"http://127.0.0.1:{port}"
+
+
 # --- up ------------------------------------------------------------------------------------------
 
 
@@ -215,11 +259,23 @@ def up(
         bool,
         typer.Option("--demo", help="Once up, deploy the echo example agent (if not there yet)."),
     ] = False,
+    api_port: Annotated[
+        int | None,
+        typer.Option(
+            "--api-port",
+            min=0,
+            max=65535,
+            help="Port of the HTTP API on 127.0.0.1 (0: any free one).",
+            show_default="the previous run's when free, else any",
+        ),
+    ] = None,
 ) -> None:
     """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
     settings = _settings(data_dir, nats_url, database_url, sync)
     if detach:
-        state = _up_detached(settings, service or [], timeout, hive_replicas, pods, no_services)
+        state = _up_detached(
+            settings, service or [], timeout, hive_replicas, pods, no_services, api_port
+        )
         if demo and state.nats_url:
             console.print(asyncio.run(deploy_demo(state.nats_url, settings.identity)))
         return
@@ -228,6 +284,10 @@ def up(
         if no_services
         else default_services(settings.data_dir.resolve(), hive_replicas=hive_replicas, pods=pods)
     )
+    api_url: str | None = None
+    if not no_services:
+        gateway, api_url = gateway_service(settings.data_dir.resolve(), api_port)
+        own += (gateway,)
     services = own + tuple(_parse_service(s) for s in service or ())
     progress = _RichProgress(console)
 
@@ -246,7 +306,8 @@ def up(
 
     try:
         with progress:
-            final = Stack(settings, services, progress=progress).run(on_ready=ready)
+            stack = Stack(settings, services, progress=progress, api_url=api_url)
+            final = stack.run(on_ready=ready)
     except StackAlreadyRunningError as exc:
         _print_already_running(exc.data_dir, exc.state)
         raise typer.Exit(1) from None
@@ -263,6 +324,7 @@ def _up_detached(
     hive_replicas: int,
     pods: int,
     no_services: bool,
+    api_port: int | None,
 ) -> StackState:
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
@@ -274,6 +336,8 @@ def _up_detached(
     argv += ["--pods", str(pods)]
     if no_services:
         argv.append("--no-services")
+    if api_port is not None:
+        argv += ["--api-port", str(api_port)]
     if settings.nats_url:
         argv += ["--nats-url", settings.nats_url]
     if settings.database_url:
@@ -367,6 +431,8 @@ def _summary(state: StackState, out: Console) -> None:
         ("PostgreSQL", state.database_url or "-", db_note),
         ("Data dir", state.data_dir, f"migrations at {state.migration or '-'}"),
     ]
+    if state.api_url:
+        rows.append(("HTTP API", state.api_url, _token_note(Path(state.data_dir))))
     rows += [
         (svc.name, svc.log, f"{svc.state.value}, pid {svc.pid or '-'}") for svc in state.services
     ]
@@ -378,6 +444,12 @@ def _summary(state: StackState, out: Console) -> None:
             f"  [bold]{escape(name):<{width}}[/]  {escape(value)}  [dim]{escape(note)}[/]",
             soft_wrap=True,
         )
+
+
+def _token_note(data_dir: Path) -> str:
+    if os.environ.get("SWARM_API_TOKEN"):
+        return "bearer token: $SWARM_API_TOKEN"
+    return f"bearer token in {data_dir / API_TOKEN_FILE}"
 
 
 def _data_dir_flag(data_dir: str) -> str:
@@ -528,6 +600,8 @@ def _print_status(report: StackReport) -> None:
             server_state = "[red]unreachable[/]"
         pid_text = "-" if external else str(pid or "-")
         table.add_row(name, server_state, pid_text, escape(url or "-"), "")
+    if state.api_url:
+        table.add_row("api", "", "", escape(state.api_url), "")
     for svc in report.services:
         color = {ServiceState.RUNNING: "green", ServiceState.FAILED: "red"}.get(svc.state, "yellow")
         detail = svc.log if svc.state is not ServiceState.FAILED else f"{svc.error} ({svc.log})"

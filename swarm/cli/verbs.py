@@ -10,7 +10,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,16 +18,13 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from schemas import REGISTRY, DecodeError, Payload, names
+from schemas import Payload
 from swarm.cli import publish
 from swarm.cli.output import (
     EXIT_FAILED,
-    EXIT_NO_OUTCOME,
     EXIT_OK,
     EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     CliError,
-    FieldProblem,
     Format,
     emit,
     errors_to_exit,
@@ -36,7 +32,11 @@ from swarm.cli.output import (
     stdout_console,
     to_jsonable,
 )
-from swarm.kernel.eventlog import EventLog
+from swarm.client import commands
+
+# Sending a command and awaiting its outcome is the client layer's, shared with the HTTP API;
+# these names stay importable from here for the verb modules.
+from swarm.client.commands import Issued, Outcome, issue, read_floor
 from swarm.kernel.settings import Settings
 
 __all__ = [
@@ -105,30 +105,7 @@ def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
         raise typer.Exit(code)
 
 
-async def read_floor(log: EventLog) -> int:
-    """The log position a read must reflect: everything written before the read began.
-
-    Taken from the stream rather than remembered from a previous command, so `swarm agent ls` in
-    a new process still sees the agent the previous `swarm agent deploy` created.
-    """
-    return await log.last_sequence(names.STREAM_EVENTS)
-
-
 # --- Sending a command ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Issued:
-    """A command that was sent and answered."""
-
-    sent: publish.Sent
-    outcome: publish.Outcome
-    #: Events it caused, with their subjects (only when asked for).
-    caused: tuple[publish.CausedEvent, ...] = ()
-
-    @property
-    def accepted(self) -> bool:
-        return self.outcome.accepted
 
 
 def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
@@ -136,41 +113,7 @@ def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings)
 
     Checked before connecting, so a typo is exit 2 with the fields named, and nothing is sent.
     """
-    event = publish.build_command(
-        {"type": payload.TYPE, "data": dict(data)}, identity=settings.identity
-    )
-    try:
-        REGISTRY.decode(publish.encode(event), kind="command")
-    except DecodeError as exc:
-        raise CliError(
-            f"{exc.reason}: the values given do not make a valid command",
-            code=EXIT_USAGE,
-            errors=[FieldProblem(e.loc.removeprefix("data."), e.msg, e.type) for e in exc.errors],
-            hint="fix the fields above (in the spec file or the matching --options)",
-        ) from None
-    return event
-
-
-async def issue(
-    log: EventLog, event: Mapping[str, Any], *, within: float, with_caused: bool = False
-) -> Issued:
-    """Send `event` and wait for its outcome (exit 3 when none comes within `within` s)."""
-    # Taken before the publish: the outcome cannot be written before the command exists.
-    before = await log.last_sequence(names.STREAM_EVENTS)
-    sent = await publish.send(log, event)
-    # A duplicate id was first published earlier, so its outcome may already be in the log.
-    start = 1 if sent.duplicate else before + 1
-    outcome = await publish.wait_for_outcome(log, sent.id, start_seq=start, within=within)
-    if outcome is None:
-        raise CliError(
-            f"no outcome for {sent.type} {sent.id} within {within:g}s",
-            code=EXIT_NO_OUTCOME,
-            hint="is the Hive running? (`swarm status`); the command stays queued for it",
-        )
-    caused: list[publish.CausedEvent] = []
-    if with_caused and outcome.accepted:
-        caused = await publish.caused_events(log, outcome, start_seq=start)
-    return Issued(sent, outcome, tuple(caused))
+    return commands.prepare(payload, data, identity=settings.identity, source=publish.CLI_SOURCE)
 
 
 def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace: str) -> None:
@@ -186,24 +129,14 @@ def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace:
         stdout_console().print(Text(done))
 
 
-def rejection(outcome: publish.Outcome, *, what: str, namespace: str) -> CliError:
-    raw = (outcome.body or {}).get("data")
-    # Read leniently (not through the model), so a rejection from a newer Hive still shows.
-    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    reason = str(data.get("reason") or "(no reason given)")
-    rule = data.get("rule")
-    errors = data.get("errors")
-    problems = [
-        FieldProblem(str(e.get("loc", "")), str(e.get("msg", "")), str(e.get("type", "")))
-        for e in (errors if isinstance(errors, list) else [])
-        if isinstance(e, dict)
-    ]
-    suffix = f" (rule: {rule})" if rule else ""
+def rejection(outcome: Outcome, *, what: str, namespace: str) -> CliError:
+    said = commands.rejection_of(outcome)
+    suffix = f" (rule: {said.rule})" if said.rule else ""
     return CliError(
-        f"{what} rejected: {reason}{suffix}",
+        f"{what} rejected: {said.reason}{suffix}",
         code=EXIT_FAILED,
-        errors=problems,
-        hint=_rejection_hint(str(rule or ""), reason, namespace),
+        errors=said.errors,
+        hint=_rejection_hint(said.rule or "", said.reason, namespace),
     )
 
 

@@ -139,6 +139,8 @@ class StackState:
     step: str | None = None
     error: str | None = None
     services: tuple[ServiceStatus, ...] = ()
+    #: Where the HTTP API listens, when one of the services serves it.
+    api_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,6 +162,7 @@ class StackState:
             "postgres_pid": self.postgres_pid,
             "migration": self.migration,
             "services": [s.to_json() for s in self.services],
+            "api_url": self.api_url,
         }
 
     @classmethod
@@ -182,6 +185,7 @@ class StackState:
             step=data.get("step"),
             error=data.get("error"),
             services=tuple(ServiceStatus.from_json(s) for s in data.get("services", ())),
+            api_url=data.get("api_url"),
         )
 
 
@@ -271,6 +275,7 @@ class StackReport:
             "migration": state.migration if state else None,
             "error": state.error if state else None,
             "services": [s.to_json() for s in self.services],
+            "api_url": state.api_url if state else None,
         }
 
 
@@ -529,6 +534,8 @@ class Stack:
     progress: StackProgress | None = None
     #: Seconds services get to exit after SIGTERM before they are killed.
     stop_timeout: float = 10.0
+    #: Where one of `services` serves the HTTP API, recorded in the state file for clients.
+    api_url: str | None = None
 
     paths: StackPaths = field(init=False)
     _lock: _Lock | None = field(default=None, init=False)
@@ -720,6 +727,8 @@ class Stack:
             on_change=lambda statuses: self._save(services=tuple(statuses)),
         )
         self._supervisor.start()
+        if self.api_url is not None:
+            self._save(api_url=self.api_url)
         return ", ".join(s.name for s in self.services) or "none configured"
 
     def _save(self, **changes: Any) -> StackState:

@@ -1,0 +1,24 @@
+"""`python -m swarm.gateway`: serve the HTTP API with uvicorn (`SWARM_API_HOST`/`_PORT`)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from swarm.gateway.app import create_app
+from swarm.gateway.settings import GatewaySettings
+from swarm.kernel.settings import Settings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    try:
+        app = create_app(Settings(), settings)
+    except (ValueError, OSError) as exc:
+        # No token (or an unreadable token file): refuse to serve an open API, in one line.
+        raise SystemExit(f"swarm.gateway: {exc}") from None
+    # Proxy headers are not trusted: the API is reached directly, not through a proxy we know.
+    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The FastAPI application: `create_app(settings)`.
+
+With `log` given (tests, or an embedding process) the app uses that connection; otherwise it
+connects to NATS at start-up (`SWARM_NATS_URL`) and closes the connection at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from swarm.gateway import problems
+from swarm.gateway.problems import Problem
+from swarm.gateway.routes import agents, commands, events, health, namespaces
+from swarm.gateway.service import Gateway
+from swarm.gateway.settings import GatewaySettings
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
+
+API_VERSION = "1.0.0"
+DESCRIPTION = """\
+Deploy and manage Swarm's agents over HTTP: the same commands and queries as the `swarm` CLI.
+
+Every `/v1` route needs `Authorization: Bearer <token>` (`swarm up` writes the token to
+`<data dir>/api-token`). Commands wait for the Hive's outcome unless `?wait=false` (202 with a
+`Location` to poll). Every error is an RFC 9457 problem document (`application/problem+json`,
+schema `Problem`).
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    gateway_settings: GatewaySettings | None = None,
+    *,
+    log: EventLog | None = None,
+    token: str | None = None,
+) -> FastAPI:
+    """The API over `log`, or over a connection to `settings.nats_url` opened at start-up."""
+    swarm_settings = settings or Settings()
+    api_settings = gateway_settings or GatewaySettings()
+    bearer = token if token is not None else api_settings.bearer_token()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if log is not None:
+            app.state.gateway = Gateway(log, api_settings)
+            yield
+            return
+        if not swarm_settings.nats_url:
+            raise RuntimeError("no NATS to connect to: set SWARM_NATS_URL")
+        own = await EventLog.connect(
+            swarm_settings.nats_url, swarm_settings, name="swarm-gateway", ensure=False
+        )
+        app.state.gateway = Gateway(own, api_settings)
+        try:
+            yield
+        finally:
+            app.state.gateway = None
+            await own.close()
+
+    app = FastAPI(
+        title="Swarm API",
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.token = bearer
+    app.state.gateway = Gateway(log, api_settings) if log is not None else None
+    problems.install(app)
+    for module in (health, agents, namespaces, commands, events):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(problem.pop("$defs", {}))
+            schemas["Problem"] = problem
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

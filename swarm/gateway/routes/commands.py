@@ -1,0 +1,99 @@
+"""Any registered command, as `swarm publish` sends it, and a command's outcome by id."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from schemas import REGISTRY
+from swarm.client import commands
+from swarm.client.errors import ClientError, FieldProblem
+from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
+from swarm.gateway.problems import ProblemError, responses
+from swarm.gateway.routes.common import (
+    AUTHENTICATED,
+    COMMAND_PROBLEMS,
+    COMMON_PROBLEMS,
+    GatewayDep,
+    TimeoutQuery,
+    WaitQuery,
+)
+from swarm.gateway.service import API_SOURCE
+
+router = APIRouter(
+    prefix="/v1", tags=["commands"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
+)
+
+
+@router.post("/commands", response_model=CommandResult, responses=COMMAND_PROBLEMS)
+async def send_command(
+    gw: GatewayDep,
+    request: Request,
+    body: CommandDocument,
+    wait: WaitQuery = True,
+    timeout: TimeoutQuery = None,
+    validate: Annotated[
+        bool,
+        Query(description="Check the command against its schema first; false lets the Hive judge."),
+    ] = True,
+) -> JSONResponse:
+    """Send any command (a CloudEvent, or `{type, data}`); its `id` makes a re-send idempotent."""
+    document = body.model_dump(mode="json", exclude_none=True)
+    identity = gw.settings.identity
+    if document.get("identity", identity) != identity:
+        raise ProblemError(
+            422,
+            "invalid-command",
+            "Invalid command",
+            f"identity is the API's ({identity}); leave it out",
+            errors=[FieldProblem("body.identity", "not this API's identity", "identity")],
+        )
+    try:
+        event = commands.build_command(document, identity=identity, source=API_SOURCE)
+        if validate:
+            commands.validate_command(event)
+    except ClientError as exc:
+        raise ProblemError(
+            422,
+            "invalid-command",
+            "Invalid command",
+            exc.message,
+            errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+            command_id=document.get("id"),
+        ) from None
+    return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
+
+
+@router.get(
+    "/commands/{command_id}",
+    response_model=CommandResult,
+    responses=responses(404),
+    name="get_command",
+)
+async def get_command(
+    gw: GatewayDep,
+    command_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+) -> CommandResult:
+    """A command's outcome: accepted or rejected, or pending (sent by this API, no outcome yet)."""
+    return await gw.lookup(command_id)
+
+
+@router.get("/schemas", response_model=SchemaList, tags=["schemas"])
+async def list_schemas() -> SchemaList:
+    """The command and event types this API knows, with their schema versions."""
+    return SchemaList(
+        schemas=[SchemaEntry(type=e.type, kind=e.kind, version=e.model.VERSION) for e in REGISTRY]
+    )
+
+
+@router.get("/schemas/{type_name}", responses=responses(404), tags=["schemas"])
+async def get_schema(
+    type_name: Annotated[str, Path(max_length=256, description="e.g. swarm.cmd.agent.deploy")],
+) -> dict[str, Any]:
+    """The JSON Schema of one command's or event's `data`."""
+    entry = REGISTRY.get(type_name)
+    if entry is None:
+        raise ProblemError(404, "not-found", "Not found", f"no command or event type {type_name}")
+    return entry.model.model_json_schema()

@@ -1,0 +1,54 @@
+"""Parameters and dependencies the routes share."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Query, Request
+
+from swarm.gateway.auth import require_token
+from swarm.gateway.models import NAME_PATTERN, CommandResult
+from swarm.gateway.problems import ProblemError, responses
+from swarm.gateway.service import Gateway
+
+#: Problems every authenticated route may answer with.
+COMMON_PROBLEMS = responses(401, 422, 500, 503)
+#: What a command route may answer besides its outcome and the common problems.
+COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": CommandResult,
+        "description": (
+            "Sent with `?wait=false`, or no outcome within the timeout: pending; poll the "
+            "`Location` for the outcome."
+        ),
+    },
+    **responses(404, 409, 413),
+}
+AUTHENTICATED = [Depends(require_token)]
+
+
+def gateway(request: Request) -> Gateway:
+    found: Gateway | None = getattr(request.app.state, "gateway", None)
+    if found is None or not found.log.nc.is_connected:
+        raise ProblemError(503, "unavailable", "Swarm unavailable", "the API is not connected")
+    return found
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+NamespacePath = Annotated[
+    str, Path(pattern=NAME_PATTERN, max_length=52, description="The namespace.")
+]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=52, description="The agent.")]
+WaitQuery = Annotated[
+    bool,
+    Query(
+        description=(
+            "Wait for the command's outcome (200, or a problem if rejected); false answers 202 "
+            "with a Location to poll."
+        )
+    ),
+]
+TimeoutQuery = Annotated[
+    float | None,
+    Query(gt=0, le=300, description="Seconds to wait for the outcome (default: the API's)."),
+]

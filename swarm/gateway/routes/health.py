@@ -1,0 +1,36 @@
+"""Liveness and readiness, without authentication (for orchestrators' probes)."""
+
+from __future__ import annotations
+
+import nats.errors
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from schemas import names
+from swarm.gateway.models import Health
+from swarm.gateway.problems import problem_response, responses
+
+router = APIRouter(tags=["health"], responses=responses(500))
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The API process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses=responses(503))
+async def readyz(request: Request) -> Health | JSONResponse:
+    """Ready when NATS is connected and a Hive replica answers."""
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None or not gateway.log.nc.is_connected:
+        return problem_response(
+            request, 503, "unavailable", "Swarm unavailable", "not connected to NATS"
+        )
+    try:
+        await gateway.log.nc.request(names.QUERY_STATUS, b"{}", timeout=1.0)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        return problem_response(
+            request, 503, "unavailable", "Swarm unavailable", "no Hive replica answers"
+        )
+    return Health(status="ok", detail="NATS connected, the Hive answers")

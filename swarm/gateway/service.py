@@ -1,0 +1,219 @@
+"""What the routes share: the NATS connection, the Hive's queries, and sending a command.
+
+Commands go through the client layer (`swarm.client.commands`), exactly as the CLI's do; this
+module only turns their results into HTTP answers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import nats.errors
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from schemas import Payload, events, names
+from swarm.client import commands
+from swarm.client.commands import Issued, Outcome
+from swarm.client.errors import ClientError, FieldProblem
+from swarm.client.queries import HiveQueries
+from swarm.gateway.models import CausedEvent, CommandResult
+from swarm.gateway.problems import ProblemError
+from swarm.gateway.settings import GatewaySettings
+from swarm.kernel.eventlog import EventLog
+
+#: CloudEvents `source` of the commands the API sends.
+API_SOURCE = "swarm-api"
+#: Commands sent with `?wait=false` remembered as pending, so polling them says "pending" rather
+#: than "not found" until their outcome is in the log.
+_PENDING_LIMIT = 10_000
+#: Rules whose rejection means the request itself was wrong, not the state of things.
+_INVALID_RULES = frozenset({"invalid", "type", "subject"})
+
+
+class Gateway:
+    """The API's connection to Swarm (one per process)."""
+
+    def __init__(self, log: EventLog, settings: GatewaySettings) -> None:
+        self.log = log
+        self.settings = settings
+        self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
+
+    @property
+    def queries(self) -> HiveQueries:
+        """A query client for one request: each remembers the `applied_seq` of its last answer,
+        which concurrent requests must not overwrite for each other."""
+        return HiveQueries(self.log.nc)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def floor(self) -> int:
+        """Reads reflect everything in the log when they began (read-your-writes)."""
+        try:
+            return await commands.read_floor(self.log)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _unavailable(exc) from None
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def prepare(self, payload: type[Payload], data: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return commands.prepare(
+                payload, data, identity=self.settings.identity, source=API_SOURCE
+            )
+        except ClientError as exc:
+            # Field locations are relative to the command's data, which the body mirrors.
+            raise ProblemError(
+                422,
+                "invalid-command",
+                "Invalid command",
+                exc.message,
+                errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+            ) from None
+
+    def check_size(self, event: Mapping[str, Any]) -> None:
+        limit = self.log.nc.max_payload
+        size = len(commands.encode(event))
+        if limit and size > limit:
+            raise ProblemError(
+                413,
+                "too-large",
+                "Command too large",
+                f"the command is {size:,} bytes; NATS takes at most {limit:,}",
+                command_id=str(event.get("id")),
+            )
+
+    async def execute(
+        self,
+        request: Request,
+        event: Mapping[str, Any],
+        *,
+        wait: bool,
+        timeout: float | None,
+        what: str,
+    ) -> JSONResponse:
+        """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202.
+
+        A command whose outcome does not come within the timeout is answered 202 too: it stays
+        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
+        """
+        self.check_size(event)
+        location = str(request.url_for("get_command", command_id=event["id"]).path)
+        issued: Issued | None = None
+        if wait:
+            within = timeout if timeout is not None else self.settings.command_timeout
+            sent, issued = await commands.send_and_wait(
+                self.log, event, within=within, with_caused=True
+            )
+        else:
+            sent = await commands.send(self.log, event)
+        if issued is None:
+            # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
+            self._remember(sent)
+            pending = CommandResult(
+                command_id=sent.id,
+                type=sent.type,
+                status="pending",
+                command_seq=sent.seq,
+                duplicate=sent.duplicate,
+            )
+            return JSONResponse(
+                pending.model_dump(mode="json"), status_code=202, headers={"Location": location}
+            )
+        if not issued.accepted:
+            raise rejection(issued.outcome, command_id=issued.sent.id, what=what)
+        return JSONResponse(
+            result_of(issued).model_dump(mode="json"),
+            status_code=200,
+            headers={"Location": location},
+        )
+
+    async def lookup(self, command_id: str) -> CommandResult:
+        """A command's outcome, or "pending" for one this API sent that has none yet."""
+        outcome = await commands.find_outcome(self.log, command_id)
+        if outcome is not None:
+            return outcome_result(command_id, outcome)
+        sent = self._pending.get(command_id)
+        if sent is None:
+            raise ProblemError(
+                404,
+                "not-found",
+                "Not found",
+                f"no outcome for command {command_id} in the log, and this API has not sent it "
+                "since it started",
+                command_id=command_id,
+            )
+        return CommandResult(
+            command_id=command_id,
+            type=sent.type,
+            status="pending",
+            command_seq=sent.seq,
+            duplicate=sent.duplicate,
+        )
+
+    def _remember(self, sent: commands.Sent) -> None:
+        self._pending[sent.id] = sent
+        while len(self._pending) > _PENDING_LIMIT:
+            self._pending.popitem(last=False)
+
+
+def result_of(issued: Issued) -> CommandResult:
+    result = outcome_result(issued.sent.id, issued.outcome)
+    caused = [
+        CausedEvent(id=e.id, seq=e.seq, type=e.type, subject=e.subject) for e in issued.caused
+    ]
+    agent_id = next(
+        (
+            parts[1]
+            for e in issued.caused
+            if e.type == events.AgentDeployed.TYPE
+            and (parts := names.parse_event_subject(e.subject or "")) is not None
+        ),
+        None,
+    )
+    return result.model_copy(
+        update={
+            "type": issued.sent.type,
+            "command_seq": issued.sent.seq,
+            "duplicate": issued.sent.duplicate,
+            "events": caused,
+            "agent_id": agent_id,
+        }
+    )
+
+
+def outcome_result(command_id: str, outcome: Outcome) -> CommandResult:
+    data = (outcome.body or {}).get("data")
+    command_type = data.get("command_type") if isinstance(data, dict) else None
+    return CommandResult(
+        command_id=command_id,
+        type=command_type if isinstance(command_type, str) else None,
+        status="accepted" if outcome.accepted else "rejected",
+        outcome_seq=outcome.seq,
+        outcome=outcome.body,
+    )
+
+
+def rejection(outcome: Outcome, *, command_id: str, what: str) -> ProblemError:
+    """A rejected command as a problem: 422 for a malformed one, 404 for a missing target, else
+    409 (the state of things, a quota or a policy refused it)."""
+    said = commands.rejection_of(outcome)
+    rule = said.rule or ""
+    # A command the Hive could not decode comes back with field errors and no rule.
+    malformed = rule in _INVALID_RULES or (not rule and said.errors)
+    status = 422 if malformed else 404 if rule == "not_found" else 409
+    return ProblemError(
+        status,
+        "rejected",
+        "Command rejected",
+        f"{what} rejected: {said.reason}",
+        errors=said.errors,
+        rule=said.rule,
+        command_id=command_id,
+    )
+
+
+def _unavailable(exc: BaseException) -> ProblemError:
+    return ProblemError(503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}")

@@ -1,0 +1,35 @@
+"""The API served by a real uvicorn on port 0, in a thread with its own event loop and its own
+NATS connection (as `python -m swarm.gateway` would run it)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from swarm.gateway import GatewaySettings, create_app
+from swarm.kernel.settings import Settings
+
+
+@contextmanager
+def serving(nats_url: str, token: str) -> Iterator[str]:
+    """Serve the API until the block ends; yields its base URL."""
+    app = create_app(Settings(nats_url=nats_url), GatewaySettings(), token=token)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -1,0 +1,221 @@
+"""The HTTP API against a real Hive: commands, reads, rejections, auth and the error shape."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.scheduler.history import WASM
+from tests.scheduler.stack import Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+PROBLEM = "application/problem+json"
+SPEC = {
+    "version": "v1",
+    "module": {"inline": WASM},
+    "resources": {"memory_mb": 64, "fuel_per_s": 1000},
+}
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response's problem document, checked to have the documented shape."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("https://swarm.dev/problems/")
+    assert body["title"]
+    assert body["detail"]
+    assert set(body) == {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "errors",
+        "rule",
+        "command_id",
+    }
+    return body
+
+
+async def test_deploy_then_the_agent_is_listed_and_described(api: httpx.AsyncClient) -> None:
+    deployed = await api.post("/v1/namespaces/default/agents", json={"name": "web", "spec": SPEC})
+    assert deployed.status_code == 200, deployed.text
+    result = deployed.json()
+    assert result["status"] == "accepted"
+    assert result["type"] == "swarm.cmd.agent.deploy"
+    assert result["agent_id"]
+    assert any(e["type"] == "swarm.agent.deployed" for e in result["events"])
+    assert deployed.headers["location"] == f"/v1/commands/{result['command_id']}"
+
+    # Read-your-writes: the list reflects the log as it was when the read began.
+    listed = (await api.get("/v1/agents", params={"namespace": "default"})).json()
+    assert {a["name"]: a["agent_id"] for a in listed["agents"]}["web"] == result["agent_id"]
+    described = (await api.get("/v1/namespaces/default/agents/web")).json()
+    assert described["agent"]["agent_id"] == result["agent_id"]
+    assert described["agent"]["spec"]["version"] == "v1"
+    # Its recent events, as `swarm agent describe` shows them.
+    assert described["events"][0]["event"]["type"] == "swarm.agent.deployed"
+    assert described["events"][0]["subject"].split(".")[3] == result["agent_id"]
+
+    scaled = await api.post("/v1/namespaces/default/agents/web/scale", json={"replicas": 3})
+    assert scaled.json()["status"] == "accepted"
+    agent = (await api.get("/v1/namespaces/default/agents/web")).json()["agent"]
+    assert agent["replicas"]["desired"] == 3
+
+    polled = await api.get(deployed.headers["location"])
+    assert polled.status_code == 200
+    assert polled.json()["status"] == "accepted"
+
+    assert (await api.delete("/v1/namespaces/default/agents/web")).json()["status"] == "accepted"
+    missing = await api.get("/v1/namespaces/default/agents/web")
+    problem(missing, 404)
+
+
+async def test_rejection_names_the_hives_rule(api: httpx.AsyncClient) -> None:
+    created = await api.post("/v1/namespaces", json={"name": "tight", "quota": {"max_replicas": 2}})
+    assert created.json()["status"] == "accepted", created.text
+    too_many = await api.post(
+        "/v1/namespaces/tight/agents", json={"name": "big", "spec": SPEC, "replicas": 5}
+    )
+    body = problem(too_many, 409)
+    assert body["rule"] == "quota.max_replicas"
+    assert "max_replicas" in body["detail"]
+    assert body["command_id"]
+
+    # The quota is raised through the API, then the same deploy passes.
+    raised = await api.patch("/v1/namespaces/tight", json={"quota": {"max_replicas": 10}})
+    assert raised.json()["status"] == "accepted", raised.text
+    spaces = {n["name"]: n for n in (await api.get("/v1/namespaces")).json()["namespaces"]}
+    assert spaces["tight"]["quota"]["max_replicas"] == 10
+    again = await api.post(
+        "/v1/namespaces/tight/agents", json={"name": "big", "spec": SPEC, "replicas": 5}
+    )
+    assert again.json()["status"] == "accepted"
+
+    unknown = await api.post("/v1/namespaces/default/agents/nobody/scale", json={"replicas": 1})
+    assert problem(unknown, 404)["rule"] == "not_found"
+
+
+async def test_generic_command_and_polling_without_waiting(api: httpx.AsyncClient) -> None:
+    sent = await api.post(
+        "/v1/commands",
+        params={"wait": "false"},
+        json={"type": "swarm.cmd.namespace.create", "data": {"name": "later"}},
+    )
+    assert sent.status_code == 202, sent.text
+    assert sent.json()["status"] == "pending"
+    location = sent.headers["location"]
+    for _ in range(100):
+        polled = (await api.get(location)).json()
+        if polled["status"] != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert polled["status"] == "accepted"
+    assert polled["outcome"]["type"] == "swarm.command.accepted"
+
+    # The same id again: idempotent, the first outcome is the answer.
+    command_id = sent.json()["command_id"]
+    resent = await api.post(
+        "/v1/commands",
+        json={"id": command_id, "type": "swarm.cmd.namespace.create", "data": {"name": "later"}},
+    )
+    assert resent.json()["duplicate"] is True
+    assert resent.json()["outcome_seq"] == polled["outcome_seq"]
+
+    problem(await api.get("/v1/commands/never-sent-1234"), 404)
+
+
+async def test_invalid_commands_are_refused_with_field_errors(api: httpx.AsyncClient) -> None:
+    local = await api.post(
+        "/v1/commands", json={"type": "swarm.cmd.agent.scale", "data": {"name": "x"}}
+    )
+    body = problem(local, 422)
+    assert any(e["loc"] == "body.data.replicas" for e in body["errors"])
+
+    # Unvalidated, the Hive judges it and its rejection comes back in the same shape.
+    judged = await api.post(
+        "/v1/commands",
+        params={"validate": "false"},
+        json={"type": "swarm.cmd.agent.scale", "data": {"name": "x"}},
+    )
+    body = problem(judged, 422)
+    assert body["type"].endswith("/rejected")
+    assert any(e["loc"] == "data.replicas" for e in body["errors"])
+
+    event = await api.post("/v1/commands", json={"type": "swarm.evt.agent.x.running"})
+    assert "not a command type" in problem(event, 422)["detail"]
+
+    impostor = await api.post(
+        "/v1/commands",
+        json={"type": "swarm.cmd.namespace.create", "data": {"name": "n"}, "identity": "pod:p"},
+    )
+    assert problem(impostor, 422)["errors"][0]["loc"] == "body.identity"
+
+
+async def test_malformed_requests_get_the_problem_shape(api: httpx.AsyncClient) -> None:
+    broken = await api.post(
+        "/v1/namespaces", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert any(e["type"] == "json_invalid" for e in problem(broken, 422)["errors"])
+    wrong = await api.post("/v1/namespaces/default/agents", json={"name": "Bad Name", "spec": {}})
+    locs = {e["loc"] for e in problem(wrong, 422)["errors"]}
+    assert "body.name" in locs
+    assert "body.spec.version" in locs
+    problem(await api.get("/v1/nowhere"), 404)
+    problem(await api.put("/v1/pods"), 405)
+    problem(await api.get("/v1/events", params={"subject": "swarm.cmd.>"}), 422)
+    problem(await api.get("/v1/events", params={"limit": "0"}), 422)
+
+
+async def test_requests_without_the_token_are_refused(api: httpx.AsyncClient) -> None:
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        response = await api.get("/v1/agents", headers=headers)
+        problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    # Liveness needs no token; the OpenAPI document declares the bearer scheme.
+    assert (await api.get("/healthz", headers={"Authorization": ""})).json()["status"] == "ok"
+    assert (await api.get("/readyz")).json()["status"] == "ok"
+    document = (await api.get("/openapi.json")).json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    agents_get = document["paths"]["/v1/agents"]["get"]
+    assert agents_get["security"] == [{"HTTPBearer": []}]
+    assert PROBLEM in agents_get["responses"]["401"]["content"]
+
+
+async def test_event_pages_follow_the_log(api: httpx.AsyncClient, stack: Stack) -> None:
+    await api.post("/v1/namespaces", json={"name": "paged"})
+    subject = "swarm.evt.namespace.>"
+    first = (await api.get("/v1/events", params={"subject": subject, "limit": 1})).json()
+    assert len(first["events"]) == 1
+    assert first["events"][0]["subject"].startswith("swarm.evt.namespace.")
+    assert first["next_after"] == first["events"][0]["seq"]
+    rest = (
+        await api.get("/v1/events", params={"subject": subject, "after": first["next_after"]})
+    ).json()
+    seqs = [e["seq"] for e in rest["events"]]
+    assert seqs == sorted(seqs)
+    assert all(s > first["next_after"] for s in seqs)
+    assert any(e["event"]["data"].get("name") == "paged" for e in rest["events"])
+    assert rest["next_after"] is None
+
+
+async def test_an_unexpected_error_is_a_500_problem_without_a_trace(
+    api: httpx.AsyncClient, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarm.gateway.service import Gateway
+
+    async def broken(self: Gateway) -> int:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(Gateway, "floor", broken)
+    response = await api.get("/v1/pods")
+    body = problem(response, 500)
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+    assert body["detail"] == "the API failed; see its log"
