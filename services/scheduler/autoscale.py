@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas import Envelope, events
+from schemas import Envelope, events, healing
 from schemas.specs import AutoscaleDecision, AutoscalePolicy, DemandForecast
 from services.scheduler.forecast import Forecaster
 
@@ -343,6 +343,10 @@ class Autoscaler:
     pending_timeout_s: float = 10.0
     applied_seq: int = 0
     agents: dict[str, ScaledAgent] = field(default_factory=dict)
+    #: Published trust per agent (`agent.reputation_changed`) and the quarantined agents, for
+    #: the task board (shared with it by the service).
+    trust: dict[str, float] = field(default_factory=dict)
+    quarantined: set[str] = field(default_factory=set)
     metrics: MetricsFold = field(init=False)
 
     def __post_init__(self) -> None:
@@ -444,6 +448,23 @@ def _policy(a: Autoscaler, e: events.AgentAutoscaleChanged) -> None:
 @_on(events.AgentDeleted)
 def _deleted(a: Autoscaler, e: events.AgentDeleted) -> None:
     a.agents.pop(e.agent_id, None)
+    a.trust.pop(e.agent_id, None)
+    a.quarantined.discard(e.agent_id)
+
+
+@_on(healing.ReputationChanged)
+def _trust(a: Autoscaler, e: healing.ReputationChanged) -> None:
+    a.trust[e.agent_id] = e.trust
+
+
+@_on(healing.AgentQuarantined)
+def _quarantined(a: Autoscaler, e: healing.AgentQuarantined) -> None:
+    a.quarantined.add(e.agent_id)
+
+
+@_on(healing.AgentReleased)
+def _released(a: Autoscaler, e: healing.AgentReleased) -> None:
+    a.quarantined.discard(e.agent_id)
 
 
 #: Payload types the autoscaler folds; anything else only advances `applied_seq`.

@@ -114,7 +114,13 @@ class AutoscalerService:
         self.autoscaler = Autoscaler(
             step_s=c.step_s, stale_after_s=c.stale_after_s, pending_timeout_s=c.pending_timeout_s
         )
-        self.board = TaskBoard(mailbox_size=c.mailbox_size, reputation_weight=c.reputation_weight)
+        self.board = TaskBoard(
+            mailbox_size=c.mailbox_size,
+            reputation_weight=c.reputation_weight,
+            # What the log says about the agents: their published trust, their quarantine.
+            reputation=self.autoscaler.trust,
+            quarantined=self.autoscaler.quarantined,
+        )
         self.status = Status.NEW
         #: Set once the events are caught up: no decision is taken from a half-read log.
         self.live = asyncio.Event()

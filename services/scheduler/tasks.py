@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from services.scheduler.autoscale import ReplicaLoad
 
-#: Reputation assumed for a replica nobody has judged yet.
-DEFAULT_REPUTATION = 0.5
+#: Reputation assumed for an agent whose trust was never published: the Hive's prior
+#: (services/hive/reputation.py `PRIOR`), which it publishes only once trust moved from it.
+DEFAULT_REPUTATION = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +43,17 @@ class TaskBoard:
     reputation_weight: float = 0.3
     #: Agent id or replica id -> score in [0, 1]; a replica's own score wins over its agent's.
     reputation: dict[str, float] = field(default_factory=dict)
+    #: Agents the Hive quarantined: they get no tasks until released.
+    quarantined: set[str] = field(default_factory=set)
     inflight: Counter[str] = field(default_factory=Counter)
     #: Tasks handed out per replica (this run), for ties and for operators.
     assigned: Counter[str] = field(default_factory=Counter)
 
     def set_reputation(self, scores: Mapping[str, float]) -> None:
-        """Replace the reputation map (values are clamped to [0, 1])."""
-        self.reputation = {k: min(1.0, max(0.0, float(v))) for k, v in scores.items()}
+        """Replace the reputation map (values are clamped to [0, 1]); in place, because the
+        autoscaler's fold of `agent.reputation_changed` shares it."""
+        self.reputation.clear()
+        self.reputation.update({k: min(1.0, max(0.0, float(v))) for k, v in scores.items()})
 
     def reputation_of(self, load: ReplicaLoad) -> float:
         last = load.last
@@ -62,6 +67,8 @@ class TaskBoard:
         for load in loads:
             last = load.last
             if queue not in last.task_queues or last.state != "running":
+                continue
+            if last.agent_id in self.quarantined:
                 continue
             depth = max(last.mailbox, self.inflight[last.replica_id])
             spare = max(0.0, 1.0 - depth / self.mailbox_size)

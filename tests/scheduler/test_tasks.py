@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
-from services.scheduler.autoscale import MetricsFold, ReplicaLoad
+from schemas import event, healing
+from services.scheduler.autoscale import Autoscaler, MetricsFold, ReplicaLoad
 from services.scheduler.tasks import DEFAULT_REPUTATION, TaskBoard
 from tests.scheduler.test_autoscale import sample
 
@@ -75,3 +77,32 @@ def test_reputation_breaks_ties_and_full_or_stopped_replicas_get_nothing() -> No
     fold.observe(body, seen_at=1.0)
     assert [c.replica_id for c in board.candidates("jobs", loads(fold))] == ["r2"]
     assert board.choose("jobs", loads(fold), exclude=["r2"]) is None
+
+
+def test_the_log_s_trust_and_quarantine_steer_the_board() -> None:
+    """The autoscaler folds `agent.reputation_changed` and quarantine events; the service's board
+    shares those maps, so a distrusted agent gets less and a quarantined one nothing."""
+    scaler = Autoscaler(step_s=1.0, stale_after_s=60.0)
+    board = TaskBoard(
+        mailbox_size=100,
+        reputation_weight=0.5,
+        reputation=scaler.trust,
+        quarantined=scaler.quarantined,
+    )
+    fold = MetricsFold(stale_after_s=60.0)
+    fold.observe(sample(0, [("r1", 0, 0)], agent_id="good"), seen_at=0.0)
+    fold.observe(sample(0, [("r2", 0, 0)], agent_id="bad", pod_id="p2"), seen_at=0.0)
+
+    def fold_event(seq: int, payload: Any) -> None:
+        scaler.fold(event(payload, aggregate_id=payload.agent_id, source="test"), seq)
+
+    fold_event(1, healing.ReputationChanged(agent_id="bad", trust=0.3, previous=0.8, reason="x"))
+    ranked = board.candidates("jobs", loads(fold))
+    assert [c.agent_id for c in ranked] == ["good", "bad"]
+    assert ranked[0].reputation == DEFAULT_REPUTATION
+    assert ranked[1].reputation == 0.3
+
+    fold_event(2, healing.AgentQuarantined(agent_id="good", reason="critical finding"))
+    assert [c.agent_id for c in board.candidates("jobs", loads(fold))] == ["bad"]
+    fold_event(3, healing.AgentReleased(agent_id="good", reason="released by hand"))
+    assert [c.agent_id for c in board.candidates("jobs", loads(fold))] == ["good", "bad"]
