@@ -17,7 +17,8 @@ Cases (each adds rows to one table and to bench/results/surfaces.json):
   returning rows shaped like `Row.as_json()` (`case`, `measure`, `swarm_per_s`, `raw_per_s`,
   `raw`, `ratio`, `target`, `met`, `runs`; other keys are kept as they are). A case's own
   parameters are options of this script (add them to `main`'s parser) read from `args`.
-  `bench/surfaces_webhooks.py` (webhook deliveries/s) is the one planned.
+  `bench/surfaces_webhooks.py` is the ``webhooks`` case: deliveries/s by the dispatcher to a local
+  receiver against raw httpx POSTs to it (target: >= 500 deliveries/s, an absolute figure).
 
 Every rate is the median of `--repeats` runs; runs of the surface and of its baseline alternate,
 and the ratio is the median of each repeat's own ratio, so load from other processes on the
@@ -439,6 +440,12 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=50_000, help="events in the replay stream")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--webhook-events", type=int, default=2000, help="events delivered per webhooks run"
+    )
+    parser.add_argument(
+        "--webhook-window", type=int, default=32, help="webhook deliveries in flight"
+    )
     parser.add_argument(
         "--case", action="append", choices=sorted(cases), help="run only these (repeatable)"
     )

@@ -198,7 +198,31 @@ def _start_receiver(port: int) -> subprocess.Popen[bytes]:
     )
 
 
-async def run(
+async def run(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The `webhooks` case of bench/surfaces.py: one row in that table's shape (the dispatcher
+    against raw httpx POSTs to the same receiver); the target is absolute (deliveries/s)."""
+    os.makedirs(root, exist_ok=True)
+    rows = await measure(
+        args.webhook_events, window=args.webhook_window, repeats=args.repeats, base=root
+    )
+    dispatcher, raw = rows[0], rows[1]
+    return [
+        {
+            "case": "webhooks",
+            "measure": "deliveries/s to a local receiver",
+            "swarm_per_s": dispatcher["per_s"],
+            "raw": "httpx POSTs, one-connection clients",
+            "raw_per_s": raw["per_s"],
+            "runs": {"swarm": dispatcher["runs"], "raw": raw["runs"]},
+            "target_per_s": TARGET_PER_S,
+            "met_target_per_s": dispatcher["meets_target"],
+            "events": dispatcher["events"],
+            "window": dispatcher["window"],
+        }
+    ]
+
+
+async def measure(
     n: int = 2000, *, window: int = 32, repeats: int = 3, base: Path | None = None
 ) -> list[dict[str, Any]]:
     """Rows of deliveries/s: the dispatcher and the raw httpx baseline, same receiver, same run."""
@@ -298,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--events, --window and --repeats must be positive")
     console = Console(width=None if sys.stdout.isatty() else 132)
     started, load = time.perf_counter(), os.getloadavg()[0]
-    rows = asyncio.run(run(args.events, window=args.window, repeats=args.repeats))
+    rows = asyncio.run(measure(args.events, window=args.window, repeats=args.repeats))
     render(rows, console)
     report = {
         "benchmark": "surfaces_webhooks",
