@@ -277,9 +277,7 @@ def score(
             row["findings"] = len(findings)
             row["false_positives"] = fp_total
             row["precision"] = precision
-            row["f1"] = (
-                2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            )
+            row["f1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         rows[kind] = row
     return rows
 
@@ -325,7 +323,9 @@ def main() -> None:
         "generate_s": generated_s,
     }
     console = Console()
-    table = Table(title=f"Observer detection ({workload.agents} agents, {workload.duration_s:.0f} s)")
+    table = Table(
+        title=f"Observer detection ({workload.agents} agents, {workload.duration_s:.0f} s)"
+    )
     for column in ("kind", "incidents", "detected", "recall", "median delay s", "p90 delay s"):
         table.add_column(column, justify="right")
     for kind, row in quality.items():
@@ -348,7 +348,9 @@ def main() -> None:
     speed = Table(title="Throughput (metric samples = one replica row of a pod message)")
     speed.add_column("path")
     speed.add_column("samples/s", justify="right")
-    speed.add_row("aggregate only (raw baseline)", f"{throughput['aggregate_only_samples_per_s']:,.0f}")
+    speed.add_row(
+        "aggregate only (raw baseline)", f"{throughput['aggregate_only_samples_per_s']:,.0f}"
+    )
     speed.add_row("aggregate + detect", f"{throughput['detect_samples_per_s']:,.0f}")
     console.print(speed)
     report = {

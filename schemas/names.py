@@ -199,3 +199,18 @@ def mesh_topic_subject(topic: str) -> str:
 #: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
 HEADER_AGENT_STATUS: Final = "Swarm-Status"
 HEADER_AGENT_ERROR: Final = "Swarm-Error"
+
+# --- Observer ------------------------------------------------------------------------------------
+
+#: JetStream KV bucket of the Observer's checkpoints: one key per agent and per deployment
+#: (window state, detectors, last applied sequence of each stream) plus its read position.
+OBSERVER_BUCKET: Final = "swarm-observer"
+OBSERVER_POSITION_KEY: Final = "position"
+
+
+def observer_agent_key(agent_id: str) -> str:
+    return f"agent.{_check_token('agent id', agent_id)}"
+
+
+def observer_deployment_key(namespace: str) -> str:
+    return f"deployment.{_check_token('namespace', namespace)}"

@@ -125,7 +125,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert report["running"] is True
     assert report["state"] == "running"
     assert report["nats_reachable"] is True
-    assert report["migration"] == "0002"
+    assert report["migration"] == "0003"
     nats_url, database_url = report["nats_url"], report["database_url"]
     assert nats_url.startswith("nats://127.0.0.1:")
     assert database_url.startswith("postgresql://")
@@ -163,7 +163,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     with psycopg.connect(database_url) as conn:
         row = conn.execute("select extversion from pg_extension where extname='vector'").fetchone()
         assert row is not None
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
         assert conn.execute("select to_regclass('swarm_meta')").fetchone() == ("swarm_meta",)
 
     # The service was told where the servers are.
@@ -309,7 +309,7 @@ def test_external_servers_are_used_and_left_running(
     assert not (data_dir / "nats").exists()
     assert not (data_dir / "postgres").exists()
     with psycopg.connect(database_url) as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
 
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0
@@ -331,13 +331,13 @@ def test_migrations_apply_once_and_roll_back(database_url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = database_url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        assert upgrade_database(url) == "0002"
-        assert upgrade_database(url) == "0002"
+        assert upgrade_database(url) == "0003"
+        assert upgrade_database(url) == "0003"
         command.downgrade(alembic_config(url), "base")
         with psycopg.connect(url) as conn:
             assert conn.execute("select to_regclass('swarm_meta')").fetchone() == (None,)
             assert conn.execute("select count(*) from alembic_version").fetchone() == (0,)
-        assert upgrade_database(url) == "0002"
+        assert upgrade_database(url) == "0003"
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

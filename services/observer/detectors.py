@@ -131,7 +131,7 @@ def counting_floor(signal: str, value: float, baseline: float, calls: int, secon
         return math.sqrt(max(calls, 1)) / seconds
     if signal in ("fuel", "latency"):
         # A mean of n calls whose own spread is about half their level (a prior, not tuned).
-        return PER_CALL_CV * abs(baseline) / math.sqrt(max(calls, 1))
+        return PER_CALL_CV * abs(baseline) / math.sqrt(calls) if calls > 0 else 0.0
     return 0.0
 
 
@@ -171,10 +171,10 @@ class MultivariateTrees:
         return {s: squash(scores[s].z) if s in scores else 0.5 for s in TREE_FEATURES}
 
     def score(self, scores: dict[str, SignalScore]) -> float:
-        return float(self.model.score_one(self.features(scores)))
+        return float(self.model.score_one(self.features(scores)))  # type: ignore[no-untyped-call]
 
     def learn(self, scores: dict[str, SignalScore]) -> None:
-        self.model.learn_one(self.features(scores))
+        self.model.learn_one(self.features(scores))  # type: ignore[no-untyped-call]
 
 
 #: Typical magnitude of each signal, so every dimension of a behaviour vector counts alike.
