@@ -25,7 +25,7 @@ import json
 import pickle
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import nats.errors
 import structlog
@@ -103,7 +103,7 @@ class Observer:
         try:
             kv = await _bucket(eventlog.js)
             await self._load(kv)
-            log.info("observer started", agents=len(self.core.agents), **vars(self.position))
+            log.info("observer started", agents=len(self.core.agents), **asdict(self.position))
             while not self._stop.is_set():
                 try:
                     await self._follow(eventlog, kv)
@@ -119,7 +119,7 @@ class Observer:
             if self._store is not None:
                 self._store.close()
             self.status = Status.STOPPED
-            log.info("observer stopped", reports=self.reports_sent, **vars(self.position))
+            log.info("observer stopped", reports=self.reports_sent, **asdict(self.position))
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class Observer:
         core.dirty_deployments.clear()
         await kv.put(
             names.OBSERVER_POSITION_KEY,
-            json.dumps({"v": CHECKPOINT_VERSION, **vars(self.position)}).encode(),
+            json.dumps({"v": CHECKPOINT_VERSION, **asdict(self.position)}).encode(),
         )
         self._checkpointed = time.monotonic()
 
