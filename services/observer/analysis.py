@@ -175,8 +175,9 @@ class AgentAnalysis:
         score = combine(ready, trees if warm else None, self.config)
         threshold = self.threshold.value()
         flagged = warm and score > threshold
+        kind = classify(ready, self.config) if flagged else "unknown"
         finding = None
-        if self.incident.step(flagged):
+        if self.incident.step(flagged, kind):
             evidence = sorted(
                 (s for s in ready.values() if s.score >= self.config.evidence_z),
                 key=lambda s: -s.score,
@@ -192,7 +193,7 @@ class AgentAnalysis:
                 score=score,
                 threshold=threshold,
                 trees=trees,
-                kind=classify(ready, self.config),
+                kind=kind,
                 evidence=tuple(evidence[:16]),
                 evidence_z=self.config.evidence_z,
             )

@@ -84,7 +84,7 @@ def classify(scores: Mapping[str, SignalScore], config: DetectorConfig) -> str:
     """The kind of misbehaviour the evidence points to.
 
     - loop: calls fail and take long together (deadline or fuel exhaustion: a handler that
-      never returns), or calls pin fuel and latency while the message rate collapses;
+      never returns; with few calls, most of them failing is enough);
     - cost_blowup: fuel per call jumped and it is not only waiting: the fuel burnt per
       millisecond rose too (more computation, not slower answers);
     - latency_spike: calls got slow without burning correspondingly more fuel.
@@ -94,16 +94,11 @@ def classify(scores: Mapping[str, SignalScore], config: DetectorConfig) -> str:
     if not strong:
         return "unknown"
     fuel, latency, errors = strong.get("fuel"), strong.get("latency"), strong.get("error_rate")
-    rate = scores.get("message_rate")
     if latency is not None and errors is not None:
         return "loop"
-    if (
-        fuel is not None
-        and latency is not None
-        and rate is not None
-        and rate.z <= -config.evidence_z
-    ):
-        return "loop"
+    failing = scores.get("error_rate")
+    if latency is not None and failing is not None and failing.value >= 0.5:
+        return "loop"  # too few calls for the error rate to be significant, but most failed
     if fuel is not None:
         lat = scores.get("latency")
         if lat is None or latency is None or _intensity_rose(fuel, lat):
@@ -141,6 +136,15 @@ def severity(score: float, kind: str) -> str:
     return "warning"
 
 
+#: How specific a kind is: within one incident, a finding of a higher rank is still reported
+#: (a stall that turns out to be a loop), one of the same or a lower rank is not.
+RANKS = {"loop": 3, "cost_blowup": 2, "latency_spike": 2, "unknown": 0}
+
+
+def rank(kind: str) -> int:
+    return RANKS.get(kind, 1)
+
+
 @dataclass(slots=True)
 class HoldDown:
     """Open while windows are flagged; closes after `quiet` unflagged windows in a row."""
@@ -148,17 +152,19 @@ class HoldDown:
     quiet: int
     active: bool = False
     calm: int = 0
+    rank: int = -1
 
-    def step(self, flagged: bool) -> bool:
-        """Feed one window; True when it starts a new incident (the one to report)."""
+    def step(self, flagged: bool, kind: str = "unknown") -> bool:
+        """Feed one window; True when it starts a new incident or escalates the open one to a
+        more specific kind (the findings to report)."""
         if flagged:
             self.calm = 0
-            if self.active:
+            if self.active and rank(kind) <= self.rank:
                 return False
-            self.active = True
+            self.active, self.rank = True, max(self.rank, rank(kind))
             return True
         if self.active:
             self.calm += 1
             if self.calm >= self.quiet:
-                self.active = False
+                self.active, self.rank = False, -1
         return False
