@@ -132,6 +132,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert [(s["name"], s["state"] in ("starting", "running")) for s in report["services"]] == [
         ("hive", True),
         ("scheduler", True),
+        ("observer", True),
         ("pod-0", True),
         ("probe", True),
     ]
@@ -183,7 +184,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert status_json(swarm, data_dir)["pid"] == report["pid"]
 
     pids = stack_pids(report)
-    assert len(pids) == 7
+    assert len(pids) == 8  # supervisor, nats, postgres, hive, scheduler, observer, pod-0, probe
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0, down.stderr
     assert "Swarm stopped" in down.stdout
@@ -213,7 +214,7 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     assert up.returncode == 0, up.stdout + up.stderr
     report = status_json(swarm, data_dir)
     pids = stack_pids(report)
-    assert len(pids) == 7  # supervisor, nats, postgres, hive, scheduler, pod-0, idle
+    assert len(pids) == 8  # supervisor, nats, postgres, hive, scheduler, observer, pod-0, idle
 
     os.kill(report["pid"], signal.SIGKILL)
     wait_for(lambda: all(gone(pid) for pid in pids), 10, f"processes {pids} to exit")

@@ -14,7 +14,7 @@ class ObserverSettings(BaseSettings):
     #: Window length in seconds of stream time. Pods publish metrics every
     #: SWARM_POD_METRICS_INTERVAL_S (5 s by default), so a window should span at least two.
     window_s: float = Field(default=10.0, gt=0)
-    baseline_windows: int = Field(default=60, ge=3)
+    baseline_windows: int = Field(default=120, ge=3)
     warmup_windows: int = Field(default=10, ge=1)
     base_threshold: float = Field(default=0.5, gt=0, lt=1)
     threshold_quantile: float = Field(default=0.99, gt=0, le=1)

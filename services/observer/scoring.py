@@ -23,7 +23,7 @@ class DetectorConfig:
     """Detector parameters (the service fills them from SWARM_OBSERVER_* settings)."""
 
     #: Windows each rolling baseline keeps.
-    baseline_windows: int = 60
+    baseline_windows: int = 120
     #: Windows an agent is watched before it may page.
     warmup_windows: int = 10
     #: The z-score that maps to a combined score of 0.5.

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from swarm.cli import agent, module, namespace, pod, publish, schemas_cmd, stack, timeline
+from swarm.cli import (
+    agent,
+    module,
+    namespace,
+    observe,
+    pod,
+    publish,
+    schemas_cmd,
+    stack,
+    timeline,
+)
 
 app = typer.Typer(
     name="swarm",
@@ -21,6 +31,7 @@ agent.register(app)
 pod.register(app)
 namespace.register(app)
 module.register(app)
+observe.register(app)
 
 
 def main() -> None:

@@ -70,6 +70,7 @@ def default_services(
             )
         )
     specs.append(ServiceSpec("scheduler", (sys.executable, "-m", "services.scheduler")))
+    specs.append(ServiceSpec("observer", (sys.executable, "-m", "services.observer")))
     for i in range(pods):
         pod_dir = data_dir / "pods" / f"pod-{i}"
         specs.append(

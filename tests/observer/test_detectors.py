@@ -69,17 +69,21 @@ def test_a_planted_incident_gives_one_finding_with_evidence(
     assert 0 < delay <= 30 if change == "drift" else 0 < delay <= 2 * WINDOW_S
     assert signal in {s.signal for s in finding.evidence}
     report = finding.report()
-    assert report.agent_id == "agent-1" and 0.5 < report.score <= 1
+    assert report.agent_id == "agent-1"
+    assert 0.5 < report.score <= 1
     combined = [s for s in report.signals if s.signal == "combined"]
-    assert combined and combined[0].value > combined[0].threshold
+    assert combined
+    assert combined[0].value > combined[0].threshold
     evidence = next(s for s in report.signals if s.signal == signal)
-    assert evidence.value > evidence.baseline and evidence.score >= evidence.threshold
+    assert evidence.value > evidence.baseline
+    assert evidence.score >= evidence.threshold
 
 
 def test_finding_ids_are_deterministic() -> None:
     _, first = run(500, planted("spike", START + 10))
     _, second = run(500, planted("spike", START + 10))
-    assert [f.id for f in first] == [f.id for f in second] and first
+    assert [f.id for f in first] == [f.id for f in second]
+    assert first
 
 
 def test_a_replayed_message_is_not_counted_twice() -> None:
