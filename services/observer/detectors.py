@@ -8,6 +8,7 @@ run them over simulated time at full speed.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -86,18 +87,27 @@ class RobustZ:
     #: window does not drag the baseline, while a lasting level shift still moves the median.
     clip: float = 4.0
     values: deque[float] = field(default_factory=deque)
+    #: The same values in order, so the median is a lookup rather than a sort per window.
+    ordered: list[float] = field(default_factory=list)
+    #: The MAD moves slowly; it is recomputed every `_MAD_EVERY` learned values.
+    mad: float = 0.0
+    mad_age: int = 0
 
     def ready(self, min_samples: int) -> bool:
         return len(self.values) >= min_samples
 
+    def median(self) -> float:
+        ordered, n = self.ordered, len(self.ordered)
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
     def score(self, value: float, calls: int = 0, seconds: float = 1.0) -> SignalScore:
         if not self.values:
             return SignalScore(self.signal, value, value, 1.0, 0.0)
-        median = statistics.median(self.values)
+        median = self.median()
         noise_floor = counting_floor(self.signal, value, median, calls, seconds)
-        mad = statistics.median(abs(v - median) for v in self.values)
         scale = max(
-            MAD_TO_SIGMA * mad,
+            MAD_TO_SIGMA * self.mad,
             self.relative_floor * abs(median),
             ABSOLUTE_FLOORS.get(self.signal, 1e-6),
             noise_floor,
@@ -109,8 +119,19 @@ class RobustZ:
             bound = self.clip * scored.scale
             value = min(max(value, scored.baseline - bound), scored.baseline + bound)
         self.values.append(value)
+        bisect.insort(self.ordered, value)
         while len(self.values) > self.size:
-            self.values.popleft()
+            old = self.values.popleft()
+            del self.ordered[bisect.bisect_left(self.ordered, old)]
+        self.mad_age += 1
+        if self.mad_age >= _MAD_EVERY or len(self.values) <= _MAD_EVERY:
+            median = self.median()
+            self.mad = statistics.median(abs(v - median) for v in self.ordered)
+            self.mad_age = 0
+
+
+#: Learned values between two MAD recomputations.
+_MAD_EVERY = 8
 
 
 #: Assumed coefficient of variation of one call's fuel or latency.
