@@ -143,6 +143,16 @@ class AgentAnalysis:
         self.threshold = AdaptiveThreshold(self.config)
         self.incident = HoldDown(self.config.quiet_windows)
 
+    def reconfigure(self, config: DetectorConfig) -> None:
+        """Adopt new settings (after a restart with other SWARM_OBSERVER_* values) and keep
+        what was learnt."""
+        self.config = config
+        self.threshold.config = config
+        self.incident.quiet = config.quiet_windows
+        for baseline in self.baselines.values():
+            baseline.size = config.baseline_windows
+            baseline.relative_floor = config.relative_floor
+
     def _baseline(self, signal: str) -> RobustZ:
         baseline = self.baselines.get(signal)
         if baseline is None:

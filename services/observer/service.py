@@ -225,6 +225,11 @@ class Observer:
                 continue
             state = _load(entry.value)
             if isinstance(state, AgentState):
+                if state.aggregator.window_s != self.config.window_s:
+                    # Windows of another length cannot continue; this agent starts afresh.
+                    log.warning("window length changed; agent state dropped", key=key)
+                    continue
+                state.analysis.reconfigure(self.core.config)
                 self.core.agents[state.aggregator.agent_id] = state
             elif isinstance(state, DeploymentState) and key.startswith("deployment."):
                 self.core.deployments[key.removeprefix("deployment.")] = state

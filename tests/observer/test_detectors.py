@@ -136,3 +136,23 @@ def test_malformed_metrics_are_skipped_with_a_count() -> None:
     assert core.apply_metrics(1, T0, b"not json") == []
     assert core.apply_metrics(2, T0, b'{"replicas": [{"agent_id": 3}]}') == []
     assert core.malformed == 2
+
+
+def test_an_incident_that_turns_out_worse_is_reported_again() -> None:
+    hold = HoldDown(quiet=3)
+    steps = [(True, "stall"), (True, "stall"), (True, "loop"), (True, "latency_spike")]
+    assert [hold.step(f, k) for f, k in steps] == [True, False, True, False]
+
+
+def test_the_package_exports_its_api() -> None:
+    import services.observer as observer
+
+    assert sorted(observer.__all__) == [
+        "DetectorConfig",
+        "Finding",
+        "Observation",
+        "Observatory",
+        "Observer",
+        "ObserverSettings",
+        "Status",
+    ]
