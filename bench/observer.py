@@ -194,7 +194,7 @@ def generate(w: Workload) -> tuple[list[tuple[int, float, bytes]], list[Incident
                         "errors": c.errors,
                         "fuel_used": c.fuel,
                         "last_latency_ms": s["latency"] / max(s["calls"], 1),
-                        "latency_ms_total": round(c.latency_ms, 3),
+                        "busy_ms": round(c.latency_ms, 3),
                         "memory_bytes": int(s["memory"] * 2**20),
                         "mailbox": 0,
                     }

@@ -229,14 +229,14 @@ class Metrics:
     errors: int = 0
     fuel_used: int = 0
     last_latency_ms: float = 0.0
-    #: Sum of all call latencies, so a reader of two samples gets the mean latency between them.
-    latency_ms_total: float = 0.0
     memory_bytes: int = 0
     rejected: int = 0
     logs_dropped: int = 0
     #: Topic messages put in the mailbox, and those dropped (mailbox full, or not running).
     topic_messages: int = 0
     topic_dropped: int = 0
+    #: Milliseconds spent inside handle calls: calls / busy time is what one replica can carry.
+    busy_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +337,13 @@ class Replica:
             "errors": m.errors,
             "fuel_used": m.fuel_used,
             "last_latency_ms": round(m.last_latency_ms, 3),
-            "latency_ms_total": round(m.latency_ms_total, 3),
             "memory_bytes": m.memory_bytes,
             "mailbox": self._mailbox.qsize(),
             "rejected": m.rejected,
             "logs_dropped": m.logs_dropped,
             "topic_messages": m.topic_messages,
             "topic_dropped": m.topic_dropped,
+            "busy_ms": round(m.busy_ms, 3),
         }
 
     # -- the replica's task -----------------------------------------------------------------------
@@ -500,7 +500,7 @@ class Replica:
             finally:
                 self.metrics.calls += 1
                 self.metrics.last_latency_ms = (time.perf_counter() - started) * 1000
-                self.metrics.latency_ms_total += self.metrics.last_latency_ms
+                self.metrics.busy_ms += self.metrics.last_latency_ms
             m = self.metrics
             m.fuel_used += result.fuel_used
             m.memory_bytes = result.memory_bytes

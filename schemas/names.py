@@ -206,6 +206,8 @@ HEADER_AGENT_ERROR: Final = "Swarm-Error"
 #: (window state, detectors, last applied sequence of each stream) plus its read position.
 OBSERVER_BUCKET: Final = "swarm-observer"
 OBSERVER_POSITION_KEY: Final = "position"
+#: The pods' per-replica counters (`metrics_subject(pod, "agent")`), the metrics the Observer reads.
+OBSERVER_METRICS: Final = f"{METRICS_PREFIX}.*.agent"
 
 
 def observer_agent_key(agent_id: str) -> str:

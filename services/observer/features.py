@@ -50,8 +50,9 @@ class ReplicaSample:
     calls: int
     errors: int
     fuel_used: int
-    #: Sum of call latencies; None from pods that predate it (then the last latency is used).
-    latency_ms_total: float | None
+    #: Sum of call latencies (ms in handle calls); None from pods that do not send it (then the
+    #: last latency stands for the calls since the previous sample).
+    busy_ms: float | None
     last_latency_ms: float
     memory_bytes: int
     mailbox: int
@@ -100,7 +101,7 @@ def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
     for row in rows:
         if not isinstance(row, dict):
             raise MalformedSample("a replica row is not an object")
-        total = row.get("latency_ms_total")
+        total = row.get("busy_ms")
         samples.append(
             ReplicaSample(
                 time=time,
@@ -111,7 +112,7 @@ def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
                 calls=int(_number(row, "calls")),
                 errors=int(_number(row, "errors")),
                 fuel_used=int(_number(row, "fuel_used")),
-                latency_ms_total=None if total is None else _number(row, "latency_ms_total"),
+                busy_ms=None if total is None else _number(row, "busy_ms"),
                 last_latency_ms=_number(row, "last_latency_ms", 0.0),
                 memory_bytes=int(_number(row, "memory_bytes", 0)),
                 mailbox=int(_number(row, "mailbox", 0)),
@@ -218,13 +219,17 @@ class WindowAggregator:
         window.samples += 1
         window.memory_bytes = max(window.memory_bytes, sample.memory_bytes)
         window.mailbox_max = max(window.mailbox_max, sample.mailbox)
-        latency = (
-            sample.latency_ms_total
-            if sample.latency_ms_total is not None
-            else sample.last_latency_ms * sample.calls
-        )
-        now = _Counters(sample.calls, sample.errors, sample.fuel_used, latency, sample.time)
         before = self.last.get(sample.replica_id)
+        if sample.busy_ms is not None:
+            latency = sample.busy_ms
+        elif before is None:
+            latency = 0.0
+        elif sample.calls < before.calls:  # restarted from zero
+            latency = sample.last_latency_ms * sample.calls
+        else:
+            # A pod without busy_ms: the last call's latency stands for every call since.
+            latency = before.latency_ms + sample.last_latency_ms * (sample.calls - before.calls)
+        now = _Counters(sample.calls, sample.errors, sample.fuel_used, latency, sample.time)
         self.last[sample.replica_id] = now
         if before is None:
             return closed  # the first sample is only a reference point for deltas

@@ -126,7 +126,10 @@ class Observer:
     async def _follow(self, eventlog: EventLog, kv: KeyValue) -> None:
         batch = self.config.fetch_batch
         metrics = await eventlog.reader(
-            names.STREAM_METRICS, start_seq=self.position.metrics_seq + 1, batch=batch
+            names.STREAM_METRICS,
+            start_seq=self.position.metrics_seq + 1,
+            subjects=(names.OBSERVER_METRICS,),
+            batch=batch,
         )
         logs = await eventlog.reader(
             names.STREAM_LOGS, start_seq=self.position.logs_seq + 1, batch=batch

@@ -106,7 +106,7 @@ def test_windows_sum_counter_deltas_and_survive_counter_resets() -> None:
         body = (
             '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
             f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": {calls * 7}, '
-            f'"last_latency_ms": 10, "latency_ms_total": {latency}}}]}}'
+            f'"last_latency_ms": 10, "busy_ms": {latency}}}]}}'
         ).encode()
         (sample,) = parse_metrics(body, T0 + t)
         window = agg.add(sample)
@@ -156,3 +156,20 @@ def test_the_package_exports_its_api() -> None:
         "ObserverSettings",
         "Status",
     ]
+
+
+def test_without_busy_ms_the_last_latency_stands_for_the_calls_since() -> None:
+    agg = WindowAggregator("a", "default", "a", 2.0)
+    closed = []
+    for t, calls, last in [(0.5, 10, 5.0), (1.5, 14, 7.0), (2.5, 20, 9.0)]:
+        body = (
+            '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
+            f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": 0, '
+            f'"last_latency_ms": {last}}}]}}'
+        ).encode()
+        (sample,) = parse_metrics(body, T0 + t)
+        window = agg.add(sample)
+        if window is not None:
+            closed.append(window)
+    assert closed[0].calls == 4
+    assert closed[0].signals()["latency"] == pytest.approx(7.0)

@@ -82,7 +82,7 @@ async def publish(event_log: EventLog, seconds: float, spike_after: float) -> in
                     "errors": 0,
                     "fuel_used": c[2],
                     "last_latency_ms": 10 * slow,
-                    "latency_ms_total": c[3],
+                    "busy_ms": c[3],
                     "memory_bytes": 2**22,
                     "mailbox": 0,
                 }

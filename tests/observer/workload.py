@@ -55,7 +55,7 @@ def messages(
             "errors": errors,
             "fuel_used": fuel,
             "last_latency_ms": s.latency_ms / max(s.calls, 1),
-            "latency_ms_total": latency,
+            "busy_ms": latency,
             "memory_bytes": int(s.memory_mb * 2**20),
             "mailbox": 0,
         }
