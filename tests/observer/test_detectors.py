@@ -173,3 +173,22 @@ def test_without_busy_ms_the_last_latency_stands_for_the_calls_since() -> None:
             closed.append(window)
     assert closed[0].calls == 4
     assert closed[0].signals()["latency"] == pytest.approx(7.0)
+
+
+def test_log_lines_count_into_their_window() -> None:
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    batch = list(messages(3))  # samples at 1, 2 and 3 s: window [0, 2) closes at 2 s
+    core.apply_metrics(*batch[0])
+    for seq, ms in ((1, 1500), (2, 2500), (3, 2600)):  # one in the open window, two ahead
+        line = (
+            f'{{"time_ms": {(T0 * 1000) + ms}, "agent_id": "agent-1", "namespace": "default", '
+            '"name": "agent-1", "level": "info", "kind": "log", "message": "hi"}'
+        ).encode()
+        core.apply_log(seq, line)
+    core.apply_log(3, line)  # redelivered after a restart: already applied, not counted again
+    core.apply_log(4, b"{}")  # malformed: counted and skipped
+    (first,) = core.apply_metrics(*batch[1])
+    assert first.window.log_lines == 1
+    assert core.agents["agent-1"].aggregator.open is not None
+    assert core.agents["agent-1"].aggregator.open.log_lines == 2
+    assert core.malformed == 1
