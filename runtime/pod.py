@@ -34,6 +34,7 @@ from runtime.components import ComponentCache
 from runtime.config import PodSettings
 from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
+from runtime.host import JSON
 from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
@@ -87,6 +88,8 @@ class Pod:
         self.replicas: dict[str, Replica] = {}
         #: Replicas finishing (stopped, moved away or broken and dropped), until their task ends.
         self._retiring: set[Replica] = set()
+        #: Metrics rows of replicas that finished since the last publish, sent once more.
+        self._final_metrics: list[dict[str, JSON]] = []
         #: Placements of `stopping` replicas this pod reported stopped without running them.
         self._reported_stopped: set[tuple[str, int]] = set()
         self._registered_after = 0
@@ -300,6 +303,10 @@ class Pod:
             # Asked to stop a replica this pod does not run (e.g. it restarted meanwhile).
             self._reported_stopped.add(key)
             await self._report(assignment, "stopped", "not running", assignment.snapshot)
+        for replica in self._retiring:
+            if replica.done:
+                # Its last counters (say, the call that looped until its deadline) still go out.
+                self._final_metrics.append(replica.metrics_json())
         self._retiring = {r for r in self._retiring if not r.done}
         # Only placements still stopping can be reported again; forget the others.
         self._reported_stopped &= {(rid, a.placed_seq) for rid, a in stopping.items()}
@@ -382,9 +389,13 @@ class Pod:
                     "pod_id": self.pod_id,
                     # The pod's clock: rates are counter deltas over these times.
                     "time_ms": time.time_ns() // 1_000_000,
-                    "replicas": [r.metrics_json() for r in self.replicas.values()],
+                    "replicas": [
+                        *(r.metrics_json() for r in (*self.replicas.values(), *self._retiring)),
+                        *self._final_metrics,
+                    ],
                 }
             ).encode()
+            self._final_metrics = []
             with contextlib.suppress(nats.errors.Error, OSError):
                 await eventlog.nc.publish(subject, body)
 

@@ -300,3 +300,20 @@ EXPORT_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 #: Type of the CloudEvent that carries, base64-encoded in `data_base64`, a log entry that is not
 #: a CloudEvent itself (a foreign writer's bytes), so an export loses nothing.
 EXPORT_RAW_TYPE: Final = "org.swarm.timeline.raw"
+
+# --- Observer ------------------------------------------------------------------------------------
+
+#: JetStream KV bucket of the Observer's checkpoints: one key per agent and per deployment
+#: (window state, detectors, last applied sequence of each stream) plus its read position.
+OBSERVER_BUCKET: Final = "swarm-observer"
+OBSERVER_POSITION_KEY: Final = "position"
+#: The pods' per-replica counters (`metrics_subject(pod, "agent")`), the metrics the Observer reads.
+OBSERVER_METRICS: Final = f"{METRICS_PREFIX}.*.agent"
+
+
+def observer_agent_key(agent_id: str) -> str:
+    return f"agent.{_check_token('agent id', agent_id)}"
+
+
+def observer_deployment_key(namespace: str) -> str:
+    return f"deployment.{_check_token('namespace', namespace)}"

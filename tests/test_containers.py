@@ -66,7 +66,7 @@ def container_nats() -> Iterator[str]:
 
 
 def test_migrations_against_the_pgvector_image(container_postgres: str) -> None:
-    assert upgrade_database(container_postgres) == "0002"
+    assert upgrade_database(container_postgres) == "0003"
     with psycopg.connect(container_postgres) as conn:
         row = conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone()
         assert row == ("vector",)

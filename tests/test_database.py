@@ -9,8 +9,8 @@ from swarm.kernel.stack import upgrade_database
 
 
 def test_migrations_apply_twice_and_pgvector_answers_similarity_queries(database_url: str) -> None:
-    assert upgrade_database(database_url) == "0002"
-    assert upgrade_database(database_url) == "0002"  # idempotent: nothing pending the second time
+    assert upgrade_database(database_url) == "0003"
+    assert upgrade_database(database_url) == "0003"  # idempotent: nothing pending the second time
     with psycopg.connect(database_url, autocommit=True) as conn:
         register_vector(conn)
         conn.execute("CREATE TEMP TABLE probe (id int, embedding vector(3))")
@@ -20,4 +20,4 @@ def test_migrations_apply_twice_and_pgvector_answers_similarity_queries(database
         ).fetchall()
         assert [r[0] for r in rows] == [1, 3]
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        assert version == ("0002",)
+        assert version == ("0003",)

@@ -126,7 +126,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert report["running"] is True
     assert report["state"] == "running"
     assert report["nats_reachable"] is True
-    assert report["migration"] == "0002"
+    assert report["migration"] == "0003"
     nats_url, database_url = report["nats_url"], report["database_url"]
     assert nats_url.startswith("nats://127.0.0.1:")
     assert database_url.startswith("postgresql://")
@@ -134,6 +134,7 @@ async def test_up_status_down_and_restart_keep_the_data(
         ("hive", True),
         ("scheduler", True),
         ("webhooks", True),
+        ("observer", True),
         ("pod-0", True),
         ("gateway", True),
         ("probe", True),
@@ -184,7 +185,7 @@ async def test_up_status_down_and_restart_keep_the_data(
     with psycopg.connect(database_url) as conn:
         row = conn.execute("select extversion from pg_extension where extname='vector'").fetchone()
         assert row is not None
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
         assert conn.execute("select to_regclass('swarm_meta')").fetchone() == ("swarm_meta",)
 
     # The service was told where the servers are.
@@ -204,9 +205,8 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert status_json(swarm, data_dir)["pid"] == report["pid"]
 
     pids = stack_pids(report)
-    assert (
-        len(pids) == 9
-    )  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, gateway, probe
+    # supervisor, nats, postgres, hive, scheduler, webhooks, observer, pod-0, gateway, probe
+    assert len(pids) == 10
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0, down.stderr
     assert "Swarm stopped" in down.stdout
@@ -237,9 +237,8 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     assert up.returncode == 0, up.stdout + up.stderr
     report = status_json(swarm, data_dir)
     pids = stack_pids(report)
-    assert (
-        len(pids) == 9
-    )  # supervisor, nats, postgres, hive, scheduler, webhooks, pod-0, gateway, idle
+    # supervisor, nats, postgres, hive, scheduler, webhooks, observer, pod-0, gateway, idle
+    assert len(pids) == 10
 
     os.kill(report["pid"], signal.SIGKILL)
     wait_for(lambda: all(gone(pid) for pid in pids), 10, f"processes {pids} to exit")
@@ -335,7 +334,7 @@ def test_external_servers_are_used_and_left_running(
     assert not (data_dir / "nats").exists()
     assert not (data_dir / "postgres").exists()
     with psycopg.connect(database_url) as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
 
     down = swarm("down", "--data-dir", str(data_dir))
     assert down.returncode == 0
@@ -357,13 +356,13 @@ def test_migrations_apply_once_and_roll_back(database_url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = database_url.rsplit("/", 1)[0] + f"/{name}"
     try:
-        assert upgrade_database(url) == "0002"
-        assert upgrade_database(url) == "0002"
+        assert upgrade_database(url) == "0003"
+        assert upgrade_database(url) == "0003"
         command.downgrade(alembic_config(url), "base")
         with psycopg.connect(url) as conn:
             assert conn.execute("select to_regclass('swarm_meta')").fetchone() == (None,)
             assert conn.execute("select count(*) from alembic_version").fetchone() == (0,)
-        assert upgrade_database(url) == "0002"
+        assert upgrade_database(url) == "0003"
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -11,6 +11,7 @@ from swarm.cli import (
     logs,
     module,
     namespace,
+    observe,
     pod,
     publish,
     schemas_cmd,
@@ -46,6 +47,7 @@ logs.register(app)
 trace.register(app)
 debug.register(app)
 healing.register(agent.app)
+observe.register(app)
 
 
 def main() -> None:

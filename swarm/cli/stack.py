@@ -76,6 +76,7 @@ def default_services(
     # Refuses loopback and private targets unless SWARM_WEBHOOKS_ALLOW_PRIVATE=true is set in
     # the environment of `swarm up` (a receiver on this machine needs it).
     specs.append(ServiceSpec("webhooks", (sys.executable, "-m", "services.webhooks")))
+    specs.append(ServiceSpec("observer", (sys.executable, "-m", "services.observer")))
     for i in range(pods):
         pod_dir = data_dir / "pods" / f"pod-{i}"
         specs.append(

@@ -1,0 +1,38 @@
+"""Observer settings (`SWARM_OBSERVER_*`); where NATS and Postgres are comes from `Settings`."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.observer.scoring import DetectorConfig
+
+
+class ObserverSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARM_OBSERVER_", extra="ignore", frozen=True)
+
+    #: Window length in seconds of stream time. Pods publish metrics every
+    #: SWARM_POD_METRICS_INTERVAL_S (5 s by default), so a window should span at least two.
+    window_s: float = Field(default=10.0, gt=0)
+    baseline_windows: int = Field(default=120, ge=3)
+    warmup_windows: int = Field(default=10, ge=1)
+    base_threshold: float = Field(default=0.5, gt=0, lt=1)
+    threshold_quantile: float = Field(default=0.99, gt=0, le=1)
+    quiet_windows: int = Field(default=3, ge=1)
+    evidence_z: float = Field(default=4.0, gt=0)
+    #: Seconds between checkpoints of changed state to the KV bucket (and on stop).
+    checkpoint_s: float = Field(default=1.0, gt=0)
+    fetch_batch: int = Field(default=500, ge=1)
+    idle_s: float = Field(default=0.1, gt=0)
+    #: Store a behaviour vector per agent per window in Postgres (needs SWARM_DATABASE_URL).
+    store_behaviour: bool = True
+
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig(
+            baseline_windows=self.baseline_windows,
+            warmup_windows=self.warmup_windows,
+            base_threshold=self.base_threshold,
+            threshold_quantile=self.threshold_quantile,
+            quiet_windows=self.quiet_windows,
+            evidence_z=self.evidence_z,
+        )

@@ -1,0 +1,279 @@
+"""Online detectors over window signals: robust z-scores, half-space trees, behaviour distance.
+
+Each detector learns what is normal for one agent (or, for the centroid, one deployment) from
+the windows it has seen and scores a new window against that, before learning from it.
+They are plain objects with no I/O, so the service can checkpoint them and the benchmark can
+run them over simulated time at full speed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from river import anomaly
+
+from services.observer.features import SIGNALS
+
+#: 1.4826 * MAD estimates the standard deviation of normally distributed data.
+MAD_TO_SIGMA = 1.4826
+
+Direction = Literal["up", "both"]
+
+#: Which way a signal is bad: more fuel, latency, errors, memory, backlog or logs is suspicious;
+#: a message rate that collapses (a stuck agent) is as telling as one that explodes.
+DIRECTIONS: dict[str, Direction] = {
+    "fuel": "up",
+    "latency": "up",
+    "error_rate": "up",
+    "message_rate": "both",
+    "memory": "up",
+    "queue_depth": "up",
+    "log_rate": "up",
+    "behaviour_distance": "up",
+}
+
+#: Smallest spread a signal is measured against, in its own unit, so that a flat baseline
+#: (an agent that never errs, an empty mailbox) does not turn any change into an infinite score.
+ABSOLUTE_FLOORS: dict[str, float] = {
+    "fuel": 1.0,
+    "latency": 0.05,
+    "error_rate": 0.02,
+    "message_rate": 0.1,
+    "memory": 0.5,
+    "queue_depth": 1.0,
+    "log_rate": 0.2,
+    "behaviour_distance": 0.02,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SignalScore:
+    """How far one signal of one window is from its baseline."""
+
+    signal: str
+    value: float
+    baseline: float
+    #: The spread the deviation is measured in (robust sigma, floored).
+    scale: float
+    #: Signed robust z-score: (value - baseline) / scale.
+    z: float
+
+    @property
+    def score(self) -> float:
+        """The z-score in the signal's bad direction (0 when it moved the harmless way)."""
+        if DIRECTIONS.get(self.signal, "both") == "up":
+            return max(0.0, self.z)
+        return abs(self.z)
+
+
+@dataclass(slots=True)
+class RobustZ:
+    """Rolling median and MAD of one signal over the last `size` windows.
+
+    The spread has three floors: the robust sigma itself, `relative_floor` times the baseline
+    (noise proportional to the level, as latencies and fuel have), and a counting-noise floor
+    the caller passes per window (a rate from few calls is noisy by itself).
+    """
+
+    signal: str
+    size: int = 60
+    relative_floor: float = 0.05
+    #: Winsorising bound: values learned are clipped to baseline +- clip * scale, so one wild
+    #: window does not drag the baseline, while a lasting level shift still moves the median.
+    clip: float = 4.0
+    values: deque[float] = field(default_factory=deque)
+    #: The same values in order, so the median is a lookup rather than a sort per window.
+    ordered: list[float] = field(default_factory=list)
+    #: The MAD moves slowly; it is recomputed every `_MAD_EVERY` learned values.
+    mad: float = 0.0
+    mad_age: int = 0
+
+    def ready(self, min_samples: int) -> bool:
+        return len(self.values) >= min_samples
+
+    def median(self) -> float:
+        ordered, n = self.ordered, len(self.ordered)
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    def score(self, value: float, calls: int = 0, seconds: float = 1.0) -> SignalScore:
+        if not self.values:
+            return SignalScore(self.signal, value, value, 1.0, 0.0)
+        median = self.median()
+        noise_floor = counting_floor(self.signal, value, median, calls, seconds)
+        scale = max(
+            MAD_TO_SIGMA * self.mad,
+            self.relative_floor * abs(median),
+            ABSOLUTE_FLOORS.get(self.signal, 1e-6),
+            noise_floor,
+        )
+        return SignalScore(self.signal, value, median, scale, (value - median) / scale)
+
+    def learn(self, value: float, scored: SignalScore | None = None) -> None:
+        if scored is not None and scored.baseline != value:
+            bound = self.clip * scored.scale
+            value = min(max(value, scored.baseline - bound), scored.baseline + bound)
+        self.values.append(value)
+        bisect.insort(self.ordered, value)
+        while len(self.values) > self.size:
+            old = self.values.popleft()
+            del self.ordered[bisect.bisect_left(self.ordered, old)]
+        self.mad_age += 1
+        if self.mad_age >= _MAD_EVERY or len(self.values) <= _MAD_EVERY:
+            median = self.median()
+            self.mad = statistics.median(abs(v - median) for v in self.ordered)
+            self.mad_age = 0
+
+
+#: Learned values between two MAD recomputations.
+_MAD_EVERY = 8
+
+
+#: Assumed coefficient of variation of one call's fuel or latency.
+PER_CALL_CV = 0.5
+
+
+def counting_floor(signal: str, value: float, baseline: float, calls: int, seconds: float) -> float:
+    """The spread a signal has from counting few events alone (binomial or Poisson noise).
+
+    An error rate from 4 calls moves in steps of 0.25 however healthy the agent is; a message
+    rate from 3 calls in a second has a Poisson spread of sqrt(3). Scores are measured against
+    at least this, so quiet agents do not page for their own sampling noise.
+    """
+    if signal == "error_rate":
+        p = min(max(value, 0.05), 0.95)
+        return math.sqrt(p * (1 - p) / max(calls, 1))
+    if signal == "message_rate":
+        return math.sqrt(max(calls, 1)) / seconds
+    if signal in ("fuel", "latency"):
+        # A mean of n calls whose own spread is about half their level (a prior, not tuned).
+        return PER_CALL_CV * abs(baseline) / math.sqrt(calls) if calls > 0 else 0.0
+    return 0.0
+
+
+#: What the trees see: every window signal and the distance from the deployment's centroid.
+TREE_FEATURES: tuple[str, ...] = (*SIGNALS, "behaviour_distance")
+
+
+def squash(z: float) -> float:
+    """A signed z-score mapped into [0, 1] (0.5 is the baseline), the range half-space trees
+    partition."""
+    return 0.5 + 0.5 * math.tanh(z / 8)
+
+
+@dataclass(slots=True)
+class MultivariateTrees:
+    """river's HalfSpaceTrees over the squashed z-scores of all signals of a window.
+
+    The z-scores make the trees' input stationary and scale-free (each agent is compared with
+    itself), so one fixed [0, 1] box fits every agent; the trees catch unusual combinations
+    that no single z-score shows.
+    """
+
+    seed: int = 7
+    model: anomaly.HalfSpaceTrees = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model = anomaly.HalfSpaceTrees(
+            n_trees=10,
+            height=6,
+            window_size=50,
+            seed=self.seed,
+            limits=dict.fromkeys(TREE_FEATURES, (0.0, 1.0)),
+        )
+
+    @staticmethod
+    def features(scores: dict[str, SignalScore]) -> dict[str, float]:
+        return {s: squash(scores[s].z) if s in scores else 0.5 for s in TREE_FEATURES}
+
+    def score(self, scores: dict[str, SignalScore]) -> float:
+        return float(self.model.score_one(self.features(scores)))  # type: ignore[no-untyped-call]
+
+    def learn(self, scores: dict[str, SignalScore]) -> None:
+        self.model.learn_one(self.features(scores))  # type: ignore[no-untyped-call]
+
+
+#: Typical magnitude of each signal, so every dimension of a behaviour vector counts alike.
+_SCALES: dict[str, float] = {
+    "fuel": 1e9,
+    "latency": 60_000.0,
+    "error_rate": 1.0,
+    "message_rate": 10_000.0,
+    "memory": 4096.0,
+    "queue_depth": 1024.0,
+    "log_rate": 10_000.0,
+}
+
+
+def behaviour_vector(signals: dict[str, float]) -> list[float]:
+    """The window as a unit vector: log-scaled signals, each divided by its typical range.
+
+    Unit length makes cosine distance compare the shape of behaviour (what an agent spends its
+    calls on) rather than its volume. A missing signal (no calls) counts as 0.
+    """
+    raw = [
+        math.log1p(max(signals.get(s, 0.0), 0.0)) / math.log1p(_SCALES[s])
+        if s != "error_rate"
+        else min(max(signals.get(s, 0.0), 0.0), 1.0)
+        for s in SIGNALS
+    ]
+    # A constant component keeps the vector defined (and comparable) for an idle agent.
+    raw.append(0.1)
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+def cosine_distance(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    if na == 0 or nb == 0:
+        return 1.0
+    return max(0.0, 1.0 - dot / (na * nb))
+
+
+@dataclass(slots=True)
+class Profile:
+    """An agent's behaviour smoothed over windows, weighted by how many calls each window saw:
+    a window of one call moves it a little, a busy window a lot, so the behaviour vector is not
+    at the mercy of a quiet window's sampling noise."""
+
+    #: Calls at which a window moves the profile half way.
+    half_calls: float = 10.0
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def learn(self, signals: dict[str, float], calls: int) -> list[float]:
+        weight = calls / (calls + self.half_calls) if calls else 0.0
+        for name, value in signals.items():
+            per_call = name in ("fuel", "latency", "error_rate")
+            a = weight if per_call else max(weight, 0.5)
+            before = self.signals.get(name)
+            self.signals[name] = value if before is None else (1 - a) * before + a * value
+        return behaviour_vector(self.signals)
+
+
+@dataclass(slots=True)
+class Centroid:
+    """The deployment's normal behaviour: an exponentially weighted mean of its agents' vectors
+    in windows that were not flagged."""
+
+    alpha: float = 0.05
+    vector: list[float] | None = None
+    windows: int = 0
+
+    def distance(self, vector: list[float]) -> float | None:
+        return None if self.vector is None else cosine_distance(vector, self.vector)
+
+    def learn(self, vector: list[float]) -> None:
+        self.windows += 1
+        if self.vector is None:
+            self.vector = list(vector)
+            return
+        # Faster at first, so the first few agents' windows do not anchor the centroid forever.
+        a = max(self.alpha, 1.0 / self.windows)
+        self.vector = [(1 - a) * c + a * v for c, v in zip(self.vector, vector, strict=True)]

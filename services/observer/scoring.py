@@ -1,0 +1,170 @@
+"""From per-signal scores to one decision: combined score, adaptive threshold, kind, hold-down.
+
+- `combine`: the strongest robust z-score, mapped into [0, 1], blended with the half-space
+  trees' score (which sees combinations of signals).
+- `AdaptiveThreshold`: an agent pages only above a high quantile of its own recent scores (and
+  never below a floor), so a noisy agent is measured against its own noise; nothing pages
+  during warm-up.
+- `classify`: what kind of misbehaviour the evidence shows (loop, cost blowup, latency spike…).
+- `HoldDown`: one incident gives one finding; a new one needs some quiet windows first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from services.observer.detectors import SignalScore
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """Detector parameters (the service fills them from SWARM_OBSERVER_* settings)."""
+
+    #: Windows each rolling baseline keeps.
+    baseline_windows: int = 120
+    #: Windows an agent is watched before it may page.
+    warmup_windows: int = 10
+    #: The z-score that maps to a combined score of 0.5.
+    z_half: float = 6.0
+    #: Weight of the half-space trees in the combined score.
+    tree_weight: float = 0.2
+    #: The combined score never pages below this.
+    base_threshold: float = 0.5
+    #: The threshold rises to this quantile of the agent's recent unflagged scores plus margin.
+    threshold_quantile: float = 0.99
+    threshold_margin: float = 0.05
+    #: Recent scores kept for the quantile.
+    threshold_windows: int = 200
+    #: Unflagged windows that end an incident (until then, no second finding).
+    quiet_windows: int = 3
+    #: A signal with at least this z-score counts as evidence.
+    evidence_z: float = 4.0
+    #: Relative spread floor of every baseline (noise proportional to the level).
+    relative_floor: float = 0.05
+
+
+def to_unit(z: float, half: float) -> float:
+    """A non-negative z-score as a score in [0, 1): `half` maps to 0.5."""
+    z = max(z, 0.0)
+    return z / (z + half)
+
+
+def combine(
+    scores: Mapping[str, SignalScore], trees: float | None, config: DetectorConfig
+) -> float:
+    top = max((s.score for s in scores.values()), default=0.0)
+    single = to_unit(top, config.z_half)
+    if trees is None:
+        return single
+    return min(1.0, (1 - config.tree_weight) * single + config.tree_weight * trees)
+
+
+@dataclass(slots=True)
+class AdaptiveThreshold:
+    config: DetectorConfig
+    recent: deque[float] = field(default_factory=deque)
+
+    def value(self) -> float:
+        floor = self.config.base_threshold
+        if len(self.recent) < self.config.warmup_windows:
+            return floor
+        ordered = sorted(self.recent)
+        rank = min(len(ordered) - 1, int(self.config.threshold_quantile * len(ordered)))
+        return min(0.95, max(floor, ordered[rank] + self.config.threshold_margin))
+
+    def learn(self, score: float) -> None:
+        self.recent.append(score)
+        while len(self.recent) > self.config.threshold_windows:
+            self.recent.popleft()
+
+
+def classify(scores: Mapping[str, SignalScore], config: DetectorConfig) -> str:
+    """The kind of misbehaviour the evidence points to.
+
+    - loop: calls fail and take long together (deadline or fuel exhaustion: a handler that
+      never returns; with few calls, most of them failing is enough);
+    - cost_blowup: fuel per call jumped and it is not only waiting: the fuel burnt per
+      millisecond rose too (more computation, not slower answers);
+    - latency_spike: calls got slow without burning correspondingly more fuel.
+    Otherwise the strongest signal names it.
+    """
+    strong = {name: s for name, s in scores.items() if s.score >= config.evidence_z}
+    if not strong:
+        return "unknown"
+    fuel, latency, errors = strong.get("fuel"), strong.get("latency"), strong.get("error_rate")
+    if latency is not None and errors is not None:
+        return "loop"
+    failing = scores.get("error_rate")
+    if latency is not None and failing is not None and failing.value >= 0.5:
+        return "loop"  # too few calls for the error rate to be significant, but most failed
+    if fuel is not None:
+        lat = scores.get("latency")
+        if lat is None or latency is None or _intensity_rose(fuel, lat):
+            return "cost_blowup"
+        return "latency_spike"
+    if latency is not None:
+        return "latency_spike"
+    top = max(strong.values(), key=lambda s: s.score)
+    if top.signal == "message_rate":
+        return "stall" if top.z < 0 else "traffic_surge"
+    return _BY_SIGNAL.get(top.signal, "unknown")
+
+
+_BY_SIGNAL = {
+    "error_rate": "error_burst",
+    "memory": "memory_growth",
+    "queue_depth": "backlog",
+    "log_rate": "log_flood",
+    "behaviour_distance": "behaviour_drift",
+}
+
+
+def _intensity_rose(fuel: SignalScore, latency: SignalScore) -> bool:
+    """Fuel per millisecond of latency at least doubled against the baselines."""
+    if latency.value <= 0 or latency.baseline <= 0 or fuel.baseline <= 0:
+        return True
+    now = fuel.value / latency.value
+    before = fuel.baseline / latency.baseline
+    return now >= 2 * before
+
+
+def severity(score: float, kind: str) -> str:
+    if kind == "loop" or score >= 0.8:
+        return "critical"
+    return "warning"
+
+
+#: How specific a kind is: within one incident, a finding of a higher rank is still reported
+#: (a stall that turns out to be a loop), one of the same or a lower rank is not.
+RANKS = {"loop": 3, "cost_blowup": 2, "latency_spike": 2, "unknown": 0}
+
+
+def rank(kind: str) -> int:
+    return RANKS.get(kind, 1)
+
+
+@dataclass(slots=True)
+class HoldDown:
+    """Open while windows are flagged; closes after `quiet` unflagged windows in a row."""
+
+    quiet: int
+    active: bool = False
+    calm: int = 0
+    rank: int = -1
+
+    def step(self, flagged: bool, kind: str = "unknown") -> bool:
+        """Feed one window; True when it starts a new incident or escalates the open one to a
+        more specific kind (the findings to report)."""
+        if flagged:
+            self.calm = 0
+            if self.active and rank(kind) <= self.rank:
+                return False
+            self.active, self.rank = True, max(self.rank, rank(kind))
+            return True
+        if self.active:
+            self.calm += 1
+            if self.calm >= self.quiet:
+                self.active, self.rank = False, -1
+        return False

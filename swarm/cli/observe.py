@@ -1,0 +1,112 @@
+"""`swarm observe`: what the Observer learnt about agents' behaviour.
+
+`swarm observe similar <agent> [-k N]` lists the agents whose latest behaviour vector (one per
+agent per Observer window, in Postgres: table agent_behaviour) is nearest by cosine distance to
+the given agent's. Agents are named by id, by name, or as `namespace/name`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import psycopg
+import typer
+
+from services.observer.behaviour import BehaviourStore
+from swarm.cli import connect
+from swarm.cli.output import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    Format,
+    emit,
+    errors_to_exit,
+    stdout_console,
+    table,
+)
+from swarm.cli.verbs import OutputOption
+
+app = typer.Typer(help="Look at agent behaviour as the Observer sees it.", no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="observe")
+
+
+def resolve_database_url(option: str | None) -> str:
+    """`--database-url` > `SWARM_DATABASE_URL` > the running stack's state file."""
+    if option:
+        return option
+    settings = connect.load_settings()
+    if settings.database_url:
+        return settings.database_url
+    path = connect.stack_state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = None
+    url = state.get("database_url") if isinstance(state, dict) else None
+    if not isinstance(url, str) or not url:
+        raise CliError(
+            "no database: behaviour vectors live in Postgres",
+            code=EXIT_UNAVAILABLE,
+            hint="start the stack with `swarm up`, or pass --database-url / SWARM_DATABASE_URL",
+        )
+    return url
+
+
+@app.command()
+def similar(
+    agent: Annotated[str, typer.Argument(help="Agent id, name or namespace/name.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many agents.")] = 5,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="PostgreSQL URL.", show_default=False)
+    ] = None,
+    output: OutputOption = Format.TABLE,
+) -> None:
+    """List the agents that behave most like AGENT (nearest latest behaviour vectors)."""
+    with errors_to_exit():
+        store = BehaviourStore(resolve_database_url(database_url))
+        try:
+            agent_id = store.resolve(agent)
+            if agent_id is None:
+                raise CliError(
+                    f"no behaviour recorded for agent {agent!r}",
+                    code=EXIT_USAGE,
+                    hint="the Observer records a vector per agent per window once it runs",
+                )
+            rows = store.similar(agent_id, k)
+        except psycopg.Error as exc:
+            raise CliError(f"database: {exc}", code=EXIT_UNAVAILABLE) from None
+        finally:
+            store.close()
+        found = [
+            {
+                "agent_id": r.agent_id,
+                "namespace": r.namespace,
+                "name": r.name,
+                "distance": round(r.distance, 6),
+                "window_end": r.window_end,
+            }
+            for r in rows
+        ]
+        if output != Format.TABLE:
+            emit({"agent_id": agent_id, "similar": found}, output)
+            return
+        stdout_console().print(
+            table(
+                ["AGENT", "NAMESPACE", "NAME", "DISTANCE", "SEEN"],
+                [
+                    [
+                        f["agent_id"],
+                        f["namespace"],
+                        f["name"],
+                        f"{f['distance']:.4f}",
+                        f["window_end"],
+                    ]
+                    for f in found
+                ],
+                title=f"agents behaving like {agent_id}",
+            )
+        )

@@ -1,0 +1,44 @@
+"""bench/observer.py runs end to end on a small workload and writes a complete report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "observer.py"
+
+
+@pytest.mark.timeout(120)
+def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
+    out = tmp_path / "observer.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--agents", "12", "--duration", "700", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "aggregate + detect" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["workload"]["agents"] == 12
+    quality = report["quality"]
+    assert set(quality) == {"spike", "level_shift", "drift", "loop", "all"}
+    overall = quality["all"]
+    assert overall["incidents"] >= 1
+    assert 0 <= overall["precision"] <= 1
+    assert 0 <= overall["recall"] <= 1
+    assert overall["detected"] <= overall["incidents"]
+    throughput = report["throughput"]
+    assert throughput["samples"] == 12 * 700
+    assert throughput["detect_samples_per_s"] > 0
+    assert throughput["aggregate_only_samples_per_s"] > 0

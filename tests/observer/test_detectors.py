@@ -1,0 +1,194 @@
+"""The detectors on planted incidents: found with the right kind, quickly; plain noise and
+seasonality are not flagged; one incident gives one finding; replays count nothing twice."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from services.observer.analysis import Finding, Observatory
+from services.observer.detectors import RobustZ
+from services.observer.features import WindowAggregator, parse_metrics
+from services.observer.scoring import DetectorConfig, HoldDown
+from tests.observer.workload import T0, Step, messages, normal
+
+WINDOW_S = 2.0
+START = 400.0
+
+
+def run(seconds: int, shape: object = normal) -> tuple[Observatory, list[Finding]]:
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    findings = []
+    for seq, t, body in messages(seconds, shape):  # type: ignore[arg-type]
+        findings += [o.finding for o in core.apply_metrics(seq, t, body) if o.finding]
+    return core, findings
+
+
+def planted(change: str, until: float = 10_000) -> object:
+    def shape(t: float, rng: random.Random) -> Step:
+        s = normal(t, rng)
+        if not START <= t < until:
+            return s
+        if change == "spike":
+            s.latency_ms *= 6
+        elif change == "shift":
+            s.fuel *= 5
+        elif change == "drift":
+            s.memory_mb *= 1 + (t - START) / 30  # +100 % every 30 s
+        elif change == "loop":
+            return Step(1, 1, 100_000_000, 1000.0, s.memory_mb)
+        return s
+
+    return shape
+
+
+def test_noise_and_seasonality_are_not_flagged() -> None:
+    core, findings = run(1200)
+    assert findings == []
+    assert core.agents["agent-1"].windows == 600  # t = 1..1200 s; the 601st is still open
+
+
+@pytest.mark.parametrize(
+    ("change", "until", "kind", "signal"),
+    [
+        ("spike", START + 10, "latency_spike", "latency"),
+        ("shift", 10_000, "cost_blowup", "fuel"),
+        ("drift", 10_000, "memory_growth", "memory"),
+        ("loop", START + 30, "loop", "error_rate"),
+    ],
+)
+def test_a_planted_incident_gives_one_finding_with_evidence(
+    change: str, until: float, kind: str, signal: str
+) -> None:
+    _, findings = run(700, planted(change, until))
+    assert len(findings) == 1, findings
+    finding = findings[0]
+    assert finding.kind == kind
+    delay = finding.window_end - (T0 + START)
+    assert 0 < delay <= 30 if change == "drift" else 0 < delay <= 2 * WINDOW_S
+    assert signal in {s.signal for s in finding.evidence}
+    report = finding.report()
+    assert report.agent_id == "agent-1"
+    assert 0.5 < report.score <= 1
+    combined = [s for s in report.signals if s.signal == "combined"]
+    assert combined
+    assert combined[0].value > combined[0].threshold
+    evidence = next(s for s in report.signals if s.signal == signal)
+    assert evidence.value > evidence.baseline
+    assert evidence.score >= evidence.threshold
+
+
+def test_finding_ids_are_deterministic() -> None:
+    _, first = run(500, planted("spike", START + 10))
+    _, second = run(500, planted("spike", START + 10))
+    assert [f.id for f in first] == [f.id for f in second]
+    assert first
+
+
+def test_a_replayed_message_is_not_counted_twice() -> None:
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    batch = list(messages(60))
+    for seq, t, body in batch:
+        core.apply_metrics(seq, t, body)
+    state = core.agents["agent-1"]
+    before = (state.windows, state.calls, state.aggregator.open)
+    for seq, t, body in batch[-20:]:  # redelivered after a restart from an older position
+        assert core.apply_metrics(seq, t, body) == []
+    assert (state.windows, state.calls, state.aggregator.open) == before
+
+
+def test_windows_sum_counter_deltas_and_survive_counter_resets() -> None:
+    agg = WindowAggregator("a", "default", "a", 2.0)
+    rows = [(0.5, 10, 100.0), (1.5, 14, 140.0), (2.5, 20, 200.0), (3.5, 3, 30.0), (4.5, 5, 50.0)]
+    closed = []
+    for t, calls, latency in rows:
+        body = (
+            '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
+            f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": {calls * 7}, '
+            f'"last_latency_ms": 10, "busy_ms": {latency}}}]}}'
+        ).encode()
+        (sample,) = parse_metrics(body, T0 + t)
+        window = agg.add(sample)
+        if window is not None:
+            closed.append(window)
+    # First sample: reference only; the reset at 3.5 s counts its 3 calls from zero.
+    assert [(w.calls, w.fuel) for w in closed] == [(4, 28), (9, 63)]
+    assert closed[1].signals()["latency"] == pytest.approx(10.0)
+
+
+def test_robust_z_ignores_one_outlier_in_its_baseline() -> None:
+    z = RobustZ("latency")
+    for v in [10.0, 11, 9, 10, 10.5, 9.5, 10, 1000, 10, 10]:
+        z.learn(v, z.score(v) if z.values else None)
+    assert z.score(10).baseline == pytest.approx(10, abs=0.5)
+    assert z.score(30).z > 10
+
+
+def test_hold_down_reports_once_per_incident() -> None:
+    hold = HoldDown(quiet=3)
+    flags = [True, True, False, True, False, False, False, True]
+    assert [hold.step(f) for f in flags] == [True, False, False, False, False, False, False, True]
+
+
+def test_malformed_metrics_are_skipped_with_a_count() -> None:
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    assert core.apply_metrics(1, T0, b"not json") == []
+    assert core.apply_metrics(2, T0, b'{"replicas": [{"agent_id": 3}]}') == []
+    assert core.malformed == 2
+
+
+def test_an_incident_that_turns_out_worse_is_reported_again() -> None:
+    hold = HoldDown(quiet=3)
+    steps = [(True, "stall"), (True, "stall"), (True, "loop"), (True, "latency_spike")]
+    assert [hold.step(f, k) for f, k in steps] == [True, False, True, False]
+
+
+def test_the_package_exports_its_api() -> None:
+    import services.observer as observer
+
+    assert sorted(observer.__all__) == [
+        "DetectorConfig",
+        "Finding",
+        "Observation",
+        "Observatory",
+        "Observer",
+        "ObserverSettings",
+        "Status",
+    ]
+
+
+def test_without_busy_ms_the_last_latency_stands_for_the_calls_since() -> None:
+    agg = WindowAggregator("a", "default", "a", 2.0)
+    closed = []
+    for t, calls, last in [(0.5, 10, 5.0), (1.5, 14, 7.0), (2.5, 20, 9.0)]:
+        body = (
+            '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
+            f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": 0, '
+            f'"last_latency_ms": {last}}}]}}'
+        ).encode()
+        (sample,) = parse_metrics(body, T0 + t)
+        window = agg.add(sample)
+        if window is not None:
+            closed.append(window)
+    assert closed[0].calls == 4
+    assert closed[0].signals()["latency"] == pytest.approx(7.0)
+
+
+def test_log_lines_count_into_their_window() -> None:
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    batch = list(messages(3))  # samples at 1, 2 and 3 s: window [0, 2) closes at 2 s
+    core.apply_metrics(*batch[0])
+    for seq, ms in ((1, 1500), (2, 2500), (3, 2600)):  # one in the open window, two ahead
+        line = (
+            f'{{"time_ms": {(T0 * 1000) + ms}, "agent_id": "agent-1", "namespace": "default", '
+            '"name": "agent-1", "level": "info", "kind": "log", "message": "hi"}'
+        ).encode()
+        core.apply_log(seq, line)
+    core.apply_log(3, line)  # redelivered after a restart: already applied, not counted again
+    core.apply_log(4, b"{}")  # malformed: counted and skipped
+    (first,) = core.apply_metrics(*batch[1])
+    assert first.window.log_lines == 1
+    assert core.agents["agent-1"].aggregator.open is not None
+    assert core.agents["agent-1"].aggregator.open.log_lines == 2
+    assert core.malformed == 1

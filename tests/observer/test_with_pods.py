@@ -1,0 +1,176 @@
+"""Misbehaving agents on a real pod are reported within seconds, with evidence.
+
+A real nats-server, an in-process Hive, scheduler and Observer, and one pod running WAT agents
+in wasmtime. The pod has a single worker thread, as a small pod under load would: a looping
+agent holds it, so its well-behaved neighbour's calls queue and slow down (a latency spike
+the neighbour did not cause, which is what its owner sees). Three agents misbehave in turn:
+
+- `spender` burns ~8M fuel per message once told to (a cost blowup),
+- `looper` enters an infinite loop (a loop: the call runs into its deadline and fails),
+- `victim`, a plain echo agent, waits behind the looper (a latency spike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.config import PodSettings
+from runtime.pod import Pod
+from schemas import names
+from schemas.specs import Limits
+from services.observer import Observer, ObserverSettings
+from swarm.kernel.settings import Settings
+from tests.runtime.agents import ECHO, agent
+from tests.runtime.test_pod import agent as agent_info
+from tests.runtime.test_pod import cluster, deploy, running_on
+from tests.scheduler.stack import Stack
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Echoes; 'C' first burns 2M loop iterations of fuel, 'L' never returns.
+MOODY = agent(
+    """
+  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
+    (local $i i32)
+    (if (i32.eq (i32.load8_u (local.get $ptr)) (i32.const 76))
+      (then (loop $forever (br $forever))))
+    (if (i32.eq (i32.load8_u (local.get $ptr)) (i32.const 67))
+      (then
+        (loop $burn
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $burn (i32.lt_u (local.get $i) (i32.const 2000000))))))
+    (call $reply (local.get $ptr) (local.get $len))
+    (i32.const 0))
+""",
+    imports=("reply",),
+)
+
+
+@contextlib.asynccontextmanager
+async def one_worker_pod(stack: Stack) -> AsyncIterator[Pod]:
+    config = PodSettings(
+        id="p1",
+        cache_dir=stack.root / "p1" / "modules",
+        metrics_interval_s=0.2,
+        workers=1,
+    )
+    pod = Pod(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(pod.run())
+    try:
+        await asyncio.wait_for(pod.live.wait(), 10)
+        yield pod
+    finally:
+        pod.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def observing(stack: Stack) -> AsyncIterator[Observer]:
+    config = ObserverSettings(
+        window_s=1.0, warmup_windows=5, checkpoint_s=0.5, store_behaviour=False
+    )
+    observer = Observer(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(observer.run())
+    try:
+        await asyncio.wait_for(observer.live.wait(), 10)
+        yield observer
+    finally:
+        observer.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def drive(stack: Stack, name: str, body: bytes, stop: asyncio.Event) -> None:
+    """Messages to one agent at ~20/s (errors and timeouts are part of the show)."""
+    subject = names.mesh_agent_subject("default", name)
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            await stack.client.nc.request(subject, body, timeout=2)
+        await asyncio.sleep(0.05)
+
+
+async def anomalies(stack: Stack) -> list[dict[str, Any]]:
+    found = []
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        if d.subject.endswith(".anomaly_detected"):
+            found.append(json.loads(d.data)["data"])
+    return found
+
+
+async def test_loop_cost_blowup_and_latency_spike_are_reported(tmp_path: Path) -> None:
+    async with (
+        cluster(tmp_path) as stack,
+        one_worker_pod(stack),
+        observing(stack) as observer,
+    ):
+        await deploy(stack, "victim", ECHO)
+        await deploy(stack, "spender", MOODY)
+        # Fuel to spare: the loop runs until its 1.5 s deadline.
+        await deploy(stack, "looper", MOODY, limits=Limits(deadline_ms=1500, fuel_per_call=10**12))
+        for name in ("victim", "spender", "looper"):
+            await running_on(stack, name, "p1")
+        ids = {n: (await agent_info(stack, n))["agent_id"] for n in ("victim", "spender", "looper")}
+
+        stop = asyncio.Event()
+        bodies = {"victim": b"hello", "spender": b"hello", "looper": b"hello"}
+        drivers = {n: asyncio.create_task(drive(stack, n, b, stop)) for n, b in bodies.items()}
+        await asyncio.sleep(9)  # warm-up: baselines for every agent
+
+        async def reported(name: str, kind: str, timeout: float) -> dict[str, Any]:
+            """The first finding of `kind` about agent `name` (a loaded machine may have caused
+            others before, e.g. latency spikes on every agent while the test starts up)."""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for a in await anomalies(stack):
+                    if a["agent_id"] == ids[name] and a["kind"] == kind:
+                        return a
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"no {kind} reported for {name}: {await anomalies(stack)}")
+
+        # Cost blowup: same traffic, ~8M fuel per message instead of a few instructions.
+        drivers["spender"].cancel()
+        drivers["spender"] = asyncio.create_task(drive(stack, "spender", b"C", stop))
+        started = time.monotonic()
+        cost = await reported("spender", "cost_blowup", 10)
+        cost_delay = time.monotonic() - started
+
+        # Loop: the looper's next message never returns; the victim queues behind it.
+        started = time.monotonic()
+        with contextlib.suppress(Exception):
+            await stack.client.nc.request(
+                names.mesh_agent_subject("default", "looper"), b"L", timeout=3
+            )
+        loop = await reported("looper", "loop", 10)
+        loop_delay = time.monotonic() - started
+        latency = await reported("victim", "latency_spike", 10)
+        stop.set()
+        for task in drivers.values():
+            task.cancel()
+
+        assert cost["kind"] == "cost_blowup", cost
+        fuel = next(s for s in cost["signals"] if s["signal"] == "fuel")
+        assert fuel["value"] > 100 * fuel["baseline"]
+        assert fuel["score"] >= fuel["threshold"]
+        assert loop["kind"] == "loop", loop
+        assert {"latency", "error_rate"} <= {s["signal"] for s in loop["signals"]}
+        assert latency["kind"] == "latency_spike", latency
+        slow = next(s for s in latency["signals"] if s["signal"] == "latency")
+        assert slow["value"] > 3 * slow["baseline"]
+        assert slow["score"] >= slow["threshold"]
+        for finding in (cost, loop, latency):
+            assert finding["detector"] == "robust-z+hst"
+            assert finding["window_end"] > finding["window_start"]
+            combined = next(s for s in finding["signals"] if s["signal"] == "combined")
+            assert combined["value"] > combined["threshold"]
+        # "Within seconds": the pod reports every 0.2 s and windows are 1 s long.
+        assert cost_delay < 6, cost_delay
+        assert loop_delay < 6, loop_delay
+        assert observer.reports_sent >= 3
