@@ -70,7 +70,8 @@ class Finding:
 
     @property
     def severity(self) -> str:
-        return severity(self.score, self.kind)
+        top_z = max((s.score for s in self.evidence), default=0.0)
+        return severity(self.score, self.kind, top_z, self.evidence_z)
 
     def summary(self) -> str:
         parts = [

@@ -130,8 +130,14 @@ def _intensity_rose(fuel: SignalScore, latency: SignalScore) -> bool:
     return now >= 2 * before
 
 
-def severity(score: float, kind: str) -> str:
-    if kind == "loop" or score >= 0.8:
+#: A signal this many times further from its baseline than evidence needs is critical on its own:
+#: without the trees' vote the combined score tops out at 0.8, and a hundredfold fuel blowup the
+#: trees have not learnt to isolate yet is no less serious for it.
+CRITICAL_Z_FACTOR = 10.0
+
+
+def severity(score: float, kind: str, top_z: float = 0.0, evidence_z: float = 4.0) -> str:
+    if kind == "loop" or score >= 0.8 or top_z >= CRITICAL_Z_FACTOR * evidence_z:
         return "critical"
     return "warning"
 
