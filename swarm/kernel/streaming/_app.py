@@ -1,0 +1,658 @@
+"""StreamApp: faust agents and tables fed by JetStream durable pull consumers.
+
+The life of an app (`run()`, or `async with app:`):
+
+1. Connect; make sure the dead-letter stream and the app's changelog stream exist.
+2. Start the faust app in *channel mode*: its boot strategy starts the producer (the JetStream
+   transport) and the agents, never a Kafka consumer or faust's Kafka-bound table recovery; the
+   tables are started as runtime dependencies of the app, so their window-expiry timers run.
+3. Recover: read the changelog stream to its end into the tables (values, the last sequence
+   applied per key and processor, each processor's committed position). Only then:
+4. Intake: each processor's durable pull consumer is (re)created at its position and fetches
+   batches; a batch travels through the processor's faust channel to its faust agent, which
+   runs the handler on each event in stream order, commits the changelog and acks.
+
+Commit protocol per batch: dead letters are appended first (deduplicated by source sequence),
+then every key the batch changed is written once, together with the processor's position, in
+one JetStream atomic batch; only after its acknowledgement is the intake batch acked (AckPolicy
+ALL on the last message, `max_ack_pending` = batch size so nothing beyond the batch is ever
+out). A crash anywhere leaves either the whole commit or none of it (beyond 1000 changelog
+messages a commit is split into several atomic appends, and the per-key sequences keep the state
+exact), and the unacked batch is delivered again from the durable consumer's ack floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import faust
+import nats.errors
+import structlog
+from faust.app.base import BootStrategy
+from faust.types import Message
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from schemas import REGISTRY, names
+from swarm.kernel.eventlog import Delivery, EventLog, nats_servers
+from swarm.kernel.settings import Settings
+from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
+from swarm.kernel.streaming._transport import Route, Transport, token_key
+
+log = structlog.get_logger(__name__)
+
+#: Dirty keys after which a batch commits early, so one commit fits one atomic append
+#: (nats-server accepts at most 1000 messages per atomic batch; one goes to the position).
+COMMIT_KEYS = 900
+_REASON_MAX = 500
+
+
+class Status(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One event as a handler sees it: the decoded body and where it sits in its stream."""
+
+    seq: int
+    subject: str
+    #: When JetStream stored it; windowed tables place events by this time.
+    timestamp: datetime
+    #: What the processor's `decode` returned (an `Envelope` by default).
+    envelope: Any
+    headers: Mapping[str, str]
+
+
+class Handler(Protocol):
+    def __call__(self, tables: Tables, event: StreamEvent, /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Tumbling:
+    """Fixed, non-overlapping windows of `size` seconds, dropped `expires` seconds after start."""
+
+    size: float
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hopping:
+    """Windows of `size` seconds starting every `step` seconds, dropped after `expires`."""
+
+    size: float
+    step: float
+    expires: float
+
+
+Window = Tumbling | Hopping
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the app did since it started (this process only)."""
+
+    batches: int = 0
+    processed: int = 0
+    #: Redelivered events at or below the committed position: not run again.
+    duplicates: int = 0
+    malformed: int = 0
+    failed: int = 0
+    commits: int = 0
+    recovered_keys: int = 0
+    #: Reasons of the last dead letters (the full record is on the dead-letter stream).
+    dead_letters: list[str] = field(default_factory=list)
+
+
+class Tables(Mapping[str, Any]):
+    """The tables of an app by name, as its handlers get them.
+
+    A plain table is a mutable mapping (`tables["counts"][key] += 1`); a windowed one is
+    faust's window wrapper (`tables["recent"][key] += 1`, `tables["recent"][key].current()`).
+    """
+
+    def __init__(self) -> None:
+        self._views: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._views[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+
+@dataclass(slots=True)
+class _Processor:
+    name: str
+    stream: str
+    subjects: tuple[str, ...]
+    durable: str
+    handler: Handler
+    decode: Callable[[bytes], Any]
+    channel: Any = None
+    #: Highest sequence handled (or committed before a restart); anything at or below is a
+    #: redelivery.
+    high: int = 0
+    committed: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    deliveries: list[Delivery]
+    done: asyncio.Future[None]
+
+
+class _Boot(BootStrategy):  # type: ignore[misc]
+    # Channel mode: the producer (JetStream transport) and the agents, nothing Kafka-bound.
+    enable_kafka_consumer = False
+    enable_web = False
+    enable_sensors = False
+
+    def tables(self) -> list[Any]:
+        # faust's TableManager recovers from Kafka partitions; StreamApp recovers from the
+        # JetStream changelog itself and starts each table on its own.
+        return []
+
+
+class _FaustApp(faust.App):  # type: ignore[misc]
+    BootStrategy = _Boot
+
+    async def on_first_start(self) -> None:
+        # faust creates a data directory in the working directory for its on-disk stores;
+        # tables here live in memory and in the changelog.
+        return None
+
+
+class StreamApp:
+    """A stream-processing app: tables, processors, and a run loop. See the package docs."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        batch: int = 500,
+        ack_wait: float = 30.0,
+        retries: int = 2,
+        fetch_timeout: float = 0.5,
+        window_cleanup: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.changelog_stream = names.changelog_stream(name)
+        if settings.nats_url is None:
+            raise ValueError("StreamApp needs settings.nats_url")
+        if not 1 <= batch <= COMMIT_KEYS:
+            raise ValueError(f"batch must be 1..{COMMIT_KEYS}")
+        self.settings = settings
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.retries = retries
+        self.fetch_timeout = fetch_timeout
+        self.status = Status.NEW
+        self.stats = Stats()
+        self.tables = Tables()
+        #: Set once recovery is complete and intake has started.
+        self.ready = asyncio.Event()
+        self._faust = _FaustApp(
+            name,
+            broker=[f"jetstream://{u.split('://', 1)[-1]}" for u in nats_servers(settings.nats_url)],
+            store="memory://",
+            Table=ChangelogTable,
+            table_cleanup_interval=window_cleanup,
+            web_enabled=False,
+            stream_buffer_maxsize=4,
+        )
+        self._cursor = Cursor()
+        self._faust_tables: dict[str, ChangelogTable] = {}
+        self._topics: dict[str, str] = {}
+        self._processors: dict[str, _Processor] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._log: EventLog | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._txn = 0
+        self._positions_topic = f"{name}-{names.CHANGELOG_POSITIONS}"
+        self._route(self._positions_topic, names.CHANGELOG_POSITIONS)
+
+    @property
+    def _transport(self) -> Transport:
+        transport = self._faust.producer.transport
+        assert isinstance(transport, Transport)
+        return transport
+
+    def _route(self, topic: str, table: str) -> None:
+        route = Route(
+            self.changelog_stream,
+            names.changelog_table_prefix(self.name, table),
+            replicas=self.settings.stream_replicas,
+        )
+        self._transport.add_route(topic, route)
+        self._transport.stream_subjects[self.changelog_stream] = names.changelog_subjects(
+            self.name
+        )
+
+    # -- declaring --------------------------------------------------------------------------------
+
+    def table(
+        self, name: str, *, default: Callable[[], Any] | None = None, window: Window | None = None
+    ) -> Any:
+        """Declare a table (before `run()`); handlers reach it as `tables[name]`.
+
+        Keys and values must be JSON-serializable (keys: str, int, or lists of them). With a
+        window, keys are windowed by the time JetStream stored each event, and windows are
+        dropped `expires` seconds after they start, also after a restart.
+        """
+        if self.status is not Status.NEW:
+            raise RuntimeError("declare tables before the app starts")
+        names.changelog_table_prefix(self.name, name)  # validates the name
+        table = self._faust.Table(name, default=default)
+        assert isinstance(table, ChangelogTable)
+        table.cursor = self._cursor
+        self._faust_tables[name] = table
+        topic = table.changelog_topic.get_topic_name()
+        self._topics[name] = topic
+        self._route(topic, name)
+        view: Any = table
+        if isinstance(window, Tumbling):
+            view = table.tumbling(window.size, expires=window.expires)
+        elif isinstance(window, Hopping):
+            view = table.hopping(window.size, window.step, expires=window.expires)
+        if window is not None:
+            # The changelog topic changes with the window (faust resets it); route it again.
+            topic = table.changelog_topic.get_topic_name()
+            self._topics[name] = topic
+            self._route(topic, name)
+            cursor = self._cursor
+            view = view.relative_to(lambda _event: cursor.timestamp)
+        self.tables._views[name] = view
+        return view
+
+    def processor(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        subjects: Sequence[str] = (),
+        decode: Callable[[bytes], Any] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Run the decorated `handler(tables, event)` on every event of `stream` (filtered by
+        `subjects`), in stream order, through the durable consumer `durable`.
+
+        `decode` turns a message body into `event.envelope` (default: strict decoding with the
+        schema registry); a body it refuses is dead-lettered as malformed. The handler must be
+        a plain function that only changes tables; when it raises, its changes are rolled back
+        and it runs again, up to `retries` more times, then the event is dead-lettered with the
+        error as reason and processing goes on.
+        """
+        if self.status is not Status.NEW:
+            raise RuntimeError("declare processors before the app starts")
+        names.deadletter_subject(self.name, durable)  # validates the name
+
+        def register(handler: Handler) -> Handler:
+            if durable in self._processors:
+                raise ValueError(f"processor {durable!r} is declared twice")
+            proc = _Processor(
+                durable,
+                stream,
+                tuple(subjects),
+                durable,
+                handler,
+                decode or REGISTRY.decode,
+            )
+            proc.channel = self._faust.channel(maxsize=4)
+
+            async def agent(batches: Any) -> None:
+                async for batch in batches:
+                    try:
+                        await self._process(proc, batch)
+                    except BaseException as exc:
+                        if not batch.done.done():
+                            batch.done.set_exception(exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                    else:
+                        batch.done.set_result(None)
+
+            self._faust.agent(proc.channel, name=f"{self.name}.{durable}")(agent)
+            self._processors[durable] = proc
+            return handler
+
+        return register
+
+    # -- reading state ----------------------------------------------------------------------------
+
+    def snapshot(self, table: str) -> dict[Any, Any]:
+        """A copy of a table's contents (windowed tables: keyed by (key, (start, end)))."""
+        return dict(self._faust_tables[table].data)
+
+    def position(self, processor: str) -> int:
+        """The last stream sequence the processor has committed."""
+        return self._processors[processor].committed
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> StreamApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        await self.wait()
+
+    def stop(self) -> None:
+        """Stop after the batch in progress; safe before start and twice."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, then process until `stop()`; raises when a commit cannot be written."""
+        await self.start()
+        await self.wait()
+
+    async def start(self) -> None:
+        """Recover the tables, then start intake; returns once events are being read."""
+        if self.status is not Status.NEW:
+            raise RuntimeError(f"app {self.name} was already started")
+        self.status = Status.STARTING
+        assert self.settings.nats_url is not None
+        try:
+            self._log = await EventLog.connect(
+                self.settings.nats_url, self.settings, name=f"stream-{self.name}", ensure=False
+            )
+            self._transport.attach(self._log)
+            await _ensure_deadletter(self._log, self.settings)
+            await self._faust.start()
+            producer = self._faust.producer
+            await producer.create_topic(self._positions_topic, 1, 1)
+            for table in self._faust_tables.values():
+                await self._faust.add_runtime_dependency(table)
+            await self._recover()
+            self._faust.flow_control.resume()
+            for proc in self._processors.values():
+                consumer = await self._bind(proc)
+                self._tasks.append(asyncio.create_task(self._intake(proc, consumer)))
+        except BaseException:
+            await self._shutdown()
+            raise
+        self.status = Status.RUNNING
+        self.ready.set()
+        log.info("stream app started", app=self.name, recovered_keys=self.stats.recovered_keys)
+
+    async def wait(self) -> None:
+        """Until stopped; re-raises what stopped an intake loop (e.g. a failed commit)."""
+        if self.status is Status.NEW:
+            self.status = Status.STOPPED
+            return
+        error: BaseException | None = None
+        try:
+            stop = asyncio.create_task(self._stop.wait())
+            waiting: set[asyncio.Future[Any]] = {stop, *self._tasks}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and not task.cancelled() and task.exception():
+                    error = task.exception()
+            stop.cancel()
+        finally:
+            await self._shutdown()
+        if error is not None:
+            raise error
+
+    async def _shutdown(self) -> None:
+        self.status = Status.STOPPING
+        self._stop.set()
+        for task in self._tasks:
+            if not task.done():
+                # Intake stops between batches: a batch in the agent finishes and commits.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(task), self.fetch_timeout + 5)
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._faust.stop()
+        if self._log is not None:
+            await self._log.close()
+        self.status = Status.STOPPED
+        log.info("stream app stopped", app=self.name, processed=self.stats.processed)
+
+    # -- recovery ---------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        assert self._log is not None
+        prefix = f"{names.CHANGELOG_PREFIX}.{self.name}."
+        positions: dict[str, int] = {}
+        count = 0
+        async for delivery in self._log.replay(self.changelog_stream, batch=1000):
+            table, _, token = delivery.subject[len(prefix) :].partition(".")
+            raw_key = token_key(token)
+            if table == names.CHANGELOG_POSITIONS:
+                positions[json.loads(raw_key)] = int(json.loads(delivery.data)["seq"])
+            elif table in self._faust_tables:
+                self._faust_tables[table].restore(raw_key, delivery.data)
+                count += 1
+        for proc in self._processors.values():
+            proc.high = proc.committed = positions.get(proc.name, 0)
+        self.stats.recovered_keys = count
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    async def _bind(self, proc: _Processor) -> Any:
+        """The processor's durable consumer, positioned after what is committed.
+
+        It is re-created on every start: pending acks of a previous (dead) incarnation would
+        otherwise be redelivered only after `ack_wait`, and after newer events, out of order.
+        """
+        assert self._log is not None
+        js = self._log.js
+        floor = 0
+        try:
+            info = await js.consumer_info(proc.stream, proc.durable)
+        except NotFoundError:
+            pass
+        else:
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            await js.delete_consumer(proc.stream, proc.durable)
+        start = max(floor, proc.committed) + 1
+        config = ConsumerConfig(
+            durable_name=proc.durable,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            max_ack_pending=self.batch,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            filter_subjects=list(proc.subjects) or None,
+        )
+        await js.add_consumer(proc.stream, config)
+        return await js.pull_subscribe_bind(
+            proc.durable, proc.stream, pending_msgs_limit=self.batch * 4
+        )
+
+    async def _intake(self, proc: _Processor, sub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        app = self._faust
+        while not self._stop.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            if not msgs:
+                continue
+            batch = _Batch([Delivery.of(m) for m in msgs], loop.create_future())
+            message = Message(
+                proc.stream,
+                0,
+                batch.deliveries[-1].stream_seq,
+                time.time(),
+                0,
+                None,
+                None,
+                None,
+                None,
+                generation_id=app.consumer_generation_id,
+            )
+            await proc.channel.put(app.create_event(None, batch, None, message))
+            await batch.done
+
+    # -- processing -------------------------------------------------------------------------------
+
+    async def _process(self, proc: _Processor, batch: _Batch) -> None:
+        async with self._lock:
+            tables = list(self._faust_tables.values())
+            cursor = self._cursor
+            dead: list[_DeadLetter] = []
+            for delivery in batch.deliveries:
+                seq = delivery.stream_seq
+                if seq <= proc.high:
+                    self.stats.duplicates += 1
+                    continue
+                try:
+                    envelope = proc.decode(delivery.data)
+                except Exception as exc:
+                    self.stats.malformed += 1
+                    dead.append(self._dead_letter(proc, delivery, f"malformed: {exc}"))
+                    proc.high = seq
+                    continue
+                event = StreamEvent(
+                    seq, delivery.subject, delivery.timestamp, envelope, delivery.headers
+                )
+                cursor.processor, cursor.seq = proc.name, seq
+                cursor.timestamp = delivery.timestamp.timestamp()
+                error = self._handle(proc, tables, event)
+                cursor.processor = None
+                proc.high = seq
+                if error is None:
+                    self.stats.processed += 1
+                else:
+                    self.stats.failed += 1
+                    reason = f"handler failed {self.retries + 1} times: {error!r}"
+                    dead.append(self._dead_letter(proc, delivery, reason))
+                if sum(len(t.dirty) for t in tables) >= COMMIT_KEYS:
+                    await self._commit(proc, tables, dead)
+            await self._commit(proc, tables, dead)
+            # AckPolicy.ALL: acking the last message acks the batch.
+            await batch.deliveries[-1].ack()
+            self.stats.batches += 1
+
+    def _handle(
+        self, proc: _Processor, tables: list[ChangelogTable], event: StreamEvent
+    ) -> Exception | None:
+        error: Exception | None = None
+        for _ in range(self.retries + 1):
+            for table in tables:
+                table.begin()
+            try:
+                proc.handler(self.tables, event)
+            except Exception as exc:
+                for table in tables:
+                    table.rollback()
+                error = exc
+                continue
+            for table in tables:
+                table.end()
+            return None
+        log.warning("handler failed", app=self.name, processor=proc.name, seq=event.seq,
+                    error=repr(error))
+        return error
+
+    def _dead_letter(self, proc: _Processor, delivery: Delivery, reason: str) -> _DeadLetter:
+        reason = " ".join(reason.split())[:_REASON_MAX]
+        log.warning("event dead-lettered", app=self.name, processor=proc.name,
+                    seq=delivery.stream_seq, reason=reason)
+        self.stats.dead_letters = [*self.stats.dead_letters[-99:], reason]
+        return _DeadLetter(
+            names.deadletter_subject(self.name, proc.name),
+            delivery.data,
+            {
+                # The source position makes a repeat after a crash a duplicate JetStream drops.
+                names.HEADER_MSG_ID: f"{self.name}.{proc.name}.{proc.stream}.{delivery.stream_seq}",
+                names.HEADER_DEADLETTER_REASON: reason,
+                names.HEADER_DEADLETTER_STREAM: proc.stream,
+                names.HEADER_DEADLETTER_SEQ: str(delivery.stream_seq),
+                names.HEADER_DEADLETTER_SUBJECT: delivery.subject,
+            },
+        )
+
+    async def _commit(
+        self, proc: _Processor, tables: list[ChangelogTable], dead: list[_DeadLetter]
+    ) -> None:
+        assert self._log is not None
+        for letter in dead:
+            # Before the position moves past them, so a crash cannot lose a dead letter.
+            await self._log.js.publish(
+                letter.subject, letter.body, timeout=self._log.timeout, headers=letter.headers
+            )
+        dead.clear()
+        if proc.high == proc.committed and not any(t.dirty for t in tables):
+            return
+        producer = self._faust.producer
+        self._txn += 1
+        tid = f"{self.name}-{proc.name}-{self._txn}"
+        await producer.begin_transaction(tid)
+        for table in tables:
+            if not table.dirty:
+                continue
+            topic = self._topics[table.name]
+            for key, value in table.pending():
+                await producer.send(topic, key, value, 0, None, None, transactional_id=tid)
+        position = json.dumps({"seq": proc.high}).encode()
+        await producer.send(
+            self._positions_topic,
+            encode_key(proc.name),
+            position,
+            0,
+            None,
+            None,
+            transactional_id=tid,
+        )
+        await producer.commit_transaction(tid)
+        proc.committed = proc.high
+        self.stats.commits += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadLetter:
+    """A dead letter: the original bytes, with why and where in headers."""
+
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+
+
+async def _ensure_deadletter(log: EventLog, settings: Settings) -> None:
+    config = StreamConfig(
+        name=names.STREAM_DEADLETTER,
+        description="Events stream-processing apps could not process, with the reason.",
+        subjects=[names.DEADLETTER_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window,
+    )
+    try:
+        await log.js.stream_info(names.STREAM_DEADLETTER)
+    except NotFoundError:
+        await log.js.add_stream(config)

@@ -1,0 +1,159 @@
+"""The faust table class stream apps use: changelog writes coalesced per batch, exactly-once.
+
+faust's own `Table` sends one changelog message per assignment, from inside `__setitem__`,
+through the producer buffer. Here an assignment only marks the key dirty (with the stream
+sequence of the event that wrote it); the app writes each dirty key once per batch, in one
+atomic JetStream append together with the processor's position (see `app.py`). Every key also
+remembers, per processor, the last sequence applied to it, recovered from the changelog: a
+redelivered event whose sequence is not above it leaves the key alone, so state is exactly-once
+even when a crash left only part of a commit written.
+
+Writes also go to an undo journal while a handler runs, so a handler that raises leaves the
+tables as they were before that event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from faust.tables.table import Table
+
+__all__ = ["ChangelogTable", "Cursor", "decode_key", "encode_key"]
+
+_MISSING: Any = object()
+
+
+@dataclass(slots=True)
+class Cursor:
+    """The event being processed, shared by an app's tables (processing is serialized)."""
+
+    processor: str | None = None
+    seq: int = 0
+    timestamp: float = 0.0
+
+
+def encode_key(key: Any) -> bytes:
+    return json.dumps(key, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _tuples(value: Any) -> Any:
+    # JSON turns the (key, (start, end)) keys of windowed tables into lists; tables need them
+    # hashable again.
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def decode_key(raw: bytes) -> Any:
+    return _tuples(json.loads(raw))
+
+
+class ChangelogTable(Table):  # type: ignore[misc]
+    """A faust `Table` whose changelog is written by its app, once per key and batch."""
+
+    def __post_init__(self) -> None:
+        self.cursor = Cursor()
+        #: key -> {processor: last sequence applied to the key}, as committed.
+        self.applied: dict[Any, dict[str, int]] = {}
+        #: key -> (processor, sequence) of the last uncommitted write.
+        self.dirty: dict[Any, tuple[str, int]] = {}
+        self._journal: dict[Any, tuple[Any, Any]] | None = None
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _seen(self, key: Any) -> bool:
+        cursor = self.cursor
+        if cursor.processor is None:
+            raise RuntimeError(f"table {self.name!r} changes only inside a processor's handler")
+        applied = self.applied.get(key)
+        return applied is not None and applied.get(cursor.processor, 0) >= cursor.seq
+
+    def _remember(self, key: Any) -> None:
+        journal = self._journal
+        if journal is not None and key not in journal:
+            journal[key] = (self.data.get(key, _MISSING), self.dirty.get(key, _MISSING))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self._seen(key):
+            return
+        self._remember(key)
+        self.data[key] = value
+        self.dirty[key] = (self.cursor.processor, self.cursor.seq)
+        if self.window is not None:
+            self._maybe_set_key_ttl(key, 0)
+
+    def __delitem__(self, key: Any) -> None:
+        if self._seen(key):
+            return
+        self._remember(key)
+        del self.data[key]
+        self.dirty[key] = (self.cursor.processor, self.cursor.seq)
+        if self.window is not None:
+            self._maybe_del_key_ttl(key, 0)
+
+    def on_key_get(self, key: Any) -> None:
+        # faust reports every read to its sensors; nothing here reads those numbers.
+        return None
+
+    async def _del_old_keys(self) -> None:
+        await super()._del_old_keys()
+        # faust drops expired windows from the data only; their applied sequences go too.
+        data, dirty = self.data, self.dirty
+        for key in [k for k in self.applied if k not in data and k not in dirty]:
+            del self.applied[key]
+
+    def on_clear(self) -> None:
+        for key in list(self.data):
+            del self[key]
+
+    # -- the handler's undo journal --------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._journal = {}
+
+    def end(self) -> None:
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Put back every key the running handler changed, as it was before."""
+        journal, self._journal = self._journal or {}, None
+        for key, (value, dirty) in journal.items():
+            if value is _MISSING:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+            if dirty is _MISSING:
+                self.dirty.pop(key, None)
+            else:
+                self.dirty[key] = dirty
+
+    # -- commit and recovery ---------------------------------------------------------------------
+
+    def pending(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) changelog messages for every dirty key; marks them committed."""
+        for key, (processor, seq) in self.dirty.items():
+            applied = self.applied.setdefault(key, {})
+            applied[processor] = seq
+            value = self.data.get(key, _MISSING)
+            body: dict[str, Any] = {"applied": applied}
+            if value is _MISSING:
+                body["deleted"] = True
+            else:
+                body["value"] = value
+            yield encode_key(key), json.dumps(body, separators=(",", ":")).encode()
+        self.dirty.clear()
+
+    def restore(self, raw_key: bytes, raw_value: bytes) -> None:
+        """Apply one changelog message read during recovery (no changelog write)."""
+        key = decode_key(raw_key)
+        body = json.loads(raw_value)
+        self.applied[key] = {str(k): int(v) for k, v in body.get("applied", {}).items()}
+        if body.get("deleted"):
+            self.data.pop(key, None)
+            return
+        self.data[key] = body["value"]
+        if self.window is not None:
+            self._maybe_set_key_ttl(key, 0)

@@ -1,0 +1,296 @@
+"""A faust transport whose producer writes table changelogs to JetStream.
+
+faust-streaming ships only Kafka transports; this one is registered under the `jetstream` URL
+scheme through the `faust.transports` entry point (see pyproject.toml), so an app configured
+with `broker="jetstream://host:port"` gets it. Only the producer side is real: intake comes from
+JetStream durable pull consumers feeding app channels (`swarm.kernel.streaming.app`), so the
+Kafka-style consumer is never started and refuses to be used.
+
+Changelog topics map to subjects: each faust topic name is routed (`Transport.route`) to a
+JetStream stream and a subject prefix, and each message key becomes one more subject token, so a
+stream with `max_msgs_per_subject=1` keeps exactly the last value per key, like a compacted Kafka
+topic. A faust *transaction* maps to JetStream atomic batches: `begin_transaction`, `send` with
+the transactional id, then `commit_transaction` appends everything sent, all or nothing (split
+into several atomic batches only beyond nats-server's limit of 1000 messages per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from faust.transport import base
+from faust.transport.consumer import Consumer as _FaustConsumer
+from faust.transport.producer import Producer as _FaustProducer
+from faust.types import TP
+from faust.types.tuples import RecordMetadata
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from swarm.kernel.eventlog import MAX_ATOMIC_BATCH, AppendRequest, EventLog
+
+__all__ = ["Route", "Transport", "key_token", "token_key"]
+
+
+def key_token(key: bytes) -> str:
+    """A serialized key as one NATS subject token (URL-safe base64, no padding): reversible."""
+    return base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def token_key(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one faust topic's messages go: a stream, and a subject prefix the key extends."""
+
+    stream: str
+    prefix: str
+    #: Seconds a message is kept (windowed tables: their expiry); 0 keeps it forever.
+    max_age: float = 0
+    replicas: int = 1
+
+    def subject(self, key: bytes | None) -> str:
+        if not key:
+            raise ValueError(f"a changelog message for {self.prefix} needs a key")
+        return f"{self.prefix}.{key_token(key)}"
+
+
+@dataclass(slots=True)
+class _Transaction:
+    requests: list[AppendRequest] = field(default_factory=list)
+    futures: list[tuple[asyncio.Future[RecordMetadata], str, int]] = field(default_factory=list)
+
+
+class Producer(_FaustProducer):
+    """Writes faust topic messages to JetStream, each key on its own subject."""
+
+    transport: Transport
+
+    def __post_init__(self) -> None:
+        self._transactions: dict[str, _Transaction] = {}
+        self._declared: set[str] = set()
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.transport.eventlog()
+
+    async def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        replication: int,
+        *,
+        config: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+        retention: float | None = None,
+        compacting: bool | None = None,
+        deleting: bool | None = None,
+        ensure_created: bool = False,
+    ) -> None:
+        """Create the stream a topic is routed to (one message per subject), if missing."""
+        route = self.transport.route(topic)
+        if route.stream in self._declared:
+            return
+        log = await self.transport.eventlog()
+        max_age = route.max_age or float(retention or 0)
+        config_ = StreamConfig(
+            name=route.stream,
+            description="Table changelog of a stream-processing app: the last value per key.",
+            subjects=[self.transport.stream_subjects.get(route.stream, f"{route.prefix}.>")],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,
+            max_age=max_age or None,
+            num_replicas=route.replicas,
+            allow_direct=True,
+            allow_atomic=True,
+        )
+        try:
+            await log.js.stream_info(route.stream)
+        except NotFoundError:
+            await log.js.add_stream(config_)
+        else:
+            await log.js.update_stream(config_)
+        self._declared.add(route.stream)
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        route = self.transport.route(topic)
+        request = AppendRequest(route.subject(key), value or b"", msg_id="")
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        if transactional_id is not None:
+            txn = self._transactions.get(transactional_id)
+            if txn is None:
+                raise RuntimeError(f"transaction {transactional_id} was not begun")
+            txn.requests.append(request)
+            txn.futures.append((future, topic, partition or 0))
+            return future
+        log = await self.transport.eventlog()
+        ack = await log.js.publish(request.subject, request.body, timeout=log.timeout)
+        future.set_result(_metadata(topic, partition or 0, int(ack.seq), timestamp))
+        return future
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> RecordMetadata:
+        fut = await self.send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+        )
+        return await fut
+
+    async def begin_transaction(self, transactional_id: str) -> None:
+        if transactional_id in self._transactions:
+            raise RuntimeError(f"transaction {transactional_id} is already open")
+        self._transactions[transactional_id] = _Transaction()
+
+    async def maybe_begin_transaction(self, transactional_id: str) -> None:
+        if transactional_id not in self._transactions:
+            self._transactions[transactional_id] = _Transaction()
+
+    async def commit_transaction(self, transactional_id: str) -> None:
+        """Append what the transaction sent, all or nothing per atomic batch of <= 1000."""
+        txn = self._transactions.pop(transactional_id)
+        if not txn.requests:
+            return
+        log = await self.transport.eventlog()
+        try:
+            appended = []
+            for start in range(0, len(txn.requests), MAX_ATOMIC_BATCH):
+                chunk = txn.requests[start : start + MAX_ATOMIC_BATCH]
+                appended.extend(await _append_atomic(log, chunk))
+        except BaseException as exc:
+            for future, _, _ in txn.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for (future, topic, partition), done in zip(txn.futures, appended, strict=True):
+            future.set_result(_metadata(topic, partition, done, None))
+
+    async def abort_transaction(self, transactional_id: str) -> None:
+        txn = self._transactions.pop(transactional_id, None)
+        for future, _, _ in txn.futures if txn else ():
+            future.cancel()
+
+    async def stop_transaction(self, transactional_id: str) -> None:
+        await self.abort_transaction(transactional_id)
+
+    async def flush(self) -> None:
+        await self.buffer.flush()
+
+    def key_partition(self, topic: str, key: bytes) -> TP:
+        return TP(topic, 0)
+
+    def supports_headers(self) -> bool:
+        return True
+
+
+async def _append_atomic(log: EventLog, requests: list[AppendRequest]) -> list[int]:
+    # Changelog messages carry no Nats-Msg-Id: re-writing a key's value after a crash must land
+    # (the latest write wins), not be dropped as a duplicate of an older write.
+    return [a.seq for a in await log.append_atomic(requests)]
+
+
+def _metadata(topic: str, partition: int, offset: int, timestamp: float | None) -> RecordMetadata:
+    tp = TP(topic, partition)
+    return RecordMetadata(
+        topic=topic,
+        partition=partition,
+        topic_partition=tp,
+        offset=offset,
+        timestamp=timestamp,
+        timestamp_type=0,
+    )
+
+
+class Consumer(_FaustConsumer):
+    """Never started: intake comes from JetStream durable consumers feeding channels."""
+
+    def assignment(self) -> set[TP]:
+        return set()
+
+    def topic_partitions(self, topic: str) -> int | None:
+        return None
+
+    def _new_topicpartition(self, topic: str, partition: int) -> TP:
+        return TP(topic, partition)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            "the jetstream transport has no Kafka-style consumer; feed app channels instead"
+        )
+
+    _commit = _getmany = _seek = seek_to_committed = _refuse
+    _to_message = _new_consumer_thread = _refuse
+    subscribe = position = seek_to_beginning = seek_wait = seek = _refuse
+    highwater = earliest_offsets = highwaters = getmany = create_topic = _refuse
+    key_partition = _refuse
+
+    def close(self) -> None:
+        return None
+
+
+class Transport(base.Transport):
+    """The `jetstream://` faust transport: a JetStream producer, no consumer."""
+
+    Consumer: ClassVar[type[_FaustConsumer]] = Consumer  # type: ignore[misc]
+    Producer: ClassVar[type[_FaustProducer]] = Producer  # type: ignore[misc]
+    driver_version = "swarm-jetstream-1"
+
+    def __init__(self, url: Any, app: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(url, app, loop=loop)
+        self._routes: dict[str, Route] = {}
+        #: Subjects to create a routed stream with, when several routes share one stream.
+        self.stream_subjects: dict[str, str] = {}
+        self._log: EventLog | None = None
+        self._owns_log = False
+
+    def attach(self, log: EventLog) -> None:
+        """Use an already connected event log instead of connecting from the broker URL."""
+        self._log = log
+
+    def add_route(self, topic: str, route: Route) -> None:
+        self._routes[topic] = route
+
+    def route(self, topic: str) -> Route:
+        try:
+            return self._routes[topic]
+        except KeyError:
+            raise LookupError(
+                f"faust topic {topic!r} has no JetStream route; only table changelogs "
+                "declared through swarm.kernel.streaming.StreamApp are written"
+            ) from None
+
+    async def eventlog(self) -> EventLog:
+        if self._log is None:
+            servers = ",".join(f"nats://{u.host}:{u.port or 4222}" for u in self.url)
+            self._log = await EventLog.connect(servers, name=f"faust-{self.app.conf.id}")
+            self._owns_log = True
+        return self._log
+
+    async def close(self) -> None:
+        if self._log is not None and self._owns_log:
+            await self._log.close()
+        self._log = None
