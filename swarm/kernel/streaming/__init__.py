@@ -24,6 +24,7 @@ See README.md next to this file for the details and the measured cost.
 
 from swarm.kernel.streaming._app import (
     COMMIT_KEYS,
+    MAX_BATCH,
     Handler,
     Hopping,
     Stats,
@@ -37,6 +38,7 @@ from swarm.kernel.streaming._app import (
 
 __all__ = [
     "COMMIT_KEYS",
+    "MAX_BATCH",
     "Handler",
     "Hopping",
     "Stats",

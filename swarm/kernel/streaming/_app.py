@@ -28,7 +28,7 @@ import contextlib
 import enum
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -57,9 +57,11 @@ from swarm.kernel.streaming._transport import Route, Transport, token_key
 
 log = structlog.get_logger(__name__)
 
-#: Dirty keys after which a batch commits early, so one commit fits one atomic append
-#: (nats-server accepts at most 1000 messages per atomic batch; one goes to the position).
-COMMIT_KEYS = 900
+#: Dirty keys after which a batch commits early (handlers that write many keys per event), so a
+#: commit stays within the event log's bound on outstanding appends.
+COMMIT_KEYS = 2000
+#: Largest intake batch (it is also the consumer's `max_ack_pending`).
+MAX_BATCH = 1000
 _REASON_MAX = 500
 
 
@@ -165,7 +167,7 @@ class _Batch:
     done: asyncio.Future[None]
 
 
-class _Boot(BootStrategy):  # type: ignore[misc]
+class _Boot(BootStrategy):
     # Channel mode: the producer (JetStream transport) and the agents, nothing Kafka-bound.
     enable_kafka_consumer = False
     enable_web = False
@@ -177,7 +179,7 @@ class _Boot(BootStrategy):  # type: ignore[misc]
         return []
 
 
-class _FaustApp(faust.App):  # type: ignore[misc]
+class _FaustApp(faust.App):
     BootStrategy = _Boot
 
     async def on_first_start(self) -> None:
@@ -204,8 +206,8 @@ class StreamApp:
         self.changelog_stream = names.changelog_stream(name)
         if settings.nats_url is None:
             raise ValueError("StreamApp needs settings.nats_url")
-        if not 1 <= batch <= COMMIT_KEYS:
-            raise ValueError(f"batch must be 1..{COMMIT_KEYS}")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH}")
         self.settings = settings
         self.batch = batch
         self.ack_wait = ack_wait
@@ -216,9 +218,10 @@ class StreamApp:
         self.tables = Tables()
         #: Set once recovery is complete and intake has started.
         self.ready = asyncio.Event()
+        servers = nats_servers(settings.nats_url)
         self._faust = _FaustApp(
             name,
-            broker=[f"jetstream://{u.split('://', 1)[-1]}" for u in nats_servers(settings.nats_url)],
+            broker=[f"jetstream://{u.split('://', 1)[-1]}" for u in servers],
             store="memory://",
             Table=ChangelogTable,
             table_cleanup_interval=window_cleanup,
@@ -230,6 +233,7 @@ class StreamApp:
         self._topics: dict[str, str] = {}
         self._processors: dict[str, _Processor] = {}
         self._lock = asyncio.Lock()
+        self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
         self._log: EventLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,9 +254,7 @@ class StreamApp:
             replicas=self.settings.stream_replicas,
         )
         self._transport.add_route(topic, route)
-        self._transport.stream_subjects[self.changelog_stream] = names.changelog_subjects(
-            self.name
-        )
+        self._transport.stream_subjects[self.changelog_stream] = names.changelog_subjects(self.name)
 
     # -- declaring --------------------------------------------------------------------------------
 
@@ -351,6 +353,12 @@ class StreamApp:
     def position(self, processor: str) -> int:
         """The last stream sequence the processor has committed."""
         return self._processors[processor].committed
+
+    async def reached(self, processor: str, seq: int, timeout: float | None = None) -> None:
+        """Wait until `processor` has committed stream sequence `seq` (or beyond)."""
+        proc = self._processors[processor]
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: proc.committed >= seq), timeout)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -573,14 +581,20 @@ class StreamApp:
             for table in tables:
                 table.end()
             return None
-        log.warning("handler failed", app=self.name, processor=proc.name, seq=event.seq,
-                    error=repr(error))
+        log.warning(
+            "handler failed", app=self.name, processor=proc.name, seq=event.seq, error=repr(error)
+        )
         return error
 
     def _dead_letter(self, proc: _Processor, delivery: Delivery, reason: str) -> _DeadLetter:
         reason = " ".join(reason.split())[:_REASON_MAX]
-        log.warning("event dead-lettered", app=self.name, processor=proc.name,
-                    seq=delivery.stream_seq, reason=reason)
+        log.warning(
+            "event dead-lettered",
+            app=self.name,
+            processor=proc.name,
+            seq=delivery.stream_seq,
+            reason=reason,
+        )
         self.stats.dead_letters = [*self.stats.dead_letters[-99:], reason]
         return _DeadLetter(
             names.deadletter_subject(self.name, proc.name),
@@ -595,6 +609,20 @@ class StreamApp:
             },
         )
 
+    async def _send(self, messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+        """Send changelog messages through faust's producer as one pipelined transaction."""
+        producer = self._faust.producer
+        self._txn += 1
+        tid = f"{self.name}-{self._txn}"
+        await producer.begin_transaction(tid)
+        try:
+            for topic, key, value in messages:
+                await producer.send(topic, key, value, 0, None, None, transactional_id=tid)
+        except BaseException:
+            await producer.abort_transaction(tid)
+            raise
+        await producer.commit_transaction(tid)
+
     async def _commit(
         self, proc: _Processor, tables: list[ChangelogTable], dead: list[_DeadLetter]
     ) -> None:
@@ -607,29 +635,21 @@ class StreamApp:
         dead.clear()
         if proc.high == proc.committed and not any(t.dirty for t in tables):
             return
-        producer = self._faust.producer
-        self._txn += 1
-        tid = f"{self.name}-{proc.name}-{self._txn}"
-        await producer.begin_transaction(tid)
-        for table in tables:
-            if not table.dirty:
-                continue
-            topic = self._topics[table.name]
-            for key, value in table.pending():
-                await producer.send(topic, key, value, 0, None, None, transactional_id=tid)
-        position = json.dumps({"seq": proc.high}).encode()
-        await producer.send(
-            self._positions_topic,
-            encode_key(proc.name),
-            position,
-            0,
-            None,
-            None,
-            transactional_id=tid,
+        # Keys first, then (once every key is acknowledged) the position: a position on the
+        # log means everything up to it is in the tables' changelog. A crash in between leaves
+        # keys ahead of the position; their applied sequences keep a replay from counting twice.
+        await self._send(
+            (self._topics[t.name], key, value)
+            for t in tables
+            if t.dirty
+            for key, value in t.pending()
         )
-        await producer.commit_transaction(tid)
+        position = json.dumps({"seq": proc.high}).encode()
+        await self._send([(self._positions_topic, encode_key(proc.name), position)])
         proc.committed = proc.high
         self.stats.commits += 1
+        async with self._progress:
+            self._progress.notify_all()
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def decode_key(raw: bytes) -> Any:
     return _tuples(json.loads(raw))
 
 
-class ChangelogTable(Table):  # type: ignore[misc]
+class ChangelogTable(Table[Any, Any]):
     """A faust `Table` whose changelog is written by its app, once per key and batch."""
 
     def __post_init__(self) -> None:
@@ -64,12 +64,16 @@ class ChangelogTable(Table):  # type: ignore[misc]
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def _seen(self, key: Any) -> bool:
+    def _writer(self, key: Any) -> tuple[str, int] | None:
+        """(processor, sequence) of the running event, or None when `key` has seen it."""
         cursor = self.cursor
-        if cursor.processor is None:
+        processor = cursor.processor
+        if processor is None:
             raise RuntimeError(f"table {self.name!r} changes only inside a processor's handler")
         applied = self.applied.get(key)
-        return applied is not None and applied.get(cursor.processor, 0) >= cursor.seq
+        if applied is not None and applied.get(processor, 0) >= cursor.seq:
+            return None
+        return processor, cursor.seq
 
     def _remember(self, key: Any) -> None:
         journal = self._journal
@@ -77,20 +81,22 @@ class ChangelogTable(Table):  # type: ignore[misc]
             journal[key] = (self.data.get(key, _MISSING), self.dirty.get(key, _MISSING))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if self._seen(key):
+        writer = self._writer(key)
+        if writer is None:
             return
         self._remember(key)
         self.data[key] = value
-        self.dirty[key] = (self.cursor.processor, self.cursor.seq)
+        self.dirty[key] = writer
         if self.window is not None:
             self._maybe_set_key_ttl(key, 0)
 
     def __delitem__(self, key: Any) -> None:
-        if self._seen(key):
+        writer = self._writer(key)
+        if writer is None:
             return
         self._remember(key)
         del self.data[key]
-        self.dirty[key] = (self.cursor.processor, self.cursor.seq)
+        self.dirty[key] = writer
         if self.window is not None:
             self._maybe_del_key_ttl(key, 0)
 
