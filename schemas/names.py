@@ -203,9 +203,10 @@ HEADER_AGENT_ERROR: Final = "Swarm-Error"
 
 # --- Stream processing (swarm.kernel.streaming) --------------------------------------------------
 
-#: Table changelogs of stream-processing apps (faust tables), one stream per app; one message per
-#: table key (`max_msgs_per_subject=1`, like a compacted Kafka topic), replayed into the tables
-#: when the app starts.
+#: Table changelogs of stream-processing apps (faust tables): one stream per app for its plain
+#: tables and positions, one per windowed table (kept only as long as its windows); one message
+#: per table key (`max_msgs_per_subject=1`, like a compacted Kafka topic), replayed into the
+#: tables when the app starts.
 CHANGELOG_STREAM_PREFIX: Final = "SWARM_CHANGELOG_"
 CHANGELOG_PREFIX: Final = "swarm.changelog"
 #: Table names are subject tokens; this one holds each processor's last committed position.
@@ -229,14 +230,13 @@ def _check_app(kind: str, value: str) -> str:
     return value
 
 
-def changelog_stream(app: str) -> str:
-    """The changelog stream of one stream-processing app, e.g. `SWARM_CHANGELOG_OBSERVER`."""
-    return f"{CHANGELOG_STREAM_PREFIX}{_check_app('app', app).upper()}"
-
-
-def changelog_subjects(app: str) -> str:
-    """Every changelog subject of one app (the subjects of its changelog stream)."""
-    return f"{CHANGELOG_PREFIX}.{_check_app('app', app)}.>"
+def changelog_stream(app: str, windowed_table: str | None = None) -> str:
+    """The changelog stream of an app (`SWARM_CHANGELOG_OBSERVER`), or of one of its windowed
+    tables (`SWARM_CHANGELOG_OBSERVER-RECENT`)."""
+    stream = f"{CHANGELOG_STREAM_PREFIX}{_check_app('app', app).upper()}"
+    if windowed_table is None:
+        return stream
+    return f"{stream}-{_check_app('table', windowed_table).upper()}"
 
 
 def changelog_table_prefix(app: str, table: str) -> str:

@@ -299,6 +299,12 @@ async def test_windows_are_recovered_and_then_expire(
         windows = first.snapshot("recent")
     assert sorted(v for v in windows.values()) in ([1, 2], [1, 1, 2], [1, 1, 1, 2], [1, 2, 2])
     assert {key for key, _ in windows} == {"x", "y"}
+    # Windows live in a changelog stream of their own, dropped with them; the app's other
+    # changelog (positions, plain tables) is kept forever.
+    windowed = await js.stream_info(names.changelog_stream(name, "recent"))
+    assert windowed.config.max_age == 16
+    assert windowed.state.messages == len(windows)
+    assert not (await js.stream_info(names.changelog_stream(name))).config.max_age
 
     second = build()
     async with second:

@@ -13,12 +13,12 @@ The life of an app (`run()`, or `async with app:`):
    runs the handler on each event in stream order, commits the changelog and acks.
 
 Commit protocol per batch: dead letters are appended first (deduplicated by source sequence),
-then every key the batch changed is written once, together with the processor's position, in
-one JetStream atomic batch; only after its acknowledgement is the intake batch acked (AckPolicy
-ALL on the last message, `max_ack_pending` = batch size so nothing beyond the batch is ever
-out). A crash anywhere leaves either the whole commit or none of it (beyond 1000 changelog
-messages a commit is split into several atomic appends, and the per-key sequences keep the state
-exact), and the unacked batch is delivered again from the durable consumer's ack floor.
+then every key the batch changed is written once (pipelined, all acknowledgements awaited), then
+the processor's position; only after that is the intake batch acked (AckPolicy ALL on its last
+message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). A crash before
+the position is written leaves keys ahead of it: their per-key applied sequences make the
+replayed events skip them. The unacked batch is delivered again from the durable consumer, which
+is re-created at start just past the committed position (or its ack floor, if further).
 """
 
 from __future__ import annotations
@@ -247,14 +247,15 @@ class StreamApp:
         assert isinstance(transport, Transport)
         return transport
 
-    def _route(self, topic: str, table: str) -> None:
+    def _route(self, topic: str, table: str, window: Window | None = None) -> None:
+        # A windowed table gets a stream of its own, kept only as long as its windows live.
         route = Route(
-            self.changelog_stream,
+            names.changelog_stream(self.name, table if window else None),
             names.changelog_table_prefix(self.name, table),
+            max_age=window.expires * 2 if window else 0,
             replicas=self.settings.stream_replicas,
         )
         self._transport.add_route(topic, route)
-        self._transport.stream_subjects[self.changelog_stream] = names.changelog_subjects(self.name)
 
     # -- declaring --------------------------------------------------------------------------------
 
@@ -274,21 +275,17 @@ class StreamApp:
         assert isinstance(table, ChangelogTable)
         table.cursor = self._cursor
         self._faust_tables[name] = table
-        topic = table.changelog_topic.get_topic_name()
-        self._topics[name] = topic
-        self._route(topic, name)
         view: Any = table
         if isinstance(window, Tumbling):
             view = table.tumbling(window.size, expires=window.expires)
         elif isinstance(window, Hopping):
             view = table.hopping(window.size, window.step, expires=window.expires)
         if window is not None:
-            # The changelog topic changes with the window (faust resets it); route it again.
-            topic = table.changelog_topic.get_topic_name()
-            self._topics[name] = topic
-            self._route(topic, name)
             cursor = self._cursor
             view = view.relative_to(lambda _event: cursor.timestamp)
+        topic = table.changelog_topic.get_topic_name()
+        self._topics[name] = topic
+        self._route(topic, name, window)
         self.tables._views[name] = view
         return view
 
@@ -452,14 +449,15 @@ class StreamApp:
         prefix = f"{names.CHANGELOG_PREFIX}.{self.name}."
         positions: dict[str, int] = {}
         count = 0
-        async for delivery in self._log.replay(self.changelog_stream, batch=1000):
-            table, _, token = delivery.subject[len(prefix) :].partition(".")
-            raw_key = token_key(token)
-            if table == names.CHANGELOG_POSITIONS:
-                positions[json.loads(raw_key)] = int(json.loads(delivery.data)["seq"])
-            elif table in self._faust_tables:
-                self._faust_tables[table].restore(raw_key, delivery.data)
-                count += 1
+        for stream in self._transport.streams:
+            async for delivery in self._log.replay(stream, batch=1000):
+                table, _, token = delivery.subject[len(prefix) :].partition(".")
+                raw_key = token_key(token)
+                if table == names.CHANGELOG_POSITIONS:
+                    positions[json.loads(raw_key)] = int(json.loads(delivery.data)["seq"])
+                elif table in self._faust_tables:
+                    self._faust_tables[table].restore(raw_key, delivery.data)
+                    count += 1
         for proc in self._processors.values():
             proc.high = proc.committed = positions.get(proc.name, 0)
         self.stats.recovered_keys = count

@@ -27,7 +27,7 @@ from faust.transport.consumer import Consumer as _FaustConsumer
 from faust.transport.producer import Producer as _FaustProducer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
-from mode import Seconds, want_seconds
+from mode import Seconds
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -98,16 +98,18 @@ class Producer(_FaustProducer):
         if route.stream in self._declared:
             return
         log = await self.transport.eventlog()
-        max_age = route.max_age or (want_seconds(retention) if retention else 0.0)
+        # faust asks windowed changelogs to be kept for the window's expiry; that is honoured
+        # through the route, which gives each windowed table a stream of its own, since one
+        # max_age on a shared stream would also drop the other tables' keys.
         config_ = StreamConfig(
             name=route.stream,
             description="Table changelog of a stream-processing app: the last value per key.",
-            subjects=[self.transport.stream_subjects.get(route.stream, f"{route.prefix}.>")],
+            subjects=self.transport.stream_subjects[route.stream],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=1,
-            max_age=max_age or None,
+            max_age=route.max_age or None,
             num_replicas=route.replicas,
             allow_direct=True,
             allow_atomic=True,
@@ -263,7 +265,7 @@ class Transport(base.Transport):
         super().__init__(url, app, loop=loop)
         self._routes: dict[str, Route] = {}
         #: Subjects to create a routed stream with, when several routes share one stream.
-        self.stream_subjects: dict[str, str] = {}
+        self.stream_subjects: dict[str, list[str]] = {}
         self._log: EventLog | None = None
         self._owns_log = False
 
@@ -273,6 +275,14 @@ class Transport(base.Transport):
 
     def add_route(self, topic: str, route: Route) -> None:
         self._routes[topic] = route
+        subjects = self.stream_subjects.setdefault(route.stream, [])
+        if f"{route.prefix}.*" not in subjects:
+            subjects.append(f"{route.prefix}.*")
+
+    @property
+    def streams(self) -> list[str]:
+        """Every stream some route writes to."""
+        return list(self.stream_subjects)
 
     def route(self, topic: str) -> Route:
         try:
