@@ -3,8 +3,8 @@
     .venv/bin/python bench/streaming.py [--events N] [--keys K] [--batch B] [--repeats R]
                                         [--json PATH]
 
-Starts its own nats-server, appends N CloudEvents envelopes (a private bench event type) to a
-fresh stream, then counts them per key, each path reading the same stream through its own
+Starts its own nats-server, appends N CloudEvents envelopes (a private bench event type, keys
+drawn uniformly from K) to a fresh stream, then counts them per key, each path reading the same stream through its own
 durable pull consumer with `max_ack_pending` = batch:
 
 * plain: `fetch(batch)`, strict envelope decoding with the schema registry, `counts[key] += 1`
@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -78,8 +79,9 @@ async def _fill(log: EventLog, events: int, keys: int) -> Counter[str]:
     await log.js.add_stream(StreamConfig(name=STREAM, subjects=[names.EVENTS_ALL]))
     expected: Counter[str] = Counter()
     requests = []
+    rng = random.Random(42)
     for i in range(events):
-        key = f"k{i % keys}"
+        key = f"k{rng.randrange(keys)}"
         expected[key] += 1
         envelope = event(BenchCounted(key=key, n=i), aggregate_id=key, source="bench/streaming")
         requests.append(AppendRequest.of(envelope))

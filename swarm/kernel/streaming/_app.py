@@ -555,7 +555,11 @@ class StreamApp:
                     self.stats.failed += 1
                     reason = f"handler failed {self.retries + 1} times: {error!r}"
                     dead.append(self._dead_letter(proc, delivery, reason))
-                if sum(len(t.dirty) for t in tables) >= COMMIT_KEYS:
+                if len(tables) == 1:
+                    dirty = len(tables[0].dirty)
+                else:
+                    dirty = sum(len(t.dirty) for t in tables)
+                if dirty >= COMMIT_KEYS:
                     await self._commit(proc, tables, dead)
             await self._commit(proc, tables, dead)
             # AckPolicy.ALL: acking the last message acks the batch.
