@@ -1,11 +1,12 @@
 """Stream processing: the faust path (StreamApp) against a plain asyncio pull loop.
 
-    .venv/bin/python bench/streaming.py [--events N] [--keys K] [--batch B] [--repeats R]
-                                        [--json PATH]
+    .venv/bin/python bench/streaming.py [--events N] [--keys K1,K2,..] [--batch B]
+                                        [--repeats R] [--json PATH]
 
-Starts its own nats-server, appends N CloudEvents envelopes (a private bench event type, keys
-drawn uniformly from K) to a fresh stream, then counts them per key, each path reading the same stream through its own
-durable pull consumer with `max_ack_pending` = batch:
+Starts its own nats-server and, for each key count K, appends N CloudEvents envelopes (a
+private bench event type, keys drawn uniformly from K) to a fresh stream, then counts them per
+key, each path reading the same stream through its own durable pull consumer with
+`max_ack_pending` = batch:
 
 * plain: `fetch(batch)`, strict envelope decoding with the schema registry, `counts[key] += 1`
   in a dict, `msg.ack()` per message. No state survives a crash; this is the floor.
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -54,6 +56,9 @@ from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
 RESULTS = Path(__file__).resolve().parent / "results" / "streaming.json"
 STREAM = "BENCH_STREAMING"
 TARGET_RATIO = 0.5
+#: Distinct keys: few (coalescing writes most of a batch into few changelog messages), some,
+#: and so many that nearly every event writes a key of its own.
+KEYS = (100, 1000, 10_000)
 
 _REGISTRY = Registry()
 
@@ -152,17 +157,21 @@ async def _faust(
 async def run(
     n: int = 50_000,
     *,
-    keys: int = 1000,
+    keys: Sequence[int] = KEYS,
     batch: int = 500,
     repeats: int = 3,
     nats_url: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure both paths over `n` events; one result row per path plus the ratio row."""
+    """Measure both paths over `n` events for each key count: two rows per key count (plain,
+    then faust with its ratio to plain)."""
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
         server = None if nats_url else EmbeddedNats(Path(tmp))
         url = nats_url or server.start()  # type: ignore[union-attr]
         try:
-            return await _measure(url, n, keys, batch, repeats)
+            rows: list[dict[str, Any]] = []
+            for count in keys:
+                rows += await _measure(url, n, count, batch, repeats)
+            return rows
         finally:
             if server is not None:
                 server.stop()
@@ -231,17 +240,23 @@ def _machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument(
+        "--keys",
+        default=",".join(map(str, KEYS)),
+        help="comma-separated distinct key counts to measure",
+    )
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args()
-    results = asyncio.run(run(args.events, keys=args.keys, batch=args.batch, repeats=args.repeats))
-    table = Table(title=f"counting {args.events} events over {args.keys} keys")
-    for column in ("path", "events/s", "CPU us/event", "faust/plain", "start s"):
+    keys = [int(k) for k in args.keys.split(",")]
+    results = asyncio.run(run(args.events, keys=keys, batch=args.batch, repeats=args.repeats))
+    table = Table(title=f"counting {args.events} events per key, batch {args.batch}")
+    for column in ("keys", "path", "events/s", "CPU us/event", "faust/plain", "start s"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for row in results:
         table.add_row(
+            f"{row['keys']:,}",
             row["path"],
             f"{row['events_per_s']:,.0f}",
             f"{row['cpu_us_per_event']:.1f}",
@@ -253,7 +268,7 @@ def main() -> None:
         "benchmark": "streaming",
         "params": {
             "events": args.events,
-            "keys": args.keys,
+            "keys": keys,
             "batch": args.batch,
             "repeats": args.repeats,
         },
