@@ -450,6 +450,10 @@ class StreamApp:
         positions: dict[str, int] = {}
         count = 0
         for stream in self._transport.streams:
+            info = await self._log.js.stream_info(stream)
+            if not info.state.messages:
+                # An empty stream would hold the replay for its idle timeout (1 s).
+                continue
             async for delivery in self._log.replay(stream, batch=1000):
                 table, _, token = delivery.subject[len(prefix) :].partition(".")
                 raw_key = token_key(token)
