@@ -20,7 +20,7 @@ from typing import Any
 import faust.transport
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 import swarm.kernel.streaming as streaming
@@ -28,7 +28,7 @@ from schemas import event, names
 from schemas.events import AgentScaled
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
-from swarm.kernel.streaming import StreamApp, StreamEvent, Tables, Tumbling
+from swarm.kernel.streaming import Hopping, StreamApp, StreamEvent, Tables, Tumbling
 from swarm.kernel.streaming._table import encode_key
 from swarm.kernel.streaming._transport import Transport, key_token
 
@@ -431,3 +431,71 @@ def test_bad_names_are_refused(settings: Settings) -> None:
         app.table("has.dot")
     with pytest.raises(ValueError, match="batch"):
         StreamApp(unique("batch"), settings, batch=0)
+
+
+async def test_hopping_windows_count_each_event_in_every_window_it_falls_in(
+    event_log: EventLog, settings: Settings
+) -> None:
+    js = event_log.js
+    stream = unique("HOPPING")
+    root = await new_stream(js, stream)
+    name = unique("hopping")
+    app = StreamApp(name, settings, batch=10)
+    app.table("load", default=int, window=Hopping(size=4, step=2, expires=60))
+    current: list[int] = []
+
+    @app.processor(stream=stream, durable=name, decode=json.loads)
+    def count(tables: Tables, event: StreamEvent) -> None:
+        tables["load"]["a"] += 1
+        current.append(tables["load"]["a"].current())
+
+    last = await publish(js, root, ["a"] * 5)
+    async with app:
+        await until(lambda: app.position(name) >= last, 30)
+        windows = app.snapshot("load")
+    # size 4, step 2: every event lies in two overlapping windows.
+    assert len(windows) in (2, 3)
+    assert sum(windows.values()) == 2 * 5
+    assert all(end - start == pytest.approx(4, abs=0.2) for _, (start, end) in windows)
+    assert current[-1] >= 1
+
+
+async def test_two_processors_share_tables_and_restart_without_double_counts(
+    event_log: EventLog, settings: Settings
+) -> None:
+    js = event_log.js
+    first_stream, second_stream = unique("FIRST"), unique("SECOND")
+    first_root = await new_stream(js, first_stream)
+    second_root = await new_stream(js, second_stream)
+    name = unique("two")
+
+    def build() -> StreamApp:
+        app = StreamApp(name, settings, batch=7)
+        app.table("counts", default=int)
+
+        def count(tables: Tables, event: StreamEvent) -> None:
+            tables["counts"][event.envelope["k"]] += 1
+
+        app.processor(stream=first_stream, durable=f"{name}_a", decode=json.loads)(count)
+        app.processor(stream=second_stream, durable=f"{name}_b", decode=json.loads)(count)
+        return app
+
+    # Both streams write the same keys, and their sequences overlap (1, 2, 3, ...): the
+    # applied sequence of a key is kept per processor.
+    a_last = await publish(js, first_root, ["x", "y"] * 20)
+    b_last = await publish(js, second_root, ["x"] * 30)
+    app = build()
+    async with app:
+        await until(lambda: app.position(f"{name}_a") >= a_last, 30)
+        await until(lambda: app.position(f"{name}_b") >= b_last, 30)
+        assert app.snapshot("counts") == {"x": 50, "y": 20}
+        info = await js.consumer_info(first_stream, f"{name}_a")
+        assert info.config.max_ack_pending == 7
+        assert info.config.ack_policy == AckPolicy.ALL
+
+    a_more = await publish(js, first_root, ["y"])
+    again = build()
+    async with again:
+        await until(lambda: again.position(f"{name}_a") >= a_more, 30)
+        assert again.snapshot("counts") == {"x": 50, "y": 21}
+    assert again.stats.processed == 1
