@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 
 import swarm.kernel.streaming as streaming
 from schemas import event, names
+from schemas import event as event_
 from schemas.events import AgentScaled
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
@@ -220,6 +221,9 @@ async def test_a_commit_cut_between_keys_and_position_counts_nothing_twice(
 
     second = counter_app(settings, app_name, stream, batch=20)
     async with second:
+        # The fourth batch's keys were rolled back to the position; its events ran again.
+        assert second.stats.rolled_back_keys == 5
+        assert second.snapshot("counts") == {f"k{i}": 12 for i in range(5)}
         await until(lambda: second.position(app_name) >= last, 30)
         counts = second.snapshot("counts")
     assert counts == dict(await recount(event_log, stream))
@@ -499,3 +503,59 @@ async def test_two_processors_share_tables_and_restart_without_double_counts(
         await until(lambda: again.position(f"{name}_a") >= a_more, 30)
         assert again.snapshot("counts") == {"x": 50, "y": 21}
     assert again.stats.processed == 1
+
+
+async def test_outputs_are_appended_once_even_when_their_batch_is_replayed(
+    event_log: EventLog, settings: Settings
+) -> None:
+    js = event_log.js
+    stream = unique("OUTPUTS")
+    root = await new_stream(js, stream)
+    name = unique("outputs")
+    agent = unique("agent")
+
+    def build() -> StreamApp:
+        app = StreamApp(name, settings, batch=10)
+        app.table("counts", default=int)
+
+        @app.processor(stream=stream, durable=name, decode=json.loads)
+        def count(tables: Tables, event: StreamEvent) -> list[Any]:
+            tables["counts"]["n"] += 1
+            n = tables["counts"]["n"]
+            if n % 5:
+                return []
+            scaled = AgentScaled(agent_id=agent, replicas=n, previous=n - 5)
+            return [event_(scaled, aggregate_id=agent, source=name, id=event.derived_id())]
+
+        return app
+
+    last = await publish(js, root, ["x"] * 50)
+    first = build()
+    positions_topic = f"{name}-{names.CHANGELOG_POSITIONS}"
+    real_send = first._send
+    sent_positions = 0
+
+    async def cut(messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+        nonlocal sent_positions
+        batch = list(messages)
+        if batch and batch[0][0] == positions_topic:
+            sent_positions += 1
+            if sent_positions == 3:
+                raise RuntimeError("injected: died after the outputs, before the position")
+        await real_send(batch)
+
+    first._send = cut  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="injected"):
+        await asyncio.wait_for(first.run(), 30)
+
+    second = build()
+    async with second:
+        await until(lambda: second.position(name) >= last, 30)
+    # Events 21-30 ran again on the state rolled back to position 20, returned their two
+    # outputs again (n = 25, 30) with the same ids, and JetStream dropped those repeats.
+    assert second.stats.rolled_back_keys == 1
+    assert second.stats.outputs == 6
+    subject = names.event_subject("agent", agent, "scaled")
+    outputs = [d async for d in event_log.replay(names.STREAM_EVENTS, subjects=[subject])]
+    replicas = [json.loads(d.data)["data"]["replicas"] for d in outputs]
+    assert replicas == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]

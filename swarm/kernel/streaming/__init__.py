@@ -14,10 +14,11 @@ A service declares tables and processors on a `StreamApp` and runs it::
     await app.run()          # or: async with app: ...
 
 Handlers are plain functions of (tables, event): they run in stream order, one batch at a time,
-and only change tables. On start the tables are recovered from their JetStream changelog before
-any event is read; each batch's table changes are committed atomically with the processor's
-position before the batch is acked, and every key remembers the last sequence applied to it, so
-after any crash the tables equal exactly one application of every event. Malformed events and
+only change tables and may return envelopes to append. On start the tables are recovered from
+their JetStream changelog before any event is read; each batch's table changes are written,
+then the processor's position, before the batch is acked; keys of a commit whose position never
+landed are rolled back on recovery, so after any crash the tables equal exactly one application
+of every event. Malformed events and
 events whose handler keeps raising go to the dead-letter stream with the reason; the app goes on.
 See README.md next to this file for the details and the measured cost.
 """

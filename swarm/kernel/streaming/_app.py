@@ -12,20 +12,23 @@ The life of an app (`run()`, or `async with app:`):
    batches; a batch travels through the processor's faust channel to its faust agent, which
    runs the handler on each event in stream order, commits the changelog and acks.
 
-Commit protocol per batch: dead letters are appended first (deduplicated by source sequence),
-then every key the batch changed is written once (pipelined, all acknowledgements awaited), then
-the processor's position; only after that is the intake batch acked (AckPolicy ALL on its last
-message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). A crash before
-the position is written leaves keys ahead of it: their per-key applied sequences make the
-replayed events skip them. The unacked batch is delivered again from the durable consumer, which
-is re-created at start just past the committed position (or its ack floor, if further).
+Commit protocol per batch: dead letters and the handlers' outputs are appended first (outputs
+deduplicated by their envelope ids), then every key the batch changed is written once with its
+value before and after the batch and the sequences applied to it (pipelined, all acks awaited),
+then the processor's position; only after that is the intake batch acked (AckPolicy ALL on its
+last message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). Recovery
+rolls keys written by a commit whose position never landed back to their value before it, so
+the tables are exactly at the positions, and the durable consumer is re-created just past them:
+the interrupted batch runs again on the state it first saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -49,8 +52,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from schemas import REGISTRY, names
-from swarm.kernel.eventlog import Delivery, EventLog, nats_servers
+from schemas import REGISTRY, Envelope, names
+from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, nats_servers
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
@@ -84,10 +87,20 @@ class StreamEvent:
     #: What the processor's `decode` returned (an `Envelope` by default).
     envelope: Any
     headers: Mapping[str, str]
+    #: `<app>.<processor>.<stream>`: what `derived_id` derives from, with `seq`.
+    origin: str = ""
+
+    def derived_id(self, n: int = 0) -> str:
+        """An envelope id for the `n`-th output of this event, the same on every replay, so the
+        event log drops a repeat of an output as a duplicate (a 26-character token)."""
+        digest = hashlib.sha256(f"{self.origin}.{self.seq}.{n}".encode()).digest()
+        return base64.b32encode(digest).decode()[:26]
 
 
 class Handler(Protocol):
-    def __call__(self, tables: Tables, event: StreamEvent, /) -> object: ...
+    """`handler(tables, event)`: changes tables; may return envelopes to append (outputs)."""
+
+    def __call__(self, tables: Tables, event: StreamEvent, /) -> Iterable[Envelope[Any]] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +134,11 @@ class Stats:
     malformed: int = 0
     failed: int = 0
     commits: int = 0
+    #: Envelopes handlers returned, appended to the log.
+    outputs: int = 0
     recovered_keys: int = 0
+    #: Keys written by a commit whose position never landed, restored to before it.
+    rolled_back_keys: int = 0
     #: Reasons of the last dead letters (the full record is on the dead-letter stream).
     dead_letters: list[str] = field(default_factory=list)
 
@@ -154,6 +171,7 @@ class _Processor:
     durable: str
     handler: Handler
     decode: Callable[[bytes], Any]
+    origin: str = ""
     channel: Any = None
     #: Highest sequence handled (or committed before a restart); anything at or below is a
     #: redelivery.
@@ -302,9 +320,10 @@ class StreamApp:
 
         `decode` turns a message body into `event.envelope` (default: strict decoding with the
         schema registry); a body it refuses is dead-lettered as malformed. The handler must be
-        a plain function that only changes tables; when it raises, its changes are rolled back
-        and it runs again, up to `retries` more times, then the event is dead-lettered with the
-        error as reason and processing goes on.
+        a plain function that only changes tables; it may return envelopes, which are appended
+        to the log (ids from `event.derived_id(n)` keep a replay from appending them twice).
+        When it raises, its changes are rolled back and it runs again, up to `retries` more
+        times, then the event is dead-lettered with the error as reason and processing goes on.
         """
         if self.status is not Status.NEW:
             raise RuntimeError("declare processors before the app starts")
@@ -320,6 +339,7 @@ class StreamApp:
                 durable,
                 handler,
                 decode or REGISTRY.decode,
+                origin=f"{self.name}.{durable}.{stream}",
             )
             proc.channel = self._faust.channel(maxsize=4)
 
@@ -446,25 +466,35 @@ class StreamApp:
 
     async def _recover(self) -> None:
         assert self._log is not None
+        js = self._log.js
         prefix = f"{names.CHANGELOG_PREFIX}.{self.name}."
+        # Positions first (every processor's, declared here or not): a key is restored to its
+        # value before a commit whose position never landed.
+        positions_prefix = names.changelog_table_prefix(self.name, names.CHANGELOG_POSITIONS)
+        info = await js.stream_info(self.changelog_stream, subjects_filter=f"{positions_prefix}.*")
         positions: dict[str, int] = {}
-        count = 0
+        for subject in info.state.subjects or {}:
+            msg = await js.get_last_msg(self.changelog_stream, subject)
+            processor = json.loads(token_key(subject[len(positions_prefix) + 1 :]))
+            positions[processor] = int(json.loads(msg.data or b"{}")["seq"])
+        count = rolled_back = 0
         for stream in self._transport.streams:
-            info = await self._log.js.stream_info(stream)
+            info = await js.stream_info(stream)
             if not info.state.messages:
                 # An empty stream would hold the replay for its idle timeout (1 s).
                 continue
             async for delivery in self._log.replay(stream, batch=1000):
                 table, _, token = delivery.subject[len(prefix) :].partition(".")
-                raw_key = token_key(token)
-                if table == names.CHANGELOG_POSITIONS:
-                    positions[json.loads(raw_key)] = int(json.loads(delivery.data)["seq"])
-                elif table in self._faust_tables:
-                    self._faust_tables[table].restore(raw_key, delivery.data)
+                if table in self._faust_tables:
+                    restored = self._faust_tables[table].restore(
+                        token_key(token), delivery.data, positions
+                    )
+                    rolled_back += restored
                     count += 1
         for proc in self._processors.values():
             proc.high = proc.committed = positions.get(proc.name, 0)
         self.stats.recovered_keys = count
+        self.stats.rolled_back_keys = rolled_back
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -533,6 +563,7 @@ class StreamApp:
             tables = list(self._faust_tables.values())
             cursor = self._cursor
             dead: list[_DeadLetter] = []
+            outputs: list[AppendRequest] = []
             for delivery in batch.deliveries:
                 seq = delivery.stream_seq
                 if seq <= proc.high:
@@ -546,11 +577,16 @@ class StreamApp:
                     proc.high = seq
                     continue
                 event = StreamEvent(
-                    seq, delivery.subject, delivery.timestamp, envelope, delivery.headers
+                    seq,
+                    delivery.subject,
+                    delivery.timestamp,
+                    envelope,
+                    delivery.headers,
+                    proc.origin,
                 )
                 cursor.processor, cursor.seq = proc.name, seq
                 cursor.timestamp = delivery.timestamp.timestamp()
-                error = self._handle(proc, tables, event)
+                error = self._handle(proc, tables, event, outputs)
                 cursor.processor = None
                 proc.high = seq
                 if error is None:
@@ -563,22 +599,27 @@ class StreamApp:
                     dirty = len(tables[0].dirty)
                 else:
                     dirty = sum(len(t.dirty) for t in tables)
-                if dirty >= COMMIT_KEYS:
-                    await self._commit(proc, tables, dead)
-            await self._commit(proc, tables, dead)
+                if dirty >= COMMIT_KEYS or len(outputs) >= COMMIT_KEYS:
+                    await self._commit(proc, tables, dead, outputs)
+            await self._commit(proc, tables, dead, outputs)
             # AckPolicy.ALL: acking the last message acks the batch.
             await batch.deliveries[-1].ack()
             self.stats.batches += 1
 
     def _handle(
-        self, proc: _Processor, tables: list[ChangelogTable], event: StreamEvent
+        self,
+        proc: _Processor,
+        tables: list[ChangelogTable],
+        event: StreamEvent,
+        outputs: list[AppendRequest],
     ) -> Exception | None:
         error: Exception | None = None
         for _ in range(self.retries + 1):
             for table in tables:
                 table.begin()
             try:
-                proc.handler(self.tables, event)
+                produced = proc.handler(self.tables, event)
+                requests = [] if produced is None else [_output(e) for e in produced]
             except Exception as exc:
                 for table in tables:
                     table.rollback()
@@ -586,6 +627,7 @@ class StreamApp:
                 continue
             for table in tables:
                 table.end()
+            outputs.extend(requests)
             return None
         log.warning(
             "handler failed", app=self.name, processor=proc.name, seq=event.seq, error=repr(error)
@@ -630,7 +672,11 @@ class StreamApp:
         await producer.commit_transaction(tid)
 
     async def _commit(
-        self, proc: _Processor, tables: list[ChangelogTable], dead: list[_DeadLetter]
+        self,
+        proc: _Processor,
+        tables: list[ChangelogTable],
+        dead: list[_DeadLetter],
+        outputs: list[AppendRequest],
     ) -> None:
         assert self._log is not None
         for letter in dead:
@@ -639,6 +685,12 @@ class StreamApp:
                 letter.subject, letter.body, timeout=self._log.timeout, headers=letter.headers
             )
         dead.clear()
+        if outputs:
+            # Also before the position: a crash after them replays their events, which return
+            # them again; their ids (see StreamEvent.derived_id) make JetStream drop the repeats.
+            await self._log.append_batch(outputs)
+            self.stats.outputs += len(outputs)
+            outputs.clear()
         if proc.high == proc.committed and not any(t.dirty for t in tables):
             return
         # Keys first, then (once every key is acknowledged) the position: a position on the
@@ -665,6 +717,12 @@ class _DeadLetter:
     subject: str
     body: bytes
     headers: dict[str, str]
+
+
+def _output(envelope: Envelope[Any]) -> AppendRequest:
+    if not isinstance(envelope, Envelope):
+        raise TypeError(f"a handler returns envelopes to append, not {type(envelope).__name__}")
+    return AppendRequest.of(envelope)
 
 
 async def _ensure_deadletter(log: EventLog, settings: Settings) -> None:

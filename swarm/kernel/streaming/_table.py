@@ -2,11 +2,10 @@
 
 faust's own `Table` sends one changelog message per assignment, from inside `__setitem__`,
 through the producer buffer. Here an assignment only marks the key dirty (with the stream
-sequence of the event that wrote it); the app writes each dirty key once per batch, in one
-atomic JetStream append together with the processor's position (see `app.py`). Every key also
-remembers, per processor, the last sequence applied to it, recovered from the changelog: a
-redelivered event whose sequence is not above it leaves the key alone, so state is exactly-once
-even when a crash left only part of a commit written.
+sequence of the event that wrote it and the key's value before the batch); the app writes each
+dirty key once per batch, then the processor's position (see `_app.py`). Every key remembers,
+per processor, the last sequence applied to it: recovery uses it to roll back keys of a commit
+whose position never landed, and a write from an event the key has already seen is ignored.
 
 Writes also go to an undo journal while a handler runs, so a handler that raises leaves the
 tables as they were before that event.
@@ -58,8 +57,9 @@ class ChangelogTable(Table[Any, Any]):
         self.cursor = Cursor()
         #: key -> {processor: last sequence applied to the key}, as committed.
         self.applied: dict[Any, dict[str, int]] = {}
-        #: key -> (processor, sequence) of the last uncommitted write.
-        self.dirty: dict[Any, tuple[str, int]] = {}
+        #: key -> (processor, sequence) of the last uncommitted write, and the key's value
+        #: before the first uncommitted write (written along, so recovery can roll back).
+        self.dirty: dict[Any, tuple[str, int, Any]] = {}
         self._journal: dict[Any, tuple[Any, Any]] | None = None
 
     # -- writes ----------------------------------------------------------------------------------
@@ -80,13 +80,18 @@ class ChangelogTable(Table[Any, Any]):
         if journal is not None and key not in journal:
             journal[key] = (self.data.get(key, _MISSING), self.dirty.get(key, _MISSING))
 
+    def _mark(self, key: Any, writer: tuple[str, int]) -> None:
+        old = self.dirty.get(key)
+        before = old[2] if old is not None else self.data.get(key, _MISSING)
+        self.dirty[key] = (writer[0], writer[1], before)
+
     def __setitem__(self, key: Any, value: Any) -> None:
         writer = self._writer(key)
         if writer is None:
             return
         self._remember(key)
+        self._mark(key, writer)
         self.data[key] = value
-        self.dirty[key] = writer
         if self.window is not None:
             self._maybe_set_key_ttl(key, 0)
 
@@ -95,8 +100,8 @@ class ChangelogTable(Table[Any, Any]):
         if writer is None:
             return
         self._remember(key)
+        self._mark(key, writer)
         del self.data[key]
-        self.dirty[key] = writer
         if self.window is not None:
             self._maybe_del_key_ttl(key, 0)
 
@@ -139,27 +144,52 @@ class ChangelogTable(Table[Any, Any]):
     # -- commit and recovery ---------------------------------------------------------------------
 
     def pending(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) changelog messages for every dirty key; marks them committed."""
-        for key, (processor, seq) in self.dirty.items():
-            applied = self.applied.setdefault(key, {})
-            applied[processor] = seq
-            value = self.data.get(key, _MISSING)
-            body: dict[str, Any] = {"applied": applied}
-            if value is _MISSING:
-                body["deleted"] = True
-            else:
-                body["value"] = value
+        """(key, value) changelog messages for every dirty key; marks them committed.
+
+        Each message holds the key's value and applied sequences before and after the commit:
+        if the commit's position never lands, recovery rolls the key back (`restore`).
+        """
+        data = self.data
+        for key, (processor, seq, before) in self.dirty.items():
+            applied_before = self.applied.get(key, {})
+            applied = {**applied_before, processor: seq}
+            self.applied[key] = applied
+            body = _state(data.get(key, _MISSING), applied)
+            body["before"] = _state(before, applied_before)
             yield encode_key(key), json.dumps(body, separators=(",", ":")).encode()
         self.dirty.clear()
 
-    def restore(self, raw_key: bytes, raw_value: bytes) -> None:
-        """Apply one changelog message read during recovery (no changelog write)."""
+    def restore(self, raw_key: bytes, raw_value: bytes, positions: dict[str, int]) -> bool:
+        """Apply one changelog message read during recovery (no changelog write).
+
+        A key written by a commit whose processor position is not on the log (the app died
+        between the two) is restored to its value before that commit, so the tables are
+        exactly at the positions and replayed events see what they saw the first time.
+        Returns whether the key was rolled back.
+        """
         key = decode_key(raw_key)
         body = json.loads(raw_value)
-        self.applied[key] = {str(k): int(v) for k, v in body.get("applied", {}).items()}
-        if body.get("deleted"):
+        rolled_back = any(
+            int(seq) > positions.get(processor, 0)
+            for processor, seq in body.get("applied", {}).items()
+        )
+        if rolled_back:
+            body = body.get("before", {})
+        applied = {str(k): int(v) for k, v in body.get("applied", {}).items()}
+        if applied:
+            self.applied[key] = applied
+        else:
+            self.applied.pop(key, None)
+        if "value" not in body:
             self.data.pop(key, None)
-            return
+            return rolled_back
         self.data[key] = body["value"]
         if self.window is not None:
             self._maybe_set_key_ttl(key, 0)
+        return rolled_back
+
+
+def _state(value: Any, applied: dict[str, int]) -> dict[str, Any]:
+    if value is _MISSING:
+        return {"applied": applied, "deleted": True}
+    return {"applied": applied, "value": value}
