@@ -559,3 +559,23 @@ async def test_outputs_are_appended_once_even_when_their_batch_is_replayed(
     outputs = [d async for d in event_log.replay(names.STREAM_EVENTS, subjects=[subject])]
     replicas = [json.loads(d.data)["data"]["replicas"] for d in outputs]
     assert replicas == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+
+
+async def test_deleting_the_changelog_rebuilds_the_tables_from_the_stream(
+    event_log: EventLog, settings: Settings
+) -> None:
+    js = event_log.js
+    stream = unique("RESET")
+    root = await new_stream(js, stream)
+    name = unique("reset")
+    last = await publish(js, root, ["a", "b", "a"] * 10)
+    first = counter_app(settings, name, stream, batch=8)
+    async with first:
+        await until(lambda: first.position(name) >= last, 30)
+    await js.delete_stream(names.changelog_stream(name))
+
+    second = counter_app(settings, name, stream, batch=8)
+    async with second:
+        assert second.snapshot("counts") == {}
+        await until(lambda: second.position(name) >= last, 30)
+        assert second.snapshot("counts") == {"a": 20, "b": 10}

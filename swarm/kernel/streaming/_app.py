@@ -503,18 +503,15 @@ class StreamApp:
 
         It is re-created on every start: pending acks of a previous (dead) incarnation would
         otherwise be redelivered only after `ack_wait`, and after newer events, out of order.
+        The start is the committed position, never the consumer's own ack floor: the tables
+        hold exactly what is committed, so with the changelog gone (a reset) the processor
+        rebuilds them from the start of the stream rather than skipping to where it was.
         """
         assert self._log is not None
         js = self._log.js
-        floor = 0
-        try:
-            info = await js.consumer_info(proc.stream, proc.durable)
-        except NotFoundError:
-            pass
-        else:
-            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        with contextlib.suppress(NotFoundError):
             await js.delete_consumer(proc.stream, proc.durable)
-        start = max(floor, proc.committed) + 1
+        start = proc.committed + 1
         config = ConsumerConfig(
             durable_name=proc.durable,
             ack_policy=AckPolicy.ALL,
