@@ -306,7 +306,7 @@ async def test_windows_are_recovered_and_then_expire(
     # Windows live in a changelog stream of their own, dropped with them; the app's other
     # changelog (positions, plain tables) is kept forever.
     windowed = await js.stream_info(names.changelog_stream(name, "recent"))
-    assert windowed.config.max_age == 16
+    assert windowed.config.max_age == 2 + 2 * 8
     assert windowed.state.messages == len(windows)
     assert not (await js.stream_info(names.changelog_stream(name))).config.max_age
 

@@ -105,7 +105,7 @@ class Handler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Tumbling:
-    """Fixed, non-overlapping windows of `size` seconds, dropped `expires` seconds after start."""
+    """Fixed, non-overlapping windows of `size` seconds, dropped ~`expires` seconds after end."""
 
     size: float
     expires: float
@@ -113,7 +113,7 @@ class Tumbling:
 
 @dataclass(frozen=True, slots=True)
 class Hopping:
-    """Windows of `size` seconds starting every `step` seconds, dropped after `expires`."""
+    """Windows of `size` seconds starting every `step` seconds, dropped ~`expires` after end."""
 
     size: float
     step: float
@@ -270,7 +270,8 @@ class StreamApp:
         route = Route(
             names.changelog_stream(self.name, table if window else None),
             names.changelog_table_prefix(self.name, table),
-            max_age=window.expires * 2 if window else 0,
+            # The last write to a window can come at its start; keep it past the window's drop.
+            max_age=window.size + 2 * window.expires if window else 0,
             replicas=self.settings.stream_replicas,
         )
         self._transport.add_route(topic, route)
@@ -284,7 +285,7 @@ class StreamApp:
 
         Keys and values must be JSON-serializable (keys: str, int, or lists of them). With a
         window, keys are windowed by the time JetStream stored each event, and windows are
-        dropped `expires` seconds after they start, also after a restart.
+        dropped about `expires` seconds after they end, also after a restart.
         """
         if self.status is not Status.NEW:
             raise RuntimeError("declare tables before the app starts")
