@@ -27,7 +27,7 @@ import swarm.kernel.streaming as streaming
 from schemas import event, names
 from schemas import event as event_
 from schemas.events import AgentScaled
-from swarm.kernel.eventlog import EventLog
+from swarm.kernel.eventlog import AppendFailed, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import Hopping, StreamApp, StreamEvent, Tables, Tumbling
 from swarm.kernel.streaming._table import encode_key
@@ -579,3 +579,32 @@ async def test_deleting_the_changelog_rebuilds_the_tables_from_the_stream(
         assert second.snapshot("counts") == {}
         await until(lambda: second.position(name) >= last, 30)
         assert second.snapshot("counts") == {"a": 20, "b": 10}
+
+
+async def test_a_second_writer_on_the_changelog_stops_the_app_instead_of_losing_writes(
+    event_log: EventLog, settings: Settings
+) -> None:
+    js = event_log.js
+    stream = unique("INTRUDER")
+    root = await new_stream(js, stream)
+    name = unique("intruder")
+    last = await publish(js, root, ["a"] * 10)
+    app = counter_app(settings, name, stream, batch=5)
+    await app.start()
+    try:
+        await app.reached(name, last, timeout=30)
+        # Another process writes to the app's changelog: the next commit cannot prove that
+        # all its writes were stored (the sequence moved by one more), so the app stops.
+        positions = names.changelog_table_prefix(name, names.CHANGELOG_POSITIONS)
+        await js.publish(f"{positions}.{key_token(encode_key('other'))}", b'{"seq": 0}')
+        more = await publish(js, root, ["a"] * 5)
+        with pytest.raises(AppendFailed, match="another process writes to it"):
+            await asyncio.wait_for(app.wait(), 30)
+    finally:
+        app.stop()
+        await app.wait()
+
+    again = counter_app(settings, name, stream, batch=5)
+    async with again:
+        await again.reached(name, more, timeout=30)
+        assert again.snapshot("counts") == {"a": 15}

@@ -427,8 +427,10 @@ class StreamApp:
         log.info("stream app started", app=self.name, recovered_keys=self.stats.recovered_keys)
 
     async def wait(self) -> None:
-        """Until stopped; re-raises what stopped an intake loop (e.g. a failed commit)."""
-        if self.status is Status.NEW:
+        """Until stopped; re-raises what stopped an intake loop (e.g. a failed commit), once.
+
+        Safe to call again after it returned (or raised): it then returns at once."""
+        if self.status in (Status.NEW, Status.STOPPED):
             self.status = Status.STOPPED
             return
         error: BaseException | None = None

@@ -11,7 +11,8 @@ JetStream stream and a subject prefix, and each message key becomes one more sub
 stream with `max_msgs_per_subject=1` keeps exactly the last value per key, like a compacted Kafka
 topic. A faust *transaction* is a pipelined batch: `begin_transaction`, `send` with the
 transactional id, then `commit_transaction` appends everything sent at once and returns when
-every message is acknowledged (or raises).
+every message is stored (or raises); only the last message per stream is acknowledged, and its
+sequence proves the others were stored (see `_Pipeline`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import nats.errors
 from faust.transport import base
 from faust.transport.consumer import Consumer as _FaustConsumer
 from faust.transport.producer import Producer as _FaustProducer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 from mode import Seconds
-from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -65,69 +66,63 @@ class Route:
 
 @dataclass(slots=True)
 class _Transaction:
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (stream, subject, body) of every message sent in the transaction.
+    messages: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: One future for every message of the transaction: they land together or fail together.
     done: asyncio.Future[RecordMetadata] | None = None
     topic: str = ""
 
 
 class _Pipeline:
-    """Publishes a batch of messages at once and waits for all their JetStream acks.
+    """Publishes a batch of changelog messages and makes sure every one of them was stored.
 
-    Leaner than `EventLog.append_batch` because nothing per message is needed back: the acks
-    of one batch share a reply subject and are only counted (and checked for errors), not parsed
-    into `PubAck`s; at a few hundred changelog messages per batch that halves the CPU per write.
+    Only the last message per stream asks for an acknowledgement: its stream sequence must be
+    the stream's previous last sequence plus the number of messages sent, which proves that
+    every message before it was stored too (JetStream stores one connection's messages in
+    order, and a changelog stream has one writer, its app). Another sequence, an error or no
+    acknowledgement raises, and the app stops and recovers from what is on the log. One ack per
+    batch instead of one per message saves ~10 µs of CPU per changelog write here.
     """
 
     def __init__(self, log: EventLog) -> None:
         self._log = log
-        self._prefix = log.nc.new_inbox()
-        self._pending: dict[str, _Acks] = {}
-        self._next = 0
-        self._sub: Any = None
+        self._last: dict[str, int] = {}
 
-    async def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        if self._sub is None:
-            self._sub = await self._log.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
-        self._next += 1
-        token = str(self._next)
-        acks = _Acks(len(messages), asyncio.get_running_loop().create_future())
-        self._pending[token] = acks
-        reply = f"{self._prefix}.{token}"
-        publish = self._log.nc.publish
+    async def publish(self, messages: list[tuple[str, str, bytes]]) -> None:
+        groups: dict[str, list[tuple[str, bytes]]] = {}
+        for stream, subject, body in messages:
+            groups.setdefault(stream, []).append((subject, body))
+        for stream, group in groups.items():
+            await self._publish(stream, group)
+
+    async def _publish(self, stream: str, group: list[tuple[str, bytes]]) -> None:
+        log = self._log
+        # Taken out while in flight: after any failure the stream's position is unknown and
+        # is read again.
+        last = self._last.pop(stream, None)
+        if last is None:
+            last = int((await log.js.stream_info(stream)).state.last_seq)
+        publish = log.nc.publish
+        for subject, body in group[:-1]:
+            await publish(subject, body)
+        subject, body = group[-1]
         try:
-            for subject, body in messages:
-                await publish(subject, body, reply=reply)
-            await asyncio.wait_for(asyncio.shield(acks.done), self._log.timeout)
-        except TimeoutError:
+            reply = await log.nc.request(subject, body, timeout=log.timeout)
+        except nats.errors.NoRespondersError:
+            raise AppendFailed(f"no stream accepts {subject}") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise AppendFailed(f"changelog write to {stream} not acknowledged in time") from None
+        response = json.loads(reply.data)
+        if "error" in response:
+            error = response["error"]
+            raise AppendFailed(f"changelog write refused: {error.get('description', error)}")
+        seq = int(response["seq"])
+        if seq != last + len(group):
             raise AppendFailed(
-                f"{acks.remaining} of {len(messages)} changelog writes not acknowledged in time"
-            ) from None
-        finally:
-            self._pending.pop(token, None)
-
-    async def _on_ack(self, msg: Msg) -> None:
-        acks = self._pending.get(msg.subject[len(self._prefix) + 1 :])
-        if acks is None or acks.done.done():
-            return
-        if msg.headers and msg.headers.get("Status") == "503":
-            acks.done.set_exception(AppendFailed("no stream accepts the changelog subject"))
-            return
-        if b'"error"' in msg.data:
-            error = json.loads(msg.data).get("error", {})
-            acks.done.set_exception(
-                AppendFailed(f"changelog write refused: {error.get('description', error)}")
+                f"changelog stream {stream} is at sequence {seq}, expected {last + len(group)}: "
+                "a write was lost, or another process writes to it"
             )
-            return
-        acks.remaining -= 1
-        if acks.remaining == 0:
-            acks.done.set_result(None)
-
-
-@dataclass(slots=True)
-class _Acks:
-    remaining: int
-    done: asyncio.Future[None]
+        self._last[stream] = seq
 
 
 class Producer(_FaustProducer):
@@ -198,21 +193,27 @@ class Producer(_FaustProducer):
     ) -> Awaitable[RecordMetadata]:
         # No message id: JetStream deduplicates nothing, so re-writing a key's value after a
         # crash lands (the latest write wins) instead of being dropped as a repeat.
-        subject = self.transport.route(topic).subject(key)
+        route = self.transport.route(topic)
+        subject = route.subject(key)
         if transactional_id is not None:
             txn = self._transactions.get(transactional_id)
             if txn is None:
                 raise RuntimeError(f"transaction {transactional_id} was not begun")
-            txn.messages.append((subject, value or b""))
+            txn.messages.append((route.stream, subject, value or b""))
             if txn.done is None:
                 txn.done = asyncio.get_running_loop().create_future()
                 txn.topic = topic
             return txn.done
-        log = await self.transport.eventlog()
-        ack = await log.js.publish(subject, value or b"", timeout=log.timeout)
+        # Outside a transaction: one message, through the same counted path.
+        await (await self._get_pipeline()).publish([(route.stream, subject, value or b"")])
         future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        future.set_result(_metadata(topic, partition or 0, int(ack.seq), timestamp))
+        future.set_result(_metadata(topic, partition or 0, -1, timestamp))
         return future
+
+    async def _get_pipeline(self) -> _Pipeline:
+        if self._pipeline is None:
+            self._pipeline = _Pipeline(await self.transport.eventlog())
+        return self._pipeline
 
     async def send_and_wait(
         self,
@@ -240,7 +241,7 @@ class Producer(_FaustProducer):
             self._transactions[transactional_id] = _Transaction()
 
     async def commit_transaction(self, transactional_id: str) -> None:
-        """Append everything the transaction sent, pipelined; returns once all are acked.
+        """Append everything the transaction sent, pipelined; returns once all are stored.
 
         Not atomic: a crash can leave a prefix written. Callers that need to know a whole
         transaction landed write their marker in a second one (StreamApp writes positions so).
@@ -250,10 +251,9 @@ class Producer(_FaustProducer):
         txn = self._transactions.pop(transactional_id)
         if not txn.messages:
             return
-        if self._pipeline is None:
-            self._pipeline = _Pipeline(await self.transport.eventlog())
+        pipeline = await self._get_pipeline()
         try:
-            await self._pipeline.publish(txn.messages)
+            await pipeline.publish(txn.messages)
         except BaseException as exc:
             if txn.done is not None and not txn.done.done():
                 txn.done.set_exception(exc)
