@@ -60,8 +60,8 @@ from swarm.kernel.streaming._transport import Route, Transport, token_key
 
 log = structlog.get_logger(__name__)
 
-#: Dirty keys after which a batch commits early (handlers that write many keys per event), so a
-#: commit stays within the event log's bound on outstanding appends.
+#: Dirty keys (or outputs) after which a batch commits early, for handlers that write many keys
+#: per event: a commit stays bounded in size and time.
 COMMIT_KEYS = 2000
 #: Largest intake batch (it is also the consumer's `max_ack_pending`).
 MAX_BATCH = 1000
