@@ -93,8 +93,6 @@ class Appended:
 class AppendRequest:
     subject: str
     body: bytes
-    #: Deduplication id; empty for a message that must land even when repeated (a table
-    #: changelog's latest value), which then carries no headers at all.
     msg_id: str
     expected_last_seq: int | None = None
     #: Subject (may be a wildcard) that `expected_last_seq` refers to; defaults to `subject`.
@@ -118,7 +116,7 @@ class AppendRequest:
         )
 
     def headers(self) -> dict[str, str]:
-        headers = {names.HEADER_MSG_ID: self.msg_id} if self.msg_id else {}
+        headers = {names.HEADER_MSG_ID: self.msg_id}
         if self.expected_last_seq is not None:
             headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ] = str(self.expected_last_seq)
             if self.expected_subject is not None:
@@ -604,9 +602,7 @@ class _AckMux:
         future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
         try:
-            await self._nc.publish(
-                subject, body, reply=f"{self._prefix}.{token}", headers=headers or None
-            )
+            await self._nc.publish(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
         except BaseException:
             self._release(token)
             raise
