@@ -317,3 +317,52 @@ def observer_agent_key(agent_id: str) -> str:
 
 def observer_deployment_key(namespace: str) -> str:
     return f"deployment.{_check_token('namespace', namespace)}"
+
+
+# --- Stream processing (swarm.kernel.streaming) --------------------------------------------------
+
+#: Table changelogs of stream-processing apps (faust tables): one stream per app for its plain
+#: tables and positions, one per windowed table (kept only as long as its windows); one message
+#: per table key (`max_msgs_per_subject=1`, like a compacted Kafka topic), replayed into the
+#: tables when the app starts.
+CHANGELOG_STREAM_PREFIX: Final = "SWARM_CHANGELOG_"
+CHANGELOG_PREFIX: Final = "swarm.changelog"
+#: Table names are subject tokens; this one holds each processor's last committed position.
+CHANGELOG_POSITIONS: Final = "_positions"
+#: Events a stream-processing app could not process (malformed, or its handler kept failing),
+#: kept with the reason; one subject per app and processor.
+STREAM_DEADLETTER: Final = "SWARM_DEADLETTER"
+DEADLETTER_PREFIX: Final = "swarm.deadletter"
+DEADLETTER_ALL: Final = f"{DEADLETTER_PREFIX}.>"
+#: Headers on a dead letter: why, and where the original event sits.
+HEADER_DEADLETTER_REASON: Final = "Swarm-Deadletter-Reason"
+HEADER_DEADLETTER_STREAM: Final = "Swarm-Deadletter-Stream"
+HEADER_DEADLETTER_SEQ: Final = "Swarm-Deadletter-Seq"
+HEADER_DEADLETTER_SUBJECT: Final = "Swarm-Deadletter-Subject"
+_APP = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def _check_app(kind: str, value: str) -> str:
+    if not _APP.fullmatch(value):
+        raise ValueError(f"{kind} {value!r} must match {_APP.pattern}")
+    return value
+
+
+def changelog_stream(app: str, windowed_table: str | None = None) -> str:
+    """The changelog stream of an app (`SWARM_CHANGELOG_OBSERVER`), or of one of its windowed
+    tables (`SWARM_CHANGELOG_OBSERVER-RECENT`)."""
+    stream = f"{CHANGELOG_STREAM_PREFIX}{_check_app('app', app).upper()}"
+    if windowed_table is None:
+        return stream
+    return f"{stream}-{_check_app('table', windowed_table).upper()}"
+
+
+def changelog_table_prefix(app: str, table: str) -> str:
+    """`swarm.changelog.<app>.<table>`; each key of the table is one more token after it."""
+    if table != CHANGELOG_POSITIONS:
+        _check_app("table", table)
+    return f"{CHANGELOG_PREFIX}.{_check_app('app', app)}.{table}"
+
+
+def deadletter_subject(app: str, processor: str) -> str:
+    return f"{DEADLETTER_PREFIX}.{_check_app('app', app)}.{_check_app('processor', processor)}"

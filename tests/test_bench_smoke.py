@@ -195,3 +195,48 @@ def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) ->
             assert 0 < figures["p50_ms"] <= figures["p95_ms"], (measure, path)
     assert report["commands_per_s"]["api"] > 0
     assert report["commands_per_s"]["client"] > 0
+
+
+STREAMING_BENCH = ROOT / "bench" / "streaming.py"
+
+
+@pytest.mark.timeout(120)
+def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
+    out = tmp_path / "streaming.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(STREAMING_BENCH),
+            *("--events", "600", "--keys", "20,300", "--batch", "100", "--repeats", "1"),
+            *("--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "faust/plain" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "streaming"
+    assert report["params"] == {"events": 600, "keys": [20, 300], "batch": 100, "repeats": 1}
+    assert report["machine"]["faust_streaming"] == "0.15.3"
+    rows = report["results"]
+    assert [(r["keys"], r["path"].split()[0]) for r in rows] == [
+        (20, "plain"),
+        (20, "faust"),
+        (300, "plain"),
+        (300, "faust"),
+    ]
+    for row in rows:
+        assert row["events"] == 600
+        assert row["events_per_s"] > 0
+        assert row["cpu_us_per_event"] > 0
+        assert len(row["runs"]) == 1
+    for faust_ in rows[1::2]:
+        assert faust_["ratio"] > 0
+        assert faust_["start_s"] > 0
+        assert faust_["met"] == (faust_["ratio"] >= faust_["target_ratio"])
