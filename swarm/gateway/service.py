@@ -7,7 +7,7 @@ module only turns their results into HTTP answers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from schemas import Payload, events, names
 from swarm.client import commands
-from swarm.client.commands import Issued, Outcome
+from swarm.client.commands import Issued, Outcome, Sent
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
 from swarm.gateway.models import CausedEvent, CommandResult
@@ -31,6 +31,11 @@ API_SOURCE = "swarm-api"
 _PENDING_LIMIT = 10_000
 #: Rules whose rejection means the request itself was wrong, not the state of things.
 _INVALID_RULES = frozenset({"invalid", "type", "subject"})
+
+#: Sends a command and, given how long, waits for its outcome (None: not waited for / in time).
+Sender = Callable[
+    [EventLog, Mapping[str, Any], float | None], Awaitable[tuple[Sent, Issued | None]]
+]
 
 
 class Gateway:
@@ -64,14 +69,7 @@ class Gateway:
                 payload, data, identity=self.settings.identity, source=API_SOURCE
             )
         except ClientError as exc:
-            # Field locations are relative to the command's data, which the body mirrors.
-            raise ProblemError(
-                422,
-                "invalid-command",
-                "Invalid command",
-                exc.message,
-                errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
-            ) from None
+            raise invalid_command(exc) from None
 
     def check_size(self, event: Mapping[str, Any]) -> None:
         limit = self.log.nc.max_payload
@@ -85,6 +83,17 @@ class Gateway:
                 command_id=str(event.get("id")),
             )
 
+    def within(self, wait: bool, timeout: float | None) -> float | None:
+        """How long to wait for an outcome: None when not waiting at all."""
+        if not wait:
+            return None
+        return timeout if timeout is not None else self.settings.command_timeout
+
+    @staticmethod
+    def location(request: Request, command_id: str) -> str:
+        """Where a command's outcome can be polled."""
+        return str(request.url_for("get_command", command_id=command_id).path)
+
     async def execute(
         self,
         request: Request,
@@ -93,34 +102,24 @@ class Gateway:
         wait: bool,
         timeout: float | None,
         what: str,
+        sender: Sender | None = None,
     ) -> JSONResponse:
         """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202.
 
         A command whose outcome does not come within the timeout is answered 202 too: it stays
-        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
+        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided. `sender`
+        sends commands that need more than sending (a webhook's removal deletes its secret).
         """
         self.check_size(event)
-        location = str(request.url_for("get_command", command_id=event["id"]).path)
-        issued: Issued | None = None
-        if wait:
-            within = timeout if timeout is not None else self.settings.command_timeout
-            sent, issued = await commands.send_and_wait(
-                self.log, event, within=within, with_caused=True
-            )
-        else:
-            sent = await commands.send(self.log, event)
+        location = self.location(request, event["id"])
+        sent, issued = await (sender or send_command)(self.log, event, self.within(wait, timeout))
         if issued is None:
             # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
-            self._remember(sent)
-            pending = CommandResult(
-                command_id=sent.id,
-                type=sent.type,
-                status="pending",
-                command_seq=sent.seq,
-                duplicate=sent.duplicate,
-            )
+            self.remember(sent)
             return JSONResponse(
-                pending.model_dump(mode="json"), status_code=202, headers={"Location": location}
+                pending_result(sent).model_dump(mode="json"),
+                status_code=202,
+                headers={"Location": location},
             )
         if not issued.accepted:
             raise rejection(issued.outcome, command_id=issued.sent.id, what=what)
@@ -145,18 +144,47 @@ class Gateway:
                 "since it started",
                 command_id=command_id,
             )
-        return CommandResult(
-            command_id=command_id,
-            type=sent.type,
-            status="pending",
-            command_seq=sent.seq,
-            duplicate=sent.duplicate,
-        )
+        return pending_result(sent)
 
-    def _remember(self, sent: commands.Sent) -> None:
+    def remember(self, sent: commands.Sent) -> None:
+        """Keep a command sent without an outcome, so polling it says "pending"."""
         self._pending[sent.id] = sent
         while len(self._pending) > _PENDING_LIMIT:
             self._pending.popitem(last=False)
+
+
+async def send_command(
+    log: EventLog, event: Mapping[str, Any], within: float | None
+) -> tuple[Sent, Issued | None]:
+    """Send `event`; with `within`, wait that long for its outcome (and the events it caused)."""
+    if within is None:
+        return await commands.send(log, event), None
+    return await commands.send_and_wait(log, event, within=within, with_caused=True)
+
+
+def pending_result(sent: Sent) -> CommandResult:
+    return CommandResult(
+        command_id=sent.id,
+        type=sent.type,
+        status="pending",
+        command_seq=sent.seq,
+        duplicate=sent.duplicate,
+    )
+
+
+def invalid_command(exc: ClientError, *, command_id: str | None = None) -> ProblemError:
+    """A command the client layer refused to build, as a 422 problem; nothing was sent.
+
+    Field locations are relative to the command's data, which request bodies mirror.
+    """
+    return ProblemError(
+        422,
+        "invalid-command",
+        "Invalid command",
+        exc.message,
+        errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+        command_id=command_id,
+    )
 
 
 def result_of(issued: Issued) -> CommandResult:

@@ -1,4 +1,8 @@
-"""Any registered command, as `swarm publish` sends it, and a command's outcome by id."""
+"""Any registered command, as `swarm publish` sends it, and a command's outcome by id.
+
+`webhook.add` is the exception: its secret must be stored before it is sent, which only
+`POST /v1/webhooks` does, so it is refused here with a problem pointing there.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas import REGISTRY
-from swarm.client import commands
+from schemas.webhooks import RemoveWebhook
+from swarm.client import commands, webhooks
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
@@ -20,6 +25,7 @@ from swarm.gateway.routes.common import (
     TimeoutQuery,
     WaitQuery,
 )
+from swarm.gateway.routes.webhooks import send_removal
 from swarm.gateway.service import API_SOURCE
 
 router = APIRouter(
@@ -41,6 +47,18 @@ async def send_command(
 ) -> JSONResponse:
     """Send any command (a CloudEvent, or `{type, data}`); its `id` makes a re-send idempotent."""
     document = body.model_dump(mode="json", exclude_none=True)
+    plain_problem = webhooks.plain_command_problem(document.get("type"))
+    if plain_problem is not None:
+        # Sent as is, the subscription would have no stored secret (the body has only a
+        # fingerprint); POST /v1/webhooks stores one first and shows it.
+        raise ProblemError(
+            422,
+            "invalid-command",
+            "Invalid command",
+            f"{plain_problem}; add webhooks with POST /v1/webhooks",
+            errors=[FieldProblem("body.type", "use POST /v1/webhooks", "route")],
+            command_id=document.get("id"),
+        )
     identity = gw.settings.identity
     if document.get("identity", identity) != identity:
         raise ProblemError(
@@ -63,7 +81,11 @@ async def send_command(
             errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
             command_id=document.get("id"),
         ) from None
-    return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
+    # A removal deletes the webhook's secret once accepted, as DELETE /v1/webhooks/{id} does.
+    sender = send_removal if event["type"] == RemoveWebhook.TYPE else None
+    return await gw.execute(
+        request, event, wait=wait, timeout=timeout, what=str(event["type"]), sender=sender
+    )
 
 
 @router.get(
