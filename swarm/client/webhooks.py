@@ -29,7 +29,7 @@ from nats.js.errors import NotFoundError
 from schemas import names
 from schemas.webhooks import AddWebhook, RedeliverWebhook, RemoveWebhook, filter_problem
 from swarm.client import commands
-from swarm.client.commands import DEFAULT_SOURCE, Issued, Sent
+from swarm.client.commands import DEFAULT_SOURCE, Issued, Outcome, Sent
 from swarm.client.errors import FAILED, INVALID, UNAVAILABLE, ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
 from swarm.kernel.eventlog import EventLog
@@ -50,11 +50,14 @@ __all__ = [
     "attempts",
     "dead_letters",
     "forget_secret",
+    "keep_books",
+    "keeps_books",
     "new_webhook",
     "plain_command_problem",
     "plan_redelivery",
     "remove",
     "remove_command",
+    "settle",
     "subscriptions",
 ]
 
@@ -154,7 +157,8 @@ async def add(
     """Store the secret, then send the command; with `within`, wait that long for its outcome.
 
     A rejected command's secret is deleted. Without an outcome (not waited for, or none in
-    time) the secret stays: the command is queued and may still be accepted.
+    time) the secret stays: the command is queued and may still be accepted (`settle` does the
+    rest once its outcome comes).
     """
     try:
         secrets = await secrets_bucket(log.js, log.settings)
@@ -164,14 +168,7 @@ async def add(
         raise ClientError(
             f"could not store the webhook's secret: {exc}", code=UNAVAILABLE
         ) from None
-    if within is None:
-        return await commands.send(log, new.command), None
-    sent, issued = await commands.send_and_wait(
-        log, new.command, within=within, with_caused=with_caused
-    )
-    if issued is not None and not issued.accepted:
-        await forget_secret(log, new.webhook_id)
-    return sent, issued
+    return await _send(log, new.command, within=within, with_caused=with_caused)
 
 
 def remove_command(
@@ -195,20 +192,55 @@ async def remove(
 ) -> tuple[Sent, Issued | None]:
     """Send a `webhook.remove` command; once the Hive has accepted it, delete the secret.
 
-    Not waited for, or without an outcome in time, the secret stays in its bucket (where it is
-    harmless: nothing is sent for a removed subscription); removing again deletes it.
+    Without an outcome the secret stays in its bucket until `settle` sees one (where it is
+    harmless meanwhile: nothing is sent for a removed subscription).
     """
+    return await _send(log, command, within=within, with_caused=with_caused)
+
+
+async def _send(
+    log: EventLog, command: Mapping[str, Any], *, within: float | None, with_caused: bool
+) -> tuple[Sent, Issued | None]:
     if within is None:
         return await commands.send(log, command), None
     sent, issued = await commands.send_and_wait(
         log, command, within=within, with_caused=with_caused
     )
-    if issued is not None and issued.accepted:
+    if issued is not None:
+        await keep_books(log, command, issued.outcome)
+    return sent, issued
+
+
+def keeps_books(command: Mapping[str, Any]) -> bool:
+    """Whether the outcome of this command calls for `keep_books`."""
+    return command.get("type") in (AddWebhook.TYPE, RemoveWebhook.TYPE)
+
+
+async def keep_books(log: EventLog, command: Mapping[str, Any], outcome: Outcome) -> None:
+    """What a webhook command's outcome means for its secret: a rejected `webhook.add` leaves a
+    secret for a subscription that does not exist, an accepted `webhook.remove` one for a
+    subscription that no longer does; both are deleted. Other commands: nothing."""
+    if command.get("type") == AddWebhook.TYPE and not outcome.accepted:
+        await forget_secret(log, str(command["id"]))
+    elif command.get("type") == RemoveWebhook.TYPE and outcome.accepted:
         data = command.get("data")
         webhook_id = data.get("webhook_id") if isinstance(data, Mapping) else None
         if isinstance(webhook_id, str):
             await forget_secret(log, webhook_id)
-    return sent, issued
+
+
+async def settle(
+    log: EventLog, command: Mapping[str, Any], *, start_seq: int, within: float
+) -> Outcome | None:
+    """For a command sent without its outcome: wait up to `within` s for it (at or after
+    `start_seq` of the events stream), then `keep_books`. For a long-running client (the HTTP
+    API) that answered before the Hive decided."""
+    outcome = await commands.wait_for_outcome(
+        log, str(command["id"]), start_seq=start_seq, within=within
+    )
+    if outcome is not None:
+        await keep_books(log, command, outcome)
+    return outcome
 
 
 async def forget_secret(log: EventLog, webhook_id: str) -> None:

@@ -48,18 +48,22 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if log is not None:
             app.state.gateway = Gateway(log, api_settings)
-            yield
+            try:
+                yield
+            finally:
+                await app.state.gateway.close()
             return
         if not swarm_settings.nats_url:
             raise RuntimeError("no NATS to connect to: set SWARM_NATS_URL")
         own = await EventLog.connect(
             swarm_settings.nats_url, swarm_settings, name="swarm-gateway", ensure=False
         )
-        app.state.gateway = Gateway(own, api_settings)
+        gateway = app.state.gateway = Gateway(own, api_settings)
         try:
             yield
         finally:
             app.state.gateway = None
+            await gateway.close()
             await own.close()
 
     app = FastAPI(

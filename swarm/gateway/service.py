@@ -1,21 +1,24 @@
 """What the routes share: the NATS connection, the Hive's queries, and sending a command.
 
-Commands go through the client layer (`swarm.client.commands`), exactly as the CLI's do; this
-module only turns their results into HTTP answers.
+Commands go through the client layer (`swarm.client.commands`, and `swarm.client.webhooks` for
+what a webhook's secret needs), exactly as the CLI's do; this module only turns their results
+into HTTP answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import nats.errors
+import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from schemas import Payload, events, names
-from swarm.client import commands
+from swarm.client import commands, webhooks
 from swarm.client.commands import Issued, Outcome, Sent
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
@@ -32,10 +35,12 @@ _PENDING_LIMIT = 10_000
 #: Rules whose rejection means the request itself was wrong, not the state of things.
 _INVALID_RULES = frozenset({"invalid", "type", "subject"})
 
-#: Sends a command and, given how long, waits for its outcome (None: not waited for / in time).
-Sender = Callable[
-    [EventLog, Mapping[str, Any], float | None], Awaitable[tuple[Sent, Issued | None]]
-]
+#: How long the API keeps waiting, after answering 202, for the outcome of a webhook command
+#: whose secret depends on it (see `Gateway.send`); and how many such waits at once.
+SETTLE_WITHIN = 300.0
+_SETTLE_LIMIT = 100
+
+logger = structlog.get_logger("swarm.gateway")
 
 
 class Gateway:
@@ -45,6 +50,7 @@ class Gateway:
         self.log = log
         self.settings = settings
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def queries(self) -> HiveQueries:
@@ -94,6 +100,37 @@ class Gateway:
         """Where a command's outcome can be polled."""
         return str(request.url_for("get_command", command_id=command_id).path)
 
+    async def send(
+        self,
+        event: Mapping[str, Any],
+        *,
+        wait: bool,
+        timeout: float | None,
+        new_webhook: webhooks.NewWebhook | None = None,
+    ) -> tuple[Sent, Issued | None]:
+        """Send a command (`new_webhook`'s with its secret stored first) and, with `wait`, wait
+        for its outcome; a command answered later is remembered as pending.
+
+        A webhook command's outcome decides what becomes of its secret (`webhooks.keep_books`):
+        done now when the outcome came in time, else by a task that waits for it, since the
+        caller has its answer already and will not come back to finish the job.
+        """
+        within = self.within(wait, timeout)
+        settles = webhooks.keeps_books(event)
+        # Taken before the publish, as `commands.send_and_wait` does: the outcome comes after.
+        start = await self.floor() + 1 if settles else 1
+        if new_webhook is not None:
+            sent, issued = await webhooks.add(
+                self.log, new_webhook, within=within, with_caused=True
+            )
+        else:
+            sent, issued = await send_command(self.log, event, within)
+        if issued is None:
+            self.remember(sent)
+            if settles:
+                self._settle(event, start_seq=1 if sent.duplicate else start)
+        return sent, issued
+
     async def execute(
         self,
         request: Request,
@@ -102,20 +139,17 @@ class Gateway:
         wait: bool,
         timeout: float | None,
         what: str,
-        sender: Sender | None = None,
     ) -> JSONResponse:
         """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202.
 
         A command whose outcome does not come within the timeout is answered 202 too: it stays
-        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided. `sender`
-        sends commands that need more than sending (a webhook's removal deletes its secret).
+        queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
         """
         self.check_size(event)
         location = self.location(request, event["id"])
-        sent, issued = await (sender or send_command)(self.log, event, self.within(wait, timeout))
+        sent, issued = await self.send(event, wait=wait, timeout=timeout)
         if issued is None:
             # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
-            self.remember(sent)
             return JSONResponse(
                 pending_result(sent).model_dump(mode="json"),
                 status_code=202,
@@ -152,6 +186,33 @@ class Gateway:
         while len(self._pending) > _PENDING_LIMIT:
             self._pending.popitem(last=False)
 
+    def _settle(self, event: Mapping[str, Any], *, start_seq: int) -> None:
+        if len(self._settling) >= _SETTLE_LIMIT:
+            logger.warning("too many webhook commands awaiting outcomes", command_id=event["id"])
+            return
+        work = webhooks.settle(self.log, event, start_seq=start_seq, within=SETTLE_WITHIN)
+        task = asyncio.create_task(_quietly(work, str(event["id"])))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def close(self) -> None:
+        """Stop waiting for outcomes (at shutdown)."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+async def _quietly(work: Coroutine[Any, Any, object], command_id: str) -> None:
+    # A background task's failure has no caller to go to: logged, not raised into the loop.
+    try:
+        await work
+    except Exception as exc:
+        logger.warning(
+            "waiting for a webhook command's outcome failed",
+            command_id=command_id,
+            error=str(exc) or type(exc).__name__,
+        )
+
 
 async def send_command(
     log: EventLog, event: Mapping[str, Any], within: float | None
@@ -159,7 +220,11 @@ async def send_command(
     """Send `event`; with `within`, wait that long for its outcome (and the events it caused)."""
     if within is None:
         return await commands.send(log, event), None
-    return await commands.send_and_wait(log, event, within=within, with_caused=True)
+    sent, issued = await commands.send_and_wait(log, event, within=within, with_caused=True)
+    if issued is not None:
+        # A webhook's removal deletes its secret, as `swarm webhook rm` does.
+        await webhooks.keep_books(log, event, issued.outcome)
+    return sent, issued
 
 
 def pending_result(sent: Sent) -> CommandResult:

@@ -343,6 +343,41 @@ async def test_the_commands_route_refuses_webhook_add_and_removes_like_delete(
     assert await secret_of(stack, webhook_id) is None
 
 
+async def test_secrets_follow_outcomes_that_come_after_a_202(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    # Rejected after the API answered: the API waits on and deletes the secret it stored.
+    pending = await api.post(
+        "/v1/webhooks",
+        params={"wait": "false"},
+        json={"url": "ftp://example.com/never", "filter": FILTER},
+    )
+    assert pending.status_code == 202, pending.text
+    rejected_id = pending.json()["webhook_id"]
+
+    async def decided() -> bool:
+        polled = (await api.get(pending.headers["location"])).json()
+        return bool(polled["status"] == "rejected")
+
+    await wait_until(decided, what="the rejection")
+
+    async def forgotten(webhook_id: str) -> bool:
+        return await secret_of(stack, webhook_id) is None
+
+    await wait_until(lambda: forgotten(rejected_id), what="the rejected add's secret deleted")
+
+    # Removed without waiting: the secret goes once the Hive has accepted the removal.
+    added = await api.post(
+        "/v1/webhooks", json={"url": "https://example.com/removed-later", "filter": FILTER}
+    )
+    webhook_id = added.json()["webhook_id"]
+    assert await secret_of(stack, webhook_id) is not None
+    removal = await api.delete(f"/v1/webhooks/{webhook_id}", params={"wait": "false"})
+    assert removal.status_code == 202, removal.text
+    assert removal.headers["location"] == f"/v1/commands/{removal.json()['command_id']}"
+    await wait_until(lambda: forgotten(webhook_id), what="the removed webhook's secret deleted")
+
+
 async def test_every_webhook_route_documents_auth_and_problems(api: httpx.AsyncClient) -> None:
     document = (await api.get("/openapi.json")).json()
     operations = [

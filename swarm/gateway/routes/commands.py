@@ -12,7 +12,6 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas import REGISTRY
-from schemas.webhooks import RemoveWebhook
 from swarm.client import commands, webhooks
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
@@ -25,7 +24,6 @@ from swarm.gateway.routes.common import (
     TimeoutQuery,
     WaitQuery,
 )
-from swarm.gateway.routes.webhooks import send_removal
 from swarm.gateway.service import API_SOURCE
 
 router = APIRouter(
@@ -81,11 +79,7 @@ async def send_command(
             errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
             command_id=document.get("id"),
         ) from None
-    # A removal deletes the webhook's secret once accepted, as DELETE /v1/webhooks/{id} does.
-    sender = send_removal if event["type"] == RemoveWebhook.TYPE else None
-    return await gw.execute(
-        request, event, wait=wait, timeout=timeout, what=str(event["type"]), sender=sender
-    )
+    return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
 
 
 @router.get(

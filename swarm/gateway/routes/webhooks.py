@@ -8,15 +8,13 @@ therefore refuses `webhook.add` and points here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas.names import TOKEN_PATTERN
 from swarm.client import webhooks
-from swarm.client.commands import Issued, Sent
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import (
     CommandResult,
@@ -43,9 +41,7 @@ from swarm.gateway.service import (
     pending_result,
     rejection,
     result_of,
-    send_command,
 )
-from swarm.kernel.eventlog import EventLog
 
 router = APIRouter(
     prefix="/v1", tags=["webhooks"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
@@ -107,13 +103,9 @@ async def add_webhook(
         raise invalid_command(exc) from None
     gw.check_size(new.command)
     location = gw.location(request, new.webhook_id)
-    sent, issued = await webhooks.add(
-        gw.log, new, within=gw.within(wait, timeout), with_caused=True
-    )
+    sent, issued = await gw.send(new.command, wait=wait, timeout=timeout, new_webhook=new)
     if issued is not None and not issued.accepted:
         raise rejection(issued.outcome, command_id=sent.id, what=f"adding webhook {body.url}")
-    if issued is None:
-        gw.remember(sent)
     created = WebhookCreated(
         webhook_id=new.webhook_id,
         url=body.url,
@@ -130,14 +122,6 @@ async def add_webhook(
         status_code=202 if issued is None else 200,
         headers={"Location": location, **_NO_STORE},
     )
-
-
-async def send_removal(
-    log: EventLog, event: Mapping[str, Any], within: float | None
-) -> tuple[Sent, Issued | None]:
-    """Sends a `webhook.remove` (from this route or `POST /v1/commands`): the secret is deleted
-    once the Hive accepts."""
-    return await webhooks.remove(log, event, within=within, with_caused=True)
 
 
 @router.delete(
@@ -167,7 +151,6 @@ async def remove_webhook(
         wait=wait,
         timeout=timeout,
         what=f"removing webhook {webhook_id}",
-        sender=send_removal,
     )
 
 
@@ -237,10 +220,9 @@ async def redeliver(
         ) from None
     for planned in plan:
         gw.check_size(planned.command)
-    within = gw.within(wait, timeout)
     done: list[Redelivery] = []
     for planned in plan:
-        sent, issued = await send_command(gw.log, planned.command, within)
+        sent, issued = await gw.send(planned.command, wait=wait, timeout=timeout)
         if issued is not None and not issued.accepted:
             earlier = f" ({len(done)} earlier request(s) were sent)" if done else ""
             raise rejection(
@@ -248,8 +230,6 @@ async def redeliver(
                 command_id=sent.id,
                 what=f"redelivering to webhook {planned.webhook_id}{earlier}",
             )
-        if issued is None:
-            gw.remember(sent)
         done.append(
             Redelivery(
                 webhook_id=planned.webhook_id,
