@@ -35,6 +35,7 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
+from swarm.client import webhooks
 
 # Building, checking, sending and awaiting commands is the client layer's, shared with the HTTP
 # API; these names stay importable from here for the verbs built on them.
@@ -198,6 +199,8 @@ async def _publish(
                 "(`swarm status`)",
                 code=EXIT_NO_OUTCOME,
             )
+        # A webhook's removal deletes its secret, as `swarm webhook rm` does.
+        await webhooks.keep_books(log, event, outcome)
         if output == Format.TABLE:
             caused = await caused_events(log, outcome, start_seq=start) if outcome.accepted else []
             print_outcome(sent, outcome, caused)
@@ -282,6 +285,13 @@ def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
                 identity=settings.identity,
                 registry=registry,
             )
+            refusal = webhooks.plain_command_problem(event["type"])
+            if refusal is not None:
+                raise CliError(
+                    refusal,
+                    code=EXIT_USAGE,
+                    hint="`swarm webhook add URL --filter PATTERN` stores a secret and sends it",
+                )
             if validate:
                 validate_command(event, registry)
             target = connect.resolve_nats_url(nats_url, settings)

@@ -1,36 +1,27 @@
 """`swarm webhook`: subscribe URLs to events, list and remove them, see and redo deliveries.
 
 Adding and removing are commands decided by the Hive, so both are on the audit log. The signing
-secret is not: it is generated here (unless given), stored in the `swarm-webhook-secrets` bucket
-under the subscription's id before the command is sent, and shown once. The log carries only its
-fingerprint. Deliveries are made by the webhook dispatcher (`python -m services.webhooks`, started
-by `swarm up`), which records every attempt and dead-letters what it gives up on.
+secret is not: it is generated (unless given), stored in the `swarm-webhook-secrets` bucket under
+the subscription's id before the command is sent, and shown once; the log carries only its
+fingerprint. The client layer (`swarm.client.webhooks`, shared with the HTTP API) does all of
+that; this module presents it. Deliveries are made by the webhook dispatcher (`python -m
+services.webhooks`, started by `swarm up`), which records every attempt and dead-letters what it
+gives up on.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
-from nats.js.errors import NotFoundError
 from rich.console import RenderableType
 from rich.text import Text
 
 from schemas import names
-from schemas.webhooks import (
-    MAX_ATTEMPTS_LIMIT,
-    AddWebhook,
-    RedeliverWebhook,
-    RemoveWebhook,
-    filter_problem,
-)
+from schemas.webhooks import MAX_ATTEMPTS_LIMIT
 from swarm.cli import connect, publish
 from swarm.cli.output import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     CliError,
@@ -48,20 +39,12 @@ from swarm.cli.verbs import (
     conclude,
     finish,
     issue,
-    prepare,
     read_floor,
     rejection,
     show,
 )
-from swarm.kernel.eventlog import EventLog
-from swarm.kernel.webhook_storage import (
-    dead_letter_values,
-    dead_letters_bucket,
-    fingerprint,
-    new_secret,
-    secret_key,
-    secrets_bucket,
-)
+from swarm.client import webhooks
+from swarm.client.commands import no_outcome
 
 app = typer.Typer(
     help="Send events to HTTP endpoints: signed CloudEvents, retried, recorded.",
@@ -117,46 +100,41 @@ def add(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Subscribe URL to the events matching --filter."""
-    generated = secret is None
-    key = secret or new_secret()
 
     async def main() -> int:
-        problem = filter_problem(filter)
-        if problem is not None:
-            raise CliError(problem, code=EXIT_USAGE, hint="e.g. --filter 'swarm.evt.agent.>'")
-        try:
-            secret_key(key)
-        except ValueError as exc:
-            raise CliError(f"--secret: {exc}", code=EXIT_USAGE) from None
         settings = connect.load_settings()
-        data: dict[str, Any] = {
-            "url": url,
-            "filter": filter,
-            "secret_fingerprint": fingerprint(key),
-            "description": description,
-        }
-        if max_attempts is not None:
-            data["max_attempts"] = max_attempts
-        event = prepare(AddWebhook, data, settings)
-        webhook_id = str(event["id"])
+        try:
+            new = webhooks.new_webhook(
+                url,
+                filter,
+                secret=secret,
+                max_attempts=max_attempts,
+                description=description,
+                identity=settings.identity,
+                source=publish.CLI_SOURCE,
+            )
+        except CliError as exc:
+            if exc.errors and exc.errors[0].loc == "filter":
+                raise CliError(
+                    exc.message, code=EXIT_USAGE, hint="e.g. --filter 'swarm.evt.agent.>'"
+                ) from None
+            if exc.errors and exc.errors[0].loc == "secret":
+                raise CliError(f"--{exc.message}", code=EXIT_USAGE) from None
+            raise
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
-            secrets = await secrets_bucket(log.js, settings)
-            # Stored first: the dispatcher may deliver the moment the subscription is on the log.
-            await secrets.put(webhook_id, key.encode())
             # Without an outcome (exit 3) the secret stays: the command may still be accepted.
-            issued = await issue(log, event, within=timeout)
-            if not issued.accepted:
-                with contextlib.suppress(Exception):
-                    await secrets.delete(webhook_id)
+            sent, issued = await webhooks.add(log, new, within=timeout)
+            if issued is None:
+                raise no_outcome(sent, timeout)
         if output != Format.TABLE:
             emit(
                 {
-                    "webhook_id": webhook_id,
+                    "webhook_id": new.webhook_id,
                     "url": url,
                     "filter": filter,
-                    "secret": key if generated and issued.accepted else None,
-                    "secret_fingerprint": fingerprint(key),
+                    "secret": new.secret if new.generated and issued.accepted else None,
+                    "secret_fingerprint": new.data["secret_fingerprint"],
                     "outcome": publish.outcome_document(issued.outcome),
                 },
                 output,
@@ -165,10 +143,10 @@ def add(
             raise rejection(issued.outcome, what=f"adding webhook {url}", namespace="default")
         if output == Format.TABLE:
             console = stdout_console()
-            console.print(Text(f"webhook {webhook_id} added: {filter} -> {url}"))
-            if generated:
+            console.print(Text(f"webhook {new.webhook_id} added: {filter} -> {url}"))
+            if new.generated:
                 console.print(
-                    Text(f"secret: {key}  (shown once; receivers verify signatures with it)")
+                    Text(f"secret: {new.secret}  (shown once; receivers verify signatures with it)")
                 )
         return EXIT_OK
 
@@ -186,12 +164,7 @@ def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = No
             queries = HiveQueries(log.nc)
 
             async def fetch() -> dict[str, Any]:
-                answer = await queries.ask(
-                    names.QUERY_WEBHOOKS_LIST, at_least=await read_floor(log)
-                )
-                hooks = answer.get("webhooks")
-                if not isinstance(hooks, list):
-                    raise CliError("the Hive's answer has no list 'webhooks'", code=EXIT_FAILED)
+                hooks = await webhooks.subscriptions(queries, at_least=await read_floor(log))
                 return {"webhooks": hooks, "applied_seq": queries.applied_seq}
 
             await show(
@@ -231,14 +204,14 @@ def rm(
 
     async def main() -> int:
         settings = connect.load_settings()
-        event = prepare(RemoveWebhook, {"webhook_id": webhook_id, "reason": reason}, settings)
+        command = webhooks.remove_command(
+            webhook_id, reason, identity=settings.identity, source=publish.CLI_SOURCE
+        )
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
-            issued = await issue(log, event, within=timeout)
-            if issued.accepted:
-                secrets = await secrets_bucket(log.js, settings)
-                with contextlib.suppress(Exception):
-                    await secrets.delete(webhook_id)
+            sent, issued = await webhooks.remove(log, command, within=timeout)
+            if issued is None:
+                raise no_outcome(sent, timeout)
         conclude(
             issued,
             output,
@@ -268,7 +241,7 @@ def deliveries(
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings) as log:
             if dead:
-                letters = await _dead_letters(log, subscription)
+                letters = await webhooks.dead_letters(log, subscription)
 
                 async def fetch_dead() -> dict[str, Any]:
                     return {"dead_letters": letters}
@@ -281,7 +254,7 @@ def deliveries(
                     title="",
                 )
                 return EXIT_OK
-            attempts = await _attempts(log, subscription, limit)
+            attempts = await webhooks.attempts(log, subscription, limit)
 
             async def fetch() -> dict[str, Any]:
                 return {"deliveries": attempts}
@@ -292,33 +265,6 @@ def deliveries(
         return EXIT_OK
 
     finish(main())
-
-
-async def _attempts(log: EventLog, subscription: str | None, limit: int) -> list[dict[str, Any]]:
-    try:
-        await log.js.stream_info(names.STREAM_WEBHOOK_DELIVERIES)
-    except NotFoundError:
-        return []  # the dispatcher creates the stream when it first starts
-    recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
-    async for delivery in log.replay(
-        names.STREAM_WEBHOOK_DELIVERIES, subjects=[names.webhook_deliveries_of(subscription)]
-    ):
-        with contextlib.suppress(ValueError):
-            record = json.loads(delivery.data)
-            if isinstance(record, dict):
-                recent.append(record)
-    return list(recent)
-
-
-async def _dead_letters(log: EventLog, subscription: str | None) -> list[dict[str, Any]]:
-    kv = await dead_letters_bucket(log.js, log.settings)
-    letters = []
-    for value in await dead_letter_values(kv, subscription):
-        with contextlib.suppress(ValueError):
-            letter = json.loads(value)
-            if isinstance(letter, dict):
-                letters.append(letter)
-    return sorted(letters, key=lambda d: (str(d.get("at", "")), d.get("event_seq", 0)))
 
 
 def attempts_table(attempts: Sequence[Mapping[str, Any]]) -> RenderableType:
@@ -398,43 +344,43 @@ def redeliver(
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
-            letters = await _dead_letters(log, subscription)
-            by_hook: dict[str, list[str]] = {}
-            for letter in letters:
-                if all_dead or letter.get("event_id") in wanted:
-                    by_hook.setdefault(str(letter.get("webhook_id")), []).append(
-                        str(letter.get("event_id"))
-                    )
-            found = {e for ids in by_hook.values() for e in ids}
-            missing = [e for e in wanted if e not in found]
-            if missing:
-                raise CliError(
-                    f"not dead-lettered: {', '.join(missing)}",
-                    code=EXIT_FAILED,
-                    hint="`swarm webhook deliveries --dead` lists the dead letters",
+            try:
+                plan = await webhooks.plan_redelivery(
+                    log,
+                    event_ids=wanted,
+                    all_dead=all_dead,
+                    subscription=subscription,
+                    identity=settings.identity,
+                    source=publish.CLI_SOURCE,
                 )
-            if not by_hook:
+            except webhooks.NotDeadLettered as exc:
+                raise CliError(
+                    exc.message,
+                    code=exc.code,
+                    hint="`swarm webhook deliveries --dead` lists the dead letters",
+                ) from None
+            if not plan:
                 if output == Format.TABLE:
                     stdout_console().print(Text("no dead letters to redeliver"))
                 else:
                     emit({"requests": []}, output)
                 return EXIT_OK
             documents = []
-            for hook, ids in sorted(by_hook.items()):
-                event = prepare(
-                    RedeliverWebhook,
-                    {"webhook_id": hook, "event_ids": [] if all_dead else sorted(set(ids))},
-                    settings,
-                )
-                issued = await issue(log, event, within=timeout)
+            for request in plan:
+                issued = await issue(log, request.command, within=timeout)
                 documents.append(publish.outcome_document(issued.outcome))
                 if not issued.accepted:
                     raise rejection(
-                        issued.outcome, what=f"redelivering to {hook}", namespace="default"
+                        issued.outcome,
+                        what=f"redelivering to {request.webhook_id}",
+                        namespace="default",
                     )
                 if output == Format.TABLE:
                     stdout_console().print(
-                        Text(f"webhook {hook}: {len(ids)} dead letter(s) queued for redelivery")
+                        Text(
+                            f"webhook {request.webhook_id}: {len(request.event_ids)} dead "
+                            "letter(s) queued for redelivery"
+                        )
                     )
         if output != Format.TABLE:
             emit({"requests": documents}, output)

@@ -32,6 +32,7 @@ __all__ = [
     "encode",
     "find_outcome",
     "issue",
+    "no_outcome",
     "outcome_subjects",
     "parse_value",
     "prepare",
@@ -418,12 +419,17 @@ async def issue(
     """Send `event` and wait for its outcome (`NO_OUTCOME` when none comes within `within` s)."""
     sent, issued = await send_and_wait(log, event, within=within, with_caused=with_caused)
     if issued is None:
-        raise ClientError(
-            f"no outcome for {sent.type} {sent.id} within {within:g}s",
-            code=NO_OUTCOME,
-            hint="is the Hive running? (`swarm status`); the command stays queued for it",
-        )
+        raise no_outcome(sent, within)
     return issued
+
+
+def no_outcome(sent: Sent, within: float) -> ClientError:
+    """The error for a command sent that got no outcome within `within` s."""
+    return ClientError(
+        f"no outcome for {sent.type} {sent.id} within {within:g}s",
+        code=NO_OUTCOME,
+        hint="is the Hive running? (`swarm status`); the command stays queued for it",
+    )
 
 
 async def send_and_wait(

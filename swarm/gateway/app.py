@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from swarm.gateway import problems
 from swarm.gateway.problems import Problem
-from swarm.gateway.routes import agents, commands, events, health, namespaces
+from swarm.gateway.routes import agents, commands, events, health, namespaces, webhooks
 from swarm.gateway.service import Gateway
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.eventlog import EventLog
@@ -48,18 +48,22 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if log is not None:
             app.state.gateway = Gateway(log, api_settings)
-            yield
+            try:
+                yield
+            finally:
+                await app.state.gateway.close()
             return
         if not swarm_settings.nats_url:
             raise RuntimeError("no NATS to connect to: set SWARM_NATS_URL")
         own = await EventLog.connect(
             swarm_settings.nats_url, swarm_settings, name="swarm-gateway", ensure=False
         )
-        app.state.gateway = Gateway(own, api_settings)
+        gateway = app.state.gateway = Gateway(own, api_settings)
         try:
             yield
         finally:
             app.state.gateway = None
+            await gateway.close()
             await own.close()
 
     app = FastAPI(
@@ -71,7 +75,7 @@ def create_app(
     app.state.token = bearer
     app.state.gateway = Gateway(log, api_settings) if log is not None else None
     problems.install(app)
-    for module in (health, agents, namespaces, commands, events):
+    for module in (health, agents, namespaces, commands, events, webhooks):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
 
 from schemas.commands import MAX_REPLICAS
+from schemas.names import TOKEN_PATTERN
 from schemas.specs import AgentSpec, Name, Quota, Version
+from schemas.webhooks import MAX_ATTEMPTS_LIMIT, Filter, Url
 from swarm.kernel.eventlog import Delivery
 
 
@@ -183,3 +185,95 @@ class SchemaEntry(BaseModel):
 
 class SchemaList(BaseModel):
     schemas: list[SchemaEntry]
+
+
+# --- Webhooks ------------------------------------------------------------------------------------
+
+
+class WebhookCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Url = Field(
+        description="Where to POST the events (http or https; the Hive checks it).",
+        examples=["https://ops.example.com/swarm"],
+    )
+    filter: Filter = Field(
+        description="Subject pattern of the events to send ('*' one token, '>' the rest).",
+        examples=["swarm.evt.agent.*.replica_failed"],
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "Standard Webhooks secret (`whsec_<base64 of 24 to 64 bytes>`); generated and "
+            "returned once when left out."
+        ),
+    )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ATTEMPTS_LIMIT,
+        description="Attempts per event before it is dead-lettered (default: the dispatcher's).",
+    )
+    description: str = Field(default="", max_length=200, description="A note for people.")
+
+
+class WebhookCreated(BaseModel):
+    """The subscription as requested; `command` says whether the Hive has accepted it yet."""
+
+    webhook_id: str
+    url: str
+    filter: str
+    max_attempts: int | None
+    description: str
+    secret_fingerprint: str
+    #: The generated secret, shown this once (null when the request gave one).
+    secret: str | None = Field(
+        description="The generated secret, shown this once; null when the request gave one."
+    )
+    command: CommandResult
+
+
+class WebhookList(BaseModel):
+    #: The subscriptions (not removed), without their secrets.
+    webhooks: list[dict[str, Any]]
+    applied_seq: int
+
+
+class WebhookDeliveries(BaseModel):
+    #: Delivery attempts, oldest first (null with `dead=true`).
+    deliveries: list[dict[str, Any]] | None = None
+    #: Events given up on, oldest first (only with `dead=true`).
+    dead_letters: list[dict[str, Any]] | None = None
+
+
+class RedeliverRequest(BaseModel):
+    """Dead-lettered events to send again: the ones named, or all of them (`all_dead`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_ids: list[Annotated[str, Field(pattern=TOKEN_PATTERN)]] = Field(
+        default_factory=list, max_length=1000, description="CloudEvents ids of dead letters."
+    )
+    all_dead: bool = Field(default=False, description="Every dead letter (of `subscription`).")
+    subscription: str | None = Field(
+        default=None, pattern=TOKEN_PATTERN, description="Only this webhook's dead letters."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> RedeliverRequest:
+        if bool(self.event_ids) == self.all_dead:
+            raise ValueError("give event_ids or all_dead: true (not both)")
+        return self
+
+
+class Redelivery(BaseModel):
+    webhook_id: str
+    #: The dead letters this request sends again.
+    event_ids: list[str]
+    command: CommandResult
+
+
+class RedeliveryResult(BaseModel):
+    #: One `webhook.redeliver` command per webhook concerned (none when nothing is dead).
+    requests: list[Redelivery]

@@ -1,22 +1,25 @@
 """What the routes share: the NATS connection, the Hive's queries, and sending a command.
 
-Commands go through the client layer (`swarm.client.commands`), exactly as the CLI's do; this
-module only turns their results into HTTP answers.
+Commands go through the client layer (`swarm.client.commands`, and `swarm.client.webhooks` for
+what a webhook's secret needs), exactly as the CLI's do; this module only turns their results
+into HTTP answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import nats.errors
+import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from schemas import Payload, events, names
-from swarm.client import commands
-from swarm.client.commands import Issued, Outcome
+from swarm.client import commands, webhooks
+from swarm.client.commands import Issued, Outcome, Sent
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
 from swarm.gateway.models import CausedEvent, CommandResult
@@ -32,6 +35,13 @@ _PENDING_LIMIT = 10_000
 #: Rules whose rejection means the request itself was wrong, not the state of things.
 _INVALID_RULES = frozenset({"invalid", "type", "subject"})
 
+#: How long the API keeps waiting, after answering 202, for the outcome of a webhook command
+#: whose secret depends on it (see `Gateway.send`); and how many such waits at once.
+SETTLE_WITHIN = 300.0
+_SETTLE_LIMIT = 100
+
+logger = structlog.get_logger("swarm.gateway")
+
 
 class Gateway:
     """The API's connection to Swarm (one per process)."""
@@ -40,6 +50,7 @@ class Gateway:
         self.log = log
         self.settings = settings
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def queries(self) -> HiveQueries:
@@ -64,14 +75,7 @@ class Gateway:
                 payload, data, identity=self.settings.identity, source=API_SOURCE
             )
         except ClientError as exc:
-            # Field locations are relative to the command's data, which the body mirrors.
-            raise ProblemError(
-                422,
-                "invalid-command",
-                "Invalid command",
-                exc.message,
-                errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
-            ) from None
+            raise invalid_command(exc) from None
 
     def check_size(self, event: Mapping[str, Any]) -> None:
         limit = self.log.nc.max_payload
@@ -84,6 +88,48 @@ class Gateway:
                 f"the command is {size:,} bytes; NATS takes at most {limit:,}",
                 command_id=str(event.get("id")),
             )
+
+    def within(self, wait: bool, timeout: float | None) -> float | None:
+        """How long to wait for an outcome: None when not waiting at all."""
+        if not wait:
+            return None
+        return timeout if timeout is not None else self.settings.command_timeout
+
+    @staticmethod
+    def location(request: Request, command_id: str) -> str:
+        """Where a command's outcome can be polled."""
+        return str(request.url_for("get_command", command_id=command_id).path)
+
+    async def send(
+        self,
+        event: Mapping[str, Any],
+        *,
+        wait: bool,
+        timeout: float | None,
+        new_webhook: webhooks.NewWebhook | None = None,
+    ) -> tuple[Sent, Issued | None]:
+        """Send a command (`new_webhook`'s with its secret stored first) and, with `wait`, wait
+        for its outcome; a command answered later is remembered as pending.
+
+        A webhook command's outcome decides what becomes of its secret (`webhooks.keep_books`):
+        done now when the outcome came in time, else by a task that waits for it, since the
+        caller has its answer already and will not come back to finish the job.
+        """
+        within = self.within(wait, timeout)
+        settles = webhooks.keeps_books(event)
+        # Taken before the publish, as `commands.send_and_wait` does: the outcome comes after.
+        start = await self.floor() + 1 if settles else 1
+        if new_webhook is not None:
+            sent, issued = await webhooks.add(
+                self.log, new_webhook, within=within, with_caused=True
+            )
+        else:
+            sent, issued = await send_command(self.log, event, within)
+        if issued is None:
+            self.remember(sent)
+            if settles:
+                self._settle(event, start_seq=1 if sent.duplicate else start)
+        return sent, issued
 
     async def execute(
         self,
@@ -100,27 +146,14 @@ class Gateway:
         queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
         """
         self.check_size(event)
-        location = str(request.url_for("get_command", command_id=event["id"]).path)
-        issued: Issued | None = None
-        if wait:
-            within = timeout if timeout is not None else self.settings.command_timeout
-            sent, issued = await commands.send_and_wait(
-                self.log, event, within=within, with_caused=True
-            )
-        else:
-            sent = await commands.send(self.log, event)
+        location = self.location(request, event["id"])
+        sent, issued = await self.send(event, wait=wait, timeout=timeout)
         if issued is None:
             # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
-            self._remember(sent)
-            pending = CommandResult(
-                command_id=sent.id,
-                type=sent.type,
-                status="pending",
-                command_seq=sent.seq,
-                duplicate=sent.duplicate,
-            )
             return JSONResponse(
-                pending.model_dump(mode="json"), status_code=202, headers={"Location": location}
+                pending_result(sent).model_dump(mode="json"),
+                status_code=202,
+                headers={"Location": location},
             )
         if not issued.accepted:
             raise rejection(issued.outcome, command_id=issued.sent.id, what=what)
@@ -145,18 +178,78 @@ class Gateway:
                 "since it started",
                 command_id=command_id,
             )
-        return CommandResult(
-            command_id=command_id,
-            type=sent.type,
-            status="pending",
-            command_seq=sent.seq,
-            duplicate=sent.duplicate,
-        )
+        return pending_result(sent)
 
-    def _remember(self, sent: commands.Sent) -> None:
+    def remember(self, sent: commands.Sent) -> None:
+        """Keep a command sent without an outcome, so polling it says "pending"."""
         self._pending[sent.id] = sent
         while len(self._pending) > _PENDING_LIMIT:
             self._pending.popitem(last=False)
+
+    def _settle(self, event: Mapping[str, Any], *, start_seq: int) -> None:
+        if len(self._settling) >= _SETTLE_LIMIT:
+            logger.warning("too many webhook commands awaiting outcomes", command_id=event["id"])
+            return
+        work = webhooks.settle(self.log, event, start_seq=start_seq, within=SETTLE_WITHIN)
+        task = asyncio.create_task(_quietly(work, str(event["id"])))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def close(self) -> None:
+        """Stop waiting for outcomes (at shutdown)."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+async def _quietly(work: Coroutine[Any, Any, object], command_id: str) -> None:
+    # A background task's failure has no caller to go to: logged, not raised into the loop.
+    try:
+        await work
+    except Exception as exc:
+        logger.warning(
+            "waiting for a webhook command's outcome failed",
+            command_id=command_id,
+            error=str(exc) or type(exc).__name__,
+        )
+
+
+async def send_command(
+    log: EventLog, event: Mapping[str, Any], within: float | None
+) -> tuple[Sent, Issued | None]:
+    """Send `event`; with `within`, wait that long for its outcome (and the events it caused)."""
+    if within is None:
+        return await commands.send(log, event), None
+    sent, issued = await commands.send_and_wait(log, event, within=within, with_caused=True)
+    if issued is not None:
+        # A webhook's removal deletes its secret, as `swarm webhook rm` does.
+        await webhooks.keep_books(log, event, issued.outcome)
+    return sent, issued
+
+
+def pending_result(sent: Sent) -> CommandResult:
+    return CommandResult(
+        command_id=sent.id,
+        type=sent.type,
+        status="pending",
+        command_seq=sent.seq,
+        duplicate=sent.duplicate,
+    )
+
+
+def invalid_command(exc: ClientError, *, command_id: str | None = None) -> ProblemError:
+    """A command the client layer refused to build, as a 422 problem; nothing was sent.
+
+    Field locations are relative to the command's data, which request bodies mirror.
+    """
+    return ProblemError(
+        422,
+        "invalid-command",
+        "Invalid command",
+        exc.message,
+        errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
+        command_id=command_id,
+    )
 
 
 def result_of(issued: Issued) -> CommandResult:

@@ -213,3 +213,24 @@ async def test_dead_letters_are_listed_and_redelivered(stack: Stack) -> None:
         assert sorted(r.headers["webhook-id"] for r in delivered) == sorted(ids)
         for r in delivered:
             receiver.verify(r)
+
+
+async def test_publish_refuses_webhook_add_and_a_published_removal_deletes_the_secret(
+    stack: Stack,
+) -> None:
+    data = {"url": "https://example.com/", "filter": FILTER, "secret_fingerprint": "0" * 16}
+    for extra in ([], ["--no-validate"]):
+        plain = await cli(
+            stack, "publish", "swarm.cmd.webhook.add", "--data", json.dumps(data), *extra
+        )
+        assert plain.exit_code == 2, plain.output
+        assert "swarm webhook add" in plain.output
+    assert (await json_of(stack, "webhook", "ls"))["webhooks"] == []
+
+    added = await json_of(stack, "webhook", "add", "https://example.com/", "-f", FILTER)
+    kv = await secrets_bucket(stack.client.js, Settings(nats_url=stack.url))
+    assert (await kv.get(added["webhook_id"])).value == added["secret"].encode()
+    removal = json.dumps({"webhook_id": added["webhook_id"]})
+    ok(await cli(stack, "publish", "swarm.cmd.webhook.remove", "--data", removal))
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(added["webhook_id"])

@@ -1,4 +1,8 @@
-"""Any registered command, as `swarm publish` sends it, and a command's outcome by id."""
+"""Any registered command, as `swarm publish` sends it, and a command's outcome by id.
+
+`webhook.add` is the exception: its secret must be stored before it is sent, which only
+`POST /v1/webhooks` does, so it is refused here with a problem pointing there.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas import REGISTRY
-from swarm.client import commands
+from swarm.client import commands, webhooks
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
@@ -41,6 +45,18 @@ async def send_command(
 ) -> JSONResponse:
     """Send any command (a CloudEvent, or `{type, data}`); its `id` makes a re-send idempotent."""
     document = body.model_dump(mode="json", exclude_none=True)
+    plain_problem = webhooks.plain_command_problem(document.get("type"))
+    if plain_problem is not None:
+        # Sent as is, the subscription would have no stored secret (the body has only a
+        # fingerprint); POST /v1/webhooks stores one first and shows it.
+        raise ProblemError(
+            422,
+            "invalid-command",
+            "Invalid command",
+            f"{plain_problem}; add webhooks with POST /v1/webhooks",
+            errors=[FieldProblem("body.type", "use POST /v1/webhooks", "route")],
+            command_id=document.get("id"),
+        )
     identity = gw.settings.identity
     if document.get("identity", identity) != identity:
         raise ProblemError(
