@@ -54,10 +54,12 @@ def test_a_looping_agent_does_not_stop_a_neighbour(make_sandbox: MakeSandbox) ->
         f"echo answered {answered} times meanwhile, slowest {slowest * 1000:.2f} ms"
     )
     assert isinstance(outcome["error"], DeadlineExceeded)
-    assert deadline_ms <= elapsed_ms < 2 * deadline_ms
-    # Hundreds of answers a second at the very least; the echo is not waiting for the loop.
-    assert answered > deadline_ms // 10
-    assert slowest < 0.1
+    # Stopped by its deadline, not long after (the epoch ticker is a thread: a loaded machine
+    # delays it by a tick or a scheduling slice, not by another deadline).
+    assert deadline_ms <= elapsed_ms < 3 * deadline_ms
+    # The echo kept answering all along: no call of it waited for the loop to end.
+    assert answered > 10
+    assert slowest * 1000 < elapsed_ms / 4
 
 
 def test_failures_are_attributed_to_their_own_instance_under_concurrency(
