@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,24 @@ class Planner:
         self._unplaceable: set[ReplicaKey] = set()
         #: Something changed that may let a waiting replica be placed.
         self._dirty = False
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def attempts(self) -> Mapping[int, int]:
+        """Rejections read per waiting request (by request sequence)."""
+        return self._attempts
+
+    def restore(self, view: ClusterView, attempts: Mapping[int, int]) -> None:
+        """Continue from a view and attempts recovered elsewhere (the scheduler's tables).
+
+        Proposals in flight and pending retries are kept: they were sent from this process and
+        their outcomes are still to come; a fresh process simply has none.
+        """
+        self.view = view
+        self._attempts = dict(attempts)
+        self._unplaceable.clear()
+        self._dirty = True
 
     # -- folding ----------------------------------------------------------------------------------
 
