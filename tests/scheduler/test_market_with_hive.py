@@ -1,7 +1,8 @@
 """The market scheduler against a real Hive on real JetStream: a burst of 200 concurrent
 deployments never over-commits a pod at any point of the log, a higher priority preempts the
 documented victims who are placed again when capacity returns, a scheduler killed mid-burst
-resumes without double placements, and `swarm.query.market.state` shows offers and clearings."""
+recovers its tables (equal to a recount of the log at their position) and resumes without
+double placements, and `swarm.query.market.state` shows offers and clearings."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 
 from schemas import commands, market, names
@@ -28,6 +30,7 @@ from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.scheduler.tables_check import assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,7 +209,22 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
     async with running_stack(tmp_path) as stack:
         await stack.register_pods(SMALL_PODS)
         with scheduler_process(stack.url, tmp_path / "scheduler-1.log") as first:
-            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150)])
+
+            async def live() -> bool:
+                try:
+                    return bool((await stack.query(names.QUERY_MARKET_STATE))["live"])
+                except (TimeoutError, nats.errors.Error):
+                    return False  # not answering yet
+
+            await wait_until(live, 20, "the scheduler live")
+
+            async def burst() -> None:
+                # Deploys keep arriving while the scheduler is killed.
+                for start in range(0, 150, 10):
+                    await stack.deploy([(f"agent-{i}", 1, 64) for i in range(start, start + 10)])
+                    await asyncio.sleep(0.05)
+
+            deploying = asyncio.create_task(burst())
 
             async def some_placed() -> bool:
                 return await stack.placed() > 0
@@ -214,7 +232,12 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
             await wait_until(some_placed, 20, "a first placement")
             first.send_signal(signal.SIGKILL)  # mid-burst: in-flight proposals are orphaned
             first.wait(10)
+            await deploying
         placed_at_kill = await stack.placed()
+        assert placed_at_kill < 150
+        # What a restart recovers from the changelog is exactly the log folded to the position.
+        killed_at = await assert_tables_match_the_log(stack.url, stack.client)
+        assert killed_at > 0
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
         with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
 
@@ -225,6 +248,9 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
             second.send_signal(signal.SIGTERM)
             assert second.wait(10) == 0
         print(f"{placed_at_kill} of 150 placed when the first scheduler was killed")
+        assert await assert_tables_match_the_log(stack.url, stack.client) > killed_at
+        log = (tmp_path / "scheduler-2.log").read_text()
+        assert "tables recovered" in log
         per_replica = await stack.scheduled_per_replica()
         assert len(per_replica) == 200
         assert {r: n for r, n in per_replica.items() if n != 1} == {}
