@@ -64,8 +64,6 @@ async def assert_tables_match_the_log(url: str, client: EventLog) -> int:
     expected, hive = await recount(client, position)
     for table in TABLES:
         assert tables[table] == expected[table], table
-    used = {
-        json.loads(k): json.loads(v)["used_memory_mb"] for k, v in tables[PODS].items()
-    }
+    used = {json.loads(k): json.loads(v)["used_memory_mb"] for k, v in tables[PODS].items()}
     assert used == {p: pod.used_memory_mb for p, pod in hive.pods.items()}
     return position
