@@ -281,7 +281,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     # Wide enough for the table when stdout is a pipe (rich would assume 80 columns).
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 150))
     work = workload(args.pools, args.requests, args.seed)
     weights = [float(w) for w in args.energy_weights.split(",") if w.strip()]
     if not weights or any(w <= 0 for w in weights):
