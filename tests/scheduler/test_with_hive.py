@@ -21,6 +21,7 @@ from services.scheduler import Scheduler, SchedulerSettings, Status
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.scheduler.tables_check import assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,6 +156,8 @@ async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: P
             first.send_signal(signal.SIGKILL)  # mid-burst, no chance to clean up
             first.wait(10)
         placed_at_kill = await stack.placed()
+        # A restart recovers exactly the log folded to the position the killed one committed.
+        assert await assert_tables_match_the_log(stack.url, stack.client) > 0
         # More work arrives while no scheduler runs.
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
         with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
