@@ -182,7 +182,12 @@ class Scheduler:
                 changed.clear()
                 now = self.clock()
                 if not self.live.is_set():
-                    if self.planner.view.applied_seq < end:
+                    # The position also moves past events the app dead-lettered, which the
+                    # view never sees.
+                    reached = max(
+                        self.planner.view.applied_seq, app.position(names.SCHEDULER_PROCESSOR)
+                    )
+                    if reached < end:
                         continue
                     self.live.set()
                     log.info(

@@ -247,3 +247,33 @@ async def test_placements_carry_the_deploys_correlation(tmp_path: Path) -> None:
                 proposals[body["data"]["replica_id"]] = body
         for replica_id, body in proposals.items():
             assert body["causationid"] == requested[replica_id]
+
+
+async def test_an_unreadable_event_is_dead_lettered_and_placement_goes_on(tmp_path: Path) -> None:
+    """The last event on the log is garbage when the scheduler starts: it is dead-lettered with
+    the reason, the scheduler still counts as caught up, and it places what waits."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (1024, 8)})
+        await stack.deploy([("a", 1, 64)])
+
+        async def deployed() -> bool:
+            return len((await stack.query(names.QUERY_AGENTS_LIST))["agents"]) == 1
+
+        await wait_until(deployed, what="the deploy decided")
+        ack = await stack.client.js.publish(
+            names.event_subject("agent", "x", "deployed"), b"{not json"
+        )
+        assert await stack.client.last_sequence(names.STREAM_EVENTS) == ack.seq
+        async with in_process_scheduler(stack.url) as scheduler:
+            await all_placed(stack, 1)
+            await stack.deploy([("b", 1, 64)])
+            await all_placed(stack, 2)
+            assert scheduler.app is not None
+            assert scheduler.app.stats.malformed == 1
+        subject = names.deadletter_subject(names.SCHEDULER_APP, names.SCHEDULER_PROCESSOR)
+        letters = [
+            d async for d in stack.client.replay(names.STREAM_DEADLETTER, subjects=[subject])
+        ]
+        assert [int(d.headers[names.HEADER_DEADLETTER_SEQ]) for d in letters] == [ack.seq]
+        assert letters[0].headers[names.HEADER_DEADLETTER_REASON].startswith("malformed: ")
+        assert letters[0].data == b"{not json"
