@@ -161,11 +161,12 @@ class Planner:
         proposal = self.in_flight.pop(outcome.command_id)
         key = self.view.requests.get(request_seq)
         if key is None:
-            # That request no longer waits: nothing to retry. (While replaying after a restart
-            # this also skips rejections of requests that were placed later.)
+            # That request no longer waits: nothing to retry. (Folding the log from the start,
+            # as the tests' recount does, this also skips rejections of requests placed later.)
             return Retry(proposal, outcome.command_id, outcome.rule, outcome.reason, None)
-        # Attempts come from the log, not from memory, so a restarted scheduler continues the
-        # numbering instead of re-sending an id JetStream would drop as a duplicate.
+        # Attempts come from the log (kept in the scheduler's tables), not from memory, so a
+        # restarted scheduler continues the numbering instead of re-sending an id JetStream
+        # would drop as a duplicate.
         attempts = self._attempts[request_seq] = max(
             self._attempts.get(request_seq, 0), attempt + 1
         )
