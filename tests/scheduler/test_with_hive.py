@@ -277,3 +277,29 @@ async def test_an_unreadable_event_is_dead_lettered_and_placement_goes_on(tmp_pa
         assert [int(d.headers[names.HEADER_DEADLETTER_SEQ]) for d in letters] == [ack.seq]
         assert letters[0].headers[names.HEADER_DEADLETTER_REASON].startswith("malformed: ")
         assert letters[0].data == b"{not json"
+
+
+async def test_a_failed_commit_restarts_the_stream_app_which_recovers(tmp_path: Path) -> None:
+    """The changelog is deleted under a running scheduler: its next commit fails, which stops
+    the stream app; the scheduler starts a new one, which rebuilds the tables from the log (an
+    app without a changelog starts from the beginning), and placement goes on."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (4096, 100)})
+        async with in_process_scheduler(stack.url) as scheduler:
+            await stack.deploy([("a", 2, 64)])
+            await all_placed(stack, 2)
+            first = scheduler.app
+            await stack.client.js.delete_stream(names.changelog_stream(names.SCHEDULER_APP))
+            await stack.deploy([("b", 2, 64)])
+
+            async def restarted() -> bool:
+                return scheduler.app is not None and scheduler.app is not first
+
+            await wait_until(restarted, 15, "a new stream app")
+            await all_placed(stack, 4)
+            await stack.deploy([("c", 1, 64)])
+            await all_placed(stack, 5)
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 5
+        assert set(per_replica.values()) == {1}
+        await assert_no_pod_over_committed(stack)
