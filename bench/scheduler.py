@@ -17,8 +17,11 @@ backlog in one go; measured per policy:
 * the market through the scheduler's own planner (folded view, in-flight ledger, proposal ids),
   i.e. what `python -m services.scheduler` does per pass, minus the network.
 
-First-fit is the baseline measured in the same run. The streaming comparison (faust processor
-rate vs a plain loop) is another module's: see the STREAMING HOOK below.
+First-fit is the baseline measured in the same run. Then (`--streaming-events`, 0 skips it) the
+scheduler's processing rate on `swarm.kernel.streaming` (faust over JetStream) against a plain
+asyncio pull loop over the same events, target >= 0.5x: `bench/streaming.py` (counting per key,
+100 / 1,000 / 10,000 keys) and `bench/scheduler_intake.py` (the scheduler's own intake folding a
+SWARM_EVENTS history into its tables). See the STREAMING HOOK below.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ def aware_name(weight: float) -> str:
 
 
 TARGET = 2000.0
+#: The faust path's rate against the plain loop's.
+STREAMING_TARGET = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,17 +208,55 @@ def through_planner(work: Workload, pricing: Pricing) -> dict[str, Any]:
 
 async def streaming_rate(n: int) -> dict[str, Any] | None:
     # ---- STREAMING HOOK --------------------------------------------------------------------
-    # The `streaming` helper provides `bench/streaming.py` with `async def run(n) -> dict`
-    # (faust processor rate vs a plain asyncio loop over the same n events). When it is there,
-    # its result is part of this report; until then the report says it was not measured.
-    try:
-        module = importlib.import_module("bench.streaming")
-    except ImportError:
-        return None
-    run: Callable[[int], Any] = module.run
-    result: dict[str, Any] = await run(n)
-    return result
+    # The scheduler runs on swarm.kernel.streaming: its processing rate against a plain asyncio
+    # pull loop over the same events, twice: the module's own counting bench
+    # (`bench/streaming.py`, `run(n)`) and the scheduler's intake folding a SWARM_EVENTS history
+    # (`bench/scheduler_intake.py`, `run(n)`). Each gives a plain row, then a faust row with
+    # its ratio to plain (target >= 0.5).
+    streaming = _sibling("streaming")
+    intake = _sibling("scheduler_intake")
+    counting: list[dict[str, Any]] = await streaming.run(n)
+    folding: list[dict[str, Any]] = await intake.run(n)
+    rows = [{"bench": "streaming", **r} for r in counting] + [
+        {"bench": "scheduler_intake", **r} for r in folding
+    ]
+    ratios = [r["ratio"] for r in rows if "ratio" in r]
+    return {
+        "events": n,
+        "target_ratio": STREAMING_TARGET,
+        "met": all(r >= STREAMING_TARGET for r in ratios),
+        "rows": rows,
+    }
     # ---- END STREAMING HOOK ----------------------------------------------------------------
+
+
+def _sibling(name: str) -> Any:
+    """A module next to this file (bench/ is not a package)."""
+    return importlib.import_module(f"bench.{name}")
+
+
+def streaming_table(streaming: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"Streaming: faust path vs plain pull loop, {streaming['events']:,} events (same run)"
+    )
+    for col in ("bench", "keys", "path", "events/s", "CPU us/event", "faust/plain", "start s"):
+        table.add_column(col, justify="left" if col in ("bench", "path") else "right")
+    for row in streaming["rows"]:
+        ratio = row.get("ratio")
+        start = row.get("start_s")
+        table.add_row(
+            row["bench"],
+            f"{row['keys']:,}" if "keys" in row else "",
+            row["path"],
+            f"{row['events_per_s']:,.0f}",
+            f"{row['cpu_us_per_event']:.1f}",
+            "" if ratio is None else f"{ratio:.2f} (>= {STREAMING_TARGET})",
+            ""
+            if start is None
+            else f"{start:.2f}"
+            + (f" (restart {row['recover_s']:.2f})" if "recover_s" in row else ""),
+        )
+    return table
 
 
 def main() -> None:
@@ -232,14 +274,14 @@ def main() -> None:
         "--streaming-events",
         type=int,
         default=10000,
-        help="events for bench/streaming.py when it exists (0 skips it)",
+        help="events of the faust-vs-plain-loop comparisons (0 skips them)",
     )
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "scheduler.json"
     )
     args = parser.parse_args()
     # Wide enough for the table when stdout is a pipe (rich would assume 80 columns).
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 150))
     work = workload(args.pools, args.requests, args.seed)
     weights = [float(w) for w in args.energy_weights.split(",") if w.strip()]
     if not weights or any(w <= 0 for w in weights):
@@ -290,10 +332,9 @@ def main() -> None:
             f"energy for {saved[f'{w:g}']['price_change']:+.1%} price"
         )
     if streaming is None:
-        console.print("streaming: not measured (bench/streaming.py absent or --streaming-events 0)")
+        console.print("streaming: not measured (--streaming-events 0)")
     else:
-        console.print(f"streaming (bench/streaming.py, {args.streaming_events:,} events):")
-        console.print_json(data=streaming)
+        console.print(streaming_table(streaming))
 
     report: dict[str, Any] = {
         "benchmark": "scheduler",

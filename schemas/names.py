@@ -366,3 +366,12 @@ def changelog_table_prefix(app: str, table: str) -> str:
 
 def deadletter_subject(app: str, processor: str) -> str:
     return f"{DEADLETTER_PREFIX}.{_check_app('app', app)}.{_check_app('processor', processor)}"
+
+
+# --- Scheduler (services/scheduler) ---------------------------------------------------------------
+
+#: The scheduler's stream app (`swarm.kernel.streaming`): its changelog is
+#: `SWARM_CHANGELOG_SCHEDULER`, its tables `pods` and `agents`.
+SCHEDULER_APP: Final = "scheduler"
+#: Its processor over SWARM_EVENTS, and that processor's durable consumer.
+SCHEDULER_PROCESSOR: Final = "scheduler"

@@ -1,7 +1,8 @@
 """The Scheduler (Resource Manager): proposes where waiting replicas run; the Hive commits.
 
 `python -m services.scheduler` runs it; `SWARM_SCHEDULER_POLICY` picks the placement policy
-(`market`, the default, or the baselines `first-fit` and `most-free`).
+(`market`, the default, or the baselines `first-fit` and `most-free`). Its state is the tables of
+a `swarm.kernel.streaming` app recovered from their changelog on start (`intake.py`, `tables.py`).
 """
 
 from services.scheduler.catalog import POLICIES, policy_named

@@ -30,8 +30,9 @@ class SchedulerSettings(BaseSettings):
     max_backoff_s: float = Field(default=8.0, gt=0)
     #: Proposals sent per pipelined batch.
     max_proposals: int = Field(default=512, ge=1, le=4096)
-    #: Events read per fetch, and how long a fetch waits when the log is quiet.
+    #: Events per batch of the stream app's intake (also its `max_ack_pending`; at most 1000).
     fetch_batch: int = Field(default=1000, ge=1)
+    #: How often the planning pass looks for due retries when no event arrives.
     idle_s: float = Field(default=0.05, gt=0)
 
     @field_validator("policy")

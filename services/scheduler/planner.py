@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,24 @@ class Planner:
         #: Something changed that may let a waiting replica be placed.
         self._dirty = False
 
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def attempts(self) -> Mapping[int, int]:
+        """Rejections read per waiting request (by request sequence)."""
+        return self._attempts
+
+    def restore(self, view: ClusterView, attempts: Mapping[int, int]) -> None:
+        """Continue from a view and attempts recovered elsewhere (the scheduler's tables).
+
+        Proposals in flight and pending retries are kept: they were sent from this process and
+        their outcomes are still to come; a fresh process simply has none.
+        """
+        self.view = view
+        self._attempts = dict(attempts)
+        self._unplaceable.clear()
+        self._dirty = True
+
     # -- folding ----------------------------------------------------------------------------------
 
     def apply(self, envelope: Envelope[Any], seq: int, now: float) -> Retry | None:
@@ -142,11 +161,12 @@ class Planner:
         proposal = self.in_flight.pop(outcome.command_id)
         key = self.view.requests.get(request_seq)
         if key is None:
-            # That request no longer waits: nothing to retry. (While replaying after a restart
-            # this also skips rejections of requests that were placed later.)
+            # That request no longer waits: nothing to retry. (Folding the log from the start,
+            # as the tests' recount does, this also skips rejections of requests placed later.)
             return Retry(proposal, outcome.command_id, outcome.rule, outcome.reason, None)
-        # Attempts come from the log, not from memory, so a restarted scheduler continues the
-        # numbering instead of re-sending an id JetStream would drop as a duplicate.
+        # Attempts come from the log (kept in the scheduler's tables), not from memory, so a
+        # restarted scheduler continues the numbering instead of re-sending an id JetStream
+        # would drop as a duplicate.
         attempts = self._attempts[request_seq] = max(
             self._attempts.get(request_seq, 0), attempt + 1
         )

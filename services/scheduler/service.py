@@ -3,14 +3,20 @@
 Only the Hive writes placements; the scheduler sends `placement.propose` commands and reads their
 outcomes back from the log, like kube-scheduler proposing bindings to the API server.
 
-Position: none is stored. On start the view is rebuilt by replaying SWARM_EVENTS from the first
-message with an ordered, ephemeral reader, and the same reader then follows the log. The view is
-a projection that is cheap to fold, and everything else the scheduler needs to resume is on the
-log too: a proposal's id carries the request it answers and its attempt number, so after a
-restart the rejections already read give the same next ids and JetStream drops re-sent
-duplicates. A durable position would need the view saved alongside it (position saved with the
-effect), i.e. a snapshot store, which this baseline does not need; replay time grows with the
-log, and a snapshot plus position is the upgrade when it matters.
+State: the scheduler's intake is a stream app on `swarm.kernel.streaming` (faust over JetStream,
+see `intake.py`): one processor folds SWARM_EVENTS into the tables `pods`, `agents` and
+`replicas`, which are written to their changelog with the processor's position before each
+batch is acked. On start the tables are recovered from the changelog (exactly one application of
+every event up to the position, whatever was killed when) and the planner's view is rebuilt
+from them; only the events after the position are read. No proposal is sent before the view has
+caught up with the log as it was at start ("live"): one made from an older view would be refused
+for replicas placed further down the log.
+
+Proposals come from a planning pass that runs after events were folded (and when a retry is
+due), not from the handler: a proposal's id carries the request it answers and its attempt
+number (the rejections read, kept in the tables), so after a restart the same waiting replicas
+get the same ids and JetStream drops the re-sent duplicates; the Hive re-checks every proposal
+against its own accounting and stays the final guard against over-commit.
 """
 
 from __future__ import annotations
@@ -30,26 +36,18 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
-from schemas import (
-    REGISTRY,
-    CommandRejected,
-    DecodeError,
-    Payload,
-    command,
-    commands,
-    market,
-    names,
-)
+from schemas import Payload, command, commands, market, names
 from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
 from services.scheduler.catalog import policy_named
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.intake import Intake
 from services.scheduler.market import market_rows
-from services.scheduler.planner import Planner
+from services.scheduler.planner import Planner, Retry
 from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
-from services.scheduler.view import HANDLED
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
+from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from swarm.kernel.settings import Settings
+from swarm.kernel.streaming import MAX_BATCH, StreamApp
 
 log = structlog.get_logger(__name__)
 
@@ -57,18 +55,9 @@ SOURCE = "scheduler"
 IDENTITY = "service:scheduler"
 
 
-def _wanted() -> frozenset[tuple[str, str]]:
-    """(aggregate, event) of every event the planner reads, to skip the rest before decoding."""
-    pairs: set[tuple[str, str]] = set()
-    models: list[type[Payload]] = [*HANDLED, CommandRejected]
-    for model in models:
-        entry = REGISTRY.get(model.TYPE)
-        if entry is not None and entry.aggregate and entry.event:
-            pairs.add((entry.aggregate, entry.event))
-    return frozenset(pairs)
-
-
-_WANTED = _wanted()
+#: Pause before a stopped stream app is started again, doubling up to the maximum.
+_RESTART_PAUSE = 0.2
+_MAX_RESTART_PAUSE = 5.0
 
 
 class Status(enum.Enum):
@@ -76,10 +65,6 @@ class Status(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class _GapError(Exception):
-    """A message of the ordered feed went missing; read again from the view's position."""
 
 
 class Scheduler:
@@ -112,6 +97,10 @@ class Scheduler:
         #: Proposals JetStream dropped because their id was already on the log.
         self.duplicates = 0
         self._stop = asyncio.Event()
+        #: Folds the log into the planner through the stream app's tables.
+        self.intake = Intake(self.planner, clock=clock, on_retry=self._on_retry)
+        #: The running stream app (None between incarnations).
+        self.app: StreamApp | None = None
 
     def stop(self) -> None:
         """Stop reading and proposing; safe before start and twice. Sent proposals stand."""
@@ -131,21 +120,27 @@ class Scheduler:
             raise
         log.info("scheduler started", policy=self.planner.policy.name)
         subscription = None
+        pause = _RESTART_PAUSE
         try:
             subscription = await eventlog.nc.subscribe(
                 names.QUERY_MARKET_STATE, queue=SOURCE, cb=self._answer_market
             )
             while not self._stop.is_set():
                 try:
-                    await self._follow(eventlog)
-                except (_GapError, EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+                    await self._run_app(eventlog)
+                    pause = _RESTART_PAUSE
+                except Exception as exc:
+                    # A failed commit or a lost connection stops the stream app; a new one
+                    # recovers the tables from the changelog and reads on from their position.
                     log.warning(
-                        "event feed interrupted; reading again",
+                        "event intake stopped; recovering from the tables",
                         error=str(exc) or type(exc).__name__,
                         applied_seq=self.planner.view.applied_seq,
+                        retry_in=pause,
                     )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), 0.2)
+                        await asyncio.wait_for(self._stop.wait(), pause)
+                    pause = min(pause * 2, _MAX_RESTART_PAUSE)
         finally:
             self.status = Status.STOPPING
             if subscription is not None:
@@ -154,6 +149,61 @@ class Scheduler:
             await eventlog.close()
             self.status = Status.STOPPED
             log.info("scheduler stopped", proposed=self.proposed, rejected=dict(self.rejected))
+
+    async def _run_app(self, eventlog: EventLog) -> None:
+        """One incarnation of the stream app: recover, fold events, plan after each change."""
+        app = self.intake.app(self.settings, batch=min(self.config.fetch_batch, MAX_BATCH))
+        # Where the log ends now: proposals wait until the view has folded up to here.
+        end = await eventlog.last_sequence(names.STREAM_EVENTS)
+        self.live.clear()
+        await app.start()
+        self.app = app
+        self.intake.sync(app)
+        log.info(
+            "tables recovered",
+            position=app.position(names.SCHEDULER_PROCESSOR),
+            keys=app.stats.recovered_keys,
+            rolled_back=app.stats.rolled_back_keys,
+            pods=len(self.planner.view.pods),
+            waiting=len(self.planner.view.waiting),
+        )
+        waiter = asyncio.create_task(app.wait())
+        stopping = asyncio.create_task(self._stop.wait())
+        changed = self.intake.changed
+        try:
+            while not waiter.done() and not self._stop.is_set():
+                woken = asyncio.create_task(changed.wait())
+                await asyncio.wait(
+                    {woken, waiter, stopping},
+                    timeout=self.config.idle_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                woken.cancel()
+                changed.clear()
+                now = self.clock()
+                if not self.live.is_set():
+                    # The position also moves past events the app dead-lettered, which the
+                    # view never sees.
+                    reached = max(
+                        self.planner.view.applied_seq, app.position(names.SCHEDULER_PROCESSOR)
+                    )
+                    if reached < end:
+                        continue
+                    self.live.set()
+                    log.info(
+                        "view caught up with the log",
+                        applied_seq=self.planner.view.applied_seq,
+                        pods=len(self.planner.view.pods),
+                        waiting=len(self.planner.view.waiting),
+                    )
+                if self.planner.wants_to_plan(now):
+                    await self._propose(eventlog, now)
+        finally:
+            stopping.cancel()
+            app.stop()
+            self.app = None
+            # Re-raises what stopped the app (a failed commit, NATS gone), if anything did.
+            await waiter
 
     def market_state(self, limit: int = 50) -> dict[str, Any]:
         """Offers with their posted prices and the latest clearings (`swarm market`)."""
@@ -180,69 +230,18 @@ class Scheduler:
         with contextlib.suppress(nats.errors.Error, OSError):
             await msg.respond(json.dumps(answer).encode())
 
-    async def _follow(self, eventlog: EventLog) -> None:
-        batch = self.config.fetch_batch
-        reader = await eventlog.reader(
-            names.STREAM_EVENTS, start_seq=self.planner.view.applied_seq + 1, batch=batch
+    def _on_retry(self, retry: Retry) -> None:
+        if retry.proposal is None:
+            return
+        self.rejected[retry.rule or "unknown"] += 1
+        log.info(
+            "placement rejected",
+            replica_id=retry.proposal.replica_id,
+            pod_id=retry.proposal.pod_id,
+            rule=retry.rule,
+            reason=retry.reason,
+            retry_in=None if retry.at is None else round(retry.at - self.clock(), 3),
         )
-        # An ack-less ordered reader numbers its deliveries 1, 2, 3...: a hole means a message
-        # was lost on the way (e.g. a slow-consumer drop), and folding on would skew the view.
-        expected = 1
-        try:
-            while not self._stop.is_set():
-                deliveries = await reader.fetch(batch, timeout=self.config.idle_s)
-                now = self.clock()
-                for delivery in deliveries:
-                    if delivery.consumer_seq != expected:
-                        raise _GapError(
-                            f"expected delivery {expected}, got {delivery.consumer_seq}"
-                        )
-                    expected += 1
-                    self._apply(delivery, now)
-                if not self.live.is_set():
-                    # Proposals made from a half-rebuilt view would be refused for replicas that
-                    # were placed further down the log.
-                    if deliveries and deliveries[-1].num_pending > 0:
-                        continue
-                    if not deliveries and not await reader.caught_up():
-                        continue
-                    self.live.set()
-                    log.info(
-                        "view rebuilt from the log",
-                        applied_seq=self.planner.view.applied_seq,
-                        pods=len(self.planner.view.pods),
-                        waiting=len(self.planner.view.waiting),
-                    )
-                if self.planner.wants_to_plan(now):
-                    await self._propose(eventlog, now)
-        finally:
-            # The connection may be gone (that may be why we are here); the server drops an
-            # idle ephemeral reader by itself.
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await reader.close()
-
-    def _apply(self, delivery: Delivery, now: float) -> None:
-        parts = names.parse_event_subject(delivery.subject)
-        if parts is None or (parts[0], parts[2]) not in _WANTED:
-            self.planner.skip(delivery.stream_seq)
-            return
-        try:
-            envelope = delivery.decode()
-        except DecodeError as exc:
-            log.warning("unreadable event skipped", seq=delivery.stream_seq, error=str(exc))
-            self.planner.skip(delivery.stream_seq)
-            return
-        retry = self.planner.apply(envelope, delivery.stream_seq, now)
-        if retry is not None and retry.proposal is not None:
-            self.rejected[retry.rule or "unknown"] += 1
-            log.info(
-                "placement rejected",
-                replica_id=retry.proposal.replica_id,
-                pod_id=retry.proposal.pod_id,
-                rule=retry.rule,
-                reason=retry.reason,
-                retry_in=None if retry.at is None else round(retry.at - now, 3),
-            )
 
     async def _propose(self, eventlog: EventLog, now: float) -> None:
         plan = self.planner.plan(now, self.config.max_proposals, clock=time.time())

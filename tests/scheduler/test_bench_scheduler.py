@@ -69,3 +69,17 @@ def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
     assert set(saved) == {"1", "4"}
     assert saved["4"]["energy_saved"] > 0
     assert report["streaming"] is None
+
+
+@pytest.mark.timeout(60)
+async def test_scheduler_intake_bench_compares_both_paths_on_the_same_events() -> None:
+    """Both paths fold the same history into the same view (the bench raises otherwise)."""
+    import importlib
+
+    module = importlib.import_module("bench.scheduler_intake")
+    plain, faust = await module.run(600, batch=100, repeats=1)
+    assert plain["events"] == faust["events"] >= 600
+    assert plain["events_per_s"] > 0
+    assert faust["events_per_s"] > 0
+    assert faust["ratio"] == pytest.approx(faust["events_per_s"] / plain["events_per_s"], rel=0.01)
+    assert faust["recover_s"] > 0

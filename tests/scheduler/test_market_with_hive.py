@@ -1,13 +1,15 @@
 """The market scheduler against a real Hive on real JetStream: a burst of 200 concurrent
 deployments never over-commits a pod at any point of the log, a higher priority preempts the
 documented victims who are placed again when capacity returns, a scheduler killed mid-burst
-resumes without double placements, and `swarm.query.market.state` shows offers and clearings."""
+recovers its tables (equal to a recount of the log at their position) and resumes without
+double placements, and `swarm.query.market.state` shows offers and clearings."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 
 from schemas import commands, market, names
@@ -28,6 +31,7 @@ from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.scheduler.tables_check import assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,28 +207,65 @@ async def preempt_rejections(stack: Stack) -> Counter[str]:
 async def test_a_killed_market_scheduler_resumes_without_double_placements(
     tmp_path: Path,
 ) -> None:
+    """Three times: a scheduler process starts, deploys arrive in a burst, and it is SIGKILLed
+    at its first new placement. Each restart recovers tables equal to the log folded to their
+    position and goes on from there; a last one places everything, each replica once."""
     async with running_stack(tmp_path) as stack:
         await stack.register_pods(SMALL_PODS)
-        with scheduler_process(stack.url, tmp_path / "scheduler-1.log") as first:
-            await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150)])
 
-            async def some_placed() -> bool:
-                return await stack.placed() > 0
+        async def live() -> bool:
+            try:
+                return bool((await stack.query(names.QUERY_MARKET_STATE))["live"])
+            except (TimeoutError, nats.errors.Error):
+                return False  # not answering yet
 
-            await wait_until(some_placed, 20, "a first placement")
-            first.send_signal(signal.SIGKILL)  # mid-burst: in-flight proposals are orphaned
-            first.wait(10)
-        placed_at_kill = await stack.placed()
+        async def burst(first: int) -> None:
+            # Deploys keep arriving while the scheduler is killed.
+            for start in range(first, first + 50, 10):
+                await stack.deploy([(f"agent-{i}", 1, 64) for i in range(start, start + 10)])
+                await asyncio.sleep(0.05)
+
+        killed_at = 0
+        placed_at_kill: list[int] = []
+        for run in range(3):
+            log_path = tmp_path / f"scheduler-{run + 1}.log"
+            with scheduler_process(stack.url, log_path) as proc:
+                await wait_until(live, 20, "the scheduler live")
+                before = await stack.placed()
+                deploying = asyncio.create_task(burst(50 * run))
+
+                async def placed_more(before: int = before) -> bool:
+                    return await stack.placed() > before
+
+                await wait_until(placed_more, 20, "a placement")
+                proc.send_signal(signal.SIGKILL)  # mid-burst: in-flight proposals are orphaned
+                proc.wait(10)
+                await deploying
+            placed_at_kill.append(await stack.placed())
+            assert placed_at_kill[-1] < 50 * (run + 1)  # some were still waiting
+            if run > 0:
+                # It went on from the recovered position; it did not replay the log.
+                text = log_path.read_text()
+                assert re.search(rf"tables recovered .*position={killed_at}\b", text), text[:2000]
+            # What a restart recovers from the changelog is the log folded to the position.
+            position = await assert_tables_match_the_log(stack.url, stack.client)
+            assert position > killed_at
+            killed_at = position
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
-        with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
+        last_log = tmp_path / "scheduler-last.log"
+        with scheduler_process(stack.url, last_log) as last:
 
             async def all_placed() -> bool:
                 return await stack.placed() == 200
 
-            await wait_until(all_placed, 30, "200 placed after the restart")
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(10) == 0
-        print(f"{placed_at_kill} of 150 placed when the first scheduler was killed")
+            await wait_until(all_placed, 30, "200 placed after the restarts")
+            last.send_signal(signal.SIGTERM)
+            assert last.wait(10) == 0
+        print(f"placed when each scheduler was killed: {placed_at_kill} (of 50, 100, 150)")
+        assert await assert_tables_match_the_log(stack.url, stack.client) > killed_at
+        text = last_log.read_text()
+        assert re.search(rf"tables recovered .*position={killed_at}\b", text), text[:2000]
+        assert "scheduler stopped" in text
         per_replica = await stack.scheduled_per_replica()
         assert len(per_replica) == 200
         assert {r: n for r, n in per_replica.items() if n != 1} == {}
@@ -232,9 +273,8 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
         # Proposals the dead scheduler had in flight may race the restarted one's; the Hive
         # refuses those safely (and the ones re-sent with the same id are dropped as duplicates).
         rejections = await stack.rejections()
-        print(f"capacity rejections after the restart: {rejections['capacity']}")
+        print(f"capacity rejections after the restarts: {rejections['capacity']}")
         assert rejections["capacity"] <= 10
-        assert "scheduler stopped" in (tmp_path / "scheduler-2.log").read_text()
 
 
 async def test_market_state_query_shows_offers_and_clearings(tmp_path: Path) -> None:

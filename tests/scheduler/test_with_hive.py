@@ -21,6 +21,7 @@ from services.scheduler import Scheduler, SchedulerSettings, Status
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.scheduler.tables_check import assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,6 +156,8 @@ async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: P
             first.send_signal(signal.SIGKILL)  # mid-burst, no chance to clean up
             first.wait(10)
         placed_at_kill = await stack.placed()
+        # A restart recovers exactly the log folded to the position the killed one committed.
+        assert await assert_tables_match_the_log(stack.url, stack.client) > 0
         # More work arrives while no scheduler runs.
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
         with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
@@ -244,3 +247,59 @@ async def test_placements_carry_the_deploys_correlation(tmp_path: Path) -> None:
                 proposals[body["data"]["replica_id"]] = body
         for replica_id, body in proposals.items():
             assert body["causationid"] == requested[replica_id]
+
+
+async def test_an_unreadable_event_is_dead_lettered_and_placement_goes_on(tmp_path: Path) -> None:
+    """The last event on the log is garbage when the scheduler starts: it is dead-lettered with
+    the reason, the scheduler still counts as caught up, and it places what waits."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (1024, 8)})
+        await stack.deploy([("a", 1, 64)])
+
+        async def deployed() -> bool:
+            return len((await stack.query(names.QUERY_AGENTS_LIST))["agents"]) == 1
+
+        await wait_until(deployed, what="the deploy decided")
+        ack = await stack.client.js.publish(
+            names.event_subject("agent", "x", "deployed"), b"{not json"
+        )
+        assert await stack.client.last_sequence(names.STREAM_EVENTS) == ack.seq
+        async with in_process_scheduler(stack.url) as scheduler:
+            await all_placed(stack, 1)
+            await stack.deploy([("b", 1, 64)])
+            await all_placed(stack, 2)
+            assert scheduler.app is not None
+            assert scheduler.app.stats.malformed == 1
+        subject = names.deadletter_subject(names.SCHEDULER_APP, names.SCHEDULER_PROCESSOR)
+        letters = [
+            d async for d in stack.client.replay(names.STREAM_DEADLETTER, subjects=[subject])
+        ]
+        assert [int(d.headers[names.HEADER_DEADLETTER_SEQ]) for d in letters] == [ack.seq]
+        assert letters[0].headers[names.HEADER_DEADLETTER_REASON].startswith("malformed: ")
+        assert letters[0].data == b"{not json"
+
+
+async def test_a_failed_commit_restarts_the_stream_app_which_recovers(tmp_path: Path) -> None:
+    """The changelog is deleted under a running scheduler: its next commit fails, which stops
+    the stream app; the scheduler starts a new one, which rebuilds the tables from the log (an
+    app without a changelog starts from the beginning), and placement goes on."""
+    async with running_stack(tmp_path) as stack:
+        await stack.register_pods({"p1": (4096, 100)})
+        async with in_process_scheduler(stack.url) as scheduler:
+            await stack.deploy([("a", 2, 64)])
+            await all_placed(stack, 2)
+            first = scheduler.app
+            await stack.client.js.delete_stream(names.changelog_stream(names.SCHEDULER_APP))
+            await stack.deploy([("b", 2, 64)])
+
+            async def restarted() -> bool:
+                return scheduler.app is not None and scheduler.app is not first
+
+            await wait_until(restarted, 15, "a new stream app")
+            await all_placed(stack, 4)
+            await stack.deploy([("c", 1, 64)])
+            await all_placed(stack, 5)
+        per_replica = await stack.scheduled_per_replica()
+        assert len(per_replica) == 5
+        assert set(per_replica.values()) == {1}
+        await assert_no_pod_over_committed(stack)
