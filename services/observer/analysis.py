@@ -279,9 +279,12 @@ class AgentState:
     def from_json(
         cls, windows: dict[str, Any], analysis: dict[str, Any] | None, config: DetectorConfig
     ) -> AgentState:
+        detectors = (
+            AgentAnalysis(config) if analysis is None else AgentAnalysis.from_json(analysis, config)
+        )
         return cls(
             WindowAggregator.from_json(windows["aggregator"]),
-            AgentAnalysis(config) if analysis is None else AgentAnalysis.from_json(analysis, config),
+            detectors,
             windows["metrics_seq"],
             windows["logs_seq"],
             windows["windows"],

@@ -225,7 +225,9 @@ class MultivariateTrees:
             "shape": _shape(model),
             "counter": model.counter,
             "first_window": model._first_window,
-            "masses": [[m for n in nodes for m in (n.r_mass, n.l_mass)] for nodes in model._tree_nodes],
+            "masses": [
+                [m for n in nodes for m in (n.r_mass, n.l_mass)] for nodes in model._tree_nodes
+            ],
         }
 
     @classmethod
@@ -270,7 +272,8 @@ def _shape(model: Any) -> str:
     digest = hashlib.sha256()
     for nodes in model._tree_nodes:
         for node in nodes:
-            digest.update(f"{getattr(node, 'feature', '')}:{getattr(node, 'threshold', '')};".encode())
+            split = f"{getattr(node, 'feature', '')}:{getattr(node, 'threshold', '')};"
+            digest.update(split.encode())
     return digest.hexdigest()[:16]
 
 

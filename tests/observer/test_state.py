@@ -7,7 +7,7 @@ import json
 import random
 
 from services.observer.analysis import AgentState, DeploymentState, Observatory
-from services.observer.detectors import MultivariateTrees, TREE_FEATURES
+from services.observer.detectors import TREE_FEATURES, MultivariateTrees
 from services.observer.scoring import DetectorConfig
 from tests.observer.test_detectors import START, planted
 from tests.observer.workload import messages
