@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import operator
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -205,6 +206,8 @@ class MultivariateTrees:
 
     seed: int = 7
     model: anomaly.HalfSpaceTrees = field(init=False)
+    #: Digest of the grown trees' splits, which never change (computed once, see `to_json`).
+    shape: str = field(default="", init=False, compare=False)
 
     def __post_init__(self) -> None:
         self.model = anomaly.HalfSpaceTrees(
@@ -220,14 +223,16 @@ class MultivariateTrees:
         model: Any = self.model
         if not model.trees:
             return {"seed": self.seed}
+        if not self.shape:
+            self.shape = _shape(model)
+        nodes = model._tree_nodes
         return {
             "seed": self.seed,
-            "shape": _shape(model),
+            "shape": self.shape,
             "counter": model.counter,
             "first_window": model._first_window,
-            "masses": [
-                [m for n in nodes for m in (n.r_mass, n.l_mass)] for nodes in model._tree_nodes
-            ],
+            "r_mass": [list(map(_R_MASS, tree)) for tree in nodes],
+            "l_mass": [list(map(_L_MASS, tree)) for tree in nodes],
         }
 
     @classmethod
@@ -241,17 +246,22 @@ class MultivariateTrees:
         digest guards against a river that grows other trees (then the trees start afresh).
         """
         trees = cls(int(doc["seed"]))
-        if "masses" not in doc:
+        if "r_mass" not in doc:
             return trees
         model: Any = trees.model
         model.learn_one(dict.fromkeys(TREE_FEATURES, 0.5))  # grows the trees
-        if _shape(model) != doc["shape"] or len(doc["masses"]) != len(model._tree_nodes):
+        trees.shape = _shape(model)
+        tree_nodes = model._tree_nodes
+        sizes = [len(t) for t in tree_nodes]
+        if (
+            trees.shape != doc["shape"]
+            or [len(r) for r in doc["r_mass"]] != sizes
+            or [len(m) for m in doc["l_mass"]] != sizes
+        ):
             return cls(int(doc["seed"]))
-        for nodes, masses in zip(model._tree_nodes, doc["masses"], strict=True):
-            if len(masses) != 2 * len(nodes):
-                return cls(int(doc["seed"]))
-            for i, node in enumerate(nodes):
-                node.r_mass, node.l_mass = masses[2 * i], masses[2 * i + 1]
+        for nodes, r_mass, l_mass in zip(tree_nodes, doc["r_mass"], doc["l_mass"], strict=True):
+            for node, r, m in zip(nodes, r_mass, l_mass, strict=True):
+                node.r_mass, node.l_mass = r, m
         model.counter = int(doc["counter"])
         model._first_window = bool(doc["first_window"])
         return trees
@@ -265,6 +275,10 @@ class MultivariateTrees:
 
     def learn(self, scores: dict[str, SignalScore]) -> None:
         self.model.learn_one(self.features(scores))  # type: ignore[no-untyped-call]
+
+
+_R_MASS = operator.attrgetter("r_mass")
+_L_MASS = operator.attrgetter("l_mass")
 
 
 def _shape(model: Any) -> str:
