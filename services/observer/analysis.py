@@ -253,7 +253,8 @@ class AgentAnalysis:
 
 @dataclass(slots=True)
 class AgentState:
-    """Everything the Observer keeps about one agent, checkpointed as one unit."""
+    """Everything the Observer keeps about one agent (in two table values: `window_json()` and
+    `analysis.to_json()`)."""
 
     aggregator: WindowAggregator
     analysis: AgentAnalysis
@@ -354,7 +355,7 @@ class Observatory:
         for agent_id, mine in by_agent.items():
             state = self._agent(agent_id, mine[0].namespace, mine[0].name)
             if state.metrics_seq >= seq:
-                continue  # applied before a restart; the checkpoint already holds it
+                continue  # applied already (a replay from an older position)
             state.metrics_seq = seq
             self.dirty_agents.add(agent_id)
             for sample in mine:
@@ -362,8 +363,11 @@ class Observatory:
                 if closed is not None:
                     observations.append(self._close(state, closed, seq))
         for observation in observations:
-            deployment = self.deployments[observation.window.namespace]
-            deployment.metrics_seq = max(deployment.metrics_seq, seq)
+            namespace = observation.window.namespace
+            deployment = self.deployments[namespace]
+            if deployment.metrics_seq < seq:
+                deployment.metrics_seq = seq
+                self.dirty_deployments.add(namespace)
         return observations
 
     def _close(self, state: AgentState, window: Window, seq: int) -> Observation:
@@ -379,7 +383,7 @@ class Observatory:
         if observation.finding is not None:
             state.findings += 1
         # Every agent of the message teaches the centroid, unless a replay reaches a message
-        # the centroid's checkpoint already holds.
+        # the centroid has applied already.
         if deployment.metrics_seq < seq and window.calls and not observation.flagged:
             deployment.centroid.learn(observation.vector)
             self.dirty_deployments.add(window.namespace)

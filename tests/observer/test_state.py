@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
+from schemas import names
 from services.observer.analysis import AgentState, DeploymentState, Observatory
 from services.observer.detectors import TREE_FEATURES, MultivariateTrees
+from services.observer.features import parse_metrics
 from services.observer.scoring import DetectorConfig
+from services.observer.stream import TableSync
 from tests.observer.test_detectors import START, planted
 from tests.observer.workload import messages
 
@@ -63,3 +67,44 @@ def test_trees_of_another_shape_start_afresh() -> None:
     doc["shape"] = "0" * 16
     fresh = MultivariateTrees.from_json(doc)
     assert fresh.to_json() == {"seed": trees.seed}
+
+
+def test_table_sync_reloads_what_a_rollback_put_back() -> None:
+    """The service's handlers keep the core's objects between messages; after a handler failed
+    and the module put the tables back, the objects are reloaded from the tables, so the run
+    decides exactly what an uninterrupted core decides."""
+    straight = Observatory(CONFIG, 2.0)
+    core = Observatory(CONFIG, 2.0)
+    sync = TableSync(core)
+    tables: dict[str, dict[str, Any]] = {
+        names.OBSERVER_TABLE_WINDOWS: {},
+        names.OBSERVER_TABLE_DETECTORS: {},
+        names.OBSERVER_TABLE_DEPLOYMENTS: {},
+    }
+    failures = 0
+    for seq, t, body in messages(int(START) + 60, planted("shift")):  # type: ignore[arg-type]
+        expected = straight.apply_metrics(seq, t, body)
+        samples = parse_metrics(body, t)
+        agents = {s.agent_id for s in samples}
+        if seq % 37 == 0:
+            # A handler that fails after the core applied the message: the tables are put back
+            # as they were (by the module), the core's objects are forgotten, the event runs again.
+            before = {name: dict(table) for name, table in tables.items()}
+            namespaces = sync.load(tables, agents, {"default"})  # type: ignore[arg-type]
+            core.apply_samples(seq, samples)
+            sync.save(tables, agents, namespaces)  # type: ignore[arg-type]
+            tables = before
+            sync.forget(agents, namespaces)
+            failures += 1
+        namespaces = sync.load(tables, agents, {"default"})  # type: ignore[arg-type]
+        got = core.apply_samples(seq, samples)
+        sync.save(tables, agents, namespaces)  # type: ignore[arg-type]
+        assert [(o.window, o.score, o.finding) for o in got] == [
+            (o.window, o.score, o.finding) for o in expected
+        ]
+    assert failures >= 10
+    state = straight.agents["agent-1"]
+    assert tables[names.OBSERVER_TABLE_WINDOWS]["agent-1"] == state.window_json()
+    assert tables[names.OBSERVER_TABLE_DETECTORS]["agent-1"] == state.analysis.to_json()
+    deployment = straight.deployments["default"].to_json()
+    assert tables[names.OBSERVER_TABLE_DEPLOYMENTS]["default"] == deployment
