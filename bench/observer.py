@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import platform
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 from rich.console import Console
 from rich.table import Table
 
@@ -375,6 +377,8 @@ def main() -> None:
         help="also measure the StreamApp runner on a nats-server",
     )
     args = parser.parse_args()
+    # The runner logs every finding and its app's life; the tables below say what it did.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     workload = Workload(agents=args.agents, duration_s=args.duration, seed=args.seed)
     config = DetectorConfig()
 
