@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: The signals a window yields, in the order of the behaviour vector.
@@ -157,7 +157,8 @@ class Window:
         return self.end - self.start
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, several times slower.
+        return {f: getattr(self, f) for f in _WINDOW_FIELDS}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Window:
@@ -177,6 +178,9 @@ class Window:
             out["latency"] = self.latency_ms_sum / self.calls
             out["error_rate"] = self.errors / self.calls
         return out
+
+
+_WINDOW_FIELDS = tuple(f.name for f in fields(Window))
 
 
 @dataclass(slots=True)
