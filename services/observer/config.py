@@ -26,6 +26,9 @@ class ObserverSettings(BaseSettings):
     idle_s: float = Field(default=0.1, gt=0)
     #: Seconds before an unacknowledged batch is redelivered.
     ack_wait_s: float = Field(default=30.0, gt=0)
+    #: Findings about windows that ended longer ago than this (read again from old metrics,
+    #: after a first start or a rebuild) are logged, not reported; capped at the duplicate window.
+    report_max_age_s: float = Field(default=3600.0, gt=0)
     #: Seconds between writes of behaviour vectors to Postgres.
     flush_s: float = Field(default=0.5, gt=0)
     #: Store a behaviour vector per agent per window in Postgres (needs SWARM_DATABASE_URL).

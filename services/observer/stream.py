@@ -19,7 +19,7 @@ intake.
 Handlers return the findings as `anomaly.report` commands. Their ids are the findings' own
 (`Finding.id`, from agent, window end and kind), which are as stable across replays as
 `event.derived_id` and also across a rebuild of the tables from the streams, so JetStream drops
-a repeat.
+a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
 
 The handlers must not mutate the tables' values (the module keeps a key's value from before a
 batch to roll back to), and decoding the detectors from JSON on every message would dominate the
@@ -31,6 +31,7 @@ failed and was rolled back, or after a restart).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -159,18 +160,29 @@ class TableSync:
         self.core.dirty_deployments.clear()
 
 
-def report(observation: Observation) -> Envelope[Any] | None:
+def report(observation: Observation, now: float, max_age: float) -> Envelope[Any] | None:
+    """The `anomaly.report` command of the observation's finding, if it has one that is recent.
+
+    A finding whose window ended more than `max_age` seconds ago comes from reading old metrics
+    again (a first start, or a rebuild after the changelog was deleted): the incident is long
+    over, and JetStream's duplicate window may no longer hold the report sent at the time, so
+    it is not sent again. This reads the clock, yet replays stay exact: the decision only ever
+    turns from "send" to "skip" as time passes, so no finding is sent twice because of it.
+    """
     f = observation.finding
     if f is None:
         return None
-    log.info(
-        "anomaly",
-        agent_id=f.agent_id,
-        kind=f.kind,
-        score=round(f.score, 3),
-        threshold=round(f.threshold, 3),
-        signals=[s.signal for s in f.evidence],
-    )
+    fields = {
+        "agent_id": f.agent_id,
+        "kind": f.kind,
+        "score": round(f.score, 3),
+        "threshold": round(f.threshold, 3),
+        "signals": [s.signal for s in f.evidence],
+    }
+    if now - f.window_end > max_age:
+        log.info("old anomaly not reported", age_s=round(now - f.window_end), **fields)
+        return None
+    log.info("anomaly", **fields)
     return command(f.report(), source=SOURCE, identity=IDENTITY, id=f.id)
 
 
@@ -179,11 +191,14 @@ def build_app(
     config: ObserverSettings,
     core: Observatory | None = None,
     on_windows: Callable[[list[BehaviourRow]], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> StreamApp:
     """The Observer's StreamApp; `on_windows` gets the behaviour rows of each message's closed
     windows that had calls (called once the handler succeeded; again for a replayed message)."""
     core = core or Observatory(config.detector(), config.window_s)
     sync = TableSync(core)
+    # Never beyond the duplicate window, within which JetStream drops a repeated report.
+    max_age = min(config.report_max_age_s, settings.duplicate_window)
     app = StreamApp(
         names.OBSERVER_APP,
         settings,
@@ -202,8 +217,8 @@ def build_app(
         decode=decode_metrics,
     )
     def on_metrics(tables: Tables, event: StreamEvent) -> list[Envelope[Any]]:
-        time = event.timestamp.timestamp()
-        samples = [dataclasses.replace(s, time=time) for s in event.envelope]
+        stored = event.timestamp.timestamp()
+        samples = [dataclasses.replace(s, time=stored) for s in event.envelope]
         agents = {s.agent_id for s in samples}
         namespaces = {s.namespace for s in samples}
         try:
@@ -213,7 +228,8 @@ def build_app(
         except BaseException:
             sync.forget(agents, namespaces)
             raise
-        reports = [e for o in observations if (e := report(o)) is not None]
+        now = clock()
+        reports = [e for o in observations if (e := report(o, now, max_age)) is not None]
         if on_windows is not None:
             rows = [
                 BehaviourRow(w.agent_id, w.namespace, w.name, w.end, o.vector, w.signals())
@@ -244,4 +260,12 @@ def build_app(
     return app
 
 
-__all__ = ["IDENTITY", "SOURCE", "TableSync", "build_app", "decode_log", "decode_metrics"]
+__all__ = [
+    "IDENTITY",
+    "SOURCE",
+    "TableSync",
+    "build_app",
+    "decode_log",
+    "decode_metrics",
+    "report",
+]

@@ -12,7 +12,7 @@ from services.observer.analysis import AgentState, DeploymentState, Observatory
 from services.observer.detectors import TREE_FEATURES, MultivariateTrees
 from services.observer.features import parse_metrics
 from services.observer.scoring import DetectorConfig
-from services.observer.stream import TableSync
+from services.observer.stream import TableSync, report
 from tests.observer.test_detectors import START, planted
 from tests.observer.workload import messages
 
@@ -108,3 +108,23 @@ def test_table_sync_reloads_what_a_rollback_put_back() -> None:
     assert tables[names.OBSERVER_TABLE_DETECTORS]["agent-1"] == state.analysis.to_json()
     deployment = straight.deployments["default"].to_json()
     assert tables[names.OBSERVER_TABLE_DEPLOYMENTS]["default"] == deployment
+
+
+def test_only_recent_findings_are_reported() -> None:
+    """Findings read again from old metrics (a first start, a rebuild) are not sent again."""
+    core = Observatory(CONFIG, 2.0)
+    found = [
+        o
+        for seq, t, body in messages(int(START) + 60, planted("shift"))  # type: ignore[arg-type]
+        for o in core.apply_metrics(seq, t, body)
+        if o.finding is not None
+    ]
+    assert found
+    finding = found[0].finding
+    assert finding is not None
+    assert report(found[0], finding.window_end + 1, 3600.0) is not None
+    sent = report(found[0], finding.window_end + 3599, 3600.0)
+    assert sent is not None
+    assert sent.id == finding.id
+    assert sent.data.kind == finding.kind
+    assert report(found[0], finding.window_end + 3601, 3600.0) is None
