@@ -68,23 +68,30 @@ async def position(event_log: EventLog) -> int:
     return int(json.loads(msg.data or b"{}")["seq"])
 
 
-async def publish(event_log: EventLog, seconds: float, spike_after: float) -> int:
-    """Pod metrics at 20 Hz for three agents; agent-2's calls get 8x slower after a while;
-    one malformed message half way."""
-    rng = random.Random(5)
-    counters = {a: [0, 0, 0, 0.0] for a in AGENTS}
-    started = time.monotonic()
-    sent = 0
-    subject = names.metrics_subject("p1", "agent")
-    while (elapsed := time.monotonic() - started) < seconds:
+class Feed:
+    """Pod metrics for three agents (cumulative counters); agent-2's calls get 8x slower after
+    a while; one malformed message half way."""
+
+    def __init__(self, event_log: EventLog, spike_after: float) -> None:
+        self.event_log = event_log
+        self.spike_after = spike_after
+        self.rng = random.Random(5)
+        self.counters = {a: [0, 0, 0, 0.0] for a in AGENTS}
+        self.started = time.monotonic()
+        self.subject = names.metrics_subject("p1", "agent")
+        self.sent = 0
+        self.malformed = False
+
+    def body(self) -> bytes:
+        elapsed = time.monotonic() - self.started
         rows = []
         for agent in AGENTS:
-            c = counters[agent]
-            calls = rng.randint(3, 5)
-            slow = 8 if agent == "agent-2" and elapsed > spike_after else 1
+            c = self.counters[agent]
+            calls = self.rng.randint(3, 5)
+            slow = 8 if agent == "agent-2" and elapsed > self.spike_after else 1
             c[0] += calls
             c[2] += calls * 1000
-            c[3] += calls * 10 * slow * rng.uniform(0.9, 1.1)
+            c[3] += calls * 10 * slow * self.rng.uniform(0.9, 1.1)
             rows.append(
                 {
                     "agent_id": agent,
@@ -100,13 +107,23 @@ async def publish(event_log: EventLog, seconds: float, spike_after: float) -> in
                     "mailbox": 0,
                 }
             )
-        body = json.dumps({"pod_id": "p1", "replicas": rows}).encode()
-        await event_log.js.publish(subject, body)
-        sent += 1
-        if sent == 100:
-            await event_log.js.publish(subject, MALFORMED)
-        await asyncio.sleep(0.05)
-    return sent
+        self.sent += 1
+        return json.dumps({"pod_id": "p1", "replicas": rows}).encode()
+
+    async def paced(self, seconds: float) -> int:
+        """20 messages a second for `seconds`."""
+        while time.monotonic() - self.started < seconds:
+            await self.event_log.js.publish(self.subject, self.body())
+            if self.sent >= 100 and not self.malformed:
+                self.malformed = True
+                await self.event_log.js.publish(self.subject, MALFORMED)
+            await asyncio.sleep(0.05)
+        return self.sent
+
+    async def burst(self, n: int) -> None:
+        """`n` messages at once: a backlog the observer is busy with when it is killed."""
+        acks = [await self.event_log.js.publish_async(self.subject, self.body()) for _ in range(n)]
+        await asyncio.gather(*acks)
 
 
 async def until_position(event_log: EventLog, seq: int, timeout: float, what: str) -> None:
@@ -122,19 +139,23 @@ async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_pat
     procs: list[subprocess.Popen[bytes]] = []
     try:
         event_log = await EventLog.connect(url, Settings(nats_url=url), name="test")
-        feed = asyncio.create_task(publish(event_log, 10.0, spike_after=6.5))
-        # Kill it twice, each time once it has committed more windows, mid-stream.
+        source = Feed(event_log, spike_after=6.5)
+        feed = asyncio.create_task(source.paced(10.0))
+        # Kill it twice, each time once it has committed more windows, mid-stream: while it
+        # works through a backlog of small batches (in a handler, between a batch's keys and
+        # its position, or at an ack).
         killed_at = []
-        for n, target in enumerate((40, 110)):
+        for n, target in enumerate((40, 300)):
             procs.append(start_observer(url, tmp_path, n))
             await until_position(event_log, target, 30, f"observer {n} never committed")
-            await asyncio.sleep(random.uniform(0.05, 0.4))
+            await source.burst(150)
+            await asyncio.sleep(random.uniform(0.02, 0.2))
             procs[-1].send_signal(signal.SIGKILL)
             assert procs[-1].wait(5) == -signal.SIGKILL
             killed_at.append(await position(event_log))
         procs.append(start_observer(url, tmp_path, 2))
         sent = await feed
-        assert sent > 150
+        assert sent > 450
         last = await event_log.last_sequence(names.STREAM_METRICS)
         assert all(p < last for p in killed_at), (killed_at, last)
         await until_position(event_log, last, 30, "restarted observer did not catch up")
