@@ -17,29 +17,47 @@ Detection delay = finding window end - incident start (simulated seconds).
 The generator's parameters are fixed in `Workload` below and were not changed while tuning the
 detectors. Baseline row: the same messages through window aggregation only (no detectors).
 
+Runner rows (`--runner`, on by default): the same messages published to SWARM_METRICS on an
+embedded nats-server, then read by the pure core through a plain replay (fetch + apply, no state
+kept anywhere: the baseline) and by the Observer's StreamApp (`services.observer.stream`:
+durable consumer, tables, changelog commits, acks). Stream time is the JetStream timestamp, so
+the window there is set to two publishing intervals of a pod, for about as many windows per
+agent as the simulation has; both paths must end with the same windows, which is checked.
+
 Writes a table and bench/results/observer.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import structlog
 from rich.console import Console
 from rich.table import Table
 
-from services.observer.analysis import Finding, Observatory
+from schemas import names
+from services.observer.analysis import AgentState, Finding, Observatory
+from services.observer.config import ObserverSettings
 from services.observer.features import WindowAggregator, parse_metrics
 from services.observer.scoring import DetectorConfig
+from services.observer.stream import build_app
+from swarm.kernel.embedded import EmbeddedNats
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.settings import Settings
 
 KINDS = ("spike", "level_shift", "drift", "loop")
 
@@ -238,6 +256,66 @@ def detect(
     return findings, time.perf_counter() - started
 
 
+async def runner(messages: list[tuple[int, float, bytes]], pods: int) -> dict[str, Any]:
+    """Events/s of the pure core fed by a plain replay and of the StreamApp, on one stream."""
+    with tempfile.TemporaryDirectory(prefix="bench-observer-") as tmp:
+        server = EmbeddedNats(Path(tmp))
+        url = server.start()
+        try:
+            return await _runner(url, messages, pods)
+        finally:
+            server.stop()
+
+
+async def _runner(url: str, messages: list[tuple[int, float, bytes]], pods: int) -> dict[str, Any]:
+    settings = Settings(nats_url=url)
+    log = await EventLog.connect(url, settings, name="bench-observer")
+    try:
+        subject = names.metrics_subject("bench", "agent")
+        # One at a time, so the stored timestamps are spread about evenly (bursts would put
+        # many of a pod's messages into one window).
+        started = time.perf_counter()
+        for _, _, body in messages:
+            await log.js.publish(subject, body)
+        span = time.perf_counter() - started
+        last = await log.last_sequence(names.STREAM_METRICS)
+        # Two publishing intervals of one pod: windows close about every other pod message.
+        window_s = 2 * span * pods / len(messages)
+        config = ObserverSettings(window_s=window_s, store_behaviour=False)
+
+        core = Observatory(config.detector(), window_s)
+        started, cpu = time.perf_counter(), time.process_time()
+        async for d in log.replay(names.STREAM_METRICS, batch=1000):
+            core.apply_metrics(d.stream_seq, d.timestamp.timestamp(), d.data)
+        plain_s, plain_cpu = time.perf_counter() - started, time.process_time() - cpu
+
+        app = build_app(settings, config)
+        started, cpu = time.perf_counter(), time.process_time()
+        async with app:
+            await app.reached(names.OBSERVER_METRICS_PROCESSOR, last, timeout=600)
+            app_s, app_cpu = time.perf_counter() - started, time.process_time() - cpu
+            windows = app.snapshot(names.OBSERVER_TABLE_WINDOWS)
+            detectors = app.snapshot(names.OBSERVER_TABLE_DETECTORS)
+        for agent, state in core.agents.items():
+            saved = AgentState.from_json(windows[agent], detectors.get(agent), core.config)
+            if saved.window_json() != state.window_json():
+                raise AssertionError(f"the StreamApp's windows of {agent} differ from the core's")
+        closed = sum(a.windows for a in core.agents.values())
+        return {
+            "messages": last,
+            "window_s": window_s,
+            "windows_closed": closed,
+            "plain_messages_per_s": last / plain_s,
+            "plain_cpu_us_per_message": plain_cpu / last * 1e6,
+            "app_messages_per_s": last / app_s,
+            "app_cpu_us_per_message": app_cpu / last * 1e6,
+            "app_over_plain": plain_s / app_s,
+            "commits": app.stats.commits,
+        }
+    finally:
+        await log.close()
+
+
 def score(
     findings: list[Finding], incidents: list[Incident], tolerance: float
 ) -> dict[str, dict[str, float]]:
@@ -292,7 +370,15 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "observer.json"
     )
+    parser.add_argument(
+        "--runner",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the StreamApp runner on a nats-server",
+    )
     args = parser.parse_args()
+    # The runner logs every finding and its app's life; the tables below say what it did.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     workload = Workload(agents=args.agents, duration_s=args.duration, seed=args.seed)
     config = DetectorConfig()
 
@@ -322,6 +408,9 @@ def main() -> None:
         "detect_over_aggregate": baseline_s / detect_s,
         "generate_s": generated_s,
     }
+    if args.runner:
+        pods = math.ceil(workload.agents / workload.agents_per_pod)
+        throughput["runner"] = asyncio.run(runner(messages, pods))
     console = Console()
     table = Table(
         title=f"Observer detection ({workload.agents} agents, {workload.duration_s:.0f} s)"
@@ -353,6 +442,32 @@ def main() -> None:
     )
     speed.add_row("aggregate + detect", f"{throughput['detect_samples_per_s']:,.0f}")
     console.print(speed)
+    if args.runner:
+        run = throughput["runner"]
+        per_message = rows / len(messages)
+        through = Table(
+            title=(
+                f"Through JetStream ({run['messages']:,} messages, {run['windows_closed']:,} "
+                f"windows of {run['window_s'] * 1000:.2f} ms stream time)"
+            )
+        )
+        for column in ("path", "messages/s", "samples/s", "CPU us/message", "vs plain"):
+            through.add_column(column, justify="right")
+        through.add_row(
+            "core over a plain replay (raw baseline)",
+            f"{run['plain_messages_per_s']:,.0f}",
+            f"{run['plain_messages_per_s'] * per_message:,.0f}",
+            f"{run['plain_cpu_us_per_message']:,.0f}",
+            "1.00x",
+        )
+        through.add_row(
+            "StreamApp runner (tables, changelog, acks)",
+            f"{run['app_messages_per_s']:,.0f}",
+            f"{run['app_messages_per_s'] * per_message:,.0f}",
+            f"{run['app_cpu_us_per_message']:,.0f}",
+            f"{run['app_over_plain']:.2f}x",
+        )
+        console.print(through)
     report = {
         "bench": "observer",
         "workload": asdict(workload),

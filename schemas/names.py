@@ -303,20 +303,19 @@ EXPORT_RAW_TYPE: Final = "org.swarm.timeline.raw"
 
 # --- Observer ------------------------------------------------------------------------------------
 
-#: JetStream KV bucket of the Observer's checkpoints: one key per agent and per deployment
-#: (window state, detectors, last applied sequence of each stream) plus its read position.
-OBSERVER_BUCKET: Final = "swarm-observer"
-OBSERVER_POSITION_KEY: Final = "position"
 #: The pods' per-replica counters (`metrics_subject(pod, "agent")`), the metrics the Observer reads.
 OBSERVER_METRICS: Final = f"{METRICS_PREFIX}.*.agent"
-
-
-def observer_agent_key(agent_id: str) -> str:
-    return f"agent.{_check_token('agent id', agent_id)}"
-
-
-def observer_deployment_key(namespace: str) -> str:
-    return f"deployment.{_check_token('namespace', namespace)}"
+#: The Observer is a stream-processing app (swarm.kernel.streaming) of this name: its tables'
+#: changelog is `changelog_stream(OBSERVER_APP)`, SWARM_CHANGELOG_OBSERVER.
+OBSERVER_APP: Final = "observer"
+#: Its processors, also the names of their durable consumers on SWARM_METRICS and SWARM_LOGS.
+OBSERVER_METRICS_PROCESSOR: Final = "observer_metrics"
+OBSERVER_LOGS_PROCESSOR: Final = "observer_logs"
+#: Its tables: per agent, the windows in progress and counts (every message) and the detectors
+#: (every closed window); per namespace, the centroid of its agents' behaviour.
+OBSERVER_TABLE_WINDOWS: Final = "windows"
+OBSERVER_TABLE_DETECTORS: Final = "detectors"
+OBSERVER_TABLE_DEPLOYMENTS: Final = "deployments"
 
 
 # --- Stream processing (swarm.kernel.streaming) --------------------------------------------------

@@ -1,7 +1,9 @@
 """The Observer: anomaly detection over agent metrics and logs, reported to the Hive.
 
-Pure core (`features`, `detectors`, `scoring`, `analysis`) and a thin service (`service`) that
-reads SWARM_METRICS / SWARM_LOGS, sends `anomaly.report` commands and stores behaviour vectors.
+Pure core (`features`, `detectors`, `scoring`, `analysis`), a stream app (`stream`: processors
+over SWARM_METRICS / SWARM_LOGS on swarm.kernel.streaming that keep the core's state in tables
+and return `anomaly.report` commands) and the process around it (`service`, which also stores
+behaviour vectors).
 """
 
 from services.observer.analysis import Finding, Observation, Observatory

@@ -2,9 +2,13 @@
 
 `Observatory.apply_metrics(seq, time, body)` and `apply_log(seq, body)` fold one message of
 SWARM_METRICS / SWARM_LOGS into per-agent state and return what closed. Every agent (and every
-deployment centroid) remembers the last sequence of each stream it applied, so the service can
-checkpoint agents one by one and replay from an older position after a crash: whatever an
-agent has applied already is skipped, and nothing is counted twice.
+deployment centroid) remembers the last sequence of each stream it applied, so a replay from an
+older position skips what an agent has applied already and counts nothing twice.
+
+The state has an exact JSON form: `AgentState.window_json()` (windows in progress and counts,
+changed by every message), `AgentAnalysis.to_json()` (the detectors, changed only when a window
+closes) and `DeploymentState.to_json()`. The service keeps these in stream-processing tables
+and marks what a message changed in `dirty_agents`, `dirty_analyses` and `dirty_deployments`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -24,6 +29,7 @@ from services.observer.detectors import (
     SignalScore,
 )
 from services.observer.features import (
+    LogSample,
     MalformedSample,
     ReplicaSample,
     Window,
@@ -154,6 +160,30 @@ class AgentAnalysis:
             baseline.size = config.baseline_windows
             baseline.relative_floor = config.relative_floor
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "baselines": {name: b.to_json() for name, b in self.baselines.items()},
+            "trees": self.trees.to_json(),
+            "threshold": self.threshold.to_json(),
+            "profile": self.profile.to_json(),
+            "incident": self.incident.to_json(),
+            "windows": self.windows,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], config: DetectorConfig) -> AgentAnalysis:
+        analysis = cls(
+            config,
+            {name: RobustZ.from_json(b) for name, b in doc["baselines"].items()},
+            MultivariateTrees.from_json(doc["trees"]),
+            profile=Profile.from_json(doc["profile"]),
+            windows=doc["windows"],
+        )
+        analysis.threshold = AdaptiveThreshold.from_json(doc["threshold"], config)
+        analysis.incident = HoldDown.from_json(doc["incident"])
+        analysis.reconfigure(config)
+        return analysis
+
     def _baseline(self, signal: str) -> RobustZ:
         baseline = self.baselines.get(signal)
         if baseline is None:
@@ -223,7 +253,8 @@ class AgentAnalysis:
 
 @dataclass(slots=True)
 class AgentState:
-    """Everything the Observer keeps about one agent, checkpointed as one unit."""
+    """Everything the Observer keeps about one agent (in two table values: `window_json()` and
+    `analysis.to_json()`)."""
 
     aggregator: WindowAggregator
     analysis: AgentAnalysis
@@ -234,6 +265,34 @@ class AgentState:
     calls: int = 0
     findings: int = 0
 
+    def window_json(self) -> dict[str, Any]:
+        """Everything but the detectors (`analysis.to_json()`), which change less often."""
+        return {
+            "aggregator": self.aggregator.to_json(),
+            "metrics_seq": self.metrics_seq,
+            "logs_seq": self.logs_seq,
+            "windows": self.windows,
+            "calls": self.calls,
+            "findings": self.findings,
+        }
+
+    @classmethod
+    def from_json(
+        cls, windows: dict[str, Any], analysis: dict[str, Any] | None, config: DetectorConfig
+    ) -> AgentState:
+        detectors = (
+            AgentAnalysis(config) if analysis is None else AgentAnalysis.from_json(analysis, config)
+        )
+        return cls(
+            WindowAggregator.from_json(windows["aggregator"]),
+            detectors,
+            windows["metrics_seq"],
+            windows["logs_seq"],
+            windows["windows"],
+            windows["calls"],
+            windows["findings"],
+        )
+
 
 @dataclass(slots=True)
 class DeploymentState:
@@ -242,6 +301,13 @@ class DeploymentState:
     centroid: Centroid = field(default_factory=Centroid)
     metrics_seq: int = 0
 
+    def to_json(self) -> dict[str, Any]:
+        return {"centroid": self.centroid.to_json(), "metrics_seq": self.metrics_seq}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DeploymentState:
+        return cls(Centroid.from_json(doc["centroid"]), doc["metrics_seq"])
+
 
 @dataclass(slots=True)
 class Observatory:
@@ -249,8 +315,10 @@ class Observatory:
     window_s: float
     agents: dict[str, AgentState] = field(default_factory=dict)
     deployments: dict[str, DeploymentState] = field(default_factory=dict)
-    #: Keys changed since the service last checkpointed them.
+    #: What changed since the service last saved it: agents' windows and counts, agents'
+    #: detectors (when a window closed), deployments' centroids.
     dirty_agents: set[str] = field(default_factory=set)
+    dirty_analyses: set[str] = field(default_factory=set)
     dirty_deployments: set[str] = field(default_factory=set)
     malformed: int = 0
 
@@ -276,6 +344,10 @@ class Observatory:
             self.malformed += 1
             log.warning("malformed metrics skipped", seq=seq, error=str(exc))
             return []
+        return self.apply_samples(seq, samples)
+
+    def apply_samples(self, seq: int, samples: list[ReplicaSample]) -> list[Observation]:
+        """`apply_metrics` on the samples of one message, parsed already."""
         by_agent: dict[str, list[ReplicaSample]] = {}
         for sample in samples:
             by_agent.setdefault(sample.agent_id, []).append(sample)
@@ -283,7 +355,7 @@ class Observatory:
         for agent_id, mine in by_agent.items():
             state = self._agent(agent_id, mine[0].namespace, mine[0].name)
             if state.metrics_seq >= seq:
-                continue  # applied before a restart; the checkpoint already holds it
+                continue  # applied already (a replay from an older position)
             state.metrics_seq = seq
             self.dirty_agents.add(agent_id)
             for sample in mine:
@@ -291,8 +363,11 @@ class Observatory:
                 if closed is not None:
                     observations.append(self._close(state, closed, seq))
         for observation in observations:
-            deployment = self.deployments[observation.window.namespace]
-            deployment.metrics_seq = max(deployment.metrics_seq, seq)
+            namespace = observation.window.namespace
+            deployment = self.deployments[namespace]
+            if deployment.metrics_seq < seq:
+                deployment.metrics_seq = seq
+                self.dirty_deployments.add(namespace)
         return observations
 
     def _close(self, state: AgentState, window: Window, seq: int) -> Observation:
@@ -302,12 +377,13 @@ class Observatory:
             deployment.centroid.distance(state.analysis.vector(window)) if window.calls else None
         )
         observation = state.analysis.observe(window, distance)
+        self.dirty_analyses.add(window.agent_id)
         state.windows += 1
         state.calls += window.calls
         if observation.finding is not None:
             state.findings += 1
         # Every agent of the message teaches the centroid, unless a replay reaches a message
-        # the centroid's checkpoint already holds.
+        # the centroid has applied already.
         if deployment.metrics_seq < seq and window.calls and not observation.flagged:
             deployment.centroid.learn(observation.vector)
             self.dirty_deployments.add(window.namespace)
@@ -320,6 +396,10 @@ class Observatory:
             self.malformed += 1
             log.warning("malformed log line skipped", seq=seq, error=str(exc))
             return
+        self.apply_line(seq, line)
+
+    def apply_line(self, seq: int, line: LogSample) -> None:
+        """`apply_log` on a line parsed already."""
         state = self._agent(line.agent_id, line.namespace, line.name)
         if state.logs_seq >= seq:
             return

@@ -20,10 +20,17 @@ class ObserverSettings(BaseSettings):
     threshold_quantile: float = Field(default=0.99, gt=0, le=1)
     quiet_windows: int = Field(default=3, ge=1)
     evidence_z: float = Field(default=4.0, gt=0)
-    #: Seconds between checkpoints of changed state to the KV bucket (and on stop).
-    checkpoint_s: float = Field(default=1.0, gt=0)
-    fetch_batch: int = Field(default=500, ge=1)
+    #: Events per batch of each processor (a batch's state is committed, then acked, at once).
+    fetch_batch: int = Field(default=500, ge=1, le=1000)
+    #: How long a fetch waits for events before it looks again.
     idle_s: float = Field(default=0.1, gt=0)
+    #: Seconds before an unacknowledged batch is redelivered.
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    #: Findings about windows that ended longer ago than this (read again from old metrics,
+    #: after a first start or a rebuild) are logged, not reported; capped at the duplicate window.
+    report_max_age_s: float = Field(default=3600.0, gt=0)
+    #: Seconds between writes of behaviour vectors to Postgres.
+    flush_s: float = Field(default=0.5, gt=0)
     #: Store a behaviour vector per agent per window in Postgres (needs SWARM_DATABASE_URL).
     store_behaviour: bool = True
 

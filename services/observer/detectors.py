@@ -2,18 +2,21 @@
 
 Each detector learns what is normal for one agent (or, for the centroid, one deployment) from
 the windows it has seen and scores a new window against that, before learning from it.
-They are plain objects with no I/O, so the service can checkpoint them and the benchmark can
-run them over simulated time at full speed.
+They are plain objects with no I/O, so the benchmark can run them over simulated time at full
+speed, and each has an exact JSON form (`to_json`/`from_json`): the service keeps them in
+stream-processing tables, whose values are JSON.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
+import operator
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from river import anomaly
 
@@ -96,6 +99,32 @@ class RobustZ:
     def ready(self, min_samples: int) -> bool:
         return len(self.values) >= min_samples
 
+    def to_json(self) -> dict[str, Any]:
+        # `ordered` is the same values sorted: not stored twice.
+        return {
+            "signal": self.signal,
+            "size": self.size,
+            "relative_floor": self.relative_floor,
+            "clip": self.clip,
+            "values": list(self.values),
+            "mad": self.mad,
+            "mad_age": self.mad_age,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RobustZ:
+        values = [float(v) for v in doc["values"]]
+        return cls(
+            doc["signal"],
+            doc["size"],
+            doc["relative_floor"],
+            doc["clip"],
+            deque(values),
+            sorted(values),
+            float(doc["mad"]),
+            doc["mad_age"],
+        )
+
     def median(self) -> float:
         ordered, n = self.ordered, len(self.ordered)
         mid = n // 2
@@ -177,6 +206,8 @@ class MultivariateTrees:
 
     seed: int = 7
     model: anomaly.HalfSpaceTrees = field(init=False)
+    #: Digest of the grown trees' splits, which never change (computed once, see `to_json`).
+    shape: str = field(default="", init=False, compare=False)
 
     def __post_init__(self) -> None:
         self.model = anomaly.HalfSpaceTrees(
@@ -187,6 +218,57 @@ class MultivariateTrees:
             limits=dict.fromkeys(TREE_FEATURES, (0.0, 1.0)),
         )
 
+    def to_json(self) -> dict[str, Any]:
+        """The trees' masses and window counter (see `from_json`)."""
+        model: Any = self.model
+        if not model.trees:
+            return {"seed": self.seed}
+        if not self.shape:
+            self.shape = _shape(model)
+        nodes = model._tree_nodes
+        return {
+            "seed": self.seed,
+            "shape": self.shape,
+            "counter": model.counter,
+            "first_window": model._first_window,
+            "r_mass": [list(map(_R_MASS, tree)) for tree in nodes],
+            "l_mass": [list(map(_L_MASS, tree)) for tree in nodes],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> MultivariateTrees:
+        """Trees from `to_json`.
+
+        river has no serialisation of its own but pickle. A tree's shape (split features and
+        thresholds) follows from the seed and the features alone; only the node masses and the
+        window counter change as it learns. So the shape is grown again from the seed, exactly
+        as river grows it on the first `learn_one`, and the masses are put back; the shape's
+        digest guards against a river that grows other trees (then the trees start afresh).
+        Not a base64 pickle in the JSON: unpickling a changelog message would run whatever
+        anyone allowed to publish on `swarm.changelog.>` put there, and the pickle is ~60 KB
+        in base64 against ~6 KB of masses (both rewritten with every closed window).
+        """
+        trees = cls(int(doc["seed"]))
+        if "r_mass" not in doc:
+            return trees
+        model: Any = trees.model
+        model.learn_one(dict.fromkeys(TREE_FEATURES, 0.5))  # grows the trees
+        trees.shape = _shape(model)
+        tree_nodes = model._tree_nodes
+        sizes = [len(t) for t in tree_nodes]
+        if (
+            trees.shape != doc["shape"]
+            or [len(r) for r in doc["r_mass"]] != sizes
+            or [len(m) for m in doc["l_mass"]] != sizes
+        ):
+            return cls(int(doc["seed"]))
+        for nodes, r_mass, l_mass in zip(tree_nodes, doc["r_mass"], doc["l_mass"], strict=True):
+            for node, r, m in zip(nodes, r_mass, l_mass, strict=True):
+                node.r_mass, node.l_mass = r, m
+        model.counter = int(doc["counter"])
+        model._first_window = bool(doc["first_window"])
+        return trees
+
     @staticmethod
     def features(scores: dict[str, SignalScore]) -> dict[str, float]:
         return {s: squash(scores[s].z) if s in scores else 0.5 for s in TREE_FEATURES}
@@ -196,6 +278,20 @@ class MultivariateTrees:
 
     def learn(self, scores: dict[str, SignalScore]) -> None:
         self.model.learn_one(self.features(scores))  # type: ignore[no-untyped-call]
+
+
+_R_MASS = operator.attrgetter("r_mass")
+_L_MASS = operator.attrgetter("l_mass")
+
+
+def _shape(model: Any) -> str:
+    """A digest of the trees' split features and thresholds."""
+    digest = hashlib.sha256()
+    for nodes in model._tree_nodes:
+        for node in nodes:
+            split = f"{getattr(node, 'feature', '')}:{getattr(node, 'threshold', '')};"
+            digest.update(split.encode())
+    return digest.hexdigest()[:16]
 
 
 #: Typical magnitude of each signal, so every dimension of a behaviour vector counts alike.
@@ -247,6 +343,13 @@ class Profile:
     half_calls: float = 10.0
     signals: dict[str, float] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"half_calls": self.half_calls, "signals": dict(self.signals)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Profile:
+        return cls(doc["half_calls"], dict(doc["signals"]))
+
     def learn(self, signals: dict[str, float], calls: int) -> list[float]:
         weight = calls / (calls + self.half_calls) if calls else 0.0
         for name, value in signals.items():
@@ -265,6 +368,15 @@ class Centroid:
     alpha: float = 0.05
     vector: list[float] | None = None
     windows: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        vector = None if self.vector is None else list(self.vector)
+        return {"alpha": self.alpha, "vector": vector, "windows": self.windows}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Centroid:
+        vector = doc["vector"]
+        return cls(doc["alpha"], None if vector is None else list(vector), doc["windows"])
 
     def distance(self, vector: list[float]) -> float | None:
         return None if self.vector is None else cosine_distance(vector, self.vector)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: The signals a window yields, in the order of the behaviour vector.
@@ -156,6 +156,14 @@ class Window:
     def seconds(self) -> float:
         return self.end - self.start
 
+    def to_json(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies every field, several times slower.
+        return {f: getattr(self, f) for f in _WINDOW_FIELDS}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Window:
+        return cls(**doc)
+
     def signals(self) -> dict[str, float]:
         """The window's signals; those without calls (fuel, latency, error rate) are left out,
         since an idle agent has no latency rather than a latency of zero."""
@@ -170,6 +178,9 @@ class Window:
             out["latency"] = self.latency_ms_sum / self.calls
             out["error_rate"] = self.errors / self.calls
         return out
+
+
+_WINDOW_FIELDS = tuple(f.name for f in fields(Window))
 
 
 @dataclass(slots=True)
@@ -199,6 +210,35 @@ class WindowAggregator:
 
     def _index(self, time: float) -> int:
         return math.floor(time / self.window_s)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything the aggregator holds, as JSON values (exact: floats round-trip)."""
+        return {
+            "agent_id": self.agent_id,
+            "namespace": self.namespace,
+            "name": self.name,
+            "window_s": self.window_s,
+            "open": None if self.open is None else self.open.to_json(),
+            "last": {
+                r: [c.calls, c.errors, c.fuel, c.latency_ms, c.time] for r, c in self.last.items()
+            },
+            # JSON object keys are strings.
+            "early_logs": {str(i): n for i, n in self.early_logs.items()},
+            "late_logs": self.late_logs,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> WindowAggregator:
+        return cls(
+            doc["agent_id"],
+            doc["namespace"],
+            doc["name"],
+            doc["window_s"],
+            None if doc["open"] is None else Window.from_json(doc["open"]),
+            {r: _Counters(*c) for r, c in doc["last"].items()},
+            {int(i): n for i, n in doc["early_logs"].items()},
+            doc["late_logs"],
+        )
 
     def _new(self, index: int) -> Window:
         start = index * self.window_s

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.observer.detectors import SignalScore
 
@@ -73,6 +74,13 @@ class AdaptiveThreshold:
         ordered = sorted(self.recent)
         rank = min(len(ordered) - 1, int(self.config.threshold_quantile * len(ordered)))
         return min(0.95, max(floor, ordered[rank] + self.config.threshold_margin))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recent": list(self.recent)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], config: DetectorConfig) -> AdaptiveThreshold:
+        return cls(config, deque(doc["recent"]))
 
     def learn(self, score: float) -> None:
         self.recent.append(score)
@@ -159,6 +167,13 @@ class HoldDown:
     active: bool = False
     calm: int = 0
     rank: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quiet": self.quiet, "active": self.active, "calm": self.calm, "rank": self.rank}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> HoldDown:
+        return cls(doc["quiet"], doc["active"], doc["calm"], doc["rank"])
 
     def step(self, flagged: bool, kind: str = "unknown") -> bool:
         """Feed one window; True when it starts a new incident or escalates the open one to a

@@ -1,19 +1,20 @@
-"""The Observer process: read SWARM_METRICS and SWARM_LOGS, report anomalies to the Hive.
+"""The Observer process: the stream app of `stream.py` plus the behaviour vectors it stores.
 
-Reading: two ordered, ephemeral JetStream readers (one per stream), started after the position
-of the last checkpoint. This runs on plain JetStream, not on faust: the faust-over-JetStream
-kernel (swarm/kernel/streaming) was not available when this was written.
+It runs on swarm.kernel.streaming: two processors (durable consumers `observer_metrics` on
+SWARM_METRICS and `observer_logs` on SWARM_LOGS) feed the pure core, whose per-agent and
+per-namespace state lives in the app's tables, kept in the changelog stream
+SWARM_CHANGELOG_OBSERVER. On start the tables are recovered from the changelog before any event
+is read; each batch's changed keys, then the processor's position, are committed before the
+batch is acked, and a batch interrupted by a crash is rolled back and runs again on the state it
+first saw. So a killed observer resumes without losing or double-counting a window, and the
+findings (`anomaly.report` commands, appended before the position with ids derived from agent,
+window and kind) of a replayed batch are dropped by JetStream as duplicates. A metrics message or
+log line that is not what pods publish is dead-lettered with the reason (SWARM_DEADLETTER).
 
-Exactly once: state is checkpointed to the KV bucket `swarm-observer`, one key per agent and per
-deployment, each holding the last sequence of each stream it applied, and then the read
-position. After a crash (even between two keys) the readers restart from the saved position and
-every agent skips the messages its own checkpoint already holds, so no window is lost or counted
-twice. Findings are sent before the checkpoint that records them, with an id derived from agent,
-window and kind: one re-sent after a crash is dropped by JetStream as a duplicate. Behaviour
-vectors are written idempotently (unique per agent and window).
-
-Checkpoints are pickles of the detector state (river's trees have no other serialisation); the
-bucket is written and read by the Observer alone.
+Behaviour vectors go to Postgres from here, outside the handlers (which must not do I/O), every
+`SWARM_OBSERVER_FLUSH_S`; the writes are idempotent (unique per agent and window), so a replayed
+window is not stored twice. They are a view, not the record: vectors of windows committed just
+before a SIGKILL and not yet flushed are lost.
 """
 
 from __future__ import annotations
@@ -21,31 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
-import pickle
 import signal
-import time
-from dataclasses import asdict, dataclass
 
-import nats.errors
 import structlog
-from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NoKeysError
-from nats.js.kv import KeyValue
 
-from schemas import command, names
-from services.observer.analysis import AgentState, DeploymentState, Observation, Observatory
+from services.observer.analysis import Observatory
 from services.observer.behaviour import BehaviourRow, BehaviourStore
 from services.observer.config import ObserverSettings
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError, Reader
+from services.observer.stream import IDENTITY, SOURCE, build_app
+from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from swarm.kernel.streaming import StreamApp
 
 log = structlog.get_logger(__name__)
-
-SOURCE = "observer"
-IDENTITY = "service:observer"
-#: Bumped when the pickled state changes shape; older checkpoints are then ignored.
-CHECKPOINT_VERSION = 1
 
 
 class Status(enum.Enum):
@@ -55,36 +44,29 @@ class Status(enum.Enum):
     STOPPED = "stopped"
 
 
-class _GapError(Exception):
-    """A message of an ordered reader went missing; read again from the applied position."""
-
-
-@dataclass(slots=True)
-class Position:
-    metrics_seq: int = 0
-    logs_seq: int = 0
-
-
 class Observer:
     def __init__(self, settings: Settings, config: ObserverSettings | None = None) -> None:
         self.settings = settings
         self.config = config or ObserverSettings()
         self.core = Observatory(self.config.detector(), self.config.window_s)
-        self.position = Position()
         self.status = Status.NEW
-        #: Set once the readers are open (after the checkpoint was loaded).
+        #: Set once the tables are recovered and events are being read.
         self.live = asyncio.Event()
-        self.reports_sent = 0
-        self.duplicates = 0
-        self._pending: list[AppendRequest] = []
+        self.app: StreamApp | None = None
         self._rows: list[BehaviourRow] = []
         self._store: BehaviourStore | None = None
-        self._checkpointed = time.monotonic()
         self._stop = asyncio.Event()
 
+    @property
+    def reports_sent(self) -> int:
+        """Findings appended to the command log by this process (a replay's repeats included)."""
+        return 0 if self.app is None else self.app.stats.outputs
+
     def stop(self) -> None:
-        """Stop reading; safe before start and twice. The last state is checkpointed."""
+        """Stop reading; safe before start and twice. The batch in progress is committed."""
         self._stop.set()
+        if self.app is not None:
+            self.app.stop()
 
     async def run(self) -> None:
         if self.settings.nats_url is None:
@@ -94,185 +76,50 @@ class Observer:
             return
         self.status = Status.RUNNING
         try:
+            # The streams the processors read (and the command stream) exist before they bind.
             eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=SOURCE)
-        except BaseException:
-            self.status = Status.STOPPED
-            raise
-        if self.config.store_behaviour and self.settings.database_url:
-            self._store = BehaviourStore(self.settings.database_url)
-        try:
-            kv = await _bucket(eventlog.js)
-            await self._load(kv)
-            log.info("observer started", agents=len(self.core.agents), **asdict(self.position))
-            while not self._stop.is_set():
-                try:
-                    await self._follow(eventlog, kv)
-                except (_GapError, EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
-                    log.warning("feed interrupted; reading again", error=str(exc) or repr(exc))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), 0.5)
-            with contextlib.suppress(EventLogError, nats.errors.Error, TimeoutError, OSError):
-                await self._flush(eventlog, kv, force=True)
+            await eventlog.close()
+            store = self.config.store_behaviour and self.settings.database_url
+            if store:
+                self._store = BehaviourStore(self.settings.database_url or "")
+            self.app = build_app(
+                self.settings, self.config, self.core, self._rows.extend if store else None
+            )
+            if self._stop.is_set():
+                self.app.stop()
+            done = asyncio.Event()
+            flusher = asyncio.create_task(self._flush_until(done, self.config.flush_s))
+            try:
+                await self.app.start()
+                self.live.set()
+                log.info("observer started", recovered_keys=self.app.stats.recovered_keys)
+                await self.app.wait()
+            finally:
+                # Not cancelled: a store in progress (in a thread) finishes, then the last rows go.
+                done.set()
+                await flusher
         finally:
             self.status = Status.STOPPING
-            await eventlog.close()
             if self._store is not None:
                 self._store.close()
             self.status = Status.STOPPED
-            log.info("observer stopped", reports=self.reports_sent, **asdict(self.position))
+            log.info("observer stopped", reports=self.reports_sent)
 
-    # -- reading ----------------------------------------------------------------------------------
+    async def _flush_until(self, done: asyncio.Event, seconds: float) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), seconds)
+            await self._flush()
 
-    async def _follow(self, eventlog: EventLog, kv: KeyValue) -> None:
-        batch = self.config.fetch_batch
-        metrics = await eventlog.reader(
-            names.STREAM_METRICS,
-            start_seq=self.position.metrics_seq + 1,
-            subjects=(names.OBSERVER_METRICS,),
-            batch=batch,
-        )
-        logs = await eventlog.reader(
-            names.STREAM_LOGS, start_seq=self.position.logs_seq + 1, batch=batch
-        )
-        expected = {metrics.name: 1, logs.name: 1}
-        self.live.set()
-        try:
-            while not self._stop.is_set():
-                await self._flush(eventlog, kv)
-                # Logs first: a window closes on a metrics sample, and its log lines should be
-                # in by then.
-                for d in await _fetch(logs, batch, self.config.idle_s / 2, expected):
-                    self.core.apply_log(d.stream_seq, d.data)
-                    self.position.logs_seq = d.stream_seq
-                for d in await _fetch(metrics, batch, self.config.idle_s, expected):
-                    observations = self.core.apply_metrics(
-                        d.stream_seq, d.timestamp.timestamp(), d.data
-                    )
-                    self.position.metrics_seq = d.stream_seq
-                    self._collect(observations)
-        finally:
-            for reader in (metrics, logs):
-                with contextlib.suppress(nats.errors.Error, OSError):
-                    await reader.close()
-
-    def _collect(self, observations: list[Observation]) -> None:
-        for o in observations:
-            w = o.window
-            if self._store is not None and w.calls:
-                self._rows.append(
-                    BehaviourRow(w.agent_id, w.namespace, w.name, w.end, o.vector, w.signals())
-                )
-            if o.finding is None:
-                continue
-            f = o.finding
-            log.info(
-                "anomaly",
-                agent_id=f.agent_id,
-                kind=f.kind,
-                score=round(f.score, 3),
-                threshold=round(f.threshold, 3),
-                signals=[s.signal for s in f.evidence],
-            )
-            self._pending.append(
-                AppendRequest.of(command(f.report(), source=SOURCE, identity=IDENTITY, id=f.id))
-            )
-
-    # -- effects and checkpoints ------------------------------------------------------------------
-
-    async def _flush(self, eventlog: EventLog, kv: KeyValue, *, force: bool = False) -> None:
-        """Send findings, store vectors, then checkpoint (in that order: a checkpoint never
-        covers an effect that was not made)."""
-        if self._pending:
-            appended = await eventlog.append_batch(self._pending)
-            self.reports_sent += len(appended)
-            self.duplicates += sum(a.duplicate for a in appended)
-            self._pending = []
-        if self._rows and self._store is not None:
-            rows, self._rows = self._rows, []
-            try:
-                await asyncio.to_thread(self._store.store, rows)
-            except Exception as exc:  # lossy by design: a vector is a view, never the record
-                log.warning("behaviour vectors not stored", count=len(rows), error=str(exc))
-        if force or time.monotonic() - self._checkpointed >= self.config.checkpoint_s:
-            await self._checkpoint(kv)
-
-    async def _checkpoint(self, kv: KeyValue) -> None:
-        core = self.core
-        for agent_id in sorted(core.dirty_agents):
-            await kv.put(names.observer_agent_key(agent_id), _dump(core.agents[agent_id]))
-        for namespace in sorted(core.dirty_deployments):
-            await kv.put(
-                names.observer_deployment_key(namespace), _dump(core.deployments[namespace])
-            )
-        core.dirty_agents.clear()
-        core.dirty_deployments.clear()
-        await kv.put(
-            names.OBSERVER_POSITION_KEY,
-            json.dumps({"v": CHECKPOINT_VERSION, **asdict(self.position)}).encode(),
-        )
-        self._checkpointed = time.monotonic()
-
-    async def _load(self, kv: KeyValue) -> None:
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
+    async def _flush(self) -> None:
+        if not self._rows or self._store is None:
             return
-        for key in keys:
-            entry = await kv.get(key)
-            if entry.value is None:
-                continue
-            if key == names.OBSERVER_POSITION_KEY:
-                doc = json.loads(entry.value)
-                if doc.get("v") == CHECKPOINT_VERSION:
-                    self.position = Position(int(doc["metrics_seq"]), int(doc["logs_seq"]))
-                continue
-            state = _load(entry.value)
-            if isinstance(state, AgentState):
-                if state.aggregator.window_s != self.config.window_s:
-                    # Windows of another length cannot continue; this agent starts afresh.
-                    log.warning("window length changed; agent state dropped", key=key)
-                    continue
-                state.analysis.reconfigure(self.core.config)
-                self.core.agents[state.aggregator.agent_id] = state
-            elif isinstance(state, DeploymentState) and key.startswith("deployment."):
-                self.core.deployments[key.removeprefix("deployment.")] = state
-
-
-async def _fetch(
-    reader: Reader, batch: int, timeout: float, expected: dict[str, int]
-) -> list[Delivery]:
-    deliveries = await reader.fetch(batch, timeout=timeout)
-    for d in deliveries:
-        # An ack-less ordered reader numbers deliveries 1, 2, 3...: a hole is a lost message.
-        if d.consumer_seq != expected[reader.name]:
-            raise _GapError(
-                f"{reader.stream}: expected {expected[reader.name]}, got {d.consumer_seq}"
-            )
-        expected[reader.name] += 1
-    return deliveries
-
-
-def _dump(state: AgentState | DeploymentState) -> bytes:
-    return pickle.dumps((CHECKPOINT_VERSION, state), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load(data: bytes) -> AgentState | DeploymentState | None:
-    try:
-        version, state = pickle.loads(data)  # the bucket is written by the Observer alone
-    except Exception as exc:
-        log.warning("unreadable checkpoint ignored", error=str(exc))
-        return None
-    if version != CHECKPOINT_VERSION or not isinstance(state, (AgentState, DeploymentState)):
-        return None
-    return state
-
-
-async def _bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(names.OBSERVER_BUCKET)
-    except BucketNotFoundError:
-        # Creating an existing bucket with the same config is accepted, so restarts agree.
-        return await js.create_key_value(bucket=names.OBSERVER_BUCKET, history=1)
+        rows = self._rows[:]
+        del self._rows[:]  # the app appends to this very list
+        try:
+            await asyncio.to_thread(self._store.store, rows)
+        except Exception as exc:  # lossy by design: a vector is a view, never the record
+            log.warning("behaviour vectors not stored", count=len(rows), error=str(exc))
 
 
 async def main() -> None:

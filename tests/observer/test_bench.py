@@ -1,4 +1,5 @@
-"""bench/observer.py runs end to end on a small workload and writes a complete report."""
+"""bench/observer.py runs end to end on a small workload (pure core and StreamApp runner) and
+writes a complete report."""
 
 from __future__ import annotations
 
@@ -42,3 +43,11 @@ def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
     assert throughput["samples"] == 12 * 700
     assert throughput["detect_samples_per_s"] > 0
     assert throughput["aggregate_only_samples_per_s"] > 0
+    # The StreamApp runner on a nats-server, against the core over a plain replay of the same
+    # stream; the bench itself checks that both ended with the same windows.
+    runner = throughput["runner"]
+    assert runner["messages"] == 2 * 700  # 12 agents, 10 per pod
+    assert runner["windows_closed"] > 12 * 100
+    assert runner["app_messages_per_s"] > 0
+    assert runner["plain_messages_per_s"] > 0
+    assert runner["commits"] >= 1

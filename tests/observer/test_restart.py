@@ -1,9 +1,12 @@
 """An Observer SIGKILLed mid-stream and restarted loses no window and counts none twice.
 
-The Observer runs as `python -m services.observer` against a real nats-server while metrics
-stream in; it is killed with SIGKILL, restarted, and finally stopped. Its checkpointed per-agent
-window counts and sums must equal a recount of the whole metrics stream from scratch, and the
-anomaly reports on the command stream must be exactly the recount's findings, each once.
+The Observer runs as `python -m services.observer` (a StreamApp over SWARM_METRICS and
+SWARM_LOGS) against a real nats-server while metrics stream in; it is killed with SIGKILL twice,
+each time mid-stream, restarted, and finally stopped. Its tables, as the app recovers them from
+the changelog, must equal the state of a core that read the whole metrics stream from scratch,
+exactly (windows in progress, counts, detectors, centroids), and the anomaly reports on the
+command stream must be exactly the recount's findings, each once. A malformed metrics message
+in the middle is dead-lettered with its reason and skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pickle
 import random
 import signal
 import subprocess
@@ -22,22 +24,27 @@ from pathlib import Path
 import pytest
 
 from schemas import names
-from services.observer.analysis import AgentState, Observatory
-from services.observer.scoring import DetectorConfig
+from services.observer.analysis import AgentState, DeploymentState, Observatory
+from services.observer.config import ObserverSettings
+from services.observer.stream import build_app
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from swarm.kernel.streaming._table import encode_key
+from swarm.kernel.streaming._transport import key_token
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ("agent-1", "agent-2", "agent-3")
 ENV = {
     "SWARM_OBSERVER_WINDOW_S": "1",
     "SWARM_OBSERVER_WARMUP_WINDOWS": "4",
-    "SWARM_OBSERVER_CHECKPOINT_S": "0.2",
+    "SWARM_OBSERVER_FETCH_BATCH": "20",
     "SWARM_OBSERVER_STORE_BEHAVIOUR": "false",
 }
+CONFIG = ObserverSettings(window_s=1, warmup_windows=4, store_behaviour=False)
+MALFORMED = b'{"pod_id": "p1", "replicas": [{"agent_id": "agent-1"}]}'
 
 
 def start_observer(url: str, root: Path, n: int) -> subprocess.Popen[bytes]:
@@ -49,29 +56,42 @@ def start_observer(url: str, root: Path, n: int) -> subprocess.Popen[bytes]:
 
 
 async def position(event_log: EventLog) -> int:
+    """The metrics processor's committed position, as its changelog holds it."""
+    prefix = names.changelog_table_prefix(names.OBSERVER_APP, names.CHANGELOG_POSITIONS)
+    token = key_token(encode_key(names.OBSERVER_METRICS_PROCESSOR))
     try:
-        kv = await event_log.js.key_value(names.OBSERVER_BUCKET)
-        entry = await kv.get(names.OBSERVER_POSITION_KEY)
+        msg = await event_log.js.get_last_msg(
+            names.changelog_stream(names.OBSERVER_APP), f"{prefix}.{token}"
+        )
     except Exception:
         return 0
-    return int(json.loads(entry.value or b"{}").get("metrics_seq", 0))
+    return int(json.loads(msg.data or b"{}")["seq"])
 
 
-async def publish(event_log: EventLog, seconds: float, spike_after: float) -> int:
-    """Pod metrics at 20 Hz for three agents; agent-2's calls get 8x slower after a while."""
-    rng = random.Random(5)
-    counters = {a: [0, 0, 0, 0.0] for a in AGENTS}
-    started = time.monotonic()
-    sent = 0
-    while (elapsed := time.monotonic() - started) < seconds:
+class Feed:
+    """Pod metrics for three agents (cumulative counters); agent-2's calls get 8x slower after
+    a while; one malformed message half way."""
+
+    def __init__(self, event_log: EventLog, spike_after: float) -> None:
+        self.event_log = event_log
+        self.spike_after = spike_after
+        self.rng = random.Random(5)
+        self.counters = {a: [0, 0, 0, 0.0] for a in AGENTS}
+        self.started = time.monotonic()
+        self.subject = names.metrics_subject("p1", "agent")
+        self.sent = 0
+        self.malformed = False
+
+    def body(self) -> bytes:
+        elapsed = time.monotonic() - self.started
         rows = []
         for agent in AGENTS:
-            c = counters[agent]
-            calls = rng.randint(3, 5)
-            slow = 8 if agent == "agent-2" and elapsed > spike_after else 1
+            c = self.counters[agent]
+            calls = self.rng.randint(3, 5)
+            slow = 8 if agent == "agent-2" and elapsed > self.spike_after else 1
             c[0] += calls
             c[2] += calls * 1000
-            c[3] += calls * 10 * slow * rng.uniform(0.9, 1.1)
+            c[3] += calls * 10 * slow * self.rng.uniform(0.9, 1.1)
             rows.append(
                 {
                     "agent_id": agent,
@@ -87,11 +107,30 @@ async def publish(event_log: EventLog, seconds: float, spike_after: float) -> in
                     "mailbox": 0,
                 }
             )
-        body = json.dumps({"pod_id": "p1", "replicas": rows}).encode()
-        await event_log.js.publish(names.metrics_subject("p1", "agent"), body)
-        sent += 1
+        self.sent += 1
+        return json.dumps({"pod_id": "p1", "replicas": rows}).encode()
+
+    async def paced(self, seconds: float) -> int:
+        """20 messages a second for `seconds`."""
+        while time.monotonic() - self.started < seconds:
+            await self.event_log.js.publish(self.subject, self.body())
+            if self.sent >= 100 and not self.malformed:
+                self.malformed = True
+                await self.event_log.js.publish(self.subject, MALFORMED)
+            await asyncio.sleep(0.05)
+        return self.sent
+
+    async def burst(self, n: int) -> None:
+        """`n` messages at once: a backlog the observer is busy with when it is killed."""
+        acks = [await self.event_log.js.publish_async(self.subject, self.body()) for _ in range(n)]
+        await asyncio.gather(*acks)
+
+
+async def until_position(event_log: EventLog, seq: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while await position(event_log) < seq:
+        assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
-    return sent
 
 
 async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_path: Path) -> None:
@@ -100,45 +139,57 @@ async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_pat
     procs: list[subprocess.Popen[bytes]] = []
     try:
         event_log = await EventLog.connect(url, Settings(nats_url=url), name="test")
-        await event_log.ensure_streams()
-        procs.append(start_observer(url, tmp_path, 1))
-        feed = asyncio.create_task(publish(event_log, 9.0, spike_after=6.0))
-        # Kill it once it has checkpointed some windows, mid-stream.
-        deadline = time.monotonic() + 20
-        while await position(event_log) < 40:
-            assert time.monotonic() < deadline, "observer never checkpointed"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.33)
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait(5)
-        await asyncio.sleep(1.0)
+        source = Feed(event_log, spike_after=6.5)
+        feed = asyncio.create_task(source.paced(10.0))
+        # Kill it twice, each time once it has committed more windows, mid-stream: while it
+        # works through a backlog of small batches (in a handler, between a batch's keys and
+        # its position, or at an ack).
+        killed_at = []
+        for n, target in enumerate((40, 300)):
+            procs.append(start_observer(url, tmp_path, n))
+            await until_position(event_log, target, 30, f"observer {n} never committed")
+            await source.burst(150)
+            await asyncio.sleep(random.uniform(0.02, 0.2))
+            procs[-1].send_signal(signal.SIGKILL)
+            assert procs[-1].wait(5) == -signal.SIGKILL
+            killed_at.append(await position(event_log))
         procs.append(start_observer(url, tmp_path, 2))
         sent = await feed
-        assert sent > 120
+        assert sent > 450
         last = await event_log.last_sequence(names.STREAM_METRICS)
-        deadline = time.monotonic() + 20
-        while await position(event_log) < last:
-            assert time.monotonic() < deadline, "restarted observer did not catch up"
-            await asyncio.sleep(0.1)
-        procs[1].send_signal(signal.SIGTERM)
-        assert procs[1].wait(10) == 0
+        assert all(p < last for p in killed_at), (killed_at, last)
+        await until_position(event_log, last, 30, "restarted observer did not catch up")
+        procs[-1].send_signal(signal.SIGTERM)
+        assert procs[-1].wait(15) == 0
 
         # The recount: the whole stream through a fresh core, nothing killed.
-        recount = Observatory(DetectorConfig(warmup_windows=4), 1.0)
+        recount = Observatory(CONFIG.detector(), CONFIG.window_s)
         async for d in event_log.replay(names.STREAM_METRICS):
             recount.apply_metrics(d.stream_seq, d.timestamp.timestamp(), d.data)
+        assert recount.malformed == 1
 
-        kv = await event_log.js.key_value(names.OBSERVER_BUCKET)
+        # What the observer's tables hold, as its app recovers them.
+        app = build_app(Settings(nats_url=url), CONFIG)
+        async with app:
+            windows = app.snapshot(names.OBSERVER_TABLE_WINDOWS)
+            detectors = app.snapshot(names.OBSERVER_TABLE_DETECTORS)
+            deployments = app.snapshot(names.OBSERVER_TABLE_DEPLOYMENTS)
+            assert app.position(names.OBSERVER_METRICS_PROCESSOR) == last
+        assert app.stats.rolled_back_keys == 0  # the last stop was clean
+        assert set(windows) == set(AGENTS)
         for agent in AGENTS:
-            entry = await kv.get(names.observer_agent_key(agent))
-            _, saved = pickle.loads(entry.value or b"")
-            assert isinstance(saved, AgentState)
+            saved = AgentState.from_json(windows[agent], detectors[agent], CONFIG.detector())
             fresh = recount.agents[agent]
             assert saved.windows == fresh.windows > 5
             assert saved.calls == fresh.calls
             assert saved.findings == fresh.findings
             assert saved.aggregator.open == fresh.aggregator.open
-            assert saved.metrics_seq == fresh.metrics_seq == last
+            assert saved.metrics_seq == fresh.metrics_seq >= last - 1
+            # All of it, detectors included, exactly.
+            assert saved.window_json() == fresh.window_json()
+            assert saved.analysis.to_json() == fresh.analysis.to_json()
+        centroid = DeploymentState.from_json(deployments["default"])
+        assert centroid.to_json() == recount.deployments["default"].to_json()
 
         findings = sum(a.findings for a in recount.agents.values())
         assert recount.agents["agent-2"].findings >= 1
@@ -148,6 +199,10 @@ async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_pat
             if d.subject == names.command_subject("anomaly", "report")
         ]
         assert len(reports) == len(set(reports)) == findings
+
+        dead = [d async for d in event_log.replay(names.STREAM_DEADLETTER)]
+        assert [d.data for d in dead] == [MALFORMED]
+        assert dead[0].headers[names.HEADER_DEADLETTER_REASON].startswith("malformed: ")
         await event_log.close()
     finally:
         for proc in procs:

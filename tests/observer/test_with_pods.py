@@ -80,9 +80,7 @@ async def one_worker_pod(stack: Stack) -> AsyncIterator[Pod]:
 
 @contextlib.asynccontextmanager
 async def observing(stack: Stack) -> AsyncIterator[Observer]:
-    config = ObserverSettings(
-        window_s=1.0, warmup_windows=5, checkpoint_s=0.5, store_behaviour=False
-    )
+    config = ObserverSettings(window_s=1.0, warmup_windows=5, store_behaviour=False)
     observer = Observer(Settings(nats_url=stack.url), config)
     task = asyncio.create_task(observer.run())
     try:

@@ -1,0 +1,271 @@
+"""The Observer as a stream-processing app (swarm.kernel.streaming): processors over SWARM_METRICS
+and SWARM_LOGS that feed the pure core, with its state in changelog-backed tables.
+
+Tables (JSON values, see `analysis`):
+
+- `windows`: agent id -> the windows in progress and the agent's counts (`AgentState.window_json`),
+  written by every message about the agent;
+- `detectors`: agent id -> its detectors (`AgentAnalysis.to_json`), written when a window closes;
+- `deployments`: namespace -> its centroid (`DeploymentState.to_json`).
+
+Windows are the core's own (`features.WindowAggregator`), kept in plain tables, not the module's
+windowed tables: a window is closed, and scored, when the agent's first sample of a later window
+arrives, which must happen inside the handler (to return the finding), in stream order and the
+same on every replay; a window holds counter deltas against each replica's previous sample and
+log lines placed by their own timestamps, neither of which is a per-event aggregate of a faust
+window. The module's tables give what the windows need: exactly-once state, recovered before
+intake.
+
+Handlers return the findings as `anomaly.report` commands. Their ids are the findings' own
+(`Finding.id`, from agent, window end and kind), which are as stable across replays as
+`event.derived_id` and also across a rebuild of the tables from the streams, so JetStream drops
+a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
+
+The handlers must not mutate the tables' values (the module keeps a key's value from before a
+batch to roll back to), and decoding the detectors from JSON on every message would dominate the
+cost; so the core keeps its live objects between messages, and `TableSync` reloads one from its
+table whenever the table holds a value other than the one last written from it (after a handler
+failed and was rolled back, or after a restart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from schemas import Envelope, command, names
+from services.observer.analysis import AgentState, DeploymentState, Observation, Observatory
+from services.observer.behaviour import BehaviourRow
+from services.observer.config import ObserverSettings
+from services.observer.features import LogSample, ReplicaSample, parse_log, parse_metrics
+from swarm.kernel.settings import Settings
+from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "observer"
+IDENTITY = "service:observer"
+
+_MISSING: Any = object()
+
+
+def decode_metrics(body: bytes) -> list[ReplicaSample]:
+    """A pod metrics message's samples (their time is set from the event's); raises
+    `MalformedSample` with the reason, which dead-letters the message."""
+    return parse_metrics(body, 0.0)
+
+
+def decode_log(body: bytes) -> LogSample:
+    return parse_log(body)
+
+
+class TableSync:
+    """Moves the core's state for the keys one message touches between the tables and the core.
+
+    `load` before the core applies the message, `save` after it; `forget` when the handler
+    failed (the module rolls the tables back, so the core's objects for those keys are stale).
+    """
+
+    def __init__(self, core: Observatory) -> None:
+        self.core = core
+        #: (table, key) -> the table value the core's object for that key equals.
+        self._synced: dict[tuple[str, str], Any] = {}
+
+    def _fresh(self, table: str, key: str, value: Any) -> bool:
+        return self._synced.pop((table, key), _MISSING) is value
+
+    def load(self, tables: Tables, agents: Iterable[str], namespaces: Iterable[str]) -> set[str]:
+        """Load the agents and namespaces; returns the namespaces loaded: those given and those
+        of the agents' windows (a closing window teaches its own namespace's centroid)."""
+        core = self.core
+        windows_t = tables[names.OBSERVER_TABLE_WINDOWS]
+        detectors_t = tables[names.OBSERVER_TABLE_DETECTORS]
+        deployments_t = tables[names.OBSERVER_TABLE_DEPLOYMENTS]
+        for agent in agents:
+            windows = windows_t.get(agent)
+            analysis = detectors_t.get(agent)
+            same_windows = self._fresh(names.OBSERVER_TABLE_WINDOWS, agent, windows)
+            same_analysis = self._fresh(names.OBSERVER_TABLE_DETECTORS, agent, analysis)
+            if same_windows and same_analysis and (windows is None or agent in core.agents):
+                continue
+            core.agents.pop(agent, None)
+            if windows is None:
+                continue  # the core starts the agent afresh
+            if windows["aggregator"]["window_s"] != core.window_s:
+                # Windows of another length cannot continue; the agent starts afresh.
+                log.warning("window length changed; agent state dropped", agent_id=agent)
+                continue
+            core.agents[agent] = AgentState.from_json(windows, analysis, core.config)
+        touched = set(namespaces)
+        touched.update(core.agents[a].aggregator.namespace for a in agents if a in core.agents)
+        for namespace in touched:
+            deployment = deployments_t.get(namespace)
+            if self._fresh(names.OBSERVER_TABLE_DEPLOYMENTS, namespace, deployment) and (
+                deployment is None or namespace in core.deployments
+            ):
+                continue
+            core.deployments.pop(namespace, None)
+            if deployment is not None:
+                core.deployments[namespace] = DeploymentState.from_json(deployment)
+        return touched
+
+    def save(self, tables: Tables, agents: Iterable[str], namespaces: Iterable[str]) -> None:
+        core = self.core
+        windows_t = tables[names.OBSERVER_TABLE_WINDOWS]
+        detectors_t = tables[names.OBSERVER_TABLE_DETECTORS]
+        deployments_t = tables[names.OBSERVER_TABLE_DEPLOYMENTS]
+        for agent in agents:
+            state = core.agents.get(agent)
+            if state is None:
+                continue
+            if agent in core.dirty_agents:
+                windows_t[agent] = state.window_json()
+            if agent in core.dirty_analyses:
+                detectors_t[agent] = state.analysis.to_json()
+            if agent not in windows_t:
+                core.agents.pop(agent)  # created but never changed: nothing to keep
+                continue
+            # Whatever the table holds now is what the core's object equals.
+            self._synced[names.OBSERVER_TABLE_WINDOWS, agent] = windows_t.get(agent)
+            self._synced[names.OBSERVER_TABLE_DETECTORS, agent] = detectors_t.get(agent)
+        for namespace in namespaces:
+            deployment = core.deployments.get(namespace)
+            if deployment is None:
+                continue
+            if namespace in core.dirty_deployments:
+                deployments_t[namespace] = deployment.to_json()
+            if namespace not in deployments_t:
+                core.deployments.pop(namespace)
+                continue
+            self._synced[names.OBSERVER_TABLE_DEPLOYMENTS, namespace] = deployments_t.get(namespace)
+        self._clear()
+
+    def forget(self, agents: Iterable[str], namespaces: Iterable[str]) -> None:
+        for agent in agents:
+            self.core.agents.pop(agent, None)
+            self._synced.pop((names.OBSERVER_TABLE_WINDOWS, agent), None)
+            self._synced.pop((names.OBSERVER_TABLE_DETECTORS, agent), None)
+        for namespace in namespaces:
+            self.core.deployments.pop(namespace, None)
+            self._synced.pop((names.OBSERVER_TABLE_DEPLOYMENTS, namespace), None)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.core.dirty_agents.clear()
+        self.core.dirty_analyses.clear()
+        self.core.dirty_deployments.clear()
+
+
+def report(observation: Observation, now: float, max_age: float) -> Envelope[Any] | None:
+    """The `anomaly.report` command of the observation's finding, if it has one that is recent.
+
+    A finding whose window ended more than `max_age` seconds ago comes from reading old metrics
+    again (a first start, or a rebuild after the changelog was deleted): the incident is long
+    over, and JetStream's duplicate window may no longer hold the report sent at the time, so
+    it is not sent again. This reads the clock, yet replays stay exact: the decision only ever
+    turns from "send" to "skip" as time passes, so no finding is sent twice because of it.
+    """
+    f = observation.finding
+    if f is None:
+        return None
+    fields = {
+        "agent_id": f.agent_id,
+        "kind": f.kind,
+        "score": round(f.score, 3),
+        "threshold": round(f.threshold, 3),
+        "signals": [s.signal for s in f.evidence],
+    }
+    if now - f.window_end > max_age:
+        log.info("old anomaly not reported", age_s=round(now - f.window_end), **fields)
+        return None
+    log.info("anomaly", **fields)
+    return command(f.report(), source=SOURCE, identity=IDENTITY, id=f.id)
+
+
+def build_app(
+    settings: Settings,
+    config: ObserverSettings,
+    core: Observatory | None = None,
+    on_windows: Callable[[list[BehaviourRow]], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> StreamApp:
+    """The Observer's StreamApp; `on_windows` gets the behaviour rows of each message's closed
+    windows that had calls (called once the handler succeeded; again for a replayed message)."""
+    core = core or Observatory(config.detector(), config.window_s)
+    sync = TableSync(core)
+    # Never beyond the duplicate window, within which JetStream drops a repeated report.
+    max_age = min(config.report_max_age_s, settings.duplicate_window)
+    app = StreamApp(
+        names.OBSERVER_APP,
+        settings,
+        batch=config.fetch_batch,
+        ack_wait=config.ack_wait_s,
+        fetch_timeout=config.idle_s,
+    )
+    app.table(names.OBSERVER_TABLE_WINDOWS)
+    app.table(names.OBSERVER_TABLE_DETECTORS)
+    app.table(names.OBSERVER_TABLE_DEPLOYMENTS)
+
+    @app.processor(
+        stream=names.STREAM_METRICS,
+        subjects=[names.OBSERVER_METRICS],
+        durable=names.OBSERVER_METRICS_PROCESSOR,
+        decode=decode_metrics,
+    )
+    def on_metrics(tables: Tables, event: StreamEvent) -> list[Envelope[Any]]:
+        stored = event.timestamp.timestamp()
+        samples = [dataclasses.replace(s, time=stored) for s in event.envelope]
+        agents = {s.agent_id for s in samples}
+        namespaces = {s.namespace for s in samples}
+        try:
+            namespaces = sync.load(tables, agents, namespaces)
+            observations = core.apply_samples(event.seq, samples)
+            sync.save(tables, agents, namespaces)
+        except BaseException:
+            sync.forget(agents, namespaces)
+            raise
+        now = clock()
+        reports = [e for o in observations if (e := report(o, now, max_age)) is not None]
+        if on_windows is not None:
+            rows = [
+                BehaviourRow(w.agent_id, w.namespace, w.name, w.end, o.vector, w.signals())
+                for o in observations
+                if (w := o.window).calls
+            ]
+            if rows:
+                on_windows(rows)
+        return reports
+
+    @app.processor(
+        stream=names.STREAM_LOGS,
+        durable=names.OBSERVER_LOGS_PROCESSOR,
+        decode=decode_log,
+    )
+    def on_log(tables: Tables, event: StreamEvent) -> None:
+        line: LogSample = event.envelope
+        agents = (line.agent_id,)
+        namespaces: set[str] = set()
+        try:
+            namespaces = sync.load(tables, agents, ())
+            core.apply_line(event.seq, line)
+            sync.save(tables, agents, namespaces)
+        except BaseException:
+            sync.forget(agents, namespaces)
+            raise
+
+    return app
+
+
+__all__ = [
+    "IDENTITY",
+    "SOURCE",
+    "TableSync",
+    "build_app",
+    "decode_log",
+    "decode_metrics",
+    "report",
+]
