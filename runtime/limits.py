@@ -34,6 +34,10 @@ class CallBudget:
     max_random_bytes: int = 64 * 1024
     max_vector_dims: int = 4096
     max_search_k: int = 100
+    #: The `net` capability's http_request: requests per call, request body, response body.
+    max_http_requests: int = 16
+    max_http_request_bytes: int = 1 * _MIB
+    max_http_response_bytes: int = 1 * _MIB
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -48,8 +52,9 @@ class SandboxLimits:
     fuel_per_call: int = Limits.model_fields["fuel_per_call"].default
     deadline_ms: int = Limits.model_fields["deadline_ms"].default
     memory_bytes: int = Resources.model_fields["memory_mb"].default * _MIB
-    #: Host capabilities beyond the default sandbox. Core modules get none of them yet: a module
-    #: importing WASI is refused whatever this says (see runtime/ABI.md, "Capabilities").
+    #: Host capabilities beyond the default sandbox. "net" is the http_request host call, for
+    #: both kinds of agents; "fs" and "env" are WASI and reach components only (a core module
+    #: importing WASI is refused whatever this says; see runtime/ABI.md, "Capabilities").
     capabilities: frozenset[Capability] = frozenset()
     #: The guest's environment (name, value) pairs; given to components only with "env".
     env: tuple[tuple[str, str], ...] = ()
