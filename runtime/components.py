@@ -254,6 +254,8 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
             return impl(ctx, *args)
         except _GuestBug as bug:
             error = AgentTrap(f"{qualified}: {bug}")
+        except hostcalls.DeadlineReached as exc:
+            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
         except Exception as exc:
             error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
         ctx.fault = error

@@ -26,7 +26,7 @@ import wasmtime
 
 from runtime import abi, net
 from runtime.abi import Destination, ErrorCode, LogLevel
-from runtime.errors import AgentTrap, HostCallFailed, SandboxError
+from runtime.errors import AgentTrap, DeadlineExceeded, HostCallFailed, SandboxError
 from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable, Refused
 from runtime.limits import CallBudget, Capability
 
@@ -116,6 +116,11 @@ def current() -> CallContext | None:
 
 class _GuestBug(Exception):
     """A guest mistake that has no error code to return: the guest is trapped with this reason."""
+
+
+class DeadlineReached(Exception):
+    """A host call used up the call's deadline: the guest is stopped with `DeadlineExceeded`
+    (deterministically, rather than whenever the next epoch check happens to come)."""
 
 
 class GuestAborted(Exception):
@@ -443,9 +448,11 @@ def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
         return ErrorCode.DENIED
     if ctx.http_requests >= budget.max_http_requests or len(raw) > budget.max_message_bytes:
         return ErrorCode.LIMIT
-    parsed = net.parse_request(_json(raw), budget.max_http_request_bytes)
+    parsed = net.parse_request(_json(raw))
     if isinstance(parsed, str):
         return ErrorCode.INVALID
+    if len(parsed.body) > budget.max_http_request_bytes:
+        return ErrorCode.LIMIT
     # Host calls are not interrupted at the deadline, so the request must end by it.
     timeout_s = ctx.deadline - time.monotonic()
     if parsed.timeout_ms is not None:
@@ -471,6 +478,8 @@ def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
         return ErrorCode.UNAVAILABLE
     except Refused:
         return ErrorCode.DENIED
+    if time.monotonic() >= ctx.deadline:
+        raise DeadlineReached(f"http_request to {parsed.url} ran into the call's deadline")
     return net.encode_response(response)
 
 
@@ -549,6 +558,8 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
             return impl(ctx, caller, *args)
         except _GuestBug as bug:
             error = AgentTrap(f"{qualified}: {bug}")
+        except DeadlineReached as exc:
+            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
         except Exception as exc:
             error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
         ctx.fault = error

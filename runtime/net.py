@@ -94,7 +94,7 @@ class ParsedRequest:
     timeout_ms: int | None
 
 
-def parse_request(request: Any, max_body_bytes: int) -> ParsedRequest | str:
+def parse_request(request: Any) -> ParsedRequest | str:
     """The request of `http_request` (already JSON-decoded), or why it is malformed."""
     if not isinstance(request, dict) or not set(request) <= _REQUEST_KEYS:
         return f"a request is an object with keys among {sorted(_REQUEST_KEYS)}"
@@ -132,8 +132,6 @@ def parse_request(request: Any, max_body_bytes: int) -> ParsedRequest | str:
             body = base64.b64decode(request["body_base64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             return "body_base64 is not base64"
-    if len(body) > max_body_bytes:
-        return f"body of {len(body)} bytes exceeds {max_body_bytes}"
     timeout_ms = request.get("timeout_ms")
     if timeout_ms is not None and (
         isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1
