@@ -225,7 +225,7 @@ def test_a_slow_server_is_cut_at_the_deadline(
     assert answer["error"] == "timeout"
     # No timeout of its own: the request is bounded by the call's deadline, which then fails.
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded, match=r"http_request to .* ran into the call's deadline"):
         _fetch(sandbox, {"url": target.url("/slow")})
     failed_s = time.monotonic() - started
 
@@ -273,9 +273,7 @@ def test_a_host_without_network_is_unavailable(make_sandbox: MakeSandbox) -> Non
     assert _fetch(sandbox, {"url": "http://127.0.0.1:9/"}) == (ErrorCode.UNAVAILABLE, None)
 
 
-def test_a_closed_port_is_a_connect_error(
-    make_sandbox: MakeSandbox, fetcher: HttpFetcher
-) -> None:
+def test_a_closed_port_is_a_connect_error(make_sandbox: MakeSandbox, fetcher: HttpFetcher) -> None:
     # Port 9 (discard) on loopback is closed on a test machine; the answer says so.
     _, answer = _fetch(_sandbox(make_sandbox, fetcher), {"url": "http://127.0.0.1:9/"})
 
