@@ -11,11 +11,13 @@ import json
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runtime.abi import ErrorCode
+from runtime.config import PodSettings
 from runtime.errors import DeadlineExceeded
 from runtime.host import MemoryHost
 from runtime.limits import CallBudget, Capability, SandboxLimits
@@ -24,6 +26,7 @@ from runtime.sandbox import AgentSandbox
 from tests.runtime import agents
 from tests.runtime.conftest import MakeSandbox
 from tests.runtime.http_target import HttpTarget, http_target
+from tests.runtime.test_pod import ask, cluster, deploy, running_on, running_pod
 
 #: Where the agent asks the host to write the answer; 40 pages of memory leave 2.5 MiB there.
 OUT = 65536
@@ -279,3 +282,38 @@ def test_a_closed_port_is_a_connect_error(make_sandbox: MakeSandbox, fetcher: Ht
 
     assert answer["error"] == "connect"
     assert fetcher.requests >= 1
+
+
+# --- on a pod ------------------------------------------------------------------------------------
+
+
+def test_pod_settings_read_the_net_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert PodSettings(id="p").net_allow_private is False
+    monkeypatch.setenv("SWARM_POD_NET_ALLOW_PRIVATE", "true")
+    monkeypatch.setenv("SWARM_POD_NET_MAX_RESPONSE_BYTES", "2048")
+    config = PodSettings(id="p")
+    assert (config.net_allow_private, config.net_max_response_bytes) == (True, 2048)
+
+
+async def test_a_pod_makes_the_requests_of_granted_agents_and_counts_them(
+    tmp_path: Path, target: HttpTarget
+) -> None:
+    request = struct.pack("<I", 1 << 20) + json.dumps({"url": target.url("/hello")}).encode()
+    async with (
+        cluster(tmp_path) as stack,
+        running_pod(stack, "p1", net_allow_private=True) as (pod, _),
+    ):
+        await deploy(stack, "fetch", FETCHER, capabilities=["net"])
+        await deploy(stack, "nonet", FETCHER)
+        await running_on(stack, "fetch", "p1")
+        await running_on(stack, "nonet", "p1")
+
+        granted, error = await ask(stack, "fetch", request)
+        denied, _ = await ask(stack, "nonet", request)
+
+        assert not error, granted
+        assert json.loads(granted[4:])["body"] == "hello"
+        assert struct.unpack("<i", denied)[0] == ErrorCode.DENIED
+        assert target.requests == ["/hello"]
+        by_name = {r.assignment.name: r.metrics_json() for r in pod.replicas.values()}
+        assert (by_name["fetch"]["http_requests"], by_name["nonet"]["http_requests"]) == (1, 0)
