@@ -212,12 +212,12 @@ class HttpFetcher:
                 error="timeout", reason=f"no complete answer within {request.timeout_s:.3f} s"
             )
         except Refused as exc:
-            log.info("agent http request refused", url=request.url, reason=str(exc))
+            log.info("agent http request refused", url=_loggable(request.url), reason=str(exc))
             raise
         log.info(
             "agent http request",
             method=request.method,
-            url=request.url,
+            url=_loggable(request.url),
             status=response.status,
             error=response.error,
             bytes=len(response.body),
@@ -264,16 +264,18 @@ class HttpFetcher:
         except httpx.HTTPError as exc:
             return HttpResponse(error="protocol", reason=_reason(exc))
         try:
-            return self._read(response, request.max_response_bytes, deadline, cancel)
+            return self._read(response, request, deadline, cancel)
         finally:
             response.close()
 
     @staticmethod
     def _read(
-        response: httpx.Response, cap: int, deadline: float, cancel: threading.Event
+        response: httpx.Response, request: HttpRequest, deadline: float, cancel: threading.Event
     ) -> HttpResponse:
+        cap = request.max_response_bytes
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
+        # A HEAD answer announces the length of a body it does not send.
+        if request.method != "HEAD" and declared.isdigit() and int(declared) > cap:
             return HttpResponse(
                 error="too_large",
                 reason=f"response of {declared} bytes exceeds the limit of {cap}",
@@ -301,6 +303,14 @@ class HttpFetcher:
             headers=tuple(response.headers.items()),
             body=b"".join(chunks),
         )
+
+
+def _loggable(url: str) -> str:
+    """The URL without credentials, query or fragment, which may carry secrets (API keys)."""
+    try:
+        return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+    except httpx.InvalidURL:
+        return "<invalid url>"
 
 
 def _reason(exc: Exception) -> str:

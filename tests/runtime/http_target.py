@@ -41,7 +41,8 @@ def _handler(target: HttpTarget) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name.replace("_", "-"), value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _any(self) -> None:
             # The client may have given up (the tests of cut-off requests).

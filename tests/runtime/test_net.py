@@ -186,6 +186,9 @@ def test_a_response_over_the_cap_is_refused_as_too_large(
     _, streamed = _fetch(sandbox, {"url": target.url("/chunked?n=50000")})
     _, streamed_fits = _fetch(sandbox, {"url": target.url("/chunked?n=9000")})
 
+    _, head = _fetch(sandbox, {"method": "HEAD", "url": target.url("/big?n=10001")})
+
+    assert (head["status"], head["headers"]["content-length"]) == (200, "10001")
     assert fits["body"] == "x" * 10_000
     assert announced["error"] == "too_large"
     assert "10001 bytes exceeds the limit of 10000" in announced["reason"]
