@@ -17,7 +17,8 @@ Rules of the fetch, each for a reason:
 - http and https only; redirects are never followed (a 3xx is the answer, `location` included),
   since a redirect could lead to an address the guard below never saw;
 - server-side request forgery: every address the host resolves to must be public
-  (`swarm.kernel.addresses`) unless the pod allows private targets; otherwise `Refused`;
+  (`swarm.kernel.addresses`) unless the pod allows private targets; otherwise `Refused`. The
+  request then goes to the first of those addresses (see the end of this docstring);
 - the whole exchange (name lookup included) runs on the fetcher's own threads and the calling
   thread waits at most the call's remaining deadline: host calls are not interrupted by epochs,
   so the host bounds its own time. A request still running then is told to stop and is closed
@@ -27,9 +28,9 @@ Rules of the fetch, each for a reason:
   "too_large" beyond `max_response_bytes`; nothing from the pod's environment (proxies, netrc)
   is used.
 
-Known gap, as for webhooks: httpx resolves the name again to connect, so DNS rebinding within
-that instant could reach an address the check did not see; an egress firewall is the sturdier
-guard in production.
+The guard connects to the address it checked (the URL's host is replaced by it; the name is
+sent as `Host` and as the TLS server name, so certificates are still verified for the name), so
+a name that resolves differently a moment later (DNS rebinding) cannot steer the request inside.
 """
 
 from __future__ import annotations
@@ -231,6 +232,9 @@ class HttpFetcher:
         url = httpx.URL(request.url)
         host = url.host
         port = url.port or (443 if url.scheme == "https" else 80)
+        headers = httpx.Headers(list(request.headers))
+        headers.setdefault("accept-encoding", "identity")
+        extensions: dict[str, Any] = {}
         if not self.allow_private:
             try:
                 addresses = resolve(host, port)
@@ -243,17 +247,22 @@ class HttpFetcher:
                     f"{host} resolves to {address} ({why}); this pod allows public addresses "
                     "only (SWARM_POD_NET_ALLOW_PRIVATE)"
                 )
+            # Connect to the address just checked, not to whatever the name resolves to next
+            # (DNS rebinding); the name still goes to the server as Host and TLS server name.
+            headers["host"] = url.netloc.decode("ascii")
+            if url.scheme == "https":
+                extensions["sni_hostname"] = host
+            url = url.copy_with(host=str(addresses[0]))
         remaining = deadline - time.monotonic()
         if remaining <= 0 or cancel.is_set():
             return HttpResponse(error="timeout", reason="the deadline passed before connecting")
-        headers = httpx.Headers(list(request.headers))
-        headers.setdefault("accept-encoding", "identity")
         built = self._client.build_request(
             request.method,
             url,
             headers=headers,
             content=request.body or None,
             timeout=httpx.Timeout(remaining),
+            extensions=extensions,
         )
         try:
             response = self._client.send(built, stream=True)

@@ -7,6 +7,7 @@ is under test.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import struct
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from runtime import net
 from runtime.abi import ErrorCode
 from runtime.config import PodSettings
 from runtime.errors import DeadlineExceeded
@@ -23,6 +25,7 @@ from runtime.host import MemoryHost
 from runtime.limits import CallBudget, Capability, SandboxLimits
 from runtime.net import HttpFetcher, HttpRequest
 from runtime.sandbox import AgentSandbox
+from swarm.kernel.addresses import IpAddress
 from tests.runtime import agents
 from tests.runtime.conftest import MakeSandbox
 from tests.runtime.http_target import HttpTarget, http_target
@@ -162,6 +165,32 @@ def test_private_addresses_are_refused_unless_the_pod_allows_them(
         with pytest.raises(Exception, match=r"resolves to 127\.0\.0\.1 \(loopback\)"):
             guarded.fetch(HttpRequest("GET", target.url("/hello"), (), b""))
     assert target.requests == []
+
+
+def test_the_guard_connects_to_the_address_it_checked(
+    target: HttpTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No public DNS here: a name that "resolves" to the local server, and a classification
+    # that calls it public. The request must go to the checked address, not resolve the name
+    # again (which would fail: `rebind.invalid` exists nowhere), and carry the name as Host.
+    checked: list[str] = []
+
+    def resolve(host: str, port: int) -> list[IpAddress]:
+        checked.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    monkeypatch.setattr(net, "resolve", resolve)
+    monkeypatch.setattr(net, "first_non_public", lambda addresses: None)
+    port = target.base.rsplit(":", 1)[1]
+    with HttpFetcher(allow_private=False) as guarded:
+        response = guarded.fetch(
+            HttpRequest("GET", f"http://rebind.invalid:{port}/echo", (), b"", timeout_s=5)
+        )
+
+    assert response.status == 200, response
+    assert json.loads(response.body)["headers"]["host"] == f"rebind.invalid:{port}"
+    assert checked == ["rebind.invalid"]
+    assert target.requests == ["/echo"]
 
 
 def test_redirects_are_answers_not_followed(
