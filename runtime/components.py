@@ -500,6 +500,7 @@ class ComponentSandbox:
             limits.budget,
             capabilities=limits.capabilities,
             deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
         )
         self._output = _Output()
         wasi = wasi_config(limits, scratch_dir, self._output.write)

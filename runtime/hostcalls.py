@@ -51,6 +51,7 @@ class CallContext:
         "logs",
         "logs_dropped",
         "memory",
+        "net_allow",
         "output_bytes",
         "replies",
         "sends",
@@ -64,6 +65,7 @@ class CallContext:
         *,
         capabilities: frozenset[Capability] = frozenset(),
         deadline_ms: int | None = None,
+        net_allow: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.budget = budget
@@ -71,6 +73,8 @@ class CallContext:
         self.capabilities = capabilities
         #: The call's wall-clock limit, so host calls that wait (http_request) can bound it.
         self.deadline_ms = deadline_ms
+        #: The hosts http_request may reach (`AgentSpec.network.allow`); empty: any.
+        self.net_allow = net_allow
         #: Set once the instance exists; the wasm start function runs before that.
         self.memory: wasmtime.Memory | None = None
         self.reset()
@@ -439,7 +443,8 @@ def vector_search_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
 def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
     """`http_request` once its request is in hand: the JSON answer (runtime/net.py), or a code.
 
-    Codes say the host did nothing: DENIED (no "net" grant, or a forbidden target), LIMIT (the
+    Codes say the host did nothing: DENIED (no "net" grant, a host the spec's `network.allow`
+    does not list, or a non-public address), LIMIT (the
     call's request count, sizes or time are used up), INVALID (a malformed request),
     UNAVAILABLE (the host makes no requests). What the network did is in the answer.
     """
@@ -453,6 +458,8 @@ def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
         return ErrorCode.INVALID
     if len(parsed.body) > budget.max_http_request_bytes:
         return ErrorCode.LIMIT
+    if ctx.net_allow and not net.host_allowed(parsed.host, ctx.net_allow):
+        return ErrorCode.DENIED
     # Host calls are not interrupted at the deadline, so the request must end by it.
     timeout_s = ctx.deadline - time.monotonic()
     if parsed.timeout_ms is not None:

@@ -58,6 +58,8 @@ class SandboxLimits:
     capabilities: frozenset[Capability] = frozenset()
     #: The guest's environment (name, value) pairs; given to components only with "env".
     env: tuple[tuple[str, str], ...] = ()
+    #: Host patterns "net" requests may go to (`AgentSpec.network.allow`); empty: any host.
+    net_allow: tuple[str, ...] = ()
     #: Table growth is the other way to allocate host memory from wasm (8 bytes per element).
     max_table_elements: int = 100_000
     budget: CallBudget = field(default_factory=CallBudget)
@@ -78,5 +80,6 @@ class SandboxLimits:
             memory_bytes=spec.resources.memory_mb * _MIB,
             capabilities=frozenset(spec.capabilities),
             env=tuple(sorted(spec.env.items())),
+            net_allow=tuple(spec.network.allow),
             budget=budget or CallBudget(),
         )

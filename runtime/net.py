@@ -90,6 +90,8 @@ class HttpResponse:
 class ParsedRequest:
     method: str
     url: str
+    #: The URL's host, lowercase (IDNA-encoded for international names).
+    host: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
     timeout_ms: int | None
@@ -138,7 +140,22 @@ def parse_request(request: Any) -> ParsedRequest | str:
         isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 1
     ):
         return "timeout_ms must be a positive integer"
-    return ParsedRequest(method.upper(), url, tuple(pairs), body, timeout_ms)
+    return ParsedRequest(
+        method.upper(), url, parsed.raw_host.decode("ascii"), tuple(pairs), body, timeout_ms
+    )
+
+
+def host_allowed(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether `host` matches one of `AgentSpec.network.allow`'s patterns: the same name, or
+    for `*.example.org` any name ending in `.example.org`."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
 
 
 def _header_ok(name: str, value: str) -> bool:

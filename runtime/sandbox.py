@@ -118,6 +118,7 @@ class AgentSandbox:
             limits.budget,
             capabilities=limits.capabilities,
             deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
         )
         store = wasmtime.Store(engine.engine)
         store.set_limits(

@@ -12,6 +12,7 @@ import json
 import struct
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,47 @@ def test_the_guard_connects_to_the_address_it_checked(
     assert json.loads(response.body)["headers"]["host"] == f"rebind.invalid:{port}"
     assert checked == ["rebind.invalid"]
     assert target.requests == ["/echo"]
+
+
+def test_the_specs_allow_list_limits_the_hosts(
+    make_sandbox: MakeSandbox, fetcher: HttpFetcher, target: HttpTarget
+) -> None:
+    def sandbox(*allow: str) -> AgentSandbox:
+        limits = replace(_limits(), net_allow=allow)
+        return make_sandbox(FETCHER, limits, MemoryHost(http=fetcher))
+
+    listed = _fetch(sandbox("example.org", "127.0.0.1"), {"url": target.url("/hello")})[1]
+    unlisted = _fetch(sandbox("*.example.org"), {"url": target.url("/hello")})
+
+    assert listed["status"] == 200
+    assert unlisted == (ErrorCode.DENIED, None)
+    assert target.requests == ["/hello"]
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("api.example.com", True),
+        ("API.Example.com.", True),
+        ("x.api.example.com", False),
+        ("a.example.org", True),
+        ("a.b.example.org", True),
+        ("example.org", False),
+        ("badexample.org", False),
+        ("example.com", False),
+    ],
+)
+def test_host_patterns(host: str, allowed: bool) -> None:
+    assert net.host_allowed(host, ("api.example.com", "*.example.org")) is allowed
+
+
+def test_the_allow_list_travels_from_the_spec() -> None:
+    spec = agents.spec(FETCHER, capabilities=["net"], network={"allow": ["*.example.org"]})
+    assert SandboxLimits.from_spec(spec).net_allow == ("*.example.org",)
+    assert agents.spec(FETCHER).network.allow == []
+    for bad in ("Example.org", "*.*.example.org", "http://example.org", "ex ample.org", "*"):
+        with pytest.raises(ValueError, match="pattern"):
+            agents.spec(FETCHER, network={"allow": [bad]})
 
 
 def test_redirects_are_answers_not_followed(
