@@ -50,6 +50,8 @@ IMPORTS: Final[dict[str, Signature]] = {
     "random": Signature((_I32, _I32), ()),
     "vector_store": Signature((_I32, _I32), (_I32,)),
     "vector_search": Signature((_I32, _I32, _I32, _I32), (_I32,)),
+    "http_request": Signature((_I32, _I32, _I32, _I32), (_I32,)),
+    "http_response": Signature((_I32, _I32), (_I32,)),
 }
 
 EXPORT_MEMORY: Final = "memory"
@@ -82,6 +84,9 @@ class ErrorCode(IntEnum):
     INVALID = -3
     #: The host does not offer this service here, or refused it.
     UNAVAILABLE = -4
+    #: Not allowed: the spec does not grant the capability, or the pod's policy forbids the
+    #: target (http_request to a non-public address).
+    DENIED = -5
 
 
 class LogLevel(IntEnum):

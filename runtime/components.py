@@ -16,7 +16,8 @@ stdio); they get a WASI context with no preopened directories, no environment, n
 no network, and their stdout/stderr are captured (bounded) so a Python traceback becomes the
 reason of the failure. The spec's capabilities widen that context (`wasi_config`, runtime/ABI.md):
 "env" sets the environment to the spec's `env`, "fs" preopens a per-replica scratch directory
-as `/data`; "net" is refused at start (this wasmtime-py has no switch for WASI sockets).
+as `/data`; "net" enables the `http-request` host function (WASI sockets stay denied: this
+wasmtime-py has no switch for them).
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ def _vector_search(ctx: hostcalls.CallContext, query_text: str) -> str | int:
     return int(result) if isinstance(result, ErrorCode) else result.decode()
 
 
+def _http_request(ctx: hostcalls.CallContext, request_text: str) -> str | int:
+    result = hostcalls.http_request(ctx, request_text.encode())
+    return int(result) if isinstance(result, ErrorCode) else result.decode()
+
+
 def _as_code(impl: Callable[..., Any]) -> Callable[..., Any]:
     """IntEnum results become plain ints: wasmtime lowers `s32` from `int`."""
 
@@ -232,6 +238,7 @@ _IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
     "random": _random,
     "vector-store": _as_code(_vector_store),
     "vector-search": _vector_search,
+    "http-request": _http_request,
 }
 
 
@@ -247,6 +254,8 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
             return impl(ctx, *args)
         except _GuestBug as bug:
             error = AgentTrap(f"{qualified}: {bug}")
+        except hostcalls.DeadlineReached as exc:
+            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
         except Exception as exc:
             error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
         ctx.fault = error
@@ -438,11 +447,10 @@ def wasi_config(
 
     - "env": the environment is exactly `limits.env` (never anything of the pod's own);
     - "fs": `scratch_dir` (which must exist) is preopened read-write as `/data`, nothing else;
-    - "net": refused with `InvalidModule`: wasmtime-py's `WasiConfig` has no network switch.
+    - "net" is not WASI here (wasmtime-py's `WasiConfig` has no network switch): it is the
+      `http-request` host function (runtime/net.py); WASI sockets stay denied.
     """
     granted = limits.capabilities
-    if "net" in granted:
-        raise InvalidModule("net capability is not supported by this runtime yet")
     wasi = wasmtime.WasiConfig()
     if "env" in granted and limits.env:
         wasi.env = [[name, value] for name, value in limits.env]
@@ -487,7 +495,13 @@ class ComponentSandbox:
         self._deadline_ticks = engine.deadline_ticks(limits.deadline_ms)
         self._lock = threading.Lock()
         self._failure: SandboxError | None = None
-        self._ctx = hostcalls.CallContext(host, limits.budget)
+        self._ctx = hostcalls.CallContext(
+            host,
+            limits.budget,
+            capabilities=limits.capabilities,
+            deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
+        )
         self._output = _Output()
         wasi = wasi_config(limits, scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)

@@ -47,6 +47,13 @@ class PodSettings(BaseSettings):
     idle_s: float = Field(default=0.05, gt=0)
     #: Postgres connections for vector memory (used when SWARM_DATABASE_URL is set).
     memory_connections: int = Field(default=4, ge=1, le=256)
+    #: The `net` capability (agents' http_request, runtime/net.py). Off by default: requests to
+    #: loopback, private, link-local and other non-public addresses are refused (server-side
+    #: request forgery); a pod meant to reach its own network, or a test, turns this on.
+    net_allow_private: bool = False
+    #: Body caps of one agent HTTP request and of its response.
+    net_max_request_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    net_max_response_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
 
     @field_validator("id")
     @classmethod

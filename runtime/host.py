@@ -17,9 +17,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from runtime.abi import Destination, LogLevel
+
+if TYPE_CHECKING:
+    from runtime.net import HttpFetcher, HttpRequest, HttpResponse
 
 JSON: TypeAlias = dict[str, "JSON"] | list["JSON"] | str | int | float | bool | None
 
@@ -31,6 +34,11 @@ class NotAvailable(Exception):
 class InvalidArgument(Exception):
     """The host judged a well-formed argument unusable, e.g. an unknown agent or a vector of
     the wrong dimension (the guest sees `ErrorCode.INVALID`)."""
+
+
+class Refused(Exception):
+    """The host's policy forbids what was asked, e.g. a request to a private address (the guest
+    sees `ErrorCode.DENIED`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,12 @@ class HostAPI(Protocol):
         """`vector_search` by the host's embedding of `text`."""
         ...
 
+    def http_request(self, request: HttpRequest) -> HttpResponse:
+        """Make an outbound HTTP request (the `net` capability, runtime/net.py); return within
+        `request.timeout_s`. Network failures are answers (`HttpResponse.error`); a target the
+        pod's policy forbids raises `Refused`."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
@@ -101,7 +115,8 @@ class MemoryHost:
     `seed` makes `random` reproducible and `clock` (milliseconds) makes `now_ms` controllable.
 
     Text for vector memory is embedded by `embed` (e.g. `toy_embedding`, a test double); without
-    one the text variants of `vector_store` / `vector_search` are `NotAvailable`.
+    one the text variants of `vector_store` / `vector_search` are `NotAvailable`. `http` (an
+    `HttpFetcher`) makes the `net` capability's requests; without one they are `NotAvailable`.
     """
 
     def __init__(
@@ -110,6 +125,7 @@ class MemoryHost:
         seed: int | None = None,
         clock: Callable[[], int] | None = None,
         embed: Callable[[str], Sequence[float]] | None = None,
+        http: HttpFetcher | None = None,
     ) -> None:
         self.kv: dict[str, bytes] = {}
         self.sent: list[SentMessage] = []
@@ -119,6 +135,7 @@ class MemoryHost:
         self._rng = _random.Random(seed) if seed is not None else None
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
         self._embed = embed
+        self._http = http
         # One host may serve agents running on several threads.
         self._lock = threading.Lock()
 
@@ -175,6 +192,11 @@ class MemoryHost:
 
     def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
         return self.vector_search(self._embedded(text), k)
+
+    def http_request(self, request: HttpRequest) -> HttpResponse:
+        if self._http is None:
+            raise NotAvailable("this host makes no network requests")
+        return self._http.fetch(request)
 
     def _embedded(self, text: str) -> Sequence[float]:
         if self._embed is None:

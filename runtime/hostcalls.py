@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
 import wasmtime
 
-from runtime import abi
+from runtime import abi, net
 from runtime.abi import Destination, ErrorCode, LogLevel
-from runtime.errors import AgentTrap, HostCallFailed, SandboxError
-from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable
-from runtime.limits import CallBudget
+from runtime.errors import AgentTrap, DeadlineExceeded, HostCallFailed, SandboxError
+from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable, Refused
+from runtime.limits import CallBudget, Capability
 
 _U32: Final = 0xFFFF_FFFF
 _I32_MAX: Final = 0x7FFF_FFFF
@@ -38,22 +39,42 @@ class CallContext:
 
     __slots__ = (
         "budget",
+        "capabilities",
+        "deadline",
+        "deadline_ms",
         "emits",
         "fault",
         "host",
+        "http_answer",
+        "http_requests",
         "kv_ops",
         "logs",
         "logs_dropped",
         "memory",
+        "net_allow",
         "output_bytes",
         "replies",
         "sends",
         "vector_ops",
     )
 
-    def __init__(self, host: HostAPI, budget: CallBudget) -> None:
+    def __init__(
+        self,
+        host: HostAPI,
+        budget: CallBudget,
+        *,
+        capabilities: frozenset[Capability] = frozenset(),
+        deadline_ms: int | None = None,
+        net_allow: tuple[str, ...] = (),
+    ) -> None:
         self.host = host
         self.budget = budget
+        #: What the spec grants; host calls behind a capability ("net") check it.
+        self.capabilities = capabilities
+        #: The call's wall-clock limit, so host calls that wait (http_request) can bound it.
+        self.deadline_ms = deadline_ms
+        #: The hosts http_request may reach (`AgentSpec.network.allow`); empty: any.
+        self.net_allow = net_allow
         #: Set once the instance exists; the wasm start function runs before that.
         self.memory: wasmtime.Memory | None = None
         self.reset()
@@ -66,8 +87,15 @@ class CallContext:
         self.logs_dropped = 0
         self.kv_ops = 0
         self.vector_ops = 0
+        self.http_requests = 0
+        #: The last http_request answer of this call, for http_response (core modules).
+        self.http_answer: bytes | None = None
         self.output_bytes = 0
         self.fault: SandboxError | None = None
+        #: time.monotonic() by which the call must be over (reset is called as it starts).
+        self.deadline = (
+            math.inf if self.deadline_ms is None else time.monotonic() + self.deadline_ms / 1000
+        )
 
 
 _active = threading.local()
@@ -92,6 +120,11 @@ def current() -> CallContext | None:
 
 class _GuestBug(Exception):
     """A guest mistake that has no error code to return: the guest is trapped with this reason."""
+
+
+class DeadlineReached(Exception):
+    """A host call used up the call's deadline: the guest is stopped with `DeadlineExceeded`
+    (deterministically, rather than whenever the next epoch check happens to come)."""
 
 
 class GuestAborted(Exception):
@@ -407,6 +440,80 @@ def vector_search_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
     return result
 
 
+def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
+    """`http_request` once its request is in hand: the JSON answer (runtime/net.py), or a code.
+
+    Codes say the host did nothing: DENIED (no "net" grant, a host the spec's `network.allow`
+    does not list, or a non-public address), LIMIT (the
+    call's request count, sizes or time are used up), INVALID (a malformed request),
+    UNAVAILABLE (the host makes no requests). What the network did is in the answer.
+    """
+    budget = ctx.budget
+    if "net" not in ctx.capabilities:
+        return ErrorCode.DENIED
+    if ctx.http_requests >= budget.max_http_requests or len(raw) > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    parsed = net.parse_request(_json(raw))
+    if isinstance(parsed, str):
+        return ErrorCode.INVALID
+    if len(parsed.body) > budget.max_http_request_bytes:
+        return ErrorCode.LIMIT
+    if ctx.net_allow and not net.host_allowed(parsed.host, ctx.net_allow):
+        return ErrorCode.DENIED
+    # Host calls are not interrupted at the deadline, so the request must end by it.
+    timeout_s = ctx.deadline - time.monotonic()
+    if parsed.timeout_ms is not None:
+        timeout_s = min(timeout_s, parsed.timeout_ms / 1000)
+    if timeout_s <= 0.001:
+        return ErrorCode.LIMIT
+    if not charge(ctx, len(raw)):
+        return ErrorCode.LIMIT
+    ctx.http_requests += 1
+    request = net.HttpRequest(
+        method=parsed.method,
+        url=parsed.url,
+        headers=parsed.headers,
+        body=parsed.body,
+        timeout_s=timeout_s,
+        max_response_bytes=budget.max_http_response_bytes,
+    )
+    try:
+        response = ctx.host.http_request(request)
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    except Refused:
+        return ErrorCode.DENIED
+    if time.monotonic() >= ctx.deadline:
+        raise DeadlineReached(f"http_request to {parsed.url} ran into the call's deadline")
+    return net.encode_response(response)
+
+
+def _http_request(
+    ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, out: int, cap: int
+) -> int:
+    ptr = _span(ctx, caller, ptr, length, "http_request request")
+    out = _span(ctx, caller, out, cap, "http_request output buffer")
+    length &= _U32
+    ctx.http_answer = None
+    if length > ctx.budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    result = http_request(ctx, _read(ctx, caller, ptr, length))
+    if isinstance(result, ErrorCode):
+        return result
+    # Kept so that an answer larger than `cap` is fetched with http_response, not fetched twice.
+    ctx.http_answer = result
+    return _length_result(ctx, caller, out, cap, result)
+
+
+def _http_response(ctx: CallContext, caller: wasmtime.Caller, out: int, cap: int) -> int:
+    out = _span(ctx, caller, out, cap, "http_response output buffer")
+    if ctx.http_answer is None:
+        return ErrorCode.NOT_FOUND
+    return _length_result(ctx, caller, out, cap, ctx.http_answer)
+
+
 def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
     ptr = _span(ctx, caller, ptr, length, "vector_store request")
     length &= _U32
@@ -440,6 +547,8 @@ _IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
     "random": _random,
     "vector_store": _vector_store,
     "vector_search": _vector_search,
+    "http_request": _http_request,
+    "http_response": _http_response,
 }
 
 
@@ -456,6 +565,8 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
             return impl(ctx, caller, *args)
         except _GuestBug as bug:
             error = AgentTrap(f"{qualified}: {bug}")
+        except DeadlineReached as exc:
+            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
         except Exception as exc:
             error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
         ctx.fault = error

@@ -34,6 +34,10 @@ class CallBudget:
     max_random_bytes: int = 64 * 1024
     max_vector_dims: int = 4096
     max_search_k: int = 100
+    #: The `net` capability's http_request: requests per call, request body, response body.
+    max_http_requests: int = 16
+    max_http_request_bytes: int = 1 * _MIB
+    max_http_response_bytes: int = 1 * _MIB
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -48,11 +52,14 @@ class SandboxLimits:
     fuel_per_call: int = Limits.model_fields["fuel_per_call"].default
     deadline_ms: int = Limits.model_fields["deadline_ms"].default
     memory_bytes: int = Resources.model_fields["memory_mb"].default * _MIB
-    #: Host capabilities beyond the default sandbox. Core modules get none of them yet: a module
-    #: importing WASI is refused whatever this says (see runtime/ABI.md, "Capabilities").
+    #: Host capabilities beyond the default sandbox. "net" is the http_request host call, for
+    #: both kinds of agents; "fs" and "env" are WASI and reach components only (a core module
+    #: importing WASI is refused whatever this says; see runtime/ABI.md, "Capabilities").
     capabilities: frozenset[Capability] = frozenset()
     #: The guest's environment (name, value) pairs; given to components only with "env".
     env: tuple[tuple[str, str], ...] = ()
+    #: Host patterns "net" requests may go to (`AgentSpec.network.allow`); empty: any host.
+    net_allow: tuple[str, ...] = ()
     #: Table growth is the other way to allocate host memory from wasm (8 bytes per element).
     max_table_elements: int = 100_000
     budget: CallBudget = field(default_factory=CallBudget)
@@ -73,5 +80,6 @@ class SandboxLimits:
             memory_bytes=spec.resources.memory_mb * _MIB,
             capabilities=frozenset(spec.capabilities),
             env=tuple(sorted(spec.env.items())),
+            net_allow=tuple(spec.network.allow),
             budget=budget or CallBudget(),
         )

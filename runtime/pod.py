@@ -35,8 +35,10 @@ from runtime.config import PodSettings
 from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
 from runtime.host import JSON
+from runtime.limits import CallBudget
 from runtime.memory import VectorMemory
 from runtime.modules import ModuleCache
+from runtime.net import HttpFetcher
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
@@ -114,6 +116,7 @@ class Pod:
         )
         eventlog: EventLog | None = None
         memory = self._vector_memory()
+        http = HttpFetcher(allow_private=self.config.net_allow_private, threads=self.config.workers)
         tasks: list[asyncio.Task[None]] = []
         graceful = False
         try:
@@ -135,6 +138,11 @@ class Pod:
                 mailbox_size=self.config.mailbox_size,
                 memory=memory,
                 quarantine=lambda agent_id: quarantine_of(self.view, agent_id),
+                http=http,
+                budget=CallBudget(
+                    max_http_request_bytes=self.config.net_max_request_bytes,
+                    max_http_response_bytes=self.config.net_max_response_bytes,
+                ),
             )
             await self._register()
             tasks = [
@@ -162,6 +170,7 @@ class Pod:
             executor.shutdown(wait=False, cancel_futures=True)
             if memory is not None:
                 memory.close()
+            http.close()
             self.status = PodStatus.STOPPED
             log.info("pod stopped", pod_id=self.pod_id, graceful=graceful)
 

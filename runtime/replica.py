@@ -55,9 +55,10 @@ from runtime.components import ComponentCache, ComponentSandbox, is_component
 from runtime.engine import SandboxEngine
 from runtime.errors import SandboxError
 from runtime.host import JSON, NotAvailable, VectorHit
-from runtime.limits import SandboxLimits
+from runtime.limits import CallBudget, SandboxLimits
 from runtime.memory import AgentMemory, VectorMemory
 from runtime.modules import ModuleCache
+from runtime.net import HttpFetcher, HttpRequest, HttpResponse
 from runtime.podview import Assignment
 from runtime.sandbox import AgentSandbox
 from runtime.snapshots import SnapshotRef, SnapshotStore
@@ -98,6 +99,10 @@ class ReplicaDeps:
     components: ComponentCache | None = None
     #: agent id -> why it is quarantined (None: it is not); from the pod's view of the log.
     quarantine: Callable[[str], str | None] | None = None
+    #: Makes the HTTP requests of agents granted "net"; None: this pod makes none (UNAVAILABLE).
+    http: HttpFetcher | None = None
+    #: Per-call host budget of every sandbox (None: `CallBudget()`'s defaults).
+    budget: CallBudget | None = None
 
 
 class State(enum.Enum):
@@ -131,6 +136,8 @@ class PodHost:
         self._kv = dict(kv)
         #: Bumped by every kv_put; the snapshot loop saves when it moved since the last save.
         self.kv_version = 0
+        #: http_request calls that reached the pod's fetcher (refused targets included).
+        self.http_requests = 0
         self._lock = threading.Lock()
         self._publish_timeout_s = publish_timeout_s
         self._pending: set[concurrent.futures.Future[None]] = set()
@@ -197,6 +204,13 @@ class PodHost:
     def vector_search_text(self, text: str, k: int) -> list[VectorHit]:
         m = self._agent_memory()
         return m.memory.search_text(m.namespace, text, k)
+
+    def http_request(self, request: HttpRequest) -> HttpResponse:
+        if self._deps.http is None:
+            raise NotAvailable("this pod makes no network requests")
+        with self._lock:
+            self.http_requests += 1
+        return self._deps.http.fetch(request)
 
     def _agent_memory(self) -> AgentMemory:
         if self._memory is None:
@@ -359,6 +373,7 @@ class Replica:
             "topic_dropped": m.topic_dropped,
             "received": m.received,
             "busy_ms": round(m.busy_ms, 3),
+            "http_requests": self._host.http_requests if self._host is not None else 0,
             "task_queues": list(self.assignment.spec.task_queues),
         }
 
@@ -397,7 +412,7 @@ class Replica:
         await self._report("starting", "", str(self.snapshot) if self.snapshot else None)
         wasm = await self.deps.fetch_module(a.spec.module)
         loop = asyncio.get_running_loop()
-        limits = SandboxLimits.from_spec(a.spec)
+        limits = SandboxLimits.from_spec(a.spec, budget=self.deps.budget)
         host = PodHost(
             a, self.deps, loop, kv, publish_timeout_s=min(1.0, limits.deadline_ms / 2000)
         )

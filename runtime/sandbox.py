@@ -113,7 +113,13 @@ class AgentSandbox:
         self._lock = threading.Lock()
         self._failure: SandboxError | None = None
         self._alloc_request = 0
-        self._ctx = hostcalls.CallContext(host, limits.budget)
+        self._ctx = hostcalls.CallContext(
+            host,
+            limits.budget,
+            capabilities=limits.capabilities,
+            deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
+        )
         store = wasmtime.Store(engine.engine)
         store.set_limits(
             memory_size=limits.memory_bytes,

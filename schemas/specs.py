@@ -139,6 +139,28 @@ class HealingPolicy(Value):
     cooldown_s: float = Field(default=30.0, ge=0)
 
 
+HostPattern = Annotated[
+    str,
+    Field(
+        pattern=r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        max_length=253,
+    ),
+]
+"""A lowercase host name, or `*.` and one: any name below it (not the name itself)."""
+
+
+class Network(Value):
+    """What the `net` capability may reach (runtime/ABI.md, "Capabilities").
+
+    `allow` lists host names, exact (`api.example.com`) or wildcards (`*.example.org`: any
+    name below example.org, not example.org itself); the host of each request must match one.
+    Empty: any public host. Non-public addresses stay refused unless the pod allows them,
+    whatever this says.
+    """
+
+    allow: list[HostPattern] = Field(default_factory=list, max_length=64)
+
+
 class AgentSpec(Value):
     """Everything that defines one version of an agent."""
 
@@ -153,6 +175,8 @@ class AgentSpec(Value):
     #: Host capabilities beyond the default sandbox ("fs", "net", "env").
     capabilities: list[Literal["fs", "net", "env"]] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: Hosts the "net" capability may reach (default: any public host).
+    network: Network = Network()
     labels: dict[str, str] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000)
     #: Market bid, priority class, constraints and affinities (see `Placement`).

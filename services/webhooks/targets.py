@@ -1,5 +1,7 @@
 """Which delivery targets are allowed: refuse non-public addresses (server-side request forgery).
 
+The address classification is `swarm.kernel.addresses`, shared with the agents' `net` host call.
+
 The host is resolved when delivering, not when subscribing, because what a name points to can
 change. Every address it resolves to must be public; one private answer refuses the target.
 
@@ -12,32 +14,19 @@ rule for the dispatcher's egress is the sturdier guard in production.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import time
 from urllib.parse import urlsplit
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from swarm.kernel.addresses import (
+    IpAddress,
+    addresses_of,
+    first_non_public,
+    literal_address,
+    non_public_reason,
+)
 
-
-def non_public_reason(address: IpAddress) -> str | None:
-    """Why `address` is not a public unicast address, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return non_public_reason(address.ipv4_mapped)
-    checks = (
-        # The narrower names first: link-local and unspecified ranges are "private" too.
-        ("loopback", address.is_loopback),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("unspecified", address.is_unspecified),
-        ("private", address.is_private),
-        ("reserved", address.is_reserved),
-        ("not globally routable", not address.is_global),
-    )
-    for name, hit in checks:
-        if hit:
-            return name
-    return None
+__all__ = ["TargetGuard", "TargetUnresolved", "non_public_reason"]
 
 
 class TargetGuard:
@@ -59,26 +48,25 @@ class TargetGuard:
         except OSError as exc:
             # Not refused: a name that does not resolve now may later; the attempt fails instead.
             raise TargetUnresolved(f"cannot resolve {host}: {exc}") from exc
-        for address in addresses:
-            reason = non_public_reason(address)
-            if reason is not None:
-                return (
-                    f"refused: {host} resolves to {address} ({reason}); "
-                    "set SWARM_WEBHOOKS_ALLOW_PRIVATE=true to allow such targets"
-                )
+        hit = first_non_public(addresses)
+        if hit is not None:
+            address, reason = hit
+            return (
+                f"refused: {host} resolves to {address} ({reason}); "
+                "set SWARM_WEBHOOKS_ALLOW_PRIVATE=true to allow such targets"
+            )
         return None
 
     async def _resolve(self, host: str, port: int) -> list[IpAddress]:
-        try:
-            return [ipaddress.ip_address(host)]
-        except ValueError:
-            pass
+        literal = literal_address(host)
+        if literal is not None:
+            return [literal]
         now = time.monotonic()
         cached = self._cache.get((host, port))
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        addresses = addresses_of(infos)
         self._cache[(host, port)] = (now, addresses)
         return addresses
 
