@@ -22,7 +22,7 @@ from services.hive import reputation
 from services.hive.evolve import evolve
 from services.hive.heal import REWINDABLE, good_snapshot
 from services.hive.policy import check_identity, check_quota
-from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Replica
+from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,22 +431,33 @@ def _abort_rollout(state: HiveState, agent: Agent, target: str, now: datetime) -
 # --- placement -----------------------------------------------------------------------------------
 
 
+def _waiting_placement(
+    state: HiveState, agent_id: str, replica_id: str, pod_id: str
+) -> tuple[Agent, Replica, Pod, AgentSpec] | Rejection:
+    """The replica waiting for a placement, the ready pod proposed for it, and the spec of the
+    replica's version; or why a placement there cannot be (placement.propose and .preempt)."""
+    agent = state.agents.get(agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {agent_id} not found", rule="not_found")
+    replica = agent.replicas.get(replica_id)
+    if replica is None:
+        return Rejection(f"replica {replica_id} not found", rule="not_found")
+    if replica.phase != "requested":
+        return Rejection(f"replica {replica_id} is {replica.phase}, not waiting for placement")
+    pod = state.pods.get(pod_id)
+    if pod is None or pod.status != "ready":
+        return Rejection(f"pod {pod_id} is not ready", rule="pod_unavailable")
+    return agent, replica, pod, agent.versions.get(replica.version, agent.spec)
+
+
 @_on(commands.ProposePlacement)
 def _place(
     state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = state.agents.get(c.agent_id)
-    if agent is None or agent.deleted:
-        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
-    replica = agent.replicas.get(c.replica_id)
-    if replica is None:
-        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
-    if replica.phase != "requested":
-        return Rejection(f"replica {c.replica_id} is {replica.phase}, not waiting for placement")
-    pod = state.pods.get(c.pod_id)
-    if pod is None or pod.status != "ready":
-        return Rejection(f"pod {c.pod_id} is not ready", rule="pod_unavailable")
-    spec = agent.versions.get(replica.version, agent.spec)
+    found = _waiting_placement(state, c.agent_id, c.replica_id, c.pod_id)
+    if isinstance(found, Rejection):
+        return found
+    agent, replica, pod, spec = found
     memory, fuel, slots = pod.free()
     need = spec.resources
     if need.memory_mb > memory or need.fuel_per_s > fuel or slots < 1:
@@ -722,18 +733,10 @@ def _preempt(
     fit once the victims are gone, by the same capacity rule as `placement.propose`. Each victim
     is requested again with its last snapshot, so it waits for a placement elsewhere.
     """
-    agent = state.agents.get(c.agent_id)
-    if agent is None or agent.deleted:
-        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
-    replica = agent.replicas.get(c.replica_id)
-    if replica is None:
-        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
-    if replica.phase != "requested":
-        return Rejection(f"replica {c.replica_id} is {replica.phase}, not waiting for placement")
-    pod = state.pods.get(c.pod_id)
-    if pod is None or pod.status != "ready":
-        return Rejection(f"pod {c.pod_id} is not ready", rule="pod_unavailable")
-    spec = agent.versions.get(replica.version, agent.spec)
+    found = _waiting_placement(state, c.agent_id, c.replica_id, c.pod_id)
+    if isinstance(found, Rejection):
+        return found
+    agent, replica, pod, spec = found
     priority = spec.effective_priority
     keys = [(v.agent_id, v.replica_id) for v in c.victims]
     if len(set(keys)) != len(keys):
