@@ -42,26 +42,16 @@ from runtime.net import HttpFetcher
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
-from schemas import REGISTRY, DecodeError, Payload, command, commands, names
+from schemas import Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
+from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-def _wanted() -> frozenset[tuple[str, str]]:
-    """(aggregate, event) of every event the view folds, to skip the rest before decoding."""
-    pairs: set[tuple[str, str]] = set()
-    models: list[type[Payload]] = list(HANDLED)
-    for model in models:
-        entry = REGISTRY.get(model.TYPE)
-        if entry is not None and entry.aggregate and entry.event:
-            pairs.add((entry.aggregate, entry.event))
-    return frozenset(pairs)
-
-
-_WANTED = _wanted()
+_WANTED = wanted_events(HANDLED)
 _REPORT_ATTEMPTS = 3
 
 
@@ -70,10 +60,6 @@ class PodStatus(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class _GapError(Exception):
-    """A message of the ordered feed went missing; read again from the view's position."""
 
 
 class Pod:
@@ -221,7 +207,7 @@ class Pod:
         while not self._stop.is_set():
             try:
                 await self._follow(eventlog)
-            except (_GapError, EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+            except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning(
                     "event feed interrupted; reading again",
                     error=str(exc) or type(exc).__name__,
@@ -231,45 +217,17 @@ class Pod:
                     await asyncio.wait_for(self._stop.wait(), 0.2)
 
     async def _follow(self, eventlog: EventLog) -> None:
-        batch = self.config.fetch_batch
-        reader = await eventlog.reader(
-            names.STREAM_EVENTS, start_seq=self.view.applied_seq + 1, batch=batch
+        await follow(
+            eventlog,
+            self.view,
+            _WANTED,
+            stop=self._stop,
+            live=self.live,
+            batch=self.config.fetch_batch,
+            idle_s=self.config.idle_s,
+            after_batch=self._reconcile,
+            what="pod view",
         )
-        expected = 1
-        try:
-            while not self._stop.is_set():
-                deliveries = await reader.fetch(batch, timeout=self.config.idle_s)
-                for delivery in deliveries:
-                    if delivery.consumer_seq != expected:
-                        raise _GapError(
-                            f"expected delivery {expected}, got {delivery.consumer_seq}"
-                        )
-                    expected += 1
-                    self._apply(delivery)
-                if not self.live.is_set():
-                    if deliveries and deliveries[-1].num_pending > 0:
-                        continue
-                    if not deliveries and not await reader.caught_up():
-                        continue
-                    self.live.set()
-                    log.info("pod view rebuilt", applied_seq=self.view.applied_seq)
-                await self._reconcile()
-        finally:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await reader.close()
-
-    def _apply(self, delivery: Delivery) -> None:
-        parts = names.parse_event_subject(delivery.subject)
-        if parts is None or (parts[0], parts[2]) not in _WANTED:
-            self.view.advance(delivery.stream_seq)
-            return
-        try:
-            envelope = delivery.decode()
-        except DecodeError as exc:
-            log.warning("unreadable event skipped", seq=delivery.stream_seq, error=str(exc))
-            self.view.advance(delivery.stream_seq)
-            return
-        self.view.fold(envelope, delivery.stream_seq)
 
     async def _reconcile(self) -> None:
         if self._deps is None:

@@ -37,10 +37,11 @@ from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import REGISTRY, DecodeError, Payload, command, commands, names
+from schemas import command, commands, names
 from services.scheduler.autoscale import HANDLED, Autoscaler, SampleError, ScaleRequest
 from services.scheduler.tasks import TaskBoard
 from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
+from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -76,17 +77,7 @@ class AutoscalerSettings(BaseSettings):
     idle_s: float = Field(default=0.05, gt=0)
 
 
-def _wanted() -> frozenset[tuple[str, str]]:
-    pairs: set[tuple[str, str]] = set()
-    models: list[type[Payload]] = list(HANDLED)
-    for model in models:
-        entry = REGISTRY.get(model.TYPE)
-        if entry is not None and entry.aggregate and entry.event:
-            pairs.add((entry.aggregate, entry.event))
-    return frozenset(pairs)
-
-
-_WANTED = _wanted()
+_WANTED = wanted_events(HANDLED)
 
 
 class Status(enum.Enum):
@@ -94,10 +85,6 @@ class Status(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class _GapError(Exception):
-    """A message of an ordered feed went missing; read again."""
 
 
 class AutoscalerService:
@@ -178,7 +165,7 @@ class AutoscalerService:
         while not self._stop.is_set():
             try:
                 await loop(eventlog)
-            except (_GapError, EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+            except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning(f"autoscaler {name} interrupted; again", error=str(exc) or repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.2)
@@ -186,43 +173,16 @@ class AutoscalerService:
     # -- the log ----------------------------------------------------------------------------------
 
     async def _events(self, eventlog: EventLog) -> None:
-        a = self.autoscaler
-        batch = self.config.fetch_batch
-        reader = await eventlog.reader(
-            names.STREAM_EVENTS, start_seq=a.applied_seq + 1, batch=batch
+        await follow(
+            eventlog,
+            self.autoscaler,
+            _WANTED,
+            stop=self._stop,
+            live=self.live,
+            batch=self.config.fetch_batch,
+            idle_s=self.config.idle_s,
+            what="autoscaler view",
         )
-        expected = 1
-        try:
-            while not self._stop.is_set():
-                deliveries = await reader.fetch(batch, timeout=self.config.idle_s)
-                for d in deliveries:
-                    if d.consumer_seq != expected:
-                        raise _GapError(f"expected delivery {expected}, got {d.consumer_seq}")
-                    expected += 1
-                    self._apply(d)
-                if not self.live.is_set():
-                    if deliveries and deliveries[-1].num_pending > 0:
-                        continue
-                    if not deliveries and not await reader.caught_up():
-                        continue
-                    self.live.set()
-                    log.info("autoscaler view rebuilt", applied_seq=a.applied_seq)
-        finally:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await reader.close()
-
-    def _apply(self, d: Delivery) -> None:
-        parts = names.parse_event_subject(d.subject)
-        if parts is None or (parts[0], parts[2]) not in _WANTED:
-            self.autoscaler.advance(d.stream_seq)
-            return
-        try:
-            envelope = d.decode()
-        except DecodeError as exc:
-            log.warning("unreadable event skipped", seq=d.stream_seq, error=str(exc))
-            self.autoscaler.advance(d.stream_seq)
-            return
-        self.autoscaler.fold(envelope, d.stream_seq)
 
     # -- metrics ----------------------------------------------------------------------------------
 
