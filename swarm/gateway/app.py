@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from swarm.gateway import problems
 from swarm.gateway.problems import Problem
-from swarm.gateway.routes import agents, commands, events, health, namespaces, webhooks
+from swarm.gateway.routes import agents, commands, events, health, namespaces, reads, webhooks
 from swarm.gateway.service import Gateway
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.eventlog import EventLog
@@ -75,7 +75,7 @@ def create_app(
     app.state.token = bearer
     app.state.gateway = Gateway(log, api_settings) if log is not None else None
     problems.install(app)
-    for module in (health, agents, namespaces, commands, events, webhooks):
+    for module in (health, agents, namespaces, reads, commands, events, webhooks):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
