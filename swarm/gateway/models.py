@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
@@ -348,3 +349,20 @@ class Trace(BaseModel):
     id: str
     #: The trees, the root command's first (what has no cause on the log is a root of its own).
     trace: list[TraceNode]
+
+
+class SimilarAgent(BaseModel):
+    agent_id: str
+    namespace: str
+    name: str
+    #: Cosine distance between the latest behaviour vectors (0: the same behaviour).
+    distance: float
+    #: End of the Observer window the vector is from.
+    window_end: datetime
+
+
+class SimilarAgents(BaseModel):
+    #: The agent asked about.
+    agent_id: str
+    #: Nearest first.
+    similar: list[SimilarAgent]

@@ -13,24 +13,15 @@ import httpx
 import pytest
 
 from schemas import names
-from services.scheduler import Scheduler, SchedulerSettings
+from services.observer.behaviour import DIMENSIONS, BehaviourRow, BehaviourStore
+from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
+from swarm.kernel.stack import upgrade_database
+from tests.gateway.conftest import AUTH, TOKEN, scheduler
 from tests.gateway.test_api import SPEC, problem
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@asynccontextmanager
-async def scheduler(url: str) -> AsyncIterator[Scheduler]:
-    running = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market"))
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.live.wait(), 10)
-        yield running
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def test_market_answers_the_schedulers_offers_and_clearings(
@@ -145,3 +136,51 @@ async def test_trace_is_the_commands_causation_tree(api: httpx.AsyncClient) -> N
 
     problem(await api.get("/v1/traces/no-such-command-anywhere"), 404)
     problem(await api.get("/v1/traces/not%20a%20token"), 422)
+
+
+@asynccontextmanager
+async def client_of(stack: Stack, database_url: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(nats_url=stack.url, database_url=database_url)
+    app = create_app(settings, GatewaySettings(), log=stack.client, token=TOKEN)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://swarm.test", headers=AUTH, timeout=30
+    ) as client:
+        yield client
+
+
+def unit(*weights: float) -> list[float]:
+    return [*weights, *([0.0] * (DIMENSIONS - len(weights)))]
+
+
+async def test_similar_agents_are_nearest_by_behaviour(stack: Stack, database_url: str) -> None:
+    await asyncio.to_thread(upgrade_database, database_url)
+    store = BehaviourStore(database_url)
+    try:
+        store.store(
+            [
+                BehaviourRow("gw-sim-a", "gwsim", "alike-a", 1000.0, unit(1.0, 0.1), {}),
+                BehaviourRow("gw-sim-b", "gwsim", "alike-b", 1000.0, unit(1.0, 0.12), {}),
+                BehaviourRow("gw-sim-c", "gwsim", "other", 1000.0, unit(0.0, 1.0), {}),
+            ]
+        )
+    finally:
+        store.close()
+
+    async with client_of(stack, database_url) as api:
+        answer = await api.get("/v1/namespaces/gwsim/agents/alike-a/similar", params={"k": 50})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["agent_id"] == "gw-sim-a"
+        ours = [s for s in body["similar"] if s["agent_id"].startswith("gw-sim-")]
+        assert [s["agent_id"] for s in ours] == ["gw-sim-b", "gw-sim-c"]
+        assert ours[0]["distance"] < 0.01 < ours[1]["distance"]
+        assert ours[0]["namespace"] == "gwsim"
+        assert ours[0]["name"] == "alike-b"
+        problem(await api.get("/v1/namespaces/gwsim/agents/nobody/similar"), 404)
+        problem(await api.get("/v1/namespaces/gwsim/agents/alike-a/similar?k=0"), 422)
+
+    # An API without a database says so, as a problem.
+    async with client_of(stack, None) as api:
+        missing = problem(await api.get("/v1/namespaces/gwsim/agents/alike-a/similar"), 503)
+        assert "SWARM_DATABASE_URL" in missing["detail"]
