@@ -23,6 +23,7 @@ from swarm.gateway.routes import (
     health,
     namespaces,
     reads,
+    tasks,
     webhooks,
 )
 from swarm.gateway.service import Gateway
@@ -90,7 +91,7 @@ def create_app(
         else None
     )
     problems.install(app)
-    for module in (health, agents, namespaces, reads, behaviour, commands, events, webhooks):
+    for module in (health, agents, namespaces, reads, behaviour, tasks, commands, events, webhooks):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -366,3 +366,14 @@ class SimilarAgents(BaseModel):
     agent_id: str
     #: Nearest first.
     similar: list[SimilarAgent]
+
+
+class TaskQueued(BaseModel):
+    """A task stored on its queue, kept until a replica taking the queue has handled it."""
+
+    task_id: str
+    queue: str
+    #: Where the task landed in SWARM_TASKS.
+    seq: int
+    #: The id was sent before (`Idempotency-Key`); the first task with it is the one kept.
+    duplicate: bool

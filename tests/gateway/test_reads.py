@@ -184,3 +184,39 @@ async def test_similar_agents_are_nearest_by_behaviour(stack: Stack, database_ur
     async with client_of(stack, None) as api:
         missing = problem(await api.get("/v1/namespaces/gwsim/agents/alike-a/similar"), 503)
         assert "SWARM_DATABASE_URL" in missing["detail"]
+
+
+async def test_a_task_is_stored_on_its_queue_once_per_key(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    body = b'{"text": "summarise this"}'
+    sent = await api.post(
+        "/v1/tasks/gw-summaries",
+        content=body,
+        headers={"Content-Type": "application/json", "Idempotency-Key": "gw-task-1"},
+    )
+    assert sent.status_code == 202, sent.text
+    queued = sent.json()
+    assert queued["task_id"] == "gw-task-1"
+    assert queued["queue"] == "gw-summaries"
+    assert queued["duplicate"] is False
+
+    stored = await stack.client.js.get_msg(names.STREAM_TASKS, queued["seq"])
+    assert stored.subject == names.task_subject("gw-summaries")
+    assert stored.data == body
+    assert (stored.headers or {})[names.HEADER_MSG_ID] == "gw-task-1"
+
+    again = (
+        await api.post(
+            "/v1/tasks/gw-summaries", content=body, headers={"Idempotency-Key": "gw-task-1"}
+        )
+    ).json()
+    assert again["duplicate"] is True
+    assert again["seq"] == queued["seq"]
+    fresh = (await api.post("/v1/tasks/gw-summaries", content=b"plain text")).json()
+    assert fresh["task_id"] != "gw-task-1"
+    assert fresh["seq"] > queued["seq"]
+
+    problem(await api.post("/v1/tasks/not%20a%20queue", content=body), 422)
+    too_big = b"x" * (stack.client.nc.max_payload + 1)
+    problem(await api.post("/v1/tasks/gw-summaries", content=too_big), 413)
