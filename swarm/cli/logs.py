@@ -10,22 +10,20 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import typer
 
 from schemas import names
 from swarm.cli import connect
-from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError
+from swarm.cli.output import EXIT_OK
 from swarm.cli.queries import HiveQueries
-from swarm.cli.timeline import parse_time, printable
 from swarm.cli.verbs import finish, read_floor
-from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.client.logs import LOG_LEVELS, log_message, shown_levels
+from swarm.client.logs import agent_lines as agent_lines
+from swarm.client.text import parse_time, printable
 
 DEFAULT_NAMESPACE = "default"
-#: Log levels from least to most severe; `--level X` shows X and the levels after it.
-LOG_LEVELS = ("debug", "info", "warn", "error")
 #: `-o` for logs: a line of text per entry, or a JSON object per line.
 LogFormat = Literal["text", "json"]
 
@@ -121,69 +119,9 @@ def run_logs(
     finish(main(), watching=follow)
 
 
-def shown_levels(level: str | None) -> tuple[str, ...]:
-    if level is None:
-        return LOG_LEVELS
-    if level.lower() not in LOG_LEVELS:
-        raise CliError(
-            f"--level {level!r} is not a log level",
-            code=EXIT_USAGE,
-            hint=f"one of: {', '.join(LOG_LEVELS)}",
-        )
-    return LOG_LEVELS[LOG_LEVELS.index(level.lower()) :]
-
-
-async def agent_lines(
-    log: EventLog,
-    agent_id: str,
-    *,
-    levels: tuple[str, ...] = LOG_LEVELS,
-    grep: str | None = None,
-    since: datetime | None = None,
-    follow: bool = False,
-) -> Any:
-    """Yield the agent's log entries (dicts with a `time` added) that pass the filters."""
-    if levels == LOG_LEVELS:
-        subjects = [names.LOGS_ALL]
-    else:
-        subjects = [f"{names.LOGS_PREFIX}.*.{lvl}" for lvl in levels]
-    replay = log.replay(
-        names.STREAM_LOGS, subjects=subjects, start_time=since, follow=follow, idle_timeout=0.25
-    )
-    async with connect.closing(replay) as deliveries:
-        async for delivery in deliveries:
-            try:
-                entry = json.loads(delivery.data)
-            except ValueError:
-                continue
-            if not isinstance(entry, dict) or entry.get("agent_id") != agent_id:
-                continue
-            if str(entry.get("level", "info")) not in levels:
-                continue
-            message = printable(log_message(entry))
-            if grep is not None and grep not in message:
-                continue
-            yield {"time": log_time(entry, delivery), **entry}
-
-
 def format_line(entry: Mapping[str, Any], output: LogFormat) -> str:
     if output == "json":
         return json.dumps(dict(entry), ensure_ascii=False)
     level = str(entry.get("level", "info"))
     replica = entry.get("replica_id", "?")
     return f"{entry['time']} {level.upper():<5} {replica} {printable(log_message(entry))}"
-
-
-def log_time(entry: Mapping[str, Any], delivery: Delivery) -> str:
-    time_ms = entry.get("time_ms")
-    if isinstance(time_ms, int):
-        moment = datetime.fromtimestamp(time_ms / 1000, UTC)
-    else:
-        moment = delivery.timestamp.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def log_message(entry: Mapping[str, Any]) -> str:
-    if entry.get("kind") == "event":
-        return f"event {entry.get('type', '?')}: {entry.get('data', '')}"
-    return str(entry.get("message", ""))

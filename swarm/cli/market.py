@@ -10,23 +10,19 @@ reason.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import nats.errors
 import typer
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from schemas import names
 from swarm.cli import connect
-from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, CliError, Format, table
+from swarm.cli.output import EXIT_OK, Format, table
 from swarm.cli.pod import compact
 from swarm.cli.verbs import OutputOption, WatchOption, finish, show
-
-QUERY_TIMEOUT = 2.0
+from swarm.client.market import ask_market
 
 LimitOption = Annotated[
     int, typer.Option("--limit", "-n", min=0, max=10_000, help="Recent clearings to show.")
@@ -57,36 +53,6 @@ def market(
         return EXIT_OK
 
     finish(main(), watching=watch)
-
-
-async def ask_market(nc: Any, limit: int) -> dict[str, Any]:
-    subject = names.QUERY_MARKET_STATE
-    try:
-        body = json.dumps({"limit": limit}).encode()
-        reply = await nc.request(subject, body, timeout=QUERY_TIMEOUT)
-    except nats.errors.NoRespondersError:
-        raise _no_scheduler("nothing is subscribed") from None
-    except nats.errors.TimeoutError:
-        raise _no_scheduler(f"no answer within {QUERY_TIMEOUT:g}s") from None
-    try:
-        answer = json.loads(reply.data)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise CliError(
-            f"the scheduler's answer to {subject} is not a JSON object", code=EXIT_FAILED
-        )
-    if "error" in answer:
-        raise CliError(str(answer["error"]), code=EXIT_FAILED)
-    return answer
-
-
-def _no_scheduler(why: str) -> CliError:
-    return CliError(
-        f"no scheduler answered {names.QUERY_MARKET_STATE}: {why}",
-        code=EXIT_UNAVAILABLE,
-        hint="is the scheduler running? (`swarm up` starts one; `python -m services.scheduler`)",
-    )
 
 
 def draw(state: Mapping[str, Any]) -> RenderableType:

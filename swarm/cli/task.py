@@ -14,13 +14,12 @@ from typing import Annotated, Any
 import nats.errors
 import typer
 
-from schemas import names, new_id
+from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_FAILED,
     EXIT_NO_OUTCOME,
     EXIT_OK,
-    EXIT_USAGE,
     CliError,
     Format,
     emit,
@@ -28,6 +27,7 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
+from swarm.client.tasks import check_queue, queue_task
 
 app = typer.Typer(help="Send tasks to named queues.", no_args_is_help=True)
 
@@ -57,16 +57,12 @@ def send(
     body = sys.stdin.buffer.read() if message == "-" else message.encode()
 
     async def main() -> int:
-        if not names.is_token(queue):
-            raise CliError(
-                f"task queue {queue!r} must match {names.TOKEN_PATTERN}", code=EXIT_USAGE
-            )
+        check_queue(queue)
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=(names.STREAM_TASKS,)) as log:
-            task_id = new_id()
-            headers = {names.HEADER_MSG_ID: task_id}
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            inbox = None
             if wait:
                 inbox = log.nc.new_inbox()
 
@@ -75,10 +71,10 @@ def send(
                         answer.set_result(msg)
 
                 await log.nc.subscribe(inbox, cb=on_answer, max_msgs=1)
-                headers[names.HEADER_TASK_REPLY] = inbox
-            ack = await log.js.publish(names.task_subject(queue), body, headers=headers)
+            queued = await queue_task(log, queue, body, reply_to=inbox)
+            task_id = queued.task_id
             if not wait:
-                typer.echo(f"task {task_id} queued on {queue} (sequence {ack.seq})")
+                typer.echo(f"task {task_id} queued on {queue} (sequence {queued.seq})")
                 return EXIT_OK
             try:
                 reply = await asyncio.wait_for(answer, timeout)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import pydantic
@@ -37,40 +36,16 @@ from swarm.cli.output import (
     run,
     status,
 )
+from swarm.client.text import parse_time as parse_time
+from swarm.client.text import printable as printable
 from swarm.kernel.eventlog import Delivery, EventLog
 from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _GLOB_CHARS = frozenset("*?[]")
 #: Entries not decodable as a CloudEvent show this in place of their type.
 UNDECODABLE = "(undecodable)"
 _SUMMARY_LIMIT = 160
-
-
-# --- Time ----------------------------------------------------------------------------------------
-
-
-def parse_time(value: str, *, now: datetime | None = None) -> datetime:
-    """RFC 3339 (`2024-05-01T12:00:00Z`; no offset means UTC), `now`, or relative: `10m`, `2h`."""
-    now = now or datetime.now(UTC)
-    text = value.strip()
-    if text.lower() == "now":
-        return now
-    match = _RELATIVE.fullmatch(text)
-    if match:
-        amount, unit = float(match.group(1)), match.group(2)
-        return now - timedelta(**{_UNITS[unit]: amount})
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(
-            f"cannot read time {value!r}",
-            code=EXIT_USAGE,
-            hint="use RFC 3339 (2024-05-01T12:00:00Z) or an age such as 30s, 10m, 2h, 1d, 1w",
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 # --- Subjects ------------------------------------------------------------------------------------
@@ -357,11 +332,6 @@ def summarize(data: Any, limit: int = _SUMMARY_LIMIT) -> str:
         text = json.dumps(data, separators=(",", ":"))
     text = printable(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def printable(text: str) -> str:
-    """`text` safe for one table row: control characters (a NUL, a newline) shown as `·`."""
-    return "".join(ch if ch.isprintable() else "·" for ch in text)
 
 
 def _time(value: datetime) -> str:

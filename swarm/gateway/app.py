@@ -15,7 +15,17 @@ from fastapi.openapi.utils import get_openapi
 
 from swarm.gateway import problems
 from swarm.gateway.problems import Problem
-from swarm.gateway.routes import agents, commands, events, health, namespaces, webhooks
+from swarm.gateway.routes import (
+    agents,
+    behaviour,
+    commands,
+    events,
+    health,
+    namespaces,
+    reads,
+    tasks,
+    webhooks,
+)
 from swarm.gateway.service import Gateway
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.eventlog import EventLog
@@ -47,7 +57,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if log is not None:
-            app.state.gateway = Gateway(log, api_settings)
+            app.state.gateway = Gateway(log, api_settings, database_url=swarm_settings.database_url)
             try:
                 yield
             finally:
@@ -58,7 +68,9 @@ def create_app(
         own = await EventLog.connect(
             swarm_settings.nats_url, swarm_settings, name="swarm-gateway", ensure=False
         )
-        gateway = app.state.gateway = Gateway(own, api_settings)
+        gateway = app.state.gateway = Gateway(
+            own, api_settings, database_url=swarm_settings.database_url
+        )
         try:
             yield
         finally:
@@ -73,9 +85,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.token = bearer
-    app.state.gateway = Gateway(log, api_settings) if log is not None else None
+    app.state.gateway = (
+        Gateway(log, api_settings, database_url=swarm_settings.database_url)
+        if log is not None
+        else None
+    )
     problems.install(app)
-    for module in (health, agents, namespaces, commands, events, webhooks):
+    for module in (health, agents, namespaces, reads, behaviour, tasks, commands, events, webhooks):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

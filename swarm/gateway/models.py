@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model_validator
@@ -277,3 +278,102 @@ class Redelivery(BaseModel):
 class RedeliveryResult(BaseModel):
     #: One `webhook.redeliver` command per webhook concerned (none when nothing is dead).
     requests: list[Redelivery]
+
+
+# --- Reads the CLI has beyond the Hive's queries: market, logs, traces ----------------------------
+
+
+class MarketState(BaseModel):
+    """The scheduler's market as it answers `swarm.query.market.state` (as `swarm market`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    policy: str | None = Field(default=None, description="The placement policy in use.")
+    pricing: dict[str, Any] = Field(
+        default_factory=dict, description="Base price, slope and energy weight of the prices."
+    )
+    live: bool | None = Field(default=None, description="The scheduler has caught up with the log.")
+    applied_seq: int | None = Field(default=None, description="Log position its view reflects.")
+    waiting: int = Field(default=0, description="Replicas waiting for a place.")
+    in_flight: int = Field(default=0, description="Placements proposed, not yet decided.")
+    offers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Per pod: free capacity, utilisation, price and energy per 64 MB unit, labels.",
+    )
+    clearings: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Latest clearings, oldest first: replica, outcome, pod, price and reason.",
+    )
+
+
+class LogLine(BaseModel):
+    """One log entry of an agent's replica, as the pod wrote it (other fields are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    time: str = Field(description="When it was logged (RFC 3339, UTC, milliseconds).")
+    level: str = "info"
+    replica_id: str | None = None
+    message: str | None = None
+
+
+class AgentLogs(BaseModel):
+    agent_id: str
+    #: The most recent matching lines, oldest first.
+    lines: list[LogLine]
+    #: More lines matched than `limit`; the oldest were left out.
+    truncated: bool
+
+
+class TraceNode(BaseModel):
+    """A command, event or outcome in a causation tree, with the entries it caused."""
+
+    id: str
+    type: str
+    kind: Literal["command", "event", "outcome"]
+    time: str | None
+    #: Milliseconds after the root command.
+    offset_ms: float | None
+    source: str
+    subject: str
+    seq: int
+    causationid: str | None
+    summary: str
+    #: For a command: milliseconds from it to its outcome.
+    decided_ms: float | None
+    children: list[TraceNode]
+
+
+class Trace(BaseModel):
+    #: The id asked about.
+    id: str
+    #: The trees, the root command's first (what has no cause on the log is a root of its own).
+    trace: list[TraceNode]
+
+
+class SimilarAgent(BaseModel):
+    agent_id: str
+    namespace: str
+    name: str
+    #: Cosine distance between the latest behaviour vectors (0: the same behaviour).
+    distance: float
+    #: End of the Observer window the vector is from.
+    window_end: datetime
+
+
+class SimilarAgents(BaseModel):
+    #: The agent asked about.
+    agent_id: str
+    #: Nearest first.
+    similar: list[SimilarAgent]
+
+
+class TaskQueued(BaseModel):
+    """A task stored on its queue, kept until a replica taking the queue has handled it."""
+
+    task_id: str
+    queue: str
+    #: Where the task landed in SWARM_TASKS.
+    seq: int
+    #: The id was sent before (`Idempotency-Key`); the first task with it is the one kept.
+    duplicate: bool

@@ -46,9 +46,13 @@ logger = structlog.get_logger("swarm.gateway")
 class Gateway:
     """The API's connection to Swarm (one per process)."""
 
-    def __init__(self, log: EventLog, settings: GatewaySettings) -> None:
+    def __init__(
+        self, log: EventLog, settings: GatewaySettings, *, database_url: str | None = None
+    ) -> None:
         self.log = log
         self.settings = settings
+        #: Postgres, where the Observer keeps behaviour vectors (`SWARM_DATABASE_URL`); optional.
+        self.database_url = database_url
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
         self._settling: set[asyncio.Task[None]] = set()
 

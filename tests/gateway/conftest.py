@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
+from services.scheduler import Scheduler, SchedulerSettings
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
 from tests.scheduler.stack import Stack, running_stack
@@ -32,3 +35,16 @@ async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://swarm.test", headers=AUTH, timeout=30
     ) as client:
         yield client
+
+
+@asynccontextmanager
+async def scheduler(url: str) -> AsyncIterator[Scheduler]:
+    """A market scheduler in this event loop (it answers `GET /v1/market`)."""
+    running = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market"))
+    task = asyncio.create_task(running.run())
+    try:
+        await asyncio.wait_for(running.live.wait(), 10)
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 10)

@@ -15,7 +15,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.gateway.conftest import AUTH, TOKEN
+from swarm.kernel.stack import upgrade_database
+from tests.gateway.conftest import AUTH, TOKEN, scheduler
 from tests.gateway.server import serving
 from tests.scheduler.stack import Stack
 
@@ -78,12 +79,16 @@ def fuzz(base_url: str, document: dict[str, Any]) -> dict[str, int]:
     return statuses
 
 
-async def test_schemathesis_finds_no_server_errors(stack: Stack) -> None:
-    with serving(stack.url, TOKEN) as url:
-        async with httpx.AsyncClient() as client:
-            document = (await client.get(f"{url}/openapi.json")).json()
-        # In a thread: the Hive deciding the commands runs in this test's event loop.
-        statuses = await asyncio.to_thread(fuzz, url, document)
+async def test_schemathesis_finds_no_server_errors(stack: Stack, database_url: str) -> None:
+    # A scheduler and a database too, so `GET /v1/market` and `…/similar` have them to ask
+    # (without, their 503 is by design).
+    await asyncio.to_thread(upgrade_database, database_url)
+    async with scheduler(stack.url):
+        with serving(stack.url, TOKEN, database_url) as url:
+            async with httpx.AsyncClient() as client:
+                document = (await client.get(f"{url}/openapi.json")).json()
+            # In a thread: the Hive deciding the commands runs in this test's event loop.
+            statuses = await asyncio.to_thread(fuzz, url, document)
     print("responses by status:", dict(sorted(statuses.items())))
     assert not any(s.startswith("5") for s in statuses), statuses
     # The run reached the routes' real work, not only their validation.
