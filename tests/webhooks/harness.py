@@ -23,6 +23,7 @@ from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import (
+    dead_letter_values,
     dead_letters_bucket,
     ensure_deliveries_stream,
     fingerprint,
@@ -112,17 +113,11 @@ class Bed:
         return out
 
     async def dead_letters(self) -> list[DeadLetter]:
+        # The product's own reader (a watcher): listing keys and then getting each races with the
+        # dispatcher deleting a letter it just redelivered.
         kv = await dead_letters_bucket(self.log.js, self.settings)
-        try:
-            keys = await kv.keys()
-        except Exception:
-            return []
-        letters = []
-        for key in keys:
-            entry = await kv.get(key)
-            if entry.value:
-                letters.append(DeadLetter.model_validate(json.loads(entry.value)))
-        return letters
+        values = await dead_letter_values(kv)
+        return [DeadLetter.model_validate(json.loads(value)) for value in values]
 
     @asynccontextmanager
     async def dispatcher(self, **overrides: Any) -> AsyncIterator[Dispatcher]:
