@@ -12,7 +12,6 @@ a restart skips those, while a request the dispatcher had not got to yet is stil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import random
 import signal
@@ -48,6 +47,21 @@ class Status(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until they are done, cancelling again any that swallowed it:
+    Python 3.11's `asyncio.wait_for` (inside nats-py's fetch) can lose a cancellation that races
+    with its own timeout, and a loop that lost one runs on forever. Not `await task` inside
+    `suppress(CancelledError)` either: that would also swallow a cancellation aimed at us."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("webhook task ended with an error", error=repr(task.exception()))
 
 
 class Dispatcher:
@@ -110,9 +124,7 @@ class Dispatcher:
                 asyncio.create_task(self._redeliver_forever()),
             ]
             await self._stop.wait()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel(tasks)
         finally:
             for worker_id in list(self.workers):
                 await self._stop_worker(worker_id, delete=False)
@@ -204,9 +216,7 @@ class Dispatcher:
                 await SubscriptionWorker(hook, self._log, self._deliverer).delete()
             return
         worker, task = entry
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _cancel([task])
         if delete:
             await worker.delete()
 
