@@ -68,6 +68,14 @@ def decide(state: HiveState, command: Envelope[Any], now: datetime) -> Outcome:
 # --- helpers -------------------------------------------------------------------------------------
 
 
+def _live_agent(state: HiveState, agent_id: str) -> Agent | Rejection:
+    """The agent with this id unless it does not exist or was deleted (then why not)."""
+    agent = state.agents.get(agent_id)
+    if agent is None or agent.deleted:
+        return Rejection(f"agent {agent_id} not found", rule="not_found")
+    return agent
+
+
 def _find(state: HiveState, namespace: str, name: str) -> Agent | Rejection:
     agent = state.agent_named(namespace, name)
     if agent is None:
@@ -436,9 +444,9 @@ def _waiting_placement(
 ) -> tuple[Agent, Replica, Pod, AgentSpec] | Rejection:
     """The replica waiting for a placement, the ready pod proposed for it, and the spec of the
     replica's version; or why a placement there cannot be (placement.propose and .preempt)."""
-    agent = state.agents.get(agent_id)
-    if agent is None or agent.deleted:
-        return Rejection(f"agent {agent_id} not found", rule="not_found")
+    agent = _live_agent(state, agent_id)
+    if isinstance(agent, Rejection):
+        return agent
     replica = agent.replicas.get(replica_id)
     if replica is None:
         return Rejection(f"replica {replica_id} not found", rule="not_found")
@@ -708,9 +716,9 @@ def _anomaly(
     state: HiveState, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
 ) -> Outcome:
     """Record a finding on the agent it is about; policies react to the recorded event."""
-    agent = state.agents.get(c.agent_id)
-    if agent is None or agent.deleted:
-        return Rejection(f"agent {c.agent_id} not found", rule="not_found")
+    agent = _live_agent(state, c.agent_id)
+    if isinstance(agent, Rejection):
+        return agent
     if c.replica_id is not None and c.replica_id not in agent.replicas:
         return Rejection(f"replica {c.replica_id} not found", rule="not_found")
     if c.window_end < c.window_start:
@@ -959,13 +967,6 @@ def _autoscale(
 
 # --- healing and reputation ----------------------------------------------------------------------
 # Sent by the reconcile loop (services/hive/heal.py decides when) or by a user.
-
-
-def _live_agent(state: HiveState, agent_id: str) -> Agent | Rejection:
-    agent = state.agents.get(agent_id)
-    if agent is None or agent.deleted:
-        return Rejection(f"agent {agent_id} not found", rule="not_found")
-    return agent
 
 
 @_on(healing.QuarantineAgent)
