@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "eventlog.py"
@@ -18,17 +18,11 @@ CASES = {"append", "append, pre-serialized", "consume + ack"}
 @pytest.mark.timeout(60)
 def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "eventlog.json"
-    result = subprocess.run(
+    result = run_bench(
         [sys.executable, str(BENCH), "--messages", "200", "--size", "256", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=50,
         cwd=tmp_path,
-        # The bench imports swarm from this checkout even where it is not installed editable.
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=50,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "client/raw" in result.stdout
 
     report = json.loads(out.read_text())
@@ -65,7 +59,7 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "runtime.json"
     tiny = ["--deploys", "5", "--burst", "5", "--agents", "50", "--idle", "200"]
     tiny += ["--components", "0"]  # building and compiling a component takes ~10 s
-    result = subprocess.run(
+    result = run_bench(
         [
             sys.executable,
             str(RUNTIME_BENCH),
@@ -77,14 +71,9 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
-        capture_output=True,
-        text=True,
-        timeout=80,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=80,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "deploy → running p99" in result.stdout
 
     report = json.loads(out.read_text())
@@ -124,7 +113,7 @@ SURFACES_BENCH = ROOT / "bench" / "surfaces.py"
 @pytest.mark.timeout(90)
 def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
     out = tmp_path / "surfaces.json"
-    result = subprocess.run(
+    result = run_bench(
         [
             sys.executable,
             str(SURFACES_BENCH),
@@ -137,14 +126,9 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
-        capture_output=True,
-        text=True,
-        timeout=80,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=80,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "User surfaces" in result.stdout
 
     report = json.loads(out.read_text())
@@ -173,19 +157,14 @@ GATEWAY_BENCH = ROOT / "bench" / "gateway.py"
 @pytest.mark.timeout(120)
 def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) -> None:
     out = tmp_path / "gateway.json"
-    result = subprocess.run(
+    result = run_bench(
         [
             *(sys.executable, str(GATEWAY_BENCH), "--commands", "12", "--reads", "12"),
             *("--concurrency", "4", "--json", str(out)),
         ],
-        capture_output=True,
-        text=True,
-        timeout=110,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=110,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "API / baseline" in result.stdout
     report = json.loads(out.read_text())
     assert report["params"] == {"commands": 12, "reads": 12, "concurrency": 4}
@@ -203,21 +182,16 @@ STREAMING_BENCH = ROOT / "bench" / "streaming.py"
 @pytest.mark.timeout(120)
 def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "streaming.json"
-    result = subprocess.run(
+    result = run_bench(
         [
             sys.executable,
             str(STREAMING_BENCH),
             *("--events", "600", "--keys", "20,300", "--batch", "100", "--repeats", "1"),
             *("--json", str(out)),
         ],
-        capture_output=True,
-        text=True,
-        timeout=110,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=110,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "faust/plain" in result.stdout
 
     report = json.loads(out.read_text())

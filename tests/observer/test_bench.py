@@ -4,12 +4,12 @@ writes a complete report."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "observer.py"
@@ -18,16 +18,11 @@ BENCH = ROOT / "bench" / "observer.py"
 @pytest.mark.timeout(120)
 def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
     out = tmp_path / "observer.json"
-    result = subprocess.run(
+    result = run_bench(
         [sys.executable, str(BENCH), "--agents", "12", "--duration", "700", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=110,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=110,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "aggregate + detect" in result.stdout
 
     report = json.loads(out.read_text())

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "scheduler.py"
@@ -17,7 +17,7 @@ BENCH = ROOT / "bench" / "scheduler.py"
 @pytest.mark.timeout(60)
 def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "scheduler.json"
-    result = subprocess.run(
+    result = run_bench(
         [
             sys.executable,
             str(BENCH),
@@ -32,14 +32,9 @@ def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
             "--json",
             str(out),
         ],
-        capture_output=True,
-        text=True,
-        timeout=50,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=50,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "first-fit (baseline)" in result.stdout
     report = json.loads(out.read_text())
     assert report["params"] == {

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_runner import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "surfaces_webhooks.py"
@@ -17,16 +17,11 @@ BENCH = ROOT / "bench" / "surfaces_webhooks.py"
 @pytest.mark.timeout(90)
 def test_webhook_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "surfaces_webhooks.json"
-    result = subprocess.run(
+    result = run_bench(
         [sys.executable, str(BENCH), "--events", "60", "--repeats", "1", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=80,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
+        timeout=80,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "webhook deliveries (dispatcher)" in result.stdout
     report = json.loads(out.read_text())
     assert report["params"] == {"events": 60, "window": 32, "repeats": 1}
