@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from schemas import names
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import (
@@ -211,3 +212,22 @@ class PodLost(Payload):
 
     pod_id: Id
     reason: str
+
+
+# --- the Hive itself ------------------------------------------------------------------------------
+
+
+@REGISTRY.event(names.HIVE_AGGREGATE, "leader_elected")
+class HiveLeaderElected(Payload):
+    """A Hive replica became leader and decides from here on.
+
+    Written before its first decision, at the log position its state was folded to; every later
+    append of that leader expects the log to end where its own last write did, so a deposed
+    leader that wakes up (paused, partitioned) can no longer write once this is on the log.
+    """
+
+    node: Id
+    #: pysyncobj's Raft term of the election.
+    term: int = Field(ge=0)
+    #: The last log sequence the new leader's state had folded.
+    applied_seq: int = Field(ge=0)

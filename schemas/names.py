@@ -38,13 +38,22 @@ OUTCOME_REJECTED: Final = "rejected"
 #: Stands in for the command id when a command could not be parsed far enough to read one.
 INVALID_COMMAND_ID: Final = "_invalid"
 
+#: The Hive's own facts (leader elections), keyed by replica node name.
+HIVE_AGGREGATE: Final = "hive"
+
 #: Which payload field holds the aggregate id, per aggregate.
 AGGREGATE_ID_FIELDS: Final = {
     "agent": "agent_id",
     "pod": "pod_id",
     "namespace": "name",
     OUTCOME_AGGREGATE: "command_id",
+    HIVE_AGGREGATE: "node",
 }
+
+#: CloudEvents extension attribute on every outcome the Hive writes: its ed25519 signature over
+#: the outcome's bytes as they are without the attribute (`swarm.kernel.seal`). Readers that know
+#: the Hive's public key ignore outcomes without a valid one: anyone else can write on NATS.
+EXTENSION_HIVE_SEAL: Final = "hiveseal"
 
 # --- Queries and heartbeats (core NATS request/reply, not stored) --------------------------------
 
@@ -86,6 +95,8 @@ DATASCHEMA_PREFIX: Final = "swarm:schemas"
 HEADER_MSG_ID: Final = "Nats-Msg-Id"
 HEADER_EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_STREAM: Final = "Nats-Expected-Stream"
+#: The stream's last sequence an append expects (the Hive leader's fence against a deposed one).
+HEADER_EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"
 #: Lets the expected sequence cover a wildcard (all subjects of one aggregate); nats-server 2.11+.
 HEADER_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 
@@ -374,3 +385,9 @@ def deadletter_subject(app: str, processor: str) -> str:
 SCHEDULER_APP: Final = "scheduler"
 #: Its processor over SWARM_EVENTS, and that processor's durable consumer.
 SCHEDULER_PROCESSOR: Final = "scheduler"
+
+# --- Hive (services/hive) -------------------------------------------------------------------------
+
+#: Where the Hive moves a command it could not answer after `max_deliveries` attempts (with the
+#: reason in `HEADER_DEADLETTER_REASON`); the command still gets its rejected outcome.
+HIVE_DEADLETTER: Final = deadletter_subject("hive", "commands")

@@ -19,21 +19,30 @@ class FieldErrorModel(Payload):
     type: str
 
 
-@REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_ACCEPTED)
-class CommandAccepted(Payload):
-    """The command was decided and its events are on the log."""
+class _Answer(Payload):
+    """What every outcome says about the command it answers."""
 
     command_id: str
+    #: Where the command sits in SWARM_COMMANDS and the sha256 of its bytes: a second, different
+    #: body sent under an id that was already answered is told apart from a redelivery of the
+    #: first (None on outcomes written before they were recorded).
+    command_seq: int | None = Field(default=None, ge=1)
+    command_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+@REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_ACCEPTED)
+class CommandAccepted(_Answer):
+    """The command was decided and its events are on the log."""
+
     command_type: str
     #: Ids of the events the command caused, in log order (written atomically with this one).
     events: list[str] = Field(default_factory=list)
 
 
 @REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_REJECTED)
-class CommandRejected(Payload):
+class CommandRejected(_Answer):
     """The command was not carried out; nothing else was written for it."""
 
-    command_id: str
     command_type: str | None = None
     reason: str
     #: Field-level problems, for commands that failed validation.

@@ -22,6 +22,13 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 #: Largest module that may travel inline in a command; bigger ones go to the object store.
 INLINE_MODULE_MAX_BYTES = 256 * 1024
 
+_MIB = 1024 * 1024
+#: Upper bounds of the per-call sandbox limits and of an agent's key-value state.
+MAX_DEADLINE_MS = 60_000
+MAX_FUEL_PER_CALL = 10**12
+MAX_STATE_BYTES = 256 * _MIB
+MAX_STATE_KEYS = 1_000_000
+
 
 class Value(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -79,8 +86,15 @@ class RestartPolicy(Value):
 class Limits(Value):
     """Per-call sandbox limits (the runtime enforces them)."""
 
-    deadline_ms: int = Field(default=1000, ge=1, le=600_000)
-    fuel_per_call: int = Field(default=100_000_000, ge=1)
+    #: Wall-clock time one call may take. Bounded so that a replica cannot hold a pod's worker
+    #: for minutes on end (the pod also caps how many workers one agent may hold at once).
+    deadline_ms: int = Field(default=1000, ge=1, le=MAX_DEADLINE_MS)
+    fuel_per_call: int = Field(default=100_000_000, ge=1, le=MAX_FUEL_PER_CALL)
+    #: Total key-value state of one replica (keys plus values, in bytes) and its number of keys.
+    #: A write beyond either is refused with LIMIT at the host call (runtime/ABI.md), so the
+    #: state stays what a snapshot can hold. A pod may bound both lower (`SWARM_POD_MAX_STATE_*`).
+    state_bytes: int = Field(default=4 * _MIB, ge=0, le=MAX_STATE_BYTES)
+    state_keys: int = Field(default=4096, ge=0, le=MAX_STATE_KEYS)
 
 
 #: Named priority classes and the number each stands for (higher wins; a replica may only be

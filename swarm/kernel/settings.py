@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     #: power loss, slower); "default" is nats-server's periodic flush.
     jetstream_sync: Literal["always", "default"] = "default"
 
+    #: The Hive's public key (base64url ed25519, `swarm status -o json`): with it, readers take
+    #: only outcomes the Hive sealed and ignore foreign writes (`swarm.kernel.seal`).
+    hive_public_key: str | None = None
+
     #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
     identity: str = "user:local"
     log_level: str = "info"

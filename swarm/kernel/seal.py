@@ -1,0 +1,104 @@
+"""The Hive's seal on its outcomes: an ed25519 signature that readers can check.
+
+Anyone who can publish on NATS can write on `swarm.evt.command.<id>.*`. Until the zero-trust
+work takes that right away, a reader tells the Hive's outcome from a foreign one by its seal: the
+CloudEvents extension `hiveseal`, an ed25519 signature over the outcome's bytes as they were
+before the attribute was added.
+
+The attribute is always the last member of the JSON object, spliced in as
+`,"hiveseal":"<base64url>"}`, so a reader recovers the signed bytes by cutting it off again,
+with no re-serialisation that could differ between writer and reader.
+
+The key is derived from the Hive cluster's shared secret (the Raft password every replica
+already holds), so all replicas seal alike with nothing more to distribute; the public key is
+all a reader needs (`SWARM_HIVE_PUBLIC_KEY`, `swarm status -o json`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from schemas import names
+
+_MARK = b',"' + names.EXTENSION_HIVE_SEAL.encode() + b'":"'
+_INFO = b"swarm hive outcome seal v1"
+_SIGNATURE_CHARS = 86  # 64 bytes, base64url without padding
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+
+
+class SealKey:
+    """The Hive's signing key. Every replica derives the same one from the cluster secret."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = SealVerifier(private.public_key())
+
+    @classmethod
+    def from_secret(cls, secret: str) -> SealKey:
+        seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
+            secret.encode()
+        )
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    def seal(self, body: bytes) -> bytes:
+        """`body` (a JSON object, as `Envelope.to_json` writes it) with the seal appended."""
+        if not body.endswith(b"}") or _MARK in body:
+            raise ValueError("only an unsealed JSON object can be sealed")
+        signature = _b64(self._private.sign(body)).encode()
+        return body[:-1] + _MARK + signature + b'"}'
+
+
+class SealVerifier:
+    """Checks seals against the Hive's public key."""
+
+    def __init__(self, public: Ed25519PublicKey) -> None:
+        self._public = public
+
+    @classmethod
+    def from_text(cls, text: str) -> SealVerifier:
+        """From the base64url form `public_text` gives; ValueError if it is not a key."""
+        try:
+            raw = _unb64(text.strip())
+            return cls(Ed25519PublicKey.from_public_bytes(raw))
+        except (ValueError, binascii.Error) as exc:
+            raise ValueError(f"not an ed25519 public key: {text!r}") from exc
+
+    @property
+    def text(self) -> str:
+        raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return _b64(raw)
+
+    def verify(self, body: bytes) -> bool:
+        """True when `body` carries a valid seal of this key."""
+        cut = body.rfind(_MARK)
+        tail = body[cut + len(_MARK) :]
+        if cut < 0 or len(tail) != _SIGNATURE_CHARS + 2 or not tail.endswith(b'"}'):
+            return False
+        try:
+            signature = _unb64(tail[:-2])
+            self._public.verify(signature, body[:cut] + b"}")
+        except (InvalidSignature, ValueError, binascii.Error):
+            return False
+        return True
+
+
+def sealed(body: bytes) -> bool:
+    """Whether `body` carries a seal at all (valid or not): for reporting, never for trust."""
+    return _MARK in body
+
+
+__all__ = ["SealKey", "SealVerifier", "sealed"]
