@@ -388,6 +388,9 @@ SCHEDULER_PROCESSOR: Final = "scheduler"
 
 # --- Hive (services/hive) -------------------------------------------------------------------------
 
+#: Every `hive.leader_elected` event, whichever replica was elected.
+LEADER_ELECTIONS: Final = f"{EVENTS_PREFIX}.{HIVE_AGGREGATE}.*.leader_elected"
+
 #: Where the Hive moves a command it could not answer after `max_deliveries` attempts (with the
 #: reason in `HEADER_DEADLETTER_REASON`); the command still gets its rejected outcome.
 HIVE_DEADLETTER: Final = deadletter_subject("hive", "commands")

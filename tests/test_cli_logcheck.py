@@ -25,9 +25,11 @@ from schemas import (
     names,
     new_id,
 )
+from schemas.specs import Quota
 from swarm.cli import timeline
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import stream_specs
 
@@ -79,9 +81,10 @@ async def answered(log: EventLog, replicas: int = 2) -> tuple[Envelope[Any], lis
     """A command, one event it caused and its outcome; (the command, the events' sequences)."""
     cmd = command(commands.ScaleAgent(name="a", replicas=replicas), source="test", identity="u:t")
     await log.append(cmd)
+    # An event that folds into any state (verify folds the log as the replicas do).
     scaled = event(
-        events.AgentScaled(agent_id="A1", replicas=replicas, previous=1),
-        aggregate_id="A1",
+        events.NamespaceCreated(name=f"ns-{replicas}", quota=Quota()),
+        aggregate_id=f"ns-{replicas}",
         source="test",
         cause=cmd,
     )
@@ -204,8 +207,8 @@ async def test_a_cause_that_is_not_on_the_log(server: str, log: EventLog) -> Non
     await answered(log)
     never_sent = command(commands.ScaleAgent(name="c", replicas=1), source="test")
     orphan = event(
-        events.AgentScaled(agent_id="A1", replicas=1, previous=2),
-        aggregate_id="A1",
+        events.NamespaceUpdated(name="ns-2", quota=Quota(max_agents=1)),
+        aggregate_id="ns-2",
         source="test",
         cause=never_sent,
     )
@@ -236,3 +239,77 @@ async def test_jsonl_prints_one_finding_per_line(server: str, log: EventLog) -> 
         ("missing-outcome", first),
         ("missing-outcome", second),
     ]
+
+
+async def test_an_event_no_replica_could_fold(server: str, log: EventLog) -> None:
+    """A `pod.lost` for a pod that was never registered: every replica records it as a fold
+    failure and goes on; verify names it with the replicas' reason."""
+    await answered(log)
+    lost = event(
+        events.PodLost(pod_id="nowhere", reason="forged"), aggregate_id="nowhere", source="x"
+    )
+    seq = (await log.append(lost)).seq
+    assert await findings(server) == [("unfoldable", names.STREAM_EVENTS, seq)]
+    report = json.loads((await verify(server, "-o", "json")).stdout)
+    assert "pod nowhere is not known" in report["findings"][0]["detail"]
+
+
+async def test_an_outcome_without_the_hive_s_seal_is_foreign(
+    server: str, log: EventLog, tmp_path: Path
+) -> None:
+    """With the Hive's key known, an outcome it did not seal is reported and answers nothing."""
+    key = SealKey.from_secret("verify-test-secret")
+    cmd = command(commands.ScaleAgent(name="a", replicas=2), source="test", identity="u:t")
+    await log.append(cmd)
+    forged = event(
+        CommandRejected(command_id=cmd.id, command_type=cmd.type, reason="forged"),
+        aggregate_id=cmd.id,
+        source="hive/hive-0",
+        cause=cmd,
+    )
+    forged_seq = (await log.append(forged)).seq
+    real = event(
+        CommandAccepted(command_id=cmd.id, command_type=cmd.type),
+        aggregate_id=cmd.id,
+        source="hive/hive-0",
+        cause=cmd,
+    )
+    await log.append_raw(
+        AppendRequest(names.outcome_subject(cmd.id, "accepted"), key.seal(real.to_json()), real.id)
+    )
+    env = {"SWARM_HIVE_PUBLIC_KEY": key.public.text}
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        _cli(),
+        ["timeline", "verify", "-o", "json", "--nats-url", server],
+        env=env,
+    )
+    report = json.loads(result.stdout)
+    assert [(f["kind"], f["seq"]) for f in report["findings"]] == [("foreign-outcome", forged_seq)]
+    # Without the key, the forged one counts as a second outcome.
+    assert [k for k, _, _ in await findings(server)] == ["duplicate-outcome"]
+
+
+async def test_the_same_command_sent_twice_needs_one_outcome_another_body_its_own(
+    server: str, log: EventLog
+) -> None:
+    cmd, _ = await answered(log)
+    await log.append_raw(AppendRequest(cmd.type, cmd.to_json(), new_id()))  # same bytes
+    other = command(
+        commands.ScaleAgent(name="z", replicas=9), source="test", identity="u:t", id=cmd.id
+    )
+    reused = (await log.append_raw(AppendRequest(other.type, other.to_json(), new_id()))).seq
+    await answered(log, 5)
+    assert await findings(server) == [("missing-outcome", names.STREAM_COMMANDS, reused)]
+    rejected = event(
+        CommandRejected(
+            command_id=names.INVALID_COMMAND_ID,
+            reason="id reused",
+            rule="duplicate_id",
+            received={"stream_seq": reused, "id": cmd.id},
+        ),
+        aggregate_id=names.INVALID_COMMAND_ID,
+        source="test",
+    )
+    await log.append(rejected)
+    assert await findings(server) == []

@@ -9,6 +9,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.hive.raft import RaftConfig
+from swarm.kernel.ids import IdKey
+from swarm.kernel.seal import SealKey
 
 
 class HiveSettings(BaseSettings):
@@ -35,3 +37,13 @@ class HiveSettings(BaseSettings):
             password=self.raft_password,
             data_dir=self.data_dir,
         )
+
+    def seal_key(self) -> SealKey:
+        """The key the Hive seals its outcomes with: every replica derives the same one from the
+        cluster's shared secret (`swarm.kernel.seal`)."""
+        return SealKey.from_secret(self.raft_password)
+
+    def id_key(self, purpose: str) -> IdKey:
+        """Keys for the ids the Hive derives (reconcile commands, message ids), the same on
+        every replica so that a new leader repeating a command is deduplicated."""
+        return IdKey.from_secret(self.raft_password, f"hive {purpose}")

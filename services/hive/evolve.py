@@ -4,22 +4,32 @@ Deterministic and free of I/O, so every replica, the timeline's time travel and 
 same state from the same events. It updates `state` in place and returns it: copying a large
 state for every event would make folding a long log quadratic. Folding is idempotent by stream
 sequence: an event at or below `applied_seq` changes nothing.
+
+One function folds what is on the log: `fold_raw` takes the bytes stored at a sequence, decodes
+them and evolves, and never raises. An entry it cannot fold (not a Swarm event, or an event about
+something the state does not hold) changes nothing but is recorded in the state as a
+`FoldFailure`, so every replica, time travel and `swarm timeline verify` see the same failure and
+folding goes on. The Hive's leader folds what it is about to write with `fold_checked`, which
+raises instead, so it refuses the command rather than write an event that would not fold.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from schemas import REGISTRY, DecodeError, Envelope, events, healing, market, observer, webhooks
+from schemas import REGISTRY, Envelope, events, healing, market, observer, webhooks
 from services.hive import reputation
 from services.hive.state import (
     KNOWN_SNAPSHOTS,
     PLACED,
     RECENT_ACTIONS,
     RECENT_ANOMALIES,
+    RECENT_FOLD_FAILURES,
     Agent,
     Anomaly,
+    FoldFailure,
     HealingRecord,
     HiveState,
     KnownSnapshot,
@@ -36,6 +46,11 @@ Handler = Callable[[HiveState, Any, Envelope[Any], int], None]
 _HANDLERS: dict[type[Any], Handler] = {}
 
 
+class FoldRefused(Exception):
+    """The event names something the state does not hold (or repeats what must be unique); it
+    was not applied, and nothing of the state changed."""
+
+
 def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         _HANDLERS[event_type] = fn
@@ -46,14 +61,53 @@ def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
 
 def evolve(state: HiveState, seq: int, envelope: Envelope[Any]) -> HiveState:
     """Apply the event stored at stream sequence `seq`; events the Hive does not fold (outcomes,
-    events of later Swarm versions it does not know) only advance `applied_seq`."""
+    events of later Swarm versions it does not know) only advance `applied_seq`.
+
+    Raises `FoldRefused`, with the state untouched, for an event that names an agent, replica or
+    pod the state does not hold; handlers can then index without checking.
+    """
     if seq <= state.applied_seq:
         return state
     handler = _HANDLERS.get(type(envelope.data))
     if handler is not None:
+        problem = _missing(state, envelope.data)
+        if problem is not None:
+            raise FoldRefused(problem)
         handler(state, envelope.data, envelope, seq)
     state.applied_seq = seq
     return state
+
+
+#: Events about one replica of an agent the state must hold (others create it or only note it).
+_REPLICA_EVENTS = (
+    events.ReplicaScheduled,
+    events.ReplicaStarting,
+    events.ReplicaRunning,
+    events.ReplicaCrashed,
+    events.ReplicaFailed,
+    events.ReplicaStopping,
+    events.ReplicaStopped,
+)
+
+
+def _missing(s: HiveState, e: Any) -> str | None:
+    """Why `e` cannot be folded into `s`, checked before any handler changes anything."""
+    if isinstance(e, events.AgentDeployed):
+        if e.agent_id in s.agents:
+            return f"agent {e.agent_id} exists already"
+        if (e.namespace, e.name) in s.by_name:
+            return f"agent {e.namespace}/{e.name} exists already"
+        return None
+    agent_id = getattr(e, "agent_id", None)
+    if isinstance(agent_id, str):
+        agent = s.agents.get(agent_id)
+        if agent is None:
+            return f"agent {agent_id} is not known"
+        if isinstance(e, _REPLICA_EVENTS) and e.replica_id not in agent.replicas:
+            return f"replica {e.replica_id} of agent {agent_id} is not known"
+    if isinstance(e, events.ReplicaScheduled | events.PodLost) and e.pod_id not in s.pods:
+        return f"pod {e.pod_id} is not known"
+    return None
 
 
 # --- namespaces ----------------------------------------------------------------------------------
@@ -393,20 +447,57 @@ def _webhook_redelivery(
 # --- folding stored bytes ------------------------------------------------------------------------
 
 
+def fold_checked(state: HiveState, seq: int, raw: bytes) -> Envelope[Any]:
+    """Decode the bytes stored (or about to be stored) at `seq` and evolve `state` with them.
+
+    Raises whatever stops it (`schemas.DecodeError`, `FoldRefused`, or a handler's error); on
+    `FoldRefused` and decode errors the state is untouched.
+    """
+    envelope = REGISTRY.decode(raw, kind="event")
+    evolve(state, seq, envelope)
+    return envelope
+
+
 def fold_raw(state: HiveState, seq: int, raw: bytes) -> HiveState:
     """Fold the bytes stored at `seq`, as every replica and the timeline's time travel do.
 
-    Something that is not a Swarm event (a foreign writer's message) cannot change state, but its
-    sequence is consumed so that folding goes on and `applied_seq` still names a log position.
+    Never raises: an entry that cannot be folded (a foreign writer's bytes, an event about
+    something unknown, anything a handler trips over) is recorded as a `FoldFailure` and its
+    sequence is consumed, so folding goes on and `applied_seq` still names a log position.
     """
     if seq <= state.applied_seq:
         return state
     try:
-        envelope = REGISTRY.decode(raw, kind="event")
-    except DecodeError:
-        state.applied_seq = seq
-        return state
-    return evolve(state, seq, envelope)
+        fold_checked(state, seq, raw)
+    except Exception as exc:  # nothing stored in the log may stop a replica
+        record_failure(state, seq, raw, exc)
+    return state
+
+
+def record_failure(state: HiveState, seq: int, raw: bytes, exc: BaseException) -> None:
+    """Note that the entry at `seq` changed nothing, with why, and move past it."""
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    failure = FoldFailure(seq, _type_of(raw), _printable(f"{type(exc).__name__}: {reason}", 300))
+    state.fold_failure_count += 1
+    state.fold_failures.append(failure)
+    del state.fold_failures[:-RECENT_FOLD_FAILURES]
+    state.applied_seq = max(state.applied_seq, seq)
+
+
+def _type_of(raw: bytes) -> str:
+    """The entry's CloudEvents type if it can be read at all, for the record."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return "(not JSON)"
+    type_ = body.get("type") if isinstance(body, dict) else None
+    return _printable(type_, 120) if isinstance(type_, str) else "(no type)"
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with anything JSON cannot carry replaced."""
+    clean = text.encode("utf-8", "replace").decode("utf-8")
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 # --- reputation and healing ----------------------------------------------------------------------

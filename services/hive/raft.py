@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
-from schemas import REGISTRY, DecodeError
-from services.hive.evolve import evolve
+from services.hive.evolve import fold_raw
 from services.hive.state import HiveState
 
 log = structlog.get_logger(__name__)
@@ -71,20 +70,23 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_events(self, batch: list[tuple[int, bytes]]) -> int:
+        # `fold_raw` never raises: an entry that cannot be folded is recorded in the state (the
+        # same on every replica) and skipped. An exception here would stop pysyncobj's apply
+        # thread for good, and with it this replica.
         with self.lock:
             state = self.hive
+            failures = state.fold_failure_count
             for seq, raw in batch:
-                if seq <= state.applied_seq:
-                    continue
-                try:
-                    envelope = REGISTRY.decode(raw, kind="event")
-                except DecodeError as exc:
-                    # Something that is not a Swarm event reached the log (a foreign writer); it
-                    # cannot change state, but its sequence is consumed so folding goes on.
-                    log.warning("skipping undecodable event", seq=seq, error=exc.reason)
-                    state.applied_seq = seq
-                    continue
-                evolve(state, seq, envelope)
+                fold_raw(state, seq, raw)
+            if state.fold_failure_count != failures:
+                last = state.fold_failures[-1]
+                log.warning(
+                    "log entries could not be folded",
+                    count=state.fold_failure_count - failures,
+                    seq=last.seq,
+                    type=last.type,
+                    reason=last.reason,
+                )
             return state.applied_seq
 
     def read(self, fn: Callable[[HiveState], T]) -> T:
@@ -106,6 +108,10 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
 
     def is_ready(self) -> bool:
         return bool(self.isReady())
+
+    def term(self) -> int:
+        """The current Raft term (from pysyncobj's public status)."""
+        return int(self.getStatus().get("raft_term", 0))
 
     async def submit(self, batch: list[tuple[int, bytes]], timeout: float) -> int:
         """Replicate one batch and wait (bounded) until it is applied here."""

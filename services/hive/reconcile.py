@@ -4,7 +4,8 @@ It never changes state itself. It notices pods whose lease ran out, crashed repl
 backoff has elapsed and misbehaving agents (`heal.py`), and sends the commands that fix them
 (`pod.expire`, `replica.restart`, `agent.quarantine`, `replica.rewind`, `agent.revert`), so
 every self-healing step is decided by the same rules and is on the log with its reason. Command
-ids are derived from what they fix, so sending one twice is deduplicated.
+ids are derived from what they fix (keyed, so nobody else can predict them), so sending one
+twice is deduplicated.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from schemas import Payload, command, commands, names, utcnow
 from services.hive import heal
 from services.hive.state import HiveState
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
+from swarm.kernel.ids import IdKey
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +61,12 @@ class Reconciler:
         heartbeats: Heartbeats,
         working: Callable[[], HiveState | None],
         *,
+        ids: IdKey,
         interval: float = 0.25,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.log = eventlog
+        self.ids = ids
         self.heartbeats = heartbeats
         self.working = working
         self.interval = interval
@@ -130,7 +134,7 @@ class Reconciler:
             env = command(
                 payload,
                 source="hive/reconcile",
-                id=_token(command_id),
+                id=self._id(command_id),
                 identity="service:hive",
                 causationid=causation,
                 correlationid=correlation,
@@ -138,7 +142,10 @@ class Reconciler:
             requests.append(AppendRequest.of(env))
         await self.log.append_batch(requests)
 
-
-def _token(raw: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in raw)
-    return cleaned[-64:]
+    def _id(self, planned: str) -> str:
+        """The command id of a planned fix: the same for the same fix on every replica (so a
+        new leader repeating it is deduplicated), unguessable to anyone else (so nobody can
+        answer it first), with the kind of fix readable in front (`expire-…`, `quar-…`)."""
+        kind = planned.split("-", 1)[0]
+        prefix = kind if names.is_token(kind) and len(kind) <= 16 else "fix"
+        return self.ids.derive(prefix, planned)

@@ -37,6 +37,7 @@ class Hive:
         self.raft: ReplicatedState | None = None
         self.processor: CommandProcessor | None = None
         self.leader_since: float | None = None
+        self._seal = hive.seal_key()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -52,6 +53,11 @@ class Hive:
         with raft.lock:
             applied = raft.hive.applied_seq
             checksum = raft.hive.digest() if digest else None
+            failures = raft.hive.fold_failure_count
+            recent = [
+                {"seq": f.seq, "type": f.type, "reason": f.reason}
+                for f in raft.hive.fold_failures[-5:]
+            ]
         return {
             "node": self.node,
             "ready": raft.is_ready(),
@@ -60,6 +66,12 @@ class Hive:
             "applied_seq": applied,
             "digest": checksum,
             "commands_handled": self.processor.handled if self.processor else 0,
+            "commands_dead_lettered": self.processor.dead_lettered if self.processor else 0,
+            # Log entries that could not be folded (the same on every replica): foreign writes
+            # or faults worth a look, `swarm timeline verify` lists them all.
+            "fold_failures": failures,
+            "recent_fold_failures": recent,
+            "seal_public_key": self._seal.public.text,
         }
 
     async def run(self) -> None:
@@ -99,9 +111,22 @@ class Hive:
         def still_leader() -> bool:
             return raft.is_leader() and not self._stop.is_set()
 
-        processor = self.processor = CommandProcessor(eventlog, raft, source=f"hive/{self.node}")
+        processor = self.processor = CommandProcessor(
+            eventlog,
+            raft,
+            source=f"hive/{self.node}",
+            seal=self._seal,
+            ids=self.hive_settings.id_key("commands"),
+            node=self.node,
+            term=raft.term,
+        )
         projector = Projector(eventlog, raft)
-        reconciler = Reconciler(eventlog, heartbeats, lambda: processor.working)
+        reconciler = Reconciler(
+            eventlog,
+            heartbeats,
+            lambda: processor.working,
+            ids=self.hive_settings.id_key("reconcile"),
+        )
         tasks = [
             asyncio.create_task(projector.run(still_leader), name="projector"),
             asyncio.create_task(processor.run(still_leader), name="commands"),

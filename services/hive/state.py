@@ -204,6 +204,25 @@ class Webhook:
     last_seq: int = 0
 
 
+# --- entries of the log that could not be folded ------------------------------------------------
+
+#: Fold failures kept in the state (the count goes on; the log has every entry).
+RECENT_FOLD_FAILURES = 20
+
+
+@dataclass(slots=True)
+class FoldFailure:
+    """An entry of SWARM_EVENTS that changed nothing because it could not be folded.
+
+    The Hive never writes one (it folds what it is about to write first), so each names a foreign
+    write or a fault; every replica records the same ones, so replicas stay digest-equal.
+    """
+
+    seq: int
+    type: str
+    reason: str
+
+
 @dataclass(slots=True)
 class HiveState:
     """Everything the Hive decides on. `applied_seq` is the last SWARM_EVENTS sequence folded."""
@@ -218,6 +237,9 @@ class HiveState:
     pods: dict[str, Pod] = field(default_factory=dict)
     #: Webhook subscriptions by webhook id (removed ones stay, marked, as deleted agents do).
     webhooks: dict[str, Webhook] = field(default_factory=dict)
+    #: Entries that could not be folded: how many, and the most recent ones.
+    fold_failure_count: int = 0
+    fold_failures: list[FoldFailure] = field(default_factory=list)
 
     def agent_named(self, namespace: str, name: str) -> Agent | None:
         agent_id = self.by_name.get((namespace, name))

@@ -42,6 +42,7 @@ from services.observer.analysis import AgentState, DeploymentState, Observation,
 from services.observer.behaviour import BehaviourRow
 from services.observer.config import ObserverSettings
 from services.observer.features import LogSample, ReplicaSample, parse_log, parse_metrics
+from swarm.kernel.ids import IdKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
 
@@ -160,7 +161,9 @@ class TableSync:
         self.core.dirty_deployments.clear()
 
 
-def report(observation: Observation, now: float, max_age: float) -> Envelope[Any] | None:
+def report(
+    observation: Observation, now: float, max_age: float, ids: IdKey
+) -> Envelope[Any] | None:
     """The `anomaly.report` command of the observation's finding, if it has one that is recent.
 
     A finding whose window ended more than `max_age` seconds ago comes from reading old metrics
@@ -183,7 +186,9 @@ def report(observation: Observation, now: float, max_age: float) -> Envelope[Any
         log.info("old anomaly not reported", age_s=round(now - f.window_end), **fields)
         return None
     log.info("anomaly", **fields)
-    return command(f.report(), source=SOURCE, identity=IDENTITY, id=f.id)
+    # Keyed (swarm.kernel.ids): the same finding always gets the same id, which nobody else
+    # can predict and answer first.
+    return command(f.report(), source=SOURCE, identity=IDENTITY, id=ids.derive("obs", f.id))
 
 
 def build_app(
@@ -199,6 +204,7 @@ def build_app(
     sync = TableSync(core)
     # Never beyond the duplicate window, within which JetStream drops a repeated report.
     max_age = min(config.report_max_age_s, settings.duplicate_window)
+    ids = IdKey.of(settings.command_id_secret, "observer")
     app = StreamApp(
         names.OBSERVER_APP,
         settings,
@@ -229,7 +235,7 @@ def build_app(
             sync.forget(agents, namespaces)
             raise
         now = clock()
-        reports = [e for o in observations if (e := report(o, now, max_age)) is not None]
+        reports = [e for o in observations if (e := report(o, now, max_age, ids)) is not None]
         if on_windows is not None:
             rows = [
                 BehaviourRow(w.agent_id, w.namespace, w.name, w.end, o.vector, w.signals())

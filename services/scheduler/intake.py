@@ -17,6 +17,7 @@ proposal re-sent after a restart is dropped by JetStream as a duplicate all the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ from services.scheduler.tables import (
     view_of,
 )
 from services.scheduler.view import HANDLED, ReplicaKey
+from swarm.kernel.seal import SealVerifier
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
 
@@ -46,10 +48,14 @@ _AGENT_EVENTS = (events.AgentDeployed, events.AgentRolloutStarted, events.AgentD
 _POD_EVENTS = (events.PodRegistered, events.PodLost)
 
 
-def decode(body: bytes) -> Envelope[Any] | None:
-    """Strictly decode the events the planner folds; None for the others (not decoded)."""
+def decode(body: bytes, seal: SealVerifier | None = None) -> Envelope[Any] | None:
+    """Strictly decode the events the planner folds; None for the others (not decoded), and
+    for outcomes without the Hive's seal when its key is known (a foreign write answers none
+    of our proposals)."""
     head = json.loads(body)
     if not isinstance(head, dict) or head.get("type") not in FOLDED:
+        return None
+    if seal is not None and head.get("type") == CommandRejected.TYPE and not seal.verify(body):
         return None
     return REGISTRY.decode(body)
 
@@ -63,8 +69,10 @@ class Intake:
         *,
         clock: Callable[[], float],
         on_retry: Callable[[Retry], None] = lambda _retry: None,
+        seal: SealVerifier | None = None,
     ) -> None:
         self.planner = planner
+        self.seal = seal
         self.clock = clock
         self.on_retry = on_retry
         #: Set after every event folded: the planning pass may have something to do.
@@ -76,9 +84,11 @@ class Intake:
         app = StreamApp(names.SCHEDULER_APP, settings, batch=batch)
         for table in TABLES:
             app.table(table)
-        app.processor(stream=names.STREAM_EVENTS, durable=names.SCHEDULER_PROCESSOR, decode=decode)(
-            self.handle
-        )
+        app.processor(
+            stream=names.STREAM_EVENTS,
+            durable=names.SCHEDULER_PROCESSOR,
+            decode=functools.partial(decode, seal=self.seal),
+        )(self.handle)
         self._stale = True
         return app
 

@@ -29,6 +29,7 @@ from services.scheduler.proposals import (
     proposal_id,
 )
 from services.scheduler.view import HANDLED, PLACED, ClusterView, ReplicaKey, Request
+from swarm.kernel.ids import IdKey
 
 #: Outcomes of these command types answer our proposals.
 _PROPOSALS = frozenset({commands.ProposePlacement.TYPE, market.PreemptPlacement.TYPE})
@@ -70,8 +71,11 @@ class Planner:
         max_backoff: float = 8.0,
         preemption: bool = False,
         recent: int = 200,
+        ids: IdKey | None = None,
     ) -> None:
         self.policy = policy
+        #: The key behind proposal ids (`proposals.proposal_id`).
+        self.ids = ids or IdKey.random()
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
         self.preemption = preemption
@@ -158,8 +162,13 @@ class Planner:
         if parsed is None:
             return None  # someone else's proposal
         request_seq, attempt = parsed
-        proposal = self.in_flight.pop(outcome.command_id)
         key = self.view.requests.get(request_seq)
+        if key is not None and outcome.command_id not in (
+            proposal_id(request_seq, attempt, key[1], self.ids),
+            proposal_id(request_seq, attempt, key[1], self.ids, PREEMPT_PREFIX),
+        ):
+            return None  # not an id we made: a foreign write, or another scheduler's key
+        proposal = self.in_flight.pop(outcome.command_id)
         if key is None:
             # That request no longer waits: nothing to retry. (Folding the log from the start,
             # as the tests' recount does, this also skips rejections of requests placed later.)
@@ -273,7 +282,7 @@ class Planner:
                 continue
             self._unplaceable.discard(key)
             proposal = Proposal(
-                proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1]),
+                proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1], self.ids),
                 key[0],
                 key[1],
                 need.seq,
@@ -333,7 +342,9 @@ class Planner:
                 len(found.victims),
             )
             proposal = Proposal(
-                proposal_id(need.seq, self._attempts.get(need.seq, 0), key[1], PREEMPT_PREFIX),
+                proposal_id(
+                    need.seq, self._attempts.get(need.seq, 0), key[1], self.ids, PREEMPT_PREFIX
+                ),
                 key[0],
                 key[1],
                 need.seq,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from schemas import names
 from services.scheduler.view import ReplicaKey
+from swarm.kernel.ids import IdKey
 
 _PREFIX = "place"
 #: Prefix of a `placement.preempt` proposal's id (same numbering as a placement's).
@@ -22,21 +23,22 @@ PREEMPT_PREFIX = "preempt"
 _PREFIXES = (_PREFIX, PREEMPT_PREFIX)
 
 
-def proposal_id(request_seq: int, attempt: int, replica_id: str, prefix: str = _PREFIX) -> str:
+def proposal_id(
+    request_seq: int, attempt: int, replica_id: str, key: IdKey, prefix: str = _PREFIX
+) -> str:
     """The command id of a proposal: the same request and attempt always give the same id.
 
     `request_seq` (the stream sequence of the replica's `replica_requested`) identifies both the
     replica and this request to place it, so a restarted scheduler proposing again sends the
     same id and JetStream drops the duplicate. `attempt` counts rejections already read, so a
-    retry after a rejection is a new command. The replica id is only for people reading the log;
-    it is cut to keep the id within 64 characters, the part that matters comes first.
+    retry after a rejection is a new command. The tail is keyed (`swarm.kernel.ids`): nobody
+    without the scheduler's secret can predict an id and answer it before the Hive does.
     """
     if request_seq < 1 or attempt < 0:
         raise ValueError("request_seq must be >= 1 and attempt >= 0")
-    command_id = f"{prefix}-{request_seq}-{attempt}-{replica_id}"[:64].rstrip("-_")
-    if not names.is_token(command_id):
+    if not names.is_token(replica_id):
         raise ValueError(f"replica id {replica_id!r} is not a token")
-    return command_id
+    return f"{prefix}-{request_seq}-{attempt}-{key.tag(prefix, request_seq, attempt, replica_id)}"
 
 
 def parse_proposal_id(command_id: str) -> tuple[int, int] | None:

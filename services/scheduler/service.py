@@ -46,6 +46,8 @@ from services.scheduler.planner import Planner, Retry
 from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from swarm.kernel.ids import IdKey
+from swarm.kernel.seal import verifier as seal_verifier
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import MAX_BATCH, StreamApp
 
@@ -86,6 +88,7 @@ class Scheduler:
             # Preemption is part of the market; the baselines never move anyone.
             preemption=self.config.preemption and chosen.name == "market",
             recent=self.config.recent_clearings,
+            ids=IdKey.of(settings.command_id_secret, "scheduler"),
         )
         self.clock = clock
         self.status = Status.NEW
@@ -98,7 +101,12 @@ class Scheduler:
         self.duplicates = 0
         self._stop = asyncio.Event()
         #: Folds the log into the planner through the stream app's tables.
-        self.intake = Intake(self.planner, clock=clock, on_retry=self._on_retry)
+        self.intake = Intake(
+            self.planner,
+            clock=clock,
+            on_retry=self._on_retry,
+            seal=seal_verifier(settings.hive_public_key),
+        )
         #: The running stream app (None between incarnations).
         self.app: StreamApp | None = None
 

@@ -49,6 +49,8 @@ class NatsTarget:
 
     url: str
     origin: str
+    #: The Hive's public key, when the stack that named the URL recorded it.
+    hive_public_key: str | None = None
 
     def describe(self) -> str:
         return f"{self.url} (from {self.origin})"
@@ -91,7 +93,8 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
     url = state.get("nats_url") if isinstance(state, dict) else None
     if not isinstance(url, str) or not url:
         raise CliError(_NO_STACK, code=EXIT_UNAVAILABLE)
-    return NatsTarget(url, str(path))
+    key = state.get("hive_public_key")
+    return NatsTarget(url, str(path), key if isinstance(key, str) and key else None)
 
 
 async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) -> EventLog:
@@ -123,6 +126,9 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
             code=EXIT_UNAVAILABLE,
             hint=_hint(target),
         ) from None
+    if settings.hive_public_key is None and target.hive_public_key is not None:
+        # The stack that named this server also named its Hive: take only sealed outcomes.
+        settings = settings.model_copy(update={"hive_public_key": target.hive_public_key})
     return EventLog(nc, settings, timeout=wait)
 
 

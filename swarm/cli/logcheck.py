@@ -7,8 +7,18 @@ What a sound log looks like (DESIGN.md, "Public contracts"):
   answers a command that is not on the log;
 * neither stream has a sequence gap: the audit log is never edited, so a missing sequence means
   something was deleted;
-* every event decodes with its registered schema;
-* every `causationid` names a command or event that is on the log.
+* every event decodes with its registered schema, and folds into the Hive's state (with the
+  replicas' own `fold_raw`: an entry a replica could not fold is a finding here too);
+* every `causationid` names a command or event that is on the log;
+* with the Hive's public key known (the stack's, or `SWARM_HIVE_PUBLIC_KEY`), every outcome
+  carries the Hive's seal: anyone can write on NATS, and an outcome the Hive did not write is
+  reported as foreign and answers nothing. An outcome imported with its history from another
+  stack carries that stack's seal; it counts when it names exactly its command (position and
+  sha256) and was stored before it, as `swarm timeline import` stores them.
+
+A command sent again under an id that was already answered is the same command when its bytes
+are the same (no second outcome is due); with other bytes it is another command, answered on
+`…._invalid.rejected` (rule `duplicate_id`).
 
 Both streams are read once each, in batches (`EventLog.replay`), never a round trip per message.
 A command logged within `--grace` seconds that nothing later has overtaken may simply not be
@@ -17,6 +27,7 @@ decided yet; it is reported as pending, not as a finding.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncGenerator
@@ -28,7 +39,9 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from schemas import REGISTRY, DecodeError, names
+from schemas import REGISTRY, CommandAccepted, CommandRejected, DecodeError, Envelope, names
+from services.hive.evolve import evolve, record_failure
+from services.hive.state import HiveState
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_FAILED,
@@ -40,6 +53,7 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
+from swarm.client.commands import hive_verifier
 from swarm.kernel.eventlog import Delivery, EventLog
 from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
@@ -50,6 +64,8 @@ UNDECODABLE = "undecodable"
 MISSING_OUTCOME = "missing-outcome"
 DUPLICATE_OUTCOME = "duplicate-outcome"
 ORPHAN_OUTCOME = "orphan-outcome"
+FOREIGN_OUTCOME = "foreign-outcome"
+UNFOLDABLE = "unfoldable"
 DANGLING_CAUSATION = "dangling-causation"
 
 
@@ -132,7 +148,7 @@ class _Gaps:
 def _lenient(raw: bytes) -> dict[str, Any] | None:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
 
@@ -146,11 +162,14 @@ def _command_key(body: dict[str, Any] | None, seq: int) -> str:
 async def verify(log: EventLog, *, grace: float, now: datetime | None = None) -> Report:
     report = Report()
     now = now or datetime.now(UTC)
+    seal = hive_verifier(log)
     ids: set[str] = set()
     #: (stream, seq, causation id) of everything that names a cause.
     causes: list[tuple[str, int, str]] = []
     #: command key -> (stream sequence, logged time)
     commands: dict[str, tuple[int, datetime]] = {}
+    #: command id -> sha256 of the first command's bytes under it
+    digests: dict[str, str] = {}
     #: command key -> sequences of its outcomes
     outcomes: defaultdict[str, list[int]] = defaultdict(list)
 
@@ -162,7 +181,13 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
             gaps.see(d.stream_seq)
             report.commands += 1
             body = _lenient(d.data)
-            commands.setdefault(_command_key(body, d.stream_seq), (d.stream_seq, d.timestamp))
+            key = _command_key(body, d.stream_seq)
+            if key in commands:
+                if digests.get(key) == _digest(d.data):
+                    continue  # the same command again: its one outcome answers both
+                key = f"#{d.stream_seq}"  # another command reusing the id
+            commands[key] = (d.stream_seq, d.timestamp)
+            digests.setdefault(key, _digest(d.data))
             if body is not None:
                 _remember(body, names.STREAM_COMMANDS, d.stream_seq, ids, causes)
     gaps.end(end)
@@ -170,6 +195,7 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     info = await log.js.stream_info(names.STREAM_EVENTS)
     gaps = _Gaps(names.STREAM_EVENTS, int(info.state.first_seq or 1), report)
     end = int(info.state.last_seq)
+    state = HiveState()
     async with aclosing(_deliveries(log, names.STREAM_EVENTS, end)) as deliveries:
         async for d in deliveries:
             gaps.see(d.stream_seq)
@@ -177,15 +203,31 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
             body = _lenient(d.data)
             try:
                 envelope = REGISTRY.decode(d.data, kind="event")
-            except DecodeError as exc:
+            except (DecodeError, RecursionError) as exc:
                 report.findings.append(
                     Finding(UNDECODABLE, names.STREAM_EVENTS, d.stream_seq, f"{d.subject}: {exc}")
                 )
                 envelope = None
+            _fold(state, d, envelope, report)
             if body is not None:
                 _remember(body, names.STREAM_EVENTS, d.stream_seq, ids, causes)
             parsed = names.parse_event_subject(d.subject)
             if parsed is not None and parsed[0] == names.OUTCOME_AGGREGATE:
+                if (
+                    seal is not None
+                    and not seal.verify(d.data)
+                    and not _imported_answer(envelope, d, commands.get(parsed[1]), digests)
+                ):
+                    report.findings.append(
+                        Finding(
+                            FOREIGN_OUTCOME,
+                            names.STREAM_EVENTS,
+                            d.stream_seq,
+                            f"{d.subject} is not sealed by the Hive: a foreign write, which "
+                            "answers nothing",
+                        )
+                    )
+                    continue
                 key = parsed[1]
                 if key == names.INVALID_COMMAND_ID:
                     received = envelope.data.received if envelope is not None else {}
@@ -202,6 +244,47 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
             )
     report.findings.sort(key=lambda f: (f.stream, f.seq, f.kind))
     return report
+
+
+def _fold(state: HiveState, d: Delivery, envelope: Envelope[Any] | None, report: Report) -> None:
+    """Fold as every replica does; an entry it cannot fold (beyond not decoding, which is its
+    own finding) is reported with the replicas' reason."""
+    if envelope is None:
+        state.applied_seq = d.stream_seq  # what `fold_raw` does with it; reported as undecodable
+        return
+    try:
+        evolve(state, d.stream_seq, envelope)
+    except Exception as exc:
+        record_failure(state, d.stream_seq, d.data, exc)
+        report.findings.append(
+            Finding(UNFOLDABLE, names.STREAM_EVENTS, d.stream_seq, state.fold_failures[-1].reason)
+        )
+
+
+def _imported_answer(
+    envelope: Envelope[Any] | None,
+    d: Delivery,
+    command: tuple[int, datetime] | None,
+    digests: dict[str, str],
+) -> bool:
+    """An outcome sealed by another Hive that answers exactly the command on this log and was
+    stored before it: a history imported from another stack (`swarm timeline import` writes
+    events first). A foreign write ahead of a command cannot know its bytes; one after it is
+    not before it."""
+    data = envelope.data if envelope is not None else None
+    if command is None or not isinstance(data, CommandAccepted | CommandRejected):
+        return False
+    seq, logged = command
+    return (
+        data.command_seq == seq
+        and data.command_digest is not None
+        and data.command_digest == digests.get(data.command_id)
+        and d.timestamp <= logged
+    )
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 async def _deliveries(log: EventLog, stream: str, end: int) -> AsyncGenerator[Delivery, None]:
@@ -231,11 +314,17 @@ def _outcome_findings(
 ) -> None:
     # The Hive decides commands in log order, so a command older than one that has an outcome
     # was skipped, not merely not reached yet, whatever its age.
-    answered = [seq for key, (seq, _) in commands.items() if key in outcomes]
+    def of(key: str, seq: int) -> list[int]:
+        # A command the Hive answered on `_invalid` (gave up on it) is named by its sequence.
+        by_seq = f"#{seq}"
+        return outcomes.get(key, []) + (outcomes.get(by_seq, []) if key != by_seq else [])
+
+    answered = [seq for key, (seq, _) in commands.items() if of(key, seq)]
     latest_answered = max(answered, default=0)
     recent = now - timedelta(seconds=grace)
+    known = set(commands) | {f"#{seq}" for seq, _ in commands.values()}
     for key, (seq, logged) in commands.items():
-        seen = outcomes.get(key, [])
+        seen = sorted(of(key, seq))
         if not seen:
             if seq > latest_answered and logged > recent:
                 report.pending[key] = seq
@@ -256,7 +345,7 @@ def _outcome_findings(
                 )
             )
     for key, seqs in outcomes.items():
-        if key not in commands:
+        if key not in known:
             report.findings.append(
                 Finding(
                     ORPHAN_OUTCOME,

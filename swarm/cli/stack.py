@@ -20,14 +20,19 @@ from types import TracebackType
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
+import nats
+import nats.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
+from schemas import names
 from swarm.cli.demo import deploy_demo
 from swarm.kernel.embedded import free_port
+from swarm.kernel.eventlog import nats_servers
+from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.stack import (
     Stack,
@@ -110,11 +115,31 @@ def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
                 port = free_port()
             taken.add(port)
             addrs[i] = f"127.0.0.1:{port}"
-    cluster = {"addrs": addrs, "password": cluster.get("password") or secrets.token_urlsafe(24)}
+    cluster = {
+        "addrs": addrs,
+        "password": cluster.get("password") or secrets.token_urlsafe(24),
+        # Behind the ids services derive for their commands (swarm.kernel.ids).
+        "id_secret": cluster.get("id_secret") or secrets.token_urlsafe(32),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(json.dumps(cluster, indent=2))
     return cluster
+
+
+def stack_keys(data_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """The Hive's public key and the environment every service of the stack shares: the key
+    that checks the Hive's seal on outcomes and the secret behind derived command ids. Read from
+    the cluster file `default_services` wrote; nothing before there is one."""
+    path = data_dir / "hive" / "cluster.json"
+    if not path.exists():
+        return None, {}
+    cluster = json.loads(path.read_text())
+    public = SealKey.from_secret(cluster["password"]).public.text
+    env = {"SWARM_HIVE_PUBLIC_KEY": public}
+    if cluster.get("id_secret"):
+        env["SWARM_COMMAND_ID_SECRET"] = cluster["id_secret"]
+    return public, env
 
 
 class SyncPolicy(StrEnum):
@@ -305,9 +330,17 @@ def up(
                 daemon=True,
             ).start()
 
+    public_key, service_env = (None, {}) if no_services else stack_keys(settings.data_dir.resolve())
     try:
         with progress:
-            stack = Stack(settings, services, progress=progress, api_url=api_url)
+            stack = Stack(
+                settings,
+                services,
+                progress=progress,
+                api_url=api_url,
+                hive_public_key=public_key,
+                service_env=service_env,
+            )
             final = stack.run(on_ready=ready)
     except StackAlreadyRunningError as exc:
         _print_already_running(exc.data_dir, exc.state)
@@ -559,12 +592,75 @@ def status(
     Exits 1 when no stack is running.
     """
     report = inspect_stack(_settings(data_dir).data_dir)
+    hive = _hive_view(report)
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        typer.echo(json.dumps({**report.to_json(), "hive": hive}, indent=2))
     else:
         _print_status(report)
+        _print_hive(hive)
     if not report.running:
         raise typer.Exit(1)
+
+
+def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
+    """What each Hive replica of the stack says of itself (`swarm.query.hive.status.<node>`):
+    leader, how far it folded the log, log entries it could not fold, commands given up."""
+    state = report.state
+    hives = [s for s in report.services if s.name == "hive" or s.name.startswith("hive-")]
+    if state is None or not report.running or not state.nats_url or not hives:
+        return None
+    nodes = [f"hive-{i}" for i in range(len(hives))]
+
+    async def ask() -> list[dict[str, Any]]:
+        try:
+            nc = await nats.connect(
+                nats_servers(state.nats_url or ""),
+                connect_timeout=1.0,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+            )
+        except (OSError, nats.errors.Error, TimeoutError):
+            return []
+        answers: list[dict[str, Any]] = []
+        try:
+            for node in nodes:
+                try:
+                    reply = await nc.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
+                    answers.append(json.loads(reply.data))
+                except (nats.errors.Error, TimeoutError, ValueError):
+                    answers.append({"node": node, "ready": False, "unreachable": True})
+        finally:
+            await nc.close()
+        return answers
+
+    return asyncio.run(ask())
+
+
+def _print_hive(hive: list[dict[str, Any]] | None) -> None:
+    if not hive:
+        return
+    leader = next((h["node"] for h in hive if h.get("is_leader")), None)
+    folded = sorted({h.get("applied_seq", 0) for h in hive if not h.get("unreachable")})
+    where = f"log folded to #{folded[-1]}" if folded else "no replica answered"
+    console.print(f"Hive: leader {leader or '[yellow]none[/]'}, {where} ({len(hive)} replicas)")
+    for h in hive:
+        if h.get("unreachable"):
+            console.print(f"  [yellow]⚠[/] {h['node']} does not answer")
+    failures = max((h.get("fold_failures", 0) for h in hive), default=0)
+    if failures:
+        recent = next(h["recent_fold_failures"] for h in hive if h.get("fold_failures"))
+        last = recent[-1] if recent else {}
+        console.print(
+            f"  [yellow]⚠[/] {failures} log entr{'y' if failures == 1 else 'ies'} could not be "
+            f"folded (last: #{last.get('seq')} {escape(str(last.get('type')))}: "
+            f"{escape(str(last.get('reason')))}); `swarm timeline verify` lists them"
+        )
+    given_up = sum(h.get("commands_dead_lettered", 0) for h in hive)
+    if given_up:
+        console.print(
+            f"  [yellow]⚠[/] {given_up} command(s) given up and moved to "
+            f"{names.STREAM_DEADLETTER} since the leader started"
+        )
 
 
 def _print_status(report: StackReport) -> None:

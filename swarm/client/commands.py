@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from schemas import REGISTRY, DecodeError, Envelope, Payload, Registry, names, new_id, utcnow
 from swarm.client.errors import INVALID, NO_OUTCOME, UNAVAILABLE, ClientError, FieldProblem
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, Delivery, EventLog
+from swarm.kernel.seal import SealVerifier
 
 __all__ = [
     "DEFAULT_SOURCE",
@@ -31,6 +32,7 @@ __all__ = [
     "closing",
     "encode",
     "find_outcome",
+    "hive_verifier",
     "issue",
     "no_outcome",
     "outcome_subjects",
@@ -270,6 +272,32 @@ def outcome_subjects(command_id: str) -> list[str]:
     return [names.outcome_wildcard(command_id), _INVALID_OUTCOME]
 
 
+def hive_verifier(log: EventLog) -> SealVerifier | None:
+    """The check for the Hive's seal, when the settings name the Hive's public key."""
+    text = log.settings.hive_public_key
+    if not text:
+        return None
+    try:
+        return SealVerifier.from_text(text)
+    except ValueError as exc:
+        raise ClientError(
+            f"SWARM_HIVE_PUBLIC_KEY is not the Hive's key: {exc}",
+            code=INVALID,
+            hint="`swarm status -o json` shows it as hive_public_key",
+        ) from None
+
+
+def _answers(
+    delivery: Delivery, body: dict[str, Any] | None, command_id: str, seal: SealVerifier | None
+) -> bool:
+    """Whether this outcome answers `command_id`: on the shared `_invalid` subject it must name
+    the id, and with the Hive's key known it must carry the Hive's seal (anyone can write on
+    NATS; an outcome the Hive did not write answers nothing)."""
+    if delivery.subject == _INVALID_OUTCOME and _received_id(body) != command_id:
+        return False
+    return seal is None or seal.verify(delivery.data)
+
+
 async def wait_for_outcome(
     log: EventLog,
     command_id: str,
@@ -282,7 +310,9 @@ async def wait_for_outcome(
 
     Reading from a sequence taken before the publish (rather than subscribing after it) is what
     makes this race-free: an outcome written at any moment after the publish is at or beyond it.
+    Outcomes without the Hive's seal are skipped when its key is known (`hive_verifier`).
     """
+    seal = hive_verifier(log)
     try:
         async with asyncio.timeout(within):
             replay = log.replay(
@@ -295,9 +325,8 @@ async def wait_for_outcome(
             async with closing(replay) as deliveries:
                 async for delivery in deliveries:
                     body = _json_object(delivery.data)
-                    if delivery.subject == _INVALID_OUTCOME and _received_id(body) != command_id:
-                        continue  # another sender's unparseable command
-                    return _outcome(delivery, body, registry)
+                    if _answers(delivery, body, command_id, seal):
+                        return _outcome(delivery, body, registry)
     except TimeoutError:
         return None
     return None
@@ -307,15 +336,15 @@ async def find_outcome(
     log: EventLog, command_id: str, *, start_seq: int = 1, registry: Registry = REGISTRY
 ) -> Outcome | None:
     """The outcome of `command_id` if the log holds one now; None if not (yet)."""
+    seal = hive_verifier(log)
     replay = log.replay(
         names.STREAM_EVENTS, start_seq=start_seq, subjects=outcome_subjects(command_id)
     )
     async with closing(replay) as deliveries:
         async for delivery in deliveries:
             body = _json_object(delivery.data)
-            if delivery.subject == _INVALID_OUTCOME and _received_id(body) != command_id:
-                continue
-            return _outcome(delivery, body, registry)
+            if _answers(delivery, body, command_id, seal):
+                return _outcome(delivery, body, registry)
     return None
 
 
@@ -365,7 +394,7 @@ async def caused_events(log: EventLog, outcome: Outcome, *, start_seq: int) -> l
 def _json_object(raw: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

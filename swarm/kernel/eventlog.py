@@ -97,6 +97,8 @@ class AppendRequest:
     expected_last_seq: int | None = None
     #: Subject (may be a wildcard) that `expected_last_seq` refers to; defaults to `subject`.
     expected_subject: str | None = None
+    #: The stream's last sequence before this message (a fence: nobody else wrote since).
+    expected_stream_seq: int | None = None
 
     @classmethod
     def of(
@@ -121,7 +123,13 @@ class AppendRequest:
             headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ] = str(self.expected_last_seq)
             if self.expected_subject is not None:
                 headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = self.expected_subject
+        if self.expected_stream_seq is not None:
+            headers[names.HEADER_EXPECTED_LAST_SEQ] = str(self.expected_stream_seq)
         return headers
+
+    @property
+    def conditional(self) -> bool:
+        return self.expected_last_seq is not None or self.expected_stream_seq is not None
 
 
 @dataclass(slots=True)
@@ -400,13 +408,36 @@ class EventLog:
             api_error = APIError(
                 code=error.get("code"), err_code=code, description=error.get("description")
             )
-            first_check = next(
-                (r for r in requests if r.expected_last_seq is not None), requests[0]
-            )
+            first_check = next((r for r in requests if r.conditional), requests[0])
             raise _translate(api_error, first_check)
         end = int(resp["seq"])
         count = int(resp.get("count", last))
         return [Appended(resp["stream"], end - count + 1 + i, False) for i in range(count)]
+
+    async def dead_letter(
+        self, subject: str, delivery: Delivery, *, stream: str, reason: str, msg_id: str
+    ) -> Appended:
+        """Keep `delivery` in SWARM_DEADLETTER on `subject` with why, and where it came from.
+
+        `msg_id` should name the source position, so a repeat after a crash is a duplicate.
+        """
+        headers = {
+            names.HEADER_MSG_ID: msg_id,
+            # Headers travel as ASCII lines.
+            names.HEADER_DEADLETTER_REASON: " ".join(reason.split())[:1000]
+            .encode("ascii", "replace")
+            .decode(),
+            names.HEADER_DEADLETTER_STREAM: stream,
+            names.HEADER_DEADLETTER_SEQ: str(delivery.stream_seq),
+            names.HEADER_DEADLETTER_SUBJECT: delivery.subject,
+        }
+        try:
+            ack = await self.js.publish(
+                subject, delivery.data, timeout=self.timeout, headers=headers
+            )
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise AppendFailed(f"dead letter to {subject} failed: {exc}") from exc
+        return _appended(ack)
 
     async def last_sequence(self, stream: str, subject: str | None = None) -> int:
         """Last sequence in `stream`, or of the last message on `subject` (0 when there is none)."""
@@ -659,11 +690,18 @@ def _appended(ack: PubAck) -> Appended:
 
 
 def _translate(exc: APIError, request: AppendRequest) -> EventLogError:
-    if exc.err_code == _WRONG_LAST_SEQUENCE and request.expected_last_seq is not None:
+    if exc.err_code == _WRONG_LAST_SEQUENCE and request.conditional:
+        # JetStream says the same for a subject and a stream expectation; either way another
+        # write came first.
         match = _ACTUAL_SEQ.search(exc.description or "")
+        stream_fence = request.expected_last_seq is None
         return ConcurrencyConflict(
-            request.expected_subject or request.subject,
-            request.expected_last_seq,
+            "(the stream)" if stream_fence else request.expected_subject or request.subject,
+            (
+                request.expected_stream_seq
+                if stream_fence and request.expected_stream_seq is not None
+                else request.expected_last_seq or 0
+            ),
             int(match.group(1)) if match else None,
         )
     return AppendFailed(f"append to {request.subject} refused: {exc.description}")

@@ -96,9 +96,14 @@ class SealVerifier:
         return True
 
 
+def verifier(public_key: str | None) -> SealVerifier | None:
+    """The check for `Settings.hive_public_key`, or None when it is not set."""
+    return SealVerifier.from_text(public_key) if public_key else None
+
+
 def sealed(body: bytes) -> bool:
     """Whether `body` carries a seal at all (valid or not): for reporting, never for trust."""
     return _MARK in body
 
 
-__all__ = ["SealKey", "SealVerifier", "sealed"]
+__all__ = ["SealKey", "SealVerifier", "sealed", "verifier"]

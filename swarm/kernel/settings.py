@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     #: The Hive's public key (base64url ed25519, `swarm status -o json`): with it, readers take
     #: only outcomes the Hive sealed and ignore foreign writes (`swarm.kernel.seal`).
     hive_public_key: str | None = None
+    #: Secret behind the ids services derive for their commands (`swarm.kernel.ids`); unset, a
+    #: process draws its own, and its ids change when it restarts.
+    command_id_secret: str | None = Field(default=None, min_length=16, repr=False)
 
     #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
     identity: str = "user:local"

@@ -141,6 +141,8 @@ class StackState:
     services: tuple[ServiceStatus, ...] = ()
     #: Where the HTTP API listens, when one of the services serves it.
     api_url: str | None = None
+    #: The key that checks the Hive's seal on outcomes (`swarm.kernel.seal`), for clients.
+    hive_public_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,6 +165,7 @@ class StackState:
             "migration": self.migration,
             "services": [s.to_json() for s in self.services],
             "api_url": self.api_url,
+            "hive_public_key": self.hive_public_key,
         }
 
     @classmethod
@@ -186,6 +189,7 @@ class StackState:
             error=data.get("error"),
             services=tuple(ServiceStatus.from_json(s) for s in data.get("services", ())),
             api_url=data.get("api_url"),
+            hive_public_key=data.get("hive_public_key"),
         )
 
 
@@ -276,6 +280,7 @@ class StackReport:
             "error": state.error if state else None,
             "services": [s.to_json() for s in self.services],
             "api_url": state.api_url if state else None,
+            "hive_public_key": state.hive_public_key if state else None,
         }
 
 
@@ -536,6 +541,10 @@ class Stack:
     stop_timeout: float = 10.0
     #: Where one of `services` serves the HTTP API, recorded in the state file for clients.
     api_url: str | None = None
+    #: The Hive's public key, recorded in the state file for clients.
+    hive_public_key: str | None = None
+    #: Environment every service gets on top of the servers' URLs (shared keys, secrets).
+    service_env: Mapping[str, str] = field(default_factory=dict)
 
     paths: StackPaths = field(init=False)
     _lock: _Lock | None = field(default=None, init=False)
@@ -718,6 +727,7 @@ class Stack:
             "SWARM_NATS_URL": self._state.nats_url or "",
             "SWARM_DATABASE_URL": self._state.database_url or "",
             "SWARM_DATA_DIR": str(self.paths.root),
+            **self.service_env,
         }
         self._supervisor = Supervisor(
             self.services,
@@ -729,6 +739,8 @@ class Stack:
         self._supervisor.start()
         if self.api_url is not None:
             self._save(api_url=self.api_url)
+        if self.hive_public_key is not None:
+            self._save(hive_public_key=self.hive_public_key)
         return ", ".join(s.name for s in self.services) or "none configured"
 
     def _save(self, **changes: Any) -> StackState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -132,3 +133,23 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
                 storage=StorageType.FILE,
             ),
         )
+
+
+async def ensure_deadletter(js: JetStreamContext, settings: Settings) -> None:
+    """Create SWARM_DEADLETTER if it is missing: what stream processors and the Hive could not
+    process, kept with the reason (`names.HEADER_DEADLETTER_*`)."""
+    config = StreamConfig(
+        name=names.STREAM_DEADLETTER,
+        description="Messages Swarm's services could not process, with the reason.",
+        subjects=[names.DEADLETTER_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
+        duplicate_window=settings.duplicate_window,
+    )
+    try:
+        await js.stream_info(names.STREAM_DEADLETTER)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):  # created meanwhile by another process
+            await js.add_stream(config)

@@ -14,7 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from schemas import command, commands, names
+from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
 from swarm.kernel.embedded import EmbeddedNats
@@ -128,6 +128,23 @@ async def test_leader_killed_during_burst_loses_and_duplicates_nothing(
     assert len({st["digest"] for st in statuses.values()}) == 1
 
 
+async def full_state(nc: NATS) -> dict[str, object]:
+    reply = await nc.request(names.QUERY_STATE, b"{}", timeout=5)
+    state: dict[str, object] = json.loads(reply.data)["state"]
+    return state
+
+
+async def wait_for_election(log: EventLog, *, after: int, timeout: float = 30.0) -> int:
+    """The sequence of the first `hive.leader_elected` after `after`."""
+    subject = names.LEADER_ELECTIONS
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        async for d in log.replay(names.STREAM_EVENTS, start_seq=after + 1, subjects=[subject]):
+            return d.stream_seq
+        await asyncio.sleep(0.1)
+    raise TimeoutError("no leader election recorded")
+
+
 async def test_all_replicas_killed_and_restarted_recover_the_state(
     cluster: HiveCluster, client: EventLog
 ) -> None:
@@ -137,15 +154,18 @@ async def test_all_replicas_killed_and_restarted_recover_the_state(
     await client.append_batch(requests)
     await wait_for_outcomes(client, {r.msg_id for r in requests})
     log_end = await client.last_sequence(names.STREAM_EVENTS)
-    before = await cluster.converged(nc, log_end)
-    digest = next(iter(before.values()))["digest"]
+    await cluster.converged(nc, log_end)
+    before = await full_state(nc)
 
     for i in range(3):
         cluster.kill(i, signal.SIGKILL)
     cluster.start()
     await cluster.leader(nc)
-    after = await cluster.converged(nc, log_end)
-    assert {st["digest"] for st in after.values()} == {digest}
+    # The new leader records its election first (an event that changes nothing else).
+    elected = await wait_for_election(client, after=log_end)
+    after = await cluster.converged(nc, elected)
+    assert len({st["digest"] for st in after.values()}) == 1
+    assert await full_state(nc) == {**before, "applied_seq": elected}
 
     # And it keeps serving.
     more = deploy(100)
@@ -232,3 +252,29 @@ async def test_plain_nats_client_gets_readable_rejections(
         assert body["_subject"] == "swarm.evt.command.cmd-good.accepted"
     finally:
         await nc.close()
+
+
+async def test_an_unfoldable_event_is_recorded_alike_on_every_replica_and_the_hive_goes_on(
+    cluster: HiveCluster, client: EventLog
+) -> None:
+    """The fault that stopped every replica: a `pod.lost` for a pod the state does not hold
+    (before, a KeyError inside pysyncobj's apply thread; no leader, no outcomes, ever)."""
+    nc = client.nc
+    await cluster.leader(nc)
+    lost = event(
+        events.PodLost(pod_id="nowhere", reason="forged"), aggregate_id="nowhere", source="x"
+    )
+    bad = await client.append(lost)
+    requests = [deploy(i) for i in range(20)]
+    await client.append_batch(requests)
+    seen = await wait_for_outcomes(client, {r.msg_id for r in requests})
+    assert all(seen[r.msg_id] == 1 for r in requests)
+    log_end = await client.last_sequence(names.STREAM_EVENTS)
+    statuses = await cluster.converged(nc, log_end)
+    assert len(statuses) == 3
+    assert len({st["digest"] for st in statuses.values()}) == 1
+    for st in statuses.values():
+        assert st["fold_failures"] == 1
+        (failure,) = st["recent_fold_failures"]
+        assert failure["seq"] == bad.seq
+        assert failure["type"] == "swarm.pod.lost"

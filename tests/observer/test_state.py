@@ -13,6 +13,7 @@ from services.observer.detectors import TREE_FEATURES, MultivariateTrees
 from services.observer.features import parse_metrics
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import TableSync, report
+from swarm.kernel.ids import IdKey
 from tests.observer.test_detectors import START, planted
 from tests.observer.workload import messages
 
@@ -122,9 +123,11 @@ def test_only_recent_findings_are_reported() -> None:
     assert found
     finding = found[0].finding
     assert finding is not None
-    assert report(found[0], finding.window_end + 1, 3600.0) is not None
-    sent = report(found[0], finding.window_end + 3599, 3600.0)
+    ids = IdKey.from_secret("observer-test-secret", "observer")
+    assert report(found[0], finding.window_end + 1, 3600.0, ids) is not None
+    sent = report(found[0], finding.window_end + 3599, 3600.0, ids)
     assert sent is not None
-    assert sent.id == finding.id
+    assert sent.id == report(found[0], finding.window_end + 2, 3600.0, ids).id  # type: ignore[union-attr]
+    assert sent.id != report(found[0], finding.window_end + 2, 3600.0, IdKey.random()).id  # type: ignore[union-attr]
     assert sent.data.kind == finding.kind
-    assert report(found[0], finding.window_end + 3601, 3600.0) is None
+    assert report(found[0], finding.window_end + 3601, 3600.0, ids) is None

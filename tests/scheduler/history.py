@@ -9,8 +9,11 @@ from schemas import CommandRejected, Payload, commands, event, events, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from services.scheduler.planner import Planner, Retry
 from services.scheduler.policies import MostFreeCapacity
+from swarm.kernel.ids import IdKey
 
 WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
+#: The scheduler's id key in these histories: a restarted planner must derive the same ids.
+IDS = IdKey.from_secret("history-secret-0123", "scheduler")
 
 
 def spec(version: str = "v1", memory: int = 64, fuel: int = 1_000) -> AgentSpec:
@@ -23,7 +26,7 @@ def spec(version: str = "v1", memory: int = 64, fuel: int = 1_000) -> AgentSpec:
 
 @dataclass
 class History:
-    planner: Planner = field(default_factory=lambda: Planner(MostFreeCapacity()))
+    planner: Planner = field(default_factory=lambda: Planner(MostFreeCapacity(), ids=IDS))
     seq: int = 0
     now: float = 100.0
     log: list[tuple[Payload, str, int]] = field(default_factory=list)

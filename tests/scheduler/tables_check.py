@@ -13,7 +13,13 @@ from services.scheduler.planner import Planner
 from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.tables import PODS, TABLES, rows_of
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.ids import IdKey
 from swarm.kernel.settings import Settings
+
+#: The id secret every scheduler of these tests gets (as `swarm up` gives one to its scheduler):
+#: a restarted scheduler, and the recount below, must derive the same proposal ids.
+ID_SECRET = "scheduler-test-secret-0123456789"
+IDS = IdKey.from_secret(ID_SECRET, "scheduler")
 
 
 def _normal(table: dict[Any, Any]) -> dict[str, str]:
@@ -24,7 +30,7 @@ def _normal(table: dict[Any, Any]) -> dict[str, str]:
 async def recovered_tables(url: str) -> tuple[int, dict[str, dict[str, str]]]:
     """Start the scheduler's stream app as a restarted scheduler would and take its tables as
     recovered, before it reads any event: (position, tables). Then stop it."""
-    intake = Intake(Planner(MostFreeCapacity()), clock=lambda: 0.0)
+    intake = Intake(Planner(MostFreeCapacity(), ids=IDS), clock=lambda: 0.0)
     app = intake.app(Settings(nats_url=url))
     await app.start()
     try:
@@ -41,7 +47,7 @@ async def recovered_tables(url: str) -> tuple[int, dict[str, dict[str, str]]]:
 async def recount(client: EventLog, position: int) -> tuple[dict[str, dict[str, str]], HiveState]:
     """Both the scheduler's rows and the Hive's state folded from the log up to `position`,
     from scratch (a fresh planner and the Hive's own `evolve`)."""
-    planner = Planner(MostFreeCapacity())
+    planner = Planner(MostFreeCapacity(), ids=IDS)
     hive = HiveState()
     if position > 0:
         async for d in client.replay(names.STREAM_EVENTS):

@@ -9,11 +9,11 @@ from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
 from services.scheduler.market import Market
 from services.scheduler.planner import Planner
 from services.scheduler.proposals import Hold
-from tests.scheduler.history import WASM, History
+from tests.scheduler.history import IDS, WASM, History
 
 
 def market_history() -> History:
-    return History(planner=Planner(Market(), preemption=True))
+    return History(planner=Planner(Market(), preemption=True, ids=IDS))
 
 
 def deploy(h: History, agent_id: str, memory: int, priority: int, **placement: object) -> str:
@@ -56,7 +56,7 @@ def test_a_higher_priority_that_fits_nowhere_preempts_the_newest_lowest() -> Non
     assert preempt.victims == (("low-b", "low-b-0"),)
     assert [c["outcome"] for c in h.planner.recent][-1] == "preempt"
     # A restarted scheduler proposes the same preemption under the same id.
-    again = h.replay_into(Planner(Market(), preemption=True)).plan(h.now)
+    again = h.replay_into(Planner(Market(), preemption=True, ids=IDS)).plan(h.now)
     assert [(p.command_id, p.victims) for p in again.proposals] == [
         (preempt.command_id, preempt.victims)
     ]

@@ -31,7 +31,7 @@ from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.tables_check import assert_tables_match_the_log
+from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +42,10 @@ SMALL_PODS = {"s1": (64 * 90, 1000), "s2": (64 * 70, 1000), "s3": (64 * 40, 1000
 
 @asynccontextmanager
 async def market_scheduler(url: str, **config: Any) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market", **config))
+    scheduler = Scheduler(
+        Settings(nats_url=url, command_id_secret=ID_SECRET),
+        SchedulerSettings(policy="market", **config),
+    )
     task = asyncio.create_task(scheduler.run())
     try:
         await asyncio.wait_for(scheduler.live.wait(), 10)
@@ -54,7 +57,12 @@ async def market_scheduler(url: str, **config: Any) -> AsyncIterator[Scheduler]:
 
 @contextmanager
 def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SWARM_NATS_URL": url, "SWARM_SCHEDULER_POLICY": "market"}
+    env = {
+        **os.environ,
+        "SWARM_NATS_URL": url,
+        "SWARM_SCHEDULER_POLICY": "market",
+        "SWARM_COMMAND_ID_SECRET": ID_SECRET,
+    }
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.scheduler"],

@@ -10,7 +10,8 @@ from schemas import names
 from services.scheduler.planner import Planner
 from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.proposals import parse_proposal_id, proposal_id
-from tests.scheduler.history import History
+from swarm.kernel.ids import IdKey
+from tests.scheduler.history import IDS, History
 
 
 def burst(h: History, n: int) -> None:
@@ -89,7 +90,7 @@ def test_rejection_releases_the_hold_and_retries_later_under_a_new_id() -> None:
     h.deploy("A")
     request_seq = h.seq
     (sent,) = h.planner.plan(h.now).proposals
-    assert sent.command_id == proposal_id(request_seq, 0, "A-0")
+    assert sent.command_id == proposal_id(request_seq, 0, "A-0", IDS)
     assert h.planner.offers()["p1"].free_slots == 0
     retry = h.rejected(sent.command_id)
     assert retry is not None
@@ -99,7 +100,7 @@ def test_rejection_releases_the_hold_and_retries_later_under_a_new_id() -> None:
     assert h.planner.offers()["p1"].free_slots == 1
     assert h.planner.plan(h.now + 0.4).proposals == []  # backing off
     (again,) = h.planner.plan(h.now + 0.6).proposals
-    assert again.command_id == proposal_id(request_seq, 1, "A-0")
+    assert again.command_id == proposal_id(request_seq, 1, "A-0", IDS)
     # A second rejection doubles the wait.
     retry = h.rejected(again.command_id)
     assert retry is not None
@@ -116,6 +117,24 @@ def test_outcomes_of_other_commands_are_ignored() -> None:
     assert len(h.planner.in_flight) == 1
 
 
+def test_a_foreign_rejection_of_a_guessed_id_is_ignored() -> None:
+    """Anyone may write an outcome; one for an id the scheduler did not make counts nothing."""
+    h = History()
+    h.pod("p1")
+    h.deploy("A")
+    request_seq = h.seq
+    (sent,) = h.planner.plan(h.now).proposals
+    # The guessable id of the old scheme, and one with our key's shape but another key.
+    for forged in (
+        f"place-{request_seq}-0-A-0",
+        proposal_id(request_seq, 0, "A-0", IdKey.from_secret("attacker-secret-xyz", "scheduler")),
+    ):
+        assert h.rejected(forged) is None
+    assert len(h.planner.in_flight) == 1
+    assert h.planner.plan(h.now + 10).proposals == []  # nothing to retry: still in flight
+    assert h.rejected(sent.command_id) is not None
+
+
 def test_a_restarted_planner_derives_the_same_ids_from_the_log() -> None:
     h = History()
     h.pod("p1", memory=256)
@@ -127,7 +146,7 @@ def test_a_restarted_planner_derives_the_same_ids_from_the_log() -> None:
     before = {p.replica_id: p.command_id for p in h.planner.plan(h.now).proposals}
     before.update({p.replica_id: p.command_id for p in plan.proposals[1:]})
     # A scheduler killed now and started again folds the same log...
-    restarted = h.replay_into(Planner(MostFreeCapacity()))
+    restarted = h.replay_into(Planner(MostFreeCapacity(), ids=IDS))
     # (Rejections read while replaying impose their backoff again, once.)
     after = {p.replica_id: p.command_id for p in restarted.plan(h.now + 1).proposals}
     # ...and re-sends exactly the ids already sent, which JetStream drops as duplicates.
@@ -159,10 +178,12 @@ def test_a_replica_stopped_while_its_proposal_is_out_releases_the_hold() -> None
 
 def test_proposal_ids_are_tokens_and_parse_back() -> None:
     long_replica = "R" * 60 + "-12"
+    other = IdKey.from_secret("another-secret-456", "scheduler")
     for seq, attempt, replica in ((1, 0, "A-0"), (987654321, 42, long_replica)):
-        command_id = proposal_id(seq, attempt, replica)
+        command_id = proposal_id(seq, attempt, replica, IDS)
         assert names.is_token(command_id)
-        assert command_id == proposal_id(seq, attempt, replica)
+        assert command_id == proposal_id(seq, attempt, replica, IDS)
+        assert command_id != proposal_id(seq, attempt, replica, other)  # unguessable w/o key
         assert parse_proposal_id(command_id) == (seq, attempt)
     assert parse_proposal_id("01HZZZZZZZZZZZZZZZZZZZZZZZ") is None
     assert parse_proposal_id("place-x-1-r") is None

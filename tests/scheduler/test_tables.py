@@ -19,11 +19,11 @@ from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.tables import TABLES, rows_of, view_of
 from swarm.kernel.streaming import StreamEvent
 from tests.hive.sim import Sim
-from tests.scheduler.history import spec
+from tests.scheduler.history import IDS, spec
 
 
 def _planner() -> Planner:
-    return Planner(MostFreeCapacity(), preemption=False)
+    return Planner(MostFreeCapacity(), preemption=False, ids=IDS)
 
 
 @dataclass

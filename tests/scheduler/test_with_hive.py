@@ -21,7 +21,7 @@ from services.scheduler import Scheduler, SchedulerSettings, Status
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.tables_check import assert_tables_match_the_log
+from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,7 +32,7 @@ TIGHT_PODS = {"p1": (64 * 100, 1000), "p2": (64 * 67, 1000), "p3": (64 * 34, 100
 
 @asynccontextmanager
 async def in_process_scheduler(url: str) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings())
+    scheduler = Scheduler(Settings(nats_url=url, command_id_secret=ID_SECRET), SchedulerSettings())
     task = asyncio.create_task(scheduler.run())
     try:
         await asyncio.wait_for(scheduler.live.wait(), 10)
@@ -44,7 +44,12 @@ async def in_process_scheduler(url: str) -> AsyncIterator[Scheduler]:
 
 @contextmanager
 def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SWARM_NATS_URL": url, "SWARM_SCHEDULER_POLICY": "most-free"}
+    env = {
+        **os.environ,
+        "SWARM_NATS_URL": url,
+        "SWARM_SCHEDULER_POLICY": "most-free",
+        "SWARM_COMMAND_ID_SECRET": ID_SECRET,
+    }
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.scheduler"],
@@ -189,7 +194,9 @@ async def test_proposals_resent_by_a_restarted_scheduler_are_dropped_as_duplicat
         await wait_until(requested, what="100 agents deployed")
         await stack.stop_hive()
 
-        first = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
+        first = Scheduler(
+            Settings(nats_url=stack.url, command_id_secret=ID_SECRET), SchedulerSettings()
+        )
         task = asyncio.create_task(first.run())
 
         async def all_proposed() -> bool:

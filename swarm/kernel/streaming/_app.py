@@ -45,10 +45,6 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from nats.js.errors import NotFoundError
 
@@ -57,6 +53,7 @@ from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, nats_server
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
+from swarm.kernel.streams import ensure_deadletter
 
 log = structlog.get_logger(__name__)
 
@@ -408,7 +405,7 @@ class StreamApp:
                 self.settings.nats_url, self.settings, name=f"stream-{self.name}", ensure=False
             )
             self._transport.attach(self._log)
-            await _ensure_deadletter(self._log, self.settings)
+            await ensure_deadletter(self._log.js, self.settings)
             await self._faust.start()
             producer = self._faust.producer
             await producer.create_topic(self._positions_topic, 1, 1)
@@ -723,20 +720,3 @@ def _output(envelope: Envelope[Any]) -> AppendRequest:
     if not isinstance(envelope, Envelope):
         raise TypeError(f"a handler returns envelopes to append, not {type(envelope).__name__}")
     return AppendRequest.of(envelope)
-
-
-async def _ensure_deadletter(log: EventLog, settings: Settings) -> None:
-    config = StreamConfig(
-        name=names.STREAM_DEADLETTER,
-        description="Events stream-processing apps could not process, with the reason.",
-        subjects=[names.DEADLETTER_ALL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        num_replicas=settings.stream_replicas,
-        duplicate_window=settings.duplicate_window,
-    )
-    try:
-        await log.js.stream_info(names.STREAM_DEADLETTER)
-    except NotFoundError:
-        await log.js.add_stream(config)
