@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     #: Secret behind the ids services derive for their commands (`swarm.kernel.ids`); unset, a
     #: process draws its own, and its ids change when it restarts.
     command_id_secret: str | None = Field(default=None, min_length=16, repr=False)
+
+    @field_validator("hive_public_key", "command_id_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `VAR: ${VAR:-}` in docker-compose sets an empty string for "not given".
+        return None if value == "" else value
 
     #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
     identity: str = "user:local"
