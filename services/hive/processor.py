@@ -64,7 +64,7 @@ from schemas import (
     utcnow,
 )
 from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import fold_checked
+from services.hive.evolve import evolve, fold_checked
 from services.hive.raft import ReplicatedState
 from services.hive.state import HiveState
 from swarm.kernel.eventlog import (
@@ -322,12 +322,15 @@ class CommandProcessor:
         return self._built(delivery, command, Rejection(why, rule="internal"), now)
 
     def _fold_ahead(self, pending: _Pending, first_seq: int) -> None:
-        """Fold what `pending` will write into the working state, at the sequences it will get."""
+        """Fold what `pending` will write into the working state, at the sequences it will get.
+
+        `pending.envelopes` are its bodies decoded back from their bytes (`_built`), so this is
+        what every replica will fold from the log."""
         working = self.working
         assert working is not None
-        for offset, request in enumerate(pending.requests):
+        for offset, envelope in enumerate(pending.envelopes):
             try:
-                fold_checked(working, first_seq + offset, request.body)
+                evolve(working, first_seq + offset, envelope)
             except Exception as exc:
                 raise Unfoldable(f"its events cannot be folded ({_describe(exc)})") from exc
 
