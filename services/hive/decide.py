@@ -54,14 +54,39 @@ def _on(command_type: type[Any]) -> Callable[[Handler], Handler]:
     return register
 
 
-def decide(state: HiveState, command: Envelope[Any], now: datetime) -> Outcome:
-    """Decide a decoded command against `state` (not modified) at time `now`."""
+def decide(
+    state: HiveState,
+    command: Envelope[Any],
+    now: datetime,
+    *,
+    missing_modules: frozenset[str] = frozenset(),
+) -> Outcome:
+    """Decide a decoded command against `state` (not modified) at time `now`.
+
+    `missing_modules` are module sha256s the caller looked up and did not find in the object
+    store (decide itself does no I/O); a deploy or rollout naming one is rejected (rule
+    `module`) rather than left to crash-loop on every pod it is placed on.
+    """
     handler = _HANDLERS.get(type(command.data))
     if handler is None:
         return Rejection(f"the Hive does not handle {command.type}", rule="type")
     refusal = check_identity(state, command)
     if refusal is not None:
         return Rejection(refusal.reason, rule=refusal.rule)
+    spec = getattr(command.data, "spec", None)
+    if isinstance(spec, AgentSpec) and spec.module.sha256 in missing_modules:
+        return Rejection(
+            f"module {spec.module.sha256} is not in the object store: push it with "
+            "`swarm module push FILE` and use the sha256 it prints",
+            rule="module",
+            errors=(
+                {
+                    "loc": "data.spec.module.sha256",
+                    "msg": "no module with this sha256 was pushed",
+                    "type": "module_missing",
+                },
+            ),
+        )
     return handler(state, command.data, command, now)
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 import nats.errors
 import structlog
+from nats.js.errors import NotFoundError
 
 from schemas import (
     REGISTRY,
@@ -63,6 +64,7 @@ from schemas import (
     names,
     utcnow,
 )
+from schemas.specs import AgentSpec
 from services.hive.decide import Decision, Rejection, decide
 from services.hive.evolve import evolve, fold_checked
 from services.hive.raft import ReplicatedState
@@ -151,6 +153,8 @@ class CommandProcessor:
         self._foreign: dict[str, int] = {}
         #: Commands whose message ids were taken by someone else: salted on the next try.
         self._salt: dict[str, str] = {}
+        #: Module sha256s found in the object store.
+        self._modules: set[str] = set()
 
     async def run(self, still_leader: Callable[[], bool]) -> None:
         self._still_leader = still_leader
@@ -254,7 +258,8 @@ class CommandProcessor:
                     group, size, covered, ids = [], 0, set(), set()
                 await self._give_up(delivery, f"delivered {delivery.num_delivered} times")
                 continue
-            pending = self._prepare(delivery)
+            missing = await self._missing_modules(delivery)
+            pending = self._prepare(delivery, missing)
             command_id = pending.command.id if pending.command is not None else None
             if group and (
                 size + len(pending.requests) > MAX_ATOMIC_BATCH
@@ -262,7 +267,7 @@ class CommandProcessor:
             ):
                 await self._commit(group)
                 group, size, covered, ids = [], 0, set(), set()
-                pending = self._prepare(delivery)
+                pending = self._prepare(delivery, missing)
             try:
                 self._fold_ahead(pending, self.end + size + 1)
             except Unfoldable as exc:
@@ -282,7 +287,37 @@ class CommandProcessor:
         if group:
             await self._commit(group)
 
-    def _prepare(self, delivery: Delivery) -> _Pending:
+    async def _missing_modules(self, delivery: Delivery) -> frozenset[str]:
+        """The module sha256s a deploy or rollout names that are not in the object store.
+
+        Looked up here, outside `decide` (which does no I/O), and handed to it as a fact: a
+        deploy of a module nobody pushed is rejected (rule `module`) instead of crash-looping on
+        every pod it is placed on. Modules are immutable, so one found stays known."""
+        if b'"sha256"' not in delivery.data:
+            return frozenset()
+        try:
+            command = REGISTRY.decode(delivery.data, kind="command")
+        except Exception:
+            return frozenset()  # answered as unreadable by `_prepare`
+        spec = getattr(command.data, "spec", None)
+        digest = spec.module.sha256 if isinstance(spec, AgentSpec) else None
+        if digest is None or digest in self._modules:
+            return frozenset()
+        try:
+            store = await self.log.js.object_store(names.OBJECT_STORE_MODULES)
+            await store.get_info(digest)
+        except NotFoundError:
+            return frozenset({digest})
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Not knowing is no reason to refuse: the pods report a module they cannot fetch.
+            log.warning("could not look up a module", sha256=digest, error=str(exc))
+            return frozenset()
+        self._modules.add(digest)
+        return frozenset()
+
+    def _prepare(
+        self, delivery: Delivery, missing_modules: frozenset[str] = frozenset()
+    ) -> _Pending:
         """The command's outcome and events as they will be written; never raises."""
         working = self.working
         assert working is not None
@@ -300,7 +335,7 @@ class CommandProcessor:
             )
         else:
             try:
-                outcome = decide(working, command, now)
+                outcome = decide(working, command, now, missing_modules=missing_modules)
             except Exception as exc:
                 log.exception("deciding a command failed", command=command.id, type=command.type)
                 outcome = Rejection(
@@ -383,7 +418,7 @@ class CommandProcessor:
         for _ in range(4):
             if not self._still_leader():
                 return  # unacked: redelivered to the next leader
-            pending = self._prepare(delivery)
+            pending = self._prepare(delivery, await self._missing_modules(delivery))
             try:
                 self._fold_ahead(pending, self.end + 1)
             except Unfoldable as exc:
