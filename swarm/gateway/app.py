@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from swarm.gateway import problems
+from swarm.gateway.guard import RequestGuard
 from swarm.gateway.problems import Problem
 from swarm.gateway.routes import (
     agents,
@@ -36,9 +37,10 @@ DESCRIPTION = """\
 Deploy and manage Swarm's agents over HTTP: the same commands and queries as the `swarm` CLI.
 
 Every `/v1` route needs `Authorization: Bearer <token>` (`swarm up` writes the token to
-`<data dir>/api-token`). Commands wait for the Hive's outcome unless `?wait=false` (202 with a
-`Location` to poll). Every error is an RFC 9457 problem document (`application/problem+json`,
-schema `Problem`).
+`<data dir>/api-token`), checked before the request's body is read. Bodies have a size limit
+(413 above it), and a JSON body must be UTF-8 JSON the API can encode again (400 otherwise).
+Commands wait for the Hive's outcome unless `?wait=false` (202 with a `Location` to poll).
+Every error is an RFC 9457 problem document (`application/problem+json`, schema `Problem`).
 """
 
 
@@ -90,6 +92,9 @@ def create_app(
         if log is not None
         else None
     )
+    # Outside the routing: the token and the body's size and text are judged before FastAPI
+    # reads the body (see `guard`).
+    app.add_middleware(RequestGuard, token=bearer, max_body_bytes=api_settings.max_body_bytes)
     problems.install(app)
     for module in (health, agents, namespaces, reads, behaviour, tasks, commands, events, webhooks):
         app.include_router(module.router)

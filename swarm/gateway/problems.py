@@ -10,6 +10,7 @@ carries a trace.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +54,16 @@ class Problem(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
     rule: str | None = Field(default=None, description="The Hive's rule that refused a command.")
     command_id: str | None = None
+
+
+class ProblemResponse(JSONResponse):
+    """A problem document, written in ASCII: its text may echo what a client sent, and a lone
+    surrogate in it (which UTF-8 cannot encode) must not turn the answer into a 500."""
+
+    media_type = PROBLEM_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class ProblemError(Exception):
@@ -103,11 +114,23 @@ def problem_response(
         rule=rule,
         command_id=command_id,
     )
-    return JSONResponse(
-        problem.model_dump(mode="json"),
-        status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=dict(headers or {}),
+    return ProblemResponse(
+        problem.model_dump(mode="json"), status_code=status, headers=dict(headers or {})
+    )
+
+
+def response_of(request: Request | None, exc: ProblemError) -> JSONResponse:
+    """The problem document `exc` stands for."""
+    return problem_response(
+        request,
+        exc.status,
+        exc.kind,
+        exc.title,
+        exc.detail,
+        errors=exc.errors,
+        rule=exc.rule,
+        command_id=exc.command_id,
+        headers=exc.headers,
     )
 
 
@@ -148,17 +171,7 @@ def install(app: FastAPI) -> None:
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
-        return problem_response(
-            request,
-            exc.status,
-            exc.kind,
-            exc.title,
-            exc.detail,
-            errors=exc.errors,
-            rule=exc.rule,
-            command_id=exc.command_id,
-            headers=exc.headers,
-        )
+        return response_of(request, exc)
 
     async def on_client_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ClientError)
@@ -214,10 +227,14 @@ def problem_schema_ref() -> dict[str, Any]:
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the problems a route may answer with."""
     described = {
+        400: (
+            "The request cannot be read: a path, query or header that is not text, or a JSON "
+            "body that is not UTF-8 JSON within the API's limits (see `errors`)."
+        ),
         401: "Missing or wrong bearer token.",
         404: "No such resource.",
         409: "The Hive rejected the command (see `rule`).",
-        413: "The command is larger than NATS accepts.",
+        413: "The body is over the API's limit, or what it makes is larger than NATS accepts.",
         422: "The request or the command it makes is invalid (see `errors`).",
         500: "The API failed unexpectedly.",
         502: "The Hive answered something the API cannot read.",

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_MIB = 1024 * 1024
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_API_", extra="ignore", frozen=True)
@@ -22,6 +24,10 @@ class GatewaySettings(BaseSettings):
     identity: str = Field(default="user:api", pattern=r"^(user|service):[A-Za-z0-9._@-]{1,64}$")
     #: How long a command request waits for its outcome unless it says `?timeout=`.
     command_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: The largest request body the API reads, in bytes (413 above it). The largest valid
+    #: command, a deploy with a 256 KiB inline module (about 342 KiB in base64) and its spec,
+    #: is well under the default; NATS' own payload limit (1 MiB by default) caps commands too.
+    max_body_bytes: int = Field(default=4 * _MIB, ge=_MIB, le=1024 * _MIB)
 
     def bearer_token(self) -> str:
         """The configured token; refusing to start without one keeps the API from being open."""

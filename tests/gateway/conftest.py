@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,29 @@ from tests.scheduler.stack import Stack, running_stack
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PROBLEM = "application/problem+json"
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response's problem document, checked to have the documented shape."""
+    assert response.status_code == status, response.text[:2000]
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("https://swarm.dev/problems/")
+    assert body["title"]
+    assert body["detail"]
+    assert set(body) == {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "instance",
+        "errors",
+        "rule",
+        "command_id",
+    }
+    return body
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,15 @@ from swarm.kernel.settings import Settings
 
 
 @contextmanager
-def serving(nats_url: str, token: str, database_url: str | None = None) -> Iterator[str]:
+def serving(
+    nats_url: str,
+    token: str,
+    database_url: str | None = None,
+    gateway_settings: GatewaySettings | None = None,
+) -> Iterator[str]:
     """Serve the API until the block ends; yields its base URL."""
     settings = Settings(nats_url=nats_url, database_url=database_url)
-    app = create_app(settings, GatewaySettings(), token=token)
+    app = create_app(settings, gateway_settings or GatewaySettings(), token=token)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

@@ -12,7 +12,7 @@ from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.service import Gateway
 
 #: Problems every authenticated route may answer with.
-COMMON_PROBLEMS = responses(401, 422, 500, 503)
+COMMON_PROBLEMS = responses(400, 401, 413, 422, 500, 503)
 #: What a command route may answer besides its outcome and the common problems.
 COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     202: {
@@ -22,7 +22,7 @@ COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
             "`Location` for the outcome."
         ),
     },
-    **responses(404, 409, 413),
+    **responses(404, 409),
 }
 AUTHENTICATED = [Depends(require_token)]
 

@@ -32,6 +32,9 @@ router = APIRouter(
 KEEPALIVE = 15.0
 _FORBIDDEN = frozenset(" \t\r\n")
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,256}$")
+_SEQUENCE = re.compile(r"[0-9]{1,16}")
+#: The highest stream sequence a request may name (JSON's exact integers).
+MAX_SEQ = 2**53
 
 SubjectQuery = Annotated[
     list[str] | None,
@@ -74,7 +77,7 @@ async def list_events(
     gw: GatewayDep,
     subject: SubjectQuery = None,
     after: Annotated[
-        int, Query(ge=0, le=2**53, description="Events after this sequence (0: from the start).")
+        int, Query(ge=0, le=MAX_SEQ, description="Events after this sequence (0: from the start).")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events in the page.")] = 100,
 ) -> EventPage:
@@ -117,7 +120,7 @@ async def stream_events(
     subject: SubjectQuery = None,
     from_seq: Annotated[
         int | None,
-        Query(ge=1, le=2**53, description="Start at this sequence (default: new events only)."),
+        Query(ge=1, le=MAX_SEQ, description="Start at this sequence (default: new events only)."),
     ] = None,
     last_event_id: Annotated[
         str | None,
@@ -130,16 +133,17 @@ async def stream_events(
     """A live, filtered stream of the event log as `text/event-stream`, until the client leaves."""
     subjects = check_subjects(subject)
     if last_event_id is not None and last_event_id.strip():
-        try:
-            start = int(last_event_id.strip()) + 1
-        except ValueError:
+        # Digits only and within `from_seq`'s range: `int()` would also take "1_0", and a
+        # 30-digit sequence went on to the replay.
+        sequence = last_event_id.strip()
+        if not (_SEQUENCE.fullmatch(sequence) and int(sequence) <= MAX_SEQ):
             raise ProblemError(
                 422,
                 "invalid-request",
                 "Invalid request",
                 f"Last-Event-ID {last_event_id!r} is not an event sequence",
-            ) from None
-        start = max(start, 1)
+            )
+        start = int(sequence) + 1
     elif from_seq is not None:
         start = from_seq
     else:

@@ -10,7 +10,8 @@ from schemas import names
 from swarm.gateway.models import Health
 from swarm.gateway.problems import problem_response, responses
 
-router = APIRouter(tags=["health"], responses=responses(500))
+#: No token here, but the request guard's limits on text and body size hold for every route.
+router = APIRouter(tags=["health"], responses=responses(400, 413, 500))
 
 
 @router.get("/healthz", response_model=Health)
