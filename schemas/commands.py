@@ -16,6 +16,7 @@ from schemas.registry import REGISTRY
 from schemas.specs import (
     MAX_ENERGY_COST,
     MAX_LEASE_S,
+    MAX_SURGE,
     MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
@@ -96,7 +97,7 @@ class RolloutAgent(AgentCommand):
 
     spec: AgentSpec
     #: How many new-version replicas may be started beyond the desired count at once.
-    max_surge: int = Field(default=1, ge=1, le=1000)
+    max_surge: int = Field(default=1, ge=1, le=MAX_SURGE)
 
 
 @REGISTRY.command("agent", "rollback")

@@ -24,6 +24,7 @@ from schemas.specs import (
     MAX_LEASE_S,
     MAX_REPLICAS,
     MAX_RESTARTS,
+    MAX_SURGE,
     MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
@@ -41,8 +42,6 @@ from schemas.specs import (
 )
 
 Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
-#: `RolloutAgent.max_surge`'s bounds.
-Surge = Annotated[int, Field(ge=1, le=1000)]
 
 AgentStatus = Literal[
     "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
@@ -103,7 +102,7 @@ class AgentRolloutStarted(Payload):
     agent_id: Id
     spec: AgentSpec
     from_version: Version
-    max_surge: Surge
+    max_surge: int = Field(ge=1, le=MAX_SURGE)
     rollback: bool = False
 
 

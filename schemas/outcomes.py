@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from schemas import names
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
-from schemas.specs import MAX_INT64, MAX_TYPE_CHARS
+from schemas.specs import MAX_INT64, MAX_TYPE_CHARS, cut_to
 
 #: Length of a rejection's reason and of one field error's message. Generous, because `decide`
 #: quotes values of a valid command in them (a webhook URL of up to 2,048 characters, printed
-#: with repr and in urlsplit's complaint about it).
+#: with repr and in urlsplit's complaint about it); longer text is cut, never refused (an
+#: agent's list of versions, quoted when a rollback names none of them, has no bound).
 MAX_OUTCOME_TEXT = 65_536
 #: Field errors one rejection lists (the decoder reports at most `MAX_DECODE_ERRORS` + 1).
 MAX_FIELD_ERRORS = 64
@@ -32,6 +33,9 @@ MAX_RECEIVED_TEXT = 4096
 CommandId = Annotated[str, Field(max_length=64)]
 EventId = Annotated[str, Field(max_length=64)]
 CommandType = Annotated[str, Field(max_length=MAX_TYPE_CHARS)]
+OutcomeText = Annotated[
+    str, BeforeValidator(cut_to(MAX_OUTCOME_TEXT)), Field(max_length=MAX_OUTCOME_TEXT)
+]
 ReceivedKey = Annotated[str, Field(max_length=64)]
 ReceivedValue = (
     Annotated[str, Field(max_length=MAX_RECEIVED_TEXT)]
@@ -42,8 +46,8 @@ ReceivedValue = (
 class FieldErrorModel(Payload):
     """One field-level problem with a rejected command."""
 
-    loc: str = Field(max_length=1024)
-    msg: str = Field(max_length=MAX_OUTCOME_TEXT)
+    loc: Annotated[str, BeforeValidator(cut_to(1024)), Field(max_length=1024)]
+    msg: OutcomeText
     type: str = Field(max_length=64)
 
 
@@ -72,7 +76,7 @@ class CommandRejected(_Answer):
     """The command was not carried out; nothing else was written for it."""
 
     command_type: CommandType | None = None
-    reason: str = Field(max_length=MAX_OUTCOME_TEXT)
+    reason: OutcomeText
     #: Field-level problems, for commands that failed validation.
     errors: list[FieldErrorModel] = Field(default_factory=list, max_length=MAX_FIELD_ERRORS)
     #: The rule that refused it (policy, quota, state), when one did.

@@ -41,7 +41,7 @@ MAX_DEPTH = 64
 MAX_DECODE_ERRORS = 32
 MAX_LOC_CHARS = 256
 MAX_MSG_CHARS = 512
-MAX_REASON_CHARS = 1024
+MAX_DECODE_REASON_CHARS = 1024
 #: Envelope attributes of an undecodable message kept in `received`, each cut to this length.
 RECEIVED_ATTRIBUTES = ("id", "type", "source", "correlationid", "identity")
 MAX_RECEIVED_CHARS = 256
@@ -64,9 +64,10 @@ class DecodeError(ValueError):
 
     `received` holds whatever envelope attributes could be read (id, type, source, ...), so an
     answer can still be addressed to the sender of a half-broken message. Everything in it is
-    bounded and encodable: the reason (`MAX_REASON_CHARS`), at most `MAX_DECODE_ERRORS` + 1 field
-    errors with short locations and messages, and `received` values that are strings of at most
-    `MAX_RECEIVED_CHARS` (a value cut short ends in "…", so a cut id is never a valid one).
+    bounded and encodable: the reason (`MAX_DECODE_REASON_CHARS`), at most `MAX_DECODE_ERRORS`
+    + 1 field errors with short locations and messages, and `received` values that are strings
+    of at most `MAX_RECEIVED_CHARS` (a value cut short ends in "…", so a cut id is never a
+    valid one).
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class DecodeError(ValueError):
         errors: Iterable[FieldError] = (),
         received: dict[str, Any] | None = None,
     ) -> None:
-        self.reason = _text(reason, MAX_REASON_CHARS)
+        self.reason = _text(reason, MAX_DECODE_REASON_CHARS)
         self.errors = _bounded_errors(errors)
         self.received = {
             k: _text(v, MAX_RECEIVED_CHARS)
@@ -83,7 +84,7 @@ class DecodeError(ValueError):
             if k in RECEIVED_ATTRIBUTES and isinstance(v, str)
         }
         detail = "; ".join(f"{e.loc}: {e.msg}" for e in self.errors)
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas import names
 
@@ -46,6 +47,8 @@ MAX_REPLICA_MEMORY_MB = 65_536
 MAX_POD_MEMORY_MB = 16 * _MIB
 #: Fuel per second one replica may reserve or one pod may offer.
 MAX_FUEL_PER_S = 10**15
+#: New-version replicas a rollout may start beyond the desired count at once.
+MAX_SURGE = 1000
 #: Replicas one pod may run at once.
 MAX_POD_SLOTS = 1_000_000
 #: A pod's relative energy cost per unit of work, and a bid per resource unit.
@@ -85,11 +88,31 @@ MAX_TYPE_CHARS = 256
 MAX_SNAPSHOT_CHARS = 256
 MAX_POLICY_CHARS = 64
 
+
+def cut_to(limit: int) -> Callable[[object], object]:
+    """A before-validator cutting text to `limit` characters (the last one then "…").
+
+    For free text the Hive writes itself (reasons, a rejection's messages): a reason that grew
+    beyond its bound (it may quote a command's values) is shortened rather than refused, so the
+    event that carries it can always be written. Sender input is never cut: it is refused.
+    """
+
+    def cut(value: object) -> object:
+        if isinstance(value, str) and len(value) > limit:
+            return value[: limit - 1] + "…"
+        return value
+
+    return cut
+
+
 LabelKey = Annotated[str, Field(max_length=MAX_LABEL_KEY_CHARS)]
 LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE_CHARS)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 Zone = Annotated[str, Field(max_length=MAX_ZONE_CHARS)]
-Reason = Annotated[str, Field(max_length=MAX_REASON_CHARS)]
+Reason = Annotated[
+    str, BeforeValidator(cut_to(MAX_REASON_CHARS)), Field(max_length=MAX_REASON_CHARS)
+]
+"""Why the Hive did something, in an event: cut to `MAX_REASON_CHARS` (see `cut_to`)."""
 SnapshotRef = Annotated[str, Field(max_length=MAX_SNAPSHOT_CHARS)]
 PolicyName = Annotated[str, Field(max_length=MAX_POLICY_CHARS)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_WINDOW_S)]

@@ -30,6 +30,7 @@ from schemas import (
     new_id,
 )
 from schemas import commands as c
+from schemas import events as ev
 from schemas import webhooks as w
 from schemas.outcomes import MAX_OUTCOME_TEXT
 from schemas.registry import (
@@ -51,6 +52,7 @@ from schemas.specs import (
     ModuleRef,
     RestartPolicy,
 )
+from services.hive.evolve import evolve
 from swarm.client.commands import validate_command
 from swarm.client.errors import ClientError
 from tests.hive.sim import Sim
@@ -464,8 +466,14 @@ def test_a_rejection_cannot_echo_unbounded_input() -> None:
         CommandRejected(command_id="x", reason="r", received={"deep": {"a": [1]}})  # type: ignore[dict-item]
     with pytest.raises(pydantic.ValidationError):
         CommandRejected(command_id="x", reason="r", received={f"k{i}": i for i in range(33)})
-    with pytest.raises(pydantic.ValidationError):
-        CommandRejected(command_id="x", reason="r" * (MAX_OUTCOME_TEXT + 1))
+    long = CommandRejected(
+        command_id="x",
+        reason="r" * 10**6,
+        errors=[{"loc": "l" * 2000, "msg": "m" * 10**6, "type": "t"}],
+    )  # type: ignore[list-item]
+    assert len(long.reason) == len(long.errors[0].msg) == MAX_OUTCOME_TEXT
+    assert long.reason.endswith("…")
+    assert len(long.errors[0].loc) == 1024
 
 
 # --- Decoder robustness beyond the models --------------------------------------------------------
@@ -546,9 +554,10 @@ def test_a_crash_loop_at_the_restart_bound_writes_decodable_events() -> None:
             c.ProposePlacement(agent_id=a, replica_id=replica_id, pod_id="p1", policy="test"),
             "service:scheduler",
         )
-        running = c.ReportReplica(agent_id=a, replica_id=replica_id, pod_id="p1", status="running")
-        sim.ok(running, "pod:p1")
-        crashed = running.model_copy(update={"status": "crashed", "reason": "r" * 2000})
+        # A replica may crash while it starts (scheduled): one report fewer per round.
+        crashed = c.ReportReplica(
+            agent_id=a, replica_id=replica_id, pod_id="p1", status="crashed", reason="r" * 2000
+        )
         sim.ok(crashed, "pod:p1")
     assert agent.replicas[replica_id].phase == "failed"
     crashes = [p.crashes for p in sim.log if p.TYPE == "swarm.agent.replica_crashed"]
@@ -592,6 +601,32 @@ def test_a_rejection_quoting_the_longest_webhook_url_can_be_written() -> None:
         rule=outcome.rule,
         errors=[FieldErrorModel(**e) for e in outcome.errors],
     )
+    wire = event(rejected, aggregate_id="c1", source="hive").to_json()
+    assert REGISTRY.decode(wire, kind="event").data == rejected
+
+
+def test_a_rejection_quoting_a_thousand_long_version_names_can_be_written() -> None:
+    """A rollback to a version the agent never had lists the versions it has: as many as were
+    ever rolled out. The Hive's rejection is cut to its bound, not refused."""
+    sim = Sim()
+    module = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+    versions = [f"v{i:04d}-" + "x" * 58 for i in range(1000)]
+    sim.ok(c.DeployAgent(name="old", spec=AgentSpec(version=versions[0], module=module)))
+    (agent_id,) = sim.state.agents
+    # The rollouts' own events, folded directly: deciding a thousand rollouts takes minutes.
+    for seq, version in enumerate(versions[1:], start=sim.seq + 1):
+        started = ev.AgentRolloutStarted(
+            agent_id=agent_id,
+            spec=AgentSpec(version=version, module=module),
+            from_version=sim.state.agents[agent_id].spec.version,
+            max_surge=1,
+        )
+        evolve(sim.state, seq, event(started, aggregate_id=agent_id, source="hive"))
+    assert len(sim.state.agents[agent_id].history) == 1000
+    outcome = sim.rejected(c.RollbackAgent(name="old", to_version="never"))
+    assert len(outcome.reason) > MAX_OUTCOME_TEXT
+    rejected = CommandRejected(command_id="c1", reason=outcome.reason, rule=outcome.rule)
+    assert len(rejected.reason) == MAX_OUTCOME_TEXT
     wire = event(rejected, aggregate_id="c1", source="hive").to_json()
     assert REGISTRY.decode(wire, kind="event").data == rejected
 
