@@ -13,17 +13,29 @@ from pydantic import Field
 
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
-from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
 from schemas.specs import (
+    MAX_ENERGY_COST,
+    MAX_LEASE_S,
+    MAX_SURGE,
+    MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
     Capacity,
     Id,
+    Labels,
     Name,
+    PolicyName,
     Quota,
+    SnapshotRef,
     Version,
+    Zone,
 )
+from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
+
+#: How long ago a pod's last heartbeat may be said to be (ten years: the Hive measures it from
+#: its own clock, so any real age is far below).
+MAX_HEARTBEAT_AGE_S = 10 * 365 * 86_400.0
 
 # --- namespaces ----------------------------------------------------------------------------------
 
@@ -85,7 +97,7 @@ class RolloutAgent(AgentCommand):
 
     spec: AgentSpec
     #: How many new-version replicas may be started beyond the desired count at once.
-    max_surge: int = Field(default=1, ge=1, le=1000)
+    max_surge: int = Field(default=1, ge=1, le=MAX_SURGE)
 
 
 @REGISTRY.command("agent", "rollback")
@@ -116,12 +128,12 @@ class RegisterPod(Payload):
 
     pod_id: Id
     capacity: Capacity
-    labels: dict[str, str] = Field(default_factory=dict)
-    zone: str = Field(default="default", max_length=64)
+    labels: Labels = Field(default_factory=dict)
+    zone: Zone = "default"
     #: Relative energy cost of one unit of work on this pod (for energy-aware placement).
-    energy_cost: float = Field(default=1.0, ge=0)
+    energy_cost: float = Field(default=1.0, ge=0, le=MAX_ENERGY_COST)
     #: Seconds without a heartbeat after which the pod's lease expires.
-    lease_s: float = Field(default=10.0, gt=0, le=3600)
+    lease_s: float = Field(default=10.0, ge=MIN_LEASE_S, le=MAX_LEASE_S)
 
 
 @REGISTRY.command("pod", "deregister")
@@ -137,7 +149,7 @@ class ExpirePod(Payload):
     """Issued by the Hive's reconcile loop when a pod's lease ran out."""
 
     pod_id: Id
-    last_heartbeat_age_s: float = Field(ge=0)
+    last_heartbeat_age_s: float = Field(ge=0, le=MAX_HEARTBEAT_AGE_S)
 
 
 # --- placement and replica reports ---------------------------------------------------------------
@@ -150,7 +162,7 @@ class ProposePlacement(Payload):
     agent_id: Id
     replica_id: Id
     pod_id: Id
-    policy: str = Field(max_length=64)
+    policy: PolicyName
     reason: str = Field(default="", max_length=500)
 
 
@@ -167,7 +179,7 @@ class ReportReplica(Payload):
     status: ReplicaStatus
     reason: str = Field(default="", max_length=2000)
     #: Snapshot the replica resumed from (on starting) or saved last (on stopped/crashed).
-    snapshot: str | None = Field(default=None, max_length=256)
+    snapshot: SnapshotRef | None = None
 
 
 @REGISTRY.command("replica", "restart")

@@ -2,12 +2,16 @@
 
 Only the Hive writes these. Replicas of an agent are part of the agent aggregate (their events
 are on the agent's subjects), so one expected-sequence check covers an agent and its replicas.
+
+An event carries the bounds of the command it comes from, and none tighter than what the Hive
+derives from a valid command (reasons quote a command's reason, counters count crashes), so
+every event the Hive can write decodes again and can be folded.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -15,15 +19,29 @@ from schemas import names
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import (
+    MAX_ENERGY_COST,
+    MAX_INT64,
+    MAX_LEASE_S,
+    MAX_REPLICAS,
+    MAX_RESTARTS,
+    MAX_SURGE,
+    MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
     Capacity,
     Id,
+    Labels,
     Name,
+    PolicyName,
     Quota,
+    Reason,
+    SnapshotRef,
     Version,
+    Zone,
 )
+
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 
 AgentStatus = Literal[
     "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
@@ -55,15 +73,15 @@ class AgentDeployed(Payload):
     namespace: Name
     name: Name
     spec: AgentSpec
-    replicas: int
+    replicas: Replicas
     autoscale: AutoscalePolicy | None = None
 
 
 @REGISTRY.event("agent", "scaled")
 class AgentScaled(Payload):
     agent_id: Id
-    replicas: int
-    previous: int
+    replicas: Replicas
+    previous: Replicas
     #: The autoscaler's forecast and reasoning, when it asked for this count.
     autoscale: AutoscaleDecision | None = None
 
@@ -84,7 +102,7 @@ class AgentRolloutStarted(Payload):
     agent_id: Id
     spec: AgentSpec
     from_version: Version
-    max_surge: int
+    max_surge: int = Field(ge=1, le=MAX_SURGE)
     rollback: bool = False
 
 
@@ -101,13 +119,13 @@ class AgentStatusChanged(Payload):
     agent_id: Id
     status: AgentStatus
     previous: AgentStatus
-    reason: str
+    reason: Reason
 
 
 @REGISTRY.event("agent", "deleted")
 class AgentDeleted(Payload):
     agent_id: Id
-    reason: str
+    reason: Reason
 
 
 # --- replicas (on the agent aggregate) ------------------------------------------------------------
@@ -121,8 +139,8 @@ class ReplicaRequested(Payload):
     replica_id: Id
     version: Version
     #: The snapshot it must resume from (after a crash or the loss of its pod).
-    snapshot: str | None = None
-    reason: str
+    snapshot: SnapshotRef | None = None
+    reason: Reason
     #: `latest`: resume from the newest state saved under the snapshot's key (or the replica's
     #: own); `exact` (a healing rewind): from the newest state the replica saved before
     #: `before` if its pod still keeps one, else from exactly `snapshot` (None: empty).
@@ -135,8 +153,8 @@ class ReplicaScheduled(Payload):
     agent_id: Id
     replica_id: Id
     pod_id: Id
-    policy: str
-    reason: str
+    policy: PolicyName
+    reason: Reason
 
 
 @REGISTRY.event("agent", "replica_starting")
@@ -144,7 +162,7 @@ class ReplicaStarting(Payload):
     agent_id: Id
     replica_id: Id
     pod_id: Id
-    snapshot: str | None = None
+    snapshot: SnapshotRef | None = None
 
 
 @REGISTRY.event("agent", "replica_running")
@@ -161,10 +179,11 @@ class ReplicaCrashed(Payload):
     agent_id: Id
     replica_id: Id
     pod_id: Id | None
-    reason: str
-    crashes: int
+    reason: Reason
+    #: Crashes within the restart window, this one included (at most one past `max_restarts`).
+    crashes: int = Field(ge=1, le=MAX_RESTARTS + 1)
     restart_at: datetime | None
-    snapshot: str | None = None
+    snapshot: SnapshotRef | None = None
 
 
 @REGISTRY.event("agent", "replica_failed")
@@ -173,7 +192,7 @@ class ReplicaFailed(Payload):
 
     agent_id: Id
     replica_id: Id
-    reason: str
+    reason: Reason
 
 
 @REGISTRY.event("agent", "replica_stopping")
@@ -182,15 +201,15 @@ class ReplicaStopping(Payload):
 
     agent_id: Id
     replica_id: Id
-    reason: str
+    reason: Reason
 
 
 @REGISTRY.event("agent", "replica_stopped")
 class ReplicaStopped(Payload):
     agent_id: Id
     replica_id: Id
-    reason: str
-    snapshot: str | None = None
+    reason: Reason
+    snapshot: SnapshotRef | None = None
 
 
 # --- pods ----------------------------------------------------------------------------------------
@@ -200,10 +219,10 @@ class ReplicaStopped(Payload):
 class PodRegistered(Payload):
     pod_id: Id
     capacity: Capacity
-    labels: dict[str, str] = Field(default_factory=dict)
-    zone: str
-    energy_cost: float
-    lease_s: float
+    labels: Labels = Field(default_factory=dict)
+    zone: Zone
+    energy_cost: float = Field(ge=0, le=MAX_ENERGY_COST)
+    lease_s: float = Field(ge=MIN_LEASE_S, le=MAX_LEASE_S)
 
 
 @REGISTRY.event("pod", "lost")
@@ -211,7 +230,7 @@ class PodLost(Payload):
     """The pod's lease expired or it deregistered; its replicas were rescheduled."""
 
     pod_id: Id
-    reason: str
+    reason: Reason
 
 
 # --- the Hive itself ------------------------------------------------------------------------------
@@ -228,6 +247,6 @@ class HiveLeaderElected(Payload):
 
     node: Id
     #: pysyncobj's Raft term of the election.
-    term: int = Field(ge=0)
+    term: int = Field(ge=0, le=MAX_INT64)
     #: The last log sequence the new leader's state had folded.
-    applied_seq: int = Field(ge=0)
+    applied_seq: int = Field(ge=0, le=MAX_INT64)

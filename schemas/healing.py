@@ -14,7 +14,7 @@ from pydantic import Field
 
 from schemas.envelope import AwareDatetime, Payload
 from schemas.registry import REGISTRY
-from schemas.specs import Id, Version
+from schemas.specs import Id, Reason, SnapshotRef, Version
 
 # --- commands ------------------------------------------------------------------------------------
 
@@ -71,14 +71,14 @@ class PublishReputation(Payload):
 @REGISTRY.event("agent", "quarantined")
 class AgentQuarantined(Payload):
     agent_id: Id
-    reason: str
+    reason: Reason
     anomaly_id: Id | None = None
 
 
 @REGISTRY.event("agent", "released")
 class AgentReleased(Payload):
     agent_id: Id
-    reason: str
+    reason: Reason
 
 
 @REGISTRY.event("agent", "replica_rewound")
@@ -90,11 +90,11 @@ class ReplicaRewound(Payload):
 
     agent_id: Id
     replica_id: Id
-    snapshot: str | None
+    snapshot: SnapshotRef | None
     #: When the Hive learnt of that snapshot (the replica had it at that time).
     snapshot_at: datetime | None
     before: datetime
-    reason: str
+    reason: Reason
     anomaly_id: Id | None = None
 
 
@@ -105,7 +105,7 @@ class AgentReverted(Payload):
     agent_id: Id
     from_version: Version
     to_version: Version
-    reason: str
+    reason: Reason
     anomaly_id: Id | None = None
 
 
@@ -117,4 +117,4 @@ class ReputationChanged(Payload):
     trust: float = Field(ge=0, le=1)
     previous: float = Field(ge=0, le=1)
     #: What moved it last.
-    reason: str
+    reason: Reason

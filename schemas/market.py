@@ -13,11 +13,15 @@ they are high volume and answered live by the scheduler on `swarm.query.market.s
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
-from schemas.specs import Id
+from schemas.specs import MAX_PRIORITY, Id, PolicyName
+
+Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 
 #: Victims one preemption may name; keeps the decision within one atomic append.
 MAX_VICTIMS = 64
@@ -36,7 +40,7 @@ class PreemptPlacement(Payload):
     replica_id: Id
     pod_id: Id
     victims: list[Victim] = Field(min_length=1, max_length=MAX_VICTIMS)
-    policy: str = Field(max_length=64)
+    policy: PolicyName
     reason: str = Field(default="", max_length=500)
 
 
@@ -50,8 +54,9 @@ class ReplicaPreempted(Payload):
     agent_id: Id
     replica_id: Id
     pod_id: Id
-    priority: int
+    #: Effective priorities (`AgentSpec.effective_priority`), within the spec's bounds.
+    priority: Priority
     by_agent_id: Id
     by_replica_id: Id
-    by_priority: int
+    by_priority: Priority
     reason: str = Field(default="", max_length=500)

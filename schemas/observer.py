@@ -17,6 +17,10 @@ from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import Id
 
+#: Bound of a signal's value, baseline, score and threshold: far beyond any metric a pod reports
+#: (fuel per call, latency, bytes, rates), but finite, so the evidence survives the log.
+MAX_SIGNAL = 1e30
+
 Severity = Literal["info", "warning", "critical"]
 
 #: Behaviour signals the detectors score (one per metric series, plus derived ones).
@@ -38,13 +42,13 @@ class SignalEvidence(Payload):
 
     signal: Signal
     #: The value seen in the window (for example mean fuel per call).
-    value: float
+    value: float = Field(ge=-MAX_SIGNAL, le=MAX_SIGNAL)
     #: What is normal for this agent (the detector's baseline, for example a rolling median).
-    baseline: float
+    baseline: float = Field(ge=-MAX_SIGNAL, le=MAX_SIGNAL)
     #: The detector's score for this signal (for robust z-scores: |x - median| / (1.4826 MAD)).
-    score: float = Field(ge=0)
+    score: float = Field(ge=0, le=MAX_SIGNAL)
     #: The threshold the score was compared against (adaptive, so it is recorded).
-    threshold: float = Field(ge=0)
+    threshold: float = Field(ge=0, le=MAX_SIGNAL)
 
 
 class AnomalyFinding(Payload):

@@ -1,12 +1,19 @@
-"""Value objects shared by commands and events: agent specs, resources, quotas, capacity."""
+"""Value objects shared by commands and events: agent specs, resources, quotas, capacity.
+
+Every number here is finite and bounded above and below, and every string, list and map has a
+size bound: a command that passes these models can be folded, priced and timed by plain Python
+arithmetic without overflow, and its echo in an event stays within one NATS message. The bounds
+are far beyond what a real deployment asks for; they appear in the exported JSON Schemas.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas import names
 
@@ -21,6 +28,8 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 #: Largest module that may travel inline in a command; bigger ones go to the object store.
 INLINE_MODULE_MAX_BYTES = 256 * 1024
+#: Its base64 text, which is checked for length before it is decoded.
+INLINE_MODULE_MAX_CHARS = 4 * -(-INLINE_MODULE_MAX_BYTES // 3)
 
 _MIB = 1024 * 1024
 #: Upper bounds of the per-call sandbox limits and of an agent's key-value state.
@@ -29,9 +38,91 @@ MAX_FUEL_PER_CALL = 10**12
 MAX_STATE_BYTES = 256 * _MIB
 MAX_STATE_KEYS = 1_000_000
 
+# --- Bounds of numbers ---------------------------------------------------------------------------
+# Sums over every replica of a namespace or a pod stay far inside int64 and float64 (the
+# scheduler prices in numpy), and every duration fits a `timedelta` added to now.
+
+#: Memory one replica may reserve, and memory one pod may offer (16 TiB: the largest machines).
+MAX_REPLICA_MEMORY_MB = 65_536
+MAX_POD_MEMORY_MB = 16 * _MIB
+#: Fuel per second one replica may reserve or one pod may offer.
+MAX_FUEL_PER_S = 10**15
+#: New-version replicas a rollout may start beyond the desired count at once.
+MAX_SURGE = 1000
+#: Replicas one pod may run at once.
+MAX_POD_SLOTS = 1_000_000
+#: A pod's relative energy cost per unit of work, and a bid per resource unit.
+MAX_ENERGY_COST = 1e6
+MAX_PRICE = 1e6
+#: A pod's heartbeat lease: below half a second a pod could not beat often enough.
+MIN_LEASE_S = 0.5
+MAX_LEASE_S = 3600.0
+#: Time windows, cooldowns and look-backs of policies (one week), and a restart backoff (a day).
+MAX_WINDOW_S = 7 * 86_400.0
+MAX_BACKOFF_S = 86_400.0
+#: Namespace quota limits (a quota above these is no limit in practice; leave it unset).
+MAX_QUOTA_AGENTS = 1_000_000
+MAX_QUOTA_REPLICAS = 10**9
+MAX_QUOTA_MEMORY_MB = 10**12
+MAX_QUOTA_FUEL_PER_S = 10**18
+#: Message rates and queue depths the autoscaler reports (per second, messages).
+MAX_RATE = 1e15
+#: Log sequences, Raft terms and other counters: int64, what every client language can hold.
+MAX_INT64 = 2**63 - 1
+
+# --- Bounds of sizes -----------------------------------------------------------------------------
+
+#: Free text the Hive writes into an event (a reason, possibly quoting a command's reason).
+MAX_REASON_CHARS = 8192
+#: Labels on a pod or an agent, and the length of each key and value.
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 128
+MAX_LABEL_VALUE_CHARS = 256
+#: Environment variables of an agent.
+MAX_ENV_VARS = 64
+MAX_ENV_KEY_CHARS = 256
+MAX_ENV_VALUE_CHARS = 4096
+#: A zone name, a command type, a snapshot reference, a scheduling policy's name.
+MAX_ZONE_CHARS = 64
+MAX_TYPE_CHARS = 256
+MAX_SNAPSHOT_CHARS = 256
+MAX_POLICY_CHARS = 64
+
+
+def cut_to(limit: int) -> Callable[[object], object]:
+    """A before-validator cutting text to `limit` characters (the last one then "…").
+
+    For free text the Hive writes itself (reasons, a rejection's messages): a reason that grew
+    beyond its bound (it may quote a command's values) is shortened rather than refused, so the
+    event that carries it can always be written. Sender input is never cut: it is refused.
+    """
+
+    def cut(value: object) -> object:
+        if isinstance(value, str) and len(value) > limit:
+            return value[: limit - 1] + "…"
+        return value
+
+    return cut
+
+
+LabelKey = Annotated[str, Field(max_length=MAX_LABEL_KEY_CHARS)]
+LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE_CHARS)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+Zone = Annotated[str, Field(max_length=MAX_ZONE_CHARS)]
+Reason = Annotated[
+    str, BeforeValidator(cut_to(MAX_REASON_CHARS)), Field(max_length=MAX_REASON_CHARS)
+]
+"""Why the Hive did something, in an event: cut to `MAX_REASON_CHARS` (see `cut_to`)."""
+SnapshotRef = Annotated[str, Field(max_length=MAX_SNAPSHOT_CHARS)]
+PolicyName = Annotated[str, Field(max_length=MAX_POLICY_CHARS)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_WINDOW_S)]
+"""A duration of a policy: zero or more, at most `MAX_WINDOW_S`."""
+
 
 class Value(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    # allow_inf_nan=False: JSON's non-standard Infinity/NaN (which pydantic's parser reads) and
+    # literals like 1e400 (which parse to inf) are refused like any out-of-range number.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_base64(value: str) -> str:
@@ -57,7 +148,10 @@ class ModuleRef(Value):
     """Where an agent's WebAssembly module is: in the object store by sha256, or inline."""
 
     sha256: Sha256 | None = None
-    inline: Annotated[str, AfterValidator(_check_base64)] | None = None
+    inline: (
+        Annotated[str, Field(max_length=INLINE_MODULE_MAX_CHARS), AfterValidator(_check_base64)]
+        | None
+    ) = None
     kind: Literal["core", "component"] = "core"
 
     @model_validator(mode="after")
@@ -70,17 +164,22 @@ class ModuleRef(Value):
 class Resources(Value):
     """What one replica of an agent reserves on the pod that runs it."""
 
-    memory_mb: int = Field(default=64, ge=1, le=65_536)
-    fuel_per_s: int = Field(default=10_000_000, ge=1)
+    memory_mb: int = Field(default=64, ge=1, le=MAX_REPLICA_MEMORY_MB)
+    fuel_per_s: int = Field(default=10_000_000, ge=1, le=MAX_FUEL_PER_S)
+
+
+#: Crashes within a window before a replica is failed; `agent.replica_crashed` counts at most
+#: one more than this (the crash that fails it).
+MAX_RESTARTS = 1000
 
 
 class RestartPolicy(Value):
     """Crash handling: exponential backoff, and `failed` after too many crashes in a window."""
 
-    max_restarts: int = Field(default=5, ge=0, le=1000)
-    window_s: float = Field(default=300.0, gt=0)
-    backoff_s: float = Field(default=1.0, gt=0)
-    max_backoff_s: float = Field(default=60.0, gt=0)
+    max_restarts: int = Field(default=5, ge=0, le=MAX_RESTARTS)
+    window_s: float = Field(default=300.0, gt=0, le=MAX_WINDOW_S)
+    backoff_s: float = Field(default=1.0, gt=0, le=MAX_BACKOFF_S)
+    max_backoff_s: float = Field(default=60.0, gt=0, le=MAX_BACKOFF_S)
 
 
 class Limits(Value):
@@ -96,6 +195,9 @@ class Limits(Value):
     state_bytes: int = Field(default=4 * _MIB, ge=0, le=MAX_STATE_BYTES)
     state_keys: int = Field(default=4096, ge=0, le=MAX_STATE_KEYS)
 
+
+#: Bounds of `AgentSpec.priority` (and so of every effective priority).
+MAX_PRIORITY = 1000
 
 #: Named priority classes and the number each stands for (higher wins; a replica may only be
 #: preempted for a strictly higher number). `AgentSpec.priority` takes any number in
@@ -120,10 +222,10 @@ class Placement(Value):
     """
 
     priority_class: PriorityClass | None = None
-    max_price: float | None = Field(default=None, gt=0)
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=16)
-    zones: list[str] = Field(default_factory=list, max_length=16)
-    avoid_zones: list[str] = Field(default_factory=list, max_length=16)
+    max_price: float | None = Field(default=None, gt=0, le=MAX_PRICE)
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+    zones: list[Zone] = Field(default_factory=list, max_length=16)
+    avoid_zones: list[Zone] = Field(default_factory=list, max_length=16)
 
 
 #: What the Hive does about a misbehaving agent (`none`: only record the finding).
@@ -144,13 +246,13 @@ class HealingPolicy(Value):
     on_critical: HealingAction = "quarantine"
     on_repeated: HealingAction = "restart"
     repeat: int = Field(default=3, ge=1, le=20)
-    window_s: float = Field(default=300.0, gt=0)
+    window_s: float = Field(default=300.0, gt=0, le=MAX_WINDOW_S)
     on_low_trust: HealingAction = "quarantine"
     #: 0 disables the trust trigger.
     min_trust: float = Field(default=0.2, ge=0, le=1)
     rollback_on_regression: bool = True
-    regression_s: float = Field(default=600.0, ge=0)
-    cooldown_s: float = Field(default=30.0, ge=0)
+    regression_s: Seconds = 600.0
+    cooldown_s: Seconds = 30.0
 
 
 HostPattern = Annotated[
@@ -185,14 +287,19 @@ class AgentSpec(Value):
     restart: RestartPolicy = RestartPolicy()
     #: Command types this agent may issue on its own (its autonomy bounds), e.g.
     #: ["swarm.cmd.agent.scale"]; anything else it sends is rejected with rule "autonomy".
-    autonomy: list[str] = Field(default_factory=list, max_length=64)
+    autonomy: list[Annotated[str, Field(max_length=MAX_TYPE_CHARS)]] = Field(
+        default_factory=list, max_length=64
+    )
     #: Host capabilities beyond the default sandbox ("fs", "net", "env").
-    capabilities: list[Literal["fs", "net", "env"]] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    capabilities: list[Literal["fs", "net", "env"]] = Field(default_factory=list, max_length=8)
+    env: dict[
+        Annotated[str, Field(max_length=MAX_ENV_KEY_CHARS)],
+        Annotated[str, Field(max_length=MAX_ENV_VALUE_CHARS)],
+    ] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     #: Hosts the "net" capability may reach (default: any public host).
     network: Network = Network()
-    labels: dict[str, str] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    labels: Labels = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     #: Market bid, priority class, constraints and affinities (see `Placement`).
     placement: Placement = Placement()
     #: Topics the agent subscribes to (subject tokens, at most 32, no repeats; topic names are
@@ -232,18 +339,18 @@ class AgentSpec(Value):
 class Quota(Value):
     """Namespace limits; None means unlimited."""
 
-    max_agents: int | None = Field(default=None, ge=0)
-    max_replicas: int | None = Field(default=None, ge=0)
-    max_memory_mb: int | None = Field(default=None, ge=0)
-    max_fuel_per_s: int | None = Field(default=None, ge=0)
+    max_agents: int | None = Field(default=None, ge=0, le=MAX_QUOTA_AGENTS)
+    max_replicas: int | None = Field(default=None, ge=0, le=MAX_QUOTA_REPLICAS)
+    max_memory_mb: int | None = Field(default=None, ge=0, le=MAX_QUOTA_MEMORY_MB)
+    max_fuel_per_s: int | None = Field(default=None, ge=0, le=MAX_QUOTA_FUEL_PER_S)
 
 
 class Capacity(Value):
     """What a pod offers."""
 
-    memory_mb: int = Field(ge=1)
-    fuel_per_s: int = Field(ge=1)
-    slots: int = Field(ge=1, le=1_000_000)
+    memory_mb: int = Field(ge=1, le=MAX_POD_MEMORY_MB)
+    fuel_per_s: int = Field(ge=1, le=MAX_FUEL_PER_S)
+    slots: int = Field(ge=1, le=MAX_POD_SLOTS)
 
 
 # --- Autoscaling ---------------------------------------------------------------------------------
@@ -252,6 +359,11 @@ class Capacity(Value):
 MAX_REPLICAS = 400
 
 ForecastMethod = Literal["holt", "ewma"]
+#: Per-replica targets divide the demand, so they are bounded away from zero: demand up to
+#: `MAX_RATE` over `MIN_TARGET` still is a finite number of replicas (then capped by policy).
+MIN_TARGET = 0.001
+MAX_TARGET = 1e9
+MAX_HORIZON_S = 3600.0
 
 
 class AutoscalePolicy(Value):
@@ -268,14 +380,14 @@ class AutoscalePolicy(Value):
     max_replicas: int = Field(default=10, ge=1, le=MAX_REPLICAS)
     #: Messages per second one replica should carry; None: learned from the replicas' observed
     #: service time (calls per busy second) times `target_utilization`.
-    target_rate: float | None = Field(default=None, gt=0)
+    target_rate: float | None = Field(default=None, ge=MIN_TARGET, le=MAX_TARGET)
     #: Mailbox depth per replica to aim for; None: queue depth does not size the agent.
-    target_queue: float | None = Field(default=None, gt=0)
+    target_queue: float | None = Field(default=None, ge=MIN_TARGET, le=MAX_TARGET)
     #: Share of a replica's learned throughput to plan for (headroom before saturation).
-    target_utilization: float = Field(default=0.8, gt=0, le=1)
+    target_utilization: float = Field(default=0.8, ge=0.01, le=1)
     cooldown_s: float = Field(default=30.0, ge=0, le=86_400)
     scale_down_after_s: float = Field(default=120.0, ge=0, le=86_400)
-    horizon_s: float = Field(default=30.0, gt=0, le=3600)
+    horizon_s: float = Field(default=30.0, gt=0, le=MAX_HORIZON_S)
     #: `holt`: Holt's linear trend (level + trend); `ewma`: level only (no trend).
     method: ForecastMethod = "holt"
 
@@ -292,25 +404,25 @@ class DemandForecast(Value):
     """What the autoscaler saw and predicted for one agent when it decided."""
 
     method: ForecastMethod
-    horizon_s: float
+    horizon_s: float = Field(gt=0, le=MAX_HORIZON_S)
     #: Messages per second arriving at all replicas now, and forecast `horizon_s` ahead.
-    rate: float
-    rate_forecast: float
+    rate: float = Field(ge=0, le=MAX_RATE)
+    rate_forecast: float = Field(ge=0, le=MAX_RATE)
     #: Messages waiting in all mailboxes now, and forecast.
-    queue: float
-    queue_forecast: float
+    queue: float = Field(ge=0, le=MAX_RATE)
+    queue_forecast: float = Field(ge=0, le=MAX_RATE)
     #: What one replica is planned to carry (None: that signal did not size the agent).
-    capacity_rate: float | None = None
-    capacity_queue: float | None = None
+    capacity_rate: float | None = Field(default=None, ge=0, le=MAX_RATE)
+    capacity_queue: float | None = Field(default=None, ge=0, le=MAX_RATE)
     #: Replicas whose metrics went into the sample.
-    reporting: int = 0
+    reporting: int = Field(default=0, ge=0, le=MAX_INT64)
 
 
 class AutoscaleDecision(Value):
     """Why the autoscaler asked for a replica count: carried by `agent.scale` and `agent.scaled`."""
 
     direction: Literal["up", "down", "bounds"]
-    previous: int
-    replicas: int
+    previous: int = Field(ge=0, le=MAX_REPLICAS)
+    replicas: int = Field(ge=0, le=MAX_REPLICAS)
     reason: str = Field(max_length=500)
     forecast: DemandForecast

@@ -126,7 +126,7 @@ class DeliveryAttempt(BaseModel):
     an interrupted earlier run may have sent already (the receiver sees the same webhook-id).
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     webhook_id: str
     event_id: str
@@ -150,7 +150,7 @@ class DeliveryAttempt(BaseModel):
 class DeadLetter(BaseModel):
     """An event given up on (bucket swarm-webhook-dead, key `<webhook id>.<event seq>`)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     webhook_id: str
     event_id: str
