@@ -191,7 +191,7 @@ async def _publish(
         # A duplicate was first published earlier, so its outcome may already be in the log.
         start = 1 if sent.duplicate else before + 1
         outcome = await wait_for_outcome(
-            log, sent.id, start_seq=start, within=within, registry=registry
+            log, sent.id, start_seq=start, within=within, registry=registry, command_seq=sent.seq
         )
         if outcome is None:
             raise CliError(

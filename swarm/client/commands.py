@@ -245,7 +245,12 @@ def validate_command(event: Mapping[str, Any], registry: Registry = REGISTRY) ->
 
 
 def encode(event: Mapping[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: JSON text that is not UTF-8
+        raise ClientError(
+            f"the command holds text that is not valid Unicode ({exc.reason})", code=INVALID
+        ) from None
 
 
 # --- Sending and waiting -------------------------------------------------------------------------
@@ -288,13 +293,22 @@ def hive_verifier(log: EventLog) -> SealVerifier | None:
 
 
 def _answers(
-    delivery: Delivery, body: dict[str, Any] | None, command_id: str, seal: SealVerifier | None
+    delivery: Delivery,
+    body: dict[str, Any] | None,
+    command_id: str,
+    seal: SealVerifier | None,
+    command_seq: int | None = None,
 ) -> bool:
     """Whether this outcome answers `command_id`: on the shared `_invalid` subject it must name
-    the id, and with the Hive's key known it must carry the Hive's seal (anyone can write on
-    NATS; an outcome the Hive did not write answers nothing)."""
-    if delivery.subject == _INVALID_OUTCOME and _received_id(body) != command_id:
-        return False
+    the id (or, for a body the Hive could not read an id from, the command's position), and with
+    the Hive's key known it must carry the Hive's seal (anyone can write on NATS; an outcome the
+    Hive did not write answers nothing)."""
+    if delivery.subject == _INVALID_OUTCOME:
+        received = _received(body)
+        if received.get("id") != command_id and (
+            command_seq is None or "id" in received or received.get("stream_seq") != command_seq
+        ):
+            return False
     return seal is None or seal.verify(delivery.data)
 
 
@@ -305,8 +319,12 @@ async def wait_for_outcome(
     start_seq: int,
     within: float,
     registry: Registry = REGISTRY,
+    command_seq: int | None = None,
 ) -> Outcome | None:
     """The first outcome for `command_id` at or after `start_seq`, or None after `within` s.
+
+    `command_seq`, the command's position in SWARM_COMMANDS, also matches an answer on `_invalid`
+    to a body the Hive could not read the id from.
 
     Reading from a sequence taken before the publish (rather than subscribing after it) is what
     makes this race-free: an outcome written at any moment after the publish is at or beyond it.
@@ -325,7 +343,7 @@ async def wait_for_outcome(
             async with closing(replay) as deliveries:
                 async for delivery in deliveries:
                     body = _json_object(delivery.data)
-                    if _answers(delivery, body, command_id, seal):
+                    if _answers(delivery, body, command_id, seal, command_seq):
                         return _outcome(delivery, body, registry)
     except TimeoutError:
         return None
@@ -399,10 +417,10 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _received_id(body: dict[str, Any] | None) -> object:
+def _received(body: dict[str, Any] | None) -> dict[str, Any]:
     data = (body or {}).get("data")
     received = data.get("received") if isinstance(data, dict) else None
-    return received.get("id") if isinstance(received, dict) else None
+    return received if isinstance(received, dict) else {}
 
 
 def _decode(raw: bytes, registry: Registry) -> Envelope[Any] | None:
@@ -471,7 +489,9 @@ async def send_and_wait(
     sent = await send(log, event)
     # A duplicate id was first published earlier, so its outcome may already be in the log.
     start = 1 if sent.duplicate else before + 1
-    outcome = await wait_for_outcome(log, sent.id, start_seq=start, within=within)
+    outcome = await wait_for_outcome(
+        log, sent.id, start_seq=start, within=within, command_seq=sent.seq
+    )
     if outcome is None:
         return sent, None
     caused: list[CausedEvent] = []

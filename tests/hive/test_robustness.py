@@ -155,7 +155,11 @@ async def test_a_command_nested_50000_levels_is_rejected_and_others_go_on(
     seq = await publish(stack.client, body, commands.CreateNamespace.TYPE, "deep-1")
     answer = await invalid_answer(reader, seq)
     assert answer["type"] == "swarm.command.rejected"
-    assert answer["data"]["reason"]
+    assert "deeper than 64 levels" in answer["data"]["reason"]
+    # A client that sent it finds the answer by the command's position.
+    found = await wait_for_outcome(reader, "deep-1", start_seq=1, within=5, command_seq=seq)
+    assert found is not None
+    assert found.body == answer
     await still_deciding(stack, reader)
 
 
@@ -165,10 +169,10 @@ async def test_a_command_nested_50000_levels_is_rejected_and_others_go_on(
 async def test_a_command_that_crashes_decide_is_rejected_with_the_reason(
     stack: Stack, reader: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing(state: HiveState, cmd: Any, now: Any) -> Any:
+    def failing(state: HiveState, cmd: Any, now: Any, **facts: Any) -> Any:
         if isinstance(cmd.data, commands.CreateNamespace) and cmd.data.name == "boom":
             raise RecursionError("maximum recursion depth exceeded")
-        return real_decide(state, cmd, now)
+        return real_decide(state, cmd, now, **facts)
 
     monkeypatch.setattr(processor_module, "decide", failing)
     boom = command(commands.CreateNamespace(name="boom"), source="t", identity="user:t")
@@ -185,10 +189,10 @@ async def test_a_command_whose_events_would_not_fold_is_rejected_before_it_is_wr
 ) -> None:
     """A decision naming a pod nobody registered: evolve would refuse it on every replica."""
 
-    def broken(state: HiveState, cmd: Any, now: Any) -> Any:
+    def broken(state: HiveState, cmd: Any, now: Any, **facts: Any) -> Any:
         if isinstance(cmd.data, commands.DeregisterPod) and cmd.data.pod_id == "ghost":
             return processor_module.Decision([events.PodLost(pod_id="ghost", reason="bug")])
-        return real_decide(state, cmd, now)
+        return real_decide(state, cmd, now, **facts)
 
     monkeypatch.setattr(processor_module, "decide", broken)
     start = await reader.last_sequence(names.STREAM_EVENTS)
