@@ -150,6 +150,10 @@ class ExpirePod(Payload):
 
     pod_id: Id
     last_heartbeat_age_s: float = Field(ge=0, le=MAX_HEARTBEAT_AGE_S)
+    #: The lease the pod was held to: its own, stretched to the heartbeat jitter measured.
+    lease_s: float | None = Field(default=None, ge=0, le=MAX_HEARTBEAT_AGE_S)
+    #: The pod was asked directly (`names.probe_subject`) and did not answer.
+    probed: bool = False
 
 
 # --- placement and replica reports ---------------------------------------------------------------

@@ -9,6 +9,7 @@ may send them too (for example `agent.release` after looking into a quarantine).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -105,6 +106,17 @@ class AgentReverted(Payload):
     agent_id: Id
     from_version: Version
     to_version: Version
+    reason: Reason
+    anomaly_id: Id | None = None
+
+
+@REGISTRY.event("agent", "healing_skipped")
+class AgentHealingSkipped(Payload):
+    """A healing action was due but not taken (the namespace's healing budget was used up);
+    the finding counts as handled, and a user may still act on it."""
+
+    agent_id: Id
+    action: Literal["quarantine", "rollback"]
     reason: Reason
     anomaly_id: Id | None = None
 

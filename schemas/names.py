@@ -75,6 +75,15 @@ def heartbeat_subject(pod_id: str) -> str:
     return f"{HEARTBEAT_PREFIX}.{_check_token('pod id', pod_id)}"
 
 
+PROBE_PREFIX: Final = "swarm.probe"
+
+
+def probe_subject(pod_id: str) -> str:
+    """Request/reply: the Hive asks a pod whose heartbeats are late whether it is still there,
+    before declaring it lost; the pod answers from the thread that sends its heartbeats."""
+    return f"{PROBE_PREFIX}.{_check_token('pod id', pod_id)}"
+
+
 # --- Object stores, KV buckets and durable consumers ---------------------------------------------
 
 OBJECT_STORE_MODULES: Final = "swarm-modules"

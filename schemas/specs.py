@@ -253,6 +253,12 @@ class HealingPolicy(Value):
     rollback_on_regression: bool = True
     regression_s: Seconds = 600.0
     cooldown_s: Seconds = 30.0
+    #: Only a confirmed critical finding stops the agent (quarantine): one whose evidence has at
+    #: least two signals beyond their thresholds, or that comes within `confirm_s` of another
+    #: finding of at least warning severity about the same agent. False: the first critical
+    #: finding acts. Warnings never stop an agent, whatever the trigger.
+    confirm: bool = True
+    confirm_s: float = Field(default=300.0, gt=0, le=MAX_WINDOW_S)
 
 
 HostPattern = Annotated[
@@ -343,6 +349,11 @@ class Quota(Value):
     max_replicas: int | None = Field(default=None, ge=0, le=MAX_QUOTA_REPLICAS)
     max_memory_mb: int | None = Field(default=None, ge=0, le=MAX_QUOTA_MEMORY_MB)
     max_fuel_per_s: int | None = Field(default=None, ge=0, le=MAX_QUOTA_FUEL_PER_S)
+    #: Self-healing's budget: how many agents of the namespace it may stop (quarantine, roll
+    #: back) within `healing_window_s`, so that a wave of false findings cannot take a whole
+    #: namespace offline. Beyond it, the action is recorded as skipped. None: no cap.
+    max_healing_stops: int | None = Field(default=3, ge=0, le=MAX_QUOTA_AGENTS)
+    healing_window_s: float = Field(default=600.0, gt=0, le=MAX_WINDOW_S)
 
 
 class Capacity(Value):

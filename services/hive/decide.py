@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from schemas import Envelope, Payload, commands, events, healing, market, observer, webhooks
@@ -20,7 +20,7 @@ from schemas.events import AgentStatus
 from schemas.specs import AgentSpec
 from services.hive import reputation
 from services.hive.evolve import evolve
-from services.hive.heal import REWINDABLE, good_snapshot
+from services.hive.heal import REWINDABLE, good_snapshot, stops_left
 from services.hive.policy import check_identity, check_quota
 from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
 
@@ -586,9 +586,12 @@ def _deregister(
 
 @_on(commands.ExpirePod)
 def _expire(state: HiveState, c: commands.ExpirePod, env: Envelope[Any], now: datetime) -> Outcome:
-    return _lose_pod(
-        state, c.pod_id, f"lease expired ({c.last_heartbeat_age_s:.1f}s without heartbeat)", now
-    )
+    why = f"lease expired ({c.last_heartbeat_age_s:.1f}s without heartbeat"
+    if c.lease_s is not None:
+        why += f", lease {c.lease_s:.1f}s"
+    if c.probed:
+        why += "; no answer to a liveness probe"
+    return _lose_pod(state, c.pod_id, why + ")", now)
 
 
 # --- replica reports -----------------------------------------------------------------------------
@@ -1003,10 +1006,48 @@ def _quarantine(
         return agent
     if agent.quarantine is not None:
         return Decision([])  # already quarantined: the first reason stands
+    skipped = _over_budget(state, agent, "quarantine", c.anomaly_id, env, now)
+    if skipped is not None:
+        return skipped
     return Decision(
         [
             healing.AgentQuarantined(
                 agent_id=agent.agent_id, reason=c.reason, anomaly_id=c.anomaly_id
+            )
+        ]
+    )
+
+
+def _over_budget(
+    state: HiveState,
+    agent: Agent,
+    action: Literal["quarantine", "rollback"],
+    anomaly_id: str | None,
+    env: Envelope[Any],
+    now: datetime,
+) -> Decision | None:
+    """Self-healing's stop beyond the namespace's budget: recorded as skipped, not taken.
+
+    Only the Hive's own healing is capped (it names the finding it acts on); a user's
+    quarantine or rollback always goes through."""
+    if env.identity != "service:hive" or anomaly_id is None:
+        return None
+    left = stops_left(state, agent.namespace, now)
+    if left is None or left > 0:
+        return None
+    quota = state.namespaces[agent.namespace].quota
+    return Decision(
+        [
+            healing.AgentHealingSkipped(
+                agent_id=agent.agent_id,
+                action=action,
+                anomaly_id=anomaly_id,
+                reason=(
+                    f"namespace {agent.namespace} may have at most {quota.max_healing_stops} "
+                    f"agents stopped by self-healing per {quota.healing_window_s:g}s, and that "
+                    f"many were: {action} skipped for anomaly {anomaly_id} (act by hand, or "
+                    "raise quota.max_healing_stops with `swarm namespace update`)"
+                ),
             )
         ]
     )
@@ -1071,6 +1112,9 @@ def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: d
     agent = _live_agent(state, c.agent_id)
     if isinstance(agent, Rejection):
         return agent
+    skipped = _over_budget(state, agent, "rollback", c.anomaly_id, env, now)
+    if skipped is not None:
+        return skipped
     rollback = commands.RollbackAgent(namespace=agent.namespace, name=agent.name)
     outcome = _rollback(state, rollback, env, now)
     if isinstance(outcome, Rejection):

@@ -609,6 +609,9 @@ def _anomaly_trust(s: HiveState, e: observer.AnomalyDetected, env: Envelope[Any]
     recorded.summary = e.summary[:300]
     recorded.event_id = env.id
     recorded.correlation = env.correlationid or env.causationid
+    recorded.signals = tuple(
+        sorted({s.signal for s in e.signals if s.signal != "combined" and s.score >= s.threshold})
+    )
     reputation.observe(
         agent.reputation,
         env.time,
@@ -641,6 +644,14 @@ def _rewound(s: HiveState, e: healing.ReplicaRewound, env: Envelope[Any], seq: i
 def _reverted(s: HiveState, e: healing.AgentReverted, env: Envelope[Any], seq: int) -> None:
     agent = _agent(s, e.agent_id, seq)
     _record(agent, "rollback", e.reason, e.anomaly_id, env)
+
+
+@_on(healing.AgentHealingSkipped)
+def _healing_skipped(
+    s: HiveState, e: healing.AgentHealingSkipped, env: Envelope[Any], seq: int
+) -> None:
+    agent = _agent(s, e.agent_id, seq)
+    _record(agent, f"{e.action} skipped", e.reason, e.anomaly_id, env)
 
 
 @_on(healing.ReputationChanged)

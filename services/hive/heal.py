@@ -14,15 +14,27 @@ Which action, per the agent's `spec.healing` (schemas/specs.py, `HealingPolicy`)
 * the first of these (in this order) whose action is not `none` is taken;
 * any of these becomes a rollback when the anomaly began within `regression_s` of the current
   version's rollout and an earlier version exists (`rollback_on_regression`).
+
+Graded, so healing does no harm under legitimate load:
+
+* only a *confirmed* critical finding fires `on_critical`: its evidence has two signals beyond
+  their thresholds, or another finding of at least warning severity about the agent came within
+  `confirm_s` of it (`HealingPolicy.confirm`); an unconfirmed one waits for its confirmation;
+* warnings never stop an agent: a quarantine, whatever triggered it, needs a confirmed critical
+  finding as its cause;
+* a namespace's budget (`Quota.max_healing_stops` per `healing_window_s`, default 3 per 10 min)
+  caps how many of its agents healing may stop (quarantine or roll back); beyond it `decide`
+  records the action as skipped (`agent.healing_skipped`) instead of taking it;
+* every action names its finding, and its reason says how to undo it with one command.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from schemas import Payload
 from schemas.healing import PublishReputation, QuarantineAgent, RevertAgent, RewindReplica
-from schemas.specs import HealingPolicy
+from schemas.specs import HealingPolicy, Quota
 from services.hive import reputation
 from services.hive.state import Agent, Anomaly, HiveState, KnownSnapshot, Replica
 
@@ -30,6 +42,44 @@ from services.hive.state import Agent, Anomaly, HiveState, KnownSnapshot, Replic
 _SERIOUS = frozenset({"warning", "critical"})
 #: Replica phases a rewind applies to.
 REWINDABLE = frozenset({"starting", "running"})
+#: Healing actions that take an agent out of service, which a namespace's budget caps.
+STOPS = frozenset({"quarantine", "rollback"})
+
+
+def confirmed(anomaly: Anomaly, known: list[Anomaly], policy: HealingPolicy) -> bool:
+    """Whether a critical finding is confirmed (see the module docstring): by a second signal
+    in its own evidence, or by another serious finding within `confirm_s` of it."""
+    if anomaly.severity != "critical":
+        return False
+    if not policy.confirm or len(anomaly.signals) >= 2:
+        return True
+    at = anomaly.at
+    if at is None:
+        return False
+    return any(
+        other is not anomaly
+        and other.severity in _SERIOUS
+        and other.at is not None
+        and abs((at - other.at).total_seconds()) <= policy.confirm_s
+        for other in known
+    )
+
+
+def stops_left(state: HiveState, namespace: str, now: datetime) -> int | None:
+    """How many more of `namespace`'s agents self-healing may stop now; None: no cap."""
+    ns = state.namespaces.get(namespace)
+    quota = ns.quota if ns is not None else Quota()
+    if quota.max_healing_stops is None:
+        return None
+    since = now - timedelta(seconds=quota.healing_window_s)
+    used = sum(
+        1
+        for agent in state.agents.values()
+        if agent.namespace == namespace
+        for record in agent.actions
+        if record.action in STOPS and record.anomaly_id is not None and record.at >= since
+    )
+    return max(0, quota.max_healing_stops - used)
 
 
 def plan(state: HiveState, now: datetime) -> list[tuple[str, Payload]]:
@@ -95,11 +145,12 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
         action, why = "rollback", f"{why}; {regression}"
     reason = f"{why}: {cause.severity} {cause.kind} anomaly {cause.anomaly_id}"
     if cause.summary:
-        reason += f" ({cause.summary})"
-    reason = reason[:1000]
+        reason += f" ({cause.summary[:600]})"
+    where = f"{agent.name} --namespace {agent.namespace}"
     if action == "quarantine":
         if agent.quarantine is not None:
             return []
+        reason = f"{reason[:880]}; undo: swarm agent release {where}"
         return [
             (
                 f"quar-{cause.anomaly_id}",
@@ -109,12 +160,15 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
             )
         ]
     if action == "rollback":
+        undo = f"swarm agent rollback {where} --to-version {agent.spec.version}"
+        reason = f"{reason[: 1000 - len(undo) - 8]}; undo: {undo}"
         return [
             (
                 f"revert-{cause.anomaly_id}",
                 RevertAgent(agent_id=agent.agent_id, reason=reason, anomaly_id=cause.anomaly_id),
             )
         ]
+    reason = reason[:1000]
     targets = [
         r
         for r in sorted(agent.replicas.values(), key=lambda r: r.replica_id)
@@ -141,9 +195,9 @@ def _trigger(
 ) -> tuple[str, Anomaly, str] | None:
     """The first trigger that fires with an action other than `none`, in order of severity."""
     fired: list[tuple[str, Anomaly, str]] = []
-    critical = [a for a in fresh if a.severity == "critical"]
+    critical = [a for a in fresh if confirmed(a, agent.anomalies, policy)]
     if critical:
-        fired.append((policy.on_critical, critical[-1], "critical finding"))
+        fired.append((policy.on_critical, critical[-1], "confirmed critical finding"))
     serious = [a for a in fresh if a.severity in _SERIOUS and a.at is not None]
     if serious:
         last_at = serious[-1].at
@@ -166,7 +220,15 @@ def _trigger(
         fired.append(
             (policy.on_low_trust, fresh[-1], f"trust {trust:.2f} below {policy.min_trust:g}")
         )
-    return next((f for f in fired if f[0] != "none"), None)
+    # Warnings never stop an agent: a quarantine needs a confirmed critical finding as its cause.
+    return next(
+        (
+            f
+            for f in fired
+            if f[0] != "none" and (f[0] != "quarantine" or confirmed(f[1], agent.anomalies, policy))
+        ),
+        None,
+    )
 
 
 def _regression(agent: Agent, cause: Anomaly, policy: HealingPolicy) -> str | None:

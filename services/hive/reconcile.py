@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,26 +31,60 @@ from swarm.kernel.ids import IdKey
 log = structlog.get_logger(__name__)
 
 
+#: Inter-arrival gaps kept per pod, to measure its heartbeat jitter.
+_GAPS = 64
+#: Gaps needed before the lease adapts to them.
+_MIN_GAPS = 8
+#: A lease stretches to this many times the slowest recent gap (the 98th percentile)...
+_STRETCH = 4.0
+#: ...but never beyond this many times the pod's own lease.
+_MAX_STRETCH = 6.0
+#: How long a pod has to answer a liveness probe.
+PROBE_TIMEOUT_S = 1.0
+
+
 class Heartbeats:
-    """Last time each pod was heard from (monotonic clock), on every replica.
+    """Last time each pod was heard from (monotonic clock), and how regularly, on every replica.
 
     Leases live here, not in the replicated state: a heartbeat every second per pod does not
     belong on the audit log. A newly elected leader counts its election as a heartbeat from every
     pod (a grace period), the way Kubernetes' node controller does after a restart.
+
+    A lease adapts to the jitter measured: on a loaded machine (the pod's or this one) beats
+    arrive late and bunched, and a pod that beats every second but now and then misses five
+    seconds is busy, not gone. The lease is the pod's own, stretched to `_STRETCH` times the
+    slowest recent gap, at most `_MAX_STRETCH` times its own.
     """
 
     def __init__(self) -> None:
         self.seen: dict[str, float] = {}
+        self.gaps: dict[str, deque[float]] = {}
         self.since = time.monotonic()
 
     async def subscribe(self, nc: NATS) -> Subscription:
         async def on_beat(msg: Msg) -> None:
-            self.seen[msg.subject.rsplit(".", 1)[1]] = time.monotonic()
+            self.beat(msg.subject.rsplit(".", 1)[1])
 
         return await nc.subscribe(f"{names.HEARTBEAT_PREFIX}.*", cb=on_beat)
 
+    def beat(self, pod_id: str, at: float | None = None) -> None:
+        now = time.monotonic() if at is None else at
+        last = self.seen.get(pod_id)
+        if last is not None and now > last:
+            self.gaps.setdefault(pod_id, deque(maxlen=_GAPS)).append(now - last)
+        self.seen[pod_id] = now
+
     def age(self, pod_id: str) -> float:
         return time.monotonic() - max(self.seen.get(pod_id, 0.0), self.since)
+
+    def lease(self, pod_id: str, base: float) -> float:
+        """The lease `pod_id` is held to: `base`, stretched to its measured jitter."""
+        gaps = self.gaps.get(pod_id)
+        if gaps is None or len(gaps) < _MIN_GAPS:
+            return base
+        ordered = sorted(gaps)
+        slow = ordered[min(len(ordered) - 1, int(0.98 * len(ordered)))]
+        return min(max(base, _STRETCH * slow), _MAX_STRETCH * base)
 
     def reset_grace(self) -> None:
         self.since = time.monotonic()
@@ -78,7 +114,7 @@ class Reconciler:
             state = self.working()
             if state is not None:
                 try:
-                    await self._send(self.plan(state), state)
+                    await self._send(await self._confirmed(self.plan(state)), state)
                 except AppendFailed as exc:
                     log.warning("reconcile could not send", error=str(exc))
             await asyncio.sleep(self.interval)
@@ -88,13 +124,15 @@ class Reconciler:
         out: list[tuple[str, Payload]] = []
         now = self.clock()
         for pod in state.pods.values():
-            if pod.status == "ready" and self.heartbeats.age(pod.pod_id) > pod.lease_s:
+            lease = self.heartbeats.lease(pod.pod_id, pod.lease_s)
+            if pod.status == "ready" and self.heartbeats.age(pod.pod_id) > lease:
                 out.append(
                     (
                         f"expire-{pod.pod_id}-{pod.last_seq}",
                         commands.ExpirePod(
                             pod_id=pod.pod_id,
                             last_heartbeat_age_s=round(self.heartbeats.age(pod.pod_id), 3),
+                            lease_s=round(lease, 3),
                         ),
                     )
                 )
@@ -123,6 +161,38 @@ class Reconciler:
         # Anomalies recorded on the log: quarantine, rewind or roll back per the agent's policy.
         out += heal.plan(state, now)
         return out
+
+    async def _confirmed(self, planned: list[tuple[str, Payload]]) -> list[tuple[str, Payload]]:
+        """`planned`, less the pods whose lease ran out but that answer a liveness probe.
+
+        A pod is declared lost only when it is gone: its heartbeats are late *and* it does not
+        answer when asked directly. A pod that answers is busy, not gone; its answer counts as a
+        heartbeat. Probes go out together, so a dead pod costs the loop one probe timeout."""
+        late = [
+            (n, p)
+            for n, (_, p) in enumerate(planned)
+            if isinstance(p, commands.ExpirePod) and p.last_heartbeat_age_s > 0
+        ]
+        if not late:
+            return planned
+        answers = await asyncio.gather(*(self._probe(p.pod_id) for _, p in late))
+        keep = dict(enumerate(planned))
+        for (n, payload), answered in zip(late, answers, strict=True):
+            if answered:
+                log.info("pod heartbeats late, but it answers", pod=payload.pod_id)
+                self.heartbeats.beat(payload.pod_id)
+                del keep[n]
+            else:
+                command_id, _ = planned[n]
+                keep[n] = (command_id, payload.model_copy(update={"probed": True}))
+        return [keep[n] for n in sorted(keep)]
+
+    async def _probe(self, pod_id: str) -> bool:
+        try:
+            await self.log.nc.request(names.probe_subject(pod_id), b"", timeout=PROBE_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError):
+            return False
+        return True
 
     async def _send(self, planned: list[tuple[str, Payload]], state: HiveState) -> None:
         if not planned:

@@ -68,6 +68,8 @@ class Anomaly:
     #: The recorded event's id and correlation, so the healing command it causes joins its trace.
     event_id: str | None = None
     correlation: str | None = None
+    #: Signals beyond their thresholds in its evidence (two of them confirm a critical finding).
+    signals: tuple[str, ...] = ()
 
 
 # --- healing -------------------------------------------------------------------------------------

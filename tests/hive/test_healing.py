@@ -9,7 +9,7 @@ from schemas import commands as c
 from schemas import events as e
 from schemas import healing as h
 from schemas.observer import ReportAnomaly, SignalEvidence
-from schemas.specs import HealingPolicy
+from schemas.specs import HealingPolicy, Quota
 from services.hive import heal, reputation
 from tests.hive.sim import T0, Sim
 from tests.hive.test_domain import deploy, place_all, pod, run_all, spec
@@ -24,8 +24,10 @@ def report(
     kind: str = "loop",
     replica_id: str | None = None,
     began_s_ago: float = 10.0,
+    signals: int = 1,
 ) -> str:
-    """Record a finding as the Observer would; returns its anomaly id."""
+    """Record a finding as the Observer would, with `signals` signals beyond their thresholds
+    in its evidence (two confirm a critical finding on their own); returns its anomaly id."""
     finding = ReportAnomaly(
         agent_id=agent_id,
         replica_id=replica_id,
@@ -35,7 +37,10 @@ def report(
         kind=kind,
         window_start=sim.now - timedelta(seconds=began_s_ago),
         window_end=sim.now,
-        signals=[SignalEvidence(signal="fuel", value=9e9, baseline=1e6, score=40, threshold=5)],
+        signals=[
+            SignalEvidence(signal=signal, value=9e9, baseline=1e6, score=40, threshold=5)
+            for signal in ("fuel", "latency", "error_rate")[:signals]
+        ],
         summary=f"{kind} seen",
     )
     events = sim.ok(finding, "service:observer")
@@ -133,7 +138,7 @@ def test_a_meaningful_change_is_published_once() -> None:
 def test_a_critical_finding_quarantines_with_its_reason() -> None:
     sim = Sim()
     agent_id = running_agent(sim)
-    anomaly = report(sim, agent_id, "critical", kind="cost_blowup")
+    anomaly = report(sim, agent_id, "critical", kind="cost_blowup", signals=2)
     planned = act(sim)
     assert "QuarantineAgent" in kinds(planned)
     agent = sim.state.agents[agent_id]
@@ -228,7 +233,7 @@ def test_a_finding_right_after_a_rollout_rolls_back() -> None:
     assert agent.spec.version == "v2"
     assert agent.rollout is None
     sim.tick(30)
-    anomaly = report(sim, agent_id, "critical", kind="cost_blowup", began_s_ago=20)
+    anomaly = report(sim, agent_id, "critical", kind="cost_blowup", began_s_ago=20, signals=2)
     planned = act(sim)
     assert kinds(planned)[-1] == "RevertAgent"
     reverted = [x for x in sim.log if isinstance(x, h.AgentReverted)]
@@ -246,7 +251,7 @@ def test_an_old_version_misbehaving_is_not_rolled_back() -> None:
     sim = Sim()
     agent_id = running_agent(sim)
     sim.tick(30)
-    report(sim, agent_id, "critical")
+    report(sim, agent_id, "critical", signals=2)
     assert kinds(heal.plan(sim.state, sim.now)) == ["QuarantineAgent"]
 
 
@@ -302,3 +307,93 @@ def test_a_rewind_with_no_earlier_snapshot_says_so() -> None:
     assert requested.restore == "exact"
     assert requested.snapshot == f"swarm-snapshots/{replica_id}@3"
     assert "none predates the anomaly" in requested.reason
+
+
+# --- graded: no harm from a single signal, warnings or a wave of findings ------------------------
+
+
+def test_a_critical_finding_on_one_signal_waits_for_its_confirmation() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim)
+    first = report(sim, agent_id, "critical", kind="latency_spike")
+    sim.tick(60)
+    assert kinds(act(sim)) == []  # one signal, nothing else: not yet
+    assert sim.state.agents[agent_id].quarantine is None
+    report(sim, agent_id, "warning", kind="latency_spike")
+    planned = act(sim)
+    assert kinds(planned) == ["QuarantineAgent"]
+    quarantine = sim.state.agents[agent_id].quarantine
+    assert quarantine is not None
+    assert quarantine.anomaly_id == first
+    assert "confirmed critical finding" in quarantine.reason
+    assert "undo: swarm agent release echo --namespace default" in quarantine.reason
+
+
+def test_a_critical_finding_confirmed_too_late_does_not_stop_the_agent() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, healing=HealingPolicy(confirm_s=60))
+    report(sim, agent_id, "critical", kind="latency_spike")
+    sim.tick(600)
+    report(sim, agent_id, "warning", kind="latency_spike")
+    assert kinds(act(sim)) == []
+
+
+def test_warnings_never_stop_an_agent_even_with_trust_gone() -> None:
+    sim = Sim()
+    policy = HealingPolicy(on_repeated="none", min_trust=0.99, on_low_trust="quarantine")
+    agent_id = running_agent(sim, healing=policy)
+    for _ in range(6):
+        report(sim, agent_id, "warning", signals=3)
+        sim.tick(40)
+    assert reputation.current(sim.state.agents[agent_id].reputation, sim.now) < 0.99
+    assert kinds(act(sim)) == []
+    assert sim.state.agents[agent_id].quarantine is None
+
+
+def test_confirmation_can_be_turned_off_by_policy() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, healing=HealingPolicy(confirm=False))
+    report(sim, agent_id, "critical")
+    assert kinds(act(sim)) == ["QuarantineAgent"]
+
+
+def test_the_namespace_budget_caps_how_many_agents_healing_stops() -> None:
+    sim = Sim()
+    pod(sim, "p1")
+    ids = [deploy(sim, name=f"bad-{i}") for i in range(4)]
+    place_all(sim, "p1")
+    run_all(sim)
+    for agent_id in ids:
+        report(sim, agent_id, "critical", kind="loop", signals=2)
+    planned = act(sim)
+    assert kinds(planned).count("QuarantineAgent") == 4
+    stopped = [a for a in ids if sim.state.agents[a].quarantine is not None]
+    assert len(stopped) == 3  # the default budget: 3 per 600 s
+    (spared,) = set(ids) - set(stopped)
+    skipped = [x for x in sim.log if isinstance(x, h.AgentHealingSkipped)]
+    assert [(x.agent_id, x.action) for x in skipped] == [(spared, "quarantine")]
+    assert "at most 3 agents stopped by self-healing per 600s" in skipped[0].reason
+    agent = sim.state.agents[spared]
+    assert [a.action for a in agent.actions] == ["quarantine skipped"]
+    assert kinds(heal.plan(sim.state, sim.now)) == []  # handled: not tried again
+    # A user still may; and once the window has passed, healing may again.
+    sim.ok(h.QuarantineAgent(agent_id=spared, reason="by hand"))
+    assert agent.quarantine is not None
+    sim.ok(h.ReleaseAgent(agent_id=spared, reason="fixed"))
+    sim.tick(601)
+    report(sim, spared, "critical", kind="loop", signals=2)
+    assert kinds(act(sim)) == ["QuarantineAgent"]
+    assert agent.quarantine is not None
+
+
+def test_a_namespace_may_lift_the_budget() -> None:
+    sim = Sim()
+    sim.ok(c.UpdateNamespace(name="default", quota=Quota(max_healing_stops=None)))
+    pod(sim, "p1")
+    ids = [deploy(sim, name=f"bad-{i}") for i in range(5)]
+    place_all(sim, "p1")
+    run_all(sim)
+    for agent_id in ids:
+        report(sim, agent_id, "critical", kind="loop", signals=2)
+    act(sim)
+    assert all(sim.state.agents[a].quarantine is not None for a in ids)

@@ -1,0 +1,80 @@
+"""Leases that survive load: a lease stretches to the heartbeat jitter measured, and a pod whose
+heartbeats are late is declared lost only when it does not answer a liveness probe either."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import commands, names
+from services.hive.reconcile import Heartbeats, Reconciler
+from services.hive.state import HiveState
+from swarm.kernel.eventlog import EventLog
+from swarm.kernel.ids import IdKey
+from tests.hive.sim import Sim
+from tests.hive.test_domain import deploy, place_all, pod
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_a_lease_stretches_to_the_jitter_measured_within_a_bound() -> None:
+    beats = Heartbeats()
+    assert beats.lease("p", 10.0) == 10.0  # nothing measured yet
+    t = 1000.0
+    for _ in range(20):  # every second, like clockwork
+        t += 1.0
+        beats.beat("p", at=t)
+    assert beats.lease("p", 10.0) == 10.0
+    for gap in (4.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0):  # a loaded machine: late, bunched beats
+        t += gap
+        beats.beat("p", at=t)
+    assert beats.lease("p", 10.0) == pytest.approx(20.0)  # 4 x the slowest recent gap
+    for _ in range(3):
+        t += 30.0
+        beats.beat("p", at=t)
+    assert beats.lease("p", 10.0) == 60.0  # never beyond 6 x its own
+
+
+def expire(pod_id: str, age: float = 12.0) -> tuple[str, commands.ExpirePod]:
+    return (f"expire-{pod_id}", commands.ExpirePod(pod_id=pod_id, last_heartbeat_age_s=age))
+
+
+@pytest.fixture
+def reconciler(event_log: EventLog) -> Reconciler:
+    return Reconciler(event_log, Heartbeats(), lambda: None, ids=IdKey.random())
+
+
+async def test_a_pod_that_answers_its_probe_is_not_expired(
+    reconciler: Reconciler, event_log: EventLog
+) -> None:
+    async def answer(msg: object) -> None:
+        await msg.respond(b"")  # type: ignore[attr-defined]
+
+    sub = await event_log.nc.subscribe(names.probe_subject("busy-pod"), cb=answer)
+    try:
+        planned = [expire("busy-pod"), expire("gone-pod"), expire("lost-pod", age=0.0)]
+        kept = await reconciler._confirmed(planned)
+    finally:
+        await sub.unsubscribe()
+    assert [p.pod_id for _, p in kept] == ["gone-pod", "lost-pod"]  # type: ignore[attr-defined]
+    gone = kept[0][1]
+    assert isinstance(gone, commands.ExpirePod)
+    assert gone.probed
+    assert not kept[1][1].probed  # type: ignore[attr-defined]  # already lost: no probe
+    assert reconciler.heartbeats.age("busy-pod") < 1.0  # its answer counts as a heartbeat
+
+
+def test_the_reason_a_pod_is_lost_names_its_lease_and_the_probe() -> None:
+    sim = Sim()
+    pod(sim, "p1")
+    deploy(sim, replicas=1)
+    place_all(sim, "p1")
+    sim.ok(
+        commands.ExpirePod(pod_id="p1", last_heartbeat_age_s=31.5, lease_s=30.0, probed=True),
+        "service:hive",
+    )
+    state: HiveState = sim.state
+    assert state.pods["p1"].status == "lost"
+    lost = [e for e in sim.log if type(e).__name__ == "PodLost"]
+    assert lost[0].reason == (  # type: ignore[attr-defined]
+        "lease expired (31.5s without heartbeat, lease 30.0s; no answer to a liveness probe)"
+    )
