@@ -1274,7 +1274,11 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
     """
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     try:
-        agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
+        floor = await read_floor(log)
+    except NotFoundError:  # a NATS server without Swarm's streams: no Hive has run there
+        floor = 0
+    try:
+        agent = await HiveQueries(log.nc).agent(namespace, name, at_least=floor)
     except QueryFailed as exc:
         if exc.error_code != "not_found":
             raise
