@@ -156,8 +156,12 @@ async def test_deploy_from_a_spec_file_reads_the_module_beside_it(
     assert "differs from the spec file's name" in other.stderr
 
 
-async def test_deploy_by_sha256_and_a_rollout_that_keeps_the_module(stack: Stack) -> None:
-    sha = "ab" * 32
+async def test_deploy_by_sha256_and_a_rollout_that_keeps_the_module(
+    stack: Stack, wasm: Path
+) -> None:
+    # Pushed first: the Hive refuses a module the object store does not hold (rule `module`).
+    pushed = json.loads(ok(await cli(stack, "module", "push", wasm, "-o", "json")).stdout)
+    sha = pushed["sha256"]
     ok(await cli(stack, "agent", "deploy", "pushed", "--module-sha256", sha))
     assert f"sha256 {sha}" in ok(await cli(stack, "agent", "describe", "pushed")).stdout
     ok(await cli(stack, "agent", "rollout", "pushed", "--version", "v2", "--memory-mb", "128"))
