@@ -24,6 +24,9 @@ from schemas import commands, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli.app import app
 from swarm.cli.queries import HiveQueries
+from swarm.cli.verbs import rejection
+from swarm.client.commands import Outcome
+from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from tests.scheduler.stack import Stack, running_stack, wait_until
 
@@ -153,8 +156,12 @@ async def test_deploy_from_a_spec_file_reads_the_module_beside_it(
     assert "differs from the spec file's name" in other.stderr
 
 
-async def test_deploy_by_sha256_and_a_rollout_that_keeps_the_module(stack: Stack) -> None:
-    sha = "ab" * 32
+async def test_deploy_by_sha256_and_a_rollout_that_keeps_the_module(
+    stack: Stack, wasm: Path
+) -> None:
+    # Pushed first: the Hive refuses a module the object store does not hold (rule `module`).
+    pushed = json.loads(ok(await cli(stack, "module", "push", wasm, "-o", "json")).stdout)
+    sha = pushed["sha256"]
     ok(await cli(stack, "agent", "deploy", "pushed", "--module-sha256", sha))
     assert f"sha256 {sha}" in ok(await cli(stack, "agent", "describe", "pushed")).stdout
     ok(await cli(stack, "agent", "rollout", "pushed", "--version", "v2", "--memory-mb", "128"))
@@ -258,12 +265,71 @@ async def test_unknown_agent_is_a_readable_error(stack: Stack) -> None:
     described_ = await cli(stack, "agent", "describe", "nope")
     assert described_.exit_code == 1
     assert "agent default/nope not found" in described_.stderr
-    assert "swarm agent ls" in described_.stderr
+    assert "`swarm agent ls -n default` lists its agents, `-A` those of all namespaces" in (
+        described_.stderr
+    )
     scaled = await cli(stack, "agent", "scale", "nope", "--replicas", "2")
     assert scaled.exit_code == 1
     assert "rule: not_found" in scaled.stderr
     for result in (described_, scaled):
         assert "Traceback" not in result.output
+
+
+def test_a_module_rejection_says_how_to_store_the_module() -> None:
+    """Branches on the rule, never on the reason's text (the Hive may word it differently)."""
+
+    def rejected(reason: str, rule: str) -> Outcome:
+        body = {"type": "swarm.command.rejected", "data": {"reason": reason, "rule": rule}}
+        return Outcome(False, 9, "swarm.evt.command.x.rejected", body, None)
+
+    error = rejection(
+        rejected("the module is missing", "module"), what="deploy of default/a", namespace="d"
+    )
+    assert error.code == 1
+    assert error.message == "deploy of default/a rejected: the module is missing (rule: module)"
+    assert error.hint is not None
+    assert "`swarm module push FILE`" in error.hint
+    assert "--module-sha256" in error.hint
+    assert "`swarm module ls`" in error.hint
+    other = rejection(
+        rejected("module abc is not in the object store", "quota.max_agents"),
+        what="deploy of default/a",
+        namespace="d",
+    )
+    assert "swarm module push" not in (other.hint or "")
+
+
+async def test_send_to_an_unknown_agent_says_it_is_not_found(stack: Stack, wasm: Path) -> None:
+    unknown = await cli(stack, "agent", "send", "nosuchagent", "{}", "--timeout", "5")
+    assert unknown.exit_code == 1, unknown.output
+    assert "agent default/nosuchagent not found" in unknown.stderr
+    assert "swarm agent ls -n default" in unknown.stderr
+    assert "no replica" not in unknown.stderr
+
+    # An agent that exists but has no replica running is told apart, with its status.
+    ok(await cli(stack, "agent", "deploy", "idle", "--module", wasm))
+    idle = await cli(stack, "agent", "send", "idle", "{}", "--timeout", "5")
+    assert idle.exit_code == 1, idle.output
+    assert "no replica of default/idle is running to answer: it is requested" in idle.stderr
+    assert "swarm agent describe idle -n default" in idle.stderr
+    assert "not found" not in idle.stderr
+
+
+async def test_send_without_a_hive_says_what_is_known(
+    nats_url: str, event_log: EventLog, tmp_path: Path
+) -> None:
+    # The session's nats-server has the streams but no Hive to ask whether the agent exists; a
+    # fresh one has not even the streams.
+    bare = EmbeddedNats(tmp_path / "bare")
+    try:
+        for url in (nats_url, bare.start()):
+            result = await cli(url, "agent", "send", "ghost", "{}", "--timeout", "5")
+            assert result.exit_code == 1, result.output
+            assert "no replica of default/ghost is running to answer" in result.stderr
+            assert "no Hive answered" in result.stderr
+            assert "Traceback" not in result.output
+    finally:
+        bare.stop()
 
 
 @pytest.mark.parametrize(
@@ -314,18 +380,24 @@ async def test_unreachable_nats_exits_4() -> None:
 # --- pods and --wait -----------------------------------------------------------------------------
 
 
-async def place_and_report(stack: Stack, name: str, pod_id: str, status: str) -> None:
-    """Play the scheduler and the pod: place the agent's first replica and report on it."""
+async def place_and_report(
+    stack: Stack, name: str, pod_id: str, status: str, version: str | None = None
+) -> None:
+    """Play the scheduler and the pod: place the agent's first replica (of `version`, when
+    given) and report on it."""
     answer: dict[str, Any] = {}
+
+    def wanted(agent: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in agent["instances"] if version in (None, r["version"])]
 
     async def requested() -> bool:
         nonlocal answer
         answer = await stack.query(names.QUERY_AGENTS_GET, {"name": name})
-        return "agent" in answer
+        return "agent" in answer and bool(wanted(answer["agent"]))
 
     await wait_until(requested, 10, f"agent {name} deployed")
     agent_id = answer["agent"]["agent_id"]
-    replica_id = answer["agent"]["instances"][0]["replica_id"]
+    replica_id = wanted(answer["agent"])[0]["replica_id"]
     placement = commands.ProposePlacement(
         agent_id=agent_id, replica_id=replica_id, pod_id=pod_id, policy="test"
     )
@@ -333,7 +405,8 @@ async def place_and_report(stack: Stack, name: str, pod_id: str, status: str) ->
 
     async def scheduled() -> bool:
         got = await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id})
-        return bool(got["agent"]["instances"][0]["phase"] == "scheduled")
+        phases = {r["replica_id"]: r["phase"] for r in got["agent"]["instances"]}
+        return bool(phases[replica_id] == "scheduled")
 
     await wait_until(scheduled, 10, f"{replica_id} scheduled")
     report = commands.ReportReplica(
@@ -407,6 +480,111 @@ async def test_deploy_wait_gives_up_with_exit_3(stack: Stack, wasm: Path) -> Non
     assert result.exit_code == 3, result.output
     assert "is not running after 0.3s: requested" in result.stderr
     assert "is a scheduler running" in result.stderr
+
+
+async def running_agent(stack: Stack, name: str, pod_id: str, spec: Path) -> None:
+    """Deploy from `spec` and play scheduler and pod until its one v1 replica runs."""
+    await stack.register_pods({pod_id: (1024, 8)})
+    deploy = asyncio.create_task(cli(stack, "agent", "deploy", "-f", spec, "--wait"))
+    await place_and_report(stack, name, pod_id, "running")
+    ok(await deploy)
+
+
+def spec_file(tmp_path: Path, wasm: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.json"
+    spec = {"module": {"path": str(wasm)}, "restart": {"max_restarts": 0}}
+    path.write_text(json.dumps({"name": name, "spec": spec}))
+    return path
+
+
+async def test_rollout_wait_returns_once_the_new_version_runs(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    await running_agent(stack, "rolled", "pod-r", spec_file(tmp_path, wasm, "rolled"))
+    rollout = asyncio.create_task(
+        cli(stack, "agent", "rollout", "rolled", "--module", wasm, "--version", "v2", "--wait")
+    )
+    await place_and_report(stack, "rolled", "pod-r", "running", version="v2")
+    result = ok(await rollout)
+    assert "agent default/rolled rolling out v2" in result.stdout
+    assert "agent default/rolled rolled out v2: running (1/1 replicas running)" in result.stdout
+    agent = (await agents(stack))["rolled"]
+    assert (agent["version"], agent["rollout"]) == ("v2", None)
+
+
+async def test_rollout_wait_exits_1_when_the_new_version_fails(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    await running_agent(stack, "sinking", "pod-s", spec_file(tmp_path, wasm, "sinking"))
+    rollout = asyncio.create_task(
+        cli(stack, "agent", "rollout", "sinking", "--module", wasm, "--version", "v2", "--wait")
+    )
+    await place_and_report(stack, "sinking", "pod-s", "crashed", version="v2")
+    result = await rollout
+    assert result.exit_code == 1, result.output
+    assert "the rollout of default/sinking to v2 failed: replica" in result.stderr
+    assert "crash loop" in result.stderr
+
+
+async def test_rollout_wait_exits_1_when_the_rollout_is_rolled_back(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    await running_agent(stack, "regret", "pod-u", spec_file(tmp_path, wasm, "regret"))
+    rollout = asyncio.create_task(
+        cli(stack, "agent", "rollout", "regret", "--module", wasm, "--version", "v2", "--wait")
+    )
+
+    async def rolling() -> bool:
+        answer = await stack.query(names.QUERY_AGENTS_GET, {"name": "regret"})
+        return bool((answer["agent"].get("rollout") or {}).get("version") == "v2")
+
+    await wait_until(rolling, 10, "rollout to v2 started")
+    ok(await cli(stack, "agent", "rollback", "regret"))
+    result = await rollout
+    assert result.exit_code == 1, result.output
+    assert "the rollout of default/regret to v2 was undone: it runs v1 now" in result.stderr
+
+
+async def test_rollout_wait_gives_up_with_exit_3(stack: Stack, wasm: Path) -> None:
+    ok(await cli(stack, "agent", "deploy", "stuck", "--module", wasm))
+    result = await cli(
+        stack,
+        "agent",
+        "rollout",
+        "stuck",
+        "--module",
+        wasm,
+        "--version",
+        "v2",
+        "--wait",
+        "--wait-timeout",
+        "0.3",
+    )
+    assert result.exit_code == 3, result.output
+    assert "the rollout of default/stuck to v2 is not done after 0.3s" in result.stderr
+    assert "is a scheduler running" in result.stderr
+
+
+async def test_a_component_deployed_by_sha256_is_described_as_one(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # A component's header (version 0x0d, layer 1): what `swarm agent build` writes.
+    component = tmp_path / "app.wasm"
+    component.write_bytes(b"\0asm\x0d\x00\x01\x00")
+    pushed = json.loads(ok(await cli(stack, "module", "push", component, "-o", "json")).stdout)
+    assert pushed["kind"] == "component"
+    ok(await cli(stack, "agent", "deploy", "pyagent", "--module-sha256", pushed["sha256"]))
+    text = ok(await cli(stack, "agent", "describe", "pyagent")).stdout
+    assert f"sha256 {pushed['sha256']} (component)" in text
+    spec = (await described(stack, "pyagent"))["agent"]["spec"]
+    assert spec["module"] == {"sha256": pushed["sha256"], "kind": "component"}
+
+    # A core module pushed the same way stays core.
+    core = tmp_path / "core.wasm"
+    core.write_bytes(WASM)
+    sha = json.loads(ok(await cli(stack, "module", "push", core, "-o", "json")).stdout)["sha256"]
+    ok(await cli(stack, "agent", "rollout", "pyagent", "--module-sha256", sha, "--version", "v2"))
+    assert f"sha256 {sha} (core)" in ok(await cli(stack, "agent", "describe", "pyagent")).stdout
 
 
 # --- watching ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,59 @@ async def test_export_import_reproduces_the_log_and_the_hive_state(
         if target is not None:
             await target.stop_hive()
             await target.client.close()
+        server.stop()
+
+
+async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """Times are the events' own, which import keeps: `--at TIME` and a time range give the same
+    answer on the target as on the source, although the target stored everything later."""
+    source = recorded.stack
+    first = recorded.first[0]
+    listed = as_json(await invoke(["--from-seq", str(first), "-o", "json"], source.url))
+    happened = datetime.fromisoformat(listed[0]["time"])
+    # The next event that says when it happened (the foreign bytes after `first` do not).
+    later = next(
+        item
+        for item in listed[1:]
+        if item["event"] is not None and datetime.fromisoformat(item["time"]) > happened
+    )
+    between = (happened + (datetime.fromisoformat(later["time"]) - happened) / 2).isoformat()
+    batch = tmp_path / "log.json"
+    assert (await invoke(["export", "-f", str(batch)], source.url)).exit_code == 0
+
+    server = EmbeddedNats(tmp_path / "target")
+    url = server.start()
+    try:
+        imported = await invoke(["import", str(batch)], url)
+        assert imported.exit_code == 0, imported.output
+
+        ours = as_json(await invoke(["--at", between, "-o", "json"], source.url))
+        theirs = as_json(await invoke(["--at", between, "-o", "json"], url))
+        assert first <= ours["applied_seq"] < later["seq"]
+        assert ours["state"]["agents"]  # not the empty state: the comparison below can fail
+        assert theirs == ours
+        assert theirs["digest"] == ours["digest"]
+
+        def timed(items: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+            # Foreign bytes carry no time: they are listed by when each stack stored them.
+            return [(i["stream"], i["seq"], i["time"]) for i in items if i["event"] is not None]
+
+        for window in (["--until", between], ["--since", between], ["--all", "--until", between]):
+            mine = timed(as_json(await invoke([*window, "-o", "json"], source.url)))
+            copied = timed(as_json(await invoke([*window, "-o", "json"], url)))
+            assert mine, window
+            assert copied == mine, window
+
+        # Where the times come from: the events' own, while the target stored them at import.
+        assert f"{names.STREAM_EVENTS}: imported {recorded.second[0]}" in imported.stderr
+        assert f"source #1-#{recorded.second[0]}" in imported.stderr
+        assert "kept as their own" in imported.stderr
+        (entry,) = as_json(await invoke(["--from-seq", "1", "--to-seq", "1", "-o", "json"], url))
+        assert entry["time"] == entry["event"]["time"].replace("Z", "+00:00")
+        assert datetime.fromisoformat(entry["stored"]) > datetime.fromisoformat(later["time"])
+    finally:
         server.stop()
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 import nats.errors
 import typer
+from nats.js.errors import NotFoundError
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -44,7 +45,7 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.queries import HiveQueries
+from swarm.cli.queries import HiveQueries, QueryFailed
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import (
     EXIT_CODES,
@@ -183,10 +184,37 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
                 "--module-sha256 HEX (or `module: {sha256: HEX}` in a spec file)"
             ),
         )
-    detected = "component" if raw[4:8] == COMPONENT_VERSION else "core"
+    detected = kind_of(raw)
     if detected == "core":
         validate_module(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
+
+
+def kind_of(raw: bytes) -> str:
+    """`component` or `core`: what a WebAssembly binary's header says it is."""
+    return "component" if raw[4:8] == COMPONENT_VERSION else "core"
+
+
+async def with_module_kind(log: EventLog, spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec`, or a copy whose module named by sha256 without a kind says the stored one's kind.
+
+    `--module-sha256` gives only a digest, and the spec's `module.kind` would otherwise default
+    to `core` for a Python component (`describe` shows it). The module is read from the object
+    store as a pod will read it; one that is not there is left as it is, for the Hive to refuse
+    (rule `module`).
+    """
+    module = spec.get("module")
+    if not isinstance(module, dict) or not module.get("sha256") or "kind" in module:
+        return spec
+    try:
+        store = await log.js.object_store(names.OBJECT_STORE_MODULES)
+        stored = await store.get(str(module["sha256"]))
+    except NotFoundError:  # no such module, or no object store at all
+        return spec
+    raw = bytes(stored.data or b"")
+    if raw[:4] != WASM_MAGIC:
+        return spec
+    return {**spec, "module": {**module, "kind": kind_of(raw)}}
 
 
 def assemble_wat(path: Path, text: bytes) -> bytes:
@@ -375,6 +403,10 @@ PriorityOption = Annotated[
         "--priority", min=-1000, max=1000, help="Scheduling priority.", show_default=False
     ),
 ]
+WaitTimeoutOption = Annotated[
+    float,
+    typer.Option("--wait-timeout", min=0.1, help="Seconds --wait waits (then exit 3)."),
+]
 
 
 @app.command("deploy", epilog=EXIT_CODES)
@@ -409,10 +441,7 @@ def deploy(
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the agent runs (exit 1 if it fails).")
     ] = False,
-    wait_timeout: Annotated[
-        float,
-        typer.Option("--wait-timeout", min=0.1, help="Seconds --wait waits (then exit 3)."),
-    ] = 60.0,
+    wait_timeout: WaitTimeoutOption = 60.0,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -455,6 +484,10 @@ def deploy(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
+            known = await with_module_kind(log, spec)
+            if known is not spec:
+                data["spec"] = known
+                event = prepare(commands.DeployAgent, data, settings)
             issued = await issue(log, event, within=timeout, with_caused=True)
             agent_id = _deployed_id(issued)
             conclude(
@@ -498,8 +531,15 @@ async def wait_running(
     at_least: int,
     within: float,
     quiet: bool = False,
+    version: str | None = None,
+    earlier: frozenset[str] = frozenset(),
 ) -> None:
-    """Poll the agent until it is running; `failed` is exit 1, running out of time exit 3."""
+    """Poll the agent until it is running; `failed` is exit 1, running out of time exit 3.
+
+    With `version` (a rollout), until the rollout to it completed with every desired replica of
+    that version running; a replica of it that failed, or the rollout undone (rolled back,
+    reverted), is exit 1. Replicas in `earlier` (there before the rollout) are not its own.
+    """
     label = f"{namespace}/{name}"
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     loop = asyncio.get_running_loop()
@@ -513,16 +553,28 @@ async def wait_running(
         if (state, reason) != seen:
             seen = (state, reason)
             status(f"{label}: {state} ({reason})")
-        desired = (agent.get("replicas") or {}).get("desired")
-        # Zero replicas wanted is "stopped" for good: there is nothing to wait for.
-        done = state == "running" or (state == "stopped" and desired == 0)
+        if version is None:
+            desired = (agent.get("replicas") or {}).get("desired")
+            # Zero replicas wanted is "stopped" for good: there is nothing to wait for.
+            done = state == "running" or (state == "stopped" and desired == 0)
+            failure = f"agent {label} failed: {reason}" if state == "failed" else None
+            finished = f"agent {label} is {state} ({reason})"
+            unplaced = state == "requested"
+            late = f"agent {label} is not running after {within:g}s: {state} ({reason})"
+        else:
+            done, failure, unplaced = _rollout_progress(agent, version, earlier)
+            finished = f"agent {label} rolled out {version}: {state} ({reason})"
+            late = (
+                f"the rollout of {label} to {version} is not done after {within:g}s: "
+                f"{state} ({reason})"
+            )
         if done and agent.get("rollout") is None:
             if not quiet:
-                stdout_console().print(Text(f"agent {label} is {state} ({reason})"))
+                stdout_console().print(Text(finished))
             return
-        if state == "failed":
+        if failure is not None:
             raise CliError(
-                f"agent {label} failed: {reason}",
+                failure,
                 code=EXIT_FAILED,
                 hint=f"{describe_it} shows its replicas and recent events",
             )
@@ -530,15 +582,39 @@ async def wait_running(
             hint = (
                 "no replica is placed yet: is a scheduler running, and does a pod have room? "
                 "(`swarm pod ls`)"
-                if state == "requested"
+                if unplaced
                 else f"{describe_it} shows where it is stuck"
             )
-            raise CliError(
-                f"agent {label} is not running after {within:g}s: {state} ({reason})",
-                code=EXIT_NO_OUTCOME,
-                hint=hint,
-            )
+            raise CliError(late, code=EXIT_NO_OUTCOME, hint=hint)
         await asyncio.sleep(WAIT_POLL)
+
+
+def _rollout_progress(
+    agent: Mapping[str, Any], version: str, earlier: frozenset[str]
+) -> tuple[bool, str | None, bool]:
+    """(done, why it failed, whether one waits for a place) of a rollout to `version`, from the
+    replicas it started.
+
+    Judged on those replicas, not on the agent's status: a replica that failed before the
+    rollout keeps the status `failed`, and may be what the rollout fixes.
+    """
+    label = f"{agent.get('namespace')}/{agent.get('name')}"
+    instances = [r for r in agent.get("instances") or [] if isinstance(r, dict)]
+    mine = [
+        r for r in instances if r.get("version") == version and r.get("replica_id") not in earlier
+    ]
+    failed = [r for r in mine if r.get("phase") == "failed"]
+    if failed:
+        why = f"replica {failed[0].get('replica_id')} failed: {failed[0].get('reason', '')}"
+        return False, f"the rollout of {label} to {version} failed: {why}", False
+    current = agent.get("version")
+    if current != version:
+        undone = f"the rollout of {label} to {version} was undone: it runs {current} now"
+        return False, undone, False
+    desired = int((agent.get("replicas") or {}).get("desired") or 0)
+    running = sum(1 for r in mine if r.get("phase") == "running")
+    unplaced = any(r.get("phase") == "requested" for r in mine)
+    return running >= desired, None, unplaced
 
 
 # --- ls ------------------------------------------------------------------------------------------
@@ -940,6 +1016,13 @@ def rollout(
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait until the rollout completes (exit 1 if it fails or is undone)."
+        ),
+    ] = False,
+    wait_timeout: WaitTimeoutOption = 60.0,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -969,17 +1052,19 @@ def rollout(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
+            queries = HiveQueries(log.nc)
+            current: dict[str, Any] = {}
+            if spec_file is None or wait:
+                current = await queries.agent(ns, agent_name, at_least=await read_floor(log))
             if spec_file is not None:
                 spec = flags.apply(spec_file.spec)
             else:
-                current = await HiveQueries(log.nc).agent(
-                    ns, agent_name, at_least=await read_floor(log)
-                )
                 spec = flags.apply(
                     _reusable(current.get("spec") or {}, flags, f"{ns}/{agent_name}")
                 )
             if "module" not in spec or "version" not in spec:
                 raise CliError("the spec file's spec needs version and module", code=EXIT_USAGE)
+            spec = await with_module_kind(log, spec)
             data: dict[str, Any] = {"namespace": ns, "name": agent_name, "spec": spec}
             surge = (
                 max_surge if max_surge is not None else spec_file.max_surge if spec_file else None
@@ -988,13 +1073,30 @@ def rollout(
                 data["max_surge"] = surge
             event = prepare(commands.RolloutAgent, data, settings)
             issued = await issue(log, event, within=timeout)
-        conclude(
-            issued,
-            output,
-            what=f"rollout of {ns}/{agent_name}",
-            done=f"agent {ns}/{agent_name} rolling out {spec['version']}",
-            namespace=ns,
-        )
+            conclude(
+                issued,
+                output,
+                what=f"rollout of {ns}/{agent_name}",
+                done=f"agent {ns}/{agent_name} rolling out {spec['version']}",
+                namespace=ns,
+            )
+            if wait:
+                before = frozenset(
+                    str(r.get("replica_id"))
+                    for r in current.get("instances") or []
+                    if isinstance(r, dict)
+                )
+                await wait_running(
+                    queries,
+                    ns,
+                    agent_name,
+                    str(current["agent_id"]),
+                    at_least=issued.outcome.seq,
+                    within=wait_timeout,
+                    quiet=output != Format.TABLE,
+                    version=str(spec["version"]),
+                    earlier=before,
+                )
         return EXIT_OK
 
     finish(main())
@@ -1151,11 +1253,7 @@ async def ask_agent(
     try:
         reply = await log.nc.request(subject, body, timeout=timeout)
     except nats.errors.NoRespondersError:
-        raise CliError(
-            f"no replica of {namespace}/{name} is running to answer",
-            code=EXIT_FAILED,
-            hint=f"`swarm agent describe {name} -n {namespace}` shows where its replicas are",
-        ) from None
+        raise await _no_responder(log, namespace, name) from None
     except nats.errors.TimeoutError:
         raise CliError(
             f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
@@ -1165,6 +1263,45 @@ async def ask_agent(
         text=reply.data.decode("utf-8", "replace"),
         status=headers.get(names.HEADER_AGENT_STATUS, "0"),
         error=bool(headers.get(names.HEADER_AGENT_ERROR)),
+    )
+
+
+async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
+    """Why nobody answered on the agent's subject: the Hive knows whether the agent exists.
+
+    The mesh alone cannot tell a misspelt name from an agent whose replicas are all down, and
+    the two need different fixes.
+    """
+    describe_it = f"`swarm agent describe {name} -n {namespace}`"
+    try:
+        floor = await read_floor(log)
+    except NotFoundError:  # a NATS server without Swarm's streams: no Hive has run there
+        floor = 0
+    try:
+        agent = await HiveQueries(log.nc).agent(namespace, name, at_least=floor)
+    except QueryFailed as exc:
+        if exc.error_code != "not_found":
+            raise
+        return CliError(
+            f"agent {namespace}/{name} not found",
+            code=EXIT_FAILED,
+            hint=f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all namespaces",
+        )
+    except CliError:
+        # No Hive to ask: say what is known for sure.
+        return CliError(
+            f"no replica of {namespace}/{name} is running to answer (and no Hive answered "
+            "whether the agent exists)",
+            code=EXIT_FAILED,
+            hint="is the stack running? (`swarm status`)",
+        )
+    replicas = agent.get("replicas") or {}
+    return CliError(
+        f"no replica of {namespace}/{name} is running to answer: it is {agent.get('status')} "
+        f"({agent.get('reason', '')}), {replicas.get('running', 0)}/"
+        f"{replicas.get('desired', 0)} replicas running",
+        code=EXIT_FAILED,
+        hint=f"{describe_it} shows where its replicas are",
     )
 
 

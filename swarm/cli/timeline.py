@@ -6,6 +6,12 @@ server (a consumer subject filter, a start sequence or time); every filter is al
 so the server-side part is purely an optimisation and never changes what is shown. Entries whose
 bodies cannot be decoded are shown with a marker: the log is the audit trail, and hiding what
 does not parse would hide exactly what someone needs to look at.
+
+An entry's time is its own: the CloudEvents `time` it carries (set by the Hive when it decided an
+event, by the sender for a command), which `swarm timeline export`/`import` keep byte for byte,
+so a time range or `--at TIME` selects the same entries on a stack a log was imported into as on
+the stack that wrote it. When JetStream stored the entry (the import's time, on such a stack) is
+only a fallback, for entries that carry no readable time, and shown as `stored`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import pydantic
@@ -46,6 +52,12 @@ _GLOB_CHARS = frozenset("*?[]")
 #: Entries not decodable as a CloudEvent show this in place of their type.
 UNDECODABLE = "(undecodable)"
 _SUMMARY_LIMIT = 160
+#: How far a time range reads beyond its ends by store time and by entries' own times. Entries
+#: carry their writer's clock, which may differ from the NATS server's, and a log imported from
+#: another stack was stored long after its entries' times; this margin keeps the server-side start
+#: and the early stop from cutting off entries whose own time is in range, as long as every writer's
+#: clock was within half of it of the server that first stored the log.
+CLOCK_MARGIN = timedelta(minutes=10)
 
 
 # --- Subjects ------------------------------------------------------------------------------------
@@ -176,9 +188,9 @@ class Filters:
             return False
         if self.from_seq is not None and entry.seq < self.from_seq:
             return False
-        if self.since is not None and entry.logged < self.since:
+        if self.since is not None and entry.time < self.since:
             return False
-        if self.until is not None and entry.logged > self.until:
+        if self.until is not None and entry.time > self.until:
             return False
         envelope = entry.envelope
         if self.type_glob is not None and (
@@ -202,10 +214,23 @@ class Filters:
         return True
 
     def past_end(self, entry: LogEntry) -> bool:
-        """True once nothing later in this stream can match (ends a read early)."""
+        """True once nothing later in this stream can match (ends a read early).
+
+        By time only past `CLOCK_MARGIN`: entries' own times follow the log's order only as
+        closely as their writers' clocks agreed.
+        """
         if self.to_seq is not None and entry.seq > self.to_seq:
             return True
-        return self.until is not None and entry.logged > self.until
+        return self.until is not None and entry.time - CLOCK_MARGIN > self.until
+
+    def start_time(self) -> datetime | None:
+        """Where the server may start reading by store time for `since` (see `CLOCK_MARGIN`)."""
+        if self.since is None:
+            return None
+        try:
+            return self.since - CLOCK_MARGIN
+        except OverflowError:  # --since at the beginning of time: read from the start
+            return None
 
 
 _ROOTS = {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
@@ -241,8 +266,11 @@ class LogEntry:
     stream: str
     seq: int
     subject: str
-    #: When JetStream stored it (what --since/--until compare against).
-    logged: datetime
+    #: When it happened, by its own CloudEvents `time` (what --since/--until compare against);
+    #: when it has none, when it was stored (`entry_time`).
+    time: datetime
+    #: When JetStream stored it on this stack (for an imported log: when it was imported).
+    stored: datetime
     #: The envelope, read leniently; None when the body is not a CloudEvent.
     envelope: RawEnvelope | None
     #: Why the body could not be decoded, when it could not.
@@ -256,7 +284,8 @@ class LogEntry:
             stream=stream,
             seq=delivery.stream_seq,
             subject=delivery.subject,
-            logged=delivery.timestamp,
+            time=entry_time(envelope, delivery.timestamp),
+            stored=delivery.timestamp,
             envelope=envelope,
             error=error,
             raw=delivery.data,
@@ -281,13 +310,15 @@ class LogEntry:
         return None
 
     def as_json(self) -> dict[str, Any]:
-        """The `-o json|jsonl` shape: {seq, subject, time, event} (+ raw/error when undecodable)."""
+        """The `-o json|jsonl` shape: {seq, stream, subject, time, stored, event} (+ raw/error
+        when undecodable)."""
         body = self.body
         item: dict[str, Any] = {
             "seq": self.seq,
             "stream": self.stream,
             "subject": self.subject,
-            "time": self.logged.isoformat(),
+            "time": self.time.isoformat(),
+            "stored": self.stored.isoformat(),
             "event": body if isinstance(body, dict) else None,
         }
         if self.error is not None:
@@ -295,6 +326,22 @@ class LogEntry:
             if not isinstance(body, dict):
                 item["raw"] = self.raw.decode("utf-8", errors="replace")
         return item
+
+
+def entry_time(envelope: RawEnvelope | None, stored: datetime) -> datetime:
+    """When an entry happened: its CloudEvents `time` (no offset means UTC), else `stored`."""
+    moment = envelope.time if envelope is not None else None
+    if moment is None:
+        return stored
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def own_time(raw: bytes) -> datetime | None:
+    """The CloudEvents `time` of a stored body, or None when it carries no readable one."""
+    envelope, _ = _decode(raw)
+    if envelope is None or envelope.time is None:
+        return None
+    return entry_time(envelope, envelope.time)
 
 
 def _decode(raw: bytes) -> tuple[RawEnvelope | None, str | None]:
@@ -349,7 +396,7 @@ async def history(
     if subjects is None or end == 0:
         return
     start_seq = filters.from_seq
-    start_time = filters.since if start_seq is None else None
+    start_time = filters.start_time() if start_seq is None else None
     if start_seq is not None and start_seq > end:
         return
     batches = scan(
@@ -391,14 +438,14 @@ async def live(
 async def merge_by_time(
     sources: Sequence[AsyncIterator[LogEntry]],
 ) -> AsyncGenerator[LogEntry, None]:
-    """Interleave finite, individually ordered reads by the time each entry was logged."""
+    """Interleave finite, individually ordered reads by each entry's own time."""
     heads: list[tuple[LogEntry, int]] = []
     for index, source in enumerate(sources):
         first = await anext(source, None)
         if first is not None:
             heads.append((first, index))
     while heads:
-        heads.sort(key=lambda head: (head[0].logged, head[0].stream, head[0].seq))
+        heads.sort(key=lambda head: (head[0].time, head[0].stream, head[0].seq))
         entry, index = heads.pop(0)
         yield entry
         following = await anext(sources[index], None)
@@ -499,7 +546,7 @@ def table_row(entry: LogEntry, *, multi_stream: bool) -> list[Any]:
         raw = printable(entry.raw[:60].decode("utf-8", errors="replace"))
         cells: list[Any] = [
             entry.seq,
-            _time(entry.logged),
+            _time(entry.time),
             Text(UNDECODABLE, style="bold yellow"),
             where,
             Text(f"{entry.error} | {raw}", style="yellow"),
@@ -508,7 +555,7 @@ def table_row(entry: LogEntry, *, multi_stream: bool) -> list[Any]:
     else:
         cells = [
             entry.seq,
-            _time(envelope.time or entry.logged),
+            _time(entry.time),
             envelope.type,
             where,
             summarize(envelope.data),

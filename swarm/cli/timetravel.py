@@ -5,6 +5,11 @@ The state is rebuilt the way every Hive replica builds it: SWARM_EVENTS folded i
 same pure `evolve` (through `fold_raw`, which also consumes undecodable entries exactly as a
 replica does), so `--at N` shows what a replica that had applied the log up to sequence N held.
 The log is read in batches of `BATCH` messages; there is no round trip per event.
+
+A time means the events' own times (their CloudEvents `time`, which `swarm timeline import`
+keeps), never when JetStream stored them: `--at TIME` folds the log up to the first event that
+happened after TIME, so it gives the same state on a stack the log was imported into as on the
+one that wrote it. An entry with no readable time (foreign bytes) is folded with what precedes it.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.timeline import parse_time
-from swarm.kernel.eventlog import EventLog
+from swarm.cli.timeline import own_time, parse_time
+from swarm.kernel.eventlog import Delivery, EventLog
 from swarm.kernel.logscan import scan
 from swarm.kernel.settings import Settings
 
@@ -49,7 +54,8 @@ _VALUE_LIMIT = 60
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """A position of SWARM_EVENTS: a stream sequence, or a time (everything logged until then)."""
+    """A position of SWARM_EVENTS: a stream sequence, or a time (the events that happened until
+    then: up to the first one whose own time is later)."""
 
     seq: int | None = None
     time: datetime | None = None
@@ -62,12 +68,13 @@ class Point:
             return cls(seq=int(stripped))
         return cls(time=parse_time(text, now=now))
 
-    def before(self, seq: int, logged: datetime) -> bool:
-        """True when the entry at `seq`, logged at `logged`, is part of the state at this point."""
+    def before(self, seq: int, happened: datetime | None) -> bool:
+        """True when the entry at `seq`, which happened at `happened` (None: it does not say), is
+        part of the state at this point, given that every entry before it is."""
         if self.seq is not None:
             return seq <= self.seq
         assert self.time is not None
-        return logged <= self.time
+        return happened is None or happened <= self.time
 
     def describe(self) -> str:
         return f"#{self.seq}" if self.seq is not None else (self.time or datetime.min).isoformat()
@@ -79,8 +86,8 @@ class Snapshot:
 
     point: Point
     applied_seq: int
-    #: When the last folded entry was logged (None for the empty state).
-    logged: datetime | None
+    #: When the last folded event that says so happened (None for the empty state).
+    time: datetime | None
     state: dict[str, Any]
     digest: str
 
@@ -88,7 +95,7 @@ class Snapshot:
         return {
             "at": self.point.describe(),
             "applied_seq": self.applied_seq,
-            "time": self.logged.isoformat() if self.logged else None,
+            "time": self.time.isoformat() if self.time else None,
             "digest": self.digest,
             "state": self.state,
         }
@@ -97,36 +104,57 @@ class Snapshot:
 async def fold_until(log: EventLog, points: list[Point]) -> list[Snapshot]:
     """One ordered, batched pass over SWARM_EVENTS; the state at each of `points`.
 
-    `points` must be in log order (`diff` checks). The pass stops at the last point, not at the
-    end of the log, so `--at` early in a long log reads only what it needs.
+    `points` must be in log order (`diff` checks) and all sequences or all times. The pass stops
+    at the last point, not at the end of the log, so `--at` early in a long log reads only what
+    it needs.
     """
+    timed = any(p.time is not None for p in points)
+    if timed and any(p.seq is not None for p in points):
+        raise ValueError("fold sequences and times in separate passes")
     state = HiveState()
     snapshots: list[Snapshot] = []
-    last_logged: datetime | None = None
+    #: The body of the last folded event that carries a time (with sequences: of the last folded
+    #: event), its time read only when a snapshot needs it.
+    last_timed: bytes | None = None
+    #: Entries with no time of their own, waiting for the next one that has one: they are part
+    #: of a point in time when that one is.
+    held: list[Delivery] = []
     pending = list(points)
 
     def take(point: Point) -> None:
         view = state.to_dict()
-        snapshots.append(Snapshot(point, state.applied_seq, last_logged, view, digest_of(view)))
+        when = own_time(last_timed) if last_timed is not None else None
+        snapshots.append(Snapshot(point, state.applied_seq, when, view, digest_of(view)))
+
+    def fold(delivery: Delivery) -> None:
+        fold_raw(state, delivery.stream_seq, delivery.data)
 
     # With sequences only, nothing past the last point is even read.
-    seqs = [p.seq for p in points]
-    end = None if any(seq is None for seq in seqs) else max(s for s in seqs if s is not None)
+    end = None if timed else max((p.seq or 0) for p in points) if points else 0
     if end != 0:
         batches = scan(log, names.STREAM_EVENTS, end=end, batch=BATCH)
         async with connect.closing(batches) as reading:
             async for batch in reading:
                 for delivery in batch:
-                    while pending and not pending[0].before(
-                        delivery.stream_seq, delivery.timestamp
-                    ):
+                    # Reading an event's time costs a lenient decode: only times need it.
+                    happened = own_time(delivery.data) if timed else None
+                    if timed and happened is None:
+                        held.append(delivery)
+                        continue
+                    while pending and not pending[0].before(delivery.stream_seq, happened):
                         take(pending.pop(0))
                     if not pending:
                         break
-                    fold_raw(state, delivery.stream_seq, delivery.data)
-                    last_logged = delivery.timestamp
+                    for waiting in held:
+                        fold(waiting)
+                    held.clear()
+                    fold(delivery)
+                    last_timed = delivery.data
                 if not pending:
                     break
+    # The log ended: what it ends with happened before any point in time past its end.
+    for waiting in held if pending else ():
+        fold(waiting)
     for point in pending:
         take(point)
     return snapshots
@@ -200,10 +228,10 @@ def _short(value: Any) -> str:
     return text if len(text) <= _VALUE_LIMIT else text[: _VALUE_LIMIT - 1] + "…"
 
 
-def _when(logged: datetime | None) -> str:
-    if logged is None:
-        return "before the first event"
-    return logged.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+def _when(snapshot: Snapshot) -> str:
+    if snapshot.time is None:
+        return "before the first event" if snapshot.applied_seq == 0 else "no time given"
+    return snapshot.time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def print_snapshot(snapshot: Snapshot, fmt: StreamFormat) -> None:
@@ -214,7 +242,7 @@ def print_snapshot(snapshot: Snapshot, fmt: StreamFormat) -> None:
     console = stdout_console()
     console.print(
         Text(
-            f"Hive state at #{snapshot.applied_seq} ({_when(snapshot.logged)}), "
+            f"Hive state at #{snapshot.applied_seq} ({_when(snapshot)}), "
             f"digest {snapshot.digest[:16]}"
         )
     )
@@ -287,8 +315,8 @@ def print_diff(first: Snapshot, second: Snapshot, changes: list[Change], fmt: Fo
     console = stdout_console()
     console.print(
         Text(
-            f"#{first.applied_seq} ({_when(first.logged)}) → "
-            f"#{second.applied_seq} ({_when(second.logged)}): {len(changes)} change(s)"
+            f"#{first.applied_seq} ({_when(first)}) → "
+            f"#{second.applied_seq} ({_when(second)}): {len(changes)} change(s)"
         )
     )
     if changes:

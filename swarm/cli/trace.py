@@ -92,7 +92,7 @@ def _export(roots: list[Node], endpoint: str) -> int:
         raise CliError(
             "OpenTelemetry export needs the otel extra",
             code=EXIT_USAGE,
-            hint="pip install 'swarm[otel]'",
+            hint="pip install 'swarm-platform[otel]'",
         ) from None
     correlation = roots[0].correlation or roots[0].id if roots else ""
     return otel.export(roots, correlation, otel.otlp_exporter(endpoint))

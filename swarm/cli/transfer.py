@@ -18,6 +18,12 @@ sequence numbers (so a Hive there folds to a different state than the source's).
 appended atomically and states the stream position it expects, so a concurrent writer on the
 target makes the import stop with an error rather than interleave.
 
+Times travel with the entries: each keeps its CloudEvents `time` as written, and every time in
+`swarm timeline` (listing, `--since`/`--until`, `--at`, `diff`) is that time, not when JetStream
+stored the entry, so the target answers a question about a time as the source does. JetStream's
+store time on the target is the import's (`stored` in `swarm timeline -o json`), and import says
+which source sequences and which span of time it added.
+
 Entries of the log that are not CloudEvents (a foreign writer's bytes, a malformed command) are
 exported too, as a CloudEvent of type `org.swarm.timeline.raw` whose `data_base64` holds the
 stored bytes; import appends those bytes unchanged. Nothing is lost, so sequence numbers (which
@@ -34,6 +40,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -47,6 +54,7 @@ from swarm.cli.timeline import (
     LogEntry,
     check_pattern,
     history,
+    own_time,
     parse_time,
     subject_matches,
 )
@@ -145,6 +153,8 @@ class Item:
     key: str
     msg_id: str
     body: bytes
+    #: Its sequence on the stack it was exported from (`swarmseq`), when the file says.
+    source_seq: int | None = None
 
 
 def entry_key(data: bytes) -> str:
@@ -175,6 +185,7 @@ def parse_batch(text: str) -> list[Item]:
             body = base64.b64decode(obj["data_base64"])
         else:
             body = _compact({k: v for k, v in obj.items() if k not in _ATTRS}).encode()
+        seq = obj.get(names.EXPORT_ATTR_SEQ)
         items.append(
             Item(
                 obj[names.EXPORT_ATTR_STREAM],
@@ -182,6 +193,7 @@ def parse_batch(text: str) -> list[Item]:
                 entry_key(body),
                 obj["id"],
                 body,
+                seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
             )
         )
     return items
@@ -223,6 +235,20 @@ def _problem(obj: Any) -> str | None:
 class ImportCounts:
     added: int = 0
     present: int = 0
+    #: Where what was added came from: source sequences and the entries' own times, first/last.
+    source_seqs: tuple[int, int] | None = None
+    times: tuple[datetime, datetime] | None = None
+
+    def describe(self, stream: str) -> str:
+        text = f"{stream}: imported {self.added}, {self.present} already there"
+        origin = []
+        if self.source_seqs is not None:
+            first, last = self.source_seqs
+            origin.append(f"source #{first}" + (f"-#{last}" if last != first else ""))
+        if self.times is not None:
+            start, end = (t.astimezone(UTC).isoformat() for t in self.times)
+            origin.append(f"times {start} to {end}, kept as their own")
+        return text + (f" ({'; '.join(origin)})" if origin else "")
 
 
 async def _target_keys(log: EventLog, stream: str) -> list[str]:
@@ -259,6 +285,12 @@ async def import_stream(
             "what it holds (sequence numbers then differ from the source's)",
         )
     counts = ImportCounts(present=len(items) - len(todo))
+    seqs = [item.source_seq for item in todo if item.source_seq is not None]
+    if seqs:
+        counts.source_seqs = (min(seqs), max(seqs))
+    times = [t for t in (own_time(item.body) for item in todo) if t is not None]
+    if times:
+        counts.times = (min(times), max(times))
     root = _ROOTS[stream]
     for lo in range(0, len(todo), MAX_ATOMIC_BATCH):
         chunk = todo[lo : lo + MAX_ATOMIC_BATCH]
@@ -428,7 +460,7 @@ def register(group: typer.Typer) -> None:
                 for stream in STREAMS:
                     mine = [item for item in items if item.stream == stream]
                     counts = await import_stream(log, stream, mine, force=force)
-                    status(f"{stream}: imported {counts.added}, {counts.present} already there")
+                    status(counts.describe(stream))
             return EXIT_OK
 
         run(main())

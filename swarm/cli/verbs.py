@@ -157,6 +157,11 @@ def _rejection_hint(rule: str, reason: str, namespace: str) -> str | None:
         return f"`swarm namespace update {namespace}` changes its quota"
     if rule == "identity":
         return "the CLI sends as SWARM_IDENTITY (kind:name, e.g. user:ann)"
+    if rule == "module":
+        return (
+            "push the module first: `swarm module push FILE` stores it and prints the sha256 "
+            "to deploy with (--module-sha256); `swarm module ls` lists what is stored"
+        )
     return None
 
 

@@ -125,7 +125,10 @@ class HiveQueries:
             raise QueryFailed(
                 f"agent {namespace}/{name} not found",
                 error_code=exc.error_code,
-                hint=f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all",
+                hint=(
+                    f"`swarm agent ls -n {namespace}` lists its agents, "
+                    "`-A` those of all namespaces"
+                ),
             ) from None
         return _object(answer, "agent")
 

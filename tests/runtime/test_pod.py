@@ -241,7 +241,7 @@ async def test_the_cli_deploys_the_wat_example_and_talks_to_it(tmp_path: Path) -
         assert json.loads(out) == {"hello": "swarm"}
         code, out, err = await swarm("agent", "send", "nobody", "hi")
         assert code == 1
-        assert "no replica of default/nobody" in err
+        assert "agent default/nobody not found" in err
         broken = _write(tmp_path / "broken.wat", "(module (func")
         code, out, err = await swarm("agent", "deploy", "bad", "--module", str(broken))
         assert code == 2
