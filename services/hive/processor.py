@@ -39,6 +39,7 @@ appends (it is the only writer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -155,6 +156,8 @@ class CommandProcessor:
         self._salt: dict[str, str] = {}
         #: Module sha256s found in the object store.
         self._modules: set[str] = set()
+        #: Fetched deliveries not yet acked or nak'd, by stream sequence.
+        self._unsettled: dict[int, Delivery] = {}
 
     async def run(self, still_leader: Callable[[], bool]) -> None:
         self._still_leader = still_leader
@@ -170,11 +173,24 @@ class CommandProcessor:
             await self._announce()
             while still_leader():
                 deliveries = await consumer.fetch(128, timeout=0.2)
-                if deliveries and still_leader():  # else unacked: redelivered to the next leader
+                self._unsettled = {d.stream_seq: d for d in deliveries}
+                if deliveries and still_leader():
                     await self._handle_batch(deliveries)
         finally:
+            await self._hand_back()
             await consumer.close()
             self.working = None
+
+    async def _hand_back(self) -> None:
+        """Give what this leader fetched but did not settle back to the stream at once.
+
+        Otherwise it stays invisible to the next leader until `ack_wait` (15 s) runs out: under
+        load leadership can move every few seconds, and each move would stall the commands in
+        flight that long."""
+        unsettled, self._unsettled = self._unsettled, {}
+        for delivery in unsettled.values():
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await delivery.nak()
 
     async def resync(self, at_least: int | None = None) -> HiveState:
         """Rebuild the working state from the agreed one once it has folded the whole log."""
@@ -251,7 +267,7 @@ class CommandProcessor:
         ids: set[str] = set()
         for delivery in deliveries:
             if not self._still_leader():
-                return  # unacked: redelivered to the next leader
+                return  # handed back to the stream for the next leader (`_hand_back`)
             if delivery.num_delivered > self.max_deliveries:
                 if group:
                     await self._commit(group)
@@ -389,6 +405,7 @@ class CommandProcessor:
         self.end = appended[-1].seq
         for pending in group:
             self.handled += 1
+            self._unsettled.pop(pending.delivery.stream_seq, None)
             self._failures.pop(pending.delivery.stream_seq, None)
             await pending.delivery.ack()
 
@@ -448,6 +465,7 @@ class CommandProcessor:
 
     async def _done(self, delivery: Delivery, command_id: str | None = None) -> None:
         self.handled += 1
+        self._unsettled.pop(delivery.stream_seq, None)
         self._failures.pop(delivery.stream_seq, None)
         if command_id is not None:
             self._foreign.pop(command_id, None)
@@ -455,6 +473,7 @@ class CommandProcessor:
         await delivery.ack()
 
     async def _retry_later(self, delivery: Delivery) -> None:
+        self._unsettled.pop(delivery.stream_seq, None)
         delay = min(0.5 * 2 ** min(delivery.num_delivered - 1, 8), _MAX_NAK_DELAY)
         await delivery.nak(delay=delay)
 
