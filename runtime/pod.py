@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import enum
 import hashlib
@@ -42,6 +41,7 @@ from runtime.net import HttpFetcher
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
+from runtime.workers import WorkerPool
 from schemas import Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
@@ -97,8 +97,8 @@ class Pod:
             return
         self.status = PodStatus.RUNNING
         engine = SandboxEngine()
-        executor = concurrent.futures.ThreadPoolExecutor(
-            self.config.workers, thread_name_prefix=f"pod-{self.pod_id}"
+        workers = WorkerPool(
+            self.config.workers, self.config.agent_workers(), name=f"pod-{self.pod_id}"
         )
         eventlog: EventLog | None = None
         memory = self._vector_memory()
@@ -110,7 +110,9 @@ class Pod:
                 self.settings.nats_url, self.settings, name=self.source
             )
             engine.start()
-            snapshots = await SnapshotStore.open(eventlog.js)
+            nc = eventlog.nc
+            # Read at each save: a reconnect may land on a server with another limit.
+            snapshots = await SnapshotStore.open(eventlog.js, max_payload=lambda: nc.max_payload)
             self._deps = ReplicaDeps(
                 pod_id=self.pod_id,
                 nc=eventlog.nc,
@@ -118,7 +120,7 @@ class Pod:
                 modules=ModuleCache(engine, self.config.module_cache_dir()),
                 components=ComponentCache(engine, self.config.module_cache_dir()),
                 snapshots=snapshots,
-                executor=executor,
+                workers=workers,
                 fetch_module=self._fetch_module,
                 report=self._report,
                 mailbox_size=self.config.mailbox_size,
@@ -129,6 +131,7 @@ class Pod:
                     max_http_request_bytes=self.config.net_max_request_bytes,
                     max_http_response_bytes=self.config.net_max_response_bytes,
                 ),
+                state_caps=self.config.state_caps(),
             )
             await self._register()
             tasks = [
@@ -153,7 +156,7 @@ class Pod:
                 await eventlog.close()
             engine.stop()
             # Threads still inside a wasm call end at their deadline; do not wait for them.
-            executor.shutdown(wait=False, cancel_futures=True)
+            workers.shutdown()
             if memory is not None:
                 memory.close()
             http.close()
