@@ -69,7 +69,7 @@ from runtime.memory import AgentMemory, VectorMemory
 from runtime.modules import ModuleCache
 from runtime.net import HttpFetcher, HttpRequest, HttpResponse
 from runtime.podview import Assignment
-from runtime.sandbox import AgentSandbox
+from runtime.sandbox import AgentSandbox, CallResult
 from runtime.snapshots import SnapshotRef, SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import names
@@ -349,6 +349,11 @@ class Replica:
         return self._task is not None and self._task.done()
 
     @property
+    def in_call(self) -> bool:
+        """True while a sandbox call of this replica runs on a worker thread."""
+        return self._in_call
+
+    @property
     def unsaved(self) -> bool:
         """True while kv changes wait for the next snapshot."""
         return self._host is not None and self._host.kv_version != self._saved_version
@@ -614,6 +619,14 @@ class Replica:
         """Run `fn(*args)` on one of the pod's worker threads, as this replica's agent."""
         return await self.deps.workers.run(self.assignment.agent_id, fn, *args)
 
+    def _call(self, sandbox: AgentSandbox | ComponentSandbox, message: bytes) -> CallResult:
+        """One call of the agent, on a worker thread."""
+        self._in_call = True
+        try:
+            return sandbox.handle(message)
+        finally:
+            self._in_call = False
+
     async def _serve(self) -> None:
         sandbox = self._sandbox
         assert sandbox is not None
@@ -623,9 +636,8 @@ class Replica:
                 return
             msg = mail.msg
             started = time.perf_counter()
-            self._in_call = True
             try:
-                result = await self._work(sandbox.handle, msg.data)
+                result = await self._work(self._call, sandbox, msg.data)
             except ValueError as exc:  # message over the budget: refused, the instance is fine
                 self.metrics.errors += 1
                 await self._answer(mail, error=str(exc))
@@ -638,7 +650,6 @@ class Replica:
                 await self._answer(mail, error=exc.reason)
                 return
             finally:
-                self._in_call = False
                 self.metrics.calls += 1
                 self.metrics.last_latency_ms = (time.perf_counter() - started) * 1000
                 self.metrics.busy_ms += self.metrics.last_latency_ms

@@ -348,3 +348,25 @@ BUSY = agent(
 """,
     imports=("now_ms",),
 )
+
+#: Stores u32 `size` bytes of its memory (from 64 KiB on; 17 pages) under the key that follows
+#: the size in the message, and replies with kv_put's i32 code: a state hoarder that needs only
+#: the first ABI's imports.
+HOARD = agent(
+    """
+  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0)
+      (call $kv_put (i32.add (local.get $ptr) (i32.const 4))
+                    (i32.sub (local.get $len) (i32.const 4))
+                    (i32.const 65536) (i32.load (local.get $ptr))))
+    (call $reply (i32.const 0) (i32.const 4))
+    (i32.const 0))
+""",
+    imports=("kv_put", "reply"),
+    memory="17",
+)
+
+
+def hoard(key: str, size: int) -> bytes:
+    """A HOARD message."""
+    return struct.pack("<I", size) + key.encode()

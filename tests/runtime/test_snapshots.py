@@ -97,12 +97,14 @@ async def test_a_state_of_three_messages_is_chunked_and_restored_byte_identical(
     assert loaded == (state, ref)
     assert await store.load_exact(ref) == state
     found = await store.load_before("r-big", utcnow())
-    assert found is not None and found[0] == state
+    assert found is not None
+    assert found[0] == state
     # Every message of the snapshot fits what the server takes.
     kv = await event_log.js.key_value(store.bucket)
     for key in await chunk_keys(event_log, store):
         entry = await kv.get(key)
-        assert entry.value is not None and len(entry.value) <= max_payload
+        assert entry.value is not None
+        assert len(entry.value) <= max_payload
 
 
 async def test_a_state_at_the_pods_cap_saves(event_log: EventLog, store: SnapshotStore) -> None:
@@ -237,5 +239,6 @@ async def test_messages_are_sized_by_the_connections_max_payload(
     kv = await event_log.js.key_value(store.bucket)
     for key in await chunk_keys(event_log, store):
         entry = await kv.get(key)
-        assert entry.value is not None and len(entry.value) <= 64 * 1024
+        assert entry.value is not None
+        assert len(entry.value) <= 64 * 1024
     assert await small.load_exact(ref) == state

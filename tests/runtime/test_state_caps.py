@@ -89,13 +89,13 @@ def test_a_state_restored_over_its_caps_is_kept_and_may_only_shrink() -> None:
 
 
 def test_caps_must_not_be_negative() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="StateCaps"):
         StateCaps(max_bytes=-1)
     with pytest.raises(ValueError, match="state_keys"):
         SandboxLimits(state_keys=-1)
 
 
-# --- through the host functions of a core module ---------------------------------------------------
+# --- through the host functions of a core module -------------------------------------------------
 
 
 def code(sandbox: AgentSandbox, message: bytes) -> int:
