@@ -8,6 +8,11 @@ replicas placed here that do not run are started; running ones the log stopped, 
 are stopped. Everything the pod does is reported as a `replica.report` command; only the Hive
 writes events.
 
+Agents' calls run on the pod's `WorkerPool` (runtime/workers.py): `workers` threads, of which
+one agent's replicas hold at most `agent_workers()` at once, a freed thread going to the waiting
+agent that holds the fewest; so one agent (a spinner, a flood) cannot starve its neighbours.
+Every replica's kv state is bounded by the pod's `max_state_bytes` / `max_state_keys`.
+
 Shutdown: `stop()` drains (each replica finishes its queued messages and saves a last snapshot)
 but reports nothing and does not deregister: the lease runs out and the Hive moves the replicas,
 or the pod comes back under the same id first and resumes them. Cancelling `run()` is the

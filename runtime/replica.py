@@ -171,10 +171,6 @@ class PodHost:
         with self._lock:
             return self._kv.size, len(self._kv)
 
-    @property
-    def state_caps(self) -> StateCaps:
-        return self._kv.caps
-
     def kv_get(self, key: str) -> bytes | None:
         with self._lock:
             return self._kv.get(key)
