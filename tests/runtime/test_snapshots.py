@@ -11,11 +11,20 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
 
 from runtime.config import PodSettings
 from runtime.kvstate import KvState
-from runtime.snapshots import HISTORY, SnapshotRef, SnapshotStore, SnapshotUnreadable, decode
+from runtime.snapshots import (
+    HISTORY,
+    SnapshotRef,
+    SnapshotStore,
+    SnapshotUnreadable,
+    decode,
+    decode_body,
+    encode_body,
+)
 from schemas import utcnow
 from swarm.kernel.eventlog import EventLog
 
@@ -49,8 +58,13 @@ async def head(event_log: EventLog, store: SnapshotStore, key: str) -> dict[str,
 
 
 async def chunk_keys(event_log: EventLog, store: SnapshotStore) -> set[str]:
-    kv = await event_log.js.key_value(store.bucket)
-    return {k for k in await kv.keys() if "." in k}
+    """The chunk keys (`<key>.<gen>.<id>.<i>`) that hold a message, from the bucket's stream
+    (nats-py's `KeyValue.keys()` sometimes answers before its watcher saw any key)."""
+    prefix = KV_PRE_TEMPLATE.format(bucket=store.bucket)
+    info = await event_log.js.stream_info(
+        KV_STREAM_TEMPLATE.format(bucket=store.bucket), subjects_filter=f"{prefix}*.*.*.*"
+    )
+    return {subject.removeprefix(prefix) for subject in info.state.subjects or {}}
 
 
 async def test_the_newest_state_saved_before_a_time_and_an_exact_revision(
@@ -242,3 +256,18 @@ async def test_messages_are_sized_by_the_connections_max_payload(
         assert entry.value is not None
         assert len(entry.value) <= 64 * 1024
     assert await small.load_exact(ref) == state
+
+
+def test_a_body_round_trips_and_anything_else_is_unreadable() -> None:
+    state = {"a": b"", "ключ": b"\x00" * 3, "z": os.urandom(100)}
+    body = encode_body(state)
+    assert decode_body(body) == state
+    assert decode_body(encode_body({})) == {}
+    for bad in (body[:-1], body[:7], b"SWKV\x02" + body[5:], body + b"\x01", b""):
+        with pytest.raises(SnapshotUnreadable):
+            decode_body(bad)
+    with pytest.raises(SnapshotUnreadable, match="UTF-8"):
+        decode_body(b"SWKV\x01\x01\x00\x00\x00\xff\x00\x00\x00\x00")
+    for head in (b"[]", b"{", b'{"v": 9}', b'{"v": 1, "kv": {"k": "not base64!"}}', b"[" * 10**5):
+        with pytest.raises(SnapshotUnreadable):
+            decode(head)
