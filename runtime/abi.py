@@ -46,6 +46,7 @@ IMPORTS: Final[dict[str, Signature]] = {
     "log": Signature((_I32, _I32, _I32), ()),
     "kv_get": Signature((_I32, _I32, _I32, _I32), (_I32,)),
     "kv_put": Signature((_I32, _I32, _I32, _I32), (_I32,)),
+    "kv_delete": Signature((_I32, _I32), (_I32,)),
     "now_ms": Signature((), (_I64,)),
     "random": Signature((_I32, _I32), ()),
     "vector_store": Signature((_I32, _I32), (_I32,)),
@@ -76,9 +77,10 @@ class ErrorCode(IntEnum):
     """
 
     OK = 0
-    #: kv_get: the key has no value.
+    #: kv_get, kv_delete: the key has no value.
     NOT_FOUND = -1
-    #: A per-call budget (count or bytes) is used up, or one argument is larger than allowed.
+    #: A per-call budget (count or bytes) is used up, one argument is larger than allowed, or
+    #: (kv_put) the write would take the agent's state past its caps.
     LIMIT = -2
     #: Malformed argument: not UTF-8, a bad destination or event type, JSON of the wrong shape.
     INVALID = -3

@@ -189,6 +189,16 @@ def _kv_put(ctx: hostcalls.CallContext, key: str, value: bytes) -> int:
     return hostcalls.call_host(lambda: ctx.host.kv_put(checked, value))
 
 
+def _kv_delete(ctx: hostcalls.CallContext, key: str) -> int:
+    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+        return ErrorCode.LIMIT
+    checked = _key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return checked
+    ctx.kv_ops += 1
+    return hostcalls.kv_delete(ctx, checked)
+
+
 def _now_ms(ctx: hostcalls.CallContext) -> int:
     return ctx.host.now_ms()
 
@@ -234,6 +244,7 @@ _IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
     "log": _log,
     "kv-get": _kv_get,
     "kv-put": _as_code(_kv_put),
+    "kv-delete": _as_code(_kv_delete),
     "now-ms": _now_ms,
     "random": _random,
     "vector-store": _as_code(_vector_store),

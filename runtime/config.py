@@ -9,7 +9,11 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.kvstate import StateCaps
 from schemas import names
+from schemas.specs import MAX_STATE_BYTES, MAX_STATE_KEYS
+
+_MIB = 1024 * 1024
 
 
 def default_pod_id() -> str:
@@ -39,9 +43,17 @@ class PodSettings(BaseSettings):
     #: How often changed kv state is saved, and metrics published.
     snapshot_interval_s: float = Field(default=5.0, gt=0)
     metrics_interval_s: float = Field(default=5.0, gt=0)
-    #: Threads running wasm calls. A looping agent holds one until its deadline, so this is how
-    #: many misbehaving agents the pod absorbs before well-behaved neighbours queue behind them.
+    #: Threads running wasm calls. A looping agent holds one until its deadline (at most
+    #: `limits.deadline_ms`, 60 s), so the pod shares them out per agent (runtime/workers.py).
     workers: int = Field(default=16, ge=1, le=1024)
+    #: The most workers one agent (all its replicas on this pod) holds at once; None: half of
+    #: `workers`, rounded up, so one agent's replicas always leave room for the others.
+    workers_per_agent: int | None = Field(default=None, ge=1, le=1024)
+    #: Upper bounds of every replica's key-value state (the spec's `limits.state_bytes` and
+    #: `limits.state_keys` apply when lower): the pod's memory for agent state is bounded by
+    #: these times the replicas it runs.
+    max_state_bytes: int = Field(default=64 * _MIB, ge=0, le=MAX_STATE_BYTES)
+    max_state_keys: int = Field(default=100_000, ge=0, le=MAX_STATE_KEYS)
     #: Events read per fetch, and how long a fetch waits when the log is quiet.
     fetch_batch: int = Field(default=1000, ge=1)
     idle_s: float = Field(default=0.05, gt=0)
@@ -61,6 +73,15 @@ class PodSettings(BaseSettings):
         if not names.is_token(value):
             raise ValueError(f"pod id {value!r} must match {names.TOKEN_PATTERN}")
         return value
+
+    def state_caps(self) -> StateCaps:
+        return StateCaps(max_bytes=self.max_state_bytes, max_keys=self.max_state_keys)
+
+    def agent_workers(self) -> int:
+        """Workers one agent may hold at once (`workers_per_agent`, at most `workers`)."""
+        if self.workers_per_agent is not None:
+            return min(self.workers_per_agent, self.workers)
+        return -(-self.workers // 2)
 
     def module_cache_dir(self) -> Path:
         return self.cache_dir or Path(".swarm") / "pods" / self.id / "modules"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from runtime.abi import Destination, LogLevel
+from runtime.kvstate import KvState, StateCaps
 
 if TYPE_CHECKING:
     from runtime.net import HttpFetcher, HttpRequest, HttpResponse
@@ -51,13 +52,20 @@ class VectorHit:
 class HostAPI(Protocol):
     """What the pod implements for each agent instance.
 
-    Raise `NotAvailable` or `InvalidArgument` for outcomes the guest should handle; any other
-    exception aborts the guest's call with `HostCallFailed` and the instance is replaced.
+    Raise `NotAvailable`, `InvalidArgument`, `Refused` or `runtime.kvstate.StateFull` for
+    outcomes the guest should handle; any other exception aborts the guest's call with
+    `HostCallFailed` and the instance is replaced.
     """
 
     def kv_get(self, key: str) -> bytes | None: ...
 
-    def kv_put(self, key: str, value: bytes) -> None: ...
+    def kv_put(self, key: str, value: bytes) -> None:
+        """Store the value; raise `StateFull` when the state's caps do not allow it (LIMIT)."""
+        ...
+
+    def kv_delete(self, key: str) -> bool:
+        """Remove the key; False if it had no value (NOT_FOUND)."""
+        ...
 
     def send(self, to: Destination, message: bytes) -> None: ...
 
@@ -109,7 +117,8 @@ class LogLine:
 class MemoryHost:
     """A `HostAPI` that keeps everything in memory: for tests and for embedding the sandbox.
 
-    Sends, events and log lines are collected in lists; kv state is a dict. Vector memory is a
+    Sends, events and log lines are collected in lists; kv state is a `KvState` under
+    `state_caps` (unbounded up to the spec's maxima by default). Vector memory is a
     brute-force cosine search over everything stored (fine for thousands of vectors, which is
     what tests and small embeddings need); all vectors must have the dimension of the first one.
     `seed` makes `random` reproducible and `clock` (milliseconds) makes `now_ms` controllable.
@@ -126,8 +135,9 @@ class MemoryHost:
         clock: Callable[[], int] | None = None,
         embed: Callable[[str], Sequence[float]] | None = None,
         http: HttpFetcher | None = None,
+        state_caps: StateCaps | None = None,
     ) -> None:
-        self.kv: dict[str, bytes] = {}
+        self.kv = KvState(caps=state_caps)
         self.sent: list[SentMessage] = []
         self.events: list[EmittedEvent] = []
         self.logs: list[LogLine] = []
@@ -145,7 +155,11 @@ class MemoryHost:
 
     def kv_put(self, key: str, value: bytes) -> None:
         with self._lock:
-            self.kv[key] = value
+            self.kv.put(key, value)
+
+    def kv_delete(self, key: str) -> bool:
+        with self._lock:
+            return self.kv.pop(key, None) is not None
 
     def send(self, to: Destination, message: bytes) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from runtime import abi, net
 from runtime.abi import Destination, ErrorCode, LogLevel
 from runtime.errors import AgentTrap, DeadlineExceeded, HostCallFailed, SandboxError
 from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable, Refused
+from runtime.kvstate import StateFull
 from runtime.limits import CallBudget, Capability
 
 _U32: Final = 0xFFFF_FFFF
@@ -318,6 +319,29 @@ def _kv_put(
     return call_host(lambda: ctx.host.kv_put(key, _read(ctx, caller, ptr, length)))
 
 
+def _kv_delete(ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int) -> int:
+    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
+    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+        return ErrorCode.LIMIT
+    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
+    if isinstance(key, ErrorCode):
+        return key
+    ctx.kv_ops += 1
+    return kv_delete(ctx, key)
+
+
+def kv_delete(ctx: CallContext, key: str) -> ErrorCode:
+    """`kv_delete` of a checked key (core modules and components): OK, or NOT_FOUND when the
+    key had no value."""
+    try:
+        deleted = ctx.host.kv_delete(key)
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.OK if deleted else ErrorCode.NOT_FOUND
+
+
 def _now_ms(ctx: CallContext, caller: wasmtime.Caller) -> int:
     return ctx.host.now_ms()
 
@@ -378,6 +402,8 @@ def call_host(fn: Callable[[], object]) -> ErrorCode:
         return ErrorCode.INVALID
     except NotAvailable:
         return ErrorCode.UNAVAILABLE
+    except StateFull:
+        return ErrorCode.LIMIT
     return ErrorCode.OK
 
 
@@ -543,6 +569,7 @@ _IMPLEMENTATIONS: Final[dict[str, Callable[..., Any]]] = {
     "log": _log,
     "kv_get": _kv_get,
     "kv_put": _kv_put,
+    "kv_delete": _kv_delete,
     "now_ms": _now_ms,
     "random": _random,
     "vector_store": _vector_store,

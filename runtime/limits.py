@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from runtime.kvstate import StateCaps
 from schemas.specs import AgentSpec, Limits, Resources
 
 Capability = Literal["fs", "net", "env"]
@@ -52,6 +53,10 @@ class SandboxLimits:
     fuel_per_call: int = Limits.model_fields["fuel_per_call"].default
     deadline_ms: int = Limits.model_fields["deadline_ms"].default
     memory_bytes: int = Resources.model_fields["memory_mb"].default * _MIB
+    #: Caps on the replica's key-value state (keys plus values in bytes, and keys): a kv_put
+    #: beyond either is LIMIT (runtime/kvstate.py). The spec's, bounded by the pod's.
+    state_bytes: int = Limits.model_fields["state_bytes"].default
+    state_keys: int = Limits.model_fields["state_keys"].default
     #: Host capabilities beyond the default sandbox. "net" is the http_request host call, for
     #: both kinds of agents; "fs" and "env" are WASI and reach components only (a core module
     #: importing WASI is refused whatever this says; see runtime/ABI.md, "Capabilities").
@@ -68,16 +73,33 @@ class SandboxLimits:
         for name in ("fuel_per_call", "deadline_ms", "memory_bytes", "max_table_elements"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxLimits.{name} must be >= 1")
+        for name in ("state_bytes", "state_keys"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SandboxLimits.{name} must be >= 0")
         for name, value in self.env:
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise ValueError(f"SandboxLimits.env: bad variable {name!r}")
 
+    @property
+    def state_caps(self) -> StateCaps:
+        return StateCaps(max_bytes=self.state_bytes, max_keys=self.state_keys)
+
     @classmethod
-    def from_spec(cls, spec: AgentSpec, *, budget: CallBudget | None = None) -> SandboxLimits:
+    def from_spec(
+        cls,
+        spec: AgentSpec,
+        *,
+        budget: CallBudget | None = None,
+        pod_state: StateCaps | None = None,
+    ) -> SandboxLimits:
+        """The spec's limits; `pod_state` bounds the state caps (the pod's own maxima)."""
+        pod_state = pod_state or StateCaps()
         return cls(
             fuel_per_call=spec.limits.fuel_per_call,
             deadline_ms=spec.limits.deadline_ms,
             memory_bytes=spec.resources.memory_mb * _MIB,
+            state_bytes=min(spec.limits.state_bytes, pod_state.max_bytes),
+            state_keys=min(spec.limits.state_keys, pod_state.max_keys),
             capabilities=frozenset(spec.capabilities),
             env=tuple(sorted(spec.env.items())),
             net_allow=tuple(spec.network.allow),

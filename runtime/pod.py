@@ -8,6 +8,11 @@ replicas placed here that do not run are started; running ones the log stopped, 
 are stopped. Everything the pod does is reported as a `replica.report` command; only the Hive
 writes events.
 
+Agents' calls run on the pod's `WorkerPool` (runtime/workers.py): `workers` threads, of which
+one agent's replicas hold at most `agent_workers()` at once, a freed thread going to the waiting
+agent that holds the fewest; so one agent (a spinner, a flood) cannot starve its neighbours.
+Every replica's kv state is bounded by the pod's `max_state_bytes` / `max_state_keys`.
+
 Shutdown: `stop()` drains (each replica finishes its queued messages and saves a last snapshot)
 but reports nothing and does not deregister: the lease runs out and the Hive moves the replicas,
 or the pod comes back under the same id first and resumes them. Cancelling `run()` is the
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import enum
 import hashlib
@@ -42,6 +46,7 @@ from runtime.net import HttpFetcher
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
+from runtime.workers import WorkerPool
 from schemas import Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
@@ -97,8 +102,8 @@ class Pod:
             return
         self.status = PodStatus.RUNNING
         engine = SandboxEngine()
-        executor = concurrent.futures.ThreadPoolExecutor(
-            self.config.workers, thread_name_prefix=f"pod-{self.pod_id}"
+        workers = WorkerPool(
+            self.config.workers, self.config.agent_workers(), name=f"pod-{self.pod_id}"
         )
         eventlog: EventLog | None = None
         memory = self._vector_memory()
@@ -110,7 +115,9 @@ class Pod:
                 self.settings.nats_url, self.settings, name=self.source
             )
             engine.start()
-            snapshots = await SnapshotStore.open(eventlog.js)
+            nc = eventlog.nc
+            # Read at each save: a reconnect may land on a server with another limit.
+            snapshots = await SnapshotStore.open(eventlog.js, max_payload=lambda: nc.max_payload)
             self._deps = ReplicaDeps(
                 pod_id=self.pod_id,
                 nc=eventlog.nc,
@@ -118,7 +125,7 @@ class Pod:
                 modules=ModuleCache(engine, self.config.module_cache_dir()),
                 components=ComponentCache(engine, self.config.module_cache_dir()),
                 snapshots=snapshots,
-                executor=executor,
+                workers=workers,
                 fetch_module=self._fetch_module,
                 report=self._report,
                 mailbox_size=self.config.mailbox_size,
@@ -129,6 +136,7 @@ class Pod:
                     max_http_request_bytes=self.config.net_max_request_bytes,
                     max_http_response_bytes=self.config.net_max_response_bytes,
                 ),
+                state_caps=self.config.state_caps(),
             )
             await self._register()
             tasks = [
@@ -153,7 +161,7 @@ class Pod:
                 await eventlog.close()
             engine.stop()
             # Threads still inside a wasm call end at their deadline; do not wait for them.
-            executor.shutdown(wait=False, cancel_futures=True)
+            workers.shutdown()
             if memory is not None:
                 memory.close()
             http.close()

@@ -5,8 +5,16 @@ loads the module, instantiates the sandbox (which runs `swarm_init`), subscribes
 mesh subject and reports `running`; then it handles the mailbox one message at a time (so
 messages of one sender are handled in the order they arrived) until it is stopped or breaks.
 
-* Sandbox calls are CPU-bound and may run to their deadline: they run on the pod's executor,
-  never on the event loop, so heartbeats and other agents keep going.
+* Sandbox calls are CPU-bound and may run to their deadline: they run on the pod's worker
+  threads, never on the event loop, so heartbeats and other agents keep going; the pool shares
+  threads out per agent (runtime/workers.py), so one agent's replicas cannot take them all.
+* Key-value state is capped (`SandboxLimits.state_bytes` / `state_keys`, runtime/kvstate.py): a
+  kv_put beyond the caps is LIMIT to the agent, counted as `kv_refused`. A state restored over
+  the caps (lowered since it was saved) is kept, and only writes that do not grow it succeed.
+* Snapshots: the state is saved every `snapshot_interval_s` when it changed, and on stop and
+  crash. A save that fails is an error log and the metrics `snapshot_failures` (a count) and
+  `snapshot_error` (the last reason, cleared by a save that works); the final report of a
+  replica whose last save failed says so in its reason.
 * The mailbox is bounded: a message arriving when `mailbox_size` are waiting is answered at once
   with `{"error": "mailbox full"}` (backpressure, not memory).
 * Its own subject: the replica also takes direct messages on `mesh_replica_subject(id)` (no
@@ -43,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -55,17 +63,21 @@ from runtime.components import ComponentCache, ComponentSandbox, is_component
 from runtime.engine import SandboxEngine
 from runtime.errors import SandboxError
 from runtime.host import JSON, NotAvailable, VectorHit
+from runtime.kvstate import KvState, StateCaps, StateFull
 from runtime.limits import CallBudget, SandboxLimits
 from runtime.memory import AgentMemory, VectorMemory
 from runtime.modules import ModuleCache
 from runtime.net import HttpFetcher, HttpRequest, HttpResponse
 from runtime.podview import Assignment
-from runtime.sandbox import AgentSandbox
+from runtime.sandbox import AgentSandbox, CallResult
 from runtime.snapshots import SnapshotRef, SnapshotStore
+from runtime.workers import WorkerPool
 from schemas import names
 from schemas.specs import ModuleRef
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 HEADER_STATUS = names.HEADER_AGENT_STATUS
 HEADER_ERROR = names.HEADER_AGENT_ERROR
@@ -88,7 +100,8 @@ class ReplicaDeps:
     engine: SandboxEngine
     modules: ModuleCache
     snapshots: SnapshotStore
-    executor: concurrent.futures.Executor
+    #: The pod's wasm threads, shared out per agent.
+    workers: WorkerPool
     fetch_module: Callable[[ModuleRef], Awaitable[bytes]]
     report: Report
     mailbox_size: int
@@ -103,6 +116,8 @@ class ReplicaDeps:
     http: HttpFetcher | None = None
     #: Per-call host budget of every sandbox (None: `CallBudget()`'s defaults).
     budget: CallBudget | None = None
+    #: The pod's bounds on every replica's kv state (the spec's caps apply when lower).
+    state_caps: StateCaps | None = None
 
 
 class State(enum.Enum):
@@ -119,7 +134,7 @@ def error_body(reason: str) -> bytes:
 
 
 class PodHost:
-    """The `HostAPI` of one replica. Called on an executor thread, inside a wasm call."""
+    """The `HostAPI` of one replica. Called on a worker thread, inside a wasm call."""
 
     def __init__(
         self,
@@ -129,13 +144,16 @@ class PodHost:
         kv: dict[str, bytes],
         *,
         publish_timeout_s: float,
+        state_caps: StateCaps | None = None,
     ) -> None:
         self._a = assignment
         self._deps = deps
         self._loop = loop
-        self._kv = dict(kv)
-        #: Bumped by every kv_put; the snapshot loop saves when it moved since the last save.
+        self._kv = KvState(kv, state_caps)
+        #: Bumped by every change of the kv state; the snapshot loop saves when it moved.
         self.kv_version = 0
+        #: kv_puts refused because the state was at its caps.
+        self.kv_refused = 0
         #: http_request calls that reached the pod's fetcher (refused targets included).
         self.http_requests = 0
         self._lock = threading.Lock()
@@ -146,7 +164,12 @@ class PodHost:
 
     def kv_state(self) -> tuple[dict[str, bytes], int]:
         with self._lock:
-            return dict(self._kv), self.kv_version
+            return self._kv.copy(), self.kv_version
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(bytes, keys) the state holds now."""
+        with self._lock:
+            return self._kv.size, len(self._kv)
 
     def kv_get(self, key: str) -> bytes | None:
         with self._lock:
@@ -154,8 +177,19 @@ class PodHost:
 
     def kv_put(self, key: str, value: bytes) -> None:
         with self._lock:
-            self._kv[key] = value
+            try:
+                self._kv.put(key, value)
+            except StateFull:
+                self.kv_refused += 1
+                raise
             self.kv_version += 1
+
+    def kv_delete(self, key: str) -> bool:
+        with self._lock:
+            if self._kv.pop(key, None) is None:
+                return False
+            self.kv_version += 1
+            return True
 
     def send(self, to: Destination, message: bytes) -> None:
         if to.kind == "agent":
@@ -282,6 +316,11 @@ class Replica:
         self.failure: str | None = None
         #: The snapshot it resumed from, then the last one it saved.
         self.snapshot: SnapshotRef | None = None
+        #: Saves that failed, and why the last one did (None once a save works again).
+        self.snapshot_failures = 0
+        self.snapshot_error: str | None = None
+        #: True while a sandbox call of this replica runs on a worker thread.
+        self._in_call = False
         self._saved_version = 0
         self._save_lock = asyncio.Lock()
         self._mailbox: asyncio.Queue[Mail | None] = asyncio.Queue()
@@ -304,6 +343,11 @@ class Replica:
     @property
     def done(self) -> bool:
         return self._task is not None and self._task.done()
+
+    @property
+    def in_call(self) -> bool:
+        """True while a sandbox call of this replica runs on a worker thread."""
+        return self._in_call
 
     @property
     def unsaved(self) -> bool:
@@ -338,7 +382,9 @@ class Replica:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-        if self._sandbox is not None:
+        # A running call holds the sandbox until its deadline; closing would wait for it on the
+        # event loop. Its thread drops the instance when the call ends.
+        if self._sandbox is not None and not self._in_call:
             self._sandbox.close()
         self.state = State.STOPPED
 
@@ -355,6 +401,7 @@ class Replica:
 
     def metrics_json(self) -> dict[str, JSON]:
         m = self.metrics
+        state_bytes, state_keys = self._host.kv_usage() if self._host is not None else (0, 0)
         return {
             "agent_id": self.assignment.agent_id,
             "replica_id": self.replica_id,
@@ -374,6 +421,11 @@ class Replica:
             "received": m.received,
             "busy_ms": round(m.busy_ms, 3),
             "http_requests": self._host.http_requests if self._host is not None else 0,
+            "state_bytes": state_bytes,
+            "state_keys": state_keys,
+            "kv_refused": self._host.kv_refused if self._host is not None else 0,
+            "snapshot_failures": self.snapshot_failures,
+            "snapshot_error": self.snapshot_error,
             "task_queues": list(self.assignment.spec.task_queues),
         }
 
@@ -412,32 +464,45 @@ class Replica:
         await self._report("starting", "", str(self.snapshot) if self.snapshot else None)
         wasm = await self.deps.fetch_module(a.spec.module)
         loop = asyncio.get_running_loop()
-        limits = SandboxLimits.from_spec(a.spec, budget=self.deps.budget)
+        limits = SandboxLimits.from_spec(
+            a.spec, budget=self.deps.budget, pod_state=self.deps.state_caps
+        )
         host = PodHost(
-            a, self.deps, loop, kv, publish_timeout_s=min(1.0, limits.deadline_ms / 2000)
+            a,
+            self.deps,
+            loop,
+            kv,
+            publish_timeout_s=min(1.0, limits.deadline_ms / 2000),
+            state_caps=limits.state_caps,
         )
         self._host = host
-        executor = self.deps.executor
+        size, keys = host.kv_usage()
+        if size > limits.state_bytes or keys > limits.state_keys:
+            log.warning(
+                "restored state is over its caps; it is kept, and writes that grow it are refused",
+                replica_id=a.replica_id,
+                state_bytes=size,
+                state_keys=keys,
+                caps=str(limits.state_caps),
+            )
+        work = self._work
         if is_component(wasm):
             components = self.deps.components
             if components is None:
                 raise ModuleUnavailable("this pod does not run WebAssembly components")
-            component = await loop.run_in_executor(executor, components.load, wasm)
+            component = await work(components.load, wasm)
             scratch = None
             if "fs" in limits.capabilities:
-                scratch = await loop.run_in_executor(executor, self._scratch_dir, components)
+                scratch = await work(self._scratch_dir, components)
                 self._scratch = scratch
-            self._sandbox = await loop.run_in_executor(
-                executor,
+            self._sandbox = await work(
                 functools.partial(
                     ComponentSandbox, components, component, limits, host, scratch_dir=scratch
-                ),
+                )
             )
         else:
-            compiled = await loop.run_in_executor(executor, self.deps.modules.load, wasm)
-            self._sandbox = await loop.run_in_executor(
-                executor, AgentSandbox, self.deps.engine, compiled, limits, host
-            )
+            compiled = await work(self.deps.modules.load, wasm)
+            self._sandbox = await work(AgentSandbox, self.deps.engine, compiled, limits, host)
         self._saved_version = 0  # swarm_init's kv_puts are new state worth saving
         if self._stopping:
             return True  # stopped while starting: _serve finds the sentinel at once
@@ -546,8 +611,19 @@ class Replica:
 
         return on_topic_message
 
+    async def _work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on one of the pod's worker threads, as this replica's agent."""
+        return await self.deps.workers.run(self.assignment.agent_id, fn, *args)
+
+    def _call(self, sandbox: AgentSandbox | ComponentSandbox, message: bytes) -> CallResult:
+        """One call of the agent, on a worker thread."""
+        self._in_call = True
+        try:
+            return sandbox.handle(message)
+        finally:
+            self._in_call = False
+
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         sandbox = self._sandbox
         assert sandbox is not None
         while True:
@@ -557,7 +633,7 @@ class Replica:
             msg = mail.msg
             started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self.deps.executor, sandbox.handle, msg.data)
+                result = await self._work(self._call, sandbox, msg.data)
             except ValueError as exc:  # message over the budget: refused, the instance is fine
                 self.metrics.errors += 1
                 await self._answer(mail, error=str(exc))
@@ -603,7 +679,8 @@ class Replica:
             self._sandbox.close()
         if broken:
             await self._save()
-            await self._report("crashed", self.failure or "broken", self._ref())
+            reason = self.failure or "broken"
+            await self._report("crashed", self._with_save_error(reason), self._ref())
             return
         if self._stop_save:
             await self._save()
@@ -611,12 +688,15 @@ class Replica:
             # Stopped for good: the scratch directory is not state (snapshots are), so it goes.
             # After a crash it stays, for a restart on this pod and for a look at what was there.
             scratch, self._scratch = self._scratch, None
-            await asyncio.get_running_loop().run_in_executor(
-                self.deps.executor, functools.partial(shutil.rmtree, scratch, ignore_errors=True)
-            )
+            await self._work(functools.partial(shutil.rmtree, scratch, ignore_errors=True))
         self.state = State.STOPPED
         if self._stop_report:
-            await self._report("stopped", "stopped", self._ref())
+            await self._report("stopped", self._with_save_error("stopped"), self._ref())
+
+    def _with_save_error(self, reason: str) -> str:
+        if self.snapshot_error is None:
+            return reason
+        return f"{reason}; its last state was not saved ({self.snapshot_error})"
 
     async def _fail_start(self, reason: str) -> None:
         self.failure = reason
@@ -643,8 +723,18 @@ class Replica:
             try:
                 self.snapshot = await self.deps.snapshots.save(self.replica_id, state)
             except Exception as exc:  # a failed save must not take the pod down; the next may work
-                log.warning("snapshot not saved", replica_id=self.replica_id, error=str(exc))
+                self.snapshot_failures += 1
+                self.snapshot_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.error(
+                    "snapshot not saved: the state since the last save would be lost",
+                    replica_id=self.replica_id,
+                    agent_id=self.assignment.agent_id,
+                    state_bytes=sum(len(k) + len(v) for k, v in state.items()),
+                    failures=self.snapshot_failures,
+                    error=self.snapshot_error,
+                )
                 return
+            self.snapshot_error = None
             self._saved_version = version
 
     def _ref(self) -> str | None:

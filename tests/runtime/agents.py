@@ -272,3 +272,101 @@ def spec(wasm: bytes, **fields: object) -> AgentSpec:
     """An AgentSpec carrying `wasm` inline, with any other spec fields given."""
     module = ModuleRef(inline=base64.b64encode(wasm).decode())
     return AgentSpec.model_validate({"version": "1.0.0", "module": module, **fields})
+
+
+#: Where KV_STORE keeps the value it reads or writes of its own (2 MiB; 48 pages of memory).
+KV_BUFFER = 2 * 1024 * 1024
+KV_BUFFER_CAP = 1024 * 1024
+
+#: A key-value proxy. Message: one op byte, one key-length byte, the key, then the rest.
+#: `p`: kv_put(key, rest); `f`: kv_put(key, the u32 `rest` bytes at KV_BUFFER); `d`:
+#: kv_delete(key); each replies with the i32 code. `g`: kv_get(key) replies with the i32 result,
+#: then the value if there is one.
+KV_STORE = agent(
+    f"""
+  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
+    (local $op i32) (local $klen i32) (local $key i32) (local $rest i32) (local $rlen i32)
+    (local $n i32)
+    (local.set $op (i32.load8_u (local.get $ptr)))
+    (local.set $klen (i32.load8_u (i32.add (local.get $ptr) (i32.const 1))))
+    (local.set $key (i32.add (local.get $ptr) (i32.const 2)))
+    (local.set $rest (i32.add (local.get $key) (local.get $klen)))
+    (local.set $rlen (i32.sub (i32.sub (local.get $len) (i32.const 2)) (local.get $klen)))
+    (if (i32.eq (local.get $op) (i32.const 112))
+      (then (local.set $n (call $kv_put (local.get $key) (local.get $klen)
+                                        (local.get $rest) (local.get $rlen)))))
+    (if (i32.eq (local.get $op) (i32.const 102))
+      (then (local.set $n (call $kv_put (local.get $key) (local.get $klen)
+                                        (i32.const {KV_BUFFER}) (i32.load (local.get $rest))))))
+    (if (i32.eq (local.get $op) (i32.const 100))
+      (then (local.set $n (call $kv_delete (local.get $key) (local.get $klen)))))
+    (if (i32.eq (local.get $op) (i32.const 103))
+      (then
+        (local.set $n (call $kv_get (local.get $key) (local.get $klen)
+                                    (i32.const {KV_BUFFER}) (i32.const {KV_BUFFER_CAP})))
+        (i32.store (i32.const 0) (local.get $n))
+        (call $reply (i32.const 0) (i32.const 4))
+        (if (i32.ge_s (local.get $n) (i32.const 0))
+          (then (call $reply (i32.const {KV_BUFFER}) (local.get $n))))
+        (return (i32.const 0))))
+    (i32.store (i32.const 0) (local.get $n))
+    (call $reply (i32.const 0) (i32.const 4))
+    (i32.const 0))
+""",
+    imports=("kv_get", "kv_put", "kv_delete", "reply"),
+    memory="48",
+)
+
+
+def kv_message(op: str, key: str, rest: bytes = b"") -> bytes:
+    """A KV_STORE message."""
+    raw = key.encode()
+    return op.encode() + bytes([len(raw)]) + raw + rest
+
+
+def kv_fill(key: str, size: int) -> bytes:
+    """A KV_STORE message storing `size` bytes of its own memory under `key`."""
+    return kv_message("f", key, struct.pack("<I", size))
+
+
+#: Busy for the u32 number of milliseconds in the message (wall clock, so a loaded machine does
+#: not stretch it), then returns 0: holds a worker thread without failing. It reads the clock
+#: once per million loop turns, so it almost never leaves wasm (and never takes the GIL).
+BUSY = agent(
+    """
+  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
+    (local $until i64) (local $i i32)
+    (local.set $until
+      (i64.add (call $now_ms) (i64.extend_i32_u (i32.load (local.get $ptr)))))
+    (loop $spin
+      (local.set $i (i32.const 1000000))
+      (loop $turn
+        (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+        (br_if $turn (local.get $i)))
+      (br_if $spin (i64.lt_s (call $now_ms) (local.get $until))))
+    (i32.const 0))
+""",
+    imports=("now_ms",),
+)
+
+#: Stores u32 `size` bytes of its memory (from 64 KiB on; 17 pages) under the key that follows
+#: the size in the message, and replies with kv_put's i32 code: a state hoarder that needs only
+#: the first ABI's imports.
+HOARD = agent(
+    """
+  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0)
+      (call $kv_put (i32.add (local.get $ptr) (i32.const 4))
+                    (i32.sub (local.get $len) (i32.const 4))
+                    (i32.const 65536) (i32.load (local.get $ptr))))
+    (call $reply (i32.const 0) (i32.const 4))
+    (i32.const 0))
+""",
+    imports=("kv_put", "reply"),
+    memory="17",
+)
+
+
+def hoard(key: str, size: int) -> bytes:
+    """A HOARD message."""
+    return struct.pack("<I", size) + key.encode()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tests.runtime.test_pod import cluster, running_pod
+from tests.runtime.pods import cluster, running_pod
 
 pytestmark = pytest.mark.timeout(60)
 

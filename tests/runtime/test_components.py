@@ -34,6 +34,7 @@ from runtime.errors import (
     MemoryLimitExceeded,
 )
 from runtime.host import MemoryHost
+from runtime.kvstate import StateCaps
 from runtime.limits import CallBudget, SandboxLimits
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
@@ -70,6 +71,20 @@ class Handler(swarm.Agent):
             return 0
         if message == b"boom":
             raise ValueError("boom from the agent")
+        if message == b"fill":
+            # Until the state is full: the SDK raises LimitError, a HostError with code LIMIT.
+            for i in range(1000):
+                try:
+                    swarm.kv_put(f"k{i}", b"x" * 1000)
+                except swarm.LimitError as exc:
+                    swarm.reply(f"{i} {exc.code} {isinstance(exc, swarm.HostError)} {exc}")
+                    return 0
+            swarm.reply(b"never full")
+            return 0
+        if message == b"delete":
+            swarm.reply(f"{swarm.kv_delete('k0')} {swarm.kv_delete('k0')}")
+            swarm.kv_put("after", b"x" * 500)
+            return 0
         swarm.reply(b"ok")
         return 0
 """
@@ -210,6 +225,23 @@ def test_looping_agent_is_stopped_by_its_deadline(
     # A neighbour in the same engine keeps answering.
     neighbour = ComponentSandbox(cache, compiled, SandboxLimits(), MemoryHost())
     assert _run(neighbour, b"hi") == b"ok"
+
+
+def test_a_full_state_is_a_clear_exception_in_the_sdk_and_deleting_makes_room(
+    spinner: tuple[ComponentCache, CompiledComponent],
+) -> None:
+    cache, compiled = spinner
+    host = MemoryHost(state_caps=StateCaps(max_bytes=10_000, max_keys=100))
+    sandbox = ComponentSandbox(cache, compiled, SandboxLimits(), host)
+
+    reply = _run(sandbox, b"fill").decode()
+
+    # k0..k8 take 9 x 1002 bytes; k9 would make 10,020.
+    assert reply.startswith("9 -2 True kv_put failed: LIMIT (the key-value state is at its cap")
+    assert host.kv.size == 9018
+    assert _run(sandbox, b"delete") == b"True False"
+    assert "after" in host.kv
+    assert not sandbox.broken
 
 
 def test_uncaught_python_exception_reports_the_traceback_line(

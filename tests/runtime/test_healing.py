@@ -18,7 +18,7 @@ from schemas.specs import HealingPolicy
 from swarm.cli.trace import Node, collect
 from swarm.kernel.eventlog import AppendRequest
 from tests.runtime.agents import COUNTER, ECHO
-from tests.runtime.test_pod import agent, ask, cluster, count, deploy, running_on, running_pod, spec
+from tests.runtime.pods import agent, ask, cluster, count, deploy, running_on, running_pod, spec
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -233,7 +233,7 @@ def _pod_host(memory: VectorMemory, agent_id: str) -> tuple[PodHost, asyncio.Abs
         engine=unused,
         modules=unused,
         snapshots=unused,
-        executor=unused,
+        workers=unused,
         fetch_module=unused,
         report=unused,
         mailbox_size=1,

@@ -30,7 +30,7 @@ from swarm.kernel.addresses import IpAddress
 from tests.runtime import agents
 from tests.runtime.conftest import MakeSandbox
 from tests.runtime.http_target import HttpTarget, http_target
-from tests.runtime.test_pod import ask, cluster, deploy, running_on, running_pod
+from tests.runtime.pods import ask, cluster, deploy, running_on, running_pod
 
 #: Where the agent asks the host to write the answer; 40 pages of memory leave 2.5 MiB there.
 OUT = 65536

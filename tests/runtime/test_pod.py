@@ -4,107 +4,36 @@ pods running WAT agents in wasmtime."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import struct
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.config import PodSettings
-from runtime.pod import Pod
 from schemas import commands, names
-from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
-from schemas.specs import AgentSpec, Limits, ModuleRef, Resources
-from services.scheduler import Scheduler, SchedulerSettings
-from swarm.kernel.settings import Settings
+from schemas.specs import Limits
 from tests.runtime.agents import COUNTER, ECHO, LOOP
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.runtime.pods import (
+    agent,
+    ask,
+    cluster,
+    count,
+    deploy,
+    events,
+    has_status,
+    running_on,
+    running_pod,
+    spec,
+    true,
+)
+from tests.scheduler.stack import wait_until
+
+# The helpers moved to tests/runtime/pods.py; tests elsewhere still import them from here.
+__all__ = ["agent", "cluster", "deploy", "running_on", "running_pod", "spec"]
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.asynccontextmanager
-async def cluster(root: Path) -> AsyncIterator[Stack]:
-    async with running_stack(root) as stack:
-        scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
-        task = asyncio.create_task(scheduler.run())
-        try:
-            yield stack
-        finally:
-            scheduler.stop()
-            await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
-async def running_pod(
-    stack: Stack, pod_id: str, **settings: Any
-) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
-    config = PodSettings(
-        id=pod_id,
-        cache_dir=stack.root / pod_id / "modules",
-        snapshot_interval_s=0.2,
-        metrics_interval_s=0.5,
-        **settings,
-    )
-    pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
-        yield pod, task
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-
-
-def spec(wasm: bytes, **kw: Any) -> AgentSpec:
-    module = ModuleRef(inline=base64.b64encode(wasm).decode())
-    return AgentSpec(version="v1", module=module, resources=Resources(memory_mb=16), **kw)
-
-
-async def deploy(stack: Stack, name: str, wasm: bytes, replicas: int = 1, **kw: Any) -> None:
-    deploy = commands.DeployAgent(name=name, spec=spec(wasm, **kw), replicas=replicas)
-    await stack.send([(deploy, "user:test")])
-
-
-async def agent(stack: Stack, name: str) -> dict[str, Any]:
-    answer = await stack.query(names.QUERY_AGENTS_GET, {"name": name})
-    found: dict[str, Any] = answer.get("agent") or {}
-    return found
-
-
-async def running_on(stack: Stack, name: str, pod_id: str, replicas: int = 1) -> None:
-    async def check() -> bool:
-        instances = [
-            r
-            for r in (await agent(stack, name)).get("instances", [])
-            if r["phase"] not in ("stopped", "failed")
-        ]
-        return len(instances) == replicas and all(
-            r["phase"] == "running" and r["pod_id"] == pod_id for r in instances
-        )
-
-    await wait_until(check, 15, f"{name} running on {pod_id}")
-
-
-async def ask(stack: Stack, name: str, body: bytes) -> tuple[bytes, bool]:
-    """(reply body, whether it is a platform error)."""
-    reply = await stack.client.nc.request(
-        names.mesh_agent_subject("default", name), body, timeout=5
-    )
-    return reply.data, bool(reply.headers and reply.headers.get(HEADER_ERROR))
-
-
-async def count(stack: Stack, name: str) -> int:
-    body, error = await ask(stack, name, b"+1")
-    assert not error, body
-    value: int = struct.unpack("<q", body)[0]
-    return value
 
 
 async def test_an_echo_agent_runs_and_answers(tmp_path: Path) -> None:
@@ -115,7 +44,7 @@ async def test_an_echo_agent_runs_and_answers(tmp_path: Path) -> None:
         # Messages come back in the order they were sent.
         replies = await asyncio.gather(*(ask(stack, "echo", b"%d" % i) for i in range(20)))
         assert [r for r, _ in replies] == [b"%d" % i for i in range(20)]
-        starting = [e async for e in _events(stack, "swarm.agent.replica_starting")]
+        starting = [e async for e in events(stack, "swarm.agent.replica_starting")]
         assert [e["data"]["pod_id"] for e in starting] == ["p1"]
         assert pod.replicas  # the replica is the pod's
 
@@ -127,15 +56,15 @@ async def test_a_counter_keeps_its_state_across_stop_and_scale_up(tmp_path: Path
         assert [await count(stack, "counter") for _ in range(3)] == [1, 2, 3]
 
         await stack.send([(commands.StopAgent(name="counter"), "user:test")])
-        await wait_until(lambda: _status(stack, "counter", "stopped"), 10, "counter stopped")
-        stopped = [e async for e in _events(stack, "swarm.agent.replica_stopped")]
+        await wait_until(lambda: has_status(stack, "counter", "stopped"), 10, "counter stopped")
+        stopped = [e async for e in events(stack, "swarm.agent.replica_stopped")]
         assert stopped[0]["data"]["snapshot"].startswith(f"{names.SNAPSHOTS_BUCKET}/")
 
         await stack.send([(commands.ScaleAgent(name="counter", replicas=1), "user:test")])
         await running_on(stack, "counter", "p1")
         assert await count(stack, "counter") == 4
         # The new replica's events say which snapshot it resumed from.
-        starting = [e async for e in _events(stack, "swarm.agent.replica_starting")]
+        starting = [e async for e in events(stack, "swarm.agent.replica_starting")]
         assert starting[-1]["data"]["snapshot"] == stopped[0]["data"]["snapshot"]
 
 
@@ -147,7 +76,7 @@ async def test_a_counter_survives_the_loss_of_its_pod(tmp_path: Path) -> None:
             assert [await count(stack, "counter") for _ in range(2)] == [1, 2]
             replica = next(iter(pod.replicas.values()))
             await wait_until(
-                lambda: _true(replica.snapshot is not None and not replica.unsaved),
+                lambda: true(replica.snapshot is not None and not replica.unsaved),
                 5,
                 "an interval snapshot of both counts",
             )
@@ -180,7 +109,7 @@ async def test_a_looping_agent_crashes_while_its_neighbour_keeps_answering(
         assert "deadline" in json.loads(body)["error"] or "fuel" in json.loads(body)["error"]
 
         async def crashed() -> list[dict[str, Any]]:
-            return [e async for e in _events(stack, "swarm.agent.replica_crashed")]
+            return [e async for e in events(stack, "swarm.agent.replica_crashed")]
 
         await wait_until(lambda: _true_async(crashed()), 10, "crash reported")
         reason = (await crashed())[0]["data"]["reason"]
@@ -190,21 +119,6 @@ async def test_a_looping_agent_crashes_while_its_neighbour_keeps_answering(
 
 async def _true_async(items: Any) -> bool:
     return bool(await items)
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _status(stack: Stack, name: str, status: str) -> bool:
-    return bool((await agent(stack, name)).get("status") == status)
-
-
-async def _events(stack: Stack, type_: str) -> AsyncIterator[dict[str, Any]]:
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        body = json.loads(d.data)
-        if body["type"] == type_:
-            yield body
 
 
 ROOT = Path(__file__).resolve().parents[2]

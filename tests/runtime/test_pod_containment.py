@@ -18,16 +18,16 @@ import wasmtime
 from runtime.pod import Pod
 from schemas import commands
 from tests.runtime.agents import ECHO, MEMORY_BOMB
-from tests.runtime.test_pod import (
-    _events,
-    _status,
-    _true,
+from tests.runtime.pods import (
     agent,
     ask,
     cluster,
     deploy,
+    events,
+    has_status,
     running_on,
     running_pod,
+    true,
 )
 from tests.scheduler.stack import Stack, wait_until
 
@@ -58,7 +58,7 @@ async def crashes(stack: Stack, name: str) -> list[dict[str, Any]]:
         return []  # not on the log yet
     return [
         e["data"]
-        async for e in _events(stack, "swarm.agent.replica_crashed")
+        async for e in events(stack, "swarm.agent.replica_crashed")
         if e["data"]["agent_id"] == agent_id
     ]
 
@@ -156,8 +156,8 @@ async def count_c(stack: Stack, name: str) -> int:
 async def restart(stack: Stack, name: str, pod_id: str) -> None:
     """StopAgent (a last snapshot, reported), then ScaleAgent back to one replica."""
     await stack.send([(commands.StopAgent(name=name), "user:test")])
-    await wait_until(lambda: _status(stack, name, "stopped"), 10, f"{name} stopped")
-    stopped = [e async for e in _events(stack, "swarm.agent.replica_stopped")]
+    await wait_until(lambda: has_status(stack, name, "stopped"), 10, f"{name} stopped")
+    stopped = [e async for e in events(stack, "swarm.agent.replica_stopped")]
     assert stopped[-1]["data"]["snapshot"]
     await stack.send([(commands.ScaleAgent(name=name, replicas=1), "user:test")])
     await running_on(stack, name, pod_id)
@@ -167,7 +167,7 @@ async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
     """Wait for an interval snapshot of the running replica, then kill the pod abruptly."""
     replica = next(r for r in pod.replicas.values() if not r.done)
     await wait_until(
-        lambda: _true(replica.snapshot is not None and not replica.unsaved),
+        lambda: true(replica.snapshot is not None and not replica.unsaved),
         5,
         "an interval snapshot of the last count",
     )

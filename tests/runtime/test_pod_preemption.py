@@ -19,7 +19,7 @@ from runtime.pod import Pod
 from schemas import names
 from swarm.kernel.settings import Settings
 from tests.runtime.agents import COUNTER, ECHO
-from tests.runtime.test_pod import _events, cluster, count, deploy, running_on
+from tests.runtime.pods import cluster, count, deploy, events, running_on
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,7 +54,7 @@ async def test_a_preempted_counter_is_saved_and_resumes_elsewhere(tmp_path: Path
 
         await deploy(stack, "vip", ECHO, priority=100)
         await running_on(stack, "vip", "p1")
-        preempted = [e["data"] async for e in _events(stack, "swarm.agent.replica_preempted")]
+        preempted = [e["data"] async for e in events(stack, "swarm.agent.replica_preempted")]
         assert [(p["replica_id"], p["priority"], p["by_priority"]) for p in preempted] == [
             (victim.replica_id, 0, 100)
         ]
@@ -70,6 +70,6 @@ async def test_a_preempted_counter_is_saved_and_resumes_elsewhere(tmp_path: Path
             await running_on(stack, "counter", "p2")
             assert await count(stack, "counter") == 4  # the count came along
         scheduled: list[Any] = [
-            e["data"]["pod_id"] async for e in _events(stack, "swarm.agent.replica_scheduled")
+            e["data"]["pod_id"] async for e in events(stack, "swarm.agent.replica_scheduled")
         ]
         assert scheduled == ["p1", "p1", "p2"]

@@ -21,7 +21,7 @@ import pytest
 from runtime.config import PodSettings
 from runtime.pod import Pod
 from swarm.kernel.settings import Settings
-from tests.runtime.test_pod import cluster, running_on
+from tests.runtime.pods import cluster, running_on
 from tests.scheduler.stack import Stack, wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")

@@ -15,7 +15,7 @@ import pytest
 
 from schemas import names
 from tests.runtime.agents import agent
-from tests.runtime.test_pod import cluster, deploy, running_on, running_pod
+from tests.runtime.pods import cluster, deploy, running_on, running_pod
 from tests.scheduler.stack import wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,10 +14,13 @@ as the top-level `swarm_agent` and not as `runtime.sdk...`::
             return 0
 
 Functions that can fail in ways the agent should handle raise `HostError` with the code of
-runtime/ABI.md (`LIMIT`, `INVALID`, `UNAVAILABLE`, `DENIED`); `kv_get` returns None for a missing
-key. `http_request` (the `net` capability) raises `HostError` when the host refused to make the
-request (`DENIED` without the grant or for a non-public address) and `NetworkError` when the
-network failed it (timeout, connection, a response over the size limit).
+runtime/ABI.md (`LIMIT`, `INVALID`, `UNAVAILABLE`, `DENIED`); `LIMIT` raises its subclass
+`LimitError`, and for `kv_put` that usually means the agent's key-value state is full (the spec's
+`limits.state_bytes` / `limits.state_keys`): delete keys (`kv_delete`) or write smaller values
+to make room. `kv_get` returns None for a missing key. `http_request` (the `net` capability)
+raises `HostError` when the host refused to make the request (`DENIED` without the grant or
+for a non-public address) and `NetworkError` when the network failed it (timeout, connection,
+a response over the size limit).
 Budget overruns that have no code (too many replies, too many random bytes) trap, as in the ABI.
 """
 
@@ -44,9 +47,11 @@ __all__ = [
     "Agent",
     "HostError",
     "HttpResponse",
+    "LimitError",
     "NetworkError",
     "emit",
     "http_request",
+    "kv_delete",
     "kv_get",
     "kv_get_json",
     "kv_put",
@@ -82,10 +87,30 @@ DEBUG, INFO, WARN, ERROR = 0, 1, 2, 3
 class HostError(Exception):
     """A host function did not do what was asked; `code` is the ABI's negative code."""
 
-    def __init__(self, function: str, code: int) -> None:
-        super().__init__(f"{function} failed: {_NAMES.get(code, code)}")
+    def __init__(self, function: str, code: int, detail: str = "") -> None:
+        message = f"{function} failed: {_NAMES.get(code, code)}"
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.function = function
         self.code = code
+
+
+class LimitError(HostError):
+    """`LIMIT`: a per-call budget is used up, an argument is too large, or (`kv_put`) the write
+    would take the agent's key-value state past its caps."""
+
+
+_LIMIT_DETAIL = {
+    "kv_put": (
+        "the key-value state is at its cap (spec limits.state_bytes / state_keys), or the "
+        "call's kv budget is used up; kv_delete keys or write smaller values to make room"
+    ),
+}
+
+
+def _error(function: str, code: int) -> HostError:
+    if code == LIMIT:
+        return LimitError(function, code, _LIMIT_DETAIL.get(function, "over a budget or limit"))
+    return HostError(function, code)
 
 
 class Agent(exports.Handler):  # type: ignore[misc]
@@ -100,7 +125,7 @@ class Agent(exports.Handler):  # type: ignore[misc]
 
 def _check(function: str, code: int) -> None:
     if code != OK:
-        raise HostError(function, code)
+        raise _error(function, code)
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -136,12 +161,22 @@ def kv_get(key: str) -> bytes | None:
     except Err as err:
         if err.value == NOT_FOUND:
             return None
-        raise HostError("kv_get", int(err.value)) from None
+        raise _error("kv_get", int(err.value)) from None
     return value
 
 
 def kv_put(key: str, value: bytes | str) -> None:
+    """Store `value` under `key`; `LimitError` when the state's caps do not allow it."""
     _check("kv_put", host.kv_put(key, _bytes(value)))
+
+
+def kv_delete(key: str) -> bool:
+    """Remove `key`, freeing its room; False if it had no value."""
+    code = host.kv_delete(key)
+    if code == NOT_FOUND:
+        return False
+    _check("kv_delete", code)
+    return True
 
 
 def kv_get_json(key: str, default: Any = None) -> Any:
@@ -171,7 +206,7 @@ def vector_search(vector: list[float], k: int = 10) -> list[dict[str, Any]]:
     try:
         result: str = host.vector_search(json.dumps({"vector": vector, "k": k}))
     except Err as err:
-        raise HostError("vector_search", int(err.value)) from None
+        raise _error("vector_search", int(err.value)) from None
     hits: list[dict[str, Any]] = json.loads(result)
     return hits
 
@@ -226,7 +261,7 @@ def http_request(
     try:
         answer: dict[str, Any] = json.loads(host.http_request(json.dumps(request)))
     except Err as err:
-        raise HostError("http_request", int(err.value)) from None
+        raise _error("http_request", int(err.value)) from None
     if "error" in answer:
         raise NetworkError(answer["error"], answer.get("reason", ""))
     if "body_base64" in answer:

@@ -1,0 +1,118 @@
+"""Helpers for tests that run real pods: a real nats-server, an in-process Hive and scheduler
+(tests/scheduler/stack.py), pods started in this process, and ways to talk to their agents."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from runtime.config import PodSettings
+from runtime.pod import Pod
+from schemas import commands, names
+from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
+from schemas.specs import AgentSpec, ModuleRef, Resources
+from services.scheduler import Scheduler, SchedulerSettings
+from swarm.kernel.settings import Settings
+from tests.scheduler.stack import Stack, running_stack, wait_until
+
+
+@contextlib.asynccontextmanager
+async def cluster(root: Path) -> AsyncIterator[Stack]:
+    async with running_stack(root) as stack:
+        scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
+        task = asyncio.create_task(scheduler.run())
+        try:
+            yield stack
+        finally:
+            scheduler.stop()
+            await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def running_pod(
+    stack: Stack, pod_id: str, **settings: Any
+) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
+    config = PodSettings(
+        id=pod_id,
+        cache_dir=stack.root / pod_id / "modules",
+        snapshot_interval_s=0.2,
+        metrics_interval_s=0.5,
+        **settings,
+    )
+    pod = Pod(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(pod.run())
+    try:
+        await asyncio.wait_for(pod.live.wait(), 10)
+        yield pod, task
+    finally:
+        pod.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+def spec(wasm: bytes, **kw: Any) -> AgentSpec:
+    module = ModuleRef(inline=base64.b64encode(wasm).decode())
+    return AgentSpec(version="v1", module=module, resources=Resources(memory_mb=16), **kw)
+
+
+async def deploy(stack: Stack, name: str, wasm: bytes, replicas: int = 1, **kw: Any) -> None:
+    deploy = commands.DeployAgent(name=name, spec=spec(wasm, **kw), replicas=replicas)
+    await stack.send([(deploy, "user:test")])
+
+
+async def agent(stack: Stack, name: str) -> dict[str, Any]:
+    answer = await stack.query(names.QUERY_AGENTS_GET, {"name": name})
+    found: dict[str, Any] = answer.get("agent") or {}
+    return found
+
+
+async def running_on(stack: Stack, name: str, pod_id: str, replicas: int = 1) -> None:
+    async def check() -> bool:
+        instances = [
+            r
+            for r in (await agent(stack, name)).get("instances", [])
+            if r["phase"] not in ("stopped", "failed")
+        ]
+        return len(instances) == replicas and all(
+            r["phase"] == "running" and r["pod_id"] == pod_id for r in instances
+        )
+
+    await wait_until(check, 15, f"{name} running on {pod_id}")
+
+
+async def ask(stack: Stack, name: str, body: bytes, timeout: float = 5) -> tuple[bytes, bool]:
+    """(reply body, whether it is a platform error)."""
+    reply = await stack.client.nc.request(
+        names.mesh_agent_subject("default", name), body, timeout=timeout
+    )
+    return reply.data, bool(reply.headers and reply.headers.get(HEADER_ERROR))
+
+
+async def count(stack: Stack, name: str) -> int:
+    body, error = await ask(stack, name, b"+1")
+    assert not error, body
+    value: int = struct.unpack("<q", body)[0]
+    return value
+
+
+async def events(stack: Stack, type_: str) -> AsyncIterator[dict[str, Any]]:
+    """Every event of type `type_` on the log so far, decoded."""
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        body = json.loads(d.data)
+        if body["type"] == type_:
+            yield body
+
+
+async def has_status(stack: Stack, name: str, status: str) -> bool:
+    return bool((await agent(stack, name)).get("status") == status)
+
+
+async def true(value: bool) -> bool:
+    """`value` as an awaitable, for `wait_until` on a plain condition."""
+    return value
