@@ -253,6 +253,73 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
 
 
+async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
+    data_dir: Path, swarm: Swarm
+) -> None:
+    up = swarm("up", "-d", "--data-dir", str(data_dir), "--no-services")
+    assert up.returncode == 0, up.stdout + up.stderr
+    first = read_state(data_dir)
+    assert first is not None and first.nats_url and first.database_url
+    assert (first.nats_restarts, first.postgres_restarts) == (0, 0)
+
+    async def restarted(server: str, old_pid: int | None) -> Any:
+        deadline = time.monotonic() + 30
+        while True:
+            state = read_state(data_dir)
+            assert state is not None
+            assert state.phase is StackPhase.RUNNING, state.error
+            pid = getattr(state, f"{server}_pid")
+            if getattr(state, f"{server}_restarts") == 1 and pid not in (None, old_pid):
+                return status_json(swarm, data_dir)
+            assert time.monotonic() < deadline, f"{server} was not restarted: {state}"
+            await asyncio.sleep(0.05)
+
+    # A client connected before the kill keeps its connection object: nats-py reconnects it.
+    nc = await nats.connect(first.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        js = nc.jetstream()
+        subject = names.event_subject("agent", "a1", "running")
+        before = await js.publish(subject, b"written before the kill")
+        os.kill(first.nats_pid or 0, signal.SIGKILL)
+        report = await restarted("nats", first.nats_pid)
+        assert report["state"] == "running"
+        assert (report["nats_url"], report["nats_reachable"]) == (first.nats_url, True)
+        assert report["nats_restarts"] == 1
+        assert "killed by SIGKILL" in report["nats_error"]
+        deadline = time.monotonic() + 15
+        while True:  # until the client noticed and reconnected
+            try:
+                after = await js.publish(subject, b"written after the restart", timeout=1)
+                break
+            except (nats.errors.Error, asyncio.TimeoutError):
+                assert time.monotonic() < deadline, "the client did not reconnect"
+                await asyncio.sleep(0.1)
+        assert after.seq == before.seq + 1  # same store: nothing lost, nothing reset
+        assert (await js.get_msg(names.STREAM_EVENTS, before.seq)).data == (
+            b"written before the kill"
+        )
+    finally:
+        await nc.close()
+    table = swarm("status", "--data-dir", str(data_dir)).stdout
+    nats_row = next(line for line in table.splitlines() if line.startswith("nats "))
+    assert nats_row.split()[1:3] == ["running", str(report["nats_pid"])]
+    assert "killed by SIGKILL" in table
+    assert nats_row.rstrip().endswith(" 1")  # RESTARTS
+
+    # Postgres: crash recovery on the same cluster, the migrated schema still there.
+    os.kill(first.postgres_pid or 0, signal.SIGKILL)
+    report = await restarted("postgres", first.postgres_pid)
+    assert report["database_url"] == first.database_url
+    assert report["postgres_restarts"] == 1
+    with psycopg.connect(first.database_url, connect_timeout=5) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
+    state = read_state(data_dir)
+    assert state is not None
+    pids = [state.pid, state.nats_pid, state.postgres_pid]
+    assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+    assert [pid for pid in pids if not gone(pid)] == []
+
+
 def test_foreground_up_stops_everything_on_ctrl_c(
     tmp_path: Path, data_dir: Path, env: dict[str, str]
 ) -> None:
