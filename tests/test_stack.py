@@ -259,7 +259,9 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
     up = swarm("up", "-d", "--data-dir", str(data_dir), "--no-services")
     assert up.returncode == 0, up.stdout + up.stderr
     first = read_state(data_dir)
-    assert first is not None and first.nats_url and first.database_url
+    assert first is not None
+    assert first.nats_url
+    assert first.database_url
     assert (first.nats_restarts, first.postgres_restarts) == (0, 0)
 
     async def restarted(server: str, old_pid: int | None) -> Any:
@@ -291,7 +293,7 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
             try:
                 after = await js.publish(subject, b"written after the restart", timeout=1)
                 break
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 assert time.monotonic() < deadline, "the client did not reconnect"
                 await asyncio.sleep(0.1)
         assert after.seq == before.seq + 1  # same store: nothing lost, nothing reset
