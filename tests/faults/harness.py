@@ -290,10 +290,20 @@ def deploy_request(name: str) -> AppendRequest:
 class CommandStream:
     """Deploys agents without replicas (one name each) in small batches at a steady pace until
     stopped, re-sending a batch under the same ids until JetStream acknowledged all of it: what a
-    careful client does through an outage, and safe because appends are deduplicated by id."""
+    careful client does through an outage, and safe because appends are deduplicated by id.
+
+    Batches do not wait for each other (up to `in_flight` at once): a publish lost with a dying
+    connection costs its own batch the ack timeout, not every command after it.
+    """
 
     def __init__(
-        self, log: EventLog, prefix: str, *, batch: int = 10, interval: float = 0.05
+        self,
+        log: EventLog,
+        prefix: str,
+        *,
+        batch: int = 10,
+        interval: float = 0.05,
+        in_flight: int = 8,
     ) -> None:
         self.log = log
         self.prefix = prefix
@@ -303,17 +313,32 @@ class CommandStream:
         self.acked: set[str] = set()
         #: Appends that failed and were sent again.
         self.retries = 0
+        self._slots = asyncio.Semaphore(in_flight)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"commands-{self.prefix}")
 
-    async def stop(self) -> None:
-        """Stop after the batch in flight is acknowledged."""
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the batches in flight are acknowledged, or give up on them after `timeout`
+        seconds (their commands stay in `sent`, so the audit reports them if they are lost)."""
         self._stop.set()
         if self._task is not None:
             await self._task
+        batches = set(self._batches)
+        if not batches:
+            return
+        _, late = await asyncio.wait(batches, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+        for task in batches:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     async def wait_acked(self, count: int, timeout: float = 30.0) -> None:
         await wait_for(lambda: _true(len(self.acked) >= count), timeout, f"{count} commands acked")
@@ -321,9 +346,18 @@ class CommandStream:
     async def _run(self) -> None:
         n = 0
         while not self._stop.is_set():
+            await self._slots.acquire()
             requests = [deploy_request(f"{self.prefix}-{n + i}") for i in range(self.batch)]
             n += self.batch
             self.sent.update(r.msg_id for r in requests)
+            task = asyncio.create_task(self._send(requests))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def _send(self, requests: list[AppendRequest]) -> None:
+        try:
             while True:
                 try:
                     await self.log.append_batch(requests)
@@ -333,8 +367,8 @@ class CommandStream:
                     self.retries += 1
                     await asyncio.sleep(0.1)
             self.acked.update(r.msg_id for r in requests)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval)
+        finally:
+            self._slots.release()
 
 
 async def _true(value: bool) -> bool:
@@ -480,7 +514,7 @@ class Fleet:
                 await asyncio.to_thread(proc.wait)
         with contextlib.suppress(AttributeError):
             await asyncio.to_thread(self.cluster.stop)
-        with contextlib.suppress(AttributeError, Exception):
+        with contextlib.suppress(Exception):  # not connected, or the server is gone
             await self.log.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
