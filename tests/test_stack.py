@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import nats
@@ -24,13 +26,17 @@ import pytest
 from alembic import command
 
 from schemas import names
+from swarm.kernel.settings import Settings
 from swarm.kernel.stack import (
+    Stack,
     StackPhase,
+    StackState,
     alembic_config,
     read_state,
     sqlalchemy_url,
     upgrade_database,
 )
+from swarm.kernel.supervisor import RestartPolicy
 
 #: Runs one `swarm` stack verb in a subprocess.
 Swarm = Callable[..., subprocess.CompletedProcess[str]]
@@ -320,6 +326,71 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
     pids = [state.pid, state.nats_pid, state.postgres_pid]
     assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
     assert [pid for pid in pids if not gone(pid)] == []
+
+
+def test_a_server_restart_that_fails_is_retried_until_it_works(
+    data_dir: Path, database_url: str
+) -> None:
+    """The port of a killed nats-server is taken before the supervisor restarts it: the restart
+    fails and says why, and the next attempt, once the port is free again, succeeds."""
+    stack = Stack(
+        Settings(data_dir=data_dir, nats_url=None, database_url=database_url),
+        server_policy=RestartPolicy(initial_delay=1.0, factor=2.0, max_delay=2.0),
+    )
+    first = stack.start()
+    assert first.nats_url is not None
+    port = urlsplit(first.nats_url).port
+    assert port is not None
+    stop = threading.Event()
+    seen: dict[str, StackState] = {}
+
+    def state_where(check: Callable[[StackState], bool], what: str) -> StackState:
+        deadline = time.monotonic() + 20
+        while True:
+            state = read_state(data_dir)
+            if state is not None and check(state):
+                return state
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {state}"
+            time.sleep(0.02)
+
+    def chaos() -> None:
+        try:
+            os.kill(first.nats_pid or 0, signal.SIGKILL)
+            with socket.socket() as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                deadline = time.monotonic() + 5
+                while True:  # as soon as the killed server has let go of it
+                    try:
+                        squatter.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.005)
+                squatter.listen()
+                seen["taken"] = state_where(
+                    lambda s: "taken" in (s.nats_error or ""), "a failed restart"
+                )
+            seen["back"] = state_where(lambda s: s.nats_restarts == 1, "the restart")
+        finally:
+            stop.set()
+
+    helper = threading.Thread(target=chaos)
+    helper.start()
+    try:
+        stack.supervise(stop, interval=0.02)
+    finally:
+        stop.set()
+        helper.join()
+        stack.stop()
+    taken, back = seen["taken"], seen["back"]
+    assert taken.phase is StackPhase.RUNNING
+    assert taken.nats_pid is None
+    assert f"port {port}" in (taken.nats_error or "")
+    assert back.nats_pid not in (None, first.nats_pid)
+    assert back.nats_url == first.nats_url
+    log = (data_dir / "nats" / "nats-server.log").read_text()
+    assert "nats-server killed by SIGKILL; restarting in 1s" in log
+    assert "restart failed" in log
 
 
 def test_foreground_up_stops_everything_on_ctrl_c(

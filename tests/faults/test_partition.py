@@ -26,6 +26,7 @@ def listing(*what: str) -> str:
     return subprocess.run(["ip", *what], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 async def test_a_cut_off_leader_stops_deciding_and_catches_up_after_healing(
     tmp_path: Path,
 ) -> None:
