@@ -173,7 +173,7 @@ async def command_ids(log: EventLog) -> set[str]:
     """Ids of every command on SWARM_COMMANDS (from any sender: client, scheduler, pods)."""
     ids = set()
     async for d in log.replay(names.STREAM_COMMANDS):
-        with contextlib.suppress(ValueError, AttributeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # not a command: no id
             ids.add(str(json.loads(d.data)["id"]))
     return ids
 
