@@ -209,6 +209,7 @@ async def postgres_killed(root: Path, load: Load = Load()) -> ScenarioResult:
         other = {k: c for k, (c, _) in writes.failed.items() if c != ErrorCode.UNAVAILABLE}
         result.details.update(
             writes_acked=len(writes.acked),
+            writes_acked_after_fault=sum(t > killed for t in writes.acked.values()),
             writes_failed_unavailable=len(unavailable),
             slowest_write_s=round(writes.slowest_s, 3),
         )

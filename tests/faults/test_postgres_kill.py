@@ -18,4 +18,4 @@ async def test_vector_writes_fail_clearly_during_a_postgres_kill_and_lose_nothin
     assert result.ok, result.explain()
     # The outage was seen by the agent as UNAVAILABLE, and writes went on after it.
     assert result.details["writes_failed_unavailable"] > 0
-    assert result.details["writes_acked"] > 40
+    assert result.details["writes_acked_after_fault"] >= 20
