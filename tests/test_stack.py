@@ -288,7 +288,8 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
         js = nc.jetstream()
         subject = names.event_subject("agent", "a1", "running")
         before = await js.publish(subject, b"written before the kill")
-        os.kill(first.nats_pid or 0, signal.SIGKILL)
+        assert first.nats_pid is not None
+        os.kill(first.nats_pid, signal.SIGKILL)
         report = await restarted("nats", first.nats_pid)
         assert report["state"] == "running"
         assert (report["nats_url"], report["nats_reachable"]) == (first.nats_url, True)
@@ -315,7 +316,8 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
     assert nats_row.rstrip().endswith(" 1")  # RESTARTS
 
     # Postgres: crash recovery on the same cluster, the migrated schema still there.
-    os.kill(first.postgres_pid or 0, signal.SIGKILL)
+    assert first.postgres_pid is not None
+    os.kill(first.postgres_pid, signal.SIGKILL)
     report = await restarted("postgres", first.postgres_pid)
     assert report["database_url"] == first.database_url
     assert report["postgres_restarts"] == 1
@@ -339,6 +341,8 @@ def test_a_server_restart_that_fails_is_retried_until_it_works(
     )
     first = stack.start()
     assert first.nats_url is not None
+    assert first.nats_pid is not None
+    nats_pid = first.nats_pid
     port = urlsplit(first.nats_url).port
     assert port is not None
     stop = threading.Event()
@@ -355,7 +359,7 @@ def test_a_server_restart_that_fails_is_retried_until_it_works(
 
     def chaos() -> None:
         try:
-            os.kill(first.nats_pid or 0, signal.SIGKILL)
+            os.kill(nats_pid, signal.SIGKILL)
             with socket.socket() as squatter:
                 squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 deadline = time.monotonic() + 5
