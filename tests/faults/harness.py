@@ -433,10 +433,10 @@ class Fleet:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self.nats = EmbeddedNats(self.root / "nats", host=self.nats_host)
         try:
-            await self.in_server_thread(self.nats.start)
+            await self._start(self.nats)
             if self.database:
                 self.postgres = EmbeddedPostgres(self.root / "postgres")
-                await self.in_server_thread(self.postgres.start)
+                await self._start(self.postgres)
                 await asyncio.to_thread(upgrade_database, self.postgres.url)
             self.log = await EventLog.connect(self.url, name="faults-client")
             (self.root / "hive").mkdir(exist_ok=True)
@@ -521,6 +521,19 @@ class Fleet:
         with contextlib.suppress(AttributeError):
             await asyncio.to_thread(self.nats.stop)
         self._servers.shutdown(wait=True)
+
+    async def _start(self, server: EmbeddedNats | EmbeddedPostgres, attempts: int = 3) -> None:
+        """Start a server, trying again if it fails at once. Seen here: another pytest session
+        on the machine resets /tmp/pytest-of-<user> to mode 0700 just after PostgreSQL's start
+        opened it for the server's own user, which then cannot reach its data dir."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.in_server_thread(server.start)
+                return
+            except EmbeddedServerError:
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(0.5)
 
     # -- faults ------------------------------------------------------------------------------------
 
