@@ -214,3 +214,42 @@ def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
         assert faust_["ratio"] > 0
         assert faust_["start_s"] > 0
         assert faust_["met"] == (faust_["ratio"] >= faust_["target_ratio"])
+
+
+CHAOS_BENCH = ROOT / "bench" / "chaos.py"
+
+
+@pytest.mark.timeout(150)
+def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
+    """Two scenarios in quick mode (tests/faults/ runs all of them): one restarting a server
+    under a pod, one with network namespaces, reported as skipped where they are not allowed."""
+    out = tmp_path / "chaos.json"
+    result = run_bench(
+        [
+            *(sys.executable, str(CHAOS_BENCH), "--quick"),
+            *("--scenario", "nats-kill", "--scenario", "leader-partition", "--json", str(out)),
+        ],
+        cwd=tmp_path,
+        timeout=140,
+    )
+    assert "Chaos" in result.stdout
+    assert "recovery p50 over all runs" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "chaos"
+    assert report["params"]["quick"] is True
+    assert report["params"]["trials"] == 1
+    assert report["machine"]["cpu_count"] >= 1
+    ran = {s["scenario"]: s for s in report["scenarios"]}
+    assert set(ran) | set(report["skipped"]) == {"nats-kill", "leader-partition"}
+    nats_kill = ran["nats-kill"]
+    assert nats_kill["trials"] == len(nats_kill["runs"]) == 1
+    assert nats_kill["commands_sent"] > 0
+    assert nats_kill["outcomes_missing"] == nats_kill["outcomes_duplicated"] == 0
+    assert nats_kill["recovery_p50_s"] > 0
+    assert nats_kill["baseline_p50_s"] > 0
+    assert nats_kill["replicas_agree"] is True
+    for summary in ran.values():
+        run = summary["runs"][0]
+        assert {"commands_sent", "outcomes_missing", "recovery_s", "violations"} <= set(run)
+    assert set(report["met"]) == {"no_missing", "no_duplicates", "recovery_p50"}

@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import nats
@@ -24,13 +26,17 @@ import pytest
 from alembic import command
 
 from schemas import names
+from swarm.kernel.settings import Settings
 from swarm.kernel.stack import (
+    Stack,
     StackPhase,
+    StackState,
     alembic_config,
     read_state,
     sqlalchemy_url,
     upgrade_database,
 )
+from swarm.kernel.supervisor import RestartPolicy
 
 #: Runs one `swarm` stack verb in a subprocess.
 Swarm = Callable[..., subprocess.CompletedProcess[str]]
@@ -251,6 +257,144 @@ def test_a_sigkilled_supervisor_leaves_no_process_behind(data_dir: Path, swarm: 
     up = swarm("up", "-d", "--data-dir", str(data_dir))
     assert up.returncode == 0, up.stdout + up.stderr
     assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+
+
+async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
+    data_dir: Path, swarm: Swarm
+) -> None:
+    up = swarm("up", "-d", "--data-dir", str(data_dir), "--no-services")
+    assert up.returncode == 0, up.stdout + up.stderr
+    first = read_state(data_dir)
+    assert first is not None
+    assert first.nats_url
+    assert first.database_url
+    assert (first.nats_restarts, first.postgres_restarts) == (0, 0)
+
+    async def restarted(server: str, old_pid: int | None) -> Any:
+        deadline = time.monotonic() + 30
+        while True:
+            state = read_state(data_dir)
+            assert state is not None
+            assert state.phase is StackPhase.RUNNING, state.error
+            pid = getattr(state, f"{server}_pid")
+            if getattr(state, f"{server}_restarts") == 1 and pid not in (None, old_pid):
+                return status_json(swarm, data_dir)
+            assert time.monotonic() < deadline, f"{server} was not restarted: {state}"
+            await asyncio.sleep(0.05)
+
+    # A client connected before the kill keeps its connection object: nats-py reconnects it.
+    nc = await nats.connect(first.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        js = nc.jetstream()
+        subject = names.event_subject("agent", "a1", "running")
+        before = await js.publish(subject, b"written before the kill")
+        assert first.nats_pid is not None
+        os.kill(first.nats_pid, signal.SIGKILL)
+        report = await restarted("nats", first.nats_pid)
+        assert report["state"] == "running"
+        assert (report["nats_url"], report["nats_reachable"]) == (first.nats_url, True)
+        assert report["nats_restarts"] == 1
+        assert "killed by SIGKILL" in report["nats_error"]
+        deadline = time.monotonic() + 15
+        while True:  # until the client noticed and reconnected
+            try:
+                after = await js.publish(subject, b"written after the restart", timeout=1)
+                break
+            except (TimeoutError, nats.errors.Error):
+                assert time.monotonic() < deadline, "the client did not reconnect"
+                await asyncio.sleep(0.1)
+        assert after.seq == before.seq + 1  # same store: nothing lost, nothing reset
+        assert (await js.get_msg(names.STREAM_EVENTS, before.seq)).data == (
+            b"written before the kill"
+        )
+    finally:
+        await nc.close()
+    table = swarm("status", "--data-dir", str(data_dir)).stdout
+    nats_row = next(line for line in table.splitlines() if line.startswith("nats "))
+    assert nats_row.split()[1:3] == ["running", str(report["nats_pid"])]
+    assert "killed by SIGKILL" in table
+    assert nats_row.rstrip().endswith(" 1")  # RESTARTS
+
+    # Postgres: crash recovery on the same cluster, the migrated schema still there.
+    assert first.postgres_pid is not None
+    os.kill(first.postgres_pid, signal.SIGKILL)
+    report = await restarted("postgres", first.postgres_pid)
+    assert report["database_url"] == first.database_url
+    assert report["postgres_restarts"] == 1
+    with psycopg.connect(first.database_url, connect_timeout=5) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0003",)
+    state = read_state(data_dir)
+    assert state is not None
+    pids = [state.pid, state.nats_pid, state.postgres_pid]
+    assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+    assert [pid for pid in pids if not gone(pid)] == []
+
+
+def test_a_server_restart_that_fails_is_retried_until_it_works(
+    data_dir: Path, database_url: str
+) -> None:
+    """The port of a killed nats-server is taken before the supervisor restarts it: the restart
+    fails and says why, and the next attempt, once the port is free again, succeeds."""
+    stack = Stack(
+        Settings(data_dir=data_dir, nats_url=None, database_url=database_url),
+        server_policy=RestartPolicy(initial_delay=1.0, factor=2.0, max_delay=2.0),
+    )
+    first = stack.start()
+    assert first.nats_url is not None
+    assert first.nats_pid is not None
+    nats_pid = first.nats_pid
+    port = urlsplit(first.nats_url).port
+    assert port is not None
+    stop = threading.Event()
+    seen: dict[str, StackState] = {}
+
+    def state_where(check: Callable[[StackState], bool], what: str) -> StackState:
+        deadline = time.monotonic() + 20
+        while True:
+            state = read_state(data_dir)
+            if state is not None and check(state):
+                return state
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {state}"
+            time.sleep(0.02)
+
+    def chaos() -> None:
+        try:
+            os.kill(nats_pid, signal.SIGKILL)
+            with socket.socket() as squatter:
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                deadline = time.monotonic() + 5
+                while True:  # as soon as the killed server has let go of it
+                    try:
+                        squatter.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.005)
+                squatter.listen()
+                seen["taken"] = state_where(
+                    lambda s: "taken" in (s.nats_error or ""), "a failed restart"
+                )
+            seen["back"] = state_where(lambda s: s.nats_restarts == 1, "the restart")
+        finally:
+            stop.set()
+
+    helper = threading.Thread(target=chaos)
+    helper.start()
+    try:
+        stack.supervise(stop, interval=0.02)
+    finally:
+        stop.set()
+        helper.join()
+        stack.stop()
+    taken, back = seen["taken"], seen["back"]
+    assert taken.phase is StackPhase.RUNNING
+    assert taken.nats_pid is None
+    assert f"port {port}" in (taken.nats_error or "")
+    assert back.nats_pid not in (None, first.nats_pid)
+    assert back.nats_url == first.nats_url
+    log = (data_dir / "nats" / "nats-server.log").read_text()
+    assert "nats-server killed by SIGKILL; restarting in 1s" in log
+    assert "restart failed" in log
 
 
 def test_foreground_up_stops_everything_on_ctrl_c(

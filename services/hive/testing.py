@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ class Replica:
     addr: str
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Run the replica through this command, e.g. `ip netns exec <namespace>`.
+    prefix: tuple[str, ...] = ()
 
     @property
     def node(self) -> str:
@@ -37,13 +40,28 @@ class HiveCluster:
     root: Path
     size: int = 3
     replicas: list[Replica] = field(default_factory=list)
+    #: Raft addresses (host:port) of the replicas instead of free loopback ports, e.g. in
+    #: network namespaces; `size` follows their number.
+    addrs: Sequence[str] = ()
+    #: Per replica, a command to run it through (see `Replica.prefix`).
+    prefixes: Sequence[Sequence[str]] = ()
 
     def __post_init__(self) -> None:
-        ports: set[int] = set()
-        while len(ports) < self.size:
-            ports.add(free_port())
+        if self.addrs:
+            self.size = len(self.addrs)
+            addrs = list(self.addrs)
+        else:
+            ports: set[int] = set()
+            while len(ports) < self.size:
+                ports.add(free_port())
+            addrs = [f"127.0.0.1:{p}" for p in sorted(ports)]
         self.replicas = [
-            Replica(f"127.0.0.1:{p}", self.root / f"hive-{i}") for i, p in enumerate(sorted(ports))
+            Replica(
+                addr,
+                self.root / f"hive-{i}",
+                prefix=tuple(self.prefixes[i]) if i < len(self.prefixes) else (),
+            )
+            for i, addr in enumerate(addrs)
         ]
 
     def start(self, index: int | None = None) -> None:
@@ -62,7 +80,7 @@ class HiveCluster:
             }
             with (self.root / f"{replica.node}.log").open("ab") as log:
                 replica.proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.hive"],
+                    [*replica.prefix, sys.executable, "-m", "services.hive"],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -75,9 +93,17 @@ class HiveCluster:
         proc.send_signal(sig)
         proc.wait(10)
 
+    def signal(self, index: int, sig: int) -> None:
+        """Send `sig` without waiting for anything (e.g. SIGSTOP / SIGCONT)."""
+        proc = self.replicas[index].proc
+        assert proc is not None
+        proc.send_signal(sig)
+
     def stop(self) -> None:
         for replica in self.replicas:
             if replica.proc is not None and replica.proc.poll() is None:
+                # A paused replica would not act on SIGTERM before the wait below gives up.
+                replica.proc.send_signal(signal.SIGCONT)
                 replica.proc.terminate()
         for replica in self.replicas:
             if replica.proc is not None:
@@ -91,11 +117,13 @@ class HiveCluster:
             i for i, r in enumerate(self.replicas) if r.proc is not None and r.proc.poll() is None
         ]
 
-    async def status(self, nc: NATS, index: int, *, digest: bool = False) -> dict[str, Any] | None:
+    async def status(
+        self, nc: NATS, index: int, *, digest: bool = False, timeout: float = 5.0
+    ) -> dict[str, Any] | None:
         body = json.dumps({"digest": digest}).encode()
         try:
             reply = await nc.request(
-                f"{names.QUERY_STATUS}.{self.replicas[index].node}", body, timeout=5.0
+                f"{names.QUERY_STATUS}.{self.replicas[index].node}", body, timeout=timeout
             )
         except Exception:
             return None

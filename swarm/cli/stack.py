@@ -682,21 +682,37 @@ def _print_status(report: StackReport) -> None:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("COMPONENT", "STATE", "PID", "ENDPOINT / LOG", "RESTARTS"):
         table.add_column(column, overflow="fold")
-    for name, url, external, pid, reachable in (
-        ("nats", state.nats_url, state.nats_external, state.nats_pid, report.nats_reachable),
+    for name, url, external, pid, reachable, restarts, error in (
+        (
+            "nats",
+            state.nats_url,
+            state.nats_external,
+            state.nats_pid,
+            report.nats_reachable,
+            state.nats_restarts,
+            state.nats_error,
+        ),
         (
             "postgres",
             state.database_url,
             state.database_external,
             state.postgres_pid,
             report.database_reachable,
+            state.postgres_restarts,
+            state.postgres_error,
         ),
     ):
         server_state = "external" if external else "running"
-        if reachable is False:
+        if not external and pid is None and url:
+            # The supervisor is restarting it (stack.json says why).
+            server_state = "[yellow]restarting[/]"
+        elif reachable is False:
             server_state = "[red]unreachable[/]"
         pid_text = "-" if external else str(pid or "-")
-        table.add_row(name, server_state, pid_text, escape(url or "-"), "")
+        endpoint = escape(url or "-")
+        if error and not external:
+            endpoint += f" [dim](last: {escape(error)})[/]"
+        table.add_row(name, server_state, pid_text, endpoint, "" if external else str(restarts))
     if state.api_url:
         table.add_row("api", "", "", escape(state.api_url), "")
     for svc in report.services:

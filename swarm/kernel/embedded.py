@@ -3,6 +3,9 @@
 Used by `swarm up` and by the test fixtures. Both servers run as direct children with a
 parent-death signal, so they cannot outlive the process that started them even when it is
 SIGKILLed, and both bind to loopback on ports chosen free at start.
+
+A server that died is brought back with `restart()`: same port, same data dir, so every client
+that knows its URL reconnects to it (nats-py does so by itself; psycopg on its next connect).
 """
 
 from __future__ import annotations
@@ -114,7 +117,11 @@ class EmbeddedNats:
     def log_path(self) -> Path:
         return self.data_dir / "nats-server.log"
 
-    def start(self, timeout: float = 10.0) -> str:
+    def start(self, timeout: float = 10.0, *, same_port: bool = False) -> str:
+        """Start the server; returns its URL. With `same_port`, on `port` or not at all
+        (`EmbeddedServerError`) instead of on any free port."""
+        if same_port and not (self.port and free_port(self.port, self.host) == self.port):
+            raise EmbeddedServerError(f"nats-server cannot listen on port {self.port}: it is taken")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports_dir = self.data_dir / "ports"
         shutil.rmtree(ports_dir, ignore_errors=True)
@@ -126,7 +133,9 @@ class EmbeddedNats:
         config.write_text(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n")
         # `-p -1` lets the server pick a free port itself and report it in the ports file, so
         # there is no window in which another process can take the port we probed.
-        port_arg = str(self.port) if self.port and free_port(self.port) == self.port else "-1"
+        port_arg = (
+            str(self.port) if self.port and free_port(self.port, self.host) == self.port else "-1"
+        )
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 [
@@ -177,6 +186,13 @@ class EmbeddedNats:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, timeout: float = 10.0) -> str:
+        """Start again after the server died: same port, same JetStream store (which the server
+        recovers on start). Raises `EmbeddedServerError` if it cannot, e.g. the port was taken
+        meanwhile; clients know only this URL, so another port would be no recovery."""
+        self.stop()
+        return self.start(timeout, same_port=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM flushes JetStream); safe to call twice or before start."""
@@ -240,7 +256,11 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
 
-    def start(self, timeout: float = 30.0) -> str:
+    def start(self, timeout: float = 30.0, *, same_port: bool = False) -> str:
+        """Start the server (creating the cluster on first use); returns its URL. With
+        `same_port`, on `port` or not at all (`EmbeddedServerError`)."""
+        if same_port and not (self.port and free_port(self.port, self.host) == self.port):
+            raise EmbeddedServerError(f"postgres cannot listen on port {self.port}: it is taken")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ids = _as_root_prepare(self.pgdata)
         user, group = ids if ids else (None, None)
@@ -348,6 +368,14 @@ class EmbeddedPostgres:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, timeout: float = 30.0) -> str:
+        """Start again after the server died: same port, same cluster, which PostgreSQL brings
+        back to its last commit by crash recovery. Raises `EmbeddedServerError` if it cannot yet
+        (the port was taken, or backends of the killed server still hold its shared memory:
+        they notice their postmaster is gone within moments, so a later attempt succeeds)."""
+        self.stop()
+        return self.start(timeout, same_port=True)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Fast shutdown; safe to call twice or before start."""

@@ -15,6 +15,11 @@ Layout of a data dir::
 
 Start order is nats, postgres, streams, migrations, services; stop order is the reverse, so
 services can still flush to the log and the database while they shut down.
+
+While it runs, the supervisor restarts a service that exits (`swarm.kernel.supervisor`) and an
+embedded server that dies: on the same port with the same data dir, at once and then with a
+growing delay, for as long as it takes, since everything else depends on it. Clients reconnect by
+themselves. Each server restart is counted in `stack.json` (`swarm status` shows it).
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ if TYPE_CHECKING:
 
 STATE_FORMAT = 1
 _POLL_INTERVAL = 0.1
+
+#: How an embedded server that died is restarted: at once, then after a doubling delay of up to
+#: 10 s while restarts fail or it keeps dying; one that stayed up 30 s starts over. Never given
+#: up: every service depends on the servers, and a port taken for a while may be free later.
+SERVER_RESTARTS = RestartPolicy(initial_delay=0.1, factor=2.0, max_delay=10.0, reset_after=30.0)
 
 
 class StackError(RuntimeError):
@@ -133,6 +143,12 @@ class StackState:
     database_url: str | None = None
     database_external: bool = False
     postgres_pid: int | None = None
+    #: How often the supervisor restarted an embedded server that died, and the last thing that
+    #: went wrong with it (its exit, or why a restart failed); kept after it is back up.
+    nats_restarts: int = 0
+    nats_error: str | None = None
+    postgres_restarts: int = 0
+    postgres_error: str | None = None
     #: Alembic revision the database is at.
     migration: str | None = None
     #: What a starting stack is busy with.
@@ -162,6 +178,10 @@ class StackState:
             "database_url": self.database_url,
             "database_external": self.database_external,
             "postgres_pid": self.postgres_pid,
+            "nats_restarts": self.nats_restarts,
+            "nats_error": self.nats_error,
+            "postgres_restarts": self.postgres_restarts,
+            "postgres_error": self.postgres_error,
             "migration": self.migration,
             "services": [s.to_json() for s in self.services],
             "api_url": self.api_url,
@@ -184,6 +204,10 @@ class StackState:
             database_url=data.get("database_url"),
             database_external=bool(data.get("database_external", False)),
             postgres_pid=data.get("postgres_pid"),
+            nats_restarts=int(data.get("nats_restarts", 0)),
+            nats_error=data.get("nats_error"),
+            postgres_restarts=int(data.get("postgres_restarts", 0)),
+            postgres_error=data.get("postgres_error"),
             migration=data.get("migration"),
             step=data.get("step"),
             error=data.get("error"),
@@ -272,10 +296,16 @@ class StackReport:
             "nats_url": state.nats_url if state else None,
             "nats_external": state.nats_external if state else None,
             "nats_reachable": self.nats_reachable,
+            "nats_pid": state.nats_pid if state else None,
+            "nats_restarts": state.nats_restarts if state else 0,
+            "nats_error": state.nats_error if state else None,
             "jetstream_sync": state.jetstream_sync if state else None,
             "database_url": state.database_url if state else None,
             "database_external": state.database_external if state else None,
             "database_reachable": self.database_reachable,
+            "postgres_pid": state.postgres_pid if state else None,
+            "postgres_restarts": state.postgres_restarts if state else 0,
+            "postgres_error": state.postgres_error if state else None,
             "migration": state.migration if state else None,
             "error": state.error if state else None,
             "services": [s.to_json() for s in self.services],
@@ -539,6 +569,8 @@ class Stack:
     progress: StackProgress | None = None
     #: Seconds services get to exit after SIGTERM before they are killed.
     stop_timeout: float = 10.0
+    #: When to restart an embedded server that died.
+    server_policy: RestartPolicy = SERVER_RESTARTS
     #: Where one of `services` serves the HTTP API, recorded in the state file for clients.
     api_url: str | None = None
     #: The Hive's public key, recorded in the state file for clients.
@@ -633,16 +665,27 @@ class Stack:
         return self._save(phase=StackPhase.RUNNING, step=None)
 
     def supervise(self, stop: threading.Event, interval: float = _POLL_INTERVAL) -> None:
-        """Keep services running until `stop` is set; a server that dies fails the stack, as
-        everything else depends on it."""
+        """Keep services and embedded servers running until `stop` is set.
+
+        A server that dies is started again on its port and data dir (`server_policy`), on this
+        thread, so it gets the same parent-death signal as the first one; while it is down its
+        pid in the state file is None, and each restart is counted there.
+        """
+        watches = [
+            _ServerWatch(field, label, server, self.server_policy, time.monotonic())
+            for field, label, server in (
+                ("nats", "nats-server", self._nats),
+                ("postgres", "postgres", self._postgres),
+            )
+            if server is not None
+        ]
         while not stop.wait(interval):
             if self._supervisor is not None:
                 self._supervisor.poll()
-            for name, server in (("nats-server", self._nats), ("postgres", self._postgres)):
-                if server is not None and server.proc is not None and not server.running():
-                    error = f"{name} {describe_exit(server.proc.returncode)}; see {server.log_path}"
-                    self._save(phase=StackPhase.FAILED, error=error)
-                    raise StackError(error)
+            for watch in watches:
+                changes = watch.poll(time.monotonic())
+                if changes:
+                    self._save(**changes)
 
     def stop(self) -> None:
         """Services first, then postgres, then nats; then the data dir is free again."""
@@ -748,6 +791,59 @@ class Stack:
         self._state = replace(self._state, updated_at=datetime.now(UTC), **changes)
         _write_state(self.paths.state, self._state)
         return self._state
+
+
+@dataclass
+class _ServerWatch:
+    """Notices that an embedded server died and restarts it, backing off while that fails.
+
+    `poll` returns the state-file fields that changed (`<field>_pid`, `_restarts`, `_error`).
+    """
+
+    field: str
+    label: str
+    server: EmbeddedNats | EmbeddedPostgres
+    policy: RestartPolicy
+    started_at: float
+    failures: int = 0
+    restarts: int = 0
+    #: When the next restart is due; None while the server runs.
+    next_start: float | None = None
+
+    def poll(self, now: float) -> dict[str, Any]:
+        server = self.server
+        if self.next_start is None:
+            if server.proc is None or server.running():
+                return {}
+            if now - self.started_at >= self.policy.reset_after:
+                self.failures = 0
+            error = f"{self.label} {describe_exit(server.proc.returncode)}"
+            return self._retry_later(now, error)
+        if now < self.next_start:
+            return {}
+        self._note(f"restarting on {server.url}")
+        try:
+            server.restart()
+        except EmbeddedServerError as exc:
+            return self._retry_later(time.monotonic(), f"{self.label} restart failed: {exc}")
+        self.next_start = None
+        self.restarts += 1
+        self.started_at = time.monotonic()
+        self._note(f"restarted (pid {server.pid}, restart {self.restarts})")
+        return {f"{self.field}_pid": server.pid, f"{self.field}_restarts": self.restarts}
+
+    def _retry_later(self, now: float, error: str) -> dict[str, Any]:
+        self.failures += 1
+        delay = self.policy.delay(self.failures)
+        self.next_start = now + delay
+        self._note(f"{error}; restarting in {delay:g}s")
+        return {f"{self.field}_pid": None, f"{self.field}_error": error}
+
+    def _note(self, line: str) -> None:
+        """Into the server's own log, next to what it explains."""
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+        with contextlib.suppress(OSError), self.server.log_path.open("a") as f:
+            f.write(f"[swarm supervisor {stamp}] {self.label}: {line}\n")
 
 
 # --- running a supervisor in the background ------------------------------------------------------
