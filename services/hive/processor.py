@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -203,7 +202,7 @@ class CommandProcessor:
             if loop.time() > deadline:
                 raise NotCaughtUp(f"agreed state at {self.raft.applied_seq}, log at {target}")
             await asyncio.sleep(0.005)
-        self.working = self.raft.read(copy.deepcopy)
+        self.working = self.raft.copy_state()
         self.end = self.working.applied_seq
         return self.working
 

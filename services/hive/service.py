@@ -52,12 +52,15 @@ class Hive:
             return {"node": self.node, "ready": False}
         with raft.lock:
             applied = raft.hive.applied_seq
-            checksum = raft.hive.digest() if digest else None
             failures = raft.hive.fold_failure_count
             recent = [
                 {"seq": f.seq, "type": f.type, "reason": f.reason}
                 for f in raft.hive.fold_failures[-5:]
             ]
+        checksum = None
+        if digest:
+            # A whole-state rendering takes a while on a big state: pause folding, not Raft.
+            applied, checksum = raft.read_quiet(lambda s: (s.applied_seq, s.digest()))
         return {
             "node": self.node,
             "ready": raft.is_ready(),
