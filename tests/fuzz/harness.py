@@ -21,17 +21,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, Phase, settings
 
 from schemas import REGISTRY, DecodeError, commands, names
 from services.hive.config import HiveSettings
 from swarm.client.commands import build_command, send_and_wait, wait_for_outcome
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.seal import SealVerifier
-from tests.fuzz.sends import RAW_MARK, Item, Reuse, Send, render, subject_for
+from tests.fuzz.sends import RAW_MARK, Item, Reuse, render, subject_for
 
 T = TypeVar("T")
 
@@ -154,6 +157,8 @@ class FuzzTarget:
     counter: int = 0
     #: Command ids the harness handed out, in order (for `Reuse`).
     history: list[tuple[str | None, bytes, str]] = field(default_factory=list)
+    #: Checks that the replicas agree (a cluster); nothing for one replica.
+    agree: Callable[[], Awaitable[None]] | None = None
     answer_within: float = 30.0
     probe_within: float = 15.0
 
@@ -207,6 +212,10 @@ class FuzzTarget:
         return body, subject_for(obj, item), msg_id, item.mutation, command_id
 
     # -- properties -------------------------------------------------------------------------------
+
+    def accepted(self) -> int:
+        """Commands sent by this run that the Hive accepted."""
+        return sum(any(a.accepted for a in self._own(e)) for e in self.sent.values())
 
     def _own(self, entry: Stored) -> list[Answer]:
         return self.outcomes.by_seq.get(entry.seq, [])
@@ -323,6 +332,8 @@ class FuzzTarget:
         self.check_exactly_one()
         await self.check_client_finds(stored)
         await self.check_folds()
+        if self.agree is not None:
+            await self.agree()
         return stored
 
 
@@ -340,3 +351,21 @@ class LoopBridge:
 
     def __call__(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
+
+
+def fuzz_settings(batches: int) -> settings:
+    """Hypothesis settings of a live run: `batches` examples (`SWARM_FUZZ_BATCHES` overrides),
+    derandomized (set `SWARM_FUZZ_RANDOM=1`, and `--hypothesis-seed`, to explore further).
+
+    No shrinking: it would re-publish to a Hive whose state every earlier batch changed, so it
+    would not replay the same run; each failure names the one command it is about instead.
+    """
+    return settings(
+        max_examples=int(os.environ.get("SWARM_FUZZ_BATCHES", batches)),
+        deadline=None,
+        derandomize=not os.environ.get("SWARM_FUZZ_RANDOM"),
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    )

@@ -64,8 +64,11 @@ def command_types() -> list[str]:
     return sorted(command_schemas())
 
 
+@cache
 def command_object(type_: str) -> st.SearchStrategy[Json]:
-    """JSON objects that the schema of command `type_` accepts (envelope and payload)."""
+    """JSON objects that the schema of command `type_` accepts (envelope and payload).
+
+    Built once per type: building walks the schema and compiles its patterns (milliseconds)."""
     schema = command_schemas()[type_]
     return _strategy(_inline(schema, schema.get("$defs", {})))
 

@@ -22,19 +22,33 @@ from schemas import names
 from tests.fuzz.schema_strategies import Json, command_object, command_types
 
 #: Shared names: generated commands are steered onto them so they find each other's agents,
-#: pods and namespaces instead of being refused as `not_found` every time.
-COMMAND_IDS = ("c0", "c1", "c2", "c3")
-POD_IDS = ("p0", "p1", "p2")
+#: pods and namespaces instead of being refused as `not_found` every time. Agent ids are the ids
+#: of the commands that deployed them, so command ids come from the same pool.
+COMMAND_IDS = ("c0", "c1")
+POD_IDS = ("p0", "p1")
 AGENT_NAMES = ("a", "b")
 NAMESPACES = ("default", "ns1")
-IDENTITIES = (
-    "user:fuzz",
-    "service:scheduler",
-    "service:hive",
-    "pod:p0",
-    "pod:p1",
-    "agent:c0",
-    "agent:c1",
+#: Principals that are no one's own: forged or unknown (the right one is drawn most times).
+OTHER_IDENTITIES = ("service:hive", "pod:p2", "agent:c0", "agent:c1", "user:", "nobody")
+#: Commands only a service may send, and commands only their pod may send (or a user).
+_SERVICE_ONLY = frozenset(
+    {
+        "swarm.cmd.placement.propose",
+        "swarm.cmd.placement.preempt",
+        "swarm.cmd.pod.expire",
+        "swarm.cmd.replica.restart",
+    }
+)
+_POD_SCOPED = frozenset(
+    {"swarm.cmd.pod.register", "swarm.cmd.pod.deregister", "swarm.cmd.replica.report"}
+)
+#: What a history needs early to get anywhere: pods, namespaces, agents, placements.
+SETUP_TYPES = (
+    "swarm.cmd.pod.register",
+    "swarm.cmd.namespace.create",
+    "swarm.cmd.agent.deploy",
+    "swarm.cmd.placement.propose",
+    "swarm.cmd.replica.report",
 )
 #: Data fields that name a shared thing, and where their values come from.
 _POOLS: dict[str, tuple[str, ...]] = {
@@ -42,33 +56,47 @@ _POOLS: dict[str, tuple[str, ...]] = {
     "pod_id": POD_IDS,
     "namespace": NAMESPACES,
     "webhook_id": COMMAND_IDS,
+    "replica_id": tuple(f"{agent}-{n}" for agent in COMMAND_IDS for n in range(2)),  # see below
+    "url": ("https://hooks.example/a", "http://127.0.0.1:9/x"),
 }
 #: `name` is an agent's name in agent commands and a namespace's in namespace commands.
-_NAME_POOL = {"namespace": NAMESPACES + ("ns2",)}
+_NAME_POOL = {"namespace": (*NAMESPACES, "ns2")}
 
 
-def _replica_ids() -> tuple[str, ...]:
-    return tuple(f"{agent}-{n}" for agent in COMMAND_IDS for n in range(3))
+def _principal(type_: str, data: Json) -> str:
+    if type_ in _SERVICE_ONLY:
+        return "service:scheduler"
+    if type_ in _POD_SCOPED and isinstance(data.get("pod_id"), str):
+        return f"pod:{data['pod_id']}"
+    return "user:fuzz"
 
 
 @st.composite
-def steered_command(draw: st.DrawFn, types: tuple[str, ...] | None = None) -> Json:
-    """A schema-valid command whose names often point at the shared pools above."""
-    type_ = draw(st.sampled_from(types or tuple(command_types())))
+def steered_command(draw: st.DrawFn, types: tuple[str, ...] = ()) -> Json:
+    """A schema-valid command (of one of `types`, if given) whose names, id and identity mostly
+    point at the shared pools above and at the principal allowed to send it (else at someone
+    else's)."""
+    choices = st.sampled_from(types) if types else st.sampled_from(command_types())
+    type_ = draw(choices if types else st.sampled_from(SETUP_TYPES) | choices)
     obj = dict(draw(command_object(type_)))
     data = dict(obj["data"])
     for key, value in data.items():
-        pool = _POOLS.get(key)
-        if key == "replica_id":
-            pool = _replica_ids()
-        elif key == "name":
-            pool = _NAME_POOL.get(type_.split(".")[2], AGENT_NAMES)
-        if pool is not None and isinstance(value, str) and draw(st.integers(0, 4)) > 0:
+        pool = _NAME_POOL.get(type_.split(".")[2], AGENT_NAMES) if key == "name" else None
+        pool = pool or _POOLS.get(key)
+        if pool is not None and isinstance(value, str) and draw(st.integers(0, 4)) < 4:
             data[key] = draw(st.sampled_from(pool))
+    agent = data.get("agent_id")
+    if isinstance(data.get("replica_id"), str) and agent in COMMAND_IDS:
+        data["replica_id"] = f"{agent}-{draw(st.integers(0, 1))}"
+    if "replicas" in data and isinstance(data["replicas"], int):
+        data["replicas"] = min(data["replicas"], draw(st.integers(0, 3)))
     obj["data"] = data
-    if draw(st.integers(0, 4)) > 0:
-        obj["identity"] = draw(st.sampled_from(IDENTITIES))
-    if draw(st.integers(0, 3)) > 0:
+    # Hypothesis favours small draws: 0 is the common case.
+    if draw(st.integers(0, 5)) < 5:
+        obj["identity"] = _principal(type_, data)
+    elif draw(st.booleans()):
+        obj["identity"] = draw(st.sampled_from(OTHER_IDENTITIES))
+    if draw(st.integers(0, 3)) < 3:
         obj["id"] = draw(st.sampled_from(COMMAND_IDS))
     return obj
 
