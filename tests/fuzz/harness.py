@@ -11,6 +11,8 @@ The properties, checked after every batch:
   No command id ever has two outcomes, and nothing but the Hive writes outcomes here.
 * **The Hive keeps deciding.** A fresh valid command is accepted within a few seconds.
 * **Nothing it wrote fails to fold.** The replica's `fold_failures` stays 0.
+* **What the schema accepts is read.** A schema-valid command is decided, never answered as
+  unreadable.
 
 `swarm.client.commands.wait_for_outcome` is also asked for each command with an id of its own,
 as a client would, and must find the same outcome.
@@ -191,6 +193,7 @@ class FuzzTarget:
     def _resolve(self, item: Item) -> tuple[bytes, str, str | None, str, str | None]:
         if isinstance(item, Reuse):
             back = min(item.back, len(self.history))
+            command_id: str | None
             command_id, body, subject = self.history[-back]
             if not item.same_bytes and item.obj is not None and command_id is not None:
                 obj = {**item.obj, "id": command_id}
@@ -202,7 +205,7 @@ class FuzzTarget:
             msg_id = command_id if item.msg_id == "command_id" else None
             return body, subject, msg_id, label, command_id
         obj = dict(item.obj)
-        command_id: str | None = None
+        command_id = None
         if item.mutation != "bad_id" and isinstance(obj.get("id"), str) and obj["id"] != RAW_MARK:
             command_id = obj["id"] = self._next_id()
         body = render(item, obj)
@@ -261,6 +264,12 @@ class FuzzTarget:
             elif not own and not self._answered_before(entry):
                 problems.append("no outcome for " + entry.describe())
             for answer in own:
+                if entry.label == "valid" and answer.body.get("data", {}).get("received"):
+                    # What the exported schema accepts, the Hive's decoder must read.
+                    problems.append(
+                        f"a schema-valid command was refused as unreadable "
+                        f"({answer.body['data'].get('reason')}): " + entry.describe()
+                    )
                 if answer.subject == _INVALID:
                     continue
                 if answer.command_id != entry.readable_id:

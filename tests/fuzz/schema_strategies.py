@@ -103,6 +103,7 @@ def _strategy(schema: Json) -> st.SearchStrategy[Any]:
     if "const" in schema:
         return st.just(schema["const"])
     kind = schema.get("type")
+    drawn: st.SearchStrategy[Any]
     if kind == "object" or (kind is None and "properties" in schema):
         drawn = _object(schema)
     elif kind == "array":
@@ -187,7 +188,7 @@ def _autoscale_policy(value: Json) -> st.SearchStrategy[Json]:
     return st.just(value)
 
 
-_REPAIRS: dict[str, Callable[[Json], st.SearchStrategy[Json]]] = {
+_REPAIRS: dict[str, Callable[[Any], st.SearchStrategy[Json]]] = {
     "ModuleRef": _module_ref,
     "AgentSpec": _agent_spec,
     "AutoscalePolicy": _autoscale_policy,

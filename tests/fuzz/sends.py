@@ -81,8 +81,9 @@ def steered_command(draw: st.DrawFn, types: tuple[str, ...] = ()) -> Json:
     obj = dict(draw(command_object(type_)))
     data = dict(obj["data"])
     for key, value in data.items():
-        pool = _NAME_POOL.get(type_.split(".")[2], AGENT_NAMES) if key == "name" else None
-        pool = pool or _POOLS.get(key)
+        pool: tuple[str, ...] | None = _POOLS.get(key)
+        if key == "name":
+            pool = _NAME_POOL.get(type_.split(".")[2], AGENT_NAMES)
         if pool is not None and isinstance(value, str) and draw(st.integers(0, 4)) < 4:
             data[key] = draw(st.sampled_from(pool))
     agent = data.get("agent_id")
@@ -171,7 +172,7 @@ def _paths(value: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | i
 
 def get_at(obj: Any, path: tuple[str | int, ...]) -> Any:
     for part in path:
-        obj = obj[part]  # type: ignore[index]
+        obj = obj[part]
     return obj
 
 
@@ -288,8 +289,8 @@ def mutated(draw: st.DrawFn, obj: Json) -> Send:
         depth = draw(st.sampled_from([63, 65, 1_000, 100_000]))
         return Send(set_at(obj, any_path, RAW_MARK), kind, msg_id, {"raw": _nested(depth)})
     if kind == "not_utf8":
-        bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80"]))
-        return Send(obj, kind, msg_id, {"bytes": bad})
+        raw = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80"]))
+        return Send(obj, kind, msg_id, {"bytes": raw})
     if kind == "lone_surrogate":
         escape = draw(st.sampled_from(["\\ud800", "\\udfff", "\\ud83d x", "\\udc00\\ud800"]))
         path = draw(st.sampled_from([("source",), ("id",), ("identity",), *data_paths]))

@@ -29,7 +29,7 @@ from tests.fuzz.sends import Item, batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-BATCHES = 5
+BATCHES = 10
 
 
 async def _agree(cluster: HiveCluster, log: EventLog, within: float = 30.0) -> None:

@@ -98,7 +98,7 @@ def test_schema_valid_commands_decode(type_: str, data: st.DataObject) -> None:
 
 
 @settings(
-    max_examples=50,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,

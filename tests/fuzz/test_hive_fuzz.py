@@ -29,13 +29,13 @@ from tests.fuzz.harness import (
 from tests.fuzz.sends import Item, batch
 from tests.scheduler.stack import running_stack
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 #: The Raft password of `running_stack`'s Hive: its seal key derives from it.
 PASSWORD = "secret-123"
-#: Batches per run: sized for ~20 s on a busy 2-core machine (each batch waits for its outcomes
+#: Batches per run: sized for ~15 s on a busy 2-core machine (each batch waits for its outcomes
 #: and a probe).
-BATCHES = 14
+BATCHES = 30
 
 
 async def test_every_fuzzed_command_gets_exactly_one_outcome(tmp_path: Path) -> None:
