@@ -32,6 +32,24 @@ def render(registry: Registry = REGISTRY) -> dict[str, str]:
             "description": (entry.model.__doc__ or "").strip(),
         }
         schema["properties"]["type"] = {"const": entry.type, "title": "Type"}
+        # Decoding requires an id (`Registry.decode`) though the model makes one up in code.
+        required = list(schema.get("required", ()))
+        schema["required"] = required if "id" in required else ["id", *required]
+        # The decoder reads only the versions it can upcast from (`Registry._version_of`); the
+        # model's plain `str` would let a client's validator pass any other text.
+        schema["properties"]["dataschema"] = {
+            "anyOf": [
+                {
+                    "enum": [
+                        names.dataschema(entry.type, v) for v in range(1, entry.model.VERSION + 1)
+                    ],
+                    "type": "string",
+                },
+                {"type": "null"},
+            ],
+            "default": None,
+            "title": "Dataschema",
+        }
         file_name = f"{entry.type}.v{entry.model.VERSION}.json"
         files[file_name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
         index.append(

@@ -212,16 +212,22 @@ class Registry:
         if schema_version < entry.model.VERSION:
             obj = self._upcast(obj, entry, schema_version, received)
             raw = json.dumps(obj)
+        # The model makes up an id when none is given (for envelopes built in code); a message
+        # without one is refused, as CloudEvents requires: a made-up id differs on every read,
+        # so the sender could not find the outcome, nor a redelivery match the first answer.
+        no_id = [] if "id" in obj else [FieldError("id", "Field required", "missing")]
         try:
             envelope: Envelope[Any] = _envelope_model(entry.model).model_validate_json(raw)
         except pydantic.ValidationError as exc:
-            errors = [
+            errors = no_id + [
                 FieldError(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"], e["type"])
                 for e in exc.errors(include_url=False)
             ]
             raise DecodeError(f"invalid {entry.type}", errors, received) from None
         except (RecursionError, MemoryError) as exc:
             raise _too_big(exc, received) from None
+        if no_id:
+            raise DecodeError(f"invalid {entry.type}", no_id, received)
         return envelope
 
     def _decode_fast(self, data: bytes, kind: Kind | None) -> Envelope[Any] | None:
@@ -245,6 +251,8 @@ class Registry:
         expected = names.dataschema(entry.type, entry.model.VERSION)
         if envelope.type != entry.type or envelope.dataschema not in (None, expected):
             return None
+        if "id" not in envelope.model_fields_set:
+            return None  # the full path says it is missing
         return envelope
 
     def _upcast(
