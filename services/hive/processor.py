@@ -275,7 +275,9 @@ class CommandProcessor:
                 continue
             missing = await self._missing_modules(delivery)
             pending = self._prepare(delivery, missing)
-            command_id = pending.command.id if pending.command is not None else None
+            # Also an unreadable body's id, when its answer goes to that id's subject: two of
+            # them in one atomic append would repeat a message id and fail the whole group.
+            command_id = _command_id(pending)
             if group and (
                 size + len(pending.requests) > MAX_ATOMIC_BATCH
                 or (command_id is not None and command_id in ids)
