@@ -313,3 +313,31 @@ async def test_the_same_command_sent_twice_needs_one_outcome_another_body_its_ow
     )
     await log.append(rejected)
     assert await findings(server) == []
+
+
+async def test_a_command_nested_50000_levels_deep_does_not_stop_verify_or_time_travel(
+    server: str, log: EventLog
+) -> None:
+    """Both crashed on it before (RecursionError reading the command)."""
+    await answered(log)
+    deep = "[" * 50_000 + "]" * 50_000
+    body = (
+        '{"specversion":"1.0","id":"deep-1","source":"x","type":"swarm.cmd.namespace.create",'
+        '"data":{"name":"d","quota":' + deep + "}}"
+    ).encode()
+    seq = (await log.append_raw(AppendRequest(commands.CreateNamespace.TYPE, body, "deep-1"))).seq
+    # Not answered here (no Hive runs): reported as such, not a crash.
+    assert await findings(server, "--grace", "0") == [
+        ("missing-outcome", names.STREAM_COMMANDS, seq)
+    ]
+    lost = event(events.PodLost(pod_id="nowhere", reason="x"), aggregate_id="nowhere", source="x")
+    lost_seq = (await log.append(lost)).seq
+    at = await asyncio.to_thread(
+        CliRunner().invoke,
+        _cli(),
+        ["timeline", "--at", str(lost_seq), "-o", "json", "--nats-url", server],
+    )
+    assert at.exit_code == 0, at.output
+    state = json.loads(at.stdout)["state"]
+    assert state["fold_failure_count"] == 1
+    assert state["fold_failures"][0]["seq"] == lost_seq
