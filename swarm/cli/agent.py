@@ -6,12 +6,12 @@ the rejection's reason and rule and exits 1. Reads are Hive queries printed as a
 `-o json|yaml`, and `--watch` redraws them every second until Ctrl-C.
 
 The plumbing shared with `swarm namespace` and `swarm pod` (generic options, sending a command,
-reading, watching, formatting) is in `swarm.cli.verbs`.
+reading, watching, formatting) is in `swarm.cli.verbs`. The models, nats-py and the client layer
+are imported by the verbs that use them: every `swarm` call imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sys
@@ -19,18 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import nats.errors
 import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from schemas import REGISTRY, Payload, commands, events, names
-from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli import autoscale as autoscaling
-from swarm.cli import connect, publish
+from swarm.cli import connect, healing, limits, publish
 from swarm.cli import logs as logs_cli
 from swarm.cli.health import health_parts, trust_text
 from swarm.cli.output import (
@@ -44,11 +41,9 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.queries import HiveQueries
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import (
     EXIT_CODES,
-    Issued,
     Nothing,
     OutputOption,
     TimeoutOption,
@@ -56,14 +51,16 @@ from swarm.cli.verbs import (
     age,
     conclude,
     finish,
-    issue,
     prepare,
-    read_floor,
     show,
     styled,
 )
-from swarm.client import history
-from swarm.kernel.eventlog import Delivery, EventLog
+
+if TYPE_CHECKING:
+    from schemas import Payload
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import Issued
+    from swarm.kernel.eventlog import Delivery, EventLog
 
 DEFAULT_NAMESPACE = "default"
 #: Seconds between status polls with `deploy --wait`.
@@ -159,6 +156,8 @@ class SpecFlags:
 
 def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     """A module file as an inline module reference (base64), checked before anything is sent."""
+    from schemas.specs import INLINE_MODULE_MAX_BYTES
+
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -214,6 +213,8 @@ def validate_module(path: Path, raw: bytes) -> None:
 
 
 def _command_type(value: str) -> str:
+    from schemas import REGISTRY
+
     entry = REGISTRY.get(value)
     if entry is None or entry.kind != "command":
         known = ", ".join(e.type for e in REGISTRY if e.kind == "command")
@@ -331,7 +332,7 @@ ModuleOption = Annotated[
     Path | None,
     typer.Option(
         "--module",
-        help=f"The .wasm file, sent inline (up to {INLINE_MODULE_MAX_BYTES // 1024} KiB).",
+        help=f"The .wasm file, sent inline (up to {limits.INLINE_MODULE_MAX_BYTES // 1024} KiB).",
         show_default=False,
         dir_okay=False,
     ),
@@ -391,7 +392,7 @@ def deploy(
         typer.Option(
             "--replicas",
             min=0,
-            max=commands.MAX_REPLICAS,
+            max=limits.MAX_REPLICAS,
             help="How many replicas should run.",
             show_default="1",
         ),
@@ -418,6 +419,10 @@ def deploy(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Deploy a new agent from a WebAssembly module (`rollout` gives one a new version)."""
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue
+
     flags = SpecFlags(
         version=version,
         module=module,
@@ -481,6 +486,8 @@ def deploy(
 
 def _deployed_id(issued: Issued) -> str:
     """The new agent's id, read from the subject of the `deployed` event the command caused."""
+    from schemas import events, names
+
     for caused in issued.caused:
         parts = names.parse_event_subject(caused.subject or "")
         if caused.type == events.AgentDeployed.TYPE and parts is not None:
@@ -500,6 +507,8 @@ async def wait_running(
     quiet: bool = False,
 ) -> None:
     """Poll the agent until it is running; `failed` is exit 1, running out of time exit 3."""
+    import asyncio
+
     label = f"{namespace}/{name}"
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     loop = asyncio.get_running_loop()
@@ -555,6 +564,10 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List agents with their status and how many replicas are ready."""
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import read_floor
+
     ns = None if all_namespaces else namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
@@ -617,6 +630,10 @@ def describe(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Show one agent: spec, replicas, versions, rollout in progress, and its recent events."""
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import read_floor
+
     ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
@@ -642,6 +659,8 @@ async def recent_events(
     log: EventLog, agent_id: str, last_seq: int, limit: int = RECENT_EVENTS
 ) -> list[Delivery]:
     """The agent's last `limit` events, read from the log (see `swarm.client.history`)."""
+    from swarm.client import history
+
     return await history.recent_events(log, "agent", agent_id, last_seq, limit)
 
 
@@ -815,6 +834,8 @@ def _when(timestamp: Any) -> str:
 
 
 def _short_type(type_: Any) -> str:
+    from schemas import names
+
     text = str(type_ or "?")
     prefix = f"{names.EVENT_TYPE_PREFIX}.agent."
     return text.removeprefix(prefix)
@@ -869,6 +890,8 @@ def _change(
     nats_url: str | None,
 ) -> None:
     """Send one agent command and print its outcome: the body of the simple verbs."""
+    from schemas import names
+    from swarm.client.commands import issue
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -891,7 +914,7 @@ def scale(
         typer.Option(
             "--replicas",
             min=0,
-            max=commands.MAX_REPLICAS,
+            max=limits.MAX_REPLICAS,
             help="How many replicas should run.",
             show_default=False,
         ),
@@ -902,6 +925,8 @@ def scale(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Change how many replicas of an agent should run."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.ScaleAgent,
@@ -949,6 +974,10 @@ def rollout(
     Without -f, the new version is the current spec with the given options changed; with -f, it
     is the spec in the file.
     """
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     flags = SpecFlags(
         version=version,
         module=module,
@@ -1032,6 +1061,8 @@ def rollback(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Roll back to an earlier version (a rollout in progress is aborted)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     data: dict[str, Any] = {"namespace": ns, "name": name}
     if to_version is not None:
@@ -1060,6 +1091,8 @@ def stop(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.StopAgent,
@@ -1082,6 +1115,8 @@ def delete(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica and remove the agent (its events stay in the log)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.DeleteAgent,
@@ -1147,6 +1182,10 @@ async def ask_agent(
     log: EventLog, namespace: str, name: str, body: bytes, timeout: float
 ) -> AgentReply:
     """Send one message to an agent over the mesh and wait for one replica's reply."""
+    import nats.errors
+
+    from schemas import names
+
     subject = names.mesh_agent_subject(namespace, name)
     try:
         reply = await log.nc.request(subject, body, timeout=timeout)
@@ -1244,11 +1283,11 @@ def autoscale(
     name: NameArgument,
     min_replicas: Annotated[
         int | None,
-        typer.Option("--min", min=1, max=commands.MAX_REPLICAS, help="Fewest replicas."),
+        typer.Option("--min", min=1, max=limits.MAX_REPLICAS, help="Fewest replicas."),
     ] = None,
     max_replicas: Annotated[
         int | None,
-        typer.Option("--max", min=1, max=commands.MAX_REPLICAS, help="Most replicas."),
+        typer.Option("--max", min=1, max=limits.MAX_REPLICAS, help="Most replicas."),
     ] = None,
     target_rate: Annotated[
         float | None,
@@ -1297,6 +1336,10 @@ def autoscale(
     Options not given keep the agent's current policy (or the defaults). The autoscaler in the
     scheduler forecasts the agent's message rate and queue depth and scales it within the bounds.
     """
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     ns = namespace or DEFAULT_NAMESPACE
     given = {
         "min_replicas": min_replicas,
@@ -1336,3 +1379,7 @@ def autoscale(
         return EXIT_OK
 
     finish(main())
+
+
+# The Hive's quarantine verbs are agent verbs too (`swarm agent quarantine|release`).
+healing.register(app)

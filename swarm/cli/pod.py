@@ -8,11 +8,9 @@ from typing import Any
 import typer
 from rich.console import RenderableType
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, Format, table
-from swarm.cli.queries import HiveQueries
-from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, read_floor, show, styled
+from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, show, styled
 
 app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
 
@@ -30,6 +28,9 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List pods with their capacity in use (used/total) and the replicas placed on them."""
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import read_floor
 
     async def main() -> int:
         settings = connect.load_settings()
