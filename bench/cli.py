@@ -187,20 +187,24 @@ def running_stack(root: Path, env: dict[str, str], timeout: float) -> Iterator[N
 
 
 def print_table(console: Console, rows: list[dict[str, Any]]) -> None:
-    table = Table(title="CLI start (same run, same machine; wall times unless marked cpu)")
+    table = Table(
+        title="CLI start (same run, same machine; wall ms unless marked cpu; "
+        "baseline: python -c pass)"
+    )
     columns = (
         "command",
         "stack",
-        "p50 ms",
-        "p90 ms",
-        "cpu p50 ms",
-        "python -c pass p50",
+        "p50",
+        "p90",
+        "cpu p50",
+        "baseline p50",
         "over baseline",
         "target",
         "met",
     )
     for col in columns:
-        table.add_column(col, justify="left" if col == "command" else "right")
+        left = col == "command"
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
     for r in rows:
         table.add_row(
             r["command"],

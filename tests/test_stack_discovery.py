@@ -131,6 +131,8 @@ def test_data_dir_and_swarm_home_pick_another_stack_and_the_last_started_is_curr
     for data_dir in (first, second):
         up = swarm("up", "--detach", "--no-services", "--data-dir", str(data_dir), timeout=200)
         succeeds(up)
+    # Starting a stack beside the current one says which one verbs will find from now on.
+    assert f"the current stack, in {first}, runs; this one in {second} becomes" in up.stderr
 
     def shown(*args: str, **env: str) -> tuple[str, str]:
         report = status_of(swarm, *args, **env)
@@ -280,3 +282,15 @@ def test_the_choice_goes_flag_then_variable_then_record_then_default(
 
     flag = discovery.choose(Settings(data_dir=Path("flag")), from_flag=True)
     assert (flag.data_dir, flag.source) == (tmp_path / "flag", discovery.Source.FLAG)
+
+
+def test_swarm_up_starts_where_it_runs_whatever_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in discovery.ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    discovery.record_current(a_stack_dir(tmp_path / "recorded"))
+    choice = discovery.choose(Settings(), recorded=False)
+    assert (choice.data_dir, choice.source) == (tmp_path / ".swarm", discovery.Source.DEFAULT)
+    assert choice.describe() == "./.swarm of this directory, as `swarm up` starts where it runs"

@@ -47,7 +47,8 @@ WHICH_STACK = (
     "stack's data dir is --data-dir (up, down, status, migrate), else SWARM_HOME (or its "
     "older name SWARM_DATA_DIR), else the stack `swarm up` started last (recorded in "
     "$XDG_STATE_HOME/swarm/current.json, by default ~/.local/state/swarm/current.json), else "
-    "./.swarm; `swarm status` says which one it shows and why."
+    "./.swarm; `swarm status` says which one it shows and why. `swarm up` starts a stack in "
+    "--data-dir, SWARM_HOME or ./.swarm, and that stack becomes the current one."
 )
 
 

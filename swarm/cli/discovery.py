@@ -1,7 +1,7 @@
 """Which stack a verb means, whatever directory it runs in.
 
 `swarm up` records, per user, the data dir of the stack it starts (`record_current`). Every verb
-that needs a stack (`swarm up` included) picks its data dir the same way, first match wins:
+that needs a stack picks its data dir the same way, first match wins:
 
 1. `--data-dir`, on the verbs that have it (`up`, `down`, `status`, `migrate`);
 2. `SWARM_HOME`, or its older name `SWARM_DATA_DIR` (`SWARM_HOME` wins when both are set);
@@ -9,6 +9,9 @@ that needs a stack (`swarm up` included) picks its data dir the same way, first 
    (`~/.local/state/swarm/current.json` when XDG_STATE_HOME is unset), as long as its data dir
    still holds a stack;
 4. `./.swarm` in the current directory.
+
+`swarm up` skips 3: like `docker compose up`, it starts the stack of the directory it runs in
+unless told otherwise, and that stack becomes the recorded one.
 
 The verbs that talk to NATS read its URL from that data dir's `stack.json`, unless `--nats-url`
 or `SWARM_NATS_URL` names a server (`swarm.cli.connect`).
@@ -61,7 +64,7 @@ class StackChoice:
             return f"named by {self.detail}"
         if self.source is Source.RECORDED:
             return f"the stack `swarm up` started last (recorded in {self.detail})"
-        return "./.swarm of this directory, as `swarm up` has recorded no stack"
+        return f"./.swarm of this directory, as {self.detail}"
 
 
 def state_home() -> Path:
@@ -123,8 +126,9 @@ def read_current() -> Path | None:
     return data_dir
 
 
-def choose(settings: Settings, *, from_flag: bool = False) -> StackChoice:
-    """The data dir a verb uses (see the module docstring for the order).
+def choose(settings: Settings, *, from_flag: bool = False, recorded: bool = True) -> StackChoice:
+    """The data dir a verb uses (see the module docstring for the order); `recorded=False` for
+    `swarm up`, which does not look at the record.
 
     `settings.data_dir` holds `--data-dir` when `from_flag`; otherwise a data dir set by
     `SWARM_HOME`/`SWARM_DATA_DIR` (or passed to `Settings`) is told from the default by
@@ -136,7 +140,9 @@ def choose(settings: Settings, *, from_flag: bool = False) -> StackChoice:
     if "data_dir" in settings.model_fields_set:
         named = next((name for name in ENV_VARS if os.environ.get(name)), "the settings")
         return StackChoice(given, Source.ENV, named)
-    recorded = read_current()
-    if recorded is not None:
-        return StackChoice(recorded, Source.RECORDED, str(current_file()))
-    return StackChoice(given, Source.DEFAULT, "./.swarm")
+    if not recorded:
+        return StackChoice(given, Source.DEFAULT, "`swarm up` starts where it runs")
+    current = read_current()
+    if current is not None:
+        return StackChoice(current, Source.RECORDED, str(current_file()))
+    return StackChoice(given, Source.DEFAULT, "`swarm up` has recorded no stack")

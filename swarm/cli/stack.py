@@ -164,6 +164,18 @@ DataDirOption = Annotated[
 ]
 
 
+UpDataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where to keep the stack's data, logs and state. Default: $SWARM_HOME (or "
+        "$SWARM_DATA_DIR), else ./.swarm. The stack started becomes the current one, which "
+        "every verb finds from any directory.",
+        show_default=False,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     app.command("up")(up)
     app.command("down")(down)
@@ -220,7 +232,7 @@ def gateway_service(data_dir: Path, port: int | None = None) -> tuple[ServiceSpe
 
 
 def up(
-    data_dir: DataDirOption = None,
+    data_dir: UpDataDirOption = None,
     detach: Annotated[
         bool,
         typer.Option("--detach", "-d", help="Start in the background and return once ready."),
@@ -292,8 +304,8 @@ def up(
 ) -> None:
     """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C.
 
-    The stack's data dir is chosen as for every verb (see `swarm --help`); the stack started is
-    recorded as the current one, so verbs run from any directory find it.
+    Once it is up, the stack is recorded as the current one, which verbs run from any directory
+    find.
     """
     import asyncio
     import threading
@@ -301,7 +313,8 @@ def up(
     from swarm.cli.demo import deploy_demo
     from swarm.kernel.stack import Stack, StackAlreadyRunningError, StackError
 
-    settings, choice = _choose(data_dir, nats_url, database_url, sync)
+    settings, choice = _choose(data_dir, nats_url, database_url, sync, recorded=False)
+    _note_other_current(choice)
     if detach:
         state = _up_detached(
             settings, choice, service or [], timeout, hive_replicas, pods, no_services, api_port
@@ -323,6 +336,8 @@ def up(
 
     def ready(state: StackState) -> None:
         progress.close()
+        # Recorded once it is up: a start that fails leaves the previous current stack current.
+        _record_current(choice)
         _print_ready(state, detached=False)
         if demo and state.nats_url:
             # In a thread: the supervisor must keep watching its children while the Hive elects
@@ -335,7 +350,6 @@ def up(
             ).start()
 
     public_key, service_env = (None, {}) if no_services else stack_keys(settings.data_dir.resolve())
-    _record_current(choice)
     try:
         with progress:
             stack = Stack(
@@ -403,12 +417,31 @@ def _choose(
     nats_url: str | None = None,
     database_url: str | None = None,
     sync: SyncPolicy | None = None,
+    *,
+    recorded: bool = True,
 ) -> tuple[Settings, discovery.StackChoice]:
     """The settings a stack verb runs with, their data dir the stack `swarm.cli.discovery`
     picks (absolute), and that choice."""
     settings = _settings(data_dir, nats_url, database_url, sync)
-    choice = discovery.choose(settings, from_flag=data_dir is not None)
+    choice = discovery.choose(settings, from_flag=data_dir is not None, recorded=recorded)
     return settings.model_copy(update={"data_dir": choice.data_dir}), choice
+
+
+def _note_other_current(choice: discovery.StackChoice) -> None:
+    """Say so when `swarm up` is about to start a stack beside the current one: verbs run
+    elsewhere will find the new one from now on."""
+    current = discovery.read_current()
+    if current is None or current == choice.data_dir:
+        return
+    from swarm.kernel.stack import inspect_stack
+
+    state = "runs" if inspect_stack(current, probe=False).running else "is stopped"
+    err_console.print(
+        f"[dim]note: the current stack, in {escape(str(current))}, {state}; this one in "
+        f"{escape(str(choice.data_dir))} becomes the current one (`swarm up --data-dir "
+        f"{escape(shlex.quote(str(current)))}` starts that one instead)[/]",
+        soft_wrap=True,
+    )
 
 
 def _record_current(choice: discovery.StackChoice) -> None:
