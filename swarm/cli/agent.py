@@ -564,15 +564,16 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List agents with their status and how many replicas are ready."""
-    from schemas import names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import read_floor
-
     ns = None if all_namespaces else namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 
@@ -630,15 +631,16 @@ def describe(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Show one agent: spec, replicas, versions, rollout in progress, and its recent events."""
-    from schemas import names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import read_floor
-
     ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 

@@ -89,11 +89,6 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     return name if name.startswith("SWARM_") else f"SWARM_{name}"
 
 
-def stack_state_path(settings: Settings) -> Path:
-    """The state file of the stack the CLI uses (see `swarm.cli.discovery`)."""
-    return discovery.choose(settings).data_dir / STACK_STATE_FILE
-
-
 def resolve_nats_url(option: str | None, settings: Settings | None = None) -> NatsTarget:
     """Where NATS is: `--nats-url` > `SWARM_NATS_URL` > the chosen stack's state file."""
     if option:

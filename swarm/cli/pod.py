@@ -28,13 +28,15 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List pods with their capacity in use (used/total) and the replicas placed on them."""
-    from schemas import names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import read_floor
 
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 
