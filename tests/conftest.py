@@ -17,6 +17,15 @@ from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test records and finds "the current stack" (`swarm.cli.discovery`) in a state dir of
+    its own: never the user's, and never one an earlier test left a stack recorded in."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("SWARM_NATS_URL")

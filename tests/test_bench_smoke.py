@@ -253,3 +253,38 @@ def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
         run = summary["runs"][0]
         assert {"commands_sent", "outcomes_missing", "recovery_s", "violations"} <= set(run)
     assert set(report["met"]) == {"no_missing", "no_duplicates", "recovery_p50"}
+
+
+CLI_BENCH = ROOT / "bench" / "cli.py"
+
+
+@pytest.mark.timeout(420)
+def test_cli_bench_times_every_case_with_and_without_a_stack(tmp_path: Path) -> None:
+    out = tmp_path / "cli.json"
+    result = run_bench(
+        [sys.executable, str(CLI_BENCH), "--quick", "--json", str(out)],
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert "CLI start" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "cli"
+    assert report["params"] == {"runs": 3, "quick": True, "stack": True}
+    assert report["machine"]["cpu_count"] >= 1
+    # Each case ran as intended: a stack answered the second pair, none the first.
+    codes = {(r["command"], r["stack"]): r["exit_codes"] for r in report["start"]}
+    assert codes == {
+        ("swarm --help", False): [0],
+        ("swarm agent ls --help", False): [0],
+        ("swarm status", False): [1],
+        ("swarm agent ls", False): [4],
+        ("swarm status", True): [0],
+        ("swarm agent ls", True): [0],
+    }
+    for row in report["start"]:
+        assert 0 < row["p50_ms"] <= row["p90_ms"]
+        assert row["baseline_p50_ms"] > 0
+        assert len(row["runs_ms"]) == 3
+        assert row["target_ms"] == (500.0 if row["stack"] else 300.0)
+        assert row["met"] == (row["p50_ms"] < row["target_ms"])

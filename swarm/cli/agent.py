@@ -6,12 +6,12 @@ the rejection's reason and rule and exits 1. Reads are Hive queries printed as a
 `-o json|yaml`, and `--watch` redraws them every second until Ctrl-C.
 
 The plumbing shared with `swarm namespace` and `swarm pod` (generic options, sending a command,
-reading, watching, formatting) is in `swarm.cli.verbs`.
+reading, watching, formatting) is in `swarm.cli.verbs`. The models, nats-py and the client layer
+are imported by the verbs that use them: every `swarm` call imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sys
@@ -19,19 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import nats.errors
 import typer
-from nats.js.errors import NotFoundError
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from schemas import REGISTRY, Payload, commands, events, names
-from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli import autoscale as autoscaling
-from swarm.cli import connect, publish
+from swarm.cli import connect, healing, limits, publish
 from swarm.cli import logs as logs_cli
 from swarm.cli.health import health_parts, trust_text
 from swarm.cli.output import (
@@ -45,11 +41,9 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.queries import HiveQueries, QueryFailed
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import (
     EXIT_CODES,
-    Issued,
     Nothing,
     OutputOption,
     TimeoutOption,
@@ -57,14 +51,16 @@ from swarm.cli.verbs import (
     age,
     conclude,
     finish,
-    issue,
     prepare,
-    read_floor,
     show,
     styled,
 )
-from swarm.client import history
-from swarm.kernel.eventlog import Delivery, EventLog
+
+if TYPE_CHECKING:
+    from schemas import Payload
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import Issued
+    from swarm.kernel.eventlog import Delivery, EventLog
 
 DEFAULT_NAMESPACE = "default"
 #: Seconds between status polls with `deploy --wait`.
@@ -160,6 +156,8 @@ class SpecFlags:
 
 def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     """A module file as an inline module reference (base64), checked before anything is sent."""
+    from schemas.specs import INLINE_MODULE_MAX_BYTES
+
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -203,6 +201,10 @@ async def with_module_kind(log: EventLog, spec: dict[str, Any]) -> dict[str, Any
     store as a pod will read it; one that is not there is left as it is, for the Hive to refuse
     (rule `module`).
     """
+    from nats.js.errors import NotFoundError
+
+    from schemas import names
+
     module = spec.get("module")
     if not isinstance(module, dict) or not module.get("sha256") or "kind" in module:
         return spec
@@ -242,6 +244,8 @@ def validate_module(path: Path, raw: bytes) -> None:
 
 
 def _command_type(value: str) -> str:
+    from schemas import REGISTRY
+
     entry = REGISTRY.get(value)
     if entry is None or entry.kind != "command":
         known = ", ".join(e.type for e in REGISTRY if e.kind == "command")
@@ -359,7 +363,7 @@ ModuleOption = Annotated[
     Path | None,
     typer.Option(
         "--module",
-        help=f"The .wasm file, sent inline (up to {INLINE_MODULE_MAX_BYTES // 1024} KiB).",
+        help=f"The .wasm file, sent inline (up to {limits.INLINE_MODULE_MAX_BYTES // 1024} KiB).",
         show_default=False,
         dir_okay=False,
     ),
@@ -423,7 +427,7 @@ def deploy(
         typer.Option(
             "--replicas",
             min=0,
-            max=commands.MAX_REPLICAS,
+            max=limits.MAX_REPLICAS,
             help="How many replicas should run.",
             show_default="1",
         ),
@@ -447,6 +451,10 @@ def deploy(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Deploy a new agent from a WebAssembly module (`rollout` gives one a new version)."""
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue
+
     flags = SpecFlags(
         version=version,
         module=module,
@@ -514,6 +522,8 @@ def deploy(
 
 def _deployed_id(issued: Issued) -> str:
     """The new agent's id, read from the subject of the `deployed` event the command caused."""
+    from schemas import events, names
+
     for caused in issued.caused:
         parts = names.parse_event_subject(caused.subject or "")
         if caused.type == events.AgentDeployed.TYPE and parts is not None:
@@ -540,6 +550,8 @@ async def wait_running(
     that version running; a replica of it that failed, or the rollout undone (rolled back,
     reverted), is exit 1. Replicas in `earlier` (there before the rollout) are not its own.
     """
+    import asyncio
+
     label = f"{namespace}/{name}"
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     loop = asyncio.get_running_loop()
@@ -636,6 +648,11 @@ def ls(
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 
@@ -698,6 +715,11 @@ def describe(
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 
@@ -718,6 +740,8 @@ async def recent_events(
     log: EventLog, agent_id: str, last_seq: int, limit: int = RECENT_EVENTS
 ) -> list[Delivery]:
     """The agent's last `limit` events, read from the log (see `swarm.client.history`)."""
+    from swarm.client import history
+
     return await history.recent_events(log, "agent", agent_id, last_seq, limit)
 
 
@@ -891,6 +915,8 @@ def _when(timestamp: Any) -> str:
 
 
 def _short_type(type_: Any) -> str:
+    from schemas import names
+
     text = str(type_ or "?")
     prefix = f"{names.EVENT_TYPE_PREFIX}.agent."
     return text.removeprefix(prefix)
@@ -945,6 +971,8 @@ def _change(
     nats_url: str | None,
 ) -> None:
     """Send one agent command and print its outcome: the body of the simple verbs."""
+    from schemas import names
+    from swarm.client.commands import issue
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -967,7 +995,7 @@ def scale(
         typer.Option(
             "--replicas",
             min=0,
-            max=commands.MAX_REPLICAS,
+            max=limits.MAX_REPLICAS,
             help="How many replicas should run.",
             show_default=False,
         ),
@@ -978,6 +1006,8 @@ def scale(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Change how many replicas of an agent should run."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.ScaleAgent,
@@ -1032,6 +1062,10 @@ def rollout(
     Without -f, the new version is the current spec with the given options changed; with -f, it
     is the spec in the file.
     """
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     flags = SpecFlags(
         version=version,
         module=module,
@@ -1134,6 +1168,8 @@ def rollback(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Roll back to an earlier version (a rollout in progress is aborted)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     data: dict[str, Any] = {"namespace": ns, "name": name}
     if to_version is not None:
@@ -1162,6 +1198,8 @@ def stop(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.StopAgent,
@@ -1184,6 +1222,8 @@ def delete(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica and remove the agent (its events stay in the log)."""
+    from schemas import commands
+
     ns = namespace or DEFAULT_NAMESPACE
     _change(
         commands.DeleteAgent,
@@ -1249,6 +1289,10 @@ async def ask_agent(
     log: EventLog, namespace: str, name: str, body: bytes, timeout: float
 ) -> AgentReply:
     """Send one message to an agent over the mesh and wait for one replica's reply."""
+    import nats.errors
+
+    from schemas import names
+
     subject = names.mesh_agent_subject(namespace, name)
     try:
         reply = await log.nc.request(subject, body, timeout=timeout)
@@ -1272,6 +1316,11 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
     The mesh alone cannot tell a misspelt name from an agent whose replicas are all down, and
     the two need different fixes.
     """
+    from nats.js.errors import NotFoundError
+
+    from swarm.cli.queries import HiveQueries, QueryFailed
+    from swarm.client.commands import read_floor
+
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     try:
         floor = await read_floor(log)
@@ -1381,11 +1430,11 @@ def autoscale(
     name: NameArgument,
     min_replicas: Annotated[
         int | None,
-        typer.Option("--min", min=1, max=commands.MAX_REPLICAS, help="Fewest replicas."),
+        typer.Option("--min", min=1, max=limits.MAX_REPLICAS, help="Fewest replicas."),
     ] = None,
     max_replicas: Annotated[
         int | None,
-        typer.Option("--max", min=1, max=commands.MAX_REPLICAS, help="Most replicas."),
+        typer.Option("--max", min=1, max=limits.MAX_REPLICAS, help="Most replicas."),
     ] = None,
     target_rate: Annotated[
         float | None,
@@ -1434,6 +1483,10 @@ def autoscale(
     Options not given keep the agent's current policy (or the defaults). The autoscaler in the
     scheduler forecasts the agent's message rate and queue depth and scales it within the bounds.
     """
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     ns = namespace or DEFAULT_NAMESPACE
     given = {
         "min_replicas": min_replicas,
@@ -1473,3 +1526,7 @@ def autoscale(
         return EXIT_OK
 
     finish(main())
+
+
+# The Hive's quarantine verbs are agent verbs too (`swarm agent quarantine|release`).
+healing.register(app)

@@ -1,53 +1,129 @@
-"""The `swarm` command: one typer app, each group of verbs in a module of its own."""
+"""The `swarm` command: one typer app, each group of verbs in a module of its own.
+
+A call imports only the module of the verb it runs, and builds only that module's commands:
+the root's commands are a mapping that imports a module and builds its verbs the first time one
+of them is looked up (to run it, or for `swarm --help` and shell completion, which list them
+all). The verb modules themselves import only typer, rich and the standard library at the top;
+a verb imports what it needs (nats-py, the models, the kernel, river…) when it runs.
+tests/test_cli_start.py keeps it so; bench/cli.py measures it.
+"""
 
 from __future__ import annotations
 
-import typer
+import importlib
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
 
-from swarm.cli import (
-    agent,
-    debug,
-    healing,
-    logs,
-    module,
-    namespace,
-    observe,
-    pod,
-    publish,
-    schemas_cmd,
-    stack,
-    task,
-    timeline,
-    trace,
-    webhook,
+import typer
+import typer.main
+from typer.core import TyperGroup
+
+#: Every verb and group of `swarm`, in the order `swarm --help` lists them, and the module of
+#: `swarm.cli` whose `register(root)` adds it.
+VERBS: Mapping[str, str] = {
+    "up": "stack",
+    "down": "stack",
+    "status": "stack",
+    "migrate": "stack",
+    "publish": "publish",
+    "market": "market",
+    "logs": "logs",
+    "trace": "trace",
+    "debug": "debug",
+    "timeline": "timeline",
+    "schemas": "schemas_cmd",
+    "agent": "agent",
+    "pod": "pod",
+    "namespace": "namespace",
+    "module": "module",
+    "task": "task",
+    "webhook": "webhook",
+    "observe": "observe",
+}
+
+#: How a verb finds the stack it talks to, shown under `swarm --help` (swarm.cli.discovery).
+WHICH_STACK = (
+    "Which stack: --nats-url or SWARM_NATS_URL name a NATS server outright. Otherwise the "
+    "stack's data dir is --data-dir (up, down, status, migrate), else SWARM_HOME (or its "
+    "older name SWARM_DATA_DIR), else the stack `swarm up` started last (recorded in "
+    "$XDG_STATE_HOME/swarm/current.json, by default ~/.local/state/swarm/current.json), else "
+    "./.swarm; `swarm status` says which one it shows and why. `swarm up` starts a stack in "
+    "--data-dir, SWARM_HOME or ./.swarm, and that stack becomes the current one."
 )
-from swarm.cli import market as market_cmd
+
+
+def build_verbs(module: str) -> dict[str, Any]:
+    """The commands `swarm.cli.<module>` registers, built as typer builds a root's commands."""
+    holder = typer.Typer(add_completion=False)
+    # A callback makes typer build a group even for a module that registers one command.
+    holder.callback()(_no_options)
+    importlib.import_module(f"swarm.cli.{module}").register(holder)
+    group = typer.main.get_command(holder)
+    assert isinstance(group, TyperGroup)
+    return dict(group.commands)
+
+
+def _no_options() -> None:
+    """Holds the verbs of one module while typer builds them."""
+
+
+class LazyVerbs(MutableMapping[str, Any]):
+    """The root's commands, built module by module on first lookup (see the module docstring).
+
+    Iterating lists every name without building anything; looking one up builds its module's.
+    """
+
+    def __init__(self, verbs: Mapping[str, str]) -> None:
+        self._verbs = verbs
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            module = self._verbs.get(name)
+            if module is None:
+                raise KeyError(name)
+            self._built.update(build_verbs(module))
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("the verbs of `swarm` are fixed")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._verbs or name in self._built
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._verbs
+        yield from (name for name in self._built if name not in self._verbs)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class Swarm(TyperGroup):
+    """The root group, with `LazyVerbs` for commands."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyVerbs(VERBS)
+
 
 app = typer.Typer(
     name="swarm",
+    cls=Swarm,
     help="Swarm: deploy, run and coordinate autonomous AI agents on an event-sourced platform.",
+    epilog=WHICH_STACK,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
-stack.register(app)
-publish.register(app)
-timeline.register(app)
-app.add_typer(schemas_cmd.app, name="schemas")
-agent.register(app)
-pod.register(app)
-namespace.register(app)
-module.register(app)
-task.register(app)
-market_cmd.register(app)
-webhook.register(app)
 
-# Observing agents: logs, traces, live debugging.
-logs.register(app)
-trace.register(app)
-debug.register(app)
-healing.register(agent.app)
-observe.register(app)
+@app.callback()
+def _root() -> None:
+    # Without a callback or registered commands typer would not make `swarm` a group.
+    pass
 
 
 def main() -> None:

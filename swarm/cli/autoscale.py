@@ -9,9 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from schemas.specs import AutoscalePolicy
 from swarm.cli.output import EXIT_USAGE, CliError
 
 #: `key=value` names on the command line -> AutoscalePolicy fields.
@@ -74,6 +71,11 @@ def _number(name: str, value: str, item: str) -> Any:
 
 def policy(fields: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`fields` over `base` (an existing policy), checked; the policy as JSON data."""
+    # Imported here: `HELP` is read by every `swarm` call, the model only by these verbs.
+    from pydantic import ValidationError
+
+    from schemas.specs import AutoscalePolicy
+
     merged = {**(base or {}), **fields, "enabled": True}
     try:
         checked = AutoscalePolicy.model_validate(merged, strict=False)

@@ -1,9 +1,13 @@
 """How the CLI finds and reaches NATS.
 
 The URL comes from, in order: `--nats-url`, `SWARM_NATS_URL`, or the state file the running
-embedded stack (`swarm up`) writes to `<data dir>/stack.json`. Connecting fails fast with a
-readable message: a CLI must not hang retrying a server that is not there, the way a long-lived
-service does.
+embedded stack (`swarm up`) writes to `<data dir>/stack.json`, the data dir being the one
+`swarm.cli.discovery` picks (SWARM_HOME, the stack `swarm up` started last, ./.swarm).
+Connecting fails fast with a readable message: a CLI must not hang retrying a server that is not
+there, the way a long-lived service does.
+
+nats-py, pydantic and the kernel are imported by the functions that use them: every `swarm`
+call imports this module for its options (tests/test_cli_start.py).
 """
 
 from __future__ import annotations
@@ -13,22 +17,20 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import nats
-import nats.errors
-import pydantic
 import typer
-from nats.js.errors import NotFoundError
 
+from swarm.cli import discovery
 from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from swarm.client.commands import closing as closing  # re-exported: verbs replay through it
-from swarm.kernel.eventlog import EventLog, nats_servers
-from swarm.kernel.logscan import ScanError
-from swarm.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    from swarm.client.commands import closing as closing  # verbs replay through it
+    from swarm.kernel.eventlog import EventLog
+    from swarm.kernel.settings import Settings
 
 #: File in the data dir where `swarm up` records the URLs of the servers it started.
-STACK_STATE_FILE = "stack.json"
+STACK_STATE_FILE = discovery.STACK_STATE_FILE
 T = TypeVar("T")
 
 _NO_STACK = "no Swarm stack found: run `swarm up` or pass --nats-url"
@@ -41,6 +43,15 @@ NatsUrlOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `connect.closing` stays importable from here without importing the client layer up front.
+    if name == "closing":
+        from swarm.client.commands import closing
+
+        return closing
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,34 +67,45 @@ class NatsTarget:
         return f"{self.url} (from {self.origin})"
 
 
-def load_settings() -> Settings:
-    """`Settings()` from the environment, with a bad `SWARM_*` variable reported readably."""
+def load_settings(**overrides: Any) -> Settings:
+    """`Settings(**overrides)`, the rest from the environment, with a bad `SWARM_*` variable
+    reported readably."""
+    import pydantic
+
+    from swarm.kernel.settings import Settings
+
     try:
-        return Settings()
+        return Settings(**overrides)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
-            f"SWARM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors(include_url=False)
+            f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise CliError(f"invalid setting: {problems}", code=EXIT_USAGE) from None
 
 
-def stack_state_path(settings: Settings) -> Path:
-    return settings.data_dir / STACK_STATE_FILE
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The variable a validation error is about (aliased fields report their alias)."""
+    name = "_".join(str(p) for p in loc).upper()
+    return name if name.startswith("SWARM_") else f"SWARM_{name}"
 
 
 def resolve_nats_url(option: str | None, settings: Settings | None = None) -> NatsTarget:
-    """Where NATS is: `--nats-url` > `SWARM_NATS_URL` > the running stack's state file."""
+    """Where NATS is: `--nats-url` > `SWARM_NATS_URL` > the chosen stack's state file."""
     if option:
         return NatsTarget(option, "--nats-url")
     settings = settings or load_settings()
     if settings.nats_url:
         return NatsTarget(settings.nats_url, "SWARM_NATS_URL")
-    path = stack_state_path(settings)
+    choice = discovery.choose(settings)
+    path = choice.data_dir / STACK_STATE_FILE
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CliError(_NO_STACK, code=EXIT_UNAVAILABLE) from None
+        raise CliError(
+            _NO_STACK,
+            code=EXIT_UNAVAILABLE,
+            hint=f"looked in {choice.data_dir} ({choice.describe()})",
+        ) from None
     except (OSError, ValueError) as exc:
         raise CliError(
             f"cannot read {path}: {exc}",
@@ -92,9 +114,45 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
         ) from None
     url = state.get("nats_url") if isinstance(state, dict) else None
     if not isinstance(url, str) or not url:
-        raise CliError(_NO_STACK, code=EXIT_UNAVAILABLE)
+        raise CliError(
+            _NO_STACK,
+            code=EXIT_UNAVAILABLE,
+            hint=f"{path} names no NATS server ({choice.describe()})",
+        )
     key = state.get("hive_public_key")
     return NatsTarget(url, str(path), key if isinstance(key, str) and key else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """A PostgreSQL URL and where it was found (a flag, a variable or a stack's state file)."""
+
+    url: str
+    origin: str
+
+
+def resolve_database_url(
+    option: str | None, settings: Settings | None = None, *, data_dir: Path | None = None
+) -> DatabaseTarget | None:
+    """Where PostgreSQL is: `--database-url` > `SWARM_DATABASE_URL` > the chosen stack's state
+    file (`data_dir` when the verb was given `--data-dir`); None when none of them says."""
+    if option:
+        return DatabaseTarget(option, "--database-url")
+    settings = settings or load_settings()
+    if settings.database_url:
+        return DatabaseTarget(settings.database_url, "SWARM_DATABASE_URL")
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    choice = discovery.choose(settings, from_flag=data_dir is not None)
+    path = choice.data_dir / STACK_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    url = state.get("database_url") if isinstance(state, dict) else None
+    if not isinstance(url, str) or not url:
+        return None
+    return DatabaseTarget(url, str(path))
 
 
 async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) -> EventLog:
@@ -103,6 +161,11 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
     One reconnect attempt only: `EventLog.connect` retries forever, which suits services but
     would leave a CLI hanging in silence when the server is down.
     """
+    import nats
+    import nats.errors
+
+    from swarm.kernel.eventlog import EventLog, nats_servers
+
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -144,6 +207,10 @@ async def session(
 
     A connection lost midway (the server stopped during `--follow`) becomes a readable error.
     """
+    import nats.errors
+
+    from swarm.kernel.logscan import ScanError
+
     log = await connect(target, settings, wait=wait)
     try:
         for stream in streams:
@@ -161,6 +228,8 @@ async def session(
 
 
 async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None:
+    from nats.js.errors import NotFoundError
+
     try:
         await log.js.stream_info(stream)
     except NotFoundError:

@@ -13,32 +13,30 @@ subscriber next to the replicas' queue group, which never answers).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import sys
 from collections import deque
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from runtime.snapshots import decode
-from schemas import names, utcnow
 from swarm.cli import connect
 from swarm.cli.agent import DEFAULT_NAMESPACE, ask_agent
 from swarm.cli.health import health_parts
-from swarm.cli.logs import agent_lines, format_line
+from swarm.cli.logs import format_line
 from swarm.cli.output import EXIT_OK, CliError, Format, emit, stdout_console, table
-from swarm.cli.queries import HiveQueries
 from swarm.cli.timeline import printable
-from swarm.cli.verbs import OutputOption, finish, read_floor, styled
-from swarm.kernel.eventlog import EventLog
+from swarm.cli.verbs import OutputOption, finish, styled
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from swarm.kernel.eventlog import EventLog
 
 #: Log lines shown, searched for in this recent past.
 RECENT_LINES = 10
@@ -78,6 +76,10 @@ def debug(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Inspect a live agent: status, replicas, trust, findings, logs, kv state; send messages."""
+    import asyncio
+
+    from schemas import names
+
     ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
@@ -115,6 +117,11 @@ def debug(
 
 async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
     """Everything `swarm debug` shows, as one JSON-ready document."""
+    from schemas import utcnow
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import read_floor
+    from swarm.client.logs import agent_lines
+
     agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
     agent_id = str(agent["agent_id"])
     lines: deque[dict[str, Any]] = deque(maxlen=RECENT_LINES)
@@ -131,6 +138,11 @@ async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
 
 async def _kv_state(log: EventLog, replica_id: str) -> dict[str, Any] | None:
     """The replica's kv state as last saved (newest revision of its key), None if never saved."""
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+    from runtime.snapshots import decode
+    from schemas import names
+
     try:
         bucket = await log.js.key_value(names.SNAPSHOTS_BUCKET)
         entry = await bucket.get(replica_id)
@@ -157,6 +169,8 @@ def _value(raw: bytes) -> dict[str, Any]:
 
 
 def _recorder(seen: list[dict[str, Any]]) -> Any:
+    from schemas import utcnow
+
     async def record(msg: Msg) -> None:
         seen.append(
             {
@@ -174,6 +188,8 @@ def _reply_view(reply: Any) -> dict[str, Any]:
 
 
 async def _prompt(log: EventLog, namespace: str, name: str, timeout: float) -> None:
+    import asyncio
+
     console = stdout_console()
     console.print(Text("type a message per line; :state redraws; Ctrl-D ends", style="dim"))
     while True:

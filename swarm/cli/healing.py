@@ -6,25 +6,16 @@ these verbs send the same commands, so a person's decision is on the log with it
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from schemas import Payload, names
-from schemas.healing import QuarantineAgent, ReleaseAgent
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, Format
-from swarm.cli.queries import HiveQueries
-from swarm.cli.verbs import (
-    EXIT_CODES,
-    OutputOption,
-    TimeoutOption,
-    conclude,
-    finish,
-    issue,
-    prepare,
-    read_floor,
-)
+from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, conclude, finish, prepare
+
+if TYPE_CHECKING:
+    from schemas import Payload
 
 DEFAULT_NAMESPACE = "default"
 NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
@@ -51,6 +42,8 @@ def quarantine(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop giving the agent messages: its pods refuse them with the reason; it keeps running."""
+    from schemas.healing import QuarantineAgent
+
     _send(QuarantineAgent, name, namespace, reason, "quarantined", timeout, output, nats_url)
 
 
@@ -63,6 +56,8 @@ def release(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """End the agent's quarantine: it gets messages again."""
+    from schemas.healing import ReleaseAgent
+
     _send(ReleaseAgent, name, namespace, reason, "released", timeout, output, nats_url)
 
 
@@ -76,6 +71,10 @@ def _send(
     output: Format,
     nats_url: str | None,
 ) -> None:
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:

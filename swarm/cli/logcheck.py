@@ -34,14 +34,11 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from schemas import REGISTRY, CommandAccepted, CommandRejected, DecodeError, Envelope, names
-from services.hive.evolve import evolve, record_failure
-from services.hive.state import HiveState
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_FAILED,
@@ -53,10 +50,13 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.client.commands import hive_verifier
-from swarm.kernel.eventlog import Delivery, EventLog
-from swarm.kernel.logscan import scan
-from swarm.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where used: every `swarm` call registers `timeline verify` (tests/test_cli_start.py).
+    from schemas import Envelope
+    from services.hive.state import HiveState
+    from swarm.kernel.eventlog import Delivery, EventLog
+    from swarm.kernel.settings import Settings
 
 BATCH = 1000
 GAP = "gap"
@@ -155,11 +155,17 @@ def _lenient(raw: bytes) -> dict[str, Any] | None:
 
 def _command_key(body: dict[str, Any] | None, seq: int) -> str:
     """How the Hive addresses a command's outcome: its id, or `#seq` when none can be read."""
+    from schemas import names
+
     raw_id = body.get("id") if body else None
     return raw_id if isinstance(raw_id, str) and names.is_token(raw_id) else f"#{seq}"
 
 
 async def verify(log: EventLog, *, grace: float, now: datetime | None = None) -> Report:
+    from schemas import REGISTRY, DecodeError, names
+    from services.hive.state import HiveState
+    from swarm.client.commands import hive_verifier
+
     report = Report()
     now = now or datetime.now(UTC)
     seal = hive_verifier(log)
@@ -249,6 +255,9 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
 def _fold(state: HiveState, d: Delivery, envelope: Envelope[Any] | None, report: Report) -> None:
     """Fold as every replica does; an entry it cannot fold (beyond not decoding, which is its
     own finding) is reported with the replicas' reason."""
+    from schemas import names
+    from services.hive.evolve import evolve, record_failure
+
     if envelope is None:
         state.applied_seq = d.stream_seq  # what `fold_raw` does with it; reported as undecodable
         return
@@ -271,6 +280,8 @@ def _imported_answer(
     stored before it: a history imported from another stack (`swarm timeline import` writes
     events first). A foreign write ahead of a command cannot know its bytes; one after it is
     not before it."""
+    from schemas import CommandAccepted, CommandRejected
+
     data = envelope.data if envelope is not None else None
     if command is None or not isinstance(data, CommandAccepted | CommandRejected):
         return False
@@ -288,6 +299,8 @@ def _digest(raw: bytes) -> str:
 
 
 async def _deliveries(log: EventLog, stream: str, end: int) -> AsyncGenerator[Delivery, None]:
+    from swarm.kernel.logscan import scan
+
     async with connect.closing(scan(log, stream, end=end, batch=BATCH)) as batches:
         async for batch in batches:
             for delivery in batch:
@@ -312,6 +325,8 @@ def _outcome_findings(
     grace: float,
     now: datetime,
 ) -> None:
+    from schemas import names
+
     # The Hive decides commands in log order, so a command older than one that has an outcome
     # was skipped, not merely not reached yet, whatever its age.
     def of(key: str, seq: int) -> list[int]:
@@ -361,6 +376,8 @@ def _outcome_findings(
 
 
 def print_report(report: Report, fmt: StreamFormat) -> None:
+    from schemas import names
+
     if fmt == StreamFormat.JSON:
         typer.echo(render(report.as_json(), fmt))
     elif fmt == StreamFormat.JSONL:
@@ -414,6 +431,8 @@ def register(group: typer.Typer) -> None:
         """
 
         async def main() -> int:
+            from schemas import names
+
             settings: Settings = connect.load_settings()
             target = connect.resolve_nats_url(nats_url, settings)
             streams = [names.STREAM_COMMANDS, names.STREAM_EVENTS]

@@ -14,14 +14,11 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from schemas import names
 from swarm.cli import connect
+from swarm.cli.limits import LOG_LEVELS
 from swarm.cli.output import EXIT_OK
-from swarm.cli.queries import HiveQueries
-from swarm.cli.verbs import finish, read_floor
-from swarm.client.logs import LOG_LEVELS, log_message, shown_levels
-from swarm.client.logs import agent_lines as agent_lines
-from swarm.client.text import parse_time, printable
+from swarm.cli.verbs import finish
+from swarm.client.text import printable
 
 DEFAULT_NAMESPACE = "default"
 #: `-o` for logs: a line of text per entry, or a JSON object per line.
@@ -100,6 +97,11 @@ def run_logs(
     nats_url: str | None,
 ) -> None:
     """The body of `swarm logs` and `swarm agent logs`."""
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import read_floor
+    from swarm.client.logs import agent_lines, shown_levels
+    from swarm.client.text import parse_time
 
     async def main() -> int:
         levels = shown_levels(level)
@@ -120,6 +122,8 @@ def run_logs(
 
 
 def format_line(entry: Mapping[str, Any], output: LogFormat) -> str:
+    from swarm.client.logs import log_message
+
     if output == "json":
         return json.dumps(dict(entry), ensure_ascii=False)
     level = str(entry.get("level", "info"))

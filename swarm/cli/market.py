@@ -22,7 +22,6 @@ from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, Format, table
 from swarm.cli.pod import compact
 from swarm.cli.verbs import OutputOption, WatchOption, finish, show
-from swarm.client.market import ask_market
 
 LimitOption = Annotated[
     int, typer.Option("--limit", "-n", min=0, max=10_000, help="Recent clearings to show.")
@@ -40,6 +39,7 @@ def market(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Show the market: offers (pod, free, price, energy, labels) and recent clearings."""
+    from swarm.client.market import ask_market
 
     async def main() -> int:
         settings = connect.load_settings()

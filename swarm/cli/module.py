@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from nats.js.errors import BucketNotFoundError, NotFoundError
-from nats.js.object_store import ObjectStore
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.agent import COMPONENT_VERSION, WASM_MAGIC, assemble_wat, validate_module
 from swarm.cli.output import (
@@ -30,7 +27,11 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
-from swarm.kernel.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from nats.js.object_store import ObjectStore
+
+    from swarm.kernel.eventlog import EventLog
 
 app = typer.Typer(help="Push and list agent modules (WebAssembly).", no_args_is_help=True)
 
@@ -62,6 +63,10 @@ def module_bytes(path: Path) -> tuple[bytes, str]:
 
 
 async def _store(log: EventLog, target: connect.NatsTarget) -> ObjectStore:
+    from nats.js.errors import BucketNotFoundError
+
+    from schemas import names
+
     try:
         return await log.js.object_store(names.OBJECT_STORE_MODULES)
     except BucketNotFoundError:
@@ -86,6 +91,7 @@ def push(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Store a module in the object store under its sha256, for --module-sha256."""
+    from nats.js.errors import NotFoundError
 
     async def main() -> int:
         raw, kind = module_bytes(file)
@@ -124,6 +130,7 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List the stored modules: sha256, size and when each was stored."""
+    from nats.js.errors import NotFoundError
 
     async def main() -> int:
         settings = connect.load_settings()

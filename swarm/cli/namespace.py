@@ -13,21 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import RenderableType
 
-from schemas import commands, names
 from swarm.cli import connect
 from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Format, table
-from swarm.cli.queries import HiveQueries
-from swarm.cli.verbs import (
-    Nothing,
-    OutputOption,
-    TimeoutOption,
-    conclude,
-    finish,
-    issue,
-    prepare,
-    read_floor,
-    show,
-)
+from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, prepare, show
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 
@@ -101,6 +89,9 @@ def create(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Create a namespace; limits left out are unlimited."""
+    from schemas import commands, names
+    from swarm.client.commands import issue
+
     quota = _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
 
     async def main() -> int:
@@ -141,6 +132,10 @@ def update(
 
     Agents already running keep running; the new limits apply to the next request.
     """
+    from schemas import commands, names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.commands import issue, read_floor
+
     changes: dict[str, int | None] = dict(
         _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
     )
@@ -197,6 +192,11 @@ def ls(
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 

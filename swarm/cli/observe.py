@@ -7,13 +7,10 @@ the given agent's. Agents are named by id, by name, or as `namespace/name`.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
-import psycopg
 import typer
 
-from services.observer.behaviour import BehaviourStore
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_UNAVAILABLE,
@@ -36,24 +33,14 @@ def register(root: typer.Typer) -> None:
 
 def resolve_database_url(option: str | None) -> str:
     """`--database-url` > `SWARM_DATABASE_URL` > the running stack's state file."""
-    if option:
-        return option
-    settings = connect.load_settings()
-    if settings.database_url:
-        return settings.database_url
-    path = connect.stack_state_path(settings)
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        state = None
-    url = state.get("database_url") if isinstance(state, dict) else None
-    if not isinstance(url, str) or not url:
+    found = connect.resolve_database_url(option)
+    if found is None:
         raise CliError(
             "no database: behaviour vectors live in Postgres",
             code=EXIT_UNAVAILABLE,
             hint="start the stack with `swarm up`, or pass --database-url / SWARM_DATABASE_URL",
         )
-    return url
+    return found.url
 
 
 @app.command()
@@ -66,6 +53,11 @@ def similar(
     output: OutputOption = Format.TABLE,
 ) -> None:
     """List the agents that behave most like AGENT (nearest latest behaviour vectors)."""
+    # Imported here: the Observer's package brings river, scipy and numpy with it.
+    import psycopg
+
+    from services.observer.behaviour import BehaviourStore
+
     with errors_to_exit():
         store = BehaviourStore(resolve_database_url(database_url))
         try:

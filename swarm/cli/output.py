@@ -7,7 +7,6 @@ readable line and an exit code, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import json
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -138,6 +136,8 @@ def errors_to_exit() -> Iterator[None]:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a verb's async body to completion with readable errors (see `errors_to_exit`)."""
+    import asyncio
+
     with errors_to_exit():
         return asyncio.run(main)
     raise AssertionError("unreachable")  # pragma: no cover - errors_to_exit always re-raises
@@ -163,6 +163,8 @@ def render(value: Any, fmt: Format | StreamFormat) -> str:
     """`value` as JSON (indented) or YAML text; JSONL is one compact line."""
     value = to_jsonable(value)
     if fmt == Format.YAML:
+        import yaml
+
         return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip("\n")
     if fmt == StreamFormat.JSONL:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -8,11 +8,9 @@ from typing import Any
 import typer
 from rich.console import RenderableType
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, Format, table
-from swarm.cli.queries import HiveQueries
-from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, read_floor, show, styled
+from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, show, styled
 
 app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
 
@@ -34,6 +32,11 @@ def ls(
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log.nc)
 

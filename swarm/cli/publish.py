@@ -12,13 +12,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.text import Text
 
-from schemas import REGISTRY, Registry, names
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_FAILED,
@@ -35,26 +33,30 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.client import webhooks
 
-# Building, checking, sending and awaiting commands is the client layer's, shared with the HTTP
-# API; these names stay importable from here for the verbs built on them.
-from swarm.client.commands import (
-    DEFAULT_SOURCE,
-    CausedEvent,
-    Outcome,
-    Sent,
-    apply_sets,
-    build_command,
-    caused_events,
-    encode,
-    outcome_subjects,
-    parse_value,
-    send,
-    validate_command,
-    wait_for_outcome,
-)
-from swarm.kernel.settings import Settings
+if TYPE_CHECKING:
+    from schemas import Registry
+
+    #: CloudEvents `source` of everything the CLI sends.
+    from swarm.client.commands import DEFAULT_SOURCE as CLI_SOURCE
+
+    # Building, checking, sending and awaiting commands is the client layer's, shared with the
+    # HTTP API; these names stay importable from here for the verbs built on them.
+    from swarm.client.commands import (
+        CausedEvent,
+        Outcome,
+        Sent,
+        apply_sets,
+        build_command,
+        caused_events,
+        encode,
+        outcome_subjects,
+        parse_value,
+        send,
+        validate_command,
+        wait_for_outcome,
+    )
+    from swarm.kernel.settings import Settings
 
 __all__ = [
     "CLI_SOURCE",
@@ -76,8 +78,22 @@ __all__ = [
     "wait_for_outcome",
 ]
 
-#: CloudEvents `source` of everything the CLI sends.
-CLI_SOURCE = DEFAULT_SOURCE
+_FROM_CLIENT = frozenset(__all__) - {
+    "load_document",
+    "outcome_document",
+    "print_outcome",
+    "register",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The client layer (schemas, nats-py, pydantic) is imported on first use, not by every
+    # `swarm` call that imports this module to register `swarm publish`.
+    if name in _FROM_CLIENT:
+        from swarm.client import commands
+
+        return getattr(commands, "DEFAULT_SOURCE" if name == "CLI_SOURCE" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- Reading a command document ------------------------------------------------------------------
@@ -94,6 +110,8 @@ def load_document(source: str) -> dict[str, Any]:
         # YAML 1.2 reads JSON, but PyYAML (1.1) does not quite; JSON first keeps JSON exact.
         document = json.loads(text)
     except ValueError:
+        import yaml
+
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -161,6 +179,10 @@ async def _publish(
     output: Format,
     registry: Registry,
 ) -> int:
+    from schemas import names
+    from swarm.client import webhooks
+    from swarm.client.commands import caused_events, send, wait_for_outcome
+
     streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
     async with connect.session(target, settings, streams=streams) as log:
         # Taken before the publish: the outcome cannot be written before the command exists.
@@ -209,8 +231,9 @@ async def _publish(
         return EXIT_OK if outcome.accepted else EXIT_FAILED
 
 
-def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
-    """Add `swarm publish` to `app`; `registry` decides which command types validate."""
+def register(app: typer.Typer, *, registry: Registry | None = None) -> None:
+    """Add `swarm publish` to `app`; `registry` (default: all of `schemas`) decides which
+    command types validate."""
 
     @app.command(
         "publish",
@@ -275,6 +298,11 @@ def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
     ) -> None:
 
         async def main() -> int:
+            from schemas import REGISTRY
+            from swarm.client import webhooks
+            from swarm.client.commands import build_command, validate_command
+
+            checked_by = REGISTRY if registry is None else registry
             settings = connect.load_settings()
             document = load_document(file) if file is not None else None
             event = build_command(
@@ -283,7 +311,7 @@ def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
                 data=data,
                 sets=sets or (),
                 identity=settings.identity,
-                registry=registry,
+                registry=checked_by,
             )
             refusal = webhooks.plain_command_problem(event["type"])
             if refusal is not None:
@@ -293,7 +321,7 @@ def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
                     hint="`swarm webhook add URL --filter PATTERN` stores a secret and sends it",
                 )
             if validate:
-                validate_command(event, registry)
+                validate_command(event, checked_by)
             target = connect.resolve_nats_url(nats_url, settings)
             return await _publish(
                 event,
@@ -302,7 +330,7 @@ def register(app: typer.Typer, *, registry: Registry = REGISTRY) -> None:
                 wait=wait,
                 within=timeout,
                 output=output,
-                registry=registry,
+                registry=checked_by,
             )
 
         code = run(main())

@@ -1,7 +1,8 @@
 """`swarm schemas`: the JSON Schemas of every command and event — list, show, export, check.
 
 The exported files are committed so that clients in other languages can validate against them;
-`swarm schemas export --check` is how CI notices they no longer match the models.
+`swarm schemas export --check` is how CI notices they no longer match the models. The models are
+imported by the verbs: every `swarm` call imports this module.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 
-from schemas import REGISTRY, export, names
 from swarm.cli.output import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -31,6 +31,10 @@ app = typer.Typer(
 )
 
 
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="schemas")
+
+
 def _display(path: Path) -> str:
     """`path` relative to the working directory when it is below it (shorter, copyable)."""
     try:
@@ -42,14 +46,14 @@ def _display(path: Path) -> str:
 @app.command("export")
 def export_(
     directory: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--dir",
             file_okay=False,
             help="Where to write the schema files.",
             show_default="the schemas package's jsonschema/ folder",
         ),
-    ] = export.DEFAULT_DIR,
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -58,6 +62,9 @@ def export_(
     ] = False,
 ) -> None:
     """Write one JSON Schema file per command and event type (plus index.json)."""
+    from schemas import export
+
+    directory = export.DEFAULT_DIR if directory is None else directory
     with errors_to_exit():
         console = stdout_console()
         if check:
@@ -90,6 +97,8 @@ def ls(
     output: Annotated[Format, typer.Option("--output", "-o", help="Output format.")] = Format.TABLE,
 ) -> None:
     """List every registered command and event type."""
+    from schemas import REGISTRY, names
+
     rows = [
         {
             "type": entry.type,
@@ -121,6 +130,8 @@ def show(
     ] = Format.JSON,
 ) -> None:
     """Print the JSON Schema of one command or event type."""
+    from schemas import REGISTRY, export
+
     with errors_to_exit():
         entry = REGISTRY.get(type_)
         if entry is None:

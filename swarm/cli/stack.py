@@ -1,54 +1,38 @@
 """`swarm up`, `swarm down`, `swarm status`: the local stack, driven like `docker compose`.
 
 The kernel (`swarm.kernel.stack`) does the work and prints nothing; this module picks the
-services, turns options into settings and shows what happens.
+services, turns options into settings and shows what happens. Which stack a verb means, from
+whatever directory it runs, is `swarm.cli.discovery`'s to say. The kernel, nats-py and the
+models are imported by the verbs that use them: every `swarm` call imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
 import shlex
 import sys
-import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from urllib.parse import urlsplit
 
-import nats
-import nats.errors
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.status import Status
 from rich.table import Table
 
-from schemas import names
-from swarm.cli.demo import deploy_demo
-from swarm.kernel.embedded import free_port
-from swarm.kernel.eventlog import nats_servers
-from swarm.kernel.seal import SealKey
-from swarm.kernel.settings import Settings
-from swarm.kernel.stack import (
-    Stack,
-    StackAlreadyRunningError,
-    StackError,
-    StackPaths,
-    StackReport,
-    StackState,
-    StopOutcome,
-    inspect_stack,
-    launch_detached,
-    read_state,
-    stop_stack,
-    upgrade_database,
-)
-from swarm.kernel.supervisor import ServiceSpec, ServiceState
+from swarm.cli import discovery
+
+if TYPE_CHECKING:
+    from rich.status import Status
+
+    from swarm.kernel.settings import Settings
+    from swarm.kernel.stack import StackReport, StackState
+    from swarm.kernel.supervisor import ServiceSpec
 
 
 def default_services(
@@ -60,6 +44,8 @@ def default_services(
     build on it. The Hive's Raft addresses and password are kept in the data dir so that a
     restart finds the same cluster (and its journal) again.
     """
+    from swarm.kernel.supervisor import ServiceSpec
+
     cluster = hive_cluster(data_dir, hive_replicas)
     specs = []
     for i, addr in enumerate(cluster["addrs"]):
@@ -96,6 +82,8 @@ def default_services(
 
 def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
     """Raft addresses and password of the local Hive, created on first use, reused after."""
+    from swarm.kernel.embedded import free_port
+
     path = data_dir / "hive" / "cluster.json"
     cluster: dict[str, Any] = {}
     if path.exists():
@@ -131,6 +119,8 @@ def stack_keys(data_dir: Path) -> tuple[str | None, dict[str, str]]:
     """The Hive's public key and the environment every service of the stack shares: the key
     that checks the Hive's seal on outcomes and the secret behind derived command ids. Read from
     the cluster file `default_services` wrote; nothing before there is one."""
+    from swarm.kernel.seal import SealKey
+
     path = data_dir / "hive" / "cluster.json"
     if not path.exists():
         return None, {}
@@ -167,8 +157,20 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        envvar="SWARM_DATA_DIR",
-        help="Where the stack keeps its data, logs and state (default: ./.swarm).",
+        help="The stack's data dir: its data, logs and state. Default: $SWARM_HOME (or "
+        "$SWARM_DATA_DIR), else the stack `swarm up` started last, else ./.swarm.",
+        show_default=False,
+    ),
+]
+
+
+UpDataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where to keep the stack's data, logs and state. Default: $SWARM_HOME (or "
+        "$SWARM_DATA_DIR), else ./.swarm. The stack started becomes the current one, which "
+        "every verb finds from any directory.",
         show_default=False,
     ),
 ]
@@ -204,6 +206,10 @@ def gateway_service(data_dir: Path, port: int | None = None) -> tuple[ServiceSpe
     Without `port`, the previous run's port when it is free (so URLs people copied keep
     working), else any free one. `SWARM_API_TOKEN`, when set, wins over the token file.
     """
+    from swarm.kernel.embedded import free_port
+    from swarm.kernel.stack import read_state
+    from swarm.kernel.supervisor import ServiceSpec
+
     if port is None:
         previous = read_state(data_dir)
         before = urlsplit(previous.api_url).port if previous and previous.api_url else None
@@ -226,7 +232,7 @@ def gateway_service(data_dir: Path, port: int | None = None) -> tuple[ServiceSpe
 
 
 def up(
-    data_dir: DataDirOption = None,
+    data_dir: UpDataDirOption = None,
     detach: Annotated[
         bool,
         typer.Option("--detach", "-d", help="Start in the background and return once ready."),
@@ -296,11 +302,22 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C."""
-    settings = _settings(data_dir, nats_url, database_url, sync)
+    """Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C.
+
+    Once it is up, the stack is recorded as the current one, which verbs run from any directory
+    find.
+    """
+    import asyncio
+    import threading
+
+    from swarm.cli.demo import deploy_demo
+    from swarm.kernel.stack import Stack, StackAlreadyRunningError, StackError
+
+    settings, choice = _choose(data_dir, nats_url, database_url, sync, recorded=False)
+    _note_other_current(choice)
     if detach:
         state = _up_detached(
-            settings, service or [], timeout, hive_replicas, pods, no_services, api_port
+            settings, choice, service or [], timeout, hive_replicas, pods, no_services, api_port
         )
         if demo and state.nats_url:
             console.print(asyncio.run(deploy_demo(state.nats_url, settings.identity)))
@@ -319,6 +336,8 @@ def up(
 
     def ready(state: StackState) -> None:
         progress.close()
+        # Recorded once it is up: a start that fails leaves the previous current stack current.
+        _record_current(choice)
         _print_ready(state, detached=False)
         if demo and state.nats_url:
             # In a thread: the supervisor must keep watching its children while the Hive elects
@@ -353,6 +372,7 @@ def up(
 
 def _up_detached(
     settings: Settings,
+    choice: discovery.StackChoice,
     extra_services: list[str],
     timeout: float,
     hive_replicas: int,
@@ -360,6 +380,8 @@ def _up_detached(
     no_services: bool,
     api_port: int | None,
 ) -> StackState:
+    from swarm.kernel.stack import StackError, StackPaths, inspect_stack, launch_detached
+
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
     if report.running:
@@ -384,8 +406,54 @@ def _up_detached(
     except StackError as exc:
         err_console.print(f"[red]✗[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    # The background supervisor recorded it already; again here, where a failure can be seen.
+    _record_current(choice)
     _print_ready(state, detached=True)
     return state
+
+
+def _choose(
+    data_dir: Path | None,
+    nats_url: str | None = None,
+    database_url: str | None = None,
+    sync: SyncPolicy | None = None,
+    *,
+    recorded: bool = True,
+) -> tuple[Settings, discovery.StackChoice]:
+    """The settings a stack verb runs with, their data dir the stack `swarm.cli.discovery`
+    picks (absolute), and that choice."""
+    settings = _settings(data_dir, nats_url, database_url, sync)
+    choice = discovery.choose(settings, from_flag=data_dir is not None, recorded=recorded)
+    return settings.model_copy(update={"data_dir": choice.data_dir}), choice
+
+
+def _note_other_current(choice: discovery.StackChoice) -> None:
+    """Say so when `swarm up` is about to start a stack beside the current one: verbs run
+    elsewhere will find the new one from now on."""
+    current = discovery.read_current()
+    if current is None or current == choice.data_dir:
+        return
+    from swarm.kernel.stack import inspect_stack
+
+    state = "runs" if inspect_stack(current, probe=False).running else "is stopped"
+    err_console.print(
+        f"[dim]note: the current stack, in {escape(str(current))}, {state}; this one in "
+        f"{escape(str(choice.data_dir))} becomes the current one (`swarm up --data-dir "
+        f"{escape(shlex.quote(str(current)))}` starts that one instead)[/]",
+        soft_wrap=True,
+    )
+
+
+def _record_current(choice: discovery.StackChoice) -> None:
+    """Make the stack being started the user's current one; a failure costs only that."""
+    try:
+        discovery.record_current(choice.data_dir)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: no home directory to be found
+        err_console.print(
+            f"[yellow]![/] could not record {escape(str(choice.data_dir))} as the current "
+            f"stack ({escape(str(exc))}): verbs run from other directories will not find it "
+            "unless SWARM_HOME names it"
+        )
 
 
 def _settings(
@@ -394,6 +462,8 @@ def _settings(
     database_url: str | None = None,
     sync: SyncPolicy | None = None,
 ) -> Settings:
+    from swarm.cli.connect import load_settings
+
     # Only what was given overrides the environment (SWARM_*), which Settings reads itself.
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -404,10 +474,12 @@ def _settings(
         overrides["database_url"] = database_url
     if sync is not None:
         overrides["jetstream_sync"] = sync.value
-    return Settings(**overrides)
+    return load_settings(**overrides)
 
 
 def _parse_service(value: str) -> ServiceSpec:
+    from swarm.kernel.supervisor import ServiceSpec
+
     name, sep, command = value.partition("=")
     try:
         if not sep:
@@ -487,8 +559,11 @@ def _token_note(data_dir: Path) -> str:
 
 
 def _data_dir_flag(data_dir: str) -> str:
-    default = StackPaths.of(Settings.model_fields["data_dir"].default).root
-    return "" if Path(data_dir) == default else f" --data-dir {shlex.quote(data_dir)}"
+    """` --data-dir DIR` when a verb run without it would pick another stack, else nothing."""
+    from swarm.cli.connect import load_settings
+
+    chosen = discovery.choose(load_settings()).data_dir
+    return "" if Path(data_dir) == chosen else f" --data-dir {shlex.quote(data_dir)}"
 
 
 def _print_ready(state: StackState, *, detached: bool) -> None:
@@ -496,7 +571,10 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
     console.print(f"[bold green]Swarm is up[/] (pid {state.pid}, ready in {seconds:.1f} s)")
     _summary(state, console)
     env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
-    console.print(f"[dim]Clients find it with: export {escape(env)}[/]", soft_wrap=True)
+    console.print(
+        f"[dim]`swarm` finds it from any directory; other clients with: export {escape(env)}[/]",
+        soft_wrap=True,
+    )
     if detached:
         flag = _data_dir_flag(state.data_dir)
         console.print(f"Running in the background. Stop it with: swarm down{flag}", soft_wrap=True)
@@ -522,8 +600,15 @@ def down(
         typer.Option("--timeout", "-t", help="Seconds to wait for a clean stop before killing."),
     ] = 30.0,
 ) -> None:
-    """Stop the stack started by `swarm up` (services, then PostgreSQL, then NATS)."""
-    root = StackPaths.of(_settings(data_dir).data_dir).root
+    """Stop the stack started by `swarm up` (services, then PostgreSQL, then NATS).
+
+    Which stack: as for every verb (see `swarm --help`); from any directory, the stack `swarm up`
+    started last.
+    """
+    from swarm.kernel.stack import StackError, StopOutcome, stop_stack
+
+    _, choice = _choose(data_dir)
+    root = choice.data_dir
     try:
         with console.status("Stopping Swarm…"):
             outcome, state = stop_stack(root, timeout)
@@ -532,7 +617,9 @@ def down(
         raise typer.Exit(1) from None
     # Like `docker compose down`: nothing to stop is not an error.
     if outcome is StopOutcome.NOT_RUNNING or state is None:
-        console.print(f"No Swarm stack is running in {escape(str(root))}.")
+        console.print(
+            f"No Swarm stack is running in {escape(str(root))} ({escape(choice.describe())})."
+        )
         return
     kept = [
         name
@@ -558,24 +645,49 @@ def down(
 def migrate(
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", help="PostgreSQL URL; default SWARM_DATABASE_URL."),
+        typer.Option(
+            "--database-url",
+            help="PostgreSQL URL. Default: $SWARM_DATABASE_URL, else the database of the stack "
+            "(see --data-dir).",
+            show_default=False,
+        ),
     ] = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Bring the database schema up to date, as `swarm up` does before starting services.
 
-    For deployments where the database is not the embedded one, e.g. the `migrate` one-shot
-    service of docker-compose.yml. Safe to run concurrently and repeatedly.
+    Without --database-url or SWARM_DATABASE_URL, the database of the running stack (the one
+    `swarm status` shows). For deployments where the database is not the embedded one, e.g. the
+    `migrate` one-shot service of docker-compose.yml. Safe to run concurrently and repeatedly.
     """
-    url = database_url or Settings().database_url
-    if not url:
-        console.print("[red]✗[/] no database: give --database-url or set SWARM_DATABASE_URL")
+    from swarm.cli.connect import resolve_database_url
+    from swarm.kernel.stack import StackError, inspect_stack, upgrade_database
+
+    settings, choice = _choose(data_dir)
+    found = resolve_database_url(database_url, settings, data_dir=choice.data_dir)
+    if found is None:
+        console.print(
+            "[red]✗[/] no database: give --database-url, set SWARM_DATABASE_URL, or start a "
+            f"stack with `swarm up` (none in {escape(str(choice.data_dir))}: "
+            f"{escape(choice.describe())})"
+        )
         raise typer.Exit(2)
+    where = ""
+    if found.origin not in ("--database-url", "SWARM_DATABASE_URL"):
+        report = inspect_stack(choice.data_dir, probe=False)
+        if not report.running and not (report.state and report.state.database_external):
+            console.print(
+                f"[red]✗[/] the stack in {escape(str(choice.data_dir))} is not running, and its "
+                "PostgreSQL with it: start it with `swarm up`, or give --database-url"
+            )
+            raise typer.Exit(1)
+        where = f" (the database of the stack in {choice.data_dir})"
     try:
-        revision = upgrade_database(url)
+        revision = upgrade_database(found.url)
     except StackError as exc:
         console.print(f"[red]✗[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
-    console.print(f"[green]✓[/] database schema at revision {escape(revision)}")
+    console.print(f"[green]✓[/] database schema at revision {escape(revision)}{escape(where)}")
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -587,16 +699,20 @@ def status(
         OutputFormat, typer.Option("--output", "-o", help="table or json.")
     ] = OutputFormat.TABLE,
 ) -> None:
-    """Show whether the stack runs, where its servers listen and how its services are doing.
+    """Show which stack this is, whether it runs, where it listens and how its services do.
 
     Exits 1 when no stack is running.
     """
-    report = inspect_stack(_settings(data_dir).data_dir)
+    from swarm.kernel.stack import inspect_stack
+
+    _, choice = _choose(data_dir)
+    report = inspect_stack(choice.data_dir)
     hive = _hive_view(report)
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps({**report.to_json(), "hive": hive}, indent=2))
+        selection = {"selected_by": choice.source.value, "selection": choice.describe()}
+        typer.echo(json.dumps({**report.to_json(), **selection, "hive": hive}, indent=2))
     else:
-        _print_status(report)
+        _print_status(report, choice)
         _print_hive(hive)
     if not report.running:
         raise typer.Exit(1)
@@ -610,6 +726,13 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     if state is None or not report.running or not state.nats_url or not hives:
         return None
     nodes = [f"hive-{i}" for i in range(len(hives))]
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    from schemas import names
+    from swarm.kernel.eventlog import nats_servers
 
     async def ask() -> list[dict[str, Any]]:
         try:
@@ -657,17 +780,24 @@ def _print_hive(hive: list[dict[str, Any]] | None) -> None:
         )
     given_up = sum(h.get("commands_dead_lettered", 0) for h in hive)
     if given_up:
+        from schemas import names
+
         console.print(
             f"  [yellow]⚠[/] {given_up} command(s) given up and moved to "
             f"{names.STREAM_DEADLETTER} since the leader started"
         )
 
 
-def _print_status(report: StackReport) -> None:
+def _print_status(report: StackReport, choice: discovery.StackChoice) -> None:
+    from swarm.kernel.supervisor import ServiceState
+
     state = report.state
     where = escape(str(report.data_dir))
+    other = "--data-dir or SWARM_HOME picks another"
+    which = f"[dim]Which stack: {escape(choice.describe())}. {other}.[/]"
     if state is None:
         console.print(f"No Swarm stack has run in {where}. Start one with: swarm up")
+        console.print(which)
         return
     if not report.running:
         how = {
@@ -676,9 +806,11 @@ def _print_status(report: StackReport) -> None:
             "dead": f"ended without cleaning up (pid {state.pid} is gone)",
         }.get(report.status, report.status)
         console.print(f"Swarm in {where} is not running; the last run {escape(how)}.")
+        console.print(which)
         return
     age = _age(state.started_at)
     console.print(f"Swarm in {where}: [bold]{report.status}[/] (pid {state.pid}, up {age})")
+    console.print(which)
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("COMPONENT", "STATE", "PID", "ENDPOINT / LOG", "RESTARTS"):
         table.add_column(column, overflow="fold")

@@ -7,14 +7,11 @@ spec's `task_queues`. With `--wait`, the answer of the replica that handled it i
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Annotated, Any
 
-import nats.errors
 import typer
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_FAILED,
@@ -27,7 +24,6 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
-from swarm.client.tasks import check_queue, queue_task
 
 app = typer.Typer(help="Send tasks to named queues.", no_args_is_help=True)
 
@@ -54,6 +50,11 @@ def send(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Queue one task; it is kept until a replica taking the queue has handled it."""
+    import asyncio
+
+    from schemas import names
+    from swarm.client.tasks import check_queue, queue_task
+
     body = sys.stdin.buffer.read() if message == "-" else message.encode()
 
     async def main() -> int:
@@ -99,6 +100,9 @@ def send(
 @app.command("ls")
 def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = None) -> None:
     """Tasks waiting per queue (taken tasks leave the queue once answered)."""
+    import nats.errors
+
+    from schemas import names
 
     async def main() -> int:
         settings = connect.load_settings()

@@ -16,20 +16,18 @@ only a fallback, for entries that carry no readable time, and shown as `stored`.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pydantic
 import typer
 from rich.text import Text
 
-from schemas import RawEnvelope, names
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_OK,
@@ -44,9 +42,11 @@ from swarm.cli.output import (
 )
 from swarm.client.text import parse_time as parse_time
 from swarm.client.text import printable as printable
-from swarm.kernel.eventlog import Delivery, EventLog
-from swarm.kernel.logscan import scan
-from swarm.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    from schemas import RawEnvelope
+    from swarm.kernel.eventlog import Delivery, EventLog
+    from swarm.kernel.settings import Settings
 
 _GLOB_CHARS = frozenset("*?[]")
 #: Entries not decodable as a CloudEvent show this in place of their type.
@@ -143,7 +143,9 @@ class Filters:
 
     def server_subjects(self, stream: str) -> list[str] | None:
         """Consumer filter subjects for `stream`; `[]` reads all, None means nothing can match."""
-        root = _ROOTS[stream]
+        from schemas import names
+
+        root = _roots()[stream]
         narrowed = root
         if stream == names.STREAM_EVENTS:
             # swarm.evt.<aggregate>.<id>.<event>, with the type swarm.<aggregate>.<event>.
@@ -233,7 +235,12 @@ class Filters:
             return None
 
 
-_ROOTS = {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
+@functools.cache
+def _roots() -> dict[str, str]:
+    """Each stream's whole subject space."""
+    from schemas import names
+
+    return {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
 
 
 def _merge_token(token: str | None, wanted: str | None) -> str | None:
@@ -302,6 +309,8 @@ class LogEntry:
     @property
     def aggregate(self) -> tuple[str, str] | None:
         """(aggregate, id): from the subject for events; a command is `command/<its id>`."""
+        from schemas import names
+
         parsed = names.parse_event_subject(self.subject)
         if parsed is not None:
             return parsed[0], parsed[1]
@@ -346,11 +355,13 @@ def own_time(raw: bytes) -> datetime | None:
 
 def _decode(raw: bytes) -> tuple[RawEnvelope | None, str | None]:
     """(envelope, error) for a message body, as far as it decodes."""
+    from schemas import RawEnvelope
+
     try:
         # One pass in pydantic-core for the usual case; only failures are parsed again below,
-        # to say precisely what is wrong.
+        # to say precisely what is wrong. (pydantic's ValidationError is a ValueError.)
         return RawEnvelope.model_validate_json(raw), None
-    except pydantic.ValidationError:
+    except ValueError:
         pass
     try:
         body = json.loads(raw)
@@ -358,6 +369,8 @@ def _decode(raw: bytes) -> tuple[RawEnvelope | None, str | None]:
         return None, f"not JSON: {exc}"
     if not isinstance(body, dict):
         return None, "not a JSON object"
+    import pydantic
+
     try:
         return RawEnvelope.model_validate(body), None
     except pydantic.ValidationError as exc:
@@ -392,6 +405,8 @@ async def history(
     log: EventLog, stream: str, filters: Filters, *, end: int
 ) -> AsyncGenerator[LogEntry, None]:
     """Matching entries of `stream` up to sequence `end`, in order (read in batches by `scan`)."""
+    from swarm.kernel.logscan import scan
+
     subjects = filters.server_subjects(stream)
     if subjects is None or end == 0:
         return
@@ -462,6 +477,8 @@ async def interleave(
     sources: Sequence[AsyncIterator[LogEntry]],
 ) -> AsyncGenerator[LogEntry, None]:
     """Entries from several endless reads in arrival order (used by `--follow --all`)."""
+    import asyncio
+
     queue: asyncio.Queue[LogEntry | _Ended] = asyncio.Queue(maxsize=1000)
 
     async def pump(source: AsyncIterator[LogEntry]) -> None:
@@ -562,6 +579,8 @@ def table_row(entry: LogEntry, *, multi_stream: bool) -> list[Any]:
             envelope.correlationid or "",
         ]
     if multi_stream:
+        from schemas import names
+
         cells.insert(0, "commands" if entry.stream == names.STREAM_COMMANDS else "events")
     return cells
 
@@ -728,6 +747,8 @@ def register(app: typer.Typer) -> None:
             return
 
         async def main() -> int:
+            from schemas import names
+
             if at is not None:
                 listing = {
                     "--subject": subject,

@@ -17,14 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
 
-from schemas import names
-from services.hive.evolve import fold_raw
-from services.hive.state import HiveState, digest_of
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_OK,
@@ -40,9 +37,11 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.timeline import own_time, parse_time
-from swarm.kernel.eventlog import Delivery, EventLog
-from swarm.kernel.logscan import scan
-from swarm.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where used: every `swarm` call registers `timeline diff` (tests/test_cli_start.py).
+    from swarm.kernel.eventlog import Delivery, EventLog
+    from swarm.kernel.settings import Settings
 
 #: Messages per fetch while folding: large, because folding is what a replay spends time on.
 BATCH = 1000
@@ -108,6 +107,11 @@ async def fold_until(log: EventLog, points: list[Point]) -> list[Snapshot]:
     at the last point, not at the end of the log, so `--at` early in a long log reads only what
     it needs.
     """
+    from schemas import names
+    from services.hive.evolve import fold_raw
+    from services.hive.state import HiveState, digest_of
+    from swarm.kernel.logscan import scan
+
     timed = any(p.time is not None for p in points)
     if timed and any(p.seq is not None for p in points):
         raise ValueError("fold sequences and times in separate passes")
@@ -345,6 +349,8 @@ async def show_at(
     *, target: connect.NatsTarget, settings: Settings, point: Point, output: StreamFormat
 ) -> int:
     """`swarm timeline --at POINT`."""
+    from schemas import names
+
     async with connect.session(target, settings, streams=[names.STREAM_EVENTS]) as log:
         end = await log.last_sequence(names.STREAM_EVENTS)
         (snapshot,) = await fold_until(log, [point])
@@ -367,6 +373,7 @@ def register(group: typer.Typer) -> None:
         nats_url: connect.NatsUrlOption = None,
     ) -> None:
         """What changed in the Hive's state between two points of the log."""
+        from schemas import names
 
         async def main() -> int:
             now = datetime.now(UTC)

@@ -7,13 +7,11 @@ prints it as JSON, or exports it as OpenTelemetry spans.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
-from rich.tree import Tree
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_OK,
@@ -25,11 +23,23 @@ from swarm.cli.output import (
     stdout_console,
 )
 from swarm.cli.verbs import OutputOption, finish
-from swarm.client import trace as tracing
-from swarm.client.trace import Node, decided_ms, offset_ms
-from swarm.kernel.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
+
+    from swarm.client.trace import Node, decided_ms
+    from swarm.kernel.eventlog import EventLog
 
 __all__ = ["Node", "collect", "decided_ms", "register", "render", "trace"]
+
+
+def __getattr__(name: str) -> Any:
+    # Re-exported from the client layer on first use: every `swarm` call registers `trace`.
+    if name in ("Node", "decided_ms"):
+        from swarm.client import trace as tracing
+
+        return getattr(tracing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(root: typer.Typer) -> None:
@@ -63,6 +73,7 @@ def trace(
 ) -> None:
     """Show everything one command caused (events, outcomes, the scheduler's proposals, the
     pods' reports) as a tree with times from the command."""
+    from schemas import names
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -100,10 +111,14 @@ def _export(roots: list[Node], endpoint: str) -> int:
 
 async def collect(log: EventLog, wanted: str, *, window: float = 300.0) -> list[Node]:
     """`swarm.client.trace.collect`, saying on stderr when it has to scan the whole log."""
+    from swarm.client import trace as tracing
+
     return await tracing.collect(log, wanted, window=window, on_note=status)
 
 
 def render(root: Node, root_time: datetime | None) -> Tree:
+    from rich.tree import Tree
+
     tree = Tree(_label(root, root_time))
     _grow(tree, root, root_time)
     return tree
@@ -118,6 +133,8 @@ _STYLES = {"command": "bold cyan", "event": "green", "outcome": "magenta"}
 
 
 def _label(node: Node, root_time: datetime | None) -> Text:
+    from swarm.client.trace import decided_ms, offset_ms
+
     offset = offset_ms(node.time, root_time)
     text = Text()
     text.append(f"+{offset:9.1f} ms  " if offset is not None else " " * 15, style="dim")
@@ -133,6 +150,8 @@ def _label(node: Node, root_time: datetime | None) -> Text:
 
 
 def _short(type_: str) -> str:
+    from schemas import names
+
     return type_.removeprefix(f"{names.COMMANDS_PREFIX}.").removeprefix(
         f"{names.EVENT_TYPE_PREFIX}."
     )

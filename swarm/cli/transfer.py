@@ -32,8 +32,8 @@ the Hive's state records) come out the same on the target.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import hashlib
 import json
 import sys
@@ -42,11 +42,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from schemas import names
 from swarm.cli import connect
 from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, run, status
 from swarm.cli.timeline import (
@@ -58,20 +57,33 @@ from swarm.cli.timeline import (
     parse_time,
     subject_matches,
 )
-from swarm.kernel.eventlog import (
-    MAX_ATOMIC_BATCH,
-    AppendRequest,
-    ConcurrencyConflict,
-    DuplicateBatch,
-    EventLog,
-)
-from swarm.kernel.logscan import scan
-from swarm.kernel.settings import Settings
 
-#: Import order: events before commands (see the module docstring).
-STREAMS = (names.STREAM_EVENTS, names.STREAM_COMMANDS)
-_ROOTS = {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
-_ATTRS = (names.EXPORT_ATTR_STREAM, names.EXPORT_ATTR_SUBJECT, names.EXPORT_ATTR_SEQ)
+if TYPE_CHECKING:
+    # Imported where used: every `swarm` call registers these verbs (tests/test_cli_start.py).
+    from swarm.kernel.eventlog import EventLog
+    from swarm.kernel.settings import Settings
+
+
+@functools.cache
+def streams_in_order() -> tuple[str, ...]:
+    """Import order: events before commands (see the module docstring)."""
+    from schemas import names
+
+    return (names.STREAM_EVENTS, names.STREAM_COMMANDS)
+
+
+@functools.cache
+def _roots() -> dict[str, str]:
+    from schemas import names
+
+    return {names.STREAM_EVENTS: names.EVENTS_ALL, names.STREAM_COMMANDS: names.COMMANDS_ALL}
+
+
+@functools.cache
+def _attrs() -> tuple[str, ...]:
+    from schemas import names
+
+    return (names.EXPORT_ATTR_STREAM, names.EXPORT_ATTR_SUBJECT, names.EXPORT_ATTR_SEQ)
 
 
 # --- Export --------------------------------------------------------------------------------------
@@ -83,6 +95,8 @@ def exported(entry: LogEntry) -> dict[str, Any]:
     An entry that is not a CloudEvent import could append as it is (not one at all, an id that
     cannot be a message id, attributes that clash with ours) travels wrapped, byte for byte.
     """
+    from schemas import names
+
     where = {
         names.EXPORT_ATTR_STREAM: entry.stream,
         names.EXPORT_ATTR_SUBJECT: entry.subject,
@@ -94,7 +108,7 @@ def exported(entry: LogEntry) -> dict[str, Any]:
         and isinstance(body, dict)
         and names.is_token(entry.envelope.id)
         and entry.envelope.type != names.EXPORT_RAW_TYPE
-        and not any(attr in body for attr in _ATTRS)
+        and not any(attr in body for attr in _attrs())
     ):
         return {**body, **where}
     return {
@@ -119,9 +133,11 @@ async def export(
     log: EventLog, streams: Sequence[str], filters: Filters, out: IO[str]
 ) -> ExportCounts:
     """Write the matching entries of `streams` to `out` as one JSON array, streaming."""
+    from schemas import names
+
     counts = ExportCounts()
     out.write("[")
-    for stream in STREAMS:
+    for stream in streams_in_order():
         if stream not in streams:
             continue
         end = await log.last_sequence(stream)
@@ -170,6 +186,8 @@ def entry_key(data: bytes) -> str:
 
 def parse_batch(text: str) -> list[Item]:
     """Every item of an export file, checked before anything is written; CliError otherwise."""
+    from schemas import names
+
     try:
         batch = json.loads(text)
     except ValueError as exc:
@@ -184,7 +202,7 @@ def parse_batch(text: str) -> list[Item]:
         if obj["type"] == names.EXPORT_RAW_TYPE:
             body = base64.b64decode(obj["data_base64"])
         else:
-            body = _compact({k: v for k, v in obj.items() if k not in _ATTRS}).encode()
+            body = _compact({k: v for k, v in obj.items() if k not in _attrs()}).encode()
         seq = obj.get(names.EXPORT_ATTR_SEQ)
         items.append(
             Item(
@@ -200,6 +218,8 @@ def parse_batch(text: str) -> list[Item]:
 
 
 def _problem(obj: Any) -> str | None:
+    from schemas import names
+
     if not isinstance(obj, dict):
         return "not a JSON object"
     for attr in ("specversion", "id", "type", "source"):
@@ -213,8 +233,8 @@ def _problem(obj: Any) -> str | None:
         except (ValueError, TypeError):
             return "data_base64 of a raw entry is not base64"
     stream = obj.get(names.EXPORT_ATTR_STREAM)
-    if stream not in _ROOTS:
-        return f"{names.EXPORT_ATTR_STREAM} must be one of {', '.join(_ROOTS)}, not {stream!r}"
+    if stream not in _roots():
+        return f"{names.EXPORT_ATTR_STREAM} must be one of {', '.join(_roots())}, not {stream!r}"
     subject = obj.get(names.EXPORT_ATTR_SUBJECT)
     if not isinstance(subject, str):
         return f"{names.EXPORT_ATTR_SUBJECT} missing"
@@ -225,7 +245,7 @@ def _problem(obj: Any) -> str | None:
     if (
         "*" in subject.split(".")
         or ">" in subject.split(".")
-        or not subject_matches(_ROOTS[stream], subject)
+        or not subject_matches(_roots()[stream], subject)
     ):
         return f"{names.EXPORT_ATTR_SUBJECT} {subject!r} does not belong to {stream}"
     return None
@@ -253,6 +273,8 @@ class ImportCounts:
 
 async def _target_keys(log: EventLog, stream: str) -> list[str]:
     """`entry_key` of everything `stream` holds on the target, in order."""
+    from swarm.kernel.logscan import scan
+
     async with connect.closing(scan(log, stream)) as batches:
         return [entry_key(delivery.data) async for batch in batches for delivery in batch]
 
@@ -261,6 +283,13 @@ async def import_stream(
     log: EventLog, stream: str, items: list[Item], *, force: bool
 ) -> ImportCounts:
     """Append `items` (all of one stream) to the target; see the module docstring."""
+    from swarm.kernel.eventlog import (
+        MAX_ATOMIC_BATCH,
+        AppendRequest,
+        ConcurrencyConflict,
+        DuplicateBatch,
+    )
+
     # Read before what the stream holds: a write landing after this is caught by the first
     # append's expected position rather than slipping in between what was compared and what is
     # appended.
@@ -291,7 +320,7 @@ async def import_stream(
     times = [t for t in (own_time(item.body) for item in todo) if t is not None]
     if times:
         counts.times = (min(times), max(times))
-    root = _ROOTS[stream]
+    root = _roots()[stream]
     for lo in range(0, len(todo), MAX_ATOMIC_BATCH):
         chunk = todo[lo : lo + MAX_ATOMIC_BATCH]
         requests = [
@@ -387,12 +416,13 @@ def register(group: typer.Typer) -> None:
         nats_url: connect.NatsUrlOption = None,
     ) -> None:
         """Write the log (events, then commands) as a CloudEvents JSON batch."""
+        from schemas import names
 
         async def main() -> int:
             if only not in (None, "events", "commands"):
                 raise CliError("--only takes 'events' or 'commands'", code=EXIT_USAGE)
             streams = {
-                None: list(STREAMS),
+                None: list(streams_in_order()),
                 "events": [names.STREAM_EVENTS],
                 "commands": [names.STREAM_COMMANDS],
             }[only]
@@ -418,6 +448,8 @@ def register(group: typer.Typer) -> None:
                     counts = await export(log, streams, filters, sys.stdout)
                 else:
                     # Opened only once the log is reachable: a failed export leaves no empty file.
+                    import asyncio
+
                     out = await asyncio.to_thread(Path(file).open, "w", encoding="utf-8")
                     with out:
                         counts = await export(log, streams, filters, out)
@@ -457,7 +489,7 @@ def register(group: typer.Typer) -> None:
                 # A bare NATS server is a valid target: it gets Swarm's streams, as `swarm up`
                 # and every Swarm service would create them.
                 await log.ensure_streams()
-                for stream in STREAMS:
+                for stream in streams_in_order():
                     mine = [item for item in items if item.stream == stream]
                     counts = await import_stream(log, stream, mine, force=force)
                     status(counts.describe(stream))

@@ -6,20 +6,16 @@ and formatting states and ages.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.text import Text
 
-from schemas import Payload
-from swarm.cli import publish
 from swarm.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -32,12 +28,27 @@ from swarm.cli.output import (
     stdout_console,
     to_jsonable,
 )
-from swarm.client import commands
 
-# Sending a command and awaiting its outcome is the client layer's, shared with the HTTP API;
-# these names stay importable from here for the verb modules.
-from swarm.client.commands import Issued, Outcome, issue, read_floor
-from swarm.kernel.settings import Settings
+if TYPE_CHECKING:
+    from schemas import Payload
+
+    # Sending a command and awaiting its outcome is the client layer's, shared with the HTTP
+    # API; these names stay importable from here for the verb modules (see `__getattr__`).
+    from swarm.client.commands import Issued, Outcome, issue, read_floor
+    from swarm.kernel.settings import Settings
+
+#: Imported from the client layer on first use: every `swarm` call imports this module for its
+#: options, and the client layer brings schemas, nats-py and pydantic with it.
+_FROM_CLIENT = frozenset({"Issued", "Outcome", "issue", "read_floor"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CLIENT:
+        from swarm.client import commands
+
+        return getattr(commands, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EXIT_CODES",
@@ -94,6 +105,8 @@ EXIT_CODES = (
 
 def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
     """Run a verb's body and exit with its code; Ctrl-C ends a `--watch` with 0, not 130."""
+    import asyncio
+
     with errors_to_exit():
         try:
             code = asyncio.run(main)
@@ -113,6 +126,9 @@ def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings)
 
     Checked before connecting, so a typo is exit 2 with the fields named, and nothing is sent.
     """
+    from swarm.cli import publish
+    from swarm.client import commands
+
     return commands.prepare(payload, data, identity=settings.identity, source=publish.CLI_SOURCE)
 
 
@@ -121,6 +137,8 @@ def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace:
 
     With `-o json|yaml` the outcome CloudEvent itself is printed, whichever it was.
     """
+    from swarm.cli import publish
+
     if output != Format.TABLE:
         emit(publish.outcome_document(issued.outcome), output)
     if not issued.accepted:
@@ -130,6 +148,8 @@ def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace:
 
 
 def rejection(outcome: Outcome, *, what: str, namespace: str) -> CliError:
+    from swarm.client import commands
+
     said = commands.rejection_of(outcome)
     suffix = f" (rule: {said.rule})" if said.rule else ""
     return CliError(
@@ -207,6 +227,10 @@ async def show(fetch: Fetch, draw: Draw, output: Format, *, watch: bool, title: 
 
 
 async def _watch_in_place(console: Console, fetch: Fetch, draw: Draw, title: str) -> None:
+    import asyncio
+
+    from rich.live import Live
+
     with Live(console=console, auto_refresh=False) as live:
         while True:
             try:
@@ -221,6 +245,8 @@ async def _watch_in_place(console: Console, fetch: Fetch, draw: Draw, title: str
 
 
 async def _watch_changes(console: Console, fetch: Fetch, draw: Draw, output: Format) -> None:
+    import asyncio
+
     last: str | None = None
     frames = 0
     while True:

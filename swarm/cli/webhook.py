@@ -18,9 +18,7 @@ import typer
 from rich.console import RenderableType
 from rich.text import Text
 
-from schemas import names
-from schemas.webhooks import MAX_ATTEMPTS_LIMIT
-from swarm.cli import connect, publish
+from swarm.cli import connect, limits, publish
 from swarm.cli.output import (
     EXIT_OK,
     EXIT_USAGE,
@@ -30,7 +28,6 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.queries import HiveQueries
 from swarm.cli.verbs import (
     Nothing,
     OutputOption,
@@ -38,13 +35,9 @@ from swarm.cli.verbs import (
     age,
     conclude,
     finish,
-    issue,
-    read_floor,
     rejection,
     show,
 )
-from swarm.client import webhooks
-from swarm.client.commands import no_outcome
 
 app = typer.Typer(
     help="Send events to HTTP endpoints: signed CloudEvents, retried, recorded.",
@@ -56,7 +49,12 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="webhook")
 
 
-_COMMAND_STREAMS = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+def _command_streams() -> tuple[str, ...]:
+    from schemas import names
+
+    return (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+
+
 WebhookId = Annotated[str, typer.Argument(help="The webhook's id (`swarm webhook ls`).")]
 SubscriptionOption = Annotated[
     str | None,
@@ -89,7 +87,7 @@ def add(
         typer.Option(
             "--max-attempts",
             min=1,
-            max=MAX_ATTEMPTS_LIMIT,
+            max=limits.WEBHOOK_MAX_ATTEMPTS,
             help="Attempts per event before it is dead-lettered.",
             show_default="the dispatcher's, 5",
         ),
@@ -100,6 +98,8 @@ def add(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Subscribe URL to the events matching --filter."""
+    from swarm.client import webhooks
+    from swarm.client.commands import no_outcome
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -122,7 +122,7 @@ def add(
                 raise CliError(f"--{exc.message}", code=EXIT_USAGE) from None
             raise
         target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
+        async with connect.session(target, settings, streams=_command_streams()) as log:
             # Without an outcome (exit 3) the secret stays: the command may still be accepted.
             sent, issued = await webhooks.add(log, new, within=timeout)
             if issued is None:
@@ -156,6 +156,10 @@ def add(
 @app.command("ls")
 def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = None) -> None:
     """List the webhooks."""
+    from schemas import names
+    from swarm.cli.queries import HiveQueries
+    from swarm.client import webhooks
+    from swarm.client.commands import read_floor
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -201,6 +205,8 @@ def rm(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Remove a webhook: nothing more is sent to it, and its secret is deleted."""
+    from swarm.client import webhooks
+    from swarm.client.commands import no_outcome
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -208,7 +214,7 @@ def rm(
             webhook_id, reason, identity=settings.identity, source=publish.CLI_SOURCE
         )
         target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
+        async with connect.session(target, settings, streams=_command_streams()) as log:
             sent, issued = await webhooks.remove(log, command, within=timeout)
             if issued is None:
                 raise no_outcome(sent, timeout)
@@ -235,6 +241,7 @@ def deliveries(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Delivery attempts (status code, latency, error), newest last; or the dead letters."""
+    from swarm.client import webhooks
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -336,6 +343,9 @@ def redeliver(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Send dead-lettered events again (each webhook gets a `webhook.redeliver` command)."""
+    from swarm.client import webhooks
+    from swarm.client.commands import issue
+
     wanted = list(event_ids or [])
 
     async def main() -> int:
@@ -343,7 +353,7 @@ def redeliver(
             raise CliError("give event ids or --all-dead (not both)", code=EXIT_USAGE)
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=_COMMAND_STREAMS) as log:
+        async with connect.session(target, settings, streams=_command_streams()) as log:
             try:
                 plan = await webhooks.plan_redelivery(
                     log,

@@ -9,19 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWARM_", extra="ignore", frozen=True)
+    # validate_by_name: `Settings(data_dir=…)` works although the field reads aliased variables.
+    model_config = SettingsConfigDict(
+        env_prefix="SWARM_", extra="ignore", frozen=True, validate_by_name=True
+    )
 
     #: External NATS server; when unset `swarm up` starts an embedded one.
     nats_url: str | None = None
     #: External PostgreSQL (with pgvector); when unset `swarm up` starts an embedded one.
     database_url: str | None = None
-    #: Where the embedded stack keeps its servers' data, logs and state file.
-    data_dir: Path = Path(".swarm")
+    #: Where the embedded stack keeps its servers' data, logs and state file: `SWARM_HOME`, or
+    #: its older name `SWARM_DATA_DIR` (SWARM_HOME wins when both are set). Left unset, the CLI
+    #: uses the stack `swarm up` started last, else `./.swarm` (`swarm.cli.discovery`).
+    data_dir: Path = Field(
+        default=Path(".swarm"), validation_alias=AliasChoices("SWARM_HOME", "SWARM_DATA_DIR")
+    )
 
     #: Replicas of every stream (3 in a clustered deployment, 1 on one machine).
     stream_replicas: int = Field(default=1, ge=1, le=5)

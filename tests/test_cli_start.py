@@ -1,0 +1,146 @@
+"""Starting `swarm` stays cheap: building the command line imports none of the heavy packages.
+
+Every call, `--help` included, imports every verb module to register it; a module that imports
+river, nats-py or the models at its top makes every call pay for them (seconds, before this was
+kept). The check is on what is imported, never on a time: bench/cli.py measures the time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: Packages no `swarm` call may import before a verb runs (prefixes of module names).
+HEAVY = (
+    "river",
+    "scipy",
+    "numpy",
+    "wasmtime",
+    "componentize_py",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "faust",
+    "mode",
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "pgvector",
+    "opentelemetry",
+    "nats",
+    "aiohttp",
+    "httpx",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+    "yaml",
+    "psutil",
+    "asyncio",
+    "rich.live",
+    "rich.tree",
+    # The project's own layers below the CLI: the models, services and runtime, the kernel, the
+    # client layer's commands and queries (which bring the rest).
+    "schemas",
+    "services",
+    "runtime",
+    "swarm.kernel",
+    "swarm.gateway",
+    "swarm.client.commands",
+    "swarm.client.queries",
+)
+
+
+def heavy(modules: list[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in HEAVY))
+
+
+def loaded_after(code: str) -> list[str]:
+    """The modules a fresh interpreter holds after running `code`."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return modules
+
+
+def test_the_check_sees_a_heavy_import() -> None:
+    """The check itself: a module on the list, once imported, is found."""
+    assert "yaml" in heavy(loaded_after("import yaml"))
+
+
+def test_importing_the_command_line_imports_nothing_heavy() -> None:
+    assert heavy(loaded_after("import swarm.cli.app")) == []
+
+
+def test_every_verbs_help_imports_nothing_heavy() -> None:
+    """`--help` of every command and group: typer builds every verb's options from its
+    signature, so this also proves no signature needs a heavy module."""
+    code = """
+import contextlib, io
+import typer.main
+from swarm.cli.app import app
+
+root = typer.main.get_command(app)
+ctx = root.make_context("swarm", ["--help"], resilient_parsing=True)
+
+def paths(command, prefix):
+    yield prefix
+    if hasattr(command, "list_commands"):
+        for name in command.list_commands(ctx):
+            yield from paths(command.get_command(ctx, name), [*prefix, name])
+
+shown = 0
+for path in paths(root, []):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        app([*path, "--help"])
+    assert "Usage" in out.getvalue(), (path, out.getvalue()[-500:])
+    shown += 1
+assert shown > 50, shown  # every group and verb, the root included
+"""
+    # typer coerces option values with pydantic (TypeAdapter), so any verb run, --help included,
+    # imports pydantic itself; the models and the rest stay out.
+    brought_by_typer = {"pydantic", "pydantic_core"}
+    found = [m for m in heavy(loaded_after(code)) if m.split(".")[0] not in brought_by_typer]
+    assert found == []
+
+
+def test_a_verb_imports_only_its_own_module() -> None:
+    """`swarm status` builds the stack verbs, not the other 60 (swarm.cli.app.LazyVerbs)."""
+    code = """
+import contextlib, io
+from swarm.cli.app import app
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    app(["status", "--help"])
+"""
+    verbs = {m for m in loaded_after(code) if m.startswith("swarm.cli.")}
+    assert "swarm.cli.stack" in verbs
+    assert not verbs & {"swarm.cli.agent", "swarm.cli.timeline", "swarm.cli.webhook"}
+
+
+def test_every_verb_is_where_the_root_says() -> None:
+    """`swarm.cli.app.VERBS` names each module's verbs exactly: a verb missing there would not
+    be listed, a name there that the module does not register would fail on use."""
+    from swarm.cli.app import VERBS, build_verbs
+
+    for module in set(VERBS.values()):
+        expected = {name for name, owner in VERBS.items() if owner == module}
+        assert set(build_verbs(module)) == expected, module
+
+
+def test_the_limits_shown_by_options_are_the_models() -> None:
+    from schemas import specs, webhooks
+    from swarm.cli import limits
+    from swarm.client import logs
+
+    assert limits.MAX_REPLICAS == specs.MAX_REPLICAS
+    assert limits.INLINE_MODULE_MAX_BYTES == specs.INLINE_MODULE_MAX_BYTES
+    assert limits.WEBHOOK_MAX_ATTEMPTS == webhooks.MAX_ATTEMPTS_LIMIT
+    assert limits.LOG_LEVELS == logs.LOG_LEVELS
