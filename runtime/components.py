@@ -29,9 +29,10 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import structlog
@@ -276,13 +277,22 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     return host_function
 
 
+#: The `swarm:agent/host` functions by WIT name, as the Linker gives them to components:
+#: `(store, *args)`, run while a `hostcalls.CallContext` is active; a guest mistake or a host
+#: failure is recorded as the context's `fault` and raised as `hostcalls.GuestAborted`.
+#: `swarm_agent.testing` calls the same functions, so agents' unit tests meet the same checks.
+HOST_FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = MappingProxyType(
+    {name: _guarded(name, impl) for name, impl in _IMPLEMENTATIONS.items()}
+)
+
+
 def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
     """WASI preview 2 (sandboxed by the Store's WasiConfig) plus the `swarm:agent/host` instance."""
     linker = wc.Linker(engine)
     linker.add_wasip2()
     with linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
-        for name, impl in _IMPLEMENTATIONS.items():
-            host.add_func(name, _guarded(name, impl))
+        for name, function in HOST_FUNCTIONS.items():
+            host.add_func(name, function)
     return linker
 
 
