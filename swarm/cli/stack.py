@@ -85,12 +85,14 @@ def default_services(
     specs.append(ServiceSpec("webhooks", (sys.executable, "-m", "services.webhooks")))
     specs.append(ServiceSpec("observer", (sys.executable, "-m", "services.observer")))
     for i in range(pods):
-        pod_dir = data_dir / "pods" / f"pod-{i}"
+        # One compiled-module cache for the machine's pods: one compiles a component, the others
+        # read its file (runtime/components.py); replicas' scratch dirs go beside it.
+        cache = data_dir / "pods" / "modules"
         specs.append(
             ServiceSpec(
                 f"pod-{i}",
                 (sys.executable, "-m", "runtime"),
-                {"SWARM_POD_ID": f"pod-{i}", "SWARM_POD_CACHE_DIR": str(pod_dir / "modules")},
+                {"SWARM_POD_ID": f"pod-{i}", "SWARM_POD_CACHE_DIR": str(cache)},
             )
         )
     return tuple(specs)

@@ -211,3 +211,30 @@ def test_host_functions_outside_a_harness_say_what_to_do() -> None:
         swarm_agent.reply(b"x")
     with pytest.raises(RuntimeError, match="not running"):
         harness.send(b"{}")
+
+
+def _python_blocks(path: Path) -> list[str]:
+    blocks, current, inside = [], [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            if inside:
+                blocks.append("\n".join(current) + "\n")
+            inside, current = line == "```python", []
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_the_guides_agent_passes_the_guides_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime/sdk/README.md: its first agent and its unit test, run as written."""
+    agent, *rest = _python_blocks(ROOT / "runtime" / "sdk" / "README.md")
+    test = next(block for block in rest if "AgentHarness" in block)
+    (tmp_path / "app.py").write_text(agent)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(test, "guide_test.py", "exec"), namespace)
+    tests = [fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)]
+    assert len(tests) == 1
+    tests[0]()
