@@ -13,7 +13,6 @@ import secrets
 import shlex
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -40,7 +39,6 @@ from swarm.kernel.stack import (
     StackAlreadyRunningError,
     StackError,
     StackPaths,
-    StackPhase,
     StackReport,
     StackState,
     StopOutcome,
@@ -496,7 +494,11 @@ def _data_dir_flag(data_dir: str) -> str:
 
 
 def _print_ready(state: StackState, *, detached: bool) -> None:
+    import time
+
     import psutil
+
+    from swarm.kernel.supervisor import ServiceState
 
     if detached:
         state = _settled(state)
@@ -523,6 +525,11 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
 def _settled(state: StackState, timeout: float = 15.0) -> StackState:
     """The stack's state once no service is still `starting` (the supervisor promotes one that
     stayed up a moment), or as it is after `timeout`: what is printed as running then runs."""
+    import time
+
+    from swarm.kernel.stack import StackPhase, read_state
+    from swarm.kernel.supervisor import ServiceState
+
     deadline = time.monotonic() + timeout
     while any(svc.state is ServiceState.STARTING for svc in state.services):
         if time.monotonic() >= deadline:
