@@ -247,7 +247,7 @@ def component_idle_memory(root: Path, n: int) -> dict[str, Any]:
     built = build_agent(COUNTER_APP, wasm_path)
     with SandboxEngine() as engine:
         started = time.perf_counter()
-        ComponentCache(engine, cache_dir).load(wasm_path.read_bytes())
+        ComponentCache(engine, cache_dir, baseline=False).load(wasm_path.read_bytes())
         compile_s = time.perf_counter() - started
     proc = subprocess.run(
         [sys.executable, __file__, COMPONENT_CHILD, str(wasm_path), str(cache_dir), str(n)],

@@ -1,6 +1,6 @@
 """Build a Python agent (`app.py`) into a WebAssembly component of the `swarm:agent` world.
 
-componentize-py (a dev/build-time tool, not needed by pods) bundles CPython, the app, the Swarm
+componentize-py (installed with Swarm; pods do not use it) bundles CPython, the app, the Swarm
 SDK (`runtime/sdk/swarm_agent`) and the bindings it generates from `runtime/wit/agent.wit` into
 one component, offline. The app module must define `class Handler(swarm_agent.Agent)`.
 
@@ -52,8 +52,8 @@ def componentize_py() -> list[str]:
     if found:
         return [found]
     raise BuildError(
-        "componentize-py is not installed; install the dev extra "
-        "(pip install -e '.[dev]') or `pip install componentize-py==0.25.1`"
+        "componentize-py is not installed, although Swarm depends on it: reinstall Swarm "
+        "(scripts/install) or `pip install componentize-py==0.25.1` into this environment"
     )
 
 

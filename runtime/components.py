@@ -7,7 +7,9 @@ has the two pieces the core path has in runtime/modules.py and runtime/sandbox.p
 
 - `ComponentCache` compiles a component once and keeps it in memory (LRU) and on disk, serialized,
   under the same directory conventions as `ModuleCache` (private 0700 directory, atomic renames;
-  the file name carries the sha256 and the engine fingerprint);
+  the file name carries the sha256 and the engine fingerprint). A new component first gets
+  quick baseline code (winch) and its optimized code (cranelift) in the background, and the pods
+  of a machine share one directory so it is compiled once per machine (see the class);
 - `ComponentSandbox` instantiates one in its own Store with fuel, an epoch deadline per call and
   a memory limit, and answers `handle(message) -> CallResult` like `AgentSandbox`.
 
@@ -23,15 +25,20 @@ wasmtime-py has no switch for them).
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import fcntl
 import gc
 import hashlib
+import os
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import structlog
@@ -40,7 +47,7 @@ import wasmtime.component as wc
 
 from runtime import abi, hostcalls
 from runtime.abi import Destination, ErrorCode, LogLevel
-from runtime.engine import SandboxEngine
+from runtime.engine import SandboxEngine, StrategyUnavailable
 from runtime.errors import (
     AgentTrap,
     DeadlineExceeded,
@@ -90,6 +97,8 @@ class CompiledComponent:
     component: wc.Component
     init_index: wc.ExportIndex
     handle_index: wc.ExportIndex
+    #: Compiled by cranelift; False: winch's baseline code, replaced once the optimized is ready.
+    optimized: bool = True
 
 
 # --- host functions ------------------------------------------------------------------------------
@@ -276,13 +285,22 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     return host_function
 
 
+#: The `swarm:agent/host` functions by WIT name, as the Linker gives them to components:
+#: `(store, *args)`, run while a `hostcalls.CallContext` is active; a guest mistake or a host
+#: failure is recorded as the context's `fault` and raised as `hostcalls.GuestAborted`.
+#: `swarm_agent.testing` calls the same functions, so agents' unit tests meet the same checks.
+HOST_FUNCTIONS: Final[Mapping[str, Callable[..., Any]]] = MappingProxyType(
+    {name: _guarded(name, impl) for name, impl in _IMPLEMENTATIONS.items()}
+)
+
+
 def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
     """WASI preview 2 (sandboxed by the Store's WasiConfig) plus the `swarm:agent/host` instance."""
     linker = wc.Linker(engine)
     linker.add_wasip2()
     with linker.root() as root, root.add_instance(HOST_INTERFACE) as host:
-        for name, impl in _IMPLEMENTATIONS.items():
-            host.add_func(name, _guarded(name, impl))
+        for name, function in HOST_FUNCTIONS.items():
+            host.add_func(name, function)
     return linker
 
 
@@ -291,22 +309,54 @@ def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
 
 @dataclass(frozen=True, slots=True)
 class ComponentCacheStats:
+    #: Optimizing (cranelift) compiles, in the foreground or the background.
     compiles: int = 0
     disk_hits: int = 0
     memory_hits: int = 0
     disk_errors: int = 0
+    #: Baseline (winch) compiles: the quick first compile of a component not cached yet.
+    baseline_compiles: int = 0
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on `<path>.lock` (nothing without a path): pods of one machine sharing a
+    cache directory compile a component once, the others wait and read the file."""
+    if path is None:
+        yield
+        return
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class ComponentCache:
     """Loads components for one engine: memory (LRU) first, then the disk cache, then compiling.
 
-    The disk cache may share `ModuleCache`'s directory: component files are named
-    `<sha256>-<fingerprint>.component.cwasm`. Thread-safe; loads are serialized (a component
-    compile takes seconds, and two pods' worth of concurrent compiles would only compete).
+    Tiers. A component found in neither cache is compiled by winch, wasmtime's baseline compiler
+    (about 7x less CPU than cranelift on a Python component; its code runs about 1.8x slower), so
+    its first instance starts in seconds; cranelift then compiles it in a background thread, the
+    result goes to memory and disk, every later load gets it, and a running `ComponentSandbox`
+    moves onto it between two messages. With `baseline=False`, or where this wasmtime has no
+    winch, `load` compiles with cranelift and returns only then.
+
+    The disk cache may be shared by the pods of a machine (and `ModuleCache`'s directory):
+    component files are named `<sha256>-<fingerprint>.component.cwasm`, written by atomic rename,
+    and an optimizing compile holds an exclusive lock on `<file>.lock`, so one pod compiles and
+    the others read its file. Thread-safe; foreground compiles are serialized (two at once only
+    compete for the same cores), memory hits never wait for a compile.
     """
 
     def __init__(
-        self, engine: SandboxEngine, cache_dir: Path | None = None, *, capacity: int = 16
+        self,
+        engine: SandboxEngine,
+        cache_dir: Path | None = None,
+        *,
+        capacity: int = 16,
+        baseline: bool = True,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
@@ -318,7 +368,12 @@ class ComponentCache:
         self._capacity = capacity
         self._lru: OrderedDict[str, CompiledComponent] = OrderedDict()
         self._lock = threading.Lock()
-        self._counts = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "disk_errors": 0}
+        self._compile_lock = threading.Lock()
+        self._counts = dict.fromkeys(ComponentCacheStats.__slots__, 0)
+        self._want_baseline = baseline
+        self._baseline: tuple[SandboxEngine, wc.Linker] | None = None
+        #: sha256 -> set once its optimizing compile in the background is over (done or failed).
+        self._optimizing: dict[str, threading.Event] = {}
 
     @property
     def cache_dir(self) -> Path | None:
@@ -334,46 +389,172 @@ class ComponentCache:
             return None
         return self._dir / f"{sha256}-{self.engine.fingerprint}.component.cwasm"
 
+    def engines(self) -> tuple[SandboxEngine, ...]:
+        """The engines components of this cache may belong to (the baseline one once made)."""
+        baseline = self._baseline
+        return (self.engine,) if baseline is None else (self.engine, baseline[0])
+
+    def linker_for(self, component: CompiledComponent) -> wc.Linker:
+        baseline = self._baseline
+        if component.engine is self.engine:
+            return self.linker
+        if baseline is not None and component.engine is baseline[0]:
+            return baseline[1]
+        raise ValueError("the component was loaded by another engine's ComponentCache")
+
     def load(self, wasm: bytes) -> CompiledComponent:
         """The compiled component; InvalidModule with the engine's reason if it is not one we
         can run (not a component, not of the `swarm:agent` world, does not compile)."""
         sha256 = hashlib.sha256(wasm).hexdigest()
+        hit = self._memory_hit(sha256)
+        if hit is not None:
+            return hit
+        with self._compile_lock:
+            hit = self._memory_hit(sha256)  # loaded while this thread waited
+            if hit is not None:
+                return hit
+            compiled = self._load_uncached(sha256, wasm)
+            self._remember(compiled)
+            return compiled
+
+    def cached(self, sha256: str) -> CompiledComponent | None:
+        """The optimized component by its digest, from memory or disk, or None: for a pod that
+        would rather not fetch bytes it has already compiled."""
+        hit = self._memory_hit(sha256)
+        if hit is not None and hit.optimized:
+            return hit
+        compiled = self._from_disk(sha256)
+        if compiled is not None:
+            self._remember(compiled)
+        return compiled
+
+    def optimized(self, sha256: str) -> CompiledComponent | None:
+        """The optimized component if it is in memory now (never waits, never reads disk)."""
+        with self._lock:
+            compiled = self._lru.get(sha256)
+        return compiled if compiled is not None and compiled.optimized else None
+
+    def wait_optimized(self, sha256: str, timeout: float | None = None) -> bool:
+        """Wait for a background optimizing compile of `sha256`; True when none is running."""
+        with self._lock:
+            event = self._optimizing.get(sha256)
+        return event is None or event.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the baseline engine's clock; safe twice. Instances on baseline code lose their
+        deadline, so close the cache after them (a pod's cache lives as long as the pod)."""
+        baseline = self._baseline
+        if baseline is not None:
+            baseline[0].stop()
+
+    # -- inside ---------------------------------------------------------------------------------
+
+    def _memory_hit(self, sha256: str) -> CompiledComponent | None:
         with self._lock:
             hit = self._lru.get(sha256)
             if hit is not None:
                 self._lru.move_to_end(sha256)
                 self._counts["memory_hits"] += 1
-                return hit
-            compiled = self._load_uncached(sha256, wasm)
-            self._lru[sha256] = compiled
+            return hit
+
+    def _remember(self, compiled: CompiledComponent) -> None:
+        with self._lock:
+            current = self._lru.get(compiled.sha256)
+            if current is not None and current.optimized and not compiled.optimized:
+                return  # never replace optimized code by baseline code
+            self._lru[compiled.sha256] = compiled
+            self._lru.move_to_end(compiled.sha256)
             while len(self._lru) > self._capacity:
                 self._lru.popitem(last=False)
-            return compiled
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+
+    def _from_disk(self, sha256: str) -> CompiledComponent | None:
+        path = self.path(sha256)
+        if path is None or not path.exists():
+            return None
+        try:
+            component = wc.Component.deserialize_file(self.engine.engine, str(path))
+        except wasmtime.WasmtimeError as exc:
+            self._count("disk_errors")
+            log.warning("component cache file unusable", path=str(path), error=str(exc))
+            return None
+        self._count("disk_hits")
+        return self._prepare(sha256, component, self.engine, optimized=True)
 
     def _load_uncached(self, sha256: str, wasm: bytes) -> CompiledComponent:
-        path = self.path(sha256)
-        if path is not None and path.exists():
-            try:
-                component = wc.Component.deserialize_file(self.engine.engine, str(path))
-            except wasmtime.WasmtimeError as exc:
-                self._counts["disk_errors"] += 1
-                log.warning("component cache file unusable", path=str(path), error=str(exc))
-            else:
-                self._counts["disk_hits"] += 1
-                return self._prepare(sha256, component)
+        compiled = self._from_disk(sha256)
+        if compiled is not None:
+            return compiled
         if not is_component(wasm):
             raise InvalidModule("not a WebAssembly component (no component header)")
+        baseline = self._baseline_engine()
+        if baseline is None:
+            return self._compile_optimized(sha256, wasm)
         try:
-            component = wc.Component(self.engine.engine, wasm)
+            component = wc.Component(baseline.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"component does not compile: {exc}") from None
-        self._counts["compiles"] += 1
-        compiled = self._prepare(sha256, component)
-        if path is not None:
-            self._store(path, component)
+        self._count("baseline_compiles")
+        compiled = self._prepare(sha256, component, baseline, optimized=False)
+        event = threading.Event()
+        with self._lock:
+            self._optimizing[sha256] = event
+        threading.Thread(
+            target=self._optimize,
+            args=(sha256, wasm, event),
+            name=f"swarm-optimize-{sha256[:12]}",
+            daemon=True,
+        ).start()
         return compiled
 
-    def _prepare(self, sha256: str, component: wc.Component) -> CompiledComponent:
+    def _compile_optimized(self, sha256: str, wasm: bytes) -> CompiledComponent:
+        path = self.path(sha256)
+        with _file_lock(path):
+            compiled = self._from_disk(sha256)  # another pod of the machine may have made it
+            if compiled is not None:
+                return compiled
+            try:
+                component = wc.Component(self.engine.engine, wasm)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidModule(f"component does not compile: {exc}") from None
+            self._count("compiles")
+            compiled = self._prepare(sha256, component, self.engine, optimized=True)
+            if path is not None:
+                store_compiled(path, component.serialize, "component")
+        return compiled
+
+    def _optimize(self, sha256: str, wasm: bytes, done: threading.Event) -> None:
+        try:
+            self._remember(self._compile_optimized(sha256, wasm))
+        except Exception as exc:  # the agent keeps running, on baseline code
+            log.warning("optimizing compile failed", sha256=sha256, error=str(exc))
+        finally:
+            with self._lock:
+                self._optimizing.pop(sha256, None)
+            done.set()
+
+    def _baseline_engine(self) -> SandboxEngine | None:
+        if not self._want_baseline:
+            return None
+        if self._baseline is None:
+            try:
+                engine = SandboxEngine(dataclasses.replace(self.engine.config, strategy="winch"))
+            except (StrategyUnavailable, wasmtime.WasmtimeError) as exc:
+                log.warning(
+                    "no baseline compiler; components compile with cranelift", error=str(exc)
+                )
+                self._want_baseline = False
+                return None
+            engine.start()
+            self._baseline = (engine, build_component_linker(engine.engine))
+        return self._baseline[0]
+
+    def _prepare(
+        self, sha256: str, component: wc.Component, engine: SandboxEngine, *, optimized: bool
+    ) -> CompiledComponent:
         interface = component.get_export_index(HANDLER_INTERFACE)
         if interface is None:
             raise InvalidModule(
@@ -384,7 +565,7 @@ class ComponentCache:
         handle = component.get_export_index("handle", interface)
         if init is None or handle is None:
             raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
-        imports = component.type.imports(self.engine.engine)
+        imports = component.type.imports(engine.engine)
         for name in imports:
             if name.startswith("swarm:") and name != HOST_INTERFACE:
                 raise InvalidModule(
@@ -392,10 +573,7 @@ class ComponentCache:
                 )
             if not name.startswith(("swarm:", "wasi:")):
                 raise InvalidModule(f"component imports {name}, which the host does not provide")
-        return CompiledComponent(sha256, self.engine, component, init, handle)
-
-    def _store(self, path: Path, component: wc.Component) -> None:
-        store_compiled(path, component.serialize, "component")
+        return CompiledComponent(sha256, engine, component, init, handle, optimized)
 
 
 # --- the sandbox ---------------------------------------------------------------------------------
@@ -483,6 +661,10 @@ class ComponentSandbox:
     under the same limits as a message (`InitFailed` if it returns non-zero). `handle` returns a
     `CallResult`; any guest failure raises a `SandboxError` subclass and breaks the instance.
     `scratch_dir` is the replica's own directory, preopened as `/data` if "fs" is granted.
+
+    Started on baseline code, it moves onto the optimized code once its cache has it, before
+    the next message: a new instance whose `init` runs again (kv state is the host's and stays;
+    Python objects do not, as at any new instance).
     """
 
     def __init__(
@@ -494,16 +676,10 @@ class ComponentSandbox:
         *,
         scratch_dir: Path | None = None,
     ) -> None:
-        engine = cache.engine
-        if not engine.running:
-            raise RuntimeError(
-                "start the SandboxEngine first: without its ticker no deadline fires"
-            )
-        if component.engine is not engine:
-            raise ValueError("the component was loaded by another engine's ComponentCache")
         self.component = component
         self.limits = limits
-        self._deadline_ticks = engine.deadline_ticks(limits.deadline_ms)
+        self._cache = cache
+        self._scratch_dir = scratch_dir
         self._lock = threading.Lock()
         self._failure: SandboxError | None = None
         self._ctx = hostcalls.CallContext(
@@ -514,17 +690,32 @@ class ComponentSandbox:
             net_allow=limits.net_allow,
         )
         self._output = _Output()
-        wasi = wasi_config(limits, scratch_dir, self._output.write)
+        self._live: _Live | None = None
+        self._deadline_ticks = 0
+        self._start(component)
+
+    def _start(self, component: CompiledComponent) -> None:
+        """Make a new instance of `component` in a new Store the live one, and run its `init`."""
+        engine = component.engine
+        if engine not in self._cache.engines():
+            raise ValueError("the component was loaded by another engine's ComponentCache")
+        if not engine.running:
+            raise RuntimeError(
+                "start the SandboxEngine first: without its ticker no deadline fires"
+            )
+        self._deadline_ticks = engine.deadline_ticks(self.limits.deadline_ms)
+        wasi = wasi_config(self.limits, self._scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)
         store.set_limits(
-            memory_size=limits.memory_bytes,
-            table_elements=limits.max_table_elements,
+            memory_size=self.limits.memory_bytes,
+            table_elements=self.limits.max_table_elements,
             instances=_MAX_INSTANCES,
             tables=_MAX_TABLES,
             memories=_MAX_MEMORIES,
         )
         store.set_wasi(wasi)
-        self._live: _Live | None = self._instantiate(cache.linker, store)
+        self._live = self._instantiate(self._cache.linker_for(component), store, component)
+        self.component = component
         _SANDBOXES.add(self)
         result = self._invoke(None)
         if not result.ok:
@@ -532,7 +723,19 @@ class ComponentSandbox:
             raise InitFailed(f"init returned {result.status}", code=result.status)
         self.init_result = result
 
-    def _instantiate(self, linker: wc.Linker, store: wasmtime.Store) -> _Live:
+    def _upgrade(self) -> None:
+        """Move onto the optimized code once the cache has it (runtime/components.py, "Tiers"):
+        a new instance, whose `init` runs as at any new instance, between two messages. Its
+        failure is the instance's failure, as at any start."""
+        if self.component.optimized or self._failure is not None:
+            return
+        better = self._cache.optimized(self.component.sha256)
+        if better is not None:
+            self._start(better)
+
+    def _instantiate(
+        self, linker: wc.Linker, store: wasmtime.Store, component: CompiledComponent
+    ) -> _Live:
         store.set_fuel(self.limits.fuel_per_call)
         store.set_epoch_deadline(self._deadline_ticks)
         self._ctx.reset()
@@ -540,15 +743,15 @@ class ComponentSandbox:
         error: SandboxError | None = None
         try:
             with hostcalls.active(self._ctx):
-                instance = linker.instantiate(store, self.component.component)
+                instance = linker.instantiate(store, component.component)
         except (wasmtime.WasmtimeError, hostcalls.GuestAborted) as exc:
             error = self._classify(exc, time.perf_counter() - started, store)
         if error is not None:
             del store  # see _invoke
-            self._failure = error
+            self._break(error)
             raise error
-        init = instance.get_func(store, self.component.init_index)
-        handle = instance.get_func(store, self.component.handle_index)
+        init = instance.get_func(store, component.init_index)
+        handle = instance.get_func(store, component.handle_index)
         if init is None or handle is None:
             raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
         return _Live(store, init, handle)
@@ -570,6 +773,7 @@ class ComponentSandbox:
         if hostcalls.current() is self._ctx:
             raise RuntimeError("re-entrant call: a host function called its own sandbox")
         with self._lock:
+            self._upgrade()
             return self._invoke(message)
 
     def close(self) -> None:

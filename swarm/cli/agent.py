@@ -1410,7 +1410,7 @@ def build(
         # Imported here: the build tooling is not needed by any other verb.
         from runtime.build import BadSource, BuildError, build_agent
 
-        status(f"building {source} (componentize-py, several seconds)")
+        status(f"building {source} (componentize-py, 7 to 30 s)")
         try:
             result = build_agent(source, output)
         except BuildError as exc:

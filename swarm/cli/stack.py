@@ -69,12 +69,14 @@ def default_services(
     specs.append(ServiceSpec("webhooks", (sys.executable, "-m", "services.webhooks")))
     specs.append(ServiceSpec("observer", (sys.executable, "-m", "services.observer")))
     for i in range(pods):
-        pod_dir = data_dir / "pods" / f"pod-{i}"
+        # One compiled-module cache for the machine's pods: one compiles a component, the others
+        # read its file (runtime/components.py); replicas' scratch dirs go beside it.
+        cache = data_dir / "pods" / "modules"
         specs.append(
             ServiceSpec(
                 f"pod-{i}",
                 (sys.executable, "-m", "runtime"),
-                {"SWARM_POD_ID": f"pod-{i}", "SWARM_POD_CACHE_DIR": str(pod_dir / "modules")},
+                {"SWARM_POD_ID": f"pod-{i}", "SWARM_POD_CACHE_DIR": str(cache)},
             )
         )
     return tuple(specs)
@@ -567,9 +569,25 @@ def _data_dir_flag(data_dir: str) -> str:
 
 
 def _print_ready(state: StackState, *, detached: bool) -> None:
-    seconds = (state.updated_at - state.started_at).total_seconds()
+    import time
+
+    import psutil
+
+    from swarm.kernel.supervisor import ServiceState
+
+    if detached:
+        state = _settled(state)
+    # What the user waited: since this command's process started (its imports, and for
+    # `scripts/up` the install before the exec, included), not only the stack's own start.
+    seconds = time.time() - psutil.Process().create_time()
     console.print(f"[bold green]Swarm is up[/] (pid {state.pid}, ready in {seconds:.1f} s)")
     _summary(state, console)
+    starting = [svc.name for svc in state.services if svc.state is ServiceState.STARTING]
+    if starting:
+        console.print(
+            f"[dim]Still starting: {', '.join(starting)}; `swarm status` shows when they run.[/]",
+            soft_wrap=True,
+        )
     env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
     console.print(
         f"[dim]`swarm` finds it from any directory; other clients with: export {escape(env)}[/]",
@@ -580,6 +598,26 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
         console.print(f"Running in the background. Stop it with: swarm down{flag}", soft_wrap=True)
     elif console.is_terminal:
         console.print("Press Ctrl-C to stop.")
+
+
+def _settled(state: StackState, timeout: float = 15.0) -> StackState:
+    """The stack's state once no service is still `starting` (the supervisor promotes one that
+    stayed up a moment), or as it is after `timeout`: what is printed as running then runs."""
+    import time
+
+    from swarm.kernel.stack import StackPhase, read_state
+    from swarm.kernel.supervisor import ServiceState
+
+    deadline = time.monotonic() + timeout
+    while any(svc.state is ServiceState.STARTING for svc in state.services):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+        latest = read_state(Path(state.data_dir))
+        if latest is None or latest.pid != state.pid or latest.phase is not StackPhase.RUNNING:
+            break
+        state = latest
+    return state
 
 
 def _print_already_running(data_dir: Path, state: StackState | None) -> None:

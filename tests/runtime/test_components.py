@@ -6,9 +6,11 @@ agent is built and compiled once per session; every other load deserializes from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,15 +110,27 @@ def component_engine() -> Iterator[SandboxEngine]:
 
 @pytest.fixture(scope="module")
 def counter(component_engine: SandboxEngine, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Compiled by cranelift only (`baseline=False`), by two caches on one directory at once,
+    as two pods of a machine would: one compiles, the other waits for its file."""
     out = tmp_path_factory.mktemp("counter-py")
     result = build_agent(COUNTER_APP, out / "counter.wasm")
     wasm = result.output.read_bytes()
     cache_dir = out / "cache"
-    cache = ComponentCache(component_engine, cache_dir)
+    caches = [ComponentCache(component_engine, cache_dir, baseline=False) for _ in range(2)]
+    loaded: list[CompiledComponent] = []
     started = time.perf_counter()
-    compiled = cache.load(wasm)
+    threads = [threading.Thread(target=lambda c=c: loaded.append(c.load(wasm))) for c in caches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(170)
     compile_s = time.perf_counter() - started
-    return Built(wasm, cache_dir, compiled, cache, result.duration_s, compile_s)
+    assert len(loaded) == 2
+    assert all(compiled.optimized for compiled in loaded)
+    stats = sorted((c.stats.compiles, c.stats.disk_hits) for c in caches)
+    assert stats == [(0, 1), (1, 0)], stats
+    cache = caches[0]
+    return Built(wasm, cache_dir, cache.load(wasm), cache, result.duration_s, compile_s)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +154,13 @@ def spinner_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def spinner(
     component_engine: SandboxEngine, spinner_wasm: Path
-) -> tuple[ComponentCache, CompiledComponent]:
+) -> Iterator[tuple[ComponentCache, CompiledComponent]]:
+    """Loaded as a pod loads a new component: baseline (winch) code at once, cranelift's in the
+    background; the limits tests run on whichever a sandbox has, as a pod's agents would."""
     cache = ComponentCache(component_engine, spinner_wasm.parent / "cache")
-    return cache, cache.load(spinner_wasm.read_bytes())
+    yield cache, cache.load(spinner_wasm.read_bytes())
+    cache.wait_optimized(hashlib.sha256(spinner_wasm.read_bytes()).hexdigest(), 170)
+    cache.close()
 
 
 def _run(sandbox: ComponentSandbox, message: bytes) -> bytes:
@@ -330,3 +348,38 @@ def test_core_module_bytes_are_not_a_component(component_engine: SandboxEngine) 
     cache = ComponentCache(component_engine)
     with pytest.raises(InvalidModule, match="not a WebAssembly component"):
         cache.load(b"\0asm\x01\x00\x00\x00")
+
+
+def test_a_new_component_starts_on_baseline_code_and_moves_to_optimized(
+    spinner: tuple[ComponentCache, CompiledComponent], spinner_wasm: Path
+) -> None:
+    cache, compiled = spinner
+    # The pinned wasmtime has winch (runtime/engine.py reaches it through its C API).
+    assert not compiled.optimized
+    assert compiled.engine is not cache.engine
+    assert cache.stats.baseline_compiles == 1
+    sandbox = ComponentSandbox(cache, compiled, SandboxLimits(), MemoryHost())
+    assert _run(sandbox, b"hi") == b"ok"
+
+    assert cache.wait_optimized(compiled.sha256, timeout=170)
+    assert cache.stats.compiles == 1
+    optimized = cache.optimized(compiled.sha256)
+    assert optimized is not None
+    assert optimized.engine is cache.engine
+    assert cache.load(spinner_wasm.read_bytes()) is optimized
+    # The live sandbox moves over at its next message: a new instance, as at any start.
+    assert _run(sandbox, b"hi") == b"ok"
+    assert sandbox.component is optimized
+    # Another pod of the machine (a cache on the same directory) reads it from disk.
+    other = ComponentCache(cache.engine, cache.cache_dir)
+    assert other.cached(compiled.sha256) is not None
+    assert other.stats.disk_hits == 1
+    assert other.stats.baseline_compiles == other.stats.compiles == 0
+
+
+def test_strategy_is_in_the_fingerprint_only_when_it_is_winch() -> None:
+    from runtime.engine import EngineConfig
+
+    assert EngineConfig(strategy="winch").fingerprint() != EngineConfig().fingerprint()
+    # Code cached before the setting existed keeps its file names.
+    assert EngineConfig().fingerprint() == EngineConfig(strategy="cranelift").fingerprint()
