@@ -339,9 +339,11 @@ class ComponentCache:
     Tiers. A component found in neither cache is compiled by winch, wasmtime's baseline compiler
     (about 7x less CPU than cranelift on a Python component; its code runs about 1.8x slower), so
     its first instance starts in seconds; cranelift then compiles it in a background thread, the
-    result goes to memory and disk, every later load gets it, and a running `ComponentSandbox`
-    moves onto it between two messages. With `baseline=False`, or where this wasmtime has no
-    winch, `load` compiles with cranelift and returns only then.
+    result goes to memory and disk, and every later load gets it (a restart, a scale-up, another
+    pod of the machine). A running instance stays on the code it started on: moving it would
+    mean a new instance, whose `init` (and whatever it sends) would run again without the agent
+    having done anything to deserve a restart. With `baseline=False`, or where this wasmtime has
+    no winch, `load` compiles with cranelift and returns only then.
 
     The disk cache may be shared by the pods of a machine (and `ModuleCache`'s directory):
     component files are named `<sha256>-<fingerprint>.component.cwasm`, written by atomic rename,
@@ -662,9 +664,7 @@ class ComponentSandbox:
     `CallResult`; any guest failure raises a `SandboxError` subclass and breaks the instance.
     `scratch_dir` is the replica's own directory, preopened as `/data` if "fs" is granted.
 
-    Started on baseline code, it moves onto the optimized code once its cache has it, before
-    the next message: a new instance whose `init` runs again (kv state is the host's and stays;
-    Python objects do not, as at any new instance).
+    It runs the code it started on for its whole life (see `ComponentCache`, "Tiers").
     """
 
     def __init__(
@@ -723,16 +723,6 @@ class ComponentSandbox:
             raise InitFailed(f"init returned {result.status}", code=result.status)
         self.init_result = result
 
-    def _upgrade(self) -> None:
-        """Move onto the optimized code once the cache has it (runtime/components.py, "Tiers"):
-        a new instance, whose `init` runs as at any new instance, between two messages. Its
-        failure is the instance's failure, as at any start."""
-        if self.component.optimized or self._failure is not None:
-            return
-        better = self._cache.optimized(self.component.sha256)
-        if better is not None:
-            self._start(better)
-
     def _instantiate(
         self, linker: wc.Linker, store: wasmtime.Store, component: CompiledComponent
     ) -> _Live:
@@ -773,7 +763,6 @@ class ComponentSandbox:
         if hostcalls.current() is self._ctx:
             raise RuntimeError("re-entrant call: a host function called its own sandbox")
         with self._lock:
-            self._upgrade()
             return self._invoke(message)
 
     def close(self) -> None:
