@@ -144,3 +144,20 @@ def test_the_limits_shown_by_options_are_the_models() -> None:
     assert limits.INLINE_MODULE_MAX_BYTES == specs.INLINE_MODULE_MAX_BYTES
     assert limits.WEBHOOK_MAX_ATTEMPTS == webhooks.MAX_ATTEMPTS_LIMIT
     assert limits.LOG_LEVELS == logs.LOG_LEVELS
+
+
+def test_nats_client_without_websockets_leaves_aiohttp_out() -> None:
+    """nats-py imports aiohttp only for ws:// servers; the CLI keeps it out (~125 ms) unless a
+    URL asks for WebSockets."""
+    start = "import os, sys; sys.argv = ['swarm', 'agent', 'ls']; "
+    plain = loaded_after(
+        start + "from swarm.cli.app import _without_websockets; _without_websockets(); import nats"
+    )
+    assert "nats" in plain
+    assert "aiohttp" in plain  # the None entry that made its import fail
+    assert "aiohttp.client" not in plain
+    ws = loaded_after(
+        start + "os.environ['SWARM_NATS_URL'] = 'ws://127.0.0.1:1'; "
+        "from swarm.cli.app import _without_websockets; _without_websockets(); import nats"
+    )
+    assert "aiohttp.client" in ws

@@ -11,6 +11,8 @@ tests/test_cli_start.py keeps it so; bench/cli.py measures it.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -127,7 +129,21 @@ def _root() -> None:
 
 
 def main() -> None:
+    _without_websockets()
     app()
+
+
+def _without_websockets() -> None:
+    """Keep nats-py from importing aiohttp, unless a NATS URL asks for WebSockets.
+
+    nats-py imports aiohttp only for `ws://` and `wss://` servers, and leaves it out when it is
+    not installed; it is installed here (faust needs it), and importing it cost ~125 ms of the
+    ~500 ms a `swarm agent ls` spent starting (bench/cli.py). A `None` entry in `sys.modules`
+    is Python's documented way to make an import fail as if the module were absent.
+    """
+    words = [*sys.argv, os.environ.get("SWARM_NATS_URL", "")]
+    if not any("ws://" in w or "wss://" in w for w in words):
+        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
