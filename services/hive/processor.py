@@ -202,7 +202,9 @@ class CommandProcessor:
             if loop.time() > deadline:
                 raise NotCaughtUp(f"agreed state at {self.raft.applied_seq}, log at {target}")
             await asyncio.sleep(0.005)
-        self.working = self.raft.copy_state()
+        # In a thread: copying a big state takes seconds (20,000 agents: ~3 s here), which on
+        # the event loop would hold up queries, heartbeats and the projector meanwhile.
+        self.working = await asyncio.to_thread(self.raft.copy_state)
         self.end = self.working.applied_seq
         return self.working
 

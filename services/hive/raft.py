@@ -46,10 +46,8 @@ T = TypeVar("T")
 
 #: Events folded per hold of the lock (a few milliseconds), so ticks and readers interleave.
 _FOLD_CHUNK = 64
-#: How long a tick waits for network events when there is nothing to fold.
-_TICK_WAIT_S = 0.005
-#: The pause after a tick while events wait to be folded, so the fold thread gets the lock.
-_TICK_YIELD_S = 0.001
+#: The pause between two ticks (pysyncobj's own default period is 5x longer).
+_TICK_PERIOD_S = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +121,16 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
             return taken
 
     def _tick_loop(self) -> None:
+        # A tick never waits for the network holding the lock, and the loop sleeps outside it:
+        # Python's locks are not fair, and a thread that releases and at once re-acquires one
+        # starved the fold thread (measured: one replica folded 5.5k events/s, busy 30%).
         while not self._stopping.is_set():
             try:
                 with self.lock:
-                    busy = bool(self.pending)
-                    self.doTick(0.0 if busy else _TICK_WAIT_S)
+                    self.doTick(0.0)
             except Exception:
                 log.exception("raft tick failed")
-                busy = True
-            if busy:
-                time.sleep(_TICK_YIELD_S)
+            time.sleep(_TICK_PERIOD_S)
 
     def _fold_loop(self) -> None:
         while not self._stopping.is_set():
