@@ -1,8 +1,10 @@
-"""The leader feeds SWARM_EVENTS into Raft, so every replica folds the same events in order.
+"""The leader proposes, through Raft, which stretch of SWARM_EVENTS every replica folds next.
 
-Batches are submitted pipelined (several Raft entries in flight); folding is idempotent by
-sequence, so after any failure the projector simply starts reading again from the agreed state's
-`applied_seq + 1`.
+It takes contiguous runs of events from the replica's `LogCache` (filled by its feeder) and
+proposes each as `apply_range(lo, hi, digests)`: positions and per-event digests, not the
+events (every replica reads those from the log itself, see `raft.py`). Ranges are submitted
+pipelined (several in flight); folding is idempotent by sequence, so after any failure the
+projector simply starts again from what the agreed state has taken.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from schemas import names
+from services.hive.logcache import digest_of
 from services.hive.raft import RaftError, ReplicatedState
 from swarm.kernel.eventlog import EventLog
 
@@ -48,18 +50,20 @@ class Projector:
                 await asyncio.sleep(0.1)
 
     async def _follow(self, still_leader: Callable[[], bool]) -> None:
-        reader = await self.log.reader(
-            names.STREAM_EVENTS, start_seq=self.raft.applied_seq + 1, batch=self.batch
-        )
+        next_seq = self.raft.queued_seq + 1
         pending: deque[asyncio.Task[int]] = deque()
         try:
             while still_leader():
-                deliveries = await reader.fetch(self.batch, timeout=0.05)
-                if deliveries:
-                    batch = [(d.stream_seq, d.data) for d in deliveries]
+                run = self.raft.cache.run(next_seq, self.batch)
+                if run:
+                    lo, hi = run[0][0], run[-1][0]
+                    digests = b"".join(digest_of(raw) for _, raw in run)
                     pending.append(
-                        asyncio.create_task(self.raft.submit(batch, self.submit_timeout))
+                        asyncio.create_task(self.raft.submit(lo, hi, digests, self.submit_timeout))
                     )
+                    next_seq = hi + 1
+                else:
+                    await asyncio.sleep(0.005)  # nothing new read yet
                 while pending and (pending[0].done() or len(pending) >= self.in_flight):
                     await pending.popleft()
         finally:
@@ -68,4 +72,3 @@ class Projector:
             for task in pending:
                 with contextlib.suppress(asyncio.CancelledError, RaftError, asyncio.TimeoutError):
                     await task
-            await reader.close()

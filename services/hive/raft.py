@@ -1,23 +1,32 @@
 """The Raft-replicated copy of the Hive's state (pysyncobj).
 
-Raft entries carry batches of `(stream sequence, event bytes)` read from SWARM_EVENTS by the
-leader; every replica folds them with the same `fold_raw`, skipping sequences it has taken, so a
-batch submitted twice (after a leader change, or a callback that never fired) is harmless.
+Raft agrees on which stretch of SWARM_EVENTS to fold next and what each event's bytes hash to
+(`apply_range(lo, hi, digests)`, proposed by the leader's projector); every replica reads the
+events themselves from JetStream (`feeder.py`, into its `LogCache`), checks each against its
+agreed digest and folds it with the same `fold_raw`, skipping sequences it has folded, so a
+range proposed twice (after a leader change, or a callback that never fired) is harmless.
 
-Raft's own work never waits for folding. Measured with 3 replicas folding 40,000 events on this
-2-core machine: pysyncobj applied every committed entry on its tick thread, and folding a few
-thousand events there (0.1-0.3 s under load) kept the leader from sending heartbeats, so the
-followers elected another leader about every 2 s; each new leader then copied the whole state
-under the lock, stalling its own ticks in turn. So here:
+Measured with 3 replicas on this 2-core machine, the first design (Raft entries carrying the
+events' bytes) spent more on shipping them through pysyncobj (pickled, zlib-compressed and
+encrypted, once per follower) than on folding them; JetStream already keeps the log replicated,
+so Raft now carries about 8 bytes per event. An older entry with the bytes in it
+(`apply_events`, from a journal or snapshot written before) is still folded.
 
-* `apply_events` (on the tick thread) only queues the batch in `pending`, which is part of the
-  replicated state: a snapshot holds `hive` and what is still to be folded into it;
-* a fold thread drains `pending` into `hive` in small chunks, under `lock`;
+Raft's own work never waits for folding either:
+
+* the replicated methods (on pysyncobj's tick thread) only queue what was agreed in `pending`,
+  which is part of the replicated state: a snapshot holds `hive` and what is still to fold;
+* a fold thread drains `pending` into `hive` in small chunks, under `lock`, waiting for the
+  feeder outside it when an event is not read yet;
 * this class drives pysyncobj's ticks itself (`autoTick=False`, the public `doTick`), under the
   same `lock`, so a snapshot (pysyncobj forks its process to write one) never sees a half-folded
   event;
 * `copy_state` and `read_quiet` pause the fold thread instead of holding `lock`, so a long copy
   (a new leader's working state, a digest) does not stall Raft.
+
+Before, pysyncobj applied every committed entry on its tick thread, and folding a few thousand
+events there (0.1-0.3 s under load) kept the leader from sending heartbeats: the followers
+elected another leader about every 2 s while a long log was folded.
 
 Readers on the asyncio thread take `lock` (or use `read_quiet`) and copy what they need; they
 never hold it across an await. `applied_seq` is how far the state is folded.
@@ -39,6 +48,7 @@ import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from services.hive.evolve import fold_raw
+from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
 from services.hive.state import HiveState
 
 log = structlog.get_logger(__name__)
@@ -46,6 +56,11 @@ T = TypeVar("T")
 
 #: Events folded per hold of the lock (a few milliseconds), so ticks and readers interleave.
 _FOLD_CHUNK = 64
+#: How long the fold thread waits for the feeder to bring an event before looking again.
+_FEED_WAIT_S = 1.0
+
+#: What `pending` holds: `(seq, bytes)` from older entries, `(lo, hi, digests)` from ranges.
+Agreed = tuple[int, bytes] | tuple[int, int, bytes]
 #: The pause between two ticks (pysyncobj's own default period is 5x longer).
 _TICK_PERIOD_S = 0.002
 
@@ -93,10 +108,14 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
         self._fold_gate = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: The events this replica read from the log and has not folded yet (not replicated).
+        self.cache = LogCache()
+        #: Why folding waits, when it does for long (a digest that does not match), for status.
+        self.stalled: str | None = None
         super().__init__(config.self_addr, list(config.peers), config.conf())
         self.hive = HiveState()
-        #: Batches committed by Raft but not folded yet, oldest first (replicated state).
-        self.pending: deque[tuple[int, bytes]] = deque()
+        #: What Raft committed and is not folded yet, oldest first (replicated state).
+        self.pending: deque[Agreed] = deque()
         #: The last sequence taken into `pending` (replicated state).
         self.queued_seq = 0
         self._threads = [
@@ -108,8 +127,7 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_events(self, batch: list[tuple[int, bytes]]) -> int:
-        """Raft committed `batch`: queue what is new for the fold thread (on the tick thread,
-        which holds `lock`)."""
+        """An entry of the older format (the bytes themselves): queue what is new."""
         with self.lock:
             taken = max(self.queued_seq, self.hive.applied_seq)
             for seq, raw in batch:
@@ -119,6 +137,22 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
             self.queued_seq = taken
             self._work.notify()
             return taken
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_range(self, lo: int, hi: int, digests: bytes) -> int:
+        """Raft agreed to fold `lo..hi`, whose bytes hash to `digests` (`DIGEST_BYTES` each):
+        queue it for the fold thread (on the tick thread, which holds `lock`)."""
+        with self.lock:
+            taken = max(self.queued_seq, self.hive.applied_seq)
+            if lo > taken + 1:
+                # A gap would leave events unfolded for good: refused, the projector proposes
+                # again from where this replica stands once its submit times out.
+                log.error("refusing a range past a gap", lo=lo, hi=hi, queued=taken)
+            elif hi > taken and len(digests) == (hi - lo + 1) * DIGEST_BYTES:
+                self.pending.append((lo, hi, digests))
+                self.queued_seq = hi
+            self._work.notify()
+            return self.queued_seq
 
     def _tick_loop(self) -> None:
         # A tick never waits for the network holding the lock, and the loop sleeps outside it:
@@ -138,23 +172,71 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
                 if not self.pending:
                     self._work.wait(0.05)
                     continue
-            with self._fold_gate, self.lock:
-                # `fold_raw` never raises: an entry it cannot fold is recorded in the state
-                # (the same on every replica) and skipped.
-                state, pending = self.hive, self.pending
-                failures = state.fold_failure_count
-                for _ in range(min(_FOLD_CHUNK, len(pending))):
-                    seq, raw = pending.popleft()
-                    fold_raw(state, seq, raw)
-                if state.fold_failure_count != failures:
-                    last = state.fold_failures[-1]
-                    log.warning(
-                        "log entries could not be folded",
-                        count=state.fold_failure_count - failures,
-                        seq=last.seq,
-                        type=last.type,
-                        reason=last.reason,
-                    )
+                head = self.pending[0]
+                applied = self.hive.applied_seq
+            if len(head) == 2:
+                self._fold_items(head)
+            else:
+                self._fold_range(head, applied)
+
+    def _fold_items(self, head: Agreed) -> None:
+        """Entries of the older format: the bytes came with them."""
+        with self._fold_gate, self.lock:
+            state, pending = self.hive, self.pending
+            failures = state.fold_failure_count
+            count = 0
+            while pending and len(pending[0]) == 2 and count < _FOLD_CHUNK:
+                seq, raw = pending.popleft()  # type: ignore[misc]
+                fold_raw(state, seq, raw)
+                count += 1
+            self._report(state, failures)
+
+    def _fold_range(self, head: Agreed, applied: int) -> None:
+        """Fold the next chunk of an agreed range: bytes from the feeder, checked against their
+        digests outside the lock, folded under it."""
+        lo, hi, digests = head  # type: ignore[misc]
+        start = max(lo, applied + 1)
+        chunk: list[tuple[int, bytes]] = []
+        for seq in range(start, min(hi, start + _FOLD_CHUNK - 1) + 1):
+            raw = self.cache.take(seq, _FEED_WAIT_S)
+            if raw is None:
+                break  # not read yet (the feeder was told where to read)
+            at = (seq - lo) * DIGEST_BYTES
+            if digest_of(raw) != digests[at : at + DIGEST_BYTES]:
+                # The log holds other bytes at `seq` than the leader read: never fold them.
+                self.stalled = f"event {seq} does not match the digest Raft agreed on"
+                log.error("log entry does not match its agreed digest; folding waits", seq=seq)
+                self.cache.drop_through(seq)  # read it again
+                time.sleep(_FEED_WAIT_S)
+                break
+            chunk.append((seq, raw))
+        with self._fold_gate, self.lock:
+            if not self.pending or self.pending[0] is not head:
+                return  # replaced meanwhile (a snapshot was installed)
+            state = self.hive
+            failures = state.fold_failure_count
+            for seq, raw in chunk:
+                fold_raw(state, seq, raw)
+            if state.applied_seq >= hi:
+                self.pending.popleft()
+            self._report(state, failures)
+        if chunk:
+            self.stalled = None
+            self.cache.drop_through(chunk[-1][0])
+
+    @staticmethod
+    def _report(state: HiveState, failures: int) -> None:
+        # `fold_raw` never raises: an entry it cannot fold is recorded in the state (the same
+        # on every replica) and skipped.
+        if state.fold_failure_count != failures:
+            last = state.fold_failures[-1]
+            log.warning(
+                "log entries could not be folded",
+                count=state.fold_failure_count - failures,
+                seq=last.seq,
+                type=last.type,
+                reason=last.reason,
+            )
 
     def read(self, fn: Callable[[HiveState], T]) -> T:
         """`fn` of the state, under `lock` (keep `fn` short: Raft waits for it)."""
@@ -204,8 +286,8 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
         """The current Raft term (from pysyncobj's public status)."""
         return int(self.getStatus().get("raft_term", 0))
 
-    async def submit(self, batch: list[tuple[int, bytes]], timeout: float) -> int:
-        """Replicate one batch and wait (bounded) until it is applied here."""
+    async def submit(self, lo: int, hi: int, digests: bytes, timeout: float) -> int:
+        """Propose folding `lo..hi` and wait (bounded) until it is folded here or queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
 
@@ -217,22 +299,24 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
                 if error == 0:
                     future.set_result(int(result))
                 else:
-                    future.set_exception(RaftError(f"raft refused the batch (reason {error})"))
+                    future.set_exception(RaftError(f"raft refused the range (reason {error})"))
 
             loop.call_soon_threadsafe(settle)
 
-        self.apply_events(batch, callback=done)
+        self.apply_range(lo, hi, digests, callback=done)
         # Under load pysyncobj sometimes never calls back for an entry it did commit, so the
-        # applied sequence is watched too: whichever says "done" first wins.
-        last = batch[-1][0] if batch else 0
+        # folded sequence is watched too: whichever says "done" first wins.
         deadline = loop.time() + timeout
         while not future.done():
-            if self.applied_seq >= last:
+            if self.applied_seq >= hi:
                 return self.applied_seq
             if loop.time() > deadline:
-                raise TimeoutError(f"batch up to {last} not applied within {timeout}s")
+                raise TimeoutError(f"range up to {hi} not agreed within {timeout}s")
             await asyncio.wait([future], timeout=0.005)
-        return future.result()
+        result = future.result()
+        if result < hi:
+            raise RaftError(f"range {lo}..{hi} was not taken (this replica stands at {result})")
+        return result
 
 
 class RaftError(RuntimeError):

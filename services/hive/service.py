@@ -18,6 +18,7 @@ import structlog
 
 from schemas import names
 from services.hive.config import HiveSettings
+from services.hive.feeder import Feeder
 from services.hive.processor import CommandProcessor, NotCaughtUp
 from services.hive.projector import Projector
 from services.hive.queries import serve
@@ -75,6 +76,8 @@ class Hive:
             "fold_failures": failures,
             "recent_fold_failures": recent,
             "seal_public_key": self._seal.public.text,
+            # Why folding waits, when it does (bytes on the log that differ from the agreed).
+            "fold_stalled": raft.stalled,
         }
 
     async def run(self) -> None:
@@ -85,6 +88,11 @@ class Hive:
         heartbeats = Heartbeats()
         subs = await serve(eventlog.nc, raft, self.node, self.status)
         subs.append(await heartbeats.subscribe(eventlog.nc))
+        # Every replica reads the log itself; Raft agrees on what to fold (raft.py).
+        feeding = asyncio.Event()
+        feeder = asyncio.create_task(
+            Feeder(eventlog, raft.cache, lambda: raft.applied_seq).run(feeding), name="feeder"
+        )
         log.info("hive replica started", node=self.node, raft=self.hive_settings.raft_self)
         try:
             while not self._stop.is_set():
@@ -98,6 +106,10 @@ class Hive:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), pause)
         finally:
+            feeding.set()
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeder
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
