@@ -335,6 +335,8 @@ class Replica:
         self._stop_report = False
         self._stop_save = False
         self._stopping = False
+        #: Set by `stop(refuse=...)`: the error queued messages get instead of a call.
+        self._refuse: str | None = None
 
     @property
     def replica_id(self) -> str:
@@ -359,8 +361,10 @@ class Replica:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"replica-{self.replica_id}")
 
-    def stop(self, *, report: bool, save: bool) -> None:
-        """Ask the replica to finish: messages already queued are handled first (drain).
+    def stop(self, *, report: bool, save: bool, refuse: str | None = None) -> None:
+        """Ask the replica to finish: messages already queued are handled first (drain), or,
+        with `refuse`, answered with that error without calling the agent (a deleted agent's
+        replica stops at once; a call already running ends first).
 
         `save` writes a last snapshot; `report` sends `stopped` with it. A replica moved to
         another pod does neither: it is no longer ours to save or report. Safe twice.
@@ -369,6 +373,7 @@ class Replica:
             return
         self._stopping = True
         self._stop_report, self._stop_save = report, save
+        self._refuse = refuse
         self._mailbox.put_nowait(None)  # unbounded queue: the sentinel always fits
         if self._task is None:
             self.state = State.STOPPED
@@ -630,6 +635,9 @@ class Replica:
             mail = await self._mailbox.get()
             if mail is None:
                 return
+            if self._refuse is not None:
+                await self._answer(mail, error=self._refuse)
+                continue
             msg = mail.msg
             started = time.perf_counter()
             try:

@@ -1,0 +1,135 @@
+"""Pods forget deleted agents: deleting agents whose replicas run on a pod stops the replicas,
+and the pod sends the Hive no report about a replica it no longer has (measured before: 4,751
+reports rejected with "agent … not found; stop the replica" after agents were deleted)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+
+import pytest
+
+from schemas import commands, names
+from schemas.specs import MAX_FUEL_PER_CALL, Limits
+from tests.runtime.agents import BUSY, COUNTER
+from tests.runtime.pods import (
+    cluster,
+    deploy,
+    events,
+    report_outcomes,
+    running_on,
+    running_pod,
+    true,
+)
+from tests.scheduler.stack import Stack, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+AGENTS = [f"gone-{n}" for n in range(4)]
+REFUSING = {"not_found", "not_assigned"}
+
+
+async def test_deleting_agents_stops_their_replicas_and_leaves_no_refused_report(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        for name in AGENTS:
+            await deploy(stack, name, COUNTER, replicas=2)
+        for name in AGENTS:
+            await running_on(stack, name, "p1", replicas=2)
+        agent_ids = {a.agent_id for a in pod.view.agents.values() if a.name in AGENTS}
+        replica_ids = {r for r in pod.replicas if r.rsplit("-", 1)[0] in agent_ids}
+        assert len(replica_ids) == 2 * len(AGENTS)
+
+        await stack.send([(commands.DeleteAgent(name=name), "user:test") for name in AGENTS])
+
+        async def forgotten() -> bool:
+            listed = await stack.query(names.QUERY_AGENTS_LIST, {})
+            return (
+                not any(a["name"] in AGENTS for a in listed["agents"])
+                and not replica_ids & set(pod.replicas)
+                # The pod's view has folded every replica's end: no report about them is due.
+                and not any(r.agent_id in agent_ids for r in pod.view.replicas.values())
+                and not agent_ids & set(pod.view.agents)
+            )
+
+        await wait_until(forgotten, 60, "deleted agents forgotten by the Hive and the pod")
+        stopped = {
+            e["data"]["replica_id"] async for e in events(stack, "swarm.agent.replica_stopped")
+        }
+        assert replica_ids <= stopped
+
+        await no_refused_reports(stack, agent_ids)
+
+
+async def test_a_replica_the_hive_forgot_while_it_finished_a_call_is_not_reported(
+    tmp_path: Path,
+) -> None:
+    """The race behind the measured rejections: the Hive forgets a stopping replica (its pod was
+    declared lost, or drained) while the pod still runs it; when the replica ends, the pod must
+    not report it: the log says it is gone."""
+    busy_ms = 8000
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        for name in AGENTS:
+            await deploy(
+                stack,
+                name,
+                BUSY,
+                limits=Limits(deadline_ms=4 * busy_ms, fuel_per_call=MAX_FUEL_PER_CALL),
+            )
+        for name in AGENTS:
+            await running_on(stack, name, "p1")
+        agent_ids = {a.agent_id for a in pod.view.agents.values() if a.name in AGENTS}
+        replicas = {rid: r for rid, r in pod.replicas.items() if r.assignment.agent_id in agent_ids}
+        # Each replica busy in a long call, and one more message waiting in its mailbox.
+        body = struct.pack("<I", busy_ms)
+        calls = [
+            asyncio.create_task(
+                stack.client.nc.request(
+                    names.mesh_replica_subject(rid), body, timeout=busy_ms / 1000 + 60
+                )
+            )
+            for rid in replicas
+            for _ in range(2)
+        ]
+        await wait_until(lambda: true(all(r.in_call for r in replicas.values())), 30, "calls")
+
+        await stack.send([(commands.DeleteAgent(name=name), "user:test") for name in AGENTS])
+        # The pod stops them at once; they end when their call does.
+        await wait_until(lambda: true(not replicas.keys() & pod.replicas.keys()), 30, "stopping")
+        # Meanwhile the Hive forgets them: their pod is drained (as when it is declared lost).
+        await stack.send([(commands.DeregisterPod(pod_id="p1"), "pod:p1")])
+
+        async def forgotten() -> bool:
+            return not any(r.agent_id in agent_ids for r in pod.view.replicas.values())
+
+        await wait_until(forgotten, 30, "the pod's view forgot the replicas")
+        assert all(r.in_call for r in replicas.values()), "the calls ended too early to tell"
+
+        replies = await asyncio.gather(*calls)
+        # The call in flight ends; the one waiting is not run for a deleted agent.
+        refused = [bool(m.headers and m.headers.get(names.HEADER_AGENT_ERROR)) for m in replies]
+        assert sorted(refused) == [False] * len(replicas) + [True] * len(replicas)
+        await wait_until(lambda: true(all(r.done for r in replicas.values())), 30, "ended")
+        await no_refused_reports(stack, agent_ids)
+        # Their `stopped` reports were dropped at the pod, and counted.
+        assert pod.reports_dropped >= len(replicas)
+        assert pod.metrics_json()["reports_dropped"] == pod.reports_dropped
+        stopped = [e["data"] async for e in events(stack, "swarm.agent.replica_stopped")]
+        assert {e["replica_id"] for e in stopped} == replicas.keys()
+
+
+async def no_refused_reports(stack: Stack, agent_ids: set[str]) -> None:
+    """Wait until every report on the log is answered; none about `agent_ids` was refused."""
+
+    async def answered() -> bool:
+        return all(o is not None for o in (await report_outcomes(stack)).values())
+
+    await wait_until(answered, 60, "every report answered")
+    refused = [
+        (report, outcome)
+        for report, outcome in (await report_outcomes(stack)).items()
+        if report.agent_id in agent_ids and outcome in REFUSING
+    ]
+    assert refused == []
