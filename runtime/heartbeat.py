@@ -130,6 +130,8 @@ class Heartbeat:
             self._closing = True
             loop, task = self._loop, self._task
         if loop is not None and task is not None:
+            # Cancelling only hurries it: Python 3.11's wait_for can swallow a cancellation
+            # that meets a finishing connection attempt, so every loop also checks `_closing`.
             # The loop may have finished already: then there is nothing left to stop.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
@@ -150,6 +152,8 @@ class Heartbeat:
         nc: NATS | None = None
         try:
             nc = await self._connect()
+            if nc is None:
+                return
             await nc.subscribe(names.probe_subject(self.pod_id), cb=self._on_probe)
             await self._beat(nc)
         except asyncio.CancelledError:
@@ -159,11 +163,13 @@ class Heartbeat:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.close(), _CONNECT_TIMEOUT_S)
 
-    async def _connect(self) -> NATS:
+    async def _connect(self) -> NATS | None:
+        """A connection, or None once closing."""
+
         async def on_error(exc: Exception) -> None:
             log.debug("heartbeat connection error", pod_id=self.pod_id, error=str(exc))
 
-        while True:
+        while not self._closing:
             try:
                 return await asyncio.wait_for(
                     nats.connect(
@@ -181,11 +187,12 @@ class Heartbeat:
             except (TimeoutError, OSError, nats.errors.Error) as exc:
                 log.warning("heartbeat cannot reach NATS", pod_id=self.pod_id, error=str(exc))
                 await asyncio.sleep(_RETRY_S)
+        return None
 
     async def _beat(self, nc: NATS) -> None:
         subject = names.heartbeat_subject(self.pod_id)
         stalled = False
-        while True:
+        while not self._closing:
             lag = self._lag()
             if lag > self.stall_s:
                 if not stalled:

@@ -347,10 +347,12 @@ def _released(v: PodView, e: healing.AgentReleased, seq: int) -> None:
 @_on(outcomes.CommandRejected)
 def _rejected(v: PodView, e: outcomes.CommandRejected, seq: int) -> None:
     about = v.watched.pop(e.command_id, None)
-    if about is not None and e.rule in DISOWNING_RULES:
-        replica_id, placed_seq = about
+    if about is None or e.rule not in DISOWNING_RULES:
+        return
+    v.refusals += 1
+    replica_id, placed_seq = about
+    if replica_id in v.replicas:  # else the view forgot it already (and so will the pod)
         v.disowned[replica_id] = placed_seq
-        v.refusals += 1
 
 
 #: Payload types that change the view; anything else only advances `applied_seq`.

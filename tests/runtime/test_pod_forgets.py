@@ -12,8 +12,9 @@ import pytest
 
 from schemas import commands, names
 from schemas.specs import MAX_FUEL_PER_CALL, Limits
-from tests.runtime.agents import BUSY, COUNTER
+from tests.runtime.agents import BUSY, COUNTER, LOOP
 from tests.runtime.pods import (
+    ask,
     cluster,
     deploy,
     events,
@@ -118,6 +119,50 @@ async def test_a_replica_the_hive_forgot_while_it_finished_a_call_is_not_reporte
         assert pod.metrics_json()["reports_dropped"] == pod.reports_dropped
         stopped = [e["data"] async for e in events(stack, "swarm.agent.replica_stopped")]
         assert {e["replica_id"] for e in stopped} == replicas.keys()
+
+
+async def test_a_report_in_flight_while_its_replica_is_forgotten_is_refused_once(
+    tmp_path: Path,
+) -> None:
+    """The race the pod cannot see coming: its report is on its way when the Hive forgets the
+    replica. The Hive refuses it (`not_found`); the pod folds the refusal, counts it and says no
+    more about that replica."""
+    async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
+        await deploy(stack, "spinner", LOOP, limits=Limits(deadline_ms=300))
+        await running_on(stack, "spinner", "p1")
+        ((replica_id, replica),) = pod.replicas.items()
+        # Decided before the report that follows: the agent is deleted and its pod drained.
+        await stack.stop_hive()
+        await stack.send([(commands.DeleteAgent(name="spinner"), "user:test")])
+        await stack.send([(commands.DeregisterPod(pod_id="p1"), "pod:p1")])
+        # The replica breaks and reports it: as far as the pod can tell, it is still its own.
+        _, error = await ask(stack, "spinner", b"go", timeout=30)
+        assert error
+        await wait_until(lambda: true(replica.done), 30, "the replica broke")
+
+        async def crash_reported() -> bool:
+            return any(
+                r.replica_id == replica_id and r.status == "crashed"
+                for r in await report_outcomes(stack)
+            )
+
+        await wait_until(crash_reported, 30, "the crash reported")
+        await stack.start_hive()
+
+        async def refused() -> bool:
+            return pod.view.refusals == 1
+
+        await wait_until(refused, 60, "the refusal folded by the pod")
+        assert pod.metrics_json()["reports_refused"] == 1
+        sent = await report_outcomes(stack)
+        outcomes = sorted((r.status, o) for r, o in sent.items() if r.replica_id == replica_id)
+        assert outcomes == [
+            ("crashed", "not_found"),
+            ("running", "accepted"),
+            ("starting", "accepted"),
+        ]
+        assert replica_id not in pod.replicas
+        assert not pod.view.owns(replica_id, replica.assignment.placed_seq)
 
 
 async def no_refused_reports(stack: Stack, agent_ids: set[str]) -> None:
