@@ -259,6 +259,7 @@ class Pod:
         )
 
     async def _reconcile(self) -> None:
+        _raise_swallowed_cancel()
         if self._deps is None:
             return
         if self.view.lost_seq > self._registered_after:
@@ -276,18 +277,21 @@ class Pod:
             stop = stopping.get(replica_id)
             del self.replicas[replica_id]
             self._retiring.add(replica)
-            # A deleted agent's replica runs no more calls: what is queued is refused.
-            refuse = "agent deleted" if self.view.gone(replica.assignment.agent_id) else None
             if stop is not None and stop.placed_seq == placed:
-                replica.stop(report=True, save=True, refuse=refuse)
+                replica.stop(report=True, save=True)
             elif self.view.preempted(replica_id, placed):
                 # Preempted: the Hive already requested it again; save its state for the
                 # placement that follows, but the report is not ours to send any more.
-                replica.stop(report=False, save=True, refuse=refuse)
+                replica.stop(report=False, save=True)
             else:
                 # Crashed (already reported), moved to another pod, deleted, or disowned by a
                 # refused report: not ours to save or report any more.
-                replica.stop(report=False, save=False, refuse=refuse)
+                replica.stop(report=False, save=False)
+        for replica in self._retiring:
+            # A deleted agent's replica runs no more calls, even when its stop came first (the
+            # deletion may be folded a batch later): what is still queued is refused.
+            if self.view.gone(replica.assignment.agent_id):
+                replica.refuse_queued("agent deleted")
         for replica_id, assignment in wanted.items():
             if replica_id not in self.replicas:
                 replica = self.replicas[replica_id] = Replica(assignment, self._deps)
@@ -432,6 +436,16 @@ class Pod:
             "heartbeats": heartbeat.beats if heartbeat is not None else 0,
             "probes_answered": heartbeat.answers if heartbeat is not None else 0,
         }
+
+
+def _raise_swallowed_cancel() -> None:
+    """Cancelling `run()` is the abrupt stop, so it must not be lost: Python 3.11's `wait_for`
+    (inside nats-py's fetch) returns a fetch that finished as the cancellation arrived and drops
+    the cancellation, and the follow loop would go on. The task still counts the request
+    (`cancelling()`), so it is raised again here, after every batch."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def main() -> None:

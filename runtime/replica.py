@@ -335,7 +335,7 @@ class Replica:
         self._stop_report = False
         self._stop_save = False
         self._stopping = False
-        #: Set by `stop(refuse=...)`: the error queued messages get instead of a call.
+        #: Set by `refuse_queued`: the error queued messages get instead of a call.
         self._refuse: str | None = None
 
     @property
@@ -361,10 +361,9 @@ class Replica:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"replica-{self.replica_id}")
 
-    def stop(self, *, report: bool, save: bool, refuse: str | None = None) -> None:
-        """Ask the replica to finish: messages already queued are handled first (drain), or,
-        with `refuse`, answered with that error without calling the agent (a deleted agent's
-        replica stops at once; a call already running ends first).
+    def stop(self, *, report: bool, save: bool) -> None:
+        """Ask the replica to finish: messages already queued are handled first (drain; see
+        `refuse_queued` for a deleted agent's replica, which stops at once).
 
         `save` writes a last snapshot; `report` sends `stopped` with it. A replica moved to
         another pod does neither: it is no longer ours to save or report. Safe twice.
@@ -373,10 +372,15 @@ class Replica:
             return
         self._stopping = True
         self._stop_report, self._stop_save = report, save
-        self._refuse = refuse
         self._mailbox.put_nowait(None)  # unbounded queue: the sentinel always fits
         if self._task is None:
             self.state = State.STOPPED
+
+    def refuse_queued(self, error: str) -> None:
+        """From now on, answer queued messages with `error` instead of calling the agent (its
+        agent was deleted after the replica was asked to stop and drain). Safe twice."""
+        if self._refuse is None:
+            self._refuse = error
 
     async def wait(self) -> None:
         if self._task is not None:

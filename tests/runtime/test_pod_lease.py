@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from nats.aio.msg import Msg
 from schemas import names
 from swarm.kernel.embedded import die_with_parent
 from tests.runtime.agents import ECHO
-from tests.runtime.pods import ask, cluster, deploy, events, running_on
+from tests.runtime.pods import ask, cluster, deploy, events, running_on, running_pod
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -66,14 +67,28 @@ async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
             await proc.wait()
 
 
-async def probe(stack: Stack) -> dict[str, Any] | None:
+async def probe(stack: Stack, pod_id: str = POD) -> dict[str, Any] | None:
     """The pod's answer to a liveness probe, as the Hive sends it; None without one."""
     try:
-        reply = await stack.client.nc.request(names.probe_subject(POD), b"", timeout=2)
+        reply = await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
     except (nats.errors.Error, TimeoutError):
         return None
     answer: dict[str, Any] = json.loads(reply.data)
     return answer
+
+
+async def nobody_listens(stack: Stack, pod_id: str) -> bool:
+    try:
+        await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
+    except nats.errors.NoRespondersError:
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return False
+
+
+def heartbeat_threads(pod_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"pod-{pod_id}-heartbeat"]
 
 
 async def pod_status(stack: Stack) -> str | None:
@@ -142,3 +157,54 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         await wait_until(declared_lost, 60, "the killed pod declared lost")
         reason = (await lost())[0]["data"]["reason"]
         assert "liveness probe" in reason, reason
+
+
+async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behind(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack:
+        metrics: list[dict[str, Any]] = []
+
+        async def on_metrics(msg: Msg) -> None:
+            metrics.append(json.loads(msg.data))
+
+        await stack.client.nc.subscribe(
+            names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics
+        )
+        async with running_pod(stack, "calm", lease_s=LEASE_S):
+
+            async def answers() -> bool:
+                answer = await probe(stack, "calm")
+                return answer is not None and answer["pod_id"] == "calm"
+
+            await wait_until(answers, 30, "a probe answered")
+            assert len(heartbeat_threads("calm")) == 1
+            await wait_until(lambda: _true(bool(metrics)), 30, "a metrics message")
+            assert set(metrics[0]["pod"]) == {
+                "loop_lag_ms",
+                "reports_dropped",
+                "reports_refused",
+                "heartbeats",
+                "probes_answered",
+            }
+            assert metrics[0]["pod"]["loop_lag_ms"] >= 0
+        # Stopped: the thread is joined and its connection closed.
+        assert heartbeat_threads("calm") == []
+        await wait_until(lambda: nobody_listens(stack, "calm"), 30, "the probe unanswered")
+
+        # The abrupt path (cancelled, as by kill -9 in-process) stops it too.
+        async with running_pod(stack, "abrupt", lease_s=LEASE_S) as (_, task):
+            await wait_until(lambda: _answered(stack, "abrupt"), 30, "a probe answered")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert heartbeat_threads("abrupt") == []
+            await wait_until(lambda: nobody_listens(stack, "abrupt"), 30, "the probe unanswered")
+
+
+async def _answered(stack: Stack, pod_id: str) -> bool:
+    return await probe(stack, pod_id) is not None
+
+
+async def _true(value: bool) -> bool:
+    return value
