@@ -414,7 +414,12 @@ class Pod:
                     "pod_id": self.pod_id,
                     # The pod's clock: rates are counter deltas over these times.
                     "time_ms": time.time_ns() // 1_000_000,
-                    "pod": self.metrics_json(),
+                    "pod": {
+                        **self.metrics_json(),
+                        # The worst lateness of the event loop since the last message: how
+                        # starved the pod is (CPU), whatever its agents do.
+                        "loop_lag_ms": round(self.clock.worst() * 1000, 3),
+                    },
                     "replicas": [
                         *(r.metrics_json() for r in (*self.replicas.values(), *self._retiring)),
                         *self._final_metrics,
@@ -429,8 +434,6 @@ class Pod:
         """The pod's own counters (beside its replicas' rows in every metrics message)."""
         heartbeat = self.heartbeat
         return {
-            # The worst lateness of the event loop since the last message: CPU starvation.
-            "loop_lag_ms": round(self.clock.worst() * 1000, 3),
             "reports_dropped": self.reports_dropped,
             "reports_refused": self.view.refusals,
             "heartbeats": heartbeat.beats if heartbeat is not None else 0,

@@ -1,8 +1,9 @@
 """The pod's projection of SWARM_EVENTS: agents' specs per version and where replicas are placed.
 
 Pure and deterministic like the scheduler's view (services are not imported; the rules are
-restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments and is
-idempotent by stream sequence. The pod compares `wanted()` and `stopping()` with what it runs.
+restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments (and at
+the reports the pod said it sent, `watch`) and is idempotent by stream sequence. The pod
+compares `wanted()` and `stopping()` with what it runs.
 
 Each placement is identified by the sequence of its `replica_scheduled` event (`placed_seq`): a
 replica that crashed and was placed here again is a new placement, even when the crash, the new
