@@ -1,4 +1,10 @@
-"""Pod settings (`SWARM_POD_*`); where NATS is comes from the shared `Settings`."""
+"""Pod settings (`SWARM_POD_*`); where NATS is comes from the shared `Settings`.
+
+What the pod announces to the Hive (`pod.register`: capacity, zone, labels, energy cost, lease)
+is bounded here by the very constants and types of the command's schema (schemas/specs.py), so a
+setting the Hive would refuse fails when the pod starts, naming the variable, rather than as a
+rejected registration once it runs.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,23 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from runtime.kvstate import StateCaps
 from schemas import names
-from schemas.specs import MAX_STATE_BYTES, MAX_STATE_KEYS
+from schemas.specs import (
+    MAX_ENERGY_COST,
+    MAX_FUEL_PER_S,
+    MAX_LEASE_S,
+    MAX_POD_MEMORY_MB,
+    MAX_POD_SLOTS,
+    MAX_STATE_BYTES,
+    MAX_STATE_KEYS,
+    MIN_LEASE_S,
+    Labels,
+    Zone,
+)
 
 _MIB = 1024 * 1024
 
@@ -24,18 +41,27 @@ def default_pod_id() -> str:
 
 
 class PodSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWARM_POD_", extra="ignore", frozen=True)
+    # allow_inf_nan=False: "nan" or "inf" in a variable is refused like any number out of range.
+    model_config = SettingsConfigDict(
+        env_prefix="SWARM_POD_", extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     id: str = Field(default_factory=default_pod_id)
-    #: Capacity offered to the scheduler.
-    memory_mb: int = Field(default=4096, ge=1)
-    fuel_per_s: int = Field(default=10_000_000_000, ge=1)
-    slots: int = Field(default=100, ge=1, le=1_000_000)
-    zone: str = Field(default="default", max_length=64)
-    labels: dict[str, str] = Field(default_factory=dict)
-    energy_cost: float = Field(default=1.0, ge=0)
-    #: The Hive declares the pod lost after this long without a heartbeat; we beat 4x as often.
-    lease_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Capacity offered to the scheduler (the bounds of `schemas.specs.Capacity`).
+    memory_mb: int = Field(default=4096, ge=1, le=MAX_POD_MEMORY_MB)
+    fuel_per_s: int = Field(default=10_000_000_000, ge=1, le=MAX_FUEL_PER_S)
+    slots: int = Field(default=100, ge=1, le=MAX_POD_SLOTS)
+    zone: Zone = "default"
+    #: JSON in the environment: `SWARM_POD_LABELS='{"gpu": "a100"}'`.
+    labels: Labels = Field(default_factory=dict)
+    energy_cost: float = Field(default=1.0, ge=0, le=MAX_ENERGY_COST)
+    #: The Hive declares the pod lost after this long without a heartbeat (stretched to the
+    #: jitter it measures) and no answer to a liveness probe; heartbeats go 4x as often, from
+    #: their own thread (runtime/heartbeat.py).
+    lease_s: float = Field(default=10.0, ge=MIN_LEASE_S, le=MAX_LEASE_S)
+    #: An event loop that has not run for this long is wedged, not busy: the heartbeat thread
+    #: then falls silent so the Hive moves the agents (it beats again once the loop runs).
+    loop_stall_s: float = Field(default=60.0, gt=0, le=MAX_LEASE_S)
     #: Compiled-module cache; default `./.swarm/pods/<id>/modules`.
     cache_dir: Path | None = None
     #: Messages waiting per replica; more are refused with {"error": "mailbox full"}.
@@ -85,3 +111,30 @@ class PodSettings(BaseSettings):
 
     def module_cache_dir(self) -> Path:
         return self.cache_dir or Path(".swarm") / "pods" / self.id / "modules"
+
+
+class PodSettingsError(SystemExit):
+    """A `SWARM_POD_*` setting is out of bounds; the message names the variables."""
+
+
+def load_pod_settings() -> PodSettings:
+    """`PodSettings()` from the environment, or a `PodSettingsError` (the process exits with
+    its message) naming each bad variable and its bound, before the pod connects anywhere."""
+    try:
+        return PodSettings()
+    except SettingsError as exc:  # a value that does not even parse (labels are JSON)
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise PodSettingsError(f"invalid pod setting: {exc}{cause}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise PodSettingsError(f"invalid pod setting: {problems}") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """`SWARM_POD_LABELS[gpu]` for the location of an error in `PodSettings` (a long label
+    key is cut: the message names it, it need not repeat it)."""
+    name = f"SWARM_POD_{str(loc[0]).upper()}" if loc else "SWARM_POD_*"
+    parts = [str(p) for p in loc[1:] if p != "[key]"]
+    return name + "".join(f"[{p[:32]}…]" if len(p) > 32 else f"[{p}]" for p in parts)

@@ -5,8 +5,18 @@ message into a `PodView` with an ordered ephemeral reader, and the same reader t
 log. It does nothing until the view has caught up with the end of the log (a half-rebuilt view
 would start replicas that were moved or stopped further down), then reconciles after every batch:
 replicas placed here that do not run are started; running ones the log stopped, moved or deleted
-are stopped. Everything the pod does is reported as a `replica.report` command; only the Hive
-writes events.
+are stopped (a deleted agent's at once: messages still queued are refused, not run). Everything
+the pod does is reported as a `replica.report` command; only the Hive writes events.
+
+Reports only about what the Hive still has: a report about a replica the log deleted, stopped
+or moved off this pod (`PodView.owns`) is dropped here (a debug log and `reports_dropped` in the
+pod's metrics), not sent to be refused. A report already in flight when the Hive forgot the
+replica is refused (`not_found` / `not_assigned`); the pod folds that refusal from the log, stops
+the replica and never reports it again (`reports_refused`).
+
+The lease (runtime/heartbeat.py): heartbeats and answers to the Hive's liveness probe come from
+a thread with its own NATS connection, so a busy event loop cannot starve them; a `LoopClock`
+on the loop measures how late it is, which the probe answer and the metrics carry.
 
 Agents' calls run on the pod's `WorkerPool` (runtime/workers.py): `workers` threads, of which
 one agent's replicas hold at most `agent_workers()` at once, a freed thread going to the waiting
@@ -29,15 +39,17 @@ import hashlib
 import json
 import signal
 import time
+from typing import Any
 
 import nats.errors
 import structlog
 from nats.js.errors import NotFoundError
 
 from runtime.components import ComponentCache
-from runtime.config import PodSettings
+from runtime.config import PodSettings, load_pod_settings
 from runtime.embeddings import MiniLMEmbedder
 from runtime.engine import SandboxEngine
+from runtime.heartbeat import Heartbeat, LoopClock
 from runtime.host import JSON
 from runtime.limits import CallBudget
 from runtime.memory import VectorMemory
@@ -47,7 +59,7 @@ from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
 from runtime.replica import ModuleUnavailable, Replica, ReplicaDeps, State, Status
 from runtime.snapshots import SnapshotStore
 from runtime.workers import WorkerPool
-from schemas import Payload, command, commands, names
+from schemas import Envelope, Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from swarm.kernel.follow import follow, wanted_events
@@ -58,6 +70,8 @@ log = structlog.get_logger(__name__)
 
 _WANTED = wanted_events(HANDLED)
 _REPORT_ATTEMPTS = 3
+#: How often the event loop's clock ticks (its lag is measured against it).
+_TICK_S = 0.1
 
 
 class PodStatus(enum.Enum):
@@ -86,6 +100,10 @@ class Pod:
         #: Placements of `stopping` replicas this pod reported stopped without running them.
         self._reported_stopped: set[tuple[str, int]] = set()
         self._registered_after = 0
+        #: Reports not sent because the log says the Hive no longer has the replica.
+        self.reports_dropped = 0
+        self.clock = LoopClock(_TICK_S)
+        self.heartbeat: Heartbeat | None = None
         self._stop = asyncio.Event()
         self._eventlog: EventLog | None = None
         self._deps: ReplicaDeps | None = None
@@ -109,6 +127,13 @@ class Pod:
         memory = self._vector_memory()
         http = HttpFetcher(allow_private=self.config.net_allow_private, threads=self.config.workers)
         tasks: list[asyncio.Task[None]] = []
+        heartbeat = self.heartbeat = Heartbeat(
+            self.settings.nats_url,
+            self.pod_id,
+            interval_s=self.config.lease_s / 4,
+            lag=self.clock.lag,
+            stall_s=self.config.loop_stall_s,
+        )
         graceful = False
         try:
             eventlog = self._eventlog = await EventLog.connect(
@@ -138,9 +163,10 @@ class Pod:
                 ),
                 state_caps=self.config.state_caps(),
             )
+            tasks = [asyncio.create_task(self.clock.run(), name="pod-loop-clock")]
             await self._register()
-            tasks = [
-                asyncio.create_task(self._heartbeat(eventlog), name="pod-heartbeat"),
+            heartbeat.start()
+            tasks += [
                 asyncio.create_task(self._snapshot_loop(), name="pod-snapshots"),
                 asyncio.create_task(self._metrics_loop(eventlog), name="pod-metrics"),
             ]
@@ -149,6 +175,8 @@ class Pod:
             graceful = True
         finally:
             self.status = PodStatus.STOPPING
+            # First: a pod on its way out no longer claims its lease.
+            await heartbeat.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -202,13 +230,6 @@ class Pod:
             )
         )
 
-    async def _heartbeat(self, eventlog: EventLog) -> None:
-        subject = names.heartbeat_subject(self.pod_id)
-        while True:
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await eventlog.nc.publish(subject, b"")
-            await asyncio.sleep(self.config.lease_s / 4)
-
     # -- following the log ------------------------------------------------------------------------
 
     async def _follow_until_stopped(self, eventlog: EventLog) -> None:
@@ -238,6 +259,7 @@ class Pod:
         )
 
     async def _reconcile(self) -> None:
+        _raise_swallowed_cancel()
         if self._deps is None:
             return
         if self.view.lost_seq > self._registered_after:
@@ -262,9 +284,14 @@ class Pod:
                 # placement that follows, but the report is not ours to send any more.
                 replica.stop(report=False, save=True)
             else:
-                # Crashed (already reported), moved to another pod, or deleted: not ours to
-                # save or report any more.
+                # Crashed (already reported), moved to another pod, deleted, or disowned by a
+                # refused report: not ours to save or report any more.
                 replica.stop(report=False, save=False)
+        for replica in self._retiring:
+            # A deleted agent's replica runs no more calls, even when its stop came first (the
+            # deletion may be folded a batch later): what is still queued is refused.
+            if self.view.gone(replica.assignment.agent_id):
+                replica.refuse_queued("agent deleted")
         for replica_id, assignment in wanted.items():
             if replica_id not in self.replicas:
                 replica = self.replicas[replica_id] = Replica(assignment, self._deps)
@@ -282,6 +309,10 @@ class Pod:
             if replica.done:
                 # Its last counters (say, the call that looped until its deadline) still go out.
                 self._final_metrics.append(replica.metrics_json())
+                # It answered for its placement (reported, or was not ours to report): if the
+                # view still says stopping (the Hive has not folded the report yet), the pod
+                # must not answer a second time with "not running".
+                self._reported_stopped.add((replica.replica_id, replica.assignment.placed_seq))
         self._retiring = {r for r in self._retiring if not r.done}
         # Only placements still stopping can be reported again; forget the others.
         self._reported_stopped &= {(rid, a.placed_seq) for rid, a in stopping.items()}
@@ -312,7 +343,18 @@ class Pod:
     async def _report(
         self, a: Assignment, status: Status, reason: str, snapshot: str | None
     ) -> None:
-        await self._send(
+        if not self.view.owns(a.replica_id, a.placed_seq):
+            # The log says the Hive no longer has it (deleted, stopped, moved, or a report
+            # about it was refused): it would only refuse this one too.
+            self.reports_dropped += 1
+            log.debug(
+                "report dropped: the replica is no longer this pod's",
+                replica_id=a.replica_id,
+                agent_id=a.agent_id,
+                status=status,
+            )
+            return
+        envelope = self._command(
             commands.ReportReplica(
                 agent_id=a.agent_id,
                 replica_id=a.replica_id,
@@ -323,21 +365,29 @@ class Pod:
             ),
             cause=a.cause,
         )
+        # Before sending: the refusal cannot be folded before the view knows what it is about.
+        self.view.watch(envelope.id, a.replica_id, a.placed_seq)
+        await self._append(envelope)
 
-    async def _send(self, payload: Payload, cause: tuple[str, str] | None = None) -> None:
-        if self._eventlog is None:
-            return
+    async def _send(self, payload: Payload) -> None:
+        await self._append(self._command(payload))
+
+    def _command(self, payload: Payload, cause: tuple[str, str] | None = None) -> Envelope[Any]:
         # A report names the placement that caused it, so `swarm trace` follows it.
         causation, correlation = cause or (None, None)
-        request = AppendRequest.of(
-            command(
-                payload,
-                source=self.source,
-                identity=self.identity,
-                causationid=causation,
-                correlationid=correlation,
-            )
+        return command(
+            payload,
+            source=self.source,
+            identity=self.identity,
+            causationid=causation,
+            correlationid=correlation,
         )
+
+    async def _append(self, envelope: Envelope[Any]) -> None:
+        if self._eventlog is None:
+            return
+        payload = envelope.data
+        request = AppendRequest.of(envelope)
         for attempt in range(1, _REPORT_ATTEMPTS + 1):
             try:
                 await self._eventlog.append_raw(request)
@@ -364,6 +414,12 @@ class Pod:
                     "pod_id": self.pod_id,
                     # The pod's clock: rates are counter deltas over these times.
                     "time_ms": time.time_ns() // 1_000_000,
+                    "pod": {
+                        **self.metrics_json(),
+                        # The worst lateness of the event loop since the last message: how
+                        # starved the pod is (CPU), whatever its agents do.
+                        "loop_lag_ms": round(self.clock.worst() * 1000, 3),
+                    },
                     "replicas": [
                         *(r.metrics_json() for r in (*self.replicas.values(), *self._retiring)),
                         *self._final_metrics,
@@ -374,9 +430,29 @@ class Pod:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await eventlog.nc.publish(subject, body)
 
+    def metrics_json(self) -> dict[str, JSON]:
+        """The pod's own counters (beside its replicas' rows in every metrics message)."""
+        heartbeat = self.heartbeat
+        return {
+            "reports_dropped": self.reports_dropped,
+            "reports_refused": self.view.refusals,
+            "heartbeats": heartbeat.beats if heartbeat is not None else 0,
+            "probes_answered": heartbeat.answers if heartbeat is not None else 0,
+        }
+
+
+def _raise_swallowed_cancel() -> None:
+    """Cancelling `run()` is the abrupt stop, so it must not be lost: Python 3.11's `wait_for`
+    (inside nats-py's fetch) returns a fetch that finished as the cancellation arrived and drops
+    the cancellation, and the follow loop would go on. The task still counts the request
+    (`cancelling()`), so it is raised again here, after every batch."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
 
 async def main() -> None:
-    pod = Pod(Settings(), PodSettings())
+    pod = Pod(Settings(), load_pod_settings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pod.stop)

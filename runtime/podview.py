@@ -1,12 +1,21 @@
 """The pod's projection of SWARM_EVENTS: agents' specs per version and where replicas are placed.
 
 Pure and deterministic like the scheduler's view (services are not imported; the rules are
-restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments and is
-idempotent by stream sequence. The pod compares `wanted()` and `stopping()` with what it runs.
+restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments (and at
+the reports the pod said it sent, `watch`) and is idempotent by stream sequence. The pod
+compares `wanted()` and `stopping()` with what it runs.
 
 Each placement is identified by the sequence of its `replica_scheduled` event (`placed_seq`): a
 replica that crashed and was placed here again is a new placement, even when the crash, the new
 request and the new placement are folded in one batch and the phase looks unchanged.
+
+What the pod may report: `owns(replica, placement)` is true while the view says the Hive still
+holds that placement on this pod, so the pod drops a report about a replica the log deleted,
+stopped or moved (the Hive would refuse it). The view can lag the Hive (a report may be in
+flight while a deletion is decided), so the pod `watch`es the reports it sends, and a refusal
+folded from the log (`command.rejected` with rule `not_found` or `not_assigned`) disowns that
+placement for good: it is no longer wanted, stopping or owned, so the pod stops it without a
+word.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from schemas import Envelope, events, healing, market
+from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
 
 Phase = Literal[
@@ -26,6 +35,11 @@ Phase = Literal[
 RUN: frozenset[str] = frozenset({"scheduled", "starting", "running"})
 #: Phases in which a replica holds a place on its pod (the Hive's `PLACED`).
 PLACED: frozenset[str] = RUN | {"stopping"}
+#: Rules of the Hive's refusals of a report that mean "this replica is not yours (any more)".
+DISOWNING_RULES: frozenset[str] = frozenset({"not_found", "not_assigned"})
+#: Reports in flight the view remembers, waiting for a refusal (accepted ones are never folded,
+#: so the oldest are forgotten: a refusal is folded within moments of the report, or never).
+MAX_WATCHED = 4096
 
 
 @dataclass(slots=True)
@@ -90,6 +104,12 @@ class PodView:
     replicas: dict[str, ReplicaInfo] = field(default_factory=dict)
     #: Sequence of the last `pod_lost` about this pod (the pod registers again when it sees one).
     lost_seq: int = 0
+    #: Command id of a report in flight -> (replica id, placement) it is about.
+    watched: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Replica id -> the placement the Hive refused a report about: never run, never reported.
+    disowned: dict[str, int] = field(default_factory=dict)
+    #: Reports the Hive refused as about a replica that is not this pod's.
+    refusals: int = 0
 
     def fold(self, envelope: Envelope[Any], seq: int) -> None:
         if seq <= self.applied_seq:
@@ -115,11 +135,38 @@ class PodView:
         """Replicas of this pod the Hive asked to stop (the pod answers with `stopped`)."""
         return self._mine(frozenset({"stopping"}))
 
+    def owns(self, replica_id: str, placed_seq: int) -> bool:
+        """True while, as far as the log has been read, the Hive holds that placement of the
+        replica on this pod: a report about it will not be refused as `not_found` or
+        `not_assigned`. False once the agent is forgotten, the replica stopped, failed, moved or
+        placed again, or a report about the placement was refused."""
+        r = self.replicas.get(replica_id)
+        return (
+            r is not None
+            and r.pod_id == self.pod_id
+            and r.placed_seq == placed_seq
+            and r.agent_id in self.agents
+            and self.disowned.get(replica_id) != placed_seq
+        )
+
+    def gone(self, agent_id: str) -> bool:
+        """True when the agent is deleted (or was never seen): its replicas stop at once."""
+        agent = self.agents.get(agent_id)
+        return agent is None or agent.deleted
+
+    def watch(self, command_id: str, replica_id: str, placed_seq: int) -> None:
+        """Remember a report about to be sent, so a refusal of it disowns the placement."""
+        self.watched[command_id] = (replica_id, placed_seq)
+        while len(self.watched) > MAX_WATCHED:
+            del self.watched[next(iter(self.watched))]
+
     def _mine(self, phases: frozenset[str]) -> dict[str, Assignment]:
         out: dict[str, Assignment] = {}
         for r in self.replicas.values():
             agent = self.agents.get(r.agent_id)
             if r.pod_id != self.pod_id or r.phase not in phases or agent is None:
+                continue
+            if self.disowned.get(r.replica_id) == r.placed_seq:
                 continue
             out[r.replica_id] = Assignment(
                 agent_id=r.agent_id,
@@ -146,6 +193,7 @@ class PodView:
 
     def _forget(self, replica: ReplicaInfo) -> None:
         self.replicas.pop(replica.replica_id, None)
+        self.disowned.pop(replica.replica_id, None)
         agent = self.agents.get(replica.agent_id)
         if (
             agent is not None
@@ -295,6 +343,17 @@ def _released(v: PodView, e: healing.AgentReleased, seq: int) -> None:
     agent = v.agents.get(e.agent_id)
     if agent is not None:
         agent.quarantine = None
+
+
+@_on(outcomes.CommandRejected)
+def _rejected(v: PodView, e: outcomes.CommandRejected, seq: int) -> None:
+    about = v.watched.pop(e.command_id, None)
+    if about is None or e.rule not in DISOWNING_RULES:
+        return
+    v.refusals += 1
+    replica_id, placed_seq = about
+    if replica_id in v.replicas:  # else the view forgot it already (and so will the pod)
+        v.disowned[replica_id] = placed_seq
 
 
 #: Payload types that change the view; anything else only advances `applied_seq`.

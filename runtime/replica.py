@@ -335,6 +335,8 @@ class Replica:
         self._stop_report = False
         self._stop_save = False
         self._stopping = False
+        #: Set by `refuse_queued`: the error queued messages get instead of a call.
+        self._refuse: str | None = None
 
     @property
     def replica_id(self) -> str:
@@ -360,7 +362,8 @@ class Replica:
             self._task = asyncio.create_task(self._run(), name=f"replica-{self.replica_id}")
 
     def stop(self, *, report: bool, save: bool) -> None:
-        """Ask the replica to finish: messages already queued are handled first (drain).
+        """Ask the replica to finish: messages already queued are handled first (drain; see
+        `refuse_queued` for a deleted agent's replica, which stops at once).
 
         `save` writes a last snapshot; `report` sends `stopped` with it. A replica moved to
         another pod does neither: it is no longer ours to save or report. Safe twice.
@@ -372,6 +375,12 @@ class Replica:
         self._mailbox.put_nowait(None)  # unbounded queue: the sentinel always fits
         if self._task is None:
             self.state = State.STOPPED
+
+    def refuse_queued(self, error: str) -> None:
+        """From now on, answer queued messages with `error` instead of calling the agent (its
+        agent was deleted after the replica was asked to stop and drain). Safe twice."""
+        if self._refuse is None:
+            self._refuse = error
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -630,6 +639,9 @@ class Replica:
             mail = await self._mailbox.get()
             if mail is None:
                 return
+            if self._refuse is not None:
+                await self._answer(mail, error=self._refuse)
+                continue
             msg = mail.msg
             started = time.perf_counter()
             try:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,36 @@ async def has_status(stack: Stack, name: str, status: str) -> bool:
 async def true(value: bool) -> bool:
     """`value` as an awaitable, for `wait_until` on a plain condition."""
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class SentReport:
+    """A `replica.report` command on SWARM_COMMANDS."""
+
+    command_id: str
+    pod_id: str
+    agent_id: str
+    replica_id: str
+    status: str
+
+
+async def report_outcomes(stack: Stack) -> dict[SentReport, str | None]:
+    """Every replica report on the log so far -> "accepted", the rule that refused it, or None
+    while it is unanswered."""
+    sent: dict[str, SentReport] = {}
+    async for d in stack.client.replay(names.STREAM_COMMANDS):
+        body = json.loads(d.data)
+        if body["type"] == commands.ReportReplica.TYPE:
+            data = body["data"]
+            sent[body["id"]] = SentReport(
+                body["id"], data["pod_id"], data["agent_id"], data["replica_id"], data["status"]
+            )
+    outcomes: dict[SentReport, str | None] = dict.fromkeys(sent.values())
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        parts = names.parse_event_subject(d.subject)
+        if parts is None or parts[0] != names.OUTCOME_AGGREGATE or parts[1] not in sent:
+            continue
+        data = json.loads(d.data)["data"]
+        outcome = "accepted" if parts[2] == names.OUTCOME_ACCEPTED else data.get("rule") or "?"
+        outcomes[sent[parts[1]]] = outcome
+    return outcomes

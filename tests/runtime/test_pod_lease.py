@@ -1,0 +1,210 @@
+"""Leases that survive load: a pod process whose event loop is held busy for four leases keeps
+heartbeating and answers the Hive's liveness probe (from its heartbeat thread), so it is not
+declared lost and its agent stays put; the same pod SIGKILLed is declared lost, the reason
+naming the unanswered probe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import pytest
+from nats.aio.msg import Msg
+
+from schemas import names
+from swarm.kernel.embedded import die_with_parent
+from tests.runtime.agents import ECHO
+from tests.runtime.pods import ask, cluster, deploy, events, running_on, running_pod
+from tests.scheduler.stack import Stack, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parents[2]
+POD = "busy"
+LEASE_S = 2.0
+#: How long the pod's loop is held: four leases.
+BUSY_S = 4 * LEASE_S
+
+
+@contextlib.asynccontextmanager
+async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
+    """tests/runtime/busy_pod.py in its own process (SIGUSR1 holds its loop for `BUSY_S`)."""
+    env = {
+        **os.environ,
+        "SWARM_NATS_URL": stack.url,
+        "SWARM_POD_ID": POD,
+        "SWARM_POD_CACHE_DIR": str(stack.root / POD / "modules"),
+        "SWARM_POD_LEASE_S": str(LEASE_S),
+        "SWARM_TEST_BUSY_S": str(BUSY_S),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    with (stack.root / "pod.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.runtime.busy_pod",
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def probe(stack: Stack, pod_id: str = POD) -> dict[str, Any] | None:
+    """The pod's answer to a liveness probe, as the Hive sends it; None without one."""
+    try:
+        reply = await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
+    except (nats.errors.Error, TimeoutError):
+        return None
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+async def nobody_listens(stack: Stack, pod_id: str) -> bool:
+    try:
+        await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
+    except nats.errors.NoRespondersError:
+        return True
+    except (nats.errors.Error, TimeoutError):
+        return False
+    return False
+
+
+def heartbeat_threads(pod_id: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"pod-{pod_id}-heartbeat"]
+
+
+async def pod_status(stack: Stack) -> str | None:
+    return next((p["status"] for p in await stack.pods() if p["pod_id"] == POD), None)
+
+
+async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack, busy_pod(stack) as proc:
+
+        async def ready() -> bool:
+            return await pod_status(stack) == "ready"
+
+        await wait_until(ready, 60, "the pod registered")
+        await deploy(stack, "echo", ECHO)
+        await running_on(stack, "echo", POD)
+
+        beats: list[float] = []
+
+        async def on_beat(msg: Msg) -> None:
+            beats.append(time.monotonic())
+
+        await stack.client.nc.subscribe(names.heartbeat_subject(POD), cb=on_beat)
+
+        proc.send_signal(signal.SIGUSR1)
+        answers: list[dict[str, Any]] = []
+
+        async def lag_at_least(seconds: float) -> bool:
+            answer = await probe(stack)
+            if answer is not None:
+                answers.append(answer)
+            return answer is not None and answer["loop_lag_s"] >= seconds
+
+        # Answered while the loop has been held longer than the lease...
+        await wait_until(lambda: lag_at_least(1.5 * LEASE_S), 60, "a probe answered while busy")
+        busy_seen = time.monotonic()
+        assert answers[-1]["pod_id"] == POD
+
+        async def free() -> bool:
+            answer = await probe(stack)
+            return answer is not None and answer["loop_lag_s"] < 0.5 * LEASE_S
+
+        # ...and heartbeats went on meanwhile, until the loop ran again.
+        await wait_until(free, 60, "the pod's loop running again")
+        free_seen = time.monotonic()
+        during = [t for t in beats if busy_seen <= t <= free_seen]
+        assert len(during) >= 3, (len(during), free_seen - busy_seen)
+
+        # Not declared lost: its agent answers from where it was placed, placed once.
+        assert await pod_status(stack) == "ready"
+        assert await ask(stack, "echo", b"still here", timeout=30) == (b"still here", False)
+        assert [e async for e in events(stack, "swarm.pod.lost")] == []
+        scheduled = [e async for e in events(stack, "swarm.agent.replica_scheduled")]
+        assert [e["data"]["pod_id"] for e in scheduled] == [POD]
+
+        proc.kill()
+        await proc.wait()
+
+        async def lost() -> list[dict[str, Any]]:
+            return [e async for e in events(stack, "swarm.pod.lost") if e["data"]["pod_id"] == POD]
+
+        async def declared_lost() -> bool:
+            return bool(await lost())
+
+        await wait_until(declared_lost, 60, "the killed pod declared lost")
+        reason = (await lost())[0]["data"]["reason"]
+        assert "liveness probe" in reason, reason
+
+
+async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behind(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as stack:
+        metrics: list[dict[str, Any]] = []
+
+        async def on_metrics(msg: Msg) -> None:
+            metrics.append(json.loads(msg.data))
+
+        await stack.client.nc.subscribe(
+            names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics
+        )
+        async with running_pod(stack, "calm", lease_s=LEASE_S):
+
+            async def answers() -> bool:
+                answer = await probe(stack, "calm")
+                return answer is not None and answer["pod_id"] == "calm"
+
+            await wait_until(answers, 30, "a probe answered")
+            assert len(heartbeat_threads("calm")) == 1
+            await wait_until(lambda: _true(bool(metrics)), 30, "a metrics message")
+            assert set(metrics[0]["pod"]) == {
+                "loop_lag_ms",
+                "reports_dropped",
+                "reports_refused",
+                "heartbeats",
+                "probes_answered",
+            }
+            assert metrics[0]["pod"]["loop_lag_ms"] >= 0
+        # Stopped: the thread is joined and its connection closed.
+        assert heartbeat_threads("calm") == []
+        await wait_until(lambda: nobody_listens(stack, "calm"), 30, "the probe unanswered")
+
+        # The abrupt path (cancelled, as by kill -9 in-process) stops it too.
+        async with running_pod(stack, "abrupt", lease_s=LEASE_S) as (_, task):
+            await wait_until(lambda: _answered(stack, "abrupt"), 30, "a probe answered")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert heartbeat_threads("abrupt") == []
+            await wait_until(lambda: nobody_listens(stack, "abrupt"), 30, "the probe unanswered")
+
+
+async def _answered(stack: Stack, pod_id: str) -> bool:
+    return await probe(stack, pod_id) is not None
+
+
+async def _true(value: bool) -> bool:
+    return value
