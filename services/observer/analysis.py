@@ -43,6 +43,7 @@ from services.observer.features import (
 )
 from services.observer.machine import MachineFinding, MachineWatch
 from services.observer.scoring import (
+    CRITICAL_SIGNALS,
     AdaptiveThreshold,
     DetectorConfig,
     HoldDown,
@@ -74,6 +75,8 @@ class Finding:
     evidence_z: float = 4.0
     #: The agent was past its critical warm-up (before it, a finding is a warning at most).
     warm: bool = True
+    #: The combined score over the signals that can make a finding critical (`severity`).
+    critical_score: float = 0.0
 
     @property
     def id(self) -> str:
@@ -83,8 +86,8 @@ class Finding:
 
     @property
     def severity(self) -> str:
-        top_z = max((s.score for s in self.evidence), default=0.0)
-        return severity(self.score, self.kind, top_z, self.evidence_z, self.warm)
+        top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
+        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
 
     def summary(self) -> str:
         parts = [
@@ -233,7 +236,11 @@ class AgentAnalysis:
         trial.learn(window.signals(), window.calls)
         return trial.shape()
 
-    def observe(self, window: Window, distance: float | None) -> Observation:
+    def observe(
+        self, window: Window, distance: float | None, machine_slow: bool = False
+    ) -> Observation:
+        """Score a closed window, then learn from it. `machine_slow`: the window falls in a
+        machine-wide slowdown of its pod, so its latency is not learnt (it is the machine's)."""
         config = self.config
         signals = window.signals()
         vector = self.profile.learn(signals, window.calls)
@@ -284,9 +291,12 @@ class AgentAnalysis:
         critical_ok = self.active >= config.critical_warmup_windows
         finding = None
         before = self.incident.to_json()
+        # Severity weighs only what can make a finding critical (not a backlog or log volume).
+        critical = {n: s for n, s in ready_scores.items() if n in CRITICAL_SIGNALS}
+        critical_score = combine(critical, trees if warm else None, config)
         if flagged:
-            top_z = max((s.score for s in ready_scores.values()), default=0.0)
-            level = severity(score, kind, top_z, config.evidence_z, critical_ok)
+            top_z = max((s.score for s in critical.values()), default=0.0)
+            level = severity(critical_score, kind, top_z, config.evidence_z, critical_ok)
         else:
             level = "warning"
         if self.incident.step(flagged, kind, level):
@@ -309,13 +319,14 @@ class AgentAnalysis:
                 evidence=tuple(evidence[:16]),
                 evidence_z=config.evidence_z,
                 warm=critical_ok,
+                critical_score=critical_score,
             )
         # Learn after scoring. Baselines always learn (winsorised), so a lasting change becomes
         # the new normal; trees and threshold learn from normal windows only, so an incident
         # does not teach them that it is normal.
         for baseline, value, scored_ in learn:
             baseline.learn(value, scored_)
-        if "latency" in scores:
+        if "latency" in scores and not machine_slow:
             self.latency.learn(signals["latency"], window.calls, window.seconds, scores["latency"])
         if not flagged:
             self.trees.learn(scores)
@@ -511,7 +522,8 @@ class Observatory:
         distance = (
             deployment.centroid.distance(state.analysis.shape(window)) if window.calls else None
         )
-        observation = state.analysis.observe(window, distance)
+        slow = self.machines.slowed(window.pods, window.end, window.seconds)
+        observation = state.analysis.observe(window, distance, slow)
         self.dirty_analyses.add(window.agent_id)
         state.windows += 1
         state.calls += window.calls

@@ -12,12 +12,14 @@ core hands those observations here (`MachineWatch.assess`), which
   is recognised before or with its agents' findings);
 - reports one finding about the pod, or about the cluster when pods deviating in the same window
   are at least `cluster_min_pods` and `cluster_share` of the pods active lately; and
-- withholds the agent findings their machine explains: a finding all of whose evidence is a
-  machine signal on which the agent is not much worse than its machine (divided by the machine's
-  median ratio it would no longer be evidence, or it is at most `tolerance` times the machine's
-  ratio). An agent much slower than its machine, or that also fails or burns more fuel, is still
-  reported. While a machine's incident lasts (until `quiet_windows` windows without deviation),
-  its factors keep explaining.
+- withholds the agent findings their machine explains: a finding whose evidence on machine
+  signals is no worse than its machine's (divided by the machine's median ratio it would no
+  longer be evidence, or it is at most `tolerance` times the machine's ratio), and whose other
+  evidence could not make it critical (a backlog, a little memory: a starved machine serves
+  fewer calls, so messages wait longer). An agent much slower than its machine, or that also
+  fails or burns more fuel, is still reported. While a machine's incident lasts (until
+  `quiet_windows` windows without deviation), its factors keep explaining, and its agents'
+  latency baselines do not learn (`slowed`), so the slowdown is not taken for their normal.
 
 Signals: latency and error rate per call, the ones a machine changes for every agent alike; not
 fuel (a machine cannot make a call burn more), not memory or logs. Only upward deviations.
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.machine import AffectedAgent, MachineDeviation, ReportPodAnomaly
 from services.observer.detectors import SignalScore
-from services.observer.scoring import HoldDown
+from services.observer.scoring import CRITICAL_SIGNALS, HoldDown
 
 if TYPE_CHECKING:
     from services.observer.analysis import Observation
@@ -66,6 +68,8 @@ class MachineConfig:
     active_windows: int = 3
     #: A machine this many times slower (median) is critical: for people, never for healing.
     critical_ratio: float = 5.0
+    #: Windows of a machine incident during which its agents' latency baselines do not learn.
+    max_freeze_windows: int = 150
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +220,15 @@ class PodWatch:
     deviations: list[Deviation] = field(default_factory=list)
     #: The last metrics sequence of this pod assessed (a replay skips what is at or below).
     metrics_seq: int = 0
+    #: Start of the first window of the open incident.
+    since: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "incident": self.incident.to_json(),
             "deviations": _deviations_json(self.deviations),
             "metrics_seq": self.metrics_seq,
+            "since": self.since,
         }
 
     @classmethod
@@ -230,6 +237,7 @@ class PodWatch:
             HoldDown.from_json(doc["incident"]),
             _deviations(doc["deviations"]),
             int(doc["metrics_seq"]),
+            float(doc.get("since", 0.0)),
         )
 
 
@@ -245,6 +253,8 @@ class ClusterWatch:
     #: End of the last window in which the cluster deviated (0: never).
     flagged_end: float = 0.0
     deviations: list[Deviation] = field(default_factory=list)
+    #: Start of the first window of the open incident.
+    since: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -252,6 +262,7 @@ class ClusterWatch:
             "tally": {w: {p: list(d) for p, d in pods.items()} for w, pods in self.tally.items()},
             "flagged_end": self.flagged_end,
             "deviations": _deviations_json(self.deviations),
+            "since": self.since,
         }
 
     @classmethod
@@ -261,6 +272,7 @@ class ClusterWatch:
             {w: {p: list(d) for p, d in pods.items()} for w, pods in doc["tally"].items()},
             float(doc["flagged_end"]),
             _deviations(doc["deviations"]),
+            float(doc.get("since", 0.0)),
         )
 
     def active(self, end: float, seconds: float, quiet: int) -> bool:
@@ -290,6 +302,21 @@ class MachineWatch:
         if watch is None:
             watch = self.pods[pod_id] = PodWatch(HoldDown(self.config.quiet_windows))
         return watch
+
+    def slowed(self, pods: Iterable[str], end: float, seconds: float) -> bool:
+        """Whether a window ending at `end` falls in a machine incident of one of its pods (or
+        of the cluster) that is still young: its agents' latency then is the machine's, and
+        their baselines should not learn it. After `max_freeze_windows` a lasting slowdown is
+        the new normal and is learnt like any other."""
+        limit = self.config.max_freeze_windows * seconds
+        cluster = self.cluster
+        if cluster.active(end, seconds, self.config.quiet_windows) and end - cluster.since < limit:
+            return True
+        for pod_id in pods:
+            watch = self.pods.get(pod_id)
+            if watch is not None and watch.incident.active and end - watch.since < limit:
+                return True
+        return False
 
     def assess(self, pod_id: str, observations: Sequence[Observation]) -> Assessment:
         """Judge the windows a message of pod `pod_id` closed (call once per message)."""
@@ -336,6 +363,8 @@ class MachineWatch:
             and len(deviating_pods) >= config.cluster_share * len(active)
         )
         if cluster_flag:
+            if not cluster_was_active:
+                cluster.since = start
             cluster.flagged_end = max(cluster.flagged_end, end)
             cluster.deviations = _merge(_deviations(d) for d in tally.values())
         cluster_active = cluster.active(end, seconds, config.quiet_windows)
@@ -350,6 +379,8 @@ class MachineWatch:
         withheld = [o for o in group if o.finding is not None and self._explained(o, explaining)]
 
         new_incident = pod.incident.step(bool(deviations))
+        if new_incident:
+            pod.since = start
         if deviations:
             pod.deviations = deviations
         elif not pod.incident.active:
@@ -398,18 +429,24 @@ class MachineWatch:
         return out
 
     def _explained(self, observation: Observation, explaining: dict[str, Deviation]) -> bool:
+        """Whether the machine accounts for the finding: it has evidence on a machine signal,
+        all of which the machine explains, and no other evidence that could make a finding
+        critical (fuel: a machine cannot make a call burn more)."""
         finding = observation.finding
         if finding is None or not explaining:
             return False
+        machine_evidence = False
         for evidence in finding.evidence:
-            if evidence.signal == "behaviour_distance":
-                continue  # the shape moves with latency and errors; explained with them
-            deviation = explaining.get(evidence.signal)
-            if deviation is None or not deviation.explains(
-                evidence, self.evidence_z, self.config.tolerance
-            ):
+            if evidence.signal in MACHINE_SIGNALS:
+                deviation = explaining.get(evidence.signal)
+                if deviation is None or not deviation.explains(
+                    evidence, self.evidence_z, self.config.tolerance
+                ):
+                    return False
+                machine_evidence = True
+            elif evidence.signal in CRITICAL_SIGNALS:
                 return False
-        return any(e.signal in explaining for e in finding.evidence)
+        return machine_evidence
 
     def _affected(
         self, group: list[Observation], deviations: Sequence[Deviation]

@@ -155,6 +155,9 @@ CRITICAL_Z_FACTOR = 10.0
 #: signal, a log flood is capped by the pod, memory cannot grow past the agent's own limit, a
 #: behaviour drift is a question for a person: warnings, never a reason to stop an agent.
 CRITICAL_KINDS = frozenset({"loop", "cost_blowup", "latency_spike", "error_burst"})
+#: The signals whose strength can make a finding critical (a huge backlog next to a modest
+#: latency rise does not make the latency rise critical).
+CRITICAL_SIGNALS = frozenset({"fuel", "latency", "error_rate"})
 
 
 def severity(
