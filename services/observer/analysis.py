@@ -41,7 +41,7 @@ from services.observer.features import (
     parse_log,
     parse_metrics,
 )
-from services.observer.machine import MachineFinding, MachineWatch
+from services.observer.machine import MachineConfig, MachineFinding, MachineWatch
 from services.observer.scoring import (
     CRITICAL_SIGNALS,
     AdaptiveThreshold,
@@ -432,8 +432,10 @@ class Observatory:
     machines: MachineWatch = field(default_factory=MachineWatch)
     #: The machine-wide findings of the last message applied (`apply_samples`).
     machine_findings: list[MachineFinding] = field(default_factory=list)
+    machine_config: MachineConfig = field(default_factory=MachineConfig)
 
     def __post_init__(self) -> None:
+        self.machines.config = self.machine_config
         self.machines.evidence_z = self.config.evidence_z
 
     def _agent(self, agent_id: str, namespace: str, name: str) -> AgentState:

@@ -275,7 +275,7 @@ def build_app(
 ) -> StreamApp:
     """The Observer's StreamApp; `on_windows` gets the behaviour rows of each message's closed
     windows that had calls (called once the handler succeeded; again for a replayed message)."""
-    core = core or Observatory(config.detector(), config.window_s)
+    core = core or Observatory(config.detector(), config.window_s, machine_config=config.machine())
     sync = TableSync(core)
     # Never beyond the duplicate window, within which JetStream drops a repeated report.
     max_age = min(config.report_max_age_s, settings.duplicate_window)

@@ -86,7 +86,10 @@ async def test_vectors_are_stored_and_a_rebuild_repeats_nothing(
     server = EmbeddedNats(tmp_path / "nats")
     url = server.start()
     agent = f"svc-agent-{time.time_ns()}"
-    settings = Settings(nats_url=url, database_url=database_url)
+    # The secret `swarm up` gives every service: a rebuilt observer derives the same report ids.
+    settings = Settings(
+        nats_url=url, database_url=database_url, command_id_secret="observer-test-secret-0123"
+    )
     try:
         event_log = await EventLog.connect(url, settings, name="test")
         async with observing(settings) as observer:
