@@ -299,7 +299,8 @@ class AgentAnalysis:
             level = severity(critical_score, kind, top_z, config.evidence_z, critical_ok)
         else:
             level = "warning"
-        if self.incident.step(flagged, kind, level):
+        calm = max((x.score for x in ready_scores.values()), default=0.0) < config.evidence_z
+        if self.incident.step(flagged, kind, level, calm):
             evidence = sorted(
                 (s for s in ready_scores.values() if s.score >= config.evidence_z),
                 key=lambda s: -s.score,
@@ -332,7 +333,6 @@ class AgentAnalysis:
             self.trees.learn(scores)
             # Only calm windows (no signal at evidence level) teach the threshold: a slow drift
             # would otherwise raise it as it goes, and never be flagged.
-            calm = max((x.score for x in ready_scores.values()), default=0.0) < config.evidence_z
             if warm and calm:
                 self.threshold.learn(score)
         self.windows += 1

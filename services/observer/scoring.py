@@ -198,9 +198,16 @@ class HoldDown:
     def from_json(cls, doc: dict[str, Any]) -> HoldDown:
         return cls(doc["quiet"], doc["active"], doc["calm"], doc["rank"])
 
-    def step(self, flagged: bool, kind: str = "unknown", level: str = "warning") -> bool:
+    def step(
+        self, flagged: bool, kind: str = "unknown", level: str = "warning", calm: bool = True
+    ) -> bool:
         """Feed one window; True when it starts a new incident or escalates the open one to a
-        more specific kind or to critical (the findings to report)."""
+        more specific kind or to critical (the findings to report).
+
+        `calm`: no signal of the window was at evidence level. Only calm windows count toward
+        the end of an incident: a lasting change that the baselines are still taking in (its
+        score wavering about the threshold) stays one incident instead of many.
+        """
         if flagged:
             self.calm = 0
             if self.active and rank(kind, level) <= self.rank:
@@ -208,7 +215,7 @@ class HoldDown:
             self.active, self.rank = True, max(self.rank, rank(kind, level))
             return True
         if self.active:
-            self.calm += 1
+            self.calm = self.calm + 1 if calm else 0
             if self.calm >= self.quiet:
                 self.active, self.rank = False, -1
         return False
