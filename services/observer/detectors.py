@@ -236,8 +236,9 @@ class LoadModel:
     size: int = 120
     relative_floor: float = 0.05
     clip: float = 4.0
-    #: (ln load, ln value) of the windows learnt.
-    points: deque[tuple[float, float]] = field(default_factory=deque)
+    #: ln load and ln value of the windows learnt (two lists: cheaper to write as JSON).
+    xs: deque[float] = field(default_factory=deque)
+    ys: deque[float] = field(default_factory=deque)
     a: float = 0.0
     b: float = 0.0
     #: MAD of the relative residuals.
@@ -245,7 +246,7 @@ class LoadModel:
     age: int = 0
 
     def ready(self, min_samples: int) -> bool:
-        return len(self.points) >= min_samples
+        return len(self.xs) >= min_samples
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,7 +254,8 @@ class LoadModel:
             "size": self.size,
             "relative_floor": self.relative_floor,
             "clip": self.clip,
-            "points": [list(p) for p in self.points],
+            "xs": list(self.xs),
+            "ys": list(self.ys),
             "a": self.a,
             "b": self.b,
             "mad": self.mad,
@@ -267,7 +269,8 @@ class LoadModel:
             doc["size"],
             doc["relative_floor"],
             doc["clip"],
-            deque((float(x), float(y)) for x, y in doc["points"]),
+            deque(float(x) for x in doc["xs"]),
+            deque(float(y) for y in doc["ys"]),
             float(doc["a"]),
             float(doc["b"]),
             float(doc["mad"]),
@@ -277,13 +280,13 @@ class LoadModel:
     def seen_at(self, load: float, step: float) -> int:
         """Windows learnt at a load of at least `load / step`: how well this load is known."""
         floor = _ln(load / step)
-        return sum(1 for x, _ in self.points if x >= floor)
+        return sum(1 for x in self.xs if x >= floor)
 
     def expected(self, load: float) -> float:
         return math.exp(self.a + self.b * _ln(load))
 
     def score(self, value: float, calls: int, seconds: float) -> SignalScore:
-        if not self.points:
+        if not self.xs:
             return SignalScore(self.signal, value, value, 1.0, 0.0)
         expected = self.expected(calls / seconds)
         counting = PER_CALL_CV / math.sqrt(calls) * (1 + 1 / calls) if calls > 0 else 0.0
@@ -296,20 +299,21 @@ class LoadModel:
         return SignalScore(self.signal, value, expected, scale, (value - expected) / scale)
 
     def learn(self, value: float, calls: int, seconds: float, scored: SignalScore | None) -> None:
-        if scored is not None and self.points:
+        if scored is not None and self.xs:
             bound = self.clip * scored.scale
             value = min(max(value, scored.baseline - bound), scored.baseline + bound)
-        self.points.append((_ln(calls / seconds), _ln(value)))
-        while len(self.points) > self.size:
-            self.points.popleft()
+        self.xs.append(_ln(calls / seconds))
+        self.ys.append(_ln(value))
+        while len(self.xs) > self.size:
+            self.xs.popleft()
+            self.ys.popleft()
         self.age += 1
-        if self.age >= _MAD_EVERY or len(self.points) <= _MAD_EVERY:
+        if self.age >= _MAD_EVERY or len(self.xs) <= _MAD_EVERY:
             self._fit()
             self.age = 0
 
     def _fit(self) -> None:
-        xs = [x for x, _ in self.points]
-        ys = [y for _, y in self.points]
+        xs, ys = self.xs, self.ys
         n = len(xs)
         mean_x = sum(xs) / n
         sxx = sum((x - mean_x) ** 2 for x in xs)
