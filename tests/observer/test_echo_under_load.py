@@ -131,7 +131,7 @@ async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
 
         # The load was real: many calls, a log line per call counted, a deep mailbox.
         state = observer.core.agents[agent_id]
-        assert tally["answered"] > 20 * LOAD_S, tally
+        assert tally["answered"] > 5 * LOAD_S, tally
         logs_per_call = state.analysis.baselines["logs_per_call"].median()
         assert 0.5 < logs_per_call < 2, logs_per_call
         deepest = 0

@@ -94,7 +94,9 @@ async def test_a_slow_machine_is_recorded_on_its_pod_and_no_agent_is_blamed(
         data = found["data"]
         assert (data["scope"], data["kind"], data["pod_id"]) == ("pod", "slowdown", "p1")
         assert data["deviations"][0]["deviating"] >= 5
-        assert 3 < data["deviations"][0]["ratio"] < 7
+        # The first window of the slowdown may hold some samples from before it (the publisher
+        # is not punctual on a loaded machine): slower, by up to 5x.
+        assert 1.2 < data["deviations"][0]["ratio"] < 7
         assert {a["agent_id"] for a in data["agents"]} <= {f"m-agent-{a}" for a in range(AGENTS)}
 
         (pod,) = await stack.pods()
