@@ -5,10 +5,15 @@ SWARM_METRICS / SWARM_LOGS into per-agent state and return what closed. Every ag
 deployment centroid) remembers the last sequence of each stream it applied, so a replay from an
 older position skips what an agent has applied already and counts nothing twice.
 
+The windows a pod's message closes are then judged together (`machine.MachineWatch`): when many
+of its agents deviate at once, the finding is about the machine (`machine_findings`), and the
+agent findings it explains are withheld.
+
 The state has an exact JSON form: `AgentState.window_json()` (windows in progress and counts,
 changed by every message), `AgentAnalysis.to_json()` (the detectors, changed only when a window
-closes) and `DeploymentState.to_json()`. The service keeps these in stream-processing tables
-and marks what a message changed in `dirty_agents`, `dirty_analyses` and `dirty_deployments`.
+closes), `DeploymentState.to_json()` and the machines' (`PodWatch`, `ClusterWatch`). The service
+keeps these in stream-processing tables and marks what a message changed in `dirty_agents`,
+`dirty_analyses`, `dirty_deployments` and `machines.dirty`.
 """
 
 from __future__ import annotations
@@ -206,7 +211,6 @@ class AgentAnalysis:
     def from_json(cls, doc: dict[str, Any], config: DetectorConfig) -> AgentAnalysis:
         analysis = cls(
             config,
-            # Baselines of signals no longer scored (from an older Observer) are dropped.
             # Baselines of signals no longer scored (from an older Observer) are dropped.
             {key: RobustZ.from_json(b) for key, b in doc["baselines"].items() if key in _KEPT},
             LoadModel.from_json(doc["latency"]) if "latency" in doc else LoadModel(),
