@@ -1,6 +1,6 @@
 """Swarm's public contracts: names, the CloudEvents envelope, and every command and event."""
 
-from schemas import commands, events, healing, market, names, observer, specs, webhooks
+from schemas import commands, events, healing, machine, market, names, observer, specs, webhooks
 from schemas.build import command, event, subject_of
 from schemas.envelope import Envelope, Payload, RawEnvelope, new_id, utcnow
 from schemas.outcomes import CommandAccepted, CommandRejected, FieldErrorModel
@@ -22,6 +22,7 @@ __all__ = [
     "event",
     "events",
     "healing",
+    "machine",
     "market",
     "names",
     "new_id",

@@ -336,6 +336,8 @@ OBSERVER_LOGS_PROCESSOR: Final = "observer_logs"
 OBSERVER_TABLE_WINDOWS: Final = "windows"
 OBSERVER_TABLE_DETECTORS: Final = "detectors"
 OBSERVER_TABLE_DEPLOYMENTS: Final = "deployments"
+#: Per pod (and for the cluster, key `*`), machine-wide deviations of the agents on it.
+OBSERVER_TABLE_MACHINES: Final = "machines"
 
 
 # --- Stream processing (swarm.kernel.streaming) --------------------------------------------------

@@ -32,6 +32,8 @@ Signal = Literal[
     "memory",
     "queue_depth",
     "log_rate",
+    "logs_per_call",
+    "queue_wait",
     "behaviour_distance",
     "combined",
 ]

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from schemas import Envelope, Payload, commands, events, healing, market, observer, webhooks
 from schemas.events import AgentStatus
+from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
 from services.hive import reputation
 from services.hive.evolve import evolve
@@ -1153,3 +1154,21 @@ def _publish_reputation(
             )
         ]
     )
+
+
+# --- machine-wide findings -----------------------------------------------------------------------
+
+
+@_on(ReportPodAnomaly)
+def _pod_anomaly(
+    state: HiveState, c: ReportPodAnomaly, env: Envelope[Any], now: datetime
+) -> Outcome:
+    """Record a machine-wide finding on its pod. No healing follows: it is about the machine,
+    not about any agent on it."""
+    if not (env.identity or "").startswith("service:"):
+        return Rejection(f"{env.type} may only be sent by a Swarm service", rule="identity")
+    if c.pod_id not in state.pods:
+        return Rejection(f"pod {c.pod_id} not found", rule="not_found")
+    if c.window_end < c.window_start:
+        return Rejection("window_end is before window_start", rule="invalid")
+    return Decision([PodAnomalyDetected(anomaly_id=env.id, **c.model_dump())])

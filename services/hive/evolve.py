@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas import REGISTRY, Envelope, events, healing, market, observer, webhooks
+from schemas.machine import PodAnomalyDetected
 from services.hive import reputation
 from services.hive.state import (
     KNOWN_SNAPSHOTS,
@@ -27,6 +28,7 @@ from services.hive.state import (
     RECENT_ACTIONS,
     RECENT_ANOMALIES,
     RECENT_FOLD_FAILURES,
+    RECENT_POD_ANOMALIES,
     Agent,
     Anomaly,
     FoldFailure,
@@ -35,6 +37,7 @@ from services.hive.state import (
     KnownSnapshot,
     Namespace,
     Pod,
+    PodAnomaly,
     Quarantine,
     Replica,
     ReplicaPhase,
@@ -658,3 +661,31 @@ def _healing_skipped(
 def _reputation(s: HiveState, e: healing.ReputationChanged, env: Envelope[Any], seq: int) -> None:
     agent = _agent(s, e.agent_id, seq)
     agent.reputation.published = e.trust
+
+
+# --- machine-wide findings -----------------------------------------------------------------------
+
+
+@_on(PodAnomalyDetected)
+def _pod_anomaly(s: HiveState, e: PodAnomalyDetected, env: Envelope[Any], seq: int) -> None:
+    """Keep the latest machine-wide findings on the pod they are about."""
+    pod = s.pods.get(e.pod_id)
+    if pod is None:
+        raise FoldRefused(f"pod {e.pod_id} is not known")
+    pod.anomalies.append(
+        PodAnomaly(
+            anomaly_id=e.anomaly_id,
+            scope=e.scope,
+            kind=e.kind,
+            severity=e.severity,
+            at=env.time,
+            window_start=e.window_start,
+            window_end=e.window_end,
+            pods=list(e.pods),
+            agents=max(d.deviating for d in e.deviations),
+            withheld=e.withheld,
+            summary=e.summary[:300],
+        )
+    )
+    del pod.anomalies[:-RECENT_POD_ANOMALIES]
+    pod.last_seq = seq

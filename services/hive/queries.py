@@ -130,6 +130,19 @@ def pod_view(pod: Pod) -> dict[str, Any]:
         "capacity": pod.capacity.model_dump(),
         "free": {"memory_mb": memory, "fuel_per_s": fuel, "slots": slots},
         "replicas": len(pod.replicas),
+        # Machine-wide findings (many agents on it deviating together), the latest last.
+        "anomalies": [
+            {
+                "anomaly_id": a.anomaly_id,
+                "scope": a.scope,
+                "kind": a.kind,
+                "severity": a.severity,
+                "at": a.at.isoformat() if a.at else None,
+                "agents": a.agents,
+                "summary": a.summary,
+            }
+            for a in pod.anomalies
+        ],
     }
 
 

@@ -158,6 +158,9 @@ class Pod:
     replicas: set[tuple[str, str]] = field(default_factory=set)
     registered_at: datetime | None = None
     last_seq: int = 0
+    #: The latest machine-wide findings about this pod (`PodAnomaly`, at most
+    #: `RECENT_POD_ANOMALIES`).
+    anomalies: list[PodAnomaly] = field(default_factory=list)
 
     def free(self) -> tuple[int, int, int]:
         """(memory MB, fuel/s, slots) still free."""
@@ -280,3 +283,26 @@ def _jsonable(value: Any) -> Any:
 
 def _key(key: Any) -> str:
     return "/".join(key) if isinstance(key, tuple) else str(key)
+
+
+#: Machine-wide findings kept per pod.
+RECENT_POD_ANOMALIES = 5
+
+
+@dataclass(slots=True)
+class PodAnomaly:
+    """A machine-wide finding recorded on a pod (`swarm.pod.anomaly_detected`): many agents on
+    it (or across the cluster) deviated together. Never acted on by healing."""
+
+    anomaly_id: str
+    scope: str
+    kind: str
+    severity: str
+    at: datetime | None
+    window_start: datetime
+    window_end: datetime
+    pods: list[str]
+    #: Agents that deviated (per signal, the largest count) and agent findings withheld.
+    agents: int
+    withheld: int
+    summary: str

@@ -1,9 +1,9 @@
 """The Observer: anomaly detection over agent metrics and logs, reported to the Hive.
 
-Pure core (`features`, `detectors`, `scoring`, `analysis`), a stream app (`stream`: processors
-over SWARM_METRICS / SWARM_LOGS on swarm.kernel.streaming that keep the core's state in tables
-and return `anomaly.report` commands) and the process around it (`service`, which also stores
-behaviour vectors).
+Pure core (`features`, `detectors`, `scoring`, `machine`, `analysis`), a stream app (`stream`:
+processors over SWARM_METRICS / SWARM_LOGS on swarm.kernel.streaming that keep the core's state
+in tables and return `anomaly.report` commands about agents and `pod.report_anomaly` commands
+about machines) and the process around it (`service`, which also stores behaviour vectors).
 """
 
 from services.observer.analysis import Finding, Observation, Observatory

@@ -5,14 +5,20 @@ SWARM_METRICS / SWARM_LOGS into per-agent state and return what closed. Every ag
 deployment centroid) remembers the last sequence of each stream it applied, so a replay from an
 older position skips what an agent has applied already and counts nothing twice.
 
+The windows a pod's message closes are then judged together (`machine.MachineWatch`): when many
+of its agents deviate at once, the finding is about the machine (`machine_findings`), and the
+agent findings it explains are withheld.
+
 The state has an exact JSON form: `AgentState.window_json()` (windows in progress and counts,
 changed by every message), `AgentAnalysis.to_json()` (the detectors, changed only when a window
-closes) and `DeploymentState.to_json()`. The service keeps these in stream-processing tables
-and marks what a message changed in `dirty_agents`, `dirty_analyses` and `dirty_deployments`.
+closes), `DeploymentState.to_json()` and the machines' (`PodWatch`, `ClusterWatch`). The service
+keeps these in stream-processing tables and marks what a message changed in `dirty_agents`,
+`dirty_analyses`, `dirty_deployments` and `machines.dirty`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,13 +28,16 @@ import structlog
 
 from schemas.observer import ReportAnomaly, SignalEvidence
 from services.observer.detectors import (
+    RELATIVE_FLOORS,
     Centroid,
+    LoadModel,
     MultivariateTrees,
     Profile,
     RobustZ,
     SignalScore,
 )
 from services.observer.features import (
+    SCORED,
     LogSample,
     MalformedSample,
     ReplicaSample,
@@ -37,7 +46,9 @@ from services.observer.features import (
     parse_log,
     parse_metrics,
 )
+from services.observer.machine import MachineConfig, MachineFinding, MachineWatch
 from services.observer.scoring import (
+    CRITICAL_SIGNALS,
     AdaptiveThreshold,
     DetectorConfig,
     HoldDown,
@@ -67,6 +78,10 @@ class Finding:
     evidence: tuple[SignalScore, ...]
     #: The z-score a signal needs to count as evidence (recorded as its threshold).
     evidence_z: float = 4.0
+    #: The agent was past its critical warm-up (before it, a finding is a warning at most).
+    warm: bool = True
+    #: The combined score over the signals that can make a finding critical (`severity`).
+    critical_score: float = 0.0
 
     @property
     def id(self) -> str:
@@ -76,8 +91,8 @@ class Finding:
 
     @property
     def severity(self) -> str:
-        top_z = max((s.score for s in self.evidence), default=0.0)
-        return severity(self.score, self.kind, top_z, self.evidence_z)
+        top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
+        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
 
     def summary(self) -> str:
         parts = [
@@ -125,6 +140,7 @@ class Observation:
     """What the detectors made of one closed window."""
 
     window: Window
+    #: The behaviour vector stored for similarity search (`behaviour.py`).
     vector: list[float]
     scores: dict[str, SignalScore]
     trees: float
@@ -132,6 +148,19 @@ class Observation:
     threshold: float
     flagged: bool
     finding: Finding | None
+    #: The signals that counted as evidence: baseline warm, and not explained by load.
+    eligible: frozenset[str] = frozenset()
+    #: The per-call behaviour shape the deployment's centroid learns (`detectors.shape_vector`).
+    shape: list[float] | None = None
+    #: The agent's incident state before this window, to put back when the finding turns out
+    #: to be explained by its machine (`machine.py`).
+    incident_before: dict[str, Any] | None = None
+
+
+#: Signals that rise with load (a message waits longer in a busier mailbox): not evidence in a
+#: window far busier than the agent usually is (`DetectorConfig.load_step`). Latency is judged
+#: against this agent's latency at the window's load (`detectors.LoadModel`).
+LOAD_DEPENDENT = frozenset({"queue_wait"})
 
 
 @dataclass(slots=True)
@@ -139,12 +168,16 @@ class AgentAnalysis:
     """All detectors of one agent."""
 
     config: DetectorConfig
+    #: Rolling baselines by signal (latency has its load model instead).
     baselines: dict[str, RobustZ] = field(default_factory=dict)
+    latency: LoadModel = field(default_factory=LoadModel)
     trees: MultivariateTrees = field(default_factory=MultivariateTrees)
     threshold: AdaptiveThreshold = field(init=False)
     profile: Profile = field(default_factory=Profile)
     incident: HoldDown = field(init=False)
     windows: int = 0
+    #: Windows with calls (the critical warm-up counts these: an idle agent learns nothing).
+    active: int = 0
 
     def __post_init__(self) -> None:
         self.threshold = AdaptiveThreshold(self.config)
@@ -158,26 +191,33 @@ class AgentAnalysis:
         self.incident.quiet = config.quiet_windows
         for baseline in self.baselines.values():
             baseline.size = config.baseline_windows
-            baseline.relative_floor = config.relative_floor
+            baseline.relative_floor = RELATIVE_FLOORS.get(baseline.signal, config.relative_floor)
+        self.latency.size = config.baseline_windows
+        self.latency.relative_floor = config.relative_floor
 
     def to_json(self) -> dict[str, Any]:
         return {
             "baselines": {name: b.to_json() for name, b in self.baselines.items()},
+            "latency": self.latency.to_json(),
             "trees": self.trees.to_json(),
             "threshold": self.threshold.to_json(),
             "profile": self.profile.to_json(),
             "incident": self.incident.to_json(),
             "windows": self.windows,
+            "active": self.active,
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], config: DetectorConfig) -> AgentAnalysis:
         analysis = cls(
             config,
-            {name: RobustZ.from_json(b) for name, b in doc["baselines"].items()},
+            # Baselines of signals no longer scored (from an older Observer) are dropped.
+            {key: RobustZ.from_json(b) for key, b in doc["baselines"].items() if key in _KEPT},
+            LoadModel.from_json(doc["latency"]) if "latency" in doc else LoadModel(),
             MultivariateTrees.from_json(doc["trees"]),
             profile=Profile.from_json(doc["profile"]),
             windows=doc["windows"],
+            active=doc.get("active", doc["windows"]),
         )
         analysis.threshold = AdaptiveThreshold.from_json(doc["threshold"], config)
         analysis.incident = HoldDown.from_json(doc["incident"])
@@ -190,41 +230,87 @@ class AgentAnalysis:
             baseline = self.baselines[signal] = RobustZ(
                 signal,
                 size=self.config.baseline_windows,
-                relative_floor=self.config.relative_floor,
+                relative_floor=RELATIVE_FLOORS.get(signal, self.config.relative_floor),
             )
         return baseline
 
-    def vector(self, window: Window) -> list[float]:
-        """The behaviour vector this window leads to (the profile is updated in `observe`)."""
+    def shape(self, window: Window) -> list[float]:
+        """The behaviour shape this window leads to (the profile is updated in `observe`)."""
         trial = Profile(self.profile.half_calls, dict(self.profile.signals))
-        return trial.learn(window.signals(), window.calls)
+        trial.learn(window.signals(), window.calls)
+        return trial.shape()
 
-    def observe(self, window: Window, distance: float | None) -> Observation:
+    def observe(
+        self, window: Window, distance: float | None, machine_slow: bool = False
+    ) -> Observation:
+        """Score a closed window, then learn from it. `machine_slow`: the window falls in a
+        machine-wide slowdown of its pod, so its latency is not learnt (it is the machine's)."""
+        config = self.config
         signals = window.signals()
         vector = self.profile.learn(signals, window.calls)
+        shape = self.profile.shape()
         if distance is not None:
             signals["behaviour_distance"] = distance
-        scores = {
-            name: self._baseline(name).score(value, window.calls, window.seconds)
-            for name, value in signals.items()
-        }
-        warm = self.windows >= self.config.warmup_windows
-        ready = {
-            n: s for n, s in scores.items() if self._baseline(n).ready(self.config.warmup_windows)
-        }
+        # The load is context: how busy the agent usually is decides whether a rise of its
+        # latency or mailbox waits may be the load's doing, and is never itself a finding.
+        load_baseline = self._baseline("message_rate")
+        usual_load = load_baseline.median() if load_baseline.values else None
+        busier = usual_load is not None and window.load > config.load_step * max(
+            usual_load, 1.0 / window.seconds
+        )
+        scores: dict[str, SignalScore] = {}
+        eligible: set[str] = set()
+        learn: list[tuple[RobustZ, float, SignalScore]] = []
+        for name, value in signals.items():
+            if name not in _SCORED:
+                continue
+            if name == "latency":
+                model = self.latency
+                scored = model.score(value, window.calls, window.seconds)
+                # Much busier than usual: the model knows what latency this load brings only
+                # once it has seen it a few times (until then the load could explain a rise).
+                ready = model.ready(config.warmup_windows) and (
+                    not busier
+                    or model.seen_at(window.load, config.load_step) >= config.warmup_windows
+                )
+            else:
+                baseline = self._baseline(name)
+                scored = baseline.score(value, window.calls, window.seconds)
+                learn.append((baseline, value, scored))
+                ready = baseline.ready(config.warmup_windows) and not (
+                    name in LOAD_DEPENDENT and busier
+                )
+            scores[name] = scored
+            if ready:
+                eligible.add(name)
+        # Unclipped: the usual load is simply the median of recent windows' loads.
+        load_baseline.learn(window.load)
+        ready_scores = {n: scores[n] for n in eligible}
+        warm = self.windows >= config.warmup_windows
         trees = self.trees.score(scores) if warm else 0.0
-        score = combine(ready, trees if warm else None, self.config)
+        score = combine(ready_scores, trees if warm else None, config)
         threshold = self.threshold.value()
-        flagged = warm and score > threshold
-        kind = classify(ready, self.config) if flagged else "unknown"
+        flagged = warm and score > threshold and bool(ready_scores)
+        kind = classify(ready_scores, config) if flagged else "unknown"
+        critical_ok = self.active >= config.critical_warmup_windows
         finding = None
-        if self.incident.step(flagged, kind):
+        before = self.incident.to_json()
+        # Severity weighs only what can make a finding critical (not a backlog or log volume).
+        critical = {n: s for n, s in ready_scores.items() if n in CRITICAL_SIGNALS}
+        critical_score = combine(critical, trees if warm else None, config)
+        if flagged:
+            top_z = max((s.score for s in critical.values()), default=0.0)
+            level = severity(critical_score, kind, top_z, config.evidence_z, critical_ok)
+        else:
+            level = "warning"
+        calm = max((x.score for x in ready_scores.values()), default=0.0) < config.evidence_z
+        if self.incident.step(flagged, kind, level, calm):
             evidence = sorted(
-                (s for s in ready.values() if s.score >= self.config.evidence_z),
+                (s for s in ready_scores.values() if s.score >= config.evidence_z),
                 key=lambda s: -s.score,
             )
             if not evidence:
-                evidence = [max(ready.values(), key=lambda s: s.score)]
+                evidence = [max(ready_scores.values(), key=lambda s: s.score)]
             finding = Finding(
                 agent_id=window.agent_id,
                 namespace=window.namespace,
@@ -236,19 +322,44 @@ class AgentAnalysis:
                 trees=trees,
                 kind=kind,
                 evidence=tuple(evidence[:16]),
-                evidence_z=self.config.evidence_z,
+                evidence_z=config.evidence_z,
+                warm=critical_ok,
+                critical_score=critical_score,
             )
         # Learn after scoring. Baselines always learn (winsorised), so a lasting change becomes
         # the new normal; trees and threshold learn from normal windows only, so an incident
         # does not teach them that it is normal.
-        for name, value in signals.items():
-            self._baseline(name).learn(value, scores[name])
+        for baseline, value, scored_ in learn:
+            baseline.learn(value, scored_)
+        if "latency" in scores and not machine_slow:
+            self.latency.learn(signals["latency"], window.calls, window.seconds, scores["latency"])
         if not flagged:
             self.trees.learn(scores)
-            if warm:
+            # Only calm windows (no signal at evidence level) teach the threshold: a slow drift
+            # would otherwise raise it as it goes, and never be flagged.
+            if warm and calm:
                 self.threshold.learn(score)
         self.windows += 1
-        return Observation(window, vector, scores, trees, score, threshold, flagged, finding)
+        if window.calls:
+            self.active += 1
+        return Observation(
+            window,
+            vector,
+            scores,
+            trees,
+            score,
+            threshold,
+            flagged,
+            finding,
+            frozenset(eligible),
+            shape,
+            before,
+        )
+
+
+#: Signals the detectors score (the load is learnt as context under `message_rate`).
+_SCORED = frozenset({*SCORED, "behaviour_distance"})
+_KEPT = _SCORED | {"message_rate"}
 
 
 @dataclass(slots=True)
@@ -321,6 +432,15 @@ class Observatory:
     dirty_analyses: set[str] = field(default_factory=set)
     dirty_deployments: set[str] = field(default_factory=set)
     malformed: int = 0
+    #: Machine-wide deviations (per pod and for the cluster; dirty keys in `machines.dirty`).
+    machines: MachineWatch = field(default_factory=MachineWatch)
+    #: The machine-wide findings of the last message applied (`apply_samples`).
+    machine_findings: list[MachineFinding] = field(default_factory=list)
+    machine_config: MachineConfig = field(default_factory=MachineConfig)
+
+    def __post_init__(self) -> None:
+        self.machines.config = self.machine_config
+        self.machines.evidence_z = self.config.evidence_z
 
     def _agent(self, agent_id: str, namespace: str, name: str) -> AgentState:
         state = self.agents.get(agent_id)
@@ -347,7 +467,13 @@ class Observatory:
         return self.apply_samples(seq, samples)
 
     def apply_samples(self, seq: int, samples: list[ReplicaSample]) -> list[Observation]:
-        """`apply_metrics` on the samples of one message, parsed already."""
+        """`apply_metrics` on the samples of one message, parsed already.
+
+        Returns the observations of the windows the message closed, without the findings their
+        machine explains; the machine-wide findings are in `machine_findings` until the next
+        message.
+        """
+        self.machine_findings = []
         by_agent: dict[str, list[ReplicaSample]] = {}
         for sample in samples:
             by_agent.setdefault(sample.agent_id, []).append(sample)
@@ -368,15 +494,42 @@ class Observatory:
             if deployment.metrics_seq < seq:
                 deployment.metrics_seq = seq
                 self.dirty_deployments.add(namespace)
+        if observations and samples[0].pod_id:
+            observations = self._machine(seq, samples[0].pod_id, observations)
         return observations
+
+    def _machine(self, seq: int, pod_id: str, observations: list[Observation]) -> list[Observation]:
+        """Let the pod's machine explain what it can: withhold those agent findings (and put
+        back the agents' incident state, so a finding of their own is not swallowed later)."""
+        watch = self.machines.pod(pod_id)
+        if watch.metrics_seq >= seq:
+            return observations  # applied already (a replay)
+        watch.metrics_seq = seq
+        assessment = self.machines.assess(pod_id, observations)
+        self.machine_findings = assessment.findings
+        if not assessment.withheld:
+            return observations
+        withheld = {id(o) for o in assessment.withheld}
+        out = []
+        for o in observations:
+            if id(o) not in withheld:
+                out.append(o)
+                continue
+            state = self.agents[o.window.agent_id]
+            state.findings -= 1
+            if o.incident_before is not None:
+                state.analysis.incident = HoldDown.from_json(o.incident_before)
+            out.append(dataclasses.replace(o, finding=None))
+        return out
 
     def _close(self, state: AgentState, window: Window, seq: int) -> Observation:
         deployment = self._deployment(window.namespace)
         # A window without calls says nothing about what the agent's calls look like.
         distance = (
-            deployment.centroid.distance(state.analysis.vector(window)) if window.calls else None
+            deployment.centroid.distance(state.analysis.shape(window)) if window.calls else None
         )
-        observation = state.analysis.observe(window, distance)
+        slow = self.machines.slowed(window.pods, window.end, window.seconds)
+        observation = state.analysis.observe(window, distance, slow)
         self.dirty_analyses.add(window.agent_id)
         state.windows += 1
         state.calls += window.calls
@@ -384,8 +537,13 @@ class Observatory:
             state.findings += 1
         # Every agent of the message teaches the centroid, unless a replay reaches a message
         # the centroid has applied already.
-        if deployment.metrics_seq < seq and window.calls and not observation.flagged:
-            deployment.centroid.learn(observation.vector)
+        if (
+            deployment.metrics_seq < seq
+            and window.calls
+            and not observation.flagged
+            and observation.shape is not None
+        ):
+            deployment.centroid.learn(observation.shape)
             self.dirty_deployments.add(window.namespace)
         return observation
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.observer.machine import MachineConfig
 from services.observer.scoring import DetectorConfig
 
 
@@ -16,6 +17,15 @@ class ObserverSettings(BaseSettings):
     window_s: float = Field(default=10.0, gt=0)
     baseline_windows: int = Field(default=120, ge=3)
     warmup_windows: int = Field(default=10, ge=1)
+    #: Windows with calls before a finding about an agent may be critical (and so stop it).
+    critical_warmup_windows: int = Field(default=30, ge=1)
+    #: A window with this many times an agent's usual calls per second is judged on latency
+    #: and mailbox waits only against windows of similar load.
+    load_step: float = Field(default=2.0, gt=1)
+    #: Agents of one pod (at least this many, and this share of those observed) deviating
+    #: together make a machine-wide finding instead of agent findings.
+    machine_min_agents: int = Field(default=5, ge=2)
+    machine_share: float = Field(default=0.5, gt=0, le=1)
     base_threshold: float = Field(default=0.5, gt=0, lt=1)
     threshold_quantile: float = Field(default=0.99, gt=0, le=1)
     quiet_windows: int = Field(default=3, ge=1)
@@ -34,10 +44,19 @@ class ObserverSettings(BaseSettings):
     #: Store a behaviour vector per agent per window in Postgres (needs SWARM_DATABASE_URL).
     store_behaviour: bool = True
 
+    def machine(self) -> MachineConfig:
+        return MachineConfig(
+            min_agents=self.machine_min_agents,
+            share=self.machine_share,
+            quiet_windows=self.quiet_windows,
+        )
+
     def detector(self) -> DetectorConfig:
         return DetectorConfig(
             baseline_windows=self.baseline_windows,
             warmup_windows=self.warmup_windows,
+            critical_warmup_windows=self.critical_warmup_windows,
+            load_step=self.load_step,
             base_threshold=self.base_threshold,
             threshold_quantile=self.threshold_quantile,
             quiet_windows=self.quiet_windows,

@@ -20,15 +20,15 @@ from typing import Any, Literal
 
 from river import anomaly
 
-from services.observer.features import SIGNALS
+from services.observer.features import SCORED, SIGNALS
 
 #: 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_SIGMA = 1.4826
 
 Direction = Literal["up", "both"]
 
-#: Which way a signal is bad: more fuel, latency, errors, memory, backlog or logs is suspicious;
-#: a message rate that collapses (a stuck agent) is as telling as one that explodes.
+#: Which way a signal is bad: more fuel, latency, errors, memory, waiting or logs per call is
+#: suspicious. (The load, `message_rate`, is context: it is never scored.)
 DIRECTIONS: dict[str, Direction] = {
     "fuel": "up",
     "latency": "up",
@@ -37,6 +37,8 @@ DIRECTIONS: dict[str, Direction] = {
     "memory": "up",
     "queue_depth": "up",
     "log_rate": "up",
+    "logs_per_call": "up",
+    "queue_wait": "up",
     "behaviour_distance": "up",
 }
 
@@ -47,10 +49,25 @@ ABSOLUTE_FLOORS: dict[str, float] = {
     "latency": 0.05,
     "error_rate": 0.02,
     "message_rate": 0.1,
-    "memory": 0.5,
+    "memory": 0.1,
     "queue_depth": 1.0,
     "log_rate": 0.2,
+    #: Lines per call; seconds in the mailbox.
+    "logs_per_call": 0.2,
+    "queue_wait": 1.0,
     "behaviour_distance": 0.02,
+}
+
+#: Spread floors proportional to a signal's level, where the signal's own noise is: latency and
+#: fuel vary with the work each call gets; lines per call and mailbox waits from one window are
+#: ragged (log lines are placed by their own clock, calls by the pod's samples, so a window's
+#: lines and calls cover slightly different seconds). Memory is counted in whole pages and does
+#: not wander with the work, so its floor is the MAD's and a small one. The rest use
+#: `DetectorConfig.relative_floor`.
+RELATIVE_FLOORS: dict[str, float] = {
+    "memory": 0.01,
+    "logs_per_call": 0.5,
+    "queue_wait": 0.5,
 }
 
 
@@ -65,6 +82,10 @@ class SignalScore:
     scale: float
     #: Signed robust z-score: (value - baseline) / scale.
     z: float
+
+    def z_of(self, value: float) -> float:
+        """The z-score another value would have had against the same baseline and spread."""
+        return (value - self.baseline) / self.scale
 
     @property
     def score(self) -> float:
@@ -181,12 +202,140 @@ def counting_floor(signal: str, value: float, baseline: float, calls: int, secon
         return math.sqrt(max(calls, 1)) / seconds
     if signal in ("fuel", "latency"):
         # A mean of n calls whose own spread is about half their level (a prior, not tuned).
-        return PER_CALL_CV * abs(baseline) / math.sqrt(calls) if calls > 0 else 0.0
+        # Calls are skewed (a few slow ones), so a mean of very few of them strays further
+        # than the normal approximation says: the (1 + 1/n) widens the spread for them.
+        if calls <= 0:
+            return 0.0
+        return PER_CALL_CV * abs(baseline) / math.sqrt(calls) * (1 + 1 / calls)
+    if signal == "logs_per_call" and calls > 0:
+        # Lines counted over n calls: a Poisson count around the usual lines per call.
+        return math.sqrt(max(baseline, value, 1.0 / calls) / calls)
     return 0.0
 
 
-#: What the trees see: every window signal and the distance from the deployment's centroid.
-TREE_FEATURES: tuple[str, ...] = (*SIGNALS, "behaviour_distance")
+@dataclass(slots=True)
+class LoadModel:
+    """An agent's latency as a function of its load: ln(latency) = a + b ln(calls per second),
+    fitted over the last `size` windows with calls, and a window scored by how far its latency
+    is from what this agent's calls take at this load.
+
+    A busier agent on a busier machine answers somewhat slower (a call waits for a worker, the
+    GIL, the CPU) and is the same agent; a call slower than its calls at this load is not. The
+    fit also takes the load's daily swing out of the spread a deviation is measured against,
+    so a real change stands out sooner.
+
+    The slope is a least-squares fit kept within [0, 1] (latency never improves with load, nor
+    grows faster than it for an agent that keeps up), the intercept the median of the log
+    residuals, the spread the MAD of the relative residuals (value / expected - 1); all are
+    refitted every `_MAD_EVERY` windows. Values learnt are clipped to the expected value +-
+    `clip` spreads, so an incident does not drag the model. The spread has the floors of
+    `RobustZ` (relative, absolute, counting), as fractions of the expected value.
+    """
+
+    signal: str = "latency"
+    size: int = 120
+    relative_floor: float = 0.05
+    clip: float = 4.0
+    #: ln load and ln value of the windows learnt (two lists: cheaper to write as JSON).
+    xs: deque[float] = field(default_factory=deque)
+    ys: deque[float] = field(default_factory=deque)
+    a: float = 0.0
+    b: float = 0.0
+    #: MAD of the relative residuals.
+    mad: float = 0.0
+    age: int = 0
+
+    def ready(self, min_samples: int) -> bool:
+        return len(self.xs) >= min_samples
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "size": self.size,
+            "relative_floor": self.relative_floor,
+            "clip": self.clip,
+            "xs": list(self.xs),
+            "ys": list(self.ys),
+            "a": self.a,
+            "b": self.b,
+            "mad": self.mad,
+            "age": self.age,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> LoadModel:
+        return cls(
+            doc["signal"],
+            doc["size"],
+            doc["relative_floor"],
+            doc["clip"],
+            deque(float(x) for x in doc["xs"]),
+            deque(float(y) for y in doc["ys"]),
+            float(doc["a"]),
+            float(doc["b"]),
+            float(doc["mad"]),
+            doc["age"],
+        )
+
+    def seen_at(self, load: float, step: float) -> int:
+        """Windows learnt at a load of at least `load / step`: how well this load is known."""
+        floor = _ln(load / step)
+        return sum(1 for x in self.xs if x >= floor)
+
+    def expected(self, load: float) -> float:
+        return math.exp(self.a + self.b * _ln(load))
+
+    def score(self, value: float, calls: int, seconds: float) -> SignalScore:
+        if not self.xs:
+            return SignalScore(self.signal, value, value, 1.0, 0.0)
+        expected = self.expected(calls / seconds)
+        counting = PER_CALL_CV / math.sqrt(calls) * (1 + 1 / calls) if calls > 0 else 0.0
+        scale = max(
+            MAD_TO_SIGMA * self.mad * expected,
+            self.relative_floor * expected,
+            ABSOLUTE_FLOORS.get(self.signal, 1e-6),
+            counting * expected,
+        )
+        return SignalScore(self.signal, value, expected, scale, (value - expected) / scale)
+
+    def learn(self, value: float, calls: int, seconds: float, scored: SignalScore | None) -> None:
+        if scored is not None and self.xs:
+            bound = self.clip * scored.scale
+            value = min(max(value, scored.baseline - bound), scored.baseline + bound)
+        self.xs.append(_ln(calls / seconds))
+        self.ys.append(_ln(value))
+        while len(self.xs) > self.size:
+            self.xs.popleft()
+            self.ys.popleft()
+        self.age += 1
+        if self.age >= _MAD_EVERY or len(self.xs) <= _MAD_EVERY:
+            self._fit()
+            self.age = 0
+
+    def _fit(self) -> None:
+        xs, ys = self.xs, self.ys
+        n = len(xs)
+        mean_x = sum(xs) / n
+        sxx = sum((x - mean_x) ** 2 for x in xs)
+        if sxx > 1e-9:
+            mean_y = sum(ys) / n
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sxx
+            self.b = min(max(slope, 0.0), 1.0)
+        else:
+            self.b = 0.0
+        self.a = statistics.median(y - self.b * x for x, y in zip(xs, ys, strict=True))
+        relative = [math.exp(y - self.a - self.b * x) - 1 for x, y in zip(xs, ys, strict=True)]
+        centre = statistics.median(relative)
+        self.mad = statistics.median(abs(r - centre) for r in relative)
+
+
+def _ln(value: float) -> float:
+    return math.log(max(value, 1e-9))
+
+
+#: What the trees see: the per-call signals and the distance from the deployment's centroid
+#: (not the load, so that a busy agent is not an unusual combination).
+TREE_FEATURES: tuple[str, ...] = (*SCORED, "behaviour_distance")
 
 
 def squash(z: float) -> float:
@@ -324,6 +473,26 @@ def behaviour_vector(signals: dict[str, float]) -> list[float]:
     return [x / norm for x in raw]
 
 
+#: What a behaviour *shape* is made of: how the agent spends a call, whatever the load.
+SHAPE_SIGNALS: tuple[str, ...] = ("fuel", "latency", "error_rate", "memory", "logs_per_call")
+_SHAPE_SCALES: dict[str, float] = {**_SCALES, "logs_per_call": 1000.0}
+
+
+def shape_vector(signals: dict[str, float]) -> list[float]:
+    """Like `behaviour_vector`, over the per-call signals only: twice the traffic, twice the
+    lines logged and a deeper mailbox leave it where it was, so the distance from the
+    deployment's centroid measures unlike its peers, not busier than them."""
+    raw = [
+        math.log1p(max(signals.get(s, 0.0), 0.0)) / math.log1p(_SHAPE_SCALES[s])
+        if s != "error_rate"
+        else min(max(signals.get(s, 0.0), 0.0), 1.0)
+        for s in SHAPE_SIGNALS
+    ]
+    raw.append(0.1)
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
 def cosine_distance(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     na = math.sqrt(sum(x * x for x in a))
@@ -331,6 +500,9 @@ def cosine_distance(a: list[float], b: list[float]) -> float:
     if na == 0 or nb == 0:
         return 1.0
     return max(0.0, 1.0 - dot / (na * nb))
+
+
+_PER_CALL = frozenset({"fuel", "latency", "error_rate", "logs_per_call", "queue_wait"})
 
 
 @dataclass(slots=True)
@@ -351,13 +523,17 @@ class Profile:
         return cls(doc["half_calls"], dict(doc["signals"]))
 
     def learn(self, signals: dict[str, float], calls: int) -> list[float]:
+        """Fold one window in; returns the behaviour vector (see `shape` for the other)."""
         weight = calls / (calls + self.half_calls) if calls else 0.0
         for name, value in signals.items():
-            per_call = name in ("fuel", "latency", "error_rate")
+            per_call = name in _PER_CALL
             a = weight if per_call else max(weight, 0.5)
             before = self.signals.get(name)
             self.signals[name] = value if before is None else (1 - a) * before + a * value
         return behaviour_vector(self.signals)
+
+    def shape(self) -> list[float]:
+        return shape_vector(self.signals)
 
 
 @dataclass(slots=True)
@@ -379,9 +555,13 @@ class Centroid:
         return cls(doc["alpha"], None if vector is None else list(vector), doc["windows"])
 
     def distance(self, vector: list[float]) -> float | None:
-        return None if self.vector is None else cosine_distance(vector, self.vector)
+        if self.vector is None or len(self.vector) != len(vector):
+            return None  # nothing learnt yet (or learnt from vectors of an older shape)
+        return cosine_distance(vector, self.vector)
 
     def learn(self, vector: list[float]) -> None:
+        if self.vector is not None and len(self.vector) != len(vector):
+            self.vector, self.windows = None, 0  # vectors of an older shape: start afresh
         self.windows += 1
         if self.vector is None:
             self.vector = list(vector)

@@ -3,7 +3,13 @@
 Pods publish cumulative counters per replica (calls, errors, fuel, latency sum) every few
 seconds on SWARM_METRICS (runtime/pod.py, `Replica.metrics_json`), and agent log lines on
 SWARM_LOGS. An agent's window sums the counter deltas of all its replicas over `window_s`
-seconds of stream time, keeps the peaks of the gauges (memory, mailbox) and counts log lines.
+seconds of stream time, keeps the peaks of the gauges (memory, mailbox), counts log lines and
+notes the pods its replicas ran on (for machine-wide findings, `machine`).
+
+Signals are per call wherever the quantity grows with offered load (fuel, latency, errors and
+log lines per call; the mailbox as the seconds a message waits in it), so that a busy agent
+looks like itself; the raw rates (`message_rate`, `queue_depth`, `log_rate`) are kept as the
+load the agent was under, never scored on their own.
 
 Time is the JetStream timestamp of the metrics message, not a clock of ours: a replay after a
 restart puts every sample in the same window again. A window closes when the agent's first
@@ -27,6 +33,17 @@ SIGNALS: tuple[str, ...] = (
     "memory",
     "queue_depth",
     "log_rate",
+)
+
+#: Signals that describe how the agent behaves per unit of work: the ones findings are about.
+#: (`behaviour_distance`, from the deployment's centroid, is added by the detectors.)
+SCORED: tuple[str, ...] = (
+    "fuel",
+    "latency",
+    "error_rate",
+    "memory",
+    "logs_per_call",
+    "queue_wait",
 )
 
 
@@ -56,6 +73,8 @@ class ReplicaSample:
     last_latency_ms: float
     memory_bytes: int
     mailbox: int
+    #: The pod that reported it ("" from pods that do not say).
+    pod_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +110,19 @@ def _object(body: bytes) -> dict[str, Any]:
     return doc
 
 
+#: Longest pod id taken from a metrics message (pod ids are NATS tokens of at most 64).
+_MAX_POD_ID = 64
+
+
 def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
     """The replica rows of one pod metrics message (`{"pod_id", "replicas": [...]}`)."""
     doc = _object(body)
     rows = doc.get("replicas")
     if not isinstance(rows, list):
         raise MalformedSample("replicas must be a list")
+    pod_id = doc.get("pod_id", "")
+    if not isinstance(pod_id, str) or len(pod_id) > _MAX_POD_ID:
+        raise MalformedSample(f"pod_id must be a string of at most {_MAX_POD_ID} characters")
     samples = []
     for row in rows:
         if not isinstance(row, dict):
@@ -116,6 +142,7 @@ def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
                 last_latency_ms=_number(row, "last_latency_ms", 0.0),
                 memory_bytes=int(_number(row, "memory_bytes", 0)),
                 mailbox=int(_number(row, "mailbox", 0)),
+                pod_id=pod_id,
             )
         )
     return samples
@@ -151,22 +178,40 @@ class Window:
     mailbox_max: int = 0
     log_lines: int = 0
     samples: int = 0
+    #: Pods the agent's replicas reported from in this window (sorted).
+    pods: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
 
+    @property
+    def load(self) -> float:
+        """Calls per second: the load the agent carried in this window."""
+        return self.calls / self.seconds
+
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it deep-copies every field, several times slower.
-        return {f: getattr(self, f) for f in _WINDOW_FIELDS}
+        doc = {f: getattr(self, f) for f in _WINDOW_FIELDS}
+        doc["pods"] = list(self.pods)
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Window:
-        return cls(**doc)
+        window = cls(**doc)
+        window.pods = list(window.pods)
+        return window
 
     def signals(self) -> dict[str, float]:
-        """The window's signals; those without calls (fuel, latency, error rate) are left out,
-        since an idle agent has no latency rather than a latency of zero."""
+        """The window's signals; those per call are left out of a window without calls, since
+        an idle agent has no latency rather than a latency of zero.
+
+        - `logs_per_call`: an agent that logs a line per message logs twice as many lines at
+          twice the load, and is the same agent;
+        - `queue_wait`: seconds a message waits in the mailbox (its peak depth over the calls
+          per second, Little's law), which stays small however deep a busy agent's mailbox
+          gets, and grows when the agent stops keeping up.
+        """
         out: dict[str, float] = {
             "message_rate": self.calls / self.seconds,
             "memory": self.memory_bytes / 2**20,
@@ -177,6 +222,8 @@ class Window:
             out["fuel"] = self.fuel / self.calls
             out["latency"] = self.latency_ms_sum / self.calls
             out["error_rate"] = self.errors / self.calls
+            out["logs_per_call"] = self.log_lines / self.calls
+            out["queue_wait"] = self.mailbox_max * self.seconds / self.calls
         return out
 
 
@@ -257,6 +304,9 @@ class WindowAggregator:
             self._prune(sample.time)
         window = self.open
         window.samples += 1
+        if sample.pod_id and sample.pod_id not in window.pods:
+            window.pods.append(sample.pod_id)
+            window.pods.sort()
         window.memory_bytes = max(window.memory_bytes, sample.memory_bytes)
         window.mailbox_max = max(window.mailbox_max, sample.mailbox)
         before = self.last.get(sample.replica_id)

@@ -6,7 +6,10 @@
   never below a floor), so a noisy agent is measured against its own noise; nothing pages
   during warm-up.
 - `classify`: what kind of misbehaviour the evidence shows (loop, cost blowup, latency spike…).
-- `HoldDown`: one incident gives one finding; a new one needs some quiet windows first.
+- `severity`: critical only for kinds that can justify stopping an agent, and only once the
+  agent is past its critical warm-up; backlog and log floods are warnings at most.
+- `HoldDown`: one incident gives one finding; a new one needs some quiet windows first (or a
+  worse finding: a more specific kind, or critical after a warning).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ class DetectorConfig:
     baseline_windows: int = 120
     #: Windows an agent is watched before it may page.
     warmup_windows: int = 10
+    #: Windows with calls an agent is watched before a finding about it may be critical: a new
+    #: agent's first minutes are its baseline, not evidence against it.
+    critical_warmup_windows: int = 30
+    #: A window carrying this many times the agent's usual load (calls per second) is judged
+    #: on latency and mailbox waits only against windows of similar load (`LOAD_DEPENDENT`).
+    load_step: float = 2.0
     #: The z-score that maps to a combined score of 0.5.
     z_half: float = 6.0
     #: Weight of the half-space trees in the combined score.
@@ -115,16 +124,14 @@ def classify(scores: Mapping[str, SignalScore], config: DetectorConfig) -> str:
     if latency is not None:
         return "latency_spike"
     top = max(strong.values(), key=lambda s: s.score)
-    if top.signal == "message_rate":
-        return "stall" if top.z < 0 else "traffic_surge"
     return _BY_SIGNAL.get(top.signal, "unknown")
 
 
 _BY_SIGNAL = {
     "error_rate": "error_burst",
     "memory": "memory_growth",
-    "queue_depth": "backlog",
-    "log_rate": "log_flood",
+    "queue_wait": "backlog",
+    "logs_per_call": "log_flood",
     "behaviour_distance": "behaviour_drift",
 }
 
@@ -143,8 +150,22 @@ def _intensity_rose(fuel: SignalScore, latency: SignalScore) -> bool:
 #: trees have not learnt to isolate yet is no less serious for it.
 CRITICAL_Z_FACTOR = 10.0
 
+#: Kinds that can be critical: the agent burns what others need (a loop, a cost blowup),
+#: fails, or answers far slower than it does at the same load. A backlog is the autoscaler's
+#: signal, a log flood is capped by the pod, memory cannot grow past the agent's own limit, a
+#: behaviour drift is a question for a person: warnings, never a reason to stop an agent.
+CRITICAL_KINDS = frozenset({"loop", "cost_blowup", "latency_spike", "error_burst"})
+#: The signals whose strength can make a finding critical (a huge backlog next to a modest
+#: latency rise does not make the latency rise critical).
+CRITICAL_SIGNALS = frozenset({"fuel", "latency", "error_rate"})
 
-def severity(score: float, kind: str, top_z: float = 0.0, evidence_z: float = 4.0) -> str:
+
+def severity(
+    score: float, kind: str, top_z: float = 0.0, evidence_z: float = 4.0, warm: bool = True
+) -> str:
+    """`warm`: the agent is past its critical warm-up (`DetectorConfig.critical_warmup_windows`)."""
+    if not warm or kind not in CRITICAL_KINDS:
+        return "warning"
     if kind == "loop" or score >= 0.8 or top_z >= CRITICAL_Z_FACTOR * evidence_z:
         return "critical"
     return "warning"
@@ -155,8 +176,10 @@ def severity(score: float, kind: str, top_z: float = 0.0, evidence_z: float = 4.
 RANKS = {"loop": 3, "cost_blowup": 2, "latency_spike": 2, "unknown": 0}
 
 
-def rank(kind: str) -> int:
-    return RANKS.get(kind, 1)
+def rank(kind: str, level: str = "warning") -> int:
+    """A kind's rank, and within it critical above warning (a warning that turns critical once
+    the agent is past its warm-up is reported again)."""
+    return 2 * RANKS.get(kind, 1) + (level == "critical")
 
 
 @dataclass(slots=True)
@@ -175,17 +198,24 @@ class HoldDown:
     def from_json(cls, doc: dict[str, Any]) -> HoldDown:
         return cls(doc["quiet"], doc["active"], doc["calm"], doc["rank"])
 
-    def step(self, flagged: bool, kind: str = "unknown") -> bool:
+    def step(
+        self, flagged: bool, kind: str = "unknown", level: str = "warning", calm: bool = True
+    ) -> bool:
         """Feed one window; True when it starts a new incident or escalates the open one to a
-        more specific kind (the findings to report)."""
+        more specific kind or to critical (the findings to report).
+
+        `calm`: no signal of the window was at evidence level. Only calm windows count toward
+        the end of an incident: a lasting change that the baselines are still taking in (its
+        score wavering about the threshold) stays one incident instead of many.
+        """
         if flagged:
             self.calm = 0
-            if self.active and rank(kind) <= self.rank:
+            if self.active and rank(kind, level) <= self.rank:
                 return False
-            self.active, self.rank = True, max(self.rank, rank(kind))
+            self.active, self.rank = True, max(self.rank, rank(kind, level))
             return True
         if self.active:
-            self.calm += 1
+            self.calm = self.calm + 1 if calm else 0
             if self.calm >= self.quiet:
                 self.active, self.rank = False, -1
         return False

@@ -48,7 +48,9 @@ class Observer:
     def __init__(self, settings: Settings, config: ObserverSettings | None = None) -> None:
         self.settings = settings
         self.config = config or ObserverSettings()
-        self.core = Observatory(self.config.detector(), self.config.window_s)
+        self.core = Observatory(
+            self.config.detector(), self.config.window_s, machine_config=self.config.machine()
+        )
         self.status = Status.NEW
         #: Set once the tables are recovered and events are being read.
         self.live = asyncio.Event()

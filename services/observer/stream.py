@@ -6,7 +6,9 @@ Tables (JSON values, see `analysis`):
 - `windows`: agent id -> the windows in progress and the agent's counts (`AgentState.window_json`),
   written by every message about the agent;
 - `detectors`: agent id -> its detectors (`AgentAnalysis.to_json`), written when a window closes;
-- `deployments`: namespace -> its centroid (`DeploymentState.to_json`).
+- `deployments`: namespace -> its centroid (`DeploymentState.to_json`);
+- `machines`: pod id -> its machine-wide incident (`machine.PodWatch`), and `*` -> the
+  cluster's (`machine.ClusterWatch`), written when a pod's message closes windows.
 
 Windows are the core's own (`features.WindowAggregator`), kept in plain tables, not the module's
 windowed tables: a window is closed, and scored, when the agent's first sample of a later window
@@ -16,10 +18,11 @@ log lines placed by their own timestamps, neither of which is a per-event aggreg
 window. The module's tables give what the windows need: exactly-once state, recovered before
 intake.
 
-Handlers return the findings as `anomaly.report` commands. Their ids are the findings' own
-(`Finding.id`, from agent, window end and kind), which are as stable across replays as
-`event.derived_id` and also across a rebuild of the tables from the streams, so JetStream drops
-a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
+Handlers return the findings as `anomaly.report` commands, and machine-wide findings as
+`pod.report_anomaly` commands. Their ids are the findings' own (`Finding.id`, from agent, window
+end and kind; `MachineFinding.id`, from scope, pod, window end and kind), which are as stable
+across replays as `event.derived_id` and also across a rebuild of the tables from the streams,
+so JetStream drops a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
 
 The handlers must not mutate the tables' values (the module keeps a key's value from before a
 batch to roll back to), and decoding the detectors from JSON on every message would dominate the
@@ -42,6 +45,7 @@ from services.observer.analysis import AgentState, DeploymentState, Observation,
 from services.observer.behaviour import BehaviourRow
 from services.observer.config import ObserverSettings
 from services.observer.features import LogSample, ReplicaSample, parse_log, parse_metrics
+from services.observer.machine import CLUSTER_KEY, ClusterWatch, MachineFinding, PodWatch
 from swarm.kernel.ids import IdKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
@@ -75,14 +79,24 @@ class TableSync:
         self.core = core
         #: (table, key) -> the table value the core's object for that key equals.
         self._synced: dict[tuple[str, str], Any] = {}
+        #: Machine keys (pod, cluster) loaded for the message in hand.
+        self._machine_keys: list[str] = []
 
     def _fresh(self, table: str, key: str, value: Any) -> bool:
         return self._synced.pop((table, key), _MISSING) is value
 
-    def load(self, tables: Tables, agents: Iterable[str], namespaces: Iterable[str]) -> set[str]:
-        """Load the agents and namespaces; returns the namespaces loaded: those given and those
-        of the agents' windows (a closing window teaches its own namespace's centroid)."""
+    def load(
+        self,
+        tables: Tables,
+        agents: Iterable[str],
+        namespaces: Iterable[str],
+        pods: Iterable[str] = (),
+    ) -> set[str]:
+        """Load the agents, namespaces and pods (with a pod, the cluster too); returns the
+        namespaces loaded: those given and those of the agents' windows (a closing window
+        teaches its own namespace's centroid)."""
         core = self.core
+        self._load_machines(tables, pods)
         windows_t = tables[names.OBSERVER_TABLE_WINDOWS]
         detectors_t = tables[names.OBSERVER_TABLE_DETECTORS]
         deployments_t = tables[names.OBSERVER_TABLE_DEPLOYMENTS]
@@ -114,8 +128,35 @@ class TableSync:
                 core.deployments[namespace] = DeploymentState.from_json(deployment)
         return touched
 
+    def _load_machines(self, tables: Tables, pods: Iterable[str]) -> None:
+        machines_t = tables[names.OBSERVER_TABLE_MACHINES]
+        watch = self.core.machines
+        keys = list(pods)
+        if keys:
+            keys.append(CLUSTER_KEY)
+        self._machine_keys = keys
+        for key in keys:
+            doc = machines_t.get(key)
+            if self._fresh(names.OBSERVER_TABLE_MACHINES, key, doc):
+                continue
+            if key == CLUSTER_KEY:
+                watch.cluster = ClusterWatch() if doc is None else ClusterWatch.from_json(doc)
+            elif doc is None:
+                watch.pods.pop(key, None)
+            else:
+                watch.pods[key] = PodWatch.from_json(doc)
+
     def save(self, tables: Tables, agents: Iterable[str], namespaces: Iterable[str]) -> None:
         core = self.core
+        machines_t = tables[names.OBSERVER_TABLE_MACHINES]
+        watch = core.machines
+        for key in watch.dirty:
+            doc = watch.cluster.to_json() if key == CLUSTER_KEY else watch.pod(key).to_json()
+            machines_t[key] = doc
+        for key in {*watch.dirty, *self._machine_keys}:
+            # Whatever the table holds now is what the core's object equals.
+            self._synced[names.OBSERVER_TABLE_MACHINES, key] = machines_t.get(key)
+        self._machine_keys = []
         windows_t = tables[names.OBSERVER_TABLE_WINDOWS]
         detectors_t = tables[names.OBSERVER_TABLE_DETECTORS]
         deployments_t = tables[names.OBSERVER_TABLE_DEPLOYMENTS]
@@ -145,7 +186,17 @@ class TableSync:
             self._synced[names.OBSERVER_TABLE_DEPLOYMENTS, namespace] = deployments_t.get(namespace)
         self._clear()
 
-    def forget(self, agents: Iterable[str], namespaces: Iterable[str]) -> None:
+    def forget(
+        self, agents: Iterable[str], namespaces: Iterable[str], pods: Iterable[str] = ()
+    ) -> None:
+        watch = self.core.machines
+        for key in [*pods, CLUSTER_KEY] if pods else ():
+            if key == CLUSTER_KEY:
+                watch.cluster = ClusterWatch()
+            else:
+                watch.pods.pop(key, None)
+            self._synced.pop((names.OBSERVER_TABLE_MACHINES, key), None)
+        self._machine_keys = []
         for agent in agents:
             self.core.agents.pop(agent, None)
             self._synced.pop((names.OBSERVER_TABLE_WINDOWS, agent), None)
@@ -156,6 +207,7 @@ class TableSync:
         self._clear()
 
     def _clear(self) -> None:
+        self.core.machines.dirty.clear()
         self.core.dirty_agents.clear()
         self.core.dirty_analyses.clear()
         self.core.dirty_deployments.clear()
@@ -191,6 +243,29 @@ def report(
     return command(f.report(), source=SOURCE, identity=IDENTITY, id=ids.derive("obs", f.id))
 
 
+def machine_report(
+    finding: MachineFinding, now: float, max_age: float, ids: IdKey
+) -> Envelope[Any] | None:
+    """The `pod.report_anomaly` command of a machine-wide finding, if it is recent (see
+    `report`)."""
+    fields = {
+        "pod_id": finding.pod_id,
+        "scope": finding.scope,
+        "kind": finding.kind,
+        "pods": len(finding.pods),
+        "withheld": finding.withheld,
+    }
+    if now - finding.window_end > max_age:
+        log.info(
+            "old machine anomaly not reported", age_s=round(now - finding.window_end), **fields
+        )
+        return None
+    log.info("machine anomaly", **fields)
+    return command(
+        finding.report(), source=SOURCE, identity=IDENTITY, id=ids.derive("obs", finding.id)
+    )
+
+
 def build_app(
     settings: Settings,
     config: ObserverSettings,
@@ -200,7 +275,7 @@ def build_app(
 ) -> StreamApp:
     """The Observer's StreamApp; `on_windows` gets the behaviour rows of each message's closed
     windows that had calls (called once the handler succeeded; again for a replayed message)."""
-    core = core or Observatory(config.detector(), config.window_s)
+    core = core or Observatory(config.detector(), config.window_s, machine_config=config.machine())
     sync = TableSync(core)
     # Never beyond the duplicate window, within which JetStream drops a repeated report.
     max_age = min(config.report_max_age_s, settings.duplicate_window)
@@ -215,6 +290,7 @@ def build_app(
     app.table(names.OBSERVER_TABLE_WINDOWS)
     app.table(names.OBSERVER_TABLE_DETECTORS)
     app.table(names.OBSERVER_TABLE_DEPLOYMENTS)
+    app.table(names.OBSERVER_TABLE_MACHINES)
 
     @app.processor(
         stream=names.STREAM_METRICS,
@@ -227,15 +303,18 @@ def build_app(
         samples = [dataclasses.replace(s, time=stored) for s in event.envelope]
         agents = {s.agent_id for s in samples}
         namespaces = {s.namespace for s in samples}
+        pods = {s.pod_id for s in samples[:1] if s.pod_id}
         try:
-            namespaces = sync.load(tables, agents, namespaces)
+            namespaces = sync.load(tables, agents, namespaces, pods)
             observations = core.apply_samples(event.seq, samples)
+            machine = core.machine_findings
             sync.save(tables, agents, namespaces)
         except BaseException:
-            sync.forget(agents, namespaces)
+            sync.forget(agents, namespaces, pods)
             raise
         now = clock()
         reports = [e for o in observations if (e := report(o, now, max_age, ids)) is not None]
+        reports += [e for f in machine if (e := machine_report(f, now, max_age, ids)) is not None]
         if on_windows is not None:
             rows = [
                 BehaviourRow(w.agent_id, w.namespace, w.name, w.end, o.vector, w.signals())
@@ -273,5 +352,6 @@ __all__ = [
     "build_app",
     "decode_log",
     "decode_metrics",
+    "machine_report",
     "report",
 ]

@@ -1,5 +1,5 @@
-"""bench/observer.py runs end to end on a small workload (pure core and StreamApp runner) and
-writes a complete report."""
+"""bench/observer.py runs end to end in its quick mode (pure core, load ramp and StreamApp runner)
+and writes a complete report."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ BENCH = ROOT / "bench" / "observer.py"
 def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
     out = tmp_path / "observer.json"
     result = run_bench(
-        [sys.executable, str(BENCH), "--agents", "12", "--duration", "700", "--json", str(out)],
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
         cwd=tmp_path,
         timeout=110,
     )
     assert "aggregate + detect" in result.stdout
+    assert "Load ramp" in result.stdout
 
     report = json.loads(out.read_text())
     assert report["workload"]["agents"] == 12
@@ -34,6 +35,26 @@ def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
     assert 0 <= overall["precision"] <= 1
     assert 0 <= overall["recall"] <= 1
     assert overall["detected"] <= overall["incidents"]
+    # The load ramp: agents busy, not broken, and two machine-wide slowdowns.
+    ramp = report["load_ramp"]
+    assert ramp["workload"]["agents"] == 20
+    assert ramp["samples"] == 20 * 600
+    # The workload is seeded, so these are exact: nothing critical, each slowdown recognised as
+    # the machine's, and no machine finding outside them.
+    assert ramp["critical_per_hour"] == 0
+    assert [e["scope"] for e in ramp["episodes"]] == ["pod", "cluster"]
+    assert all(e["findings"] >= 1 for e in ramp["episodes"]), ramp["episodes"]
+    assert ramp["machine_findings_outside_episodes"] == 0
+    targets = report["targets"]
+    assert set(targets) == {
+        "false_critical_per_hour",
+        "drift_recall",
+        "drift_median_delay_s",
+        "precision",
+        "f1",
+    }
+    assert all(isinstance(t["met"], bool) for t in targets.values())
+    assert targets["drift_recall"]["value"] == quality["drift"]["recall"]
     throughput = report["throughput"]
     assert throughput["samples"] == 12 * 700
     assert throughput["detect_samples_per_s"] > 0

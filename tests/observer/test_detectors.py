@@ -50,21 +50,23 @@ def test_noise_and_seasonality_are_not_flagged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "until", "kind", "signal"),
+    ("change", "until", "kind", "signal", "severity"),
     [
-        ("spike", START + 10, "latency_spike", "latency"),
-        ("shift", 10_000, "cost_blowup", "fuel"),
-        ("drift", 10_000, "memory_growth", "memory"),
-        ("loop", START + 30, "loop", "error_rate"),
+        ("spike", START + 10, "latency_spike", "latency", "critical"),
+        ("shift", 10_000, "cost_blowup", "fuel", "critical"),
+        # Memory cannot grow past the agent's own limit: a warning, however far it grows.
+        ("drift", 10_000, "memory_growth", "memory", "warning"),
+        ("loop", START + 30, "loop", "error_rate", "critical"),
     ],
 )
 def test_a_planted_incident_gives_one_finding_with_evidence(
-    change: str, until: float, kind: str, signal: str
+    change: str, until: float, kind: str, signal: str, severity: str
 ) -> None:
     _, findings = run(700, planted(change, until))
     assert len(findings) == 1, findings
     finding = findings[0]
     assert finding.kind == kind
+    assert finding.severity == severity
     delay = finding.window_end - (T0 + START)
     assert 0 < delay <= 30 if change == "drift" else 0 < delay <= 2 * WINDOW_S
     assert signal in {s.signal for s in finding.evidence}

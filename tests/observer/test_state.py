@@ -81,7 +81,9 @@ def test_table_sync_reloads_what_a_rollback_put_back() -> None:
         names.OBSERVER_TABLE_WINDOWS: {},
         names.OBSERVER_TABLE_DETECTORS: {},
         names.OBSERVER_TABLE_DEPLOYMENTS: {},
+        names.OBSERVER_TABLE_MACHINES: {},
     }
+    pods = {"p1"}
     failures = 0
     for seq, t, body in messages(int(START) + 60, planted("shift")):  # type: ignore[arg-type]
         expected = straight.apply_metrics(seq, t, body)
@@ -91,13 +93,13 @@ def test_table_sync_reloads_what_a_rollback_put_back() -> None:
             # A handler that fails after the core applied the message: the tables are put back
             # as they were (by the module), the core's objects are forgotten, the event runs again.
             before = {name: dict(table) for name, table in tables.items()}
-            namespaces = sync.load(tables, agents, {"default"})  # type: ignore[arg-type]
+            namespaces = sync.load(tables, agents, {"default"}, pods)  # type: ignore[arg-type]
             core.apply_samples(seq, samples)
             sync.save(tables, agents, namespaces)  # type: ignore[arg-type]
             tables = before
-            sync.forget(agents, namespaces)
+            sync.forget(agents, namespaces, pods)
             failures += 1
-        namespaces = sync.load(tables, agents, {"default"})  # type: ignore[arg-type]
+        namespaces = sync.load(tables, agents, {"default"}, pods)  # type: ignore[arg-type]
         got = core.apply_samples(seq, samples)
         sync.save(tables, agents, namespaces)  # type: ignore[arg-type]
         assert [(o.window, o.score, o.finding) for o in got] == [
@@ -109,6 +111,10 @@ def test_table_sync_reloads_what_a_rollback_put_back() -> None:
     assert tables[names.OBSERVER_TABLE_DETECTORS]["agent-1"] == state.analysis.to_json()
     deployment = straight.deployments["default"].to_json()
     assert tables[names.OBSERVER_TABLE_DEPLOYMENTS]["default"] == deployment
+    machines = tables[names.OBSERVER_TABLE_MACHINES]
+    assert machines["p1"] == straight.machines.pod("p1").to_json()
+    assert machines["*"] == straight.machines.cluster.to_json()
+    assert machines["p1"]["metrics_seq"] > 0
 
 
 def test_only_recent_findings_are_reported() -> None:

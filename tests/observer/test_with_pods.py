@@ -80,7 +80,10 @@ async def one_worker_pod(stack: Stack) -> AsyncIterator[Pod]:
 
 @contextlib.asynccontextmanager
 async def observing(stack: Stack) -> AsyncIterator[Observer]:
-    config = ObserverSettings(window_s=1.0, warmup_windows=5, store_behaviour=False)
+    # Critical findings from the fifth window with calls on: the test warms up for 9 s.
+    config = ObserverSettings(
+        window_s=1.0, warmup_windows=5, critical_warmup_windows=5, store_behaviour=False
+    )
     observer = Observer(Settings(nats_url=stack.url), config)
     task = asyncio.create_task(observer.run())
     try:

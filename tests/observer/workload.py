@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from services.observer.analysis import Finding, Observatory
+from services.observer.machine import MachineFinding
 
 #: Window-aligned start of simulated time.
 T0 = 1_800_000_000.0
@@ -60,3 +63,98 @@ def messages(
             "mailbox": 0,
         }
         yield k, T0 + t, json.dumps({"pod_id": "p1", "replicas": [row]}).encode()
+
+
+@dataclass(slots=True)
+class Load:
+    """One agent's second: calls, and what those calls cost and left behind."""
+
+    calls: int
+    errors: int = 0
+    fuel_per_call: float = 50_000
+    latency_per_call_ms: float = 10.0
+    memory_mb: float = 8.0
+    mailbox: int = 0
+    log_lines: int = 0
+
+
+def pod_messages(
+    seconds: int,
+    agents: int,
+    shape: Callable[[int, float, random.Random], Load],
+    *,
+    pods: int = 1,
+    seed: int = 5,
+) -> Iterator[tuple[str, int, float, bytes | list[bytes]]]:
+    """Per simulated second, each pod's log lines (`("logs", seq, t, [line, ...])`, placed in
+    the second before) and then its metrics message (`("metrics", seq, t, body)`); `agents`
+    agents per pod, `shape(agent, t, rng)` says what agent `agent` (0-based, over all pods) did
+    in the second before `t`."""
+    rng = random.Random(seed)
+    total = agents * pods
+    calls = [0] * total
+    errors = [0] * total
+    fuel = [0] * total
+    busy = [0.0] * total
+    metrics_seq = logs_seq = 0
+    for k in range(1, seconds + 1):
+        t = float(k)
+        for p in range(pods):
+            rows = []
+            lines = []
+            for a in range(p * agents, (p + 1) * agents):
+                s = shape(a, t, rng)
+                calls[a] += s.calls
+                errors[a] += s.errors
+                fuel[a] += int(s.fuel_per_call * s.calls * rng.lognormvariate(0, 0.05))
+                busy[a] += s.latency_per_call_ms * s.calls * rng.lognormvariate(0, 0.05)
+                rows.append(
+                    {
+                        "agent_id": f"agent-{a}",
+                        "replica_id": f"agent-{a}-r1",
+                        "namespace": "default",
+                        "name": f"agent-{a}",
+                        "calls": calls[a],
+                        "errors": errors[a],
+                        "fuel_used": fuel[a],
+                        "last_latency_ms": s.latency_per_call_ms,
+                        "busy_ms": busy[a],
+                        "memory_bytes": int(s.memory_mb * 2**20),
+                        "mailbox": s.mailbox,
+                    }
+                )
+                for _ in range(s.log_lines):
+                    at = (T0 + t - rng.random()) * 1000
+                    line = {
+                        "time_ms": at,
+                        "agent_id": f"agent-{a}",
+                        "namespace": "default",
+                        "name": f"agent-{a}",
+                        "level": "debug",
+                        "kind": "log",
+                        "message": "echoing a message",
+                    }
+                    lines.append(json.dumps(line).encode())
+            if lines:
+                logs_seq += len(lines)
+                yield "logs", logs_seq - len(lines) + 1, T0 + t, lines
+            metrics_seq += 1
+            body = {"pod_id": f"p{p + 1}", "replicas": rows}
+            yield "metrics", metrics_seq, T0 + t, json.dumps(body).encode()
+
+
+def feed(
+    core: Observatory, events: Iterable[tuple[str, int, float, bytes | list[bytes]]]
+) -> tuple[list[Finding], list[MachineFinding]]:
+    """Apply `pod_messages` to the core: the agent findings and machine findings it made."""
+    findings: list[Finding] = []
+    machine: list[MachineFinding] = []
+    for kind, seq, t, payload in events:
+        if isinstance(payload, list):
+            for n, line in enumerate(payload):
+                core.apply_log(seq + n, line)
+            continue
+        assert kind == "metrics"
+        findings += [o.finding for o in core.apply_metrics(seq, t, payload) if o.finding]
+        machine += core.machine_findings
+    return findings, machine

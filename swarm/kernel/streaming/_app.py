@@ -16,7 +16,10 @@ Commit protocol per batch: dead letters and the handlers' outputs are appended f
 deduplicated by their envelope ids), then every key the batch changed is written once with its
 value before and after the batch and the sequences applied to it (pipelined, all acks awaited),
 then the processor's position; only after that is the intake batch acked (AckPolicy ALL on its
-last message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). Recovery
+last message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). A write
+JetStream does not acknowledge in time is sent again with backoff, deduplicated by its message
+id, for up to `write_retry_s` seconds (`_retry`); only a write unacknowledged for that long, or
+refused, stops the app. Recovery
 rolls keys written by a commit whose position never landed back to their value before it, so
 the tables are exactly at the positions, and the durable consumer is re-created just past them:
 the interrupted batch runs again on the state it first saw.
@@ -28,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import enum
+import functools
 import hashlib
 import json
 import time
@@ -51,6 +55,7 @@ from nats.js.errors import NotFoundError
 from schemas import REGISTRY, Envelope, names
 from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, nats_servers
 from swarm.kernel.settings import Settings
+from swarm.kernel.streaming._retry import MAX_WRITE_RETRY_S, WRITE_RETRY_S, append_all, retrying
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
 from swarm.kernel.streams import ensure_deadletter
@@ -216,6 +221,7 @@ class StreamApp:
         retries: int = 2,
         fetch_timeout: float = 0.5,
         window_cleanup: float = 30.0,
+        write_retry_s: float = WRITE_RETRY_S,
     ) -> None:
         self.name = name
         self.changelog_stream = names.changelog_stream(name)
@@ -223,11 +229,15 @@ class StreamApp:
             raise ValueError("StreamApp needs settings.nats_url")
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}")
+        if not 0 < write_retry_s <= MAX_WRITE_RETRY_S:
+            raise ValueError(f"write_retry_s must be in (0, {MAX_WRITE_RETRY_S:.0f}]")
         self.settings = settings
         self.batch = batch
         self.ack_wait = ack_wait
         self.retries = retries
         self.fetch_timeout = fetch_timeout
+        #: Seconds a commit's writes are retried while JetStream does not acknowledge them.
+        self.write_retry_s = write_retry_s
         self.status = Status.NEW
         self.stats = Stats()
         self.tables = Tables()
@@ -255,6 +265,7 @@ class StreamApp:
         self._txn = 0
         self._positions_topic = f"{name}-{names.CHANGELOG_POSITIONS}"
         self._route(self._positions_topic, names.CHANGELOG_POSITIONS)
+        self._transport.write_retry_s = write_retry_s
 
     @property
     def _transport(self) -> Transport:
@@ -675,17 +686,26 @@ class StreamApp:
         dead: list[_DeadLetter],
         outputs: list[AppendRequest],
     ) -> None:
-        assert self._log is not None
+        eventlog = self._log
+        assert eventlog is not None
         for letter in dead:
-            # Before the position moves past them, so a crash cannot lose a dead letter.
-            await self._log.js.publish(
-                letter.subject, letter.body, timeout=self._log.timeout, headers=letter.headers
+            # Before the position moves past them, so a crash cannot lose a dead letter. Its
+            # message id makes a repeat (a retry, or a replay after a crash) a duplicate.
+            await retrying(
+                functools.partial(_publish_dead_letter, eventlog, letter),
+                what=f"dead letter to {letter.subject}",
+                budget=self.write_retry_s,
             )
         dead.clear()
         if outputs:
             # Also before the position: a crash after them replays their events, which return
-            # them again; their ids (see StreamEvent.derived_id) make JetStream drop the repeats.
-            await self._log.append_batch(outputs)
+            # them again; their ids (see StreamEvent.derived_id) make JetStream drop the repeats,
+            # as they do the repeats of a retried append.
+            await retrying(
+                lambda _n: append_all(eventlog, outputs),
+                what=f"{len(outputs)} outputs of {self.name}",
+                budget=self.write_retry_s,
+            )
             self.stats.outputs += len(outputs)
             outputs.clear()
         if proc.high == proc.committed and not any(t.dirty for t in tables):
@@ -714,6 +734,10 @@ class _DeadLetter:
     subject: str
     body: bytes
     headers: dict[str, str]
+
+
+async def _publish_dead_letter(log: EventLog, letter: _DeadLetter, _attempt: int) -> None:
+    await log.js.publish(letter.subject, letter.body, timeout=log.timeout, headers=letter.headers)
 
 
 def _output(envelope: Envelope[Any]) -> AppendRequest:

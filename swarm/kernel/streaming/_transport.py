@@ -12,14 +12,19 @@ stream with `max_msgs_per_subject=1` keeps exactly the last value per key, like 
 topic. A faust *transaction* is a pipelined batch: `begin_transaction`, `send` with the
 transactional id, then `commit_transaction` appends everything sent at once and returns when
 every message is stored (or raises); only the last message per stream is acknowledged, and its
-sequence proves the others were stored (see `_Pipeline`).
+sequence proves the others were stored (see `_Pipeline`). Every message carries a message id, so
+a write that was not acknowledged in time is sent again, each message acknowledged on its own,
+and JetStream drops what had landed already (see `_retry`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import itertools
 import json
+import secrets
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,7 +39,15 @@ from mode import Seconds
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from swarm.kernel.eventlog import AppendFailed, EventLog
+from schemas import names
+from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
+from swarm.kernel.streaming._retry import (
+    DEDUPE_WINDOW_S,
+    WRITE_RETRY_S,
+    WriteTimeout,
+    append_all,
+    retrying,
+)
 
 __all__ = ["Route", "Transport", "key_token", "token_key"]
 
@@ -79,23 +92,43 @@ class _Pipeline:
     Only the last message per stream asks for an acknowledgement: its stream sequence must be
     the stream's previous last sequence plus the number of messages sent, which proves that
     every message before it was stored too (JetStream stores one connection's messages in
-    order, and a changelog stream has one writer, its app). Another sequence, an error or no
-    acknowledgement raises, and the app stops and recovers from what is on the log. One ack per
-    batch instead of one per message saves ~10 µs of CPU per changelog write here.
+    order, and a changelog stream has one writer, its app). Another sequence or a refusal
+    raises, and the app stops and recovers from what is on the log. One ack per batch instead
+    of one per message saves ~10 µs of CPU per changelog write here.
+
+    No acknowledgement in time (a slow or paused server) is not a reason to stop: the batch is
+    sent again, with backoff, for up to `retry_for` seconds, this time each message acknowledged
+    on its own. Each message has an id of its own (unique to this process: a restarted app
+    re-writing a key after a crash must land, not be dropped as a repeat), so whatever of the
+    first attempt was stored is dropped as a duplicate and each key is stored once.
     """
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, retry_for: float = WRITE_RETRY_S) -> None:
         self._log = log
         self._last: dict[str, int] = {}
+        self._retry_for = retry_for
+        self._prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
 
     async def publish(self, messages: list[tuple[str, str, bytes]]) -> None:
-        groups: dict[str, list[tuple[str, bytes]]] = {}
+        groups: dict[str, list[tuple[str, bytes, str]]] = {}
         for stream, subject, body in messages:
-            groups.setdefault(stream, []).append((subject, body))
+            msg_id = f"{self._prefix}-{next(self._ids)}"
+            groups.setdefault(stream, []).append((subject, body, msg_id))
         for stream, group in groups.items():
-            await self._publish(stream, group)
+            await retrying(
+                functools.partial(self._attempt, stream, group),
+                what=f"changelog write to {stream}",
+                budget=self._retry_for,
+            )
 
-    async def _publish(self, stream: str, group: list[tuple[str, bytes]]) -> None:
+    async def _attempt(self, stream: str, group: list[tuple[str, bytes, str]], n: int) -> None:
+        if n == 0:
+            await self._publish(stream, group)
+        else:
+            await self._again(stream, group)
+
+    async def _publish(self, stream: str, group: list[tuple[str, bytes, str]]) -> None:
         log = self._log
         # Taken out while in flight: after any failure the stream's position is unknown and
         # is read again.
@@ -103,15 +136,17 @@ class _Pipeline:
         if last is None:
             last = int((await log.js.stream_info(stream)).state.last_seq)
         publish = log.nc.publish
-        for subject, body in group[:-1]:
-            await publish(subject, body)
-        subject, body = group[-1]
+        for subject, body, msg_id in group[:-1]:
+            await publish(subject, body, headers={names.HEADER_MSG_ID: msg_id})
+        subject, body, msg_id = group[-1]
         try:
-            reply = await log.nc.request(subject, body, timeout=log.timeout)
+            reply = await log.nc.request(
+                subject, body, timeout=log.timeout, headers={names.HEADER_MSG_ID: msg_id}
+            )
         except nats.errors.NoRespondersError:
             raise AppendFailed(f"no stream accepts {subject}") from None
         except (TimeoutError, nats.errors.TimeoutError):
-            raise AppendFailed(f"changelog write to {stream} not acknowledged in time") from None
+            raise WriteTimeout(f"changelog write to {stream} not acknowledged in time") from None
         response = json.loads(reply.data)
         if "error" in response:
             error = response["error"]
@@ -123,6 +158,14 @@ class _Pipeline:
                 "a write was lost, or another process writes to it"
             )
         self._last[stream] = seq
+
+    async def _again(self, stream: str, group: list[tuple[str, bytes, str]]) -> None:
+        """The batch once more, every message acknowledged (stored now, or a duplicate of one
+        stored before). The stream's last sequence is read again before the next batch."""
+        self._last.pop(stream, None)
+        await append_all(
+            self._log, [AppendRequest(subject, body, msg_id) for subject, body, msg_id in group]
+        )
 
 
 class Producer(_FaustProducer):
@@ -169,6 +212,9 @@ class Producer(_FaustProducer):
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=1,
             max_age=route.max_age or None,
+            # Outlasts every retry of a write (see `_Pipeline`); JetStream wants it within the
+            # max age (a windowed table's messages are gone after that anyway).
+            duplicate_window=min(DEDUPE_WINDOW_S, route.max_age or DEDUPE_WINDOW_S),
             num_replicas=route.replicas,
             allow_direct=True,
         )
@@ -212,7 +258,8 @@ class Producer(_FaustProducer):
 
     async def _get_pipeline(self) -> _Pipeline:
         if self._pipeline is None:
-            self._pipeline = _Pipeline(await self.transport.eventlog())
+            transport = self.transport
+            self._pipeline = _Pipeline(await transport.eventlog(), transport.write_retry_s)
         return self._pipeline
 
     async def send_and_wait(
@@ -333,6 +380,8 @@ class Transport(base.Transport):
         self.stream_subjects: dict[str, list[str]] = {}
         self._log: EventLog | None = None
         self._owns_log = False
+        #: Seconds an unacknowledged changelog write is retried before the app stops.
+        self.write_retry_s = WRITE_RETRY_S
 
     def attach(self, log: EventLog) -> None:
         """Use an already connected event log instead of connecting from the broker URL."""

@@ -1,0 +1,144 @@
+"""A StreamApp waits out a nats-server that stops answering during a commit (SIGSTOP), stores
+every changelog write once, and stops only when the server stays silent past its budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog.testing
+from nats.js.api import StreamConfig
+
+from schemas import names
+from swarm.kernel.embedded import EmbeddedNats
+from swarm.kernel.eventlog import AppendFailed, EventLog
+from swarm.kernel.settings import Settings
+from swarm.kernel.streaming import Status, StreamApp, StreamEvent, Tables
+from swarm.kernel.streaming._retry import WriteUnacknowledged
+
+STREAM = "RETRYTEST"
+KEYS = [f"k{i}" for i in range(20)]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server of this test's own: it gets paused, which no other test may see."""
+    nats = EmbeddedNats(tmp_path / "nats")
+    nats.start()
+    try:
+        yield nats
+    finally:
+        if nats.pid is not None:
+            os.kill(nats.pid, signal.SIGCONT)  # never leave it stopped
+        nats.stop()
+
+
+def counting_app(
+    settings: Settings,
+    server: EmbeddedNats,
+    budget: float,
+    pause_s: float = 0.0,
+    resumed: asyncio.Event | None = None,
+) -> StreamApp:
+    """Counts events per key; with `pause_s`, the event with key "pause" SIGSTOPs the server for
+    that long (then sets `resumed`), so the commit of its batch finds the server silent."""
+    app = StreamApp("retrytest", settings, batch=10, ack_wait=60.0, write_retry_s=budget)
+    app.table("counts", default=int)
+    paused: list[bool] = []
+
+    def resume(pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        if resumed is not None:
+            resumed.set()
+
+    @app.processor(stream=STREAM, durable="retrytest", decode=json.loads)
+    def count(tables: Tables, event: StreamEvent) -> None:
+        key = event.envelope["k"]
+        tables["counts"][key] += 1
+        if key == "pause" and pause_s and not paused and server.pid is not None:
+            paused.append(True)
+            os.kill(server.pid, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(pause_s, resume, server.pid)
+
+    return app
+
+
+async def publish_events(log: EventLog) -> tuple[int, dict[str, int]]:
+    """Three rounds of every key with one "pause" event in the middle; the expected counts."""
+    await log.js.add_stream(StreamConfig(name=STREAM, subjects=["retrytest.>"]))
+    keys = [*KEYS, *KEYS, "pause", *KEYS]
+    last = 0
+    for key in keys:
+        last = (await log.js.publish(f"retrytest.{key}", json.dumps({"k": key}).encode())).seq
+    expected: dict[str, int] = {}
+    for key in keys:
+        expected[key] = expected.get(key, 0) + 1
+    return last, expected
+
+
+async def changelog_messages(log: EventLog) -> int:
+    info = await log.js.stream_info(names.changelog_stream("retrytest"))
+    return int(info.state.messages)
+
+
+@pytest.mark.timeout(90)
+async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
+    server: EmbeddedNats,
+) -> None:
+    settings = Settings(nats_url=server.url)
+    log = await EventLog.connect(server.url, settings, name="retry-test")
+    try:
+        last, expected = await publish_events(log)
+        # Paused longer than the 5 s acknowledgement timeout, well within the budget.
+        app = counting_app(settings, server, budget=60.0, pause_s=8.0)
+        with structlog.testing.capture_logs() as logs:
+            async with app:
+                await app.reached("retrytest", last, timeout=60)
+                assert app.status is Status.RUNNING
+                assert app.snapshot("counts") == expected
+        retried = [e for e in logs if e["event"] == "write not acknowledged; retrying"]
+        assert retried, "the pause did not hit a commit"
+        assert any(e["event"] == "write acknowledged after retries" for e in logs)
+        # One message per key and one position: nothing of the retried batch landed twice
+        # (duplicates were dropped by message id; max_msgs_per_subject=1 keeps the last).
+        assert await changelog_messages(log) == len(expected) + 1
+
+        # A restart recovers exactly what was counted.
+        again = counting_app(settings, server, budget=60.0)
+        async with again:
+            assert again.snapshot("counts") == expected
+            assert again.position("retrytest") == last
+    finally:
+        await log.close()
+
+
+@pytest.mark.timeout(90)
+async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses_nothing(
+    server: EmbeddedNats,
+) -> None:
+    settings = Settings(nats_url=server.url)
+    log = await EventLog.connect(server.url, settings, name="retry-test")
+    try:
+        last, expected = await publish_events(log)
+        resumed = asyncio.Event()
+        app = counting_app(settings, server, budget=3.0, pause_s=12.0, resumed=resumed)
+        await app.start()
+        with pytest.raises(WriteUnacknowledged, match="not acknowledged for") as raised:
+            await asyncio.wait_for(app.wait(), 60)
+        assert isinstance(raised.value, AppendFailed)
+        assert app.status is Status.STOPPED
+        assert not resumed.is_set()  # it gave up while the server was still silent
+
+        # Once the server answers again, a new instance recovers and counts every event once.
+        await asyncio.wait_for(resumed.wait(), 30)
+        again = counting_app(settings, server, budget=60.0)
+        async with again:
+            await again.reached("retrytest", last, timeout=60)
+            assert again.snapshot("counts") == expected
+    finally:
+        await log.close()
