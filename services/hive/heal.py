@@ -25,7 +25,8 @@ Graded, so healing does no harm under legitimate load:
 * a namespace's budget (`Quota.max_healing_stops` per `healing_window_s`, default 3 per 10 min)
   caps how many of its agents healing may stop (quarantine or roll back); beyond it `decide`
   records the action as skipped (`agent.healing_skipped`) instead of taking it;
-* every action names its finding, and its reason says how to undo it with one command.
+* every action names its finding, and its reason says how to undo it with one command;
+* a backlog (`LOAD_KINDS`) is the autoscaler's signal: it never triggers healing.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ _SERIOUS = frozenset({"warning", "critical"})
 REWINDABLE = frozenset({"starting", "running"})
 #: Healing actions that take an agent out of service, which a namespace's budget caps.
 STOPS = frozenset({"quarantine", "rollback"})
+#: Findings that say the agent is busy, not that it misbehaves: the autoscaler's signal, never a
+#: reason to rewind, quarantine or roll it back (a rewind would even throw its state away).
+LOAD_KINDS = frozenset({"backlog"})
 
 
 def confirmed(anomaly: Anomaly, known: list[Anomaly], policy: HealingPolicy) -> bool:
@@ -131,6 +135,7 @@ def _heal(agent: Agent, now: datetime) -> list[tuple[str, Payload]]:
         a
         for a in agent.anomalies
         if a.at is not None
+        and a.kind not in LOAD_KINDS
         and (agent.healed_at is None or a.at > agent.healed_at)
         and (agent.version_since is None or a.at >= agent.version_since)
     ]

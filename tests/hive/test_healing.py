@@ -397,3 +397,14 @@ def test_a_namespace_may_lift_the_budget() -> None:
         report(sim, agent_id, "critical", kind="loop", signals=2)
     act(sim)
     assert all(sim.state.agents[a].quarantine is not None for a in ids)
+
+
+def test_a_backlog_is_the_autoscaler_s_signal_never_a_healing_trigger() -> None:
+    sim = Sim()
+    agent_id = running_agent(sim, healing=HealingPolicy(repeat=2, confirm=False))
+    for _ in range(5):
+        report(sim, agent_id, "warning", kind="backlog", signals=2)
+        sim.tick(10)
+    report(sim, agent_id, "critical", kind="backlog", signals=2)
+    assert kinds(act(sim)) == []
+    assert sim.state.agents[agent_id].actions == []
