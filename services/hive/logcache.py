@@ -25,7 +25,7 @@ def digest_of(raw: bytes) -> bytes:
 class LogCache:
     """Events by stream sequence, from the oldest not yet folded to the furthest read."""
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
         self._events: dict[int, bytes] = {}
         #: Everything below this was folded (and dropped, or never kept).

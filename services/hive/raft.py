@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 #: Events folded per hold of the lock (a few milliseconds), so ticks and readers interleave.
-_FOLD_CHUNK = 64
+_FOLD_CHUNK = 16
 #: How long the fold thread waits for the feeder to bring an event before looking again.
 _FEED_WAIT_S = 1.0
 
@@ -80,15 +80,16 @@ class RaftConfig:
             password=self.password,
             journalFile=str(self.data_dir / f"raft-{safe}.journal"),
             fullDumpFile=str(self.data_dir / f"raft-{safe}.dump"),
-            # Measured here: these give leader failover in ~0.6 s.
-            raftMinTimeout=0.15,
-            raftMaxTimeout=0.35,
+            # 0.15-0.35 s gave a failover in ~0.3 s on a quiet machine, but on a loaded one
+            # (2 cores, three replicas folding a long log) a starved tick thread cost an election
+            # every ~2 s; 0.4-0.8 s (connectionTimeout must be >= the maximum) holds there.
+            raftMinTimeout=0.4,
+            raftMaxTimeout=0.8,
             appendEntriesPeriod=0.03,
-            # Entries carry up to a thousand events (~1 MB); pysyncobj's 64 KB default splits
-            # each into many chunked messages and halved folding speed with 3 replicas.
+            # Entries are small now (ranges: ~8 bytes per event), but old ones carried events.
             appendEntriesBatchSizeBytes=4 * 1024 * 1024,
             connectionRetryTime=0.2,
-            connectionTimeout=0.5,
+            connectionTimeout=1.0,
             leaderFallbackTimeout=1.0,
             # Ticks are driven by ReplicatedState itself (see the module docstring).
             autoTick=False,

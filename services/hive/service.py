@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from typing import Any
 
@@ -171,6 +172,9 @@ class Hive:
 
 
 async def main() -> None:
+    # Raft's tick thread must answer within its election timeout while the fold thread and the
+    # event loop keep the GIL busy: hand the GIL over every millisecond, not every five.
+    sys.setswitchinterval(0.001)
     hive = Hive(Settings(), HiveSettings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
