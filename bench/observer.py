@@ -399,6 +399,7 @@ def run_ramp(
         for observation in core.apply_metrics(seq, at, item):
             if observation.finding is not None:
                 findings.append(observation.finding)
+        findings += core.released
         machine += core.machine_findings
     return findings, machine, time.perf_counter() - started
 
@@ -476,6 +477,8 @@ def detect(
         for observation in core.apply_metrics(seq, t, body):
             if observation.finding is not None:
                 findings.append(observation.finding)
+        # Findings the machine check held back a window (the delay counts from their window).
+        findings += core.released
     return findings, time.perf_counter() - started
 
 

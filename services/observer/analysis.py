@@ -19,14 +19,11 @@ keeps these in stream-processing tables and marks what a message changed in `dir
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from schemas.observer import ReportAnomaly, SignalEvidence
 from services.observer.detectors import (
     RELATIVE_FLOORS,
     Centroid,
@@ -46,6 +43,9 @@ from services.observer.features import (
     parse_log,
     parse_metrics,
 )
+
+# Re-exported: `Finding` has been importable from here since before it had a module of its own.
+from services.observer.finding import Finding as Finding
 from services.observer.machine import MachineConfig, MachineFinding, MachineWatch
 from services.observer.scoring import (
     CRITICAL_SIGNALS,
@@ -58,81 +58,6 @@ from services.observer.scoring import (
 )
 
 log = structlog.get_logger(__name__)
-
-DETECTOR = "robust-z+hst"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One incident's first flagged window, with the evidence that flagged it."""
-
-    agent_id: str
-    namespace: str
-    name: str
-    window_start: float
-    window_end: float
-    score: float
-    threshold: float
-    trees: float
-    kind: str
-    evidence: tuple[SignalScore, ...]
-    #: The z-score a signal needs to count as evidence (recorded as its threshold).
-    evidence_z: float = 4.0
-    #: The agent was past its critical warm-up (before it, a finding is a warning at most).
-    warm: bool = True
-    #: The combined score over the signals that can make a finding critical (`severity`).
-    critical_score: float = 0.0
-
-    @property
-    def id(self) -> str:
-        """Deterministic, so a finding re-sent after a restart is dropped as a duplicate."""
-        key = f"{self.agent_id}|{self.window_end:.3f}|{self.kind}".encode()
-        return "obs-" + hashlib.sha256(key).hexdigest()[:40]
-
-    @property
-    def severity(self) -> str:
-        top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
-        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
-
-    def summary(self) -> str:
-        parts = [
-            f"{s.signal} {s.value:.4g} vs baseline {s.baseline:.4g} (z={s.z:.1f})"
-            for s in self.evidence
-            if s.signal != "combined"
-        ]
-        return (f"{self.kind} in {self.namespace}/{self.name}: " + "; ".join(parts))[:1000]
-
-    def report(self) -> ReportAnomaly:
-        signals = [
-            SignalEvidence(
-                signal=s.signal,  # type: ignore[arg-type]
-                value=s.value,
-                baseline=s.baseline,
-                score=round(s.score, 4),
-                threshold=self.evidence_z,
-            )
-            for s in self.evidence
-        ]
-        signals.append(
-            SignalEvidence(
-                signal="combined",
-                value=round(self.score, 4),
-                baseline=round(self.threshold, 4),
-                score=round(self.score, 4),
-                threshold=round(self.threshold, 4),
-            )
-        )
-        return ReportAnomaly(
-            agent_id=self.agent_id,
-            detector=DETECTOR,
-            score=min(1.0, max(0.0, self.score)),
-            severity=self.severity,  # type: ignore[arg-type]
-            kind=self.kind,
-            window_start=datetime.fromtimestamp(self.window_start, UTC),
-            window_end=datetime.fromtimestamp(self.window_end, UTC),
-            signals=signals[:32],
-            summary=self.summary(),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,11 +361,15 @@ class Observatory:
     machines: MachineWatch = field(default_factory=MachineWatch)
     #: The machine-wide findings of the last message applied (`apply_samples`).
     machine_findings: list[MachineFinding] = field(default_factory=list)
+    #: Findings of earlier windows, held back for a window and reported with the last message
+    #: applied (`apply_samples`).
+    released: list[Finding] = field(default_factory=list)
     machine_config: MachineConfig = field(default_factory=MachineConfig)
 
     def __post_init__(self) -> None:
         self.machines.config = self.machine_config
         self.machines.evidence_z = self.config.evidence_z
+        self.machines.window_s = self.window_s
 
     def _agent(self, agent_id: str, namespace: str, name: str) -> AgentState:
         state = self.agents.get(agent_id)
@@ -470,19 +399,28 @@ class Observatory:
         """`apply_metrics` on the samples of one message, parsed already.
 
         Returns the observations of the windows the message closed, without the findings their
-        machine explains; the machine-wide findings are in `machine_findings` until the next
-        message.
+        machine explains or holds back for a window (`machine.py`, Timing); the machine-wide
+        findings, and the findings held at the pod's previous assessment and reported now, are
+        in `machine_findings` and `released` until the next message.
         """
         self.machine_findings = []
+        self.released = []
+        pod_id = samples[0].pod_id if samples else ""
+        # The pod's loop lag counts toward the windows it closes, so it is taken in first.
+        fresh = bool(pod_id) and self.machines.note(
+            pod_id, seq, samples[0].time, samples[0].loop_lag_ms
+        )
         by_agent: dict[str, list[ReplicaSample]] = {}
         for sample in samples:
             by_agent.setdefault(sample.agent_id, []).append(sample)
         observations = []
+        present: set[str] = set()
         for agent_id, mine in by_agent.items():
             state = self._agent(agent_id, mine[0].namespace, mine[0].name)
             if state.metrics_seq >= seq:
                 continue  # applied already (a replay from an older position)
             state.metrics_seq = seq
+            present.add(agent_id)
             self.dirty_agents.add(agent_id)
             for sample in mine:
                 closed = state.aggregator.add(sample)
@@ -494,33 +432,45 @@ class Observatory:
             if deployment.metrics_seq < seq:
                 deployment.metrics_seq = seq
                 self.dirty_deployments.add(namespace)
-        if observations and samples[0].pod_id:
-            observations = self._machine(seq, samples[0].pod_id, observations)
+        if observations and fresh:
+            observations = self._machine(pod_id, observations, present)
         return observations
 
-    def _machine(self, seq: int, pod_id: str, observations: list[Observation]) -> list[Observation]:
+    def _machine(
+        self, pod_id: str, observations: list[Observation], present: set[str]
+    ) -> list[Observation]:
         """Let the pod's machine explain what it can: withhold those agent findings (and put
-        back the agents' incident state, so a finding of their own is not swallowed later)."""
-        watch = self.machines.pod(pod_id)
-        if watch.metrics_seq >= seq:
-            return observations  # applied already (a replay)
-        watch.metrics_seq = seq
+        back the agents' incident state, so a finding of their own is not swallowed later),
+        hold back those it may explain one window later, release those it did not."""
         assessment = self.machines.assess(pod_id, observations)
         self.machine_findings = assessment.findings
-        if not assessment.withheld:
-            return observations
+        self.released = [h.finding for h in assessment.released]
+        hidden = {id(o) for o in (*assessment.withheld, *assessment.held)}
         withheld = {id(o) for o in assessment.withheld}
         out = []
         for o in observations:
-            if id(o) not in withheld:
+            if id(o) not in hidden:
                 out.append(o)
                 continue
-            state = self.agents[o.window.agent_id]
-            state.findings -= 1
-            if o.incident_before is not None:
-                state.analysis.incident = HoldDown.from_json(o.incident_before)
+            if id(o) in withheld:
+                self._unfind(o.window.agent_id, o.incident_before)
             out.append(dataclasses.replace(o, finding=None))
+        reported = {o.window.agent_id for o in out if o.finding is not None}
+        for held in assessment.explained:
+            agent_id = held.finding.agent_id
+            # Only the agents of this message are saved with it; an agent reported now keeps
+            # the incident state its new finding set.
+            if agent_id in present and agent_id not in reported:
+                self._unfind(agent_id, held.incident_before)
         return out
+
+    def _unfind(self, agent_id: str, incident_before: dict[str, Any] | None) -> None:
+        """A finding of the agent's is withheld: it is not counted, and the agent's incident is
+        as it was before it."""
+        state = self.agents[agent_id]
+        state.findings -= 1
+        if incident_before is not None:
+            state.analysis.incident = HoldDown.from_json(incident_before)
 
     def _close(self, state: AgentState, window: Window, seq: int) -> Observation:
         deployment = self._deployment(window.namespace)

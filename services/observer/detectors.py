@@ -56,6 +56,9 @@ ABSOLUTE_FLOORS: dict[str, float] = {
     "logs_per_call": 0.2,
     "queue_wait": 1.0,
     "behaviour_distance": 0.02,
+    #: A pod's loop lag summed over a window (ms; `machine.STALL`): a few ms of lateness is a
+    #: loop's ordinary jitter, so a starved pod is tens of ms later than usual.
+    "loop_lag": 10.0,
 }
 
 #: Spread floors proportional to a signal's level, where the signal's own noise is: latency and
@@ -82,6 +85,13 @@ class SignalScore:
     scale: float
     #: Signed robust z-score: (value - baseline) / scale.
     z: float
+
+    def to_json(self) -> list[Any]:
+        return [self.signal, self.value, self.baseline, self.scale, self.z]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> SignalScore:
+        return cls(str(doc[0]), float(doc[1]), float(doc[2]), float(doc[3]), float(doc[4]))
 
     def z_of(self, value: float) -> float:
         """The z-score another value would have had against the same baseline and spread."""
@@ -228,7 +238,9 @@ class LoadModel:
     grows faster than it for an agent that keeps up), the intercept the median of the log
     residuals, the spread the MAD of the relative residuals (value / expected - 1); all are
     refitted every `_MAD_EVERY` windows. Values learnt are clipped to the expected value +-
-    `clip` spreads, so an incident does not drag the model. The spread has the floors of
+    `clip` spreads, so an incident does not drag the model. Loads below those learnt are taken
+    as the lightest learnt (`expected`); loads far above are the caller's to judge
+    (`seen_at`). The spread has the floors of
     `RobustZ` (relative, absolute, counting), as fractions of the expected value.
     """
 
@@ -283,7 +295,14 @@ class LoadModel:
         return sum(1 for x in self.xs if x >= floor)
 
     def expected(self, load: float) -> float:
-        return math.exp(self.a + self.b * _ln(load))
+        """This agent's latency at `load`. Below the lightest load learnt the model does not
+        extrapolate: a slope fitted over a narrow range of loads (a few minutes of steady
+        traffic) would promise calls several times faster than any it has seen, and a starved
+        machine, serving fewer calls, would then look like every agent's own latency spike."""
+        x = _ln(load)
+        if self.xs:
+            x = max(x, min(self.xs))
+        return math.exp(self.a + self.b * x)
 
     def score(self, value: float, calls: int, seconds: float) -> SignalScore:
         if not self.xs:

@@ -75,6 +75,9 @@ class ReplicaSample:
     mailbox: int
     #: The pod that reported it ("" from pods that do not say).
     pod_id: str = ""
+    #: The pod's worst event-loop lateness since its previous message (ms; the same on every
+    #: sample of one message; 0 from pods that do not say): how starved the pod's process was.
+    loop_lag_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,18 @@ def _object(body: bytes) -> dict[str, Any]:
 
 #: Longest pod id taken from a metrics message (pod ids are NATS tokens of at most 64).
 _MAX_POD_ID = 64
+#: Largest loop lag taken from a metrics message (a day; more is a broken clock, not a stall).
+_MAX_LAG_MS = 86_400_000.0
+
+
+def _loop_lag(doc: dict[str, Any]) -> float:
+    """The pod's `pod.loop_lag_ms`, or 0 (unknown) when it has none that makes sense: the
+    replica rows matter more, so a message whose pod section is odd keeps them."""
+    pod = doc.get("pod")
+    lag = pod.get("loop_lag_ms") if isinstance(pod, dict) else None
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or not math.isfinite(lag):
+        return 0.0
+    return min(max(float(lag), 0.0), _MAX_LAG_MS)
 
 
 def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
@@ -123,6 +138,7 @@ def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
     pod_id = doc.get("pod_id", "")
     if not isinstance(pod_id, str) or len(pod_id) > _MAX_POD_ID:
         raise MalformedSample(f"pod_id must be a string of at most {_MAX_POD_ID} characters")
+    lag = _loop_lag(doc)
     samples = []
     for row in rows:
         if not isinstance(row, dict):
@@ -143,6 +159,7 @@ def parse_metrics(body: bytes, time: float) -> list[ReplicaSample]:
                 memory_bytes=int(_number(row, "memory_bytes", 0)),
                 mailbox=int(_number(row, "mailbox", 0)),
                 pod_id=pod_id,
+                loop_lag_ms=lag,
             )
         )
     return samples

@@ -8,18 +8,35 @@ core hands those observations here (`MachineWatch.assess`), which
 
 - finds the signals on which many of them deviate the same way: at least `min_agents`, and
   `share` of those with calls and a warm baseline, each at least `deviation_z` robust z-scores
-  above its own baseline (a mild deviation, well below what makes an agent finding, so a machine
-  is recognised before or with its agents' findings);
+  above its own baseline (a mild deviation, well below what makes an agent finding);
+- also counts a pod as deviating when its own event loop was starved (the loop lag its messages
+  report, summed over the window, `deviation_z` above the pod's usual) and at least
+  `min_agents` of its agents deviate, whatever their share: a starved process slows only the
+  calls that meet a stall, and with few calls in flight that is a few agents at a time;
 - reports one finding about the pod, or about the cluster when pods deviating in the same window
   are at least `cluster_min_pods` and `cluster_share` of the pods active lately; and
-- withholds the agent findings their machine explains: a finding whose evidence on machine
-  signals is no worse than its machine's (divided by the machine's median ratio it would no
-  longer be evidence, or it is at most `tolerance` times the machine's ratio), and whose other
-  evidence could not make it critical (a backlog, a little memory: a starved machine serves
-  fewer calls, so messages wait longer). An agent much slower than its machine, or that also
-  fails or burns more fuel, is still reported. While a machine's incident lasts (until
-  `quiet_windows` windows without deviation), its factors keep explaining, and its agents'
-  latency baselines do not learn (`slowed`), so the slowdown is not taken for their normal.
+- withholds the agent findings their machine explains, while its incident is open: a finding
+  whose other evidence could not make it critical (a backlog, a little memory: a starved machine
+  serves fewer calls, so messages wait longer), and whose evidence on machine signals is no
+  worse than its machine's. That is: at most `tolerance` times the machine's median ratio, or
+  the ratio that `min_agents` of the pod's agents reached in the window (a starved machine slows
+  its agents unevenly: a call that meets a stall or a descheduled thread takes many times longer
+  than one that does not, so an agent is compared with the worst few of its peers too), or
+  divided by the machine's ratio no longer evidence; or its calls were slower, in all, by no more
+  than `stall_tolerance` times the time its pod's loop was reported late. An agent much slower
+  than every peer and than the stalls, or that also fails or burns more fuel, is still reported.
+
+Timing. A slowdown is often seen on a few agents one window before it is seen on the machine
+(its first window is partly before it; busy loops take a moment to start), so a finding whose
+evidence is only machine signals, in a window with other agents deviating or a starved loop
+and no incident open yet, is held for one assessment (`PodWatch.held`): the pod's next message
+that closes windows judges it again, and withholds it if an incident is open by then, or
+releases it (`Assessment.released`). Findings with fuel (a cost blowup, a loop) or other
+critical evidence are never held, nor is a finding alone on its pod. An incident lasts while at
+least `min_agents` agents deviate or the pod's loop is starved, and ends after `quiet_windows`
+windows of neither: a sustained slowdown whose agents are hit by turns stays one incident. While
+it lasts (up to `max_freeze_windows`), its agents' latency baselines and the pod's loop-lag
+baseline do not learn (`slowed`), so the slowdown is not taken for their normal.
 
 Signals: latency and error rate per call, the ones a machine changes for every agent alike; not
 fuel (a machine cannot make a call burn more), not memory or logs. Only upward deviations.
@@ -31,7 +48,9 @@ so a replay makes the same decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +58,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas.machine import AffectedAgent, MachineDeviation, ReportPodAnomaly
-from services.observer.detectors import SignalScore
+from services.observer.detectors import RobustZ, SignalScore
+from services.observer.finding import Finding
 from services.observer.scoring import CRITICAL_SIGNALS, HoldDown
 
 if TYPE_CHECKING:
@@ -52,6 +72,8 @@ MACHINE_SIGNALS: dict[str, str] = {"latency": "slowdown", "error_rate": "error_b
 CLUSTER_KEY = "*"
 #: Agents named in a finding.
 _NAMED = 64
+#: The loop-lag baseline's signal name (`detectors.ABSOLUTE_FLOORS`).
+STALL = "loop_lag"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +81,8 @@ class MachineConfig:
     min_agents: int = 5
     share: float = 0.5
     deviation_z: float = 3.0
-    #: An agent at most this many times worse than its machine's median is explained by it.
+    #: An agent at most this many times worse than its machine is explained by it (against
+    #: the machine's median ratio, or the ratio `min_agents` of its agents reached).
     tolerance: float = 2.0
     cluster_min_pods: int = 2
     cluster_share: float = 0.5
@@ -70,39 +93,71 @@ class MachineConfig:
     critical_ratio: float = 5.0
     #: Windows of a machine incident during which its agents' latency baselines do not learn.
     max_freeze_windows: int = 150
+    #: An agent is explained by its machine's uneven slowdown when at least this many agents of
+    #: its window (itself included) were within `tolerance` of it.
+    peers: int = 3
+    #: While its pod is starved, an agent whose calls were slower on average by at most this many
+    #: times the worst loop lateness its pod reported over the window is explained by it.
+    stall_tolerance: float = 1.0
+    #: Windows of loop lag a pod's baseline keeps, and needs before the pod can count as starved.
+    stall_windows: int = 120
+    stall_warmup: int = 10
 
 
 @dataclass(frozen=True, slots=True)
 class Deviation:
-    """One signal on which a machine's agents deviated together in one window."""
+    """How one signal of a machine's agents moved in one window."""
 
     signal: str
+    #: Agents at least `deviation_z` above their baselines, of those observed.
     deviating: int
     observed: int
-    #: Median value / baseline among the deviating agents.
+    #: Median value / baseline among the deviating agents (1 when none).
     ratio: float
     #: Median value - baseline among them.
     shift: float
     median_z: float
+    #: What `MachineConfig.peers` of the observed agents reached: the ratio (latency) or the
+    #: shift (error rate) of the `peers`-th worst.
+    peak: float = 0.0
 
     def to_json(self) -> list[Any]:
-        return [self.signal, self.deviating, self.observed, self.ratio, self.shift, self.median_z]
+        return [
+            self.signal,
+            self.deviating,
+            self.observed,
+            self.ratio,
+            self.shift,
+            self.median_z,
+            self.peak,
+        ]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> Deviation:
-        return cls(doc[0], int(doc[1]), int(doc[2]), float(doc[3]), float(doc[4]), float(doc[5]))
+        ratio, shift = float(doc[3]), float(doc[4])
+        # Older state has no peak: the median stands for it.
+        peak = float(doc[6]) if len(doc) > 6 else (shift if doc[0] == "error_rate" else ratio)
+        return cls(doc[0], int(doc[1]), int(doc[2]), ratio, shift, float(doc[5]), peak)
 
     def explains(self, score: SignalScore, evidence_z: float, tolerance: float) -> bool:
         """Whether the machine accounts for this agent's deviation on the signal."""
         if self.signal == "error_rate":
+            worst = max(self.shift, self.peak)
+            if score.value <= tolerance * max(score.baseline + worst, 0.0):
+                return True
             adjusted = score.value - self.shift
-            if score.value <= tolerance * max(score.baseline + self.shift, 0.0):
-                return True
         else:
-            adjusted = score.value / self.ratio if self.ratio > 0 else score.value
-            if score.baseline > 0 and score.value <= tolerance * self.ratio * score.baseline:
+            worst = max(self.ratio, self.peak)
+            if score.baseline > 0 and score.value <= tolerance * worst * score.baseline:
                 return True
+            adjusted = score.value / self.ratio if self.ratio > 0 else score.value
         return score.z_of(adjusted) < evidence_z
+
+    def within_peak(self, score: SignalScore, tolerance: float) -> bool:
+        """Whether at least `peers` agents of the window were within `tolerance` of it."""
+        if self.signal == "error_rate":
+            return score.value <= tolerance * max(score.baseline + self.peak, 0.0)
+        return score.baseline > 0 and score.value <= tolerance * self.peak * score.baseline
 
 
 def _deviations_json(deviations: Iterable[Deviation]) -> list[list[Any]]:
@@ -136,6 +191,10 @@ class MachineFinding:
     withheld: int
     deviation_z: float = 3.0
     critical_ratio: float = 5.0
+    #: The worst loop lag the pod reported over the window (ms), when it counted as starved.
+    stall_ms: float = 0.0
+    #: The share of agents a slowdown must reach to be critical (`MachineConfig.share`).
+    share: float = 0.5
 
     @property
     def kind(self) -> str:
@@ -143,8 +202,14 @@ class MachineFinding:
 
     @property
     def severity(self) -> str:
-        slow = [d.ratio for d in self.deviations if d.signal == "latency"]
-        return "critical" if slow and slow[0] >= self.critical_ratio else "warning"
+        """Critical when most agents are `critical_ratio` times slower (a stall that hit a
+        few of them hard is a warning)."""
+        slow = [
+            d
+            for d in self.deviations
+            if d.signal == "latency" and d.deviating >= self.share * d.observed
+        ]
+        return "critical" if slow and slow[0].ratio >= self.critical_ratio else "warning"
 
     @property
     def id(self) -> str:
@@ -164,6 +229,8 @@ class MachineFinding:
                 parts.append(f"latency x{d.ratio:.2g} on {d.deviating} of {d.observed} agents")
             else:
                 parts.append(f"error rate +{d.shift:.2g} on {d.deviating} of {d.observed} agents")
+        if self.stall_ms:
+            parts.append(f"its event loop up to {self.stall_ms:.0f} ms late")
         cause = (
             "the machine is starved (CPU, a noisy neighbour) or its NATS is slow"
             if self.scope == "pod"
@@ -211,17 +278,53 @@ class MachineFinding:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An agent finding held back until the pod's next assessment (see the module's Timing)."""
+
+    finding: Finding
+    #: The agent's incident state before the finding's window, to put back if it is withheld.
+    incident_before: dict[str, Any] | None
+    #: Its own window's peers or the pod's stalls already account for it: withheld if an
+    #: incident is open at the next assessment.
+    local: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "finding": self.finding.to_json(),
+            "incident_before": self.incident_before,
+            "local": self.local,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Held:
+        return cls(Finding.from_json(doc["finding"]), doc["incident_before"], bool(doc["local"]))
+
+
+def _stall_baseline(config: MachineConfig) -> RobustZ:
+    return RobustZ(STALL, size=config.stall_windows, relative_floor=0.5)
+
+
 @dataclass(slots=True)
 class PodWatch:
-    """One pod's machine-wide incident: open while its agents deviate together, and the
-    deviations that explain their findings while it is."""
+    """One pod's machine-wide incident: open while its agents deviate together (or its loop is
+    starved), the deviations that explain their findings while it is, the pod's loop lag, and
+    the findings held until its next assessment."""
 
     incident: HoldDown
     deviations: list[Deviation] = field(default_factory=list)
-    #: The last metrics sequence of this pod assessed (a replay skips what is at or below).
+    #: The last metrics sequence of this pod applied (a replay skips what is at or below).
     metrics_seq: int = 0
     #: Start of the first window of the open incident.
     since: float = 0.0
+    #: Loop lag reported per window (window start as `%.3f` -> the worst lateness its messages
+    #: reported, ms), for the last few windows.
+    lags: dict[str, float] = field(default_factory=dict)
+    #: The pod's usual loop lag per window (learnt outside incidents); None until first used.
+    stall: RobustZ | None = None
+    #: Start of the last window whose loop lag was learnt.
+    learnt: float = 0.0
+    held: list[Held] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -229,16 +332,29 @@ class PodWatch:
             "deviations": _deviations_json(self.deviations),
             "metrics_seq": self.metrics_seq,
             "since": self.since,
+            "lags": dict(self.lags),
+            "stall": None if self.stall is None else self.stall.to_json(),
+            "learnt": self.learnt,
+            "held": [h.to_json() for h in self.held],
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PodWatch:
+        stall = doc.get("stall")
         return cls(
             HoldDown.from_json(doc["incident"]),
             _deviations(doc["deviations"]),
             int(doc["metrics_seq"]),
             float(doc.get("since", 0.0)),
+            {w: float(v) for w, v in doc.get("lags", {}).items()},
+            None if stall is None else RobustZ.from_json(stall),
+            float(doc.get("learnt", 0.0)),
+            [Held.from_json(h) for h in doc.get("held", [])],
         )
+
+    def stall_since(self, start: float) -> float:
+        """The worst loop lag reported from the window starting at `start` until now (ms)."""
+        return max((v for w, v in self.lags.items() if float(w) >= start - 1e-9), default=0.0)
 
 
 @dataclass(slots=True)
@@ -279,19 +395,27 @@ class ClusterWatch:
         return self.flagged_end > 0 and end - self.flagged_end < quiet * seconds + 1e-9
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assessment:
     """What one pod message's closed windows showed about their machine."""
 
     #: Observations whose finding the machine explains (to be withheld).
-    withheld: list[Observation]
-    findings: list[MachineFinding]
+    withheld: list[Observation] = field(default_factory=list)
+    #: Observations whose finding is held until the pod's next assessment.
+    held: list[Observation] = field(default_factory=list)
+    findings: list[MachineFinding] = field(default_factory=list)
+    #: Findings held at an earlier assessment: explained by the machine now (withheld), or
+    #: not (released: to be reported now).
+    explained: list[Held] = field(default_factory=list)
+    released: list[Held] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class MachineWatch:
     config: MachineConfig = field(default_factory=MachineConfig)
     evidence_z: float = 4.0
+    #: The windows' length (s): the pod's loop lag is summed per window.
+    window_s: float = 10.0
     pods: dict[str, PodWatch] = field(default_factory=dict)
     cluster: ClusterWatch = field(default_factory=ClusterWatch)
     #: Keys (pod ids, `CLUSTER_KEY`) changed since the service last saved them.
@@ -302,6 +426,23 @@ class MachineWatch:
         if watch is None:
             watch = self.pods[pod_id] = PodWatch(HoldDown(self.config.quiet_windows))
         return watch
+
+    def note(self, pod_id: str, seq: int, time: float, loop_lag_ms: float) -> bool:
+        """Take one metrics message of pod `pod_id` in (call for every message, before its
+        windows are assessed); False when the pod has applied it already (a replay)."""
+        watch = self.pod(pod_id)
+        if watch.metrics_seq >= seq:
+            return False
+        watch.metrics_seq = seq
+        start = math.floor(time / self.window_s) * self.window_s
+        key = f"{start:.3f}"
+        watch.lags[key] = max(watch.lags.get(key, 0.0), loop_lag_ms)
+        # Windows close within a few of their end; older lags are judged already.
+        horizon = start - 4 * self.window_s
+        for old in [w for w in watch.lags if float(w) < horizon - 1e-9]:
+            del watch.lags[old]
+        self.dirty.add(pod_id)
+        return True
 
     def slowed(self, pods: Iterable[str], end: float, seconds: float) -> bool:
         """Whether a window ending at `end` falls in a machine incident of one of its pods (or
@@ -319,33 +460,85 @@ class MachineWatch:
         return False
 
     def assess(self, pod_id: str, observations: Sequence[Observation]) -> Assessment:
-        """Judge the windows a message of pod `pod_id` closed (call once per message)."""
+        """Judge the windows a message of pod `pod_id` closed (call once per message, after
+        `note`), then the findings held at the pod's previous assessment."""
+        out = Assessment()
         mine = [o for o in observations if pod_id and pod_id in o.window.pods]
         if not mine:
-            return Assessment([], [])
+            return out
+        pod = self.pod(pod_id)
+        pending, pod.held = pod.held, []
         by_start: dict[float, list[Observation]] = {}
         for o in mine:
             by_start.setdefault(o.window.start, []).append(o)
-        withheld: list[Observation] = []
-        findings: list[MachineFinding] = []
         for start in sorted(by_start):
-            group = by_start[start]
-            out, finding = self._window(pod_id, group)
-            withheld += out
-            if finding is not None:
-                findings.append(finding)
+            self._window(pod_id, by_start[start], out)
+        # The held findings, one window later: withheld if an incident is open now.
+        last = max(by_start)
+        seconds = by_start[last][0].window.seconds
+        explaining = self._explaining(pod, last + seconds, seconds)
+        open_ = bool(explaining) or pod.incident.active
+        for held in pending:
+            if open_ and (held.local or self._explained(held.finding, explaining)):
+                out.explained.append(held)
+            else:
+                out.released.append(held)
+        if out.explained and out.findings:
+            first = out.findings[0]
+            out.findings[0] = dataclasses.replace(
+                first, withheld=first.withheld + len(out.explained)
+            )
         self.dirty.update((pod_id, CLUSTER_KEY))
-        return Assessment(withheld, findings)
+        return out
 
-    def _window(
-        self, pod_id: str, group: list[Observation]
-    ) -> tuple[list[Observation], MachineFinding | None]:
+    def _explaining(self, pod: PodWatch, end: float, seconds: float) -> dict[str, Deviation]:
+        """The deviations of the open incidents (the cluster's, then the pod's) by signal."""
+        cluster = self.cluster
+        explaining: dict[str, Deviation] = {}
+        if cluster.active(end, seconds, self.config.quiet_windows):
+            explaining.update((d.signal, d) for d in cluster.deviations)
+        if pod.incident.active:
+            explaining.update((d.signal, d) for d in pod.deviations)
+        return explaining
+
+    def _starved(self, pod: PodWatch, stall_ms: float) -> bool:
+        baseline = pod.stall
+        if baseline is None or not baseline.ready(self.config.stall_warmup):
+            return False
+        return baseline.score(stall_ms).z >= self.config.deviation_z
+
+    def _window(self, pod_id: str, group: list[Observation], out: Assessment) -> None:
         config = self.config
         start, end = group[0].window.start, group[0].window.end
         seconds = end - start
-        deviations = self._deviations(group)
         pod = self.pod(pod_id)
         cluster = self.cluster
+        stall_ms = pod.stall_since(start)
+        starved = self._starved(pod, stall_ms)
+        measured = self._measure(group)
+        strict = [
+            d
+            for d in measured.values()
+            if d.deviating >= config.min_agents and d.deviating >= config.share * d.observed
+        ]
+        broad = [d for d in measured.values() if d.deviating >= config.min_agents]
+        suspects = [o for o in group if o.finding is not None and _machine_only(o.finding)]
+        local = {
+            id(o): self._local(o.finding, measured, stall_ms if starved else None)
+            for o in suspects
+            if o.finding is not None
+        }
+        was_active = pod.incident.active
+        # Opening needs most agents deviating, or the pod's loop starved and some of them
+        # deviating (or slowed by no more than its stalls); an open incident lasts while some
+        # deviate or the loop is starved.
+        if was_active:
+            flagged = bool(broad) or starved
+        else:
+            flagged = bool(strict) or (starved and (bool(broad) or any(local.values())))
+        deviations = strict or (broad if flagged else [])
+        if flagged and not deviations and "latency" in measured:
+            deviations = [measured["latency"]]  # opened by its loop's stalls
 
         # The cluster: which pods deviated in this window, among those active lately.
         cluster.seen[pod_id] = max(cluster.seen.get(pod_id, 0.0), end)
@@ -370,15 +563,32 @@ class MachineWatch:
         cluster_active = cluster.active(end, seconds, config.quiet_windows)
         self._prune(end, seconds)
 
-        # What explains this pod's agents: its own deviation now, or its open incident's, or
-        # the cluster's.
-        explaining = {d.signal: d for d in cluster.deviations} if cluster_active else {}
-        if pod.incident.active:
-            explaining.update((d.signal, d) for d in pod.deviations)
+        # What explains this pod's agents: the open incidents' deviations and this window's.
+        explaining = self._explaining(pod, end, seconds)
         explaining.update((d.signal, d) for d in deviations)
-        withheld = [o for o in group if o.finding is not None and self._explained(o, explaining)]
+        incident = was_active or flagged or cluster_active
+        withheld_before = len(out.withheld)
+        for o in suspects:
+            finding = o.finding
+            assert finding is not None
+            if incident:
+                if local[id(o)] or self._explained(finding, explaining):
+                    out.withheld.append(o)
+                # else: an outlier of its machine's incident, reported now.
+            elif local[id(o)] or starved or self._accompanied(finding, measured):
+                out.held.append(o)
+                pod.held.append(Held(finding, o.incident_before, local[id(o)]))
 
-        new_incident = pod.incident.step(bool(deviations))
+        opening = flagged and not was_active
+        young = was_active and end - pod.since < config.max_freeze_windows * seconds
+        if not opening and not young and start > pod.learnt:
+            # The pod's loop lag outside incidents (or in one that has lasted for long) is its
+            # normal; winsorised like any baseline.
+            if pod.stall is None:
+                pod.stall = _stall_baseline(config)
+            pod.stall.learn(stall_ms, pod.stall.score(stall_ms) if pod.stall.values else None)
+            pod.learnt = start
+        new_incident = pod.incident.step(flagged)
         if new_incident:
             pod.since = start
         if deviations:
@@ -392,50 +602,86 @@ class MachineWatch:
         elif new_incident and not cluster_active:
             scope = "pod"
         if scope is None:
-            return withheld, None
+            return
         shown = cluster.deviations if scope == "cluster" else deviations
-        return withheld, MachineFinding(
-            scope=scope,
-            pod_id=pod_id,
-            pods=tuple(deviating_pods) if scope == "cluster" else (pod_id,),
-            window_start=start,
-            window_end=end,
-            deviations=tuple(shown),
-            agents=self._affected(group, deviations or shown),
-            withheld=len(withheld),
-            deviation_z=config.deviation_z,
-            critical_ratio=config.critical_ratio,
+        out.findings.append(
+            MachineFinding(
+                scope=scope,
+                pod_id=pod_id,
+                pods=tuple(deviating_pods) if scope == "cluster" else (pod_id,),
+                window_start=start,
+                window_end=end,
+                deviations=tuple(shown),
+                agents=self._affected(group, deviations or shown),
+                withheld=len(out.withheld) - withheld_before,
+                deviation_z=config.deviation_z,
+                critical_ratio=config.critical_ratio,
+                stall_ms=stall_ms if starved else 0.0,
+                share=config.share,
+            )
         )
 
-    def _deviations(self, group: list[Observation]) -> list[Deviation]:
+    def _measure(self, group: list[Observation]) -> dict[str, Deviation]:
+        """Each machine signal of the window, over its agents with calls and a warm baseline
+        (signals observed on fewer than `min_agents` agents are left out)."""
         config = self.config
-        out = []
+        out = {}
         for signal in MACHINE_SIGNALS:
             observed = [o.scores[signal] for o in group if signal in o.eligible]
-            up = [s for s in observed if s.z >= config.deviation_z]
-            if len(up) < config.min_agents or len(up) < config.share * len(observed):
+            if len(observed) < config.min_agents:
                 continue
-            ratios = [s.value / s.baseline for s in up if s.baseline > 0]
-            out.append(
-                Deviation(
-                    signal,
-                    len(up),
-                    len(observed),
-                    statistics.median(ratios) if ratios else 1.0,
-                    statistics.median(s.value - s.baseline for s in up),
-                    statistics.median(s.z for s in up),
+            up = [s for s in observed if s.z >= config.deviation_z]
+            if signal == "error_rate":
+                spread = sorted((s.value - s.baseline for s in observed), reverse=True)
+            else:
+                spread = sorted(
+                    (s.value / s.baseline for s in observed if s.baseline > 0), reverse=True
                 )
+            ratios = [s.value / s.baseline for s in up if s.baseline > 0]
+            out[signal] = Deviation(
+                signal,
+                len(up),
+                len(observed),
+                statistics.median(ratios) if ratios else 1.0,
+                statistics.median(s.value - s.baseline for s in up) if up else 0.0,
+                statistics.median(s.z for s in up) if up else 0.0,
+                spread[config.peers - 1] if len(spread) >= config.peers else 0.0,
             )
         return out
 
-    def _explained(self, observation: Observation, explaining: dict[str, Deviation]) -> bool:
-        """Whether the machine accounts for the finding: it has evidence on a machine signal,
-        all of which the machine explains, and no other evidence that could make a finding
-        critical (fuel: a machine cannot make a call burn more)."""
-        finding = observation.finding
-        if finding is None or not explaining:
+    def _accompanied(self, finding: Finding, measured: dict[str, Deviation]) -> bool:
+        """Whether other agents of the window deviate on one of the finding's machine signals
+        too (a finding alone on its pod is not the start of a machine-wide incident)."""
+        return any(
+            e.signal in measured and measured[e.signal].deviating >= 2 for e in finding.evidence
+        )
+
+    def _local(
+        self, finding: Finding, measured: dict[str, Deviation], stall_ms: float | None
+    ) -> bool:
+        """Whether the finding's own window accounts for it: on each machine signal, at least
+        `peers` agents within `tolerance` of it, or (latency, `stall_ms` given: the pod was
+        starved) calls slower on average by no more than `stall_tolerance` times the worst
+        lateness of the pod's loop."""
+        for evidence in finding.evidence:
+            if evidence.signal not in MACHINE_SIGNALS:
+                continue
+            peers = measured.get(evidence.signal)
+            if peers is not None and peers.within_peak(evidence, self.config.tolerance):
+                continue
+            stalled = stall_ms is not None and evidence.signal == "latency"
+            if stalled and evidence.value - evidence.baseline <= self.config.stall_tolerance * (
+                stall_ms or 0.0
+            ):
+                continue
             return False
-        machine_evidence = False
+        return True
+
+    def _explained(self, finding: Finding, explaining: dict[str, Deviation]) -> bool:
+        """Whether the open incidents account for the finding: each machine signal of its
+        evidence within what they did to their agents."""
+        if not explaining:
+            return False
         for evidence in finding.evidence:
             if evidence.signal in MACHINE_SIGNALS:
                 deviation = explaining.get(evidence.signal)
@@ -443,10 +689,7 @@ class MachineWatch:
                     evidence, self.evidence_z, self.config.tolerance
                 ):
                     return False
-                machine_evidence = True
-            elif evidence.signal in CRITICAL_SIGNALS:
-                return False
-        return machine_evidence
+        return True
 
     def _affected(
         self, group: list[Observation], deviations: Sequence[Deviation]
@@ -474,6 +717,19 @@ class MachineWatch:
             del cluster.seen[pod]
 
 
+def _machine_only(finding: Finding) -> bool:
+    """Whether a machine could account for the finding: it has evidence on a machine signal,
+    and no other evidence that could make a finding critical (fuel: a machine cannot make a
+    call burn more)."""
+    machine = False
+    for evidence in finding.evidence:
+        if evidence.signal in MACHINE_SIGNALS:
+            machine = True
+        elif evidence.signal in CRITICAL_SIGNALS:
+            return False
+    return machine
+
+
 def _merge(groups: Iterable[list[Deviation]]) -> list[Deviation]:
     """One deviation per signal over several pods: counts summed, medians of the pods' medians."""
     by_signal: dict[str, list[Deviation]] = {}
@@ -488,6 +744,7 @@ def _merge(groups: Iterable[list[Deviation]]) -> list[Deviation]:
             statistics.median(d.ratio for d in ds),
             statistics.median(d.shift for d in ds),
             statistics.median(d.median_z for d in ds),
+            statistics.median(d.peak for d in ds),
         )
         for signal, ds in sorted(by_signal.items())
     ]
@@ -497,9 +754,11 @@ __all__ = [
     "CLUSTER_KEY",
     "DETECTOR",
     "MACHINE_SIGNALS",
+    "STALL",
     "Assessment",
     "ClusterWatch",
     "Deviation",
+    "Held",
     "MachineConfig",
     "MachineFinding",
     "MachineWatch",

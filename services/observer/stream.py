@@ -18,11 +18,12 @@ log lines placed by their own timestamps, neither of which is a per-event aggreg
 window. The module's tables give what the windows need: exactly-once state, recovered before
 intake.
 
-Handlers return the findings as `anomaly.report` commands, and machine-wide findings as
-`pod.report_anomaly` commands. Their ids are the findings' own (`Finding.id`, from agent, window
-end and kind; `MachineFinding.id`, from scope, pod, window end and kind), which are as stable
-across replays as `event.derived_id` and also across a rebuild of the tables from the streams,
-so JetStream drops a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
+Handlers return the findings as `anomaly.report` commands (those of the windows a message
+closed, and those held back a window by the machine check and released by it), and machine-wide
+findings as `pod.report_anomaly` commands. Their ids are the findings' own (`Finding.id`, from
+agent, window end and kind; `MachineFinding.id`, from scope, pod, window end and kind), which
+are as stable across replays as `event.derived_id` and also across a rebuild of the tables from
+the streams, so JetStream drops a repeat (within its duplicate window, SWARM_DUPLICATE_WINDOW).
 
 The handlers must not mutate the tables' values (the module keeps a key's value from before a
 batch to roll back to), and decoding the detectors from JSON on every message would dominate the
@@ -45,6 +46,7 @@ from services.observer.analysis import AgentState, DeploymentState, Observation,
 from services.observer.behaviour import BehaviourRow
 from services.observer.config import ObserverSettings
 from services.observer.features import LogSample, ReplicaSample, parse_log, parse_metrics
+from services.observer.finding import Finding
 from services.observer.machine import CLUSTER_KEY, ClusterWatch, MachineFinding, PodWatch
 from swarm.kernel.ids import IdKey
 from swarm.kernel.settings import Settings
@@ -214,9 +216,10 @@ class TableSync:
 
 
 def report(
-    observation: Observation, now: float, max_age: float, ids: IdKey
+    found: Observation | Finding, now: float, max_age: float, ids: IdKey
 ) -> Envelope[Any] | None:
-    """The `anomaly.report` command of the observation's finding, if it has one that is recent.
+    """The `anomaly.report` command of a finding (or of an observation's, if it has one), if
+    it is recent.
 
     A finding whose window ended more than `max_age` seconds ago comes from reading old metrics
     again (a first start, or a rebuild after the changelog was deleted): the incident is long
@@ -224,7 +227,7 @@ def report(
     it is not sent again. This reads the clock, yet replays stay exact: the decision only ever
     turns from "send" to "skip" as time passes, so no finding is sent twice because of it.
     """
-    f = observation.finding
+    f = found.finding if isinstance(found, Observation) else found
     if f is None:
         return None
     fields = {
@@ -308,12 +311,15 @@ def build_app(
             namespaces = sync.load(tables, agents, namespaces, pods)
             observations = core.apply_samples(event.seq, samples)
             machine = core.machine_findings
+            released = core.released
             sync.save(tables, agents, namespaces)
         except BaseException:
             sync.forget(agents, namespaces, pods)
             raise
         now = clock()
         reports = [e for o in observations if (e := report(o, now, max_age, ids)) is not None]
+        # Findings of earlier windows the machine check held back and did not explain.
+        reports += [e for f in released if (e := report(f, now, max_age, ids)) is not None]
         reports += [e for f in machine if (e := machine_report(f, now, max_age, ids)) is not None]
         if on_windows is not None:
             rows = [

@@ -156,5 +156,6 @@ def feed(
             continue
         assert kind == "metrics"
         findings += [o.finding for o in core.apply_metrics(seq, t, payload) if o.finding]
+        findings += core.released  # held back a window by the machine check
         machine += core.machine_findings
     return findings, machine

@@ -1,0 +1,105 @@
+"""A finding about one agent: the first flagged window of an incident and its evidence, as the
+Observer reports it to the Hive (`ReportAnomaly`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.observer import ReportAnomaly, SignalEvidence
+from services.observer.detectors import SignalScore
+from services.observer.scoring import CRITICAL_SIGNALS, severity
+
+DETECTOR = "robust-z+hst"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One incident's first flagged window, with the evidence that flagged it."""
+
+    agent_id: str
+    namespace: str
+    name: str
+    window_start: float
+    window_end: float
+    score: float
+    threshold: float
+    trees: float
+    kind: str
+    evidence: tuple[SignalScore, ...]
+    #: The z-score a signal needs to count as evidence (recorded as its threshold).
+    evidence_z: float = 4.0
+    #: The agent was past its critical warm-up (before it, a finding is a warning at most).
+    warm: bool = True
+    #: The combined score over the signals that can make a finding critical (`severity`).
+    critical_score: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Exact (floats round-trip): a finding held back for a window is kept in a table."""
+        doc = {f: getattr(self, f) for f in _FIELDS}
+        doc["evidence"] = [s.to_json() for s in self.evidence]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Finding:
+        values = {f: doc[f] for f in _FIELDS}
+        values["evidence"] = tuple(SignalScore.from_json(s) for s in doc["evidence"])
+        return cls(**values)
+
+    @property
+    def id(self) -> str:
+        """Deterministic, so a finding re-sent after a restart is dropped as a duplicate."""
+        key = f"{self.agent_id}|{self.window_end:.3f}|{self.kind}".encode()
+        return "obs-" + hashlib.sha256(key).hexdigest()[:40]
+
+    @property
+    def severity(self) -> str:
+        top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
+        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
+
+    def summary(self) -> str:
+        parts = [
+            f"{s.signal} {s.value:.4g} vs baseline {s.baseline:.4g} (z={s.z:.1f})"
+            for s in self.evidence
+            if s.signal != "combined"
+        ]
+        return (f"{self.kind} in {self.namespace}/{self.name}: " + "; ".join(parts))[:1000]
+
+    def report(self) -> ReportAnomaly:
+        signals = [
+            SignalEvidence(
+                signal=s.signal,  # type: ignore[arg-type]
+                value=s.value,
+                baseline=s.baseline,
+                score=round(s.score, 4),
+                threshold=self.evidence_z,
+            )
+            for s in self.evidence
+        ]
+        signals.append(
+            SignalEvidence(
+                signal="combined",
+                value=round(self.score, 4),
+                baseline=round(self.threshold, 4),
+                score=round(self.score, 4),
+                threshold=round(self.threshold, 4),
+            )
+        )
+        return ReportAnomaly(
+            agent_id=self.agent_id,
+            detector=DETECTOR,
+            score=min(1.0, max(0.0, self.score)),
+            severity=self.severity,  # type: ignore[arg-type]
+            kind=self.kind,
+            window_start=datetime.fromtimestamp(self.window_start, UTC),
+            window_end=datetime.fromtimestamp(self.window_end, UTC),
+            signals=signals[:32],
+            summary=self.summary(),
+        )
+
+
+_FIELDS = tuple(f.name for f in fields(Finding))
+
+__all__ = ["DETECTOR", "Finding"]
