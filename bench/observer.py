@@ -13,7 +13,8 @@ Incidents (one kind each, drawn uniformly):
 
 An incident counts as detected when a finding about its agent has a window overlapping
 [start, end + tolerance]; a finding overlapping no incident span is a false positive.
-Detection delay = finding window end - incident start (simulated seconds).
+Detection delay = finding window end - incident start (simulated seconds), plus the time the
+machine check held the finding back, if it did (`Holds`).
 The generator's parameters are fixed in `Workload` below and were not changed while tuning the
 detectors. Baseline row: the same messages through window aggregation only (no detectors).
 
@@ -385,12 +386,14 @@ def generate_ramp(
 
 def run_ramp(
     w: LoadRamp, config: DetectorConfig
-) -> tuple[list[Finding], list[MachineFinding], float]:
-    """Feed the load ramp through the core in arrival order: findings, machine findings, s."""
+) -> tuple[list[Finding], list[MachineFinding], float, Holds]:
+    """Feed the load ramp through the core in arrival order: findings, machine findings, s,
+    and the findings held back a window."""
     events, _, _ = generate_ramp(w)
     core = Observatory(config, w.window_s)
     findings: list[Finding] = []
     machine: list[MachineFinding] = []
+    holds = Holds()
     started = time.perf_counter()
     for at, seq, item in events:
         if isinstance(item, LogSample):
@@ -400,8 +403,9 @@ def run_ramp(
             if observation.finding is not None:
                 findings.append(observation.finding)
         findings += core.released
+        holds.take(core, at)
         machine += core.machine_findings
-    return findings, machine, time.perf_counter() - started
+    return findings, machine, time.perf_counter() - started, holds
 
 
 def score_ramp(
@@ -467,11 +471,43 @@ def aggregate_only(messages: list[tuple[int, float, bytes]], window_s: float) ->
     return time.perf_counter() - started
 
 
+@dataclass(slots=True)
+class Holds:
+    """Agent findings the machine check held back a window (`machine.py`, Timing): how many,
+    how many it reported after all, and the delay that added to those."""
+
+    held: int = 0
+    released: int = 0
+    #: Finding id -> seconds it was held back (released findings).
+    added_s: dict[str, float] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)
+
+    def take(self, core: Observatory, t: float) -> None:
+        for f in core.held:
+            self.held += 1
+            self.since[f.id] = t
+        for f in core.released:
+            self.released += 1
+            self.added_s[f.id] = t - self.since.pop(f.id, t)
+
+    def to_json(self) -> dict[str, float]:
+        added = list(self.added_s.values())
+        return {
+            "held": self.held,
+            "released": self.released,
+            # Explained by their machine (a finding still held when the run ended counts too).
+            "withheld": self.held - self.released,
+            "median_added_delay_s": statistics.median(added) if added else math.nan,
+            "max_added_delay_s": max(added) if added else math.nan,
+        }
+
+
 def detect(
     messages: list[tuple[int, float, bytes]], window_s: float, config: DetectorConfig
-) -> tuple[list[Finding], float]:
+) -> tuple[list[Finding], float, Holds]:
     core = Observatory(config, window_s)
     findings = []
+    holds = Holds()
     started = time.perf_counter()
     for seq, t, body in messages:
         for observation in core.apply_metrics(seq, t, body):
@@ -479,7 +515,8 @@ def detect(
                 findings.append(observation.finding)
         # Findings the machine check held back a window (the delay counts from their window).
         findings += core.released
-    return findings, time.perf_counter() - started
+        holds.take(core, t)
+    return findings, time.perf_counter() - started, holds
 
 
 async def runner(messages: list[tuple[int, float, bytes]], pods: int) -> dict[str, Any]:
@@ -543,8 +580,14 @@ async def _runner(url: str, messages: list[tuple[int, float, bytes]], pods: int)
 
 
 def score(
-    findings: list[Finding], incidents: list[Incident], tolerance: float
+    findings: list[Finding],
+    incidents: list[Incident],
+    tolerance: float,
+    added_s: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Recall, precision and delays. A finding's time is its window's end, plus the time the
+    machine check held it back (`added_s`, by finding id)."""
+    added_s = added_s or {}
     by_agent: dict[str, list[Incident]] = {}
     for inc in incidents:
         by_agent.setdefault(f"agent-{inc.agent}", []).append(inc)
@@ -560,8 +603,9 @@ def score(
             false_positives[f.kind] = false_positives.get(f.kind, 0) + 1
             continue
         true_findings += 1
-        if hit.detected_at is None:
-            hit.detected_at = f.window_end
+        at = f.window_end + added_s.get(f.id, 0.0)
+        if hit.detected_at is None or at < hit.detected_at:
+            hit.detected_at = at
     rows: dict[str, dict[str, float]] = {}
     fp_total = sum(false_positives.values())
     for kind in (*KINDS, "all"):
@@ -622,8 +666,8 @@ def main() -> None:
     messages, incidents, rows = generate(workload)
     generated_s = time.perf_counter() - started
     baseline_s = aggregate_only(messages, workload.window_s)
-    findings, detect_s = detect(messages, workload.window_s, config)
-    quality = score(findings, incidents, workload.tolerance_s)
+    findings, detect_s, holds = detect(messages, workload.window_s, config)
+    quality = score(findings, incidents, workload.tolerance_s, holds.added_s)
     kinds: dict[str, dict[str, int]] = {}
     for inc in incidents:
         if inc.detected_at is not None:
@@ -631,7 +675,8 @@ def main() -> None:
             named = next(
                 f.kind
                 for f in sorted(findings, key=lambda f: f.window_end)
-                if f.agent_id == f"agent-{inc.agent}" and f.window_end == inc.detected_at
+                if f.agent_id == f"agent-{inc.agent}"
+                and f.window_end + holds.added_s.get(f.id, 0.0) == inc.detected_at
             )
             kinds.setdefault(inc.kind, {}).setdefault(named, 0)
             kinds[inc.kind][named] += 1
@@ -642,8 +687,9 @@ def main() -> None:
         cycle_s=min(600.0, args.ramp_duration),
     )
     _, episodes, ramp_rows = generate_ramp(ramp)
-    ramp_findings, ramp_machine, ramp_s = run_ramp(ramp, config)
+    ramp_findings, ramp_machine, ramp_s, ramp_holds = run_ramp(ramp, config)
     ramp_quality = score_ramp(ramp, ramp_findings, ramp_machine, episodes)
+    ramp_quality["held"] = ramp_holds.to_json()
     ramp_quality["samples"] = ramp_rows
     ramp_quality["detect_s"] = ramp_s
     drift = quality["drift"]
@@ -716,6 +762,13 @@ def main() -> None:
             for t, d in drift_by_target.items()
         )
     )
+    for label, held in (("incidents", holds.to_json()), ("load ramp", ramp_quality["held"])):
+        console.print(
+            f"machine check ({label}): {held['held']} findings held back a window, "
+            f"{held['released']} reported after all (delay added: median "
+            f"{held['median_added_delay_s']:.1f} s, max {held['max_added_delay_s']:.1f} s), "
+            f"{held['withheld']} explained by their machine"
+        )
     load = Table(
         title=(
             f"Load ramp, no planted incident ({ramp.agents} agents, {ramp.duration_s:.0f} s, "
@@ -781,6 +834,7 @@ def main() -> None:
         "workload": asdict(workload),
         "detector": asdict(config),
         "quality": quality,
+        "held": holds.to_json(),
         "named_kinds": kinds,
         "drift_by_target": drift_by_target,
         "load_ramp": {"workload": asdict(ramp), **ramp_quality},

@@ -361,8 +361,9 @@ class Observatory:
     machines: MachineWatch = field(default_factory=MachineWatch)
     #: The machine-wide findings of the last message applied (`apply_samples`).
     machine_findings: list[MachineFinding] = field(default_factory=list)
-    #: Findings of earlier windows, held back for a window and reported with the last message
-    #: applied (`apply_samples`).
+    #: Findings the last message applied held back for a window (`held`), and findings of
+    #: earlier windows it reported after all (`released`; see `apply_samples`).
+    held: list[Finding] = field(default_factory=list)
     released: list[Finding] = field(default_factory=list)
     machine_config: MachineConfig = field(default_factory=MachineConfig)
 
@@ -400,11 +401,12 @@ class Observatory:
 
         Returns the observations of the windows the message closed, without the findings their
         machine explains or holds back for a window (`machine.py`, Timing); the machine-wide
-        findings, and the findings held at the pod's previous assessment and reported now, are
-        in `machine_findings` and `released` until the next message.
+        findings, the findings held back now, and those held at the pod's previous assessment
+        and reported now are in `machine_findings`, `held` and `released` until the next
+        message.
         """
         self.machine_findings = []
-        self.released = []
+        self.held, self.released = [], []
         pod_id = samples[0].pod_id if samples else ""
         # The pod's loop lag counts toward the windows it closes, so it is taken in first.
         fresh = bool(pod_id) and self.machines.note(
@@ -444,6 +446,7 @@ class Observatory:
         hold back those it may explain one window later, release those it did not."""
         assessment = self.machines.assess(pod_id, observations)
         self.machine_findings = assessment.findings
+        self.held = [o.finding for o in assessment.held if o.finding is not None]
         self.released = [h.finding for h in assessment.released]
         hidden = {id(o) for o in (*assessment.withheld, *assessment.held)}
         withheld = {id(o) for o in assessment.withheld}

@@ -5,8 +5,10 @@ agent for it."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,8 +22,12 @@ from services.hive.decide import Decision, Rejection, decide
 from services.hive.evolve import FoldRefused, evolve
 from services.hive.state import RECENT_POD_ANOMALIES, HiveState, Pod
 from services.observer.analysis import Observatory
+from services.observer.features import parse_metrics
+from services.observer.finding import Finding
+from services.observer.machine import ClusterWatch, PodWatch
 from services.observer.scoring import DetectorConfig
-from tests.observer.workload import Load, feed, pod_messages
+from services.observer.stream import TableSync
+from tests.observer.workload import T0, Load, feed, pod_messages
 
 WINDOW_S = 2.0
 SLOW_FROM, SLOW_UNTIL = 150.0, 210.0
@@ -116,6 +122,253 @@ def test_a_replayed_pod_message_changes_no_machine_state() -> None:
     before = (core.machines.pod("p1").to_json(), core.machines.cluster.to_json())
     feed(core, events[-40:])  # redelivered after a restart from an older position
     assert (core.machines.pod("p1").to_json(), core.machines.cluster.to_json()) == before
+
+
+# --- timing: a slowdown seen on a few agents first, a starved loop, an uneven slowdown ---------
+
+Event = tuple[str, int, float, bytes | list[bytes]]
+
+
+def with_loop_lag(events: Iterable[Event], lag_ms: Callable[[float], float]) -> Iterator[Event]:
+    """`pod_messages` with each metrics message carrying the pod's loop lag (as pods send it)."""
+    for kind, seq, t, payload in events:
+        if kind == "metrics":
+            assert isinstance(payload, bytes)
+            doc = json.loads(payload)
+            doc["pod"] = {"loop_lag_ms": lag_ms(t - T0)}
+            payload = json.dumps(doc).encode()
+        yield kind, seq, t, payload
+
+
+def observe_each(
+    events: Iterable[Event], core: Observatory | None = None
+) -> tuple[list[tuple[int, Finding]], list[Any], list[Finding], Observatory]:
+    """Feed the core; the agent findings reported with the sequence of the message that
+    reported them, the machine findings, and the findings held back a window."""
+    core = core or Observatory(DetectorConfig(), WINDOW_S)
+    reported: list[tuple[int, Finding]] = []
+    machine: list[Any] = []
+    held: list[Finding] = []
+    for kind, seq, t, payload in events:
+        if isinstance(payload, list):
+            for n, line in enumerate(payload):
+                core.apply_log(seq + n, line)
+            continue
+        reported += [(seq, o.finding) for o in core.apply_metrics(seq, t, payload) if o.finding]
+        reported += [(seq, f) for f in core.released]
+        held += core.held
+        machine += core.machine_findings
+    return reported, machine, held, core
+
+
+def test_a_slowdown_seen_on_a_few_agents_a_window_early_is_still_the_machines() -> None:
+    """Three agents are slowed one window before the other 47 (the busy loops start one by
+    one): their findings are held back a window, and withheld once the machine is seen."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM - WINDOW_S <= t < SLOW_UNTIL and (agent < 3 or t >= SLOW_FROM):
+            base.latency_per_call_ms *= 4
+        return base  # type: ignore[no-any-return]
+
+    reported, machine, held, core = observe_each(pod_messages(SECONDS, 50, shape))
+    assert reported == []
+    assert sorted(f.agent_id for f in held) == ["agent-0", "agent-1", "agent-2"]
+    assert all(f.window_end - T0 == SLOW_FROM for f in held)
+    (finding,) = machine
+    assert finding.window_start - T0 == SLOW_FROM
+    assert finding.withheld >= 3  # the three held back, and those of its own window
+    assert core.machines.pod("p1").held == []
+
+
+def test_a_finding_held_back_is_reported_when_no_machine_incident_follows() -> None:
+    """Two agents slowed together: not the machine. Their findings are held one window (two
+    deviating agents might be the start of a machine-wide slowdown), then reported, once each
+    and about their own window."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if agent in (3, 4) and SLOW_FROM <= t < SLOW_UNTIL:
+            base.latency_per_call_ms *= 10
+        return base  # type: ignore[no-any-return]
+
+    reported, machine, held, _ = observe_each(pod_messages(SECONDS, 50, shape))
+    assert machine == []
+    assert sorted(f.agent_id for _, f in reported) == ["agent-3", "agent-4"]
+    assert {f.id for _, f in reported} == {f.id for f in held}
+    for _, f in reported:
+        assert f.window_end - T0 == SLOW_FROM + WINDOW_S  # the first window fully slowed
+    # Reported with the pod's next message that closed windows: one window late.
+    seqs = {seq for seq, _ in reported}
+    assert len(seqs) == 1
+
+
+def test_a_cost_blowup_is_never_held_back() -> None:
+    """A finding with fuel evidence is reported with the message that closed its window, even
+    in a window where other agents start to deviate (a machine cannot make a call burn more)."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM <= t < SLOW_UNTIL:
+            if agent < 3:
+                base.latency_per_call_ms *= 4
+            if agent == 3:
+                base.fuel_per_call *= 20
+                base.latency_per_call_ms *= 4
+        return base  # type: ignore[no-any-return]
+
+    reported, _, held, _ = observe_each(pod_messages(SECONDS, 50, shape))
+    costly = [(seq, f) for seq, f in reported if f.agent_id == "agent-3"]
+    assert [f.kind for _, f in costly] == ["cost_blowup"]
+    assert "agent-3" not in {f.agent_id for f in held}
+    assert {f.agent_id for f in held} >= {"agent-0", "agent-1", "agent-2"}
+    seq, finding = costly[0]
+    # The message that closed its window: the first of the next window (one pod, 1 per second).
+    assert seq == int(finding.window_end - T0)
+
+
+def uneven(lag: bool) -> tuple[list[tuple[int, Finding]], list[Any], Observatory]:
+    """A starved pod: in each window a few agents meet a stall (their calls 30x slower), the
+    others do not; the pod's loop reports being up to 300 ms late (a few ms before)."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM <= t < SLOW_UNTIL and (agent + int(t // WINDOW_S)) % 12 == 0:
+            base.latency_per_call_ms *= 30
+        return base  # type: ignore[no-any-return]
+
+    def lag_ms(t: float) -> float:
+        return 300.0 if SLOW_FROM <= t < SLOW_UNTIL else 2.0 + t % 3
+
+    events: Iterable[Event] = pod_messages(SECONDS, 50, shape)
+    if lag:
+        events = with_loop_lag(events, lag_ms)
+    reported, machine, _, core = observe_each(events)
+    return reported, machine, core
+
+
+def test_a_starved_pod_loop_explains_an_uneven_slowdown() -> None:
+    """Four or five agents of fifty slowed 30x in each window, by turns: too few for a
+    machine-wide deviation, but the pod reports its loop starved, which accounts for them."""
+    reported, machine, core = uneven(lag=True)
+    assert reported == []
+    (finding,) = machine
+    assert finding.scope == "pod"
+    assert SLOW_FROM <= finding.window_start - T0 < SLOW_FROM + 2 * WINDOW_S
+    assert finding.stall_ms == 300.0
+    assert "its event loop up to 300 ms late" in finding.summary()
+    assert finding.severity == "warning"  # a few agents hit hard is not most agents 30x slower
+    assert not core.machines.pod("p1").incident.active  # over once the loop was calm again
+    # The same agents without the pod's loop lag: agent findings (nothing says it was the pod).
+    without, no_machine, _ = uneven(lag=False)
+    assert no_machine == []
+    assert len({f.agent_id for _, f in without}) >= 20
+
+
+def test_a_slowdown_whose_agents_are_hit_by_turns_stays_one_incident() -> None:
+    """Most agents slowed in some windows, only a few in the (longer) windows between: the
+    incident lasts through them instead of ending and starting again."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM <= t < SLOW_UNTIL:
+            w = int((t - SLOW_FROM) // WINDOW_S)
+            if w % 6 < 2 or agent % 8 == w % 8:
+                base.latency_per_call_ms *= 3
+        return base  # type: ignore[no-any-return]
+
+    reported, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape))
+    assert [m.scope for m in machine] == ["pod"]
+    assert reported == []
+
+
+def test_holding_and_the_loop_lag_survive_the_tables() -> None:
+    """The service keeps the machines' state in a table (held findings, loop lags and their
+    baseline too): through `TableSync`, with handlers failing and rolled back now and then, the
+    run decides exactly what an uninterrupted core decides."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM - WINDOW_S <= t < SLOW_UNTIL and (agent < 3 or t >= SLOW_FROM):
+            base.latency_per_call_ms *= 4
+        return base  # type: ignore[no-any-return]
+
+    events = list(
+        with_loop_lag(
+            pod_messages(SECONDS, 10, shape),
+            # Starved from the third window on (the first two are held, then the machine's).
+            lambda t: 150.0 if SLOW_FROM + 2 * WINDOW_S < t < SLOW_UNTIL else 2.0 + t % 3,
+        )
+    )
+    straight = Observatory(DetectorConfig(), WINDOW_S)
+    expected_reported, expected_machine, held, _ = observe_each(events, straight)
+    assert held, "the scenario holds findings back"
+    core = Observatory(DetectorConfig(), WINDOW_S)
+    sync = TableSync(core)
+    tables: dict[str, dict[str, Any]] = {
+        names.OBSERVER_TABLE_WINDOWS: {},
+        names.OBSERVER_TABLE_DETECTORS: {},
+        names.OBSERVER_TABLE_DEPLOYMENTS: {},
+        names.OBSERVER_TABLE_MACHINES: {},
+    }
+    reported: list[tuple[int, Finding]] = []
+    machine: list[Any] = []
+    for kind, seq, t, body in events:
+        assert kind == "metrics" and isinstance(body, bytes)
+        samples = parse_metrics(body, t)
+        agents = {s.agent_id for s in samples}
+        if seq % 23 == 0:
+            before = {name: dict(table) for name, table in tables.items()}
+            namespaces = sync.load(tables, agents, {"default"}, {"p1"})
+            core.apply_samples(seq, samples)
+            sync.save(tables, agents, namespaces)
+            tables = before
+            sync.forget(agents, namespaces, {"p1"})
+        namespaces = sync.load(tables, agents, {"default"}, {"p1"})
+        reported += [(seq, o.finding) for o in core.apply_samples(seq, samples) if o.finding]
+        reported += [(seq, f) for f in core.released]
+        machine += core.machine_findings
+        sync.save(tables, agents, namespaces)
+    assert reported == expected_reported
+    assert machine == expected_machine
+    pod = tables[names.OBSERVER_TABLE_MACHINES]["p1"]
+    assert pod == straight.machines.pod("p1").to_json()
+    assert PodWatch.from_json(json.loads(json.dumps(pod))).to_json() == pod
+    cluster = tables[names.OBSERVER_TABLE_MACHINES]["*"]
+    assert ClusterWatch.from_json(json.loads(json.dumps(cluster))).to_json() == cluster
+    finding = held[0]
+    assert Finding.from_json(json.loads(json.dumps(finding.to_json()))) == finding
+
+
+@pytest.mark.parametrize(
+    ("pod", "lag"),
+    [
+        ({"loop_lag_ms": 12.5}, 12.5),
+        ({"loop_lag_ms": 1e12}, 86_400_000.0),
+        ({"loop_lag_ms": -3}, 0.0),
+        ({"loop_lag_ms": "slow"}, 0.0),
+        ({"loop_lag_ms": True}, 0.0),
+        ({"loop_lag_ms": None}, 0.0),
+        ({}, 0.0),
+        ("not an object", 0.0),
+        (None, 0.0),
+    ],
+)
+def test_a_pods_loop_lag_is_read_and_an_odd_one_loses_no_samples(pod: Any, lag: float) -> None:
+    row = {
+        "agent_id": "a1",
+        "replica_id": "a1-r",
+        "namespace": "default",
+        "name": "a1",
+        "calls": 3,
+        "errors": 0,
+        "fuel_used": 30,
+        "busy_ms": 9.0,
+    }
+    body = json.dumps({"pod_id": "p1", "pod": pod, "replicas": [row]}).encode()
+    (sample,) = parse_metrics(body, T0)
+    assert sample.loop_lag_ms == lag
+    assert (sample.agent_id, sample.calls) == ("a1", 3)
 
 
 # --- the contract and the Hive ------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""50 agents on one real pod, then a CPU hog beside the stack: the Observer blames the machine
+(one pod-level finding), not 50 agents, nothing is quarantined, and the pod is not declared lost.
+
+A real nats-server, an in-process Hive (default healing), scheduler, Observer and one pod running
+the README's echo agent 50 times. Every agent gets a steady trickle of requests until the
+detectors are armed; then processes spinning on every core slow the whole machine for a while,
+so every agent's latency rises at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from runtime.config import PodSettings
+from runtime.pod import Pod
+from schemas import names
+from services.observer import Observer, ObserverSettings
+from swarm.kernel.settings import Settings
+from tests.runtime.pods import cluster, deploy
+from tests.scheduler.stack import Stack, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
+AGENTS = 50
+#: Windows with calls before a finding may be critical (the default is 30 windows of 10 s).
+CRITICAL_WARMUP = 8
+HOG_S = 15.0
+
+
+@contextlib.asynccontextmanager
+async def pod(stack: Stack) -> AsyncIterator[Pod]:
+    config = PodSettings(id="p1", cache_dir=stack.root / "p1" / "modules", metrics_interval_s=0.2)
+    running = Pod(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(running.run())
+    try:
+        await asyncio.wait_for(running.live.wait(), 10)
+        yield running
+    finally:
+        running.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def observing(stack: Stack) -> AsyncIterator[Observer]:
+    config = ObserverSettings(
+        window_s=1.0, critical_warmup_windows=CRITICAL_WARMUP, store_behaviour=False
+    )
+    observer = Observer(Settings(nats_url=stack.url), config)
+    task = asyncio.create_task(observer.run())
+    try:
+        await asyncio.wait_for(observer.live.wait(), 10)
+        yield observer
+    finally:
+        observer.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def _spin(until: float) -> None:
+    while time.monotonic() < until:
+        pass
+
+
+@contextlib.contextmanager
+def cpu_hog(seconds: float) -> Iterator[None]:
+    """Busy loops on twice as many processes as cores, for `seconds` (or until left)."""
+    until = time.monotonic() + seconds
+    procs = [
+        multiprocessing.get_context("spawn").Process(target=_spin, args=(until,), daemon=True)
+        for _ in range(2 * (os.cpu_count() or 2))
+    ]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(10)
+
+
+async def traffic(stack: Stack, agents: list[str], stop: asyncio.Event) -> None:
+    """Each agent a request in turn, round and round, until stopped (timeouts are not fatal:
+    a hogged machine answers late)."""
+    while not stop.is_set():
+        for name in agents:
+            if stop.is_set():
+                return
+            with contextlib.suppress(Exception):
+                await stack.client.nc.request(
+                    names.mesh_agent_subject("default", name), b"{}", timeout=5
+                )
+
+
+async def events(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    async for d in stack.client.replay(names.STREAM_EVENTS):
+        doc = json.loads(d.data)
+        data = doc.get("data")
+        if isinstance(data, dict):
+            found.append((doc["type"], data))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
+    tmp_path: Path,
+) -> None:
+    wasm = wasmtime.wat2wasm(ECHO_WAT.read_text())
+    names_ = [f"echo-{i:02d}" for i in range(AGENTS)]
+    async with cluster(tmp_path) as stack, pod(stack), observing(stack) as observer:
+        for name in names_:
+            await deploy(stack, name, wasm)
+
+        async def all_running() -> bool:
+            listed = (await stack.query(names.QUERY_AGENTS_LIST))["agents"]
+            return sum(a["replicas"]["running"] for a in listed) == AGENTS
+
+        await wait_until(all_running, 120, f"{AGENTS} agents running")
+        ids = {a["agent_id"] for a in (await stack.query(names.QUERY_AGENTS_LIST))["agents"]}
+
+        stop = asyncio.Event()
+        senders = [asyncio.create_task(traffic(stack, names_[k::4], stop)) for k in range(4)]
+
+        async def armed() -> bool:
+            states = [observer.core.agents.get(i) for i in ids]
+            return all(s is not None and s.analysis.active >= CRITICAL_WARMUP + 3 for s in states)
+
+        await wait_until(armed, 150, "every agent past its critical warm-up")
+        before = len(await events(stack))
+        hog_start = time.time()
+        with cpu_hog(HOG_S):
+            await asyncio.sleep(HOG_S)
+        await asyncio.sleep(5)  # a few calm windows after it
+        stop.set()
+        await asyncio.gather(*senders)
+        last = await stack.client.last_sequence(names.STREAM_METRICS)
+        assert observer.app is not None
+        await observer.app.reached(names.OBSERVER_METRICS_PROCESSOR, last, timeout=120)
+
+        after = (await events(stack))[before:]
+        if os.environ.get("CAPTURE"):
+            cap = {"hog": [hog_start, hog_start + HOG_S], "metrics": [], "logs": [], "events": after}
+            async for d in stack.client.replay(names.STREAM_METRICS):
+                cap["metrics"].append([d.subject, d.stream_seq, d.timestamp.timestamp(), d.data.decode()])
+            async for d in stack.client.replay(names.STREAM_LOGS):
+                cap["logs"].append([d.subject, d.stream_seq, d.timestamp.timestamp(), d.data.decode()])
+            Path(os.environ["CAPTURE"]).write_text(json.dumps(cap))
+        pod_findings = [d for t, d in after if t == "swarm.pod.anomaly_detected"]
+        agent_findings = [d for t, d in after if t == "swarm.agent.anomaly_detected"]
+        lost = [d for t, d in after if t == "swarm.pod.lost"]
+        healing = [t for t, _ in after if t.rsplit(".", 1)[-1] in _HEALING]
+        summary = {
+            "pod_findings": [(d.get("kind"), d.get("severity")) for d in pod_findings],
+            "agent_findings": [(d["kind"], d["severity"]) for d in agent_findings],
+        }
+        assert lost == [], summary
+        assert 1 <= len(pod_findings) <= 2, summary
+        assert len(agent_findings) < 5, summary  # not one per agent
+        assert not [d for d in agent_findings if d["severity"] == "critical"], summary
+        assert healing == [], summary
+
+
+#: Events by which the Hive's healing acts on an agent.
+_HEALING = {"quarantined", "replica_rewound", "reverted"}
