@@ -17,8 +17,8 @@ from services.observer.behaviour import DIMENSIONS, BehaviourRow, BehaviourStore
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
 from swarm.kernel.stack import upgrade_database
-from tests.gateway.conftest import AUTH, TOKEN, scheduler
-from tests.gateway.test_api import SPEC, problem
+from tests.gateway.client import AUTH, SPEC, TOKEN, problem
+from tests.gateway.server import scheduler
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
