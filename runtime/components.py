@@ -703,6 +703,7 @@ class ComponentSandbox:
             raise RuntimeError(
                 "start the SandboxEngine first: without its ticker no deadline fires"
             )
+        self._engine = engine
         self._deadline_ticks = engine.deadline_ticks(self.limits.deadline_ms)
         wasi = wasi_config(self.limits, self._scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)
@@ -727,7 +728,7 @@ class ComponentSandbox:
         self, linker: wc.Linker, store: wasmtime.Store, component: CompiledComponent
     ) -> _Live:
         store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._deadline_ticks)
+        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
         self._ctx.reset()
         started = time.perf_counter()
         error: SandboxError | None = None
@@ -777,7 +778,7 @@ class ComponentSandbox:
             raise InstanceBroken(f"instance unusable: {reason}")
         store = live.store
         store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._deadline_ticks)
+        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
         ctx = self._ctx
         ctx.reset()
         self._output.data = b""

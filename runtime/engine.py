@@ -13,6 +13,7 @@ import json
 import math
 import platform
 import threading
+import time
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Literal
@@ -100,6 +101,8 @@ class EpochTicker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: (when the running thread started, ticks it has added): what `behind` reads.
+        self._clock: tuple[float | None, int] = (None, 0)
 
     @property
     def state(self) -> TickerState:
@@ -122,10 +125,31 @@ class EpochTicker:
         if thread is not None:
             thread.join(timeout)
 
+    def behind(self) -> int:
+        """Ticks the epoch owes the clock now (a late wake-up has not caught up yet). A deadline
+        set now adds them, so the catch-up never cuts a call short of its time."""
+        started, ticks = self._clock
+        if started is None:
+            return 0
+        return max(0, int((time.monotonic() - started) / self._interval_s) - ticks)
+
     def _run(self, stop: threading.Event) -> None:
-        # Event.wait drifts a little per tick; deadlines only need ticks at roughly this rate.
-        while not stop.wait(self._interval_s):
-            self._engine.increment_epoch()
+        # The epoch follows the monotonic clock, not the number of wake-ups: on a busy machine
+        # every wake-up comes late (waiting for a core, then for the GIL), and one increment per
+        # wake-up let a 1 s deadline run 3.6 s (measured with the suite beside a CPU hog). A late
+        # wake-up catches up on the ticks it missed, so a deadline ends within about one tick and
+        # one wake-up delay of its time.
+        started = time.monotonic()
+        ticks = 0
+        self._clock = (started, ticks)
+        while True:
+            due = int((time.monotonic() - started) / self._interval_s)
+            for _ in range(due - ticks):
+                self._engine.increment_epoch()
+            ticks = max(ticks, due)
+            self._clock = (started, ticks)  # one assignment: `behind` reads a consistent pair
+            if stop.wait(started + (ticks + 1) * self._interval_s - time.monotonic()):
+                return
 
 
 class SandboxEngine:
@@ -162,6 +186,11 @@ class SandboxEngine:
         # One extra tick because the deadline counts from the current epoch, which may be about
         # to end: the call gets at least `deadline_ms` and at most one tick more.
         return math.ceil(deadline_ms / self.config.epoch_tick_ms) + 1
+
+    def epoch_deadline(self, ticks: int) -> int:
+        """What to give `Store.set_epoch_deadline` for `ticks` (from `deadline_ticks`) now:
+        plus the ticks the epoch still owes the clock, which a late ticker adds at once."""
+        return ticks + self.ticker.behind()
 
     def __enter__(self) -> SandboxEngine:
         self.start()

@@ -63,6 +63,7 @@ from schemas import Envelope, Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from swarm.kernel.follow import follow, wanted_events
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -452,7 +453,9 @@ def _raise_swallowed_cancel() -> None:
 
 
 async def main() -> None:
-    pod = Pod(Settings(), load_pod_settings())
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    pod = Pod(settings, load_pod_settings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pod.stop)

@@ -109,6 +109,7 @@ class AgentSandbox:
             )
         self.module = module
         self.limits = limits
+        self._engine = engine
         self._deadline_ticks = engine.deadline_ticks(limits.deadline_ms)
         self._lock = threading.Lock()
         self._failure: SandboxError | None = None
@@ -140,7 +141,7 @@ class AgentSandbox:
     def _instantiate(self, store: wasmtime.Store, module: CompiledModule) -> _Live:
         # A start function runs during instantiation and must be bounded like any call.
         store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._deadline_ticks)
+        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
         self._ctx.reset()
         started = time.perf_counter()
         try:
@@ -206,7 +207,7 @@ class AgentSandbox:
             raise InstanceBroken(f"instance unusable: {reason}")
         store = live.store
         store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._deadline_ticks)
+        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
         ctx = self._ctx
         ctx.reset()
         self._alloc_request = 0

@@ -12,78 +12,34 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from typer.testing import CliRunner, Result
 
 from schemas import commands, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
-from swarm.cli.app import app
 from swarm.cli.queries import HiveQueries
 from swarm.cli.verbs import rejection
 from swarm.client.commands import Outcome
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.cli_runner import (
+    WASM,
+    agents,
+    cli,
+    described,
+    hive_logs_to_real_stderr,
+    ok,
+    stack,
+    wasm,
+)
+from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
+__all__ = ["hive_logs_to_real_stderr", "stack", "wasm"]  # fixtures from tests.cli_runner
 
-#: The smallest valid WebAssembly module: magic and version, no sections.
-WASM = b"\0asm\1\0\0\0"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hive_logs_to_real_stderr() -> Iterator[None]:
-    """CliRunner swaps `sys.stdout` process-wide while a verb runs, and structlog prints to
-    whatever `sys.stdout` is at the time: the in-process Hive's log lines would land in the
-    CLI's captured output and break `-o json`."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    yield
-    structlog.configure(**saved)
-
-
-@pytest.fixture(scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """One nats-server and Hive for the module; tests keep apart by agent and namespace names."""
-    async with running_stack(tmp_path_factory.mktemp("cli-agent")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("modules") / "echo.wasm"
-    path.write_bytes(WASM)
-    return path
-
-
-async def cli(stack: Stack | str, *args: str | Path, stdin: str | None = None) -> Result:
-    """Run `swarm ARGS --nats-url …` in a thread, so its event loop does not meet the Hive's."""
-    url = stack if isinstance(stack, str) else stack.url
-    argv = [str(a) for a in args] + ["--nats-url", url]
-    return await asyncio.to_thread(lambda: CliRunner().invoke(app, argv, input=stdin))
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}"
-    return result
-
-
-async def agents(stack: Stack, *scope: str) -> dict[str, dict[str, Any]]:
-    """`swarm agent ls -o json`, by name."""
-    listed = json.loads(ok(await cli(stack, "agent", "ls", *scope, "-o", "json")).stdout)
-    return {a["name"]: a for a in listed["agents"]}
-
-
-async def described(stack: Stack, name: str, *scope: str) -> dict[str, Any]:
-    result = ok(await cli(stack, "agent", "describe", name, *scope, "-o", "json"))
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 # --- deploy, ls, describe ------------------------------------------------------------------------
@@ -590,6 +546,7 @@ async def test_a_component_deployed_by_sha256_is_described_as_one(
 # --- watching ------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(240)  # a CLI process starting, watching and unwinding on a busy machine
 async def test_watch_prints_changes_until_ctrl_c_then_exits_0(
     stack: Stack, wasm: Path, tmp_path: Path
 ) -> None:
@@ -617,11 +574,11 @@ async def test_watch_prints_changes_until_ctrl_c_then_exits_0(
         async def shows(text: str) -> bool:
             return text in out.read_text()
 
-        await wait_until(lambda: shows("0/1"), 15, "first frame")
+        await wait_until(lambda: shows("0/1"), 60, "first frame")
         ok(await cli(stack, "agent", "scale", "w", "-n", "watched", "--replicas", "2"))
-        await wait_until(lambda: shows("0/2"), 15, "a frame after the change")
+        await wait_until(lambda: shows("0/2"), 60, "a frame after the change")
         proc.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(proc.communicate(), 10)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -6,45 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from nats.aio.msg import Msg
 
 from schemas import names
 from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.test_autoscale import sample
-from tests.test_cli_agent import WASM, cli, described, ok
+from tests.cli_runner import cli, described, hive_logs_to_real_stderr, ok, stack, wasm
+from tests.scheduler.samples import sample
+from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hive_logs_to_real_stderr() -> Iterator[None]:
-    # As in test_cli_agent: keep the in-process services' log lines out of the CLI's output.
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    yield
-    structlog.configure(**saved)
-
-
-@pytest.fixture(scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path_factory.mktemp("cli-autoscale")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("modules") / "echo.wasm"
-    path.write_bytes(WASM)
-    return path
+__all__ = ["hive_logs_to_real_stderr", "stack", "wasm"]  # fixtures from tests.cli_runner
 
 
 async def policy_of(stack: Stack, name: str) -> Any:

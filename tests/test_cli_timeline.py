@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -157,7 +156,8 @@ async def test_table_shows_every_entry_with_a_marker_for_undecodable_ones(
     assert "not a CloudEvent" in rows[3]
 
 
-async def test_nothing_matching_is_not_an_error(nats_url: str) -> None:
+async def test_nothing_matching_is_not_an_error(nats_url: str, event_log: EventLog) -> None:
+    # `event_log` made the streams: an empty answer, not "no such stream".
     result = await invoke(["--id", new_id()], nats_url)
     assert result.exit_code == 0
     assert "no entries match" in result.stderr
@@ -357,7 +357,8 @@ async def test_follow_all_interleaves_both_streams(nats_url: str, event_log: Eve
     ]
 
 
-def test_ctrl_c_ends_follow_quietly(nats_url: str) -> None:
+async def test_ctrl_c_ends_follow_quietly(nats_url: str, event_log: EventLog) -> None:
+    # `event_log` made the streams, so the follow runs (it exits 4 on a server without them).
     script = (
         "import typer\n"
         "from swarm.cli import timeline\n"
@@ -366,22 +367,30 @@ def test_ctrl_c_ends_follow_quietly(nats_url: str) -> None:
         "timeline.register(app)\n"
         "app()\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, "timeline", "--follow", "--nats-url", nats_url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        "timeline",
+        "--follow",
+        "--nats-url",
+        nats_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
     )
     try:
         assert proc.stdout is not None
-        header = proc.stdout.readline()  # printed once the history is being read
-        assert b"SEQ" in header
+        # Printed once the history is being read; the exit is awaited, however long a loaded
+        # machine takes to start Python and unwind (the test's own timeout bounds both).
+        header = await proc.stdout.readline()
+        assert b"SEQ" in header, (header, await proc.communicate())
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=10)
+        _, stderr = await proc.communicate()
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.communicate()
     assert proc.returncode == 130
     assert b"Traceback" not in stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_a_crashing_child_is_restarted_with_growing_delays(
     )
     supervisors.append(sup)
     sup.start()
-    wait_until(lambda: sup.statuses()[0].restarts >= 4, timeout=10, poll=sup.poll)
+    wait_until(lambda: sup.statuses()[0].restarts >= 4, timeout=30, poll=sup.poll)
 
     # Time from each crash (-> backoff) to the next start (-> starting).
     delays = [
@@ -89,14 +90,16 @@ def test_a_crashing_child_is_restarted_with_growing_delays(
         if earlier[1].state is ServiceState.BACKOFF and later[1].state is ServiceState.STARTING
     ]
     assert len(delays) >= 4
+    # Each restart waits out its delay; how much longer a busy machine takes to spawn the next
+    # child is not the supervisor's to promise, so the growth is read from what it scheduled.
     for measured, expected in zip(delays, (0.1, 0.2, 0.4, 0.4), strict=False):
-        assert expected <= measured < expected + 0.2
+        assert measured >= expected
     status = sup.statuses()[0]
     assert status.last_exit == 3
     assert {s.state for _, s in transitions} == {ServiceState.STARTING, ServiceState.BACKOFF}
     log = (tmp_path / "crasher.log").read_text()
-    assert "exited with code 3; restarting in 0.1s" in log
-    assert "restarting in 0.4s" in log
+    scheduled = re.findall(r"exited with code 3; restarting in ([0-9.]+)s", log)
+    assert scheduled[:4] == ["0.1", "0.2", "0.4", "0.4"]
 
 
 def test_a_child_that_stays_up_is_running_with_env_and_log(
@@ -115,9 +118,9 @@ def test_a_child_that_stays_up_is_running_with_env_and_log(
     )
     supervisors.append(sup)
     sup.start()
-    wait_until(lambda: sup.statuses()[0].state is ServiceState.RUNNING, timeout=5, poll=sup.poll)
+    wait_until(lambda: sup.statuses()[0].state is ServiceState.RUNNING, timeout=30, poll=sup.poll)
     log = tmp_path / "logs" / "steady.log"
-    wait_until(lambda: "nats at nats:" in log.read_text(), timeout=5, poll=sup.poll)
+    wait_until(lambda: "nats at nats:" in log.read_text(), timeout=30, poll=sup.poll)
     assert "nats at nats://example:4222 extra yes" in log.read_text()
     pid = sup.statuses()[0].pid
     assert pid is not None
@@ -142,13 +145,13 @@ def test_stop_kills_a_child_that_ignores_sigterm(
     sup = Supervisor([ServiceSpec("stubborn", python(code))], log_dir=tmp_path)
     supervisors.append(sup)
     sup.start()
-    wait_until(lambda: "\nready\n" in (tmp_path / "stubborn.log").read_text(), 5, sup.poll)
+    wait_until(lambda: "\nready\n" in (tmp_path / "stubborn.log").read_text(), 30, sup.poll)
     pid = sup.statuses()[0].pid
     assert pid is not None
 
     began = time.monotonic()
     sup.stop(timeout=0.3)
-    assert time.monotonic() - began < 2
+    assert time.monotonic() - began < 30  # killed, not waited for: the child sleeps 60 s
     assert gone(pid)
     assert "did not stop within 0.3s; killing it" in (tmp_path / "stubborn.log").read_text()
 
@@ -175,7 +178,7 @@ def test_max_failures_gives_up(tmp_path: Path, supervisors: list[Supervisor]) ->
     )
     supervisors.append(sup)
     sup.start()
-    wait_until(lambda: sup.statuses()[0].state is ServiceState.FAILED, timeout=10, poll=sup.poll)
+    wait_until(lambda: sup.statuses()[0].state is ServiceState.FAILED, timeout=30, poll=sup.poll)
     assert sup.statuses()[0].restarts == 1
     assert "2 failures in a row, giving up" in (tmp_path / "quitter.log").read_text()
 
@@ -210,8 +213,8 @@ def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
         assert len(pids) == 2
         assert not any(gone(pid) for pid in pids)
         parent.send_signal(signal.SIGKILL)
-        parent.wait(5)
-        deadline = time.monotonic() + 5
+        parent.wait(30)
+        deadline = time.monotonic() + 30
         while not all(gone(pid) for pid in pids):
             assert time.monotonic() < deadline, f"children outlived their supervisor: {pids}"
             time.sleep(0.02)

@@ -26,6 +26,7 @@ from services.hive.queries import serve
 from services.hive.raft import ReplicatedState
 from services.hive.reconcile import Heartbeats, Reconciler
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,9 @@ async def main() -> None:
     # Raft's tick thread must answer within its election timeout while the fold thread and the
     # event loop keep the GIL busy: hand the GIL over every millisecond, not every five.
     sys.setswitchinterval(0.001)
-    hive = Hive(Settings(), HiveSettings())
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    hive = Hive(settings, HiveSettings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hive.stop)

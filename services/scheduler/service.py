@@ -47,6 +47,7 @@ from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from swarm.kernel.ids import IdKey
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.seal import verifier as seal_verifier
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import MAX_BATCH, StreamApp
@@ -319,6 +320,7 @@ def _proposal_command(p: Proposal, policy: str) -> Payload:
 async def main() -> None:
     """The scheduler process: placement (the market) and the autoscaler with its task queues."""
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
     scheduler = Scheduler(settings, SchedulerSettings())
     autoscaler = AutoscalerService(settings, AutoscalerSettings())
 

@@ -29,6 +29,7 @@ from services.webhooks.sender import Sender
 from services.webhooks.targets import TargetGuard
 from services.webhooks.worker import SubscriptionWorker
 from swarm.kernel.eventlog import Delivery, EventLog, EventLogError
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import (
     dead_letters_bucket,
@@ -259,6 +260,7 @@ class Dispatcher:
 
 async def main() -> None:
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
     dispatcher = Dispatcher(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

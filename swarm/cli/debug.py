@@ -137,26 +137,28 @@ async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
 
 
 async def _kv_state(log: EventLog, replica_id: str) -> dict[str, Any] | None:
-    """The replica's kv state as last saved (newest revision of its key), None if never saved."""
-    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+    """The replica's kv state as last saved (newest revision of its key), None if never saved.
 
-    from runtime.snapshots import decode
+    Read the way a pod reads it (`runtime.snapshots.SnapshotStore`), so a state saved in chunks
+    (larger than one NATS message) shows too."""
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    from runtime.snapshots import SnapshotRef, SnapshotStore, SnapshotUnreadable
     from schemas import names
 
     try:
-        bucket = await log.js.key_value(names.SNAPSHOTS_BUCKET)
-        entry = await bucket.get(replica_id)
-    except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
+        store = await SnapshotStore.open(log.js, max_payload=lambda: log.nc.max_payload)
+        loaded = await store.load(SnapshotRef(names.SNAPSHOTS_BUCKET, replica_id, 0))
+    except (BucketNotFoundError, NotFoundError):
         return None
-    if entry.value is None:
+    except (SnapshotUnreadable, ValueError, KeyError) as exc:
+        return {"error": f"unreadable snapshot: {exc}"}
+    if loaded is None:
         return None
-    try:
-        kv = decode(entry.value)
-    except (ValueError, KeyError) as exc:
-        return {"revision": entry.revision, "error": f"unreadable snapshot: {exc}"}
+    kv, ref = loaded
     return {
-        "revision": entry.revision,
-        "ref": f"{names.SNAPSHOTS_BUCKET}/{replica_id}@{entry.revision}",
+        "revision": ref.revision,
+        "ref": str(ref),
         "keys": {k: _value(v) for k, v in sorted(kv.items())},
     }
 

@@ -6,18 +6,27 @@ import uvicorn
 
 from swarm.gateway.app import create_app
 from swarm.gateway.settings import GatewaySettings
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
 
 
 def main() -> None:
     settings = GatewaySettings()
+    common = Settings()
+    configure_logging(common.log_level, common.log_format)
     try:
-        app = create_app(Settings(), settings)
+        app = create_app(common, settings)
     except (ValueError, OSError) as exc:
         # No token (or an unreadable token file): refuse to serve an open API, in one line.
         raise SystemExit(f"swarm.gateway: {exc}") from None
     # Proxy headers are not trusted: the API is reached directly, not through a proxy we know.
-    uvicorn.run(app, host=settings.host, port=settings.port, proxy_headers=False, log_level="info")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=False,
+        log_level=common.log_level.lower(),
+    )
 
 
 if __name__ == "__main__":

@@ -56,4 +56,6 @@ class Settings(BaseSettings):
 
     #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
     identity: str = "user:local"
+    #: What services log (debug, info, warning, error), and how: readable lines or JSON.
     log_level: str = "info"
+    log_format: Literal["console", "json"] = "console"

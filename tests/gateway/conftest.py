@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 import pytest
 
-from services.scheduler import Scheduler, SchedulerSettings
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
+from tests.gateway.client import AUTH, TOKEN
 from tests.scheduler.stack import Stack, running_stack
-
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PROBLEM = "application/problem+json"
-
-
-def problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """The response's problem document, checked to have the documented shape."""
-    assert response.status_code == status, response.text[:2000]
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"].startswith("https://swarm.dev/problems/")
-    assert body["title"]
-    assert body["detail"]
-    assert set(body) == {
-        "type",
-        "title",
-        "status",
-        "detail",
-        "instance",
-        "errors",
-        "rule",
-        "command_id",
-    }
-    return body
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +30,3 @@ async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://swarm.test", headers=AUTH, timeout=30
     ) as client:
         yield client
-
-
-@asynccontextmanager
-async def scheduler(url: str) -> AsyncIterator[Scheduler]:
-    """A market scheduler in this event loop (it answers `GET /v1/market`)."""
-    running = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market"))
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.live.wait(), 10)
-        yield running
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 10)

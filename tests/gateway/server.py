@@ -3,13 +3,15 @@ NATS connection (as `python -m swarm.gateway` would run it)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 
+from services.scheduler import Scheduler, SchedulerSettings
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
 
@@ -39,3 +41,16 @@ def serving(
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@asynccontextmanager
+async def scheduler(url: str) -> AsyncIterator[Scheduler]:
+    """A market scheduler in this event loop (it answers `GET /v1/market`)."""
+    running = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market"))
+    task = asyncio.create_task(running.run())
+    try:
+        await asyncio.wait_for(running.live.wait(), 10)
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 10)

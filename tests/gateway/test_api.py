@@ -7,17 +7,10 @@ import asyncio
 import httpx
 import pytest
 
-from tests.gateway.conftest import PROBLEM, problem
-from tests.scheduler.history import WASM
+from tests.gateway.client import PROBLEM, SPEC, problem
 from tests.scheduler.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
-
-SPEC = {
-    "version": "v1",
-    "module": {"inline": WASM},
-    "resources": {"memory_mb": 64, "fuel_per_s": 1000},
-}
 
 
 async def test_deploy_then_the_agent_is_listed_and_described(api: httpx.AsyncClient) -> None:

@@ -19,7 +19,7 @@ from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.client.errors import FieldProblem
 from swarm.gateway import GatewaySettings, problems
 from swarm.gateway.problems import ProblemError
-from tests.gateway.conftest import AUTH, TOKEN, problem
+from tests.gateway.client import AUTH, TOKEN, problem
 from tests.gateway.server import serving
 from tests.scheduler.stack import Stack
 

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,39 +18,51 @@ from services.observer.behaviour import DIMENSIONS, BehaviourRow, BehaviourStore
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
 from swarm.kernel.stack import upgrade_database
-from tests.gateway.conftest import AUTH, TOKEN, scheduler
-from tests.gateway.test_api import SPEC, problem
-from tests.scheduler.stack import Stack, wait_until
+from tests.gateway.client import AUTH, SPEC, TOKEN, problem
+from tests.gateway.server import scheduler
+from tests.scheduler.stack import Stack, running_stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_market_answers_the_schedulers_offers_and_clearings(
-    api: httpx.AsyncClient, stack: Stack
-) -> None:
-    # No scheduler yet: the API says so as a problem, not a server crash.
-    missing = problem(await api.get("/v1/market"), 503)
-    assert "scheduler" in missing["detail"]
+@asynccontextmanager
+async def client_of(stack: Stack, database_url: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(nats_url=stack.url, database_url=database_url)
+    app = create_app(settings, GatewaySettings(), log=stack.client, token=TOKEN)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://swarm.test", headers=AUTH, timeout=30
+    ) as client:
+        yield client
 
-    await stack.register_pods({"m1": (1024, 8)})
-    async with scheduler(stack.url):
-        deployed = await api.post(
-            "/v1/namespaces/default/agents", json={"name": "priced", "spec": SPEC}
-        )
-        assert deployed.json()["status"] == "accepted", deployed.text
 
-        async def placed() -> bool:
+async def test_market_answers_the_schedulers_offers_and_clearings(tmp_path: Path) -> None:
+    # A stack of its own: the market places every waiting agent, and the module's shared stack
+    # has whatever the other tests deployed on it.
+    async with running_stack(tmp_path) as stack, client_of(stack, None) as api:
+        # No scheduler yet: the API says so as a problem, not a server crash.
+        missing = problem(await api.get("/v1/market"), 503)
+        assert "scheduler" in missing["detail"]
+
+        await stack.register_pods({"m1": (1024, 8)})
+        async with scheduler(stack.url):
+            deployed = await api.post(
+                "/v1/namespaces/default/agents", json={"name": "priced", "spec": SPEC}
+            )
+            assert deployed.json()["status"] == "accepted", deployed.text
+
+            async def placed() -> bool:
+                state = (await api.get("/v1/market", params={"limit": 5})).json()
+                return any(c["outcome"] == "proposed" for c in state["clearings"])
+
+            await wait_until(placed, 30, "a clearing")
             state = (await api.get("/v1/market", params={"limit": 5})).json()
-            return any(c["outcome"] == "proposed" for c in state["clearings"])
-
-        await wait_until(placed, 15, "a clearing")
-        state = (await api.get("/v1/market", params={"limit": 5})).json()
-    assert state["policy"] == "market"
-    offers = {o["pod_id"]: o for o in state["offers"]}
-    assert offers["m1"]["free"]["memory_mb"] == 1024 - 64
-    assert offers["m1"]["price_per_unit"] >= 1.0
-    assert len(state["clearings"]) <= 5
-    problem(await api.get("/v1/market", params={"limit": -1}), 422)
+        assert state["policy"] == "market"
+        offers = {o["pod_id"]: o for o in state["offers"]}
+        assert offers["m1"]["free"]["memory_mb"] == 1024 - 64
+        assert offers["m1"]["price_per_unit"] >= 1.0
+        assert len(state["clearings"]) <= 5
+        problem(await api.get("/v1/market", params={"limit": -1}), 422)
 
 
 async def publish_line(
@@ -136,17 +149,6 @@ async def test_trace_is_the_commands_causation_tree(api: httpx.AsyncClient) -> N
 
     problem(await api.get("/v1/traces/no-such-command-anywhere"), 404)
     problem(await api.get("/v1/traces/not%20a%20token"), 422)
-
-
-@asynccontextmanager
-async def client_of(stack: Stack, database_url: str | None) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(nats_url=stack.url, database_url=database_url)
-    app = create_app(settings, GatewaySettings(), log=stack.client, token=TOKEN)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://swarm.test", headers=AUTH, timeout=30
-    ) as client:
-        yield client
 
 
 def unit(*weights: float) -> list[float]:

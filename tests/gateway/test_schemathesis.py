@@ -16,8 +16,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from swarm.kernel.stack import upgrade_database
-from tests.gateway.conftest import AUTH, TOKEN, scheduler
-from tests.gateway.server import serving
+from tests.gateway.client import AUTH, TOKEN
+from tests.gateway.server import scheduler, serving
 from tests.scheduler.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.conftest import AUTH, TOKEN
+from tests.gateway.client import AUTH, TOKEN
 from tests.gateway.server import serving
 from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack

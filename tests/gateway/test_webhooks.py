@@ -19,7 +19,7 @@ from services.webhooks.config import WebhookSettings
 from services.webhooks.service import Dispatcher
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, new_secret, secrets_bucket
-from tests.gateway.test_api import problem
+from tests.gateway.client import problem
 from tests.scheduler.stack import Stack
 from tests.webhooks.harness import FAST, wait_until
 from tests.webhooks.receiver import Received, Receiver, WebhookVerificationError, serve

@@ -12,7 +12,7 @@ from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy, Quota
 from services.hive import heal, reputation
 from tests.hive.sim import T0, Sim
-from tests.hive.test_domain import deploy, place_all, pod, run_all, spec
+from tests.hive.steps import deploy, place_all, pod, run_all, spec, stop_all
 
 
 def report(
@@ -279,8 +279,6 @@ def test_only_services_publish_reputation_and_unknown_agents_are_refused() -> No
 
 
 def stop_reported(sim: Sim) -> None:
-    from tests.hive.test_domain import stop_all
-
     stop_all(sim)
 
 

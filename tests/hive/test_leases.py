@@ -11,7 +11,7 @@ from services.hive.state import HiveState
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.ids import IdKey
 from tests.hive.sim import Sim
-from tests.hive.test_domain import deploy, place_all, pod
+from tests.hive.steps import deploy, place_all, pod
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -3,18 +3,15 @@ seasonality are not flagged; one incident gives one finding; replays count nothi
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from services.observer.analysis import Finding, Observatory
 from services.observer.detectors import RobustZ
 from services.observer.features import WindowAggregator, parse_metrics
 from services.observer.scoring import DetectorConfig, HoldDown
-from tests.observer.workload import T0, Step, messages, normal
+from tests.observer.workload import START, T0, messages, normal, planted
 
 WINDOW_S = 2.0
-START = 400.0
 
 
 def run(seconds: int, shape: object = normal) -> tuple[Observatory, list[Finding]]:
@@ -23,24 +20,6 @@ def run(seconds: int, shape: object = normal) -> tuple[Observatory, list[Finding
     for seq, t, body in messages(seconds, shape):  # type: ignore[arg-type]
         findings += [o.finding for o in core.apply_metrics(seq, t, body) if o.finding]
     return core, findings
-
-
-def planted(change: str, until: float = 10_000) -> object:
-    def shape(t: float, rng: random.Random) -> Step:
-        s = normal(t, rng)
-        if not START <= t < until:
-            return s
-        if change == "spike":
-            s.latency_ms *= 6
-        elif change == "shift":
-            s.fuel *= 5
-        elif change == "drift":
-            s.memory_mb *= 1 + (t - START) / 30  # +100 % every 30 s
-        elif change == "loop":
-            return Step(1, 1, 100_000_000, 1000.0, s.memory_mb)
-        return s
-
-    return shape
 
 
 def test_noise_and_seasonality_are_not_flagged() -> None:

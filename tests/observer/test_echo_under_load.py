@@ -29,8 +29,8 @@ from runtime.pod import Pod
 from schemas import names
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
-from tests.runtime.test_pod import agent as agent_info
-from tests.runtime.test_pod import cluster, deploy, running_on
+from tests.runtime.pods import agent as agent_info
+from tests.runtime.pods import cluster, deploy, running_on
 from tests.scheduler.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]

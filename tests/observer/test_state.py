@@ -14,8 +14,7 @@ from services.observer.features import parse_metrics
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import TableSync, report
 from swarm.kernel.ids import IdKey
-from tests.observer.test_detectors import START, planted
-from tests.observer.workload import messages
+from tests.observer.workload import START, messages, planted
 
 CONFIG = DetectorConfig()
 

@@ -34,8 +34,8 @@ from schemas.specs import HealingPolicy, Limits
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
 from tests.runtime.agents import ECHO, agent
-from tests.runtime.test_pod import agent as agent_info
-from tests.runtime.test_pod import cluster, deploy, running_on
+from tests.runtime.pods import agent as agent_info
+from tests.runtime.pods import cluster, deploy, running_on
 from tests.scheduler.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)

@@ -159,3 +159,25 @@ def feed(
         findings += core.released  # held back a window by the machine check
         machine += core.machine_findings
     return findings, machine
+
+
+#: When `planted` incidents start, in simulated seconds.
+START = 400.0
+
+
+def planted(change: str, until: float = 10_000) -> object:
+    def shape(t: float, rng: random.Random) -> Step:
+        s = normal(t, rng)
+        if not START <= t < until:
+            return s
+        if change == "spike":
+            s.latency_ms *= 6
+        elif change == "shift":
+            s.fuel *= 5
+        elif change == "drift":
+            s.memory_mb *= 1 + (t - START) / 30  # +100 % every 30 s
+        elif change == "loop":
+            return Step(1, 1, 100_000_000, 1000.0, s.memory_mb)
+        return s
+
+    return shape

@@ -24,6 +24,13 @@ def engine() -> Iterator[SandboxEngine]:
         yield engine
 
 
+@pytest.fixture(scope="module")
+def component_engine() -> Iterator[SandboxEngine]:
+    """An engine of the module's own for Python components (their compiled cache is per engine)."""
+    with SandboxEngine() as engine:
+        yield engine
+
+
 @pytest.fixture(scope="session")
 def modules(engine: SandboxEngine) -> ModuleCache:
     """A memory-only cache shared by the session, so each test agent compiles once."""

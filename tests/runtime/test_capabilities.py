@@ -25,15 +25,12 @@ from runtime.limits import SandboxLimits
 from runtime.net import HttpFetcher
 from schemas.specs import AgentSpec, ModuleRef
 from tests.runtime.http_target import HttpTarget, http_target
-from tests.runtime.test_components import component_engine
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
 from runtime.build import build_agent
 
 pytestmark = pytest.mark.timeout(180)
-
-__all__ = ["component_engine"]  # the engine fixture, shared with test_components
 
 PROBE_APP = """
 import json

@@ -6,35 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import wasmtime
 
+from tests.runtime.cli_process import ECHO_WAT, swarm
 from tests.runtime.pods import cluster, running_pod
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parents[2]
-ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
-
-
-async def swarm(url: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "swarm.cli.app",
-        *args,
-        "--nats-url",
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_a_pushed_module_is_deployed_by_sha256_and_its_logs_are_read(

@@ -22,8 +22,8 @@ from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
 from swarm.cli.debug import snapshot
 from tests.runtime.agents import COUNTER
+from tests.runtime.cli_process import ECHO_WAT, ROOT, swarm
 from tests.runtime.pods import agent, ask, cluster, count, deploy, running_on, running_pod
-from tests.runtime.test_cli_modules import ECHO_WAT, ROOT, swarm
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -103,12 +103,6 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def component_engine() -> Iterator[SandboxEngine]:
-    with SandboxEngine() as engine:
-        yield engine
-
-
-@pytest.fixture(scope="module")
 def counter(component_engine: SandboxEngine, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Compiled by cranelift only (`baseline=False`), by two caches on one directory at once,
     as two pods of a machine would: one compiles, the other waits for its file."""

@@ -57,9 +57,10 @@ def test_a_looping_agent_does_not_stop_a_neighbour(make_sandbox: MakeSandbox) ->
     # Stopped by its deadline, not long after (the epoch ticker is a thread: a loaded machine
     # delays it by a tick or a scheduling slice, not by another deadline).
     assert deadline_ms <= elapsed_ms < 3 * deadline_ms
-    # The echo kept answering all along: no call of it waited for the loop to end.
-    assert answered > 10
-    assert slowest * 1000 < elapsed_ms / 4
+    # The echo kept answering all along: a call that waited for the loop to end would leave it
+    # one or two answers, where it gives thousands (a count, since a busy machine may pause the
+    # test's own thread for a few hundred ms whatever the sandbox does).
+    assert answered >= 100
 
 
 def test_failures_are_attributed_to_their_own_instance_under_concurrency(

@@ -16,7 +16,6 @@ from schemas import commands, names
 from schemas.specs import Limits
 from tests.runtime.agents import COUNTER, ECHO, LOOP
 from tests.runtime.pods import (
-    agent,
     ask,
     cluster,
     count,
@@ -25,13 +24,9 @@ from tests.runtime.pods import (
     has_status,
     running_on,
     running_pod,
-    spec,
     true,
 )
 from tests.scheduler.stack import wait_until
-
-# The helpers moved to tests/runtime/pods.py; tests elsewhere still import them from here.
-__all__ = ["agent", "cluster", "deploy", "running_on", "running_pod", "spec"]
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,8 @@ from services.scheduler.autoscale import (
 )
 from services.scheduler.forecast import Forecaster
 from tests.hive.sim import Sim
-from tests.hive.test_domain import deploy, place_all, pod, run_all, spec
+from tests.hive.steps import deploy, place_all, pod, run_all, spec
+from tests.scheduler.samples import sample
 
 # --- forecasts -----------------------------------------------------------------------------------
 
@@ -169,45 +170,6 @@ def test_nothing_is_decided_without_demand_or_capacity() -> None:
 
 
 # --- metric samples ------------------------------------------------------------------------------
-
-
-def sample(
-    time_s: float,
-    replicas: list[tuple[str, int, int]],
-    *,
-    agent_id: str = "a1",
-    pod_id: str = "p1",
-    busy_ms: float = 0.0,
-    calls: int = 0,
-) -> dict[str, Any]:
-    """A pod sample in the pods' format: (replica id, received, mailbox) per replica."""
-    return {
-        "pod_id": pod_id,
-        "time_ms": int(time_s * 1000),
-        "replicas": [
-            {
-                "agent_id": agent_id,
-                "replica_id": rid,
-                "namespace": "default",
-                "name": "echo",
-                "state": "running",
-                "calls": calls,
-                "errors": 0,
-                "fuel_used": 0,
-                "last_latency_ms": 0.0,
-                "memory_bytes": 0,
-                "mailbox": mailbox,
-                "rejected": 0,
-                "logs_dropped": 0,
-                "topic_messages": 0,
-                "topic_dropped": 0,
-                "received": received,
-                "busy_ms": busy_ms,
-                "task_queues": ["jobs"],
-            }
-            for rid, received, mailbox in replicas
-        ],
-    }
 
 
 def test_rates_come_from_counter_deltas_and_stale_replicas_drop_out() -> None:

@@ -29,11 +29,11 @@ from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from tests.runtime.agents import ECHO
-from tests.runtime.test_pod import cluster, running_on, running_pod
-from tests.runtime.test_pod import spec as wasm_spec
+from tests.runtime.pods import cluster, running_on, running_pod
+from tests.runtime.pods import spec as wasm_spec
 from tests.scheduler.history import spec
+from tests.scheduler.samples import sample
 from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.test_autoscale import sample
 
 pytestmark = pytest.mark.timeout(60)
 
