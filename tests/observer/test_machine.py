@@ -149,7 +149,7 @@ def observe_each(
     reported: list[tuple[int, Finding]] = []
     machine: list[Any] = []
     held: list[Finding] = []
-    for kind, seq, t, payload in events:
+    for _kind, seq, t, payload in events:
         if isinstance(payload, list):
             for n, line in enumerate(payload):
                 core.apply_log(seq + n, line)
@@ -314,7 +314,8 @@ def test_holding_and_the_loop_lag_survive_the_tables() -> None:
     reported: list[tuple[int, Finding]] = []
     machine: list[Any] = []
     for kind, seq, t, body in events:
-        assert kind == "metrics" and isinstance(body, bytes)
+        assert kind == "metrics"
+        assert isinstance(body, bytes)
         samples = parse_metrics(body, t)
         agents = {s.agent_id for s in samples}
         if seq % 23 == 0:
