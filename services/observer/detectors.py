@@ -352,6 +352,95 @@ def _ln(value: float) -> float:
     return math.log(max(value, 1e-9))
 
 
+@dataclass(slots=True)
+class DriftCusum:
+    """A one-sided CUSUM of one signal's deviation from its baseline: a slow, persistent rise
+    (a drift) that no single window shows, accumulated over the windows it lasts.
+
+    A window's deviation is ln(value / baseline) in spreads: the relative spread its z-score is
+    measured in (`SignalScore.scale / baseline`, which counts the calls behind it). It is taken
+    from its own recent level, an exponentially weighted mean of the deviations (weight
+    `weight`, each clipped to +-`clip`): the baselines leave a slow residue, a daily swing the
+    load model does not take out (on the benchmark's workload, windows 2 s apart and 100 s apart
+    alike correlate by about 0.2), which a CUSUM would otherwise add up into findings. A drift
+    rises much faster than that level follows it.
+
+    Each window adds its deviation above the level less `slack`, at most `cap - slack` (one wild
+    window is a spike, for the z-scores to judge, not a drift), and the sum never goes below 0.
+    The signal drifts while the sum is above `limit`. The sum is kept below `2 * limit`, so once
+    the rise stops it falls back under the limit within a few windows. Nothing adds up during
+    the first `warmup` windows (a young baseline's misfit is not a drift). `reset` forgets the
+    sum, not the level: a window that says nothing about the agent itself (its machine was
+    slow) must count neither toward nor against a drift.
+    """
+
+    signal: str = "latency"
+    slack: float = 1.0
+    limit: float = 5.0
+    cap: float = 3.0
+    weight: float = 0.1
+    clip: float = 3.0
+    warmup: int = 30
+    level: float = 0.0
+    total: float = 0.0
+    #: Windows learnt into the level.
+    windows: int = 0
+    #: Windows in a row the sum has been above 0: how long the rise has lasted.
+    rising: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal,
+            "slack": self.slack,
+            "limit": self.limit,
+            "cap": self.cap,
+            "weight": self.weight,
+            "clip": self.clip,
+            "warmup": self.warmup,
+            "level": self.level,
+            "total": self.total,
+            "windows": self.windows,
+            "rising": self.rising,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DriftCusum:
+        return cls(
+            doc["signal"],
+            float(doc["slack"]),
+            float(doc["limit"]),
+            float(doc["cap"]),
+            float(doc["weight"]),
+            float(doc["clip"]),
+            int(doc["warmup"]),
+            float(doc["level"]),
+            float(doc["total"]),
+            int(doc["windows"]),
+            int(doc["rising"]),
+        )
+
+    @property
+    def drifting(self) -> bool:
+        return self.total > self.limit
+
+    def step(self, scored: SignalScore) -> bool:
+        """Add one window, scored against its baseline, and learn it into the level; whether
+        the signal drifts now."""
+        if scored.baseline <= 0 or scored.scale <= 0:
+            return self.drifting
+        u = _ln(scored.value / scored.baseline) / (scored.scale / scored.baseline)
+        if self.windows >= self.warmup:
+            rise = min(u - self.level, self.cap) - self.slack
+            self.total = min(max(0.0, self.total + rise), 2 * self.limit)
+            self.rising = self.rising + 1 if self.total > 0 else 0
+        self.level += self.weight * (min(max(u, -self.clip), self.clip) - self.level)
+        self.windows += 1
+        return self.drifting
+
+    def reset(self) -> None:
+        self.total, self.rising = 0.0, 0
+
+
 #: What the trees see: the per-call signals and the distance from the deployment's centroid
 #: (not the load, so that a busy agent is not an unusual combination).
 TREE_FEATURES: tuple[str, ...] = (*SCORED, "behaviour_distance")
