@@ -23,6 +23,25 @@ MAX_SIGNAL = 1e30
 
 Severity = Literal["info", "warning", "critical"]
 
+#: A latency that rose slowly and kept rising, which no single window shows (a CUSUM over
+#: windows, not a z-score): a warning, never a reason to stop an agent.
+LATENCY_DRIFT = "latency_drift"
+
+#: The kinds of agent findings the Observer names (`AnomalyFinding.kind`). The field is free
+#: text on the wire, so a consumer reads kinds newer than it knows.
+FINDING_KINDS: tuple[str, ...] = (
+    "loop",
+    "cost_blowup",
+    "latency_spike",
+    "error_burst",
+    LATENCY_DRIFT,
+    "memory_growth",
+    "backlog",
+    "log_flood",
+    "behaviour_drift",
+    "unknown",
+)
+
 #: Behaviour signals the detectors score (one per metric series, plus derived ones).
 Signal = Literal[
     "fuel",
@@ -62,7 +81,7 @@ class AnomalyFinding(Payload):
     #: Combined score in [0, 1]: 1 is certainly anomalous.
     score: float = Field(ge=0, le=1)
     severity: Severity
-    #: Kind of misbehaviour when the detector can tell (loop, latency_spike, cost_blowup, ...).
+    #: Kind of misbehaviour when the detector can tell (one of `FINDING_KINDS`, or a newer one).
     kind: str = Field(default="unknown", max_length=64)
     window_start: datetime
     window_end: datetime

@@ -24,9 +24,11 @@ from typing import Any
 
 import structlog
 
+from schemas.observer import LATENCY_DRIFT
 from services.observer.detectors import (
     RELATIVE_FLOORS,
     Centroid,
+    DriftCusum,
     LoadModel,
     MultivariateTrees,
     Profile,
@@ -96,6 +98,8 @@ class AgentAnalysis:
     #: Rolling baselines by signal (latency has its load model instead).
     baselines: dict[str, RobustZ] = field(default_factory=dict)
     latency: LoadModel = field(default_factory=LoadModel)
+    #: A slow rise of latency against the load model, over windows (`detectors.DriftCusum`).
+    drift: DriftCusum = field(default_factory=DriftCusum)
     trees: MultivariateTrees = field(default_factory=MultivariateTrees)
     threshold: AdaptiveThreshold = field(init=False)
     profile: Profile = field(default_factory=Profile)
@@ -107,6 +111,14 @@ class AgentAnalysis:
     def __post_init__(self) -> None:
         self.threshold = AdaptiveThreshold(self.config)
         self.incident = HoldDown(self.config.quiet_windows)
+        self._configure_drift()
+
+    def _configure_drift(self) -> None:
+        config = self.config
+        self.drift.slack = config.drift_slack
+        self.drift.limit = config.drift_limit
+        self.drift.weight = config.drift_weight
+        self.drift.warmup = config.critical_warmup_windows
 
     def reconfigure(self, config: DetectorConfig) -> None:
         """Adopt new settings (after a restart with other SWARM_OBSERVER_* values) and keep
@@ -119,11 +131,13 @@ class AgentAnalysis:
             baseline.relative_floor = RELATIVE_FLOORS.get(baseline.signal, config.relative_floor)
         self.latency.size = config.baseline_windows
         self.latency.relative_floor = config.relative_floor
+        self._configure_drift()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "baselines": {name: b.to_json() for name, b in self.baselines.items()},
             "latency": self.latency.to_json(),
+            "drift": self.drift.to_json(),
             "trees": self.trees.to_json(),
             "threshold": self.threshold.to_json(),
             "profile": self.profile.to_json(),
@@ -139,6 +153,7 @@ class AgentAnalysis:
             # Baselines of signals no longer scored (from an older Observer) are dropped.
             {key: RobustZ.from_json(b) for key, b in doc["baselines"].items() if key in _KEPT},
             LoadModel.from_json(doc["latency"]) if "latency" in doc else LoadModel(),
+            DriftCusum.from_json(doc["drift"]) if "drift" in doc else DriftCusum(),
             MultivariateTrees.from_json(doc["trees"]),
             profile=Profile.from_json(doc["profile"]),
             windows=doc["windows"],
@@ -210,30 +225,49 @@ class AgentAnalysis:
                 eligible.add(name)
         # Unclipped: the usual load is simply the median of recent windows' loads.
         load_baseline.learn(window.load)
+        # A slow rise of latency, over windows. A window of a slow machine says nothing about
+        # the agent (its latency is not learnt either): the sum starts again after it.
+        drifting = False
+        if machine_slow:
+            self.drift.reset()
+        elif "latency" in eligible:
+            drifting = self.drift.step(scores["latency"])
         ready_scores = {n: scores[n] for n in eligible}
         warm = self.windows >= config.warmup_windows
         trees = self.trees.score(scores) if warm else 0.0
         score = combine(ready_scores, trees if warm else None, config)
         threshold = self.threshold.value()
-        flagged = warm and score > threshold and bool(ready_scores)
-        kind = classify(ready_scores, config) if flagged else "unknown"
+        over = warm and score > threshold and bool(ready_scores)
+        drifting = warm and drifting
+        flagged = over or drifting
+        kind = classify(ready_scores, config) if over else "unknown"
+        if drifting and kind == "unknown":
+            kind = LATENCY_DRIFT
         critical_ok = self.active >= config.critical_warmup_windows
         finding = None
         before = self.incident.to_json()
         # Severity weighs only what can make a finding critical (not a backlog or log volume).
         critical = {n: s for n, s in ready_scores.items() if n in CRITICAL_SIGNALS}
         critical_score = combine(critical, trees if warm else None, config)
-        if flagged:
+        # A drift alone is a warning: only the z-scores' strong evidence can make a finding
+        # critical.
+        if over:
             top_z = max((s.score for s in critical.values()), default=0.0)
             level = severity(critical_score, kind, top_z, config.evidence_z, critical_ok)
         else:
             level = "warning"
-        calm = max((x.score for x in ready_scores.values()), default=0.0) < config.evidence_z
+        # A drift keeps its incident open: its windows are rarely at evidence level one by one.
+        calm = (
+            max((x.score for x in ready_scores.values()), default=0.0) < config.evidence_z
+            and not drifting
+        )
         if self.incident.step(flagged, kind, level, calm):
             evidence = sorted(
                 (s for s in ready_scores.values() if s.score >= config.evidence_z),
                 key=lambda s: -s.score,
             )
+            if kind == LATENCY_DRIFT:
+                evidence = [scores["latency"], *(s for s in evidence if s.signal != "latency")]
             if not evidence:
                 evidence = [max(ready_scores.values(), key=lambda s: s.score)]
             finding = Finding(
@@ -250,6 +284,9 @@ class AgentAnalysis:
                 evidence_z=config.evidence_z,
                 warm=critical_ok,
                 critical_score=critical_score,
+                drift=self.drift.total if drifting else 0.0,
+                drift_limit=self.drift.limit if drifting else 0.0,
+                drift_windows=self.drift.rising if drifting else 0,
             )
         # Learn after scoring. Baselines always learn (winsorised), so a lasting change becomes
         # the new normal; trees and threshold learn from normal windows only, so an incident

@@ -8,11 +8,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.observer import ReportAnomaly, SignalEvidence
+from schemas.observer import LATENCY_DRIFT, ReportAnomaly, SignalEvidence
 from services.observer.detectors import SignalScore
 from services.observer.scoring import CRITICAL_SIGNALS, severity
 
 DETECTOR = "robust-z+hst"
+#: The detector of a latency drift (`detectors.DriftCusum`).
+DRIFT_DETECTOR = "cusum"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,11 @@ class Finding:
     warm: bool = True
     #: The combined score over the signals that can make a finding critical (`severity`).
     critical_score: float = 0.0
+    #: When latency drifted in the window: the CUSUM's sum (in spreads), the limit it passed,
+    #: and the windows it has been rising (0 otherwise).
+    drift: float = 0.0
+    drift_limit: float = 0.0
+    drift_windows: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Exact (floats round-trip): a finding held back for a window is kept in a table."""
@@ -44,7 +51,8 @@ class Finding:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Finding:
-        values = {f: doc[f] for f in _FIELDS}
+        # Fields an older Observer did not write (a finding it held) keep their defaults.
+        values = {f: doc[f] for f in _FIELDS if f in doc}
         values["evidence"] = tuple(SignalScore.from_json(s) for s in doc["evidence"])
         return cls(**values)
 
@@ -65,11 +73,26 @@ class Finding:
             for s in self.evidence
             if s.signal != "combined"
         ]
+        if self.drift_limit:
+            parts.append(
+                f"latency rising for {self.drift_windows} windows "
+                f"(cusum {self.drift:.1f} > {self.drift_limit:g})"
+            )
         return (f"{self.kind} in {self.namespace}/{self.name}: " + "; ".join(parts))[:1000]
 
     def report(self) -> ReportAnomaly:
+        drift = self.kind == LATENCY_DRIFT and self.drift_limit > 0
         signals = [
+            # A drift's latency is judged by the CUSUM's sum against its limit.
             SignalEvidence(
+                signal=s.signal,  # type: ignore[arg-type]
+                value=s.value,
+                baseline=s.baseline,
+                score=round(self.drift, 4),
+                threshold=self.drift_limit,
+            )
+            if drift and s.signal == "latency"
+            else SignalEvidence(
                 signal=s.signal,  # type: ignore[arg-type]
                 value=s.value,
                 baseline=s.baseline,
@@ -89,7 +112,7 @@ class Finding:
         )
         return ReportAnomaly(
             agent_id=self.agent_id,
-            detector=DETECTOR,
+            detector=DRIFT_DETECTOR if drift else DETECTOR,
             score=min(1.0, max(0.0, self.score)),
             severity=self.severity,  # type: ignore[arg-type]
             kind=self.kind,
@@ -102,4 +125,4 @@ class Finding:
 
 _FIELDS = tuple(f.name for f in fields(Finding))
 
-__all__ = ["DETECTOR", "Finding"]
+__all__ = ["DETECTOR", "DRIFT_DETECTOR", "Finding"]

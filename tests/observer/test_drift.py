@@ -1,5 +1,6 @@
 """Latency drift: a slow, persistent rise that no single window shows is found within a few
-windows; stationary noise, a slow daily swing and a lone spike are not a drift."""
+windows, as a warning with the CUSUM as its evidence; stationary noise, a slow daily swing and a
+lone spike are not a drift."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import random
 
 import pytest
 
+from schemas.observer import FINDING_KINDS, LATENCY_DRIFT
+from services.observer.analysis import Finding, Observatory
 from services.observer.detectors import DriftCusum, SignalScore
+from services.observer.finding import DRIFT_DETECTOR
+from services.observer.scoring import _BY_SIGNAL, CRITICAL_KINDS, RANKS, DetectorConfig
+from tests.observer.workload import START, T0, Step, messages, normal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,3 +84,57 @@ def test_nothing_adds_up_during_the_warm_up_and_the_state_round_trips() -> None:
     assert first_drift(cusum, [6.0] * 3) == 2
     again = DriftCusum.from_json(cusum.to_json())
     assert again == cusum
+
+
+def latency_drift(t: float, rng: random.Random) -> Step:
+    """The tests' agent, its latency rising from START by 5 % of its level every second."""
+    s = normal(t, rng)
+    if t >= START:
+        s.latency_ms *= 1 + 0.05 * (t - START)
+    return s
+
+
+def run(seconds: int, shape: object) -> list[Finding]:
+    core = Observatory(DetectorConfig(), 2.0)
+    findings = []
+    for seq, t, body in messages(seconds, shape):  # type: ignore[arg-type]
+        findings += [o.finding for o in core.apply_metrics(seq, t, body) if o.finding]
+    return findings
+
+
+def test_a_latency_drift_is_a_warning_before_any_single_window_says_so() -> None:
+    findings = run(600, latency_drift)
+    assert findings, "the drift was not found"
+    first = findings[0]
+    assert first.kind == LATENCY_DRIFT
+    assert first.severity == "warning"
+    delay = first.window_end - (T0 + START)
+    assert 0 < delay <= 12
+    assert first.drift > first.drift_limit > 0
+    assert first.drift_windows >= 2
+    # Found before any finding of the z-scores, as a warning only: a drift never stops an agent.
+    later = [f for f in findings if f.kind != LATENCY_DRIFT]
+    assert all(f.window_end > first.window_end for f in later)
+    report = first.report()
+    assert report.detector == DRIFT_DETECTOR
+    assert report.severity == "warning"
+    latency = next(s for s in report.signals if s.signal == "latency")
+    assert latency.value > latency.baseline
+    assert latency.score > latency.threshold == first.drift_limit
+    assert "rising" in report.summary
+    # A finding held in a table by an older Observer (no drift fields) still reads.
+    doc = first.to_json()
+    for key in ("drift", "drift_limit", "drift_windows"):
+        del doc[key]
+    assert Finding.from_json(doc).drift_limit == 0.0
+    assert Finding.from_json(first.to_json()) == first
+
+
+def test_noise_and_seasonality_give_no_drift() -> None:
+    assert run(1800, normal) == []
+
+
+def test_every_kind_the_observer_names_is_declared_in_the_schemas() -> None:
+    named = {*_BY_SIGNAL.values(), *CRITICAL_KINDS, *RANKS, LATENCY_DRIFT}
+    assert named <= set(FINDING_KINDS)
+    assert LATENCY_DRIFT not in CRITICAL_KINDS
