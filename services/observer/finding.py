@@ -35,6 +35,9 @@ class Finding:
     warm: bool = True
     #: The combined score over the signals that can make a finding critical (`severity`).
     critical_score: float = 0.0
+    #: Reported while its machine had an incident open, on machine signals only (`machine.py`):
+    #: the machine explains part of it, so it is a warning at most and never stops the agent.
+    machine_incident: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Exact (floats round-trip): a finding held back for a window is kept in a table."""
@@ -44,7 +47,8 @@ class Finding:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Finding:
-        values = {f: doc[f] for f in _FIELDS}
+        # A finding stored before a field existed takes that field's default.
+        values = {f: doc[f] for f in _FIELDS if f in doc}
         values["evidence"] = tuple(SignalScore.from_json(s) for s in doc["evidence"])
         return cls(**values)
 
@@ -57,7 +61,8 @@ class Finding:
     @property
     def severity(self) -> str:
         top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
-        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
+        warm = self.warm and not self.machine_incident
+        return severity(self.critical_score, self.kind, top_z, self.evidence_z, warm)
 
     def summary(self) -> str:
         parts = [
