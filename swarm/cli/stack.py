@@ -783,6 +783,7 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
             )
         except (OSError, nats.errors.Error, TimeoutError):
             return []
+
         async def one(node: str) -> dict[str, Any]:
             try:
                 reply = await nc.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
