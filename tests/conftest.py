@@ -16,6 +16,11 @@ from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 
+# The CLI's tables take the terminal's width, and `COLUMNS` when there is none; pytest-xdist
+# workers run with COLUMNS=80 set (seen here), which cuts the ids the CLI tests look for. One width
+# for every test, however the suite runs.
+os.environ["COLUMNS"] = "200"
+
 
 @pytest.fixture(autouse=True)
 def _own_state_home(

@@ -487,8 +487,16 @@ class Observatory:
         self.released = [h.finding for h in assessment.released]
         hidden = {id(o) for o in (*assessment.withheld, *assessment.held)}
         withheld = {id(o) for o in assessment.withheld}
+        outliers = {id(o) for o in assessment.outliers}
         out = []
         for o in observations:
+            if id(o) in outliers and o.finding is not None:
+                out.append(
+                    dataclasses.replace(
+                        o, finding=dataclasses.replace(o.finding, machine_incident=True)
+                    )
+                )
+                continue
             if id(o) not in hidden:
                 out.append(o)
                 continue

@@ -42,6 +42,9 @@ class Finding:
     drift: float = 0.0
     drift_limit: float = 0.0
     drift_windows: int = 0
+    #: Reported while its machine had an incident open, on machine signals only (`machine.py`):
+    #: the machine explains part of it, so it is a warning at most and never stops the agent.
+    machine_incident: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Exact (floats round-trip): a finding held back for a window is kept in a table."""
@@ -65,7 +68,8 @@ class Finding:
     @property
     def severity(self) -> str:
         top_z = max((s.score for s in self.evidence if s.signal in CRITICAL_SIGNALS), default=0.0)
-        return severity(self.critical_score, self.kind, top_z, self.evidence_z, self.warm)
+        warm = self.warm and not self.machine_incident
+        return severity(self.critical_score, self.kind, top_z, self.evidence_z, warm)
 
     def summary(self) -> str:
         parts = [

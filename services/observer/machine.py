@@ -32,7 +32,9 @@ evidence is only machine signals, in a window with other agents deviating or a s
 and no incident open yet, is held for one assessment (`PodWatch.held`): the pod's next message
 that closes windows judges it again, and withholds it if an incident is open by then, or
 releases it (`Assessment.released`). Findings with fuel (a cost blowup, a loop) or other
-critical evidence are never held, nor is a finding alone on its pod. An incident lasts while at
+critical evidence are never held, nor is a finding alone on its pod. A finding on machine
+signals only that is reported while its machine's incident is open (an outlier) is a warning at
+most: the machine explains part of it. An incident lasts while at
 least `min_agents` agents deviate or the pod's loop is starved, and ends after `quiet_windows`
 windows of neither: a sustained slowdown whose agents are hit by turns stays one incident. While
 it lasts (up to `max_freeze_windows`), its agents' latency baselines and the pod's loop-lag
@@ -403,6 +405,9 @@ class Assessment:
     withheld: list[Observation] = field(default_factory=list)
     #: Observations whose finding is held until the pod's next assessment.
     held: list[Observation] = field(default_factory=list)
+    #: Observations whose finding its machine's open incident does not explain, reported now
+    #: as a warning at most (`Finding.machine_incident`).
+    outliers: list[Observation] = field(default_factory=list)
     findings: list[MachineFinding] = field(default_factory=list)
     #: Findings held at an earlier assessment: explained by the machine now (withheld), or
     #: not (released: to be reported now).
@@ -574,7 +579,11 @@ class MachineWatch:
             if incident:
                 if local[id(o)] or self._explained(finding, explaining):
                     out.withheld.append(o)
-                # else: an outlier of its machine's incident, reported now.
+                else:
+                    # An outlier of its machine's incident, reported now; part of its slowness
+                    # is still the machine's, so it cannot be critical (a starved machine slows
+                    # a few agents many times more than the rest: measured beside a CPU hog).
+                    out.outliers.append(o)
             elif local[id(o)] or starved or self._accompanied(finding, measured):
                 out.held.append(o)
                 pod.held.append(Held(finding, o.incident_before, local[id(o)]))

@@ -31,6 +31,7 @@ from services.observer.behaviour import BehaviourRow, BehaviourStore
 from services.observer.config import ObserverSettings
 from services.observer.stream import IDENTITY, SOURCE, build_app
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp
 
@@ -125,7 +126,9 @@ class Observer:
 
 
 async def main() -> None:
-    observer = Observer(Settings(), ObserverSettings())
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    observer = Observer(settings, ObserverSettings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, observer.stop)

@@ -8,6 +8,7 @@ models are imported by the verbs that use them: every `swarm` call imports this 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -782,17 +783,23 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
             )
         except (OSError, nats.errors.Error, TimeoutError):
             return []
-        answers: list[dict[str, Any]] = []
+
+        async def one(node: str) -> dict[str, Any]:
+            try:
+                reply = await nc.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
+                answer = json.loads(reply.data)
+                if isinstance(answer, dict):
+                    return {**answer, "node": node}
+            except (nats.errors.Error, TimeoutError, ValueError):
+                pass
+            return {"node": node, "ready": False, "unreachable": True}
+
         try:
-            for node in nodes:
-                try:
-                    reply = await nc.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
-                    answers.append(json.loads(reply.data))
-                except (nats.errors.Error, TimeoutError, ValueError):
-                    answers.append({"node": node, "ready": False, "unreachable": True})
+            # All at once: a replica that does not answer costs one timeout, not one each.
+            return list(await asyncio.gather(*(one(node) for node in nodes)))
         finally:
-            await nc.close()
-        return answers
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.close()
 
     return asyncio.run(ask())
 
@@ -809,7 +816,7 @@ def _print_hive(hive: list[dict[str, Any]] | None) -> None:
             console.print(f"  [yellow]⚠[/] {h['node']} does not answer")
     failures = max((h.get("fold_failures", 0) for h in hive), default=0)
     if failures:
-        recent = next(h["recent_fold_failures"] for h in hive if h.get("fold_failures"))
+        recent = next(h.get("recent_fold_failures") or [] for h in hive if h.get("fold_failures"))
         last = recent[-1] if recent else {}
         console.print(
             f"  [yellow]⚠[/] {failures} log entr{'y' if failures == 1 else 'ies'} could not be "

@@ -282,9 +282,11 @@ class EmbeddedPostgres:
                     self.host,
                     "-p",
                     str(self.port),
-                    # The socket lives in the data dir: no shared /tmp, no clash between stacks.
+                    # TCP only: everything connects to `url`. A socket in the data dir fails to
+                    # start the server when the path passes the 107-byte limit of a socket path
+                    # (a deep `--data-dir`), and one in /tmp is shared between stacks and users.
                     "-k",
-                    str(self.pgdata),
+                    "",
                     "-c",
                     "max_connections=200",
                     "-c",

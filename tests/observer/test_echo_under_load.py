@@ -98,6 +98,7 @@ async def requester(stack: Stack, stop: asyncio.Event, tally: dict[str, int]) ->
             tally["answered"] += 1
 
 
+@pytest.mark.solo
 @pytest.mark.timeout(240)
 async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
     tmp_path: Path,

@@ -86,6 +86,9 @@ def test_an_agent_much_slower_than_its_machine_is_still_reported() -> None:
     findings, machine, _ = observe(50, 1, slowed(outlier=40.0))
     assert [m.scope for m in machine] == ["pod"]
     assert [(f.agent_id, f.kind) for f in findings] == [("agent-7", "latency_spike")]
+    # Its machine's incident explains part of it: reported, but a warning at most.
+    assert findings[0].machine_incident
+    assert findings[0].severity == "warning"
 
 
 def test_a_few_agents_slowed_together_are_agent_findings() -> None:

@@ -115,6 +115,7 @@ async def events(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.solo
 @pytest.mark.timeout(300)
 async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
     tmp_path: Path,
