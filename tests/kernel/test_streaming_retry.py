@@ -117,6 +117,9 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
         await log.close()
 
 
+# Alone: beside other tests (pytest-xdist) its app twice did not give up within the budget
+# while the server was stopped, and processed everything once it resumed; not yet explained.
+@pytest.mark.solo
 @pytest.mark.timeout(150)
 async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses_nothing(
     server: EmbeddedNats,
