@@ -429,6 +429,10 @@ class DriftCusum:
         if scored.baseline <= 0 or scored.scale <= 0:
             return self.drifting
         u = _ln(scored.value / scored.baseline) / (scored.scale / scored.baseline)
+        if math.isnan(u):
+            # inf/inf from extreme (finite) counters a pod sent: says nothing, and a NaN
+            # learnt into the level would silence the detector for good.
+            return self.drifting
         if self.windows >= self.warmup:
             rise = min(u - self.level, self.cap) - self.slack
             self.total = min(max(0.0, self.total + rise), 2 * self.limit)

@@ -138,3 +138,23 @@ def test_every_kind_the_observer_names_is_declared_in_the_schemas() -> None:
     named = {*_BY_SIGNAL.values(), *CRITICAL_KINDS, *RANKS, LATENCY_DRIFT}
     assert named <= set(FINDING_KINDS)
     assert LATENCY_DRIFT not in CRITICAL_KINDS
+
+
+def test_extreme_windows_neither_poison_the_level_nor_hide_a_later_drift() -> None:
+    """What a pod can send is finite, but ratios of extreme values overflow: inf / inf is NaN,
+    which once learnt into the level would make every later comparison false."""
+    cusum = DriftCusum()
+    first_drift(cusum, noise(100, seed=3))
+    for value, baseline, scale in [
+        (1e308, 1e-300, 1e300),  # ln(inf) / inf
+        (math.inf, 100.0, 10.0),
+        (1e308, 100.0, 10.0),
+        (0.0, 100.0, 10.0),
+    ]:
+        cusum.step(SignalScore("latency", value, baseline, scale, 0.0))
+        assert math.isfinite(cusum.level)
+        assert math.isfinite(cusum.total)
+    cusum.reset()
+    found = first_drift(cusum, [1.0 * (i + 1) + e for i, e in enumerate(noise(60, seed=4))])
+    assert found is not None
+    assert found <= 7
