@@ -14,23 +14,18 @@ log line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 
-from runtime.config import PodSettings
-from runtime.pod import Pod
 from schemas import names
-from services.observer import Observer, ObserverSettings
-from swarm.kernel.settings import Settings
+from tests.observer.live import POD_SETTINGS, observing
 from tests.runtime.pods import agent as agent_info
-from tests.runtime.pods import cluster, deploy, running_on
+from tests.runtime.pods import cluster, deploy, running_on, running_pod
 from tests.scheduler.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,37 +34,6 @@ IN_FLIGHT = 64
 LOAD_S = 60.0
 #: Windows with calls before a finding may be critical (the default is 30 windows of 10 s).
 CRITICAL_WARMUP = 8
-
-
-@contextlib.asynccontextmanager
-async def pod(stack: Stack) -> AsyncIterator[Pod]:
-    # Metrics every 0.2 s rather than 5 s, so 1 s windows work (the only setting not default).
-    config = PodSettings(id="p1", cache_dir=stack.root / "p1" / "modules", metrics_interval_s=0.2)
-    running = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.live.wait(), 10)
-        yield running
-    finally:
-        running.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
-async def observing(stack: Stack) -> AsyncIterator[Observer]:
-    # The Observer's defaults, in 1 s windows instead of 10 s (so the test takes a minute).
-    config = ObserverSettings(
-        window_s=1.0, critical_warmup_windows=CRITICAL_WARMUP, store_behaviour=False
-    )
-    observer = Observer(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 10)
-        yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def events_about(stack: Stack, agent_id: str) -> list[tuple[str, dict[str, Any]]]:
@@ -104,7 +68,11 @@ async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
     tmp_path: Path,
 ) -> None:
     wasm = wasmtime.wat2wasm(ECHO_WAT.read_text())
-    async with cluster(tmp_path) as stack, pod(stack), observing(stack) as observer:
+    async with (
+        cluster(tmp_path) as stack,
+        running_pod(stack, "p1", **POD_SETTINGS),
+        observing(stack, critical_warmup_windows=CRITICAL_WARMUP) as observer,
+    ):
         await deploy(stack, "echo", wasm)  # default healing policy
         await running_on(stack, "echo", "p1")
         agent_id = (await agent_info(stack, "echo"))["agent_id"]

@@ -15,19 +15,16 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 
-from runtime.config import PodSettings
-from runtime.pod import Pod
 from schemas import names
-from services.observer import Observer, ObserverSettings
-from swarm.kernel.settings import Settings
-from tests.runtime.pods import cluster, deploy
+from tests.observer.live import POD_SETTINGS, observing
+from tests.runtime.pods import cluster, deploy, running_pod
 from tests.scheduler.stack import Stack, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,35 +33,6 @@ AGENTS = 50
 #: Windows with calls before a finding may be critical (the default is 30 windows of 10 s).
 CRITICAL_WARMUP = 8
 HOG_S = 15.0
-
-
-@contextlib.asynccontextmanager
-async def pod(stack: Stack) -> AsyncIterator[Pod]:
-    config = PodSettings(id="p1", cache_dir=stack.root / "p1" / "modules", metrics_interval_s=0.2)
-    running = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.live.wait(), 10)
-        yield running
-    finally:
-        running.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
-async def observing(stack: Stack) -> AsyncIterator[Observer]:
-    config = ObserverSettings(
-        window_s=1.0, critical_warmup_windows=CRITICAL_WARMUP, store_behaviour=False
-    )
-    observer = Observer(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 10)
-        yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 10)
 
 
 def _spin(until: float) -> None:
@@ -122,7 +90,11 @@ async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
 ) -> None:
     wasm = wasmtime.wat2wasm(ECHO_WAT.read_text())
     names_ = [f"echo-{i:02d}" for i in range(AGENTS)]
-    async with cluster(tmp_path) as stack, pod(stack), observing(stack) as observer:
+    async with (
+        cluster(tmp_path) as stack,
+        running_pod(stack, "p1", **POD_SETTINGS),
+        observing(stack, critical_warmup_windows=CRITICAL_WARMUP) as observer,
+    ):
         for name in names_:
             await deploy(stack, name, wasm)
 

@@ -21,21 +21,17 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.config import PodSettings
-from runtime.pod import Pod
 from schemas import names
 from schemas.specs import HealingPolicy, Limits
-from services.observer import Observer, ObserverSettings
-from swarm.kernel.settings import Settings
+from tests.observer.live import POD_SETTINGS, observing
 from tests.runtime.agents import ECHO, agent
 from tests.runtime.pods import agent as agent_info
-from tests.runtime.pods import cluster, deploy, running_on
+from tests.runtime.pods import cluster, deploy, running_on, running_pod
 from tests.scheduler.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,41 +55,6 @@ MOODY = agent(
 )
 
 
-@contextlib.asynccontextmanager
-async def one_worker_pod(stack: Stack) -> AsyncIterator[Pod]:
-    config = PodSettings(
-        id="p1",
-        cache_dir=stack.root / "p1" / "modules",
-        metrics_interval_s=0.2,
-        workers=1,
-    )
-    pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
-        yield pod
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
-
-
-@contextlib.asynccontextmanager
-async def observing(stack: Stack) -> AsyncIterator[Observer]:
-    # Critical findings from the fifth window with calls on: the test warms up for 9 s.
-    config = ObserverSettings(
-        window_s=1.0, warmup_windows=5, critical_warmup_windows=5, store_behaviour=False
-    )
-    observer = Observer(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 10)
-        yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 10)
-
-
 async def drive(stack: Stack, name: str, body: bytes, stop: asyncio.Event) -> None:
     """Messages to one agent at ~20/s (errors and timeouts are part of the show)."""
     subject = names.mesh_agent_subject("default", name)
@@ -114,8 +75,9 @@ async def anomalies(stack: Stack) -> list[dict[str, Any]]:
 async def test_loop_cost_blowup_and_latency_spike_are_reported(tmp_path: Path) -> None:
     async with (
         cluster(tmp_path) as stack,
-        one_worker_pod(stack),
-        observing(stack) as observer,
+        running_pod(stack, "p1", **POD_SETTINGS, workers=1),
+        # Critical findings from the fifth window with calls on: the test warms up for 9 s.
+        observing(stack, warmup_windows=5, critical_warmup_windows=5) as observer,
     ):
         await deploy(stack, "victim", ECHO, healing=policy("restart", repeat=1))
         await deploy(stack, "spender", MOODY, healing=policy("quarantine"))

@@ -39,13 +39,10 @@ async def cluster(root: Path) -> AsyncIterator[Stack]:
 async def running_pod(
     stack: Stack, pod_id: str, **settings: Any
 ) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
-    config = PodSettings(
-        id=pod_id,
-        cache_dir=stack.root / pod_id / "modules",
-        snapshot_interval_s=0.2,
-        metrics_interval_s=0.5,
-        **settings,
-    )
+    """A pod of this process, live; snapshots and metrics come faster than by default unless
+    `settings` (PodSettings fields) say otherwise."""
+    fast = {"snapshot_interval_s": 0.2, "metrics_interval_s": 0.5}
+    config = PodSettings(id=pod_id, cache_dir=stack.root / pod_id / "modules", **(fast | settings))
     pod = Pod(Settings(nats_url=stack.url), config)
     task = asyncio.create_task(pod.run())
     try:
