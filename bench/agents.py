@@ -35,7 +35,6 @@ import logging
 import os
 import platform
 import resource
-import signal
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pods import pod_process
 from runtime.components import ComponentCache, ComponentSandbox
 from runtime.engine import SandboxEngine
 from runtime.host import MemoryHost
@@ -63,7 +63,7 @@ from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Placement
 from services.hive.testing import HiveCluster
 from services.scheduler import Scheduler, SchedulerSettings
-from swarm.kernel.embedded import EmbeddedNats, die_with_parent
+from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import ensure_streams
@@ -199,34 +199,13 @@ class RunningWatch:
 @contextlib.asynccontextmanager
 async def pod(url: str, pod_id: str, cache_dir: Path, root: Path) -> AsyncIterator[psutil.Process]:
     """`python -m runtime`, as `swarm up` runs a pod; its log goes to `root`/<pod_id>.log."""
-    env = {
-        **os.environ,
-        "SWARM_NATS_URL": url,
+    settings = {
         "SWARM_POD_ID": pod_id,
         "SWARM_POD_CACHE_DIR": str(cache_dir),
         "SWARM_POD_LABELS": json.dumps({"pod": pod_id}),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with (root / f"{pod_id}.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "runtime",
-            env=env,
-            cwd=root,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
+    async with pod_process(url, settings, root / f"{pod_id}.log") as proc:
         yield psutil.Process(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def pods_registered(log: EventLog, wanted: set[str], timeout: float = 60.0) -> None:

@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pods import pod_process
 from runtime import abi
 from runtime.config import PodSettings
 from runtime.engine import SandboxEngine
@@ -73,7 +73,7 @@ from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.hive.testing import HiveCluster
 from services.scheduler import Scheduler, SchedulerSettings
-from swarm.kernel.embedded import EmbeddedNats, die_with_parent
+from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 
@@ -449,37 +449,16 @@ def pod_settings(root: Path, slots: int) -> PodSettings:
 
 
 @contextlib.asynccontextmanager
-async def pod_process(url: str, config: PodSettings, root: Path) -> AsyncIterator[None]:
+async def pod_as_process(url: str, config: PodSettings, root: Path) -> AsyncIterator[None]:
     """`python -m runtime`, as `swarm up` runs a pod; its log goes to `root`/pod.log."""
-    env = {
-        **os.environ,
-        "SWARM_NATS_URL": url,
+    settings = {
         "SWARM_POD_ID": config.id,
         "SWARM_POD_CACHE_DIR": str(config.cache_dir),
         "SWARM_POD_SLOTS": str(config.slots),
         "SWARM_POD_MEMORY_MB": str(config.memory_mb),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with (root / "pod.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "runtime",
-            env=env,
-            cwd=root,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
+    async with pod_process(url, settings, root / "pod.log", stop_s=15.0):
         yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -521,7 +500,11 @@ async def control_plane(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         watch = RunningWatch()
         await watch.subscribe(log.nc)
         scheduler_task = asyncio.create_task(scheduler.run())
-        pod = pod_in_process(url, config) if args.pod_in_process else pod_process(url, config, root)
+        pod = (
+            pod_in_process(url, config)
+            if args.pod_in_process
+            else pod_as_process(url, config, root)
+        )
         async with pod:
             await pod_registered(log)
             deploys = await deploy_latency(log, watch, args.deploys, args.burst)
