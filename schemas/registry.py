@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import importlib
 import json
 import re
 from array import array
@@ -102,6 +103,11 @@ class Registry:
 
     entries: dict[str, Entry] = field(default_factory=dict)
     upcasters: dict[tuple[str, int], Upcaster] = field(default_factory=dict)
+    #: Modules that register into this registry, imported at its first lookup: importing
+    #: `schemas.names` alone (what a CLI verb needs) then costs no model building, and the
+    #: registry is still whole when something decodes.
+    modules: tuple[str, ...] = ()
+    _loaded: bool = field(default=False, repr=False)
 
     # -- registration -----------------------------------------------------------------------------
 
@@ -146,10 +152,18 @@ class Registry:
 
     # -- lookup -----------------------------------------------------------------------------------
 
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self.modules:
+                importlib.import_module(module)
+
     def __iter__(self) -> Iterator[Entry]:
+        self._load()
         return iter(sorted(self.entries.values(), key=lambda e: (e.kind, e.type)))
 
     def get(self, type_: str) -> Entry | None:
+        self._load()
         return self.entries.get(type_)
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -159,6 +173,7 @@ class Registry:
 
         Raises `DecodeError` with field-level errors; never anything else for bad input.
         """
+        self._load()
         data = _utf8(raw)
         fast = self._decode_fast(data, kind)
         if fast is not None:
@@ -395,7 +410,21 @@ def _nested_deeper_than(data: bytes, limit: int) -> bool:
 
 
 #: The one registry every Swarm component decodes with.
-REGISTRY = Registry()
+REGISTRY = Registry(
+    modules=tuple(
+        f"schemas.{m}"
+        for m in (
+            "commands",
+            "events",
+            "healing",
+            "machine",
+            "market",
+            "observer",
+            "outcomes",
+            "webhooks",
+        )
+    )
+)
 
 
 @functools.cache

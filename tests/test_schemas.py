@@ -7,6 +7,8 @@ so into the committed JSON Schema files the staleness test compares against).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -444,3 +446,33 @@ def test_payload_fields_that_are_none_survive_a_round_trip() -> None:
     assert body["data"]["restart_at"] is None
     assert body["data"]["pod_id"] is None
     assert REGISTRY.decode(env.to_json()).data == crashed
+
+
+def test_the_package_exports_load_on_first_use_and_the_registry_is_whole() -> None:
+    """`from schemas import names` builds no model (a CLI verb's start-up); the first registry
+    lookup loads every module that registers a contract, whatever was imported before."""
+    import schemas
+
+    assert set(schemas.__all__) == set(schemas._HOME)
+    root = Path(schemas.__file__).parent
+    registering = {f"schemas.{p.stem}" for p in root.glob("*.py") if "@REGISTRY." in p.read_text()}
+    assert set(REGISTRY.modules) == registering
+    probe = (
+        "import sys\n"
+        "from schemas import names\n"
+        "assert 'schemas.commands' not in sys.modules, 'names built the models'\n"
+        "from schemas.registry import REGISTRY\n"
+        "entry = REGISTRY.get(names.command_subject('agent', 'deploy'))\n"
+        "assert entry is not None\n"
+        "print(len(list(REGISTRY)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=root.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == len(list(REGISTRY))

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING
 
 from schemas import names
+
+# cryptography is imported where a key is made or a seal checked: most CLI verbs never do
+# either, and its import is a tenth of their start-up.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 _MARK = b',"' + names.EXTENSION_HIVE_SEAL.encode() + b'":"'
 _INFO = b"swarm hive outcome seal v1"
@@ -49,6 +53,10 @@ class SealKey:
 
     @classmethod
     def from_secret(cls, secret: str) -> SealKey:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(
             secret.encode()
         )
@@ -71,6 +79,8 @@ class SealVerifier:
     @classmethod
     def from_text(cls, text: str) -> SealVerifier:
         """From the base64url form `public_text` gives; ValueError if it is not a key."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             raw = _unb64(text.strip())
             return cls(Ed25519PublicKey.from_public_bytes(raw))
@@ -79,11 +89,15 @@ class SealVerifier:
 
     @property
     def text(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         raw = self._public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return _b64(raw)
 
     def verify(self, body: bytes) -> bool:
         """True when `body` carries a valid seal of this key."""
+        from cryptography.exceptions import InvalidSignature
+
         cut = body.rfind(_MARK)
         tail = body[cut + len(_MARK) :]
         if cut < 0 or len(tail) != _SIGNATURE_CHARS + 2 or not tail.endswith(b'"}'):
