@@ -161,3 +161,17 @@ def test_nats_client_without_websockets_leaves_aiohttp_out() -> None:
         "from swarm.cli.app import _without_websockets; _without_websockets(); import nats"
     )
     assert "aiohttp.client" in ws
+
+
+def test_a_read_verbs_client_layer_builds_no_contract_model_and_no_key() -> None:
+    """What `swarm agent ls` imports once NATS is named: the contract models (built at the
+    registry's first lookup) and cryptography (where a seal is made or checked) stay out."""
+    loaded = loaded_after(
+        "from swarm.cli import connect\n"
+        "from swarm.cli.queries import HiveQueries\n"
+        "from swarm.client.commands import read_floor\n"
+        "from swarm.kernel.eventlog import EventLog"
+    )
+    assert "swarm.client.commands" in loaded
+    models = ("schemas.commands", "schemas.events", "schemas.webhooks", "schemas.market")
+    assert [m for m in loaded if m in models or m.split(".")[0] == "cryptography"] == []
