@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from swarm.gateway.app import create_app
+from swarm.gateway.protocol import ProblemH11Protocol
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
@@ -25,6 +26,8 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         proxy_headers=False,
+        # h11, with a parser's refusals answered as problem documents like every other error.
+        http=ProblemH11Protocol,
         log_level=common.log_level.lower(),
     )
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.gateway import GatewaySettings, create_app
+from swarm.gateway.protocol import ProblemH11Protocol
 from swarm.kernel.settings import Settings
 
 
@@ -26,7 +27,14 @@ def serving(
     """Serve the API until the block ends; yields its base URL."""
     settings = Settings(nats_url=nats_url, database_url=database_url)
     app = create_app(settings, gateway_settings or GatewaySettings(), token=token)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        http=ProblemH11Protocol,  # as `python -m swarm.gateway` serves it
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
