@@ -81,7 +81,8 @@ async def running_on(stack: Stack, name: str, pod_id: str, replicas: int = 1) ->
             r["phase"] == "running" and r["pod_id"] == pod_id for r in instances
         )
 
-    await wait_until(check, 15, f"{name} running on {pod_id}")
+    # A rescheduling waits on leases, the scheduler and a pod start: generous on a busy machine.
+    await wait_until(check, 60, f"{name} running on {pod_id}")
 
 
 async def ask(stack: Stack, name: str, body: bytes, timeout: float = 5) -> tuple[bytes, bool]:

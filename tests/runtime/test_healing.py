@@ -21,7 +21,7 @@ from tests.runtime.agents import COUNTER, ECHO
 from tests.runtime.pods import agent, ask, cluster, count, deploy, running_on, running_pod, spec
 from tests.scheduler.stack import Stack, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 async def report(

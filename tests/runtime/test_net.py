@@ -369,6 +369,7 @@ def test_pod_settings_read_the_net_switches(monkeypatch: pytest.MonkeyPatch) -> 
     assert (config.net_allow_private, config.net_max_response_bytes) == (True, 2048)
 
 
+@pytest.mark.timeout(180)
 async def test_a_pod_makes_the_requests_of_granted_agents_and_counts_them(
     tmp_path: Path, target: HttpTarget
 ) -> None:

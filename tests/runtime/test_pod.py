@@ -28,7 +28,7 @@ from tests.runtime.pods import (
 )
 from tests.scheduler.stack import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 async def test_an_echo_agent_runs_and_answers(tmp_path: Path) -> None:

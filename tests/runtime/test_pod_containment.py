@@ -31,7 +31,7 @@ from tests.runtime.pods import (
 )
 from tests.scheduler.stack import Stack, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

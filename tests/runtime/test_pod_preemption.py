@@ -22,7 +22,7 @@ from tests.runtime.agents import COUNTER, ECHO
 from tests.runtime.pods import cluster, count, deploy, events, running_on
 from tests.scheduler.stack import Stack, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from tests.runtime.agents import agent
 from tests.runtime.pods import cluster, deploy, running_on, running_pod
 from tests.scheduler.stack import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 #: Logs every message it handles at info level, and replies with it (a reply nobody may see
 #: for topic messages).

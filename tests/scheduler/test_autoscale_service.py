@@ -35,7 +35,7 @@ from tests.scheduler.history import spec
 from tests.scheduler.samples import sample
 from tests.scheduler.stack import Stack, running_stack, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 @contextlib.asynccontextmanager

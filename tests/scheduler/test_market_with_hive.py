@@ -33,7 +33,7 @@ from tests.scheduler.history import WASM
 from tests.scheduler.stack import Stack, running_stack, wait_until
 from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Room for exactly 200 replicas of 64 MB over three small pods (and slots to spare).
@@ -129,7 +129,7 @@ async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path
             async def full() -> bool:
                 return await stack.placed() == 200
 
-            await wait_until(full, 30, "200 replicas placed")
+            await wait_until(full, 120, "200 replicas placed")
             await asyncio.sleep(0.3)  # the 10 extra keep waiting, and nothing else happens
             assert await stack.placed() == 200
         state = await fold_and_check_capacity(stack)

@@ -23,7 +23,7 @@ from swarm.kernel.settings import Settings
 from tests.scheduler.stack import Stack, running_stack, wait_until
 from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Room for 100 + 67 + 34 = 201 replicas of 64 MB: 200 fit only if spread.
@@ -157,7 +157,7 @@ async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: P
             async def some_placed() -> bool:
                 return await stack.placed() > 0
 
-            await wait_until(some_placed, 15, "a first placement")
+            await wait_until(some_placed, 60, "a first placement")
             first.send_signal(signal.SIGKILL)  # mid-burst, no chance to clean up
             first.wait(10)
         placed_at_kill = await stack.placed()
