@@ -1,20 +1,18 @@
 """The `swarm` CLI run in a worker thread against an in-process Hive, for the CLI tests.
 
-A test module takes `stack` (one nats-server and Hive per module), `wasm` and the autouse
-`hive_logs_to_real_stderr` by importing them; `cli`, `ok` and `described` run and check verbs.
+A test module takes `stack` (one nats-server and Hive per module) and `wasm` by importing
+them; `cli`, `ok` and `described` run and check verbs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from typer.testing import CliRunner, Result
 
 from swarm.cli.app import app
@@ -22,17 +20,6 @@ from tests.scheduler.stack import Stack, running_stack
 
 #: The smallest valid WebAssembly module: magic and version, no sections.
 WASM = b"\0asm\1\0\0\0"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hive_logs_to_real_stderr() -> Iterator[None]:
-    """CliRunner swaps `sys.stdout` process-wide while a verb runs, and structlog prints to
-    whatever `sys.stdout` is at the time: the in-process Hive's log lines would land in the
-    CLI's captured output and break `-o json`."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")

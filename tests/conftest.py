@@ -7,10 +7,12 @@ servers run with a parent-death signal, so even a SIGKILLed pytest leaves none b
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
@@ -20,6 +22,12 @@ from swarm.kernel.settings import Settings
 # workers run with COLUMNS=80 set (seen here), which cuts the ids the CLI tests look for. One width
 # for every test, however the suite runs.
 os.environ["COLUMNS"] = "200"
+
+# CliRunner swaps `sys.stdout` process-wide while a verb runs, and structlog's default prints to
+# whatever `sys.stdout` is then: a log line of any component in this process (an in-process
+# Hive, or a client an earlier test left reconnecting to its stopped server) would land in the
+# verb's captured output and break `-o json`. Logs go to the real stderr for the whole suite.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,6 @@ from tests.cli_runner import (
     agents,
     cli,
     described,
-    hive_logs_to_real_stderr,
     ok,
     stack,
     wasm,
@@ -37,7 +36,7 @@ from tests.cli_runner import (
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["hive_logs_to_real_stderr", "stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,12 +15,12 @@ from nats.aio.msg import Msg
 from schemas import names
 from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
 from swarm.kernel.settings import Settings
-from tests.cli_runner import cli, described, hive_logs_to_real_stderr, ok, stack, wasm
+from tests.cli_runner import cli, described, ok, stack, wasm
 from tests.scheduler.samples import sample
 from tests.scheduler.stack import Stack, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["hive_logs_to_real_stderr", "stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
 
 
 async def policy_of(stack: Stack, name: str) -> Any:

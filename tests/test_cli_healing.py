@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_runner import cli, described, hive_logs_to_real_stderr, ok, stack, wasm
+from tests.cli_runner import cli, described, ok, stack, wasm
 from tests.scheduler.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["hive_logs_to_real_stderr", "stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
 
 
 async def test_quarantine_and_release_by_hand(stack: Stack, wasm: Path) -> None:

@@ -8,6 +8,7 @@ kept). The check is on what is imported, never on a time: bench/cli.py measures 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -175,3 +176,30 @@ def test_a_read_verbs_client_layer_builds_no_contract_model_and_no_key() -> None
     assert "swarm.client.commands" in loaded
     models = ("schemas.commands", "schemas.events", "schemas.webhooks", "schemas.market")
     assert [m for m in loaded if m in models or m.split(".")[0] == "cryptography"] == []
+
+
+def test_a_verbs_log_lines_go_to_stderr_never_into_its_output() -> None:
+    """Once a verb connects, the layers below log to stderr (warnings and up): a reconnect
+    warning on stdout would corrupt `-o json`."""
+    script = (
+        "import structlog\n"
+        "from swarm.cli.connect import _logs_to_stderr\n"
+        "from swarm.kernel.settings import Settings\n"
+        "_logs_to_stderr(Settings())\n"
+        "log = structlog.get_logger('swarm.kernel.eventlog')\n"
+        "log.info('not shown')\n"
+        "log.warning('nats error', error='reconnecting')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SWARM_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "nats error" in result.stderr
+    assert "not shown" not in result.stderr

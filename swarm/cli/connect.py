@@ -166,6 +166,7 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
 
     from swarm.kernel.eventlog import EventLog, nats_servers
 
+    _logs_to_stderr(settings)
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -193,6 +194,21 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
         # The stack that named this server also named its Hive: take only sealed outcomes.
         settings = settings.model_copy(update={"hive_public_key": target.hive_public_key})
     return EventLog(nc, settings, timeout=wait)
+
+
+def _logs_to_stderr(settings: Settings) -> None:
+    """The log lines of the layers below (a reconnect warning) go to stderr, warnings and up
+    unless SWARM_LOG_LEVEL says otherwise: on stdout they would corrupt `-o json`. A process
+    that configured logging itself (an embedding program, the tests) keeps its own."""
+    import os
+
+    import structlog
+
+    from swarm.kernel.logs import configure_logging
+
+    if not structlog.is_configured():
+        level = settings.log_level if "SWARM_LOG_LEVEL" in os.environ else "warning"
+        configure_logging(level, settings.log_format)
 
 
 @asynccontextmanager

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from nats.js.errors import KeyNotFoundError
 from typer.testing import CliRunner, Result
 
@@ -30,15 +28,6 @@ from tests.webhooks.receiver import Receiver, serve
 
 pytestmark = pytest.mark.timeout(90)
 FILTER = "swarm.evt.namespace.*.created"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def logs_to_real_stderr() -> Iterator[None]:
-    """CliRunner swaps `sys.stdout` while a verb runs; keep the services' log lines out of it."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture
