@@ -579,14 +579,24 @@ class Reader:
         self._sub = sub
         self.stream = stream
         self.name = name
+        #: Messages `fetch` has returned (the consumer acknowledges nothing, so it delivers
+        #: each message once and its delivered count is comparable).
+        self.returned = 0
 
     async def fetch(self, batch: int = 1000, timeout: float = 1.0) -> list[Delivery]:
         """Up to `batch` messages in stream order; empty when none arrived within `timeout`."""
-        return await _fetch(self._sub, batch, timeout, keep=False)
+        deliveries = await _fetch(self._sub, batch, timeout, keep=False)
+        self.returned += len(deliveries)
+        return deliveries
 
     async def caught_up(self) -> bool:
+        """Nothing left to read: none pending on the server, and none it delivered that no
+        fetch has returned yet. A pull's messages can arrive after the fetch that asked for them
+        timed out (a busy machine); the next fetch returns them, and a replay that ended on
+        "none pending" alone lost them (an event page, an export missed its last messages)."""
         info = await self._sub.consumer_info()
-        return (info.num_pending or 0) == 0
+        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+        return (info.num_pending or 0) == 0 and delivered <= self.returned
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
