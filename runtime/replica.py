@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import functools
 import json
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -545,6 +547,11 @@ class Replica:
                     cb=self._topic_callback(topic),
                 )
             )
+        # "Running" means "answers": the server must have our subscriptions before anyone is
+        # told (a request right after the report found no responders on a busy machine). A
+        # flush that times out changes nothing that was not already so.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self.deps.nc.flush(timeout=5)
         self.state = State.RUNNING
         await self._report("running", "", None)
         log.info("replica running", replica_id=a.replica_id, pod_id=self.deps.pod_id)
