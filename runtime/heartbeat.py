@@ -39,7 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas import names
-from swarm.kernel.eventlog import nats_servers
+from swarm.kernel.connection import CannotConnect, connect_nats
 
 log = structlog.get_logger(__name__)
 
@@ -171,20 +171,15 @@ class Heartbeat:
 
         while not self._closing:
             try:
-                return await asyncio.wait_for(
-                    nats.connect(
-                        nats_servers(self.url),
-                        name=f"pod-{self.pod_id}-heartbeat",
-                        connect_timeout=_CONNECT_TIMEOUT_S,
-                        # Once connected, reconnect without limit (a first connection is
-                        # retried here, since nats-py would retry an unreachable one forever).
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=0.2,
-                        error_cb=on_error,
-                    ),
-                    _CONNECT_TIMEOUT_S * 2,
+                # Bounded by itself (no wait_for): see swarm.kernel.connection for why a
+                # cancelled first connection could otherwise retry forever.
+                return await connect_nats(
+                    self.url,
+                    name=f"pod-{self.pod_id}-heartbeat",
+                    timeout=_CONNECT_TIMEOUT_S,
+                    on_error=on_error,
                 )
-            except (TimeoutError, OSError, nats.errors.Error) as exc:
+            except CannotConnect as exc:
                 log.warning("heartbeat cannot reach NATS", pod_id=self.pod_id, error=str(exc))
                 await asyncio.sleep(_RETRY_S)
         return None

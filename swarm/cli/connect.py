@@ -161,32 +161,15 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
     One reconnect attempt only: `EventLog.connect` retries forever, which suits services but
     would leave a CLI hanging in silence when the server is down.
     """
-    import nats
-    import nats.errors
-
-    from swarm.kernel.eventlog import EventLog, nats_servers
+    from swarm.kernel.connection import CannotConnect, connect_nats, describe
+    from swarm.kernel.eventlog import EventLog
 
     _logs_to_stderr(settings)
-    errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        # Collected instead of logged, so the user sees one line naming the real cause.
-        errors.append(exc)
-
     try:
-        nc = await nats.connect(
-            nats_servers(target.url),
-            name="swarm-cli",
-            connect_timeout=wait,
-            allow_reconnect=True,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            error_cb=on_error,
-        )
-    except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
-        cause = errors[-1] if errors else exc
+        nc = await connect_nats(target.url, name="swarm-cli", timeout=wait, reconnects=1)
+    except CannotConnect as exc:
         raise CliError(
-            f"cannot reach NATS at {target.url}: {_describe(cause)}",
+            f"cannot reach NATS at {target.url}: {describe(exc.cause)}",
             code=EXIT_UNAVAILABLE,
             hint=_hint(target),
         ) from None
@@ -225,6 +208,7 @@ async def session(
     """
     import nats.errors
 
+    from swarm.kernel.connection import describe
     from swarm.kernel.logscan import ScanError
 
     log = await connect(target, settings, wait=wait)
@@ -234,7 +218,7 @@ async def session(
         yield log
     except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
         raise CliError(
-            f"lost the connection to NATS at {target.url}: {_describe(exc)}",
+            f"lost the connection to NATS at {target.url}: {describe(exc)}",
             code=EXIT_UNAVAILABLE,
         ) from None
     except ScanError as exc:
@@ -260,11 +244,6 @@ async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None
             code=EXIT_UNAVAILABLE,
             hint="is JetStream enabled on that server (`nats-server -js`)?",
         ) from None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
 
 
 def _hint(target: NatsTarget) -> str:

@@ -767,21 +767,17 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     nodes = [f"hive-{i}" for i in range(len(hives))]
     import asyncio
 
-    import nats
     import nats.errors
 
     from schemas import names
-    from swarm.kernel.eventlog import nats_servers
+    from swarm.kernel.connection import CannotConnect, connect_nats
 
     async def ask() -> list[dict[str, Any]]:
         try:
-            nc = await nats.connect(
-                nats_servers(state.nats_url or ""),
-                connect_timeout=1.0,
-                max_reconnect_attempts=0,
-                allow_reconnect=False,
+            nc = await connect_nats(
+                state.nats_url or "", name="swarm-status", timeout=1.0, attempts=1, reconnects=0
             )
-        except (OSError, nats.errors.Error, TimeoutError):
+        except CannotConnect:
             return []
 
         async def one(node: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
+from swarm.kernel.connection import CannotConnect, connect_nats
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import ensure_streams
 
@@ -46,13 +47,6 @@ _BATCH_SEQ = "Nats-Batch-Sequence"
 _BATCH_COMMIT = "Nats-Batch-Commit"
 #: nats-server's default limit on messages in one atomic batch.
 MAX_ATOMIC_BATCH = 1000
-
-
-def nats_servers(url: str) -> list[str]:
-    """The servers a NATS URL setting names: one URL, or a cluster's comma-separated
-    (`SWARM_NATS_URL=nats://nats-1:4222,nats://nats-2:4222,...` in docker-compose.yml), which
-    nats-py accepts only as a list."""
-    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 class EventLogError(Exception):
@@ -260,21 +254,10 @@ class EventLog:
             log.warning("nats error", error=str(exc))
 
         try:
-            # Bounded: with unlimited reconnects nats-py keeps retrying a first connection to an
-            # unreachable server forever. Once connected, it reconnects without limit.
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    nats_servers(url),
-                    name=name,
-                    connect_timeout=timeout,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.2,
-                    error_cb=on_error,
-                ),
-                timeout,
-            )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise EventLogError(f"cannot reach NATS at {url}: {exc or 'timed out'}") from exc
+            # Once connected, it reconnects without limit: services outlive a server restart.
+            nc = await connect_nats(url, name=name, timeout=timeout, on_error=on_error)
+        except CannotConnect as exc:
+            raise EventLogError(str(exc)) from exc
         self = cls(nc, settings, timeout=timeout)
         if ensure:
             await self.ensure_streams()

@@ -486,26 +486,14 @@ def _check_database(url: str) -> None:
 
 
 async def _ensure_streams(url: str, settings: Settings) -> None:
-    import nats
-
-    from swarm.kernel.eventlog import EventLog, nats_servers
-
-    async def quiet(exc: Exception) -> None:
-        pass  # the failure is raised below with the URL; no traceback per attempt
+    from swarm.kernel.connection import CannotConnect, connect_nats
+    from swarm.kernel.eventlog import EventLog
 
     try:
-        # Bounded retries: an unreachable server must fail `swarm up`, not hang it.
-        nc = await nats.connect(
-            nats_servers(url),
-            name="swarm-up",
-            connect_timeout=5,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            allow_reconnect=False,
-            error_cb=quiet,
-        )
-    except Exception as exc:
-        raise StackError(f"cannot reach NATS at {url}: {exc!r}") from exc
+        # Bounded attempts: an unreachable server must fail `swarm up`, not hang it.
+        nc = await connect_nats(url, name="swarm-up", timeout=5, reconnects=0)
+    except CannotConnect as exc:
+        raise StackError(str(exc)) from exc
     log = EventLog(nc, settings)
     try:
         await log.ensure_streams()

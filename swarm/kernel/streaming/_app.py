@@ -53,7 +53,8 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from schemas import REGISTRY, Envelope, names
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, nats_servers
+from swarm.kernel.connection import nats_servers
+from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming._retry import MAX_WRITE_RETRY_S, WRITE_RETRY_S, append_all, retrying
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key

@@ -1,0 +1,103 @@
+"""Opening a NATS connection: a bounded first attempt, then (for services) reconnects forever.
+
+nats-py has one knob, `max_reconnect_attempts`, for both the first connection and reconnects,
+and its first connection never gives up on its own with 0 or -1: it catches every error of a
+connection attempt and tries the next server, so an unreachable server is retried until the
+caller cancels. Cancelling is no way out either. On Python 3.11 `asyncio.wait_for` drops a
+cancellation that arrives while a refused connection attempt is finishing; the retry loop then
+keeps going, and a task that was meant to time out (or a thread that was meant to stop, or
+`asyncio.run` cancelling what is left) waits for it forever. Seen in CI: a pod's heartbeat thread
+did not stop within 10 s of `close()` while its server was down.
+
+So the first connection is made with a finite number of attempts per server, which nats-py
+ends itself with `NoServersError`, and no outer timeout or cancellation is needed. Once
+connected, the client gets the reconnect limit its caller asked for (unlimited for services) by
+setting the same option on the live client, whose reconnect loop reads it at each attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+#: Pause between two attempts on the same server.
+RETRY_WAIT_S = 0.2
+
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+class CannotConnect(Exception):
+    """No server of the URL answered within the attempts; `cause` is the last error seen."""
+
+    def __init__(self, url: str, cause: BaseException | None) -> None:
+        self.url = url
+        self.cause = cause
+        super().__init__(f"cannot reach NATS at {url}: {describe(cause)}")
+
+
+def describe(exc: BaseException | None) -> str:
+    """One line for a connection error: its message, or its type when it has none."""
+    if exc is None:
+        return "no answer"
+    return str(exc) or type(exc).__name__
+
+
+def nats_servers(url: str) -> list[str]:
+    """The servers a NATS URL setting names: one URL, or a cluster's comma-separated
+    (`SWARM_NATS_URL=nats://nats-1:4222,nats://nats-2:4222,...` in docker-compose.yml), which
+    nats-py accepts only as a list."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+async def connect_nats(
+    url: str,
+    *,
+    name: str,
+    timeout: float,
+    attempts: int = 2,
+    reconnects: int = -1,
+    on_error: ErrorCallback | None = None,
+) -> NATS:
+    """A connection to the first server of `url` that answers, or `CannotConnect`.
+
+    Each server gets `attempts` tries of at most `timeout` seconds each, `RETRY_WAIT_S` apart.
+    Once connected, a lost connection is retried `reconnects` times per server: -1 (services:
+    the server may restart) without limit, 0 not at all. `on_error` hears every later
+    connection error (not the first attempts': the last of those is `CannotConnect.cause`).
+    """
+    servers = nats_servers(url)
+    if not servers:
+        raise CannotConnect(url, ValueError("no server URL given"))
+    seen: list[Exception] = []
+    connected = False
+
+    async def error_cb(exc: Exception) -> None:
+        if not connected:
+            seen.append(exc)
+        elif on_error is not None:
+            await on_error(exc)
+
+    try:
+        nc = await nats.connect(
+            servers,
+            name=name,
+            connect_timeout=timeout,
+            # A server is dropped from the pool once it has failed more than this many times.
+            max_reconnect_attempts=max(1, attempts - 1),
+            reconnect_time_wait=RETRY_WAIT_S,
+            allow_reconnect=reconnects != 0,
+            error_cb=error_cb,
+        )
+    except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
+        cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc
+        raise CannotConnect(url, cause) from exc
+    connected = True
+    # nats-py reads the option at each reconnect; 0 would mean "without limit" to it.
+    nc.options["max_reconnect_attempts"] = reconnects if reconnects > 0 else -1
+    return nc
+
+
+__all__ = ["CannotConnect", "ErrorCallback", "connect_nats", "describe", "nats_servers"]
