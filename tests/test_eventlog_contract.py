@@ -319,3 +319,33 @@ async def test_atomic_batch_is_all_or_nothing(event_log: EventLog) -> None:
     all_of_it = [d async for d in event_log.replay(names.STREAM_EVENTS, subjects=[wildcard])]
     assert [d.stream_seq for d in all_of_it] == [a.seq for a in stored]
     assert await event_log.last_sequence(names.STREAM_EVENTS, late[1].subject) == 0
+
+
+async def test_messages_a_timed_out_pull_delivered_late_are_not_lost(event_log: EventLog) -> None:
+    """A pull whose messages arrive after its fetch gave up (a busy machine) leaves them in the
+    subscription's queue: the server has nothing pending, yet the reader has not returned them.
+    A replay that ended on "nothing pending" lost them; `caught_up` must say no until they are
+    returned, and the next fetch returns them."""
+    agg = new_id()
+    subject = names.outcome_wildcard(agg)
+    appended = await event_log.append_batch([AppendRequest.of(accepted(agg, n)) for n in range(3)])
+    reader = await event_log.reader(names.STREAM_EVENTS, subjects=[subject])
+    try:
+        # The late delivery, made deterministic: a pull request no fetch is waiting for, on the
+        # subscription's own inbox (nats-py's PullSubscription keeps both names private).
+        sub = reader._sub
+        await event_log.nc.publish(sub._nms, b'{"batch": 3, "no_wait": true}', reply=sub._deliver)
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            info = await sub.consumer_info()
+            if info.delivered is not None and info.delivered.consumer_seq == 3:
+                break
+            assert asyncio.get_running_loop().time() < deadline, info
+            await asyncio.sleep(0.02)
+        assert info.num_pending == 0
+        assert not await reader.caught_up()
+        late = await reader.fetch(10, timeout=5)
+        assert [d.stream_seq for d in late] == [a.seq for a in appended]
+        assert await reader.caught_up()
+    finally:
+        await reader.close()
