@@ -28,7 +28,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
@@ -235,7 +235,10 @@ class EventLog:
         self.nc = nc
         self.settings = settings or Settings()
         self.timeout = timeout
-        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        #: The JetStream API's subject prefix, for readers that speak the API directly
+        #: (swarm.kernel.logscan); nats-py keeps its own copy private.
+        self.api_prefix = DEFAULT_PREFIX
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout, prefix=self.api_prefix)
         self._acks: _AckMux | None = None
 
     @classmethod

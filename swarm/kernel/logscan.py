@@ -31,8 +31,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from swarm.kernel.eventlog import Delivery, EventLog, EventLogError
 
-#: JetStream's API prefix when no domain is set (nats-py keeps it private on the context).
-_API_PREFIX = "$JS.API"
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _NO_MESSAGES = "404"
@@ -83,8 +81,7 @@ async def scan(
         mem_storage=True,
     )
     info = await log.js.add_consumer(stream, config)
-    prefix = getattr(log.js, "_prefix", _API_PREFIX)
-    next_subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{info.name}"
+    next_subject = f"{log.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{info.name}"
     inbox = log.nc.new_inbox()
     arrived: collections.deque[Msg] = collections.deque()
     wake = asyncio.Event()
