@@ -28,6 +28,7 @@ from services.hive.reconcile import Heartbeats, Reconciler
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait, failure
 
 log = structlog.get_logger(__name__)
 
@@ -109,9 +110,7 @@ class Hive:
                     await asyncio.wait_for(self._stop.wait(), pause)
         finally:
             feeding.set()
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await feeder
+            await cancel_and_wait([feeder])
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -155,19 +154,17 @@ class Hive:
             while still_leader() and not any(t.done() for t in tasks):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         finally:
+            # Cancelled until done: a lost cancellation (swarm.kernel.tasks) left a replica's
+            # leader loop waiting for a task that ran on.
+            await cancel_and_wait(tasks)
             for task in tasks:
-                task.cancel()
-            for task in tasks:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except NotCaughtUp as exc:
+                error = failure(task)
+                if isinstance(error, NotCaughtUp):
                     failed = True
-                    log.warning("leader could not catch up", error=str(exc))
-                except Exception:
+                    log.warning("leader could not catch up", error=str(error))
+                elif error is not None:
                     failed = True
-                    log.exception("leader task failed", task=task.get_name())
+                    log.error("leader task failed", task=task.get_name(), exc_info=error)
             log.info("no longer leading", node=self.node)
         return failed
 

@@ -141,9 +141,14 @@ class HiveCluster:
         raise TimeoutError("no Hive leader")
 
     async def converged(
-        self, nc: NATS, log_end: int, timeout: float = 20.0
+        self, nc: NATS, log_end: int, timeout: float = 60.0
     ) -> dict[int, dict[str, Any]]:
-        """Wait until every live replica folded the log to `log_end`; returns their statuses."""
+        """Wait until every live replica folded the log to `log_end` and all are at the same
+        point of it; returns their statuses with digests, each taken with its `applied_seq`.
+
+        The same point, not only past `log_end`: the log may grow meanwhile (the reconciler
+        writes), and replicas a few events apart have different digests without disagreeing.
+        """
         deadline = asyncio.get_running_loop().time() + timeout
         statuses: dict[int, dict[str, Any]] = {}
         while asyncio.get_running_loop().time() < deadline:
@@ -151,6 +156,12 @@ class HiveCluster:
             if len(statuses) == len(self.alive()) and all(
                 st["applied_seq"] >= log_end for st in statuses.values()
             ):
-                return {i: st for i in statuses if (st := await self.status(nc, i, digest=True))}
+                statuses = {
+                    i: st for i in statuses if (st := await self.status(nc, i, digest=True))
+                }
+                if len(statuses) == len(self.alive()) and (
+                    len({st["applied_seq"] for st in statuses.values()}) == 1
+                ):
+                    return statuses
             await asyncio.sleep(0.1)
         raise TimeoutError(f"replicas did not converge to {log_end}: {statuses}")

@@ -31,6 +31,7 @@ from services.webhooks.worker import SubscriptionWorker
 from swarm.kernel.eventlog import Delivery, EventLog, EventLogError
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait, failure
 from swarm.kernel.webhook_storage import (
     dead_letters_bucket,
     ensure_deliveries_stream,
@@ -51,18 +52,11 @@ class Status(enum.Enum):
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel `tasks` and wait until they are done, cancelling again any that swallowed it:
-    Python 3.11's `asyncio.wait_for` (inside nats-py's fetch) can lose a cancellation that races
-    with its own timeout, and a loop that lost one runs on forever. Not `await task` inside
-    `suppress(CancelledError)` either: that would also swallow a cancellation aimed at us."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
+    """Stop `tasks` for sure (swarm.kernel.tasks says why a plain cancel is not enough)."""
+    await cancel_and_wait(tasks)
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("webhook task ended with an error", error=repr(task.exception()))
+        if (error := failure(task)) is not None:
+            log.warning("webhook task ended with an error", error=repr(error))
 
 
 class Dispatcher:

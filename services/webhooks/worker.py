@@ -27,6 +27,7 @@ from schemas import names
 from schemas.webhooks import DeliveryAttempt
 from services.webhooks.delivery import Deliverer, Hook, StoredEvent
 from swarm.kernel.eventlog import Consumer, Delivery, EventLog
+from swarm.kernel.tasks import cancel_and_wait, failure
 
 log = structlog.get_logger(__name__)
 
@@ -90,10 +91,11 @@ class SubscriptionWorker:
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
         finally:
-            for task in list(self._inflight):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*self._inflight, return_exceptions=True)
+            inflight = list(self._inflight)
+            await cancel_and_wait(inflight)
+            for task in inflight:
+                if (error := failure(task)) is not None:
+                    log.warning("webhook delivery task failed", error=repr(error))
             await consumer.close()
 
     async def delete(self) -> None:

@@ -72,7 +72,7 @@ async def outcomes(log: EventLog) -> Counter[str]:
     return seen
 
 
-async def wait_for_outcomes(log: EventLog, ids: set[str], timeout: float = 60.0) -> Counter[str]:
+async def wait_for_outcomes(log: EventLog, ids: set[str], timeout: float = 120.0) -> Counter[str]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         seen = await outcomes(log)
