@@ -22,14 +22,18 @@ RECANCEL_S = 1.0
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel `tasks` and return once all are done, however many cancellations that takes.
 
-    Their outcomes stay on the tasks (`task.cancelled()`, `task.exception()`) for the caller to
-    read; none is raised here. If the caller itself is cancelled meanwhile, that propagates.
+    Their outcomes stay on the tasks for the caller to read (`failure`); none is raised here,
+    as with `gather(..., return_exceptions=True)`. If the caller itself is cancelled meanwhile,
+    that propagates.
     """
+    tasks = list(tasks)
     pending = {task for task in tasks if not task.done()}
     while pending:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+    for task in tasks:
+        failure(task)  # marks an error as seen: asyncio would log it as never retrieved
 
 
 def failure(task: asyncio.Task[Any]) -> BaseException | None:

@@ -60,6 +60,7 @@ from swarm.kernel.streaming._retry import MAX_WRITE_RETRY_S, WRITE_RETRY_S, appe
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
 from swarm.kernel.streams import ensure_deadletter
+from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -464,9 +465,9 @@ class StreamApp:
                 # Intake stops between batches: a batch in the agent finishes and commits.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(task), self.fetch_timeout + 5)
-                task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancelled until done: a task that lost its cancellation (swarm.kernel.tasks) kept an
+        # app that had given up on a silent server running until the server came back.
+        await cancel_and_wait(self._tasks)
         with contextlib.suppress(Exception):
             await self._faust.stop()
         if self._log is not None:
