@@ -65,6 +65,7 @@ from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -178,9 +179,7 @@ class Pod:
             self.status = PodStatus.STOPPING
             # First: a pod on its way out no longer claims its lease.
             await heartbeat.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             if graceful:
                 await self._drain()
             else:

@@ -43,6 +43,7 @@ from services.scheduler.tasks import TaskBoard
 from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -147,9 +148,7 @@ class AutoscalerService:
             await self._stop.wait()
         finally:
             self.status = Status.STOPPING
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             await eventlog.close()
             self.status = Status.STOPPED
             log.info(
@@ -265,9 +264,7 @@ class AutoscalerService:
                     running.add(task)
                     task.add_done_callback(running.discard)
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await cancel_and_wait(list(running))
 
     async def _hand_out(self, eventlog: EventLog, d: Delivery) -> None:
         c = self.config

@@ -479,6 +479,8 @@ async def interleave(
     """Entries from several endless reads in arrival order (used by `--follow --all`)."""
     import asyncio
 
+    from swarm.kernel.tasks import cancel_and_wait
+
     queue: asyncio.Queue[LogEntry | _Ended] = asyncio.Queue(maxsize=1000)
 
     async def pump(source: AsyncIterator[LogEntry]) -> None:
@@ -502,9 +504,7 @@ async def interleave(
                 continue
             yield item
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
 async def read(

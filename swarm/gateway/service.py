@@ -26,6 +26,7 @@ from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.tasks import cancel_and_wait
 
 #: CloudEvents `source` of the commands the API sends.
 API_SOURCE = "swarm-api"
@@ -201,9 +202,7 @@ class Gateway:
 
     async def close(self) -> None:
         """Stop waiting for outcomes (at shutdown)."""
-        for task in list(self._settling):
-            task.cancel()
-        await asyncio.gather(*self._settling, return_exceptions=True)
+        await cancel_and_wait(list(self._settling))
 
 
 async def _quietly(work: Coroutine[Any, Any, object], command_id: str) -> None:

@@ -8,7 +8,6 @@ event's stream sequence is its position, its SSE `id`, and where a reconnecting 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +22,7 @@ from swarm.gateway.models import EventPage, LoggedEvent
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.routes.common import AUTHENTICATED, COMMON_PROBLEMS, GatewayDep
 from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.tasks import cancel_and_wait
 
 router = APIRouter(
     prefix="/v1", tags=["events"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
@@ -181,9 +181,7 @@ async def _sse(log: EventLog, subjects: list[str], start: int) -> AsyncIterator[
                 continue
             yield _frame(LoggedEvent.of(delivery))
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
+        await cancel_and_wait([reader])
 
 
 def _frame(entry: LoggedEvent) -> str:
