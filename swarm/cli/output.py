@@ -11,6 +11,7 @@ import contextlib
 import enum
 import json
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -136,11 +137,51 @@ def errors_to_exit() -> Iterator[None]:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a verb's async body to completion with readable errors (see `errors_to_exit`)."""
+    with errors_to_exit():
+        return run_interruptible(main)
+    raise AssertionError("unreachable")  # pragma: no cover - errors_to_exit always re-raises
+
+
+def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, where Ctrl-C always ends it with `KeyboardInterrupt`.
+
+    asyncio's own Ctrl-C handling cancels the body once; a body waiting in nats-py can lose
+    that cancellation (swarm.kernel.tasks) and go on: `--watch` and `--follow` then ignored
+    Ctrl-C on a loaded machine. Here the body is cancelled until it is done.
+    """
     import asyncio
 
-    with errors_to_exit():
-        return asyncio.run(main)
-    raise AssertionError("unreachable")  # pragma: no cover - errors_to_exit always re-raises
+    interrupted = False
+
+    async def guarded() -> T:
+        nonlocal interrupted
+        from swarm.kernel.tasks import cancel_and_wait
+
+        loop = asyncio.get_running_loop()
+        body = asyncio.ensure_future(main)
+        stop = asyncio.Event()
+        try:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return await body  # not the main thread (an embedding program, CliRunner)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({body, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not body.done():
+                interrupted = True
+                await cancel_and_wait([body])
+                raise asyncio.CancelledError
+            return body.result()
+        finally:
+            stopping.cancel()
+            loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 # --- Data ----------------------------------------------------------------------------------------

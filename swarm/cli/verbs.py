@@ -24,6 +24,7 @@ from swarm.cli.output import (
     Format,
     emit,
     errors_to_exit,
+    run_interruptible,
     status,
     stdout_console,
     to_jsonable,
@@ -105,11 +106,9 @@ EXIT_CODES = (
 
 def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
     """Run a verb's body and exit with its code; Ctrl-C ends a `--watch` with 0, not 130."""
-    import asyncio
-
     with errors_to_exit():
         try:
-            code = asyncio.run(main)
+            code = run_interruptible(main)
         except KeyboardInterrupt:
             if not watching:
                 raise
