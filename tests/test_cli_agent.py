@@ -495,7 +495,7 @@ async def test_rollout_wait_exits_1_when_the_rollout_is_rolled_back(
         answer = await stack.query(names.QUERY_AGENTS_GET, {"name": "regret"})
         return bool((answer["agent"].get("rollout") or {}).get("version") == "v2")
 
-    await wait_until(rolling, 10, "rollout to v2 started")
+    await wait_until(rolling, 45, "rollout to v2 started")
     ok(await cli(stack, "agent", "rollback", "regret"))
     result = await rollout
     assert result.exit_code == 1, result.output

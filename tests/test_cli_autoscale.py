@@ -102,7 +102,7 @@ async def test_task_send_queues_and_waits_for_the_answer(stack: Stack) -> None:
         async def known() -> bool:
             return "w-0" in service.autoscaler.metrics.replicas
 
-        await wait_until(known, 10, "replica sample folded")
+        await wait_until(known, 45, "replica sample folded")
         answered = ok(await cli(stack, "task", "send", "jobs", '{"n": 2}', "--wait"))
         assert answered.stdout.strip() == 'done:{"n": 2}'
         # Nothing takes "later": --wait gives up with exit 3 and the task stays queued.

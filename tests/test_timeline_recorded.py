@@ -84,7 +84,7 @@ async def settle(
                 return False
         return True
 
-    await wait_until(answered, 20, "outcomes")
+    await wait_until(answered, 45, "outcomes")
     end = await stack.client.last_sequence(names.STREAM_EVENTS)
     answer: dict[str, Any] = {}
 
@@ -93,7 +93,7 @@ async def settle(
         answer = await stack.query(names.QUERY_STATE)
         return bool(answer["applied_seq"] >= end)
 
-    await wait_until(folded, 20, "Hive folded the log")
+    await wait_until(folded, 45, "Hive folded the log")
     assert answer["applied_seq"] == end, "the Hive wrote events nobody asked for"
     return answer["applied_seq"], answer["state"]
 

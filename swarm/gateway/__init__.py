@@ -2,9 +2,26 @@
 server-sent events for the live event log, and every error as an RFC 9457 problem document.
 
 Run it with `python -m swarm.gateway` (`swarm up` does); build it with `create_app`.
+
+`create_app` is imported on first use (PEP 562): the web stack takes seconds to import on a
+loaded machine, and `python -m swarm.gateway` checks its settings before it needs it.
 """
 
-from swarm.gateway.app import create_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from swarm.gateway.settings import GatewaySettings
 
+if TYPE_CHECKING:
+    from swarm.gateway.app import create_app
+
 __all__ = ["GatewaySettings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from swarm.gateway.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

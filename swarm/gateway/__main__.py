@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import uvicorn
-
-from swarm.gateway.app import create_app
-from swarm.gateway.protocol import ProblemH11Protocol
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
@@ -16,10 +12,19 @@ def main() -> None:
     common = Settings()
     configure_logging(common.log_level, common.log_format)
     try:
-        app = create_app(common, settings)
+        # Before the web stack is imported (seconds on a loaded machine): a gateway that will
+        # refuse to serve says so at once.
+        settings.bearer_token()
     except (ValueError, OSError) as exc:
         # No token (or an unreadable token file): refuse to serve an open API, in one line.
         raise SystemExit(f"swarm.gateway: {exc}") from None
+
+    import uvicorn
+
+    from swarm.gateway.app import create_app
+    from swarm.gateway.protocol import ProblemH11Protocol
+
+    app = create_app(common, settings)
     # Proxy headers are not trusted: the API is reached directly, not through a proxy we know.
     uvicorn.run(
         app,

@@ -62,7 +62,7 @@ async def test_a_preempted_counter_is_saved_and_resumes_elsewhere(tmp_path: Path
         async def saved() -> bool:
             return victim.done
 
-        await wait_until(saved, 10, "the preempted replica stopped and saved")
+        await wait_until(saved, 45, "the preempted replica stopped and saved")
         assert victim.snapshot is not None
         assert str(victim.snapshot).startswith(f"{names.SNAPSHOTS_BUCKET}/")
 

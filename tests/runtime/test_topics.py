@@ -142,7 +142,7 @@ async def test_topic_messages_over_a_full_mailbox_are_dropped_and_counted(
             m = replica.metrics
             return m.topic_messages + m.topic_dropped == 20 and m.calls == m.topic_messages
 
-        await wait_until(all_seen, 10, "every burst message queued or dropped")
+        await wait_until(all_seen, 45, "every burst message queued or dropped")
         metrics = replica.metrics_json()
         assert replica.metrics.topic_dropped > 0
         assert replica.metrics.topic_messages >= 1

@@ -138,7 +138,7 @@ async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
                     events = await scaled_events(stack.client, agent_id)
                     return any(e["autoscale"]["direction"] == "down" for _, e in events[count:])
 
-                await wait_until(scaled_down, 10, "a scale-down")
+                await wait_until(scaled_down, 45, "a scale-down")
             finally:
                 feeding.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -279,7 +279,7 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
                 info = await client.js.stream_info(names.STREAM_TASKS)
                 return info.state.messages == 0
 
-            await wait_until(drained, 10, "task queue drained")
+            await wait_until(drained, 45, "task queue drained")
             assert service.tasks_done == 90
             assert replicas["r1"].handled + replicas["r2"].handled == 90
         await client.close()
@@ -302,7 +302,7 @@ async def test_tasks_reach_real_replicas_through_a_pod_and_their_answers_come_ba
                 loads = service.autoscaler.metrics.replicas.values()
                 return sum("jobs" in load.last.task_queues for load in loads) == 2
 
-            await wait_until(both_known, 10, "both replicas reported")
+            await wait_until(both_known, 45, "both replicas reported")
             nc = stack.client.nc
             answers: list[bytes] = []
 
@@ -360,7 +360,7 @@ async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(
                 async def scaled() -> bool:
                     return bool(await scaled_events(stack.client, agent_id))
 
-                await wait_until(scaled, 10, "a scale-up")
+                await wait_until(scaled, 45, "a scale-up")
                 at, first = (await scaled_events(stack.client, agent_id))[0]
                 # The scheduler places the new replica and the pod starts it.
                 await running_on(stack, "echo", "p1", replicas=first["replicas"])

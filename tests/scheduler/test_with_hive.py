@@ -302,7 +302,7 @@ async def test_a_failed_commit_restarts_the_stream_app_which_recovers(tmp_path: 
             async def restarted() -> bool:
                 return scheduler.app is not None and scheduler.app is not first
 
-            await wait_until(restarted, 15, "a new stream app")
+            await wait_until(restarted, 45, "a new stream app")
             await all_placed(stack, 4)
             await stack.deploy([("c", 1, 64)])
             await all_placed(stack, 5)
