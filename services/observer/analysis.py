@@ -117,6 +117,7 @@ class AgentAnalysis:
         config = self.config
         self.drift.slack = config.drift_slack
         self.drift.limit = config.drift_limit
+        self.drift.cap = config.drift_cap
         self.drift.weight = config.drift_weight
         self.drift.warmup = config.critical_warmup_windows
 

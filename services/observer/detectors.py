@@ -366,7 +366,9 @@ class DriftCusum:
     rises much faster than that level follows it.
 
     Each window adds its deviation above the level less `slack`, at most `cap - slack` (one wild
-    window is a spike, for the z-scores to judge, not a drift), and the sum never goes below 0.
+    window is a spike, for the z-scores to judge, not a drift: `cap - slack` stays below
+    `limit`; a cap well above the slack lets a clear rise count in full, so it is found in two
+    windows rather than three), and the sum never goes below 0.
     The signal drifts while the sum is above `limit`. The sum is kept below `2 * limit`, so once
     the rise stops it falls back under the limit within a few windows. Nothing adds up during
     the first `warmup` windows (a young baseline's misfit is not a drift). `reset` forgets the
@@ -377,7 +379,7 @@ class DriftCusum:
     signal: str = "latency"
     slack: float = 1.0
     limit: float = 5.0
-    cap: float = 3.0
+    cap: float = 5.0
     weight: float = 0.1
     clip: float = 3.0
     warmup: int = 30
