@@ -110,10 +110,12 @@ class Feed:
         self.sent += 1
         return json.dumps({"pod_id": "p1", "replicas": rows}).encode()
 
-    async def paced(self, seconds: float) -> int:
+    async def paced(self, seconds: float, until: asyncio.Event | None = None) -> int:
         """20 messages a second, `20 * seconds` of them (longer on a loaded machine: the test
-        counts on how many were sent, not on how long it took)."""
-        for _ in range(round(20 * seconds)):
+        counts on how many were sent, not on how long it took), and on until `until` is set."""
+        n = 0
+        while n < round(20 * seconds) or (until is not None and not until.is_set()):
+            n += 1
             await self.event_log.js.publish(self.subject, self.body())
             if self.sent >= 100 and not self.malformed:
                 self.malformed = True
@@ -141,7 +143,10 @@ async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_pat
     try:
         event_log = await EventLog.connect(url, Settings(nats_url=url), name="test")
         source = Feed(event_log, spike_after=6.5)
-        feed = asyncio.create_task(source.paced(10.0))
+        # Paced on until both kills are done: on a loaded machine the observer reached its
+        # second target after a 10 s feed had ended, and the "mid-stream" kill came at the end.
+        killed_twice = asyncio.Event()
+        feed = asyncio.create_task(source.paced(10.0, until=killed_twice))
         # Kill it twice, each time once it has committed more windows, mid-stream: while it
         # works through a backlog of small batches (in a handler, between a batch's keys and
         # its position, or at an ack).
@@ -154,6 +159,7 @@ async def test_killed_observer_resumes_without_losing_or_double_counting(tmp_pat
             procs[-1].send_signal(signal.SIGKILL)
             assert procs[-1].wait(5) == -signal.SIGKILL
             killed_at.append(await position(event_log))
+        killed_twice.set()
         procs.append(start_observer(url, tmp_path, 2))
         await feed
         # Paced and burst messages alike (a burst may come after the paced feed ended).
