@@ -41,6 +41,12 @@ class LogCache:
     def full(self) -> bool:
         return len(self._events) >= self.limit
 
+    @property
+    def _roomy(self) -> bool:
+        # The feeder, once the cache was full, waits until half of it is free: woken after every
+        # folded chunk instead (16 events), its thread handoffs were ~7% of a replica's CPU.
+        return len(self._events) <= self.limit // 2
+
     def put(self, items: list[tuple[int, bytes]]) -> None:
         with self._changed:
             for seq, raw in items:
@@ -80,11 +86,13 @@ class LogCache:
                 for old in range(self._low, seq + 1):
                     self._events.pop(old, None)
             self._low = max(self._low, seq + 1)
-            self._changed.notify_all()
+            if self._roomy:
+                self._changed.notify_all()
 
     def wait_for_room(self, timeout: float) -> bool:
+        """Wait until at most half of the cache is taken; False if `timeout` passed first."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self.full, timeout)
+            return self._changed.wait_for(lambda: self._roomy, timeout)
 
 
 __all__ = ["DIGEST_BYTES", "LogCache", "digest_of"]

@@ -48,6 +48,7 @@ import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from services.hive.evolve import fold_raw
+from services.hive.freezer import Freezer
 from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
 from services.hive.state import HiveState
 
@@ -113,6 +114,8 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
         self.cache = LogCache()
         #: Why folding waits, when it does for long (a digest that does not match), for status.
         self.stalled: str | None = None
+        #: Keeps the cycle collector off the state while a backlog is folded (`freezer.py`).
+        self._freezer = Freezer()
         super().__init__(config.self_addr, list(config.peers), config.conf())
         self.hive = HiveState()
         #: What Raft committed and is not folded yet, oldest first (replicated state).
@@ -179,6 +182,8 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
                 self._fold_items(head)
             else:
                 self._fold_range(head, applied)
+            self._freezer.folded(backlog=bool(self.pending))
+        self._freezer.thaw()
 
     def _fold_items(self, head: Agreed) -> None:
         """Entries of the older format: the bytes came with them."""

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
 import nats.errors
@@ -52,7 +52,7 @@ async def scan(
     subjects: Sequence[str] = (),
     end: int | None = None,
     batch: int = 1000,
-) -> AsyncIterator[list[Delivery]]:
+) -> AsyncGenerator[list[Delivery], None]:
     """Batches of `stream` in order, from a sequence or a time, up to sequence `end` (default:
     the stream's last sequence now); only messages on `subjects` when given.
 
