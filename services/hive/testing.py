@@ -156,8 +156,11 @@ class HiveCluster:
             if len(statuses) == len(self.alive()) and all(
                 st["applied_seq"] >= log_end for st in statuses.values()
             ):
+                # A digest renders the whole state: seconds for 20,000 agents.
                 statuses = {
-                    i: st for i in statuses if (st := await self.status(nc, i, digest=True))
+                    i: st
+                    for i in statuses
+                    if (st := await self.status(nc, i, digest=True, timeout=60.0))
                 }
                 if len(statuses) == len(self.alive()) and (
                     len({st["applied_seq"] for st in statuses.values()}) == 1
