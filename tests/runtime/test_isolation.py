@@ -71,16 +71,20 @@ def test_failures_are_attributed_to_their_own_instance_under_concurrency(
     rounds = 300
     seen: dict[str, list[SandboxError]] = {"pointer": [], "fuel": []}
 
+    # Deadlines far away: on a loaded machine a call can outlast the default second, and this
+    # test is about whose failure is reported, not how fast.
     def bad_pointers() -> None:
         for _ in range(rounds):
-            sandbox = make_sandbox(proxy("reply"))
+            sandbox = make_sandbox(proxy("reply"), SandboxLimits(deadline_ms=60_000))
             with pytest.raises(SandboxError) as failed:
                 sandbox.handle(proxy_message(0xFFFF_0000, 16))
             seen["pointer"].append(failed.value)
 
     def out_of_fuel() -> None:
         for _ in range(rounds):
-            sandbox = make_sandbox(agents.LOOP, SandboxLimits(fuel_per_call=20_000))
+            sandbox = make_sandbox(
+                agents.LOOP, SandboxLimits(fuel_per_call=20_000, deadline_ms=60_000)
+            )
             with pytest.raises(SandboxError) as failed:
                 sandbox.handle(b"x")
             seen["fuel"].append(failed.value)
@@ -90,10 +94,13 @@ def test_failures_are_attributed_to_their_own_instance_under_concurrency(
         thread.join(30)
 
     assert len(seen["pointer"]) == len(seen["fuel"]) == rounds
-    assert all(
-        isinstance(e, AgentTrap) and "outside guest memory" in e.reason for e in seen["pointer"]
-    )
-    assert all(isinstance(e, FuelExhausted) for e in seen["fuel"])
+    wrong = [
+        repr(e)
+        for e in seen["pointer"]
+        if not (isinstance(e, AgentTrap) and "outside guest memory" in e.reason)
+    ]
+    wrong += [repr(e) for e in seen["fuel"] if not isinstance(e, FuelExhausted)]
+    assert wrong == []  # a stress run once saw a pointer fault reported otherwise: which?
 
 
 def test_one_host_serves_agents_on_many_threads(
