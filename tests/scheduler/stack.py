@@ -120,7 +120,7 @@ class Stack:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], within: float = 30.0, what: str = "condition"
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

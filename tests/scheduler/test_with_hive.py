@@ -72,7 +72,7 @@ async def assert_no_pod_over_committed(stack: Stack) -> None:
         assert all(v >= 0 for v in pod["free"].values()), pod
 
 
-async def all_placed(stack: Stack, n: int, within: float = 15.0) -> None:
+async def all_placed(stack: Stack, n: int, within: float = 45.0) -> None:
     async def done() -> bool:
         return await stack.placed() == n
 

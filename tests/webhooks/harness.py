@@ -42,7 +42,7 @@ FAST = {
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 45.0, what: str = "condition"
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
