@@ -47,7 +47,7 @@ import psutil
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from rich.console import Console
 from rich.table import Table
 
@@ -195,22 +195,33 @@ def stream_spec(settings: Settings) -> StreamSpec:
     )
 
 
+#: nats-server's "error creating store for stream".
+_STORE_NOT_CREATED = 10049
+
+
 async def fresh_stream(js: JetStreamContext, settings: Settings, attempts: int = 10) -> None:
     """Delete and re-create the bench stream, and make sure it really is empty.
 
     nats-server 2.15.1 (one server, file storage) sometimes answers an `add_stream` that follows
     right after `delete_stream` with a stream that already holds the deleted one's messages: the
     old files are still being removed when the new stream recovers from the same directory.
-    Deleting once more clears it.
+    Deleting once more clears it. Or it refuses the new stream ("error creating store for
+    stream", err_code 10049, seen on a loaded machine) while the old directory is still there:
+    asking again a little later clears that too.
     """
     for attempt in range(attempts):
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(STREAM)
-        info = await js.add_stream(stream_spec(settings).config())
-        if info.state.messages == 0:
-            return
+        try:
+            info = await js.add_stream(stream_spec(settings).config())
+        except APIError as exc:
+            if exc.err_code != _STORE_NOT_CREATED:
+                raise
+        else:
+            if info.state.messages == 0:
+                return
         await asyncio.sleep(0.02 * (attempt + 1))
-    raise RuntimeError(f"{STREAM} still holds messages after {attempts} deletions")
+    raise RuntimeError(f"{STREAM} not created empty after {attempts} deletions")
 
 
 async def check_count(js: JetStreamContext, expected: int) -> None:
