@@ -158,8 +158,8 @@ def resolve_database_url(
 async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) -> EventLog:
     """An `EventLog` over a fresh connection; never creates or changes streams.
 
-    One reconnect attempt only: `EventLog.connect` retries forever, which suits services but
-    would leave a CLI hanging in silence when the server is down.
+    One reconnect attempt once connected: `EventLog.connect` reconnects without limit, which
+    suits services but would leave a CLI hanging in silence when the server goes down.
     """
     from swarm.kernel.connection import CannotConnect, connect_nats, describe
     from swarm.kernel.eventlog import EventLog
