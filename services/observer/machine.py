@@ -32,7 +32,10 @@ evidence is only machine signals, in a window with other agents deviating or a s
 and no incident open yet, is held for one assessment (`PodWatch.held`): the pod's next message
 that closes windows judges it again, and withholds it if an incident is open by then, or
 releases it (`Assessment.released`). Findings with fuel (a cost blowup, a loop) or other
-critical evidence are never held, nor is a finding alone on its pod. A finding on machine
+critical evidence are never held, nor is a finding alone on its pod, nor one on a latency that
+has been drifting for more than `drift_seen_windows` windows: its rise began before the window
+the hold would wait for, and a machine incident in between would have reset its sum
+(`slowed`), so holding it only delays it by a window. A finding on machine
 signals only that is reported while its machine's incident is open (an outlier) is a warning at
 most: the machine explains part of it. An incident lasts while at
 least `min_agents` agents deviate or the pod's loop is starved, and ends after `quiet_windows`
@@ -104,6 +107,9 @@ class MachineConfig:
     #: Windows of loop lag a pod's baseline keeps, and needs before the pod can count as starved.
     stall_windows: int = 120
     stall_warmup: int = 10
+    #: A finding on a latency whose drift sum has risen for more windows than this is not
+    #: held (Timing): one window for the machine to show, one for the machine's first window.
+    drift_seen_windows: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,7 +590,9 @@ class MachineWatch:
                     # is still the machine's, so it cannot be critical (a starved machine slows
                     # a few agents many times more than the rest: measured beside a CPU hog).
                     out.outliers.append(o)
-            elif local[id(o)] or starved or self._accompanied(finding, measured):
+            elif (local[id(o)] or starved or self._accompanied(finding, measured)) and not (
+                finding.drift_windows > config.drift_seen_windows
+            ):
                 out.held.append(o)
                 pod.held.append(Held(finding, o.incident_before, local[id(o)]))
 

@@ -24,7 +24,7 @@ from services.hive.state import RECENT_POD_ANOMALIES, HiveState, Pod
 from services.observer.analysis import Observatory
 from services.observer.features import parse_metrics
 from services.observer.finding import Finding
-from services.observer.machine import ClusterWatch, PodWatch
+from services.observer.machine import ClusterWatch, MachineConfig, PodWatch
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import TableSync
 from tests.observer.workload import T0, Load, feed, pod_messages
@@ -208,6 +208,41 @@ def test_a_finding_held_back_is_reported_when_no_machine_incident_follows() -> N
     # Reported with the pod's next message that closed windows: one window late.
     seqs = {seq for seq, _ in reported}
     assert len(seqs) == 1
+
+
+def test_a_latency_drift_rising_for_windows_is_not_held_back() -> None:
+    """An agent whose latency has been rising for several windows is reported with the message
+    that closed its window, even while two peers deviate: the one window a hold waits for the
+    machine to show has passed already (a machine incident would have reset its sum). The
+    control run, with the exemption off, holds the same finding back: the scenario reaches it."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if agent == 5 and t >= SLOW_FROM - 50:
+            base.latency_per_call_ms *= 1 + 0.04 * (t - SLOW_FROM + 50)
+        if agent in (3, 4) and t >= SLOW_FROM - 50:
+            base.latency_per_call_ms *= 1 + rng.random() * 6
+        return base  # type: ignore[no-any-return]
+
+    def drift_of_agent_5(seen: int) -> tuple[int, Finding, list[Finding]]:
+        core = Observatory(
+            DetectorConfig(), WINDOW_S, machine_config=MachineConfig(drift_seen_windows=seen)
+        )
+        reported, machine, held, _ = observe_each(pod_messages(SECONDS, 50, shape), core)
+        assert machine == []
+        seq, finding = next(
+            (seq, f) for seq, f in reported if f.agent_id == "agent-5" and f.kind == "latency_drift"
+        )
+        return seq, finding, held
+
+    seq, finding, held = drift_of_agent_5(MachineConfig().drift_seen_windows)
+    assert finding.drift_windows > MachineConfig().drift_seen_windows
+    assert finding.id not in {f.id for f in held}
+    assert seq == int(finding.window_end - T0)  # the message that closed its window
+    late_seq, late, held = drift_of_agent_5(1000)
+    assert late.id == finding.id
+    assert late.id in {f.id for f in held}
+    assert late_seq > seq
 
 
 def test_a_cost_blowup_is_never_held_back() -> None:
