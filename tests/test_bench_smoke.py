@@ -1,4 +1,7 @@
-"""bench/eventlog.py runs end to end on a tiny workload and writes a complete report."""
+"""The benches run end to end on tiny workloads and write complete reports.
+
+Their time limits are bounds for a loaded machine (three test workers beside busy loops: the
+chaos bench once took over 140 s there), not expectations: speed is the benches' own business."""
 
 from __future__ import annotations
 
@@ -15,13 +18,13 @@ BENCH = ROOT / "bench" / "eventlog.py"
 CASES = {"append", "append, pre-serialized", "consume + ack"}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "eventlog.json"
     result = run_bench(
         [sys.executable, str(BENCH), "--messages", "200", "--size", "256", "--json", str(out)],
         cwd=tmp_path,
-        timeout=50,
+        timeout=150,
     )
     assert "client/raw" in result.stdout
 
@@ -54,7 +57,7 @@ def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
 RUNTIME_BENCH = ROOT / "bench" / "runtime.py"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(270)
 def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "runtime.json"
     tiny = ["--deploys", "5", "--burst", "5", "--agents", "50", "--idle", "200"]
@@ -72,7 +75,7 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
             str(out),
         ],
         cwd=tmp_path,
-        timeout=80,
+        timeout=240,
     )
     assert "deploy → running p99" in result.stdout
 
@@ -110,7 +113,7 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
 SURFACES_BENCH = ROOT / "bench" / "surfaces.py"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(270)
 def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
     out = tmp_path / "surfaces.json"
     result = run_bench(
@@ -127,7 +130,7 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
             str(out),
         ],
         cwd=tmp_path,
-        timeout=80,
+        timeout=240,
     )
     assert "User surfaces" in result.stdout
 
@@ -154,7 +157,7 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
 GATEWAY_BENCH = ROOT / "bench" / "gateway.py"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(360)
 def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) -> None:
     out = tmp_path / "gateway.json"
     result = run_bench(
@@ -163,7 +166,7 @@ def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) ->
             *("--concurrency", "4", "--json", str(out)),
         ],
         cwd=tmp_path,
-        timeout=110,
+        timeout=330,
     )
     assert "API / baseline" in result.stdout
     report = json.loads(out.read_text())
@@ -179,7 +182,7 @@ def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) ->
 STREAMING_BENCH = ROOT / "bench" / "streaming.py"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(360)
 def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
     out = tmp_path / "streaming.json"
     result = run_bench(
@@ -190,7 +193,7 @@ def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
             *("--json", str(out)),
         ],
         cwd=tmp_path,
-        timeout=110,
+        timeout=330,
     )
     assert "faust/plain" in result.stdout
 
@@ -219,7 +222,7 @@ def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
 CHAOS_BENCH = ROOT / "bench" / "chaos.py"
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(450)
 def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
     """Two scenarios in quick mode (tests/faults/ runs all of them): one restarting a server
     under a pod, one with network namespaces, reported as skipped where they are not allowed."""
@@ -230,7 +233,7 @@ def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
             *("--scenario", "nats-kill", "--scenario", "leader-partition", "--json", str(out)),
         ],
         cwd=tmp_path,
-        timeout=140,
+        timeout=420,
     )
     assert "Chaos" in result.stdout
     assert "recovery p50 over all runs" in result.stdout
