@@ -8,7 +8,9 @@ core hands those observations here (`MachineWatch.assess`), which
 
 - finds the signals on which many of them deviate the same way: at least `min_agents`, and
   `share` of those with calls and a warm baseline, each at least `deviation_z` robust z-scores
-  above its own baseline (a mild deviation, well below what makes an agent finding);
+  above its own baseline (a mild deviation, well below what makes an agent finding), counting
+  with the window's agents those that had calls only in the window before (`recent_windows`:
+  a starved machine answers few calls, so each window sees few of its agents);
 - also counts a pod as deviating when its own event loop was starved (the loop lag its messages
   report, summed over the window, `deviation_z` above the pod's usual) and at least
   `min_agents` of its agents deviate, whatever their share: a starved process slows only the
@@ -107,6 +109,9 @@ class MachineConfig:
     #: Windows of loop lag a pod's baseline keeps, and needs before the pod can count as starved.
     stall_windows: int = 120
     stall_warmup: int = 10
+    #: Windows whose agents are counted together to see a machine-wide deviation (`_recent`):
+    #: this window's agents, and those with calls in the one before but not in this one.
+    recent_windows: int = 2
     #: A finding on a latency whose drift sum has risen for more windows than this is not
     #: held (Timing): one window for the machine to show, one for the machine's first window.
     drift_seen_windows: int = 2
@@ -333,6 +338,10 @@ class PodWatch:
     #: Start of the last window whose loop lag was learnt.
     learnt: float = 0.0
     held: list[Held] = field(default_factory=list)
+    #: The last window assessed: its start, and its agents' scores on the machine signals
+    #: (agent id -> signal -> score), to count with the next window's (`recent_window_s`).
+    last_start: float = 0.0
+    last_scores: dict[str, dict[str, SignalScore]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -344,6 +353,11 @@ class PodWatch:
             "stall": None if self.stall is None else self.stall.to_json(),
             "learnt": self.learnt,
             "held": [h.to_json() for h in self.held],
+            "last_start": self.last_start,
+            "last_scores": {
+                agent: [score.to_json() for score in scores.values()]
+                for agent, scores in self.last_scores.items()
+            },
         }
 
     @classmethod
@@ -358,6 +372,11 @@ class PodWatch:
             None if stall is None else RobustZ.from_json(stall),
             float(doc.get("learnt", 0.0)),
             [Held.from_json(h) for h in doc.get("held", [])],
+            float(doc.get("last_start", 0.0)),
+            {
+                agent: {score[0]: SignalScore.from_json(score) for score in scores}
+                for agent, scores in doc.get("last_scores", {}).items()
+            },
         )
 
     def stall_since(self, start: float) -> float:
@@ -526,7 +545,7 @@ class MachineWatch:
         cluster = self.cluster
         stall_ms = pod.stall_since(start)
         starved = self._starved(pod, stall_ms)
-        measured = self._measure(group)
+        measured = self._measure(self._recent(pod, group, start, seconds))
         strict = [
             d
             for d in measured.values()
@@ -638,13 +657,35 @@ class MachineWatch:
             )
         )
 
-    def _measure(self, group: list[Observation]) -> dict[str, Deviation]:
-        """Each machine signal of the window, over its agents with calls and a warm baseline
-        (signals observed on fewer than `min_agents` agents are left out)."""
+    def _recent(
+        self, pod: PodWatch, group: list[Observation], start: float, seconds: float
+    ) -> dict[str, dict[str, SignalScore]]:
+        """The machine signals' scores of the window's agents with calls and a warm baseline
+        (agent id -> signal -> score), and of the agents that had calls in the window just
+        before it and none in this one. A starved machine answers few calls: with an agent's
+        calls far apart, the agents hit in one window are a few, those of two windows enough
+        to see the machine (seen beside busy loops: 12 of 50 agents with calls in a window,
+        and 4 agents slowed 15x in the window before the incident opened, reported as
+        agent findings). The window's own scores are kept for the next."""
+        scores = {
+            o.window.agent_id: {s: o.scores[s] for s in MACHINE_SIGNALS if s in o.eligible}
+            for o in group
+        }
+        scores = {agent: mine for agent, mine in scores.items() if mine}
+        recent = dict(scores)
+        if self.config.recent_windows > 1 and abs(pod.last_start - (start - seconds)) < 1e-6:
+            for agent, earlier in pod.last_scores.items():
+                recent.setdefault(agent, earlier)
+        pod.last_start, pod.last_scores = start, scores
+        return recent
+
+    def _measure(self, recent: dict[str, dict[str, SignalScore]]) -> dict[str, Deviation]:
+        """Each machine signal over the recent agents (`_recent`) (signals observed on fewer
+        than `min_agents` agents are left out)."""
         config = self.config
         out = {}
         for signal in MACHINE_SIGNALS:
-            observed = [o.scores[signal] for o in group if signal in o.eligible]
+            observed = [mine[signal] for mine in recent.values() if signal in mine]
             if len(observed) < config.min_agents:
                 continue
             up = [s for s in observed if s.z >= config.deviation_z]

@@ -245,6 +245,38 @@ def test_a_latency_drift_rising_for_windows_is_not_held_back() -> None:
     assert late_seq > seq
 
 
+def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -> None:
+    """A starved machine answers few calls: each agent has calls once in 14 s, so a window
+    holds about 7 agents with calls, and half of them meet the slowdown (8x). No window alone
+    has the `min_agents` deviating agents a machine incident needs; two windows together do
+    (`MachineConfig.recent_windows`). One pod finding, no agent finding; the control run,
+    counting each window alone, blames the agents instead."""
+    slow_from, slow_until, seconds = 200.0, 260.0, 300
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if (agent + int(t)) % 14:
+            base.calls = 0
+        if slow_from <= t < slow_until and (agent + int(t // WINDOW_S)) % 2 == 0:
+            base.latency_per_call_ms *= 8
+        return base  # type: ignore[no-any-return]
+
+    def run(recent_windows: int) -> tuple[list[tuple[int, Finding]], list[Any]]:
+        config = MachineConfig(recent_windows=recent_windows)
+        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
+        reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape), core)
+        return reported, machine
+
+    reported, machine = run(MachineConfig().recent_windows)
+    assert reported == []
+    (finding,) = machine
+    assert finding.scope == "pod"
+    assert slow_from <= finding.window_start - T0 < slow_from + 2 * WINDOW_S
+    reported, machine = run(1)
+    assert machine == []
+    assert len({f.agent_id for _, f in reported}) >= 20
+
+
 def test_a_cost_blowup_is_never_held_back() -> None:
     """A finding with fuel evidence is reported with the message that closed its window, even
     in a window where other agents start to deviate (a machine cannot make a call burn more)."""
