@@ -65,10 +65,10 @@ from schemas import (
     utcnow,
 )
 from schemas.specs import AgentSpec
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import evolve, fold_checked
 from services.hive.raft import ReplicatedState
-from services.hive.state import HiveState
+from swarm.domain.decide import Decision, Rejection, decide
+from swarm.domain.evolve import evolve, fold_checked
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import (
     MAX_ATOMIC_BATCH,
     AppendFailed,

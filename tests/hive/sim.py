@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas import Payload, command, event, names
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import evolve
-from services.hive.state import HiveState
+from swarm.domain.decide import Decision, Rejection, decide
+from swarm.domain.evolve import evolve
+from swarm.domain.state import HiveState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -19,11 +19,11 @@ from schemas import Envelope, Payload, commands, events, healing, market, observ
 from schemas.events import AgentStatus
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
-from services.hive import reputation
-from services.hive.evolve import evolve
-from services.hive.heal import REWINDABLE, good_snapshot, stops_left
-from services.hive.policy import check_identity, check_quota
-from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
+from swarm.domain import reputation
+from swarm.domain.evolve import evolve
+from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
+from swarm.domain.policy import check_identity, check_quota
+from swarm.domain.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -995,7 +995,7 @@ def _autoscale(
 
 
 # --- healing and reputation ----------------------------------------------------------------------
-# Sent by the reconcile loop (services/hive/heal.py decides when) or by a user.
+# Sent by the reconcile loop (swarm/domain/heal.py decides when) or by a user.
 
 
 @_on(healing.QuarantineAgent)

@@ -13,7 +13,7 @@ from typing import Any
 
 from schemas import Envelope, commands, market
 from schemas.specs import AgentSpec, Quota
-from services.hive.state import ACTIVE, Agent, HiveState
+from swarm.domain.state import ACTIVE, Agent, HiveState
 
 _UNLIMITED = Quota()
 
