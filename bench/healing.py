@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas import Payload, event, events
 from schemas.observer import AnomalyDetected, SignalEvidence
 from schemas.specs import AgentSpec, ModuleRef
-from services.hive import heal
-from services.hive.evolve import evolve
-from services.hive.state import Agent, Anomaly, HiveState, Replica
+from swarm.domain import heal
+from swarm.domain.evolve import evolve
+from swarm.domain.state import Agent, Anomaly, HiveState, Replica
 
 SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

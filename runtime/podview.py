@@ -1,9 +1,11 @@
 """The pod's projection of SWARM_EVENTS: agents' specs per version and where replicas are placed.
 
-Pure and deterministic like the scheduler's view (services are not imported; the rules are
-restated from the Hive's `evolve`): `fold(envelope, seq)` looks only at its arguments (and at
-the reports the pod said it sent, `watch`) and is idempotent by stream sequence. The pod
-compares `wanted()` and `stopping()` with what it runs.
+Pure and deterministic like the scheduler's view: `fold(envelope, seq)` looks only at its
+arguments (and at the reports the pod said it sent, `watch`) and is idempotent by stream
+sequence. The pod compares `wanted()` and `stopping()` with what it runs. Which phases run and
+hold a place, a replica's spec (its version's, else the current one) and what `replica_stopping`
+means are the Hive's rules, imported from `swarm/domain/placement.py`; this view keeps what a
+pod needs to run its replicas (whole specs, snapshots, causes), not the pods' accounting.
 
 Each placement is identified by the sequence of its `replica_scheduled` event (`placed_seq`): a
 replica that crashed and was placed here again is a new placement, even when the crash, the new
@@ -23,18 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
+from swarm.domain import placement
+from swarm.domain.placement import RUN, ReplicaPhase
 
-Phase = Literal[
-    "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
-]
-#: Phases in which a replica should be running on its pod.
-RUN: frozenset[str] = frozenset({"scheduled", "starting", "running"})
-#: Phases in which a replica holds a place on its pod (the Hive's `PLACED`).
-PLACED: frozenset[str] = RUN | {"stopping"}
 #: Rules of the Hive's refusals of a report that mean "this replica is not yours (any more)".
 DISOWNING_RULES: frozenset[str] = frozenset({"not_found", "not_assigned"})
 #: Reports in flight the view remembers, waiting for a refusal (accepted ones are never folded,
@@ -62,7 +59,7 @@ class ReplicaInfo:
     agent_id: str
     replica_id: str
     version: str
-    phase: Phase = "requested"
+    phase: ReplicaPhase = "requested"
     pod_id: str | None = None
     snapshot: str | None = None
     placed_seq: int = 0
@@ -173,7 +170,7 @@ class PodView:
                 replica_id=r.replica_id,
                 namespace=agent.namespace,
                 name=agent.name,
-                spec=agent.specs.get(r.version) or agent.specs[agent.current],
+                spec=placement.size_of(agent.specs, r.version, agent.specs[agent.current]),
                 snapshot=(
                     r.snapshot
                     if r.restore == "exact"
@@ -295,9 +292,9 @@ def _stopping(v: PodView, e: events.ReplicaStopping, seq: int) -> None:
     replica = v.replicas.get(e.replica_id)
     if replica is None:
         return
-    if replica.phase in PLACED:
+    if placement.stopping_phase(replica.phase) == "stopping":
         replica.phase = "stopping"
-    else:  # never placed, or crashed and waiting: nothing runs, so it is stopped at once
+    else:  # never placed, or crashed and waiting: stopped at once, so forgotten
         v._forget(replica)
 
 

@@ -52,9 +52,9 @@ from schemas.specs import (
     ModuleRef,
     RestartPolicy,
 )
-from services.hive.evolve import evolve
 from swarm.client.commands import validate_command
 from swarm.client.errors import ClientError
+from swarm.domain.evolve import evolve
 from tests.hive.sim import Sim
 
 SCHEMA_DIR = Path(schemas.__file__).parent / "jsonschema"

@@ -65,10 +65,11 @@ from schemas import (
     utcnow,
 )
 from schemas.specs import AgentSpec
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import evolve, fold_checked
 from services.hive.raft import ReplicatedState
-from services.hive.state import HiveState
+from swarm.domain.decide import Decision, decide
+from swarm.domain.evolve import evolve, fold_checked
+from swarm.domain.outcome import Rejection, Rule
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import (
     MAX_ATOMIC_BATCH,
     AppendFailed,
@@ -350,7 +351,7 @@ class CommandProcessor:
         outcome: Decision | Rejection
         if command.type != delivery.subject:
             outcome = Rejection(
-                f"type {command.type} was published on {delivery.subject}", rule="subject"
+                f"type {command.type} was published on {delivery.subject}", rule=Rule.SUBJECT
             )
         else:
             try:
@@ -360,7 +361,7 @@ class CommandProcessor:
                 outcome = Rejection(
                     f"the Hive could not decide this command ({_describe(exc)}); "
                     "nothing was carried out",
-                    rule="internal",
+                    rule=Rule.INTERNAL,
                 )
         try:
             return self._built(delivery, command, outcome, now)
@@ -373,7 +374,7 @@ class CommandProcessor:
         now = self.clock()
         if command is None:
             return self._unparsed(delivery, why, (), {}, now)
-        return self._built(delivery, command, Rejection(why, rule="internal"), now)
+        return self._built(delivery, command, Rejection(why, rule=Rule.INTERNAL), now)
 
     def _fold_ahead(self, pending: _Pending, first_seq: int) -> None:
         """Fold what `pending` will write into the working state, at the sequences it will get.
@@ -547,7 +548,7 @@ class CommandProcessor:
             f"command id {command_id} was already used by another command{where}; a command id "
             "is an idempotency key: send this command with a new id"
         )
-        await self._write_invalid(delivery, reason, rule="duplicate_id", command_id=command_id)
+        await self._write_invalid(delivery, reason, rule=Rule.DUPLICATE_ID, command_id=command_id)
 
     async def _give_up(self, delivery: Delivery, why: str) -> None:
         """Keep the command in SWARM_DEADLETTER and answer it, so it stops coming back."""
@@ -567,11 +568,11 @@ class CommandProcessor:
             return
         self.dead_lettered += 1
         await self._write_invalid(
-            delivery, reason, rule="poison", command_id=_readable_id(delivery)
+            delivery, reason, rule=Rule.POISON, command_id=_readable_id(delivery)
         )
 
     async def _write_invalid(
-        self, delivery: Delivery, reason: str, *, rule: str, command_id: str | None
+        self, delivery: Delivery, reason: str, *, rule: Rule, command_id: str | None
     ) -> None:
         """A rejection on `swarm.evt.command._invalid.rejected` naming the id it is about."""
         received: dict[str, Any] = {"subject": delivery.subject, "stream_seq": delivery.stream_seq}
@@ -582,7 +583,7 @@ class CommandProcessor:
             command_seq=delivery.stream_seq,
             command_digest=_digest(delivery.data),
             reason=_printable(reason),
-            rule=rule,
+            rule=rule.value,
             received=received,
         )
         env = event(
@@ -684,7 +685,7 @@ class CommandProcessor:
             answer = CommandRejected(
                 **common,
                 reason=_printable(outcome.reason),
-                rule=outcome.rule,
+                rule=outcome.rule.value,
                 errors=[FieldErrorModel(**e) for e in outcome.errors],
             )
         answer_env = event(

@@ -17,10 +17,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from schemas import names, utcnow
-from services.hive import reputation
-from services.hive.decide import derive_status
 from services.hive.raft import ReplicatedState
-from services.hive.state import Agent, HiveState, Pod
+from swarm.domain import reputation
+from swarm.domain.decide import derive_status
+from swarm.domain.state import Agent, HiveState, Pod
 
 log = structlog.get_logger(__name__)
 

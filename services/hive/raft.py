@@ -47,10 +47,10 @@ from typing import Any, TypeVar
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
-from services.hive.evolve import fold_raw
 from services.hive.freezer import Freezer
 from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
-from services.hive.state import HiveState
+from swarm.domain.evolve import fold_raw
+from swarm.domain.state import HiveState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from schemas import Payload, command, commands, names, utcnow
-from services.hive import heal
-from services.hive.state import HiveState
+from swarm.domain import heal
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
 from swarm.kernel.ids import IdKey
 

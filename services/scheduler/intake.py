@@ -36,7 +36,8 @@ from services.scheduler.tables import (
     pod_usage,
     view_of,
 )
-from services.scheduler.view import HANDLED, ReplicaKey
+from services.scheduler.view import HANDLED
+from swarm.domain.placement import ReplicaKey
 from swarm.kernel.seal import SealVerifier
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables

@@ -28,7 +28,8 @@ from services.scheduler.proposals import (
     parse_proposal_id,
     proposal_id,
 )
-from services.scheduler.view import HANDLED, PLACED, ClusterView, ReplicaKey, Request
+from services.scheduler.view import HANDLED, ClusterView, Request
+from swarm.domain.placement import PLACED, ReplicaKey
 from swarm.kernel.ids import IdKey
 
 #: Outcomes of these command types answer our proposals.

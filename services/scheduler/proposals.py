@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from schemas import names
-from services.scheduler.view import ReplicaKey
+from swarm.domain.placement import ReplicaKey
 from swarm.kernel.ids import IdKey
 
 _PREFIX = "place"

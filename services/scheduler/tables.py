@@ -31,9 +31,9 @@ from services.scheduler.view import (
     ClusterView,
     Demand,
     PodView,
-    ReplicaKey,
     ReplicaView,
 )
+from swarm.domain.placement import ReplicaKey
 
 PODS = "pods"
 AGENTS = "agents"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from services.scheduler.autoscale import ReplicaLoad
 
 #: Reputation assumed for an agent whose trust was never published: the Hive's prior
-#: (services/hive/reputation.py `PRIOR`), which it publishes only once trust moved from it.
+#: (swarm/domain/reputation.py `PRIOR`), which it publishes only once trust moved from it.
 DEFAULT_REPUTATION = 0.8
 
 

@@ -1,19 +1,15 @@
 """The scheduler's projection of SWARM_EVENTS: pods, what holds resources on them, and which
 replicas wait for a placement.
 
-The Hive re-checks every proposal against its own accounting (`services/hive/evolve.py`), so a
-view that counted differently would keep proposing placements the Hive refuses. The rules are
-therefore restated here exactly as the Hive applies them (services never import each other):
+The Hive re-checks every proposal against its own accounting (`swarm/domain/evolve.py`), so a
+view that counted differently would keep proposing placements the Hive refuses. The rules of
+that accounting (which phases hold resources, a replica's size, a pod's free capacity, what
+`replica_requested` for a placed replica and `replica_stopping` mean, pod status) are the
+domain's (`swarm/domain/placement.py`), imported here; this view keeps only what the scheduler
+places on (sizes and bids instead of whole specs, the requests waiting).
 
-* a replica holds its resources on its pod while scheduled, starting, running or stopping;
-  requested, crashed, failed and stopped replicas hold nothing;
-* a pod's free slots are its slots minus the replicas it holds;
-* a replica's size is that of its version's spec (the agent's current spec if the version is
-  unknown);
-* `replica_requested` for a replica that was placed means it was moved off its pod (pod lost);
-* `pod_registered` adds or updates a pod and makes it ready, `pod_lost` marks it lost.
-
-`tests/scheduler/test_view.py` folds the same histories into both and compares the numbers.
+`tests/scheduler/test_view.py` and `tests/domain/` fold the same histories into both and compare
+the numbers.
 
 Pure and deterministic: `fold(envelope, seq)` only looks at its arguments, and is idempotent by
 stream sequence like the Hive's `evolve`.
@@ -23,19 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from schemas import Envelope, events
 from schemas.specs import AgentSpec, Capacity
-
-#: (agent id, replica id), as the Hive keys replicas on pods.
-ReplicaKey = tuple[str, str]
-Phase = Literal[
-    "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
-]
-#: Phases in which a replica holds resources on its pod (the Hive's `PLACED`).
-PLACED: frozenset[str] = frozenset({"scheduled", "starting", "running", "stopping"})
-_TERMINAL: frozenset[str] = frozenset({"stopped", "failed"})
+from swarm.domain import placement
+from swarm.domain.placement import PLACED, TERMINAL, PodStatus, ReplicaKey, ReplicaPhase
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,25 +70,21 @@ class PodView:
     zone: str
     labels: dict[str, str]
     energy_cost: float
-    status: Literal["ready", "lost"] = "ready"
+    status: PodStatus = "ready"
     used_memory_mb: int = 0
     used_fuel_per_s: int = 0
     replicas: set[ReplicaKey] = field(default_factory=set)
 
     def free(self) -> tuple[int, int, int]:
         """(memory MB, fuel/s, slots) still free, counted as the Hive counts them."""
-        return (
-            self.capacity.memory_mb - self.used_memory_mb,
-            self.capacity.fuel_per_s - self.used_fuel_per_s,
-            self.capacity.slots - len(self.replicas),
-        )
+        return placement.free(self)
 
 
 @dataclass(slots=True)
 class ReplicaView:
     replica_id: str
     version: str
-    phase: Phase = "requested"
+    phase: ReplicaPhase = "requested"
     pod_id: str | None = None
     #: Sequence of its last `replica_scheduled`: larger means started more recently.
     placed_seq: int = 0
@@ -114,7 +99,7 @@ class AgentView:
     replicas: dict[str, ReplicaView] = field(default_factory=dict)
 
     def demand_of(self, replica: ReplicaView) -> Demand:
-        return self.versions.get(replica.version, self.current)
+        return placement.size_of(self.versions, replica.version, self.current)
 
 
 @dataclass(slots=True)
@@ -177,15 +162,11 @@ class ClusterView:
         if replica.pod_id is None or replica.phase not in PLACED:
             return
         pod = self.pods.get(replica.pod_id)
-        key = (agent.agent_id, replica.replica_id)
-        if pod is not None and key in pod.replicas:
-            pod.replicas.discard(key)
-            demand = agent.demand_of(replica)
-            pod.used_memory_mb -= demand.memory_mb
-            pod.used_fuel_per_s -= demand.fuel_per_s
+        if pod is not None:
+            placement.release(pod, (agent.agent_id, replica.replica_id), agent.demand_of(replica))
 
     def _move(
-        self, agent: AgentView, replica: ReplicaView, phase: Phase, ended: list[Request]
+        self, agent: AgentView, replica: ReplicaView, phase: ReplicaPhase, ended: list[Request]
     ) -> None:
         if phase not in PLACED:
             self._release(agent, replica)
@@ -195,7 +176,7 @@ class ClusterView:
 
     def _forget_if_gone(self, agent: AgentView) -> None:
         """Terminal replicas are never placed again; dropping them keeps the view small."""
-        for replica_id in [r.replica_id for r in agent.replicas.values() if r.phase in _TERMINAL]:
+        for replica_id in [r.replica_id for r in agent.replicas.values() if r.phase in TERMINAL]:
             del agent.replicas[replica_id]
         if agent.deleted and not agent.replicas:
             del self.agents[agent.agent_id]
@@ -278,10 +259,7 @@ def _scheduled(v: ClusterView, e: events.ReplicaScheduled, seq: int, ended: list
     v._move(agent, replica, "scheduled", ended)
     replica.pod_id = e.pod_id
     replica.placed_seq = seq
-    demand = agent.demand_of(replica)
-    pod.replicas.add((agent.agent_id, replica.replica_id))
-    pod.used_memory_mb += demand.memory_mb
-    pod.used_fuel_per_s += demand.fuel_per_s
+    placement.reserve(pod, (agent.agent_id, replica.replica_id), agent.demand_of(replica))
 
 
 @_on(events.ReplicaStarting)
@@ -319,8 +297,7 @@ def _stopping(v: ClusterView, e: events.ReplicaStopping, seq: int, ended: list[R
     if found is None:
         return
     agent, replica = found
-    # Never placed (or crashed and waiting): nothing runs, so it is stopped at once.
-    v._move(agent, replica, "stopping" if replica.phase in PLACED else "stopped", ended)
+    v._move(agent, replica, placement.stopping_phase(replica.phase), ended)
     v._forget_if_gone(agent)
 
 

@@ -1,6 +1,6 @@
 """`swarm agent quarantine|release`: take an agent out of traffic by hand, and give it back.
 
-The Hive quarantines agents on its own when its healing policy says so (services/hive/heal.py);
+The Hive quarantines agents on its own when its healing policy says so (swarm/domain/heal.py);
 these verbs send the same commands, so a person's decision is on the log with its reason too.
 """
 

@@ -54,7 +54,7 @@ from swarm.cli.output import (
 if TYPE_CHECKING:
     # Imported where used: every `swarm` call registers `timeline verify` (tests/test_cli_start.py).
     from schemas import Envelope
-    from services.hive.state import HiveState
+    from swarm.domain.state import HiveState
     from swarm.kernel.eventlog import Delivery, EventLog
     from swarm.kernel.settings import Settings
 
@@ -163,8 +163,8 @@ def _command_key(body: dict[str, Any] | None, seq: int) -> str:
 
 async def verify(log: EventLog, *, grace: float, now: datetime | None = None) -> Report:
     from schemas import REGISTRY, DecodeError, names
-    from services.hive.state import HiveState
     from swarm.client.commands import hive_verifier
+    from swarm.domain.state import HiveState
 
     report = Report()
     now = now or datetime.now(UTC)
@@ -256,7 +256,7 @@ def _fold(state: HiveState, d: Delivery, envelope: Envelope[Any] | None, report:
     """Fold as every replica does; an entry it cannot fold (beyond not decoding, which is its
     own finding) is reported with the replicas' reason."""
     from schemas import names
-    from services.hive.evolve import evolve, record_failure
+    from swarm.domain.evolve import evolve, record_failure
 
     if envelope is None:
         state.applied_seq = d.stream_seq  # what `fold_raw` does with it; reported as undecodable

@@ -108,8 +108,8 @@ async def fold_until(log: EventLog, points: list[Point]) -> list[Snapshot]:
     it needs.
     """
     from schemas import names
-    from services.hive.evolve import fold_raw
-    from services.hive.state import HiveState, digest_of
+    from swarm.domain.evolve import fold_raw
+    from swarm.domain.state import HiveState, digest_of
     from swarm.kernel.logscan import scan
 
     timed = any(p.time is not None for p in points)

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import REGISTRY, Envelope, Payload, event, names
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import fold_checked
-from services.hive.state import HiveState
+from swarm.domain.decide import Decision, Rejection, decide
+from swarm.domain.evolve import fold_checked
+from swarm.domain.state import HiveState
 from tests.fuzz.schema_strategies import command_object, command_types
 from tests.fuzz.sends import SETUP_TYPES, steered_command
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas import Payload, command, event, names
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import evolve
-from services.hive.state import HiveState
+from schemas import Envelope, Payload, command, event, names
+from swarm.domain.decide import Decision, Rejection, decide
+from swarm.domain.evolve import evolve
+from swarm.domain.state import HiveState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -19,6 +19,8 @@ class Sim:
     state: HiveState = field(default_factory=HiveState)
     now: datetime = T0
     log: list[Payload] = field(default_factory=list)
+    #: The events as written, the one at sequence n at index n - 1 (for folding other views).
+    envelopes: list[Envelope[Any]] = field(default_factory=list)
     seq: int = 0
 
     def send(self, payload: Payload, identity: str = "user:test") -> Decision | Rejection:
@@ -29,12 +31,10 @@ class Sim:
                 aggregate = p.TYPE.split(".")[1]
                 agg_id = getattr(p, names.AGGREGATE_ID_FIELDS[aggregate])
                 self.seq += 1
-                evolve(
-                    self.state,
-                    self.seq,
-                    event(p, aggregate_id=agg_id, source="hive", cause=env, time=self.now),
-                )
+                written = event(p, aggregate_id=agg_id, source="hive", cause=env, time=self.now)
+                evolve(self.state, self.seq, written)
                 self.log.append(p)
+                self.envelopes.append(written)
         return outcome
 
     def ok(self, payload: Payload, identity: str = "user:test") -> list[Payload]:

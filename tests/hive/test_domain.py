@@ -7,7 +7,7 @@ import pytest
 from schemas import commands as c
 from schemas import events as e
 from schemas.specs import Capacity, Quota, RestartPolicy
-from services.hive.state import HiveState
+from swarm.domain.state import HiveState
 from tests.hive.sim import Sim
 from tests.hive.steps import deploy, place_all, pod, run_all, spec, stop_all
 
@@ -296,7 +296,7 @@ def test_evolve_is_idempotent_by_sequence_and_digest_is_stable() -> None:
     place_all(sim, "p1")
     digest = sim.state.digest()
     from schemas import event
-    from services.hive.evolve import evolve
+    from swarm.domain.evolve import evolve
 
     replay = HiveState()
     envelopes = [

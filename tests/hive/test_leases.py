@@ -7,7 +7,7 @@ import pytest
 
 from schemas import commands, names
 from services.hive.reconcile import Heartbeats, Reconciler
-from services.hive.state import HiveState
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.ids import IdKey
 from tests.hive.sim import Sim

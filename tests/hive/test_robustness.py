@@ -18,10 +18,10 @@ import pytest
 from schemas import CommandRejected, command, commands, event, events, names, new_id, utcnow
 from services.hive import processor as processor_module
 from services.hive.config import HiveSettings
-from services.hive.decide import decide as real_decide
-from services.hive.state import HiveState
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.client.commands import find_outcome, wait_for_outcome
+from swarm.domain.decide import decide as real_decide
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealVerifier
 from swarm.kernel.settings import Settings

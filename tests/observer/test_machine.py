@@ -18,15 +18,15 @@ import pytest
 from schemas import REGISTRY, command, event, names, subject_of
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import Capacity
-from services.hive.decide import Decision, Rejection, decide
-from services.hive.evolve import FoldRefused, evolve
-from services.hive.state import RECENT_POD_ANOMALIES, HiveState, Pod
 from services.observer.analysis import Observatory
 from services.observer.features import parse_metrics
 from services.observer.finding import Finding
 from services.observer.machine import ClusterWatch, MachineConfig, PodWatch
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import TableSync
+from swarm.domain.decide import Decision, Rejection, decide
+from swarm.domain.evolve import FoldRefused, evolve
+from swarm.domain.state import RECENT_POD_ANOMALIES, HiveState, Pod
 from tests.observer.workload import T0, Load, feed, pod_messages
 
 # Simulations of thousands of windows in pure Python: 5-20 s each on a quiet machine, over a

@@ -44,7 +44,7 @@ async def report(
         kind=kind,
         window_start=began or now - timedelta(seconds=0.05),
         window_end=now,
-        # Two signals beyond their thresholds: a confirmed finding (services/hive/heal.py).
+        # Two signals beyond their thresholds: a confirmed finding (swarm/domain/heal.py).
         signals=[
             SignalEvidence(signal="fuel", value=5e9, baseline=1e6, score=50, threshold=6),
             SignalEvidence(signal="latency", value=900.0, baseline=2.0, score=40, threshold=6),

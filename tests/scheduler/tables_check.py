@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from schemas import names
-from services.hive.evolve import evolve
-from services.hive.state import HiveState
 from services.scheduler.intake import Intake, decode
 from services.scheduler.planner import Planner
 from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.tables import PODS, TABLES, rows_of
+from swarm.domain.evolve import evolve
+from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.ids import IdKey
 from swarm.kernel.settings import Settings

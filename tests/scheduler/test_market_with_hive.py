@@ -24,9 +24,9 @@ import pytest
 
 from schemas import commands, market, names
 from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
-from services.hive.evolve import evolve
-from services.hive.state import HiveState
 from services.scheduler import Scheduler, SchedulerSettings
+from swarm.domain.evolve import evolve
+from swarm.domain.state import HiveState
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
 from tests.scheduler.history import WASM

@@ -5,8 +5,8 @@ from __future__ import annotations
 from schemas import Payload, commands, event, events, names
 from schemas.commands import ReplicaStatus
 from schemas.specs import Capacity
-from services.hive.state import HiveState
 from services.scheduler.view import ClusterView
+from swarm.domain.state import HiveState
 from tests.hive.sim import Sim
 from tests.scheduler.history import History, spec
 

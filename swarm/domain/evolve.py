@@ -21,10 +21,10 @@ from typing import Any
 
 from schemas import REGISTRY, Envelope, events, healing, market, observer, webhooks
 from schemas.machine import PodAnomalyDetected
-from services.hive import reputation
-from services.hive.state import (
+from swarm.domain import placement, reputation
+from swarm.domain.placement import PLACED, TERMINAL, ReplicaPhase
+from swarm.domain.state import (
     KNOWN_SNAPSHOTS,
-    PLACED,
     RECENT_ACTIONS,
     RECENT_ANOMALIES,
     RECENT_FOLD_FAILURES,
@@ -40,7 +40,6 @@ from services.hive.state import (
     PodAnomaly,
     Quarantine,
     Replica,
-    ReplicaPhase,
     Rollout,
     Webhook,
 )
@@ -229,11 +228,9 @@ def _release(s: HiveState, agent: Agent, replica: Replica) -> None:
     if replica.pod_id is None or replica.phase not in PLACED:
         return
     pod = s.pods.get(replica.pod_id)
-    if pod is not None and (agent.agent_id, replica.replica_id) in pod.replicas:
-        pod.replicas.discard((agent.agent_id, replica.replica_id))
-        spec = agent.versions.get(replica.version, agent.spec)
-        pod.used_memory_mb -= spec.resources.memory_mb
-        pod.used_fuel_per_s -= spec.resources.fuel_per_s
+    if pod is not None:
+        spec = placement.size_of(agent.versions, replica.version, agent.spec)
+        placement.release(pod, (agent.agent_id, replica.replica_id), spec.resources)
 
 
 def _move(s: HiveState, agent: Agent, replica: Replica, phase: ReplicaPhase, reason: str) -> None:
@@ -245,7 +242,7 @@ def _move(s: HiveState, agent: Agent, replica: Replica, phase: ReplicaPhase, rea
 
 def _forget_if_gone(s: HiveState, agent: Agent) -> None:
     """A deleted agent leaves the state once none of its replicas holds resources."""
-    if agent.deleted and all(r.phase in ("stopped", "failed") for r in agent.replicas.values()):
+    if agent.deleted and all(r.phase in TERMINAL for r in agent.replicas.values()):
         del s.agents[agent.agent_id]
 
 
@@ -274,11 +271,8 @@ def _replica_scheduled(
     replica.phase = "scheduled"
     replica.reason = e.reason
     replica.pod_id = e.pod_id
-    pod = s.pods[e.pod_id]
-    spec = agent.versions.get(replica.version, agent.spec)
-    pod.replicas.add((agent.agent_id, replica.replica_id))
-    pod.used_memory_mb += spec.resources.memory_mb
-    pod.used_fuel_per_s += spec.resources.fuel_per_s
+    spec = placement.size_of(agent.versions, replica.version, agent.spec)
+    placement.reserve(s.pods[e.pod_id], (agent.agent_id, replica.replica_id), spec.resources)
 
 
 @_on(events.ReplicaStarting)
@@ -324,11 +318,9 @@ def _replica_stopping(
 ) -> None:
     agent = _agent(s, e.agent_id, seq)
     replica = agent.replicas[e.replica_id]
-    if replica.phase in PLACED:
-        _move(s, agent, replica, "stopping", e.reason)
-    else:
-        # Never placed (or crashed and waiting): nothing runs, so it is stopped at once.
-        _move(s, agent, replica, "stopped", e.reason)
+    phase = placement.stopping_phase(replica.phase)
+    _move(s, agent, replica, phase, e.reason)
+    if phase == "stopped":
         _forget_if_gone(s, agent)
 
 

@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 from schemas import Payload
 from schemas.healing import PublishReputation, QuarantineAgent, RevertAgent, RewindReplica
 from schemas.specs import HealingPolicy, Quota
-from services.hive import reputation
-from services.hive.state import Agent, Anomaly, HiveState, KnownSnapshot, Replica
+from swarm.domain import reputation
+from swarm.domain.state import Agent, Anomaly, HiveState, KnownSnapshot, Replica
 
 #: Findings of these severities count as "repeated".
 _SERIOUS = frozenset({"warning", "critical"})

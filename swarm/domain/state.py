@@ -11,18 +11,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from schemas.events import AgentStatus
 from schemas.specs import AgentSpec, AutoscalePolicy, Capacity, Quota
-from services.hive.reputation import Reputation
+from swarm.domain import placement
+from swarm.domain.placement import PodStatus, ReplicaKey, ReplicaPhase
+from swarm.domain.reputation import Reputation
 
-ReplicaPhase = Literal[
-    "requested", "scheduled", "starting", "running", "crashed", "failed", "stopping", "stopped"
-]
-#: Phases in which a replica holds resources on its pod.
-PLACED: frozenset[str] = frozenset({"scheduled", "starting", "running", "stopping"})
-#: Phases that count towards the desired replica count.
+#: Phases that count towards the desired replica count (what holds resources, and what may run,
+#: is `placement.PLACED` and `placement.RUN`).
 ACTIVE: frozenset[str] = frozenset({"requested", "scheduled", "starting", "running", "crashed"})
 
 DEFAULT_NAMESPACE = "default"
@@ -122,7 +120,7 @@ class Agent:
     created_at: datetime | None = None
     #: The most recent Observer findings, oldest first.
     anomalies: list[Anomaly] = field(default_factory=list)
-    #: Trust, quarantine and the healing actions taken (see `services/hive/heal.py`).
+    #: Trust, quarantine and the healing actions taken (see `heal.py`).
     reputation: Reputation = field(default_factory=Reputation)
     quarantine: Quarantine | None = None
     #: Findings recorded at or before this time have been acted upon (or released).
@@ -151,11 +149,11 @@ class Pod:
     zone: str
     energy_cost: float
     lease_s: float
-    status: Literal["ready", "lost"] = "ready"
+    status: PodStatus = "ready"
     used_memory_mb: int = 0
     used_fuel_per_s: int = 0
     #: (agent_id, replica_id) of every replica holding resources here.
-    replicas: set[tuple[str, str]] = field(default_factory=set)
+    replicas: set[ReplicaKey] = field(default_factory=set)
     registered_at: datetime | None = None
     last_seq: int = 0
     #: The latest machine-wide findings about this pod (`PodAnomaly`, at most
@@ -164,11 +162,7 @@ class Pod:
 
     def free(self) -> tuple[int, int, int]:
         """(memory MB, fuel/s, slots) still free."""
-        return (
-            self.capacity.memory_mb - self.used_memory_mb,
-            self.capacity.fuel_per_s - self.used_fuel_per_s,
-            self.capacity.slots - len(self.replicas),
-        )
+        return placement.free(self)
 
 
 @dataclass(slots=True)

@@ -19,18 +19,12 @@ from schemas import Envelope, Payload, commands, events, healing, market, observ
 from schemas.events import AgentStatus
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
-from services.hive import reputation
-from services.hive.evolve import evolve
-from services.hive.heal import REWINDABLE, good_snapshot, stops_left
-from services.hive.policy import check_identity, check_quota
-from services.hive.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: str
-    rule: str = "state"
-    errors: tuple[dict[str, str], ...] = ()
+from swarm.domain import reputation
+from swarm.domain.evolve import evolve
+from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
+from swarm.domain.outcome import Rejection, Rule
+from swarm.domain.policy import check_identity, check_quota
+from swarm.domain.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
 
 
 @dataclass(slots=True)
@@ -70,16 +64,16 @@ def decide(
     """
     handler = _HANDLERS.get(type(command.data))
     if handler is None:
-        return Rejection(f"the Hive does not handle {command.type}", rule="type")
+        return Rejection(f"the Hive does not handle {command.type}", rule=Rule.TYPE)
     refusal = check_identity(state, command)
     if refusal is not None:
-        return Rejection(refusal.reason, rule=refusal.rule)
+        return refusal
     spec = getattr(command.data, "spec", None)
     if isinstance(spec, AgentSpec) and spec.module.sha256 in missing_modules:
         return Rejection(
             f"module {spec.module.sha256} is not in the object store: push it with "
             "`swarm module push FILE` and use the sha256 it prints",
-            rule="module",
+            rule=Rule.MODULE,
             errors=(
                 {
                     "loc": "data.spec.module.sha256",
@@ -98,14 +92,14 @@ def _live_agent(state: HiveState, agent_id: str) -> Agent | Rejection:
     """The agent with this id unless it does not exist or was deleted (then why not)."""
     agent = state.agents.get(agent_id)
     if agent is None or agent.deleted:
-        return Rejection(f"agent {agent_id} not found", rule="not_found")
+        return Rejection(f"agent {agent_id} not found", rule=Rule.NOT_FOUND)
     return agent
 
 
 def _find(state: HiveState, namespace: str, name: str) -> Agent | Rejection:
     agent = state.agent_named(namespace, name)
     if agent is None:
-        return Rejection(f"agent {namespace}/{name} not found", rule="not_found")
+        return Rejection(f"agent {namespace}/{name} not found", rule=Rule.NOT_FOUND)
     return agent
 
 
@@ -227,7 +221,7 @@ def _update_namespace(
     state: HiveState, c: commands.UpdateNamespace, env: Envelope[Any], now: datetime
 ) -> Outcome:
     if c.name not in state.namespaces:
-        return Rejection(f"namespace {c.name} not found", rule="not_found")
+        return Rejection(f"namespace {c.name} not found", rule=Rule.NOT_FOUND)
     return Decision([events.NamespaceUpdated(name=c.name, quota=c.quota)])
 
 
@@ -239,7 +233,7 @@ def _deploy(
     state: HiveState, c: commands.DeployAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
     if c.namespace not in state.namespaces:
-        return Rejection(f"namespace {c.namespace} not found", rule="not_found")
+        return Rejection(f"namespace {c.namespace} not found", rule=Rule.NOT_FOUND)
     if state.agent_named(c.namespace, c.name) is not None:
         return Rejection(
             f"agent {c.namespace}/{c.name} exists; use `swarm agent rollout` for a new version"
@@ -249,7 +243,7 @@ def _deploy(
         return Rejection(f"agent id {agent_id} is taken; send the command with a new id")
     refusal = check_quota(state, c.namespace, new_agents=1, replicas=c.replicas, spec=c.spec)
     if refusal is not None:
-        return Rejection(refusal.reason, rule=refusal.rule)
+        return refusal
     out: list[Payload] = [
         events.AgentDeployed(
             agent_id=agent_id,
@@ -290,7 +284,7 @@ def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: d
     if delta > 0:
         refusal = check_quota(state, agent.namespace, replicas=delta, spec=agent.spec)
         if refusal is not None:
-            return Rejection(refusal.reason, rule=refusal.rule)
+            return refusal
     out: list[Payload] = []
     if replicas != agent.replicas_desired:
         out.append(
@@ -402,7 +396,7 @@ def _rollout(
         return agent
     refusal = check_quota(state, agent.namespace, replicas=0, spec=c.spec, agent=agent)
     if refusal is not None:
-        return Rejection(refusal.reason, rule=refusal.rule)
+        return refusal
     return _start_rollout(state, agent, c.spec, c.max_surge, False, now)
 
 
@@ -419,7 +413,7 @@ def _rollback(
             known = ", ".join(agent.history)
             return Rejection(
                 f"agent {agent.namespace}/{agent.name} has no version {target} (has: {known})",
-                rule="not_found",
+                rule=Rule.NOT_FOUND,
             )
     else:
         older = [v for v in agent.history if v != agent.spec.version]
@@ -475,12 +469,12 @@ def _waiting_placement(
         return agent
     replica = agent.replicas.get(replica_id)
     if replica is None:
-        return Rejection(f"replica {replica_id} not found", rule="not_found")
+        return Rejection(f"replica {replica_id} not found", rule=Rule.NOT_FOUND)
     if replica.phase != "requested":
         return Rejection(f"replica {replica_id} is {replica.phase}, not waiting for placement")
     pod = state.pods.get(pod_id)
     if pod is None or pod.status != "ready":
-        return Rejection(f"pod {pod_id} is not ready", rule="pod_unavailable")
+        return Rejection(f"pod {pod_id} is not ready", rule=Rule.POD_UNAVAILABLE)
     return agent, replica, pod, agent.versions.get(replica.version, agent.spec)
 
 
@@ -498,7 +492,7 @@ def _place(
         return Rejection(
             f"placing {c.replica_id} would over-commit pod {c.pod_id}: needs {need.memory_mb} MB, "
             f"{need.fuel_per_s} fuel/s, 1 slot; free {memory} MB, {fuel} fuel/s, {slots} slots",
-            rule="capacity",
+            rule=Rule.CAPACITY,
         )
     out: list[Payload] = [
         events.ReplicaScheduled(
@@ -544,7 +538,7 @@ def _register(
 def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outcome:
     pod = state.pods.get(pod_id)
     if pod is None:
-        return Rejection(f"pod {pod_id} not found", rule="not_found")
+        return Rejection(f"pod {pod_id} not found", rule=Rule.NOT_FOUND)
     if pod.status == "lost" and not pod.replicas:
         return Decision([])
     # A pod losing more replicas than fit in one atomic write is handled in steps: the pod stays
@@ -604,15 +598,15 @@ def _report(
 ) -> Outcome:
     agent = state.agents.get(c.agent_id)
     if agent is None:
-        return Rejection(f"agent {c.agent_id} not found; stop the replica", rule="not_found")
+        return Rejection(f"agent {c.agent_id} not found; stop the replica", rule=Rule.NOT_FOUND)
     replica = agent.replicas.get(c.replica_id)
     if replica is None:
-        return Rejection(f"replica {c.replica_id} not found; stop it", rule="not_found")
+        return Rejection(f"replica {c.replica_id} not found; stop it", rule=Rule.NOT_FOUND)
     if replica.pod_id != c.pod_id:
         return Rejection(
             f"replica {c.replica_id} is assigned to {replica.pod_id or 'no pod'}, "
             f"not {c.pod_id}; stop it",
-            rule="not_assigned",
+            rule=Rule.NOT_ASSIGNED,
         )
     a, r = agent.agent_id, replica.replica_id
     out: list[Payload] = []
@@ -719,12 +713,14 @@ def _restart(
     agent = state.agents.get(c.agent_id)
     replica = agent.replicas.get(c.replica_id) if agent else None
     if agent is None or replica is None:
-        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+        return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
     if replica.phase != "crashed":
         return Decision([])
     if replica.restart_at is not None and now < replica.restart_at:
         wait = (replica.restart_at - now).total_seconds()
-        return Rejection(f"replica {c.replica_id} backs off for {wait:.1f}s more", rule="backoff")
+        return Rejection(
+            f"replica {c.replica_id} backs off for {wait:.1f}s more", rule=Rule.BACKOFF
+        )
     out: list[Payload] = [
         events.ReplicaRequested(
             agent_id=agent.agent_id,
@@ -749,9 +745,9 @@ def _anomaly(
     if isinstance(agent, Rejection):
         return agent
     if c.replica_id is not None and c.replica_id not in agent.replicas:
-        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+        return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
     if c.window_end < c.window_start:
-        return Rejection("window_end is before window_start", rule="invalid")
+        return Rejection("window_end is before window_start", rule=Rule.INVALID)
     finding = c.model_dump()
     return Decision([observer.AnomalyDetected(anomaly_id=env.id, **finding)])
 
@@ -777,14 +773,14 @@ def _preempt(
     priority = spec.effective_priority
     keys = [(v.agent_id, v.replica_id) for v in c.victims]
     if len(set(keys)) != len(keys):
-        return Rejection("victims repeat", rule="invalid")
+        return Rejection("victims repeat", rule=Rule.INVALID)
     memory, fuel, slots = pod.free()
     victims: list[tuple[Agent, Replica, int]] = []
     for agent_id, replica_id in keys:
         victim_agent = state.agents.get(agent_id)
         victim = victim_agent.replicas.get(replica_id) if victim_agent else None
         if victim_agent is None or victim is None:
-            return Rejection(f"victim {replica_id} not found", rule="not_found")
+            return Rejection(f"victim {replica_id} not found", rule=Rule.NOT_FOUND)
         if (agent_id, replica_id) not in pod.replicas or victim.phase not in (
             "scheduled",
             "starting",
@@ -793,7 +789,7 @@ def _preempt(
             return Rejection(
                 f"victim {replica_id} is {victim.phase} on {victim.pod_id or 'no pod'}, "
                 f"not placed on {c.pod_id}",
-                rule="not_placed",
+                rule=Rule.NOT_PLACED,
             )
         victim_spec = victim_agent.versions.get(victim.version, victim_agent.spec)
         victim_priority = victim_spec.effective_priority
@@ -802,7 +798,7 @@ def _preempt(
                 f"victim {replica_id} has priority {victim_priority}, not lower than "
                 f"{priority} of {c.replica_id}: nothing is preempted for an equal or lower "
                 "priority",
-                rule="priority",
+                rule=Rule.PRIORITY,
             )
         memory += victim_spec.resources.memory_mb
         fuel += victim_spec.resources.fuel_per_s
@@ -814,7 +810,7 @@ def _preempt(
             f"placing {c.replica_id} would over-commit pod {c.pod_id} even without the "
             f"{len(victims)} victims: needs {need.memory_mb} MB, {need.fuel_per_s} fuel/s, "
             f"1 slot; free then {memory} MB, {fuel} fuel/s, {slots} slots",
-            rule="capacity",
+            rule=Rule.CAPACITY,
         )
     # Victims first: their reservations are released before the placement is folded.
     touched: dict[str, list[Payload]] = {}
@@ -886,7 +882,7 @@ def _webhook_url_problem(url: str) -> str | None:
 def _invalid(field_name: str, reason: str) -> Rejection:
     return Rejection(
         reason,
-        rule="invalid",
+        rule=Rule.INVALID,
         errors=({"loc": field_name, "msg": reason, "type": "value_error"},),
     )
 
@@ -906,7 +902,8 @@ def _add_webhook(
     for hook in state.webhooks.values():
         if not hook.removed and (hook.url, hook.filter) == (c.url, c.filter):
             return Rejection(
-                f"webhook {hook.webhook_id} already sends {c.filter} to {c.url}", rule="duplicate"
+                f"webhook {hook.webhook_id} already sends {c.filter} to {c.url}",
+                rule=Rule.DUPLICATE,
             )
     return Decision(
         [
@@ -928,7 +925,7 @@ def _remove_webhook(
 ) -> Outcome:
     hook = state.webhooks.get(c.webhook_id)
     if hook is None or hook.removed:
-        return Rejection(f"webhook {c.webhook_id} not found", rule="not_found")
+        return Rejection(f"webhook {c.webhook_id} not found", rule=Rule.NOT_FOUND)
     return Decision([webhooks.WebhookRemoved(webhook_id=c.webhook_id, reason=c.reason)])
 
 
@@ -938,13 +935,21 @@ def _redeliver_webhook(
 ) -> Outcome:
     hook = state.webhooks.get(c.webhook_id)
     if hook is None or hook.removed:
-        return Rejection(f"webhook {c.webhook_id} not found", rule="not_found")
+        return Rejection(f"webhook {c.webhook_id} not found", rule=Rule.NOT_FOUND)
     return Decision(
         [webhooks.WebhookRedeliveryRequested(webhook_id=c.webhook_id, event_ids=c.event_ids)]
     )
 
 
-__all__ = ["DEFAULT_NAMESPACE", "Decision", "Outcome", "Rejection", "decide", "derive_status"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "Decision",
+    "Outcome",
+    "Rejection",
+    "Rule",
+    "decide",
+    "derive_status",
+]
 
 
 # --- autoscaling ---------------------------------------------------------------------------------
@@ -959,12 +964,12 @@ def _autoscaled(
     if not (env.identity or "").startswith("service:"):
         return Rejection(
             "only a Swarm service may attach an autoscale decision to agent.scale",
-            rule="identity",
+            rule=Rule.IDENTITY,
         )
     if agent.autoscale is None or not agent.autoscale.enabled:
         # The policy was removed after the autoscaler read it: its decision no longer applies.
         return Rejection(
-            f"agent {agent.namespace}/{agent.name} is not autoscaled", rule="autoscale"
+            f"agent {agent.namespace}/{agent.name} is not autoscaled", rule=Rule.AUTOSCALE
         )
     reason = f"autoscale {decision.direction}: {decision.reason}"[:500]
     outcome = _scale_to(state, agent, c.replicas, reason, now)
@@ -995,7 +1000,7 @@ def _autoscale(
 
 
 # --- healing and reputation ----------------------------------------------------------------------
-# Sent by the reconcile loop (services/hive/heal.py decides when) or by a user.
+# Sent by the reconcile loop (swarm/domain/heal.py decides when) or by a user.
 
 
 @_on(healing.QuarantineAgent)
@@ -1075,7 +1080,7 @@ def _rewind(
         return agent
     replica = agent.replicas.get(c.replica_id)
     if replica is None:
-        return Rejection(f"replica {c.replica_id} not found", rule="not_found")
+        return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
     if replica.phase not in REWINDABLE:
         return Rejection(f"replica {c.replica_id} is {replica.phase}; only a running one rewinds")
     known = good_snapshot(replica, c.before)
@@ -1137,7 +1142,7 @@ def _publish_reputation(
     state: HiveState, c: healing.PublishReputation, env: Envelope[Any], now: datetime
 ) -> Outcome:
     if not (env.identity or "").startswith("service:"):
-        return Rejection(f"{env.type} may only be sent by a Swarm service", rule="identity")
+        return Rejection(f"{env.type} may only be sent by a Swarm service", rule=Rule.IDENTITY)
     agent = _live_agent(state, c.agent_id)
     if isinstance(agent, Rejection):
         return agent
@@ -1166,9 +1171,9 @@ def _pod_anomaly(
     """Record a machine-wide finding on its pod. No healing follows: it is about the machine,
     not about any agent on it."""
     if not (env.identity or "").startswith("service:"):
-        return Rejection(f"{env.type} may only be sent by a Swarm service", rule="identity")
+        return Rejection(f"{env.type} may only be sent by a Swarm service", rule=Rule.IDENTITY)
     if c.pod_id not in state.pods:
-        return Rejection(f"pod {c.pod_id} not found", rule="not_found")
+        return Rejection(f"pod {c.pod_id} not found", rule=Rule.NOT_FOUND)
     if c.window_end < c.window_start:
-        return Rejection("window_end is before window_start", rule="invalid")
+        return Rejection("window_end is before window_start", rule=Rule.INVALID)
     return Decision([PodAnomalyDetected(anomaly_id=env.id, **c.model_dump())])

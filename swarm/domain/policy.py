@@ -8,20 +8,14 @@ only about its own namespace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from schemas import Envelope, commands, market
 from schemas.specs import AgentSpec, Quota
-from services.hive.state import ACTIVE, Agent, HiveState
+from swarm.domain.outcome import Rejection, Rule
+from swarm.domain.state import ACTIVE, Agent, HiveState
 
 _UNLIMITED = Quota()
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    reason: str
-    rule: str
 
 
 _KINDS = ("user", "service", "pod", "agent")
@@ -36,52 +30,54 @@ _SERVICE_ONLY = (
 _POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportReplica)
 
 
-def check_identity(state: HiveState, command: Envelope[Any]) -> Refusal | None:
+def check_identity(state: HiveState, command: Envelope[Any]) -> Rejection | None:
     identity = command.identity
     if not identity or ":" not in identity:
-        return Refusal(
-            "command carries no identity (CloudEvents extension `identity`, kind:name)", "identity"
+        return Rejection(
+            "command carries no identity (CloudEvents extension `identity`, kind:name)",
+            Rule.IDENTITY,
         )
     kind, _, name = identity.partition(":")
     if kind not in _KINDS or not name:
-        return Refusal(
+        return Rejection(
             f"identity {identity!r} must be one of {', '.join(k + ':<name>' for k in _KINDS)}",
-            "identity",
+            Rule.IDENTITY,
         )
     payload = command.data
     if isinstance(payload, _SERVICE_ONLY) and kind != "service":
-        return Refusal(
-            f"{command.type} may only be sent by a Swarm service, not {identity}", "identity"
+        return Rejection(
+            f"{command.type} may only be sent by a Swarm service, not {identity}", Rule.IDENTITY
         )
     if (
         isinstance(payload, _POD_SCOPED)
         and kind not in ("service", "user")
         and identity != f"pod:{payload.pod_id}"
     ):
-        return Refusal(
-            f"{command.type} about pod {payload.pod_id} may not be sent by {identity}", "identity"
+        return Rejection(
+            f"{command.type} about pod {payload.pod_id} may not be sent by {identity}",
+            Rule.IDENTITY,
         )
     if kind == "agent":
         return _check_autonomy(state, name, command)
     return None
 
 
-def _check_autonomy(state: HiveState, agent_id: str, command: Envelope[Any]) -> Refusal | None:
+def _check_autonomy(state: HiveState, agent_id: str, command: Envelope[Any]) -> Rejection | None:
     agent = state.agents.get(agent_id)
     if agent is None or agent.deleted:
-        return Refusal(f"agent {agent_id} is not known; it may not issue commands", "autonomy")
+        return Rejection(f"agent {agent_id} is not known; it may not issue commands", Rule.AUTONOMY)
     if command.type not in agent.spec.autonomy:
         allowed = ", ".join(agent.spec.autonomy) or "nothing"
-        return Refusal(
+        return Rejection(
             f"agent {agent.namespace}/{agent.name} may not issue {command.type} on its own "
             f"(its autonomy allows: {allowed})",
-            "autonomy",
+            Rule.AUTONOMY,
         )
     namespace = getattr(command.data, "namespace", agent.namespace)
     if namespace != agent.namespace:
-        return Refusal(
+        return Rejection(
             f"agent {agent.namespace}/{agent.name} may only act in namespace {agent.namespace}",
-            "autonomy",
+            Rule.AUTONOMY,
         )
     return None
 
@@ -94,7 +90,7 @@ def check_quota(
     replicas: int = 0,
     spec: AgentSpec,
     agent: Agent | None = None,
-) -> Refusal | None:
+) -> Rejection | None:
     """Would adding `new_agents` agents and `replicas` replicas of `spec` break the quota?
 
     With `agent` (a rollout), the agent's desired replicas are re-priced at the new spec.
@@ -112,16 +108,16 @@ def check_quota(
             spec.resources.fuel_per_s - agent.spec.resources.fuel_per_s
         )
     checks = (
-        ("max_agents", quota.max_agents, usage.agents + new_agents, "agents"),
-        ("max_replicas", quota.max_replicas, usage.replicas + replicas, "replicas"),
+        (Rule.QUOTA_MAX_AGENTS, quota.max_agents, usage.agents + new_agents, "agents"),
+        (Rule.QUOTA_MAX_REPLICAS, quota.max_replicas, usage.replicas + replicas, "replicas"),
         (
-            "max_memory_mb",
+            Rule.QUOTA_MAX_MEMORY_MB,
             quota.max_memory_mb,
             used_memory + replicas * spec.resources.memory_mb,
             "MB of memory",
         ),
         (
-            "max_fuel_per_s",
+            Rule.QUOTA_MAX_FUEL_PER_S,
             quota.max_fuel_per_s,
             used_fuel + replicas * spec.resources.fuel_per_s,
             "fuel/s",
@@ -129,11 +125,13 @@ def check_quota(
     )
     for rule, limit, wanted, unit in checks:
         if limit is not None and wanted > limit:
-            return Refusal(
-                f"namespace {namespace} quota {rule} is {limit}; this would use {wanted} {unit}",
-                f"quota.{rule}",
+            limit_name = rule.removeprefix("quota.")
+            return Rejection(
+                f"namespace {namespace} quota {limit_name} is {limit}; "
+                f"this would use {wanted} {unit}",
+                rule,
             )
     return None
 
 
-__all__ = ["ACTIVE", "Refusal", "check_identity", "check_quota"]
+__all__ = ["ACTIVE", "check_identity", "check_quota"]
