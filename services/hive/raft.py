@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 import threading
 import time
 from collections import deque
@@ -49,11 +50,21 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from services.hive.freezer import Freezer
 from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
+from swarm.domain import reputation, state
 from swarm.domain.evolve import fold_raw
 from swarm.domain.state import HiveState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+#: pysyncobj pickles the state into its snapshot (`raft-*.dump`), so a snapshot names the
+#: classes by module; those written before the domain moved to `swarm.domain` name these.
+#: Unpickling looks modules up in `sys.modules` first, so the old names still load them.
+for _old, _module in {
+    "services.hive.state": state,
+    "services.hive.reputation": reputation,
+}.items():
+    sys.modules.setdefault(_old, _module)
 
 #: Events folded per hold of the lock (a few milliseconds), so ticks and readers interleave.
 _FOLD_CHUNK = 16
