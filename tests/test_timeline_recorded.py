@@ -23,8 +23,9 @@ from schemas.specs import Capacity, Quota
 from swarm.cli import timeline
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from tests.scheduler.history import spec
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.history import spec
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

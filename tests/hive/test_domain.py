@@ -8,8 +8,8 @@ from schemas import commands as c
 from schemas import events as e
 from schemas.specs import Capacity, Quota, RestartPolicy
 from services.hive.state import HiveState
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod, run_all, spec, stop_all
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all, spec, stop_all
 
 
 def test_deploy_place_run_walks_the_lifecycle() -> None:

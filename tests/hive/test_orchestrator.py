@@ -17,7 +17,8 @@ from schemas import commands, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources, RestartPolicy
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,11 +11,7 @@ from runtime.host import HostAPI, MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
 from runtime.sandbox import AgentSandbox
-
-#: Fixed time for MemoryHost, so now_ms is checkable.
-NOW_MS = 1_700_000_000_000
-
-MakeSandbox = Callable[..., AgentSandbox]
+from tests.helpers.sandboxes import NOW_MS, MakeSandbox
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from runtime.host import MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
 from runtime.sandbox import AgentSandbox
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers.sandboxes import MakeSandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -24,9 +24,9 @@ from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory, psyco
 from runtime.podview import Assignment
 from runtime.replica import PodHost, ReplicaDeps
 from swarm.kernel.stack import upgrade_database
-from tests.runtime import agents
-from tests.runtime.agents import agent
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers import agents
+from tests.helpers.agents import agent
+from tests.helpers.sandboxes import MakeSandbox
 
 INDEX = "agent_memory_embedding_hnsw"
 

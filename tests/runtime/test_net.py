@@ -27,10 +27,10 @@ from runtime.limits import CallBudget, Capability, SandboxLimits
 from runtime.net import HttpFetcher, HttpRequest
 from runtime.sandbox import AgentSandbox
 from swarm.kernel.addresses import IpAddress
-from tests.runtime import agents
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers import agents
+from tests.helpers.pods import ask, cluster, deploy, running_on, running_pod
+from tests.helpers.sandboxes import MakeSandbox
 from tests.runtime.http_target import HttpTarget, http_target
-from tests.runtime.pods import ask, cluster, deploy, running_on, running_pod
 
 #: Where the agent asks the host to write the answer; 40 pages of memory leave 2.5 MiB there.
 OUT = 65536

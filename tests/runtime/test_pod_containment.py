@@ -17,8 +17,8 @@ import wasmtime
 
 from runtime.pod import Pod
 from schemas import commands
-from tests.runtime.agents import ECHO, MEMORY_BOMB
-from tests.runtime.pods import (
+from tests.helpers.agents import ECHO, MEMORY_BOMB
+from tests.helpers.pods import (
     agent,
     ask,
     cluster,
@@ -29,7 +29,8 @@ from tests.runtime.pods import (
     running_pod,
     true,
 )
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,8 +21,9 @@ import pytest
 from runtime.config import PodSettings
 from runtime.pod import Pod
 from swarm.kernel.settings import Settings
-from tests.runtime.pods import cluster, running_on
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.pods import cluster, running_on
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 

@@ -22,9 +22,9 @@ from services.scheduler.autoscale import (
     wanted,
 )
 from services.scheduler.forecast import Forecaster
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod, run_all, spec
-from tests.scheduler.samples import sample
+from tests.helpers.samples import sample
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all, spec
 
 # --- forecasts -----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
 from services.scheduler.market import Market
 from services.scheduler.planner import Planner
 from services.scheduler.proposals import Hold
-from tests.scheduler.history import IDS, WASM, History
+from tests.helpers.history import IDS, WASM, History
 
 
 def market_history() -> History:

@@ -29,8 +29,9 @@ from services.hive.state import HiveState
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
-from tests.scheduler.history import WASM
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.history import WASM
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(240)

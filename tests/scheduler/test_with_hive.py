@@ -20,7 +20,8 @@ from schemas import names
 from services.scheduler import Scheduler, SchedulerSettings, Status
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
 
 pytestmark = pytest.mark.timeout(180)

@@ -21,8 +21,8 @@ from services.webhooks.delivery import Hook, StoredEvent
 from services.webhooks.worker import consumer_config
 from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.eventlog import Consumer
-from tests.webhooks.harness import FAST, Bed, bed, wait_until
-from tests.webhooks.receiver import Receiver, serve
+from tests.helpers.webhook_bed import FAST, Bed, bed, wait_until
+from tests.helpers.webhook_receiver import Receiver, serve
 
 EVENTS = 200
 

@@ -1,5 +1,5 @@
 """Helpers for tests that run real pods: a real nats-server, an in-process Hive and scheduler
-(tests/scheduler/stack.py), pods started in this process, and ways to talk to their agents."""
+(tests/helpers/stack.py), pods started in this process, and ways to talk to their agents."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 
 @contextlib.asynccontextmanager
