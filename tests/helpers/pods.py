@@ -38,12 +38,15 @@ async def cluster(root: Path) -> AsyncIterator[Stack]:
 
 @contextlib.asynccontextmanager
 async def running_pod(
-    stack: Stack, pod_id: str, **settings: Any
+    stack: Stack, pod_id: str, cache_dir: Path | None = None, **settings: Any
 ) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
     """A pod of this process, live; snapshots and metrics come faster than by default unless
-    `settings` (PodSettings fields) say otherwise."""
+    `settings` (PodSettings fields) say otherwise. Its module cache is its own unless
+    `cache_dir` is given (pods that share compiled code)."""
     fast = {"snapshot_interval_s": 0.2, "metrics_interval_s": 0.5}
-    config = PodSettings(id=pod_id, cache_dir=stack.root / pod_id / "modules", **(fast | settings))
+    config = PodSettings(
+        id=pod_id, cache_dir=cache_dir or stack.root / pod_id / "modules", **(fast | settings)
+    )
     pod = Pod(Settings(nats_url=stack.url), config)
     task = asyncio.create_task(pod.run())
     try:

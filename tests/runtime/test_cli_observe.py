@@ -22,8 +22,8 @@ from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
 from swarm.cli.debug import snapshot
 from tests.helpers.agents import COUNTER
+from tests.helpers.cli_process import ECHO_WAT, ROOT, swarm
 from tests.helpers.pods import agent, ask, cluster, count, deploy, running_on, running_pod
-from tests.runtime.cli_process import ECHO_WAT, ROOT, swarm
 
 pytestmark = pytest.mark.timeout(90)
 
