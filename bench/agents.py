@@ -32,8 +32,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -52,6 +50,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from bench.pods import pod_process
 from runtime.components import ComponentCache, ComponentSandbox
 from runtime.engine import SandboxEngine
@@ -318,17 +317,6 @@ async def control_plane(
 # --- report --------------------------------------------------------------------------------------
 
 
-def machine_info(load_at_start: float) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_start": round(load_at_start, 2),
-        "load_average_1m_end": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "wasmtime": version("wasmtime"),
-    }
-
-
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
@@ -407,13 +395,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    console = Console(width=None if sys.stdout.isatty() else 132)
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    console = _common.console()
+    started, load = time.perf_counter(), _common.load_average()
     echo = bytes(wasmtime.wat2wasm(ECHO_WAT.read_text()))
     report: dict[str, Any] = {
-        "benchmark": "agents",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": {"quick": args.quick, "component": str(args.component or "")},
         "targets": {"first_deploy_s": TARGET_FIRST_DEPLOY_S, "redeploy_s": TARGET_REDEPLOY_S},
     }
     with tempfile.TemporaryDirectory(prefix="swarm-bench-agents-") as tmp:
@@ -432,7 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["component_steps"] = component_steps(component, root / "steps")
         with console.status("deploys through the Hive, the scheduler and pods"):
             report["deploys"] = asyncio.run(control_plane(root, component, echo, args.timeout))
-    report["machine"] = machine_info(load)
+    report = {
+        **_common.report(
+            "agents",
+            {"quick": args.quick, "component": str(args.component or "")},
+            load,
+            wasmtime=version("wasmtime"),
+        ),
+        **report,
+    }
     if component is not None:
         deploys = report["deploys"]["component"]
         report["met"] = {
@@ -441,9 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
     render(report, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[dim]{report['elapsed_s']} s; results in {args.json}[/dim]")
+    _common.write_report(args.json, report, console)
     return 0
 
 

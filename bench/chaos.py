@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from tests.faults.harness import ScenarioResult
 from tests.faults.scenarios import SCENARIOS, Load, Unavailable
 
@@ -143,11 +140,12 @@ def table(summaries: list[dict[str, Any]], skipped: dict[str, str]) -> Table:
 
 async def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    load_at_start = _common.load_average()
     # The faults make this process's NATS client warn on every reconnect attempt; the table
     # says what they did.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     # Wide enough for the table when the output is a file or a pipe (rich's default is 80).
-    console = Console() if sys.stdout.isatty() else Console(width=130)
+    console = _common.console(width=130)
     load = QUICK if args.quick else Load()
     chosen = args.scenario or list(SCENARIOS)
     runs: dict[str, list[ScenarioResult]] = {name: [] for name in chosen}
@@ -183,26 +181,22 @@ async def main(argv: Sequence[str] | None = None) -> None:
         f"missing {missing}, duplicated {duplicated}"
     )
     result = {
-        "benchmark": "chaos",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_avg": os.getloadavg(),
-        },
-        "params": {
-            "quick": args.quick,
-            "trials": args.trials,
-            "scenarios": chosen,
-            "load": {
-                "warmup": load.warmup,
-                "batch": load.batch,
-                "interval_s": load.interval,
-                "hold_s": load.hold_s,
-                "after_s": load.after_s,
+        **_common.report(
+            "chaos",
+            {
+                "quick": args.quick,
+                "trials": args.trials,
+                "scenarios": chosen,
+                "load": {
+                    "warmup": load.warmup,
+                    "batch": load.batch,
+                    "interval_s": load.interval,
+                    "hold_s": load.hold_s,
+                    "after_s": load.after_s,
+                },
             },
-        },
+            load_at_start,
+        ),
         "scenarios": summaries,
         "skipped": skipped,
         "recovery_p50_s": overall,
@@ -214,9 +208,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         "met": met,
         "elapsed_s": round(time.monotonic() - began, 1),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str))
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, result, console, default=str)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ user's own stack.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,8 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from rich.console import Console
 from rich.table import Table
+
+from bench import _common
 
 #: p50 targets in milliseconds, without and with a running stack.
 TARGET_MS = {False: 300.0, True: 500.0}
@@ -234,11 +236,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cli.json")
     args = parser.parse_args(argv)
+    load_at_start = _common.load_average()
     runs = 3 if args.quick else args.runs
     if runs < 1:
         parser.error("--runs must be at least 1")
     console = Console()
-    load = os.getloadavg()[0]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="swarm-bench-cli-") as tmp:
         root = Path(tmp)
@@ -258,21 +260,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures = [r.figures() for r in rows]
     print_table(console, figures)
     report = {
-        "benchmark": "cli",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "load_average_1m_start": round(load, 2),
-            "load_average_1m_end": round(os.getloadavg()[0], 2),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "params": {"runs": runs, "quick": args.quick, "stack": not args.no_stack},
+        **_common.report(
+            "cli", {"runs": runs, "quick": args.quick, "stack": not args.no_stack}, load_at_start
+        ),
         "start": figures,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, report, console)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,10 @@ import asyncio
 import contextlib
 import cProfile
 import io
-import json
-import os
 import platform
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +48,11 @@ from nats.js.errors import APIError, NotFoundError
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common
 from schemas import Envelope, Payload, Registry, event, names
-from swarm.kernel.embedded import EmbeddedNats, nats_server_binary
+from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import StreamSpec
@@ -389,36 +389,6 @@ async def profile_client(
 # --- reporting -----------------------------------------------------------------------------------
 
 
-def machine_info(store_dir: Path, load_at_start: float) -> dict[str, Any]:
-    binary = nats_server_binary()
-    server = subprocess.run(
-        [str(binary), "--version"], capture_output=True, text=True, check=False, timeout=10
-    ).stdout.strip()
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_bytes": psutil.virtual_memory().total,
-        # Other processes compete for the same cores; the ratios pair adjacent runs for that.
-        "load_average_1m_start": round(load_at_start, 2),
-        "load_average_1m_end": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "nats_server": server,
-        "nats_py": version("nats-py"),
-        "store_dir": str(store_dir),
-        "store_filesystem": _filesystem_of(store_dir),
-    }
-
-
 def _filesystem_of(path: Path) -> str | None:
     best: tuple[int, str] | None = None
     try:
@@ -522,7 +492,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, base: Path, console: Console) -> dict[str, Any]:
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    started, load = time.perf_counter(), _common.load_average()
     work = Workload.build(args.messages, args.size, args.batch)
     measurements: list[Measurement] = []
     for mode in args.modes:
@@ -534,20 +504,28 @@ async def run(args: argparse.Namespace, base: Path, console: Console) -> dict[st
         finally:
             server.stop()
     costs = render(measurements, console)
+    params = {
+        "messages": args.messages,
+        "size": args.size,
+        "body_bytes": round(work.body_bytes, 1),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "modes": args.modes,
+        "max_ack_pending": MAX_ACK_PENDING,
+    }
+    # Other processes compete for the same cores; the ratios pair adjacent runs for that.
     return {
-        "benchmark": "eventlog",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": {
-            "messages": args.messages,
-            "size": args.size,
-            "body_bytes": round(work.body_bytes, 1),
-            "batch": args.batch,
-            "repeats": args.repeats,
-            "modes": args.modes,
-            "max_ack_pending": MAX_ACK_PENDING,
-        },
+        **_common.report(
+            "eventlog",
+            params,
+            load,
+            python_implementation=platform.python_implementation(),
+            nats_server=_common.nats_server_version(),
+            nats_py=version("nats-py"),
+            store_dir=str(base),
+            store_filesystem=_filesystem_of(base),
+        ),
         "target_ratio": TARGET_RATIO,
-        "machine": machine_info(base, load),
         "results": [m.as_dict() for m in measurements],
         "sync_cost": costs,
         "elapsed_s": round(time.perf_counter() - started, 2),
@@ -557,15 +535,13 @@ async def run(args: argparse.Namespace, base: Path, console: Console) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # A fixed width when piped, so the tables stay readable in logs and CI output.
-    console = Console(width=None if sys.stdout.isatty() else 132)
+    console = _common.console()
     for directory in (args.dir, args.profile):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="swarm-bench-", dir=args.dir) as tmp:
         report = asyncio.run(run(args, Path(tmp), console))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[dim]{report['elapsed_s']} s; results in {args.json}[/dim]")
+    _common.write_report(args.json, report, console)
     return 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -36,6 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from schemas import commands as payloads
 from schemas import names
 from services.hive.testing import HiveCluster
@@ -230,6 +229,7 @@ async def main() -> None:
         "--json", type=Path, default=Path(__file__).parent / "results" / "gateway.json"
     )
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     console = Console()
     with (
         tempfile.TemporaryDirectory(prefix="swarm-bench-gateway-") as tmp,
@@ -257,23 +257,14 @@ async def main() -> None:
     console.print(table)
 
     report: dict[str, Any] = {
-        "benchmark": "gateway",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "params": {
-            "commands": args.commands,
-            "reads": args.reads,
-            "concurrency": args.concurrency,
-        },
+        **_common.report(
+            "gateway",
+            {"commands": args.commands, "reads": args.reads, "concurrency": args.concurrency},
+            load_at_start,
+        ),
         **result,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, report, console)
 
 
 if __name__ == "__main__":

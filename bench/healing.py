@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +31,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from schemas import Payload, event, events
 from schemas.observer import AnomalyDetected, SignalEvidence
 from schemas.specs import AgentSpec, ModuleRef
@@ -112,6 +110,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("bench/results/healing.json"))
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     n, repeats = args.agents, args.repeats
     now = T0 + timedelta(seconds=5)
     quiet, busy = state_of(n, 0), state_of(n, 5)
@@ -156,16 +155,10 @@ def main() -> None:
     Console().print(table)
 
     report = {
-        "params": {"agents": n, "repeats": repeats},
-        "machine": {
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-        },
+        **_common.report("healing", {"agents": n, "repeats": repeats}, load_at_start),
         "results": results,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    _common.write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
-import os
-import platform
 import signal
 import statistics
 import sys
@@ -34,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.js.api import StreamConfig
 
+from bench import _common
 from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
@@ -219,6 +217,7 @@ async def main() -> None:
         "--json", type=Path, default=Path(__file__).parent / "results" / "hive.json"
     )
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     console = Console()
     with tempfile.TemporaryDirectory(prefix="swarm-bench-hive-") as tmp:
         root = Path(tmp)
@@ -269,14 +268,11 @@ async def main() -> None:
     console.print(table)
 
     result: dict[str, Any] = {
-        "benchmark": "hive",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "params": {"commands": args.commands, "events": args.events, "trials": args.trials},
+        **_common.report(
+            "hive",
+            {"commands": args.commands, "events": args.events, "trials": args.trials},
+            load_at_start,
+        ),
         "commands_per_s": {"replicas_1": cmd1, "replicas_3": cmd3},
         "fold_events_per_s": {"replicas_1": fold1, "replicas_3": fold3},
         "fold_ratio": {
@@ -285,9 +281,7 @@ async def main() -> None:
         },
         "failover_s": {"trials": fail, "p50": statistics.median(fail), "max": max(fail)},
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, result, console)
 
 
 if __name__ == "__main__":

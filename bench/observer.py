@@ -43,8 +43,6 @@ import asyncio
 import json
 import logging
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -58,6 +56,9 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common
 from schemas import names
 from services.observer.analysis import AgentState, Finding, Observatory
 from services.observer.config import ObserverSettings
@@ -654,6 +655,7 @@ def main() -> None:
         help="a small run (12 agents, 700 s; load ramp 20 agents, 600 s) for smoke tests",
     )
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     if args.quick:
         args.agents, args.duration = 12, 700.0
         args.ramp_agents, args.ramp_duration = 20, 600.0
@@ -830,7 +832,11 @@ def main() -> None:
         )
         console.print(through)
     report = {
-        "bench": "observer",
+        **_common.report(
+            "observer",
+            {k: v for k, v in vars(args).items() if k != "json"},
+            load_at_start,
+        ),
         "workload": asdict(workload),
         "detector": asdict(config),
         "quality": quality,
@@ -840,15 +846,8 @@ def main() -> None:
         "load_ramp": {"workload": asdict(ramp), **ramp_quality},
         "targets": targets,
         "throughput": throughput,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, report, console, default=float)
     if not math.isfinite(overall["f1"]):
         sys.exit(1)
 

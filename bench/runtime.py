@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,6 @@ import nats
 import nats.errors
 import psutil
 import structlog
-import wasmtime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from rich.console import Console
@@ -60,8 +58,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from bench.pods import pod_process
-from runtime import abi
 from runtime.config import PodSettings
 from runtime.engine import SandboxEngine
 from runtime.host import MemoryHost
@@ -77,6 +75,9 @@ from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 
+# The echo agent of runtime/ABI.md, as the tests build it: replies with the message it got.
+from tests.helpers.agents import ECHO
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime.json"
 NAMESPACE = "default"
@@ -90,40 +91,6 @@ TARGET_IDLE_AGENTS = 10_000
 COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
 NA_COMPONENTS = "n/a (componentize-py not installed)"
 COMPONENT_CHILD = "--component-idle-child"  # argv[1] of the subprocess that holds components
-
-# The echo agent of runtime/ABI.md in WAT: replies with the message it got. The allocator hands
-# out the same region above INBOX for every message and grows memory when one does not fit.
-_INBOX = 4096
-
-
-def _import(name: str) -> str:
-    signature = abi.IMPORTS[name]
-    params = f"(param {' '.join(signature.params)})" if signature.params else ""
-    results = f"(result {' '.join(signature.results)})" if signature.results else ""
-    return f'  (import "{abi.IMPORT_MODULE}" "{name}" (func ${name} {params} {results}))'
-
-
-ECHO_WAT = f"""(module
-{_import("reply")}
-  (memory (export "memory") 1)
-  (func (export "swarm_alloc") (param $len i32) (result i32)
-    (local $end i32)
-    (local.set $end (i32.add (i32.const {_INBOX}) (local.get $len)))
-    (if (i32.gt_u (local.get $end) (i32.mul (memory.size) (i32.const 65536)))
-      (then
-        (if (i32.eq
-              (memory.grow
-                (i32.sub (i32.shr_u (i32.add (local.get $end) (i32.const 65535)) (i32.const 16))
-                         (memory.size)))
-              (i32.const -1))
-          (then unreachable))))
-    (i32.const {_INBOX}))
-  (func (export "swarm_handle") (param $ptr i32) (param $len i32) (result i32)
-    (call $reply (local.get $ptr) (local.get $len))
-    (i32.const 0))
-)
-"""
-ECHO = bytes(wasmtime.wat2wasm(ECHO_WAT))
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -532,14 +499,6 @@ _RAW_SEARCH = "SELECT key FROM agent_memory ORDER BY embedding <=> %s LIMIT 10"
 def vector_search(root: Path, n: int) -> dict[str, Any]:
     """Search p50 of `VectorMemory` over `n` random 384-d vectors in one namespace, against raw
     psycopg `ORDER BY embedding <=> %s LIMIT 10` on the same table and index."""
-    if importlib.util.find_spec("runtime.memory") is None:
-        return {
-            "status": "n/a",
-            "vectors": n,
-            "todo": "runtime/memory.py (VectorMemory) does not exist yet: measure search p50 at "
-            f"{n} random 384-d vectors against it on an EmbeddedPostgres (upgrade_database), "
-            "baseline raw psycopg `ORDER BY embedding <=> %s LIMIT 10`",
-        }
     import numpy as np
     import psycopg
     from pgvector.psycopg import register_vector
@@ -624,26 +583,6 @@ def vector_search(root: Path, n: int) -> dict[str, Any]:
 
 
 # --- report --------------------------------------------------------------------------------------
-
-
-def machine_info(load_at_start: float) -> dict[str, Any]:
-    cpu_model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_bytes": psutil.virtual_memory().total,
-        "load_average_1m_start": round(load_at_start, 2),
-        "load_average_1m_end": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "wasmtime": version("wasmtime"),
-        "nats_py": version("nats-py"),
-    }
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -745,9 +684,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     v = report["vector_search"]
     table.add_row(
         f"vector search p50 (ms, {v['vectors']:,} vectors)",
-        f"{v['p50_ms']:.2f}" if "p50_ms" in v else "n/a",
-        f"{v['raw_p50_ms']:.2f} raw psycopg" if "raw_p50_ms" in v else "",
-        f"{v['ratio_p50']:.2f}" if "ratio_p50" in v else "",
+        f"{v['p50_ms']:.2f}",
+        f"{v['raw_p50_ms']:.2f} raw psycopg",
+        f"{v['ratio_p50']:.2f}",
         "",
         "",
     )
@@ -793,8 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # The pod and scheduler log every replica at info; keep the table readable.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    console = Console(width=None if sys.stdout.isatty() else 132)
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    console = _common.console()
+    started, load = time.perf_counter(), _common.load_average()
     with SandboxEngine() as engine:
         cache = ModuleCache(engine)
         # Idle memory first, while freed sandboxes cannot hide the growth.
@@ -811,28 +750,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster = asyncio.run(control_plane(Path(tmp), args))
         with console.status(f"vector search over {args.vectors:,} vectors"):
             vectors = vector_search(Path(tmp), args.vectors)
+    params = {
+        "deploys": args.deploys,
+        "burst": args.burst,
+        "agents": args.agents,
+        "idle": args.idle,
+        "components": args.components,
+        "messages": args.messages,
+        "vectors": args.vectors,
+        "in_flight": IN_FLIGHT,
+        "agent_memory_mb": AGENT_MEMORY_MB,
+        "module_bytes": len(ECHO),
+        "pod": "in-process" if args.pod_in_process else "subprocess",
+    }
     report: dict[str, Any] = {
-        "benchmark": "runtime",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": {
-            "deploys": args.deploys,
-            "burst": args.burst,
-            "agents": args.agents,
-            "idle": args.idle,
-            "components": args.components,
-            "messages": args.messages,
-            "vectors": args.vectors,
-            "in_flight": IN_FLIGHT,
-            "agent_memory_mb": AGENT_MEMORY_MB,
-            "module_bytes": len(ECHO),
-            "pod": "in-process" if args.pod_in_process else "subprocess",
-        },
+        **_common.report(
+            "runtime", params, load, wasmtime=version("wasmtime"), nats_py=version("nats-py")
+        ),
         "targets": {
             "deploy_p99_ms": TARGET_DEPLOY_P99_MS,
             "starts_per_s": TARGET_STARTS_PER_S,
             "idle_agents_per_pod": TARGET_IDLE_AGENTS,
         },
-        "machine": machine_info(load),
         "deploy": cluster["deploy"],
         "starts": starts,
         "messages": cluster["messages"],
@@ -847,9 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
     render(report, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[dim]{report['elapsed_s']} s; results in {args.json}[/dim]")
+    _common.write_report(args.json, report, console)
     return 0
 
 

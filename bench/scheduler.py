@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
-import os
-import platform
 import random
 import sys
 import time
@@ -44,6 +41,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _common
 from schemas import event, events
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Placement, Resources
 from services.scheduler.market import UNIT_MB, FirstFit, Market
@@ -280,6 +278,7 @@ def main() -> None:
         "--json", type=Path, default=Path(__file__).parent / "results" / "scheduler.json"
     )
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     # Wide enough for the table when stdout is a pipe (rich would assume 80 columns).
     console = Console(width=max(Console().width, 150))
     work = workload(args.pools, args.requests, args.seed)
@@ -337,28 +336,23 @@ def main() -> None:
         console.print(streaming_table(streaming))
 
     report: dict[str, Any] = {
-        "benchmark": "scheduler",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "params": {
-            "pools": args.pools,
-            "requests": args.requests,
-            "seed": args.seed,
-            "repeats": args.repeats,
-            "energy_weights": weights,
-        },
+        **_common.report(
+            "scheduler",
+            {
+                "pools": args.pools,
+                "requests": args.requests,
+                "seed": args.seed,
+                "repeats": args.repeats,
+                "energy_weights": weights,
+            },
+            load_at_start,
+        ),
         "target_placements_per_s": TARGET,
         "results": results,
         "energy_saved_vs_price_only": saved,
         "streaming": streaming,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, report, console)
 
 
 if __name__ == "__main__":

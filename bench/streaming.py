@@ -25,12 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,8 +43,11 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common
 from schemas import Payload, Registry, event, names
-from swarm.kernel.embedded import EmbeddedNats, nats_server_binary
+from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
@@ -221,22 +220,6 @@ async def _measure(url: str, n: int, keys: int, batch: int, repeats: int) -> lis
     ]
 
 
-def _machine() -> dict[str, Any]:
-    binary = nats_server_binary()
-    server = subprocess.run(
-        [str(binary), "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_avg": os.getloadavg(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nats_server": server,
-        "nats_py": version("nats-py"),
-        "faust_streaming": version("faust-streaming"),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -249,6 +232,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args()
+    load_at_start = _common.load_average()
     keys = [int(k) for k in args.keys.split(",")]
     results = asyncio.run(run(args.events, keys=keys, batch=args.batch, repeats=args.repeats))
     table = Table(title=f"counting {args.events} events per key, batch {args.batch}")
@@ -264,20 +248,19 @@ def main() -> None:
             f"{row['start_s']:.2f}" if "start_s" in row else "",
         )
     Console().print(table)
+    params = {"events": args.events, "keys": keys, "batch": args.batch, "repeats": args.repeats}
     report = {
-        "benchmark": "streaming",
-        "params": {
-            "events": args.events,
-            "keys": keys,
-            "batch": args.batch,
-            "repeats": args.repeats,
-        },
-        "machine": _machine(),
+        **_common.report(
+            "streaming",
+            params,
+            load_at_start,
+            nats_server=_common.nats_server_version(),
+            nats_py=version("nats-py"),
+            faust_streaming=version("faust-streaming"),
+        ),
         "results": results,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    _common.write_report(args.json, report)
     sys.exit(0)
 
 

@@ -33,9 +33,6 @@ import argparse
 import asyncio
 import base64
 import importlib.util
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.js.api import DeliverPolicy
 
+from bench import _common
 from schemas import CommandAccepted, Payload, command, commands, event, events, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef
 from swarm.cli.timeline import Filters, history
@@ -391,17 +389,6 @@ def available_cases() -> dict[str, Case]:
     return cases
 
 
-def machine_info(load_at_start: float) -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_start": round(load_at_start, 2),
-        "load_average_1m_end": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nats_py": version("nats-py"),
-    }
-
-
 def print_table(console: Console, rows: list[Row]) -> None:
     table = Table(title="User surfaces (same run, same machine; medians)")
     columns = (
@@ -454,27 +441,19 @@ async def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     console = Console()
-    load = os.getloadavg()[0]
+    load = _common.load_average()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="swarm-bench-surfaces-") as tmp:
         for name in args.case or sorted(cases):
             with console.status(f"{name} …"):
                 rows.extend(await cases[name](Path(tmp) / name, args))
     print_table(console, rows)
+    params = {"events": args.events, "repeats": args.repeats, "cases": args.case or sorted(cases)}
     report = {
-        "benchmark": "surfaces",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine_info(load),
-        "params": {
-            "events": args.events,
-            "repeats": args.repeats,
-            "cases": args.case or sorted(cases),
-        },
+        **_common.report("surfaces", params, load, nats_py=version("nats-py")),
         "results": [row.as_json() for row in rows],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    _common.write_report(args.json, report, console)
     return 0
 
 

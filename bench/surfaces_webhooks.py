@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common
 from schemas import event, events, names, new_id
 from schemas.webhooks import WebhookAdded, WebhookRemoved
 from services.webhooks.config import WebhookSettings
@@ -320,25 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.events < 1 or args.window < 1 or args.repeats < 1:
         parser.error("--events, --window and --repeats must be positive")
-    console = Console(width=None if sys.stdout.isatty() else 132)
-    started, load = time.perf_counter(), os.getloadavg()[0]
+    console = _common.console()
+    started, load = time.perf_counter(), _common.load_average()
     rows = asyncio.run(measure(args.events, window=args.window, repeats=args.repeats))
     render(rows, console)
+    params = {"events": args.events, "window": args.window, "repeats": args.repeats}
     report = {
-        "benchmark": "surfaces_webhooks",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "params": {"events": args.events, "window": args.window, "repeats": args.repeats},
-        "machine": {
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "load_1m_at_start": round(load, 2),
-        },
+        **_common.report("surfaces_webhooks", params, load),
         "results": rows,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[dim]{report['elapsed_s']} s; results in {args.json}[/dim]")
+    _common.write_report(args.json, report, console)
     return 0
 
 

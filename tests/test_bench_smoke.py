@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_runner import run_bench
+from tests.helpers.bench import run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "eventlog.py"
@@ -101,12 +101,10 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
     assert report["idle_memory_component"]["status"] == "skipped"
     vectors = report["vector_search"]
     assert vectors["vectors"] == 300
-    if vectors["status"] == "measured":
-        assert vectors["p50_ms"] > 0
-        assert vectors["raw_p50_ms"] > 0
-    else:
-        assert vectors["status"] == "n/a"
-        assert vectors["todo"]
+    # Always measured: a report without numbers here is a failure, not a pass.
+    assert vectors["status"] == "measured"
+    assert vectors["p50_ms"] > 0
+    assert vectors["raw_p50_ms"] > 0
     assert set(report["met"]) == {"deploy_p99", "starts_per_s", "idle_agents_per_pod"}
 
 

@@ -55,7 +55,7 @@ from schemas.specs import (
 from swarm.client.commands import validate_command
 from swarm.client.errors import ClientError
 from swarm.domain.evolve import evolve
-from tests.hive.sim import Sim
+from tests.helpers.sim import Sim
 
 SCHEMA_DIR = Path(schemas.__file__).parent / "jsonschema"
 PLACEHOLDER = '"@@literal@@"'

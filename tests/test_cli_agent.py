@@ -24,7 +24,7 @@ from swarm.cli.verbs import rejection
 from swarm.client.commands import Outcome
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
-from tests.cli_runner import (
+from tests.helpers.cli import (
     WASM,
     agents,
     cli,
@@ -33,10 +33,11 @@ from tests.cli_runner import (
     stack,
     wasm,
 )
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

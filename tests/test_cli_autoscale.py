@@ -15,12 +15,13 @@ from nats.aio.msg import Msg
 from schemas import names
 from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
 from swarm.kernel.settings import Settings
-from tests.cli_runner import cli, described, ok, stack, wasm
-from tests.scheduler.samples import sample
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.cli import cli, described, ok, stack, wasm
+from tests.helpers.samples import sample
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 
 async def policy_of(stack: Stack, name: str) -> Any:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_runner import cli, described, ok, stack, wasm
-from tests.scheduler.stack import Stack
+from tests.helpers.cli import cli, described, ok, stack, wasm
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["stack", "wasm"]  # fixtures from tests.cli_runner
+__all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 
 async def test_quarantine_and_release_by_hand(stack: Stack, wasm: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
@@ -26,28 +25,17 @@ from schemas import (
     new_id,
 )
 from schemas.specs import Quota
-from swarm.cli import timeline
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import stream_specs
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test."""
-
-    timeline.register(app)
-    return app
+from tests.helpers.servers import own_nats
+from tests.helpers.timeline import invoke_timeline, timeline_cli
 
 
 async def verify(url: str, *args: str) -> Result:
-    argv = ["timeline", "verify", *args, "--nats-url", url]
-    return await asyncio.to_thread(CliRunner().invoke, _cli(), argv)
+    return await invoke_timeline(["verify", *args], url)
 
 
 async def findings(url: str, *args: str) -> list[tuple[str, str, int]]:
@@ -61,11 +49,8 @@ async def findings(url: str, *args: str) -> list[tuple[str, str, int]]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """A nats-server of its own: verify reads whole streams, so no other test may write there."""
-    nats = EmbeddedNats(tmp_path / "nats")
-    try:
-        yield nats.start()
-    finally:
-        nats.stop()
+    with own_nats(tmp_path / "nats") as url:
+        yield url
 
 
 @pytest.fixture
@@ -280,7 +265,7 @@ async def test_an_outcome_without_the_hive_s_seal_is_foreign(
     env = {"SWARM_HIVE_PUBLIC_KEY": key.public.text}
     result = await asyncio.to_thread(
         CliRunner().invoke,
-        _cli(),
+        timeline_cli(),
         ["timeline", "verify", "-o", "json", "--nats-url", server],
         env=env,
     )
@@ -334,7 +319,7 @@ async def test_a_command_nested_50000_levels_deep_does_not_stop_verify_or_time_t
     lost_seq = (await log.append(lost)).seq
     at = await asyncio.to_thread(
         CliRunner().invoke,
-        _cli(),
+        timeline_cli(),
         ["timeline", "--at", str(lost_seq), "-o", "json", "--nats-url", server],
     )
     assert at.exit_code == 0, at.output

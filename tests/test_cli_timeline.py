@@ -7,21 +7,20 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import typer
 from click.testing import Result
-from typer.testing import CliRunner
 
 from schemas import CommandAccepted, Payload, Registry, command, event, names, new_id
 from swarm.cli import timeline
 from swarm.cli.output import CliError
 from swarm.cli.timeline import Filters, intersect, parse_time, subject_matches
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.timeline import invoke_timeline
 
 LOCAL = Registry()
 
@@ -40,23 +39,6 @@ class ThingCreated(Payload):
 class ThingRenamed(Payload):
     name: str
     previous: str
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test (a callback keeps typer from collapsing to one command)."""
-
-    timeline.register(app)
-    return app
-
-
-async def invoke(args: Sequence[str], nats_url: str) -> Result:
-    """Run the CLI in a thread, so its own event loop does not meet the test's."""
-    argv = ["timeline", *args, "--nats-url", nats_url]
-    return await asyncio.to_thread(CliRunner().invoke, _cli(), argv)
 
 
 def items(result: Result) -> list[dict[str, Any]]:
@@ -110,7 +92,7 @@ async def test_json_lists_one_aggregate_in_order_including_undecodable_entries(
     nats_url: str, seeded: Seeded
 ) -> None:
     listed = items(
-        await invoke(["--aggregate", "tl", "--id", seeded.thing, "-o", "json"], nats_url)
+        await invoke_timeline(["--aggregate", "tl", "--id", seeded.thing, "-o", "json"], nats_url)
     )
     assert [i["seq"] for i in listed] == seeded.seqs
     created, renamed, broken, odd = listed
@@ -127,7 +109,7 @@ async def test_json_lists_one_aggregate_in_order_including_undecodable_entries(
 
 
 async def test_jsonl_is_one_object_per_line(nats_url: str, seeded: Seeded) -> None:
-    result = await invoke(["--id", seeded.thing, "-o", "jsonl"], nats_url)
+    result = await invoke_timeline(["--id", seeded.thing, "-o", "jsonl"], nats_url)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [json.loads(line)["seq"] for line in lines] == seeded.seqs
@@ -136,7 +118,7 @@ async def test_jsonl_is_one_object_per_line(nats_url: str, seeded: Seeded) -> No
 async def test_table_shows_every_entry_with_a_marker_for_undecodable_ones(
     nats_url: str, seeded: Seeded
 ) -> None:
-    result = await invoke(["--id", seeded.thing], nats_url)
+    result = await invoke_timeline(["--id", seeded.thing], nats_url)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["SEQ", "TIME", "TYPE", "AGGREGATE/ID", "DATA", "CORRELATION"]
@@ -158,10 +140,10 @@ async def test_table_shows_every_entry_with_a_marker_for_undecodable_ones(
 
 async def test_nothing_matching_is_not_an_error(nats_url: str, event_log: EventLog) -> None:
     # `event_log` made the streams: an empty answer, not "no such stream".
-    result = await invoke(["--id", new_id()], nats_url)
+    result = await invoke_timeline(["--id", new_id()], nats_url)
     assert result.exit_code == 0
     assert "no entries match" in result.stderr
-    empty = await invoke(["--id", new_id(), "-o", "json"], nats_url)
+    empty = await invoke_timeline(["--id", new_id(), "-o", "json"], nats_url)
     assert items(empty) == []
 
 
@@ -170,26 +152,32 @@ async def test_nothing_matching_is_not_an_error(nats_url: str, event_log: EventL
 
 async def test_type_filter_exact_and_glob(nats_url: str, seeded: Seeded) -> None:
     exact = items(
-        await invoke(["--id", seeded.thing, "--type", "swarm.tl.renamed", "-o", "json"], nats_url)
+        await invoke_timeline(
+            ["--id", seeded.thing, "--type", "swarm.tl.renamed", "-o", "json"], nats_url
+        )
     )
     assert [i["seq"] for i in exact] == [seeded.seqs[1]]
     globbed = items(
-        await invoke(["--id", seeded.thing, "--type", "swarm.tl.*", "-o", "json"], nats_url)
+        await invoke_timeline(
+            ["--id", seeded.thing, "--type", "swarm.tl.*", "-o", "json"], nats_url
+        )
     )
     assert [i["seq"] for i in globbed] == seeded.seqs[:2]  # undecodable entries have no type
     partial = items(
-        await invoke(["--id", seeded.thing, "--type", "*.re?amed", "-o", "json"], nats_url)
+        await invoke_timeline(["--id", seeded.thing, "--type", "*.re?amed", "-o", "json"], nats_url)
     )
     assert [i["seq"] for i in partial] == [seeded.seqs[1]]
 
 
 async def test_subject_filter_with_wildcards(nats_url: str, seeded: Seeded) -> None:
     one = items(
-        await invoke(["--subject", f"swarm.evt.*.{seeded.thing}.odd", "-o", "json"], nats_url)
+        await invoke_timeline(
+            ["--subject", f"swarm.evt.*.{seeded.thing}.odd", "-o", "json"], nats_url
+        )
     )
     assert [i["seq"] for i in one] == [seeded.seqs[3]]
     two = items(
-        await invoke(
+        await invoke_timeline(
             [
                 "-s",
                 f"swarm.evt.tl.{seeded.thing}.created",
@@ -207,34 +195,44 @@ async def test_subject_filter_with_wildcards(nats_url: str, seeded: Seeded) -> N
 async def test_sequence_range_and_limit(nats_url: str, seeded: Seeded) -> None:
     first, second, third, _ = seeded.seqs
     ranged = items(
-        await invoke(
+        await invoke_timeline(
             ["--id", seeded.thing, "--from-seq", str(second), "--to-seq", str(third), "-o", "json"],
             nats_url,
         )
     )
     assert [i["seq"] for i in ranged] == [second, third]
-    limited = items(await invoke(["--id", seeded.thing, "-n", "2", "-o", "json"], nats_url))
+    limited = items(
+        await invoke_timeline(["--id", seeded.thing, "-n", "2", "-o", "json"], nats_url)
+    )
     assert [i["seq"] for i in limited] == [first, second]
 
 
 async def test_time_window(nats_url: str, seeded: Seeded) -> None:
-    recent = items(await invoke(["--id", seeded.thing, "--since", "1h", "-o", "json"], nats_url))
+    recent = items(
+        await invoke_timeline(["--id", seeded.thing, "--since", "1h", "-o", "json"], nats_url)
+    )
     assert [i["seq"] for i in recent] == seeded.seqs
     before = (seeded.before - timedelta(seconds=5)).isoformat()
-    older = items(await invoke(["--id", seeded.thing, "--until", before, "-o", "json"], nats_url))
+    older = items(
+        await invoke_timeline(["--id", seeded.thing, "--until", before, "-o", "json"], nats_url)
+    )
     assert older == []
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    later = items(await invoke(["--id", seeded.thing, "--since", future, "-o", "json"], nats_url))
+    later = items(
+        await invoke_timeline(["--id", seeded.thing, "--since", future, "-o", "json"], nats_url)
+    )
     assert later == []
 
 
 async def test_all_merges_commands_and_events_by_time(nats_url: str, seeded: Seeded) -> None:
-    listed = items(await invoke(["--all", "--id", seeded.command_id, "-o", "json"], nats_url))
+    listed = items(
+        await invoke_timeline(["--all", "--id", seeded.command_id, "-o", "json"], nats_url)
+    )
     assert [(i["stream"], i["event"]["type"]) for i in listed] == [
         (names.STREAM_COMMANDS, "swarm.cmd.tl.create"),
         (names.STREAM_EVENTS, CommandAccepted.TYPE),
     ]
-    table = await invoke(["--all", "--id", seeded.command_id], nats_url)
+    table = await invoke_timeline(["--all", "--id", seeded.command_id], nats_url)
     assert table.stdout.splitlines()[0].split()[0] == "LOG"
     assert "commands" in table.stdout
     assert "events" in table.stdout
@@ -242,7 +240,7 @@ async def test_all_merges_commands_and_events_by_time(nats_url: str, seeded: See
 
 async def test_commands_only(nats_url: str, seeded: Seeded) -> None:
     listed = items(
-        await invoke(
+        await invoke_timeline(
             ["--commands", "--type", "swarm.cmd.tl.*", "--id", seeded.command_id, "-o", "json"],
             nats_url,
         )
@@ -255,7 +253,7 @@ async def test_correlation_shows_everything_one_command_set_off(
     nats_url: str, seeded: Seeded
 ) -> None:
     listed = items(
-        await invoke(["--all", "--correlation", seeded.command_id, "-o", "json"], nats_url)
+        await invoke_timeline(["--all", "--correlation", seeded.command_id, "-o", "json"], nats_url)
     )
     assert [i["event"]["type"] for i in listed] == [
         "swarm.cmd.tl.create",
@@ -278,14 +276,14 @@ async def test_correlation_shows_everything_one_command_set_off(
     ],
 )
 async def test_bad_options_are_readable_errors(args: list[str], message: str) -> None:
-    result = await invoke(args, "nats://127.0.0.1:1")
+    result = await invoke_timeline(args, "nats://127.0.0.1:1")
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
 
 
 async def test_unreachable_nats(nats_url: str) -> None:
-    result = await invoke([], "nats://127.0.0.1:1")
+    result = await invoke_timeline([], "nats://127.0.0.1:1")
     assert result.exit_code == 4
     assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr
 
@@ -321,7 +319,7 @@ async def test_follow_prints_new_entries_as_they_are_appended(
 
     old = await append("old")
     running = asyncio.create_task(
-        invoke(["--id", thing, "--follow", "-o", "jsonl", "--limit", "3"], nats_url)
+        invoke_timeline(["--id", thing, "--follow", "-o", "jsonl", "--limit", "3"], nats_url)
     )
     await asyncio.sleep(0.5)  # most likely past the history by now; correct either way
     new = [await append("new-1"), await append("new-2")]
@@ -341,7 +339,9 @@ async def test_follow_all_interleaves_both_streams(nats_url: str, event_log: Eve
         cause=cmd,
     )
     running = asyncio.create_task(
-        invoke(["--all", "--follow", "--id", cmd.id, "-o", "jsonl", "--limit", "2"], nats_url)
+        invoke_timeline(
+            ["--all", "--follow", "--id", cmd.id, "-o", "jsonl", "--limit", "2"], nats_url
+        )
     )
     await asyncio.sleep(0.5)
     await event_log.append(cmd)

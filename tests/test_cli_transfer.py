@@ -9,49 +9,25 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import typer
-from click.testing import Result
-from typer.testing import CliRunner
 
 from schemas import CommandAccepted, command, commands, event, events, names, new_id
-from swarm.cli import timeline, transfer
+from swarm.cli import transfer
 from swarm.cli.output import CliError
-from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import Appended, AppendRequest, EventLog
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test."""
-
-    timeline.register(app)
-    return app
-
-
-async def invoke(args: Sequence[str], url: str) -> Result:
-    argv = ["timeline", *args, "--nats-url", url]
-    return await asyncio.to_thread(CliRunner().invoke, _cli(), argv)
-
-
-def _server(path: Path) -> Iterator[str]:
-    nats = EmbeddedNats(path)
-    try:
-        yield nats.start()
-    finally:
-        nats.stop()
+from tests.helpers.servers import own_nats
+from tests.helpers.timeline import invoke_timeline
 
 
 @pytest.fixture
 def source_url(tmp_path: Path) -> Iterator[str]:
-    yield from _server(tmp_path / "source")
+    with own_nats(tmp_path / "source") as url:
+        yield url
 
 
 @pytest.fixture
 def target_url(tmp_path: Path) -> Iterator[str]:
-    yield from _server(tmp_path / "target")
+    with own_nats(tmp_path / "target") as url:
+        yield url
 
 
 @pytest.fixture
@@ -101,7 +77,7 @@ async def fill(log: EventLog, n: int = 3) -> None:
 
 
 async def export(url: str, path: Path, *args: str) -> list[dict[str, object]]:
-    result = await invoke(["export", "-f", str(path), *args], url)
+    result = await invoke_timeline(["export", "-f", str(path), *args], url)
     assert result.exit_code == 0, result.output
     items: list[dict[str, object]] = json.loads(await asyncio.to_thread(path.read_text))
     return items
@@ -120,7 +96,7 @@ async def test_round_trip_keeps_every_entry_byte_for_byte(
         ("swarm.evt.agent.X.noise", 7),
         ("swarm.cmd.agent.scale", 4),
     ]
-    result = await invoke(["import", str(tmp_path / "log.json")], target_url)
+    result = await invoke_timeline(["import", str(tmp_path / "log.json")], target_url)
     assert result.exit_code == 0, result.output
     assert "SWARM_EVENTS: imported 7, 0 already there" in result.stderr
     for stream in (names.STREAM_EVENTS, names.STREAM_COMMANDS):
@@ -139,14 +115,16 @@ async def test_import_continues_where_the_target_stops_and_never_duplicates(
     await fill(source)
     await export(source_url, tmp_path / "start.json", "--only", "events", "--to-seq", "4")
     await export(source_url, tmp_path / "all.json")
-    assert (await invoke(["import", str(tmp_path / "start.json")], target_url)).exit_code == 0
+    assert (
+        await invoke_timeline(["import", str(tmp_path / "start.json")], target_url)
+    ).exit_code == 0
     assert await target.last_sequence(names.STREAM_EVENTS) == 4
-    result = await invoke(["import", str(tmp_path / "all.json")], target_url)
+    result = await invoke_timeline(["import", str(tmp_path / "all.json")], target_url)
     assert result.exit_code == 0, result.output
     assert "SWARM_EVENTS: imported 3, 4 already there" in result.stderr
     # Again, and a shorter file too: nothing is added (the dedupe window is not what saves us).
     for name in ("all.json", "start.json"):
-        again = await invoke(["import", str(tmp_path / name)], target_url)
+        again = await invoke_timeline(["import", str(tmp_path / name)], target_url)
         assert again.exit_code == 0, again.output
     assert await target.last_sequence(names.STREAM_EVENTS) == 7
     assert await target.last_sequence(names.STREAM_COMMANDS) == 4
@@ -165,18 +143,18 @@ async def test_a_target_holding_something_else_is_refused_unless_forced(
         events.AgentScaled(agent_id="Z", replicas=1, previous=0), aggregate_id="Z", source="t"
     )
     await target.append(other)
-    refused = await invoke(["import", str(tmp_path / "all.json")], target_url)
+    refused = await invoke_timeline(["import", str(tmp_path / "all.json")], target_url)
     assert refused.exit_code == 1
     assert "SWARM_EVENTS on the target already holds 1 entries" in refused.stderr
     assert "--force" in refused.stderr
     assert await target.last_sequence(names.STREAM_EVENTS) == 1
 
-    forced = await invoke(["import", "--force", str(tmp_path / "all.json")], target_url)
+    forced = await invoke_timeline(["import", "--force", str(tmp_path / "all.json")], target_url)
     assert forced.exit_code == 0, forced.output
     held = await stored(target, names.STREAM_EVENTS)
     assert len(held) == 8
     assert json.loads(held[0][2])["id"] == other.id
-    again = await invoke(["import", "--force", str(tmp_path / "all.json")], target_url)
+    again = await invoke_timeline(["import", "--force", str(tmp_path / "all.json")], target_url)
     assert again.exit_code == 0
     assert await target.last_sequence(names.STREAM_EVENTS) == 8
 
@@ -187,7 +165,7 @@ async def test_export_filters(source: EventLog, source_url: str, tmp_path: Path)
     assert [i["type"] for i in items] == ["swarm.agent.scaled"] * 3
     commands_only = await export(source_url, tmp_path / "cmds.json", "--only", "commands")
     assert {i[names.EXPORT_ATTR_STREAM] for i in commands_only} == {names.STREAM_COMMANDS}
-    stdout = await invoke(["export", "--only", "events", "--to-seq", "1"], source_url)
+    stdout = await invoke_timeline(["export", "--only", "events", "--to-seq", "1"], source_url)
     assert [i[names.EXPORT_ATTR_SEQ] for i in json.loads(stdout.stdout)] == [1]
 
 
@@ -214,7 +192,7 @@ async def test_bad_files_are_refused_before_anything_is_written(
 ) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
-    result = await invoke(["import", str(path)], target_url)
+    result = await invoke_timeline(["import", str(path)], target_url)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output

@@ -11,18 +11,15 @@ from pathlib import Path
 import pytest
 
 from schemas import names, new_id
-from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.logscan import scan
+from tests.helpers.servers import own_nats
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    nats = EmbeddedNats(tmp_path / "nats")
-    try:
-        yield nats.start()
-    finally:
-        nats.stop()
+    with own_nats(tmp_path / "nats") as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,35 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from click.testing import Result
-from typer.testing import CliRunner
 
 from schemas import Payload, command, commands, names, new_id
 from schemas.specs import Capacity, Quota
-from swarm.cli import timeline
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from tests.scheduler.history import spec
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.history import spec
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.timeline import invoke_timeline
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test."""
-
-    timeline.register(app)
-    return app
-
-
-async def invoke(args: Sequence[str], nats_url: str) -> Result:
-    argv = ["timeline", *args, "--nats-url", nats_url]
-    return await asyncio.to_thread(CliRunner().invoke, _cli(), argv)
 
 
 def as_json(result: Result) -> Any:
@@ -156,7 +139,7 @@ async def recorded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Re
 async def test_at_a_sequence_shows_the_state_the_hive_reported_there(recorded: Recorded) -> None:
     url = recorded.stack.url
     for seq, state in (recorded.first, recorded.second):
-        shown = as_json(await invoke(["--at", str(seq), "-o", "json"], url))
+        shown = as_json(await invoke_timeline(["--at", str(seq), "-o", "json"], url))
         assert shown["applied_seq"] == seq
         assert shown["state"] == state
         digest = (await recorded.stack.query(names.QUERY_DIGEST))["digest"]
@@ -172,36 +155,36 @@ async def test_at_a_time_shows_the_state_of_everything_logged_until_then(
     url = recorded.stack.url
     seq = recorded.first[0]
     (entry,) = as_json(
-        await invoke(["--from-seq", str(seq), "--to-seq", str(seq), "-o", "json"], url)
+        await invoke_timeline(["--from-seq", str(seq), "--to-seq", str(seq), "-o", "json"], url)
     )
-    shown = as_json(await invoke(["--at", entry["time"], "-o", "json"], url))
+    shown = as_json(await invoke_timeline(["--at", entry["time"], "-o", "json"], url))
     assert shown["applied_seq"] == seq
     assert shown["state"] == recorded.first[1]
 
 
 async def test_at_as_a_table_names_the_point_and_what_exists(recorded: Recorded) -> None:
-    result = await invoke(["--at", str(recorded.first[0])], recorded.stack.url)
+    result = await invoke_timeline(["--at", str(recorded.first[0])], recorded.stack.url)
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert f"Hive state at #{recorded.first[0]}" in out
     assert recorded.agent_ids["a1"] in out
     assert recorded.agent_ids["a2"] in out
     assert "p1" in out
-    later = await invoke(["--at", str(recorded.second[0])], recorded.stack.url)
+    later = await invoke_timeline(["--at", str(recorded.second[0])], recorded.stack.url)
     assert recorded.agent_ids["a2"] not in later.stdout  # deleted before it ran: gone
 
 
 async def test_at_before_anything_and_past_the_end(recorded: Recorded) -> None:
-    empty = as_json(await invoke(["--at", "0", "-o", "json"], recorded.stack.url))
+    empty = as_json(await invoke_timeline(["--at", "0", "-o", "json"], recorded.stack.url))
     assert empty["applied_seq"] == 0
     assert empty["state"]["agents"] == {}
-    beyond = await invoke(["--at", "999999", "-o", "json"], recorded.stack.url)
+    beyond = await invoke_timeline(["--at", "999999", "-o", "json"], recorded.stack.url)
     assert json.loads(beyond.stdout)["state"] == recorded.second[1]
     assert "the log ends at" in beyond.stderr
 
 
 async def test_at_refuses_listing_filters(recorded: Recorded) -> None:
-    result = await invoke(["--at", "3", "--type", "swarm.agent.*"], recorded.stack.url)
+    result = await invoke_timeline(["--at", "3", "--type", "swarm.agent.*"], recorded.stack.url)
     assert result.exit_code == 2
     assert "--at shows the whole state at one point; --type" in result.stderr
 
@@ -213,7 +196,7 @@ async def test_diff_shows_what_changed_between_two_points(recorded: Recorded) ->
     a1, a2 = recorded.agent_ids["a1"], recorded.agent_ids["a2"]
     first, second = recorded.first[0], recorded.second[0]
     report = as_json(
-        await invoke(["diff", str(first), str(second), "-o", "json"], recorded.stack.url)
+        await invoke_timeline(["diff", str(first), str(second), "-o", "json"], recorded.stack.url)
     )
     assert report["from"]["applied_seq"] == first
     assert report["to"]["applied_seq"] == second
@@ -234,16 +217,16 @@ async def test_diff_shows_what_changed_between_two_points(recorded: Recorded) ->
     assert changes[f"agents.{a2}.agent_id"]["before"] == a2
     assert "by_name.team/a2" in changes
     nothing = as_json(
-        await invoke(["diff", str(second), str(second), "-o", "json"], recorded.stack.url)
+        await invoke_timeline(["diff", str(second), str(second), "-o", "json"], recorded.stack.url)
     )
     assert nothing["changes"] == []
-    table = await invoke(["diff", str(first), str(second)], recorded.stack.url)
+    table = await invoke_timeline(["diff", str(first), str(second)], recorded.stack.url)
     assert f"agents.{a1}.replicas_desired" in table.stdout
     assert "~" in table.stdout
 
 
 async def test_diff_points_must_be_in_order(recorded: Recorded) -> None:
-    result = await invoke(["diff", "9", "3"], recorded.stack.url)
+    result = await invoke_timeline(["diff", "9", "3"], recorded.stack.url)
     assert result.exit_code == 2
     assert "the first point must come before the second" in result.stderr
 
@@ -254,7 +237,7 @@ async def test_diff_points_must_be_in_order(recorded: Recorded) -> None:
 async def test_verify_finds_only_the_foreign_entry_in_a_recorded_session(
     recorded: Recorded,
 ) -> None:
-    result = await invoke(["verify", "-o", "json"], recorded.stack.url)
+    result = await invoke_timeline(["verify", "-o", "json"], recorded.stack.url)
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert [(f["kind"], f["seq"]) for f in report["findings"]] == [
@@ -287,7 +270,7 @@ async def test_export_import_reproduces_the_log_and_the_hive_state(
 ) -> None:
     source = recorded.stack
     batch = tmp_path / "log.json"
-    exported = await invoke(["export", "-f", str(batch)], source.url)
+    exported = await invoke_timeline(["export", "-f", str(batch)], source.url)
     assert exported.exit_code == 0, exported.output
     items = json.loads(batch.read_text())
     total = recorded.second[0] + await source.client.last_sequence(names.STREAM_COMMANDS)
@@ -298,14 +281,14 @@ async def test_export_import_reproduces_the_log_and_the_hive_state(
     url = server.start()
     target: Stack | None = None
     try:
-        first = await invoke(["import", str(batch)], url)
+        first = await invoke_timeline(["import", str(batch)], url)
         assert first.exit_code == 0, first.output
         log = await EventLog.connect(url, name="target")
         target = Stack(url, log, tmp_path)
         for stream in (names.STREAM_EVENTS, names.STREAM_COMMANDS):
             assert await contents(log, stream) == await contents(source.client, stream)
 
-        again = await invoke(["import", str(batch)], url)
+        again = await invoke_timeline(["import", str(batch)], url)
         assert again.exit_code == 0, again.output
         assert "imported 0" in again.stderr
         assert await log.last_sequence(names.STREAM_EVENTS) == recorded.second[0]
@@ -327,7 +310,7 @@ async def test_export_import_reproduces_the_log_and_the_hive_state(
         assert await log.last_sequence(names.STREAM_EVENTS) == end + 1
         added = [d async for d in log.replay(names.STREAM_EVENTS, start_seq=end + 1)]
         assert [d.subject.rsplit(".", 1)[1] for d in added] == ["leader_elected"]
-        verified = json.loads((await invoke(["verify", "-o", "json"], url)).stdout)
+        verified = json.loads((await invoke_timeline(["verify", "-o", "json"], url)).stdout)
         assert [(f["kind"], f["seq"]) for f in verified["findings"]] == [
             ("undecodable", recorded.foreign)
         ]
@@ -345,7 +328,7 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
     answer on the target as on the source, although the target stored everything later."""
     source = recorded.stack
     first = recorded.first[0]
-    listed = as_json(await invoke(["--from-seq", str(first), "-o", "json"], source.url))
+    listed = as_json(await invoke_timeline(["--from-seq", str(first), "-o", "json"], source.url))
     happened = datetime.fromisoformat(listed[0]["time"])
     # The next event that says when it happened (the foreign bytes after `first` do not).
     later = next(
@@ -355,16 +338,16 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
     )
     between = (happened + (datetime.fromisoformat(later["time"]) - happened) / 2).isoformat()
     batch = tmp_path / "log.json"
-    assert (await invoke(["export", "-f", str(batch)], source.url)).exit_code == 0
+    assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
 
     server = EmbeddedNats(tmp_path / "target")
     url = server.start()
     try:
-        imported = await invoke(["import", str(batch)], url)
+        imported = await invoke_timeline(["import", str(batch)], url)
         assert imported.exit_code == 0, imported.output
 
-        ours = as_json(await invoke(["--at", between, "-o", "json"], source.url))
-        theirs = as_json(await invoke(["--at", between, "-o", "json"], url))
+        ours = as_json(await invoke_timeline(["--at", between, "-o", "json"], source.url))
+        theirs = as_json(await invoke_timeline(["--at", between, "-o", "json"], url))
         assert first <= ours["applied_seq"] < later["seq"]
         assert ours["state"]["agents"]  # not the empty state: the comparison below can fail
         assert theirs == ours
@@ -375,8 +358,8 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
             return [(i["stream"], i["seq"], i["time"]) for i in items if i["event"] is not None]
 
         for window in (["--until", between], ["--since", between], ["--all", "--until", between]):
-            mine = timed(as_json(await invoke([*window, "-o", "json"], source.url)))
-            copied = timed(as_json(await invoke([*window, "-o", "json"], url)))
+            mine = timed(as_json(await invoke_timeline([*window, "-o", "json"], source.url)))
+            copied = timed(as_json(await invoke_timeline([*window, "-o", "json"], url)))
             assert mine, window
             assert copied == mine, window
 
@@ -384,7 +367,9 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
         assert f"{names.STREAM_EVENTS}: imported {recorded.second[0]}" in imported.stderr
         assert f"source #1-#{recorded.second[0]}" in imported.stderr
         assert "kept as their own" in imported.stderr
-        (entry,) = as_json(await invoke(["--from-seq", "1", "--to-seq", "1", "-o", "json"], url))
+        (entry,) = as_json(
+            await invoke_timeline(["--from-seq", "1", "--to-seq", "1", "-o", "json"], url)
+        )
         assert entry["time"] == entry["event"]["time"].replace("Z", "+00:00")
         assert datetime.fromisoformat(entry["stored"]) > datetime.fromisoformat(later["time"])
     finally:
@@ -396,7 +381,7 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
 ) -> None:
     source = recorded.stack
     batch = tmp_path / "log.json"
-    assert (await invoke(["export", "-f", str(batch)], source.url)).exit_code == 0
+    assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
     commands_sent = await source.client.last_sequence(names.STREAM_COMMANDS)
     server = EmbeddedNats(tmp_path / "target")
     url = server.start()
@@ -406,7 +391,7 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
         await target.start_hive()
         hive = target.hive
         assert hive is not None
-        imported = await invoke(["import", str(batch)], url)
+        imported = await invoke_timeline(["import", str(batch)], url)
         assert imported.exit_code == 0, imported.output
 
         async def all_handled() -> bool:
@@ -436,11 +421,11 @@ async def test_diff_between_a_time_and_a_sequence(recorded: Recorded) -> None:
     url = recorded.stack.url
     first, second = recorded.first[0], recorded.second[0]
     (entry,) = as_json(
-        await invoke(["--from-seq", str(first), "--to-seq", str(first), "-o", "json"], url)
+        await invoke_timeline(["--from-seq", str(first), "--to-seq", str(first), "-o", "json"], url)
     )
-    by_seq = as_json(await invoke(["diff", str(first), str(second), "-o", "json"], url))
-    mixed = as_json(await invoke(["diff", entry["time"], str(second), "-o", "json"], url))
+    by_seq = as_json(await invoke_timeline(["diff", str(first), str(second), "-o", "json"], url))
+    mixed = as_json(await invoke_timeline(["diff", entry["time"], str(second), "-o", "json"], url))
     assert mixed["from"]["applied_seq"] == first
     assert mixed["changes"] == by_seq["changes"]
-    backwards = await invoke(["diff", str(second), entry["time"]], url)
+    backwards = await invoke_timeline(["diff", str(second), entry["time"]], url)
     assert backwards.exit_code == 2

@@ -1,6 +1,24 @@
 """The client layer shared by the CLI and the HTTP API: build, check, send and await commands
 (`commands`), ask the Hive's queries (`queries`), webhook subscriptions with their secrets
-(`webhooks`), and one error type for all of it (`errors`).
+(`webhooks`), and one error type for all of it (`errors`); an aggregate's recent history
+(`history`), agents' log lines (`logs`), the scheduler's market (`market`), queueing tasks
+(`tasks`), causation trees (`trace`), and how users write times and how untrusted text is shown
+(`text`).
 
 It prints nothing and knows no HTTP: each front end presents results and errors its own way.
+The modules load when imported (`from swarm.client import commands`), not with the package, so
+a CLI verb pays only for what it uses.
 """
+
+__all__ = [
+    "commands",
+    "errors",
+    "history",
+    "logs",
+    "market",
+    "queries",
+    "tasks",
+    "text",
+    "trace",
+    "webhooks",
+]

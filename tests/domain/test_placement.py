@@ -4,7 +4,7 @@
 A history is a random sequence of what happens to a cluster (pods register and are lost, agents
 are deployed, scaled, rolled out and deleted, the scheduler proposes placements from its own
 view, pods report on their replicas, crashed replicas are restarted), decided and folded by the
-domain (`tests.hive.sim.Sim`). Every command is tried, accepted or not, so histories also hold
+domain (`tests.helpers.sim.Sim`). Every command is tried, accepted or not, so histories also hold
 what the Hive refuses.
 
 * After every step, the scheduler's view (`services/scheduler/view.py`) and each pod's view
@@ -30,8 +30,8 @@ from services.scheduler.view import ClusterView
 from swarm.domain.decide import decide
 from swarm.domain.placement import PLACED, RUN, TERMINAL
 from swarm.domain.state import HiveState
-from tests.hive.sim import Sim
-from tests.hive.steps import spec
+from tests.helpers.sim import Sim
+from tests.helpers.steps import spec
 
 pytestmark = pytest.mark.timeout(120)
 

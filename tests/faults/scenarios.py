@@ -34,7 +34,7 @@ from tests.faults.harness import (
     wait_for,
     writes_after_deposal,
 )
-from tests.runtime.agents import ECHO, agent
+from tests.helpers.agents import ECHO, agent
 
 
 class Unavailable(Exception):

@@ -27,7 +27,7 @@ from tests.fuzz.harness import (
     seal_verifier,
 )
 from tests.fuzz.sends import Item, batch
-from tests.scheduler.stack import running_stack
+from tests.helpers.stack import running_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

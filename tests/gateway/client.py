@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.scheduler.history import WASM
+from tests.helpers.history import WASM
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

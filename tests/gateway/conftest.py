@@ -10,7 +10,7 @@ import pytest
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
 from tests.gateway.client import AUTH, TOKEN
-from tests.scheduler.stack import Stack, running_stack
+from tests.helpers.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="module")

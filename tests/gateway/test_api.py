@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.gateway.client import PROBLEM, SPEC, problem
-from tests.scheduler.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,7 +21,7 @@ from swarm.gateway import GatewaySettings, problems
 from swarm.gateway.problems import ProblemError
 from tests.gateway.client import AUTH, TOKEN, problem
 from tests.gateway.server import serving
-from tests.scheduler.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.gateway.client import PROBLEM, TOKEN
 from tests.gateway.server import serving
-from tests.scheduler.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
 

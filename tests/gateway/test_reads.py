@@ -20,7 +20,8 @@ from swarm.kernel.settings import Settings
 from swarm.kernel.stack import upgrade_database
 from tests.gateway.client import AUTH, SPEC, TOKEN, problem
 from tests.gateway.server import scheduler
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

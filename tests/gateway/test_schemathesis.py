@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 from swarm.kernel.stack import upgrade_database
 from tests.gateway.client import AUTH, TOKEN
 from tests.gateway.server import scheduler, serving
-from tests.scheduler.stack import Stack
+from tests.helpers.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

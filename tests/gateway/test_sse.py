@@ -11,8 +11,8 @@ import pytest
 
 from tests.gateway.client import AUTH, TOKEN
 from tests.gateway.server import serving
-from tests.scheduler.history import WASM
-from tests.scheduler.stack import Stack
+from tests.helpers.history import WASM
+from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,9 +20,9 @@ from services.webhooks.service import Dispatcher
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, new_secret, secrets_bucket
 from tests.gateway.client import problem
-from tests.scheduler.stack import Stack
-from tests.webhooks.harness import FAST, wait_until
-from tests.webhooks.receiver import Received, Receiver, WebhookVerificationError, serve
+from tests.helpers.stack import Stack
+from tests.helpers.webhook_bed import FAST, wait_until
+from tests.helpers.webhook_receiver import Received, Receiver, WebhookVerificationError, serve
 
 pytestmark = pytest.mark.timeout(90)
 

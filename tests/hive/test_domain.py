@@ -8,8 +8,8 @@ from schemas import commands as c
 from schemas import events as e
 from schemas.specs import Capacity, Quota, RestartPolicy
 from swarm.domain.state import HiveState
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod, run_all, spec, stop_all
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all, spec, stop_all
 
 
 def test_deploy_place_run_walks_the_lifecycle() -> None:
@@ -179,13 +179,19 @@ def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
     assert "crash loop" in agent.status_reason
 
 
-def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
+def one_replica_on_p1_of_two_pods() -> tuple[Sim, str, str]:
+    """Pods p1 and p2, an agent of one replica placed on p1: the sim, the agent and replica ids."""
     sim = Sim()
     pod(sim, "p1")
     pod(sim, "p2")
     agent_id = deploy(sim, replicas=1)
     place_all(sim, "p1")
     (rid,) = sim.state.agents[agent_id].replicas
+    return sim, agent_id, rid
+
+
+def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
+    sim, agent_id, rid = one_replica_on_p1_of_two_pods()
     sim.ok(
         c.ReportReplica(
             agent_id=agent_id, replica_id=rid, pod_id="p1", status="starting", snapshot="s7"
@@ -211,12 +217,7 @@ def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
 
 
 def test_stale_report_from_old_pod_is_rejected() -> None:
-    sim = Sim()
-    pod(sim, "p1")
-    pod(sim, "p2")
-    agent_id = deploy(sim, replicas=1)
-    place_all(sim, "p1")
-    (rid,) = sim.state.agents[agent_id].replicas
+    sim, agent_id, rid = one_replica_on_p1_of_two_pods()
     sim.ok(c.DeregisterPod(pod_id="p1"), "pod:p1")
     place_all(sim, "p2")
     rejection = sim.rejected(

@@ -11,8 +11,8 @@ from schemas import healing as h
 from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy, Quota
 from swarm.domain import heal, reputation
-from tests.hive.sim import T0, Sim
-from tests.hive.steps import deploy, place_all, pod, run_all, spec, stop_all
+from tests.helpers.sim import T0, Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all, spec, stop_all
 
 
 def report(

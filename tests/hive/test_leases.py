@@ -10,8 +10,8 @@ from services.hive.reconcile import Heartbeats, Reconciler
 from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.ids import IdKey
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod
 
 pytestmark = pytest.mark.timeout(30)
 

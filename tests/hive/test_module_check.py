@@ -13,7 +13,7 @@ import pytest
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef
 from swarm.client.commands import wait_for_outcome
-from tests.scheduler.stack import Stack, running_stack
+from tests.helpers.stack import Stack, running_stack
 
 pytestmark = pytest.mark.timeout(60)
 

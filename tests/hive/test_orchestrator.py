@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,9 @@ from schemas import commands, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources, RestartPolicy
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.pods import events
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,7 +124,7 @@ async def test_a_pod_whose_lease_expires_has_its_replicas_rescheduled(tmp_path: 
         assert all(
             "lease expired" in r["reason"] or r["phase"] == "scheduled" for r in info["instances"]
         )
-        lost = [e async for e in _events(stack, "swarm.pod.lost")]
+        lost = [e async for e in events(stack, "swarm.pod.lost")]
         assert len(lost) == 1
         assert "lease expired" in lost[0]["data"]["reason"]
 
@@ -159,20 +160,20 @@ async def test_a_crashing_replica_backs_off_then_fails(tmp_path: Path) -> None:
         await wait_until(lambda: _status(stack, "flaky", "failed"), 10, "agent failed")
         info = await agent(stack, "flaky")
         assert "crash loop" in info["reason"]
-        crashes = [e["data"] async for e in _events(stack, "swarm.agent.replica_crashed")]
+        crashes = [e["data"] async for e in events(stack, "swarm.agent.replica_crashed")]
         assert [c["crashes"] for c in crashes] == [1, 2, 3]
         # Exponential backoff: 0.3 s, then 0.6 s; the third crash is not restarted.
         delays = [
             (_t(c["restart_at"]) - _t(e["time"]))
             for c, e in zip(
                 crashes[:2],
-                [x async for x in _events(stack, "swarm.agent.replica_crashed")],
+                [x async for x in events(stack, "swarm.agent.replica_crashed")],
                 strict=False,
             )
         ]
         assert [round(d, 1) for d in delays] == [0.3, 0.6]
         assert crashes[2]["restart_at"] is None
-        restarts = [e async for e in _events(stack, "swarm.agent.replica_requested")]
+        restarts = [e async for e in events(stack, "swarm.agent.replica_requested")]
         assert [r["data"]["snapshot"] for r in restarts[1:]] == ["s1", "s1"]
 
 
@@ -180,13 +181,6 @@ def _t(value: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(value).timestamp()
-
-
-async def _events(stack: Stack, type_: str) -> AsyncIterator[dict[str, Any]]:
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        body = json.loads(d.data)
-        if body["type"] == type_:
-            yield body
 
 
 async def _status(stack: Stack, name: str, status: str) -> bool:

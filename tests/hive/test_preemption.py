@@ -12,7 +12,7 @@ from schemas import events as e
 from schemas import market as m
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Placement, Resources
 from swarm.domain.state import HiveState
-from tests.hive.sim import Sim
+from tests.helpers.sim import Sim
 
 WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 SCHEDULER = "service:scheduler"

@@ -25,8 +25,9 @@ from swarm.domain.state import HiveState
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealVerifier
 from swarm.kernel.settings import Settings
-from tests.scheduler.history import spec
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.history import spec
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod, run_all
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 
 from swarm.kernel.connection import CannotConnect, connect_nats, nats_servers
 from swarm.kernel.embedded import EmbeddedNats, free_port
-from tests.scheduler.stack import wait_until
+from tests.helpers.waiting import wait_until
 
 
 def _closed_port_url() -> str:

@@ -18,7 +18,7 @@ from schemas.specs import Capacity
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.follow import follow, wanted_events
-from tests.scheduler.stack import wait_until
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -77,6 +77,25 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float)
         await asyncio.sleep(0.05)
 
 
+def die_at_position_write(app: StreamApp, app_name: str, nth: int, why: str) -> None:
+    """Make `app` raise, as if its process died, in place of its `nth` write of positions to
+    the changelog; every other send goes through."""
+    positions_topic = f"{app_name}-{names.CHANGELOG_POSITIONS}"
+    real_send = app._send
+    sent_positions = 0
+
+    async def cut(messages: Iterable[tuple[str, bytes, bytes]]) -> None:
+        nonlocal sent_positions
+        batch = list(messages)
+        if batch and batch[0][0] == positions_topic:
+            sent_positions += 1
+            if sent_positions == nth:
+                raise RuntimeError(f"injected: {why}")
+        await real_send(batch)
+
+    app._send = cut  # type: ignore[method-assign]
+
+
 def counter_app(settings: Settings, name: str, stream: str, *, batch: int = 50) -> StreamApp:
     app = StreamApp(name, settings, batch=batch, ack_wait=5.0)
     app.table("counts", default=int)
@@ -200,20 +219,7 @@ async def test_a_commit_cut_between_keys_and_position_counts_nothing_twice(
     last = await publish(js, root, [f"k{i % 5}" for i in range(200)])
 
     first = counter_app(settings, app_name, stream, batch=20)
-    positions_topic = f"{app_name}-{names.CHANGELOG_POSITIONS}"
-    real_send = first._send
-    sent_positions = 0
-
-    async def cut(messages: Iterable[tuple[str, bytes, bytes]]) -> None:
-        nonlocal sent_positions
-        batch = list(messages)
-        if batch and batch[0][0] == positions_topic:
-            sent_positions += 1
-            if sent_positions == 4:
-                raise RuntimeError("injected: the process died before writing its position")
-        await real_send(batch)
-
-    first._send = cut  # type: ignore[method-assign]
+    die_at_position_write(first, app_name, 4, "the process died before writing its position")
     with pytest.raises(RuntimeError, match="injected"):
         await asyncio.wait_for(first.run(), 30)
     # The fourth batch's keys are on the changelog, its position is not.
@@ -531,20 +537,7 @@ async def test_outputs_are_appended_once_even_when_their_batch_is_replayed(
 
     last = await publish(js, root, ["x"] * 50)
     first = build()
-    positions_topic = f"{name}-{names.CHANGELOG_POSITIONS}"
-    real_send = first._send
-    sent_positions = 0
-
-    async def cut(messages: Iterable[tuple[str, bytes, bytes]]) -> None:
-        nonlocal sent_positions
-        batch = list(messages)
-        if batch and batch[0][0] == positions_topic:
-            sent_positions += 1
-            if sent_positions == 3:
-                raise RuntimeError("injected: died after the outputs, before the position")
-        await real_send(batch)
-
-    first._send = cut  # type: ignore[method-assign]
+    die_at_position_write(first, name, 3, "died after the outputs, before the position")
     with pytest.raises(RuntimeError, match="injected"):
         await asyncio.wait_for(first.run(), 30)
 

@@ -1,4 +1,4 @@
-"""An Observer in this process for the tests with real pods (tests/runtime/pods.py): 1 s
+"""An Observer in this process for the tests with real pods (tests/helpers/pods.py): 1 s
 windows instead of 10 s, so a test with a warm-up and an incident takes a minute."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from runtime.config import PodSettings
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack
+from tests.helpers.stack import Stack
 
 #: Pod metrics every 0.2 s, so 1 s windows see several messages; snapshots as by default.
 POD_SETTINGS: dict[str, Any] = {

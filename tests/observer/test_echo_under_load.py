@@ -23,10 +23,10 @@ import pytest
 import wasmtime
 
 from schemas import names
+from tests.helpers.pods import agent as agent_info
+from tests.helpers.pods import cluster, deploy, running_on, running_pod
+from tests.helpers.stack import Stack
 from tests.observer.live import POD_SETTINGS, observing
-from tests.runtime.pods import agent as agent_info
-from tests.runtime.pods import cluster, deploy, running_on, running_pod
-from tests.scheduler.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"

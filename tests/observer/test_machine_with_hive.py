@@ -17,7 +17,8 @@ import pytest
 from schemas import names
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

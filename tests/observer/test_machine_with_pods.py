@@ -23,9 +23,10 @@ import pytest
 import wasmtime
 
 from schemas import names
+from tests.helpers.pods import cluster, deploy, running_pod
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 from tests.observer.live import POD_SETTINGS, observing
-from tests.runtime.pods import cluster, deploy, running_pod
-from tests.scheduler.stack import Stack, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"

@@ -28,11 +28,11 @@ import pytest
 
 from schemas import names
 from schemas.specs import HealingPolicy, Limits
+from tests.helpers.agents import ECHO, agent
+from tests.helpers.pods import agent as agent_info
+from tests.helpers.pods import cluster, deploy, running_on, running_pod
+from tests.helpers.stack import Stack
 from tests.observer.live import POD_SETTINGS, observing
-from tests.runtime.agents import ECHO, agent
-from tests.runtime.pods import agent as agent_info
-from tests.runtime.pods import cluster, deploy, running_on, running_pod
-from tests.scheduler.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
 

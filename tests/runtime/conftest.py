@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,12 +13,12 @@ from runtime.engine import SandboxEngine
 from runtime.host import HostAPI, MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
+from runtime.net import HttpFetcher
 from runtime.sandbox import AgentSandbox
+from tests.helpers.sandboxes import NOW_MS, MakeSandbox
+from tests.runtime.http_target import HttpTarget, http_target
 
-#: Fixed time for MemoryHost, so now_ms is checkable.
-NOW_MS = 1_700_000_000_000
-
-MakeSandbox = Callable[..., AgentSandbox]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +64,33 @@ def make_sandbox(
     yield make
     for sandbox in made:
         sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def counter_c(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """examples/counter-c built the documented way, by its build script, into a temp dir (not
+    the committed path)."""
+    output = tmp_path_factory.mktemp("counter-c") / "counter.wasm"
+    build = subprocess.run(
+        [sys.executable, str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr}"
+    return output.read_bytes()
+
+
+@pytest.fixture
+def target() -> Iterator[HttpTarget]:
+    """A local HTTP server that answers what each test asks of it."""
+    with http_target() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fetcher() -> Iterator[HttpFetcher]:
+    """The pods' HTTP client, allowed to reach the local target."""
+    with HttpFetcher(allow_private=True) as fetcher:
+        yield fetcher

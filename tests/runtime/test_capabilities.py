@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from runtime.host import MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.net import HttpFetcher
 from schemas.specs import AgentSpec, ModuleRef
-from tests.runtime.http_target import HttpTarget, http_target
+from tests.runtime.http_target import HttpTarget
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
@@ -139,18 +138,6 @@ def test_fs_grant_without_a_scratch_dir_is_refused(probe: Probe) -> None:
     limits = SandboxLimits(capabilities=frozenset({"fs"}))
     with pytest.raises(InvalidModule, match="no scratch directory"):
         ComponentSandbox(cache, compiled, limits, MemoryHost())
-
-
-@pytest.fixture
-def target() -> Iterator[HttpTarget]:
-    with http_target() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def fetcher() -> Iterator[HttpFetcher]:
-    with HttpFetcher(allow_private=True) as fetcher:
-        yield fetcher
 
 
 def _http(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tests.runtime.cli_process import ECHO_WAT, swarm
-from tests.runtime.pods import cluster, running_pod
+from tests.helpers.cli_process import ECHO_WAT, swarm
+from tests.helpers.pods import cluster, running_pod
 
 pytestmark = pytest.mark.timeout(60)
 

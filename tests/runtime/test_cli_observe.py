@@ -21,9 +21,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
 from swarm.cli.debug import snapshot
-from tests.runtime.agents import COUNTER
-from tests.runtime.cli_process import ECHO_WAT, ROOT, swarm
-from tests.runtime.pods import agent, ask, cluster, count, deploy, running_on, running_pod
+from tests.helpers.agents import COUNTER
+from tests.helpers.cli_process import ECHO_WAT, ROOT, swarm
+from tests.helpers.pods import agent, ask, cluster, count, deploy, running_on, running_pod
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import wasmtime
 
 from runtime.abi import LogLevel
@@ -15,24 +12,9 @@ from runtime.host import MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
 from runtime.sandbox import AgentSandbox
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers.sandboxes import MakeSandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def counter_c(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """examples/counter-c built the documented way, by its build script, into a temp dir."""
-    output = tmp_path_factory.mktemp("counter-c") / "counter.wasm"
-    build = subprocess.run(
-        [sys.executable, str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr}"
-    return output.read_bytes()
 
 
 def test_echo_example_passes_the_abi_check_and_echoes(make_sandbox: MakeSandbox) -> None:

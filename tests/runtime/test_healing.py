@@ -17,9 +17,10 @@ from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy
 from swarm.cli.trace import Node, collect
 from swarm.kernel.eventlog import AppendRequest
-from tests.runtime.agents import COUNTER, ECHO
-from tests.runtime.pods import agent, ask, cluster, count, deploy, running_on, running_pod, spec
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.agents import COUNTER, ECHO
+from tests.helpers.pods import agent, ask, cluster, count, deploy, running_on, running_pod, spec
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

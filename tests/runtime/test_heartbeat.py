@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from runtime.heartbeat import Heartbeat, LoopClock
 from schemas import names
-from tests.scheduler.stack import wait_until
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

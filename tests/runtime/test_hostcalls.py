@@ -24,9 +24,9 @@ from runtime.host import (
 )
 from runtime.limits import CallBudget, SandboxLimits
 from runtime.sandbox import AgentSandbox
-from tests.runtime import agents
-from tests.runtime.agents import payload_at, proxy, proxy_message, results
-from tests.runtime.conftest import NOW_MS, MakeSandbox
+from tests.helpers import agents
+from tests.helpers.agents import payload_at, proxy, proxy_message, results
+from tests.helpers.sandboxes import NOW_MS, MakeSandbox
 
 OK, NOT_FOUND, LIMIT, INVALID, UNAVAILABLE = (
     ErrorCode.OK,

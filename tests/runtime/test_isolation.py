@@ -11,9 +11,9 @@ import pytest
 from runtime.errors import AgentTrap, DeadlineExceeded, FuelExhausted, SandboxError
 from runtime.host import MemoryHost
 from runtime.limits import SandboxLimits
-from tests.runtime import agents
-from tests.runtime.agents import proxy, proxy_message
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers import agents
+from tests.helpers.agents import proxy, proxy_message
+from tests.helpers.sandboxes import MakeSandbox
 
 
 def in_thread(target: Callable[[], None]) -> threading.Thread:

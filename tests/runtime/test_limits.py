@@ -10,7 +10,7 @@ from runtime.config import PodSettings
 from runtime.kvstate import StateCaps
 from runtime.limits import CallBudget, SandboxLimits
 from schemas.specs import AgentSpec, Limits, Resources
-from tests.runtime import agents
+from tests.helpers import agents
 
 
 def spec(**fields: object) -> AgentSpec:

@@ -24,9 +24,9 @@ from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory, psyco
 from runtime.podview import Assignment
 from runtime.replica import PodHost, ReplicaDeps
 from swarm.kernel.stack import upgrade_database
-from tests.runtime import agents
-from tests.runtime.agents import agent
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers import agents
+from tests.helpers.agents import agent
+from tests.helpers.sandboxes import MakeSandbox
 
 INDEX = "agent_memory_embedding_hnsw"
 
@@ -139,25 +139,28 @@ STORE_REQUEST = json.dumps(
 SEARCH_REQUEST = json.dumps(
     {"vector": [1, 0.5, *([0] * (DIMENSIONS - 2))], "k": 3}, separators=(",", ":")
 )
-assert len(STORE_REQUEST) < SEARCH_AT - STORE_AT
-assert len(SEARCH_REQUEST) < OUT_AT - SEARCH_AT
 
-#: Stores a vector, searches for it and replies with the search result (JSON), or with the
-#: failing host call's code (i32 little-endian) and status 1.
-VECTOR_AGENT = agent(
-    f"""
-  (data (i32.const {STORE_AT}) "{_wat_string(STORE_REQUEST)}")
-  (data (i32.const {SEARCH_AT}) "{_wat_string(SEARCH_REQUEST)}")
+
+def store_and_search_agent(store: str, search: str) -> bytes:
+    """An agent that stores `store` (a vector_store request), searches with `search` and replies
+    with the search result (JSON), or with the failing host call's code (i32 little-endian) and
+    status 1."""
+    assert len(store) < SEARCH_AT - STORE_AT
+    assert len(search) < OUT_AT - SEARCH_AT
+    return agent(
+        f"""
+  (data (i32.const {STORE_AT}) "{_wat_string(store)}")
+  (data (i32.const {SEARCH_AT}) "{_wat_string(search)}")
   (func (export "swarm_handle") (param i32 i32) (result i32)
     (local $code i32)
-    (local.set $code (call $vector_store (i32.const {STORE_AT}) (i32.const {len(STORE_REQUEST)})))
+    (local.set $code (call $vector_store (i32.const {STORE_AT}) (i32.const {len(store)})))
     (if (i32.ne (local.get $code) (i32.const 0))
       (then
         (i32.store (i32.const {OUT_AT}) (local.get $code))
         (call $reply (i32.const {OUT_AT}) (i32.const 4))
         (return (i32.const 1))))
     (local.set $code
-      (call $vector_search (i32.const {SEARCH_AT}) (i32.const {len(SEARCH_REQUEST)})
+      (call $vector_search (i32.const {SEARCH_AT}) (i32.const {len(search)})
                            (i32.const {OUT_AT}) (i32.const {OUT_CAP})))
     (if (i32.or (i32.lt_s (local.get $code) (i32.const 0))
                 (i32.gt_s (local.get $code) (i32.const {OUT_CAP})))
@@ -168,8 +171,11 @@ VECTOR_AGENT = agent(
     (call $reply (i32.const {OUT_AT}) (local.get $code))
     (i32.const 0))
 """,
-    imports=("vector_store", "vector_search", "reply"),
-)
+        imports=("vector_store", "vector_search", "reply"),
+    )
+
+
+VECTOR_AGENT = store_and_search_agent(STORE_REQUEST, SEARCH_REQUEST)
 
 
 def test_wat_agent_stores_and_searches_through_postgres(
@@ -257,32 +263,7 @@ TEXT_STORE = json.dumps({"id": "greeting", "text": "hello there world", "data": 
 TEXT_SEARCH = json.dumps({"text": "hello world", "k": 2})
 
 #: VECTOR_AGENT with text requests instead of vectors.
-TEXT_AGENT = agent(
-    f"""
-  (data (i32.const {STORE_AT}) "{_wat_string(TEXT_STORE)}")
-  (data (i32.const {SEARCH_AT}) "{_wat_string(TEXT_SEARCH)}")
-  (func (export "swarm_handle") (param i32 i32) (result i32)
-    (local $code i32)
-    (local.set $code (call $vector_store (i32.const {STORE_AT}) (i32.const {len(TEXT_STORE)})))
-    (if (i32.ne (local.get $code) (i32.const 0))
-      (then
-        (i32.store (i32.const {OUT_AT}) (local.get $code))
-        (call $reply (i32.const {OUT_AT}) (i32.const 4))
-        (return (i32.const 1))))
-    (local.set $code
-      (call $vector_search (i32.const {SEARCH_AT}) (i32.const {len(TEXT_SEARCH)})
-                           (i32.const {OUT_AT}) (i32.const {OUT_CAP})))
-    (if (i32.or (i32.lt_s (local.get $code) (i32.const 0))
-                (i32.gt_s (local.get $code) (i32.const {OUT_CAP})))
-      (then
-        (i32.store (i32.const {OUT_AT}) (local.get $code))
-        (call $reply (i32.const {OUT_AT}) (i32.const 4))
-        (return (i32.const 1))))
-    (call $reply (i32.const {OUT_AT}) (local.get $code))
-    (i32.const 0))
-""",
-    imports=("vector_store", "vector_search", "reply"),
-)
+TEXT_AGENT = store_and_search_agent(TEXT_STORE, TEXT_SEARCH)
 
 
 def test_pod_host_embeds_text_with_the_memory_embedder(

@@ -13,7 +13,7 @@ import wasmtime
 from runtime.engine import EngineConfig, SandboxEngine
 from runtime.errors import InvalidModule
 from runtime.modules import CacheStats, ModuleCache
-from tests.runtime import agents
+from tests.helpers import agents
 
 
 def wat(source: str) -> bytes:

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,10 @@ from runtime.limits import CallBudget, Capability, SandboxLimits
 from runtime.net import HttpFetcher, HttpRequest
 from runtime.sandbox import AgentSandbox
 from swarm.kernel.addresses import IpAddress
-from tests.runtime import agents
-from tests.runtime.conftest import MakeSandbox
-from tests.runtime.http_target import HttpTarget, http_target
-from tests.runtime.pods import ask, cluster, deploy, running_on, running_pod
+from tests.helpers import agents
+from tests.helpers.pods import ask, cluster, deploy, running_on, running_pod
+from tests.helpers.sandboxes import MakeSandbox
+from tests.runtime.http_target import HttpTarget
 
 #: Where the agent asks the host to write the answer; 40 pages of memory leave 2.5 MiB there.
 OUT = 65536
@@ -62,18 +61,6 @@ FETCHER = agents.agent(
 )
 
 NET: frozenset[Capability] = frozenset({"net"})
-
-
-@pytest.fixture
-def target() -> Iterator[HttpTarget]:
-    with http_target() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def fetcher() -> Iterator[HttpFetcher]:
-    with HttpFetcher(allow_private=True) as fetcher:
-        yield fetcher
 
 
 def _limits(*, net: bool = True, deadline_ms: int = 5000, **budget: int) -> SandboxLimits:

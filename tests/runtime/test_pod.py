@@ -14,8 +14,8 @@ import pytest
 
 from schemas import commands, names
 from schemas.specs import Limits
-from tests.runtime.agents import COUNTER, ECHO, LOOP
-from tests.runtime.pods import (
+from tests.helpers.agents import COUNTER, ECHO, LOOP
+from tests.helpers.pods import (
     ask,
     cluster,
     count,
@@ -26,7 +26,7 @@ from tests.runtime.pods import (
     running_pod,
     true,
 )
-from tests.scheduler.stack import wait_until
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

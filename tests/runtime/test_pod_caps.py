@@ -20,8 +20,8 @@ from runtime.replica import State
 from runtime.snapshots import HISTORY
 from schemas import commands, names
 from schemas.specs import Limits
-from tests.runtime.agents import BUSY, ECHO, HOARD, KV_STORE, hoard, kv_message
-from tests.runtime.pods import (
+from tests.helpers.agents import BUSY, ECHO, HOARD, KV_STORE, hoard, kv_message
+from tests.helpers.pods import (
     ask,
     cluster,
     deploy,
@@ -31,7 +31,8 @@ from tests.runtime.pods import (
     running_pod,
     true,
 )
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,8 @@ import wasmtime
 
 from runtime.pod import Pod
 from schemas import commands
-from tests.runtime.agents import ECHO, MEMORY_BOMB
-from tests.runtime.pods import (
+from tests.helpers.agents import ECHO, MEMORY_BOMB
+from tests.helpers.pods import (
     agent,
     ask,
     cluster,
@@ -29,26 +27,10 @@ from tests.runtime.pods import (
     running_pod,
     true,
 )
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def counter_c(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """examples/counter-c built by its build script into a temp dir (not the committed path)."""
-    output = tmp_path_factory.mktemp("counter-c") / "counter.wasm"
-    build = subprocess.run(
-        [sys.executable, str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr}"
-    return output.read_bytes()
 
 
 async def crashes(stack: Stack, name: str) -> list[dict[str, Any]]:

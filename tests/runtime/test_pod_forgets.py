@@ -12,8 +12,8 @@ import pytest
 
 from schemas import commands, names
 from schemas.specs import MAX_FUEL_PER_CALL, Limits
-from tests.runtime.agents import BUSY, LOOP
-from tests.runtime.pods import (
+from tests.helpers.agents import BUSY, LOOP
+from tests.helpers.pods import (
     ask,
     cluster,
     deploy,
@@ -23,7 +23,8 @@ from tests.runtime.pods import (
     running_pod,
     true,
 )
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

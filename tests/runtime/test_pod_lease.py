@@ -23,9 +23,10 @@ from nats.aio.msg import Msg
 
 from schemas import names
 from swarm.kernel.embedded import die_with_parent
-from tests.runtime.agents import ECHO
-from tests.runtime.pods import ask, cluster, deploy, events, running_on, running_pod
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.agents import ECHO
+from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,9 +18,10 @@ from runtime.config import PodSettings
 from runtime.pod import Pod
 from schemas import names
 from swarm.kernel.settings import Settings
-from tests.runtime.agents import COUNTER, ECHO
-from tests.runtime.pods import cluster, count, deploy, events, running_on
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.agents import COUNTER, ECHO
+from tests.helpers.pods import cluster, count, deploy, events, running_on
+from tests.helpers.stack import Stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,18 +11,13 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from runtime.config import PodSettings
-from runtime.pod import Pod
-from swarm.kernel.settings import Settings
-from tests.runtime.pods import cluster, running_on
-from tests.scheduler.stack import Stack, wait_until
+from tests.helpers.cli_process import swarm as swarm_cli
+from tests.helpers.pods import cluster, running_on, running_pod
+from tests.helpers.waiting import wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
@@ -43,43 +38,8 @@ def counter_wasm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 async def swarm(url: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "swarm.cli.app",
-        *args,
-        "--nats-url",
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-@contextlib.asynccontextmanager
-async def running_pod(
-    stack: Stack, pod_id: str, cache_dir: Path, **settings: Any
-) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
-    """As tests.runtime.test_pod.running_pod, with the module cache given (shared by pods)."""
-    config = PodSettings(
-        id=pod_id,
-        cache_dir=cache_dir,
-        snapshot_interval_s=0.2,
-        metrics_interval_s=0.5,
-        **settings,
-    )
-    pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
-        yield pod, task
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
+    """The CLI as a process, with more time than by default: verbs on a component are slower."""
+    return await swarm_cli(url, *args, timeout=timeout)
 
 
 async def _true(value: bool) -> bool:

@@ -22,8 +22,8 @@ from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
 from runtime.sandbox import AgentSandbox
 from schemas.specs import Resources
-from tests.runtime import agents
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers import agents
+from tests.helpers.sandboxes import MakeSandbox
 
 MIB = 1024 * 1024
 

@@ -12,8 +12,8 @@ from runtime.host import MemoryHost
 from runtime.kvstate import KvState, StateCaps, StateFull
 from runtime.limits import CallBudget, SandboxLimits
 from runtime.sandbox import AgentSandbox
-from tests.runtime.agents import KV_STORE, kv_fill, kv_message
-from tests.runtime.conftest import MakeSandbox
+from tests.helpers.agents import KV_STORE, kv_fill, kv_message
+from tests.helpers.sandboxes import MakeSandbox
 
 OK, NOT_FOUND, LIMIT = ErrorCode.OK, ErrorCode.NOT_FOUND, ErrorCode.LIMIT
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from schemas import names
-from tests.runtime.agents import agent
-from tests.runtime.pods import cluster, deploy, running_on, running_pod
-from tests.scheduler.stack import wait_until
+from tests.helpers.agents import agent
+from tests.helpers.pods import cluster, deploy, running_on, running_pod
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

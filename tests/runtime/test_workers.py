@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from runtime.workers import WorkerPool
-from tests.scheduler.stack import wait_until
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

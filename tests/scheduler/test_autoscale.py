@@ -22,9 +22,9 @@ from services.scheduler.autoscale import (
     wanted,
 )
 from services.scheduler.forecast import Forecaster
-from tests.hive.sim import Sim
-from tests.hive.steps import deploy, place_all, pod, run_all, spec
-from tests.scheduler.samples import sample
+from tests.helpers.samples import sample
+from tests.helpers.sim import Sim
+from tests.helpers.steps import deploy, place_all, pod, run_all, spec
 
 # --- forecasts -----------------------------------------------------------------------------------
 
@@ -214,22 +214,24 @@ def envelope(payload: Any, agent_id: str = "a1") -> Any:
     return event(payload, aggregate_id=agent_id, source="test")
 
 
+def deployed(policy: AutoscalePolicy) -> Any:
+    """Agent a1 ("echo", one replica) deployed with `policy`, as the autoscaler folds it."""
+    return envelope(
+        e.AgentDeployed(
+            agent_id="a1",
+            namespace="default",
+            name="echo",
+            spec=spec(),
+            replicas=1,
+            autoscale=policy,
+        )
+    )
+
+
 def test_a_synthetic_ramp_is_scaled_up_before_it_saturates_one_replica() -> None:
     policy = AutoscalePolicy(max_replicas=6, target_rate=50.0, cooldown_s=5.0, horizon_s=5.0)
     scaler = Autoscaler(step_s=1.0, stale_after_s=5.0)
-    scaler.fold(
-        envelope(
-            e.AgentDeployed(
-                agent_id="a1",
-                namespace="default",
-                name="echo",
-                spec=spec(),
-                replicas=1,
-                autoscale=policy,
-            )
-        ),
-        1,
-    )
+    scaler.fold(deployed(policy), 1)
     received, rate, seq = 0, 10.0, 1
     first_up: tuple[float, Any] | None = None
     for t in range(60):
@@ -266,19 +268,7 @@ def test_a_synthetic_ramp_is_scaled_up_before_it_saturates_one_replica() -> None
 def test_pending_requests_stopped_agents_and_policy_changes() -> None:
     policy = AutoscalePolicy(max_replicas=4, target_rate=10.0, cooldown_s=0.0, horizon_s=1.0)
     scaler = Autoscaler(step_s=1.0, stale_after_s=5.0, pending_timeout_s=3.0)
-    scaler.fold(
-        envelope(
-            e.AgentDeployed(
-                agent_id="a1",
-                namespace="default",
-                name="echo",
-                spec=spec(),
-                replicas=1,
-                autoscale=policy,
-            )
-        ),
-        1,
-    )
+    scaler.fold(deployed(policy), 1)
     scaler.metrics.observe(sample(0, [("r1", 0, 0)]), seen_at=0.0)
     scaler.metrics.observe(sample(1, [("r1", 30, 0)]), seen_at=1.0)
     first = scaler.tick(1.0)
@@ -361,19 +351,7 @@ def test_ticks_faster_than_samples_learn_each_sample_once_and_keep_the_horizon()
     # Ticks every 0.25 s, samples every second: the forecaster learns per sample and measures
     # the step, so a 5 s horizon is still 5 samples ahead.
     scaler = Autoscaler(step_s=0.25, stale_after_s=5.0)
-    scaler.fold(
-        envelope(
-            e.AgentDeployed(
-                agent_id="a1",
-                namespace="default",
-                name="echo",
-                spec=spec(),
-                replicas=1,
-                autoscale=policy,
-            )
-        ),
-        1,
-    )
+    scaler.fold(deployed(policy), 1)
     received, rate = 0, 10.0
     first_up: float | None = None
     for t in range(30):

@@ -28,12 +28,13 @@ from services.scheduler.autoscaler_service import (
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
-from tests.runtime.agents import ECHO
-from tests.runtime.pods import cluster, running_on, running_pod
-from tests.runtime.pods import spec as wasm_spec
-from tests.scheduler.history import spec
-from tests.scheduler.samples import sample
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.agents import ECHO
+from tests.helpers.history import spec
+from tests.helpers.pods import cluster, running_on, running_pod
+from tests.helpers.pods import spec as wasm_spec
+from tests.helpers.samples import sample
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,7 +9,7 @@ from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
 from services.scheduler.market import Market
 from services.scheduler.planner import Planner
 from services.scheduler.proposals import Hold
-from tests.scheduler.history import IDS, WASM, History
+from tests.helpers.history import IDS, WASM, History
 
 
 def market_history() -> History:
@@ -92,13 +92,9 @@ def test_victims_in_flight_are_not_named_twice() -> None:
     assert h.planner.plan(h.now).proposals == []
 
 
-def test_a_committed_preemption_frees_the_ledger_and_the_victim_waits_again() -> None:
-    h = market_history()
-    full_pod(h)
-    deploy(h, "vip", 128, 100)
-    (preempt,) = h.planner.plan(h.now).proposals
-    assert preempt.victims == (("low-b", "low-b-0"),)
-    # The Hive's decision, as it writes it.
+def vip_preempts_low_b(h: History) -> None:
+    """The Hive's decision, as it writes it: vip-0 (priority 100) takes low-b-0's place on p1,
+    and low-b-0 waits again."""
     h.emit(
         market.ReplicaPreempted(
             agent_id="low-b",
@@ -111,6 +107,15 @@ def test_a_committed_preemption_frees_the_ledger_and_the_victim_waits_again() ->
         )
     )
     h.requested("low-b", "low-b-0")
+
+
+def test_a_committed_preemption_frees_the_ledger_and_the_victim_waits_again() -> None:
+    h = market_history()
+    full_pod(h)
+    deploy(h, "vip", 128, 100)
+    (preempt,) = h.planner.plan(h.now).proposals
+    assert preempt.victims == (("low-b", "low-b-0"),)
+    vip_preempts_low_b(h)
     h.scheduled("vip", "vip-0", "p1")
     assert len(h.planner.in_flight) == 0
     assert h.planner.in_flight.victims == set()
@@ -154,18 +159,7 @@ def test_a_commit_split_across_fetches_does_not_count_the_freed_room_twice() -> 
     deploy(h, "vip", 128, 100)
     (preempt,) = h.planner.plan(h.now).proposals
     assert h.planner.offers()["p1"].free_memory_mb == 0  # as it will be once committed
-    h.emit(
-        market.ReplicaPreempted(
-            agent_id="low-b",
-            replica_id="low-b-0",
-            pod_id="p1",
-            priority=0,
-            by_agent_id="vip",
-            by_replica_id="vip-0",
-            by_priority=100,
-        )
-    )
-    h.requested("low-b", "low-b-0")
+    vip_preempts_low_b(h)
     # Mid-commit: the view released low-b-0; the ledger no longer credits it as well.
     assert h.planner.offers()["p1"].free_memory_mb == 0
     assert h.planner.plan(h.now).proposals == []  # low-b-0 is not proposed back onto p1

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,60 +19,18 @@ import pytest
 
 from schemas import commands, market, names
 from schemas.specs import AgentSpec, ModuleRef, Placement, Resources
-from services.scheduler import Scheduler, SchedulerSettings
 from swarm.domain.evolve import evolve
 from swarm.domain.state import HiveState
-from swarm.kernel.embedded import die_with_parent
-from swarm.kernel.settings import Settings
-from tests.scheduler.history import WASM
-from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
+from tests.helpers.history import WASM
+from tests.helpers.schedulers import in_process_scheduler, scheduler_process
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.tables import assert_tables_match_the_log
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Room for exactly 200 replicas of 64 MB over three small pods (and slots to spare).
 SMALL_PODS = {"s1": (64 * 90, 1000), "s2": (64 * 70, 1000), "s3": (64 * 40, 1000)}
-
-
-@asynccontextmanager
-async def market_scheduler(url: str, **config: Any) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(
-        Settings(nats_url=url, command_id_secret=ID_SECRET),
-        SchedulerSettings(policy="market", **config),
-    )
-    task = asyncio.create_task(scheduler.run())
-    try:
-        await asyncio.wait_for(scheduler.live.wait(), 10)
-        yield scheduler
-    finally:
-        scheduler.stop()
-        await asyncio.wait_for(task, 10)
-
-
-@contextmanager
-def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "SWARM_NATS_URL": url,
-        "SWARM_SCHEDULER_POLICY": "market",
-        "SWARM_COMMAND_ID_SECRET": ID_SECRET,
-    }
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.scheduler"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 async def fold_and_check_capacity(stack: Stack) -> HiveState:
@@ -122,7 +75,7 @@ async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
 async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         await stack.register_pods(SMALL_PODS)
-        async with market_scheduler(stack.url) as scheduler:
+        async with in_process_scheduler(stack.url, policy="market") as scheduler:
             # 200 deploy commands at once (one pipelined batch), plus 10 that cannot fit.
             await stack.deploy([(f"agent-{i}", 1, 64) for i in range(210)])
 
@@ -150,7 +103,7 @@ async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path
 async def test_a_higher_priority_preempts_the_documented_victims(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         await stack.register_pods({"p1": (512, 100)})
-        async with market_scheduler(stack.url) as scheduler:
+        async with in_process_scheduler(stack.url, policy="market") as scheduler:
             await stack.send(
                 [
                     (commands.DeployAgent(name="old", spec=spec(128, 0), replicas=2), "user:t"),
@@ -237,7 +190,7 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
         placed_at_kill: list[int] = []
         for run in range(3):
             log_path = tmp_path / f"scheduler-{run + 1}.log"
-            with scheduler_process(stack.url, log_path) as proc:
+            with scheduler_process(stack.url, log_path, "market") as proc:
                 await wait_until(live, 45, "the scheduler live")
                 before = await stack.placed()
                 deploying = asyncio.create_task(burst(50 * run))
@@ -261,7 +214,7 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
             killed_at = position
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
         last_log = tmp_path / "scheduler-last.log"
-        with scheduler_process(stack.url, last_log) as last:
+        with scheduler_process(stack.url, last_log, "market") as last:
 
             async def all_placed() -> bool:
                 return await stack.placed() == 200
@@ -288,7 +241,7 @@ async def test_a_killed_market_scheduler_resumes_without_double_placements(
 async def test_market_state_query_shows_offers_and_clearings(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         await stack.register_pods({"p1": (1024, 8), "p2": (2048, 8)})
-        async with market_scheduler(stack.url, energy_weight=0.5):
+        async with in_process_scheduler(stack.url, policy="market", energy_weight=0.5):
             await stack.deploy([("a", 2, 256), ("huge", 1, 8192)])
 
             async def two() -> bool:
@@ -325,7 +278,7 @@ async def test_swarm_market_cli_shows_offers_and_clearings(tmp_path: Path) -> No
         assert none.exit_code == 4
         assert "no scheduler answered" in none.output
         await stack.register_pods({"p1": (1024, 8)})
-        async with market_scheduler(stack.url):
+        async with in_process_scheduler(stack.url, policy="market"):
             await stack.deploy([("a", 1, 128)])
 
             async def one() -> bool:
@@ -383,7 +336,7 @@ async def test_a_spec_file_carries_the_bid_and_constraints(tmp_path: Path) -> No
                 )
             ]
         )
-        async with market_scheduler(stack.url):
+        async with in_process_scheduler(stack.url, policy="market"):
             result = await asyncio.to_thread(
                 lambda: CliRunner().invoke(
                     app, ["agent", "deploy", "-f", str(spec_file), "--nats-url", stack.url]

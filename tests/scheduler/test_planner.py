@@ -11,7 +11,7 @@ from services.scheduler.planner import Planner
 from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.proposals import parse_proposal_id, proposal_id
 from swarm.kernel.ids import IdKey
-from tests.scheduler.history import IDS, History
+from tests.helpers.history import IDS, History
 
 
 def burst(h: History, n: int) -> None:

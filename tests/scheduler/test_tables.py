@@ -18,8 +18,8 @@ from services.scheduler.planner import Planner
 from services.scheduler.policies import MostFreeCapacity
 from services.scheduler.tables import TABLES, rows_of, view_of
 from swarm.kernel.streaming import StreamEvent
-from tests.hive.sim import Sim
-from tests.scheduler.history import IDS, spec
+from tests.helpers.history import IDS, spec
+from tests.helpers.sim import Sim
 
 
 def _planner() -> Planner:

@@ -8,7 +8,7 @@ from typing import Any
 from schemas import event, healing
 from services.scheduler.autoscale import Autoscaler, MetricsFold, ReplicaLoad
 from services.scheduler.tasks import DEFAULT_REPUTATION, TaskBoard
-from tests.scheduler.samples import sample
+from tests.helpers.samples import sample
 
 
 def loads(fold: MetricsFold) -> list[ReplicaLoad]:

@@ -7,8 +7,8 @@ from schemas.commands import ReplicaStatus
 from schemas.specs import Capacity
 from services.scheduler.view import ClusterView
 from swarm.domain.state import HiveState
-from tests.hive.sim import Sim
-from tests.scheduler.history import History, spec
+from tests.helpers.history import History, spec
+from tests.helpers.sim import Sim
 
 
 def test_usage_follows_the_phases_that_hold_resources() -> None:

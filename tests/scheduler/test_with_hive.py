@@ -5,66 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from schemas import names
 from services.scheduler import Scheduler, SchedulerSettings, Status
-from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
-from tests.scheduler.tables_check import ID_SECRET, assert_tables_match_the_log
+from tests.helpers.schedulers import in_process_scheduler, scheduler_process
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.tables import ID_SECRET, assert_tables_match_the_log
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Room for 100 + 67 + 34 = 201 replicas of 64 MB: 200 fit only if spread.
 TIGHT_PODS = {"p1": (64 * 100, 1000), "p2": (64 * 67, 1000), "p3": (64 * 34, 1000)}
-
-
-@asynccontextmanager
-async def in_process_scheduler(url: str) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(Settings(nats_url=url, command_id_secret=ID_SECRET), SchedulerSettings())
-    task = asyncio.create_task(scheduler.run())
-    try:
-        await asyncio.wait_for(scheduler.live.wait(), 10)
-        yield scheduler
-    finally:
-        scheduler.stop()
-        await asyncio.wait_for(task, 10)
-
-
-@contextmanager
-def scheduler_process(url: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "SWARM_NATS_URL": url,
-        "SWARM_SCHEDULER_POLICY": "most-free",
-        "SWARM_COMMAND_ID_SECRET": ID_SECRET,
-    }
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.scheduler"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 async def assert_no_pod_over_committed(stack: Stack) -> None:
@@ -151,7 +109,7 @@ async def test_a_burst_of_200_deployments_is_spread_without_over_commit(tmp_path
 async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         await stack.register_pods(TIGHT_PODS)
-        with scheduler_process(stack.url, tmp_path / "scheduler-1.log") as first:
+        with scheduler_process(stack.url, tmp_path / "scheduler-1.log", "most-free") as first:
             await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150)])
 
             async def some_placed() -> bool:
@@ -165,7 +123,7 @@ async def test_a_killed_scheduler_restarts_without_double_placements(tmp_path: P
         assert await assert_tables_match_the_log(stack.url, stack.client) > 0
         # More work arrives while no scheduler runs.
         await stack.deploy([(f"agent-{i}", 1, 64) for i in range(150, 200)])
-        with scheduler_process(stack.url, tmp_path / "scheduler-2.log") as second:
+        with scheduler_process(stack.url, tmp_path / "scheduler-2.log", "most-free") as second:
             await all_placed(stack, 200)
             second.send_signal(signal.SIGTERM)
             assert second.wait(10) == 0

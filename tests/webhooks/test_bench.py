@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_runner import run_bench
+from tests.helpers.bench import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "surfaces_webhooks.py"

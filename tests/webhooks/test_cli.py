@@ -22,9 +22,9 @@ from services.webhooks.service import Dispatcher
 from swarm.cli.app import app
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, secrets_bucket
-from tests.scheduler.stack import Stack, running_stack
-from tests.webhooks.harness import FAST, wait_until
-from tests.webhooks.receiver import Receiver, serve
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.webhook_bed import FAST, wait_until
+from tests.helpers.webhook_receiver import Receiver, serve
 
 pytestmark = pytest.mark.timeout(90)
 FILTER = "swarm.evt.namespace.*.created"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +17,10 @@ from schemas import names
 from schemas.webhooks import DeliveryAttempt
 from services.webhooks.delivery import Hook, StoredEvent
 from services.webhooks.worker import consumer_config
-from swarm.kernel.embedded import die_with_parent
 from swarm.kernel.eventlog import Consumer
-from tests.webhooks.harness import FAST, Bed, bed, wait_until
-from tests.webhooks.receiver import Receiver, serve
+from tests.helpers.processes import service_process
+from tests.helpers.webhook_bed import FAST, Bed, bed, wait_until
+from tests.helpers.webhook_receiver import Receiver, serve
 
 EVENTS = 200
 
@@ -30,7 +28,6 @@ EVENTS = 200
 @contextmanager
 def dispatcher_process(tb: Bed, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {
-        **os.environ,
         "SWARM_NATS_URL": tb.url,
         "SWARM_LOG_LEVEL": "warning",
         **{f"SWARM_WEBHOOKS_{k.upper()}": str(v).lower() for k, v in FAST.items()},
@@ -38,24 +35,8 @@ def dispatcher_process(tb: Bed, log_path: Path) -> Iterator[subprocess.Popen[byt
         # so the kill lands mid-stream even on a fast machine.
         "SWARM_WEBHOOKS_WINDOW": "4",
     }
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.webhooks"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
+    with service_process("services.webhooks", env, log_path, grace=10) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from schemas.webhooks import (
     filter_problem,
 )
 from services.hive.queries import QUERIES
-from tests.hive.sim import Sim
+from tests.helpers.sim import Sim
 
 FP = "0123456789abcdef"
 

@@ -10,8 +10,8 @@ import pytest
 
 from schemas import events, names
 from schemas.specs import Capacity
-from tests.webhooks.harness import Bed, bed, wait_until
-from tests.webhooks.receiver import Receiver, serve
+from tests.helpers.webhook_bed import Bed, bed, wait_until
+from tests.helpers.webhook_receiver import Receiver, serve
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ async def test_a_wrong_secret_does_not_verify(tb: Bed) -> None:
                 return len(receiver.on("/hook")) == 1
 
             await wait_until(got, what="a delivery")
-        from tests.webhooks.receiver import WebhookVerificationError
+        from tests.helpers.webhook_receiver import WebhookVerificationError
 
         with pytest.raises(WebhookVerificationError):
             receiver.verify(receiver.on("/hook")[0])

@@ -46,12 +46,16 @@ except ModuleNotFoundError as _missing:
     from ._local import Err, exports, host
 
 __all__ = [
+    "DEBUG",
     "DENIED",
+    "ERROR",
+    "INFO",
     "INVALID",
     "LIMIT",
     "NOT_FOUND",
     "OK",
     "UNAVAILABLE",
+    "WARN",
     "Agent",
     "HostError",
     "HttpResponse",

@@ -1,5 +1,5 @@
 """Helpers for tests that run real pods: a real nats-server, an in-process Hive and scheduler
-(tests/scheduler/stack.py), pods started in this process, and ways to talk to their agents."""
+(tests/helpers/stack.py), pods started in this process, and ways to talk to their agents."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
-from tests.scheduler.stack import Stack, running_stack, wait_until
+from tests.helpers.stack import Stack, running_stack
+from tests.helpers.waiting import wait_until
 
 
 @contextlib.asynccontextmanager
@@ -37,12 +38,15 @@ async def cluster(root: Path) -> AsyncIterator[Stack]:
 
 @contextlib.asynccontextmanager
 async def running_pod(
-    stack: Stack, pod_id: str, **settings: Any
+    stack: Stack, pod_id: str, cache_dir: Path | None = None, **settings: Any
 ) -> AsyncIterator[tuple[Pod, asyncio.Task[None]]]:
     """A pod of this process, live; snapshots and metrics come faster than by default unless
-    `settings` (PodSettings fields) say otherwise."""
+    `settings` (PodSettings fields) say otherwise. Its module cache is its own unless
+    `cache_dir` is given (pods that share compiled code)."""
     fast = {"snapshot_interval_s": 0.2, "metrics_interval_s": 0.5}
-    config = PodSettings(id=pod_id, cache_dir=stack.root / pod_id / "modules", **(fast | settings))
+    config = PodSettings(
+        id=pod_id, cache_dir=cache_dir or stack.root / pod_id / "modules", **(fast | settings)
+    )
     pod = Pod(Settings(nats_url=stack.url), config)
     task = asyncio.create_task(pod.run())
     try:

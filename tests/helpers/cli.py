@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from swarm.cli.app import app
-from tests.scheduler.stack import Stack, running_stack
+from tests.helpers.stack import Stack, running_stack
 
 #: The smallest valid WebAssembly module: magic and version, no sections.
 WASM = b"\0asm\1\0\0\0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,8 @@ from services.hive.service import Hive
 from swarm.kernel.embedded import EmbeddedNats, free_port
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
-from tests.scheduler.history import spec
+from tests.helpers.history import spec
+from tests.helpers.waiting import wait_until
 
 
 @dataclass
@@ -117,17 +118,6 @@ class Stack:
                 if data.get("command_type") == commands.ProposePlacement.TYPE:
                     rules[data.get("rule") or "?"] += 1
         return rules
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], within: float = 30.0, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"{what} not reached in {within}s")
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
 
 
-async def swarm(url: str, *args: str) -> tuple[int, str, str]:
+async def swarm(url: str, *args: str, timeout: float = 30) -> tuple[int, str, str]:
+    """`swarm ARGS --nats-url URL` as a child process: its exit code, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -22,6 +23,6 @@ async def swarm(url: str, *args: str) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

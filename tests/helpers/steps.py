@@ -1,4 +1,4 @@
-"""Steps on an in-memory Hive (`tests.hive.sim.Sim`) that many rule tests share: register a pod,
+"""Steps on an in-memory Hive (`tests.helpers.sim.Sim`) that many rule tests share: register a pod,
 deploy an agent, and play the scheduler and the pods for every replica at once."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import base64
 
 from schemas import commands as c
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
-from tests.hive.sim import Sim
+from tests.helpers.sim import Sim
 
 WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 

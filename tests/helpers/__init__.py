@@ -1,0 +1,1 @@
+"""What many tests share: the stack harness, pods and agents, builders, waiting; never a test."""

@@ -1,0 +1,17 @@
+"""Polling for a condition the code under test reaches in its own time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], within: float = 30.0, what: str = "condition"
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not reached in {within}s")
+        await asyncio.sleep(0.02)
