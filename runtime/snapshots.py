@@ -54,6 +54,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, N
 from nats.js.kv import KeyValue
 
 from schemas import names
+from swarm.kernel.eventlog import EventLog
 
 log = structlog.get_logger(__name__)
 
@@ -375,6 +376,16 @@ class SnapshotStore:
         if entry.value is None or entry.key != ref.key:
             return None
         return await self._state(ref.key, entry.value)
+
+
+async def saved_state(log: EventLog, key: str) -> tuple[dict[str, bytes], SnapshotRef] | None:
+    """The newest state saved under `key` in Swarm's snapshots bucket, read as a pod reads it
+    (a state saved in chunks too); None when none was saved, or there is no bucket."""
+    try:
+        store = await SnapshotStore.open(log.js, max_payload=lambda: log.max_payload)
+        return await store.load(SnapshotRef(names.SNAPSHOTS_BUCKET, key, 0))
+    except NotFoundError:  # BucketNotFoundError too
+        return None
 
 
 def _body_and_digest(state: Mapping[str, bytes]) -> tuple[bytes, str]:
