@@ -163,6 +163,13 @@ class Message(Protocol):
     def headers(self) -> dict[str, str] | None: ...
 
 
+class Requester(Protocol):
+    """What can send a request and wait for its answer: an `EventLog`, or (in tests that talk
+    to a cluster over their own connection) a nats-py client."""
+
+    async def request(self, subject: str, body: bytes, /, *, timeout: float) -> Message: ...
+
+
 #: What a subscription calls with each message, on the connection's delivery task.
 Handler = Callable[[Message], Awaitable[None]]
 
@@ -395,7 +402,8 @@ class EventLog:
         return self
 
     async def ensure_streams(self) -> None:
-        await ensure_streams(self.js, self.settings)
+        with translated():
+            await ensure_streams(self.js, self.settings)
 
     async def close(self) -> None:
         """Flush pending appends and close; safe to call twice."""
@@ -442,6 +450,13 @@ class EventLog:
             await self.nc.publish(
                 subject, body, reply=reply, headers=dict(headers) if headers else None
             )
+
+    async def respond(
+        self, msg: Message, body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer `msg` on its reply subject; a message that asked for no answer gets none."""
+        if msg.reply:
+            await self.publish(msg.reply, body, headers=headers)
 
     async def request(
         self,
@@ -555,9 +570,10 @@ class EventLog:
         every ack is in, so the fate of each other message is settled; messages are deduplicated,
         so retrying the whole batch is safe.
         """
-        if self._acks is None:
-            self._acks = await _AckMux.open(self.nc)
-        futures = [await self._acks.send(r.subject, r.body, r.headers()) for r in requests]
+        with translated():
+            if self._acks is None:
+                self._acks = await _AckMux.open(self.nc)
+            futures = [await self._acks.send(r.subject, r.body, r.headers()) for r in requests]
         _, pending = await asyncio.wait(futures, timeout=self.timeout)
         if pending:
             self._acks.abandon(pending)
@@ -589,7 +605,8 @@ class EventLog:
             headers[_BATCH_ID] = batch_id
             headers[_BATCH_SEQ] = str(n)
             if n < last:
-                await self.nc.publish(request.subject, request.body, headers=headers)
+                with translated():
+                    await self.nc.publish(request.subject, request.body, headers=headers)
                 continue
             headers[_BATCH_COMMIT] = "1"
             try:
@@ -600,6 +617,8 @@ class EventLog:
                 raise AppendFailed(f"no stream accepts subject {request.subject}") from exc
             except (TimeoutError, nats.errors.TimeoutError) as exc:
                 raise AppendFailed(f"atomic batch {batch_id} not acknowledged in time") from exc
+            except nats.errors.Error as exc:
+                raise AppendFailed(f"atomic batch {batch_id} failed: {exc}") from exc
         resp = json.loads(reply.data)
         error = resp.get("error")
         if error:
