@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from datetime import datetime
 
+from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
@@ -19,7 +21,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
+from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -51,11 +54,24 @@ class StoredObject:
     deleted: bool
 
 
-class Bucket:
-    """A KV bucket: values by key, one revision kept (`history=1`)."""
+@dataclass(frozen=True, slots=True)
+class KvEntry:
+    """One revision of a key."""
 
-    def __init__(self, kv: KeyValue, name: str) -> None:
+    key: str
+    value: bytes
+    revision: int
+    created: datetime | None
+    #: A delete or purge marker rather than a value.
+    deleted: bool
+
+
+class Bucket:
+    """A KV bucket: values by key, with as many revisions per key as it was created to keep."""
+
+    def __init__(self, kv: KeyValue, name: str, js: JetStreamContext) -> None:
         self._kv = kv
+        self._js = js
         self.name = name
 
     async def get(self, key: str) -> bytes | None:
@@ -66,6 +82,32 @@ class Bucket:
         except NotFound:
             return None
         return entry.value
+
+    async def entry(self, key: str, revision: int | None = None) -> KvEntry | None:
+        """The key's latest revision (or revision `revision`, which may be of another key: check
+        `KvEntry.key`); None when there is none, or it is deleted."""
+        try:
+            with translated():
+                entry = await self._kv.get(key, revision=revision)
+        except NotFound:
+            return None
+        return _kv_entry(entry)
+
+    async def history(self, key: str) -> list[KvEntry]:
+        """Every revision the bucket still keeps of `key`, oldest first (markers included)."""
+        with translated():
+            try:
+                entries = await self._kv.history(key)
+            except (NotFoundError, NoKeysError):
+                return []
+        return [_kv_entry(e) for e in entries]
+
+    async def purge_keys(self, pattern: str) -> None:
+        """Remove every revision of the keys matching `pattern` (NATS wildcards) at once."""
+        stream = KV_STREAM_TEMPLATE.format(bucket=self.name)
+        subject = f"{KV_PRE_TEMPLATE.format(bucket=self.name)}{pattern}"
+        with translated():
+            await self._js.purge_stream(stream, subject=subject)
 
     async def put(self, key: str, value: bytes) -> int:
         """Set the key; returns its new revision."""
@@ -95,6 +137,16 @@ class Bucket:
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]  # unannotated in nats-py
         return values
+
+
+def _kv_entry(entry: KeyValue.Entry) -> KvEntry:
+    return KvEntry(
+        key=entry.key,
+        value=entry.value or b"",
+        revision=int(entry.revision or 0),
+        created=entry.created if isinstance(entry.created, datetime) else None,
+        deleted=entry.operation is not None,
+    )
 
 
 class ModuleStore:
@@ -179,9 +231,18 @@ class LogAdmin:
                     return
             await self._log.js.update_stream(config)
 
-    async def bucket(self, name: str, *, description: str, create: bool = True) -> Bucket:
-        """KV bucket `name`, created (one revision per key, file storage) when missing and
-        `create`; otherwise a missing bucket is `NotFound`."""
+    async def bucket(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        history: int = 1,
+        replicas: int | None = None,
+        create: bool = True,
+    ) -> Bucket:
+        """KV bucket `name`, created when missing and `create` (keeping `history` revisions per
+        key in files, on `replicas` servers, default the streams' setting); otherwise a missing
+        bucket is `NotFound`."""
         with translated():
             try:
                 kv = await self._log.js.key_value(name)
@@ -192,12 +253,14 @@ class LogAdmin:
                     KeyValueConfig(
                         bucket=name,
                         description=description,
-                        history=1,
+                        history=history,
                         storage=StorageType.FILE,
-                        replicas=self._log.settings.stream_replicas,
+                        replicas=self._log.settings.stream_replicas
+                        if replicas is None
+                        else replicas,
                     )
                 )
-        return Bucket(kv, name)
+        return Bucket(kv, name, self._log.js)
 
     async def modules(self) -> ModuleStore:
         """The module object store; `NotFound` when it was never created (`ensure_streams`)."""
@@ -232,6 +295,7 @@ def limited_stream(
 
 __all__ = [
     "Bucket",
+    "KvEntry",
     "LogAdmin",
     "ModuleStore",
     "StoredObject",
