@@ -28,7 +28,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self
+from typing import Any, NoReturn, Protocol, Self
 
 import nats
 import nats.errors
@@ -132,19 +132,29 @@ def _seam_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _raise_ours(exc: BaseException) -> NoReturn:
+    mapped = _seam_error(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
+#: What nats-py raises, for `except` clauses of the seam's hot paths.
+_NATS_ERRORS = (nats.errors.Error, TimeoutError)
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """Raise nats-py's errors as ours (`Unavailable` and its kinds, `NotFound`).
 
-    For the seam's modules only: callers of the log client never see a nats-py type.
+    For the seam's modules only: callers of the log client never see a nats-py type. Paths
+    taken once per message use `try`/`except _NATS_ERRORS` with `_raise_ours` instead, which
+    costs nothing until something fails (a context manager costs about a microsecond).
     """
     try:
         yield
-    except (nats.errors.Error, TimeoutError) as exc:
-        mapped = _seam_error(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+    except _NATS_ERRORS as exc:
+        _raise_ours(exc)
 
 
 class Message(Protocol):
@@ -284,32 +294,42 @@ class Delivery:
 
     async def ack(self) -> None:
         if self._msg is not None:
-            with translated():
+            try:
                 await self._msg.ack()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def ack_sync(self, timeout: float = _DEFAULT_TIMEOUT) -> None:
         """Ack and wait until the server has recorded it (use before reading consumer state)."""
         if self._msg is not None:
-            with translated():
+            try:
                 await self._msg.ack_sync(timeout=timeout)
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def nak(self, delay: float | None = None) -> None:
         """Ask for redelivery, after `delay` seconds if given."""
         if self._msg is not None:
-            with translated():
+            try:
                 await self._msg.nak(delay=delay)
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def term(self) -> None:
         """Never redeliver this message (it can never be processed)."""
         if self._msg is not None:
-            with translated():
+            try:
                 await self._msg.term()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def in_progress(self) -> None:
         """Reset the ack timer for a message that takes long to process."""
         if self._msg is not None:
-            with translated():
+            try:
                 await self._msg.in_progress()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     @classmethod
     def of(cls, msg: Message, *, keep: bool = True) -> Delivery:
@@ -446,10 +466,12 @@ class EventLog:
         reply: str = "",
     ) -> None:
         """Send one message nobody stores (heartbeats, mesh traffic, answers to requests)."""
-        with translated():
+        try:
             await self.nc.publish(
                 subject, body, reply=reply, headers=dict(headers) if headers else None
             )
+        except _NATS_ERRORS as exc:
+            _raise_ours(exc)
 
     async def respond(
         self, msg: Message, body: bytes, *, headers: Mapping[str, str] | None = None
@@ -468,13 +490,15 @@ class EventLog:
     ) -> Message:
         """Send a request and wait for the first answer: `NoResponders` when nobody listens,
         `RequestTimeout` when nobody answered within `timeout` (default: the log's)."""
-        with translated():
+        try:
             return await self.nc.request(
                 subject,
                 body,
                 timeout=self.timeout if timeout is None else timeout,
                 headers=dict(headers) if headers else None,
             )
+        except _NATS_ERRORS as exc:
+            _raise_ours(exc)
 
     async def subscribe(
         self,
