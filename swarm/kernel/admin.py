@@ -9,6 +9,7 @@ typed errors (`NotFound`, `Unavailable` and its kinds), never nats-py's.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -219,17 +220,65 @@ class LogAdmin:
         with translated():
             await ensure_deadletter(self._log.js, self._log.settings)
 
-    async def ensure_stream(self, config: StreamConfig) -> None:
-        """Create a stream, or bring an existing one's settings up to `config`."""
+    async def ensure_limited_stream(
+        self, name: str, subjects: Sequence[str], description: str, *, max_age: float
+    ) -> None:
+        """Create a stream whose messages are dropped after `max_age` seconds (records, not
+        the audit log), or bring an existing one's settings up to date."""
+        settings = self._log.settings
+        config = StreamConfig(
+            name=name,
+            description=description,
+            subjects=list(subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=max_age,
+            num_replicas=settings.stream_replicas,
+            duplicate_window=min(settings.duplicate_window, max_age),
+            allow_direct=True,
+        )
         with translated():
             try:
-                await self._log.js.stream_info(config.name or "")
+                await self._log.js.stream_info(name)
             except NotFoundError:
                 # Refused when another process created it meanwhile: then update it instead.
                 with contextlib.suppress(BadRequestError):
                     await self._log.js.add_stream(config)
                     return
             await self._log.js.update_stream(config)
+
+    async def ensure_changelog_stream(
+        self,
+        name: str,
+        subjects: Sequence[str],
+        *,
+        max_age: float | None,
+        replicas: int,
+        dedupe_window: float,
+    ) -> None:
+        """Create a stream-processing app's table changelog (the last value per subject, like
+        a compacted topic), or bring an existing one's settings up to date."""
+        config = StreamConfig(
+            name=name,
+            description="Table changelog of a stream-processing app: the last value per key.",
+            subjects=list(subjects),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,
+            max_age=max_age,
+            duplicate_window=dedupe_window,
+            num_replicas=replicas,
+            allow_direct=True,
+        )
+        with translated():
+            try:
+                await self._log.js.stream_info(name)
+            except NotFoundError:
+                await self._log.js.add_stream(config)
+            else:
+                await self._log.js.update_stream(config)
 
     async def bucket(
         self,
@@ -269,30 +318,6 @@ class LogAdmin:
         return ModuleStore(store)
 
 
-def limited_stream(
-    name: str,
-    subjects: list[str],
-    description: str,
-    *,
-    max_age: float,
-    replicas: int,
-    window: float,
-) -> StreamConfig:
-    """A stream whose messages are dropped after `max_age` seconds (records, not the audit)."""
-    return StreamConfig(
-        name=name,
-        description=description,
-        subjects=subjects,
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=max_age,
-        num_replicas=replicas,
-        duplicate_window=min(window, max_age),
-        allow_direct=True,
-    )
-
-
 __all__ = [
     "Bucket",
     "KvEntry",
@@ -300,5 +325,4 @@ __all__ = [
     "ModuleStore",
     "StoredObject",
     "StreamState",
-    "limited_stream",
 ]

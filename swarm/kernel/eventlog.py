@@ -46,7 +46,7 @@ from nats.js.api import (
     PubAck,
     RawStreamMsg,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
 from swarm.kernel.connection import CannotConnect, connect_nats
@@ -91,6 +91,10 @@ class AppendFailed(EventLogError):
     """JetStream refused or did not acknowledge an append."""
 
 
+class AppendRefused(AppendFailed):
+    """JetStream answered an append with an error: sending it again gets the same answer."""
+
+
 class Unavailable(EventLogError):
     """NATS did not do what was asked: the connection is closed or lost, or the server refused.
 
@@ -100,6 +104,11 @@ class Unavailable(EventLogError):
 
 class ConnectionLost(Unavailable):
     """The connection is closed, or no server of the pool could be reached again."""
+
+
+class Reconnecting(Unavailable):
+    """The connection is down for now (being re-established, stale, or its buffer is full):
+    the same call may succeed a moment later."""
 
 
 class NoResponders(Unavailable):
@@ -119,7 +128,7 @@ def _seam_error(exc: BaseException) -> BaseException:
     if isinstance(exc, EventLogError):
         return exc
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, nats.errors.NoRespondersError):
+    if isinstance(exc, nats.errors.NoRespondersError | NoStreamResponseError):
         return NoResponders(text)
     if isinstance(exc, NotFoundError):
         return NotFound(text)
@@ -127,6 +136,13 @@ def _seam_error(exc: BaseException) -> BaseException:
         return RequestTimeout(text)
     if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.NoServersError):
         return ConnectionLost(text)
+    if isinstance(
+        exc,
+        nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError,
+    ):
+        return Reconnecting(text)
     if isinstance(exc, nats.errors.Error):
         return Unavailable(text)
     return exc
@@ -710,6 +726,8 @@ class EventLog:
         start_seq: int | None = None,
         description: str | None = None,
         pending_msgs_limit: int | None = None,
+        ack_all: bool = False,
+        fresh: bool = False,
     ) -> Consumer:
         """Bind to (creating if needed) a durable pull consumer with explicit acks.
 
@@ -717,11 +735,14 @@ class EventLog:
         without acking gets its messages redelivered to the next reader after `ack_wait`. It
         reads from the stream's start, or from `start_seq` when given; `pending_msgs_limit`
         bounds what waits in this process (default: twice `max_ack_pending`, at least 512).
+        With `ack_all`, acking a message acks every one delivered before it (a batch at once).
+        `fresh` deletes the durable first, so nothing of a previous reader's pending acks is
+        redelivered out of order: it starts over at `start_seq`.
         """
         config = ConsumerConfig(
             durable_name=durable,
             description=description,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=AckPolicy.ALL if ack_all else AckPolicy.EXPLICIT,
             deliver_policy=(
                 DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE
             ),
@@ -732,6 +753,8 @@ class EventLog:
             backoff=list(backoff) if backoff else None,
             filter_subjects=list(filter_subjects) or None,
         )
+        if fresh:
+            await self.delete_consumer(stream, durable)
         # Creating a durable that exists updates its limits and keeps its position.
         with translated():
             await self.js.add_consumer(stream, config)
@@ -1010,4 +1033,4 @@ def _translate(exc: APIError, request: AppendRequest) -> EventLogError:
             ),
             int(match.group(1)) if match else None,
         )
-    return AppendFailed(f"append to {request.subject} refused: {exc.description}")
+    return AppendRefused(f"append to {request.subject} refused: {exc.description}")

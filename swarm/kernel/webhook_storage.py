@@ -13,7 +13,7 @@ import hashlib
 import os
 
 from schemas import names
-from swarm.kernel.admin import Bucket, LogAdmin, limited_stream
+from swarm.kernel.admin import Bucket, LogAdmin
 from swarm.kernel.eventlog import EventLog
 
 #: How long attempt records are kept when the dispatcher's setting does not say (seconds).
@@ -22,15 +22,11 @@ DEFAULT_RECORDS_MAX_AGE = 7 * 24 * 3600.0
 
 async def ensure_deliveries_stream(log: EventLog, max_age: float = DEFAULT_RECORDS_MAX_AGE) -> None:
     """Create SWARM_WEBHOOK_DELIVERIES, or bring its age limit up to date."""
-    await LogAdmin(log).ensure_stream(
-        limited_stream(
-            names.STREAM_WEBHOOK_DELIVERIES,
-            [names.WEBHOOK_DELIVERIES_ALL],
-            "Every attempt to deliver an event to a webhook, kept for a limited time.",
-            max_age=max_age,
-            replicas=log.settings.stream_replicas,
-            window=log.settings.duplicate_window,
-        )
+    await LogAdmin(log).ensure_limited_stream(
+        names.STREAM_WEBHOOK_DELIVERIES,
+        [names.WEBHOOK_DELIVERIES_ALL],
+        "Every attempt to deliver an event to a webhook, kept for a limited time.",
+        max_age=max_age,
     )
 
 

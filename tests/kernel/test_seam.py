@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from schemas import names, new_id
-from swarm.kernel.admin import LogAdmin, limited_stream
+from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import (
     AppendRequest,
     EventLog,
@@ -76,11 +76,9 @@ async def test_stored_messages_by_position_and_missing_ones(event_log: EventLog)
     admin = LogAdmin(event_log)
     stream = f"TEST_SEAM_{new_id()}".upper().replace("-", "_")
     prefix = f"test.seam.stored.{new_id()}"
-    config = limited_stream(
-        stream, [f"{prefix}.>"], "a test stream", max_age=60.0, replicas=1, window=120.0
-    )
-    await admin.ensure_stream(config)
-    await admin.ensure_stream(config)  # the same again: an update, no error
+    await admin.ensure_limited_stream(stream, [f"{prefix}.>"], "a test stream", max_age=60.0)
+    # The same again: an update, no error.
+    await admin.ensure_limited_stream(stream, [f"{prefix}.>"], "a test stream", max_age=60.0)
     try:
         msg_id = new_id()
         stored = await event_log.append_raw(
