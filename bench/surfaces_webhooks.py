@@ -116,7 +116,7 @@ async def _dispatcher_run(
     """Deliveries/s of the dispatcher for `n` events behind a new subscription."""
     secret = new_secret()
     webhook_id = new_id()
-    kv = await secrets_bucket(log.js, settings)
+    kv = await secrets_bucket(log)
     await kv.put(webhook_id, secret.encode())
     added = WebhookAdded(
         webhook_id=webhook_id,

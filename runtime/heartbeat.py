@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 import time
 from collections.abc import Callable
 
-import nats
-import nats.errors
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from schemas import names
 from swarm.kernel.connection import CannotConnect, connect_nats
+from swarm.kernel.eventlog import EventLog, EventLogError, Message
 
 log = structlog.get_logger(__name__)
 
@@ -149,21 +147,23 @@ class Heartbeat:
             if self._closing:
                 return
             self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
-        nc: NATS | None = None
+        conn: EventLog | None = None
         try:
-            nc = await self._connect()
-            if nc is None:
+            conn = await self._connect()
+            if conn is None:
                 return
-            await nc.subscribe(names.probe_subject(self.pod_id), cb=self._on_probe)
-            await self._beat(nc)
+            await conn.subscribe(
+                names.probe_subject(self.pod_id), functools.partial(self._on_probe, conn)
+            )
+            await self._beat(conn)
         except asyncio.CancelledError:
             pass  # close(): what follows closes the connection
         finally:
-            if nc is not None:
+            if conn is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(nc.close(), _CONNECT_TIMEOUT_S)
+                    await asyncio.wait_for(conn.close(), _CONNECT_TIMEOUT_S)
 
-    async def _connect(self) -> NATS | None:
+    async def _connect(self) -> EventLog | None:
         """A connection, or None once closing."""
 
         async def on_error(exc: Exception) -> None:
@@ -173,18 +173,19 @@ class Heartbeat:
             try:
                 # Bounded by itself (no wait_for): see swarm.kernel.connection for why a
                 # cancelled first connection could otherwise retry forever.
-                return await connect_nats(
+                nc = await connect_nats(
                     self.url,
                     name=f"pod-{self.pod_id}-heartbeat",
                     timeout=_CONNECT_TIMEOUT_S,
                     on_error=on_error,
                 )
+                return EventLog(nc, timeout=_CONNECT_TIMEOUT_S)
             except CannotConnect as exc:
                 log.warning("heartbeat cannot reach NATS", pod_id=self.pod_id, error=str(exc))
                 await asyncio.sleep(_RETRY_S)
         return None
 
-    async def _beat(self, nc: NATS) -> None:
+    async def _beat(self, conn: EventLog) -> None:
         subject = names.heartbeat_subject(self.pod_id)
         stalled = False
         while not self._closing:
@@ -201,18 +202,18 @@ class Heartbeat:
                 if stalled:
                     log.warning("event loop runs again; heartbeats resume", pod_id=self.pod_id)
                 stalled = False
-                with contextlib.suppress(nats.errors.Error, OSError):
-                    await nc.publish(subject, b"")
+                with contextlib.suppress(EventLogError, OSError):
+                    await conn.publish(subject)
                     self.beats += 1
             await asyncio.sleep(self.interval_s)
 
-    async def _on_probe(self, msg: Msg) -> None:
+    async def _on_probe(self, conn: EventLog, msg: Message) -> None:
         lag = self._lag()
         if lag > self.stall_s or not msg.reply:
             return
         body = json.dumps({"pod_id": self.pod_id, "loop_lag_s": round(lag, 3)}).encode()
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await msg.respond(body)
+        with contextlib.suppress(EventLogError, OSError):
+            await conn.respond(msg, body)
             self.answers += 1
 
 

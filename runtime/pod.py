@@ -41,9 +41,7 @@ import signal
 import time
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.js.errors import NotFoundError
 
 from runtime.components import ComponentCache
 from runtime.config import PodSettings, load_pod_settings
@@ -61,7 +59,8 @@ from runtime.snapshots import SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import Envelope, Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
-from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from swarm.kernel.admin import LogAdmin
+from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, NotFound
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.settings import Settings
@@ -142,12 +141,10 @@ class Pod:
                 self.settings.nats_url, self.settings, name=self.source
             )
             engine.start()
-            nc = eventlog.nc
-            # Read at each save: a reconnect may land on a server with another limit.
-            snapshots = await SnapshotStore.open(eventlog.js, max_payload=lambda: nc.max_payload)
+            snapshots = await SnapshotStore.open(eventlog)
             self._deps = ReplicaDeps(
                 pod_id=self.pod_id,
-                nc=eventlog.nc,
+                eventlog=eventlog,
                 engine=engine,
                 modules=ModuleCache(engine, self.config.module_cache_dir()),
                 components=ComponentCache(engine, self.config.module_cache_dir()),
@@ -236,7 +233,7 @@ class Pod:
         while not self._stop.is_set():
             try:
                 await self._follow(eventlog)
-            except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+            except (EventLogError, TimeoutError, OSError) as exc:
                 log.warning(
                     "event feed interrupted; reading again",
                     error=str(exc) or type(exc).__name__,
@@ -327,9 +324,8 @@ class Pod:
         assert ref.sha256 is not None
         assert self._eventlog is not None
         try:
-            store = await self._eventlog.js.object_store(names.OBJECT_STORE_MODULES)
-            data = (await store.get(ref.sha256)).data
-        except NotFoundError:
+            data: bytes | None = await (await LogAdmin(self._eventlog).modules()).get(ref.sha256)
+        except NotFound:
             data = None
         if not data:
             raise ModuleUnavailable(
@@ -392,7 +388,7 @@ class Pod:
             try:
                 await self._eventlog.append_raw(request)
                 return
-            except (EventLogError, nats.errors.Error, OSError) as exc:
+            except (EventLogError, OSError) as exc:
                 # Same command id on every attempt: JetStream drops a retry that did land.
                 log.warning("command not sent", type=payload.TYPE, attempt=attempt, error=str(exc))
                 await asyncio.sleep(0.2 * attempt)
@@ -427,8 +423,8 @@ class Pod:
                 }
             ).encode()
             self._final_metrics = []
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await eventlog.nc.publish(subject, body)
+            with contextlib.suppress(EventLogError, OSError):
+                await eventlog.publish(subject, body)
 
     def metrics_json(self) -> dict[str, JSON]:
         """The pod's own counters (beside its replicas' rows in every metrics message)."""

@@ -54,11 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import nats.errors
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from runtime.abi import Destination, LogLevel
 from runtime.components import ComponentCache, ComponentSandbox, is_component
@@ -76,6 +72,7 @@ from runtime.snapshots import SnapshotRef, SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import names
 from schemas.specs import ModuleRef
+from swarm.kernel.eventlog import EventLog, EventLogError, Message, Subscription
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +95,7 @@ class ReplicaDeps:
     """What a replica borrows from its pod."""
 
     pod_id: str
-    nc: NATS
+    eventlog: EventLog
     engine: SandboxEngine
     modules: ModuleCache
     snapshots: SnapshotStore
@@ -200,7 +197,7 @@ class PodHost:
         else:
             subject = names.mesh_topic_subject(to.name)
         future = asyncio.run_coroutine_threadsafe(
-            self._deps.nc.publish(subject, message), self._loop
+            self._deps.eventlog.publish(subject, message), self._loop
         )
         try:
             # Waited for (briefly) so that a dead connection is reported as UNAVAILABLE.
@@ -268,7 +265,9 @@ class PodHost:
         ).encode()
         subject = names.logs_subject(self._deps.pod_id, level)
         # Fire and forget: logs are lossy by design and must not slow the agent down.
-        future = asyncio.run_coroutine_threadsafe(self._deps.nc.publish(subject, body), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._deps.eventlog.publish(subject, body), self._loop
+        )
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
@@ -304,7 +303,7 @@ class Metrics:
 class Mail:
     """One mailbox entry: a direct message (answered) or a topic message (never answered)."""
 
-    msg: Msg
+    msg: Message
     topic: str | None = None
 
 
@@ -529,29 +528,29 @@ class Replica:
         self._saved_version = 0  # swarm_init's kv_puts are new state worth saving
         if self._stopping:
             return True  # stopped while starting: _serve finds the sentinel at once
-        self._sub = await self.deps.nc.subscribe(
+        self._sub = await self.deps.eventlog.subscribe(
             names.mesh_agent_subject(a.namespace, a.name),
+            self._on_message,
             # One queue group per agent: each request is answered by one of its replicas.
             queue=a.agent_id,
-            cb=self._on_message,
         )
-        self._replica_sub = await self.deps.nc.subscribe(
-            names.mesh_replica_subject(a.replica_id), cb=self._on_message
+        self._replica_sub = await self.deps.eventlog.subscribe(
+            names.mesh_replica_subject(a.replica_id), self._on_message
         )
         for topic in dict.fromkeys(a.spec.topics):
             self._topic_subs.append(
-                await self.deps.nc.subscribe(
+                await self.deps.eventlog.subscribe(
                     names.mesh_topic_subject(topic),
+                    self._topic_callback(topic),
                     # The same queue name per agent: one replica of each subscribed agent.
                     queue=a.agent_id,
-                    cb=self._topic_callback(topic),
                 )
             )
         # "Running" means "answers": the server must have our subscriptions before anyone is
         # told (a request right after the report found no responders on a busy machine). A
         # flush that times out changes nothing that was not already so.
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await self.deps.nc.flush(timeout=5)
+        with contextlib.suppress(EventLogError, TimeoutError):
+            await self.deps.eventlog.flush(timeout=5)
         self.state = State.RUNNING
         await self._report("running", "", None)
         log.info("replica running", replica_id=a.replica_id, pod_id=self.deps.pod_id)
@@ -607,8 +606,8 @@ class Replica:
         check = self.deps.quarantine
         return check(self.assignment.agent_id) if check is not None else None
 
-    async def _on_message(self, msg: Msg) -> None:
-        # Runs on nats-py's delivery task: decide quickly, never run the agent here.
+    async def _on_message(self, msg: Message) -> None:
+        # Runs on the connection's delivery task: decide quickly, never run the agent here.
         self.metrics.received += 1
         quarantined = self._quarantined()
         if quarantined is not None:
@@ -622,8 +621,8 @@ class Replica:
         else:
             self._mailbox.put_nowait(Mail(msg))
 
-    def _topic_callback(self, topic: str) -> Callable[[Msg], Awaitable[None]]:
-        async def on_topic_message(msg: Msg) -> None:
+    def _topic_callback(self, topic: str) -> Callable[[Message], Awaitable[None]]:
+        async def on_topic_message(msg: Message) -> None:
             # Fire-and-forget: nobody to tell about a drop, so it is only counted.
             self.metrics.received += 1
             if (
@@ -691,13 +690,13 @@ class Replica:
     async def _finish(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            await _quietly(sub.unsubscribe())
+            await _quietly(sub.close())
         if self._replica_sub is not None:
             sub, self._replica_sub = self._replica_sub, None
-            await _quietly(sub.unsubscribe())
+            await _quietly(sub.close())
         topic_subs, self._topic_subs = self._topic_subs, []
         for sub in topic_subs:
-            await _quietly(sub.unsubscribe())
+            await _quietly(sub.close())
         broken = self.state is State.BROKEN
         if not broken:
             self.state = State.STOPPING
@@ -775,7 +774,7 @@ class Replica:
         await self.deps.report(self.assignment, status, reason, snapshot)
 
     async def _answer(
-        self, mail: Msg | Mail, *, body: bytes = b"", status: int = 0, error: str | None = None
+        self, mail: Message | Mail, *, body: bytes = b"", status: int = 0, error: str | None = None
     ) -> None:
         if isinstance(mail, Mail):
             if mail.topic is not None:  # topic messages are fire-and-forget (ABI.md)
@@ -789,7 +788,7 @@ class Replica:
             body, headers = error_body(error), {HEADER_ERROR: "1"}
         else:
             headers = {HEADER_STATUS: str(status)}
-        await _quietly(self.deps.nc.publish(msg.reply, body, headers=headers))
+        await _quietly(self.deps.eventlog.publish(msg.reply, body, headers=headers))
 
 
 async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> None:

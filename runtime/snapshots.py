@@ -48,12 +48,10 @@ from datetime import datetime
 from typing import Any, Final
 
 import structlog
-from nats.js import JetStreamContext
-from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
-from nats.js.kv import KeyValue
 
 from schemas import names
+from swarm.kernel.admin import Bucket, LogAdmin
+from swarm.kernel.eventlog import EventLog, NotFound
 
 log = structlog.get_logger(__name__)
 
@@ -214,34 +212,22 @@ def chunk_key(key: str, gen: int, id_: str, index: int) -> str:
 
 class SnapshotStore:
     def __init__(
-        self,
-        kv: KeyValue,
-        bucket: str,
-        *,
-        js: JetStreamContext,
-        max_payload: Callable[[], int] = lambda: DEFAULT_MAX_PAYLOAD,
+        self, kv: Bucket, *, max_payload: Callable[[], int] = lambda: DEFAULT_MAX_PAYLOAD
     ) -> None:
         self._kv = kv
-        self._js = js
         self._max_payload = max_payload
-        self.bucket = bucket
+        self.bucket = kv.name
 
     @classmethod
     async def open(
-        cls,
-        js: JetStreamContext,
-        bucket: str = names.SNAPSHOTS_BUCKET,
-        *,
-        max_payload: Callable[[], int] = lambda: DEFAULT_MAX_PAYLOAD,
+        cls, log: EventLog, bucket: str = names.SNAPSHOTS_BUCKET, *, create: bool = True
     ) -> SnapshotStore:
-        """`max_payload` reads the connection's current limit (`nc.max_payload`): a save sizes
-        its messages by it."""
-        try:
-            kv = await js.key_value(bucket)
-        except BucketNotFoundError:
-            # Creating an existing bucket with the same config is accepted, so racing pods agree.
-            kv = await js.create_key_value(bucket=bucket, history=HISTORY)
-        return cls(kv, bucket, js=js, max_payload=max_payload)
+        """The store in `bucket`, created when missing (unless not `create`: then `NotFound`).
+        A save sizes its messages by the connection's limit at the time (a reconnect may land
+        on a server with another)."""
+        # Creating an existing bucket with the same config is accepted, so racing pods agree.
+        kv = await LogAdmin(log).bucket(bucket, history=HISTORY, replicas=1, create=create)
+        return cls(kv, max_payload=lambda: log.max_payload)
 
     def message_limit(self) -> int:
         """The most bytes one head or chunk may carry."""
@@ -250,7 +236,7 @@ class SnapshotStore:
 
     async def save(self, key: str, state: Mapping[str, bytes]) -> SnapshotRef:
         """Save `state` under `key`: inline if it fits one message, else in chunks (chunks
-        first, head last). Raises whatever NATS raised when it could not be saved."""
+        first, head last). Raises the log client's error when it could not be saved."""
         gen = await self._latest_gen(key) + 1
         limit = self.message_limit()
         head: bytes | None = None
@@ -282,14 +268,11 @@ class SnapshotStore:
     async def _latest_gen(self, key: str) -> int:
         """The generation of `key`'s latest head (0: none, or an old head without one). Read
         before every save rather than remembered: the replica may have run on another pod."""
-        try:
-            entry = await self._kv.get(key)
-        except (KeyNotFoundError, NotFoundError):
-            return 0
-        if not entry.value:
+        value = await self._kv.get(key)
+        if not value:
             return 0
         try:
-            return _gen(_head(entry.value))
+            return _gen(_head(value))
         except SnapshotUnreadable:
             return 0
 
@@ -297,10 +280,8 @@ class SnapshotStore:
         """Purge the chunks of generation `gen` of `key`; a failure only leaves garbage."""
         if gen < 1:
             return
-        stream = KV_STREAM_TEMPLATE.format(bucket=self.bucket)
-        subject = f"{KV_PRE_TEMPLATE.format(bucket=self.bucket)}{key}.{gen}.>"
         try:
-            await self._js.purge_stream(stream, subject=subject)
+            await self._kv.purge_keys(f"{key}.{gen}.>")
         except Exception as exc:  # garbage, not loss: the next save's purge may work
             log.warning("old snapshot chunks not purged", key=key, gen=gen, error=str(exc))
 
@@ -315,11 +296,10 @@ class SnapshotStore:
         parts: list[bytes] = []
         for index in range(head.chunks):
             name = chunk_key(key, head.gen, head.id, index)
-            try:
-                entry = await self._kv.get(name)
-            except (KeyNotFoundError, NotFoundError):
-                raise SnapshotUnreadable(f"snapshot chunk {name} is missing") from None
-            parts.append(entry.value or b"")
+            chunk = await self._kv.get(name)
+            if chunk is None:
+                raise SnapshotUnreadable(f"snapshot chunk {name} is missing")
+            parts.append(chunk)
         body = b"".join(parts)
         del parts
         if len(body) != head.size:
@@ -332,27 +312,20 @@ class SnapshotStore:
         """The newest state under `ref.key` and the reference it was read at; None if none."""
         if ref.bucket != self.bucket:
             raise ValueError(f"snapshot {ref} is not in bucket {self.bucket}")
-        try:
-            entry = await self._kv.get(ref.key)
-        except (KeyNotFoundError, NotFoundError):
-            return None
-        if entry.value is None or entry.revision is None:
+        entry = await self._kv.entry(ref.key)
+        if entry is None or not entry.revision:
             return None
         state = await self._state(ref.key, entry.value)
-        return state, SnapshotRef(self.bucket, ref.key, int(entry.revision))
+        return state, SnapshotRef(self.bucket, ref.key, entry.revision)
 
     async def load_before(
         self, key: str, before: datetime
     ) -> tuple[dict[str, bytes], SnapshotRef] | None:
         """The newest state saved under `key` before `before`, among the HISTORY revisions the
         bucket keeps; None when none of them is that old."""
-        try:
-            entries = await self._kv.history(key)
-        except (KeyNotFoundError, NotFoundError, NoKeysError):
-            return None
         newest: tuple[int, bytes] | None = None
-        for e in entries:
-            if e.operation is not None or not e.value or e.revision is None:
+        for e in await self._kv.history(key):
+            if e.deleted or not e.value or not e.revision:
                 continue  # a delete or purge marker
             if not isinstance(e.created, datetime) or e.created > before:
                 continue
@@ -368,13 +341,20 @@ class SnapshotStore:
         longer kept (the bucket keeps HISTORY revisions per key)."""
         if ref.bucket != self.bucket:
             raise ValueError(f"snapshot {ref} is not in bucket {self.bucket}")
-        try:
-            entry = await self._kv.get(ref.key, revision=ref.revision)
-        except (KeyNotFoundError, NotFoundError):
-            return None
-        if entry.value is None or entry.key != ref.key:
+        entry = await self._kv.entry(ref.key, revision=ref.revision)
+        if entry is None or entry.key != ref.key:
             return None
         return await self._state(ref.key, entry.value)
+
+
+async def saved_state(log: EventLog, key: str) -> tuple[dict[str, bytes], SnapshotRef] | None:
+    """The newest state saved under `key` in Swarm's snapshots bucket, read as a pod reads it
+    (a state saved in chunks too); None when none was saved, or there is no bucket."""
+    try:
+        store = await SnapshotStore.open(log)
+        return await store.load(SnapshotRef(names.SNAPSHOTS_BUCKET, key, 0))
+    except NotFound:
+        return None
 
 
 def _body_and_digest(state: Mapping[str, bytes]) -> tuple[bytes, str]:

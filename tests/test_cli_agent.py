@@ -605,12 +605,12 @@ async def test_queries_wait_for_a_replica_that_has_caught_up(event_log: EventLog
 
     sub = await event_log.nc.subscribe(subject, cb=lagging)
     try:
-        queries = HiveQueries(event_log.nc, catch_up=5.0)
+        queries = HiveQueries(event_log, catch_up=5.0)
         answer = await queries.ask(subject, at_least=7)
         assert (answer["applied_seq"], asked) == (7, 3)
         assert queries.applied_seq == 7
 
-        impatient = HiveQueries(event_log.nc, catch_up=0.0)
+        impatient = HiveQueries(event_log, catch_up=0.0)
         stale = await impatient.ask(subject, at_least=100)
         assert stale["applied_seq"] == 7  # shown anyway, with a note on stderr
     finally:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import nats.errors
 import structlog
 
 from schemas import names
@@ -52,7 +51,7 @@ class Feeder:
         while not stop.is_set():
             try:
                 await self._read(stop)
-            except (nats.errors.Error, EventLogError, TimeoutError, OSError) as exc:
+            except (EventLogError, TimeoutError, OSError) as exc:
                 log.warning("reading the log for the fold failed; reading again", error=str(exc))
                 await asyncio.sleep(0.2)
 

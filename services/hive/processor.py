@@ -47,9 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.js.errors import NotFoundError
 
 from schemas import (
     REGISTRY,
@@ -70,6 +68,7 @@ from swarm.domain.decide import Decision, decide
 from swarm.domain.evolve import evolve, fold_checked
 from swarm.domain.outcome import Rejection, Rule
 from swarm.domain.state import HiveState
+from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import (
     MAX_ATOMIC_BATCH,
     AppendFailed,
@@ -79,10 +78,10 @@ from swarm.kernel.eventlog import (
     DuplicateBatch,
     EventLog,
     EventLogError,
+    NotFound,
 )
 from swarm.kernel.ids import IdKey
 from swarm.kernel.seal import SealKey
-from swarm.kernel.streams import ensure_deadletter
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +160,7 @@ class CommandProcessor:
 
     async def run(self, still_leader: Callable[[], bool]) -> None:
         self._still_leader = still_leader
-        await ensure_deadletter(self.log.js, self.log.settings)
+        await LogAdmin(self.log).ensure_deadletter()
         consumer = await self.log.consumer(
             names.STREAM_COMMANDS,
             names.CONSUMER_HIVE_COMMANDS,
@@ -189,7 +188,7 @@ class CommandProcessor:
         flight that long."""
         unsettled, self._unsettled = self._unsettled, {}
         for delivery in unsettled.values():
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
+            with contextlib.suppress(EventLogError, TimeoutError):
                 await delivery.nak()
 
     async def resync(self, at_least: int | None = None) -> HiveState:
@@ -324,11 +323,12 @@ class CommandProcessor:
         if digest is None or digest in self._modules:
             return frozenset()
         try:
-            store = await self.log.js.object_store(names.OBJECT_STORE_MODULES)
-            await store.get_info(digest)
-        except NotFoundError:
+            store = await LogAdmin(self.log).modules()
+            if await store.info(digest) is None:
+                return frozenset({digest})
+        except NotFound:  # no module store at all
             return frozenset({digest})
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (EventLogError, TimeoutError) as exc:
             # Not knowing is no reason to refuse: the pods report a module they cannot fetch.
             log.warning("could not look up a module", sha256=digest, error=str(exc))
             return frozenset()
@@ -419,7 +419,7 @@ class CommandProcessor:
             await self._write(delivery)
         except (NotCaughtUp, asyncio.CancelledError):
             raise
-        except (EventLogError, nats.errors.Error, TimeoutError) as exc:
+        except (EventLogError, TimeoutError) as exc:
             # The log's trouble, not the command's: try again later.
             log.warning(
                 "command not written; redelivering", seq=delivery.stream_seq, error=str(exc)
@@ -701,7 +701,7 @@ class CommandProcessor:
                 expected_subject=names.outcome_wildcard(command.id),
             )
         )
-        max_payload = self.log.nc.max_payload
+        max_payload = self.log.max_payload
         for request in requests:
             if max_payload and len(request.body) > max_payload:
                 raise ValueError(

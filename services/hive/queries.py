@@ -12,15 +12,13 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from schemas import names, utcnow
 from services.hive.raft import ReplicatedState
 from swarm.domain import reputation
 from swarm.domain.decide import derive_status
 from swarm.domain.state import Agent, HiveState, Pod
+from swarm.kernel.eventlog import EventLog, Message, Subscription
 
 log = structlog.get_logger(__name__)
 
@@ -226,12 +224,12 @@ QUERIES: dict[str, Query] = {
 
 
 async def serve(
-    nc: NATS, raft: ReplicatedState, node: str, status: Callable[..., dict[str, Any]]
+    log_: EventLog, raft: ReplicatedState, node: str, status: Callable[..., dict[str, Any]]
 ) -> list[Subscription]:
-    """Subscribe the query handlers; returns the subscriptions (unsubscribe to stop)."""
+    """Subscribe the query handlers; returns the subscriptions (close them to stop)."""
 
-    def handler(query: Query) -> Callable[[Msg], Awaitable[None]]:
-        async def respond(msg: Msg) -> None:
+    def handler(query: Query) -> Callable[[Message], Awaitable[None]]:
+        async def respond(msg: Message) -> None:
             try:
                 req = json.loads(msg.data) if msg.data else {}
                 if not isinstance(req, dict):
@@ -242,22 +240,22 @@ async def serve(
             except ValueError as exc:
                 answer = {"error": f"bad query: {exc}", "code": "bad_request"}
             answer["node"] = node
-            await msg.respond(json.dumps(answer).encode())
+            await log_.respond(msg, json.dumps(answer).encode())
 
         return respond
 
-    async def respond_status(msg: Msg) -> None:
+    async def respond_status(msg: Message) -> None:
         try:
             req = json.loads(msg.data) if msg.data else {}
         except ValueError:
             req = {}
         want_digest = isinstance(req, dict) and bool(req.get("digest"))
-        await msg.respond(json.dumps(status(digest=want_digest)).encode())
+        await log_.respond(msg, json.dumps(status(digest=want_digest)).encode())
 
     subs = [
-        await nc.subscribe(subject, queue=names.QUERY_QUEUE, cb=handler(q))
+        await log_.subscribe(subject, handler(q), queue=names.QUERY_QUEUE)
         for subject, q in QUERIES.items()
     ]
-    subs.append(await nc.subscribe(names.QUERY_STATUS, queue=names.QUERY_QUEUE, cb=respond_status))
-    subs.append(await nc.subscribe(f"{names.QUERY_STATUS}.{node}", cb=respond_status))
+    subs.append(await log_.subscribe(names.QUERY_STATUS, respond_status, queue=names.QUERY_QUEUE))
+    subs.append(await log_.subscribe(f"{names.QUERY_STATUS}.{node}", respond_status))
     return subs

@@ -16,16 +16,19 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
-import nats.errors
 import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from schemas import Payload, command, commands, names, utcnow
 from swarm.domain import heal
 from swarm.domain.state import HiveState
-from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
+from swarm.kernel.eventlog import (
+    AppendFailed,
+    AppendRequest,
+    EventLog,
+    EventLogError,
+    Message,
+    Subscription,
+)
 from swarm.kernel.ids import IdKey
 
 log = structlog.get_logger(__name__)
@@ -61,11 +64,11 @@ class Heartbeats:
         self.gaps: dict[str, deque[float]] = {}
         self.since = time.monotonic()
 
-    async def subscribe(self, nc: NATS) -> Subscription:
-        async def on_beat(msg: Msg) -> None:
+    async def subscribe(self, log_: EventLog) -> Subscription:
+        async def on_beat(msg: Message) -> None:
             self.beat(msg.subject.rsplit(".", 1)[1])
 
-        return await nc.subscribe(f"{names.HEARTBEAT_PREFIX}.*", cb=on_beat)
+        return await log_.subscribe(f"{names.HEARTBEAT_PREFIX}.*", on_beat)
 
     def beat(self, pod_id: str, at: float | None = None) -> None:
         now = time.monotonic() if at is None else at
@@ -189,8 +192,8 @@ class Reconciler:
 
     async def _probe(self, pod_id: str) -> bool:
         try:
-            await self.log.nc.request(names.probe_subject(pod_id), b"", timeout=PROBE_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError):
+            await self.log.request(names.probe_subject(pod_id), b"", timeout=PROBE_TIMEOUT_S)
+        except (EventLogError, TimeoutError):
             return False
         return True
 

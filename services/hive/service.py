@@ -89,8 +89,8 @@ class Hive:
         eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=self.node)
         raft = self.raft = ReplicatedState(self.hive_settings.raft())
         heartbeats = Heartbeats()
-        subs = await serve(eventlog.nc, raft, self.node, self.status)
-        subs.append(await heartbeats.subscribe(eventlog.nc))
+        subs = await serve(eventlog, raft, self.node, self.status)
+        subs.append(await heartbeats.subscribe(eventlog))
         # Every replica reads the log itself; Raft agrees on what to fold (raft.py).
         feeding = asyncio.Event()
         feeder = asyncio.create_task(
@@ -112,8 +112,7 @@ class Hive:
             feeding.set()
             await cancel_and_wait([feeder])
             for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                await sub.close()
             await eventlog.close()
             raft.destroy()
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats.aio.client import Client as NATS
-
 from schemas import names
 from swarm.kernel.embedded import die_with_parent, free_port
+from swarm.kernel.eventlog import Requester
 
 PASSWORD = "test-raft-secret"
 
@@ -118,7 +117,7 @@ class HiveCluster:
         ]
 
     async def status(
-        self, nc: NATS, index: int, *, digest: bool = False, timeout: float = 5.0
+        self, nc: Requester, index: int, *, digest: bool = False, timeout: float = 5.0
     ) -> dict[str, Any] | None:
         body = json.dumps({"digest": digest}).encode()
         try:
@@ -130,7 +129,7 @@ class HiveCluster:
         answer: dict[str, Any] = json.loads(reply.data)
         return answer
 
-    async def leader(self, nc: NATS, timeout: float = 15.0) -> int:
+    async def leader(self, nc: Requester, timeout: float = 15.0) -> int:
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             for i in self.alive():
@@ -141,7 +140,7 @@ class HiveCluster:
         raise TimeoutError("no Hive leader")
 
     async def converged(
-        self, nc: NATS, log_end: int, timeout: float = 60.0
+        self, nc: Requester, log_end: int, timeout: float = 60.0
     ) -> dict[int, dict[str, Any]]:
         """Wait until every live replica folded the log to `log_end` and all are at the same
         point of it; returns their statuses with digests, each taken with its `applied_seq`.

@@ -31,16 +31,21 @@ from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.aio.msg import Msg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import command, commands, names
 from services.scheduler.autoscale import HANDLED, Autoscaler, SampleError, ScaleRequest
 from services.scheduler.tasks import TaskBoard
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog, EventLogError
+from swarm.kernel.eventlog import (
+    AppendRequest,
+    Delivery,
+    EventLog,
+    EventLogError,
+    Message,
+    NoResponders,
+)
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.settings import Settings
 from swarm.kernel.tasks import cancel_and_wait
@@ -164,7 +169,7 @@ class AutoscalerService:
         while not self._stop.is_set():
             try:
                 await loop(eventlog)
-            except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+            except (EventLogError, TimeoutError, OSError) as exc:
                 log.warning(f"autoscaler {name} interrupted; again", error=str(exc) or repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.2)
@@ -201,7 +206,7 @@ class AutoscalerService:
                     except (SampleError, ValueError) as exc:
                         log.warning("metrics sample skipped", subject=d.subject, error=str(exc))
         finally:
-            with contextlib.suppress(nats.errors.Error, OSError):
+            with contextlib.suppress(EventLogError, OSError):
                 await reader.close()
 
     # -- decisions --------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class AutoscalerService:
         envelope = command(payload, source=SOURCE, identity=IDENTITY)
         try:
             await eventlog.append_raw(AppendRequest.of(envelope))
-        except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+        except (EventLogError, TimeoutError, OSError) as exc:
             self.scales_failed += 1
             log.warning("scale request not sent", agent_id=request.agent_id, error=str(exc))
             return
@@ -287,10 +292,10 @@ class AutoscalerService:
             tried.append(rid)
             self.board.sent(rid)
             try:
-                reply = await eventlog.nc.request(
+                reply = await eventlog.request(
                     names.mesh_replica_subject(rid), d.data, timeout=c.task_timeout_s
                 )
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            except (NoResponders, TimeoutError):  # RequestTimeout included
                 continue  # gone, or too slow: another replica may take it
             finally:
                 self.board.answered(rid)
@@ -303,12 +308,12 @@ class AutoscalerService:
         self.tasks_retried += 1
         await d.nak(delay=c.task_retry_s)
 
-    async def _forward(self, eventlog: EventLog, d: Delivery, reply: Msg) -> None:
+    async def _forward(self, eventlog: EventLog, d: Delivery, reply: Message) -> None:
         to = d.headers.get(names.HEADER_TASK_REPLY)
         if not to:
             return
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await eventlog.nc.publish(to, reply.data, headers=reply.headers or {})
+        with contextlib.suppress(EventLogError, OSError):
+            await eventlog.publish(to, reply.data, headers=reply.headers or {})
 
 
 async def main() -> None:

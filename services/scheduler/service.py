@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import json
 import signal
 import time
@@ -32,9 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import nats.errors
 import structlog
-from nats.aio.msg import Msg
 
 from schemas import Payload, command, commands, market, names
 from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
@@ -45,7 +44,7 @@ from services.scheduler.market import market_rows
 from services.scheduler.planner import Planner, Retry
 from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
-from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, Message
 from swarm.kernel.ids import IdKey
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.seal import verifier as seal_verifier
@@ -131,8 +130,10 @@ class Scheduler:
         subscription = None
         pause = _RESTART_PAUSE
         try:
-            subscription = await eventlog.nc.subscribe(
-                names.QUERY_MARKET_STATE, queue=SOURCE, cb=self._answer_market
+            subscription = await eventlog.subscribe(
+                names.QUERY_MARKET_STATE,
+                functools.partial(self._answer_market, eventlog),
+                queue=SOURCE,
             )
             while not self._stop.is_set():
                 try:
@@ -153,8 +154,7 @@ class Scheduler:
         finally:
             self.status = Status.STOPPING
             if subscription is not None:
-                with contextlib.suppress(nats.errors.Error, OSError):
-                    await subscription.unsubscribe()
+                await subscription.close()
             await eventlog.close()
             self.status = Status.STOPPED
             log.info("scheduler stopped", proposed=self.proposed, rejected=dict(self.rejected))
@@ -229,15 +229,15 @@ class Scheduler:
             "clearings": recent,
         }
 
-    async def _answer_market(self, msg: Msg) -> None:
+    async def _answer_market(self, eventlog: EventLog, msg: Message) -> None:
         try:
             body = json.loads(msg.data or b"{}")
             limit = int(body.get("limit", 50)) if isinstance(body, dict) else 50
             answer = self.market_state(max(0, min(limit, 10_000)))
         except (ValueError, TypeError) as exc:
             answer = {"error": f"bad market query: {exc}"}
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await msg.respond(json.dumps(answer).encode())
+        with contextlib.suppress(EventLogError, OSError):
+            await eventlog.respond(msg, json.dumps(answer).encode())
 
     def _on_retry(self, retry: Retry) -> None:
         if retry.proposal is None:
@@ -286,7 +286,7 @@ class Scheduler:
         ]
         try:
             appended = await eventlog.append_batch(requests)
-        except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+        except (EventLogError, TimeoutError, OSError) as exc:
             self.planner.abandon(plan.proposals, now)
             log.warning("could not send proposals; retrying", count=len(requests), error=str(exc))
             return

@@ -6,21 +6,18 @@ read away: that is how an event handed out again after a crash is recognised as 
 
 from __future__ import annotations
 
-import contextlib
 import json
-
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
 
 from schemas import names
 from schemas.webhooks import DeadLetter, DeliveryAttempt
+from swarm.kernel.admin import Bucket
+from swarm.kernel.eventlog import AppendRequest, EventLog, NotFound
 from swarm.kernel.webhook_storage import dead_letter_values
 
 
 class Books:
-    def __init__(self, js: JetStreamContext, dead: KeyValue) -> None:
-        self.js = js
+    def __init__(self, log: EventLog, dead: Bucket) -> None:
+        self.log = log
         self.dead = dead
 
     async def record(self, attempt: DeliveryAttempt) -> None:
@@ -34,18 +31,19 @@ class Books:
                 attempt.redelivery or "",
             )
         )
-        await self.js.publish(
-            names.webhook_delivery_subject(attempt.webhook_id, attempt.event_seq),
-            attempt.model_dump_json().encode(),
-            stream=names.STREAM_WEBHOOK_DELIVERIES,
-            headers={names.HEADER_MSG_ID: msg_id},
+        await self.log.append_raw(
+            AppendRequest(
+                names.webhook_delivery_subject(attempt.webhook_id, attempt.event_seq),
+                attempt.model_dump_json().encode(),
+                msg_id,
+            )
         )
 
     async def last_attempt(self, webhook_id: str, event_seq: int) -> DeliveryAttempt | None:
         subject = names.webhook_delivery_subject(webhook_id, event_seq)
         try:
-            msg = await self.js.get_last_msg(names.STREAM_WEBHOOK_DELIVERIES, subject)
-        except NotFoundError:
+            msg = await self.log.last_message(names.STREAM_WEBHOOK_DELIVERIES, subject)
+        except NotFound:
             return None
         return DeliveryAttempt.model_validate_json(msg.data or b"{}")
 
@@ -59,7 +57,4 @@ class Books:
         return sorted(letters, key=lambda d: d.event_seq)
 
     async def remove_dead_letter(self, letter: DeadLetter) -> None:
-        with contextlib.suppress(KeyNotFoundError):
-            await self.dead.delete(
-                names.webhook_dead_letter_key(letter.webhook_id, letter.event_seq)
-            )
+        await self.dead.delete(names.webhook_dead_letter_key(letter.webhook_id, letter.event_seq))

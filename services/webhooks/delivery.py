@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
-
 from schemas.webhooks import DeadLetter, DeliveryAttempt
 from services.webhooks.backoff import retry_delay
 from services.webhooks.books import Books
 from services.webhooks.config import WebhookSettings
 from services.webhooks.sender import Answer, Sender
+from swarm.kernel.admin import Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +52,17 @@ class StoredEvent:
 class Secrets:
     """Signing secrets by webhook id, read from their KV bucket and kept in memory."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: Bucket) -> None:
         self.kv = kv
         self._known: dict[str, str] = {}
 
     async def get(self, webhook_id: str) -> str | None:
         secret = self._known.get(webhook_id)
         if secret is None:
-            try:
-                entry = await self.kv.get(webhook_id)
-            except KeyNotFoundError:
+            value = await self.kv.get(webhook_id)
+            if not value:
                 return None
-            if not entry.value:
-                return None
-            secret = self._known[webhook_id] = entry.value.decode()
+            secret = self._known[webhook_id] = value.decode()
         return secret
 
     def forget(self, webhook_id: str) -> None:

@@ -17,7 +17,6 @@ import random
 import signal
 from typing import Any
 
-import nats.errors
 import structlog
 
 from schemas import DecodeError, names
@@ -108,10 +107,9 @@ class Dispatcher:
             timeout=self.config.timeout_s,
         )
         try:
-            js = eventlog.js
-            await ensure_deliveries_stream(js, self.settings, self.config.records_max_age_s)
-            books = Books(js, await dead_letters_bucket(js, self.settings))
-            secrets = Secrets(await secrets_bucket(js, self.settings))
+            await ensure_deliveries_stream(eventlog, self.config.records_max_age_s)
+            books = Books(eventlog, await dead_letters_bucket(eventlog))
+            secrets = Secrets(await secrets_bucket(eventlog))
             self._deliverer = Deliverer(sender, books, secrets, self.config, self.rng)
             log.info("webhook dispatcher started", allow_private=self.config.allow_private)
             tasks = [
@@ -137,7 +135,7 @@ class Dispatcher:
                 applied = await self._follow(eventlog, applied)
             except asyncio.CancelledError:
                 raise
-            except (EventLogError, nats.errors.Error, TimeoutError, OSError) as exc:
+            except (EventLogError, TimeoutError, OSError) as exc:
                 log.warning("subscription feed interrupted; reading again", error=repr(exc))
                 await asyncio.sleep(0.5)
 
@@ -239,8 +237,8 @@ class Dispatcher:
         for letter in await deliverer.books.dead_letters(hook.webhook_id):
             if request_id in letter.handled or (wanted and letter.event_id not in wanted):
                 continue
-            stored = await eventlog.js.get_msg(names.STREAM_EVENTS, letter.event_seq)
-            event = StoredEvent.parse(letter.event_seq, stored.subject or "", stored.data or b"")
+            stored = await eventlog.message(names.STREAM_EVENTS, letter.event_seq)
+            event = StoredEvent.parse(letter.event_seq, stored.subject, stored.data)
             final = await deliverer.deliver(
                 hook,
                 event,

@@ -15,13 +15,9 @@ have sent it without living to record it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 
-import nats.errors
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from schemas import names
 from schemas.webhooks import DeliveryAttempt
@@ -35,19 +31,20 @@ log = structlog.get_logger(__name__)
 _IDLE_FETCH_S = 1.0
 
 
-def consumer_config(hook: Hook, *, window: int, ack_wait: float) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=names.webhook_consumer(hook.webhook_id),
+async def open_consumer(log_: EventLog, hook: Hook, *, window: int, ack_wait: float) -> Consumer:
+    """The subscription's durable consumer of SWARM_EVENTS, created if it is missing."""
+    return await log_.consumer(
+        names.STREAM_EVENTS,
+        names.webhook_consumer(hook.webhook_id),
         description=f"webhook {hook.webhook_id} -> {hook.url}",
-        ack_policy=AckPolicy.EXPLICIT,
         # From the event after the subscription was added: a new subscription does not get the
         # whole history, and a restarted dispatcher creates the identical consumer (a no-op).
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=hook.added_seq + 1,
-        filter_subject=hook.filter,
+        start_seq=hook.added_seq + 1,
+        filter_subjects=[hook.filter],
         max_ack_pending=window,
         ack_wait=ack_wait,
         max_deliver=-1,
+        pending_msgs_limit=max(window * 2, 64),
     )
 
 
@@ -64,15 +61,9 @@ class SubscriptionWorker:
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def open(self) -> Consumer:
-        config = consumer_config(
-            self.hook, window=self.window, ack_wait=self.deliverer.config.ack_wait_s
+        return await open_consumer(
+            self.log, self.hook, window=self.window, ack_wait=self.deliverer.config.ack_wait_s
         )
-        await self.log.js.add_consumer(names.STREAM_EVENTS, config)
-        durable = config.durable_name or ""
-        sub = await self.log.js.pull_subscribe_bind(
-            durable, names.STREAM_EVENTS, pending_msgs_limit=max(self.window * 2, 64)
-        )
-        return Consumer(sub, names.STREAM_EVENTS, durable)
 
     async def run(self) -> None:
         consumer = await self.open()
@@ -84,7 +75,7 @@ class SubscriptionWorker:
                     continue
                 try:
                     batch = await consumer.fetch(free, timeout=_IDLE_FETCH_S)
-                except (TimeoutError, nats.errors.TimeoutError):
+                except TimeoutError:  # RequestTimeout included
                     continue
                 for delivery in batch:
                     task = asyncio.create_task(self._handle(delivery))
@@ -100,10 +91,9 @@ class SubscriptionWorker:
 
     async def delete(self) -> None:
         """Forget the subscription's position (it was removed)."""
-        with contextlib.suppress(NotFoundError):
-            await self.log.js.delete_consumer(
-                names.STREAM_EVENTS, names.webhook_consumer(self.hook.webhook_id)
-            )
+        await self.log.delete_consumer(
+            names.STREAM_EVENTS, names.webhook_consumer(self.hook.webhook_id)
+        )
 
     async def _handle(self, delivery: Delivery) -> None:
         event = StoredEvent.parse(delivery.stream_seq, delivery.subject, delivery.data)

@@ -201,19 +201,17 @@ async def with_module_kind(log: EventLog, spec: dict[str, Any]) -> dict[str, Any
     store as a pod will read it; one that is not there is left as it is, for the Hive to refuse
     (rule `module`).
     """
-    from nats.js.errors import NotFoundError
-
-    from schemas import names
+    from swarm.kernel.admin import LogAdmin
+    from swarm.kernel.eventlog import NotFound
 
     module = spec.get("module")
     if not isinstance(module, dict) or not module.get("sha256") or "kind" in module:
         return spec
     try:
-        store = await log.js.object_store(names.OBJECT_STORE_MODULES)
-        stored = await store.get(str(module["sha256"]))
-    except NotFoundError:  # no such module, or no object store at all
+        store = await LogAdmin(log).modules()
+        raw = await store.get(str(module["sha256"]))
+    except NotFound:  # no such module, or no object store at all
         return spec
-    raw = bytes(stored.data or b"")
     if raw[:4] != WASM_MAGIC:
         return spec
     return {**spec, "module": {**module, "kind": kind_of(raw)}}
@@ -507,7 +505,7 @@ def deploy(
             )
             if wait:
                 await wait_running(
-                    HiveQueries(log.nc),
+                    HiveQueries(log),
                     ns,
                     agent_name,
                     agent_id,
@@ -654,7 +652,7 @@ def ls(
         from swarm.client.commands import read_floor
 
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)
@@ -721,7 +719,7 @@ def describe(
         from swarm.client.commands import read_floor
 
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
 
             async def fetch() -> dict[str, Any]:
                 agent = await queries.agent(ns, name, at_least=await read_floor(log))
@@ -1086,7 +1084,7 @@ def rollout(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
             current: dict[str, Any] = {}
             if spec_file is None or wait:
                 current = await queries.agent(ns, agent_name, at_least=await read_floor(log))
@@ -1289,16 +1287,15 @@ async def ask_agent(
     log: EventLog, namespace: str, name: str, body: bytes, timeout: float
 ) -> AgentReply:
     """Send one message to an agent over the mesh and wait for one replica's reply."""
-    import nats.errors
-
     from schemas import names
+    from swarm.kernel.eventlog import NoResponders, RequestTimeout
 
     subject = names.mesh_agent_subject(namespace, name)
     try:
-        reply = await log.nc.request(subject, body, timeout=timeout)
-    except nats.errors.NoRespondersError:
+        reply = await log.request(subject, body, timeout=timeout)
+    except NoResponders:
         raise await _no_responder(log, namespace, name) from None
-    except nats.errors.TimeoutError:
+    except RequestTimeout:
         raise CliError(
             f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
         ) from None
@@ -1316,18 +1313,17 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
     The mesh alone cannot tell a misspelt name from an agent whose replicas are all down, and
     the two need different fixes.
     """
-    from nats.js.errors import NotFoundError
-
     from swarm.cli.queries import HiveQueries, QueryFailed
     from swarm.client.commands import read_floor
+    from swarm.kernel.eventlog import NotFound
 
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     try:
         floor = await read_floor(log)
-    except NotFoundError:  # a NATS server without Swarm's streams: no Hive has run there
+    except NotFound:  # a NATS server without Swarm's streams: no Hive has run there
         floor = 0
     try:
-        agent = await HiveQueries(log.nc).agent(namespace, name, at_least=floor)
+        agent = await HiveQueries(log).agent(namespace, name, at_least=floor)
     except QueryFailed as exc:
         if exc.error_code != "not_found":
             raise
@@ -1510,7 +1506,7 @@ def autoscale(
         async with connect.session(target, settings, streams=streams) as log:
             data: dict[str, Any] = {"namespace": ns, "name": name, "autoscale": None}
             if not off:
-                current = await HiveQueries(log.nc).agent(ns, name, at_least=await read_floor(log))
+                current = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))
                 base = current.get("autoscale")
                 data["autoscale"] = autoscaling.policy(
                     flags, base if isinstance(base, dict) else None

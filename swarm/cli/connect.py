@@ -206,9 +206,7 @@ async def session(
 
     A connection lost midway (the server stopped during `--follow`) becomes a readable error.
     """
-    import nats.errors
-
-    from swarm.kernel.connection import describe
+    from swarm.kernel.eventlog import ConnectionLost
     from swarm.kernel.logscan import ScanError
 
     log = await connect(target, settings, wait=wait)
@@ -216,9 +214,9 @@ async def session(
         for stream in streams:
             await require_stream(log, stream, target)
         yield log
-    except (nats.errors.ConnectionClosedError, nats.errors.NoServersError) as exc:
+    except ConnectionLost as exc:
         raise CliError(
-            f"lost the connection to NATS at {target.url}: {describe(exc)}",
+            f"lost the connection to NATS at {target.url}: {exc}",
             code=EXIT_UNAVAILABLE,
         ) from None
     except ScanError as exc:
@@ -228,17 +226,18 @@ async def session(
 
 
 async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None:
-    from nats.js.errors import NotFoundError
+    from swarm.kernel.admin import LogAdmin
+    from swarm.kernel.eventlog import NotFound
 
     try:
-        await log.js.stream_info(stream)
-    except NotFoundError:
+        await LogAdmin(log).stream(stream)
+    except NotFound:
         raise CliError(
             f"stream {stream} does not exist on NATS at {target.url}",
             code=EXIT_UNAVAILABLE,
             hint="the Swarm streams are created by `swarm up` and by every Swarm service at start",
         ) from None
-    except TimeoutError:  # nats.errors.TimeoutError included
+    except TimeoutError:  # RequestTimeout included
         raise CliError(
             f"NATS at {target.url} did not answer a JetStream request in time",
             code=EXIT_UNAVAILABLE,

@@ -14,7 +14,6 @@ subscriber next to the replicas' queue group, which never answers).
 from __future__ import annotations
 
 import base64
-import contextlib
 import sys
 from collections import deque
 from datetime import timedelta
@@ -34,9 +33,7 @@ from swarm.cli.timeline import printable
 from swarm.cli.verbs import OutputOption, finish, styled
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-
-    from swarm.kernel.eventlog import EventLog
+    from swarm.kernel.eventlog import EventLog, Message
 
 #: Log lines shown, searched for in this recent past.
 RECENT_LINES = 10
@@ -90,7 +87,7 @@ def debug(
             seen: list[dict[str, Any]] = []
             sub = None
             if listen > 0:
-                sub = await log.nc.subscribe(names.mesh_agent_subject(ns, name), cb=_recorder(seen))
+                sub = await log.subscribe(names.mesh_agent_subject(ns, name), _recorder(seen))
             try:
                 reply = None
                 if send is not None:
@@ -100,8 +97,7 @@ def debug(
                 report = await snapshot(log, ns, name)
             finally:
                 if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+                    await sub.close()
             report["messages"] = seen if listen > 0 else None
             report["reply"] = reply
             if output != Format.TABLE:
@@ -122,7 +118,7 @@ async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
     from swarm.client.commands import read_floor
     from swarm.client.logs import agent_lines
 
-    agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
+    agent = await HiveQueries(log).agent(namespace, name, at_least=await read_floor(log))
     agent_id = str(agent["agent_id"])
     lines: deque[dict[str, Any]] = deque(maxlen=RECENT_LINES)
     async for entry in agent_lines(log, agent_id, since=utcnow() - LOG_WINDOW):
@@ -141,16 +137,10 @@ async def _kv_state(log: EventLog, replica_id: str) -> dict[str, Any] | None:
 
     Read the way a pod reads it (`runtime.snapshots.SnapshotStore`), so a state saved in chunks
     (larger than one NATS message) shows too."""
-    from nats.js.errors import BucketNotFoundError, NotFoundError
-
-    from runtime.snapshots import SnapshotRef, SnapshotStore, SnapshotUnreadable
-    from schemas import names
+    from runtime.snapshots import SnapshotUnreadable, saved_state
 
     try:
-        store = await SnapshotStore.open(log.js, max_payload=lambda: log.nc.max_payload)
-        loaded = await store.load(SnapshotRef(names.SNAPSHOTS_BUCKET, replica_id, 0))
-    except (BucketNotFoundError, NotFoundError):
-        return None
+        loaded = await saved_state(log, replica_id)
     except (SnapshotUnreadable, ValueError, KeyError) as exc:
         return {"error": f"unreadable snapshot: {exc}"}
     if loaded is None:
@@ -173,7 +163,7 @@ def _value(raw: bytes) -> dict[str, Any]:
 def _recorder(seen: list[dict[str, Any]]) -> Any:
     from schemas import utcnow
 
-    async def record(msg: Msg) -> None:
+    async def record(msg: Message) -> None:
         seen.append(
             {
                 "time": utcnow().isoformat(),

@@ -12,13 +12,12 @@ import base64
 import json
 from pathlib import Path
 
-import nats.errors
 import wasmtime
 
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef
 from swarm.cli import publish
-from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.eventlog import AppendRequest, EventLog, NoResponders, RequestTimeout
 
 DEMO_AGENT = "echo"
 _ECHO_WAT = Path(__file__).resolve().parents[2] / "examples" / "echo" / "echo.wat"
@@ -44,7 +43,7 @@ async def deploy_demo(nats_url: str, identity: str, timeout: float = 60.0) -> st
         deadline = loop.time() + timeout
         while True:  # the Hive elects itself a moment after the stack is up
             try:
-                reply = await log.nc.request(
+                reply = await log.request(
                     names.QUERY_AGENTS_GET,
                     json.dumps({"namespace": "default", "name": DEMO_AGENT}).encode(),
                     timeout=1,
@@ -52,7 +51,7 @@ async def deploy_demo(nats_url: str, identity: str, timeout: float = 60.0) -> st
                 if "agent" in json.loads(reply.data):
                     return f"demo: agent default/{DEMO_AGENT} is already deployed"
                 break
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            except (NoResponders, RequestTimeout):
                 if loop.time() > deadline:
                     return "demo: the Hive did not answer in time; nothing deployed"
                 await asyncio.sleep(0.25)

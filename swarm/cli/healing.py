@@ -82,7 +82,7 @@ def _send(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
-            agent = await HiveQueries(log.nc).agent(ns, name, at_least=await read_floor(log))
+            agent = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))
             event = prepare(payload, {"agent_id": agent["agent_id"], "reason": reason}, settings)
             issued = await issue(log, event, within=timeout)
         conclude(

@@ -165,6 +165,7 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     from schemas import REGISTRY, DecodeError, names
     from swarm.client.commands import hive_verifier
     from swarm.domain.state import HiveState
+    from swarm.kernel.admin import LogAdmin
 
     report = Report()
     now = now or datetime.now(UTC)
@@ -179,9 +180,9 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     #: command key -> sequences of its outcomes
     outcomes: defaultdict[str, list[int]] = defaultdict(list)
 
-    info = await log.js.stream_info(names.STREAM_COMMANDS)
-    gaps = _Gaps(names.STREAM_COMMANDS, int(info.state.first_seq or 1), report)
-    end = int(info.state.last_seq)
+    held = await LogAdmin(log).stream(names.STREAM_COMMANDS)
+    gaps = _Gaps(names.STREAM_COMMANDS, held.first_seq or 1, report)
+    end = held.last_seq
     async with aclosing(_deliveries(log, names.STREAM_COMMANDS, end)) as deliveries:
         async for d in deliveries:
             gaps.see(d.stream_seq)
@@ -198,9 +199,9 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
                 _remember(body, names.STREAM_COMMANDS, d.stream_seq, ids, causes)
     gaps.end(end)
 
-    info = await log.js.stream_info(names.STREAM_EVENTS)
-    gaps = _Gaps(names.STREAM_EVENTS, int(info.state.first_seq or 1), report)
-    end = int(info.state.last_seq)
+    held = await LogAdmin(log).stream(names.STREAM_EVENTS)
+    gaps = _Gaps(names.STREAM_EVENTS, held.first_seq or 1, report)
+    end = held.last_seq
     state = HiveState()
     async with aclosing(_deliveries(log, names.STREAM_EVENTS, end)) as deliveries:
         async for d in deliveries:

@@ -110,7 +110,7 @@ def run_logs(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
         async with connect.session(target, settings, streams=streams) as log:
-            agent = await HiveQueries(log.nc).agent(namespace, name, at_least=await read_floor(log))
+            agent = await HiveQueries(log).agent(namespace, name, at_least=await read_floor(log))
             async for entry in agent_lines(
                 log, str(agent["agent_id"]), levels=levels, grep=grep, since=start, follow=follow
             ):

@@ -47,7 +47,7 @@ def market(
         async with connect.session(target, settings, streams=()) as log:
 
             async def fetch() -> dict[str, Any]:
-                return await ask_market(log.nc, limit)
+                return await ask_market(log, limit)
 
             await show(fetch, draw, output, watch=watch, title="market")
         return EXIT_OK

@@ -29,8 +29,7 @@ from swarm.cli.output import (
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
 
 if TYPE_CHECKING:
-    from nats.js.object_store import ObjectStore
-
+    from swarm.kernel.admin import ModuleStore, StoredObject
     from swarm.kernel.eventlog import EventLog
 
 app = typer.Typer(help="Push and list agent modules (WebAssembly).", no_args_is_help=True)
@@ -62,14 +61,14 @@ def module_bytes(path: Path) -> tuple[bytes, str]:
     return raw, kind
 
 
-async def _store(log: EventLog, target: connect.NatsTarget) -> ObjectStore:
-    from nats.js.errors import BucketNotFoundError
-
+async def _store(log: EventLog, target: connect.NatsTarget) -> ModuleStore:
     from schemas import names
+    from swarm.kernel.admin import LogAdmin
+    from swarm.kernel.eventlog import NotFound
 
     try:
-        return await log.js.object_store(names.OBJECT_STORE_MODULES)
-    except BucketNotFoundError:
+        return await LogAdmin(log).modules()
+    except NotFound:
         raise CliError(
             f"object store {names.OBJECT_STORE_MODULES} does not exist on NATS at {target.url}",
             code=EXIT_UNAVAILABLE,
@@ -77,8 +76,8 @@ async def _store(log: EventLog, target: connect.NatsTarget) -> ObjectStore:
         ) from None
 
 
-def _info_view(info: Any) -> dict[str, Any]:
-    return {"sha256": info.name, "size": info.size, "stored": info.mtime}
+def _info_view(info: StoredObject) -> dict[str, Any]:
+    return {"sha256": info.name, "size": info.size, "stored": info.stored}
 
 
 @app.command("push", epilog=EXIT_CODES)
@@ -91,7 +90,6 @@ def push(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Store a module in the object store under its sha256, for --module-sha256."""
-    from nats.js.errors import NotFoundError
 
     async def main() -> int:
         raw, kind = module_bytes(file)
@@ -100,11 +98,7 @@ def push(
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings) as log:
             store = await _store(log, target)
-            try:
-                await store.get_info(digest)
-                already = True
-            except NotFoundError:
-                already = False
+            already = await store.info(digest) is not None
             if not already:
                 await store.put(digest, raw)
         result = {
@@ -130,20 +124,14 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List the stored modules: sha256, size and when each was stored."""
-    from nats.js.errors import NotFoundError
 
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings) as log:
             store = await _store(log, target)
-            try:
-                infos = await store.list(ignore_deletes=True)
-            except NotFoundError:
-                infos = []
-        modules = sorted(
-            (_info_view(i) for i in infos if not i.deleted), key=lambda m: str(m["stored"])
-        )
+            infos = await store.list()
+        modules = sorted((_info_view(i) for i in infos), key=lambda m: str(m["stored"]))
         if output != Format.TABLE:
             emit({"modules": modules}, output)
             return EXIT_OK

@@ -157,7 +157,7 @@ def update(
             # The command replaces the whole quota, so the limits not given are read first.
             # Two updates at the same moment can overwrite each other's limits; a namespace's
             # quota is an administrator's setting, rarely edited concurrently.
-            known = await HiveQueries(log.nc).namespaces(at_least=await read_floor(log))
+            known = await HiveQueries(log).namespaces(at_least=await read_floor(log))
             current = next((ns for ns in known if ns.get("name") == name), None)
             if current is None:
                 raise CliError(
@@ -198,7 +198,7 @@ def ls(
         from swarm.client.commands import read_floor
 
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)

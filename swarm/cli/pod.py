@@ -38,7 +38,7 @@ def ls(
         from swarm.client.commands import read_floor
 
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
 
             async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)

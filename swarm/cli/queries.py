@@ -6,11 +6,10 @@ See `swarm.client.queries` for how reads catch up with the log (`at_least`).
 
 from __future__ import annotations
 
-from nats.aio.client import Client as NATS
-
 from swarm.cli.output import status
 from swarm.client import queries as _queries
 from swarm.client.queries import CATCH_UP, QUERY_TIMEOUT, QueryFailed
+from swarm.kernel.eventlog import EventLog
 
 __all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
 
@@ -19,6 +18,6 @@ class HiveQueries(_queries.HiveQueries):
     """`swarm.client.queries.HiveQueries`, saying on stderr when an answer may be out of date."""
 
     def __init__(
-        self, nc: NATS, *, timeout: float = QUERY_TIMEOUT, catch_up: float = CATCH_UP
+        self, log: EventLog, *, timeout: float = QUERY_TIMEOUT, catch_up: float = CATCH_UP
     ) -> None:
-        super().__init__(nc, timeout=timeout, catch_up=catch_up, on_stale=status)
+        super().__init__(log, timeout=timeout, catch_up=catch_up, on_stale=status)

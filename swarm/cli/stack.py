@@ -767,10 +767,9 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     nodes = [f"hive-{i}" for i in range(len(hives))]
     import asyncio
 
-    import nats.errors
-
     from schemas import names
     from swarm.kernel.connection import CannotConnect, connect_nats
+    from swarm.kernel.eventlog import EventLog, EventLogError
 
     async def ask() -> list[dict[str, Any]]:
         try:
@@ -779,14 +778,15 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
             )
         except CannotConnect:
             return []
+        log = EventLog(nc, timeout=1.0)
 
         async def one(node: str) -> dict[str, Any]:
             try:
-                reply = await nc.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
+                reply = await log.request(f"{names.QUERY_STATUS}.{node}", b"{}", timeout=1.0)
                 answer = json.loads(reply.data)
                 if isinstance(answer, dict):
                     return {**answer, "node": node}
-            except (nats.errors.Error, TimeoutError, ValueError):
+            except (EventLogError, TimeoutError, ValueError):
                 pass
             return {"node": node, "ready": False, "unreachable": True}
 
@@ -794,8 +794,8 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
             # All at once: a replica that does not answer costs one timeout, not one each.
             return list(await asyncio.gather(*(one(node) for node in nodes)))
         finally:
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
-                await nc.close()
+            with contextlib.suppress(EventLogError, OSError, TimeoutError):
+                await log.close()
 
     return asyncio.run(ask())
 

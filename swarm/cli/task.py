@@ -65,13 +65,13 @@ def send(
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             inbox = None
             if wait:
-                inbox = log.nc.new_inbox()
+                inbox = log.new_inbox()
 
                 async def on_answer(msg: Any) -> None:
                     if not answer.done():
                         answer.set_result(msg)
 
-                await log.nc.subscribe(inbox, cb=on_answer, max_msgs=1)
+                await log.subscribe(inbox, on_answer, max_msgs=1)
             queued = await queue_task(log, queue, body, reply_to=inbox)
             task_id = queued.task_id
             if not wait:
@@ -100,21 +100,21 @@ def send(
 @app.command("ls")
 def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = None) -> None:
     """Tasks waiting per queue (taken tasks leave the queue once answered)."""
-    import nats.errors
-
     from schemas import names
+    from swarm.kernel.admin import LogAdmin
+    from swarm.kernel.eventlog import RequestTimeout
 
     async def main() -> int:
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=(names.STREAM_TASKS,)) as log:
             try:
-                info = await log.js.stream_info(names.STREAM_TASKS, subjects_filter=names.TASKS_ALL)
-            except nats.errors.TimeoutError:
+                state = await LogAdmin(log).stream(names.STREAM_TASKS, subjects=names.TASKS_ALL)
+            except RequestTimeout:
                 raise CliError("NATS did not answer in time", code=EXIT_NO_OUTCOME) from None
         waiting = {
             names.task_queue_of(subject) or subject: count
-            for subject, count in (info.state.subjects or {}).items()
+            for subject, count in state.subjects.items()
         }
         rows = [{"queue": q, "waiting": n} for q, n in sorted(waiting.items())]
         if output == Format.TABLE:

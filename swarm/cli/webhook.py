@@ -165,7 +165,7 @@ def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = No
         settings = connect.load_settings()
         target = connect.resolve_nats_url(nats_url, settings)
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log.nc)
+            queries = HiveQueries(log)
 
             async def fetch() -> dict[str, Any]:
                 hooks = await webhooks.subscriptions(queries, at_least=await read_floor(log))

@@ -10,26 +10,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import nats.errors
-from nats.aio.client import Client as NATS
-
 from schemas import names
 from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
+from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
 
 __all__ = ["QUERY_TIMEOUT", "ask_market"]
 
 QUERY_TIMEOUT = 2.0
 
 
-async def ask_market(nc: NATS, limit: int, *, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
+async def ask_market(
+    log: EventLog, limit: int, *, timeout: float = QUERY_TIMEOUT
+) -> dict[str, Any]:
     """The scheduler's market state with its `limit` latest clearings."""
     subject = names.QUERY_MARKET_STATE
     try:
         body = json.dumps({"limit": limit}).encode()
-        reply = await nc.request(subject, body, timeout=timeout)
-    except nats.errors.NoRespondersError:
+        reply = await log.request(subject, body, timeout=timeout)
+    except NoResponders:
         raise _no_scheduler("nothing is subscribed") from None
-    except nats.errors.TimeoutError:
+    except RequestTimeout:
         raise _no_scheduler(f"no answer within {timeout:g}s") from None
     try:
         answer = json.loads(reply.data)

@@ -14,11 +14,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import nats.errors
-from nats.aio.client import Client as NATS
-
 from schemas import names
 from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
+from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
 
 __all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
 
@@ -46,13 +44,13 @@ class HiveQueries:
 
     def __init__(
         self,
-        nc: NATS,
+        log: EventLog,
         *,
         timeout: float = QUERY_TIMEOUT,
         catch_up: float = CATCH_UP,
         on_stale: Callable[[str], None] | None = None,
     ) -> None:
-        self.nc = nc
+        self.log = log
         self.timeout = timeout
         self.catch_up = catch_up
         self.on_stale = on_stale
@@ -92,10 +90,10 @@ class HiveQueries:
 
     async def _request(self, subject: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            reply = await self.nc.request(subject, json.dumps(body).encode(), timeout=self.timeout)
-        except nats.errors.NoRespondersError:
+            reply = await self.log.request(subject, json.dumps(body).encode(), timeout=self.timeout)
+        except NoResponders:
             raise _no_hive(subject, "nothing is subscribed") from None
-        except nats.errors.TimeoutError:
+        except RequestTimeout:
             raise _no_hive(subject, f"no answer within {self.timeout:g}s") from None
         try:
             answer = json.loads(reply.data)

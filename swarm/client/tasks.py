@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from schemas import names, new_id
 from swarm.client.errors import INVALID, ClientError
-from swarm.kernel.eventlog import EventLog
+from swarm.kernel.eventlog import AppendRequest, EventLog
 
 __all__ = ["Queued", "check_queue", "queue_task"]
 
@@ -42,8 +42,8 @@ async def queue_task(
     """Store one task on `queue`; `reply_to` is the inbox the handling replica answers on."""
     check_queue(queue)
     task_id = task_id or new_id()
-    headers = {names.HEADER_MSG_ID: task_id}
-    if reply_to is not None:
-        headers[names.HEADER_TASK_REPLY] = reply_to
-    ack = await log.js.publish(names.task_subject(queue), body, headers=headers)
-    return Queued(task_id=task_id, queue=queue, seq=ack.seq, duplicate=bool(ack.duplicate))
+    extra = {names.HEADER_TASK_REPLY: reply_to} if reply_to is not None else {}
+    stored = await log.append_raw(
+        AppendRequest(names.task_subject(queue), body, task_id, extra_headers=extra)
+    )
+    return Queued(task_id=task_id, queue=queue, seq=stored.seq, duplicate=stored.duplicate)

@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
 from schemas import names
 from swarm.client.commands import closing
 from swarm.client.errors import FAILED, ClientError
 from swarm.client.text import printable
-from swarm.kernel.eventlog import Delivery, EventLog
+from swarm.kernel.eventlog import Delivery, EventLog, NotFound
 
 __all__ = ["Node", "TraceNotFound", "collect", "decided_ms", "offset_ms"]
 
@@ -123,10 +121,10 @@ async def _root_command(
         if not names.is_token(candidate):
             continue
         try:
-            msg = await log.js.get_last_msg(names.STREAM_EVENTS, names.outcome_wildcard(candidate))
-        except NotFoundError:
+            msg = await log.last_message(names.STREAM_EVENTS, names.outcome_wildcard(candidate))
+        except NotFound:
             continue
-        body = _json(msg.data or b"")
+        body = _json(msg.data)
         stamp = _time(body.get("time"))
         if stamp is None:
             continue

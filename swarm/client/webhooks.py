@@ -23,16 +23,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
-from nats.js.errors import NotFoundError
-
 from schemas import names
 from schemas.webhooks import AddWebhook, RedeliverWebhook, RemoveWebhook, filter_problem
 from swarm.client import commands
 from swarm.client.commands import DEFAULT_SOURCE, Issued, Outcome, Sent
 from swarm.client.errors import FAILED, INVALID, UNAVAILABLE, ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
-from swarm.kernel.eventlog import EventLog
+from swarm.kernel.admin import LogAdmin
+from swarm.kernel.eventlog import EventLog, EventLogError, NotFound
 from swarm.kernel.webhook_storage import (
     dead_letter_values,
     dead_letters_bucket,
@@ -161,10 +159,10 @@ async def add(
     rest once its outcome comes).
     """
     try:
-        secrets = await secrets_bucket(log.js, log.settings)
+        secrets = await secrets_bucket(log)
         # Stored first: the dispatcher may deliver the moment the subscription is on the log.
         await secrets.put(new.webhook_id, new.secret.encode())
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise ClientError(
             f"could not store the webhook's secret: {exc}", code=UNAVAILABLE
         ) from None
@@ -246,7 +244,7 @@ async def settle(
 async def forget_secret(log: EventLog, webhook_id: str) -> None:
     """Delete a subscription's secret; best effort (the outcome it follows is what counts)."""
     with contextlib.suppress(Exception):
-        secrets = await secrets_bucket(log.js, log.settings)
+        secrets = await secrets_bucket(log)
         await secrets.delete(webhook_id)
 
 
@@ -279,8 +277,8 @@ async def attempts(
     _check_subscription(subscription)
     try:
         try:
-            await log.js.stream_info(names.STREAM_WEBHOOK_DELIVERIES)
-        except NotFoundError:
+            await LogAdmin(log).stream(names.STREAM_WEBHOOK_DELIVERIES)
+        except NotFound:
             return []  # the dispatcher creates the stream when it first starts
         recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
         replay = log.replay(
@@ -293,7 +291,7 @@ async def attempts(
                 record = _json_object(delivery.data)
                 if record is not None:
                     recent.append(record)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise _unreadable("the delivery records", exc) from None
     return list(recent)
 
@@ -302,9 +300,9 @@ async def dead_letters(log: EventLog, subscription: str | None = None) -> list[d
     """The events given up on (of one subscription, or of all), oldest first."""
     _check_subscription(subscription)
     try:
-        kv = await dead_letters_bucket(log.js, log.settings)
+        kv = await dead_letters_bucket(log)
         values = await dead_letter_values(kv, subscription)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise _unreadable("the dead letters", exc) from None
     letters = [letter for letter in map(_json_object, values) if letter is not None]
     return sorted(letters, key=lambda d: (str(d.get("at", "")), _int(d.get("event_seq"))))

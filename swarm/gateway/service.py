@@ -12,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-import nats.errors
 import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -25,7 +24,7 @@ from swarm.client.queries import HiveQueries
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.eventlog import EventLog
+from swarm.kernel.eventlog import EventLog, EventLogError
 from swarm.kernel.tasks import cancel_and_wait
 
 #: CloudEvents `source` of the commands the API sends.
@@ -61,7 +60,7 @@ class Gateway:
     def queries(self) -> HiveQueries:
         """A query client for one request: each remembers the `applied_seq` of its last answer,
         which concurrent requests must not overwrite for each other."""
-        return HiveQueries(self.log.nc)
+        return HiveQueries(self.log)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -69,7 +68,7 @@ class Gateway:
         """Reads reflect everything in the log when they began (read-your-writes)."""
         try:
             return await commands.read_floor(self.log)
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (EventLogError, TimeoutError) as exc:
             raise _unavailable(exc) from None
 
     # -- commands ---------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ class Gateway:
             raise invalid_command(exc) from None
 
     def check_size(self, event: Mapping[str, Any]) -> None:
-        limit = self.log.nc.max_payload
+        limit = self.log.max_payload
         size = len(commands.encode(event))
         if limit and size > limit:
             raise ProblemError(

@@ -17,19 +17,36 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, NoReturn, Protocol, Self
 
 import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import DEFAULT_SUB_PENDING_MSGS_LIMIT
+from nats.aio.subscription import Subscription as _NatsSubscription
 from nats.js import JetStreamContext
-from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import (
+    DEFAULT_PREFIX,
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    RawStreamMsg,
+)
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
 from swarm.kernel.connection import CannotConnect, connect_nats
@@ -74,6 +91,142 @@ class AppendFailed(EventLogError):
     """JetStream refused or did not acknowledge an append."""
 
 
+class AppendRefused(AppendFailed):
+    """JetStream answered an append with an error: sending it again gets the same answer."""
+
+
+class Unavailable(EventLogError):
+    """NATS did not do what was asked: the connection is closed or lost, or the server refused.
+
+    The message is nats-py's own, so what a caller prints about it reads as before.
+    """
+
+
+class ConnectionLost(Unavailable):
+    """The connection is closed, or no server of the pool could be reached again."""
+
+
+class Reconnecting(Unavailable):
+    """The connection is down for now (being re-established, stale, or its buffer is full):
+    the same call may succeed a moment later."""
+
+
+class NoResponders(Unavailable):
+    """A request found nobody subscribed to its subject."""
+
+
+class RequestTimeout(Unavailable, TimeoutError):
+    """No answer in time (to a request, a JetStream call, a flush); also a `TimeoutError`."""
+
+
+class NotFound(EventLogError):
+    """A stream, message, consumer, bucket, key or object that does not exist."""
+
+
+def _seam_error(exc: BaseException) -> BaseException:
+    """Our typed error for what nats-py raised (anything else is returned as it is)."""
+    if isinstance(exc, EventLogError):
+        return exc
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.errors.NoRespondersError | NoStreamResponseError):
+        return NoResponders(text)
+    if isinstance(exc, NotFoundError):
+        return NotFound(text)
+    if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError and asyncio's
+        return RequestTimeout(text)
+    if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.NoServersError):
+        return ConnectionLost(text)
+    if isinstance(
+        exc,
+        nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError,
+    ):
+        return Reconnecting(text)
+    if isinstance(exc, nats.errors.Error):
+        return Unavailable(text)
+    return exc
+
+
+def _raise_ours(exc: BaseException) -> NoReturn:
+    mapped = _seam_error(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
+#: What nats-py raises, for `except` clauses of the seam's hot paths.
+_NATS_ERRORS = (nats.errors.Error, TimeoutError)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise nats-py's errors as ours (`Unavailable` and its kinds, `NotFound`).
+
+    For the seam's modules only: callers of the log client never see a nats-py type. Paths
+    taken once per message use `try`/`except _NATS_ERRORS` with `_raise_ours` instead, which
+    costs nothing until something fails (a context manager costs about a microsecond).
+    """
+    try:
+        yield
+    except _NATS_ERRORS as exc:
+        _raise_ours(exc)
+
+
+class Message(Protocol):
+    """A core NATS message as a subscriber or a requester gets it (nats-py's `Msg` is one)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def reply(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+
+class Requester(Protocol):
+    """What can send a request and wait for its answer: an `EventLog`, or (in tests that talk
+    to a cluster over their own connection) a nats-py client."""
+
+    async def request(self, subject: str, body: bytes, /, *, timeout: float) -> Message: ...
+
+
+#: What a subscription calls with each message, on the connection's delivery task.
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class Subscription:
+    """Interest in a subject; `close` stops it, and is safe twice or on a lost connection."""
+
+    def __init__(self, sub: _NatsSubscription) -> None:
+        self._sub = sub
+
+    @property
+    def subject(self) -> str:
+        return self._sub.subject
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as a stream keeps it, read by its sequence or as the last on a subject."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    time: datetime | None
+
+
 @dataclass(frozen=True, slots=True)
 class Appended:
     """Where an append landed. `duplicate` means the message id was seen before."""
@@ -93,6 +246,8 @@ class AppendRequest:
     expected_subject: str | None = None
     #: The stream's last sequence before this message (a fence: nobody else wrote since).
     expected_stream_seq: int | None = None
+    #: More headers stored with the message (e.g. where a task's answer goes).
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -112,7 +267,7 @@ class AppendRequest:
         )
 
     def headers(self) -> dict[str, str]:
-        headers = {names.HEADER_MSG_ID: self.msg_id}
+        headers = {**self.extra_headers, names.HEADER_MSG_ID: self.msg_id}
         if self.expected_last_seq is not None:
             headers[names.HEADER_EXPECTED_LAST_SUBJECT_SEQ] = str(self.expected_last_seq)
             if self.expected_subject is not None:
@@ -155,30 +310,45 @@ class Delivery:
 
     async def ack(self) -> None:
         if self._msg is not None:
-            await self._msg.ack()
+            try:
+                await self._msg.ack()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def ack_sync(self, timeout: float = _DEFAULT_TIMEOUT) -> None:
         """Ack and wait until the server has recorded it (use before reading consumer state)."""
         if self._msg is not None:
-            await self._msg.ack_sync(timeout=timeout)
+            try:
+                await self._msg.ack_sync(timeout=timeout)
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def nak(self, delay: float | None = None) -> None:
         """Ask for redelivery, after `delay` seconds if given."""
         if self._msg is not None:
-            await self._msg.nak(delay=delay)
+            try:
+                await self._msg.nak(delay=delay)
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def term(self) -> None:
         """Never redeliver this message (it can never be processed)."""
         if self._msg is not None:
-            await self._msg.term()
+            try:
+                await self._msg.term()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     async def in_progress(self) -> None:
         """Reset the ack timer for a message that takes long to process."""
         if self._msg is not None:
-            await self._msg.in_progress()
+            try:
+                await self._msg.in_progress()
+            except _NATS_ERRORS as exc:
+                _raise_ours(exc)
 
     @classmethod
-    def of(cls, msg: Msg, *, keep: bool = True) -> Delivery:
+    def of(cls, msg: Message, *, keep: bool = True) -> Delivery:
         # The position is read from the ack subject here rather than through `msg.metadata`,
         # which builds two dataclasses and a datetime per message (~3 us of the ~5 us this took,
         # of ~40 us CPU per consumed message in bench/eventlog.py). Forms (ADR-15), o = 0 or 2:
@@ -188,7 +358,7 @@ class Delivery:
         tokens = (msg.reply or "").split(".")
         o = 0 if len(tokens) == 9 else 2
         if tokens[:2] != ["$JS", "ACK"] or (len(tokens) != 9 and len(tokens) < 11):
-            raise nats.errors.NotJSMessageError
+            raise EventLogError(f"not a stream message: {msg.subject} (reply {msg.reply!r})")
         return cls(
             msg.subject,
             msg.data,
@@ -198,7 +368,7 @@ class Delivery:
             int(tokens[o + 4]),
             int(tokens[o + 8]),
             datetime.fromtimestamp(int(tokens[o + 7]) / 1e9, UTC),
-            msg if keep else None,
+            msg if keep and isinstance(msg, Msg) else None,
         )
 
 
@@ -216,7 +386,8 @@ class Consumer:
 
     async def pending(self) -> tuple[int, int]:
         """(messages not yet delivered, messages delivered but not acked)."""
-        info = await self._sub.consumer_info()
+        with translated():
+            info = await self._sub.consumer_info()
         return info.num_pending or 0, info.num_ack_pending or 0
 
     async def close(self) -> None:
@@ -267,7 +438,8 @@ class EventLog:
         return self
 
     async def ensure_streams(self) -> None:
-        await ensure_streams(self.js, self.settings)
+        with translated():
+            await ensure_streams(self.js, self.settings)
 
     async def close(self) -> None:
         """Flush pending appends and close; safe to call twice."""
@@ -285,6 +457,104 @@ class EventLog:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- core NATS: messages that are not stored ---------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes now (it may change on a reconnect)."""
+        return int(self.nc.max_payload)
+
+    def new_inbox(self) -> str:
+        """A unique subject to receive answers on."""
+        return self.nc.new_inbox()
+
+    async def publish(
+        self,
+        subject: str,
+        body: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+        reply: str = "",
+    ) -> None:
+        """Send one message nobody stores (heartbeats, mesh traffic, answers to requests)."""
+        try:
+            await self.nc.publish(
+                subject, body, reply=reply, headers=dict(headers) if headers else None
+            )
+        except _NATS_ERRORS as exc:
+            _raise_ours(exc)
+
+    async def respond(
+        self, msg: Message, body: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Answer `msg` on its reply subject; a message that asked for no answer gets none."""
+        if msg.reply:
+            await self.publish(msg.reply, body, headers=headers)
+
+    async def request(
+        self,
+        subject: str,
+        body: bytes = b"",
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Send a request and wait for the first answer: `NoResponders` when nobody listens,
+        `RequestTimeout` when nobody answered within `timeout` (default: the log's)."""
+        try:
+            return await self.nc.request(
+                subject,
+                body,
+                timeout=self.timeout if timeout is None else timeout,
+                headers=dict(headers) if headers else None,
+            )
+        except _NATS_ERRORS as exc:
+            _raise_ours(exc)
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        queue: str = "",
+        max_msgs: int = 0,
+        pending_msgs_limit: int | None = None,
+    ) -> Subscription:
+        """Call `handler` with every message on `subject` (one member of `queue` gets each);
+        the subscription ends by itself after `max_msgs` messages when that is not 0."""
+        with translated():
+            sub = await self.nc.subscribe(
+                subject,
+                queue=queue,
+                cb=handler,
+                max_msgs=max_msgs,
+                pending_msgs_limit=pending_msgs_limit or DEFAULT_SUB_PENDING_MSGS_LIMIT,
+            )
+        return Subscription(sub)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the server has everything sent so far."""
+        with translated():
+            await self.nc.flush(timeout=max(1, round(self.timeout if timeout is None else timeout)))
+
+    # -- reading stored messages by position -------------------------------------------------------
+
+    async def message(self, stream: str, seq: int) -> StoredMessage:
+        """The message at `seq` in `stream`; `NotFound` when there is none (or no stream)."""
+        with translated():
+            raw = await self.js.get_msg(stream, seq)
+        return _stored(stream, raw)
+
+    async def last_message(self, stream: str, subject: str) -> StoredMessage:
+        """The last message on `subject` (wildcards allowed) in `stream`; `NotFound` if none."""
+        with translated():
+            raw = await self.js.get_last_msg(stream, subject)
+        return _stored(stream, raw)
 
     # -- appending --------------------------------------------------------------------------------
 
@@ -340,9 +610,10 @@ class EventLog:
         every ack is in, so the fate of each other message is settled; messages are deduplicated,
         so retrying the whole batch is safe.
         """
-        if self._acks is None:
-            self._acks = await _AckMux.open(self.nc)
-        futures = [await self._acks.send(r.subject, r.body, r.headers()) for r in requests]
+        with translated():
+            if self._acks is None:
+                self._acks = await _AckMux.open(self.nc)
+            futures = [await self._acks.send(r.subject, r.body, r.headers()) for r in requests]
         _, pending = await asyncio.wait(futures, timeout=self.timeout)
         if pending:
             self._acks.abandon(pending)
@@ -374,7 +645,8 @@ class EventLog:
             headers[_BATCH_ID] = batch_id
             headers[_BATCH_SEQ] = str(n)
             if n < last:
-                await self.nc.publish(request.subject, request.body, headers=headers)
+                with translated():
+                    await self.nc.publish(request.subject, request.body, headers=headers)
                 continue
             headers[_BATCH_COMMIT] = "1"
             try:
@@ -385,6 +657,8 @@ class EventLog:
                 raise AppendFailed(f"no stream accepts subject {request.subject}") from exc
             except (TimeoutError, nats.errors.TimeoutError) as exc:
                 raise AppendFailed(f"atomic batch {batch_id} not acknowledged in time") from exc
+            except nats.errors.Error as exc:
+                raise AppendFailed(f"atomic batch {batch_id} failed: {exc}") from exc
         resp = json.loads(reply.data)
         error = resp.get("error")
         if error:
@@ -427,14 +701,15 @@ class EventLog:
 
     async def last_sequence(self, stream: str, subject: str | None = None) -> int:
         """Last sequence in `stream`, or of the last message on `subject` (0 when there is none)."""
-        if subject is None:
-            info = await self.js.stream_info(stream)
-            return int(info.state.last_seq)
-        try:
-            msg = await self.js.get_last_msg(stream, subject)
-        except NotFoundError:
-            return 0
-        return int(msg.seq or 0)
+        with translated():
+            if subject is None:
+                info = await self.js.stream_info(stream)
+                return int(info.state.last_seq)
+            try:
+                msg = await self.js.get_last_msg(stream, subject)
+            except NotFoundError:
+                return 0
+            return int(msg.seq or 0)
 
     # -- consuming --------------------------------------------------------------------------------
 
@@ -448,31 +723,50 @@ class EventLog:
         ack_wait: float = 30.0,
         max_deliver: int = -1,
         backoff: Sequence[float] | None = None,
+        start_seq: int | None = None,
+        description: str | None = None,
+        pending_msgs_limit: int | None = None,
+        ack_all: bool = False,
+        fresh: bool = False,
     ) -> Consumer:
         """Bind to (creating if needed) a durable pull consumer with explicit acks.
 
         `max_ack_pending` bounds how many messages may be out unacknowledged; a consumer that dies
-        without acking gets its messages redelivered to the next reader after `ack_wait`.
+        without acking gets its messages redelivered to the next reader after `ack_wait`. It
+        reads from the stream's start, or from `start_seq` when given; `pending_msgs_limit`
+        bounds what waits in this process (default: twice `max_ack_pending`, at least 512).
+        With `ack_all`, acking a message acks every one delivered before it (a batch at once).
+        `fresh` deletes the durable first, so nothing of a previous reader's pending acks is
+        redelivered out of order: it starts over at `start_seq`.
         """
         config = ConsumerConfig(
             durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            description=description,
+            ack_policy=AckPolicy.ALL if ack_all else AckPolicy.EXPLICIT,
+            deliver_policy=(
+                DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE
+            ),
+            opt_start_seq=start_seq,
             max_ack_pending=max_ack_pending,
             ack_wait=ack_wait,
             max_deliver=max_deliver,
             backoff=list(backoff) if backoff else None,
             filter_subjects=list(filter_subjects) or None,
         )
+        if fresh:
+            await self.delete_consumer(stream, durable)
         # Creating a durable that exists updates its limits and keeps its position.
-        await self.js.add_consumer(stream, config)
-        sub = await self.js.pull_subscribe_bind(
-            durable, stream, pending_msgs_limit=max(max_ack_pending * 2, 512)
-        )
+        with translated():
+            await self.js.add_consumer(stream, config)
+            sub = await self.js.pull_subscribe_bind(
+                durable,
+                stream,
+                pending_msgs_limit=pending_msgs_limit or max(max_ack_pending * 2, 512),
+            )
         return Consumer(sub, stream, durable)
 
     async def delete_consumer(self, stream: str, durable: str) -> None:
-        with contextlib.suppress(NotFoundError):
+        with contextlib.suppress(NotFound), translated():
             await self.js.delete_consumer(stream, durable)
 
     # -- replaying --------------------------------------------------------------------------------
@@ -487,6 +781,29 @@ class EventLog:
         batch: int = 1000,
     ) -> Reader:
         """An ordered, ephemeral, ack-less reader of `stream` from a sequence or a time."""
+        name = await self.ephemeral_consumer(
+            stream, start_seq=start_seq, start_time=start_time, subjects=subjects
+        )
+        with translated():
+            sub = await self.js.pull_subscribe_bind(
+                name,
+                stream,
+                pending_msgs_limit=batch * 4,
+                pending_bytes_limit=64 * 1024 * 1024,
+            )
+        return Reader(self, sub, stream, name)
+
+    async def ephemeral_consumer(
+        self,
+        stream: str,
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        subjects: Sequence[str] = (),
+    ) -> str:
+        """Create an ordered, ack-less, in-memory consumer of `stream` from a sequence or a
+        time (filtered on `subjects` by the server) and return its name. The server removes it
+        after 30 s without a pull; `delete_consumer` removes it at once."""
         if start_seq is not None and start_time is not None:
             raise ValueError("give start_seq or start_time, not both")
         if start_seq is not None:
@@ -505,11 +822,14 @@ class EventLog:
             max_waiting=8,
             mem_storage=True,
         )
-        info = await self.js.add_consumer(stream, config)
-        sub = await self.js.pull_subscribe_bind(
-            info.name, stream, pending_msgs_limit=batch * 4, pending_bytes_limit=64 * 1024 * 1024
-        )
-        return Reader(self, sub, stream, info.name)
+        with translated():
+            info = await self.js.add_consumer(stream, config)
+        return str(info.name)
+
+    def pull_subject(self, stream: str, consumer: str) -> str:
+        """Where a pull request for `consumer`'s next messages goes, for readers that send their
+        own (`swarm.kernel.logscan`): the JetStream API subject, built from our own prefix."""
+        return f"{self.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
     async def replay(
         self,
@@ -580,7 +900,8 @@ class Reader:
         fetch has returned yet. A pull's messages can arrive after the fetch that asked for them
         timed out (a busy machine); the next fetch returns them, and a replay that ended on
         "none pending" alone lost them (an event page, an export missed its last messages)."""
-        info = await self._sub.consumer_info()
+        with translated():
+            info = await self._sub.consumer_info()
         delivered = info.delivered.consumer_seq if info.delivered is not None else 0
         return (info.num_pending or 0) == 0 and delivered <= self.returned
 
@@ -596,8 +917,9 @@ async def _fetch(
     sub: JetStreamContext.PullSubscription, batch: int, timeout: float, *, keep: bool
 ) -> list[Delivery]:
     try:
-        msgs = await sub.fetch(batch, timeout=timeout)
-    except (TimeoutError, nats.errors.TimeoutError):
+        with translated():
+            msgs = await sub.fetch(batch, timeout=timeout)
+    except TimeoutError:  # RequestTimeout too: nothing arrived in time
         return []
     return [Delivery.of(m, keep=keep) for m in msgs]
 
@@ -681,6 +1003,17 @@ class _AckMux:
             future.set_result(PubAck.from_response(resp))
 
 
+def _stored(stream: str, raw: RawStreamMsg) -> StoredMessage:
+    return StoredMessage(
+        stream=raw.stream or stream,
+        seq=int(raw.seq or 0),
+        subject=raw.subject or "",
+        data=raw.data or b"",
+        headers=dict(raw.headers or {}),
+        time=raw.time,
+    )
+
+
 def _appended(ack: PubAck) -> Appended:
     return Appended(stream=ack.stream, seq=int(ack.seq), duplicate=bool(ack.duplicate))
 
@@ -700,4 +1033,4 @@ def _translate(exc: APIError, request: AppendRequest) -> EventLogError:
             ),
             int(match.group(1)) if match else None,
         )
-    return AppendFailed(f"append to {request.subject} refused: {exc.description}")
+    return AppendRefused(f"append to {request.subject} refused: {exc.description}")

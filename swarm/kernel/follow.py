@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-import nats.errors
 import structlog
 
 from schemas import REGISTRY, DecodeError, Envelope, Payload, names
@@ -100,7 +99,7 @@ async def follow(
             if after_batch is not None:
                 await after_batch()
     finally:
-        with contextlib.suppress(nats.errors.Error, OSError):
+        with contextlib.suppress(EventLogError, OSError):
             await reader.close()
 
 

@@ -25,11 +25,7 @@ import json
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from swarm.kernel.eventlog import Delivery, EventLog, EventLogError
+from swarm.kernel.eventlog import Delivery, EventLog, EventLogError, Message
 
 _STATUS = "Status"
 _HEARTBEAT = "100"
@@ -64,31 +60,17 @@ async def scan(
     last = await log.last_sequence(stream) if end is None else end
     if last == 0 or (start_seq is not None and start_seq > last):
         return
-    if start_seq is not None:
-        policy, opt_seq, opt_time = DeliverPolicy.BY_START_SEQUENCE, max(start_seq, 1), None
-    elif start_time is not None:
-        policy, opt_seq, opt_time = DeliverPolicy.BY_START_TIME, None, start_time
-    else:
-        policy, opt_seq, opt_time = DeliverPolicy.ALL, None, None
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=policy,
-        opt_start_seq=opt_seq,
-        opt_start_time=opt_time,
-        filter_subjects=list(subjects) or None,
-        inactive_threshold=30.0,
-        max_waiting=8,
-        mem_storage=True,
+    consumer = await log.ephemeral_consumer(
+        stream, start_seq=start_seq, start_time=start_time, subjects=subjects
     )
-    info = await log.js.add_consumer(stream, config)
-    next_subject = f"{log.api_prefix}.CONSUMER.MSG.NEXT.{stream}.{info.name}"
-    inbox = log.nc.new_inbox()
-    arrived: collections.deque[Msg] = collections.deque()
+    next_subject = log.pull_subject(stream, consumer)
+    inbox = log.new_inbox()
+    arrived: collections.deque[Message] = collections.deque()
     wake = asyncio.Event()
     #: Messages still owed on each request in flight, oldest first.
     owed: collections.deque[int] = collections.deque()
 
-    async def on_msg(msg: Msg) -> None:
+    async def on_msg(msg: Message) -> None:
         arrived.append(msg)
         wake.set()
 
@@ -101,10 +83,10 @@ async def scan(
             ask["no_wait"] = True
         else:
             ask["expires"] = int(_SILENCE * 1e9)
-        await log.nc.publish(next_subject, json.dumps(ask).encode(), reply=inbox)
+        await log.publish(next_subject, json.dumps(ask).encode(), reply=inbox)
         owed.append(batch)
 
-    sub = await log.nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=batch * 4)
+    sub = await log.subscribe(inbox, on_msg, pending_msgs_limit=batch * 4)
     try:
         await pull(no_wait=True)
         flowing = False
@@ -148,6 +130,6 @@ async def scan(
             if finished:
                 return
     finally:
-        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-            await sub.unsubscribe()
-            await asyncio.wait_for(log.js.delete_consumer(stream, info.name), log.timeout)
+        await sub.close()
+        with contextlib.suppress(EventLogError, asyncio.TimeoutError):
+            await asyncio.wait_for(log.delete_consumer(stream, consumer), log.timeout)

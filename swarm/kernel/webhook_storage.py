@@ -12,78 +12,35 @@ import binascii
 import hashlib
 import os
 
-from nats.js import JetStreamContext
-from nats.js.api import (
-    DiscardPolicy,
-    KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import BucketNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
-
 from schemas import names
-from swarm.kernel.settings import Settings
+from swarm.kernel.admin import Bucket, LogAdmin
+from swarm.kernel.eventlog import EventLog
 
 #: How long attempt records are kept when the dispatcher's setting does not say (seconds).
 DEFAULT_RECORDS_MAX_AGE = 7 * 24 * 3600.0
 
 
-def deliveries_stream_config(settings: Settings, max_age: float) -> StreamConfig:
-    return StreamConfig(
-        name=names.STREAM_WEBHOOK_DELIVERIES,
-        description="Every attempt to deliver an event to a webhook, kept for a limited time.",
-        subjects=[names.WEBHOOK_DELIVERIES_ALL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
+async def ensure_deliveries_stream(log: EventLog, max_age: float = DEFAULT_RECORDS_MAX_AGE) -> None:
+    """Create SWARM_WEBHOOK_DELIVERIES, or bring its age limit up to date."""
+    await LogAdmin(log).ensure_limited_stream(
+        names.STREAM_WEBHOOK_DELIVERIES,
+        [names.WEBHOOK_DELIVERIES_ALL],
+        "Every attempt to deliver an event to a webhook, kept for a limited time.",
         max_age=max_age,
-        num_replicas=settings.stream_replicas,
-        duplicate_window=min(settings.duplicate_window, max_age),
-        allow_direct=True,
     )
 
 
-async def ensure_deliveries_stream(
-    js: JetStreamContext, settings: Settings, max_age: float = DEFAULT_RECORDS_MAX_AGE
-) -> None:
-    config = deliveries_stream_config(settings, max_age)
-    try:
-        await js.stream_info(config.name or "")
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
-
-
-async def _bucket(js: JetStreamContext, settings: Settings, bucket: str, what: str) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=bucket,
-                description=what,
-                history=1,
-                storage=StorageType.FILE,
-                replicas=settings.stream_replicas,
-            )
-        )
-
-
-async def secrets_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    return await _bucket(
-        js, settings, names.WEBHOOK_SECRETS_BUCKET, "Webhook signing secrets by webhook id."
+async def secrets_bucket(log: EventLog) -> Bucket:
+    return await LogAdmin(log).bucket(
+        names.WEBHOOK_SECRETS_BUCKET, description="Webhook signing secrets by webhook id."
     )
 
 
-async def dead_letters_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
-    return await _bucket(
-        js,
-        settings,
+async def dead_letters_bucket(log: EventLog) -> Bucket:
+    return await LogAdmin(log).bucket(
         names.WEBHOOK_DEAD_LETTERS_BUCKET,
-        "Events a webhook gave up on, by <webhook id>.<event sequence>, until redelivered.",
+        description="Events a webhook gave up on, by <webhook id>.<event sequence>, "
+        "until redelivered.",
     )
 
 
@@ -116,21 +73,6 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(secret_key(secret)).hexdigest()[:16]
 
 
-async def dead_letter_values(kv: KeyValue, webhook_id: str | None = None) -> list[bytes]:
-    """The stored dead letters (JSON) of one subscription, or of all.
-
-    Read with a watcher on the key prefix rather than `keys(filters=…)`, which nats-py matches as
-    substrings after listing every key of the bucket.
-    """
-    pattern = ">" if webhook_id is None else f"{webhook_id}.*"
-    watcher = await kv.watch(pattern, ignore_deletes=True)
-    values: list[bytes] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break  # the watcher's marker: everything stored has been seen
-            if entry.value:
-                values.append(entry.value)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-    return values
+async def dead_letter_values(bucket: Bucket, webhook_id: str | None = None) -> list[bytes]:
+    """The stored dead letters (JSON) of one subscription, or of all."""
+    return await bucket.values(">" if webhook_id is None else f"{webhook_id}.*")

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from nats.js.errors import KeyNotFoundError
 from standardwebhooks import Webhook
 
 from schemas import names
@@ -48,12 +47,8 @@ async def dispatcher(stack: Stack) -> AsyncIterator[Dispatcher]:
 
 
 async def secret_of(stack: Stack, webhook_id: str) -> bytes | None:
-    kv = await secrets_bucket(stack.client.js, Settings(nats_url=stack.url))
-    try:
-        value = (await kv.get(webhook_id)).value
-    except KeyNotFoundError:
-        return None
-    return value
+    kv = await secrets_bucket(stack.client)
+    return await kv.get(webhook_id)
 
 
 async def create_namespaces(api: httpx.AsyncClient, prefix: str, count: int) -> dict[str, str]:

@@ -63,7 +63,7 @@ class Bed:
         self, url: str, filter: str, *, max_attempts: int | None = None, secret: str | None = None
     ) -> str:
         webhook_id = new_id()
-        kv = await secrets_bucket(self.log.js, self.settings)
+        kv = await secrets_bucket(self.log)
         await kv.put(webhook_id, (secret or self.secret).encode())
         added = WebhookAdded(
             webhook_id=webhook_id,
@@ -115,7 +115,7 @@ class Bed:
     async def dead_letters(self) -> list[DeadLetter]:
         # The product's own reader (a watcher): listing keys and then getting each races with the
         # dispatcher deleting a letter it just redelivered.
-        kv = await dead_letters_bucket(self.log.js, self.settings)
+        kv = await dead_letters_bucket(self.log)
         values = await dead_letter_values(kv)
         return [DeadLetter.model_validate(json.loads(value)) for value in values]
 
@@ -149,7 +149,7 @@ async def bed(root: Path) -> AsyncIterator[Bed]:
         log = await EventLog.connect(url, settings, name="webhook-test")
         try:
             await log.ensure_streams()
-            await ensure_deliveries_stream(log.js, settings)
+            await ensure_deliveries_stream(log)
             yield Bed(url, settings, log, new_secret())
         finally:
             await log.close()

@@ -235,7 +235,7 @@ def _pod_host(memory: VectorMemory, agent_id: str) -> tuple[PodHost, asyncio.Abs
     unused: Any = None
     deps = ReplicaDeps(
         pod_id="memtest",
-        nc=unused,
+        eventlog=unused,
         engine=unused,
         modules=unused,
         snapshots=unused,

@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import pytest
 from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
-from nats.js.kv import KeyValue
 
 from runtime.config import PodSettings
 from runtime.kvstate import KvState
@@ -26,6 +25,7 @@ from runtime.snapshots import (
     encode_body,
 )
 from schemas import utcnow
+from swarm.kernel.admin import Bucket, LogAdmin
 from swarm.kernel.eventlog import EventLog
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,8 +37,7 @@ async def store(
 ) -> AsyncIterator[SnapshotStore]:
     """A bucket of this test's own, sized by the connection's real max_payload; removed after."""
     bucket = f"test-snap-{request.node.name[:40].replace('_', '-')}"
-    nc = event_log.nc
-    store = await SnapshotStore.open(event_log.js, bucket, max_payload=lambda: nc.max_payload)
+    store = await SnapshotStore.open(event_log, bucket)
     try:
         yield store
     finally:
@@ -172,7 +171,7 @@ class FailingKv:
     """The real bucket, except that the `fail_at`-th put from now raises (a connection lost in
     the middle of a save; nothing else here can cut it at a chosen message)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: Bucket) -> None:
         self._kv = kv
         self.fail_at: int | None = None
 
@@ -192,11 +191,8 @@ async def test_an_interrupted_save_leaves_the_previous_state_whole(
     event_log: EventLog, store: SnapshotStore
 ) -> None:
     max_payload = event_log.nc.max_payload
-    failing = FailingKv(await event_log.js.key_value(store.bucket))
-    nc = event_log.nc
-    faulty = SnapshotStore(
-        cast(KeyValue, failing), store.bucket, js=event_log.js, max_payload=lambda: nc.max_payload
-    )
+    failing = FailingKv(await LogAdmin(event_log).bucket(store.bucket, create=False))
+    faulty = SnapshotStore(cast(Bucket, failing), max_payload=lambda: event_log.max_payload)
     before = random_state(2 * max_payload, 300_000)
     ref = await faulty.save("r-cut", before)
 
@@ -241,9 +237,7 @@ async def test_messages_are_sized_by_the_connections_max_payload(
     event_log: EventLog, store: SnapshotStore
 ) -> None:
     small = SnapshotStore(
-        cast(KeyValue, await event_log.js.key_value(store.bucket)),
-        store.bucket,
-        js=event_log.js,
+        await LogAdmin(event_log).bucket(store.bucket, create=False),
         max_payload=lambda: 64 * 1024,
     )
     state = random_state(200 * 1024, 10_000)

@@ -16,8 +16,7 @@ import pytest
 from schemas import names
 from schemas.webhooks import DeliveryAttempt
 from services.webhooks.delivery import Hook, StoredEvent
-from services.webhooks.worker import consumer_config
-from swarm.kernel.eventlog import Consumer
+from services.webhooks.worker import open_consumer
 from tests.helpers.processes import service_process
 from tests.helpers.webhook_bed import FAST, Bed, bed, wait_until
 from tests.helpers.webhook_receiver import Receiver, serve
@@ -110,10 +109,9 @@ async def test_an_event_handed_out_again_after_delivery_is_recorded_as_duplicate
                 names.STREAM_EVENTS, names.event_subject("webhook", hook_id, "added")
             )
             hook = Hook(hook_id, receiver.url("/dup"), "swarm.evt.agent.>", None, added_seq)
-            config = consumer_config(hook, window=32, ack_wait=float(FAST["ack_wait_s"]))
-            await tb.log.js.add_consumer(names.STREAM_EVENTS, config)
-            sub = await tb.log.js.pull_subscribe_bind(config.durable_name, names.STREAM_EVENTS)
-            crashed = Consumer(sub, names.STREAM_EVENTS, config.durable_name or "")
+            crashed = await open_consumer(
+                tb.log, hook, window=32, ack_wait=float(FAST["ack_wait_s"])
+            )
             fetched = await crashed.fetch(2, timeout=2)
             assert len(fetched) == 2
             for d in fetched:

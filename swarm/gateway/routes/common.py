@@ -29,7 +29,7 @@ AUTHENTICATED = [Depends(require_token)]
 
 def gateway(request: Request) -> Gateway:
     found: Gateway | None = getattr(request.app.state, "gateway", None)
-    if found is None or not found.log.nc.is_connected:
+    if found is None or not found.log.is_connected:
         raise ProblemError(503, "unavailable", "Swarm unavailable", "the API is not connected")
     return found
 

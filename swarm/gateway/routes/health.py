@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import nats.errors
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas import names
 from swarm.gateway.models import Health
 from swarm.gateway.problems import problem_response, responses
+from swarm.kernel.eventlog import NoResponders, RequestTimeout
 
 #: No token here, but the request guard's limits on text and body size hold for every route.
 router = APIRouter(tags=["health"], responses=responses(400, 413, 500))
@@ -24,13 +24,13 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Health | JSONResponse:
     """Ready when NATS is connected and a Hive replica answers."""
     gateway = getattr(request.app.state, "gateway", None)
-    if gateway is None or not gateway.log.nc.is_connected:
+    if gateway is None or not gateway.log.is_connected:
         return problem_response(
             request, 503, "unavailable", "Swarm unavailable", "not connected to NATS"
         )
     try:
-        await gateway.log.nc.request(names.QUERY_STATUS, b"{}", timeout=1.0)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        await gateway.log.request(names.QUERY_STATUS, b"{}", timeout=1.0)
+    except (NoResponders, RequestTimeout):
         return problem_response(
             request, 503, "unavailable", "Swarm unavailable", "no Hive replica answers"
         )

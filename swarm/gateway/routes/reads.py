@@ -6,9 +6,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import nats.errors
 from fastapi import APIRouter, Path, Query
-from nats.js.errors import NotFoundError
 
 from schemas import names
 from swarm.client import market, trace
@@ -24,6 +22,7 @@ from swarm.gateway.routes.common import (
     NamePath,
     NamespacePath,
 )
+from swarm.kernel.eventlog import EventLogError, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -41,7 +40,7 @@ async def get_market(
     """The scheduler's offers (free capacity, posted price, energy cost per unit) and its latest
     clearings with the reason for each placement, preemption or wait. Answered by the running
     scheduler (503 when none answers); clearings are kept in its memory, not on the log."""
-    return MarketState.model_validate(await market.ask_market(gw.log.nc, limit))
+    return MarketState.model_validate(await market.ask_market(gw.log, limit))
 
 
 @router.get(
@@ -98,11 +97,11 @@ async def get_agent_logs(
         ):
             kept.append(entry)
             matched += 1
-    except NotFoundError:
+    except NotFound:
         raise ProblemError(
             503, "unavailable", "Swarm unavailable", f"the {names.STREAM_LOGS} stream is missing"
         ) from None
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise ProblemError(
             503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
         ) from None
@@ -143,7 +142,7 @@ async def get_trace(
         roots = await trace.collect(gw.log, trace_id, window=window)
     except trace.TraceNotFound as exc:
         raise ProblemError(404, "not-found", "Not found", exc.message) from None
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise ProblemError(
             503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
         ) from None

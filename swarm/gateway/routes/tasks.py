@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import nats.errors
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
 
@@ -13,6 +12,7 @@ from swarm.client.tasks import queue_task
 from swarm.gateway.models import TaskQueued
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import AUTHENTICATED, COMMON_PROBLEMS, GatewayDep
+from swarm.kernel.eventlog import EventLogError
 
 router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
 
@@ -54,7 +54,7 @@ async def send_task(
 ) -> JSONResponse:
     """Store the request body as one task on `queue` (202: it is kept until a replica taking the
     queue, by listing it in its spec's `task_queues`, has handled it)."""
-    limit = gw.log.nc.max_payload
+    limit = gw.log.max_payload
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -64,7 +64,7 @@ async def send_task(
             )
     try:
         queued = await queue_task(gw.log, queue, bytes(body), task_id=idempotency_key)
-    except (nats.errors.Error, TimeoutError) as exc:
+    except (EventLogError, TimeoutError) as exc:
         raise ProblemError(
             503, "unavailable", "Swarm unavailable", f"NATS did not store the task: {exc}"
         ) from None

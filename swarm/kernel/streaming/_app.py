@@ -41,25 +41,18 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import faust
-import nats.errors
 import structlog
 from faust.app.base import BootStrategy
 from faust.types import Message
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-)
-from nats.js.errors import NotFoundError
 
 from schemas import REGISTRY, Envelope, names
+from swarm.kernel.admin import LogAdmin
 from swarm.kernel.connection import nats_servers
-from swarm.kernel.eventlog import AppendRequest, Delivery, EventLog
+from swarm.kernel.eventlog import AppendRequest, Consumer, Delivery, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming._retry import MAX_WRITE_RETRY_S, WRITE_RETRY_S, append_all, retrying
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
-from swarm.kernel.streams import ensure_deadletter
 from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -418,7 +411,7 @@ class StreamApp:
                 self.settings.nats_url, self.settings, name=f"stream-{self.name}", ensure=False
             )
             self._transport.attach(self._log)
-            await ensure_deadletter(self._log.js, self.settings)
+            await LogAdmin(self._log).ensure_deadletter()
             await self._faust.start()
             producer = self._faust.producer
             await producer.create_topic(self._positions_topic, 1, 1)
@@ -479,21 +472,20 @@ class StreamApp:
 
     async def _recover(self) -> None:
         assert self._log is not None
-        js = self._log.js
+        admin = LogAdmin(self._log)
         prefix = f"{names.CHANGELOG_PREFIX}.{self.name}."
         # Positions first (every processor's, declared here or not): a key is restored to its
         # value before a commit whose position never landed.
         positions_prefix = names.changelog_table_prefix(self.name, names.CHANGELOG_POSITIONS)
-        info = await js.stream_info(self.changelog_stream, subjects_filter=f"{positions_prefix}.*")
+        held = await admin.stream(self.changelog_stream, subjects=f"{positions_prefix}.*")
         positions: dict[str, int] = {}
-        for subject in info.state.subjects or {}:
-            msg = await js.get_last_msg(self.changelog_stream, subject)
+        for subject in held.subjects:
+            msg = await self._log.last_message(self.changelog_stream, subject)
             processor = json.loads(token_key(subject[len(positions_prefix) + 1 :]))
             positions[processor] = int(json.loads(msg.data or b"{}")["seq"])
         count = rolled_back = 0
         for stream in self._transport.streams:
-            info = await js.stream_info(stream)
-            if not info.state.messages:
+            if not (await admin.stream(stream)).messages:
                 # An empty stream would hold the replay for its idle timeout (1 s).
                 continue
             async for delivery in self._log.replay(stream, batch=1000):
@@ -511,7 +503,7 @@ class StreamApp:
 
     # -- intake -----------------------------------------------------------------------------------
 
-    async def _bind(self, proc: _Processor) -> Any:
+    async def _bind(self, proc: _Processor) -> Consumer:
         """The processor's durable consumer, positioned after what is committed.
 
         It is re-created on every start: pending acks of a previous (dead) incarnation would
@@ -521,36 +513,27 @@ class StreamApp:
         rebuilds them from the start of the stream rather than skipping to where it was.
         """
         assert self._log is not None
-        js = self._log.js
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(proc.stream, proc.durable)
-        start = proc.committed + 1
-        config = ConsumerConfig(
-            durable_name=proc.durable,
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
+        return await self._log.consumer(
+            proc.stream,
+            proc.durable,
+            fresh=True,
+            ack_all=True,
+            start_seq=proc.committed + 1,
+            filter_subjects=proc.subjects,
             max_ack_pending=self.batch,
             ack_wait=self.ack_wait,
             max_deliver=-1,
-            filter_subjects=list(proc.subjects) or None,
-        )
-        await js.add_consumer(proc.stream, config)
-        return await js.pull_subscribe_bind(
-            proc.durable, proc.stream, pending_msgs_limit=self.batch * 4
+            pending_msgs_limit=self.batch * 4,
         )
 
-    async def _intake(self, proc: _Processor, sub: Any) -> None:
+    async def _intake(self, proc: _Processor, consumer: Consumer) -> None:
         loop = asyncio.get_running_loop()
         app = self._faust
         while not self._stop.is_set():
-            try:
-                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
+            deliveries = await consumer.fetch(self.batch, timeout=self.fetch_timeout)
+            if not deliveries:
                 continue
-            if not msgs:
-                continue
-            batch = _Batch([Delivery.of(m) for m in msgs], loop.create_future())
+            batch = _Batch(deliveries, loop.create_future())
             message = Message(
                 proc.stream,
                 0,
@@ -739,7 +722,12 @@ class _DeadLetter:
 
 
 async def _publish_dead_letter(log: EventLog, letter: _DeadLetter, _attempt: int) -> None:
-    await log.js.publish(letter.subject, letter.body, timeout=log.timeout, headers=letter.headers)
+    headers = dict(letter.headers)
+    msg_id = headers.pop(names.HEADER_MSG_ID)
+    # Through `append_all`: a write not acknowledged is a `WriteTimeout`, which is retried.
+    await append_all(
+        log, [AppendRequest(letter.subject, letter.body, msg_id, extra_headers=headers)]
+    )
 
 
 def _output(envelope: Envelope[Any]) -> AppendRequest:

@@ -15,11 +15,17 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import nats.errors
 import structlog
-from nats.js.errors import APIError, NoStreamResponseError
 
-from swarm.kernel.eventlog import Appended, AppendFailed, AppendRequest, EventLog
+from swarm.kernel.eventlog import (
+    Appended,
+    AppendFailed,
+    AppendRefused,
+    AppendRequest,
+    EventLog,
+    NoResponders,
+    Reconnecting,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +53,9 @@ class WriteUnacknowledged(AppendFailed):
 
 #: Errors that say "not now" rather than "no": the server is slow, restarting or unreachable.
 _TRANSIENT: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    NoStreamResponseError,
+    TimeoutError,  # the log client's RequestTimeout included
+    NoResponders,  # no stream answered (JetStream restarting)
+    Reconnecting,
     WriteTimeout,
 )
 
@@ -69,10 +71,9 @@ async def append_all(log: EventLog, requests: Sequence[AppendRequest]) -> list[A
     connection) raised as `WriteTimeout`, which `retrying` repeats."""
     try:
         return await log.append_batch(requests)
+    except AppendRefused:
+        raise  # the same request gets the same answer
     except AppendFailed as exc:
-        cause = exc.__cause__
-        if isinstance(cause, APIError) and not isinstance(cause, NoStreamResponseError):
-            raise  # refused: the same request gets the same answer
         raise WriteTimeout(str(exc)) from exc
 
 

@@ -29,18 +29,16 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import nats.errors
 from faust.transport import base
 from faust.transport.consumer import Consumer as _FaustConsumer
 from faust.transport.producer import Producer as _FaustProducer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 from mode import Seconds
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
 from schemas import names
-from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog
+from swarm.kernel.admin import LogAdmin
+from swarm.kernel.eventlog import AppendFailed, AppendRequest, EventLog, NoResponders
 from swarm.kernel.streaming._retry import (
     DEDUPE_WINDOW_S,
     WRITE_RETRY_S,
@@ -134,18 +132,18 @@ class _Pipeline:
         # is read again.
         last = self._last.pop(stream, None)
         if last is None:
-            last = int((await log.js.stream_info(stream)).state.last_seq)
-        publish = log.nc.publish
+            last = await log.last_sequence(stream)
+        publish = log.publish
         for subject, body, msg_id in group[:-1]:
             await publish(subject, body, headers={names.HEADER_MSG_ID: msg_id})
         subject, body, msg_id = group[-1]
         try:
-            reply = await log.nc.request(
+            reply = await log.request(
                 subject, body, timeout=log.timeout, headers={names.HEADER_MSG_ID: msg_id}
             )
-        except nats.errors.NoRespondersError:
+        except NoResponders:
             raise AppendFailed(f"no stream accepts {subject}") from None
-        except (TimeoutError, nats.errors.TimeoutError):
+        except TimeoutError:  # RequestTimeout included
             raise WriteTimeout(f"changelog write to {stream} not acknowledged in time") from None
         response = json.loads(reply.data)
         if "error" in response:
@@ -203,27 +201,15 @@ class Producer(_FaustProducer):
         # faust asks windowed changelogs to be kept for the window's expiry; that is honoured
         # through the route, which gives each windowed table a stream of its own, since one
         # max_age on a shared stream would also drop the other tables' keys.
-        config_ = StreamConfig(
-            name=route.stream,
-            description="Table changelog of a stream-processing app: the last value per key.",
-            subjects=self.transport.stream_subjects[route.stream],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_msgs_per_subject=1,
+        await LogAdmin(log).ensure_changelog_stream(
+            route.stream,
+            self.transport.stream_subjects[route.stream],
             max_age=route.max_age or None,
+            replicas=route.replicas,
             # Outlasts every retry of a write (see `_Pipeline`); JetStream wants it within the
             # max age (a windowed table's messages are gone after that anyway).
-            duplicate_window=min(DEDUPE_WINDOW_S, route.max_age or DEDUPE_WINDOW_S),
-            num_replicas=route.replicas,
-            allow_direct=True,
+            dedupe_window=min(DEDUPE_WINDOW_S, route.max_age or DEDUPE_WINDOW_S),
         )
-        try:
-            await log.js.stream_info(route.stream)
-        except NotFoundError:
-            await log.js.add_stream(config_)
-        else:
-            await log.js.update_stream(config_)
         self._declared.add(route.stream)
 
     async def send(
