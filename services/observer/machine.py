@@ -20,7 +20,8 @@ core hands those observations here (`MachineWatch.assess`), which
 - withholds the agent findings their machine explains, while its incident is open: a finding
   whose other evidence could not make it critical (a backlog, a little memory: a starved machine
   serves fewer calls, so messages wait longer), and whose evidence on machine signals is no
-  worse than its machine's. That is: at most `tolerance` times the machine's median ratio, or
+  worse than its machine's (in any window of the incident so far: a starved machine hits its
+  agents by turns). That is: at most `tolerance` times the machine's median ratio, or
   the ratio that `min_agents` of the pod's agents reached in the window (a starved machine slows
   its agents unevenly: a call that meets a stall or a descheduled thread takes many times longer
   than one that does not, so an agent is compared with the worst few of its peers too), or
@@ -595,7 +596,8 @@ class MachineWatch:
 
         # What explains this pod's agents: the open incidents' deviations and this window's.
         explaining = self._explaining(pod, end, seconds)
-        explaining.update((d.signal, d) for d in deviations)
+        for d in deviations:
+            explaining[d.signal] = _wider(explaining.get(d.signal), d)
         incident = was_active or flagged or cluster_active
         withheld_before = len(out.withheld)
         for o in suspects:
@@ -628,7 +630,11 @@ class MachineWatch:
         if new_incident:
             pod.since = start
         if deviations:
-            pod.deviations = deviations
+            # While the incident lasts, what it did to its agents in any of its windows can
+            # explain a finding: a starved machine hits its agents by turns and unevenly, so a
+            # window that saw few of them does not show how hard it hits.
+            earlier = {d.signal: d for d in pod.deviations} if was_active else {}
+            pod.deviations = [_wider(earlier.get(d.signal), d) for d in deviations]
         elif not pod.incident.active:
             pod.deviations = []
 
@@ -786,6 +792,19 @@ def _machine_only(finding: Finding) -> bool:
         elif evidence.signal in CRITICAL_SIGNALS:
             return False
     return machine
+
+
+def _wider(earlier: Deviation | None, now: Deviation) -> Deviation:
+    """`now`, reaching as far as `earlier` (of the same signal) did: the larger ratio, shift
+    and peak explain more."""
+    if earlier is None:
+        return now
+    return dataclasses.replace(
+        now,
+        ratio=max(earlier.ratio, now.ratio),
+        shift=max(earlier.shift, now.shift),
+        peak=max(earlier.peak, now.peak),
+    )
 
 
 def _merge(groups: Iterable[list[Deviation]]) -> list[Deviation]:

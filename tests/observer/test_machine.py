@@ -95,6 +95,34 @@ def test_an_agent_much_slower_than_its_machine_is_still_reported() -> None:
     assert findings[0].severity == "warning"
 
 
+def test_what_the_machine_did_earlier_in_its_incident_explains_a_later_finding() -> None:
+    """The machine first slows every agent 20x, then 3x; later one agent is 30x slower. Its
+    own window's peers (3x) do not explain it, the incident's first window does (a starved
+    machine hits its agents by turns and unevenly). The control, whose first window is 3x
+    like the rest, reports it as an outlier."""
+
+    def hard_first(first: float) -> Callable[[int, float, random.Random], Load]:
+        def shape(agent: int, t: float, rng: random.Random) -> Load:
+            base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+            if SLOW_FROM <= t < SLOW_UNTIL:
+                if t < SLOW_FROM + WINDOW_S:
+                    base.latency_per_call_ms *= first
+                elif agent == 7 and t >= SLOW_FROM + 10 * WINDOW_S:
+                    base.latency_per_call_ms *= 30
+                else:
+                    base.latency_per_call_ms *= 3
+            return base  # type: ignore[no-any-return]
+
+        return shape
+
+    findings, machine, _ = observe(50, 1, hard_first(20.0))
+    assert [m.scope for m in machine] == ["pod"]
+    assert findings == []
+    findings, machine, _ = observe(50, 1, hard_first(3.0))
+    assert [m.scope for m in machine] == ["pod"]
+    assert [(f.agent_id, f.severity) for f in findings] == [("agent-7", "warning")]
+
+
 def test_a_few_agents_slowed_together_are_agent_findings() -> None:
     """Two agents of fifty: not the machine (a shared dependency of theirs, or their own doing)."""
 
