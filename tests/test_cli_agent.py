@@ -33,6 +33,7 @@ from tests.helpers.cli import (
     stack,
     wasm,
 )
+from tests.helpers.cli_process import swarm
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -488,8 +489,14 @@ async def test_rollout_wait_exits_1_when_the_rollout_is_rolled_back(
     stack: Stack, wasm: Path, tmp_path: Path
 ) -> None:
     await running_agent(stack, "regret", "pod-u", spec_file(tmp_path, wasm, "regret"))
+    # A child process: two CLI runs in this process at once would swap each other's captured
+    # sys.stdout (CliRunner's isolation is process-wide; seen as "I/O operation on closed file").
     rollout = asyncio.create_task(
-        cli(stack, "agent", "rollout", "regret", "--module", wasm, "--version", "v2", "--wait")
+        swarm(
+            stack.url,
+            *("agent", "rollout", "regret", "--module", str(wasm), "--version", "v2", "--wait"),
+            timeout=120,
+        )
     )
 
     async def rolling() -> bool:
@@ -498,9 +505,9 @@ async def test_rollout_wait_exits_1_when_the_rollout_is_rolled_back(
 
     await wait_until(rolling, 45, "rollout to v2 started")
     ok(await cli(stack, "agent", "rollback", "regret"))
-    result = await rollout
-    assert result.exit_code == 1, result.output
-    assert "the rollout of default/regret to v2 was undone: it runs v1 now" in result.stderr
+    code, out, err = await rollout
+    assert code == 1, out + err
+    assert "the rollout of default/regret to v2 was undone: it runs v1 now" in err
 
 
 async def test_rollout_wait_gives_up_with_exit_3(stack: Stack, wasm: Path) -> None:

@@ -25,7 +25,9 @@ from tests.helpers.agents import COUNTER
 from tests.helpers.cli_process import ECHO_WAT, ROOT, swarm
 from tests.helpers.pods import agent, ask, cluster, count, deploy, running_on, running_pod
 
-pytestmark = pytest.mark.timeout(90)
+# About twenty CLI child processes, each a Python start (2-4 s beside busy loops): 90 s was
+# passed in a stress run.
+pytestmark = pytest.mark.timeout(300)
 
 
 @contextlib.contextmanager
