@@ -111,7 +111,8 @@ class MachineConfig:
     stall_windows: int = 120
     stall_warmup: int = 10
     #: Windows whose agents are counted together to see a machine-wide deviation (`_recent`):
-    #: this window's agents, and those with calls in the one before but not in this one.
+    #: 2 counts this window's agents and those with calls only in the one before; 1 counts
+    #: this window's alone. Only the one window before is kept, so more counts as 2.
     recent_windows: int = 2
     #: A finding on a latency whose drift sum has risen for more windows than this is not
     #: held (Timing): one window for the machine to show, one for the machine's first window.
@@ -340,7 +341,7 @@ class PodWatch:
     learnt: float = 0.0
     held: list[Held] = field(default_factory=list)
     #: The last window assessed: its start, and its agents' scores on the machine signals
-    #: (agent id -> signal -> score), to count with the next window's (`recent_window_s`).
+    #: (agent id -> signal -> score), to count with the next window's (`recent_windows`).
     last_start: float = 0.0
     last_scores: dict[str, dict[str, SignalScore]] = field(default_factory=dict)
 
