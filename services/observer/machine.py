@@ -11,6 +11,10 @@ core hands those observations here (`MachineWatch.assess`), which
   above its own baseline (a mild deviation, well below what makes an agent finding), counting
   with the window's agents those that had calls only in the window before (`recent_windows`:
   a starved machine answers few calls, so each window sees few of its agents);
+- also counts a pod as deviating when at least `min_agents` and `lasting_share` of its agents
+  deviate in two windows in a row: on a machine loaded all along (its loop-lag baseline has
+  learnt the load), a CPU hog hits a few of its agents at a time, and it is rare for that many
+  agents to go wrong on their own in the same two windows;
 - also counts a pod as deviating when its own event loop was starved (the loop lag its messages
   report, summed over the window, `deviation_z` above the pod's usual) and at least
   `min_agents` of its agents deviate, whatever their share: a starved process slows only the
@@ -31,20 +35,22 @@ core hands those observations here (`MachineWatch.assess`), which
 
 Timing. A slowdown is often seen on a few agents one window before it is seen on the machine
 (its first window is partly before it; busy loops take a moment to start), so a finding whose
-evidence is only machine signals, in a window with other agents deviating or a starved loop
-and no incident open yet, is held for one assessment (`PodWatch.held`): the pod's next message
-that closes windows judges it again, and withholds it if an incident is open by then, or
-releases it (`Assessment.released`). Findings with fuel (a cost blowup, a loop) or other
-critical evidence are never held, nor is a finding alone on its pod, nor one on a latency that
-has been drifting for more than `drift_seen_windows` windows: its rise began before the window
-the hold would wait for, and a machine incident in between would have reset its sum
-(`slowed`), so holding it only delays it by a window. A finding on machine
-signals only that is reported while its machine's incident is open (an outlier) is a warning at
-most: the machine explains part of it. An incident lasts while at
-least `min_agents` agents deviate or the pod's loop is starved, and ends after `quiet_windows`
-windows of neither: a sustained slowdown whose agents are hit by turns stays one incident. While
-it lasts (up to `max_freeze_windows`), its agents' latency baselines and the pod's loop-lag
-baseline do not learn (`slowed`), so the slowdown is not taken for their normal.
+evidence is only machine signals, in a window with other agents deviating or a starved loop and
+no incident open yet, is held (`PodWatch.held`): each later message of the pod that closes
+windows judges it again, withholds it if an incident is open by then, holds it again while the
+pod is still suspect (its loop starved, or two other agents deviating) for up to
+`hold_windows` windows after its own, or releases it (`Assessment.released`): a machine whose
+agents are hit by turns can take a few windows to show. Findings with fuel (a cost blowup, a
+loop) or other critical evidence are never held, nor is a finding alone on its pod, nor one on a
+latency that has been drifting for more than `drift_seen_windows` windows: its rise began before
+the window the hold would wait for, and a machine incident in between would have reset its sum
+(`slowed`), so holding it would only delay it. A finding on machine signals only that is
+reported while its machine's incident is open (an outlier) is a warning at most: the machine
+explains part of it. An incident lasts while at least `min_agents` agents deviate or the pod's
+loop is starved, and ends after `quiet_windows` windows of neither: a sustained slowdown whose
+agents are hit by turns stays one incident. While it lasts (up to `max_freeze_windows`), its
+agents' latency baselines and the pod's loop-lag baseline do not learn (`slowed`), so the
+slowdown is not taken for their normal.
 
 Signals: latency and error rate per call, the ones a machine changes for every agent alike; not
 fuel (a machine cannot make a call burn more), not memory or logs. Only upward deviations.
@@ -117,6 +123,14 @@ class MachineConfig:
     #: A finding on a latency whose drift sum has risen for more windows than this is not
     #: held (Timing): one window for the machine to show, one for the machine's first window.
     drift_seen_windows: int = 2
+    #: A held finding is judged again at each assessment while its pod stays suspect (its loop
+    #: starved, or two agents deviating other than those held: agents hit by turns), for up
+    #: to this many windows after its own; then, or once the pod is calm, it is released
+    #: (Timing). A few agents slowed together on their own are reported a window late.
+    hold_windows: int = 3
+    #: A pod whose agents deviate in two windows in a row, at least `min_agents` and this share
+    #: of them in each, is deviating (a machine hitting its agents by turns).
+    lasting_share: float = 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,13 +309,13 @@ class MachineFinding:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """An agent finding held back until the pod's next assessment (see the module's Timing)."""
+    """An agent finding held back until a later assessment of its pod (see the module's Timing)."""
 
     finding: Finding
     #: The agent's incident state before the finding's window, to put back if it is withheld.
     incident_before: dict[str, Any] | None
     #: Its own window's peers or the pod's stalls already account for it: withheld if an
-    #: incident is open at the next assessment.
+    #: incident is open when it is judged again.
     local: bool
 
     def to_json(self) -> dict[str, Any]:
@@ -324,7 +338,7 @@ def _stall_baseline(config: MachineConfig) -> RobustZ:
 class PodWatch:
     """One pod's machine-wide incident: open while its agents deviate together (or its loop is
     starved), the deviations that explain their findings while it is, the pod's loop lag, and
-    the findings held until its next assessment."""
+    the findings held until a later assessment."""
 
     incident: HoldDown
     deviations: list[Deviation] = field(default_factory=list)
@@ -344,6 +358,13 @@ class PodWatch:
     #: (agent id -> signal -> score), to count with the next window's (`recent_windows`).
     last_start: float = 0.0
     last_scores: dict[str, dict[str, SignalScore]] = field(default_factory=dict)
+    #: End of the last window in which at least `min_agents` and `lasting_share` of its agents
+    #: deviated.
+    lasting_end: float = 0.0
+    #: In the last window assessed (`last_start`): the agents at least `deviation_z` above
+    #: their baselines on a machine signal, and whether the pod's loop was starved.
+    last_deviating: list[str] = field(default_factory=list)
+    last_starved: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -360,6 +381,9 @@ class PodWatch:
                 agent: [score.to_json() for score in scores.values()]
                 for agent, scores in self.last_scores.items()
             },
+            "lasting_end": self.lasting_end,
+            "last_deviating": list(self.last_deviating),
+            "last_starved": self.last_starved,
         }
 
     @classmethod
@@ -379,6 +403,9 @@ class PodWatch:
                 agent: {score[0]: SignalScore.from_json(score) for score in scores}
                 for agent, scores in doc.get("last_scores", {}).items()
             },
+            float(doc.get("lasting_end", 0.0)),
+            [str(a) for a in doc.get("last_deviating", [])],
+            bool(doc.get("last_starved", False)),
         )
 
     def stall_since(self, start: float) -> float:
@@ -430,7 +457,7 @@ class Assessment:
 
     #: Observations whose finding the machine explains (to be withheld).
     withheld: list[Observation] = field(default_factory=list)
-    #: Observations whose finding is held until the pod's next assessment.
+    #: Observations whose finding is held until a later assessment of the pod.
     held: list[Observation] = field(default_factory=list)
     #: Observations whose finding its machine's open incident does not explain, reported now
     #: as a warning at most (`Finding.machine_incident`).
@@ -505,14 +532,20 @@ class MachineWatch:
             by_start.setdefault(o.window.start, []).append(o)
         for start in sorted(by_start):
             self._window(pod_id, by_start[start], out)
-        # The held findings, one window later: withheld if an incident is open now.
+        # The held findings, a window later or more: withheld if an incident is open now,
+        # held again while the pod is still suspect and they are young, released otherwise.
         last = max(by_start)
         seconds = by_start[last][0].window.seconds
-        explaining = self._explaining(pod, last + seconds, seconds)
+        end = last + seconds
+        explaining = self._explaining(pod, end, seconds)
         open_ = bool(explaining) or pod.incident.active
+        suspect = self._suspect(pod, last, {h.finding.agent_id for h in pending})
+        young = end - self.config.hold_windows * seconds
         for held in pending:
             if open_ and (held.local or self._explained(held.finding, explaining)):
                 out.explained.append(held)
+            elif suspect and held.finding.window_end > young + 1e-6:
+                pod.held.append(held)
             else:
                 out.released.append(held)
         if out.explained and out.findings:
@@ -554,6 +587,7 @@ class MachineWatch:
             if d.deviating >= config.min_agents and d.deviating >= config.share * d.observed
         ]
         broad = [d for d in measured.values() if d.deviating >= config.min_agents]
+        lasting = [d for d in broad if d.deviating >= config.lasting_share * d.observed]
         suspects = [o for o in group if o.finding is not None and _machine_only(o.finding)]
         local = {
             id(o): self._local(o.finding, measured, stall_ms if starved else None)
@@ -561,16 +595,31 @@ class MachineWatch:
             if o.finding is not None
         }
         was_active = pod.incident.active
-        # Opening needs most agents deviating, or the pod's loop starved and some of them
-        # deviating (or slowed by no more than its stalls); an open incident lasts while some
-        # deviate or the loop is starved.
+        # Opening needs most agents deviating, or `lasting_share` of them in two windows in a
+        # row (a loaded machine whose loop-lag baseline learnt the load, hitting its agents by
+        # turns), or the pod's loop starved and some of them deviating (or slowed by no more
+        # than its stalls); an open incident lasts while some deviate or the loop is starved.
+        again = bool(lasting) and abs(pod.lasting_end - start) < 1e-6
         if was_active:
             flagged = bool(broad) or starved
         else:
-            flagged = bool(strict) or (starved and (bool(broad) or any(local.values())))
-        deviations = strict or (broad if flagged else [])
-        if flagged and not deviations and "latency" in measured:
-            deviations = [measured["latency"]]  # opened by its loop's stalls
+            flagged = bool(strict) or again or (starved and (bool(broad) or any(local.values())))
+        if lasting:
+            pod.lasting_end = end
+        pod.last_starved = starved
+        pod.last_deviating = sorted(
+            o.window.agent_id
+            for o in group
+            if any(o.scores[s].z >= config.deviation_z for s in MACHINE_SIGNALS if s in o.eligible)
+        )
+        deviations = strict or ((lasting if again else broad) if flagged else [])
+        if flagged and not deviations:
+            if "latency" in measured:
+                deviations = [measured["latency"]]  # opened by its loop's stalls
+            elif not was_active:
+                # Too few agents with calls to judge the machine by (fewer than `min_agents`):
+                # a starved loop alone opens no incident, and a finding could show nothing.
+                flagged = False
 
         # The cluster: which pods deviated in this window, among those active lately.
         cluster.seen[pod_id] = max(cluster.seen.get(pod_id, 0.0), end)
@@ -713,6 +762,14 @@ class MachineWatch:
                 spread[config.peers - 1] if len(spread) >= config.peers else 0.0,
             )
         return out
+
+    def _suspect(self, pod: PodWatch, start: float, held: set[str]) -> bool:
+        """Whether the pod's window starting at `start` hints at its machine: its loop starved,
+        or at least two agents other than `held` deviating (the agents of a finding held do not
+        make their own pod suspect: two agents slowed together are theirs, not the machine's)."""
+        if abs(pod.last_start - start) > 1e-6:
+            return False
+        return pod.last_starved or len(set(pod.last_deviating) - held) >= 2
 
     def _accompanied(self, finding: Finding, measured: dict[str, Deviation]) -> bool:
         """Whether other agents of the window deviate on one of the finding's machine signals

@@ -305,6 +305,79 @@ def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -
     assert len({f.agent_id for _, f in reported}) >= 20
 
 
+def by_turns(share_from: Callable[[float], int]) -> Callable[[int, float, random.Random], Load]:
+    """A hog on a machine loaded all along: each agent has calls one second in three, and in
+    each window about one agent in `share_from(t)` (none while it returns 0) is slowed 20x."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base: Load = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if (agent + int(t)) % 3:
+            base.calls = 0
+        turns = share_from(t)
+        # Which agents a window hits: drawn per agent and window (a pattern in step with the
+        # calls' would hit only agents without calls in some windows).
+        window = int(t // WINDOW_S)
+        if turns and random.Random(agent * 100_003 + window).randrange(turns) == 0:
+            base.latency_per_call_ms *= 20
+        return base
+
+    return shape
+
+
+def test_a_loaded_machine_hitting_its_agents_by_turns_is_one_incident() -> None:
+    """A fifth of the agents slowed 20x in each window, different ones each time, and no loop
+    lag to show for it (the pod's loop-lag baseline learnt the load before the hog came): too
+    few for most agents deviating, but that many in two windows in a row is the machine
+    (`MachineConfig.lasting_share`). One pod finding, no agent finding; the control run,
+    without that rule, blames the agents."""
+    shape = by_turns(lambda t: 5 if SLOW_FROM <= t < SLOW_UNTIL else 0)
+
+    def run(lasting_share: float) -> tuple[list[tuple[int, Finding]], list[Any]]:
+        config = MachineConfig(lasting_share=lasting_share)
+        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
+        reported, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape), core)
+        return reported, machine
+
+    reported, machine = run(MachineConfig().lasting_share)
+    assert reported == []
+    (finding,) = machine
+    assert finding.scope == "pod"
+    assert SLOW_FROM <= finding.window_start - T0 < SLOW_FROM + 2 * WINDOW_S
+    reported, machine = run(1.0)
+    assert machine == []
+    assert len({f.agent_id for _, f in reported}) >= 20
+
+
+def test_a_finding_is_held_while_its_machine_takes_windows_to_show() -> None:
+    """The hog starts slowly: two windows with one agent in twelve slowed (two agents deviating
+    together make the pod suspect, not an incident), then a fifth of them. The findings of the
+    first windows are held while the pod stays suspect, and withheld once the incident opens;
+    the control run, holding each finding one assessment only, reports them."""
+
+    def turns(t: float) -> int:
+        if SLOW_FROM <= t < SLOW_FROM + 2 * WINDOW_S:
+            return 12
+        return 5 if SLOW_FROM <= t < SLOW_UNTIL else 0
+
+    shape = by_turns(turns)
+
+    def run(hold_windows: int) -> tuple[list[tuple[int, Finding]], list[Any], list[Finding]]:
+        config = MachineConfig(hold_windows=hold_windows)
+        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
+        reported, machine, held, _ = observe_each(pod_messages(SECONDS, 50, shape), core)
+        return reported, machine, held
+
+    reported, machine, held = run(MachineConfig().hold_windows)
+    assert reported == []
+    (finding,) = machine
+    early = [f for f in held if f.window_end - T0 <= SLOW_FROM + 2 * WINDOW_S]
+    assert early  # the scenario holds findings of the slow start
+    assert finding.window_start - T0 >= SLOW_FROM + 2 * WINDOW_S
+    reported, machine, _ = run(1)
+    assert len(machine) == 1
+    assert {f.id for _, f in reported} >= {f.id for f in early}
+
+
 def test_a_cost_blowup_is_never_held_back() -> None:
     """A finding with fuel evidence is reported with the message that closed its window, even
     in a window where other agents start to deviate (a machine cannot make a call burn more)."""
@@ -365,6 +438,28 @@ def test_a_starved_pod_loop_explains_an_uneven_slowdown() -> None:
     without, no_machine, _ = uneven(lag=False)
     assert no_machine == []
     assert len({f.agent_id for _, f in without}) >= 20
+
+
+def test_a_starved_pod_with_too_few_agents_to_judge_is_no_machine_finding() -> None:
+    """Three agents on a pod whose loop is starved, one of them 10x slower (within the stall):
+    too few agents to judge the machine, so no pod finding (a finding needs a deviation to
+    show) and the agent's own finding is reported. Seen in CI: a pod finding with no
+    deviation failed every later metrics message of the pod."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        if SLOW_FROM <= t < SLOW_UNTIL and agent == 0:
+            base.latency_per_call_ms *= 10
+        return base  # type: ignore[no-any-return]
+
+    def lag_ms(t: float) -> float:
+        return 300.0 if SLOW_FROM <= t < SLOW_UNTIL else 2.0 + t % 3
+
+    events = with_loop_lag(pod_messages(SECONDS, 3, shape), lag_ms)
+    reported, machine, _, core = observe_each(events)
+    assert machine == []
+    assert {f.agent_id for _, f in reported} == {"agent-0"}
+    assert not core.machines.pod("p1").incident.active
 
 
 def test_a_slowdown_whose_agents_are_hit_by_turns_stays_one_incident() -> None:
