@@ -12,8 +12,8 @@ import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.kvstate import StateCaps
 from schemas import names
@@ -29,6 +29,7 @@ from schemas.specs import (
     Labels,
     Zone,
 )
+from swarm.kernel.settings import SettingsRefused, load
 
 _MIB = 1024 * 1024
 
@@ -113,28 +114,11 @@ class PodSettings(BaseSettings):
         return self.cache_dir or Path(".swarm") / "pods" / self.id / "modules"
 
 
-class PodSettingsError(SystemExit):
+class PodSettingsError(SettingsRefused):
     """A `SWARM_POD_*` setting is out of bounds; the message names the variables."""
 
 
 def load_pod_settings() -> PodSettings:
     """`PodSettings()` from the environment, or a `PodSettingsError` (the process exits with
     its message) naming each bad variable and its bound, before the pod connects anywhere."""
-    try:
-        return PodSettings()
-    except SettingsError as exc:  # a value that does not even parse (labels are JSON)
-        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-        raise PodSettingsError(f"invalid pod setting: {exc}{cause}") from None
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{_variable(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise PodSettingsError(f"invalid pod setting: {problems}") from None
-
-
-def _variable(loc: tuple[int | str, ...]) -> str:
-    """`SWARM_POD_LABELS[gpu]` for the location of an error in `PodSettings` (a long label
-    key is cut: the message names it, it need not repeat it)."""
-    name = f"SWARM_POD_{str(loc[0]).upper()}" if loc else "SWARM_POD_*"
-    parts = [str(p) for p in loc[1:] if p != "[key]"]
-    return name + "".join(f"[{p[:32]}…]" if len(p) > 32 else f"[{p}]" for p in parts)
+    return load(PodSettings, "pod setting", PodSettingsError)

@@ -34,10 +34,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import enum
 import hashlib
 import json
-import signal
 import time
 from typing import Any
 
@@ -59,11 +57,13 @@ from runtime.snapshots import SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import Envelope, Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
+from swarm.kernel import lifecycle
 from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, NotFound
 from swarm.kernel.follow import follow, wanted_events
+from swarm.kernel.lifecycle import Service, run_until_signalled
 from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -75,22 +75,16 @@ _REPORT_ATTEMPTS = 3
 _TICK_S = 0.1
 
 
-class PodStatus(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+class Pod(Service):
+    name = "pod"
 
-
-class Pod:
     def __init__(self, settings: Settings, config: PodSettings | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = config or PodSettings()
         self.pod_id = self.config.id
         self.identity = f"pod:{self.pod_id}"
         self.source = f"pod-{self.pod_id}"
         self.view = PodView(self.pod_id)
-        self.status = PodStatus.NEW
         #: Set once the view has caught up with the log; nothing is started before.
         self.live = asyncio.Event()
         self.replicas: dict[str, Replica] = {}
@@ -105,21 +99,11 @@ class Pod:
         self.reports_dropped = 0
         self.clock = LoopClock(_TICK_S)
         self.heartbeat: Heartbeat | None = None
-        self._stop = asyncio.Event()
         self._eventlog: EventLog | None = None
         self._deps: ReplicaDeps | None = None
 
-    def stop(self) -> None:
-        """Stop following the log and drain the replicas; safe before start and twice."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        if self._stop.is_set():
-            self.status = PodStatus.STOPPED
-            return
-        self.status = PodStatus.RUNNING
+    async def serve(self) -> None:
+        """Follow the log until stopped, then drain the replicas (`stop()`)."""
         engine = SandboxEngine()
         workers = WorkerPool(
             self.config.workers, self.config.agent_workers(), name=f"pod-{self.pod_id}"
@@ -129,7 +113,7 @@ class Pod:
         http = HttpFetcher(allow_private=self.config.net_allow_private, threads=self.config.workers)
         tasks: list[asyncio.Task[None]] = []
         heartbeat = self.heartbeat = Heartbeat(
-            self.settings.nats_url,
+            self.nats_url,
             self.pod_id,
             interval_s=self.config.lease_s / 4,
             lag=self.clock.lag,
@@ -138,7 +122,7 @@ class Pod:
         graceful = False
         try:
             eventlog = self._eventlog = await EventLog.connect(
-                self.settings.nats_url, self.settings, name=self.source
+                self.nats_url, self.settings, name=self.source
             )
             engine.start()
             snapshots = await SnapshotStore.open(eventlog)
@@ -173,7 +157,7 @@ class Pod:
             await self._follow_until_stopped(eventlog)
             graceful = True
         finally:
-            self.status = PodStatus.STOPPING
+            self.status = lifecycle.Status.STOPPING
             # First: a pod on its way out no longer claims its lease.
             await heartbeat.close()
             await cancel_and_wait(tasks)
@@ -190,7 +174,6 @@ class Pod:
             if memory is not None:
                 memory.close()
             http.close()
-            self.status = PodStatus.STOPPED
             log.info("pod stopped", pod_id=self.pod_id, graceful=graceful)
 
     def _vector_memory(self) -> VectorMemory | None:
@@ -448,13 +431,9 @@ def _raise_swallowed_cancel() -> None:
 
 
 async def main() -> None:
-    settings = Settings()
+    settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
-    pod = Pod(settings, load_pod_settings())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, pod.stop)
-    await pod.run()
+    await run_until_signalled(Pod(settings, load_pod_settings()))
 
 
-__all__ = ["Pod", "PodStatus", "main"]
+__all__ = ["Pod", "main"]

@@ -395,7 +395,7 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
         assert imported.exit_code == 0, imported.output
 
         async def all_handled() -> bool:
-            return bool(hive.status()["commands_handled"] >= commands_sent)
+            return bool(hive.describe()["commands_handled"] >= commands_sent)
 
         await wait_until(all_handled, 30, "target Hive handled every imported command")
         end = recorded.second[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from typing import Any
@@ -22,33 +21,31 @@ from services.hive.config import HiveSettings
 from services.hive.feeder import Feeder
 from services.hive.processor import CommandProcessor, NotCaughtUp
 from services.hive.projector import Projector
-from services.hive.queries import serve
+from services.hive.queries import serve as serve_queries
 from services.hive.raft import ReplicatedState
 from services.hive.reconcile import Heartbeats, Reconciler
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.lifecycle import Service, run_until_signalled
 from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.tasks import cancel_and_wait, failure
 
 log = structlog.get_logger(__name__)
 
 
-class Hive:
+class Hive(Service):
+    name = "hive"
+
     def __init__(self, settings: Settings, hive: HiveSettings) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.hive_settings = hive
         self.node = hive.node_id()
         self.raft: ReplicatedState | None = None
         self.processor: CommandProcessor | None = None
         self.leader_since: float | None = None
         self._seal = hive.seal_key()
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        """Ask the replica to stop; safe before start and twice."""
-        self._stop.set()
-
-    def status(self, *, digest: bool = False) -> dict[str, Any]:
+    def describe(self, *, digest: bool = False) -> dict[str, Any]:
         """This replica's view. The digest is opt-in: it renders the whole state, which takes
         long enough on a big state to slow folding if it were computed on every poll."""
         raft = self.raft
@@ -83,13 +80,11 @@ class Hive:
             "fold_stalled": raft.stalled,
         }
 
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=self.node)
+    async def serve(self) -> None:
+        eventlog = await EventLog.connect(self.nats_url, self.settings, name=self.node)
         raft = self.raft = ReplicatedState(self.hive_settings.raft())
         heartbeats = Heartbeats()
-        subs = await serve(eventlog, raft, self.node, self.status)
+        subs = await serve_queries(eventlog, raft, self.node, self.describe)
         subs.append(await heartbeats.subscribe(eventlog))
         # Every replica reads the log itself; Raft agrees on what to fold (raft.py).
         feeding = asyncio.Event()
@@ -172,13 +167,9 @@ async def main() -> None:
     # Raft's tick thread must answer within its election timeout while the fold thread and the
     # event loop keep the GIL busy: hand the GIL over every millisecond, not every five.
     sys.setswitchinterval(0.001)
-    settings = Settings()
+    settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
-    hive = Hive(settings, HiveSettings())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, hive.stop)
-    await hive.run()
+    await run_until_signalled(Hive(settings, load(HiveSettings, "hive setting")))
 
 
 __all__ = ["Hive", "main", "names"]

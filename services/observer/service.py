@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import signal
 
 import structlog
 
@@ -31,56 +29,43 @@ from services.observer.behaviour import BehaviourRow, BehaviourStore
 from services.observer.config import ObserverSettings
 from services.observer.stream import IDENTITY, SOURCE, build_app
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.lifecycle import Service, Status, run_until_signalled
 from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.streaming import StreamApp
 
 log = structlog.get_logger(__name__)
 
 
-class Status(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+class Observer(Service):
+    name = "observer"
 
-
-class Observer:
     def __init__(self, settings: Settings, config: ObserverSettings | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = config or ObserverSettings()
         self.core = Observatory(
             self.config.detector(), self.config.window_s, machine_config=self.config.machine()
         )
-        self.status = Status.NEW
         #: Set once the tables are recovered and events are being read.
         self.live = asyncio.Event()
         self.app: StreamApp | None = None
         self._rows: list[BehaviourRow] = []
         self._store: BehaviourStore | None = None
-        self._stop = asyncio.Event()
 
     @property
     def reports_sent(self) -> int:
         """Findings appended to the command log by this process (a replay's repeats included)."""
         return 0 if self.app is None else self.app.stats.outputs
 
-    def stop(self) -> None:
-        """Stop reading; safe before start and twice. The batch in progress is committed."""
-        self._stop.set()
+    def on_stop(self) -> None:
+        """Stop reading; the batch in progress is committed."""
         if self.app is not None:
             self.app.stop()
 
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        if self._stop.is_set():
-            self.status = Status.STOPPED
-            return
-        self.status = Status.RUNNING
+    async def serve(self) -> None:
         try:
             # The streams the processors read (and the command stream) exist before they bind.
-            eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=SOURCE)
+            eventlog = await EventLog.connect(self.nats_url, self.settings, name=SOURCE)
             await eventlog.close()
             store = self.config.store_behaviour and self.settings.database_url
             if store:
@@ -105,7 +90,6 @@ class Observer:
             self.status = Status.STOPPING
             if self._store is not None:
                 self._store.close()
-            self.status = Status.STOPPED
             log.info("observer stopped", reports=self.reports_sent)
 
     async def _flush_until(self, done: asyncio.Event, seconds: float) -> None:
@@ -126,13 +110,9 @@ class Observer:
 
 
 async def main() -> None:
-    settings = Settings()
+    settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
-    observer = Observer(settings, ObserverSettings())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, observer.stop)
-    await observer.run()
+    await run_until_signalled(Observer(settings, load(ObserverSettings, "observer setting")))
 
 
 __all__ = ["IDENTITY", "SOURCE", "Observer", "Status", "main"]

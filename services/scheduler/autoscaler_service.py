@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
-import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -47,7 +45,8 @@ from swarm.kernel.eventlog import (
     NoResponders,
 )
 from swarm.kernel.follow import follow, wanted_events
-from swarm.kernel.settings import Settings
+from swarm.kernel.lifecycle import Service, Status, run_until_signalled
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -86,14 +85,9 @@ class AutoscalerSettings(BaseSettings):
 _WANTED = wanted_events(HANDLED)
 
 
-class Status(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+class AutoscalerService(Service):
+    name = "autoscaler"
 
-
-class AutoscalerService:
     def __init__(
         self,
         settings: Settings,
@@ -101,7 +95,7 @@ class AutoscalerService:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = c = config or AutoscalerSettings()
         self.clock = clock
         self.autoscaler = Autoscaler(
@@ -114,7 +108,6 @@ class AutoscalerService:
             reputation=self.autoscaler.trust,
             quarantined=self.autoscaler.quarantined,
         )
-        self.status = Status.NEW
         #: Set once the events are caught up: no decision is taken from a half-read log.
         self.live = asyncio.Event()
         #: Scale requests sent and refused (this run); tasks acknowledged and put back.
@@ -122,28 +115,14 @@ class AutoscalerService:
         self.scales_failed = 0
         self.tasks_done = 0
         self.tasks_retried = 0
-        self._stop = asyncio.Event()
-
-    def stop(self) -> None:
-        """Stop all loops; safe before start and twice. Tasks in flight are put back."""
-        self._stop.set()
 
     def set_reputation(self, scores: Mapping[str, float]) -> None:
         """Reputation per agent or replica id in [0, 1] (from the Observer/Hive)."""
         self.board.set_reputation(scores)
 
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        if self._stop.is_set():
-            self.status = Status.STOPPED
-            return
-        self.status = Status.RUNNING
-        try:
-            eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=SOURCE)
-        except BaseException:
-            self.status = Status.STOPPED
-            raise
+    async def serve(self) -> None:
+        """Run every loop until stopped; tasks in flight are put back."""
+        eventlog = await EventLog.connect(self.nats_url, self.settings, name=SOURCE)
         loops = [self._events, self._metrics, self._ticks]
         if self.config.tasks:
             loops.append(self._tasks)
@@ -155,7 +134,6 @@ class AutoscalerService:
             self.status = Status.STOPPING
             await cancel_and_wait(tasks)
             await eventlog.close()
-            self.status = Status.STOPPED
             log.info(
                 "autoscaler stopped",
                 scales_sent=self.scales_sent,
@@ -317,11 +295,9 @@ class AutoscalerService:
 
 
 async def main() -> None:
-    service = AutoscalerService(Settings(), AutoscalerSettings())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.stop)
-    await service.run()
+    await run_until_signalled(
+        AutoscalerService(load(Settings, "setting"), load(AutoscalerSettings, "autoscaler setting"))
+    )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import functools
 import json
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -46,9 +44,10 @@ from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, Message
 from swarm.kernel.ids import IdKey
+from swarm.kernel.lifecycle import Service, Status, run_until_signalled
 from swarm.kernel.logs import configure_logging
 from swarm.kernel.seal import verifier as seal_verifier
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.streaming import MAX_BATCH, StreamApp
 
 log = structlog.get_logger(__name__)
@@ -62,14 +61,9 @@ _RESTART_PAUSE = 0.2
 _MAX_RESTART_PAUSE = 5.0
 
 
-class Status(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
+class Scheduler(Service):
+    name = "scheduler"
 
-
-class Scheduler:
     def __init__(
         self,
         settings: Settings,
@@ -78,7 +72,7 @@ class Scheduler:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = config or SchedulerSettings()
         chosen = policy or policy_named(self.config.policy, self.config.pricing())
         self.planner = Planner(
@@ -91,7 +85,6 @@ class Scheduler:
             ids=IdKey.of(settings.command_id_secret, "scheduler"),
         )
         self.clock = clock
-        self.status = Status.NEW
         #: Set once the view has caught up with the log; no proposal is sent before.
         self.live = asyncio.Event()
         #: Proposals sent, and rejections of them by rule (this run only).
@@ -99,7 +92,6 @@ class Scheduler:
         self.rejected: Counter[str] = Counter()
         #: Proposals JetStream dropped because their id was already on the log.
         self.duplicates = 0
-        self._stop = asyncio.Event()
         #: Folds the log into the planner through the stream app's tables.
         self.intake = Intake(
             self.planner,
@@ -110,22 +102,9 @@ class Scheduler:
         #: The running stream app (None between incarnations).
         self.app: StreamApp | None = None
 
-    def stop(self) -> None:
-        """Stop reading and proposing; safe before start and twice. Sent proposals stand."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        if self._stop.is_set():
-            self.status = Status.STOPPED
-            return
-        self.status = Status.RUNNING
-        try:
-            eventlog = await EventLog.connect(self.settings.nats_url, self.settings, name=SOURCE)
-        except BaseException:
-            self.status = Status.STOPPED
-            raise
+    async def serve(self) -> None:
+        """Read and propose until stopped; proposals sent stand."""
+        eventlog = await EventLog.connect(self.nats_url, self.settings, name=SOURCE)
         log.info("scheduler started", policy=self.planner.policy.name)
         subscription = None
         pause = _RESTART_PAUSE
@@ -156,7 +135,6 @@ class Scheduler:
             if subscription is not None:
                 await subscription.close()
             await eventlog.close()
-            self.status = Status.STOPPED
             log.info("scheduler stopped", proposed=self.proposed, rejected=dict(self.rejected))
 
     async def _run_app(self, eventlog: EventLog) -> None:
@@ -319,19 +297,12 @@ def _proposal_command(p: Proposal, policy: str) -> Payload:
 
 async def main() -> None:
     """The scheduler process: placement (the market) and the autoscaler with its task queues."""
-    settings = Settings()
+    settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
-    scheduler = Scheduler(settings, SchedulerSettings())
-    autoscaler = AutoscalerService(settings, AutoscalerSettings())
-
-    def stop() -> None:
-        scheduler.stop()
-        autoscaler.stop()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    await asyncio.gather(scheduler.run(), autoscaler.run())
+    await run_until_signalled(
+        Scheduler(settings, load(SchedulerSettings, "scheduler setting")),
+        AutoscalerService(settings, load(AutoscalerSettings, "autoscaler setting")),
+    )
 
 
 __all__ = ["IDENTITY", "SOURCE", "Scheduler", "Status", "main"]

@@ -12,9 +12,7 @@ a restart skips those, while a request the dispatcher had not got to yet is stil
 from __future__ import annotations
 
 import asyncio
-import enum
 import random
-import signal
 from typing import Any
 
 import structlog
@@ -28,8 +26,9 @@ from services.webhooks.sender import Sender
 from services.webhooks.targets import TargetGuard
 from services.webhooks.worker import SubscriptionWorker
 from swarm.kernel.eventlog import Delivery, EventLog, EventLogError
+from swarm.kernel.lifecycle import Service, run_until_signalled
 from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 from swarm.kernel.tasks import cancel_and_wait, failure
 from swarm.kernel.webhook_storage import (
     dead_letters_bucket,
@@ -44,12 +43,6 @@ SOURCE = "webhooks"
 CONTROL_SUBJECTS = (f"{names.EVENTS_PREFIX}.{names.WEBHOOK_AGGREGATE}.>",)
 
 
-class Status(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Stop `tasks` for sure (swarm.kernel.tasks says why a plain cancel is not enough)."""
     await cancel_and_wait(tasks)
@@ -58,7 +51,9 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
             log.warning("webhook task ended with an error", error=repr(error))
 
 
-class Dispatcher:
+class Dispatcher(Service):
+    name = "webhooks"
+
     def __init__(
         self,
         settings: Settings,
@@ -66,22 +61,16 @@ class Dispatcher:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.config = config or WebhookSettings()
         self.rng = rng or random.Random()
-        self.status = Status.NEW
         self.hooks: dict[str, Hook] = {}
         self.workers: dict[str, tuple[SubscriptionWorker, asyncio.Task[None]]] = {}
         #: Set once the subscriptions on the log have been read and their workers started.
         self.live = asyncio.Event()
-        self._stop = asyncio.Event()
         self._redeliveries: asyncio.Queue[tuple[str, WebhookRedeliveryRequested]] = asyncio.Queue()
         self._deliverer: Deliverer | None = None
         self._log: EventLog | None = None
-
-    def stop(self) -> None:
-        """Stop delivering; safe before start and twice. Unacknowledged events come back."""
-        self._stop.set()
 
     def counts(self) -> dict[str, int]:
         workers = [w for w, _ in self.workers.values()]
@@ -92,16 +81,9 @@ class Dispatcher:
             "duplicates": sum(w.duplicates for w in workers),
         }
 
-    async def run(self) -> None:
-        if self.settings.nats_url is None:
-            raise SystemExit("SWARM_NATS_URL is not set")
-        if self._stop.is_set():
-            self.status = Status.STOPPED
-            return
-        self.status = Status.RUNNING
-        eventlog = self._log = await EventLog.connect(
-            self.settings.nats_url, self.settings, name=SOURCE
-        )
+    async def serve(self) -> None:
+        """Deliver until stopped; unacknowledged events come back to the next run."""
+        eventlog = self._log = await EventLog.connect(self.nats_url, self.settings, name=SOURCE)
         sender = Sender(
             TargetGuard(allow_private=self.config.allow_private, cache_s=self.config.dns_cache_s),
             timeout=self.config.timeout_s,
@@ -123,7 +105,6 @@ class Dispatcher:
                 await self._stop_worker(worker_id, delete=False)
             await sender.close()
             await eventlog.close()
-            self.status = Status.STOPPED
             log.info("webhook dispatcher stopped")
 
     # -- subscriptions ----------------------------------------------------------------------------
@@ -251,10 +232,6 @@ class Dispatcher:
 
 
 async def main() -> None:
-    settings = Settings()
+    settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
-    dispatcher = Dispatcher(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, dispatcher.stop)
-    await dispatcher.run()
+    await run_until_signalled(Dispatcher(settings, load(WebhookSettings, "webhook setting")))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings
+from swarm.kernel.settings import Settings, load
 
 
 def main() -> None:
-    settings = GatewaySettings()
-    common = Settings()
+    settings = load(GatewaySettings, "gateway setting")
+    common = load(Settings, "setting")
     configure_logging(common.log_level, common.log_format)
     try:
         # Before the web stack is imported (seconds on a loaded machine): a gateway that will

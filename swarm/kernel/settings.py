@@ -7,10 +7,12 @@ test fixture agree on where the servers are without passing flags around.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -59,3 +61,32 @@ class Settings(BaseSettings):
     #: What services log (debug, info, warning, error), and how: readable lines or JSON.
     log_level: str = "info"
     log_format: Literal["console", "json"] = "console"
+
+
+class SettingsRefused(SystemExit):
+    """A setting read from the environment is missing, does not parse or is out of bounds; the
+    message names each variable (the process exits with it, before it connects anywhere)."""
+
+
+def load(cls: type[S], what: str, error: type[SettingsRefused] = SettingsRefused) -> S:
+    """`cls()` from the environment, or `error` naming each bad variable and why, in one line
+    instead of a traceback (`what`: e.g. "hive setting")."""
+    try:
+        return cls()
+    except SettingsError as exc:  # a value that does not even parse (e.g. JSON that is not)
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise error(f"invalid {what}: {exc}{cause}") from None
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = "; ".join(
+            f"{_variable(prefix, e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise error(f"invalid {what}: {problems}") from None
+
+
+def _variable(prefix: str, loc: tuple[int | str, ...]) -> str:
+    """`SWARM_POD_LABELS[gpu]` for the location of an error (a long key is cut: the message
+    names it, it need not repeat it)."""
+    name = f"{prefix}{str(loc[0]).upper()}" if loc else f"{prefix}*"
+    parts = [str(p) for p in loc[1:] if p != "[key]"]
+    return name + "".join(f"[{p[:32]}…]" if len(p) > 32 else f"[{p}]" for p in parts)

@@ -46,7 +46,7 @@ async def test_every_fuzzed_command_gets_exactly_one_outcome(tmp_path: Path) -> 
         assert hive is not None
 
         async def status() -> list[dict[str, Any]]:
-            return [hive.status()]
+            return [hive.describe()]
 
         target = FuzzTarget(stack.client, reader, Outcomes(seal_verifier(PASSWORD)), status)
         bridge = LoopBridge(asyncio.get_running_loop())

@@ -46,7 +46,7 @@ class Stack:
         self.hive_task = asyncio.create_task(hive.run())
 
         async def leading() -> bool:
-            return bool(hive.status().get("is_leader")) and hive.processor is not None
+            return bool(hive.describe().get("is_leader")) and hive.processor is not None
 
         await wait_until(leading, what="Hive leadership")
 

@@ -350,10 +350,10 @@ async def test_an_event_that_cannot_be_folded_is_recorded_and_folding_goes_on(
     hive = stack.hive
 
     async def recorded() -> bool:
-        return hive.status()["applied_seq"] >= garbage.seq
+        return hive.describe()["applied_seq"] >= garbage.seq
 
     await wait_until(recorded, 45, "the foreign entries to be folded")
-    status = hive.status()
+    status = hive.describe()
     assert status["fold_failures"] == 2
     assert [f["seq"] for f in status["recent_fold_failures"]] == [appended.seq, garbage.seq]
     assert status["recent_fold_failures"][0]["type"] == "swarm.pod.lost"
