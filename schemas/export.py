@@ -1,4 +1,5 @@
-"""JSON Schema for every registered command and event, one file per type.
+"""JSON Schema for every registered command and event, one file per type, and for the answers
+of the Hive's read queries (`schemas.views`: `swarm.view.<answer>.json`).
 
 The files are committed under `schemas/jsonschema/` so that clients in any language can validate
 against them; a test fails when they no longer match the models.
@@ -7,18 +8,25 @@ against them; a test fails when they no longer match the models.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from schemas import names
 from schemas.envelope import Envelope
 from schemas.registry import REGISTRY, Registry
+from schemas.views import ANSWERS
+
+Views = Mapping[str, type[BaseModel]]
 
 DEFAULT_DIR = Path(__file__).parent / "jsonschema"
 
 
-def render(registry: Registry = REGISTRY) -> dict[str, str]:
-    """File name -> JSON text for every registered type (deterministic, sorted keys)."""
+def render(registry: Registry = REGISTRY, views: Views = ANSWERS) -> dict[str, str]:
+    """File name -> JSON text for every registered type and every query answer in `views`
+    (deterministic, sorted keys)."""
     files: dict[str, str] = {}
     index: list[dict[str, Any]] = []
     for entry in registry:
@@ -61,14 +69,26 @@ def render(registry: Registry = REGISTRY) -> dict[str, str]:
                 "file": file_name,
             }
         )
+    for stem, model in views.items():
+        # As answered: the form a reader sees (e.g. a rollout's `from`, times as text).
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{names.DATASCHEMA_PREFIX}/views/{stem}",
+            **model.model_json_schema(mode="serialization", by_alias=True),
+        }
+        file_name = f"swarm.view.{stem}.json"
+        files[file_name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        index.append({"view": stem, "dataschema": schema["$id"], "file": file_name})
     files["index.json"] = json.dumps(index, indent=2, sort_keys=True) + "\n"
     return files
 
 
-def write(directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY) -> list[Path]:
+def write(
+    directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY, views: Views = ANSWERS
+) -> list[Path]:
     """Write the schemas, removing files of types that no longer exist. Returns what changed."""
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = render(registry)
+    wanted = render(registry, views)
     changed: list[Path] = []
     for stale in sorted(directory.glob("*.json")):
         if stale.name not in wanted:
@@ -82,9 +102,11 @@ def write(directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY) -> list[
     return changed
 
 
-def stale(directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY) -> list[str]:
+def stale(
+    directory: Path = DEFAULT_DIR, registry: Registry = REGISTRY, views: Views = ANSWERS
+) -> list[str]:
     """Names of files that are missing, outdated or orphaned in `directory`."""
-    wanted = render(registry)
+    wanted = render(registry, views)
     present = (
         {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
     )

@@ -677,7 +677,12 @@ def unbounded(schema: Any, where: str = "") -> list[str]:
 
 
 def test_every_exported_schema_bounds_every_value() -> None:
-    files = sorted(p for p in SCHEMA_DIR.glob("*.json") if p.name != "index.json")
+    # What the system reads (commands, events); not the query answers it writes (views).
+    files = sorted(
+        p
+        for p in SCHEMA_DIR.glob("*.json")
+        if p.name != "index.json" and not p.name.startswith("swarm.view.")
+    )
     assert len(files) > 50
     problems = [p for f in files for p in unbounded(json.loads(f.read_text()), f.name)]
     assert problems == []

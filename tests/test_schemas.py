@@ -330,13 +330,13 @@ def test_committed_json_schemas_match_the_models() -> None:
 
 
 def test_export_writes_validatable_schemas_and_detects_drift(tmp_path: Path) -> None:
-    written = export.write(tmp_path, LOCAL)
+    written = export.write(tmp_path, LOCAL, {})
     assert sorted(p.name for p in written) == [
         "index.json",
         "swarm.cmd.widget.make.v1.json",
         "swarm.widget.made.v3.json",
     ]
-    assert export.stale(tmp_path, LOCAL) == []
+    assert export.stale(tmp_path, LOCAL, {}) == []
     schema = json.loads((tmp_path / "swarm.widget.made.v3.json").read_text())
     assert schema["$id"] == "swarm:schemas/swarm.widget.made/v3"
     assert schema["properties"]["type"] == {"const": "swarm.widget.made", "title": "Type"}
@@ -348,19 +348,19 @@ def test_export_writes_validatable_schemas_and_detects_drift(tmp_path: Path) -> 
 
     (tmp_path / "swarm.widget.made.v3.json").write_text("{}")
     (tmp_path / "swarm.widget.gone.v1.json").write_text("{}")
-    assert export.stale(tmp_path, LOCAL) == [
+    assert export.stale(tmp_path, LOCAL, {}) == [
         "swarm.widget.gone.v1.json",
         "swarm.widget.made.v3.json",
     ]
-    rewritten = export.write(tmp_path, LOCAL)
+    rewritten = export.write(tmp_path, LOCAL, {})
     assert {p.name for p in rewritten} == {"swarm.widget.gone.v1.json", "swarm.widget.made.v3.json"}
     assert not (tmp_path / "swarm.widget.gone.v1.json").exists()
-    assert export.write(tmp_path, LOCAL) == []  # idempotent
+    assert export.write(tmp_path, LOCAL, {}) == []  # idempotent
 
 
 def test_exported_schema_validates_real_commands(tmp_path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    export.write(tmp_path, LOCAL)
+    export.write(tmp_path, LOCAL, {})
     schema = json.loads((tmp_path / "swarm.cmd.widget.make.v1.json").read_text())
     good = json.loads(command(MakeWidget(name="w"), source="cli").to_json())
     jsonschema.validate(good, schema)

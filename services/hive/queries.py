@@ -8,12 +8,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import structlog
 
 from schemas import names, utcnow
+from schemas.views import (
+    AgentAnomalyView,
+    AgentAnswer,
+    AgentDetailView,
+    AgentsAnswer,
+    AgentView,
+    Answer,
+    FreeCapacity,
+    HealingView,
+    InstanceView,
+    NamespacesAnswer,
+    NamespaceView,
+    PodAnomalyView,
+    PodsAnswer,
+    PodView,
+    QuarantineView,
+    ReplicaCounts,
+    ReputationView,
+    RolloutView,
+    WebhooksAnswer,
+    WebhookView,
+)
 from services.hive.raft import ReplicatedState
 from swarm.domain import reputation
 from swarm.domain.decide import derive_status
@@ -23,138 +44,136 @@ from swarm.kernel.eventlog import EventLog, Message, Subscription
 log = structlog.get_logger(__name__)
 
 
-def agent_view(agent: Agent, *, detail: bool = False) -> dict[str, Any]:
-    replicas = sorted(agent.replicas.values(), key=lambda r: r.replica_id)
-    view: dict[str, Any] = {
-        "agent_id": agent.agent_id,
-        "namespace": agent.namespace,
-        "name": agent.name,
-        "version": agent.spec.version,
-        "status": agent.status,
-        "reason": agent.status_reason,
-        "replicas": {
-            "desired": agent.replicas_desired,
-            "running": sum(r.phase == "running" for r in replicas),
-            "active": len(agent.active()),
-        },
-        "rollout": (
-            {
-                "version": agent.rollout.version,
-                "from": agent.rollout.from_version,
-                "rollback": agent.rollout.rollback,
-            }
+def agent_view(agent: Agent) -> AgentView:
+    """The agent as listed: status, replica counts, rollout, trust and quarantine."""
+    replicas = agent.replicas.values()
+    q = agent.quarantine
+    return AgentView(
+        agent_id=agent.agent_id,
+        namespace=agent.namespace,
+        name=agent.name,
+        version=agent.spec.version,
+        status=agent.status,
+        reason=agent.status_reason,
+        replicas=ReplicaCounts(
+            desired=agent.replicas_desired,
+            running=sum(r.phase == "running" for r in replicas),
+            active=len(agent.active()),
+        ),
+        rollout=(
+            RolloutView(
+                version=agent.rollout.version,
+                from_version=agent.rollout.from_version,
+                rollback=agent.rollout.rollback,
+            )
             if agent.rollout
             else None
         ),
-        "deleted": agent.deleted,
-        "created_at": agent.created_at.isoformat() if agent.created_at else None,
-        "last_seq": agent.last_seq,
-        "autoscale": agent.autoscale.model_dump(mode="json") if agent.autoscale else None,
-    }
-    view.update(health_view(agent, utcnow(), detail=detail))
-    if detail:
-        view["spec"] = agent.spec.model_dump(mode="json", exclude={"module": {"inline"}})
-        view["history"] = list(agent.history)
-        view["instances"] = [
-            {
-                "replica_id": r.replica_id,
-                "version": r.version,
-                "phase": r.phase,
-                "pod_id": r.pod_id,
-                "reason": r.reason,
-                "snapshot": r.snapshot,
-                "crashes": len(r.crashes),
-                "restart_at": r.restart_at.isoformat() if r.restart_at else None,
-            }
-            for r in replicas
-        ]
-        view["derived_status"] = list(derive_status(agent))
-    return view
-
-
-def health_view(agent: Agent, now: datetime, *, detail: bool = False) -> dict[str, Any]:
-    """Trust and quarantine (every view), recent findings and healing actions (detail)."""
-    rep = agent.reputation
-    q = agent.quarantine
-    view: dict[str, Any] = {
-        "trust": round(reputation.current(rep, now), 3),
-        "quarantined": (
-            {"reason": q.reason, "anomaly_id": q.anomaly_id, "at": q.at.isoformat()} if q else None
+        deleted=agent.deleted,
+        created_at=agent.created_at,
+        last_seq=agent.last_seq,
+        autoscale=agent.autoscale,
+        trust=round(reputation.current(agent.reputation, utcnow()), 3),
+        quarantined=(
+            QuarantineView(reason=q.reason, anomaly_id=q.anomaly_id, at=q.at) if q else None
         ),
-    }
-    if detail:
-        view["reputation"] = {
-            "trust": view["trust"],
-            "recorded": round(rep.trust, 4),
-            "at": rep.at.isoformat() if rep.at else None,
-            "published": rep.published,
-            "reason": rep.reason,
-        }
-        view["anomalies"] = [
-            {
-                "anomaly_id": a.anomaly_id,
-                "kind": a.kind,
-                "severity": a.severity,
-                "score": a.score,
-                "at": a.at.isoformat() if a.at else None,
-                "replica_id": a.replica_id,
-                "window_start": a.window_start.isoformat() if a.window_start else None,
-                "summary": a.summary,
-            }
+    )
+
+
+def agent_detail(agent: Agent) -> AgentDetailView:
+    """The agent as shown alone: the listed view, its spec, history, replicas and health."""
+    summary = agent_view(agent)
+    rep = agent.reputation
+    replicas = sorted(agent.replicas.values(), key=lambda r: r.replica_id)
+    return AgentDetailView(
+        **dict(summary),
+        reputation=ReputationView(
+            trust=summary.trust,
+            recorded=round(rep.trust, 4),
+            at=rep.at,
+            published=rep.published,
+            reason=rep.reason,
+        ),
+        anomalies=[
+            AgentAnomalyView(
+                anomaly_id=a.anomaly_id,
+                kind=a.kind,
+                severity=a.severity,
+                score=a.score,
+                at=a.at,
+                replica_id=a.replica_id,
+                window_start=a.window_start,
+                summary=a.summary,
+            )
             for a in agent.anomalies
-        ]
-        view["healing"] = [
-            {
-                "action": h.action,
-                "reason": h.reason,
-                "anomaly_id": h.anomaly_id,
-                "replica_id": h.replica_id,
-                "at": h.at.isoformat(),
-            }
+        ],
+        healing=[
+            HealingView(
+                action=h.action,
+                reason=h.reason,
+                anomaly_id=h.anomaly_id,
+                replica_id=h.replica_id,
+                at=h.at,
+            )
             for h in agent.actions
-        ]
-    return view
+        ],
+        spec=agent.spec.model_dump(mode="json", exclude={"module": {"inline"}}),
+        history=list(agent.history),
+        instances=[
+            InstanceView(
+                replica_id=r.replica_id,
+                version=r.version,
+                phase=r.phase,
+                pod_id=r.pod_id,
+                reason=r.reason,
+                snapshot=r.snapshot,
+                crashes=len(r.crashes),
+                restart_at=r.restart_at,
+            )
+            for r in replicas
+        ],
+        derived_status=list(derive_status(agent)),
+    )
 
 
-def pod_view(pod: Pod) -> dict[str, Any]:
+def pod_view(pod: Pod) -> PodView:
     memory, fuel, slots = pod.free()
-    return {
-        "pod_id": pod.pod_id,
-        "status": pod.status,
-        "zone": pod.zone,
-        "labels": dict(pod.labels),
-        "energy_cost": pod.energy_cost,
-        "lease_s": pod.lease_s,
-        "capacity": pod.capacity.model_dump(),
-        "free": {"memory_mb": memory, "fuel_per_s": fuel, "slots": slots},
-        "replicas": len(pod.replicas),
-        # Machine-wide findings (many agents on it deviating together), the latest last.
-        "anomalies": [
-            {
-                "anomaly_id": a.anomaly_id,
-                "scope": a.scope,
-                "kind": a.kind,
-                "severity": a.severity,
-                "at": a.at.isoformat() if a.at else None,
-                "agents": a.agents,
-                "summary": a.summary,
-            }
+    return PodView(
+        pod_id=pod.pod_id,
+        status=pod.status,
+        zone=pod.zone,
+        labels=dict(pod.labels),
+        energy_cost=pod.energy_cost,
+        lease_s=pod.lease_s,
+        capacity=pod.capacity,
+        free=FreeCapacity(memory_mb=memory, fuel_per_s=fuel, slots=slots),
+        replicas=len(pod.replicas),
+        anomalies=[
+            PodAnomalyView(
+                anomaly_id=a.anomaly_id,
+                scope=a.scope,
+                kind=a.kind,
+                severity=a.severity,
+                at=a.at,
+                agents=a.agents,
+                summary=a.summary,
+            )
             for a in pod.anomalies
         ],
-    }
+    )
 
 
-def _agents_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+def _agents_list(state: HiveState, req: dict[str, Any]) -> AgentsAnswer:
     namespace = req.get("namespace")
     agents = [
         agent_view(a)
         for a in sorted(state.agents.values(), key=lambda a: (a.namespace, a.name, a.agent_id))
         if not a.deleted and (namespace is None or a.namespace == namespace)
     ]
-    return {"agents": agents}
+    return AgentsAnswer(agents=agents)
 
 
-def _agents_get(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+def _agents_get(state: HiveState, req: dict[str, Any]) -> AgentAnswer | dict[str, Any]:
     agent = None
     if "agent_id" in req:
         agent = state.agents.get(str(req["agent_id"]))
@@ -162,26 +181,28 @@ def _agents_get(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
         agent = state.agent_named(str(req.get("namespace", "default")), str(req["name"]))
     if agent is None:
         return {"error": "agent not found", "code": "not_found"}
-    return {"agent": agent_view(agent, detail=True)}
+    return AgentAnswer(agent=agent_detail(agent))
 
 
-def _pods_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
-    return {"pods": [pod_view(p) for p in sorted(state.pods.values(), key=lambda p: p.pod_id)]}
+def _pods_list(state: HiveState, req: dict[str, Any]) -> PodsAnswer:
+    return PodsAnswer(
+        pods=[pod_view(p) for p in sorted(state.pods.values(), key=lambda p: p.pod_id)]
+    )
 
 
-def _namespaces_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "namespaces": [
-            {
-                "name": ns.name,
-                "quota": ns.quota.model_dump(),
-                "agents": sum(
+def _namespaces_list(state: HiveState, req: dict[str, Any]) -> NamespacesAnswer:
+    return NamespacesAnswer(
+        namespaces=[
+            NamespaceView(
+                name=ns.name,
+                quota=ns.quota,
+                agents=sum(
                     1 for a in state.agents.values() if a.namespace == ns.name and not a.deleted
                 ),
-            }
+            )
             for ns in sorted(state.namespaces.values(), key=lambda n: n.name)
         ]
-    }
+    )
 
 
 def _digest(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
@@ -192,26 +213,33 @@ def _full(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
     return {"state": state.to_dict()}
 
 
-def _webhooks_list(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "webhooks": [
-            {
-                "webhook_id": w.webhook_id,
-                "url": w.url,
-                "filter": w.filter,
-                "max_attempts": w.max_attempts,
-                "secret_fingerprint": w.secret_fingerprint,
-                "description": w.description,
-                "created_at": w.created_at.isoformat() if w.created_at else None,
-                "added_seq": w.added_seq,
-            }
+def _webhooks_list(state: HiveState, req: dict[str, Any]) -> WebhooksAnswer:
+    return WebhooksAnswer(
+        webhooks=[
+            WebhookView(
+                webhook_id=w.webhook_id,
+                url=w.url,
+                filter=w.filter,
+                max_attempts=w.max_attempts,
+                secret_fingerprint=w.secret_fingerprint,
+                description=w.description,
+                created_at=w.created_at,
+                added_seq=w.added_seq,
+            )
             for w in sorted(state.webhooks.values(), key=lambda w: w.webhook_id)
             if not w.removed
         ]
-    }
+    )
 
 
-Query = Callable[[HiveState, dict[str, Any]], dict[str, Any]]
+def rendered(answer: Answer | dict[str, Any]) -> dict[str, Any]:
+    """An answer as it goes on the wire (JSON types, field aliases)."""
+    if isinstance(answer, Answer):
+        return answer.model_dump(mode="json", by_alias=True)
+    return answer
+
+
+Query = Callable[[HiveState, dict[str, Any]], Answer | dict[str, Any]]
 QUERIES: dict[str, Query] = {
     names.QUERY_AGENTS_LIST: _agents_list,
     names.QUERY_AGENTS_GET: _agents_get,
@@ -235,8 +263,11 @@ async def serve(
                 if not isinstance(req, dict):
                     raise ValueError("query body must be a JSON object")
                 with raft.lock:
-                    answer = query(raft.hive, req)
-                    answer["applied_seq"] = raft.hive.applied_seq
+                    typed = query(raft.hive, req)
+                    applied = raft.hive.applied_seq
+                # The views hold copies: rendered outside the lock that folding needs.
+                answer = rendered(typed)
+                answer["applied_seq"] = applied
             except ValueError as exc:
                 answer = {"error": f"bad query: {exc}", "code": "bad_request"}
             answer["node"] = node

@@ -61,7 +61,8 @@ def export_(
         ),
     ] = False,
 ) -> None:
-    """Write one JSON Schema file per command and event type (plus index.json)."""
+    """Write one JSON Schema file per command and event type and per query answer (plus
+    index.json)."""
     from schemas import export
 
     directory = export.DEFAULT_DIR if directory is None else directory

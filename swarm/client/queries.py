@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from schemas import names
+from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
 from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
 from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
 
 __all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
+
+V = TypeVar("V", bound=View)
 
 #: How long one replica may take to answer one query.
 QUERY_TIMEOUT = 2.0
@@ -140,6 +145,22 @@ class HiveQueries:
     async def namespaces(self, *, at_least: int = 0) -> list[dict[str, Any]]:
         return _list(await self.ask(names.QUERY_NAMESPACES_LIST, at_least=at_least), "namespaces")
 
+    # -- the same, typed (`schemas.views`) ----------------------------------------------------
+
+    async def agent_views(self, namespace: str | None, *, at_least: int = 0) -> list[AgentView]:
+        return _parsed(AgentView, await self.agents(namespace, at_least=at_least))
+
+    async def agent_detail(
+        self, namespace: str, name: str, *, at_least: int = 0
+    ) -> AgentDetailView:
+        return _parsed(AgentDetailView, [await self.agent(namespace, name, at_least=at_least)])[0]
+
+    async def pod_views(self, *, at_least: int = 0) -> list[PodView]:
+        return _parsed(PodView, await self.pods(at_least=at_least))
+
+    async def namespace_views(self, *, at_least: int = 0) -> list[NamespaceView]:
+        return _parsed(NamespaceView, await self.namespaces(at_least=at_least))
+
 
 def _no_hive(subject: str, why: str) -> ClientError:
     return ClientError(
@@ -161,3 +182,15 @@ def _object(answer: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise ClientError(f"the Hive's answer has no object {key!r}", code=FAILED)
     return item
+
+
+def _parsed(model: type[V], items: list[dict[str, Any]]) -> list[V]:
+    """The Hive's answers read as their views; an answer that is not one is a clear error."""
+    try:
+        return [model.model_validate(item) for item in items]
+    except pydantic.ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ClientError(
+            f"the Hive's answer is not a {model.__name__}: {where}: {problem['msg']}", code=FAILED
+        ) from None

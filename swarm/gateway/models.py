@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model
 from schemas.commands import MAX_REPLICAS
 from schemas.names import TOKEN_PATTERN
 from schemas.specs import AgentSpec, Name, Quota, Version
+from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView
 from schemas.webhooks import MAX_ATTEMPTS_LIMIT, Filter, Url
 from swarm.kernel.eventlog import Delivery
 
@@ -116,25 +117,25 @@ class NamespaceUpdateRequest(BaseModel):
 
 
 class AgentList(BaseModel):
-    agents: list[dict[str, Any]]
+    agents: list[AgentView]
     #: The log position the answer reflects.
     applied_seq: int
 
 
 class AgentDetail(BaseModel):
-    agent: dict[str, Any]
+    agent: AgentDetailView
     applied_seq: int
     #: The agent's most recent events, oldest first.
     events: list[LoggedEvent] = Field(default_factory=list)
 
 
 class PodList(BaseModel):
-    pods: list[dict[str, Any]]
+    pods: list[PodView]
     applied_seq: int
 
 
 class NamespaceList(BaseModel):
-    namespaces: list[dict[str, Any]]
+    namespaces: list[NamespaceView]
     applied_seq: int
 
 

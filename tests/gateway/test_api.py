@@ -158,6 +158,17 @@ async def test_requests_without_the_token_are_refused(api: httpx.AsyncClient) ->
     agents_get = document["paths"]["/v1/agents"]["get"]
     assert agents_get["security"] == [{"HTTPBearer": []}]
     assert PROBLEM in agents_get["responses"]["401"]["content"]
+    # Typed reads: the document describes an agent, a pod and a namespace, not "an object".
+    components = document["components"]["schemas"]
+    listed = agents_get["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listed["$ref"].endswith("/AgentList")
+    assert components["AgentList"]["properties"]["agents"]["items"]["$ref"].endswith("/AgentView")
+    assert {"agent_id", "namespace", "status", "replicas", "trust"} <= set(
+        components["AgentView"]["properties"]
+    )
+    assert "instances" in components["AgentDetailView"]["properties"]
+    assert "free" in components["PodView"]["properties"]
+    assert "quota" in components["NamespaceView"]["properties"]
 
 
 async def test_event_pages_follow_the_log(api: httpx.AsyncClient, stack: Stack) -> None:

@@ -49,7 +49,7 @@ async def list_agents(
     """Agents (not deleted) of every namespace, or of one."""
     queries = gw.queries
     floor = await gw.floor()
-    agents = await queries.agents(namespace, at_least=floor)
+    agents = await queries.agent_views(namespace, at_least=floor)
     return AgentList(agents=agents, applied_seq=queries.applied_seq)
 
 
@@ -69,12 +69,12 @@ async def get_agent(
     most recent events (as `swarm agent describe`)."""
     queries = gw.queries
     floor = await gw.floor()
-    agent = await queries.agent(namespace, name, at_least=floor)
+    agent = await queries.agent_detail(namespace, name, at_least=floor)
     recent = []
-    agent_id, last_seq = agent.get("agent_id"), agent.get("last_seq")
-    if events and isinstance(agent_id, str) and names.is_token(agent_id):
-        end = last_seq if isinstance(last_seq, int) else floor
-        recent = await history.recent_events(gw.log, "agent", agent_id, end, events)
+    if events and names.is_token(agent.agent_id):
+        recent = await history.recent_events(
+            gw.log, "agent", agent.agent_id, agent.last_seq, events
+        )
     return AgentDetail(
         agent=agent,
         applied_seq=queries.applied_seq,

@@ -32,7 +32,7 @@ async def list_namespaces(gw: GatewayDep) -> NamespaceList:
     """Namespaces with their quotas and how many agents each holds."""
     queries = gw.queries
     floor = await gw.floor()
-    spaces = await queries.namespaces(at_least=floor)
+    spaces = await queries.namespace_views(at_least=floor)
     return NamespaceList(namespaces=spaces, applied_seq=queries.applied_seq)
 
 
@@ -94,5 +94,5 @@ async def list_pods(gw: GatewayDep) -> PodList:
     """Pods with their capacity, what is free, and the replicas placed on them."""
     queries = gw.queries
     floor = await gw.floor()
-    pods = await queries.pods(at_least=floor)
+    pods = await queries.pod_views(at_least=floor)
     return PodList(pods=pods, applied_seq=queries.applied_seq)
