@@ -58,7 +58,6 @@ from swarm.cli.verbs import (
 
 if TYPE_CHECKING:
     from schemas import Payload
-    from schemas.views import AgentsAnswer, AgentView
     from swarm.cli.queries import HiveQueries
     from swarm.client.commands import Issued
     from swarm.kernel.eventlog import Delivery, EventLog
@@ -655,41 +654,42 @@ def ls(
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log)
 
-            from schemas.views import AgentsAnswer
-
-            async def fetch() -> AgentsAnswer:
+            async def fetch() -> dict[str, Any]:
                 floor = await read_floor(log)
-                agents = await queries.agent_views(ns, at_least=floor)
-                return AgentsAnswer(agents=agents, applied_seq=queries.applied_seq)
+                agents = await queries.agents(ns, at_least=floor)
+                return {"agents": agents, "applied_seq": queries.applied_seq}
 
             title = "agents in all namespaces" if ns is None else f"agents in {ns}"
             await show(
-                fetch, lambda v: agents_table(v.agents, ns), output, watch=watch, title=title
+                fetch, lambda v: agents_table(v["agents"], ns), output, watch=watch, title=title
             )
         return EXIT_OK
 
     finish(main(), watching=watch)
 
 
-def agents_table(agents: Sequence[AgentView], namespace: str | None) -> RenderableType:
+def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
     if not agents:
         where = "any namespace" if namespace is None else f"namespace {namespace}"
         return Nothing(f"no agents in {where}")
     now = datetime.now(UTC)
     rows = []
     for a in agents:
-        rollout = a.rollout
-        version = f"{rollout.from_version}→{rollout.version}" if rollout else a.version
+        replicas = a.get("replicas") or {}
+        rollout = a.get("rollout")
+        version = str(a.get("version", ""))
+        if isinstance(rollout, dict):
+            version = f"{rollout.get('from')}→{rollout.get('version')}"
         rows.append(
             [
-                a.namespace,
-                a.name,
+                a.get("namespace"),
+                a.get("name"),
                 version,
-                styled(a.status),
-                f"{a.replicas.running}/{a.replicas.desired}",
-                trust_text({"trust": a.trust, "quarantined": a.quarantined is not None}),
-                age(a.created_at.isoformat() if a.created_at else None, now),
-                printable(a.reason),
+                styled(str(a.get("status", ""))),
+                f"{replicas.get('running', 0)}/{replicas.get('desired', 0)}",
+                trust_text(a),
+                age(a.get("created_at"), now),
+                printable(str(a.get("reason", ""))),
             ]
         )
     columns = ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "TRUST", "AGE", "REASON"]

@@ -188,13 +188,7 @@ def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
 
 
 def to_jsonable(value: Any) -> Any:
-    """`value` with datetimes as RFC 3339 strings and paths as strings (YAML input has both),
-    and typed answers (`schemas.views`) as the Hive wrote them."""
-    # Not imported for this: a value can only be a model once pydantic is loaded (the CLI's
-    # start-up time counts).
-    pydantic = sys.modules.get("pydantic")
-    if pydantic is not None and isinstance(value, pydantic.BaseModel):
-        return to_jsonable(value.model_dump(mode="json", by_alias=True))
+    """`value` with datetimes as RFC 3339 strings and paths as strings (YAML input has both)."""
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
