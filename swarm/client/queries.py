@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
-
-import pydantic
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from schemas import names
-from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
 from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
 from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
 
+if TYPE_CHECKING:
+    # Imported where used: building the view models is most of a CLI verb's start-up.
+    from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
+
 __all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
 
-V = TypeVar("V", bound=View)
+V = TypeVar("V", bound="View")
 
 #: How long one replica may take to answer one query.
 QUERY_TIMEOUT = 2.0
@@ -148,17 +149,25 @@ class HiveQueries:
     # -- the same, typed (`schemas.views`) ----------------------------------------------------
 
     async def agent_views(self, namespace: str | None, *, at_least: int = 0) -> list[AgentView]:
+        from schemas.views import AgentView
+
         return _parsed(AgentView, await self.agents(namespace, at_least=at_least))
 
     async def agent_detail(
         self, namespace: str, name: str, *, at_least: int = 0
     ) -> AgentDetailView:
+        from schemas.views import AgentDetailView
+
         return _parsed(AgentDetailView, [await self.agent(namespace, name, at_least=at_least)])[0]
 
     async def pod_views(self, *, at_least: int = 0) -> list[PodView]:
+        from schemas.views import PodView
+
         return _parsed(PodView, await self.pods(at_least=at_least))
 
     async def namespace_views(self, *, at_least: int = 0) -> list[NamespaceView]:
+        from schemas.views import NamespaceView
+
         return _parsed(NamespaceView, await self.namespaces(at_least=at_least))
 
 
@@ -186,6 +195,8 @@ def _object(answer: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _parsed(model: type[V], items: list[dict[str, Any]]) -> list[V]:
     """The Hive's answers read as their views; an answer that is not one is a clear error."""
+    import pydantic
+
     try:
         return [model.model_validate(item) for item in items]
     except pydantic.ValidationError as exc:
