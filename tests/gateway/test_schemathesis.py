@@ -85,7 +85,9 @@ async def test_schemathesis_finds_no_server_errors(stack: Stack, database_url: s
     await asyncio.to_thread(upgrade_database, database_url)
     async with scheduler(stack.url):
         with serving(stack.url, TOKEN, database_url) as url:
-            async with httpx.AsyncClient() as client:
+            # The document is built on its first request: seconds on a loaded machine (httpx's
+            # default 5 s ran out in a stress run).
+            async with httpx.AsyncClient(timeout=60) as client:
                 document = (await client.get(f"{url}/openapi.json")).json()
             # In a thread: the Hive deciding the commands runs in this test's event loop.
             statuses = await asyncio.to_thread(fuzz, url, document)

@@ -21,6 +21,9 @@ from swarm.kernel.settings import Settings
 from tests.helpers.history import spec
 from tests.helpers.waiting import wait_until
 
+#: How long `Stack.query` waits for the Hive (see there).
+QUERY_TIMEOUT_S = 15.0
+
 
 @dataclass
 class Stack:
@@ -88,7 +91,11 @@ class Stack:
         )
 
     async def query(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        reply = await self.client.nc.request(subject, json.dumps(body or {}).encode(), timeout=2)
+        # An in-process Hive answers in milliseconds, but beside busy loops its loop can be
+        # starved for seconds (2 s ran out in a stress run): a query is not what tests judge.
+        reply = await self.client.nc.request(
+            subject, json.dumps(body or {}).encode(), timeout=QUERY_TIMEOUT_S
+        )
         answer: dict[str, Any] = json.loads(reply.data)
         return answer
 
