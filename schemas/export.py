@@ -78,7 +78,15 @@ def render(registry: Registry = REGISTRY, views: Views = ANSWERS) -> dict[str, s
         }
         file_name = f"swarm.view.{stem}.json"
         files[file_name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-        index.append({"view": stem, "dataschema": schema["$id"], "file": file_name})
+        index.append(
+            {
+                "type": f"swarm.view.{stem}",
+                "kind": "view",
+                "version": 1,
+                "dataschema": schema["$id"],
+                "file": file_name,
+            }
+        )
     files["index.json"] = json.dumps(index, indent=2, sort_keys=True) + "\n"
     return files
 
