@@ -7,8 +7,9 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -23,6 +24,7 @@ from swarm.kernel.streaming._retry import WriteUnacknowledged
 
 STREAM = "RETRYTEST"
 KEYS = [f"k{i}" for i in range(20)]
+RETRYING = "write not acknowledged; retrying"
 
 
 @pytest.fixture
@@ -44,12 +46,15 @@ def counting_app(
     budget: float,
     pause_s: float = 0.0,
     resumed: asyncio.Event | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> StreamApp:
     """Counts events per key; with `pause_s`, the event with key "pause" SIGSTOPs the server for
-    that long (then sets `resumed`), so the commit of its batch finds the server silent."""
+    that long (then sets `resumed`), so the commit of its batch finds the server silent; with
+    `until` too, the server resumes as soon as `until()` is true (`pause_s` is then the most)."""
     app = StreamApp("retrytest", settings, batch=10, ack_wait=60.0, write_retry_s=budget)
     app.table("counts", default=int)
     paused: list[bool] = []
+    resumes: list[asyncio.Task[None]] = []  # referenced until done
 
     def resume(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
@@ -63,7 +68,17 @@ def counting_app(
         if key == "pause" and pause_s and not paused and server.pid is not None:
             paused.append(True)
             os.kill(server.pid, signal.SIGSTOP)
-            asyncio.get_running_loop().call_later(pause_s, resume, server.pid)
+            if until is None:
+                asyncio.get_running_loop().call_later(pause_s, resume, server.pid)
+            else:
+                resumes.append(asyncio.create_task(resume_when(until, pause_s, server.pid)))
+
+    async def resume_when(until: Callable[[], bool], most_s: float, pid: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + most_s
+        while not until() and loop.time() < deadline:  # noqa: ASYNC110 (a log list to poll)
+            await asyncio.sleep(0.05)
+        resume(pid)
 
     return app
 
@@ -94,14 +109,22 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
     log = await EventLog.connect(server.url, settings, name="retry-test")
     try:
         last, expected = await publish_events(log)
-        # Paused longer than the 5 s acknowledgement timeout, well within the budget.
-        app = counting_app(settings, server, budget=60.0, pause_s=8.0)
+        # Paused until a commit has waited past its 5 s acknowledgement timeout and is being
+        # retried (a fixed pause missed the commit when a loaded machine started it late),
+        # well within the budget.
+        captured: list[list[MutableMapping[str, Any]]] = []
+
+        def retrying() -> bool:
+            return any(e["event"] == RETRYING for e in (captured[0] if captured else []))
+
+        app = counting_app(settings, server, budget=60.0, pause_s=45.0, until=retrying)
         with structlog.testing.capture_logs() as logs:
+            captured.append(logs)
             async with app:
                 await app.reached("retrytest", last, timeout=60)
                 assert app.status is Status.RUNNING
                 assert app.snapshot("counts") == expected
-        retried = [e for e in logs if e["event"] == "write not acknowledged; retrying"]
+        retried = [e for e in logs if e["event"] == RETRYING]
         assert retried, "the pause did not hit a commit"
         assert any(e["event"] == "write acknowledged after retries" for e in logs)
         # One message per key and one position: nothing of the retried batch landed twice
