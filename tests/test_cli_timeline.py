@@ -18,7 +18,8 @@ from click.testing import Result
 from schemas import CommandAccepted, Payload, Registry, command, event, names, new_id
 from swarm.cli import timeline
 from swarm.cli.output import CliError
-from swarm.cli.timeline import Filters, intersect, parse_time, subject_matches
+from swarm.client.text import parse_time
+from swarm.client.timeline import Filters, intersect, subject_matches
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.timeline import invoke_timeline
 

@@ -36,7 +36,8 @@ from swarm.cli.output import (
     stdout_console,
     table,
 )
-from swarm.cli.timeline import own_time, parse_time
+from swarm.client.text import parse_time
+from swarm.client.timeline import own_time
 
 if TYPE_CHECKING:
     # Imported where used: every `swarm` call registers `timeline diff` (tests/test_cli_start.py).

@@ -48,13 +48,14 @@ import typer
 
 from swarm.cli import connect
 from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, run, status
-from swarm.cli.timeline import (
+from swarm.client.errors import ClientError
+from swarm.client.text import parse_time
+from swarm.client.timeline import (
     Filters,
     LogEntry,
     check_pattern,
     history,
     own_time,
-    parse_time,
     subject_matches,
 )
 
@@ -240,7 +241,7 @@ def _problem(obj: Any) -> str | None:
         return f"{names.EXPORT_ATTR_SUBJECT} missing"
     try:
         check_pattern(subject)
-    except CliError:
+    except ClientError:
         return f"{names.EXPORT_ATTR_SUBJECT} {subject!r} is not a subject"
     if (
         "*" in subject.split(".")

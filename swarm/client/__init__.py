@@ -3,7 +3,7 @@
 (`webhooks`), and one error type for all of it (`errors`); an aggregate's recent history
 (`history`), agents' log lines (`logs`), the scheduler's market (`market`), queueing tasks
 (`tasks`), causation trees (`trace`), and how users write times and how untrusted text is shown
-(`text`).
+(`text`); reading the log filtered and in order (`timeline`).
 
 It prints nothing and knows no HTTP: each front end presents results and errors its own way.
 The modules load when imported (`from swarm.client import commands`), not with the package, so
@@ -19,6 +19,7 @@ __all__ = [
     "queries",
     "tasks",
     "text",
+    "timeline",
     "trace",
     "webhooks",
 ]
