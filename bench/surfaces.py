@@ -53,8 +53,8 @@ from nats.js.api import DeliverPolicy
 from bench import _common
 from schemas import CommandAccepted, Payload, command, commands, event, events, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef
-from swarm.cli.timetravel import Point, fold_until
 from swarm.client.timeline import Filters, history
+from swarm.client.timetravel import Point, fold_until
 from swarm.kernel.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 

@@ -277,7 +277,9 @@ def register(app: typer.Typer) -> None:
                         code=EXIT_USAGE,
                         hint="use `swarm timeline diff A B` to see what changed between points",
                     )
-                point = timetravel.Point.parse(at)
+                from swarm.client.timetravel import Point
+
+                point = Point.parse(at)
                 settings = connect.load_settings()
                 target = connect.resolve_nats_url(nats_url, settings)
                 return await timetravel.show_at(
