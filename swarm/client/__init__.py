@@ -3,8 +3,8 @@
 (`webhooks`), and one error type for all of it (`errors`); an aggregate's recent history
 (`history`), agents' log lines (`logs`), the scheduler's market (`market`), queueing tasks
 (`tasks`), causation trees (`trace`), and how users write times and how untrusted text is shown
-(`text`); reading the log filtered and in order (`timeline`), and the Hive's state at a point of
-it (`timetravel`).
+(`text`); reading the log filtered and in order (`timeline`), the Hive's state at a point of it
+(`timetravel`), and what is wrong with it (`verify`).
 
 It prints nothing and knows no HTTP: each front end presents results and errors its own way.
 The modules load when imported (`from swarm.client import commands`), not with the package, so
@@ -23,5 +23,6 @@ __all__ = [
     "timeline",
     "timetravel",
     "trace",
+    "verify",
     "webhooks",
 ]
