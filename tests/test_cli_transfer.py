@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from schemas import CommandAccepted, command, commands, event, events, names, new_id
-from swarm.cli import transfer
-from swarm.cli.output import CliError
+from swarm.client import transfer
+from swarm.client.errors import ClientError
 from swarm.kernel.eventlog import Appended, AppendRequest, EventLog
 from tests.helpers.servers import own_nats
 from tests.helpers.timeline import invoke_timeline
@@ -216,7 +216,7 @@ async def test_a_concurrent_writer_stops_the_import_instead_of_interleaving(
 
     log = await Racing.connect(target_url, name="racing")
     try:
-        with pytest.raises(CliError, match="another writer appended to SWARM_EVENTS"):
+        with pytest.raises(ClientError, match="another writer appended to SWARM_EVENTS"):
             await transfer.import_stream(log, names.STREAM_EVENTS, items, force=False)
         held = await stored(log, names.STREAM_EVENTS)
         assert [subject for _, subject, _ in held] == ["swarm.evt.agent.Z.raced"]

@@ -4,7 +4,7 @@
 (`history`), agents' log lines (`logs`), the scheduler's market (`market`), queueing tasks
 (`tasks`), causation trees (`trace`), and how users write times and how untrusted text is shown
 (`text`); reading the log filtered and in order (`timeline`), the Hive's state at a point of it
-(`timetravel`), and what is wrong with it (`verify`).
+(`timetravel`), what is wrong with it (`verify`), and moving it to another stack (`transfer`).
 
 It prints nothing and knows no HTTP: each front end presents results and errors its own way.
 The modules load when imported (`from swarm.client import commands`), not with the package, so
@@ -23,6 +23,7 @@ __all__ = [
     "timeline",
     "timetravel",
     "trace",
+    "transfer",
     "verify",
     "webhooks",
 ]
