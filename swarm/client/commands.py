@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_SOURCE",
     "CausedEvent",
     "Issued",
+    "NoOutcome",
     "Outcome",
     "Rejection",
     "Sent",
@@ -34,7 +35,6 @@ __all__ = [
     "find_outcome",
     "hive_verifier",
     "issue",
-    "no_outcome",
     "outcome_subjects",
     "parse_value",
     "prepare",
@@ -100,6 +100,21 @@ class Issued:
     @property
     def accepted(self) -> bool:
         return self.outcome.accepted
+
+    def rejection(self) -> Rejection | None:
+        """Why the Hive said no; None when it said yes."""
+        return None if self.accepted else rejection_of(self.outcome)
+
+    def deployed_agent(self) -> str | None:
+        """The id of the agent a deploy created, read from the subject of the `agent.deployed`
+        event it caused (when the caused events were asked for)."""
+        from schemas.events import AgentDeployed
+
+        for caused in self.caused:
+            parts = names.parse_event_subject(caused.subject or "")
+            if caused.type == AgentDeployed.TYPE and parts is not None:
+                return parts[1]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,17 +481,22 @@ async def issue(
     """Send `event` and wait for its outcome (`NO_OUTCOME` when none comes within `within` s)."""
     sent, issued = await send_and_wait(log, event, within=within, with_caused=with_caused)
     if issued is None:
-        raise no_outcome(sent, within)
+        raise NoOutcome(sent, within)
     return issued
 
 
-def no_outcome(sent: Sent, within: float) -> ClientError:
-    """The error for a command sent that got no outcome within `within` s."""
-    return ClientError(
-        f"no outcome for {sent.type} {sent.id} within {within:g}s",
-        code=NO_OUTCOME,
-        hint="is the Hive running? (`swarm status`); the command stays queued for it",
-    )
+class NoOutcome(ClientError):
+    """A command was sent and no outcome came within `within` s; it stays queued for the Hive,
+    and `sent` says where (its outcome can be looked up later)."""
+
+    def __init__(self, sent: Sent, within: float) -> None:
+        super().__init__(
+            f"no outcome for {sent.type} {sent.id} within {within:g}s",
+            code=NO_OUTCOME,
+            hint="is the Hive running? (`swarm status`); the command stays queued for it",
+        )
+        self.sent = sent
+        self.within = within
 
 
 async def send_and_wait(
