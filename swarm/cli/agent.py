@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,15 +51,15 @@ from swarm.cli.verbs import (
     age,
     conclude,
     finish,
-    prepare,
     show,
     styled,
 )
+from swarm.client.modules import WASM_MAGIC, kind_of
 
 if TYPE_CHECKING:
-    from schemas import Payload
-    from swarm.cli.queries import HiveQueries
     from swarm.client.commands import Issued
+    from swarm.client.queries import HiveQueries
+    from swarm.client.swarm import Swarm
     from swarm.kernel.eventlog import Delivery, EventLog
 
 DEFAULT_NAMESPACE = "default"
@@ -67,9 +67,6 @@ DEFAULT_NAMESPACE = "default"
 WAIT_POLL = 0.25
 #: Events shown by `describe`.
 RECENT_EVENTS = 10
-WASM_MAGIC = b"\0asm"
-#: Version and layer of a WebAssembly component (a core module has version 1, layer 0).
-COMPONENT_VERSION = b"\x0d\x00\x01\x00"
 
 app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
 
@@ -186,35 +183,6 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     if detected == "core":
         validate_module(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
-
-
-def kind_of(raw: bytes) -> str:
-    """`component` or `core`: what a WebAssembly binary's header says it is."""
-    return "component" if raw[4:8] == COMPONENT_VERSION else "core"
-
-
-async def with_module_kind(log: EventLog, spec: dict[str, Any]) -> dict[str, Any]:
-    """`spec`, or a copy whose module named by sha256 without a kind says the stored one's kind.
-
-    `--module-sha256` gives only a digest, and the spec's `module.kind` would otherwise default
-    to `core` for a Python component (`describe` shows it). The module is read from the object
-    store as a pod will read it; one that is not there is left as it is, for the Hive to refuse
-    (rule `module`).
-    """
-    from swarm.kernel.admin import LogAdmin
-    from swarm.kernel.eventlog import NotFound
-
-    module = spec.get("module")
-    if not isinstance(module, dict) or not module.get("sha256") or "kind" in module:
-        return spec
-    try:
-        store = await LogAdmin(log).modules()
-        raw = await store.get(str(module["sha256"]))
-    except NotFound:  # no such module, or no object store at all
-        return spec
-    if raw[:4] != WASM_MAGIC:
-        return spec
-    return {**spec, "module": {**module, "kind": kind_of(raw)}}
 
 
 def assemble_wat(path: Path, text: bytes) -> bytes:
@@ -449,9 +417,7 @@ def deploy(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Deploy a new agent from a WebAssembly module (`rollout` gives one a new version)."""
-    from schemas import commands, names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import issue
+    from schemas import names
 
     flags = SpecFlags(
         version=version,
@@ -486,16 +452,17 @@ def deploy(
             if from_file is not None and base is None:
                 raise CliError("the spec file's autoscale must be an object", code=EXIT_USAGE)
             data["autoscale"] = autoscaling.policy(autoscaling.parse(autoscale or ""), base)
-        event = prepare(commands.DeployAgent, data, settings)
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            known = await with_module_kind(log, spec)
-            if known is not spec:
-                data["spec"] = known
-                event = prepare(commands.DeployAgent, data, settings)
-            issued = await issue(log, event, within=timeout, with_caused=True)
-            agent_id = _deployed_id(issued)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            issued = await swarm.agents.deploy(
+                ns,
+                agent_name,
+                spec,
+                replicas=data.get("replicas"),
+                autoscale=data.get("autoscale"),
+            )
+            # The Hive names a new agent after the command that created it.
+            agent_id = issued.deployed_agent() or issued.sent.id
             conclude(
                 issued,
                 output,
@@ -505,7 +472,7 @@ def deploy(
             )
             if wait:
                 await wait_running(
-                    HiveQueries(log),
+                    await swarm.queries(),
                     ns,
                     agent_name,
                     agent_id,
@@ -516,18 +483,6 @@ def deploy(
         return EXIT_OK
 
     finish(main())
-
-
-def _deployed_id(issued: Issued) -> str:
-    """The new agent's id, read from the subject of the `deployed` event the command caused."""
-    from schemas import events, names
-
-    for caused in issued.caused:
-        parts = names.parse_event_subject(caused.subject or "")
-        if caused.type == events.AgentDeployed.TYPE and parts is not None:
-            return parts[1]
-    # The Hive names a new agent after the command that created it.
-    return issued.sent.id
 
 
 async def wait_running(
@@ -958,8 +913,7 @@ def _event_summary(data: Any) -> str:
 
 
 def _change(
-    payload: type[Payload],
-    data: Mapping[str, Any],
+    verb: Callable[[Swarm], Awaitable[Issued]],
     *,
     what: str,
     done: str,
@@ -968,17 +922,14 @@ def _change(
     output: Format,
     nats_url: str | None,
 ) -> None:
-    """Send one agent command and print its outcome: the body of the simple verbs."""
+    """Run one agent verb of the client and print its outcome: the body of the simple verbs."""
     from schemas import names
-    from swarm.client.commands import issue
 
     async def main() -> int:
         settings = connect.load_settings()
-        event = prepare(payload, data, settings)
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            issued = await issue(log, event, within=timeout)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            issued = await verb(swarm)
         conclude(issued, output, what=what, done=done, namespace=namespace)
         return EXIT_OK
 
@@ -1004,12 +955,9 @@ def scale(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Change how many replicas of an agent should run."""
-    from schemas import commands
-
     ns = namespace or DEFAULT_NAMESPACE
     _change(
-        commands.ScaleAgent,
-        {"namespace": ns, "name": name, "replicas": replicas},
+        lambda swarm: swarm.agents.scale(ns, name, replicas=replicas),
         what=f"scale of {ns}/{name}",
         done=f"agent {ns}/{name} scaled to {replicas} replica{'s' if replicas != 1 else ''}",
         namespace=ns,
@@ -1060,9 +1008,7 @@ def rollout(
     Without -f, the new version is the current spec with the given options changed; with -f, it
     is the spec in the file.
     """
-    from schemas import commands, names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import issue, read_floor
+    from schemas import names
 
     flags = SpecFlags(
         version=version,
@@ -1081,13 +1027,12 @@ def rollout(
         agent_name, ns = _target(name, namespace, spec_file)
         if spec_file is None and flags.version is None:
             raise CliError("rollout needs --version: the new version's name", code=EXIT_USAGE)
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            queries = HiveQueries(log)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            queries = await swarm.queries()
             current: dict[str, Any] = {}
             if spec_file is None or wait:
-                current = await queries.agent(ns, agent_name, at_least=await read_floor(log))
+                current = await queries.agent(ns, agent_name, at_least=await swarm.floor())
             if spec_file is not None:
                 spec = flags.apply(spec_file.spec)
             else:
@@ -1096,15 +1041,10 @@ def rollout(
                 )
             if "module" not in spec or "version" not in spec:
                 raise CliError("the spec file's spec needs version and module", code=EXIT_USAGE)
-            spec = await with_module_kind(log, spec)
-            data: dict[str, Any] = {"namespace": ns, "name": agent_name, "spec": spec}
             surge = (
                 max_surge if max_surge is not None else spec_file.max_surge if spec_file else None
             )
-            if surge is not None:
-                data["max_surge"] = surge
-            event = prepare(commands.RolloutAgent, data, settings)
-            issued = await issue(log, event, within=timeout)
+            issued = await swarm.agents.rollout(ns, agent_name, spec, max_surge=surge)
             conclude(
                 issued,
                 output,
@@ -1166,15 +1106,9 @@ def rollback(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Roll back to an earlier version (a rollout in progress is aborted)."""
-    from schemas import commands
-
     ns = namespace or DEFAULT_NAMESPACE
-    data: dict[str, Any] = {"namespace": ns, "name": name}
-    if to_version is not None:
-        data["to_version"] = to_version
     _change(
-        commands.RollbackAgent,
-        data,
+        lambda swarm: swarm.agents.rollback(ns, name, to_version=to_version),
         what=f"rollback of {ns}/{name}",
         done=f"agent {ns}/{name} rolling back to {to_version or 'the previous version'}",
         namespace=ns,
@@ -1196,12 +1130,9 @@ def stop(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
-    from schemas import commands
-
     ns = namespace or DEFAULT_NAMESPACE
     _change(
-        commands.StopAgent,
-        {"namespace": ns, "name": name, "reason": reason},
+        lambda swarm: swarm.agents.stop(ns, name, reason=reason),
         what=f"stop of {ns}/{name}",
         done=f"agent {ns}/{name} stopping: {reason}",
         namespace=ns,
@@ -1220,12 +1151,9 @@ def delete(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica and remove the agent (its events stay in the log)."""
-    from schemas import commands
-
     ns = namespace or DEFAULT_NAMESPACE
     _change(
-        commands.DeleteAgent,
-        {"namespace": ns, "name": name},
+        lambda swarm: swarm.agents.delete(ns, name),
         what=f"delete of {ns}/{name}",
         done=f"agent {ns}/{name} deleted",
         namespace=ns,
@@ -1479,9 +1407,7 @@ def autoscale(
     Options not given keep the agent's current policy (or the defaults). The autoscaler in the
     scheduler forecasts the agent's message rate and queue depth and scales it within the bounds.
     """
-    from schemas import commands, names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import issue, read_floor
+    from schemas import names
 
     ns = namespace or DEFAULT_NAMESPACE
     given = {
@@ -1501,22 +1427,20 @@ def autoscale(
         if off and flags:
             raise CliError("--off takes no other autoscaling option", code=EXIT_USAGE)
         settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            data: dict[str, Any] = {"namespace": ns, "name": name, "autoscale": None}
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            policy: dict[str, Any] | None = None
             if not off:
-                current = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))
+                # The options given change the current policy; the others stay.
+                queries = await swarm.queries()
+                current = await queries.agent(ns, name, at_least=await swarm.floor())
                 base = current.get("autoscale")
-                data["autoscale"] = autoscaling.policy(
-                    flags, base if isinstance(base, dict) else None
-                )
-            event = prepare(commands.AutoscaleAgent, data, settings)
-            issued = await issue(log, event, within=timeout)
+                policy = autoscaling.policy(flags, base if isinstance(base, dict) else None)
+            issued = await swarm.agents.autoscale(ns, name, policy)
         done = (
             f"agent {ns}/{name} is no longer autoscaled"
-            if off
-            else f"agent {ns}/{name} autoscaled: {autoscaling.describe(data['autoscale'])}"
+            if policy is None
+            else f"agent {ns}/{name} autoscaled: {autoscaling.describe(policy)}"
         )
         conclude(issued, output, what=f"autoscale of {ns}/{name}", done=done, namespace=ns)
         return EXIT_OK

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -26,6 +26,7 @@ from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
     from swarm.client.commands import closing as closing  # verbs replay through it
+    from swarm.client.swarm import Swarm
     from swarm.kernel.eventlog import EventLog
     from swarm.kernel.settings import Settings
 
@@ -223,6 +224,36 @@ async def session(
         raise CliError(f"reading the log failed: {exc}", code=EXIT_UNAVAILABLE) from None
     finally:
         await log.close()
+
+
+@asynccontextmanager
+async def client(
+    nats_url: str | None,
+    settings: Settings,
+    *,
+    streams: Iterable[str] = (),
+    timeout: float | None = None,
+) -> AsyncIterator[Swarm]:
+    """A `Swarm` client as the CLI's user: it finds the stack and connects (a `session`) only
+    when its first verb needs the server, so a command that is wrong is reported without one;
+    a lagging Hive replica's note goes to stderr."""
+    from swarm.cli.output import status
+    from swarm.cli.publish import CLI_SOURCE
+    from swarm.client.swarm import DEFAULT_TIMEOUT, Swarm
+
+    async with AsyncExitStack() as stack:
+
+        async def opener() -> EventLog:
+            target = resolve_nats_url(nats_url, settings)
+            return await stack.enter_async_context(session(target, settings, streams=streams))
+
+        yield Swarm(
+            opener,
+            identity=settings.identity,
+            source=CLI_SOURCE,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            on_stale=status,
+        )
 
 
 async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None:

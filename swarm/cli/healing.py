@@ -6,16 +6,18 @@ these verbs send the same commands, so a person's decision is on the log with it
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, Format
-from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, conclude, finish, prepare
+from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, conclude, finish
 
 if TYPE_CHECKING:
-    from schemas import Payload
+    from swarm.client.commands import Issued
+    from swarm.client.swarm import Swarm
 
 DEFAULT_NAMESPACE = "default"
 NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
@@ -42,9 +44,16 @@ def quarantine(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop giving the agent messages: its pods refuse them with the reason; it keeps running."""
-    from schemas.healing import QuarantineAgent
-
-    _send(QuarantineAgent, name, namespace, reason, "quarantined", timeout, output, nats_url)
+    ns = namespace or DEFAULT_NAMESPACE
+    _send(
+        lambda swarm: swarm.agents.quarantine(ns, name, reason=reason),
+        name,
+        ns,
+        "quarantined",
+        timeout,
+        output,
+        nats_url,
+    )
 
 
 def release(
@@ -56,35 +65,34 @@ def release(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """End the agent's quarantine: it gets messages again."""
-    from schemas.healing import ReleaseAgent
-
-    _send(ReleaseAgent, name, namespace, reason, "released", timeout, output, nats_url)
+    ns = namespace or DEFAULT_NAMESPACE
+    _send(
+        lambda swarm: swarm.agents.release(ns, name, reason=reason),
+        name,
+        ns,
+        "released",
+        timeout,
+        output,
+        nats_url,
+    )
 
 
 def _send(
-    payload: type[Payload],
+    verb: Callable[[Swarm], Awaitable[Issued]],
     name: str,
-    namespace: str | None,
-    reason: str,
+    ns: str,
     done: str,
     timeout: float,
     output: Format,
     nats_url: str | None,
 ) -> None:
     from schemas import names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import issue, read_floor
-
-    ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
         settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            agent = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))
-            event = prepare(payload, {"agent_id": agent["agent_id"], "reason": reason}, settings)
-            issued = await issue(log, event, within=timeout)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            issued = await verb(swarm)
         conclude(
             issued,
             output,

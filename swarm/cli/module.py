@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from swarm.cli import connect
-from swarm.cli.agent import COMPONENT_VERSION, WASM_MAGIC, assemble_wat, validate_module
+from swarm.cli.agent import assemble_wat, validate_module
 from swarm.cli.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -27,6 +27,7 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
+from swarm.client.modules import WASM_MAGIC, kind_of
 
 if TYPE_CHECKING:
     from swarm.kernel.admin import ModuleStore, StoredObject
@@ -55,7 +56,7 @@ def module_bytes(path: Path) -> tuple[bytes, str]:
             code=EXIT_USAGE,
             hint="pass a compiled .wasm file or a .wat text module",
         )
-    kind = "component" if raw[4:8] == COMPONENT_VERSION else "core"
+    kind = kind_of(raw)
     if kind == "core":
         validate_module(path, raw)
     return raw, kind

@@ -14,8 +14,8 @@ import typer
 from rich.console import RenderableType
 
 from swarm.cli import connect
-from swarm.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Format, table
-from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, prepare, show
+from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError, Format, table
+from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, show
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 
@@ -89,18 +89,15 @@ def create(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Create a namespace; limits left out are unlimited."""
-    from schemas import commands, names
-    from swarm.client.commands import issue
+    from schemas import names
 
     quota = _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
 
     async def main() -> int:
         settings = connect.load_settings()
-        event = prepare(commands.CreateNamespace, {"name": name, "quota": quota}, settings)
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            issued = await issue(log, event, within=timeout)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            issued = await swarm.namespaces.create(name, quota=quota)
         conclude(
             issued,
             output,
@@ -132,9 +129,7 @@ def update(
 
     Agents already running keep running; the new limits apply to the next request.
     """
-    from schemas import commands, names
-    from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import issue, read_floor
+    from schemas import names
 
     changes: dict[str, int | None] = dict(
         _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
@@ -151,25 +146,10 @@ def update(
                 code=EXIT_USAGE,
             )
         settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.session(target, settings, streams=streams) as log:
-            # The command replaces the whole quota, so the limits not given are read first.
-            # Two updates at the same moment can overwrite each other's limits; a namespace's
-            # quota is an administrator's setting, rarely edited concurrently.
-            known = await HiveQueries(log).namespaces(at_least=await read_floor(log))
-            current = next((ns for ns in known if ns.get("name") == name), None)
-            if current is None:
-                raise CliError(
-                    f"namespace {name} not found",
-                    code=EXIT_FAILED,
-                    hint=f"`swarm namespace ls` lists them; `swarm namespace create {name}`",
-                )
-            old = current.get("quota")
-            merged = {**(old if isinstance(old, dict) else {}), **changes}
-            quota = {k: v for k, v in merged.items() if v is not None}
-            event = prepare(commands.UpdateNamespace, {"name": name, "quota": quota}, settings)
-            issued = await issue(log, event, within=timeout)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            quota = await swarm.namespaces.quota_with(name, changes)
+            issued = await swarm.namespaces.update(name, quota=quota)
         conclude(
             issued,
             output,

@@ -99,7 +99,7 @@ def add(
 ) -> None:
     """Subscribe URL to the events matching --filter."""
     from swarm.client import webhooks
-    from swarm.client.commands import no_outcome
+    from swarm.client.commands import NoOutcome
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -126,7 +126,7 @@ def add(
             # Without an outcome (exit 3) the secret stays: the command may still be accepted.
             sent, issued = await webhooks.add(log, new, within=timeout)
             if issued is None:
-                raise no_outcome(sent, timeout)
+                raise NoOutcome(sent, timeout)
         if output != Format.TABLE:
             emit(
                 {
@@ -206,7 +206,7 @@ def rm(
 ) -> None:
     """Remove a webhook: nothing more is sent to it, and its secret is deleted."""
     from swarm.client import webhooks
-    from swarm.client.commands import no_outcome
+    from swarm.client.commands import NoOutcome
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -217,7 +217,7 @@ def rm(
         async with connect.session(target, settings, streams=_command_streams()) as log:
             sent, issued = await webhooks.remove(log, command, within=timeout)
             if issued is None:
-                raise no_outcome(sent, timeout)
+                raise NoOutcome(sent, timeout)
         conclude(
             issued,
             output,

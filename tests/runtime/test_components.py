@@ -319,7 +319,7 @@ def test_cli_build_produces_a_component(spinner_wasm: Path) -> None:
     assert is_component(header)
     # The CLI's detection (read_module, used by deploy) agrees: components are too big to travel
     # inline, so they are pushed by reference, but the header test is the same.
-    from swarm.cli.agent import COMPONENT_VERSION, WASM_MAGIC
+    from swarm.client.modules import COMPONENT_VERSION, WASM_MAGIC
 
     assert header[:4] == WASM_MAGIC
     assert header[4:8] == COMPONENT_VERSION
