@@ -25,6 +25,7 @@ from swarm.gateway.routes import (
     namespaces,
     reads,
     tasks,
+    timeline,
     webhooks,
 )
 from swarm.gateway.service import Gateway
@@ -96,7 +97,18 @@ def create_app(
     # reads the body (see `guard`).
     app.add_middleware(RequestGuard, token=bearer, max_body_bytes=api_settings.max_body_bytes)
     problems.install(app)
-    for module in (health, agents, namespaces, reads, behaviour, tasks, commands, events, webhooks):
+    for module in (
+        health,
+        agents,
+        namespaces,
+        reads,
+        behaviour,
+        tasks,
+        commands,
+        events,
+        timeline,
+        webhooks,
+    ):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

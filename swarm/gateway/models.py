@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, model
 
 from schemas.commands import MAX_REPLICAS
 from schemas.names import TOKEN_PATTERN
-from schemas.specs import AgentSpec, Name, Quota, Version
+from schemas.specs import AgentSpec, AutoscalePolicy, Name, Quota, Version
 from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView
 from schemas.webhooks import MAX_ATTEMPTS_LIMIT, Filter, Url
 from swarm.kernel.eventlog import Delivery
@@ -90,6 +90,22 @@ class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="stopped by request", max_length=500)
+
+
+class ReasonRequest(BaseModel):
+    """Why a person quarantines or releases an agent (kept on the log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class AutoscaleRequest(BaseModel):
+    """The whole autoscaling policy (as `swarm agent autoscale` sends it); null stops it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    autoscale: AutoscalePolicy | None
 
 
 class NamespaceCreateRequest(BaseModel):

@@ -1,26 +1,28 @@
-"""What the routes share: the NATS connection, the Hive's queries, and sending a command.
+"""What the routes share: the client (`swarm.client.swarm.Swarm`), and turning what it answers
+into HTTP.
 
-Commands go through the client layer (`swarm.client.commands`, and `swarm.client.webhooks` for
-what a webhook's secret needs), exactly as the CLI's do; this module only turns their results
-into HTTP answers.
+The routes call the client's verbs exactly as the CLI does (`gw.swarm.agents.scale(...)`);
+commands given whole (`POST /v1/commands`) and webhook commands, whose secret depends on their
+outcome (`swarm.client.webhooks`), are sent here. This module only turns results into answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 import structlog
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from schemas import Payload, events, names
+from schemas import Payload
 from swarm.client import commands, webhooks
-from swarm.client.commands import Issued, Outcome, Sent
-from swarm.client.errors import ClientError, FieldProblem
+from swarm.client.commands import Issued, NoOutcome, Outcome, Sent
+from swarm.client.errors import INVALID, ClientError, FieldProblem
 from swarm.client.queries import HiveQueries
+from swarm.client.swarm import Swarm, TooLarge
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.settings import GatewaySettings
@@ -51,6 +53,13 @@ class Gateway:
     ) -> None:
         self.log = log
         self.settings = settings
+        self.swarm = Swarm(
+            log,
+            identity=settings.identity,
+            source=API_SOURCE,
+            timeout=settings.command_timeout,
+            caused=True,
+        )
         #: Postgres, where the Observer keeps behaviour vectors (`SWARM_DATABASE_URL`); optional.
         self.database_url = database_url
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
@@ -75,9 +84,7 @@ class Gateway:
 
     def prepare(self, payload: type[Payload], data: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            return commands.prepare(
-                payload, data, identity=self.settings.identity, source=API_SOURCE
-            )
+            return self.swarm.command(payload, data)
         except ClientError as exc:
             raise invalid_command(exc) from None
 
@@ -85,19 +92,17 @@ class Gateway:
         limit = self.log.max_payload
         size = len(commands.encode(event))
         if limit and size > limit:
-            raise ProblemError(
-                413,
-                "too-large",
-                "Command too large",
-                f"the command is {size:,} bytes; NATS takes at most {limit:,}",
-                command_id=str(event.get("id")),
-            )
+            raise too_large(TooLarge(size, limit), command_id=str(event.get("id")))
 
     def within(self, wait: bool, timeout: float | None) -> float | None:
         """How long to wait for an outcome: None when not waiting at all."""
         if not wait:
             return None
         return timeout if timeout is not None else self.settings.command_timeout
+
+    def timeout(self, wait: bool, timeout: float | None) -> float:
+        """`?wait` and `?timeout` as a client verb's timeout (0: send without waiting)."""
+        return self.within(wait, timeout) or 0.0
 
     @staticmethod
     def location(request: Request, command_id: str) -> str:
@@ -144,27 +149,47 @@ class Gateway:
         timeout: float | None,
         what: str,
     ) -> JSONResponse:
-        """Send `event`; with `wait`, answer its outcome (a rejection is a problem), else 202.
+        """Send a whole command (`event`), as `answer` does a client verb."""
+        self.check_size(event)
+
+        async def sending() -> Issued:
+            sent, issued = await self.send(event, wait=wait, timeout=timeout)
+            if issued is None:
+                raise NoOutcome(sent, self.within(wait, timeout) or 0.0)
+            return issued
+
+        return await self.answer(request, sending(), what=what)
+
+    async def answer(
+        self, request: Request, command: Awaitable[Issued], *, what: str
+    ) -> JSONResponse:
+        """Await a command verb; answer its outcome (a rejection is a problem), or 202.
 
         A command whose outcome does not come within the timeout is answered 202 too: it stays
         queued for the Hive, and `GET /v1/commands/{id}` tells when it is decided.
         """
-        self.check_size(event)
-        location = self.location(request, event["id"])
-        sent, issued = await self.send(event, wait=wait, timeout=timeout)
-        if issued is None:
+        try:
+            issued = await command
+        except NoOutcome as exc:
             # Not answered (yet): accepted for processing, as HTTP 202 says; poll the Location.
+            self.remember(exc.sent)
             return JSONResponse(
-                pending_result(sent).model_dump(mode="json"),
+                pending_result(exc.sent).model_dump(mode="json"),
                 status_code=202,
-                headers={"Location": location},
+                headers={"Location": self.location(request, exc.sent.id)},
             )
+        except TooLarge as exc:
+            raise too_large(exc) from None
+        except ClientError as exc:
+            if exc.code == INVALID:
+                raise invalid_command(exc) from None
+            raise
         if not issued.accepted:
             raise rejection(issued.outcome, command_id=issued.sent.id, what=what)
         return JSONResponse(
             result_of(issued).model_dump(mode="json"),
             status_code=200,
-            headers={"Location": location},
+            headers={"Location": self.location(request, issued.sent.id)},
         )
 
     async def lookup(self, command_id: str) -> CommandResult:
@@ -254,27 +279,22 @@ def invalid_command(exc: ClientError, *, command_id: str | None = None) -> Probl
     )
 
 
+def too_large(exc: TooLarge, *, command_id: str | None = None) -> ProblemError:
+    return ProblemError(413, "too-large", "Command too large", exc.message, command_id=command_id)
+
+
 def result_of(issued: Issued) -> CommandResult:
     result = outcome_result(issued.sent.id, issued.outcome)
     caused = [
         CausedEvent(id=e.id, seq=e.seq, type=e.type, subject=e.subject) for e in issued.caused
     ]
-    agent_id = next(
-        (
-            parts[1]
-            for e in issued.caused
-            if e.type == events.AgentDeployed.TYPE
-            and (parts := names.parse_event_subject(e.subject or "")) is not None
-        ),
-        None,
-    )
     return result.model_copy(
         update={
             "type": issued.sent.type,
             "command_seq": issued.sent.seq,
             "duplicate": issued.sent.duplicate,
             "events": caused,
-            "agent_id": agent_id,
+            "agent_id": issued.deployed_agent(),
         }
     )
 

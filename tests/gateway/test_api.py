@@ -196,14 +196,88 @@ async def test_event_pages_follow_the_log(api: httpx.AsyncClient, stack: Stack) 
 async def test_an_unexpected_error_is_a_500_problem_without_a_trace(
     api: httpx.AsyncClient, stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from swarm.gateway.service import Gateway
+    from swarm.client.swarm import Swarm
 
-    async def broken(self: Gateway) -> int:
+    async def broken(self: Swarm) -> int:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(Gateway, "floor", broken)
+    monkeypatch.setattr(Swarm, "floor", broken)
     response = await api.get("/v1/pods")
     body = problem(response, 500)
     assert "secret" not in response.text
     assert "Traceback" not in response.text
     assert body["detail"] == "the API failed; see its log"
+
+
+async def test_quarantine_release_and_autoscale_are_agent_verbs(api: httpx.AsyncClient) -> None:
+    deployed = await api.post(
+        "/v1/namespaces/default/agents", json={"name": "held", "spec": SPEC, "replicas": 0}
+    )
+    assert deployed.status_code == 200, deployed.text
+
+    held = await api.post(
+        "/v1/namespaces/default/agents/held/quarantine", json={"reason": "looked wrong"}
+    )
+    assert held.json()["status"] == "accepted", held.text
+    agent = (await api.get("/v1/namespaces/default/agents/held")).json()["agent"]
+    assert agent["quarantined"]["reason"] == "looked wrong"
+    released = await api.post(
+        "/v1/namespaces/default/agents/held/release", json={"reason": "fine after all"}
+    )
+    assert released.json()["status"] == "accepted", released.text
+    agent = (await api.get("/v1/namespaces/default/agents/held")).json()["agent"]
+    assert agent["quarantined"] is None
+
+    policy = {"min_replicas": 1, "max_replicas": 4, "target_rate": 20}
+    scaled = await api.put(
+        "/v1/namespaces/default/agents/held/autoscale", json={"autoscale": policy}
+    )
+    assert scaled.json()["status"] == "accepted", scaled.text
+    agent = (await api.get("/v1/namespaces/default/agents/held")).json()["agent"]
+    assert agent["autoscale"]["max_replicas"] == 4
+    off = await api.put("/v1/namespaces/default/agents/held/autoscale", json={"autoscale": None})
+    assert off.json()["status"] == "accepted", off.text
+    assert (await api.get("/v1/namespaces/default/agents/held")).json()["agent"][
+        "autoscale"
+    ] is None
+
+    # The agent is named, and the reason checked, as the CLI's verbs do.
+    problem(
+        await api.post("/v1/namespaces/default/agents/nobody/quarantine", json={"reason": "x"}), 404
+    )
+    problem(await api.post("/v1/namespaces/default/agents/held/release", json={"reason": ""}), 422)
+    bounds = {"autoscale": {"min_replicas": 5, "max_replicas": 1}}
+    problem(await api.put("/v1/namespaces/default/agents/held/autoscale", json=bounds), 422)
+
+
+async def test_the_timeline_answers_state_diff_and_verify(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    from schemas import names
+
+    before = await stack.client.last_sequence(names.STREAM_EVENTS)
+    created = await api.post("/v1/namespaces", json={"name": "travel"})
+    assert created.json()["status"] == "accepted", created.text
+    after = await stack.client.last_sequence(names.STREAM_EVENTS)
+
+    state = (await api.get("/v1/timeline/state", params={"at": str(after)})).json()
+    assert state["applied_seq"] == after
+    assert "travel" in state["state"]["namespaces"]
+    earlier = (await api.get("/v1/timeline/state", params={"at": str(before)})).json()
+    assert "travel" not in earlier["state"]["namespaces"]
+    assert earlier["digest"] != state["digest"]
+
+    diff = (
+        await api.get("/v1/timeline/diff", params={"first": str(before), "second": str(after)})
+    ).json()
+    assert diff["to"]["digest"] == state["digest"]
+    assert any(c["path"].startswith("namespaces.travel") for c in diff["changes"])
+    backwards = await api.get(
+        "/v1/timeline/diff", params={"first": str(after), "second": str(before)}
+    )
+    problem(backwards, 422)
+    problem(await api.get("/v1/timeline/state", params={"at": "not a time"}), 422)
+
+    report = (await api.get("/v1/timeline/verify", params={"grace": 0})).json()
+    assert report["ok"], report["findings"]
+    assert report["checked"]["commands"] > 0

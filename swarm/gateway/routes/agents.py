@@ -1,21 +1,24 @@
-"""Agents: list, describe, deploy, scale, roll out, roll back, stop, delete (as `swarm agent`)."""
+"""Agents: list, describe, deploy, scale, roll out, roll back, stop, delete, quarantine,
+release, autoscale (as `swarm agent`), each a verb of the client (`swarm.client.swarm`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from schemas import Payload, commands, names
+from schemas import names
 from swarm.client import history
 from swarm.gateway.models import (
     NAME_PATTERN,
     AgentDetail,
     AgentList,
+    AutoscaleRequest,
     CommandResult,
     DeployRequest,
     LoggedEvent,
+    ReasonRequest,
     RollbackRequest,
     RolloutRequest,
     ScaleRequest,
@@ -26,11 +29,10 @@ from swarm.gateway.routes.common import (
     AUTHENTICATED,
     COMMAND_PROBLEMS,
     COMMON_PROBLEMS,
+    CommandDep,
     GatewayDep,
     NamePath,
     NamespacePath,
-    TimeoutQuery,
-    WaitQuery,
 )
 
 router = APIRouter(
@@ -47,9 +49,8 @@ async def list_agents(
     ] = None,
 ) -> AgentList:
     """Agents (not deleted) of every namespace, or of one."""
-    queries = gw.queries
-    floor = await gw.floor()
-    agents = await queries.agent_views(namespace, at_least=floor)
+    queries = await gw.swarm.queries()
+    agents = await queries.agent_views(namespace, at_least=await gw.swarm.floor())
     return AgentList(agents=agents, applied_seq=queries.applied_seq)
 
 
@@ -67,9 +68,8 @@ async def get_agent(
 ) -> AgentDetail:
     """One agent: spec (without module bytes), replicas, versions, rollout in progress, and its
     most recent events (as `swarm agent describe`)."""
-    queries = gw.queries
-    floor = await gw.floor()
-    agent = await queries.agent_detail(namespace, name, at_least=floor)
+    queries = await gw.swarm.queries()
+    agent = await queries.agent_detail(namespace, name, at_least=await gw.swarm.floor())
     recent = []
     if events and names.is_token(agent.agent_id):
         recent = await history.recent_events(
@@ -82,20 +82,6 @@ async def get_agent(
     )
 
 
-async def _send(
-    gw: GatewayDep,
-    request: Request,
-    payload: type[Payload],
-    data: dict[str, Any],
-    *,
-    wait: bool,
-    timeout: float | None,
-    what: str,
-) -> JSONResponse:
-    event = gw.prepare(payload, data)
-    return await gw.execute(request, event, wait=wait, timeout=timeout, what=what)
-
-
 @router.post(
     "/namespaces/{namespace}/agents",
     summary="Deploy an agent",
@@ -103,22 +89,19 @@ async def _send(
     responses=COMMAND_PROBLEMS,
 )
 async def deploy_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     body: DeployRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Deploy a new agent (`agent_id` in the answer names it)."""
-    data = {"namespace": namespace, **body.model_dump(mode="json")}
-    return await _send(
-        gw,
-        request,
-        commands.DeployAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.deploy(
+            namespace,
+            body.name,
+            body.spec.model_dump(mode="json"),
+            replicas=body.replicas,
+            timeout=call.timeout,
+        ),
         what=f"deploy of {namespace}/{body.name}",
     )
 
@@ -130,23 +113,14 @@ async def deploy_agent(
     responses=COMMAND_PROBLEMS,
 )
 async def scale_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     name: NamePath,
     body: ScaleRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Change how many replicas should run."""
-    data = {"namespace": namespace, "name": name, "replicas": body.replicas}
-    return await _send(
-        gw,
-        request,
-        commands.ScaleAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.scale(namespace, name, replicas=body.replicas, timeout=call.timeout),
         what=f"scale of {namespace}/{name}",
     )
 
@@ -158,23 +132,20 @@ async def scale_agent(
     responses=COMMAND_PROBLEMS,
 )
 async def rollout_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     name: NamePath,
     body: RolloutRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Roll out a new version: new replicas start before old ones stop."""
-    data = {"namespace": namespace, "name": name, **body.model_dump(mode="json")}
-    return await _send(
-        gw,
-        request,
-        commands.RolloutAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.rollout(
+            namespace,
+            name,
+            body.spec.model_dump(mode="json"),
+            max_surge=body.max_surge,
+            timeout=call.timeout,
+        ),
         what=f"rollout of {namespace}/{name}",
     )
 
@@ -186,23 +157,16 @@ async def rollout_agent(
     responses=COMMAND_PROBLEMS,
 )
 async def rollback_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     name: NamePath,
     body: RollbackRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Roll back to `to_version`, or to the previous version (a rollout in progress aborts)."""
-    data = {"namespace": namespace, "name": name, **body.model_dump(mode="json", exclude_none=True)}
-    return await _send(
-        gw,
-        request,
-        commands.RollbackAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.rollback(
+            namespace, name, to_version=body.to_version, timeout=call.timeout
+        ),
         what=f"rollback of {namespace}/{name}",
     )
 
@@ -214,23 +178,14 @@ async def rollback_agent(
     responses=COMMAND_PROBLEMS,
 )
 async def stop_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     name: NamePath,
     body: StopRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Stop every replica; the agent and its versions are kept (scale starts it again)."""
-    data = {"namespace": namespace, "name": name, "reason": body.reason}
-    return await _send(
-        gw,
-        request,
-        commands.StopAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.stop(namespace, name, reason=body.reason, timeout=call.timeout),
         what=f"stop of {namespace}/{name}",
     )
 
@@ -242,21 +197,70 @@ async def stop_agent(
     responses=COMMAND_PROBLEMS,
 )
 async def delete_agent(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     name: NamePath,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Stop every replica and remove the agent (its events stay in the log)."""
-    data = {"namespace": namespace, "name": name}
-    return await _send(
-        gw,
-        request,
-        commands.DeleteAgent,
-        data,
-        wait=wait,
-        timeout=timeout,
+    return await call.answer(
+        call.swarm.agents.delete(namespace, name, timeout=call.timeout),
         what=f"delete of {namespace}/{name}",
+    )
+
+
+@router.post(
+    "/namespaces/{namespace}/agents/{name}/quarantine",
+    summary="Quarantine an agent",
+    response_model=CommandResult,
+    responses=COMMAND_PROBLEMS,
+)
+async def quarantine_agent(
+    namespace: NamespacePath,
+    name: NamePath,
+    body: ReasonRequest,
+    call: CommandDep,
+) -> JSONResponse:
+    """Stop giving the agent messages and tasks (as `swarm agent quarantine`); it keeps running."""
+    return await call.answer(
+        call.swarm.agents.quarantine(namespace, name, reason=body.reason, timeout=call.timeout),
+        what=f"quarantine of {namespace}/{name}",
+    )
+
+
+@router.post(
+    "/namespaces/{namespace}/agents/{name}/release",
+    summary="Release a quarantined agent",
+    response_model=CommandResult,
+    responses=COMMAND_PROBLEMS,
+)
+async def release_agent(
+    namespace: NamespacePath,
+    name: NamePath,
+    body: ReasonRequest,
+    call: CommandDep,
+) -> JSONResponse:
+    """End the agent's quarantine (as `swarm agent release`): it gets messages again."""
+    return await call.answer(
+        call.swarm.agents.release(namespace, name, reason=body.reason, timeout=call.timeout),
+        what=f"release of {namespace}/{name}",
+    )
+
+
+@router.put(
+    "/namespaces/{namespace}/agents/{name}/autoscale",
+    summary="Set or remove an agent's autoscaling policy",
+    response_model=CommandResult,
+    responses=COMMAND_PROBLEMS,
+)
+async def autoscale_agent(
+    namespace: NamespacePath,
+    name: NamePath,
+    body: AutoscaleRequest,
+    call: CommandDep,
+) -> JSONResponse:
+    """Replace the agent's autoscaling policy (null: stop autoscaling; replicas stay)."""
+    policy = None if body.autoscale is None else body.autoscale.model_dump(mode="json")
+    return await call.answer(
+        call.swarm.agents.autoscale(namespace, name, policy, timeout=call.timeout),
+        what=f"autoscale of {namespace}/{name}",
     )

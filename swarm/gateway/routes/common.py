@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 
+from swarm.client.commands import Issued
+from swarm.client.swarm import Swarm
 from swarm.gateway.auth import require_token
 from swarm.gateway.models import NAME_PATTERN, CommandResult
 from swarm.gateway.problems import ProblemError, responses
@@ -52,3 +56,27 @@ TimeoutQuery = Annotated[
     float | None,
     Query(gt=0, le=300, description="Seconds to wait for the outcome (default: the API's)."),
 ]
+
+
+class CommandCall:
+    """What a command route is given besides its own fields: the client to call, how long to
+    wait for the outcome (`?wait`, `?timeout`), and how to answer what the verb returns."""
+
+    def __init__(
+        self,
+        gw: GatewayDep,
+        request: Request,
+        wait: WaitQuery = True,
+        timeout: TimeoutQuery = None,
+    ) -> None:
+        self.gw = gw
+        self.request = request
+        self.swarm: Swarm = gw.swarm
+        #: The verb's timeout: 0 sends without waiting.
+        self.timeout = gw.timeout(wait, timeout)
+
+    async def answer(self, command: Awaitable[Issued], *, what: str) -> JSONResponse:
+        return await self.gw.answer(self.request, command, what=what)
+
+
+CommandDep = Annotated[CommandCall, Depends()]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from schemas import commands
 from swarm.gateway.models import (
     CommandResult,
     NamespaceCreateRequest,
@@ -13,15 +12,13 @@ from swarm.gateway.models import (
     NamespaceUpdateRequest,
     PodList,
 )
-from swarm.gateway.problems import ProblemError
 from swarm.gateway.routes.common import (
     AUTHENTICATED,
     COMMAND_PROBLEMS,
     COMMON_PROBLEMS,
+    CommandDep,
     GatewayDep,
     NamespacePath,
-    TimeoutQuery,
-    WaitQuery,
 )
 
 router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
@@ -30,9 +27,8 @@ router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PR
 @router.get("/namespaces", response_model=NamespaceList, tags=["namespaces"])
 async def list_namespaces(gw: GatewayDep) -> NamespaceList:
     """Namespaces with their quotas and how many agents each holds."""
-    queries = gw.queries
-    floor = await gw.floor()
-    spaces = await queries.namespace_views(at_least=floor)
+    queries = await gw.swarm.queries()
+    spaces = await queries.namespace_views(at_least=await gw.swarm.floor())
     return NamespaceList(namespaces=spaces, applied_seq=queries.applied_seq)
 
 
@@ -43,16 +39,14 @@ async def list_namespaces(gw: GatewayDep) -> NamespaceList:
     tags=["namespaces"],
 )
 async def create_namespace(
-    gw: GatewayDep,
-    request: Request,
     body: NamespaceCreateRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Create a namespace; limits left out are unlimited."""
-    event = gw.prepare(commands.CreateNamespace, body.model_dump(mode="json", exclude_none=True))
-    return await gw.execute(
-        request, event, wait=wait, timeout=timeout, what=f"creating namespace {body.name}"
+    quota = body.quota.model_dump(mode="json", exclude_none=True)
+    return await call.answer(
+        call.swarm.namespaces.create(body.name, quota=quota, timeout=call.timeout),
+        what=f"creating namespace {body.name}",
     )
 
 
@@ -63,12 +57,9 @@ async def create_namespace(
     tags=["namespaces"],
 )
 async def update_namespace(
-    gw: GatewayDep,
-    request: Request,
     namespace: NamespacePath,
     body: NamespaceUpdateRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
+    call: CommandDep,
 ) -> JSONResponse:
     """Change some limits of a namespace's quota (null: unlimited); the others stay.
 
@@ -76,23 +67,16 @@ async def update_namespace(
     update` does; two updates at the same moment can overwrite each other's limits.
     """
     changes = {key: getattr(body.quota, key) for key in body.quota.model_fields_set}
-    known = await gw.queries.namespaces(at_least=await gw.floor())
-    current = next((ns for ns in known if ns.get("name") == namespace), None)
-    if current is None:
-        raise ProblemError(404, "not-found", "Not found", f"namespace {namespace} not found")
-    old = current.get("quota")
-    merged = {**(old if isinstance(old, dict) else {}), **changes}
-    quota = {key: value for key, value in merged.items() if value is not None}
-    event = gw.prepare(commands.UpdateNamespace, {"name": namespace, "quota": quota})
-    return await gw.execute(
-        request, event, wait=wait, timeout=timeout, what=f"updating namespace {namespace}"
+    quota = await call.swarm.namespaces.quota_with(namespace, changes)
+    return await call.answer(
+        call.swarm.namespaces.update(namespace, quota=quota, timeout=call.timeout),
+        what=f"updating namespace {namespace}",
     )
 
 
 @router.get("/pods", response_model=PodList, tags=["pods"])
 async def list_pods(gw: GatewayDep) -> PodList:
     """Pods with their capacity, what is free, and the replicas placed on them."""
-    queries = gw.queries
-    floor = await gw.floor()
-    pods = await queries.pod_views(at_least=floor)
+    queries = await gw.swarm.queries()
+    pods = await queries.pod_views(at_least=await gw.swarm.floor())
     return PodList(pods=pods, applied_seq=queries.applied_seq)
