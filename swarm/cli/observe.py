@@ -14,7 +14,6 @@ import typer
 from swarm.cli import connect
 from swarm.cli.output import (
     EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     CliError,
     Format,
     emit,
@@ -53,38 +52,23 @@ def similar(
     output: OutputOption = Format.TABLE,
 ) -> None:
     """List the agents that behave most like AGENT (nearest latest behaviour vectors)."""
-    # Imported here: the Observer's package brings river, scipy and numpy with it.
-    import psycopg
-
-    from services.observer.behaviour import BehaviourStore
+    from swarm.client.behaviour import similar_agents
 
     with errors_to_exit():
-        store = BehaviourStore(resolve_database_url(database_url))
-        try:
-            agent_id = store.resolve(agent)
-            if agent_id is None:
-                raise CliError(
-                    f"no behaviour recorded for agent {agent!r}",
-                    code=EXIT_USAGE,
-                    hint="the Observer records a vector per agent per window once it runs",
-                )
-            rows = store.similar(agent_id, k)
-        except psycopg.Error as exc:
-            raise CliError(f"database: {exc}", code=EXIT_UNAVAILABLE) from None
-        finally:
-            store.close()
-        found = [
+        found = similar_agents(resolve_database_url(database_url), agent, k)
+        agent_id = found.agent_id
+        similar = [
             {
                 "agent_id": r.agent_id,
                 "namespace": r.namespace,
                 "name": r.name,
-                "distance": round(r.distance, 6),
+                "distance": r.distance,
                 "window_end": r.window_end,
             }
-            for r in rows
+            for r in found.similar
         ]
         if output != Format.TABLE:
-            emit({"agent_id": agent_id, "similar": found}, output)
+            emit({"agent_id": agent_id, "similar": similar}, output)
             return
         stdout_console().print(
             table(
@@ -97,7 +81,7 @@ def similar(
                         f"{f['distance']:.4f}",
                         f["window_end"],
                     ]
-                    for f in found
+                    for f in similar
                 ],
                 title=f"agents behaving like {agent_id}",
             )

@@ -6,7 +6,8 @@ commands (`commands`), ask the Hive's queries (`queries`), webhook subscriptions
 (`tasks`), causation trees (`trace`), and how users write times and how untrusted text is shown
 (`text`); reading the log filtered and in order (`timeline`), the Hive's state at a point of it
 (`timetravel`), what is wrong with it (`verify`), and moving it to another stack (`transfer`);
-what a WebAssembly module is (`modules`).
+what a WebAssembly module is (`modules`); agents that behave alike, from the Observer's vectors
+(`behaviour`).
 
 It prints nothing and knows no HTTP: each front end presents results and errors its own way.
 The modules load when imported (`from swarm.client import commands`), not with the package, so
@@ -14,6 +15,7 @@ a CLI verb pays only for what it uses.
 """
 
 __all__ = [
+    "behaviour",
     "commands",
     "errors",
     "history",

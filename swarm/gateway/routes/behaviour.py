@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, Query
 
-from services.observer.behaviour import BehaviourStore
+from swarm.client import behaviour
+from swarm.client.errors import ClientError
 from swarm.gateway.models import SimilarAgent, SimilarAgents
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
@@ -45,43 +46,20 @@ async def similar_agents(
             "No database",
             "behaviour vectors live in Postgres, and the API has no SWARM_DATABASE_URL",
         )
+    key = f"{namespace}/{name}"
     try:
-        found = await asyncio.to_thread(_similar, gw.database_url, f"{namespace}/{name}", k)
-    except psycopg.Error as exc:
-        raise ProblemError(
-            503, "unavailable", "Database unavailable", f"database: {exc}".strip()
-        ) from None
-    if found is None:
+        found = await asyncio.to_thread(behaviour.similar_agents, gw.database_url, key, k)
+    except behaviour.NotRecorded:
         raise ProblemError(
             404,
             "not-found",
             "Not found",
-            f"no behaviour recorded for agent {namespace}/{name} (the Observer records a vector "
+            f"no behaviour recorded for agent {key} (the Observer records a vector "
             "per agent per window once it runs)",
-        )
-    return found
-
-
-def _similar(database_url: str, key: str, k: int) -> SimilarAgents | None:
-    # psycopg's blocking API, in a worker thread: one short-lived connection per request.
-    store = BehaviourStore(database_url)
-    try:
-        agent_id = store.resolve(key)
-        if agent_id is None:
-            return None
-        rows = store.similar(agent_id, k)
-    finally:
-        store.close()
+        ) from None
+    except ClientError as exc:
+        raise ProblemError(503, "unavailable", "Database unavailable", exc.message) from None
     return SimilarAgents(
-        agent_id=agent_id,
-        similar=[
-            SimilarAgent(
-                agent_id=r.agent_id,
-                namespace=r.namespace,
-                name=r.name,
-                distance=round(r.distance, 6),
-                window_end=r.window_end,
-            )
-            for r in rows
-        ],
+        agent_id=found.agent_id,
+        similar=[SimilarAgent(**asdict(r)) for r in found.similar],
     )
