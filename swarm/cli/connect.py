@@ -192,7 +192,9 @@ def _logs_to_stderr(settings: Settings) -> None:
 
     if not structlog.is_configured():
         level = settings.log_level if "SWARM_LOG_LEVEL" in os.environ else "warning"
-        configure_logging(level, settings.log_format)
+        # Readable for a person unless asked otherwise: a piped CLI is still read by one.
+        fmt = settings.log_format if "SWARM_LOG_FORMAT" in os.environ else "console"
+        configure_logging(level, fmt)
 
 
 @asynccontextmanager

@@ -68,6 +68,9 @@ class GatewayService(Service):
             # h11, with a parser's refusals answered as problem documents like every other error.
             http=ProblemH11Protocol,
             log_level=self.settings.log_level.lower(),
+            # uvicorn's loggers go through the process's logging (`configure_logging`), so its
+            # lines are JSON in a JSON log too.
+            log_config=None,
             lifespan="on",
         )
         server = self._server = _Server(config, self.listening)

@@ -58,9 +58,10 @@ class Settings(BaseSettings):
 
     #: Identity stamped on commands this process sends (CloudEvents extension `identity`).
     identity: str = "user:local"
-    #: What services log (debug, info, warning, error), and how: readable lines or JSON.
+    #: What services log (debug, info, warning, error), and how: JSON lines, readable lines, or
+    #: `auto` (JSON unless stderr is a terminal; `swarm.kernel.logs`).
     log_level: str = "info"
-    log_format: Literal["console", "json"] = "console"
+    log_format: Literal["auto", "console", "json"] = "auto"
 
 
 class SettingsRefused(SystemExit):

@@ -12,12 +12,14 @@ import sys
 import pytest
 
 SCRIPT = """
+import logging
 import structlog
 from swarm.kernel.logs import configure_logging
 configure_logging({level!r}, {fmt!r})
 log = structlog.get_logger("probe")
 log.info("an info line", n=1)
 log.warning("a warning line", n=2)
+logging.getLogger("uvicorn.error").warning("a library's line")
 """
 
 
@@ -34,15 +36,29 @@ def run(level: str, fmt: str) -> list[str]:
 
 def test_the_level_filters_and_json_is_one_object_per_line() -> None:
     lines = run("warning", "json")
-    assert len(lines) == 1
+    assert len(lines) == 2
     record = json.loads(lines[0])
     assert record["event"] == "a warning line"
     assert record["level"] == "warning"
     assert record["n"] == 2
     assert "timestamp" in record
+    # A standard library logger's line is a JSON object too, naming its logger.
+    library = json.loads(lines[1])
+    assert (library["event"], library["logger"]) == ("a library's line", "uvicorn.error")
     both = run("info", "console")
-    assert len(both) == 2
+    assert len(both) == 3
     assert "an info line" in both[0]
+    assert not both[0].startswith("{")
+
+
+def test_auto_is_json_when_stderr_is_not_a_terminal() -> None:
+    # Under `swarm up`, in a container, in this test: stderr is a file or a pipe.
+    lines = run("info", "auto")
+    records = [json.loads(line) for line in lines]
+    assert [r["event"] for r in records] == ["an info line", "a warning line", "a library's line"]
+    from swarm.kernel.settings import Settings
+
+    assert Settings().log_format == "auto"
 
 
 def test_an_unknown_level_is_refused() -> None:
@@ -87,3 +103,36 @@ async def test_a_service_process_logs_json_lines(nats_url: str) -> None:
         "webhook dispatcher stopped",
     }
     assert all(r["level"] in {"info", "warning", "error"} for r in records)
+
+
+def test_auto_is_readable_on_a_terminal() -> None:
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT.format(level="info", fmt="auto")],
+            stderr=secondary,
+            timeout=60,
+            check=True,
+        )
+        assert done.returncode == 0
+        os.close(secondary)
+        secondary = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    lines = [line for line in b"".join(chunks).decode().splitlines() if line.strip()]
+    assert len(lines) == 3, lines
+    assert "an info line" in lines[0]
+    assert not any(line.lstrip().startswith("{") for line in lines)
