@@ -324,12 +324,17 @@ class ReplicatedState(SyncObj):  # type: ignore[misc]
         # Under load pysyncobj sometimes never calls back for an entry it did commit, so the
         # folded sequence is watched too: whichever says "done" first wins.
         deadline = loop.time() + timeout
-        while not future.done():
-            if self.applied_seq >= hi:
-                return self.applied_seq
-            if loop.time() > deadline:
-                raise TimeoutError(f"range up to {hi} not agreed within {timeout}s")
-            await asyncio.wait([future], timeout=0.005)
+        try:
+            while not future.done():
+                if self.applied_seq >= hi:
+                    return self.applied_seq
+                if loop.time() > deadline:
+                    raise TimeoutError(f"range up to {hi} not agreed within {timeout}s")
+                await asyncio.wait([future], timeout=0.005)
+        finally:
+            # Not waited for any more: a late answer (a refusal once leadership moved) must not
+            # end as "Future exception was never retrieved" in the log.
+            future.cancel()
         result = future.result()
         if result < hi:
             raise RaftError(f"range {lo}..{hi} was not taken (this replica stands at {result})")

@@ -32,6 +32,10 @@ from swarm.kernel.tasks import cancel_and_wait, failure
 
 log = structlog.get_logger(__name__)
 
+#: How long a replica that stopped leading lets its leader tasks end on their own (they poll
+#: `still_leader` every few ms; a commit waits at most ~0.5 s) before cancelling them.
+HAND_BACK_S = 2.0
+
 
 class Hive(Service):
     name = "hive"
@@ -148,9 +152,20 @@ class Hive(Service):
             while still_leader() and not any(t.done() for t in tasks):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         finally:
-            # Cancelled until done: a lost cancellation (swarm.kernel.tasks) left a replica's
-            # leader loop waiting for a task that ran on.
-            await cancel_and_wait(tasks)
+            try:
+                # Leadership lost (or the replica stopping): each task sees it within a poll and
+                # ends on its own, the command processor handing the commands it fetched back
+                # to the stream. Cancelled, that hand-back is lost, and those commands wait out
+                # their ack_wait (15 s) before the next leader gets them: with leadership moving
+                # every few seconds on a starved machine, that stalled every command in flight.
+                # (A task that failed while this replica still leads: the others are stopped
+                # at once, as they would run on.)
+                if not still_leader():
+                    await asyncio.wait(tasks, timeout=HAND_BACK_S)
+            finally:
+                # Cancelled until done: a lost cancellation (swarm.kernel.tasks) left a
+                # replica's leader loop waiting for a task that ran on.
+                await cancel_and_wait(tasks)
             for task in tasks:
                 error = failure(task)
                 if isinstance(error, NotCaughtUp):
