@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,17 +49,17 @@ from swarm.cli.verbs import (
     TimeoutOption,
     WatchOption,
     age,
+    change,
     conclude,
     finish,
+    listing,
     show,
     styled,
 )
 from swarm.client.modules import WASM_MAGIC, kind_of
 
 if TYPE_CHECKING:
-    from swarm.client.commands import Issued
     from swarm.client.queries import HiveQueries
-    from swarm.client.swarm import Swarm
     from swarm.kernel.eventlog import Delivery, EventLog
 
 DEFAULT_NAMESPACE = "default"
@@ -597,30 +597,15 @@ def ls(
 ) -> None:
     """List agents with their status and how many replicas are ready."""
     ns = None if all_namespaces else namespace or DEFAULT_NAMESPACE
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        # Imported once NATS is named: without a stack the verb has ended above, quickly.
-        from schemas import names
-        from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
-
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                floor = await read_floor(log)
-                agents = await queries.agents(ns, at_least=floor)
-                return {"agents": agents, "applied_seq": queries.applied_seq}
-
-            title = "agents in all namespaces" if ns is None else f"agents in {ns}"
-            await show(
-                fetch, lambda v: agents_table(v["agents"], ns), output, watch=watch, title=title
-            )
-        return EXIT_OK
-
-    finish(main(), watching=watch)
+    listing(
+        nats_url,
+        "agents",
+        lambda queries, floor: queries.agents(ns, at_least=floor),
+        lambda agents: agents_table(agents, ns),
+        output,
+        watch=watch,
+        title="agents in all namespaces" if ns is None else f"agents in {ns}",
+    )
 
 
 def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
@@ -912,30 +897,6 @@ def _event_summary(data: Any) -> str:
 # --- scale, rollout, rollback, stop, delete ------------------------------------------------------
 
 
-def _change(
-    verb: Callable[[Swarm], Awaitable[Issued]],
-    *,
-    what: str,
-    done: str,
-    namespace: str,
-    timeout: float,
-    output: Format,
-    nats_url: str | None,
-) -> None:
-    """Run one agent verb of the client and print its outcome: the body of the simple verbs."""
-    from schemas import names
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
-            issued = await verb(swarm)
-        conclude(issued, output, what=what, done=done, namespace=namespace)
-        return EXIT_OK
-
-    finish(main())
-
-
 @app.command("scale", epilog=EXIT_CODES)
 def scale(
     name: NameArgument,
@@ -956,7 +917,7 @@ def scale(
 ) -> None:
     """Change how many replicas of an agent should run."""
     ns = namespace or DEFAULT_NAMESPACE
-    _change(
+    change(
         lambda swarm: swarm.agents.scale(ns, name, replicas=replicas),
         what=f"scale of {ns}/{name}",
         done=f"agent {ns}/{name} scaled to {replicas} replica{'s' if replicas != 1 else ''}",
@@ -1107,7 +1068,7 @@ def rollback(
 ) -> None:
     """Roll back to an earlier version (a rollout in progress is aborted)."""
     ns = namespace or DEFAULT_NAMESPACE
-    _change(
+    change(
         lambda swarm: swarm.agents.rollback(ns, name, to_version=to_version),
         what=f"rollback of {ns}/{name}",
         done=f"agent {ns}/{name} rolling back to {to_version or 'the previous version'}",
@@ -1131,7 +1092,7 @@ def stop(
 ) -> None:
     """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
     ns = namespace or DEFAULT_NAMESPACE
-    _change(
+    change(
         lambda swarm: swarm.agents.stop(ns, name, reason=reason),
         what=f"stop of {ns}/{name}",
         done=f"agent {ns}/{name} stopping: {reason}",
@@ -1152,7 +1113,7 @@ def delete(
 ) -> None:
     """Stop every replica and remove the agent (its events stay in the log)."""
     ns = namespace or DEFAULT_NAMESPACE
-    _change(
+    change(
         lambda swarm: swarm.agents.delete(ns, name),
         what=f"delete of {ns}/{name}",
         done=f"agent {ns}/{name} deleted",

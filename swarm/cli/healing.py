@@ -6,18 +6,16 @@ these verbs send the same commands, so a person's decision is on the log with it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from swarm.cli import connect
-from swarm.cli.output import EXIT_OK, Format
-from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, conclude, finish
+from swarm.cli.output import Format
+from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, change
 
 if TYPE_CHECKING:
-    from swarm.client.commands import Issued
-    from swarm.client.swarm import Swarm
+    pass
 
 DEFAULT_NAMESPACE = "default"
 NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
@@ -45,14 +43,14 @@ def quarantine(
 ) -> None:
     """Stop giving the agent messages: its pods refuse them with the reason; it keeps running."""
     ns = namespace or DEFAULT_NAMESPACE
-    _send(
+    change(
         lambda swarm: swarm.agents.quarantine(ns, name, reason=reason),
-        name,
-        ns,
-        "quarantined",
-        timeout,
-        output,
-        nats_url,
+        what=f"agent {ns}/{name}",
+        done=f"agent {ns}/{name} quarantined",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
     )
 
 
@@ -66,40 +64,12 @@ def release(
 ) -> None:
     """End the agent's quarantine: it gets messages again."""
     ns = namespace or DEFAULT_NAMESPACE
-    _send(
+    change(
         lambda swarm: swarm.agents.release(ns, name, reason=reason),
-        name,
-        ns,
-        "released",
-        timeout,
-        output,
-        nats_url,
+        what=f"agent {ns}/{name}",
+        done=f"agent {ns}/{name} released",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
     )
-
-
-def _send(
-    verb: Callable[[Swarm], Awaitable[Issued]],
-    name: str,
-    ns: str,
-    done: str,
-    timeout: float,
-    output: Format,
-    nats_url: str | None,
-) -> None:
-    from schemas import names
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
-            issued = await verb(swarm)
-        conclude(
-            issued,
-            output,
-            what=f"agent {ns}/{name}",
-            done=f"agent {ns}/{name} {done}",
-            namespace=ns,
-        )
-        return EXIT_OK
-
-    finish(main())

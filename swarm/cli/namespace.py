@@ -15,7 +15,7 @@ from rich.console import RenderableType
 
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError, Format, table
-from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, show
+from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, listing
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 
@@ -168,29 +168,13 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List namespaces with their quotas and how many agents each holds."""
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        # Imported once NATS is named: without a stack the verb has ended above, quickly.
-        from schemas import names
-        from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
-
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                floor = await read_floor(log)
-                spaces = await queries.namespaces(at_least=floor)
-                return {"namespaces": spaces, "applied_seq": queries.applied_seq}
-
-            await show(
-                fetch, lambda v: namespaces_table(v["namespaces"]), output, watch=False, title=""
-            )
-        return EXIT_OK
-
-    finish(main())
+    listing(
+        nats_url,
+        "namespaces",
+        lambda queries, floor: queries.namespaces(at_least=floor),
+        namespaces_table,
+        output,
+    )
 
 
 def namespaces_table(namespaces: Sequence[Mapping[str, Any]]) -> RenderableType:

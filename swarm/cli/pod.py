@@ -9,8 +9,8 @@ import typer
 from rich.console import RenderableType
 
 from swarm.cli import connect
-from swarm.cli.output import EXIT_OK, Format, table
-from swarm.cli.verbs import Nothing, OutputOption, WatchOption, finish, show, styled
+from swarm.cli.output import Format, table
+from swarm.cli.verbs import Nothing, OutputOption, WatchOption, listing, styled
 
 app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
 
@@ -28,27 +28,15 @@ def ls(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """List pods with their capacity in use (used/total) and the replicas placed on them."""
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        # Imported once NATS is named: without a stack the verb has ended above, quickly.
-        from schemas import names
-        from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
-
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                floor = await read_floor(log)
-                pods = await queries.pods(at_least=floor)
-                return {"pods": pods, "applied_seq": queries.applied_seq}
-
-            await show(fetch, lambda v: pods_table(v["pods"]), output, watch=watch, title="pods")
-        return EXIT_OK
-
-    finish(main(), watching=watch)
+    listing(
+        nats_url,
+        "pods",
+        lambda queries, floor: queries.pods(at_least=floor),
+        pods_table,
+        output,
+        watch=watch,
+        title="pods",
+    )
 
 
 def pods_table(pods: Sequence[Mapping[str, Any]]) -> RenderableType:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,12 +31,11 @@ from swarm.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from schemas import Payload
-
     # Sending a command and awaiting its outcome is the client layer's, shared with the HTTP
     # API; these names stay importable from here for the verb modules (see `__getattr__`).
     from swarm.client.commands import Issued, Outcome, issue, read_floor
-    from swarm.kernel.settings import Settings
+    from swarm.client.queries import HiveQueries
+    from swarm.client.swarm import Swarm
 
 #: Imported from the client layer on first use: every `swarm` call imports this module for its
 #: options, and the client layer brings schemas, nats-py and pydantic with it.
@@ -62,10 +61,11 @@ __all__ = [
     "TimeoutOption",
     "WatchOption",
     "age",
+    "change",
     "conclude",
     "finish",
     "issue",
-    "prepare",
+    "listing",
     "read_floor",
     "rejection",
     "show",
@@ -120,15 +120,65 @@ def finish(main: Coroutine[Any, Any, int], *, watching: bool = False) -> None:
 # --- Sending a command ---------------------------------------------------------------------------
 
 
-def prepare(payload: type[Payload], data: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """The command's CloudEvent, checked exactly as the Hive will decode it.
+def change(
+    verb: Callable[[Swarm], Awaitable[Issued]],
+    *,
+    what: str,
+    done: str,
+    namespace: str,
+    timeout: float,
+    output: Format,
+    nats_url: str | None,
+) -> None:
+    """Run one command verb of the client and print its outcome: the body of the simple verbs
+    (`agent scale|rollback|stop|delete|quarantine|release`)."""
+    from schemas import names
+    from swarm.cli import connect
 
-    Checked before connecting, so a typo is exit 2 with the fields named, and nothing is sent.
-    """
-    from swarm.cli import publish
-    from swarm.client import commands
+    async def main() -> int:
+        settings = connect.load_settings()
+        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
+            issued = await verb(swarm)
+        conclude(issued, output, what=what, done=done, namespace=namespace)
+        return EXIT_OK
 
-    return commands.prepare(payload, data, identity=settings.identity, source=publish.CLI_SOURCE)
+    finish(main())
+
+
+def listing(
+    nats_url: str | None,
+    key: str,
+    read: Callable[[HiveQueries, int], Awaitable[Any]],
+    draw: Callable[[Any], RenderableType],
+    output: Format,
+    *,
+    watch: bool = False,
+    title: str = "",
+) -> None:
+    """The body of the `ls` verbs: `read` the Hive's answer as of the end of the log (its
+    second argument), and show it under `key` with its `applied_seq`, once or on every change."""
+    from swarm.cli import connect
+
+    async def main() -> int:
+        settings = connect.load_settings()
+        target = connect.resolve_nats_url(nats_url, settings)
+        # Imported once NATS is named: without a stack the verb has ended above, quickly.
+        from schemas import names
+        from swarm.cli.queries import HiveQueries
+        from swarm.client.commands import read_floor
+
+        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+            queries = HiveQueries(log)
+
+            async def fetch() -> dict[str, Any]:
+                found = await read(queries, await read_floor(log))
+                return {key: found, "applied_seq": queries.applied_seq}
+
+            await show(fetch, lambda v: draw(v[key]), output, watch=watch, title=title)
+        return EXIT_OK
+
+    finish(main(), watching=watch)
 
 
 def conclude(issued: Issued, output: Format, *, what: str, done: str, namespace: str) -> None:

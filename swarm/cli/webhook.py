@@ -35,6 +35,7 @@ from swarm.cli.verbs import (
     age,
     conclude,
     finish,
+    listing,
     rejection,
     show,
 )
@@ -156,27 +157,15 @@ def add(
 @app.command("ls")
 def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = None) -> None:
     """List the webhooks."""
-    from schemas import names
-    from swarm.cli.queries import HiveQueries
     from swarm.client import webhooks
-    from swarm.client.commands import read_floor
 
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                hooks = await webhooks.subscriptions(queries, at_least=await read_floor(log))
-                return {"webhooks": hooks, "applied_seq": queries.applied_seq}
-
-            await show(
-                fetch, lambda v: webhooks_table(v["webhooks"]), output, watch=False, title=""
-            )
-        return EXIT_OK
-
-    finish(main())
+    listing(
+        nats_url,
+        "webhooks",
+        lambda queries, floor: webhooks.subscriptions(queries, at_least=floor),
+        webhooks_table,
+        output,
+    )
 
 
 def webhooks_table(hooks: Sequence[Mapping[str, Any]]) -> RenderableType:

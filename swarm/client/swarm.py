@@ -103,12 +103,15 @@ class Swarm:
         source: str = DEFAULT_SOURCE,
         timeout: float = DEFAULT_TIMEOUT,
         wait: float = 5.0,
+        reconnects: int = -1,
         name: str = "swarm-client",
     ) -> Swarm:
         """A client of the NATS server at `url`, connecting on first use (`wait` s at most).
 
         `identity` defaults to the settings' (`SWARM_IDENTITY`); with the Hive's public key in
-        the settings, only outcomes the Hive sealed are taken.
+        the settings, only outcomes the Hive sealed are taken. A lost connection is retried
+        `reconnects` times (-1: without limit, as a long-lived program wants; a one-shot tool
+        that must not hang in silence passes a small number).
         """
         from swarm.kernel.connection import CannotConnect, connect_nats, describe
         from swarm.kernel.settings import Settings
@@ -117,7 +120,7 @@ class Swarm:
 
         async def opener() -> EventLog:
             try:
-                nc = await connect_nats(url, name=name, timeout=wait, reconnects=1)
+                nc = await connect_nats(url, name=name, timeout=wait, reconnects=reconnects)
             except CannotConnect as exc:
                 raise ClientError(
                     f"cannot reach NATS at {url}: {describe(exc.cause)}", code=UNAVAILABLE
