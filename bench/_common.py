@@ -49,7 +49,7 @@ def cpu_model() -> str:
 
 def nats_server_version() -> str:
     """`nats-server --version` of the binary the embedded server runs."""
-    from swarm.kernel.embedded import nats_server_binary
+    from swarm.devstack.embedded import nats_server_binary
 
     return subprocess.run(
         [str(nats_server_binary()), "--version"],

@@ -62,7 +62,7 @@ from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Placement
 from services.hive.testing import HiveCluster
 from services.scheduler import Scheduler, SchedulerSettings
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import ensure_streams

@@ -40,7 +40,7 @@ from schemas import names
 from services.hive.testing import HiveCluster
 from swarm.client import commands
 from swarm.client.queries import HiveQueries
-from swarm.kernel.embedded import EmbeddedNats, die_with_parent, free_port
+from swarm.devstack.embedded import EmbeddedNats, die_with_parent, free_port
 from swarm.kernel.eventlog import EventLog
 
 TOKEN = "bench-token-0123456789abcdef"

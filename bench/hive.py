@@ -35,7 +35,7 @@ from bench import _common
 from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 
 SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))

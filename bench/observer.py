@@ -66,7 +66,7 @@ from services.observer.features import LogSample, WindowAggregator, parse_metric
 from services.observer.machine import MachineFinding
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import build_app
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 

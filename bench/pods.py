@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from swarm.kernel.embedded import die_with_parent
+from swarm.devstack.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 

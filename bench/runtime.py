@@ -71,7 +71,7 @@ from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.hive.testing import HiveCluster
 from services.scheduler import Scheduler, SchedulerSettings
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 
@@ -504,8 +504,8 @@ def vector_search(root: Path, n: int) -> dict[str, Any]:
     from pgvector.psycopg import register_vector
 
     from runtime.memory import DIMENSIONS, VectorMemory
-    from swarm.kernel.embedded import EmbeddedPostgres
-    from swarm.kernel.stack import upgrade_database
+    from swarm.devstack.embedded import EmbeddedPostgres
+    from swarm.devstack.stack import upgrade_database
 
     rng = np.random.default_rng(42)
     server = EmbeddedPostgres(root / "postgres")

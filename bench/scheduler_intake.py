@@ -45,7 +45,7 @@ from services.scheduler.market import Market
 from services.scheduler.planner import Planner
 from services.scheduler.policies import Pricing
 from services.scheduler.tables import rows_of
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 

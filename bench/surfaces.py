@@ -55,7 +55,7 @@ from schemas import CommandAccepted, Payload, command, commands, event, events, 
 from schemas.specs import AgentSpec, Capacity, ModuleRef
 from swarm.client.timeline import Filters, history
 from swarm.client.timetravel import Point, fold_until
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 
 SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))

@@ -45,7 +45,7 @@ from schemas import event, events, names, new_id
 from schemas.webhooks import WebhookAdded, WebhookRemoved
 from services.webhooks.config import WebhookSettings
 from services.webhooks.service import Dispatcher
-from swarm.kernel.embedded import EmbeddedNats, free_port
+from swarm.devstack.embedded import EmbeddedNats, free_port
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, new_secret, secrets_bucket

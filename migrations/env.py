@@ -1,9 +1,9 @@
 """Alembic environment for Swarm's PostgreSQL schema.
 
-There is no alembic.ini: `swarm.kernel.stack.alembic_config(url)` builds the config in code and
+There is no alembic.ini: `swarm.devstack.stack.alembic_config(url)` builds the config in code and
 hands the database URL over in `config.attributes["database_url"]`. To run Alembic by hand::
 
-    python -c "from alembic import command; from swarm.kernel.stack import alembic_config; \\
+    python -c "from alembic import command; from swarm.devstack.stack import alembic_config; \\
                command.revision(alembic_config('postgresql://…'), 'add agents', rev_id='0002')"
 """
 
@@ -23,7 +23,7 @@ def _url() -> str:
     )
     if not url:
         raise RuntimeError(
-            "no database URL: build the config with swarm.kernel.stack.alembic_config"
+            "no database URL: build the config with swarm.devstack.stack.alembic_config"
         )
     return str(url)
 

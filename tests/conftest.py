@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres
+from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 

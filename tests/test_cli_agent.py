@@ -22,7 +22,7 @@ from schemas.specs import INLINE_MODULE_MAX_BYTES
 from swarm.cli.queries import HiveQueries
 from swarm.cli.verbs import rejection
 from swarm.client.commands import Outcome
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from tests.helpers.cli import (
     WASM,

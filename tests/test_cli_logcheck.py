@@ -25,7 +25,7 @@ from schemas import (
     new_id,
 )
 from schemas.specs import Quota
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings

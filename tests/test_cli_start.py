@@ -41,11 +41,12 @@ HEAVY = (
     "rich.live",
     "rich.tree",
     # The project's own layers below the CLI: the models, services and runtime, the kernel, the
-    # client layer's commands and queries (which bring the rest).
+    # dev stack, the client layer's commands and queries (which bring the rest).
     "schemas",
     "services",
     "runtime",
     "swarm.kernel",
+    "swarm.devstack",
     "swarm.gateway",
     "swarm.client.commands",
     "swarm.client.queries",

@@ -31,8 +31,8 @@ import yaml
 from nats.js.api import StorageType, StreamConfig
 
 from services.hive.config import HiveSettings
+from swarm.devstack.embedded import die_with_parent, free_port, nats_server_binary
 from swarm.gateway import GatewaySettings
-from swarm.kernel.embedded import die_with_parent, free_port, nats_server_binary
 from swarm.kernel.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

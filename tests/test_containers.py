@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from schemas import CommandAccepted, event, names, new_id
+from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
-from swarm.kernel.stack import upgrade_database
 
 
 def _docker_answers() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from pgvector.psycopg import register_vector
 
-from swarm.kernel.stack import upgrade_database
+from swarm.devstack.stack import upgrade_database
 
 
 def test_migrations_apply_twice_and_pgvector_answers_similarity_queries(database_url: str) -> None:

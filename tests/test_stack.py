@@ -26,8 +26,7 @@ import pytest
 from alembic import command
 
 from schemas import names
-from swarm.kernel.settings import Settings
-from swarm.kernel.stack import (
+from swarm.devstack.stack import (
     Stack,
     StackPhase,
     StackState,
@@ -36,7 +35,8 @@ from swarm.kernel.stack import (
     sqlalchemy_url,
     upgrade_database,
 )
-from swarm.kernel.supervisor import RestartPolicy
+from swarm.devstack.supervisor import RestartPolicy
+from swarm.kernel.settings import Settings
 
 #: Whole stacks start and stop here, several per test: minutes on a busy machine.
 pytestmark = pytest.mark.timeout(300)

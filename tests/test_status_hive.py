@@ -15,9 +15,9 @@ import pytest
 
 from schemas import names
 from swarm.cli.stack import _hive_view
+from swarm.devstack.stack import StackPhase, StackReport, StackState
+from swarm.devstack.supervisor import ServiceState, ServiceStatus
 from swarm.kernel.eventlog import EventLog
-from swarm.kernel.stack import StackPhase, StackReport, StackState
-from swarm.kernel.supervisor import ServiceState, ServiceStatus
 
 pytestmark = pytest.mark.timeout(60)
 

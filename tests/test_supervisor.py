@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from swarm.kernel.supervisor import (
+from swarm.devstack.supervisor import (
     RestartPolicy,
     ServiceSpec,
     ServiceState,
@@ -196,7 +196,7 @@ def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
     script = f"""
         import sys, time
         from pathlib import Path
-        from swarm.kernel.supervisor import ServiceSpec, Supervisor
+        from swarm.devstack.supervisor import ServiceSpec, Supervisor
 
         sup = Supervisor(
             [ServiceSpec("a", ("sleep", "60")), ServiceSpec("b", ("sleep", "60"))],

@@ -18,7 +18,7 @@ from click.testing import Result
 
 from schemas import Payload, command, commands, names, new_id
 from schemas.specs import Capacity, Quota
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.history import spec
 from tests.helpers.stack import Stack, running_stack

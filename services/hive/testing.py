@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import names
-from swarm.kernel.embedded import die_with_parent, free_port
+from swarm.devstack.embedded import die_with_parent, free_port
 from swarm.kernel.eventlog import Requester
 
 PASSWORD = "test-raft-secret"

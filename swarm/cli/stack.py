@@ -1,9 +1,10 @@
 """`swarm up`, `swarm down`, `swarm status`: the local stack, driven like `docker compose`.
 
-The kernel (`swarm.kernel.stack`) does the work and prints nothing; this module picks the
-services, turns options into settings and shows what happens. Which stack a verb means, from
-whatever directory it runs, is `swarm.cli.discovery`'s to say. The kernel, nats-py and the
-models are imported by the verbs that use them: every `swarm` call imports this module.
+The development stack (`swarm.devstack.stack`) does the work and prints nothing; this module
+picks the services, turns options into settings and shows what happens. Which stack a verb means,
+from whatever directory it runs, is `swarm.cli.discovery`'s to say. The dev stack, the kernel,
+nats-py and the models are imported by the verbs that use them: every `swarm` call imports this
+module.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from swarm.cli import discovery
 if TYPE_CHECKING:
     from rich.status import Status
 
+    from swarm.devstack.stack import StackReport, StackState
+    from swarm.devstack.supervisor import ServiceSpec
     from swarm.kernel.settings import Settings
-    from swarm.kernel.stack import StackReport, StackState
-    from swarm.kernel.supervisor import ServiceSpec
 
 
 def default_services(
@@ -41,11 +42,11 @@ def default_services(
 ) -> tuple[ServiceSpec, ...]:
     """The Swarm services `swarm up` supervises, each a module run by this interpreter.
 
-    They are listed here, not in the kernel, because the kernel must not know the services that
-    build on it. The Hive's Raft addresses and password are kept in the data dir so that a
-    restart finds the same cluster (and its journal) again.
+    They are listed here, not in `swarm.devstack`, because the dev stack sits below the services
+    and must not know which ones build on it. The Hive's Raft addresses and password are kept in
+    the data dir so that a restart finds the same cluster (and its journal) again.
     """
-    from swarm.kernel.supervisor import ServiceSpec
+    from swarm.devstack.supervisor import ServiceSpec
 
     cluster = hive_cluster(data_dir, hive_replicas)
     specs = []
@@ -85,7 +86,7 @@ def default_services(
 
 def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
     """Raft addresses and password of the local Hive, created on first use, reused after."""
-    from swarm.kernel.embedded import free_port
+    from swarm.devstack.embedded import free_port
 
     path = data_dir / "hive" / "cluster.json"
     cluster: dict[str, Any] = {}
@@ -209,9 +210,9 @@ def gateway_service(data_dir: Path, port: int | None = None) -> tuple[ServiceSpe
     Without `port`, the previous run's port when it is free (so URLs people copied keep
     working), else any free one. `SWARM_API_TOKEN`, when set, wins over the token file.
     """
-    from swarm.kernel.embedded import free_port
-    from swarm.kernel.stack import read_state
-    from swarm.kernel.supervisor import ServiceSpec
+    from swarm.devstack.embedded import free_port
+    from swarm.devstack.stack import read_state
+    from swarm.devstack.supervisor import ServiceSpec
 
     if port is None:
         previous = read_state(data_dir)
@@ -314,7 +315,7 @@ def up(
     import threading
 
     from swarm.cli.demo import deploy_demo
-    from swarm.kernel.stack import Stack, StackAlreadyRunningError, StackError
+    from swarm.devstack.stack import Stack, StackAlreadyRunningError, StackError
 
     settings, choice = _choose(data_dir, nats_url, database_url, sync, recorded=False)
     _note_other_current(choice)
@@ -383,7 +384,7 @@ def _up_detached(
     no_services: bool,
     api_port: int | None,
 ) -> StackState:
-    from swarm.kernel.stack import StackError, StackPaths, inspect_stack, launch_detached
+    from swarm.devstack.stack import StackError, StackPaths, inspect_stack, launch_detached
 
     paths = StackPaths.of(settings.data_dir)
     report = inspect_stack(paths.root, probe=False)
@@ -436,7 +437,7 @@ def _note_other_current(choice: discovery.StackChoice) -> None:
     current = discovery.read_current()
     if current is None or current == choice.data_dir:
         return
-    from swarm.kernel.stack import inspect_stack
+    from swarm.devstack.stack import inspect_stack
 
     state = "runs" if inspect_stack(current, probe=False).running else "is stopped"
     err_console.print(
@@ -481,7 +482,7 @@ def _settings(
 
 
 def _parse_service(value: str) -> ServiceSpec:
-    from swarm.kernel.supervisor import ServiceSpec
+    from swarm.devstack.supervisor import ServiceSpec
 
     name, sep, command = value.partition("=")
     try:
@@ -574,7 +575,7 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
 
     import psutil
 
-    from swarm.kernel.supervisor import ServiceState
+    from swarm.devstack.supervisor import ServiceState
 
     if detached:
         state = _settled(state)
@@ -606,8 +607,8 @@ def _settled(state: StackState, timeout: float = 15.0) -> StackState:
     stayed up a moment), or as it is after `timeout`: what is printed as running then runs."""
     import time
 
-    from swarm.kernel.stack import StackPhase, read_state
-    from swarm.kernel.supervisor import ServiceState
+    from swarm.devstack.stack import StackPhase, read_state
+    from swarm.devstack.supervisor import ServiceState
 
     deadline = time.monotonic() + timeout
     while any(svc.state is ServiceState.STARTING for svc in state.services):
@@ -644,7 +645,7 @@ def down(
     Which stack: as for every verb (see `swarm --help`); from any directory, the stack `swarm up`
     started last.
     """
-    from swarm.kernel.stack import StackError, StopOutcome, stop_stack
+    from swarm.devstack.stack import StackError, StopOutcome, stop_stack
 
     _, choice = _choose(data_dir)
     root = choice.data_dir
@@ -700,7 +701,7 @@ def migrate(
     `migrate` one-shot service of docker-compose.yml. Safe to run concurrently and repeatedly.
     """
     from swarm.cli.connect import resolve_database_url
-    from swarm.kernel.stack import StackError, inspect_stack, upgrade_database
+    from swarm.devstack.stack import StackError, inspect_stack, upgrade_database
 
     settings, choice = _choose(data_dir)
     found = resolve_database_url(database_url, settings, data_dir=choice.data_dir)
@@ -742,7 +743,7 @@ def status(
 
     Exits 1 when no stack is running.
     """
-    from swarm.kernel.stack import inspect_stack
+    from swarm.devstack.stack import inspect_stack
 
     _, choice = _choose(data_dir)
     report = inspect_stack(choice.data_dir)
@@ -830,7 +831,7 @@ def _print_hive(hive: list[dict[str, Any]] | None) -> None:
 
 
 def _print_status(report: StackReport, choice: discovery.StackChoice) -> None:
-    from swarm.kernel.supervisor import ServiceState
+    from swarm.devstack.supervisor import ServiceState
 
     state = report.state
     where = escape(str(report.data_dir))

@@ -16,7 +16,7 @@ from swarm.client.commands import NoOutcome
 from swarm.client.errors import INVALID, UNAVAILABLE, ClientError
 from swarm.client.queries import QueryFailed
 from swarm.client.swarm import Swarm, TooLarge
-from swarm.kernel.embedded import free_port
+from swarm.devstack.embedded import free_port
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 

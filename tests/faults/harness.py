@@ -38,14 +38,14 @@ from nats.aio.client import Client as NATS
 from schemas import command, commands, events, names
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.hive.testing import HiveCluster
-from swarm.kernel.embedded import (
+from swarm.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     EmbeddedServerError,
     die_with_parent,
 )
+from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
-from swarm.kernel.stack import upgrade_database
 
 T = TypeVar("T")
 

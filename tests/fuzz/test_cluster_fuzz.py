@@ -13,7 +13,7 @@ from hypothesis import given
 
 from schemas import names
 from services.hive.testing import PASSWORD, HiveCluster
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from tests.fuzz.harness import (

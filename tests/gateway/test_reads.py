@@ -15,9 +15,9 @@ import pytest
 
 from schemas import names
 from services.observer.behaviour import DIMENSIONS, BehaviourRow, BehaviourStore
+from swarm.devstack.stack import upgrade_database
 from swarm.gateway import GatewaySettings, create_app
 from swarm.kernel.settings import Settings
-from swarm.kernel.stack import upgrade_database
 from tests.gateway.client import AUTH, SPEC, TOKEN, problem
 from tests.gateway.server import scheduler
 from tests.helpers.stack import Stack, running_stack

@@ -15,7 +15,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from swarm.kernel.stack import upgrade_database
+from swarm.devstack.stack import upgrade_database
 from tests.gateway.client import AUTH, TOKEN
 from tests.gateway.server import scheduler, serving
 from tests.helpers.stack import Stack

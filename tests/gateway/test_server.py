@@ -12,9 +12,9 @@ import sys
 import httpx
 import pytest
 
+from swarm.devstack.embedded import free_port
 from swarm.gateway.server import GatewayFailed, GatewayService
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.embedded import free_port
 from swarm.kernel.lifecycle import SettingsInvalid, Status
 from swarm.kernel.settings import Settings
 from tests.gateway.client import TOKEN

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from swarm.kernel.embedded import die_with_parent
+from swarm.devstack.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 

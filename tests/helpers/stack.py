@@ -15,7 +15,7 @@ from schemas import Payload, command, commands, names
 from schemas.specs import Capacity
 from services.hive.config import HiveSettings
 from services.hive.service import Hive
-from swarm.kernel.embedded import EmbeddedNats, free_port
+from swarm.devstack.embedded import EmbeddedNats, free_port
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from tests.helpers.history import spec

@@ -19,7 +19,7 @@ from schemas import Payload, event, events, names, new_id
 from schemas.webhooks import DeadLetter, DeliveryAttempt, WebhookAdded, WebhookRedeliveryRequested
 from services.webhooks.config import WebhookSettings
 from services.webhooks.service import Dispatcher
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import (

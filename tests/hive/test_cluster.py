@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from swarm.devstack.embedded import EmbeddedNats, free_port
 from swarm.kernel.connection import CannotConnect, connect_nats, nats_servers
-from swarm.kernel.embedded import EmbeddedNats, free_port
 from tests.helpers.waiting import wait_until
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from schemas import Envelope, event, events, new_id
 from schemas.specs import Capacity
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.follow import follow, wanted_events
 from tests.helpers.waiting import wait_until

@@ -16,7 +16,7 @@ import structlog.testing
 from nats.js.api import StreamConfig
 
 from schemas import names
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendFailed, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import Status, StreamApp, StreamEvent, Tables

@@ -10,7 +10,7 @@ from services.observer.analysis import Observatory
 from services.observer.behaviour import DIMENSIONS, BehaviourRow, BehaviourStore
 from services.observer.scoring import DetectorConfig
 from swarm.cli.app import app
-from swarm.kernel.stack import upgrade_database
+from swarm.devstack.stack import upgrade_database
 from tests.observer.workload import Step, messages, normal
 
 

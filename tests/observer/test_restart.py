@@ -27,7 +27,7 @@ from schemas import names
 from services.observer.analysis import AgentState, DeploymentState, Observatory
 from services.observer.config import ObserverSettings
 from services.observer.stream import build_app
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming._table import encode_key

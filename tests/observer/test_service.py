@@ -17,10 +17,10 @@ from schemas import names
 from services.observer import Observer, ObserverSettings
 from services.observer.analysis import Observatory
 from services.observer.behaviour import BehaviourStore
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
+from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
-from swarm.kernel.stack import upgrade_database
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -23,7 +23,7 @@ from runtime.host import JSON, InvalidArgument, MemoryHost, NotAvailable, Vector
 from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory, psycopg_url
 from runtime.podview import Assignment
 from runtime.replica import PodHost, ReplicaDeps
-from swarm.kernel.stack import upgrade_database
+from swarm.devstack.stack import upgrade_database
 from tests.helpers import agents
 from tests.helpers.agents import agent
 from tests.helpers.sandboxes import MakeSandbox

@@ -22,7 +22,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from swarm.kernel.embedded import die_with_parent
+from swarm.devstack.embedded import die_with_parent
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
 from tests.helpers.stack import Stack

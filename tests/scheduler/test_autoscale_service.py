@@ -25,7 +25,7 @@ from services.scheduler.autoscaler_service import (
     AutoscalerSettings,
     Status,
 )
-from swarm.kernel.embedded import EmbeddedNats
+from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from tests.helpers.agents import ECHO

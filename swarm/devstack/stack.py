@@ -16,7 +16,7 @@ Layout of a data dir::
 Start order is nats, postgres, streams, migrations, services; stop order is the reverse, so
 services can still flush to the log and the database while they shut down.
 
-While it runs, the supervisor restarts a service that exits (`swarm.kernel.supervisor`) and an
+While it runs, the supervisor restarts a service that exits (`swarm.devstack.supervisor`) and an
 embedded server that dies: on the same port with the same data dir, at once and then with a
 growing delay, for as long as it takes, since everything else depends on it. Clients reconnect by
 themselves. Each server restart is counted in `stack.json` (`swarm status` shows it).
@@ -44,9 +44,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from swarm.kernel.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
-from swarm.kernel.settings import Settings
-from swarm.kernel.supervisor import (
+from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from swarm.devstack.supervisor import (
     RestartPolicy,
     ServiceSpec,
     ServiceState,
@@ -54,6 +53,7 @@ from swarm.kernel.supervisor import (
     Supervisor,
     describe_exit,
 )
+from swarm.kernel.settings import Settings
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig

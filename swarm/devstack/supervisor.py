@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from swarm.kernel.embedded import die_with_parent
+from swarm.devstack.embedded import die_with_parent
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
