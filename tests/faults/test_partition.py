@@ -12,7 +12,7 @@ import pytest
 from tests.faults import netns
 from tests.faults.scenarios import leader_partitioned
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(autouse=True)
