@@ -7,19 +7,18 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 from nats.js.api import StreamConfig
 
 from schemas import names
 from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendFailed, EventLog
 from swarm.kernel.settings import Settings
-from swarm.kernel.streaming import Status, StreamApp, StreamEvent, Tables
+from swarm.kernel.streaming import Status, StreamApp, StreamEvent, Tables, _retry
 from swarm.kernel.streaming._retry import WriteUnacknowledged
 
 STREAM = "RETRYTEST"
@@ -38,6 +37,15 @@ async def server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         if nats.pid is not None:
             os.kill(nats.pid, signal.SIGCONT)  # never leave it stopped
         nats.stop()
+
+
+class _Recorder(list[dict[str, Any]]):
+    """A logger that keeps what it is told (every level), as `{"event": ..., **fields}`."""
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.append({"event": event, **fields})
+
+    debug = info = warning = error = exception = _record
 
 
 def counting_app(
@@ -103,7 +111,7 @@ async def changelog_messages(log: EventLog) -> int:
 
 @pytest.mark.timeout(90)
 async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
-    server: EmbeddedNats,
+    server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(nats_url=server.url)
     log = await EventLog.connect(server.url, settings, name="retry-test")
@@ -112,18 +120,21 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
         # Paused until a commit has waited past its 5 s acknowledgement timeout and is being
         # retried (a fixed pause missed the commit when a loaded machine started it late),
         # well within the budget.
-        captured: list[list[MutableMapping[str, Any]]] = []
+        # The retry's log lines, recorded by standing in for its logger: structlog's
+        # `capture_logs` misses a logger cached before it (`cache_logger_on_first_use`, set by
+        # any earlier test in this process that configured logging), and then the server stayed
+        # paused its whole 45 s.
+        logs = _Recorder()
+        monkeypatch.setattr(_retry, "log", logs)
 
         def retrying() -> bool:
-            return any(e["event"] == RETRYING for e in (captured[0] if captured else []))
+            return any(e["event"] == RETRYING for e in logs)
 
         app = counting_app(settings, server, budget=60.0, pause_s=45.0, until=retrying)
-        with structlog.testing.capture_logs() as logs:
-            captured.append(logs)
-            async with app:
-                await app.reached("retrytest", last, timeout=60)
-                assert app.status is Status.RUNNING
-                assert app.snapshot("counts") == expected
+        async with app:
+            await app.reached("retrytest", last, timeout=60)
+            assert app.status is Status.RUNNING
+            assert app.snapshot("counts") == expected
         retried = [e for e in logs if e["event"] == RETRYING]
         assert retried, "the pause did not hit a commit"
         assert any(e["event"] == "write acknowledged after retries" for e in logs)
