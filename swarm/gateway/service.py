@@ -21,12 +21,11 @@ from schemas import Payload
 from swarm.client import commands, webhooks
 from swarm.client.commands import Issued, NoOutcome, Outcome, Sent
 from swarm.client.errors import INVALID, ClientError, FieldProblem
-from swarm.client.queries import HiveQueries
 from swarm.client.swarm import Swarm, TooLarge
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.eventlog import EventLog, EventLogError
+from swarm.kernel.eventlog import EventLog
 from swarm.kernel.tasks import cancel_and_wait
 
 #: CloudEvents `source` of the commands the API sends.
@@ -64,21 +63,6 @@ class Gateway:
         self.database_url = database_url
         self._pending: OrderedDict[str, commands.Sent] = OrderedDict()
         self._settling: set[asyncio.Task[None]] = set()
-
-    @property
-    def queries(self) -> HiveQueries:
-        """A query client for one request: each remembers the `applied_seq` of its last answer,
-        which concurrent requests must not overwrite for each other."""
-        return HiveQueries(self.log)
-
-    # -- reads ------------------------------------------------------------------------------------
-
-    async def floor(self) -> int:
-        """Reads reflect everything in the log when they began (read-your-writes)."""
-        try:
-            return await commands.read_floor(self.log)
-        except (EventLogError, TimeoutError) as exc:
-            raise _unavailable(exc) from None
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -127,7 +111,7 @@ class Gateway:
         within = self.within(wait, timeout)
         settles = webhooks.keeps_books(event)
         # Taken before the publish, as `commands.send_and_wait` does: the outcome comes after.
-        start = await self.floor() + 1 if settles else 1
+        start = await self.swarm.floor() + 1 if settles else 1
         if new_webhook is not None:
             sent, issued = await webhooks.add(
                 self.log, new_webhook, within=within, with_caused=True

@@ -83,7 +83,7 @@ async def list_events(
 ) -> EventPage:
     """A page of the event log, oldest first; `next_after` reads the next page."""
     subjects = check_subjects(subject)
-    last = await gw.floor()
+    last = await gw.swarm.floor()
     found: list[LoggedEvent] = []
     if after < last:
         replay = gw.log.replay(
@@ -147,7 +147,7 @@ async def stream_events(
     elif from_seq is not None:
         start = from_seq
     else:
-        start = await gw.floor() + 1
+        start = await gw.swarm.floor() + 1
     return StreamingResponse(
         _sse(gw.log, subjects, start),
         media_type="text/event-stream",

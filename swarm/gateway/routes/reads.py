@@ -82,8 +82,8 @@ async def get_agent_logs(
             raise _invalid_query("since", exc) from None
         # Before the epoch is before any line; JetStream need not be asked to seek there.
         start = start if start > _EPOCH else None
-    queries = gw.queries
-    agent = await queries.agent(namespace, name, at_least=await gw.floor())
+    queries = await gw.swarm.queries()
+    agent = await queries.agent(namespace, name, at_least=await gw.swarm.floor())
     agent_id = str(agent.get("agent_id"))
     kept: deque[dict[str, Any]] = deque(maxlen=limit)
     matched = 0

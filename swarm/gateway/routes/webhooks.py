@@ -55,8 +55,8 @@ _NO_STORE = {"Cache-Control": "no-store"}
 @router.get("/webhooks", response_model=WebhookList, summary="List webhooks")
 async def list_webhooks(gw: GatewayDep) -> WebhookList:
     """The subscriptions (not removed): URL, filter, attempts, the secret's fingerprint."""
-    queries = gw.queries
-    floor = await gw.floor()
+    queries = await gw.swarm.queries()
+    floor = await gw.swarm.floor()
     hooks = await webhooks.subscriptions(queries, at_least=floor)
     return WebhookList(webhooks=hooks, applied_seq=queries.applied_seq)
 
