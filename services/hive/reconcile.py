@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+from typing import Literal
 
 import structlog
 
@@ -27,6 +28,8 @@ from swarm.kernel.eventlog import (
     EventLog,
     EventLogError,
     Message,
+    NoResponders,
+    RequestTimeout,
     Subscription,
 )
 from swarm.kernel.ids import IdKey
@@ -42,8 +45,20 @@ _MIN_GAPS = 8
 _STRETCH = 4.0
 #: ...but never beyond this many times the pod's own lease.
 _MAX_STRETCH = 6.0
-#: How long a pod has to answer a liveness probe.
+#: How long a pod has to answer its first liveness probe; each further one in a row gets twice
+#: as long as the one before.
 PROBE_TIMEOUT_S = 1.0
+#: Probes in a row a pod must leave unanswered before it is declared lost. One slow answer on a
+#: loaded machine (the pod's heartbeat thread and this loop compete with everything else for two
+#: cores) is not death; a pod nobody listens for (its connection is gone) is lost at once.
+PROBES = 2
+#: A probe that timed out this much later than asked timed out because this process stalled,
+#: not because the pod did: it says nothing about the pod.
+_STALLED = 1.5
+
+#: What a probe found: an answer, nobody listening, no answer in time, or nothing (this side
+#: stalled).
+Probe = Literal["answered", "gone", "silent", "unknown"]
 
 
 class Heartbeats:
@@ -110,6 +125,8 @@ class Reconciler:
         self.working = working
         self.interval = interval
         self.clock = clock
+        #: Probes each late pod has left unanswered in a row.
+        self.silent: dict[str, int] = {}
 
     async def run(self, still_leader: Callable[[], bool]) -> None:
         self.heartbeats.reset_grace()
@@ -166,36 +183,59 @@ class Reconciler:
         return out
 
     async def _confirmed(self, planned: list[tuple[str, Payload]]) -> list[tuple[str, Payload]]:
-        """`planned`, less the pods whose lease ran out but that answer a liveness probe.
+        """`planned`, less the pods whose lease ran out but that may still be alive.
 
-        A pod is declared lost only when it is gone: its heartbeats are late *and* it does not
-        answer when asked directly. A pod that answers is busy, not gone; its answer counts as a
-        heartbeat. Probes go out together, so a dead pod costs the loop one probe timeout."""
+        A pod is declared lost only when it is gone: its heartbeats are late *and* nobody
+        listens on its probe subject, or it left `PROBES` probes in a row unanswered (each given
+        twice as long as the one before). A pod that answers is busy, not gone; its answer counts
+        as a heartbeat. A probe that timed out while this process stalled is not counted. Probes
+        go out together, so a hung pod costs the loop one probe timeout per round."""
         late = [
             (n, p)
             for n, (_, p) in enumerate(planned)
             if isinstance(p, commands.ExpirePod) and p.last_heartbeat_age_s > 0
         ]
+        late_pods = {p.pod_id for _, p in late}
+        self.silent = {pod: k for pod, k in self.silent.items() if pod in late_pods}
         if not late:
             return planned
-        answers = await asyncio.gather(*(self._probe(p.pod_id) for _, p in late))
+        found = await asyncio.gather(
+            *(
+                self._probe(p.pod_id, PROBE_TIMEOUT_S * 2 ** self.silent.get(p.pod_id, 0))
+                for _, p in late
+            )
+        )
         keep = dict(enumerate(planned))
-        for (n, payload), answered in zip(late, answers, strict=True):
-            if answered:
-                log.info("pod heartbeats late, but it answers", pod=payload.pod_id)
-                self.heartbeats.beat(payload.pod_id)
+        for (n, payload), probe in zip(late, found, strict=True):
+            pod_id = payload.pod_id
+            if probe == "silent":
+                self.silent[pod_id] = self.silent.get(pod_id, 0) + 1
+            if probe == "answered":
+                log.info("pod heartbeats late, but it answers", pod=pod_id)
+                self.heartbeats.beat(pod_id)
+                self.silent.pop(pod_id, None)
                 del keep[n]
-            else:
+            elif probe == "gone" or self.silent.get(pod_id, 0) >= PROBES:
+                self.silent.pop(pod_id, None)
                 command_id, _ = planned[n]
                 keep[n] = (command_id, payload.model_copy(update={"probed": True}))
+            else:
+                log.info("pod heartbeats late and a probe went unanswered", pod=pod_id, probe=probe)
+                del keep[n]
         return [keep[n] for n in sorted(keep)]
 
-    async def _probe(self, pod_id: str) -> bool:
+    async def _probe(self, pod_id: str, timeout: float) -> Probe:
+        started = time.monotonic()
         try:
-            await self.log.request(names.probe_subject(pod_id), b"", timeout=PROBE_TIMEOUT_S)
-        except (EventLogError, TimeoutError):
-            return False
-        return True
+            await self.log.request(names.probe_subject(pod_id), b"", timeout=timeout)
+        except NoResponders:
+            return "gone"
+        except (RequestTimeout, TimeoutError):
+            stalled = time.monotonic() - started > _STALLED * timeout
+            return "unknown" if stalled else "silent"
+        except EventLogError:  # this side's connection is down: nothing learned of the pod
+            return "unknown"
+        return "answered"
 
     async def _send(self, planned: list[tuple[str, Payload]], state: HiveState) -> None:
         if not planned:
