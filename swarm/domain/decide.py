@@ -1141,8 +1141,6 @@ def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: d
 def _publish_reputation(
     state: HiveState, c: healing.PublishReputation, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    if not (env.identity or "").startswith("service:"):
-        return Rejection(f"{env.type} may only be sent by a Swarm service", rule=Rule.IDENTITY)
     agent = _live_agent(state, c.agent_id)
     if isinstance(agent, Rejection):
         return agent
@@ -1170,8 +1168,6 @@ def _pod_anomaly(
 ) -> Outcome:
     """Record a machine-wide finding on its pod. No healing follows: it is about the machine,
     not about any agent on it."""
-    if not (env.identity or "").startswith("service:"):
-        return Rejection(f"{env.type} may only be sent by a Swarm service", rule=Rule.IDENTITY)
     if c.pod_id not in state.pods:
         return Rejection(f"pod {c.pod_id} not found", rule=Rule.NOT_FOUND)
     if c.window_end < c.window_start:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import Envelope, commands, market
+from schemas import Envelope, commands, healing, market
+from schemas.machine import ReportPodAnomaly
 from schemas.specs import AgentSpec, Quota
 from swarm.domain.outcome import Rejection, Rule
 from swarm.domain.state import ACTIVE, Agent, HiveState
@@ -19,12 +20,15 @@ _UNLIMITED = Quota()
 
 
 _KINDS = ("user", "service", "pod", "agent")
-#: Commands only Swarm's own services may send (the scheduler's proposals, the reconcile loop's).
+#: Commands only Swarm's own services may send (the scheduler's proposals, the reconcile loop's,
+#: the Observer's machine-wide findings).
 _SERVICE_ONLY = (
     commands.ProposePlacement,
     commands.ExpirePod,
     commands.RestartReplica,
     market.PreemptPlacement,
+    healing.PublishReputation,
+    ReportPodAnomaly,
 )
 #: Commands about one pod, which only that pod (or a service) may send.
 _POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportReplica)
