@@ -19,7 +19,7 @@ from schemas import Envelope, Payload, commands, events, healing, market, observ
 from schemas.events import AgentStatus
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
-from swarm.domain import reputation
+from swarm.domain import placement, reputation
 from swarm.domain.evolve import evolve
 from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
 from swarm.domain.outcome import Rejection, Rule
@@ -488,7 +488,7 @@ def _place(
     agent, replica, pod, spec = found
     memory, fuel, slots = pod.free()
     need = spec.resources
-    if need.memory_mb > memory or need.fuel_per_s > fuel or slots < 1:
+    if not placement.fits(need, (memory, fuel, slots)):
         return Rejection(
             f"placing {c.replica_id} would over-commit pod {c.pod_id}: needs {need.memory_mb} MB, "
             f"{need.fuel_per_s} fuel/s, 1 slot; free {memory} MB, {fuel} fuel/s, {slots} slots",
@@ -805,7 +805,7 @@ def _preempt(
         slots += 1
         victims.append((victim_agent, victim, victim_priority))
     need = spec.resources
-    if need.memory_mb > memory or need.fuel_per_s > fuel or slots < 1:
+    if not placement.fits(need, (memory, fuel, slots)):
         return Rejection(
             f"placing {c.replica_id} would over-commit pod {c.pod_id} even without the "
             f"{len(victims)} victims: needs {need.memory_mb} MB, {need.fuel_per_s} fuel/s, "

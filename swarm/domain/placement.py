@@ -13,7 +13,8 @@ here, and imported by all three:
 * a replica's size is that of its version's spec, the agent's current spec if the version is
   unknown (`size_of`);
 * a pod's free capacity is its capacity minus the sizes of the replicas it holds, and its free
-  slots are its slots minus their number (`reserve`, `release`, `free`);
+  slots are its slots minus their number (`reserve`, `release`, `free`); a replica fits where
+  its memory, its fuel/s and one slot are all free (`fits`);
 * a replica that leaves `PLACED` gives its reservation back (`release`); so `replica_requested`
   for a placed replica means it was moved off its pod (its pod was lost, or it was preempted);
 * `replica_stopping` for a replica that holds nothing stops it at once (`stopping_phase`);
@@ -107,3 +108,10 @@ def free(pod: Holder) -> tuple[int, int, int]:
         pod.capacity.fuel_per_s - pod.used_fuel_per_s,
         pod.capacity.slots - len(pod.replicas),
     )
+
+
+def fits(size: Size, free: tuple[int, int, int]) -> bool:
+    """Whether a replica of `size` fits in `free` (memory MB, fuel/s, slots, as `free` returns):
+    its memory, its fuel/s and one slot must all be free."""
+    memory, fuel, slots = free
+    return size.memory_mb <= memory and size.fuel_per_s <= fuel and slots >= 1
