@@ -24,7 +24,7 @@ from swarm.domain.evolve import evolve
 from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
 from swarm.domain.outcome import Rejection, Rule
 from swarm.domain.policy import check_identity, check_quota
-from swarm.domain.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica
+from swarm.domain.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica, Webhook
 
 
 @dataclass(slots=True)
@@ -640,37 +640,34 @@ def _crash(
     policy = (agent.versions.get(replica.version) or agent.spec).restart
     window_start = now - timedelta(seconds=policy.window_s)
     crashes = [t for t in replica.crashes if t >= window_start] + [now]
-    if len(crashes) > policy.max_restarts:
-        return [
-            events.ReplicaCrashed(
-                agent_id=agent.agent_id,
-                replica_id=replica.replica_id,
-                pod_id=pod_id,
-                reason=reason,
-                crashes=len(crashes),
-                restart_at=None,
-                snapshot=snapshot,
-            ),
-            events.ReplicaFailed(
-                agent_id=agent.agent_id,
-                replica_id=replica.replica_id,
-                reason=(
-                    f"crash loop: {len(crashes)} crashes in {policy.window_s:.0f}s (last: {reason})"
-                ),
-            ),
-        ]
-    delay = min(policy.backoff_s * 2 ** (len(crashes) - 1), policy.max_backoff_s)
-    return [
+    # Past `max_restarts` within the window the replica is not restarted: it fails instead.
+    crash_loop = len(crashes) > policy.max_restarts
+    restart_at: datetime | None = None
+    if not crash_loop:
+        delay = min(policy.backoff_s * 2 ** (len(crashes) - 1), policy.max_backoff_s)
+        restart_at = now + timedelta(seconds=delay)
+    out: list[Payload] = [
         events.ReplicaCrashed(
             agent_id=agent.agent_id,
             replica_id=replica.replica_id,
             pod_id=pod_id,
             reason=reason,
             crashes=len(crashes),
-            restart_at=now + timedelta(seconds=delay),
+            restart_at=restart_at,
             snapshot=snapshot,
         )
     ]
+    if crash_loop:
+        out.append(
+            events.ReplicaFailed(
+                agent_id=agent.agent_id,
+                replica_id=replica.replica_id,
+                reason=(
+                    f"crash loop: {len(crashes)} crashes in {policy.window_s:.0f}s (last: {reason})"
+                ),
+            )
+        )
+    return out
 
 
 def _advance_rollout(agent: Agent, ready: Replica) -> list[Payload]:
@@ -905,27 +902,26 @@ def _add_webhook(
                 f"webhook {hook.webhook_id} already sends {c.filter} to {c.url}",
                 rule=Rule.DUPLICATE,
             )
-    return Decision(
-        [
-            webhooks.WebhookAdded(
-                webhook_id=env.id,
-                url=c.url,
-                filter=c.filter,
-                max_attempts=c.max_attempts,
-                secret_fingerprint=c.secret_fingerprint,
-                description=c.description,
-            )
-        ]
-    )
+    # The subscription is the command's, under the command's id (the event forbids fields it
+    # does not have, so a field added to the command alone fails here rather than being dropped).
+    return Decision([webhooks.WebhookAdded(webhook_id=env.id, **c.model_dump())])
+
+
+def _live_webhook(state: HiveState, webhook_id: str) -> Webhook | Rejection:
+    """The subscription with this id unless it does not exist or was removed (then why not)."""
+    hook = state.webhooks.get(webhook_id)
+    if hook is None or hook.removed:
+        return Rejection(f"webhook {webhook_id} not found", rule=Rule.NOT_FOUND)
+    return hook
 
 
 @_on(webhooks.RemoveWebhook)
 def _remove_webhook(
     state: HiveState, c: webhooks.RemoveWebhook, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    hook = state.webhooks.get(c.webhook_id)
-    if hook is None or hook.removed:
-        return Rejection(f"webhook {c.webhook_id} not found", rule=Rule.NOT_FOUND)
+    hook = _live_webhook(state, c.webhook_id)
+    if isinstance(hook, Rejection):
+        return hook
     return Decision([webhooks.WebhookRemoved(webhook_id=c.webhook_id, reason=c.reason)])
 
 
@@ -933,9 +929,9 @@ def _remove_webhook(
 def _redeliver_webhook(
     state: HiveState, c: webhooks.RedeliverWebhook, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    hook = state.webhooks.get(c.webhook_id)
-    if hook is None or hook.removed:
-        return Rejection(f"webhook {c.webhook_id} not found", rule=Rule.NOT_FOUND)
+    hook = _live_webhook(state, c.webhook_id)
+    if isinstance(hook, Rejection):
+        return hook
     return Decision(
         [webhooks.WebhookRedeliveryRequested(webhook_id=c.webhook_id, event_ids=c.event_ids)]
     )
