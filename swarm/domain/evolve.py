@@ -420,23 +420,29 @@ def _webhook_added(s: HiveState, e: webhooks.WebhookAdded, env: Envelope[Any], s
     )
 
 
+def _webhook(s: HiveState, webhook_id: str, seq: int) -> Webhook | None:
+    """The subscription this event is about, its last sequence moved to the event's (None: the
+    state does not hold it, and the event changes nothing)."""
+    hook = s.webhooks.get(webhook_id)
+    if hook is not None:
+        hook.last_seq = seq
+    return hook
+
+
 @_on(webhooks.WebhookRemoved)
 def _webhook_removed(
     s: HiveState, e: webhooks.WebhookRemoved, env: Envelope[Any], seq: int
 ) -> None:
-    hook = s.webhooks.get(e.webhook_id)
+    hook = _webhook(s, e.webhook_id, seq)
     if hook is not None:
         hook.removed = True
-        hook.last_seq = seq
 
 
 @_on(webhooks.WebhookRedeliveryRequested)
 def _webhook_redelivery(
     s: HiveState, e: webhooks.WebhookRedeliveryRequested, env: Envelope[Any], seq: int
 ) -> None:
-    hook = s.webhooks.get(e.webhook_id)
-    if hook is not None:
-        hook.last_seq = seq
+    _webhook(s, e.webhook_id, seq)  # the dispatcher acts on it; the Hive notes the position
 
 
 # --- folding stored bytes ------------------------------------------------------------------------
