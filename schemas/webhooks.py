@@ -35,6 +35,12 @@ Url = Annotated[str, Field(min_length=1, max_length=2048)]
 Filter = Annotated[str, Field(min_length=1, max_length=256)]
 #: Hex sha256 of the raw secret key, shortened: names a secret without revealing it.
 Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+#: Attempts per event before it is dead-lettered; None means the dispatcher's default.
+MaxAttempts = Annotated[int | None, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+#: A subscription's description, or why it was removed.
+Note = Annotated[str, Field(max_length=200)]
+#: CloudEvents ids of dead-lettered events; empty means every dead letter of the subscription.
+EventIds = Annotated[list[Id], Field(max_length=1000)]
 
 
 def filter_problem(pattern: str) -> str | None:
@@ -66,16 +72,15 @@ class AddWebhook(Payload):
 
     url: Url
     filter: Filter
-    #: Attempts per event before it is dead-lettered; None means the dispatcher's default.
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    max_attempts: MaxAttempts = None
     secret_fingerprint: Fingerprint
-    description: str = Field(default="", max_length=200)
+    description: Note = ""
 
 
 @REGISTRY.command(names.WEBHOOK_AGGREGATE, "remove")
 class RemoveWebhook(Payload):
     webhook_id: Id
-    reason: str = Field(default="", max_length=200)
+    reason: Note = ""
 
 
 @REGISTRY.command(names.WEBHOOK_AGGREGATE, "redeliver")
@@ -83,8 +88,7 @@ class RedeliverWebhook(Payload):
     """Send dead-lettered events of one subscription again: those named, or all of them."""
 
     webhook_id: Id
-    #: CloudEvents ids of the events; empty means every dead letter of the subscription.
-    event_ids: list[Id] = Field(default_factory=list, max_length=1000)
+    event_ids: EventIds = Field(default_factory=list)
 
 
 @REGISTRY.event(names.WEBHOOK_AGGREGATE, "added")
@@ -92,15 +96,15 @@ class WebhookAdded(Payload):
     webhook_id: Id
     url: Url
     filter: Filter
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    max_attempts: MaxAttempts = None
     secret_fingerprint: Fingerprint
-    description: str = Field(default="", max_length=200)
+    description: Note = ""
 
 
 @REGISTRY.event(names.WEBHOOK_AGGREGATE, "removed")
 class WebhookRemoved(Payload):
     webhook_id: Id
-    reason: str = Field(default="", max_length=200)
+    reason: Note = ""
 
 
 @REGISTRY.event(names.WEBHOOK_AGGREGATE, "redelivery_requested")
@@ -109,7 +113,7 @@ class WebhookRedeliveryRequested(Payload):
     event's own id marks the dead letters it has handled, so a restart does not repeat it."""
 
     webhook_id: Id
-    event_ids: list[Id] = Field(default_factory=list, max_length=1000)
+    event_ids: EventIds = Field(default_factory=list)
 
 
 # --- Delivery books (not log events: written by the dispatcher, read by clients) -----------------
