@@ -9,13 +9,18 @@ may send them too (for example `agent.release` after looking into a quarantine).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from schemas.envelope import AwareDatetime, Payload
 from schemas.registry import REGISTRY
 from schemas.specs import Id, Reason, SnapshotRef, Version
+
+#: Why a healing action is asked for: sender input, so refused (never cut) beyond its bound.
+HealingReason = Annotated[str, Field(min_length=1, max_length=1000)]
+#: An agent's trust, in [0, 1].
+Trust = Annotated[float, Field(ge=0, le=1)]
 
 # --- commands ------------------------------------------------------------------------------------
 
@@ -25,7 +30,7 @@ class QuarantineAgent(Payload):
     """Stop giving the agent messages and tasks: its pods refuse mesh deliveries to it."""
 
     agent_id: Id
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: HealingReason
     #: The finding that caused it, when an anomaly did.
     anomaly_id: Id | None = None
 
@@ -35,7 +40,7 @@ class ReleaseAgent(Payload):
     """End a quarantine: the agent gets messages again."""
 
     agent_id: Id
-    reason: str = Field(default="released by request", min_length=1, max_length=1000)
+    reason: HealingReason = "released by request"
 
 
 @REGISTRY.command("replica", "rewind")
@@ -45,7 +50,7 @@ class RewindReplica(Payload):
     agent_id: Id
     replica_id: Id
     before: AwareDatetime
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: HealingReason
     anomaly_id: Id | None = None
 
 
@@ -54,7 +59,7 @@ class RevertAgent(Payload):
     """Roll the agent back to its previous version because the current one misbehaves."""
 
     agent_id: Id
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: HealingReason
     anomaly_id: Id | None = None
 
 
@@ -126,7 +131,7 @@ class ReputationChanged(Payload):
     """The agent's trust in [0, 1] moved meaningfully since it was last published."""
 
     agent_id: Id
-    trust: float = Field(ge=0, le=1)
-    previous: float = Field(ge=0, le=1)
+    trust: Trust
+    previous: Trust
     #: What moved it last.
     reason: Reason
