@@ -521,18 +521,7 @@ def _register(
         == (c.capacity, c.labels, c.zone, c.energy_cost, c.lease_s)
     ):
         return Decision([])  # re-registration after a pod restart with nothing new
-    return Decision(
-        [
-            events.PodRegistered(
-                pod_id=c.pod_id,
-                capacity=c.capacity,
-                labels=c.labels,
-                zone=c.zone,
-                energy_cost=c.energy_cost,
-                lease_s=c.lease_s,
-            )
-        ]
-    )
+    return Decision([events.PodRegistered(**c.model_dump())])
 
 
 def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outcome:
