@@ -13,25 +13,25 @@ from pydantic import Field
 
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
+from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
 from schemas.specs import (
-    MAX_ENERGY_COST,
-    MAX_LEASE_S,
-    MAX_SURGE,
-    MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
     Capacity,
+    EnergyCost,
     Id,
     Labels,
+    LeaseSeconds,
     Name,
     PolicyName,
     Quota,
+    Replicas,
     SnapshotRef,
+    Surge,
     Version,
     Zone,
 )
-from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
 
 #: How long ago a pod's last heartbeat may be said to be (ten years: the Hive measures it from
 #: its own clock, so any real age is far below).
@@ -69,7 +69,7 @@ class DeployAgent(AgentCommand):
     """Deploy a new agent with its first version."""
 
     spec: AgentSpec
-    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    replicas: Replicas = 1
     #: Autoscaling from the start (None: off; `agent.autoscale` changes it later).
     autoscale: AutoscalePolicy | None = None
 
@@ -78,7 +78,7 @@ class DeployAgent(AgentCommand):
 class ScaleAgent(AgentCommand):
     """Change how many replicas of the agent should run."""
 
-    replicas: int = Field(ge=0, le=MAX_REPLICAS)
+    replicas: Replicas
     #: Set by the autoscaler: the forecast behind the count (copied to `agent.scaled`).
     autoscale: AutoscaleDecision | None = None
 
@@ -97,7 +97,7 @@ class RolloutAgent(AgentCommand):
 
     spec: AgentSpec
     #: How many new-version replicas may be started beyond the desired count at once.
-    max_surge: int = Field(default=1, ge=1, le=MAX_SURGE)
+    max_surge: Surge = 1
 
 
 @REGISTRY.command("agent", "rollback")
@@ -131,9 +131,9 @@ class RegisterPod(Payload):
     labels: Labels = Field(default_factory=dict)
     zone: Zone = "default"
     #: Relative energy cost of one unit of work on this pod (for energy-aware placement).
-    energy_cost: float = Field(default=1.0, ge=0, le=MAX_ENERGY_COST)
+    energy_cost: EnergyCost = 1.0
     #: Seconds without a heartbeat after which the pod's lease expires.
-    lease_s: float = Field(default=10.0, ge=MIN_LEASE_S, le=MAX_LEASE_S)
+    lease_s: LeaseSeconds = 10.0
 
 
 @REGISTRY.command("pod", "deregister")

@@ -11,7 +11,7 @@ every event the Hive can write decodes again and can be folded.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -19,29 +19,26 @@ from schemas import names
 from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import (
-    MAX_ENERGY_COST,
     MAX_INT64,
-    MAX_LEASE_S,
-    MAX_REPLICAS,
     MAX_RESTARTS,
-    MAX_SURGE,
-    MIN_LEASE_S,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
     Capacity,
+    EnergyCost,
     Id,
     Labels,
+    LeaseSeconds,
     Name,
     PolicyName,
     Quota,
     Reason,
+    Replicas,
     SnapshotRef,
+    Surge,
     Version,
     Zone,
 )
-
-Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 
 AgentStatus = Literal[
     "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
@@ -102,7 +99,7 @@ class AgentRolloutStarted(Payload):
     agent_id: Id
     spec: AgentSpec
     from_version: Version
-    max_surge: int = Field(ge=1, le=MAX_SURGE)
+    max_surge: Surge
     rollback: bool = False
 
 
@@ -221,8 +218,8 @@ class PodRegistered(Payload):
     capacity: Capacity
     labels: Labels = Field(default_factory=dict)
     zone: Zone
-    energy_cost: float = Field(ge=0, le=MAX_ENERGY_COST)
-    lease_s: float = Field(ge=MIN_LEASE_S, le=MAX_LEASE_S)
+    energy_cost: EnergyCost
+    lease_s: LeaseSeconds
 
 
 @REGISTRY.event("pod", "lost")

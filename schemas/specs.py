@@ -117,6 +117,10 @@ SnapshotRef = Annotated[str, Field(max_length=MAX_SNAPSHOT_CHARS)]
 PolicyName = Annotated[str, Field(max_length=MAX_POLICY_CHARS)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_WINDOW_S)]
 """A duration of a policy: zero or more, at most `MAX_WINDOW_S`."""
+#: Numbers a command asks for and the event that records it echoes, bounded once for both.
+Surge = Annotated[int, Field(ge=1, le=MAX_SURGE)]
+EnergyCost = Annotated[float, Field(ge=0, le=MAX_ENERGY_COST)]
+LeaseSeconds = Annotated[float, Field(ge=MIN_LEASE_S, le=MAX_LEASE_S)]
 
 
 class Value(BaseModel):
@@ -368,6 +372,8 @@ class Capacity(Value):
 
 #: Replicas of one agent; bounded so that one decision fits in one atomic append.
 MAX_REPLICAS = 400
+#: A desired replica count, as a command asks for it and its event records it.
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 
 ForecastMethod = Literal["holt", "ewma"]
 #: Per-replica targets divide the demand, so they are bounded away from zero: demand up to
