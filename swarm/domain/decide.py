@@ -20,6 +20,7 @@ from schemas.events import AgentStatus
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
 from swarm.domain import placement, reputation
+from swarm.domain.dispatch import HandlerTable
 from swarm.domain.evolve import evolve
 from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
 from swarm.domain.outcome import Rejection, Rule
@@ -38,15 +39,8 @@ Outcome = Decision | Rejection
 #: including the outcome and status events).
 MAX_REPLICAS_PER_DECISION = 400
 Handler = Callable[[HiveState, Any, Envelope[Any], datetime], Outcome]
-_HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(command_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[command_type] = fn
-        return fn
-
-    return register
+_HANDLERS: HandlerTable[Handler] = HandlerTable()
+_on = _HANDLERS.on
 
 
 def decide(

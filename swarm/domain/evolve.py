@@ -22,6 +22,7 @@ from typing import Any
 from schemas import REGISTRY, Envelope, events, healing, market, observer, webhooks
 from schemas.machine import PodAnomalyDetected
 from swarm.domain import placement, reputation
+from swarm.domain.dispatch import HandlerTable
 from swarm.domain.placement import PLACED, TERMINAL, ReplicaPhase
 from swarm.domain.state import (
     KNOWN_SNAPSHOTS,
@@ -45,20 +46,13 @@ from swarm.domain.state import (
 )
 
 Handler = Callable[[HiveState, Any, Envelope[Any], int], None]
-_HANDLERS: dict[type[Any], Handler] = {}
+_HANDLERS: HandlerTable[Handler] = HandlerTable()
+_on = _HANDLERS.on
 
 
 class FoldRefused(Exception):
     """The event names something the state does not hold (or repeats what must be unique); it
     was not applied, and nothing of the state changed."""
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
 
 
 def evolve(state: HiveState, seq: int, envelope: Envelope[Any]) -> HiveState:
