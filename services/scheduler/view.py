@@ -24,6 +24,7 @@ from typing import Any
 from schemas import Envelope, events
 from schemas.specs import AgentSpec, Capacity
 from swarm.domain import placement
+from swarm.domain.dispatch import Handlers
 from swarm.domain.placement import PLACED, TERMINAL, PodStatus, ReplicaKey, ReplicaPhase
 
 
@@ -183,15 +184,8 @@ class ClusterView:
 
 
 Handler = Callable[[ClusterView, Any, int, list[Request]], None]
-_HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS: Handlers[Handler] = Handlers()
+_on = _HANDLERS.on
 
 
 def _replica(
