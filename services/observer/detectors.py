@@ -93,9 +93,19 @@ class SignalScore:
     def from_json(cls, doc: list[Any]) -> SignalScore:
         return cls(str(doc[0]), float(doc[1]), float(doc[2]), float(doc[3]), float(doc[4]))
 
+    @classmethod
+    def against(cls, signal: str, value: float, baseline: float, scale: float) -> SignalScore:
+        return cls(signal, value, baseline, scale, (value - baseline) / scale)
+
     def z_of(self, value: float) -> float:
         """The z-score another value would have had against the same baseline and spread."""
         return (value - self.baseline) / self.scale
+
+    def clipped(self, value: float, clip: float) -> float:
+        """`value` within the baseline +- `clip` spreads: what a detector learns of a window
+        (winsorising), so one wild window does not drag its baseline."""
+        bound = clip * self.scale
+        return min(max(value, self.baseline - bound), self.baseline + bound)
 
     @property
     def score(self) -> float:
@@ -166,18 +176,14 @@ class RobustZ:
             return SignalScore(self.signal, value, value, 1.0, 0.0)
         median = self.median()
         noise_floor = counting_floor(self.signal, value, median, calls, seconds)
-        scale = max(
-            MAD_TO_SIGMA * self.mad,
-            self.relative_floor * abs(median),
-            ABSOLUTE_FLOORS.get(self.signal, 1e-6),
-            noise_floor,
+        scale = floored_scale(
+            self.signal, MAD_TO_SIGMA * self.mad, median, self.relative_floor, noise_floor
         )
-        return SignalScore(self.signal, value, median, scale, (value - median) / scale)
+        return SignalScore.against(self.signal, value, median, scale)
 
     def learn(self, value: float, scored: SignalScore | None = None) -> None:
         if scored is not None and scored.baseline != value:
-            bound = self.clip * scored.scale
-            value = min(max(value, scored.baseline - bound), scored.baseline + bound)
+            value = scored.clipped(value, self.clip)
         self.values.append(value)
         bisect.insort(self.ordered, value)
         while len(self.values) > self.size:
@@ -192,6 +198,15 @@ class RobustZ:
 
 #: Learned values between two MAD recomputations.
 _MAD_EVERY = 8
+
+
+def floored_scale(
+    signal: str, sigma: float, baseline: float, relative_floor: float, counting: float
+) -> float:
+    """The spread a deviation from `baseline` is measured in: the robust `sigma`, floored by
+    `relative_floor` times the baseline (noise proportional to the level), the signal's
+    `ABSOLUTE_FLOORS` entry and the `counting` noise of the few events behind a window."""
+    return max(sigma, relative_floor * abs(baseline), ABSOLUTE_FLOORS.get(signal, 1e-6), counting)
 
 
 #: Assumed coefficient of variation of one call's fuel or latency.
@@ -309,18 +324,18 @@ class LoadModel:
             return SignalScore(self.signal, value, value, 1.0, 0.0)
         expected = self.expected(calls / seconds)
         counting = PER_CALL_CV / math.sqrt(calls) * (1 + 1 / calls) if calls > 0 else 0.0
-        scale = max(
+        scale = floored_scale(
+            self.signal,
             MAD_TO_SIGMA * self.mad * expected,
-            self.relative_floor * expected,
-            ABSOLUTE_FLOORS.get(self.signal, 1e-6),
+            expected,
+            self.relative_floor,
             counting * expected,
         )
-        return SignalScore(self.signal, value, expected, scale, (value - expected) / scale)
+        return SignalScore.against(self.signal, value, expected, scale)
 
     def learn(self, value: float, calls: int, seconds: float, scored: SignalScore | None) -> None:
         if scored is not None and self.xs:
-            bound = self.clip * scored.scale
-            value = min(max(value, scored.baseline - bound), scored.baseline + bound)
+            value = scored.clipped(value, self.clip)
         self.xs.append(_ln(calls / seconds))
         self.ys.append(_ln(value))
         while len(self.xs) > self.size:
@@ -575,16 +590,7 @@ def behaviour_vector(signals: dict[str, float]) -> list[float]:
     Unit length makes cosine distance compare the shape of behaviour (what an agent spends its
     calls on) rather than its volume. A missing signal (no calls) counts as 0.
     """
-    raw = [
-        math.log1p(max(signals.get(s, 0.0), 0.0)) / math.log1p(_SCALES[s])
-        if s != "error_rate"
-        else min(max(signals.get(s, 0.0), 0.0), 1.0)
-        for s in SIGNALS
-    ]
-    # A constant component keeps the vector defined (and comparable) for an idle agent.
-    raw.append(0.1)
-    norm = math.sqrt(sum(x * x for x in raw))
-    return [x / norm for x in raw]
+    return _unit_vector(signals, SIGNALS, _SCALES)
 
 
 #: What a behaviour *shape* is made of: how the agent spends a call, whatever the load.
@@ -596,12 +602,21 @@ def shape_vector(signals: dict[str, float]) -> list[float]:
     """Like `behaviour_vector`, over the per-call signals only: twice the traffic, twice the
     lines logged and a deeper mailbox leave it where it was, so the distance from the
     deployment's centroid measures unlike its peers, not busier than them."""
+    return _unit_vector(signals, SHAPE_SIGNALS, _SHAPE_SCALES)
+
+
+def _unit_vector(
+    signals: dict[str, float], names: tuple[str, ...], scales: dict[str, float]
+) -> list[float]:
+    """`names` of `signals`, log-scaled and each divided by its typical range in `scales` (the
+    error rate, already in [0, 1], as it is), normalised to unit length."""
     raw = [
-        math.log1p(max(signals.get(s, 0.0), 0.0)) / math.log1p(_SHAPE_SCALES[s])
+        math.log1p(max(signals.get(s, 0.0), 0.0)) / math.log1p(scales[s])
         if s != "error_rate"
         else min(max(signals.get(s, 0.0), 0.0), 1.0)
-        for s in SHAPE_SIGNALS
+        for s in names
     ]
+    # A constant component keeps the vector defined (and comparable) for an idle agent.
     raw.append(0.1)
     norm = math.sqrt(sum(x * x for x in raw))
     return [x / norm for x in raw]

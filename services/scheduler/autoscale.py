@@ -31,6 +31,7 @@ from typing import Any, Literal
 from schemas import Envelope, events, healing
 from schemas.specs import AutoscaleDecision, AutoscalePolicy, DemandForecast
 from services.scheduler.forecast import Forecaster
+from swarm.domain.dispatch import HandlerTable
 
 Direction = Literal["up", "down", "bounds"]
 #: Learned throughput needs this much busy time in a replica's counters to be believed.
@@ -413,15 +414,8 @@ def _rounded(value: float | None) -> float | None:
 
 
 Handler = Callable[[Autoscaler, Any], None]
-_HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS: HandlerTable[Handler] = HandlerTable()
+_on = _HANDLERS.on
 
 
 @_on(events.AgentDeployed)

@@ -41,7 +41,7 @@ second (`bench/scheduler.py`). Pure and deterministic: same offers and requests,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,24 +171,13 @@ class Market:
 
     def clear(self, needs: Sequence[Need], pods: Sequence[Offer], limit: int) -> list[Cleared]:
         """Clear `needs` against `pods`: at most `limit` placements, in clearing order."""
-        book = Book(pods, self.pricing)
-        out: list[Cleared] = []
-        placed = 0
-        for need in sorted(needs, key=_clearing_order):
-            if placed >= limit:
-                break
-            cleared = self._clear_one(book, need)
-            if cleared.choice is not None:
-                placed += 1
-            out.append(cleared)
-        return out
+        ordered = sorted(needs, key=_clearing_order)
+        return _clear_in_order(Book(pods, self.pricing), ordered, limit, self._clear_one)
 
     def _clear_one(self, book: Book, need: Need) -> Cleared:
         fits = book.fitting(need)
         if not fits.any():
-            if book.allowed(need).any():
-                return Cleared(need, None, reason=NO_FIT, wait="no_fit")
-            return Cleared(need, None, reason="no pod meets its constraints", wait="constrained")
+            return _fits_nowhere(book, need)
         feasible = fits if need.max_price is None else fits & (book.price <= need.max_price)
         if not feasible.any():
             cheapest = float(book.price[fits].min())
@@ -226,33 +215,50 @@ class FirstFit:
         return self.clear([need], pods, 1)[0].choice
 
     def clear(self, needs: Sequence[Need], pods: Sequence[Offer], limit: int) -> list[Cleared]:
-        book = Book(pods, self.pricing)
-        out: list[Cleared] = []
-        placed = 0
-        for need in sorted(needs, key=lambda n: (-n.priority, n.seq)):
-            if placed >= limit:
-                break
-            fits = book.fitting(need)
-            if not fits.any():
-                if book.allowed(need).any():
-                    out.append(Cleared(need, None, reason=NO_FIT, wait="no_fit"))
-                else:
-                    reason = "no pod meets its constraints"
-                    out.append(Cleared(need, None, reason=reason, wait="constrained"))
-                continue
-            i = int(fits.argmax())
-            price, energy = float(book.price[i]), float(book.energy[i])
-            book.take(i, need)
-            placed += 1
-            choice = Choice(book.ids[i], f"first fit: {book.ids[i]} is the first pod with room")
-            n = units(need)
-            out.append(Cleared(need, choice, price * n, energy * n))
-        return out
+        ordered = sorted(needs, key=lambda n: (-n.priority, n.seq))
+        return _clear_in_order(Book(pods, self.pricing), ordered, limit, self._clear_one)
+
+    @staticmethod
+    def _clear_one(book: Book, need: Need) -> Cleared:
+        fits = book.fitting(need)
+        if not fits.any():
+            return _fits_nowhere(book, need)
+        i = int(fits.argmax())
+        price, energy = float(book.price[i]), float(book.energy[i])
+        book.take(i, need)
+        choice = Choice(book.ids[i], f"first fit: {book.ids[i]} is the first pod with room")
+        n = units(need)
+        return Cleared(need, choice, price * n, energy * n)
 
 
 def _clearing_order(need: Need) -> tuple[int, float, int]:
     bid = math.inf if need.max_price is None else need.max_price
     return (-need.priority, -bid, need.seq)
+
+
+def _clear_in_order(
+    book: Book, needs: Sequence[Need], limit: int, clear_one: Callable[[Book, Need], Cleared]
+) -> list[Cleared]:
+    """Clear `needs` one after another in the order given, each against what the earlier ones
+    left in `book`, until `limit` are placed."""
+    out: list[Cleared] = []
+    placed = 0
+    for need in needs:
+        if placed >= limit:
+            break
+        cleared = clear_one(book, need)
+        if cleared.choice is not None:
+            placed += 1
+        out.append(cleared)
+    return out
+
+
+def _fits_nowhere(book: Book, need: Need) -> Cleared:
+    """Why a request that fits on no pod waits: no ready pod meeting its constraints has room,
+    or no pod meets them at all."""
+    if book.allowed(need).any():
+        return Cleared(need, None, reason=NO_FIT, wait="no_fit")
+    return Cleared(need, None, reason="no pod meets its constraints", wait="constrained")
 
 
 def market_rows(offers: Sequence[Offer], pricing: Pricing) -> list[dict[str, object]]:

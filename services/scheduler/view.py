@@ -24,6 +24,7 @@ from typing import Any
 from schemas import Envelope, events
 from schemas.specs import AgentSpec, Capacity
 from swarm.domain import placement
+from swarm.domain.dispatch import HandlerTable
 from swarm.domain.placement import PLACED, TERMINAL, PodStatus, ReplicaKey, ReplicaPhase
 
 
@@ -183,15 +184,8 @@ class ClusterView:
 
 
 Handler = Callable[[ClusterView, Any, int, list[Request]], None]
-_HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS: HandlerTable[Handler] = HandlerTable()
+_on = _HANDLERS.on
 
 
 def _replica(
@@ -276,19 +270,23 @@ def _running(v: ClusterView, e: events.ReplicaRunning, seq: int, ended: list[Req
         found[1].phase = "running"
 
 
-@_on(events.ReplicaCrashed)
-def _crashed(v: ClusterView, e: events.ReplicaCrashed, seq: int, ended: list[Request]) -> None:
-    found = _replica(v, e.agent_id, e.replica_id)
-    if found is not None:
-        v._move(*found, "crashed", ended)
+def _moves_to(phase: ReplicaPhase, *, forget: bool) -> Handler:
+    """The handler of an event that moves the replica it names to `phase`; with `forget`, the
+    agent's terminal replicas are dropped after it."""
+
+    def move(v: ClusterView, e: Any, seq: int, ended: list[Request]) -> None:
+        found = _replica(v, e.agent_id, e.replica_id)
+        if found is not None:
+            v._move(*found, phase, ended)
+            if forget:
+                v._forget_if_gone(found[0])
+
+    return move
 
 
-@_on(events.ReplicaFailed)
-def _failed(v: ClusterView, e: events.ReplicaFailed, seq: int, ended: list[Request]) -> None:
-    found = _replica(v, e.agent_id, e.replica_id)
-    if found is not None:
-        v._move(*found, "failed", ended)
-        v._forget_if_gone(found[0])
+_on(events.ReplicaCrashed)(_moves_to("crashed", forget=False))
+_on(events.ReplicaFailed)(_moves_to("failed", forget=True))
+_on(events.ReplicaStopped)(_moves_to("stopped", forget=True))
 
 
 @_on(events.ReplicaStopping)
@@ -299,14 +297,6 @@ def _stopping(v: ClusterView, e: events.ReplicaStopping, seq: int, ended: list[R
     agent, replica = found
     v._move(agent, replica, placement.stopping_phase(replica.phase), ended)
     v._forget_if_gone(agent)
-
-
-@_on(events.ReplicaStopped)
-def _stopped(v: ClusterView, e: events.ReplicaStopped, seq: int, ended: list[Request]) -> None:
-    found = _replica(v, e.agent_id, e.replica_id)
-    if found is not None:
-        v._move(*found, "stopped", ended)
-        v._forget_if_gone(found[0])
 
 
 # --- pods ----------------------------------------------------------------------------------------
