@@ -45,21 +45,20 @@ import structlog
 import wasmtime
 import wasmtime.component as wc
 
-from runtime import abi, hostcalls
-from runtime.abi import Destination, ErrorCode, LogLevel
+from runtime import hostcalls
+from runtime.abi import ErrorCode, LogLevel
 from runtime.engine import SandboxEngine, StrategyUnavailable
 from runtime.errors import (
     AgentTrap,
     DeadlineExceeded,
     FuelExhausted,
-    HostCallFailed,
     InitFailed,
     InstanceBroken,
     InvalidModule,
     MemoryLimitExceeded,
     SandboxError,
 )
-from runtime.host import HostAPI, InvalidArgument, NotAvailable
+from runtime.host import HostAPI
 from runtime.limits import SandboxLimits
 from runtime.modules import store_compiled
 from runtime.sandbox import CallResult, _trap_reason
@@ -105,48 +104,17 @@ class CompiledComponent:
 # Same checks and budgets as runtime/hostcalls.py, on values the canonical ABI already lifted.
 
 
-class _GuestBug(Exception):
-    """A guest mistake with no code to return: the guest is trapped with this reason."""
-
-
 def _reply(ctx: hostcalls.CallContext, message: bytes) -> None:
-    budget = ctx.budget
-    if len(ctx.replies) >= budget.max_replies:
-        raise _GuestBug(f"more than {budget.max_replies} replies in one call")
-    if len(message) > budget.max_message_bytes:
-        raise _GuestBug(f"reply of {len(message)} bytes exceeds {budget.max_message_bytes}")
-    if not hostcalls.charge(ctx, len(message)):
-        raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
+    hostcalls.admit_reply(ctx, len(message))
     ctx.replies.append(message)
 
 
 def _send(ctx: hostcalls.CallContext, to: str, message: bytes) -> int:
-    budget = ctx.budget
-    if ctx.sends >= budget.max_sends or len(to.encode()) > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if len(message) > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    destination = Destination.parse(to)
-    if destination is None:
-        return ErrorCode.INVALID
-    if not hostcalls.charge(ctx, len(message)):
-        return ErrorCode.LIMIT
-    ctx.sends += 1
-    return hostcalls.call_host(lambda: ctx.host.send(destination, message))
+    return hostcalls.send(ctx, to.encode(), message)
 
 
 def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
-    budget = ctx.budget
-    if ctx.emits >= budget.max_emits or len(event_type.encode()) > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if len(data) > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    if not abi.is_event_type(event_type):
-        return ErrorCode.INVALID
-    if not hostcalls.charge(ctx, len(data)):
-        return ErrorCode.LIMIT
-    ctx.emits += 1
-    return hostcalls.call_host(lambda: ctx.host.emit(event_type, data))
+    return hostcalls.emit(ctx, event_type.encode(), data)
 
 
 def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
@@ -162,50 +130,17 @@ def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
     ctx.host.log(LogLevel.clamp(level), message)
 
 
-def _key(ctx: hostcalls.CallContext, key: str) -> str | ErrorCode:
-    if len(key.encode()) > ctx.budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    return key or ErrorCode.INVALID
-
-
 def _kv_get(ctx: hostcalls.CallContext, key: str) -> bytes | int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return int(ErrorCode.LIMIT)
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return int(checked)
-    ctx.kv_ops += 1
-    try:
-        value = ctx.host.kv_get(checked)
-    except InvalidArgument:
-        return int(ErrorCode.INVALID)
-    except NotAvailable:
-        return int(ErrorCode.UNAVAILABLE)
-    if value is None:
-        return int(ErrorCode.NOT_FOUND)
-    return bytes(value)
+    value = hostcalls.kv_get(ctx, key.encode())
+    return int(value) if isinstance(value, ErrorCode) else bytes(value)
 
 
 def _kv_put(ctx: hostcalls.CallContext, key: str, value: bytes) -> int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops or len(value) > ctx.budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return checked
-    if not hostcalls.charge(ctx, len(value)):
-        return ErrorCode.LIMIT
-    ctx.kv_ops += 1
-    return hostcalls.call_host(lambda: ctx.host.kv_put(checked, value))
+    return hostcalls.kv_put(ctx, key.encode(), value)
 
 
 def _kv_delete(ctx: hostcalls.CallContext, key: str) -> int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return ErrorCode.LIMIT
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return checked
-    ctx.kv_ops += 1
-    return hostcalls.kv_delete(ctx, checked)
+    return hostcalls.kv_delete(ctx, key.encode())
 
 
 def _now_ms(ctx: hostcalls.CallContext) -> int:
@@ -213,12 +148,7 @@ def _now_ms(ctx: hostcalls.CallContext) -> int:
 
 
 def _random(ctx: hostcalls.CallContext, size: int) -> bytes:
-    if size > ctx.budget.max_random_bytes:
-        raise _GuestBug(f"asked for {size} random bytes, at most {ctx.budget.max_random_bytes}")
-    data = ctx.host.random(size)
-    if len(data) != size:
-        raise RuntimeError(f"host returned {len(data)} random bytes instead of {size}")
-    return data
+    return hostcalls.random_bytes(ctx, size)
 
 
 def _vector_store(ctx: hostcalls.CallContext, request_text: str) -> int:
@@ -266,20 +196,7 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     qualified = f"{HOST_INTERFACE}#{name}"
 
     def host_function(_store: wasmtime.StoreContext, *args: Any) -> Any:
-        ctx = hostcalls.current()
-        if ctx is None:
-            raise hostcalls.GuestAborted(f"{qualified} called outside a sandbox call")
-        error: SandboxError
-        try:
-            return impl(ctx, *args)
-        except _GuestBug as bug:
-            error = AgentTrap(f"{qualified}: {bug}")
-        except hostcalls.DeadlineReached as exc:
-            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
-        except Exception as exc:
-            error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
-        ctx.fault = error
-        raise hostcalls.GuestAborted(error.reason)
+        return hostcalls.run_guarded(qualified, lambda ctx: impl(ctx, *args))
 
     host_function.__qualname__ = host_function.__name__ = f"host_{name.replace('-', '_')}"
     return host_function
