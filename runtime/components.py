@@ -50,10 +50,7 @@ from runtime.abi import ErrorCode, LogLevel
 from runtime.engine import SandboxEngine, StrategyUnavailable
 from runtime.errors import (
     AgentTrap,
-    DeadlineExceeded,
-    FuelExhausted,
     InitFailed,
-    InstanceBroken,
     InvalidModule,
     MemoryLimitExceeded,
     SandboxError,
@@ -61,7 +58,7 @@ from runtime.errors import (
 from runtime.host import HostAPI
 from runtime.limits import SandboxLimits
 from runtime.modules import store_compiled
-from runtime.sandbox import CallResult, _trap_reason
+from runtime.sandbox import CallResult, Instance, _trap_reason
 
 log = structlog.get_logger(__name__)
 
@@ -573,7 +570,7 @@ def wasi_config(
     return wasi
 
 
-class ComponentSandbox:
+class ComponentSandbox(Instance[_Live]):
     """An instantiated component agent; the component twin of `AgentSandbox`.
 
     Creating one instantiates the component in a new Store and calls the handler's `init`
@@ -593,22 +590,12 @@ class ComponentSandbox:
         *,
         scratch_dir: Path | None = None,
     ) -> None:
+        super().__init__(limits, host)
         self.component = component
-        self.limits = limits
         self._cache = cache
         self._scratch_dir = scratch_dir
-        self._lock = threading.Lock()
-        self._failure: SandboxError | None = None
-        self._ctx = hostcalls.CallContext(
-            host,
-            limits.budget,
-            capabilities=limits.capabilities,
-            deadline_ms=limits.deadline_ms,
-            net_allow=limits.net_allow,
-        )
         self._output = _Output()
-        self._live: _Live | None = None
-        self._deadline_ticks = 0
+        self._live = None
         self._start(component)
 
     def _start(self, component: CompiledComponent) -> None:
@@ -616,12 +603,7 @@ class ComponentSandbox:
         engine = component.engine
         if engine not in self._cache.engines():
             raise ValueError("the component was loaded by another engine's ComponentCache")
-        if not engine.running:
-            raise RuntimeError(
-                "start the SandboxEngine first: without its ticker no deadline fires"
-            )
-        self._engine = engine
-        self._deadline_ticks = engine.deadline_ticks(self.limits.deadline_ms)
+        self._use_engine(engine)
         wasi = wasi_config(self.limits, self._scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)
         store.set_limits(
@@ -644,9 +626,7 @@ class ComponentSandbox:
     def _instantiate(
         self, linker: wc.Linker, store: wasmtime.Store, component: CompiledComponent
     ) -> _Live:
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        self._ctx.reset()
+        self._arm(store)
         started = time.perf_counter()
         error: SandboxError | None = None
         try:
@@ -664,40 +644,10 @@ class ComponentSandbox:
             raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
         return _Live(store, init, handle)
 
-    @property
-    def broken(self) -> bool:
-        return self._failure is not None
-
-    @property
-    def failure(self) -> SandboxError | None:
-        return self._failure
-
-    def handle(self, message: bytes) -> CallResult:
-        """Deliver one message to the handler's `handle`; see `AgentSandbox.handle`."""
-        if len(message) > self.limits.budget.max_message_bytes:
-            raise ValueError(
-                f"message of {len(message)} bytes exceeds {self.limits.budget.max_message_bytes}"
-            )
-        if hostcalls.current() is self._ctx:
-            raise RuntimeError("re-entrant call: a host function called its own sandbox")
-        with self._lock:
-            return self._invoke(message)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._break(InstanceBroken("the instance was closed"))
-
     def _invoke(self, message: bytes | None) -> CallResult:
-        live = self._live
-        if self._failure is not None or live is None:
-            reason = self._failure.reason if self._failure else "the instance was closed"
-            raise InstanceBroken(f"instance unusable: {reason}")
+        live = self._usable()
         store = live.store
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        ctx = self._ctx
-        ctx.reset()
+        ctx = self._arm(store)
         self._output.data = b""
         started = time.perf_counter()
         error: SandboxError | None = None
@@ -734,10 +684,6 @@ class ComponentSandbox:
             logs_dropped=ctx.logs_dropped,
         )
 
-    def _break(self, error: SandboxError) -> None:
-        self._failure = error
-        self._live = None  # drops the Store and so the instance's memory
-
     def _classify(
         self, exc: BaseException, elapsed_s: float, store: wasmtime.Store
     ) -> SandboxError:
@@ -750,12 +696,9 @@ class ComponentSandbox:
         # process-wide exception slot handed to this call (see runtime/hostcalls.py).
         detail = "" if lost else str(exc)
         if store.get_fuel() == 0 or "all fuel consumed" in detail:
-            return FuelExhausted(f"used all {self.limits.fuel_per_call} fuel of the call")
+            return self._fuel_exhausted()
         if "interrupt" in detail or elapsed_s * 1000 >= self.limits.deadline_ms:
-            return DeadlineExceeded(
-                f"ran past its deadline of {self.limits.deadline_ms} ms "
-                f"(stopped after {elapsed_s * 1000:.0f} ms)"
-            )
+            return self._deadline_exceeded(elapsed_s)
         mib = self.limits.memory_bytes / _MIB
         if "exceeds memory limits" in detail:  # refused at instantiation
             return MemoryLimitExceeded(
