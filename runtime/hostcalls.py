@@ -29,7 +29,7 @@ from runtime.abi import Destination, ErrorCode, LogLevel
 from runtime.errors import AgentTrap, DeadlineExceeded, HostCallFailed, SandboxError
 from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable, Refused
 from runtime.kvstate import StateFull
-from runtime.limits import CallBudget, Capability
+from runtime.limits import CallBudget, Capability, SandboxLimits
 
 _U32: Final = 0xFFFF_FFFF
 _I32_MAX: Final = 0x7FFF_FFFF
@@ -81,6 +81,18 @@ class CallContext:
         #: Set once the instance exists; the wasm start function runs before that.
         self.memory: wasmtime.Memory | None = None
         self.reset()
+
+    @classmethod
+    def under(cls, limits: SandboxLimits, host: HostAPI) -> CallContext:
+        """The context of an instance run under `limits`: its call budget, the capabilities it
+        was granted, its deadline and the hosts its network grant may reach."""
+        return cls(
+            host,
+            limits.budget,
+            capabilities=limits.capabilities,
+            deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
+        )
 
     def reset(self) -> None:
         self.replies: list[bytes] = []

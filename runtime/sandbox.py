@@ -97,13 +97,7 @@ class Instance(Generic[_LiveT]):
         self.limits = limits
         self._lock = threading.Lock()
         self._failure: SandboxError | None = None
-        self._ctx = hostcalls.CallContext(
-            host,
-            limits.budget,
-            capabilities=limits.capabilities,
-            deadline_ms=limits.deadline_ms,
-            net_allow=limits.net_allow,
-        )
+        self._ctx = hostcalls.CallContext.under(limits, host)
 
     def _use_engine(self, engine: SandboxEngine) -> None:
         if not engine.running:
