@@ -57,7 +57,7 @@ from runtime.errors import (
 )
 from runtime.host import HostAPI
 from runtime.limits import SandboxLimits
-from runtime.modules import store_compiled
+from runtime.modules import CacheStats, store_compiled
 from runtime.sandbox import CallResult, Instance, _trap_reason
 
 log = structlog.get_logger(__name__)
@@ -222,12 +222,10 @@ def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
 
 
 @dataclass(frozen=True, slots=True)
-class ComponentCacheStats:
-    #: Optimizing (cranelift) compiles, in the foreground or the background.
-    compiles: int = 0
-    disk_hits: int = 0
-    memory_hits: int = 0
-    disk_errors: int = 0
+class ComponentCacheStats(CacheStats):
+    """What a `ModuleCache` counts, where `compiles` are the optimizing (cranelift) ones, in the
+    foreground or the background, and the baseline compiles besides."""
+
     #: Baseline (winch) compiles: the quick first compile of a component not cached yet.
     baseline_compiles: int = 0
 
@@ -285,7 +283,7 @@ class ComponentCache:
         self._lru: OrderedDict[str, CompiledComponent] = OrderedDict()
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
-        self._counts = dict.fromkeys(ComponentCacheStats.__slots__, 0)
+        self._counts = {counter.name: 0 for counter in dataclasses.fields(ComponentCacheStats)}
         self._want_baseline = baseline
         self._baseline: tuple[SandboxEngine, wc.Linker] | None = None
         #: sha256 -> set once its optimizing compile in the background is over (done or failed).
