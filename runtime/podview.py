@@ -30,6 +30,7 @@ from typing import Any
 from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
 from swarm.domain import placement
+from swarm.domain.dispatch import filed_in
 from swarm.domain.placement import RUN, ReplicaPhase
 
 #: Rules of the Hive's refusals of a report that mean "this replica is not yours (any more)".
@@ -202,14 +203,7 @@ class PodView:
 
 Handler = Callable[[PodView, Any, int], None]
 _HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_on = filed_in(_HANDLERS)
 
 
 @_on(events.AgentDeployed)
