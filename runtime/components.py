@@ -115,11 +115,9 @@ def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
 
 
 def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
-    budget = ctx.budget
-    if ctx.logs >= budget.max_logs:
-        ctx.logs_dropped += 1
+    if not hostcalls.admit_log(ctx):
         return
-    ctx.logs += 1
+    budget = ctx.budget
     raw = message.encode()
     if len(raw) > budget.max_log_bytes:
         kept = raw[: budget.max_log_bytes].decode("utf-8", errors="ignore")

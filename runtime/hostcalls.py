@@ -279,6 +279,17 @@ def admit_reply(ctx: CallContext, size: int) -> None:
         raise GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
 
 
+def admit_log(ctx: CallContext) -> bool:
+    """Count one log line against the call's budget; False when the budget is used up and the
+    line is dropped (counted in `logs_dropped`)."""
+    # Logs are diagnostics: losing some beats killing the agent, and the count tells the pod.
+    if ctx.logs >= ctx.budget.max_logs:
+        ctx.logs_dropped += 1
+        return False
+    ctx.logs += 1
+    return True
+
+
 def _outgoing(
     ctx: CallContext,
     name: bytes,
@@ -568,13 +579,9 @@ def _emit(
 def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
     ptr = _span(ctx, caller, ptr, length, "log message")
     length &= _U32
-    budget = ctx.budget
-    # Logs are diagnostics: losing some beats killing the agent, and the count tells the pod.
-    if ctx.logs >= budget.max_logs:
-        ctx.logs_dropped += 1
+    if not admit_log(ctx):
         return
-    ctx.logs += 1
-    kept = min(length, budget.max_log_bytes)
+    kept = min(length, ctx.budget.max_log_bytes)
     message = _read(ctx, caller, ptr, kept).decode("utf-8", errors="replace")
     if kept < length:
         message += f"... [{length - kept} bytes cut]"
