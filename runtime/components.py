@@ -33,7 +33,6 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from runtime.errors import (
 )
 from runtime.host import HostAPI
 from runtime.limits import SandboxLimits
-from runtime.modules import CacheStats, store_compiled
+from runtime.modules import CacheStats, MemoryTier, store_compiled
 from runtime.sandbox import CallResult, Instance, _trap_reason
 
 log = structlog.get_logger(__name__)
@@ -270,18 +269,16 @@ class ComponentCache:
         capacity: int = 16,
         baseline: bool = True,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+        self._memory: MemoryTier[CompiledComponent] = MemoryTier(
+            capacity, [counter.name for counter in dataclasses.fields(ComponentCacheStats)]
+        )
         self.engine = engine
         self.linker = build_component_linker(engine.engine)
         self._dir = cache_dir
         if cache_dir is not None:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._capacity = capacity
-        self._lru: OrderedDict[str, CompiledComponent] = OrderedDict()
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
-        self._counts = {counter.name: 0 for counter in dataclasses.fields(ComponentCacheStats)}
         self._want_baseline = baseline
         self._baseline: tuple[SandboxEngine, wc.Linker] | None = None
         #: sha256 -> set once its optimizing compile in the background is over (done or failed).
@@ -293,8 +290,7 @@ class ComponentCache:
 
     @property
     def stats(self) -> ComponentCacheStats:
-        with self._lock:
-            return ComponentCacheStats(**self._counts)
+        return ComponentCacheStats(**self._memory.counts())
 
     def path(self, sha256: str) -> Path | None:
         if self._dir is None:
@@ -318,11 +314,11 @@ class ComponentCache:
         """The compiled component; InvalidModule with the engine's reason if it is not one we
         can run (not a component, not of the `swarm:agent` world, does not compile)."""
         sha256 = hashlib.sha256(wasm).hexdigest()
-        hit = self._memory_hit(sha256)
+        hit = self._memory.hit(sha256)
         if hit is not None:
             return hit
         with self._compile_lock:
-            hit = self._memory_hit(sha256)  # loaded while this thread waited
+            hit = self._memory.hit(sha256)  # loaded while this thread waited
             if hit is not None:
                 return hit
             compiled = self._load_uncached(sha256, wasm)
@@ -332,7 +328,7 @@ class ComponentCache:
     def cached(self, sha256: str) -> CompiledComponent | None:
         """The optimized component by its digest, from memory or disk, or None: for a pod that
         would rather not fetch bytes it has already compiled."""
-        hit = self._memory_hit(sha256)
+        hit = self._memory.hit(sha256)
         if hit is not None and hit.optimized:
             return hit
         compiled = self._from_disk(sha256)
@@ -342,8 +338,7 @@ class ComponentCache:
 
     def optimized(self, sha256: str) -> CompiledComponent | None:
         """The optimized component if it is in memory now (never waits, never reads disk)."""
-        with self._lock:
-            compiled = self._lru.get(sha256)
+        compiled = self._memory.peek(sha256)
         return compiled if compiled is not None and compiled.optimized else None
 
     def wait_optimized(self, sha256: str, timeout: float | None = None) -> bool:
@@ -361,27 +356,13 @@ class ComponentCache:
 
     # -- inside ---------------------------------------------------------------------------------
 
-    def _memory_hit(self, sha256: str) -> CompiledComponent | None:
-        with self._lock:
-            hit = self._lru.get(sha256)
-            if hit is not None:
-                self._lru.move_to_end(sha256)
-                self._counts["memory_hits"] += 1
-            return hit
-
     def _remember(self, compiled: CompiledComponent) -> None:
-        with self._lock:
-            current = self._lru.get(compiled.sha256)
-            if current is not None and current.optimized and not compiled.optimized:
-                return  # never replace optimized code by baseline code
-            self._lru[compiled.sha256] = compiled
-            self._lru.move_to_end(compiled.sha256)
-            while len(self._lru) > self._capacity:
-                self._lru.popitem(last=False)
-
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            self._counts[counter] += 1
+        # Never replace optimized code by baseline code.
+        self._memory.put(
+            compiled.sha256,
+            compiled,
+            unless=lambda current: current.optimized and not compiled.optimized,
+        )
 
     def _from_disk(self, sha256: str) -> CompiledComponent | None:
         path = self.path(sha256)
@@ -390,10 +371,10 @@ class ComponentCache:
         try:
             component = wc.Component.deserialize_file(self.engine.engine, str(path))
         except wasmtime.WasmtimeError as exc:
-            self._count("disk_errors")
+            self._memory.count("disk_errors")
             log.warning("component cache file unusable", path=str(path), error=str(exc))
             return None
-        self._count("disk_hits")
+        self._memory.count("disk_hits")
         return self._prepare(sha256, component, self.engine, optimized=True)
 
     def _load_uncached(self, sha256: str, wasm: bytes) -> CompiledComponent:
@@ -409,7 +390,7 @@ class ComponentCache:
             component = wc.Component(baseline.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"component does not compile: {exc}") from None
-        self._count("baseline_compiles")
+        self._memory.count("baseline_compiles")
         compiled = self._prepare(sha256, component, baseline, optimized=False)
         event = threading.Event()
         with self._lock:
@@ -432,7 +413,7 @@ class ComponentCache:
                 component = wc.Component(self.engine.engine, wasm)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidModule(f"component does not compile: {exc}") from None
-            self._count("compiles")
+            self._memory.count("compiles")
             compiled = self._prepare(sha256, component, self.engine, optimized=True)
             if path is not None:
                 store_compiled(path, component.serialize, "component")
