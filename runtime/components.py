@@ -33,7 +33,6 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,24 +44,20 @@ import structlog
 import wasmtime
 import wasmtime.component as wc
 
-from runtime import abi, hostcalls
-from runtime.abi import Destination, ErrorCode, LogLevel
+from runtime import hostcalls
+from runtime.abi import ErrorCode, LogLevel
 from runtime.engine import SandboxEngine, StrategyUnavailable
 from runtime.errors import (
     AgentTrap,
-    DeadlineExceeded,
-    FuelExhausted,
-    HostCallFailed,
     InitFailed,
-    InstanceBroken,
     InvalidModule,
     MemoryLimitExceeded,
     SandboxError,
 )
-from runtime.host import HostAPI, InvalidArgument, NotAvailable
+from runtime.host import HostAPI
 from runtime.limits import SandboxLimits
-from runtime.modules import store_compiled
-from runtime.sandbox import CallResult, _trap_reason
+from runtime.modules import CacheStats, MemoryTier, store_compiled
+from runtime.sandbox import CallResult, Instance, _trap_reason
 
 log = structlog.get_logger(__name__)
 
@@ -105,56 +100,23 @@ class CompiledComponent:
 # Same checks and budgets as runtime/hostcalls.py, on values the canonical ABI already lifted.
 
 
-class _GuestBug(Exception):
-    """A guest mistake with no code to return: the guest is trapped with this reason."""
-
-
 def _reply(ctx: hostcalls.CallContext, message: bytes) -> None:
-    budget = ctx.budget
-    if len(ctx.replies) >= budget.max_replies:
-        raise _GuestBug(f"more than {budget.max_replies} replies in one call")
-    if len(message) > budget.max_message_bytes:
-        raise _GuestBug(f"reply of {len(message)} bytes exceeds {budget.max_message_bytes}")
-    if not hostcalls.charge(ctx, len(message)):
-        raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
+    hostcalls.admit_reply(ctx, len(message))
     ctx.replies.append(message)
 
 
 def _send(ctx: hostcalls.CallContext, to: str, message: bytes) -> int:
-    budget = ctx.budget
-    if ctx.sends >= budget.max_sends or len(to.encode()) > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if len(message) > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    destination = Destination.parse(to)
-    if destination is None:
-        return ErrorCode.INVALID
-    if not hostcalls.charge(ctx, len(message)):
-        return ErrorCode.LIMIT
-    ctx.sends += 1
-    return hostcalls.call_host(lambda: ctx.host.send(destination, message))
+    return hostcalls.send(ctx, to.encode(), message)
 
 
 def _emit(ctx: hostcalls.CallContext, event_type: str, data: bytes) -> int:
-    budget = ctx.budget
-    if ctx.emits >= budget.max_emits or len(event_type.encode()) > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if len(data) > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    if not abi.is_event_type(event_type):
-        return ErrorCode.INVALID
-    if not hostcalls.charge(ctx, len(data)):
-        return ErrorCode.LIMIT
-    ctx.emits += 1
-    return hostcalls.call_host(lambda: ctx.host.emit(event_type, data))
+    return hostcalls.emit(ctx, event_type.encode(), data)
 
 
 def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
-    budget = ctx.budget
-    if ctx.logs >= budget.max_logs:
-        ctx.logs_dropped += 1
+    if not hostcalls.admit_log(ctx):
         return
-    ctx.logs += 1
+    budget = ctx.budget
     raw = message.encode()
     if len(raw) > budget.max_log_bytes:
         kept = raw[: budget.max_log_bytes].decode("utf-8", errors="ignore")
@@ -162,50 +124,17 @@ def _log(ctx: hostcalls.CallContext, level: int, message: str) -> None:
     ctx.host.log(LogLevel.clamp(level), message)
 
 
-def _key(ctx: hostcalls.CallContext, key: str) -> str | ErrorCode:
-    if len(key.encode()) > ctx.budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    return key or ErrorCode.INVALID
-
-
 def _kv_get(ctx: hostcalls.CallContext, key: str) -> bytes | int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return int(ErrorCode.LIMIT)
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return int(checked)
-    ctx.kv_ops += 1
-    try:
-        value = ctx.host.kv_get(checked)
-    except InvalidArgument:
-        return int(ErrorCode.INVALID)
-    except NotAvailable:
-        return int(ErrorCode.UNAVAILABLE)
-    if value is None:
-        return int(ErrorCode.NOT_FOUND)
-    return bytes(value)
+    value = hostcalls.kv_get(ctx, key.encode())
+    return int(value) if isinstance(value, ErrorCode) else bytes(value)
 
 
 def _kv_put(ctx: hostcalls.CallContext, key: str, value: bytes) -> int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops or len(value) > ctx.budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return checked
-    if not hostcalls.charge(ctx, len(value)):
-        return ErrorCode.LIMIT
-    ctx.kv_ops += 1
-    return hostcalls.call_host(lambda: ctx.host.kv_put(checked, value))
+    return hostcalls.kv_put(ctx, key.encode(), value)
 
 
 def _kv_delete(ctx: hostcalls.CallContext, key: str) -> int:
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return ErrorCode.LIMIT
-    checked = _key(ctx, key)
-    if isinstance(checked, ErrorCode):
-        return checked
-    ctx.kv_ops += 1
-    return hostcalls.kv_delete(ctx, checked)
+    return hostcalls.kv_delete(ctx, key.encode())
 
 
 def _now_ms(ctx: hostcalls.CallContext) -> int:
@@ -213,12 +142,7 @@ def _now_ms(ctx: hostcalls.CallContext) -> int:
 
 
 def _random(ctx: hostcalls.CallContext, size: int) -> bytes:
-    if size > ctx.budget.max_random_bytes:
-        raise _GuestBug(f"asked for {size} random bytes, at most {ctx.budget.max_random_bytes}")
-    data = ctx.host.random(size)
-    if len(data) != size:
-        raise RuntimeError(f"host returned {len(data)} random bytes instead of {size}")
-    return data
+    return hostcalls.random_bytes(ctx, size)
 
 
 def _vector_store(ctx: hostcalls.CallContext, request_text: str) -> int:
@@ -266,20 +190,7 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     qualified = f"{HOST_INTERFACE}#{name}"
 
     def host_function(_store: wasmtime.StoreContext, *args: Any) -> Any:
-        ctx = hostcalls.current()
-        if ctx is None:
-            raise hostcalls.GuestAborted(f"{qualified} called outside a sandbox call")
-        error: SandboxError
-        try:
-            return impl(ctx, *args)
-        except _GuestBug as bug:
-            error = AgentTrap(f"{qualified}: {bug}")
-        except hostcalls.DeadlineReached as exc:
-            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
-        except Exception as exc:
-            error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
-        ctx.fault = error
-        raise hostcalls.GuestAborted(error.reason)
+        return hostcalls.run_guarded(qualified, lambda ctx: impl(ctx, *args))
 
     host_function.__qualname__ = host_function.__name__ = f"host_{name.replace('-', '_')}"
     return host_function
@@ -308,12 +219,10 @@ def build_component_linker(engine: wasmtime.Engine) -> wc.Linker:
 
 
 @dataclass(frozen=True, slots=True)
-class ComponentCacheStats:
-    #: Optimizing (cranelift) compiles, in the foreground or the background.
-    compiles: int = 0
-    disk_hits: int = 0
-    memory_hits: int = 0
-    disk_errors: int = 0
+class ComponentCacheStats(CacheStats):
+    """What a `ModuleCache` counts, where `compiles` are the optimizing (cranelift) ones, in the
+    foreground or the background, and the baseline compiles besides."""
+
     #: Baseline (winch) compiles: the quick first compile of a component not cached yet.
     baseline_compiles: int = 0
 
@@ -360,18 +269,16 @@ class ComponentCache:
         capacity: int = 16,
         baseline: bool = True,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+        self._memory: MemoryTier[CompiledComponent] = MemoryTier(
+            capacity, [counter.name for counter in dataclasses.fields(ComponentCacheStats)]
+        )
         self.engine = engine
         self.linker = build_component_linker(engine.engine)
         self._dir = cache_dir
         if cache_dir is not None:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._capacity = capacity
-        self._lru: OrderedDict[str, CompiledComponent] = OrderedDict()
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
-        self._counts = dict.fromkeys(ComponentCacheStats.__slots__, 0)
         self._want_baseline = baseline
         self._baseline: tuple[SandboxEngine, wc.Linker] | None = None
         #: sha256 -> set once its optimizing compile in the background is over (done or failed).
@@ -383,8 +290,7 @@ class ComponentCache:
 
     @property
     def stats(self) -> ComponentCacheStats:
-        with self._lock:
-            return ComponentCacheStats(**self._counts)
+        return ComponentCacheStats(**self._memory.counts())
 
     def path(self, sha256: str) -> Path | None:
         if self._dir is None:
@@ -408,11 +314,11 @@ class ComponentCache:
         """The compiled component; InvalidModule with the engine's reason if it is not one we
         can run (not a component, not of the `swarm:agent` world, does not compile)."""
         sha256 = hashlib.sha256(wasm).hexdigest()
-        hit = self._memory_hit(sha256)
+        hit = self._memory.hit(sha256)
         if hit is not None:
             return hit
         with self._compile_lock:
-            hit = self._memory_hit(sha256)  # loaded while this thread waited
+            hit = self._memory.hit(sha256)  # loaded while this thread waited
             if hit is not None:
                 return hit
             compiled = self._load_uncached(sha256, wasm)
@@ -422,7 +328,7 @@ class ComponentCache:
     def cached(self, sha256: str) -> CompiledComponent | None:
         """The optimized component by its digest, from memory or disk, or None: for a pod that
         would rather not fetch bytes it has already compiled."""
-        hit = self._memory_hit(sha256)
+        hit = self._memory.hit(sha256)
         if hit is not None and hit.optimized:
             return hit
         compiled = self._from_disk(sha256)
@@ -432,8 +338,7 @@ class ComponentCache:
 
     def optimized(self, sha256: str) -> CompiledComponent | None:
         """The optimized component if it is in memory now (never waits, never reads disk)."""
-        with self._lock:
-            compiled = self._lru.get(sha256)
+        compiled = self._memory.peek(sha256)
         return compiled if compiled is not None and compiled.optimized else None
 
     def wait_optimized(self, sha256: str, timeout: float | None = None) -> bool:
@@ -451,27 +356,13 @@ class ComponentCache:
 
     # -- inside ---------------------------------------------------------------------------------
 
-    def _memory_hit(self, sha256: str) -> CompiledComponent | None:
-        with self._lock:
-            hit = self._lru.get(sha256)
-            if hit is not None:
-                self._lru.move_to_end(sha256)
-                self._counts["memory_hits"] += 1
-            return hit
-
     def _remember(self, compiled: CompiledComponent) -> None:
-        with self._lock:
-            current = self._lru.get(compiled.sha256)
-            if current is not None and current.optimized and not compiled.optimized:
-                return  # never replace optimized code by baseline code
-            self._lru[compiled.sha256] = compiled
-            self._lru.move_to_end(compiled.sha256)
-            while len(self._lru) > self._capacity:
-                self._lru.popitem(last=False)
-
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            self._counts[counter] += 1
+        # Never replace optimized code by baseline code.
+        self._memory.put(
+            compiled.sha256,
+            compiled,
+            unless=lambda current: current.optimized and not compiled.optimized,
+        )
 
     def _from_disk(self, sha256: str) -> CompiledComponent | None:
         path = self.path(sha256)
@@ -480,10 +371,10 @@ class ComponentCache:
         try:
             component = wc.Component.deserialize_file(self.engine.engine, str(path))
         except wasmtime.WasmtimeError as exc:
-            self._count("disk_errors")
+            self._memory.count("disk_errors")
             log.warning("component cache file unusable", path=str(path), error=str(exc))
             return None
-        self._count("disk_hits")
+        self._memory.count("disk_hits")
         return self._prepare(sha256, component, self.engine, optimized=True)
 
     def _load_uncached(self, sha256: str, wasm: bytes) -> CompiledComponent:
@@ -499,7 +390,7 @@ class ComponentCache:
             component = wc.Component(baseline.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise InvalidModule(f"component does not compile: {exc}") from None
-        self._count("baseline_compiles")
+        self._memory.count("baseline_compiles")
         compiled = self._prepare(sha256, component, baseline, optimized=False)
         event = threading.Event()
         with self._lock:
@@ -522,7 +413,7 @@ class ComponentCache:
                 component = wc.Component(self.engine.engine, wasm)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidModule(f"component does not compile: {exc}") from None
-            self._count("compiles")
+            self._memory.count("compiles")
             compiled = self._prepare(sha256, component, self.engine, optimized=True)
             if path is not None:
                 store_compiled(path, component.serialize, "component")
@@ -656,7 +547,7 @@ def wasi_config(
     return wasi
 
 
-class ComponentSandbox:
+class ComponentSandbox(Instance[_Live]):
     """An instantiated component agent; the component twin of `AgentSandbox`.
 
     Creating one instantiates the component in a new Store and calls the handler's `init`
@@ -676,22 +567,12 @@ class ComponentSandbox:
         *,
         scratch_dir: Path | None = None,
     ) -> None:
+        super().__init__(limits, host)
         self.component = component
-        self.limits = limits
         self._cache = cache
         self._scratch_dir = scratch_dir
-        self._lock = threading.Lock()
-        self._failure: SandboxError | None = None
-        self._ctx = hostcalls.CallContext(
-            host,
-            limits.budget,
-            capabilities=limits.capabilities,
-            deadline_ms=limits.deadline_ms,
-            net_allow=limits.net_allow,
-        )
         self._output = _Output()
-        self._live: _Live | None = None
-        self._deadline_ticks = 0
+        self._live = None
         self._start(component)
 
     def _start(self, component: CompiledComponent) -> None:
@@ -699,12 +580,7 @@ class ComponentSandbox:
         engine = component.engine
         if engine not in self._cache.engines():
             raise ValueError("the component was loaded by another engine's ComponentCache")
-        if not engine.running:
-            raise RuntimeError(
-                "start the SandboxEngine first: without its ticker no deadline fires"
-            )
-        self._engine = engine
-        self._deadline_ticks = engine.deadline_ticks(self.limits.deadline_ms)
+        self._use_engine(engine)
         wasi = wasi_config(self.limits, self._scratch_dir, self._output.write)
         store = wasmtime.Store(engine.engine)
         store.set_limits(
@@ -727,9 +603,7 @@ class ComponentSandbox:
     def _instantiate(
         self, linker: wc.Linker, store: wasmtime.Store, component: CompiledComponent
     ) -> _Live:
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        self._ctx.reset()
+        self._arm(store)
         started = time.perf_counter()
         error: SandboxError | None = None
         try:
@@ -747,40 +621,10 @@ class ComponentSandbox:
             raise InvalidModule(f'component\'s "{HANDLER_INTERFACE}" lacks init or handle')
         return _Live(store, init, handle)
 
-    @property
-    def broken(self) -> bool:
-        return self._failure is not None
-
-    @property
-    def failure(self) -> SandboxError | None:
-        return self._failure
-
-    def handle(self, message: bytes) -> CallResult:
-        """Deliver one message to the handler's `handle`; see `AgentSandbox.handle`."""
-        if len(message) > self.limits.budget.max_message_bytes:
-            raise ValueError(
-                f"message of {len(message)} bytes exceeds {self.limits.budget.max_message_bytes}"
-            )
-        if hostcalls.current() is self._ctx:
-            raise RuntimeError("re-entrant call: a host function called its own sandbox")
-        with self._lock:
-            return self._invoke(message)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._break(InstanceBroken("the instance was closed"))
-
     def _invoke(self, message: bytes | None) -> CallResult:
-        live = self._live
-        if self._failure is not None or live is None:
-            reason = self._failure.reason if self._failure else "the instance was closed"
-            raise InstanceBroken(f"instance unusable: {reason}")
+        live = self._usable()
         store = live.store
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        ctx = self._ctx
-        ctx.reset()
+        ctx = self._arm(store)
         self._output.data = b""
         started = time.perf_counter()
         error: SandboxError | None = None
@@ -817,10 +661,6 @@ class ComponentSandbox:
             logs_dropped=ctx.logs_dropped,
         )
 
-    def _break(self, error: SandboxError) -> None:
-        self._failure = error
-        self._live = None  # drops the Store and so the instance's memory
-
     def _classify(
         self, exc: BaseException, elapsed_s: float, store: wasmtime.Store
     ) -> SandboxError:
@@ -833,12 +673,9 @@ class ComponentSandbox:
         # process-wide exception slot handed to this call (see runtime/hostcalls.py).
         detail = "" if lost else str(exc)
         if store.get_fuel() == 0 or "all fuel consumed" in detail:
-            return FuelExhausted(f"used all {self.limits.fuel_per_call} fuel of the call")
+            return self._fuel_exhausted()
         if "interrupt" in detail or elapsed_s * 1000 >= self.limits.deadline_ms:
-            return DeadlineExceeded(
-                f"ran past its deadline of {self.limits.deadline_ms} ms "
-                f"(stopped after {elapsed_s * 1000:.0f} ms)"
-            )
+            return self._deadline_exceeded(elapsed_s)
         mib = self.limits.memory_bytes / _MIB
         if "exceeds memory limits" in detail:  # refused at instantiation
             return MemoryLimitExceeded(

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import wasmtime
 
@@ -29,10 +29,12 @@ from runtime.abi import Destination, ErrorCode, LogLevel
 from runtime.errors import AgentTrap, DeadlineExceeded, HostCallFailed, SandboxError
 from runtime.host import JSON, HostAPI, InvalidArgument, NotAvailable, Refused
 from runtime.kvstate import StateFull
-from runtime.limits import CallBudget, Capability
+from runtime.limits import CallBudget, Capability, SandboxLimits
 
 _U32: Final = 0xFFFF_FFFF
 _I32_MAX: Final = 0x7FFF_FFFF
+
+_T = TypeVar("_T")
 
 
 class CallContext:
@@ -80,6 +82,18 @@ class CallContext:
         self.memory: wasmtime.Memory | None = None
         self.reset()
 
+    @classmethod
+    def under(cls, limits: SandboxLimits, host: HostAPI) -> CallContext:
+        """The context of an instance run under `limits`: its call budget, the capabilities it
+        was granted, its deadline and the hosts its network grant may reach."""
+        return cls(
+            host,
+            limits.budget,
+            capabilities=limits.capabilities,
+            deadline_ms=limits.deadline_ms,
+            net_allow=limits.net_allow,
+        )
+
     def reset(self) -> None:
         self.replies: list[bytes] = []
         self.sends = 0
@@ -119,7 +133,7 @@ def current() -> CallContext | None:
     return ctx
 
 
-class _GuestBug(Exception):
+class GuestBug(Exception):
     """A guest mistake that has no error code to return: the guest is trapped with this reason."""
 
 
@@ -132,12 +146,37 @@ class GuestAborted(Exception):
     """Raised through wasmtime to unwind the guest; the sandbox reads `CallContext.fault`."""
 
 
+def run_guarded(qualified: str, call: Callable[[CallContext], _T]) -> _T:
+    """Run one host function (`qualified` names it in reasons) in the active context.
+
+    What goes wrong is recorded as the context's `fault` and the guest is unwound with
+    `GuestAborted`: a `GuestBug` traps the agent, `DeadlineReached` is its deadline, anything
+    else is the host's failure. Core modules and components both call their functions through
+    this, so a failure means the same whichever calling convention met it.
+    """
+    ctx = current()
+    if ctx is None:
+        # Only reachable if a store escaped its sandbox; trap rather than guess an instance.
+        raise GuestAborted(f"{qualified} called outside a sandbox call")
+    error: SandboxError
+    try:
+        return call(ctx)
+    except GuestBug as bug:
+        error = AgentTrap(f"{qualified}: {bug}")
+    except DeadlineReached as exc:
+        error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
+    except Exception as exc:
+        error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
+    ctx.fault = error
+    raise GuestAborted(error.reason)
+
+
 # --- guest memory --------------------------------------------------------------------------------
 
 
 def _memory(ctx: CallContext) -> wasmtime.Memory:
     if ctx.memory is None:
-        raise _GuestBug("host functions are unavailable in the wasm start function; use swarm_init")
+        raise GuestBug("host functions are unavailable in the wasm start function; use swarm_init")
     return ctx.memory
 
 
@@ -151,7 +190,7 @@ def _span(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, what
     length &= _U32
     size = _memory(ctx).data_len(caller)
     if ptr + length > size:
-        raise _GuestBug(f"{what} [{ptr:#x}, +{length}) lies outside guest memory ({size} bytes)")
+        raise GuestBug(f"{what} [{ptr:#x}, +{length}) lies outside guest memory ({size} bytes)")
     return ptr
 
 
@@ -159,6 +198,17 @@ def _read(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> b
     if length == 0:
         return b""
     return bytes(_memory(ctx).read(caller, ptr, ptr + length))
+
+
+def _read_upto(
+    ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int, most: int
+) -> bytes:
+    """The guest's bytes at [ptr, ptr + length) (checked by `_span`), cut after `most` + 1.
+
+    A name or message longer than the budget's `most` is refused for its length; one byte past
+    the limit says so as well as the whole would, without copying a huge one out of the guest.
+    """
+    return _read(ctx, caller, ptr, min(length & _U32, most + 1))
 
 
 def _write(ctx: CallContext, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
@@ -192,169 +242,153 @@ def _length_result(
     return len(data)
 
 
-# --- host functions ------------------------------------------------------------------------------
-# Each takes the active context and the caller first, then the raw i32/i64 arguments.
+# --- the host functions' checks, once their arguments are in hand -------------------------------
+# Core modules (below) copy the arguments out of guest memory, components (runtime/components.py)
+# get them lifted by the canonical ABI; both then meet these same checks and budgets.
 
 
-def _reply(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-    ptr = _span(ctx, caller, ptr, length, "reply")
-    length &= _U32
+def ask_host(fn: Callable[[], _T]) -> _T | ErrorCode:
+    """Run one HostAPI call; the host's refusals (see `HostAPI`) become the ABI's codes."""
+    try:
+        return fn()
+    except InvalidArgument:
+        return ErrorCode.INVALID
+    except NotAvailable:
+        return ErrorCode.UNAVAILABLE
+    except StateFull:
+        return ErrorCode.LIMIT
+    except Refused:
+        return ErrorCode.DENIED
+
+
+def call_host(fn: Callable[[], object]) -> ErrorCode:
+    """Run one HostAPI call that answers nothing: OK, or the code of the host's refusal."""
+    result = ask_host(fn)
+    return result if isinstance(result, ErrorCode) else ErrorCode.OK
+
+
+def admit_reply(ctx: CallContext, size: int) -> None:
+    """Check a reply of `size` bytes against the call's budget and charge it for its output."""
     budget = ctx.budget
     # No return value to report a refusal with, and a silently dropped reply would be a lie.
     if len(ctx.replies) >= budget.max_replies:
-        raise _GuestBug(f"more than {budget.max_replies} replies in one call")
-    if length > budget.max_message_bytes:
-        raise _GuestBug(f"reply of {length} bytes exceeds {budget.max_message_bytes}")
-    if not charge(ctx, length):
-        raise _GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
-    ctx.replies.append(_read(ctx, caller, ptr, length))
+        raise GuestBug(f"more than {budget.max_replies} replies in one call")
+    if size > budget.max_message_bytes:
+        raise GuestBug(f"reply of {size} bytes exceeds {budget.max_message_bytes}")
+    if not charge(ctx, size):
+        raise GuestBug(f"replies exceed the call's output budget of {budget.max_output_bytes}")
 
 
-def _send(
-    ctx: CallContext, caller: wasmtime.Caller, to_ptr: int, to_len: int, ptr: int, length: int
-) -> int:
-    to_ptr = _span(ctx, caller, to_ptr, to_len, "send destination")
-    ptr = _span(ctx, caller, ptr, length, "send message")
-    to_len &= _U32
-    length &= _U32
-    budget = ctx.budget
-    if ctx.sends >= budget.max_sends or to_len > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if length > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    text = _text(_read(ctx, caller, to_ptr, to_len))
-    to = Destination.parse(text) if text is not None else None
-    if to is None:
-        return ErrorCode.INVALID
-    if not charge(ctx, length):
-        return ErrorCode.LIMIT
-    ctx.sends += 1
-    return call_host(lambda: ctx.host.send(to, _read(ctx, caller, ptr, length)))
-
-
-def _emit(
-    ctx: CallContext, caller: wasmtime.Caller, type_ptr: int, type_len: int, ptr: int, length: int
-) -> int:
-    type_ptr = _span(ctx, caller, type_ptr, type_len, "event type")
-    ptr = _span(ctx, caller, ptr, length, "event data")
-    type_len &= _U32
-    length &= _U32
-    budget = ctx.budget
-    if ctx.emits >= budget.max_emits or type_len > budget.max_name_bytes:
-        return ErrorCode.LIMIT
-    if length > budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    type_ = _text(_read(ctx, caller, type_ptr, type_len))
-    if type_ is None or not abi.is_event_type(type_):
-        return ErrorCode.INVALID
-    if not charge(ctx, length):
-        return ErrorCode.LIMIT
-    ctx.emits += 1
-    return call_host(lambda: ctx.host.emit(type_, _read(ctx, caller, ptr, length)))
-
-
-def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-    ptr = _span(ctx, caller, ptr, length, "log message")
-    length &= _U32
-    budget = ctx.budget
+def admit_log(ctx: CallContext) -> bool:
+    """Count one log line against the call's budget; False when the budget is used up and the
+    line is dropped (counted in `logs_dropped`)."""
     # Logs are diagnostics: losing some beats killing the agent, and the count tells the pod.
-    if ctx.logs >= budget.max_logs:
+    if ctx.logs >= ctx.budget.max_logs:
         ctx.logs_dropped += 1
-        return
+        return False
     ctx.logs += 1
-    kept = min(length, budget.max_log_bytes)
-    message = _read(ctx, caller, ptr, kept).decode("utf-8", errors="replace")
-    if kept < length:
-        message += f"... [{length - kept} bytes cut]"
-    ctx.host.log(LogLevel.clamp(level), message)
+    return True
 
 
-def _kv_key(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> str | ErrorCode:
-    if length > ctx.budget.max_name_bytes:
+def _outgoing(
+    ctx: CallContext,
+    name: bytes,
+    body: bytes,
+    done: int,
+    most: int,
+    parse: Callable[[str], _T | None],
+) -> _T | ErrorCode:
+    """What a send and an emit both check: `done` of at most `most` so far this call, the sizes
+    of the name and the body, the name parsed by `parse`, the output budget (charged)."""
+    budget = ctx.budget
+    if done >= most or len(name) > budget.max_name_bytes:
         return ErrorCode.LIMIT
-    key = _text(_read(ctx, caller, ptr, length))
+    if len(body) > budget.max_message_bytes:
+        return ErrorCode.LIMIT
+    text = _text(name)
+    parsed = parse(text) if text is not None else None
+    if parsed is None:
+        return ErrorCode.INVALID
+    if not charge(ctx, len(body)):
+        return ErrorCode.LIMIT
+    return parsed
+
+
+def _event_type(text: str) -> str | None:
+    return text if abi.is_event_type(text) else None
+
+
+def send(ctx: CallContext, to: bytes, message: bytes) -> ErrorCode:
+    """`send` of `message` to the destination `to` (UTF-8, `Destination.parse`)."""
+    destination = _outgoing(ctx, to, message, ctx.sends, ctx.budget.max_sends, Destination.parse)
+    if isinstance(destination, ErrorCode):
+        return destination
+    ctx.sends += 1
+    return call_host(lambda: ctx.host.send(destination, message))
+
+
+def emit(ctx: CallContext, event_type: bytes, data: bytes) -> ErrorCode:
+    """`emit` of an event of `event_type` (UTF-8, `abi.is_event_type`) carrying `data`."""
+    type_ = _outgoing(ctx, event_type, data, ctx.emits, ctx.budget.max_emits, _event_type)
+    if isinstance(type_, ErrorCode):
+        return type_
+    ctx.emits += 1
+    return call_host(lambda: ctx.host.emit(type_, data))
+
+
+def _kv_key(ctx: CallContext, raw: bytes) -> str | ErrorCode:
+    """The key of a kv call that the call's kv budget still allows, or LIMIT or INVALID."""
+    if ctx.kv_ops >= ctx.budget.max_kv_ops or len(raw) > ctx.budget.max_name_bytes:
+        return ErrorCode.LIMIT
+    key = _text(raw)
     if not key:
         return ErrorCode.INVALID
     return key
 
 
-def _kv_get(
-    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, out: int, cap: int
-) -> int:
-    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
-    out = _span(ctx, caller, out, cap, "kv output buffer")
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return ErrorCode.LIMIT
-    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
-    if isinstance(key, ErrorCode):
-        return key
+def kv_get(ctx: CallContext, key: bytes) -> bytes | ErrorCode:
+    """`kv_get`: the key's value, NOT_FOUND when it has none, or a refusal."""
+    checked = _kv_key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return checked
     ctx.kv_ops += 1
-    try:
-        value = ctx.host.kv_get(key)
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    if value is None:
-        return ErrorCode.NOT_FOUND
-    return _length_result(ctx, caller, out, cap, value)
+    value = ask_host(lambda: ctx.host.kv_get(checked))
+    return ErrorCode.NOT_FOUND if value is None else value
 
 
-def _kv_put(
-    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, ptr: int, length: int
-) -> int:
-    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
-    ptr = _span(ctx, caller, ptr, length, "kv value")
-    length &= _U32
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
+def kv_put(ctx: CallContext, key: bytes, value: bytes) -> ErrorCode:
+    """`kv_put`: OK, or a refusal (LIMIT when the state's caps do not allow the value)."""
+    if len(value) > ctx.budget.max_message_bytes:
         return ErrorCode.LIMIT
-    if length > ctx.budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
-    if isinstance(key, ErrorCode):
-        return key
-    if not charge(ctx, length):
+    checked = _kv_key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return checked
+    if not charge(ctx, len(value)):
         return ErrorCode.LIMIT
     ctx.kv_ops += 1
-    return call_host(lambda: ctx.host.kv_put(key, _read(ctx, caller, ptr, length)))
+    return call_host(lambda: ctx.host.kv_put(checked, value))
 
 
-def _kv_delete(ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int) -> int:
-    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
-    if ctx.kv_ops >= ctx.budget.max_kv_ops:
-        return ErrorCode.LIMIT
-    key = _kv_key(ctx, caller, key_ptr, key_len & _U32)
-    if isinstance(key, ErrorCode):
-        return key
+def kv_delete(ctx: CallContext, key: bytes) -> ErrorCode:
+    """`kv_delete`: OK, or NOT_FOUND when the key had no value, or a refusal."""
+    checked = _kv_key(ctx, key)
+    if isinstance(checked, ErrorCode):
+        return checked
     ctx.kv_ops += 1
-    return kv_delete(ctx, key)
-
-
-def kv_delete(ctx: CallContext, key: str) -> ErrorCode:
-    """`kv_delete` of a checked key (core modules and components): OK, or NOT_FOUND when the
-    key had no value."""
-    try:
-        deleted = ctx.host.kv_delete(key)
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
+    deleted = ask_host(lambda: ctx.host.kv_delete(checked))
+    if isinstance(deleted, ErrorCode):
+        return deleted
     return ErrorCode.OK if deleted else ErrorCode.NOT_FOUND
 
 
-def _now_ms(ctx: CallContext, caller: wasmtime.Caller) -> int:
-    return ctx.host.now_ms()
-
-
-def _random(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-    ptr = _span(ctx, caller, ptr, length, "random buffer")
-    length &= _U32
-    if length > ctx.budget.max_random_bytes:
-        raise _GuestBug(f"asked for {length} random bytes, at most {ctx.budget.max_random_bytes}")
-    data = ctx.host.random(length)
-    if len(data) != length:
-        raise RuntimeError(f"host returned {len(data)} random bytes instead of {length}")
-    _write(ctx, caller, ptr, data)
+def random_bytes(ctx: CallContext, size: int) -> bytes:
+    """`random`: `size` bytes from the host, at most the budget's `max_random_bytes`."""
+    if size > ctx.budget.max_random_bytes:
+        raise GuestBug(f"asked for {size} random bytes, at most {ctx.budget.max_random_bytes}")
+    data = ctx.host.random(size)
+    if len(data) != size:
+        raise RuntimeError(f"host returned {len(data)} random bytes instead of {size}")
+    return data
 
 
 def _reject_constant(name: str) -> float:
@@ -392,19 +426,6 @@ def _vector_or_text(request: dict[str, Any], max_dims: int) -> list[float] | str
         text = request["text"]
         return text if isinstance(text, str) and text else None
     return _vector(request["vector"], max_dims)
-
-
-def call_host(fn: Callable[[], object]) -> ErrorCode:
-    """Run one HostAPI call; the host's refusals become the ABI's codes."""
-    try:
-        fn()
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    except StateFull:
-        return ErrorCode.LIMIT
-    return ErrorCode.OK
 
 
 def vector_store_request(ctx: CallContext, raw: bytes) -> ErrorCode:
@@ -447,15 +468,14 @@ def vector_search_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
     if not 0 < k <= budget.max_search_k:
         return ErrorCode.LIMIT
     ctx.vector_ops += 1
-    try:
-        if isinstance(what, str):
-            hits = ctx.host.vector_search_text(what, k)
-        else:
-            hits = ctx.host.vector_search(what, k)
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
+    if isinstance(what, str):
+        text = what
+        hits = ask_host(lambda: ctx.host.vector_search_text(text, k))
+    else:
+        vector = what
+        hits = ask_host(lambda: ctx.host.vector_search(vector, k))
+    if isinstance(hits, ErrorCode):
+        return hits
     result = json.dumps(
         [{"id": hit.id, "score": hit.score, "data": hit.data} for hit in hits[:k]],
         separators=(",", ":"),
@@ -503,17 +523,101 @@ def http_request(ctx: CallContext, raw: bytes) -> bytes | ErrorCode:
         timeout_s=timeout_s,
         max_response_bytes=budget.max_http_response_bytes,
     )
-    try:
-        response = ctx.host.http_request(request)
-    except InvalidArgument:
-        return ErrorCode.INVALID
-    except NotAvailable:
-        return ErrorCode.UNAVAILABLE
-    except Refused:
-        return ErrorCode.DENIED
+    response = ask_host(lambda: ctx.host.http_request(request))
+    if isinstance(response, ErrorCode):
+        return response
     if time.monotonic() >= ctx.deadline:
         raise DeadlineReached(f"http_request to {parsed.url} ran into the call's deadline")
     return net.encode_response(response)
+
+
+# --- host functions of core modules ---------------------------------------------------------------
+# Each takes the active context and the caller first, then the raw i32/i64 arguments.
+
+
+def _reply(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "reply")
+    length &= _U32
+    admit_reply(ctx, length)
+    ctx.replies.append(_read(ctx, caller, ptr, length))
+
+
+def _name_and_body(
+    ctx: CallContext,
+    caller: wasmtime.Caller,
+    name_ptr: int,
+    name_len: int,
+    ptr: int,
+    length: int,
+    what: tuple[str, str],
+) -> tuple[bytes, bytes]:
+    """The name (destination, event type, kv key) and the body of a send, emit or kv_put out of
+    guest memory; `what` calls them something a trap's reason can tell apart."""
+    name_ptr = _span(ctx, caller, name_ptr, name_len, what[0])
+    ptr = _span(ctx, caller, ptr, length, what[1])
+    budget = ctx.budget
+    return (
+        _read_upto(ctx, caller, name_ptr, name_len, budget.max_name_bytes),
+        _read_upto(ctx, caller, ptr, length, budget.max_message_bytes),
+    )
+
+
+def _send(
+    ctx: CallContext, caller: wasmtime.Caller, to_ptr: int, to_len: int, ptr: int, length: int
+) -> int:
+    what = ("send destination", "send message")
+    return send(ctx, *_name_and_body(ctx, caller, to_ptr, to_len, ptr, length, what))
+
+
+def _emit(
+    ctx: CallContext, caller: wasmtime.Caller, type_ptr: int, type_len: int, ptr: int, length: int
+) -> int:
+    what = ("event type", "event data")
+    return emit(ctx, *_name_and_body(ctx, caller, type_ptr, type_len, ptr, length, what))
+
+
+def _log(ctx: CallContext, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "log message")
+    length &= _U32
+    if not admit_log(ctx):
+        return
+    kept = min(length, ctx.budget.max_log_bytes)
+    message = _read(ctx, caller, ptr, kept).decode("utf-8", errors="replace")
+    if kept < length:
+        message += f"... [{length - kept} bytes cut]"
+    ctx.host.log(LogLevel.clamp(level), message)
+
+
+def _kv_get(
+    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, out: int, cap: int
+) -> int:
+    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
+    out = _span(ctx, caller, out, cap, "kv output buffer")
+    value = kv_get(ctx, _read_upto(ctx, caller, key_ptr, key_len, ctx.budget.max_name_bytes))
+    if isinstance(value, ErrorCode):
+        return value
+    return _length_result(ctx, caller, out, cap, value)
+
+
+def _kv_put(
+    ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int, ptr: int, length: int
+) -> int:
+    what = ("kv key", "kv value")
+    return kv_put(ctx, *_name_and_body(ctx, caller, key_ptr, key_len, ptr, length, what))
+
+
+def _kv_delete(ctx: CallContext, caller: wasmtime.Caller, key_ptr: int, key_len: int) -> int:
+    key_ptr = _span(ctx, caller, key_ptr, key_len, "kv key")
+    return kv_delete(ctx, _read_upto(ctx, caller, key_ptr, key_len, ctx.budget.max_name_bytes))
+
+
+def _now_ms(ctx: CallContext, caller: wasmtime.Caller) -> int:
+    return ctx.host.now_ms()
+
+
+def _random(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> None:
+    ptr = _span(ctx, caller, ptr, length, "random buffer")
+    _write(ctx, caller, ptr, random_bytes(ctx, length & _U32))
 
 
 def _http_request(
@@ -542,10 +646,8 @@ def _http_response(ctx: CallContext, caller: wasmtime.Caller, out: int, cap: int
 
 def _vector_store(ctx: CallContext, caller: wasmtime.Caller, ptr: int, length: int) -> int:
     ptr = _span(ctx, caller, ptr, length, "vector_store request")
-    length &= _U32
-    if length > ctx.budget.max_message_bytes:
-        return ErrorCode.LIMIT  # refused before copying a huge request out of guest memory
-    return vector_store_request(ctx, _read(ctx, caller, ptr, length))
+    request = _read_upto(ctx, caller, ptr, length, ctx.budget.max_message_bytes)
+    return vector_store_request(ctx, request)
 
 
 def _vector_search(
@@ -553,10 +655,8 @@ def _vector_search(
 ) -> int:
     ptr = _span(ctx, caller, ptr, length, "vector_search query")
     out = _span(ctx, caller, out, cap, "vector_search output buffer")
-    length &= _U32
-    if length > ctx.budget.max_message_bytes:
-        return ErrorCode.LIMIT
-    result = vector_search_request(ctx, _read(ctx, caller, ptr, length))
+    query = _read_upto(ctx, caller, ptr, length, ctx.budget.max_message_bytes)
+    result = vector_search_request(ctx, query)
     if isinstance(result, ErrorCode):
         return result
     return _length_result(ctx, caller, out, cap, result)
@@ -583,21 +683,7 @@ def _guarded(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
     qualified = f"{abi.IMPORT_MODULE}.{name}"
 
     def host_function(caller: wasmtime.Caller, *args: int) -> Any:
-        ctx = current()
-        if ctx is None:
-            # Only reachable if a store escaped its sandbox; trap rather than guess an instance.
-            raise GuestAborted(f"{qualified} called outside a sandbox call")
-        error: SandboxError
-        try:
-            return impl(ctx, caller, *args)
-        except _GuestBug as bug:
-            error = AgentTrap(f"{qualified}: {bug}")
-        except DeadlineReached as exc:
-            error = DeadlineExceeded(f"ran past its deadline of {ctx.deadline_ms} ms: {exc}")
-        except Exception as exc:
-            error = HostCallFailed(f"{qualified} failed in the host: {type(exc).__name__}: {exc}")
-        ctx.fault = error
-        raise GuestAborted(error.reason)
+        return run_guarded(qualified, lambda ctx: impl(ctx, caller, *args))
 
     host_function.__qualname__ = host_function.__name__ = f"host_{name}"
     return host_function

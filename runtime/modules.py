@@ -17,9 +17,10 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import structlog
 import wasmtime
@@ -31,6 +32,8 @@ from runtime.errors import InvalidModule
 log = structlog.get_logger(__name__)
 
 _WASM_MAGIC = b"\0asm"
+
+_C = TypeVar("_C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,54 @@ class CacheStats:
     memory_hits: int = 0
     #: Cache files that could not be used (corrupt, or from an incompatible wasmtime).
     disk_errors: int = 0
+
+
+class MemoryTier(Generic[_C]):
+    """The memory tier of a compile cache (this module's `ModuleCache`, `ComponentCache`): the
+    `capacity` most recently used compiled codes by sha256, and the cache's counts. Thread-safe.
+    """
+
+    def __init__(self, capacity: int, counters: Iterable[str]) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[str, _C] = OrderedDict()
+        self._counts = dict.fromkeys(counters, 0)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def count(self, counter: str) -> None:
+        with self._lock:
+            self._counts[counter] += 1
+
+    def hit(self, sha256: str) -> _C | None:
+        """The compiled code of `sha256`, now the most recently used (a `memory_hits`), or None."""
+        with self._lock:
+            compiled = self._lru.get(sha256)
+            if compiled is not None:
+                self._lru.move_to_end(sha256)
+                self._counts["memory_hits"] += 1
+            return compiled
+
+    def peek(self, sha256: str) -> _C | None:
+        """The compiled code of `sha256` without counting a hit or making it recent, or None."""
+        with self._lock:
+            return self._lru.get(sha256)
+
+    def put(self, sha256: str, compiled: _C, *, unless: Callable[[_C], bool] | None = None) -> None:
+        """Keep `compiled` as the most recently used, dropping the least recently used beyond
+        the capacity; not while the code kept for `sha256` satisfies `unless`."""
+        with self._lock:
+            current = self._lru.get(sha256)
+            if current is not None and unless is not None and unless(current):
+                return
+            self._lru[sha256] = compiled
+            self._lru.move_to_end(sha256)
+            while len(self._lru) > self._capacity:
+                self._lru.popitem(last=False)
 
 
 def _wasm_type(ty: wasmtime.ValType) -> abi.WasmType | None:
@@ -136,27 +187,24 @@ class ModuleCache:
     def __init__(
         self, engine: SandboxEngine, cache_dir: Path | None = None, *, capacity: int = 64
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+        self._memory: MemoryTier[CompiledModule] = MemoryTier(
+            capacity, [counter.name for counter in fields(CacheStats)]
+        )
         self._engine = engine
         self._dir = cache_dir
         if cache_dir is not None:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._capacity = capacity
-        self._lru: OrderedDict[str, CompiledModule] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
-        self._counts = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "disk_errors": 0}
 
     @property
     def stats(self) -> CacheStats:
-        with self._lock:
-            return CacheStats(**self._counts)
+        return CacheStats(**self._memory.counts())
 
     def load(self, wasm: bytes) -> CompiledModule:
         """The compiled module for `wasm`; InvalidModule gives the engine's or the ABI's reason."""
         sha256 = hashlib.sha256(wasm).hexdigest()
-        hit = self._memory_hit(sha256)
+        hit = self._memory.hit(sha256)
         if hit is not None:
             return hit
         with self._lock:
@@ -164,32 +212,17 @@ class ModuleCache:
         with key_lock:
             try:
                 # Another thread may have finished loading it while this one waited.
-                hit = self._memory_hit(sha256)
+                hit = self._memory.hit(sha256)
                 if hit is not None:
                     return hit
                 compiled = self._load_uncached(sha256, wasm)
-                with self._lock:
-                    self._lru[sha256] = compiled
-                    while len(self._lru) > self._capacity:
-                        self._lru.popitem(last=False)
+                self._memory.put(sha256, compiled)
                 return compiled
             finally:
                 # Only after the LRU has it, so a newcomer either waits here or finds it there.
                 with self._lock:
                     if self._loading.get(sha256) is key_lock:
                         del self._loading[sha256]
-
-    def _memory_hit(self, sha256: str) -> CompiledModule | None:
-        with self._lock:
-            compiled = self._lru.get(sha256)
-            if compiled is not None:
-                self._lru.move_to_end(sha256)
-                self._counts["memory_hits"] += 1
-            return compiled
-
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            self._counts[counter] += 1
 
     def _path(self, sha256: str) -> Path | None:
         if self._dir is None:
@@ -202,13 +235,13 @@ class ModuleCache:
             try:
                 module = wasmtime.Module.deserialize_file(self._engine.engine, str(path))
             except wasmtime.WasmtimeError as exc:
-                self._count("disk_errors")
+                self._memory.count("disk_errors")
                 log.warning("module cache file unusable, compiling", path=str(path), error=str(exc))
             else:
-                self._count("disk_hits")
+                self._memory.count("disk_hits")
                 return self._prepare(sha256, module)
         module = self._compile(wasm)
-        self._count("compiles")
+        self._memory.count("compiles")
         compiled = self._prepare(sha256, module)
         # Only modules that passed the ABI check reach the disk, so a cache file is always usable.
         if path is not None:

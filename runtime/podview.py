@@ -30,6 +30,7 @@ from typing import Any
 from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
 from swarm.domain import placement
+from swarm.domain.dispatch import HandlerTable
 from swarm.domain.placement import RUN, ReplicaPhase
 
 #: Rules of the Hive's refusals of a report that mean "this replica is not yours (any more)".
@@ -201,15 +202,8 @@ class PodView:
 
 
 Handler = Callable[[PodView, Any, int], None]
-_HANDLERS: dict[type[Any], Handler] = {}
-
-
-def _on(event_type: type[Any]) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        _HANDLERS[event_type] = fn
-        return fn
-
-    return register
+_HANDLERS: HandlerTable[Handler] = HandlerTable()
+_on = _HANDLERS.on
 
 
 @_on(events.AgentDeployed)
@@ -255,29 +249,28 @@ def _scheduled(v: PodView, e: events.ReplicaScheduled, seq: int) -> None:
         replica.phase, replica.pod_id, replica.placed_seq = "scheduled", e.pod_id, seq
 
 
+def _reported(v: PodView, replica_id: str, phase: ReplicaPhase, snapshot: str | None) -> None:
+    """A replica the view knows reported `phase`, with the snapshot it names (if it names one)."""
+    replica = v.replicas.get(replica_id)
+    if replica is not None:
+        replica.phase = phase
+        if snapshot is not None:
+            replica.snapshot = snapshot
+
+
 @_on(events.ReplicaStarting)
 def _starting(v: PodView, e: events.ReplicaStarting, seq: int) -> None:
-    replica = v.replicas.get(e.replica_id)
-    if replica is not None:
-        replica.phase = "starting"
-        if e.snapshot is not None:
-            replica.snapshot = e.snapshot
+    _reported(v, e.replica_id, "starting", e.snapshot)
 
 
 @_on(events.ReplicaRunning)
 def _running(v: PodView, e: events.ReplicaRunning, seq: int) -> None:
-    replica = v.replicas.get(e.replica_id)
-    if replica is not None:
-        replica.phase = "running"
+    _reported(v, e.replica_id, "running", None)
 
 
 @_on(events.ReplicaCrashed)
 def _crashed(v: PodView, e: events.ReplicaCrashed, seq: int) -> None:
-    replica = v.replicas.get(e.replica_id)
-    if replica is not None:
-        replica.phase = "crashed"
-        if e.snapshot is not None:
-            replica.snapshot = e.snapshot
+    _reported(v, e.replica_id, "crashed", e.snapshot)
 
 
 @_on(events.ReplicaFailed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import wasmtime
 
@@ -36,6 +36,8 @@ _MIB: Final = 1024 * 1024
 #: Wasm tables and memories an instance may create; the ABI needs one memory and a few tables.
 _MAX_TABLES: Final = 4
 _MAX_MEMORIES: Final = 1
+
+_LiveT = TypeVar("_LiveT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,101 @@ def _trap_reason(message: str) -> str:
     return f"{trap} ({'; '.join(context)})" if context else trap
 
 
-class AgentSandbox:
+class Instance(Generic[_LiveT]):
+    """What every sandbox (`AgentSandbox`, `components.ComponentSandbox`) does around its calls.
+
+    One `CallContext` for the instance's host functions, calls serialized by a lock, each one
+    armed with the call's full fuel and a fresh epoch deadline, and a failure that breaks the
+    instance for good: `_live` (the Store and what lives in it) is dropped with it.
+    """
+
+    _engine: SandboxEngine
+    _deadline_ticks: int
+    _live: _LiveT | None
+
+    def __init__(self, limits: SandboxLimits, host: HostAPI) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._failure: SandboxError | None = None
+        self._ctx = hostcalls.CallContext.under(limits, host)
+
+    def _use_engine(self, engine: SandboxEngine) -> None:
+        if not engine.running:
+            raise RuntimeError(
+                "start the SandboxEngine first: without its ticker no deadline fires"
+            )
+        self._engine = engine
+        self._deadline_ticks = engine.deadline_ticks(self.limits.deadline_ms)
+
+    @property
+    def broken(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def failure(self) -> SandboxError | None:
+        """Why the instance is broken (the error its failing call raised), if it is."""
+        return self._failure
+
+    def handle(self, message: bytes) -> CallResult:
+        """Deliver one message to the agent's handler.
+
+        A non-zero status from the agent is a result, not an error. Raises a `SandboxError`
+        subclass if the guest fails, and `InstanceBroken` if it had failed before.
+        """
+        if len(message) > self.limits.budget.max_message_bytes:
+            raise ValueError(
+                f"message of {len(message)} bytes exceeds {self.limits.budget.max_message_bytes}"
+            )
+        if hostcalls.current() is self._ctx:
+            # A HostAPI method calling back into its own agent would wait for itself forever.
+            raise RuntimeError("re-entrant call: a host function called its own sandbox")
+        with self._lock:
+            return self._invoke(message)
+
+    def close(self) -> None:
+        """Free the instance now rather than at garbage collection. Safe to call twice."""
+        with self._lock:
+            if self._failure is None:
+                self._break(InstanceBroken("the instance was closed"))
+
+    def _invoke(self, message: bytes | None) -> CallResult:
+        """One call: `message` to the handler, or None for the agent's init."""
+        raise NotImplementedError
+
+    def _usable(self) -> _LiveT:
+        """The live instance, or `InstanceBroken` saying why there is none."""
+        live = self._live
+        if self._failure is not None or live is None:
+            reason = self._failure.reason if self._failure else "the instance was closed"
+            raise InstanceBroken(f"instance unusable: {reason}")
+        return live
+
+    def _arm(self, store: wasmtime.Store) -> hostcalls.CallContext:
+        """Give the next call (or instantiation: a start function must be bounded like any
+        call) its full fuel, a fresh deadline and a clean context, which is returned."""
+        store.set_fuel(self.limits.fuel_per_call)
+        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
+        self._ctx.reset()
+        return self._ctx
+
+    def _break(self, error: SandboxError) -> None:
+        self._failure = error
+        # Dropping the store frees linear memory now; a memory bomb's 64 MiB should not wait
+        # for the pod to drop its reference to the sandbox.
+        self._live = None
+        self._ctx.memory = None
+
+    def _fuel_exhausted(self) -> FuelExhausted:
+        return FuelExhausted(f"used all {self.limits.fuel_per_call} fuel of the call")
+
+    def _deadline_exceeded(self, elapsed_s: float) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"ran past its deadline of {self.limits.deadline_ms} ms "
+            f"(stopped after {elapsed_s * 1000:.0f} ms)"
+        )
+
+
+class AgentSandbox(Instance[_Live]):
     """An instantiated agent. Calls are serialized; run different sandboxes on different threads
     to run them in parallel (wasm runs without the GIL).
 
@@ -96,10 +192,8 @@ class AgentSandbox:
         limits: SandboxLimits,
         host: HostAPI,
     ) -> None:
-        if not engine.running:
-            raise RuntimeError(
-                "start the SandboxEngine first: without its ticker no deadline fires"
-            )
+        super().__init__(limits, host)
+        self._use_engine(engine)
         if module.engine is not engine:
             raise ValueError("the module was loaded by another engine's ModuleCache")
         if module.min_memory_bytes > limits.memory_bytes:
@@ -108,19 +202,7 @@ class AgentSandbox:
                 f"the limit is {limits.memory_bytes / _MIB:.1f} MiB"
             )
         self.module = module
-        self.limits = limits
-        self._engine = engine
-        self._deadline_ticks = engine.deadline_ticks(limits.deadline_ms)
-        self._lock = threading.Lock()
-        self._failure: SandboxError | None = None
         self._alloc_request = 0
-        self._ctx = hostcalls.CallContext(
-            host,
-            limits.budget,
-            capabilities=limits.capabilities,
-            deadline_ms=limits.deadline_ms,
-            net_allow=limits.net_allow,
-        )
         store = wasmtime.Store(engine.engine)
         store.set_limits(
             memory_size=limits.memory_bytes,
@@ -129,7 +211,7 @@ class AgentSandbox:
             tables=_MAX_TABLES,
             memories=_MAX_MEMORIES,
         )
-        self._live: _Live | None = self._instantiate(store, module)
+        self._live = self._instantiate(store, module)
         self.init_result: CallResult | None = None
         if module.has_init:
             result = self._invoke(None)
@@ -139,10 +221,7 @@ class AgentSandbox:
             self.init_result = result
 
     def _instantiate(self, store: wasmtime.Store, module: CompiledModule) -> _Live:
-        # A start function runs during instantiation and must be bounded like any call.
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        self._ctx.reset()
+        self._arm(store)
         started = time.perf_counter()
         try:
             with hostcalls.active(self._ctx):
@@ -169,47 +248,11 @@ class AgentSandbox:
         self._ctx.memory = memory
         return _Live(store, memory, alloc, handle, init)
 
-    @property
-    def broken(self) -> bool:
-        return self._failure is not None
-
-    @property
-    def failure(self) -> SandboxError | None:
-        """Why the instance is broken (the error its failing call raised), if it is."""
-        return self._failure
-
-    def handle(self, message: bytes) -> CallResult:
-        """Deliver one message: swarm_alloc, copy it in, swarm_handle.
-
-        A non-zero status from the agent is a result, not an error. Raises a `SandboxError`
-        subclass if the guest fails, and `InstanceBroken` if it had failed before.
-        """
-        if len(message) > self.limits.budget.max_message_bytes:
-            raise ValueError(
-                f"message of {len(message)} bytes exceeds {self.limits.budget.max_message_bytes}"
-            )
-        if hostcalls.current() is self._ctx:
-            # A HostAPI method calling back into its own agent would wait for itself forever.
-            raise RuntimeError("re-entrant call: a host function called its own sandbox")
-        with self._lock:
-            return self._invoke(message)
-
-    def close(self) -> None:
-        """Free the instance now rather than at garbage collection. Safe to call twice."""
-        with self._lock:
-            if self._failure is None:
-                self._break(InstanceBroken("the instance was closed"))
-
     def _invoke(self, message: bytes | None) -> CallResult:
-        live = self._live
-        if self._failure is not None or live is None:
-            reason = self._failure.reason if self._failure else "the instance was closed"
-            raise InstanceBroken(f"instance unusable: {reason}")
+        """swarm_init, or a message delivered: swarm_alloc, copy it in, swarm_handle."""
+        live = self._usable()
         store = live.store
-        store.set_fuel(self.limits.fuel_per_call)
-        store.set_epoch_deadline(self._engine.epoch_deadline(self._deadline_ticks))
-        ctx = self._ctx
-        ctx.reset()
+        ctx = self._arm(store)
         self._alloc_request = 0
         started = time.perf_counter()
         try:
@@ -257,13 +300,6 @@ class AgentSandbox:
             live.memory.write(store, message, ptr)
         return int(live.handle(store, ptr, size))
 
-    def _break(self, error: SandboxError) -> None:
-        self._failure = error
-        # Dropping the store frees linear memory now; a memory bomb's 64 MiB should not wait
-        # for the pod to drop its reference to the sandbox.
-        self._live = None
-        self._ctx.memory = None
-
     def _classify(
         self,
         exc: BaseException,
@@ -301,15 +337,6 @@ class AgentSandbox:
                 detail=detail or cause.detail,
             )
         return cause
-
-    def _fuel_exhausted(self) -> FuelExhausted:
-        return FuelExhausted(f"used all {self.limits.fuel_per_call} fuel of the call")
-
-    def _deadline_exceeded(self, elapsed_s: float) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"ran past its deadline of {self.limits.deadline_ms} ms "
-            f"(stopped after {elapsed_s * 1000:.0f} ms)"
-        )
 
     def _inferred_cause(self, store: wasmtime.Store, elapsed_s: float) -> SandboxError:
         if store.get_fuel() == 0:

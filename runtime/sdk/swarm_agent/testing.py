@@ -129,13 +129,7 @@ class AgentHarness:
             # Restored as a pod restores a snapshot: kept even if over the caps.
             self.host.kv[key] = value.encode() if isinstance(value, str) else bytes(value)
         self._app = app
-        self._ctx = hostcalls.CallContext(
-            self.host,
-            self.limits.budget,
-            capabilities=self.limits.capabilities,
-            deadline_ms=self.limits.deadline_ms,
-            net_allow=self.limits.net_allow,
-        )
+        self._ctx = hostcalls.CallContext.under(self.limits, self.host)
         self._handler: Any = None
         self._previous_target: Any = None
         self._started = False
