@@ -22,6 +22,7 @@ from swarm.gateway.routes.common import (
     NamePath,
     NamespacePath,
 )
+from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -102,9 +103,7 @@ async def get_agent_logs(
             503, "unavailable", "Swarm unavailable", f"the {names.STREAM_LOGS} stream is missing"
         ) from None
     except (EventLogError, TimeoutError) as exc:
-        raise ProblemError(
-            503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
-        ) from None
+        raise nats_unavailable(exc) from None
     return AgentLogs(
         agent_id=agent_id,
         lines=[LogLine.model_validate(entry) for entry in kept],
@@ -143,9 +142,7 @@ async def get_trace(
     except trace.TraceNotFound as exc:
         raise ProblemError(404, "not-found", "Not found", exc.message) from None
     except (EventLogError, TimeoutError) as exc:
-        raise ProblemError(
-            503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
-        ) from None
+        raise nats_unavailable(exc) from None
     root_time = roots[0].time if roots else None
     return Trace(
         id=trace_id,
