@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas import REGISTRY
@@ -17,18 +17,15 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
     COMMAND_PROBLEMS,
-    COMMON_PROBLEMS,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    v1_router,
 )
 from swarm.gateway.service import API_SOURCE, invalid_command
 
-router = APIRouter(
-    prefix="/v1", tags=["commands"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("commands")
 
 
 @router.post("/commands", response_model=CommandResult, responses=COMMAND_PROBLEMS)

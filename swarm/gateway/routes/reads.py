@@ -6,7 +6,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from schemas import names
 from swarm.client import market, trace
@@ -16,18 +16,17 @@ from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
-    COMMON_PROBLEMS,
     GatewayDep,
     NamePath,
     NamespacePath,
+    v1_router,
 )
 from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
+router = v1_router()
 
 #: The levels of `swarm.client.logs.LOG_LEVELS`, spelled out for the OpenAPI document.
 LevelName = Literal["debug", "info", "warn", "error"]
