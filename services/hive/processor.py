@@ -208,6 +208,17 @@ class CommandProcessor:
         self.end = self.working.applied_seq
         return self.working
 
+    def _own_event(self, payload: Payload, aggregate_id: str, time: datetime) -> Envelope[Any]:
+        """An event the Hive writes on its own account, caused by no command it decided: its
+        election as leader, or the rejection of input that is not a valid command."""
+        return event(
+            payload,
+            aggregate_id=aggregate_id,
+            source=self.source,
+            identity="service:hive",
+            time=time,
+        )
+
     async def _announce(self) -> None:
         """Put this leader's election on the log before its first decision (its fence).
 
@@ -221,13 +232,7 @@ class CommandProcessor:
             payload = events.HiveLeaderElected(
                 node=self.node, term=max(0, self.term()), applied_seq=working.applied_seq
             )
-            env = event(
-                payload,
-                aggregate_id=self.node,
-                source=self.source,
-                identity="service:hive",
-                time=self.clock(),
-            )
+            env = self._own_event(payload, self.node, self.clock())
             request = AppendRequest(
                 subject=names.event_subject(names.HIVE_AGGREGATE, self.node, "leader_elected"),
                 body=env.to_json(),
@@ -586,13 +591,7 @@ class CommandProcessor:
             rule=rule.value,
             received=received,
         )
-        env = event(
-            answer,
-            aggregate_id=names.INVALID_COMMAND_ID,
-            source=self.source,
-            identity="service:hive",
-            time=self.clock(),
-        )
+        env = self._own_event(answer, names.INVALID_COMMAND_ID, self.clock())
         request = AppendRequest(
             subject=names.outcome_subject(names.INVALID_COMMAND_ID, "rejected"),
             body=self.seal.seal(env.to_json()),
@@ -745,13 +744,7 @@ class CommandProcessor:
             ],
             received=seen,
         )
-        env = event(
-            rejected,
-            aggregate_id=aggregate_id,
-            source=self.source,
-            identity="service:hive",
-            time=now,
-        )
+        env = self._own_event(rejected, aggregate_id, now)
         request = AppendRequest(
             subject=names.outcome_subject(aggregate_id, "rejected"),
             body=self.seal.seal(env.to_json()),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from pydantic import BaseModel
 
 from schemas import names, utcnow
 from schemas.views import (
@@ -43,6 +44,14 @@ from swarm.kernel.eventlog import EventLog, Message, Subscription
 
 log = structlog.get_logger(__name__)
 
+_View = TypeVar("_View", bound=BaseModel)
+
+
+def _shown(view: type[_View], record: object) -> _View:
+    """`record` (a dataclass of the state) as `view`, which shows some of its fields as they are,
+    under the same names; the fields it leaves out stay in the state."""
+    return view.model_validate(record, from_attributes=True)
+
 
 def agent_view(agent: Agent) -> AgentView:
     """The agent as listed: status, replica counts, rollout, trust and quarantine."""
@@ -74,9 +83,7 @@ def agent_view(agent: Agent) -> AgentView:
         last_seq=agent.last_seq,
         autoscale=agent.autoscale,
         trust=round(reputation.current(agent.reputation, utcnow()), 3),
-        quarantined=(
-            QuarantineView(reason=q.reason, anomaly_id=q.anomaly_id, at=q.at) if q else None
-        ),
+        quarantined=_shown(QuarantineView, q) if q else None,
     )
 
 
@@ -94,29 +101,8 @@ def agent_detail(agent: Agent) -> AgentDetailView:
             published=rep.published,
             reason=rep.reason,
         ),
-        anomalies=[
-            AgentAnomalyView(
-                anomaly_id=a.anomaly_id,
-                kind=a.kind,
-                severity=a.severity,
-                score=a.score,
-                at=a.at,
-                replica_id=a.replica_id,
-                window_start=a.window_start,
-                summary=a.summary,
-            )
-            for a in agent.anomalies
-        ],
-        healing=[
-            HealingView(
-                action=h.action,
-                reason=h.reason,
-                anomaly_id=h.anomaly_id,
-                replica_id=h.replica_id,
-                at=h.at,
-            )
-            for h in agent.actions
-        ],
+        anomalies=[_shown(AgentAnomalyView, a) for a in agent.anomalies],
+        healing=[_shown(HealingView, h) for h in agent.actions],
         spec=agent.spec.model_dump(mode="json", exclude={"module": {"inline"}}),
         history=list(agent.history),
         instances=[
@@ -148,18 +134,7 @@ def pod_view(pod: Pod) -> PodView:
         capacity=pod.capacity,
         free=FreeCapacity(memory_mb=memory, fuel_per_s=fuel, slots=slots),
         replicas=len(pod.replicas),
-        anomalies=[
-            PodAnomalyView(
-                anomaly_id=a.anomaly_id,
-                scope=a.scope,
-                kind=a.kind,
-                severity=a.severity,
-                at=a.at,
-                agents=a.agents,
-                summary=a.summary,
-            )
-            for a in pod.anomalies
-        ],
+        anomalies=[_shown(PodAnomalyView, a) for a in pod.anomalies],
     )
 
 
@@ -216,16 +191,7 @@ def _full(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
 def _webhooks_list(state: HiveState, req: dict[str, Any]) -> WebhooksAnswer:
     return WebhooksAnswer(
         webhooks=[
-            WebhookView(
-                webhook_id=w.webhook_id,
-                url=w.url,
-                filter=w.filter,
-                max_attempts=w.max_attempts,
-                secret_fingerprint=w.secret_fingerprint,
-                description=w.description,
-                created_at=w.created_at,
-                added_seq=w.added_seq,
-            )
+            _shown(WebhookView, w)
             for w in sorted(state.webhooks.values(), key=lambda w: w.webhook_id)
             if not w.removed
         ]

@@ -16,6 +16,19 @@ from services.webhooks.config import WebhookSettings
 from services.webhooks.sender import Answer, Sender
 from swarm.kernel.admin import Bucket
 
+#: What a dead letter says as its last attempt's record did: the webhook and the event, the last
+#: status code and error, and when.
+_AS_LAST_ATTEMPT = {
+    "webhook_id",
+    "event_id",
+    "event_seq",
+    "event_type",
+    "subject",
+    "status_code",
+    "error",
+    "at",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Hook:
@@ -129,15 +142,8 @@ class Deliverer:
                 # leaves a dead letter whose last record is "failed", which is retried (not lost).
                 await self.books.put_dead_letter(
                     DeadLetter(
-                        webhook_id=hook.webhook_id,
-                        event_id=event.event_id,
-                        event_seq=event.seq,
-                        event_type=event.event_type,
-                        subject=event.subject,
+                        **record.model_dump(include=_AS_LAST_ATTEMPT),
                         attempts=attempt,
-                        status_code=answer.status_code,
-                        error=answer.error,
-                        at=record.at,
                         handled=[*handled, redelivery] if redelivery else list(handled),
                     )
                 )

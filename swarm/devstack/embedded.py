@@ -85,6 +85,19 @@ def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> No
         proc.wait(5)
 
 
+class _ChildServer:
+    """What the embedded servers share: the child process that runs one (None before start)."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 # --- NATS ----------------------------------------------------------------------------------------
 
 
@@ -100,7 +113,7 @@ def nats_server_binary() -> Path:
 
 
 @dataclass
-class EmbeddedNats:
+class EmbeddedNats(_ChildServer):
     """A nats-server with JetStream storing under `data_dir`."""
 
     data_dir: Path
@@ -180,13 +193,6 @@ class EmbeddedNats:
             return None
         return int(urls[0].rsplit(":", 1)[1])
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def restart(self, timeout: float = 10.0) -> str:
         """Start again after the server died: same port, same JetStream store (which the server
         recovers on start). Raises `EmbeddedServerError` if it cannot, e.g. the port was taken
@@ -235,7 +241,7 @@ def _as_root_prepare(pgdata: Path) -> tuple[int, int] | None:
 
 
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(_ChildServer):
     """PostgreSQL (with the pgvector extension available) keeping its cluster in `data_dir`."""
 
     data_dir: Path
@@ -363,13 +369,6 @@ class EmbeddedPostgres:
             ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{self.database}"')
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def restart(self, timeout: float = 30.0) -> str:
         """Start again after the server died: same port, same cluster, which PostgreSQL brings

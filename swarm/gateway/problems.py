@@ -92,45 +92,20 @@ class ProblemError(Exception):
         self.headers = dict(headers or {})
 
 
-def problem_response(
-    request: Request | None,
-    status: int,
-    kind: str,
-    title: str,
-    detail: str,
-    *,
-    errors: Sequence[FieldProblem] = (),
-    rule: str | None = None,
-    command_id: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    problem = Problem(
-        type=TYPE_BASE + kind,
-        title=title,
-        status=status,
-        detail=detail,
-        instance=request.url.path if request is not None else None,
-        errors=[FieldError(loc=e.loc, msg=e.msg, type=e.type) for e in errors],
-        rule=rule,
-        command_id=command_id,
-    )
-    return ProblemResponse(
-        problem.model_dump(mode="json"), status_code=status, headers=dict(headers or {})
-    )
-
-
 def response_of(request: Request | None, exc: ProblemError) -> JSONResponse:
     """The problem document `exc` stands for."""
-    return problem_response(
-        request,
-        exc.status,
-        exc.kind,
-        exc.title,
-        exc.detail,
-        errors=exc.errors,
+    problem = Problem(
+        type=TYPE_BASE + exc.kind,
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        instance=request.url.path if request is not None else None,
+        errors=[FieldError(loc=e.loc, msg=e.msg, type=e.type) for e in exc.errors],
         rule=exc.rule,
         command_id=exc.command_id,
-        headers=exc.headers,
+    )
+    return ProblemResponse(
+        problem.model_dump(mode="json"), status_code=exc.status, headers=exc.headers
     )
 
 
@@ -167,7 +142,7 @@ def _status_title(status: int) -> tuple[str, str]:
 
 
 def install(app: FastAPI) -> None:
-    """Route every kind of error through `problem_response`."""
+    """Route every kind of error through `response_of`."""
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)
@@ -187,13 +162,15 @@ def install(app: FastAPI) -> None:
             )
             for e in exc.errors()
         ]
-        return problem_response(
+        return response_of(
             request,
-            422,
-            "invalid-request",
-            "Invalid request",
-            f"the request does not match the API: {len(errors)} problem(s), listed in `errors`",
-            errors=errors,
+            ProblemError(
+                422,
+                "invalid-request",
+                "Invalid request",
+                f"the request does not match the API: {len(errors)} problem(s), listed in `errors`",
+                errors=errors,
+            ),
         )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -202,15 +179,15 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else title
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.url.path}"
-        return problem_response(
-            request, exc.status_code, kind, title, detail, headers=exc.headers or {}
+        return response_of(
+            request, ProblemError(exc.status_code, kind, title, detail, headers=exc.headers)
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged here with its trace; the caller gets no internals, only that it was our fault.
         log.error("unhandled error", path=request.url.path, exc_info=exc)
-        return problem_response(
-            request, 500, "internal", "Internal error", "the API failed; see its log"
+        return response_of(
+            request, ProblemError(500, "internal", "Internal error", "the API failed; see its log")
         )
 
     app.add_exception_handler(ProblemError, on_problem)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from swarm.gateway.problems import problem_response
+from swarm.gateway.problems import ProblemError, response_of
 
 
 class ProblemH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
-        answer = problem_response(None, 400, "bad-request", "Bad request", msg)
+        answer = response_of(None, ProblemError(400, "bad-request", "Bad request", msg))
         headers = [(b"connection", b"close"), *answer.raw_headers]
         for event in (
             h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),

@@ -314,5 +314,6 @@ def rejection(outcome: Outcome, *, command_id: str, what: str) -> ProblemError:
     )
 
 
-def _unavailable(exc: BaseException) -> ProblemError:
+def nats_unavailable(exc: BaseException) -> ProblemError:
+    """NATS failing to answer a read the API makes itself (not through the client's verbs)."""
     return ProblemError(503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}")

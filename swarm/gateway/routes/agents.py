@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from fastapi.responses import JSONResponse
 
 from schemas import names
@@ -26,18 +26,15 @@ from swarm.gateway.models import (
 )
 from swarm.gateway.problems import responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
     COMMAND_PROBLEMS,
-    COMMON_PROBLEMS,
     CommandDep,
     GatewayDep,
     NamePath,
     NamespacePath,
+    v1_router,
 )
 
-router = APIRouter(
-    prefix="/v1", tags=["agents"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("agents")
 
 
 @router.get("/agents", response_model=AgentList, summary="List agents")

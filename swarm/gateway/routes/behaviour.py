@@ -6,21 +6,20 @@ import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from swarm.client import behaviour
 from swarm.client.errors import ClientError
 from swarm.gateway.models import SimilarAgent, SimilarAgents
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
-    COMMON_PROBLEMS,
     GatewayDep,
     NamePath,
     NamespacePath,
+    v1_router,
 )
 
-router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
+router = v1_router()
 
 
 @router.get(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas import REGISTRY
@@ -17,18 +17,15 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
     COMMAND_PROBLEMS,
-    COMMON_PROBLEMS,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    v1_router,
 )
-from swarm.gateway.service import API_SOURCE
+from swarm.gateway.service import API_SOURCE, invalid_command
 
-router = APIRouter(
-    prefix="/v1", tags=["commands"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("commands")
 
 
 @router.post("/commands", response_model=CommandResult, responses=COMMAND_PROBLEMS)
@@ -49,36 +46,23 @@ async def send_command(
     if plain_problem is not None:
         # Sent as is, the subscription would have no stored secret (the body has only a
         # fingerprint); POST /v1/webhooks stores one first and shows it.
-        raise ProblemError(
-            422,
-            "invalid-command",
-            "Invalid command",
+        raise _not_sent(
             f"{plain_problem}; add webhooks with POST /v1/webhooks",
-            errors=[FieldProblem("body.type", "use POST /v1/webhooks", "route")],
+            FieldProblem("body.type", "use POST /v1/webhooks", "route"),
             command_id=document.get("id"),
         )
     identity = gw.settings.identity
     if document.get("identity", identity) != identity:
-        raise ProblemError(
-            422,
-            "invalid-command",
-            "Invalid command",
+        raise _not_sent(
             f"identity is the API's ({identity}); leave it out",
-            errors=[FieldProblem("body.identity", "not this API's identity", "identity")],
+            FieldProblem("body.identity", "not this API's identity", "identity"),
         )
     try:
         event = commands.build_command(document, identity=identity, source=API_SOURCE)
         if validate:
             commands.validate_command(event)
     except ClientError as exc:
-        raise ProblemError(
-            422,
-            "invalid-command",
-            "Invalid command",
-            exc.message,
-            errors=[FieldProblem(f"body.{e.loc}", e.msg, e.type) for e in exc.errors],
-            command_id=document.get("id"),
-        ) from None
+        raise invalid_command(exc, command_id=document.get("id")) from None
     return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
 
 
@@ -113,3 +97,11 @@ async def get_schema(
     if entry is None:
         raise ProblemError(404, "not-found", "Not found", f"no command or event type {type_name}")
     return entry.model.model_json_schema()
+
+
+def _not_sent(detail: str, problem: FieldProblem, *, command_id: str | None = None) -> ProblemError:
+    """A command this route refuses to send, as the same 422 problem as one the client layer
+    refused to build (`invalid_command`)."""
+    return ProblemError(
+        422, "invalid-command", "Invalid command", detail, errors=[problem], command_id=command_id
+    )

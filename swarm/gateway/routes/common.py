@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from swarm.client.commands import Issued
@@ -29,6 +29,14 @@ COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     **responses(404, 409),
 }
 AUTHENTICATED = [Depends(require_token)]
+
+
+def v1_router(*tags: str, under: str = "") -> APIRouter:
+    """A router of the API's `/v1` routes (below `/v1{under}`): each needs the bearer token and
+    may answer with the common problems."""
+    return APIRouter(
+        prefix="/v1" + under, tags=list(tags), dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
+    )
 
 
 def gateway(request: Request) -> Gateway:

@@ -13,20 +13,18 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import Header, Query
 from fastapi.responses import StreamingResponse
 
 from schemas import names
 from swarm.client.commands import closing
 from swarm.gateway.models import EventPage, LoggedEvent
 from swarm.gateway.problems import ProblemError
-from swarm.gateway.routes.common import AUTHENTICATED, COMMON_PROBLEMS, GatewayDep
+from swarm.gateway.routes.common import GatewayDep, v1_router
 from swarm.kernel.eventlog import Delivery, EventLog
 from swarm.kernel.tasks import cancel_and_wait
 
-router = APIRouter(
-    prefix="/v1", tags=["events"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("events")
 
 #: Seconds between keep-alive comments on a quiet stream, so proxies keep the connection.
 KEEPALIVE = 15.0

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from schemas import names
 from swarm.gateway.models import Health
-from swarm.gateway.problems import problem_response, responses
+from swarm.gateway.problems import ProblemError, response_of, responses
 from swarm.kernel.eventlog import NoResponders, RequestTimeout
 
 #: No token here, but the request guard's limits on text and body size hold for every route.
@@ -25,13 +25,14 @@ async def readyz(request: Request) -> Health | JSONResponse:
     """Ready when NATS is connected and a Hive replica answers."""
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None or not gateway.log.is_connected:
-        return problem_response(
-            request, 503, "unavailable", "Swarm unavailable", "not connected to NATS"
+        return response_of(
+            request, ProblemError(503, "unavailable", "Swarm unavailable", "not connected to NATS")
         )
     try:
         await gateway.log.request(names.QUERY_STATUS, b"{}", timeout=1.0)
     except (NoResponders, RequestTimeout):
-        return problem_response(
-            request, 503, "unavailable", "Swarm unavailable", "no Hive replica answers"
+        return response_of(
+            request,
+            ProblemError(503, "unavailable", "Swarm unavailable", "no Hive replica answers"),
         )
     return Health(status="ok", detail="NATS connected, the Hive answers")

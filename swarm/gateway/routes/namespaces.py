@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from swarm.gateway.models import (
@@ -13,15 +12,14 @@ from swarm.gateway.models import (
     PodList,
 )
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
     COMMAND_PROBLEMS,
-    COMMON_PROBLEMS,
     CommandDep,
     GatewayDep,
     NamespacePath,
+    v1_router,
 )
 
-router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
+router = v1_router()
 
 
 @router.get("/namespaces", response_model=NamespaceList, tags=["namespaces"])

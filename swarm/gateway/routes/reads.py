@@ -6,7 +6,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
 from schemas import names
 from swarm.client import market, trace
@@ -16,17 +16,17 @@ from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
-    COMMON_PROBLEMS,
     GatewayDep,
     NamePath,
     NamespacePath,
+    v1_router,
 )
+from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
+router = v1_router()
 
 #: The levels of `swarm.client.logs.LOG_LEVELS`, spelled out for the OpenAPI document.
 LevelName = Literal["debug", "info", "warn", "error"]
@@ -102,9 +102,7 @@ async def get_agent_logs(
             503, "unavailable", "Swarm unavailable", f"the {names.STREAM_LOGS} stream is missing"
         ) from None
     except (EventLogError, TimeoutError) as exc:
-        raise ProblemError(
-            503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
-        ) from None
+        raise nats_unavailable(exc) from None
     return AgentLogs(
         agent_id=agent_id,
         lines=[LogLine.model_validate(entry) for entry in kept],
@@ -143,9 +141,7 @@ async def get_trace(
     except trace.TraceNotFound as exc:
         raise ProblemError(404, "not-found", "Not found", exc.message) from None
     except (EventLogError, TimeoutError) as exc:
-        raise ProblemError(
-            503, "unavailable", "Swarm unavailable", f"NATS did not answer: {exc}"
-        ) from None
+        raise nats_unavailable(exc) from None
     root_time = roots[0].time if roots else None
     return Trace(
         id=trace_id,

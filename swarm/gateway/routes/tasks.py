@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from schemas import names
 from swarm.client.tasks import queue_task
 from swarm.gateway.models import TaskQueued
 from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import AUTHENTICATED, COMMON_PROBLEMS, GatewayDep
+from swarm.gateway.routes.common import GatewayDep, v1_router
 from swarm.kernel.eventlog import EventLogError
 
-router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS)
+router = v1_router()
 
 _BODY = {
     "required": False,

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.timetravel import Point
 from swarm.gateway.problems import ProblemError
-from swarm.gateway.routes.common import AUTHENTICATED, COMMON_PROBLEMS, GatewayDep
+from swarm.gateway.routes.common import GatewayDep, v1_router
 
-router = APIRouter(
-    prefix="/v1/timeline", tags=["timeline"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("timeline", under="/timeline")
 
 PointQuery = Annotated[
     str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from schemas.names import TOKEN_PATTERN
@@ -28,12 +28,11 @@ from swarm.gateway.models import (
 )
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    AUTHENTICATED,
     COMMAND_PROBLEMS,
-    COMMON_PROBLEMS,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    v1_router,
 )
 from swarm.gateway.service import (
     API_SOURCE,
@@ -43,9 +42,7 @@ from swarm.gateway.service import (
     result_of,
 )
 
-router = APIRouter(
-    prefix="/v1", tags=["webhooks"], dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
-)
+router = v1_router("webhooks")
 
 WebhookIdPath = Annotated[str, Path(pattern=TOKEN_PATTERN, description="The webhook's id.")]
 #: A response carrying a secret must not be kept by any cache on the way.
