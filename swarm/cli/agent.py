@@ -155,20 +155,7 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     """A module file as an inline module reference (base64), checked before anything is sent."""
     from schemas.specs import INLINE_MODULE_MAX_BYTES
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CliError(
-            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
-        ) from None
-    if path.suffix == ".wat":
-        raw = assemble_wat(path, raw)
-    if raw[:4] != WASM_MAGIC:
-        raise CliError(
-            f"{path} is not a WebAssembly module: it does not start with \\0asm",
-            code=EXIT_USAGE,
-            hint="pass a compiled .wasm file or a .wat text module",
-        )
+    raw = wasm_bytes(path)
     if len(raw) > INLINE_MODULE_MAX_BYTES:
         raise CliError(
             f"module {path} is {len(raw):,} bytes; modules over {INLINE_MODULE_MAX_BYTES:,} "
@@ -183,6 +170,26 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     if detected == "core":
         validate_module(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
+
+
+def wasm_bytes(path: Path) -> bytes:
+    """A module file's bytes, a .wat text module assembled, refused unless they are WebAssembly
+    (`swarm agent deploy` and `swarm module push` read modules alike)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
+        ) from None
+    if path.suffix == ".wat":
+        raw = assemble_wat(path, raw)
+    if raw[:4] != WASM_MAGIC:
+        raise CliError(
+            f"{path} is not a WebAssembly module: it does not start with \\0asm",
+            code=EXIT_USAGE,
+            hint="pass a compiled .wasm file or a .wat text module",
+        )
+    return raw
 
 
 def assemble_wat(path: Path, text: bytes) -> bytes:
