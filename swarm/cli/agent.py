@@ -43,7 +43,10 @@ from swarm.cli.output import (
 )
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import (
+    DEFAULT_NAMESPACE,
     EXIT_CODES,
+    AgentNameArgument,
+    AgentNamespaceOption,
     Nothing,
     OutputOption,
     TimeoutOption,
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
     from swarm.client.queries import HiveQueries
     from swarm.kernel.eventlog import Delivery, EventLog
 
-DEFAULT_NAMESPACE = "default"
 #: Seconds between status polls with `deploy --wait`.
 WAIT_POLL = 0.25
 #: Events shown by `describe`.
@@ -73,17 +75,6 @@ app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="agent")
-
-
-# --- Options -------------------------------------------------------------------------------------
-
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
-    ),
-]
-NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
 
 
 # --- Formatting ----------------------------------------------------------------------------------
@@ -407,7 +398,7 @@ def deploy(
     ] = None,
     memory_mb: MemoryOption = None,
     fuel_per_s: FuelOption = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
@@ -594,7 +585,7 @@ def _rollout_progress(
 
 @app.command("ls")
 def ls(
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Agents of every namespace.")
     ] = False,
@@ -648,8 +639,8 @@ def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> 
 
 @app.command("describe")
 def describe(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     output: OutputOption = Format.TABLE,
     watch: WatchOption = False,
     nats_url: connect.NatsUrlOption = None,
@@ -906,7 +897,7 @@ def _event_summary(data: Any) -> str:
 
 @app.command("scale", epilog=EXIT_CODES)
 def scale(
-    name: NameArgument,
+    name: AgentNameArgument,
     replicas: Annotated[
         int,
         typer.Option(
@@ -917,7 +908,7 @@ def scale(
             show_default=False,
         ),
     ],
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -956,7 +947,7 @@ def rollout(
     ] = None,
     memory_mb: MemoryOption = None,
     fuel_per_s: FuelOption = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
@@ -1063,12 +1054,12 @@ def _reusable(spec: Mapping[str, Any], flags: SpecFlags, label: str) -> dict[str
 
 @app.command("rollback", epilog=EXIT_CODES)
 def rollback(
-    name: NameArgument,
+    name: AgentNameArgument,
     to_version: Annotated[
         str | None,
         typer.Option("--to-version", help="Version to go back to.", show_default="the previous"),
     ] = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1088,11 +1079,11 @@ def rollback(
 
 @app.command("stop", epilog=EXIT_CODES)
 def stop(
-    name: NameArgument,
+    name: AgentNameArgument,
     reason: Annotated[
         str, typer.Option("--reason", help="Why, for the log and `describe`.")
     ] = "stopped by request",
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1112,8 +1103,8 @@ def stop(
 
 @app.command("delete", epilog=EXIT_CODES)
 def delete(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1133,14 +1124,14 @@ def delete(
 
 @app.command("send")
 def send(
-    name: NameArgument,
+    name: AgentNameArgument,
     message: Annotated[
         str,
         typer.Argument(
             help="The message: any text, by convention JSON; '-' reads stdin.", show_default=False
         ),
     ],
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the reply.")
     ] = 10.0,
@@ -1251,8 +1242,8 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
 
 @app.command("logs")
 def logs(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     follow: logs_cli.FollowOption = False,
     level: logs_cli.LevelOption = None,
     grep: logs_cli.GrepOption = None,
@@ -1319,7 +1310,7 @@ def build(
 
 @app.command("autoscale", epilog=EXIT_CODES)
 def autoscale(
-    name: NameArgument,
+    name: AgentNameArgument,
     min_replicas: Annotated[
         int | None,
         typer.Option("--min", min=1, max=limits.MAX_REPLICAS, help="Fewest replicas."),
@@ -1365,7 +1356,7 @@ def autoscale(
     off: Annotated[
         bool, typer.Option("--off", help="Stop autoscaling (replicas stay as they are).")
     ] = False,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,

@@ -17,10 +17,9 @@ import typer
 from swarm.cli import connect
 from swarm.cli.limits import LOG_LEVELS
 from swarm.cli.output import EXIT_OK
-from swarm.cli.verbs import finish
+from swarm.cli.verbs import DEFAULT_NAMESPACE, AgentNameArgument, AgentNamespaceOption, finish
 from swarm.client.text import printable
 
-DEFAULT_NAMESPACE = "default"
 #: `-o` for logs: a line of text per entry, or a JSON object per line.
 LogFormat = Literal["text", "json"]
 
@@ -46,12 +45,6 @@ SinceOption = Annotated[
     ),
 ]
 LogOutputOption = Annotated[LogFormat, typer.Option("--output", "-o", help="Output format.")]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
-    ),
-]
 
 
 def register(root: typer.Typer) -> None:
@@ -59,8 +52,8 @@ def register(root: typer.Typer) -> None:
 
 
 def logs(
-    name: Annotated[str, typer.Argument(help="The agent's name.", show_default=False)],
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     follow: FollowOption = False,
     level: LevelOption = None,
     grep: GrepOption = None,

@@ -51,8 +51,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_NAMESPACE",
     "EXIT_CODES",
     "WATCH_INTERVAL",
+    "AgentNameArgument",
+    "AgentNamespaceOption",
     "Draw",
     "Fetch",
     "Issued",
@@ -94,6 +97,15 @@ TimeoutOption = Annotated[
 ]
 WatchOption = Annotated[
     bool, typer.Option("--watch", "-w", help="Redraw every second until Ctrl-C.")
+]
+#: The namespace of a verb that names an agent without `--namespace`.
+DEFAULT_NAMESPACE = "default"
+AgentNameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
+AgentNamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
+    ),
 ]
 EXIT_CODES = (
     "Exit codes: 0 done, 1 rejected or failed, 2 invalid input (nothing sent), "
