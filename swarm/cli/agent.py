@@ -1239,33 +1239,8 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
 
 # --- logs ----------------------------------------------------------------------------------------
 
-
-@app.command("logs")
-def logs(
-    name: AgentNameArgument,
-    namespace: AgentNamespaceOption = None,
-    follow: logs_cli.FollowOption = False,
-    level: logs_cli.LevelOption = None,
-    grep: logs_cli.GrepOption = None,
-    since: logs_cli.SinceOption = None,
-    output: logs_cli.LogOutputOption = "text",
-    nats_url: connect.NatsUrlOption = None,
-) -> None:
-    """Print an agent's log lines (all its replicas): time, level, replica, message.
-
-    Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
-    by design, so a busy agent may have lines missing. Same as `swarm logs`.
-    """
-    logs_cli.run_logs(
-        name,
-        namespace or DEFAULT_NAMESPACE,
-        follow=follow,
-        level=level,
-        grep=grep,
-        since=since,
-        output=output,
-        nats_url=nats_url,
-    )
+# `swarm logs` itself, registered here so that it keeps its place in `swarm agent --help`.
+logs_cli.register_agent_verb(app)
 
 
 @app.command("build")
