@@ -143,7 +143,7 @@ def change(
     nats_url: str | None,
 ) -> None:
     """Run one command verb of the client and print its outcome: the body of the simple verbs
-    (`agent scale|rollback|stop|delete|quarantine|release`)."""
+    (`agent scale|rollback|stop|delete|quarantine|release`, `namespace create`)."""
     from schemas import names
     from swarm.cli import connect
 
