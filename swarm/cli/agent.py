@@ -56,7 +56,7 @@ from swarm.cli.verbs import (
     conclude,
     finish,
     listing,
-    show,
+    show_read,
     styled,
 )
 from swarm.client.modules import WASM_MAGIC, kind_of
@@ -648,28 +648,12 @@ def describe(
     """Show one agent: spec, replicas, versions, rollout in progress, and its recent events."""
     ns = namespace or DEFAULT_NAMESPACE
 
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        # Imported once NATS is named: without a stack the verb has ended above, quickly.
-        from schemas import names
-        from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
+    async def read(log: EventLog, queries: HiveQueries, floor: int) -> dict[str, Any]:
+        agent = await queries.agent(ns, name, at_least=floor)
+        recent = await recent_events(log, str(agent["agent_id"]), int(agent.get("last_seq") or 0))
+        return {"agent": agent, "events": [_event_view(d) for d in recent]}
 
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                agent = await queries.agent(ns, name, at_least=await read_floor(log))
-                recent = await recent_events(
-                    log, str(agent["agent_id"]), int(agent.get("last_seq") or 0)
-                )
-                return {"agent": agent, "events": [_event_view(d) for d in recent]}
-
-            await show(fetch, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
-        return EXIT_OK
-
-    finish(main(), watching=watch)
+    show_read(nats_url, read, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
 
 
 async def recent_events(
