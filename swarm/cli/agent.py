@@ -43,7 +43,10 @@ from swarm.cli.output import (
 )
 from swarm.cli.timeline import printable
 from swarm.cli.verbs import (
+    DEFAULT_NAMESPACE,
     EXIT_CODES,
+    AgentNameArgument,
+    AgentNamespaceOption,
     Nothing,
     OutputOption,
     TimeoutOption,
@@ -53,7 +56,7 @@ from swarm.cli.verbs import (
     conclude,
     finish,
     listing,
-    show,
+    show_read,
     styled,
 )
 from swarm.client.modules import WASM_MAGIC, kind_of
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
     from swarm.client.queries import HiveQueries
     from swarm.kernel.eventlog import Delivery, EventLog
 
-DEFAULT_NAMESPACE = "default"
 #: Seconds between status polls with `deploy --wait`.
 WAIT_POLL = 0.25
 #: Events shown by `describe`.
@@ -73,17 +75,6 @@ app = typer.Typer(help="Deploy and manage agents.", no_args_is_help=True)
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="agent")
-
-
-# --- Options -------------------------------------------------------------------------------------
-
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
-    ),
-]
-NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
 
 
 # --- Formatting ----------------------------------------------------------------------------------
@@ -155,20 +146,7 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     """A module file as an inline module reference (base64), checked before anything is sent."""
     from schemas.specs import INLINE_MODULE_MAX_BYTES
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CliError(
-            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
-        ) from None
-    if path.suffix == ".wat":
-        raw = assemble_wat(path, raw)
-    if raw[:4] != WASM_MAGIC:
-        raise CliError(
-            f"{path} is not a WebAssembly module: it does not start with \\0asm",
-            code=EXIT_USAGE,
-            hint="pass a compiled .wasm file or a .wat text module",
-        )
+    raw = wasm_bytes(path)
     if len(raw) > INLINE_MODULE_MAX_BYTES:
         raise CliError(
             f"module {path} is {len(raw):,} bytes; modules over {INLINE_MODULE_MAX_BYTES:,} "
@@ -183,6 +161,26 @@ def read_module(path: Path, kind: str | None = None) -> dict[str, Any]:
     if detected == "core":
         validate_module(path, raw)
     return {"inline": base64.b64encode(raw).decode(), "kind": kind or detected}
+
+
+def wasm_bytes(path: Path) -> bytes:
+    """A module file's bytes, a .wat text module assembled, refused unless they are WebAssembly
+    (`swarm agent deploy` and `swarm module push` read modules alike)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CliError(
+            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
+        ) from None
+    if path.suffix == ".wat":
+        raw = assemble_wat(path, raw)
+    if raw[:4] != WASM_MAGIC:
+        raise CliError(
+            f"{path} is not a WebAssembly module: it does not start with \\0asm",
+            code=EXIT_USAGE,
+            hint="pass a compiled .wasm file or a .wat text module",
+        )
+    return raw
 
 
 def assemble_wat(path: Path, text: bytes) -> bytes:
@@ -400,7 +398,7 @@ def deploy(
     ] = None,
     memory_mb: MemoryOption = None,
     fuel_per_s: FuelOption = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
@@ -587,7 +585,7 @@ def _rollout_progress(
 
 @app.command("ls")
 def ls(
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     all_namespaces: Annotated[
         bool, typer.Option("--all-namespaces", "-A", help="Agents of every namespace.")
     ] = False,
@@ -641,8 +639,8 @@ def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> 
 
 @app.command("describe")
 def describe(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     output: OutputOption = Format.TABLE,
     watch: WatchOption = False,
     nats_url: connect.NatsUrlOption = None,
@@ -650,28 +648,12 @@ def describe(
     """Show one agent: spec, replicas, versions, rollout in progress, and its recent events."""
     ns = namespace or DEFAULT_NAMESPACE
 
-    async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
-        # Imported once NATS is named: without a stack the verb has ended above, quickly.
-        from schemas import names
-        from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
+    async def read(log: EventLog, queries: HiveQueries, floor: int) -> dict[str, Any]:
+        agent = await queries.agent(ns, name, at_least=floor)
+        recent = await recent_events(log, str(agent["agent_id"]), int(agent.get("last_seq") or 0))
+        return {"agent": agent, "events": [_event_view(d) for d in recent]}
 
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
-            queries = HiveQueries(log)
-
-            async def fetch() -> dict[str, Any]:
-                agent = await queries.agent(ns, name, at_least=await read_floor(log))
-                recent = await recent_events(
-                    log, str(agent["agent_id"]), int(agent.get("last_seq") or 0)
-                )
-                return {"agent": agent, "events": [_event_view(d) for d in recent]}
-
-            await show(fetch, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
-        return EXIT_OK
-
-    finish(main(), watching=watch)
+    show_read(nats_url, read, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
 
 
 async def recent_events(
@@ -899,7 +881,7 @@ def _event_summary(data: Any) -> str:
 
 @app.command("scale", epilog=EXIT_CODES)
 def scale(
-    name: NameArgument,
+    name: AgentNameArgument,
     replicas: Annotated[
         int,
         typer.Option(
@@ -910,7 +892,7 @@ def scale(
             show_default=False,
         ),
     ],
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -949,7 +931,7 @@ def rollout(
     ] = None,
     memory_mb: MemoryOption = None,
     fuel_per_s: FuelOption = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     autonomy: AutonomyOption = None,
     label: LabelOption = None,
     priority: PriorityOption = None,
@@ -1056,12 +1038,12 @@ def _reusable(spec: Mapping[str, Any], flags: SpecFlags, label: str) -> dict[str
 
 @app.command("rollback", epilog=EXIT_CODES)
 def rollback(
-    name: NameArgument,
+    name: AgentNameArgument,
     to_version: Annotated[
         str | None,
         typer.Option("--to-version", help="Version to go back to.", show_default="the previous"),
     ] = None,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1081,11 +1063,11 @@ def rollback(
 
 @app.command("stop", epilog=EXIT_CODES)
 def stop(
-    name: NameArgument,
+    name: AgentNameArgument,
     reason: Annotated[
         str, typer.Option("--reason", help="Why, for the log and `describe`.")
     ] = "stopped by request",
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1105,8 +1087,8 @@ def stop(
 
 @app.command("delete", epilog=EXIT_CODES)
 def delete(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -1126,14 +1108,14 @@ def delete(
 
 @app.command("send")
 def send(
-    name: NameArgument,
+    name: AgentNameArgument,
     message: Annotated[
         str,
         typer.Argument(
             help="The message: any text, by convention JSON; '-' reads stdin.", show_default=False
         ),
     ],
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the reply.")
     ] = 10.0,
@@ -1241,33 +1223,8 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
 
 # --- logs ----------------------------------------------------------------------------------------
 
-
-@app.command("logs")
-def logs(
-    name: NameArgument,
-    namespace: NamespaceOption = None,
-    follow: logs_cli.FollowOption = False,
-    level: logs_cli.LevelOption = None,
-    grep: logs_cli.GrepOption = None,
-    since: logs_cli.SinceOption = None,
-    output: logs_cli.LogOutputOption = "text",
-    nats_url: connect.NatsUrlOption = None,
-) -> None:
-    """Print an agent's log lines (all its replicas): time, level, replica, message.
-
-    Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
-    by design, so a busy agent may have lines missing. Same as `swarm logs`.
-    """
-    logs_cli.run_logs(
-        name,
-        namespace or DEFAULT_NAMESPACE,
-        follow=follow,
-        level=level,
-        grep=grep,
-        since=since,
-        output=output,
-        nats_url=nats_url,
-    )
+# `swarm logs` itself, registered here so that it keeps its place in `swarm agent --help`.
+logs_cli.register_agent_verb(app)
 
 
 @app.command("build")
@@ -1312,7 +1269,7 @@ def build(
 
 @app.command("autoscale", epilog=EXIT_CODES)
 def autoscale(
-    name: NameArgument,
+    name: AgentNameArgument,
     min_replicas: Annotated[
         int | None,
         typer.Option("--min", min=1, max=limits.MAX_REPLICAS, help="Fewest replicas."),
@@ -1358,7 +1315,7 @@ def autoscale(
     off: Annotated[
         bool, typer.Option("--off", help="Stop autoscaling (replicas stay as they are).")
     ] = False,
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,

@@ -25,12 +25,19 @@ from rich.table import Table
 from rich.text import Text
 
 from swarm.cli import connect
-from swarm.cli.agent import DEFAULT_NAMESPACE, ask_agent
+from swarm.cli.agent import ask_agent
 from swarm.cli.health import health_parts
 from swarm.cli.logs import format_line
 from swarm.cli.output import EXIT_OK, CliError, Format, emit, stdout_console, table
 from swarm.cli.timeline import printable
-from swarm.cli.verbs import OutputOption, finish, styled
+from swarm.cli.verbs import (
+    DEFAULT_NAMESPACE,
+    AgentNameArgument,
+    AgentNamespaceOption,
+    OutputOption,
+    finish,
+    styled,
+)
 
 if TYPE_CHECKING:
     from swarm.kernel.eventlog import EventLog, Message
@@ -47,11 +54,8 @@ def register(root: typer.Typer) -> None:
 
 
 def debug(
-    name: Annotated[str, typer.Argument(help="The agent's name.", show_default=False)],
-    namespace: Annotated[
-        str | None,
-        typer.Option("--namespace", "-n", help="The agent's namespace.", show_default="default"),
-    ] = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     send: Annotated[
         str | None,
         typer.Option("--send", help="Send this message (e.g. JSON) and show the reply."),

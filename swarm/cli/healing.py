@@ -6,25 +6,22 @@ these verbs send the same commands, so a person's decision is on the log with it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from swarm.cli import connect
 from swarm.cli.output import Format
-from swarm.cli.verbs import EXIT_CODES, OutputOption, TimeoutOption, change
+from swarm.cli.verbs import (
+    DEFAULT_NAMESPACE,
+    EXIT_CODES,
+    AgentNameArgument,
+    AgentNamespaceOption,
+    OutputOption,
+    TimeoutOption,
+    change,
+)
 
-if TYPE_CHECKING:
-    pass
-
-DEFAULT_NAMESPACE = "default"
-NameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
-    ),
-]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept on the log).")]
 
 
@@ -34,9 +31,9 @@ def register(agent_app: typer.Typer) -> None:
 
 
 def quarantine(
-    name: NameArgument,
+    name: AgentNameArgument,
     reason: ReasonOption = "quarantined by request",
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,
@@ -55,9 +52,9 @@ def quarantine(
 
 
 def release(
-    name: NameArgument,
+    name: AgentNameArgument,
     reason: ReasonOption = "released by request",
-    namespace: NamespaceOption = None,
+    namespace: AgentNamespaceOption = None,
     timeout: TimeoutOption = 10.0,
     output: OutputOption = Format.TABLE,
     nats_url: connect.NatsUrlOption = None,

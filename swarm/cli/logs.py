@@ -7,6 +7,7 @@ lines cross the wire. `swarm agent logs` is the same command under the agent ver
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Mapping
@@ -17,10 +18,9 @@ import typer
 from swarm.cli import connect
 from swarm.cli.limits import LOG_LEVELS
 from swarm.cli.output import EXIT_OK
-from swarm.cli.verbs import finish
+from swarm.cli.verbs import DEFAULT_NAMESPACE, AgentNameArgument, AgentNamespaceOption, finish
 from swarm.client.text import printable
 
-DEFAULT_NAMESPACE = "default"
 #: `-o` for logs: a line of text per entry, or a JSON object per line.
 LogFormat = Literal["text", "json"]
 
@@ -46,21 +46,20 @@ SinceOption = Annotated[
     ),
 ]
 LogOutputOption = Annotated[LogFormat, typer.Option("--output", "-o", help="Output format.")]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option(
-        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
-    ),
-]
 
 
 def register(root: typer.Typer) -> None:
     root.command("logs")(logs)
 
 
+def register_agent_verb(agent_app: typer.Typer) -> None:
+    """`swarm agent logs`: the same command under the agent verbs, its help saying so."""
+    agent_app.command("logs", help=f"{inspect.getdoc(logs)} Same as `swarm logs`.")(logs)
+
+
 def logs(
-    name: Annotated[str, typer.Argument(help="The agent's name.", show_default=False)],
-    namespace: NamespaceOption = None,
+    name: AgentNameArgument,
+    namespace: AgentNamespaceOption = None,
     follow: FollowOption = False,
     level: LevelOption = None,
     grep: GrepOption = None,
@@ -73,35 +72,13 @@ def logs(
     Lines are kept in the SWARM_LOGS stream for as long as its limits allow; logging is lossy
     by design, so a busy agent may have lines missing.
     """
-    run_logs(
-        name,
-        namespace or DEFAULT_NAMESPACE,
-        follow=follow,
-        level=level,
-        grep=grep,
-        since=since,
-        output=output,
-        nats_url=nats_url,
-    )
-
-
-def run_logs(
-    name: str,
-    namespace: str,
-    *,
-    follow: bool,
-    level: str | None,
-    grep: str | None,
-    since: str | None,
-    output: LogFormat,
-    nats_url: str | None,
-) -> None:
-    """The body of `swarm logs` and `swarm agent logs`."""
     from schemas import names
     from swarm.cli.queries import HiveQueries
     from swarm.client.commands import read_floor
     from swarm.client.logs import agent_lines, shown_levels
     from swarm.client.text import parse_time
+
+    ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
         levels = shown_levels(level)
@@ -110,7 +87,7 @@ def run_logs(
         target = connect.resolve_nats_url(nats_url, settings)
         streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
         async with connect.session(target, settings, streams=streams) as log:
-            agent = await HiveQueries(log).agent(namespace, name, at_least=await read_floor(log))
+            agent = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))
             async for entry in agent_lines(
                 log, str(agent["agent_id"]), levels=levels, grep=grep, since=start, follow=follow
             ):

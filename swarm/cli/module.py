@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from swarm.cli import connect
-from swarm.cli.agent import assemble_wat, validate_module
+from swarm.cli.agent import validate_module, wasm_bytes
 from swarm.cli.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     CliError,
     Format,
     emit,
@@ -27,7 +26,7 @@ from swarm.cli.output import (
     table,
 )
 from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
-from swarm.client.modules import WASM_MAGIC, kind_of
+from swarm.client.modules import kind_of
 
 if TYPE_CHECKING:
     from swarm.kernel.admin import ModuleStore, StoredObject
@@ -42,20 +41,7 @@ def register(root: typer.Typer) -> None:
 
 def module_bytes(path: Path) -> tuple[bytes, str]:
     """A module file's bytes (.wat assembled) and kind, checked as `swarm agent deploy` does."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CliError(
-            f"cannot read module {path}: {exc.strerror or exc}", code=EXIT_USAGE
-        ) from None
-    if path.suffix == ".wat":
-        raw = assemble_wat(path, raw)
-    if raw[:4] != WASM_MAGIC:
-        raise CliError(
-            f"{path} is not a WebAssembly module: it does not start with \\0asm",
-            code=EXIT_USAGE,
-            hint="pass a compiled .wasm file or a .wat text module",
-        )
+    raw = wasm_bytes(path)
     kind = kind_of(raw)
     if kind == "core":
         validate_module(path, raw)

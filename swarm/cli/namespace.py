@@ -15,7 +15,15 @@ from rich.console import RenderableType
 
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError, Format, table
-from swarm.cli.verbs import Nothing, OutputOption, TimeoutOption, conclude, finish, listing
+from swarm.cli.verbs import (
+    Nothing,
+    OutputOption,
+    TimeoutOption,
+    change,
+    conclude,
+    finish,
+    listing,
+)
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 
@@ -89,25 +97,16 @@ def create(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Create a namespace; limits left out are unlimited."""
-    from schemas import names
-
     quota = _limits(max_agents, max_replicas, max_memory_mb, max_fuel_per_s)
-
-    async def main() -> int:
-        settings = connect.load_settings()
-        streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
-        async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
-            issued = await swarm.namespaces.create(name, quota=quota)
-        conclude(
-            issued,
-            output,
-            what=f"creating namespace {name}",
-            done=f"namespace {name} created ({_quota_text(quota)})",
-            namespace=name,
-        )
-        return EXIT_OK
-
-    finish(main())
+    change(
+        lambda swarm: swarm.namespaces.create(name, quota=quota),
+        what=f"creating namespace {name}",
+        done=f"namespace {name} created ({_quota_text(quota)})",
+        namespace=name,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
 
 
 @app.command("update")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from swarm.client.commands import Issued, Outcome, issue, read_floor
     from swarm.client.queries import HiveQueries
     from swarm.client.swarm import Swarm
+    from swarm.kernel.eventlog import EventLog
 
 #: Imported from the client layer on first use: every `swarm` call imports this module for its
 #: options, and the client layer brings schemas, nats-py and pydantic with it.
@@ -51,8 +52,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_NAMESPACE",
     "EXIT_CODES",
     "WATCH_INTERVAL",
+    "AgentNameArgument",
+    "AgentNamespaceOption",
     "Draw",
     "Fetch",
     "Issued",
@@ -69,6 +73,7 @@ __all__ = [
     "read_floor",
     "rejection",
     "show",
+    "show_read",
     "styled",
 ]
 
@@ -94,6 +99,15 @@ TimeoutOption = Annotated[
 ]
 WatchOption = Annotated[
     bool, typer.Option("--watch", "-w", help="Redraw every second until Ctrl-C.")
+]
+#: The namespace of a verb that names an agent without `--namespace`.
+DEFAULT_NAMESPACE = "default"
+AgentNameArgument = Annotated[str, typer.Argument(help="The agent's name.", show_default=False)]
+AgentNamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="The agent's namespace.", show_default=DEFAULT_NAMESPACE
+    ),
 ]
 EXIT_CODES = (
     "Exit codes: 0 done, 1 rejected or failed, 2 invalid input (nothing sent), "
@@ -131,7 +145,7 @@ def change(
     nats_url: str | None,
 ) -> None:
     """Run one command verb of the client and print its outcome: the body of the simple verbs
-    (`agent scale|rollback|stop|delete|quarantine|release`)."""
+    (`agent scale|rollback|stop|delete|quarantine|release`, `namespace create`)."""
     from schemas import names
     from swarm.cli import connect
 
@@ -158,6 +172,25 @@ def listing(
 ) -> None:
     """The body of the `ls` verbs: `read` the Hive's answer as of the end of the log (its
     second argument), and show it under `key` with its `applied_seq`, once or on every change."""
+
+    async def listed(log: EventLog, queries: HiveQueries, floor: int) -> dict[str, Any]:
+        found = await read(queries, floor)
+        return {key: found, "applied_seq": queries.applied_seq}
+
+    show_read(nats_url, listed, lambda v: draw(v[key]), output, watch=watch, title=title)
+
+
+def show_read(
+    nats_url: str | None,
+    read: Callable[[EventLog, HiveQueries, int], Awaitable[Any]],
+    draw: Draw,
+    output: Format,
+    *,
+    watch: bool = False,
+    title: str = "",
+) -> None:
+    """The body of the read verbs (`ls`, `agent describe`): `read` as of the end of the log (its
+    third argument), and show it once or on every change."""
     from swarm.cli import connect
 
     async def main() -> int:
@@ -171,11 +204,10 @@ def listing(
         async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log)
 
-            async def fetch() -> dict[str, Any]:
-                found = await read(queries, await read_floor(log))
-                return {key: found, "applied_seq": queries.applied_seq}
+            async def fetch() -> Any:
+                return await read(log, queries, await read_floor(log))
 
-            await show(fetch, lambda v: draw(v[key]), output, watch=watch, title=title)
+            await show(fetch, draw, output, watch=watch, title=title)
         return EXIT_OK
 
     finish(main(), watching=watch)

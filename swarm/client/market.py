@@ -7,12 +7,12 @@ API's `GET /v1/market`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from schemas import names
 from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
-from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
+from swarm.client.queries import request_object
+from swarm.kernel.eventlog import EventLog
 
 __all__ = ["QUERY_TIMEOUT", "ask_market"]
 
@@ -23,20 +23,14 @@ async def ask_market(
     log: EventLog, limit: int, *, timeout: float = QUERY_TIMEOUT
 ) -> dict[str, Any]:
     """The scheduler's market state with its `limit` latest clearings."""
-    subject = names.QUERY_MARKET_STATE
-    try:
-        body = json.dumps({"limit": limit}).encode()
-        reply = await log.request(subject, body, timeout=timeout)
-    except NoResponders:
-        raise _no_scheduler("nothing is subscribed") from None
-    except RequestTimeout:
-        raise _no_scheduler(f"no answer within {timeout:g}s") from None
-    try:
-        answer = json.loads(reply.data)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        raise ClientError(f"the scheduler's answer to {subject} is not a JSON object", code=FAILED)
+    answer = await request_object(
+        log,
+        names.QUERY_MARKET_STATE,
+        {"limit": limit},
+        timeout=timeout,
+        answerer="the scheduler",
+        unanswered=_no_scheduler,
+    )
     if "error" in answer:
         raise ClientError(str(answer["error"]), code=FAILED)
     return answer

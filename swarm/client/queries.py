@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     # Imported where used: building the view models is most of a CLI verb's start-up.
     from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
 
-__all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
+__all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed", "request_object"]
 
 V = TypeVar("V", bound="View")
 
@@ -75,7 +75,14 @@ class HiveQueries:
         deadline = loop.time() + self.catch_up
         delay = _FIRST_RETRY
         while True:
-            answer = await self._request(subject, body or {})
+            answer = await request_object(
+                self.log,
+                subject,
+                body or {},
+                timeout=self.timeout,
+                answerer="the Hive",
+                unanswered=lambda why: _no_hive(subject, why),
+            )
             applied = answer.get("applied_seq")
             behind = isinstance(applied, int) and applied < at_least
             if not behind or loop.time() >= deadline:
@@ -92,21 +99,6 @@ class HiveQueries:
         error = answer.get("error")
         if error is not None:
             raise QueryFailed(str(error), error_code=str(answer.get("code", "error")))
-        return answer
-
-    async def _request(self, subject: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            reply = await self.log.request(subject, json.dumps(body).encode(), timeout=self.timeout)
-        except NoResponders:
-            raise _no_hive(subject, "nothing is subscribed") from None
-        except RequestTimeout:
-            raise _no_hive(subject, f"no answer within {self.timeout:g}s") from None
-        try:
-            answer = json.loads(reply.data)
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise ClientError(f"the Hive's answer to {subject} is not a JSON object", code=FAILED)
         return answer
 
     # -- the queries ------------------------------------------------------------------------------
@@ -169,6 +161,35 @@ class HiveQueries:
         from schemas.views import NamespaceView
 
         return _parsed(NamespaceView, await self.namespaces(at_least=at_least))
+
+
+async def request_object(
+    log: EventLog,
+    subject: str,
+    body: Mapping[str, Any],
+    *,
+    timeout: float,
+    answerer: str,
+    unanswered: Callable[[str], ClientError],
+) -> dict[str, Any]:
+    """`answerer`'s answer to one request on `subject` (core NATS request/reply), a JSON object.
+
+    Nobody subscribed, or no answer within `timeout`, is the error `unanswered(why)` returns; an
+    answer that is not a JSON object is a FAILED error.
+    """
+    try:
+        reply = await log.request(subject, json.dumps(body).encode(), timeout=timeout)
+    except NoResponders:
+        raise unanswered("nothing is subscribed") from None
+    except RequestTimeout:
+        raise unanswered(f"no answer within {timeout:g}s") from None
+    try:
+        answer = json.loads(reply.data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise ClientError(f"{answerer}'s answer to {subject} is not a JSON object", code=FAILED)
+    return answer
 
 
 def _no_hive(subject: str, why: str) -> ClientError:
