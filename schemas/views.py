@@ -173,7 +173,8 @@ class WebhookView(View):
     webhook_id: str
     url: str
     filter: str
-    max_attempts: int
+    #: None: the dispatcher's own default (`SWARM_WEBHOOK_MAX_ATTEMPTS`).
+    max_attempts: int | None
     #: Identifies the signing secret without revealing it.
     secret_fingerprint: str
     description: str

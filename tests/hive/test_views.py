@@ -9,7 +9,8 @@ import pytest
 
 from schemas import commands as c
 from schemas import healing, names
-from schemas.views import ANSWERS, AgentAnswer, AgentsAnswer, Answer, PodsAnswer
+from schemas.views import ANSWERS, AgentAnswer, AgentsAnswer, Answer, PodsAnswer, WebhooksAnswer
+from schemas.webhooks import AddWebhook
 from services.hive.queries import QUERIES, rendered
 from tests.helpers import steps
 from tests.helpers.sim import Sim
@@ -29,6 +30,16 @@ def busy_cluster() -> tuple[Sim, str]:
     sim.tick(5)
     sim.ok(c.RolloutAgent(name="echo", spec=steps.spec("v2")))
     sim.ok(healing.QuarantineAgent(agent_id=echo, reason="looked odd"))
+    # Webhooks with and without their own attempt limit (without: the dispatcher's default).
+    for limit in (3, None):
+        sim.ok(
+            AddWebhook(
+                url=f"https://example.com/h{limit}",
+                filter="swarm.evt.>",
+                secret_fingerprint="0123456789abcdef",
+                max_attempts=limit,
+            )
+        )
     sim.tick(1)
     return sim, echo
 
@@ -70,3 +81,14 @@ def test_every_answer_is_its_view_and_reads_back_unchanged() -> None:
 def test_a_missing_agent_is_an_error_answer_not_a_view() -> None:
     answer = QUERIES[names.QUERY_AGENTS_GET](Sim().state, {"name": "nobody"})
     assert rendered(answer) == {"error": "agent not found", "code": "not_found"}
+
+
+def test_a_webhook_without_its_own_attempt_limit_is_listed() -> None:
+    """`max_attempts` is optional on `webhook.add` (the dispatcher's default applies), so the
+    list shows it as null rather than failing the whole query."""
+    sim, _ = busy_cluster()
+    answer = QUERIES[names.QUERY_WEBHOOKS_LIST](sim.state, {})
+    assert isinstance(answer, WebhooksAnswer)
+    assert sorted((h.max_attempts or 0) for h in answer.webhooks) == [0, 3]
+    wire = json.loads(json.dumps(rendered(answer)))
+    assert {h["max_attempts"] for h in wire["webhooks"]} == {3, None}
