@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from swarm.domain import placement
+
 
 @dataclass(frozen=True, slots=True)
 class Need:
@@ -50,13 +52,9 @@ class Offer:
     capacity_slots: int = 0
 
     def fits(self, need: Need) -> bool:
-        """The Hive's capacity check: memory, fuel/s and one slot must all be free."""
-        return (
-            self.ready
-            and need.memory_mb <= self.free_memory_mb
-            and need.fuel_per_s <= self.free_fuel_per_s
-            and self.free_slots >= 1
-        )
+        """The Hive's capacity check (`placement.fits`), on a pod that takes replicas."""
+        free = (self.free_memory_mb, self.free_fuel_per_s, self.free_slots)
+        return self.ready and placement.fits(need, free)
 
     def minus(self, need: Need) -> Offer:
         """The offer left once `need` is placed here."""
