@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,14 @@ def nats_server_version() -> str:
         check=False,
         timeout=10,
     ).stdout.strip()
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The `q`-th (0..100) nearest-rank percentile: a value that was measured, also for a handful
+    of runs."""
+    ordered = sorted(samples)
+    rank = max(1, round(q / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 def machine(load_at_start: float, **extra: Any) -> dict[str, Any]:
@@ -108,6 +116,7 @@ __all__ = [
     "load_average",
     "machine",
     "nats_server_version",
+    "percentile",
     "report",
     "write_report",
 ]

@@ -35,7 +35,6 @@ import gc
 import importlib.util
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -89,17 +88,26 @@ TARGET_IDLE_AGENTS = 10_000
 COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
 NA_COMPONENTS = "n/a (componentize-py not installed)"
 COMPONENT_CHILD = "--component-idle-child"  # argv[1] of the subprocess that holds components
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
+T = TypeVar("T")
 
 
 def rss() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def hold(make: Callable[[], T], n: int, held: list[T]) -> tuple[int, int, str | None]:
+    """Make up to `n` instances into `held`, which keeps them alive; this process's RSS before
+    and after (each after a collection), and why making them stopped early, if it did."""
+    gc.collect()
+    before = rss()
+    failure: str | None = None
+    try:
+        for _ in range(n):
+            held.append(make())
+    except Exception as exc:  # how many fit is the measurement
+        failure = f"{type(exc).__name__}: {exc}"
+    gc.collect()
+    return before, rss(), failure
 
 
 # --- sandbox level -------------------------------------------------------------------------------
@@ -126,17 +134,10 @@ def idle_memory(engine: SandboxEngine, cache: ModuleCache, n: int) -> dict[str, 
     """RSS growth per idle echo sandbox, over `n` of them held at once."""
     module = cache.load(ECHO)
     limits = SandboxLimits(memory_bytes=AGENT_MEMORY_MB * 1024 * 1024)
-    gc.collect()
-    before = rss()
     held: list[AgentSandbox] = []
-    failure: str | None = None
-    try:
-        for _ in range(n):
-            held.append(AgentSandbox(engine, module, limits, MemoryHost()))
-    except Exception as exc:  # how many fit is the measurement
-        failure = f"{type(exc).__name__}: {exc}"
-    gc.collect()
-    after = rss()
+    before, after, failure = hold(
+        lambda: AgentSandbox(engine, module, limits, MemoryHost()), n, held
+    )
     # Touch one of them, so they are live instances rather than dead weight.
     if held:
         assert held[len(held) // 2].handle(b"x").replies == (b"x",)
@@ -169,16 +170,9 @@ def component_idle_child(wasm_path: Path, cache_dir: Path, n: int) -> dict[str, 
         limits = SandboxLimits()
         # Held, not counted: the first instance pays one-off costs (lazy init, page tables).
         held = [ComponentSandbox(cache, compiled, limits, MemoryHost())]
-        gc.collect()
-        before = rss()
-        failure: str | None = None
-        try:
-            for _ in range(n):
-                held.append(ComponentSandbox(cache, compiled, limits, MemoryHost()))
-        except Exception as exc:  # how many fit is the measurement
-            failure = f"{type(exc).__name__}: {exc}"
-        gc.collect()
-        after = rss()
+        before, after, failure = hold(
+            lambda: ComponentSandbox(cache, compiled, limits, MemoryHost()), n, held
+        )
         created = len(held) - 1
         # Touch one of them, so they are live instances rather than dead weight.
         assert held[len(held) // 2].handle(b"{}").replies == (b"1",)
@@ -266,7 +260,7 @@ async def deploy_latency(log: EventLog, watch: RunningWatch, n: int, burst: int)
     result: dict[str, Any] = {
         "deploys": n,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": pct(latencies, 99) * 1000,
+        "p99_ms": _common.percentile(latencies, 99) * 1000,
         "max_ms": max(latencies) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
     }
@@ -307,7 +301,7 @@ async def pipelined(
     return {
         "msgs_per_s": n / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": pct(latencies, 99) * 1000,
+        "p99_ms": _common.percentile(latencies, 99) * 1000,
     }
 
 
@@ -504,9 +498,9 @@ def vector_search(root: Path, n: int) -> dict[str, Any]:
             "load_s": load_s,
             "index_build_s": index_s,
             "p50_ms": statistics.median(swarm) * 1000,
-            "p99_ms": pct(swarm, 99) * 1000,
+            "p99_ms": _common.percentile(swarm, 99) * 1000,
             "raw_p50_ms": statistics.median(raw) * 1000,
-            "raw_p99_ms": pct(raw, 99) * 1000,
+            "raw_p99_ms": _common.percentile(raw, 99) * 1000,
             "ratio_p50": statistics.median(swarm) / statistics.median(raw),
         }
     finally:
