@@ -307,26 +307,19 @@ async def replay_case(root: Path, args: argparse.Namespace) -> list[Row]:
     return [
         Row(
             "replay",
-            "timeline replay, events/s",
+            measure,
             "nats-py ordered consumer",
-            [r.wall for r in replay],
+            [r.wall for r in rates],
             raw_wall,
-            REPLAY_TARGET,
+            target,
             extra,
-            [r.cpu for r in replay],
+            [r.cpu for r in rates],
             raw_cpu,
-        ),
-        Row(
-            "replay",
-            "timeline --at (replay + evolve), events/s",
-            "nats-py ordered consumer",
-            [r.wall for r in fold],
-            raw_wall,
-            None,
-            extra,
-            [r.cpu for r in fold],
-            raw_cpu,
-        ),
+        )
+        for measure, rates, target in (
+            ("timeline replay, events/s", replay, REPLAY_TARGET),
+            ("timeline --at (replay + evolve), events/s", fold, None),
+        )
     ]
 
 
