@@ -33,4 +33,3 @@ def test_agents_bench_quick_measures_the_baseline_and_skips_the_component(tmp_pa
     for deploy in ("first_deploy", "redeploy"):
         assert 0 < core[deploy]["wall_s"] < 120
         assert core[deploy]["pod_cpu_s"] >= 0
-    assert report["machine"]["cpu_count"] >= 1

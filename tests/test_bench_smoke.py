@@ -5,7 +5,6 @@ chaos bench once took over 140 s there), not expectations: speed is the benches'
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +23,7 @@ def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
 
     assert report["params"]["messages"] == 200
     assert report["params"]["repeats"] >= 1
-    machine = report["machine"]
-    assert machine["cpu_count"] >= 1
-    assert machine["python"] == "{}.{}.{}".format(*sys.version_info[:3])
-    assert "nats-server" in machine["nats_server"]
+    assert "nats-server" in report["machine"]["nats_server"]
 
     results = report["results"]
     assert {(r["mode"], r["case"]) for r in results} == {
@@ -60,11 +56,8 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
     )
     assert "deploy → running p99" in stdout
 
-    assert report["benchmark"] == "runtime"
     assert report["params"]["deploys"] == 5
     assert report["params"]["vectors"] == 300
-    assert report["machine"]["cpu_count"] >= 1
-    assert report["machine"]["python"] == "{}.{}.{}".format(*sys.version_info[:3])
 
     deploy = report["deploy"]
     assert 0 < deploy["p50_ms"] <= deploy["p99_ms"]
@@ -98,9 +91,7 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
     )
     assert "User surfaces" in stdout
 
-    assert report["benchmark"] == "surfaces"
     assert report["params"]["events"] == 300
-    assert report["machine"]["cpu_count"] >= 1
     rows = {r["measure"]: r for r in report["results"]}
     assert set(rows) == {
         "timeline replay, events/s",
@@ -145,7 +136,6 @@ def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
     )
     assert "faust/plain" in stdout
 
-    assert report["benchmark"] == "streaming"
     assert report["params"] == {"events": 600, "keys": [20, 300], "batch": 100, "repeats": 1}
     assert report["machine"]["faust_streaming"] == "0.15.3"
     rows = report["results"]
@@ -179,10 +169,8 @@ def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
     assert "Chaos" in stdout
     assert "recovery p50 over all runs" in stdout
 
-    assert report["benchmark"] == "chaos"
     assert report["params"]["quick"] is True
     assert report["params"]["trials"] == 1
-    assert report["machine"]["cpu_count"] >= 1
     ran = {s["scenario"]: s for s in report["scenarios"]}
     assert set(ran) | set(report["skipped"]) == {"nats-kill", "leader-partition"}
     nats_kill = ran["nats-kill"]
@@ -203,9 +191,7 @@ def test_cli_bench_times_every_case_with_and_without_a_stack(tmp_path: Path) -> 
     stdout, report = run_bench_report("cli.py", "--quick", tmp_path=tmp_path, timeout=400)
     assert "CLI start" in stdout
 
-    assert report["benchmark"] == "cli"
     assert report["params"] == {"runs": 3, "quick": True, "stack": True}
-    assert report["machine"]["cpu_count"] >= 1
     # Each case ran as intended: a stack answered the second pair, none the first.
     codes = {(r["command"], r["stack"]): r["exit_codes"] for r in report["start"]}
     assert codes == {
