@@ -15,9 +15,8 @@ An incident counts as detected when a finding about its agent has a window overl
 [start, end + tolerance]; a finding overlapping no incident span is a false positive.
 Detection delay = finding window end - incident start (simulated seconds), plus the time the
 machine check held the finding back, if it did (`Holds`).
-The generator's parameters are fixed in `Workload` below (and the `Cluster` it extends) and were
-not changed while tuning the detectors. Baseline row: the same messages through window
-aggregation only (no detectors).
+The generator's parameters are fixed in `Workload` below and were not changed while tuning the
+detectors. Baseline row: the same messages through window aggregation only (no detectors).
 
 Load ramp (`LoadRamp`, no planted incident): agents whose offered load ramps from idle to a
 peak and back (cycles of `cycle_s`), some of them past their capacity, so their mailboxes fill;
@@ -75,20 +74,12 @@ KINDS = ("spike", "level_shift", "drift", "loop")
 
 
 @dataclass(frozen=True, slots=True)
-class Cluster:
-    """The simulated cluster both workloads run on: `agents` in pods of `agents_per_pod`, each
-    sampled every `sample_s` for `duration_s`, aggregated by the Observer in `window_s` windows."""
-
-    agents: int
+class Workload:
+    agents: int = 200
     duration_s: float = 1800.0
     sample_s: float = 1.0
     window_s: float = 2.0
     agents_per_pod: int = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Workload(Cluster):
-    agents: int = 200
     #: No incident starts before this (detectors need a baseline) or ends after the run.
     quiet_start_s: float = 300.0
     #: Share of agents with one planted incident.
@@ -249,10 +240,14 @@ def generate(w: Workload) -> tuple[list[tuple[int, float, bytes]], list[Incident
 
 
 @dataclass(frozen=True, slots=True)
-class LoadRamp(Cluster):
+class LoadRamp:
     """Busy, not broken: offered load that rises and falls, and two machine-wide slowdowns."""
 
     agents: int = 40
+    duration_s: float = 1800.0
+    sample_s: float = 1.0
+    window_s: float = 2.0
+    agents_per_pod: int = 10
     #: One cycle of offered load: idle 10 %, ramp up 20 %, peak 20 %, ramp down 20 %, low 30 %.
     cycle_s: float = 600.0
     peak_rate_min: float = 5.0
