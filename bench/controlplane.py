@@ -63,6 +63,9 @@ class RunningWatch:
 
 @dataclass(frozen=True, slots=True)
 class ControlPlane:
+    """What `control_plane` yields: the server's URL, a log connected to it, and the watch,
+    subscribed before the scheduler started (so it misses no replica)."""
+
     url: str
     log: EventLog
     watch: RunningWatch
