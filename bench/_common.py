@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -68,6 +69,13 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def paired_ratio(runs: Sequence[float], baseline: Sequence[float]) -> float:
+    """The median of each repeat's ratio of a run to its baseline run: the two are adjacent in
+    time, so drift in machine load (other processes on the shared cores, CPU frequency) weighs on
+    both alike and mostly cancels out."""
+    return statistics.median(r / b for r, b in zip(runs, baseline, strict=True))
+
+
 def machine(load_at_start: float, **extra: Any) -> dict[str, Any]:
     """The machine and how busy it was from `load_at_start` to now; `extra` adds what one
     benchmark depends on (library versions, the store's filesystem)."""
@@ -116,6 +124,7 @@ __all__ = [
     "load_average",
     "machine",
     "nats_server_version",
+    "paired_ratio",
     "percentile",
     "report",
     "write_report",

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.js.errors import NotFoundError
 
+from bench import _common
 from schemas import REGISTRY, CommandAccepted, Payload, commands, event, events, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from services.scheduler.intake import FOLDED, Intake
@@ -231,9 +232,10 @@ async def run(n: int = 20_000, *, batch: int = 500, repeats: int = 3) -> list[di
 def _rows(
     n: int, batch: int, repeats: int, plain_runs: list[Run], faust_runs: list[Run]
 ) -> list[dict[str, Any]]:
-    ratios = [f.events_per_s / p.events_per_s for f, p in zip(faust_runs, plain_runs, strict=True)]
+    ratio = _common.paired_ratio(
+        [f.events_per_s for f in faust_runs], [p.events_per_s for p in plain_runs]
+    )
     common = {"events": n, "batch": batch, "repeats": repeats}
-    ratio = statistics.median(ratios)
     return [
         {
             **common,

@@ -81,9 +81,7 @@ class Row:
     def cpu_ratio(self) -> float | None:
         if not self.swarm_cpu_runs or not self.raw_cpu_runs:
             return None
-        return statistics.median(
-            s / r for s, r in zip(self.swarm_cpu_runs, self.raw_cpu_runs, strict=True)
-        )
+        return _common.paired_ratio(self.swarm_cpu_runs, self.raw_cpu_runs)
 
     @property
     def swarm_per_s(self) -> float:
@@ -95,9 +93,7 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        """The median of each repeat's ratio: a repeat's two runs are adjacent in time, so load
-        from other processes on the shared cores weighs on both alike."""
-        return statistics.median(s / r for s, r in zip(self.swarm_runs, self.raw_runs, strict=True))
+        return _common.paired_ratio(self.swarm_runs, self.raw_runs)
 
     def as_json(self) -> dict[str, Any]:
         return {
