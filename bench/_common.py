@@ -14,10 +14,11 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,21 @@ def nats_server_version() -> str:
         check=False,
         timeout=10,
     ).stdout.strip()
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The `q`-th (0..100) nearest-rank percentile: a value that was measured, also for a handful
+    of runs."""
+    ordered = sorted(samples)
+    rank = max(1, round(q / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def paired_ratio(runs: Sequence[float], baseline: Sequence[float]) -> float:
+    """The median of each repeat's ratio of a run to its baseline run: the two are adjacent in
+    time, so drift in machine load (other processes on the shared cores, CPU frequency) weighs on
+    both alike and mostly cancels out."""
+    return statistics.median(r / b for r, b in zip(runs, baseline, strict=True))
 
 
 def machine(load_at_start: float, **extra: Any) -> dict[str, Any]:
@@ -108,6 +124,8 @@ __all__ = [
     "load_average",
     "machine",
     "nats_server_version",
+    "paired_ratio",
+    "percentile",
     "report",
     "write_report",
 ]

@@ -44,13 +44,13 @@ from typing import Any, TypeVar
 import psutil
 import structlog
 import wasmtime
-from nats.aio.msg import Msg
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _common
+from bench.controlplane import RunningWatch, control_plane, pods_registered
 from bench.pods import pod_process
 from runtime.components import ComponentCache, ComponentSandbox
 from runtime.engine import SandboxEngine
@@ -60,12 +60,7 @@ from runtime.modules import ModuleCache
 from runtime.sandbox import AgentSandbox
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Placement
-from services.hive.testing import HiveCluster
-from services.scheduler import Scheduler, SchedulerSettings
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from swarm.kernel.settings import Settings
-from swarm.kernel.streams import ensure_streams
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "agents.json"
@@ -167,34 +162,6 @@ def core_steps(wasm: bytes, cache_dir: Path) -> dict[str, dict[str, float]]:
 # --- the control plane ---------------------------------------------------------------------------
 
 
-class RunningWatch:
-    """`deployed` and `replica_running` events on a core subscription: name -> when running."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self._waiters: dict[str, asyncio.Future[float]] = {}
-
-    async def subscribe(self, log: EventLog) -> None:
-        await log.nc.subscribe(f"{names.EVENTS_PREFIX}.agent.*.deployed", cb=self._deployed)
-        await log.nc.subscribe(f"{names.EVENTS_PREFIX}.agent.*.replica_running", cb=self._running)
-
-    async def _deployed(self, msg: Msg) -> None:
-        data = json.loads(msg.data)["data"]
-        self.names[data["agent_id"]] = data["name"]
-
-    async def _running(self, msg: Msg) -> None:
-        seen = time.perf_counter()
-        name = self.names.get(json.loads(msg.data)["data"]["agent_id"])
-        waiter = self._waiters.pop(name, None) if name else None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(seen)
-
-    def wait(self, name: str) -> asyncio.Future[float]:
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._waiters[name] = future
-        return future
-
-
 @contextlib.asynccontextmanager
 async def pod(url: str, pod_id: str, cache_dir: Path, root: Path) -> AsyncIterator[psutil.Process]:
     """`python -m runtime`, as `swarm up` runs a pod; its log goes to `root`/<pod_id>.log."""
@@ -205,18 +172,6 @@ async def pod(url: str, pod_id: str, cache_dir: Path, root: Path) -> AsyncIterat
     }
     async with pod_process(url, settings, root / f"{pod_id}.log") as proc:
         yield psutil.Process(proc.pid)
-
-
-async def pods_registered(log: EventLog, wanted: set[str], timeout: float = 60.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        with contextlib.suppress(Exception):
-            reply = await log.nc.request(names.QUERY_PODS_LIST, b"{}", timeout=2)
-            seen = {p.get("pod_id") for p in json.loads(reply.data).get("pods", [])}
-            if wanted <= seen:
-                return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"pods {sorted(wanted)} did not register in {timeout} s")
 
 
 def deploy_request(name: str, module: ModuleRef, pod_id: str) -> AppendRequest:
@@ -254,26 +209,14 @@ async def optimized_on_disk(cache_dir: Path, sha256: str, timeout: float) -> Non
         await asyncio.sleep(0.1)
 
 
-async def control_plane(
+async def end_to_end_deploys(
     root: Path, component: bytes | None, echo: bytes, timeout: float
 ) -> dict[str, Any]:
-    server = EmbeddedNats(root / "nats")
-    url = server.start()
-    (root / "hive").mkdir(parents=True, exist_ok=True)
-    hive = HiveCluster(url, root / "hive", size=1)
-    hive.start()
-    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings())
-    scheduler_task: asyncio.Task[None] | None = None
     # One directory for the machine's pods, as `swarm up` gives them.
     cache_dir = root / "modules"
     result: dict[str, Any] = {}
-    try:
-        log = await EventLog.connect(url, name="bench")
-        await ensure_streams(log.js, Settings(nats_url=url))
-        await hive.leader(log.nc, timeout=60)
-        watch = RunningWatch()
-        await watch.subscribe(log)
-        scheduler_task = asyncio.create_task(scheduler.run())
+    async with control_plane(root) as plane:
+        log, watch, url = plane.log, plane.watch, plane.url
         store = await log.js.object_store(names.OBJECT_STORE_MODULES)
         echo_ref = ModuleRef(inline=base64.b64encode(echo).decode())
         first, second = POD_IDS
@@ -303,15 +246,7 @@ async def control_plane(
                     await pods_registered(log, {second})
                     py["other_pod"] = await deploy(log, watch, "py3", ref, second, pod1, timeout)
                 result["component"] = py
-        await log.close()
-        return result
-    finally:
-        scheduler.stop()
-        if scheduler_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(scheduler_task, 15)
-        hive.stop()
-        server.stop()
+    return result
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -416,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with console.status("a pod's steps: compile, load, instantiate"):
                 report["component_steps"] = component_steps(component, root / "steps")
         with console.status("deploys through the Hive, the scheduler and pods"):
-            report["deploys"] = asyncio.run(control_plane(root, component, echo, args.timeout))
+            report["deploys"] = asyncio.run(end_to_end_deploys(root, component, echo, args.timeout))
     report = {
         **_common.report(
             "agents",

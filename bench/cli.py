@@ -85,13 +85,6 @@ def run_once(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> Run:
     return Run(wall, usage.ru_utime + usage.ru_stime, proc.returncode)
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile: a value that was measured, also for a handful of runs."""
-    ordered = sorted(samples)
-    rank = max(1, round(q / 100 * len(ordered) + 0.5 - 1e-9))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 @dataclass
 class Row:
     label: str
@@ -102,17 +95,17 @@ class Row:
     def figures(self) -> dict[str, Any]:
         wall = [r.wall_s * 1000 for r in self.runs]
         base = [r.wall_s * 1000 for r in self.baseline]
-        p50 = percentile(wall, 50)
+        p50 = _common.percentile(wall, 50)
         target = TARGET_MS[self.with_stack]
         return {
             "command": self.label,
             "stack": self.with_stack,
             "p50_ms": round(p50, 1),
-            "p90_ms": round(percentile(wall, 90), 1),
-            "cpu_p50_ms": round(percentile([r.cpu_s * 1000 for r in self.runs], 50), 1),
-            "baseline_p50_ms": round(percentile(base, 50), 1),
+            "p90_ms": round(_common.percentile(wall, 90), 1),
+            "cpu_p50_ms": round(_common.percentile([r.cpu_s * 1000 for r in self.runs], 50), 1),
+            "baseline_p50_ms": round(_common.percentile(base, 50), 1),
             "baseline_cpu_p50_ms": round(
-                percentile([r.cpu_s * 1000 for r in self.baseline], 50), 1
+                _common.percentile([r.cpu_s * 1000 for r in self.baseline], 50), 1
             ),
             "over_baseline_p50_ms": round(
                 statistics.median(a - b for a, b in zip(wall, base, strict=True)), 1

@@ -143,10 +143,10 @@ class Measurement:
 
     @property
     def ratio(self) -> float:
-        """Median of the per-repetition ratios: each pairs a client run with the raw run next
-        to it, so drift in machine load (other processes, CPU frequency) mostly cancels out."""
-        pairs = zip(self.client_runs, self.raw_runs, strict=True)
-        return statistics.median(c.rate / r.rate for c, r in pairs)
+        """Each client run against the raw run next to it."""
+        return _common.paired_ratio(
+            [c.rate for c in self.client_runs], [r.rate for r in self.raw_runs]
+        )
 
     @property
     def cpu_ratio(self) -> float:

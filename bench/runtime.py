@@ -35,7 +35,6 @@ import gc
 import importlib.util
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -59,6 +58,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _common
+from bench.controlplane import RunningWatch, control_plane, pods_registered
 from bench.pods import pod_process
 from runtime.config import PodSettings
 from runtime.engine import SandboxEngine
@@ -69,9 +69,6 @@ from runtime.pod import Pod
 from runtime.sandbox import AgentSandbox
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Resources
-from services.hive.testing import HiveCluster
-from services.scheduler import Scheduler, SchedulerSettings
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 
@@ -91,17 +88,26 @@ TARGET_IDLE_AGENTS = 10_000
 COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
 NA_COMPONENTS = "n/a (componentize-py not installed)"
 COMPONENT_CHILD = "--component-idle-child"  # argv[1] of the subprocess that holds components
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
+T = TypeVar("T")
 
 
 def rss() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def hold(make: Callable[[], T], n: int, held: list[T]) -> tuple[int, int, str | None]:
+    """Make up to `n` instances into `held`, which keeps them alive; this process's RSS before
+    and after (each after a collection), and why making them stopped early, if it did."""
+    gc.collect()
+    before = rss()
+    failure: str | None = None
+    try:
+        for _ in range(n):
+            held.append(make())
+    except Exception as exc:  # how many fit is the measurement
+        failure = f"{type(exc).__name__}: {exc}"
+    gc.collect()
+    return before, rss(), failure
 
 
 # --- sandbox level -------------------------------------------------------------------------------
@@ -128,17 +134,10 @@ def idle_memory(engine: SandboxEngine, cache: ModuleCache, n: int) -> dict[str, 
     """RSS growth per idle echo sandbox, over `n` of them held at once."""
     module = cache.load(ECHO)
     limits = SandboxLimits(memory_bytes=AGENT_MEMORY_MB * 1024 * 1024)
-    gc.collect()
-    before = rss()
     held: list[AgentSandbox] = []
-    failure: str | None = None
-    try:
-        for _ in range(n):
-            held.append(AgentSandbox(engine, module, limits, MemoryHost()))
-    except Exception as exc:  # how many fit is the measurement
-        failure = f"{type(exc).__name__}: {exc}"
-    gc.collect()
-    after = rss()
+    before, after, failure = hold(
+        lambda: AgentSandbox(engine, module, limits, MemoryHost()), n, held
+    )
     # Touch one of them, so they are live instances rather than dead weight.
     if held:
         assert held[len(held) // 2].handle(b"x").replies == (b"x",)
@@ -171,16 +170,9 @@ def component_idle_child(wasm_path: Path, cache_dir: Path, n: int) -> dict[str, 
         limits = SandboxLimits()
         # Held, not counted: the first instance pays one-off costs (lazy init, page tables).
         held = [ComponentSandbox(cache, compiled, limits, MemoryHost())]
-        gc.collect()
-        before = rss()
-        failure: str | None = None
-        try:
-            for _ in range(n):
-                held.append(ComponentSandbox(cache, compiled, limits, MemoryHost()))
-        except Exception as exc:  # how many fit is the measurement
-            failure = f"{type(exc).__name__}: {exc}"
-        gc.collect()
-        after = rss()
+        before, after, failure = hold(
+            lambda: ComponentSandbox(cache, compiled, limits, MemoryHost()), n, held
+        )
         created = len(held) - 1
         # Touch one of them, so they are live instances rather than dead weight.
         assert held[len(held) // 2].handle(b"{}").replies == (b"1",)
@@ -255,42 +247,6 @@ def deploy_request(name: str) -> AppendRequest:
     return AppendRequest.of(command(payload, source="bench", identity="user:bench"))
 
 
-class RunningWatch:
-    """Follows `deployed` and `replica_running` events on a core subscription: name -> when."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}  # agent id -> name
-        self.running: dict[str, float] = {}  # name -> first replica_running seen
-        self._waiters: dict[str, asyncio.Future[float]] = {}
-
-    async def subscribe(self, nc: Client) -> None:
-        await nc.subscribe(f"{names.EVENTS_PREFIX}.agent.*.deployed", cb=self._deployed)
-        await nc.subscribe(f"{names.EVENTS_PREFIX}.agent.*.replica_running", cb=self._running)
-
-    async def _deployed(self, msg: Msg) -> None:
-        body = json.loads(msg.data)
-        self.names[body["data"]["agent_id"]] = body["data"]["name"]
-
-    async def _running(self, msg: Msg) -> None:
-        seen = time.perf_counter()
-        agent_id = json.loads(msg.data)["data"]["agent_id"]
-        name = self.names.get(agent_id)
-        if name is None or name in self.running:
-            return
-        self.running[name] = seen
-        waiter = self._waiters.pop(name, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(seen)
-
-    def wait(self, name: str) -> asyncio.Future[float]:
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        if name in self.running:
-            future.set_result(self.running[name])
-        else:
-            self._waiters[name] = future
-        return future
-
-
 async def deploy_latency(log: EventLog, watch: RunningWatch, n: int, burst: int) -> dict[str, Any]:
     await log.append_raw(deploy_request("echo"))  # compiles the module, caches it on disk
     await asyncio.wait_for(watch.wait("echo"), 30)
@@ -304,7 +260,7 @@ async def deploy_latency(log: EventLog, watch: RunningWatch, n: int, burst: int)
     result: dict[str, Any] = {
         "deploys": n,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": pct(latencies, 99) * 1000,
+        "p99_ms": _common.percentile(latencies, 99) * 1000,
         "max_ms": max(latencies) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
     }
@@ -345,7 +301,7 @@ async def pipelined(
     return {
         "msgs_per_s": n / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": pct(latencies, 99) * 1000,
+        "p99_ms": _common.percentile(latencies, 99) * 1000,
     }
 
 
@@ -441,50 +397,19 @@ async def pod_in_process(url: str, config: PodSettings) -> AsyncIterator[None]:
             await asyncio.wait_for(task, 15)
 
 
-async def pod_registered(log: EventLog, timeout: float = 30.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        with contextlib.suppress(nats.errors.Error):
-            reply = await log.nc.request(names.QUERY_PODS_LIST, b"{}", timeout=2)
-            if any(p.get("pod_id") == POD_ID for p in json.loads(reply.data).get("pods", [])):
-                return
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"pod {POD_ID} did not register in {timeout} s")
-
-
-async def control_plane(root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    server = EmbeddedNats(root / "nats")
-    url = server.start()
-    (root / "hive").mkdir(parents=True, exist_ok=True)
-    hive = HiveCluster(url, root / "hive", size=1)
-    hive.start()
-    scheduler = Scheduler(Settings(nats_url=url), SchedulerSettings())
-    scheduler_task: asyncio.Task[None] | None = None
+async def deploys_and_messages(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     config = pod_settings(root, args.deploys + args.burst + 10)
-    try:
-        log = await EventLog.connect(url, name="bench")
-        await hive.leader(log.nc, timeout=30)
-        watch = RunningWatch()
-        await watch.subscribe(log.nc)
-        scheduler_task = asyncio.create_task(scheduler.run())
+    async with control_plane(root) as plane:
         pod = (
-            pod_in_process(url, config)
+            pod_in_process(plane.url, config)
             if args.pod_in_process
-            else pod_as_process(url, config, root)
+            else pod_as_process(plane.url, config, root)
         )
         async with pod:
-            await pod_registered(log)
-            deploys = await deploy_latency(log, watch, args.deploys, args.burst)
-            msgs = await messages(url, args.messages)
-        await log.close()
-        return {"deploy": deploys, "messages": msgs}
-    finally:
-        scheduler.stop()
-        if scheduler_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(scheduler_task, 15)
-        hive.stop()
-        server.stop()
+            await pods_registered(plane.log, {POD_ID})
+            deploys = await deploy_latency(plane.log, plane.watch, args.deploys, args.burst)
+            msgs = await messages(plane.url, args.messages)
+    return {"deploy": deploys, "messages": msgs}
 
 
 # --- vector search -------------------------------------------------------------------------------
@@ -573,9 +498,9 @@ def vector_search(root: Path, n: int) -> dict[str, Any]:
             "load_s": load_s,
             "index_build_s": index_s,
             "p50_ms": statistics.median(swarm) * 1000,
-            "p99_ms": pct(swarm, 99) * 1000,
+            "p99_ms": _common.percentile(swarm, 99) * 1000,
             "raw_p50_ms": statistics.median(raw) * 1000,
-            "raw_p99_ms": pct(raw, 99) * 1000,
+            "raw_p99_ms": _common.percentile(raw, 99) * 1000,
             "ratio_p50": statistics.median(swarm) / statistics.median(raw),
         }
     finally:
@@ -747,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with console.status(f"holding {args.components:,} idle Python components"):
             component_memory = component_idle_memory(Path(tmp), args.components)
         with console.status("deploys and messages (Hive, scheduler, pod)"):
-            cluster = asyncio.run(control_plane(Path(tmp), args))
+            cluster = asyncio.run(deploys_and_messages(Path(tmp), args))
         with console.status(f"vector search over {args.vectors:,} vectors"):
             vectors = vector_search(Path(tmp), args.vectors)
     params = {

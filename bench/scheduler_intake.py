@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nats.js.errors import NotFoundError
 
+from bench import streamapp
+from bench.streamapp import Run
 from schemas import REGISTRY, CommandAccepted, Payload, commands, event, events, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from services.scheduler.intake import FOLDED, Intake
@@ -53,15 +53,6 @@ TARGET_RATIO = 0.5
 PODS = 100
 REPLICAS_PER_AGENT = 10
 _WASM = "AGFzbQEAAAA="
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    events_per_s: float
-    cpu_us: float
-    start_s: float = 0.0
-    #: Starting again on the tables the run left: recovery from the changelog.
-    recover_s: float = 0.0
 
 
 def _history(n: int) -> list[tuple[Payload, str]]:
@@ -225,36 +216,13 @@ async def run(n: int = 20_000, *, batch: int = 500, repeats: int = 3) -> list[di
                 await log.close()
         finally:
             server.stop()
-    return _rows(len(history), batch, repeats, plain_runs, faust_runs)
-
-
-def _rows(
-    n: int, batch: int, repeats: int, plain_runs: list[Run], faust_runs: list[Run]
-) -> list[dict[str, Any]]:
-    ratios = [f.events_per_s / p.events_per_s for f, p in zip(faust_runs, plain_runs, strict=True)]
-    common = {"events": n, "batch": batch, "repeats": repeats}
-    ratio = statistics.median(ratios)
-    return [
-        {
-            **common,
-            "path": "scheduler fold, plain pull loop (no state kept)",
-            "events_per_s": round(statistics.median(r.events_per_s for r in plain_runs), 1),
-            "cpu_us_per_event": round(statistics.median(r.cpu_us for r in plain_runs), 2),
-            "runs": [round(r.events_per_s, 1) for r in plain_runs],
-        },
-        {
-            **common,
-            "path": "scheduler fold, StreamApp + changelog tables",
-            "events_per_s": round(statistics.median(r.events_per_s for r in faust_runs), 1),
-            "cpu_us_per_event": round(statistics.median(r.cpu_us for r in faust_runs), 2),
-            "start_s": round(statistics.median(r.start_s for r in faust_runs), 3),
-            "recover_s": round(statistics.median(r.recover_s for r in faust_runs), 3),
-            "runs": [round(r.events_per_s, 1) for r in faust_runs],
-            "ratio": round(ratio, 3),
-            "target_ratio": TARGET_RATIO,
-            "met": ratio >= TARGET_RATIO,
-        },
-    ]
+    return streamapp.rows(
+        {"events": len(history), "batch": batch, "repeats": repeats},
+        plain=("scheduler fold, plain pull loop (no state kept)", plain_runs),
+        faust=("scheduler fold, StreamApp + changelog tables", faust_runs),
+        target_ratio=TARGET_RATIO,
+        timings=("start_s", "recover_s"),
+    )
 
 
 def main() -> None:

@@ -26,13 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import random
-import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common
+from bench import _common, streamapp
+from bench.streamapp import Run
 from schemas import Payload, Registry, event, names
 from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
@@ -68,13 +67,6 @@ class BenchCounted(Payload):
 
     key: str
     n: int
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    events_per_s: float
-    cpu_us: float
-    start_s: float = 0.0
 
 
 async def _fill(log: EventLog, events: int, keys: int) -> Counter[str]:
@@ -194,30 +186,12 @@ async def _measure(url: str, n: int, keys: int, batch: int, repeats: int) -> lis
             faust_runs.append(run_faust)
     finally:
         await log.close()
-    plain = statistics.median(r.events_per_s for r in plain_runs)
-    faust_ = statistics.median(r.events_per_s for r in faust_runs)
-    ratios = [f.events_per_s / p.events_per_s for f, p in zip(faust_runs, plain_runs, strict=True)]
-    common = {"events": n, "keys": keys, "batch": batch, "repeats": repeats}
-    return [
-        {
-            **common,
-            "path": "plain asyncio pull loop",
-            "events_per_s": round(plain, 1),
-            "cpu_us_per_event": round(statistics.median(r.cpu_us for r in plain_runs), 2),
-            "runs": [round(r.events_per_s, 1) for r in plain_runs],
-        },
-        {
-            **common,
-            "path": "faust StreamApp + changelog",
-            "events_per_s": round(faust_, 1),
-            "cpu_us_per_event": round(statistics.median(r.cpu_us for r in faust_runs), 2),
-            "start_s": round(statistics.median(r.start_s for r in faust_runs), 3),
-            "runs": [round(r.events_per_s, 1) for r in faust_runs],
-            "ratio": round(statistics.median(ratios), 3),
-            "target_ratio": TARGET_RATIO,
-            "met": statistics.median(ratios) >= TARGET_RATIO,
-        },
-    ]
+    return streamapp.rows(
+        {"events": n, "keys": keys, "batch": batch, "repeats": repeats},
+        plain=("plain asyncio pull loop", plain_runs),
+        faust=("faust StreamApp + changelog", faust_runs),
+        target_ratio=TARGET_RATIO,
+    )
 
 
 def main() -> None:

@@ -81,9 +81,7 @@ class Row:
     def cpu_ratio(self) -> float | None:
         if not self.swarm_cpu_runs or not self.raw_cpu_runs:
             return None
-        return statistics.median(
-            s / r for s, r in zip(self.swarm_cpu_runs, self.raw_cpu_runs, strict=True)
-        )
+        return _common.paired_ratio(self.swarm_cpu_runs, self.raw_cpu_runs)
 
     @property
     def swarm_per_s(self) -> float:
@@ -95,9 +93,7 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        """The median of each repeat's ratio: a repeat's two runs are adjacent in time, so load
-        from other processes on the shared cores weighs on both alike."""
-        return statistics.median(s / r for s, r in zip(self.swarm_runs, self.raw_runs, strict=True))
+        return _common.paired_ratio(self.swarm_runs, self.raw_runs)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -307,26 +303,19 @@ async def replay_case(root: Path, args: argparse.Namespace) -> list[Row]:
     return [
         Row(
             "replay",
-            "timeline replay, events/s",
+            measure,
             "nats-py ordered consumer",
-            [r.wall for r in replay],
+            [r.wall for r in rates],
             raw_wall,
-            REPLAY_TARGET,
+            target,
             extra,
-            [r.cpu for r in replay],
+            [r.cpu for r in rates],
             raw_cpu,
-        ),
-        Row(
-            "replay",
-            "timeline --at (replay + evolve), events/s",
-            "nats-py ordered consumer",
-            [r.wall for r in fold],
-            raw_wall,
-            None,
-            extra,
-            [r.cpu for r in fold],
-            raw_cpu,
-        ),
+        )
+        for measure, rates, target in (
+            ("timeline replay, events/s", replay, REPLAY_TARGET),
+            ("timeline --at (replay + evolve), events/s", fold, None),
+        )
     ]
 
 

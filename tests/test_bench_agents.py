@@ -7,29 +7,20 @@ reported as skipped, never filled in.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.bench import run_bench
-
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench" / "agents.py"
+from tests.helpers.bench_report import run_bench_report
 
 
 @pytest.mark.timeout(300)
 def test_agents_bench_quick_measures_the_baseline_and_skips_the_component(tmp_path: Path) -> None:
-    out = tmp_path / "agents.json"
-    result = run_bench(
-        [sys.executable, str(BENCH), "--quick", "--timeout", "120", "--json", str(out)],
-        cwd=tmp_path,
-        timeout=280,
+    stdout, report = run_bench_report(
+        "agents.py", "--quick", "--timeout", "120", tmp_path=tmp_path, timeout=280
     )
-    assert "component rows skipped" in result.stdout
+    assert "component rows skipped" in stdout
 
-    report = json.loads(out.read_text())
     assert report["params"]["quick"] is True
     assert report["component_skipped"]
     assert "build" not in report
@@ -42,4 +33,3 @@ def test_agents_bench_quick_measures_the_baseline_and_skips_the_component(tmp_pa
     for deploy in ("first_deploy", "redeploy"):
         assert 0 < core[deploy]["wall_s"] < 120
         assert core[deploy]["pod_cpu_s"] >= 0
-    assert report["machine"]["cpu_count"] >= 1

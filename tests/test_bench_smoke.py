@@ -5,36 +5,25 @@ chaos bench once took over 140 s there), not expectations: speed is the benches'
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.bench import run_bench
+from tests.helpers.bench_report import run_bench_report
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench" / "eventlog.py"
 CASES = {"append", "append, pre-serialized", "consume + ack"}
 
 
 @pytest.mark.timeout(180)
 def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
-    out = tmp_path / "eventlog.json"
-    result = run_bench(
-        [sys.executable, str(BENCH), "--messages", "200", "--size", "256", "--json", str(out)],
-        cwd=tmp_path,
-        timeout=150,
+    stdout, report = run_bench_report(
+        "eventlog.py", "--messages", "200", "--size", "256", tmp_path=tmp_path, timeout=150
     )
-    assert "client/raw" in result.stdout
+    assert "client/raw" in stdout
 
-    report = json.loads(out.read_text())
     assert report["params"]["messages"] == 200
     assert report["params"]["repeats"] >= 1
-    machine = report["machine"]
-    assert machine["cpu_count"] >= 1
-    assert machine["python"] == "{}.{}.{}".format(*sys.version_info[:3])
-    assert "nats-server" in machine["nats_server"]
+    assert "nats-server" in report["machine"]["nats_server"]
 
     results = report["results"]
     assert {(r["mode"], r["case"]) for r in results} == {
@@ -54,37 +43,21 @@ def test_eventlog_bench_writes_positive_results(tmp_path: Path) -> None:
     assert all(c["always_over_default"] > 0 for c in costs)
 
 
-RUNTIME_BENCH = ROOT / "bench" / "runtime.py"
-
-
 @pytest.mark.timeout(270)
 def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
-    out = tmp_path / "runtime.json"
     tiny = ["--deploys", "5", "--burst", "5", "--agents", "50", "--idle", "200"]
     tiny += ["--components", "0"]  # building and compiling a component takes ~10 s
-    result = run_bench(
-        [
-            sys.executable,
-            str(RUNTIME_BENCH),
-            *tiny,
-            "--messages",
-            "100",
-            "--vectors",
-            "300",
-            "--json",
-            str(out),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "runtime.py",
+        *tiny,
+        *("--messages", "100", "--vectors", "300"),
+        tmp_path=tmp_path,
         timeout=240,
     )
-    assert "deploy → running p99" in result.stdout
+    assert "deploy → running p99" in stdout
 
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "runtime"
     assert report["params"]["deploys"] == 5
     assert report["params"]["vectors"] == 300
-    assert report["machine"]["cpu_count"] >= 1
-    assert report["machine"]["python"] == "{}.{}.{}".format(*sys.version_info[:3])
 
     deploy = report["deploy"]
     assert 0 < deploy["p50_ms"] <= deploy["p99_ms"]
@@ -108,34 +81,17 @@ def test_runtime_bench_writes_positive_results(tmp_path: Path) -> None:
     assert set(report["met"]) == {"deploy_p99", "starts_per_s", "idle_agents_per_pod"}
 
 
-SURFACES_BENCH = ROOT / "bench" / "surfaces.py"
-
-
 @pytest.mark.timeout(270)
 def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
-    out = tmp_path / "surfaces.json"
-    result = run_bench(
-        [
-            sys.executable,
-            str(SURFACES_BENCH),
-            "--case",
-            "replay",
-            "--events",
-            "300",
-            "--repeats",
-            "1",
-            "--json",
-            str(out),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "surfaces.py",
+        *("--case", "replay", "--events", "300", "--repeats", "1"),
+        tmp_path=tmp_path,
         timeout=240,
     )
-    assert "User surfaces" in result.stdout
+    assert "User surfaces" in stdout
 
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "surfaces"
     assert report["params"]["events"] == 300
-    assert report["machine"]["cpu_count"] >= 1
     rows = {r["measure"]: r for r in report["results"]}
     assert set(rows) == {
         "timeline replay, events/s",
@@ -152,22 +108,15 @@ def test_surfaces_bench_replay_writes_a_row_per_measure(tmp_path: Path) -> None:
     assert isinstance(rows["timeline replay, events/s"]["met"], bool)
 
 
-GATEWAY_BENCH = ROOT / "bench" / "gateway.py"
-
-
 @pytest.mark.timeout(360)
 def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) -> None:
-    out = tmp_path / "gateway.json"
-    result = run_bench(
-        [
-            *(sys.executable, str(GATEWAY_BENCH), "--commands", "12", "--reads", "12"),
-            *("--concurrency", "4", "--json", str(out)),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "gateway.py",
+        *("--commands", "12", "--reads", "12", "--concurrency", "4"),
+        tmp_path=tmp_path,
         timeout=330,
     )
-    assert "API / baseline" in result.stdout
-    report = json.loads(out.read_text())
+    assert "API / baseline" in stdout
     assert report["params"] == {"commands": 12, "reads": 12, "concurrency": 4}
     for measure in ("command", "read", "sse"):
         for path in ("api", "client"):
@@ -177,26 +126,16 @@ def test_gateway_bench_compares_the_api_with_the_client_layer(tmp_path: Path) ->
     assert report["commands_per_s"]["client"] > 0
 
 
-STREAMING_BENCH = ROOT / "bench" / "streaming.py"
-
-
 @pytest.mark.timeout(360)
 def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
-    out = tmp_path / "streaming.json"
-    result = run_bench(
-        [
-            sys.executable,
-            str(STREAMING_BENCH),
-            *("--events", "600", "--keys", "20,300", "--batch", "100", "--repeats", "1"),
-            *("--json", str(out)),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "streaming.py",
+        *("--events", "600", "--keys", "20,300", "--batch", "100", "--repeats", "1"),
+        tmp_path=tmp_path,
         timeout=330,
     )
-    assert "faust/plain" in result.stdout
+    assert "faust/plain" in stdout
 
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "streaming"
     assert report["params"] == {"events": 600, "keys": [20, 300], "batch": 100, "repeats": 1}
     assert report["machine"]["faust_streaming"] == "0.15.3"
     rows = report["results"]
@@ -217,30 +156,21 @@ def test_streaming_bench_writes_positive_results(tmp_path: Path) -> None:
         assert faust_["met"] == (faust_["ratio"] >= faust_["target_ratio"])
 
 
-CHAOS_BENCH = ROOT / "bench" / "chaos.py"
-
-
 @pytest.mark.timeout(450)
 def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
     """Two scenarios in quick mode (tests/faults/ runs all of them): one restarting a server
     under a pod, one with network namespaces, reported as skipped where they are not allowed."""
-    out = tmp_path / "chaos.json"
-    result = run_bench(
-        [
-            *(sys.executable, str(CHAOS_BENCH), "--quick"),
-            *("--scenario", "nats-kill", "--scenario", "leader-partition", "--json", str(out)),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "chaos.py",
+        *("--quick", "--scenario", "nats-kill", "--scenario", "leader-partition"),
+        tmp_path=tmp_path,
         timeout=420,
     )
-    assert "Chaos" in result.stdout
-    assert "recovery p50 over all runs" in result.stdout
+    assert "Chaos" in stdout
+    assert "recovery p50 over all runs" in stdout
 
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "chaos"
     assert report["params"]["quick"] is True
     assert report["params"]["trials"] == 1
-    assert report["machine"]["cpu_count"] >= 1
     ran = {s["scenario"]: s for s in report["scenarios"]}
     assert set(ran) | set(report["skipped"]) == {"nats-kill", "leader-partition"}
     nats_kill = ran["nats-kill"]
@@ -256,23 +186,12 @@ def test_chaos_bench_reports_every_scenario_it_ran(tmp_path: Path) -> None:
     assert set(report["met"]) == {"no_missing", "no_duplicates", "recovery_p50"}
 
 
-CLI_BENCH = ROOT / "bench" / "cli.py"
-
-
 @pytest.mark.timeout(420)
 def test_cli_bench_times_every_case_with_and_without_a_stack(tmp_path: Path) -> None:
-    out = tmp_path / "cli.json"
-    result = run_bench(
-        [sys.executable, str(CLI_BENCH), "--quick", "--json", str(out)],
-        cwd=tmp_path,
-        timeout=400,
-    )
-    assert "CLI start" in result.stdout
+    stdout, report = run_bench_report("cli.py", "--quick", tmp_path=tmp_path, timeout=400)
+    assert "CLI start" in stdout
 
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "cli"
     assert report["params"] == {"runs": 3, "quick": True, "stack": True}
-    assert report["machine"]["cpu_count"] >= 1
     # Each case ran as intended: a stack answered the second pair, none the first.
     codes = {(r["command"], r["stack"]): r["exit_codes"] for r in report["start"]}
     assert codes == {

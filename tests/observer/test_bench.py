@@ -3,30 +3,19 @@ and writes a complete report."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.bench import run_bench
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "observer.py"
+from tests.helpers.bench_report import run_bench_report
 
 
 @pytest.mark.timeout(120)
 def test_observer_bench_writes_quality_and_throughput(tmp_path: Path) -> None:
-    out = tmp_path / "observer.json"
-    result = run_bench(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
-        cwd=tmp_path,
-        timeout=110,
-    )
-    assert "aggregate + detect" in result.stdout
-    assert "Load ramp" in result.stdout
+    stdout, report = run_bench_report("observer.py", "--quick", tmp_path=tmp_path, timeout=110)
+    assert "aggregate + detect" in stdout
+    assert "Load ramp" in stdout
 
-    report = json.loads(out.read_text())
     assert report["workload"]["agents"] == 12
     quality = report["quality"]
     assert set(quality) == {"spike", "level_shift", "drift", "loop", "all"}

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.bench import run_bench
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "scheduler.py"
+from tests.helpers.bench_report import run_bench_report
 
 
 @pytest.mark.timeout(60)
 def test_scheduler_bench_writes_a_report(tmp_path: Path) -> None:
-    out = tmp_path / "scheduler.json"
-    result = run_bench(
-        [
-            sys.executable,
-            str(BENCH),
-            "--pools",
-            "20",
-            "--requests",
-            "200",
-            "--repeats",
-            "1",
-            "--streaming-events",
-            "0",
-            "--json",
-            str(out),
-        ],
-        cwd=tmp_path,
+    stdout, report = run_bench_report(
+        "scheduler.py",
+        *("--pools", "20", "--requests", "200", "--repeats", "1", "--streaming-events", "0"),
+        tmp_path=tmp_path,
         timeout=50,
     )
-    assert "first-fit (baseline)" in result.stdout
-    report = json.loads(out.read_text())
+    assert "first-fit (baseline)" in stdout
     assert report["params"] == {
         "pools": 20,
         "requests": 200,

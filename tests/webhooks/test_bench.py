@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.bench import run_bench
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "surfaces_webhooks.py"
+from tests.helpers.bench_report import run_bench_report
 
 
 @pytest.mark.timeout(90)
 def test_webhook_bench_writes_positive_results(tmp_path: Path) -> None:
-    out = tmp_path / "surfaces_webhooks.json"
-    result = run_bench(
-        [sys.executable, str(BENCH), "--events", "60", "--repeats", "1", "--json", str(out)],
-        cwd=tmp_path,
-        timeout=80,
+    stdout, report = run_bench_report(
+        "surfaces_webhooks.py", "--events", "60", "--repeats", "1", tmp_path=tmp_path, timeout=80
     )
-    assert "webhook deliveries (dispatcher)" in result.stdout
-    report = json.loads(out.read_text())
+    assert "webhook deliveries (dispatcher)" in stdout
     assert report["params"] == {"events": 60, "window": 32, "repeats": 1}
     rows = {r["case"]: r for r in report["results"]}
     assert set(rows) == {
