@@ -108,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path("bench/results/healing.json"))
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "healing.json"
+    )
     args = parser.parse_args()
     load_at_start = _common.load_average()
     n, repeats = args.agents, args.repeats
