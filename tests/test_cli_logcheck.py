@@ -55,11 +55,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def log(server: str) -> AsyncIterator[EventLog]:
-    client = await EventLog.connect(server, Settings(nats_url=server), name="test")
-    try:
+    async with await EventLog.connect(server, Settings(nats_url=server), name="test") as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def answered(log: EventLog, replicas: int = 2) -> tuple[Envelope[Any], list[int]]:

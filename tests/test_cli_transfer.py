@@ -32,21 +32,15 @@ def target_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def source(source_url: str) -> AsyncIterator[EventLog]:
-    log = await EventLog.connect(source_url, name="source")
-    try:
+    async with await EventLog.connect(source_url, name="source") as log:
         yield log
-    finally:
-        await log.close()
 
 
 @pytest.fixture
 async def target(target_url: str) -> AsyncIterator[EventLog]:
     # Connected without creating streams: import must manage with a bare server.
-    log = await EventLog.connect(target_url, name="target", ensure=False)
-    try:
+    async with await EventLog.connect(target_url, name="target", ensure=False) as log:
         yield log
-    finally:
-        await log.close()
 
 
 async def stored(log: EventLog, stream: str) -> list[tuple[int, str, bytes]]:

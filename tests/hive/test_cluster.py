@@ -17,8 +17,8 @@ from nats.aio.client import Client as NATS
 from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.servers import own_nats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,11 +27,8 @@ SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\
 
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedNats(tmp_path / "nats")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with own_nats(tmp_path / "nats") as url:
+        yield url
 
 
 @pytest.fixture
@@ -46,11 +43,8 @@ async def cluster(fresh_nats: str, tmp_path: Path) -> AsyncIterator[HiveCluster]
 
 @pytest.fixture
 async def client(fresh_nats: str) -> AsyncIterator[EventLog]:
-    log = await EventLog.connect(fresh_nats, name="test-client")
-    try:
+    async with await EventLog.connect(fresh_nats, name="test-client") as log:
         yield log
-    finally:
-        await log.close()
 
 
 def deploy(i: int) -> AppendRequest:

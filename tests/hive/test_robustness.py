@@ -44,11 +44,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @pytest.fixture
 async def reader(stack: Stack) -> AsyncIterator[EventLog]:
     """A client that knows the Hive's key, as the CLI and the HTTP API of a stack do."""
-    log = await EventLog.connect(stack.url, Settings(nats_url=stack.url, hive_public_key=HIVE_KEY))
-    try:
+    async with await EventLog.connect(
+        stack.url, Settings(nats_url=stack.url, hive_public_key=HIVE_KEY)
+    ) as log:
         yield log
-    finally:
-        await log.close()
 
 
 def raw_command(type_: str, data: Any, *, id_: str | None = None) -> dict[str, Any]:
