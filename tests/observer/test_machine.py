@@ -273,6 +273,27 @@ def test_a_latency_drift_rising_for_windows_is_not_held_back() -> None:
     assert late_seq > seq
 
 
+def assert_one_incident_the_control_blames_on_agents(
+    shape: Callable[[int, float, random.Random], Load],
+    seconds: int,
+    slow_from: float,
+    *,
+    control: MachineConfig,
+) -> None:
+    """50 agents of one pod loaded by `shape`: with the default `MachineConfig`, one pod finding
+    opened within two windows of `slow_from` and no agent finding; the control run, with the
+    rule under test turned off by `control`, finds no incident and blames 20 agents or more."""
+    reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape))
+    assert reported == []
+    (finding,) = machine
+    assert finding.scope == "pod"
+    assert slow_from <= finding.window_start - T0 < slow_from + 2 * WINDOW_S
+    core = Observatory(DetectorConfig(), WINDOW_S, machine_config=control)
+    reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape), core)
+    assert machine == []
+    assert len({f.agent_id for _, f in reported}) >= 20
+
+
 def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -> None:
     """A starved machine answers few calls: each agent has calls once in 14 s, so a window
     holds about 7 agents with calls, and half of them meet the slowdown (8x). No window alone
@@ -289,20 +310,9 @@ def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -
             base.latency_per_call_ms *= 8
         return base  # type: ignore[no-any-return]
 
-    def run(recent_windows: int) -> tuple[list[tuple[int, Finding]], list[Any]]:
-        config = MachineConfig(recent_windows=recent_windows)
-        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
-        reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape), core)
-        return reported, machine
-
-    reported, machine = run(MachineConfig().recent_windows)
-    assert reported == []
-    (finding,) = machine
-    assert finding.scope == "pod"
-    assert slow_from <= finding.window_start - T0 < slow_from + 2 * WINDOW_S
-    reported, machine = run(1)
-    assert machine == []
-    assert len({f.agent_id for _, f in reported}) >= 20
+    assert_one_incident_the_control_blames_on_agents(
+        shape, seconds, slow_from, control=MachineConfig(recent_windows=1)
+    )
 
 
 def by_turns(share_from: Callable[[float], int]) -> Callable[[int, float, random.Random], Load]:
@@ -332,20 +342,9 @@ def test_a_loaded_machine_hitting_its_agents_by_turns_is_one_incident() -> None:
     without that rule, blames the agents."""
     shape = by_turns(lambda t: 5 if SLOW_FROM <= t < SLOW_UNTIL else 0)
 
-    def run(lasting_share: float) -> tuple[list[tuple[int, Finding]], list[Any]]:
-        config = MachineConfig(lasting_share=lasting_share)
-        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
-        reported, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape), core)
-        return reported, machine
-
-    reported, machine = run(MachineConfig().lasting_share)
-    assert reported == []
-    (finding,) = machine
-    assert finding.scope == "pod"
-    assert SLOW_FROM <= finding.window_start - T0 < SLOW_FROM + 2 * WINDOW_S
-    reported, machine = run(1.0)
-    assert machine == []
-    assert len({f.agent_id for _, f in reported}) >= 20
+    assert_one_incident_the_control_blames_on_agents(
+        shape, SECONDS, SLOW_FROM, control=MachineConfig(lasting_share=1.0)
+    )
 
 
 def test_a_finding_is_held_while_its_machine_takes_windows_to_show() -> None:
