@@ -7,7 +7,7 @@ import base64
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import nats
@@ -189,6 +189,11 @@ async def test_plain_nats_client_gets_readable_rejections(
             body["_subject"] = msg.subject
             return body
 
+        async def publish(document: Mapping[str, object]) -> None:
+            """A command document on its type's subject, deduplicated by its id."""
+            subject, id_ = str(document["type"]), str(document["id"])
+            await js.publish(subject, json.dumps(document).encode(), headers={"Nats-Msg-Id": id_})
+
         await js.publish(
             "swarm.cmd.agent.deploy",
             b'{"specversion": "1.0", "id": "broken-1", oops',
@@ -205,11 +210,7 @@ async def test_plain_nats_client_gets_readable_rejections(
             "type": "swarm.cmd.agent.fly",
             "data": {},
         }
-        await js.publish(
-            "swarm.cmd.agent.fly",
-            json.dumps(unknown).encode(),
-            headers={"Nats-Msg-Id": "cmd-unknown"},
-        )
+        await publish(unknown)
         body = await outcome_of("cmd-unknown")
         assert body["_subject"] == "swarm.evt.command.cmd-unknown.rejected"
         assert "unknown command type" in body["data"]["reason"]  # type: ignore[index]
@@ -223,25 +224,17 @@ async def test_plain_nats_client_gets_readable_rejections(
             "identity": "user:raw",
             "data": {"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
         }
-        await js.publish(
-            "swarm.cmd.agent.deploy", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "cmd-bad"}
-        )
+        await publish(bad)
         body = await outcome_of("cmd-bad")
         errors = {e["loc"] for e in body["data"]["errors"]}  # type: ignore[index]
         assert {"data.name", "data.replicas", "data.spec.module"} <= errors
 
-        good = {
-            "specversion": "1.0",
+        # The same document with valid data.
+        good = bad | {
             "id": "cmd-good",
-            "source": "raw",
-            "type": "swarm.cmd.agent.deploy",
-            "time": "2026-01-01T00:00:00Z",
-            "identity": "user:raw",
             "data": {"name": "fine", "spec": json.loads(SPEC.model_dump_json())},
         }
-        await js.publish(
-            "swarm.cmd.agent.deploy", json.dumps(good).encode(), headers={"Nats-Msg-Id": "cmd-good"}
-        )
+        await publish(good)
         body = await outcome_of("cmd-good")
         assert body["_subject"] == "swarm.evt.command.cmd-good.accepted"
     finally:
