@@ -74,3 +74,12 @@ def deploy(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str
     agent = sim.state.agent_named("default", name)
     assert agent is not None
     return agent.agent_id
+
+
+def deploy_running(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str:
+    """Pod p1, and an agent deployed with every replica placed on it and running; its id."""
+    pod(sim, "p1")
+    agent_id = deploy(sim, name, replicas, **kw)
+    place_all(sim, "p1")
+    run_all(sim)
+    return agent_id

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.sim import Sim
-from tests.helpers.steps import deploy, place_all, pod, run_all
+from tests.helpers.steps import deploy_running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,10 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def old_snapshot() -> tuple[bytes, str]:
     """A state pickled as the code before the move named it, and its digest."""
     sim = Sim()
-    pod(sim, "p1")
-    deploy(sim, "echo", replicas=2)
-    place_all(sim, "p1")
-    run_all(sim)
+    deploy_running(sim, "echo", replicas=2)
     # Protocol 2 names a class as "module\nname\n", so the module can be renamed in place.
     data = pickle.dumps(sim.state, protocol=2)
     for module in (b"state", b"reputation"):
