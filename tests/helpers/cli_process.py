@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,3 +28,24 @@ async def swarm(url: str, *args: str, timeout: float = 30) -> tuple[int, str, st
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def run_cli(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    module: str = "swarm.cli.app",
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` (the `swarm` CLI, or its stack verbs alone) as a child process run
+    to its end; its exit code and output, whatever the exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
