@@ -51,6 +51,20 @@ async def secret_of(stack: Stack, webhook_id: str) -> bytes | None:
     return await kv.get(webhook_id)
 
 
+async def deliveries(
+    api: httpx.AsyncClient, webhook_id: str, *, dead: bool = False
+) -> list[dict[str, Any]]:
+    """The attempts to deliver to one webhook (with `dead`, its dead letters instead); the page
+    answers the one list asked for and leaves the other null."""
+    params = {"subscription": webhook_id, "dead": "true"} if dead else {"subscription": webhook_id}
+    page = await api.get("/v1/webhooks/deliveries", params=params)
+    assert page.status_code == 200, page.text
+    asked, other = ("dead_letters", "deliveries") if dead else ("deliveries", "dead_letters")
+    assert page.json()[other] is None
+    found: list[dict[str, Any]] = page.json()[asked]
+    return found
+
+
 async def create_namespaces(api: httpx.AsyncClient, prefix: str, count: int) -> dict[str, str]:
     """Namespaces created through the API; returns name -> the id of its `created` event."""
     created = {}
@@ -117,18 +131,11 @@ async def test_added_through_the_api_signed_delivered_listed_removed(
             with pytest.raises(WebhookVerificationError):
                 Webhook(new_secret()).verify(request.body, request.headers)
 
-        async def recorded() -> list[dict[str, Any]]:
-            page = await api.get("/v1/webhooks/deliveries", params={"subscription": webhook_id})
-            assert page.status_code == 200, page.text
-            assert page.json()["dead_letters"] is None
-            attempts: list[dict[str, Any]] = page.json()["deliveries"]
-            return attempts
-
         async def all_recorded() -> bool:
-            return len(await recorded()) == 3
+            return len(await deliveries(api, webhook_id)) == 3
 
         await wait_until(all_recorded, what="3 recorded attempts")
-        attempts = await recorded()
+        attempts = await deliveries(api, webhook_id)
         assert sorted(a["event_id"] for a in attempts) == sorted(created.values())
         assert {(a["outcome"], a["status_code"], a["attempt"]) for a in attempts} == {
             ("delivered", 200, 1)
@@ -178,12 +185,7 @@ async def test_given_secret_dead_letters_and_redelivery(
         ids = [created["dead-0"], created["dead-1"]]
 
         async def dead_letters() -> list[dict[str, Any]]:
-            page = await api.get(
-                "/v1/webhooks/deliveries", params={"subscription": webhook_id, "dead": "true"}
-            )
-            assert page.json()["deliveries"] is None
-            letters: list[dict[str, Any]] = page.json()["dead_letters"]
-            return letters
+            return await deliveries(api, webhook_id, dead=True)
 
         async def both_dead() -> bool:
             return len(await dead_letters()) == 2
