@@ -388,15 +388,10 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
     batch = tmp_path / "log.json"
     assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
     commands_sent = await source.client.last_sequence(names.STREAM_COMMANDS)
-    server = EmbeddedNats(tmp_path / "target")
-    url = server.start()
-    target: Stack | None = None
-    try:
-        target = Stack(url, await EventLog.connect(url, name="target"), tmp_path)
-        await target.start_hive()
+    async with running_stack(tmp_path) as target:
         hive = target.hive
         assert hive is not None
-        imported = await invoke_timeline(["import", str(batch)], url)
+        imported = await invoke_timeline(["import", str(batch)], target.url)
         assert imported.exit_code == 0, imported.output
 
         async def all_handled() -> bool:
@@ -405,21 +400,15 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
         await wait_until(all_handled, 30, "target Hive handled every imported command")
         end = recorded.second[0]
         assert await target.client.last_sequence(names.STREAM_EVENTS) == end
-        running = target
 
         async def folded() -> bool:
-            return bool((await running.query(names.QUERY_DIGEST))["applied_seq"] >= end)
+            return bool((await target.query(names.QUERY_DIGEST))["applied_seq"] >= end)
 
         await wait_until(folded, 30, "target Hive folded the import")
         theirs = await target.query(names.QUERY_DIGEST)
         ours = await source.query(names.QUERY_DIGEST)
         assert theirs["applied_seq"] == end
         assert theirs["digest"] == ours["digest"]
-    finally:
-        if target is not None:
-            await target.stop_hive()
-            await target.client.close()
-        server.stop()
 
 
 async def test_diff_between_a_time_and_a_sequence(recorded: Recorded) -> None:

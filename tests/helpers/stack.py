@@ -115,14 +115,14 @@ class Stack:
                 seen[json.loads(d.data)["data"]["replica_id"]] += 1
         return seen
 
-    async def rejections(self) -> Counter[str]:
-        """Rules of the rejected placement proposals on the log."""
+    async def rejections(self, command_type: str = commands.ProposePlacement.TYPE) -> Counter[str]:
+        """Rules of the rejected commands of `command_type` (placement proposals) on the log."""
         rules: Counter[str] = Counter()
         async for d in self.client.replay(names.STREAM_EVENTS):
             parts = names.parse_event_subject(d.subject)
             if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
                 data = json.loads(d.data)["data"]
-                if data.get("command_type") == commands.ProposePlacement.TYPE:
+                if data.get("command_type") == command_type:
                     rules[data.get("rule") or "?"] += 1
         return rules
 

@@ -150,19 +150,8 @@ async def test_a_higher_priority_preempts_the_documented_victims(tmp_path: Path)
         victim = state.agents[record["agent_id"]].replicas[record["replica_id"]]
         assert victim.phase == "scheduled"
         assert victim.pod_id == "p2"
-        rejected = await preempt_rejections(stack)
+        rejected = await stack.rejections(market.PreemptPlacement.TYPE)
         assert rejected == Counter()
-
-
-async def preempt_rejections(stack: Stack) -> Counter[str]:
-    rules: Counter[str] = Counter()
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        parts = names.parse_event_subject(d.subject)
-        if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
-            data = json.loads(d.data)["data"]
-            if data.get("command_type") == market.PreemptPlacement.TYPE:
-                rules[data.get("rule") or "?"] += 1
-    return rules
 
 
 async def test_a_killed_market_scheduler_resumes_without_double_placements(
