@@ -27,7 +27,7 @@ from services.observer.stream import TableSync
 from swarm.domain.decide import Decision, Rejection, decide
 from swarm.domain.evolve import FoldRefused, evolve
 from swarm.domain.state import RECENT_POD_ANOMALIES, HiveState, Pod
-from tests.observer.workload import T0, Load, feed, pod_messages
+from tests.observer.workload import T0, Load, feed, observe_messages, pod_messages
 
 # Simulations of thousands of windows in pure Python: 5-20 s each on a quiet machine, over a
 # minute beside a heavy load (seen in a stress run), which is not what these tests judge.
@@ -178,21 +178,9 @@ def with_loop_lag(events: Iterable[Event], lag_ms: Callable[[float], float]) -> 
 def observe_each(
     events: Iterable[Event], core: Observatory | None = None
 ) -> tuple[list[tuple[int, Finding]], list[Any], list[Finding], Observatory]:
-    """Feed the core; the agent findings reported with the sequence of the message that
-    reported them, the machine findings, and the findings held back a window."""
+    """`observe_messages` on `core` (a fresh one by default), and the core."""
     core = core or Observatory(DetectorConfig(), WINDOW_S)
-    reported: list[tuple[int, Finding]] = []
-    machine: list[Any] = []
-    held: list[Finding] = []
-    for _kind, seq, t, payload in events:
-        if isinstance(payload, list):
-            for n, line in enumerate(payload):
-                core.apply_log(seq + n, line)
-            continue
-        reported += [(seq, o.finding) for o in core.apply_metrics(seq, t, payload) if o.finding]
-        reported += [(seq, f) for f in core.released]
-        held += core.held
-        machine += core.machine_findings
+    reported, machine, held = observe_messages(core, events)
     return reported, machine, held, core
 
 
