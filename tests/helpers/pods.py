@@ -121,6 +121,20 @@ async def true(value: bool) -> bool:
     return value
 
 
+async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
+    """Wait for an interval snapshot of the running replica (of every count so far), then kill
+    the pod abruptly: no last snapshot, no report, heartbeats stop."""
+    replica = next(r for r in pod.replicas.values() if not r.done)
+    await wait_until(
+        lambda: true(replica.snapshot is not None and not replica.unsaved),
+        5,
+        "an interval snapshot of the last count",
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 @dataclass(frozen=True, slots=True)
 class SentReport:
     """A `replica.report` command on SWARM_COMMANDS."""
