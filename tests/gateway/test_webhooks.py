@@ -65,6 +65,15 @@ async def deliveries(
     return found
 
 
+async def add_without_waiting(api: httpx.AsyncClient, url: str) -> httpx.Response:
+    """`POST /v1/webhooks?wait=false` for `url` (FILTER, a generated secret): answered 202."""
+    pending = await api.post(
+        "/v1/webhooks", params={"wait": "false"}, json={"url": url, "filter": FILTER}
+    )
+    assert pending.status_code == 202, pending.text
+    return pending
+
+
 async def create_namespaces(api: httpx.AsyncClient, prefix: str, count: int) -> dict[str, str]:
     """Namespaces created through the API; returns name -> the id of its `created` event."""
     created = {}
@@ -314,12 +323,7 @@ async def test_the_commands_route_refuses_webhook_add_and_removes_like_delete(
     assert all(h["url"] != "https://example.com/plain" for h in listed)
 
     # Not waited for: 202 with the secret (stored, and never shown again); poll the Location.
-    pending = await api.post(
-        "/v1/webhooks",
-        params={"wait": "false"},
-        json={"url": "https://example.com/later", "filter": FILTER},
-    )
-    assert pending.status_code == 202, pending.text
+    pending = await add_without_waiting(api, "https://example.com/later")
     webhook_id = pending.json()["webhook_id"]
     assert pending.json()["command"]["status"] == "pending"
     assert pending.json()["secret"].startswith("whsec_")
@@ -344,12 +348,7 @@ async def test_secrets_follow_outcomes_that_come_after_a_202(
     api: httpx.AsyncClient, stack: Stack
 ) -> None:
     # Rejected after the API answered: the API waits on and deletes the secret it stored.
-    pending = await api.post(
-        "/v1/webhooks",
-        params={"wait": "false"},
-        json={"url": "ftp://example.com/never", "filter": FILTER},
-    )
-    assert pending.status_code == 202, pending.text
+    pending = await add_without_waiting(api, "ftp://example.com/never")
     rejected_id = pending.json()["webhook_id"]
 
     async def decided() -> bool:
