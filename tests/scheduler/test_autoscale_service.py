@@ -235,12 +235,6 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
         inbox = nc.new_inbox()
         await nc.subscribe(inbox, cb=on_answer)
 
-        async def report(t: float, depths: dict[str, int]) -> None:
-            body = sample(t, [(rid, 0, depth) for rid, depth in depths.items()])
-            await nc.publish(
-                names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
-            )
-
         async with autoscaler(url, step_s=60, stale_after_s=60, mailbox_size=256) as service:
 
             async def folded(depths: dict[str, int]) -> bool:
@@ -249,28 +243,35 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
                     rid in loads and loads[rid].last.mailbox == d for rid, d in depths.items()
                 )
 
+            async def report(t: float, depths: dict[str, int]) -> None:
+                """The replicas' mailbox depths in a metrics sample at `t`, folded."""
+                body = sample(t, [(rid, 0, depth) for rid, depth in depths.items()])
+                await nc.publish(
+                    names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
+                )
+                await wait_until(lambda: folded(depths), 10, "samples folded")
+
+            async def all_answered(tasks: int, what: str) -> None:
+                """`tasks` more tasks sent, and as many answers counted since the last clear."""
+                await send_tasks(client, "jobs", tasks, inbox)
+                await wait_until(lambda: _true(sum(answers.values()) == tasks), 15, what)
+
             # r1 reports a deep mailbox, r2 an empty one.
             await report(1, {"r1": 200, "r2": 0})
-            await wait_until(lambda: folded({"r1": 200, "r2": 0}), 10, "samples folded")
-            await send_tasks(client, "jobs", 40, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 answers")
+            await all_answered(40, "40 answers")
             assert answers[b"r2"] >= 36, answers
 
             # The load shifts: now r2 is the busy one.
             answers.clear()
             await report(2, {"r1": 0, "r2": 240})
-            await wait_until(lambda: folded({"r1": 0, "r2": 240}), 10, "samples folded")
-            await send_tasks(client, "jobs", 40, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 more answers")
+            await all_answered(40, "40 more answers")
             assert answers[b"r1"] >= 36, answers
 
             # r1 refuses (its mailbox filled between samples): its tasks go to r2 instead.
             answers.clear()
             replicas["r1"].refusing = True
             await report(3, {"r1": 0, "r2": 0})
-            await wait_until(lambda: folded({"r1": 0, "r2": 0}), 10, "samples folded")
-            await send_tasks(client, "jobs", 10, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 10), 15, "10 more answers")
+            await all_answered(10, "10 more answers")
             assert answers == Counter({b"r2": 10})
 
             # Every task was acknowledged once: the work queue is empty.
