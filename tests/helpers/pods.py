@@ -20,6 +20,7 @@ from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -28,12 +29,8 @@ from tests.helpers.waiting import wait_until
 async def cluster(root: Path) -> AsyncIterator[Stack]:
     async with running_stack(root) as stack:
         scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
-        task = asyncio.create_task(scheduler.run())
-        try:
+        async with in_this_loop(scheduler, live_within=None):
             yield stack
-        finally:
-            scheduler.stop()
-            await asyncio.wait_for(task, 10)
 
 
 @contextlib.asynccontextmanager
@@ -48,14 +45,8 @@ async def running_pod(
         id=pod_id, cache_dir=cache_dir or stack.root / pod_id / "modules", **(fast | settings)
     )
     pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
+    async with in_this_loop(pod) as task:
         yield pod, task
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
 
 
 def spec(wasm: bytes, **kw: Any) -> AgentSpec:

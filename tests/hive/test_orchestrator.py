@@ -17,6 +17,7 @@ from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources, RestartPoli
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
 from tests.helpers.pods import events
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -30,12 +31,8 @@ async def orchestra(root: Path) -> AsyncIterator[Stack]:
     async with running_stack(root) as stack:
         # Most-free, not the default market: these tests expect replicas on the biggest pod.
         scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings(policy="most-free"))
-        task = asyncio.create_task(scheduler.run())
-        try:
+        async with in_this_loop(scheduler, live_within=None):
             yield stack
-        finally:
-            scheduler.stop()
-            await asyncio.wait_for(task, 10)
 
 
 async def agent(stack: Stack, name: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 from schemas import names
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -31,13 +32,8 @@ CONFIG = ObserverSettings(
 @contextlib.asynccontextmanager
 async def observing(stack: Stack) -> AsyncIterator[Observer]:
     observer = Observer(Settings(nats_url=stack.url), CONFIG)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 20)
+    async with in_this_loop(observer, live_within=20, stop_within=20):
         yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def publish(stack: Stack, seconds: float, slow_after: float) -> None:

@@ -21,6 +21,7 @@ from swarm.devstack.embedded import EmbeddedNats
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,13 +31,8 @@ CONFIG = ObserverSettings(window_s=0.5, warmup_windows=3, flush_s=0.1)
 @contextlib.asynccontextmanager
 async def observing(settings: Settings) -> AsyncIterator[Observer]:
     observer = Observer(settings, CONFIG)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 20)
+    async with in_this_loop(observer, live_within=20, stop_within=20):
         yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 20)
 
 
 def row(agent: str, calls: int, latency: float) -> dict[str, object]:

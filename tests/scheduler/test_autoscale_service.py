@@ -33,6 +33,7 @@ from tests.helpers.history import spec
 from tests.helpers.pods import cluster, running_on, running_pod
 from tests.helpers.pods import spec as wasm_spec
 from tests.helpers.samples import sample
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -42,13 +43,8 @@ pytestmark = pytest.mark.timeout(180)
 @contextlib.asynccontextmanager
 async def autoscaler(url: str, **config: Any) -> AsyncIterator[AutoscalerService]:
     service = AutoscalerService(Settings(nats_url=url), AutoscalerSettings(**config))
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.live.wait(), 10)
+    async with in_this_loop(service):
         yield service
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, 10)
     assert service.status is Status.STOPPED
 
 
