@@ -30,6 +30,7 @@ from swarm.kernel.webhook_storage import (
     new_secret,
     secrets_bucket,
 )
+from tests.helpers import waiting
 
 #: Fast retries for tests; private targets allowed because the receiver is on loopback.
 FAST = {
@@ -44,12 +45,8 @@ FAST = {
 async def wait_until(
     check: Callable[[], Awaitable[bool]], *, timeout: float = 45.0, what: str = "condition"
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """`tests.helpers.waiting.wait_until` with the webhook tests' own default time."""
+    await waiting.wait_until(check, timeout, what, interval=0.05)
 
 
 @dataclass
