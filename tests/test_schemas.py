@@ -7,8 +7,6 @@ so into the committed JSON Schema files the staleness test compares against).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from schemas import (
     subject_of,
 )
 from swarm.cli import schemas_cmd
+from tests.helpers.interpreter import run_python
 
 # --- A test-local registry -----------------------------------------------------------------------
 
@@ -466,13 +465,6 @@ def test_the_package_exports_load_on_first_use_and_the_registry_is_whole() -> No
         "assert entry is not None\n"
         "print(len(list(REGISTRY)))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=root.parent,
-    )
+    result = run_python("-c", probe, cwd=root.parent)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == len(list(REGISTRY))

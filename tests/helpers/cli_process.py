@@ -8,6 +8,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests.helpers.interpreter import run_python
+
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
 
@@ -40,12 +42,4 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m MODULE ARGS` (the `swarm` CLI, or its stack verbs alone) as a child process run
     to its end; its exit code and output, whatever the exit code."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
+    return run_python("-m", module, *args, cwd=cwd, env=env, timeout=timeout)
