@@ -27,7 +27,7 @@ from services.observer.stream import TableSync
 from swarm.domain.decide import Decision, Rejection, decide
 from swarm.domain.evolve import FoldRefused, evolve
 from swarm.domain.state import RECENT_POD_ANOMALIES, HiveState, Pod
-from tests.observer.workload import T0, Load, feed, observe_messages, pod_messages
+from tests.observer.workload import T0, Load, empty_tables, feed, observe_messages, pod_messages
 
 # Simulations of thousands of windows in pure Python: 5-20 s each on a quiet machine, over a
 # minute beside a heavy load (seen in a stress run), which is not what these tests judge.
@@ -489,12 +489,7 @@ def test_holding_and_the_loop_lag_survive_the_tables() -> None:
     assert held, "the scenario holds findings back"
     core = Observatory(DetectorConfig(), WINDOW_S)
     sync = TableSync(core)
-    tables: dict[str, dict[str, Any]] = {
-        names.OBSERVER_TABLE_WINDOWS: {},
-        names.OBSERVER_TABLE_DETECTORS: {},
-        names.OBSERVER_TABLE_DEPLOYMENTS: {},
-        names.OBSERVER_TABLE_MACHINES: {},
-    }
+    tables = empty_tables()
     reported: list[tuple[int, Finding]] = []
     machine: list[Any] = []
     for kind, seq, t, body in events:

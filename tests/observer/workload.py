@@ -7,7 +7,9 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from schemas import names
 from services.observer.analysis import Finding, Observatory
 from services.observer.machine import MachineFinding
 
@@ -162,6 +164,16 @@ def observe_messages(
         held += core.held
         machine += core.machine_findings
     return reported, machine, held
+
+
+def empty_tables() -> dict[str, dict[str, Any]]:
+    """The Observer stream app's tables (`TableSync` keeps the core in them), empty."""
+    return {
+        names.OBSERVER_TABLE_WINDOWS: {},
+        names.OBSERVER_TABLE_DETECTORS: {},
+        names.OBSERVER_TABLE_DEPLOYMENTS: {},
+        names.OBSERVER_TABLE_MACHINES: {},
+    }
 
 
 def feed(
