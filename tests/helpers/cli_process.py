@@ -32,6 +32,18 @@ async def swarm(url: str, *args: str, timeout: float = 30) -> tuple[int, str, st
     return proc.returncode, out.decode(), err.decode()
 
 
+async def swarm_until(text: str, url: str, *args: str) -> str:
+    """`swarm ARGS` run again (10 s at most) until its output holds `text`, for what reaches the
+    log in its own time (agent log lines are fire and forget); that output."""
+    for _ in range(40):
+        code, out, err = await swarm(url, *args)
+        assert code == 0, err
+        if text in out:
+            return out
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{text!r} not in the output of swarm {' '.join(args)}: {out}")
+
+
 def run_cli(
     args: Sequence[str],
     *,
