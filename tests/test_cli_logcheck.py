@@ -25,7 +25,6 @@ from schemas import (
     new_id,
 )
 from schemas.specs import Quota
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings
@@ -132,9 +131,7 @@ async def test_a_second_outcome(server: str, log: EventLog) -> None:
 
 
 async def test_a_sequence_gap(tmp_path: Path) -> None:
-    nats = EmbeddedNats(tmp_path / "nats")
-    url = nats.start()
-    try:
+    with own_nats(tmp_path / "nats") as url:
         settings = Settings(nats_url=url)
         log = await EventLog.connect(url, settings, ensure=False)
         # Swarm's streams refuse deletes; only a stream made without that guard can lose one.
@@ -151,8 +148,6 @@ async def test_a_sequence_gap(tmp_path: Path) -> None:
         table = await verify(url)
         assert table.exit_code == 1
         assert f"sequence {scaled} missing" in table.stdout
-    finally:
-        nats.stop()
 
 
 async def test_events_that_do_not_decode(server: str, log: EventLog) -> None:

@@ -21,6 +21,7 @@ from schemas.specs import Capacity, Quota
 from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.history import spec
+from tests.helpers.servers import own_nats
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.timeline import invoke_timeline
 from tests.helpers.waiting import wait_until
@@ -340,9 +341,7 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
     batch = tmp_path / "log.json"
     assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
 
-    server = EmbeddedNats(tmp_path / "target")
-    url = server.start()
-    try:
+    with own_nats(tmp_path / "target") as url:
         imported = await invoke_timeline(["import", str(batch)], url)
         assert imported.exit_code == 0, imported.output
 
@@ -377,8 +376,6 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
         )
         assert entry["time"] == entry["event"]["time"].replace("Z", "+00:00")
         assert datetime.fromisoformat(entry["stored"]) > datetime.fromisoformat(later["time"])
-    finally:
-        server.stop()
 
 
 async def test_import_while_the_target_hive_runs_writes_nothing_again(

@@ -15,10 +15,11 @@ from schemas import Payload, command, commands, names
 from schemas.specs import Capacity
 from services.hive.config import HiveSettings
 from services.hive.service import Hive
-from swarm.devstack.embedded import EmbeddedNats, free_port
+from swarm.devstack.embedded import free_port
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from tests.helpers.history import spec
+from tests.helpers.servers import own_nats
 from tests.helpers.waiting import wait_until
 
 #: How long `Stack.query` waits for the Hive (see there).
@@ -130,15 +131,11 @@ class Stack:
 @asynccontextmanager
 async def running_stack(root: Path) -> AsyncIterator[Stack]:
     """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive."""
-    server = EmbeddedNats(root / "nats")
-    url = server.start()
-    stack: Stack | None = None
-    try:
+    with own_nats(root / "nats") as url:
         stack = Stack(url, await EventLog.connect(url, name="test"), root)
-        await stack.start_hive()
-        yield stack
-    finally:
-        if stack is not None:
+        try:
+            await stack.start_hive()
+            yield stack
+        finally:
             await stack.stop_hive()
             await stack.client.close()
-        server.stop()
