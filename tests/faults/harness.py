@@ -45,6 +45,7 @@ from swarm.devstack.embedded import (
 )
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from tests.helpers.waiting import true
 
 T = TypeVar("T")
 
@@ -347,7 +348,7 @@ class CommandStream:
                 raise error
 
     async def wait_acked(self, count: int, timeout: float = 30.0) -> None:
-        await wait_for(lambda: _true(len(self.acked) >= count), timeout, f"{count} commands acked")
+        await wait_for(lambda: true(len(self.acked) >= count), timeout, f"{count} commands acked")
 
     async def _run(self) -> None:
         n = 0
@@ -375,10 +376,6 @@ class CommandStream:
             self.acked.update(r.msg_id for r in requests)
         finally:
             self._slots.release()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def wait_for(

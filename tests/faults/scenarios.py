@@ -36,6 +36,7 @@ from tests.faults.harness import (
     writes_after_deposal,
 )
 from tests.helpers.agents import ECHO, agent
+from tests.helpers.waiting import true
 
 
 class Unavailable(Exception):
@@ -209,7 +210,7 @@ async def postgres_killed(root: Path, load: Load = Load()) -> ScenarioResult:
         writes = _Writes({}, {}, [], [])
         stop = asyncio.Event()
         writer = asyncio.create_task(_write_vectors(fleet, "memo", stop, writes))
-        await wait_for(lambda: _true(len(writes.acked) >= 20), 60, "20 vector writes")
+        await wait_for(lambda: true(len(writes.acked) >= 20), 60, "20 vector writes")
         server = fleet.postgres.proc
         assert server is not None
         fault, killed = now(), time.monotonic()
@@ -220,7 +221,7 @@ async def postgres_killed(root: Path, load: Load = Load()) -> ScenarioResult:
         result.baseline_s = result.details["postgres_down_s"] = elapsed(killed)
         try:
             await wait_for(
-                lambda: _true(len(writes.acked) >= acked_before + 20), 60, "writes after restart"
+                lambda: true(len(writes.acked) >= acked_before + 20), 60, "writes after restart"
             )
         except TimeoutError:
             result.violations.append("vector writes did not succeed again after the restart")
@@ -288,10 +289,6 @@ def _stored_keys(url: str, namespace: str) -> set[str]:
             "SELECT key FROM agent_memory WHERE agent_namespace = %s", (namespace,)
         ).fetchall()
     return {str(r[0]) for r in rows}
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 # --- 3. the Hive leader paused -------------------------------------------------------------------

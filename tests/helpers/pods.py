@@ -22,7 +22,7 @@ from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
 from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 
 @contextlib.asynccontextmanager
@@ -105,11 +105,6 @@ async def events(stack: Stack, type_: str) -> AsyncIterator[dict[str, Any]]:
 
 async def has_status(stack: Stack, name: str, status: str) -> bool:
     return bool((await agent(stack, name)).get("status") == status)
-
-
-async def true(value: bool) -> bool:
-    """`value` as an awaitable, for `wait_until` on a plain condition."""
-    return value
 
 
 async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:

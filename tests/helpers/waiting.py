@@ -19,3 +19,8 @@ async def wait_until(
         if loop.time() > deadline:
             raise TimeoutError(f"{what} not reached in {within}s")
         await asyncio.sleep(interval)
+
+
+async def true(value: bool) -> bool:
+    """`value` as an awaitable, for `wait_until` on a plain condition."""
+    return value

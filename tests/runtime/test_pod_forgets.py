@@ -24,10 +24,9 @@ from tests.helpers.pods import (
     report_outcomes,
     running_on,
     running_pod,
-    true,
 )
 from tests.helpers.stack import Stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli_process import swarm as swarm_cli
-from tests.helpers.pods import cluster, lose_pod, running_on, running_pod, true
-from tests.helpers.waiting import wait_until
+from tests.helpers.pods import cluster, lose_pod, running_on, running_pod
+from tests.helpers.waiting import true, wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 

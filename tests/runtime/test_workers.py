@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from runtime.workers import WorkerPool
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -91,10 +91,10 @@ async def test_a_freed_thread_goes_to_the_waiting_agent_that_holds_the_fewest() 
         hog = [asyncio.create_task(pool.run("hog", gate.call(f"h{i}"))) for i in range(4)]
         await holds(pool, "hog", 2, waiting=2)
         other = asyncio.create_task(pool.run("other", gate.call("o")))
-        await wait_until(lambda: _true(pool.waiting("other") == 1), 5, "other waiting")
+        await wait_until(lambda: true(pool.waiting("other") == 1), 5, "other waiting")
 
         gate.open("h0")  # the hog's queued calls came first; the freed thread is other's anyway
-        await wait_until(lambda: _true(len(gate.started) == 3), 5, "a third call running")
+        await wait_until(lambda: true(len(gate.started) == 3), 5, "a third call running")
         assert pool.held("other") == 1
         assert set(gate.started[:2]) == {"h0", "h1"}
         assert gate.started[2] == "o"  # not h2, although it waited longer
@@ -108,7 +108,7 @@ async def test_a_caller_cancelled_while_waiting_takes_no_thread() -> None:
         first = asyncio.create_task(pool.run("a", gate.call("a")))
         await holds(pool, "a", 1)
         waiting = asyncio.create_task(pool.run("b", gate.call("b")))
-        await wait_until(lambda: _true(pool.waiting("b") == 1), 5, "b waiting")
+        await wait_until(lambda: true(pool.waiting("b") == 1), 5, "b waiting")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -142,7 +142,7 @@ async def test_shutdown_drops_waiting_calls_and_refuses_new_ones() -> None:
     running = asyncio.create_task(pool.run("a", gate.call("a")))
     await holds(pool, "a", 1)
     waiting = asyncio.create_task(pool.run("b", gate.call("b")))
-    await wait_until(lambda: _true(pool.waiting("b") == 1), 5, "b waiting")
+    await wait_until(lambda: true(pool.waiting("b") == 1), 5, "b waiting")
     pool.shutdown()
     pool.shutdown()  # safe twice
     with pytest.raises(asyncio.CancelledError):
@@ -151,7 +151,3 @@ async def test_shutdown_drops_waiting_calls_and_refuses_new_ones() -> None:
         await pool.run("c", lambda: None)
     gate.open_all()
     assert await running == "a"  # a running call is not interrupted
-
-
-async def _true(value: bool) -> bool:
-    return value

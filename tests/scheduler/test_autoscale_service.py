@@ -35,7 +35,7 @@ from tests.helpers.pods import spec as wasm_spec
 from tests.helpers.samples import sample
 from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -250,7 +250,7 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
             async def all_answered(tasks: int, what: str) -> None:
                 """`tasks` more tasks sent, and as many answers counted since the last clear."""
                 await send_tasks(client, "jobs", tasks, inbox)
-                await wait_until(lambda: _true(sum(answers.values()) == tasks), 15, what)
+                await wait_until(lambda: true(sum(answers.values()) == tasks), 15, what)
 
             # r1 reports a deep mailbox, r2 an empty one.
             await report(1, {"r1": 200, "r2": 0})
@@ -310,17 +310,13 @@ async def test_tasks_reach_real_replicas_through_a_pod_and_their_answers_come_ba
             inbox = nc.new_inbox()
             await nc.subscribe(inbox, cb=on_answer)
             await send_tasks(stack.client, "jobs", 20, inbox)
-            await wait_until(lambda: _true(len(answers) == 20), 15, "20 answers")
+            await wait_until(lambda: true(len(answers) == 20), 15, "20 answers")
             assert sorted(answers) == sorted(json.dumps({"task": i}).encode() for i in range(20))
             # Both replicas took a share, and their own counters saw every task.
             assert set(service.board.assigned) == set(pod.replicas)
             assert all(n >= 5 for n in service.board.assigned.values()), service.board.assigned
             assert sum(r.metrics.received for r in pod.replicas.values()) == 20
             assert sum(r.metrics.calls for r in pod.replicas.values()) == 20
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(
