@@ -34,6 +34,7 @@ from schemas import (
 )
 from swarm.cli import schemas_cmd
 from tests.helpers.interpreter import run_python
+from tests.helpers.partial_cli import cli_with
 
 # --- A test-local registry -----------------------------------------------------------------------
 
@@ -371,14 +372,7 @@ def test_exported_schema_validates_real_commands(tmp_path: Path) -> None:
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the group under test."""
-
-    app.add_typer(schemas_cmd.app, name="schemas")
-    return app
+    return cli_with(lambda app: app.add_typer(schemas_cmd.app, name="schemas"))
 
 
 def test_cli_export_and_check(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from swarm.devstack.stack import (
 from swarm.devstack.supervisor import RestartPolicy
 from swarm.kernel.settings import Settings
 from tests.helpers.cli_process import run_cli
+from tests.helpers.processes import gone
 
 #: Whole stacks start and stop here, several per test: minutes on a busy machine.
 pytestmark = pytest.mark.timeout(300)
@@ -79,15 +80,6 @@ def swarm(tmp_path: Path, env: dict[str, str]) -> Iterator[Swarm]:
 
 def status_json(swarm: Swarm, data_dir: Path) -> Any:
     return json.loads(swarm("status", "--data-dir", str(data_dir), "-o", "json").stdout)
-
-
-def gone(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def describe_processes(pids: list[int]) -> list[str]:
