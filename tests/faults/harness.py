@@ -45,14 +45,13 @@ from swarm.devstack.embedded import (
 )
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from tests.helpers.history import WASM
 from tests.helpers.waiting import true
 
 T = TypeVar("T")
 
 #: A module that is never run: the commands of a burst deploy agents with no replicas.
-NOOP_SPEC = AgentSpec(
-    version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
-)
+NOOP_SPEC = AgentSpec(version="v1", module=ModuleRef(inline=WASM))
 OUTCOMES = f"{names.EVENTS_PREFIX}.{names.OUTCOME_AGGREGATE}.*.*"
 ACCEPTED = "swarm.command.accepted"
 DEPLOYED = "swarm.agent.deployed"

@@ -3,15 +3,13 @@ deploy an agent, and play the scheduler and the pods for every replica at once."
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 
 from schemas import commands as c
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from swarm.domain.state import HiveState
+from tests.helpers.history import WASM
 from tests.helpers.sim import Sim
-
-WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 
 
 def spec(version: str = "v1", memory: int = 64, **kw: object) -> AgentSpec:

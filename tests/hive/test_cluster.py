@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import signal
 from collections import Counter
@@ -18,11 +17,12 @@ from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.history import WASM
 from tests.helpers.servers import own_nats
 
 pytestmark = pytest.mark.timeout(120)
 
-SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))
+SPEC = AgentSpec(version="v1", module=ModuleRef(inline=WASM))
 
 
 @pytest.fixture

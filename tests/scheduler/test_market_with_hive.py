@@ -287,18 +287,15 @@ async def test_swarm_market_cli_shows_offers_and_clearings(tmp_path: Path) -> No
 
 async def test_a_spec_file_carries_the_bid_and_constraints(tmp_path: Path) -> None:
     """`swarm agent deploy -f` with `spec.placement`: the selector and zone are honoured."""
-    import base64
-
     from typer.testing import CliRunner
 
     from schemas.specs import Capacity
     from swarm.cli.app import app
 
     spec_file = tmp_path / "gpu.yaml"
-    wasm = base64.b64encode(b"\0asm\1\0\0\0").decode()
     spec_file.write_text(
         "name: trainer\nreplicas: 2\nspec:\n  version: v1\n"
-        f"  module: {{inline: '{wasm}'}}\n"
+        f"  module: {{inline: '{WASM}'}}\n"
         "  resources: {memory_mb: 128}\n"
         "  placement:\n    priority_class: high\n    max_price: 3.0\n"
         "    node_selector: {gpu: 'yes'}\n    avoid_zones: [us-1]\n"
