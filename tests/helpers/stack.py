@@ -107,14 +107,20 @@ class Stack:
     async def placed(self) -> int:
         return sum(p["replicas"] for p in await self.pods())
 
-    async def scheduled_per_replica(self) -> Counter[str]:
-        """How many `replica_scheduled` events the log holds for each replica."""
-        seen: Counter[str] = Counter()
+    async def events_named(self, event: str) -> list[dict[str, Any]]:
+        """The events on the log whose subject names `event` (`swarm.evt.<aggregate>.<id>.<event>`),
+        decoded, in log order."""
+        found = []
         async for d in self.client.replay(names.STREAM_EVENTS):
             parts = names.parse_event_subject(d.subject)
-            if parts and parts[2] == "replica_scheduled":
-                seen[json.loads(d.data)["data"]["replica_id"]] += 1
-        return seen
+            if parts and parts[2] == event:
+                found.append(json.loads(d.data))
+        return found
+
+    async def scheduled_per_replica(self) -> Counter[str]:
+        """How many `replica_scheduled` events the log holds for each replica."""
+        scheduled = await self.events_named("replica_scheduled")
+        return Counter(e["data"]["replica_id"] for e in scheduled)
 
     async def rejections(self, command_type: str = commands.ProposePlacement.TYPE) -> Counter[str]:
         """Rules of the rejected commands of `command_type` (placement proposals) on the log."""

@@ -64,12 +64,8 @@ def spec(memory: int, priority: int = 0) -> AgentSpec:
 
 
 async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
-    out = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        parts = names.parse_event_subject(d.subject)
-        if parts and parts[2] == event:
-            out.append(json.loads(d.data)["data"])
-    return out
+    """The data of the events named `event` on the log."""
+    return [e["data"] for e in await stack.events_named(event)]
 
 
 async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path) -> None:
