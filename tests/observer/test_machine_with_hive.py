@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -66,14 +65,6 @@ async def publish(stack: Stack, seconds: float, slow_after: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def events(stack: Stack, suffix: str) -> list[dict[str, Any]]:
-    found = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        if d.subject.endswith(suffix):
-            found.append(json.loads(d.data))
-    return found
-
-
 async def test_a_slow_machine_is_recorded_on_its_pod_and_no_agent_is_blamed(
     tmp_path: Path,
 ) -> None:
@@ -82,10 +73,10 @@ async def test_a_slow_machine_is_recorded_on_its_pod_and_no_agent_is_blamed(
         await publish(stack, seconds=8.0, slow_after=5.0)
 
         async def recorded() -> bool:
-            return bool(await events(stack, ".anomaly_detected"))
+            return bool(await stack.events_named("anomaly_detected"))
 
         await wait_until(recorded, 30, "a recorded finding")
-        (found,) = await events(stack, ".anomaly_detected")
+        (found,) = await stack.events_named("anomaly_detected")
         assert found["type"] == "swarm.pod.anomaly_detected"
         assert found["subject"] == "p1"
         data = found["data"]
