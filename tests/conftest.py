@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,30 +39,33 @@ def _own_state_home(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
-@pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("SWARM_NATS_URL")
+def _external_or_embedded(
+    variable: str, embedded: Callable[[], EmbeddedNats | EmbeddedPostgres]
+) -> Iterator[str]:
+    """The URL of the server `variable` names, or of an embedded one started for the session."""
+    external = os.environ.get(variable)
     if external:
         yield external
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server = embedded()
     try:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _external_or_embedded(
+        "SWARM_NATS_URL", lambda: EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    )
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("SWARM_DATABASE_URL")
-    if external:
-        yield external
-        return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    yield from _external_or_embedded(
+        "SWARM_DATABASE_URL", lambda: EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +75,8 @@ def settings(nats_url: str) -> Settings:
 
 @pytest.fixture
 async def event_log(nats_url: str, settings: Settings) -> AsyncIterator[EventLog]:
-    log = await EventLog.connect(nats_url, settings, name="pytest")
-    try:
+    async with await EventLog.connect(nats_url, settings, name="pytest") as log:
         yield log
-    finally:
-        await log.close()
 
 
 @pytest.fixture

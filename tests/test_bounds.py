@@ -8,7 +8,6 @@ Python's `json` would not produce (`1e400`, 400-digit integers) are sent as they
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from schemas.specs import (
 from swarm.client.commands import validate_command
 from swarm.client.errors import ClientError
 from swarm.domain.evolve import evolve
+from tests.helpers.history import WASM
 from tests.helpers.sim import Sim
 
 SCHEMA_DIR = Path(schemas.__file__).parent / "jsonschema"
@@ -540,7 +540,7 @@ def test_a_crash_loop_at_the_restart_bound_writes_decodable_events() -> None:
         backoff_s=MAX_BACKOFF_S,
         max_backoff_s=0.001,
     )
-    module = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+    module = ModuleRef(inline=WASM)
     spec = AgentSpec(version="v1", module=module, restart=restart)
     sim.ok(c.DeployAgent(name="loop", spec=spec, replicas=1))
     (agent,) = sim.state.agents.values()
@@ -567,7 +567,7 @@ def test_a_crash_loop_at_the_restart_bound_writes_decodable_events() -> None:
 
 def test_the_most_replicas_and_the_longest_reasons_write_decodable_events() -> None:
     sim = Sim()
-    module = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+    module = ModuleRef(inline=WASM)
     spec = AgentSpec(version="v1", module=module)
     sim.ok(c.DeployAgent(name="many", spec=spec, replicas=MAX_REPLICAS))
     sim.ok(c.StopAgent(name="many", reason="s" * 500))
@@ -609,7 +609,7 @@ def test_a_rejection_quoting_a_thousand_long_version_names_can_be_written() -> N
     """A rollback to a version the agent never had lists the versions it has: as many as were
     ever rolled out. The Hive's rejection is cut to its bound, not refused."""
     sim = Sim()
-    module = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+    module = ModuleRef(inline=WASM)
     versions = [f"v{i:04d}-" + "x" * 58 for i in range(1000)]
     sim.ok(c.DeployAgent(name="old", spec=AgentSpec(version=versions[0], module=module)))
     (agent_id,) = sim.state.agents

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import Result
 
 from schemas import commands, names
 from schemas.specs import INLINE_MODULE_MAX_BYTES
@@ -456,15 +457,23 @@ def spec_file(tmp_path: Path, wasm: Path, name: str) -> Path:
     return path
 
 
+async def rollout_to_v2(
+    stack: Stack, wasm: Path, tmp_path: Path, name: str, pod_id: str, status: str
+) -> Result:
+    """Agent `name` running v1 on `pod_id`, then `agent rollout --wait` to v2 while the pod
+    reports `status` for the new version's replica: what the CLI answered."""
+    await running_agent(stack, name, pod_id, spec_file(tmp_path, wasm, name))
+    rollout = asyncio.create_task(
+        cli(stack, "agent", "rollout", name, "--module", wasm, "--version", "v2", "--wait")
+    )
+    await place_and_report(stack, name, pod_id, status, version="v2")
+    return await rollout
+
+
 async def test_rollout_wait_returns_once_the_new_version_runs(
     stack: Stack, wasm: Path, tmp_path: Path
 ) -> None:
-    await running_agent(stack, "rolled", "pod-r", spec_file(tmp_path, wasm, "rolled"))
-    rollout = asyncio.create_task(
-        cli(stack, "agent", "rollout", "rolled", "--module", wasm, "--version", "v2", "--wait")
-    )
-    await place_and_report(stack, "rolled", "pod-r", "running", version="v2")
-    result = ok(await rollout)
+    result = ok(await rollout_to_v2(stack, wasm, tmp_path, "rolled", "pod-r", "running"))
     assert "agent default/rolled rolling out v2" in result.stdout
     assert "agent default/rolled rolled out v2: running (1/1 replicas running)" in result.stdout
     agent = (await agents(stack))["rolled"]
@@ -474,12 +483,7 @@ async def test_rollout_wait_returns_once_the_new_version_runs(
 async def test_rollout_wait_exits_1_when_the_new_version_fails(
     stack: Stack, wasm: Path, tmp_path: Path
 ) -> None:
-    await running_agent(stack, "sinking", "pod-s", spec_file(tmp_path, wasm, "sinking"))
-    rollout = asyncio.create_task(
-        cli(stack, "agent", "rollout", "sinking", "--module", wasm, "--version", "v2", "--wait")
-    )
-    await place_and_report(stack, "sinking", "pod-s", "crashed", version="v2")
-    result = await rollout
+    result = await rollout_to_v2(stack, wasm, tmp_path, "sinking", "pod-s", "crashed")
     assert result.exit_code == 1, result.output
     assert "the rollout of default/sinking to v2 failed: replica" in result.stderr
     assert "crash loop" in result.stderr

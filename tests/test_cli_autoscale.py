@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerS
 from swarm.kernel.settings import Settings
 from tests.helpers.cli import cli, described, ok, stack, wasm
 from tests.helpers.samples import sample
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -94,9 +93,7 @@ async def test_task_send_queues_and_waits_for_the_answer(stack: Stack) -> None:
     service = AutoscalerService(
         Settings(nats_url=stack.url), AutoscalerSettings(step_s=60, stale_after_s=60)
     )
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.live.wait(), 10)
+    async with in_this_loop(service):
         body = sample(1, [("w-0", 0, 0)], agent_id="w")
         await nc.publish(names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode())
 
@@ -111,10 +108,6 @@ async def test_task_send_queues_and_waits_for_the_answer(stack: Stack) -> None:
         assert waited.exit_code == 3
         listed = json.loads(ok(await cli(stack, "task", "ls", "-o", "json")).stdout)
         assert {"queue": "later", "waiting": 2} in listed["queues"]
-    finally:
-        service.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
 
 
 async def test_a_spec_file_carries_the_policy_and_flags_override_it(

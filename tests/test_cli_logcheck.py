@@ -25,11 +25,11 @@ from schemas import (
     new_id,
 )
 from schemas.specs import Quota
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealKey
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import stream_specs
+from tests.helpers.outcomes import accepted, rejected
 from tests.helpers.servers import own_nats
 from tests.helpers.timeline import invoke_timeline, timeline_cli
 
@@ -55,11 +55,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def log(server: str) -> AsyncIterator[EventLog]:
-    client = await EventLog.connect(server, Settings(nats_url=server), name="test")
-    try:
+    async with await EventLog.connect(server, Settings(nats_url=server), name="test") as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def answered(log: EventLog, replicas: int = 2) -> tuple[Envelope[Any], list[int]]:
@@ -73,12 +70,7 @@ async def answered(log: EventLog, replicas: int = 2) -> tuple[Envelope[Any], lis
         source="test",
         cause=cmd,
     )
-    outcome = event(
-        CommandAccepted(command_id=cmd.id, command_type=cmd.type, events=[scaled.id]),
-        aggregate_id=cmd.id,
-        source="test",
-        cause=cmd,
-    )
+    outcome = accepted(cmd, events=[scaled.id])
     return cmd, [(await log.append(e)).seq for e in (scaled, outcome)]
 
 
@@ -131,12 +123,7 @@ async def test_a_recent_command_is_pending_until_its_grace_ends(server: str, log
 
 async def test_a_second_outcome(server: str, log: EventLog) -> None:
     cmd, (_, first) = await answered(log)
-    second = event(
-        CommandRejected(command_id=cmd.id, command_type=cmd.type, reason="again"),
-        aggregate_id=cmd.id,
-        source="test",
-        cause=cmd,
-    )
+    second = rejected(cmd, "again")
     seq = (await log.append(second)).seq
     assert await findings(server) == [("duplicate-outcome", names.STREAM_EVENTS, seq)]
     report = json.loads((await verify(server, "-o", "json")).stdout)
@@ -144,9 +131,7 @@ async def test_a_second_outcome(server: str, log: EventLog) -> None:
 
 
 async def test_a_sequence_gap(tmp_path: Path) -> None:
-    nats = EmbeddedNats(tmp_path / "nats")
-    url = nats.start()
-    try:
+    with own_nats(tmp_path / "nats") as url:
         settings = Settings(nats_url=url)
         log = await EventLog.connect(url, settings, ensure=False)
         # Swarm's streams refuse deletes; only a stream made without that guard can lose one.
@@ -163,8 +148,6 @@ async def test_a_sequence_gap(tmp_path: Path) -> None:
         table = await verify(url)
         assert table.exit_code == 1
         assert f"sequence {scaled} missing" in table.stdout
-    finally:
-        nats.stop()
 
 
 async def test_events_that_do_not_decode(server: str, log: EventLog) -> None:
@@ -246,19 +229,9 @@ async def test_an_outcome_without_the_hive_s_seal_is_foreign(
     key = SealKey.from_secret("verify-test-secret")
     cmd = command(commands.ScaleAgent(name="a", replicas=2), source="test", identity="u:t")
     await log.append(cmd)
-    forged = event(
-        CommandRejected(command_id=cmd.id, command_type=cmd.type, reason="forged"),
-        aggregate_id=cmd.id,
-        source="hive/hive-0",
-        cause=cmd,
-    )
+    forged = rejected(cmd, "forged", source="hive/hive-0")
     forged_seq = (await log.append(forged)).seq
-    real = event(
-        CommandAccepted(command_id=cmd.id, command_type=cmd.type),
-        aggregate_id=cmd.id,
-        source="hive/hive-0",
-        cause=cmd,
-    )
+    real = accepted(cmd, source="hive/hive-0")
     await log.append_raw(
         AppendRequest(names.outcome_subject(cmd.id, "accepted"), key.seal(real.to_json()), real.id)
     )

@@ -33,6 +33,7 @@ from swarm.cli import connect, publish
 from swarm.cli.output import CliError
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.partial_cli import cli_with
 
 # Test-only command and event types, in a registry of their own (plus the real outcomes), so
 # nothing here changes `REGISTRY` or the exported schemas.
@@ -54,14 +55,7 @@ class Pinged(Payload):
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test (a callback keeps typer from collapsing to one command)."""
-
-    publish.register(app, registry=TEST_REGISTRY)
-    return app
+    return cli_with(lambda app: publish.register(app, registry=TEST_REGISTRY))
 
 
 async def invoke(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+
+from tests.helpers.interpreter import run_python
 
 #: Packages no `swarm` call may import before a verb runs (prefixes of module names).
 HEAVY = (
@@ -60,13 +60,7 @@ def heavy(modules: list[str]) -> list[str]:
 def loaded_after(code: str) -> list[str]:
     """The modules a fresh interpreter holds after running `code`."""
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python("-c", script)
     assert result.returncode == 0, result.stderr[-3000:]
     modules: list[str] = json.loads(result.stdout.splitlines()[-1])
     return modules
@@ -192,14 +186,7 @@ def test_a_verbs_log_lines_go_to_stderr_never_into_its_output() -> None:
         "log.warning('nats error', error='reconnecting')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "SWARM_LOG_LEVEL"}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    result = run_python("-c", script, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert "nats error" in result.stderr

@@ -21,6 +21,7 @@ from swarm.cli.output import CliError
 from swarm.client.text import parse_time
 from swarm.client.timeline import Filters, intersect, subject_matches
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.outcomes import accepted
 from tests.helpers.timeline import invoke_timeline
 
 LOCAL = Registry()
@@ -70,12 +71,7 @@ async def seeded(event_log: EventLog) -> Seeded:
         source="test",
         cause=created,
     )
-    outcome = event(
-        CommandAccepted(command_id=cmd.id, command_type=cmd.type, events=[created.id, renamed.id]),
-        aggregate_id=cmd.id,
-        source="test",
-        cause=cmd,
-    )
+    outcome = accepted(cmd, events=[created.id, renamed.id])
     seqs = [(await event_log.append(e)).seq for e in (created, renamed)]
     for subject, body in (
         (f"swarm.evt.tl.{thing}.broken", b"\x00\xffnot json"),
@@ -333,12 +329,7 @@ async def test_follow_prints_new_entries_as_they_are_appended(
 
 async def test_follow_all_interleaves_both_streams(nats_url: str, event_log: EventLog) -> None:
     cmd = command(CreateThing(name="live"), source="test")
-    outcome = event(
-        CommandAccepted(command_id=cmd.id, command_type=cmd.type),
-        aggregate_id=cmd.id,
-        source="test",
-        cause=cmd,
-    )
+    outcome = accepted(cmd)
     running = asyncio.create_task(
         invoke_timeline(
             ["--all", "--follow", "--id", cmd.id, "-o", "jsonl", "--limit", "2"], nats_url

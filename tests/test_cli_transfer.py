@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from schemas import CommandAccepted, command, commands, event, events, names, new_id
+from schemas import command, commands, event, events, names, new_id
 from swarm.client import transfer
 from swarm.client.errors import ClientError
 from swarm.kernel.eventlog import Appended, AppendRequest, EventLog
+from tests.helpers.outcomes import accepted
 from tests.helpers.servers import own_nats
 from tests.helpers.timeline import invoke_timeline
 
@@ -32,21 +33,15 @@ def target_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def source(source_url: str) -> AsyncIterator[EventLog]:
-    log = await EventLog.connect(source_url, name="source")
-    try:
+    async with await EventLog.connect(source_url, name="source") as log:
         yield log
-    finally:
-        await log.close()
 
 
 @pytest.fixture
 async def target(target_url: str) -> AsyncIterator[EventLog]:
     # Connected without creating streams: import must manage with a bare server.
-    log = await EventLog.connect(target_url, name="target", ensure=False)
-    try:
+    async with await EventLog.connect(target_url, name="target", ensure=False) as log:
         yield log
-    finally:
-        await log.close()
 
 
 async def stored(log: EventLog, stream: str) -> list[tuple[int, str, bytes]]:
@@ -64,12 +59,7 @@ async def fill(log: EventLog, n: int = 3) -> None:
             source="test",
             cause=cmd,
         )
-        outcome = event(
-            CommandAccepted(command_id=cmd.id, command_type=cmd.type, events=[scaled.id]),
-            aggregate_id=cmd.id,
-            source="test",
-            cause=cmd,
-        )
+        outcome = accepted(cmd, events=[scaled.id])
         await log.append(scaled)
         await log.append(outcome)
     await log.append_raw(AppendRequest("swarm.evt.agent.X.noise", b"\x00\xff not json", new_id()))

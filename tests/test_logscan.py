@@ -24,11 +24,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def log(server: str) -> AsyncIterator[EventLog]:
-    client = await EventLog.connect(server, name="test")
-    try:
+    async with await EventLog.connect(server, name="test") as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def fill(log: EventLog, n: int) -> None:

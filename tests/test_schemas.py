@@ -7,8 +7,6 @@ so into the committed JSON Schema files the staleness test compares against).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ from schemas import (
     subject_of,
 )
 from swarm.cli import schemas_cmd
+from tests.helpers.interpreter import run_python
+from tests.helpers.partial_cli import cli_with
 
 # --- A test-local registry -----------------------------------------------------------------------
 
@@ -372,14 +372,7 @@ def test_exported_schema_validates_real_commands(tmp_path: Path) -> None:
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the group under test."""
-
-    app.add_typer(schemas_cmd.app, name="schemas")
-    return app
+    return cli_with(lambda app: app.add_typer(schemas_cmd.app, name="schemas"))
 
 
 def test_cli_export_and_check(tmp_path: Path) -> None:
@@ -466,13 +459,6 @@ def test_the_package_exports_load_on_first_use_and_the_registry_is_whole() -> No
         "assert entry is not None\n"
         "print(len(list(REGISTRY)))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=root.parent,
-    )
+    result = run_python("-c", probe, cwd=root.parent)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == len(list(REGISTRY))

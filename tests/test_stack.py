@@ -37,6 +37,8 @@ from swarm.devstack.stack import (
 )
 from swarm.devstack.supervisor import RestartPolicy
 from swarm.kernel.settings import Settings
+from tests.helpers.cli_process import run_cli
+from tests.helpers.processes import gone
 
 #: Whole stacks start and stop here, several per test: minutes on a busy machine.
 pytestmark = pytest.mark.timeout(300)
@@ -69,15 +71,7 @@ def swarm(tmp_path: Path, env: dict[str, str]) -> Iterator[Swarm]:
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         if "--data-dir" in args:
             data_dirs.add(args[args.index("--data-dir") + 1])
-        return subprocess.run(
-            [sys.executable, "-m", "swarm.cli.stack", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=tmp_path,
-            env=env,
-            check=False,
-        )
+        return run_cli(args, cwd=tmp_path, env=env, timeout=timeout, module="swarm.cli.stack")
 
     yield run
     for data_dir in data_dirs:
@@ -86,15 +80,6 @@ def swarm(tmp_path: Path, env: dict[str, str]) -> Iterator[Swarm]:
 
 def status_json(swarm: Swarm, data_dir: Path) -> Any:
     return json.loads(swarm("status", "--data-dir", str(data_dir), "-o", "json").stdout)
-
-
-def gone(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def describe_processes(pids: list[int]) -> list[str]:

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from swarm.cli import discovery
 from swarm.kernel.settings import Settings
+from tests.helpers.cli_process import run_cli
 
 Swarm = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -54,15 +54,7 @@ def swarm(tmp_path: Path, home: Path) -> Iterator[Swarm]:
     def run(
         *args: str, cwd: Path = elsewhere, timeout: float = 60, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "swarm.cli.app", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=cwd,
-            env={**base, **env},
-            check=False,
-        )
+        result = run_cli(args, cwd=cwd, env={**base, **env}, timeout=timeout)
         if args[:1] == ("up",):
             where = args[args.index("--data-dir") + 1] if "--data-dir" in args else ".swarm"
             started.append((cwd / where).resolve())
@@ -259,12 +251,18 @@ def test_a_record_whose_stack_was_deleted_is_ignored(tmp_path: Path) -> None:
     assert discovery.read_current() is None
 
 
-def test_the_choice_goes_flag_then_variable_then_record_then_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def nothing_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's own directory is the working directory, and no variable names a stack."""
     for name in discovery.ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("nothing_chosen")
+def test_the_choice_goes_flag_then_variable_then_record_then_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recorded = a_stack_dir(tmp_path / "recorded")
 
     assert discovery.choose(Settings()).source is discovery.Source.DEFAULT
@@ -284,12 +282,10 @@ def test_the_choice_goes_flag_then_variable_then_record_then_default(
     assert (flag.data_dir, flag.source) == (tmp_path / "flag", discovery.Source.FLAG)
 
 
+@pytest.mark.usefixtures("nothing_chosen")
 def test_swarm_up_starts_where_it_runs_whatever_is_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in discovery.ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
     discovery.record_current(a_stack_dir(tmp_path / "recorded"))
     choice = discovery.choose(Settings(), recorded=False)
     assert (choice.data_dir, choice.source) == (tmp_path / ".swarm", discovery.Source.DEFAULT)

@@ -18,20 +18,13 @@ import pytest
 
 from schemas import CommandRejected, event, events, names
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.cli_process import run_cli
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "swarm.cli.app", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
+    return run_cli(args, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from swarm.devstack.supervisor import (
@@ -23,19 +22,13 @@ from swarm.devstack.supervisor import (
     ServiceStatus,
     Supervisor,
 )
+from tests.helpers.processes import gone
 
 PY = sys.executable
 
 
 def python(code: str, *args: str) -> tuple[str, ...]:
     return (PY, "-c", textwrap.dedent(code), *args)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, poll: Callable[[], object]) -> None:

@@ -21,6 +21,7 @@ from schemas.specs import Capacity, Quota
 from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.history import spec
+from tests.helpers.servers import own_nats
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.timeline import invoke_timeline
 from tests.helpers.waiting import wait_until
@@ -340,9 +341,7 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
     batch = tmp_path / "log.json"
     assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
 
-    server = EmbeddedNats(tmp_path / "target")
-    url = server.start()
-    try:
+    with own_nats(tmp_path / "target") as url:
         imported = await invoke_timeline(["import", str(batch)], url)
         assert imported.exit_code == 0, imported.output
 
@@ -377,8 +376,6 @@ async def test_a_time_means_the_same_on_a_stack_the_log_was_imported_into(
         )
         assert entry["time"] == entry["event"]["time"].replace("Z", "+00:00")
         assert datetime.fromisoformat(entry["stored"]) > datetime.fromisoformat(later["time"])
-    finally:
-        server.stop()
 
 
 async def test_import_while_the_target_hive_runs_writes_nothing_again(
@@ -388,15 +385,10 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
     batch = tmp_path / "log.json"
     assert (await invoke_timeline(["export", "-f", str(batch)], source.url)).exit_code == 0
     commands_sent = await source.client.last_sequence(names.STREAM_COMMANDS)
-    server = EmbeddedNats(tmp_path / "target")
-    url = server.start()
-    target: Stack | None = None
-    try:
-        target = Stack(url, await EventLog.connect(url, name="target"), tmp_path)
-        await target.start_hive()
+    async with running_stack(tmp_path) as target:
         hive = target.hive
         assert hive is not None
-        imported = await invoke_timeline(["import", str(batch)], url)
+        imported = await invoke_timeline(["import", str(batch)], target.url)
         assert imported.exit_code == 0, imported.output
 
         async def all_handled() -> bool:
@@ -405,21 +397,15 @@ async def test_import_while_the_target_hive_runs_writes_nothing_again(
         await wait_until(all_handled, 30, "target Hive handled every imported command")
         end = recorded.second[0]
         assert await target.client.last_sequence(names.STREAM_EVENTS) == end
-        running = target
 
         async def folded() -> bool:
-            return bool((await running.query(names.QUERY_DIGEST))["applied_seq"] >= end)
+            return bool((await target.query(names.QUERY_DIGEST))["applied_seq"] >= end)
 
         await wait_until(folded, 30, "target Hive folded the import")
         theirs = await target.query(names.QUERY_DIGEST)
         ours = await source.query(names.QUERY_DIGEST)
         assert theirs["applied_seq"] == end
         assert theirs["digest"] == ours["digest"]
-    finally:
-        if target is not None:
-            await target.stop_hive()
-            await target.client.close()
-        server.stop()
 
 
 async def test_diff_between_a_time_and_a_sequence(recorded: Recorded) -> None:

@@ -89,18 +89,23 @@ _PIP_OFFLINE = """
 """
 
 
-@pytest.mark.timeout(120)
-def test_first_c_build_installs_ziglang_into_its_venv(tmp_path: Path) -> None:
-    python = _stub_venv(tmp_path / "venv", _PIP_THAT_INSTALLS)
-    output = tmp_path / "counter.wasm"
-
-    first = subprocess.run(
+def build_c(python: Path | str, output: Path) -> subprocess.CompletedProcess[str]:
+    """examples/counter-c/build.py run by `python`, writing `output`."""
+    return subprocess.run(
         [str(python), str(BUILD_C), "-o", str(output)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.timeout(120)
+def test_first_c_build_installs_ziglang_into_its_venv(tmp_path: Path) -> None:
+    python = _stub_venv(tmp_path / "venv", _PIP_THAT_INSTALLS)
+    output = tmp_path / "counter.wasm"
+
+    first = build_c(python, output)
 
     assert first.returncode == 0, first.stderr
     assert "installing the C toolchain ziglang==0.17.0 into" in first.stdout
@@ -111,13 +116,7 @@ def test_first_c_build_installs_ziglang_into_its_venv(tmp_path: Path) -> None:
     )
     # Installed once: the next build finds it and says nothing about installing.
     (site / "pip-args.json").unlink()
-    second = subprocess.run(
-        [str(python), str(BUILD_C), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    second = build_c(python, output)
     assert second.returncode == 0, second.stderr
     assert "installing" not in second.stdout
     assert not (site / "pip-args.json").exists()
@@ -127,13 +126,7 @@ def test_first_c_build_installs_ziglang_into_its_venv(tmp_path: Path) -> None:
 def test_offline_c_build_says_how_to_install_the_toolchain(tmp_path: Path) -> None:
     python = _stub_venv(tmp_path / "venv", _PIP_OFFLINE)
 
-    proc = subprocess.run(
-        [str(python), str(BUILD_C), "-o", str(tmp_path / "counter.wasm")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = build_c(python, tmp_path / "counter.wasm")
 
     assert proc.returncode == 1
     assert "could not install ziglang==0.17.0 (offline" in proc.stderr
@@ -159,13 +152,7 @@ def test_outside_a_venv_the_c_build_installs_nothing(tmp_path: Path) -> None:
     if probe.stdout.split() != ["True", "True"]:
         pytest.skip(f"{base} has ziglang or is itself a virtual environment")
 
-    proc = subprocess.run(
-        [base, str(BUILD_C), "-o", str(tmp_path / "counter.wasm")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = build_c(base, tmp_path / "counter.wasm")
 
     assert proc.returncode == 1
     assert "not a virtual environment's Python" in proc.stderr

@@ -4,7 +4,6 @@ call can fail."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from swarm.client.errors import INVALID, UNAVAILABLE, ClientError
 from swarm.client.queries import QueryFailed
 from swarm.client.swarm import Swarm, TooLarge
 from swarm.devstack.embedded import free_port
+from tests.helpers.history import WASM
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
     "version": "v1",
-    "module": {"inline": base64.b64encode(b"\0asm\1\0\0\0").decode()},
+    "module": {"inline": WASM},
     "resources": {"memory_mb": 16, "fuel_per_s": 1000},
 }
 

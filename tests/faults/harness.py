@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import nats.errors
@@ -46,13 +45,13 @@ from swarm.devstack.embedded import (
 )
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
+from tests.helpers.history import WASM
+from tests.helpers.waiting import true
 
 T = TypeVar("T")
 
 #: A module that is never run: the commands of a burst deploy agents with no replicas.
-NOOP_SPEC = AgentSpec(
-    version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
-)
+NOOP_SPEC = AgentSpec(version="v1", module=ModuleRef(inline=WASM))
 OUTCOMES = f"{names.EVENTS_PREFIX}.{names.OUTCOME_AGGREGATE}.*.*"
 ACCEPTED = "swarm.command.accepted"
 DEPLOYED = "swarm.agent.deployed"
@@ -348,7 +347,7 @@ class CommandStream:
                 raise error
 
     async def wait_acked(self, count: int, timeout: float = 30.0) -> None:
-        await wait_for(lambda: _true(len(self.acked) >= count), timeout, f"{count} commands acked")
+        await wait_for(lambda: true(len(self.acked) >= count), timeout, f"{count} commands acked")
 
     async def _run(self) -> None:
         n = 0
@@ -376,10 +375,6 @@ class CommandStream:
             self.acked.update(r.msg_id for r in requests)
         finally:
             self._slots.release()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def wait_for(
@@ -475,12 +470,7 @@ class Fleet:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._teardown()
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:

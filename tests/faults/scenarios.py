@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import nats.errors
@@ -35,6 +36,7 @@ from tests.faults.harness import (
     writes_after_deposal,
 )
 from tests.helpers.agents import ECHO, agent
+from tests.helpers.waiting import true
 
 
 class Unavailable(Exception):
@@ -53,6 +55,35 @@ class Load:
     after_s: float = 2.0
 
 
+async def _commands_flowing(fleet: Fleet, prefix: str, load: Load) -> CommandStream:
+    """Commands flowing from a client of `fleet`, the first `load.warmup` acknowledged, so the
+    Hive is busy when the fault strikes."""
+    stream = CommandStream(fleet.log, prefix, batch=load.batch, interval=load.interval)
+    stream.start()
+    await stream.wait_acked(load.warmup)
+    return stream
+
+
+async def _audit_deposal(
+    fleet: Fleet,
+    result: ScenarioResult,
+    stream: CommandStream,
+    load: Load,
+    fault: datetime,
+    old_node: str,
+    before_seq: int,
+) -> None:
+    """Work goes on `load.after_s` after a leader's fault ends; then the audit of every command
+    sent (the deposed leader's writes aside), and of what that leader wrote after its
+    successor's `hive.leader_elected`."""
+    await asyncio.sleep(load.after_s)
+    await stream.stop()
+    found = await fleet.check(result, stream.sent, fault, not_from=f"hive/{old_node}")
+    violations, details = writes_after_deposal(found.entries, old_node, before_seq)
+    result.violations += violations
+    result.details.update(details)
+
+
 # --- 1. nats-server killed and restarted ---------------------------------------------------------
 
 
@@ -64,9 +95,7 @@ async def nats_killed(root: Path, load: Load = Load()) -> ScenarioResult:
     async with Fleet(root, replicas=3, pods=1) as fleet:
         await fleet.deploy("echo", ECHO)
         await wait_for(lambda: fleet.running("echo"), 60, "echo running")
-        stream = CommandStream(fleet.log, "n", batch=load.batch, interval=load.interval)
-        stream.start()
-        await stream.wait_acked(load.warmup)
+        stream = await _commands_flowing(fleet, "n", load)
         server = fleet.nats.proc
         assert server is not None
         fault, killed = now(), time.monotonic()
@@ -181,7 +210,7 @@ async def postgres_killed(root: Path, load: Load = Load()) -> ScenarioResult:
         writes = _Writes({}, {}, [], [])
         stop = asyncio.Event()
         writer = asyncio.create_task(_write_vectors(fleet, "memo", stop, writes))
-        await wait_for(lambda: _true(len(writes.acked) >= 20), 60, "20 vector writes")
+        await wait_for(lambda: true(len(writes.acked) >= 20), 60, "20 vector writes")
         server = fleet.postgres.proc
         assert server is not None
         fault, killed = now(), time.monotonic()
@@ -192,7 +221,7 @@ async def postgres_killed(root: Path, load: Load = Load()) -> ScenarioResult:
         result.baseline_s = result.details["postgres_down_s"] = elapsed(killed)
         try:
             await wait_for(
-                lambda: _true(len(writes.acked) >= acked_before + 20), 60, "writes after restart"
+                lambda: true(len(writes.acked) >= acked_before + 20), 60, "writes after restart"
             )
         except TimeoutError:
             result.violations.append("vector writes did not succeed again after the restart")
@@ -262,10 +291,6 @@ def _stored_keys(url: str, namespace: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 # --- 3. the Hive leader paused -------------------------------------------------------------------
 
 
@@ -276,9 +301,7 @@ async def leader_paused(root: Path, load: Load = Load()) -> ScenarioResult:
     began = time.monotonic()
     result = ScenarioResult("Hive leader SIGSTOP / SIGCONT")
     async with Fleet(root, replicas=3) as fleet:
-        stream = CommandStream(fleet.log, "p", batch=load.batch, interval=load.interval)
-        stream.start()
-        await stream.wait_acked(load.warmup)
+        stream = await _commands_flowing(fleet, "p", load)
         old = await fleet.cluster.leader(fleet.nc)
         old_node = fleet.cluster.replicas[old].node
         before_seq = await fleet.log_end()
@@ -294,12 +317,7 @@ async def leader_paused(root: Path, load: Load = Load()) -> ScenarioResult:
         finally:
             fleet.cluster.signal(old, signal.SIGCONT)
         result.details["paused_s"] = elapsed(paused)
-        await asyncio.sleep(load.after_s)
-        await stream.stop()
-        found = await fleet.check(result, stream.sent, fault, not_from=f"hive/{old_node}")
-        violations, details = writes_after_deposal(found.entries, old_node, before_seq)
-        result.violations += violations
-        result.details.update(details)
+        await _audit_deposal(fleet, result, stream, load, fault, old_node, before_seq)
     result.elapsed_s = elapsed(began)
     return result
 
@@ -328,9 +346,7 @@ async def leader_partitioned(root: Path, load: Load = Load()) -> ScenarioResult:
             hive_addrs=addrs,
             hive_prefixes=prefixes,
         ) as fleet:
-            stream = CommandStream(fleet.log, "c", batch=load.batch, interval=load.interval)
-            stream.start()
-            await stream.wait_acked(load.warmup)
+            stream = await _commands_flowing(fleet, "c", load)
             old = await fleet.cluster.leader(fleet.nc)
             old_node = fleet.cluster.replicas[old].node
             before_seq = await fleet.log_end()
@@ -349,12 +365,7 @@ async def leader_partitioned(root: Path, load: Load = Load()) -> ScenarioResult:
             finally:
                 network.heal(old)
             result.details["cut_s"] = elapsed(cut)
-            await asyncio.sleep(load.after_s)
-            await stream.stop()
-            found = await fleet.check(result, stream.sent, fault, not_from=f"hive/{old_node}")
-            violations, details = writes_after_deposal(found.entries, old_node, before_seq)
-            result.violations += violations
-            result.details.update(details)
+            await _audit_deposal(fleet, result, stream, load, fault, old_node, before_seq)
     finally:
         network.destroy()
     result.elapsed_s = elapsed(began)

@@ -3,7 +3,6 @@ NATS connection (as `python -m swarm.gateway` would run it)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +14,7 @@ from services.scheduler import Scheduler, SchedulerSettings
 from swarm.gateway import GatewaySettings, create_app
 from swarm.gateway.protocol import ProblemH11Protocol
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 
 
 @contextmanager
@@ -55,10 +55,5 @@ def serving(
 async def scheduler(url: str) -> AsyncIterator[Scheduler]:
     """A market scheduler in this event loop (it answers `GET /v1/market`)."""
     running = Scheduler(Settings(nats_url=url), SchedulerSettings(policy="market"))
-    task = asyncio.create_task(running.run())
-    try:
-        await asyncio.wait_for(running.live.wait(), 10)
+    async with in_this_loop(running):
         yield running
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 10)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from swarm.cli import publish, verbs
 from swarm.cli.stack import api_token_file, gateway_service
 from swarm.client import commands
 from swarm.gateway import GatewaySettings
+from tests.helpers.interpreter import run_python
 
 
 def test_the_token_comes_from_the_environment_before_the_file(
@@ -33,15 +32,7 @@ def test_the_token_comes_from_the_environment_before_the_file(
 
 def test_the_gateway_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "SWARM_NATS_URL": "nats://127.0.0.1:1"}
-    ran = subprocess.run(
-        [sys.executable, "-m", "swarm.gateway"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    ran = run_python("-m", "swarm.gateway", env=env, cwd=tmp_path, timeout=30)
     assert ran.returncode != 0
     assert "no API token" in ran.stderr
     assert "Traceback" not in ran.stderr

@@ -51,6 +51,29 @@ async def secret_of(stack: Stack, webhook_id: str) -> bytes | None:
     return await kv.get(webhook_id)
 
 
+async def deliveries(
+    api: httpx.AsyncClient, webhook_id: str, *, dead: bool = False
+) -> list[dict[str, Any]]:
+    """The attempts to deliver to one webhook (with `dead`, its dead letters instead); the page
+    answers the one list asked for and leaves the other null."""
+    params = {"subscription": webhook_id, "dead": "true"} if dead else {"subscription": webhook_id}
+    page = await api.get("/v1/webhooks/deliveries", params=params)
+    assert page.status_code == 200, page.text
+    asked, other = ("dead_letters", "deliveries") if dead else ("deliveries", "dead_letters")
+    assert page.json()[other] is None
+    found: list[dict[str, Any]] = page.json()[asked]
+    return found
+
+
+async def add_without_waiting(api: httpx.AsyncClient, url: str) -> httpx.Response:
+    """`POST /v1/webhooks?wait=false` for `url` (FILTER, a generated secret): answered 202."""
+    pending = await api.post(
+        "/v1/webhooks", params={"wait": "false"}, json={"url": url, "filter": FILTER}
+    )
+    assert pending.status_code == 202, pending.text
+    return pending
+
+
 async def create_namespaces(api: httpx.AsyncClient, prefix: str, count: int) -> dict[str, str]:
     """Namespaces created through the API; returns name -> the id of its `created` event."""
     created = {}
@@ -117,18 +140,11 @@ async def test_added_through_the_api_signed_delivered_listed_removed(
             with pytest.raises(WebhookVerificationError):
                 Webhook(new_secret()).verify(request.body, request.headers)
 
-        async def recorded() -> list[dict[str, Any]]:
-            page = await api.get("/v1/webhooks/deliveries", params={"subscription": webhook_id})
-            assert page.status_code == 200, page.text
-            assert page.json()["dead_letters"] is None
-            attempts: list[dict[str, Any]] = page.json()["deliveries"]
-            return attempts
-
         async def all_recorded() -> bool:
-            return len(await recorded()) == 3
+            return len(await deliveries(api, webhook_id)) == 3
 
         await wait_until(all_recorded, what="3 recorded attempts")
-        attempts = await recorded()
+        attempts = await deliveries(api, webhook_id)
         assert sorted(a["event_id"] for a in attempts) == sorted(created.values())
         assert {(a["outcome"], a["status_code"], a["attempt"]) for a in attempts} == {
             ("delivered", 200, 1)
@@ -178,12 +194,7 @@ async def test_given_secret_dead_letters_and_redelivery(
         ids = [created["dead-0"], created["dead-1"]]
 
         async def dead_letters() -> list[dict[str, Any]]:
-            page = await api.get(
-                "/v1/webhooks/deliveries", params={"subscription": webhook_id, "dead": "true"}
-            )
-            assert page.json()["deliveries"] is None
-            letters: list[dict[str, Any]] = page.json()["dead_letters"]
-            return letters
+            return await deliveries(api, webhook_id, dead=True)
 
         async def both_dead() -> bool:
             return len(await dead_letters()) == 2
@@ -312,12 +323,7 @@ async def test_the_commands_route_refuses_webhook_add_and_removes_like_delete(
     assert all(h["url"] != "https://example.com/plain" for h in listed)
 
     # Not waited for: 202 with the secret (stored, and never shown again); poll the Location.
-    pending = await api.post(
-        "/v1/webhooks",
-        params={"wait": "false"},
-        json={"url": "https://example.com/later", "filter": FILTER},
-    )
-    assert pending.status_code == 202, pending.text
+    pending = await add_without_waiting(api, "https://example.com/later")
     webhook_id = pending.json()["webhook_id"]
     assert pending.json()["command"]["status"] == "pending"
     assert pending.json()["secret"].startswith("whsec_")
@@ -342,12 +348,7 @@ async def test_secrets_follow_outcomes_that_come_after_a_202(
     api: httpx.AsyncClient, stack: Stack
 ) -> None:
     # Rejected after the API answered: the API waits on and deletes the secret it stored.
-    pending = await api.post(
-        "/v1/webhooks",
-        params={"wait": "false"},
-        json={"url": "ftp://example.com/never", "filter": FILTER},
-    )
-    assert pending.status_code == 202, pending.text
+    pending = await add_without_waiting(api, "ftp://example.com/never")
     rejected_id = pending.json()["webhook_id"]
 
     async def decided() -> bool:

@@ -20,20 +20,17 @@ from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 
 @contextlib.asynccontextmanager
 async def cluster(root: Path) -> AsyncIterator[Stack]:
     async with running_stack(root) as stack:
         scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings())
-        task = asyncio.create_task(scheduler.run())
-        try:
+        async with in_this_loop(scheduler, live_within=None):
             yield stack
-        finally:
-            scheduler.stop()
-            await asyncio.wait_for(task, 10)
 
 
 @contextlib.asynccontextmanager
@@ -48,14 +45,8 @@ async def running_pod(
         id=pod_id, cache_dir=cache_dir or stack.root / pod_id / "modules", **(fast | settings)
     )
     pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
+    async with in_this_loop(pod) as task:
         yield pod, task
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
 
 
 def spec(wasm: bytes, **kw: Any) -> AgentSpec:
@@ -116,9 +107,18 @@ async def has_status(stack: Stack, name: str, status: str) -> bool:
     return bool((await agent(stack, name)).get("status") == status)
 
 
-async def true(value: bool) -> bool:
-    """`value` as an awaitable, for `wait_until` on a plain condition."""
-    return value
+async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
+    """Wait for an interval snapshot of the running replica (of every count so far), then kill
+    the pod abruptly: no last snapshot, no report, heartbeats stop."""
+    replica = next(r for r in pod.replicas.values() if not r.done)
+    await wait_until(
+        lambda: true(replica.snapshot is not None and not replica.unsaved),
+        5,
+        "an interval snapshot of the last count",
+    )
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from swarm.devstack.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,3 +49,14 @@ def service_process(
                     proc.wait(5)
         else:
             proc.wait(10)
+
+
+def gone(pid: int | None) -> bool:
+    """Whether process `pid` (None: never started) has ended: no such process, or a zombie
+    left for its parent to reap."""
+    if pid is None:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

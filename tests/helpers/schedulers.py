@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -12,6 +11,7 @@ from typing import Any
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
 from tests.helpers.processes import service_process
+from tests.helpers.services import in_this_loop
 from tests.helpers.tables import ID_SECRET
 
 
@@ -21,13 +21,8 @@ async def in_process_scheduler(url: str, **config: Any) -> AsyncIterator[Schedul
     scheduler = Scheduler(
         Settings(nats_url=url, command_id_secret=ID_SECRET), SchedulerSettings(**config)
     )
-    task = asyncio.create_task(scheduler.run())
-    try:
-        await asyncio.wait_for(scheduler.live.wait(), 10)
+    async with in_this_loop(scheduler):
         yield scheduler
-    finally:
-        scheduler.stop()
-        await asyncio.wait_for(task, 10)
 
 
 @contextmanager

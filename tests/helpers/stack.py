@@ -15,10 +15,11 @@ from schemas import Payload, command, commands, names
 from schemas.specs import Capacity
 from services.hive.config import HiveSettings
 from services.hive.service import Hive
-from swarm.devstack.embedded import EmbeddedNats, free_port
+from swarm.devstack.embedded import free_port
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from tests.helpers.history import spec
+from tests.helpers.servers import own_nats
 from tests.helpers.waiting import wait_until
 
 #: How long `Stack.query` waits for the Hive (see there).
@@ -106,23 +107,29 @@ class Stack:
     async def placed(self) -> int:
         return sum(p["replicas"] for p in await self.pods())
 
-    async def scheduled_per_replica(self) -> Counter[str]:
-        """How many `replica_scheduled` events the log holds for each replica."""
-        seen: Counter[str] = Counter()
+    async def events_named(self, event: str) -> list[dict[str, Any]]:
+        """The events on the log whose subject names `event` (`swarm.evt.<aggregate>.<id>.<event>`),
+        decoded, in log order."""
+        found = []
         async for d in self.client.replay(names.STREAM_EVENTS):
             parts = names.parse_event_subject(d.subject)
-            if parts and parts[2] == "replica_scheduled":
-                seen[json.loads(d.data)["data"]["replica_id"]] += 1
-        return seen
+            if parts and parts[2] == event:
+                found.append(json.loads(d.data))
+        return found
 
-    async def rejections(self) -> Counter[str]:
-        """Rules of the rejected placement proposals on the log."""
+    async def scheduled_per_replica(self) -> Counter[str]:
+        """How many `replica_scheduled` events the log holds for each replica."""
+        scheduled = await self.events_named("replica_scheduled")
+        return Counter(e["data"]["replica_id"] for e in scheduled)
+
+    async def rejections(self, command_type: str = commands.ProposePlacement.TYPE) -> Counter[str]:
+        """Rules of the rejected commands of `command_type` (placement proposals) on the log."""
         rules: Counter[str] = Counter()
         async for d in self.client.replay(names.STREAM_EVENTS):
             parts = names.parse_event_subject(d.subject)
             if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
                 data = json.loads(d.data)["data"]
-                if data.get("command_type") == commands.ProposePlacement.TYPE:
+                if data.get("command_type") == command_type:
                     rules[data.get("rule") or "?"] += 1
         return rules
 
@@ -130,15 +137,11 @@ class Stack:
 @asynccontextmanager
 async def running_stack(root: Path) -> AsyncIterator[Stack]:
     """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive."""
-    server = EmbeddedNats(root / "nats")
-    url = server.start()
-    stack: Stack | None = None
-    try:
+    with own_nats(root / "nats") as url:
         stack = Stack(url, await EventLog.connect(url, name="test"), root)
-        await stack.start_hive()
-        yield stack
-    finally:
-        if stack is not None:
+        try:
+            await stack.start_hive()
+            yield stack
+        finally:
             await stack.stop_hive()
             await stack.client.close()
-        server.stop()

@@ -3,13 +3,13 @@ deploy an agent, and play the scheduler and the pods for every replica at once."
 
 from __future__ import annotations
 
-import base64
+from collections.abc import Iterator
 
 from schemas import commands as c
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
+from swarm.domain.state import HiveState
+from tests.helpers.history import WASM
 from tests.helpers.sim import Sim
-
-WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 
 
 def spec(version: str = "v1", memory: int = 64, **kw: object) -> AgentSpec:
@@ -42,34 +42,29 @@ def place_all(sim: Sim, pod_id: str) -> None:
                 )
 
 
-def run_all(sim: Sim) -> None:
-    for agent in list(sim.state.agents.values()):
+def pod_reports(
+    state: HiveState, status: c.ReplicaStatus, phases: tuple[str, ...]
+) -> Iterator[tuple[c.ReportReplica, str]]:
+    """A report of `status` for each replica in one of `phases` on a pod, with the identity of
+    the pod that sends it. Each replica's phase is read when its report is due, so a report sent
+    before it (that moved the replica on) is seen."""
+    for agent in list(state.agents.values()):
         for r in list(agent.replicas.values()):
-            if r.phase in ("scheduled", "starting") and r.pod_id:
-                sim.ok(
-                    c.ReportReplica(
-                        agent_id=agent.agent_id,
-                        replica_id=r.replica_id,
-                        pod_id=r.pod_id,
-                        status="running",
-                    ),
-                    f"pod:{r.pod_id}",
+            if r.phase in phases and r.pod_id:
+                report = c.ReportReplica(
+                    agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=r.pod_id, status=status
                 )
+                yield report, f"pod:{r.pod_id}"
+
+
+def run_all(sim: Sim) -> None:
+    for report, identity in pod_reports(sim.state, "running", ("scheduled", "starting")):
+        sim.ok(report, identity)
 
 
 def stop_all(sim: Sim) -> None:
-    for agent in list(sim.state.agents.values()):
-        for r in list(agent.replicas.values()):
-            if r.phase == "stopping" and r.pod_id:
-                sim.ok(
-                    c.ReportReplica(
-                        agent_id=agent.agent_id,
-                        replica_id=r.replica_id,
-                        pod_id=r.pod_id,
-                        status="stopped",
-                    ),
-                    f"pod:{r.pod_id}",
-                )
+    for report, identity in pod_reports(sim.state, "stopped", ("stopping",)):
+        sim.ok(report, identity)
 
 
 def deploy(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str:
@@ -77,3 +72,12 @@ def deploy(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str
     agent = sim.state.agent_named("default", name)
     assert agent is not None
     return agent.agent_id
+
+
+def deploy_running(sim: Sim, name: str = "echo", replicas: int = 2, **kw: object) -> str:
+    """Pod p1, and an agent deployed with every replica placed on it and running; its id."""
+    pod(sim, "p1")
+    agent_id = deploy(sim, name, replicas, **kw)
+    place_all(sim, "p1")
+    run_all(sim)
+    return agent_id

@@ -9,17 +9,11 @@ import typer
 from typer.testing import CliRunner, Result
 
 from swarm.cli import timeline
+from tests.helpers.partial_cli import cli_with
 
 
 def timeline_cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Only the verb under test (a callback keeps typer from collapsing to one command)."""
-
-    timeline.register(app)
-    return app
+    return cli_with(timeline.register)
 
 
 async def invoke_timeline(args: Sequence[str], nats_url: str) -> Result:

@@ -7,11 +7,20 @@ from collections.abc import Awaitable, Callable
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], within: float = 30.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]],
+    within: float = 30.0,
+    what: str = "condition",
+    *,
+    interval: float = 0.02,
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
             raise TimeoutError(f"{what} not reached in {within}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval)
+
+
+async def true(value: bool) -> bool:
+    """`value` as an awaitable, for `wait_until` on a plain condition."""
+    return value

@@ -19,7 +19,6 @@ from schemas import Payload, event, events, names, new_id
 from schemas.webhooks import DeadLetter, DeliveryAttempt, WebhookAdded, WebhookRedeliveryRequested
 from services.webhooks.config import WebhookSettings
 from services.webhooks.service import Dispatcher
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import (
@@ -30,6 +29,8 @@ from swarm.kernel.webhook_storage import (
     new_secret,
     secrets_bucket,
 )
+from tests.helpers import waiting
+from tests.helpers.servers import own_nats
 
 #: Fast retries for tests; private targets allowed because the receiver is on loopback.
 FAST = {
@@ -44,12 +45,8 @@ FAST = {
 async def wait_until(
     check: Callable[[], Awaitable[bool]], *, timeout: float = 45.0, what: str = "condition"
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """`tests.helpers.waiting.wait_until` with the webhook tests' own default time."""
+    await waiting.wait_until(check, timeout, what, interval=0.05)
 
 
 @dataclass
@@ -142,16 +139,9 @@ class Bed:
 
 @asynccontextmanager
 async def bed(root: Path) -> AsyncIterator[Bed]:
-    server = EmbeddedNats(root / "nats")
-    url = server.start()
-    try:
+    with own_nats(root / "nats") as url:
         settings = Settings(nats_url=url)
-        log = await EventLog.connect(url, settings, name="webhook-test")
-        try:
+        async with await EventLog.connect(url, settings, name="webhook-test") as log:
             await log.ensure_streams()
             await ensure_deliveries_stream(log)
             yield Bed(url, settings, log, new_secret())
-        finally:
-            await log.close()
-    finally:
-        server.stop()

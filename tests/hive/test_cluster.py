@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import nats
@@ -17,21 +16,19 @@ from nats.aio.client import Client as NATS
 from schemas import command, commands, event, events, names
 from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
+from tests.helpers.history import WASM
+from tests.helpers.servers import own_nats
 
 pytestmark = pytest.mark.timeout(120)
 
-SPEC = AgentSpec(version="v1", module=ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode()))
+SPEC = AgentSpec(version="v1", module=ModuleRef(inline=WASM))
 
 
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedNats(tmp_path / "nats")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with own_nats(tmp_path / "nats") as url:
+        yield url
 
 
 @pytest.fixture
@@ -46,11 +43,8 @@ async def cluster(fresh_nats: str, tmp_path: Path) -> AsyncIterator[HiveCluster]
 
 @pytest.fixture
 async def client(fresh_nats: str) -> AsyncIterator[EventLog]:
-    log = await EventLog.connect(fresh_nats, name="test-client")
-    try:
+    async with await EventLog.connect(fresh_nats, name="test-client") as log:
         yield log
-    finally:
-        await log.close()
 
 
 def deploy(i: int) -> AppendRequest:
@@ -195,6 +189,11 @@ async def test_plain_nats_client_gets_readable_rejections(
             body["_subject"] = msg.subject
             return body
 
+        async def publish(document: Mapping[str, object]) -> None:
+            """A command document on its type's subject, deduplicated by its id."""
+            subject, id_ = str(document["type"]), str(document["id"])
+            await js.publish(subject, json.dumps(document).encode(), headers={"Nats-Msg-Id": id_})
+
         await js.publish(
             "swarm.cmd.agent.deploy",
             b'{"specversion": "1.0", "id": "broken-1", oops',
@@ -211,11 +210,7 @@ async def test_plain_nats_client_gets_readable_rejections(
             "type": "swarm.cmd.agent.fly",
             "data": {},
         }
-        await js.publish(
-            "swarm.cmd.agent.fly",
-            json.dumps(unknown).encode(),
-            headers={"Nats-Msg-Id": "cmd-unknown"},
-        )
+        await publish(unknown)
         body = await outcome_of("cmd-unknown")
         assert body["_subject"] == "swarm.evt.command.cmd-unknown.rejected"
         assert "unknown command type" in body["data"]["reason"]  # type: ignore[index]
@@ -229,25 +224,17 @@ async def test_plain_nats_client_gets_readable_rejections(
             "identity": "user:raw",
             "data": {"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
         }
-        await js.publish(
-            "swarm.cmd.agent.deploy", json.dumps(bad).encode(), headers={"Nats-Msg-Id": "cmd-bad"}
-        )
+        await publish(bad)
         body = await outcome_of("cmd-bad")
         errors = {e["loc"] for e in body["data"]["errors"]}  # type: ignore[index]
         assert {"data.name", "data.replicas", "data.spec.module"} <= errors
 
-        good = {
-            "specversion": "1.0",
+        # The same document with valid data.
+        good = bad | {
             "id": "cmd-good",
-            "source": "raw",
-            "type": "swarm.cmd.agent.deploy",
-            "time": "2026-01-01T00:00:00Z",
-            "identity": "user:raw",
             "data": {"name": "fine", "spec": json.loads(SPEC.model_dump_json())},
         }
-        await js.publish(
-            "swarm.cmd.agent.deploy", json.dumps(good).encode(), headers={"Nats-Msg-Id": "cmd-good"}
-        )
+        await publish(good)
         body = await outcome_of("cmd-good")
         assert body["_subject"] == "swarm.evt.command.cmd-good.accepted"
     finally:

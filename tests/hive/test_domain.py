@@ -9,7 +9,7 @@ from schemas import events as e
 from schemas.specs import Capacity, Quota, RestartPolicy
 from swarm.domain.state import HiveState
 from tests.helpers.sim import Sim
-from tests.helpers.steps import deploy, place_all, pod, run_all, spec, stop_all
+from tests.helpers.steps import deploy, deploy_running, place_all, pod, run_all, spec, stop_all
 
 
 def test_deploy_place_run_walks_the_lifecycle() -> None:
@@ -86,10 +86,7 @@ def test_placing_twice_is_rejected() -> None:
 
 def test_scale_up_and_down() -> None:
     sim = Sim()
-    pod(sim, "p1")
-    agent_id = deploy(sim, replicas=1)
-    place_all(sim, "p1")
-    run_all(sim)
+    agent_id = deploy_running(sim, replicas=1)
     sim.ok(c.ScaleAgent(name="echo", replicas=3))
     agent = sim.state.agents[agent_id]
     assert len(agent.active()) == 3
@@ -106,10 +103,7 @@ def test_scale_up_and_down() -> None:
 
 def test_rolling_update_starts_new_before_stopping_old_then_rollback() -> None:
     sim = Sim()
-    pod(sim, "p1")
-    agent_id = deploy(sim, replicas=2)
-    place_all(sim, "p1")
-    run_all(sim)
+    agent_id = deploy_running(sim, replicas=2)
     agent = sim.state.agents[agent_id]
     sim.ok(c.RolloutAgent(name="echo", spec=spec("v2")))
     assert agent.rollout is not None
@@ -134,12 +128,9 @@ def test_rolling_update_starts_new_before_stopping_old_then_rollback() -> None:
 
 def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
     sim = Sim()
-    pod(sim, "p1")
-    agent_id = deploy(
+    agent_id = deploy_running(
         sim, replicas=1, restart=RestartPolicy(max_restarts=2, backoff_s=1, window_s=300)
     )
-    place_all(sim, "p1")
-    run_all(sim)
     (rid,) = sim.state.agents[agent_id].replicas
     delays = []
     for _ in range(2):
@@ -228,10 +219,7 @@ def test_stale_report_from_old_pod_is_rejected() -> None:
 
 def test_stop_and_delete() -> None:
     sim = Sim()
-    pod(sim, "p1")
-    agent_id = deploy(sim, replicas=2)
-    place_all(sim, "p1")
-    run_all(sim)
+    agent_id = deploy_running(sim, replicas=2)
     sim.ok(c.StopAgent(name="echo"))
     stop_all(sim)
     assert sim.state.agents[agent_id].status == "stopped"

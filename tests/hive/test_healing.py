@@ -355,14 +355,21 @@ def test_confirmation_can_be_turned_off_by_policy() -> None:
     assert kinds(act(sim)) == ["QuarantineAgent"]
 
 
-def test_the_namespace_budget_caps_how_many_agents_healing_stops() -> None:
-    sim = Sim()
+def looping_agents(sim: Sim, count: int) -> list[str]:
+    """`count` agents (bad-0, bad-1, ...) running on pod p1, each reported in a critical loop
+    (two signals); their ids."""
     pod(sim, "p1")
-    ids = [deploy(sim, name=f"bad-{i}") for i in range(4)]
+    ids = [deploy(sim, name=f"bad-{i}") for i in range(count)]
     place_all(sim, "p1")
     run_all(sim)
     for agent_id in ids:
         report(sim, agent_id, "critical", kind="loop", signals=2)
+    return ids
+
+
+def test_the_namespace_budget_caps_how_many_agents_healing_stops() -> None:
+    sim = Sim()
+    ids = looping_agents(sim, 4)
     planned = act(sim)
     assert kinds(planned).count("QuarantineAgent") == 4
     stopped = [a for a in ids if sim.state.agents[a].quarantine is not None]
@@ -387,12 +394,7 @@ def test_the_namespace_budget_caps_how_many_agents_healing_stops() -> None:
 def test_a_namespace_may_lift_the_budget() -> None:
     sim = Sim()
     sim.ok(c.UpdateNamespace(name="default", quota=Quota(max_healing_stops=None)))
-    pod(sim, "p1")
-    ids = [deploy(sim, name=f"bad-{i}") for i in range(5)]
-    place_all(sim, "p1")
-    run_all(sim)
-    for agent_id in ids:
-        report(sim, agent_id, "critical", kind="loop", signals=2)
+    ids = looping_agents(sim, 5)
     act(sim)
     assert all(sim.state.agents[a].quarantine is not None for a in ids)
 

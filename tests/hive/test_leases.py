@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -67,70 +68,61 @@ async def test_a_pod_that_answers_its_probe_is_not_expired(
     assert reconciler.heartbeats.age("busy-pod") < 1.0  # its answer counts as a heartbeat
 
 
-async def test_a_pod_that_listens_but_never_answers_is_lost_at_its_second_silent_probe(
-    reconciler: Reconciler, event_log: EventLog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One probe left unanswered on a loaded machine is not death: the pod is given a second,
-    twice as long, and declared lost only when that goes unanswered too."""
+@pytest.fixture
+async def hung_pod(
+    event_log: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[list[float]]:
+    """A pod "hung-pod" that listens for its probes and never answers (a stopped process: its
+    subscription stays); the times it was asked. Probes time out after 0.2 s."""
     monkeypatch.setattr(reconcile, "PROBE_TIMEOUT_S", 0.2)
     asked: list[float] = []
 
-    async def hung(msg: object) -> None:  # a stopped process: its subscription stays, no answer
+    async def hung(msg: object) -> None:
         asked.append(time.monotonic())
 
     sub = await event_log.nc.subscribe(names.probe_subject("hung-pod"), cb=hung)
     try:
-        first = await reconciler._confirmed([expire("hung-pod")])
-        assert first == []  # not yet
-        assert reconciler.silent == {"hung-pod": 1}
-        started = time.monotonic()
-        second = await reconciler._confirmed([expire("hung-pod")])
-        waited = time.monotonic() - started
+        yield asked
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_pod_that_listens_but_never_answers_is_lost_at_its_second_silent_probe(
+    reconciler: Reconciler, hung_pod: list[float]
+) -> None:
+    """One probe left unanswered on a loaded machine is not death: the pod is given a second,
+    twice as long, and declared lost only when that goes unanswered too."""
+    first = await reconciler._confirmed([expire("hung-pod")])
+    assert first == []  # not yet
+    assert reconciler.silent == {"hung-pod": 1}
+    started = time.monotonic()
+    second = await reconciler._confirmed([expire("hung-pod")])
+    waited = time.monotonic() - started
     assert [p.pod_id for _, p in second] == ["hung-pod"]  # type: ignore[attr-defined]
     assert second[0][1].probed  # type: ignore[attr-defined]
-    assert len(asked) == 2
+    assert len(hung_pod) == 2
     assert waited >= 0.4  # the second probe was given twice as long
     assert reconciler.silent == {}
 
 
 async def test_a_probe_that_timed_out_while_the_hive_stalled_counts_for_nothing(
-    reconciler: Reconciler, event_log: EventLog, monkeypatch: pytest.MonkeyPatch
+    reconciler: Reconciler, hung_pod: list[float]
 ) -> None:
-    monkeypatch.setattr(reconcile, "PROBE_TIMEOUT_S", 0.2)
-
-    async def hung(msg: object) -> None:
-        pass
-
-    sub = await event_log.nc.subscribe(names.probe_subject("hung-pod"), cb=hung)
-    try:
-        # This process's loop held for longer than the probe's time: its timeout fires late.
-        asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)
-        kept = await reconciler._confirmed([expire("hung-pod")])
-    finally:
-        await sub.unsubscribe()
+    # This process's loop held for longer than the probe's time: its timeout fires late.
+    asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)
+    kept = await reconciler._confirmed([expire("hung-pod")])
     assert kept == []
     assert reconciler.silent == {}  # not counted against the pod
 
 
 async def test_a_late_pod_that_beats_again_starts_its_probes_afresh(
-    reconciler: Reconciler, event_log: EventLog, monkeypatch: pytest.MonkeyPatch
+    reconciler: Reconciler, hung_pod: list[float]
 ) -> None:
-    monkeypatch.setattr(reconcile, "PROBE_TIMEOUT_S", 0.2)
-
-    async def hung(msg: object) -> None:
-        pass
-
-    sub = await event_log.nc.subscribe(names.probe_subject("hung-pod"), cb=hung)
-    try:
-        assert await reconciler._confirmed([expire("hung-pod")]) == []
-        assert reconciler.silent == {"hung-pod": 1}
-        assert await reconciler._confirmed([]) == []  # its heartbeats came back: not late
-        assert reconciler.silent == {}
-        assert await reconciler._confirmed([expire("hung-pod")]) == []  # a first probe again
-    finally:
-        await sub.unsubscribe()
+    assert await reconciler._confirmed([expire("hung-pod")]) == []
+    assert reconciler.silent == {"hung-pod": 1}
+    assert await reconciler._confirmed([]) == []  # its heartbeats came back: not late
+    assert reconciler.silent == {}
+    assert await reconciler._confirmed([expire("hung-pod")]) == []  # a first probe again
 
 
 def test_the_reason_a_pod_is_lost_names_its_lease_and_the_probe() -> None:

@@ -4,7 +4,6 @@ the real scheduler on real JetStream, with the test playing the pods."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,13 +15,15 @@ from schemas import commands, names
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources, RestartPolicy
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.history import WASM
 from tests.helpers.pods import events
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-MODULE = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+MODULE = ModuleRef(inline=WASM)
 
 
 @contextlib.asynccontextmanager
@@ -30,12 +31,8 @@ async def orchestra(root: Path) -> AsyncIterator[Stack]:
     async with running_stack(root) as stack:
         # Most-free, not the default market: these tests expect replicas on the biggest pod.
         scheduler = Scheduler(Settings(nats_url=stack.url), SchedulerSettings(policy="most-free"))
-        task = asyncio.create_task(scheduler.run())
-        try:
+        async with in_this_loop(scheduler, live_within=None):
             yield stack
-        finally:
-            scheduler.stop()
-            await asyncio.wait_for(task, 10)
 
 
 async def agent(stack: Stack, name: str) -> dict[str, Any]:

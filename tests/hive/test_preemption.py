@@ -3,8 +3,6 @@ replica takes their place, in one decision that never over-commits the pod."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from schemas import commands as c
@@ -12,9 +10,9 @@ from schemas import events as e
 from schemas import market as m
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Placement, Resources
 from swarm.domain.state import HiveState
+from tests.helpers.history import WASM
 from tests.helpers.sim import Sim
 
-WASM = base64.b64encode(b"\0asm\1\0\0\0").decode()
 SCHEDULER = "service:scheduler"
 
 

@@ -26,6 +26,7 @@ from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.seal import SealVerifier
 from swarm.kernel.settings import Settings
 from tests.helpers.history import spec
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -44,11 +45,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @pytest.fixture
 async def reader(stack: Stack) -> AsyncIterator[EventLog]:
     """A client that knows the Hive's key, as the CLI and the HTTP API of a stack do."""
-    log = await EventLog.connect(stack.url, Settings(nats_url=stack.url, hive_public_key=HIVE_KEY))
-    try:
+    async with await EventLog.connect(
+        stack.url, Settings(nats_url=stack.url, hive_public_key=HIVE_KEY)
+    ) as log:
         yield log
-    finally:
-        await log.close()
 
 
 def raw_command(type_: str, data: Any, *, id_: str | None = None) -> dict[str, Any]:
@@ -413,15 +413,11 @@ async def test_outcomes_pre_written_for_guessable_proposal_ids_do_not_delay_plac
         Settings(nats_url=stack.url, hive_public_key=HIVE_KEY),
         SchedulerSettings(policy="most-free"),
     )
-    task = asyncio.create_task(scheduler.run())
-    try:
+    async with in_this_loop(scheduler, live_within=None):
         await stack.client.append(deploy)
         assert (await outcome_of(reader, agent_id))["type"] == CommandAccepted_TYPE
         await wait_until(lambda: _placed(stack, 1), 15, "the replica placed")
         assert scheduler.rejected == {}
-    finally:
-        scheduler.stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def _placed(stack: Stack, count: int) -> bool:

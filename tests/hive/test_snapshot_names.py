@@ -4,14 +4,13 @@ pickles the Hive's state, and such a snapshot names its classes `services.hive.s
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.interpreter import run_python
 from tests.helpers.sim import Sim
-from tests.helpers.steps import deploy, place_all, pod, run_all
+from tests.helpers.steps import deploy_running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def old_snapshot() -> tuple[bytes, str]:
     """A state pickled as the code before the move named it, and its digest."""
     sim = Sim()
-    pod(sim, "p1")
-    deploy(sim, "echo", replicas=2)
-    place_all(sim, "p1")
-    run_all(sim)
+    deploy_running(sim, "echo", replicas=2)
     # Protocol 2 names a class as "module\nname\n", so the module can be renamed in place.
     data = pickle.dumps(sim.state, protocol=2)
     for module in (b"state", b"reputation"):
@@ -38,14 +34,8 @@ def test_a_snapshot_naming_the_old_modules_loads_into_the_same_state(tmp_path: P
     dump = tmp_path / "raft.dump"
     dump.write_bytes(data)
     # Without the Hive's Raft module nothing knows the old names: the control.
-    plain = subprocess.run(
-        [sys.executable, "-c", f"import pickle; pickle.loads(open({str(dump)!r}, 'rb').read())"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=50,
-        check=False,
-    )
+    load = f"import pickle; pickle.loads(open({str(dump)!r}, 'rb').read())"
+    plain = run_python("-c", load, cwd=ROOT, timeout=50)
     assert plain.returncode != 0
     assert "No module named 'services.hive.state'" in plain.stderr
 

@@ -9,7 +9,7 @@ import pytest
 
 from swarm.devstack.embedded import EmbeddedNats, free_port
 from swarm.kernel.connection import CannotConnect, connect_nats, nats_servers
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 
 def _closed_port_url() -> str:
@@ -18,10 +18,6 @@ def _closed_port_url() -> str:
 
 def _other_tasks() -> set[asyncio.Task[object]]:
     return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_a_cluster_url_names_each_server() -> None:
@@ -69,11 +65,11 @@ async def test_a_service_connection_reconnects_past_the_first_attempts(tmp_path:
     try:
         server.stop()
         # More failed reconnects than the first connection was allowed: still trying.
-        await wait_until(lambda: _true(len(errors) > 3), 30, "reconnect attempts")
+        await wait_until(lambda: true(len(errors) > 3), 30, "reconnect attempts")
         assert nc.is_reconnecting
         assert not nc.is_closed
         server.start(same_port=True)
-        await wait_until(lambda: _true(nc.is_connected), 30, "the client reconnected")
+        await wait_until(lambda: true(nc.is_connected), 30, "the client reconnected")
         await nc.publish("pytest.after", b"x")
         await nc.flush(timeout=5)
     finally:
@@ -87,7 +83,7 @@ async def test_a_one_shot_connection_closes_when_the_server_goes(tmp_path: Path)
     nc = await connect_nats(url, name="pytest", timeout=1, reconnects=0)
     try:
         server.stop()
-        await wait_until(lambda: _true(nc.is_closed), 30, "the client closed")
+        await wait_until(lambda: true(nc.is_closed), 30, "the client closed")
     finally:
         await nc.close()
         server.stop()

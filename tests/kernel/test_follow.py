@@ -15,9 +15,9 @@ import pytest
 
 from schemas import Envelope, event, events, new_id
 from schemas.specs import Capacity
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.follow import follow, wanted_events
+from tests.helpers.servers import own_nats
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -42,15 +42,10 @@ class Pods:
 
 @pytest.fixture
 async def log(tmp_path: Path) -> AsyncIterator[EventLog]:
-    nats = EmbeddedNats(tmp_path / "nats")
-    url = nats.start()
-    client = await EventLog.connect(url, name="test")
-    try:
-        await client.ensure_streams()
-        yield client
-    finally:
-        await client.close()
-        nats.stop()
+    with own_nats(tmp_path / "nats") as url:
+        async with await EventLog.connect(url, name="test") as client:
+            await client.ensure_streams()
+            yield client
 
 
 def registered(pod_id: str) -> AppendRequest:

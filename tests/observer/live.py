@@ -3,7 +3,6 @@ windows instead of 10 s, so a test with a warm-up and an incident takes a minute
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from runtime.config import PodSettings
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack
 
 #: Pod metrics every 0.2 s, so 1 s windows see several messages; snapshots as by default.
@@ -26,10 +26,5 @@ async def observing(stack: Stack, **config: Any) -> AsyncIterator[Observer]:
     (ObserverSettings fields) sets the rest."""
     settings = ObserverSettings(**({"window_s": 1.0, "store_behaviour": False} | config))
     observer = Observer(Settings(nats_url=stack.url), settings)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 10)
+    async with in_this_loop(observer):
         yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 10)

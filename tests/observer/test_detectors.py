@@ -3,11 +3,14 @@ seasonality are not flagged; one incident gives one finding; replays count nothi
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 import pytest
 
 from services.observer.analysis import Finding, Observatory
 from services.observer.detectors import RobustZ
-from services.observer.features import WindowAggregator, parse_metrics
+from services.observer.features import Window, WindowAggregator, parse_metrics
 from services.observer.scoring import DetectorConfig, HoldDown
 from tests.observer.workload import START, T0, messages, normal, planted
 
@@ -79,20 +82,27 @@ def test_a_replayed_message_is_not_counted_twice() -> None:
     assert (state.windows, state.calls, state.aggregator.open) == before
 
 
-def test_windows_sum_counter_deltas_and_survive_counter_resets() -> None:
+def closed_windows(rows: Iterable[tuple[float, dict[str, float]]]) -> list[Window]:
+    """The 2 s windows closed by one replica of agent "a" (no errors) reporting the fields of
+    each row at `T0 + t`."""
     agg = WindowAggregator("a", "default", "a", 2.0)
-    rows = [(0.5, 10, 100.0), (1.5, 14, 140.0), (2.5, 20, 200.0), (3.5, 3, 30.0), (4.5, 5, 50.0)]
     closed = []
-    for t, calls, latency in rows:
-        body = (
-            '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
-            f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": {calls * 7}, '
-            f'"last_latency_ms": 10, "busy_ms": {latency}}}]}}'
-        ).encode()
+    for t, fields in rows:
+        replica = {"agent_id": "a", "replica_id": "r", "namespace": "default", "name": "a"}
+        body = json.dumps({"replicas": [replica | {"errors": 0} | fields]}).encode()
         (sample,) = parse_metrics(body, T0 + t)
         window = agg.add(sample)
         if window is not None:
             closed.append(window)
+    return closed
+
+
+def test_windows_sum_counter_deltas_and_survive_counter_resets() -> None:
+    rows = [(0.5, 10, 100.0), (1.5, 14, 140.0), (2.5, 20, 200.0), (3.5, 3, 30.0), (4.5, 5, 50.0)]
+    closed = closed_windows(
+        (t, {"calls": calls, "fuel_used": calls * 7, "last_latency_ms": 10, "busy_ms": busy})
+        for t, calls, busy in rows
+    )
     # First sample: reference only; the reset at 3.5 s counts its 3 calls from zero.
     assert [(w.calls, w.fuel) for w in closed] == [(4, 28), (9, 63)]
     assert closed[1].signals()["latency"] == pytest.approx(10.0)
@@ -140,18 +150,10 @@ def test_the_package_exports_its_api() -> None:
 
 
 def test_without_busy_ms_the_last_latency_stands_for_the_calls_since() -> None:
-    agg = WindowAggregator("a", "default", "a", 2.0)
-    closed = []
-    for t, calls, last in [(0.5, 10, 5.0), (1.5, 14, 7.0), (2.5, 20, 9.0)]:
-        body = (
-            '{"replicas": [{"agent_id": "a", "replica_id": "r", "namespace": "default", '
-            f'"name": "a", "calls": {calls}, "errors": 0, "fuel_used": 0, '
-            f'"last_latency_ms": {last}}}]}}'
-        ).encode()
-        (sample,) = parse_metrics(body, T0 + t)
-        window = agg.add(sample)
-        if window is not None:
-            closed.append(window)
+    closed = closed_windows(
+        (t, {"calls": calls, "fuel_used": 0, "last_latency_ms": last})
+        for t, calls, last in [(0.5, 10, 5.0), (1.5, 14, 7.0), (2.5, 20, 9.0)]
+    )
     assert closed[0].calls == 4
     assert closed[0].signals()["latency"] == pytest.approx(7.0)
 

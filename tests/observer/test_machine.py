@@ -27,7 +27,7 @@ from services.observer.stream import TableSync
 from swarm.domain.decide import Decision, Rejection, decide
 from swarm.domain.evolve import FoldRefused, evolve
 from swarm.domain.state import RECENT_POD_ANOMALIES, HiveState, Pod
-from tests.observer.workload import T0, Load, feed, pod_messages
+from tests.observer.workload import T0, Load, empty_tables, feed, observe_messages, pod_messages
 
 # Simulations of thousands of windows in pure Python: 5-20 s each on a quiet machine, over a
 # minute beside a heavy load (seen in a stress run), which is not what these tests judge.
@@ -178,21 +178,9 @@ def with_loop_lag(events: Iterable[Event], lag_ms: Callable[[float], float]) -> 
 def observe_each(
     events: Iterable[Event], core: Observatory | None = None
 ) -> tuple[list[tuple[int, Finding]], list[Any], list[Finding], Observatory]:
-    """Feed the core; the agent findings reported with the sequence of the message that
-    reported them, the machine findings, and the findings held back a window."""
+    """`observe_messages` on `core` (a fresh one by default), and the core."""
     core = core or Observatory(DetectorConfig(), WINDOW_S)
-    reported: list[tuple[int, Finding]] = []
-    machine: list[Any] = []
-    held: list[Finding] = []
-    for _kind, seq, t, payload in events:
-        if isinstance(payload, list):
-            for n, line in enumerate(payload):
-                core.apply_log(seq + n, line)
-            continue
-        reported += [(seq, o.finding) for o in core.apply_metrics(seq, t, payload) if o.finding]
-        reported += [(seq, f) for f in core.released]
-        held += core.held
-        machine += core.machine_findings
+    reported, machine, held = observe_messages(core, events)
     return reported, machine, held, core
 
 
@@ -273,6 +261,27 @@ def test_a_latency_drift_rising_for_windows_is_not_held_back() -> None:
     assert late_seq > seq
 
 
+def assert_one_incident_the_control_blames_on_agents(
+    shape: Callable[[int, float, random.Random], Load],
+    seconds: int,
+    slow_from: float,
+    *,
+    control: MachineConfig,
+) -> None:
+    """50 agents of one pod loaded by `shape`: with the default `MachineConfig`, one pod finding
+    opened within two windows of `slow_from` and no agent finding; the control run, with the
+    rule under test turned off by `control`, finds no incident and blames 20 agents or more."""
+    reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape))
+    assert reported == []
+    (finding,) = machine
+    assert finding.scope == "pod"
+    assert slow_from <= finding.window_start - T0 < slow_from + 2 * WINDOW_S
+    core = Observatory(DetectorConfig(), WINDOW_S, machine_config=control)
+    reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape), core)
+    assert machine == []
+    assert len({f.agent_id for _, f in reported}) >= 20
+
+
 def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -> None:
     """A starved machine answers few calls: each agent has calls once in 14 s, so a window
     holds about 7 agents with calls, and half of them meet the slowdown (8x). No window alone
@@ -289,20 +298,9 @@ def test_a_starved_machine_answering_few_calls_is_still_seen_as_one_incident() -
             base.latency_per_call_ms *= 8
         return base  # type: ignore[no-any-return]
 
-    def run(recent_windows: int) -> tuple[list[tuple[int, Finding]], list[Any]]:
-        config = MachineConfig(recent_windows=recent_windows)
-        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
-        reported, machine, _, _ = observe_each(pod_messages(seconds, 50, shape), core)
-        return reported, machine
-
-    reported, machine = run(MachineConfig().recent_windows)
-    assert reported == []
-    (finding,) = machine
-    assert finding.scope == "pod"
-    assert slow_from <= finding.window_start - T0 < slow_from + 2 * WINDOW_S
-    reported, machine = run(1)
-    assert machine == []
-    assert len({f.agent_id for _, f in reported}) >= 20
+    assert_one_incident_the_control_blames_on_agents(
+        shape, seconds, slow_from, control=MachineConfig(recent_windows=1)
+    )
 
 
 def by_turns(share_from: Callable[[float], int]) -> Callable[[int, float, random.Random], Load]:
@@ -332,20 +330,9 @@ def test_a_loaded_machine_hitting_its_agents_by_turns_is_one_incident() -> None:
     without that rule, blames the agents."""
     shape = by_turns(lambda t: 5 if SLOW_FROM <= t < SLOW_UNTIL else 0)
 
-    def run(lasting_share: float) -> tuple[list[tuple[int, Finding]], list[Any]]:
-        config = MachineConfig(lasting_share=lasting_share)
-        core = Observatory(DetectorConfig(), WINDOW_S, machine_config=config)
-        reported, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape), core)
-        return reported, machine
-
-    reported, machine = run(MachineConfig().lasting_share)
-    assert reported == []
-    (finding,) = machine
-    assert finding.scope == "pod"
-    assert SLOW_FROM <= finding.window_start - T0 < SLOW_FROM + 2 * WINDOW_S
-    reported, machine = run(1.0)
-    assert machine == []
-    assert len({f.agent_id for _, f in reported}) >= 20
+    assert_one_incident_the_control_blames_on_agents(
+        shape, SECONDS, SLOW_FROM, control=MachineConfig(lasting_share=1.0)
+    )
 
 
 def test_a_finding_is_held_while_its_machine_takes_windows_to_show() -> None:
@@ -502,12 +489,7 @@ def test_holding_and_the_loop_lag_survive_the_tables() -> None:
     assert held, "the scenario holds findings back"
     core = Observatory(DetectorConfig(), WINDOW_S)
     sync = TableSync(core)
-    tables: dict[str, dict[str, Any]] = {
-        names.OBSERVER_TABLE_WINDOWS: {},
-        names.OBSERVER_TABLE_DETECTORS: {},
-        names.OBSERVER_TABLE_DEPLOYMENTS: {},
-        names.OBSERVER_TABLE_MACHINES: {},
-    }
+    tables = empty_tables()
     reported: list[tuple[int, Finding]] = []
     machine: list[Any] = []
     for kind, seq, t, body in events:

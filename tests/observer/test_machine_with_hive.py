@@ -10,13 +10,13 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from schemas import names
 from services.observer import Observer, ObserverSettings
 from swarm.kernel.settings import Settings
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
@@ -31,13 +31,8 @@ CONFIG = ObserverSettings(
 @contextlib.asynccontextmanager
 async def observing(stack: Stack) -> AsyncIterator[Observer]:
     observer = Observer(Settings(nats_url=stack.url), CONFIG)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 20)
+    async with in_this_loop(observer, live_within=20, stop_within=20):
         yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def publish(stack: Stack, seconds: float, slow_after: float) -> None:
@@ -70,14 +65,6 @@ async def publish(stack: Stack, seconds: float, slow_after: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def events(stack: Stack, suffix: str) -> list[dict[str, Any]]:
-    found = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        if d.subject.endswith(suffix):
-            found.append(json.loads(d.data))
-    return found
-
-
 async def test_a_slow_machine_is_recorded_on_its_pod_and_no_agent_is_blamed(
     tmp_path: Path,
 ) -> None:
@@ -86,10 +73,10 @@ async def test_a_slow_machine_is_recorded_on_its_pod_and_no_agent_is_blamed(
         await publish(stack, seconds=8.0, slow_after=5.0)
 
         async def recorded() -> bool:
-            return bool(await events(stack, ".anomaly_detected"))
+            return bool(await stack.events_named("anomaly_detected"))
 
         await wait_until(recorded, 30, "a recorded finding")
-        (found,) = await events(stack, ".anomaly_detected")
+        (found,) = await stack.events_named("anomaly_detected")
         assert found["type"] == "swarm.pod.anomaly_detected"
         assert found["subject"] == "p1"
         data = found["data"]

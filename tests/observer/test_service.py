@@ -17,10 +17,11 @@ from schemas import names
 from services.observer import Observer, ObserverSettings
 from services.observer.analysis import Observatory
 from services.observer.behaviour import BehaviourStore
-from swarm.devstack.embedded import EmbeddedNats
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.servers import own_nats
+from tests.helpers.services import in_this_loop
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,13 +31,8 @@ CONFIG = ObserverSettings(window_s=0.5, warmup_windows=3, flush_s=0.1)
 @contextlib.asynccontextmanager
 async def observing(settings: Settings) -> AsyncIterator[Observer]:
     observer = Observer(settings, CONFIG)
-    task = asyncio.create_task(observer.run())
-    try:
-        await asyncio.wait_for(observer.live.wait(), 20)
+    async with in_this_loop(observer, live_within=20, stop_within=20):
         yield observer
-    finally:
-        observer.stop()
-        await asyncio.wait_for(task, 20)
 
 
 def row(agent: str, calls: int, latency: float) -> dict[str, object]:
@@ -83,14 +79,12 @@ async def test_vectors_are_stored_and_a_rebuild_repeats_nothing(
     tmp_path: Path, database_url: str
 ) -> None:
     upgrade_database(database_url)
-    server = EmbeddedNats(tmp_path / "nats")
-    url = server.start()
-    agent = f"svc-agent-{time.time_ns()}"
-    # The secret `swarm up` gives every service: a rebuilt observer derives the same report ids.
-    settings = Settings(
-        nats_url=url, database_url=database_url, command_id_secret="observer-test-secret-0123"
-    )
-    try:
+    with own_nats(tmp_path / "nats") as url:
+        agent = f"svc-agent-{time.time_ns()}"
+        # The secret `swarm up` gives every service: a rebuilt observer derives the same report ids.
+        settings = Settings(
+            nats_url=url, database_url=database_url, command_id_secret="observer-test-secret-0123"
+        )
         event_log = await EventLog.connect(url, settings, name="test")
         async with observing(settings) as observer:
             await publish(event_log, agent, 6.0)
@@ -121,5 +115,3 @@ async def test_vectors_are_stored_and_a_rebuild_repeats_nothing(
         assert len(await stored(database_url, agent)) == len(closed)
         assert await event_log.last_sequence(names.STREAM_COMMANDS) == reports
         await event_log.close()
-    finally:
-        server.stop()

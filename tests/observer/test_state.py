@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
 
 from schemas import names
 from services.observer.analysis import AgentState, DeploymentState, Observatory
@@ -14,7 +13,7 @@ from services.observer.features import parse_metrics
 from services.observer.scoring import DetectorConfig
 from services.observer.stream import TableSync, report
 from swarm.kernel.ids import IdKey
-from tests.observer.workload import START, messages, planted
+from tests.observer.workload import START, empty_tables, messages, planted
 
 CONFIG = DetectorConfig()
 
@@ -76,12 +75,7 @@ def test_table_sync_reloads_what_a_rollback_put_back() -> None:
     straight = Observatory(CONFIG, 2.0)
     core = Observatory(CONFIG, 2.0)
     sync = TableSync(core)
-    tables: dict[str, dict[str, Any]] = {
-        names.OBSERVER_TABLE_WINDOWS: {},
-        names.OBSERVER_TABLE_DETECTORS: {},
-        names.OBSERVER_TABLE_DEPLOYMENTS: {},
-        names.OBSERVER_TABLE_MACHINES: {},
-    }
+    tables = empty_tables()
     pods = {"p1"}
     failures = 0
     for seq, t, body in messages(int(START) + 60, planted("shift")):  # type: ignore[arg-type]

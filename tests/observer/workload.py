@@ -7,7 +7,9 @@ import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from schemas import names
 from services.observer.analysis import Finding, Observatory
 from services.observer.machine import MachineFinding
 
@@ -143,22 +145,43 @@ def pod_messages(
             yield "metrics", metrics_seq, T0 + t, json.dumps(body).encode()
 
 
-def feed(
+def observe_messages(
     core: Observatory, events: Iterable[tuple[str, int, float, bytes | list[bytes]]]
-) -> tuple[list[Finding], list[MachineFinding]]:
-    """Apply `pod_messages` to the core: the agent findings and machine findings it made."""
-    findings: list[Finding] = []
+) -> tuple[list[tuple[int, Finding]], list[MachineFinding], list[Finding]]:
+    """Apply `pod_messages` to the core: the agent findings it reported, each with the sequence
+    of the message that reported it, the machine findings, and the findings held back a window."""
+    reported: list[tuple[int, Finding]] = []
     machine: list[MachineFinding] = []
+    held: list[Finding] = []
     for kind, seq, t, payload in events:
         if isinstance(payload, list):
             for n, line in enumerate(payload):
                 core.apply_log(seq + n, line)
             continue
         assert kind == "metrics"
-        findings += [o.finding for o in core.apply_metrics(seq, t, payload) if o.finding]
-        findings += core.released  # held back a window by the machine check
+        reported += [(seq, o.finding) for o in core.apply_metrics(seq, t, payload) if o.finding]
+        reported += [(seq, f) for f in core.released]  # held back a window by the machine check
+        held += core.held
         machine += core.machine_findings
-    return findings, machine
+    return reported, machine, held
+
+
+def empty_tables() -> dict[str, dict[str, Any]]:
+    """The Observer stream app's tables (`TableSync` keeps the core in them), empty."""
+    return {
+        names.OBSERVER_TABLE_WINDOWS: {},
+        names.OBSERVER_TABLE_DETECTORS: {},
+        names.OBSERVER_TABLE_DEPLOYMENTS: {},
+        names.OBSERVER_TABLE_MACHINES: {},
+    }
+
+
+def feed(
+    core: Observatory, events: Iterable[tuple[str, int, float, bytes | list[bytes]]]
+) -> tuple[list[Finding], list[MachineFinding]]:
+    """Apply `pod_messages` to the core: the agent findings and machine findings it made."""
+    reported, machine, _ = observe_messages(core, events)
+    return [f for _, f in reported], machine
 
 
 #: When `planted` incidents start, in simulated seconds.

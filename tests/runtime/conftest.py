@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from runtime.limits import SandboxLimits
 from runtime.modules import ModuleCache
 from runtime.net import HttpFetcher
 from runtime.sandbox import AgentSandbox
+from tests.helpers.interpreter import run_python
 from tests.helpers.sandboxes import NOW_MS, MakeSandbox
 from tests.runtime.http_target import HttpTarget, http_target
 
@@ -71,13 +70,7 @@ def counter_c(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """examples/counter-c built the documented way, by its build script, into a temp dir (not
     the committed path)."""
     output = tmp_path_factory.mktemp("counter-c") / "counter.wasm"
-    build = subprocess.run(
-        [sys.executable, str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    build = run_python(str(EXAMPLES / "counter-c" / "build.py"), "-o", str(output), timeout=120)
     assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr}"
     return output.read_bytes()
 

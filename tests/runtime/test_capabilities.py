@@ -7,7 +7,6 @@ HTTP server on 127.0.0.1 (tests/runtime/http_target.py).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from runtime.host import MemoryHost
 from runtime.limits import SandboxLimits
 from runtime.net import HttpFetcher
 from schemas.specs import AgentSpec, ModuleRef
+from tests.helpers.history import WASM
 from tests.runtime.http_target import HttpTarget
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
@@ -209,7 +209,7 @@ def test_a_slow_server_cannot_hold_a_component_past_its_deadline(
 
 
 def test_limits_from_spec_carry_capabilities_and_env() -> None:
-    module = ModuleRef(inline=base64.b64encode(b"\0asm\1\0\0\0").decode())
+    module = ModuleRef(inline=WASM)
     spec = AgentSpec(
         version="v1", module=module, capabilities=["env", "fs"], env={"B": "2", "A": "1"}
     )

@@ -3,7 +3,6 @@ Hive and scheduler, a real pod, and the CLI run as a subprocess."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from tests.helpers.cli_process import ECHO_WAT, swarm
+from tests.helpers.cli_process import ECHO_WAT, swarm, swarm_until
 from tests.helpers.pods import cluster, running_pod
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,13 +49,7 @@ async def test_a_pushed_module_is_deployed_by_sha256_and_its_logs_are_read(
         assert json.loads(out) == {"hello": "store"}
 
         # Logs are fire and forget; wait until the line has reached the stream.
-        for _ in range(40):
-            code, out, err = await swarm(stack.url, "agent", "logs", "echo")
-            assert code == 0, err
-            if "echoing a message" in out:
-                break
-            await asyncio.sleep(0.25)
-        assert "echoing a message" in out
+        out = await swarm_until("echoing a message", stack.url, "agent", "logs", "echo")
         assert "DEBUG" in out
         code, out, err = await swarm(stack.url, "agent", "logs", "echo", "--level", "info")
         assert code == 0, err

@@ -22,7 +22,7 @@ from schemas import utcnow
 from schemas.observer import ReportAnomaly, SignalEvidence
 from swarm.cli.debug import snapshot
 from tests.helpers.agents import COUNTER
-from tests.helpers.cli_process import ECHO_WAT, ROOT, swarm
+from tests.helpers.cli_process import ECHO_WAT, ROOT, swarm, swarm_until
 from tests.helpers.pods import agent, ask, cluster, count, deploy, running_on, running_pod
 
 # About twenty CLI child processes, each a Python start (2-4 s beside busy loops): 90 s was
@@ -77,13 +77,7 @@ async def test_logs_trace_and_debug_on_a_live_agent(tmp_path: Path) -> None:
         assert code == 0, err
 
         # --- logs: the level is a subject filter, --grep a text filter, --since a seek -------
-        for _ in range(40):
-            code, out, err = await swarm(stack.url, "logs", "echo", "--since", "5m")
-            assert code == 0, err
-            if "echoing a message" in out:
-                break
-            await asyncio.sleep(0.25)
-        assert "echoing a message" in out
+        out = await swarm_until("echoing a message", stack.url, "logs", "echo", "--since", "5m")
         assert "DEBUG" in out
         code, out, err = await swarm(stack.url, "logs", "echo", "--level", "warn")
         assert code == 0, err

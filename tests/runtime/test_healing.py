@@ -7,7 +7,6 @@ import asyncio
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -55,15 +54,6 @@ async def report(
     env = command(finding, source="test", identity="service:observer")
     await stack.client.append_batch([AppendRequest.of(env)])
     return env.id
-
-
-async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
-    found = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        parts = names.parse_event_subject(d.subject)
-        if parts and parts[2] == event:
-            found.append(json.loads(d.data))
-    return found
 
 
 async def test_a_critical_loop_quarantines_the_agent_and_its_pod_refuses_messages(
@@ -141,18 +131,18 @@ async def test_a_latency_spike_rewinds_the_replica_to_its_state_before_the_anoma
         )
 
         async def rewound() -> bool:
-            return bool(await events_of(stack, "replica_rewound"))
+            return bool(await stack.events_named("replica_rewound"))
 
         await wait_until(rewound, 45, "rewind")
         await asyncio.sleep(0.3)
         await running_on(stack, "counter", "p1")
-        rewind = (await events_of(stack, "replica_rewound"))[0]["data"]
+        rewind = (await stack.events_named("replica_rewound"))[0]["data"]
         assert rewind["snapshot"] == resumed_from  # the fallback the log knows of
         assert rewind["replica_id"] == replica["replica_id"]
         # The newest state saved before the anomaly began (4), not the newest state (6).
         assert await count(stack, "counter") == 5
         # The log says which snapshot it resumed from: one of its own, older than the newest.
-        starting = (await events_of(stack, "replica_starting"))[-1]["data"]
+        starting = (await stack.events_named("replica_starting"))[-1]["data"]
         assert starting["snapshot"].startswith(f"{names.SNAPSHOTS_BUCKET}/{replica['replica_id']}@")
 
         # The whole chain is one trace: finding -> rewind -> new placement -> pod reports.
@@ -195,7 +185,7 @@ async def test_a_cost_blowup_right_after_a_rollout_rolls_back(tmp_path: Path) ->
         await asyncio.sleep(0.05)
         await report(stack, (await agent(stack, "echo"))["agent_id"], "critical", "cost_blowup")
         await wait_until(lambda: on("v1"), 15, "rolled back to v1")
-        reverted = (await events_of(stack, "reverted"))[0]["data"]
+        reverted = (await stack.events_named("reverted"))[0]["data"]
         assert (reverted["from_version"], reverted["to_version"]) == ("v2", "v1")
         assert "after version v2 was rolled out" in reverted["reason"]
         assert await ask(stack, "echo", b"still here") == (b"still here", False)

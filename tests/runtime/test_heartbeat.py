@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from runtime.heartbeat import Heartbeat, LoopClock
 from schemas import names
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,7 +99,7 @@ async def test_a_wedged_loop_silences_it_until_the_loop_runs_again(nats_url: str
         assert beat.beats == beats
         lag[0] = 0.0
         await wait_until(lambda: _answers(nc, "hb-2"), 30, "answers again")
-        await wait_until(lambda: _true(beat.beats > beats), 30, "beats again")
+        await wait_until(lambda: true(beat.beats > beats), 30, "beats again")
     finally:
         await beat.close()
     assert not beat.alive
@@ -138,7 +138,3 @@ async def _answers(nc: NATS, pod_id: str) -> bool:
 
 async def _silent(nc: NATS, pod_id: str) -> bool:
     return await probe(nc, pod_id) is None
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -4,7 +4,6 @@ pods running WAT agents in wasmtime."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,9 +21,9 @@ from tests.helpers.pods import (
     deploy,
     events,
     has_status,
+    lose_pod,
     running_on,
     running_pod,
-    true,
 )
 from tests.helpers.waiting import wait_until
 
@@ -69,15 +68,7 @@ async def test_a_counter_survives_the_loss_of_its_pod(tmp_path: Path) -> None:
             await deploy(stack, "counter", COUNTER)
             await running_on(stack, "counter", "doomed")
             assert [await count(stack, "counter") for _ in range(2)] == [1, 2]
-            replica = next(iter(pod.replicas.values()))
-            await wait_until(
-                lambda: true(replica.snapshot is not None and not replica.unsaved),
-                5,
-                "an interval snapshot of both counts",
-            )
-            task.cancel()  # abrupt: no last snapshot, no report, heartbeats stop
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await lose_pod(pod, task)
         async with running_pod(stack, "spare"):
             await running_on(stack, "counter", "spare")
             assert await count(stack, "counter") == 3

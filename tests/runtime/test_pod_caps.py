@@ -29,10 +29,9 @@ from tests.helpers.pods import (
     has_status,
     running_on,
     running_pod,
-    true,
 )
 from tests.helpers.stack import Stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pydantic
@@ -27,6 +25,7 @@ from schemas.specs import (
     MIN_LEASE_S,
     Capacity,
 )
+from tests.helpers.interpreter import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,15 +111,7 @@ def test_the_pod_process_exits_with_the_message_before_it_connects() -> None:
         "SWARM_NATS_URL": "nats://127.0.0.1:1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-m", "runtime", env=env, cwd=ROOT)
     assert done.returncode == 1
     assert "invalid pod setting: SWARM_POD_SLOTS" in done.stderr
     assert "SWARM_POD_LEASE_S: Input should be greater than or equal to 0.5" in done.stderr

@@ -5,15 +5,12 @@ the loss of its pod, and across a restart followed by the loss of its pod."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 
-from runtime.pod import Pod
 from schemas import commands
 from tests.helpers.agents import ECHO, MEMORY_BOMB
 from tests.helpers.pods import (
@@ -23,9 +20,9 @@ from tests.helpers.pods import (
     deploy,
     events,
     has_status,
+    lose_pod,
     running_on,
     running_pod,
-    true,
 )
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
@@ -143,19 +140,6 @@ async def restart(stack: Stack, name: str, pod_id: str) -> None:
     assert stopped[-1]["data"]["snapshot"]
     await stack.send([(commands.ScaleAgent(name=name, replicas=1), "user:test")])
     await running_on(stack, name, pod_id)
-
-
-async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
-    """Wait for an interval snapshot of the running replica, then kill the pod abruptly."""
-    replica = next(r for r in pod.replicas.values() if not r.done)
-    await wait_until(
-        lambda: true(replica.snapshot is not None and not replica.unsaved),
-        5,
-        "an interval snapshot of the last count",
-    )
-    task.cancel()  # abrupt: no last snapshot, no report, heartbeats stop
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def test_the_c_counter_keeps_its_count_across_a_restart(

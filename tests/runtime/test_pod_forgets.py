@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from runtime.pod import Pod
+from runtime.replica import Replica
 from schemas import commands, names
 from schemas.specs import MAX_FUEL_PER_CALL, Limits
 from tests.helpers.agents import BUSY, LOOP
@@ -21,10 +24,9 @@ from tests.helpers.pods import (
     report_outcomes,
     running_on,
     running_pod,
-    true,
 )
 from tests.helpers.stack import Stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,6 +34,30 @@ AGENTS = [f"gone-{n}" for n in range(4)]
 REFUSING = {"not_found", "not_assigned"}
 #: Room for the BUSY agent's long calls.
 SLOW = Limits(deadline_ms=60_000, fuel_per_call=MAX_FUEL_PER_CALL)
+
+
+async def busy_replicas(
+    stack: Stack, pod: Pod, limits: Limits, busy_ms: int, *, timeout: float, calls_each: int = 1
+) -> tuple[set[str], dict[str, Replica], list[asyncio.Task[Any]]]:
+    """AGENTS (BUSY, with `limits`) running on pod p1, and `calls_each` calls of `busy_ms` sent
+    to each of their replicas, every replica in its first: their agent ids, their replicas on
+    the pod and the calls (each waiting up to `timeout` seconds for its reply)."""
+    for name in AGENTS:
+        await deploy(stack, name, BUSY, limits=limits)
+    for name in AGENTS:
+        await running_on(stack, name, "p1")
+    agent_ids = {a.agent_id for a in pod.view.agents.values() if a.name in AGENTS}
+    replicas = {rid: r for rid, r in pod.replicas.items() if r.assignment.agent_id in agent_ids}
+    body = struct.pack("<I", busy_ms)
+    calls = [
+        asyncio.create_task(
+            stack.client.nc.request(names.mesh_replica_subject(rid), body, timeout=timeout)
+        )
+        for rid in replicas
+        for _ in range(calls_each)
+    ]
+    await wait_until(lambda: true(all(r.in_call for r in replicas.values())), 30, "calls")
+    return agent_ids, replicas, calls
 
 
 async def test_deleted_agents_replicas_stop_and_are_reported_once_however_slow_the_hive(
@@ -43,20 +69,7 @@ async def test_deleted_agents_replicas_stop_and_are_reported_once_however_slow_t
     the Hive forget the deleted agent, that second one would be refused."""
     busy_ms = 6000
     async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
-        for name in AGENTS:
-            await deploy(stack, name, BUSY, limits=SLOW)
-        for name in AGENTS:
-            await running_on(stack, name, "p1")
-        agent_ids = {a.agent_id for a in pod.view.agents.values() if a.name in AGENTS}
-        replicas = {rid: r for rid, r in pod.replicas.items() if r.assignment.agent_id in agent_ids}
-        body = struct.pack("<I", busy_ms)
-        calls = [
-            asyncio.create_task(
-                stack.client.nc.request(names.mesh_replica_subject(rid), body, timeout=90)
-            )
-            for rid in replicas
-        ]
-        await wait_until(lambda: true(all(r.in_call for r in replicas.values())), 30, "calls")
+        agent_ids, replicas, calls = await busy_replicas(stack, pod, SLOW, busy_ms, timeout=90)
 
         await stack.send([(commands.DeleteAgent(name=name), "user:test") for name in AGENTS])
         await wait_until(lambda: true(not replicas.keys() & pod.replicas.keys()), 30, "stopping")
@@ -92,29 +105,15 @@ async def test_a_replica_the_hive_forgot_while_it_finished_a_call_is_not_reporte
     not report it: the log says it is gone."""
     busy_ms = 8000
     async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
-        for name in AGENTS:
-            await deploy(
-                stack,
-                name,
-                BUSY,
-                limits=Limits(deadline_ms=4 * busy_ms, fuel_per_call=MAX_FUEL_PER_CALL),
-            )
-        for name in AGENTS:
-            await running_on(stack, name, "p1")
-        agent_ids = {a.agent_id for a in pod.view.agents.values() if a.name in AGENTS}
-        replicas = {rid: r for rid, r in pod.replicas.items() if r.assignment.agent_id in agent_ids}
         # Each replica busy in a long call, and one more message waiting in its mailbox.
-        body = struct.pack("<I", busy_ms)
-        calls = [
-            asyncio.create_task(
-                stack.client.nc.request(
-                    names.mesh_replica_subject(rid), body, timeout=busy_ms / 1000 + 60
-                )
-            )
-            for rid in replicas
-            for _ in range(2)
-        ]
-        await wait_until(lambda: true(all(r.in_call for r in replicas.values())), 30, "calls")
+        agent_ids, replicas, calls = await busy_replicas(
+            stack,
+            pod,
+            Limits(deadline_ms=4 * busy_ms, fuel_per_call=MAX_FUEL_PER_CALL),
+            busy_ms,
+            timeout=busy_ms / 1000 + 60,
+            calls_each=2,
+        )
 
         await stack.send([(commands.DeleteAgent(name=name), "user:test") for name in AGENTS])
         # The pod stops them at once; they end when their call does.

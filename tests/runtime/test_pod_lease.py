@@ -26,7 +26,7 @@ from swarm.devstack.embedded import die_with_parent
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
 from tests.helpers.stack import Stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -180,7 +180,7 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
 
             await wait_until(answers, 30, "a probe answered")
             assert len(heartbeat_threads("calm")) == 1
-            await wait_until(lambda: _true(bool(metrics)), 30, "a metrics message")
+            await wait_until(lambda: true(bool(metrics)), 30, "a metrics message")
             assert set(metrics[0]["pod"]) == {
                 "loop_lag_ms",
                 "reports_dropped",
@@ -205,7 +205,3 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
 
 async def _answered(stack: Stack, pod_id: str) -> bool:
     return await probe(stack, pod_id) is not None
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -6,7 +6,6 @@ snapshot the pod saves when it sees the preemption."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from schemas import names
 from swarm.kernel.settings import Settings
 from tests.helpers.agents import COUNTER, ECHO
 from tests.helpers.pods import cluster, count, deploy, events, running_on
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -36,14 +36,8 @@ async def small_pod(stack: Stack, pod_id: str, memory_mb: int) -> AsyncIterator[
         memory_mb=memory_mb,
     )
     pod = Pod(Settings(nats_url=stack.url), config)
-    task = asyncio.create_task(pod.run())
-    try:
-        await asyncio.wait_for(pod.live.wait(), 10)
+    async with in_this_loop(pod):
         yield pod
-    finally:
-        pod.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
 
 
 async def test_a_preempted_counter_is_saved_and_resumes_elsewhere(tmp_path: Path) -> None:

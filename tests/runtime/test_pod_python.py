@@ -7,8 +7,6 @@ compiled-module cache, so the component is compiled (~6 s) once and deserialized
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -16,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli_process import swarm as swarm_cli
-from tests.helpers.pods import cluster, running_on, running_pod
-from tests.helpers.waiting import wait_until
+from tests.helpers.pods import cluster, lose_pod, running_on, running_pod
+from tests.helpers.waiting import true, wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
@@ -40,10 +38,6 @@ def counter_wasm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 async def swarm(url: str, *args: str, timeout: float = 60) -> tuple[int, str, str]:
     """The CLI as a process, with more time than by default: verbs on a component are slower."""
     return await swarm_cli(url, *args, timeout=timeout)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_python_counter_survives_the_loss_of_its_pod(
@@ -85,15 +79,7 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
                 replies.append(out.strip())
             assert replies == ["1", "2", "3"]
 
-            replica = next(iter(pod.replicas.values()))
-            await wait_until(
-                lambda: _true(replica.snapshot is not None and not replica.unsaved),
-                5,
-                "an interval snapshot of all three counts",
-            )
-            task.cancel()  # abrupt: no last snapshot, no report, heartbeats stop
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await lose_pod(pod, task)
 
         async with running_pod(stack, "spare", cache_dir) as (spare, _):
             # Compiled once, by the doomed pod; the spare deserializes it from the shared cache.
@@ -108,6 +94,6 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
             assert scratch.is_dir()
             code, out, err = await swarm(url, "agent", "stop", "counter")
             assert code == 0, out + err
-            await wait_until(lambda: _true(not scratch.exists()), 10, "the scratch dir removed")
+            await wait_until(lambda: true(not scratch.exists()), 10, "the scratch dir removed")
         pods = {p["pod_id"]: p for p in await stack.pods()}
         assert pods["doomed"]["status"] == "lost"

@@ -24,7 +24,7 @@ from services.scheduler.autoscale import (
 from services.scheduler.forecast import Forecaster
 from tests.helpers.samples import sample
 from tests.helpers.sim import Sim
-from tests.helpers.steps import deploy, place_all, pod, run_all, spec
+from tests.helpers.steps import deploy_running, spec
 
 # --- forecasts -----------------------------------------------------------------------------------
 
@@ -307,10 +307,7 @@ def decision(replicas: int, previous: int) -> AutoscaleDecision:
 
 def test_the_hive_records_the_forecast_behind_an_autoscaled_scale() -> None:
     sim = Sim()
-    pod(sim, "p1")
-    agent_id = deploy(sim, replicas=1)
-    place_all(sim, "p1")
-    run_all(sim)
+    agent_id = deploy_running(sim, replicas=1)
     # Not autoscaled yet: a decision is refused, as is one from a user.
     scale = c.ScaleAgent(name="echo", replicas=2, autoscale=decision(2, 1))
     assert sim.rejected(scale, "service:scheduler").rule == "autoscale"

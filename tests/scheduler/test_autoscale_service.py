@@ -33,8 +33,9 @@ from tests.helpers.history import spec
 from tests.helpers.pods import cluster, running_on, running_pod
 from tests.helpers.pods import spec as wasm_spec
 from tests.helpers.samples import sample
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
-from tests.helpers.waiting import wait_until
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,13 +43,8 @@ pytestmark = pytest.mark.timeout(180)
 @contextlib.asynccontextmanager
 async def autoscaler(url: str, **config: Any) -> AsyncIterator[AutoscalerService]:
     service = AutoscalerService(Settings(nats_url=url), AutoscalerSettings(**config))
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.live.wait(), 10)
+    async with in_this_loop(service):
         yield service
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, 10)
     assert service.status is Status.STOPPED
 
 
@@ -235,12 +231,6 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
         inbox = nc.new_inbox()
         await nc.subscribe(inbox, cb=on_answer)
 
-        async def report(t: float, depths: dict[str, int]) -> None:
-            body = sample(t, [(rid, 0, depth) for rid, depth in depths.items()])
-            await nc.publish(
-                names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
-            )
-
         async with autoscaler(url, step_s=60, stale_after_s=60, mailbox_size=256) as service:
 
             async def folded(depths: dict[str, int]) -> bool:
@@ -249,28 +239,35 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
                     rid in loads and loads[rid].last.mailbox == d for rid, d in depths.items()
                 )
 
+            async def report(t: float, depths: dict[str, int]) -> None:
+                """The replicas' mailbox depths in a metrics sample at `t`, folded."""
+                body = sample(t, [(rid, 0, depth) for rid, depth in depths.items()])
+                await nc.publish(
+                    names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
+                )
+                await wait_until(lambda: folded(depths), 10, "samples folded")
+
+            async def all_answered(tasks: int, what: str) -> None:
+                """`tasks` more tasks sent, and as many answers counted since the last clear."""
+                await send_tasks(client, "jobs", tasks, inbox)
+                await wait_until(lambda: true(sum(answers.values()) == tasks), 15, what)
+
             # r1 reports a deep mailbox, r2 an empty one.
             await report(1, {"r1": 200, "r2": 0})
-            await wait_until(lambda: folded({"r1": 200, "r2": 0}), 10, "samples folded")
-            await send_tasks(client, "jobs", 40, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 answers")
+            await all_answered(40, "40 answers")
             assert answers[b"r2"] >= 36, answers
 
             # The load shifts: now r2 is the busy one.
             answers.clear()
             await report(2, {"r1": 0, "r2": 240})
-            await wait_until(lambda: folded({"r1": 0, "r2": 240}), 10, "samples folded")
-            await send_tasks(client, "jobs", 40, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 40), 15, "40 more answers")
+            await all_answered(40, "40 more answers")
             assert answers[b"r1"] >= 36, answers
 
             # r1 refuses (its mailbox filled between samples): its tasks go to r2 instead.
             answers.clear()
             replicas["r1"].refusing = True
             await report(3, {"r1": 0, "r2": 0})
-            await wait_until(lambda: folded({"r1": 0, "r2": 0}), 10, "samples folded")
-            await send_tasks(client, "jobs", 10, inbox)
-            await wait_until(lambda: _true(sum(answers.values()) == 10), 15, "10 more answers")
+            await all_answered(10, "10 more answers")
             assert answers == Counter({b"r2": 10})
 
             # Every task was acknowledged once: the work queue is empty.
@@ -313,17 +310,13 @@ async def test_tasks_reach_real_replicas_through_a_pod_and_their_answers_come_ba
             inbox = nc.new_inbox()
             await nc.subscribe(inbox, cb=on_answer)
             await send_tasks(stack.client, "jobs", 20, inbox)
-            await wait_until(lambda: _true(len(answers) == 20), 15, "20 answers")
+            await wait_until(lambda: true(len(answers) == 20), 15, "20 answers")
             assert sorted(answers) == sorted(json.dumps({"task": i}).encode() for i in range(20))
             # Both replicas took a share, and their own counters saw every task.
             assert set(service.board.assigned) == set(pod.replicas)
             assert all(n >= 5 for n in service.board.assigned.values()), service.board.assigned
             assert sum(r.metrics.received for r in pod.replicas.values()) == 20
             assert sum(r.metrics.calls for r in pod.replicas.values()) == 20
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(

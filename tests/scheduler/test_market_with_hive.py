@@ -64,12 +64,8 @@ def spec(memory: int, priority: int = 0) -> AgentSpec:
 
 
 async def events_of(stack: Stack, event: str) -> list[dict[str, Any]]:
-    out = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        parts = names.parse_event_subject(d.subject)
-        if parts and parts[2] == event:
-            out.append(json.loads(d.data)["data"])
-    return out
+    """The data of the events named `event` on the log."""
+    return [e["data"] for e in await stack.events_named(event)]
 
 
 async def test_200_concurrent_deployments_never_over_commit_a_pod(tmp_path: Path) -> None:
@@ -150,19 +146,8 @@ async def test_a_higher_priority_preempts_the_documented_victims(tmp_path: Path)
         victim = state.agents[record["agent_id"]].replicas[record["replica_id"]]
         assert victim.phase == "scheduled"
         assert victim.pod_id == "p2"
-        rejected = await preempt_rejections(stack)
+        rejected = await stack.rejections(market.PreemptPlacement.TYPE)
         assert rejected == Counter()
-
-
-async def preempt_rejections(stack: Stack) -> Counter[str]:
-    rules: Counter[str] = Counter()
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        parts = names.parse_event_subject(d.subject)
-        if parts and parts[0] == names.OUTCOME_AGGREGATE and parts[2] == names.OUTCOME_REJECTED:
-            data = json.loads(d.data)["data"]
-            if data.get("command_type") == market.PreemptPlacement.TYPE:
-                rules[data.get("rule") or "?"] += 1
-    return rules
 
 
 async def test_a_killed_market_scheduler_resumes_without_double_placements(
@@ -298,18 +283,15 @@ async def test_swarm_market_cli_shows_offers_and_clearings(tmp_path: Path) -> No
 
 async def test_a_spec_file_carries_the_bid_and_constraints(tmp_path: Path) -> None:
     """`swarm agent deploy -f` with `spec.placement`: the selector and zone are honoured."""
-    import base64
-
     from typer.testing import CliRunner
 
     from schemas.specs import Capacity
     from swarm.cli.app import app
 
     spec_file = tmp_path / "gpu.yaml"
-    wasm = base64.b64encode(b"\0asm\1\0\0\0").decode()
     spec_file.write_text(
         "name: trainer\nreplicas: 2\nspec:\n  version: v1\n"
-        f"  module: {{inline: '{wasm}'}}\n"
+        f"  module: {{inline: '{WASM}'}}\n"
         "  resources: {memory_mb: 128}\n"
         "  placement:\n    priority_class: high\n    max_price: 3.0\n"
         "    node_selector: {gpu: 'yes'}\n    avoid_zones: [us-1]\n"

@@ -20,6 +20,7 @@ from services.scheduler.tables import TABLES, rows_of, view_of
 from swarm.kernel.streaming import StreamEvent
 from tests.helpers.history import IDS, spec
 from tests.helpers.sim import Sim
+from tests.helpers.steps import pod_reports
 
 
 def _planner() -> Planner:
@@ -89,18 +90,8 @@ class Driver:
             )
 
     def report(self, status: commands.ReplicaStatus, phases: tuple[str, ...]) -> None:
-        for agent in list(self.sim.state.agents.values()):
-            for r in list(agent.replicas.values()):
-                if r.phase in phases and r.pod_id:
-                    self.send(
-                        commands.ReportReplica(
-                            agent_id=agent.agent_id,
-                            replica_id=r.replica_id,
-                            pod_id=r.pod_id,
-                            status=status,
-                        ),
-                        f"pod:{r.pod_id}",
-                    )
+        for report, identity in pod_reports(self.sim.state, status, phases):
+            self.send(report, identity)
 
     def pod(self, pod_id: str, memory: int) -> None:
         self.send(

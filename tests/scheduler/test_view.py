@@ -9,6 +9,7 @@ from services.scheduler.view import ClusterView
 from swarm.domain.state import HiveState
 from tests.helpers.history import History, spec
 from tests.helpers.sim import Sim
+from tests.helpers.steps import pod_reports
 
 
 def test_usage_follows_the_phases_that_hold_resources() -> None:
@@ -124,18 +125,8 @@ def test_view_agrees_with_the_hive_over_a_whole_lifecycle() -> None:
                     )
 
     def report(status: ReplicaStatus, phases: tuple[str, ...]) -> None:
-        for agent in list(sim.state.agents.values()):
-            for r in list(agent.replicas.values()):
-                if r.phase in phases and r.pod_id:
-                    ok(
-                        commands.ReportReplica(
-                            agent_id=agent.agent_id,
-                            replica_id=r.replica_id,
-                            pod_id=r.pod_id,
-                            status=status,
-                        ),
-                        f"pod:{r.pod_id}",
-                    )
+        for report, identity in pod_reports(sim.state, status, phases):
+            ok(report, identity)
 
     for pod_id, memory in (("p1", 2048), ("p2", 1024)):
         ok(

@@ -21,6 +21,7 @@ from services.webhooks.service import Dispatcher
 from swarm.cli.app import app
 from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, secrets_bucket
+from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.webhook_bed import FAST, wait_until
 from tests.helpers.webhook_receiver import Receiver, serve
@@ -33,12 +34,8 @@ FILTER = "swarm.evt.namespace.*.created"
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async with running_stack(tmp_path) as running:
         dispatcher = Dispatcher(Settings(nats_url=running.url), WebhookSettings(**FAST))  # type: ignore[arg-type]
-        task = asyncio.create_task(dispatcher.run())
-        try:
+        async with in_this_loop(dispatcher, live_within=None, stop_within=15):
             yield running
-        finally:
-            dispatcher.stop()
-            await asyncio.wait_for(task, 15)
 
 
 async def cli(stack: Stack, *args: str) -> Result:
