@@ -17,7 +17,7 @@ from runtime.config import PodSettings
 from runtime.pod import Pod
 from schemas import commands, names
 from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
-from schemas.specs import AgentSpec, ModuleRef, Resources
+from schemas.specs import AgentSpec, Limits, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
 from tests.helpers.services import in_this_loop
@@ -47,6 +47,13 @@ async def running_pod(
     pod = Pod(Settings(nats_url=stack.url), config)
     async with in_this_loop(pod) as task:
         yield pod, task
+
+
+#: Limits for tests about something other than deadlines (state, pod loss): a call that takes
+#: microseconds can still wait seconds for the CPU beside a busy suite, and `deadline_ms` is wall
+#: time, so the default 1 s would fail such a test for the machine's load (stress run H1: the C
+#: counter's first tick "ran past its deadline of 1000 ms (stopped after 2002 ms)").
+UNHURRIED = Limits(deadline_ms=30_000)
 
 
 def spec(wasm: bytes, **kw: Any) -> AgentSpec:

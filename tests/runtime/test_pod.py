@@ -15,6 +15,7 @@ from schemas import commands, names
 from schemas.specs import Limits
 from tests.helpers.agents import COUNTER, ECHO, LOOP
 from tests.helpers.pods import (
+    UNHURRIED,
     ask,
     cluster,
     count,
@@ -45,7 +46,7 @@ async def test_an_echo_agent_runs_and_answers(tmp_path: Path) -> None:
 
 async def test_a_counter_keeps_its_state_across_stop_and_scale_up(tmp_path: Path) -> None:
     async with cluster(tmp_path) as stack, running_pod(stack, "p1"):
-        await deploy(stack, "counter", COUNTER)
+        await deploy(stack, "counter", COUNTER, limits=UNHURRIED)
         await running_on(stack, "counter", "p1")
         assert [await count(stack, "counter") for _ in range(3)] == [1, 2, 3]
 
@@ -65,7 +66,7 @@ async def test_a_counter_keeps_its_state_across_stop_and_scale_up(tmp_path: Path
 async def test_a_counter_survives_the_loss_of_its_pod(tmp_path: Path) -> None:
     async with cluster(tmp_path) as stack:
         async with running_pod(stack, "doomed", lease_s=1.0) as (pod, task):
-            await deploy(stack, "counter", COUNTER)
+            await deploy(stack, "counter", COUNTER, limits=UNHURRIED)
             await running_on(stack, "counter", "doomed")
             assert [await count(stack, "counter") for _ in range(2)] == [1, 2]
             await lose_pod(pod, task)

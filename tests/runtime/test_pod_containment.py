@@ -14,6 +14,7 @@ import wasmtime
 from schemas import commands
 from tests.helpers.agents import ECHO, MEMORY_BOMB
 from tests.helpers.pods import (
+    UNHURRIED,
     agent,
     ask,
     cluster,
@@ -146,7 +147,7 @@ async def test_the_c_counter_keeps_its_count_across_a_restart(
     tmp_path: Path, counter_c: bytes
 ) -> None:
     async with cluster(tmp_path) as stack, running_pod(stack, "p1"):
-        await deploy(stack, "counter", counter_c)
+        await deploy(stack, "counter", counter_c, limits=UNHURRIED)
         await running_on(stack, "counter", "p1")
         assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
         await restart(stack, "counter", "p1")
@@ -156,7 +157,7 @@ async def test_the_c_counter_keeps_its_count_across_a_restart(
 async def test_the_c_counter_survives_the_loss_of_its_pod(tmp_path: Path, counter_c: bytes) -> None:
     async with cluster(tmp_path) as stack:
         async with running_pod(stack, "doomed", lease_s=1.0) as (pod, task):
-            await deploy(stack, "counter", counter_c)
+            await deploy(stack, "counter", counter_c, limits=UNHURRIED)
             await running_on(stack, "counter", "doomed")
             assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
             await lose_pod(pod, task)
@@ -172,7 +173,7 @@ async def test_the_c_counter_keeps_its_count_across_a_restart_and_then_the_loss_
 ) -> None:
     async with cluster(tmp_path) as stack:
         async with running_pod(stack, "doomed", lease_s=1.0) as (pod, task):
-            await deploy(stack, "counter", counter_c)
+            await deploy(stack, "counter", counter_c, limits=UNHURRIED)
             await running_on(stack, "counter", "doomed")
             assert [await count_c(stack, "counter") for _ in range(3)] == [1, 2, 3]
             await restart(stack, "counter", "doomed")
