@@ -172,6 +172,10 @@ async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses
         assert isinstance(raised.value, AppendFailed)
         assert app.status is Status.STOPPED
         assert not resumed.is_set()  # it gave up while the server was still silent
+        # A waiter on the stopped app learns why at once instead of waiting out its timeout.
+        with pytest.raises(RuntimeError, match="stopped before retrytest reached") as short:
+            await app.reached("retrytest", last, timeout=30)
+        assert isinstance(short.value.__cause__, WriteUnacknowledged)
 
         # Once the server answers again, a new instance recovers and counts every event once.
         await asyncio.wait_for(resumed.wait(), 40)
@@ -179,5 +183,30 @@ async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses
         async with again:
             await again.reached("retrytest", last, timeout=60)
             assert again.snapshot("counts") == expected
+    finally:
+        await log.close()
+
+
+@pytest.mark.timeout(90)
+async def test_an_app_rides_out_a_server_restart_and_counts_every_event_once(
+    server: EmbeddedNats,
+) -> None:
+    settings = Settings(nats_url=server.url)
+    log = await EventLog.connect(server.url, settings, name="retry-test")
+    try:
+        last, expected = await publish_events(log)
+        app = counting_app(settings, server, budget=60.0)
+        async with app:
+            await app.reached("retrytest", last, timeout=60)
+            # Down and up again on the same port and store, while the app is fetching.
+            await asyncio.to_thread(server.restart)
+            more = [*KEYS[:5]]
+            for key in more:
+                seq = await log.js.publish(f"retrytest.{key}", json.dumps({"k": key}).encode())
+                last = seq.seq
+                expected[key] += 1
+            await app.reached("retrytest", last, timeout=60)
+            assert app.status is Status.RUNNING
+            assert app.snapshot("counts") == expected
     finally:
         await log.close()

@@ -19,7 +19,8 @@ then the processor's position; only after that is the intake batch acked (AckPol
 last message, `max_ack_pending` = batch size so nothing beyond the batch is ever out). A write
 JetStream does not acknowledge in time is sent again with backoff, deduplicated by its message
 id, for up to `write_retry_s` seconds (`_retry`); only a write unacknowledged for that long, or
-refused, stops the app. Recovery
+refused, stops the app; so does a fetch that fails for that long with the connection down (a
+fetch that finds nothing in time just returns nothing). Recovery
 rolls keys written by a commit whose position never landed back to their value before it, so
 the tables are exactly at the positions, and the durable consumer is re-created just past them:
 the interrupted batch runs again on the state it first saw.
@@ -50,7 +51,13 @@ from swarm.kernel.admin import LogAdmin
 from swarm.kernel.connection import nats_servers
 from swarm.kernel.eventlog import AppendRequest, Consumer, Delivery, EventLog
 from swarm.kernel.settings import Settings
-from swarm.kernel.streaming._retry import MAX_WRITE_RETRY_S, WRITE_RETRY_S, append_all, retrying
+from swarm.kernel.streaming._retry import (
+    MAX_WRITE_RETRY_S,
+    WRITE_RETRY_S,
+    append_all,
+    retrying,
+    transient,
+)
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
 from swarm.kernel.tasks import cancel_and_wait
@@ -257,6 +264,7 @@ class StreamApp:
         self._stop = asyncio.Event()
         self._log: EventLog | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None  # what stopped an intake loop
         self._txn = 0
         self._positions_topic = f"{name}-{names.CHANGELOG_POSITIONS}"
         self._route(self._positions_topic, names.CHANGELOG_POSITIONS)
@@ -376,10 +384,23 @@ class StreamApp:
         return self._processors[processor].committed
 
     async def reached(self, processor: str, seq: int, timeout: float | None = None) -> None:
-        """Wait until `processor` has committed stream sequence `seq` (or beyond)."""
+        """Wait until `processor` has committed stream sequence `seq` (or beyond).
+
+        Raises `RuntimeError` (from the cause) as soon as the app stops short of it, e.g. on a
+        commit that could not be written: a waiter learns why rather than waiting out `timeout`.
+        """
         proc = self._processors[processor]
+
+        def settled() -> bool:
+            return proc.committed >= seq or self._failure is not None or self._stopped
+
         async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: proc.committed >= seq), timeout)
+            await asyncio.wait_for(self._progress.wait_for(settled), timeout)
+        if proc.committed < seq:
+            raise RuntimeError(
+                f"app {self.name} stopped before {processor} reached {seq}"
+                f" (at {proc.committed}): {self._failure!r}"
+            ) from self._failure
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -390,6 +411,10 @@ class StreamApp:
     async def __aexit__(self, *exc: object) -> None:
         self.stop()
         await self.wait()
+
+    @property
+    def _stopped(self) -> bool:
+        return self.status is Status.STOPPED
 
     def stop(self) -> None:
         """Stop after the batch in progress; safe before start and twice."""
@@ -466,6 +491,8 @@ class StreamApp:
         if self._log is not None:
             await self._log.close()
         self.status = Status.STOPPED
+        async with self._progress:
+            self._progress.notify_all()  # wakes `reached`, which now cannot be
         log.info("stream app stopped", app=self.name, processed=self.stats.processed)
 
     # -- recovery ---------------------------------------------------------------------------------
@@ -527,10 +554,20 @@ class StreamApp:
         )
 
     async def _intake(self, proc: _Processor, consumer: Consumer) -> None:
+        try:
+            await self._intake_batches(proc, consumer)
+        except Exception as exc:
+            self._failure = exc
+            log.error("stream app failed", app=self.name, processor=proc.name, error=repr(exc))
+            async with self._progress:
+                self._progress.notify_all()
+            raise
+
+    async def _intake_batches(self, proc: _Processor, consumer: Consumer) -> None:
         loop = asyncio.get_running_loop()
         app = self._faust
         while not self._stop.is_set():
-            deliveries = await consumer.fetch(self.batch, timeout=self.fetch_timeout)
+            deliveries = await self._fetch(proc, consumer)
             if not deliveries:
                 continue
             batch = _Batch(deliveries, loop.create_future())
@@ -548,6 +585,30 @@ class StreamApp:
             )
             await proc.channel.put(app.create_event(None, batch, None, message))
             await batch.done
+
+    async def _fetch(self, proc: _Processor, consumer: Consumer) -> list[Delivery]:
+        """The next batch (empty when none came in time). A fetch that fails because the
+        connection is down for now (nats-py reconnects) is repeated with backoff, like a write,
+        for up to `write_retry_s` seconds; then, or on any other failure, the app stops."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delay = 0.1
+        while True:
+            try:
+                return await consumer.fetch(self.batch, timeout=self.fetch_timeout)
+            except Exception as exc:
+                waited = loop.time() - started
+                if not transient(exc) or waited + delay > self.write_retry_s:
+                    raise
+                log.warning(
+                    "fetch failed; retrying",
+                    app=self.name,
+                    processor=proc.name,
+                    waited_s=round(waited, 1),
+                    error=str(exc) or type(exc).__name__,
+                )
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
     # -- processing -------------------------------------------------------------------------------
 
