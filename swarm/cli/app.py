@@ -54,9 +54,16 @@ WHICH_STACK = (
 )
 
 
+#: Help and usage errors as click prints them, plain text (like kubectl's and docker's): typer's
+#: rich rendering imports rich.markdown, markdown-it and pygments, ~110 ms of every `--help` and
+#: failed parse here (bench/cli.py). Typer gives a group's mode to every command under it, so
+#: the two roots (`app`, the `build_verbs` holder) are where it is set.
+MARKUP: None = None
+
+
 def build_verbs(module: str) -> dict[str, Any]:
     """The commands `swarm.cli.<module>` registers, built as typer builds a root's commands."""
-    holder = typer.Typer(add_completion=False)
+    holder = typer.Typer(add_completion=False, rich_markup_mode=MARKUP)
     # A callback makes typer build a group even for a module that registers one command.
     holder.callback()(_no_options)
     importlib.import_module(f"swarm.cli.{module}").register(holder)
@@ -119,6 +126,7 @@ app = typer.Typer(
     epilog=WHICH_STACK,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=MARKUP,
 )
 
 

@@ -53,10 +53,12 @@ from swarm.devstack.supervisor import (
     Supervisor,
     describe_exit,
 )
-from swarm.kernel.settings import Settings
 
 if TYPE_CHECKING:
+    # Only annotations here: pydantic-settings is ~100 ms of `swarm status` (bench/cli.py).
     from alembic.config import Config as AlembicConfig
+
+    from swarm.kernel.settings import Settings
 
 STATE_FORMAT = 1
 _POLL_INTERVAL = 0.1
