@@ -39,6 +39,16 @@ async def server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         nats.stop()
 
 
+@pytest.fixture
+async def log(server: EmbeddedNats) -> AsyncIterator[EventLog]:
+    """A log client of the test's own server."""
+    client = await EventLog.connect(server.url, Settings(nats_url=server.url), name="retry-test")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 class _Recorder(list[dict[str, Any]]):
     """A logger that keeps what it is told (every level), as `{"event": ..., **fields}`."""
 
@@ -111,44 +121,40 @@ async def changelog_messages(log: EventLog) -> int:
 
 @pytest.mark.timeout(90)
 async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
-    server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+    server: EmbeddedNats, log: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(nats_url=server.url)
-    log = await EventLog.connect(server.url, settings, name="retry-test")
-    try:
-        last, expected = await publish_events(log)
-        # Paused until a commit has waited past its 5 s acknowledgement timeout and is being
-        # retried (a fixed pause missed the commit when a loaded machine started it late),
-        # well within the budget.
-        # The retry's log lines, recorded by standing in for its logger: structlog's
-        # `capture_logs` misses a logger cached before it (`cache_logger_on_first_use`, set by
-        # any earlier test in this process that configured logging), and then the server stayed
-        # paused its whole 45 s.
-        logs = _Recorder()
-        monkeypatch.setattr(_retry, "log", logs)
+    last, expected = await publish_events(log)
+    # Paused until a commit has waited past its 5 s acknowledgement timeout and is being
+    # retried (a fixed pause missed the commit when a loaded machine started it late),
+    # well within the budget.
+    # The retry's log lines, recorded by standing in for its logger: structlog's
+    # `capture_logs` misses a logger cached before it (`cache_logger_on_first_use`, set by
+    # any earlier test in this process that configured logging), and then the server stayed
+    # paused its whole 45 s.
+    logs = _Recorder()
+    monkeypatch.setattr(_retry, "log", logs)
 
-        def retrying() -> bool:
-            return any(e["event"] == RETRYING for e in logs)
+    def retrying() -> bool:
+        return any(e["event"] == RETRYING for e in logs)
 
-        app = counting_app(settings, server, budget=60.0, pause_s=45.0, until=retrying)
-        async with app:
-            await app.reached("retrytest", last, timeout=60)
-            assert app.status is Status.RUNNING
-            assert app.snapshot("counts") == expected
-        retried = [e for e in logs if e["event"] == RETRYING]
-        assert retried, "the pause did not hit a commit"
-        assert any(e["event"] == "write acknowledged after retries" for e in logs)
-        # One message per key and one position: nothing of the retried batch landed twice
-        # (duplicates were dropped by message id; max_msgs_per_subject=1 keeps the last).
-        assert await changelog_messages(log) == len(expected) + 1
+    app = counting_app(settings, server, budget=60.0, pause_s=45.0, until=retrying)
+    async with app:
+        await app.reached("retrytest", last, timeout=60)
+        assert app.status is Status.RUNNING
+        assert app.snapshot("counts") == expected
+    retried = [e for e in logs if e["event"] == RETRYING]
+    assert retried, "the pause did not hit a commit"
+    assert any(e["event"] == "write acknowledged after retries" for e in logs)
+    # One message per key and one position: nothing of the retried batch landed twice
+    # (duplicates were dropped by message id; max_msgs_per_subject=1 keeps the last).
+    assert await changelog_messages(log) == len(expected) + 1
 
-        # A restart recovers exactly what was counted.
-        again = counting_app(settings, server, budget=60.0)
-        async with again:
-            assert again.snapshot("counts") == expected
-            assert again.position("retrytest") == last
-    finally:
-        await log.close()
+    # A restart recovers exactly what was counted.
+    again = counting_app(settings, server, budget=60.0)
+    async with again:
+        assert again.snapshot("counts") == expected
+        assert again.position("retrytest") == last
 
 
 # Alone: beside other tests (pytest-xdist) its app twice did not give up within the budget
@@ -156,57 +162,49 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
 @pytest.mark.solo
 @pytest.mark.timeout(150)
 async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses_nothing(
-    server: EmbeddedNats,
+    server: EmbeddedNats, log: EventLog
 ) -> None:
     settings = Settings(nats_url=server.url)
-    log = await EventLog.connect(server.url, settings, name="retry-test")
-    try:
-        last, expected = await publish_events(log)
-        resumed = asyncio.Event()
-        # Silent for 20 s: the first write's 5 s acknowledgement timeout plus the 3 s budget
-        # end well before, even when a loaded machine starts the commit late.
-        app = counting_app(settings, server, budget=3.0, pause_s=20.0, resumed=resumed)
-        await app.start()
-        with pytest.raises(WriteUnacknowledged, match="not acknowledged for") as raised:
-            await asyncio.wait_for(app.wait(), 60)
-        assert isinstance(raised.value, AppendFailed)
-        assert app.status is Status.STOPPED
-        assert not resumed.is_set()  # it gave up while the server was still silent
-        # A waiter on the stopped app learns why at once instead of waiting out its timeout.
-        with pytest.raises(RuntimeError, match="stopped before retrytest reached") as short:
-            await app.reached("retrytest", last, timeout=30)
-        assert isinstance(short.value.__cause__, WriteUnacknowledged)
+    last, expected = await publish_events(log)
+    resumed = asyncio.Event()
+    # Silent for 20 s: the first write's 5 s acknowledgement timeout plus the 3 s budget
+    # end well before, even when a loaded machine starts the commit late.
+    app = counting_app(settings, server, budget=3.0, pause_s=20.0, resumed=resumed)
+    await app.start()
+    with pytest.raises(WriteUnacknowledged, match="not acknowledged for") as raised:
+        await asyncio.wait_for(app.wait(), 60)
+    assert isinstance(raised.value, AppendFailed)
+    assert app.status is Status.STOPPED
+    assert not resumed.is_set()  # it gave up while the server was still silent
+    # A waiter on the stopped app learns why at once instead of waiting out its timeout.
+    with pytest.raises(RuntimeError, match="stopped before retrytest reached") as short:
+        await app.reached("retrytest", last, timeout=30)
+    assert isinstance(short.value.__cause__, WriteUnacknowledged)
 
-        # Once the server answers again, a new instance recovers and counts every event once.
-        await asyncio.wait_for(resumed.wait(), 40)
-        again = counting_app(settings, server, budget=60.0)
-        async with again:
-            await again.reached("retrytest", last, timeout=60)
-            assert again.snapshot("counts") == expected
-    finally:
-        await log.close()
+    # Once the server answers again, a new instance recovers and counts every event once.
+    await asyncio.wait_for(resumed.wait(), 40)
+    again = counting_app(settings, server, budget=60.0)
+    async with again:
+        await again.reached("retrytest", last, timeout=60)
+        assert again.snapshot("counts") == expected
 
 
 @pytest.mark.timeout(90)
 async def test_an_app_rides_out_a_server_restart_and_counts_every_event_once(
-    server: EmbeddedNats,
+    server: EmbeddedNats, log: EventLog
 ) -> None:
     settings = Settings(nats_url=server.url)
-    log = await EventLog.connect(server.url, settings, name="retry-test")
-    try:
-        last, expected = await publish_events(log)
-        app = counting_app(settings, server, budget=60.0)
-        async with app:
-            await app.reached("retrytest", last, timeout=60)
-            # Down and up again on the same port and store, while the app is fetching.
-            await asyncio.to_thread(server.restart)
-            more = [*KEYS[:5]]
-            for key in more:
-                seq = await log.js.publish(f"retrytest.{key}", json.dumps({"k": key}).encode())
-                last = seq.seq
-                expected[key] += 1
-            await app.reached("retrytest", last, timeout=60)
-            assert app.status is Status.RUNNING
-            assert app.snapshot("counts") == expected
-    finally:
-        await log.close()
+    last, expected = await publish_events(log)
+    app = counting_app(settings, server, budget=60.0)
+    async with app:
+        await app.reached("retrytest", last, timeout=60)
+        # Down and up again on the same port and store, while the app is fetching.
+        await asyncio.to_thread(server.restart)
+        more = [*KEYS[:5]]
+        for key in more:
+            seq = await log.js.publish(f"retrytest.{key}", json.dumps({"k": key}).encode())
+            last = seq.seq
+            expected[key] += 1
+        await app.reached("retrytest", last, timeout=60)
+        assert app.status is Status.RUNNING
+        assert app.snapshot("counts") == expected
