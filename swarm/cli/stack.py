@@ -18,8 +18,7 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -355,7 +354,8 @@ def up(
 
     public_key, service_env = (None, {}) if no_services else stack_keys(settings.data_dir.resolve())
     try:
-        with progress:
+        # `closing`: the spinner must stop however `run` ends, and before an error is printed.
+        with contextlib.closing(progress):
             stack = Stack(
                 settings,
                 services,
@@ -515,20 +515,11 @@ class _RichProgress:
         )
 
     def close(self) -> None:
+        """Stop the spinner; safe twice, as `up` closes it once the stack is ready and again
+        however the stack ends."""
         if self._status is not None:
             self._status.stop()
             self._status = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _summary(state: StackState, out: Console) -> None:
