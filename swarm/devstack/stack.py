@@ -52,6 +52,7 @@ from swarm.devstack.supervisor import (
     ServiceStatus,
     Supervisor,
     describe_exit,
+    log_note,
 )
 
 if TYPE_CHECKING:
@@ -830,10 +831,7 @@ class _ServerWatch:
         return {f"{self.field}_pid": None, f"{self.field}_error": error}
 
     def _note(self, line: str) -> None:
-        """Into the server's own log, next to what it explains."""
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        with contextlib.suppress(OSError), self.server.log_path.open("a") as f:
-            f.write(f"[swarm supervisor {stamp}] {self.label}: {line}\n")
+        log_note(self.server.log_path, self.label, line)
 
 
 # --- running a supervisor in the background ------------------------------------------------------

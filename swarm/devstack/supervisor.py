@@ -311,14 +311,19 @@ class Supervisor:
         self._log(child, f"{child.error}; restarting in {delay:g}s")
 
     def _log(self, child: _Child, line: str) -> None:
-        """Supervisor notes go into the service's own log, next to what they explain."""
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        with contextlib.suppress(OSError), child.log_path.open("a") as f:
-            f.write(f"[swarm supervisor {stamp}] {child.spec.name}: {line}\n")
+        log_note(child.log_path, child.spec.name, line)
 
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change(self.statuses())
+
+
+def log_note(log_path: Path, name: str, line: str) -> None:
+    """Append a supervisor's note on `name` (a service or an embedded server) to its own log,
+    next to what it explains. A log that cannot be written costs only the note."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+    with contextlib.suppress(OSError), log_path.open("a") as f:
+        f.write(f"[swarm supervisor {stamp}] {name}: {line}\n")
 
 
 def _signal_group(pgid: int, sig: int) -> None:
