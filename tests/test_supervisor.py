@@ -53,6 +53,12 @@ def test_restart_delays_grow_exponentially_up_to_the_cap() -> None:
     assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1, 2, 3, 3]
 
 
+def test_a_long_run_starts_a_new_row_of_failures() -> None:
+    policy = RestartPolicy(reset_after=30)
+    assert policy.failures_after(3, ran_for=29.9) == 4
+    assert policy.failures_after(3, ran_for=30) == 1
+
+
 def test_specs_are_checked() -> None:
     with pytest.raises(ValueError, match="must match"):
         ServiceSpec("Bad Name", ("true",))

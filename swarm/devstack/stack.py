@@ -806,25 +806,26 @@ class _ServerWatch:
         if self.next_start is None:
             if server.proc is None or server.running():
                 return {}
-            if now - self.started_at >= self.policy.reset_after:
-                self.failures = 0
             error = f"{self.label} {describe_exit(server.proc.returncode)}"
-            return self._retry_later(now, error)
+            failures = self.policy.failures_after(self.failures, now - self.started_at)
+            return self._retry_later(now, error, failures)
         if now < self.next_start:
             return {}
         self._note(f"restarting on {server.url}")
         try:
             server.restart()
         except EmbeddedServerError as exc:
-            return self._retry_later(time.monotonic(), f"{self.label} restart failed: {exc}")
+            failed = f"{self.label} restart failed: {exc}"
+            # Never up, so never long enough to start a new row of failures.
+            return self._retry_later(time.monotonic(), failed, self.failures + 1)
         self.next_start = None
         self.restarts += 1
         self.started_at = time.monotonic()
         self._note(f"restarted (pid {server.pid}, restart {self.restarts})")
         return {f"{self.field}_pid": server.pid, f"{self.field}_restarts": self.restarts}
 
-    def _retry_later(self, now: float, error: str) -> dict[str, Any]:
-        self.failures += 1
+    def _retry_later(self, now: float, error: str, failures: int) -> dict[str, Any]:
+        self.failures = failures
         delay = self.policy.delay(self.failures)
         self.next_start = now + delay
         self._note(f"{error}; restarting in {delay:g}s")

@@ -75,6 +75,11 @@ class RestartPolicy:
         """Seconds to wait after the `failures`-th crash in a row (1-based)."""
         return min(self.initial_delay * self.factor ** max(failures - 1, 0), self.max_delay)
 
+    def failures_after(self, failures: int, ran_for: float) -> int:
+        """Crashes in a row, counting one more after a run of `ran_for` seconds: one that lasted
+        `reset_after` is the first of a new row (services and embedded servers count alike)."""
+        return 1 if ran_for >= self.reset_after else failures + 1
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
@@ -296,9 +301,7 @@ class Supervisor:
     def _exited(self, child: _Child, code: int, now: float) -> None:
         child.last_exit = code
         child.proc = None
-        if now - child.started_at >= self.policy.reset_after:
-            child.failures = 0
-        child.failures += 1
+        child.failures = self.policy.failures_after(child.failures, now - child.started_at)
         child.error = describe_exit(code)
         limit = self.policy.max_failures
         if limit is not None and child.failures >= limit:
