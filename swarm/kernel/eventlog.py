@@ -319,7 +319,7 @@ class Delivery:
                 _raise_ours(exc)
 
     async def ack(self) -> None:
-        await self._settle(Msg.ack)
+        await self._settle(lambda msg: msg.ack())
 
     async def ack_sync(self, timeout: float = _DEFAULT_TIMEOUT) -> None:
         """Ack and wait until the server has recorded it (use before reading consumer state)."""
@@ -331,11 +331,11 @@ class Delivery:
 
     async def term(self) -> None:
         """Never redeliver this message (it can never be processed)."""
-        await self._settle(Msg.term)
+        await self._settle(lambda msg: msg.term())
 
     async def in_progress(self) -> None:
         """Reset the ack timer for a message that takes long to process."""
-        await self._settle(Msg.in_progress)
+        await self._settle(lambda msg: msg.in_progress())
 
     @classmethod
     def of(cls, msg: Message, *, keep: bool = True) -> Delivery:
