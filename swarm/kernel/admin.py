@@ -9,9 +9,10 @@ typed errors (`NotFound`, `Unavailable` and its kinds), never nats-py's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -30,6 +31,8 @@ from nats.js.object_store import ObjectStore
 from schemas import names
 from swarm.kernel.eventlog import EventLog, NotFound, translated
 from swarm.kernel.streams import ensure_deadletter, ensure_streams
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +80,14 @@ class Bucket:
 
     async def get(self, key: str) -> bytes | None:
         """The key's value, or None when it was never set or is deleted."""
-        try:
-            with translated():
-                entry = await self._kv.get(key)
-        except NotFound:
-            return None
-        return entry.value
+        entry = await _unless_missing(self._kv.get(key))
+        return None if entry is None else entry.value
 
     async def entry(self, key: str, revision: int | None = None) -> KvEntry | None:
         """The key's latest revision (or revision `revision`, which may be of another key: check
         `KvEntry.key`); None when there is none, or it is deleted."""
-        try:
-            with translated():
-                entry = await self._kv.get(key, revision=revision)
-        except NotFound:
-            return None
-        return _kv_entry(entry)
+        entry = await _unless_missing(self._kv.get(key, revision=revision))
+        return None if entry is None else _kv_entry(entry)
 
     async def history(self, key: str) -> list[KvEntry]:
         """Every revision the bucket still keeps of `key`, oldest first (markers included)."""
@@ -140,6 +135,16 @@ class Bucket:
         return values
 
 
+async def _unless_missing(answer: Awaitable[T]) -> T | None:
+    """What `answer` gives, or None where nats-py says there is no such thing: the readers
+    of one key or object answer "none" rather than raise, as their callers ask "is it there"."""
+    try:
+        with translated():
+            return await answer
+    except NotFound:
+        return None
+
+
 def _kv_entry(entry: KeyValue.Entry) -> KvEntry:
     return KvEntry(
         key=entry.key,
@@ -164,12 +169,8 @@ class ModuleStore:
 
     async def info(self, name: str) -> StoredObject | None:
         """The object's metadata, None when there is none by that name."""
-        try:
-            with translated():
-                info = await self._store.get_info(name)
-        except NotFound:
-            return None
-        return _stored_object(info)
+        info = await _unless_missing(self._store.get_info(name))
+        return None if info is None else _stored_object(info)
 
     async def put(self, name: str, data: bytes) -> None:
         with translated():
@@ -177,12 +178,8 @@ class ModuleStore:
 
     async def list(self) -> list[StoredObject]:
         """Every object not deleted; empty when the store has none."""
-        try:
-            with translated():
-                infos = await self._store.list(ignore_deletes=True)
-        except NotFound:
-            return []
-        return [_stored_object(i) for i in infos if not i.deleted]
+        infos = await _unless_missing(self._store.list(ignore_deletes=True))
+        return [_stored_object(i) for i in infos or () if not i.deleted]
 
 
 def _stored_object(info: ObjectInfo) -> StoredObject:

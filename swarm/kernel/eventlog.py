@@ -308,44 +308,34 @@ class Delivery:
     def msg_id(self) -> str | None:
         return self.headers.get(names.HEADER_MSG_ID)
 
-    async def ack(self) -> None:
+    async def _settle(self, send: Callable[[Msg], Awaitable[object]]) -> None:
+        # Every way of answering for a message fails alike: a delivery read without its
+        # message (a replay's) has nothing to answer, and nats-py's errors come out as ours.
+        # One more coroutine per call costs ~0.2 us, nothing beside the ~40 us of a message.
         if self._msg is not None:
             try:
-                await self._msg.ack()
+                await send(self._msg)
             except _NATS_ERRORS as exc:
                 _raise_ours(exc)
+
+    async def ack(self) -> None:
+        await self._settle(lambda msg: msg.ack())
 
     async def ack_sync(self, timeout: float = _DEFAULT_TIMEOUT) -> None:
         """Ack and wait until the server has recorded it (use before reading consumer state)."""
-        if self._msg is not None:
-            try:
-                await self._msg.ack_sync(timeout=timeout)
-            except _NATS_ERRORS as exc:
-                _raise_ours(exc)
+        await self._settle(lambda msg: msg.ack_sync(timeout=timeout))
 
     async def nak(self, delay: float | None = None) -> None:
         """Ask for redelivery, after `delay` seconds if given."""
-        if self._msg is not None:
-            try:
-                await self._msg.nak(delay=delay)
-            except _NATS_ERRORS as exc:
-                _raise_ours(exc)
+        await self._settle(lambda msg: msg.nak(delay=delay))
 
     async def term(self) -> None:
         """Never redeliver this message (it can never be processed)."""
-        if self._msg is not None:
-            try:
-                await self._msg.term()
-            except _NATS_ERRORS as exc:
-                _raise_ours(exc)
+        await self._settle(lambda msg: msg.term())
 
     async def in_progress(self) -> None:
         """Reset the ack timer for a message that takes long to process."""
-        if self._msg is not None:
-            try:
-                await self._msg.in_progress()
-            except _NATS_ERRORS as exc:
-                _raise_ours(exc)
+        await self._settle(lambda msg: msg.in_progress())
 
     @classmethod
     def of(cls, msg: Message, *, keep: bool = True) -> Delivery:

@@ -73,21 +73,19 @@ def stream_specs(settings: Settings) -> tuple[StreamSpec, ...]:
             replicas=replicas,
             duplicate_window=window,
         ),
-        StreamSpec(
+        _limited(
             names.STREAM_METRICS,
-            (names.METRICS_ALL,),
-            "Agent and pod metrics, kept for a limited time.",
+            names.METRICS_ALL,
+            "Agent and pod metrics",
             max_age=settings.metrics_max_age,
-            replicas=replicas,
-            duplicate_window=min(window, settings.metrics_max_age),
+            settings=settings,
         ),
-        StreamSpec(
+        _limited(
             names.STREAM_LOGS,
-            (names.LOGS_ALL,),
-            "Agent logs, kept for a limited time.",
+            names.LOGS_ALL,
+            "Agent logs",
             max_age=settings.logs_max_age,
-            replicas=replicas,
-            duplicate_window=min(window, settings.logs_max_age),
+            settings=settings,
         ),
         StreamSpec(
             names.STREAM_TASKS,
@@ -98,6 +96,21 @@ def stream_specs(settings: Settings) -> tuple[StreamSpec, ...]:
             duplicate_window=window,
             retention=RetentionPolicy.WORK_QUEUE,
         ),
+    )
+
+
+def _limited(
+    name: str, subject: str, what: str, *, max_age: float, settings: Settings
+) -> StreamSpec:
+    """A stream of records (`what`) kept for `max_age` seconds, not part of the audit log."""
+    return StreamSpec(
+        name,
+        (subject,),
+        f"{what}, kept for a limited time.",
+        max_age=max_age,
+        replicas=settings.stream_replicas,
+        # JetStream refuses a duplicate window longer than the stream keeps its messages.
+        duplicate_window=min(settings.duplicate_window, max_age),
     )
 
 

@@ -47,6 +47,13 @@ async def new_stream(js: JetStreamContext, name: str) -> str:
     return root
 
 
+async def new_source(js: JetStreamContext, prefix: str) -> tuple[str, str, str]:
+    """What one test reads from: a fresh stream `<PREFIX>...`, its subject root, and a fresh
+    name for the app that reads it, `<prefix>...`."""
+    stream = unique(prefix.upper())
+    return stream, await new_stream(js, stream), unique(prefix)
+
+
 async def publish(js: JetStreamContext, root: str, keys: Iterable[str]) -> int:
     last = 0
     futures = [await js.publish_async(f"{root}.{k}", json.dumps({"k": k}).encode()) for k in keys]
@@ -147,9 +154,7 @@ async def test_counts_equal_a_recount_after_repeated_sigkills(
     event_log: EventLog, settings: Settings, nats_url: str
 ) -> None:
     js = event_log.js
-    stream = unique("KILL")
-    root = await new_stream(js, stream)
-    app = unique("kill")
+    stream, root, app = await new_source(js, "kill")
     rng = random.Random(7)
     keys = [f"k{i}" for i in range(12)]
     await publish(js, root, (rng.choice(keys) for _ in range(1500)))
@@ -213,9 +218,7 @@ async def test_a_commit_cut_between_keys_and_position_counts_nothing_twice(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("CUT")
-    root = await new_stream(js, stream)
-    app_name = unique("cut")
+    stream, root, app_name = await new_source(js, "cut")
     last = await publish(js, root, [f"k{i % 5}" for i in range(200)])
 
     first = counter_app(settings, app_name, stream, batch=20)
@@ -243,9 +246,7 @@ async def test_recovered_state_is_visible_to_the_first_event_after_a_restart(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("RECOVER")
-    root = await new_stream(js, stream)
-    name = unique("recover")
+    stream, root, name = await new_source(js, "recover")
     last = await publish(js, root, ["a"] * 30 + ["b"] * 5)
 
     def build() -> StreamApp:
@@ -288,9 +289,7 @@ async def test_windows_are_recovered_and_then_expire(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("WINDOW")
-    root = await new_stream(js, stream)
-    name = unique("window")
+    stream, root, name = await new_source(js, "window")
 
     def build() -> StreamApp:
         app = StreamApp(name, settings, batch=10, window_cleanup=0.2)
@@ -340,9 +339,7 @@ async def test_malformed_events_are_dead_lettered_and_the_app_goes_on(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("MALFORMED")
-    root = await new_stream(js, stream)
-    name = unique("malformed")
+    stream, root, name = await new_source(js, "malformed")
 
     app = StreamApp(name, settings, batch=10)
     app.table("types", default=int)
@@ -380,9 +377,7 @@ async def test_a_failing_handler_is_rolled_back_retried_then_dead_lettered(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("FAILING")
-    root = await new_stream(js, stream)
-    name = unique("failing")
+    stream, root, name = await new_source(js, "failing")
     calls: Counter[int] = Counter()
 
     def build() -> StreamApp:
@@ -447,9 +442,7 @@ async def test_hopping_windows_count_each_event_in_every_window_it_falls_in(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("HOPPING")
-    root = await new_stream(js, stream)
-    name = unique("hopping")
+    stream, root, name = await new_source(js, "hopping")
     app = StreamApp(name, settings, batch=10)
     app.table("load", default=int, window=Hopping(size=4, step=2, expires=60))
     current: list[int] = []
@@ -515,9 +508,7 @@ async def test_outputs_are_appended_once_even_when_their_batch_is_replayed(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("OUTPUTS")
-    root = await new_stream(js, stream)
-    name = unique("outputs")
+    stream, root, name = await new_source(js, "outputs")
     agent = unique("agent")
 
     def build() -> StreamApp:
@@ -558,9 +549,7 @@ async def test_deleting_the_changelog_rebuilds_the_tables_from_the_stream(
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("RESET")
-    root = await new_stream(js, stream)
-    name = unique("reset")
+    stream, root, name = await new_source(js, "reset")
     last = await publish(js, root, ["a", "b", "a"] * 10)
     first = counter_app(settings, name, stream, batch=8)
     async with first:
@@ -578,9 +567,7 @@ async def test_a_second_writer_on_the_changelog_stops_the_app_instead_of_losing_
     event_log: EventLog, settings: Settings
 ) -> None:
     js = event_log.js
-    stream = unique("INTRUDER")
-    root = await new_stream(js, stream)
-    name = unique("intruder")
+    stream, root, name = await new_source(js, "intruder")
     last = await publish(js, root, ["a"] * 10)
     app = counter_app(settings, name, stream, batch=5)
     await app.start()

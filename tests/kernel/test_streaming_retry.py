@@ -59,16 +59,17 @@ class _Recorder(list[dict[str, Any]]):
 
 
 def counting_app(
-    settings: Settings,
     server: EmbeddedNats,
     budget: float,
     pause_s: float = 0.0,
     resumed: asyncio.Event | None = None,
     until: Callable[[], bool] | None = None,
 ) -> StreamApp:
-    """Counts events per key; with `pause_s`, the event with key "pause" SIGSTOPs the server for
-    that long (then sets `resumed`), so the commit of its batch finds the server silent; with
-    `until` too, the server resumes as soon as `until()` is true (`pause_s` is then the most)."""
+    """An app of `server` counting events per key; with `pause_s`, the event with key "pause"
+    SIGSTOPs the server for that long (then sets `resumed`), so the commit of its batch finds
+    the server silent; with `until` too, the server resumes as soon as `until()` is true
+    (`pause_s` is then the most)."""
+    settings = Settings(nats_url=server.url)
     app = StreamApp("retrytest", settings, batch=10, ack_wait=60.0, write_retry_s=budget)
     app.table("counts", default=int)
     paused: list[bool] = []
@@ -123,7 +124,6 @@ async def changelog_messages(log: EventLog) -> int:
 async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
     server: EmbeddedNats, log: EventLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(nats_url=server.url)
     last, expected = await publish_events(log)
     # Paused until a commit has waited past its 5 s acknowledgement timeout and is being
     # retried (a fixed pause missed the commit when a loaded machine started it late),
@@ -138,7 +138,7 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
     def retrying() -> bool:
         return any(e["event"] == RETRYING for e in logs)
 
-    app = counting_app(settings, server, budget=60.0, pause_s=45.0, until=retrying)
+    app = counting_app(server, budget=60.0, pause_s=45.0, until=retrying)
     async with app:
         await app.reached("retrytest", last, timeout=60)
         assert app.status is Status.RUNNING
@@ -151,7 +151,7 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
     assert await changelog_messages(log) == len(expected) + 1
 
     # A restart recovers exactly what was counted.
-    again = counting_app(settings, server, budget=60.0)
+    again = counting_app(server, budget=60.0)
     async with again:
         assert again.snapshot("counts") == expected
         assert again.position("retrytest") == last
@@ -164,12 +164,11 @@ async def test_a_commit_waits_out_a_paused_server_and_stores_every_write_once(
 async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses_nothing(
     server: EmbeddedNats, log: EventLog
 ) -> None:
-    settings = Settings(nats_url=server.url)
     last, expected = await publish_events(log)
     resumed = asyncio.Event()
     # Silent for 20 s: the first write's 5 s acknowledgement timeout plus the 3 s budget
     # end well before, even when a loaded machine starts the commit late.
-    app = counting_app(settings, server, budget=3.0, pause_s=20.0, resumed=resumed)
+    app = counting_app(server, budget=3.0, pause_s=20.0, resumed=resumed)
     await app.start()
     with pytest.raises(WriteUnacknowledged, match="not acknowledged for") as raised:
         await asyncio.wait_for(app.wait(), 60)
@@ -183,7 +182,7 @@ async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses
 
     # Once the server answers again, a new instance recovers and counts every event once.
     await asyncio.wait_for(resumed.wait(), 40)
-    again = counting_app(settings, server, budget=60.0)
+    again = counting_app(server, budget=60.0)
     async with again:
         await again.reached("retrytest", last, timeout=60)
         assert again.snapshot("counts") == expected
@@ -193,9 +192,8 @@ async def test_a_server_silent_past_the_budget_stops_the_app_and_a_restart_loses
 async def test_an_app_rides_out_a_server_restart_and_counts_every_event_once(
     server: EmbeddedNats, log: EventLog
 ) -> None:
-    settings = Settings(nats_url=server.url)
     last, expected = await publish_events(log)
-    app = counting_app(settings, server, budget=60.0)
+    app = counting_app(server, budget=60.0)
     async with app:
         await app.reached("retrytest", last, timeout=60)
         # Down and up again on the same port and store, while the app is fetching.
