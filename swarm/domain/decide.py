@@ -97,6 +97,34 @@ def _find(state: HiveState, namespace: str, name: str) -> Agent | Rejection:
     return agent
 
 
+AgentHandler = Callable[[HiveState, Agent, Any, Envelope[Any], datetime], Outcome]
+
+
+def _on_agent(command_type: type[Any]) -> Callable[[AgentHandler], AgentHandler]:
+    """Register the handler of a command about one existing agent, and hand it that agent.
+
+    Commands services send name the agent by id (they hold it); a user's by namespace and name,
+    the way users think of it. Either way a missing or deleted agent is refused here, so every
+    such command refuses it with the same rule and words. The handler itself is returned
+    undecorated: a handler may call another with the agent it already holds."""
+
+    def register(fn: AgentHandler) -> AgentHandler:
+        def handle(state: HiveState, c: Any, env: Envelope[Any], now: datetime) -> Outcome:
+            agent = (
+                _live_agent(state, c.agent_id)
+                if hasattr(c, "agent_id")
+                else _find(state, c.namespace, c.name)
+            )
+            if isinstance(agent, Rejection):
+                return agent
+            return fn(state, agent, c, env, now)
+
+        _on(command_type)(handle)
+        return fn
+
+    return register
+
+
 def _with_status(state: HiveState, agent_id: str, out: list[Payload], now: datetime) -> Decision:
     """Append an AgentStatusChanged when `out` moves the agent's derived status."""
     agent = state.agents.get(agent_id)
@@ -261,11 +289,10 @@ def _deploy(
     return Decision(out)
 
 
-@_on(commands.ScaleAgent)
-def _scale(state: HiveState, c: commands.ScaleAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(commands.ScaleAgent)
+def _scale(
+    state: HiveState, agent: Agent, c: commands.ScaleAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     if c.autoscale is None:
         return _scale_to(state, agent, c.replicas, f"scaled to {c.replicas}", now)
     return _autoscaled(state, agent, c, env, now)
@@ -311,11 +338,10 @@ def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: d
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.StopAgent)
-def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(commands.StopAgent)
+def _stop(
+    state: HiveState, agent: Agent, c: commands.StopAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     if agent.replicas_desired == 0 and not agent.active():
         return Decision([])
     out: list[Payload] = [
@@ -334,13 +360,10 @@ def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: date
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.DeleteAgent)
+@_on_agent(commands.DeleteAgent)
 def _delete(
-    state: HiveState, c: commands.DeleteAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.DeleteAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     out: list[Payload] = [
         events.ReplicaStopping(
             agent_id=agent.agent_id, replica_id=r.replica_id, reason="agent deleted"
@@ -381,26 +404,20 @@ def _start_rollout(
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.RolloutAgent)
+@_on_agent(commands.RolloutAgent)
 def _rollout(
-    state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.RolloutAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     refusal = check_quota(state, agent.namespace, replicas=0, spec=c.spec, agent=agent)
     if refusal is not None:
         return refusal
     return _start_rollout(state, agent, c.spec, c.max_surge, False, now)
 
 
-@_on(commands.RollbackAgent)
+@_on_agent(commands.RollbackAgent)
 def _rollback(
-    state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.RollbackAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     if c.to_version is not None:
         target = c.to_version
         if target not in agent.versions:
@@ -716,14 +733,11 @@ def _restart(
 # --- observer findings ---------------------------------------------------------------------------
 
 
-@_on(observer.ReportAnomaly)
+@_on_agent(observer.ReportAnomaly)
 def _anomaly(
-    state: HiveState, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
 ) -> Outcome:
     """Record a finding on the agent it is about; policies react to the recorded event."""
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if c.replica_id is not None and c.replica_id not in agent.replicas:
         return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
     if c.window_end < c.window_start:
@@ -960,13 +974,10 @@ def _autoscaled(
     return outcome
 
 
-@_on(commands.AutoscaleAgent)
+@_on_agent(commands.AutoscaleAgent)
 def _autoscale(
-    state: HiveState, c: commands.AutoscaleAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.AutoscaleAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     if c.autoscale == agent.autoscale:
         return Decision([])
     return Decision(
@@ -982,13 +993,10 @@ def _autoscale(
 # Sent by the reconcile loop (swarm/domain/heal.py decides when) or by a user.
 
 
-@_on(healing.QuarantineAgent)
+@_on_agent(healing.QuarantineAgent)
 def _quarantine(
-    state: HiveState, c: healing.QuarantineAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.QuarantineAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if agent.quarantine is not None:
         return Decision([])  # already quarantined: the first reason stands
     skipped = _over_budget(state, agent, "quarantine", c.anomaly_id, env, now)
@@ -1038,25 +1046,19 @@ def _over_budget(
     )
 
 
-@_on(healing.ReleaseAgent)
+@_on_agent(healing.ReleaseAgent)
 def _release_agent(
-    state: HiveState, c: healing.ReleaseAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.ReleaseAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if agent.quarantine is None:
         return Rejection(f"agent {agent.namespace}/{agent.name} is not quarantined")
     return Decision([healing.AgentReleased(agent_id=agent.agent_id, reason=c.reason)])
 
 
-@_on(healing.RewindReplica)
+@_on_agent(healing.RewindReplica)
 def _rewind(
-    state: HiveState, c: healing.RewindReplica, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.RewindReplica, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     replica = agent.replicas.get(c.replica_id)
     if replica is None:
         return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
@@ -1092,16 +1094,15 @@ def _rewind(
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(healing.RevertAgent)
-def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(healing.RevertAgent)
+def _revert(
+    state: HiveState, agent: Agent, c: healing.RevertAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     skipped = _over_budget(state, agent, "rollback", c.anomaly_id, env, now)
     if skipped is not None:
         return skipped
     rollback = commands.RollbackAgent(namespace=agent.namespace, name=agent.name)
-    outcome = _rollback(state, rollback, env, now)
+    outcome = _rollback(state, agent, rollback, env, now)
     if isinstance(outcome, Rejection):
         return outcome
     started = [e for e in outcome.events if isinstance(e, events.AgentRolloutStarted)]
@@ -1116,13 +1117,10 @@ def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: d
     return Decision([reverted, *outcome.events])
 
 
-@_on(healing.PublishReputation)
+@_on_agent(healing.PublishReputation)
 def _publish_reputation(
-    state: HiveState, c: healing.PublishReputation, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.PublishReputation, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if not reputation.worth_publishing(agent.reputation, now):
         return Decision([])
     trust = round(reputation.current(agent.reputation, now), 4)
