@@ -215,6 +215,18 @@ def _new_replicas(
     ]
 
 
+def _requested_again(agent_id: str, replica: Replica, reason: str) -> events.ReplicaRequested:
+    """The replica asked for again where it left off, after a crash, the loss of its pod or a
+    preemption: its own version, resumed from its last snapshot (a new replica starts empty)."""
+    return events.ReplicaRequested(
+        agent_id=agent_id,
+        replica_id=replica.replica_id,
+        version=replica.version,
+        snapshot=replica.snapshot,
+        reason=reason,
+    )
+
+
 def _stop_order(replicas: list[Replica]) -> list[Replica]:
     """Which replicas to stop first: those doing the least useful work, newest first."""
     rank = {"requested": 0, "crashed": 1, "scheduled": 2, "starting": 3, "running": 4}
@@ -489,6 +501,19 @@ def _waiting_placement(
     return agent, replica, pod, agent.versions.get(replica.version, agent.spec)
 
 
+def _scheduled(
+    agent: Agent, replica: Replica, pod: Pod, policy: str, reason: str
+) -> events.ReplicaScheduled:
+    """The placement a policy proposed (plainly, or after preempting), as it is written."""
+    return events.ReplicaScheduled(
+        agent_id=agent.agent_id,
+        replica_id=replica.replica_id,
+        pod_id=pod.pod_id,
+        policy=policy,
+        reason=reason,
+    )
+
+
 @_on(commands.ProposePlacement)
 def _place(
     state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime
@@ -506,13 +531,7 @@ def _place(
             rule=Rule.CAPACITY,
         )
     out: list[Payload] = [
-        events.ReplicaScheduled(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            pod_id=pod.pod_id,
-            policy=c.policy,
-            reason=c.reason or f"placed by {c.policy}",
-        )
+        _scheduled(agent, replica, pod, c.policy, c.reason or f"placed by {c.policy}")
     ]
     return _with_status(state, agent.agent_id, out, now)
 
@@ -559,12 +578,8 @@ def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outc
                 snapshot=replica.snapshot,
             )
         else:
-            moved = events.ReplicaRequested(
-                agent_id=agent_id,
-                replica_id=replica_id,
-                version=replica.version,
-                snapshot=replica.snapshot,
-                reason=f"rescheduled: pod {pod_id} lost ({reason})",
+            moved = _requested_again(
+                agent_id, replica, f"rescheduled: pod {pod_id} lost ({reason})"
             )
         touched.setdefault(agent_id, []).append(moved)
     for agent_id, changes in touched.items():
@@ -719,13 +734,7 @@ def _restart(
             f"replica {c.replica_id} backs off for {wait:.1f}s more", rule=Rule.BACKOFF
         )
     out: list[Payload] = [
-        events.ReplicaRequested(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            version=replica.version,
-            snapshot=replica.snapshot,
-            reason=f"restart after crash {len(replica.crashes)}",
-        )
+        _requested_again(agent.agent_id, replica, f"restart after crash {len(replica.crashes)}")
     ]
     return _with_status(state, agent.agent_id, out, now)
 
@@ -822,13 +831,7 @@ def _preempt(
                     by_priority=priority,
                     reason=c.reason[:500],
                 ),
-                events.ReplicaRequested(
-                    agent_id=victim_agent.agent_id,
-                    replica_id=victim.replica_id,
-                    version=victim.version,
-                    snapshot=victim.snapshot,
-                    reason=why,
-                ),
+                _requested_again(victim_agent.agent_id, victim, why),
             ]
         )
     out: list[Payload] = []
@@ -837,12 +840,12 @@ def _preempt(
             out += _with_status(state, agent_id, changes, now).events
     placed: list[Payload] = [
         *touched.get(agent.agent_id, []),
-        events.ReplicaScheduled(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            pod_id=pod.pod_id,
-            policy=c.policy,
-            reason=c.reason or f"placed by {c.policy} after preempting {len(victims)}",
+        _scheduled(
+            agent,
+            replica,
+            pod,
+            c.policy,
+            c.reason or f"placed by {c.policy} after preempting {len(victims)}",
         ),
     ]
     out += _with_status(state, agent.agent_id, placed, now).events
