@@ -97,6 +97,34 @@ def _find(state: HiveState, namespace: str, name: str) -> Agent | Rejection:
     return agent
 
 
+AgentHandler = Callable[[HiveState, Agent, Any, Envelope[Any], datetime], Outcome]
+
+
+def _on_agent(command_type: type[Any]) -> Callable[[AgentHandler], AgentHandler]:
+    """Register the handler of a command about one existing agent, and hand it that agent.
+
+    Commands services send name the agent by id (they hold it); a user's by namespace and name,
+    the way users think of it. Either way a missing or deleted agent is refused here, so every
+    such command refuses it with the same rule and words. The handler itself is returned
+    undecorated: a handler may call another with the agent it already holds."""
+
+    def register(fn: AgentHandler) -> AgentHandler:
+        def handle(state: HiveState, c: Any, env: Envelope[Any], now: datetime) -> Outcome:
+            agent = (
+                _live_agent(state, c.agent_id)
+                if hasattr(c, "agent_id")
+                else _find(state, c.namespace, c.name)
+            )
+            if isinstance(agent, Rejection):
+                return agent
+            return fn(state, agent, c, env, now)
+
+        _on(command_type)(handle)
+        return fn
+
+    return register
+
+
 def _with_status(state: HiveState, agent_id: str, out: list[Payload], now: datetime) -> Decision:
     """Append an AgentStatusChanged when `out` moves the agent's derived status."""
     agent = state.agents.get(agent_id)
@@ -187,6 +215,18 @@ def _new_replicas(
     ]
 
 
+def _requested_again(agent_id: str, replica: Replica, reason: str) -> events.ReplicaRequested:
+    """The replica asked for again where it left off, after a crash, the loss of its pod or a
+    preemption: its own version, resumed from its last snapshot (a new replica starts empty)."""
+    return events.ReplicaRequested(
+        agent_id=agent_id,
+        replica_id=replica.replica_id,
+        version=replica.version,
+        snapshot=replica.snapshot,
+        reason=reason,
+    )
+
+
 def _stop_order(replicas: list[Replica]) -> list[Replica]:
     """Which replicas to stop first: those doing the least useful work, newest first."""
     rank = {"requested": 0, "crashed": 1, "scheduled": 2, "starting": 3, "running": 4}
@@ -261,11 +301,10 @@ def _deploy(
     return Decision(out)
 
 
-@_on(commands.ScaleAgent)
-def _scale(state: HiveState, c: commands.ScaleAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(commands.ScaleAgent)
+def _scale(
+    state: HiveState, agent: Agent, c: commands.ScaleAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     if c.autoscale is None:
         return _scale_to(state, agent, c.replicas, f"scaled to {c.replicas}", now)
     return _autoscaled(state, agent, c, env, now)
@@ -311,11 +350,10 @@ def _scale_to(state: HiveState, agent: Agent, replicas: int, reason: str, now: d
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.StopAgent)
-def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(commands.StopAgent)
+def _stop(
+    state: HiveState, agent: Agent, c: commands.StopAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     if agent.replicas_desired == 0 and not agent.active():
         return Decision([])
     out: list[Payload] = [
@@ -334,13 +372,10 @@ def _stop(state: HiveState, c: commands.StopAgent, env: Envelope[Any], now: date
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.DeleteAgent)
+@_on_agent(commands.DeleteAgent)
 def _delete(
-    state: HiveState, c: commands.DeleteAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.DeleteAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     out: list[Payload] = [
         events.ReplicaStopping(
             agent_id=agent.agent_id, replica_id=r.replica_id, reason="agent deleted"
@@ -381,26 +416,20 @@ def _start_rollout(
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(commands.RolloutAgent)
+@_on_agent(commands.RolloutAgent)
 def _rollout(
-    state: HiveState, c: commands.RolloutAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.RolloutAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     refusal = check_quota(state, agent.namespace, replicas=0, spec=c.spec, agent=agent)
     if refusal is not None:
         return refusal
     return _start_rollout(state, agent, c.spec, c.max_surge, False, now)
 
 
-@_on(commands.RollbackAgent)
+@_on_agent(commands.RollbackAgent)
 def _rollback(
-    state: HiveState, c: commands.RollbackAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.RollbackAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     if c.to_version is not None:
         target = c.to_version
         if target not in agent.versions:
@@ -472,6 +501,19 @@ def _waiting_placement(
     return agent, replica, pod, agent.versions.get(replica.version, agent.spec)
 
 
+def _scheduled(
+    agent: Agent, replica: Replica, pod: Pod, policy: str, reason: str
+) -> events.ReplicaScheduled:
+    """The placement a policy proposed (plainly, or after preempting), as it is written."""
+    return events.ReplicaScheduled(
+        agent_id=agent.agent_id,
+        replica_id=replica.replica_id,
+        pod_id=pod.pod_id,
+        policy=policy,
+        reason=reason,
+    )
+
+
 @_on(commands.ProposePlacement)
 def _place(
     state: HiveState, c: commands.ProposePlacement, env: Envelope[Any], now: datetime
@@ -489,13 +531,7 @@ def _place(
             rule=Rule.CAPACITY,
         )
     out: list[Payload] = [
-        events.ReplicaScheduled(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            pod_id=pod.pod_id,
-            policy=c.policy,
-            reason=c.reason or f"placed by {c.policy}",
-        )
+        _scheduled(agent, replica, pod, c.policy, c.reason or f"placed by {c.policy}")
     ]
     return _with_status(state, agent.agent_id, out, now)
 
@@ -542,12 +578,8 @@ def _lose_pod(state: HiveState, pod_id: str, reason: str, now: datetime) -> Outc
                 snapshot=replica.snapshot,
             )
         else:
-            moved = events.ReplicaRequested(
-                agent_id=agent_id,
-                replica_id=replica_id,
-                version=replica.version,
-                snapshot=replica.snapshot,
-                reason=f"rescheduled: pod {pod_id} lost ({reason})",
+            moved = _requested_again(
+                agent_id, replica, f"rescheduled: pod {pod_id} lost ({reason})"
             )
         touched.setdefault(agent_id, []).append(moved)
     for agent_id, changes in touched.items():
@@ -702,13 +734,7 @@ def _restart(
             f"replica {c.replica_id} backs off for {wait:.1f}s more", rule=Rule.BACKOFF
         )
     out: list[Payload] = [
-        events.ReplicaRequested(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            version=replica.version,
-            snapshot=replica.snapshot,
-            reason=f"restart after crash {len(replica.crashes)}",
-        )
+        _requested_again(agent.agent_id, replica, f"restart after crash {len(replica.crashes)}")
     ]
     return _with_status(state, agent.agent_id, out, now)
 
@@ -716,14 +742,11 @@ def _restart(
 # --- observer findings ---------------------------------------------------------------------------
 
 
-@_on(observer.ReportAnomaly)
+@_on_agent(observer.ReportAnomaly)
 def _anomaly(
-    state: HiveState, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: observer.ReportAnomaly, env: Envelope[Any], now: datetime
 ) -> Outcome:
     """Record a finding on the agent it is about; policies react to the recorded event."""
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if c.replica_id is not None and c.replica_id not in agent.replicas:
         return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
     if c.window_end < c.window_start:
@@ -808,13 +831,7 @@ def _preempt(
                     by_priority=priority,
                     reason=c.reason[:500],
                 ),
-                events.ReplicaRequested(
-                    agent_id=victim_agent.agent_id,
-                    replica_id=victim.replica_id,
-                    version=victim.version,
-                    snapshot=victim.snapshot,
-                    reason=why,
-                ),
+                _requested_again(victim_agent.agent_id, victim, why),
             ]
         )
     out: list[Payload] = []
@@ -823,12 +840,12 @@ def _preempt(
             out += _with_status(state, agent_id, changes, now).events
     placed: list[Payload] = [
         *touched.get(agent.agent_id, []),
-        events.ReplicaScheduled(
-            agent_id=agent.agent_id,
-            replica_id=replica.replica_id,
-            pod_id=pod.pod_id,
-            policy=c.policy,
-            reason=c.reason or f"placed by {c.policy} after preempting {len(victims)}",
+        _scheduled(
+            agent,
+            replica,
+            pod,
+            c.policy,
+            c.reason or f"placed by {c.policy} after preempting {len(victims)}",
         ),
     ]
     out += _with_status(state, agent.agent_id, placed, now).events
@@ -960,13 +977,10 @@ def _autoscaled(
     return outcome
 
 
-@_on(commands.AutoscaleAgent)
+@_on_agent(commands.AutoscaleAgent)
 def _autoscale(
-    state: HiveState, c: commands.AutoscaleAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: commands.AutoscaleAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _find(state, c.namespace, c.name)
-    if isinstance(agent, Rejection):
-        return agent
     if c.autoscale == agent.autoscale:
         return Decision([])
     return Decision(
@@ -982,13 +996,10 @@ def _autoscale(
 # Sent by the reconcile loop (swarm/domain/heal.py decides when) or by a user.
 
 
-@_on(healing.QuarantineAgent)
+@_on_agent(healing.QuarantineAgent)
 def _quarantine(
-    state: HiveState, c: healing.QuarantineAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.QuarantineAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if agent.quarantine is not None:
         return Decision([])  # already quarantined: the first reason stands
     skipped = _over_budget(state, agent, "quarantine", c.anomaly_id, env, now)
@@ -1038,25 +1049,19 @@ def _over_budget(
     )
 
 
-@_on(healing.ReleaseAgent)
+@_on_agent(healing.ReleaseAgent)
 def _release_agent(
-    state: HiveState, c: healing.ReleaseAgent, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.ReleaseAgent, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if agent.quarantine is None:
         return Rejection(f"agent {agent.namespace}/{agent.name} is not quarantined")
     return Decision([healing.AgentReleased(agent_id=agent.agent_id, reason=c.reason)])
 
 
-@_on(healing.RewindReplica)
+@_on_agent(healing.RewindReplica)
 def _rewind(
-    state: HiveState, c: healing.RewindReplica, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.RewindReplica, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     replica = agent.replicas.get(c.replica_id)
     if replica is None:
         return Rejection(f"replica {c.replica_id} not found", rule=Rule.NOT_FOUND)
@@ -1092,16 +1097,15 @@ def _rewind(
     return _with_status(state, agent.agent_id, out, now)
 
 
-@_on(healing.RevertAgent)
-def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: datetime) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
+@_on_agent(healing.RevertAgent)
+def _revert(
+    state: HiveState, agent: Agent, c: healing.RevertAgent, env: Envelope[Any], now: datetime
+) -> Outcome:
     skipped = _over_budget(state, agent, "rollback", c.anomaly_id, env, now)
     if skipped is not None:
         return skipped
     rollback = commands.RollbackAgent(namespace=agent.namespace, name=agent.name)
-    outcome = _rollback(state, rollback, env, now)
+    outcome = _rollback(state, agent, rollback, env, now)
     if isinstance(outcome, Rejection):
         return outcome
     started = [e for e in outcome.events if isinstance(e, events.AgentRolloutStarted)]
@@ -1116,13 +1120,10 @@ def _revert(state: HiveState, c: healing.RevertAgent, env: Envelope[Any], now: d
     return Decision([reverted, *outcome.events])
 
 
-@_on(healing.PublishReputation)
+@_on_agent(healing.PublishReputation)
 def _publish_reputation(
-    state: HiveState, c: healing.PublishReputation, env: Envelope[Any], now: datetime
+    state: HiveState, agent: Agent, c: healing.PublishReputation, env: Envelope[Any], now: datetime
 ) -> Outcome:
-    agent = _live_agent(state, c.agent_id)
-    if isinstance(agent, Rejection):
-        return agent
     if not reputation.worth_publishing(agent.reputation, now):
         return Decision([])
     trust = round(reputation.current(agent.reputation, now), 4)

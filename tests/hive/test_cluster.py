@@ -189,6 +189,10 @@ async def test_plain_nats_client_gets_readable_rejections(
             body["_subject"] = msg.subject
             return body
 
+        def raw_command(id_: str, type_: str, **attributes: object) -> dict[str, object]:
+            """A command as a foreign writer sends it: CloudEvents JSON, not built by Swarm."""
+            return {"specversion": "1.0", "id": id_, "source": "raw", "type": type_, **attributes}
+
         async def publish(document: Mapping[str, object]) -> None:
             """A command document on its type's subject, deduplicated by its id."""
             subject, id_ = str(document["type"]), str(document["id"])
@@ -203,27 +207,18 @@ async def test_plain_nats_client_gets_readable_rejections(
         assert invalid["_subject"] == "swarm.evt.command._invalid.rejected"
         assert "not JSON" in invalid["data"]["reason"]  # type: ignore[index]
 
-        unknown = {
-            "specversion": "1.0",
-            "id": "cmd-unknown",
-            "source": "raw",
-            "type": "swarm.cmd.agent.fly",
-            "data": {},
-        }
-        await publish(unknown)
+        await publish(raw_command("cmd-unknown", "swarm.cmd.agent.fly", data={}))
         body = await outcome_of("cmd-unknown")
         assert body["_subject"] == "swarm.evt.command.cmd-unknown.rejected"
         assert "unknown command type" in body["data"]["reason"]  # type: ignore[index]
 
-        bad = {
-            "specversion": "1.0",
-            "id": "cmd-bad",
-            "source": "raw",
-            "type": "swarm.cmd.agent.deploy",
-            "time": "2026-01-01T00:00:00Z",
-            "identity": "user:raw",
-            "data": {"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
-        }
+        bad = raw_command(
+            "cmd-bad",
+            "swarm.cmd.agent.deploy",
+            time="2026-01-01T00:00:00Z",
+            identity="user:raw",
+            data={"name": "Not A Name", "replicas": -1, "spec": {"version": "v1"}},
+        )
         await publish(bad)
         body = await outcome_of("cmd-bad")
         errors = {e["loc"] for e in body["data"]["errors"]}  # type: ignore[index]

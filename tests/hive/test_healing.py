@@ -12,7 +12,7 @@ from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy, Quota
 from swarm.domain import heal, reputation
 from tests.helpers.sim import T0, Sim
-from tests.helpers.steps import deploy, place_all, pod, run_all, spec, stop_all
+from tests.helpers.steps import deploy, place_all, pod, pod_reports, run_all, spec, stop_all
 
 
 def report(
@@ -51,19 +51,10 @@ def running_agent(sim: Sim, replicas: int = 1, **kw: object) -> str:
     pod(sim, "p1")
     agent_id = deploy(sim, replicas=replicas, **kw)
     place_all(sim, "p1")
-    for agent in sim.state.agents.values():
-        for r in agent.replicas.values():
-            if r.phase == "scheduled":
-                sim.ok(
-                    c.ReportReplica(
-                        agent_id=agent.agent_id,
-                        replica_id=r.replica_id,
-                        pod_id="p1",
-                        status="starting",
-                        snapshot=f"swarm-snapshots/{r.replica_id}@3",
-                    ),
-                    "pod:p1",
-                )
+    # Each replica starts from a snapshot, so a rewind has one from before an anomaly to go to.
+    for report, identity in pod_reports(sim.state, "starting", ("scheduled",)):
+        snapshot = f"swarm-snapshots/{report.replica_id}@3"
+        sim.ok(report.model_copy(update={"snapshot": snapshot}), identity)
     run_all(sim)
     return agent_id
 
