@@ -11,13 +11,11 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -25,6 +23,7 @@ from schemas import names
 from swarm.devstack.embedded import die_with_parent
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
+from tests.helpers.probes import answering, heartbeat_threads, nobody_listens, probe
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import true, wait_until
 
@@ -68,30 +67,6 @@ async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
             await proc.wait()
 
 
-async def probe(stack: Stack, pod_id: str = POD) -> dict[str, Any] | None:
-    """The pod's answer to a liveness probe, as the Hive sends it; None without one."""
-    try:
-        reply = await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except (nats.errors.Error, TimeoutError):
-        return None
-    answer: dict[str, Any] = json.loads(reply.data)
-    return answer
-
-
-async def nobody_listens(stack: Stack, pod_id: str) -> bool:
-    try:
-        await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except nats.errors.NoRespondersError:
-        return True
-    except (nats.errors.Error, TimeoutError):
-        return False
-    return False
-
-
-def heartbeat_threads(pod_id: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"pod-{pod_id}-heartbeat"]
-
-
 async def pod_status(stack: Stack) -> str | None:
     return next((p["status"] for p in await stack.pods() if p["pod_id"] == POD), None)
 
@@ -119,7 +94,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         answers: list[dict[str, Any]] = []
 
         async def lag_at_least(seconds: float) -> bool:
-            answer = await probe(stack)
+            answer = await probe(stack.client.nc, POD)
             if answer is not None:
                 answers.append(answer)
             return answer is not None and answer["loop_lag_s"] >= seconds
@@ -130,7 +105,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         assert answers[-1]["pod_id"] == POD
 
         async def free() -> bool:
-            answer = await probe(stack)
+            answer = await probe(stack.client.nc, POD)
             return answer is not None and answer["loop_lag_s"] < 0.5 * LEASE_S
 
         # ...and heartbeats went on meanwhile, until the loop ran again.
@@ -164,18 +139,17 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
     tmp_path: Path,
 ) -> None:
     async with cluster(tmp_path) as stack:
+        nc = stack.client.nc
         metrics: list[dict[str, Any]] = []
 
         async def on_metrics(msg: Msg) -> None:
             metrics.append(json.loads(msg.data))
 
-        await stack.client.nc.subscribe(
-            names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics
-        )
+        await nc.subscribe(names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics)
         async with running_pod(stack, "calm", lease_s=LEASE_S):
 
             async def answers() -> bool:
-                answer = await probe(stack, "calm")
+                answer = await probe(nc, "calm")
                 return answer is not None and answer["pod_id"] == "calm"
 
             await wait_until(answers, 30, "a probe answered")
@@ -191,17 +165,13 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
             assert metrics[0]["pod"]["loop_lag_ms"] >= 0
         # Stopped: the thread is joined and its connection closed.
         assert heartbeat_threads("calm") == []
-        await wait_until(lambda: nobody_listens(stack, "calm"), 30, "the probe unanswered")
+        await wait_until(lambda: nobody_listens(nc, "calm"), 30, "the probe unanswered")
 
         # The abrupt path (cancelled, as by kill -9 in-process) stops it too.
         async with running_pod(stack, "abrupt", lease_s=LEASE_S) as (_, task):
-            await wait_until(lambda: _answered(stack, "abrupt"), 30, "a probe answered")
+            await wait_until(lambda: answering(nc, "abrupt"), 30, "a probe answered")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             assert heartbeat_threads("abrupt") == []
-            await wait_until(lambda: nobody_listens(stack, "abrupt"), 30, "the probe unanswered")
-
-
-async def _answered(stack: Stack, pod_id: str) -> bool:
-    return await probe(stack, pod_id) is not None
+            await wait_until(lambda: nobody_listens(nc, "abrupt"), 30, "the probe unanswered")
