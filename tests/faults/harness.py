@@ -46,7 +46,7 @@ from swarm.devstack.embedded import (
 from swarm.devstack.stack import upgrade_database
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
 from tests.helpers.history import WASM
-from tests.helpers.waiting import true
+from tests.helpers.waiting import true, wait_until
 
 T = TypeVar("T")
 
@@ -380,12 +380,8 @@ class CommandStream:
 async def wait_for(
     check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g}s")
-        await asyncio.sleep(interval)
+    """`wait_until` with the scenarios' arguments: `timeout` positional, a poll every 50 ms."""
+    await wait_until(check, timeout, what, interval=interval)
 
 
 # --- the fleet -----------------------------------------------------------------------------------
