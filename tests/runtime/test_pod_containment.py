@@ -12,7 +12,7 @@ import pytest
 import wasmtime
 
 from schemas import commands
-from tests.helpers.agents import ECHO, MEMORY_BOMB
+from tests.helpers.agents import ECHO, ENV_FOO, MEMORY_BOMB
 from tests.helpers.pods import (
     UNHURRIED,
     agent,
@@ -77,24 +77,13 @@ async def test_a_memory_bomb_crashes_for_memory_while_its_neighbour_keeps_answer
         await echoes(stack, "after")
 
 
-# Valid WebAssembly that the ABI check refuses, and what the reason must name.
+# Valid WebAssembly that the ABI check refuses (so is agents.ENV_FOO), and what the reason names.
 NO_HANDLE = bytes(
     wasmtime.wat2wasm(
         """
 (module
   (memory (export "memory") 1)
   (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0)))
-"""
-    )
-)
-ENV_FOO = bytes(
-    wasmtime.wat2wasm(
-        """
-(module
-  (import "env" "foo" (func))
-  (memory (export "memory") 1)
-  (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0))
-  (func (export "swarm_handle") (param i32 i32) (result i32) (i32.const 0)))
 """
     )
 )
