@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import signal
-import sys
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +20,10 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from swarm.devstack.embedded import die_with_parent
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
 from tests.helpers.probes import answering, heartbeat_threads, nobody_listens, probe
+from tests.helpers.processes import service_process
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import true, wait_until
 
@@ -37,10 +37,9 @@ BUSY_S = 4 * LEASE_S
 
 
 @contextlib.asynccontextmanager
-async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
+async def busy_pod(stack: Stack) -> AsyncIterator[subprocess.Popen[bytes]]:
     """tests/runtime/busy_pod.py in its own process (SIGUSR1 holds its loop for `BUSY_S`)."""
-    env = {
-        **os.environ,
+    settings = {
         "SWARM_NATS_URL": stack.url,
         "SWARM_POD_ID": POD,
         "SWARM_POD_CACHE_DIR": str(stack.root / POD / "modules"),
@@ -48,23 +47,8 @@ async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
         "SWARM_TEST_BUSY_S": str(BUSY_S),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with (stack.root / "pod.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.runtime.busy_pod",
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
+    with service_process("tests.runtime.busy_pod", settings, stack.root / "pod.log") as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def pod_status(stack: Stack) -> str | None:
@@ -122,7 +106,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         assert [e["data"]["pod_id"] for e in scheduled] == [POD]
 
         proc.kill()
-        await proc.wait()
+        await asyncio.to_thread(proc.wait)  # the Hive and scheduler run on this loop
 
         async def lost() -> list[dict[str, Any]]:
             return [e async for e in events(stack, "swarm.pod.lost") if e["data"]["pod_id"] == POD]
