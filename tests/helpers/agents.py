@@ -166,6 +166,19 @@ BAD_ALLOC = bytes(
     )
 )
 
+#: Imports a function from "env": the ABI check refuses it (core agents import only "swarm").
+ENV_FOO = bytes(
+    wasmtime.wat2wasm(
+        """
+(module
+  (import "env" "foo" (func))
+  (memory (export "memory") 1)
+  (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0))
+  (func (export "swarm_handle") (param i32 i32) (result i32) (i32.const 0)))
+"""
+    )
+)
+
 RECURSION = agent(
     """
   (func $down (param $n i64) (result i64)

@@ -5,8 +5,6 @@ loop that started it is held busy, falls silent while that loop is wedged, and s
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -18,6 +16,7 @@ from nats.aio.msg import Msg
 
 from runtime.heartbeat import Heartbeat, LoopClock
 from schemas import names
+from tests.helpers.probes import answering, heartbeat_threads, nobody_listens, probe
 from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,19 +29,6 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
-
-
-async def probe(nc: NATS, pod_id: str) -> dict[str, float | str] | None:
-    try:
-        reply = await nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except (nats.errors.Error, TimeoutError):
-        return None
-    answer: dict[str, float | str] = json.loads(reply.data)
-    return answer
-
-
-def threads_named(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == name]
 
 
 async def test_it_beats_and_answers_while_the_loop_is_held_then_stops_cleanly(
@@ -60,7 +46,7 @@ async def test_it_beats_and_answers_while_the_loop_is_held_then_stops_cleanly(
     try:
         beat.start()
         beat.start()  # a second start does nothing
-        assert len(threads_named("pod-hb-1-heartbeat")) == 1
+        assert len(heartbeat_threads("hb-1")) == 1
 
         async def answered() -> bool:
             answer = await probe(nc, "hb-1")
@@ -79,11 +65,11 @@ async def test_it_beats_and_answers_while_the_loop_is_held_then_stops_cleanly(
         await beat.close()  # twice is fine
         ticking.cancel()
     assert not beat.alive
-    assert threads_named("pod-hb-1-heartbeat") == []
+    assert heartbeat_threads("hb-1") == []
     assert len(beats) >= 3
     # Its connection is closed: nobody is subscribed to the probe any more (the server may
     # take a moment to notice the closed socket).
-    await wait_until(lambda: _nobody_listens(nc, "hb-1"), 30, "the connection closed")
+    await wait_until(lambda: nobody_listens(nc, "hb-1"), 30, "the connection closed")
 
 
 async def test_a_wedged_loop_silences_it_until_the_loop_runs_again(nats_url: str, nc: NATS) -> None:
@@ -91,14 +77,14 @@ async def test_a_wedged_loop_silences_it_until_the_loop_runs_again(nats_url: str
     beat = Heartbeat(nats_url, "hb-2", interval_s=0.05, lag=lambda: lag[0], stall_s=5)
     beat.start()
     try:
-        await wait_until(lambda: _answers(nc, "hb-2"), 30, "a probe answered")
+        await wait_until(lambda: answering(nc, "hb-2"), 30, "a probe answered")
         lag[0] = 6.0  # longer than stall_s: wedged, not busy
         await wait_until(lambda: _silent(nc, "hb-2"), 30, "a silent heartbeat thread")
         beats = beat.beats
         assert await probe(nc, "hb-2") is None
         assert beat.beats == beats
         lag[0] = 0.0
-        await wait_until(lambda: _answers(nc, "hb-2"), 30, "answers again")
+        await wait_until(lambda: answering(nc, "hb-2"), 30, "answers again")
         await wait_until(lambda: true(beat.beats > beats), 30, "beats again")
     finally:
         await beat.close()
@@ -110,7 +96,7 @@ async def test_closing_before_start_or_while_nats_is_unreachable_leaves_no_threa
     await never.close()
     never.start()  # after close: nothing starts
     assert not never.alive
-    assert threads_named("pod-hb-3-heartbeat") == []
+    assert heartbeat_threads("hb-3") == []
 
     unreachable = Heartbeat(
         "nats://127.0.0.1:1", "hb-4", interval_s=0.1, lag=lambda: 0.0, stall_s=5
@@ -119,21 +105,7 @@ async def test_closing_before_start_or_while_nats_is_unreachable_leaves_no_threa
     assert unreachable.alive
     await unreachable.close()
     assert not unreachable.alive
-    assert threads_named("pod-hb-4-heartbeat") == []
-
-
-async def _nobody_listens(nc: NATS, pod_id: str) -> bool:
-    try:
-        await nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except nats.errors.NoRespondersError:
-        return True
-    except (nats.errors.Error, TimeoutError):
-        return False
-    return False
-
-
-async def _answers(nc: NATS, pod_id: str) -> bool:
-    return await probe(nc, pod_id) is not None
+    assert heartbeat_threads("hb-4") == []
 
 
 async def _silent(nc: NATS, pod_id: str) -> bool:

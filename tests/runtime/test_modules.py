@@ -47,20 +47,10 @@ def test_truncated_module_is_refused(cache: ModuleCache) -> None:
 
 
 def test_import_outside_the_swarm_namespace_is_refused(cache: ModuleCache) -> None:
-    env_foo = wat(
-        """
-(module
-  (import "env" "foo" (func))
-  (memory (export "memory") 1)
-  (func (export "swarm_alloc") (param i32) (result i32) (i32.const 0))
-  (func (export "swarm_handle") (param i32 i32) (result i32) (i32.const 0)))
-"""
-    )
-
     with pytest.raises(
         InvalidModule, match=r'imports env::foo: core agents may import only from "swarm"'
     ):
-        cache.load(env_foo)
+        cache.load(agents.ENV_FOO)
 
 
 def test_wasi_imports_are_refused_with_a_clear_message(cache: ModuleCache) -> None:

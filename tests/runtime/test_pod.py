@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from schemas import commands, names
 from schemas.specs import Limits
 from tests.helpers.agents import COUNTER, ECHO, LOOP
+from tests.helpers.cli_process import swarm
 from tests.helpers.pods import (
     UNHURRIED,
     ask,
@@ -108,48 +108,27 @@ async def _true_async(items: Any) -> bool:
     return bool(await items)
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 async def test_the_cli_deploys_the_wat_example_and_talks_to_it(tmp_path: Path) -> None:
     """What the README shows: deploy examples/echo/echo.wat, then `swarm agent send`."""
-    root = ROOT
-
-    async def swarm(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "swarm.cli.app",
-            *args,
-            "--nats-url",
-            stack.url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=root,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
     async with cluster(tmp_path) as stack, running_pod(stack, "pod-cli"):
         code, out, err = await swarm(
-            "agent", "deploy", "echo", "--module", "examples/echo/echo.wat", "--wait"
+            stack.url, "agent", "deploy", "echo", "--module", "examples/echo/echo.wat", "--wait"
         )
         assert code == 0, out + err
         assert "is running" in out
-        code, out, err = await swarm("agent", "send", "echo", '{"hello": "swarm"}')
+        code, out, err = await swarm(stack.url, "agent", "send", "echo", '{"hello": "swarm"}')
         assert code == 0, err
         assert json.loads(out) == {"hello": "swarm"}
-        code, out, err = await swarm("agent", "send", "nobody", "hi")
+        code, out, err = await swarm(stack.url, "agent", "send", "nobody", "hi")
         assert code == 1
         assert "agent default/nobody not found" in err
         broken = _write(tmp_path / "broken.wat", "(module (func")
-        code, out, err = await swarm("agent", "deploy", "bad", "--module", str(broken))
+        code, out, err = await swarm(stack.url, "agent", "deploy", "bad", "--module", str(broken))
         assert code == 2
         assert "not valid WebAssembly text" in err
         # This one parses, but the engine refuses it.
         mistyped = _write(tmp_path / "mistyped.wat", "(module (func (result i32)))")
-        code, out, err = await swarm("agent", "deploy", "bad", "--module", str(mistyped))
+        code, out, err = await swarm(stack.url, "agent", "deploy", "bad", "--module", str(mistyped))
         assert code == 2
         assert "not a valid WebAssembly module" in err
 

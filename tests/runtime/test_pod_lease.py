@@ -10,21 +10,20 @@ import contextlib
 import json
 import os
 import signal
-import sys
-import threading
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
-from swarm.devstack.embedded import die_with_parent
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
+from tests.helpers.probes import answering, heartbeat_threads, nobody_listens, probe
+from tests.helpers.processes import service_process
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import true, wait_until
 
@@ -38,10 +37,9 @@ BUSY_S = 4 * LEASE_S
 
 
 @contextlib.asynccontextmanager
-async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
+async def busy_pod(stack: Stack) -> AsyncIterator[subprocess.Popen[bytes]]:
     """tests/runtime/busy_pod.py in its own process (SIGUSR1 holds its loop for `BUSY_S`)."""
-    env = {
-        **os.environ,
+    settings = {
         "SWARM_NATS_URL": stack.url,
         "SWARM_POD_ID": POD,
         "SWARM_POD_CACHE_DIR": str(stack.root / POD / "modules"),
@@ -49,47 +47,8 @@ async def busy_pod(stack: Stack) -> AsyncIterator[asyncio.subprocess.Process]:
         "SWARM_TEST_BUSY_S": str(BUSY_S),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with (stack.root / "pod.log").open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.runtime.busy_pod",
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-        )
-    try:
+    with service_process("tests.runtime.busy_pod", settings, stack.root / "pod.log") as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def probe(stack: Stack, pod_id: str = POD) -> dict[str, Any] | None:
-    """The pod's answer to a liveness probe, as the Hive sends it; None without one."""
-    try:
-        reply = await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except (nats.errors.Error, TimeoutError):
-        return None
-    answer: dict[str, Any] = json.loads(reply.data)
-    return answer
-
-
-async def nobody_listens(stack: Stack, pod_id: str) -> bool:
-    try:
-        await stack.client.nc.request(names.probe_subject(pod_id), b"", timeout=2)
-    except nats.errors.NoRespondersError:
-        return True
-    except (nats.errors.Error, TimeoutError):
-        return False
-    return False
-
-
-def heartbeat_threads(pod_id: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"pod-{pod_id}-heartbeat"]
 
 
 async def pod_status(stack: Stack) -> str | None:
@@ -119,7 +78,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         answers: list[dict[str, Any]] = []
 
         async def lag_at_least(seconds: float) -> bool:
-            answer = await probe(stack)
+            answer = await probe(stack.client.nc, POD)
             if answer is not None:
                 answers.append(answer)
             return answer is not None and answer["loop_lag_s"] >= seconds
@@ -130,7 +89,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         assert answers[-1]["pod_id"] == POD
 
         async def free() -> bool:
-            answer = await probe(stack)
+            answer = await probe(stack.client.nc, POD)
             return answer is not None and answer["loop_lag_s"] < 0.5 * LEASE_S
 
         # ...and heartbeats went on meanwhile, until the loop ran again.
@@ -147,7 +106,7 @@ async def test_a_pod_with_a_busy_loop_keeps_its_lease_and_a_killed_one_loses_it(
         assert [e["data"]["pod_id"] for e in scheduled] == [POD]
 
         proc.kill()
-        await proc.wait()
+        await asyncio.to_thread(proc.wait)  # the Hive and scheduler run on this loop
 
         async def lost() -> list[dict[str, Any]]:
             return [e async for e in events(stack, "swarm.pod.lost") if e["data"]["pod_id"] == POD]
@@ -164,18 +123,17 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
     tmp_path: Path,
 ) -> None:
     async with cluster(tmp_path) as stack:
+        nc = stack.client.nc
         metrics: list[dict[str, Any]] = []
 
         async def on_metrics(msg: Msg) -> None:
             metrics.append(json.loads(msg.data))
 
-        await stack.client.nc.subscribe(
-            names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics
-        )
+        await nc.subscribe(names.metrics_subject("calm", names.METRIC_AGENT), cb=on_metrics)
         async with running_pod(stack, "calm", lease_s=LEASE_S):
 
             async def answers() -> bool:
-                answer = await probe(stack, "calm")
+                answer = await probe(nc, "calm")
                 return answer is not None and answer["pod_id"] == "calm"
 
             await wait_until(answers, 30, "a probe answered")
@@ -191,17 +149,13 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
             assert metrics[0]["pod"]["loop_lag_ms"] >= 0
         # Stopped: the thread is joined and its connection closed.
         assert heartbeat_threads("calm") == []
-        await wait_until(lambda: nobody_listens(stack, "calm"), 30, "the probe unanswered")
+        await wait_until(lambda: nobody_listens(nc, "calm"), 30, "the probe unanswered")
 
         # The abrupt path (cancelled, as by kill -9 in-process) stops it too.
         async with running_pod(stack, "abrupt", lease_s=LEASE_S) as (_, task):
-            await wait_until(lambda: _answered(stack, "abrupt"), 30, "a probe answered")
+            await wait_until(lambda: answering(nc, "abrupt"), 30, "a probe answered")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             assert heartbeat_threads("abrupt") == []
-            await wait_until(lambda: nobody_listens(stack, "abrupt"), 30, "the probe unanswered")
-
-
-async def _answered(stack: Stack, pod_id: str) -> bool:
-    return await probe(stack, pod_id) is not None
+            await wait_until(lambda: nobody_listens(nc, "abrupt"), 30, "the probe unanswered")
