@@ -17,10 +17,10 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    COMMAND_PROBLEMS,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    command_route,
     v1_router,
 )
 from swarm.gateway.service import API_SOURCE, invalid_command
@@ -28,7 +28,7 @@ from swarm.gateway.service import API_SOURCE, invalid_command
 router = v1_router("commands")
 
 
-@router.post("/commands", response_model=CommandResult, responses=COMMAND_PROBLEMS)
+@command_route(router.post, "/commands")
 async def send_command(
     gw: GatewayDep,
     request: Request,

@@ -15,12 +15,7 @@ from swarm.client.logs import agent_lines, shown_levels
 from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
 from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import (
-    GatewayDep,
-    NamePath,
-    NamespacePath,
-    v1_router,
-)
+from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, v1_router
 from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
@@ -44,7 +39,7 @@ async def get_market(
 
 
 @router.get(
-    "/namespaces/{namespace}/agents/{name}/logs",
+    f"{AGENT_PATH}/logs",
     response_model=AgentLogs,
     responses=responses(404),
     tags=["agents"],
@@ -52,8 +47,7 @@ async def get_market(
 )
 async def get_agent_logs(
     gw: GatewayDep,
-    namespace: NamespacePath,
-    name: NamePath,
+    agent: AgentDep,
     level: Annotated[
         LevelName | None, Query(description="Lowest level returned (default: all).")
     ] = None,
@@ -83,8 +77,8 @@ async def get_agent_logs(
         # Before the epoch is before any line; JetStream need not be asked to seek there.
         start = start if start > _EPOCH else None
     queries = await gw.swarm.queries()
-    agent = await queries.agent(namespace, name, at_least=await gw.swarm.floor())
-    agent_id = str(agent.get("agent_id"))
+    found = await queries.agent(agent.namespace, agent.name, at_least=await gw.swarm.floor())
+    agent_id = str(found.get("agent_id"))
     kept: deque[dict[str, Any]] = deque(maxlen=limit)
     matched = 0
     if start is not None and start > datetime.now(UTC):
