@@ -23,7 +23,6 @@ from swarm.gateway.models import (
     ScaleRequest,
     StopRequest,
 )
-from swarm.gateway.problems import responses
 from swarm.gateway.routes.common import (
     AGENT_PATH,
     AgentCallDep,
@@ -32,6 +31,7 @@ from swarm.gateway.routes.common import (
     GatewayDep,
     NamespacePath,
     command_route,
+    read_route,
     v1_router,
 )
 
@@ -52,12 +52,7 @@ async def list_agents(
     return AgentList(agents=agents, applied_seq=queries.applied_seq)
 
 
-@router.get(
-    AGENT_PATH,
-    response_model=AgentDetail,
-    responses=responses(404),
-    summary="Describe an agent",
-)
+@read_route(router.get, AGENT_PATH, AgentDetail, summary="Describe an agent")
 async def get_agent(
     gw: GatewayDep,
     agent: AgentDep,

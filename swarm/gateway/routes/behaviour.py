@@ -11,16 +11,16 @@ from fastapi import Query
 from swarm.client import behaviour
 from swarm.client.errors import ClientError
 from swarm.gateway.models import SimilarAgent, SimilarAgents
-from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, v1_router
+from swarm.gateway.problems import ProblemError
+from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, read_route, v1_router
 
 router = v1_router()
 
 
-@router.get(
+@read_route(
+    router.get,
     f"{AGENT_PATH}/similar",
-    response_model=SimilarAgents,
-    responses=responses(404),
+    SimilarAgents,
     tags=["agents"],
     summary="Agents that behave alike",
 )

@@ -21,6 +21,7 @@ from swarm.gateway.routes.common import (
     TimeoutQuery,
     WaitQuery,
     command_route,
+    read_route,
     v1_router,
 )
 from swarm.gateway.service import API_SOURCE, invalid_command
@@ -66,12 +67,7 @@ async def send_command(
     return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
 
 
-@router.get(
-    "/commands/{command_id}",
-    response_model=CommandResult,
-    responses=responses(404),
-    name="get_command",
-)
+@read_route(router.get, "/commands/{command_id}", CommandResult, name="get_command")
 async def get_command(
     gw: GatewayDep,
     command_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],

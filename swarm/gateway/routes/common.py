@@ -55,6 +55,17 @@ def command_route(
     return route(path, response_model=CommandResult, responses=COMMAND_PROBLEMS, **details)
 
 
+def read_route(
+    route: Callable[..., Callable[[DecoratedCallable], DecoratedCallable]],
+    path: str,
+    model: type[Any],
+    **details: Any,
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """`route` (a router's `get`) at `path` as a read of one thing its path names: it answers
+    `model`, or a 404 problem when there is no such thing."""
+    return route(path, response_model=model, responses=responses(404), **details)
+
+
 def gateway(request: Request) -> Gateway:
     found: Gateway | None = getattr(request.app.state, "gateway", None)
     if found is None or not found.log.is_connected:
