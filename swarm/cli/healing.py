@@ -6,7 +6,8 @@ these verbs send the same commands, so a person's decision is on the log with it
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,7 +23,13 @@ from swarm.cli.verbs import (
     change,
 )
 
+if TYPE_CHECKING:
+    from swarm.client.commands import Issued
+    from swarm.client.swarm import Agents
+
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept on the log).")]
+#: Sends one healing command: (the client's agents, namespace, name, reason).
+Send = Callable[["Agents", str, str, str], Awaitable["Issued"]]
 
 
 def register(agent_app: typer.Typer) -> None:
@@ -30,43 +37,43 @@ def register(agent_app: typer.Typer) -> None:
     agent_app.command("release", epilog=EXIT_CODES)(release)
 
 
-def quarantine(
-    name: AgentNameArgument,
-    reason: ReasonOption = "quarantined by request",
-    namespace: AgentNamespaceOption = None,
-    timeout: TimeoutOption = 10.0,
-    output: OutputOption = Format.TABLE,
-    nats_url: connect.NatsUrlOption = None,
-) -> None:
-    """Stop giving the agent messages: its pods refuse them with the reason; it keeps running."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.quarantine(ns, name, reason=reason),
-        what=f"agent {ns}/{name}",
-        done=f"agent {ns}/{name} quarantined",
-        namespace=ns,
-        timeout=timeout,
-        output=output,
-        nats_url=nats_url,
-    )
+def _by_hand(send: Send, *, reason_default: str, done: str, doc: str) -> Callable[..., None]:
+    """A verb sending one healing command: quarantine and release take the same options and
+    report alike, and differ only in the command, the default reason and the words."""
+
+    def verb(
+        name: AgentNameArgument,
+        reason: ReasonOption = reason_default,
+        namespace: AgentNamespaceOption = None,
+        timeout: TimeoutOption = 10.0,
+        output: OutputOption = Format.TABLE,
+        nats_url: connect.NatsUrlOption = None,
+    ) -> None:
+        ns = namespace or DEFAULT_NAMESPACE
+        change(
+            lambda swarm: send(swarm.agents, ns, name, reason),
+            what=f"agent {ns}/{name}",
+            done=f"agent {ns}/{name} {done}",
+            namespace=ns,
+            timeout=timeout,
+            output=output,
+            nats_url=nats_url,
+        )
+
+    # typer shows the docstring as the verb's help.
+    verb.__doc__ = doc
+    return verb
 
 
-def release(
-    name: AgentNameArgument,
-    reason: ReasonOption = "released by request",
-    namespace: AgentNamespaceOption = None,
-    timeout: TimeoutOption = 10.0,
-    output: OutputOption = Format.TABLE,
-    nats_url: connect.NatsUrlOption = None,
-) -> None:
-    """End the agent's quarantine: it gets messages again."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.release(ns, name, reason=reason),
-        what=f"agent {ns}/{name}",
-        done=f"agent {ns}/{name} released",
-        namespace=ns,
-        timeout=timeout,
-        output=output,
-        nats_url=nats_url,
-    )
+quarantine = _by_hand(
+    lambda agents, ns, name, reason: agents.quarantine(ns, name, reason=reason),
+    reason_default="quarantined by request",
+    done="quarantined",
+    doc="Stop giving the agent messages: its pods refuse them with the reason; it keeps running.",
+)
+release = _by_hand(
+    lambda agents, ns, name, reason: agents.release(ns, name, reason=reason),
+    reason_default="released by request",
+    done="released",
+    doc="End the agent's quarantine: it gets messages again.",
+)

@@ -11,8 +11,8 @@ gives up on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import RenderableType
@@ -40,6 +40,11 @@ from swarm.cli.verbs import (
     show,
 )
 
+if TYPE_CHECKING:
+    from swarm.client.commands import Issued, Sent
+    from swarm.kernel.eventlog import EventLog
+    from swarm.kernel.settings import Settings
+
 app = typer.Typer(
     help="Send events to HTTP endpoints: signed CloudEvents, retried, recorded.",
     no_args_is_help=True,
@@ -54,6 +59,24 @@ def _command_streams() -> tuple[str, ...]:
     from schemas import names
 
     return (names.STREAM_COMMANDS, names.STREAM_EVENTS)
+
+
+async def _decided(
+    send: Callable[[EventLog], Awaitable[tuple[Sent, Issued | None]]],
+    settings: Settings,
+    nats_url: str | None,
+    timeout: float,
+) -> Issued:
+    """Send one webhook command with `send` and await the Hive's outcome: no outcome within
+    `timeout` is exit 3, and the command stays queued (it may still be accepted)."""
+    from swarm.client.commands import NoOutcome
+
+    target = connect.resolve_nats_url(nats_url, settings)
+    async with connect.session(target, settings, streams=_command_streams()) as log:
+        sent, issued = await send(log)
+        if issued is None:
+            raise NoOutcome(sent, timeout)
+    return issued
 
 
 WebhookId = Annotated[str, typer.Argument(help="The webhook's id (`swarm webhook ls`).")]
@@ -100,7 +123,6 @@ def add(
 ) -> None:
     """Subscribe URL to the events matching --filter."""
     from swarm.client import webhooks
-    from swarm.client.commands import NoOutcome
 
     async def main() -> int:
         settings = connect.load_settings()
@@ -122,12 +144,10 @@ def add(
             if exc.errors and exc.errors[0].loc == "secret":
                 raise CliError(f"--{exc.message}", code=EXIT_USAGE) from None
             raise
-        target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=_command_streams()) as log:
-            # Without an outcome (exit 3) the secret stays: the command may still be accepted.
-            sent, issued = await webhooks.add(log, new, within=timeout)
-            if issued is None:
-                raise NoOutcome(sent, timeout)
+        # Without an outcome (exit 3) the secret stays: the command may still be accepted.
+        issued = await _decided(
+            lambda log: webhooks.add(log, new, within=timeout), settings, nats_url, timeout
+        )
         if output != Format.TABLE:
             emit(
                 {
@@ -195,18 +215,15 @@ def rm(
 ) -> None:
     """Remove a webhook: nothing more is sent to it, and its secret is deleted."""
     from swarm.client import webhooks
-    from swarm.client.commands import NoOutcome
 
     async def main() -> int:
         settings = connect.load_settings()
         command = webhooks.remove_command(
             webhook_id, reason, identity=settings.identity, source=publish.CLI_SOURCE
         )
-        target = connect.resolve_nats_url(nats_url, settings)
-        async with connect.session(target, settings, streams=_command_streams()) as log:
-            sent, issued = await webhooks.remove(log, command, within=timeout)
-            if issued is None:
-                raise NoOutcome(sent, timeout)
+        issued = await _decided(
+            lambda log: webhooks.remove(log, command, within=timeout), settings, nats_url, timeout
+        )
         conclude(
             issued,
             output,

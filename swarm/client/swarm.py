@@ -213,23 +213,32 @@ class Swarm:
         return await self.send(event, timeout=timeout, with_caused=with_caused)
 
 
-class Agents:
-    """`swarm.agents`: deploy, change and read agents."""
+class _Verbs:
+    """A group of a client's verbs (`swarm.agents`, `swarm.pods`, ...) on its connection."""
 
     def __init__(self, swarm: Swarm) -> None:
         self._swarm = swarm
 
-    async def list(self, namespace: str | None = None) -> list[AgentView]:
-        """Agents (not deleted) of one namespace, or of every one."""
+    async def _read(self) -> tuple[HiveQueries, int]:
+        """A query client for one read, and the log position the read must reflect (everything
+        written before it began)."""
         swarm = self._swarm
         queries = await swarm.queries()
-        return await queries.agent_views(namespace, at_least=await swarm.floor())
+        return queries, await swarm.floor()
+
+
+class Agents(_Verbs):
+    """`swarm.agents`: deploy, change and read agents."""
+
+    async def list(self, namespace: str | None = None) -> list[AgentView]:
+        """Agents (not deleted) of one namespace, or of every one."""
+        queries, floor = await self._read()
+        return await queries.agent_views(namespace, at_least=floor)
 
     async def get(self, namespace: str, name: str) -> AgentDetailView:
         """One agent, with its replicas, versions, rollout and health."""
-        swarm = self._swarm
-        queries = await swarm.queries()
-        return await queries.agent_detail(namespace, name, at_least=await swarm.floor())
+        queries, floor = await self._read()
+        return await queries.agent_detail(namespace, name, at_least=floor)
 
     async def deploy(
         self,
@@ -347,8 +356,8 @@ class Agents:
         # is looked up, so a bad reason needs no server.
         swarm = self._swarm
         swarm.command(payload, {"agent_id": "0" * 26, "reason": reason})
-        queries = await swarm.queries()
-        agent = await queries.agent(namespace, name, at_least=await swarm.floor())
+        queries, floor = await self._read()
+        agent = await queries.agent(namespace, name, at_least=floor)
         data = {"agent_id": agent["agent_id"], "reason": reason}
         return await swarm.execute(payload, data, timeout=timeout)
 
@@ -368,16 +377,12 @@ class Agents:
         return await swarm.send(event, timeout=timeout, with_caused=with_caused)
 
 
-class Namespaces:
+class Namespaces(_Verbs):
     """`swarm.namespaces`: create, change and read namespaces (with their quotas)."""
 
-    def __init__(self, swarm: Swarm) -> None:
-        self._swarm = swarm
-
     async def list(self) -> list[NamespaceView]:
-        swarm = self._swarm
-        queries = await swarm.queries()
-        return await queries.namespace_views(at_least=await swarm.floor())
+        queries, floor = await self._read()
+        return await queries.namespace_views(at_least=floor)
 
     async def create(
         self,
@@ -416,24 +421,17 @@ class Namespaces:
         return await self._swarm.execute(commands.UpdateNamespace, data, timeout=timeout)
 
 
-class Pods:
+class Pods(_Verbs):
     """`swarm.pods`: the pods the Hive knows, with their capacity and replicas."""
 
-    def __init__(self, swarm: Swarm) -> None:
-        self._swarm = swarm
-
     async def list(self) -> list[PodView]:
-        swarm = self._swarm
-        queries = await swarm.queries()
-        return await queries.pod_views(at_least=await swarm.floor())
+        queries, floor = await self._read()
+        return await queries.pod_views(at_least=floor)
 
 
-class Timeline:
+class Timeline(_Verbs):
     """`swarm.timeline`: the event log itself, read filtered and in order, the Hive's state at a
     point of it, the difference between two points, and what is wrong with it."""
-
-    def __init__(self, swarm: Swarm) -> None:
-        self._swarm = swarm
 
     async def read(
         self, streams: Sequence[str], filters: Filters, *, follow: bool = False

@@ -65,6 +65,13 @@ async def deliveries(
     return found
 
 
+async def add_webhook(api: httpx.AsyncClient, url: str, **fields: Any) -> httpx.Response:
+    """`POST /v1/webhooks` for `url` (FILTER, and `fields`): answered 200, accepted."""
+    added = await api.post("/v1/webhooks", json={"url": url, "filter": FILTER, **fields})
+    assert added.status_code == 200, added.text
+    return added
+
+
 async def add_without_waiting(api: httpx.AsyncClient, url: str) -> httpx.Response:
     """`POST /v1/webhooks?wait=false` for `url` (FILTER, a generated secret): answered 202."""
     pending = await api.post(
@@ -95,16 +102,7 @@ async def test_added_through_the_api_signed_delivered_listed_removed(
     api: httpx.AsyncClient, stack: Stack, dispatcher: Dispatcher
 ) -> None:
     with serve(Receiver("")) as receiver:
-        added = await api.post(
-            "/v1/webhooks",
-            json={
-                "url": receiver.url("/ops"),
-                "filter": FILTER,
-                "max_attempts": 3,
-                "description": "ops",
-            },
-        )
-        assert added.status_code == 200, added.text
+        added = await add_webhook(api, receiver.url("/ops"), max_attempts=3, description="ops")
         body = added.json()
         webhook_id, secret = body["webhook_id"], body["secret"]
         assert secret.startswith("whsec_")
@@ -174,16 +172,7 @@ async def test_given_secret_dead_letters_and_redelivery(
     secret = new_secret()
     receiver = Receiver(secret, script={"/down": [500]})
     with serve(receiver):
-        added = await api.post(
-            "/v1/webhooks",
-            json={
-                "url": receiver.url("/down"),
-                "filter": FILTER,
-                "max_attempts": 2,
-                "secret": secret,
-            },
-        )
-        assert added.status_code == 200, added.text
+        added = await add_webhook(api, receiver.url("/down"), max_attempts=2, secret=secret)
         webhook_id = added.json()["webhook_id"]
         # Given, not generated: the caller has it, so it is not echoed.
         assert added.json()["secret"] is None
@@ -363,9 +352,7 @@ async def test_secrets_follow_outcomes_that_come_after_a_202(
     await wait_until(lambda: forgotten(rejected_id), what="the rejected add's secret deleted")
 
     # Removed without waiting: the secret goes once the Hive has accepted the removal.
-    added = await api.post(
-        "/v1/webhooks", json={"url": "https://example.com/removed-later", "filter": FILTER}
-    )
+    added = await add_webhook(api, "https://example.com/removed-later")
     webhook_id = added.json()["webhook_id"]
     assert await secret_of(stack, webhook_id) is not None
     removal = await api.delete(f"/v1/webhooks/{webhook_id}", params={"wait": "false"})

@@ -15,7 +15,6 @@ from swarm.gateway.models import (
     AgentDetail,
     AgentList,
     AutoscaleRequest,
-    CommandResult,
     DeployRequest,
     LoggedEvent,
     ReasonRequest,
@@ -24,13 +23,15 @@ from swarm.gateway.models import (
     ScaleRequest,
     StopRequest,
 )
-from swarm.gateway.problems import responses
 from swarm.gateway.routes.common import (
-    COMMAND_PROBLEMS,
+    AGENT_PATH,
+    AgentCallDep,
+    AgentDep,
     CommandDep,
     GatewayDep,
-    NamePath,
     NamespacePath,
+    command_route,
+    read_route,
     v1_router,
 )
 
@@ -51,40 +52,31 @@ async def list_agents(
     return AgentList(agents=agents, applied_seq=queries.applied_seq)
 
 
-@router.get(
-    "/namespaces/{namespace}/agents/{name}",
-    response_model=AgentDetail,
-    responses=responses(404),
-    summary="Describe an agent",
-)
+@read_route(router.get, AGENT_PATH, AgentDetail, summary="Describe an agent")
 async def get_agent(
     gw: GatewayDep,
-    namespace: NamespacePath,
-    name: NamePath,
+    agent: AgentDep,
     events: Annotated[int, Query(ge=0, le=100, description="How many recent events.")] = 10,
 ) -> AgentDetail:
     """One agent: spec (without module bytes), replicas, versions, rollout in progress, and its
     most recent events (as `swarm agent describe`)."""
     queries = await gw.swarm.queries()
-    agent = await queries.agent_detail(namespace, name, at_least=await gw.swarm.floor())
+    detail = await queries.agent_detail(
+        agent.namespace, agent.name, at_least=await gw.swarm.floor()
+    )
     recent = []
-    if events and names.is_token(agent.agent_id):
+    if events and names.is_token(detail.agent_id):
         recent = await history.recent_events(
-            gw.log, "agent", agent.agent_id, agent.last_seq, events
+            gw.log, "agent", detail.agent_id, detail.last_seq, events
         )
     return AgentDetail(
-        agent=agent,
+        agent=detail,
         applied_seq=queries.applied_seq,
         events=[LoggedEvent.of(d) for d in recent],
     )
 
 
-@router.post(
-    "/namespaces/{namespace}/agents",
-    summary="Deploy an agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
+@command_route(router.post, "/namespaces/{namespace}/agents", summary="Deploy an agent")
 async def deploy_agent(
     namespace: NamespacePath,
     body: DeployRequest,
@@ -103,161 +95,55 @@ async def deploy_agent(
     )
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/scale",
-    summary="Scale an agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def scale_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: ScaleRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/scale", summary="Scale an agent")
+async def scale_agent(body: ScaleRequest, call: AgentCallDep) -> JSONResponse:
     """Change how many replicas should run."""
-    return await call.answer(
-        call.swarm.agents.scale(namespace, name, replicas=body.replicas, timeout=call.timeout),
-        what=f"scale of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.scale, replicas=body.replicas, timeout=call.timeout)
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/rollout",
-    summary="Roll out a new version",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def rollout_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: RolloutRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/rollout", summary="Roll out a new version")
+async def rollout_agent(body: RolloutRequest, call: AgentCallDep) -> JSONResponse:
     """Roll out a new version: new replicas start before old ones stop."""
+    spec = body.spec.model_dump(mode="json")
     return await call.answer(
-        call.swarm.agents.rollout(
-            namespace,
-            name,
-            body.spec.model_dump(mode="json"),
-            max_surge=body.max_surge,
-            timeout=call.timeout,
-        ),
-        what=f"rollout of {namespace}/{name}",
+        call.agents.rollout, spec, max_surge=body.max_surge, timeout=call.timeout
     )
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/rollback",
-    summary="Roll back to an earlier version",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def rollback_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: RollbackRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/rollback", summary="Roll back to an earlier version")
+async def rollback_agent(body: RollbackRequest, call: AgentCallDep) -> JSONResponse:
     """Roll back to `to_version`, or to the previous version (a rollout in progress aborts)."""
-    return await call.answer(
-        call.swarm.agents.rollback(
-            namespace, name, to_version=body.to_version, timeout=call.timeout
-        ),
-        what=f"rollback of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.rollback, to_version=body.to_version, timeout=call.timeout)
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/stop",
-    summary="Stop an agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def stop_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: StopRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/stop", summary="Stop an agent")
+async def stop_agent(body: StopRequest, call: AgentCallDep) -> JSONResponse:
     """Stop every replica; the agent and its versions are kept (scale starts it again)."""
-    return await call.answer(
-        call.swarm.agents.stop(namespace, name, reason=body.reason, timeout=call.timeout),
-        what=f"stop of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.stop, reason=body.reason, timeout=call.timeout)
 
 
-@router.delete(
-    "/namespaces/{namespace}/agents/{name}",
-    summary="Delete an agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def delete_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.delete, AGENT_PATH, summary="Delete an agent")
+async def delete_agent(call: AgentCallDep) -> JSONResponse:
     """Stop every replica and remove the agent (its events stay in the log)."""
-    return await call.answer(
-        call.swarm.agents.delete(namespace, name, timeout=call.timeout),
-        what=f"delete of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.delete, timeout=call.timeout)
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/quarantine",
-    summary="Quarantine an agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def quarantine_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: ReasonRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/quarantine", summary="Quarantine an agent")
+async def quarantine_agent(body: ReasonRequest, call: AgentCallDep) -> JSONResponse:
     """Stop giving the agent messages and tasks (as `swarm agent quarantine`); it keeps running."""
-    return await call.answer(
-        call.swarm.agents.quarantine(namespace, name, reason=body.reason, timeout=call.timeout),
-        what=f"quarantine of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.quarantine, reason=body.reason, timeout=call.timeout)
 
 
-@router.post(
-    "/namespaces/{namespace}/agents/{name}/release",
-    summary="Release a quarantined agent",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-)
-async def release_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: ReasonRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, f"{AGENT_PATH}/release", summary="Release a quarantined agent")
+async def release_agent(body: ReasonRequest, call: AgentCallDep) -> JSONResponse:
     """End the agent's quarantine (as `swarm agent release`): it gets messages again."""
-    return await call.answer(
-        call.swarm.agents.release(namespace, name, reason=body.reason, timeout=call.timeout),
-        what=f"release of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.release, reason=body.reason, timeout=call.timeout)
 
 
-@router.put(
-    "/namespaces/{namespace}/agents/{name}/autoscale",
-    summary="Set or remove an agent's autoscaling policy",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
+@command_route(
+    router.put, f"{AGENT_PATH}/autoscale", summary="Set or remove an agent's autoscaling policy"
 )
-async def autoscale_agent(
-    namespace: NamespacePath,
-    name: NamePath,
-    body: AutoscaleRequest,
-    call: CommandDep,
-) -> JSONResponse:
+async def autoscale_agent(body: AutoscaleRequest, call: AgentCallDep) -> JSONResponse:
     """Replace the agent's autoscaling policy (null: stop autoscaling; replicas stay)."""
     policy = None if body.autoscale is None else body.autoscale.model_dump(mode="json")
-    return await call.answer(
-        call.swarm.agents.autoscale(namespace, name, policy, timeout=call.timeout),
-        what=f"autoscale of {namespace}/{name}",
-    )
+    return await call.answer(call.agents.autoscale, policy, timeout=call.timeout)

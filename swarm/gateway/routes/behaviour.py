@@ -11,28 +11,22 @@ from fastapi import Query
 from swarm.client import behaviour
 from swarm.client.errors import ClientError
 from swarm.gateway.models import SimilarAgent, SimilarAgents
-from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import (
-    GatewayDep,
-    NamePath,
-    NamespacePath,
-    v1_router,
-)
+from swarm.gateway.problems import ProblemError
+from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, read_route, v1_router
 
 router = v1_router()
 
 
-@router.get(
-    "/namespaces/{namespace}/agents/{name}/similar",
-    response_model=SimilarAgents,
-    responses=responses(404),
+@read_route(
+    router.get,
+    f"{AGENT_PATH}/similar",
+    SimilarAgents,
     tags=["agents"],
     summary="Agents that behave alike",
 )
 async def similar_agents(
     gw: GatewayDep,
-    namespace: NamespacePath,
-    name: NamePath,
+    agent: AgentDep,
     k: Annotated[int, Query(ge=1, le=1000, description="How many agents.")] = 5,
 ) -> SimilarAgents:
     """The `k` agents whose latest behaviour vector (one per agent per Observer window) is
@@ -45,7 +39,7 @@ async def similar_agents(
             "No database",
             "behaviour vectors live in Postgres, and the API has no SWARM_DATABASE_URL",
         )
-    key = f"{namespace}/{name}"
+    key = str(agent)
     try:
         found = await asyncio.to_thread(behaviour.similar_agents, gw.database_url, key, k)
     except behaviour.NotRecorded:

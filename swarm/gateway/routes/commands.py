@@ -17,10 +17,11 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
-    COMMAND_PROBLEMS,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    command_route,
+    read_route,
     v1_router,
 )
 from swarm.gateway.service import API_SOURCE, invalid_command
@@ -28,7 +29,7 @@ from swarm.gateway.service import API_SOURCE, invalid_command
 router = v1_router("commands")
 
 
-@router.post("/commands", response_model=CommandResult, responses=COMMAND_PROBLEMS)
+@command_route(router.post, "/commands")
 async def send_command(
     gw: GatewayDep,
     request: Request,
@@ -66,12 +67,7 @@ async def send_command(
     return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
 
 
-@router.get(
-    "/commands/{command_id}",
-    response_model=CommandResult,
-    responses=responses(404),
-    name="get_command",
-)
+@read_route(router.get, "/commands/{command_id}", CommandResult, name="get_command")
 async def get_command(
     gw: GatewayDep,
     command_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Concatenate, ParamSpec
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.types import DecoratedCallable
 
 from swarm.client.commands import Issued
-from swarm.client.swarm import Swarm
+from swarm.client.swarm import Agents, Swarm
 from swarm.gateway.auth import require_token
 from swarm.gateway.models import NAME_PATTERN, CommandResult
 from swarm.gateway.problems import ProblemError, responses
@@ -29,6 +30,10 @@ COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     **responses(404, 409),
 }
 AUTHENTICATED = [Depends(require_token)]
+#: Where the routes on one agent live.
+AGENT_PATH = "/namespaces/{namespace}/agents/{name}"
+
+Verb = ParamSpec("Verb")
 
 
 def v1_router(*tags: str, under: str = "") -> APIRouter:
@@ -37,6 +42,28 @@ def v1_router(*tags: str, under: str = "") -> APIRouter:
     return APIRouter(
         prefix="/v1" + under, tags=list(tags), dependencies=AUTHENTICATED, responses=COMMON_PROBLEMS
     )
+
+
+def command_route(
+    route: Callable[..., Callable[[DecoratedCallable], DecoratedCallable]],
+    path: str,
+    **details: Any,
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """`route` (a router's `post`, `put`, `patch` or `delete`) at `path` as a command route: it
+    answers the command's outcome as a `CommandResult`, or 202 pending, or a problem, and the
+    OpenAPI document says so the same way for every command route."""
+    return route(path, response_model=CommandResult, responses=COMMAND_PROBLEMS, **details)
+
+
+def read_route(
+    route: Callable[..., Callable[[DecoratedCallable], DecoratedCallable]],
+    path: str,
+    model: type[Any],
+    **details: Any,
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """`route` (a router's `get`) at `path` as a read of one thing its path names: it answers
+    `model`, or a 404 problem when there is no such thing."""
+    return route(path, response_model=model, responses=responses(404), **details)
 
 
 def gateway(request: Request) -> Gateway:
@@ -88,3 +115,48 @@ class CommandCall:
 
 
 CommandDep = Annotated[CommandCall, Depends()]
+
+
+class AgentRef:
+    """The agent a route below `AGENT_PATH` names."""
+
+    def __init__(self, namespace: NamespacePath, name: NamePath) -> None:
+        self.namespace = namespace
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+AgentDep = Annotated[AgentRef, Depends()]
+
+
+class AgentCall:
+    """What a command route on one agent (below `AGENT_PATH`) is given: the command call, and
+    the agent its path names."""
+
+    # The call is taken before the agent, so a request's problems are listed in the order they
+    # were when each route took the call and the path apart: the query's, then the path's.
+    def __init__(self, call: CommandDep, agent: AgentDep) -> None:
+        self.agents: Agents = call.swarm.agents
+        self.timeout = call.timeout
+        self._call = call
+        self._agent = agent
+
+    async def answer(
+        self,
+        verb: Callable[Concatenate[str, str, Verb], Awaitable[Issued]],
+        *args: Verb.args,
+        **kwargs: Verb.kwargs,
+    ) -> JSONResponse:
+        """The outcome of the client's `verb` (a method of `Swarm.agents`) on this agent.
+
+        A problem names the command by the verb's own name ("stop of default/echo"): the client's
+        verbs are named for their commands, so no route spells the name out again.
+        """
+        agent = self._agent
+        sent = verb(agent.namespace, agent.name, *args, **kwargs)
+        return await self._call.answer(sent, what=f"{verb.__name__} of {agent}")
+
+
+AgentCallDep = Annotated[AgentCall, Depends()]

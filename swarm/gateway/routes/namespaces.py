@@ -5,17 +5,16 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from swarm.gateway.models import (
-    CommandResult,
     NamespaceCreateRequest,
     NamespaceList,
     NamespaceUpdateRequest,
     PodList,
 )
 from swarm.gateway.routes.common import (
-    COMMAND_PROBLEMS,
     CommandDep,
     GatewayDep,
     NamespacePath,
+    command_route,
     v1_router,
 )
 
@@ -30,16 +29,8 @@ async def list_namespaces(gw: GatewayDep) -> NamespaceList:
     return NamespaceList(namespaces=spaces, applied_seq=queries.applied_seq)
 
 
-@router.post(
-    "/namespaces",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-    tags=["namespaces"],
-)
-async def create_namespace(
-    body: NamespaceCreateRequest,
-    call: CommandDep,
-) -> JSONResponse:
+@command_route(router.post, "/namespaces", tags=["namespaces"])
+async def create_namespace(body: NamespaceCreateRequest, call: CommandDep) -> JSONResponse:
     """Create a namespace; limits left out are unlimited."""
     quota = body.quota.model_dump(mode="json", exclude_none=True)
     return await call.answer(
@@ -48,16 +39,9 @@ async def create_namespace(
     )
 
 
-@router.patch(
-    "/namespaces/{namespace}",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-    tags=["namespaces"],
-)
+@command_route(router.patch, "/namespaces/{namespace}", tags=["namespaces"])
 async def update_namespace(
-    namespace: NamespacePath,
-    body: NamespaceUpdateRequest,
-    call: CommandDep,
+    namespace: NamespacePath, body: NamespaceUpdateRequest, call: CommandDep
 ) -> JSONResponse:
     """Change some limits of a namespace's quota (null: unlimited); the others stay.
 

@@ -14,13 +14,8 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.client.logs import agent_lines, shown_levels
 from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
-from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import (
-    GatewayDep,
-    NamePath,
-    NamespacePath,
-    v1_router,
-)
+from swarm.gateway.problems import ProblemError
+from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, read_route, v1_router
 from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
@@ -43,17 +38,12 @@ async def get_market(
     return MarketState.model_validate(await market.ask_market(gw.log, limit))
 
 
-@router.get(
-    "/namespaces/{namespace}/agents/{name}/logs",
-    response_model=AgentLogs,
-    responses=responses(404),
-    tags=["agents"],
-    summary="An agent's log lines",
+@read_route(
+    router.get, f"{AGENT_PATH}/logs", AgentLogs, tags=["agents"], summary="An agent's log lines"
 )
 async def get_agent_logs(
     gw: GatewayDep,
-    namespace: NamespacePath,
-    name: NamePath,
+    agent: AgentDep,
     level: Annotated[
         LevelName | None, Query(description="Lowest level returned (default: all).")
     ] = None,
@@ -83,8 +73,8 @@ async def get_agent_logs(
         # Before the epoch is before any line; JetStream need not be asked to seek there.
         start = start if start > _EPOCH else None
     queries = await gw.swarm.queries()
-    agent = await queries.agent(namespace, name, at_least=await gw.swarm.floor())
-    agent_id = str(agent.get("agent_id"))
+    found = await queries.agent(agent.namespace, agent.name, at_least=await gw.swarm.floor())
+    agent_id = str(found.get("agent_id"))
     kept: deque[dict[str, Any]] = deque(maxlen=limit)
     matched = 0
     if start is not None and start > datetime.now(UTC):
@@ -110,12 +100,8 @@ async def get_agent_logs(
     )
 
 
-@router.get(
-    "/traces/{trace_id}",
-    response_model=Trace,
-    responses=responses(404),
-    tags=["traces"],
-    summary="A command's causation tree",
+@read_route(
+    router.get, "/traces/{trace_id}", Trace, tags=["traces"], summary="A command's causation tree"
 )
 async def get_trace(
     gw: GatewayDep,

@@ -17,7 +17,6 @@ from schemas.names import TOKEN_PATTERN
 from swarm.client import webhooks
 from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import (
-    CommandResult,
     RedeliverRequest,
     Redelivery,
     RedeliveryResult,
@@ -32,6 +31,7 @@ from swarm.gateway.routes.common import (
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
+    command_route,
     v1_router,
 )
 from swarm.gateway.service import (
@@ -121,12 +121,7 @@ async def add_webhook(
     )
 
 
-@router.delete(
-    "/webhooks/{webhook_id}",
-    response_model=CommandResult,
-    responses=COMMAND_PROBLEMS,
-    summary="Remove a webhook",
-)
+@command_route(router.delete, "/webhooks/{webhook_id}", summary="Remove a webhook")
 async def remove_webhook(
     gw: GatewayDep,
     request: Request,
