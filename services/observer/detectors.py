@@ -123,7 +123,23 @@ class SignalScore:
 
 
 @dataclass(slots=True)
-class RobustZ:
+class _RollingBaseline:
+    """The settings of a rolling baseline of one signal, `RobustZ` or `LoadModel`: both are
+    set from the Observer's settings (`AgentAnalysis.reconfigure`) and floored alike
+    (`floored_scale`)."""
+
+    signal: str
+    #: Windows learnt from at most.
+    size: int = 60
+    #: Spread floor as a share of the baseline (noise proportional to the level).
+    relative_floor: float = 0.05
+    #: Winsorising bound: values learned are clipped to baseline +- clip * scale, so one wild
+    #: window does not drag the baseline, while a lasting level shift still moves it.
+    clip: float = 4.0
+
+
+@dataclass(slots=True)
+class RobustZ(_RollingBaseline):
     """Rolling median and MAD of one signal over the last `size` windows.
 
     The spread has three floors: the robust sigma itself, `relative_floor` times the baseline
@@ -131,12 +147,6 @@ class RobustZ:
     the caller passes per window (a rate from few calls is noisy by itself).
     """
 
-    signal: str
-    size: int = 60
-    relative_floor: float = 0.05
-    #: Winsorising bound: values learned are clipped to baseline +- clip * scale, so one wild
-    #: window does not drag the baseline, while a lasting level shift still moves the median.
-    clip: float = 4.0
     values: deque[float] = field(default_factory=deque)
     #: The same values in order, so the median is a lookup rather than a sort per window.
     ordered: list[float] = field(default_factory=list)
@@ -267,7 +277,7 @@ def counting_floor(signal: str, value: float, baseline: float, calls: int, secon
 
 
 @dataclass(slots=True)
-class LoadModel:
+class LoadModel(_RollingBaseline):
     """An agent's latency as a function of its load: ln(latency) = a + b ln(calls per second),
     fitted over the last `size` windows with calls, and a window scored by how far its latency
     is from what this agent's calls take at this load.
@@ -289,8 +299,6 @@ class LoadModel:
 
     signal: str = "latency"
     size: int = 120
-    relative_floor: float = 0.05
-    clip: float = 4.0
     #: ln load and ln value of the windows learnt (two lists: cheaper to write as JSON).
     xs: deque[float] = field(default_factory=deque)
     ys: deque[float] = field(default_factory=deque)
