@@ -74,12 +74,20 @@ KINDS = ("spike", "level_shift", "drift", "loop")
 
 
 @dataclass(frozen=True, slots=True)
-class Workload:
+class Fleet:
+    """What both workloads simulate: `agents` agents, `agents_per_pod` to a pod, each pod
+    publishing its replicas' counters every `sample_s` for `duration_s`, judged in windows of
+    `window_s`."""
+
     agents: int = 200
     duration_s: float = 1800.0
     sample_s: float = 1.0
     window_s: float = 2.0
     agents_per_pod: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Workload(Fleet):
     #: No incident starts before this (detectors need a baseline) or ends after the run.
     quiet_start_s: float = 300.0
     #: Share of agents with one planted incident.
@@ -240,14 +248,10 @@ def generate(w: Workload) -> tuple[list[tuple[int, float, bytes]], list[Incident
 
 
 @dataclass(frozen=True, slots=True)
-class LoadRamp:
+class LoadRamp(Fleet):
     """Busy, not broken: offered load that rises and falls, and two machine-wide slowdowns."""
 
     agents: int = 40
-    duration_s: float = 1800.0
-    sample_s: float = 1.0
-    window_s: float = 2.0
-    agents_per_pod: int = 10
     #: One cycle of offered load: idle 10 %, ramp up 20 %, peak 20 %, ramp down 20 %, low 30 %.
     cycle_s: float = 600.0
     peak_rate_min: float = 5.0
@@ -706,24 +710,24 @@ def main() -> None:
             "detected": len(delays),
             "median_delay_s": statistics.median(delays) if delays else math.nan,
         }
-    targets = {
+    targets: dict[str, dict[str, Any]] = {
         "false_critical_per_hour": {"target": 0, "value": ramp_quality["critical_per_hour"]},
         "drift_recall": {"target": 0.95, "value": drift["recall"]},
         "drift_median_delay_s": {"target": 10.0, "value": drift["median_delay_s"]},
         "precision": {"target": 0.95, "value": quality["all"]["precision"]},
         "f1": {"target": 0.95, "value": quality["all"]["f1"]},
     }
-    for name, target in targets.items():
-        value, goal = target["value"], target["target"]
+    for name, measure in targets.items():
+        value, goal = measure["value"], measure["target"]
         lower_is_better = name in ("false_critical_per_hour", "drift_median_delay_s")
         met = (
             value <= goal
             if name == "false_critical_per_hour"
             else (value < goal if lower_is_better else value >= goal)
         )
-        target["met"] = bool(met) and math.isfinite(value)
+        measure["met"] = bool(met) and math.isfinite(value)
 
-    throughput = {
+    throughput: dict[str, Any] = {
         "samples": rows,
         "messages": len(messages),
         "aggregate_only_samples_per_s": rows / baseline_s,
@@ -792,9 +796,12 @@ def main() -> None:
     goals = Table(title="Targets")
     for column in ("measure", "value", "target", "met"):
         goals.add_column(column, justify="right")
-    for name, target in targets.items():
+    for name, measure in targets.items():
         goals.add_row(
-            name, f"{target['value']:.3f}", f"{target['target']}", "yes" if target["met"] else "NO"
+            name,
+            f"{measure['value']:.3f}",
+            f"{measure['target']}",
+            "yes" if measure["met"] else "NO",
         )
     console.print(goals)
     speed = Table(title="Throughput (metric samples = one replica row of a pod message)")

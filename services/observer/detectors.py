@@ -10,17 +10,24 @@ stream-processing tables, whose values are JSON.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import operator
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from river import anomaly
 
 from services.observer.features import SCORED, SIGNALS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_State = TypeVar("_State", bound="DataclassInstance")
 
 #: 1.4826 * MAD estimates the standard deviation of normally distributed data.
 MAD_TO_SIGMA = 1.4826
@@ -116,7 +123,23 @@ class SignalScore:
 
 
 @dataclass(slots=True)
-class RobustZ:
+class _RollingBaseline:
+    """The settings of a rolling baseline of one signal, `RobustZ` or `LoadModel`: both are
+    set from the Observer's settings (`AgentAnalysis.reconfigure`) and floored alike
+    (`floored_scale`)."""
+
+    signal: str
+    #: Windows learnt from at most.
+    size: int = 60
+    #: Spread floor as a share of the baseline (noise proportional to the level).
+    relative_floor: float = 0.05
+    #: Winsorising bound: values learned are clipped to baseline +- clip * scale, so one wild
+    #: window does not drag the baseline, while a lasting level shift still moves it.
+    clip: float = 4.0
+
+
+@dataclass(slots=True)
+class RobustZ(_RollingBaseline):
     """Rolling median and MAD of one signal over the last `size` windows.
 
     The spread has three floors: the robust sigma itself, `relative_floor` times the baseline
@@ -124,12 +147,6 @@ class RobustZ:
     the caller passes per window (a rate from few calls is noisy by itself).
     """
 
-    signal: str
-    size: int = 60
-    relative_floor: float = 0.05
-    #: Winsorising bound: values learned are clipped to baseline +- clip * scale, so one wild
-    #: window does not drag the baseline, while a lasting level shift still moves the median.
-    clip: float = 4.0
     values: deque[float] = field(default_factory=deque)
     #: The same values in order, so the median is a lookup rather than a sort per window.
     ordered: list[float] = field(default_factory=list)
@@ -142,29 +159,13 @@ class RobustZ:
 
     def to_json(self) -> dict[str, Any]:
         # `ordered` is the same values sorted: not stored twice.
-        return {
-            "signal": self.signal,
-            "size": self.size,
-            "relative_floor": self.relative_floor,
-            "clip": self.clip,
-            "values": list(self.values),
-            "mad": self.mad,
-            "mad_age": self.mad_age,
-        }
+        return _fields_json(self, skip="ordered")
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RobustZ:
-        values = [float(v) for v in doc["values"]]
-        return cls(
-            doc["signal"],
-            doc["size"],
-            doc["relative_floor"],
-            doc["clip"],
-            deque(values),
-            sorted(values),
-            float(doc["mad"]),
-            doc["mad_age"],
-        )
+        baseline = _from_fields_json(cls, doc, skip="ordered")
+        baseline.ordered = sorted(baseline.values)
+        return baseline
 
     def median(self) -> float:
         ordered, n = self.ordered, len(self.ordered)
@@ -198,6 +199,43 @@ class RobustZ:
 
 #: Learned values between two MAD recomputations.
 _MAD_EVERY = 8
+
+
+#: How a stored field is read back, by its annotation: every number is made the type its field
+#: declares (a JSON document is free to write 1 for 1.0), and a deque of floats is rebuilt from
+#: its list.
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "deque[float]": lambda values: deque(float(v) for v in values),
+}
+
+
+def _fields_json(state: DataclassInstance, skip: str = "") -> dict[str, Any]:
+    """The JSON form of a detector that is nothing but its fields (`RobustZ`, `LoadModel`,
+    `DriftCusum`): each field by name, in declaration order, a deque as a list. `skip` names a
+    field derived from the others, not stored twice. One function for all of them, so a field
+    added to a detector is saved and restored without a second list of names to keep in step."""
+    return {
+        name: list(value) if isinstance(value := getattr(state, name), deque) else value
+        for name, _ in _stored(type(state), skip)
+    }
+
+
+def _from_fields_json(cls: type[_State], doc: dict[str, Any], skip: str = "") -> _State:
+    """The detector `_fields_json` wrote (`skip` is left at its default, for the caller to
+    derive)."""
+    return cls(**{name: decode(doc[name]) for name, decode in _stored(cls, skip)})
+
+
+@functools.cache
+def _stored(
+    cls: type[DataclassInstance], skip: str
+) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """The fields `_fields_json` stores and how each is read back. Cached: detectors are
+    written with every closed window, and `dataclasses.fields` costs more than the writing."""
+    return tuple((f.name, _DECODERS[str(f.type)]) for f in fields(cls) if f.name != skip)
 
 
 def floored_scale(
@@ -239,7 +277,7 @@ def counting_floor(signal: str, value: float, baseline: float, calls: int, secon
 
 
 @dataclass(slots=True)
-class LoadModel:
+class LoadModel(_RollingBaseline):
     """An agent's latency as a function of its load: ln(latency) = a + b ln(calls per second),
     fitted over the last `size` windows with calls, and a window scored by how far its latency
     is from what this agent's calls take at this load.
@@ -261,8 +299,6 @@ class LoadModel:
 
     signal: str = "latency"
     size: int = 120
-    relative_floor: float = 0.05
-    clip: float = 4.0
     #: ln load and ln value of the windows learnt (two lists: cheaper to write as JSON).
     xs: deque[float] = field(default_factory=deque)
     ys: deque[float] = field(default_factory=deque)
@@ -276,33 +312,11 @@ class LoadModel:
         return len(self.xs) >= min_samples
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "signal": self.signal,
-            "size": self.size,
-            "relative_floor": self.relative_floor,
-            "clip": self.clip,
-            "xs": list(self.xs),
-            "ys": list(self.ys),
-            "a": self.a,
-            "b": self.b,
-            "mad": self.mad,
-            "age": self.age,
-        }
+        return _fields_json(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> LoadModel:
-        return cls(
-            doc["signal"],
-            doc["size"],
-            doc["relative_floor"],
-            doc["clip"],
-            deque(float(x) for x in doc["xs"]),
-            deque(float(y) for y in doc["ys"]),
-            float(doc["a"]),
-            float(doc["b"]),
-            float(doc["mad"]),
-            doc["age"],
-        )
+        return _from_fields_json(cls, doc)
 
     def seen_at(self, load: float, step: float) -> int:
         """Windows learnt at a load of at least `load / step`: how well this load is known."""
@@ -406,35 +420,11 @@ class DriftCusum:
     rising: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "signal": self.signal,
-            "slack": self.slack,
-            "limit": self.limit,
-            "cap": self.cap,
-            "weight": self.weight,
-            "clip": self.clip,
-            "warmup": self.warmup,
-            "level": self.level,
-            "total": self.total,
-            "windows": self.windows,
-            "rising": self.rising,
-        }
+        return _fields_json(self)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DriftCusum:
-        return cls(
-            doc["signal"],
-            float(doc["slack"]),
-            float(doc["limit"]),
-            float(doc["cap"]),
-            float(doc["weight"]),
-            float(doc["clip"]),
-            int(doc["warmup"]),
-            float(doc["level"]),
-            float(doc["total"]),
-            int(doc["windows"]),
-            int(doc["rising"]),
-        )
+        return _from_fields_json(cls, doc)
 
     @property
     def drifting(self) -> bool:

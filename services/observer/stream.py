@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import structlog
 
@@ -58,6 +58,8 @@ SOURCE = "observer"
 IDENTITY = "service:observer"
 
 _MISSING: Any = object()
+#: What `TableSync` keeps per key: an agent's state or a deployment's.
+_Kept = TypeVar("_Kept", AgentState, DeploymentState)
 
 
 def decode_metrics(body: bytes) -> list[ReplicaSample]:
@@ -159,34 +161,48 @@ class TableSync:
             # Whatever the table holds now is what the core's object equals.
             self._synced[names.OBSERVER_TABLE_MACHINES, key] = machines_t.get(key)
         self._machine_keys = []
-        windows_t = tables[names.OBSERVER_TABLE_WINDOWS]
-        detectors_t = tables[names.OBSERVER_TABLE_DETECTORS]
-        deployments_t = tables[names.OBSERVER_TABLE_DEPLOYMENTS]
-        for agent in agents:
-            state = core.agents.get(agent)
-            if state is None:
-                continue
-            if agent in core.dirty_agents:
-                windows_t[agent] = state.window_json()
-            if agent in core.dirty_analyses:
-                detectors_t[agent] = state.analysis.to_json()
-            if agent not in windows_t:
-                core.agents.pop(agent)  # created but never changed: nothing to keep
-                continue
-            # Whatever the table holds now is what the core's object equals.
-            self._synced[names.OBSERVER_TABLE_WINDOWS, agent] = windows_t.get(agent)
-            self._synced[names.OBSERVER_TABLE_DETECTORS, agent] = detectors_t.get(agent)
-        for namespace in namespaces:
-            deployment = core.deployments.get(namespace)
-            if deployment is None:
-                continue
-            if namespace in core.dirty_deployments:
-                deployments_t[namespace] = deployment.to_json()
-            if namespace not in deployments_t:
-                core.deployments.pop(namespace)
-                continue
-            self._synced[names.OBSERVER_TABLE_DEPLOYMENTS, namespace] = deployments_t.get(namespace)
+        self._save_keyed(
+            tables,
+            agents,
+            core.agents,
+            (
+                (names.OBSERVER_TABLE_WINDOWS, core.dirty_agents, AgentState.window_json),
+                (names.OBSERVER_TABLE_DETECTORS, core.dirty_analyses, _analysis_json),
+            ),
+        )
+        self._save_keyed(
+            tables,
+            namespaces,
+            core.deployments,
+            ((names.OBSERVER_TABLE_DEPLOYMENTS, core.dirty_deployments, DeploymentState.to_json),),
+        )
         self._clear()
+
+    def _save_keyed(
+        self,
+        tables: Tables,
+        keys: Iterable[str],
+        objects: dict[str, _Kept],
+        parts: Sequence[tuple[str, set[str], Callable[[_Kept], Any]]],
+    ) -> None:
+        """Save the core's `objects` of `keys` (agents, deployments) to their tables: each part
+        is a table, the keys changed in it, and the object's value there. An object its first
+        part's table holds nothing of was created but never changed: nothing to keep."""
+        views = [(table, tables[table], dirty, to_json) for table, dirty, to_json in parts]
+        first = views[0][1]
+        for key in keys:
+            kept = objects.get(key)
+            if kept is None:
+                continue
+            for _, view, dirty, to_json in views:
+                if key in dirty:
+                    view[key] = to_json(kept)
+            if key not in first:
+                objects.pop(key)
+                continue
+            for table, view, _, _ in views:
+                # Whatever the table holds now is what the core's object equals.
+                self._synced[table, key] = view.get(key)
 
     def forget(
         self, agents: Iterable[str], namespaces: Iterable[str], pods: Iterable[str] = ()
@@ -213,6 +229,10 @@ class TableSync:
         self.core.dirty_agents.clear()
         self.core.dirty_analyses.clear()
         self.core.dirty_deployments.clear()
+
+
+def _analysis_json(state: AgentState) -> dict[str, Any]:
+    return state.analysis.to_json()
 
 
 def report(

@@ -17,33 +17,17 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import wasmtime
 
 from schemas import names
 from tests.helpers.pods import agent as agent_info
-from tests.helpers.pods import cluster, deploy, running_on, running_pod
+from tests.helpers.pods import deploy, running_on
 from tests.helpers.stack import Stack
-from tests.observer.live import POD_SETTINGS, observing
+from tests.observer.live import CRITICAL_WARMUP, HEALING, caught_up, echo_pod_observed, events
 
-ROOT = Path(__file__).resolve().parents[2]
-ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
 IN_FLIGHT = 64
 LOAD_S = 60.0
-#: Windows with calls before a finding may be critical (the default is 30 windows of 10 s).
-CRITICAL_WARMUP = 8
-
-
-async def events_about(stack: Stack, agent_id: str) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        doc = json.loads(d.data)
-        data = doc.get("data") or {}
-        if isinstance(data, dict) and data.get("agent_id") == agent_id:
-            found.append((doc["type"], data))
-    return found
 
 
 async def requester(stack: Stack, stop: asyncio.Event, tally: dict[str, int]) -> None:
@@ -67,12 +51,7 @@ async def requester(stack: Stack, stop: asyncio.Event, tally: dict[str, int]) ->
 async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
     tmp_path: Path,
 ) -> None:
-    wasm = wasmtime.wat2wasm(ECHO_WAT.read_text())
-    async with (
-        cluster(tmp_path) as stack,
-        running_pod(stack, "p1", **POD_SETTINGS),
-        observing(stack, critical_warmup_windows=CRITICAL_WARMUP) as observer,
-    ):
+    async with echo_pod_observed(tmp_path) as (stack, observer, wasm):
         await deploy(stack, "echo", wasm)  # default healing policy
         await running_on(stack, "echo", "p1")
         agent_id = (await agent_info(stack, "echo"))["agent_id"]
@@ -94,9 +73,7 @@ async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
         await asyncio.sleep(LOAD_S)
         stop.set()
         await asyncio.gather(*tasks)
-        last = await stack.client.last_sequence(names.STREAM_METRICS)
-        assert observer.app is not None
-        await observer.app.reached(names.OBSERVER_METRICS_PROCESSOR, last, timeout=60)
+        await caught_up(stack, observer, 60)
 
         # The load was real: many calls, a log line per call counted, a deep mailbox.
         state = observer.core.agents[agent_id]
@@ -112,15 +89,11 @@ async def test_the_echo_agent_under_64_requests_in_flight_is_never_quarantined(
 
         # ... and nothing about it was worth stopping the agent: no critical finding, no
         # healing action, no refused request.
-        about = await events_about(stack, agent_id)
+        about = [(t, d) for t, d in await events(stack) if d.get("agent_id") == agent_id]
         findings = [(d["kind"], d["severity"]) for t, d in about if t.endswith("anomaly_detected")]
         assert not [f for f in findings if f[1] == "critical"], findings
-        healing = [t for t, _ in about if t.rsplit(".", 1)[-1] in _HEALING]
+        healing = [t for t, _ in about if t.rsplit(".", 1)[-1] in HEALING]
         assert healing == [], (healing, findings)
         assert tally["refused"] == 0, (tally, findings)
         info = await agent_info(stack, "echo")
         assert not info.get("quarantine"), info
-
-
-#: Events by which the Hive's healing acts on an agent.
-_HEALING = {"quarantined", "replica_rewound", "reverted"}

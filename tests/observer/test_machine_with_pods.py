@@ -11,28 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import wasmtime
 
 from schemas import names
-from tests.helpers.pods import cluster, deploy, running_pod
+from tests.helpers.pods import deploy
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
-from tests.observer.live import POD_SETTINGS, observing
+from tests.observer.live import CRITICAL_WARMUP, HEALING, caught_up, echo_pod_observed, events
 
-ROOT = Path(__file__).resolve().parents[2]
-ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
 AGENTS = 50
-#: Windows with calls before a finding may be critical (the default is 30 windows of 10 s).
-CRITICAL_WARMUP = 8
 HOG_S = 15.0
 
 
@@ -72,29 +65,14 @@ async def traffic(stack: Stack, agents: list[str], stop: asyncio.Event) -> None:
                 )
 
 
-async def events(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    async for d in stack.client.replay(names.STREAM_EVENTS):
-        doc = json.loads(d.data)
-        data = doc.get("data")
-        if isinstance(data, dict):
-            found.append((doc["type"], data))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.solo
 @pytest.mark.timeout(300)
 async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
     tmp_path: Path,
 ) -> None:
-    wasm = wasmtime.wat2wasm(ECHO_WAT.read_text())
     names_ = [f"echo-{i:02d}" for i in range(AGENTS)]
-    async with (
-        cluster(tmp_path) as stack,
-        running_pod(stack, "p1", **POD_SETTINGS),
-        observing(stack, critical_warmup_windows=CRITICAL_WARMUP) as observer,
-    ):
+    async with echo_pod_observed(tmp_path) as (stack, observer, wasm):
         for name in names_:
             await deploy(stack, name, wasm)
 
@@ -126,15 +104,13 @@ async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
         await asyncio.sleep(5)  # a few calm windows after it
         stop.set()
         await asyncio.gather(*senders)
-        last = await stack.client.last_sequence(names.STREAM_METRICS)
-        assert observer.app is not None
-        await observer.app.reached(names.OBSERVER_METRICS_PROCESSOR, last, timeout=120)
+        await caught_up(stack, observer, 120)
 
         after = (await events(stack))[before:]
         pod_findings = [d for t, d in after if t == "swarm.pod.anomaly_detected"]
         agent_findings = [d for t, d in after if t == "swarm.agent.anomaly_detected"]
         lost = [d for t, d in after if t == "swarm.pod.lost"]
-        healing = [t for t, _ in after if t.rsplit(".", 1)[-1] in _HEALING]
+        healing = [t for t, _ in after if t.rsplit(".", 1)[-1] in HEALING]
         # What a failure needs to be understood, whole (pytest cuts a long repr short): when
         # each finding's window was, what it said.
         summary = "\n".join(
@@ -148,7 +124,3 @@ async def test_a_cpu_hog_beside_50_agents_is_one_pod_finding_and_no_pod_is_lost(
         assert len(agent_findings) < 5, summary  # not one per agent
         assert not [d for d in agent_findings if d["severity"] == "critical"], summary
         assert healing == [], summary
-
-
-#: Events by which the Hive's healing acts on an agent.
-_HEALING = {"quarantined", "replica_rewound", "reverted"}
