@@ -33,6 +33,7 @@ from swarm.devstack.stack import (
     alembic_config,
     read_state,
     sqlalchemy_url,
+    stop_on_signal,
     upgrade_database,
 )
 from swarm.devstack.supervisor import RestartPolicy
@@ -396,6 +397,18 @@ def test_a_server_restart_that_fails_is_retried_until_it_works(
     log = (data_dir / "nats" / "nats-server.log").read_text()
     assert "nats-server killed by SIGKILL; restarting in 1s" in log
     assert "restart failed" in log
+
+
+@pytest.mark.timeout(20)
+def test_a_stop_signal_that_lands_inside_the_poll_wait_still_stops() -> None:
+    stop = threading.Event()
+    request_stop = stop_on_signal(stop)
+    # Where the supervising thread is, briefly, on the way in and out of each `stop.wait()`:
+    # holding the event's own lock (a private attribute, named here only to stand there).
+    with stop._cond:  # type: ignore[attr-defined]
+        request_stop(signal.SIGTERM, None)  # before the fix: waited for this lock forever
+        assert not stop.is_set()
+    assert stop.wait(10)
 
 
 def test_foreground_up_stops_everything_on_ctrl_c(

@@ -24,6 +24,7 @@ themselves. Each server restart is counted in `stack.json` (`swarm status` shows
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import fcntl
@@ -545,6 +546,22 @@ def _port_of(url: str | None) -> int:
         return 0
 
 
+def stop_on_signal(stop: threading.Event) -> Callable[[int, object], None]:
+    """A signal handler that sets `stop`, from another thread.
+
+    Python runs a handler on the main thread between two bytecodes, wherever that thread is:
+    also inside `stop.wait()` while it holds the event's lock (on the way in and out of each
+    0.1 s poll of `supervise`). `stop.set()` there would wait for that lock forever. Seen once
+    under load: `swarm down` waited 30 s and killed a supervisor that never began to stop.
+    The thread is started with the documented low-level `_thread` API: `threading.Thread.start`
+    takes module locks of its own that the interrupted thread may hold as well."""
+
+    def request_stop(signum: int, frame: object) -> None:
+        _thread.start_new_thread(stop.set, ())
+
+    return request_stop
+
+
 @dataclass
 class Stack:
     """Servers and services of one data dir, in this process.
@@ -587,11 +604,8 @@ class Stack:
         """Start, call `on_ready`, supervise until a stop signal, stop. Returns the final state;
         raises `StackError` if the stack could not start or failed while running."""
         stop = threading.Event()
-
-        def request_stop(signum: int, frame: object) -> None:
-            stop.set()
-
         # Installed before starting, so a signal during start-up still ends in a clean stop.
+        request_stop = stop_on_signal(stop)
         previous = {
             sig: signal.signal(sig, request_stop)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
