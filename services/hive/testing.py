@@ -151,19 +151,27 @@ class HiveCluster:
         deadline = asyncio.get_running_loop().time() + timeout
         statuses: dict[int, dict[str, Any]] = {}
         while asyncio.get_running_loop().time() < deadline:
-            statuses = {i: st for i in self.alive() if (st := await self.status(nc, i))}
+            statuses = await self._statuses(nc)
             if len(statuses) == len(self.alive()) and all(
                 st["applied_seq"] >= log_end for st in statuses.values()
             ):
-                # A digest renders the whole state: seconds for 20,000 agents.
-                statuses = {
-                    i: st
-                    for i in statuses
-                    if (st := await self.status(nc, i, digest=True, timeout=60.0))
-                }
+                # A digest renders the whole state: seconds for 20,000 agents. All replicas are
+                # asked at once: asked one after the other on a loaded machine, the growing log
+                # moved on between answers every time (seen: 2501, 2502, 2502 until the timeout).
+                statuses = await self._statuses(nc, digest=True, timeout=60.0)
                 if len(statuses) == len(self.alive()) and (
                     len({st["applied_seq"] for st in statuses.values()}) == 1
                 ):
                     return statuses
             await asyncio.sleep(0.1)
         raise TimeoutError(f"replicas did not converge to {log_end}: {statuses}")
+
+    async def _statuses(
+        self, nc: Requester, *, digest: bool = False, timeout: float = 5.0
+    ) -> dict[int, dict[str, Any]]:
+        """The status of every live replica that answers, all asked at once."""
+        alive = self.alive()
+        answers = await asyncio.gather(
+            *(self.status(nc, i, digest=digest, timeout=timeout) for i in alive)
+        )
+        return {i: st for i, st in zip(alive, answers, strict=True) if st}

@@ -97,6 +97,8 @@ def test_schema_valid_commands_decode(type_: str, data: st.DataObject) -> None:
     assert command.type == type_
 
 
+# CPU-bound: ~20 s on a quiet machine here, and over 60 s beside four busy loops (stress run I).
+@pytest.mark.timeout(300)
 @settings(
     max_examples=60,
     deadline=None,

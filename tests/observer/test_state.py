@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from schemas import names
 from services.observer.analysis import AgentState, DeploymentState, Observatory
 from services.observer.detectors import TREE_FEATURES, MultivariateTrees
@@ -31,6 +33,8 @@ def through_json(core: Observatory) -> Observatory:
     return again
 
 
+# CPU-bound: ~17 s on a quiet machine here, and over 60 s beside four busy loops (stress run I).
+@pytest.mark.timeout(240)
 def test_state_through_json_after_every_message_decides_the_same() -> None:
     shape = planted("shift")
     straight = Observatory(CONFIG, 2.0)
