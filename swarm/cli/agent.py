@@ -62,6 +62,10 @@ from swarm.cli.verbs import (
 from swarm.client.modules import WASM_MAGIC, kind_of
 
 if TYPE_CHECKING:
+    # The views are typed here and imported where an answer is read: every `swarm` call
+    # imports this module, and the views bring pydantic and the models.
+    from schemas.specs import AutoscalePolicy
+    from schemas.views import AgentDetailView, AgentView
     from swarm.client.queries import HiveQueries
     from swarm.kernel.eventlog import Delivery, EventLog
 
@@ -509,15 +513,15 @@ async def wait_running(
     deadline = loop.time() + within
     seen: tuple[str, str] | None = None
     while True:
-        agent = await queries.agent_by_id(agent_id, at_least=at_least)
-        state, reason = str(agent.get("status")), str(agent.get("reason", ""))
-        if agent.get("deleted"):
+        agent = await queries.agent_detail_by_id(agent_id, at_least=at_least)
+        state, reason = agent.status, agent.reason
+        if agent.deleted:
             raise CliError(f"agent {label} was deleted while waiting for it", code=EXIT_FAILED)
         if (state, reason) != seen:
             seen = (state, reason)
             status(f"{label}: {state} ({reason})")
         if version is None:
-            desired = (agent.get("replicas") or {}).get("desired")
+            desired = agent.replicas.desired
             # Zero replicas wanted is "stopped" for good: there is nothing to wait for.
             done = state == "running" or (state == "stopped" and desired == 0)
             failure = f"agent {label} failed: {reason}" if state == "failed" else None
@@ -531,7 +535,7 @@ async def wait_running(
                 f"the rollout of {label} to {version} is not done after {within:g}s: "
                 f"{state} ({reason})"
             )
-        if done and agent.get("rollout") is None:
+        if done and agent.rollout is None:
             if not quiet:
                 stdout_console().print(Text(finished))
             return
@@ -553,7 +557,7 @@ async def wait_running(
 
 
 def _rollout_progress(
-    agent: Mapping[str, Any], version: str, earlier: frozenset[str]
+    agent: AgentDetailView, version: str, earlier: frozenset[str]
 ) -> tuple[bool, str | None, bool]:
     """(done, why it failed, whether one waits for a place) of a rollout to `version`, from the
     replicas it started.
@@ -561,23 +565,19 @@ def _rollout_progress(
     Judged on those replicas, not on the agent's status: a replica that failed before the
     rollout keeps the status `failed`, and may be what the rollout fixes.
     """
-    label = f"{agent.get('namespace')}/{agent.get('name')}"
-    instances = [r for r in agent.get("instances") or [] if isinstance(r, dict)]
-    mine = [
-        r for r in instances if r.get("version") == version and r.get("replica_id") not in earlier
-    ]
-    failed = [r for r in mine if r.get("phase") == "failed"]
+    label = f"{agent.namespace}/{agent.name}"
+    mine = [r for r in agent.instances if r.version == version and r.replica_id not in earlier]
+    failed = [r for r in mine if r.phase == "failed"]
     if failed:
-        why = f"replica {failed[0].get('replica_id')} failed: {failed[0].get('reason', '')}"
+        why = f"replica {failed[0].replica_id} failed: {failed[0].reason}"
         return False, f"the rollout of {label} to {version} failed: {why}", False
-    current = agent.get("version")
+    current = agent.version
     if current != version:
         undone = f"the rollout of {label} to {version} was undone: it runs {current} now"
         return False, undone, False
-    desired = int((agent.get("replicas") or {}).get("desired") or 0)
-    running = sum(1 for r in mine if r.get("phase") == "running")
-    unplaced = any(r.get("phase") == "requested" for r in mine)
-    return running >= desired, None, unplaced
+    running = sum(1 for r in mine if r.phase == "running")
+    unplaced = any(r.phase == "requested" for r in mine)
+    return running >= agent.replicas.desired, None, unplaced
 
 
 # --- ls ------------------------------------------------------------------------------------------
@@ -599,35 +599,41 @@ def ls(
         nats_url,
         "agents",
         lambda queries, floor: queries.agents(ns, at_least=floor),
-        lambda agents: agents_table(agents, ns),
+        lambda agents: _agents_drawn(agents, ns),
         output,
         watch=watch,
         title="agents in all namespaces" if ns is None else f"agents in {ns}",
     )
 
 
-def agents_table(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
+def _agents_drawn(agents: Sequence[Mapping[str, Any]], namespace: str | None) -> RenderableType:
+    """The Hive's answer (printed as it came with `-o json`) read as views, as a table."""
+    from schemas.views import AgentView
+    from swarm.client.queries import parse_views
+
+    return agents_table(parse_views(AgentView, agents), namespace)
+
+
+def agents_table(agents: Sequence[AgentView], namespace: str | None) -> RenderableType:
     if not agents:
         where = "any namespace" if namespace is None else f"namespace {namespace}"
         return Nothing(f"no agents in {where}")
     now = datetime.now(UTC)
     rows = []
     for a in agents:
-        replicas = a.get("replicas") or {}
-        rollout = a.get("rollout")
-        version = str(a.get("version", ""))
-        if isinstance(rollout, dict):
-            version = f"{rollout.get('from')}→{rollout.get('version')}"
+        version = a.version
+        if a.rollout is not None:
+            version = f"{a.rollout.from_version}→{a.rollout.version}"
         rows.append(
             [
-                a.get("namespace"),
-                a.get("name"),
+                a.namespace,
+                a.name,
                 version,
-                styled(str(a.get("status", ""))),
-                f"{replicas.get('running', 0)}/{replicas.get('desired', 0)}",
+                styled(a.status),
+                f"{a.replicas.running}/{a.replicas.desired}",
                 trust_text(a),
-                age(a.get("created_at"), now),
-                printable(str(a.get("reason", ""))),
+                age(a.created_at, now),
+                printable(a.reason),
             ]
         )
     columns = ["NAMESPACE", "NAME", "VERSION", "STATUS", "READY", "TRUST", "AGE", "REASON"]
@@ -649,8 +655,14 @@ def describe(
     ns = namespace or DEFAULT_NAMESPACE
 
     async def read(log: EventLog, queries: HiveQueries, floor: int) -> dict[str, Any]:
+        from schemas.views import AgentDetailView
+        from swarm.client.queries import parse_views
+
+        # `-o json` prints the answer as it came; its view names the events to read, so an
+        # answer that is not one is a clear error here in every format.
         agent = await queries.agent(ns, name, at_least=floor)
-        recent = await recent_events(log, str(agent["agent_id"]), int(agent.get("last_seq") or 0))
+        view = parse_views(AgentDetailView, [agent])[0]
+        recent = await recent_events(log, view.agent_id, view.last_seq)
         return {"agent": agent, "events": [_event_view(d) for d in recent]}
 
     show_read(nats_url, read, describe_view, output, watch=watch, title=f"agent {ns}/{name}")
@@ -697,59 +709,60 @@ def _without_module_bytes(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_view(value: Mapping[str, Any]) -> RenderableType:
-    agent: Mapping[str, Any] = value["agent"]
-    spec = agent.get("spec") or {}
-    replicas = agent.get("replicas") or {}
-    rollout = agent.get("rollout")
-    instances = [r for r in agent.get("instances") or [] if isinstance(r, dict)]
+    """`describe`'s read (the Hive's answer as it came, and the agent's recent events) drawn,
+    the answer read as its view."""
+    from schemas.views import AgentDetailView
+    from swarm.client.queries import parse_views
+
+    agent = parse_views(AgentDetailView, [value["agent"]])[0]
+    return describe_agent(agent, value.get("events") or [])
+
+
+def describe_agent(agent: AgentDetailView, events: Sequence[Mapping[str, Any]]) -> RenderableType:
+    replicas = agent.replicas
+    rollout = agent.rollout
+    instances = agent.instances
     rollout_text = "<none>"
-    if isinstance(rollout, dict):
-        target = rollout.get("version")
-        new = sum(
-            1 for r in instances if r.get("version") == target and r.get("phase") == "running"
-        )
-        kind = "rollback" if rollout.get("rollback") else "rollout"
+    if rollout is not None:
+        new = sum(1 for r in instances if r.version == rollout.version and r.phase == "running")
+        kind = "rollback" if rollout.rollback else "rollout"
         rollout_text = (
-            f"{kind} {rollout.get('from')} → {target}: {new}/{replicas.get('desired', 0)} "
+            f"{kind} {rollout.from_version} → {rollout.version}: {new}/{replicas.desired} "
             "new replicas running"
         )
-    created = agent.get("created_at")
+    created = agent.created_at
     summary = _key_values(
         [
-            ("Name", agent.get("name")),
-            ("Namespace", agent.get("namespace")),
-            ("ID", agent.get("agent_id")),
-            (
-                "Status",
-                Text.assemble(styled(str(agent.get("status"))), f" ({agent.get('reason', '')})"),
-            ),
-            ("Version", agent.get("version")),
+            ("Name", agent.name),
+            ("Namespace", agent.namespace),
+            ("ID", agent.agent_id),
+            ("Status", Text.assemble(styled(agent.status), f" ({agent.reason})")),
+            ("Version", agent.version),
             (
                 "Replicas",
-                f"{replicas.get('running', 0)} running / {replicas.get('desired', 0)} desired "
-                f"({replicas.get('active', 0)} active)",
+                f"{replicas.running} running / {replicas.desired} desired "
+                f"({replicas.active} active)",
             ),
             ("Rollout", rollout_text),
-            ("Autoscale", autoscaling.describe(agent.get("autoscale"))),
+            ("Autoscale", autoscaling.describe(agent.autoscale)),
             ("Created", f"{_when(created)} ({age(created)} ago)" if created else "?"),
         ]
     )
-    parts: list[RenderableType] = [summary, Text(""), _spec_view(spec)]
+    # The spec stays a mapping in the view: it is the deployed AgentSpec without its module's
+    # bytes, which the spec model itself would refuse.
+    parts: list[RenderableType] = [summary, Text(""), _spec_view(agent.spec)]
 
-    shown = [r for r in instances if r.get("phase") != "stopped"]
+    shown = [r for r in instances if r.phase != "stopped"]
     hidden = len(instances) - len(shown)
     replica_rows = [
         [
-            r.get("replica_id"),
-            r.get("version"),
-            styled(str(r.get("phase"))),
-            _none(r.get("pod_id")),
-            r.get("crashes", 0),
-            _none(r.get("snapshot")),
-            printable(
-                str(r.get("reason") or "")
-                + (f" (restarts at {_when(r['restart_at'])})" if r.get("restart_at") else "")
-            ),
+            r.replica_id,
+            r.version,
+            styled(r.phase),
+            _none(r.pod_id),
+            r.crashes,
+            _none(r.snapshot),
+            printable(r.reason + (f" (restarts at {_when(r.restart_at)})" if r.restart_at else "")),
         ]
         for r in shown
     ]
@@ -764,8 +777,8 @@ def describe_view(value: Mapping[str, Any]) -> RenderableType:
 
     # The Hive moves a version to the end of its history whenever it is rolled out again, and a
     # rollback without --to-version goes to the one before the current.
-    history = [str(v) for v in agent.get("history") or []]
-    current = agent.get("version")
+    history = agent.history
+    current = agent.version
     version_rows = [
         [v, "current" if v == current else "rollback target" if i == len(history) - 2 else ""]
         for i, v in enumerate(history)
@@ -777,7 +790,7 @@ def describe_view(value: Mapping[str, Any]) -> RenderableType:
 
     event_rows = [
         [_when(e.get("time")), _short_type(e.get("type")), _event_summary(e.get("data"))]
-        for e in value.get("events") or []
+        for e in events
     ]
     parts += [Text(""), Text(f"Events (last {RECENT_EVENTS}):", style="bold")]
     if event_rows:
@@ -823,12 +836,16 @@ def _spec_view(spec: Mapping[str, Any]) -> Table:
 
 
 def _when(timestamp: Any) -> str:
-    if not isinstance(timestamp, str):
+    """A time as `2026-01-02 03:04:05` (UTC): a view's, parsed, or a log record's, a string."""
+    if isinstance(timestamp, datetime):
+        parsed = timestamp
+    elif isinstance(timestamp, str):
+        try:
+            parsed = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return timestamp
+    else:
         return "?"
-    try:
-        parsed = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return timestamp
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -973,15 +990,15 @@ def rollout(
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
             queries = await swarm.queries()
-            current: dict[str, Any] = {}
+            # The agent as it is: the base of the new spec without -f, and with --wait the
+            # replicas that are not the rollout's.
+            current: AgentDetailView | None = None
             if spec_file is None or wait:
-                current = await queries.agent(ns, agent_name, at_least=await swarm.floor())
+                current = await queries.agent_detail(ns, agent_name, at_least=await swarm.floor())
             if spec_file is not None:
                 spec = flags.apply(spec_file.spec)
-            else:
-                spec = flags.apply(
-                    _reusable(current.get("spec") or {}, flags, f"{ns}/{agent_name}")
-                )
+            elif current is not None:
+                spec = flags.apply(_reusable(current.spec, flags, f"{ns}/{agent_name}"))
             if "module" not in spec or "version" not in spec:
                 raise CliError("the spec file's spec needs version and module", code=EXIT_USAGE)
             surge = (
@@ -995,17 +1012,13 @@ def rollout(
                 done=f"agent {ns}/{agent_name} rolling out {spec['version']}",
                 namespace=ns,
             )
-            if wait:
-                before = frozenset(
-                    str(r.get("replica_id"))
-                    for r in current.get("instances") or []
-                    if isinstance(r, dict)
-                )
+            if wait and current is not None:
+                before = frozenset(r.replica_id for r in current.instances)
                 await wait_running(
                     queries,
                     ns,
                     agent_name,
-                    str(current["agent_id"]),
+                    current.agent_id,
                     at_least=issued.outcome.seq,
                     within=wait_timeout,
                     quiet=output != Format.TABLE,
@@ -1184,8 +1197,10 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
     The mesh alone cannot tell a misspelt name from an agent whose replicas are all down, and
     the two need different fixes.
     """
+    from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries, QueryFailed
     from swarm.client.commands import read_floor
+    from swarm.client.queries import parse_views
     from swarm.kernel.eventlog import NotFound
 
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
@@ -1194,7 +1209,7 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
     except NotFound:  # a NATS server without Swarm's streams: no Hive has run there
         floor = 0
     try:
-        agent = await HiveQueries(log).agent(namespace, name, at_least=floor)
+        answer = await HiveQueries(log).agent(namespace, name, at_least=floor)
     except QueryFailed as exc:
         if exc.error_code != "not_found":
             raise
@@ -1211,11 +1226,13 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
             code=EXIT_FAILED,
             hint="is the stack running? (`swarm status`)",
         )
-    replicas = agent.get("replicas") or {}
+    # Read outside the `try` above: an answer that is not the view is its own error, not "no
+    # Hive answered".
+    agent = parse_views(AgentDetailView, [answer])[0]
+    replicas = agent.replicas
     return CliError(
-        f"no replica of {namespace}/{name} is running to answer: it is {agent.get('status')} "
-        f"({agent.get('reason', '')}), {replicas.get('running', 0)}/"
-        f"{replicas.get('desired', 0)} replicas running",
+        f"no replica of {namespace}/{name} is running to answer: it is {agent.status} "
+        f"({agent.reason}), {replicas.running}/{replicas.desired} replicas running",
         code=EXIT_FAILED,
         hint=f"{describe_it} shows where its replicas are",
     )
@@ -1347,14 +1364,18 @@ def autoscale(
         settings = connect.load_settings()
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.client(nats_url, settings, streams=streams, timeout=timeout) as swarm:
-            policy: dict[str, Any] | None = None
+            policy: AutoscalePolicy | None = None
             if not off:
                 # The options given change the current policy; the others stay.
                 queries = await swarm.queries()
-                current = await queries.agent(ns, name, at_least=await swarm.floor())
-                base = current.get("autoscale")
-                policy = autoscaling.policy(flags, base if isinstance(base, dict) else None)
-            issued = await swarm.agents.autoscale(ns, name, policy)
+                current = await queries.agent_detail(ns, name, at_least=await swarm.floor())
+                base = current.autoscale
+                policy = autoscaling.checked(
+                    flags, None if base is None else base.model_dump(mode="json")
+                )
+            issued = await swarm.agents.autoscale(
+                ns, name, None if policy is None else policy.model_dump(mode="json")
+            )
         done = (
             f"agent {ns}/{name} is no longer autoscaled"
             if policy is None

@@ -7,9 +7,12 @@ with the same model the Hive uses, so a bad one never leaves the CLI.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarm.cli.output import EXIT_USAGE, CliError
+
+if TYPE_CHECKING:
+    from schemas.specs import AutoscalePolicy
 
 #: `key=value` names on the command line -> AutoscalePolicy fields.
 KEYS: dict[str, str] = {
@@ -71,6 +74,11 @@ def _number(name: str, value: str, item: str) -> Any:
 
 def policy(fields: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`fields` over `base` (an existing policy), checked; the policy as JSON data."""
+    return checked(fields, base).model_dump(mode="json")
+
+
+def checked(fields: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> AutoscalePolicy:
+    """`fields` over `base` (an existing policy), checked, as the model."""
     # Imported here: `HELP` is read by every `swarm` call, the model only by these verbs.
     from pydantic import ValidationError
 
@@ -78,31 +86,28 @@ def policy(fields: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> 
 
     merged = {**(base or {}), **fields, "enabled": True}
     try:
-        checked = AutoscalePolicy.model_validate(merged, strict=False)
+        return AutoscalePolicy.model_validate(merged, strict=False)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'autoscale'}: {e['msg']}" for e in exc.errors()
         )
         raise CliError(f"invalid autoscaling policy: {problems}", code=EXIT_USAGE) from None
-    return checked.model_dump(mode="json")
 
 
-def describe(value: Any) -> str:
-    """One line about an agent's policy, for `swarm agent describe`."""
-    if not isinstance(value, dict) or not value.get("enabled", True):
+def describe(policy: AutoscalePolicy | None) -> str:
+    """One line about an agent's policy, for `swarm agent describe` and `autoscale`."""
+    if policy is None or not policy.enabled:
         return "off"
-    rate = value.get("target_rate")
-    per = [
-        f"{rate:g} msg/s" if rate else f"learned x {value.get('target_utilization', 0.8):g}",
-    ]
-    if value.get("target_queue"):
-        per.append(f"{value['target_queue']:g} queued")
+    rate = policy.target_rate
+    per = [f"{rate:g} msg/s" if rate else f"learned x {policy.target_utilization:g}"]
+    if policy.target_queue:
+        per.append(f"{policy.target_queue:g} queued")
     return (
-        f"{value.get('min_replicas')}..{value.get('max_replicas')} replicas, "
-        f"{' / '.join(per)} per replica, {value.get('method')} forecast "
-        f"{value.get('horizon_s'):g}s ahead, cooldown {value.get('cooldown_s'):g}s, "
-        f"down after {value.get('scale_down_after_s'):g}s"
+        f"{policy.min_replicas}..{policy.max_replicas} replicas, "
+        f"{' / '.join(per)} per replica, {policy.method} forecast "
+        f"{policy.horizon_s:g}s ahead, cooldown {policy.cooldown_s:g}s, "
+        f"down after {policy.scale_down_after_s:g}s"
     )
 
 
-__all__ = ["HELP", "KEYS", "describe", "parse", "policy"]
+__all__ = ["HELP", "KEYS", "checked", "describe", "parse", "policy"]

@@ -118,21 +118,21 @@ def debug(
 async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
     """Everything `swarm debug` shows, as one JSON-ready document."""
     from schemas import utcnow
+    from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries
     from swarm.client.commands import read_floor
     from swarm.client.logs import agent_lines
+    from swarm.client.queries import parse_views
 
+    # The document keeps the Hive's answer as it came (`-o json` prints it); its view says
+    # which logs and replicas to read.
     agent = await HiveQueries(log).agent(namespace, name, at_least=await read_floor(log))
-    agent_id = str(agent["agent_id"])
+    view = parse_views(AgentDetailView, [agent])[0]
     lines: deque[dict[str, Any]] = deque(maxlen=RECENT_LINES)
-    async for entry in agent_lines(log, agent_id, since=utcnow() - LOG_WINDOW):
+    async for entry in agent_lines(log, view.agent_id, since=utcnow() - LOG_WINDOW):
         lines.append(entry)
-    replicas = [
-        r
-        for r in agent.get("instances") or []
-        if isinstance(r, dict) and r.get("phase") not in ("stopped", "failed")
-    ]
-    state = {str(r["replica_id"]): await _kv_state(log, str(r["replica_id"])) for r in replicas}
+    replicas = [r.replica_id for r in view.instances if r.phase not in ("stopped", "failed")]
+    state = {replica_id: await _kv_state(log, replica_id) for replica_id in replicas}
     return {"agent": agent, "logs": list(lines), "kv": state}
 
 
@@ -208,27 +208,21 @@ async def _prompt(log: EventLog, namespace: str, name: str, timeout: float) -> N
 
 
 def render(report: dict[str, Any]) -> RenderableType:
-    agent: dict[str, Any] = report["agent"]
+    from schemas.views import AgentDetailView
+    from swarm.client.queries import parse_views
+
+    agent = parse_views(AgentDetailView, [report["agent"]])[0]
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
-    head.add_row("Agent", f"{agent.get('namespace')}/{agent.get('name')} ({agent.get('agent_id')})")
-    head.add_row(
-        "Status",
-        Text.assemble(styled(str(agent.get("status"))), f" ({agent.get('reason', '')})"),
-    )
-    head.add_row("Version", str(agent.get("version")))
+    head.add_row("Agent", f"{agent.namespace}/{agent.name} ({agent.agent_id})")
+    head.add_row("Status", Text.assemble(styled(agent.status), f" ({agent.reason})"))
+    head.add_row("Version", agent.version)
     parts: list[RenderableType] = [head, Text(""), Text("Replicas:", style="bold")]
     replicas = [
-        [
-            r.get("replica_id"),
-            r.get("version"),
-            styled(str(r.get("phase"))),
-            r.get("pod_id") or "-",
-            r.get("snapshot") or "-",
-        ]
-        for r in agent.get("instances") or []
-        if isinstance(r, dict) and r.get("phase") != "stopped"
+        [r.replica_id, r.version, styled(r.phase), r.pod_id or "-", r.snapshot or "-"]
+        for r in agent.instances
+        if r.phase != "stopped"
     ]
     if replicas:
         parts.append(

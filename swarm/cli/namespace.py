@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import RenderableType
@@ -24,6 +24,11 @@ from swarm.cli.verbs import (
     finish,
     listing,
 )
+
+if TYPE_CHECKING:
+    # Imported where an answer is read: every `swarm` call imports this module.
+    from schemas.specs import Quota
+    from schemas.views import NamespaceView
 
 app = typer.Typer(help="Create namespaces and set their quotas.", no_args_is_help=True)
 
@@ -171,27 +176,37 @@ def ls(
         nats_url,
         "namespaces",
         lambda queries, floor: queries.namespaces(at_least=floor),
-        namespaces_table,
+        _namespaces_drawn,
         output,
     )
 
 
-def namespaces_table(namespaces: Sequence[Mapping[str, Any]]) -> RenderableType:
+def _namespaces_drawn(namespaces: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """The Hive's answer (printed as it came with `-o json`) read as views, as a table."""
+    from schemas.views import NamespaceView
+    from swarm.client.queries import parse_views
+
+    return namespaces_table(parse_views(NamespaceView, namespaces))
+
+
+def namespaces_table(namespaces: Sequence[NamespaceView]) -> RenderableType:
     if not namespaces:
         return Nothing("no namespaces")
-    rows = []
-    for ns in namespaces:
-        quota = ns.get("quota") or {}
-        rows.append(
-            [ns.get("name"), ns.get("agents", 0)]
-            + [_limit_text(quota.get(limit.field)) for limit in Limit]
-        )
+    rows = [
+        [ns.name, ns.agents] + [_limit_text(v) for v in _limits_of(ns.quota)] for ns in namespaces
+    ]
     columns = ["NAME", "AGENTS", "MAX AGENTS", "MAX REPLICAS", "MAX MEMORY MB", "MAX FUEL/S"]
     return table(columns, rows, title=None)
 
 
-def _limit_text(value: Any) -> str:
-    return "unlimited" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+def _limits_of(quota: Quota) -> tuple[int | None, ...]:
+    """The quota's limits in `Limit`'s order (the table's columns), read by attribute so that a
+    renamed quota field is a type error, not a blank column."""
+    return (quota.max_agents, quota.max_replicas, quota.max_memory_mb, quota.max_fuel_per_s)
+
+
+def _limit_text(value: int | None) -> str:
+    return "unlimited" if value is None else f"{value:,}"
 
 
 def _quota_text(quota: Mapping[str, Any]) -> str:

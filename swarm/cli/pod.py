@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import RenderableType
@@ -11,6 +11,10 @@ from rich.console import RenderableType
 from swarm.cli import connect
 from swarm.cli.output import Format, table
 from swarm.cli.verbs import Nothing, OutputOption, WatchOption, listing, styled
+
+if TYPE_CHECKING:
+    # Imported where an answer is read: every `swarm` call imports this module.
+    from schemas.views import PodView
 
 app = typer.Typer(help="Inspect the pods that run agents.", no_args_is_help=True)
 
@@ -32,30 +36,37 @@ def ls(
         nats_url,
         "pods",
         lambda queries, floor: queries.pods(at_least=floor),
-        pods_table,
+        _pods_drawn,
         output,
         watch=watch,
         title="pods",
     )
 
 
-def pods_table(pods: Sequence[Mapping[str, Any]]) -> RenderableType:
+def _pods_drawn(pods: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """The Hive's answer (printed as it came with `-o json`) read as views, as a table."""
+    from schemas.views import PodView
+    from swarm.client.queries import parse_views
+
+    return pods_table(parse_views(PodView, pods))
+
+
+def pods_table(pods: Sequence[PodView]) -> RenderableType:
     if not pods:
         return Nothing("no pods registered")
     rows = []
     for pod in pods:
-        capacity = pod.get("capacity") or {}
-        free = pod.get("free") or {}
+        capacity, free = pod.capacity, pod.free
         rows.append(
             [
-                pod.get("pod_id"),
-                styled(str(pod.get("status", ""))),
-                pod.get("zone"),
-                _used(capacity, free, "memory_mb", str),
-                _used(capacity, free, "fuel_per_s", compact),
-                _used(capacity, free, "slots", str),
-                pod.get("replicas", 0),
-                f"{pod.get('energy_cost', 0):g}",
+                pod.pod_id,
+                styled(pod.status),
+                pod.zone,
+                _used(capacity.memory_mb, free.memory_mb, str),
+                _used(capacity.fuel_per_s, free.fuel_per_s, compact),
+                _used(capacity.slots, free.slots, str),
+                pod.replicas,
+                f"{pod.energy_cost:g}",
             ]
         )
     columns = [
@@ -71,10 +82,7 @@ def pods_table(pods: Sequence[Mapping[str, Any]]) -> RenderableType:
     return table(columns, rows, title=None)
 
 
-def _used(capacity: Mapping[str, Any], free: Mapping[str, Any], key: str, fmt: Any) -> str:
-    total, left = capacity.get(key), free.get(key)
-    if not isinstance(total, int) or not isinstance(left, int):
-        return "?"
+def _used(total: int, left: int, fmt: Callable[[int], str]) -> str:
     return f"{fmt(total - left)}/{fmt(total)}"
 
 

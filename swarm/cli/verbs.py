@@ -370,14 +370,20 @@ def styled(state: str) -> Text:
     return Text(state, style=_STATUS_STYLES.get(state, ""))
 
 
-def age(timestamp: str | None, now: datetime | None = None) -> str:
-    """How long ago, the way kubectl prints it: 45s, 12m, 5h, 3d."""
+def age(timestamp: datetime | str | None, now: datetime | None = None) -> str:
+    """How long ago, the way kubectl prints it: 45s, 12m, 5h, 3d.
+
+    A time from a view (`schemas.views`) comes parsed; one from a log record is still a string.
+    """
     if not timestamp:
         return "?"
-    try:
-        then = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return "?"
+    if isinstance(timestamp, datetime):
+        then = timestamp
+    else:
+        try:
+            then = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return "?"
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
     seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))

@@ -41,6 +41,7 @@ from swarm.cli.verbs import (
 )
 
 if TYPE_CHECKING:
+    from schemas.views import WebhookView
     from swarm.client.commands import Issued, Sent
     from swarm.kernel.eventlog import EventLog
     from swarm.kernel.settings import Settings
@@ -183,22 +184,30 @@ def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = No
         nats_url,
         "webhooks",
         lambda queries, floor: webhooks.subscriptions(queries, at_least=floor),
-        webhooks_table,
+        _webhooks_drawn,
         output,
     )
 
 
-def webhooks_table(hooks: Sequence[Mapping[str, Any]]) -> RenderableType:
+def _webhooks_drawn(hooks: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """The Hive's answer (printed as it came with `-o json`) read as views, as a table."""
+    from schemas.views import WebhookView
+    from swarm.client.queries import parse_views
+
+    return webhooks_table(parse_views(WebhookView, hooks))
+
+
+def webhooks_table(hooks: Sequence[WebhookView]) -> RenderableType:
     if not hooks:
         return Nothing("no webhooks")
     rows = [
         [
-            h.get("webhook_id"),
-            h.get("filter"),
-            h.get("url"),
-            h.get("max_attempts") or "default",
-            h.get("secret_fingerprint"),
-            age(h.get("created_at")),
+            h.webhook_id,
+            h.filter,
+            h.url,
+            h.max_attempts or "default",
+            h.secret_fingerprint,
+            age(h.created_at),
         ]
         for h in hooks
     ]

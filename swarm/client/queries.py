@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from schemas import names
@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     # Imported where used: building the view models is most of a CLI verb's start-up.
     from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
 
-__all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed", "request_object"]
+__all__ = [
+    "CATCH_UP",
+    "QUERY_TIMEOUT",
+    "HiveQueries",
+    "QueryFailed",
+    "parse_views",
+    "request_object",
+]
 
 V = TypeVar("V", bound="View")
 
@@ -143,24 +150,33 @@ class HiveQueries:
     async def agent_views(self, namespace: str | None, *, at_least: int = 0) -> list[AgentView]:
         from schemas.views import AgentView
 
-        return _parsed(AgentView, await self.agents(namespace, at_least=at_least))
+        return parse_views(AgentView, await self.agents(namespace, at_least=at_least))
 
     async def agent_detail(
         self, namespace: str, name: str, *, at_least: int = 0
     ) -> AgentDetailView:
         from schemas.views import AgentDetailView
 
-        return _parsed(AgentDetailView, [await self.agent(namespace, name, at_least=at_least)])[0]
+        return parse_views(AgentDetailView, [await self.agent(namespace, name, at_least=at_least)])[
+            0
+        ]
+
+    async def agent_detail_by_id(self, agent_id: str, *, at_least: int = 0) -> AgentDetailView:
+        from schemas.views import AgentDetailView
+
+        return parse_views(AgentDetailView, [await self.agent_by_id(agent_id, at_least=at_least)])[
+            0
+        ]
 
     async def pod_views(self, *, at_least: int = 0) -> list[PodView]:
         from schemas.views import PodView
 
-        return _parsed(PodView, await self.pods(at_least=at_least))
+        return parse_views(PodView, await self.pods(at_least=at_least))
 
     async def namespace_views(self, *, at_least: int = 0) -> list[NamespaceView]:
         from schemas.views import NamespaceView
 
-        return _parsed(NamespaceView, await self.namespaces(at_least=at_least))
+        return parse_views(NamespaceView, await self.namespaces(at_least=at_least))
 
 
 async def request_object(
@@ -214,8 +230,13 @@ def _object(answer: Mapping[str, Any], key: str) -> dict[str, Any]:
     return item
 
 
-def _parsed(model: type[V], items: list[dict[str, Any]]) -> list[V]:
-    """The Hive's answers read as their views; an answer that is not one is a clear error."""
+def parse_views(model: type[V], items: Sequence[Mapping[str, Any]]) -> list[V]:
+    """The Hive's answers read as their views; an answer that is not one is a clear error
+    (FAILED), never a traceback: a Hive newer or older than the client may answer.
+
+    Public so that a reader holding the raw answer (the CLI prints it as it came with `-o json`)
+    can read the same answer typed for its tables.
+    """
     import pydantic
 
     try:
