@@ -39,10 +39,7 @@ from schemas.specs import (
     Version,
     Zone,
 )
-
-AgentStatus = Literal[
-    "requested", "scheduled", "starting", "running", "degraded", "failed", "stopped"
-]
+from schemas.status import AgentStatus
 
 # --- namespaces ----------------------------------------------------------------------------------
 

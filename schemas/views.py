@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from schemas.events import AgentStatus
 from schemas.specs import AutoscalePolicy, Capacity, Quota
+from schemas.status import AgentStatus
 
 #: A time as the Hive writes it: `datetime.isoformat()` of an aware UTC time.
 Time = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]

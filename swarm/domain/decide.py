@@ -16,9 +16,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from schemas import Envelope, Payload, commands, events, healing, market, observer, webhooks
-from schemas.events import AgentStatus
 from schemas.machine import PodAnomalyDetected, ReportPodAnomaly
 from schemas.specs import AgentSpec
+from schemas.status import AgentStatus
 from swarm.domain import placement, reputation
 from swarm.domain.dispatch import HandlerTable
 from swarm.domain.evolve import evolve

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.events import AgentStatus
 from schemas.specs import AgentSpec, AutoscalePolicy, Capacity, Quota
+from schemas.status import AgentStatus
 from swarm.domain import placement
 from swarm.domain.placement import PodStatus, ReplicaKey, ReplicaPhase
 from swarm.domain.reputation import Reputation
