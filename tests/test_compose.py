@@ -381,7 +381,8 @@ async def test_the_nats_configs_run_as_a_replicated_cluster(local_cluster: list[
     # The streams are created with three replicas in the cluster: that has to be possible.
     nc = await nats.connect([n.client_url for n in local_cluster], connect_timeout=5)
     try:
-        js = nc.jetstream(timeout=10)
+        # Three replicas that each sync every write: over 10 s beside four busy loops.
+        js = nc.jetstream(timeout=60)
         await js.add_stream(
             StreamConfig(
                 name="COMPOSE_TEST",

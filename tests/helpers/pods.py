@@ -72,7 +72,9 @@ async def agent(stack: Stack, name: str) -> dict[str, Any]:
     return found
 
 
-async def running_on(stack: Stack, name: str, pod_id: str, replicas: int = 1) -> None:
+async def running_on(
+    stack: Stack, name: str, pod_id: str, replicas: int = 1, timeout: float = 60.0
+) -> None:
     async def check() -> bool:
         instances = [
             r
@@ -84,7 +86,7 @@ async def running_on(stack: Stack, name: str, pod_id: str, replicas: int = 1) ->
         )
 
     # A rescheduling waits on leases, the scheduler and a pod start: generous on a busy machine.
-    await wait_until(check, 60, f"{name} running on {pod_id}")
+    await wait_until(check, timeout, f"{name} running on {pod_id}")
 
 
 async def ask(stack: Stack, name: str, body: bytes, timeout: float = 5) -> tuple[bytes, bool]:

@@ -85,7 +85,8 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
 
         async with running_pod(stack, "spare", cache_dir) as (spare, _):
             # Compiled once, by the doomed pod; the spare deserializes it from the shared cache.
-            await running_on(stack, "counter", "spare")
+            # Beside four busy loops the spare took over 60 s to load and start the component.
+            await running_on(stack, "counter", "spare", timeout=240)
             code, out, err = await swarm(url, "agent", "send", "counter", "{}")
             assert code == 0, err
             assert out.strip() == "4"
