@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -461,6 +462,35 @@ async def test_hopping_windows_count_each_event_in_every_window_it_falls_in(
     assert sum(windows.values()) == 2 * 5
     assert all(end - start == pytest.approx(4, abs=0.2) for _, (start, end) in windows)
     assert current[-1] >= 1
+
+
+async def test_current_reads_the_window_of_the_events_stored_time_not_of_its_fetch(
+    event_log: EventLog, settings: Settings
+) -> None:
+    # Events processed well after they were stored (a backlog, a restart) still count in, and
+    # read back from, the window of the time they were stored: faust's `current()` reads the
+    # time off the message it is handed, which the app moves to each event's stored time.
+    js = event_log.js
+    stream, root, name = await new_source(js, "lagging")
+    app = StreamApp(name, settings, batch=10)
+    app.table("load", default=int, window=Tumbling(size=1, expires=60))
+    seen: list[tuple[float, int]] = []
+
+    @app.processor(stream=stream, durable=name, decode=json.loads)
+    def count(tables: Tables, event: StreamEvent) -> None:
+        tables["load"]["a"] += 1
+        seen.append((event.timestamp.timestamp(), tables["load"]["a"].current()))
+
+    last = await publish(js, root, ["a"] * 3)
+    published = time.time()
+    # The app starts once the events' one-second window is over (a condition on the clock).
+    await until(lambda: time.time() >= published + 1.2, 5)
+    async with app:
+        await until(lambda: app.position(name) >= last, 30)
+    expected = [
+        sum(1 for t, _ in seen[: i + 1] if int(t) == int(ts)) for i, (ts, _) in enumerate(seen)
+    ]
+    assert [value for _, value in seen] == expected
 
 
 async def test_two_processors_share_tables_and_restart_without_double_counts(

@@ -187,6 +187,9 @@ class _Processor:
 class _Batch:
     deliveries: list[Delivery]
     done: asyncio.Future[None]
+    #: The faust message the batch travels in. Its timestamp is what faust's window `current()`
+    #: and `delta()` read, so it is moved to each event's stored time as the batch is processed.
+    message: Message | None = None
 
 
 class _Boot(BootStrategy):
@@ -571,7 +574,7 @@ class StreamApp:
             if not deliveries:
                 continue
             batch = _Batch(deliveries, loop.create_future())
-            message = Message(
+            batch.message = message = Message(
                 proc.stream,
                 0,
                 batch.deliveries[-1].stream_seq,
@@ -640,6 +643,8 @@ class StreamApp:
                 )
                 cursor.processor, cursor.seq = proc.name, seq
                 cursor.timestamp = delivery.timestamp.timestamp()
+                if batch.message is not None:
+                    batch.message.timestamp = cursor.timestamp
                 error = self._handle(proc, tables, event, outputs)
                 cursor.processor = None
                 proc.high = seq
