@@ -20,6 +20,7 @@ from schemas.names import HEADER_AGENT_ERROR as HEADER_ERROR
 from schemas.specs import AgentSpec, Limits, ModuleRef, Resources
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import true, wait_until
@@ -125,9 +126,7 @@ async def lose_pod(pod: Pod, task: asyncio.Task[None]) -> None:
         5,
         "an interval snapshot of the last count",
     )
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait([task])
 
 
 @dataclass(frozen=True, slots=True)

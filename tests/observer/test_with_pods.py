@@ -28,6 +28,7 @@ import pytest
 
 from schemas import names
 from schemas.specs import HealingPolicy, Limits
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import ECHO, agent
 from tests.helpers.pods import agent as agent_info
 from tests.helpers.pods import cluster, deploy, running_on, running_pod
@@ -110,7 +111,7 @@ async def test_loop_cost_blowup_and_latency_spike_are_reported(tmp_path: Path) -
             raise AssertionError(f"no {kind} reported for {name}: {await anomalies(stack)}")
 
         # Cost blowup: same traffic, ~8M fuel per message instead of a few instructions.
-        drivers["spender"].cancel()
+        await cancel_and_wait([drivers["spender"]])
         drivers["spender"] = asyncio.create_task(drive(stack, "spender", b"C", stop))
         started = time.monotonic()
         cost = await reported("spender", "cost_blowup", 10)
@@ -126,8 +127,7 @@ async def test_loop_cost_blowup_and_latency_spike_are_reported(tmp_path: Path) -
         loop_delay = time.monotonic() - started
         latency = await reported("victim", "latency_spike", 10)
         stop.set()
-        for task in drivers.values():
-            task.cancel()
+        await cancel_and_wait(drivers.values())
 
         assert cost["kind"] == "cost_blowup", cost
         fuel = next(s for s in cost["signals"] if s["signal"] == "fuel")

@@ -5,8 +5,6 @@ threads from a neighbour."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import struct
@@ -20,6 +18,7 @@ from runtime.replica import State
 from runtime.snapshots import HISTORY
 from schemas import commands, names
 from schemas.specs import Limits
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import BUSY, ECHO, HOARD, KV_STORE, hoard, kv_message
 from tests.helpers.pods import (
     ask,
@@ -205,6 +204,4 @@ async def test_an_agents_replicas_cannot_take_every_worker_from_its_neighbour(
             assert sum(r.in_call for r in busy) <= 2
         finally:
             # Its queued calls would take a minute to drain: stop the pod as if killed.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])

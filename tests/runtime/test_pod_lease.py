@@ -20,6 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from schemas import names
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import ECHO
 from tests.helpers.pods import ask, cluster, deploy, events, running_on, running_pod
 from tests.helpers.probes import answering, heartbeat_threads, nobody_listens, probe
@@ -154,8 +155,6 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
         # The abrupt path (cancelled, as by kill -9 in-process) stops it too.
         async with running_pod(stack, "abrupt", lease_s=LEASE_S) as (_, task):
             await wait_until(lambda: answering(nc, "abrupt"), 30, "a probe answered")
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
             assert heartbeat_threads("abrupt") == []
             await wait_until(lambda: nobody_listens(nc, "abrupt"), 30, "the probe unanswered")

@@ -28,6 +28,7 @@ from services.scheduler.autoscaler_service import (
 from swarm.devstack.embedded import EmbeddedNats
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import ECHO
 from tests.helpers.history import spec
 from tests.helpers.pods import cluster, running_on, running_pod
@@ -95,9 +96,7 @@ async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
 
                 await wait_until(scaled_up, 8, "a scale-up")
             finally:
-                feeding.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feeding
+                await cancel_and_wait([feeding])
             at, first = (await scaled_events(stack.client, agent_id))[0]
             decision = first["autoscale"]
             assert decision["direction"] == "up"
@@ -137,9 +136,7 @@ async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
 
                 await wait_until(scaled_down, 45, "a scale-down")
             finally:
-                feeding.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feeding
+                await cancel_and_wait([feeding])
             events = await scaled_events(stack.client, agent_id)
             at, down = next(
                 (t, e) for t, e in events[count:] if e["autoscale"]["direction"] == "down"
@@ -362,9 +359,7 @@ async def test_a_real_pod_under_a_rising_load_gets_a_second_replica_in_time(
                 # The scheduler places the new replica and the pod starts it.
                 await running_on(stack, "echo", "p1", replicas=first["replicas"])
             finally:
-                loading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loading
+                await cancel_and_wait([loading])
             decision = first["autoscale"]
             assert decision["direction"] == "up"
             # Ahead of demand by the autoscaler's own measure: the rate it saw one replica could

@@ -14,6 +14,7 @@ import pytest
 from schemas import names
 from services.scheduler import Scheduler, SchedulerSettings, Status
 from swarm.kernel.settings import Settings
+from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.schedulers import in_process_scheduler, scheduler_process
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.tables import ID_SECRET, assert_tables_match_the_log
@@ -161,9 +162,8 @@ async def test_proposals_resent_by_a_restarted_scheduler_are_dropped_as_duplicat
             return first.proposed == 100
 
         await wait_until(all_proposed, what="100 proposals")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
+        assert task.cancelled(), task.exception()
 
         async with in_process_scheduler(stack.url) as second:
 
