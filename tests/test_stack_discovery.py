@@ -278,8 +278,38 @@ def test_the_choice_goes_flag_then_variable_then_record_then_default(
     choice = discovery.choose(Settings())
     assert (choice.data_dir, choice.detail) == (tmp_path / "new", "SWARM_HOME")
 
-    flag = discovery.choose(Settings(data_dir=Path("flag")), from_flag=True)
+    flag = discovery.choose(Settings(), flag=Path("flag"))
     assert (flag.data_dir, flag.source) == (tmp_path / "flag", discovery.Source.FLAG)
+
+
+@pytest.mark.usefixtures("nothing_chosen")
+def test_without_settings_the_choice_reads_the_same_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI finds its stack before it reads the settings (pydantic-settings): the same
+    choice, from the same variables, in the same order."""
+
+    def both() -> tuple[discovery.StackChoice, discovery.StackChoice]:
+        return discovery.choose(None), discovery.choose(Settings())
+
+    recorded = a_stack_dir(tmp_path / "recorded")
+    light, full = both()
+    assert light == full
+    assert light.source is discovery.Source.DEFAULT
+    discovery.record_current(recorded)
+    light, full = both()
+    assert light == full
+    assert light.source is discovery.Source.RECORDED
+    monkeypatch.setenv("SWARM_DATA_DIR", "old")
+    light, full = both()
+    assert light == full
+    assert light.detail == "SWARM_DATA_DIR"
+    monkeypatch.setenv("SWARM_HOME", "~/new")
+    light, full = both()
+    assert light == full
+    assert light.detail == "SWARM_HOME"
+    assert light.data_dir == Path("~/new").expanduser()
+    assert discovery.choose(None, flag=Path("f")) == discovery.choose(Settings(), flag=Path("f"))
 
 
 @pytest.mark.usefixtures("nothing_chosen")

@@ -1143,8 +1143,7 @@ def send(
     body = sys.stdin.buffer.read() if message == "-" else message.encode()
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
             reply = await ask_agent(log, ns, name, body, timeout)
         if reply.error:

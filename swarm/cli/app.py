@@ -14,33 +14,81 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.main
+
+# typer (pinned) carries its own click; the root group's help is written with its helpers.
+from typer._click.utils import make_default_short_help
 from typer.core import TyperGroup
 
-#: Every verb and group of `swarm`, in the order `swarm --help` lists them, and the module of
-#: `swarm.cli` whose `register(root)` adds it.
-VERBS: Mapping[str, str] = {
-    "up": "stack",
-    "down": "stack",
-    "status": "stack",
-    "migrate": "stack",
-    "publish": "publish",
-    "market": "market",
-    "logs": "logs",
-    "trace": "trace",
-    "debug": "debug",
-    "timeline": "timeline",
-    "schemas": "schemas_cmd",
-    "agent": "agent",
-    "pod": "pod",
-    "namespace": "namespace",
-    "module": "module",
-    "task": "task",
-    "webhook": "webhook",
-    "observe": "observe",
+if TYPE_CHECKING:
+    from typer._click import Context, HelpFormatter
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """Where a verb of `swarm` comes from, and the line `swarm --help` shows for it."""
+
+    #: The module of `swarm.cli` whose `register(root)` adds the verb.
+    module: str
+    #: The first sentence of the verb's help: `swarm --help` lists every verb without building
+    #: any (tests/test_cli_start.py checks each agrees with its module's help).
+    summary: str
+
+
+#: Every verb and group of `swarm`, in the order `swarm --help` lists them.
+VERBS: Mapping[str, Verb] = {
+    "up": Verb(
+        "stack",
+        "Start NATS, PostgreSQL and the Swarm services; stay in the foreground until Ctrl-C.",
+    ),
+    "down": Verb(
+        "stack", "Stop the stack started by `swarm up` (services, then PostgreSQL, then NATS)."
+    ),
+    "status": Verb(
+        "stack",
+        "Show which stack this is, whether it runs, where it listens and how its services do.",
+    ),
+    "migrate": Verb(
+        "stack",
+        "Bring the database schema up to date, as `swarm up` does before starting services.",
+    ),
+    "publish": Verb("publish", "Send a command and wait for its outcome."),
+    "market": Verb(
+        "market",
+        "Show the market: offers (pod, free, price, energy, labels) and recent clearings.",
+    ),
+    "logs": Verb(
+        "logs", "Print an agent's log lines (all its replicas): time, level, replica, message."
+    ),
+    "trace": Verb(
+        "trace",
+        "Show everything one command caused (events, outcomes, the scheduler's proposals, the "
+        "pods' reports) as a tree with times from the command.",
+    ),
+    "debug": Verb(
+        "debug",
+        "Inspect a live agent: status, replicas, trust, findings, logs, kv state; send messages.",
+    ),
+    "timeline": Verb(
+        "timeline",
+        "Read the log: list it, rebuild the Hive's state at a point, check, export, import.",
+    ),
+    "schemas": Verb(
+        "schemas_cmd", "Inspect and export the JSON Schemas of every command and event."
+    ),
+    "agent": Verb("agent", "Deploy and manage agents."),
+    "pod": Verb("pod", "Inspect the pods that run agents."),
+    "namespace": Verb("namespace", "Create namespaces and set their quotas."),
+    "module": Verb("module", "Push and list agent modules (WebAssembly)."),
+    "task": Verb("task", "Send tasks to named queues."),
+    "webhook": Verb(
+        "webhook", "Send events to HTTP endpoints: signed CloudEvents, retried, recorded."
+    ),
+    "observe": Verb("observe", "Look at agent behaviour as the Observer sees it."),
 }
 
 #: How a verb finds the stack it talks to, shown under `swarm --help` (swarm.cli.discovery).
@@ -82,16 +130,16 @@ class LazyVerbs(MutableMapping[str, Any]):
     Iterating lists every name without building anything; looking one up builds its module's.
     """
 
-    def __init__(self, verbs: Mapping[str, str]) -> None:
+    def __init__(self, verbs: Mapping[str, Verb]) -> None:
         self._verbs = verbs
         self._built: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._built:
-            module = self._verbs.get(name)
-            if module is None:
+            verb = self._verbs.get(name)
+            if verb is None:
                 raise KeyError(name)
-            self._built.update(build_verbs(module))
+            self._built.update(build_verbs(verb.module))
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
@@ -112,11 +160,28 @@ class LazyVerbs(MutableMapping[str, Any]):
 
 
 class Swarm(TyperGroup):
-    """The root group, with `LazyVerbs` for commands."""
+    """The root group, with `LazyVerbs` for commands.
+
+    Listing the verbs (`swarm --help`, shell completion) builds none of them: building them all
+    took ~250 ms of the ~400 ms `swarm --help` spent here (bench/cli.py).
+    """
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
         self.commands = LazyVerbs(VERBS)
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        # typer's iterates the commands' items, which would build every one.
+        return list(self.commands)
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        width = formatter.width or 80
+        limit = width - 6 - max(len(name) for name in VERBS)
+        rows = [
+            (name, make_default_short_help(verb.summary, limit)) for name, verb in VERBS.items()
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 app = typer.Typer(

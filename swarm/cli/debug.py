@@ -84,8 +84,7 @@ def debug(
     ns = namespace or DEFAULT_NAMESPACE
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
         async with connect.session(target, settings, streams=streams) as log:
             seen: list[dict[str, Any]] = []

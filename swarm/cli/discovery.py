@@ -29,13 +29,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from swarm.kernel import env
+
 if TYPE_CHECKING:
     from swarm.kernel.settings import Settings
 
 #: The file in a data dir that a running stack's supervisor keeps up to date.
 STACK_STATE_FILE = "stack.json"
 #: The settings that name a data dir, in the order they are read.
-ENV_VARS = ("SWARM_HOME", "SWARM_DATA_DIR")
+ENV_VARS = env.DATA_DIR
 
 
 class Source(StrEnum):
@@ -126,20 +128,28 @@ def read_current() -> Path | None:
     return data_dir
 
 
-def choose(settings: Settings, *, from_flag: bool = False, recorded: bool = True) -> StackChoice:
-    """The data dir a verb uses (see the module docstring for the order); `recorded=False` for
-    `swarm up`, which does not look at the record.
+def choose(
+    settings: Settings | None, *, flag: Path | None = None, recorded: bool = True
+) -> StackChoice:
+    """The data dir a verb uses (see the module docstring for the order): `flag` is the verb's
+    `--data-dir`; `recorded=False` for `swarm up`, which does not look at the record.
 
-    `settings.data_dir` holds `--data-dir` when `from_flag`; otherwise a data dir set by
-    `SWARM_HOME`/`SWARM_DATA_DIR` (or passed to `Settings`) is told from the default by
-    pydantic's record of which fields were given.
+    A data dir set by `SWARM_HOME`/`SWARM_DATA_DIR` (or passed to `Settings`) is told from the
+    default by pydantic's record of which fields were given. Without `settings` (a verb that has
+    not read them yet) those variables are read straight from the environment.
     """
-    given = settings.data_dir.expanduser().resolve()
-    if from_flag:
-        return StackChoice(given, Source.FLAG, "--data-dir")
-    if "data_dir" in settings.model_fields_set:
-        named = next((name for name in ENV_VARS if os.environ.get(name)), "the settings")
-        return StackChoice(given, Source.ENV, named)
+    if flag is not None:
+        return StackChoice(flag.expanduser().resolve(), Source.FLAG, "--data-dir")
+    named = next((name for name in ENV_VARS if os.environ.get(name)), None)
+    if settings is None:
+        data_dir = Path(os.environ[named]) if named else Path(env.DEFAULT_DATA_DIR)
+        given_by_env = named is not None
+    else:
+        data_dir = settings.data_dir
+        given_by_env = "data_dir" in settings.model_fields_set
+    given = data_dir.expanduser().resolve()
+    if given_by_env:
+        return StackChoice(given, Source.ENV, named or "the settings")
     if not recorded:
         return StackChoice(given, Source.DEFAULT, "`swarm up` starts where it runs")
     current = read_current()

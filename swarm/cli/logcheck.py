@@ -23,7 +23,7 @@ from swarm.cli.output import (
 from swarm.client.verify import Report, verify
 
 if TYPE_CHECKING:
-    from swarm.kernel.settings import Settings
+    pass
 
 
 # --- Printing ------------------------------------------------------------------------------------
@@ -87,8 +87,7 @@ def register(group: typer.Typer) -> None:
         async def main() -> int:
             from schemas import names
 
-            settings: Settings = connect.load_settings()
-            target = connect.resolve_nats_url(nats_url, settings)
+            target, settings = connect.locate(nats_url)
             streams = [names.STREAM_COMMANDS, names.STREAM_EVENTS]
             async with connect.session(target, settings, streams=streams) as log:
                 report = await verify(log, grace=grace)

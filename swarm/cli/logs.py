@@ -83,8 +83,7 @@ def logs(
     async def main() -> int:
         levels = shown_levels(level)
         start = parse_time(since) if since else None
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         streams = (names.STREAM_EVENTS, names.STREAM_LOGS)
         async with connect.session(target, settings, streams=streams) as log:
             agent = await HiveQueries(log).agent(ns, name, at_least=await read_floor(log))

@@ -42,8 +42,7 @@ def market(
     from swarm.client.market import ask_market
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings, streams=()) as log:
 
             async def fetch() -> dict[str, Any]:

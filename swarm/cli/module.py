@@ -81,8 +81,7 @@ def push(
     async def main() -> int:
         raw, kind = module_bytes(file)
         digest = hashlib.sha256(raw).hexdigest()
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
             store = await _store(log, target)
             already = await store.info(digest) is not None
@@ -113,8 +112,7 @@ def ls(
     """List the stored modules: sha256, size and when each was stored."""
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
             store = await _store(log, target)
             infos = await store.list()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shlex
 import sys
 from datetime import UTC, datetime
@@ -34,6 +33,14 @@ if TYPE_CHECKING:
     from swarm.devstack.stack import StackReport, StackState
     from swarm.devstack.supervisor import ServiceSpec
     from swarm.kernel.settings import Settings
+
+
+def token_urlsafe(nbytes: int) -> str:
+    """A new secret: `secrets` (with `random`, ~12 ms) is imported by the verbs that make one,
+    not by `swarm status`."""
+    import secrets
+
+    return secrets.token_urlsafe(nbytes)
 
 
 def default_services(
@@ -108,9 +115,9 @@ def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
             addrs[i] = f"127.0.0.1:{port}"
     cluster = {
         "addrs": addrs,
-        "password": cluster.get("password") or secrets.token_urlsafe(24),
+        "password": cluster.get("password") or token_urlsafe(24),
         # Behind the ids services derive for their commands (swarm.kernel.ids).
-        "id_secret": cluster.get("id_secret") or secrets.token_urlsafe(32),
+        "id_secret": cluster.get("id_secret") or token_urlsafe(32),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
@@ -198,7 +205,7 @@ def api_token_file(data_dir: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+            out.write(token_urlsafe(32) + "\n")
     path.chmod(0o600)
     return path
 
@@ -427,7 +434,7 @@ def _choose(
     """The settings a stack verb runs with, their data dir the stack `swarm.cli.discovery`
     picks (absolute), and that choice."""
     settings = _settings(data_dir, nats_url, database_url, sync)
-    choice = discovery.choose(settings, from_flag=data_dir is not None, recorded=recorded)
+    choice = discovery.choose(settings, flag=data_dir, recorded=recorded)
     return settings.model_copy(update={"data_dir": choice.data_dir}), choice
 
 
@@ -736,7 +743,8 @@ def status(
     """
     from swarm.devstack.stack import inspect_stack
 
-    _, choice = _choose(data_dir)
+    # Without reading the settings (pydantic-settings): status needs only where the stack is.
+    choice = discovery.choose(None, flag=data_dir)
     report = inspect_stack(choice.data_dir)
     hive = _hive_view(report)
     if output is OutputFormat.JSON:

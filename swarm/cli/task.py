@@ -59,8 +59,7 @@ def send(
 
     async def main() -> int:
         check_queue(queue)
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings, streams=(names.STREAM_TASKS,)) as log:
             answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             inbox = None
@@ -105,8 +104,7 @@ def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = No
     from swarm.kernel.eventlog import RequestTimeout
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings, streams=(names.STREAM_TASKS,)) as log:
             try:
                 state = await LogAdmin(log).stream(names.STREAM_TASKS, subjects=names.TASKS_ALL)

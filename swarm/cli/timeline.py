@@ -280,8 +280,7 @@ def register(app: typer.Typer) -> None:
                 from swarm.client.timetravel import Point
 
                 point = Point.parse(at)
-                settings = connect.load_settings()
-                target = connect.resolve_nats_url(nats_url, settings)
+                target, settings = connect.locate(nats_url)
                 return await timetravel.show_at(
                     target=target, settings=settings, point=point, output=output
                 )
@@ -318,8 +317,7 @@ def register(app: typer.Typer) -> None:
                 from_seq=from_seq,
                 to_seq=to_seq,
             )
-            settings = connect.load_settings()
-            target = connect.resolve_nats_url(nats_url, settings)
+            target, settings = connect.locate(nats_url)
             return await _timeline(
                 target=target,
                 settings=settings,

@@ -194,8 +194,7 @@ def register(group: typer.Typer) -> None:
             now = datetime.now(UTC)
             a, b = Point.parse(first, now=now), Point.parse(second, now=now)
             check_order(a, b)  # before connecting: a usage error needs no server
-            settings = connect.load_settings()
-            target = connect.resolve_nats_url(nats_url, settings)
+            target, settings = connect.locate(nats_url)
             async with connect.session(target, settings, streams=[names.STREAM_EVENTS]) as log:
                 before, after = await fold_pair(log, a, b)
             print_diff(before, after, diff_states(before.state, after.state), output)

@@ -76,8 +76,7 @@ def trace(
     from schemas import names
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         streams = (names.STREAM_COMMANDS, names.STREAM_EVENTS)
         async with connect.session(target, settings, streams=streams) as log:
             roots = await collect(log, wanted, window=window)

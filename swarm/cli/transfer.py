@@ -18,7 +18,7 @@ from swarm.client.transfer import export, import_stream, parse_batch, streams_in
 
 if TYPE_CHECKING:
     # Imported where used: every `swarm` call registers these verbs (tests/test_cli_start.py).
-    from swarm.kernel.settings import Settings
+    pass
 
 
 def _read_file(path: str) -> str:
@@ -108,8 +108,7 @@ def register(group: typer.Typer) -> None:
                 from_seq=from_seq,
                 to_seq=to_seq,
             )
-            settings: Settings = connect.load_settings()
-            target = connect.resolve_nats_url(nats_url, settings)
+            target, settings = connect.locate(nats_url)
             async with connect.session(target, settings, streams=streams) as log:
                 if file == "-":
                     counts = await export(log, streams, filters, sys.stdout)
@@ -150,8 +149,7 @@ def register(group: typer.Typer) -> None:
 
         async def main() -> int:
             items = parse_batch(_read_file(file))
-            settings: Settings = connect.load_settings()
-            target = connect.resolve_nats_url(nats_url, settings)
+            target, settings = connect.locate(nats_url)
             async with connect.session(target, settings) as log:
                 # A bare NATS server is a valid target: it gets Swarm's streams, as `swarm up`
                 # and every Swarm service would create them.

@@ -194,8 +194,7 @@ def show_read(
     from swarm.cli import connect
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         # Imported once NATS is named: without a stack the verb has ended above, quickly.
         from schemas import names
         from swarm.cli.queries import HiveQueries

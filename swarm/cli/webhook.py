@@ -259,8 +259,7 @@ def deliveries(
     from swarm.client import webhooks
 
     async def main() -> int:
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
             if dead:
                 letters = await webhooks.dead_letters(log, subscription)
@@ -366,8 +365,7 @@ def redeliver(
     async def main() -> int:
         if bool(wanted) == all_dead:
             raise CliError("give event ids or --all-dead (not both)", code=EXIT_USAGE)
-        settings = connect.load_settings()
-        target = connect.resolve_nats_url(nats_url, settings)
+        target, settings = connect.locate(nats_url)
         async with connect.session(target, settings, streams=_command_streams()) as log:
             try:
                 plan = await webhooks.plan_redelivery(

@@ -25,7 +25,6 @@ themselves. Each server restart is counted in `stack.json` (`swarm status` shows
 from __future__ import annotations
 
 import _thread
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -753,6 +752,8 @@ class Stack:
 
         url = self._state.nats_url if self._state else None
         assert url is not None
+        import asyncio  # here: `swarm status` reads a stack without an event loop
+
         asyncio.run(_ensure_streams(url, self.settings))
         return ", ".join(spec.name for spec in stream_specs(self.settings))
 

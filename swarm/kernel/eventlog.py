@@ -28,7 +28,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 import nats
 import nats.errors
@@ -48,10 +48,15 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from schemas import REGISTRY, Envelope, Payload, Registry, names, new_id, subject_of
+from schemas import names
 from swarm.kernel.connection import CannotConnect, connect_nats
-from swarm.kernel.settings import Settings
 from swarm.kernel.streams import ensure_streams
+
+if TYPE_CHECKING:
+    # The models and the settings are pydantic: imported where used, so that a client that
+    # only asks and reads raw bytes (`swarm status`) does not pay ~200 ms for them (bench/cli.py).
+    from schemas import Envelope, Payload, Registry
+    from swarm.kernel.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -258,6 +263,8 @@ class AppendRequest:
         expected_subject: str | None = None,
     ) -> AppendRequest:
         """Append an envelope on its own subject, deduplicated by its id."""
+        from schemas import subject_of
+
         return cls(
             subject_of(envelope),
             envelope.to_json(),
@@ -300,8 +307,13 @@ class Delivery:
     timestamp: datetime
     _msg: Msg | None = None
 
-    def decode(self, registry: Registry = REGISTRY) -> Envelope[Any]:
-        """Strictly decode the body; raises `schemas.DecodeError` with field-level errors."""
+    def decode(self, registry: Registry | None = None) -> Envelope[Any]:
+        """Strictly decode the body (with every command and event, unless `registry` says
+        otherwise); raises `schemas.DecodeError` with field-level errors."""
+        if registry is None:
+            from schemas import REGISTRY
+
+            registry = REGISTRY
         return registry.decode(self.data)
 
     @property
@@ -394,7 +406,7 @@ class EventLog:
         self, nc: NATS, settings: Settings | None = None, *, timeout: float = _DEFAULT_TIMEOUT
     ):
         self.nc = nc
-        self.settings = settings or Settings()
+        self._settings = settings
         self.timeout = timeout
         #: The JetStream API's subject prefix, for readers that speak the API directly
         #: (swarm.kernel.logscan); nats-py keeps its own copy private.
@@ -426,6 +438,15 @@ class EventLog:
         if ensure:
             await self.ensure_streams()
         return self
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the streams are made with (from the environment, unless given)."""
+        if self._settings is None:
+            from swarm.kernel.settings import Settings
+
+            self._settings = Settings()
+        return self._settings
 
     async def ensure_streams(self) -> None:
         with translated():
@@ -628,6 +649,8 @@ class EventLog:
             return []
         if len(requests) > MAX_ATOMIC_BATCH:
             raise ValueError(f"an atomic batch holds at most {MAX_ATOMIC_BATCH} messages")
+        from schemas import new_id
+
         batch_id = new_id()
         last = len(requests)
         for n, request in enumerate(requests, 1):

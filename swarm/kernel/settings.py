@@ -12,13 +12,15 @@ from typing import Literal, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from swarm.kernel import env
+
 S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
     # validate_by_name: `Settings(data_dir=…)` works although the field reads aliased variables.
     model_config = SettingsConfigDict(
-        env_prefix="SWARM_", extra="ignore", frozen=True, validate_by_name=True
+        env_prefix=env.PREFIX, extra="ignore", frozen=True, validate_by_name=True
     )
 
     #: External NATS server; when unset `swarm up` starts an embedded one.
@@ -29,7 +31,7 @@ class Settings(BaseSettings):
     #: its older name `SWARM_DATA_DIR` (SWARM_HOME wins when both are set). Left unset, the CLI
     #: uses the stack `swarm up` started last, else `./.swarm` (`swarm.cli.discovery`).
     data_dir: Path = Field(
-        default=Path(".swarm"), validation_alias=AliasChoices("SWARM_HOME", "SWARM_DATA_DIR")
+        default=Path(env.DEFAULT_DATA_DIR), validation_alias=AliasChoices(*env.DATA_DIR)
     )
 
     #: Replicas of every stream (3 in a clustered deployment, 1 on one machine).

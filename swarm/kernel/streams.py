@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -16,7 +17,9 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from schemas import names
-from swarm.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    from swarm.kernel.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
