@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -109,6 +110,25 @@ def stack_pids(report: Any) -> list[int]:
     return pids
 
 
+def private_mode(path: Path) -> int:
+    """The group and other bits of `path`'s mode."""
+    return path.stat().st_mode & 0o077
+
+
+def open_to_others(root: Path) -> list[str]:
+    """What under `root` its group or other users may read or write (the servers create and
+    remove files meanwhile: one gone before it is looked at is skipped)."""
+    found = []
+    for path in root.rglob("*"):
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISLNK(mode) and mode & 0o066:
+            found.append(f"{oct(mode)} {path}")
+    return found
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +148,11 @@ async def test_up_status_down_and_restart_keep_the_data(
     report = status_json(swarm, data_dir)
     assert report["running"] is True
     assert report["state"] == "running"
+    # The data dir is its user's: others cannot list it (as root they may pass through it to
+    # reach PostgreSQL's data, which its server user owns), and nothing in it is readable by
+    # them: logs, stack.json, the servers' data, the Raft journal.
+    assert private_mode(data_dir) in (0, 0o001), oct(private_mode(data_dir))
+    assert open_to_others(data_dir) == []
     assert report["nats_reachable"] is True
     assert report["migration"] == "0003"
     nats_url, database_url = report["nats_url"], report["database_url"]

@@ -19,6 +19,10 @@ class HiveSettings(BaseSettings):
     #: This replica's Raft address (host:port) and the other replicas' addresses.
     raft_self: str = "127.0.0.1:4321"
     raft_peers: list[str] = Field(default_factory=list)
+    #: Where the Raft port listens (host:port). Unset: on `raft_self`'s own address, never on
+    #: every interface (pysyncobj's default binds 0.0.0.0 whatever `raft_self` says). Set it
+    #: where `raft_self` is an address the replica does not own (NAT, port forwarding).
+    raft_bind: str | None = None
     #: Shared secret of the Raft cluster. Required: without it pysyncobj runs whatever pickle
     #: reaches its port.
     raft_password: str = Field(min_length=8)
@@ -36,6 +40,7 @@ class HiveSettings(BaseSettings):
             peers=tuple(p for p in self.raft_peers if p and p != self.raft_self),
             password=self.raft_password,
             data_dir=self.data_dir,
+            bind_addr=self.raft_bind or self.raft_self,
         )
 
     def seal_key(self) -> SealKey:

@@ -83,6 +83,8 @@ class RaftConfig:
     peers: tuple[str, ...]
     password: str
     data_dir: Path
+    #: The address the Raft port listens on; None: `self_addr`.
+    bind_addr: str | None = None
 
     def conf(self) -> SyncObjConf:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,8 @@ class RaftConfig:
         return SyncObjConf(
             # Without a password pysyncobj unpickles whatever reaches its port.
             password=self.password,
+            # pysyncobj binds 0.0.0.0 unless told: the port would answer on every interface.
+            bindAddress=self.bind_addr or self.self_addr,
             journalFile=str(self.data_dir / f"raft-{safe}.journal"),
             fullDumpFile=str(self.data_dir / f"raft-{safe}.dump"),
             # 0.15-0.35 s gave a failover in ~0.3 s on a quiet machine, but on a loaded one

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
@@ -529,6 +529,18 @@ class _RichProgress:
             self._status = None
 
 
+def _masked(url: str | None) -> str | None:
+    """`url` with its password shown as `***` (`swarm status -o json` and the `export` line
+    after `swarm up` give it whole: the stack's user may read it, a screen share should not)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _summary(state: StackState, out: Console) -> None:
     """Where everything listens. Plain lines, not a table: a table narrower than a URL would
     cut it, and these are meant to be copied."""
@@ -536,7 +548,7 @@ def _summary(state: StackState, out: Console) -> None:
     db_note = "external" if state.database_external else f"pid {state.postgres_pid}"
     rows = [
         ("NATS", state.nats_url or "-", nats_note),
-        ("PostgreSQL", state.database_url or "-", db_note),
+        ("PostgreSQL", _masked(state.database_url) or "-", db_note),
         ("Data dir", state.data_dir, f"migrations at {state.migration or '-'}"),
     ]
     if state.api_url:

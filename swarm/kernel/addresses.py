@@ -14,11 +14,33 @@ from typing import Any
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: NAT64's well-known prefix (RFC 6052): a translator on the path delivers `64:ff9b::a.b.c.d`
+#: to the IPv4 address a.b.c.d. Python counts the prefix as globally routable.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: IpAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to, when it carries one: IPv4-mapped
+    (`::ffff:a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`) or NAT64 (`64:ff9b::a.b.c.d`). Python counts
+    6to4 and NAT64 addresses as global whatever they embed, so `2002:7f00:1::` (127.0.0.1) would
+    pass as public. (Teredo's 2001::/32 is already not global.)"""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
 
 def non_public_reason(address: IpAddress) -> str | None:
-    """Why `address` is not a public unicast address, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return non_public_reason(address.ipv4_mapped)
+    """Why `address` is not a public unicast address, or None when it is. An IPv6 address that
+    leads to an IPv4 address (`embedded_ipv4`) is judged as that address."""
+    embedded = embedded_ipv4(address)
+    if embedded is not None:
+        return non_public_reason(embedded)
     checks = (
         # The narrower names first: link-local and unspecified ranges are "private" too.
         ("loopback", address.is_loopback),

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from schemas import CommandRejected, command, commands, event, events, names, new_id, utcnow
@@ -422,3 +423,18 @@ async def test_outcomes_pre_written_for_guessable_proposal_ids_do_not_delay_plac
 
 async def _placed(stack: Stack, count: int) -> bool:
     return await stack.placed() == count
+
+
+async def test_the_raft_port_listens_on_its_own_address_not_on_every_interface(
+    stack: Stack,
+) -> None:
+    """pysyncobj binds 0.0.0.0 unless told: a replica at 127.0.0.1 answered on every
+    interface of the machine."""
+    assert stack.hive is not None
+    host, port = stack.hive.hive_settings.raft_self.rsplit(":", 1)
+    listening = [
+        c.laddr
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)
+    ]
+    assert [address.ip for address in listening] == [host]

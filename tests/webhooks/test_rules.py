@@ -26,6 +26,12 @@ from services.webhooks.targets import TargetGuard, non_public_reason
         ("224.0.0.1", "multicast"),
         ("0.0.0.0", "unspecified"),
         ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped IPv6 is judged as the IPv4 address
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1: Python calls it global
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of the cloud metadata address
+        ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::c0a8:101", "private"),  # NAT64 of 192.168.1.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "private"),  # Teredo
         ("100.64.0.1", "not globally routable"),  # carrier-grade NAT
     ],
 )
@@ -33,7 +39,16 @@ def test_non_public_addresses_are_named(address: str, reason: str) -> None:
     assert non_public_reason(ipaddress.ip_address(address)) == reason
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "2606:4700::6810:85e5", "8.8.8.8"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "93.184.215.14",
+        "2606:4700::6810:85e5",
+        "8.8.8.8",
+        "2002:808:808::1",  # 6to4 of a public address
+        "64:ff9b::808:808",  # NAT64 of a public address
+    ],
+)
 def test_public_addresses_pass(address: str) -> None:
     assert non_public_reason(ipaddress.ip_address(address)) is None
 
