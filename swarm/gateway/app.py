@@ -38,8 +38,10 @@ DESCRIPTION = """\
 Deploy and manage Swarm's agents over HTTP: the same commands and queries as the `swarm` CLI.
 
 Every `/v1` route needs `Authorization: Bearer <token>` (`swarm up` writes the token to
-`<data dir>/api-token`), checked before the request's body is read. Bodies have a size limit
-(413 above it), and a JSON body must be UTF-8 JSON the API can encode again (400 otherwise).
+`<data dir>/api-token`), checked before the request's body is read; so do this document and the
+interactive docs, unless the API serves them publicly (`SWARM_API_PUBLIC_DOCS=true`). Bodies
+have a size limit (413 above it), and a JSON body must be UTF-8 JSON the API can encode again
+(400 otherwise).
 Commands wait for the Hive's outcome unless `?wait=false` (202 with a `Location` to poll).
 Every error is an RFC 9457 problem document (`application/problem+json`, schema `Problem`).
 """
@@ -95,7 +97,12 @@ def create_app(
     )
     # Outside the routing: the token and the body's size and text are judged before FastAPI
     # reads the body (see `guard`).
-    app.add_middleware(RequestGuard, token=bearer, max_body_bytes=api_settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        token=bearer,
+        max_body_bytes=api_settings.max_body_bytes,
+        public_docs=api_settings.public_docs,
+    )
     problems.install(app)
     for module in (
         health,

@@ -34,6 +34,8 @@ from swarm.gateway.problems import ProblemError, response_of
 
 #: Requests under this path need the bearer token.
 PROTECTED_PREFIX = "/v1"
+#: The API's own description, behind the token too unless the API is told its docs are public.
+DOCUMENTS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 #: Headers the API reads as text (obs-text, bytes over 0x7f, is not text: RFC 9110 §5.5).
 #: `Authorization` is not here: a token that is not ASCII is simply not the token.
 TEXT_HEADERS = ("content-type", "idempotency-key", "last-event-id")
@@ -42,18 +44,23 @@ TEXT_HEADERS = ("content-type", "idempotency-key", "last-event-id")
 class RequestGuard:
     """ASGI middleware enforcing the token, readable text and the body limit (see the module)."""
 
-    def __init__(self, app: ASGIApp, *, token: str, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str, max_body_bytes: int, public_docs: bool = False
+    ) -> None:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self.public_docs = public_docs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        protected = _is_protected(scope)
-        refused = self._judge_head(scope, headers, protected=protected)
+        path = _route_path(scope)
+        protected = _is_protected(path)
+        needs_token = protected or (path in DOCUMENTS and not self.public_docs)
+        refused = self._judge_head(scope, headers, needs_token=needs_token)
         if refused is not None:
             await _answer(scope, receive, send, refused, close=_may_have_body(headers))
             return
@@ -73,9 +80,9 @@ class RequestGuard:
         await self.app(scope, _replay(body, receive), send)
 
     def _judge_head(
-        self, scope: Scope, headers: Headers, *, protected: bool
+        self, scope: Scope, headers: Headers, *, needs_token: bool
     ) -> ProblemError | None:
-        if protected:
+        if needs_token:
             refused = auth.refusal(headers.get("authorization"), self.token)
             if refused is not None:
                 return refused
@@ -133,12 +140,16 @@ class RequestGuard:
         )
 
 
-def _is_protected(scope: Scope) -> bool:
-    # The path the router matches: without the root path the app may be mounted under.
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path the app may be mounted under."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
+    return path
+
+
+def _is_protected(path: str) -> bool:
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
 

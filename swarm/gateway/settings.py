@@ -20,6 +20,10 @@ class GatewaySettings(BaseSettings):
     token: SecretStr | None = None
     #: A file holding the token (what `swarm up` writes), read at start.
     token_file: Path | None = None
+    #: Serve the OpenAPI document and the interactive docs (`/openapi.json`, `/docs`, `/redoc`)
+    #: without the token. Off: they describe every route and model of the API, which is for
+    #: the API's users, not for whoever reaches its port.
+    public_docs: bool = False
     #: Identity stamped on the commands the API sends (CloudEvents extension `identity`).
     identity: str = Field(default="user:api", pattern=r"^(user|service):[A-Za-z0-9._@-]{1,64}$")
     #: How long a command request waits for its outcome unless it says `?timeout=`.

@@ -7,7 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from tests.gateway.client import PROBLEM, SPEC, problem
+from swarm.gateway import GatewaySettings, create_app
+from swarm.kernel.settings import Settings
+from tests.gateway.client import PROBLEM, SPEC, TOKEN, problem
 from tests.helpers.stack import Stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,14 +147,32 @@ async def test_malformed_requests_get_the_problem_shape(api: httpx.AsyncClient) 
     problem(await api.get("/v1/events", params={"limit": "0"}), 422)
 
 
+async def test_the_docs_are_public_only_when_the_api_is_told(stack: Stack) -> None:
+    app = create_app(
+        Settings(nats_url=stack.url),
+        GatewaySettings(public_docs=True),
+        log=stack.client,
+        token=TOKEN,
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://swarm.test") as anyone:
+        document = (await anyone.get("/openapi.json")).json()
+        assert "/v1/agents" in document["paths"]
+        problem(await anyone.get("/v1/agents"), 401)  # the routes themselves still need it
+
+
 async def test_requests_without_the_token_are_refused(api: httpx.AsyncClient) -> None:
     for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
         response = await api.get("/v1/agents", headers=headers)
         problem(response, 401)
         assert response.headers["www-authenticate"].startswith("Bearer")
-    # Liveness needs no token; the OpenAPI document declares the bearer scheme.
+    # Liveness needs no token; the API's description does (it lists every route and model),
+    # and declares the bearer scheme.
     assert (await api.get("/healthz", headers={"Authorization": ""})).json()["status"] == "ok"
     assert (await api.get("/readyz")).json()["status"] == "ok"
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        problem(await api.get(path, headers={"Authorization": ""}), 401)
+        assert (await api.get(path)).status_code == 200, path
     document = (await api.get("/openapi.json")).json()
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     agents_get = document["paths"]["/v1/agents"]["get"]

@@ -87,7 +87,7 @@ async def test_schemathesis_finds_no_server_errors(stack: Stack, database_url: s
         with serving(stack.url, TOKEN, database_url) as url:
             # The document is built on its first request: seconds on a loaded machine (httpx's
             # default 5 s ran out in a stress run).
-            async with httpx.AsyncClient(timeout=60) as client:
+            async with httpx.AsyncClient(timeout=60, headers=AUTH) as client:
                 document = (await client.get(f"{url}/openapi.json")).json()
             # In a thread: the Hive deciding the commands runs in this test's event loop.
             statuses = await asyncio.to_thread(fuzz, url, document)
