@@ -35,6 +35,12 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 PRIVATE_UMASK = 0o077
 
 
+def private_fd(path: Path, flags: int = os.O_APPEND) -> int:
+    """A descriptor of `path` (read-write, created if missing, plus `flags`), created for its
+    owner only (0600) whatever the process umask: a foreground `swarm up` has its shell's."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
+
+
 class EmbeddedServerError(RuntimeError):
     """A server could not be started; the message carries the tail of its log."""
 
@@ -155,7 +161,7 @@ class EmbeddedNats(_ChildServer):
         port_arg = (
             str(self.port) if self.port and free_port(self.port, self.host) == self.port else "-1"
         )
-        with self.log_path.open("ab") as log_file:
+        with open(private_fd(self.log_path), "ab") as log_file:
             self.proc = subprocess.Popen(
                 [
                     str(nats_server_binary()),
@@ -352,7 +358,7 @@ class EmbeddedPostgres(_ChildServer):
         else:
             trusting = _trusts(self.pgdata / "pg_hba.conf")
         self.port = free_port(self.port or None, self.host)
-        with self.log_path.open("ab") as log_file:
+        with open(private_fd(self.log_path), "ab") as log_file:
             if ids:
                 os.chown(self.log_path, ids[0], ids[1])
             self.proc = subprocess.Popen(

@@ -49,6 +49,7 @@ from swarm.devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     EmbeddedServerError,
+    private_fd,
 )
 from swarm.devstack.supervisor import (
     RestartPolicy,
@@ -244,15 +245,9 @@ def read_state(data_dir: Path) -> StackState | None:
         return None
 
 
-def _private_file(path: Path, flags: int) -> int:
-    """A descriptor of `path`, created for its owner only (0600) whatever the process umask
-    (a foreground `swarm up` has its shell's)."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
-
-
 def _write_state(path: Path, state: StackState) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(_private_file(tmp, os.O_TRUNC), "w") as f:
+    with open(private_fd(tmp, os.O_TRUNC), "w") as f:
         f.write(json.dumps(state.to_json(), indent=2) + "\n")
     # rename is atomic: a reader sees the old file or the new one, never half of one.
     tmp.replace(path)
@@ -543,7 +538,7 @@ class _Lock:
 
     def acquire(self) -> bool:
         # Python opens files close-on-exec, so no child server inherits (and prolongs) the lock.
-        f = open(_private_file(self.path, os.O_APPEND), "a+")  # noqa: SIM115 - held until release
+        f = open(private_fd(self.path, os.O_APPEND), "a+")  # noqa: SIM115 - held until release
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -882,9 +877,7 @@ def launch_detached(argv: Sequence[str], data_dir: Path, timeout: float = 60.0) 
     """
     paths = StackPaths.of(data_dir)
     paths.make_private()
-    with open(
-        os.open(paths.up_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
-    ) as log_file:
+    with open(private_fd(paths.up_log), "ab") as log_file:
         offset = log_file.tell()
         # A new session: the terminal's Ctrl-C and hang-up no longer reach it.
         proc = subprocess.Popen(

@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from swarm.devstack.embedded import PRIVATE_UMASK, die_with_parent
+from swarm.devstack.embedded import PRIVATE_UMASK, die_with_parent, private_fd
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -277,7 +277,7 @@ class Supervisor:
         env = {"PYTHONUNBUFFERED": "1", **self.env, **spec.env}
         self._log(child, f"starting {shlex.join(spec.argv)}")
         try:
-            with child.log_path.open("ab") as log_file:
+            with open(private_fd(child.log_path), "ab") as log_file:
                 child.proc = subprocess.Popen(
                     spec.argv,
                     stdin=subprocess.DEVNULL,
@@ -326,7 +326,7 @@ def log_note(log_path: Path, name: str, line: str) -> None:
     """Append a supervisor's note on `name` (a service or an embedded server) to its own log,
     next to what it explains. A log that cannot be written costs only the note."""
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-    with contextlib.suppress(OSError), log_path.open("a") as f:
+    with contextlib.suppress(OSError), open(private_fd(log_path), "a") as f:
         f.write(f"[swarm supervisor {stamp}] {name}: {line}\n")
 
 
