@@ -353,7 +353,7 @@ async def place_and_report(
         answer = await stack.query(names.QUERY_AGENTS_GET, {"name": name})
         return "agent" in answer and bool(wanted(answer["agent"]))
 
-    await wait_until(requested, 10, f"agent {name} deployed")
+    await wait_until(requested, 45, f"agent {name} deployed")
     agent_id = answer["agent"]["agent_id"]
     replica_id = wanted(answer["agent"])[0]["replica_id"]
     placement = commands.ProposePlacement(
@@ -366,7 +366,7 @@ async def place_and_report(
         phases = {r["replica_id"]: r["phase"] for r in got["agent"]["instances"]}
         return bool(phases[replica_id] == "scheduled")
 
-    await wait_until(scheduled, 10, f"{replica_id} scheduled")
+    await wait_until(scheduled, 45, f"{replica_id} scheduled")
     report = commands.ReportReplica(
         agent_id=agent_id,
         replica_id=replica_id,

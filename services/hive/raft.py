@@ -34,8 +34,10 @@ never hold it across an await. `applied_seq` is how far the state is folded.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import copy
+import socket
 import sys
 import threading
 import time
@@ -53,6 +55,11 @@ from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
 from swarm.domain import reputation, state
 from swarm.domain.evolve import fold_raw
 from swarm.domain.state import HiveState
+
+# pysyncobj (tcp_connection -> win_inet_pton) replaces `socket.inet_ntop` on every OS with a
+# Windows-only function that raises: anything in the Hive's process decoding an IPv6 address
+# (psutil listing sockets, found by a test) broke. The C original is put back.
+socket.inet_ntop = _socket.inet_ntop
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -30,7 +30,8 @@ core hands those observations here (`MachineWatch.assess`), which
   its agents unevenly: a call that meets a stall or a descheduled thread takes many times longer
   than one that does not, so an agent is compared with the worst few of its peers too), or
   divided by the machine's ratio no longer evidence; or its calls were slower, in all, by no more
-  than `stall_tolerance` times the time its pod's loop was reported late. An agent much slower
+  than `stall_tolerance` times the time its pod's loop was reported late (in a window where the
+  loop was starved, or any window of an open incident). An agent much slower
   than every peer and than the stalls, or that also fails or burns more fuel, is still reported.
 
 Timing. A slowdown is often seen on a few agents one window before it is seen on the machine
@@ -654,7 +655,15 @@ class MachineWatch:
             finding = o.finding
             assert finding is not None
             if incident:
-                if local[id(o)] or self._explained(finding, explaining):
+                # In an incident's window the loop's lateness accounts for calls as slow as it,
+                # starved or not: the machine is known to be the cause, and a loop-lag baseline
+                # that learnt a loaded machine may not call a 2.4 s stall starved (beside a CPU
+                # hog, four agents whose calls met one stall were each reported as outliers).
+                if (
+                    local[id(o)]
+                    or self._explained(finding, explaining)
+                    or self._local(finding, measured, stall_ms)
+                ):
                     out.withheld.append(o)
                 else:
                     # An outlier of its machine's incident, reported now; part of its slowness
@@ -783,8 +792,8 @@ class MachineWatch:
     ) -> bool:
         """Whether the finding's own window accounts for it: on each machine signal, at least
         `peers` agents within `tolerance` of it, or (latency, `stall_ms` given: the pod was
-        starved) calls slower on average by no more than `stall_tolerance` times the worst
-        lateness of the pod's loop."""
+        starved, or its incident is open) calls slower on average by no more than
+        `stall_tolerance` times the worst lateness of the pod's loop."""
         for evidence in finding.evidence:
             if evidence.signal not in MACHINE_SIGNALS:
                 continue

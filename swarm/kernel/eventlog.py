@@ -46,7 +46,12 @@ from nats.js.api import (
     PubAck,
     RawStreamMsg,
 )
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from schemas import names
 from swarm.kernel.connection import CannotConnect, connect_nats
@@ -120,6 +125,11 @@ class NoResponders(Unavailable):
     """A request found nobody subscribed to its subject."""
 
 
+class ServiceUnavailable(Unavailable):
+    """JetStream answered 503: it is starting (a server restart) or has no quorum for now; the
+    same call may succeed a moment later."""
+
+
 class RequestTimeout(Unavailable, TimeoutError):
     """No answer in time (to a request, a JetStream call, a flush); also a `TimeoutError`."""
 
@@ -137,6 +147,8 @@ def _seam_error(exc: BaseException) -> BaseException:
         return NoResponders(text)
     if isinstance(exc, NotFoundError):
         return NotFound(text)
+    if isinstance(exc, ServiceUnavailableError):
+        return ServiceUnavailable(text)
     if isinstance(exc, TimeoutError):  # nats.errors.TimeoutError and asyncio's
         return RequestTimeout(text)
     if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.NoServersError):
@@ -1046,4 +1058,7 @@ def _translate(exc: APIError, request: AppendRequest) -> EventLogError:
             ),
             int(match.group(1)) if match else None,
         )
+    if isinstance(exc, ServiceUnavailableError):
+        # 503: JetStream is starting or has no quorum; not an answer about this message.
+        return AppendFailed(f"append to {request.subject} failed: {exc.description or exc}")
     return AppendRefused(f"append to {request.subject} refused: {exc.description}")

@@ -305,7 +305,7 @@ async def test_a_foreign_outcome_written_first_does_not_answer_the_command(
     stored = await outcomes_on(reader, command_id)
     seal = SealVerifier.from_text(HIVE_KEY)
     assert [seal.verify(b) for b in stored] == [False, True]
-    await wait_until(lambda: _has_namespace(stack, "victim"), 10, "the victim's namespace to exist")
+    await wait_until(lambda: _has_namespace(stack, "victim"), 45, "the victim's namespace to exist")
 
 
 async def test_a_foreign_outcome_written_after_the_hive_s_is_ignored(
@@ -361,7 +361,7 @@ async def test_an_event_that_cannot_be_folded_is_recorded_and_folding_goes_on(
     assert "pod nowhere is not known" in status["recent_fold_failures"][0]["reason"]
     await still_deciding(stack, reader)
     await stack.register_pods({"real": (512, 4)})
-    await wait_until(lambda: _has_pod(stack, "real"), 10, "a pod registered after them")
+    await wait_until(lambda: _has_pod(stack, "real"), 45, "a pod registered after them")
 
 
 async def _has_pod(stack: Stack, pod_id: str) -> bool:
@@ -384,7 +384,7 @@ async def test_outcomes_pre_written_for_guessable_proposal_ids_do_not_delay_plac
     its rejection ahead and hold the placement back for as long as they liked. Now the ids are
     keyed; the same pre-written outcomes change nothing."""
     await stack.register_pods({"p1": (1024, 8)})
-    await wait_until(lambda: _has_pod(stack, "p1"), 10, "the pod")
+    await wait_until(lambda: _has_pod(stack, "p1"), 45, "the pod")
     deploy = command(
         commands.DeployAgent(name="target", spec=spec(), replicas=1), source="t", identity="user:t"
     )

@@ -78,7 +78,7 @@ async def until(check: Any) -> None:
     async def holds() -> bool:
         return bool(check())
 
-    await wait_until(holds, 5, "the projection to fold the new event")
+    await wait_until(holds, 45, "the projection to fold the new event")
 
 
 async def test_folds_wanted_events_in_order_and_skips_the_rest(log: EventLog) -> None:

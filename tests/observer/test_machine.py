@@ -427,6 +427,22 @@ def test_a_starved_pod_loop_explains_an_uneven_slowdown() -> None:
     assert len({f.agent_id for _, f in without}) >= 20
 
 
+def test_in_an_open_incident_the_loops_lateness_explains_calls_as_slow_as_it() -> None:
+    """A loaded machine's loop is always 300-700 ms late, so its baseline calls no window
+    starved; once all fifty agents are slowed together (an incident), agent 7's calls, 40x
+    slower, are late by no more than the loop: withheld (beside a CPU hog, four agents whose
+    calls met one 2.4 s stall were each reported). Without the loop's lateness it is reported:
+    `test_an_agent_much_slower_than_its_machine_is_still_reported`."""
+    events = with_loop_lag(
+        pod_messages(SECONDS, 50, slowed(outlier=40.0)),  # type: ignore[arg-type]
+        lambda t: 300.0 + (t * 37.0) % 400.0,
+    )
+    reported, machine, _, _core = observe_each(events)
+    assert [m.scope for m in machine] == ["pod"]
+    assert machine[0].stall_ms == 0.0  # the loop was never starved by its own measure
+    assert reported == []
+
+
 def test_a_starved_pod_with_too_few_agents_to_judge_is_no_machine_finding() -> None:
     """Three agents on a pod whose loop is starved, one of them 10x slower (within the stall):
     too few agents to judge the machine, so no pod finding (a finding needs a deviation to

@@ -51,7 +51,7 @@ async def test_a_counter_keeps_its_state_across_stop_and_scale_up(tmp_path: Path
         assert [await count(stack, "counter") for _ in range(3)] == [1, 2, 3]
 
         await stack.send([(commands.StopAgent(name="counter"), "user:test")])
-        await wait_until(lambda: has_status(stack, "counter", "stopped"), 10, "counter stopped")
+        await wait_until(lambda: has_status(stack, "counter", "stopped"), 45, "counter stopped")
         stopped = [e async for e in events(stack, "swarm.agent.replica_stopped")]
         assert stopped[0]["data"]["snapshot"].startswith(f"{names.SNAPSHOTS_BUCKET}/")
 
@@ -98,7 +98,7 @@ async def test_a_looping_agent_crashes_while_its_neighbour_keeps_answering(
         async def crashed() -> list[dict[str, Any]]:
             return [e async for e in events(stack, "swarm.agent.replica_crashed")]
 
-        await wait_until(lambda: _true_async(crashed()), 10, "crash reported")
+        await wait_until(lambda: _true_async(crashed()), 45, "crash reported")
         reason = (await crashed())[0]["data"]["reason"]
         assert "deadline" in reason or "fuel" in reason
         assert await ask(stack, "echo", b"still here") == (b"still here", False)

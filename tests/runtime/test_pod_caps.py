@@ -156,7 +156,7 @@ async def test_a_snapshot_that_cannot_be_saved_is_an_error_on_the_replicas_recor
             assert "maximum bytes exceeded" in row["snapshot_error"].lower()
 
             await stack.send([(commands.StopAgent(name="store"), "user:test")])
-            await wait_until(lambda: has_status(stack, "store", "stopped"), 10, "store stopped")
+            await wait_until(lambda: has_status(stack, "store", "stopped"), 45, "store stopped")
         stopped = [e["data"] async for e in events(stack, "swarm.agent.replica_stopped")]
         assert "its last state was not saved" in stopped[-1]["reason"]
         assert stopped[-1]["snapshot"] is None  # no snapshot to resume from

@@ -125,7 +125,7 @@ async def count_c(stack: Stack, name: str) -> int:
 async def restart(stack: Stack, name: str, pod_id: str) -> None:
     """StopAgent (a last snapshot, reported), then ScaleAgent back to one replica."""
     await stack.send([(commands.StopAgent(name=name), "user:test")])
-    await wait_until(lambda: has_status(stack, name, "stopped"), 10, f"{name} stopped")
+    await wait_until(lambda: has_status(stack, name, "stopped"), 45, f"{name} stopped")
     stopped = [e async for e in events(stack, "swarm.agent.replica_stopped")]
     assert stopped[-1]["data"]["snapshot"]
     await stack.send([(commands.ScaleAgent(name=name, replicas=1), "user:test")])

@@ -97,6 +97,6 @@ async def test_a_python_counter_survives_the_loss_of_its_pod(
             assert scratch.is_dir()
             code, out, err = await swarm(url, "agent", "stop", "counter")
             assert code == 0, out + err
-            await wait_until(lambda: true(not scratch.exists()), 10, "the scratch dir removed")
+            await wait_until(lambda: true(not scratch.exists()), 45, "the scratch dir removed")
         pods = {p["pod_id"]: p for p in await stack.pods()}
         assert pods["doomed"]["status"] == "lost"

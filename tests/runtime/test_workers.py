@@ -60,7 +60,7 @@ async def holds(pool: WorkerPool, agent: str, threads: int, waiting: int = 0) ->
     async def check() -> bool:
         return pool.held(agent) == threads and pool.waiting(agent) == waiting
 
-    await wait_until(check, 10, f"{agent} holding {threads} threads, {waiting} waiting")
+    await wait_until(check, 30, f"{agent} holding {threads} threads, {waiting} waiting")
 
 
 async def test_results_and_exceptions_come_back() -> None:
@@ -91,10 +91,10 @@ async def test_a_freed_thread_goes_to_the_waiting_agent_that_holds_the_fewest() 
         hog = [asyncio.create_task(pool.run("hog", gate.call(f"h{i}"))) for i in range(4)]
         await holds(pool, "hog", 2, waiting=2)
         other = asyncio.create_task(pool.run("other", gate.call("o")))
-        await wait_until(lambda: true(pool.waiting("other") == 1), 5, "other waiting")
+        await wait_until(lambda: true(pool.waiting("other") == 1), 30, "other waiting")
 
         gate.open("h0")  # the hog's queued calls came first; the freed thread is other's anyway
-        await wait_until(lambda: true(len(gate.started) == 3), 5, "a third call running")
+        await wait_until(lambda: true(len(gate.started) == 3), 30, "a third call running")
         assert pool.held("other") == 1
         assert set(gate.started[:2]) == {"h0", "h1"}
         assert gate.started[2] == "o"  # not h2, although it waited longer
@@ -108,7 +108,7 @@ async def test_a_caller_cancelled_while_waiting_takes_no_thread() -> None:
         first = asyncio.create_task(pool.run("a", gate.call("a")))
         await holds(pool, "a", 1)
         waiting = asyncio.create_task(pool.run("b", gate.call("b")))
-        await wait_until(lambda: true(pool.waiting("b") == 1), 5, "b waiting")
+        await wait_until(lambda: true(pool.waiting("b") == 1), 30, "b waiting")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -142,7 +142,7 @@ async def test_shutdown_drops_waiting_calls_and_refuses_new_ones() -> None:
     running = asyncio.create_task(pool.run("a", gate.call("a")))
     await holds(pool, "a", 1)
     waiting = asyncio.create_task(pool.run("b", gate.call("b")))
-    await wait_until(lambda: true(pool.waiting("b") == 1), 5, "b waiting")
+    await wait_until(lambda: true(pool.waiting("b") == 1), 30, "b waiting")
     pool.shutdown()
     pool.shutdown()  # safe twice
     with pytest.raises(asyncio.CancelledError):

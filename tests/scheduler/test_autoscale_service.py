@@ -63,7 +63,7 @@ async def agent_id_of(stack: Stack, name: str) -> str:
     async def known() -> bool:
         return bool((await stack.query(names.QUERY_AGENTS_GET, {"name": name})).get("agent"))
 
-    await wait_until(known, 10, f"agent {name} deployed")
+    await wait_until(known, 45, f"agent {name} deployed")
     agent = (await stack.query(names.QUERY_AGENTS_GET, {"name": name}))["agent"]
     return str(agent["agent_id"])
 
@@ -120,7 +120,7 @@ async def test_a_synthetic_ramp_scales_up_before_saturation_then_down_when_idle(
                 reply = await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id})
                 return bool(reply["agent"]["replicas"]["desired"] >= first["replicas"])
 
-            await wait_until(hive_agrees, 5, "the Hive's state showing the scale-up")
+            await wait_until(hive_agrees, 45, "the Hive's state showing the scale-up")
             agent = (await stack.query(names.QUERY_AGENTS_GET, {"agent_id": agent_id}))["agent"]
             assert agent["autoscale"]["target_rate"] == capacity
 
@@ -242,7 +242,7 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
                 await nc.publish(
                     names.metrics_subject("p1", names.METRIC_AGENT), json.dumps(body).encode()
                 )
-                await wait_until(lambda: folded(depths), 10, "samples folded")
+                await wait_until(lambda: folded(depths), 45, "samples folded")
 
             async def all_answered(tasks: int, what: str) -> None:
                 """`tasks` more tasks sent, and as many answers counted since the last clear."""

@@ -25,6 +25,7 @@ from swarm.kernel.eventlog import (
     EventLog,
     NoResponders,
     Reconnecting,
+    ServiceUnavailable,
 )
 
 log = structlog.get_logger(__name__)
@@ -55,6 +56,7 @@ class WriteUnacknowledged(AppendFailed):
 _TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,  # the log client's RequestTimeout included
     NoResponders,  # no stream answered (JetStream restarting)
+    ServiceUnavailable,  # JetStream answered 503 (starting, or no quorum yet)
     Reconnecting,
     WriteTimeout,
 )
