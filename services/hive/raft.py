@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
+from services.hive import raftframes
 from services.hive.freezer import Freezer
 from services.hive.logcache import DIGEST_BYTES, LogCache, digest_of
 from swarm.domain import reputation, state
@@ -60,6 +61,8 @@ from swarm.domain.state import HiveState
 # Windows-only function that raises: anything in the Hive's process decoding an IPv6 address
 # (psutil listing sockets, found by a test) broke. The C original is put back.
 socket.inet_ntop = _socket.inet_ntop
+# Frames longer than any a replica sends drop the connection before they are buffered.
+raftframes.install()
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

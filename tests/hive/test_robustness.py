@@ -8,7 +8,9 @@ the Hive, sealed) and that the Hive keeps deciding other commands.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from schemas import CommandRejected, command, commands, event, events, names, new_id, utcnow
 from services.hive import processor as processor_module
 from services.hive.config import HiveSettings
+from services.hive.raftframes import MAX_FRAME_BYTES, oversized
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.client.commands import find_outcome, wait_for_outcome
 from swarm.domain.decide import decide as real_decide
@@ -438,3 +441,32 @@ async def test_the_raft_port_listens_on_its_own_address_not_on_every_interface(
         if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)
     ]
     assert [address.ip for address in listening] == [host]
+
+
+async def test_a_frame_announced_as_2_gib_on_the_raft_port_drops_the_connection(
+    stack: Stack,
+) -> None:
+    """pysyncobj buffered whatever a frame announced before any check (the cluster password is
+    checked only once the frame is whole): the replica now hangs up at once, and leads on."""
+    assert stack.hive is not None
+    host, port = stack.hive.hive_settings.raft_self.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(struct.pack("i", 2**31 - 1) + b"\0" * 65536)
+        await writer.drain()
+        # Hung up: the read ends (EOF, or a reset if our bytes were still unread).
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+    finally:
+        writer.close()
+    assert stack.hive.describe().get("is_leader") is True
+
+
+def test_the_frame_bound_judges_the_first_frame_and_the_whole_buffer() -> None:
+    limit = 100
+    assert not oversized(b"", limit)
+    assert not oversized(struct.pack("i", 100) + b"x" * 50, limit)
+    assert oversized(struct.pack("i", 101), limit)
+    assert oversized(struct.pack("i", -1), limit)
+    assert oversized(struct.pack("i", 10) + b"x" * 200, limit)  # more buffered than a frame
+    assert MAX_FRAME_BYTES >= 8 * 4 * 1024 * 1024  # twice a 4 MiB batch, encrypted
