@@ -153,6 +153,11 @@ async def test_up_status_down_and_restart_keep_the_data(
     # them: logs, stack.json, the servers' data, the Raft journal.
     assert private_mode(data_dir) in (0, 0o001), oct(private_mode(data_dir))
     assert open_to_others(data_dir) == []
+    # The Raft password is in a file, not in the Hive's environment (nor its children's).
+    (hive_pid,) = [s["pid"] for s in report["services"] if s["name"] == "hive"]
+    hive_env = psutil.Process(hive_pid).environ()
+    assert "SWARM_HIVE_RAFT_PASSWORD" not in hive_env
+    assert private_mode(Path(hive_env["SWARM_HIVE_RAFT_PASSWORD_FILE"])) == 0
     assert report["nats_reachable"] is True
     assert report["migration"] == "0003"
     nats_url, database_url = report["nats_url"], report["database_url"]

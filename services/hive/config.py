@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.hive.raft import RaftConfig
 from swarm.kernel.ids import IdKey
 from swarm.kernel.seal import SealKey
 
+_MIN_PASSWORD = 8
+_PREFIX = "SWARM_HIVE_"
+
 
 class HiveSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SWARM_HIVE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=_PREFIX, extra="ignore", frozen=True)
 
     #: This replica's Raft address (host:port) and the other replicas' addresses.
     raft_self: str = "127.0.0.1:4321"
@@ -24,12 +28,33 @@ class HiveSettings(BaseSettings):
     #: where `raft_self` is an address the replica does not own (NAT, port forwarding).
     raft_bind: str | None = None
     #: Shared secret of the Raft cluster. Required: without it pysyncobj runs whatever pickle
-    #: reaches its port.
-    raft_password: str = Field(min_length=8)
+    #: reaches its port. Given outright, or (`raft_password_file`, what `swarm up` does) as a
+    #: file that only the Hive's user can read, so that it is in no process' environment.
+    raft_password: str = Field(default="", repr=False)
+    raft_password_file: Path | None = None
     #: Where the Raft journal and snapshots are kept.
     data_dir: Path = Path(".swarm/hive")
     #: Name of this replica in queries and logs (defaults to one derived from raft_self).
     node: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> Self:
+        # Named as variables: a Hive is configured by its environment (`settings.load`).
+        given, from_file = f"{_PREFIX}RAFT_PASSWORD", f"{_PREFIX}RAFT_PASSWORD_FILE"
+        if self.raft_password_file is not None:
+            if self.raft_password:
+                raise ValueError(f"give {given} or {from_file}, not both")
+            try:
+                text = self.raft_password_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{from_file}: cannot read it: {exc}") from None
+            object.__setattr__(self, "raft_password", text)
+            given = f"the file {from_file} names"
+        elif not self.raft_password:
+            raise ValueError(f"{given} (or {from_file}) is required")
+        if len(self.raft_password) < _MIN_PASSWORD:
+            raise ValueError(f"{given} must have at least {_MIN_PASSWORD} characters")
+        return self
 
     def node_id(self) -> str:
         return self.node or "hive-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.raft_self)

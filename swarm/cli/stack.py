@@ -65,7 +65,9 @@ def default_services(
                 {
                     "SWARM_HIVE_RAFT_SELF": addr,
                     "SWARM_HIVE_RAFT_PEERS": json.dumps(peers),
-                    "SWARM_HIVE_RAFT_PASSWORD": cluster["password"],
+                    # A file only the stack's user reads, not the environment (`ps e`, core
+                    # dumps and every child of the Hive would see that).
+                    "SWARM_HIVE_RAFT_PASSWORD_FILE": str(raft_password_file(data_dir, cluster)),
                     "SWARM_HIVE_DATA_DIR": str(data_dir / "hive" / f"replica-{i}"),
                     "SWARM_HIVE_NODE": f"hive-{i}",
                 },
@@ -123,6 +125,15 @@ def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
     path.touch(mode=0o600)
     path.write_text(json.dumps(cluster, indent=2))
     return cluster
+
+
+def raft_password_file(data_dir: Path, cluster: dict[str, Any]) -> Path:
+    """The file holding the Hive cluster's Raft password (0600), written from `cluster`."""
+    path = data_dir / "hive" / "raft-password"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(cluster["password"] + "\n")
+    return path
 
 
 def stack_keys(data_dir: Path) -> tuple[str | None, dict[str, str]]:

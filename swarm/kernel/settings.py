@@ -7,7 +7,7 @@ test fixture agree on where the servers are without passing flags around.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -81,10 +81,19 @@ def load(cls: type[S], what: str, error: type[SettingsRefused] = SettingsRefused
         raise error(f"invalid {what}: {exc}{cause}") from None
     except ValidationError as exc:
         prefix = str(cls.model_config.get("env_prefix", ""))
-        problems = "; ".join(
-            f"{_variable(prefix, e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
+        problems = "; ".join(_problem(prefix, e) for e in exc.errors(include_url=False))
         raise error(f"invalid {what}: {problems}") from None
+
+
+def _problem(prefix: str, error: Any) -> str:
+    """One validation error as a line: the variable and what is wrong with it. An error raised
+    by a check of the whole model (no location) names its variables itself: its message alone."""
+    context = error.get("ctx") or {}
+    if error["type"] == "value_error" and "error" in context:
+        message = str(context["error"])  # without pydantic's "Value error, "
+    else:
+        message = str(error["msg"])
+    return f"{_variable(prefix, error['loc'])}: {message}" if error["loc"] else message
 
 
 def _variable(prefix: str, loc: tuple[int | str, ...]) -> str:

@@ -159,7 +159,8 @@ def test_a_wrong_setting_is_named_in_one_line_not_a_traceback() -> None:
     done = run_module("services.hive", SWARM_NATS_URL="nats://127.0.0.1:1")
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        b"invalid hive setting: SWARM_HIVE_RAFT_PASSWORD: Field required"
+        b"invalid hive setting: SWARM_HIVE_RAFT_PASSWORD (or SWARM_HIVE_RAFT_PASSWORD_FILE) "
+        b"is required"
     ), done.stderr[-2000:]
     done = run_module("services.observer", SWARM_OBSERVER_WINDOW_S="soon")
     assert done.returncode == 1
