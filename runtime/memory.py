@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from runtime.embeddings import Embedder
 from runtime.host import JSON, InvalidArgument, NotAvailable, VectorHit
+from swarm.kernel.database import psycopg_url
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +50,6 @@ WHERE agent_namespace = %s
 ORDER BY distance
 LIMIT %s
 """
-
-
-def psycopg_url(url: str) -> str:
-    """`postgresql+psycopg://…` (SQLAlchemy's spelling) as libpq wants it."""
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 
 
 class VectorMemory:
@@ -242,4 +238,4 @@ class AgentMemory:
         return self.memory.search(self.namespace, vector, k)
 
 
-__all__ = ["DIMENSIONS", "AgentMemory", "VectorMemory", "psycopg_url"]
+__all__ = ["DIMENSIONS", "AgentMemory", "VectorMemory"]

@@ -7,7 +7,6 @@ is not stored twice. Synchronous psycopg: the service calls it from a worker thr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,8 @@ import psycopg
 from pgvector import Vector
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
+
+from swarm.kernel.database import psycopg_url
 
 #: Keep in step with migration 0003 (7 signals and a constant component).
 DIMENSIONS = 8
@@ -67,11 +68,6 @@ class SimilarAgent:
     name: str
     window_end: datetime
     distance: float
-
-
-def psycopg_url(url: str) -> str:
-    """`postgresql+psycopg://…` (SQLAlchemy's spelling) as libpq wants it."""
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 
 
 class BehaviourStore:

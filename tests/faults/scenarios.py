@@ -22,7 +22,8 @@ import nats.errors
 import psycopg
 
 from runtime.abi import ErrorCode
-from runtime.memory import DIMENSIONS, psycopg_url
+from runtime.memory import DIMENSIONS
+from swarm.kernel.database import psycopg_url
 from tests.faults import netns
 from tests.faults.harness import (
     CRASHED,

@@ -20,10 +20,11 @@ from pgvector.psycopg import register_vector
 from runtime.abi import ErrorCode
 from runtime.embeddings import Embedder, MiniLMEmbedder
 from runtime.host import JSON, InvalidArgument, MemoryHost, NotAvailable, VectorHit, toy_embedding
-from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory, psycopg_url
+from runtime.memory import _SEARCH, DIMENSIONS, AgentMemory, VectorMemory
 from runtime.podview import Assignment
 from runtime.replica import PodHost, ReplicaDeps
 from swarm.devstack.stack import upgrade_database
+from swarm.kernel.database import psycopg_url
 from tests.helpers import agents
 from tests.helpers.agents import agent
 from tests.helpers.sandboxes import MakeSandbox
