@@ -264,13 +264,45 @@ async def test_send_to_an_unknown_agent_says_it_is_not_found(stack: Stack, wasm:
     assert "swarm agent ls -n default" in unknown.stderr
     assert "no replica" not in unknown.stderr
 
-    # An agent that exists but has no replica running is told apart, with its status.
+    # An agent that exists but has no replica up (no pod here) is waited for, then told apart,
+    # with its status: no reply in time.
     ok(await cli(stack, "agent", "deploy", "idle", "--module", wasm))
-    idle = await cli(stack, "agent", "send", "idle", "{}", "--timeout", "5")
-    assert idle.exit_code == 1, idle.output
-    assert "no replica of default/idle is running to answer: it is requested" in idle.stderr
+    idle = await cli(stack, "agent", "send", "idle", "{}", "--timeout", "2")
+    assert idle.exit_code == 3, idle.output
+    assert "waiting for a replica of default/idle to answer" in idle.stderr
+    assert "no replica of default/idle answered within 2s: it is requested" in idle.stderr
     assert "swarm agent describe idle -n default" in idle.stderr
     assert "not found" not in idle.stderr
+
+
+async def test_send_waits_for_a_replica_that_comes_up(stack: Stack, wasm: Path) -> None:
+    """Sent just after a deploy (README: `swarm agent send echo …` right after `swarm up`),
+    before the replica subscribed: the message waits for it instead of failing."""
+    ok(await cli(stack, "agent", "deploy", "late", "--module", wasm))
+    nc = stack.client.nc
+    asked: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def seen(msg: Any) -> None:
+        await asked.put(msg.data)
+
+    async def replica(msg: Any) -> None:
+        await msg.respond(b"pong " + msg.data)
+
+    # A copy of the CLI's question to the Hive: it found nobody on the mesh, and waits.
+    watcher = await nc.subscribe(names.QUERY_AGENTS_GET, cb=seen)
+    sending = asyncio.create_task(cli(stack, "agent", "send", "late", "ping", "--timeout", "60"))
+    try:
+        await asyncio.wait_for(asked.get(), 60)
+        # The replica subscribes now, as a pod's does once its sandbox is up.
+        sub = await nc.subscribe(names.mesh_agent_subject("default", "late"), cb=replica)
+        sent = await asyncio.wait_for(sending, 90)
+        await sub.unsubscribe()
+    finally:
+        await watcher.unsubscribe()
+        sending.cancel()
+    assert sent.exit_code == 0, sent.output
+    assert sent.stdout.strip() == "pong ping"
+    assert "waiting for a replica of default/late to answer" in sent.stderr
 
 
 async def test_send_without_a_hive_says_what_is_known(

@@ -172,7 +172,13 @@ async def test_up_status_down_and_restart_keep_the_data(
         ("gateway", True),
         ("probe", True),
     ]
-    assert swarm("status", "--data-dir", str(data_dir)).returncode == 0
+    shown = swarm("status", "--data-dir", str(data_dir))
+    assert shown.returncode == 0
+    # The database URL carries the stack's PostgreSQL password: the table masks it.
+    password = urlsplit(database_url).password
+    assert password
+    assert password not in shown.stdout
+    assert ":***@" in shown.stdout
 
     # The servers answer, with the streams and the schema in place.
     nc = await nats.connect(nats_url)

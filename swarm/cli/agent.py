@@ -1169,19 +1169,45 @@ class AgentReply:
 async def ask_agent(
     log: EventLog, namespace: str, name: str, body: bytes, timeout: float
 ) -> AgentReply:
-    """Send one message to an agent over the mesh and wait for one replica's reply."""
+    """Send one message to an agent over the mesh and wait for one replica's reply.
+
+    An agent that exists but has no replica answering yet (just deployed, restarting, or its
+    replica subscribing as the message went out) is asked again until `timeout` has passed,
+    saying so once on stderr: the message waits for the agent, as its reply does.
+    """
+    import asyncio
+
     from schemas import names
     from swarm.kernel.eventlog import NoResponders, RequestTimeout
 
     subject = names.mesh_agent_subject(namespace, name)
-    try:
-        reply = await log.request(subject, body, timeout=timeout)
-    except NoResponders:
-        raise await _no_responder(log, namespace, name) from None
-    except RequestTimeout:
-        raise CliError(
-            f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
-        ) from None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    said = False
+    while True:
+        try:
+            reply = await log.request(
+                subject, body, timeout=max(deadline - loop.time(), _MIN_REQUEST_S)
+            )
+            break
+        except NoResponders:
+            refusal, coming = await _no_responder(log, namespace, name)
+            if coming is None:
+                raise refusal from None
+            if loop.time() + _RETRY_S >= deadline:
+                raise CliError(
+                    f"no replica of {namespace}/{name} answered within {timeout:g}s: {coming}",
+                    code=EXIT_NO_OUTCOME,
+                    hint=refusal.hint,
+                ) from None
+            if not said:
+                typer.echo(f"waiting for a replica of {namespace}/{name} to answer…", err=True)
+                said = True
+            await asyncio.sleep(_RETRY_S)
+        except RequestTimeout:
+            raise CliError(
+                f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
+            ) from None
     headers = reply.headers or {}
     return AgentReply(
         text=reply.data.decode("utf-8", "replace"),
@@ -1190,8 +1216,17 @@ async def ask_agent(
     )
 
 
-async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
-    """Why nobody answered on the agent's subject: the Hive knows whether the agent exists.
+#: How often `ask_agent` asks again while the agent's replicas come up, and the shortest wait
+#: for one request.
+_RETRY_S = 0.25
+_MIN_REQUEST_S = 0.1
+#: The statuses of an agent whose replicas are (or are about to be) up: worth waiting for.
+_COMING: frozenset[str] = frozenset({"requested", "scheduled", "starting", "running", "degraded"})
+
+
+async def _no_responder(log: EventLog, namespace: str, name: str) -> tuple[CliError, str | None]:
+    """Why nobody answered on the agent's subject, and, when a replica may answer soon, how the
+    agent is: the Hive knows whether the agent exists and how its replicas are.
 
     The mesh alone cannot tell a misspelt name from an agent whose replicas are all down, and
     the two need different fixes.
@@ -1216,7 +1251,7 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
             f"agent {namespace}/{name} not found",
             code=EXIT_FAILED,
             hint=f"`swarm agent ls -n {namespace}` lists its agents, `-A` those of all namespaces",
-        )
+        ), None
     except CliError:
         # No Hive to ask: say what is known for sure.
         return CliError(
@@ -1224,17 +1259,21 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> CliError:
             "whether the agent exists)",
             code=EXIT_FAILED,
             hint="is the stack running? (`swarm status`)",
-        )
+        ), None
     # Read outside the `try` above: an answer that is not the view is its own error, not "no
     # Hive answered".
     agent = parse_views(AgentDetailView, [answer])[0]
     replicas = agent.replicas
-    return CliError(
-        f"no replica of {namespace}/{name} is running to answer: it is {agent.status} "
-        f"({agent.reason}), {replicas.running}/{replicas.desired} replicas running",
+    state = (
+        f"it is {agent.status} ({agent.reason}), "
+        f"{replicas.running}/{replicas.desired} replicas running"
+    )
+    refusal = CliError(
+        f"no replica of {namespace}/{name} is running to answer: {state}",
         code=EXIT_FAILED,
         hint=f"{describe_it} shows where its replicas are",
     )
+    return refusal, state if agent.status in _COMING and replicas.desired > 0 else None
 
 
 # --- logs ----------------------------------------------------------------------------------------

@@ -890,7 +890,7 @@ def _print_status(report: StackReport, choice: discovery.StackChoice) -> None:
         ),
         (
             "postgres",
-            state.database_url,
+            _masked(state.database_url),
             state.database_external,
             state.postgres_pid,
             report.database_reachable,
