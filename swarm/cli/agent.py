@@ -1136,8 +1136,11 @@ def send(
 ) -> None:
     """Send one message to an agent and print its reply (one replica answers).
 
-    Exit codes: 0 replied, 1 the agent or its pod reported an error, 3 no reply in time,
-    4 NATS unreachable.
+    An agent whose replicas are still coming up (just deployed, restarting) is waited for,
+    within --timeout.
+
+    Exit codes: 0 replied, 1 the agent or its pod reported an error (or the agent is unknown,
+    failed or stopped), 3 no reply in time, 4 NATS unreachable.
     """
     ns = namespace or DEFAULT_NAMESPACE
     body = sys.stdin.buffer.read() if message == "-" else message.encode()
