@@ -129,9 +129,10 @@ def hive_cluster(data_dir: Path, replicas: int) -> dict[str, Any]:
 
 def raft_password_file(data_dir: Path, cluster: dict[str, Any]) -> Path:
     """The file holding the Hive cluster's Raft password (0600), written from `cluster`."""
+    from swarm.devstack.embedded import private_fd
+
     path = data_dir / "hive" / "raft-password"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
+    with open(private_fd(path, os.O_TRUNC), "w") as f:
         f.write(cluster["password"] + "\n")
     return path
 

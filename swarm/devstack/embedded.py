@@ -336,8 +336,7 @@ class EmbeddedPostgres(_ChildServer):
         import secrets
 
         password = secrets.token_urlsafe(24)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "w") as f:
+        with open(private_fd(self.password_file, os.O_EXCL), "w") as f:
             f.write(password + "\n")
         return password
 
@@ -427,8 +426,7 @@ class EmbeddedPostgres(_ChildServer):
     def _initdb(self, bin_dir: Path, user: int | None, group: int | None) -> None:
         # initdb reads the password from a file, which the server's user must be able to read.
         pwfile = self.data_dir / ".initdb-password"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w") as f:
+        with open(private_fd(pwfile, os.O_TRUNC), "w") as f:
             f.write(self._password() + "\n")
         if user is not None and group is not None:
             os.chown(pwfile, user, group)

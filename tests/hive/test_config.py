@@ -1,0 +1,44 @@
+"""The Hive's settings: the Raft password given outright or as a file, never both, never short."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.hive.config import HiveSettings
+
+
+def test_the_raft_password_is_read_from_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "raft-password"
+    path.write_text("a-long-secret\n")
+    assert HiveSettings(raft_password_file=path).raft_password == "a-long-secret"
+    assert HiveSettings(raft_password="a-long-secret").raft_password == "a-long-secret"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({}, "SWARM_HIVE_RAFT_PASSWORD (or SWARM_HIVE_RAFT_PASSWORD_FILE) is required"),
+        ({"raft_password": "short"}, "SWARM_HIVE_RAFT_PASSWORD must have at least 8"),
+        ({"file": "short\n"}, "the file SWARM_HIVE_RAFT_PASSWORD_FILE names must have at least 8"),
+        ({"file": "\n"}, "must have at least 8"),
+        ({"file": "a-long-secret", "raft_password": "a-long-secret"}, "not both"),
+        ({"missing": True}, "SWARM_HIVE_RAFT_PASSWORD_FILE: cannot read it"),
+    ],
+)
+def test_a_missing_short_doubled_or_unreadable_password_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, object], message: str
+) -> None:
+    for key in ("SWARM_HIVE_RAFT_PASSWORD", "SWARM_HIVE_RAFT_PASSWORD_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    kwargs: dict[str, object] = {k: v for k, v in given.items() if k == "raft_password"}
+    path = tmp_path / "raft-password"
+    if "file" in given:
+        path.write_text(str(given["file"]))
+    if "file" in given or "missing" in given:
+        kwargs["raft_password_file"] = path
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        HiveSettings(**kwargs)  # type: ignore[arg-type]
