@@ -49,7 +49,9 @@ the window the hold would wait for, and a machine incident in between would have
 reported while its machine's incident is open (an outlier) is a warning at most: the machine
 explains part of it. An incident lasts while at least `min_agents` agents deviate or the pod's
 loop is starved, and ends after `quiet_windows` windows of neither: a sustained slowdown whose
-agents are hit by turns stays one incident. While it lasts (up to `max_freeze_windows`), its
+agents are hit by turns stays one incident. One that opens again within `rejoin_windows` windows
+of its end is the same incident going on (a CPU hog lets the loop breathe now and then), not a
+new finding; so for the cluster's. While it lasts (up to `max_freeze_windows`), its
 agents' latency baselines and the pod's loop-lag baseline do not learn (`slowed`), so the
 slowdown is not taken for their normal.
 
@@ -132,6 +134,11 @@ class MachineConfig:
     #: A pod whose agents deviate in two windows in a row, at least `min_agents` and this share
     #: of them in each, is deviating (a machine hitting its agents by turns).
     lasting_share: float = 0.15
+    #: An incident that opens again within this many windows after its last one closed (of
+    #: the same pod, or of the cluster) is the same one going on: no new finding. A CPU hog
+    #: lets a pod's loop breathe now and then; beside one, a pod's incident closed after
+    #: `quiet_windows` calm windows and opened again 3-6 s later, twice in 15 s (1 s windows).
+    rejoin_windows: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +373,8 @@ class PodWatch:
     #: their baselines on a machine signal, and whether the pod's loop was starved.
     last_deviating: list[str] = field(default_factory=list)
     last_starved: bool = False
+    #: End of the window in which the last incident closed (0: none has).
+    closed_end: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -385,6 +394,7 @@ class PodWatch:
             "lasting_end": self.lasting_end,
             "last_deviating": list(self.last_deviating),
             "last_starved": self.last_starved,
+            "closed_end": self.closed_end,
         }
 
     @classmethod
@@ -407,6 +417,7 @@ class PodWatch:
             float(doc.get("lasting_end", 0.0)),
             [str(a) for a in doc.get("last_deviating", [])],
             bool(doc.get("last_starved", False)),
+            float(doc.get("closed_end", 0.0)),
         )
 
     def stall_since(self, start: float) -> float:
@@ -637,8 +648,14 @@ class MachineWatch:
             and len(deviating_pods) >= config.cluster_min_pods
             and len(deviating_pods) >= config.cluster_share * len(active)
         )
+        # The cluster's incident closed `quiet_windows` after the last window it deviated in.
+        cluster_rejoins = (
+            cluster.flagged_end > 0
+            and start
+            < cluster.flagged_end + (config.quiet_windows + config.rejoin_windows) * seconds - 1e-6
+        )
         if cluster_flag:
-            if not cluster_was_active:
+            if not cluster_was_active and not cluster_rejoins:
                 cluster.since = start
             cluster.flagged_end = max(cluster.flagged_end, end)
             cluster.deviations = _merge(_deviations(d) for d in tally.values())
@@ -686,8 +703,13 @@ class MachineWatch:
             pod.stall.learn(stall_ms, pod.stall.score(stall_ms) if pod.stall.values else None)
             pod.learnt = start
         new_incident = pod.incident.step(flagged)
-        if new_incident:
+        rejoin_until = pod.closed_end + config.rejoin_windows * seconds
+        if new_incident and pod.closed_end and start < rejoin_until - 1e-6:
+            new_incident = False  # the last one going on (`rejoin_windows`): it keeps `since`
+        elif new_incident:
             pod.since = start
+        if was_active and not pod.incident.active:
+            pod.closed_end = end
         if deviations:
             # While the incident lasts, what it did to its agents in any of its windows can
             # explain a finding: a starved machine hits its agents by turns and unevenly, so a
@@ -698,7 +720,7 @@ class MachineWatch:
             pod.deviations = []
 
         scope = None
-        if cluster_flag and not cluster_was_active:
+        if cluster_flag and not cluster_was_active and not cluster_rejoins:
             scope = "cluster"
         elif new_incident and not cluster_active:
             scope = "pod"

@@ -482,6 +482,43 @@ def test_a_slowdown_whose_agents_are_hit_by_turns_stays_one_incident() -> None:
     assert reported == []
 
 
+def bursts(*spans: tuple[float, float], on: int, off: int) -> Callable[..., Load]:
+    """Every agent slowed 3x in bursts of `on` windows, `off` calm windows apart, within each
+    of `spans` (as a hog that lets the pod's loop breathe now and then)."""
+
+    def shape(agent: int, t: float, rng: random.Random) -> Load:
+        base: Load = slowed(1.0)(agent, t, rng)  # type: ignore[operator]
+        for since, until in spans:
+            if since <= t < until and int((t - since) // WINDOW_S) % (on + off) < on:
+                base.latency_per_call_ms *= 3
+        return base
+
+    return shape
+
+
+def test_an_incident_that_opens_again_soon_after_it_closed_is_the_same_one() -> None:
+    """Bursts of two slowed windows, five calm ones apart (longer than `quiet_windows`, so the
+    incident closes between them) for 60 s: one pod finding, and no agent finding; the control
+    run, where each opening is new (`rejoin_windows=0`), reports every burst."""
+    shape = bursts((SLOW_FROM, SLOW_UNTIL), on=2, off=5)
+    reported, machine, _, core = observe_each(pod_messages(SECONDS, 50, shape))
+    assert reported == []
+    assert [(m.scope, m.window_start - T0) for m in machine] == [("pod", SLOW_FROM)]
+    assert core.machines.pod("p1").closed_end > T0 + SLOW_FROM  # it did close in between
+    control = Observatory(
+        DetectorConfig(), WINDOW_S, machine_config=MachineConfig(rejoin_windows=0)
+    )
+    _, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape), control)
+    assert len(machine) >= 3, machine
+
+
+def test_an_incident_long_after_the_last_one_is_a_new_finding() -> None:
+    """Two slowdowns 40 s (20 windows) apart: two pod findings."""
+    shape = bursts((60.0, 80.0), (120.0, 140.0), on=10, off=0)
+    _, machine, _, _ = observe_each(pod_messages(SECONDS, 50, shape))
+    assert [(m.scope, m.window_start - T0) for m in machine] == [("pod", 60.0), ("pod", 120.0)]
+
+
 def test_holding_and_the_loop_lag_survive_the_tables() -> None:
     """The service keeps the machines' state in a table (held findings, loop lags and their
     baseline too): through `TableSync`, with handlers failing and rolled back now and then, the
