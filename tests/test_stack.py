@@ -180,8 +180,11 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert password not in shown.stdout
     assert ":***@" in shown.stdout
 
-    # The servers answer, with the streams and the schema in place.
-    nc = await nats.connect(nats_url)
+    # The servers answer, with the streams and the schema in place; NATS to the stack's owner
+    # (tests/test_stack_auth.py: to no one else).
+    owner = report["nats_credentials"]
+    assert report["nats_credentials_kind"] == "nkey-seed"
+    nc = await nats.connect(nats_url, nkeys_seed=owner)
     try:
         js = nc.jetstream()
         for stream in (names.STREAM_COMMANDS, names.STREAM_EVENTS):
@@ -262,7 +265,8 @@ async def test_up_status_down_and_restart_keep_the_data(
     report = status_json(swarm, data_dir)
     assert (report["nats_url"], report["database_url"]) == (nats_url, database_url)
     assert report["api_url"] == api_url
-    nc = await nats.connect(nats_url)
+    assert report["nats_credentials"] == owner  # the same principals, the same keys
+    nc = await nats.connect(nats_url, nkeys_seed=owner)
     try:
         msg = await nc.jetstream().get_msg(names.STREAM_EVENTS, ack.seq)
         assert msg.data == b"kept across restarts"
@@ -321,7 +325,12 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
             await asyncio.sleep(0.05)
 
     # A client connected before the kill keeps its connection object: nats-py reconnects it.
-    nc = await nats.connect(first.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    nc = await nats.connect(
+        first.nats_url,
+        nkeys_seed=first.nats_credentials,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+    )
     try:
         js = nc.jetstream()
         subject = names.event_subject("agent", "a1", "running")

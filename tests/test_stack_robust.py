@@ -58,8 +58,10 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-async def write(url: str, requests: list[AppendRequest]) -> list[int]:
-    log = await EventLog.connect(url, ensure=False)
+async def write(url: str, requests: list[AppendRequest], credentials: str) -> list[int]:
+    """Append `requests` as the stack's owner: the one principal besides the Hive that may
+    write on the log (tests/test_stack_auth.py), here writing what the Hive did not."""
+    log = await EventLog.connect(url, ensure=False, credentials=Path(credentials))
     try:
         return [(await log.append_raw(r)).seq for r in requests]
     finally:
@@ -89,7 +91,7 @@ def test_foreign_writes_are_reported_and_answer_nothing(
         identity="service:hive",
     )
     lost_seq, forged_seq = asyncio.run(
-        write(url, [AppendRequest.of(lost), AppendRequest.of(forged)])
+        write(url, [AppendRequest.of(lost), AppendRequest.of(forged)], report["nats_credentials"])
     )
 
     # The command's id, given in a document on stdin, is the one the forged outcome names.

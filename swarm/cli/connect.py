@@ -65,6 +65,9 @@ class NatsTarget:
     origin: str
     #: The Hive's public key, when the stack that named the URL recorded it.
     hive_public_key: str | None = None
+    #: The nkey seed file the stack that named the URL admits its owner with
+    #: (else `$SWARM_NATS_CREDENTIALS`, read when connecting).
+    credentials: Path | None = None
 
     def describe(self) -> str:
         return f"{self.url} (from {self.origin})"
@@ -132,7 +135,13 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
             hint=f"{path} names no NATS server ({choice.describe()})",
         )
     key = state.get("hive_public_key")
-    return NatsTarget(url, str(path), key if isinstance(key, str) and key else None)
+    credentials = state.get("nats_credentials")
+    return NatsTarget(
+        url,
+        str(path),
+        key if isinstance(key, str) and key else None,
+        Path(credentials) if isinstance(credentials, str) and credentials else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +187,13 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
 
     _logs_to_stderr(settings)
     try:
-        nc = await connect_nats(target.url, name="swarm-cli", timeout=wait, reconnects=1)
+        nc = await connect_nats(
+            target.url,
+            name="swarm-cli",
+            timeout=wait,
+            reconnects=1,
+            credentials=target.credentials,
+        )
     except CannotConnect as exc:
         raise CliError(
             f"cannot reach NATS at {target.url}: {describe(exc.cause)}",

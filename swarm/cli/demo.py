@@ -35,9 +35,11 @@ def echo_module() -> bytes:
     return bytes(wasmtime.wat2wasm(text))
 
 
-async def deploy_demo(nats_url: str, identity: str, timeout: float = 60.0) -> str:
+async def deploy_demo(
+    nats_url: str, identity: str, timeout: float = 60.0, *, credentials: Path | None = None
+) -> str:
     """Deploy the echo agent unless it exists; returns a line saying what happened."""
-    log = await EventLog.connect(nats_url, ensure=False, name="swarm-demo")
+    log = await EventLog.connect(nats_url, ensure=False, name="swarm-demo", credentials=credentials)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -43,6 +43,11 @@ def token_urlsafe(nbytes: int) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def owner_credentials(state: StackState) -> Path | None:
+    """The nkey seed file the stack's owner connects to NATS with, when it has one."""
+    return Path(state.nats_credentials) if state.nats_credentials else None
+
+
 def default_services(
     data_dir: Path, *, hive_replicas: int = 1, pods: int = 1
 ) -> tuple[ServiceSpec, ...]:
@@ -342,7 +347,13 @@ def up(
             settings, choice, service or [], timeout, hive_replicas, pods, no_services, api_port
         )
         if demo and state.nats_url:
-            console.print(asyncio.run(deploy_demo(state.nats_url, settings.identity)))
+            console.print(
+                asyncio.run(
+                    deploy_demo(
+                        state.nats_url, settings.identity, credentials=owner_credentials(state)
+                    )
+                )
+            )
         return
     own = (
         ()
@@ -364,9 +375,11 @@ def up(
         if demo and state.nats_url:
             # In a thread: the supervisor must keep watching its children while the Hive elects
             # itself and the deploy goes through.
-            url = state.nats_url
+            url, owner = state.nats_url, owner_credentials(state)
             threading.Thread(
-                target=lambda: console.print(asyncio.run(deploy_demo(url, settings.identity))),
+                target=lambda: console.print(
+                    asyncio.run(deploy_demo(url, settings.identity, credentials=owner))
+                ),
                 name="demo",
                 daemon=True,
             ).start()
@@ -557,6 +570,8 @@ def _summary(state: StackState, out: Console) -> None:
     """Where everything listens. Plain lines, not a table: a table narrower than a URL would
     cut it, and these are meant to be copied."""
     nats_note = "external" if state.nats_external else f"pid {state.nats_pid}"
+    if state.nats_credentials:
+        nats_note += f", credentials (nkey seed) in {state.nats_credentials}"
     db_note = "external" if state.database_external else f"pid {state.postgres_pid}"
     rows = [
         ("NATS", state.nats_url or "-", nats_note),
@@ -613,6 +628,8 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
             soft_wrap=True,
         )
     env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
+    if state.nats_credentials:
+        env += f" SWARM_NATS_CREDENTIALS={state.nats_credentials}"
     console.print(
         f"[dim]`swarm` finds it from any directory; other clients with: export {escape(env)}[/]",
         soft_wrap=True,
@@ -798,7 +815,12 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     async def ask() -> list[dict[str, Any]]:
         try:
             nc = await connect_nats(
-                state.nats_url or "", name="swarm-status", timeout=1.0, attempts=1, reconnects=0
+                state.nats_url or "",
+                name="swarm-status",
+                timeout=1.0,
+                attempts=1,
+                reconnects=0,
+                credentials=Path(state.nats_credentials) if state.nats_credentials else None,
             )
         except CannotConnect:
             return []

@@ -132,6 +132,9 @@ class EmbeddedNats(_ChildServer):
     port: int = 0
     sync_always: bool = False
     host: str = "127.0.0.1"
+    #: A configuration block that admits the stack's principals alone
+    #: (`swarm.devstack.principals.authorization`); empty: anyone may connect.
+    authorization: str = field(default="", repr=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -155,7 +158,8 @@ class EmbeddedNats(_ChildServer):
         # A config file, because sync_interval has no command-line flag.
         store = json.dumps(str(self.data_dir / "jetstream"))
         sync = "\n  sync_interval: always" if self.sync_always else ""
-        config.write_text(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n")
+        with open(private_fd(config, os.O_TRUNC), "w") as f:
+            f.write(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n{self.authorization}")
         # `-p -1` lets the server pick a free port itself and report it in the ports file, so
         # there is no window in which another process can take the port we probed.
         port_arg = (

@@ -10,6 +10,7 @@ Layout of a data dir::
 
     stack.json  stack.lock
     nats/       JetStream store, nats-server.conf, nats-server.log
+    principals/ <name>.nk: the nkey seed each principal connects to NATS with (admin: the owner)
     postgres/   pgdata/, postgres.log
     logs/       up.log (a detached supervisor's own output), <service>.log
 
@@ -60,6 +61,7 @@ from swarm.devstack.supervisor import (
     describe_exit,
     log_note,
 )
+from swarm.kernel import env as env_names
 
 if TYPE_CHECKING:
     # Only annotations here: pydantic-settings is ~100 ms of `swarm status` (bench/cli.py).
@@ -126,6 +128,11 @@ class StackPaths:
     def postgres(self) -> Path:
         return self.root / "postgres"
 
+    @property
+    def principals(self) -> Path:
+        """The NATS principals' nkey seeds (`swarm.devstack.principals`)."""
+        return self.root / "principals"
+
     @classmethod
     def of(cls, data_dir: Path) -> Self:
         return cls(data_dir.expanduser().resolve())
@@ -157,6 +164,9 @@ class StackState:
     nats_url: str | None = None
     nats_external: bool = False
     nats_pid: int | None = None
+    #: The nkey seed file the stack's owner connects with (`swarm.devstack.principals`): an
+    #: embedded server admits the stack's principals alone.
+    nats_credentials: str | None = None
     jetstream_sync: str = "default"
     database_url: str | None = None
     database_external: bool = False
@@ -192,6 +202,8 @@ class StackState:
             "nats_url": self.nats_url,
             "nats_external": self.nats_external,
             "nats_pid": self.nats_pid,
+            "nats_credentials": self.nats_credentials,
+            "nats_credentials_kind": "nkey-seed" if self.nats_credentials else None,
             "jetstream_sync": self.jetstream_sync,
             "database_url": self.database_url,
             "database_external": self.database_external,
@@ -218,6 +230,7 @@ class StackState:
             nats_url=data.get("nats_url"),
             nats_external=bool(data.get("nats_external", False)),
             nats_pid=data.get("nats_pid"),
+            nats_credentials=data.get("nats_credentials"),
             jetstream_sync=str(data.get("jetstream_sync", "default")),
             database_url=data.get("database_url"),
             database_external=bool(data.get("database_external", False)),
@@ -315,6 +328,10 @@ class StackReport:
             "nats_url": state.nats_url if state else None,
             "nats_external": state.nats_external if state else None,
             "nats_reachable": self.nats_reachable,
+            "nats_credentials": state.nats_credentials if state else None,
+            # What `nats_credentials` is: an nkey seed file (nats-py `nkeys_seed=`, `nats
+            # --nkey`), not a `.creds` JWT file.
+            "nats_credentials_kind": "nkey-seed" if state and state.nats_credentials else None,
             "nats_pid": state.nats_pid if state else None,
             "nats_restarts": state.nats_restarts if state else 0,
             "nats_error": state.nats_error if state else None,
@@ -504,13 +521,15 @@ def _check_database(url: str) -> None:
 # --- streams -------------------------------------------------------------------------------------
 
 
-async def _ensure_streams(url: str, settings: Settings) -> None:
+async def _ensure_streams(url: str, settings: Settings, credentials: Path | None) -> None:
     from swarm.kernel.connection import CannotConnect, connect_nats
     from swarm.kernel.eventlog import EventLog
 
     try:
         # Bounded attempts: an unreachable server must fail `swarm up`, not hang it.
-        nc = await connect_nats(url, name="swarm-up", timeout=5, reconnects=0)
+        nc = await connect_nats(
+            url, name="swarm-up", timeout=5, reconnects=0, credentials=credentials
+        )
     except CannotConnect as exc:
         raise StackError(str(exc)) from exc
     log = EventLog(nc, settings)
@@ -607,6 +626,8 @@ class Stack:
     _postgres: EmbeddedPostgres | None = field(default=None, init=False)
     _supervisor: Supervisor | None = field(default=None, init=False)
     _state: StackState | None = field(default=None, init=False)
+    #: Principal name (service name, or `admin`) -> its nkey seed file, once NATS is started.
+    _credentials: dict[str, Path] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.paths = StackPaths.of(self.settings.data_dir)
@@ -744,11 +765,23 @@ class Stack:
             return f"{external} (external)"
         # The previous run's port when it is free, so URLs people copied keep working.
         port = _port_of(previous.nats_url) if previous and not previous.nats_external else 0
+        from swarm.devstack.principals import ADMIN, authorization, issue, role_of
+
+        principals = issue(
+            self.paths.principals,
+            [(ADMIN, ADMIN), *((s.name, role_of(s.name)) for s in self.services)],
+        )
+        self._credentials = {p.name: p.seed_file for p in principals}
         self._nats = EmbeddedNats(
-            self.paths.nats, port=port, sync_always=self.settings.jetstream_sync == "always"
+            self.paths.nats,
+            port=port,
+            sync_always=self.settings.jetstream_sync == "always",
+            authorization=authorization(principals),
         )
         url = self._nats.start()
-        self._save(nats_url=url, nats_pid=self._nats.pid)
+        self._save(
+            nats_url=url, nats_pid=self._nats.pid, nats_credentials=str(self._credentials[ADMIN])
+        )
         return f"{url} (JetStream sync: {self.settings.jetstream_sync})"
 
     def _start_postgres(self, previous: StackState | None) -> str:
@@ -770,7 +803,7 @@ class Stack:
         assert url is not None
         import asyncio  # here: `swarm status` reads a stack without an event loop
 
-        asyncio.run(_ensure_streams(url, self.settings))
+        asyncio.run(_ensure_streams(url, self.settings, self._credentials.get("admin")))
         return ", ".join(spec.name for spec in stream_specs(self.settings))
 
     def _migrate(self) -> str:
@@ -794,8 +827,15 @@ class Stack:
             "SWARM_DATA_DIR": str(self.paths.root),
             **self.service_env,
         }
+        # Each service connects as itself (an embedded server admits no one else).
+        services = tuple(
+            replace(s, env={**s.env, env_names.NATS_CREDENTIALS: str(self._credentials[s.name])})
+            if s.name in self._credentials
+            else s
+            for s in self.services
+        )
         self._supervisor = Supervisor(
-            self.services,
+            services,
             log_dir=self.paths.logs,
             env=env,
             policy=self.policy,

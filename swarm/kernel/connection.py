@@ -18,10 +18,13 @@ setting the same option on the live client, whose reconnect loop reads it at eac
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+
+from swarm.kernel import env
 
 #: Pause between two attempts on the same server.
 RETRY_WAIT_S = 0.2
@@ -42,7 +45,14 @@ def describe(exc: BaseException | None) -> str:
     """One line for a connection error: its message, or its type when it has none."""
     if exc is None:
         return "no answer"
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    if "authorization violation" in text.lower():
+        return (
+            "the server refused the credentials (or their absence): authorization violation; "
+            f"connect with the nkey seed file `swarm status -o json` names as nats_credentials "
+            f"(${env.NATS_CREDENTIALS})"
+        )
+    return text
 
 
 def nats_servers(url: str) -> list[str]:
@@ -60,6 +70,7 @@ async def connect_nats(
     attempts: int = 2,
     reconnects: int = -1,
     on_error: ErrorCallback | None = None,
+    credentials: Path | None = None,
 ) -> NATS:
     """A connection to the first server of `url` that answers, or `CannotConnect`.
 
@@ -67,7 +78,11 @@ async def connect_nats(
     Once connected, a lost connection is retried `reconnects` times per server: -1 (services:
     the server may restart) without limit, 0 not at all. `on_error` hears every later
     connection error (not the first attempts': the last of those is `CannotConnect.cause`).
+    `credentials`: the nkey seed file to sign the server's challenge with (a `swarm up` stack
+    admits no one without one: `swarm.devstack.principals`); by default `$SWARM_NATS_CREDENTIALS`,
+    which `swarm up` sets for each process it starts.
     """
+    credentials = credentials or env.nats_credentials()
     servers = nats_servers(url)
     if not servers:
         raise CannotConnect(url, ValueError("no server URL given"))
@@ -90,6 +105,7 @@ async def connect_nats(
             reconnect_time_wait=RETRY_WAIT_S,
             allow_reconnect=reconnects != 0,
             error_cb=error_cb,
+            nkeys_seed=str(credentials) if credentials is not None else None,
         )
     except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
         cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc

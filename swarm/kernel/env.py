@@ -7,10 +7,15 @@ without importing pydantic (`swarm.cli.connect.locate`). Standard library only.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 #: Every setting is read from a variable with this prefix (`Settings.model_config`).
 PREFIX = "SWARM_"
 #: An external NATS server (`Settings.nats_url`).
 NATS_URL = f"{PREFIX}NATS_URL"
+#: The nkey seed file a process connects to NATS with (`Settings.nats_credentials`).
+NATS_CREDENTIALS = f"{PREFIX}NATS_CREDENTIALS"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -18,4 +23,19 @@ DATA_DIR = (f"{PREFIX}HOME", f"{PREFIX}DATA_DIR")
 #: The data dir when none of `DATA_DIR` is set.
 DEFAULT_DATA_DIR = ".swarm"
 
-__all__ = ["DATABASE_URL", "DATA_DIR", "DEFAULT_DATA_DIR", "NATS_URL", "PREFIX"]
+
+def nats_credentials() -> Path | None:
+    """`NATS_CREDENTIALS` from the environment, for a client that has no `Settings` at hand."""
+    value = os.environ.get(NATS_CREDENTIALS)
+    return Path(value) if value else None
+
+
+__all__ = [
+    "DATABASE_URL",
+    "DATA_DIR",
+    "DEFAULT_DATA_DIR",
+    "NATS_CREDENTIALS",
+    "NATS_URL",
+    "PREFIX",
+    "nats_credentials",
+]

@@ -28,6 +28,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 import nats
@@ -435,15 +436,23 @@ class EventLog:
         name: str = "swarm",
         timeout: float = _DEFAULT_TIMEOUT,
         ensure: bool = True,
+        credentials: Path | None = None,
     ) -> Self:
-        """Connect to NATS and (by default) make sure the streams exist."""
+        """Connect to NATS and (by default) make sure the streams exist. `credentials`: the
+        nkey seed file, else the settings' (`SWARM_NATS_CREDENTIALS`)."""
 
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", error=str(exc))
 
         try:
             # Once connected, it reconnects without limit: services outlive a server restart.
-            nc = await connect_nats(url, name=name, timeout=timeout, on_error=on_error)
+            nc = await connect_nats(
+                url,
+                name=name,
+                timeout=timeout,
+                on_error=on_error,
+                credentials=credentials or (settings.nats_credentials if settings else None),
+            )
         except CannotConnect as exc:
             raise EventLogError(str(exc)) from exc
         self = cls(nc, settings, timeout=timeout)

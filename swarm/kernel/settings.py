@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     #: External NATS server; when unset `swarm up` starts an embedded one.
     nats_url: str | None = None
+    #: The NATS nkey seed file this process connects with (`swarm up` gives each service its
+    #: own; `swarm status -o json` names the owner's as `nats_credentials`).
+    nats_credentials: Path | None = None
     #: External PostgreSQL (with pgvector); when unset `swarm up` starts an embedded one.
     database_url: str | None = None
     #: Where the embedded stack keeps its servers' data, logs and state file: `SWARM_HOME`, or
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
     #: process draws its own, and its ids change when it restarts.
     command_id_secret: str | None = Field(default=None, min_length=16, repr=False)
 
-    @field_validator("hive_public_key", "command_id_secret", mode="before")
+    @field_validator("nats_credentials", "hive_public_key", "command_id_secret", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `VAR: ${VAR:-}` in docker-compose sets an empty string for "not given".

@@ -1,0 +1,166 @@
+"""Who may connect to the stack's NATS server, and what each may do there.
+
+Every process of a `swarm up` stack is a principal with its own NATS nkey (an ed25519 key pair:
+the seed stays in the data dir, 0600; the server knows only the public key and checks a
+signature over the nonce it sends at connect). The server refuses anyone else: there is no
+anonymous user. Each principal has a role, and each role a set of NATS permissions:
+
+* `admin`: everything. The stack's owner (the CLI, `swarm up` itself) connects as `admin`.
+* `hive`: everything but removing what the log holds (streams, buckets, messages).
+* `gateway`, `webhooks`: as `service`, and they read and write the webhook signing secrets
+  (the HTTP API stores a subscription's secret, the dispatcher signs with it).
+* `service` (scheduler, observer, any extra `--service`): no event (`swarm.evt.>`, the Hive
+  alone writes the log), no removal, no webhook secret.
+* `pod`: as `service`. The agents' sandboxes run in pods.
+
+Removal covers deleting a stream, bucket or object store (they are streams), deleting a message,
+and purging the log's streams and the secrets' bucket (a pod purges the snapshots it replaced).
+What the roles do not yet tell apart (a pod's heartbeat subject from another pod's, a user's
+namespaces) is issue 13's next step: signed commands and per-principal subjects.
+
+The seeds are the `.nk` files NATS tools read (`nats --nkey`, nats-py's `nkeys_seed=`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from schemas import names
+from swarm.devstack.embedded import private_fd
+
+ADMIN: Final = "admin"
+#: Roles by name; the permissions of each are in `denied`.
+ROLES: Final = ("admin", "hive", "gateway", "webhooks", "service", "pod")
+
+#: The streams whose content only the admin may remove (the log and what guards it). A pod's
+#: snapshots bucket is not among them: a pod purges the generations it replaced.
+_KEPT_STREAMS: Final = (
+    names.STREAM_COMMANDS,
+    names.STREAM_EVENTS,
+    names.STREAM_METRICS,
+    names.STREAM_LOGS,
+    names.STREAM_TASKS,
+    names.STREAM_DEADLETTER,
+    names.STREAM_WEBHOOK_DELIVERIES,
+    f"KV_{names.WEBHOOK_SECRETS_BUCKET}",
+    f"KV_{names.WEBHOOK_DEAD_LETTERS_BUCKET}",
+    f"OBJ_{names.OBJECT_STORE_MODULES}",
+)
+_SECRETS: Final = f"KV_{names.WEBHOOK_SECRETS_BUCKET}"
+
+
+def _removal() -> list[str]:
+    return [
+        "$JS.API.STREAM.DELETE.>",
+        "$JS.API.STREAM.MSG.DELETE.>",
+        *(f"$JS.API.STREAM.PURGE.{stream}" for stream in _KEPT_STREAMS),
+    ]
+
+
+def _secrets() -> tuple[list[str], list[str]]:
+    """What reading or writing the webhook secrets' bucket takes: (publish, subscribe)."""
+    publish = [
+        f"$KV.{names.WEBHOOK_SECRETS_BUCKET}.>",
+        f"$JS.API.DIRECT.GET.{_SECRETS}",
+        f"$JS.API.DIRECT.GET.{_SECRETS}.>",
+        f"$JS.API.STREAM.MSG.GET.{_SECRETS}",
+        f"$JS.API.CONSUMER.CREATE.{_SECRETS}",
+        f"$JS.API.CONSUMER.CREATE.{_SECRETS}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{_SECRETS}.>",
+    ]
+    return publish, [f"$KV.{names.WEBHOOK_SECRETS_BUCKET}.>"]
+
+
+def denied(role: str) -> tuple[list[str], list[str]]:
+    """The subjects `role` may not publish on, and may not subscribe to."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+    if role == ADMIN:
+        return [], []
+    publish, subscribe = _removal(), []
+    if role != "hive":
+        publish.append(names.EVENTS_ALL)
+    if role not in ("gateway", "webhooks"):
+        secret_publish, secret_subscribe = _secrets()
+        publish += secret_publish
+        subscribe += secret_subscribe
+    return publish, subscribe
+
+
+def role_of(service: str) -> str:
+    """The role of a service `swarm up` supervises, by its name."""
+    if service == "hive" or service.startswith("hive-"):
+        return "hive"
+    if service.startswith("pod-"):
+        return "pod"
+    if service in ("gateway", "webhooks"):
+        return service
+    return "service"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+    #: The nkey seed file (`S...`, 0600): what the principal connects with.
+    seed_file: Path
+    #: Its public key (`U...`): what the server knows it by.
+    public_key: str
+
+
+def issue(directory: Path, wanted: Iterable[tuple[str, str]]) -> list[Principal]:
+    """The principals `wanted` (name, role), each with the key pair it had before, or a new one.
+
+    Seeds are `<directory>/<name>.nk`; `principals.json` beside them lists name, role and public
+    key (what the server's configuration is written from)."""
+    import nkeys
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    out = []
+    for name, role in wanted:
+        denied(role)  # an unknown role fails here, before any file is written
+        if not names.is_token(name):
+            raise ValueError(f"principal name {name!r} must be a NATS token")
+        seed_file = directory / f"{name}.nk"
+        if seed_file.exists():
+            seed = bytearray(seed_file.read_bytes().strip())
+        else:
+            seed = bytearray(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+            with open(private_fd(seed_file, os.O_TRUNC), "wb") as f:
+                f.write(bytes(seed) + b"\n")
+        pair = nkeys.from_seed(seed)
+        public = pair.public_key.decode()
+        pair.wipe()
+        out.append(Principal(name, role, seed_file, public))
+    listing = [{"name": p.name, "role": p.role, "public_key": p.public_key} for p in out]
+    with open(private_fd(directory / "principals.json", os.O_TRUNC), "w") as f:
+        json.dump(listing, f, indent=2)
+    return out
+
+
+def authorization(principals: Sequence[Principal]) -> str:
+    """The nats-server configuration block that admits `principals` alone, each with its
+    role's permissions."""
+    users = []
+    for p in principals:
+        publish, subscribe = denied(p.role)
+        permissions = {
+            direction: {"deny": subjects}
+            for direction, subjects in (("publish", publish), ("subscribe", subscribe))
+            if subjects
+        }
+        user: dict[str, object] = {"nkey": p.public_key}
+        if permissions:
+            user["permissions"] = permissions
+        users.append(user)
+    # The server's configuration format reads JSON values as they are.
+    return f"authorization {{\n  users: {json.dumps(users, indent=2)}\n}}\n"
+
+
+__all__ = ["ADMIN", "ROLES", "Principal", "authorization", "denied", "issue", "role_of"]

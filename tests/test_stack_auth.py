@@ -1,0 +1,202 @@
+"""A `swarm up` stack's NATS admits its principals alone, each with its role's permissions
+(`swarm.devstack.principals`): tried as an attacker on this machine would, with a plain nats-py
+client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from schemas import names
+from swarm.devstack.principals import authorization, denied, issue, role_of
+from swarm.kernel import env
+from swarm.kernel.connection import CannotConnect, connect_nats
+from tests.helpers.cli_process import run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+#: Stand-ins that only idle: each gets the credentials of the role its name gives it.
+SERVICES = ("pod-7=sleep 600", "webhooks=sleep 600", "hive=sleep 600")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One stack without Swarm's services (the principals are what is tried here), and its
+    `swarm status -o json`."""
+    root = tmp_path_factory.mktemp("auth")
+    data_dir = root / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+
+    def swarm(*args: str) -> Any:
+        return run_cli(args, cwd=root, env=env, timeout=120, module="swarm.cli.stack")
+
+    flags = [f for service in SERVICES for f in ("--service", service)]
+    up = swarm("up", "-d", "--no-services", "--data-dir", str(data_dir), *flags)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        report = json.loads(swarm("status", "--data-dir", str(data_dir), "-o", "json").stdout)
+        yield report | {"principals": data_dir / "principals"}
+    finally:
+        swarm("down", "--data-dir", str(data_dir))
+
+
+class Errors:
+    """What the server told a client asynchronously (a permissions violation is not an
+    answer to the publish: the server sends it on its own)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.new = asyncio.Event()
+
+    async def hear(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+        self.new.set()
+
+    async def violation(self, subject: str) -> str:
+        async def wait() -> str:
+            while True:
+                found = [e for e in self.seen if "permissions violation" in e.lower()]
+                hit = [e for e in found if subject.lower() in e.lower()]
+                if hit:
+                    return hit[0]
+                self.new.clear()
+                await self.new.wait()
+
+        return await asyncio.wait_for(wait(), 30)
+
+
+async def connect_as(stack: dict[str, Any], principal: str) -> tuple[nats.NATS, Errors]:
+    errors = Errors()
+    seed = stack["principals"] / f"{principal}.nk"
+    nc = await nats.connect(stack["nats_url"], nkeys_seed=str(seed), error_cb=errors.hear)
+    return nc, errors
+
+
+async def test_nobody_connects_without_credentials_or_with_a_key_of_its_own(
+    stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(env.NATS_CREDENTIALS, raising=False)
+    with pytest.raises(CannotConnect) as refused:
+        await connect_nats(stack["nats_url"], name="anonymous", timeout=5)
+    # What a user sees: which file to connect with.
+    assert "authorization violation" in str(refused.value)
+    assert "nats_credentials" in str(refused.value)
+    # A well-formed key pair the stack did not issue.
+    (stranger,) = issue(tmp_path, [("stranger", "admin")])
+    with pytest.raises(CannotConnect, match="authorization violation"):
+        await connect_nats(
+            stack["nats_url"], name="stranger", timeout=5, credentials=stranger.seed_file
+        )
+    owner = await connect_nats(
+        stack["nats_url"], name="owner", timeout=5, credentials=Path(stack["nats_credentials"])
+    )
+    await owner.close()
+
+
+def test_the_owners_credentials_are_named_and_only_the_owner_reads_the_seeds(
+    stack: dict[str, Any],
+) -> None:
+    assert stack["nats_credentials_kind"] == "nkey-seed"
+    owner = Path(stack["nats_credentials"])
+    assert owner == stack["principals"] / "admin.nk"
+    assert owner.read_text().startswith("SU")  # a user's nkey seed
+    for path in [stack["principals"], *stack["principals"].iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+async def test_a_pod_cannot_write_an_event_remove_the_log_or_read_webhook_secrets(
+    stack: dict[str, Any],
+) -> None:
+    nc, errors = await connect_as(stack, "pod-7")
+    js = nc.jetstream(timeout=2)
+    try:
+        # A forged event: the server drops it and says why.
+        subject = names.event_subject("agent", "forged", "deployed")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.publish(subject, b"{}")
+        assert "publish" in await errors.violation(subject)
+        # Removing the log, a message of it, or the secrets' bucket.
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_stream(names.STREAM_EVENTS)
+        await errors.violation(f"$JS.API.STREAM.DELETE.{names.STREAM_EVENTS}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.purge_stream(names.STREAM_COMMANDS)
+        await errors.violation(f"$JS.API.STREAM.PURGE.{names.STREAM_COMMANDS}")
+        # Reading a webhook's signing secret, by a direct get of its key.
+        secrets = f"KV_{names.WEBHOOK_SECRETS_BUCKET}"
+        direct = f"$JS.API.DIRECT.GET.{secrets}.$KV.{names.WEBHOOK_SECRETS_BUCKET}.w1"
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request(direct, b"", timeout=2)
+        await errors.violation(direct)
+        # Commands and its own subjects are its to publish (the Hive judges the commands).
+        ack = await js.publish(names.COMMANDS_ALL.replace(">", "pod.report"), b"{}")
+        assert ack.stream == names.STREAM_COMMANDS
+    finally:
+        await nc.close()
+    # Nothing of it happened: the owner still sees the streams.
+    owner, _ = await connect_as(stack, "admin")
+    try:
+        info = await owner.jetstream().stream_info(names.STREAM_EVENTS)
+        assert info.config.name == names.STREAM_EVENTS
+    finally:
+        await owner.close()
+
+
+async def test_the_hive_writes_events_and_the_webhook_dispatcher_reads_secrets(
+    stack: dict[str, Any],
+) -> None:
+    hive, errors = await connect_as(stack, "hive")
+    try:
+        js = hive.jetstream(timeout=10)
+        ack = await js.publish(names.event_subject("agent", "a1", "running"), b"{}")
+        assert ack.stream == names.STREAM_EVENTS
+        # Removing the log is the owner's alone, even for the Hive.
+        with pytest.raises(nats.errors.TimeoutError):
+            await hive.jetstream(timeout=2).delete_stream(names.STREAM_EVENTS)
+        await errors.violation(f"$JS.API.STREAM.DELETE.{names.STREAM_EVENTS}")
+    finally:
+        await hive.close()
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        kv = await webhooks.jetstream(timeout=10).create_key_value(
+            bucket=names.WEBHOOK_SECRETS_BUCKET
+        )
+        await kv.put("w1", b"secret")
+        assert (await kv.get("w1")).value == b"secret"
+        assert errors.seen == []
+    finally:
+        await webhooks.close()
+
+
+def test_every_role_but_the_owner_is_denied_removal_and_only_the_hive_writes_events() -> None:
+    """The rules as the server gets them, for the roles no test above connects as."""
+    for service, role in [("scheduler", "service"), ("gateway", "gateway"), ("hive-2", "hive")]:
+        assert role_of(service) == role
+    assert denied("admin") == ([], [])
+    for role in ("hive", "gateway", "webhooks", "service", "pod"):
+        publish, _ = denied(role)
+        assert "$JS.API.STREAM.DELETE.>" in publish
+        assert (names.EVENTS_ALL in publish) is (role != "hive")
+    with pytest.raises(ValueError, match="unknown role"):
+        denied("root")
+
+
+def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> None:
+    principals = issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
+    again = issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
+    assert [p.public_key for p in again] == [p.public_key for p in principals]  # kept
+    block = authorization(principals)
+    assert block.count('"nkey"') == 2
+    for p in principals:
+        assert p.public_key in block
+        assert p.public_key.startswith("U")
