@@ -27,19 +27,21 @@ def pod(sim: Sim, pod_id: str, memory: int = 1024, slots: int = 100) -> None:
     )
 
 
-def place_all(sim: Sim, pod_id: str) -> None:
-    for agent in sim.state.agents.values():
-        for r in agent.replicas.values():
-            if r.phase == "requested":
-                sim.ok(
-                    c.ProposePlacement(
-                        agent_id=agent.agent_id,
-                        replica_id=r.replica_id,
-                        pod_id=pod_id,
-                        policy="test",
-                    ),
-                    "service:scheduler",
+def placements(state: HiveState, pod_id: str) -> Iterator[tuple[c.ProposePlacement, str]]:
+    """The scheduler's proposal to place each waiting replica (of an agent not deleted) on
+    `pod_id`, with the scheduler's identity; read lazily, like `pod_reports`."""
+    for agent in list(state.agents.values()):
+        for r in list(agent.replicas.values()):
+            if r.phase == "requested" and not agent.deleted:
+                proposal = c.ProposePlacement(
+                    agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=pod_id, policy="test"
                 )
+                yield proposal, "service:scheduler"
+
+
+def place_all(sim: Sim, pod_id: str) -> None:
+    for proposal, identity in placements(sim.state, pod_id):
+        sim.ok(proposal, identity)
 
 
 def pod_reports(
