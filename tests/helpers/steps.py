@@ -4,7 +4,9 @@ deploy an agent, and play the scheduler and the pods for every replica at once."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+from schemas import Payload
 from schemas import commands as c
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from swarm.domain.state import HiveState
@@ -57,6 +59,23 @@ def pod_reports(
                     agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=r.pod_id, status=status
                 )
                 yield report, f"pod:{r.pod_id}"
+
+
+def report_replica(
+    sim: Sim,
+    agent_id: str,
+    replica_id: str,
+    status: c.ReplicaStatus,
+    *,
+    pod_id: str = "p1",
+    **fields: Any,
+) -> list[Payload]:
+    """Pod `pod_id` reports one replica's `status` (with `fields`: reason, snapshot...), which
+    the Hive accepts; the events it decided."""
+    report = c.ReportReplica(
+        agent_id=agent_id, replica_id=replica_id, pod_id=pod_id, status=status, **fields
+    )
+    return sim.ok(report, f"pod:{pod_id}")
 
 
 def run_all(sim: Sim) -> None:
