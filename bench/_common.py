@@ -10,6 +10,7 @@ same-run baseline.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -25,6 +26,8 @@ from typing import Any
 import psutil
 from rich.console import Console
 
+#: Where reports go unless `--json` says otherwise.
+RESULTS = Path(__file__).resolve().parent / "results"
 #: Columns of a console that is not a terminal (a log, CI): wide enough for every table.
 PIPED_WIDTH = 132
 
@@ -32,6 +35,21 @@ PIPED_WIDTH = 132
 def console(width: int | None = None) -> Console:
     """The terminal's width, or a fixed one when piped, so the tables stay readable in logs."""
     return Console(width=None if sys.stdout.isatty() else (width or PIPED_WIDTH))
+
+
+def arguments(
+    benchmark: str, description: str | None, *, raw: bool = False
+) -> argparse.ArgumentParser:
+    """A benchmark's command line, with the option every one has: `--json`, where its report goes
+    (`bench/results/<benchmark>.json` by default). `raw` keeps the description's line breaks."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS / f"{benchmark}.json", help="where to write results"
+    )
+    return parser
 
 
 def load_average() -> float:
@@ -119,6 +137,8 @@ def write_report(
 
 
 __all__ = [
+    "RESULTS",
+    "arguments",
     "console",
     "cpu_model",
     "load_average",

@@ -63,7 +63,6 @@ from schemas.specs import AgentSpec, ModuleRef, Placement
 from swarm.kernel.eventlog import AppendRequest, EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results" / "agents.json"
 COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
 ECHO_WAT = ROOT / "examples" / "echo" / "echo.wat"
 POD_IDS = ("bench-pod-0", "bench-pod-1")
@@ -317,13 +316,12 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = _common.arguments("agents", __doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--quick", action="store_true", help="skip the component build (for the smoke test)"
     )
     parser.add_argument("--component", type=Path, help="a built counter component to use")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one deploy may take")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     return parser.parse_args(argv)
 
 

@@ -41,15 +41,12 @@ from bench import _common
 from tests.faults.harness import ScenarioResult
 from tests.faults.scenarios import SCENARIOS, Load, Unavailable
 
-RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
 TARGET_RECOVERY_P50_S = 2.0
 QUICK = Load(warmup=30, hold_s=1.5, after_s=1.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _common.arguments("chaos", __doc__, raw=True)
     parser.add_argument("--quick", action="store_true", help="one small trial of each scenario")
     parser.add_argument("--trials", type=int, default=3, help="runs of each scenario")
     parser.add_argument(
@@ -58,7 +55,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=list(SCENARIOS),
         help="run only this scenario (repeatable; default: all)",
     )
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args(argv)
     if args.quick:
         args.trials = 1

@@ -57,7 +57,6 @@ from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streams import StreamSpec
 
-RESULTS = Path(__file__).resolve().parent / "results" / "eventlog.json"
 STREAM = "BENCH"
 TARGET_RATIO = 0.8
 #: Consumer limits shared by both consume paths (the client's defaults).
@@ -466,7 +465,7 @@ def render(measurements: list[Measurement], console: Console) -> list[dict[str, 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = _common.arguments("eventlog", __doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=20_000, help="messages per run")
     parser.add_argument("--size", type=int, default=1024, help="bytes of data in each event")
     parser.add_argument("--batch", type=int, default=1000, help="append chunk and fetch size")
@@ -476,7 +475,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="default,always",
         help="fsync modes to run, comma separated: default, always",
     )
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument("--dir", type=Path, default=None, help="server data dir (default: temp)")
     parser.add_argument(
         "--profile", type=Path, default=None, help="cProfile the client into this directory"

@@ -15,7 +15,6 @@ of doing the same through `swarm.client` directly (what the CLI does), on the sa
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -219,15 +218,10 @@ async def sse_latency(
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _common.arguments("gateway", __doc__, raw=True)
     parser.add_argument("--commands", type=int, default=300)
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "gateway.json"
-    )
     args = parser.parse_args()
     load_at_start = _common.load_average()
     console = Console()

@@ -16,7 +16,6 @@ Results go to bench/results/healing.json with machine info.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import statistics
 import sys
@@ -105,12 +104,9 @@ def finding(i: int) -> Payload:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _common.arguments("healing", __doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "healing.json"
-    )
     args = parser.parse_args()
     load_at_start = _common.load_average()
     n, repeats = args.agents, args.repeats

@@ -13,7 +13,6 @@ Every figure is measured in this run against a raw JetStream baseline on the sam
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import signal
@@ -207,15 +206,10 @@ async def failover(root: Path, trials: int) -> list[float]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _common.arguments("hive", __doc__, raw=True)
     parser.add_argument("--commands", type=int, default=5000)
     parser.add_argument("--events", type=int, default=40000)
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "hive.json"
-    )
     args = parser.parse_args()
     load_at_start = _common.load_average()
     console = Console()

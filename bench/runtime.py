@@ -76,7 +76,6 @@ from swarm.kernel.settings import Settings
 from tests.helpers.agents import ECHO
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results" / "runtime.json"
 NAMESPACE = "default"
 AGENT_MEMORY_MB = 16
 POD_ID = "bench-pod"
@@ -623,7 +622,7 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = _common.arguments("runtime", __doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--deploys", type=int, default=100, help="sequential deploys timed")
     parser.add_argument("--burst", type=int, default=500, help="deploys appended at once (0: off)")
     parser.add_argument("--agents", type=int, default=10_000, help="sandboxes started")
@@ -636,7 +635,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=10_000, help="requests per side")
     parser.add_argument("--vectors", type=int, default=100_000, help="vectors for search p50")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     parser.add_argument(
         "--pod-in-process",
         action="store_true",

@@ -26,7 +26,6 @@ SWARM_EVENTS history into its tables). See the STREAMING HOOK below.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import random
@@ -258,9 +257,7 @@ def streaming_table(streaming: dict[str, Any]) -> Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _common.arguments("scheduler", __doc__, raw=True)
     parser.add_argument("--pools", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=7)
@@ -273,9 +270,6 @@ def main() -> None:
         type=int,
         default=10000,
         help="events of the faust-vs-plain-loop comparisons (0 skips them)",
-    )
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "scheduler.json"
     )
     args = parser.parse_args()
     load_at_start = _common.load_average()

@@ -22,7 +22,6 @@ benchmarks import to include this one.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import random
@@ -51,7 +50,6 @@ from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.streaming import StreamApp, StreamEvent, Tables
 
-RESULTS = Path(__file__).resolve().parent / "results" / "streaming.json"
 STREAM = "BENCH_STREAMING"
 TARGET_RATIO = 0.5
 #: Distinct keys: few (coalescing writes most of a batch into few changelog messages), some,
@@ -195,7 +193,7 @@ async def _measure(url: str, n: int, keys: int, batch: int, repeats: int) -> lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = _common.arguments("streaming", __doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument(
         "--keys",
@@ -204,7 +202,6 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args()
     load_at_start = _common.load_average()
     keys = [int(k) for k in args.keys.split(",")]

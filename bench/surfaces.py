@@ -411,9 +411,7 @@ def print_table(console: Console, rows: list[Row]) -> None:
 
 async def main(argv: list[str] | None = None) -> int:
     cases = available_cases()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _common.arguments("surfaces", __doc__, raw=True)
     parser.add_argument("--events", type=int, default=50_000, help="events in the replay stream")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -424,9 +422,6 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--case", action="append", choices=sorted(cases), help="run only these (repeatable)"
-    )
-    parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results" / "surfaces.json"
     )
     args = parser.parse_args(argv)
     console = Console()

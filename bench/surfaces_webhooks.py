@@ -51,7 +51,6 @@ from swarm.kernel.settings import Settings
 from swarm.kernel.webhook_storage import fingerprint, new_secret, secrets_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "surfaces_webhooks.json"
 TARGET_PER_S = 500.0
 
 # --- the receiver (runs as `surfaces_webhooks.py --receiver PORT`) -------------------------------
@@ -309,11 +308,10 @@ def render(rows: Sequence[dict[str, Any]], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.arguments("surfaces_webhooks", __doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--window", type=int, default=32, help="deliveries in flight")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.receiver is not None:

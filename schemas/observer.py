@@ -42,8 +42,8 @@ FINDING_KINDS: tuple[str, ...] = (
     "unknown",
 )
 
-#: Behaviour signals the detectors score (one per metric series, plus derived ones).
-Signal = Literal[
+#: The signals a window of an agent's metrics yields, in the order of its behaviour vector.
+WindowSignal = Literal[
     "fuel",
     "latency",
     "error_rate",
@@ -51,6 +51,10 @@ Signal = Literal[
     "memory",
     "queue_depth",
     "log_rate",
+]
+#: Behaviour signals the detectors score (one per metric series, plus derived ones).
+Signal = Literal[
+    WindowSignal,
     "logs_per_call",
     "queue_wait",
     "behaviour_distance",

@@ -17,6 +17,7 @@ import structlog
 from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.servers import own_nats
 
 # The CLI's tables take the terminal's width, and `COLUMNS` when there is none; pytest-xdist
 # workers run with COLUMNS=80 set (seen here), which cuts the ids the CLI tests look for. One width
@@ -76,6 +77,22 @@ def settings(nats_url: str) -> Settings:
 @pytest.fixture
 async def event_log(nats_url: str, settings: Settings) -> AsyncIterator[EventLog]:
     async with await EventLog.connect(nats_url, settings, name="pytest") as log:
+        yield log
+
+
+@pytest.fixture
+def own_nats_url(tmp_path: Path) -> Iterator[str]:
+    """A nats-server of this test's own, for a test that reads whole streams (no other test may
+    write there) or stops the server."""
+    with own_nats(tmp_path / "nats") as url:
+        yield url
+
+
+@pytest.fixture
+async def own_log(own_nats_url: str) -> AsyncIterator[EventLog]:
+    """A log client of that server, with Swarm's streams made."""
+    settings = Settings(nats_url=own_nats_url)
+    async with await EventLog.connect(own_nats_url, settings, name="test") as log:
         yield log
 
 

@@ -4,28 +4,11 @@ two requests in flight, filters, start positions, and ends that never wait out a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from schemas import names, new_id
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.logscan import scan
-from tests.helpers.servers import own_nats
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    with own_nats(tmp_path / "nats") as url:
-        yield url
-
-
-@pytest.fixture
-async def log(server: str) -> AsyncIterator[EventLog]:
-    async with await EventLog.connect(server, name="test") as client:
-        yield client
 
 
 async def fill(log: EventLog, n: int) -> None:
@@ -47,49 +30,49 @@ async def seqs(log: EventLog, **kw: object) -> tuple[list[int], list[int]]:
     return read, sizes
 
 
-async def test_many_small_batches_arrive_in_order_each_once(log: EventLog) -> None:
-    await fill(log, 100)
-    read, sizes = await seqs(log, batch=7)
+async def test_many_small_batches_arrive_in_order_each_once(own_log: EventLog) -> None:
+    await fill(own_log, 100)
+    read, sizes = await seqs(own_log, batch=7)
     assert read == list(range(1, 101))
     assert max(sizes) <= 2 * 7  # at most two requests in flight
 
 
-async def test_a_filter_ends_at_the_last_match_without_waiting(log: EventLog) -> None:
-    await fill(log, 60)
+async def test_a_filter_ends_at_the_last_match_without_waiting(own_log: EventLog) -> None:
+    await fill(own_log, 60)
     start = time.monotonic()
-    read, _ = await seqs(log, subjects=["swarm.evt.thing.t1.*"], batch=5)
+    read, _ = await seqs(own_log, subjects=["swarm.evt.thing.t1.*"], batch=5)
     assert read == list(range(2, 61, 3))
-    nothing, _ = await seqs(log, subjects=["swarm.evt.other.>"])
+    nothing, _ = await seqs(own_log, subjects=["swarm.evt.other.>"])
     assert nothing == []
     assert time.monotonic() - start < 5
 
 
-async def test_start_and_end_positions(log: EventLog) -> None:
-    await fill(log, 20)
-    assert (await seqs(log, start_seq=15))[0] == list(range(15, 21))
-    assert (await seqs(log, start_seq=5, end=9, batch=2))[0] == [5, 6, 7, 8, 9]
-    assert (await seqs(log, start_seq=30))[0] == []
+async def test_start_and_end_positions(own_log: EventLog) -> None:
+    await fill(own_log, 20)
+    assert (await seqs(own_log, start_seq=15))[0] == list(range(15, 21))
+    assert (await seqs(own_log, start_seq=5, end=9, batch=2))[0] == [5, 6, 7, 8, 9]
+    assert (await seqs(own_log, start_seq=30))[0] == []
     later = datetime.now(UTC) + timedelta(hours=1)
-    assert (await seqs(log, start_time=later))[0] == []
+    assert (await seqs(own_log, start_time=later))[0] == []
     earlier = datetime.now(UTC) - timedelta(hours=1)
-    assert (await seqs(log, start_time=earlier))[0] == list(range(1, 21))
+    assert (await seqs(own_log, start_time=earlier))[0] == list(range(1, 21))
 
 
-async def test_what_is_appended_during_a_scan_is_not_read(log: EventLog) -> None:
-    await fill(log, 10)
+async def test_what_is_appended_during_a_scan_is_not_read(own_log: EventLog) -> None:
+    await fill(own_log, 10)
     read: list[int] = []
-    async for batch in scan(log, names.STREAM_EVENTS, batch=3):
+    async for batch in scan(own_log, names.STREAM_EVENTS, batch=3):
         if not read:
-            await fill(log, 10)
+            await fill(own_log, 10)
         read.extend(d.stream_seq for d in batch)
     assert read == list(range(1, 11))
 
 
-async def test_an_empty_stream_and_no_consumer_left_behind(log: EventLog) -> None:
-    assert (await seqs(log))[0] == []
-    await fill(log, 5)
-    async for _ in scan(log, names.STREAM_EVENTS, batch=2):
+async def test_an_empty_stream_and_no_consumer_left_behind(own_log: EventLog) -> None:
+    assert (await seqs(own_log))[0] == []
+    await fill(own_log, 5)
+    async for _ in scan(own_log, names.STREAM_EVENTS, batch=2):
         break  # leaving early must delete the consumer all the same
-    assert (await seqs(log))[0] == [1, 2, 3, 4, 5]
-    info = await log.js.stream_info(names.STREAM_EVENTS)
+    assert (await seqs(own_log))[0] == [1, 2, 3, 4, 5]
+    info = await own_log.js.stream_info(names.STREAM_EVENTS)
     assert info.state.consumer_count == 0

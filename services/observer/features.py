@@ -22,18 +22,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, get_args
+
+from schemas.observer import WindowSignal
 
 #: The signals a window yields, in the order of the behaviour vector.
-SIGNALS: tuple[str, ...] = (
-    "fuel",
-    "latency",
-    "error_rate",
-    "message_rate",
-    "memory",
-    "queue_depth",
-    "log_rate",
-)
+SIGNALS: tuple[str, ...] = get_args(WindowSignal)
 
 #: Signals that describe how the agent behaves per unit of work: the ones findings are about.
 #: (`behaviour_distance`, from the deployment's centroid, is added by the detectors.)

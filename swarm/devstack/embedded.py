@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 from urllib.parse import quote
 
 _PR_SET_PDEATHSIG = 1
@@ -57,6 +58,25 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
             _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return preexec
+
+
+def spawn(
+    argv: Sequence[str], log_file: IO[bytes], *, parent_death: int = signal.SIGTERM, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start a child of the devstack (a server or a service): no stdin, its output appended to
+    `log_file`, files it creates private to the owner, `parent_death` sent to it if this process
+    dies, and a process group of its own: a terminal's Ctrl-C reaches only `swarm up`, which then
+    stops services before the servers they depend on."""
+    return subprocess.Popen(
+        argv,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=die_with_parent(parent_death),
+        umask=PRIVATE_UMASK,
+        **popen,
+    )
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
@@ -166,7 +186,7 @@ class EmbeddedNats(_ChildServer):
             str(self.port) if self.port and free_port(self.port, self.host) == self.port else "-1"
         )
         with open(private_fd(self.log_path), "ab") as log_file:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [
                     str(nats_server_binary()),
                     "-c",
@@ -178,14 +198,7 @@ class EmbeddedNats(_ChildServer):
                     "--ports_file_dir",
                     str(ports_dir),
                 ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # Own process group: a terminal's Ctrl-C reaches only `swarm up`, which then
-                # stops services before the servers they depend on.
-                process_group=0,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-                umask=PRIVATE_UMASK,
+                log_file,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -364,7 +377,7 @@ class EmbeddedPostgres(_ChildServer):
         with open(private_fd(self.log_path), "ab") as log_file:
             if ids:
                 os.chown(self.log_path, ids[0], ids[1])
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [
                     str(bin_dir / "postgres"),
                     "-D",
@@ -385,13 +398,9 @@ class EmbeddedPostgres(_ChildServer):
                     "-c",
                     "listen_addresses=" + self.host,
                 ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                process_group=0,
+                log_file,
                 # SIGINT is postgres' "fast shutdown": clean, no crash recovery on next start.
-                preexec_fn=die_with_parent(signal.SIGINT),
-                umask=PRIVATE_UMASK,
+                parent_death=signal.SIGINT,
                 user=user,
                 group=group,
             )

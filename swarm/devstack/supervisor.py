@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from swarm.devstack.embedded import PRIVATE_UMASK, die_with_parent, private_fd
+from swarm.devstack.embedded import private_fd, spawn
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -278,16 +278,7 @@ class Supervisor:
         self._log(child, f"starting {shlex.join(spec.argv)}")
         try:
             with open(private_fd(child.log_path), "ab") as log_file:
-                child.proc = subprocess.Popen(
-                    spec.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    process_group=0,
-                    preexec_fn=die_with_parent(signal.SIGTERM),
-                    umask=PRIVATE_UMASK,
-                )
+                child.proc = spawn(spec.argv, log_file, env=env)
         except OSError as exc:
             # Not a crash: no amount of retrying makes a missing executable appear.
             child.proc = None

@@ -4,7 +4,9 @@ deploy an agent, and play the scheduler and the pods for every replica at once."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+from schemas import Payload
 from schemas import commands as c
 from schemas.specs import AgentSpec, Capacity, ModuleRef, Resources
 from swarm.domain.state import HiveState
@@ -27,19 +29,21 @@ def pod(sim: Sim, pod_id: str, memory: int = 1024, slots: int = 100) -> None:
     )
 
 
-def place_all(sim: Sim, pod_id: str) -> None:
-    for agent in sim.state.agents.values():
-        for r in agent.replicas.values():
-            if r.phase == "requested":
-                sim.ok(
-                    c.ProposePlacement(
-                        agent_id=agent.agent_id,
-                        replica_id=r.replica_id,
-                        pod_id=pod_id,
-                        policy="test",
-                    ),
-                    "service:scheduler",
+def placements(state: HiveState, pod_id: str) -> Iterator[tuple[c.ProposePlacement, str]]:
+    """The scheduler's proposal to place each waiting replica (of an agent not deleted) on
+    `pod_id`, with the scheduler's identity; read lazily, like `pod_reports`."""
+    for agent in list(state.agents.values()):
+        for r in list(agent.replicas.values()):
+            if r.phase == "requested" and not agent.deleted:
+                proposal = c.ProposePlacement(
+                    agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=pod_id, policy="test"
                 )
+                yield proposal, "service:scheduler"
+
+
+def place_all(sim: Sim, pod_id: str) -> None:
+    for proposal, identity in placements(sim.state, pod_id):
+        sim.ok(proposal, identity)
 
 
 def pod_reports(
@@ -55,6 +59,23 @@ def pod_reports(
                     agent_id=agent.agent_id, replica_id=r.replica_id, pod_id=r.pod_id, status=status
                 )
                 yield report, f"pod:{r.pod_id}"
+
+
+def report_replica(
+    sim: Sim,
+    agent_id: str,
+    replica_id: str,
+    status: c.ReplicaStatus,
+    *,
+    pod_id: str = "p1",
+    **fields: Any,
+) -> list[Payload]:
+    """Pod `pod_id` reports one replica's `status` (with `fields`: reason, snapshot...), which
+    the Hive accepts; the events it decided."""
+    report = c.ReportReplica(
+        agent_id=agent_id, replica_id=replica_id, pod_id=pod_id, status=status, **fields
+    )
+    return sim.ok(report, f"pod:{pod_id}")
 
 
 def run_all(sim: Sim) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import nats
@@ -18,7 +18,6 @@ from schemas.specs import AgentSpec, ModuleRef
 from services.hive.testing import HiveCluster
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.history import WASM
-from tests.helpers.servers import own_nats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,14 +25,8 @@ SPEC = AgentSpec(version="v1", module=ModuleRef(inline=WASM))
 
 
 @pytest.fixture
-def fresh_nats(tmp_path: Path) -> Iterator[str]:
-    with own_nats(tmp_path / "nats") as url:
-        yield url
-
-
-@pytest.fixture
-async def cluster(fresh_nats: str, tmp_path: Path) -> AsyncIterator[HiveCluster]:
-    c = HiveCluster(fresh_nats, tmp_path)
+async def cluster(own_nats_url: str, tmp_path: Path) -> AsyncIterator[HiveCluster]:
+    c = HiveCluster(own_nats_url, tmp_path)
     c.start()
     try:
         yield c
@@ -42,8 +35,8 @@ async def cluster(fresh_nats: str, tmp_path: Path) -> AsyncIterator[HiveCluster]
 
 
 @pytest.fixture
-async def client(fresh_nats: str) -> AsyncIterator[EventLog]:
-    async with await EventLog.connect(fresh_nats, name="test-client") as log:
+async def client(own_nats_url: str) -> AsyncIterator[EventLog]:
+    async with await EventLog.connect(own_nats_url, name="test-client") as log:
         yield log
 
 
@@ -171,10 +164,10 @@ async def test_all_replicas_killed_and_restarted_recover_the_state(
 
 
 async def test_plain_nats_client_gets_readable_rejections(
-    cluster: HiveCluster, fresh_nats: str
+    cluster: HiveCluster, own_nats_url: str
 ) -> None:
     """No project code on the client side: raw JSON over nats-py."""
-    nc = await nats.connect(fresh_nats)
+    nc = await nats.connect(own_nats_url)
     js = nc.jetstream()
     try:
         await cluster.leader(nc)

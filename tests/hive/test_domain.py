@@ -9,7 +9,16 @@ from schemas import events as e
 from schemas.specs import Capacity, Quota, RestartPolicy
 from swarm.domain.state import HiveState
 from tests.helpers.sim import Sim
-from tests.helpers.steps import deploy, deploy_running, place_all, pod, run_all, spec, stop_all
+from tests.helpers.steps import (
+    deploy,
+    deploy_running,
+    place_all,
+    pod,
+    report_replica,
+    run_all,
+    spec,
+    stop_all,
+)
 
 
 def test_deploy_place_run_walks_the_lifecycle() -> None:
@@ -23,12 +32,7 @@ def test_deploy_place_run_walks_the_lifecycle() -> None:
     assert agent.status == "scheduled"
     assert sim.state.pods["p1"].used_memory_mb == 128
     first = next(iter(agent.replicas.values()))
-    sim.ok(
-        c.ReportReplica(
-            agent_id=agent_id, replica_id=first.replica_id, pod_id="p1", status="starting"
-        ),
-        "pod:p1",
-    )
+    report_replica(sim, agent_id, first.replica_id, "starting")
     assert agent.status == "starting"
     run_all(sim)
     assert agent.status == "running"
@@ -134,16 +138,8 @@ def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
     (rid,) = sim.state.agents[agent_id].replicas
     delays = []
     for _ in range(2):
-        out = sim.ok(
-            c.ReportReplica(
-                agent_id=agent_id,
-                replica_id=rid,
-                pod_id="p1",
-                status="crashed",
-                reason="trap: unreachable",
-                snapshot="snap-1",
-            ),
-            "pod:p1",
+        out = report_replica(
+            sim, agent_id, rid, "crashed", reason="trap: unreachable", snapshot="snap-1"
         )
         crash = next(x for x in out if isinstance(x, e.ReplicaCrashed))
         assert crash.restart_at is not None
@@ -158,12 +154,7 @@ def test_crash_restarts_with_exponential_backoff_then_fails() -> None:
         place_all(sim, "p1")
         run_all(sim)
     assert delays == [1.0, 2.0]
-    sim.ok(
-        c.ReportReplica(
-            agent_id=agent_id, replica_id=rid, pod_id="p1", status="crashed", reason="trap"
-        ),
-        "pod:p1",
-    )
+    report_replica(sim, agent_id, rid, "crashed", reason="trap")
     agent = sim.state.agents[agent_id]
     assert agent.replicas[rid].phase == "failed"
     assert agent.status == "failed"
@@ -183,12 +174,7 @@ def one_replica_on_p1_of_two_pods() -> tuple[Sim, str, str]:
 
 def test_lost_pod_reschedules_its_replicas_with_their_snapshot() -> None:
     sim, agent_id, rid = one_replica_on_p1_of_two_pods()
-    sim.ok(
-        c.ReportReplica(
-            agent_id=agent_id, replica_id=rid, pod_id="p1", status="starting", snapshot="s7"
-        ),
-        "pod:p1",
-    )
+    report_replica(sim, agent_id, rid, "starting", snapshot="s7")
     run_all(sim)
     sim.ok(c.ExpirePod(pod_id="p1", last_heartbeat_age_s=12.5), "service:hive")
     replica = sim.state.agents[agent_id].replicas[rid]

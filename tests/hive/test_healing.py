@@ -12,7 +12,16 @@ from schemas.observer import ReportAnomaly, SignalEvidence
 from schemas.specs import HealingPolicy, Quota
 from swarm.domain import heal, reputation
 from tests.helpers.sim import T0, Sim
-from tests.helpers.steps import deploy, place_all, pod, pod_reports, run_all, spec, stop_all
+from tests.helpers.steps import (
+    deploy,
+    place_all,
+    pod,
+    pod_reports,
+    report_replica,
+    run_all,
+    spec,
+    stop_all,
+)
 
 
 def report(
@@ -96,12 +105,7 @@ def test_outcomes_move_trust_and_every_replica_folds_the_same() -> None:
     after_running = agent.reputation.trust
     assert after_running > reputation.PRIOR
     replica = next(iter(agent.replicas))
-    sim.ok(
-        c.ReportReplica(
-            agent_id=agent_id, replica_id=replica, pod_id="p1", status="crashed", reason="trap"
-        ),
-        "pod:p1",
-    )
+    report_replica(sim, agent_id, replica, "crashed", reason="trap")
     after_crash = agent.reputation.trust
     assert after_crash < after_running
     report(sim, agent_id, "critical", score=1.0)
@@ -189,16 +193,13 @@ def test_the_snapshot_chosen_predates_the_anomaly() -> None:
     replica = agent.replicas[replica_id]
     sim.tick(100)
     # The replica crashed and resumed from a later (bad) snapshot inside the anomaly window.
-    sim.ok(
-        c.ReportReplica(
-            agent_id=agent_id,
-            replica_id=replica_id,
-            pod_id="p1",
-            status="crashed",
-            reason="trap",
-            snapshot=f"swarm-snapshots/{replica_id}@9",
-        ),
-        "pod:p1",
+    report_replica(
+        sim,
+        agent_id,
+        replica_id,
+        "crashed",
+        reason="trap",
+        snapshot=f"swarm-snapshots/{replica_id}@9",
     )
     known = heal.good_snapshot(replica, sim.now - timedelta(seconds=50))
     assert known is not None

@@ -12,6 +12,7 @@ from schemas.specs import AgentSpec, Capacity, ModuleRef, Placement, Resources
 from swarm.domain.state import HiveState
 from tests.helpers.history import WASM
 from tests.helpers.sim import Sim
+from tests.helpers.steps import report_replica
 
 SCHEDULER = "service:scheduler"
 
@@ -89,12 +90,7 @@ def test_lower_priority_victims_make_room_atomically() -> None:
 
 def test_the_victims_snapshot_goes_with_it() -> None:
     sim, low, high = full_pod()
-    sim.ok(
-        c.ReportReplica(
-            agent_id=low, replica_id=f"{low}-0", pod_id="p1", status="starting", snapshot="s/k@3"
-        ),
-        "pod:p1",
-    )
+    report_replica(sim, low, f"{low}-0", "starting", snapshot="s/k@3")
     out = sim.ok(preempt(high, [(low, f"{low}-0"), (low, f"{low}-1")]), SCHEDULER)
     requested = [p for p in out if isinstance(p, e.ReplicaRequested)]
     assert {p.replica_id: p.snapshot for p in requested} == {f"{low}-0": "s/k@3", f"{low}-1": None}

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from schemas import Envelope, event, events, new_id
 from schemas.specs import Capacity
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.follow import follow, wanted_events
-from tests.helpers.servers import own_nats
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,14 +36,6 @@ class Pods:
     def advance(self, seq: int) -> None:
         self.skipped.append(seq)
         self.applied_seq = seq
-
-
-@pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[EventLog]:
-    with own_nats(tmp_path / "nats") as url:
-        async with await EventLog.connect(url, name="test") as client:
-            await client.ensure_streams()
-            yield client
 
 
 def registered(pod_id: str) -> AppendRequest:
@@ -81,9 +71,9 @@ async def until(check: Any) -> None:
     await wait_until(holds, 45, "the projection to fold the new event")
 
 
-async def test_folds_wanted_events_in_order_and_skips_the_rest(log: EventLog) -> None:
+async def test_folds_wanted_events_in_order_and_skips_the_rest(own_log: EventLog) -> None:
     lost = events.PodLost(pod_id="p1", reason="gone")
-    await log.append_batch(
+    await own_log.append_batch(
         [
             registered("p1"),
             AppendRequest.of(event(lost, aggregate_id="p1", source="test")),  # not wanted
@@ -93,16 +83,16 @@ async def test_folds_wanted_events_in_order_and_skips_the_rest(log: EventLog) ->
         ]
     )
     view = Pods()
-    async with following(log, view):
+    async with following(own_log, view):
         # Live only once everything on the log when it began was read.
         assert view.pods == ["p1", "p2", "p3"]
         assert view.skipped == [2, 3]
         assert view.applied_seq == 5
         # New events keep coming in.
-        await log.append_batch([registered("p4")])
+        await own_log.append_batch([registered("p4")])
         await until(lambda: view.pods[-1:] == ["p4"])
     # A restarted loop starts after what the projection has seen: nothing folds twice.
-    await log.append_batch([registered("p5")])
-    async with following(log, view):
+    await own_log.append_batch([registered("p5")])
+    async with following(own_log, view):
         await until(lambda: view.pods[-1:] == ["p5"])
     assert view.pods == ["p1", "p2", "p3", "p4", "p5"]

@@ -9,7 +9,7 @@ from services.scheduler.view import ClusterView
 from swarm.domain.state import HiveState
 from tests.helpers.history import History, spec
 from tests.helpers.sim import Sim
-from tests.helpers.steps import pod_reports
+from tests.helpers.steps import placements, pod_reports
 
 
 def test_usage_follows_the_phases_that_hold_resources() -> None:
@@ -111,18 +111,8 @@ def test_view_agrees_with_the_hive_over_a_whole_lifecycle() -> None:
         checks += 1
 
     def place(pod_id: str) -> None:
-        for agent in list(sim.state.agents.values()):
-            for r in list(agent.replicas.values()):
-                if r.phase == "requested" and not agent.deleted:
-                    ok(
-                        commands.ProposePlacement(
-                            agent_id=agent.agent_id,
-                            replica_id=r.replica_id,
-                            pod_id=pod_id,
-                            policy="t",
-                        ),
-                        "service:scheduler",
-                    )
+        for proposal, identity in placements(sim.state, pod_id):
+            ok(proposal, identity)
 
     def report(status: ReplicaStatus, phases: tuple[str, ...]) -> None:
         for report, identity in pod_reports(sim.state, status, phases):

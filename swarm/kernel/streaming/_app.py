@@ -56,7 +56,6 @@ from swarm.kernel.streaming._retry import (
     WRITE_RETRY_S,
     append_all,
     retrying,
-    transient,
 )
 from swarm.kernel.streaming._table import ChangelogTable, Cursor, encode_key
 from swarm.kernel.streaming._transport import Route, Transport, token_key
@@ -593,25 +592,16 @@ class StreamApp:
         """The next batch (empty when none came in time). A fetch that fails because the
         connection is down for now (nats-py reconnects) is repeated with backoff, like a write,
         for up to `write_retry_s` seconds; then, or on any other failure, the app stops."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        delay = 0.1
-        while True:
-            try:
-                return await consumer.fetch(self.batch, timeout=self.fetch_timeout)
-            except Exception as exc:
-                waited = loop.time() - started
-                if not transient(exc) or waited + delay > self.write_retry_s:
-                    raise
-                log.warning(
-                    "fetch failed; retrying",
-                    app=self.name,
-                    processor=proc.name,
-                    waited_s=round(waited, 1),
-                    error=str(exc) or type(exc).__name__,
-                )
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, 2.0)
+        return await retrying(
+            lambda _n: consumer.fetch(self.batch, timeout=self.fetch_timeout),
+            what=f"fetch from {proc.stream}",
+            budget=self.write_retry_s,
+            retry_log="fetch failed; retrying",
+            recovered_log="fetch answered after retries",
+            spent=None,
+            app=self.name,
+            processor=proc.name,
+        )
 
     # -- processing -------------------------------------------------------------------------------
 

@@ -6,14 +6,15 @@ costs a restart and a recovery for nothing. Every write the commit protocol make
 safely, because each one carries a message id and JetStream drops a repeat within the stream's
 duplicate window: changelog messages (ids from `_Pipeline`), outputs (their envelope ids) and
 dead letters (their source position). So a write that was not acknowledged is sent again, with
-backoff, for a bounded time, and only then does the error stop the app.
+backoff, for a bounded time, and only then does the error stop the app. An intake fetch that
+fails while the connection is down is waited out by the same loop, under its own wording.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -84,12 +85,18 @@ async def retrying(
     *,
     what: str,
     budget: float,
+    retry_log: str = "write not acknowledged; retrying",
+    recovered_log: str = "write acknowledged after retries",
+    spent: Callable[[str], Exception] | None = WriteUnacknowledged,
+    **context: Any,
 ) -> T:
     """`attempt(0)`, then on a transient failure `attempt(1)`, `attempt(2)`... with exponential
     backoff (0.1 s doubling to 2 s), until `budget` seconds have passed since the first began.
 
-    Raises what a refusal raised at once, and `WriteUnacknowledged` when the budget is spent.
-    The caller guarantees that repeating the write cannot store anything twice.
+    Raises what a refusal raised at once, and `spent(message)` when the budget is spent (the
+    last failure itself when `spent` is None: a read, which no caller waits for as a write).
+    `retry_log` and `recovered_log` word its log lines, which carry `context` too. The caller
+    guarantees that repeating the attempt cannot store anything twice.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -103,23 +110,27 @@ async def retrying(
                 raise
             waited = loop.time() - started
             if waited + delay > budget:
-                raise WriteUnacknowledged(
+                if spent is None:
+                    raise
+                raise spent(
                     f"{what} not acknowledged for {waited:.0f} s ({n + 1} attempts): {exc}"
                 ) from exc
             log.warning(
-                "write not acknowledged; retrying",
+                retry_log,
                 what=what,
                 attempt=n + 1,
                 waited_s=round(waited, 1),
                 error=str(exc) or type(exc).__name__,
+                **context,
             )
         else:
             if n:
                 log.info(
-                    "write acknowledged after retries",
+                    recovered_log,
                     what=what,
                     attempts=n + 1,
                     waited_s=round(loop.time() - started, 1),
+                    **context,
                 )
             return result
         await asyncio.sleep(delay)
