@@ -54,6 +54,9 @@ AGGREGATE_ID_FIELDS: Final = {
 #: the outcome's bytes as they are without the attribute (`swarm.kernel.seal`). Readers that know
 #: the Hive's public key ignore outcomes without a valid one: anyone else can write on NATS.
 EXTENSION_HIVE_SEAL: Final = "hiveseal"
+#: The seal of the entry the Hive sealed before this one (`swarm.kernel.seal`): the Hive's
+#: entries form a chain, so one removed from the log (or from an export) shows.
+EXTENSION_HIVE_PREVIOUS: Final = "hiveprev"
 
 # --- Queries and heartbeats (core NATS request/reply, not stored) --------------------------------
 

@@ -69,6 +69,13 @@ class CommandAccepted(_Answer):
     command_type: CommandType
     #: Ids of the events the command caused, in log order (written atomically with this one).
     events: list[EventId] = Field(default_factory=list, max_length=MAX_CAUSED_EVENTS)
+    #: The sha256 of each of those events as the Hive wrote them (of their JSON, canonical:
+    #: `swarm.kernel.seal.entry_digest`), in the same order: the sealed outcome vouches for
+    #: them, so an event changed or removed later shows (`swarm timeline verify`). Empty in
+    #: outcomes written before Swarm kept them.
+    digests: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, max_length=MAX_CAUSED_EVENTS
+    )
 
 
 @REGISTRY.event(names.OUTCOME_AGGREGATE, names.OUTCOME_REJECTED)

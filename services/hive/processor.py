@@ -20,9 +20,11 @@ What is written can always be folded, and nothing a client sends can stop the lo
   its rejected outcome. A command whose handling still fails `max_attempts` times, or that was
   delivered `max_deliveries` times, is copied to SWARM_DEADLETTER (`names.HIVE_DEADLETTER`, with
   the reason) and rejected (rule `poison`), so it never holds up the others for long.
-* **Sealed outcomes.** Every outcome carries the Hive's seal (`swarm.kernel.seal`). An outcome
-  somebody else wrote first on a command's subject does not answer it: the Hive writes its own
-  after it, and readers that know the Hive's key ignore the foreign one.
+* **Sealed outcomes.** Every outcome carries the Hive's seal
+  (`swarm.kernel.seal`), chained to the one sealed before it, and an accepted outcome the sha256
+  of each event it caused: `swarm timeline verify` finds an entry changed or removed later. An
+  outcome somebody else wrote first on a command's subject does not answer it: the Hive writes
+  its own after it, and readers that know the Hive's key ignore the foreign one.
 * **One body per command id.** A second, different body published under an id that was already
   answered (without `Nats-Msg-Id`, or after the dedupe window) is answered on
   `swarm.evt.command._invalid.rejected` (rule `duplicate_id`) instead of being dropped silently.
@@ -81,7 +83,7 @@ from swarm.kernel.eventlog import (
     NotFound,
 )
 from swarm.kernel.ids import IdKey
-from swarm.kernel.seal import SealKey
+from swarm.kernel.seal import SealKey, entry_digest
 
 log = structlog.get_logger(__name__)
 
@@ -208,6 +210,13 @@ class CommandProcessor:
         self.end = self.working.applied_seq
         return self.working
 
+    def _sealed(self, body: bytes) -> bytes:
+        """`body` sealed, chained to the entry the Hive sealed last (as the working state has
+        folded it: the leader's own writes advance it)."""
+        working = self.working
+        assert working is not None
+        return self.seal.seal(body, previous=working.chain_head or None)
+
     def _own_event(self, payload: Payload, aggregate_id: str, time: datetime) -> Envelope[Any]:
         """An event the Hive writes on its own account, caused by no command it decided: its
         election as leader, or the rejection of input that is not a valid command."""
@@ -235,6 +244,8 @@ class CommandProcessor:
             env = self._own_event(payload, self.node, self.clock())
             request = AppendRequest(
                 subject=names.event_subject(names.HIVE_AGGREGATE, self.node, "leader_elected"),
+                # Not sealed: outside the chain of outcomes, an election changes nothing but
+                # the fence (a replica's state after it differs only in `applied_seq`).
                 body=env.to_json(),
                 msg_id=f"leader:{self.node}:{payload.term}:{self.end}",
                 expected_stream_seq=self.end,
@@ -592,13 +603,14 @@ class CommandProcessor:
             received=received,
         )
         env = self._own_event(answer, names.INVALID_COMMAND_ID, self.clock())
-        request = AppendRequest(
-            subject=names.outcome_subject(names.INVALID_COMMAND_ID, "rejected"),
-            body=self.seal.seal(env.to_json()),
-            msg_id=self._invalid_msg_id(delivery),
-        )
         for _ in range(4):
-            request = dataclasses.replace(request, expected_stream_seq=self.end)
+            # Sealed on each try: after a resync the chain may end elsewhere.
+            request = AppendRequest(
+                subject=names.outcome_subject(names.INVALID_COMMAND_ID, "rejected"),
+                body=self._sealed(env.to_json()),
+                msg_id=self._invalid_msg_id(delivery),
+                expected_stream_seq=self.end,
+            )
             try:
                 assert self.working is not None
                 fold_checked(self.working, self.end + 1, request.body)
@@ -644,6 +656,7 @@ class CommandProcessor:
         if len(events_) >= MAX_ATOMIC_BATCH:
             raise ValueError(f"{len(events_)} events do not fit in one atomic append")
         event_ids: list[str] = []
+        event_digests: list[str] = []
         for n, payload in enumerate(events_):
             aggregate, aggregate_id = _aggregate_of(payload)
             env = event(
@@ -660,12 +673,14 @@ class CommandProcessor:
             if wildcard not in expected_for:
                 expected_for.add(wildcard)
                 expected = _last_seq(working, aggregate, aggregate_id)
+            body = env.to_json()
+            event_digests.append(entry_digest(body))
             requests.append(
                 AppendRequest(
                     subject=names.event_subject(
                         aggregate, aggregate_id, payload.TYPE.rsplit(".", 1)[1]
                     ),
-                    body=env.to_json(),
+                    body=body,
                     msg_id=f"{command.id}:{n}{salt}",
                     expected_last_seq=expected,
                     expected_subject=wildcard if expected is not None else None,
@@ -679,7 +694,7 @@ class CommandProcessor:
             "command_digest": _digest(delivery.data),
         }
         if isinstance(outcome, Decision):
-            answer = CommandAccepted(**common, events=event_ids)
+            answer = CommandAccepted(**common, events=event_ids, digests=event_digests)
         else:
             answer = CommandRejected(
                 **common,
@@ -694,7 +709,7 @@ class CommandProcessor:
         requests.append(
             AppendRequest(
                 subject=names.outcome_subject(command.id, "accepted" if accepted else "rejected"),
-                body=self.seal.seal(answer_env.to_json()),
+                body=self._sealed(answer_env.to_json()),
                 msg_id=f"{command.id}:outcome{salt}",
                 expected_last_seq=self._foreign.get(command.id, 0),
                 expected_subject=names.outcome_wildcard(command.id),
@@ -747,7 +762,7 @@ class CommandProcessor:
         env = self._own_event(rejected, aggregate_id, now)
         request = AppendRequest(
             subject=names.outcome_subject(aggregate_id, "rejected"),
-            body=self.seal.seal(env.to_json()),
+            body=self._sealed(env.to_json()),
             msg_id=(
                 f"{command_id}:outcome{self._salt.get(command_id, '')}"
                 if command_id

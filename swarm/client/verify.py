@@ -17,6 +17,13 @@ What a sound log looks like (DESIGN.md, "Public contracts"):
   stack carries that stack's seal; it counts when it names exactly its command (position and
   sha256) and was stored before it, as `swarm timeline import` stores them.
 
+* the Hive's sealed entries form a chain (`swarm.kernel.seal`): each names the seal of the one
+  before it, so one removed (from the log, or from an export before it was imported) leaves the
+  next naming a seal that is not the last one before it; and an accepted outcome gives the
+  sha256 of each event it caused, so an event changed or removed after the Hive wrote it shows.
+  Entries written before Swarm kept these carry neither and are not judged by them, nor is the
+  first sealed entry of a log that starts in the middle of a chain (an import of part of one).
+
 A command sent again under an id that was already answered is the same command when its bytes
 are the same (no second outcome is due); with other bytes it is another command, answered on
 `…._invalid.rejected` (rule `duplicate_id`).
@@ -44,10 +51,13 @@ if TYPE_CHECKING:
     from swarm.kernel.eventlog import Delivery, EventLog
 
 __all__ = [
+    "ALTERED_EVENT",
+    "BROKEN_CHAIN",
     "DANGLING_CAUSATION",
     "DUPLICATE_OUTCOME",
     "FOREIGN_OUTCOME",
     "GAP",
+    "MISSING_EVENT",
     "MISSING_OUTCOME",
     "ORPHAN_OUTCOME",
     "UNDECODABLE",
@@ -66,6 +76,9 @@ ORPHAN_OUTCOME = "orphan-outcome"
 FOREIGN_OUTCOME = "foreign-outcome"
 UNFOLDABLE = "unfoldable"
 DANGLING_CAUSATION = "dangling-causation"
+ALTERED_EVENT = "altered-event"
+MISSING_EVENT = "missing-event"
+BROKEN_CHAIN = "broken-chain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +215,13 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
     gaps = _Gaps(names.STREAM_EVENTS, held.first_seq or 1, report)
     end = held.last_seq
     state = HiveState()
+    chain = _Chain(report)
     async with aclosing(_deliveries(log, names.STREAM_EVENTS, end)) as deliveries:
         async for d in deliveries:
             gaps.see(d.stream_seq)
             report.events += 1
             body = _lenient(d.data)
+            chain.written(body, d)
             try:
                 envelope = REGISTRY.decode(d.data, kind="event")
             except (DecodeError, RecursionError) as exc:
@@ -234,12 +249,14 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
                         )
                     )
                     continue
+                chain.vouched(envelope, d)
                 key = parsed[1]
                 if key == names.INVALID_COMMAND_ID:
                     received = envelope.data.received if envelope is not None else {}
                     seq = received.get("stream_seq")
                     key = f"#{seq}" if isinstance(seq, int) else f"{key}@{d.stream_seq}"
                 outcomes[key].append(d.stream_seq)
+            chain.link(body, d)
     gaps.end(end)
 
     _outcome_findings(report, commands, outcomes, grace=grace, now=now)
@@ -250,6 +267,82 @@ async def verify(log: EventLog, *, grace: float, now: datetime | None = None) ->
             )
     report.findings.sort(key=lambda f: (f.stream, f.seq, f.kind))
     return report
+
+
+class _Chain:
+    """The Hive's chain of sealed entries, and the events its accepted outcomes vouch for."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        #: Event id -> (sequence, `entry_digest` of it), the first entry under each id.
+        self.events: dict[str, tuple[int, str]] = {}
+        #: Seal -> sequence of the entry it seals; the last sealed entry.
+        self.seals: dict[str, int] = {}
+        self.last: tuple[int, str] | None = None
+
+    def written(self, body: dict[str, Any] | None, d: Delivery) -> None:
+        from swarm.kernel.seal import json_digest
+
+        event_id = body.get("id") if body else None
+        if isinstance(event_id, str) and event_id not in self.events:
+            self.events[event_id] = (d.stream_seq, json_digest(body))
+
+    def vouched(self, envelope: Envelope[Any] | None, d: Delivery) -> None:
+        """An accepted outcome's events against the digests it gives (the Hive's, or imported
+        with its history)."""
+        from schemas import CommandAccepted, names
+
+        data = envelope.data if envelope is not None else None
+        if not isinstance(data, CommandAccepted):
+            return
+        for event_id, digest in zip(data.events, data.digests, strict=False):
+            found = self.events.get(event_id)
+            if found is None:
+                self.report.findings.append(
+                    Finding(
+                        MISSING_EVENT,
+                        names.STREAM_EVENTS,
+                        d.stream_seq,
+                        f"event {event_id}, caused by command {data.command_id}, is not on the "
+                        "log: removed after the Hive wrote it",
+                    )
+                )
+            elif found[1] != digest:
+                self.report.findings.append(
+                    Finding(
+                        ALTERED_EVENT,
+                        names.STREAM_EVENTS,
+                        found[0],
+                        f"event {event_id} is not what the Hive wrote (sha256 {found[1][:16]}…, "
+                        f"its outcome at seq {d.stream_seq} says {digest[:16]}…): changed later",
+                        (d.stream_seq,),
+                    )
+                )
+
+    def link(self, body: dict[str, Any] | None, d: Delivery) -> None:
+        """A sealed entry: it must name the last one sealed before it."""
+        from schemas import names
+
+        seal = body.get(names.EXTENSION_HIVE_SEAL) if body else None
+        if not isinstance(seal, str):
+            return
+        assert body is not None
+        previous = body.get(names.EXTENSION_HIVE_PREVIOUS)
+        last = self.last
+        if isinstance(previous, str) and last is not None and previous != last[1]:
+            named = self.seals.get(previous)
+            detail = (
+                f"names the entry at seq {named} as the Hive's previous one, but seq {last[0]} "
+                "was sealed after it: an entry in between is not the Hive's"
+                if named is not None
+                else f"names as the Hive's previous entry one that is not on the log (the last "
+                f"one sealed before it is seq {last[0]}): the Hive's entries between were removed"
+            )
+            self.report.findings.append(
+                Finding(BROKEN_CHAIN, names.STREAM_EVENTS, d.stream_seq, detail, (last[0],))
+            )
+        self.seals.setdefault(seal, d.stream_seq)
+        self.last = (d.stream_seq, seal)
 
 
 def _fold(state: HiveState, d: Delivery, envelope: Envelope[Any] | None, report: Report) -> None:

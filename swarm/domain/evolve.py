@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from schemas import REGISTRY, Envelope, events, healing, market, observer, webhooks
+from schemas import REGISTRY, Envelope, events, healing, market, names, observer, webhooks
 from schemas.machine import PodAnomalyDetected
 from swarm.domain import placement, reputation
 from swarm.domain.dispatch import HandlerTable
@@ -70,6 +70,10 @@ def evolve(state: HiveState, seq: int, envelope: Envelope[Any]) -> HiveState:
         if problem is not None:
             raise FoldRefused(problem)
         handler(state, envelope.data, envelope, seq)
+    extensions = envelope.model_extra
+    seal = extensions.get(names.EXTENSION_HIVE_SEAL) if extensions else None
+    if isinstance(seal, str):
+        state.chain_head = seal
     state.applied_seq = seq
     return state
 

@@ -239,6 +239,10 @@ class HiveState:
     #: Entries that could not be folded: how many, and the most recent ones.
     fold_failure_count: int = 0
     fold_failures: list[FoldFailure] = field(default_factory=list)
+    #: The seal of the last entry the Hive sealed (`swarm.kernel.seal`): what its next one
+    #: names as `hiveprev`, so the Hive's entries chain across leaders. A class attribute too,
+    #: so a state pickled before it existed (a Raft snapshot) loads with "".
+    chain_head: str = ""
 
     def agent_named(self, namespace: str, name: str) -> Agent | None:
         agent_id = self.by_name.get((namespace, name))

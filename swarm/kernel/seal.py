@@ -9,6 +9,10 @@ The attribute is always the last member of the JSON object, spliced in as
 `,"hiveseal":"<base64url>"}`, so a reader recovers the signed bytes by cutting it off again,
 with no re-serialisation that could differ between writer and reader.
 
+The sealed entries form a chain: each carries, just before its seal (and so under it), the seal
+of the entry the Hive sealed before it (`hiveprev`). An entry removed from the log, or from an
+exported copy of it, leaves the next one naming a seal that is not the last one before it.
+
 The key is derived from the Hive cluster's shared secret (the Raft password every replica
 already holds), so all replicas seal alike with nothing more to distribute; the public key is
 all a reader needs (`SWARM_HIVE_PUBLIC_KEY`, `swarm status -o json`).
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     )
 
 _MARK = b',"' + names.EXTENSION_HIVE_SEAL.encode() + b'":"'
+_PREVIOUS = b',"' + names.EXTENSION_HIVE_PREVIOUS.encode() + b'":"'
 _INFO = b"swarm hive outcome seal v1"
 _SIGNATURE_CHARS = 86  # 64 bytes, base64url without padding
 
@@ -62,10 +67,15 @@ class SealKey:
         )
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
-    def seal(self, body: bytes) -> bytes:
-        """`body` (a JSON object, as `Envelope.to_json` writes it) with the seal appended."""
-        if not body.endswith(b"}") or _MARK in body:
+    def seal(self, body: bytes, previous: str | None = None) -> bytes:
+        """`body` (a JSON object, as `Envelope.to_json` writes it) with the seal appended, and
+        before it `previous` (the seal of the entry sealed before this one), when given."""
+        if not body.endswith(b"}") or _MARK in body or _PREVIOUS in body:
             raise ValueError("only an unsealed JSON object can be sealed")
+        if previous is not None:
+            if len(previous) != _SIGNATURE_CHARS or not previous.isascii():
+                raise ValueError(f"not a seal: {previous!r}")
+            body = body[:-1] + _PREVIOUS + previous.encode() + b'"}'
         signature = _b64(self._private.sign(body)).encode()
         return body[:-1] + _MARK + signature + b'"}'
 
@@ -115,9 +125,27 @@ def verifier(public_key: str | None) -> SealVerifier | None:
     return SealVerifier.from_text(public_key) if public_key else None
 
 
+def entry_digest(body: bytes) -> str:
+    """The sha256 an accepted outcome gives for an event it caused: of the event's JSON in a
+    canonical form (keys sorted, no spaces), so that it survives `swarm timeline export` and
+    `import`, which keep an entry's JSON, not its bytes. ValueError if `body` is not JSON."""
+    import json
+
+    return json_digest(json.loads(body))
+
+
+def json_digest(value: object) -> str:
+    """`entry_digest` of an entry already parsed."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def sealed(body: bytes) -> bool:
     """Whether `body` carries a seal at all (valid or not): for reporting, never for trust."""
     return _MARK in body
 
 
-__all__ = ["SealKey", "SealVerifier", "sealed", "verifier"]
+__all__ = ["SealKey", "SealVerifier", "entry_digest", "json_digest", "sealed", "verifier"]
