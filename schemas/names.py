@@ -57,6 +57,10 @@ EXTENSION_HIVE_SEAL: Final = "hiveseal"
 #: The seal of the entry the Hive sealed before this one (`swarm.kernel.seal`): the Hive's
 #: entries form a chain, so one removed from the log (or from an export) shows.
 EXTENSION_HIVE_PREVIOUS: Final = "hiveprev"
+#: A command's sender, as the public key of its nkey (`swarm.kernel.signing`), and its
+#: signature over the command's bytes: the Hive verifies who sent a command, not who it says.
+EXTENSION_SIGNER: Final = "swarmsigner"
+EXTENSION_SIGNATURE: Final = "swarmsig"
 
 # --- Queries and heartbeats (core NATS request/reply, not stored) --------------------------------
 

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.hive.raft import RaftConfig
+from swarm.devstack.principals import Principal, load
 from swarm.kernel.ids import IdKey
 from swarm.kernel.seal import SealKey
 
@@ -36,6 +37,10 @@ class HiveSettings(BaseSettings):
     data_dir: Path = Path(".swarm/hive")
     #: Name of this replica in queries and logs (defaults to one derived from raft_self).
     node: str | None = None
+    #: The stack's principals (`principals.json`, as `swarm up` writes it): when given, the
+    #: Hive takes only commands signed by one of them, acting as an identity its role may claim
+    #: (`swarm.kernel.signing`, `swarm.domain.policy.check_principal`).
+    principals_file: Path | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
@@ -56,6 +61,17 @@ class HiveSettings(BaseSettings):
             raise ValueError(f"{given} must have at least {_MIN_PASSWORD} characters")
         return self
 
+    @model_validator(mode="after")
+    def _readable_principals(self) -> Self:
+        if self.principals_file is not None:
+            try:
+                load(self.principals_file)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{_PREFIX}PRINCIPALS_FILE: cannot read the principals in it: {exc}"
+                ) from None
+        return self
+
     def node_id(self) -> str:
         return self.node or "hive-" + re.sub(r"[^A-Za-z0-9_-]", "-", self.raft_self)
 
@@ -67,6 +83,12 @@ class HiveSettings(BaseSettings):
             data_dir=self.data_dir,
             bind_addr=self.raft_bind or self.raft_self,
         )
+
+    def principals(self) -> dict[str, Principal] | None:
+        """The principals by public key, or None when commands need no signature."""
+        if self.principals_file is None:
+            return None
+        return load(self.principals_file)
 
     def seal_key(self) -> SealKey:
         """The key the Hive seals its outcomes with: every replica derives the same one from the

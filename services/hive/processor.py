@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,9 +66,11 @@ from schemas import (
 )
 from schemas.specs import AgentSpec
 from services.hive.raft import ReplicatedState
+from swarm.devstack.principals import Principal
 from swarm.domain.decide import Decision, decide
 from swarm.domain.evolve import evolve, fold_checked
 from swarm.domain.outcome import Rejection, Rule
+from swarm.domain.policy import check_principal
 from swarm.domain.state import HiveState
 from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import (
@@ -84,6 +86,7 @@ from swarm.kernel.eventlog import (
 )
 from swarm.kernel.ids import IdKey
 from swarm.kernel.seal import SealKey, entry_digest
+from swarm.kernel.signing import signature_of
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +127,7 @@ class CommandProcessor:
         source: str,
         seal: SealKey,
         ids: IdKey,
+        principals: Mapping[str, Principal] | None = None,
         node: str = "hive",
         term: Callable[[], int] = lambda: 0,
         clock: Callable[[], datetime] = utcnow,
@@ -135,6 +139,8 @@ class CommandProcessor:
         self.raft = raft
         self.source = source
         self.seal = seal
+        #: The stack's principals by public key; with them, only commands they signed count.
+        self.principals = principals
         self.ids = ids
         self.node = node
         self.term = term
@@ -365,10 +371,13 @@ class CommandProcessor:
         except Exception as exc:  # the decoder's own failure must not become ours
             return self._unparsed(delivery, f"body cannot be read ({_describe(exc)})", (), {}, now)
         outcome: Decision | Rejection
+        unsigned = self._unsigned(delivery.data, command)
         if command.type != delivery.subject:
             outcome = Rejection(
                 f"type {command.type} was published on {delivery.subject}", rule=Rule.SUBJECT
             )
+        elif unsigned is not None:
+            outcome = unsigned
         else:
             try:
                 outcome = decide(working, command, now, missing_modules=missing_modules)
@@ -384,6 +393,33 @@ class CommandProcessor:
         except Exception as exc:
             log.warning("a decision could not be written", command=command.id, error=str(exc))
             return self._refusal(delivery, command, f"its events cannot be written: {exc}")
+
+    def _unsigned(self, data: bytes, command: Envelope[Any]) -> Rejection | None:
+        """Why the command does not count as its signer's (no signature, a broken one, a key
+        that is no principal of the stack, or an identity the principal may not claim); None
+        when it does, or when this Hive takes unsigned commands (no principals configured)."""
+        if self.principals is None:
+            return None
+        signature = signature_of(data)
+        if signature is None:
+            return Rejection(
+                "the command is not signed: this stack takes commands signed by one of its "
+                "principals (swarm.kernel.signing; the swarm CLI and Swarm's clients sign with "
+                "$SWARM_NATS_CREDENTIALS)",
+                rule=Rule.SIGNATURE,
+            )
+        if not signature.valid:
+            return Rejection(
+                f"the command's signature does not hold: {signature.problem}", rule=Rule.SIGNATURE
+            )
+        principal = self.principals.get(signature.signer)
+        if principal is None:
+            return Rejection(
+                f"the command is signed by {_printable(signature.signer, 60)}, which is no "
+                "principal of this stack",
+                rule=Rule.SIGNATURE,
+            )
+        return check_principal(principal.role, principal.name, command)
 
     def _refusal(self, delivery: Delivery, command: Envelope[Any] | None, why: str) -> _Pending:
         """A rejection for a command whose decision cannot be written or folded."""

@@ -48,6 +48,7 @@ class Hive(Service):
         self.processor: CommandProcessor | None = None
         self.leader_since: float | None = None
         self._seal = hive.seal_key()
+        self._principals = hive.principals()
 
     def describe(self, *, digest: bool = False) -> dict[str, Any]:
         """This replica's view. The digest is opt-in: it renders the whole state, which takes
@@ -130,6 +131,7 @@ class Hive(Service):
             raft,
             source=f"hive/{self.node}",
             seal=self._seal,
+            principals=self._principals,
             ids=self.hive_settings.id_key("commands"),
             node=self.node,
             term=raft.term,

@@ -203,7 +203,10 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
     if settings.hive_public_key is None and target.hive_public_key is not None:
         # The stack that named this server also named its Hive: take only sealed outcomes.
         settings = settings.model_copy(update={"hive_public_key": target.hive_public_key})
-    return EventLog(nc, settings, timeout=wait)
+    # The key it connected with signs its commands (`swarm.kernel.signing`).
+    return EventLog(
+        nc, settings, timeout=wait, credentials=target.credentials or env.nats_credentials()
+    )
 
 
 def _logs_to_stderr(settings: Settings) -> None:

@@ -108,7 +108,8 @@ class Swarm:
     ) -> Swarm:
         """A client of the NATS server at `url`, connecting on first use (`wait` s at most).
 
-        `identity` defaults to the settings' (`SWARM_IDENTITY`); with the Hive's public key in
+        `identity` defaults to the settings' (`SWARM_IDENTITY`); the settings' NATS credentials
+        (`SWARM_NATS_CREDENTIALS`) connect and sign its commands; with the Hive's public key in
         the settings, only outcomes the Hive sealed are taken. A lost connection is retried
         `reconnects` times (-1: without limit, as a long-lived program wants; a one-shot tool
         that must not hang in silence passes a small number).
@@ -119,13 +120,17 @@ class Swarm:
         chosen = settings or Settings()
 
         async def opener() -> EventLog:
+            credentials = chosen.nats_credentials
             try:
-                nc = await connect_nats(url, name=name, timeout=wait, reconnects=reconnects)
+                nc = await connect_nats(
+                    url, name=name, timeout=wait, reconnects=reconnects, credentials=credentials
+                )
             except CannotConnect as exc:
                 raise ClientError(
                     f"cannot reach NATS at {url}: {describe(exc.cause)}", code=UNAVAILABLE
                 ) from None
-            return EventLog(nc, chosen, timeout=wait)
+            # Its commands are signed with the same key it connected with.
+            return EventLog(nc, chosen, timeout=wait, credentials=credentials)
 
         return cls(opener, identity=identity or chosen.identity, source=source, timeout=timeout)
 

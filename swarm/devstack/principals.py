@@ -32,10 +32,14 @@ from typing import Final
 
 from schemas import names
 from swarm.devstack.embedded import private_fd
+from swarm.domain.policy import ROLE_CLAIMS
 
 ADMIN: Final = "admin"
-#: Roles by name; the permissions of each are in `denied`.
-ROLES: Final = ("admin", "hive", "gateway", "webhooks", "service", "pod")
+#: The file `issue` lists the principals in, beside their seeds.
+LISTING: Final = "principals.json"
+#: Roles by name; the permissions of each are in `denied`, the identities each may claim in its
+#: commands in `swarm.domain.policy.ROLE_CLAIMS`.
+ROLES: Final = tuple(ROLE_CLAIMS)
 
 #: The streams whose content only the admin may remove (the log and what guards it). A pod's
 #: snapshots bucket is not among them: a pod purges the generations it replaced.
@@ -139,8 +143,18 @@ def issue(directory: Path, wanted: Iterable[tuple[str, str]]) -> list[Principal]
         pair.wipe()
         out.append(Principal(name, role, seed_file, public))
     listing = [{"name": p.name, "role": p.role, "public_key": p.public_key} for p in out]
-    with open(private_fd(directory / "principals.json", os.O_TRUNC), "w") as f:
+    with open(private_fd(directory / LISTING, os.O_TRUNC), "w") as f:
         json.dump(listing, f, indent=2)
+    return out
+
+
+def load(listing: Path) -> dict[str, Principal]:
+    """The principals a `principals.json` (written by `issue`) lists, by public key."""
+    out = {}
+    for entry in json.loads(listing.read_text()):
+        name, role, public = str(entry["name"]), str(entry["role"]), str(entry["public_key"])
+        denied(role)
+        out[public] = Principal(name, role, listing.parent / f"{name}.nk", public)
     return out
 
 
@@ -163,4 +177,14 @@ def authorization(principals: Sequence[Principal]) -> str:
     return f"authorization {{\n  users: {json.dumps(users, indent=2)}\n}}\n"
 
 
-__all__ = ["ADMIN", "ROLES", "Principal", "authorization", "denied", "issue", "role_of"]
+__all__ = [
+    "ADMIN",
+    "LISTING",
+    "ROLES",
+    "Principal",
+    "authorization",
+    "denied",
+    "issue",
+    "load",
+    "role_of",
+]

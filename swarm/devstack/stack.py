@@ -827,12 +827,10 @@ class Stack:
             "SWARM_DATA_DIR": str(self.paths.root),
             **self.service_env,
         }
-        # Each service connects as itself (an embedded server admits no one else).
+        # Each service connects as itself (an embedded server admits no one else), and the
+        # Hive takes only commands the stack's principals signed.
         services = tuple(
-            replace(s, env={**s.env, env_names.NATS_CREDENTIALS: str(self._credentials[s.name])})
-            if s.name in self._credentials
-            else s
-            for s in self.services
+            replace(s, env={**s.env, **self._identity_env(s.name)}) for s in self.services
         )
         self._supervisor = Supervisor(
             services,
@@ -847,6 +845,18 @@ class Stack:
         if self.hive_public_key is not None:
             self._save(hive_public_key=self.hive_public_key)
         return ", ".join(s.name for s in self.services) or "none configured"
+
+    def _identity_env(self, service: str) -> dict[str, str]:
+        """What a service needs to be itself on the stack's NATS: its credentials, and for a
+        Hive replica the list of principals whose commands it takes. Nothing with a NATS
+        server the stack did not start (its operator says who may connect)."""
+        seed = self._credentials.get(service)
+        if seed is None:
+            return {}
+        out = {env_names.NATS_CREDENTIALS: str(seed)}
+        if service == "hive" or service.startswith("hive-"):
+            out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / "principals.json")
+        return out
 
     def _save(self, **changes: Any) -> StackState:
         assert self._state is not None

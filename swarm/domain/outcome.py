@@ -21,8 +21,11 @@ class Rule(StrEnum):
     TYPE = "type"
     #: The command's type is not the subject it was published on.
     SUBJECT = "subject"
-    #: Its sender may not send it (`policy.check_identity`).
+    #: Its sender may not send it (`policy.check_identity`), or may not claim the identity it
+    #: claims (`policy.check_principal`).
     IDENTITY = "identity"
+    #: It is not signed by a principal of the stack, or its signature does not hold.
+    SIGNATURE = "signature"
     #: An agent acting on its own beyond what its spec allows.
     AUTONOMY = "autonomy"
     #: The module to deploy is not stored.

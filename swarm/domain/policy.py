@@ -34,6 +34,35 @@ _SERVICE_ONLY = (
 _POD_SCOPED = (commands.RegisterPod, commands.DeregisterPod, commands.ReportReplica)
 
 
+#: The identities each role of a stack's principals may act under (`swarm.devstack.principals`
+#: issues the keys; `swarm.kernel.signing` signs with them): a command's `identity` is a claim,
+#: which the Hive checks against who signed it. The stack's owner may act as anyone.
+ROLE_CLAIMS: dict[str, tuple[str, ...]] = {
+    "admin": _KINDS,
+    "hive": ("service",),
+    "gateway": ("user",),
+    "webhooks": ("service",),
+    "service": ("service",),
+    "pod": ("pod", "agent"),
+}
+
+
+def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
+    """Whether the principal `name` (of `role`) that signed `command` may claim its identity: a
+    pod acts as itself (`pod:<its name>`) or for its agents, never as another pod."""
+    identity = command.identity or ""
+    kind, _, claimed = identity.partition(":")
+    allowed = ROLE_CLAIMS.get(role, ())
+    if kind in allowed and not (role == "pod" and kind == "pod" and claimed != name):
+        return None
+    may = ", ".join(f"pod:{name}" if k == "pod" else f"{k}:<name>" for k in allowed) or "nothing"
+    return Rejection(
+        f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
+        f"(role {role}), who may act only as {may}",
+        Rule.IDENTITY,
+    )
+
+
 def check_identity(state: HiveState, command: Envelope[Any]) -> Rejection | None:
     identity = command.identity
     if not identity or ":" not in identity:
@@ -138,4 +167,4 @@ def check_quota(
     return None
 
 
-__all__ = ["ACTIVE", "check_identity", "check_quota"]
+__all__ = ["ACTIVE", "ROLE_CLAIMS", "check_identity", "check_principal", "check_quota"]

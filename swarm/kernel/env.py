@@ -16,6 +16,9 @@ PREFIX = "SWARM_"
 NATS_URL = f"{PREFIX}NATS_URL"
 #: The nkey seed file a process connects to NATS with (`Settings.nats_credentials`).
 NATS_CREDENTIALS = f"{PREFIX}NATS_CREDENTIALS"
+#: The principals a Hive takes signed commands from (`HiveSettings.principals_file`): the
+#: dev stack names its own to its Hive replicas.
+HIVE_PRINCIPALS_FILE = f"{PREFIX}HIVE_PRINCIPALS_FILE"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -34,6 +37,7 @@ __all__ = [
     "DATABASE_URL",
     "DATA_DIR",
     "DEFAULT_DATA_DIR",
+    "HIVE_PRINCIPALS_FILE",
     "NATS_CREDENTIALS",
     "NATS_URL",
     "PREFIX",

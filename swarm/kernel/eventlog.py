@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 from collections.abc import (
@@ -55,6 +56,7 @@ from nats.js.errors import (
 )
 
 from schemas import names
+from swarm.kernel import env
 from swarm.kernel.connection import CannotConnect, connect_nats
 from swarm.kernel.streams import ensure_streams
 
@@ -63,12 +65,15 @@ if TYPE_CHECKING:
     # only asks and reads raw bytes (`swarm status`) does not pay ~200 ms for them (bench/cli.py).
     from schemas import Envelope, Payload, Registry
     from swarm.kernel.settings import Settings
+    from swarm.kernel.signing import CommandSigner
 
 log = structlog.get_logger(__name__)
 
 _WRONG_LAST_SEQUENCE = 10071
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
 _DEFAULT_TIMEOUT = 5.0
+#: Subjects of commands: what a client with credentials signs (`EventLog._signed`).
+_COMMANDS = names.COMMANDS_PREFIX + "."
 _DUPLICATE_IN_BATCH = 10201
 _BATCH_ID = "Nats-Batch-Id"
 _BATCH_SEQ = "Nats-Batch-Sequence"
@@ -416,11 +421,20 @@ class EventLog:
     """Append to and read from Swarm's streams over one NATS connection."""
 
     def __init__(
-        self, nc: NATS, settings: Settings | None = None, *, timeout: float = _DEFAULT_TIMEOUT
+        self,
+        nc: NATS,
+        settings: Settings | None = None,
+        *,
+        timeout: float = _DEFAULT_TIMEOUT,
+        credentials: Path | None = None,
     ):
+        """`credentials`: the nkey seed file this client signs the commands it appends with
+        (`swarm.kernel.signing`); read on the first command, so a reader never loads it."""
         self.nc = nc
         self._settings = settings
         self.timeout = timeout
+        self._credentials = credentials
+        self._signer: CommandSigner | None = None
         #: The JetStream API's subject prefix, for readers that speak the API directly
         #: (swarm.kernel.logscan); nats-py keeps its own copy private.
         self.api_prefix = DEFAULT_PREFIX
@@ -444,18 +458,19 @@ class EventLog:
         async def on_error(exc: Exception) -> None:
             log.warning("nats error", error=str(exc))
 
+        credentials = (
+            credentials
+            or (settings.nats_credentials if settings else None)
+            or env.nats_credentials()
+        )
         try:
             # Once connected, it reconnects without limit: services outlive a server restart.
             nc = await connect_nats(
-                url,
-                name=name,
-                timeout=timeout,
-                on_error=on_error,
-                credentials=credentials or (settings.nats_credentials if settings else None),
+                url, name=name, timeout=timeout, on_error=on_error, credentials=credentials
             )
         except CannotConnect as exc:
             raise EventLogError(str(exc)) from exc
-        self = cls(nc, settings, timeout=timeout)
+        self = cls(nc, settings, timeout=timeout, credentials=credentials)
         if ensure:
             await self.ensure_streams()
         return self
@@ -615,6 +630,7 @@ class EventLog:
         """
         if registry is not None:
             registry.decode(request.body)
+        request = self._signed(request)
         try:
             ack = await self.js.publish(
                 request.subject, request.body, timeout=self.timeout, headers=request.headers()
@@ -622,6 +638,16 @@ class EventLog:
         except (TimeoutError, nats.errors.Error) as exc:
             raise self._failure(exc, request) from exc
         return _appended(ack)
+
+    def _signed(self, request: AppendRequest) -> AppendRequest:
+        """A command signed with this client's key, when it has one; anything else as it is."""
+        if self._credentials is None or not request.subject.startswith(_COMMANDS):
+            return request
+        if self._signer is None:
+            from swarm.kernel.signing import CommandSigner
+
+            self._signer = CommandSigner.from_seed_file(self._credentials)
+        return dataclasses.replace(request, body=self._signer.sign(request.body))
 
     @staticmethod
     def _failure(exc: BaseException, request: AppendRequest) -> BaseException:
@@ -642,6 +668,7 @@ class EventLog:
         every ack is in, so the fate of each other message is settled; messages are deduplicated,
         so retrying the whole batch is safe.
         """
+        requests = [self._signed(r) for r in requests]
         with translated():
             if self._acks is None:
                 self._acks = await _AckMux.open(self.nc)
@@ -673,6 +700,7 @@ class EventLog:
         from schemas import new_id
 
         batch_id = new_id()
+        requests = [self._signed(r) for r in requests]
         last = len(requests)
         for n, request in enumerate(requests, 1):
             headers = request.headers()

@@ -34,6 +34,8 @@ class Stack:
     hive: Hive | None = None
     hive_task: asyncio.Task[None] | None = None
     hive_starts: int = 0
+    #: The principals whose signed commands alone the Hive takes (`HiveSettings`); None: any.
+    principals_file: Path | None = None
 
     async def start_hive(self) -> None:
         """One Hive replica in this process. Each start gets a new Raft directory: the replica
@@ -45,6 +47,7 @@ class Stack:
                 raft_self=f"127.0.0.1:{free_port()}",
                 raft_password="secret-123",
                 data_dir=self.root / f"hive-{self.hive_starts}",
+                principals_file=self.principals_file,
             ),
         )
         self.hive_task = asyncio.create_task(hive.run())
@@ -135,10 +138,13 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(root: Path) -> AsyncIterator[Stack]:
-    """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive."""
+async def running_stack(root: Path, *, principals_file: Path | None = None) -> AsyncIterator[Stack]:
+    """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive (taking
+    only commands signed by the principals `principals_file` lists, when given)."""
     with own_nats(root / "nats") as url:
-        stack = Stack(url, await EventLog.connect(url, name="test"), root)
+        stack = Stack(
+            url, await EventLog.connect(url, name="test"), root, principals_file=principals_file
+        )
         try:
             await stack.start_hive()
             yield stack

@@ -1,0 +1,121 @@
+"""Commands signed by their sender: who sent a command is what the Hive verifies, not what the
+command claims.
+
+A sender holds an nkey (ed25519; `swarm.devstack.principals` issues one to every process of a
+stack). Its client appends two CloudEvents extension attributes to every command it publishes,
+as the last members of the JSON object: `swarmsigner`, its public key (`U…`), then
+`swarmsig`, an ed25519 signature over the bytes up to and including the signer. A reader
+recovers the signed bytes by cutting the signature off again (as `swarm.kernel.seal` does for
+the Hive's outcomes), so nothing is re-serialised between signing and checking.
+
+Signatures are deterministic, so a command sent again is the same bytes (and deduplicated).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from schemas import names
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+_SIGNER = b',"' + names.EXTENSION_SIGNER.encode() + b'":"'
+_SIGNATURE = b',"' + names.EXTENSION_SIGNATURE.encode() + b'":"'
+_SIGNATURE_CHARS = 86  # 64 bytes, base64url without padding
+#: nkeys' prefix byte of a user's public key (base32 `U…`) and of a seed (`S…`).
+_USER_PREFIX = 20 << 3
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class CommandSigner:
+    """Signs command bodies with one principal's key."""
+
+    def __init__(self, private: Ed25519PrivateKey, public_key: str) -> None:
+        self._private = private
+        self.public_key = public_key
+
+    @classmethod
+    def from_seed_file(cls, path: Path) -> CommandSigner:
+        """From an nkey seed file (`S…`, as NATS tools and nats-py's `nkeys_seed=` read)."""
+        import nkeys
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        seed = bytearray(path.read_bytes().strip())
+        _, raw = nkeys.decode_seed(seed)
+        pair = nkeys.from_seed(seed)
+        public = pair.public_key.decode()
+        pair.wipe()
+        return cls(Ed25519PrivateKey.from_private_bytes(bytes(raw)), public)
+
+    def sign(self, body: bytes) -> bytes:
+        """`body` (a JSON object) with the signer and its signature appended; a body signed
+        already is returned as it is."""
+        if _SIGNATURE in body:
+            return body
+        if not body.endswith(b"}"):
+            raise ValueError("only a JSON object can be signed")
+        signed = body[:-1] + _SIGNER + self.public_key.encode() + b'"}'
+        signature = _b64(self._private.sign(signed)).encode()
+        return signed[:-1] + _SIGNATURE + signature + b'"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What a command's signature says: who signed it, and whether it holds."""
+
+    signer: str
+    valid: bool
+    #: Why it does not hold.
+    problem: str | None = None
+
+
+def signature_of(body: bytes) -> Signature | None:
+    """The signature `body` carries, checked against the public key it names; None when it
+    carries none."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    cut = body.rfind(_SIGNATURE)
+    if cut < 0:
+        return None
+    tail = body[cut + len(_SIGNATURE) :]
+    start = body.rfind(_SIGNER, 0, cut)
+    signer = body[start + len(_SIGNER) : cut - 1].decode("ascii", "replace") if start >= 0 else ""
+    if start < 0 or len(tail) != _SIGNATURE_CHARS + 2 or not tail.endswith(b'"}'):
+        return Signature(signer, False, "the signature is not the last member of the command")
+    try:
+        key = Ed25519PublicKey.from_public_bytes(public_key_bytes(signer))
+        raw = base64.urlsafe_b64decode(tail[:-2] + b"==")
+        key.verify(raw, body[:cut] + b"}")
+    except ValueError as exc:
+        return Signature(signer, False, str(exc))
+    except (InvalidSignature, binascii.Error):
+        return Signature(signer, False, "the signature does not match the command's bytes")
+    return Signature(signer, True)
+
+
+def public_key_bytes(nkey: str) -> bytes:
+    """The 32 raw bytes of a user's nkey public key (`U…`: base32 of a prefix byte, the key and
+    a CRC16). nkeys (the Python package) decodes seeds, not public keys; this is its format."""
+    import nkeys
+
+    try:
+        raw = base64.b32decode(nkey + "=" * (-len(nkey) % 8))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"not an nkey: {nkey[:60]!r}") from None
+    if len(raw) != 35 or raw[0] != _USER_PREFIX:
+        raise ValueError(f"not a user's nkey: {nkey[:60]!r}")
+    if bytes(nkeys.crc16_checksum(bytearray(raw[:-2]))) != raw[-2:]:
+        raise ValueError(f"nkey {nkey[:60]!r} fails its checksum")
+    return raw[1:-2]
+
+
+__all__ = ["CommandSigner", "Signature", "public_key_bytes", "signature_of"]

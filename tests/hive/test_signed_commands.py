@@ -1,0 +1,112 @@
+"""A Hive given its stack's principals takes a command as its signer's, never as what it claims:
+unsigned, tampered and stranger-signed commands are refused (rule `signature`), and a principal
+claiming an identity its role may not (a pod acting as the scheduler, or as another pod) is
+refused (rule `identity`). Real nats-server, real Hive, keys as `swarm up` issues them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import Envelope, Payload, command, commands
+from schemas.specs import Capacity
+from swarm.client.commands import wait_for_outcome
+from swarm.devstack.principals import issue
+from swarm.kernel.eventlog import AppendRequest, EventLog
+from swarm.kernel.signing import CommandSigner
+from tests.helpers.stack import Stack, running_stack
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    keys = tmp_path / "principals"
+    issue(keys, [("admin", "admin"), ("pod-1", "pod"), ("scheduler", "service")])
+    async with running_stack(tmp_path, principals_file=keys / "principals.json") as stack:
+        yield stack
+
+
+def as_principal(stack: Stack, name: str) -> EventLog:
+    """The stack's connection, signing with `name`'s key."""
+    return EventLog(stack.client.nc, credentials=stack.root / "principals" / f"{name}.nk")
+
+
+async def outcome(stack: Stack, log: EventLog, env: Envelope[Any]) -> tuple[bool, str, str]:
+    """Send `env` through `log`; (accepted, rule, reason) of the Hive's answer."""
+    start = await stack.client.last_sequence("SWARM_EVENTS") + 1
+    await log.append(env)
+    found = await wait_for_outcome(stack.client, env.id, start_seq=start, within=45)
+    assert found is not None, f"no outcome for {env.type}"
+    assert found.body is not None
+    data = found.body["data"]
+    return found.accepted, data.get("rule") or "", data.get("reason") or ""
+
+
+def cmd(payload: Payload, identity: str) -> Envelope[Any]:
+    return command(payload, source="test", identity=identity)
+
+
+async def test_a_principal_s_signed_command_is_taken(stack: Stack) -> None:
+    admin = as_principal(stack, "admin")
+    assert await outcome(stack, admin, cmd(commands.CreateNamespace(name="team"), "user:ann")) == (
+        True,
+        "",
+        "",
+    )
+    pod = as_principal(stack, "pod-1")
+    register = commands.RegisterPod(
+        pod_id="pod-1", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    accepted, _, _ = await outcome(stack, pod, cmd(register, "pod:pod-1"))
+    assert accepted
+
+
+async def test_unsigned_tampered_and_stranger_signed_commands_are_refused(
+    stack: Stack, tmp_path: Path
+) -> None:
+    unsigned = cmd(commands.CreateNamespace(name="unsigned"), "user:ann")
+    accepted, rule, reason = await outcome(stack, stack.client, unsigned)
+    assert (accepted, rule) == (False, "signature")
+    assert "not signed" in reason
+
+    signer = CommandSigner.from_seed_file(stack.root / "principals" / "admin.nk")
+    original = cmd(commands.CreateNamespace(name="small"), "user:ann")
+    body = signer.sign(original.to_json()).replace(b'"small"', b'"large"')
+    start = await stack.client.last_sequence("SWARM_EVENTS") + 1
+    await stack.client.append_raw(AppendRequest(original.type, body, original.id))
+    found = await wait_for_outcome(stack.client, original.id, start_seq=start, within=45)
+    assert found is not None
+    assert found.body is not None
+    assert (found.accepted, found.body["data"]["rule"]) == (False, "signature")
+    assert "does not hold" in found.body["data"]["reason"]
+
+    (stranger,) = issue(tmp_path / "elsewhere", [("admin", "admin")])
+    foreign = EventLog(stack.client.nc, credentials=stranger.seed_file)
+    accepted, rule, reason = await outcome(
+        stack, foreign, cmd(commands.CreateNamespace(name="stranger"), "user:ann")
+    )
+    assert (accepted, rule) == (False, "signature")
+    assert "no principal of this stack" in reason
+
+
+async def test_a_pod_cannot_act_as_the_scheduler_or_as_another_pod(stack: Stack) -> None:
+    pod = as_principal(stack, "pod-1")
+    expire = commands.ExpirePod(pod_id="pod-9", last_heartbeat_age_s=60)
+    accepted, rule, reason = await outcome(stack, pod, cmd(expire, "service:scheduler"))
+    assert (accepted, rule) == (False, "identity")
+    assert "signed by pod-1 (role pod)" in reason
+    other = commands.RegisterPod(
+        pod_id="pod-2", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    accepted, rule, reason = await outcome(stack, pod, cmd(other, "pod:pod-2"))
+    assert (accepted, rule) == (False, "identity")
+    assert "pod:pod-1" in reason
+    # The scheduler's own key may send what only services may.
+    scheduler = as_principal(stack, "scheduler")
+    accepted, rule, _ = await outcome(stack, scheduler, cmd(expire, "service:scheduler"))
+    # (Refused for the state: no pod-9 holds a lease. Not for who sent it.)
+    assert rule not in ("signature", "identity"), (accepted, rule)
