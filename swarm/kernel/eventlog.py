@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 import nats
 import nats.errors
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import DEFAULT_SUB_PENDING_MSGS_LIMIT
@@ -63,8 +62,6 @@ if TYPE_CHECKING:
     # only asks and reads raw bytes (`swarm status`) does not pay ~200 ms for them (bench/cli.py).
     from schemas import Envelope, Payload, Registry
     from swarm.kernel.settings import Settings
-
-log = structlog.get_logger(__name__)
 
 _WRONG_LAST_SEQUENCE = 10071
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
@@ -416,9 +413,14 @@ class EventLog:
     """Append to and read from Swarm's streams over one NATS connection."""
 
     def __init__(
-        self, nc: NATS, settings: Settings | None = None, *, timeout: float = _DEFAULT_TIMEOUT
+        self,
+        nc: NATS,
+        settings: Settings | Callable[[], Settings] | None = None,
+        *,
+        timeout: float = _DEFAULT_TIMEOUT,
     ):
         self.nc = nc
+        #: The settings, or what makes them the first time they are needed (see `settings`).
         self._settings = settings
         self.timeout = timeout
         #: The JetStream API's subject prefix, for readers that speak the API directly
@@ -442,7 +444,11 @@ class EventLog:
         nkey seed file, else the settings' (`SWARM_NATS_CREDENTIALS`)."""
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error", error=str(exc))
+            # Imported here: a client that never connects this way (the CLI) need not import
+            # structlog at all (swarm.kernel.logs).
+            import structlog
+
+            structlog.get_logger(__name__).warning("nats error", error=str(exc))
 
         try:
             # Once connected, it reconnects without limit: services outlive a server restart.
@@ -462,11 +468,15 @@ class EventLog:
 
     @property
     def settings(self) -> Settings:
-        """The settings the streams are made with (from the environment, unless given)."""
+        """The settings the streams are made with and outcomes checked by: as given, or made by
+        the function given, or read from the environment, the first time they are needed (a
+        CLI read that needs none skips pydantic-settings, ~55 ms here: bench/cli.py)."""
         if self._settings is None:
             from swarm.kernel.settings import Settings
 
             self._settings = Settings()
+        elif callable(self._settings):
+            self._settings = self._settings()
         return self._settings
 
     async def ensure_streams(self) -> None:
