@@ -119,7 +119,7 @@ assert shown > 50, shown  # every group and verb, the root included
 
 
 def test_a_verb_imports_only_its_own_module() -> None:
-    """`swarm status` builds the stack verbs, not the other 60 (swarm.cli.app.LazyVerbs)."""
+    """`swarm status` builds the stack verbs, not the other 60 (swarm.cli.app.LazyCommands)."""
     code = """
 import contextlib, io
 from swarm.cli.app import app
@@ -129,6 +129,30 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
     verbs = {m for m in loaded_after(code) if m.startswith("swarm.cli.")}
     assert "swarm.cli.stack" in verbs
     assert not verbs & {"swarm.cli.agent", "swarm.cli.timeline", "swarm.cli.webhook"}
+
+
+def test_a_groups_verb_is_built_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`swarm agent ls` builds `ls`, not the other verbs of `swarm agent` (~35 ms): the group
+    lists them all without building any, and the module's typer app keeps its commands."""
+    import typer.main
+
+    from swarm.cli import agent
+    from swarm.cli.app import build_verbs
+
+    built: list[str] = []
+    real = typer.main.get_command_from_info
+
+    def spy(info: Any, **options: Any) -> Any:
+        built.append(info.callback.__name__)
+        return real(info, **options)
+
+    monkeypatch.setattr(typer.main, "get_command_from_info", spy)
+    group = build_verbs("agent")["agent"]
+    assert {"ls", "describe", "deploy", "quarantine"} <= set(group.commands)
+    assert built == []
+    assert group.commands["ls"].name == "ls"
+    assert built == ["ls"]
+    assert len(agent.app.registered_commands) == len(group.commands)
 
 
 def test_every_verb_is_where_the_root_says() -> None:
