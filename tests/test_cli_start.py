@@ -299,5 +299,6 @@ def test_the_variables_read_before_the_settings_are_the_settings_own() -> None:
         read.add(f"{env.PREFIX}{name.upper()}")
         aliases = getattr(field.validation_alias, "choices", ())
         read.update(a for a in aliases if isinstance(a, str))
-    named = [env.NATS_URL, env.DATABASE_URL, *env.DATA_DIR, env.LOG_LEVEL, env.LOG_FORMAT]
+    named = [env.NATS_URL, env.NATS_CREDENTIALS, env.DATABASE_URL, *env.DATA_DIR]
+    named += [env.LOG_LEVEL, env.LOG_FORMAT]
     assert [n for n in named if n not in read] == []
