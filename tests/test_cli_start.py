@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+import pytest
+
 from tests.helpers.interpreter import run_python
 
 #: Packages no `swarm` call may import before a verb runs (prefixes of module names).
@@ -117,7 +119,7 @@ assert shown > 50, shown  # every group and verb, the root included
 
 
 def test_a_verb_imports_only_its_own_module() -> None:
-    """`swarm status` builds the stack verbs, not the other 60 (swarm.cli.app.LazyVerbs)."""
+    """`swarm status` builds the stack verbs, not the other 60 (swarm.cli.app.LazyCommands)."""
     code = """
 import contextlib, io
 from swarm.cli.app import app
@@ -127,6 +129,30 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
     verbs = {m for m in loaded_after(code) if m.startswith("swarm.cli.")}
     assert "swarm.cli.stack" in verbs
     assert not verbs & {"swarm.cli.agent", "swarm.cli.timeline", "swarm.cli.webhook"}
+
+
+def test_a_groups_verb_is_built_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`swarm agent ls` builds `ls`, not the other verbs of `swarm agent` (~35 ms): the group
+    lists them all without building any, and the module's typer app keeps its commands."""
+    import typer.main
+
+    from swarm.cli import agent
+    from swarm.cli.app import build_verbs
+
+    built: list[str] = []
+    real = typer.main.get_command_from_info
+
+    def spy(info: Any, **options: Any) -> Any:
+        built.append(info.callback.__name__)
+        return real(info, **options)
+
+    monkeypatch.setattr(typer.main, "get_command_from_info", spy)
+    group = build_verbs("agent")["agent"]
+    assert {"ls", "describe", "deploy", "quarantine"} <= set(group.commands)
+    assert built == []
+    assert group.commands["ls"].name == "ls"
+    assert built == ["ls"]
+    assert len(agent.app.registered_commands) == len(group.commands)
 
 
 def test_every_verb_is_where_the_root_says() -> None:
@@ -205,21 +231,74 @@ def test_a_read_verbs_client_layer_builds_no_contract_model_and_no_key() -> None
     assert [m for m in loaded if m in models or m.split(".")[0] == "cryptography"] == []
 
 
-def test_a_verbs_log_lines_go_to_stderr_never_into_its_output() -> None:
+@pytest.mark.parametrize("structlog_first", [True, False], ids=["imported", "imported-later"])
+def test_a_verbs_log_lines_go_to_stderr_never_into_its_output(structlog_first: bool) -> None:
     """Once a verb connects, the layers below log to stderr (warnings and up): a reconnect
-    warning on stdout would corrupt `-o json`."""
-    script = (
+    warning on stdout would corrupt `-o json`. So too when structlog is imported only after
+    the verb connected (a read verb does not import it: it is configured at that import)."""
+    logs = (
         "import structlog\n"
-        "from swarm.cli.connect import _logs_to_stderr\n"
-        "from swarm.kernel.settings import Settings\n"
-        "_logs_to_stderr(Settings())\n"
         "log = structlog.get_logger('swarm.kernel.eventlog')\n"
         "log.info('not shown')\n"
         "log.warning('nats error', error='reconnecting')\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "SWARM_LOG_LEVEL"}
+    configure = (
+        "import sys\n"
+        "from swarm.cli.connect import _logs_to_stderr\n"
+        "_logs_to_stderr(None)\n"
+        "assert ('structlog' in sys.modules) is " + str(structlog_first) + "\n"
+    )
+    script = "import structlog\n" + configure + logs if structlog_first else configure + logs
+    env = {k: v for k, v in os.environ.items() if k not in ("SWARM_LOG_LEVEL", "SWARM_LOG_FORMAT")}
     result = run_python("-c", script, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert "nats error" in result.stderr
     assert "not shown" not in result.stderr
+
+
+def test_a_read_verb_reads_no_settings_and_imports_no_structlog() -> None:
+    """`swarm agent ls` (NATS unreachable here) reads no settings (pydantic-settings), imports
+    no structlog and not the client layer's commands (the contract models): ~130 ms of the
+    ~650 ms it took with a stack before (bench/cli.py). A bad setting it does not use does not
+    stop it; one about logging, which it uses, still does."""
+    code = """
+import contextlib, io, json, sys
+from swarm.cli.app import app
+err = io.StringIO()
+with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
+    app(["agent", "ls", "--nats-url", "nats://127.0.0.1:1"])
+print(json.dumps({"stderr": err.getvalue(), "modules": sorted(sys.modules)}))
+"""
+
+    def ls(env: dict[str, str]) -> tuple[str, list[str]]:
+        result = run_python("-c", code, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ran = json.loads(result.stdout.splitlines()[-1])
+        return ran["stderr"], ran["modules"]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env["SWARM_STREAM_REPLICAS"] = "many"
+    said, loaded = ls(env)
+    assert "cannot reach NATS" in said, said
+    left_out = ("pydantic_settings", "structlog", "swarm.kernel.settings", "swarm.client.commands")
+    assert [m for m in loaded if m.split(".")[0] in left_out or m in left_out] == []
+
+    said, _ = ls({**env, "SWARM_LOG_FORMAT": "xml"})
+    assert "invalid setting:" in said, said
+    assert "SWARM_LOG_FORMAT: Input should be" in said, said
+
+
+def test_the_variables_read_before_the_settings_are_the_settings_own() -> None:
+    """`swarm.kernel.env` names variables the settings read: each is a field's (or alias's)."""
+    from swarm.kernel import env
+    from swarm.kernel.settings import Settings
+
+    read = set()
+    for name, field in Settings.model_fields.items():
+        read.add(f"{env.PREFIX}{name.upper()}")
+        aliases = getattr(field.validation_alias, "choices", ())
+        read.update(a for a in aliases if isinstance(a, str))
+    named = [env.NATS_URL, env.NATS_CREDENTIALS, env.DATABASE_URL, *env.DATA_DIR]
+    named += [env.LOG_LEVEL, env.LOG_FORMAT]
+    assert [n for n in named if n not in read] == []

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from swarm.cli import discovery
+from swarm.cli import connect, discovery
 from swarm.kernel.settings import Settings
 from tests.helpers.cli_process import run_cli
 
@@ -310,6 +310,27 @@ def test_without_settings_the_choice_reads_the_same_variables(
     assert light.detail == "SWARM_HOME"
     assert light.data_dir == Path("~/new").expanduser()
     assert discovery.choose(None, flag=Path("f")) == discovery.choose(Settings(), flag=Path("f"))
+
+
+async def test_a_read_reads_the_settings_when_needed_with_the_stacks_hive_key(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read verb connects without the settings (`connect.connect(target)`); what needs them
+    later (an outcome's seal check) gets the same as a verb that read them first: the Hive's key
+    the stack recorded beside its URL, unless SWARM_HIVE_PUBLIC_KEY names one."""
+    target = connect.NatsTarget(nats_url, "stack.json", hive_public_key="recorded")
+
+    async def key_seen() -> str | None:
+        log = await connect.connect(target)
+        try:
+            return log.settings.hive_public_key
+        finally:
+            await log.close()
+
+    monkeypatch.delenv("SWARM_HIVE_PUBLIC_KEY", raising=False)
+    assert await key_seen() == "recorded"
+    monkeypatch.setenv("SWARM_HIVE_PUBLIC_KEY", "named")
+    assert await key_seen() == "named"
 
 
 @pytest.mark.usefixtures("nothing_chosen")

@@ -1236,8 +1236,7 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> tuple[CliEr
     """
     from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries, QueryFailed
-    from swarm.client.commands import read_floor
-    from swarm.client.queries import parse_views
+    from swarm.client.queries import parse_views, read_floor
     from swarm.kernel.eventlog import NotFound
 
     describe_it = f"`swarm agent describe {name} -n {namespace}`"

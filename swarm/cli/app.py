@@ -1,19 +1,21 @@
 """The `swarm` command: one typer app, each group of verbs in a module of its own.
 
-A call imports only the module of the verb it runs, and builds only that module's commands:
-the root's commands are a mapping that imports a module and builds its verbs the first time one
-of them is looked up (to run it, or for `swarm --help` and shell completion, which list them
-all). The verb modules themselves import only typer, rich and the standard library at the top;
-a verb imports what it needs (nats-py, the models, the kernel, river…) when it runs.
+A call imports only the module of the verb it runs, and builds only that module's verbs, or of
+a group (`swarm agent …`) only the verb it runs: the root's commands are a mapping that imports a
+module and builds its verbs the first time one of them is looked up (to run it, or for
+`swarm --help` and shell completion, which list them all), and a group's a mapping that builds
+the verb looked up. The verb modules themselves import only typer, rich and the standard library
+at the top; a verb imports what it needs (nats-py, the models, the kernel, river…) when it runs.
 tests/test_cli_start.py keeps it so; bench/cli.py measures it.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from typer._click import Context, HelpFormatter
+    from typer.models import CommandInfo, TyperInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,36 +113,90 @@ MARKUP: None = None
 
 
 def build_verbs(module: str) -> dict[str, Any]:
-    """The commands `swarm.cli.<module>` registers, built as typer builds a root's commands."""
+    """The commands `swarm.cli.<module>` registers, built as typer builds a root's commands,
+    except that the verbs of a group it adds (`swarm agent …`) are built when looked up: building
+    all of `swarm agent`'s took ~35 ms of every `swarm agent` call here (bench/cli.py)."""
     holder = typer.Typer(add_completion=False, rich_markup_mode=MARKUP)
     # A callback makes typer build a group even for a module that registers one command.
     holder.callback()(_no_options)
     importlib.import_module(f"swarm.cli.{module}").register(holder)
-    group = typer.main.get_command(holder)
-    assert isinstance(group, TyperGroup)
-    return dict(group.commands)
+    pending: dict[str, dict[str, CommandInfo]] = {}
+    groups = []
+    for info in holder.registered_groups:
+        assert isinstance(info.name, str)
+        group_info, pending[info.name] = _without_commands(info)
+        groups.append(group_info)
+    holder.registered_groups = groups
+    root = typer.main.get_command(holder)
+    assert isinstance(root, TyperGroup)
+    for name, infos in pending.items():
+        group = root.commands[name]
+        assert isinstance(group, LazyGroup)
+        group.commands = LazyCommands(infos, _builder(infos, holder), group.commands)
+    return dict(root.commands)
 
 
 def _no_options() -> None:
     """Holds the verbs of one module while typer builds them."""
 
 
-class LazyVerbs(MutableMapping[str, Any]):
-    """The root's commands, built module by module on first lookup (see the module docstring).
+def _without_commands(info: TyperInfo) -> tuple[TyperInfo, dict[str, CommandInfo]]:
+    """A copy of a group added with `add_typer`, made a `LazyGroup` without its own commands
+    (its subgroups stay), and those commands by name. The module's typer app is left as it is."""
+    app = copy.copy(info.typer_instance)
+    assert app is not None
+    commands = {_command_name(c): c for c in app.registered_commands}
+    app.registered_commands = []
+    group = copy.copy(info)
+    group.typer_instance = app
+    group.cls = LazyGroup
+    return group, commands
 
-    Iterating lists every name without building anything; looking one up builds its module's.
+
+def _command_name(info: CommandInfo) -> str:
+    # As typer names a command (typer.main.get_command_from_info).
+    assert info.callback is not None
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def _builder(
+    infos: Mapping[str, CommandInfo], holder: typer.Typer
+) -> Callable[[str], dict[str, Any]]:
+    """What builds one of `infos` by name, with the options typer gives a group's commands."""
+
+    def build(name: str) -> dict[str, Any]:
+        command = typer.main.get_command_from_info(
+            infos[name],
+            pretty_exceptions_short=holder.pretty_exceptions_short,
+            rich_markup_mode=holder.rich_markup_mode,
+        )
+        return {name: command}
+
+    return build
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """A group's commands, built on first lookup (to run one, or for `--help` and shell
+    completion, which list them all): `build(name)` builds the one named, and possibly others.
+
+    Iterating lists every name without building anything.
     """
 
-    def __init__(self, verbs: Mapping[str, Verb]) -> None:
-        self._verbs = verbs
-        self._built: dict[str, Any] = {}
+    def __init__(
+        self,
+        names: Iterable[str],
+        build: Callable[[str], Mapping[str, Any]],
+        built: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._names = dict.fromkeys(names)
+        self._build = build
+        self._built: dict[str, Any] = dict(built or {})
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._built:
-            verb = self._verbs.get(name)
-            if verb is None:
+            if name not in self._names:
                 raise KeyError(name)
-            self._built.update(build_verbs(verb.module))
+            self._built.update(self._build(name))
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
@@ -149,18 +206,26 @@ class LazyVerbs(MutableMapping[str, Any]):
         raise TypeError("the verbs of `swarm` are fixed")
 
     def __contains__(self, name: object) -> bool:
-        return name in self._verbs or name in self._built
+        return name in self._names or name in self._built
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._verbs
-        yield from (name for name in self._built if name not in self._verbs)
+        yield from self._names
+        yield from (name for name in self._built if name not in self._names)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
 
-class Swarm(TyperGroup):
-    """The root group, with `LazyVerbs` for commands.
+class LazyGroup(TyperGroup):
+    """A group whose commands may be `LazyCommands`: listing them builds none."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        # typer's iterates the commands' items, which would build every one.
+        return list(self.commands)
+
+
+class Swarm(LazyGroup):
+    """The root group: each module's verbs are built when one of them is looked up.
 
     Listing the verbs (`swarm --help`, shell completion) builds none of them: building them all
     took ~250 ms of the ~400 ms `swarm --help` spent here (bench/cli.py).
@@ -168,11 +233,7 @@ class Swarm(TyperGroup):
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        self.commands = LazyVerbs(VERBS)
-
-    def list_commands(self, ctx: Context) -> list[str]:
-        # typer's iterates the commands' items, which would build every one.
-        return list(self.commands)
+        self.commands = LazyCommands(VERBS, lambda name: build_verbs(VERBS[name].module))
 
     def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
         width = formatter.width or 80

@@ -176,8 +176,14 @@ def resolve_database_url(
     return DatabaseTarget(url, str(path))
 
 
-async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) -> EventLog:
+async def connect(
+    target: NatsTarget, settings: Settings | None = None, *, wait: float = 5.0
+) -> EventLog:
     """An `EventLog` over a fresh connection; never creates or changes streams.
+
+    Without `settings` they are read (`load_settings`) when first needed, if ever: a read verb
+    needs none of them, and reading them (pydantic-settings) was ~55 ms of a `swarm agent ls`
+    here (bench/cli.py).
 
     One reconnect attempt once connected: `EventLog.connect` reconnects without limit, which
     suits services but would leave a CLI hanging in silence when the server goes down.
@@ -200,41 +206,58 @@ async def connect(target: NatsTarget, settings: Settings, *, wait: float = 5.0) 
             code=EXIT_UNAVAILABLE,
             hint=_hint(target),
         ) from None
-    if settings.hive_public_key is None and target.hive_public_key is not None:
-        # The stack that named this server also named its Hive: take only sealed outcomes.
-        settings = settings.model_copy(update={"hive_public_key": target.hive_public_key})
     # The key it connected with signs its commands (`swarm.kernel.signing`).
-    return EventLog(
-        nc, settings, timeout=wait, credentials=target.credentials or env.nats_credentials()
-    )
+    credentials = target.credentials or env.nats_credentials()
+    if settings is None:
+        return EventLog(
+            nc,
+            lambda: _with_stack_key(load_settings(), target),
+            timeout=wait,
+            credentials=credentials,
+        )
+    return EventLog(nc, _with_stack_key(settings, target), timeout=wait, credentials=credentials)
 
 
-def _logs_to_stderr(settings: Settings) -> None:
+def _with_stack_key(settings: Settings, target: NatsTarget) -> Settings:
+    """The settings, with the Hive's key the stack recorded beside the URL when they name none:
+    then only sealed outcomes are taken."""
+    if settings.hive_public_key is None and target.hive_public_key is not None:
+        return settings.model_copy(update={"hive_public_key": target.hive_public_key})
+    return settings
+
+
+def _logs_to_stderr(settings: Settings | None) -> None:
     """The log lines of the layers below (a reconnect warning) go to stderr, warnings and up
     unless SWARM_LOG_LEVEL says otherwise: on stdout they would corrupt `-o json`. A process
-    that configured logging itself (an embedding program, the tests) keeps its own."""
-    import os
+    that configured logging itself (an embedding program, the tests) keeps its own.
 
-    import structlog
+    The settings are read only when a variable about logging is set (without `settings`), and
+    structlog is configured only once something imports it (`configure_logging_on_import`)."""
+    from swarm.kernel.logs import configure_logging_on_import
 
-    from swarm.kernel.logs import configure_logging
-
-    if not structlog.is_configured():
-        level = settings.log_level if "SWARM_LOG_LEVEL" in os.environ else "warning"
-        # Readable for a person unless asked otherwise: a piped CLI is still read by one.
-        fmt = settings.log_format if "SWARM_LOG_FORMAT" in os.environ else "console"
-        configure_logging(level, fmt)
+    level_set, format_set = env.LOG_LEVEL in os.environ, env.LOG_FORMAT in os.environ
+    if settings is None and (level_set or format_set):
+        settings = load_settings()
+    # Readable for a person unless asked otherwise: a piped CLI is still read by one.
+    level = settings.log_level if settings is not None and level_set else "warning"
+    fmt = settings.log_format if settings is not None and format_set else "console"
+    try:
+        configure_logging_on_import(level, fmt)
+    except ValueError as exc:
+        raise CliError(f"invalid setting: {env.LOG_LEVEL}: {exc}", code=EXIT_USAGE) from None
 
 
 @asynccontextmanager
 async def session(
     target: NatsTarget,
-    settings: Settings,
+    settings: Settings | None = None,
     *,
     streams: Iterable[str] = (),
     wait: float = 5.0,
 ) -> AsyncIterator[EventLog]:
     """Connect, check that `streams` exist, and close on the way out whatever happened.
+
+    Without `settings` they are read when first needed, if ever (see `connect`).
 
     A connection lost midway (the server stopped during `--follow`) becomes a readable error.
     """

@@ -119,9 +119,8 @@ async def snapshot(log: EventLog, namespace: str, name: str) -> dict[str, Any]:
     from schemas import utcnow
     from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import read_floor
     from swarm.client.logs import agent_lines
-    from swarm.client.queries import parse_views
+    from swarm.client.queries import parse_views, read_floor
 
     # The document keeps the Hive's answer as it came (`-o json` prints it); its view says
     # which logs and replicas to read.

@@ -74,8 +74,8 @@ def logs(
     """
     from schemas import names
     from swarm.cli.queries import HiveQueries
-    from swarm.client.commands import read_floor
     from swarm.client.logs import agent_lines, shown_levels
+    from swarm.client.queries import read_floor
     from swarm.client.text import parse_time
 
     ns = namespace or DEFAULT_NAMESPACE

@@ -194,13 +194,14 @@ def show_read(
     from swarm.cli import connect
 
     async def main() -> int:
-        target, settings = connect.locate(nats_url)
+        # No settings: a read needs none of them (`connect.connect`).
+        target = connect.resolve_nats_url(nats_url)
         # Imported once NATS is named: without a stack the verb has ended above, quickly.
         from schemas import names
         from swarm.cli.queries import HiveQueries
-        from swarm.client.commands import read_floor
+        from swarm.client.queries import read_floor
 
-        async with connect.session(target, settings, streams=(names.STREAM_EVENTS,)) as log:
+        async with connect.session(target, streams=(names.STREAM_EVENTS,)) as log:
             queries = HiveQueries(log)
 
             async def fetch() -> Any:

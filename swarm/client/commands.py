@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from schemas import REGISTRY, DecodeError, Envelope, Payload, Registry, names, new_id, utcnow
 from swarm.client.errors import INVALID, NO_OUTCOME, UNAVAILABLE, ClientError, FieldProblem
+from swarm.client.queries import read_floor
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, Delivery, EventLog
 from swarm.kernel.seal import SealVerifier
 
@@ -536,15 +537,6 @@ def rejection_of(outcome: Outcome) -> Rejection:
         rule=str(rule) if rule else None,
         errors=problems,
     )
-
-
-async def read_floor(log: EventLog) -> int:
-    """The log position a read must reflect: everything written before the read began.
-
-    Taken from the stream rather than remembered from a previous command, so a read in a new
-    process still sees what the previous command (from any client) created.
-    """
-    return await log.last_sequence(names.STREAM_EVENTS)
 
 
 @asynccontextmanager

@@ -28,6 +28,7 @@ __all__ = [
     "HiveQueries",
     "QueryFailed",
     "parse_views",
+    "read_floor",
     "request_object",
 ]
 
@@ -39,6 +40,16 @@ QUERY_TIMEOUT = 2.0
 CATCH_UP = 2.0
 _FIRST_RETRY = 0.02
 _MAX_RETRY = 0.25
+
+
+async def read_floor(log: EventLog) -> int:
+    """The log position a read must reflect: everything written before the read began (its
+    `at_least`).
+
+    Taken from the stream rather than remembered from a previous command, so a read in a new
+    process still sees what the previous command (from any client) created.
+    """
+    return await log.last_sequence(names.STREAM_EVENTS)
 
 
 class QueryFailed(ClientError):

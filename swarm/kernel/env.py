@@ -1,8 +1,9 @@
-"""The names of the `SWARM_*` environment variables that say where a stack is.
+"""The names of the `SWARM_*` environment variables that the CLI reads before the settings.
 
 `swarm.kernel.settings` reads every variable through pydantic-settings; the CLI reads these few
 straight from the environment first, so that a verb finds its stack (or says there is none)
-without importing pydantic (`swarm.cli.connect.locate`). Standard library only.
+without importing pydantic (`swarm.cli.connect.locate`), and a read verb whose logging nobody
+set reads no settings at all (`swarm.cli.connect.connect`). Standard library only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ DATABASE_URL = f"{PREFIX}DATABASE_URL"
 DATA_DIR = (f"{PREFIX}HOME", f"{PREFIX}DATA_DIR")
 #: The data dir when none of `DATA_DIR` is set.
 DEFAULT_DATA_DIR = ".swarm"
+#: What a process logs, and how (`Settings.log_level`, `Settings.log_format`).
+LOG_LEVEL = f"{PREFIX}LOG_LEVEL"
+LOG_FORMAT = f"{PREFIX}LOG_FORMAT"
 
 
 def nats_credentials() -> Path | None:
@@ -38,6 +42,8 @@ __all__ = [
     "DATA_DIR",
     "DEFAULT_DATA_DIR",
     "HIVE_PRINCIPALS_FILE",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
     "NATS_CREDENTIALS",
     "NATS_URL",
     "PREFIX",

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Self
 
 import nats
 import nats.errors
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import DEFAULT_SUB_PENDING_MSGS_LIMIT
@@ -66,8 +65,6 @@ if TYPE_CHECKING:
     from schemas import Envelope, Payload, Registry
     from swarm.kernel.settings import Settings
     from swarm.kernel.signing import CommandSigner
-
-log = structlog.get_logger(__name__)
 
 _WRONG_LAST_SEQUENCE = 10071
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
@@ -423,7 +420,7 @@ class EventLog:
     def __init__(
         self,
         nc: NATS,
-        settings: Settings | None = None,
+        settings: Settings | Callable[[], Settings] | None = None,
         *,
         timeout: float = _DEFAULT_TIMEOUT,
         credentials: Path | None = None,
@@ -431,6 +428,7 @@ class EventLog:
         """`credentials`: the nkey seed file this client signs the commands it appends with
         (`swarm.kernel.signing`); read on the first command, so a reader never loads it."""
         self.nc = nc
+        #: The settings, or what makes them the first time they are needed (see `settings`).
         self._settings = settings
         self.timeout = timeout
         self._credentials = credentials
@@ -456,7 +454,11 @@ class EventLog:
         nkey seed file, else the settings' (`SWARM_NATS_CREDENTIALS`)."""
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats error", error=str(exc))
+            # Imported here: a client that never connects this way (the CLI) need not import
+            # structlog at all (swarm.kernel.logs).
+            import structlog
+
+            structlog.get_logger(__name__).warning("nats error", error=str(exc))
 
         credentials = (
             credentials
@@ -477,11 +479,15 @@ class EventLog:
 
     @property
     def settings(self) -> Settings:
-        """The settings the streams are made with (from the environment, unless given)."""
+        """The settings the streams are made with and outcomes checked by: as given, or made by
+        the function given, or read from the environment, the first time they are needed (a
+        CLI read that needs none skips pydantic-settings, ~55 ms here: bench/cli.py)."""
         if self._settings is None:
             from swarm.kernel.settings import Settings
 
             self._settings = Settings()
+        elif callable(self._settings):
+            self._settings = self._settings()
         return self._settings
 
     async def ensure_streams(self) -> None:
