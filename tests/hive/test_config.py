@@ -9,6 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.hive.config import HiveSettings
+from swarm.devstack.principals import issue
+from swarm.kernel import env
 
 
 def test_the_raft_password_is_read_from_its_file(tmp_path: Path) -> None:
@@ -42,3 +44,21 @@ def test_a_missing_short_doubled_or_unreadable_password_is_refused(
         kwargs["raft_password_file"] = path
     with pytest.raises(ValidationError, match=re.escape(message)):
         HiveSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_principals_the_dev_stack_names_are_read_from_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`swarm up` names the list by `swarm.kernel.env.HIVE_PRINCIPALS_FILE`; the Hive reads it
+    there, and refuses a list it cannot read, naming the variable."""
+    issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
+    monkeypatch.setenv(env.HIVE_PRINCIPALS_FILE, str(tmp_path / "principals.json"))
+    principals = HiveSettings(raft_password="a-long-secret").principals()
+    assert principals is not None
+    assert sorted((p.name, p.role) for p in principals.values()) == [
+        ("admin", "admin"),
+        ("pod-0", "pod"),
+    ]
+    monkeypatch.setenv(env.HIVE_PRINCIPALS_FILE, str(tmp_path / "missing.json"))
+    with pytest.raises(ValidationError, match="SWARM_HIVE_PRINCIPALS_FILE: cannot read"):
+        HiveSettings(raft_password="a-long-secret")
