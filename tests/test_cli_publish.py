@@ -366,6 +366,24 @@ def test_url_resolution_order(tmp_path: Path) -> None:
     assert connect.resolve_nats_url("nats://flag:3", with_env).url == "nats://flag:3"
 
 
+def test_the_stacks_own_url_given_outright_comes_with_its_owners_credentials(
+    tmp_path: Path,
+) -> None:
+    """`--nats-url` copied from `swarm status` must not lock the stack's owner out: the URL of
+    the chosen stack's server carries what the stack recorded for it; another URL nothing."""
+    seed = tmp_path / "principals" / "admin.nk"
+    (tmp_path / connect.STACK_STATE_FILE).write_text(
+        json.dumps({"nats_url": "nats://h:1", "nats_credentials": str(seed)})
+    )
+    settings = Settings(nats_url=None, data_dir=tmp_path)
+    assert connect.resolve_nats_url(None, settings).credentials == seed
+    assert connect.resolve_nats_url("nats://h:1", settings).credentials == seed
+    assert connect.resolve_nats_url("nats://h:1", settings).origin == "--nats-url"
+    assert connect.resolve_nats_url("nats://other:1", settings).credentials is None
+    with_env = Settings(nats_url="nats://h:1", data_dir=tmp_path)
+    assert connect.resolve_nats_url(None, with_env).credentials == seed
+
+
 @pytest.mark.usefixtures("hive")
 async def test_the_stack_state_file_is_used(nats_url: str, tmp_path: Path) -> None:
     (tmp_path / connect.STACK_STATE_FILE).write_text(json.dumps({"nats_url": nats_url}))

@@ -107,10 +107,10 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
 
     Without `settings` the variables are read straight from the environment."""
     if option:
-        return NatsTarget(option, "--nats-url")
+        return _owned(NatsTarget(option, "--nats-url"), settings)
     url = settings.nats_url if settings is not None else os.environ.get(env.NATS_URL)
     if url:
-        return NatsTarget(url, env.NATS_URL)
+        return _owned(NatsTarget(url, env.NATS_URL), settings)
     choice = discovery.choose(settings)
     path = choice.data_dir / STACK_STATE_FILE
     try:
@@ -134,14 +134,33 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
             code=EXIT_UNAVAILABLE,
             hint=f"{path} names no NATS server ({choice.describe()})",
         )
+    return _of_stack(NatsTarget(url, str(path)), state)
+
+
+def _of_stack(target: NatsTarget, state: dict[str, Any]) -> NatsTarget:
+    """`target` with the Hive key and the owner's NATS credentials the stack recorded."""
     key = state.get("hive_public_key")
     credentials = state.get("nats_credentials")
     return NatsTarget(
-        url,
-        str(path),
+        target.url,
+        target.origin,
         key if isinstance(key, str) and key else None,
         Path(credentials) if isinstance(credentials, str) and credentials else None,
     )
+
+
+def _owned(target: NatsTarget, settings: Settings | None) -> NatsTarget:
+    """A URL given outright that is the chosen stack's own server comes with what the stack
+    recorded for it (its owner's credentials, its Hive's key): `--nats-url` copied from `swarm
+    status` must not lock its owner out. Any other URL is taken as it is."""
+    try:
+        choice = discovery.choose(settings)
+        state = json.loads((choice.data_dir / STACK_STATE_FILE).read_text())
+    except (CliError, OSError, ValueError):
+        return target
+    if not isinstance(state, dict) or state.get("nats_url") != target.url:
+        return target
+    return _of_stack(target, state)
 
 
 @dataclass(frozen=True, slots=True)
