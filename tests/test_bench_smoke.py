@@ -208,3 +208,17 @@ def test_cli_bench_times_every_case_with_and_without_a_stack(tmp_path: Path) -> 
         assert len(row["runs_ms"]) == 3
         assert row["target_ms"] == (500.0 if row["stack"] else 300.0)
         assert row["met"] == (row["p50_ms"] < row["target_ms"])
+
+
+@pytest.mark.timeout(180)
+def test_security_bench_writes_positive_results(tmp_path: Path) -> None:
+    stdout, report = run_bench_report(
+        "security.py", "--commands", "50", "--trials", "1", tmp_path=tmp_path, timeout=150
+    )
+    assert "signed + verified vs unsigned" in stdout
+    results = report["results"]
+    assert set(results) == {"commands", "publish"}
+    for row in results.values():
+        assert row["ratio"] > 0
+        assert all(v > 0 for v in row["with_per_s"] + row["without_per_s"])
+    assert results["commands"]["target"] == 0.8

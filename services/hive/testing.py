@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ class HiveCluster:
     addrs: Sequence[str] = ()
     #: Per replica, a command to run it through (see `Replica.prefix`).
     prefixes: Sequence[Sequence[str]] = ()
+    #: More environment for every replica (e.g. `SWARM_HIVE_PRINCIPALS_FILE`).
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.addrs:
@@ -76,6 +78,7 @@ class HiveCluster:
                 "SWARM_HIVE_RAFT_PASSWORD": PASSWORD,
                 "SWARM_HIVE_DATA_DIR": str(replica.data_dir),
                 "SWARM_LOG_LEVEL": "warning",
+                **self.env,
             }
             with (self.root / f"{replica.node}.log").open("ab") as log:
                 replica.proc = subprocess.Popen(
