@@ -37,8 +37,8 @@ from bench.hive import count_outcomes
 from schemas import command, commands, names
 from schemas.specs import Quota
 from services.hive.testing import HiveCluster
-from swarm.devstack.embedded import EmbeddedNats
-from swarm.devstack.principals import authorization, issue
+from swarm.devstack.embedded import AUTH_FILE, EmbeddedNats
+from swarm.devstack.principals import issue, write_authorization
 from swarm.kernel import env
 from swarm.kernel.eventlog import AppendRequest, EventLog
 
@@ -112,7 +112,9 @@ async def raw_publish(root: Path, n: int, *, authorised: bool) -> float:
     credentials = None
     if authorised:
         principals = issue(root / "principals", [("admin", "admin"), ("pod-0", "pod")])
-        server.authorization = authorization(principals)
+        (root / "nats").mkdir(parents=True, exist_ok=True)
+        write_authorization(root / "nats" / AUTH_FILE, principals)
+        server.authorize = True
         credentials = principals[1].seed_file
     url = server.start()
     try:

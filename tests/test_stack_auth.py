@@ -18,7 +18,15 @@ import nats.js.errors
 import pytest
 
 from schemas import names
-from swarm.devstack.principals import authorization, denied, issue, role_of
+from swarm.devstack.principals import (
+    add_user,
+    authorization,
+    denied,
+    issue,
+    role_of,
+    rotate_user,
+    users,
+)
 from swarm.kernel import env
 from swarm.kernel.connection import CannotConnect, connect_nats
 from tests.helpers.cli_process import run_cli
@@ -45,7 +53,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         report = json.loads(swarm("status", "--data-dir", str(data_dir), "-o", "json").stdout)
-        yield report | {"principals": data_dir / "principals"}
+
+        def user(*args: str) -> Any:
+            return run_cli(
+                ["user", *args, "--data-dir", str(data_dir)], cwd=root, env=env, timeout=60
+            )
+
+        yield report | {"principals": data_dir / "principals", "user": user}
     finally:
         swarm("down", "--data-dir", str(data_dir))
 
@@ -200,3 +214,64 @@ def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> N
     for p in principals:
         assert p.public_key in block
         assert p.public_key.startswith("U")
+
+
+async def can_connect(stack: dict[str, Any], seed: Path) -> bool:
+    """Whether the server admits `seed`'s key (refused: for its authorization, nothing else)."""
+    try:
+        nc = await connect_nats(stack["nats_url"], name="user", timeout=5, credentials=seed)
+    except CannotConnect as exc:
+        refused = "authorization violation" in str(exc)
+        if not refused:
+            raise
+        return False
+    await nc.close()
+    return True
+
+
+async def test_a_user_added_connects_at_once_a_rotated_key_and_a_removed_user_do_not(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    added = stack["user"]("add", "ann")
+    assert added.returncode == 0, added.stdout + added.stderr
+    seed = stack["principals"] / "ann.nk"
+    assert f"SWARM_NATS_CREDENTIALS={seed}" in added.stdout
+    assert "SWARM_IDENTITY=user:ann" in added.stdout
+    # The running server reads who it admits again (SIGHUP): no restart needed.
+    assert await can_connect(stack, seed)
+    assert "ann" in stack["user"]("ls").stdout
+    again = stack["user"]("add", "ann")
+    assert again.returncode == 2
+    assert "exists already" in again.stderr
+
+    old = tmp_path / "old.nk"
+    old.write_bytes(seed.read_bytes())
+    rotated = stack["user"]("rotate", "ann")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert seed.read_bytes() != old.read_bytes()
+    assert await can_connect(stack, seed)
+    assert not await can_connect(stack, old)
+
+    removed = stack["user"]("rm", "ann")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert not seed.exists()
+    assert not await can_connect(stack, old)
+    assert "no users" in stack["user"]("ls").stdout
+    missing = stack["user"]("rm", "ann")
+    assert missing.returncode == 2
+    assert "no user named 'ann'" in missing.stderr
+
+
+def test_users_outlive_a_restart_of_the_listing_and_keep_their_keys(tmp_path: Path) -> None:
+    """`swarm up` issues the services' keys again at each start: the users stay, keys intact."""
+    issue(tmp_path, [("admin", "admin")])
+    ann = add_user(tmp_path, "ann")
+    again = issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
+    assert [(p.name, p.role, p.public_key) for p in again if p.role == "user"] == [
+        ("ann", "user", ann.public_key)
+    ]
+    with pytest.raises(ValueError, match="exists already"):
+        add_user(tmp_path, "admin")
+    with pytest.raises(ValueError, match="no user named"):
+        rotate_user(tmp_path, "admin")  # a service's key is the stack's to issue
+    assert [u.name for u in users(tmp_path)] == ["ann"]

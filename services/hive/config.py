@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.hive.raft import RaftConfig
-from swarm.devstack.principals import Principal, load
+from swarm.devstack.principals import Roster, load
 from swarm.kernel.ids import IdKey
 from swarm.kernel.seal import SealKey
 
@@ -84,11 +84,12 @@ class HiveSettings(BaseSettings):
             bind_addr=self.raft_bind or self.raft_self,
         )
 
-    def principals(self) -> dict[str, Principal] | None:
-        """The principals by public key, or None when commands need no signature."""
+    def principals(self) -> Roster | None:
+        """The principals (read again when the file changes), or None when commands need no
+        signature."""
         if self.principals_file is None:
             return None
-        return load(self.principals_file)
+        return Roster(self.principals_file)
 
     def seal_key(self) -> SealKey:
         """The key the Hive seals its outcomes with: every replica derives the same one from the

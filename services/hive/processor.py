@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,7 +66,7 @@ from schemas import (
 )
 from schemas.specs import AgentSpec
 from services.hive.raft import ReplicatedState
-from swarm.devstack.principals import Principal
+from swarm.devstack.principals import Roster
 from swarm.domain.decide import Decision, decide
 from swarm.domain.evolve import evolve, fold_checked
 from swarm.domain.outcome import Rejection, Rule
@@ -127,7 +127,7 @@ class CommandProcessor:
         source: str,
         seal: SealKey,
         ids: IdKey,
-        principals: Mapping[str, Principal] | None = None,
+        principals: Roster | None = None,
         node: str = "hive",
         term: Callable[[], int] = lambda: 0,
         clock: Callable[[], datetime] = utcnow,
@@ -139,7 +139,7 @@ class CommandProcessor:
         self.raft = raft
         self.source = source
         self.seal = seal
-        #: The stack's principals by public key; with them, only commands they signed count.
+        #: The stack's principals; with them, only commands they signed count.
         self.principals = principals
         self.ids = ids
         self.node = node

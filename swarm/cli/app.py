@@ -92,6 +92,7 @@ VERBS: Mapping[str, Verb] = {
         "webhook", "Send events to HTTP endpoints: signed CloudEvents, retried, recorded."
     ),
     "observe": Verb("observe", "Look at agent behaviour as the Observer sees it."),
+    "user": Verb("user", "Add, rotate and remove the users a stack admits."),
 }
 
 #: How a verb finds the stack it talks to, shown under `swarm --help` (swarm.cli.discovery).

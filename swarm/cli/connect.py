@@ -138,14 +138,15 @@ def resolve_nats_url(option: str | None, settings: Settings | None = None) -> Na
 
 
 def _of_stack(target: NatsTarget, state: dict[str, Any]) -> NatsTarget:
-    """`target` with the Hive key and the owner's NATS credentials the stack recorded."""
+    """`target` with the Hive key and the owner's NATS credentials the stack recorded; who set
+    `SWARM_NATS_CREDENTIALS` (a user `swarm user add` issued a key to) connects as that."""
     key = state.get("hive_public_key")
-    credentials = state.get("nats_credentials")
+    credentials = env.nats_credentials() or state.get("nats_credentials")
     return NatsTarget(
         target.url,
         target.origin,
         key if isinstance(key, str) and key else None,
-        Path(credentials) if isinstance(credentials, str) and credentials else None,
+        Path(credentials) if credentials else None,
     )
 
 

@@ -144,6 +144,10 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+#: The file of an `EmbeddedNats` data dir that says who may connect (`EmbeddedNats.authorize`).
+AUTH_FILE = "auth.conf"
+
+
 @dataclass
 class EmbeddedNats(_ChildServer):
     """A nats-server with JetStream storing under `data_dir`."""
@@ -152,9 +156,10 @@ class EmbeddedNats(_ChildServer):
     port: int = 0
     sync_always: bool = False
     host: str = "127.0.0.1"
-    #: A configuration block that admits the stack's principals alone
-    #: (`swarm.devstack.principals.authorization`); empty: anyone may connect.
-    authorization: str = field(default="", repr=False)
+    #: Whether the server admits only who `<data_dir>/auth.conf` names (written by
+    #: `swarm.devstack.principals.write_authorization`, included by the configuration, so that
+    #: a user added later is admitted on a reload and after a restart); else anyone.
+    authorize: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -179,7 +184,9 @@ class EmbeddedNats(_ChildServer):
         store = json.dumps(str(self.data_dir / "jetstream"))
         sync = "\n  sync_interval: always" if self.sync_always else ""
         with open(private_fd(config, os.O_TRUNC), "w") as f:
-            f.write(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n{self.authorization}")
+            f.write(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n")
+            if self.authorize:
+                f.write(f"include {json.dumps(AUTH_FILE)}\n")
         # `-p -1` lets the server pick a free port itself and report it in the ports file, so
         # there is no window in which another process can take the port we probed.
         port_arg = (
@@ -213,6 +220,11 @@ class EmbeddedNats(_ChildServer):
             time.sleep(0.01)
         self.stop()
         raise EmbeddedServerError(f"nats-server not ready in {timeout}s:\n{_tail(self.log_path)}")
+
+    def reload(self) -> None:
+        """Make the running server read its configuration again (who may connect)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def _reported_port(self, ports_dir: Path) -> int | None:
         assert self.proc is not None

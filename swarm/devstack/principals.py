@@ -12,6 +12,7 @@ anonymous user. Each principal has a role, and each role a set of NATS permissio
 * `service` (scheduler, observer, any extra `--service`): no event (`swarm.evt.>`, the Hive
   alone writes the log), no removal, no webhook secret.
 * `pod`: as `service`. The agents' sandboxes run in pods.
+* `user`: as `service`; the people `swarm user add` issues keys to (each acts as `user:<name>`).
 
 Removal covers deleting a stream, bucket or object store (they are streams), deleting a message,
 and purging the log's streams and the secrets' bucket (a pod purges the snapshots it replaced).
@@ -35,6 +36,8 @@ from swarm.devstack.embedded import private_fd
 from swarm.domain.policy import ROLE_CLAIMS
 
 ADMIN: Final = "admin"
+#: The role of the people `swarm user add` issues keys to.
+USER: Final = "user"
 #: The file `issue` lists the principals in, beside their seeds.
 LISTING: Final = "principals.json"
 #: Roles by name; the permissions of each are in `denied`, the identities each may claim in its
@@ -118,34 +121,90 @@ class Principal:
 
 
 def issue(directory: Path, wanted: Iterable[tuple[str, str]]) -> list[Principal]:
-    """The principals `wanted` (name, role), each with the key pair it had before, or a new one.
+    """The principals `wanted` (name, role), each with the key pair it had before, or a new one,
+    and the users added before (`add_user`), which a restart keeps.
 
     Seeds are `<directory>/<name>.nk`; `principals.json` beside them lists name, role and public
-    key (what the server's configuration is written from)."""
-    import nkeys
-
+    key (what the server's configuration and the Hive's roster are made from)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
-    out = []
-    for name, role in wanted:
-        denied(role)  # an unknown role fails here, before any file is written
-        if not names.is_token(name):
-            raise ValueError(f"principal name {name!r} must be a NATS token")
-        seed_file = directory / f"{name}.nk"
-        if seed_file.exists():
-            seed = bytearray(seed_file.read_bytes().strip())
-        else:
-            seed = bytearray(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
-            with open(private_fd(seed_file, os.O_TRUNC), "wb") as f:
-                f.write(bytes(seed) + b"\n")
-        pair = nkeys.from_seed(seed)
-        public = pair.public_key.decode()
-        pair.wipe()
-        out.append(Principal(name, role, seed_file, public))
-    listing = [{"name": p.name, "role": p.role, "public_key": p.public_key} for p in out]
-    with open(private_fd(directory / LISTING, os.O_TRUNC), "w") as f:
-        json.dump(listing, f, indent=2)
+    out = [_keyed(directory, name, role) for name, role in wanted]
+    taken = {p.name for p in out}
+    out += [p for p in _listed(directory) if p.role == USER and p.name not in taken]
+    _write_listing(directory, out)
     return out
+
+
+def add_user(directory: Path, name: str) -> Principal:
+    """A new user `name` (role `user`: it acts as `user:<name>` alone); ValueError if the name
+    is taken."""
+    listed = _listed(directory)
+    if any(p.name == name for p in listed):
+        raise ValueError(f"a principal named {name!r} exists already")
+    if (directory / f"{name}.nk").exists():
+        (directory / f"{name}.nk").unlink()  # a key left by a user removed before
+    user = _keyed(directory, name, USER)
+    _write_listing(directory, [*listed, user])
+    return user
+
+
+def rotate_user(directory: Path, name: str) -> Principal:
+    """User `name` with a new key pair: the old one is admitted nowhere once the server and the
+    Hive read the listing again."""
+    listed = _listed(directory)
+    if not any(p.name == name and p.role == USER for p in listed):
+        raise ValueError(f"no user named {name!r}")
+    (directory / f"{name}.nk").unlink(missing_ok=True)
+    user = _keyed(directory, name, USER)
+    _write_listing(directory, [user if p.name == name else p for p in listed])
+    return user
+
+
+def remove_user(directory: Path, name: str) -> None:
+    """User `name` removed, with its key."""
+    listed = _listed(directory)
+    if not any(p.name == name and p.role == USER for p in listed):
+        raise ValueError(f"no user named {name!r}")
+    _write_listing(directory, [p for p in listed if p.name != name])
+    (directory / f"{name}.nk").unlink(missing_ok=True)
+
+
+def users(directory: Path) -> list[Principal]:
+    return [p for p in _listed(directory) if p.role == USER]
+
+
+def _keyed(directory: Path, name: str, role: str) -> Principal:
+    """`name`'s principal, with the key pair its seed file holds, or a new one."""
+    import nkeys
+
+    denied(role)  # an unknown role fails here, before any file is written
+    if not names.is_token(name):
+        raise ValueError(f"principal name {name!r} must be a NATS token")
+    seed_file = directory / f"{name}.nk"
+    if seed_file.exists():
+        seed = bytearray(seed_file.read_bytes().strip())
+    else:
+        seed = bytearray(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+        with open(private_fd(seed_file, os.O_TRUNC), "wb") as f:
+            f.write(bytes(seed) + b"\n")
+    pair = nkeys.from_seed(seed)
+    public = pair.public_key.decode()
+    pair.wipe()
+    return Principal(name, role, seed_file, public)
+
+
+def _listed(directory: Path) -> list[Principal]:
+    path = directory / LISTING
+    return list(load(path).values()) if path.exists() else []
+
+
+def _write_listing(directory: Path, principals: Sequence[Principal]) -> None:
+    listing = [{"name": p.name, "role": p.role, "public_key": p.public_key} for p in principals]
+    # Replaced whole (a reader never sees half a file), created for its owner only.
+    fresh = directory / f".{LISTING}.new"
+    with open(private_fd(fresh, os.O_TRUNC), "w") as f:
+        json.dump(listing, f, indent=2)
+    fresh.replace(directory / LISTING)
 
 
 def load(listing: Path) -> dict[str, Principal]:
@@ -156,6 +215,34 @@ def load(listing: Path) -> dict[str, Principal]:
         denied(role)
         out[public] = Principal(name, role, listing.parent / f"{name}.nk", public)
     return out
+
+
+class Roster:
+    """The principals a listing names, read again whenever the file changed (a user added,
+    rotated or removed while the reader runs)."""
+
+    def __init__(self, listing: Path) -> None:
+        self.listing = listing
+        self._stamp: tuple[int, int] | None = None
+        self._principals: dict[str, Principal] = {}
+        self.get("")  # read now: an unreadable listing fails at start, not at a command
+
+    def get(self, public_key: str) -> Principal | None:
+        stat = self.listing.stat()
+        stamp = (stat.st_mtime_ns, stat.st_ino)
+        if stamp != self._stamp:
+            self._principals = load(self.listing)
+            self._stamp = stamp
+        return self._principals.get(public_key)
+
+
+def write_authorization(path: Path, principals: Sequence[Principal]) -> None:
+    """The server's authorization block (`authorization`) in its own file, which the server's
+    configuration includes: rewritten when a user is added, then the server is told to reload."""
+    fresh = path.with_name(f".{path.name}.new")
+    with open(private_fd(fresh, os.O_TRUNC), "w") as f:
+        f.write(authorization(principals))
+    fresh.replace(path)
 
 
 def authorization(principals: Sequence[Principal]) -> str:
@@ -182,9 +269,15 @@ __all__ = [
     "LISTING",
     "ROLES",
     "Principal",
+    "Roster",
+    "add_user",
     "authorization",
     "denied",
     "issue",
     "load",
+    "remove_user",
     "role_of",
+    "rotate_user",
+    "users",
+    "write_authorization",
 ]

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from swarm.devstack.embedded import (
+    AUTH_FILE,
     PRIVATE_UMASK,
     EmbeddedNats,
     EmbeddedPostgres,
@@ -765,18 +766,20 @@ class Stack:
             return f"{external} (external)"
         # The previous run's port when it is free, so URLs people copied keep working.
         port = _port_of(previous.nats_url) if previous and not previous.nats_external else 0
-        from swarm.devstack.principals import ADMIN, authorization, issue, role_of
+        from swarm.devstack.principals import ADMIN, issue, role_of, write_authorization
 
         principals = issue(
             self.paths.principals,
             [(ADMIN, ADMIN), *((s.name, role_of(s.name)) for s in self.services)],
         )
         self._credentials = {p.name: p.seed_file for p in principals}
+        self.paths.nats.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_authorization(self.paths.nats / AUTH_FILE, principals)
         self._nats = EmbeddedNats(
             self.paths.nats,
             port=port,
             sync_always=self.settings.jetstream_sync == "always",
-            authorization=authorization(principals),
+            authorize=True,
         )
         url = self._nats.start()
         self._save(

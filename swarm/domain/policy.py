@@ -44,18 +44,21 @@ ROLE_CLAIMS: dict[str, tuple[str, ...]] = {
     "webhooks": ("service",),
     "service": ("service",),
     "pod": ("pod", "agent"),
+    "user": ("user",),
 }
 
 
 def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
     """Whether the principal `name` (of `role`) that signed `command` may claim its identity: a
-    pod acts as itself (`pod:<its name>`) or for its agents, never as another pod."""
+    pod acts as itself (`pod:<its name>`) or for its agents, never as another pod; a user as
+    itself."""
     identity = command.identity or ""
     kind, _, claimed = identity.partition(":")
     allowed = ROLE_CLAIMS.get(role, ())
-    if kind in allowed and not (role == "pod" and kind == "pod" and claimed != name):
+    itself = {"pod": "pod", "user": "user"}.get(role)
+    if kind in allowed and not (kind == itself and claimed != name):
         return None
-    may = ", ".join(f"pod:{name}" if k == "pod" else f"{k}:<name>" for k in allowed) or "nothing"
+    may = ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
     return Rejection(
         f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
         f"(role {role}), who may act only as {may}",

@@ -14,7 +14,7 @@ import pytest
 from schemas import Envelope, Payload, command, commands
 from schemas.specs import Capacity
 from swarm.client.commands import wait_for_outcome
-from swarm.devstack.principals import issue
+from swarm.devstack.principals import add_user, issue, remove_user
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from swarm.kernel.signing import CommandSigner
 from tests.helpers.stack import Stack, running_stack
@@ -110,3 +110,24 @@ async def test_a_pod_cannot_act_as_the_scheduler_or_as_another_pod(stack: Stack)
     accepted, rule, _ = await outcome(stack, scheduler, cmd(expire, "service:scheduler"))
     # (Refused for the state: no pod-9 holds a lease. Not for who sent it.)
     assert rule not in ("signature", "identity"), (accepted, rule)
+
+
+async def test_a_user_added_while_the_hive_runs_acts_as_itself_alone(stack: Stack) -> None:
+    """The Hive reads the listing again when it changed (`swarm user add`): the new user's
+    commands count at once, as `user:<its name>` and nobody else."""
+    add_user(stack.root / "principals", "ann")
+    ann = as_principal(stack, "ann")
+    accepted, rule, _ = await outcome(
+        stack, ann, cmd(commands.CreateNamespace(name="anns"), "user:ann")
+    )
+    assert (accepted, rule) == (True, "")
+    accepted, rule, reason = await outcome(
+        stack, ann, cmd(commands.CreateNamespace(name="bobs"), "user:bob")
+    )
+    assert (accepted, rule) == (False, "identity")
+    assert "user:ann" in reason
+    remove_user(stack.root / "principals", "ann")
+    accepted, rule, reason = await outcome(
+        stack, ann, cmd(commands.CreateNamespace(name="gone"), "user:ann")
+    )
+    assert (accepted, rule) == (False, "signature")

@@ -1,0 +1,162 @@
+"""`swarm user`: the people a stack's NATS admits, each with a key of their own.
+
+A user is a principal of role `user` (`swarm.devstack.principals`): an nkey whose seed this
+command writes into the stack's data dir (`principals/<name>.nk`, 0600) for its owner to hand
+over; with it the user connects (`SWARM_NATS_CREDENTIALS`) and signs commands, which the Hive
+takes as `user:<name>` alone. The running server reads who it admits again at once (SIGHUP), and
+the Hive reads the listing again when it changed; `rotate` replaces a user's key (the old one is
+refused from then on, and its connections closed) and `rm` removes the user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from swarm.cli import discovery
+from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, errors_to_exit
+
+if TYPE_CHECKING:
+    from swarm.devstack.principals import Principal
+
+app = typer.Typer(help="Add, rotate and remove the users a stack admits.", no_args_is_help=True)
+console = Console(highlight=False, soft_wrap=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The stack's data dir (default: the stack `swarm up` started last).",
+        show_default=False,
+    ),
+]
+NameArgument = Annotated[str, typer.Argument(help="The user's name (letters, digits, _ and -).")]
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="user")
+
+
+def _stack(data_dir: Path | None) -> tuple[Path, dict[str, object]]:
+    """The chosen stack's data dir and its state; a stack on a NATS server it did not start
+    has no users of its own to manage."""
+    choice = discovery.choose(None, flag=data_dir)
+    path = choice.data_dir / discovery.STACK_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CliError(
+            f"no Swarm stack in {choice.data_dir}",
+            code=EXIT_UNAVAILABLE,
+            hint=f"{choice.describe()}; start one with `swarm up`",
+        ) from None
+    if (
+        not isinstance(state, dict)
+        or state.get("nats_external")
+        or not state.get("nats_credentials")
+    ):
+        raise CliError(
+            f"the stack in {choice.data_dir} uses a NATS server it did not start",
+            code=EXIT_USAGE,
+            hint="who may connect there is its operator's configuration",
+        )
+    return choice.data_dir, state
+
+
+def _apply(data_dir: Path, state: dict[str, object]) -> str:
+    """Write who the server admits, and tell a running server to read it again."""
+    from swarm.devstack.embedded import AUTH_FILE
+    from swarm.devstack.principals import load, write_authorization
+    from swarm.devstack.stack import StackPaths
+
+    paths = StackPaths.of(data_dir)
+    principals = list(load(paths.principals / "principals.json").values())
+    write_authorization(paths.nats / AUTH_FILE, principals)
+    pid = state.get("nats_pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            return "the stack's NATS server is not running: it admits them when it starts"
+        return "the stack's NATS server admits them now"
+    return "the stack's NATS server is not running: it admits them when it starts"
+
+
+def _print_credentials(user: Principal, note: str) -> None:
+    console.print(f"  credentials (nkey seed): {escape(str(user.seed_file))}")
+    console.print(f"  [dim]{escape(note)}; hand the file to {escape(user.name)}, who runs:[/]")
+    console.print(
+        f"  export SWARM_NATS_CREDENTIALS={escape(str(user.seed_file))} "
+        f"SWARM_IDENTITY=user:{escape(user.name)}"
+    )
+
+
+@app.command("add")
+def add(name: NameArgument, data_dir: DataDirOption = None) -> None:
+    """Issue a key to a new user, who then acts as `user:NAME`."""
+    with errors_to_exit():
+        from swarm.devstack.principals import add_user
+        from swarm.devstack.stack import StackPaths
+
+        root, state = _stack(data_dir)
+        try:
+            user = add_user(StackPaths.of(root).principals, name)
+        except ValueError as exc:
+            raise CliError(str(exc), code=EXIT_USAGE) from None
+        console.print(f"[green]✓[/] user {escape(name)} added (acts as user:{escape(name)})")
+        _print_credentials(user, _apply(root, state))
+
+
+@app.command("rotate")
+def rotate(name: NameArgument, data_dir: DataDirOption = None) -> None:
+    """Give a user a new key; the old one is refused from now on."""
+    with errors_to_exit():
+        from swarm.devstack.principals import rotate_user
+        from swarm.devstack.stack import StackPaths
+
+        root, state = _stack(data_dir)
+        try:
+            user = rotate_user(StackPaths.of(root).principals, name)
+        except ValueError as exc:
+            raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+        console.print(f"[green]✓[/] user {escape(name)} has a new key; the old one is refused")
+        _print_credentials(user, _apply(root, state))
+
+
+@app.command("rm")
+def remove(name: NameArgument, data_dir: DataDirOption = None) -> None:
+    """Remove a user and its key."""
+    with errors_to_exit():
+        from swarm.devstack.principals import remove_user
+        from swarm.devstack.stack import StackPaths
+
+        root, state = _stack(data_dir)
+        try:
+            remove_user(StackPaths.of(root).principals, name)
+        except ValueError as exc:
+            raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+        console.print(f"[green]✓[/] user {escape(name)} removed; {_apply(root, state)}")
+
+
+@app.command("ls")
+def ls(data_dir: DataDirOption = None) -> None:
+    """List the users and their public keys."""
+    with errors_to_exit():
+        from swarm.devstack.principals import users
+        from swarm.devstack.stack import StackPaths
+
+        root, _ = _stack(data_dir)
+        listed = users(StackPaths.of(root).principals)
+        if not listed:
+            console.print("no users: `swarm user add NAME` issues one a key")
+            return
+        width = max(len(u.name) for u in listed)
+        for user in listed:
+            console.print(f"{escape(user.name):<{width}}  {user.public_key}")
