@@ -79,7 +79,10 @@ async def test_a_pod_whose_lease_expires_has_its_replicas_rescheduled(tmp_path: 
                     commands.RegisterPod(
                         pod_id="doomed",
                         capacity=Capacity(memory_mb=4096, fuel_per_s=10**12, slots=10),
-                        lease_s=1.0,
+                        # Long enough that a test process starved for a second or two (three
+                        # workers and a benchmark on two cores) does not lose the pod early: it
+                        # was found on the spare pod before the placement was seen.
+                        lease_s=5.0,
                     ),
                     "pod:doomed",
                 ),
