@@ -107,6 +107,8 @@ class AgentAnalysis:
     windows: int = 0
     #: Windows with calls (the critical warm-up counts these: an idle agent learns nothing).
     active: int = 0
+    #: The memory score (z, upward) of the last window whose memory was scored.
+    memory_before: float = 0.0
 
     def __post_init__(self) -> None:
         self.threshold = AdaptiveThreshold(self.config)
@@ -145,6 +147,7 @@ class AgentAnalysis:
             "incident": self.incident.to_json(),
             "windows": self.windows,
             "active": self.active,
+            "memory_before": self.memory_before,
         }
 
     @classmethod
@@ -159,6 +162,7 @@ class AgentAnalysis:
             profile=Profile.from_json(doc["profile"]),
             windows=doc["windows"],
             active=doc.get("active", doc["windows"]),
+            memory_before=doc.get("memory_before", 0.0),
         )
         analysis.threshold = AdaptiveThreshold.from_json(doc["threshold"], config)
         analysis.incident = HoldDown.from_json(doc["incident"])
@@ -239,19 +243,33 @@ class AgentAnalysis:
         score = combine(ready_scores, trees if warm else None, config)
         threshold = self.threshold.value()
         over = warm and score > threshold and bool(ready_scores)
+        # Memory far above its baseline, after a window above it too, is a finding on its own
+        # (`DetectorConfig.memory_z`), before the combined score, which a lone signal reaches
+        # only further out, passes.
+        memory = ready_scores.get("memory")
+        growing = False
+        if memory is not None:
+            growing = (
+                warm
+                and memory.score >= config.memory_z
+                and self.memory_before >= config.memory_z_before
+            )
+            self.memory_before = memory.score
         drifting = warm and drifting
-        flagged = over or drifting
+        flagged = over or drifting or growing
         kind = classify(ready_scores, config) if over else "unknown"
         if drifting and kind == "unknown":
             kind = LATENCY_DRIFT
+        elif growing and kind == "unknown":
+            kind = "memory_growth"
         critical_ok = self.active >= config.critical_warmup_windows
         finding = None
         before = self.incident.to_json()
         # Severity weighs only what can make a finding critical (not a backlog or log volume).
         critical = {n: s for n, s in ready_scores.items() if n in CRITICAL_SIGNALS}
         critical_score = combine(critical, trees if warm else None, config)
-        # A drift alone is a warning: only the z-scores' strong evidence can make a finding
-        # critical.
+        # A drift or a memory rise alone is a warning: only the combined score's strong evidence
+        # can make a finding critical.
         if over:
             top_z = max((s.score for s in critical.values()), default=0.0)
             level = severity(critical_score, kind, top_z, config.evidence_z, critical_ok)
