@@ -65,6 +65,15 @@ async def count_outcomes(log: EventLog, start_seq: int, want: int, timeout: floa
 
 async def raw_publish(url: str, n: int, payload: bytes) -> float:
     log = await EventLog.connect(url, ensure=False)
+    rate = await publish_raw(log, n, payload)
+    await log.js.delete_stream("BENCH_RAW")
+    await log.close()
+    return rate
+
+
+async def publish_raw(log: EventLog, n: int, payload: bytes) -> float:
+    """`n` pipelined JetStream publishes of `payload` on a stream of their own (BENCH_RAW,
+    created here): publishes/s, the raw baseline."""
     await log.js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.>"]))
     start = time.perf_counter()
     for lo in range(0, n, CHUNK):
@@ -73,10 +82,7 @@ async def raw_publish(url: str, n: int, payload: bytes) -> float:
             for i in range(lo, min(n, lo + CHUNK))
         ]
         await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - start
-    await log.js.delete_stream("BENCH_RAW")
-    await log.close()
-    return n / elapsed
+    return n / (time.perf_counter() - start)
 
 
 async def commands_per_second(root: Path, replicas: int, n: int) -> dict[str, float]:

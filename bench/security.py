@@ -29,11 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nats.js.api import StreamConfig
 from rich.table import Table
 
 from bench import _common
-from bench.hive import count_outcomes
+from bench.hive import count_outcomes, publish_raw
 from schemas import command, commands, names
 from schemas.specs import Quota
 from services.hive.testing import HiveCluster
@@ -119,18 +118,9 @@ async def raw_publish(root: Path, n: int, *, authorised: bool) -> float:
     url = server.start()
     try:
         log = await EventLog.connect(url, ensure=False, credentials=credentials)
-        await log.js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.>"]))
-        payload = namespaces(1, "raw")[0].body
-        start = time.perf_counter()
-        for lo in range(0, n, CHUNK):
-            futures = [
-                await log.js.publish_async(f"bench.raw.{i}", payload)
-                for i in range(lo, min(n, lo + CHUNK))
-            ]
-            await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - start
+        rate = await publish_raw(log, n, namespaces(1, "raw")[0].body)
         await log.nc.close()
-        return n / elapsed
+        return rate
     finally:
         server.stop()
 

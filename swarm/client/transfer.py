@@ -334,6 +334,8 @@ async def import_stream(
                 # The whole stream's position: nothing else may land while this batch does.
                 expected_last_seq=position if n == 0 else None,
                 expected_subject=root if n == 0 else None,
+                # Another stack's history, kept byte for byte: not this importer's commands.
+                sign=False,
             )
             for n, item in enumerate(chunk)
         ]

@@ -268,6 +268,9 @@ class AppendRequest:
     expected_stream_seq: int | None = None
     #: More headers stored with the message (e.g. where a task's answer goes).
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    #: A command this client sends is signed with its key (`EventLog._signed`); a relay that
+    #: stores another sender's bytes as they are (`swarm timeline import`) says False.
+    sign: bool = True
 
     @classmethod
     def of(
@@ -647,7 +650,9 @@ class EventLog:
 
     def _signed(self, request: AppendRequest) -> AppendRequest:
         """A command signed with this client's key, when it has one; anything else as it is."""
-        if self._credentials is None or not request.subject.startswith(_COMMANDS):
+        if not request.sign or self._credentials is None:
+            return request
+        if not request.subject.startswith(_COMMANDS):
             return request
         if self._signer is None:
             from swarm.kernel.signing import CommandSigner

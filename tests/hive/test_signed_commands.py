@@ -16,7 +16,7 @@ from schemas.specs import Capacity
 from swarm.client.commands import wait_for_outcome
 from swarm.devstack.principals import add_user, issue, remove_user
 from swarm.kernel.eventlog import AppendRequest, EventLog
-from swarm.kernel.signing import CommandSigner
+from swarm.kernel.signing import CommandSigner, signature_of
 from tests.helpers.stack import Stack, running_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,3 +131,23 @@ async def test_a_user_added_while_the_hive_runs_acts_as_itself_alone(stack: Stac
         stack, ann, cmd(commands.CreateNamespace(name="gone"), "user:ann")
     )
     assert (accepted, rule) == (False, "signature")
+
+
+async def test_a_client_signs_its_commands_but_not_bytes_it_relays(stack: Stack) -> None:
+    """Only commands: a relay (`swarm timeline import`) stores another sender's bytes as they
+    are, and nothing but commands is signed."""
+    admin = as_principal(stack, "admin")
+    own = cmd(commands.CreateNamespace(name="own"), "user:ann")
+    relayed = cmd(commands.CreateNamespace(name="relayed"), "user:ann")
+    kept = await admin.append_raw(AppendRequest(own.type, own.to_json(), own.id))
+    as_is = await admin.append_raw(
+        AppendRequest(relayed.type, relayed.to_json(), relayed.id, sign=False)
+    )
+    stored = {
+        seq: (await stack.client.js.get_msg("SWARM_COMMANDS", seq)).data
+        for seq in (kept.seq, as_is.seq)
+    }
+    signature = signature_of(stored[kept.seq])
+    assert signature is not None
+    assert signature.valid
+    assert stored[as_is.seq] == relayed.to_json()
