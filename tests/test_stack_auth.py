@@ -166,6 +166,32 @@ async def test_a_pod_cannot_write_an_event_remove_the_log_or_read_webhook_secret
         await owner.close()
 
 
+async def test_only_a_pod_listens_on_the_mesh(stack: dict[str, Any]) -> None:
+    """Joining an agent's queue group (to answer for it) or listening to what is sent to it
+    is a pod's alone; anyone may ask."""
+    subject = "swarm.mesh.agent.default.echo"
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        await webhooks.subscribe(subject, queue="mesh")
+        await webhooks.flush()
+        assert "subscription" in await errors.violation(subject)
+    finally:
+        await webhooks.close()
+    pod, errors = await connect_as(stack, "pod-7")
+    try:
+        sub = await pod.subscribe(subject, queue="mesh")
+        asker, _ = await connect_as(stack, "webhooks")
+        try:
+            await asker.publish(subject, b"ping")
+            message = await sub.next_msg(timeout=10)
+            assert message.data == b"ping"
+        finally:
+            await asker.close()
+        assert errors.seen == []
+    finally:
+        await pod.close()
+
+
 async def test_the_hive_writes_events_and_the_webhook_dispatcher_reads_secrets(
     stack: dict[str, Any],
 ) -> None:

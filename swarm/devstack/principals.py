@@ -10,8 +10,9 @@ anonymous user. Each principal has a role, and each role a set of NATS permissio
 * `gateway`, `webhooks`: as `service`, and they read and write the webhook signing secrets
   (the HTTP API stores a subscription's secret, the dispatcher signs with it).
 * `service` (scheduler, observer, any extra `--service`): no event (`swarm.evt.>`, the Hive
-  alone writes the log), no removal, no webhook secret.
-* `pod`: as `service`. The agents' sandboxes run in pods.
+  alone writes the log), no removal, no webhook secret, no listening on the mesh.
+* `pod`: as `service`, and it alone (with the owner) listens on the mesh (`swarm.mesh.>`): the
+  agents' sandboxes run in pods, and answer there.
 * `user`: as `service`; the people `swarm user add` issues keys to (each acts as `user:<name>`).
 
 Removal covers deleting a stream, bucket or object store (they are streams), deleting a message,
@@ -96,6 +97,10 @@ def denied(role: str) -> tuple[list[str], list[str]]:
         secret_publish, secret_subscribe = _secrets()
         publish += secret_publish
         subscribe += secret_subscribe
+    if role != "pod":
+        # Agents answer on the mesh from their pods alone: anyone else listening there could
+        # read what is sent to an agent, or join its queue group and answer for it.
+        subscribe.append(f"{names.MESH_PREFIX}.>")
     return publish, subscribe
 
 
