@@ -41,12 +41,16 @@ class CannotConnect(Exception):
         super().__init__(f"cannot reach NATS at {url}: {describe(cause)}")
 
 
+def _refused(exc: BaseException) -> bool:
+    return "authorization violation" in str(exc).lower()
+
+
 def describe(exc: BaseException | None) -> str:
     """One line for a connection error: its message, or its type when it has none."""
     if exc is None:
         return "no answer"
     text = str(exc) or type(exc).__name__
-    if "authorization violation" in text.lower():
+    if _refused(exc):
         return (
             "the server refused the credentials (or their absence): authorization violation; "
             f"connect with the nkey seed file `swarm status -o json` names as nats_credentials "
@@ -109,7 +113,10 @@ async def connect_nats(
         )
     except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
         cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc
-        raise CannotConnect(url, cause) from exc
+        # A refusal of the credentials says more than what the next attempt met (the server
+        # hangs up on a refused client: seen under load, "connection reset by peer").
+        refused = [e for e in seen if _refused(e)]
+        raise CannotConnect(url, refused[-1] if refused else cause) from exc
     connected = True
     # nats-py reads the option at each reconnect; 0 would mean "without limit" to it.
     nc.options["max_reconnect_attempts"] = reconnects if reconnects > 0 else -1
