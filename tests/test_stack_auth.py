@@ -301,3 +301,12 @@ def test_users_outlive_a_restart_of_the_listing_and_keep_their_keys(tmp_path: Pa
     with pytest.raises(ValueError, match="no user named"):
         rotate_user(tmp_path, "admin")  # a service's key is the stack's to issue
     assert [u.name for u in users(tmp_path)] == ["ann"]
+
+
+def test_a_pid_that_is_not_the_stacks_server_gets_no_signal(tmp_path: Path) -> None:
+    """A state file a crashed stack left may name a pid another process holds now: `swarm user`
+    signals only the nats-server running on the stack's own configuration."""
+    from swarm.cli.user import _is_server
+
+    assert not _is_server(os.getpid(), tmp_path / "nats" / "nats-server.conf")
+    assert not _is_server(2**22 + 12345, tmp_path / "nats" / "nats-server.conf")

@@ -80,13 +80,21 @@ def _apply(data_dir: Path, state: dict[str, object]) -> str:
     principals = list(load(paths.principals / "principals.json").values())
     write_authorization(paths.nats / AUTH_FILE, principals)
     pid = state.get("nats_pid")
-    if isinstance(pid, int) and pid > 0:
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError:
-            return "the stack's NATS server is not running: it admits them when it starts"
+    if isinstance(pid, int) and _is_server(pid, paths.nats / "nats-server.conf"):
+        os.kill(pid, signal.SIGHUP)
         return "the stack's NATS server admits them now"
     return "the stack's NATS server is not running: it admits them when it starts"
+
+
+def _is_server(pid: int, config: Path) -> bool:
+    """Whether `pid` is the nats-server running on `config`: a state file a crashed stack left
+    may name a pid that another process has now, and SIGHUP would end that one."""
+    import psutil
+
+    try:
+        return str(config) in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
 
 
 def _print_credentials(user: Principal, note: str) -> None:
