@@ -63,6 +63,18 @@ async def count_outcomes(log: EventLog, start_seq: int, want: int, timeout: floa
         await reader.close()
 
 
+async def decided_per_second(log: EventLog, requests: list[AppendRequest]) -> tuple[float, int]:
+    """Send `requests` (commands) pipelined in chunks and wait for all their outcomes: commands
+    decided per second end to end, and the events stream's sequence the outcomes start at."""
+    start_seq = await log.last_sequence(names.STREAM_EVENTS) + 1
+    counter = asyncio.create_task(count_outcomes(log, start_seq, len(requests)))
+    start = time.perf_counter()
+    for lo in range(0, len(requests), CHUNK):
+        await log.append_batch(requests[lo : lo + CHUNK])
+    done = await counter
+    return len(requests) / (done - start), start_seq
+
+
 async def raw_publish(url: str, n: int, payload: bytes) -> float:
     log = await EventLog.connect(url, ensure=False)
     rate = await publish_raw(log, n, payload)
@@ -96,14 +108,9 @@ async def commands_per_second(root: Path, replicas: int, n: int) -> dict[str, fl
         await cluster.leader(log.nc, timeout=30)
         requests = [deploy(i) for i in range(n)]
         raw = await raw_publish(url, n, requests[0].body)
-        start_seq = await log.last_sequence(names.STREAM_EVENTS) + 1
-        counter = asyncio.create_task(count_outcomes(log, start_seq, n))
-        start = time.perf_counter()
-        for lo in range(0, n, CHUNK):
-            await log.append_batch(requests[lo : lo + CHUNK])
-        done = await counter
+        rate, _ = await decided_per_second(log, requests)
         await log.close()
-        return {"hive": n / (done - start), "raw": raw}
+        return {"hive": rate, "raw": raw}
     finally:
         cluster.stop()
         server.stop()

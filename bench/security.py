@@ -23,7 +23,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.table import Table
 
 from bench import _common
-from bench.hive import count_outcomes, publish_raw
+from bench.hive import decided_per_second, publish_raw
 from schemas import command, commands, names
 from schemas.specs import Quota
 from services.hive.testing import HiveCluster
@@ -76,17 +75,12 @@ async def commands_per_second(root: Path, n: int, *, signed: bool) -> float:
             log = EventLog(log.nc)  # the same connection, signing nothing
         await cluster.leader(log.nc, timeout=60)
         requests = namespaces(n, "s" if signed else "u")
-        start_seq = await log.last_sequence(names.STREAM_EVENTS) + 1
-        counter = asyncio.create_task(count_outcomes(log, start_seq, n))
-        start = time.perf_counter()
-        for lo in range(0, n, CHUNK):
-            await log.append_batch(requests[lo : lo + CHUNK])
-        done = await counter
+        rate, start_seq = await decided_per_second(log, requests)
         rejected = await _rejections(log, start_seq)
         if rejected:
             raise RuntimeError(f"{rejected} commands were rejected: the run measures nothing")
         await log.nc.close()
-        return n / (done - start)
+        return rate
     finally:
         cluster.stop()
         server.stop()
