@@ -147,8 +147,14 @@ class Pod(Service):
                 state_caps=self.config.state_caps(),
             )
             tasks = [asyncio.create_task(self.clock.run(), name="pod-loop-clock")]
-            await self._register()
             heartbeat.start()
+            if not await heartbeat.wait_ready(self.config.lease_s):
+                log.warning(
+                    "heartbeat thread not connected yet; registering anyway",
+                    pod_id=self.pod_id,
+                    waited_s=self.config.lease_s,
+                )
+            await self._register()
             tasks += [
                 asyncio.create_task(self._snapshot_loop(), name="pod-snapshots"),
                 asyncio.create_task(self._metrics_loop(eventlog), name="pod-metrics"),
