@@ -68,6 +68,10 @@ QUERY_AGENTS_LIST: Final = f"{QUERY_PREFIX}.agents.list"
 QUERY_AGENTS_GET: Final = f"{QUERY_PREFIX}.agents.get"
 QUERY_PODS_LIST: Final = f"{QUERY_PREFIX}.pods.list"
 QUERY_NAMESPACES_LIST: Final = f"{QUERY_PREFIX}.namespaces.list"
+#: Who holds which role where (`swarm.cmd.access.grant`): events `swarm.evt.access.<user>.*`.
+QUERY_ACCESS_LIST: Final = f"{QUERY_PREFIX}.access.list"
+ACCESS_AGGREGATE: Final = "access"
+AGGREGATE_ID_FIELDS[ACCESS_AGGREGATE] = "user"
 QUERY_DIGEST: Final = f"{QUERY_PREFIX}.state.digest"
 QUERY_STATE: Final = f"{QUERY_PREFIX}.state.full"
 #: Any replica answers; `<QUERY_STATUS>.<node>` reaches one replica (convergence checks).
