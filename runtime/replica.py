@@ -35,6 +35,14 @@ messages of one sender are handled in the order they arrived) until it is stoppe
 * Reply body: the agent's `reply()` outputs concatenated, header `Swarm-Status` = the agent's
   return code. Errors (the platform's, not the agent's): `{"error": "..."}` with header
   `Swarm-Error: 1`, so an agent replying JSON with an "error" key is never mistaken for one.
+* Identity (a stack's pods, given its principals: runtime/meshguard.py): every direct and topic
+  message is checked by the pod's `MeshGuard` before it reaches the mailbox; one it refuses
+  (unsigned, forged, a claim its signer may not make, an agent of another namespace) is
+  answered with the reason as an error, or dropped if a topic message, and counted
+  (`mesh_refused`). What the replica sends is signed with the pod's key as
+  `agent:<agent id>` with its replica and placement (`MeshClaim`): its replies, on the
+  requester's reply subject alone, and its agent's `send`s, to its own namespace's agents or to
+  topics. The agent never names a subject: the host does.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ from runtime.host import JSON, NotAvailable, VectorHit
 from runtime.kvstate import KvState, StateCaps, StateFull
 from runtime.limits import CallBudget, SandboxLimits
 from runtime.memory import AgentMemory, VectorMemory
+from runtime.meshguard import MeshGuard
 from runtime.modules import ModuleCache
 from runtime.net import HttpFetcher, HttpRequest, HttpResponse
 from runtime.podview import Assignment
@@ -73,6 +82,7 @@ from runtime.workers import WorkerPool
 from schemas import names
 from schemas.specs import ModuleRef
 from swarm.kernel.eventlog import EventLog, EventLogError, Message, Subscription
+from swarm.kernel.signing import MeshClaim
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +127,14 @@ class ReplicaDeps:
     budget: CallBudget | None = None
     #: The pod's bounds on every replica's kv state (the spec's caps apply when lower).
     state_caps: StateCaps | None = None
+    #: Checks who sent each mesh message before the agent sees it; None: nobody is checked
+    #: (a stack whose pods are given no principals).
+    guard: MeshGuard | None = None
+
+
+def claim_of(a: Assignment) -> MeshClaim:
+    """Who a replica's messages are from: its agent, from this replica, at this placement."""
+    return MeshClaim(f"agent:{a.agent_id}", a.replica_id, a.placed_seq)
 
 
 class State(enum.Enum):
@@ -160,6 +178,7 @@ class PodHost:
         self._pending: set[concurrent.futures.Future[None]] = set()
         # Namespaced by agent id: its replicas share the memory, other agents never see it.
         self._memory = AgentMemory(deps.memory, assignment.agent_id) if deps.memory else None
+        self._claim = claim_of(assignment)
 
     def kv_state(self) -> tuple[dict[str, bytes], int]:
         with self._lock:
@@ -197,7 +216,7 @@ class PodHost:
         else:
             subject = names.mesh_topic_subject(to.name)
         future = asyncio.run_coroutine_threadsafe(
-            self._deps.eventlog.publish(subject, message), self._loop
+            self._deps.eventlog.publish(subject, message, claim=self._claim), self._loop
         )
         try:
             # Waited for (briefly) so that a dead connection is reported as UNAVAILABLE.
@@ -297,6 +316,8 @@ class Metrics:
     received: int = 0
     #: Milliseconds spent inside handle calls: calls / busy time is what one replica can carry.
     busy_ms: float = 0.0
+    #: Messages the pod's guard refused (unauthenticated or forbidden): the agent saw none.
+    mesh_refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +332,7 @@ class Replica:
     def __init__(self, assignment: Assignment, deps: ReplicaDeps) -> None:
         self.assignment = assignment
         self.deps = deps
+        self._claim = claim_of(assignment)
         self.state = State.NEW
         self.metrics = Metrics()
         #: Why the replica broke or could not start.
@@ -429,6 +451,7 @@ class Replica:
             "topic_messages": m.topic_messages,
             "topic_dropped": m.topic_dropped,
             "received": m.received,
+            "mesh_refused": m.mesh_refused,
             "busy_ms": round(m.busy_ms, 3),
             "http_requests": self._host.http_requests if self._host is not None else 0,
             "state_bytes": state_bytes,
@@ -609,8 +632,11 @@ class Replica:
     async def _on_message(self, msg: Message) -> None:
         # Runs on the connection's delivery task: decide quickly, never run the agent here.
         self.metrics.received += 1
-        quarantined = self._quarantined()
-        if quarantined is not None:
+        refused = await self._refused(msg, self.assignment.namespace)
+        quarantined = self._quarantined() if refused is None else None
+        if refused is not None:
+            await self._answer(msg, error=refused)
+        elif quarantined is not None:
             self.metrics.rejected += 1
             await self._answer(msg, error=f"agent is quarantined: {quarantined}")
         elif self.state is not State.RUNNING or self._stopping:
@@ -621,11 +647,21 @@ class Replica:
         else:
             self._mailbox.put_nowait(Mail(msg))
 
+    async def _refused(self, msg: Message, namespace: str | None) -> str | None:
+        """Why the pod's guard keeps `msg` from the agent (counted), or None."""
+        guard = self.deps.guard
+        if guard is None:
+            return None
+        reason = await guard.check(msg, namespace)
+        if reason is not None:
+            self.metrics.mesh_refused += 1
+        return reason
+
     def _topic_callback(self, topic: str) -> Callable[[Message], Awaitable[None]]:
         async def on_topic_message(msg: Message) -> None:
             # Fire-and-forget: nobody to tell about a drop, so it is only counted.
             self.metrics.received += 1
-            if (
+            if await self._refused(msg, None) is not None or (
                 self.state is not State.RUNNING
                 or self._stopping
                 or self._mailbox.qsize() >= self.deps.mailbox_size
@@ -788,7 +824,10 @@ class Replica:
             body, headers = error_body(error), {HEADER_ERROR: "1"}
         else:
             headers = {HEADER_STATUS: str(status)}
-        await _quietly(self.deps.eventlog.publish(msg.reply, body, headers=headers))
+        # Signed as this replica's agent: the requester can check who answered.
+        await _quietly(
+            self.deps.eventlog.publish(msg.reply, body, headers=headers, claim=self._claim)
+        )
 
 
 async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> None:

@@ -1148,7 +1148,7 @@ def send(
     async def main() -> int:
         target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
-            reply = await ask_agent(log, ns, name, body, timeout)
+            reply = await ask_agent(log, ns, name, body, timeout, identity=settings.identity)
         if reply.error:
             raise CliError(f"{ns}/{name}: {reply.text}", code=EXIT_FAILED)
         typer.echo(reply.text)
@@ -1170,9 +1170,11 @@ class AgentReply:
 
 
 async def ask_agent(
-    log: EventLog, namespace: str, name: str, body: bytes, timeout: float
+    log: EventLog, namespace: str, name: str, body: bytes, timeout: float, *, identity: str
 ) -> AgentReply:
-    """Send one message to an agent over the mesh and wait for one replica's reply.
+    """Send one message to an agent over the mesh, signed as sent by `identity` when the
+    connection has credentials (a stack's pods take signed messages alone), and wait for one
+    replica's reply.
 
     An agent that exists but has no replica answering yet (just deployed, restarting, or its
     replica subscribing as the message went out) is asked again until `timeout` has passed,
@@ -1182,15 +1184,17 @@ async def ask_agent(
 
     from schemas import names
     from swarm.kernel.eventlog import NoResponders, RequestTimeout
+    from swarm.kernel.signing import MeshClaim
 
     subject = names.mesh_agent_subject(namespace, name)
+    claim = MeshClaim(identity)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     said = False
     while True:
         try:
             reply = await log.request(
-                subject, body, timeout=max(deadline - loop.time(), _MIN_REQUEST_S)
+                subject, body, timeout=max(deadline - loop.time(), _MIN_REQUEST_S), claim=claim
             )
             break
         except NoResponders:
