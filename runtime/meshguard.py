@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from runtime.podview import PodView
-from swarm.devstack.principals import Roster
+from swarm.devstack.principals import Principal, Roster
 from swarm.domain.policy import may_claim
 from swarm.kernel.eventlog import Message
 from swarm.kernel.signing import MeshSignature, mesh_signature_of
@@ -41,6 +41,10 @@ from swarm.kernel.signing import MeshSignature, mesh_signature_of
 WINDOW_S = 120.0
 #: How long a message naming a placement this pod has not read yet waits for its view.
 CATCH_UP_S = 2.0
+#: How long the guard trusts what it looked up in the listing: a key rotated or removed stops
+#: counting within this (the listing's file is not stat'ed for every message: ~30 us of the
+#: ~200 us a check costs on a busy machine, bench/security.py).
+ROSTER_TTL_S = 1.0
 _POLL_S = 0.01
 
 
@@ -59,6 +63,7 @@ class MeshGuard:
         self.window_ms = window_s * 1000
         self.catch_up_s = catch_up_s
         self.clock = clock
+        self._known: dict[str, tuple[float, Principal | None]] = {}
         #: Messages refused, by the kind of refusal (`unauthenticated`, `forbidden`).
         self.refused: Counter[str] = Counter()
 
@@ -80,7 +85,7 @@ class MeshGuard:
             )
         if not signature.valid:
             return f"unauthenticated: the message's signature does not hold: {signature.problem}"
-        principal = self.roster.get(signature.signer)
+        principal = self._principal(signature.signer)
         if principal is None:
             return (
                 f"unauthenticated: the message is signed by {_printable(signature.signer)}, "
@@ -103,6 +108,17 @@ class MeshGuard:
         if identity.startswith("agent:"):
             return await self._agent(signature, principal.name, namespace)
         return None
+
+    def _principal(self, public_key: str) -> Principal | None:
+        now = time.monotonic()
+        known = self._known.get(public_key)
+        if known is not None and now - known[0] < ROSTER_TTL_S:
+            return known[1]
+        if len(self._known) > 4096:  # strangers' keys must not grow it without bound
+            self._known.clear()
+        principal = self.roster.get(public_key)
+        self._known[public_key] = (now, principal)
+        return principal
 
     async def _agent(self, signature: MeshSignature, pod: str, namespace: str | None) -> str | None:
         """Whether the log places the sending replica on pod `pod`, and the sender may message
