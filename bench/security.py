@@ -16,9 +16,9 @@ nats-server and Hive, so each measures from the same empty start):
 * mesh requests/s to an echo agent (`--messages`, 64 in flight, through the pod), signed by the
   client's key and verified by a pod given the stack's principals (runtime/meshguard.py), whose
   answer is signed as the agent, against the same requests unsigned to a pod that checks
-  nothing. Both pods run in this process, on one control plane (Hive, scheduler), each with its
-  own echo agent (placed by a label); the client, the pods and the signing share one core of
-  Python, as an agent's pod and a client on one machine would. Target >= 0.8x.
+  nothing. Both pods are processes (`python -m runtime`, as `swarm up` runs them) on one control
+  plane (Hive, scheduler), each with its own echo agent (placed by a label); the client is this
+  process. Target >= 0.8x.
 """
 
 from __future__ import annotations
@@ -40,16 +40,14 @@ from rich.table import Table
 from bench import _common
 from bench.controlplane import control_plane, pods_registered
 from bench.hive import decided_per_second, publish_raw
-from runtime.config import PodSettings
-from runtime.pod import Pod
+from bench.pods import pod_process
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef, Placement, Quota, Resources
 from services.hive.testing import HiveCluster
 from swarm.devstack.embedded import AUTH_FILE, EmbeddedNats
-from swarm.devstack.principals import issue, write_authorization
+from swarm.devstack.principals import Principal, issue, write_authorization
 from swarm.kernel import env
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError
-from swarm.kernel.settings import Settings
 from swarm.kernel.signing import MeshClaim
 
 CHUNK = 500
@@ -144,47 +142,31 @@ ECHO_WAT = """
 IN_FLIGHT = 64
 
 
-class MeshPods:
-    """Two pods in this process on one control plane: `checked` given the principals (it
-    verifies every message and signs its answers), `open` given none; an echo agent on each."""
-
-    def __init__(self, url: str, root: Path) -> None:
-        self.url = url
-        keys = root / "principals"
-        admin, pod = issue(keys, [("admin", "admin"), ("pod-checked", "pod")])
-        self.admin = admin
-        listing = keys / "principals.json"
-        base = {"slots": 4, "memory_mb": 256, "metrics_interval_s": 1.0}
-        self.pods = [
-            Pod(
-                Settings(nats_url=url, nats_credentials=pod.seed_file),
-                PodSettings(
-                    id="pod-checked",
-                    cache_dir=root / "checked",
-                    principals_file=listing,
-                    labels={"guard": "on"},
-                    **base,
-                ),
-            ),
-            Pod(
-                Settings(nats_url=url),
-                PodSettings(
-                    id="pod-open", cache_dir=root / "open", labels={"guard": "off"}, **base
-                ),
-            ),
-        ]
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> MeshPods:
-        for pod in self.pods:
-            self.tasks.append(asyncio.create_task(pod.run()))
-            await asyncio.wait_for(pod.live.wait(), 30)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for pod in self.pods:
-            pod.stop()
-        await asyncio.gather(*(asyncio.wait_for(t, 15) for t in self.tasks), return_exceptions=True)
+@contextlib.asynccontextmanager
+async def mesh_pods(url: str, root: Path) -> AsyncIterator[Principal]:
+    """Two pods, each its own process as `swarm up` runs them: `pod-checked` given the
+    principals (it verifies every message and signs its answers), `pod-open` given none.
+    Yields the owner's principal, whose key the client signs with."""
+    keys = root / "principals"
+    admin, pod = issue(keys, [("admin", "admin"), ("pod-checked", "pod")])
+    base = {"SWARM_POD_SLOTS": "4", "SWARM_POD_MEMORY_MB": "256"}
+    checked = base | {
+        "SWARM_POD_ID": "pod-checked",
+        "SWARM_POD_CACHE_DIR": str(root / "checked"),
+        "SWARM_POD_LABELS": '{"guard": "on"}',
+        env.POD_PRINCIPALS_FILE: str(keys / "principals.json"),
+        env.NATS_CREDENTIALS: str(pod.seed_file),
+    }
+    plain = base | {
+        "SWARM_POD_ID": "pod-open",
+        "SWARM_POD_CACHE_DIR": str(root / "open"),
+        "SWARM_POD_LABELS": '{"guard": "off"}',
+    }
+    async with (
+        pod_process(url, checked, root / "pod-checked.log", stop_s=15.0),
+        pod_process(url, plain, root / "pod-open.log", stop_s=15.0),
+    ):
+        yield admin
 
 
 async def deploy_echo(log: EventLog, name: str, guard: str) -> None:
@@ -238,11 +220,11 @@ async def answering(log: EventLog, name: str, claim: MeshClaim | None) -> None:
 async def mesh_bench(root: Path) -> AsyncIterator[tuple[EventLog, EventLog, MeshClaim]]:
     """The control plane and `MeshPods`, each echo agent answering: (a client signing as the
     owner, the same connection signing nothing, the identity it signs as)."""
-    async with control_plane(root) as plane, MeshPods(plane.url, root) as pods:
+    async with control_plane(root) as plane, mesh_pods(plane.url, root) as admin:
         await pods_registered(plane.log, {"pod-checked", "pod-open"})
         await deploy_echo(plane.log, "echo-checked", "on")
         await deploy_echo(plane.log, "echo-open", "off")
-        signed = EventLog(plane.log.nc, credentials=pods.admin.seed_file)
+        signed = EventLog(plane.log.nc, credentials=admin.seed_file)
         claim = MeshClaim("user:bench")
         await answering(signed, "echo-checked", claim)
         await answering(plane.log, "echo-open", None)
