@@ -671,6 +671,13 @@ class EventLog:
             self._signer = CommandSigner.from_seed_file(self._credentials)
         return self._signer
 
+    def mesh_headers(self, subject: str, body: bytes, claim: MeshClaim) -> dict[str, str]:
+        """The headers that sign a mesh message as sent by `claim` (none without credentials).
+        Any thread: a pod signs an agent's answer on the worker thread that ran the agent."""
+        if self._credentials is None:
+            return {}
+        return self._key().mesh_headers(subject, body, claim, time.time_ns() // 1_000_000)
+
     def _mesh_signed(
         self,
         subject: str,
@@ -680,7 +687,7 @@ class EventLog:
     ) -> Mapping[str, str] | None:
         if claim is None or self._credentials is None:
             return headers
-        signed = self._key().mesh_headers(subject, body, claim, time.time_ns() // 1_000_000)
+        signed = self.mesh_headers(subject, body, claim)
         return {**headers, **signed} if headers else signed
 
     def _signed(self, request: AppendRequest) -> AppendRequest:

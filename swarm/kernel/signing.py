@@ -129,12 +129,13 @@ def _mesh_bytes(subject: str, claim: MeshClaim, time_ms: int, body: bytes) -> by
 
 
 def mesh_signature_of(
-    subject: str, body: bytes, headers: Mapping[str, str] | None
+    subject: str, body: bytes, headers: Mapping[str, str] | None, *, verify: bool = True
 ) -> MeshSignature | None:
     """The signature a mesh message carries in its headers, checked against the key it names;
-    None when it carries none."""
-    from nacl.exceptions import BadSignatureError
-
+    None when it carries none. With `verify=False` it is only read (`valid`: well-formed), to
+    be checked later by `verify_mesh` (a pod checks who may claim what on its event loop, and
+    the signature on the worker thread that then runs the agent: libsodium runs without the
+    GIL)."""
     if not headers or names.HEADER_MESH_SIGNATURE not in headers:
         return None
     signer = headers.get(names.HEADER_MESH_SIGNER, "")
@@ -147,17 +148,29 @@ def mesh_signature_of(
         time_ms = int(headers.get(names.HEADER_MESH_TIME, ""))
     except ValueError:
         return MeshSignature(signer, MeshClaim(""), 0, False, "its signing time is not a number")
+    signature = MeshSignature(signer, claim, time_ms, True)
+    problem = verify_mesh(subject, body, headers, signature) if verify else None
+    if problem is not None:
+        return MeshSignature(signer, claim, time_ms, False, problem)
+    return signature
+
+
+def verify_mesh(
+    subject: str, body: bytes, headers: Mapping[str, str], signature: MeshSignature
+) -> str | None:
+    """Why the signature `mesh_signature_of(..., verify=False)` read from `headers` does not
+    hold for `subject` and `body`; None when it holds."""
+    from nacl.exceptions import BadSignatureError
+
     try:
-        key = _verify_key(signer)
+        key = _verify_key(signature.signer)
         raw = base64.urlsafe_b64decode(headers[names.HEADER_MESH_SIGNATURE].encode() + b"==")
-        key.verify(_mesh_bytes(subject, claim, time_ms, body), raw)
-    except ValueError as exc:
-        return MeshSignature(signer, claim, time_ms, False, str(exc))
+        key.verify(_mesh_bytes(subject, signature.claim, signature.time_ms, body), raw)
     except (BadSignatureError, binascii.Error):
-        return MeshSignature(
-            signer, claim, time_ms, False, "the signature does not match the message"
-        )
-    return MeshSignature(signer, claim, time_ms, True)
+        return "the signature does not match the message"
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,4 +241,5 @@ __all__ = [
     "mesh_signature_of",
     "public_key_bytes",
     "signature_of",
+    "verify_mesh",
 ]

@@ -198,10 +198,12 @@ async def test_mesh_impersonation_is_refused_before_the_agent_sees_it(
         elsewhere = names.mesh_agent_subject("default", "forwarder")
         headers = ann.mesh_headers(elsewhere, b"+1", MeshClaim("user:ann"), now)
         assert (await ask(headers)).startswith("unauthenticated: the message's signature")
-        # A forged identity header under a genuine signature.
+        # A forged identity header under a genuine signature: refused for the claim (checked
+        # first), and the signature would not hold either.
         headers = ann.mesh_headers(COUNTER_SUBJECT, b"+1", MeshClaim("user:ann"), now)
-        assert (await ask(headers | {names.HEADER_MESH_IDENTITY: "user:bob"})).startswith(
-            "unauthenticated: the message's signature does not hold"
+        assert await ask(headers | {names.HEADER_MESH_IDENTITY: "user:bob"}) == (
+            "forbidden: the message claims identity 'user:bob' but is signed by ann "
+            "(role user), who may act only as user:ann"
         )
         # A genuine message replayed ten minutes later.
         old = ann.mesh_headers(COUNTER_SUBJECT, b"+1", MeshClaim("user:ann"), now - 600_000)
@@ -238,6 +240,6 @@ async def test_mesh_impersonation_is_refused_before_the_agent_sees_it(
         assert await count(mesh) == 1
         metrics = mesh.pod.metrics_json()
         assert metrics["mesh_unauthenticated"] + metrics["mesh_forbidden"] == refused
-        assert metrics["mesh_forbidden"] == 5
+        assert metrics["mesh_forbidden"] == 6
     finally:
         await attacker.close()
