@@ -659,9 +659,9 @@ class EventLog:
         return _appended(ack)
 
     @property
-    def signs(self) -> bool:
-        """True when this client signs what it sends (it was given credentials)."""
-        return self._credentials is not None
+    def credentials(self) -> Path | None:
+        """The nkey seed file this client signs with (None: it signs nothing)."""
+        return self._credentials
 
     def _key(self) -> CommandSigner:
         if self._signer is None:
