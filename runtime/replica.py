@@ -216,7 +216,13 @@ class PodHost:
         else:
             subject = names.mesh_topic_subject(to.name)
         future = asyncio.run_coroutine_threadsafe(
-            self._deps.eventlog.publish(subject, message, claim=self._claim), self._loop
+            # Signed here, on the worker thread (libsodium runs without the GIL).
+            self._deps.eventlog.publish(
+                subject,
+                message,
+                headers=self._deps.eventlog.mesh_headers(subject, message, self._claim),
+            ),
+            self._loop,
         )
         try:
             # Waited for (briefly) so that a dead connection is reported as UNAVAILABLE.
