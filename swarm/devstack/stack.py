@@ -871,15 +871,21 @@ class Stack:
         return ", ".join(s.name for s in self.services) or "none configured"
 
     def _identity_env(self, service: str) -> dict[str, str]:
-        """What a service needs to be itself on the stack's NATS: its credentials, and for a
-        Hive replica the list of principals whose commands it takes. Nothing with a NATS
-        server the stack did not start (its operator says who may connect)."""
+        """What a service needs to be itself on the stack's NATS: its credentials, for a Hive
+        replica the list of principals whose commands it takes, and for a pod the same list,
+        whose mesh messages alone reach its agents. Nothing with a NATS server the stack did
+        not start (its operator says who may connect)."""
         seed = self._credentials.get(service)
         if seed is None:
             return {}
+        from swarm.devstack.principals import LISTING, role_of
+
         out = {env_names.NATS_CREDENTIALS: str(seed)}
-        if service == "hive" or service.startswith("hive-"):
-            out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / "principals.json")
+        role = role_of(service)
+        if role == "hive":
+            out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / LISTING)
+        elif role == "pod":
+            out[env_names.POD_PRINCIPALS_FILE] = str(seed.parent / LISTING)
         return out
 
     def _save(self, **changes: Any) -> StackState:

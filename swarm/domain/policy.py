@@ -48,22 +48,41 @@ ROLE_CLAIMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
-    """Whether the principal `name` (of `role`) that signed `command` may claim its identity: a
-    pod acts as itself (`pod:<its name>`) or for its agents, never as another pod; a user as
-    itself."""
-    identity = command.identity or ""
+def may_claim(role: str, name: str, identity: str) -> str | None:
+    """None when the principal `name` (of `role`) may act as `identity`; else what it may act
+    as. A pod acts as itself (`pod:<its name>`) or for its agents, never as another pod; a user
+    as itself. The one statement of the rule: the Hive applies it to commands
+    (`check_principal`), pods to mesh messages (runtime/meshguard.py)."""
     kind, _, claimed = identity.partition(":")
     allowed = ROLE_CLAIMS.get(role, ())
     itself = {"pod": "pod", "user": "user"}.get(role)
-    if kind in allowed and not (kind == itself and claimed != name):
+    if kind in allowed and claimed and not (kind == itself and claimed != name):
         return None
-    may = ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
-    return Rejection(
-        f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
-        f"(role {role}), who may act only as {may}",
-        Rule.IDENTITY,
-    )
+    return ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
+
+
+def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
+    """Whether the principal `name` (of `role`) that signed `command` may claim its identity
+    (`may_claim`), and send it: a command about one pod (its registration, its reports) counts
+    only signed by that pod's own key, so the Hive places replicas only on pods whose key the
+    stack issued, whatever identity a user or service would claim for it."""
+    identity = command.identity or ""
+    may = may_claim(role, name, identity)
+    if may is not None:
+        return Rejection(
+            f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
+            f"(role {role}), who may act only as {may}",
+            Rule.IDENTITY,
+        )
+    payload = command.data
+    if isinstance(payload, _POD_SCOPED) and not (role == "pod" and name == payload.pod_id):
+        return Rejection(
+            f"{command.type} about pod {payload.pod_id} must be signed by that pod's own key, "
+            f"not by {name} (role {role}): a pod registers and reports with the key the stack "
+            "issued to it",
+            Rule.IDENTITY,
+        )
+    return None
 
 
 #: How far each role reaches: a role allows what every role before it allows.
@@ -232,4 +251,5 @@ __all__ = [
     "check_principal",
     "check_quota",
     "held_role",
+    "may_claim",
 ]

@@ -20,6 +20,9 @@ NATS_CREDENTIALS = f"{PREFIX}NATS_CREDENTIALS"
 #: The principals a Hive takes signed commands from (`HiveSettings.principals_file`): the
 #: dev stack names its own to its Hive replicas.
 HIVE_PRINCIPALS_FILE = f"{PREFIX}HIVE_PRINCIPALS_FILE"
+#: The principals whose signed mesh messages a pod takes (`PodSettings.principals_file`,
+#: runtime/meshguard.py): the dev stack names its own to its pods.
+POD_PRINCIPALS_FILE = f"{PREFIX}POD_PRINCIPALS_FILE"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -46,6 +49,7 @@ __all__ = [
     "LOG_LEVEL",
     "NATS_CREDENTIALS",
     "NATS_URL",
+    "POD_PRINCIPALS_FILE",
     "PREFIX",
     "nats_credentials",
 ]

@@ -112,6 +112,39 @@ async def test_a_pod_cannot_act_as_the_scheduler_or_as_another_pod(stack: Stack)
     assert rule not in ("signature", "identity"), (accepted, rule)
 
 
+async def test_only_a_pod_s_own_key_registers_it_so_nothing_is_placed_on_a_fake_pod(
+    stack: Stack,
+) -> None:
+    """A user, a service or the owner may claim `user:` or `service:` identities, which the
+    rules of identities let register a pod: signed, a registration counts only by that pod's
+    own key, so the Hive places replicas only on pods the stack issued a key to."""
+    add_user(stack.root / "principals", "mallory")
+    fake = commands.RegisterPod(
+        pod_id="pod-fake", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    for signer, identity in (
+        ("mallory", "user:mallory"),
+        ("scheduler", "service:scheduler"),
+        ("admin", "pod:pod-fake"),
+    ):
+        accepted, rule, reason = await outcome(
+            stack, as_principal(stack, signer), cmd(fake, identity)
+        )
+        assert (accepted, rule) == (False, "identity"), signer
+        assert reason.startswith(
+            f"swarm.cmd.pod.register about pod pod-fake must be signed by that pod's own key, "
+            f"not by {signer}"
+        )
+    pods = await stack.pods()
+    assert [p["pod_id"] for p in pods] == []
+    # The pod's own key registers it.
+    pod = as_principal(stack, "pod-1")
+    own = commands.RegisterPod(
+        pod_id="pod-1", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    assert (await outcome(stack, pod, cmd(own, "pod:pod-1")))[0]
+
+
 async def test_a_user_added_while_the_hive_runs_acts_as_itself_alone(stack: Stack) -> None:
     """The Hive reads the listing again when it changed (`swarm user add`): the new user's
     commands count at once, as `user:<its name>` and nobody else, within the roles it holds."""
