@@ -16,7 +16,10 @@ guard takes a message only when
   that signed it, at the placement it names, and that agent is of the receiving agent's
   namespace (agents message agents of their own namespace alone; topics are global). A
   message naming a placement this pod's view of the log has not reached yet waits (at most
-  `catch_up_s`) for the view: the sender's pod read it first.
+  `catch_up_s`) for the view: the sender's pod read it first;
+* for a user (a principal of role `user`): it holds the role messaging takes in the receiving
+  agent's namespace (`swarm.domain.policy.check_message`, with the grants of this pod's view
+  of the log; a grant made a moment ago counts once the pod has read it).
 
 The checks of who may claim what run on the pod's event loop as the message arrives (`admit`);
 the signature's arithmetic (`verify`, ~110 us of libsodium, which runs without the GIL) runs on
@@ -37,7 +40,7 @@ from collections.abc import Callable
 
 from runtime.podview import PodView
 from swarm.devstack.principals import Principal, Roster
-from swarm.domain.policy import may_claim
+from swarm.domain.policy import check_message, may_claim
 from swarm.kernel.eventlog import Message
 from swarm.kernel.signing import MeshSignature, mesh_signature_of, verify_mesh
 
@@ -144,6 +147,9 @@ class MeshGuard:
             )
         if identity.startswith("agent:"):
             return await self._agent(signature, principal.name, namespace)
+        if principal.role == "user":
+            refused = check_message(self.view.grants, principal.name, namespace)
+            return None if refused is None else f"forbidden: {refused}"
         return None
 
     def _principal(self, public_key: str) -> Principal | None:

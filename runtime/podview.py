@@ -29,9 +29,10 @@ from typing import Any
 
 from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
-from swarm.domain import placement
+from swarm.domain import placement, policy
 from swarm.domain.dispatch import HandlerTable
 from swarm.domain.placement import RUN, ReplicaPhase
+from swarm.domain.state import Grant
 
 #: Rules of the Hive's refusals of a report that mean "this replica is not yours (any more)".
 DISOWNING_RULES: frozenset[str] = frozenset({"not_found", "not_assigned"})
@@ -108,6 +109,9 @@ class PodView:
     disowned: dict[str, int] = field(default_factory=dict)
     #: Reports the Hive refused as about a replica that is not this pod's.
     refusals: int = 0
+    #: Who holds which role where (the Hive's `HiveState.grants`, folded by the same rule):
+    #: whom the mesh guard lets message which agents.
+    grants: tuple[Grant, ...] = ()
 
     def fold(self, envelope: Envelope[Any], seq: int) -> None:
         if seq <= self.applied_seq:
@@ -204,6 +208,16 @@ class PodView:
 Handler = Callable[[PodView, Any, int], None]
 _HANDLERS: HandlerTable[Handler] = HandlerTable()
 _on = _HANDLERS.on
+
+
+@_on(events.AccessGranted)
+def _granted(v: PodView, e: events.AccessGranted, seq: int) -> None:
+    v.grants = policy.granted(v.grants, e)
+
+
+@_on(events.AccessRevoked)
+def _revoked(v: PodView, e: events.AccessRevoked, seq: int) -> None:
+    v.grants = policy.revoked(v.grants, e.user, e.namespace)
 
 
 @_on(events.AgentDeployed)

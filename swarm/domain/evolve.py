@@ -21,7 +21,7 @@ from typing import Any
 
 from schemas import REGISTRY, Envelope, events, healing, market, names, observer, webhooks
 from schemas.machine import PodAnomalyDetected
-from swarm.domain import placement, reputation
+from swarm.domain import placement, policy, reputation
 from swarm.domain.dispatch import HandlerTable
 from swarm.domain.placement import PLACED, TERMINAL, ReplicaPhase
 from swarm.domain.state import (
@@ -33,7 +33,6 @@ from swarm.domain.state import (
     Agent,
     Anomaly,
     FoldFailure,
-    Grant,
     HealingRecord,
     HiveState,
     KnownSnapshot,
@@ -135,14 +134,13 @@ def _namespace_updated(
 
 @_on(events.AccessGranted)
 def _access_granted(s: HiveState, e: events.AccessGranted, env: Envelope[Any], seq: int) -> None:
-    kept = tuple(g for g in s.grants if (g.user, g.namespace) != (e.user, e.namespace))
-    s.grants = (*kept, Grant(e.user, e.namespace, e.role))
+    s.grants = policy.granted(s.grants, e)
     s.access_seq[e.user] = seq
 
 
 @_on(events.AccessRevoked)
 def _access_revoked(s: HiveState, e: events.AccessRevoked, env: Envelope[Any], seq: int) -> None:
-    s.grants = tuple(g for g in s.grants if (g.user, g.namespace) != (e.user, e.namespace))
+    s.grants = policy.revoked(s.grants, e.user, e.namespace)
     s.access_seq[e.user] = seq
 
 

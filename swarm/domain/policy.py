@@ -8,13 +8,14 @@ only about its own namespace.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from schemas import Envelope, commands, healing, market
+from schemas import Envelope, commands, events, healing, market
 from schemas.machine import ReportPodAnomaly
 from schemas.specs import ACCESS_ROLES, AccessRole, AgentSpec, Quota
 from swarm.domain.outcome import Rejection, Rule
-from swarm.domain.state import ACTIVE, Agent, HiveState
+from swarm.domain.state import ACTIVE, Agent, Grant, HiveState
 
 _UNLIMITED = Quota()
 
@@ -100,7 +101,7 @@ def check_access(state: HiveState, role: str, command: Envelope[Any]) -> Rejecti
         return None
     user = (command.identity or "").partition(":")[2]
     needed, namespace = _needs(state, command.data)
-    held = held_role(state, user, namespace)
+    held = held_role(state.grants, user, namespace)
     if held is not None and _RANK[held] >= _RANK[needed]:
         return None
     where = f"namespace {namespace}" if namespace is not None else "every namespace"
@@ -113,14 +114,45 @@ def check_access(state: HiveState, role: str, command: Envelope[Any]) -> Rejecti
     )
 
 
-def held_role(state: HiveState, user: str, namespace: str | None) -> AccessRole | None:
+def held_role(grants: Iterable[Grant], user: str, namespace: str | None) -> AccessRole | None:
     """The highest role `user` holds in `namespace` (None: the role it holds in every one)."""
     held = [
         g.role
-        for g in state.grants
+        for g in grants
         if g.user == user and (g.namespace is None or g.namespace == namespace)
     ]
     return max(held, key=_RANK.__getitem__, default=None)
+
+
+#: The role a user needs in a namespace to message its agents on the mesh (for a topic, which
+#: is global, in every namespace): a message makes an agent act, as running it does.
+MESSAGE_ROLE: AccessRole = "operator"
+
+
+def check_message(grants: Iterable[Grant], user: str, namespace: str | None) -> str | None:
+    """Why user `user` may not message an agent of `namespace` (None: on a topic); None when it
+    may. The pods apply it (runtime/meshguard.py) with the grants of their view of the log."""
+    held = held_role(grants, user, namespace)
+    if held is not None and _RANK[held] >= _RANK[MESSAGE_ROLE]:
+        return None
+    where = f"agents of namespace {namespace}" if namespace is not None else "on a topic"
+    scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
+    return (
+        f"user {user} may not message {where}: it needs role {MESSAGE_ROLE} "
+        f"{'there' if namespace is not None else 'in every namespace'} and holds "
+        f"{held or 'no role'} (the stack's owner grants it with "
+        f"`swarm user grant {user} {MESSAGE_ROLE} {scope}`)"
+    )
+
+
+def granted(grants: tuple[Grant, ...], e: events.AccessGranted) -> tuple[Grant, ...]:
+    """`grants` after `e`: the role replaces the one the user held there."""
+    return (*revoked(grants, e.user, e.namespace), Grant(e.user, e.namespace, e.role))
+
+
+def revoked(grants: tuple[Grant, ...], user: str, namespace: str | None) -> tuple[Grant, ...]:
+    """`grants` without the one `user` held in `namespace`."""
+    return tuple(g for g in grants if (g.user, g.namespace) != (user, namespace))
 
 
 def _needs(state: HiveState, payload: Any) -> tuple[AccessRole, str | None]:
@@ -245,11 +277,15 @@ def check_quota(
 
 __all__ = [
     "ACTIVE",
+    "MESSAGE_ROLE",
     "ROLE_CLAIMS",
     "check_access",
     "check_identity",
+    "check_message",
     "check_principal",
     "check_quota",
+    "granted",
     "held_role",
     "may_claim",
+    "revoked",
 ]

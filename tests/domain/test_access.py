@@ -45,11 +45,11 @@ def test_a_user_holds_the_highest_of_its_roles_there_and_everywhere() -> None:
             Grant("bob", "team", "viewer"),
         )
     )
-    assert held_role(state, "ann", "team") == "admin"
-    assert held_role(state, "ann", "other") == "operator"
-    assert held_role(state, "ann", None) == "operator"  # what reaches every namespace
-    assert held_role(state, "bob", "other") is None
-    assert held_role(state, "cid", "team") is None
+    assert held_role(state.grants, "ann", "team") == "admin"
+    assert held_role(state.grants, "ann", "other") == "operator"
+    assert held_role(state.grants, "ann", None) == "operator"  # what reaches every namespace
+    assert held_role(state.grants, "bob", "other") is None
+    assert held_role(state.grants, "cid", "team") is None
 
 
 @pytest.mark.parametrize("role", ["admin", "hive", "gateway", "service", "pod"])
@@ -87,3 +87,20 @@ def test_the_cli_offers_the_roles_the_schema_names() -> None:
     from swarm.cli.user import Role
 
     assert tuple(r.value for r in Role) == ACCESS_ROLES
+
+
+def test_messaging_agents_takes_an_operator_there_and_a_topic_an_operator_everywhere() -> None:
+    from swarm.domain.policy import check_message
+
+    grants = (Grant("ann", "team", "operator"), Grant("bob", None, "operator"))
+    assert check_message(grants, "ann", "team") is None
+    assert check_message(grants, "bob", "team") is None
+    assert check_message(grants, "bob", None) is None
+    assert check_message(grants, "ann", None) == (
+        "user ann may not message on a topic: it needs role operator in every namespace and "
+        "holds no role (the stack's owner grants it with "
+        "`swarm user grant ann operator --all-namespaces`)"
+    )
+    viewer = check_message((Grant("cid", "team", "viewer"),), "cid", "team")
+    assert viewer is not None
+    assert "needs role operator there and holds viewer" in viewer

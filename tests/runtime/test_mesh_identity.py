@@ -100,6 +100,9 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
             admin = EventLog(stack.client.nc, credentials=keys / "admin.nk")
             other = commands.CreateNamespace(name="other")
             await admin.append(command(other, source="test", identity="user:t"))
+            # Ann may message the agents of `default` (folded by the pod before the placements).
+            grant = commands.GrantAccess(user="ann", role="operator", namespace="default")
+            await admin.append(command(grant, source="test", identity="user:t"))
             for ns, name, wasm in (
                 ("default", "counter", COUNTER),
                 ("default", "forwarder", FORWARDER),
@@ -243,3 +246,37 @@ async def test_mesh_impersonation_is_refused_before_the_agent_sees_it(
         assert metrics["mesh_forbidden"] == 6
     finally:
         await attacker.close()
+
+
+async def test_a_user_messages_only_the_agents_of_the_namespaces_where_it_runs_agents(
+    mesh: Mesh,
+) -> None:
+    """Ann is an operator of `default` alone: her message to an agent of `other` is refused by
+    the pod until the owner makes her an operator there too (a viewer does not message)."""
+    log = EventLog(mesh.stack.client.nc, credentials=mesh.keys / "ann.nk")
+    subject = names.mesh_agent_subject("other", "forwarder")
+
+    async def ask() -> Any:
+        return await log.request(subject, b"+1", timeout=10, claim=MeshClaim("user:ann"))
+
+    assert _error(await ask()) == (
+        "forbidden: user ann may not message agents of namespace other: it needs role operator "
+        "there and holds no role (the stack's owner grants it with "
+        "`swarm user grant ann operator --namespace other`)"
+    )
+    for role in ("viewer", "operator"):
+        grant = commands.GrantAccess(user="ann", role=role, namespace="other")
+        await mesh.admin.append(command(grant, source="test", identity="user:t"))
+
+        async def folded(role: str = role) -> bool:
+            return any(
+                (g.user, g.namespace, g.role) == ("ann", "other", role)
+                for g in mesh.pod.view.grants
+            )
+
+        await wait_until(folded, 30, f"the pod folding ann's {role} role")
+        reply = await ask()
+        if role == "viewer":
+            assert "it needs role operator there and holds viewer" in _error(reply)
+    assert not (reply.headers or {}).get(names.HEADER_AGENT_ERROR), reply.data
+    assert mesh.replica("forwarder", "other").metrics.mesh_refused == 2
