@@ -37,7 +37,8 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   `Swarm-Error: 1`, so an agent replying JSON with an "error" key is never mistaken for one.
 * Identity (a stack's pods, given its principals: runtime/meshguard.py): every direct and topic
   message is checked by the pod's `MeshGuard`, its claims before it reaches the mailbox and its
-  signature on the worker thread before the agent is called; one it refuses (unsigned, forged,
+  signature on the guard's threads as it waits there (awaited before the agent is called, so
+  checks run beside the calls of the messages before it); one it refuses (unsigned, forged,
   a claim its signer may not make, an agent of another namespace) is answered with the reason
   as an error, or dropped if a topic message, and counted (`mesh_refused`). What the replica
   sends is signed with the pod's key as `agent:<agent id>` with its replica and placement
@@ -332,8 +333,9 @@ class Mail:
 
     msg: Message
     topic: str | None = None
-    #: Its signature, which the guard read and `_call` checks before the agent is called.
-    signature: MeshSignature | None = None
+    #: The check of its signature (`MeshGuard.verify_soon`), started as it arrived and awaited
+    #: before the agent is called: why it does not hold, or None.
+    verified: asyncio.Future[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,7 +666,13 @@ class Replica:
             self.metrics.rejected += 1
             await self._answer(msg, error="mailbox full")
         else:
-            self._mailbox.put_nowait(Mail(msg, signature=signature))
+            self._mailbox.put_nowait(Mail(msg, verified=self._verify_soon(msg, signature)))
+
+    def _verify_soon(
+        self, msg: Message, signature: MeshSignature | None
+    ) -> asyncio.Future[str | None] | None:
+        guard = self.deps.guard
+        return None if guard is None or signature is None else guard.verify_soon(msg, signature)
 
     async def _admitted(
         self, msg: Message, namespace: str | None
@@ -693,7 +701,7 @@ class Replica:
                 self.metrics.topic_dropped += 1
             else:
                 self.metrics.topic_messages += 1
-                self._mailbox.put_nowait(Mail(msg, topic, signature))
+                self._mailbox.put_nowait(Mail(msg, topic, self._verify_soon(msg, signature)))
 
         return on_topic_message
 
@@ -701,16 +709,9 @@ class Replica:
         """Run `fn(*args)` on one of the pod's worker threads, as this replica's agent."""
         return await self.deps.workers.run(self.assignment.agent_id, fn, *args)
 
-    def _call(self, sandbox: AgentSandbox | ComponentSandbox, mail: Mail) -> _Handled | str:
-        """One call of the agent, on a worker thread: first the message's signature, which the
-        guard read and left to check here (a refusal: its reason; the agent is not called),
-        then the call, then its answer's signature. libsodium runs without the GIL, so the
-        ~110 us of a check and ~45 us of a signature run beside the event loop."""
-        guard = self.deps.guard
-        if mail.signature is not None and guard is not None:
-            refused = guard.verify(mail.msg, mail.signature)
-            if refused is not None:
-                return refused
+    def _call(self, sandbox: AgentSandbox | ComponentSandbox, mail: Mail) -> _Handled:
+        """One call of the agent, on a worker thread, then its answer's signature (libsodium
+        runs without the GIL: the ~45 us of a signature run beside the event loop)."""
         self._in_call = True
         try:
             result = sandbox.handle(mail.msg.data)
@@ -731,6 +732,16 @@ class Replica:
             if self._refuse is not None:
                 await self._answer(mail, error=self._refuse)
                 continue
+            refused = await mail.verified if mail.verified is not None else None
+            if refused is not None:  # its signature did not hold: the agent never sees it
+                assert self.deps.guard is not None
+                self.deps.guard.count(refused)
+                self.metrics.mesh_refused += 1
+                if mail.topic is not None:
+                    self.metrics.topic_dropped += 1
+                    self.metrics.topic_messages -= 1
+                await self._answer(mail, error=refused)
+                continue
             started = time.perf_counter()
             try:
                 handled = await self._work(self._call, sandbox, mail)
@@ -747,15 +758,6 @@ class Replica:
                 log.warning("replica broke", replica_id=self.replica_id, reason=exc.reason)
                 await self._answer(mail, error=exc.reason)
                 return
-            if isinstance(handled, str):  # its signature did not hold: the agent never saw it
-                assert self.deps.guard is not None
-                self.deps.guard.count(handled)
-                self.metrics.mesh_refused += 1
-                if mail.topic is not None:
-                    self.metrics.topic_dropped += 1
-                    self.metrics.topic_messages -= 1
-                await self._answer(mail, error=handled)
-                continue
             self._called(started)
             result = handled.result
             m = self.metrics
