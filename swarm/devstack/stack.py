@@ -689,20 +689,25 @@ class Stack:
         lock = _Lock(self.paths.lock)
         if not lock.acquire():
             raise StackAlreadyRunningError(self.paths.root, read_state(self.paths.root))
-        self._lock = lock
         previous = read_state(self.paths.root)
         now = datetime.now(UTC)
-        me = psutil.Process()
-        self._state = StackState(
-            data_dir=str(self.paths.root),
-            pid=me.pid,
-            pid_started=started_after_boot(me.pid),
-            phase=StackPhase.STARTING,
-            started_at=now,
-            updated_at=now,
-            jetstream_sync=self.settings.jetstream_sync,
-        )
-        self._save()
+        try:
+            me = psutil.Process()
+            self._state = StackState(
+                data_dir=str(self.paths.root),
+                pid=me.pid,
+                pid_started=started_after_boot(me.pid),
+                phase=StackPhase.STARTING,
+                started_at=now,
+                updated_at=now,
+                jetstream_sync=self.settings.jetstream_sync,
+            )
+            self._save()
+        except BaseException:
+            # Nothing started yet, and no state to record a failure in: the error as it is.
+            lock.release()
+            raise
+        self._lock = lock
         steps: list[tuple[str, Callable[[], str]]] = [
             ("nats", lambda: self._start_nats(previous)),
             ("postgres", lambda: self._start_postgres(previous)),
