@@ -17,6 +17,7 @@ import structlog
 from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.scheduling import longest_first
 from tests.helpers.servers import own_nats
 
 # The CLI's tables take the terminal's width, and `COLUMNS` when there is none; pytest-xdist
@@ -29,6 +30,14 @@ os.environ["COLUMNS"] = "200"
 # Hive, or a client an earlier test left reconnecting to its stopped server) would land in the
 # verb's captured output and break `-o json`. Logs go to the real stderr for the whole suite.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first, so xdist's workers do not end the run waiting on one of them
+    (`tests.helpers.scheduling`). First among the plain hooks, after pytest-randomly's shuffle
+    (a wrapper) and before xdist's, which reads the groups."""
+    longest_first(items, float(config.getini("timeout")))
 
 
 @pytest.fixture(autouse=True)

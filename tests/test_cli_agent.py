@@ -38,7 +38,9 @@ from tests.helpers.cli_process import swarm
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("test_cli_agent")]
 __all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,9 @@ from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("test_cli_autoscale")]
 __all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 

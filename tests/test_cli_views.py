@@ -44,7 +44,9 @@ from swarm.kernel.eventlog import EventLog, Message, Subscription
 from tests.helpers.cli import cli
 from tests.helpers.servers import own_nats
 
-pytestmark = pytest.mark.timeout(60)
+# One xdist worker runs the module, so `hive` (a nats-server and a fake Hive) starts once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("test_cli_views")]
 
 V = TypeVar("V", bound=View)
 

@@ -12,7 +12,9 @@ from tests.gateway.client import PROBLEM, TOKEN
 from tests.gateway.server import serving
 from tests.helpers.stack import Stack
 
-pytestmark = pytest.mark.timeout(60)
+# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("gateway/test_protocol")]
 
 REFUSED = [
     # Found by schemathesis: an empty Transfer-Encoding.

@@ -23,7 +23,9 @@ from tests.gateway.server import scheduler
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(60)
+# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("gateway/test_reads")]
 
 
 @asynccontextmanager

@@ -43,7 +43,9 @@ pytest.importorskip("componentize_py", reason="componentize-py is not installed 
 
 from runtime.build import BadSource, build_agent
 
-pytestmark = pytest.mark.timeout(180)
+# One xdist worker runs the module, so `counter` and `spinner` are built and compiled once
+# (tests/helpers/scheduling.py).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("runtime/test_components")]
 
 ROOT = Path(__file__).resolve().parents[2]
 SWARM = str(Path(sys.executable).with_name("swarm"))
