@@ -19,9 +19,7 @@ from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("test_cli_autoscale")]
+pytestmark = pytest.mark.timeout(60)
 __all__ = ["stack", "wasm"]  # fixtures from tests.helpers.cli
 
 

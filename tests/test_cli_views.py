@@ -44,9 +44,7 @@ from swarm.kernel.eventlog import EventLog, Message, Subscription
 from tests.helpers.cli import cli
 from tests.helpers.servers import own_nats
 
-# One xdist worker runs the module, so `hive` (a nats-server and a fake Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("test_cli_views")]
+pytestmark = pytest.mark.timeout(60)
 
 V = TypeVar("V", bound=View)
 

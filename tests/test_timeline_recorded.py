@@ -26,9 +26,7 @@ from tests.helpers.stack import Stack, running_stack
 from tests.helpers.timeline import invoke_timeline
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `recorded` (a stack and its history) is made once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("test_timeline_recorded")]
+pytestmark = pytest.mark.timeout(120)
 
 
 def as_json(result: Result) -> Any:

@@ -20,9 +20,7 @@ from tests.helpers.history import WASM
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("client/test_swarm")]
+pytestmark = pytest.mark.timeout(120)
 
 SPEC = {
     "version": "v1",

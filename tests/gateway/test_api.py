@@ -12,9 +12,7 @@ from swarm.kernel.settings import Settings
 from tests.gateway.client import PROBLEM, SPEC, TOKEN, problem
 from tests.helpers.stack import Stack
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("gateway/test_api")]
+pytestmark = pytest.mark.timeout(60)
 
 
 async def test_deploy_then_the_agent_is_listed_and_described(api: httpx.AsyncClient) -> None:

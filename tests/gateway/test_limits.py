@@ -23,9 +23,7 @@ from tests.gateway.client import AUTH, TOKEN, problem
 from tests.gateway.server import serving
 from tests.helpers.stack import Stack
 
-# One xdist worker runs the module, so `stack` and `gateway` start once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("gateway/test_limits")]
+pytestmark = pytest.mark.timeout(120)
 
 JSON = {"content-type": "application/json"}
 MIB = 1024 * 1024

@@ -12,9 +12,7 @@ from tests.gateway.client import PROBLEM, TOKEN
 from tests.gateway.server import serving
 from tests.helpers.stack import Stack
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("gateway/test_protocol")]
+pytestmark = pytest.mark.timeout(60)
 
 REFUSED = [
     # Found by schemathesis: an empty Transfer-Encoding.

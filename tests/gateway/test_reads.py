@@ -23,9 +23,7 @@ from tests.gateway.server import scheduler
 from tests.helpers.stack import Stack, running_stack
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xdist_group("gateway/test_reads")]
+pytestmark = pytest.mark.timeout(60)
 
 
 @asynccontextmanager

@@ -21,9 +21,7 @@ from tests.gateway.client import TOKEN
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("gateway/test_server")]
+pytestmark = pytest.mark.timeout(120)
 
 
 def _api(port: int = 0) -> GatewaySettings:

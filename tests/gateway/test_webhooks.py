@@ -23,9 +23,7 @@ from tests.helpers.stack import Stack
 from tests.helpers.webhook_bed import FAST, wait_until
 from tests.helpers.webhook_receiver import Received, Receiver, WebhookVerificationError, serve
 
-# One xdist worker runs the module, so `stack` (a nats-server and a Hive) starts once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("gateway/test_webhooks")]
+pytestmark = pytest.mark.timeout(90)
 
 FILTER = "swarm.evt.namespace.*.created"
 

@@ -29,9 +29,7 @@ pytest.importorskip("componentize_py", reason="componentize-py is not installed 
 
 from runtime.build import build_agent
 
-# One xdist worker runs the module, so `probe` is built and compiled once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("runtime/test_capabilities")]
+pytestmark = pytest.mark.timeout(180)
 
 PROBE_APP = """
 import json

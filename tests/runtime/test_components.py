@@ -44,9 +44,7 @@ pytest.importorskip("componentize_py", reason="componentize-py is not installed 
 from runtime.build import BadSource, build_agent
 from tests.helpers.components import built_once
 
-# One xdist worker runs the module, so `counter` and `spinner` are built and compiled once
-# (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("runtime/test_components")]
+pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[2]
 SWARM = str(Path(sys.executable).with_name("swarm"))

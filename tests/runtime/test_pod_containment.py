@@ -28,8 +28,7 @@ from tests.helpers.pods import (
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
-# One xdist worker runs the module, so `counter_c` is built once (tests/helpers/scheduling.py).
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("runtime/test_pod_containment")]
+pytestmark = pytest.mark.timeout(180)
 
 
 async def crashes(stack: Stack, name: str) -> list[dict[str, Any]]:
