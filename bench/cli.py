@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--runs", type=int, default=20, help="runs of each case (default 20)")
     parser.add_argument(
-        "--quick", action="store_true", help="3 runs of each case: a smoke test, not a figure"
+        "--quick", action="store_true", help="1 run of each case: a smoke test, not a figure"
     )
     parser.add_argument("--no-stack", action="store_true", help="skip the cases with a stack")
     parser.add_argument(
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cli.json")
     args = parser.parse_args(argv)
     load_at_start = _common.load_average()
-    runs = 3 if args.quick else args.runs
+    runs = 1 if args.quick else args.runs
     if runs < 1:
         parser.error("--runs must be at least 1")
     console = Console()

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -17,6 +18,7 @@ import structlog
 from swarm.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from tests.helpers.scheduling import ModulesTogether, longest_first
 from tests.helpers.servers import own_nats
 
 # The CLI's tables take the terminal's width, and `COLUMNS` when there is none; pytest-xdist
@@ -29,6 +31,22 @@ os.environ["COLUMNS"] = "200"
 # Hive, or a client an earlier test left reconnecting to its stopped server) would land in the
 # verb's captured output and break `-o json`. Logs go to the real stderr for the whole suite.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first (`tests.helpers.scheduling`). First among the plain hooks: after
+    pytest-randomly's shuffle (a wrapper), and before pytest's `-m`/`-k` deselection."""
+    longest_first(items, float(config.getini("timeout")))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModulesTogether | None:
+    """`--dist loadgroup` with the groups of `tests.helpers.scheduling` (xdist's own do nothing
+    under pytest 9); any other `--dist` as xdist does it."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return ModulesTogether(config, log)
 
 
 @pytest.fixture(autouse=True)

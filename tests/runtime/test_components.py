@@ -42,6 +42,7 @@ from runtime.limits import CallBudget, SandboxLimits
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
 from runtime.build import BadSource, build_agent
+from tests.helpers.components import built_once
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,7 +99,6 @@ class Built:
     cache_dir: Path
     compiled: CompiledComponent
     cache: ComponentCache
-    build_s: float
     compile_s: float
 
 
@@ -106,10 +106,8 @@ class Built:
 def counter(component_engine: SandboxEngine, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Compiled by cranelift only (`baseline=False`), by two caches on one directory at once,
     as two pods of a machine would: one compiles, the other waits for its file."""
-    out = tmp_path_factory.mktemp("counter-py")
-    result = build_agent(COUNTER_APP, out / "counter.wasm")
-    wasm = result.output.read_bytes()
-    cache_dir = out / "cache"
+    wasm = built_once(COUNTER_APP, tmp_path_factory).read_bytes()
+    cache_dir = tmp_path_factory.mktemp("counter-py") / "cache"
     caches = [ComponentCache(component_engine, cache_dir, baseline=False) for _ in range(2)]
     loaded: list[CompiledComponent] = []
     started = time.perf_counter()
@@ -124,7 +122,7 @@ def counter(component_engine: SandboxEngine, tmp_path_factory: pytest.TempPathFa
     stats = sorted((c.stats.compiles, c.stats.disk_hits) for c in caches)
     assert stats == [(0, 1), (1, 0)], stats
     cache = caches[0]
-    return Built(wasm, cache_dir, cache.load(wasm), cache, result.duration_s, compile_s)
+    return Built(wasm, cache_dir, cache.load(wasm), cache, compile_s)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """A Python component agent (examples/counter-py) end to end through the CLI: pushed to the object
 store, deployed by sha256, and its kv state surviving the abrupt loss of its pod.
 
-Building the component (componentize-py, ~5 s) happens once per module; both pods share one
+Building the component (componentize-py, ~5 s) happens once per test run; both pods share one
 compiled-module cache, so the component is compiled (~6 s) once and deserialized after that.
 """
 
@@ -19,7 +19,7 @@ from tests.helpers.waiting import true, wait_until
 
 pytest.importorskip("componentize_py", reason="componentize-py is not installed (dev extra)")
 
-from runtime.build import build_agent
+from tests.helpers.components import built_once
 
 # Builds a Python component and compiles it in a pod: over 180 s beside four busy loops on this
 # machine (stress run I), under a minute when quiet.
@@ -31,9 +31,8 @@ COUNTER_APP = ROOT / "examples" / "counter-py" / "app.py"
 
 @pytest.fixture(scope="module")
 def counter_wasm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The built component and its sha256."""
-    out = tmp_path_factory.mktemp("counter-py")
-    wasm = build_agent(COUNTER_APP, out / "counter.wasm").output
+    """The built component (shared with tests/runtime/test_components.py) and its sha256."""
+    wasm = built_once(COUNTER_APP, tmp_path_factory)
     return wasm, hashlib.sha256(wasm.read_bytes()).hexdigest()
 
 
