@@ -19,6 +19,7 @@ import pytest
 
 from schemas import names
 from swarm.devstack.principals import (
+    FAMILIES,
     add_user,
     authorization,
     denied,
@@ -28,7 +29,7 @@ from swarm.devstack.principals import (
     users,
 )
 from swarm.kernel import env
-from swarm.kernel.connection import CannotConnect, connect_nats
+from swarm.kernel.connection import CannotConnect, connect_nats, public_key
 from tests.helpers.cli_process import run_cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -89,10 +90,19 @@ class Errors:
         return await asyncio.wait_for(wait(), 30)
 
 
-async def connect_as(stack: dict[str, Any], principal: str) -> tuple[nats.NATS, Errors]:
+async def connect_as(
+    stack: dict[str, Any], principal: str, inbox: str | None = None
+) -> tuple[nats.NATS, Errors]:
+    """A plain nats-py client with `principal`'s key, taking replies under its own inbox prefix
+    (the only one it may read) unless told another."""
     errors = Errors()
     seed = stack["principals"] / f"{principal}.nk"
-    nc = await nats.connect(stack["nats_url"], nkeys_seed=str(seed), error_cb=errors.hear)
+    nc = await nats.connect(
+        stack["nats_url"],
+        nkeys_seed=str(seed),
+        error_cb=errors.hear,
+        inbox_prefix=inbox or names.inbox_prefix(public_key(seed)),
+    )
     return nc, errors
 
 
@@ -192,6 +202,92 @@ async def test_only_a_pod_listens_on_the_mesh(stack: dict[str, Any]) -> None:
         await pod.close()
 
 
+async def test_a_pod_reports_and_answers_probes_under_its_own_id_alone(
+    stack: dict[str, Any],
+) -> None:
+    """A pod cannot keep another pod alive (its heartbeats, its probe's answer) or speak for it
+    (metrics, logs): its principal's name is its pod id, and its subjects are bound to it."""
+    hive, hive_errors = await connect_as(stack, "hive")
+    pod, errors = await connect_as(stack, "pod-7")
+    try:
+        beats: asyncio.Queue[str] = asyncio.Queue()
+
+        async def on_beat(msg: Any) -> None:
+            beats.put_nowait(msg.subject)
+
+        await hive.subscribe(f"{names.HEARTBEAT_PREFIX}.*", cb=on_beat)
+        await hive.flush()
+        other = "pod-3"
+        forged = [
+            names.heartbeat_subject(other),
+            names.metrics_subject(other, names.METRIC_AGENT),
+            names.logs_subject(other, "info"),
+        ]
+        for subject in forged:
+            await pod.publish(subject, b"{}")
+        await pod.publish(names.heartbeat_subject("pod-7"), b"")
+        # One publisher's messages arrive in order: its own beat came, the forged one never did.
+        assert await asyncio.wait_for(beats.get(), 10) == names.heartbeat_subject("pod-7")
+        for subject in forged:
+            assert "publish" in (await errors.violation(subject)).lower()
+        # Listening for another pod's liveness probe (to answer for it) is refused; its own
+        # probe reaches it, and its answer reaches the Hive.
+        await pod.subscribe(names.probe_subject(other))
+        violation = await errors.violation(names.probe_subject(other))
+        assert "subscription" in violation.lower()
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b"here")
+
+        await pod.subscribe(names.probe_subject("pod-7"), cb=answer)
+        await pod.flush()
+        reply = await hive.request(names.probe_subject("pod-7"), b"", timeout=10)
+        assert reply.data == b"here"
+        assert hive_errors.seen == []
+    finally:
+        await pod.close()
+        await hive.close()
+    # Nor does another role beat for a pod, or listen for its probe.
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        await webhooks.publish(names.heartbeat_subject("pod-7"), b"")
+        assert "publish" in (await errors.violation(names.heartbeat_subject("pod-7"))).lower()
+        await webhooks.subscribe(names.probe_subject("pod-7"))
+        await errors.violation(names.probe_subject("pod-7"))
+    finally:
+        await webhooks.close()
+
+
+async def test_nobody_reads_another_principals_replies(stack: dict[str, Any]) -> None:
+    """Replies (to queries, JetStream requests, bucket reads) arrive under each principal's own
+    inbox prefix, and only there may it listen."""
+    owner = names.inbox_prefix(public_key(Path(stack["nats_credentials"])))
+    for spy_name in ("webhooks", "pod-7", "hive"):
+        spy, errors = await connect_as(stack, spy_name)
+        try:
+            for subject in (f"{owner}.>", f"{names.INBOX_ROOT}.>", f"{names.INBOX_ROOT}.*.*"):
+                await spy.subscribe(subject)
+                assert "subscription" in (await errors.violation(subject)).lower()
+        finally:
+            await spy.close()
+    # Nor does nats-py's default prefix get a principal anything: its replies are refused.
+    plain, errors = await connect_as(stack, "webhooks", inbox=names.INBOX_ROOT)
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await plain.jetstream(timeout=2).stream_info(names.STREAM_EVENTS)
+        await errors.violation(f"{names.INBOX_ROOT}.")
+    finally:
+        await plain.close()
+    # Under its own prefix the same request is answered (as every test here connects).
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        info = await webhooks.jetstream(timeout=10).stream_info(names.STREAM_EVENTS)
+        assert info.config.name == names.STREAM_EVENTS
+        assert errors.seen == []
+    finally:
+        await webhooks.close()
+
+
 async def test_the_hive_writes_events_and_the_webhook_dispatcher_reads_secrets(
     stack: dict[str, Any],
 ) -> None:
@@ -229,6 +325,18 @@ def test_every_role_but_the_owner_is_denied_removal_and_only_the_hive_writes_eve
         assert (names.EVENTS_ALL in publish) is (role != "hive")
     with pytest.raises(ValueError, match="unknown role"):
         denied("root")
+
+
+def test_the_families_pods_are_allowed_name_every_subject_swarm_has() -> None:
+    """A pod's permissions allow Swarm's subject families one by one: a family missing from
+    the list would refuse pods its subjects."""
+    subjects = [
+        value
+        for value in vars(names).values()
+        if isinstance(value, str) and value.startswith(f"{names.ROOT}.")
+    ]
+    assert len(subjects) > 20
+    assert {subject.split(".")[1] for subject in subjects} <= set(FAMILIES)
 
 
 def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> None:

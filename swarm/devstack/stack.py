@@ -856,9 +856,14 @@ class Stack:
         seed = self._credentials.get(service)
         if seed is None:
             return {}
+        from swarm.devstack.principals import role_of
+
         out = {env_names.NATS_CREDENTIALS: str(seed)}
         if service == "hive" or service.startswith("hive-"):
             out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / "principals.json")
+        if role_of(service) == "pod":
+            # A pod's heartbeats, metrics, logs and probe are bound to its principal's name.
+            out[env_names.POD_ID] = service
         return out
 
     def _save(self, **changes: Any) -> StackState:

@@ -24,6 +24,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from schemas import names
 from swarm.kernel import env
 
 #: Pause between two attempts on the same server.
@@ -59,6 +60,19 @@ def describe(exc: BaseException | None) -> str:
     return text
 
 
+def public_key(seed_file: Path) -> str:
+    """The public key (`U…`) of the nkey seed in `seed_file`; ValueError if it holds none."""
+    import nkeys  # here: only a connection with credentials needs it
+
+    try:
+        pair = nkeys.from_seed(bytearray(seed_file.read_bytes().strip()))
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise ValueError(f"{seed_file} holds no nkey seed") from exc
+    public = pair.public_key.decode()
+    pair.wipe()
+    return str(public)
+
+
 def nats_servers(url: str) -> list[str]:
     """The servers a NATS URL setting names: one URL, or a cluster's comma-separated
     (`SWARM_NATS_URL=nats://nats-1:4222,nats://nats-2:4222,...` in docker-compose.yml), which
@@ -84,12 +98,20 @@ async def connect_nats(
     connection error (not the first attempts': the last of those is `CannotConnect.cause`).
     `credentials`: the nkey seed file to sign the server's challenge with (a `swarm up` stack
     admits no one without one: `swarm.devstack.principals`); by default `$SWARM_NATS_CREDENTIALS`,
-    which `swarm up` sets for each process it starts.
+    which `swarm up` sets for each process it starts. With credentials, replies (requests,
+    JetStream, buckets) arrive under the key's own inbox prefix (`names.inbox_prefix`), the only
+    inboxes a stack lets the principal read.
     """
     credentials = credentials or env.nats_credentials()
     servers = nats_servers(url)
     if not servers:
         raise CannotConnect(url, ValueError("no server URL given"))
+    inbox = names.INBOX_ROOT
+    if credentials is not None:
+        try:
+            inbox = names.inbox_prefix(public_key(credentials))
+        except (OSError, ValueError) as exc:
+            raise CannotConnect(url, exc) from exc
     seen: list[Exception] = []
     connected = False
 
@@ -110,6 +132,7 @@ async def connect_nats(
             allow_reconnect=reconnects != 0,
             error_cb=error_cb,
             nkeys_seed=str(credentials) if credentials is not None else None,
+            inbox_prefix=inbox,
         )
     except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
         cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc
@@ -123,4 +146,11 @@ async def connect_nats(
     return nc
 
 
-__all__ = ["CannotConnect", "ErrorCallback", "connect_nats", "describe", "nats_servers"]
+__all__ = [
+    "CannotConnect",
+    "ErrorCallback",
+    "connect_nats",
+    "describe",
+    "nats_servers",
+    "public_key",
+]

@@ -20,6 +20,9 @@ NATS_CREDENTIALS = f"{PREFIX}NATS_CREDENTIALS"
 #: The principals a Hive takes signed commands from (`HiveSettings.principals_file`): the
 #: dev stack names its own to its Hive replicas.
 HIVE_PRINCIPALS_FILE = f"{PREFIX}HIVE_PRINCIPALS_FILE"
+#: The pod id a pod runs as (`PodSettings.id`): a dev stack's pod is the principal of that
+#: name, and its subjects are bound to it (`swarm.devstack.principals.permissions`).
+POD_ID = f"{PREFIX}POD_ID"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -46,6 +49,7 @@ __all__ = [
     "LOG_LEVEL",
     "NATS_CREDENTIALS",
     "NATS_URL",
+    "POD_ID",
     "PREFIX",
     "nats_credentials",
 ]
