@@ -5,8 +5,10 @@ client."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import nats.js.errors
 import pytest
 
 from schemas import names
+from swarm.devstack import tls
 from swarm.devstack.principals import (
     FAMILIES,
     add_user,
@@ -102,6 +105,7 @@ async def connect_as(
         nkeys_seed=str(seed),
         error_cb=errors.hear,
         inbox_prefix=inbox or names.inbox_prefix(public_key(seed)),
+        tls=ssl.create_default_context(cafile=stack["nats_ca"]),
     )
     return nc, errors
 
@@ -110,6 +114,7 @@ async def test_nobody_connects_without_credentials_or_with_a_key_of_its_own(
     stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(env.NATS_CREDENTIALS, raising=False)
+    monkeypatch.setenv(env.NATS_CA, stack["nats_ca"])
     with pytest.raises(CannotConnect) as refused:
         await connect_nats(stack["nats_url"], name="anonymous", timeout=5)
     # What a user sees: which file to connect with.
@@ -125,6 +130,47 @@ async def test_nobody_connects_without_credentials_or_with_a_key_of_its_own(
         stack["nats_url"], name="owner", timeout=5, credentials=Path(stack["nats_credentials"])
     )
     await owner.close()
+
+
+async def test_the_server_speaks_tls_alone_with_a_certificate_of_the_stacks_own_ca(
+    stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a client that does not trust the stack's CA sees: a refusal that says which CA to
+    trust; the owner's key does not help it."""
+    monkeypatch.delenv(env.NATS_CA, raising=False)
+    owner = Path(stack["nats_credentials"])
+    with pytest.raises(CannotConnect) as untrusted:
+        await connect_nats(stack["nats_url"], name="no-ca", timeout=5, credentials=owner)
+    message = str(untrusted.value)
+    assert "certificate" in message
+    assert "nats_ca" in message
+    assert env.NATS_CA in message
+    # Another stack's CA is no better.
+    other = tls.issue(tmp_path / "other")
+    with pytest.raises(CannotConnect, match="not one this client trusts"):
+        await connect_nats(
+            stack["nats_url"], name="other-ca", timeout=5, credentials=owner, ca=other.ca_cert
+        )
+    # Plain text is not spoken at all: the server asks every client for TLS first.
+    host, port = stack["nats_url"].removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    assert info.startswith(b"INFO ")
+    assert json.loads(info[5:])["tls_required"] is True
+    # With the stack's CA, by name (127.0.0.1 and localhost are both in the certificate).
+    for url in (stack["nats_url"], stack["nats_url"].replace("127.0.0.1", "localhost")):
+        nc = await connect_nats(
+            url, name="owner", timeout=5, credentials=owner, ca=Path(stack["nats_ca"])
+        )
+        await nc.close()
+    # The CA's key signs certificates its clients trust: the owner's alone, like the seeds.
+    ca = Path(stack["nats_ca"])
+    assert ca.parent == Path(stack["data_dir"]) / "tls"
+    for path in [ca.parent, *ca.parent.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 def test_the_owners_credentials_are_named_and_only_the_owner_reads_the_seeds(
@@ -353,7 +399,9 @@ def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> N
 async def can_connect(stack: dict[str, Any], seed: Path) -> bool:
     """Whether the server admits `seed`'s key (refused: for its authorization, nothing else)."""
     try:
-        nc = await connect_nats(stack["nats_url"], name="user", timeout=5, credentials=seed)
+        nc = await connect_nats(
+            stack["nats_url"], name="user", timeout=5, credentials=seed, ca=Path(stack["nats_ca"])
+        )
     except CannotConnect as exc:
         refused = "authorization violation" in str(exc)
         if not refused:
@@ -371,6 +419,7 @@ async def test_a_user_added_connects_at_once_a_rotated_key_and_a_removed_user_do
     seed = stack["principals"] / "ann.nk"
     assert f"SWARM_NATS_CREDENTIALS={seed}" in added.stdout
     assert "SWARM_IDENTITY=user:ann" in added.stdout
+    assert f"SWARM_NATS_CA={stack['nats_ca']}" in added.stdout
     # The running server reads who it admits again (SIGHUP): no restart needed.
     assert await can_connect(stack, seed)
     assert "ann" in stack["user"]("ls").stdout
@@ -418,3 +467,32 @@ def test_a_pid_that_is_not_the_stacks_server_gets_no_signal(tmp_path: Path) -> N
 
     assert not _is_server(os.getpid(), tmp_path / "nats" / "nats-server.conf")
     assert not _is_server(2**22 + 12345, tmp_path / "nats" / "nats-server.conf")
+
+
+def test_the_ca_is_kept_and_the_server_certificate_renewed_before_it_expires(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+
+    first = tls.issue(tmp_path / "tls")
+    ca, server = first.ca_cert.read_bytes(), first.server_cert.read_bytes()
+    again = tls.issue(tmp_path / "tls")
+    assert (again.ca_cert.read_bytes(), again.server_cert.read_bytes()) == (ca, server)
+    cert = x509.load_pem_x509_certificate(server)
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert alt.get_values_for_type(x509.DNSName) == ["localhost"]
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    # Near its end the server's certificate is made again, by the same CA.
+    late = cert.not_valid_after_utc - datetime.timedelta(days=10)
+    renewed = tls.issue(tmp_path / "tls", now=late)
+    assert renewed.ca_cert.read_bytes() == ca
+    assert renewed.server_cert.read_bytes() != server
+    # A server certificate another CA signed is replaced.
+    other = tls.issue(tmp_path / "other")
+    renewed.server_cert.write_bytes(other.server_cert.read_bytes())
+    renewed.server_key.write_bytes(other.server_key.read_bytes())
+    fixed = tls.issue(tmp_path / "tls")
+    x509.load_pem_x509_certificate(fixed.server_cert.read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca)
+    )

@@ -630,6 +630,8 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
     env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
     if state.nats_credentials:
         env += f" SWARM_NATS_CREDENTIALS={state.nats_credentials}"
+    if state.nats_ca:
+        env += f" SWARM_NATS_CA={state.nats_ca}"
     console.print(
         f"[dim]`swarm` finds it from any directory; other clients with: export {escape(env)}[/]",
         soft_wrap=True,
@@ -821,6 +823,7 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
                 attempts=1,
                 reconnects=0,
                 credentials=Path(state.nats_credentials) if state.nats_credentials else None,
+                ca=Path(state.nats_ca) if state.nats_ca else None,
             )
         except CannotConnect:
             return []

@@ -34,6 +34,7 @@ else's inbox (a reply is not bound to its asker; the Hive's seal on outcomes and
 commands are what a reader checks).
 
 The seeds are the `.nk` files NATS tools read (`nats --nkey`, nats-py's `nkeys_seed=`).
+The listener speaks TLS alone, with a certificate of the stack's own CA (`swarm.devstack.tls`).
 """
 
 from __future__ import annotations

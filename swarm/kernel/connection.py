@@ -17,6 +17,8 @@ setting the same option on the live client, whose reconnect loop reads it at eac
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -46,6 +48,10 @@ def _refused(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
+def _untrusted(exc: BaseException) -> bool:
+    return isinstance(exc, ssl.SSLCertVerificationError) or "certificate verify failed" in str(exc)
+
+
 def describe(exc: BaseException | None) -> str:
     """One line for a connection error: its message, or its type when it has none."""
     if exc is None:
@@ -56,6 +62,12 @@ def describe(exc: BaseException | None) -> str:
             "the server refused the credentials (or their absence): authorization violation; "
             f"connect with the nkey seed file `swarm status -o json` names as nats_credentials "
             f"(${env.NATS_CREDENTIALS})"
+        )
+    if _untrusted(exc):
+        return (
+            f"the server's TLS certificate is not one this client trusts ({text}); verify it "
+            f"against the stack's CA, which `swarm status -o json` names as nats_ca "
+            f"(${env.NATS_CA})"
         )
     return text
 
@@ -89,6 +101,7 @@ async def connect_nats(
     reconnects: int = -1,
     on_error: ErrorCallback | None = None,
     credentials: Path | None = None,
+    ca: Path | None = None,
 ) -> NATS:
     """A connection to the first server of `url` that answers, or `CannotConnect`.
 
@@ -100,9 +113,13 @@ async def connect_nats(
     admits no one without one: `swarm.devstack.principals`); by default `$SWARM_NATS_CREDENTIALS`,
     which `swarm up` sets for each process it starts. With credentials, replies (requests,
     JetStream, buckets) arrive under the key's own inbox prefix (`names.inbox_prefix`), the only
-    inboxes a stack lets the principal read.
+    inboxes a stack lets the principal read. `ca`: the CA certificate to verify the server's TLS
+    certificate against (a `swarm up` stack's listener speaks TLS alone, with a CA of its own:
+    `swarm.devstack.tls`); by default `$SWARM_NATS_CA`. Without one, plain NATS (or the system's
+    CAs, if the server asks for TLS).
     """
     credentials = credentials or env.nats_credentials()
+    ca = ca or env.nats_ca()
     servers = nats_servers(url)
     if not servers:
         raise CannotConnect(url, ValueError("no server URL given"))
@@ -112,17 +129,26 @@ async def connect_nats(
             inbox = names.inbox_prefix(public_key(credentials))
         except (OSError, ValueError) as exc:
             raise CannotConnect(url, exc) from exc
+    tls: ssl.SSLContext | None = None
+    if ca is not None:
+        try:
+            tls = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise CannotConnect(url, OSError(f"cannot read the NATS CA {ca}: {exc}")) from exc
     seen: list[Exception] = []
     connected = False
+    untrusted = asyncio.Event()
 
     async def error_cb(exc: Exception) -> None:
         if not connected:
             seen.append(exc)
+            if _untrusted(exc):
+                untrusted.set()
         elif on_error is not None:
             await on_error(exc)
 
-    try:
-        nc = await nats.connect(
+    attempt = asyncio.ensure_future(
+        nats.connect(
             servers,
             name=name,
             connect_timeout=timeout,
@@ -133,12 +159,31 @@ async def connect_nats(
             error_cb=error_cb,
             nkeys_seed=str(credentials) if credentials is not None else None,
             inbox_prefix=inbox,
+            tls=tls,
         )
+    )
+    refusal = asyncio.ensure_future(untrusted.wait())
+    try:
+        await asyncio.wait({attempt, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not attempt.done():
+            # A certificate this client does not trust: nats-py would next wait forever for
+            # the failed TLS stream to close (on Python 3.11 a failed `start_tls` never tells
+            # the stream it lost its connection; seen: `connect_nats` without the stack's CA
+            # hung), and no later attempt could fare better. It waits in a plain await there,
+            # where a cancellation is not lost.
+            attempt.cancel()
+            await asyncio.wait({attempt}, timeout=timeout)
+    try:
+        if attempt.cancelled():
+            raise OSError("the server's TLS certificate is not trusted")
+        nc = attempt.result()
     except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
         cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc
         # A refusal of the credentials says more than what the next attempt met (the server
         # hangs up on a refused client: seen under load, "connection reset by peer").
-        refused = [e for e in seen if _refused(e)]
+        refused = [e for e in seen if _refused(e) or _untrusted(e)]
         raise CannotConnect(url, refused[-1] if refused else cause) from exc
     connected = True
     # nats-py reads the option at each reconnect; 0 would mean "without limit" to it.
