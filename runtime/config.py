@@ -93,6 +93,11 @@ class PodSettings(BaseSettings):
     #: Body caps of one agent HTTP request and of its response.
     net_max_request_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
     net_max_response_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    #: The stack's principals (`principals.json`, swarm/devstack/principals.py;
+    #: `SWARM_POD_PRINCIPALS_FILE`): with them, the pod's agents see only mesh messages one of
+    #: them signed, as an identity its role may claim (runtime/meshguard.py). None: every
+    #: message is taken, as on a NATS server that admits anyone.
+    principals_file: Path | None = None
 
     @field_validator("id")
     @classmethod

@@ -13,7 +13,7 @@ loop tick is (`LoopClock`), i.e. how starved the pod is, for the Hive's logs.
 
 Guarantees:
 * `start()` returns at once; the thread connects (retrying until closed) and beats every
-  `interval_s`.
+  `interval_s`; `wait_ready()` waits until it answers probes (the pod registers after it).
 * `close()` stops beating and answering, closes the connection and joins the thread; it is safe
   before `start()` and twice.
 * The thread is a daemon: when the process dies, heartbeats and probe answers die with it, so
@@ -94,6 +94,9 @@ class Heartbeat:
         #: Heartbeats published and probes answered (read by tests and metrics).
         self.beats = 0
         self.answers = 0
+        #: Set once the thread is connected and the server has its probe subscription: from
+        #: then on the pod answers the Hive's liveness probe (`wait_ready`).
+        self.ready = threading.Event()
         self._lock = threading.Lock()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,6 +116,14 @@ class Heartbeat:
             if self._closing or self._thread.ident is not None:
                 return
             self._thread.start()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (off the event loop) until the thread answers probes; False if `timeout` passed.
+
+        The pod registers only then: a Hive that learns of a pod probes it as soon as its lease
+        runs out, and a pod whose thread was still connecting (seconds, on a loaded machine)
+        had nobody listening on its probe subject and was declared lost at once."""
+        return await asyncio.to_thread(self.ready.wait, timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop beating and answering, close the connection, join the thread."""
@@ -155,6 +166,8 @@ class Heartbeat:
             await conn.subscribe(
                 names.probe_subject(self.pod_id), functools.partial(self._on_probe, conn)
             )
+            await conn.flush()
+            self.ready.set()
             await self._beat(conn)
         except asyncio.CancelledError:
             pass  # close(): what follows closes the connection

@@ -49,6 +49,7 @@ from runtime.heartbeat import Heartbeat, LoopClock
 from runtime.host import JSON
 from runtime.limits import CallBudget
 from runtime.memory import VectorMemory
+from runtime.meshguard import MeshGuard
 from runtime.modules import ModuleCache
 from runtime.net import HttpFetcher
 from runtime.podview import HANDLED, Assignment, PodView, quarantine_of
@@ -57,6 +58,7 @@ from runtime.snapshots import SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import Envelope, Payload, command, commands, names
 from schemas.specs import Capacity, ModuleRef
+from swarm.devstack.principals import Roster
 from swarm.kernel import lifecycle
 from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, NotFound
@@ -101,6 +103,11 @@ class Pod(Service):
         self.heartbeat: Heartbeat | None = None
         self._eventlog: EventLog | None = None
         self._deps: ReplicaDeps | None = None
+        #: Checks the sender of every mesh message to this pod's agents (with principals).
+        self.guard: MeshGuard | None = None
+        if self.config.principals_file is not None:
+            # Read now: an unreadable listing fails at start, not at the first message.
+            self.guard = MeshGuard(Roster(self.config.principals_file), self.view)
 
     async def serve(self) -> None:
         """Follow the log until stopped, then drain the replicas (`stop()`)."""
@@ -145,10 +152,17 @@ class Pod(Service):
                     max_http_response_bytes=self.config.net_max_response_bytes,
                 ),
                 state_caps=self.config.state_caps(),
+                guard=self.guard,
             )
             tasks = [asyncio.create_task(self.clock.run(), name="pod-loop-clock")]
-            await self._register()
             heartbeat.start()
+            if not await heartbeat.wait_ready(self.config.lease_s):
+                log.warning(
+                    "heartbeat thread not connected yet; registering anyway",
+                    pod_id=self.pod_id,
+                    waited_s=self.config.lease_s,
+                )
+            await self._register()
             tasks += [
                 asyncio.create_task(self._snapshot_loop(), name="pod-snapshots"),
                 asyncio.create_task(self._metrics_loop(eventlog), name="pod-metrics"),
@@ -417,6 +431,10 @@ class Pod(Service):
             "reports_refused": self.view.refusals,
             "heartbeats": heartbeat.beats if heartbeat is not None else 0,
             "probes_answered": heartbeat.answers if heartbeat is not None else 0,
+            # Mesh messages the guard kept from the agents: not signed (or forged, or by a
+            # stranger), and signed but claiming what the signer may not.
+            "mesh_unauthenticated": self.guard.refused["unauthenticated"] if self.guard else 0,
+            "mesh_forbidden": self.guard.refused["forbidden"] if self.guard else 0,
         }
 
 

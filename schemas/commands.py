@@ -15,6 +15,7 @@ from schemas.envelope import Payload
 from schemas.registry import REGISTRY
 from schemas.specs import MAX_REPLICAS as MAX_REPLICAS  # re-exported: the CLI bounds by it
 from schemas.specs import (
+    AccessRole,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
@@ -54,6 +55,27 @@ class UpdateNamespace(Payload):
 
     name: Name
     quota: Quota
+
+
+# --- access: who may act in which namespace ------------------------------------------------------
+
+
+@REGISTRY.command("access", "grant")
+class GrantAccess(Payload):
+    """Give user `user` (a principal `swarm user add` issued) `role` in `namespace`, or in every
+    namespace when it is left out, in place of the role it held there."""
+
+    user: Id
+    role: AccessRole
+    namespace: Name | None = None
+
+
+@REGISTRY.command("access", "revoke")
+class RevokeAccess(Payload):
+    """Take back what user `user` held in `namespace` (or across every namespace)."""
+
+    user: Id
+    namespace: Name | None = None
 
 
 # --- agents --------------------------------------------------------------------------------------

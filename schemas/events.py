@@ -21,6 +21,7 @@ from schemas.registry import REGISTRY
 from schemas.specs import (
     MAX_INT64,
     MAX_RESTARTS,
+    AccessRole,
     AgentSpec,
     AutoscaleDecision,
     AutoscalePolicy,
@@ -54,6 +55,23 @@ class NamespaceCreated(Payload):
 class NamespaceUpdated(Payload):
     name: Name
     quota: Quota
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+@REGISTRY.event("access", "granted")
+class AccessGranted(Payload):
+    user: Id
+    role: AccessRole
+    #: None: every namespace.
+    namespace: Name | None = None
+
+
+@REGISTRY.event("access", "revoked")
+class AccessRevoked(Payload):
+    user: Id
+    namespace: Name | None = None
 
 
 # --- agents --------------------------------------------------------------------------------------

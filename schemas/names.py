@@ -68,6 +68,10 @@ QUERY_AGENTS_LIST: Final = f"{QUERY_PREFIX}.agents.list"
 QUERY_AGENTS_GET: Final = f"{QUERY_PREFIX}.agents.get"
 QUERY_PODS_LIST: Final = f"{QUERY_PREFIX}.pods.list"
 QUERY_NAMESPACES_LIST: Final = f"{QUERY_PREFIX}.namespaces.list"
+#: Who holds which role where (`swarm.cmd.access.grant`): events `swarm.evt.access.<user>.*`.
+QUERY_ACCESS_LIST: Final = f"{QUERY_PREFIX}.access.list"
+ACCESS_AGGREGATE: Final = "access"
+AGGREGATE_ID_FIELDS[ACCESS_AGGREGATE] = "user"
 QUERY_DIGEST: Final = f"{QUERY_PREFIX}.state.digest"
 QUERY_STATE: Final = f"{QUERY_PREFIX}.state.full"
 #: Any replica answers; `<QUERY_STATUS>.<node>` reaches one replica (convergence checks).
@@ -237,6 +241,16 @@ def mesh_topic_subject(topic: str) -> str:
 #: Headers of a mesh reply: the agent's own return code, or a platform error (body is JSON).
 HEADER_AGENT_STATUS: Final = "Swarm-Status"
 HEADER_AGENT_ERROR: Final = "Swarm-Error"
+#: Headers of a signed mesh message, request or reply (`swarm.kernel.signing.MeshClaim`): who
+#: signed (an nkey, `U…`), the identity it acts as (`user:<name>`, `service:<name>`,
+#: `agent:<agent id>`), for an agent the replica and its placement (the sequence of its
+#: `replica_scheduled` event), when it was signed (ms since the epoch), and the signature.
+HEADER_MESH_SIGNER: Final = "Swarm-Signer"
+HEADER_MESH_IDENTITY: Final = "Swarm-Identity"
+HEADER_MESH_REPLICA: Final = "Swarm-Replica"
+HEADER_MESH_PLACED: Final = "Swarm-Placed"
+HEADER_MESH_TIME: Final = "Swarm-Signed-At"
+HEADER_MESH_SIGNATURE: Final = "Swarm-Signature"
 
 
 # --- Autoscaling and task queues (scheduler) -----------------------------------------------------

@@ -23,6 +23,13 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")]
 Id = Annotated[str, Field(pattern=names.TOKEN_PATTERN)]
 """An identifier that may stand in a subject token."""
 
+#: What a user may do in a namespace, each role including the ones before it: `viewer` reads,
+#: `operator` runs agents (deploy, scale, rollout, stop, delete, quarantine, ...), `admin` also
+#: sets the namespace's quota and who may act in it. `swarm.domain.policy.check_access` holds
+#: the rule; these are the names.
+AccessRole = Literal["viewer", "operator", "admin"]
+ACCESS_ROLES: tuple[AccessRole, ...] = ("viewer", "operator", "admin")
+
 Version = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from schemas.specs import AutoscalePolicy, Capacity, Quota
+from schemas.specs import AccessRole, AutoscalePolicy, Capacity, Quota
 from schemas.status import AgentStatus
 
 #: A time as the Hive writes it: `datetime.isoformat()` of an aware UTC time.
@@ -171,6 +171,14 @@ class NamespaceView(View):
     agents: int
 
 
+class GrantView(View):
+    """User `user` holds `role` in `namespace` (None: in every namespace)."""
+
+    user: str
+    namespace: str | None
+    role: AccessRole
+
+
 class WebhookView(View):
     webhook_id: str
     url: str
@@ -210,6 +218,10 @@ class WebhooksAnswer(Answer):
     webhooks: list[WebhookView]
 
 
+class AccessAnswer(Answer):
+    grants: list[GrantView]
+
+
 #: The answers whose JSON Schema `schemas.export` writes (file name stem -> model).
 ANSWERS: dict[str, type[Answer]] = {
     "agents": AgentsAnswer,
@@ -217,6 +229,7 @@ ANSWERS: dict[str, type[Answer]] = {
     "pods": PodsAnswer,
     "namespaces": NamespacesAnswer,
     "webhooks": WebhooksAnswer,
+    "access": AccessAnswer,
 }
 
 __all__ = [

@@ -210,14 +210,18 @@ def test_cli_bench_times_every_case_with_and_without_a_stack(tmp_path: Path) -> 
         assert row["met"] == (row["p50_ms"] < row["target_ms"])
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(270)
 def test_security_bench_writes_positive_results(tmp_path: Path) -> None:
     stdout, report = run_bench_report(
-        "security.py", "--commands", "50", "--trials", "1", tmp_path=tmp_path, timeout=150
+        *("security.py", "--commands", "50", "--messages", "200", "--trials", "1"),
+        tmp_path=tmp_path,
+        timeout=240,
     )
     assert "signed + verified vs unsigned" in stdout
+    assert "mesh request/reply/s, signed + verified vs neither" in stdout
     results = report["results"]
-    assert set(results) == {"commands", "publish"}
+    assert set(results) == {"commands", "publish", "mesh"}
+    assert results["mesh"]["target"] == 0.8
     for row in results.values():
         assert row["ratio"] > 0
         assert all(v > 0 for v in row["with_per_s"] + row["without_per_s"])

@@ -24,7 +24,9 @@ from swarm.cli.queries import HiveQueries
 from swarm.cli.verbs import rejection
 from swarm.client.commands import Outcome
 from swarm.devstack.embedded import EmbeddedNats
+from swarm.devstack.principals import issue
 from swarm.kernel.eventlog import EventLog
+from swarm.kernel.signing import CommandSigner, MeshClaim
 from tests.helpers.cli import (
     WASM,
     agents,
@@ -303,6 +305,33 @@ async def test_send_waits_for_a_replica_that_comes_up(stack: Stack, wasm: Path) 
     assert sent.exit_code == 0, sent.output
     assert sent.stdout.strip() == "pong ping"
     assert "waiting for a replica of default/late to answer" in sent.stderr
+
+
+async def test_send_refuses_an_answer_whose_signature_does_not_hold(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Whoever answers on an agent's subject with a signature made for other bytes (a reply
+    replayed, or altered on its way) is not the agent: the CLI says so instead of printing it."""
+    (impostor,) = issue(tmp_path / "keys", [("pod-x", "pod")])
+    signer = CommandSigner.from_seed_file(impostor.seed_file)
+    nc = stack.client.nc
+
+    async def answer(msg: Any) -> None:
+        claim = MeshClaim("agent:a", "a-0", 1)
+        headers = signer.mesh_headers(msg.reply, b"the agent's answer", claim, 0)
+        await nc.publish(msg.reply, b"something else", headers=headers)
+
+    sub = await nc.subscribe(names.mesh_agent_subject("default", "spoofed"), cb=answer)
+    try:
+        sent = await cli(stack, "agent", "send", "spoofed", "ping", "--timeout", "10")
+    finally:
+        await sub.unsubscribe()
+    assert sent.exit_code == 1, sent.output
+    assert "something else" not in sent.stdout
+    assert (
+        "default/spoofed: the answer's signature does not hold (the signature does not match "
+        "the message): it is not the agent's"
+    ) in sent.stderr
 
 
 async def test_send_without_a_hive_says_what_is_known(

@@ -608,4 +608,59 @@ def test_up_with_demo_deploys_an_agent_that_answers(data_dir: Path, swarm: Swarm
         time.sleep(0.3)
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout) == {"hi": 1}
+    refusals = _mesh_impersonation(data_dir, nats_url)
+    assert refusals["unsigned"].startswith("unauthenticated: the message is not signed")
+    forbidden = (
+        "forbidden: the message claims identity 'user:admin' but is signed by mallory "
+        "(role user), who may act only as user:mallory"
+    )
+    assert refusals["forged"] == forbidden
+    # What the user sees: `swarm agent send` signs with their key, as the identity they set.
+    forged = subprocess.run(
+        [
+            *(sys.executable, "-m", "swarm.cli.app", "agent", "send", "echo", "hi"),
+            *("--nats-url", nats_url, "--timeout", "10"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ
+        | {
+            "SWARM_NATS_CREDENTIALS": str(data_dir / "principals" / "mallory.nk"),
+            "SWARM_IDENTITY": "user:admin",
+        },
+    )
+    assert forged.returncode == 1, forged.stdout + forged.stderr
+    assert forbidden in forged.stderr
     assert swarm("down", "--data-dir", str(data_dir)).returncode == 0
+
+
+def _mesh_impersonation(data_dir: Path, nats_url: str) -> dict[str, str]:
+    """A user added to the stack asks the demo agent with a plain nats-py client: unsigned, and
+    signed by their own key but claiming the owner's identity. The pod's refusals, by attempt."""
+    from swarm.kernel.signing import CommandSigner, MeshClaim
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    added = run_cli(
+        ["user", "add", "mallory", "--data-dir", str(data_dir)], cwd=data_dir, env=env, timeout=60
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    seed = data_dir / "principals" / "mallory.nk"
+    subject = names.mesh_agent_subject("default", "echo")
+
+    async def attempts() -> dict[str, str]:
+        nc = await nats.connect(nats_url, nkeys_seed=str(seed))
+        try:
+            forged = CommandSigner.from_seed_file(seed).mesh_headers(
+                subject, b"hi", MeshClaim("user:admin"), time.time_ns() // 1_000_000
+            )
+            out = {}
+            for attempt, headers in (("unsigned", None), ("forged", forged)):
+                reply = await nc.request(subject, b"hi", timeout=10, headers=headers)
+                assert (reply.headers or {}).get(names.HEADER_AGENT_ERROR), reply.data
+                out[attempt] = json.loads(reply.data)["error"]
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(attempts())

@@ -10,12 +10,11 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
 import pytest
 
 from schemas import names
 from swarm.cli.stack import _hive_view
-from swarm.devstack.stack import StackPhase, StackReport, StackState
+from swarm.devstack.stack import StackPhase, StackReport, StackState, started_after_boot
 from swarm.devstack.supervisor import ServiceState, ServiceStatus
 from swarm.kernel.eventlog import EventLog
 
@@ -31,7 +30,7 @@ def report(tmp_path: Path, nats_url: str, replicas: int) -> StackReport:
     state = StackState(
         data_dir=str(tmp_path),
         pid=os.getpid(),
-        pid_create_time=psutil.Process().create_time(),
+        pid_started=started_after_boot(os.getpid()),
         phase=StackPhase.RUNNING,
         started_at=now,
         updated_at=now,

@@ -70,7 +70,7 @@ from swarm.devstack.principals import Roster
 from swarm.domain.decide import Decision, decide
 from swarm.domain.evolve import evolve, fold_checked
 from swarm.domain.outcome import Rejection, Rule
-from swarm.domain.policy import check_principal
+from swarm.domain.policy import check_access, check_principal
 from swarm.domain.state import HiveState
 from swarm.kernel.admin import LogAdmin
 from swarm.kernel.eventlog import (
@@ -371,7 +371,7 @@ class CommandProcessor:
         except Exception as exc:  # the decoder's own failure must not become ours
             return self._unparsed(delivery, f"body cannot be read ({_describe(exc)})", (), {}, now)
         outcome: Decision | Rejection
-        unsigned = self._unsigned(delivery.data, command)
+        unsigned = self._unsigned(delivery.data, command, working)
         if command.type != delivery.subject:
             outcome = Rejection(
                 f"type {command.type} was published on {delivery.subject}", rule=Rule.SUBJECT
@@ -394,10 +394,13 @@ class CommandProcessor:
             log.warning("a decision could not be written", command=command.id, error=str(exc))
             return self._refusal(delivery, command, f"its events cannot be written: {exc}")
 
-    def _unsigned(self, data: bytes, command: Envelope[Any]) -> Rejection | None:
+    def _unsigned(
+        self, data: bytes, command: Envelope[Any], working: HiveState
+    ) -> Rejection | None:
         """Why the command does not count as its signer's (no signature, a broken one, a key
-        that is no principal of the stack, or an identity the principal may not claim); None
-        when it does, or when this Hive takes unsigned commands (no principals configured)."""
+        that is no principal of the stack, an identity the principal may not claim, or a user
+        without the role it needs where the command acts); None when it does, or when this
+        Hive takes unsigned commands (no principals configured)."""
         if self.principals is None:
             return None
         signature = signature_of(data)
@@ -419,7 +422,9 @@ class CommandProcessor:
                 "principal of this stack",
                 rule=Rule.SIGNATURE,
             )
-        return check_principal(principal.role, principal.name, command)
+        return check_principal(principal.role, principal.name, command) or check_access(
+            working, principal.role, command
+        )
 
     def _refusal(self, delivery: Delivery, command: Envelope[Any] | None, why: str) -> _Pending:
         """A rejection for a command whose decision cannot be written or folded."""
@@ -839,6 +844,8 @@ def _last_seq(state: HiveState, aggregate: str, aggregate_id: str) -> int:
     if aggregate == names.WEBHOOK_AGGREGATE:
         hook = state.webhooks.get(aggregate_id)
         return hook.last_seq if hook else 0
+    if aggregate == names.ACCESS_AGGREGATE:
+        return state.access_seq.get(aggregate_id, 0)
     return 0
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from schemas import names, utcnow
 from schemas.views import (
+    AccessAnswer,
     AgentAnomalyView,
     AgentAnswer,
     AgentDetailView,
@@ -22,6 +23,7 @@ from schemas.views import (
     AgentView,
     Answer,
     FreeCapacity,
+    GrantView,
     HealingView,
     InstanceView,
     NamespacesAnswer,
@@ -180,6 +182,15 @@ def _namespaces_list(state: HiveState, req: dict[str, Any]) -> NamespacesAnswer:
     )
 
 
+def _access_list(state: HiveState, req: dict[str, Any]) -> AccessAnswer:
+    return AccessAnswer(
+        grants=[
+            _shown(GrantView, g)
+            for g in sorted(state.grants, key=lambda g: (g.user, g.namespace or ""))
+        ]
+    )
+
+
 def _digest(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
     return {"digest": state.digest()}
 
@@ -211,6 +222,7 @@ QUERIES: dict[str, Query] = {
     names.QUERY_AGENTS_GET: _agents_get,
     names.QUERY_PODS_LIST: _pods_list,
     names.QUERY_NAMESPACES_LIST: _namespaces_list,
+    names.QUERY_ACCESS_LIST: _access_list,
     names.QUERY_DIGEST: _digest,
     names.QUERY_STATE: _full,
     names.QUERY_WEBHOOKS_LIST: _webhooks_list,

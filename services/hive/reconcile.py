@@ -144,6 +144,10 @@ class Reconciler:
         out: list[tuple[str, Payload]] = []
         now = self.clock()
         for pod in state.pods.values():
+            if pod.status == "ready" and pod.pod_id not in self.heartbeats.seen:
+                # Its registration is its first sign of life: the lease of a pod that registers
+                # long after this replica was elected runs from now, not from the election.
+                self.heartbeats.beat(pod.pod_id)
             lease = self.heartbeats.lease(pod.pod_id, pod.lease_s)
             if pod.status == "ready" and self.heartbeats.age(pod.pod_id) > lease:
                 out.append(

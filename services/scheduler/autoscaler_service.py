@@ -47,12 +47,14 @@ from swarm.kernel.eventlog import (
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.lifecycle import Service, Status, run_until_signalled
 from swarm.kernel.settings import Settings, load
+from swarm.kernel.signing import MeshClaim
 from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
 SOURCE = "scheduler-autoscaler"
 IDENTITY = "service:scheduler"
+_CLAIM = MeshClaim(IDENTITY)
 
 
 class AutoscalerSettings(BaseSettings):
@@ -271,7 +273,10 @@ class AutoscalerService(Service):
             self.board.sent(rid)
             try:
                 reply = await eventlog.request(
-                    names.mesh_replica_subject(rid), d.data, timeout=c.task_timeout_s
+                    names.mesh_replica_subject(rid),
+                    d.data,
+                    timeout=c.task_timeout_s,
+                    claim=_CLAIM,  # a stack's pods take signed messages alone
                 )
             except (NoResponders, TimeoutError):  # RequestTimeout included
                 continue  # gone, or too slow: another replica may take it

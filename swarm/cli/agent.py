@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from schemas.specs import AutoscalePolicy
     from schemas.views import AgentDetailView, AgentView
     from swarm.client.queries import HiveQueries
-    from swarm.kernel.eventlog import Delivery, EventLog
+    from swarm.kernel.eventlog import Delivery, EventLog, Message
 
 #: Seconds between status polls with `deploy --wait`.
 WAIT_POLL = 0.25
@@ -1148,7 +1148,7 @@ def send(
     async def main() -> int:
         target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
-            reply = await ask_agent(log, ns, name, body, timeout)
+            reply = await ask_agent(log, ns, name, body, timeout, identity=settings.identity)
         if reply.error:
             raise CliError(f"{ns}/{name}: {reply.text}", code=EXIT_FAILED)
         typer.echo(reply.text)
@@ -1170,9 +1170,11 @@ class AgentReply:
 
 
 async def ask_agent(
-    log: EventLog, namespace: str, name: str, body: bytes, timeout: float
+    log: EventLog, namespace: str, name: str, body: bytes, timeout: float, *, identity: str
 ) -> AgentReply:
-    """Send one message to an agent over the mesh and wait for one replica's reply.
+    """Send one message to an agent over the mesh, signed as sent by `identity` when the
+    connection has credentials (a stack's pods take signed messages alone), and wait for one
+    replica's reply.
 
     An agent that exists but has no replica answering yet (just deployed, restarting, or its
     replica subscribing as the message went out) is asked again until `timeout` has passed,
@@ -1182,15 +1184,17 @@ async def ask_agent(
 
     from schemas import names
     from swarm.kernel.eventlog import NoResponders, RequestTimeout
+    from swarm.kernel.signing import MeshClaim
 
     subject = names.mesh_agent_subject(namespace, name)
+    claim = MeshClaim(identity)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     said = False
     while True:
         try:
             reply = await log.request(
-                subject, body, timeout=max(deadline - loop.time(), _MIN_REQUEST_S)
+                subject, body, timeout=max(deadline - loop.time(), _MIN_REQUEST_S), claim=claim
             )
             break
         except NoResponders:
@@ -1211,12 +1215,38 @@ async def ask_agent(
             raise CliError(
                 f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
             ) from None
+    answered = _answered_by(log, reply)
+    if answered is not None:
+        raise CliError(f"{namespace}/{name}: {answered}", code=EXIT_FAILED)
     headers = reply.headers or {}
     return AgentReply(
         text=reply.data.decode("utf-8", "replace"),
         status=headers.get(names.HEADER_AGENT_STATUS, "0"),
         error=bool(headers.get(names.HEADER_AGENT_ERROR)),
     )
+
+
+def _answered_by(log: EventLog, reply: Message) -> str | None:
+    """Why a signed answer is not the agent's pod's, or None: its signature must hold and, when
+    the stack's principals lie beside this connection's key (the owner's, in the data dir), the
+    signer must be one of its pods speaking as an agent. An unsigned answer is taken: the
+    stack's pods sign when given its principals, an external server's may not."""
+    from swarm.devstack.principals import LISTING, load
+    from swarm.kernel.signing import mesh_signature_of
+
+    answer = mesh_signature_of(reply.subject, reply.data, reply.headers)
+    if answer is None:
+        return None
+    if not answer.valid:
+        return f"the answer's signature does not hold ({answer.problem}): it is not the agent's"
+    listing = log.credentials.parent / LISTING if log.credentials is not None else None
+    if listing is None or not listing.exists():
+        return None
+    signer = load(listing).get(answer.signer)
+    if signer is None or signer.role != "pod" or not answer.claim.identity.startswith("agent:"):
+        who = f"{signer.name} (role {signer.role})" if signer else repr(answer.signer[:60])
+        return f"the answer is signed by {who} as {answer.claim.identity!r}, not by a pod"
+    return None
 
 
 #: How often `ask_agent` asks again while the agent's replicas come up, and the shortest wait

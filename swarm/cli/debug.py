@@ -94,7 +94,11 @@ def debug(
             try:
                 reply = None
                 if send is not None:
-                    reply = _reply_view(await ask_agent(log, ns, name, send.encode(), timeout))
+                    reply = _reply_view(
+                        await ask_agent(
+                            log, ns, name, send.encode(), timeout, identity=settings.identity
+                        )
+                    )
                 if listen > 0:
                     await asyncio.sleep(listen)
                 report = await snapshot(log, ns, name)
@@ -108,7 +112,7 @@ def debug(
             else:
                 stdout_console().print(render(report))
             if interactive:
-                await _prompt(log, ns, name, timeout)
+                await _prompt(log, ns, name, timeout, identity=settings.identity)
         return EXIT_OK
 
     finish(main())
@@ -181,7 +185,9 @@ def _reply_view(reply: Any) -> dict[str, Any]:
     return {"text": reply.text, "status": reply.status, "error": reply.error}
 
 
-async def _prompt(log: EventLog, namespace: str, name: str, timeout: float) -> None:
+async def _prompt(
+    log: EventLog, namespace: str, name: str, timeout: float, *, identity: str
+) -> None:
     import asyncio
 
     console = stdout_console()
@@ -197,7 +203,7 @@ async def _prompt(log: EventLog, namespace: str, name: str, timeout: float) -> N
             console.print(render(await snapshot(log, namespace, name)))
             continue
         try:
-            reply = await ask_agent(log, namespace, name, text.encode(), timeout)
+            reply = await ask_agent(log, namespace, name, text.encode(), timeout, identity=identity)
         except CliError as exc:
             console.print(Text(f"! {exc.message}", style="red"))
             continue

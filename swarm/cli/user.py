@@ -6,10 +6,17 @@ over; with it the user connects (`SWARM_NATS_CREDENTIALS`) and signs commands, w
 takes as `user:<name>` alone. The running server reads who it admits again at once (SIGHUP), and
 the Hive reads the listing again when it changed; `rotate` replaces a user's key (the old one is
 refused from then on, and its connections closed) and `rm` removes the user.
+
+What a user may do is its roles (`grant`, `revoke`; `add --role`): `viewer`, `operator` or
+`admin` in one namespace or in every one, recorded on the log (`swarm.cmd.access.grant`) and
+checked by the Hive on every command the user signs (rule `access`). A user with no role sends
+nothing the Hive carries out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import json
 import os
 import signal
@@ -20,10 +27,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from swarm.cli import discovery
-from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, errors_to_exit
+from swarm.cli import connect, discovery
+from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, Format, errors_to_exit
+from swarm.cli.verbs import OutputOption, TimeoutOption, change
 
 if TYPE_CHECKING:
+    from schemas.views import GrantView
     from swarm.devstack.principals import Principal
 
 app = typer.Typer(help="Add, rotate and remove the users a stack admits.", no_args_is_help=True)
@@ -38,6 +47,52 @@ DataDirOption = Annotated[
     ),
 ]
 NameArgument = Annotated[str, typer.Argument(help="The user's name (letters, digits, _ and -).")]
+
+
+class Role(enum.StrEnum):
+    """`schemas.specs.ACCESS_ROLES`, as the CLI offers them (a test keeps the two equal)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+NamespaceOption = Annotated[
+    str,
+    typer.Option("--namespace", "-n", help="Where the role applies."),
+]
+AllNamespacesOption = Annotated[
+    bool,
+    typer.Option("--all-namespaces", "-A", help="The role applies in every namespace."),
+]
+
+
+def _where(namespace: str, all_namespaces: bool) -> str | None:
+    return None if all_namespaces else namespace
+
+
+def _scope(namespace: str | None) -> str:
+    return f"namespace {namespace}" if namespace is not None else "every namespace"
+
+
+def _grant(
+    name: str,
+    role: Role,
+    namespace: str | None,
+    *,
+    timeout: float,
+    output: Format,
+    nats_url: str | None,
+) -> None:
+    change(
+        lambda swarm: swarm.access.grant(name, role.value, namespace=namespace),
+        what=f"granting {role.value} to {name}",
+        done=f"user {name} is {role.value} in {_scope(namespace)}",
+        namespace=namespace or "default",
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
 
 
 def register(root: typer.Typer) -> None:
@@ -111,8 +166,18 @@ def _print_credentials(user: Principal, note: str, state: dict[str, object]) -> 
 
 
 @app.command("add")
-def add(name: NameArgument, data_dir: DataDirOption = None) -> None:
-    """Issue a key to a new user, who then acts as `user:NAME`."""
+def add(
+    name: NameArgument,
+    role: Annotated[
+        Role | None,
+        typer.Option(help="Also grant this role (else the user may send nothing yet)."),
+    ] = None,
+    namespace: NamespaceOption = "default",
+    all_namespaces: AllNamespacesOption = False,
+    timeout: TimeoutOption = 10.0,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Issue a key to a new user, who then acts as `user:NAME` (and, with --role, grant it)."""
     with errors_to_exit():
         from swarm.devstack.principals import add_user
         from swarm.devstack.stack import StackPaths
@@ -124,6 +189,59 @@ def add(name: NameArgument, data_dir: DataDirOption = None) -> None:
             raise CliError(str(exc), code=EXIT_USAGE) from None
         console.print(f"[green]✓[/] user {escape(name)} added (acts as user:{escape(name)})")
         _print_credentials(user, _apply(root, state), state)
+    if role is not None:
+        url = state.get("nats_url")
+        _grant(
+            name,
+            role,
+            _where(namespace, all_namespaces),
+            timeout=timeout,
+            output=Format.TABLE,
+            nats_url=url if isinstance(url, str) else None,
+        )
+
+
+@app.command("grant")
+def grant(
+    name: NameArgument,
+    role: Annotated[Role, typer.Argument(help="viewer reads; operator runs agents; admin all.")],
+    namespace: NamespaceOption = "default",
+    all_namespaces: AllNamespacesOption = False,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Give a user a role in a namespace (or every one), in place of the one it held there."""
+    _grant(
+        name,
+        role,
+        _where(namespace, all_namespaces),
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
+
+
+@app.command("revoke")
+def revoke(
+    name: NameArgument,
+    namespace: NamespaceOption = "default",
+    all_namespaces: AllNamespacesOption = False,
+    timeout: TimeoutOption = 10.0,
+    output: OutputOption = Format.TABLE,
+    nats_url: connect.NatsUrlOption = None,
+) -> None:
+    """Take back the role a user holds in a namespace (or the one it holds in every one)."""
+    where = _where(namespace, all_namespaces)
+    change(
+        lambda swarm: swarm.access.revoke(name, namespace=where),
+        what=f"revoking {name}'s role",
+        done=f"user {name} holds no role in {_scope(where)} any more",
+        namespace=where or "default",
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
 
 
 @app.command("rotate")
@@ -164,11 +282,35 @@ def ls(data_dir: DataDirOption = None) -> None:
         from swarm.devstack.principals import users
         from swarm.devstack.stack import StackPaths
 
-        root, _ = _stack(data_dir)
+        root, state = _stack(data_dir)
         listed = users(StackPaths.of(root).principals)
         if not listed:
             console.print("no users: `swarm user add NAME` issues one a key")
             return
+        url = state.get("nats_url")
+        grants = asyncio.run(_grants(url)) if isinstance(url, str) else None
         width = max(len(u.name) for u in listed)
         for user in listed:
-            console.print(f"{escape(user.name):<{width}}  {user.public_key}")
+            roles = (
+                "(roles unknown: the stack is not running)"
+                if grants is None
+                else ", ".join(
+                    f"{g.role} in {g.namespace or 'every namespace'}"
+                    for g in grants
+                    if g.user == user.name
+                )
+                or "no role"
+            )
+            console.print(f"{escape(user.name):<{width}}  {user.public_key}  {escape(roles)}")
+
+
+async def _grants(url: str) -> list[GrantView] | None:
+    """Who holds which role, as the stack's Hive has it; None when it cannot be asked."""
+    from swarm.client.errors import ClientError
+    from swarm.kernel.eventlog import EventLogError
+
+    try:
+        async with connect.client(url, connect.load_settings(), timeout=5.0) as swarm:
+            return await swarm.access.list()
+    except (ClientError, EventLogError, CliError, OSError):
+        return None

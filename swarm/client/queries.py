@@ -20,7 +20,7 @@ from swarm.kernel.eventlog import EventLog, NoResponders, RequestTimeout
 
 if TYPE_CHECKING:
     # Imported where used: building the view models is most of a CLI verb's start-up.
-    from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView, View
+    from schemas.views import AgentDetailView, AgentView, GrantView, NamespaceView, PodView, View
 
 __all__ = [
     "CATCH_UP",
@@ -188,6 +188,12 @@ class HiveQueries:
         from schemas.views import NamespaceView
 
         return parse_views(NamespaceView, await self.namespaces(at_least=at_least))
+
+    async def grant_views(self, *, at_least: int = 0) -> list[GrantView]:
+        from schemas.views import GrantView
+
+        answer = await self.ask(names.QUERY_ACCESS_LIST, at_least=at_least)
+        return parse_views(GrantView, _list(answer, "grants"))
 
 
 async def request_object(

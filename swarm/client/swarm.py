@@ -34,7 +34,7 @@ from swarm.client.queries import HiveQueries, QueryFailed
 from swarm.kernel.eventlog import EventLog, EventLogError
 
 if TYPE_CHECKING:
-    from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView
+    from schemas.views import AgentDetailView, AgentView, GrantView, NamespaceView, PodView
     from swarm.client.timeline import Filters, LogEntry
     from swarm.client.timetravel import Change, Point, Snapshot
     from swarm.client.verify import Report
@@ -90,6 +90,7 @@ class Swarm:
         self._opening = asyncio.Lock()
         self.agents = Agents(self)
         self.namespaces = Namespaces(self)
+        self.access = Access(self)
         self.pods = Pods(self)
         self.timeline = Timeline(self)
 
@@ -424,6 +425,32 @@ class Namespaces(_Verbs):
         """Replace the namespace's quota (`quota_with` keeps the limits not given)."""
         data = {"name": name, "quota": dict(quota)}
         return await self._swarm.execute(commands.UpdateNamespace, data, timeout=timeout)
+
+
+class Access(_Verbs):
+    """`swarm.access`: who may act in which namespace (`swarm.domain.policy.check_access`)."""
+
+    async def list(self) -> list[GrantView]:
+        queries, floor = await self._read()
+        return await queries.grant_views(at_least=floor)
+
+    async def grant(
+        self,
+        user: str,
+        role: str,
+        *,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> Issued:
+        """Give `user` `role` in `namespace` (None: every namespace)."""
+        data = {"user": user, "role": role, "namespace": namespace}
+        return await self._swarm.execute(commands.GrantAccess, data, timeout=timeout)
+
+    async def revoke(
+        self, user: str, *, namespace: str | None = None, timeout: float | None = None
+    ) -> Issued:
+        data = {"user": user, "namespace": namespace}
+        return await self._swarm.execute(commands.RevokeAccess, data, timeout=timeout)
 
 
 class Pods(_Verbs):

@@ -163,8 +163,9 @@ class StackState:
 
     data_dir: str
     pid: int
-    #: With `pid`, tells the supervisor apart from a later process that got the same pid.
-    pid_create_time: float
+    #: With `pid`, tells the supervisor apart from a later process that got the same pid: when
+    #: it started, in seconds after the machine booted (`started_after_boot`).
+    pid_started: float | None
     phase: StackPhase
     started_at: datetime
     updated_at: datetime
@@ -203,7 +204,7 @@ class StackState:
             "format": STATE_FORMAT,
             "data_dir": self.data_dir,
             "pid": self.pid,
-            "pid_create_time": self.pid_create_time,
+            "pid_started": self.pid_started,
             "phase": self.phase.value,
             "step": self.step,
             "error": self.error,
@@ -234,7 +235,8 @@ class StackState:
         return cls(
             data_dir=str(data["data_dir"]),
             pid=int(data["pid"]),
-            pid_create_time=float(data["pid_create_time"]),
+            # A state file written before `pid_started` existed: the pid alone identifies it.
+            pid_started=None if data.get("pid_started") is None else float(data["pid_started"]),
             phase=StackPhase(data["phase"]),
             started_at=datetime.fromisoformat(data["started_at"]),
             updated_at=datetime.fromisoformat(data["updated_at"]),
@@ -278,11 +280,30 @@ def _write_state(path: Path, state: StackState) -> None:
     tmp.replace(path)
 
 
-def _process_alive(pid: int, create_time: float | None = None) -> bool:
-    """True while `pid` runs (zombies count as gone) and, if given, was created at `create_time`."""
+def started_after_boot(pid: int) -> float:
+    """When process `pid` started, in seconds after boot on Linux: fixed for the process's life.
+
+    Not psutil's `create_time()` there: it adds the boot time, which Linux derives from the
+    current clock in whole seconds, so it moves by a second whenever the clock is stepped (seen
+    in a VM under load: a live supervisor was reported `dead`). Elsewhere the start time the
+    kernel keeps (psutil's `create_time()`), which does not move. Raises `psutil.Error` for a
+    process that is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if Path("/proc/self/stat").exists():
+            raise psutil.NoSuchProcess(pid) from None
+        return float(psutil.Process(pid).create_time())
+    # Field 22 (`starttime`, clock ticks since boot); the command name before it may hold spaces.
+    return int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_alive(pid: int, started: float | None = None) -> bool:
+    """True while `pid` runs (zombies count as gone) and, if given, started at `started`
+    (`started_after_boot`)."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+        if started is not None and abs(started_after_boot(pid) - started) > 0.05:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -388,7 +409,7 @@ def inspect_stack(data_dir: Path, *, probe: bool = True) -> StackReport:
     """Read the state file and check it: is its supervisor alive, do its servers answer?"""
     paths = StackPaths.of(data_dir)
     state = read_state(paths.root)
-    running = state is not None and _process_alive(state.pid, state.pid_create_time)
+    running = state is not None and _process_alive(state.pid, state.pid_started)
     if not (probe and running and state is not None):
         return StackReport(paths.root, state, running)
     return StackReport(
@@ -416,11 +437,11 @@ def stop_stack(data_dir: Path, timeout: float = 30.0) -> tuple[StopOutcome, Stac
         return StopOutcome.NOT_RUNNING, state
     with contextlib.suppress(ProcessLookupError):
         os.kill(state.pid, signal.SIGTERM)
-    if _wait_gone(lambda: _process_alive(state.pid, state.pid_create_time), timeout):
+    if _wait_gone(lambda: _process_alive(state.pid, state.pid_started), timeout):
         return StopOutcome.STOPPED, read_state(data_dir)
     with contextlib.suppress(ProcessLookupError):
         os.kill(state.pid, signal.SIGKILL)
-    _wait_gone(lambda: _process_alive(state.pid, state.pid_create_time), 5.0)
+    _wait_gone(lambda: _process_alive(state.pid, state.pid_started), 5.0)
     _reap_leftovers(StackPaths.of(data_dir), state, timeout=10.0)
     return StopOutcome.KILLED, read_state(data_dir)
 
@@ -691,7 +712,7 @@ class Stack:
         self._state = StackState(
             data_dir=str(self.paths.root),
             pid=me.pid,
-            pid_create_time=me.create_time(),
+            pid_started=started_after_boot(me.pid),
             phase=StackPhase.STARTING,
             started_at=now,
             updated_at=now,
@@ -880,18 +901,21 @@ class Stack:
         return ", ".join(s.name for s in self.services) or "none configured"
 
     def _identity_env(self, service: str) -> dict[str, str]:
-        """What a service needs to be itself on the stack's NATS: its credentials, and for a
-        Hive replica the list of principals whose commands it takes. Nothing with a NATS
-        server the stack did not start (its operator says who may connect)."""
+        """What a service needs to be itself on the stack's NATS: its credentials, for a Hive
+        replica the list of principals whose commands it takes, and for a pod the same list,
+        whose mesh messages alone reach its agents. Nothing with a NATS server the stack did
+        not start (its operator says who may connect)."""
         seed = self._credentials.get(service)
         if seed is None:
             return {}
-        from swarm.devstack.principals import role_of
+        from swarm.devstack.principals import LISTING, role_of
 
         out = {env_names.NATS_CREDENTIALS: str(seed)}
-        if service == "hive" or service.startswith("hive-"):
-            out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / "principals.json")
-        if role_of(service) == "pod":
+        role = role_of(service)
+        if role == "hive":
+            out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / LISTING)
+        elif role == "pod":
+            out[env_names.POD_PRINCIPALS_FILE] = str(seed.parent / LISTING)
             # A pod's heartbeats, metrics, logs and probe are bound to its principal's name.
             out[env_names.POD_ID] = service
         return out

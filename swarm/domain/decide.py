@@ -25,7 +25,16 @@ from swarm.domain.evolve import evolve
 from swarm.domain.heal import REWINDABLE, good_snapshot, stops_left
 from swarm.domain.outcome import Rejection, Rule
 from swarm.domain.policy import check_identity, check_quota
-from swarm.domain.state import ACTIVE, DEFAULT_NAMESPACE, Agent, HiveState, Pod, Replica, Webhook
+from swarm.domain.state import (
+    ACTIVE,
+    DEFAULT_NAMESPACE,
+    Agent,
+    Grant,
+    HiveState,
+    Pod,
+    Replica,
+    Webhook,
+)
 
 
 @dataclass(slots=True)
@@ -257,6 +266,29 @@ def _update_namespace(
     if c.name not in state.namespaces:
         return Rejection(f"namespace {c.name} not found", rule=Rule.NOT_FOUND)
     return Decision([events.NamespaceUpdated(name=c.name, quota=c.quota)])
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+@_on(commands.GrantAccess)
+def _grant(state: HiveState, c: commands.GrantAccess, env: Envelope[Any], now: datetime) -> Outcome:
+    if c.namespace is not None and c.namespace not in state.namespaces:
+        return Rejection(f"namespace {c.namespace} not found", rule=Rule.NOT_FOUND)
+    where = f"namespace {c.namespace}" if c.namespace is not None else "every namespace"
+    if Grant(c.user, c.namespace, c.role) in state.grants:
+        return Rejection(f"user {c.user} holds role {c.role} in {where} already")
+    return Decision([events.AccessGranted(user=c.user, role=c.role, namespace=c.namespace)])
+
+
+@_on(commands.RevokeAccess)
+def _revoke(
+    state: HiveState, c: commands.RevokeAccess, env: Envelope[Any], now: datetime
+) -> Outcome:
+    if not any((g.user, g.namespace) == (c.user, c.namespace) for g in state.grants):
+        where = f"namespace {c.namespace}" if c.namespace is not None else "every namespace"
+        return Rejection(f"user {c.user} holds no role in {where}", rule=Rule.NOT_FOUND)
+    return Decision([events.AccessRevoked(user=c.user, namespace=c.namespace)])
 
 
 # --- agents --------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from swarm.domain.state import (
     Agent,
     Anomaly,
     FoldFailure,
+    Grant,
     HealingRecord,
     HiveState,
     KnownSnapshot,
@@ -127,6 +128,22 @@ def _namespace_updated(
     ns = s.namespaces.setdefault(e.name, Namespace(e.name))
     ns.quota = e.quota
     ns.last_seq = seq
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+@_on(events.AccessGranted)
+def _access_granted(s: HiveState, e: events.AccessGranted, env: Envelope[Any], seq: int) -> None:
+    kept = tuple(g for g in s.grants if (g.user, g.namespace) != (e.user, e.namespace))
+    s.grants = (*kept, Grant(e.user, e.namespace, e.role))
+    s.access_seq[e.user] = seq
+
+
+@_on(events.AccessRevoked)
+def _access_revoked(s: HiveState, e: events.AccessRevoked, env: Envelope[Any], seq: int) -> None:
+    s.grants = tuple(g for g in s.grants if (g.user, g.namespace) != (e.user, e.namespace))
+    s.access_seq[e.user] = seq
 
 
 # --- agents --------------------------------------------------------------------------------------

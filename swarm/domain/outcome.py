@@ -26,6 +26,8 @@ class Rule(StrEnum):
     IDENTITY = "identity"
     #: It is not signed by a principal of the stack, or its signature does not hold.
     SIGNATURE = "signature"
+    #: A user without the role the command needs in its namespace (`policy.check_access`).
+    ACCESS = "access"
     #: An agent acting on its own beyond what its spec allows.
     AUTONOMY = "autonomy"
     #: The module to deploy is not stored.

@@ -12,7 +12,7 @@ from typing import Any
 
 from schemas import Envelope, commands, healing, market
 from schemas.machine import ReportPodAnomaly
-from schemas.specs import AgentSpec, Quota
+from schemas.specs import ACCESS_ROLES, AccessRole, AgentSpec, Quota
 from swarm.domain.outcome import Rejection, Rule
 from swarm.domain.state import ACTIVE, Agent, HiveState
 
@@ -48,22 +48,95 @@ ROLE_CLAIMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
-    """Whether the principal `name` (of `role`) that signed `command` may claim its identity: a
-    pod acts as itself (`pod:<its name>`) or for its agents, never as another pod; a user as
-    itself."""
-    identity = command.identity or ""
+def may_claim(role: str, name: str, identity: str) -> str | None:
+    """None when the principal `name` (of `role`) may act as `identity`; else what it may act
+    as. A pod acts as itself (`pod:<its name>`) or for its agents, never as another pod; a user
+    as itself. The one statement of the rule: the Hive applies it to commands
+    (`check_principal`), pods to mesh messages (runtime/meshguard.py)."""
     kind, _, claimed = identity.partition(":")
     allowed = ROLE_CLAIMS.get(role, ())
     itself = {"pod": "pod", "user": "user"}.get(role)
-    if kind in allowed and not (kind == itself and claimed != name):
+    if kind in allowed and claimed and not (kind == itself and claimed != name):
         return None
-    may = ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
+    return ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
+
+
+def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
+    """Whether the principal `name` (of `role`) that signed `command` may claim its identity
+    (`may_claim`), and send it: a command about one pod (its registration, its reports) counts
+    only signed by that pod's own key, so the Hive places replicas only on pods whose key the
+    stack issued, whatever identity a user or service would claim for it."""
+    identity = command.identity or ""
+    may = may_claim(role, name, identity)
+    if may is not None:
+        return Rejection(
+            f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
+            f"(role {role}), who may act only as {may}",
+            Rule.IDENTITY,
+        )
+    payload = command.data
+    if isinstance(payload, _POD_SCOPED) and not (role == "pod" and name == payload.pod_id):
+        return Rejection(
+            f"{command.type} about pod {payload.pod_id} must be signed by that pod's own key, "
+            f"not by {name} (role {role}): a pod registers and reports with the key the stack "
+            "issued to it",
+            Rule.IDENTITY,
+        )
+    return None
+
+
+#: How far each role reaches: a role allows what every role before it allows.
+_RANK: dict[str, int] = {role: n for n, role in enumerate(ACCESS_ROLES)}
+
+
+def check_access(state: HiveState, role: str, command: Envelope[Any]) -> Rejection | None:
+    """Whether a user may send `command`: the role it holds where the command acts
+    (`HiveState.grants`, given by `swarm.cmd.access.grant`) must reach the role it needs there.
+
+    Only `user` principals are held to grants: the stack's owner, its services, pods and agents
+    are bound by `check_principal`, `check_identity` and the agents' autonomy instead. A user
+    acts as itself alone (`check_principal` runs first), so its name is its identity's."""
+    if role != "user":
+        return None
+    user = (command.identity or "").partition(":")[2]
+    needed, namespace = _needs(state, command.data)
+    held = held_role(state, user, namespace)
+    if held is not None and _RANK[held] >= _RANK[needed]:
+        return None
+    where = f"namespace {namespace}" if namespace is not None else "every namespace"
+    scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
     return Rejection(
-        f"{command.type} claims identity {identity or '(none)'!r} but is signed by {name} "
-        f"(role {role}), who may act only as {may}",
-        Rule.IDENTITY,
+        f"user {user} may not send {command.type}: it needs role {needed} in {where} and "
+        f"holds {held or 'no role'} there (the stack's owner grants it with "
+        f"`swarm user grant {user} {needed} {scope}`)",
+        Rule.ACCESS,
     )
+
+
+def held_role(state: HiveState, user: str, namespace: str | None) -> AccessRole | None:
+    """The highest role `user` holds in `namespace` (None: the role it holds in every one)."""
+    held = [
+        g.role
+        for g in state.grants
+        if g.user == user and (g.namespace is None or g.namespace == namespace)
+    ]
+    return max(held, key=_RANK.__getitem__, default=None)
+
+
+def _needs(state: HiveState, payload: Any) -> tuple[AccessRole, str | None]:
+    """The role a command needs, and the namespace it needs it in (None: every namespace)."""
+    if isinstance(payload, commands.GrantAccess | commands.RevokeAccess):
+        return "admin", payload.namespace
+    if isinstance(payload, commands.UpdateNamespace):
+        return "admin", payload.name
+    if isinstance(payload, commands.AgentCommand):
+        return "operator", payload.namespace
+    agent_id = getattr(payload, "agent_id", None)
+    if isinstance(agent_id, str) and agent_id in state.agents:
+        return "operator", state.agents[agent_id].namespace
+    # Creating namespaces, webhooks (which see every event), pods, and what names an agent
+    # that does not exist: the whole stack's business.
+    return "admin", None
 
 
 def check_identity(state: HiveState, command: Envelope[Any]) -> Rejection | None:
@@ -170,4 +243,13 @@ def check_quota(
     return None
 
 
-__all__ = ["ACTIVE", "ROLE_CLAIMS", "check_identity", "check_principal", "check_quota"]
+__all__ = [
+    "ACTIVE",
+    "ROLE_CLAIMS",
+    "check_access",
+    "check_identity",
+    "check_principal",
+    "check_quota",
+    "held_role",
+    "may_claim",
+]

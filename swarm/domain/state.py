@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from schemas.specs import AgentSpec, AutoscalePolicy, Capacity, Quota
+from schemas.specs import AccessRole, AgentSpec, AutoscalePolicy, Capacity, Quota
 from schemas.status import AgentStatus
 from swarm.domain import placement
 from swarm.domain.placement import PodStatus, ReplicaKey, ReplicaPhase
@@ -209,6 +209,15 @@ class Webhook:
 RECENT_FOLD_FAILURES = 20
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """User `user` holds `role` in `namespace` (None: in every namespace)."""
+
+    user: str
+    namespace: str | None
+    role: AccessRole
+
+
 @dataclass(slots=True)
 class FoldFailure:
     """An entry of SWARM_EVENTS that changed nothing because it could not be folded.
@@ -240,9 +249,20 @@ class HiveState:
     fold_failure_count: int = 0
     fold_failures: list[FoldFailure] = field(default_factory=list)
     #: The seal of the last entry the Hive sealed (`swarm.kernel.seal`): what its next one
-    #: names as `hiveprev`, so the Hive's entries chain across leaders. A class attribute too,
-    #: so a state pickled before it existed (a Raft snapshot) loads with "".
+    #: names as `hiveprev`, so the Hive's entries chain across leaders.
     chain_head: str = ""
+    #: What each user may do where (`swarm.domain.policy.check_access`).
+    grants: tuple[Grant, ...] = ()
+    #: The sequence of the last `access` event about each user (`swarm.evt.access.<user>.*`).
+    access_seq: dict[str, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: tuple[Any, dict[str, Any]]) -> None:
+        """Load a pickled state (a Raft snapshot): one written by an earlier Swarm lacks the
+        fields added since, which then take their defaults."""
+        _, saved = state
+        fresh = HiveState()
+        for f in fields(HiveState):
+            setattr(self, f.name, saved[f.name] if f.name in saved else getattr(fresh, f.name))
 
     def agent_named(self, namespace: str, name: str) -> Agent | None:
         agent_id = self.by_name.get((namespace, name))

@@ -27,6 +27,9 @@ HIVE_PRINCIPALS_FILE = f"{PREFIX}HIVE_PRINCIPALS_FILE"
 #: The pod id a pod runs as (`PodSettings.id`): a dev stack's pod is the principal of that
 #: name, and its subjects are bound to it (`swarm.devstack.principals.permissions`).
 POD_ID = f"{PREFIX}POD_ID"
+#: The principals whose signed mesh messages a pod takes (`PodSettings.principals_file`,
+#: runtime/meshguard.py): the dev stack names its own to its pods.
+POD_PRINCIPALS_FILE = f"{PREFIX}POD_PRINCIPALS_FILE"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -61,6 +64,7 @@ __all__ = [
     "NATS_CREDENTIALS",
     "NATS_URL",
     "POD_ID",
+    "POD_PRINCIPALS_FILE",
     "PREFIX",
     "nats_ca",
     "nats_credentials",

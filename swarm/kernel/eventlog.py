@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     # only asks and reads raw bytes (`swarm status`) does not pay ~200 ms for them (bench/cli.py).
     from schemas import Envelope, Payload, Registry
     from swarm.kernel.settings import Settings
-    from swarm.kernel.signing import CommandSigner
+    from swarm.kernel.signing import CommandSigner, MeshClaim
 
 _WRONG_LAST_SEQUENCE = 10071
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
@@ -543,8 +544,14 @@ class EventLog:
         *,
         headers: Mapping[str, str] | None = None,
         reply: str = "",
+        claim: MeshClaim | None = None,
     ) -> None:
-        """Send one message nobody stores (heartbeats, mesh traffic, answers to requests)."""
+        """Send one message nobody stores (heartbeats, mesh traffic, answers to requests).
+
+        `claim`: a mesh message, signed as sent by that identity when this client has
+        credentials (`swarm.kernel.signing.MeshClaim`); without credentials it goes unsigned,
+        as to a stack whose pods verify nothing."""
+        headers = self._mesh_signed(subject, body, headers, claim)
         try:
             await self.nc.publish(
                 subject, body, reply=reply, headers=dict(headers) if headers else None
@@ -566,9 +573,12 @@ class EventLog:
         *,
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
+        claim: MeshClaim | None = None,
     ) -> Message:
         """Send a request and wait for the first answer: `NoResponders` when nobody listens,
-        `RequestTimeout` when nobody answered within `timeout` (default: the log's)."""
+        `RequestTimeout` when nobody answered within `timeout` (default: the log's). `claim`:
+        a mesh request, signed as sent by that identity (see `publish`)."""
+        headers = self._mesh_signed(subject, body, headers, claim)
         try:
             return await self.nc.request(
                 subject,
@@ -655,17 +665,45 @@ class EventLog:
             raise self._failure(exc, request) from exc
         return _appended(ack)
 
+    @property
+    def credentials(self) -> Path | None:
+        """The nkey seed file this client signs with (None: it signs nothing)."""
+        return self._credentials
+
+    def _key(self) -> CommandSigner:
+        if self._signer is None:
+            from swarm.kernel.signing import CommandSigner
+
+            assert self._credentials is not None
+            self._signer = CommandSigner.from_seed_file(self._credentials)
+        return self._signer
+
+    def mesh_headers(self, subject: str, body: bytes, claim: MeshClaim) -> dict[str, str]:
+        """The headers that sign a mesh message as sent by `claim` (none without credentials).
+        Any thread: a pod signs an agent's answer on the worker thread that ran the agent."""
+        if self._credentials is None:
+            return {}
+        return self._key().mesh_headers(subject, body, claim, time.time_ns() // 1_000_000)
+
+    def _mesh_signed(
+        self,
+        subject: str,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        claim: MeshClaim | None,
+    ) -> Mapping[str, str] | None:
+        if claim is None or self._credentials is None:
+            return headers
+        signed = self.mesh_headers(subject, body, claim)
+        return {**headers, **signed} if headers else signed
+
     def _signed(self, request: AppendRequest) -> AppendRequest:
         """A command signed with this client's key, when it has one; anything else as it is."""
         if not request.sign or self._credentials is None:
             return request
         if not request.subject.startswith(_COMMANDS):
             return request
-        if self._signer is None:
-            from swarm.kernel.signing import CommandSigner
-
-            self._signer = CommandSigner.from_seed_file(self._credentials)
-        return dataclasses.replace(request, body=self._signer.sign(request.body))
+        return dataclasses.replace(request, body=self._key().sign(request.body))
 
     @staticmethod
     def _failure(exc: BaseException, request: AppendRequest) -> BaseException:

@@ -9,6 +9,13 @@ recovers the signed bytes by cutting the signature off again (as `swarm.kernel.s
 the Hive's outcomes), so nothing is re-serialised between signing and checking.
 
 Signatures are deterministic, so a command sent again is the same bytes (and deduplicated).
+
+Mesh messages (requests to agents and their replies, `swarm.mesh.…`) are not stored and their
+body is the agent's own bytes, so their signature travels in headers instead
+(`names.HEADER_MESH_*`, `MeshClaim`): the signer, the identity it acts as, for an agent the
+replica and its placement, the time of signing, and an ed25519 signature over all of these with
+the subject and the body (`mesh_signature_of` checks it; the receiving pod decides what the
+signer may claim, runtime/meshguard.py).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +74,103 @@ class CommandSigner:
         signed = body[:-1] + _SIGNER + self.public_key.encode() + b'"}'
         signature = _b64(self._private.sign(signed).signature).encode()
         return signed[:-1] + _SIGNATURE + signature + b'"}'
+
+    def mesh_headers(
+        self, subject: str, body: bytes, claim: MeshClaim, time_ms: int
+    ) -> dict[str, str]:
+        """The headers that sign a mesh message on `subject` with `body`, sent as `claim`."""
+        signature = self._private.sign(_mesh_bytes(subject, claim, time_ms, body)).signature
+        headers = {
+            names.HEADER_MESH_SIGNER: self.public_key,
+            names.HEADER_MESH_IDENTITY: claim.identity,
+            names.HEADER_MESH_TIME: str(time_ms),
+            names.HEADER_MESH_SIGNATURE: _b64(signature),
+        }
+        if claim.replica:
+            headers[names.HEADER_MESH_REPLICA] = claim.replica
+            headers[names.HEADER_MESH_PLACED] = str(claim.placed_seq)
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class MeshClaim:
+    """Who a mesh message says it is from: `identity` (`kind:name`, as a command's), and for an
+    agent (`agent:<agent id>`) the replica that sent it and the sequence of the
+    `replica_scheduled` event that placed that replica on the signing pod: a receiver that has
+    read the log that far knows whether the claim holds."""
+
+    identity: str
+    replica: str = ""
+    placed_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSignature:
+    """What a mesh message's signature says (`mesh_signature_of`)."""
+
+    signer: str
+    claim: MeshClaim
+    #: When the sender signed it (ms since the epoch, its clock).
+    time_ms: int
+    valid: bool
+    #: Why it does not hold.
+    problem: str | None = None
+
+
+#: Bytes that begin every signed mesh message, so no other signed thing (a command) can pass
+#: for one.
+_MESH_DOMAIN = b"swarm.mesh.v1"
+
+
+def _mesh_bytes(subject: str, claim: MeshClaim, time_ms: int, body: bytes) -> bytes:
+    # Header values and subjects hold no newline: each field ends at one, the body comes last.
+    fields = (subject, claim.identity, claim.replica, str(claim.placed_seq), str(time_ms))
+    return b"\n".join((_MESH_DOMAIN, *(f.encode() for f in fields), body))
+
+
+def mesh_signature_of(
+    subject: str, body: bytes, headers: Mapping[str, str] | None, *, verify: bool = True
+) -> MeshSignature | None:
+    """The signature a mesh message carries in its headers, checked against the key it names;
+    None when it carries none. With `verify=False` it is only read (`valid`: well-formed), to
+    be checked later by `verify_mesh` (a pod checks who may claim what on its event loop, and
+    the signature on the worker thread that then runs the agent: libsodium runs without the
+    GIL)."""
+    if not headers or names.HEADER_MESH_SIGNATURE not in headers:
+        return None
+    signer = headers.get(names.HEADER_MESH_SIGNER, "")
+    try:
+        claim = MeshClaim(
+            headers.get(names.HEADER_MESH_IDENTITY, ""),
+            headers.get(names.HEADER_MESH_REPLICA, ""),
+            int(headers.get(names.HEADER_MESH_PLACED) or 0),
+        )
+        time_ms = int(headers.get(names.HEADER_MESH_TIME, ""))
+    except ValueError:
+        return MeshSignature(signer, MeshClaim(""), 0, False, "its signing time is not a number")
+    signature = MeshSignature(signer, claim, time_ms, True)
+    problem = verify_mesh(subject, body, headers, signature) if verify else None
+    if problem is not None:
+        return MeshSignature(signer, claim, time_ms, False, problem)
+    return signature
+
+
+def verify_mesh(
+    subject: str, body: bytes, headers: Mapping[str, str], signature: MeshSignature
+) -> str | None:
+    """Why the signature `mesh_signature_of(..., verify=False)` read from `headers` does not
+    hold for `subject` and `body`; None when it holds."""
+    from nacl.exceptions import BadSignatureError
+
+    try:
+        key = _verify_key(signature.signer)
+        raw = base64.urlsafe_b64decode(headers[names.HEADER_MESH_SIGNATURE].encode() + b"==")
+        key.verify(_mesh_bytes(subject, signature.claim, signature.time_ms, body), raw)
+    except (BadSignatureError, binascii.Error):
+        return "the signature does not match the message"
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,4 +233,13 @@ def public_key_bytes(nkey: str) -> bytes:
     return raw[1:-2]
 
 
-__all__ = ["CommandSigner", "Signature", "public_key_bytes", "signature_of"]
+__all__ = [
+    "CommandSigner",
+    "MeshClaim",
+    "MeshSignature",
+    "Signature",
+    "mesh_signature_of",
+    "public_key_bytes",
+    "signature_of",
+    "verify_mesh",
+]

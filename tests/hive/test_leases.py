@@ -125,6 +125,21 @@ async def test_a_late_pod_that_beats_again_starts_its_probes_afresh(
     assert await reconciler._confirmed([expire("hung-pod")]) == []  # a first probe again
 
 
+def test_a_pod_registered_long_after_the_election_gets_its_whole_lease(
+    reconciler: Reconciler,
+) -> None:
+    """A pod that registers before its first heartbeat arrives (its heartbeat thread still
+    connecting on a loaded machine) is not expired at once: its lease runs from when the Hive
+    learned of it, not from the Hive's election long before."""
+    sim = Sim()
+    reconciler.heartbeats.since -= 3600.0  # elected an hour ago
+    pod(sim, "new")  # lease 10 s by default
+    assert reconciler.plan(sim.state) == []
+    assert reconciler.heartbeats.age("new") < 1.0
+    reconciler.heartbeats.seen["new"] -= 60.0  # ...and then silent for a minute: expired
+    assert [p.pod_id for _, p in reconciler.plan(sim.state)] == ["new"]  # type: ignore[attr-defined]
+
+
 def test_the_reason_a_pod_is_lost_names_its_lease_and_the_probe() -> None:
     sim = Sim()
     pod(sim, "p1")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas import Envelope, Payload, command, commands
-from schemas.specs import Capacity
+from schemas.specs import Capacity, Quota
 from swarm.client.commands import wait_for_outcome
 from swarm.devstack.principals import add_user, issue, remove_user
 from swarm.kernel.eventlog import AppendRequest, EventLog
@@ -112,11 +112,52 @@ async def test_a_pod_cannot_act_as_the_scheduler_or_as_another_pod(stack: Stack)
     assert rule not in ("signature", "identity"), (accepted, rule)
 
 
+async def test_only_a_pod_s_own_key_registers_it_so_nothing_is_placed_on_a_fake_pod(
+    stack: Stack,
+) -> None:
+    """A user, a service or the owner may claim `user:` or `service:` identities, which the
+    rules of identities let register a pod: signed, a registration counts only by that pod's
+    own key, so the Hive places replicas only on pods the stack issued a key to."""
+    add_user(stack.root / "principals", "mallory")
+    fake = commands.RegisterPod(
+        pod_id="pod-fake", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    for signer, identity in (
+        ("mallory", "user:mallory"),
+        ("scheduler", "service:scheduler"),
+        ("admin", "pod:pod-fake"),
+    ):
+        accepted, rule, reason = await outcome(
+            stack, as_principal(stack, signer), cmd(fake, identity)
+        )
+        assert (accepted, rule) == (False, "identity"), signer
+        assert reason.startswith(
+            f"swarm.cmd.pod.register about pod pod-fake must be signed by that pod's own key, "
+            f"not by {signer}"
+        )
+    pods = await stack.pods()
+    assert [p["pod_id"] for p in pods] == []
+    # The pod's own key registers it.
+    pod = as_principal(stack, "pod-1")
+    own = commands.RegisterPod(
+        pod_id="pod-1", capacity=Capacity(memory_mb=512, fuel_per_s=10**9, slots=4), lease_s=60
+    )
+    assert (await outcome(stack, pod, cmd(own, "pod:pod-1")))[0]
+
+
 async def test_a_user_added_while_the_hive_runs_acts_as_itself_alone(stack: Stack) -> None:
     """The Hive reads the listing again when it changed (`swarm user add`): the new user's
-    commands count at once, as `user:<its name>` and nobody else."""
+    commands count at once, as `user:<its name>` and nobody else, within the roles it holds."""
     add_user(stack.root / "principals", "ann")
     ann = as_principal(stack, "ann")
+    accepted, rule, reason = await outcome(
+        stack, ann, cmd(commands.CreateNamespace(name="anns"), "user:ann")
+    )
+    assert (accepted, rule) == (False, "access")  # a new user holds no role yet
+    assert "needs role admin in every namespace and holds no role" in reason
+    admin = as_principal(stack, "admin")
+    grant = commands.GrantAccess(user="ann", role="admin")
+    assert await outcome(stack, admin, cmd(grant, "user:local")) == (True, "", "")
     accepted, rule, _ = await outcome(
         stack, ann, cmd(commands.CreateNamespace(name="anns"), "user:ann")
     )
@@ -131,6 +172,60 @@ async def test_a_user_added_while_the_hive_runs_acts_as_itself_alone(stack: Stac
         stack, ann, cmd(commands.CreateNamespace(name="gone"), "user:ann")
     )
     assert (accepted, rule) == (False, "signature")
+
+
+async def test_a_user_acts_only_where_its_role_reaches(stack: Stack) -> None:
+    """Roles per namespace: an operator runs agents in its namespace alone, an admin of a
+    namespace also sets its quota and who acts in it, and only an admin of every namespace
+    creates one; a role revoked is refused at once. Each refusal says what is missing."""
+    add_user(stack.root / "principals", "bea")
+    bea, admin = as_principal(stack, "bea"), as_principal(stack, "admin")
+
+    async def by_admin(payload: Payload) -> None:
+        assert await outcome(stack, admin, cmd(payload, "user:local")) == (True, "", "")
+
+    async def by_bea(payload: Payload) -> tuple[bool, str, str]:
+        return await outcome(stack, bea, cmd(payload, "user:bea"))
+
+    await by_admin(commands.CreateNamespace(name="team"))
+    await by_admin(commands.CreateNamespace(name="other"))
+    await by_admin(commands.GrantAccess(user="bea", role="operator", namespace="team"))
+
+    # Past the access check, the Hive decides as for anyone: no such agent.
+    _, rule, _ = await by_bea(commands.ScaleAgent(namespace="team", name="nobody", replicas=2))
+    assert rule == "not_found"
+    accepted, rule, reason = await by_bea(
+        commands.ScaleAgent(namespace="other", name="nobody", replicas=2)
+    )
+    assert (accepted, rule) == (False, "access")
+    assert "needs role operator in namespace other and holds no role there" in reason
+    assert "swarm user grant bea operator --namespace other" in reason
+    for beyond in (
+        commands.UpdateNamespace(name="team", quota=Quota(max_agents=1)),
+        commands.GrantAccess(user="bea", role="admin", namespace="team"),
+    ):
+        accepted, rule, reason = await by_bea(beyond)
+        assert (accepted, rule) == (False, "access"), beyond
+        assert "needs role admin in namespace team and holds operator there" in reason
+
+    await by_admin(commands.GrantAccess(user="bea", role="admin", namespace="team"))
+    assert await by_bea(commands.UpdateNamespace(name="team", quota=Quota(max_agents=1))) == (
+        True,
+        "",
+        "",
+    )
+    assert await by_bea(commands.GrantAccess(user="cid", role="viewer", namespace="team")) == (
+        True,
+        "",
+        "",
+    )
+    accepted, rule, reason = await by_bea(commands.CreateNamespace(name="beas"))
+    assert (accepted, rule) == (False, "access")
+    assert "needs role admin in every namespace" in reason
+
+    await by_admin(commands.RevokeAccess(user="bea", namespace="team"))
+    accepted, rule, _ = await by_bea(commands.ScaleAgent(namespace="team", name="x", replicas=1))
+    assert (accepted, rule) == (False, "access")
 
 
 async def test_a_client_signs_its_commands_but_not_bytes_it_relays(stack: Stack) -> None:

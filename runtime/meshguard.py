@@ -1,0 +1,203 @@
+"""Who may talk to this pod's agents: every mesh message is checked before an agent sees it.
+
+A stack's principals (`swarm.devstack.principals`; the pod is given their listing as the Hive
+is) sign what they send on the mesh (`swarm.kernel.signing.MeshClaim`: headers naming the
+signer, the identity it acts as, for an agent its replica and placement, and the time). The
+guard takes a message only when
+
+* it is signed, the signature holds, and the signer is a principal of the stack
+  (else `unauthenticated: …`);
+* it was signed within `window_s` of this pod's clock (a message replayed later is refused;
+  one replayed within the window by someone who can read the mesh, which only pods and the
+  owner can, is not: a nonce cache would be the next step);
+* the signer's role may act as the identity it claims, by the rule the Hive applies to commands
+  (`swarm.domain.policy.may_claim`) (else `forbidden: …`);
+* for an agent (`agent:<agent id>`): the log places the replica the message names on the pod
+  that signed it, at the placement it names, and that agent is of the receiving agent's
+  namespace (agents message agents of their own namespace alone; topics are global). A
+  message naming a placement this pod's view of the log has not reached yet waits (at most
+  `catch_up_s`) for the view: the sender's pod read it first.
+
+The checks of who may claim what run on the pod's event loop as the message arrives (`admit`);
+the signature's arithmetic (`verify`, ~110 us of libsodium, which runs without the GIL) runs on
+the worker thread that then calls the agent, before the call (runtime/replica.py `_call`), so
+a message whose signature does not hold may wait in the mailbox, and is refused there. What the
+guard refuses is answered with the reason as a platform error (`Swarm-Error`), or dropped for a
+topic message, and counted (`refused`, by reason, in the pod's metrics); the agent never sees
+it. Without a listing (a stack whose NATS admits anyone, most tests) there is
+no guard at all, as the Hive checks no signatures without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from runtime.podview import PodView
+from swarm.devstack.principals import Principal, Roster
+from swarm.domain.policy import may_claim
+from swarm.kernel.eventlog import Message
+from swarm.kernel.signing import MeshSignature, mesh_signature_of, verify_mesh
+
+#: How far a message's signing time may be from this pod's clock.
+WINDOW_S = 120.0
+#: How long a message naming a placement this pod has not read yet waits for its view.
+CATCH_UP_S = 2.0
+#: How long the guard trusts what it looked up in the listing: a key rotated or removed stops
+#: counting within this (the listing's file is not stat'ed for every message: ~30 us of the
+#: ~200 us a check costs on a busy machine, bench/security.py).
+ROSTER_TTL_S = 1.0
+_POLL_S = 0.01
+
+
+class MeshGuard:
+    def __init__(
+        self,
+        roster: Roster,
+        view: PodView,
+        *,
+        window_s: float = WINDOW_S,
+        catch_up_s: float = CATCH_UP_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.roster = roster
+        self.view = view
+        self.window_ms = window_s * 1000
+        self.catch_up_s = catch_up_s
+        self.clock = clock
+        self._known: dict[str, tuple[float, Principal | None]] = {}
+        #: Messages refused, by the kind of refusal (`unauthenticated`, `forbidden`).
+        self.refused: Counter[str] = Counter()
+
+    async def check(self, msg: Message, namespace: str | None) -> str | None:
+        """Why `msg`, to an agent of `namespace` (None: on a topic, which are global), must
+        not reach it; None when it may (`admit`, then `verify`)."""
+        reason, signature = await self.admit(msg, namespace)
+        if reason is None and signature is not None:
+            reason = self.verify(msg, signature)
+            if reason is not None:
+                self.count(reason)
+        return reason
+
+    async def admit(
+        self, msg: Message, namespace: str | None
+    ) -> tuple[str | None, MeshSignature | None]:
+        """Everything but the signature's arithmetic: (why `msg` must not reach the agent, or
+        None; the signature `verify` must then check before the agent is called). What it
+        refuses is counted. The pod runs this on its event loop and `verify` on the worker
+        thread that runs the agent next, where libsodium's ~110 us run beside the loop."""
+        reason, signature = await self._admit(msg, namespace)
+        if reason is not None:
+            self.count(reason)
+        return reason, signature
+
+    def verify(self, msg: Message, signature: MeshSignature) -> str | None:
+        """Why the signature `admit` read does not hold (not counted: see `count`); any
+        thread."""
+        assert msg.headers is not None
+        problem = verify_mesh(msg.subject, msg.data, msg.headers, signature)
+        if problem is None:
+            return None
+        return f"unauthenticated: the message's signature does not hold: {problem}"
+
+    def count(self, reason: str) -> None:
+        """Count a refusal (on the event loop)."""
+        self.refused[reason.partition(":")[0]] += 1
+
+    async def _admit(
+        self, msg: Message, namespace: str | None
+    ) -> tuple[str | None, MeshSignature | None]:
+        signature = mesh_signature_of(msg.subject, msg.data, msg.headers, verify=False)
+        if signature is None:
+            return (
+                "unauthenticated: the message is not signed; this stack's agents take messages "
+                "signed by one of its principals (Swarm's clients sign with "
+                "$SWARM_NATS_CREDENTIALS)"
+            ), None
+        reason = await self._claim(signature, namespace)
+        return reason, signature if reason is None else None
+
+    async def _claim(self, signature: MeshSignature, namespace: str | None) -> str | None:
+        if not signature.valid:
+            return f"unauthenticated: the message's signature does not hold: {signature.problem}"
+        principal = self._principal(signature.signer)
+        if principal is None:
+            return (
+                f"unauthenticated: the message is signed by {_printable(signature.signer)}, "
+                "which is no principal of this stack"
+            )
+        age_ms = self.clock() * 1000 - signature.time_ms
+        if abs(age_ms) > self.window_ms:
+            when = f"{age_ms / 1000:.0f} s ago" if age_ms > 0 else f"{-age_ms / 1000:.0f} s ahead"
+            return (
+                f"unauthenticated: the message was signed {when}, outside the "
+                f"{self.window_ms / 1000:g} s the mesh takes (replayed, or a clock is off)"
+            )
+        identity = signature.claim.identity
+        may = may_claim(principal.role, principal.name, identity)
+        if may is not None:
+            return (
+                f"forbidden: the message claims identity {_printable(identity)} but is signed "
+                f"by {principal.name} (role {principal.role}), who may act only as {may}"
+            )
+        if identity.startswith("agent:"):
+            return await self._agent(signature, principal.name, namespace)
+        return None
+
+    def _principal(self, public_key: str) -> Principal | None:
+        now = time.monotonic()
+        known = self._known.get(public_key)
+        if known is not None and now - known[0] < ROSTER_TTL_S:
+            return known[1]
+        if len(self._known) > 4096:  # strangers' keys must not grow it without bound
+            self._known.clear()
+        principal = self.roster.get(public_key)
+        self._known[public_key] = (now, principal)
+        return principal
+
+    async def _agent(self, signature: MeshSignature, pod: str, namespace: str | None) -> str | None:
+        """Whether the log places the sending replica on pod `pod`, and the sender may message
+        an agent of `namespace`."""
+        claim = signature.claim
+        agent_id = claim.identity.removeprefix("agent:")
+        view = self.view
+        if view.applied_seq < claim.placed_seq:
+            deadline = asyncio.get_running_loop().time() + self.catch_up_s
+            while view.applied_seq < claim.placed_seq:
+                if asyncio.get_running_loop().time() >= deadline:
+                    break
+                await asyncio.sleep(_POLL_S)
+        replica = view.replicas.get(claim.replica)
+        if (
+            replica is None
+            or replica.agent_id != agent_id
+            or replica.pod_id != pod
+            or replica.placed_seq != claim.placed_seq
+        ):
+            where = (
+                "does not know it"
+                if replica is None or replica.agent_id != agent_id
+                else f"places it on {replica.pod_id or 'no pod'} (placement {replica.placed_seq})"
+            )
+            return (
+                f"forbidden: the message claims replica {_printable(claim.replica)} of agent "
+                f"{_printable(agent_id)} placed on {pod} (placement {claim.placed_seq}), "
+                f"but the log {where}"
+            )
+        agent = view.agents.get(agent_id)
+        if namespace is not None and (agent is None or agent.namespace != namespace):
+            sender = f"{agent.namespace}/{agent.name}" if agent is not None else agent_id
+            return (
+                f"forbidden: agent {sender} may message agents of its own namespace alone, "
+                f"not of {namespace}"
+            )
+        return None
+
+
+def _printable(value: str, limit: int = 60) -> str:
+    return repr(value[:limit])
+
+
+__all__ = ["CATCH_UP_S", "WINDOW_S", "MeshGuard"]
