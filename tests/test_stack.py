@@ -649,7 +649,14 @@ def _mesh_impersonation(data_dir: Path, nats_url: str) -> dict[str, str]:
     subject = names.mesh_agent_subject("default", "echo")
 
     async def attempts() -> dict[str, str]:
-        nc = await nats.connect(nats_url, nkeys_seed=str(seed))
+        # Over TLS with the stack's CA, its replies under its own inbox prefix (the only one
+        # a user may read: tests/test_stack_auth.py).
+        nc = await nats.connect(
+            nats_url,
+            nkeys_seed=str(seed),
+            tls=ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem")),
+            inbox_prefix=names.inbox_prefix(CommandSigner.from_seed_file(seed).public_key),
+        )
         try:
             forged = CommandSigner.from_seed_file(seed).mesh_headers(
                 subject, b"hi", MeshClaim("user:admin"), time.time_ns() // 1_000_000
