@@ -109,12 +109,14 @@ async def _rejections(log: EventLog, start_seq: int) -> int:
 
 
 async def raw_publish(root: Path, n: int, *, authorised: bool) -> float:
-    """Pipelined JetStream publishes; `authorised`: as a pod, on a server that admits the
+    """Pipelined JetStream publishes; `authorised`: as a service, on a server that admits the
     stack's principals alone, with their permissions."""
     server = EmbeddedNats(root / "nats")
     credentials = None
     if authorised:
-        principals = issue(root / "principals", [("admin", "admin"), ("pod-0", "pod")])
+        # A service (deny lists: the log's removal, events, secrets): a pod's allow lists take
+        # Swarm's own subjects alone, and the bench publishes on a stream of its own.
+        principals = issue(root / "principals", [("admin", "admin"), ("scheduler", "service")])
         (root / "nats").mkdir(parents=True, exist_ok=True)
         write_authorization(root / "nats" / AUTH_FILE, principals)
         server.authorize = True

@@ -95,6 +95,17 @@ def probe_subject(pod_id: str) -> str:
     return f"{PROBE_PREFIX}.{_check_token('pod id', pod_id)}"
 
 
+#: Where NATS clients take replies by default (`_INBOX.<unique>`); a `swarm up` stack gives each
+#: principal its own prefix under it (`inbox_prefix`).
+INBOX_ROOT: Final = "_INBOX"
+
+
+def inbox_prefix(public_key: str) -> str:
+    """The inbox prefix of the principal with nkey `public_key`: its replies arrive under it,
+    and it alone may subscribe there (`swarm.devstack.principals.permissions`)."""
+    return f"{INBOX_ROOT}.{_check_token('public key', public_key)}"
+
+
 # --- Object stores, KV buckets and durable consumers ---------------------------------------------
 
 OBJECT_STORE_MODULES: Final = "swarm-modules"

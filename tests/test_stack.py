@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -184,7 +185,9 @@ async def test_up_status_down_and_restart_keep_the_data(
     # (tests/test_stack_auth.py: to no one else).
     owner = report["nats_credentials"]
     assert report["nats_credentials_kind"] == "nkey-seed"
-    nc = await nats.connect(nats_url, nkeys_seed=owner)
+    # Over TLS, verified against the stack's own CA (tests/test_stack_auth.py: no other).
+    ca = report["nats_ca"]
+    nc = await nats.connect(nats_url, nkeys_seed=owner, tls=ssl.create_default_context(cafile=ca))
     try:
         js = nc.jetstream()
         for stream in (names.STREAM_COMMANDS, names.STREAM_EVENTS):
@@ -266,7 +269,8 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert (report["nats_url"], report["database_url"]) == (nats_url, database_url)
     assert report["api_url"] == api_url
     assert report["nats_credentials"] == owner  # the same principals, the same keys
-    nc = await nats.connect(nats_url, nkeys_seed=owner)
+    assert report["nats_ca"] == ca  # the same CA: its clients keep trusting the server
+    nc = await nats.connect(nats_url, nkeys_seed=owner, tls=ssl.create_default_context(cafile=ca))
     try:
         msg = await nc.jetstream().get_msg(names.STREAM_EVENTS, ack.seq)
         assert msg.data == b"kept across restarts"
@@ -309,6 +313,7 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
     first = read_state(data_dir)
     assert first is not None
     assert first.nats_url
+    assert first.nats_ca
     assert first.database_url
     assert (first.nats_restarts, first.postgres_restarts) == (0, 0)
 
@@ -328,6 +333,7 @@ async def test_a_killed_server_is_restarted_on_its_port_with_its_data(
     nc = await nats.connect(
         first.nats_url,
         nkeys_seed=first.nats_credentials,
+        tls=ssl.create_default_context(cafile=first.nats_ca),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.1,
     )
@@ -643,7 +649,14 @@ def _mesh_impersonation(data_dir: Path, nats_url: str) -> dict[str, str]:
     subject = names.mesh_agent_subject("default", "echo")
 
     async def attempts() -> dict[str, str]:
-        nc = await nats.connect(nats_url, nkeys_seed=str(seed))
+        # Over TLS with the stack's CA, its replies under its own inbox prefix (the only one
+        # a user may read: tests/test_stack_auth.py).
+        nc = await nats.connect(
+            nats_url,
+            nkeys_seed=str(seed),
+            tls=ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.pem")),
+            inbox_prefix=names.inbox_prefix(CommandSigner.from_seed_file(seed).public_key),
+        )
         try:
             forged = CommandSigner.from_seed_file(seed).mesh_headers(
                 subject, b"hi", MeshClaim("user:admin"), time.time_ns() // 1_000_000

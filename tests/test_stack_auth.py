@@ -5,8 +5,10 @@ client."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
+import ssl
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,9 @@ import nats.js.errors
 import pytest
 
 from schemas import names
+from swarm.devstack import tls
 from swarm.devstack.principals import (
+    FAMILIES,
     add_user,
     authorization,
     denied,
@@ -28,7 +32,7 @@ from swarm.devstack.principals import (
     users,
 )
 from swarm.kernel import env
-from swarm.kernel.connection import CannotConnect, connect_nats
+from swarm.kernel.connection import CannotConnect, connect_nats, public_key
 from tests.helpers.cli_process import run_cli
 
 pytestmark = pytest.mark.timeout(300)
@@ -89,10 +93,20 @@ class Errors:
         return await asyncio.wait_for(wait(), 30)
 
 
-async def connect_as(stack: dict[str, Any], principal: str) -> tuple[nats.NATS, Errors]:
+async def connect_as(
+    stack: dict[str, Any], principal: str, inbox: str | None = None
+) -> tuple[nats.NATS, Errors]:
+    """A plain nats-py client with `principal`'s key, taking replies under its own inbox prefix
+    (the only one it may read) unless told another."""
     errors = Errors()
     seed = stack["principals"] / f"{principal}.nk"
-    nc = await nats.connect(stack["nats_url"], nkeys_seed=str(seed), error_cb=errors.hear)
+    nc = await nats.connect(
+        stack["nats_url"],
+        nkeys_seed=str(seed),
+        error_cb=errors.hear,
+        inbox_prefix=inbox or names.inbox_prefix(public_key(seed)),
+        tls=ssl.create_default_context(cafile=stack["nats_ca"]),
+    )
     return nc, errors
 
 
@@ -100,6 +114,7 @@ async def test_nobody_connects_without_credentials_or_with_a_key_of_its_own(
     stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(env.NATS_CREDENTIALS, raising=False)
+    monkeypatch.setenv(env.NATS_CA, stack["nats_ca"])
     with pytest.raises(CannotConnect) as refused:
         await connect_nats(stack["nats_url"], name="anonymous", timeout=5)
     # What a user sees: which file to connect with.
@@ -115,6 +130,47 @@ async def test_nobody_connects_without_credentials_or_with_a_key_of_its_own(
         stack["nats_url"], name="owner", timeout=5, credentials=Path(stack["nats_credentials"])
     )
     await owner.close()
+
+
+async def test_the_server_speaks_tls_alone_with_a_certificate_of_the_stacks_own_ca(
+    stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a client that does not trust the stack's CA sees: a refusal that says which CA to
+    trust; the owner's key does not help it."""
+    monkeypatch.delenv(env.NATS_CA, raising=False)
+    owner = Path(stack["nats_credentials"])
+    with pytest.raises(CannotConnect) as untrusted:
+        await connect_nats(stack["nats_url"], name="no-ca", timeout=5, credentials=owner)
+    message = str(untrusted.value)
+    assert "certificate" in message
+    assert "nats_ca" in message
+    assert env.NATS_CA in message
+    # Another stack's CA is no better.
+    other = tls.issue(tmp_path / "other")
+    with pytest.raises(CannotConnect, match="not one this client trusts"):
+        await connect_nats(
+            stack["nats_url"], name="other-ca", timeout=5, credentials=owner, ca=other.ca_cert
+        )
+    # Plain text is not spoken at all: the server asks every client for TLS first.
+    host, port = stack["nats_url"].removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    assert info.startswith(b"INFO ")
+    assert json.loads(info[5:])["tls_required"] is True
+    # With the stack's CA, by name (127.0.0.1 and localhost are both in the certificate).
+    for url in (stack["nats_url"], stack["nats_url"].replace("127.0.0.1", "localhost")):
+        nc = await connect_nats(
+            url, name="owner", timeout=5, credentials=owner, ca=Path(stack["nats_ca"])
+        )
+        await nc.close()
+    # The CA's key signs certificates its clients trust: the owner's alone, like the seeds.
+    ca = Path(stack["nats_ca"])
+    assert ca.parent == Path(stack["data_dir"]) / "tls"
+    for path in [ca.parent, *ca.parent.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 def test_the_owners_credentials_are_named_and_only_the_owner_reads_the_seeds(
@@ -192,6 +248,92 @@ async def test_only_a_pod_listens_on_the_mesh(stack: dict[str, Any]) -> None:
         await pod.close()
 
 
+async def test_a_pod_reports_and_answers_probes_under_its_own_id_alone(
+    stack: dict[str, Any],
+) -> None:
+    """A pod cannot keep another pod alive (its heartbeats, its probe's answer) or speak for it
+    (metrics, logs): its principal's name is its pod id, and its subjects are bound to it."""
+    hive, hive_errors = await connect_as(stack, "hive")
+    pod, errors = await connect_as(stack, "pod-7")
+    try:
+        beats: asyncio.Queue[str] = asyncio.Queue()
+
+        async def on_beat(msg: Any) -> None:
+            beats.put_nowait(msg.subject)
+
+        await hive.subscribe(f"{names.HEARTBEAT_PREFIX}.*", cb=on_beat)
+        await hive.flush()
+        other = "pod-3"
+        forged = [
+            names.heartbeat_subject(other),
+            names.metrics_subject(other, names.METRIC_AGENT),
+            names.logs_subject(other, "info"),
+        ]
+        for subject in forged:
+            await pod.publish(subject, b"{}")
+        await pod.publish(names.heartbeat_subject("pod-7"), b"")
+        # One publisher's messages arrive in order: its own beat came, the forged one never did.
+        assert await asyncio.wait_for(beats.get(), 30) == names.heartbeat_subject("pod-7")
+        for subject in forged:
+            assert "publish" in (await errors.violation(subject)).lower()
+        # Listening for another pod's liveness probe (to answer for it) is refused; its own
+        # probe reaches it, and its answer reaches the Hive.
+        await pod.subscribe(names.probe_subject(other))
+        violation = await errors.violation(names.probe_subject(other))
+        assert "subscription" in violation.lower()
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b"here")
+
+        await pod.subscribe(names.probe_subject("pod-7"), cb=answer)
+        await pod.flush()
+        reply = await hive.request(names.probe_subject("pod-7"), b"", timeout=30)
+        assert reply.data == b"here"
+        assert hive_errors.seen == []
+    finally:
+        await pod.close()
+        await hive.close()
+    # Nor does another role beat for a pod, or listen for its probe.
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        await webhooks.publish(names.heartbeat_subject("pod-7"), b"")
+        assert "publish" in (await errors.violation(names.heartbeat_subject("pod-7"))).lower()
+        await webhooks.subscribe(names.probe_subject("pod-7"))
+        await errors.violation(names.probe_subject("pod-7"))
+    finally:
+        await webhooks.close()
+
+
+async def test_nobody_reads_another_principals_replies(stack: dict[str, Any]) -> None:
+    """Replies (to queries, JetStream requests, bucket reads) arrive under each principal's own
+    inbox prefix, and only there may it listen."""
+    owner = names.inbox_prefix(public_key(Path(stack["nats_credentials"])))
+    for spy_name in ("webhooks", "pod-7", "hive"):
+        spy, errors = await connect_as(stack, spy_name)
+        try:
+            for subject in (f"{owner}.>", f"{names.INBOX_ROOT}.>", f"{names.INBOX_ROOT}.*.*"):
+                await spy.subscribe(subject)
+                assert "subscription" in (await errors.violation(subject)).lower()
+        finally:
+            await spy.close()
+    # Nor does nats-py's default prefix get a principal anything: its replies are refused.
+    plain, errors = await connect_as(stack, "webhooks", inbox=names.INBOX_ROOT)
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await plain.jetstream(timeout=2).stream_info(names.STREAM_EVENTS)
+        await errors.violation(f"{names.INBOX_ROOT}.")
+    finally:
+        await plain.close()
+    # Under its own prefix the same request is answered (as every test here connects).
+    webhooks, errors = await connect_as(stack, "webhooks")
+    try:
+        info = await webhooks.jetstream(timeout=10).stream_info(names.STREAM_EVENTS)
+        assert info.config.name == names.STREAM_EVENTS
+        assert errors.seen == []
+    finally:
+        await webhooks.close()
+
+
 async def test_the_hive_writes_events_and_the_webhook_dispatcher_reads_secrets(
     stack: dict[str, Any],
 ) -> None:
@@ -231,6 +373,18 @@ def test_every_role_but_the_owner_is_denied_removal_and_only_the_hive_writes_eve
         denied("root")
 
 
+def test_the_families_pods_are_allowed_name_every_subject_swarm_has() -> None:
+    """A pod's permissions allow Swarm's subject families one by one: a family missing from
+    the list would refuse pods its subjects."""
+    subjects = [
+        value
+        for value in vars(names).values()
+        if isinstance(value, str) and value.startswith(f"{names.ROOT}.")
+    ]
+    assert len(subjects) > 20
+    assert {subject.split(".")[1] for subject in subjects} <= set(FAMILIES)
+
+
 def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> None:
     principals = issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
     again = issue(tmp_path, [("admin", "admin"), ("pod-0", "pod")])
@@ -245,7 +399,9 @@ def test_the_server_configuration_names_each_principal_once(tmp_path: Path) -> N
 async def can_connect(stack: dict[str, Any], seed: Path) -> bool:
     """Whether the server admits `seed`'s key (refused: for its authorization, nothing else)."""
     try:
-        nc = await connect_nats(stack["nats_url"], name="user", timeout=5, credentials=seed)
+        nc = await connect_nats(
+            stack["nats_url"], name="user", timeout=5, credentials=seed, ca=Path(stack["nats_ca"])
+        )
     except CannotConnect as exc:
         refused = "authorization violation" in str(exc)
         if not refused:
@@ -263,6 +419,7 @@ async def test_a_user_added_connects_at_once_a_rotated_key_and_a_removed_user_do
     seed = stack["principals"] / "ann.nk"
     assert f"SWARM_NATS_CREDENTIALS={seed}" in added.stdout
     assert "SWARM_IDENTITY=user:ann" in added.stdout
+    assert f"SWARM_NATS_CA={stack['nats_ca']}" in added.stdout
     # The running server reads who it admits again (SIGHUP): no restart needed.
     assert await can_connect(stack, seed)
     assert "ann" in stack["user"]("ls").stdout
@@ -310,3 +467,32 @@ def test_a_pid_that_is_not_the_stacks_server_gets_no_signal(tmp_path: Path) -> N
 
     assert not _is_server(os.getpid(), tmp_path / "nats" / "nats-server.conf")
     assert not _is_server(2**22 + 12345, tmp_path / "nats" / "nats-server.conf")
+
+
+def test_the_ca_is_kept_and_the_server_certificate_renewed_before_it_expires(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+
+    first = tls.issue(tmp_path / "tls")
+    ca, server = first.ca_cert.read_bytes(), first.server_cert.read_bytes()
+    again = tls.issue(tmp_path / "tls")
+    assert (again.ca_cert.read_bytes(), again.server_cert.read_bytes()) == (ca, server)
+    cert = x509.load_pem_x509_certificate(server)
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in alt.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert alt.get_values_for_type(x509.DNSName) == ["localhost"]
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    # Near its end the server's certificate is made again, by the same CA.
+    late = cert.not_valid_after_utc - datetime.timedelta(days=10)
+    renewed = tls.issue(tmp_path / "tls", now=late)
+    assert renewed.ca_cert.read_bytes() == ca
+    assert renewed.server_cert.read_bytes() != server
+    # A server certificate another CA signed is replaced.
+    other = tls.issue(tmp_path / "other")
+    renewed.server_cert.write_bytes(other.server_cert.read_bytes())
+    renewed.server_key.write_bytes(other.server_key.read_bytes())
+    fixed = tls.issue(tmp_path / "tls")
+    x509.load_pem_x509_certificate(fixed.server_cert.read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca)
+    )

@@ -58,10 +58,15 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-async def write(url: str, requests: list[AppendRequest], credentials: str) -> list[int]:
+async def write(url: str, requests: list[AppendRequest], report: dict[str, Any]) -> list[int]:
     """Append `requests` as the stack's owner: the one principal besides the Hive that may
     write on the log (tests/test_stack_auth.py), here writing what the Hive did not."""
-    log = await EventLog.connect(url, ensure=False, credentials=Path(credentials))
+    log = await EventLog.connect(
+        url,
+        ensure=False,
+        credentials=Path(report["nats_credentials"]),
+        ca=Path(report["nats_ca"]),
+    )
     try:
         return [(await log.append_raw(r)).seq for r in requests]
     finally:
@@ -91,7 +96,7 @@ def test_foreign_writes_are_reported_and_answer_nothing(
         identity="service:hive",
     )
     lost_seq, forged_seq = asyncio.run(
-        write(url, [AppendRequest.of(lost), AppendRequest.of(forged)], report["nats_credentials"])
+        write(url, [AppendRequest.of(lost), AppendRequest.of(forged)], report)
     )
 
     # The command's id, given in a document on stdin, is the one the forged outcome names.

@@ -68,6 +68,8 @@ class NatsTarget:
     #: The nkey seed file the stack that named the URL admits its owner with
     #: (else `$SWARM_NATS_CREDENTIALS`, read when connecting).
     credentials: Path | None = None
+    #: The CA the stack's server certificate is verified against (else `$SWARM_NATS_CA`).
+    ca: Path | None = None
 
     def describe(self) -> str:
         return f"{self.url} (from {self.origin})"
@@ -142,11 +144,13 @@ def _of_stack(target: NatsTarget, state: dict[str, Any]) -> NatsTarget:
     `SWARM_NATS_CREDENTIALS` (a user `swarm user add` issued a key to) connects as that."""
     key = state.get("hive_public_key")
     credentials = env.nats_credentials() or state.get("nats_credentials")
+    ca = env.nats_ca() or state.get("nats_ca")
     return NatsTarget(
         target.url,
         target.origin,
         key if isinstance(key, str) and key else None,
         Path(credentials) if credentials else None,
+        Path(ca) if ca else None,
     )
 
 
@@ -219,6 +223,7 @@ async def connect(
             timeout=wait,
             reconnects=1,
             credentials=target.credentials,
+            ca=target.ca,
         )
     except CannotConnect as exc:
         raise CliError(

@@ -36,10 +36,17 @@ def echo_module() -> bytes:
 
 
 async def deploy_demo(
-    nats_url: str, identity: str, timeout: float = 60.0, *, credentials: Path | None = None
+    nats_url: str,
+    identity: str,
+    timeout: float = 60.0,
+    *,
+    credentials: Path | None = None,
+    ca: Path | None = None,
 ) -> str:
     """Deploy the echo agent unless it exists; returns a line saying what happened."""
-    log = await EventLog.connect(nats_url, ensure=False, name="swarm-demo", credentials=credentials)
+    log = await EventLog.connect(
+        nats_url, ensure=False, name="swarm-demo", credentials=credentials, ca=ca
+    )
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

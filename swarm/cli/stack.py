@@ -48,6 +48,11 @@ def owner_credentials(state: StackState) -> Path | None:
     return Path(state.nats_credentials) if state.nats_credentials else None
 
 
+def stack_ca(state: StackState) -> Path | None:
+    """The CA the stack's NATS server certificate is verified against, when it has one."""
+    return Path(state.nats_ca) if state.nats_ca else None
+
+
 def default_services(
     data_dir: Path, *, hive_replicas: int = 1, pods: int = 1
 ) -> tuple[ServiceSpec, ...]:
@@ -350,7 +355,10 @@ def up(
             console.print(
                 asyncio.run(
                     deploy_demo(
-                        state.nats_url, settings.identity, credentials=owner_credentials(state)
+                        state.nats_url,
+                        settings.identity,
+                        credentials=owner_credentials(state),
+                        ca=stack_ca(state),
                     )
                 )
             )
@@ -375,10 +383,10 @@ def up(
         if demo and state.nats_url:
             # In a thread: the supervisor must keep watching its children while the Hive elects
             # itself and the deploy goes through.
-            url, owner = state.nats_url, owner_credentials(state)
+            url, owner, ca = state.nats_url, owner_credentials(state), stack_ca(state)
             threading.Thread(
                 target=lambda: console.print(
-                    asyncio.run(deploy_demo(url, settings.identity, credentials=owner))
+                    asyncio.run(deploy_demo(url, settings.identity, credentials=owner, ca=ca))
                 ),
                 name="demo",
                 daemon=True,
@@ -630,6 +638,8 @@ def _print_ready(state: StackState, *, detached: bool) -> None:
     env = f"SWARM_NATS_URL={state.nats_url} SWARM_DATABASE_URL={state.database_url}"
     if state.nats_credentials:
         env += f" SWARM_NATS_CREDENTIALS={state.nats_credentials}"
+    if state.nats_ca:
+        env += f" SWARM_NATS_CA={state.nats_ca}"
     console.print(
         f"[dim]`swarm` finds it from any directory; other clients with: export {escape(env)}[/]",
         soft_wrap=True,
@@ -821,6 +831,7 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
                 attempts=1,
                 reconnects=0,
                 credentials=Path(state.nats_credentials) if state.nats_credentials else None,
+                ca=Path(state.nats_ca) if state.nats_ca else None,
             )
         except CannotConnect:
             return []

@@ -152,12 +152,16 @@ def _is_server(pid: int, config: Path) -> bool:
         return False
 
 
-def _print_credentials(user: Principal, note: str) -> None:
+def _print_credentials(user: Principal, note: str, state: dict[str, object]) -> None:
+    ca = state.get("nats_ca")
+    # The stack's CA is no secret: the server's certificate is verified against it.
+    trust = f" SWARM_NATS_CA={escape(str(ca))}" if isinstance(ca, str) and ca else ""
     console.print(f"  credentials (nkey seed): {escape(str(user.seed_file))}")
     console.print(f"  [dim]{escape(note)}; hand the file to {escape(user.name)}, who runs:[/]")
     console.print(
         f"  export SWARM_NATS_CREDENTIALS={escape(str(user.seed_file))} "
-        f"SWARM_IDENTITY=user:{escape(user.name)}"
+        f"SWARM_IDENTITY=user:{escape(user.name)}{trust}",
+        soft_wrap=True,
     )
 
 
@@ -184,7 +188,7 @@ def add(
         except ValueError as exc:
             raise CliError(str(exc), code=EXIT_USAGE) from None
         console.print(f"[green]✓[/] user {escape(name)} added (acts as user:{escape(name)})")
-        _print_credentials(user, _apply(root, state))
+        _print_credentials(user, _apply(root, state), state)
     if role is not None:
         url = state.get("nats_url")
         _grant(
@@ -253,7 +257,7 @@ def rotate(name: NameArgument, data_dir: DataDirOption = None) -> None:
         except ValueError as exc:
             raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
         console.print(f"[green]✓[/] user {escape(name)} has a new key; the old one is refused")
-        _print_credentials(user, _apply(root, state))
+        _print_credentials(user, _apply(root, state), state)
 
 
 @app.command("rm")

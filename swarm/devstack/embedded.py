@@ -160,6 +160,9 @@ class EmbeddedNats(_ChildServer):
     #: `swarm.devstack.principals.write_authorization`, included by the configuration, so that
     #: a user added later is admitted on a reload and after a restart); else anyone.
     authorize: bool = False
+    #: The server's certificate and key (PEM): with them, clients must speak TLS (a stack's
+    #: own CA signs the certificate, `swarm.devstack.tls`); without, plain NATS.
+    tls: tuple[Path, Path] | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -187,6 +190,9 @@ class EmbeddedNats(_ChildServer):
             f.write(f"jetstream {{\n  store_dir: {store}{sync}\n}}\n")
             if self.authorize:
                 f.write(f"include {json.dumps(AUTH_FILE)}\n")
+            if self.tls is not None:
+                cert, key = (json.dumps(str(path)) for path in self.tls)
+                f.write(f"tls {{\n  cert_file: {cert}\n  key_file: {key}\n}}\n")
         # `-p -1` lets the server pick a free port itself and report it in the ports file, so
         # there is no window in which another process can take the port we probed.
         port_arg = (

@@ -17,10 +17,25 @@ anonymous user. Each principal has a role, and each role a set of NATS permissio
 
 Removal covers deleting a stream, bucket or object store (they are streams), deleting a message,
 and purging the log's streams and the secrets' bucket (a pod purges the snapshots it replaced).
-What the roles do not yet tell apart (a pod's heartbeat subject from another pod's, a user's
-namespaces) is issue 13's next step: signed commands and per-principal subjects.
+
+Some subjects are bound to one principal (`permissions`):
+
+* Replies: every principal but the owner listens only under its own inbox prefix
+  (`_INBOX.<its public key>`, `schemas.names.inbox_prefix`), which `swarm.kernel.connection`
+  connects with, so nobody reads another's replies (a plain nats-py client passes
+  `inbox_prefix=`).
+* A pod's reports: a pod principal is named by its pod id (`swarm up` runs pod `pod-<i>` with
+  `SWARM_POD_ID=pod-<i>`), and publishes heartbeats, metrics and logs under that id alone and
+  listens for its own liveness probe alone; no other role publishes those or listens for a
+  probe, and only the Hive listens to heartbeats.
+
+What the permissions do not yet tell apart: a user's namespaces; which pod runs an agent (any
+pod may join an agent's mesh queue group: signed mesh messages are issue 13's next step); and
+who may publish into someone else's inbox (a reply is not bound to its asker; the Hive's seal on
+outcomes and signed commands are what a reader checks).
 
 The seeds are the `.nk` files NATS tools read (`nats --nkey`, nats-py's `nkeys_seed=`).
+The listener speaks TLS alone, with a certificate of the stack's own CA (`swarm.devstack.tls`).
 """
 
 from __future__ import annotations
@@ -85,7 +100,8 @@ def _secrets() -> tuple[list[str], list[str]]:
 
 
 def denied(role: str) -> tuple[list[str], list[str]]:
-    """The subjects `role` may not publish on, and may not subscribe to."""
+    """The subjects `role` may not publish on, and may not subscribe to (what `permissions`
+    denies whoever holds the role; it also allows each principal only its own subjects)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     if role == ADMIN:
@@ -93,6 +109,11 @@ def denied(role: str) -> tuple[list[str], list[str]]:
     publish, subscribe = _removal(), []
     if role != "hive":
         publish.append(names.EVENTS_ALL)
+    if role != "pod":
+        # A pod's reports are its own (`permissions` binds them to its id); nobody else sends
+        # them, or answers a pod's liveness probe for it.
+        publish += [f"{prefix}.>" for prefix in _POD_REPORTS]
+        subscribe.append(f"{names.PROBE_PREFIX}.>")
     if role not in ("gateway", "webhooks"):
         secret_publish, secret_subscribe = _secrets()
         publish += secret_publish
@@ -101,11 +122,120 @@ def denied(role: str) -> tuple[list[str], list[str]]:
         # Agents answer on the mesh from their pods alone: anyone else listening there could
         # read what is sent to an agent, or join its queue group and answer for it.
         subscribe.append(f"{names.MESH_PREFIX}.>")
+    if role != "hive":
+        # Who is alive is the Hive's to judge; a listener elsewhere learns the pods' ids.
+        subscribe.append(f"{names.HEARTBEAT_PREFIX}.>")
     return publish, subscribe
 
 
+#: What a pod reports about itself, each under its pod id: `<prefix>.<pod id>[.…]`.
+_POD_REPORTS: Final = (names.HEARTBEAT_PREFIX, names.METRICS_PREFIX, names.LOGS_PREFIX)
+#: Every family of Swarm's subjects (`swarm.<family>.…`), in `schemas.names`. A principal whose
+#: permissions allow families one by one (a pod) is refused a family missing here: that fails
+#: closed, and a test pins the list against the names module.
+FAMILIES: Final = tuple(
+    prefix.split(".")[1]
+    for prefix in (
+        names.COMMANDS_PREFIX,
+        names.EVENTS_PREFIX,
+        names.METRICS_PREFIX,
+        names.LOGS_PREFIX,
+        names.QUERY_PREFIX,
+        names.MESH_PREFIX,
+        names.HEARTBEAT_PREFIX,
+        names.PROBE_PREFIX,
+        names.TASKS_PREFIX,
+        names.WEBHOOK_DELIVERIES_PREFIX,
+        names.CHANGELOG_PREFIX,
+        names.DEADLETTER_PREFIX,
+    )
+)
+#: What JetStream, its key-value buckets and object stores take requests and writes on.
+_JETSTREAM: Final = ("$JS.API.>", "$JS.ACK.>", "$KV.>", "$O.>")
+
+
+def _families_but(*prefixes: str) -> list[str]:
+    skipped = {prefix.split(".")[1] for prefix in prefixes}
+    return [f"{names.ROOT}.{family}.>" for family in FAMILIES if family not in skipped]
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """One principal's NATS permissions, as the server takes them: a subject is allowed when an
+    allow list is empty or matches it, and no deny entry matches it (deny wins)."""
+
+    publish_allow: tuple[str, ...] = ()
+    publish_deny: tuple[str, ...] = ()
+    subscribe_allow: tuple[str, ...] = ()
+    subscribe_deny: tuple[str, ...] = ()
+    #: May answer a request it received on the request's reply subject (one answer each).
+    allow_responses: bool = False
+
+    def to_config(self) -> dict[str, object]:
+        """The `permissions` block of the server's configuration."""
+        out: dict[str, object] = {}
+        for direction, allow, deny in (
+            ("publish", self.publish_allow, self.publish_deny),
+            ("subscribe", self.subscribe_allow, self.subscribe_deny),
+        ):
+            block = {k: list(v) for k, v in (("allow", allow), ("deny", deny)) if v}
+            if block:
+                out[direction] = block
+        if self.allow_responses:
+            out["allow_responses"] = True
+        return out
+
+
+def permissions(principal: Principal) -> Permissions:
+    """What `principal` may do on the stack's NATS: its role's rules (`denied`) and subjects
+    bound to itself.
+
+    * Its replies: everyone but the admin subscribes only under its own inbox prefix
+      (`names.inbox_prefix` of its public key; `swarm.kernel.connection` connects with it), so
+      nobody reads another principal's replies.
+    * A pod (the principal named by its pod id, as `swarm up` names them) publishes heartbeats,
+      metrics and logs under its own id alone and listens for its own liveness probe alone.
+      Deny wins over allow in NATS, so this takes allow lists: Swarm's subject families but
+      those, its own subjects, JetStream's API, and answers to what it was asked.
+    """
+    publish, subscribe = denied(principal.role)
+    if principal.role == ADMIN:
+        return Permissions()
+    inbox = f"{names.inbox_prefix(principal.public_key)}.>"
+    if principal.role != "pod":
+        return Permissions(
+            publish_deny=tuple(publish),
+            subscribe_allow=(f"{names.ROOT}.>", inbox),
+            subscribe_deny=tuple(subscribe),
+        )
+    pod = principal.name
+    own = (
+        names.heartbeat_subject(pod),
+        *(f"{prefix}.{pod}.>" for prefix in (names.METRICS_PREFIX, names.LOGS_PREFIX)),
+    )
+    return Permissions(
+        publish_allow=(
+            *_families_but(*_POD_REPORTS, names.PROBE_PREFIX, names.EVENTS_PREFIX),
+            *own,
+            *_JETSTREAM,
+            # Replies to requests it makes as a client of others (tasks, the mesh).
+            f"{names.INBOX_ROOT}.>",
+        ),
+        publish_deny=tuple(publish),
+        subscribe_allow=(
+            *_families_but(names.PROBE_PREFIX, names.HEARTBEAT_PREFIX),
+            names.probe_subject(pod),
+            inbox,
+        ),
+        subscribe_deny=tuple(subscribe),
+        allow_responses=True,
+    )
+
+
 def role_of(service: str) -> str:
-    """The role of a service `swarm up` supervises, by its name."""
+    """The role of a service `swarm up` supervises, by its name. A pod's name (`pod-…`) is
+    its pod id too: the stack runs it with `SWARM_POD_ID` set to it, and its permissions bind
+    its subjects to it."""
     if service == "hive" or service.startswith("hive-"):
         return "hive"
     if service.startswith("pod-"):
@@ -255,15 +385,10 @@ def authorization(principals: Sequence[Principal]) -> str:
     role's permissions."""
     users = []
     for p in principals:
-        publish, subscribe = denied(p.role)
-        permissions = {
-            direction: {"deny": subjects}
-            for direction, subjects in (("publish", publish), ("subscribe", subscribe))
-            if subjects
-        }
         user: dict[str, object] = {"nkey": p.public_key}
-        if permissions:
-            user["permissions"] = permissions
+        config = permissions(p).to_config()
+        if config:
+            user["permissions"] = config
         users.append(user)
     # The server's configuration format reads JSON values as they are.
     return f"authorization {{\n  users: {json.dumps(users, indent=2)}\n}}\n"
@@ -271,8 +396,10 @@ def authorization(principals: Sequence[Principal]) -> str:
 
 __all__ = [
     "ADMIN",
+    "FAMILIES",
     "LISTING",
     "ROLES",
+    "Permissions",
     "Principal",
     "Roster",
     "add_user",
@@ -280,6 +407,7 @@ __all__ = [
     "denied",
     "issue",
     "load",
+    "permissions",
     "remove_user",
     "role_of",
     "rotate_user",

@@ -11,6 +11,7 @@ Layout of a data dir::
     stack.json  stack.lock
     nats/       JetStream store, nats-server.conf, nats-server.log
     principals/ <name>.nk: the nkey seed each principal connects to NATS with (admin: the owner)
+    tls/        ca.pem (what clients trust), ca-key.pem, nats.pem, nats-key.pem (`tls.py`)
     postgres/   pgdata/, postgres.log
     logs/       up.log (a detached supervisor's own output), <service>.log
 
@@ -134,6 +135,11 @@ class StackPaths:
         """The NATS principals' nkey seeds (`swarm.devstack.principals`)."""
         return self.root / "principals"
 
+    @property
+    def tls(self) -> Path:
+        """The stack's CA and the NATS server's certificate (`swarm.devstack.tls`)."""
+        return self.root / "tls"
+
     @classmethod
     def of(cls, data_dir: Path) -> Self:
         return cls(data_dir.expanduser().resolve())
@@ -169,6 +175,9 @@ class StackState:
     #: The nkey seed file the stack's owner connects with (`swarm.devstack.principals`): an
     #: embedded server admits the stack's principals alone.
     nats_credentials: str | None = None
+    #: The CA certificate the embedded server's TLS certificate is verified against
+    #: (`swarm.devstack.tls`): its listener speaks TLS alone.
+    nats_ca: str | None = None
     jetstream_sync: str = "default"
     database_url: str | None = None
     database_external: bool = False
@@ -206,6 +215,7 @@ class StackState:
             "nats_pid": self.nats_pid,
             "nats_credentials": self.nats_credentials,
             "nats_credentials_kind": "nkey-seed" if self.nats_credentials else None,
+            "nats_ca": self.nats_ca,
             "jetstream_sync": self.jetstream_sync,
             "database_url": self.database_url,
             "database_external": self.database_external,
@@ -234,6 +244,7 @@ class StackState:
             nats_external=bool(data.get("nats_external", False)),
             nats_pid=data.get("nats_pid"),
             nats_credentials=data.get("nats_credentials"),
+            nats_ca=data.get("nats_ca"),
             jetstream_sync=str(data.get("jetstream_sync", "default")),
             database_url=data.get("database_url"),
             database_external=bool(data.get("database_external", False)),
@@ -354,6 +365,9 @@ class StackReport:
             # What `nats_credentials` is: an nkey seed file (nats-py `nkeys_seed=`, `nats
             # --nkey`), not a `.creds` JWT file.
             "nats_credentials_kind": "nkey-seed" if state and state.nats_credentials else None,
+            # The CA (PEM) that signed the server's TLS certificate: what a client verifies it
+            # against (nats-py `tls=ssl.create_default_context(cafile=…)`).
+            "nats_ca": state.nats_ca if state else None,
             "nats_pid": state.nats_pid if state else None,
             "nats_restarts": state.nats_restarts if state else 0,
             "nats_error": state.nats_error if state else None,
@@ -543,14 +557,16 @@ def _check_database(url: str) -> None:
 # --- streams -------------------------------------------------------------------------------------
 
 
-async def _ensure_streams(url: str, settings: Settings, credentials: Path | None) -> None:
+async def _ensure_streams(
+    url: str, settings: Settings, credentials: Path | None, ca: Path | None
+) -> None:
     from swarm.kernel.connection import CannotConnect, connect_nats
     from swarm.kernel.eventlog import EventLog
 
     try:
         # Bounded attempts: an unreachable server must fail `swarm up`, not hang it.
         nc = await connect_nats(
-            url, name="swarm-up", timeout=5, reconnects=0, credentials=credentials
+            url, name="swarm-up", timeout=5, reconnects=0, credentials=credentials, ca=ca
         )
     except CannotConnect as exc:
         raise StackError(str(exc)) from exc
@@ -792,6 +808,7 @@ class Stack:
             return f"{external} (external)"
         # The previous run's port when it is free, so URLs people copied keep working.
         port = _port_of(previous.nats_url) if previous and not previous.nats_external else 0
+        from swarm.devstack import tls
         from swarm.devstack.principals import ADMIN, issue, role_of, write_authorization
 
         principals = issue(
@@ -801,15 +818,20 @@ class Stack:
         self._credentials = {p.name: p.seed_file for p in principals}
         self.paths.nats.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_authorization(self.paths.nats / AUTH_FILE, principals)
+        certificates = tls.issue(self.paths.tls)
         self._nats = EmbeddedNats(
             self.paths.nats,
             port=port,
             sync_always=self.settings.jetstream_sync == "always",
             authorize=True,
+            tls=(certificates.server_cert, certificates.server_key),
         )
         url = self._nats.start()
         self._save(
-            nats_url=url, nats_pid=self._nats.pid, nats_credentials=str(self._credentials[ADMIN])
+            nats_url=url,
+            nats_pid=self._nats.pid,
+            nats_credentials=str(self._credentials[ADMIN]),
+            nats_ca=str(certificates.ca_cert),
         )
         return f"{url} (JetStream sync: {self.settings.jetstream_sync})"
 
@@ -832,7 +854,12 @@ class Stack:
         assert url is not None
         import asyncio  # here: `swarm status` reads a stack without an event loop
 
-        asyncio.run(_ensure_streams(url, self.settings, self._credentials.get("admin")))
+        ca = self._state.nats_ca if self._state else None
+        asyncio.run(
+            _ensure_streams(
+                url, self.settings, self._credentials.get("admin"), Path(ca) if ca else None
+            )
+        )
         return ", ".join(spec.name for spec in stream_specs(self.settings))
 
     def _migrate(self) -> str:
@@ -856,6 +883,9 @@ class Stack:
             "SWARM_DATA_DIR": str(self.paths.root),
             **self.service_env,
         }
+        if self._state.nats_ca:
+            # Every service verifies the embedded server against the stack's CA.
+            env[env_names.NATS_CA] = self._state.nats_ca
         # Each service connects as itself (an embedded server admits no one else), and the
         # Hive takes only commands the stack's principals signed.
         services = tuple(
@@ -891,6 +921,8 @@ class Stack:
             out[env_names.HIVE_PRINCIPALS_FILE] = str(seed.parent / LISTING)
         elif role == "pod":
             out[env_names.POD_PRINCIPALS_FILE] = str(seed.parent / LISTING)
+            # A pod's heartbeats, metrics, logs and probe are bound to its principal's name.
+            out[env_names.POD_ID] = service
         return out
 
     def _save(self, **changes: Any) -> StackState:

@@ -17,6 +17,9 @@ setting the same option on the live client, whose reconnect loop reads it at eac
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from schemas import names
 from swarm.kernel import env
 
 #: Pause between two attempts on the same server.
@@ -45,6 +49,10 @@ def _refused(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
+def _untrusted(exc: BaseException) -> bool:
+    return isinstance(exc, ssl.SSLCertVerificationError) or "certificate verify failed" in str(exc)
+
+
 def describe(exc: BaseException | None) -> str:
     """One line for a connection error: its message, or its type when it has none."""
     if exc is None:
@@ -56,7 +64,40 @@ def describe(exc: BaseException | None) -> str:
             f"connect with the nkey seed file `swarm status -o json` names as nats_credentials "
             f"(${env.NATS_CREDENTIALS})"
         )
+    if _untrusted(exc):
+        return (
+            f"the server's TLS certificate is not one this client trusts ({text}); verify it "
+            f"against the stack's CA, which `swarm status -o json` names as nats_ca "
+            f"(${env.NATS_CA})"
+        )
     return text
+
+
+def public_key(seed_file: Path) -> str:
+    """The public key (`U…`) of the nkey seed in `seed_file`; ValueError if it holds none."""
+    import nkeys  # here: only a connection with credentials needs it
+
+    try:
+        pair = nkeys.from_seed(bytearray(seed_file.read_bytes().strip()))
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise ValueError(f"{seed_file} holds no nkey seed") from exc
+    public = pair.public_key.decode()
+    pair.wipe()
+    return str(public)
+
+
+class _QuietTlsClose(logging.Filter):
+    """Drops asyncio's warning at each TLS connection's end. nats-py upgrades a connection to
+    TLS with a stream protocol that is never told it runs over TLS (Python 3.11's `start_tls`
+    does not call its `connection_made`), so at the server's EOF asyncio warns
+    "returning true from eof_received() has no effect when using ssl", on the CLI's stderr too.
+    The connection closes all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("returning true from eof_received()")
+
+
+_QUIET_TLS_CLOSE = _QuietTlsClose()
 
 
 def nats_servers(url: str) -> list[str]:
@@ -75,6 +116,7 @@ async def connect_nats(
     reconnects: int = -1,
     on_error: ErrorCallback | None = None,
     credentials: Path | None = None,
+    ca: Path | None = None,
 ) -> NATS:
     """A connection to the first server of `url` that answers, or `CannotConnect`.
 
@@ -84,23 +126,45 @@ async def connect_nats(
     connection error (not the first attempts': the last of those is `CannotConnect.cause`).
     `credentials`: the nkey seed file to sign the server's challenge with (a `swarm up` stack
     admits no one without one: `swarm.devstack.principals`); by default `$SWARM_NATS_CREDENTIALS`,
-    which `swarm up` sets for each process it starts.
+    which `swarm up` sets for each process it starts. With credentials, replies (requests,
+    JetStream, buckets) arrive under the key's own inbox prefix (`names.inbox_prefix`), the only
+    inboxes a stack lets the principal read. `ca`: the CA certificate to verify the server's TLS
+    certificate against (a `swarm up` stack's listener speaks TLS alone, with a CA of its own:
+    `swarm.devstack.tls`); by default `$SWARM_NATS_CA`. Without one, plain NATS (or the system's
+    CAs, if the server asks for TLS).
     """
     credentials = credentials or env.nats_credentials()
+    ca = ca or env.nats_ca()
     servers = nats_servers(url)
     if not servers:
         raise CannotConnect(url, ValueError("no server URL given"))
+    inbox = names.INBOX_ROOT
+    if credentials is not None:
+        try:
+            inbox = names.inbox_prefix(public_key(credentials))
+        except (OSError, ValueError) as exc:
+            raise CannotConnect(url, exc) from exc
+    tls: ssl.SSLContext | None = None
+    if ca is not None:
+        try:
+            tls = ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise CannotConnect(url, OSError(f"cannot read the NATS CA {ca}: {exc}")) from exc
+        logging.getLogger("asyncio").addFilter(_QUIET_TLS_CLOSE)  # once: the same filter
     seen: list[Exception] = []
     connected = False
+    untrusted = asyncio.Event()
 
     async def error_cb(exc: Exception) -> None:
         if not connected:
             seen.append(exc)
+            if _untrusted(exc):
+                untrusted.set()
         elif on_error is not None:
             await on_error(exc)
 
-    try:
-        nc = await nats.connect(
+    attempt = asyncio.ensure_future(
+        nats.connect(
             servers,
             name=name,
             connect_timeout=timeout,
@@ -110,12 +174,32 @@ async def connect_nats(
             allow_reconnect=reconnects != 0,
             error_cb=error_cb,
             nkeys_seed=str(credentials) if credentials is not None else None,
+            inbox_prefix=inbox,
+            tls=tls,
         )
+    )
+    refusal = asyncio.ensure_future(untrusted.wait())
+    try:
+        await asyncio.wait({attempt, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not attempt.done():
+            # A certificate this client does not trust: nats-py would next wait forever for
+            # the failed TLS stream to close (on Python 3.11 a failed `start_tls` never tells
+            # the stream it lost its connection; seen: `connect_nats` without the stack's CA
+            # hung), and no later attempt could fare better. It waits in a plain await there,
+            # where a cancellation is not lost.
+            attempt.cancel()
+            await asyncio.wait({attempt}, timeout=timeout)
+    try:
+        if attempt.cancelled():
+            raise OSError("the server's TLS certificate is not trusted")
+        nc = attempt.result()
     except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
         cause = seen[-1] if seen and isinstance(exc, nats.errors.NoServersError) else exc
         # A refusal of the credentials says more than what the next attempt met (the server
         # hangs up on a refused client: seen under load, "connection reset by peer").
-        refused = [e for e in seen if _refused(e)]
+        refused = [e for e in seen if _refused(e) or _untrusted(e)]
         raise CannotConnect(url, refused[-1] if refused else cause) from exc
     connected = True
     # nats-py reads the option at each reconnect; 0 would mean "without limit" to it.
@@ -123,4 +207,11 @@ async def connect_nats(
     return nc
 
 
-__all__ = ["CannotConnect", "ErrorCallback", "connect_nats", "describe", "nats_servers"]
+__all__ = [
+    "CannotConnect",
+    "ErrorCallback",
+    "connect_nats",
+    "describe",
+    "nats_servers",
+    "public_key",
+]

@@ -17,9 +17,16 @@ PREFIX = "SWARM_"
 NATS_URL = f"{PREFIX}NATS_URL"
 #: The nkey seed file a process connects to NATS with (`Settings.nats_credentials`).
 NATS_CREDENTIALS = f"{PREFIX}NATS_CREDENTIALS"
+#: The CA certificate (PEM) a process verifies the NATS server's TLS certificate against: a
+#: `swarm up` stack's own CA (`swarm status -o json` names it as `nats_ca`). Unset: plain NATS,
+#: or TLS verified against the system's CAs when the server asks for TLS.
+NATS_CA = f"{PREFIX}NATS_CA"
 #: The principals a Hive takes signed commands from (`HiveSettings.principals_file`): the
 #: dev stack names its own to its Hive replicas.
 HIVE_PRINCIPALS_FILE = f"{PREFIX}HIVE_PRINCIPALS_FILE"
+#: The pod id a pod runs as (`PodSettings.id`): a dev stack's pod is the principal of that
+#: name, and its subjects are bound to it (`swarm.devstack.principals.permissions`).
+POD_ID = f"{PREFIX}POD_ID"
 #: The principals whose signed mesh messages a pod takes (`PodSettings.principals_file`,
 #: runtime/meshguard.py): the dev stack names its own to its pods.
 POD_PRINCIPALS_FILE = f"{PREFIX}POD_PRINCIPALS_FILE"
@@ -32,6 +39,12 @@ DEFAULT_DATA_DIR = ".swarm"
 #: What a process logs, and how (`Settings.log_level`, `Settings.log_format`).
 LOG_LEVEL = f"{PREFIX}LOG_LEVEL"
 LOG_FORMAT = f"{PREFIX}LOG_FORMAT"
+
+
+def nats_ca() -> Path | None:
+    """`NATS_CA` from the environment."""
+    value = os.environ.get(NATS_CA)
+    return Path(value) if value else None
 
 
 def nats_credentials() -> Path | None:
@@ -47,9 +60,12 @@ __all__ = [
     "HIVE_PRINCIPALS_FILE",
     "LOG_FORMAT",
     "LOG_LEVEL",
+    "NATS_CA",
     "NATS_CREDENTIALS",
     "NATS_URL",
+    "POD_ID",
     "POD_PRINCIPALS_FILE",
     "PREFIX",
+    "nats_ca",
     "nats_credentials",
 ]

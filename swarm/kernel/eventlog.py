@@ -453,9 +453,11 @@ class EventLog:
         timeout: float = _DEFAULT_TIMEOUT,
         ensure: bool = True,
         credentials: Path | None = None,
+        ca: Path | None = None,
     ) -> Self:
         """Connect to NATS and (by default) make sure the streams exist. `credentials`: the
-        nkey seed file, else the settings' (`SWARM_NATS_CREDENTIALS`)."""
+        nkey seed file, else the settings' (`SWARM_NATS_CREDENTIALS`); `ca`: the CA that
+        signed the server's TLS certificate, else `$SWARM_NATS_CA` (`connect_nats`)."""
 
         async def on_error(exc: Exception) -> None:
             # Imported here: a client that never connects this way (the CLI) need not import
@@ -472,7 +474,12 @@ class EventLog:
         try:
             # Once connected, it reconnects without limit: services outlive a server restart.
             nc = await connect_nats(
-                url, name=name, timeout=timeout, on_error=on_error, credentials=credentials
+                url,
+                name=name,
+                timeout=timeout,
+                on_error=on_error,
+                credentials=credentials,
+                ca=ca,
             )
         except CannotConnect as exc:
             raise EventLogError(str(exc)) from exc
