@@ -15,7 +15,6 @@ nothing the Hive carries out.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import os
@@ -287,6 +286,8 @@ def ls(data_dir: DataDirOption = None) -> None:
         if not listed:
             console.print("no users: `swarm user add NAME` issues one a key")
             return
+        import asyncio
+
         url = state.get("nats_url")
         grants = asyncio.run(_grants(url)) if isinstance(url, str) else None
         width = max(len(u.name) for u in listed)
