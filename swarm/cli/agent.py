@@ -507,13 +507,23 @@ async def wait_running(
     """
     import asyncio
 
+    from swarm.client.errors import UNAVAILABLE, ClientError
+
     label = f"{namespace}/{name}"
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     seen: tuple[str, str] | None = None
     while True:
-        agent = await queries.agent_detail_by_id(agent_id, at_least=at_least)
+        try:
+            agent = await queries.agent_detail_by_id(agent_id, at_least=at_least)
+        except ClientError as exc:
+            # One poll the Hive did not answer in time (a loaded machine: seen beside four busy
+            # loops) is no verdict on the agent: ask again until the wait's own time is up.
+            if exc.code != UNAVAILABLE or loop.time() >= deadline:
+                raise
+            await asyncio.sleep(WAIT_POLL)
+            continue
         state, reason = agent.status, agent.reason
         if agent.deleted:
             raise CliError(f"agent {label} was deleted while waiting for it", code=EXIT_FAILED)
