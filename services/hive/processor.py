@@ -105,6 +105,12 @@ class NotCaughtUp(RuntimeError):
     """The agreed state did not reach the log's end in time (e.g. Raft lost its quorum)."""
 
 
+class LeadershipLost(NotCaughtUp):
+    """Leadership went while the leader waited for the agreed state: it stops at once, handing
+    back what it fetched, instead of waiting out the catch-up timeout with those commands held
+    (a cut-off leader's state never catches up until its link is back)."""
+
+
 class Unfoldable(Exception):
     """A decision's events do not survive the round trip through bytes and `evolve`."""
 
@@ -183,6 +189,8 @@ class CommandProcessor:
                 self._unsettled = {d.stream_seq: d for d in deliveries}
                 if deliveries and still_leader():
                     await self._handle_batch(deliveries)
+        except LeadershipLost as exc:
+            log.info("leadership lost while catching up", error=str(exc))
         finally:
             await self._hand_back()
             await consumer.close()
@@ -207,6 +215,8 @@ class CommandProcessor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.catch_up_timeout
         while self.raft.applied_seq < target:
+            if not self._still_leader():
+                raise LeadershipLost(f"no longer leading at {self.raft.applied_seq}")
             if loop.time() > deadline:
                 raise NotCaughtUp(f"agreed state at {self.raft.applied_seq}, log at {target}")
             await asyncio.sleep(0.005)
@@ -522,6 +532,11 @@ class CommandProcessor:
             self.end = appended[-1].seq
             await self._done(delivery, _command_id(pending))
             return
+        log.warning(
+            "command still conflicts after four writes; redelivering",
+            seq=delivery.stream_seq,
+            deliveries=delivery.num_delivered,
+        )
         await self._retry_later(delivery)
 
     async def _done(self, delivery: Delivery, command_id: str | None = None) -> None:

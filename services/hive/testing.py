@@ -77,7 +77,8 @@ class HiveCluster:
                 "SWARM_HIVE_RAFT_PEERS": json.dumps(peers.split(",") if peers else []),
                 "SWARM_HIVE_RAFT_PASSWORD": PASSWORD,
                 "SWARM_HIVE_DATA_DIR": str(replica.data_dir),
-                "SWARM_LOG_LEVEL": "warning",
+                # Info: leadership moves, what a failed fault test needs to be understood.
+                "SWARM_LOG_LEVEL": "info",
                 **self.env,
             }
             with (self.root / f"{replica.node}.log").open("ab") as log:

@@ -635,7 +635,22 @@ class Fleet:
         result.replicas_agree, why = await self.replicas_agree()
         if why:
             result.details["replicas"] = why
+        if found.missing or not result.replicas_agree:
+            result.details["hive_logs"] = self.hive_log_tails()
         return found
+
+    def hive_log_tails(self, lines: int = 25) -> dict[str, list[str]]:
+        """The last lines each replica logged: what a failed run on CI leaves to go on."""
+        tails = {}
+        for replica in self.cluster.replicas:
+            path = self.cluster.root / f"{replica.node}.log"
+            try:
+                text = path.read_text(errors="replace")
+            except OSError as exc:
+                tails[replica.node] = [f"(no log: {exc})"]
+                continue
+            tails[replica.node] = [line[:300] for line in text.splitlines()[-lines:]]
+        return tails
 
     async def replicas_agree(self, timeout: float = 60.0) -> tuple[bool, str | None]:
         """All replicas alive, at the log's end and with one digest. The log may still grow
