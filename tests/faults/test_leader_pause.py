@@ -8,7 +8,7 @@ import pytest
 
 from tests.faults.scenarios import leader_paused
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 async def test_a_paused_leader_is_replaced_and_writes_nothing_after(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.faults.scenarios import nats_killed
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 async def test_clients_ride_through_a_nats_server_kill_and_restart(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tests.faults import netns
 from tests.faults.scenarios import leader_partitioned
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 
 from tests.faults.scenarios import postgres_killed
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 
 async def test_vector_writes_fail_clearly_during_a_postgres_kill_and_lose_nothing(
