@@ -1,18 +1,22 @@
-"""`swarm user add --role`, `grant`, `revoke` and `ls` against a real `swarm up` stack: a user
-acts with the role it was given, where it was given, and the CLI says why it was refused."""
+"""`swarm user add --role`, `grant`, `revoke`, `token` and `ls` against a real `swarm up` stack:
+a user acts with the role it was given, where it was given, through the CLI and through the
+HTTP API with its own token, and the CLI and the API say why it was refused."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers.cli_process import run_cli
+from tests.helpers.history import WASM
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -87,3 +91,75 @@ def test_a_user_acts_with_the_role_the_owner_gave_it(
     raised = swarm("user", "grant", "dee", "admin", "-n", "default", as_user=dee)
     assert raised.returncode == 1
     assert "needs role admin in namespace default and holds operator there" in raised.stderr
+
+
+def test_users_api_tokens_act_with_their_roles(
+    stack: tuple[dict[str, str], Path, dict[str, Any]],
+) -> None:
+    """`swarm user add --api-token`, `token` (to replace one), `rotate` and `rm` against the
+    stack's own HTTP API: a user's token acts with the user's roles; the owner's still works."""
+    env, cwd, report = stack
+    data = Path(report["data_dir"])
+    owner_token = (data / "api-token").read_text().strip()
+
+    def swarm(*args: str) -> Any:
+        done = run_cli(args, cwd=cwd, env=env, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def token_in(output: str) -> str:
+        (token,) = [line for line in output.splitlines() if line.startswith("swarm_")]
+        return token
+
+    with httpx.Client(base_url=report["api_url"], timeout=30) as api:
+
+        def status(method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"}
+            return api.request(method, path, headers=headers, **kwargs)
+
+        deadline = time.monotonic() + 60
+        while True:  # the API's process may still be starting
+            try:
+                if api.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the HTTP API was not ready within 60 s"
+            time.sleep(0.2)
+
+        viewer = token_in(swarm("user", "add", "vee", "--role", "viewer", "--api-token").stdout)
+        swarm("user", "add", "opal", "--role", "operator")
+        issued = json.loads(swarm("user", "token", "opal", "-o", "json").stdout)
+        operator = issued["token"]
+        assert issued["api_url"] == report["api_url"]
+        assert "API token swarm_…" in swarm("user", "ls").stdout
+
+        deploy = {"name": "e", "spec": {"version": "v1", "module": {"inline": WASM}}}
+        agents = "/v1/namespaces/default/agents"
+        deployed = status("POST", agents, operator, json=deploy)
+        assert deployed.status_code == 200, deployed.text
+        refused = status("POST", agents, viewer, json={**deploy, "name": "f"})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["rule"] == "access"
+        listed = status("GET", "/v1/agents", viewer)
+        assert [a["name"] for a in listed.json()["agents"]] == ["e"]
+        assert status("GET", "/v1/pods", viewer).status_code == 403
+        assert status("GET", "/v1/pods", owner_token).status_code == 200
+
+        # The file keeps digests alone, for its owner alone.
+        kept = data / "principals" / "api-tokens.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert viewer not in kept.read_text()
+        assert operator not in kept.read_text()
+
+        replaced = json.loads(swarm("user", "token", "opal", "-o", "json").stdout)["token"]
+        assert status("GET", "/v1/agents", operator).status_code == 401
+        assert status("GET", "/v1/agents", replaced).status_code == 200
+        rotated = swarm("user", "rotate", "opal")
+        assert "API token is revoked too" in rotated.stdout
+        assert status("GET", "/v1/agents", replaced).status_code == 401
+        swarm("user", "rm", "vee")
+        gone = status("GET", "/v1/agents", viewer)
+        assert gone.status_code == 401
+        assert gone.headers["www-authenticate"].startswith("Bearer")
+        assert status("GET", "/v1/agents", owner_token).status_code == 200

@@ -11,6 +11,12 @@ What a user may do is its roles (`grant`, `revoke`; `add --role`): `viewer`, `op
 `admin` in one namespace or in every one, recorded on the log (`swarm.cmd.access.grant`) and
 checked by the Hive on every command the user signs (rule `access`). A user with no role sends
 nothing the Hive carries out.
+
+A user may also hold a token for the HTTP API (`token`; `add --api-token`): `swarm_…`, printed
+once, kept only as its sha256 (`swarm.devstack.apitokens`). The API acts for its bearer as that
+user, signing with the user's key, so the same roles apply there. `token` replaces the token
+(the old one is refused at once), `token --revoke` takes it back, and `rm` and `rotate` revoke
+it with the key (`rotate --api-token` issues a new one).
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from swarm.cli import connect, discovery
-from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError, Format, errors_to_exit
+from swarm.cli.output import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    Format,
+    emit,
+    errors_to_exit,
+)
 from swarm.cli.verbs import OutputOption, TimeoutOption, change
 
 if TYPE_CHECKING:
@@ -151,6 +164,40 @@ def _is_server(pid: int, config: Path) -> bool:
         return False
 
 
+def _issue_token(root: Path, name: str, state: dict[str, object], output: Format) -> None:
+    """Issue `name` a new API token and show it, this once."""
+    from swarm.devstack.apitokens import issue_token
+    from swarm.devstack.stack import StackPaths
+
+    try:
+        token = issue_token(StackPaths.of(root).principals, name)
+    except ValueError as exc:
+        raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+    url = state.get("api_url")
+    api = url if isinstance(url, str) and url else None
+    if output != Format.TABLE:
+        emit({"user": name, "token": token, "api_url": api}, output)
+        return
+    console.print(
+        f"[green]✓[/] user {escape(name)} has a new API token; "
+        "any it had before is refused from now on"
+    )
+    # Printed apart, with nothing around it, to be copied whole.
+    print(token)
+    where = f" to {escape(api)}" if api else ""
+    console.print(
+        f"  [dim]shown this once (only its hash is kept); {escape(name)} sends it as "
+        f"`Authorization: Bearer <token>`{where}[/]"
+    )
+
+
+def _revoke_token(root: Path, name: str) -> bool:
+    from swarm.devstack.apitokens import revoke_token
+    from swarm.devstack.stack import StackPaths
+
+    return revoke_token(StackPaths.of(root).principals, name)
+
+
 def _print_credentials(user: Principal, note: str, state: dict[str, object]) -> None:
     ca = state.get("nats_ca")
     # The stack's CA is no secret: the server's certificate is verified against it.
@@ -173,6 +220,9 @@ def add(
     ] = None,
     namespace: NamespaceOption = "default",
     all_namespaces: AllNamespacesOption = False,
+    api_token: Annotated[
+        bool, typer.Option("--api-token", help="Also issue an HTTP API token (shown once).")
+    ] = False,
     timeout: TimeoutOption = 10.0,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -198,6 +248,43 @@ def add(
             output=Format.TABLE,
             nats_url=url if isinstance(url, str) else None,
         )
+    if api_token:
+        with errors_to_exit():
+            _issue_token(root, name, state, Format.TABLE)
+
+
+@app.command("token")
+def token(
+    name: NameArgument,
+    revoke_it: Annotated[
+        bool, typer.Option("--revoke", help="Take the user's token back and issue none.")
+    ] = False,
+    output: OutputOption = Format.TABLE,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Issue a user an HTTP API token (`swarm_…`, shown once), in place of the one it had.
+
+    The API acts for the token's bearer as the user, signed with the user's key: the user's
+    roles apply, and its reads show the namespaces where it holds one.
+    """
+    with errors_to_exit():
+        root, state = _stack(data_dir)
+        if not revoke_it:
+            _issue_token(root, name, state, output)
+            return
+        from swarm.devstack.principals import users
+        from swarm.devstack.stack import StackPaths
+
+        if not any(u.name == name for u in users(StackPaths.of(root).principals)):
+            raise CliError(
+                f"no user named {name!r}", code=EXIT_USAGE, hint="`swarm user ls` lists them"
+            )
+        revoked = _revoke_token(root, name)
+        said = "revoked: it is refused from now on" if revoked else "none to revoke"
+        if output != Format.TABLE:
+            emit({"user": name, "revoked": revoked}, output)
+            return
+        console.print(f"[green]✓[/] user {escape(name)}'s API token {said}")
 
 
 @app.command("grant")
@@ -244,8 +331,14 @@ def revoke(
 
 
 @app.command("rotate")
-def rotate(name: NameArgument, data_dir: DataDirOption = None) -> None:
-    """Give a user a new key; the old one is refused from now on."""
+def rotate(
+    name: NameArgument,
+    api_token: Annotated[
+        bool, typer.Option("--api-token", help="Also issue a new HTTP API token (shown once).")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Give a user a new key; the old one is refused from now on, and so is its API token."""
     with errors_to_exit():
         from swarm.devstack.principals import rotate_user
         from swarm.devstack.stack import StackPaths
@@ -256,12 +349,20 @@ def rotate(name: NameArgument, data_dir: DataDirOption = None) -> None:
         except ValueError as exc:
             raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
         console.print(f"[green]✓[/] user {escape(name)} has a new key; the old one is refused")
+        # A key is rotated when it may have leaked, and the token with it: both are replaced.
+        if _revoke_token(root, name):
+            console.print(
+                f"  its API token is revoked too"
+                f"{'' if api_token else f' (`swarm user token {escape(name)}` issues one)'}"
+            )
         _print_credentials(user, _apply(root, state), state)
+        if api_token:
+            _issue_token(root, name, state, Format.TABLE)
 
 
 @app.command("rm")
 def remove(name: NameArgument, data_dir: DataDirOption = None) -> None:
-    """Remove a user and its key."""
+    """Remove a user, its key and its API token."""
     with errors_to_exit():
         from swarm.devstack.principals import remove_user
         from swarm.devstack.stack import StackPaths
@@ -271,18 +372,21 @@ def remove(name: NameArgument, data_dir: DataDirOption = None) -> None:
             remove_user(StackPaths.of(root).principals, name)
         except ValueError as exc:
             raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+        _revoke_token(root, name)
         console.print(f"[green]✓[/] user {escape(name)} removed; {_apply(root, state)}")
 
 
 @app.command("ls")
 def ls(data_dir: DataDirOption = None) -> None:
-    """List the users and their public keys."""
+    """List the users, their public keys, roles and API tokens (by hint)."""
     with errors_to_exit():
+        from swarm.devstack.apitokens import tokens
         from swarm.devstack.principals import users
         from swarm.devstack.stack import StackPaths
 
         root, state = _stack(data_dir)
         listed = users(StackPaths.of(root).principals)
+        hints = {t.user: t.hint for t in tokens(StackPaths.of(root).principals)}
         if not listed:
             console.print("no users: `swarm user add NAME` issues one a key")
             return
@@ -302,7 +406,11 @@ def ls(data_dir: DataDirOption = None) -> None:
                 )
                 or "no role"
             )
-            console.print(f"{escape(user.name):<{width}}  {user.public_key}  {escape(roles)}")
+            held = f"API token {hints[user.name]}" if user.name in hints else "no API token"
+            console.print(
+                f"{escape(user.name):<{width}}  {user.public_key}  {escape(roles)}  "
+                f"[dim]{escape(held)}[/]"
+            )
 
 
 async def _grants(url: str) -> list[GrantView] | None:

@@ -14,6 +14,8 @@ anonymous user. Each principal has a role, and each role a set of NATS permissio
 * `pod`: as `service`, and it alone (with the owner) listens on the mesh (`swarm.mesh.>`): the
   agents' sandboxes run in pods, and answer there.
 * `user`: as `service`; the people `swarm user add` issues keys to (each acts as `user:<name>`).
+  The HTTP API signs for a user whose API token it is sent (`swarm.devstack.apitokens`), with
+  the user's seed from this directory.
 
 Removal covers deleting a stream, bucket or object store (they are streams), deleting a message,
 and purging the log's streams and the secrets' bucket (a pod purges the snapshots it replaced).
@@ -363,12 +365,19 @@ class Roster:
         self.get("")  # read now: an unreadable listing fails at start, not at a command
 
     def get(self, public_key: str) -> Principal | None:
+        return self._current().get(public_key)
+
+    def named(self, name: str) -> Principal | None:
+        """The principal called `name` (the HTTP API finds a token's user by it)."""
+        return next((p for p in self._current().values() if p.name == name), None)
+
+    def _current(self) -> dict[str, Principal]:
         stat = self.listing.stat()
         stamp = (stat.st_mtime_ns, stat.st_ino)
         if stamp != self._stamp:
             self._principals = load(self.listing)
             self._stamp = stamp
-        return self._principals.get(public_key)
+        return self._principals
 
 
 def write_authorization(path: Path, principals: Sequence[Principal]) -> None:

@@ -10,7 +10,8 @@ Layout of a data dir::
 
     stack.json  stack.lock
     nats/       JetStream store, nats-server.conf, nats-server.log
-    principals/ <name>.nk: the nkey seed each principal connects to NATS with (admin: the owner)
+    principals/ <name>.nk: the nkey seed each principal connects to NATS with (admin: the owner);
+                principals.json lists them; api-tokens.json the users' HTTP API tokens, hashed
     tls/        ca.pem (what clients trust), ca-key.pem, nats.pem, nats-key.pem (`tls.py`)
     postgres/   pgdata/, postgres.log
     logs/       up.log (a detached supervisor's own output), <service>.log
@@ -907,9 +908,10 @@ class Stack:
 
     def _identity_env(self, service: str) -> dict[str, str]:
         """What a service needs to be itself on the stack's NATS: its credentials, for a Hive
-        replica the list of principals whose commands it takes, and for a pod the same list,
-        whose mesh messages alone reach its agents. Nothing with a NATS server the stack did
-        not start (its operator says who may connect)."""
+        replica the list of principals whose commands it takes, for a pod the same list,
+        whose mesh messages alone reach its agents, and for the HTTP API the same list, whose
+        users' tokens it takes (their digests and seeds beside it). Nothing with a NATS server
+        the stack did not start (its operator says who may connect)."""
         seed = self._credentials.get(service)
         if seed is None:
             return {}
@@ -923,6 +925,8 @@ class Stack:
             out[env_names.POD_PRINCIPALS_FILE] = str(seed.parent / LISTING)
             # A pod's heartbeats, metrics, logs and probe are bound to its principal's name.
             out[env_names.POD_ID] = service
+        elif role == "gateway":
+            out[env_names.API_PRINCIPALS_FILE] = str(seed.parent / LISTING)
         return out
 
     def _save(self, **changes: Any) -> StackState:

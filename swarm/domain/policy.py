@@ -102,7 +102,7 @@ def check_access(state: HiveState, role: str, command: Envelope[Any]) -> Rejecti
     user = (command.identity or "").partition(":")[2]
     needed, namespace = _needs(state, command.data)
     held = held_role(state.grants, user, namespace)
-    if held is not None and _RANK[held] >= _RANK[needed]:
+    if reaches(held, needed):
         return None
     where = f"namespace {namespace}" if namespace is not None else "every namespace"
     scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
@@ -124,6 +124,11 @@ def held_role(grants: Iterable[Grant], user: str, namespace: str | None) -> Acce
     return max(held, key=_RANK.__getitem__, default=None)
 
 
+def reaches(held: AccessRole | None, needed: AccessRole) -> bool:
+    """Whether holding `held` (None: no role) allows what `needed` allows."""
+    return held is not None and _RANK[held] >= _RANK[needed]
+
+
 #: The role a user needs in a namespace to message its agents on the mesh (for a topic, which
 #: is global, in every namespace): a message makes an agent act, as running it does.
 MESSAGE_ROLE: AccessRole = "operator"
@@ -133,7 +138,7 @@ def check_message(grants: Iterable[Grant], user: str, namespace: str | None) -> 
     """Why user `user` may not message an agent of `namespace` (None: on a topic); None when it
     may. The pods apply it (runtime/meshguard.py) with the grants of their view of the log."""
     held = held_role(grants, user, namespace)
-    if held is not None and _RANK[held] >= _RANK[MESSAGE_ROLE]:
+    if reaches(held, MESSAGE_ROLE):
         return None
     where = f"agents of namespace {namespace}" if namespace is not None else "on a topic"
     scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
@@ -287,5 +292,6 @@ __all__ = [
     "granted",
     "held_role",
     "may_claim",
+    "reaches",
     "revoked",
 ]

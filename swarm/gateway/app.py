@@ -37,8 +37,12 @@ API_VERSION = "1.0.0"
 DESCRIPTION = """\
 Deploy and manage Swarm's agents over HTTP: the same commands and queries as the `swarm` CLI.
 
-Every `/v1` route needs `Authorization: Bearer <token>` (`swarm up` writes the token to
-`<data dir>/api-token`), checked before the request's body is read; so do this document and the
+Every `/v1` route needs `Authorization: Bearer <token>`, checked before the request's body is
+read: the owner's token (`swarm up` writes it to `<data dir>/api-token`), or a user's
+(`swarm user token NAME`, `swarm_…`), which acts as that user: its commands are signed with the
+user's key, so the Hive applies the user's roles (a refusal is a `403` with rule `access`), and
+it reads only the namespaces where the user holds a role (`403` elsewhere; what spans every
+namespace, such as the event log, needs a role in every namespace). So do this document and the
 interactive docs, unless the API serves them publicly (`SWARM_API_PUBLIC_DOCS=true`). Bodies
 have a size limit (413 above it), and a JSON body must be UTF-8 JSON the API can encode again
 (400 otherwise).
@@ -57,7 +61,7 @@ def create_app(
     """The API over `log`, or over a connection to `settings.nats_url` opened at start-up."""
     swarm_settings = settings or Settings()
     api_settings = gateway_settings or GatewaySettings()
-    bearer = token if token is not None else api_settings.bearer_token()
+    authenticator = api_settings.authenticator(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,17 +93,17 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.token = bearer
+    app.state.authenticator = authenticator
     app.state.gateway = (
         Gateway(log, api_settings, database_url=swarm_settings.database_url)
         if log is not None
         else None
     )
-    # Outside the routing: the token and the body's size and text are judged before FastAPI
-    # reads the body (see `guard`).
+    # Outside the routing: the token (and whom the request acts for) and the body's size and
+    # text are judged before FastAPI reads the body (see `guard`).
     app.add_middleware(
         RequestGuard,
-        token=bearer,
+        authenticator=authenticator,
         max_body_bytes=api_settings.max_body_bytes,
         public_docs=api_settings.public_docs,
     )

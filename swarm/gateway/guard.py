@@ -7,7 +7,9 @@ only once the whole body is in memory: a 150 MB body without a token took the AP
 which passes `receive` through untouched, is outside it) and answers with a problem document
 itself, in this order:
 
-1. a request under `/v1` carries the token (401), judged from its headers alone;
+1. a request under `/v1` carries a token of the API (401), judged from its headers alone; whom
+   it acts for (`auth.Caller`) is left in the request's scope as `user`, as Starlette's
+   authentication middleware leaves it;
 2. its path and query string percent-decode to UTF-8, and the headers the API reads as text are
    ASCII (400);
 3. a body declared larger than the limit (`Content-Length`) is refused before any of it is
@@ -29,10 +31,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from swarm.client.errors import FieldProblem
-from swarm.gateway import auth, json_body
+from swarm.gateway import json_body
+from swarm.gateway.auth import Authenticator, Caller
 from swarm.gateway.problems import ProblemError, response_of
 
-#: Requests under this path need the bearer token.
+#: Requests under this path need a bearer token.
 PROTECTED_PREFIX = "/v1"
 #: The API's own description, behind the token too unless the API is told its docs are public.
 DOCUMENTS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
@@ -45,10 +48,15 @@ class RequestGuard:
     """ASGI middleware enforcing the token, readable text and the body limit (see the module)."""
 
     def __init__(
-        self, app: ASGIApp, *, token: str, max_body_bytes: int, public_docs: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator,
+        max_body_bytes: int,
+        public_docs: bool = False,
     ) -> None:
         self.app = app
-        self.token = token
+        self.authenticator = authenticator
         self.max_body_bytes = max_body_bytes
         self.public_docs = public_docs
 
@@ -83,9 +91,20 @@ class RequestGuard:
         self, scope: Scope, headers: Headers, *, needs_token: bool
     ) -> ProblemError | None:
         if needs_token:
-            refused = auth.refusal(headers.get("authorization"), self.token)
-            if refused is not None:
-                return refused
+            if len(headers.getlist("authorization")) > 1:
+                # One request, one caller: which of two tokens counts is not left to chance
+                # (or to a proxy that keeps the first or the last).
+                return ProblemError(
+                    401,
+                    "unauthorized",
+                    "Unauthorized",
+                    "send one Authorization header, not several",
+                    headers={"WWW-Authenticate": 'Bearer realm="swarm", error="invalid_request"'},
+                )
+            caller = self.authenticator.caller(headers.get("authorization"))
+            if not isinstance(caller, Caller):
+                return caller
+            scope["user"] = caller
         raw_path = scope.get("raw_path")
         if isinstance(raw_path, bytes) and not _decodes(raw_path):
             return _bad_request(

@@ -209,6 +209,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "body that is not UTF-8 JSON within the API's limits (see `errors`)."
         ),
         401: "Missing or wrong bearer token.",
+        403: (
+            "A user's token without the role this takes: the Hive refused the command (rule "
+            "`access`), or the read is of a namespace where the user holds no role."
+        ),
         404: "No such resource.",
         409: "The Hive rejected the command (see `rule`).",
         413: "The body is over the API's limit, or what it makes is larger than NATS accepts.",

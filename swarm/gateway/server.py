@@ -39,8 +39,9 @@ class GatewayService(Service):
     def check(self) -> None:
         super().check()
         try:
-            # Refusing to serve an open API: no token (or an unreadable token file) stops here.
-            self.api.bearer_token()
+            # Refusing to serve an open API: no token (or an unreadable token file) stops here,
+            # as does a principals listing that cannot be read.
+            self.api.authenticator()
         except (ValueError, OSError) as exc:
             raise SettingsInvalid(str(exc)) from None
 

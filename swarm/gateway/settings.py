@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from swarm.gateway.auth import Authenticator
 
 _MIB = 1024 * 1024
 
@@ -20,11 +24,17 @@ class GatewaySettings(BaseSettings):
     token: SecretStr | None = None
     #: A file holding the token (what `swarm up` writes), read at start.
     token_file: Path | None = None
+    #: The stack's principals (`principals.json`, as `swarm up` writes it and names to its API):
+    #: when given, the users' tokens in `api-tokens.json` beside it are taken too, each acting
+    #: as its user, signed with the user's key (its seed beside it). Unset: the token above
+    #: alone (`swarm.gateway.auth`).
+    principals_file: Path | None = None
     #: Serve the OpenAPI document and the interactive docs (`/openapi.json`, `/docs`, `/redoc`)
     #: without the token. Off: they describe every route and model of the API, which is for
     #: the API's users, not for whoever reaches its port.
     public_docs: bool = False
-    #: Identity stamped on the commands the API sends (CloudEvents extension `identity`).
+    #: Identity stamped on the commands the API sends for its own token's requests
+    #: (CloudEvents extension `identity`); a user's are stamped `user:<name>`.
     identity: str = Field(default="user:api", pattern=r"^(user|service):[A-Za-z0-9._@-]{1,64}$")
     #: How long a command request waits for its outcome unless it says `?timeout=`.
     command_timeout: float = Field(default=10.0, gt=0, le=300)
@@ -42,3 +52,19 @@ class GatewaySettings(BaseSettings):
             if text:
                 return text
         raise ValueError("no API token: set SWARM_API_TOKEN or SWARM_API_TOKEN_FILE")
+
+    def authenticator(self, token: str | None = None) -> Authenticator:
+        """What takes the API's tokens: `token` (else the configured one) and, with the stack's
+        principals, the users'. Raises ValueError (or OSError, for the token file) when either
+        cannot be read."""
+        owner = token if token is not None else self.bearer_token()
+        # Imported here: the web stack takes seconds to import, and a missing token is said first.
+        from swarm.gateway.auth import Authenticator
+
+        try:
+            return Authenticator(owner, self.principals_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"SWARM_API_PRINCIPALS_FILE ({self.principals_file}): cannot read the principals "
+                f"or the users' tokens beside them: {exc}"
+            ) from None

@@ -30,6 +30,9 @@ POD_ID = f"{PREFIX}POD_ID"
 #: The principals whose signed mesh messages a pod takes (`PodSettings.principals_file`,
 #: runtime/meshguard.py): the dev stack names its own to its pods.
 POD_PRINCIPALS_FILE = f"{PREFIX}POD_PRINCIPALS_FILE"
+#: The principals whose users' tokens the HTTP API takes (`GatewaySettings.principals_file`,
+#: swarm/gateway/auth.py): the dev stack names its own to its API.
+API_PRINCIPALS_FILE = f"{PREFIX}API_PRINCIPALS_FILE"
 #: An external PostgreSQL (`Settings.database_url`).
 DATABASE_URL = f"{PREFIX}DATABASE_URL"
 #: The stack's data dir (`Settings.data_dir`), in the order they are read: the first set wins.
@@ -54,6 +57,7 @@ def nats_credentials() -> Path | None:
 
 
 __all__ = [
+    "API_PRINCIPALS_FILE",
     "DATABASE_URL",
     "DATA_DIR",
     "DEFAULT_DATA_DIR",

@@ -442,6 +442,19 @@ class EventLog:
         self.api_prefix = DEFAULT_PREFIX
         self.js: JetStreamContext = nc.jetstream(timeout=timeout, prefix=self.api_prefix)
         self._acks: _AckMux | None = None
+        #: A view made by `signing_as`: the connection is its maker's to close.
+        self._borrowed = False
+
+    def signing_as(self, signer: CommandSigner) -> EventLog:
+        """This connection, signing the commands appended through it with `signer`'s key
+        instead of its own: the HTTP API sends each user's commands over its one connection,
+        signed by that user (`swarm.gateway.service`). The view shares the connection and its
+        settings; closing it closes nothing, closing this closes both."""
+        view = EventLog(self.nc, self._settings, timeout=self.timeout)
+        view._signer = signer
+        view._borrowed = True
+        view.api_prefix = self.api_prefix
+        return view
 
     @classmethod
     async def connect(
@@ -506,8 +519,9 @@ class EventLog:
             await ensure_streams(self.js, self.settings)
 
     async def close(self) -> None:
-        """Flush pending appends and close; safe to call twice."""
-        if self.nc.is_closed:
+        """Flush pending appends and close; safe to call twice. A view (`signing_as`) closes
+        nothing: its connection is its maker's."""
+        if self._borrowed or self.nc.is_closed:
             return
         # flush + close rather than drain: drain waits for every subscription's local queue to be
         # processed, which never happens for fetched-but-unread pull messages (they are simply
@@ -667,8 +681,13 @@ class EventLog:
 
     @property
     def credentials(self) -> Path | None:
-        """The nkey seed file this client signs with (None: it signs nothing)."""
+        """The nkey seed file this client signs with (None: it signs nothing, or it is a view
+        given its signer by `signing_as`)."""
         return self._credentials
+
+    @property
+    def _signs(self) -> bool:
+        return self._signer is not None or self._credentials is not None
 
     def _key(self) -> CommandSigner:
         if self._signer is None:
@@ -681,7 +700,7 @@ class EventLog:
     def mesh_headers(self, subject: str, body: bytes, claim: MeshClaim) -> dict[str, str]:
         """The headers that sign a mesh message as sent by `claim` (none without credentials).
         Any thread: a pod signs an agent's answer on the worker thread that ran the agent."""
-        if self._credentials is None:
+        if not self._signs:
             return {}
         return self._key().mesh_headers(subject, body, claim, time.time_ns() // 1_000_000)
 
@@ -692,14 +711,14 @@ class EventLog:
         headers: Mapping[str, str] | None,
         claim: MeshClaim | None,
     ) -> Mapping[str, str] | None:
-        if claim is None or self._credentials is None:
+        if claim is None or not self._signs:
             return headers
         signed = self.mesh_headers(subject, body, claim)
         return {**headers, **signed} if headers else signed
 
     def _signed(self, request: AppendRequest) -> AppendRequest:
         """A command signed with this client's key, when it has one; anything else as it is."""
-        if not request.sign or self._credentials is None:
+        if not request.sign or not self._signs:
             return request
         if not request.subject.startswith(_COMMANDS):
             return request

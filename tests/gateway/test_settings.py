@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -36,6 +37,26 @@ def test_the_gateway_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     assert ran.returncode != 0
     assert "no API token" in ran.stderr
     assert "Traceback" not in ran.stderr
+
+
+def test_the_gateway_refuses_to_start_on_principals_it_cannot_read(tmp_path: Path) -> None:
+    broken = tmp_path / "principals.json"
+    broken.write_text("[{")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SWARM_NATS_URL": "nats://127.0.0.1:1",
+        "SWARM_API_TOKEN": "t" * 32,
+        "SWARM_API_PRINCIPALS_FILE": str(broken),
+        # The code under test, where a checkout is not the one installed.
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+    }
+    ran = run_python("-m", "swarm.gateway", env=env, cwd=tmp_path, timeout=30)
+    assert ran.returncode != 0
+    assert "SWARM_API_PRINCIPALS_FILE" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
+    missing = GatewaySettings(token="t", principals_file=tmp_path / "none.json")
+    with pytest.raises(ValueError, match=r"none\.json"):
+        missing.authenticator()
 
 
 def test_swarm_up_writes_a_private_token_once(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """Agents: list, describe, deploy, scale, roll out, roll back, stop, delete, quarantine,
-release, autoscale (as `swarm agent`), each a verb of the client (`swarm.client.swarm`)."""
+release, autoscale (as `swarm agent`), each a verb of the client (`swarm.client.swarm`).
+
+A user's token lists and describes the agents of the namespaces where it holds a role alone
+(`swarm.gateway.access`); its commands are the Hive's to judge."""
 
 from __future__ import annotations
 
@@ -25,12 +28,14 @@ from swarm.gateway.models import (
 )
 from swarm.gateway.routes.common import (
     AGENT_PATH,
+    ActingDep,
     AgentCallDep,
     AgentDep,
     CommandDep,
     GatewayDep,
     NamespacePath,
     command_route,
+    judged,
     read_route,
     v1_router,
 )
@@ -39,27 +44,37 @@ router = v1_router("agents")
 
 
 @router.get("/agents", response_model=AgentList, summary="List agents")
+@judged
 async def list_agents(
-    gw: GatewayDep,
+    acting: ActingDep,
     namespace: Annotated[
         str | None,
         Query(pattern=NAME_PATTERN, max_length=52, description="Only this namespace's agents."),
     ] = None,
 ) -> AgentList:
-    """Agents (not deleted) of every namespace, or of one."""
-    queries = await gw.swarm.queries()
-    agents = await queries.agent_views(namespace, at_least=await gw.swarm.floor())
-    return AgentList(agents=agents, applied_seq=queries.applied_seq)
+    """Agents (not deleted) of every namespace, or of one; for a user's token, of the
+    namespaces where the user holds a role (403 for another named)."""
+    if namespace is not None:
+        await acting.require(namespace, f"read namespace {namespace}")
+    readable = await acting.readable()
+    queries = await acting.swarm.queries()
+    agents = await queries.agent_views(namespace, at_least=await acting.swarm.floor())
+    return AgentList(
+        agents=[a for a in agents if readable(a.namespace)], applied_seq=queries.applied_seq
+    )
 
 
 @read_route(router.get, AGENT_PATH, AgentDetail, summary="Describe an agent")
+@judged
 async def get_agent(
     gw: GatewayDep,
+    acting: ActingDep,
     agent: AgentDep,
     events: Annotated[int, Query(ge=0, le=100, description="How many recent events.")] = 10,
 ) -> AgentDetail:
     """One agent: spec (without module bytes), replicas, versions, rollout in progress, and its
     most recent events (as `swarm agent describe`)."""
+    await acting.require(agent.namespace, f"read namespace {agent.namespace}")
     queries = await gw.swarm.queries()
     detail = await queries.agent_detail(
         agent.namespace, agent.name, at_least=await gw.swarm.floor()

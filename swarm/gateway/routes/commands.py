@@ -17,10 +17,12 @@ from swarm.client.errors import ClientError, FieldProblem
 from swarm.gateway.models import CommandDocument, CommandResult, SchemaEntry, SchemaList
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
+    ActingDep,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
     command_route,
+    judged,
     read_route,
     v1_router,
 )
@@ -32,6 +34,7 @@ router = v1_router("commands")
 @command_route(router.post, "/commands")
 async def send_command(
     gw: GatewayDep,
+    acting: ActingDep,
     request: Request,
     body: CommandDocument,
     wait: WaitQuery = True,
@@ -41,7 +44,9 @@ async def send_command(
         Query(description="Check the command against its schema first; false lets the Hive judge."),
     ] = True,
 ) -> JSONResponse:
-    """Send any command (a CloudEvent, or `{type, data}`); its `id` makes a re-send idempotent."""
+    """Send any command (a CloudEvent, or `{type, data}`); its `id` makes a re-send idempotent.
+    It acts as the token's caller: the API's identity for the owner's token, `user:<name>`
+    (signed with the user's key) for a user's."""
     document = body.model_dump(mode="json", exclude_none=True)
     plain_problem = webhooks.plain_command_problem(document.get("type"))
     if plain_problem is not None:
@@ -52,11 +57,11 @@ async def send_command(
             FieldProblem("body.type", "use POST /v1/webhooks", "route"),
             command_id=document.get("id"),
         )
-    identity = gw.settings.identity
+    identity = acting.identity
     if document.get("identity", identity) != identity:
         raise _not_sent(
-            f"identity is the API's ({identity}); leave it out",
-            FieldProblem("body.identity", "not this API's identity", "identity"),
+            f"identity is the token's ({identity}); leave it out",
+            FieldProblem("body.identity", "not the identity this token acts as", "identity"),
         )
     try:
         event = commands.build_command(document, identity=identity, source=API_SOURCE)
@@ -64,19 +69,26 @@ async def send_command(
             commands.validate_command(event)
     except ClientError as exc:
         raise invalid_command(exc, command_id=document.get("id")) from None
-    return await gw.execute(request, event, wait=wait, timeout=timeout, what=str(event["type"]))
+    return await gw.execute(
+        request, acting, event, wait=wait, timeout=timeout, what=str(event["type"])
+    )
 
 
 @read_route(router.get, "/commands/{command_id}", CommandResult, name="get_command")
+@judged
 async def get_command(
     gw: GatewayDep,
+    acting: ActingDep,
     command_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
 ) -> CommandResult:
-    """A command's outcome: accepted or rejected, or pending (sent by this API, no outcome yet)."""
-    return await gw.lookup(command_id)
+    """A command's outcome: accepted or rejected, or pending (sent by this API, no outcome yet).
+    A user's token reads the outcomes of the user's own commands (else it needs a role in every
+    namespace)."""
+    return await gw.lookup(acting, command_id)
 
 
 @router.get("/schemas", response_model=SchemaList, tags=["schemas"])
+@judged
 async def list_schemas() -> SchemaList:
     """The command and event types this API knows, with their schema versions."""
     return SchemaList(
@@ -85,6 +97,7 @@ async def list_schemas() -> SchemaList:
 
 
 @router.get("/schemas/{type_name}", responses=responses(404), tags=["schemas"])
+@judged
 async def get_schema(
     type_name: Annotated[str, Path(max_length=256, description="e.g. swarm.cmd.agent.deploy")],
 ) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""Parameters and dependencies the routes share."""
+"""Parameters and dependencies the routes share, and whom a request acts for.
+
+Every `/v1` route needs a token (`authorized`, after the guard has found the caller: see
+`swarm.gateway.auth`) and acts through its caller's client (`ActingDep`). A user's token is
+held to the user's roles (`swarm.gateway.access`): a route that judges that itself is marked
+`judged` (every command route is: the Hive judges commands); any other needs a role in every
+namespace for a user, so a route added without a thought for users fails closed.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,19 @@ from typing import Annotated, Any, Concatenate, ParamSpec
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.types import DecoratedCallable
 
 from swarm.client.commands import Issued
 from swarm.client.swarm import Agents, Swarm
-from swarm.gateway.auth import require_token
+from swarm.gateway.access import Acting
+from swarm.gateway.auth import Authenticator, Caller, bearer
 from swarm.gateway.models import NAME_PATTERN, CommandResult
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.service import Gateway
 
 #: Problems every authenticated route may answer with.
-COMMON_PROBLEMS = responses(400, 401, 413, 422, 500, 503)
+COMMON_PROBLEMS = responses(400, 401, 403, 413, 422, 500, 503)
 #: What a command route may answer besides its outcome and the common problems.
 COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     202: {
@@ -29,7 +38,44 @@ COMMAND_PROBLEMS: dict[int | str, dict[str, Any]] = {
     },
     **responses(404, 409),
 }
-AUTHENTICATED = [Depends(require_token)]
+#: The routes that hold a user's token to its roles themselves (`judged`).
+_JUDGED: set[Callable[..., Any]] = set()
+
+
+def judged(endpoint: DecoratedCallable) -> DecoratedCallable:
+    """Mark a route as judging a user's access itself (below its router's decorator): without
+    the mark, a user's token needs a role in every namespace to use it."""
+    _JUDGED.add(endpoint)
+    return endpoint
+
+
+def caller_of(request: Request) -> Caller:
+    """Whom the request acts for: as the guard found it, or found now (a route declared
+    authenticated is so wherever it is mounted)."""
+    found = request.scope.get("user")
+    if isinstance(found, Caller):
+        return found
+    authenticator: Authenticator = request.app.state.authenticator
+    caller = authenticator.caller(request.headers.get("authorization"))
+    if isinstance(caller, ProblemError):
+        raise caller
+    request.scope["user"] = caller
+    return caller
+
+
+async def authorized(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """A token of the API, and for a user's on a route that does not judge access itself, a
+    role in every namespace (see the module)."""
+    caller = caller_of(request)
+    if caller.user is not None and request.scope.get("endpoint") not in _JUDGED:
+        acting = await acting_of(request)
+        await acting.require(None, f"use {request.method} {request.url.path}")
+
+
+AUTHENTICATED = [Depends(authorized)]
 #: Where the routes on one agent live.
 AGENT_PATH = "/namespaces/{namespace}/agents/{name}"
 
@@ -51,8 +97,14 @@ def command_route(
 ) -> Callable[[DecoratedCallable], DecoratedCallable]:
     """`route` (a router's `post`, `put`, `patch` or `delete`) at `path` as a command route: it
     answers the command's outcome as a `CommandResult`, or 202 pending, or a problem, and the
-    OpenAPI document says so the same way for every command route."""
-    return route(path, response_model=CommandResult, responses=COMMAND_PROBLEMS, **details)
+    OpenAPI document says so the same way for every command route. The Hive judges whether a
+    user may send the command (`judged`)."""
+    register = route(path, response_model=CommandResult, responses=COMMAND_PROBLEMS, **details)
+
+    def decorate(endpoint: DecoratedCallable) -> DecoratedCallable:
+        return register(judged(endpoint))
+
+    return decorate
 
 
 def read_route(
@@ -74,6 +126,19 @@ def gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+async def acting_of(request: Request) -> Acting:
+    """What the request acts through (its caller's client), made once per request."""
+    found = getattr(request.state, "acting", None)
+    if isinstance(found, Acting):
+        return found
+    acting = await gateway(request).acting(caller_of(request))
+    request.state.acting = acting
+    return acting
+
+
+ActingDep = Annotated[Acting, Depends(acting_of)]
 NamespacePath = Annotated[
     str, Path(pattern=NAME_PATTERN, max_length=52, description="The namespace.")
 ]
@@ -94,24 +159,27 @@ TimeoutQuery = Annotated[
 
 
 class CommandCall:
-    """What a command route is given besides its own fields: the client to call, how long to
-    wait for the outcome (`?wait`, `?timeout`), and how to answer what the verb returns."""
+    """What a command route is given besides its own fields: the client to call (the caller's,
+    so the command is signed by and sent as whom the request acts for), how long to wait for
+    the outcome (`?wait`, `?timeout`), and how to answer what the verb returns."""
 
     def __init__(
         self,
         gw: GatewayDep,
+        acting: ActingDep,
         request: Request,
         wait: WaitQuery = True,
         timeout: TimeoutQuery = None,
     ) -> None:
         self.gw = gw
+        self.acting = acting
         self.request = request
-        self.swarm: Swarm = gw.swarm
+        self.swarm: Swarm = acting.swarm
         #: The verb's timeout: 0 sends without waiting.
         self.timeout = gw.timeout(wait, timeout)
 
     async def answer(self, command: Awaitable[Issued], *, what: str) -> JSONResponse:
-        return await self.gw.answer(self.request, command, what=what)
+        return await self.gw.answer(self.request, self.acting.caller, command, what=what)
 
 
 CommandDep = Annotated[CommandCall, Depends()]

@@ -1,4 +1,7 @@
-"""Namespaces (list, create, update their quota) and pods (list), as `swarm namespace|pod`."""
+"""Namespaces (list, create, update their quota) and pods (list), as `swarm namespace|pod`.
+
+A user's token lists the namespaces where the user holds a role alone; the pods span every
+namespace (a role in every one: `swarm.gateway.access`)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ from swarm.gateway.models import (
     PodList,
 )
 from swarm.gateway.routes.common import (
+    ActingDep,
     CommandDep,
     GatewayDep,
     NamespacePath,
     command_route,
+    judged,
     v1_router,
 )
 
@@ -22,11 +27,16 @@ router = v1_router()
 
 
 @router.get("/namespaces", response_model=NamespaceList, tags=["namespaces"])
-async def list_namespaces(gw: GatewayDep) -> NamespaceList:
-    """Namespaces with their quotas and how many agents each holds."""
-    queries = await gw.swarm.queries()
-    spaces = await queries.namespace_views(at_least=await gw.swarm.floor())
-    return NamespaceList(namespaces=spaces, applied_seq=queries.applied_seq)
+@judged
+async def list_namespaces(acting: ActingDep) -> NamespaceList:
+    """Namespaces with their quotas and how many agents each holds (for a user's token, those
+    where the user holds a role)."""
+    readable = await acting.readable()
+    queries = await acting.swarm.queries()
+    spaces = await queries.namespace_views(at_least=await acting.swarm.floor())
+    return NamespaceList(
+        namespaces=[n for n in spaces if readable(n.name)], applied_seq=queries.applied_seq
+    )
 
 
 @command_route(router.post, "/namespaces", tags=["namespaces"])
@@ -48,6 +58,8 @@ async def update_namespace(
     The command replaces the whole quota, so the current one is read first, as `swarm namespace
     update` does; two updates at the same moment can overwrite each other's limits.
     """
+    # The current quota is read first: a user's token must be let read it.
+    await call.acting.require(namespace, f"read namespace {namespace}")
     changes = {key: getattr(body.quota, key) for key in body.quota.model_fields_set}
     quota = await call.swarm.namespaces.quota_with(namespace, changes)
     return await call.answer(

@@ -1,4 +1,7 @@
-"""Reads beyond the Hive's state queries, as `swarm market`, `swarm logs` and `swarm trace`."""
+"""Reads beyond the Hive's state queries, as `swarm market`, `swarm logs` and `swarm trace`.
+
+A user's token reads an agent's logs in a namespace where the user holds a role; the market and
+traces span every namespace (a role in every one: `swarm.gateway.access`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,15 @@ from swarm.client.logs import agent_lines, shown_levels
 from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
 from swarm.gateway.problems import ProblemError
-from swarm.gateway.routes.common import AGENT_PATH, AgentDep, GatewayDep, read_route, v1_router
+from swarm.gateway.routes.common import (
+    AGENT_PATH,
+    ActingDep,
+    AgentDep,
+    GatewayDep,
+    judged,
+    read_route,
+    v1_router,
+)
 from swarm.gateway.service import nats_unavailable
 from swarm.kernel.eventlog import EventLogError, NotFound
 
@@ -41,8 +52,10 @@ async def get_market(
 @read_route(
     router.get, f"{AGENT_PATH}/logs", AgentLogs, tags=["agents"], summary="An agent's log lines"
 )
+@judged
 async def get_agent_logs(
     gw: GatewayDep,
+    acting: ActingDep,
     agent: AgentDep,
     level: Annotated[
         LevelName | None, Query(description="Lowest level returned (default: all).")
@@ -64,6 +77,7 @@ async def get_agent_logs(
     Lines are kept in the SWARM_LOGS stream as long as its limits allow; logging is lossy by
     design, so a busy agent may have lines missing.
     """
+    await acting.require(agent.namespace, f"read namespace {agent.namespace}")
     start = None
     if since is not None:
         try:

@@ -1,4 +1,7 @@
-"""Queueing a task, as `swarm task send` (without `--wait`)."""
+"""Queueing a task, as `swarm task send` (without `--wait`).
+
+A task makes agents act, and a queue belongs to no namespace: a user's token needs what
+messaging on a topic takes, role operator in every namespace (`policy.MESSAGE_ROLE`)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ from fastapi.responses import JSONResponse
 
 from schemas import names
 from swarm.client.tasks import queue_task
+from swarm.domain.policy import MESSAGE_ROLE
 from swarm.gateway.models import TaskQueued
 from swarm.gateway.problems import ProblemError, responses
-from swarm.gateway.routes.common import GatewayDep, v1_router
+from swarm.gateway.routes.common import ActingDep, GatewayDep, judged, v1_router
 from swarm.kernel.eventlog import EventLogError
 
 router = v1_router()
@@ -36,8 +40,10 @@ _BODY = {
     summary="Queue a task",
     openapi_extra={"requestBody": _BODY},
 )
+@judged
 async def send_task(
     gw: GatewayDep,
+    acting: ActingDep,
     request: Request,
     queue: Annotated[
         str,
@@ -54,6 +60,7 @@ async def send_task(
 ) -> JSONResponse:
     """Store the request body as one task on `queue` (202: it is kept until a replica taking the
     queue, by listing it in its spec's `task_queues`, has handled it)."""
+    await acting.require(None, f"queue a task on {queue}", needed=MESSAGE_ROLE)
     limit = gw.log.max_payload
     body = bytearray()
     async for chunk in request.stream():

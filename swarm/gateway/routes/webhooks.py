@@ -1,6 +1,9 @@
 """Webhooks: list, add (the secret shown once), remove, deliveries and dead letters, redeliver
 (as `swarm webhook`).
 
+Webhooks see every event: a user's token needs a role in every namespace to use these routes,
+and the Hive's admin role in every namespace to change them.
+
 Adding is not a plain command: the client layer (`swarm.client.webhooks`) stores the signing
 secret before it sends `webhook.add`, and deletes it if the Hive says no. `POST /v1/commands`
 therefore refuses `webhook.add` and points here.
@@ -28,6 +31,7 @@ from swarm.gateway.models import (
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
     COMMAND_PROBLEMS,
+    ActingDep,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
@@ -75,6 +79,7 @@ async def list_webhooks(gw: GatewayDep) -> WebhookList:
 )
 async def add_webhook(
     gw: GatewayDep,
+    acting: ActingDep,
     request: Request,
     body: WebhookCreateRequest,
     wait: WaitQuery = True,
@@ -93,14 +98,14 @@ async def add_webhook(
             secret=body.secret.get_secret_value() if body.secret is not None else None,
             max_attempts=body.max_attempts,
             description=body.description,
-            identity=gw.settings.identity,
+            identity=acting.identity,
             source=API_SOURCE,
         )
     except ClientError as exc:
         raise invalid_command(exc) from None
     gw.check_size(new.command)
     location = gw.location(request, new.webhook_id)
-    sent, issued = await gw.send(new.command, wait=wait, timeout=timeout, new_webhook=new)
+    sent, issued = await gw.send(acting, new.command, wait=wait, timeout=timeout, new_webhook=new)
     if issued is not None and not issued.accepted:
         raise rejection(issued.outcome, command_id=sent.id, what=f"adding webhook {body.url}")
     created = WebhookCreated(
@@ -124,6 +129,7 @@ async def add_webhook(
 @command_route(router.delete, "/webhooks/{webhook_id}", summary="Remove a webhook")
 async def remove_webhook(
     gw: GatewayDep,
+    acting: ActingDep,
     request: Request,
     webhook_id: WebhookIdPath,
     reason: Annotated[str, Query(max_length=200, description="Why, for the log.")] = "",
@@ -133,12 +139,13 @@ async def remove_webhook(
     """Stop sending to a webhook; once the Hive accepts, its secret is deleted."""
     try:
         command = webhooks.remove_command(
-            webhook_id, reason, identity=gw.settings.identity, source=API_SOURCE
+            webhook_id, reason, identity=acting.identity, source=API_SOURCE
         )
     except ClientError as exc:
         raise invalid_command(exc) from None
     return await gw.execute(
         request,
+        acting,
         command,
         wait=wait,
         timeout=timeout,
@@ -184,6 +191,7 @@ async def list_deliveries(
 )
 async def redeliver(
     gw: GatewayDep,
+    acting: ActingDep,
     body: RedeliverRequest,
     wait: WaitQuery = True,
     timeout: TimeoutQuery = None,
@@ -196,7 +204,7 @@ async def redeliver(
             event_ids=body.event_ids,
             all_dead=body.all_dead,
             subscription=body.subscription,
-            identity=gw.settings.identity,
+            identity=acting.identity,
             source=API_SOURCE,
         )
     except webhooks.NotDeadLettered as exc:
@@ -214,7 +222,7 @@ async def redeliver(
         gw.check_size(planned.command)
     done: list[Redelivery] = []
     for planned in plan:
-        sent, issued = await gw.send(planned.command, wait=wait, timeout=timeout)
+        sent, issued = await gw.send(acting, planned.command, wait=wait, timeout=timeout)
         if issued is not None and not issued.accepted:
             earlier = f" ({len(done)} earlier request(s) were sent)" if done else ""
             raise rejection(
