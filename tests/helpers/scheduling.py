@@ -31,6 +31,7 @@ GROUPED_MODULES = frozenset(
         "tests/gateway/test_protocol.py",
         "tests/gateway/test_reads.py",
         "tests/gateway/test_server.py",
+        "tests/gateway/test_user_tokens.py",
         "tests/gateway/test_webhooks.py",
         "tests/runtime/test_capabilities.py",
         "tests/runtime/test_components.py",
