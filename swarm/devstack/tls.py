@@ -12,6 +12,10 @@ Clients verify the server against `ca.pem` (`swarm status -o json` names it as `
 `$SWARM_NATS_CA` for Swarm's own clients, `swarm.kernel.connection`). The CA's key never leaves
 the data dir; whoever reads it could sign a certificate the stack's clients trust, which is why
 it is the owner's alone, like the nkey seeds.
+
+docker-compose's cluster (`swarm.devstack.compose`) has the same files made for the names its
+nodes are dialed by, and a server certificate that is a client's too: the nodes' routes present
+it to each other, and a node takes a route only with a certificate of the CA.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -65,9 +70,17 @@ class TlsFiles:
         return self.directory / "nats-key.pem"
 
 
-def issue(directory: Path, *, now: datetime.datetime | None = None) -> TlsFiles:
+def issue(
+    directory: Path,
+    *,
+    names: Sequence[str] = SERVER_NAMES,
+    client_auth: bool = False,
+    now: datetime.datetime | None = None,
+) -> TlsFiles:
     """The CA and server certificate in `directory`: those made before while still good, new
-    ones otherwise (a new CA also gets a new server certificate)."""
+    ones otherwise (a new CA also gets a new server certificate). The server certificate is for
+    `names` (host names and addresses); with `client_auth` it also serves as a client's (a
+    cluster's nodes present it on their routes)."""
     now = now or datetime.datetime.now(datetime.UTC)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
@@ -78,8 +91,8 @@ def issue(directory: Path, *, now: datetime.datetime | None = None) -> TlsFiles:
         _write(files.ca_key, _key_pem(ca[1]))
         _write(files.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM))
     server = _load(files.server_cert, files.server_key)
-    if server is None or not _still_good(server[0], ca, now):
-        cert, key = _new_server(ca, now)
+    if server is None or not _still_good(server[0], ca, names, client_auth, now):
+        cert, key = _new_server(ca, names, client_auth, now)
         _write(files.server_key, _key_pem(key))
         _write(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
     return files
@@ -98,19 +111,23 @@ def _new_ca(now: datetime.datetime) -> _Pair:
     return cert, key
 
 
-def _new_server(ca: _Pair, now: datetime.datetime) -> _Pair:
+def _new_server(
+    ca: _Pair, names: Sequence[str], client_auth: bool, now: datetime.datetime
+) -> _Pair:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     alt_names: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n)
-        for n in SERVER_NAMES
+        x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in names
     ]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Swarm NATS")])
     cert = (
         _builder(name, ca_cert.subject, key.public_key(), now, _SERVER_DAYS)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.ExtendedKeyUsage(usages), False)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
@@ -153,16 +170,26 @@ def _usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def _still_good(cert: x509.Certificate, ca: _Pair, now: datetime.datetime) -> bool:
-    """Signed by `ca`, for every name a client dials, and not near its end."""
+def _still_good(
+    cert: x509.Certificate,
+    ca: _Pair,
+    names: Sequence[str],
+    client_auth: bool,
+    now: datetime.datetime,
+) -> bool:
+    """Signed by `ca`, for every name a client dials, a client's certificate too when
+    `client_auth`, and not near its end."""
     try:
         cert.verify_directly_issued_by(ca[0])
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
-    have = {str(n) for n in names.get_values_for_type(x509.IPAddress)}
-    have |= set(names.get_values_for_type(x509.DNSName))
-    wanted = {str(ipaddress.ip_address(n)) if _is_ip(n) else n for n in SERVER_NAMES}
+    have = {str(n) for n in alt.get_values_for_type(x509.IPAddress)}
+    have |= set(alt.get_values_for_type(x509.DNSName))
+    wanted = {str(ipaddress.ip_address(n)) if _is_ip(n) else n for n in names}
+    if client_auth and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return False
     return wanted <= have and cert.not_valid_after_utc - now >= _RENEW_BEFORE
 
 
