@@ -11,10 +11,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     SWARM_DATA_DIR=/var/lib/swarm
 
 # A fixed uid, so named volumes (Raft journals) keep one owner across rebuilds. The data dir is
-# created here: a fresh named volume mounted on it inherits its ownership.
+# created here: a fresh named volume mounted on it inherits its ownership. So is the directory
+# compose's init service writes the cluster's keys into (swarm/devstack/compose.py): its
+# volume is then the user's alone, 0700, and every Swarm container, running as this user,
+# reads the part of it that it mounts.
 RUN groupadd --system --gid 10001 swarm \
     && useradd --system --uid 10001 --gid swarm --home-dir /var/lib/swarm --create-home \
-       --shell /usr/sbin/nologin swarm
+       --shell /usr/sbin/nologin swarm \
+    && install -d -o swarm -g swarm -m 0700 /var/lib/swarm-secrets
 
 RUN python -m venv /opt/venv
 WORKDIR /app

@@ -7,7 +7,9 @@ parent-death signal every child gets (`embedded`).
 
 It is apart from `swarm.kernel` because no Swarm process needs it to run: the services, the pods
 and the HTTP API talk to whatever NATS and PostgreSQL their settings name, and a deployment
-(`docker-compose.yml`) starts them itself, borrowing only the schema upgrade (`swarm migrate`).
+(`docker-compose.yml`) starts them itself, borrowing only the schema upgrade (`swarm migrate`)
+and the credentials its `init` service writes (`compose`: the stack's principals and TLS, made
+for a cluster).
 The CLI's stack verbs (`swarm up`, `down`, `status`, `migrate`), the tests (with
 `services.hive.testing`, which runs Hive replicas for them) and the benchmarks use it. It builds
 on the kernel (settings, the event-log client) and never imports the services it supervises: it
