@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from nats.js.api import StorageType, StreamConfig
 
+from runtime.config import PodSettings
 from schemas import names
 from services.hive.config import HiveSettings
 from swarm.devstack import compose as compose_init
@@ -950,6 +951,15 @@ def test_the_swarm_processes_and_their_commands(monkeypatch: pytest.MonkeyPatch)
         assert {(u.scheme, u.hostname, u.port) for u in urls} == {
             ("tls", node, client_port[node]) for node in NATS_NODES
         }, name
+
+
+def test_pods_compile_modules_into_the_swarm_user_s_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The image's working dir (/app) is root's: the default cache under it cannot be written.
+    home = PurePosixPath("/var/lib/swarm")
+    for pod in PODS:
+        use_environment_of(pod, monkeypatch)
+        cache = PurePosixPath(PodSettings().module_cache_dir())
+        assert cache.is_relative_to(home / "pods" / pod), (pod, cache)
 
 
 def test_hive_replicas_name_each_other_as_raft_peers_and_need_a_password(
