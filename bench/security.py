@@ -83,7 +83,7 @@ async def commands_per_second(root: Path, n: int, *, signed: bool) -> float:
         log = await EventLog.connect(url, credentials=admin.seed_file if signed else None)
         if not signed:
             log = EventLog(log.nc)  # the same connection, signing nothing
-        await cluster.leader(log.nc, timeout=60)
+        await cluster.leader(log, timeout=60)  # signed: a Hive with principals answers no other
         requests = namespaces(n, "s" if signed else "u")
         rate, start_seq = await decided_per_second(log, requests)
         rejected = await _rejections(log, start_seq)

@@ -44,10 +44,11 @@ from runtime.podview import PodView
 from swarm.devstack.principals import Principal, Roster
 from swarm.domain.policy import check_message, may_claim
 from swarm.kernel.eventlog import Message
-from swarm.kernel.signing import MeshSignature, mesh_signature_of, verify_mesh
+from swarm.kernel.signing import FRESH_S, MeshSignature, mesh_signature_of, verify_mesh
 
-#: How far a message's signing time may be from this pod's clock.
-WINDOW_S = 120.0
+#: How far a message's signing time may be from this pod's clock (as a query's from the
+#: Hive's: `swarm.kernel.queryguard`).
+WINDOW_S = FRESH_S
 #: How long a message naming a placement this pod has not read yet waits for its view.
 CATCH_UP_S = 2.0
 #: How long the guard trusts what it looked up in the listing: a key rotated or removed stops

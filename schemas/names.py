@@ -251,6 +251,9 @@ HEADER_MESH_REPLICA: Final = "Swarm-Replica"
 HEADER_MESH_PLACED: Final = "Swarm-Placed"
 HEADER_MESH_TIME: Final = "Swarm-Signed-At"
 HEADER_MESH_SIGNATURE: Final = "Swarm-Signature"
+# A query (`swarm.query.…`) is signed with three of the same headers: signer, signing time and
+# signature (`swarm.kernel.signing.CommandSigner.query_headers`). It claims no identity: a query
+# is its signer's (`swarm.kernel.queryguard`).
 
 
 # --- Autoscaling and task queues (scheduler) -----------------------------------------------------

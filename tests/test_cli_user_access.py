@@ -70,6 +70,27 @@ def test_a_user_acts_with_the_role_the_owner_gave_it(
     elsewhere = swarm("agent", "deploy", "echo", "-n", "dees", "--module", echo, as_user=dee)
     assert elsewhere.returncode == 1
     assert "needs role operator in namespace dees and holds no role there" in elsewhere.stderr
+    # It reads the namespaces where it holds a role alone: the Hive answers its queries so.
+    assert swarm("namespace", "create", "other").returncode == 0
+    hidden = swarm("agent", "deploy", "hidden", "-n", "other", "--module", echo)
+    assert hidden.returncode == 0, hidden.stdout + hidden.stderr
+    listed_agents = swarm("agent", "ls", "-A", "-o", "json", as_user=dee)
+    assert listed_agents.returncode == 0, listed_agents.stdout + listed_agents.stderr
+    agents = json.loads(listed_agents.stdout)["agents"]
+    assert [(a["namespace"], a["name"]) for a in agents] == [("default", "echo")]
+    assert len(json.loads(swarm("agent", "ls", "-A", "-o", "json").stdout)["agents"]) == 2
+    for read in (("agent", "describe", "hidden", "-n", "other"), ("agent", "ls", "-n", "other")):
+        refused = swarm(*read, as_user=dee)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert (
+            "forbidden: user dee may not read namespace other: it needs role viewer in "
+            "namespace other and holds no role there (the stack's owner grants it with "
+            "`swarm user grant dee viewer --namespace other`)"
+        ) in refused.stderr
+    pods = swarm("pod", "ls", as_user=dee)
+    assert pods.returncode == 1, pods.stdout + pods.stderr
+    assert "may not list the pods: it needs role viewer in every namespace" in pods.stderr
+
     # ...but creates no namespace: that takes an admin of every namespace.
     created = swarm("namespace", "create", "dees", as_user=dee)
     assert created.returncode == 1, created.stdout + created.stderr

@@ -383,6 +383,7 @@ def test_every_client_connects_as_itself_over_tls_with_the_ca() -> None:
                 env_names.HIVE_PRINCIPALS_FILE,
                 env_names.POD_PRINCIPALS_FILE,
                 env_names.API_PRINCIPALS_FILE,
+                env_names.SCHEDULER_PRINCIPALS_FILE,
             )
             if key in env
         }
@@ -391,6 +392,8 @@ def test_every_client_connects_as_itself_over_tls_with_the_ca() -> None:
             "pod": {env_names.POD_PRINCIPALS_FILE},
             "gateway": {env_names.API_PRINCIPALS_FILE},
         }.get(role, set())
+        if name == "scheduler":  # its market answers signed queries, by role
+            wanted = {env_names.SCHEDULER_PRINCIPALS_FILE}
         assert given == wanted, name
         assert all(in_secrets(name, env[key]) == listing for key in given), name
         if role == "pod":

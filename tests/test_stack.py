@@ -40,6 +40,7 @@ from swarm.devstack.stack import (
 )
 from swarm.devstack.supervisor import RestartPolicy
 from swarm.kernel.settings import Settings
+from swarm.kernel.signing import CommandSigner
 from tests.helpers.cli_process import run_cli
 from tests.helpers.processes import gone
 
@@ -187,7 +188,14 @@ async def test_up_status_down_and_restart_keep_the_data(
     assert report["nats_credentials_kind"] == "nkey-seed"
     # Over TLS, verified against the stack's own CA (tests/test_stack_auth.py: no other).
     ca = report["nats_ca"]
-    nc = await nats.connect(nats_url, nkeys_seed=owner, tls=ssl.create_default_context(cafile=ca))
+    # A query is signed, and answered under the signer's own inbox prefix (Security model).
+    signer = CommandSigner.from_seed_file(Path(owner))
+    nc = await nats.connect(
+        nats_url,
+        nkeys_seed=owner,
+        tls=ssl.create_default_context(cafile=ca),
+        inbox_prefix=names.inbox_prefix(signer.public_key),
+    )
     try:
         js = nc.jetstream()
         for stream in (names.STREAM_COMMANDS, names.STREAM_EVENTS):
@@ -198,7 +206,8 @@ async def test_up_status_down_and_restart_keep_the_data(
         deadline = time.monotonic() + 60
         while True:
             try:
-                reply = await nc.request(names.QUERY_STATUS, b"", timeout=1)
+                signed = signer.query_headers(names.QUERY_STATUS, b"", time.time_ns() // 10**6)
+                reply = await nc.request(names.QUERY_STATUS, b"", timeout=1, headers=signed)
                 hive = json.loads(reply.data)
                 if hive.get("is_leader"):
                     break

@@ -2,6 +2,21 @@
 
 Every answer carries `applied_seq`, the last log sequence the answering replica has folded, so a
 client that just got an outcome at sequence N can tell whether the answer reflects it.
+
+A Hive given the stack's principals answers a query only as its signer's
+(`swarm.kernel.queryguard`: a signature that holds, by a principal, recent, answered under the
+signer's own inbox), else `{"error": "unauthenticated: …", "code": "unauthenticated"}`, and
+shows the signer what its role lets it read (`swarm.domain.policy.Reader`):
+
+* the stack's owner, its services and pods read everything;
+* a user reads the namespaces where it holds a role: the agents and namespaces listed are of
+  those alone, and an agent or the agents of a namespace elsewhere are answered
+  `{"error": "forbidden: …", "code": "forbidden"}` with the role it needs and the command that
+  grants it (whether or not the agent exists); pods, webhooks and the whole state span every
+  namespace, and take a role in every one; its grants are its own alone;
+* the replica's status (`hive.status`) and the state's digest are every principal's.
+
+A Hive without principals answers every query in full, as it takes unsigned commands.
 """
 
 from __future__ import annotations
@@ -41,8 +56,10 @@ from schemas.views import (
 from services.hive.raft import ReplicatedState
 from swarm.domain import reputation
 from swarm.domain.decide import derive_status
+from swarm.domain.policy import Reader
 from swarm.domain.state import Agent, HiveState, Pod
 from swarm.kernel.eventlog import EventLog, Message, Subscription
+from swarm.kernel.queryguard import Principals, QueryGuard, forbidden, unauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -140,34 +157,59 @@ def pod_view(pod: Pod) -> PodView:
     )
 
 
-def _agents_list(state: HiveState, req: dict[str, Any]) -> AgentsAnswer:
+def _agents_list(
+    state: HiveState, req: dict[str, Any], reader: Reader
+) -> AgentsAnswer | dict[str, Any]:
     namespace = req.get("namespace")
+    if namespace is not None:
+        refused = reader.refusal(state.grants, str(namespace), f"read namespace {namespace}")
+        if refused is not None:
+            return forbidden(refused)
     agents = [
         agent_view(a)
         for a in sorted(state.agents.values(), key=lambda a: (a.namespace, a.name, a.agent_id))
-        if not a.deleted and (namespace is None or a.namespace == namespace)
+        if not a.deleted
+        and (namespace is None or a.namespace == namespace)
+        and reader.reads(state.grants, a.namespace)
     ]
     return AgentsAnswer(agents=agents)
 
 
-def _agents_get(state: HiveState, req: dict[str, Any]) -> AgentAnswer | dict[str, Any]:
+def _agents_get(
+    state: HiveState, req: dict[str, Any], reader: Reader
+) -> AgentAnswer | dict[str, Any]:
     agent = None
     if "agent_id" in req:
         agent = state.agents.get(str(req["agent_id"]))
     elif "name" in req:
-        agent = state.agent_named(str(req.get("namespace", "default")), str(req["name"]))
+        namespace = str(req.get("namespace", "default"))
+        # Refused whether or not the agent exists: a user learns nothing of a namespace it
+        # may not read.
+        refused = reader.refusal(state.grants, namespace, f"read namespace {namespace}")
+        if refused is not None:
+            return forbidden(refused)
+        agent = state.agent_named(namespace, str(req["name"]))
     if agent is None:
         return {"error": "agent not found", "code": "not_found"}
+    # By id: the agent's namespace, once it is found (as the HTTP API's `/v1/agents/{id}`).
+    refused = reader.refusal(state.grants, agent.namespace, f"read namespace {agent.namespace}")
+    if refused is not None:
+        return forbidden(refused)
     return AgentAnswer(agent=agent_detail(agent))
 
 
-def _pods_list(state: HiveState, req: dict[str, Any]) -> PodsAnswer:
+def _pods_list(
+    state: HiveState, req: dict[str, Any], reader: Reader
+) -> PodsAnswer | dict[str, Any]:
+    refused = reader.refusal(state.grants, None, "list the pods")
+    if refused is not None:
+        return forbidden(refused)
     return PodsAnswer(
         pods=[pod_view(p) for p in sorted(state.pods.values(), key=lambda p: p.pod_id)]
     )
 
 
-def _namespaces_list(state: HiveState, req: dict[str, Any]) -> NamespacesAnswer:
+def _namespaces_list(state: HiveState, req: dict[str, Any], reader: Reader) -> NamespacesAnswer:
     return NamespacesAnswer(
         namespaces=[
             NamespaceView(
@@ -178,28 +220,40 @@ def _namespaces_list(state: HiveState, req: dict[str, Any]) -> NamespacesAnswer:
                 ),
             )
             for ns in sorted(state.namespaces.values(), key=lambda n: n.name)
+            if reader.reads(state.grants, ns.name)
         ]
     )
 
 
-def _access_list(state: HiveState, req: dict[str, Any]) -> AccessAnswer:
+def _access_list(state: HiveState, req: dict[str, Any], reader: Reader) -> AccessAnswer:
     return AccessAnswer(
         grants=[
             _shown(GrantView, g)
             for g in sorted(state.grants, key=lambda g: (g.user, g.namespace or ""))
+            # A user's own grants alone: who else acts where is the owner's business.
+            if reader.user is None or g.user == reader.user
         ]
     )
 
 
-def _digest(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+def _digest(state: HiveState, req: dict[str, Any], reader: Reader) -> dict[str, Any]:
+    # A hash tells nothing of the state: every principal's, as the status that carries it.
     return {"digest": state.digest()}
 
 
-def _full(state: HiveState, req: dict[str, Any]) -> dict[str, Any]:
+def _full(state: HiveState, req: dict[str, Any], reader: Reader) -> dict[str, Any]:
+    refused = reader.refusal(state.grants, None, "read the whole state")
+    if refused is not None:
+        return forbidden(refused)
     return {"state": state.to_dict()}
 
 
-def _webhooks_list(state: HiveState, req: dict[str, Any]) -> WebhooksAnswer:
+def _webhooks_list(
+    state: HiveState, req: dict[str, Any], reader: Reader
+) -> WebhooksAnswer | dict[str, Any]:
+    refused = reader.refusal(state.grants, None, "list the webhooks")
+    if refused is not None:
+        return forbidden(refused)
     return WebhooksAnswer(
         webhooks=[
             _shown(WebhookView, w)
@@ -216,7 +270,8 @@ def rendered(answer: Answer | dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-Query = Callable[[HiveState, dict[str, Any]], Answer | dict[str, Any]]
+#: A query's answer from the state, the request's body, and whom it is for.
+Query = Callable[[HiveState, dict[str, Any], Reader], Answer | dict[str, Any]]
 QUERIES: dict[str, Query] = {
     names.QUERY_AGENTS_LIST: _agents_list,
     names.QUERY_AGENTS_GET: _agents_get,
@@ -230,18 +285,37 @@ QUERIES: dict[str, Query] = {
 
 
 async def serve(
-    log_: EventLog, raft: ReplicatedState, node: str, status: Callable[..., dict[str, Any]]
+    log_: EventLog,
+    raft: ReplicatedState,
+    node: str,
+    status: Callable[..., dict[str, Any]],
+    principals: Principals | None = None,
 ) -> list[Subscription]:
-    """Subscribe the query handlers; returns the subscriptions (close them to stop)."""
+    """Subscribe the query handlers; returns the subscriptions (close them to stop). With
+    `principals`, each query is answered as its signer's (see the module's docstring)."""
+    guard = QueryGuard(principals) if principals is not None else None
+
+    def reader_of(msg: Message) -> Reader | str:
+        """Whom `msg` asks for, or why it is answered nothing (`unauthenticated: …`)."""
+        if guard is None:
+            return Reader()
+        asker = guard.asker(msg)
+        return asker if isinstance(asker, str) else Reader.of(asker.role, asker.name)
 
     def handler(query: Query) -> Callable[[Message], Awaitable[None]]:
         async def respond(msg: Message) -> None:
+            reader = reader_of(msg)
+            if isinstance(reader, str):
+                await log_.respond(
+                    msg, json.dumps(unauthenticated(reader) | {"node": node}).encode()
+                )
+                return
             try:
                 req = json.loads(msg.data) if msg.data else {}
                 if not isinstance(req, dict):
                     raise ValueError("query body must be a JSON object")
                 with raft.lock:
-                    typed = query(raft.hive, req)
+                    typed = query(raft.hive, req, reader)
                     applied = raft.hive.applied_seq
                 # The views hold copies: rendered outside the lock that folding needs.
                 answer = rendered(typed)
@@ -254,6 +328,10 @@ async def serve(
         return respond
 
     async def respond_status(msg: Message) -> None:
+        reader = reader_of(msg)
+        if isinstance(reader, str):
+            await log_.respond(msg, json.dumps(unauthenticated(reader) | {"node": node}).encode())
+            return
         try:
             req = json.loads(msg.data) if msg.data else {}
         except ValueError:

@@ -89,7 +89,7 @@ class Hive(Service):
         eventlog = await EventLog.connect(self.nats_url, self.settings, name=self.node)
         raft = self.raft = ReplicatedState(self.hive_settings.raft())
         heartbeats = Heartbeats()
-        subs = await serve_queries(eventlog, raft, self.node, self.describe)
+        subs = await serve_queries(eventlog, raft, self.node, self.describe, self._principals)
         subs.append(await heartbeats.subscribe(eventlog))
         # Every replica reads the log itself; Raft agrees on what to fold (raft.py).
         feeding = asyncio.Event()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.scheduler.catalog import POLICIES
 from services.scheduler.policies import Pricing
+from swarm.devstack.principals import Roster, load
 
 
 class SchedulerSettings(BaseSettings):
@@ -34,6 +37,10 @@ class SchedulerSettings(BaseSettings):
     fetch_batch: int = Field(default=1000, ge=1)
     #: How often the planning pass looks for due retries when no event arrives.
     idle_s: float = Field(default=0.05, gt=0)
+    #: The stack's principals (`principals.json`, as `swarm up` writes it): when given, the
+    #: market is answered only to queries one of them signed, and to a user only with a role
+    #: in every namespace (`swarm.kernel.queryguard`, `swarm.domain.policy.Reader`).
+    principals_file: Path | None = None
 
     @field_validator("policy")
     @classmethod
@@ -44,5 +51,19 @@ class SchedulerSettings(BaseSettings):
             )
         return value
 
+    @field_validator("principals_file")
+    @classmethod
+    def _readable_principals(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                load(value)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"cannot read the principals in it: {exc}") from None
+        return value
+
     def pricing(self) -> Pricing:
         return Pricing(self.base_price, self.price_slope, self.energy_weight)
+
+    def principals(self) -> Roster | None:
+        """The principals (read again when the file changes), or None: any query is answered."""
+        return Roster(self.principals_file) if self.principals_file is not None else None

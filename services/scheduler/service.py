@@ -42,10 +42,13 @@ from services.scheduler.market import market_rows
 from services.scheduler.planner import Planner, Retry
 from services.scheduler.policies import Policy
 from services.scheduler.proposals import Proposal
+from swarm.domain.policy import Reader
+from swarm.domain.state import Grant
 from swarm.kernel.eventlog import AppendRequest, EventLog, EventLogError, Message
 from swarm.kernel.ids import IdKey
 from swarm.kernel.lifecycle import Service, Status, run_until_signalled
 from swarm.kernel.logs import configure_logging
+from swarm.kernel.queryguard import QueryGuard, forbidden, unauthenticated
 from swarm.kernel.seal import verifier as seal_verifier
 from swarm.kernel.settings import Settings, load
 from swarm.kernel.streaming import MAX_BATCH, StreamApp
@@ -56,6 +59,8 @@ SOURCE = "scheduler"
 IDENTITY = "service:scheduler"
 
 
+#: How long a user's market query waits for the Hive's grants.
+_GRANTS_TIMEOUT_S = 2.0
 #: Pause before a stopped stream app is started again, doubling up to the maximum.
 _RESTART_PAUSE = 0.2
 _MAX_RESTART_PAUSE = 5.0
@@ -101,6 +106,9 @@ class Scheduler(Service):
         )
         #: The running stream app (None between incarnations).
         self.app: StreamApp | None = None
+        principals = self.config.principals()
+        #: Who asks the market (None: anyone is answered, as on a stack without principals).
+        self._guard = QueryGuard(principals) if principals is not None else None
 
     async def serve(self) -> None:
         """Read and propose until stopped; proposals sent stand."""
@@ -208,14 +216,41 @@ class Scheduler(Service):
         }
 
     async def _answer_market(self, eventlog: EventLog, msg: Message) -> None:
-        try:
-            body = json.loads(msg.data or b"{}")
-            limit = int(body.get("limit", 50)) if isinstance(body, dict) else 50
-            answer = self.market_state(max(0, min(limit, 10_000)))
-        except (ValueError, TypeError) as exc:
-            answer = {"error": f"bad market query: {exc}"}
+        answer = await self._refusal(eventlog, msg)
+        if answer is None:
+            try:
+                body = json.loads(msg.data or b"{}")
+                limit = int(body.get("limit", 50)) if isinstance(body, dict) else 50
+                answer = self.market_state(max(0, min(limit, 10_000)))
+            except (ValueError, TypeError) as exc:
+                answer = {"error": f"bad market query: {exc}"}
         with contextlib.suppress(EventLogError, OSError):
             await eventlog.respond(msg, json.dumps(answer).encode())
+
+    async def _refusal(self, eventlog: EventLog, msg: Message) -> dict[str, Any] | None:
+        """Why a market query is answered nothing; None when its asker may read the market.
+
+        With principals, it is answered as its signer's (`swarm.kernel.queryguard`), and the
+        market spans every namespace: a user reads it with a role in every one, by the grants
+        the Hive holds (asked for each user's query; the scheduler folds no grants)."""
+        if self._guard is None:
+            return None
+        asker = self._guard.asker(msg)
+        if isinstance(asker, str):
+            return unauthenticated(asker)
+        reader = Reader.of(asker.role, asker.name)
+        if reader.user is None:
+            return None
+        try:
+            grants = await _grants(eventlog)
+        except (EventLogError, ValueError) as exc:
+            return {
+                "error": f"the market is not shown to user {reader.user} now: its roles are "
+                f"not known (the Hive's grants: {exc})",
+                "code": "unavailable",
+            }
+        refused = reader.refusal(grants, None, "read the market")
+        return None if refused is None else forbidden(refused)
 
     def _on_retry(self, retry: Retry) -> None:
         if retry.proposal is None:
@@ -274,6 +309,19 @@ class Scheduler(Service):
             # Sent before (by an earlier run, or before a failed send): the originals stand.
             self.duplicates += duplicates
             log.info("proposals already on the log were dropped as duplicates", count=duplicates)
+
+
+async def _grants(eventlog: EventLog) -> list[Grant]:
+    """Who holds which role where, as the Hive answers it to the scheduler (a service reads
+    every grant)."""
+    from schemas.views import AccessAnswer
+
+    reply = await eventlog.request(names.QUERY_ACCESS_LIST, b"{}", timeout=_GRANTS_TIMEOUT_S)
+    answer = json.loads(reply.data)
+    if isinstance(answer, dict) and "error" in answer:
+        raise ValueError(str(answer["error"]))
+    views = AccessAnswer.model_validate(answer).grants
+    return [Grant(g.user, g.namespace, g.role) for g in views]
 
 
 def _proposal_command(p: Proposal, policy: str) -> Payload:

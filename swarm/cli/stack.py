@@ -823,6 +823,7 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     from swarm.kernel.eventlog import EventLog, EventLogError
 
     async def ask() -> list[dict[str, Any]]:
+        credentials = Path(state.nats_credentials) if state.nats_credentials else None
         try:
             nc = await connect_nats(
                 state.nats_url or "",
@@ -830,12 +831,13 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
                 timeout=1.0,
                 attempts=1,
                 reconnects=0,
-                credentials=Path(state.nats_credentials) if state.nats_credentials else None,
+                credentials=credentials,
                 ca=Path(state.nats_ca) if state.nats_ca else None,
             )
         except CannotConnect:
             return []
-        log = EventLog(nc, timeout=1.0)
+        # Signs its queries with the key it connected with: the Hive answers its principals.
+        log = EventLog(nc, timeout=1.0, credentials=credentials)
 
         async def one(node: str) -> dict[str, Any]:
             try:

@@ -2,7 +2,8 @@
 
 Answered on `swarm.query.market.state` (core NATS request/reply) by the scheduler, not the Hive:
 clearings live in the scheduler's memory, not on the log. Used by `swarm market` and the HTTP
-API's `GET /v1/market`.
+API's `GET /v1/market`. On a stack with principals the scheduler answers signed queries alone,
+and a user's with a role in every namespace (else a `QueryFailed`, as the Hive's queries).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas import names
-from swarm.client.errors import FAILED, UNAVAILABLE, ClientError
-from swarm.client.queries import request_object
+from swarm.client.errors import UNAVAILABLE, ClientError
+from swarm.client.queries import QueryFailed, request_object
 from swarm.kernel.eventlog import EventLog
 
 __all__ = ["QUERY_TIMEOUT", "ask_market"]
@@ -32,7 +33,7 @@ async def ask_market(
         unanswered=_no_scheduler,
     )
     if "error" in answer:
-        raise ClientError(str(answer["error"]), code=FAILED)
+        raise QueryFailed.of(answer)
     return answer
 
 

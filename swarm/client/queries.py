@@ -5,6 +5,13 @@ a little behind the log. Every answer carries the replica's `applied_seq`, so a 
 which log position its answer must reflect (the outcome of a command it just sent, or the end of
 the log when the read began) passes it as `at_least`, and the query is asked again for a moment
 until a replica has caught up. That keeps `deploy` followed by `ls` showing the new agent.
+
+A stack whose Hive knows its principals answers a query as its signer's (the log client signs
+it with its credentials: `swarm.kernel.eventlog.EventLog.request`), and shows a user the
+namespaces where it holds a role: a read beyond them is a `QueryFailed` with `error_code`
+"forbidden" (its message says which role it takes, and the `swarm user grant` that gives it),
+an unsigned query one with "unauthenticated". Both are FAILED, as a command the Hive refused
+for its sender's role is.
 """
 
 from __future__ import annotations
@@ -58,6 +65,12 @@ class QueryFailed(ClientError):
     def __init__(self, message: str, *, error_code: str, hint: str | None = None) -> None:
         super().__init__(message, code=FAILED, hint=hint)
         self.error_code = error_code
+
+    @classmethod
+    def of(cls, answer: Mapping[str, Any]) -> QueryFailed:
+        """The error an answer carries (`{"error", "code"}`), with what to do about it."""
+        code = str(answer.get("code", "error"))
+        return cls(str(answer.get("error")), error_code=code, hint=_ERROR_HINTS.get(code))
 
 
 class HiveQueries:
@@ -114,9 +127,8 @@ class HiveQueries:
             )
         if isinstance(applied, int):
             self.applied_seq = applied
-        error = answer.get("error")
-        if error is not None:
-            raise QueryFailed(str(error), error_code=str(answer.get("code", "error")))
+        if answer.get("error") is not None:
+            raise QueryFailed.of(answer)
         return answer
 
     # -- the queries ------------------------------------------------------------------------------
@@ -223,6 +235,15 @@ async def request_object(
     if not isinstance(answer, dict):
         raise ClientError(f"{answerer}'s answer to {subject} is not a JSON object", code=FAILED)
     return answer
+
+
+#: What to do about an error answer, by its code (a refusal by role says it in its message).
+_ERROR_HINTS = {
+    "unauthenticated": (
+        "this stack answers its principals alone: connect with the nkey seed file `swarm user "
+        "add` issued (SWARM_NATS_CREDENTIALS), which signs every query"
+    ),
+}
 
 
 def _no_hive(subject: str, why: str) -> ClientError:

@@ -31,10 +31,14 @@ Some subjects are bound to one principal (`permissions`):
   listens for its own liveness probe alone; no other role publishes those or listens for a
   probe, and only the Hive listens to heartbeats.
 
-What the permissions do not yet tell apart: a user's namespaces; which pod runs an agent (any
-pod may join an agent's mesh queue group: signed mesh messages are issue 13's next step); and
-who may publish into someone else's inbox (a reply is not bound to its asker; the Hive's seal on
-outcomes and signed commands are what a reader checks).
+What the permissions do not yet tell apart: a user's namespaces (the Hive holds a user's
+commands and queries to its roles, `swarm.domain.policy`, the pods its mesh messages; the log's
+streams are every principal's to read); which pod runs an agent (any pod may join an agent's
+mesh queue group: the mesh guard checks who sends, runtime/meshguard.py); who listens on
+`swarm.query.>` (anyone may, and answer in the Hive's queue group: a query is bound to its
+asker by its signature and reply subject, `swarm.kernel.queryguard`, its answer is not signed);
+and who may publish into someone else's inbox (a reply is not bound to its asker; the Hive's
+seal on outcomes and signed commands are what a reader checks).
 
 The seeds are the `.nk` files NATS tools read (`nats --nkey`, nats-py's `nkeys_seed=`).
 The listener speaks TLS alone, with a certificate of the stack's own CA (`swarm.devstack.tls`).

@@ -908,10 +908,11 @@ class Stack:
 
     def _identity_env(self, service: str) -> dict[str, str]:
         """What a service needs to be itself on the stack's NATS: its credentials, for a Hive
-        replica the list of principals whose commands it takes, for a pod the same list,
-        whose mesh messages alone reach its agents, and for the HTTP API the same list, whose
-        users' tokens it takes (their digests and seeds beside it). Nothing with a NATS server
-        the stack did not start (its operator says who may connect)."""
+        replica the list of principals whose commands and queries it takes, for a pod the same
+        list, whose mesh messages alone reach its agents, for the HTTP API the same list, whose
+        users' tokens it takes (their digests and seeds beside it), and for the scheduler the
+        same list, whose queries of its market it answers. Nothing with a NATS server the
+        stack did not start (its operator says who may connect)."""
         seed = self._credentials.get(service)
         if seed is None:
             return {}
@@ -927,6 +928,9 @@ class Stack:
             out[env_names.POD_ID] = service
         elif role == "gateway":
             out[env_names.API_PRINCIPALS_FILE] = str(seed.parent / LISTING)
+        elif service == "scheduler":
+            # Its market's queries are answered as their signers' (`swarm.kernel.queryguard`).
+            out[env_names.SCHEDULER_PRINCIPALS_FILE] = str(seed.parent / LISTING)
         return out
 
     def _save(self, **changes: Any) -> StackState:

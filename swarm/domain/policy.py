@@ -1,4 +1,5 @@
-"""Who may issue what, and how much a namespace may hold. Each refusal names its rule.
+"""Who may issue what, read what, and how much a namespace may hold. Each refusal names its
+rule.
 
 Identities are `kind:name` strings carried in the CloudEvents `identity` extension:
 `user:<name>`, `service:<hive|scheduler|observer|gateway>`, `pod:<pod id>`, `agent:<agent id>`.
@@ -9,6 +10,7 @@ only about its own namespace.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from schemas import Envelope, commands, events, healing, market
@@ -97,21 +99,69 @@ def check_access(state: HiveState, role: str, command: Envelope[Any]) -> Rejecti
     Only `user` principals are held to grants: the stack's owner, its services, pods and agents
     are bound by `check_principal`, `check_identity` and the agents' autonomy instead. A user
     acts as itself alone (`check_principal` runs first), so its name is its identity's."""
-    if role != "user":
+    if not held_to_grants(role):
         return None
     user = (command.identity or "").partition(":")[2]
     needed, namespace = _needs(state, command.data)
-    held = held_role(state.grants, user, namespace)
+    refused = role_refusal(state.grants, user, namespace, needed, f"send {command.type}")
+    return None if refused is None else Rejection(refused, Rule.ACCESS)
+
+
+def held_to_grants(role: str) -> bool:
+    """Whether a principal of `role` is held to the grants (a user), or reaches everything its
+    role lets it (the stack's owner, its services and pods)."""
+    return role == "user"
+
+
+def role_refusal(
+    grants: Iterable[Grant], user: str, namespace: str | None, needed: AccessRole, what: str
+) -> str | None:
+    """Why `user` may not do `what` ("send swarm.cmd.agent.deploy", "read namespace team"),
+    which takes role `needed` in `namespace` (None: in every namespace); None when the role it
+    holds there reaches it. The one wording of a refusal by role, with the command that would
+    grant it: the Hive's for commands and queries, the HTTP API's for its reads."""
+    held = held_role(grants, user, namespace)
     if reaches(held, needed):
         return None
     where = f"namespace {namespace}" if namespace is not None else "every namespace"
     scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
-    return Rejection(
-        f"user {user} may not send {command.type}: it needs role {needed} in {where} and "
-        f"holds {held or 'no role'} there (the stack's owner grants it with "
-        f"`swarm user grant {user} {needed} {scope}`)",
-        Rule.ACCESS,
+    return (
+        f"user {user} may not {what}: it needs role {needed} in {where} and holds "
+        f"{held or 'no role'} there (the stack's owner grants it with "
+        f"`swarm user grant {user} {needed} {scope}`)"
     )
+
+
+#: The least role, which reading a namespace takes (a viewer reads).
+READ_ROLE: AccessRole = ACCESS_ROLES[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Whom a read of the Hive's state is for, and so how much of it it shows: a user
+    (`user`) reads the namespaces where it holds a role, any role, and what spans every
+    namespace (pods, webhooks, the whole state) only with a role in every namespace; anyone
+    else (`user` None: the stack's owner, its services, pods) reads everything. The Hive
+    answers queries by it (services/hive/queries.py); the HTTP API limits a user's token's
+    reads by the same rule (`swarm.gateway.access`)."""
+
+    user: str | None = None
+
+    @classmethod
+    def of(cls, role: str, name: str) -> Reader:
+        """The reader a principal `name` of `role` is."""
+        return cls(name if held_to_grants(role) else None)
+
+    def reads(self, grants: Iterable[Grant], namespace: str | None) -> bool:
+        """Whether it may read `namespace` (None: what spans every namespace)."""
+        return self.user is None or reaches(held_role(grants, self.user, namespace), READ_ROLE)
+
+    def refusal(self, grants: Iterable[Grant], namespace: str | None, what: str) -> str | None:
+        """Why it may not `what` ("read namespace team"), which reads `namespace` (None: every
+        namespace); None when it may."""
+        if self.user is None:
+            return None
+        return role_refusal(grants, self.user, namespace, READ_ROLE, what)
 
 
 def held_role(grants: Iterable[Grant], user: str, namespace: str | None) -> AccessRole | None:
@@ -283,7 +333,9 @@ def check_quota(
 __all__ = [
     "ACTIVE",
     "MESSAGE_ROLE",
+    "READ_ROLE",
     "ROLE_CLAIMS",
+    "Reader",
     "check_access",
     "check_identity",
     "check_message",
@@ -291,7 +343,9 @@ __all__ = [
     "check_quota",
     "granted",
     "held_role",
+    "held_to_grants",
     "may_claim",
     "reaches",
     "revoked",
+    "role_refusal",
 ]

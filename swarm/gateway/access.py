@@ -18,9 +18,10 @@ The owner's token reaches everything, as the API's own principal does. A user's 
   every namespace.
 
 The grants are the Hive's (`swarm.query.access.list`), asked once per request that needs them,
-so a role given or revoked counts from the next request; the rule comparing roles is the
-domain's (`policy.held_role`, `policy.reaches`). Reads go over the API's own connection (NATS
-lets every principal read): these limits are the API's.
+so a role given or revoked counts from the next request; the rule and its refusal's words are
+the domain's (`policy.Reader`, `policy.role_refusal`), which the Hive applies to a user's own
+queries on NATS too. Reads go over the API's own connection, whose queries the Hive answers in
+full (the API is a service): these limits are the API's.
 
 Every `/v1` route of a user's token needs a role in every namespace unless the route is marked
 as judging access itself (`routes.common.judged`: commands, and the reads above that check a
@@ -34,14 +35,11 @@ from collections.abc import Callable
 from schemas.specs import AccessRole
 from swarm.client.swarm import Swarm
 from swarm.domain.outcome import Rule
-from swarm.domain.policy import held_role, reaches
+from swarm.domain.policy import READ_ROLE, Reader, role_refusal
 from swarm.domain.state import Grant
 from swarm.gateway.auth import Caller
 from swarm.gateway.problems import ProblemError
 from swarm.kernel.eventlog import EventLog
-
-#: The least role: what reads take.
-READ_ROLE: AccessRole = "viewer"
 
 
 class Acting:
@@ -81,28 +79,17 @@ class Acting:
         user = self.caller.user
         if user is None:
             return
-        held = held_role(await self.grants(), user, namespace)
-        if reaches(held, needed):
-            return
-        where = f"namespace {namespace}" if namespace is not None else "every namespace"
-        scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
-        raise ProblemError(
-            403,
-            "forbidden",
-            "Forbidden",
-            f"user {user} may not {what}: it needs role {needed} in {where} and holds "
-            f"{held or 'no role'} there (the stack's owner grants it with "
-            f"`swarm user grant {user} {needed} {scope}`)",
-            rule=Rule.ACCESS,
-        )
+        refused = role_refusal(await self.grants(), user, namespace, needed, what)
+        if refused is not None:
+            raise ProblemError(403, "forbidden", "Forbidden", refused, rule=Rule.ACCESS)
 
     async def readable(self) -> Callable[[str], bool]:
         """Whether the caller may read a namespace, by its name."""
-        user = self.caller.user
-        if user is None:
+        reader = Reader(self.caller.user)
+        if reader.user is None:
             return lambda _namespace: True
         grants = await self.grants()
-        return lambda namespace: held_role(grants, user, namespace) is not None
+        return lambda namespace: reader.reads(grants, namespace)
 
 
 __all__ = ["READ_ROLE", "Acting"]

@@ -30,6 +30,9 @@ POD_ID = f"{PREFIX}POD_ID"
 #: The principals whose signed mesh messages a pod takes (`PodSettings.principals_file`,
 #: runtime/meshguard.py): the dev stack names its own to its pods.
 POD_PRINCIPALS_FILE = f"{PREFIX}POD_PRINCIPALS_FILE"
+#: The principals whose signed queries the scheduler answers on its market
+#: (`SchedulerSettings.principals_file`, `swarm.kernel.queryguard`): the dev stack names its own.
+SCHEDULER_PRINCIPALS_FILE = f"{PREFIX}SCHEDULER_PRINCIPALS_FILE"
 #: The principals whose users' tokens the HTTP API takes (`GatewaySettings.principals_file`,
 #: swarm/gateway/auth.py): the dev stack names its own to its API.
 API_PRINCIPALS_FILE = f"{PREFIX}API_PRINCIPALS_FILE"
@@ -70,6 +73,7 @@ __all__ = [
     "POD_ID",
     "POD_PRINCIPALS_FILE",
     "PREFIX",
+    "SCHEDULER_PRINCIPALS_FILE",
     "nats_ca",
     "nats_credentials",
 ]

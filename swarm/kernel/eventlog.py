@@ -72,6 +72,8 @@ _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
 _DEFAULT_TIMEOUT = 5.0
 #: Subjects of commands: what a client with credentials signs (`EventLog._signed`).
 _COMMANDS = names.COMMANDS_PREFIX + "."
+#: Subjects of queries: requests a client with credentials signs (`EventLog.request`).
+_QUERIES = names.QUERY_PREFIX + "."
 _DUPLICATE_IN_BATCH = 10201
 _BATCH_ID = "Nats-Batch-Id"
 _BATCH_SEQ = "Nats-Batch-Sequence"
@@ -429,14 +431,19 @@ class EventLog:
         timeout: float = _DEFAULT_TIMEOUT,
         credentials: Path | None = None,
     ):
-        """`credentials`: the nkey seed file this client signs the commands it appends with
-        (`swarm.kernel.signing`); read on the first command, so a reader never loads it."""
+        """`credentials`: the nkey seed file this client signs the commands it appends and the
+        queries it asks with (`swarm.kernel.signing`); read on the first of them. A query's
+        answer comes only to the signer's own inbox prefix (`swarm.kernel.queryguard`), so
+        `nc` must have been connected with that key (`connect` does)."""
         self.nc = nc
         #: The settings, or what makes them the first time they are needed (see `settings`).
         self._settings = settings
         self.timeout = timeout
         self._credentials = credentials
         self._signer: CommandSigner | None = None
+        #: The log a view (`signing_as`) was made from: its queries are signed with the
+        #: connection's key, under whose inbox prefix the answers arrive.
+        self._maker: EventLog | None = None
         #: The JetStream API's subject prefix, for readers that speak the API directly
         #: (swarm.kernel.logscan); nats-py keeps its own copy private.
         self.api_prefix = DEFAULT_PREFIX
@@ -449,9 +456,12 @@ class EventLog:
         """This connection, signing the commands appended through it with `signer`'s key
         instead of its own: the HTTP API sends each user's commands over its one connection,
         signed by that user (`swarm.gateway.service`). The view shares the connection and its
-        settings; closing it closes nothing, closing this closes both."""
+        settings; closing it closes nothing, closing this closes both. Its queries are still
+        signed with this connection's key: their answers arrive under its inbox prefix, and
+        are answered as this log's principal's (the HTTP API limits a user's reads itself)."""
         view = EventLog(self.nc, self._settings, timeout=self.timeout)
         view._signer = signer
+        view._maker = self
         view._borrowed = True
         view.api_prefix = self.api_prefix
         return view
@@ -591,8 +601,13 @@ class EventLog:
     ) -> Message:
         """Send a request and wait for the first answer: `NoResponders` when nobody listens,
         `RequestTimeout` when nobody answered within `timeout` (default: the log's). `claim`:
-        a mesh request, signed as sent by that identity (see `publish`)."""
-        headers = self._mesh_signed(subject, body, headers, claim)
+        a mesh request, signed as sent by that identity (see `publish`). A query
+        (`swarm.query.…`) is signed as this client's when it has credentials
+        (`swarm.kernel.queryguard`)."""
+        if claim is None and subject.startswith(_QUERIES):
+            headers = self._query_signed(subject, body, headers)
+        else:
+            headers = self._mesh_signed(subject, body, headers, claim)
         try:
             return await self.nc.request(
                 subject,
@@ -714,6 +729,17 @@ class EventLog:
         if claim is None or not self._signs:
             return headers
         signed = self.mesh_headers(subject, body, claim)
+        return {**headers, **signed} if headers else signed
+
+    def _query_signed(
+        self, subject: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        if self._maker is not None:
+            # A view's answers arrive under its connection's inbox prefix: signed as that.
+            return self._maker._query_signed(subject, body, headers)
+        if not self._signs:
+            return headers
+        signed = self._key().query_headers(subject, body, time.time_ns() // 1_000_000)
         return {**headers, **signed} if headers else signed
 
     def _signed(self, request: AppendRequest) -> AppendRequest:

@@ -16,6 +16,11 @@ body is the agent's own bytes, so their signature travels in headers instead
 replica and its placement, the time of signing, and an ed25519 signature over all of these with
 the subject and the body (`mesh_signature_of` checks it; the receiving pod decides what the
 signer may claim, runtime/meshguard.py).
+
+Queries (`swarm.query.…`, request/reply, not stored) are signed in headers the same way, without
+a claim: a query is its signer's. The signature covers the subject, the time of signing and
+the body (`query_signature_of` checks it); the answering service binds the request to its
+signer by its reply subject and its time (`swarm.kernel.queryguard`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
 _SIGNER = b',"' + names.EXTENSION_SIGNER.encode() + b'":"'
 _SIGNATURE = b',"' + names.EXTENSION_SIGNATURE.encode() + b'":"'
 _SIGNATURE_CHARS = 86  # 64 bytes, base64url without padding
+#: How far the signing time of a mesh message or a query may be from its receiver's clock: one
+#: replayed later is refused (runtime/meshguard.py, `swarm.kernel.queryguard`).
+FRESH_S = 120.0
 #: nkeys' prefix byte of a user's public key (base32 `U…`) and of a seed (`S…`).
 _USER_PREFIX = 20 << 3
 
@@ -90,6 +98,15 @@ class CommandSigner:
             headers[names.HEADER_MESH_REPLICA] = claim.replica
             headers[names.HEADER_MESH_PLACED] = str(claim.placed_seq)
         return headers
+
+    def query_headers(self, subject: str, body: bytes, time_ms: int) -> dict[str, str]:
+        """The headers that sign a query on `subject` with `body` (`query_signature_of`)."""
+        signature = self._private.sign(_query_bytes(subject, time_ms, body)).signature
+        return {
+            names.HEADER_MESH_SIGNER: self.public_key,
+            names.HEADER_MESH_TIME: str(time_ms),
+            names.HEADER_MESH_SIGNATURE: _b64(signature),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +191,56 @@ def verify_mesh(
 
 
 @dataclass(frozen=True, slots=True)
+class QuerySignature:
+    """What a query's signature says (`query_signature_of`)."""
+
+    signer: str
+    #: When the sender signed it (ms since the epoch, its clock).
+    time_ms: int
+    valid: bool
+    #: Why it does not hold.
+    problem: str | None = None
+
+
+#: Bytes that begin every signed query: neither a mesh message's signature nor a command's
+#: passes for one.
+_QUERY_DOMAIN = b"swarm.query.v1"
+
+
+def _query_bytes(subject: str, time_ms: int, body: bytes) -> bytes:
+    return b"\n".join((_QUERY_DOMAIN, subject.encode(), str(time_ms).encode(), body))
+
+
+def query_signature_of(
+    subject: str, body: bytes, headers: Mapping[str, str] | None, *, verify: bool = True
+) -> QuerySignature | None:
+    """The signature a query carries in its headers, checked against the key it names; None
+    when it carries none. With `verify=False` it is only read (`valid`: well-formed), so that
+    a receiver can refuse a stranger's or a stale query before it spends ~110 us on the
+    arithmetic (then `query_signature_of` again, verifying)."""
+    from nacl.exceptions import BadSignatureError
+
+    if not headers or names.HEADER_MESH_SIGNATURE not in headers:
+        return None
+    signer = headers.get(names.HEADER_MESH_SIGNER, "")
+    try:
+        time_ms = int(headers.get(names.HEADER_MESH_TIME, ""))
+    except ValueError:
+        return QuerySignature(signer, 0, False, "its signing time is not a number")
+    if not verify:
+        return QuerySignature(signer, time_ms, True)
+    try:
+        key = _verify_key(signer)
+        raw = base64.urlsafe_b64decode(headers[names.HEADER_MESH_SIGNATURE].encode() + b"==")
+        key.verify(_query_bytes(subject, time_ms, body), raw)
+    except (BadSignatureError, binascii.Error):
+        return QuerySignature(signer, time_ms, False, "the signature does not match the query")
+    except ValueError as exc:
+        return QuerySignature(signer, time_ms, False, str(exc))
+    return QuerySignature(signer, time_ms, True)
+
+
+@dataclass(frozen=True, slots=True)
 class Signature:
     """What a command's signature says: who signed it, and whether it holds."""
 
@@ -234,12 +301,15 @@ def public_key_bytes(nkey: str) -> bytes:
 
 
 __all__ = [
+    "FRESH_S",
     "CommandSigner",
     "MeshClaim",
     "MeshSignature",
+    "QuerySignature",
     "Signature",
     "mesh_signature_of",
     "public_key_bytes",
+    "query_signature_of",
     "signature_of",
     "verify_mesh",
 ]

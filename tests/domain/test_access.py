@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from schemas import command, commands, healing
-from swarm.domain.policy import check_access, held_role
+from swarm.domain.policy import Reader, check_access, held_role
 from swarm.domain.state import Grant, HiveState
 from tests.helpers.sim import Sim
 
@@ -104,3 +104,24 @@ def test_messaging_agents_takes_an_operator_there_and_a_topic_an_operator_everyw
     viewer = check_message((Grant("cid", "team", "viewer"),), "cid", "team")
     assert viewer is not None
     assert "needs role operator there and holds viewer" in viewer
+
+
+def test_a_user_reads_where_it_holds_a_role_and_everyone_else_reads_everything() -> None:
+    """`policy.Reader`: what the Hive's queries and the HTTP API show a principal."""
+    grants = (Grant("ann", "team", "viewer"), Grant("vic", None, "viewer"))
+    ann = Reader.of("user", "ann")
+    assert ann.reads(grants, "team")
+    assert not ann.reads(grants, "other")
+    assert not ann.reads(grants, None)  # what spans every namespace
+    assert ann.refusal(grants, "team", "read namespace team") is None
+    assert ann.refusal(grants, "other", "read namespace other") == (
+        "user ann may not read namespace other: it needs role viewer in namespace other and "
+        "holds no role there (the stack's owner grants it with "
+        "`swarm user grant ann viewer --namespace other`)"
+    )
+    assert Reader.of("user", "vic").reads(grants, None)
+    for role in ("admin", "hive", "gateway", "service", "pod"):
+        anyone = Reader.of(role, "x")
+        assert anyone.user is None
+        assert anyone.reads((), None)
+        assert anyone.refusal((), None, "list the pods") is None

@@ -72,7 +72,8 @@ async def signed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sign
     for user in ("ann", "bea", "cy", "vic"):
         add_user(keys, user)
     async with running_stack(root, principals_file=keys / LISTING) as stack:
-        owner = Swarm(EventLog(stack.client.nc, credentials=keys / "admin.nk"), identity="user:o")
+        assert stack.owner is not None
+        owner = Swarm(stack.owner, identity="user:o")
         for namespace in ("ops", "lab"):
             assert (await owner.namespaces.create(namespace)).accepted
         for user, role, namespace in (
@@ -81,15 +82,18 @@ async def signed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sign
             ("vic", "viewer", None),
         ):
             assert (await owner.access.grant(user, role, namespace=namespace)).accepted
-        # The API signs with its own key (a `gateway` principal), as `swarm up` runs it.
-        log = EventLog(stack.client.nc, credentials=keys / "gateway.nk")
-        app = create_app(
-            Settings(nats_url=stack.url),
-            GatewaySettings(principals_file=keys / LISTING),
-            log=log,
-            token=TOKEN,
-        )
-        yield Signed(stack, keys, app)
+        # The API connects and signs with its own key (a `gateway` principal), as `swarm up`
+        # runs it: the Hive answers its queries under that key's inbox prefix alone.
+        async with await EventLog.connect(
+            stack.url, name="gateway", credentials=keys / "gateway.nk", ensure=False
+        ) as log:
+            app = create_app(
+                Settings(nats_url=stack.url),
+                GatewaySettings(principals_file=keys / LISTING),
+                log=log,
+                token=TOKEN,
+            )
+            yield Signed(stack, keys, app)
 
 
 async def test_an_operator_token_deploys_in_its_namespace_signed_as_its_user(
