@@ -15,6 +15,7 @@ from schemas.webhooks import (
     filter_problem,
 )
 from services.hive.queries import QUERIES, rendered
+from swarm.domain.policy import Reader
 from tests.helpers.sim import Sim
 
 FP = "0123456789abcdef"
@@ -38,7 +39,7 @@ def test_add_records_the_subscription_with_the_command_id_as_its_id() -> None:
         FP,
     )
     assert hook.added_seq == hook.last_seq == sim.seq
-    listed = rendered(QUERIES[names.QUERY_WEBHOOKS_LIST](sim.state, {}))["webhooks"]
+    listed = rendered(QUERIES[names.QUERY_WEBHOOKS_LIST](sim.state, {}, Reader()))["webhooks"]
     assert [h["webhook_id"] for h in listed] == [added.webhook_id]
     assert "secret" not in {k for h in listed for k in h} - {"secret_fingerprint"}
 
@@ -113,7 +114,7 @@ def test_remove_then_the_same_subscription_may_be_added_again() -> None:
     [removed] = sim.ok(RemoveWebhook(webhook_id=webhook_id, reason="done"))
     assert isinstance(removed, WebhookRemoved)
     assert sim.state.webhooks[webhook_id].removed
-    assert rendered(QUERIES[names.QUERY_WEBHOOKS_LIST](sim.state, {}))["webhooks"] == []
+    assert rendered(QUERIES[names.QUERY_WEBHOOKS_LIST](sim.state, {}, Reader()))["webhooks"] == []
     assert sim.rejected(RemoveWebhook(webhook_id=webhook_id)).rule == "not_found"
     sim.ok(add())
 
