@@ -616,17 +616,14 @@ def _data_dir_flag(data_dir: str) -> str:
 
 
 def _print_ready(state: StackState, *, detached: bool) -> None:
-    import time
-
-    import psutil
-
+    from swarm.devstack.stack import seconds_since_start
     from swarm.devstack.supervisor import ServiceState
 
     if detached:
         state = _settled(state)
     # What the user waited: since this command's process started (its imports, and for
     # `scripts/up` the install before the exec, included), not only the stack's own start.
-    seconds = time.time() - psutil.Process().create_time()
+    seconds = seconds_since_start(os.getpid())
     console.print(f"[bold green]Swarm is up[/] (pid {state.pid}, ready in {seconds:.1f} s)")
     _summary(state, console)
     starting = [svc.name for svc in state.services if svc.state is ServiceState.STARTING]

@@ -299,6 +299,19 @@ def started_after_boot(pid: int) -> float:
     return int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def seconds_since_start(pid: int) -> float:
+    """How long process `pid` has run, to the clock tick: on Linux both ends are counted from
+    boot (`started_after_boot`, /proc/uptime), not psutil's wall-clock start, which is off by up
+    to a second (the boot time it adds is whole seconds). Raises `psutil.Error` for a process
+    that is gone."""
+    started = started_after_boot(pid)
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return time.time() - started  # no /proc: `started` is psutil's wall-clock start
+    return max(0.0, uptime - started)
+
+
 def _process_alive(pid: int, started: float | None = None) -> bool:
     """True while `pid` runs (zombies count as gone) and, if given, started at `started`
     (`started_after_boot`)."""
