@@ -334,6 +334,58 @@ async def test_send_refuses_an_answer_whose_signature_does_not_hold(
     ) in sent.stderr
 
 
+async def test_send_takes_an_answer_only_from_the_pod_the_log_places_the_replica_on(
+    stack: Stack, wasm: Path, tmp_path: Path
+) -> None:
+    """Any pod of a stack may listen on any agent's subject (NATS does not tell pods apart): an
+    answer signed by another pod, naming the real replica, is refused with where the log places
+    it, as is one that speaks for another agent; the placed pod's answer is printed."""
+    keys = issue(tmp_path / "keys", [("owner", "admin"), ("pod-g", "pod"), ("pod-h", "pod")])
+    owner, *pods = keys
+    signers = {p.name: CommandSigner.from_seed_file(p.seed_file) for p in pods}
+    await stack.register_pods({"pod-g": (1024, 8)})
+    ok(await cli(stack, "agent", "deploy", "guarded", "--module", wasm))
+    await place_and_report(stack, "guarded", "pod-g", "running")
+    agent = (await stack.query(names.QUERY_AGENTS_GET, {"name": "guarded"}))["agent"]
+    replica = agent["instances"][0]["replica_id"]
+    nc = stack.client.nc
+    answering: dict[str, str] = {}
+
+    async def answer(msg: Any) -> None:
+        body = b"answered by " + answering["pod"].encode()
+        claim = MeshClaim(answering["identity"], replica, 0)
+        headers = signers[answering["pod"]].mesh_headers(msg.reply, body, claim, 0)
+        await nc.publish(msg.reply, body, headers=headers)
+
+    async def send() -> Result:
+        return await cli(
+            stack,
+            *("agent", "send", "guarded", "ping", "--timeout", "10"),
+            env={"SWARM_NATS_CREDENTIALS": str(owner.seed_file)},
+        )
+
+    sub = await nc.subscribe(names.mesh_agent_subject("default", "guarded"), cb=answer)
+    try:
+        answering.update(pod="pod-h", identity=f"agent:{agent['agent_id']}")
+        forged = await send()
+        answering.update(pod="pod-g", identity="agent:another")
+        elsewhere = await send()
+        answering.update(pod="pod-g", identity=f"agent:{agent['agent_id']}")
+        genuine = await send()
+    finally:
+        await sub.unsubscribe()
+    assert forged.exit_code == 1, forged.output
+    assert "answered by" not in forged.stdout
+    assert (
+        f"default/guarded: the answer is signed by pod-h for replica {replica}, which the log "
+        "places on pod-g: another pod answered in the agent's stead"
+    ) in forged.stderr
+    assert elsewhere.exit_code == 1, elsewhere.output
+    assert "the answer speaks as 'agent:another', not as default/guarded" in elsewhere.stderr
+    assert genuine.exit_code == 0, genuine.output
+    assert genuine.stdout.strip() == "answered by pod-g"
+
+
 async def test_send_without_a_hive_says_what_is_known(
     nats_url: str, event_log: EventLog, tmp_path: Path
 ) -> None:

@@ -1225,7 +1225,7 @@ async def ask_agent(
             raise CliError(
                 f"{namespace}/{name} did not reply within {timeout:g}s", code=EXIT_NO_OUTCOME
             ) from None
-    answered = _answered_by(log, reply)
+    answered = await _answered_by(log, reply, namespace, name)
     if answered is not None:
         raise CliError(f"{namespace}/{name}: {answered}", code=EXIT_FAILED)
     headers = reply.headers or {}
@@ -1236,12 +1236,19 @@ async def ask_agent(
     )
 
 
-def _answered_by(log: EventLog, reply: Message) -> str | None:
-    """Why a signed answer is not the agent's pod's, or None: its signature must hold and, when
-    the stack's principals lie beside this connection's key (the owner's, in the data dir), the
-    signer must be one of its pods speaking as an agent. An unsigned answer is taken: the
+async def _answered_by(log: EventLog, reply: Message, namespace: str, name: str) -> str | None:
+    """Why a signed answer is not the agent's, or None: its signature must hold and, when the
+    stack's principals lie beside this connection's key (the owner's, in the data dir), it must
+    come from the pod the log places the replica it names on, speaking as that agent
+    (`swarm.domain.policy.answer_refusal`; the Hive says where the agent's replicas are, having
+    read the log at least as far as the answer's placement). An unsigned answer is taken: the
     stack's pods sign when given its principals, an external server's may not."""
+    from schemas.views import AgentDetailView
+    from swarm.cli.queries import HiveQueries
+    from swarm.client.errors import ClientError
+    from swarm.client.queries import parse_views
     from swarm.devstack.principals import LISTING, load
+    from swarm.domain.policy import answer_refusal
     from swarm.kernel.signing import mesh_signature_of
 
     answer = mesh_signature_of(reply.subject, reply.data, reply.headers)
@@ -1252,11 +1259,17 @@ def _answered_by(log: EventLog, reply: Message) -> str | None:
     listing = log.credentials.parent / LISTING if log.credentials is not None else None
     if listing is None or not listing.exists():
         return None
-    signer = load(listing).get(answer.signer)
-    if signer is None or signer.role != "pod" or not answer.claim.identity.startswith("agent:"):
-        who = f"{signer.name} (role {signer.role})" if signer else repr(answer.signer[:60])
-        return f"the answer is signed by {who} as {answer.claim.identity!r}, not by a pod"
-    return None
+    principal = load(listing).get(answer.signer)
+    signer = (principal.name, principal.role) if principal is not None else None
+    claim = answer.claim
+    try:
+        found = await HiveQueries(log).agent(namespace, name, at_least=claim.placed_seq)
+    except ClientError as exc:  # no Hive answered, or the agent is gone meanwhile
+        return f"who answered cannot be checked: {exc}"
+    agent = parse_views(AgentDetailView, [found])[0]
+    placed = {r.replica_id: r.pod_id for r in agent.instances}
+    shown = f"{namespace}/{name}"
+    return answer_refusal(signer, claim.identity, claim.replica, (agent.agent_id, shown), placed)
 
 
 #: How often `ask_agent` asks again while the agent's replicas come up, and the shortest wait

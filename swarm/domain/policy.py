@@ -9,7 +9,7 @@ only about its own namespace.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,38 @@ def may_claim(role: str, name: str, identity: str) -> str | None:
     if kind in allowed and claimed and not (kind == itself and claimed != name):
         return None
     return ", ".join(f"{k}:{name}" if k == itself else f"{k}:<name>" for k in allowed) or "nothing"
+
+
+def answer_refusal(
+    signer: tuple[str, str] | None,
+    identity: str,
+    replica: str,
+    agent: tuple[str, str],
+    placed: Mapping[str, str | None],
+) -> str | None:
+    """Why a signed answer from an agent's mesh subject is not that agent's, or None.
+
+    `signer` is the signing principal (name, role), None for a key the stack did not issue;
+    `identity` and `replica` are what the answer claims; `agent` is the agent asked (id, and
+    `namespace/name` to say so); `placed` maps each of its replicas to the pod the log places
+    it on, as the reader's view of the log knows it (at least as far as the answer's placement).
+    Any pod may listen on any agent's subject (NATS does not tell pods apart), so an answer
+    counts only from the pod that runs the replica it names, speaking as that agent."""
+    agent_id, shown = agent
+    if signer is None or signer[1] != "pod" or not identity.startswith("agent:"):
+        who = f"{signer[0]} (role {signer[1]})" if signer else "a key the stack did not issue"
+        return f"the answer is signed by {who} as {identity!r}, not by a pod for the agent"
+    if identity.removeprefix("agent:") != agent_id:
+        return f"the answer speaks as {identity!r}, not as {shown} (agent:{agent_id})"
+    if replica not in placed:
+        return f"the answer names replica {replica!r}, which is no replica of {shown}"
+    if placed[replica] != signer[0]:
+        where = f"on {placed[replica]}" if placed[replica] else "on no pod"
+        return (
+            f"the answer is signed by {signer[0]} for replica {replica}, which the log places "
+            f"{where}: another pod answered in the agent's stead"
+        )
+    return None
 
 
 def check_principal(role: str, name: str, command: Envelope[Any]) -> Rejection | None:
@@ -336,6 +368,7 @@ __all__ = [
     "READ_ROLE",
     "ROLE_CLAIMS",
     "Reader",
+    "answer_refusal",
     "check_access",
     "check_identity",
     "check_message",

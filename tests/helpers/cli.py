@@ -36,11 +36,17 @@ def wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def cli(stack: Stack | str, *args: str | Path, stdin: str | None = None) -> Result:
-    """Run `swarm ARGS --nats-url …` in a thread, so its event loop does not meet the Hive's."""
+async def cli(
+    stack: Stack | str,
+    *args: str | Path,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run `swarm ARGS --nats-url …` in a thread, so its event loop does not meet the Hive's;
+    `env` is set for the run alone."""
     url = stack if isinstance(stack, str) else stack.url
     argv = [str(a) for a in args] + ["--nats-url", url]
-    return await asyncio.to_thread(lambda: CliRunner().invoke(app, argv, input=stdin))
+    return await asyncio.to_thread(lambda: CliRunner().invoke(app, argv, input=stdin, env=env))
 
 
 def ok(result: Result) -> Result:
