@@ -81,10 +81,17 @@ class SampleError(ValueError):
     """A metrics message that is not a pod's agent sample."""
 
 
-def parse_pod_sample(body: Mapping[str, Any], seen_at: float) -> list[ReplicaSample]:
-    """The replicas of one pod sample; raises SampleError when it is not one."""
+def parse_pod_sample(
+    body: Mapping[str, Any], seen_at: float, *, subject: str | None = None
+) -> list[ReplicaSample]:
+    """The replicas of one pod sample; raises SampleError when it is not one, or, read from
+    `subject`, names another pod than the one it was published under: a stack's NATS lets a
+    pod publish metrics under its own id alone, so the subject says which pod runs the
+    replicas (the task distributor takes their answers from that pod alone)."""
     try:
         pod_id = str(body["pod_id"])
+        if subject is not None and subject.split(".")[2:3] != [pod_id]:
+            raise SampleError(f"a sample of pod {pod_id!r} published on {subject}")
         t = float(body["time_ms"]) / 1000.0
         return [
             ReplicaSample(
@@ -102,6 +109,8 @@ def parse_pod_sample(body: Mapping[str, Any], seen_at: float) -> list[ReplicaSam
             )
             for r in body["replicas"]
         ]
+    except SampleError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise SampleError(f"not a pod agent sample: {exc!r}") from None
 
@@ -113,8 +122,10 @@ class MetricsFold:
     stale_after_s: float
     replicas: dict[str, ReplicaLoad] = field(default_factory=dict)
 
-    def observe(self, body: Mapping[str, Any], seen_at: float) -> None:
-        for sample in parse_pod_sample(body, seen_at):
+    def observe(
+        self, body: Mapping[str, Any], seen_at: float, *, subject: str | None = None
+    ) -> None:
+        for sample in parse_pod_sample(body, seen_at, subject=subject):
             self.add(sample)
 
     def add(self, sample: ReplicaSample) -> None:
@@ -348,6 +359,10 @@ class Autoscaler:
     #: the task board (shared with it by the service).
     trust: dict[str, float] = field(default_factory=dict)
     quarantined: set[str] = field(default_factory=set)
+    #: Where the log last placed each replica: replica id -> (agent id, pod id). Who may
+    #: answer a task for it (a pod's samples say which replicas it runs, but a pod may say so
+    #: of any replica; the Hive alone writes the log).
+    placed: dict[str, tuple[str, str]] = field(default_factory=dict)
     metrics: MetricsFold = field(init=False)
 
     def __post_init__(self) -> None:
@@ -439,8 +454,15 @@ def _policy(a: Autoscaler, e: events.AgentAutoscaleChanged) -> None:
         agent.state = ScalingState()
 
 
+@_on(events.ReplicaScheduled)
+def _placed(a: Autoscaler, e: events.ReplicaScheduled) -> None:
+    a.placed[e.replica_id] = (e.agent_id, e.pod_id)
+
+
 @_on(events.AgentDeleted)
 def _deleted(a: Autoscaler, e: events.AgentDeleted) -> None:
+    for replica_id in [r for r, (agent_id, _) in a.placed.items() if agent_id == e.agent_id]:
+        del a.placed[replica_id]
     a.agents.pop(e.agent_id, None)
     a.trust.pop(e.agent_id, None)
     a.quarantined.discard(e.agent_id)

@@ -11,7 +11,10 @@ distributor reads too):
   `agent.scaled`);
 * tasks: the durable `task-distributor` consumer of SWARM_TASKS; each task goes, as a request,
   to the subject of the replica `TaskBoard` picks, and is acknowledged once a replica answered
-  (another replica is tried when one refuses or is gone; none left: redelivered later).
+  (another replica is tried when one refuses or is gone; none left: redelivered later). Given
+  the stack's principals, an answer counts only signed by the pod the log places the replica
+  on, speaking as its agent (`swarm.domain.policy.answer_refusal`): any pod may listen on any
+  replica's subject.
 
 Restart: forecasters start empty (they need two samples per agent before they see a trend) and
 decisions are taken from the counts on the log, so a restarted autoscaler never repeats a scale
@@ -36,6 +39,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas import command, commands, names
 from services.scheduler.autoscale import HANDLED, Autoscaler, SampleError, ScaleRequest
 from services.scheduler.tasks import TaskBoard
+from swarm.devstack.principals import Roster
+from swarm.domain.policy import answer_refusal
 from swarm.kernel.eventlog import (
     AppendRequest,
     Delivery,
@@ -47,7 +52,7 @@ from swarm.kernel.eventlog import (
 from swarm.kernel.follow import follow, wanted_events
 from swarm.kernel.lifecycle import Service, Status, run_until_signalled
 from swarm.kernel.settings import Settings, load
-from swarm.kernel.signing import MeshClaim
+from swarm.kernel.signing import MeshClaim, mesh_signature_of
 from swarm.kernel.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -96,9 +101,13 @@ class AutoscalerService(Service):
         config: AutoscalerSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        principals: Roster | None = None,
     ) -> None:
         super().__init__(settings)
         self.config = c = config or AutoscalerSettings()
+        #: The stack's principals: who may answer a task (None: any answer counts, as on a
+        #: stack whose NATS admits anyone).
+        self.principals = principals
         self.clock = clock
         self.autoscaler = Autoscaler(
             step_s=c.step_s, stale_after_s=c.stale_after_s, pending_timeout_s=c.pending_timeout_s
@@ -117,6 +126,8 @@ class AutoscalerService(Service):
         self.scales_failed = 0
         self.tasks_done = 0
         self.tasks_retried = 0
+        #: Answers refused: not from the pod that runs the replica asked.
+        self.answers_refused = 0
 
     def set_reputation(self, scores: Mapping[str, float]) -> None:
         """Reputation per agent or replica id in [0, 1] (from the Observer/Hive)."""
@@ -182,7 +193,9 @@ class AutoscalerService(Service):
             while not self._stop.is_set():
                 for d in await reader.fetch(self.config.fetch_batch, timeout=0.5):
                     try:
-                        self.autoscaler.metrics.observe(json.loads(d.data), self.clock())
+                        self.autoscaler.metrics.observe(
+                            json.loads(d.data), self.clock(), subject=d.subject
+                        )
                     except (SampleError, ValueError) as exc:
                         log.warning("metrics sample skipped", subject=d.subject, error=str(exc))
         finally:
@@ -282,6 +295,11 @@ class AutoscalerService(Service):
                 continue  # gone, or too slow: another replica may take it
             finally:
                 self.board.answered(rid)
+            refused = self._not_the_replicas(reply, candidate.agent_id, rid)
+            if refused is not None:
+                self.answers_refused += 1
+                log.warning("task answer refused", replica=rid, reason=refused)
+                continue  # someone else answered in its stead: the task is not done
             if (reply.headers or {}).get(names.HEADER_AGENT_ERROR):
                 continue  # refused (mailbox full, not running): try the next best
             await self._forward(eventlog, d, reply)
@@ -290,6 +308,26 @@ class AutoscalerService(Service):
             return
         self.tasks_retried += 1
         await d.nak(delay=c.task_retry_s)
+
+    def _not_the_replicas(self, reply: Message, agent_id: str, replica_id: str) -> str | None:
+        """Why `reply` is not replica `replica_id`'s (of agent `agent_id`) answer, or None: given
+        the principals, it must be signed by the pod the log places the replica on, as that
+        agent (a replica placed after the events read so far is refused; the task is tried
+        again later)."""
+        if self.principals is None:
+            return None
+        answer = mesh_signature_of(reply.subject, reply.data, reply.headers)
+        if answer is None:
+            return "the answer is not signed (this stack's pods sign what their agents answer)"
+        if not answer.valid:
+            return f"the answer's signature does not hold: {answer.problem}"
+        principal = self.principals.get(answer.signer)
+        signer = (principal.name, principal.role) if principal is not None else None
+        where = self.autoscaler.placed.get(replica_id)
+        placed = {replica_id: where[1]} if where is not None and where[0] == agent_id else {}
+        claim = answer.claim
+        agent = (agent_id, f"agent {agent_id}")
+        return answer_refusal(signer, claim.identity, claim.replica, agent, placed)
 
     async def _forward(self, eventlog: EventLog, d: Delivery, reply: Message) -> None:
         to = d.headers.get(names.HEADER_TASK_REPLY)
@@ -300,8 +338,15 @@ class AutoscalerService(Service):
 
 
 async def main() -> None:
+    from services.scheduler.config import SchedulerSettings
+
+    principals = load(SchedulerSettings, "scheduler setting").principals()
     await run_until_signalled(
-        AutoscalerService(load(Settings, "setting"), load(AutoscalerSettings, "autoscaler setting"))
+        AutoscalerService(
+            load(Settings, "setting"),
+            load(AutoscalerSettings, "autoscaler setting"),
+            principals=principals,
+        )
     )
 
 

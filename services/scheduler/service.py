@@ -347,9 +347,15 @@ async def main() -> None:
     """The scheduler process: placement (the market) and the autoscaler with its task queues."""
     settings = load(Settings, "setting")
     configure_logging(settings.log_level, settings.log_format)
+    scheduler = load(SchedulerSettings, "scheduler setting")
     await run_until_signalled(
-        Scheduler(settings, load(SchedulerSettings, "scheduler setting")),
-        AutoscalerService(settings, load(AutoscalerSettings, "autoscaler setting")),
+        Scheduler(settings, scheduler),
+        AutoscalerService(
+            settings,
+            load(AutoscalerSettings, "autoscaler setting"),
+            # Who may answer a task: the stack's pods, each for the replicas it reports.
+            principals=scheduler.principals(),
+        ),
     )
 
 

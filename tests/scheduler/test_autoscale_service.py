@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from schemas import commands, names
+from schemas import commands, event, events, names
 from schemas.specs import AutoscalePolicy
 from services.scheduler.autoscaler_service import (
     AutoscalerService,
@@ -26,8 +26,10 @@ from services.scheduler.autoscaler_service import (
     Status,
 )
 from swarm.devstack.embedded import EmbeddedNats
+from swarm.devstack.principals import LISTING, Roster, issue
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
+from swarm.kernel.signing import CommandSigner, MeshClaim
 from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import ECHO
 from tests.helpers.history import spec
@@ -277,6 +279,81 @@ async def test_tasks_go_to_the_replica_with_spare_capacity_and_follow_the_load(
             await wait_until(drained, 45, "task queue drained")
             assert service.tasks_done == 90
             assert replicas["r1"].handled + replicas["r2"].handled == 90
+        await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_task_answered_by_another_pod_than_the_replicas_is_not_done(
+    tmp_path: Path,
+) -> None:
+    """Any pod may listen on any replica's subject: given the stack's principals, the
+    distributor takes an answer only signed by the pod the log places the replica on, as that
+    agent; a task answered by an impostor goes to the next replica. A pod's sample naming
+    another pod than its subject's is not folded."""
+    keys = {p.name: p for p in issue(tmp_path / "keys", [("pod-a", "pod"), ("pod-b", "pod")])}
+    signers = {name: CommandSigner.from_seed_file(p.seed_file) for name, p in keys.items()}
+    server = EmbeddedNats(tmp_path / "nats")
+    url = server.start()
+    try:
+        client = await EventLog.connect(url, name="test")
+        nc = client.nc
+        answered: Counter[bytes] = Counter()
+
+        def answering(rid: str, pod: str) -> Callable[[Msg], Coroutine[Any, Any, None]]:
+            async def on_task(msg: Msg) -> None:
+                body = f"{rid} by {pod}".encode()
+                claim = MeshClaim("agent:a1", rid, 1)
+                now_ms = int(time.time() * 1000)
+                headers = signers[pod].mesh_headers(msg.reply, body, claim, now_ms)
+                await nc.publish(msg.reply, body, headers=headers)
+
+            return on_task
+
+        # The log places r1 on pod-a and r2 on pod-b; pod-b answers on both subjects.
+        for rid, pod in (("r1", "pod-a"), ("r2", "pod-b")):
+            placed = events.ReplicaScheduled(
+                agent_id="a1", replica_id=rid, pod_id=pod, policy="test", reason="test"
+            )
+            envelope = event(placed, aggregate_id="a1", source="hive")
+            subject = names.event_subject("agent", "a1", "replica_scheduled")
+            await client.js.publish(subject, envelope.model_dump_json().encode())
+            await nc.subscribe(names.mesh_replica_subject(rid), cb=answering(rid, "pod-b"))
+
+        async def on_answer(msg: Msg) -> None:
+            answered[msg.data] += 1
+
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=on_answer)
+        service = AutoscalerService(
+            Settings(nats_url=url),
+            AutoscalerSettings(step_s=60, stale_after_s=60, mailbox_size=256),
+            principals=Roster(tmp_path / "keys" / LISTING),
+        )
+        async with in_this_loop(service):
+            loads = service.autoscaler.metrics.replicas
+            # pod-b's sample about r1 naming pod-a (not folded), then the pods' own: r1 idle
+            # (the distributor's first choice), r2 busier.
+            forged = sample(2, [("r1", 0, 200)], pod_id="pod-a")
+            samples = [("pod-b", forged)] + [
+                (pod, sample(1, [(rid, 0, depth)], pod_id=pod))
+                for pod, rid, depth in (("pod-a", "r1", 0), ("pod-b", "r2", 100))
+            ]
+            for pod, body in samples:
+                metrics = names.metrics_subject(pod, names.METRIC_AGENT)
+                await nc.publish(metrics, json.dumps(body).encode())
+            await wait_until(lambda: true({"r1", "r2"} <= set(loads)), 45, "samples folded")
+            await wait_until(lambda: true(service.live.is_set()), 45, "events read")
+            assert loads["r1"].last.t == 1  # the forged sample (t=2) would have kept t=2
+            assert service.autoscaler.placed == {"r1": ("a1", "pod-a"), "r2": ("a1", "pod-b")}
+
+            await send_tasks(client, "jobs", 5, inbox)
+            await wait_until(lambda: true(service.tasks_done == 5), 45, "5 tasks done")
+            # Each went to r1 first, whose answer was pod-b's, then to r2.
+            assert service.answers_refused == 5
+            await nc.flush()
+            await wait_until(lambda: true(sum(answered.values()) == 5), 15, "5 answers forwarded")
+            assert answered == Counter({b"r2 by pod-b": 5})
         await client.close()
     finally:
         server.stop()
