@@ -10,16 +10,25 @@ scale-up has to get ahead of, and the trend term is what sees them coming.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import time_series
-
 from schemas.specs import ForecastMethod
 
-#: river has no type annotations; its forecaster is used through this one name.
-_HoltWinters: Any = time_series.HoltWinters
+
+@functools.cache
+def _holt_winters() -> Any:
+    """river's forecaster (river has no type annotations: it is used through this one name).
+
+    Imported on first use, by the first autoscaled agent: `river.time_series` pulls in
+    `river.metrics` and scipy.stats, 1-4 s of CPU that every scheduler start paid (measured with
+    `python -X importtime`), also in the many stacks whose agents nobody autoscales."""
+    from river import time_series
+
+    return time_series.HoltWinters
+
 
 #: Smoothing of the level and the trend: quick enough to follow a ramp within a few samples,
 #: smooth enough that one noisy sample does not move a decision much.
@@ -47,7 +56,7 @@ class Forecaster:
     _model: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._model = _HoltWinters(alpha=ALPHA, beta=BETA if self.method == "holt" else None)
+        self._model = _holt_winters()(alpha=ALPHA, beta=BETA if self.method == "holt" else None)
 
     def learn(self, value: float, at: float | None = None) -> None:
         if at is not None:
