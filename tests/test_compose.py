@@ -14,9 +14,11 @@ import importlib.util
 import json
 import os
 import re
+import secrets as secrets_module
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -47,6 +49,7 @@ from swarm.gateway import GatewaySettings
 from swarm.kernel import env as env_names
 from swarm.kernel.connection import CannotConnect, connect_nats
 from swarm.kernel.settings import Settings
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -132,10 +135,13 @@ def named_volumes(service: dict[str, Any]) -> list[Mount]:
 
 
 def init_args() -> Namespace:
-    """The init service's command line, read by the init's own parser."""
-    command = services()["init"]["command"]
-    assert command[:3] == ["python", "-m", "swarm.devstack.compose"]
-    return compose_init.parser().parse_args(command[3:])
+    """The init service's command line (its entrypoint, so that arguments given to `docker
+    compose run init` add to it), read by the init's own parser."""
+    init = services()["init"]
+    assert init["command"] == []
+    entrypoint = init["entrypoint"]
+    assert entrypoint[:3] == ["python", "-m", "swarm.devstack.compose"]
+    return compose_init.parser().parse_args(entrypoint[3:])
 
 
 def secrets_volume() -> str:
@@ -738,6 +744,98 @@ async def test_the_owner_connects_with_its_key_over_tls_and_jetstream_replicates
         assert len(info.cluster.replicas or []) == 2
     finally:
         await nc.close()
+
+
+def _init_argv(root: Path, *extra: str) -> list[str]:
+    """init's command line as docker-compose.yml gives it, into `root`, and `extra`."""
+    args = init_args()
+    nodes = [a for node in args.nats_node for a in ("--nats-node", node)]
+    return ["--out", str(root), *nodes, *args.services, *extra]
+
+
+def test_init_adds_rotates_and_removes_users(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "secrets"
+    assert compose_init.main(_init_argv(root, "--add-user", "ann")) == 0
+    secrets = ComposeSecrets(root)
+    assert f"user ann's key: {secrets.seed('ann')}" in capsys.readouterr().out
+    listed = {p.name: p for p in principals.load(secrets.listing).values()}
+    assert listed["ann"].role == principals.USER
+    assert stat.S_IMODE(secrets.seed("ann").stat().st_mode) == 0o600
+    first = listed["ann"].public_key
+    assert first in secrets.authorization.read_text()
+
+    # Run again as every `up` does: ann is kept, with her key.
+    assert compose_init.main(_init_argv(root)) == 0
+    assert first in secrets.authorization.read_text()
+    assert compose_init.main(_init_argv(root, "--add-user", "ann")) == 1
+    assert "a principal named 'ann' exists already" in capsys.readouterr().err
+
+    assert compose_init.main(_init_argv(root, "--rotate-user", "ann")) == 0
+    rotated = {p.name: p for p in principals.load(secrets.listing).values()}["ann"].public_key
+    authorization = secrets.authorization.read_text()
+    assert rotated != first
+    assert rotated in authorization
+    assert first not in authorization
+
+    assert compose_init.main(_init_argv(root, "--remove-user", "ann")) == 0
+    assert "ann" not in {p.name for p in principals.load(secrets.listing).values()}
+    assert rotated not in secrets.authorization.read_text()
+    assert not secrets.key_dir("ann").exists()
+    assert compose_init.main(_init_argv(root, "--remove-user", "ann")) == 1
+    assert "no user named 'ann'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_user_init_adds_is_admitted_once_the_nodes_reload(
+    secured_cluster: LocalCluster,
+) -> None:
+    """As the README says: init adds a user, SIGHUP makes every node admit her key; rotated,
+    the old key is refused."""
+    name = f"user{secrets_module.token_hex(3)}"
+    root = secured_cluster.secrets.root
+
+    def reload() -> None:
+        for node in secured_cluster.nodes:
+            node.proc.send_signal(signal.SIGHUP)
+
+    async def connects(seed: Path) -> str | None:
+        """None when `seed` connects, else why not (a node reloading may drop a connection
+        before it says who it admits)."""
+        try:
+            nc = await connect_nats(
+                ",".join(n.client_url for n in secured_cluster.nodes),
+                name=name,
+                timeout=5,
+                reconnects=0,
+                credentials=seed,
+                ca=secured_cluster.secrets.ca_cert,
+            )
+        except CannotConnect as exc:
+            return str(exc)
+        await nc.close()
+        return None
+
+    async def admitted(seed: Path) -> bool:
+        return await connects(seed) is None
+
+    assert compose_init.main(_init_argv(root, "--add-user", name)) == 0
+    seed = secured_cluster.secrets.seed(name)
+    reload()
+    await wait_until(lambda: admitted(seed), 60, f"{name} admitted")
+
+    old = seed.with_name("old.nk")
+    old.write_bytes(seed.read_bytes())
+    assert compose_init.main(_init_argv(root, "--rotate-user", name)) == 0
+    reload()
+    await wait_until(lambda: admitted(seed), 60, f"{name}'s new key admitted")
+
+    async def refused() -> bool:
+        return "authorization violation" in (await connects(old) or "")
+
+    await wait_until(refused, 60, f"{name}'s old key refused")
 
 
 @pytest.mark.slow

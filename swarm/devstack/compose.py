@@ -23,6 +23,10 @@ nodes' routes present it, and a node takes a route only with a certificate of th
 
 Run again (every `docker compose up` does), it keeps every key, the CA and a certificate still
 good, issues a key to a principal new to the list, and writes the copies and auth.conf again.
+`--add-user NAME`, `--rotate-user NAME` and `--remove-user NAME` manage people's keys there as
+`swarm user add / rotate / rm` do in a data dir (`docker compose run --rm init --add-user ann`:
+init's arguments are its entrypoint's, so these add to them); the NATS nodes admit the change
+on SIGHUP, the Hive and the pods when they next read the listing.
 Directories are 0700 and files 0600, owned by whoever runs it: the image's user, which every
 Swarm container runs as (the NATS image runs as root).
 """
@@ -151,12 +155,44 @@ def parser() -> argparse.ArgumentParser:
         help="a NATS node's host name, for its certificate (repeat for each)",
     )
     out.add_argument("services", nargs="*", metavar="SERVICE", help="a principal per service")
+    for flag, what in (
+        ("--add-user", "issue a key to a new user NAME (it acts as user:NAME)"),
+        ("--rotate-user", "give user NAME a new key (the old one is refused once reloaded)"),
+        ("--remove-user", "remove user NAME and its key"),
+    ):
+        out.add_argument(flag, action="append", default=[], metavar="NAME", help=what)
     return out
+
+
+def change_users(
+    root: Path, add: Sequence[str], rotate: Sequence[str], remove: Sequence[str]
+) -> None:
+    """Users added, rotated and removed in the volume's principals, as `swarm user add / rotate
+    / rm` do in a data dir; `write` then copies their keys out and writes the authorization
+    again (a user's key lands in `keys/<name>/`, which no container mounts: the owner takes it
+    out for the user). ValueError for a name taken, or no user of that name."""
+    directory = root / PRINCIPALS_DIR
+    if not (add or rotate or remove):
+        return
+    _private_dir(directory)
+    for name in add:
+        principals.add_user(directory, name)
+    for name in rotate:
+        principals.rotate_user(directory, name)
+    for name in remove:
+        principals.remove_user(directory, name)
+        gone = ComposeSecrets(root).key_dir(name)
+        for path in (gone / f"{name}.nk", gone):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        change_users(args.out, args.add_user, args.rotate_user, args.remove_user)
         secrets, issued = write(args.out, args.services, args.nats_node)
     except (OSError, ValueError) as exc:
         print(f"init: {exc}", file=sys.stderr)
@@ -164,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in issued:
         print(f"{p.name:<12} {p.role:<9} {p.public_key}")
     print(f"credentials of {len(issued)} principals in {secrets.root}")
+    for name in (*args.add_user, *args.rotate_user):
+        print(f"user {name}'s key: {secrets.seed(name)} (reload the NATS nodes: SIGHUP)")
     return 0
 
 
