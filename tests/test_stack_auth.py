@@ -8,8 +8,10 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import ssl
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import nats.js.errors
 import pytest
 
 from schemas import names
-from swarm.devstack import tls
+from swarm.devstack import principals, tls
 from swarm.devstack.principals import (
     FAMILIES,
     add_user,
@@ -34,11 +36,31 @@ from swarm.devstack.principals import (
 from swarm.kernel import env
 from swarm.kernel.connection import CannotConnect, connect_nats, public_key
 from tests.helpers.cli_process import run_cli
+from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 #: Stand-ins that only idle: each gets the credentials of the role its name gives it.
 SERVICES = ("pod-7=sleep 600", "webhooks=sleep 600", "hive=sleep 600")
+
+
+#: A stand-in that connects with its key and says which (a service's `swarm key rotate` test).
+CONNECTED = """
+import asyncio, os
+from pathlib import Path
+from swarm.kernel.connection import connect_nats
+from swarm.kernel.signing import CommandSigner
+
+async def main():
+    seed = Path(os.environ["SWARM_NATS_CREDENTIALS"])
+    ca = Path(os.environ["SWARM_NATS_CA"])
+    url = os.environ["SWARM_NATS_URL"]
+    nc = await connect_nats(url, name="stand-in", timeout=10, credentials=seed, ca=ca)
+    print("connected as", CommandSigner.from_seed_file(seed).public_key, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +75,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         return run_cli(args, cwd=root, env=env, timeout=120, module="swarm.cli.stack")
 
     flags = [f for service in SERVICES for f in ("--service", service)]
+    standin = root / "connected.py"
+    standin.write_text(CONNECTED)
+    flags += ["--service", f"observer={sys.executable} {standin}"]
     up = swarm("up", "-d", "--no-services", "--data-dir", str(data_dir), *flags)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -63,7 +88,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 ["user", *args, "--data-dir", str(data_dir)], cwd=root, env=env, timeout=60
             )
 
-        yield report | {"principals": data_dir / "principals", "user": user}
+        def key(*args: str) -> Any:
+            return run_cli(
+                ["key", *args, "--data-dir", str(data_dir)], cwd=root, env=env, timeout=120
+            )
+
+        yield report | {
+            "principals": data_dir / "principals",
+            "user": user,
+            "key": key,
+            "logs": data_dir / "logs",
+        }
     finally:
         swarm("down", "--data-dir", str(data_dir))
 
@@ -443,6 +478,45 @@ async def test_a_user_added_connects_at_once_a_rotated_key_and_a_removed_user_do
     missing = stack["user"]("rm", "ann")
     assert missing.returncode == 2
     assert "no user named 'ann'" in missing.stderr
+
+
+async def test_a_service_key_rotated_while_it_runs_is_refused_and_the_service_reconnects(
+    stack: dict[str, Any], tmp_path: Path
+) -> None:
+    seed = stack["principals"] / "observer.nk"
+    log = stack["logs"] / "observer.log"
+
+    def connected_as() -> list[str]:
+        return re.findall(r"connected as (\S+)", log.read_text())
+
+    await wait_until(lambda: true(bool(connected_as())), 60, "the stand-in connected")
+    before = public_key(seed)
+    assert connected_as()[-1] == before
+    old = tmp_path / "old.nk"
+    old.write_bytes(seed.read_bytes())
+
+    rotated = stack["key"]("rotate", "observer")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    after = public_key(seed)
+    assert after != before
+    assert f"observer has a new key ({after})" in rotated.stdout
+    assert "observer runs again (pid" in rotated.stdout
+    # Restarted by its supervisor, it connected with the new key; the old one is refused.
+    await wait_until(lambda: true(connected_as()[-1] == after), 60, "reconnected, new key")
+    assert not await can_connect(stack, old)
+    listed = {p.name: p for p in principals.load(stack["principals"] / "principals.json").values()}
+    assert (listed["observer"].role, listed["observer"].public_key) == ("service", after)
+
+    unknown = stack["key"]("rotate", "nobody")
+    assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+    assert "no principal named 'nobody'" in unknown.stderr
+    assert stack["user"]("add", "bob").returncode == 0
+    try:
+        user = stack["key"]("rotate", "bob")
+        assert user.returncode == 2, user.stdout + user.stderr
+        assert "'bob' is a user: `swarm user rotate bob` replaces its key" in user.stderr
+    finally:
+        stack["user"]("rm", "bob")
 
 
 def test_users_outlive_a_restart_of_the_listing_and_keep_their_keys(tmp_path: Path) -> None:

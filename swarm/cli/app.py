@@ -93,6 +93,7 @@ VERBS: Mapping[str, Verb] = {
     ),
     "observe": Verb("observe", "Look at agent behaviour as the Observer sees it."),
     "user": Verb("user", "Add, rotate and remove the users a stack admits."),
+    "key": Verb("user", "Rotate the NATS keys of a stack's services and of its owner."),
 }
 
 #: How a verb finds the stack it talks to, shown under `swarm --help` (swarm.cli.discovery).

@@ -34,6 +34,7 @@ from rich.markup import escape
 
 from swarm.cli import connect, discovery
 from swarm.cli.output import (
+    EXIT_NO_OUTCOME,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from swarm.devstack.principals import Principal
 
 app = typer.Typer(help="Add, rotate and remove the users a stack admits.", no_args_is_help=True)
+key_app = typer.Typer(
+    help="Rotate the NATS keys of a stack's services and of its owner.", no_args_is_help=True
+)
 console = Console(highlight=False, soft_wrap=True)
 
 DataDirOption = Annotated[
@@ -109,6 +113,7 @@ def _grant(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="user")
+    root.add_typer(key_app, name="key")
 
 
 def _stack(data_dir: Path | None) -> tuple[Path, dict[str, object]]:
@@ -423,3 +428,108 @@ async def _grants(url: str) -> list[GrantView] | None:
             return await swarm.access.list()
     except (ClientError, EventLogError, CliError, OSError):
         return None
+
+
+# --- the services' keys --------------------------------------------------------------------------
+
+
+@key_app.command("rotate")
+def rotate_key(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A service of the stack (`swarm status` lists them: hive-0, scheduler, pod-0, "
+            "gateway, …), or admin, the owner."
+        ),
+    ],
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for it to run again.")
+    ] = 60.0,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Give a service (or the stack's owner) a new key: the old one is refused from now on and
+    the service restarts with the new one.
+
+    The running NATS server reads who it admits again (SIGHUP) and closes what connected with
+    the old key; the Hive, the scheduler and the pods read the principals' listing again when it
+    changed. The service is stopped and its supervisor starts it again, connecting and signing
+    with the new key (a few seconds without it, as after a crash). The owner's key is the
+    CLI's: its next call uses the new one.
+
+    Exit codes: 0 rotated (and running again), 2 no such principal (or a user: `swarm user
+    rotate`), 3 the service did not run again within --timeout.
+    """
+    with errors_to_exit():
+        from swarm.devstack.principals import rotate_key as rotate_principal
+        from swarm.devstack.stack import StackPaths
+
+        root, state = _stack(data_dir)
+        try:
+            principal = rotate_principal(StackPaths.of(root).principals, name)
+        except ValueError as exc:
+            raise CliError(
+                str(exc), code=EXIT_USAGE, hint="`swarm status` lists the stack's services"
+            ) from None
+        console.print(
+            f"[green]✓[/] {escape(name)} has a new key ({principal.public_key}); "
+            f"{_apply(root, state)}"
+        )
+        pid = _service_pid(state, name)
+        if pid is None:
+            console.print(f"  no process of the stack runs as {escape(name)}: nothing to restart")
+            return
+        os.kill(pid, signal.SIGTERM)
+        console.print(f"  restarting {escape(name)} (pid {pid}) to connect with its new key…")
+        again = _running_again(root, name, pid, timeout)
+        if again is None:
+            raise CliError(
+                f"{name} did not run again within {timeout:g}s",
+                code=EXIT_NO_OUTCOME,
+                hint=f"`swarm status` shows how it does, its log is in {root / 'logs'}",
+            )
+        console.print(f"[green]✓[/] {escape(name)} runs again (pid {again}) with its new key")
+
+
+def _service_entry(state: object, name: str) -> dict[str, object]:
+    """What the stack's state file says of service `name` (empty when nothing)."""
+    services = state.get("services") if isinstance(state, dict) else None
+    for entry in services if isinstance(services, list) else ():
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    return {}
+
+
+def _service_pid(state: dict[str, object], name: str) -> int | None:
+    """The pid of service `name` of the stack whose state is `state`, when that process is the
+    stack supervisor's child (a state file a crashed stack left may name a pid that another
+    process has now)."""
+    import psutil
+
+    pid = _service_entry(state, name).get("pid")
+    if not isinstance(pid, int):
+        return None
+    try:
+        return pid if psutil.Process(pid).ppid() == state.get("pid") else None
+    except psutil.Error:
+        return None
+
+
+def _running_again(root: Path, name: str, old: int, timeout: float) -> int | None:
+    """The new pid of service `name` once its supervisor reports it running again after
+    process `old` ended; None after `timeout` seconds."""
+    import time
+
+    from swarm.cli.discovery import STACK_STATE_FILE
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((root / STACK_STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = None
+        if isinstance(state, dict):
+            pid = _service_pid(state, name)
+            if pid not in (None, old) and _service_entry(state, name).get("state") == "running":
+                return pid
+        time.sleep(0.2)
+    return None

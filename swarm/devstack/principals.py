@@ -301,6 +301,22 @@ def rotate_user(directory: Path, name: str) -> Principal:
     return user
 
 
+def rotate_key(directory: Path, name: str) -> Principal:
+    """Principal `name` (a service, a pod, the owner) with a new key pair, its role kept; the
+    old key is admitted nowhere once the server and the readers read the listing again. A
+    user's goes through `rotate_user` (its API token goes with it)."""
+    listed = _listed(directory)
+    found = next((p for p in listed if p.name == name), None)
+    if found is None:
+        raise ValueError(f"no principal named {name!r}")
+    if found.role == USER:
+        raise ValueError(f"{name!r} is a user: `swarm user rotate {name}` replaces its key")
+    (directory / f"{name}.nk").unlink(missing_ok=True)
+    fresh = _keyed(directory, name, found.role)
+    _write_listing(directory, [fresh if p.name == name else p for p in listed])
+    return fresh
+
+
 def remove_user(directory: Path, name: str) -> None:
     """User `name` removed, with its key."""
     listed = _listed(directory)
@@ -423,6 +439,7 @@ __all__ = [
     "permissions",
     "remove_user",
     "role_of",
+    "rotate_key",
     "rotate_user",
     "users",
     "write_authorization",
