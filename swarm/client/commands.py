@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from schemas import REGISTRY, DecodeError, Envelope, Payload, Registry, names, new_id, utcnow
 from swarm.client.errors import INVALID, NO_OUTCOME, UNAVAILABLE, ClientError, FieldProblem
 from swarm.client.queries import read_floor
+from swarm.client.text import parse_json
 from swarm.domain.outcome import Rule
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, Delivery, EventLog
 from swarm.kernel.seal import SealVerifier
@@ -188,10 +189,7 @@ def build_command(
             )
         event["type"] = type_
     if data is not None:
-        try:
-            parsed = json.loads(data)
-        except ValueError as exc:
-            raise ClientError(f"--data is not JSON: {exc}", code=INVALID) from None
+        parsed = parse_json(data, "--data")
         if not isinstance(parsed, dict):
             raise ClientError("--data must be a JSON object", code=INVALID)
         event["data"] = parsed
