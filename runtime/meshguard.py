@@ -44,7 +44,7 @@ from runtime.podview import PodView
 from swarm.devstack.principals import Principal, Roster
 from swarm.domain.policy import check_message, may_claim
 from swarm.kernel.eventlog import Message
-from swarm.kernel.signing import FRESH_S, MeshSignature, mesh_signature_of, verify_mesh
+from swarm.kernel.signing import FRESH_S, MeshSignature, mesh_signature_of, signer_of, verify_mesh
 
 #: How far a message's signing time may be from this pod's clock (as a query's from the
 #: Hive's: `swarm.kernel.queryguard`).
@@ -148,21 +148,9 @@ class MeshGuard:
         return reason, signature if reason is None else None
 
     async def _claim(self, signature: MeshSignature, namespace: str | None) -> str | None:
-        if not signature.valid:
-            return f"unauthenticated: the message's signature does not hold: {signature.problem}"
-        principal = self._principal(signature.signer)
-        if principal is None:
-            return (
-                f"unauthenticated: the message is signed by {_printable(signature.signer)}, "
-                "which is no principal of this stack"
-            )
-        age_ms = self.clock() * 1000 - signature.time_ms
-        if abs(age_ms) > self.window_ms:
-            when = f"{age_ms / 1000:.0f} s ago" if age_ms > 0 else f"{-age_ms / 1000:.0f} s ahead"
-            return (
-                f"unauthenticated: the message was signed {when}, outside the "
-                f"{self.window_ms / 1000:g} s the mesh takes (replayed, or a clock is off)"
-            )
+        principal = signer_of(signature, self._principal, self, what="message", taker="the mesh")
+        if isinstance(principal, str):
+            return principal
         identity = signature.claim.identity
         may = may_claim(principal.role, principal.name, identity)
         if may is not None:

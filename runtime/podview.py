@@ -30,7 +30,7 @@ from typing import Any
 from schemas import Envelope, events, healing, market, outcomes
 from schemas.specs import AgentSpec
 from swarm.domain import placement, policy
-from swarm.domain.dispatch import HandlerTable
+from swarm.domain.dispatch import HandlerTable, unseen
 from swarm.domain.placement import RUN, ReplicaPhase
 from swarm.domain.state import Grant
 
@@ -114,9 +114,8 @@ class PodView:
     grants: tuple[Grant, ...] = ()
 
     def fold(self, envelope: Envelope[Any], seq: int) -> None:
-        if seq <= self.applied_seq:
+        if not unseen(self, seq):
             return
-        self.applied_seq = seq
         handler = _HANDLERS.get(type(envelope.data))
         if handler is not None:
             handler(self, envelope.data, seq)

@@ -61,7 +61,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -81,6 +81,7 @@ from runtime.sandbox import AgentSandbox, CallResult
 from runtime.snapshots import SnapshotRef, SnapshotStore
 from runtime.workers import WorkerPool
 from schemas import names
+from schemas.commands import ReplicaStatus
 from schemas.specs import ModuleRef
 from swarm.kernel.eventlog import EventLog, EventLogError, Message, Subscription
 from swarm.kernel.signing import MeshClaim, MeshSignature
@@ -93,7 +94,8 @@ HEADER_STATUS = names.HEADER_AGENT_STATUS
 HEADER_ERROR = names.HEADER_AGENT_ERROR
 _LEVELS = {LogLevel.DEBUG: "debug", LogLevel.INFO: "info", LogLevel.WARN: "warn"}
 
-Status = Literal["starting", "running", "crashed", "stopped"]
+#: What a replica reports of itself: the command's own values (`replica.report`).
+Status = ReplicaStatus
 Report = Callable[[Assignment, Status, str, str | None], Awaitable[None]]
 
 

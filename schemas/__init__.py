@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     )
     from schemas.build import command, event, subject_of
     from schemas.envelope import Envelope, Payload, RawEnvelope, new_id, utcnow
+    from schemas.fields import FieldError
     from schemas.outcomes import CommandAccepted, CommandRejected, FieldErrorModel
-    from schemas.registry import REGISTRY, DecodeError, FieldError, Registry
+    from schemas.registry import REGISTRY, DecodeError, Registry
 
 #: Where each export is defined (a submodule is its own export).
 _HOME = {
@@ -46,7 +47,8 @@ _HOME = {
     **dict.fromkeys(("command", "event", "subject_of"), "schemas.build"),
     **dict.fromkeys(("Envelope", "Payload", "RawEnvelope", "new_id", "utcnow"), "schemas.envelope"),
     **dict.fromkeys(("CommandAccepted", "CommandRejected", "FieldErrorModel"), "schemas.outcomes"),
-    **dict.fromkeys(("REGISTRY", "DecodeError", "FieldError", "Registry"), "schemas.registry"),
+    **dict.fromkeys(("REGISTRY", "DecodeError", "Registry"), "schemas.registry"),
+    "FieldError": "schemas.fields",
 }
 
 __all__ = [

@@ -29,6 +29,7 @@ import pydantic_core
 
 from schemas import names
 from schemas.envelope import Envelope, Payload
+from schemas.fields import FieldError as FieldError  # where it was first defined
 
 Kind = Literal["command", "event"]
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
@@ -46,18 +47,6 @@ MAX_DECODE_REASON_CHARS = 1024
 #: Envelope attributes of an undecodable message kept in `received`, each cut to this length.
 RECEIVED_ATTRIBUTES = ("id", "type", "source", "correlationid", "identity")
 MAX_RECEIVED_CHARS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    """One thing wrong with one field, addressed by a dotted path (`data.replicas`)."""
-
-    loc: str
-    msg: str
-    type: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"loc": self.loc, "msg": self.msg, "type": self.type}
 
 
 class DecodeError(ValueError):

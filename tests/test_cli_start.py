@@ -57,8 +57,10 @@ HEAVY = (
 )
 
 
-#: Light modules under a heavy prefix: the names of the variables that say where a stack is.
-LIGHT = ("swarm.kernel", "swarm.kernel.env")
+#: Light modules under a heavy prefix: the names of the variables that say where a stack is,
+#: and the field-error type the client's errors carry (the `schemas` package itself loads its
+#: exports lazily).
+LIGHT = ("swarm.kernel", "swarm.kernel.env", "schemas", "schemas.fields")
 
 
 def heavy(modules: list[str]) -> list[str]:

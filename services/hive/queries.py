@@ -157,14 +157,38 @@ def pod_view(pod: Pod) -> PodView:
     )
 
 
+#: A query's answer from the state, the request's body, and whom it is for.
+Query = Callable[[HiveState, dict[str, Any], Reader], Answer | dict[str, Any]]
+
+
+def _refused(state: HiveState, reader: Reader, namespace: str) -> dict[str, str] | None:
+    """The `forbidden` answer when `reader` may not read `namespace`, else None."""
+    refused = reader.refusal(state.grants, namespace, f"read namespace {namespace}")
+    return None if refused is None else forbidden(refused)
+
+
+def _spanning(what: str) -> Callable[[Query], Query]:
+    """A query over what spans every namespace (`what`: "list the pods"), answered `forbidden`
+    to a reader without a role in every namespace (`Reader.refusal`)."""
+
+    def guarded(query: Query) -> Query:
+        def answer(
+            state: HiveState, req: dict[str, Any], reader: Reader
+        ) -> Answer | dict[str, Any]:
+            refused = reader.refusal(state.grants, None, what)
+            return forbidden(refused) if refused is not None else query(state, req, reader)
+
+        return answer
+
+    return guarded
+
+
 def _agents_list(
     state: HiveState, req: dict[str, Any], reader: Reader
 ) -> AgentsAnswer | dict[str, Any]:
     namespace = req.get("namespace")
-    if namespace is not None:
-        refused = reader.refusal(state.grants, str(namespace), f"read namespace {namespace}")
-        if refused is not None:
-            return forbidden(refused)
+    if namespace is not None and (refused := _refused(state, reader, str(namespace))):
+        return refused
     agents = [
         agent_view(a)
         for a in sorted(state.agents.values(), key=lambda a: (a.namespace, a.name, a.agent_id))
@@ -185,25 +209,19 @@ def _agents_get(
         namespace = str(req.get("namespace", "default"))
         # Refused whether or not the agent exists: a user learns nothing of a namespace it
         # may not read.
-        refused = reader.refusal(state.grants, namespace, f"read namespace {namespace}")
-        if refused is not None:
-            return forbidden(refused)
+        if refused := _refused(state, reader, namespace):
+            return refused
         agent = state.agent_named(namespace, str(req["name"]))
     if agent is None:
         return {"error": "agent not found", "code": "not_found"}
     # By id: the agent's namespace, once it is found (as the HTTP API's `/v1/agents/{id}`).
-    refused = reader.refusal(state.grants, agent.namespace, f"read namespace {agent.namespace}")
-    if refused is not None:
-        return forbidden(refused)
+    if refused := _refused(state, reader, agent.namespace):
+        return refused
     return AgentAnswer(agent=agent_detail(agent))
 
 
-def _pods_list(
-    state: HiveState, req: dict[str, Any], reader: Reader
-) -> PodsAnswer | dict[str, Any]:
-    refused = reader.refusal(state.grants, None, "list the pods")
-    if refused is not None:
-        return forbidden(refused)
+@_spanning("list the pods")
+def _pods_list(state: HiveState, req: dict[str, Any], reader: Reader) -> PodsAnswer:
     return PodsAnswer(
         pods=[pod_view(p) for p in sorted(state.pods.values(), key=lambda p: p.pod_id)]
     )
@@ -241,19 +259,13 @@ def _digest(state: HiveState, req: dict[str, Any], reader: Reader) -> dict[str, 
     return {"digest": state.digest()}
 
 
+@_spanning("read the whole state")
 def _full(state: HiveState, req: dict[str, Any], reader: Reader) -> dict[str, Any]:
-    refused = reader.refusal(state.grants, None, "read the whole state")
-    if refused is not None:
-        return forbidden(refused)
     return {"state": state.to_dict()}
 
 
-def _webhooks_list(
-    state: HiveState, req: dict[str, Any], reader: Reader
-) -> WebhooksAnswer | dict[str, Any]:
-    refused = reader.refusal(state.grants, None, "list the webhooks")
-    if refused is not None:
-        return forbidden(refused)
+@_spanning("list the webhooks")
+def _webhooks_list(state: HiveState, req: dict[str, Any], reader: Reader) -> WebhooksAnswer:
     return WebhooksAnswer(
         webhooks=[
             _shown(WebhookView, w)
@@ -270,8 +282,6 @@ def rendered(answer: Answer | dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-#: A query's answer from the state, the request's body, and whom it is for.
-Query = Callable[[HiveState, dict[str, Any], Reader], Answer | dict[str, Any]]
 QUERIES: dict[str, Query] = {
     names.QUERY_AGENTS_LIST: _agents_list,
     names.QUERY_AGENTS_GET: _agents_get,

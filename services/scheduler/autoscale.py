@@ -31,7 +31,7 @@ from typing import Any, Literal
 from schemas import Envelope, events, healing
 from schemas.specs import AutoscaleDecision, AutoscalePolicy, DemandForecast
 from services.scheduler.forecast import Forecaster
-from swarm.domain.dispatch import HandlerTable
+from swarm.domain.dispatch import HandlerTable, unseen
 
 Direction = Literal["up", "down", "bounds"]
 #: Learned throughput needs this much busy time in a replica's counters to be believed.
@@ -371,11 +371,8 @@ class Autoscaler:
     # -- folding the log --------------------------------------------------------------------------
 
     def fold(self, envelope: Envelope[Any], seq: int) -> None:
-        if seq <= self.applied_seq:
-            return
-        self.applied_seq = seq
         handler = _HANDLERS.get(type(envelope.data))
-        if handler is not None:
+        if unseen(self, seq) and handler is not None:
             handler(self, envelope.data)
 
     def advance(self, seq: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from schemas import Envelope, events
 from schemas.specs import AgentSpec, Capacity
 from swarm.domain import placement
-from swarm.domain.dispatch import HandlerTable
+from swarm.domain.dispatch import HandlerTable, unseen
 from swarm.domain.placement import PLACED, TERMINAL, PodStatus, ReplicaKey, ReplicaPhase
 
 
@@ -124,11 +124,8 @@ class ClusterView:
         Events the scheduler does not need (outcomes, statuses, later Swarm versions' events)
         only advance `applied_seq`.
         """
-        if seq <= self.applied_seq:
-            return []
-        self.applied_seq = seq
         handler = _HANDLERS.get(type(envelope.data))
-        if handler is None:
+        if not unseen(self, seq) or handler is None:
             return []
         ended: list[Request] = []
         handler(self, envelope.data, seq, ended)

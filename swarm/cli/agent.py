@@ -66,8 +66,8 @@ if TYPE_CHECKING:
     # imports this module, and the views bring pydantic and the models.
     from schemas.specs import AutoscalePolicy
     from schemas.views import AgentDetailView, AgentView
+    from swarm.client.eventlog import Delivery, EventLog, Message
     from swarm.client.queries import HiveQueries
-    from swarm.kernel.eventlog import Delivery, EventLog, Message
 
 #: Seconds between status polls with `deploy --wait`.
 WAIT_POLL = 0.25
@@ -1193,8 +1193,8 @@ async def ask_agent(
     import asyncio
 
     from schemas import names
-    from swarm.kernel.eventlog import NoResponders, RequestTimeout
-    from swarm.kernel.signing import MeshClaim
+    from swarm.client.eventlog import NoResponders, RequestTimeout
+    from swarm.client.signing import MeshClaim
 
     subject = names.mesh_agent_subject(namespace, name)
     claim = MeshClaim(identity)
@@ -1245,11 +1245,11 @@ async def _answered_by(log: EventLog, reply: Message, namespace: str, name: str)
     stack's pods sign when given its principals, an external server's may not."""
     from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries
+    from swarm.client.access import answer_refusal
     from swarm.client.errors import ClientError
+    from swarm.client.principals import LISTING, load
     from swarm.client.queries import parse_views
-    from swarm.devstack.principals import LISTING, load
-    from swarm.domain.policy import answer_refusal
-    from swarm.kernel.signing import mesh_signature_of
+    from swarm.client.signing import mesh_signature_of
 
     answer = mesh_signature_of(reply.subject, reply.data, reply.headers)
     if answer is None:
@@ -1289,8 +1289,8 @@ async def _no_responder(log: EventLog, namespace: str, name: str) -> tuple[CliEr
     """
     from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries, QueryFailed
+    from swarm.client.eventlog import NotFound
     from swarm.client.queries import parse_views, read_floor
-    from swarm.kernel.eventlog import NotFound
 
     describe_it = f"`swarm agent describe {name} -n {namespace}`"
     try:

@@ -24,13 +24,13 @@ import typer
 
 from swarm.cli import discovery
 from swarm.cli.output import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from swarm.kernel import env
+from swarm.client import env
 
 if TYPE_CHECKING:
     from swarm.client.commands import closing as closing  # verbs replay through it
+    from swarm.client.eventlog import EventLog
+    from swarm.client.settings import Settings
     from swarm.client.swarm import Swarm
-    from swarm.kernel.eventlog import EventLog
-    from swarm.kernel.settings import Settings
 
 #: File in the data dir where `swarm up` records the URLs of the servers it started.
 STACK_STATE_FILE = discovery.STACK_STATE_FILE
@@ -80,7 +80,7 @@ def load_settings(**overrides: Any) -> Settings:
     reported readably."""
     import pydantic
 
-    from swarm.kernel.settings import Settings
+    from swarm.client.settings import Settings
 
     try:
         return Settings(**overrides)
@@ -212,8 +212,7 @@ async def connect(
     One reconnect attempt once connected: `EventLog.connect` reconnects without limit, which
     suits services but would leave a CLI hanging in silence when the server goes down.
     """
-    from swarm.kernel.connection import CannotConnect, connect_nats, describe
-    from swarm.kernel.eventlog import EventLog
+    from swarm.client.eventlog import CannotConnect, EventLog, connect_nats, describe
 
     _logs_to_stderr(settings)
     try:
@@ -258,7 +257,7 @@ def _logs_to_stderr(settings: Settings | None) -> None:
 
     The settings are read only when a variable about logging is set (without `settings`), and
     structlog is configured only once something imports it (`configure_logging_on_import`)."""
-    from swarm.kernel.logs import configure_logging_on_import
+    from swarm.client.lifecycle import configure_logging_on_import
 
     level_set, format_set = env.LOG_LEVEL in os.environ, env.LOG_FORMAT in os.environ
     if settings is None and (level_set or format_set):
@@ -286,8 +285,7 @@ async def session(
 
     A connection lost midway (the server stopped during `--follow`) becomes a readable error.
     """
-    from swarm.kernel.eventlog import ConnectionLost
-    from swarm.kernel.logscan import ScanError
+    from swarm.client.eventlog import ConnectionLost, ScanError
 
     log = await connect(target, settings, wait=wait)
     try:
@@ -336,8 +334,7 @@ async def client(
 
 
 async def require_stream(log: EventLog, stream: str, target: NatsTarget) -> None:
-    from swarm.kernel.admin import LogAdmin
-    from swarm.kernel.eventlog import NotFound
+    from swarm.client.eventlog import LogAdmin, NotFound
 
     try:
         await LogAdmin(log).stream(stream)

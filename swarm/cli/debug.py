@@ -40,7 +40,7 @@ from swarm.cli.verbs import (
 )
 
 if TYPE_CHECKING:
-    from swarm.kernel.eventlog import EventLog, Message
+    from swarm.client.eventlog import EventLog, Message
 
 #: Log lines shown, searched for in this recent past.
 RECENT_LINES = 10

@@ -17,7 +17,7 @@ import wasmtime
 from schemas import command, commands, names
 from schemas.specs import AgentSpec, ModuleRef
 from swarm.cli import publish
-from swarm.kernel.eventlog import AppendRequest, EventLog, NoResponders, RequestTimeout
+from swarm.client.eventlog import AppendRequest, EventLog, NoResponders, RequestTimeout
 
 DEMO_AGENT = "echo"
 _ECHO_WAT = Path(__file__).resolve().parents[2] / "examples" / "echo" / "echo.wat"

@@ -29,10 +29,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from swarm.kernel import env
+from swarm.client import env
 
 if TYPE_CHECKING:
-    from swarm.kernel.settings import Settings
+    from swarm.client.settings import Settings
 
 #: The file in a data dir that a running stack's supervisor keeps up to date.
 STACK_STATE_FILE = "stack.json"

@@ -29,8 +29,7 @@ from swarm.cli.verbs import EXIT_CODES, OutputOption, finish
 from swarm.client.modules import kind_of
 
 if TYPE_CHECKING:
-    from swarm.kernel.admin import ModuleStore, StoredObject
-    from swarm.kernel.eventlog import EventLog
+    from swarm.client.eventlog import EventLog, ModuleStore, StoredObject
 
 app = typer.Typer(help="Push and list agent modules (WebAssembly).", no_args_is_help=True)
 
@@ -50,8 +49,7 @@ def module_bytes(path: Path) -> tuple[bytes, str]:
 
 async def _store(log: EventLog, target: connect.NatsTarget) -> ModuleStore:
     from schemas import names
-    from swarm.kernel.admin import LogAdmin
-    from swarm.kernel.eventlog import NotFound
+    from swarm.client.eventlog import LogAdmin, NotFound
 
     try:
         return await LogAdmin(log).modules()

@@ -155,7 +155,7 @@ def run_interruptible(main: Coroutine[Any, Any, T]) -> T:
 
     async def guarded() -> T:
         nonlocal interrupted
-        from swarm.kernel.tasks import cancel_and_wait
+        from swarm.client.lifecycle import cancel_and_wait
 
         loop = asyncio.get_running_loop()
         body = asyncio.ensure_future(main)

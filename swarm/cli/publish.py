@@ -56,7 +56,7 @@ if TYPE_CHECKING:
         validate_command,
         wait_for_outcome,
     )
-    from swarm.kernel.settings import Settings
+    from swarm.client.settings import Settings
 
 __all__ = [
     "CLI_SOURCE",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from swarm.cli.output import status
 from swarm.client import queries as _queries
+from swarm.client.eventlog import EventLog
 from swarm.client.queries import CATCH_UP, QUERY_TIMEOUT, QueryFailed
-from swarm.kernel.eventlog import EventLog
 
 __all__ = ["CATCH_UP", "QUERY_TIMEOUT", "HiveQueries", "QueryFailed"]
 

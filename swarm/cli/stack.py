@@ -30,9 +30,9 @@ from swarm.cli import discovery
 if TYPE_CHECKING:
     from rich.status import Status
 
+    from swarm.client.settings import Settings
     from swarm.devstack.stack import StackReport, StackState
     from swarm.devstack.supervisor import ServiceSpec
-    from swarm.kernel.settings import Settings
 
 
 def token_urlsafe(nbytes: int) -> str:
@@ -151,7 +151,7 @@ def stack_keys(data_dir: Path) -> tuple[str | None, dict[str, str]]:
     """The Hive's public key and the environment every service of the stack shares: the key
     that checks the Hive's seal on outcomes and the secret behind derived command ids. Read from
     the cluster file `default_services` wrote; nothing before there is one."""
-    from swarm.kernel.seal import SealKey
+    from swarm.client.signing import SealKey
 
     path = data_dir / "hive" / "cluster.json"
     if not path.exists():
@@ -816,8 +816,7 @@ def _hive_view(report: StackReport) -> list[dict[str, Any]] | None:
     import asyncio
 
     from schemas import names
-    from swarm.kernel.connection import CannotConnect, connect_nats
-    from swarm.kernel.eventlog import EventLog, EventLogError
+    from swarm.client.eventlog import CannotConnect, EventLog, EventLogError, connect_nats
 
     async def ask() -> list[dict[str, Any]]:
         credentials = Path(state.nats_credentials) if state.nats_credentials else None

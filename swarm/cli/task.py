@@ -100,8 +100,7 @@ def send(
 def ls(output: OutputOption = Format.TABLE, nats_url: connect.NatsUrlOption = None) -> None:
     """Tasks waiting per queue (taken tasks leave the queue once answered)."""
     from schemas import names
-    from swarm.kernel.admin import LogAdmin
-    from swarm.kernel.eventlog import RequestTimeout
+    from swarm.client.eventlog import LogAdmin, RequestTimeout
 
     async def main() -> int:
         target, settings = connect.locate(nats_url)

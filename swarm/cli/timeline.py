@@ -31,7 +31,7 @@ from swarm.client.text import printable as printable
 from swarm.client.timeline import Filters, LogEntry, check_pattern, read, summarize
 
 if TYPE_CHECKING:
-    from swarm.kernel.settings import Settings
+    from swarm.client.settings import Settings
 
 #: Entries not decodable as a CloudEvent show this in place of their type.
 UNDECODABLE = "(undecodable)"

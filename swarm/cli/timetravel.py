@@ -33,7 +33,7 @@ from swarm.client.timetravel import (
 )
 
 if TYPE_CHECKING:
-    from swarm.kernel.settings import Settings
+    from swarm.client.settings import Settings
 
 _VALUE_LIMIT = 60
 

@@ -27,8 +27,8 @@ from swarm.cli.verbs import OutputOption, finish
 if TYPE_CHECKING:
     from rich.tree import Tree
 
+    from swarm.client.eventlog import EventLog
     from swarm.client.trace import Node, decided_ms
-    from swarm.kernel.eventlog import EventLog
 
 __all__ = ["Node", "collect", "decided_ms", "register", "render", "trace"]
 

@@ -421,7 +421,7 @@ def ls(data_dir: DataDirOption = None) -> None:
 async def _grants(url: str) -> list[GrantView] | None:
     """Who holds which role, as the stack's Hive has it; None when it cannot be asked."""
     from swarm.client.errors import ClientError
-    from swarm.kernel.eventlog import EventLogError
+    from swarm.client.eventlog import EventLogError
 
     try:
         async with connect.client(url, connect.load_settings(), timeout=5.0) as swarm:

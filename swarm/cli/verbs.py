@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     # Sending a command and awaiting its outcome is the client layer's, shared with the HTTP
     # API; these names stay importable from here for the verb modules (see `__getattr__`).
     from swarm.client.commands import Issued, Outcome, issue, read_floor
+    from swarm.client.eventlog import EventLog
     from swarm.client.queries import HiveQueries
     from swarm.client.swarm import Swarm
-    from swarm.kernel.eventlog import EventLog
 
 #: Imported from the client layer on first use: every `swarm` call imports this module for its
 #: options, and the client layer brings schemas, nats-py and pydantic with it.

@@ -43,8 +43,8 @@ from swarm.cli.verbs import (
 if TYPE_CHECKING:
     from schemas.views import WebhookView
     from swarm.client.commands import Issued, Sent
-    from swarm.kernel.eventlog import EventLog
-    from swarm.kernel.settings import Settings
+    from swarm.client.eventlog import EventLog
+    from swarm.client.settings import Settings
 
 app = typer.Typer(
     help="Send events to HTTP endpoints: signed CloudEvents, retried, recorded.",

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from schemas import REGISTRY, DecodeError, Envelope, Payload, Registry, names, new_id, utcnow
 from swarm.client.errors import INVALID, NO_OUTCOME, UNAVAILABLE, ClientError, FieldProblem
 from swarm.client.queries import read_floor
+from swarm.client.text import parse_json
+from swarm.domain.outcome import Rule
 from swarm.kernel.eventlog import AppendFailed, AppendRequest, Delivery, EventLog
 from swarm.kernel.seal import SealVerifier
 
@@ -27,6 +29,7 @@ __all__ = [
     "NoOutcome",
     "Outcome",
     "Rejection",
+    "Rule",
     "Sent",
     "apply_sets",
     "build_command",
@@ -124,6 +127,8 @@ class Rejection:
     Hive still shows."""
 
     reason: str
+    #: A `Rule`'s value when the Hive knows it (compare with `Rule.NOT_FOUND` and the like);
+    #: kept as text, so a rule added by a newer Hive still reads.
     rule: str | None
     errors: tuple[FieldProblem, ...]
 
@@ -184,10 +189,7 @@ def build_command(
             )
         event["type"] = type_
     if data is not None:
-        try:
-            parsed = json.loads(data)
-        except ValueError as exc:
-            raise ClientError(f"--data is not JSON: {exc}", code=INVALID) from None
+        parsed = parse_json(data, "--data")
         if not isinstance(parsed, dict):
             raise ClientError("--data must be a JSON object", code=INVALID)
         event["data"] = parsed

@@ -7,7 +7,8 @@ document and a status; the `code` says which kind of failure it is so both can m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from schemas.fields import FieldError
 
 #: The request was carried out and answered "no": a rejected command, a query's "not found".
 FAILED = 1
@@ -19,13 +20,9 @@ NO_OUTCOME = 3
 UNAVAILABLE = 4
 
 
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """One field-level error (from local validation or a rejection)."""
-
-    loc: str
-    msg: str
-    type: str
+#: One field-level error (from local validation or a rejection): Swarm's one field-error type,
+#: under the name the client has always given it.
+FieldProblem = FieldError
 
 
 class ClientError(Exception):

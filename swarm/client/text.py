@@ -1,13 +1,16 @@
-"""How users write times (`--since 10m`, `?since=2h`) and how untrusted text is shown safely."""
+"""How users write times (`--since 10m`, `?since=2h`) and JSON (`--data`, an export file), and
+how untrusted text is shown safely."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from swarm.client.errors import INVALID, ClientError
 
-__all__ = ["parse_time", "printable"]
+__all__ = ["parse_json", "parse_time", "printable"]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -39,6 +42,15 @@ def _unreadable(value: str) -> ClientError:
         code=INVALID,
         hint="use RFC 3339 (2024-05-01T12:00:00Z) or an age such as 30s, 10m, 2h, 1d, 1w",
     )
+
+
+def parse_json(text: str, what: str) -> Any:
+    """`text` read as JSON; an INVALID `ClientError` saying `what` ("--data", "the file") is
+    not JSON otherwise."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ClientError(f"{what} is not JSON: {exc}", code=INVALID) from None
 
 
 def printable(text: str) -> str:

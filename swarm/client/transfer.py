@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from swarm.client.errors import FAILED, INVALID, ClientError
+from swarm.client.text import parse_json
 from swarm.client.timeline import (
     Filters,
     LogEntry,
@@ -189,10 +190,7 @@ def parse_batch(text: str) -> list[Item]:
     otherwise."""
     from schemas import names
 
-    try:
-        batch = json.loads(text)
-    except ValueError as exc:
-        raise ClientError(f"the file is not JSON: {exc}", code=INVALID) from None
+    batch = parse_json(text, "the file")
     if not isinstance(batch, list):
         raise ClientError("the file must hold a JSON array of CloudEvents", code=INVALID)
     items: list[Item] = []

@@ -1,10 +1,10 @@
 """Handlers by the payload type they take: how `decide`, `evolve` and the projections of the log
-find the function for a command or an event."""
+find the function for a command or an event; and how a projection folds each event once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -19,3 +19,22 @@ class HandlerTable(dict[type[Any], H]):
             return fn
 
         return register
+
+
+class Folded(Protocol):
+    """A projection of the log: the last stream sequence it folded."""
+
+    applied_seq: int
+
+
+def unseen(view: Folded, seq: int) -> bool:
+    """Whether the event stored at `seq` is new to `view`, which then counts it as folded.
+
+    The projections of the log (the pods' view, the scheduler's, the autoscaler's) fold each
+    event once, in stream order, as the Hive's `evolve` does: a redelivered one, at or below
+    `applied_seq`, is skipped.
+    """
+    if seq <= view.applied_seq:
+        return False
+    view.applied_seq = seq
+    return True

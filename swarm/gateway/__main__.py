@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from swarm.client.lifecycle import configure_logging, run_until_signalled
+from swarm.client.settings import Settings, load
 from swarm.gateway.server import GatewayFailed, GatewayService
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.lifecycle import run_until_signalled
-from swarm.kernel.logs import configure_logging
-from swarm.kernel.settings import Settings, load
 
 
 def main() -> None:

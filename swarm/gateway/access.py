@@ -33,13 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from schemas.specs import AccessRole
+from swarm.client.access import READ_ROLE, Grant, Reader, role_refusal
+from swarm.client.commands import Rule
+from swarm.client.eventlog import EventLog
 from swarm.client.swarm import Swarm
-from swarm.domain.outcome import Rule
-from swarm.domain.policy import READ_ROLE, Reader, role_refusal
-from swarm.domain.state import Grant
 from swarm.gateway.auth import Caller
 from swarm.gateway.problems import ProblemError
-from swarm.kernel.eventlog import EventLog
 
 
 class Acting:

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from swarm.client.eventlog import EventLog
+from swarm.client.settings import Settings
 from swarm.gateway import problems
 from swarm.gateway.guard import RequestGuard
 from swarm.gateway.problems import Problem
@@ -30,8 +32,6 @@ from swarm.gateway.routes import (
 )
 from swarm.gateway.service import Gateway
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.eventlog import EventLog
-from swarm.kernel.settings import Settings
 
 API_VERSION = "1.0.0"
 DESCRIPTION = """\

@@ -32,10 +32,9 @@ from pathlib import Path
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from swarm.devstack.apitokens import TOKENS, TokenBook
-from swarm.devstack.principals import USER, Roster
+from swarm.client.principals import TOKENS, USER, Roster, TokenBook
+from swarm.client.signing import CommandSigner
 from swarm.gateway.problems import ProblemError
-from swarm.kernel.signing import CommandSigner
 
 #: Declares the `bearer` security scheme in the OpenAPI document; errors are raised below, in
 #: the problem shape, rather than by FastAPI.

@@ -13,7 +13,7 @@ from schemas.names import TOKEN_PATTERN
 from schemas.specs import AgentSpec, AutoscalePolicy, Name, Quota, Version
 from schemas.views import AgentDetailView, AgentView, NamespaceView, PodView
 from schemas.webhooks import MAX_ATTEMPTS_LIMIT, Filter, Url
-from swarm.kernel.eventlog import Delivery
+from swarm.client.eventlog import Delivery
 
 
 class CausedEvent(BaseModel):

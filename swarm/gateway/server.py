@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from swarm.client.lifecycle import Service, SettingsInvalid
+from swarm.client.settings import Settings
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.lifecycle import Service, SettingsInvalid
-from swarm.kernel.settings import Settings
 
 __all__ = ["GatewayFailed", "GatewayService"]
 

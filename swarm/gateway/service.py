@@ -33,17 +33,16 @@ from fastapi.responses import JSONResponse
 
 from schemas import Payload, names
 from swarm.client import commands, webhooks
-from swarm.client.commands import Issued, NoOutcome, Outcome, Sent
+from swarm.client.commands import Issued, NoOutcome, Outcome, Rule, Sent
 from swarm.client.errors import INVALID, ClientError, FieldProblem
+from swarm.client.eventlog import EventLog, NotFound
+from swarm.client.lifecycle import cancel_and_wait
 from swarm.client.swarm import Swarm, TooLarge
-from swarm.domain.outcome import Rule
 from swarm.gateway.access import Acting
 from swarm.gateway.auth import Caller
 from swarm.gateway.models import CausedEvent, CommandResult
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.settings import GatewaySettings
-from swarm.kernel.eventlog import EventLog, NotFound
-from swarm.kernel.tasks import cancel_and_wait
 
 #: CloudEvents `source` of the commands the API sends.
 API_SOURCE = "swarm-api"

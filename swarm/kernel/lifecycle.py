@@ -24,10 +24,14 @@ import contextlib
 import enum
 import signal
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from swarm.kernel.settings import Settings
 from swarm.kernel.tasks import cancel_and_wait, failure
+
+if TYPE_CHECKING:
+    # Only a type here: the CLI imports this module (through `swarm.client.lifecycle`) on every
+    # verb, which must not pay for pydantic-settings.
+    from swarm.kernel.settings import Settings
 
 
 class Status(enum.Enum):

@@ -28,10 +28,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from schemas import names
 
@@ -44,6 +44,7 @@ _SIGNATURE_CHARS = 86  # 64 bytes, base64url without padding
 #: How far the signing time of a mesh message or a query may be from its receiver's clock: one
 #: replayed later is refused (runtime/meshguard.py, `swarm.kernel.queryguard`).
 FRESH_S = 120.0
+P = TypeVar("P")
 #: nkeys' prefix byte of a user's public key (base32 `U…`) and of a seed (`S…`).
 _USER_PREFIX = 20 << 3
 
@@ -202,6 +203,64 @@ class QuerySignature:
     problem: str | None = None
 
 
+class SignedAt(Protocol):
+    """A signature in headers (`MeshSignature`, `QuerySignature`), read without checking the
+    ed25519 arithmetic: who signed, when, and whether it is well formed."""
+
+    @property
+    def signer(self) -> str: ...
+
+    @property
+    def time_ms(self) -> int: ...
+
+    @property
+    def valid(self) -> bool: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+
+class Receiver(Protocol):
+    """Who takes signed messages: how far from its clock a signing time may be."""
+
+    window_ms: float
+    clock: Callable[[], float]
+
+
+def signer_of(
+    signature: SignedAt,
+    principal_of: Callable[[str], P | None],
+    receiver: Receiver,
+    *,
+    what: str,
+    taker: str,
+) -> P | str:
+    """The principal that signed (`principal_of` its public key), or why the signature counts
+    as nobody's (`unauthenticated: …`; `what`: "message" or "query", `taker`: who takes it, "the
+    mesh", "this stack"): malformed, a stranger's key, or signed outside `receiver`'s window.
+
+    The checks that cost nothing, which the mesh's guard (runtime/meshguard.py) and the query
+    guard (`swarm.kernel.queryguard`) make before the signature's arithmetic: a stranger's or a
+    stale message is refused without ed25519 work.
+    """
+    if not signature.valid:
+        return f"unauthenticated: the {what}'s signature does not hold: {signature.problem}"
+    principal = principal_of(signature.signer)
+    if principal is None:
+        return (
+            f"unauthenticated: the {what} is signed by {signature.signer[:60]!r}, "
+            "which is no principal of this stack"
+        )
+    age_ms = receiver.clock() * 1000 - signature.time_ms
+    if abs(age_ms) > receiver.window_ms:
+        when = f"{age_ms / 1000:.0f} s ago" if age_ms > 0 else f"{-age_ms / 1000:.0f} s ahead"
+        return (
+            f"unauthenticated: the {what} was signed {when}, outside the "
+            f"{receiver.window_ms / 1000:g} s {taker} takes (replayed, or a clock is off)"
+        )
+    return principal
+
+
 #: Bytes that begin every signed query: neither a mesh message's signature nor a command's
 #: passes for one.
 _QUERY_DOMAIN = b"swarm.query.v1"
@@ -306,10 +365,13 @@ __all__ = [
     "MeshClaim",
     "MeshSignature",
     "QuerySignature",
+    "Receiver",
     "Signature",
+    "SignedAt",
     "mesh_signature_of",
     "public_key_bytes",
     "query_signature_of",
     "signature_of",
+    "signer_of",
     "verify_mesh",
 ]

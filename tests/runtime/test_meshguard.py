@@ -15,14 +15,13 @@ import pytest
 
 from runtime.meshguard import MeshGuard
 from runtime.podview import PodView
-from schemas import Payload, event, events, names
-from schemas.specs import AgentSpec, ModuleRef
+from schemas import names
 from swarm.devstack.principals import Roster, issue
 from swarm.kernel.signing import CommandSigner, MeshClaim, mesh_signature_of
+from tests.helpers.podviews import deployed, placed
 
 pytestmark = pytest.mark.timeout(30)
 
-SPEC = AgentSpec(version="v1", module=ModuleRef(sha256="0" * 64))
 SUBJECT = names.mesh_agent_subject("default", "b")
 
 
@@ -34,33 +33,6 @@ class Sent:
     data: bytes
     headers: dict[str, str] | None
     reply: str = ""
-
-
-def fold(view: PodView, *payloads: Payload) -> None:
-    for p in payloads:
-        agent_id = getattr(p, "agent_id", None)
-        assert agent_id is not None
-        view.fold(event(p, aggregate_id=agent_id, source="test"), view.applied_seq + 1)
-
-
-def deployed(view: PodView, agent: str, namespace: str = "default") -> None:
-    fold(
-        view,
-        events.AgentDeployed(
-            agent_id=agent, namespace=namespace, name=agent, spec=SPEC, replicas=1
-        ),
-    )
-
-
-def place(view: PodView, agent: str, replica: str, pod: str) -> int:
-    fold(
-        view,
-        events.ReplicaRequested(agent_id=agent, replica_id=replica, version="v1", reason="t"),
-        events.ReplicaScheduled(
-            agent_id=agent, replica_id=replica, pod_id=pod, policy="t", reason=""
-        ),
-    )
-    return view.replicas[replica].placed_seq
 
 
 @pytest.fixture
@@ -79,12 +51,12 @@ def signed(keys: Path, signer: str, claim: MeshClaim) -> Sent:
 async def test_an_agent_speaks_through_the_pod_the_log_places_it_on(keys: Path) -> None:
     view = PodView("pod-2")
     deployed(view, "a")
-    seq = place(view, "a", "a-0", "pod-1")
+    seq = placed(view, "a", "a-0", "pod-1")
     guard = MeshGuard(Roster(keys / "principals.json"), view)
     claim = MeshClaim("agent:a", "a-0", seq)
     assert await guard.check(signed(keys, "pod-1", claim), "default") is None
     # Moved to pod-2: pod-1 no longer speaks for it, under the old placement or the new.
-    moved = place(view, "a", "a-0", "pod-2")
+    moved = placed(view, "a", "a-0", "pod-2")
     refused = await guard.check(signed(keys, "pod-1", claim), "default")
     assert refused == (
         "forbidden: the message claims replica 'a-0' of agent 'a' placed on pod-1 "
@@ -97,7 +69,7 @@ async def test_an_agent_speaks_through_the_pod_the_log_places_it_on(keys: Path) 
     assert await guard.check(signed(keys, "pod-2", again), "default") is None
     # Topics are global: an agent of another namespace may publish on one.
     deployed(view, "x", namespace="other")
-    outsider = MeshClaim("agent:x", "x-0", place(view, "x", "x-0", "pod-1"))
+    outsider = MeshClaim("agent:x", "x-0", placed(view, "x", "x-0", "pod-1"))
     assert await guard.check(signed(keys, "pod-1", outsider), None) is None
     assert (await guard.check(signed(keys, "pod-1", outsider), "default") or "").startswith(
         "forbidden: agent other/x may message agents of its own namespace alone"
@@ -115,7 +87,7 @@ async def test_a_placement_the_view_has_not_read_yet_is_waited_for(keys: Path) -
 
     async def read_on() -> None:
         await asyncio.sleep(0.2)
-        place(view, "a", "a-0", "pod-1")
+        placed(view, "a", "a-0", "pod-1")
 
     checking = asyncio.create_task(guard.check(signed(keys, "pod-1", ahead), "default"))
     await read_on()
@@ -134,7 +106,7 @@ async def test_a_placement_the_view_has_not_read_yet_is_waited_for(keys: Path) -
 async def test_every_signed_header_is_covered_by_the_signature(keys: Path, header: str) -> None:
     view = PodView("pod-2")
     deployed(view, "a")
-    seq = place(view, "a", "a-0", "pod-1")
+    seq = placed(view, "a", "a-0", "pod-1")
     sent = signed(keys, "pod-1", MeshClaim("agent:a", "a-0", seq))
     assert sent.headers is not None
     changed = {**sent.headers, header: sent.headers[header] + "1"}

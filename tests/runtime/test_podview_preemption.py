@@ -4,13 +4,9 @@ when it stops it (a replica moved off a lost pod is not saved: that pod is not i
 from __future__ import annotations
 
 from runtime.podview import PodView
-from schemas import Payload, event, events, market
+from schemas import events, market
 from schemas.specs import AgentSpec, ModuleRef
-
-
-def fold(view: PodView, *payloads: Payload) -> None:
-    for p in payloads:
-        view.fold(event(p, aggregate_id=p.agent_id, source="test"), view.applied_seq + 1)  # type: ignore[attr-defined]
+from tests.helpers.podviews import fold
 
 
 def test_a_preempted_placement_is_marked_and_a_moved_one_is_not() -> None:

@@ -5,36 +5,8 @@ placement for good, so a report in flight while a deletion was decided cannot st
 from __future__ import annotations
 
 from runtime.podview import MAX_WATCHED, PodView
-from schemas import Payload, event, events, outcomes
-from schemas.specs import AgentSpec, ModuleRef
-
-SPEC = AgentSpec(version="v1", module=ModuleRef(sha256="0" * 64))
-
-
-def fold(view: PodView, *payloads: Payload) -> None:
-    for p in payloads:
-        aggregate = getattr(p, "agent_id", None) or getattr(p, "command_id", None)
-        assert aggregate is not None
-        view.fold(event(p, aggregate_id=aggregate, source="test"), view.applied_seq + 1)
-
-
-def placed(view: PodView, agent: str = "a", replica: str = "a-0", pod: str = "p1") -> int:
-    """Deploy `agent` (if new) and place `replica` on `pod`; its placement."""
-    if agent not in view.agents:
-        fold(
-            view,
-            events.AgentDeployed(
-                agent_id=agent, namespace="default", name=agent, spec=SPEC, replicas=1
-            ),
-        )
-    fold(
-        view,
-        events.ReplicaRequested(agent_id=agent, replica_id=replica, version="v1", reason="t"),
-        events.ReplicaScheduled(
-            agent_id=agent, replica_id=replica, pod_id=pod, policy="t", reason=""
-        ),
-    )
-    return view.replicas[replica].placed_seq
+from schemas import events, outcomes
+from tests.helpers.podviews import fold, placed
 
 
 def rejected(command_id: str, rule: str | None) -> outcomes.CommandRejected:

@@ -18,11 +18,11 @@ from fastapi.responses import StreamingResponse
 
 from schemas import names
 from swarm.client.commands import closing
+from swarm.client.eventlog import Delivery, EventLog
+from swarm.client.lifecycle import cancel_and_wait
 from swarm.gateway.models import EventPage, LoggedEvent
 from swarm.gateway.problems import ProblemError
 from swarm.gateway.routes.common import GatewayDep, v1_router
-from swarm.kernel.eventlog import Delivery, EventLog
-from swarm.kernel.tasks import cancel_and_wait
 
 router = v1_router("events")
 

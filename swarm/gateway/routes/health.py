@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from schemas import names
+from swarm.client.eventlog import NoResponders, RequestTimeout
 from swarm.gateway.models import Health
 from swarm.gateway.problems import ProblemError, response_of, responses
-from swarm.kernel.eventlog import NoResponders, RequestTimeout
 
 #: No token here, but the request guard's limits on text and body size hold for every route.
 router = APIRouter(tags=["health"], responses=responses(400, 413, 500))

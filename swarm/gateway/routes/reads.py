@@ -14,6 +14,7 @@ from fastapi import Path, Query
 from schemas import names
 from swarm.client import market, trace
 from swarm.client.errors import ClientError, FieldProblem
+from swarm.client.eventlog import EventLogError, NotFound
 from swarm.client.logs import agent_lines, shown_levels
 from swarm.client.text import parse_time
 from swarm.gateway.models import AgentLogs, LogLine, MarketState, Trace, TraceNode
@@ -28,7 +29,6 @@ from swarm.gateway.routes.common import (
     v1_router,
 )
 from swarm.gateway.service import nats_unavailable
-from swarm.kernel.eventlog import EventLogError, NotFound
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

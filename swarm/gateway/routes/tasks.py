@@ -11,12 +11,12 @@ from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from schemas import names
+from swarm.client.access import MESSAGE_ROLE
+from swarm.client.eventlog import EventLogError
 from swarm.client.tasks import queue_task
-from swarm.domain.policy import MESSAGE_ROLE
 from swarm.gateway.models import TaskQueued
 from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import ActingDep, GatewayDep, judged, v1_router
-from swarm.kernel.eventlog import EventLogError
 
 router = v1_router()
 
