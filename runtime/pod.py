@@ -434,9 +434,11 @@ class Pod(Service):
             "heartbeats": heartbeat.beats if heartbeat is not None else 0,
             "probes_answered": heartbeat.answers if heartbeat is not None else 0,
             # Mesh messages the guard kept from the agents: not signed (or forged, or by a
-            # stranger), and signed but claiming what the signer may not.
+            # stranger, or answered elsewhere), signed but claiming what the signer may not,
+            # and taken already (a replay).
             "mesh_unauthenticated": self.guard.refused["unauthenticated"] if self.guard else 0,
             "mesh_forbidden": self.guard.refused["forbidden"] if self.guard else 0,
+            "mesh_replayed": self.guard.refused["replayed"] if self.guard else 0,
         }
 
 

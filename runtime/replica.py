@@ -682,7 +682,7 @@ class Replica:
         guard = self.deps.guard
         if guard is None:
             return None, None
-        reason, signature = await guard.admit(msg, namespace)
+        reason, signature = await guard.admit(msg, namespace, self.assignment.agent_id)
         if reason is not None:
             self.metrics.mesh_refused += 1
         return reason, signature
