@@ -125,6 +125,7 @@ class Pod(Service):
             interval_s=self.config.lease_s / 4,
             lag=self.clock.lag,
             stall_s=self.config.loop_stall_s,
+            credentials=self.settings.nats_credentials,
         )
         graceful = False
         try:

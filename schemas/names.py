@@ -298,8 +298,10 @@ def mesh_replica_subject(replica_id: str) -> str:
 
 # --- Scheduler market (queries answered by the scheduler, not the Hive) --------------------------
 
+#: The scheduler's queries (a `swarm up` stack lets its principal alone listen there).
+QUERY_MARKET_PREFIX: Final = f"{QUERY_PREFIX}.market"
 #: Offers with their current prices, and the most recent clearings with their reasons.
-QUERY_MARKET_STATE: Final = f"{QUERY_PREFIX}.market.state"
+QUERY_MARKET_STATE: Final = f"{QUERY_MARKET_PREFIX}.state"
 
 # --- Webhooks (subscriptions, their delivery records and dead letters) ---------------------------
 
