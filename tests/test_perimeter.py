@@ -25,13 +25,15 @@ from runtime.config import PodSettings
 from runtime.pod import Pod
 from schemas import commands, names
 from services.scheduler import Scheduler, SchedulerSettings
+from services.scheduler.autoscaler_service import AutoscalerService, AutoscalerSettings
 from swarm.client.market import ask_market
 from swarm.client.queries import HiveQueries
+from swarm.client.tasks import queue_task
 from swarm.devstack.principals import LISTING, add_user, issue
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.signing import CommandSigner, MeshClaim
-from tests.helpers.agents import COUNTER
+from tests.helpers.agents import COUNTER, ECHO
 from tests.helpers.pods import running_on, spec
 from tests.helpers.services import in_this_loop
 from tests.helpers.stack import Stack, running_stack
@@ -100,7 +102,9 @@ async def perimeter(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[P
             Settings(nats_url=stack.url, nats_credentials=keys / "scheduler.nk"),
             SchedulerSettings(principals_file=listing),
         )
-        config = PodSettings(id="pod-1", cache_dir=root / "pod-1", principals_file=listing)
+        config = PodSettings(
+            id="pod-1", cache_dir=root / "pod-1", principals_file=listing, metrics_interval_s=0.5
+        )
         pod = Pod(Settings(nats_url=stack.url, nats_credentials=keys / "pod-1.nk"), config)
         async with in_this_loop(scheduler, live_within=60), in_this_loop(pod, live_within=60):
             grant = commands.GrantAccess(user="ann", role="operator", namespace="default")
@@ -293,3 +297,35 @@ async def test_a_message_a_pod_reads_off_the_mesh_is_not_taken_again(
     finally:
         await ann.close()
         await spy.close()
+
+
+async def test_a_tasks_answer_comes_back_through_the_scheduler(perimeter: Perimeter) -> None:
+    """The task distributor (the scheduler's key) asks the replica over the mesh, answered
+    under its own inbox, and forwards the answer to the inbox ann's task names: the one
+    publish into another's inbox that is no response (`swarm task send --wait`)."""
+    deploy = commands.DeployAgent(name="worker", spec=spec(ECHO, task_queues=["jobs"]))
+    await perimeter.stack.send([(deploy, "user:t")])
+    await running_on(perimeter.stack, "worker", "pod-1")
+    distributor = AutoscalerService(
+        Settings(nats_url=perimeter.stack.url, nats_credentials=perimeter.keys / "scheduler.nk"),
+        AutoscalerSettings(step_s=60, stale_after_s=10),
+    )
+    ann = await perimeter.log_of("ann")
+    try:
+        async with in_this_loop(distributor, live_within=60):
+
+            async def known() -> bool:
+                loads = distributor.autoscaler.metrics.replicas.values()
+                return any("jobs" in load.last.task_queues for load in loads)
+
+            await wait_until(known, 60, "the worker's replica reported")
+            answers: asyncio.Queue[Any] = asyncio.Queue()
+            inbox = ann.new_inbox()
+            await ann.subscribe(inbox, answers.put)
+            await ann.flush()
+            await queue_task(ann, "jobs", b'{"task": 1}', reply_to=inbox)
+            answer = await asyncio.wait_for(answers.get(), 60)
+            assert answer.data == b'{"task": 1}'
+            assert distributor.tasks_done == 1
+    finally:
+        await ann.close()
