@@ -43,6 +43,8 @@ anyone, most tests) there is no guard at all, as the Hive checks no signatures w
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import math
 import time
@@ -89,14 +91,14 @@ class Remembered:
         self.capacity = capacity
         self.window_ms = window_ms
         #: (signature, agent id) -> signing time (ms, the sender's clock), in the order taken.
-        self._taken: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._taken: OrderedDict[tuple[bytes, str], int] = OrderedDict()
         #: The latest signing time forgotten before its window was over.
         self.floor_ms: float = -math.inf
 
     def __len__(self) -> int:
         return len(self._taken)
 
-    def take(self, key: tuple[str, str], signed_ms: int, now_ms: float) -> bool | None:
+    def take(self, key: tuple[bytes, str], signed_ms: int, now_ms: float) -> bool | None:
         """Remember `key` (signed at `signed_ms`) as taken: True when it was new, False when it
         was taken already, None when it may have been (signed no later than one forgotten
         early). On the event loop: nothing else runs between the look and the remembering."""
@@ -244,7 +246,14 @@ class MeshGuard:
         """Why `msg` must not be taken again by agent `agent_id` (None: it was not taken yet,
         and now it is)."""
         assert msg.headers is not None  # signed: `mesh_signature_of` found the headers
-        key = (msg.headers[names.HEADER_MESH_SIGNATURE], agent_id)
+        try:
+            # By its bytes, not its text: base64 decoding forgives padding, characters out of
+            # the alphabet and the last character's spare bits, so one signature has many
+            # spellings that all verify.
+            raw = base64.urlsafe_b64decode(msg.headers[names.HEADER_MESH_SIGNATURE] + "==")
+        except (binascii.Error, ValueError):
+            return "unauthenticated: the message's signature does not hold: it is not base64"
+        key = (raw, agent_id)
         now_ms = self.clock() * 1000
         new = self.taken.take(key, signature.time_ms, now_ms)
         if new:

@@ -7,6 +7,7 @@ runs the same through a real pod)."""
 from __future__ import annotations
 
 import asyncio
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,9 +184,25 @@ async def test_an_answer_goes_to_the_signer_alone_and_a_message_is_taken_once(
     assert await guard.check(one_way, None, "b") is None
     assert await guard.check(one_way, None, "c") is None
     assert (await guard.check(one_way, None, "c") or "").startswith("replayed:")
+    # Another spelling of the same signature (padding, a character out of the alphabet, the
+    # last character's spare bits) verifies as well: it is the same message.
+    assert message.headers is not None
+    signature = message.headers[names.HEADER_MESH_SIGNATURE]
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    spare = alphabet[alphabet.index(signature[-1]) ^ 1]
+    for spelling in (
+        signature + "=",
+        signature[:10] + "!" + signature[10:],
+        signature[:-1] + spare,
+    ):
+        again = Sent(
+            SUBJECT, b"hi", {**message.headers, names.HEADER_MESH_SIGNATURE: spelling}, own
+        )
+        assert mesh_signature_of(SUBJECT, b"hi", again.headers).valid  # type: ignore[union-attr]
+        assert (await guard.check(again, "default", "b") or "").startswith("replayed:")
     # The same body, signed again (as every Swarm sender does for every send): a new message.
     assert await guard.check(signed(keys, "pod-1", claim, own), "default", "b") is None
-    assert guard.refused == {"unauthenticated": 3, "replayed": 2}
+    assert guard.refused == {"unauthenticated": 3, "replayed": 5}
     assert len(guard.taken) == 4
 
 
@@ -195,22 +212,22 @@ def test_the_replay_memory_is_bounded_by_its_window_and_its_capacity() -> None:
     signed later is taken: memory stays bounded, and nothing replayable is forgotten."""
     memory = Remembered(capacity=3, window_ms=1000)
     now = 10_000.0
-    assert [memory.take((f"s{i}", "a"), 9_500 + i, now) for i in range(3)] == [True] * 3
-    assert memory.take(("s1", "a"), 9_501, now) is False
-    assert memory.take(("s1", "b"), 9_501, now) is True  # another agent's copy; s0 forgotten
+    assert [memory.take((b"s%d" % i, "a"), 9_500 + i, now) for i in range(3)] == [True] * 3
+    assert memory.take((b"s1", "a"), 9_501, now) is False
+    assert memory.take((b"s1", "b"), 9_501, now) is True  # another agent's copy; s0 forgotten
     assert len(memory) == 3
     assert memory.floor_ms == 9_500
     # s0 was forgotten early: signed no later than that, refused; after it, taken.
-    assert memory.take(("s0", "a"), 9_500, now) is None
-    assert memory.take(("s9", "a"), 9_499, now) is None
-    assert memory.take(("s3", "a"), 9_503, now) is True
+    assert memory.take((b"s0", "a"), 9_500, now) is None
+    assert memory.take((b"s9", "a"), 9_499, now) is None
+    assert memory.take((b"s3", "a"), 9_503, now) is True
     assert len(memory) == 3
     # Once their window is over, the entries go by themselves (the window check refuses
     # their replays then).
-    assert memory.take(("late", "a"), 11_000, 11_000.0) is True
+    assert memory.take((b"late", "a"), 11_000, 11_000.0) is True
     assert len(memory) == 1
     for i in range(10_000):
-        memory.take((f"flood{i}", "a"), 12_000 + i, 12_000.0 + i)
+        memory.take((b"flood%d" % i, "a"), 12_000 + i, 12_000.0 + i)
         assert len(memory) <= 3
     with pytest.raises(ValueError, match="at least one"):
         Remembered(capacity=0, window_ms=1000)
