@@ -154,9 +154,9 @@ async def test_nobody_publishes_into_another_principals_inbox(perimeter: Perimet
 
 
 async def test_answers_to_requests_still_go_through_once_each(perimeter: Perimeter) -> None:
-    """The Hive, the scheduler and the pods may not publish into inboxes, yet each answers a
-    request it received (once: a second answer is refused): queries, the market, a mesh
-    request and a liveness probe, as each principal's own client asks them."""
+    """The Hive and the pods may not publish into inboxes, yet each answers a request it
+    received (once: a second answer is refused): queries, a mesh request and a liveness probe,
+    as each principal's own client asks them; and the scheduler answers the market."""
     ann = await perimeter.log_of("ann")
     admin = await perimeter.log_of("admin")
     try:

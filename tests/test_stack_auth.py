@@ -23,10 +23,13 @@ from schemas import names
 from swarm.devstack import tls
 from swarm.devstack.principals import (
     FAMILIES,
+    SCHEDULER,
+    Principal,
     add_user,
     authorization,
     denied,
     issue,
+    permissions,
     role_of,
     rotate_user,
     users,
@@ -350,6 +353,12 @@ def test_every_role_but_the_owner_is_denied_removal_and_only_the_hive_writes_eve
         assert (f"{names.QUERY_PREFIX}.>" in subscribe) is (role != "hive")
     with pytest.raises(ValueError, match="unknown role"):
         denied("root")
+    # The scheduler's exceptions (the market, inboxes) are its principal's, not its name's.
+    for role, special in (("service", True), ("user", False)):
+        scheduler = permissions(Principal(SCHEDULER, role, Path("scheduler.nk"), "UKEY"))
+        assert (f"{names.QUERY_MARKET_PREFIX}.>" in scheduler.subscribe_allow) is special
+        assert (f"{names.INBOX_ROOT}.>" in scheduler.publish_deny) is not special
+        assert not scheduler.allow_responses
 
 
 def test_the_families_pods_are_allowed_name_every_subject_swarm_has() -> None:

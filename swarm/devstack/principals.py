@@ -30,10 +30,11 @@ Some subjects are bound to one principal (`permissions`):
   connects with, so nobody reads another's replies (a plain nats-py client passes
   `inbox_prefix=`). Nobody but the owner publishes into an inbox (`_INBOX.>`) except to answer
   a request it received: the server's `allow_responses` (one answer, within two minutes) for
-  the principals that answer requests (the Hive its queries, the scheduler its market, a pod
-  its agents' mesh messages and its probe), so nobody forges a reply to another's request.
-  The scheduler alone publishes into inboxes outright: it forwards a task's answer to the
-  inbox the task names (`swarm task send --wait`), which is no answer to a request it got.
+  the principals that answer requests (the Hive its queries, a pod its agents' mesh messages
+  and its probe), so nobody forges a reply to another's request. The scheduler alone
+  publishes into inboxes outright: it answers the market's queries, and forwards a task's
+  answer to the inbox the task names (`swarm task send --wait`), which is no answer to a
+  request it got.
 * A pod's reports: a pod principal is named by its pod id (`swarm up` runs pod `pod-<i>` with
   `SWARM_POD_ID=pod-<i>`), and publishes heartbeats, metrics and logs under that id alone and
   listens for its own liveness probe alone; no other role publishes those or listens for a
@@ -216,12 +217,12 @@ def permissions(principal: Principal) -> Permissions:
       (`names.inbox_prefix` of its public key; `swarm.kernel.connection` connects with it), so
       nobody reads another principal's replies. Nobody but the admin publishes into an inbox
       (`denied`) except to answer a request it received, once and within two minutes (the
-      server's `allow_responses` defaults): the Hive (queries), the scheduler (the market) and
-      the pods (the mesh, probes) answer, nobody else.
+      server's `allow_responses` defaults): the Hive (queries) and the pods (the mesh, probes)
+      answer, nobody else.
     * The scheduler (`SCHEDULER`) listens on the market's queries, which no other principal
-      may; and it publishes into inboxes, as it forwards a task's answer to the inbox the task
-      names (`swarm task send --wait`): that answer is no response to a request it received
-      (the task came from a stream), so `allow_responses` cannot let it through.
+      may; and it publishes into inboxes outright, as it forwards a task's answer to the inbox
+      the task names (`swarm task send --wait`): that answer is no response to a request it
+      received (the task came from a stream), so `allow_responses` cannot let it through.
     * A pod (the principal named by its pod id, as `swarm up` names them) publishes heartbeats,
       metrics and logs under its own id alone and listens for its own liveness probe alone.
       Deny wins over allow in NATS, so this takes allow lists: Swarm's subject families but
@@ -234,6 +235,7 @@ def permissions(principal: Principal) -> Permissions:
     if principal.role != "pod":
         subscribe_allow: tuple[str, ...] = (f"{names.ROOT}.>", inbox)
         if principal.role == "service" and principal.name == SCHEDULER:
+            # Its answers (the market's, tasks') go into inboxes outright.
             publish.remove(f"{names.INBOX_ROOT}.>")
             # Deny wins: the Hive's queries are denied by an allow list without them (a
             # query family added later is refused, not allowed).
@@ -243,7 +245,7 @@ def permissions(principal: Principal) -> Permissions:
                 f"{names.QUERY_MARKET_PREFIX}.>",
                 inbox,
             )
-        answers = principal.role == "hive" or principal.name == SCHEDULER
+        answers = principal.role == "hive"
         return Permissions(
             # `allow_responses` turns off the server's blanket allow: given back, but for what
             # `publish` denies.
