@@ -71,9 +71,9 @@ _POLL_S = 0.01
 #: Threads checking signatures: two cores' worth (this machine's), as libsodium frees the GIL.
 _CHECKERS = 2
 #: How many signatures taken within the window a pod remembers (`Remembered`): ~35 MB at most,
-#: and 800 messages a second for the whole window (a pod here answers ~1,000-2,000 a second
-#: at most, bench/security.py). Beyond, it forgets the oldest early and refuses what was signed
-#: before them.
+#: and 800 messages a second for the whole window (a pod here answered at most ~1,100 mesh
+#: requests a second unchecked, ~750 checked: bench/security.py). Beyond, it forgets the
+#: oldest early and refuses what was signed no later than those.
 MEMORY = 100_000
 
 
