@@ -226,11 +226,15 @@ async def mesh_bench(root: Path) -> AsyncIterator[tuple[EventLog, EventLog, Mesh
         await pods_registered(plane.log, {"pod-checked", "pod-open"})
         await deploy_echo(plane.log, "echo-checked", "on")
         await deploy_echo(plane.log, "echo-open", "off")
-        signed = EventLog(plane.log.nc, credentials=admin.seed_file)
-        claim = MeshClaim("user:bench")
-        await answering(signed, "echo-checked", claim)
-        await answering(plane.log, "echo-open", None)
-        yield signed, plane.log, claim
+        # Its own connection, answered under the owner's inbox prefix: a pod answers a signed
+        # message there alone (runtime/meshguard.py).
+        async with await EventLog.connect(
+            plane.url, name="bench-signed", credentials=admin.seed_file, ensure=False
+        ) as signed:
+            claim = MeshClaim("user:bench")
+            await answering(signed, "echo-checked", claim)
+            await answering(plane.log, "echo-open", None)
+            yield signed, plane.log, claim
 
 
 async def main() -> None:

@@ -32,6 +32,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
@@ -85,8 +86,11 @@ class Heartbeat:
         interval_s: float,
         lag: Callable[[], float],
         stall_s: float,
+        credentials: Path | None = None,
     ) -> None:
         self.url = url
+        #: The pod's nkey seed (its settings'); None: `$SWARM_NATS_CREDENTIALS` (`connect_nats`).
+        self.credentials = credentials
         self.pod_id = pod_id
         self.interval_s = interval_s
         self.stall_s = stall_s
@@ -191,6 +195,7 @@ class Heartbeat:
                     name=f"pod-{self.pod_id}-heartbeat",
                     timeout=_CONNECT_TIMEOUT_S,
                     on_error=on_error,
+                    credentials=self.credentials,
                 )
                 return EventLog(nc, timeout=_CONNECT_TIMEOUT_S)
             except CannotConnect as exc:

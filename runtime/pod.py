@@ -125,6 +125,7 @@ class Pod(Service):
             interval_s=self.config.lease_s / 4,
             lag=self.clock.lag,
             stall_s=self.config.loop_stall_s,
+            credentials=self.settings.nats_credentials,
         )
         graceful = False
         try:
@@ -434,9 +435,11 @@ class Pod(Service):
             "heartbeats": heartbeat.beats if heartbeat is not None else 0,
             "probes_answered": heartbeat.answers if heartbeat is not None else 0,
             # Mesh messages the guard kept from the agents: not signed (or forged, or by a
-            # stranger), and signed but claiming what the signer may not.
+            # stranger, or answered elsewhere), signed but claiming what the signer may not,
+            # and taken already (a replay).
             "mesh_unauthenticated": self.guard.refused["unauthenticated"] if self.guard else 0,
             "mesh_forbidden": self.guard.refused["forbidden"] if self.guard else 0,
+            "mesh_replayed": self.guard.refused["replayed"] if self.guard else 0,
         }
 
 

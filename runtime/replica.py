@@ -39,7 +39,8 @@ messages of one sender are handled in the order they arrived) until it is stoppe
   message is checked by the pod's `MeshGuard`, its claims before it reaches the mailbox and its
   signature on the guard's threads as it waits there (awaited before the agent is called, so
   checks run beside the calls of the messages before it); one it refuses (unsigned, forged,
-  a claim its signer may not make, an agent of another namespace) is answered with the reason
+  a claim its signer may not make, an agent of another namespace, an answer that would go to
+  another than its signer, one this agent took already) is answered with the reason
   as an error, or dropped if a topic message, and counted (`mesh_refused`). What the replica
   sends is signed with the pod's key as `agent:<agent id>` with its replica and placement
   (`MeshClaim`): its replies, on the requester's reply subject alone, and its agent's `send`s,
@@ -684,7 +685,7 @@ class Replica:
         guard = self.deps.guard
         if guard is None:
             return None, None
-        reason, signature = await guard.admit(msg, namespace)
+        reason, signature = await guard.admit(msg, namespace, self.assignment.agent_id)
         if reason is not None:
             self.metrics.mesh_refused += 1
         return reason, signature

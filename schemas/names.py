@@ -244,12 +244,15 @@ HEADER_AGENT_ERROR: Final = "Swarm-Error"
 #: Headers of a signed mesh message, request or reply (`swarm.kernel.signing.MeshClaim`): who
 #: signed (an nkey, `U…`), the identity it acts as (`user:<name>`, `service:<name>`,
 #: `agent:<agent id>`), for an agent the replica and its placement (the sequence of its
-#: `replica_scheduled` event), when it was signed (ms since the epoch), and the signature.
+#: `replica_scheduled` event), when it was signed (ms since the epoch), a nonce (random, so
+#: that two sends of the same body in one millisecond are two messages, not a replay: a pod
+#: refuses a signature it has taken already, runtime/meshguard.py), and the signature.
 HEADER_MESH_SIGNER: Final = "Swarm-Signer"
 HEADER_MESH_IDENTITY: Final = "Swarm-Identity"
 HEADER_MESH_REPLICA: Final = "Swarm-Replica"
 HEADER_MESH_PLACED: Final = "Swarm-Placed"
 HEADER_MESH_TIME: Final = "Swarm-Signed-At"
+HEADER_MESH_NONCE: Final = "Swarm-Nonce"
 HEADER_MESH_SIGNATURE: Final = "Swarm-Signature"
 # A query (`swarm.query.…`) is signed with three of the same headers: signer, signing time and
 # signature (`swarm.kernel.signing.CommandSigner.query_headers`). It claims no identity: a query
@@ -295,8 +298,10 @@ def mesh_replica_subject(replica_id: str) -> str:
 
 # --- Scheduler market (queries answered by the scheduler, not the Hive) --------------------------
 
+#: The scheduler's queries (a `swarm up` stack lets its principal alone listen there).
+QUERY_MARKET_PREFIX: Final = f"{QUERY_PREFIX}.market"
 #: Offers with their current prices, and the most recent clearings with their reasons.
-QUERY_MARKET_STATE: Final = f"{QUERY_PREFIX}.market.state"
+QUERY_MARKET_STATE: Final = f"{QUERY_MARKET_PREFIX}.state"
 
 # --- Webhooks (subscriptions, their delivery records and dead letters) ---------------------------
 

@@ -25,10 +25,13 @@ from schemas import names
 from swarm.devstack import principals, tls
 from swarm.devstack.principals import (
     FAMILIES,
+    SCHEDULER,
+    Principal,
     add_user,
     authorization,
     denied,
     issue,
+    permissions,
     role_of,
     rotate_user,
     users,
@@ -36,6 +39,7 @@ from swarm.devstack.principals import (
 from swarm.kernel import env
 from swarm.kernel.connection import CannotConnect, connect_nats, public_key
 from tests.helpers.cli_process import run_cli
+from tests.helpers.violations import Errors
 from tests.helpers.waiting import true, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -101,31 +105,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         }
     finally:
         swarm("down", "--data-dir", str(data_dir))
-
-
-class Errors:
-    """What the server told a client asynchronously (a permissions violation is not an
-    answer to the publish: the server sends it on its own)."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self.new = asyncio.Event()
-
-    async def hear(self, exc: Exception) -> None:
-        self.seen.append(str(exc))
-        self.new.set()
-
-    async def violation(self, subject: str) -> str:
-        async def wait() -> str:
-            while True:
-                found = [e for e in self.seen if "permissions violation" in e.lower()]
-                hit = [e for e in found if subject.lower() in e.lower()]
-                if hit:
-                    return hit[0]
-                self.new.clear()
-                await self.new.wait()
-
-        return await asyncio.wait_for(wait(), 30)
 
 
 async def connect_as(
@@ -401,11 +380,20 @@ def test_every_role_but_the_owner_is_denied_removal_and_only_the_hive_writes_eve
         assert role_of(service) == role
     assert denied("admin") == ([], [])
     for role in ("hive", "gateway", "webhooks", "service", "pod"):
-        publish, _ = denied(role)
+        publish, subscribe = denied(role)
         assert "$JS.API.STREAM.DELETE.>" in publish
         assert (names.EVENTS_ALL in publish) is (role != "hive")
+        # Inboxes are answered in (`allow_responses`), not published into (tests/test_perimeter.py).
+        assert f"{names.INBOX_ROOT}.>" in publish
+        assert (f"{names.QUERY_PREFIX}.>" in subscribe) is (role != "hive")
     with pytest.raises(ValueError, match="unknown role"):
         denied("root")
+    # The scheduler's exceptions (the market, inboxes) are its principal's, not its name's.
+    for role, special in (("service", True), ("user", False)):
+        scheduler = permissions(Principal(SCHEDULER, role, Path("scheduler.nk"), "UKEY"))
+        assert (f"{names.QUERY_MARKET_PREFIX}.>" in scheduler.subscribe_allow) is special
+        assert (f"{names.INBOX_ROOT}.>" in scheduler.publish_deny) is not special
+        assert not scheduler.allow_responses
 
 
 def test_the_families_pods_are_allowed_name_every_subject_swarm_has() -> None:

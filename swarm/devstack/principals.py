@@ -6,11 +6,14 @@ signature over the nonce it sends at connect). The server refuses anyone else: t
 anonymous user. Each principal has a role, and each role a set of NATS permissions:
 
 * `admin`: everything. The stack's owner (the CLI, `swarm up` itself) connects as `admin`.
-* `hive`: everything but removing what the log holds (streams, buckets, messages).
+* `hive`: everything but removing what the log holds (streams, buckets, messages); it alone
+  listens on the Hive's queries (`swarm.query.…` but the market's).
 * `gateway`, `webhooks`: as `service`, and they read and write the webhook signing secrets
   (the HTTP API stores a subscription's secret, the dispatcher signs with it).
 * `service` (scheduler, observer, any extra `--service`): no event (`swarm.evt.>`, the Hive
-  alone writes the log), no removal, no webhook secret, no listening on the mesh.
+  alone writes the log), no removal, no webhook secret, no listening on the mesh or on
+  queries. The scheduler's principal (`SCHEDULER`) alone listens on the market's queries
+  (`swarm.query.market.…`).
 * `pod`: as `service`, and it alone (with the owner) listens on the mesh (`swarm.mesh.>`): the
   agents' sandboxes run in pods, and answer there.
 * `user`: as `service`; the people `swarm user add` issues keys to (each acts as `user:<name>`).
@@ -25,7 +28,13 @@ Some subjects are bound to one principal (`permissions`):
 * Replies: every principal but the owner listens only under its own inbox prefix
   (`_INBOX.<its public key>`, `schemas.names.inbox_prefix`), which `swarm.kernel.connection`
   connects with, so nobody reads another's replies (a plain nats-py client passes
-  `inbox_prefix=`).
+  `inbox_prefix=`). Nobody but the owner publishes into an inbox (`_INBOX.>`) except to answer
+  a request it received: the server's `allow_responses` (one answer, within two minutes) for
+  the principals that answer requests (the Hive its queries, a pod its agents' mesh messages
+  and its probe), so nobody forges a reply to another's request. The scheduler alone
+  publishes into inboxes outright: it answers the market's queries, and forwards a task's
+  answer to the inbox the task names (`swarm task send --wait`), which is no answer to a
+  request it got.
 * A pod's reports: a pod principal is named by its pod id (`swarm up` runs pod `pod-<i>` with
   `SWARM_POD_ID=pod-<i>`), and publishes heartbeats, metrics and logs under that id alone and
   listens for its own liveness probe alone; no other role publishes those or listens for a
@@ -34,11 +43,8 @@ Some subjects are bound to one principal (`permissions`):
 What the permissions do not yet tell apart: a user's namespaces (the Hive holds a user's
 commands and queries to its roles, `swarm.domain.policy`, the pods its mesh messages; the log's
 streams are every principal's to read); which pod runs an agent (any pod may join an agent's
-mesh queue group: the mesh guard checks who sends, runtime/meshguard.py); who listens on
-`swarm.query.>` (anyone may, and answer in the Hive's queue group: a query is bound to its
-asker by its signature and reply subject, `swarm.kernel.queryguard`, its answer is not signed);
-and who may publish into someone else's inbox (a reply is not bound to its asker; the Hive's
-seal on outcomes and signed commands are what a reader checks).
+mesh queue group: the mesh guard checks who sends, and takes a message once,
+runtime/meshguard.py); and whose inbox a task names (the scheduler forwards an answer to any).
 
 The seeds are the `.nk` files NATS tools read (`nats --nkey`, nats-py's `nkeys_seed=`).
 The listener speaks TLS alone, with a certificate of the stack's own CA (`swarm.devstack.tls`).
@@ -58,6 +64,9 @@ from swarm.devstack.embedded import private_fd
 from swarm.domain.policy import ROLE_CLAIMS
 
 ADMIN: Final = "admin"
+#: The scheduler's principal (`swarm up` and docker-compose's init name it so, role `service`):
+#: it answers the market's queries (`names.QUERY_MARKET_PREFIX`) and forwards tasks' answers.
+SCHEDULER: Final = "scheduler"
 #: The role of the people `swarm user add` issues keys to.
 USER: Final = "user"
 #: The file `issue` lists the principals in, beside their seeds.
@@ -107,14 +116,22 @@ def _secrets() -> tuple[list[str], list[str]]:
 
 def denied(role: str) -> tuple[list[str], list[str]]:
     """The subjects `role` may not publish on, and may not subscribe to (what `permissions`
-    denies whoever holds the role; it also allows each principal only its own subjects)."""
+    denies whoever holds the role; it also allows each principal only its own subjects, and
+    lets the scheduler's principal answer the market: `SCHEDULER`)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     if role == ADMIN:
         return [], []
-    publish, subscribe = _removal(), []
+    # Another principal's inbox is its to be answered on: a principal publishes there only
+    # in answer to a request it received (`allow_responses`, which passes a deny).
+    publish, subscribe = [*_removal(), f"{names.INBOX_ROOT}.>"], []
     if role != "hive":
         publish.append(names.EVENTS_ALL)
+        # Queries are the Hive's to answer: a listener elsewhere reads what others ask, or
+        # answers for the Hive in its queue group.
+        subscribe.append(f"{names.QUERY_PREFIX}.>")
+    else:
+        subscribe.append(f"{names.QUERY_MARKET_PREFIX}.>")
     if role != "pod":
         # A pod's reports are its own (`permissions` binds them to its id); nobody else sends
         # them, or answers a pod's liveness probe for it.
@@ -198,7 +215,14 @@ def permissions(principal: Principal) -> Permissions:
 
     * Its replies: everyone but the admin subscribes only under its own inbox prefix
       (`names.inbox_prefix` of its public key; `swarm.kernel.connection` connects with it), so
-      nobody reads another principal's replies.
+      nobody reads another principal's replies. Nobody but the admin publishes into an inbox
+      (`denied`) except to answer a request it received, once and within two minutes (the
+      server's `allow_responses` defaults): the Hive (queries) and the pods (the mesh, probes)
+      answer, nobody else.
+    * The scheduler (`SCHEDULER`) listens on the market's queries, which no other principal
+      may; and it publishes into inboxes outright, as it forwards a task's answer to the inbox
+      the task names (`swarm task send --wait`): that answer is no response to a request it
+      received (the task came from a stream), so `allow_responses` cannot let it through.
     * A pod (the principal named by its pod id, as `swarm up` names them) publishes heartbeats,
       metrics and logs under its own id alone and listens for its own liveness probe alone.
       Deny wins over allow in NATS, so this takes allow lists: Swarm's subject families but
@@ -209,10 +233,27 @@ def permissions(principal: Principal) -> Permissions:
         return Permissions()
     inbox = f"{names.inbox_prefix(principal.public_key)}.>"
     if principal.role != "pod":
+        subscribe_allow: tuple[str, ...] = (f"{names.ROOT}.>", inbox)
+        if principal.role == "service" and principal.name == SCHEDULER:
+            # Its answers (the market's, tasks') go into inboxes outright.
+            publish.remove(f"{names.INBOX_ROOT}.>")
+            # Deny wins: the Hive's queries are denied by an allow list without them (a
+            # query family added later is refused, not allowed).
+            subscribe.remove(f"{names.QUERY_PREFIX}.>")
+            subscribe_allow = (
+                *_families_but(names.QUERY_PREFIX),
+                f"{names.QUERY_MARKET_PREFIX}.>",
+                inbox,
+            )
+        answers = principal.role == "hive"
         return Permissions(
+            # `allow_responses` turns off the server's blanket allow: given back, but for what
+            # `publish` denies.
+            publish_allow=(">",) if answers else (),
             publish_deny=tuple(publish),
-            subscribe_allow=(f"{names.ROOT}.>", inbox),
+            subscribe_allow=subscribe_allow,
             subscribe_deny=tuple(subscribe),
+            allow_responses=answers,
         )
     pod = principal.name
     own = (
@@ -224,16 +265,15 @@ def permissions(principal: Principal) -> Permissions:
             *_families_but(*_POD_REPORTS, names.PROBE_PREFIX, names.EVENTS_PREFIX),
             *own,
             *_JETSTREAM,
-            # Replies to requests it makes as a client of others (tasks, the mesh).
-            f"{names.INBOX_ROOT}.>",
         ),
         publish_deny=tuple(publish),
         subscribe_allow=(
-            *_families_but(names.PROBE_PREFIX, names.HEARTBEAT_PREFIX),
+            *_families_but(names.PROBE_PREFIX, names.HEARTBEAT_PREFIX, names.QUERY_PREFIX),
             names.probe_subject(pod),
             inbox,
         ),
         subscribe_deny=tuple(subscribe),
+        # Its answers to mesh requests and to its probe.
         allow_responses=True,
     )
 
@@ -428,6 +468,7 @@ __all__ = [
     "FAMILIES",
     "LISTING",
     "ROLES",
+    "SCHEDULER",
     "Permissions",
     "Principal",
     "Roster",

@@ -13,9 +13,9 @@ Signatures are deterministic, so a command sent again is the same bytes (and ded
 Mesh messages (requests to agents and their replies, `swarm.mesh.…`) are not stored and their
 body is the agent's own bytes, so their signature travels in headers instead
 (`names.HEADER_MESH_*`, `MeshClaim`): the signer, the identity it acts as, for an agent the
-replica and its placement, the time of signing, and an ed25519 signature over all of these with
-the subject and the body (`mesh_signature_of` checks it; the receiving pod decides what the
-signer may claim, runtime/meshguard.py).
+replica and its placement, the time of signing, a random nonce, and an ed25519 signature over
+all of these with the subject and the body (`mesh_signature_of` checks it; the receiving pod
+decides what the signer may claim, runtime/meshguard.py).
 
 Queries (`swarm.query.…`, request/reply, not stored) are signed in headers the same way, without
 a claim: a query is its signer's. The signature covers the subject, the time of signing and
@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,15 +86,19 @@ class CommandSigner:
         return signed[:-1] + _SIGNATURE + signature + b'"}'
 
     def mesh_headers(
-        self, subject: str, body: bytes, claim: MeshClaim, time_ms: int
+        self, subject: str, body: bytes, claim: MeshClaim, time_ms: int, nonce: str | None = None
     ) -> dict[str, str]:
-        """The headers that sign a mesh message on `subject` with `body`, sent as `claim`."""
-        signature = self._private.sign(_mesh_bytes(subject, claim, time_ms, body)).signature
+        """The headers that sign a mesh message on `subject` with `body`, sent as `claim`.
+        `nonce`: drawn afresh by default, so no two messages have one signature (a pod refuses
+        a signature it has seen, runtime/meshguard.py: a message sent again is signed again)."""
+        nonce = _b64(os.urandom(_NONCE_BYTES)) if nonce is None else nonce
+        signed = _mesh_bytes(subject, claim, time_ms, nonce, body)
         headers = {
             names.HEADER_MESH_SIGNER: self.public_key,
             names.HEADER_MESH_IDENTITY: claim.identity,
             names.HEADER_MESH_TIME: str(time_ms),
-            names.HEADER_MESH_SIGNATURE: _b64(signature),
+            names.HEADER_MESH_NONCE: nonce,
+            names.HEADER_MESH_SIGNATURE: _b64(self._private.sign(signed).signature),
         }
         if claim.replica:
             headers[names.HEADER_MESH_REPLICA] = claim.replica
@@ -133,16 +138,20 @@ class MeshSignature:
     valid: bool
     #: Why it does not hold.
     problem: str | None = None
+    #: The nonce it was signed with ("" when it carries none).
+    nonce: str = ""
 
 
 #: Bytes that begin every signed mesh message, so no other signed thing (a command) can pass
-#: for one.
-_MESH_DOMAIN = b"swarm.mesh.v1"
+#: for one. v2: with a nonce.
+_MESH_DOMAIN = b"swarm.mesh.v2"
+#: Random bytes of a mesh message's nonce: 96 bits, no collision in any pod's lifetime.
+_NONCE_BYTES = 12
 
 
-def _mesh_bytes(subject: str, claim: MeshClaim, time_ms: int, body: bytes) -> bytes:
+def _mesh_bytes(subject: str, claim: MeshClaim, time_ms: int, nonce: str, body: bytes) -> bytes:
     # Header values and subjects hold no newline: each field ends at one, the body comes last.
-    fields = (subject, claim.identity, claim.replica, str(claim.placed_seq), str(time_ms))
+    fields = (subject, claim.identity, claim.replica, str(claim.placed_seq), str(time_ms), nonce)
     return b"\n".join((_MESH_DOMAIN, *(f.encode() for f in fields), body))
 
 
@@ -166,10 +175,11 @@ def mesh_signature_of(
         time_ms = int(headers.get(names.HEADER_MESH_TIME, ""))
     except ValueError:
         return MeshSignature(signer, MeshClaim(""), 0, False, "its signing time is not a number")
-    signature = MeshSignature(signer, claim, time_ms, True)
+    nonce = headers.get(names.HEADER_MESH_NONCE, "")
+    signature = MeshSignature(signer, claim, time_ms, True, nonce=nonce)
     problem = verify_mesh(subject, body, headers, signature) if verify else None
     if problem is not None:
-        return MeshSignature(signer, claim, time_ms, False, problem)
+        return MeshSignature(signer, claim, time_ms, False, problem, nonce)
     return signature
 
 
@@ -183,7 +193,8 @@ def verify_mesh(
     try:
         key = _verify_key(signature.signer)
         raw = base64.urlsafe_b64decode(headers[names.HEADER_MESH_SIGNATURE].encode() + b"==")
-        key.verify(_mesh_bytes(subject, signature.claim, signature.time_ms, body), raw)
+        signed = _mesh_bytes(subject, signature.claim, signature.time_ms, signature.nonce, body)
+        key.verify(signed, raw)
     except (BadSignatureError, binascii.Error):
         return "the signature does not match the message"
     except ValueError as exc:

@@ -41,6 +41,7 @@ GROUPED_MODULES = frozenset(
         "tests/test_cli_autoscale.py",
         "tests/test_cli_views.py",
         "tests/test_compose.py",
+        "tests/test_perimeter.py",
         "tests/test_stack_auth.py",
         "tests/test_timeline_recorded.py",
     }

@@ -40,13 +40,15 @@ class Stack:
     #: With principals: a connection of the stack's owner (the listing's first admin), which
     #: signs the queries `query` asks, as the Hive then answers only its principals' queries.
     owner: EventLog | None = None
+    #: The key the Hive connects with (a server that admits principals alone); None: none.
+    hive_credentials: Path | None = None
 
     async def start_hive(self) -> None:
         """One Hive replica in this process. Each start gets a new Raft directory: the replica
         rebuilds its state from the log, as a replacement replica would."""
         self.hive_starts += 1
         hive = self.hive = Hive(
-            Settings(nats_url=self.url),
+            Settings(nats_url=self.url, nats_credentials=self.hive_credentials),
             HiveSettings(
                 raft_self=f"127.0.0.1:{free_port()}",
                 raft_password="secret-123",
@@ -142,16 +144,26 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(root: Path, *, principals_file: Path | None = None) -> AsyncIterator[Stack]:
+async def running_stack(
+    root: Path, *, principals_file: Path | None = None, authorize: bool = False
+) -> AsyncIterator[Stack]:
     """A fresh nats-server (so no other test's streams or consumers leak in) and one Hive (taking
-    only commands signed by the principals `principals_file` lists, when given)."""
-    with own_nats(root / "nats") as url:
-        stack = Stack(
-            url, await EventLog.connect(url, name="test"), root, principals_file=principals_file
+    only commands signed by the principals `principals_file` lists, when given). `authorize`:
+    the server admits those principals alone, with their roles' permissions (as `swarm up`'s);
+    `client` is then the owner's, and the Hive connects as the listing's first `hive`."""
+    listed = list(load(principals_file).values()) if principals_file is not None else []
+    if authorize and principals_file is None:
+        raise ValueError("a server that admits principals alone needs their listing")
+    owner = next((p for p in listed if p.role == ADMIN), None)
+    with own_nats(root / "nats", principals_file=principals_file if authorize else None) as url:
+        client = await EventLog.connect(
+            url, name="test", credentials=owner.seed_file if authorize and owner else None
         )
+        stack = Stack(url, client, root, principals_file=principals_file)
+        if authorize:
+            stack.hive_credentials = next(p.seed_file for p in listed if p.role == "hive")
         try:
-            if principals_file is not None:
-                owner = next(p for p in load(principals_file).values() if p.role == ADMIN)
+            if owner is not None:
                 stack.owner = await EventLog.connect(
                     url, name="test-owner", credentials=owner.seed_file, ensure=False
                 )

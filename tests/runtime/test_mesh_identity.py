@@ -8,6 +8,7 @@ answered with the refusal a user would read while the agent sees nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import time
@@ -58,6 +59,9 @@ class Mesh:
     pod: Pod
     #: The stack's connection, signing as the owner.
     admin: EventLog
+    #: Ann's connection, signing as ann and answered under her own inbox prefix (where a pod
+    #: answers a message she signed).
+    ann: EventLog
 
     def signer(self, name: str) -> CommandSigner:
         return CommandSigner.from_seed_file(self.keys / f"{name}.nk")
@@ -113,7 +117,10 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
             for name in ("counter", "forwarder"):
                 await running_on(stack, name, "pod-1")
             await wait_until(lambda: _running(pod, 3), 30, "three replicas running on pod-1")
-            yield Mesh(stack, keys, pod, admin)
+            async with await EventLog.connect(
+                stack.url, name="ann", credentials=keys / "ann.nk", ensure=False
+            ) as ann:
+                yield Mesh(stack, keys, pod, admin, ann)
 
 
 async def _running(pod: Pod, n: int) -> bool:
@@ -125,8 +132,7 @@ COUNTER_SUBJECT = names.mesh_agent_subject("default", "counter")
 
 async def count(mesh: Mesh) -> int:
     """One message to the counter, signed as user ann by her own key: its new count."""
-    log = EventLog(mesh.stack.client.nc, credentials=mesh.keys / "ann.nk")
-    reply = await log.request(COUNTER_SUBJECT, b"+1", timeout=10, claim=MeshClaim("user:ann"))
+    reply = await mesh.ann.request(COUNTER_SUBJECT, b"+1", timeout=10, claim=MeshClaim("user:ann"))
     assert not (reply.headers or {}).get(names.HEADER_AGENT_ERROR), reply.data
     value: int = struct.unpack("<q", reply.data)[0]
     return value
@@ -136,7 +142,7 @@ async def test_a_signed_message_is_answered_and_the_answer_says_who_answered(
     mesh: Mesh,
 ) -> None:
     assert await count(mesh) == 1
-    log = EventLog(mesh.stack.client.nc, credentials=mesh.keys / "ann.nk")
+    log = mesh.ann
     reply = await log.request(COUNTER_SUBJECT, b"+1", timeout=10, claim=MeshClaim("user:ann"))
     answer = mesh_signature_of(reply.subject, reply.data, reply.headers)
     assert answer is not None
@@ -173,9 +179,13 @@ def _error(reply: Any) -> str:
 async def test_mesh_impersonation_is_refused_before_the_agent_sees_it(
     mesh: Mesh, tmp_path: Path
 ) -> None:
-    attacker = await nats.connect(mesh.stack.url, name="attacker")
-    counter = mesh.replica("counter")
     ann = mesh.signer("ann")
+    # Answered under ann's inbox prefix, as her own client is (where the test's server lets
+    # anyone listen, a `swarm up` stack ann alone): what is tried here is the rest of the guard.
+    attacker = await nats.connect(
+        mesh.stack.url, name="attacker", inbox_prefix=names.inbox_prefix(ann.public_key)
+    )
+    counter = mesh.replica("counter")
     now = time.time_ns() // 1_000_000
 
     async def ask(headers: dict[str, str] | None, body: bytes = b"+1") -> str:
@@ -253,7 +263,7 @@ async def test_a_user_messages_only_the_agents_of_the_namespaces_where_it_runs_a
 ) -> None:
     """Ann is an operator of `default` alone: her message to an agent of `other` is refused by
     the pod until the owner makes her an operator there too (a viewer does not message)."""
-    log = EventLog(mesh.stack.client.nc, credentials=mesh.keys / "ann.nk")
+    log = mesh.ann
     subject = names.mesh_agent_subject("other", "forwarder")
 
     async def ask() -> Any:
@@ -280,3 +290,60 @@ async def test_a_user_messages_only_the_agents_of_the_namespaces_where_it_runs_a
             assert "it needs role operator there and holds viewer" in _error(reply)
     assert not (reply.headers or {}).get(names.HEADER_AGENT_ERROR), reply.data
     assert mesh.replica("forwarder", "other").metrics.mesh_refused == 2
+
+
+async def test_a_message_read_off_the_wire_is_taken_once_and_answered_to_its_signer_alone(
+    mesh: Mesh,
+) -> None:
+    """Ann's signed message, read off the wire (on a `swarm up` stack only pods and the owner
+    may read the mesh) and sent again within its window: as it was, it is refused as a replay;
+    with another reply subject, for where its answer would go. The agent counts once; ann's
+    client sending the same body again (signed again) is answered."""
+    counter = mesh.replica("counter")
+    ann = mesh.signer("ann")
+    own = names.inbox_prefix(ann.public_key)
+    tap = await nats.connect(mesh.stack.url, name="tap")
+    as_ann = await nats.connect(mesh.stack.url, name="ann", inbox_prefix=own)
+    try:
+        captured: asyncio.Queue[Any] = asyncio.Queue()
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        await tap.subscribe(COUNTER_SUBJECT, cb=captured.put)
+        inbox = f"{own}.replayed"
+        await as_ann.subscribe(inbox, cb=answers.put)
+        for nc in (tap, as_ann):
+            await nc.flush()
+        now = time.time_ns() // 1_000_000
+        headers = ann.mesh_headers(COUNTER_SUBJECT, b"+1", MeshClaim("user:ann"), now)
+        await as_ann.publish(COUNTER_SUBJECT, b"+1", reply=inbox, headers=headers)
+        first = await asyncio.wait_for(answers.get(), 10)
+        assert not (first.headers or {}).get(names.HEADER_AGENT_ERROR), first.data
+        assert struct.unpack("<q", first.data) == (1,)
+        original = await asyncio.wait_for(captured.get(), 10)
+        assert original.reply == inbox
+
+        # As it was, to the same inbox: refused, and ann hears why.
+        await tap.publish(
+            original.subject, original.data, reply=original.reply, headers=original.headers
+        )
+        again = await asyncio.wait_for(answers.get(), 10)
+        assert _error(again).startswith(
+            "replayed: the message (signed 0 s ago) was taken already: a message sent again "
+            "must be signed again"
+        )
+        # With the replayer's own reply subject: refused, for where its answer would go.
+        stolen = await tap.request(
+            original.subject, original.data, timeout=10, headers=original.headers
+        )
+        assert _error(stolen).startswith(
+            "unauthenticated: the message is signed by ann but its answer would go to '_INBOX."
+        )
+        assert f"not under ann's own inbox prefix {own}" in _error(stolen)
+        # The same body from ann's client, signed again: a new message, counted.
+        assert await count(mesh) == 2
+        assert counter.metrics.calls == 2
+        assert counter.metrics.mesh_refused == 2
+        metrics = mesh.pod.metrics_json()
+        assert (metrics["mesh_replayed"], metrics["mesh_unauthenticated"]) == (1, 1)
+    finally:
+        await tap.close()
+        await as_ann.close()

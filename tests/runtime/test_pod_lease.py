@@ -148,6 +148,7 @@ async def test_a_pod_answers_probes_publishes_its_lag_and_leaves_no_thread_behin
                 "probes_answered",
                 "mesh_unauthenticated",
                 "mesh_forbidden",
+                "mesh_replayed",
             }
             assert metrics[0]["pod"]["loop_lag_ms"] >= 0
         # Stopped: the thread is joined and its connection closed.
