@@ -1243,6 +1243,7 @@ async def _answered_by(log: EventLog, reply: Message, namespace: str, name: str)
     (`swarm.domain.policy.answer_refusal`; the Hive says where the agent's replicas are, having
     read the log at least as far as the answer's placement). An unsigned answer is taken: the
     stack's pods sign when given its principals, an external server's may not."""
+    from schemas import names
     from schemas.views import AgentDetailView
     from swarm.cli.queries import HiveQueries
     from swarm.client.access import answer_refusal
@@ -1262,13 +1263,17 @@ async def _answered_by(log: EventLog, reply: Message, namespace: str, name: str)
     principal = load(listing).get(answer.signer)
     signer = (principal.name, principal.role) if principal is not None else None
     claim = answer.claim
+    shown = f"{namespace}/{name}"
+    if (reply.headers or {}).get(names.HEADER_AGENT_ERROR):
+        # A pod's refusal ("forbidden: …"): its asker may not be allowed to read where the
+        # agent runs, and it carries nothing of the agent's.
+        return answer_refusal(signer, claim.identity, claim.replica, ("", shown), None)
     try:
         found = await HiveQueries(log).agent(namespace, name, at_least=claim.placed_seq)
     except ClientError as exc:  # no Hive answered, or the agent is gone meanwhile
         return f"who answered cannot be checked: {exc}"
     agent = parse_views(AgentDetailView, [found])[0]
     placed = {r.replica_id: r.pod_id for r in agent.instances}
-    shown = f"{namespace}/{name}"
     return answer_refusal(signer, claim.identity, claim.replica, (agent.agent_id, shown), placed)
 
 

@@ -69,7 +69,7 @@ def answer_refusal(
     identity: str,
     replica: str,
     agent: tuple[str, str],
-    placed: Mapping[str, str | None],
+    placed: Mapping[str, str | None] | None,
 ) -> str | None:
     """Why a signed answer from an agent's mesh subject is not that agent's, or None.
 
@@ -78,11 +78,15 @@ def answer_refusal(
     `namespace/name` to say so); `placed` maps each of its replicas to the pod the log places
     it on, as the reader's view of the log knows it (at least as far as the answer's placement).
     Any pod may listen on any agent's subject (NATS does not tell pods apart), so an answer
-    counts only from the pod that runs the replica it names, speaking as that agent."""
+    counts only from the pod that runs the replica it names, speaking as that agent. With
+    `placed` None (a pod's refusal: it carries nothing of the agent's, and its asker may not be
+    allowed to read where the agent runs), a pod of the stack speaking for an agent is enough."""
     agent_id, shown = agent
     if signer is None or signer[1] != "pod" or not identity.startswith("agent:"):
         who = f"{signer[0]} (role {signer[1]})" if signer else "a key the stack did not issue"
         return f"the answer is signed by {who} as {identity!r}, not by a pod for the agent"
+    if placed is None:
+        return None
     if identity.removeprefix("agent:") != agent_id:
         return f"the answer speaks as {identity!r}, not as {shown} (agent:{agent_id})"
     if replica not in placed:

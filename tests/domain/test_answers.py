@@ -13,6 +13,13 @@ AGENT = ("a1", "default/echo")
 PLACED = {"a1-0": "pod-1", "a1-1": None}
 
 
+def test_a_refusal_needs_a_pod_speaking_for_an_agent_alone() -> None:
+    assert answer_refusal(("pod-9", "pod"), "agent:a1", "a1-0", AGENT, None) is None
+    refused = answer_refusal(("ann", "user"), "agent:a1", "a1-0", AGENT, None)
+    assert refused is not None
+    assert "not by a pod for the agent" in refused
+
+
 @pytest.mark.parametrize(
     ("signer", "identity", "replica", "reason"),
     [
