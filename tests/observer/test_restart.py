@@ -42,6 +42,10 @@ ENV = {
     "SWARM_OBSERVER_WARMUP_WINDOWS": "4",
     "SWARM_OBSERVER_FETCH_BATCH": "20",
     "SWARM_OBSERVER_STORE_BEHAVIOUR": "false",
+    # Shared by the three observers, as `swarm up` shares one: a report a killed observer sent
+    # before its batch was committed is sent again, with the same id, only if the key is the
+    # same (each process draws its own otherwise, and JetStream keeps both).
+    "SWARM_COMMAND_ID_SECRET": "observer-restart-test-secret",
 }
 CONFIG = ObserverSettings(window_s=1, warmup_windows=4, store_behaviour=False)
 MALFORMED = b'{"pod_id": "p1", "replicas": [{"agent_id": "agent-1"}]}'
