@@ -47,7 +47,7 @@ from swarm.devstack.embedded import die_with_parent, free_port, nats_server_bina
 from swarm.domain.policy import may_claim
 from swarm.gateway import GatewaySettings
 from swarm.kernel import env as env_names
-from swarm.kernel.connection import CannotConnect, connect_nats
+from swarm.kernel.connection import CannotConnect, connect_nats, settle
 from swarm.kernel.settings import Settings
 from tests.helpers.waiting import wait_until
 
@@ -893,12 +893,12 @@ async def test_a_pod_may_not_publish_events(secured_cluster: LocalCluster) -> No
     pod = await _connect(secured_cluster, "pod-1", url=url, on_error=on_error)
     try:
         seen = await owner.subscribe(f"{names.ROOT}.>")
-        await owner.flush()
+        await settle(owner, 10)
         await pod.publish(f"{names.EVENTS_PREFIX}.forged", b"{}")
         # What a pod may send (its own heartbeat), after it: messages from one connection
         # arrive in order, so the heartbeat coming first means the event was dropped.
         await pod.publish(names.heartbeat_subject("pod-1"), b"{}")
-        await pod.flush()
+        await settle(pod, 10)
         first = await seen.next_msg(timeout=30)
         assert first.subject == names.heartbeat_subject("pod-1")
         await asyncio.wait_for(refused.wait(), timeout=30)

@@ -30,6 +30,7 @@ from swarm.client.market import ask_market
 from swarm.client.queries import HiveQueries
 from swarm.client.tasks import queue_task
 from swarm.devstack.principals import LISTING, add_user, issue
+from swarm.kernel.connection import settle
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.signing import CommandSigner, MeshClaim
@@ -128,7 +129,7 @@ async def test_nobody_publishes_into_another_principals_inbox(perimeter: Perimet
         heard: asyncio.Queue[Any] = asyncio.Queue()
         target = f"{perimeter.inbox('ann')}.awaited.1"
         await ann.subscribe(target, cb=heard.put)
-        await ann.flush()
+        await settle(ann, 10)
         for forger in ("pod-2", "observer", "gateway", "bob", "hive"):
             nc, errors = await perimeter.connect(forger)
             try:
@@ -143,7 +144,7 @@ async def test_nobody_publishes_into_another_principals_inbox(perimeter: Perimet
             nc, errors = await perimeter.connect(sender)
             try:
                 await nc.publish(target, sender.encode())
-                await nc.flush()
+                await settle(nc, 10)
                 assert (await asyncio.wait_for(heard.get(), 10)).data == sender.encode()
                 assert errors.seen == []
             finally:
@@ -185,7 +186,7 @@ async def test_answers_to_requests_still_go_through_once_each(perimeter: Perimet
             answered.set_result(msg.reply)
 
         await pod.subscribe(names.probe_subject("pod-2"), cb=answer_twice)
-        await pod.flush()
+        await settle(pod, 10)
         first = await hive.request(names.probe_subject("pod-2"), b"", timeout=30)
         assert first.data == b"first"
         assert "publish" in (await pod_errors.violation(await answered)).lower()
@@ -217,7 +218,7 @@ async def test_only_the_answering_services_listen_on_queries(perimeter: Perimete
         nc, errors = await perimeter.connect(name)
         try:
             await nc.subscribe(subject, queue=queue)
-            await nc.flush()
+            await settle(nc, 10)
             violation = await errors.violation(subject)
             assert "subscription" in violation.lower(), (name, violation)
         finally:
@@ -229,7 +230,7 @@ async def test_only_the_answering_services_listen_on_queries(perimeter: Perimete
     try:
         asked: asyncio.Queue[Any] = asyncio.Queue()
         await scheduler.subscribe(names.QUERY_MARKET_STATE, cb=asked.put)
-        await scheduler.flush()
+        await settle(scheduler, 10)
         assert "offers" in await ask_market(owner, 5)
         assert (await asyncio.wait_for(asked.get(), 10)).subject == names.QUERY_MARKET_STATE
         assert errors.seen == []
@@ -258,7 +259,7 @@ async def test_a_message_a_pod_reads_off_the_mesh_is_not_taken_again(
         inbox = f"{perimeter.inbox('ann')}.counted"
         await ann.subscribe(inbox, cb=answers.put)
         for nc in (spy, ann):
-            await nc.flush()
+            await settle(nc, 10)
         signer = perimeter.signer("ann")
         headers = signer.mesh_headers(
             COUNTER_SUBJECT, b"+1", MeshClaim("user:ann"), time.time_ns() // 1_000_000

@@ -37,7 +37,7 @@ from swarm.devstack.principals import (
     users,
 )
 from swarm.kernel import env
-from swarm.kernel.connection import CannotConnect, connect_nats, public_key
+from swarm.kernel.connection import CannotConnect, connect_nats, public_key, settle
 from tests.helpers.cli_process import run_cli
 from tests.helpers.violations import Errors
 from tests.helpers.waiting import true, wait_until
@@ -54,6 +54,7 @@ import asyncio, os
 from pathlib import Path
 from swarm.kernel.connection import connect_nats
 from swarm.kernel.signing import CommandSigner
+from swarm.kernel.connection import settle
 
 async def main():
     seed = Path(os.environ["SWARM_NATS_CREDENTIALS"])
@@ -243,7 +244,7 @@ async def test_only_a_pod_listens_on_the_mesh(stack: dict[str, Any]) -> None:
     webhooks, errors = await connect_as(stack, "webhooks")
     try:
         await webhooks.subscribe(subject, queue="mesh")
-        await webhooks.flush()
+        await settle(webhooks, 10)
         assert "subscription" in await errors.violation(subject)
     finally:
         await webhooks.close()
@@ -276,7 +277,7 @@ async def test_a_pod_reports_and_answers_probes_under_its_own_id_alone(
             beats.put_nowait(msg.subject)
 
         await hive.subscribe(f"{names.HEARTBEAT_PREFIX}.*", cb=on_beat)
-        await hive.flush()
+        await settle(hive, 10)
         other = "pod-3"
         forged = [
             names.heartbeat_subject(other),
@@ -300,7 +301,7 @@ async def test_a_pod_reports_and_answers_probes_under_its_own_id_alone(
             await msg.respond(b"here")
 
         await pod.subscribe(names.probe_subject("pod-7"), cb=answer)
-        await pod.flush()
+        await settle(pod, 10)
         reply = await hive.request(names.probe_subject("pod-7"), b"", timeout=30)
         assert reply.data == b"here"
         assert hive_errors.seen == []

@@ -16,6 +16,7 @@ from schemas import names
 from swarm.cli.stack import _hive_view
 from swarm.devstack.stack import StackPhase, StackReport, StackState, started_after_boot
 from swarm.devstack.supervisor import ServiceState, ServiceStatus
+from swarm.kernel.connection import settle
 from swarm.kernel.eventlog import EventLog
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,7 +60,7 @@ async def test_forged_and_missing_answers_are_replicas_that_do_not_answer(
 
         subs.append(await log.nc.subscribe(f"{names.QUERY_STATUS}.{node}", cb=reply))
     try:
-        await log.nc.flush()
+        await settle(log.nc, 10)
         view = await asyncio.to_thread(_hive_view, report(tmp_path, nats_url, 4))
     finally:
         for sub in subs:

@@ -57,7 +57,7 @@ from nats.js.errors import (
 
 from schemas import names
 from swarm.kernel import env
-from swarm.kernel.connection import CannotConnect, connect_nats
+from swarm.kernel.connection import CannotConnect, connect_nats, settle
 from swarm.kernel.streams import ensure_streams
 
 if TYPE_CHECKING:
@@ -640,9 +640,9 @@ class EventLog:
         return Subscription(sub)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until the server has everything sent so far."""
+        """Wait until the server has read everything sent so far (`settle`)."""
         with translated():
-            await self.nc.flush(timeout=max(1, round(self.timeout if timeout is None else timeout)))
+            await settle(self.nc, self.timeout if timeout is None else timeout)
 
     # -- reading stored messages by position -------------------------------------------------------
 

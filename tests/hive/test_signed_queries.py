@@ -24,6 +24,7 @@ from swarm.client.market import ask_market
 from swarm.client.queries import HiveQueries, QueryFailed
 from swarm.client.swarm import Swarm
 from swarm.devstack.principals import LISTING, add_user, issue, load
+from swarm.kernel.connection import settle
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.signing import CommandSigner
@@ -247,7 +248,7 @@ async def test_forged_stranger_stale_and_replayed_queries_are_refused(
             await captured.put(msg)
 
         tap = await elsewhere.subscribe(subject, cb=capture)
-        await elsewhere.flush()
+        await settle(elsewhere, 10)
         log, queries = await ask(signed, "ann")
         async with log:
             assert [a["name"] for a in await queries.agents(None)] == ["a"]

@@ -26,6 +26,7 @@ from runtime.replica import Replica
 from schemas import command, commands, names
 from services.scheduler import Scheduler, SchedulerSettings
 from swarm.devstack.principals import issue
+from swarm.kernel.connection import settle
 from swarm.kernel.eventlog import EventLog
 from swarm.kernel.settings import Settings
 from swarm.kernel.signing import CommandSigner, MeshClaim, mesh_signature_of
@@ -311,7 +312,7 @@ async def test_a_message_read_off_the_wire_is_taken_once_and_answered_to_its_sig
         inbox = f"{own}.replayed"
         await as_ann.subscribe(inbox, cb=answers.put)
         for nc in (tap, as_ann):
-            await nc.flush()
+            await settle(nc, 10)
         now = time.time_ns() // 1_000_000
         headers = ann.mesh_headers(COUNTER_SUBJECT, b"+1", MeshClaim("user:ann"), now)
         await as_ann.publish(COUNTER_SUBJECT, b"+1", reply=inbox, headers=headers)
