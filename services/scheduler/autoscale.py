@@ -456,6 +456,14 @@ def _placed(a: Autoscaler, e: events.ReplicaScheduled) -> None:
     a.placed[e.replica_id] = (e.agent_id, e.pod_id)
 
 
+@_on(events.ReplicaStopped)
+@_on(events.ReplicaFailed)
+def _gone(a: Autoscaler, e: events.ReplicaStopped | events.ReplicaFailed) -> None:
+    # A replica stopped or given up on answers nothing more (one restarted after a crash keeps
+    # its place until the log schedules it again): the map follows the replicas that are.
+    a.placed.pop(e.replica_id, None)
+
+
 @_on(events.AgentDeleted)
 def _deleted(a: Autoscaler, e: events.AgentDeleted) -> None:
     for replica_id in [r for r, (agent_id, _) in a.placed.items() if agent_id == e.agent_id]:

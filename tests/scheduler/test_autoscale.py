@@ -292,6 +292,30 @@ def test_pending_requests_stopped_agents_and_policy_changes() -> None:
     assert scaler.agents == {}
 
 
+def test_who_may_answer_for_a_replica_follows_the_log() -> None:
+    """`placed`: where the log last placed each replica, until it is stopped, given up on or
+    its agent deleted; a replica moved to another pod is answered for by that pod alone."""
+    scaler = Autoscaler(step_s=1.0, stale_after_s=5.0)
+    scaler.fold(deployed(AutoscalePolicy(max_replicas=4, target_rate=10.0)), 1)
+
+    def scheduled(replica: str, pod: str) -> Any:
+        return envelope(
+            e.ReplicaScheduled(
+                agent_id="a1", replica_id=replica, pod_id=pod, policy="spread", reason="t"
+            )
+        )
+
+    for seq, (replica, pod) in enumerate([("r1", "p1"), ("r2", "p1"), ("r3", "p2")], start=2):
+        scaler.fold(scheduled(replica, pod), seq)
+    scaler.fold(scheduled("r2", "p2"), 5)
+    assert scaler.placed == {"r1": ("a1", "p1"), "r2": ("a1", "p2"), "r3": ("a1", "p2")}
+    scaler.fold(envelope(e.ReplicaStopped(agent_id="a1", replica_id="r1", reason="scale")), 6)
+    scaler.fold(envelope(e.ReplicaFailed(agent_id="a1", replica_id="r3", reason="crashes")), 7)
+    assert scaler.placed == {"r2": ("a1", "p2")}
+    scaler.fold(envelope(e.AgentDeleted(agent_id="a1", reason="x")), 8)
+    assert scaler.placed == {}
+
+
 # --- the Hive's side -----------------------------------------------------------------------------
 
 
