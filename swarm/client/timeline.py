@@ -424,14 +424,13 @@ async def history(
         subjects=subjects,
         end=min(end, filters.to_seq or end),
     )
-    async with closing(batches) as reading:
-        async for batch in reading:
-            for delivery in batch:
-                entry = LogEntry.of(stream, delivery)
-                if filters.past_end(entry):
-                    return
-                if filters.matches(entry):
-                    yield entry
+    async with (
+        closing(batches) as reading,
+        aclosing(_each(reading)) as deliveries,
+        aclosing(_matching(stream, deliveries, filters)) as found,
+    ):
+        async for entry in found:
+            yield entry
 
 
 async def live(
@@ -445,13 +444,30 @@ async def live(
         return
     start = max(after + 1, filters.from_seq or 0)
     replay = log.replay(stream, start_seq=start, subjects=subjects, follow=True)
-    async with closing(replay) as deliveries:
-        async for delivery in deliveries:
-            entry = LogEntry.of(stream, delivery)
-            if filters.past_end(entry):
-                return
-            if filters.matches(entry):
-                yield entry
+    async with (
+        closing(replay) as deliveries,
+        aclosing(_matching(stream, deliveries, filters)) as found,
+    ):
+        async for entry in found:
+            yield entry
+
+
+async def _each(batches: AsyncIterator[Sequence[Delivery]]) -> AsyncGenerator[Delivery, None]:
+    async for batch in batches:
+        for delivery in batch:
+            yield delivery
+
+
+async def _matching(
+    stream: str, deliveries: AsyncIterator[Delivery], filters: Filters
+) -> AsyncGenerator[LogEntry, None]:
+    """The entries of `deliveries` that `filters` match, up to the first past their end."""
+    async for delivery in deliveries:
+        entry = LogEntry.of(stream, delivery)
+        if filters.past_end(entry):
+            return
+        if filters.matches(entry):
+            yield entry
 
 
 async def merge_by_time(
