@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from swarm.client.errors import INVALID, ClientError
-from swarm.client.text import printable
+from swarm.client.text import parse_time, printable
 
 if TYPE_CHECKING:
     # Imported where used: the CLI imports this module to register `swarm timeline`
@@ -145,6 +145,34 @@ class Filters:
     until: datetime | None = None
     from_seq: int | None = None
     to_seq: int | None = None
+
+    @classmethod
+    def given(
+        cls,
+        *,
+        subjects: Sequence[str] | None,
+        since: str | None,
+        until: str | None,
+        type_glob: str | None = None,
+        aggregate: str | None = None,
+        aggregate_id: str | None = None,
+        correlation: str | None = None,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+    ) -> Filters:
+        """The filters as a person gives them (`swarm timeline`, `export`): each subject pattern
+        checked (`check_pattern`), the times in RFC 3339 or as an age (`parse_time`)."""
+        return cls(
+            subjects=tuple(check_pattern(p) for p in subjects or ()),
+            type_glob=type_glob,
+            aggregate=aggregate,
+            aggregate_id=aggregate_id,
+            correlation=correlation,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            from_seq=from_seq,
+            to_seq=to_seq,
+        )
 
     def server_subjects(self, stream: str) -> list[str] | None:
         """Consumer filter subjects for `stream`; `[]` reads all, None means nothing can match."""
