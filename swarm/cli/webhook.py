@@ -262,27 +262,22 @@ def deliveries(
         target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
             if dead:
-                letters = await webhooks.dead_letters(log, subscription)
-
-                async def fetch_dead() -> dict[str, Any]:
-                    return {"dead_letters": letters}
-
-                await show(
-                    fetch_dead,
-                    lambda v: dead_table(v["dead_letters"]),
-                    output,
-                    watch=False,
-                    title="",
+                key, found, draw = (
+                    "dead_letters",
+                    await webhooks.dead_letters(log, subscription),
+                    dead_table,
                 )
-                return EXIT_OK
-            attempts = await webhooks.attempts(log, subscription, limit)
+            else:
+                key, found, draw = (
+                    "deliveries",
+                    await webhooks.attempts(log, subscription, limit),
+                    attempts_table,
+                )
 
             async def fetch() -> dict[str, Any]:
-                return {"deliveries": attempts}
+                return {key: found}
 
-            await show(
-                fetch, lambda v: attempts_table(v["deliveries"]), output, watch=False, title=""
-            )
+            await show(fetch, lambda v: draw(v[key]), output, watch=False, title="")
         return EXIT_OK
 
     finish(main())
