@@ -261,18 +261,13 @@ def deliveries(
     async def main() -> int:
         target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
+            draw: Callable[[Sequence[Mapping[str, Any]]], RenderableType]
             if dead:
-                key, found, draw = (
-                    "dead_letters",
-                    await webhooks.dead_letters(log, subscription),
-                    dead_table,
-                )
+                key, draw = "dead_letters", dead_table
+                found = await webhooks.dead_letters(log, subscription)
             else:
-                key, found, draw = (
-                    "deliveries",
-                    await webhooks.attempts(log, subscription, limit),
-                    attempts_table,
-                )
+                key, draw = "deliveries", attempts_table
+                found = await webhooks.attempts(log, subscription, limit)
 
             async def fetch() -> dict[str, Any]:
                 return {key: found}
