@@ -37,6 +37,7 @@ from tests.helpers.cli import (
     wasm,
 )
 from tests.helpers.cli_process import swarm
+from tests.helpers.processes import reaped
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -695,7 +696,7 @@ async def test_watch_prints_changes_until_ctrl_c_then_exits_0(
             stdout=sink,
             stderr=asyncio.subprocess.PIPE,
         )
-    try:
+    async with reaped(proc):
 
         async def shows(text: str) -> bool:
             return text in out.read_text()
@@ -705,10 +706,6 @@ async def test_watch_prints_changes_until_ctrl_c_then_exits_0(
         await wait_until(lambda: shows("0/2"), 60, "a frame after the change")
         proc.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert proc.returncode == 0, stderr.decode()
     assert out.read_text().count("NAMESPACE") == 2  # one frame per change, not per second
 

@@ -22,6 +22,7 @@ from swarm.client.text import parse_time
 from swarm.client.timeline import Filters, intersect, subject_matches
 from swarm.kernel.eventlog import AppendRequest, EventLog
 from tests.helpers.outcomes import accepted
+from tests.helpers.processes import reaped
 from tests.helpers.timeline import invoke_timeline
 
 LOCAL = Registry()
@@ -371,7 +372,7 @@ async def test_ctrl_c_ends_follow_quietly(nats_url: str, event_log: EventLog) ->
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
     )
-    try:
+    async with reaped(proc):
         assert proc.stdout is not None
         # Printed once the history is being read; the exit is awaited, however long a loaded
         # machine takes to start Python and unwind (the test's own timeout bounds both).
@@ -379,10 +380,6 @@ async def test_ctrl_c_ends_follow_quietly(nats_url: str, event_log: EventLog) ->
         assert b"SEQ" in header, (header, await proc.communicate())
         proc.send_signal(signal.SIGINT)
         _, stderr = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.communicate()
     assert proc.returncode == 130
     assert b"Traceback" not in stderr
 

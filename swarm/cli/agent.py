@@ -52,7 +52,7 @@ from swarm.cli.verbs import (
     TimeoutOption,
     WatchOption,
     age,
-    change,
+    change_agent,
     conclude,
     finish,
     listing,
@@ -925,12 +925,12 @@ def scale(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Change how many replicas of an agent should run."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.scale(ns, name, replicas=replicas),
-        what=f"scale of {ns}/{name}",
-        done=f"agent {ns}/{name} scaled to {replicas} replica{'s' if replicas != 1 else ''}",
-        namespace=ns,
+    change_agent(
+        name,
+        namespace,
+        lambda agents, ns: agents.scale(ns, name, replicas=replicas),
+        command="scale",
+        done=f"scaled to {replicas} replica{'s' if replicas != 1 else ''}",
         timeout=timeout,
         output=output,
         nats_url=nats_url,
@@ -1072,12 +1072,12 @@ def rollback(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Roll back to an earlier version (a rollout in progress is aborted)."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.rollback(ns, name, to_version=to_version),
-        what=f"rollback of {ns}/{name}",
-        done=f"agent {ns}/{name} rolling back to {to_version or 'the previous version'}",
-        namespace=ns,
+    change_agent(
+        name,
+        namespace,
+        lambda agents, ns: agents.rollback(ns, name, to_version=to_version),
+        command="rollback",
+        done=f"rolling back to {to_version or 'the previous version'}",
         timeout=timeout,
         output=output,
         nats_url=nats_url,
@@ -1096,12 +1096,12 @@ def stop(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica; the agent and its versions are kept (`scale` starts it again)."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.stop(ns, name, reason=reason),
-        what=f"stop of {ns}/{name}",
-        done=f"agent {ns}/{name} stopping: {reason}",
-        namespace=ns,
+    change_agent(
+        name,
+        namespace,
+        lambda agents, ns: agents.stop(ns, name, reason=reason),
+        command="stop",
+        done=f"stopping: {reason}",
         timeout=timeout,
         output=output,
         nats_url=nats_url,
@@ -1117,12 +1117,12 @@ def delete(
     nats_url: connect.NatsUrlOption = None,
 ) -> None:
     """Stop every replica and remove the agent (its events stay in the log)."""
-    ns = namespace or DEFAULT_NAMESPACE
-    change(
-        lambda swarm: swarm.agents.delete(ns, name),
-        what=f"delete of {ns}/{name}",
-        done=f"agent {ns}/{name} deleted",
-        namespace=ns,
+    change_agent(
+        name,
+        namespace,
+        lambda agents, ns: agents.delete(ns, name),
+        command="delete",
+        done="deleted",
         timeout=timeout,
         output=output,
         nats_url=nats_url,

@@ -14,13 +14,12 @@ import typer
 from swarm.cli import connect
 from swarm.cli.output import Format
 from swarm.cli.verbs import (
-    DEFAULT_NAMESPACE,
     EXIT_CODES,
     AgentNameArgument,
     AgentNamespaceOption,
     OutputOption,
     TimeoutOption,
-    change,
+    change_agent,
 )
 
 if TYPE_CHECKING:
@@ -49,12 +48,12 @@ def _by_hand(send: Send, *, reason_default: str, done: str, doc: str) -> Callabl
         output: OutputOption = Format.TABLE,
         nats_url: connect.NatsUrlOption = None,
     ) -> None:
-        ns = namespace or DEFAULT_NAMESPACE
-        change(
-            lambda swarm: send(swarm.agents, ns, name, reason),
-            what=f"agent {ns}/{name}",
-            done=f"agent {ns}/{name} {done}",
-            namespace=ns,
+        change_agent(
+            name,
+            namespace,
+            lambda agents, ns: send(agents, ns, name, reason),
+            command=None,
+            done=done,
             timeout=timeout,
             output=output,
             nats_url=nats_url,

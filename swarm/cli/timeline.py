@@ -26,9 +26,8 @@ from swarm.cli.output import (
     run,
     status,
 )
-from swarm.client.text import parse_time
 from swarm.client.text import printable as printable
-from swarm.client.timeline import Filters, LogEntry, check_pattern, read, summarize
+from swarm.client.timeline import Filters, LogEntry, read, summarize
 
 if TYPE_CHECKING:
     from swarm.client.settings import Settings
@@ -306,14 +305,14 @@ def register(app: typer.Typer) -> None:
             for name, value in (("--aggregate", aggregate), ("--id", aggregate_id)):
                 if value is not None and not names.is_token(value):
                     raise CliError(f"{name} {value!r} is not a single token", code=EXIT_USAGE)
-            filters = Filters(
-                subjects=tuple(check_pattern(p) for p in subject or ()),
+            filters = Filters.given(
+                subjects=subject,
+                since=since,
+                until=until,
                 type_glob=type_,
                 aggregate=aggregate,
                 aggregate_id=aggregate_id,
                 correlation=correlation,
-                since=parse_time(since) if since else None,
-                until=parse_time(until) if until else None,
                 from_seq=from_seq,
                 to_seq=to_seq,
             )

@@ -12,8 +12,7 @@ import typer
 
 from swarm.cli import connect
 from swarm.cli.output import EXIT_OK, EXIT_USAGE, CliError, run, status
-from swarm.client.text import parse_time
-from swarm.client.timeline import Filters, check_pattern
+from swarm.client.timeline import Filters
 from swarm.client.transfer import export, import_stream, parse_batch, streams_in_order
 
 if TYPE_CHECKING:
@@ -98,13 +97,13 @@ def register(group: typer.Typer) -> None:
                     "--from-seq/--to-seq number one stream: add --only events|commands",
                     code=EXIT_USAGE,
                 )
-            filters = Filters(
-                subjects=tuple(check_pattern(p) for p in subject or ()),
+            filters = Filters.given(
+                subjects=subject,
+                since=since,
+                until=until,
                 type_glob=type_,
                 aggregate=aggregate,
                 aggregate_id=aggregate_id,
-                since=parse_time(since) if since else None,
-                until=parse_time(until) if until else None,
                 from_seq=from_seq,
                 to_seq=to_seq,
             )

@@ -25,8 +25,9 @@ import enum
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -142,6 +143,28 @@ def _stack(data_dir: Path | None) -> tuple[Path, dict[str, object]]:
     return choice.data_dir, state
 
 
+_Edited = TypeVar("_Edited")
+
+
+def _edit(
+    data_dir: Path | None,
+    edit: Callable[[Path, str], _Edited],
+    name: str,
+    *,
+    hint: str | None = None,
+) -> tuple[Path, dict[str, object], _Edited]:
+    """Apply a change of `swarm.devstack.principals` (add, rotate, remove) to principal `name`
+    of the chosen stack: its data dir, its state and what `edit` returned. The change's
+    ValueError (the name taken, or unknown) is a usage error, with `hint`."""
+    from swarm.devstack.stack import StackPaths
+
+    root, state = _stack(data_dir)
+    try:
+        return root, state, edit(StackPaths.of(root).principals, name)
+    except ValueError as exc:
+        raise CliError(str(exc), code=EXIT_USAGE, hint=hint) from None
+
+
 def _apply(data_dir: Path, state: dict[str, object]) -> str:
     """Write who the server admits, and tell a running server to read it again."""
     from swarm.devstack.embedded import AUTH_FILE
@@ -234,13 +257,8 @@ def add(
     """Issue a key to a new user, who then acts as `user:NAME` (and, with --role, grant it)."""
     with errors_to_exit():
         from swarm.devstack.principals import add_user
-        from swarm.devstack.stack import StackPaths
 
-        root, state = _stack(data_dir)
-        try:
-            user = add_user(StackPaths.of(root).principals, name)
-        except ValueError as exc:
-            raise CliError(str(exc), code=EXIT_USAGE) from None
+        root, state, user = _edit(data_dir, add_user, name)
         console.print(f"[green]✓[/] user {escape(name)} added (acts as user:{escape(name)})")
         _print_credentials(user, _apply(root, state), state)
     if role is not None:
@@ -346,13 +364,8 @@ def rotate(
     """Give a user a new key; the old one is refused from now on, and so is its API token."""
     with errors_to_exit():
         from swarm.devstack.principals import rotate_user
-        from swarm.devstack.stack import StackPaths
 
-        root, state = _stack(data_dir)
-        try:
-            user = rotate_user(StackPaths.of(root).principals, name)
-        except ValueError as exc:
-            raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+        root, state, user = _edit(data_dir, rotate_user, name, hint="`swarm user ls` lists them")
         console.print(f"[green]✓[/] user {escape(name)} has a new key; the old one is refused")
         # A key is rotated when it may have leaked, and the token with it: both are replaced.
         if _revoke_token(root, name):
@@ -370,13 +383,8 @@ def remove(name: NameArgument, data_dir: DataDirOption = None) -> None:
     """Remove a user, its key and its API token."""
     with errors_to_exit():
         from swarm.devstack.principals import remove_user
-        from swarm.devstack.stack import StackPaths
 
-        root, state = _stack(data_dir)
-        try:
-            remove_user(StackPaths.of(root).principals, name)
-        except ValueError as exc:
-            raise CliError(str(exc), code=EXIT_USAGE, hint="`swarm user ls` lists them") from None
+        root, state, _ = _edit(data_dir, remove_user, name, hint="`swarm user ls` lists them")
         _revoke_token(root, name)
         console.print(f"[green]✓[/] user {escape(name)} removed; {_apply(root, state)}")
 
@@ -461,15 +469,10 @@ def rotate_key(
     """
     with errors_to_exit():
         from swarm.devstack.principals import rotate_key as rotate_principal
-        from swarm.devstack.stack import StackPaths
 
-        root, state = _stack(data_dir)
-        try:
-            principal = rotate_principal(StackPaths.of(root).principals, name)
-        except ValueError as exc:
-            raise CliError(
-                str(exc), code=EXIT_USAGE, hint="`swarm status` lists the stack's services"
-            ) from None
+        root, state, principal = _edit(
+            data_dir, rotate_principal, name, hint="`swarm status` lists the stack's services"
+        )
         console.print(
             f"[green]✓[/] {escape(name)} has a new key ({principal.public_key}); "
             f"{_apply(root, state)}"

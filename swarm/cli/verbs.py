@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from swarm.client.commands import Issued, Outcome, issue, read_floor
     from swarm.client.eventlog import EventLog
     from swarm.client.queries import HiveQueries
-    from swarm.client.swarm import Swarm
+    from swarm.client.swarm import Agents, Swarm
 
 #: Imported from the client layer on first use: every `swarm` call imports this module for its
 #: options, and the client layer brings schemas, nats-py and pydantic with it.
@@ -66,6 +66,7 @@ __all__ = [
     "WatchOption",
     "age",
     "change",
+    "change_agent",
     "conclude",
     "finish",
     "issue",
@@ -158,6 +159,36 @@ def change(
         return EXIT_OK
 
     finish(main())
+
+
+def change_agent(
+    name: str,
+    namespace: str | None,
+    verb: Callable[[Agents, str], Awaitable[Issued]],
+    *,
+    command: str | None,
+    done: str,
+    timeout: float,
+    output: Format,
+    nats_url: str | None,
+) -> None:
+    """`change` for a verb on one agent (`agent scale|rollback|stop|delete|quarantine|release`):
+    `verb` gets the client's agents and the namespace (`--namespace`, else `DEFAULT_NAMESPACE`).
+
+    Accepted, it prints "agent NS/NAME `done`"; a rejection names the `command` ("stop of
+    NS/NAME"), or without one the agent.
+    """
+    ns = namespace or DEFAULT_NAMESPACE
+    agent = f"{ns}/{name}"
+    change(
+        lambda swarm: verb(swarm.agents, ns),
+        what=f"{command} of {agent}" if command else f"agent {agent}",
+        done=f"agent {agent} {done}",
+        namespace=ns,
+        timeout=timeout,
+        output=output,
+        nats_url=nats_url,
+    )
 
 
 def listing(

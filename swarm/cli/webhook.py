@@ -261,28 +261,18 @@ def deliveries(
     async def main() -> int:
         target, settings = connect.locate(nats_url)
         async with connect.session(target, settings) as log:
+            draw: Callable[[Sequence[Mapping[str, Any]]], RenderableType]
             if dead:
-                letters = await webhooks.dead_letters(log, subscription)
-
-                async def fetch_dead() -> dict[str, Any]:
-                    return {"dead_letters": letters}
-
-                await show(
-                    fetch_dead,
-                    lambda v: dead_table(v["dead_letters"]),
-                    output,
-                    watch=False,
-                    title="",
-                )
-                return EXIT_OK
-            attempts = await webhooks.attempts(log, subscription, limit)
+                key, draw = "dead_letters", dead_table
+                found = await webhooks.dead_letters(log, subscription)
+            else:
+                key, draw = "deliveries", attempts_table
+                found = await webhooks.attempts(log, subscription, limit)
 
             async def fetch() -> dict[str, Any]:
-                return {"deliveries": attempts}
+                return {key: found}
 
-            await show(
-                fetch, lambda v: attempts_table(v["deliveries"]), output, watch=False, title=""
-            )
+            await show(fetch, lambda v: draw(v[key]), output, watch=False, title="")
         return EXIT_OK
 
     finish(main())

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from swarm.client.errors import INVALID, ClientError
-from swarm.client.text import printable
+from swarm.client.text import parse_time, printable
 
 if TYPE_CHECKING:
     # Imported where used: the CLI imports this module to register `swarm timeline`
@@ -145,6 +145,34 @@ class Filters:
     until: datetime | None = None
     from_seq: int | None = None
     to_seq: int | None = None
+
+    @classmethod
+    def given(
+        cls,
+        *,
+        subjects: Sequence[str] | None,
+        since: str | None,
+        until: str | None,
+        type_glob: str | None = None,
+        aggregate: str | None = None,
+        aggregate_id: str | None = None,
+        correlation: str | None = None,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+    ) -> Filters:
+        """The filters as a person gives them (`swarm timeline`, `export`): each subject pattern
+        checked (`check_pattern`), the times in RFC 3339 or as an age (`parse_time`)."""
+        return cls(
+            subjects=tuple(check_pattern(p) for p in subjects or ()),
+            type_glob=type_glob,
+            aggregate=aggregate,
+            aggregate_id=aggregate_id,
+            correlation=correlation,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            from_seq=from_seq,
+            to_seq=to_seq,
+        )
 
     def server_subjects(self, stream: str) -> list[str] | None:
         """Consumer filter subjects for `stream`; `[]` reads all, None means nothing can match."""
@@ -424,14 +452,13 @@ async def history(
         subjects=subjects,
         end=min(end, filters.to_seq or end),
     )
-    async with closing(batches) as reading:
-        async for batch in reading:
-            for delivery in batch:
-                entry = LogEntry.of(stream, delivery)
-                if filters.past_end(entry):
-                    return
-                if filters.matches(entry):
-                    yield entry
+    async with (
+        closing(batches) as reading,
+        aclosing(_each(reading)) as deliveries,
+        aclosing(_matching(stream, deliveries, filters)) as found,
+    ):
+        async for entry in found:
+            yield entry
 
 
 async def live(
@@ -445,13 +472,30 @@ async def live(
         return
     start = max(after + 1, filters.from_seq or 0)
     replay = log.replay(stream, start_seq=start, subjects=subjects, follow=True)
-    async with closing(replay) as deliveries:
-        async for delivery in deliveries:
-            entry = LogEntry.of(stream, delivery)
-            if filters.past_end(entry):
-                return
-            if filters.matches(entry):
-                yield entry
+    async with (
+        closing(replay) as deliveries,
+        aclosing(_matching(stream, deliveries, filters)) as found,
+    ):
+        async for entry in found:
+            yield entry
+
+
+async def _each(batches: AsyncIterator[Sequence[Delivery]]) -> AsyncGenerator[Delivery, None]:
+    async for batch in batches:
+        for delivery in batch:
+            yield delivery
+
+
+async def _matching(
+    stream: str, deliveries: AsyncIterator[Delivery], filters: Filters
+) -> AsyncGenerator[LogEntry, None]:
+    """The entries of `deliveries` that `filters` match, up to the first past their end."""
+    async for delivery in deliveries:
+        entry = LogEntry.of(stream, delivery)
+        if filters.past_end(entry):
+            return
+        if filters.matches(entry):
+            yield entry
 
 
 async def merge_by_time(

@@ -160,12 +160,18 @@ def role_refusal(
     if reaches(held, needed):
         return None
     where = f"namespace {namespace}" if namespace is not None else "every namespace"
-    scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
     return (
         f"user {user} may not {what}: it needs role {needed} in {where} and holds "
         f"{held or 'no role'} there (the stack's owner grants it with "
-        f"`swarm user grant {user} {needed} {scope}`)"
+        f"`{_grant_command(user, needed, namespace)}`)"
     )
+
+
+def _grant_command(user: str, role: AccessRole, namespace: str | None) -> str:
+    """The command by which the stack's owner grants `user` `role` in `namespace` (None: in
+    every namespace), named by every refusal."""
+    scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
+    return f"swarm user grant {user} {role} {scope}"
 
 
 #: The least role, which reading a namespace takes (a viewer reads).
@@ -227,12 +233,11 @@ def check_message(grants: Iterable[Grant], user: str, namespace: str | None) -> 
     if reaches(held, MESSAGE_ROLE):
         return None
     where = f"agents of namespace {namespace}" if namespace is not None else "on a topic"
-    scope = f"--namespace {namespace}" if namespace is not None else "--all-namespaces"
     return (
         f"user {user} may not message {where}: it needs role {MESSAGE_ROLE} "
         f"{'there' if namespace is not None else 'in every namespace'} and holds "
         f"{held or 'no role'} (the stack's owner grants it with "
-        f"`swarm user grant {user} {MESSAGE_ROLE} {scope}`)"
+        f"`{_grant_command(user, MESSAGE_ROLE, namespace)}`)"
     )
 
 

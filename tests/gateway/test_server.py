@@ -18,6 +18,7 @@ from swarm.gateway.settings import GatewaySettings
 from swarm.kernel.lifecycle import SettingsInvalid, Status
 from swarm.kernel.settings import Settings
 from tests.gateway.client import TOKEN
+from tests.helpers.processes import reaped
 from tests.helpers.stack import Stack
 from tests.helpers.waiting import wait_until
 
@@ -87,7 +88,7 @@ async def test_sigterm_stops_the_process_cleanly(stack: Stack) -> None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    try:
+    async with reaped(process):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
 
             async def healthy() -> bool:
@@ -100,10 +101,6 @@ async def test_sigterm_stops_the_process_cleanly(stack: Stack) -> None:
             await wait_until(healthy, 90, "the gateway serving")
         process.send_signal(signal.SIGTERM)
         _, raw = await asyncio.wait_for(process.communicate(), 60)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     err = raw.decode(errors="replace")
     assert process.returncode == 0, err
     assert "Traceback" not in err

@@ -1,13 +1,15 @@
-"""A Swarm service as a child process (`python -m MODULE`), for tests that SIGKILL one."""
+"""A Swarm service as a child process (`python -m MODULE`), for tests that SIGKILL one; and a
+child process of a test that is never left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import psutil
@@ -49,6 +51,18 @@ def service_process(
                     proc.wait(5)
         else:
             proc.wait(10)
+
+
+@asynccontextmanager
+async def reaped(proc: asyncio.subprocess.Process) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`proc`, killed on the way out if it still runs and its pipes drained: a test that fails
+    before the child ends leaves neither the child nor an open pipe behind."""
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
 
 
 def gone(pid: int | None) -> bool:

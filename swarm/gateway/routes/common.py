@@ -9,7 +9,7 @@ namespace for a user, so a route added without a thought for users fails closed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Concatenate, ParamSpec
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.types import DecoratedCallable
 
-from swarm.client.commands import Issued
+from swarm.client.commands import Issued, Sent
 from swarm.client.swarm import Agents, Swarm
+from swarm.client.webhooks import NewWebhook
 from swarm.gateway.access import Acting
 from swarm.gateway.auth import Authenticator, Caller, bearer
 from swarm.gateway.models import NAME_PATTERN, CommandResult
@@ -177,9 +178,24 @@ class CommandCall:
         self.swarm: Swarm = acting.swarm
         #: The verb's timeout: 0 sends without waiting.
         self.timeout = gw.timeout(wait, timeout)
+        self._wait = wait
+        self._asked_timeout = timeout
 
     async def answer(self, command: Awaitable[Issued], *, what: str) -> JSONResponse:
         return await self.gw.answer(self.request, self.acting.caller, command, what=what)
+
+    async def send(
+        self, event: Mapping[str, Any], *, new_webhook: NewWebhook | None = None
+    ) -> tuple[Sent, Issued | None]:
+        """Send a whole command (`Gateway.send`) as the caller, waiting as the query says; for a
+        route that answers the outcome itself."""
+        return await self.gw.send(
+            self.acting,
+            event,
+            wait=self._wait,
+            timeout=self._asked_timeout,
+            new_webhook=new_webhook,
+        )
 
 
 CommandDep = Annotated[CommandCall, Depends()]

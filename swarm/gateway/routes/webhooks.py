@@ -32,6 +32,7 @@ from swarm.gateway.problems import ProblemError, responses
 from swarm.gateway.routes.common import (
     COMMAND_PROBLEMS,
     ActingDep,
+    CommandDep,
     GatewayDep,
     TimeoutQuery,
     WaitQuery,
@@ -77,14 +78,7 @@ async def list_webhooks(gw: GatewayDep) -> WebhookList:
         },
     },
 )
-async def add_webhook(
-    gw: GatewayDep,
-    acting: ActingDep,
-    request: Request,
-    body: WebhookCreateRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
-) -> JSONResponse:
+async def add_webhook(body: WebhookCreateRequest, call: CommandDep) -> JSONResponse:
     """Subscribe `url` to the events matching `filter` (as `swarm webhook add`).
 
     The signing secret is stored before the command is sent and never goes on the log; a
@@ -98,14 +92,14 @@ async def add_webhook(
             secret=body.secret.get_secret_value() if body.secret is not None else None,
             max_attempts=body.max_attempts,
             description=body.description,
-            identity=acting.identity,
+            identity=call.acting.identity,
             source=API_SOURCE,
         )
     except ClientError as exc:
         raise invalid_command(exc) from None
-    gw.check_size(new.command)
-    location = gw.location(request, new.webhook_id)
-    sent, issued = await gw.send(acting, new.command, wait=wait, timeout=timeout, new_webhook=new)
+    call.gw.check_size(new.command)
+    location = call.gw.location(call.request, new.webhook_id)
+    sent, issued = await call.send(new.command, new_webhook=new)
     if issued is not None and not issued.accepted:
         raise rejection(issued.outcome, command_id=sent.id, what=f"adding webhook {body.url}")
     created = WebhookCreated(
@@ -189,22 +183,16 @@ async def list_deliveries(
         **responses(404, 409, 413),
     },
 )
-async def redeliver(
-    gw: GatewayDep,
-    acting: ActingDep,
-    body: RedeliverRequest,
-    wait: WaitQuery = True,
-    timeout: TimeoutQuery = None,
-) -> JSONResponse:
+async def redeliver(body: RedeliverRequest, call: CommandDep) -> JSONResponse:
     """Send dead-lettered events again: those named, or all (of one webhook); one
     `webhook.redeliver` command per webhook (as `swarm webhook redeliver`)."""
     try:
         plan = await webhooks.plan_redelivery(
-            gw.log,
+            call.gw.log,
             event_ids=body.event_ids,
             all_dead=body.all_dead,
             subscription=body.subscription,
-            identity=acting.identity,
+            identity=call.acting.identity,
             source=API_SOURCE,
         )
     except webhooks.NotDeadLettered as exc:
@@ -219,10 +207,10 @@ async def redeliver(
             ],
         ) from None
     for planned in plan:
-        gw.check_size(planned.command)
+        call.gw.check_size(planned.command)
     done: list[Redelivery] = []
     for planned in plan:
-        sent, issued = await gw.send(acting, planned.command, wait=wait, timeout=timeout)
+        sent, issued = await call.send(planned.command)
         if issued is not None and not issued.accepted:
             earlier = f" ({len(done)} earlier request(s) were sent)" if done else ""
             raise rejection(
