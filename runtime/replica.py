@@ -716,7 +716,8 @@ class Replica:
         wake-up and a turn (more than the check itself, on two busy cores), and the pod's
         event loop is what bounds its mesh throughput. Signed requests to one echo replica, 64
         in flight (bench/security.py, same machine, alternating): 0.57x and 0.57x of unsigned
-        with the check on the guard's threads, 0.74x and 0.64x here; the whole bench 0.49x and 0.64x before, 0.71x and 0.72x after."""
+        with the check on the guard's threads, 0.74x and 0.64x here; the whole bench 0.49x and
+        0.64x before, 0.71x and 0.72x after."""
         if mail.signature is not None:
             guard = self.deps.guard
             assert guard is not None  # only a guard admits a signature
