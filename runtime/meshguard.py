@@ -30,10 +30,9 @@ guard takes a message only when
   a replay that reaches another replica of the agent, on another pod, is taken there once.
 
 The checks of who may claim what run on the pod's event loop as the message arrives (`admit`);
-the signature's arithmetic (`verify`, ~110 us of libsodium, which runs without the GIL) starts
-then on one of the guard's threads (`verify_soon`), beside the calls of the messages before it,
-and the replica awaits it before it calls the agent (runtime/replica.py `_serve`), so a message
-whose signature does not hold may wait in the mailbox, and is refused there. What the
+the signature's arithmetic (`verify`, ~110 us of libsodium, which runs without the GIL) on the
+worker thread that then calls the agent, just before the call (runtime/replica.py `_call`), so
+a message whose signature does not hold may wait in the mailbox, and is refused there. What the
 guard refuses is answered with the reason as a platform error (`Swarm-Error`), or dropped for a
 topic message, and counted (`refused`, by kind: `unauthenticated`, `forbidden`, `replayed`, in
 the pod's metrics); the agent never sees it. Without a listing (a stack whose NATS admits
@@ -45,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import concurrent.futures
 import math
 import time
 from collections import Counter, OrderedDict
@@ -68,8 +66,6 @@ CATCH_UP_S = 2.0
 #: ~200 us a check costs on a busy machine, bench/security.py).
 ROSTER_TTL_S = 1.0
 _POLL_S = 0.01
-#: Threads checking signatures: two cores' worth (this machine's), as libsodium frees the GIL.
-_CHECKERS = 2
 #: How many signatures taken within the window a pod remembers (`Remembered`): ~35 MB at most,
 #: and 800 messages a second for the whole window (a pod here answered at most ~1,100 mesh
 #: requests a second unchecked, ~750 checked: bench/security.py). Beyond, it forgets the
@@ -146,11 +142,6 @@ class MeshGuard:
         #: Messages refused, by the kind of refusal (`unauthenticated`, `forbidden`,
         #: `replayed`).
         self.refused: Counter[str] = Counter()
-        #: Where signatures are checked (`verify_soon`): beside the agents' calls, not in turn
-        #: with them. Threads start on first use, and end with `close`.
-        self._checkers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=_CHECKERS, thread_name_prefix="mesh-guard"
-        )
 
     async def check(self, msg: Message, namespace: str | None, agent_id: str) -> str | None:
         """Why `msg`, to agent `agent_id` of `namespace` (None: on a topic, which are global),
@@ -183,21 +174,6 @@ class MeshGuard:
         if problem is None:
             return None
         return f"unauthenticated: the message's signature does not hold: {problem}"
-
-    def verify_soon(self, msg: Message, signature: MeshSignature) -> asyncio.Future[str | None]:
-        """`verify` on one of the guard's threads; the replica awaits it before the call.
-
-        A replica calls its agent one message at a time, so a check made in turn with the
-        calls (~110 us, twice that on a loaded machine) lengthened every call by as much: the
-        mesh ran at 0.41-0.73x of the same without checks (bench/security.py). Checked as
-        messages arrive, while the agent works through the ones before, it costs the calls
-        nothing; libsodium runs without the GIL, so the check runs beside the event loop."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._checkers, self.verify, msg, signature)
-
-    def close(self) -> None:
-        """Stop the guard's threads (checks still queued are dropped)."""
-        self._checkers.shutdown(wait=False, cancel_futures=True)
 
     def count(self, reason: str) -> None:
         """Count a refusal (on the event loop)."""

@@ -186,8 +186,6 @@ class Pod(Service):
             engine.stop()
             # Threads still inside a wasm call end at their deadline; do not wait for them.
             workers.shutdown()
-            if self.guard is not None:
-                self.guard.close()
             if memory is not None:
                 memory.close()
             http.close()
