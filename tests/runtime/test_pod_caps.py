@@ -21,6 +21,7 @@ from schemas.specs import Limits
 from swarm.kernel.tasks import cancel_and_wait
 from tests.helpers.agents import BUSY, ECHO, HOARD, KV_STORE, hoard, kv_message
 from tests.helpers.pods import (
+    UNHURRIED,
     ask,
     cluster,
     deploy,
@@ -64,7 +65,7 @@ async def test_state_stops_at_its_cap_with_limit_and_the_pods_memory_with_it(
 ) -> None:
     """Found: an agent with memory_mb=16 grew its pod from 89 to 302 MiB in 30 calls."""
     async with cluster(tmp_path) as stack, running_pod(stack, "p1") as (pod, _):
-        await deploy(stack, "hoarder", HOARD)  # the spec's default cap: 4 MiB
+        await deploy(stack, "hoarder", HOARD, limits=UNHURRIED)  # the default state cap: 4 MiB
         await running_on(stack, "hoarder", "p1")
         assert await code(stack, "hoarder", hoard("warm-up", 1)) == ErrorCode.OK
         before = rss_bytes()
@@ -96,7 +97,7 @@ async def test_a_state_of_several_messages_survives_a_restart_under_a_lower_cap(
     values = {key: os.urandom(1_000_000) for key in ("a", "b", "c")}
     async with cluster(tmp_path) as stack:
         async with running_pod(stack, "p1") as (pod, _):
-            await deploy(stack, "store", KV_STORE)
+            await deploy(stack, "store", KV_STORE, limits=UNHURRIED)
             await running_on(stack, "store", "p1")
             for key, value in values.items():
                 assert await code(stack, "store", kv_message("p", key, value)) == ErrorCode.OK
@@ -143,13 +144,13 @@ async def test_a_snapshot_that_cannot_be_saved_is_an_error_on_the_replicas_recor
             bucket=names.SNAPSHOTS_BUCKET, history=HISTORY, max_bytes=256 * 1024
         )
         async with running_pod(stack, "p1") as (pod, _):
-            await deploy(stack, "store", KV_STORE)
+            await deploy(stack, "store", KV_STORE, limits=UNHURRIED)
             await running_on(stack, "store", "p1")
             big = os.urandom(600_000)
             assert await code(stack, "store", kv_message("p", "big", big)) == ErrorCode.OK
             replica = next(iter(pod.replicas.values()))
             await wait_until(
-                lambda: true(replica.snapshot_failures >= 2), 10, "failed interval snapshots"
+                lambda: true(replica.snapshot_failures >= 2), 30, "failed interval snapshots"
             )
             row = replica.metrics_json()
             assert isinstance(row["snapshot_error"], str)
